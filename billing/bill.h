@@ -1,0 +1,93 @@
+/* bill.h — accounts as the gateway sees them: API-key authentication, balance
+ * admission, prices, exact cost arithmetic, and settlement of a finished
+ * request (usage row + debit, exactly once).  Also runs the admin API.
+ *
+ * Everything runs on the gateway's libevent loop; PostgreSQL is driven through
+ * libpq's non-blocking API, never blocking the loop.  Callbacks are always
+ * invoked from the loop, never re-entrantly from inside the call that
+ * started them.
+ *
+ * Money: prices are integer micro-USD per 1M tokens, so n tokens at price p
+ * cost exactly n*p pico-USD.  Costs are int64 pico-USD; balances are NUMERIC
+ * pico-USD in PostgreSQL. */
+#ifndef BILL_H
+#define BILL_H
+
+#include <stdint.h>
+
+struct event_base;
+
+typedef struct bill bill_t;
+typedef struct bill_req bill_req_t;
+
+typedef struct {
+    const char *pg_conninfo;     /* libpq connection string */
+    const char *admin_listen;    /* "127.0.0.1:8444"; NULL: no admin API */
+    const char *admin_token;     /* bearer token required by the admin API */
+    const char *key_secret;      /* secret of the keyed hash of API keys (hex) */
+    const char *spool_dir;       /* where settlements wait while PG is down */
+} bill_opts_t;
+
+/* Prices of one model, integer micro-USD per 1M tokens. */
+typedef struct {
+    int64_t input_cache_miss;
+    int64_t input_cache_hit;
+    int64_t output;
+} bill_price_t;
+
+typedef enum {
+    BILL_OK = 0,
+    BILL_UNAUTHORIZED,   /* unknown or revoked key -> 401 */
+    BILL_NO_BALANCE,     /* balance <= 0 -> 402 */
+    BILL_NO_PRICE,       /* model has no price -> 404/500 */
+    BILL_ERROR,          /* database unavailable etc. -> 503 */
+} bill_status_t;
+
+/* What admission learned about a request's key. */
+typedef struct {
+    int64_t key_id;
+    int64_t customer_id;
+    int32_t rpm, tpm, concurrency; /* limits of the key; 0 = none */
+    bill_price_t price;            /* snapshot used to bill this request */
+} bill_key_t;
+
+typedef void (*bill_admit_cb)(bill_status_t st, const bill_key_t *key, void *arg);
+
+bill_t *bill_new(struct event_base *base, const bill_opts_t *opts, char *err, size_t errlen);
+void bill_free(bill_t *b); /* accepts NULL; flushes pending settlements to the spool */
+
+/* Authenticate api_key (as sent after "Bearer "), check the customer's
+ * balance and look up the model's price.  cb is called once, from the loop,
+ * unless the request is cancelled first.  Returns NULL only when out of memory. */
+bill_req_t *bill_admit(bill_t *b, const char *api_key, const char *model, bill_admit_cb cb, void *arg);
+void bill_cancel(bill_req_t *r); /* cb will not be called; accepts NULL */
+
+/* Keyed hash of an API key: HMAC-SHA256(secret, key) as 64 hex chars + NUL. */
+void bill_key_hash(const char *secret_hex, const char *api_key, char out[65]);
+
+/* Exact cost in pico-USD; returns -1 on overflow or negative input. */
+int64_t bill_cost_pico(const bill_price_t *p, int64_t cache_miss_tokens, int64_t cache_hit_tokens,
+                       int64_t completion_tokens);
+
+/* One finished (or failed) request.  Strings are copied. */
+typedef struct {
+    char request_id[37];        /* UUIDv7, the idempotency key of the usage row */
+    int64_t key_id, customer_id;
+    const char *model;
+    bill_price_t price;
+    int64_t prompt_tokens;      /* = cache_hit + cache_miss */
+    int64_t prompt_cache_hit_tokens;
+    int64_t completion_tokens;
+    int64_t reasoning_tokens;   /* counted inside completion_tokens */
+    int http_status;            /* what the client got */
+    int stream;                 /* 1 when streamed */
+    int64_t received_us;        /* CLOCK_REALTIME microseconds */
+    int64_t first_byte_us;      /* 0 when none */
+    int64_t finished_us;
+} bill_usage_t;
+
+/* Record the usage row and debit its cost, exactly once per request_id,
+ * asynchronously (queued, retried, spooled when PG is down). */
+void bill_settle(bill_t *b, const bill_usage_t *u);
+
+#endif

@@ -1,0 +1,65 @@
+/* eng.h — the engine's model API: load a Hugging Face model folder of a
+ * supported MoE architecture and run its forward pass over sequences.
+ *
+ * Ownership: eng_model_t owns the mmapped weights and the backend (thread
+ * pool); eng_seq_t owns one sequence's KV cache.  A model may be used by one
+ * forward call at a time (the caller serialises; batching is done by passing
+ * several sequences to one call).  Every *_free accepts NULL. */
+#ifndef ENG_H
+#define ENG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct eng_model eng_model_t;
+typedef struct eng_seq eng_seq_t;
+
+typedef enum {
+    ENG_ARCH_DEEPSEEK_V3 = 0,
+    ENG_ARCH_DEEPSEEK_V2,
+    ENG_ARCH_MIXTRAL,
+} eng_arch_t;
+
+typedef struct {
+    const char *device;   /* "cpu" (default), later "cuda:N" */
+    int n_threads;        /* 0: all cores */
+    int quant_int8;       /* quantize matmul weights to int8 at load */
+    int max_seq_len;      /* 0: min(config max_position_embeddings, 4096) */
+} eng_load_opts_t;
+
+typedef struct {
+    eng_arch_t arch;
+    const char *arch_name;   /* config.json "architectures"[0] */
+    int32_t vocab_size;      /* rows of lm_head */
+    int n_layers;
+    int max_seq_len;         /* the context this model instance supports */
+    int32_t bos_id, eos_id;  /* from config.json; -1 if absent */
+    size_t kv_bytes_per_token;
+} eng_model_info_t;
+
+/* Load dir/config.json and dir/*.safetensors.  On failure returns NULL and
+ * writes a message naming the file and tensor into err. */
+eng_model_t *eng_model_load(const char *dir, const eng_load_opts_t *opts, char *err, size_t errlen);
+void eng_model_free(eng_model_t *m);
+const eng_model_info_t *eng_model_info(const eng_model_t *m);
+
+/* A new empty sequence able to hold up to max_len tokens (0: model max). */
+eng_seq_t *eng_seq_new(eng_model_t *m, int max_len);
+void eng_seq_free(eng_seq_t *s);
+int eng_seq_len(const eng_seq_t *s);
+/* Drop all tokens from position len on (len <= current length). */
+void eng_seq_truncate(eng_seq_t *s, int len);
+
+/* Append n tokens to each of nseq sequences and run the forward pass.
+ * logits[i] (vocab_size floats, caller-owned) receives the logits of the last
+ * new position of sequence i; pass logits[i] == NULL to skip.  Returns 0, or
+ * -1 with a message in err (too long, bad id). */
+int eng_forward(eng_model_t *m, eng_seq_t **seqs, const int32_t *const *ids, const int *n,
+                int nseq, float **logits, char *err, size_t errlen);
+
+/* Debugging and tests: the routed expert ids chosen for the last forward's
+ * tokens (layer-major), or NULL when not recorded.  Recording is enabled by
+ * eng_model_set_trace(m, 1). */
+void eng_model_set_trace(eng_model_t *m, int on);
+
+#endif

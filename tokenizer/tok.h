@@ -1,0 +1,90 @@
+/* tok.h — byte-level BPE tokenizer (Hugging Face tokenizer.json) and chat
+ * templates, shared by the engine (to run the model) and the gateway (to count
+ * prompt tokens before admission).
+ *
+ * A loaded tok_t is immutable and may be used from many threads at once.
+ * Token ids are int32_t.  All functions that allocate say who frees. */
+#ifndef TOK_H
+#define TOK_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct tok tok_t;
+typedef struct tok_stream tok_stream_t;
+
+/* Load a tokenizer.json.  On failure returns NULL and writes a message naming
+ * the file and what is unsupported or malformed into err. */
+tok_t *tok_load(const char *path, char *err, size_t errlen);
+void tok_free(tok_t *t); /* accepts NULL */
+
+/* Number of ids (vocab + added tokens); ids are < tok_n_vocab(). */
+int32_t tok_n_vocab(const tok_t *t);
+/* Id of an exact token string (vocab or added), or -1. */
+int32_t tok_id(const tok_t *t, const char *token);
+/* The special ids most callers need; -1 when the tokenizer has none. */
+int32_t tok_bos(const tok_t *t);
+int32_t tok_eos(const tok_t *t);
+
+/* Encode len bytes of UTF-8 text (embedded NUL allowed).  When allow_special
+ * is nonzero, added/special tokens in the text are matched as themselves;
+ * otherwise they are tokenized as plain text.  No BOS is added.
+ * On success returns the number of ids and sets *ids (caller frees with
+ * free()); returns -1 on invalid UTF-8 or out of memory. */
+long tok_encode(const tok_t *t, const char *text, size_t len, int allow_special, int32_t **ids);
+
+/* Count only (same result as tok_encode's return), no allocation for the caller. */
+long tok_count(const tok_t *t, const char *text, size_t len, int allow_special);
+
+/* Decode ids to UTF-8 (special tokens included as their text unless
+ * skip_special).  Returns a NUL-terminated string the caller frees, length in
+ * *len; NULL on an id out of range or out of memory.  Bytes that do not form
+ * valid UTF-8 become U+FFFD. */
+char *tok_decode(const tok_t *t, const int32_t *ids, size_t n, int skip_special, size_t *len);
+
+/* Incremental decode for streaming: push one id at a time; each push returns
+ * the bytes that became complete UTF-8 (possibly none).  tok_stream_flush
+ * returns what is left (incomplete sequences as U+FFFD). */
+tok_stream_t *tok_stream_new(const tok_t *t, int skip_special);
+void tok_stream_free(tok_stream_t *s); /* accepts NULL */
+/* Returns a pointer into the stream's buffer valid until the next call, and
+ * its length in *len; NULL on a bad id. */
+const char *tok_stream_push(tok_stream_t *s, int32_t id, size_t *len);
+const char *tok_stream_flush(tok_stream_t *s, size_t *len);
+
+/* Nonzero when the bytes are valid UTF-8 (no surrogates, no overlongs). */
+int tok_utf8_valid(const char *s, size_t len);
+
+/* ---- chat templates ---------------------------------------------------- */
+
+typedef enum {
+    TOK_TMPL_DEEPSEEK_V3 = 0, /* also V2.5 style */
+    TOK_TMPL_DEEPSEEK_R1,
+    TOK_TMPL_MIXTRAL,         /* [INST] ... [/INST] */
+} tok_tmpl_kind_t;
+
+typedef struct {
+    const char *id;        /* tool call id */
+    const char *name;      /* function name */
+    const char *arguments; /* JSON text */
+} tok_tool_call_t;
+
+typedef struct {
+    const char *role;    /* "system", "user", "assistant", "tool" */
+    const char *content; /* may be NULL (assistant with tool calls) */
+    const tok_tool_call_t *tool_calls;
+    size_t n_tool_calls;
+} tok_chat_msg_t;
+
+/* Pick the template for a model folder from tokenizer_config.json (its
+ * chat_template text) and/or config.json's architecture.  Returns -1 when
+ * unknown. */
+int tok_tmpl_detect(const char *model_dir);
+
+/* Render messages to the prompt text exactly as the model's published
+ * template does (BOS included as text).  Returns a NUL-terminated string the
+ * caller frees, or NULL with a message in err (e.g. unknown role). */
+char *tok_chat_render(tok_tmpl_kind_t kind, const tok_chat_msg_t *msgs, size_t n,
+                      int add_generation_prompt, char *err, size_t errlen);
+
+#endif
