@@ -93,12 +93,16 @@ $(TOKENIZER_DIR)/tokenizer.json: scripts/fetch-tokenizer.sh
 
 -include mk/*.mk
 
-run: all
+run:
+	bash scripts/deps.sh
+	$(MAKE) all
 	bash scripts/stack.sh run
 
 # make test: set up a private stack on test ports, run every area's tests,
 # then the integration tests.  TEST_TARGETS come from mk/*.mk.
-test: all
+test:
+	bash scripts/deps.sh
+	$(MAKE) all
 	bash scripts/test.sh $(TEST_TARGETS)
 
 clean:
