@@ -1,0 +1,315 @@
+"""End-to-end tests of the whole stack, as a customer and an operator see it.
+
+Runs against the stack that scripts/stack.sh test-up started (real PostgreSQL,
+Redis, TLS gateway and engine worker on test ports); its settings come from
+the TG_TEST_* variables in var/test/env.  Python standard library plus
+psycopg2 (Debian's python3-psycopg2) to look at what landed in the database.
+"""
+
+import http.client
+import json
+import os
+import ssl
+import subprocess
+import sys
+import time
+import unittest
+import urllib.parse
+import uuid
+
+import psycopg2
+
+E = os.environ
+GATEWAY = urllib.parse.urlparse(E["TG_TEST_GATEWAY"])
+ADMIN = urllib.parse.urlparse(E["TG_TEST_ADMIN"])
+MODEL = E["TG_TEST_MODEL"]
+CTL = os.path.join(os.path.dirname(__file__), "..", "..", "build", "tollgatectl")
+# Demo prices set by stack.sh, micro-USD per 1M tokens = pico-USD per token.
+PRICE_IN_MISS, PRICE_IN_HIT, PRICE_OUT = 270000, 70000, 1100000
+
+
+def tls_context():
+    ctx = ssl.create_default_context(cafile=E["TG_TEST_CERT"])
+    return ctx
+
+
+def request(method, path, body=None, key=None, headers=None, raw=None, timeout=120):
+    """One HTTPS request to the gateway; returns (status, headers dict, body bytes)."""
+    c = http.client.HTTPSConnection(GATEWAY.hostname, GATEWAY.port, context=tls_context(), timeout=timeout)
+    h = {"Content-Type": "application/json"}
+    if key is not None:
+        h["Authorization"] = "Bearer " + key
+    h.update(headers or {})
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    c.request(method, path, body=data, headers=h)
+    r = c.getresponse()
+    out = r.read()
+    hdrs = {k.lower(): v for k, v in r.getheaders()}
+    c.close()
+    return r.status, hdrs, out
+
+
+def chat(key, content="Hello", max_tokens=8, stream=False, include_usage=False, model=None, **extra):
+    body = {"model": model or MODEL, "messages": [{"role": "user", "content": content}],
+            "max_tokens": max_tokens, "temperature": 0}
+    if stream:
+        body["stream"] = True
+        if include_usage:
+            body["stream_options"] = {"include_usage": True}
+    body.update(extra)
+    return request("POST", "/v1/chat/completions", body, key=key)
+
+
+def sse_events(body):
+    """Split an SSE body into the data payloads, checking the framing."""
+    text = body.decode("utf-8")
+    events = []
+    for block in text.split("\n\n"):
+        if not block.strip():
+            continue
+        datas = [ln[5:].lstrip(" ") for ln in block.split("\n") if ln.startswith("data:")]
+        if datas:
+            events.append("\n".join(datas))
+    return events
+
+
+def ctl(*args, check=True):
+    p = subprocess.run([CTL, *args], capture_output=True, text=True, timeout=60)
+    if check and p.returncode != 0:
+        raise AssertionError("tollgatectl %s failed (%d): %s" % (" ".join(args), p.returncode, p.stderr))
+    return p
+
+
+def new_customer(credit="5.00"):
+    name = "it-" + uuid.uuid4().hex[:12]
+    args = ["customer", "create", name]
+    if credit is not None:
+        args += ["--credit-usd", credit]
+    ctl(*args)
+    return name
+
+
+def new_key(customer, *limits):
+    out = ctl("key", "create", "--customer", customer, *limits).stdout
+    return out.strip().splitlines()[-1].strip()
+
+
+def key_id_of(customer, key):
+    keys = json.loads(ctl("key", "list", "--customer", customer, "--json").stdout)
+    if isinstance(keys, dict):
+        keys = keys.get("data") or keys.get("keys") or []
+    # The list shows a display prefix, never the key: one key per test customer.
+    assert len(keys) == 1, keys
+    return str(keys[0]["id"])
+
+
+def balance_pico(customer):
+    b = json.loads(ctl("balance", "--customer", customer, "--json").stdout)
+    return int(b["balance_pico"])
+
+
+def db():
+    return psycopg2.connect(E["TG_TEST_PG"])
+
+
+def usage_row(request_id, wait=15.0):
+    """The usage row of a request, waiting for the asynchronous settlement."""
+    deadline = time.time() + wait
+    with db() as conn:
+        conn.autocommit = True
+        cur = conn.cursor()
+        while True:
+            cur.execute("select prompt_tokens, completion_tokens, prompt_cache_hit_tokens,"
+                        " prompt_cache_miss_tokens, cost_pico, http_status, model"
+                        " from usage where request_id = %s", (request_id,))
+            rows = cur.fetchall()
+            if rows or time.time() > deadline:
+                return rows
+            time.sleep(0.1)
+
+
+def assert_openai_error(t, status, body, want_status):
+    t.assertEqual(status, want_status, body)
+    err = json.loads(body)["error"]
+    t.assertIsInstance(err["message"], str)
+    t.assertTrue(err["message"])
+    for f in ("type", "param", "code"):
+        t.assertIn(f, err)
+    return err
+
+
+class Stack(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.customer = new_customer("5.00")
+        cls.key = new_key(cls.customer)
+
+    def test_models_list(self):
+        st, h, b = request("GET", "/v1/models", key=self.key)
+        self.assertEqual(st, 200, b)
+        j = json.loads(b)
+        self.assertEqual(j["object"], "list")
+        self.assertIn(MODEL, [m["id"] for m in j["data"]])
+
+    def test_completion_usage_row_and_debit(self):
+        c = new_customer("2.50")
+        k = new_key(c)
+        before = balance_pico(c)
+        self.assertEqual(before, 2500000000000)
+        st, h, b = chat(k, "Tell me about tollgates.", max_tokens=12)
+        self.assertEqual(st, 200, b)
+        j = json.loads(b)
+        self.assertEqual(j["object"], "chat.completion")
+        msg = j["choices"][0]["message"]
+        self.assertEqual(msg["role"], "assistant")
+        self.assertIsInstance(msg["content"], str)
+        self.assertTrue(len(msg["content"]) > 0)
+        self.assertIn(j["choices"][0]["finish_reason"], ("stop", "length"))
+        u = j["usage"]
+        self.assertGreater(u["prompt_tokens"], 5)
+        self.assertGreaterEqual(u["completion_tokens"], 1)
+        self.assertLessEqual(u["completion_tokens"], 12)
+        self.assertEqual(u["total_tokens"], u["prompt_tokens"] + u["completion_tokens"])
+        self.assertEqual(u["prompt_cache_hit_tokens"] + u["prompt_cache_miss_tokens"], u["prompt_tokens"])
+        self.assertEqual(u["prompt_tokens_details"]["cached_tokens"], u["prompt_cache_hit_tokens"])
+        self.assertIn("reasoning_tokens", u["completion_tokens_details"])
+        rid = h.get("x-request-id")
+        self.assertTrue(rid)
+        self.assertEqual(uuid.UUID(rid).version, 7)
+
+        rows = usage_row(rid)
+        self.assertEqual(len(rows), 1, "exactly one usage row for %s" % rid)
+        pt, ct, hit, miss, cost, status, model = rows[0]
+        self.assertEqual((pt, ct, hit, miss), (u["prompt_tokens"], u["completion_tokens"],
+                                              u["prompt_cache_hit_tokens"], u["prompt_cache_miss_tokens"]))
+        self.assertEqual(status, 200)
+        self.assertEqual(model, MODEL)
+        want = miss * PRICE_IN_MISS + hit * PRICE_IN_HIT + ct * PRICE_OUT
+        self.assertEqual(int(cost), want)
+        self.assertEqual(before - balance_pico(c), want)
+
+    def test_prompt_tokens_match_the_model_tokenizer(self):
+        # The demo model's template: BOS + "<｜User｜>" + content + "<｜Assistant｜>".
+        content = "Count me exactly: 你好, мир! 12345 🙂"
+        st, h, b = chat(self.key, content, max_tokens=1)
+        self.assertEqual(st, 200, b)
+        text = "<｜begin▁of▁sentence｜><｜User｜>" + content + "<｜Assistant｜>"
+        p = subprocess.run([os.path.join(os.path.dirname(CTL), "tollgate-engine"), "tokenize", "--model",
+                            E["TG_TEST_MODEL_DIR"]], input=json.dumps(text) + "\n", capture_output=True,
+                           text=True, timeout=60)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertEqual(json.loads(b)["usage"]["prompt_tokens"], len(json.loads(p.stdout)))
+
+    def test_streaming_same_text_and_usage(self):
+        st, h, b = chat(self.key, "Stream this", max_tokens=10)
+        self.assertEqual(st, 200, b)
+        plain = json.loads(b)
+        st, h, b = chat(self.key, "Stream this", max_tokens=10, stream=True, include_usage=True)
+        self.assertEqual(st, 200, b)
+        self.assertTrue(h["content-type"].startswith("text/event-stream"))
+        ev = sse_events(b)
+        self.assertEqual(ev[-1], "[DONE]")
+        chunks = [json.loads(e) for e in ev[:-1]]
+        for c in chunks:
+            self.assertEqual(c["object"], "chat.completion.chunk")
+        text = "".join((c["choices"][0]["delta"].get("content") or "") for c in chunks if c["choices"])
+        self.assertEqual(text, plain["choices"][0]["message"]["content"])
+        self.assertEqual(chunks[-1]["choices"], [])
+        u = chunks[-1]["usage"]
+        for f in ("prompt_tokens", "completion_tokens", "total_tokens",
+                  "prompt_cache_hit_tokens", "prompt_cache_miss_tokens"):
+            self.assertEqual(u[f], plain["usage"][f], f)
+        fin = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]]
+        self.assertEqual(fin[-1], plain["choices"][0]["finish_reason"])
+        rows = usage_row(h["x-request-id"])
+        self.assertEqual(len(rows), 1)
+        self.assertEqual((rows[0][0], rows[0][1]), (u["prompt_tokens"], u["completion_tokens"]))
+
+    def test_streaming_without_include_usage(self):
+        st, h, b = chat(self.key, "No usage please", max_tokens=4, stream=True)
+        self.assertEqual(st, 200, b)
+        ev = sse_events(b)
+        self.assertEqual(ev[-1], "[DONE]")
+        for e in ev[:-1]:
+            c = json.loads(e)
+            self.assertTrue(c["choices"], "no usage-only chunk without include_usage")
+            self.assertIsNone(c.get("usage"))
+        # ...but the request is still metered.
+        rows = usage_row(h["x-request-id"])
+        self.assertEqual(len(rows), 1)
+        self.assertGreater(rows[0][1], 0)
+
+    # ---- errors ----------------------------------------------------------
+
+    def test_malformed_json_400(self):
+        st, h, b = request("POST", "/v1/chat/completions", raw=b'{"model": "x", "messages": [', key=self.key)
+        assert_openai_error(self, st, b, 400)
+
+    def test_missing_key_401(self):
+        st, h, b = chat(None)
+        assert_openai_error(self, st, b, 401)
+
+    def test_unknown_key_401(self):
+        st, h, b = chat("sk-" + "0" * 48)
+        assert_openai_error(self, st, b, 401)
+
+    def test_revoked_key_401(self):
+        c = new_customer("1.00")
+        k = new_key(c)
+        st, h, b = chat(k, max_tokens=1)
+        self.assertEqual(st, 200, b)
+        ctl("key", "revoke", key_id_of(c, k))
+        st, h, b = chat(k, max_tokens=1)
+        assert_openai_error(self, st, b, 401)
+
+    def test_no_balance_402(self):
+        c = new_customer(None)
+        k = new_key(c)
+        st, h, b = chat(k, max_tokens=1)
+        assert_openai_error(self, st, b, 402)
+        ctl("credit", "add", "--customer", c, "--usd", "0.01")
+        st, h, b = chat(k, max_tokens=1)
+        self.assertEqual(st, 200, b)
+
+    def test_unknown_model_404(self):
+        st, h, b = chat(self.key, model="no-such-model")
+        assert_openai_error(self, st, b, 404)
+
+    def test_oversized_body_413(self):
+        big = "x" * (2 * 1024 * 1024)
+        st, h, b = chat(self.key, big)
+        assert_openai_error(self, st, b, 413)
+
+    def test_rate_limit_trips_at_n_plus_1(self):
+        n = 5
+        c = new_customer("1.00")
+        k = new_key(c, "--rpm", str(n))
+        for i in range(n):
+            st, h, b = chat(k, max_tokens=1)
+            self.assertEqual(st, 200, "request %d of %d: %s" % (i + 1, n, b))
+            self.assertEqual(h.get("x-ratelimit-limit-requests"), str(n))
+            self.assertEqual(h.get("x-ratelimit-remaining-requests"), str(n - i - 1))
+        st, h, b = chat(k, max_tokens=1)
+        assert_openai_error(self, st, b, 429)
+        self.assertGreaterEqual(int(h["retry-after"]), 1)
+        self.assertLessEqual(int(h["retry-after"]), 60)
+        # A rejected request is not billed: exactly n usage rows for the key.
+        time.sleep(1)
+        with db() as conn:
+            cur = conn.cursor()
+            cur.execute("select count(*) from usage u join api_keys k on k.id = u.key_id"
+                        " join customers c on c.id = k.customer_id where c.name = %s", (c,))
+            self.assertEqual(cur.fetchone()[0], n)
+
+    def test_usage_command(self):
+        c = new_customer("1.00")
+        k = new_key(c)
+        st, h, b = chat(k, max_tokens=3)
+        self.assertEqual(st, 200, b)
+        usage_row(h["x-request-id"])
+        out = json.loads(ctl("usage", "--customer", c, "--json").stdout)
+        self.assertIn(h["x-request-id"], json.dumps(out))
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
