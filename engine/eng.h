@@ -37,7 +37,7 @@ typedef struct {
     size_t kv_bytes_per_token;
 } eng_model_info_t;
 
-/* Load dir/config.json and dir/*.safetensors.  On failure returns NULL and
+/* Load dir/config.json and the folder's safetensors files.  On failure returns NULL and
  * writes a message naming the file and tensor into err. */
 eng_model_t *eng_model_load(const char *dir, const eng_load_opts_t *opts, char *err, size_t errlen);
 void eng_model_free(eng_model_t *m);
@@ -61,5 +61,11 @@ int eng_forward(eng_model_t *m, eng_seq_t **seqs, const int32_t *const *ids, con
  * tokens (layer-major), or NULL when not recorded.  Recording is enabled by
  * eng_model_set_trace(m, 1). */
 void eng_model_set_trace(eng_model_t *m, int on);
+/* The trace of the last eng_forward: ids [n_layers][*n_tokens][*topk] in the
+ * batch's token order (sequence 0's new tokens first); dense layers hold -1.
+ * NULL when tracing is off or nothing ran.  Owned by the model. */
+const int32_t *eng_model_trace(const eng_model_t *m, int *n_tokens, int *topk);
+/* The backend's name and the kernel instruction set, e.g. "cpu/avx512". */
+const char *eng_model_backend(const eng_model_t *m);
 
 #endif

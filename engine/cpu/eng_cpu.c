@@ -1,0 +1,197 @@
+/* eng_cpu.c — the CPU backend: the ops table of eng_model_int.h over a thread
+ * pool.  Matmuls split output rows between threads; attention splits heads.
+ * Every output value is computed by one thread in an order fixed by the
+ * shapes alone, so results do not depend on the thread count or the batch. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "eng_cpu.h"
+
+typedef struct {
+    eng_backend_t base;
+    eng_cpu_pool_t *pool;
+} cpu_be_t;
+
+static eng_cpu_pool_t *pool_of(eng_backend_t *be) { return ((cpu_be_t *)be)->pool; }
+
+/* ---- matmul ---------------------------------------------------------------- */
+
+typedef struct {
+    const eng_w_t *w;
+    const float *x;
+    int n;
+    float *y;
+} mm_job_t;
+
+static void mm_worker(void *arg, int t, int nt) {
+    mm_job_t *j = arg;
+    int64_t R = j->w->rows;
+    /* split rows in multiples of 16 so threads touch disjoint cache lines of y */
+    int64_t chunk = ((R + nt - 1) / nt + 15) / 16 * 16;
+    int64_t r0 = (int64_t)t * chunk, r1 = r0 + chunk < R ? r0 + chunk : R;
+    if (r0 >= r1) return;
+    float *buf = malloc(j->w->cols * sizeof(float));
+    if (!buf) abort();
+    eng_cpu_matmul_rows(j->w, j->x, j->n, j->y, r0, r1, buf);
+    free(buf);
+}
+
+static void cpu_matmul(eng_backend_t *be, const eng_w_t *w, const float *x, int n, float *y) {
+    if (n <= 0) return;
+    mm_job_t j = {w, x, n, y};
+    eng_cpu_pool_run(pool_of(be), mm_worker, &j);
+}
+
+/* ---- attention ---------------------------------------------------------------- */
+
+static void softmax_inplace(float *s, int n) {
+    float mx = -INFINITY;
+    for (int i = 0; i < n; i++) mx = s[i] > mx ? s[i] : mx;
+    float sum = 0;
+    for (int i = 0; i < n; i++) {
+        s[i] = expf(s[i] - mx);
+        sum += s[i];
+    }
+    float inv = 1.0f / sum;
+    for (int i = 0; i < n; i++) s[i] *= inv;
+}
+
+typedef struct {
+    const eng_w_t *kv_b;
+    int H, dn, dr, dv, c;
+    float scale;
+    const float *q;
+    const eng_attn_seq_t *seqs;
+    int nseq, T, maxlen;
+    float *out;
+    int kvh, hd; /* GQA */
+} attn_job_t;
+
+/* MLA, absorbed:  q_lat = W_k_h^T q_nope;  s_t = (q_lat . ckv_t + q_pe . kpe_t) * scale;
+ * o_lat = sum_t softmax(s)_t ckv_t;  out_h = W_v_h o_lat. */
+static void mla_worker(void *arg, int t, int nt) {
+    attn_job_t *j = arg;
+    int c = j->c, dn = j->dn, dr = j->dr, dv = j->dv, T = j->T, qs = j->dn + j->dr;
+    float *qlat = malloc((size_t)T * c * sizeof(float));
+    float *olat = malloc((size_t)T * c * sizeof(float));
+    float *row = malloc(c * sizeof(float));
+    float *sc = malloc((j->maxlen + 1) * sizeof(float));
+    if (!qlat || !olat || !row || !sc) abort();
+    for (int h = t; h < j->H; h += nt) {
+        memset(qlat, 0, (size_t)T * c * sizeof(float));
+        for (int d = 0; d < dn; d++) {
+            eng_cpu_row_f32(j->kv_b, (int64_t)h * (dn + dv) + d, row);
+            for (int i = 0; i < T; i++)
+                eng_cpu_axpy(qlat + (size_t)i * c, j->q[(size_t)i * j->H * qs + h * qs + d], row, c);
+        }
+        for (int si = 0; si < j->nseq; si++) {
+            const eng_attn_seq_t *s = &j->seqs[si];
+            for (int k = 0; k < s->n; k++) {
+                int i = s->tok0 + k, len = s->pos0 + k + 1;
+                const float *qp = j->q + (size_t)i * j->H * qs + h * qs + dn;
+                for (int p = 0; p < len; p++) {
+                    const float *kv = s->k + (size_t)p * (c + dr);
+                    sc[p] = (eng_cpu_dot(qlat + (size_t)i * c, kv, c) + eng_cpu_dot(qp, kv + c, dr)) * j->scale;
+                }
+                softmax_inplace(sc, len);
+                float *o = olat + (size_t)i * c;
+                memset(o, 0, c * sizeof(float));
+                for (int p = 0; p < len; p++) eng_cpu_axpy(o, sc[p], s->k + (size_t)p * (c + dr), c);
+            }
+        }
+        for (int d = 0; d < dv; d++) {
+            eng_cpu_row_f32(j->kv_b, (int64_t)h * (dn + dv) + dn + d, row);
+            for (int i = 0; i < T; i++) j->out[(size_t)i * j->H * dv + h * dv + d] = eng_cpu_dot(row, olat + (size_t)i * c, c);
+        }
+    }
+    free(qlat);
+    free(olat);
+    free(row);
+    free(sc);
+}
+
+static int batch_shape(const eng_attn_seq_t *seqs, int nseq, int *maxlen) {
+    int T = 0;
+    *maxlen = 0;
+    for (int i = 0; i < nseq; i++) {
+        if (seqs[i].tok0 + seqs[i].n > T) T = seqs[i].tok0 + seqs[i].n;
+        if (seqs[i].pos0 + seqs[i].n > *maxlen) *maxlen = seqs[i].pos0 + seqs[i].n;
+    }
+    return T;
+}
+
+static void cpu_attn_mla(eng_backend_t *be, const eng_w_t *kv_b, int H, int dn, int dr, int dv, int c,
+                         float scale, const float *q, const eng_attn_seq_t *seqs, int nseq, float *out) {
+    attn_job_t j = {.kv_b = kv_b, .H = H, .dn = dn, .dr = dr, .dv = dv, .c = c, .scale = scale, .q = q,
+                    .seqs = seqs, .nseq = nseq, .out = out};
+    j.T = batch_shape(seqs, nseq, &j.maxlen);
+    if (!j.T) return;
+    eng_cpu_pool_run(pool_of(be), mla_worker, &j);
+}
+
+/* GQA: head h reads kv head h / (H / kvh). */
+static void gqa_worker(void *arg, int t, int nt) {
+    attn_job_t *j = arg;
+    int hd = j->hd, kvh = j->kvh, H = j->H, rep = H / kvh;
+    float *sc = malloc((j->maxlen + 1) * sizeof(float));
+    if (!sc) abort();
+    for (int h = t; h < H; h += nt) {
+        int g = h / rep;
+        for (int si = 0; si < j->nseq; si++) {
+            const eng_attn_seq_t *s = &j->seqs[si];
+            for (int k = 0; k < s->n; k++) {
+                int i = s->tok0 + k, len = s->pos0 + k + 1;
+                const float *qh = j->q + (size_t)i * H * hd + h * hd;
+                for (int p = 0; p < len; p++)
+                    sc[p] = eng_cpu_dot(qh, s->k + (size_t)p * kvh * hd + g * hd, hd) * j->scale;
+                softmax_inplace(sc, len);
+                float *o = j->out + (size_t)i * H * hd + h * hd;
+                memset(o, 0, hd * sizeof(float));
+                for (int p = 0; p < len; p++) eng_cpu_axpy(o, sc[p], s->v + (size_t)p * kvh * hd + g * hd, hd);
+            }
+        }
+    }
+    free(sc);
+}
+
+static void cpu_attn_gqa(eng_backend_t *be, int H, int kvh, int hd, float scale, const float *q,
+                         const eng_attn_seq_t *seqs, int nseq, float *out) {
+    attn_job_t j = {.H = H, .kvh = kvh, .hd = hd, .scale = scale, .q = q, .seqs = seqs, .nseq = nseq,
+                    .out = out};
+    j.T = batch_shape(seqs, nseq, &j.maxlen);
+    if (!j.T) return;
+    eng_cpu_pool_run(pool_of(be), gqa_worker, &j);
+}
+
+static void cpu_free(eng_backend_t *be) {
+    if (!be) return;
+    eng_cpu_pool_free(pool_of(be));
+    free(be);
+}
+
+static const eng_backend_ops_t cpu_ops = {
+    .name = "cpu",
+    .matmul = cpu_matmul,
+    .attn_mla = cpu_attn_mla,
+    .attn_gqa = cpu_attn_gqa,
+    .free = cpu_free,
+};
+
+eng_backend_t *eng_cpu_backend_new(int n_threads, char *err, size_t errlen) {
+    cpu_be_t *b = calloc(1, sizeof *b);
+    if (!b) {
+        snprintf(err, errlen, "cpu backend: out of memory");
+        return NULL;
+    }
+    b->pool = eng_cpu_pool_new(n_threads);
+    if (!b->pool) {
+        snprintf(err, errlen, "cpu backend: cannot start %d threads", n_threads);
+        free(b);
+        return NULL;
+    }
+    b->base.ops = &cpu_ops;
+    b->base.n_threads = n_threads;
+    return &b->base;
+}

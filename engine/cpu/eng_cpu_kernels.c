@@ -1,0 +1,237 @@
+/* eng_cpu_kernels.c — the CPU backend's inner loops: weight rows decoded to
+ * fp32 (F32, BF16, F16, FP8 e4m3 with 128x128 block scales, int8 with row or
+ * block scales), fp32 dot products and axpy.  Each exists as portable C, AVX2
+ * and AVX-512 code; the widest the CPU supports is chosen once at run time.
+ * Accumulation order depends only on the vector length, never on how many
+ * tokens are in a batch, so batched and single results are bit-identical. */
+#include <immintrin.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "eng_cpu.h"
+
+static float f8_table[256];
+
+/* ---- portable ---------------------------------------------------------------- */
+
+static float dot_scalar(const float *a, const float *b, int n) {
+    float acc[8] = {0};
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int k = 0; k < 8; k++) acc[k] += a[i + k] * b[i + k];
+    float s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for (; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+static void axpy_scalar(float *y, float a, const float *x, int n) {
+    for (int i = 0; i < n; i++) y[i] += a * x[i];
+}
+
+static void bf16_row_scalar(const uint16_t *s, float *d, int64_t n) {
+    for (int64_t i = 0; i < n; i++) d[i] = eng_bf16_to_f32(s[i]);
+}
+
+static void f16_row_scalar(const uint16_t *s, float *d, int64_t n) {
+    for (int64_t i = 0; i < n; i++) d[i] = eng_f16_to_f32(s[i]);
+}
+
+/* ---- AVX2 + FMA ---------------------------------------------------------------- */
+
+__attribute__((target("avx2,fma"))) static float dot_avx2(const float *a, const float *b, int n) {
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
+    }
+    for (; i + 8 <= n; i += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+    s0 = _mm256_add_ps(s0, s1);
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(s0), _mm256_extractf128_ps(s0, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_add_ss(h, _mm_movehdup_ps(h));
+    float s = _mm_cvtss_f32(h);
+    for (; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+__attribute__((target("avx2,fma"))) static void axpy_avx2(float *y, float a, const float *x, int n) {
+    __m256 va = _mm256_set1_ps(a);
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+    for (; i < n; i++) y[i] += a * x[i];
+}
+
+__attribute__((target("avx2"))) static void bf16_row_avx2(const uint16_t *s, float *d, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(s + i)));
+        _mm256_storeu_ps(d + i, _mm256_castsi256_ps(_mm256_slli_epi32(v, 16)));
+    }
+    for (; i < n; i++) d[i] = eng_bf16_to_f32(s[i]);
+}
+
+__attribute__((target("avx2,f16c"))) static void f16_row_avx2(const uint16_t *s, float *d, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(d + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(s + i))));
+    for (; i < n; i++) d[i] = eng_f16_to_f32(s[i]);
+}
+
+/* ---- AVX-512 ---------------------------------------------------------------- */
+
+__attribute__((target("avx512f"))) static float dot_avx512(const float *a, const float *b, int n) {
+    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+    int i = 0;
+    for (; i + 32 <= n; i += 32) {
+        s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0);
+        s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), _mm512_loadu_ps(b + i + 16), s1);
+    }
+    for (; i + 16 <= n; i += 16) s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0);
+    if (i < n) {
+        __mmask16 m = (__mmask16)((1u << (n - i)) - 1);
+        s1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i), s1);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
+}
+
+__attribute__((target("avx512f"))) static void axpy_avx512(float *y, float a, const float *x, int n) {
+    __m512 va = _mm512_set1_ps(a);
+    int i = 0;
+    for (; i + 16 <= n; i += 16)
+        _mm512_storeu_ps(y + i, _mm512_fmadd_ps(va, _mm512_loadu_ps(x + i), _mm512_loadu_ps(y + i)));
+    if (i < n) {
+        __mmask16 m = (__mmask16)((1u << (n - i)) - 1);
+        _mm512_mask_storeu_ps(y + i, m, _mm512_fmadd_ps(va, _mm512_maskz_loadu_ps(m, x + i),
+                                                       _mm512_maskz_loadu_ps(m, y + i)));
+    }
+}
+
+__attribute__((target("avx512f"))) static void bf16_row_avx512(const uint16_t *s, float *d, int64_t n) {
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m512i v = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(s + i)));
+        _mm512_storeu_ps(d + i, _mm512_castsi512_ps(_mm512_slli_epi32(v, 16)));
+    }
+    for (; i < n; i++) d[i] = eng_bf16_to_f32(s[i]);
+}
+
+__attribute__((target("avx512f"))) static void f16_row_avx512(const uint16_t *s, float *d, int64_t n) {
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(d + i, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(s + i))));
+    for (; i < n; i++) d[i] = eng_f16_to_f32(s[i]);
+}
+
+/* ---- dispatch ---------------------------------------------------------------- */
+
+static struct {
+    const char *isa;
+    float (*dot)(const float *, const float *, int);
+    void (*axpy)(float *, float, const float *, int);
+    void (*bf16_row)(const uint16_t *, float *, int64_t);
+    void (*f16_row)(const uint16_t *, float *, int64_t);
+} K;
+
+static pthread_once_t k_once = PTHREAD_ONCE_INIT;
+
+static void k_init(void) {
+    for (int i = 0; i < 256; i++) f8_table[i] = eng_f8e4m3_to_f32((uint8_t)i);
+    const char *force = getenv("TOLLGATE_ENGINE_ISA");
+    int want = 2;
+    if (force && !strcmp(force, "scalar")) want = 0;
+    if (force && !strcmp(force, "avx2")) want = 1;
+    __builtin_cpu_init();
+    int has2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    int has512 = has2 && __builtin_cpu_supports("avx512f");
+    K.isa = "scalar";
+    K.dot = dot_scalar;
+    K.axpy = axpy_scalar;
+    K.bf16_row = bf16_row_scalar;
+    K.f16_row = f16_row_scalar;
+    if (want >= 1 && has2) {
+        K.isa = "avx2";
+        K.dot = dot_avx2;
+        K.axpy = axpy_avx2;
+        K.bf16_row = bf16_row_avx2;
+        K.f16_row = f16_row_avx2;
+    }
+    if (want >= 2 && has512) {
+        K.isa = "avx512";
+        K.dot = dot_avx512;
+        K.axpy = axpy_avx512;
+        K.bf16_row = bf16_row_avx512;
+        K.f16_row = f16_row_avx512;
+    }
+}
+
+static inline void k_ready(void) { pthread_once(&k_once, k_init); }
+
+const char *eng_cpu_isa(void) {
+    k_ready();
+    return K.isa;
+}
+
+float eng_cpu_dot(const float *a, const float *b, int n) {
+    k_ready();
+    return K.dot(a, b, n);
+}
+
+void eng_cpu_axpy(float *y, float a, const float *x, int n) {
+    k_ready();
+    K.axpy(y, a, x, n);
+}
+
+void eng_cpu_row_f32(const eng_w_t *w, int64_t r, float *out) {
+    k_ready();
+    int64_t C = w->cols;
+    switch (w->dt) {
+    case ENG_DT_F32:
+        memcpy(out, (const float *)w->data + r * C, C * sizeof(float));
+        break;
+    case ENG_DT_BF16:
+        K.bf16_row((const uint16_t *)w->data + r * C, out, C);
+        break;
+    case ENG_DT_F16:
+        K.f16_row((const uint16_t *)w->data + r * C, out, C);
+        break;
+    case ENG_DT_F8_E4M3: {
+        const uint8_t *s = (const uint8_t *)w->data + r * C;
+        const float *sc = w->scale + (r / 128) * w->scale_cols;
+        for (int64_t c0 = 0; c0 < C; c0 += 128) {
+            float f = sc[c0 / 128];
+            int64_t c1 = c0 + 128 < C ? c0 + 128 : C;
+            for (int64_t c = c0; c < c1; c++) out[c] = f8_table[s[c]] * f;
+        }
+        break;
+    }
+    case ENG_DT_I8: {
+        const int8_t *s = (const int8_t *)w->data + r * C;
+        const float *sc = w->scale + r * w->scale_cols;
+        for (int64_t c0 = 0; c0 < C; c0 += w->qblk) {
+            float f = sc[c0 / w->qblk];
+            int64_t c1 = c0 + w->qblk < C ? c0 + w->qblk : C;
+            for (int64_t c = c0; c < c1; c++) out[c] = (float)s[c] * f;
+        }
+        break;
+    }
+    default:
+        memset(out, 0, C * sizeof(float));
+    }
+}
+
+void eng_cpu_matmul_rows(const eng_w_t *w, const float *x, int n, float *y, int64_t r0, int64_t r1,
+                         float *rowbuf) {
+    k_ready();
+    int64_t C = w->cols, R = w->rows;
+    for (int64_t r = r0; r < r1; r++) {
+        const float *row;
+        if (w->dt == ENG_DT_F32) {
+            row = (const float *)w->data + r * C;
+        } else {
+            eng_cpu_row_f32(w, r, rowbuf);
+            row = rowbuf;
+        }
+        for (int i = 0; i < n; i++) y[(int64_t)i * R + r] = K.dot(row, x + (int64_t)i * C, (int)C);
+    }
+}

@@ -1,0 +1,195 @@
+/* eng_model_int.h — private to engine/: the safetensors reader, the weight
+ * descriptor shared by the model and its backends, the backend ops table and
+ * the model/sequence structs.  Nothing outside engine/ includes this.
+ *
+ * Invariants: every eng_w_t points into an mmapped safetensors file (or, with
+ * int8 quantization, into a buffer the model owns); the model never copies a
+ * matmul weight.  Activations and the KV cache are fp32. */
+#ifndef ENG_MODEL_INT_H
+#define ENG_MODEL_INT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "eng.h"
+
+/* ---- safetensors (eng_st.c) ------------------------------------------- */
+
+typedef enum {
+    ENG_DT_F32 = 0,
+    ENG_DT_BF16,
+    ENG_DT_F16,
+    ENG_DT_F8_E4M3,
+    ENG_DT_I8,      /* load-time int8 quantization only (never read from a file as a weight) */
+    ENG_DT_OTHER,   /* a dtype the header may name but the engine cannot compute with */
+} eng_dtype_t;
+
+#define ENG_ST_MAX_DIMS 8
+
+typedef struct {
+    char *name;
+    char dtype_name[16];       /* as written in the header, e.g. "F8_E4M3" */
+    eng_dtype_t dt;
+    int elem_size;             /* bytes per element */
+    int ndim;
+    int64_t shape[ENG_ST_MAX_DIMS];
+    const uint8_t *data;       /* into the mapping; NULL until the file is mapped */
+    uint64_t begin, end;       /* byte offsets relative to the data section */
+    const char *file;          /* the shard it lives in (owned by eng_st_t) */
+} eng_st_tensor_t;
+
+typedef struct eng_st eng_st_t;
+
+/* Parse a safetensors file held in buf[0..size) (the whole file).  On success
+ * *out holds *n tensors whose data pointers point into buf; every offset, size
+ * and shape has been checked against size.  fname only names the file in
+ * errors.  Returns 0, or -1 with a message in err. */
+int eng_st_parse(const uint8_t *buf, size_t size, const char *fname, eng_st_tensor_t **out, int *n,
+                 char *err, size_t errlen);
+void eng_st_tensors_free(eng_st_tensor_t *t, int n);
+
+/* mmap every shard of a Hugging Face folder (model.safetensors.index.json,
+ * else model.safetensors, else every *.safetensors) and index its tensors. */
+eng_st_t *eng_st_open_dir(const char *dir, char *err, size_t errlen);
+const eng_st_tensor_t *eng_st_find(const eng_st_t *st, const char *name);
+void eng_st_free(eng_st_t *st);
+
+/* fp8 e4m3 and half conversions (eng_st.c) */
+float eng_f8e4m3_to_f32(uint8_t v);
+uint8_t eng_f32_to_f8e4m3(float f);
+float eng_bf16_to_f32(uint16_t v);
+uint16_t eng_f32_to_bf16(float f);
+float eng_f16_to_f32(uint16_t v);
+uint16_t eng_f32_to_f16(float f);
+
+/* ---- weights ------------------------------------------------------------ */
+
+/* A 2-D matmul weight W [rows, cols], row-major (out_features x in_features).
+ *  F8_E4M3: w[r][c] = fp8[r][c] * scale[(r/128) * scale_cols + c/128]
+ *  I8:      w[r][c] = q[r][c] * scale[r * scale_cols + c/blk]  (blk = cols/scale_cols, per row or block)
+ *  otherwise scale is NULL. */
+typedef struct {
+    eng_dtype_t dt;
+    int64_t rows, cols;
+    const void *data;
+    const float *scale;
+    int64_t scale_cols;
+    int32_t qblk;             /* I8: columns per scale (cols for per-row) */
+    const char *name;         /* the checkpoint tensor name (owned by eng_st_t) */
+} eng_w_t;
+
+/* ---- backend ops table --------------------------------------------------- */
+
+typedef struct eng_backend eng_backend_t;
+
+/* One seqence's slice of a forward batch, for attention. */
+typedef struct {
+    int tok0;        /* index of its first new token in the batch */
+    int n;           /* new tokens */
+    int pos0;        /* position of its first new token (= cache length before the call) */
+    float *k;        /* MLA: cache [len][c+dr]; GQA: keys [len][kvh*hd] (this layer) */
+    float *v;        /* GQA: values [len][kvh*hd]; MLA: unused */
+} eng_attn_seq_t;
+
+typedef struct {
+    const char *name;
+    /* Y [n, w.rows] = X [n, w.cols] @ W^T.  Each output element is computed
+     * the same way whatever n is (batch invariance). */
+    void (*matmul)(eng_backend_t *be, const eng_w_t *w, const float *x, int n, float *y);
+    /* MLA attention (absorbed): q [T, H*(dn+dr)] with RoPE applied, writes
+     * out [T, H*dv].  kv_b = W [H*(dn+dv), c]. */
+    void (*attn_mla)(eng_backend_t *be, const eng_w_t *kv_b, int H, int dn, int dr, int dv, int c,
+                     float scale, const float *q, const eng_attn_seq_t *seqs, int nseq, float *out);
+    /* GQA attention: q [T, H*hd], out [T, H*hd]. */
+    void (*attn_gqa)(eng_backend_t *be, int H, int kvh, int hd, float scale, const float *q,
+                     const eng_attn_seq_t *seqs, int nseq, float *out);
+    void (*free)(eng_backend_t *be);
+} eng_backend_ops_t;
+
+struct eng_backend {
+    const eng_backend_ops_t *ops;
+    int n_threads;
+};
+
+eng_backend_t *eng_cpu_backend_new(int n_threads, char *err, size_t errlen);
+
+/* ---- model ---------------------------------------------------------------- */
+
+typedef struct {
+    int moe;
+    float *attn_norm, *ffn_norm;      /* [D] */
+    /* MLA (DeepSeek) */
+    eng_w_t q_proj;                   /* [H*(dn+dr), D] when q_lora_rank == 0 */
+    eng_w_t q_a, q_b;                 /* [ql, D], [H*(dn+dr), ql] */
+    float *q_a_norm;                  /* [ql] */
+    eng_w_t kv_a;                     /* [c+dr, D] */
+    float *kv_a_norm;                 /* [c] */
+    eng_w_t kv_b;                     /* [H*(dn+dv), c] */
+    /* GQA (Mixtral) */
+    eng_w_t wq, wk, wv;               /* [H*hd, D], [kvh*hd, D], [kvh*hd, D] */
+    eng_w_t o_proj;                   /* [D, H*dv] */
+    /* dense FFN */
+    eng_w_t gate, up, down;           /* [I, D], [I, D], [D, I] */
+    /* MoE */
+    eng_w_t router;                   /* [E, D] */
+    float *router_bias;               /* [E] or NULL */
+    eng_w_t *eg, *eu, *ed;            /* E of [Im, D], [Im, D], [D, Im] */
+    int has_shared;
+    eng_w_t sg, su, sd;               /* [Is, D], [Is, D], [D, Is] */
+} eng_layer_t;
+
+typedef struct {
+    int D, n_layers, vocab, H;
+    float eps;
+    /* MLA */
+    int q_lora, c, dn, dr, dv;
+    /* GQA */
+    int kvh, hd;
+    int rope_interleaved;             /* DeepSeek: pairs (2i,2i+1); Mixtral: (i, i+hd/2) */
+    float rope_theta;
+    int first_dense, moe_freq;
+    int inter, moe_inter, n_shared;
+    int E, topk, n_group, topk_group;
+    int sigmoid;                      /* scoring_func */
+    int norm_topk;
+    float routed_scale;
+    int group_sum2;                   /* group score = sum of top-2 (V3, noaux_tc) vs max */
+    int scale_after_norm;             /* V3: always scale; V2 (HF): scale only when not normalized */
+    int max_pos;
+    /* YaRN */
+    int yarn;
+    float yarn_factor, yarn_mscale, yarn_mscale_all, beta_fast, beta_slow;
+    int orig_max_pos;
+} eng_cfg_t;
+
+struct eng_model {
+    eng_model_info_t info;
+    eng_cfg_t cfg;
+    char arch_name[64];
+    eng_st_t *st;
+    eng_backend_t *be;
+    eng_w_t embed, lm_head;
+    float *final_norm;
+    eng_layer_t *layers;
+    float *rope_cos, *rope_sin;       /* [max_seq_len][rd/2] */
+    float attn_scale;
+    void *owned;                      /* int8 quantized buffers (one block) */
+    size_t owned_n;
+    void **owned_list;
+    /* tracing: routed expert ids of the last forward, [n_layers][T][topk] */
+    int trace_on;
+    int32_t *trace;
+    int trace_T;
+};
+
+struct eng_seq {
+    eng_model_t *m;
+    int len, cap, max_len;
+    int row;                          /* floats per token per layer: k (+ v for GQA) */
+    float **k, **v;                   /* per layer: [cap][row] */
+};
+
+/* Weight row helpers shared by backends (eng_cpu_kernels.c). */
+void eng_cpu_row_f32(const eng_w_t *w, int64_t r, float *out);
+
+#endif
