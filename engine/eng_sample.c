@@ -1,0 +1,147 @@
+/* eng_sample.c — greedy, temperature and top-p sampling with a seeded RNG.
+ *
+ * Invariants: only ids < n_allowed are returned; for equal inputs (logits,
+ * params, RNG state) the result is the same on every run and machine with
+ * IEEE floats (sums run in double, in a fixed order; ties break to the lower
+ * id). */
+#include "eng_sample.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct eng_sampler {
+    int32_t n;          /* ids allowed */
+    int32_t *idx;       /* (n) candidate ids, sorted by logit for top-p */
+    float *prob;        /* (n) probabilities indexed by id */
+    int32_t *counts;    /* (n) penalty counts, kept all-zero between calls */
+};
+
+static uint64_t splitmix64(uint64_t *x) {
+    uint64_t z = (*x += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+void eng_rng_seed(eng_rng_t *r, uint64_t seed) {
+    for (int i = 0; i < 4; i++) r->s[i] = splitmix64(&seed);
+}
+
+static inline uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+
+uint64_t eng_rng_next(eng_rng_t *r) {
+    uint64_t *s = r->s;
+    uint64_t out = rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
+    s[2] ^= s[0];
+    s[3] ^= s[1];
+    s[1] ^= s[2];
+    s[0] ^= s[3];
+    s[2] ^= t;
+    s[3] = rotl(s[3], 45);
+    return out;
+}
+
+double eng_rng_uniform(eng_rng_t *r) { return (double)(eng_rng_next(r) >> 11) * 0x1.0p-53; }
+
+eng_sampler_t *eng_sampler_new(int32_t n_allowed) {
+    eng_sampler_t *s = calloc(1, sizeof *s);
+    if (!s) return NULL;
+    s->n = n_allowed > 0 ? n_allowed : 0;
+    size_t n = s->n ? (size_t)s->n : 1;
+    s->idx = malloc(n * sizeof *s->idx);
+    s->prob = malloc(n * sizeof *s->prob);
+    s->counts = calloc(n, sizeof *s->counts);
+    if (!s->idx || !s->prob || !s->counts) {
+        eng_sampler_free(s);
+        return NULL;
+    }
+    return s;
+}
+
+void eng_sampler_free(eng_sampler_t *s) {
+    if (!s) return;
+    free(s->idx);
+    free(s->prob);
+    free(s->counts);
+    free(s);
+}
+
+static void apply_penalties(eng_sampler_t *s, float *logits, const eng_sample_params_t *p,
+                            const int32_t *prev, size_t n_prev) {
+    if (!prev || !n_prev || (p->presence_penalty == 0 && p->frequency_penalty == 0)) return;
+    for (size_t i = 0; i < n_prev; i++)
+        if (prev[i] >= 0 && prev[i] < s->n) s->counts[prev[i]]++;
+    for (size_t i = 0; i < n_prev; i++) {
+        int32_t id = prev[i];
+        if (id < 0 || id >= s->n || !s->counts[id]) continue;
+        logits[id] -= p->frequency_penalty * (float)s->counts[id] + p->presence_penalty;
+        s->counts[id] = 0; /* applied once per distinct id; leaves counts zeroed */
+    }
+}
+
+static int32_t argmax(const float *logits, int32_t n) {
+    int32_t best = 0;
+    for (int32_t i = 1; i < n; i++)
+        if (logits[i] > logits[best] || (isnan(logits[best]) && !isnan(logits[i]))) best = i;
+    return best;
+}
+
+/* qsort has no context argument in C11; a thread-local pointer keeps the
+ * comparator reentrant across sampler threads. */
+static _Thread_local const float *tl_prob;
+
+static int cmp_desc(const void *a, const void *b) {
+    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+    float px = tl_prob[x], py = tl_prob[y];
+    if (px > py) return -1;
+    if (px < py) return 1;
+    return x < y ? -1 : x > y;
+}
+
+int32_t eng_sample(eng_sampler_t *s, float *logits, const eng_sample_params_t *p, eng_rng_t *rng,
+                   const int32_t *prev, size_t n_prev) {
+    int32_t n = s->n;
+    if (n <= 0) return -1;
+    apply_penalties(s, logits, p, prev, n_prev);
+    int32_t best = argmax(logits, n);
+    if (!(p->temperature > 0) || !(p->top_p > 0) || !isfinite(logits[best])) return best;
+
+    /* softmax(logits / T), in double for the normaliser */
+    double inv_t = 1.0 / p->temperature, sum = 0;
+    float mx = logits[best];
+    for (int32_t i = 0; i < n; i++) {
+        float e = isnan(logits[i]) ? 0.0f : (float)exp((double)(logits[i] - mx) * inv_t);
+        s->prob[i] = e;
+        sum += e;
+    }
+    double u = eng_rng_uniform(rng);
+    if (p->top_p >= 1.0f) {
+        double target = u * sum, acc = 0;
+        for (int32_t i = 0; i < n; i++) {
+            acc += s->prob[i];
+            if (acc > target && s->prob[i] > 0) return i;
+        }
+        return best;
+    }
+    /* top-p: keep ids with non-negligible probability, sort them descending,
+     * cut at the smallest prefix whose mass reaches top_p. */
+    int32_t m = 0;
+    double floor_p = sum * 1e-12;
+    for (int32_t i = 0; i < n; i++)
+        if (s->prob[i] > floor_p) s->idx[m++] = i;
+    tl_prob = s->prob;
+    qsort(s->idx, (size_t)m, sizeof *s->idx, cmp_desc);
+    double want = (double)p->top_p * sum, acc = 0;
+    int32_t k = 0;
+    while (k < m) {
+        acc += s->prob[s->idx[k++]];
+        if (acc >= want) break;
+    }
+    double target = u * acc, run = 0;
+    for (int32_t i = 0; i < k; i++) {
+        run += s->prob[s->idx[i]];
+        if (run > target) return s->idx[i];
+    }
+    return s->idx[k - 1];
+}

@@ -1,0 +1,44 @@
+/* eng_sample.h — token sampling for the serving path (private to engine/).
+ *
+ * A deterministic per-request RNG (xoshiro256** seeded through splitmix64)
+ * and a sampler that turns one row of logits into a token id: greedy argmax at
+ * temperature 0, otherwise softmax(logits / T) restricted to the top-p nucleus.
+ * Only ids < n_allowed are ever produced (the model's lm_head may have more
+ * rows than the tokenizer has ids).  Same seed + same logits = same id. */
+#ifndef ENG_SAMPLE_H
+#define ENG_SAMPLE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct {
+    uint64_t s[4];
+} eng_rng_t;
+
+void eng_rng_seed(eng_rng_t *r, uint64_t seed);
+uint64_t eng_rng_next(eng_rng_t *r);
+/* Uniform double in [0, 1) with 53 random bits. */
+double eng_rng_uniform(eng_rng_t *r);
+
+typedef struct {
+    float temperature;       /* 0: greedy */
+    float top_p;             /* (0, 1]; 1: whole distribution */
+    float presence_penalty;  /* OpenAI: logit -= presence * (count > 0) */
+    float frequency_penalty; /* OpenAI: logit -= frequency * count */
+} eng_sample_params_t;
+
+typedef struct eng_sampler eng_sampler_t;
+
+/* A sampler with scratch space for n_allowed ids; one sampler per thread.
+ * Returns NULL on out of memory. */
+eng_sampler_t *eng_sampler_new(int32_t n_allowed);
+void eng_sampler_free(eng_sampler_t *s); /* accepts NULL */
+
+/* Pick the next id from logits[0 .. n_allowed-1] (the row may be longer; the
+ * rest is ignored).  prev/n_prev are the ids generated so far (for the
+ * penalties; may be NULL/0).  logits is modified (penalties applied in
+ * place).  Returns the id, or -1 when n_allowed is 0. */
+int32_t eng_sample(eng_sampler_t *s, float *logits, const eng_sample_params_t *p, eng_rng_t *rng,
+                   const int32_t *prev, size_t n_prev);
+
+#endif

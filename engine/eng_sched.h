@@ -1,0 +1,163 @@
+/* eng_sched.h — the serving scheduler (private to engine/): one thread that
+ * owns the model and runs continuous batching over submitted jobs, plus the
+ * pure text pipeline each job's tokens go through (stream decode -> stop
+ * strings -> <think> split).
+ *
+ * Threads: eng_sched_submit/cancel/take/stats are called from the server's
+ * event-loop thread; everything else about a running job happens on the
+ * scheduler thread.  Events flow back through a mutex-protected FIFO; the
+ * scheduler calls the wake callback after queueing events (the server makes
+ * it an event_active()). */
+#ifndef ENG_SCHED_H
+#define ENG_SCHED_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "eng.h"
+#include "eng_sample.h"
+#include "tok.h"
+
+/* ---- growable byte buffer ------------------------------------------------ */
+
+typedef struct {
+    char *p;
+    size_t len, cap;
+} eng_buf_t;
+
+/* Append n bytes (keeps a NUL after them).  Returns 0 or -1 on out of memory. */
+int eng_buf_add(eng_buf_t *b, const char *s, size_t n);
+void eng_buf_free(eng_buf_t *b); /* leaves b empty, reusable */
+
+/* ---- stop strings, matched across token boundaries ------------------------ */
+
+#define ENG_MAX_STOP 4
+
+/* Text pushed in is emitted as soon as no stop string can start inside it;
+ * the tail that is a prefix of some stop string is held back.  When a stop
+ * string appears, the text before it is emitted and the matcher is done (the
+ * stop string itself is never emitted). */
+typedef struct {
+    const char *stop[ENG_MAX_STOP]; /* borrowed, not owned */
+    size_t stop_len[ENG_MAX_STOP];
+    int n_stop;
+    eng_buf_t hold;
+    int matched;
+} eng_stop_t;
+
+void eng_stop_init(eng_stop_t *st, const char *const *stop, const size_t *len, int n);
+/* Returns 1 when a stop string matched (now or before), else 0; -1 on OOM. */
+int eng_stop_push(eng_stop_t *st, const char *text, size_t len, eng_buf_t *out);
+/* End of generation: emit whatever is held back (nothing once matched). */
+int eng_stop_flush(eng_stop_t *st, eng_buf_t *out);
+void eng_stop_free(eng_stop_t *st);
+
+/* ---- DeepSeek-R1 <think> ... </think> splitting --------------------------- */
+
+typedef enum {
+    ENG_THINK_OFF = 0,  /* no splitting: everything is content */
+    ENG_THINK_DETECT,   /* reasoning only if the output opens with <think> */
+    ENG_THINK_IN,       /* the prompt already opened <think>: start in reasoning */
+} eng_think_mode_t;
+
+typedef struct {
+    int state;          /* private */
+    int skip_ws;        /* private: drop leading newlines/spaces of the next part */
+    eng_buf_t hold;
+} eng_think_t;
+
+void eng_think_init(eng_think_t *th, eng_think_mode_t mode);
+/* Route text to reasoning or content. Returns 0 or -1 on OOM. */
+int eng_think_push(eng_think_t *th, const char *text, size_t len, eng_buf_t *content,
+                   eng_buf_t *reasoning);
+int eng_think_flush(eng_think_t *th, eng_buf_t *content, eng_buf_t *reasoning);
+/* Nonzero while text is currently going to reasoning (or may still). */
+int eng_think_in_reasoning(const eng_think_t *th);
+void eng_think_free(eng_think_t *th);
+
+/* ---- jobs and the scheduler ---------------------------------------------- */
+
+typedef enum {
+    ENG_FINISH_NONE = 0,
+    ENG_FINISH_STOP,      /* EOS or a stop string */
+    ENG_FINISH_LENGTH,    /* max_tokens reached */
+    ENG_FINISH_CANCELLED, /* eng_sched_cancel or shutdown */
+    ENG_FINISH_ERROR,     /* the model failed; message in the event */
+} eng_finish_t;
+
+/* What to run.  eng_sched_submit takes ownership of prompt and stop[]
+ * (malloc'd) whether it succeeds or not. */
+typedef struct {
+    int32_t *prompt;
+    int n_prompt;
+    int max_tokens; /* >= 1; n_prompt + max_tokens <= the model's context */
+    eng_sample_params_t sp;
+    uint64_t seed;
+    char *stop[ENG_MAX_STOP];
+    size_t stop_len[ENG_MAX_STOP];
+    int n_stop;
+    eng_think_mode_t think;
+} eng_job_spec_t;
+
+typedef struct eng_job eng_job_t;
+
+/* One event per job per scheduler step that produced something.  The event
+ * with finish != ENG_FINISH_NONE is the job's last; freeing it also frees the
+ * job (so the server may call eng_sched_cancel until it has seen that event). */
+typedef struct eng_ev {
+    struct eng_ev *next;
+    eng_job_t *job;
+    void *user;           /* as given to eng_sched_submit */
+    eng_buf_t content;    /* new content text (complete UTF-8) */
+    eng_buf_t reasoning;  /* new reasoning text */
+    int new_tokens;       /* tokens generated in this step (0 or 1) */
+    int first_token;      /* this event carries the job's first generated token */
+    int64_t t_ns;         /* monotonic time the token(s) were sampled */
+    eng_finish_t finish;
+    int prompt_tokens, completion_tokens, reasoning_tokens; /* set on the last event */
+    char err[160];
+} eng_ev_t;
+
+void eng_ev_free(eng_ev_t *ev); /* accepts NULL; frees the job with the last event */
+
+typedef struct {
+    int max_batch;     /* sequences in one forward call (default 8) */
+    int max_queue;     /* waiting jobs before submit refuses (default 64) */
+    int prefill_chunk; /* prompt tokens per sequence per step (default 512) */
+} eng_sched_opts_t;
+
+typedef struct eng_sched eng_sched_t;
+
+/* Start the scheduler thread.  The model and tokenizer are borrowed and must
+ * outlive the scheduler.  wake(arg) is called from the scheduler thread after
+ * events are queued.  NULL with a message in err on failure. */
+eng_sched_t *eng_sched_new(eng_model_t *m, const tok_t *t, const eng_sched_opts_t *o,
+                           void (*wake)(void *), void *wake_arg, char *err, size_t errlen);
+/* Stop the thread (cancelling every job, each gets its last event, which the
+ * caller must still take and free) and free the scheduler.  Accepts NULL. */
+void eng_sched_free(eng_sched_t *s);
+
+enum { ENG_SUBMIT_OK = 0, ENG_SUBMIT_FULL = -1, ENG_SUBMIT_CLOSED = -2, ENG_SUBMIT_NOMEM = -3 };
+/* Queue a job.  On success *job is set (valid until its last event is freed).
+ * Returns ENG_SUBMIT_*. */
+int eng_sched_submit(eng_sched_t *s, eng_job_spec_t *spec, void *user, eng_job_t **job);
+/* Ask for a job to end early; its last event says ENG_FINISH_CANCELLED
+ * (unless it had already finished).  Thread-safe, idempotent. */
+void eng_sched_cancel(eng_sched_t *s, eng_job_t *job);
+/* Refuse new jobs from now on (submit returns ENG_SUBMIT_CLOSED). */
+void eng_sched_close(eng_sched_t *s);
+/* Cancel every queued and running job. */
+void eng_sched_cancel_all(eng_sched_t *s);
+/* Take every queued event, oldest first (a NULL-terminated list). */
+eng_ev_t *eng_sched_take(eng_sched_t *s);
+
+typedef struct {
+    int active;  /* sequences in the running batch */
+    int queued;  /* submitted, not yet admitted */
+    uint64_t steps, forward_ns;
+} eng_sched_stats_t;
+void eng_sched_stats(eng_sched_t *s, eng_sched_stats_t *out);
+
+int64_t eng_now_ns(void); /* CLOCK_MONOTONIC */
+
+#endif

@@ -1,0 +1,808 @@
+/* eng_server.c — `tollgate-engine serve`: the worker's OpenAI-compatible HTTP
+ * server.  libevent's evhttp runs on the main (loop) thread; one scheduler
+ * thread (eng_sched.c) owns the model.  Requests are validated and tokenized
+ * here, submitted as jobs, and the scheduler's events (text deltas, the last
+ * event with usage) come back through eng_sched_take() when the scheduler
+ * activates wake_ev.
+ *
+ * Invariants: a call_t lives until its job's last event has been handled
+ * (even when the client went away first); after the connection's close
+ * callback fired, the request is detached by evhttp and is only freed by our
+ * final evhttp_send_reply/_end, never touched otherwise. */
+#include "eng_server.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+#include <event2/thread.h>
+
+#include "eng_cmd.h"
+
+/* ---- metrics -------------------------------------------------------------- */
+
+static const double TTFT_BUCKETS[] = {0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60};
+static const double TPOT_BUCKETS[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5};
+#define N_TTFT (sizeof TTFT_BUCKETS / sizeof TTFT_BUCKETS[0])
+#define N_TPOT (sizeof TPOT_BUCKETS / sizeof TPOT_BUCKETS[0])
+
+typedef struct {
+    unsigned long long counts[16]; /* per bucket (not cumulative), last = +Inf */
+    double sum;
+    unsigned long long n;
+} histo_t;
+
+static void histo_observe(histo_t *h, const double *b, size_t nb, double v) {
+    size_t i = 0;
+    while (i < nb && v > b[i]) i++;
+    h->counts[i]++;
+    h->sum += v;
+    h->n++;
+}
+
+static const int CODES[] = {200, 400, 404, 405, 413, 499, 500, 503};
+#define N_CODES (sizeof CODES / sizeof CODES[0])
+
+typedef struct {
+    unsigned long long requests[N_CODES + 1]; /* chat completions by status; last: other */
+    unsigned long long prompt_tokens, completion_tokens, reasoning_tokens, cancelled;
+    histo_t ttft, tpot;
+} metrics_t;
+
+/* ---- server state --------------------------------------------------------- */
+
+typedef struct call call_t;
+
+typedef struct {
+    struct event_base *base;
+    struct evhttp *http;
+    struct evhttp_bound_socket *sock;
+    struct event *wake_ev, *sig_int, *sig_term, *grace_ev, *keepalive_ev;
+    eng_model_t *model;
+    tok_t *tok;
+    int tmpl;
+    const char *model_name;
+    long long started_at;
+    eng_sched_t *sched;
+    eng_limits_t lim;
+    metrics_t met;
+    call_t *calls; /* in flight, doubly linked */
+    int n_calls, draining;
+    unsigned long long id_counter;
+} srv_t;
+
+struct call {
+    srv_t *srv;
+    call_t *prev, *next;
+    struct evhttp_request *req;
+    struct evhttp_connection *conn;
+    eng_job_t *job;
+    int stream, include_usage, gone, started, got_first, reasoning_model;
+    char id[160];      /* "chatcmpl-..." */
+    char req_id[130];  /* X-Request-Id */
+    long long created;
+    int64_t t_start, t_last;
+    eng_buf_t content, reasoning;
+};
+
+static const char *status_reason(int code) {
+    switch (code) {
+    case 200: return "OK";
+    case 400: return "Bad Request";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 413: return "Payload Too Large";
+    case 500: return "Internal Server Error";
+    case 503: return "Service Unavailable";
+    default: return "Error";
+    }
+}
+
+static void count_status(srv_t *S, int code) {
+    for (size_t i = 0; i < N_CODES; i++)
+        if (CODES[i] == code) {
+            S->met.requests[i]++;
+            return;
+        }
+    S->met.requests[N_CODES]++;
+}
+
+static void send_json(struct evhttp_request *req, int code, const char *body) {
+    struct evbuffer *b = evbuffer_new();
+    if (!b) {
+        evhttp_send_error(req, 500, NULL);
+        return;
+    }
+    evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", "application/json");
+    evbuffer_add(b, body, strlen(body));
+    evhttp_send_reply(req, code, status_reason(code), b);
+    evbuffer_free(b);
+}
+
+static void send_err(struct evhttp_request *req, const eng_api_err_t *e) {
+    char *j = eng_api_err_json(e);
+    send_json(req, e->status, j ? j : "{\"error\":{\"message\":\"out of memory\",\"type\":\"server_error\",\"param\":null,\"code\":null}}");
+    free(j);
+}
+
+static void log_line(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void log_line(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+}
+
+/* ---- calls ---------------------------------------------------------------- */
+
+static void call_unlink_free(call_t *c) {
+    srv_t *S = c->srv;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        S->calls = c->next;
+    if (c->next) c->next->prev = c->prev;
+    S->n_calls--;
+    eng_buf_free(&c->content);
+    eng_buf_free(&c->reasoning);
+    free(c);
+    if (S->draining && S->n_calls == 0) event_base_loopexit(S->base, NULL);
+}
+
+static void on_conn_close(struct evhttp_connection *conn, void *arg) {
+    call_t *c = arg;
+    c->gone = 1;
+    c->conn = NULL;
+    eng_sched_cancel(c->srv->sched, c->job);
+}
+
+static void sse_send(call_t *c, const char *json) {
+    size_t n = 0;
+    char *ev = json ? eng_sse_event(json, &n) : NULL;
+    if (!ev) return;
+    struct evbuffer *b = evbuffer_new();
+    if (b) {
+        evbuffer_add(b, ev, n);
+        evhttp_send_reply_chunk(c->req, b);
+        evbuffer_free(b);
+    }
+    free(ev);
+}
+
+static void sse_chunk(call_t *c, const char *role, const char *content, const char *reasoning,
+                      eng_finish_t fin) {
+    char *j = eng_resp_chunk(c->id, c->created, c->srv->model_name, role, content, reasoning, fin,
+                             c->include_usage, NULL);
+    sse_send(c, j);
+    free(j);
+}
+
+/* The job's last event: finish the HTTP exchange (or just free the detached
+ * request when the client is gone), account, free the call. */
+static void call_finish(call_t *c, const eng_ev_t *ev) {
+    srv_t *S = c->srv;
+    eng_usage_t u = {ev->prompt_tokens, ev->completion_tokens, ev->reasoning_tokens, 0};
+    int code = 200;
+    S->met.prompt_tokens += (unsigned long long)u.prompt_tokens;
+    S->met.completion_tokens += (unsigned long long)u.completion_tokens;
+    S->met.reasoning_tokens += (unsigned long long)u.reasoning_tokens;
+    if (c->gone) {
+        code = 499;
+        S->met.cancelled++;
+        if (c->started)
+            evhttp_send_reply_end(c->req); /* detached: this frees it */
+        else
+            evhttp_send_reply(c->req, 499, "Client Closed Request", NULL);
+    } else {
+        evhttp_connection_set_closecb(c->conn, NULL, NULL);
+        if (ev->finish == ENG_FINISH_ERROR || ev->finish == ENG_FINISH_CANCELLED) {
+            eng_api_err_t e;
+            if (ev->finish == ENG_FINISH_ERROR)
+                eng_api_err(&e, 500, "server_error", NULL, "engine_error", "The engine failed: %s", ev->err);
+            else
+                eng_api_err(&e, 503, "server_error", NULL, "server_shutting_down",
+                            "The worker is shutting down; the request was cancelled.");
+            code = e.status;
+            if (c->started) {
+                char *j = eng_api_err_json(&e);
+                sse_send(c, j);
+                free(j);
+                evhttp_send_reply_end(c->req);
+            } else {
+                send_err(c->req, &e);
+            }
+        } else if (c->stream) {
+            sse_chunk(c, NULL, NULL, NULL, ev->finish);
+            if (c->include_usage) {
+                char *j = eng_resp_chunk(c->id, c->created, S->model_name, NULL, NULL, NULL,
+                                         ENG_FINISH_NONE, 0, &u);
+                sse_send(c, j);
+                free(j);
+            }
+            struct evbuffer *b = evbuffer_new();
+            if (b) {
+                evbuffer_add(b, "data: [DONE]\n\n", 14);
+                evhttp_send_reply_chunk(c->req, b);
+                evbuffer_free(b);
+            }
+            evhttp_send_reply_end(c->req);
+        } else {
+            char *j = eng_resp_completion(c->id, c->created, S->model_name,
+                                          c->content.p ? c->content.p : "",
+                                          c->reasoning_model ? (c->reasoning.p ? c->reasoning.p : "") : NULL,
+                                          ev->finish, &u);
+            if (j) {
+                send_json(c->req, 200, j);
+            } else {
+                code = 500;
+                evhttp_send_error(c->req, 500, NULL);
+            }
+            free(j);
+        }
+    }
+    count_status(S, code);
+    log_line("{\"ts\":%lld,\"event\":\"chat\",\"request_id\":\"%s\",\"status\":%d,\"stream\":%s,"
+             "\"finish_reason\":\"%s\",\"prompt_tokens\":%d,\"completion_tokens\":%d,"
+             "\"reasoning_tokens\":%d,\"ms\":%.1f}",
+             (long long)time(NULL), c->req_id, code, c->stream ? "true" : "false",
+             eng_finish_name(ev->finish) ? eng_finish_name(ev->finish)
+             : ev->finish == ENG_FINISH_CANCELLED ? "cancelled" : "error",
+             u.prompt_tokens, u.completion_tokens, u.reasoning_tokens,
+             (double)(eng_now_ns() - c->t_start) / 1e6);
+    call_unlink_free(c);
+}
+
+/* Scheduler events: runs on the loop thread when the scheduler wakes it. */
+static void on_wake(evutil_socket_t fd, short what, void *arg) {
+    srv_t *S = arg;
+    eng_ev_t *ev = eng_sched_take(S->sched);
+    while (ev) {
+        eng_ev_t *next = ev->next;
+        call_t *c = ev->user;
+        if (ev->new_tokens) {
+            if (ev->first_token)
+                histo_observe(&S->met.ttft, TTFT_BUCKETS, N_TTFT, (double)(ev->t_ns - c->t_start) / 1e9);
+            else
+                histo_observe(&S->met.tpot, TPOT_BUCKETS, N_TPOT, (double)(ev->t_ns - c->t_last) / 1e9);
+            c->t_last = ev->t_ns;
+            c->got_first = 1;
+        }
+        if (!c->gone) {
+            if (c->stream) {
+                if (ev->reasoning.len) sse_chunk(c, NULL, NULL, ev->reasoning.p, ENG_FINISH_NONE);
+                if (ev->content.len) sse_chunk(c, NULL, ev->content.p, NULL, ENG_FINISH_NONE);
+            } else if (eng_buf_add(&c->content, ev->content.p ? ev->content.p : "", ev->content.len) ||
+                       eng_buf_add(&c->reasoning, ev->reasoning.p ? ev->reasoning.p : "", ev->reasoning.len)) {
+                eng_sched_cancel(S->sched, c->job); /* out of memory: give up on this one */
+            }
+        }
+        if (ev->finish != ENG_FINISH_NONE) call_finish(c, ev);
+        eng_ev_free(ev);
+        ev = next;
+    }
+}
+
+static void wake_from_sched(void *arg) { event_active((struct event *)arg, EV_READ, 0); }
+
+/* SSE comment while a streaming request waits for its first token. */
+static void on_keepalive(evutil_socket_t fd, short what, void *arg) {
+    srv_t *S = arg;
+    for (call_t *c = S->calls; c; c = c->next) {
+        if (c->gone || !c->started || c->got_first) continue;
+        struct evbuffer *b = evbuffer_new();
+        if (!b) continue;
+        evbuffer_add(b, ": keep-alive\n\n", 14);
+        evhttp_send_reply_chunk(c->req, b);
+        evbuffer_free(b);
+    }
+}
+
+/* ---- handlers -------------------------------------------------------------- */
+
+static int id_char_ok(char ch) {
+    return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+           ch == '-' || ch == '_' || ch == '.' || ch == ':';
+}
+
+static void make_request_id(srv_t *S, struct evhttp_request *req, char *out, size_t outlen) {
+    const char *h = evhttp_find_header(evhttp_request_get_input_headers(req), "X-Request-Id");
+    if (h) {
+        size_t n = strlen(h), ok = n > 0 && n < outlen && n <= 128;
+        for (size_t i = 0; ok && i < n; i++) ok = id_char_ok(h[i]);
+        if (ok) {
+            memcpy(out, h, n + 1);
+            return;
+        }
+    }
+    /* UUIDv7: 48-bit Unix milliseconds, version 7, variant 10, random rest */
+    unsigned char r[16] = {0};
+    if (getrandom(r, sizeof r, 0) != (ssize_t)sizeof r) {
+        uint64_t x = (uint64_t)eng_now_ns() ^ (++S->id_counter << 40);
+        memcpy(r + 8, &x, 8);
+    }
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    uint64_t ms = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+    for (int i = 0; i < 6; i++) r[i] = (unsigned char)(ms >> (40 - 8 * i));
+    r[6] = (unsigned char)(0x70 | (r[6] & 0x0f));
+    r[8] = (unsigned char)(0x80 | (r[8] & 0x3f));
+    snprintf(out, outlen,
+             "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", r[0], r[1],
+             r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11], r[12], r[13], r[14], r[15]);
+}
+
+static uint64_t random_seed(srv_t *S) {
+    uint64_t x;
+    if (getrandom(&x, sizeof x, 0) != (ssize_t)sizeof x) x = (uint64_t)eng_now_ns() ^ ++S->id_counter;
+    return x;
+}
+
+static void handle_chat(srv_t *S, struct evhttp_request *req) {
+    eng_api_err_t e;
+    eng_chat_req_t r;
+    eng_job_spec_t spec;
+    char *prompt = NULL;
+    int32_t *ids = NULL;
+    call_t *c = NULL;
+    memset(&spec, 0, sizeof spec);
+    char req_id[130];
+    make_request_id(S, req, req_id, sizeof req_id);
+    evhttp_add_header(evhttp_request_get_output_headers(req), "X-Request-Id", req_id);
+
+    if (evhttp_request_get_command(req) != EVHTTP_REQ_POST) {
+        eng_api_err(&e, 405, "invalid_request_error", NULL, "method_not_allowed",
+                    "Only POST is allowed on /v1/chat/completions.");
+        goto fail_nreq;
+    }
+    if (S->draining) {
+        eng_api_err(&e, 503, "server_error", NULL, "server_shutting_down", "The worker is shutting down.");
+        goto fail_nreq;
+    }
+    struct evbuffer *in = evhttp_request_get_input_buffer(req);
+    size_t len = evbuffer_get_length(in);
+    const char *body = len ? (const char *)evbuffer_pullup(in, -1) : "";
+    if (eng_chat_req_parse(&r, body, len, &e)) goto fail_nreq;
+    if (strcmp(r.model, S->model_name)) {
+        eng_api_err(&e, 404, "invalid_request_error", "model", "model_not_found",
+                    "The model `%.200s` does not exist or you do not have access to it.", r.model);
+        goto fail;
+    }
+    char err[256];
+    prompt = tok_chat_render((tok_tmpl_kind_t)S->tmpl, r.msgs, r.n_msgs, 1, err, sizeof err);
+    if (!prompt) {
+        eng_api_err(&e, 400, "invalid_request_error", "messages", "invalid_value",
+                    "Invalid 'messages': %s", err);
+        goto fail;
+    }
+    long n = tok_encode(S->tok, prompt, strlen(prompt), 1, &ids);
+    if (n < 0) {
+        eng_api_err(&e, 400, "invalid_request_error", "messages", "invalid_value",
+                    "The messages could not be tokenized.");
+        goto fail;
+    }
+    int max_tokens;
+    if (eng_chat_max_tokens(&r, (int)(n > 0x7fffffff ? 0x7fffffff : n), &S->lim, &max_tokens, &e)) goto fail;
+    if (n == 0) {
+        eng_api_err(&e, 400, "invalid_request_error", "messages", "invalid_value",
+                    "The rendered prompt is empty.");
+        goto fail;
+    }
+    spec.prompt = ids;
+    ids = NULL;
+    spec.n_prompt = (int)n;
+    spec.max_tokens = max_tokens;
+    spec.sp.temperature = (float)r.temperature;
+    spec.sp.top_p = (float)r.top_p;
+    spec.sp.presence_penalty = (float)r.presence_penalty;
+    spec.sp.frequency_penalty = (float)r.frequency_penalty;
+    spec.seed = r.has_seed ? r.seed : random_seed(S);
+    for (int i = 0; i < r.n_stop; i++) {
+        spec.stop[i] = strndup(r.stop[i], r.stop_len[i]);
+        spec.stop_len[i] = r.stop_len[i];
+        if (!spec.stop[i]) goto oom;
+    }
+    spec.n_stop = r.n_stop;
+    spec.think = eng_chat_think_mode(S->tmpl, prompt);
+
+    c = calloc(1, sizeof *c);
+    if (!c) goto oom;
+    c->srv = S;
+    c->req = req;
+    c->stream = r.stream;
+    c->include_usage = r.stream && r.include_usage;
+    c->reasoning_model = spec.think != ENG_THINK_OFF;
+    c->created = (long long)time(NULL);
+    c->t_start = eng_now_ns();
+    memcpy(c->req_id, req_id, sizeof req_id);
+    snprintf(c->id, sizeof c->id, "chatcmpl-%s", req_id);
+    int rc = eng_sched_submit(S->sched, &spec, c, &c->job);
+    if (rc == ENG_SUBMIT_FULL || rc == ENG_SUBMIT_CLOSED) {
+        eng_api_err(&e, 503, "server_error", NULL, rc == ENG_SUBMIT_FULL ? "server_overloaded" : "server_shutting_down",
+                    rc == ENG_SUBMIT_FULL ? "The worker is overloaded (queue full); retry later."
+                                          : "The worker is shutting down.");
+        goto fail;
+    }
+    if (rc) goto oom;
+    c->next = S->calls;
+    if (S->calls) S->calls->prev = c;
+    S->calls = c;
+    S->n_calls++;
+    c->conn = evhttp_request_get_connection(req);
+    evhttp_connection_set_closecb(c->conn, on_conn_close, c);
+    if (c->stream) {
+        struct evkeyvalq *h = evhttp_request_get_output_headers(req);
+        evhttp_add_header(h, "Content-Type", "text/event-stream");
+        evhttp_add_header(h, "Cache-Control", "no-cache");
+        evhttp_send_reply_start(req, 200, "OK");
+        c->started = 1;
+        sse_chunk(c, "assistant", "", NULL, ENG_FINISH_NONE);
+    }
+    free(prompt);
+    eng_chat_req_free(&r);
+    return;
+oom:
+    eng_api_err(&e, 500, "server_error", NULL, NULL, "out of memory");
+fail:
+    eng_chat_req_free(&r);
+fail_nreq:
+    free(c);
+    free(prompt);
+    free(ids);
+    free(spec.prompt);
+    for (int i = 0; i < ENG_MAX_STOP; i++) free(spec.stop[i]);
+    count_status(S, e.status);
+    log_line("{\"ts\":%lld,\"event\":\"chat\",\"request_id\":\"%s\",\"status\":%d,\"error\":\"%s\"}",
+             (long long)time(NULL), req_id, e.status, e.code ? e.code : "");
+    send_err(req, &e);
+}
+
+static void handle_models(srv_t *S, struct evhttp_request *req, const char *one) {
+    cJSON *m = cJSON_CreateObject();
+    cJSON_AddStringToObject(m, "id", S->model_name);
+    cJSON_AddStringToObject(m, "object", "model");
+    cJSON_AddNumberToObject(m, "created", (double)S->started_at);
+    cJSON_AddStringToObject(m, "owned_by", "tollgate");
+    cJSON_AddNumberToObject(m, "context_length", S->lim.context);
+    cJSON *root = m;
+    if (!one) {
+        root = cJSON_CreateObject();
+        cJSON_AddStringToObject(root, "object", "list");
+        cJSON *d = cJSON_AddArrayToObject(root, "data");
+        cJSON_AddItemToArray(d, m);
+    } else if (strcmp(one, S->model_name)) {
+        cJSON_Delete(m);
+        eng_api_err_t e;
+        eng_api_err(&e, 404, "invalid_request_error", "model", "model_not_found",
+                    "The model `%.200s` does not exist or you do not have access to it.", one);
+        send_err(req, &e);
+        return;
+    }
+    char *s = cJSON_PrintUnformatted(root);
+    cJSON_Delete(root);
+    send_json(req, s ? 200 : 500, s ? s : "{}");
+    free(s);
+}
+
+static void handle_health(srv_t *S, struct evhttp_request *req) {
+    eng_sched_stats_t st;
+    eng_sched_stats(S->sched, &st);
+    char buf[512];
+    snprintf(buf, sizeof buf, "{\"status\":\"%s\",\"model\":\"%s\",\"active\":%d,\"queued\":%d}",
+             S->draining ? "draining" : "ok", S->model_name, st.active, st.queued);
+    send_json(req, S->draining ? 503 : 200, buf);
+}
+
+static void histo_print(struct evbuffer *b, const char *name, const char *help, const histo_t *h,
+                        const double *bk, size_t nb) {
+    evbuffer_add_printf(b, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
+    unsigned long long cum = 0;
+    for (size_t i = 0; i < nb; i++) {
+        cum += h->counts[i];
+        evbuffer_add_printf(b, "%s_bucket{le=\"%g\"} %llu\n", name, bk[i], cum);
+    }
+    evbuffer_add_printf(b, "%s_bucket{le=\"+Inf\"} %llu\n%s_sum %.6f\n%s_count %llu\n", name, h->n,
+                        name, h->sum, name, h->n);
+}
+
+static void handle_metrics(srv_t *S, struct evhttp_request *req) {
+    eng_sched_stats_t st;
+    eng_sched_stats(S->sched, &st);
+    struct evbuffer *b = evbuffer_new();
+    if (!b) {
+        evhttp_send_error(req, 500, NULL);
+        return;
+    }
+    const metrics_t *m = &S->met;
+    evbuffer_add_printf(b, "# HELP tollgate_engine_requests_total Chat completion requests by HTTP status.\n"
+                           "# TYPE tollgate_engine_requests_total counter\n");
+    for (size_t i = 0; i < N_CODES; i++)
+        evbuffer_add_printf(b, "tollgate_engine_requests_total{code=\"%d\"} %llu\n", CODES[i], m->requests[i]);
+    evbuffer_add_printf(b, "tollgate_engine_requests_total{code=\"other\"} %llu\n", m->requests[N_CODES]);
+    evbuffer_add_printf(b,
+        "# HELP tollgate_engine_prompt_tokens_total Prompt tokens fed to the model.\n"
+        "# TYPE tollgate_engine_prompt_tokens_total counter\ntollgate_engine_prompt_tokens_total %llu\n"
+        "# HELP tollgate_engine_completion_tokens_total Tokens generated (EOS included).\n"
+        "# TYPE tollgate_engine_completion_tokens_total counter\ntollgate_engine_completion_tokens_total %llu\n"
+        "# HELP tollgate_engine_reasoning_tokens_total Generated tokens inside <think>.\n"
+        "# TYPE tollgate_engine_reasoning_tokens_total counter\ntollgate_engine_reasoning_tokens_total %llu\n"
+        "# HELP tollgate_engine_requests_cancelled_total Requests whose client went away.\n"
+        "# TYPE tollgate_engine_requests_cancelled_total counter\ntollgate_engine_requests_cancelled_total %llu\n"
+        "# HELP tollgate_engine_active_sequences Sequences in the running batch.\n"
+        "# TYPE tollgate_engine_active_sequences gauge\ntollgate_engine_active_sequences %d\n"
+        "# HELP tollgate_engine_queue_depth Requests waiting for a batch slot.\n"
+        "# TYPE tollgate_engine_queue_depth gauge\ntollgate_engine_queue_depth %d\n"
+        "# HELP tollgate_engine_requests_in_flight HTTP chat requests not yet answered.\n"
+        "# TYPE tollgate_engine_requests_in_flight gauge\ntollgate_engine_requests_in_flight %d\n"
+        "# HELP tollgate_engine_forward_steps_total Batched forward calls.\n"
+        "# TYPE tollgate_engine_forward_steps_total counter\ntollgate_engine_forward_steps_total %llu\n"
+        "# HELP tollgate_engine_forward_seconds_total Time spent in forward calls.\n"
+        "# TYPE tollgate_engine_forward_seconds_total counter\ntollgate_engine_forward_seconds_total %.6f\n",
+        m->prompt_tokens, m->completion_tokens, m->reasoning_tokens, m->cancelled, st.active, st.queued,
+        S->n_calls, (unsigned long long)st.steps, (double)st.forward_ns / 1e9);
+    histo_print(b, "tollgate_engine_time_to_first_token_seconds",
+                "Request arrival to first generated token.", &m->ttft, TTFT_BUCKETS, N_TTFT);
+    histo_print(b, "tollgate_engine_time_per_output_token_seconds",
+                "Time between consecutive generated tokens of a request.", &m->tpot, TPOT_BUCKETS, N_TPOT);
+    evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
+                      "text/plain; version=0.0.4; charset=utf-8");
+    evhttp_send_reply(req, 200, "OK", b);
+    evbuffer_free(b);
+}
+
+static void on_request(struct evhttp_request *req, void *arg) {
+    srv_t *S = arg;
+    const char *uri = evhttp_request_get_uri(req);
+    char path[256];
+    size_t n = strcspn(uri, "?");
+    if (n >= sizeof path) n = sizeof path - 1;
+    memcpy(path, uri, n);
+    path[n] = 0;
+    enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
+    int get = cmd == EVHTTP_REQ_GET || cmd == EVHTTP_REQ_HEAD;
+    eng_api_err_t e;
+    if (!strcmp(path, "/v1/chat/completions") || !strcmp(path, "/chat/completions")) {
+        handle_chat(S, req);
+        return;
+    }
+    if (get && (!strcmp(path, "/v1/models") || !strcmp(path, "/models"))) {
+        handle_models(S, req, NULL);
+    } else if (get && !strncmp(path, "/v1/models/", 11)) {
+        char *name = evhttp_uridecode(path + 11, 0, NULL);
+        handle_models(S, req, name ? name : "");
+        free(name);
+    } else if (get && !strcmp(path, "/health")) {
+        handle_health(S, req);
+    } else if (get && !strcmp(path, "/metrics")) {
+        handle_metrics(S, req);
+    } else if (!strcmp(path, "/v1/models") || !strcmp(path, "/health") || !strcmp(path, "/metrics")) {
+        eng_api_err(&e, 405, "invalid_request_error", NULL, "method_not_allowed", "Method not allowed.");
+        send_err(req, &e);
+    } else {
+        eng_api_err(&e, 404, "invalid_request_error", NULL, "not_found", "Unknown path %.200s", path);
+        send_err(req, &e);
+    }
+}
+
+/* ---- lifecycle -------------------------------------------------------------- */
+
+static void on_grace(evutil_socket_t fd, short what, void *arg) {
+    srv_t *S = arg;
+    log_line("{\"event\":\"shutdown\",\"msg\":\"grace period over, cancelling %d requests\"}", S->n_calls);
+    eng_sched_cancel_all(S->sched);
+}
+
+static void on_signal(evutil_socket_t sig, short what, void *arg) {
+    srv_t *S = arg;
+    if (S->draining) { /* second signal: cancel now */
+        eng_sched_cancel_all(S->sched);
+        return;
+    }
+    S->draining = 1;
+    log_line("{\"event\":\"shutdown\",\"signal\":%d,\"in_flight\":%d}", (int)sig, S->n_calls);
+    if (S->sock) {
+        evhttp_del_accept_socket(S->http, S->sock);
+        S->sock = NULL;
+    }
+    eng_sched_close(S->sched);
+    if (S->n_calls == 0) {
+        event_base_loopexit(S->base, NULL);
+        return;
+    }
+    struct timeval tv = {30, 0};
+    S->grace_ev = evtimer_new(S->base, on_grace, S);
+    if (S->grace_ev) evtimer_add(S->grace_ev, &tv);
+}
+
+static int parse_listen(const char *s, char *host, size_t hostlen, int *port) {
+    const char *colon = strrchr(s, ':');
+    const char *h = "127.0.0.1", *p = s;
+    size_t hl = strlen(h);
+    if (colon) {
+        h = s;
+        hl = (size_t)(colon - s);
+        p = colon + 1;
+        if (hl >= 2 && h[0] == '[' && h[hl - 1] == ']') h++, hl -= 2;
+        if (hl == 0) h = "127.0.0.1", hl = strlen(h);
+    }
+    char *end;
+    long v = strtol(p, &end, 10);
+    if (*p == 0 || *end || v < 0 || v > 65535 || hl >= hostlen) return -1;
+    memcpy(host, h, hl);
+    host[hl] = 0;
+    *port = (int)v;
+    return 0;
+}
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "usage: tollgate-engine serve --model DIR [--device cpu] [--threads N]\n"
+            "         [--listen HOST:PORT] [--model-name NAME] [--max-batch N] [--max-queue N]\n"
+            "         [--ctx N] [--int8]\n"
+            "  defaults: --listen 127.0.0.1:8500, --model-name = basename of DIR,\n"
+            "            --max-batch 8, --max-queue 64, --ctx = the model's (at most 4096)\n");
+}
+
+int eng_cmd_serve(int argc, char **argv) {
+    const char *dir = NULL, *device = "cpu", *listen = "127.0.0.1:8500", *name = NULL;
+    int threads = 0, max_batch = 8, max_queue = 64, ctx = 0, int8 = 0;
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            usage(stdout);
+            return 0;
+        }
+        if (!strcmp(a, "--int8")) {
+            int8 = 1;
+            continue;
+        }
+        if (!v) {
+            fprintf(stderr, "serve: %s needs a value\n", a);
+            usage(stderr);
+            return 2;
+        }
+        if (!strcmp(a, "--model")) dir = v;
+        else if (!strcmp(a, "--device")) device = v;
+        else if (!strcmp(a, "--listen")) listen = v;
+        else if (!strcmp(a, "--model-name")) name = v;
+        else if (!strcmp(a, "--threads")) threads = atoi(v);
+        else if (!strcmp(a, "--max-batch")) max_batch = atoi(v);
+        else if (!strcmp(a, "--max-queue")) max_queue = atoi(v);
+        else if (!strcmp(a, "--ctx")) ctx = atoi(v);
+        else {
+            fprintf(stderr, "serve: unknown option %s\n", a);
+            usage(stderr);
+            return 2;
+        }
+        i++;
+    }
+    if (!dir) {
+        fprintf(stderr, "serve: --model DIR is required\n");
+        usage(stderr);
+        return 2;
+    }
+    if (max_batch < 1 || max_batch > 256 || max_queue < 1 || threads < 0 || ctx < 0) {
+        fprintf(stderr, "serve: --max-batch must be 1..256, --max-queue >= 1, --threads/--ctx >= 0\n");
+        return 2;
+    }
+    char host[256];
+    int port;
+    if (parse_listen(listen, host, sizeof host, &port)) {
+        fprintf(stderr, "serve: bad --listen '%s' (want HOST:PORT)\n", listen);
+        return 2;
+    }
+    /* model name: the folder's basename */
+    char namebuf[256];
+    if (!name) {
+        size_t n = strlen(dir);
+        while (n > 1 && dir[n - 1] == '/') n--;
+        size_t s = n;
+        while (s > 0 && dir[s - 1] != '/') s--;
+        snprintf(namebuf, sizeof namebuf, "%.*s", (int)(n - s), dir + s);
+        name = namebuf;
+    }
+
+    int rc = 1;
+    srv_t S;
+    memset(&S, 0, sizeof S);
+    S.model_name = name;
+    S.started_at = (long long)time(NULL);
+    char err[512], path[4096];
+    signal(SIGPIPE, SIG_IGN);
+
+    snprintf(path, sizeof path, "%s/tokenizer.json", dir);
+    S.tok = tok_load(path, err, sizeof err);
+    if (!S.tok) {
+        fprintf(stderr, "serve: %s\n", err);
+        goto out;
+    }
+    S.tmpl = tok_tmpl_detect(dir);
+    if (S.tmpl < 0) {
+        fprintf(stderr, "serve: no known chat template for %s; using DeepSeek-V3's\n", dir);
+        S.tmpl = TOK_TMPL_DEEPSEEK_V3;
+    }
+    eng_load_opts_t lo = {.device = device, .n_threads = threads, .quant_int8 = int8, .max_seq_len = ctx};
+    S.model = eng_model_load(dir, &lo, err, sizeof err);
+    if (!S.model) {
+        fprintf(stderr, "serve: %s\n", err);
+        goto out;
+    }
+    const eng_model_info_t *mi = eng_model_info(S.model);
+    S.lim.context = mi->max_seq_len;
+    S.lim.default_max = 4096;
+
+    if (evthread_use_pthreads()) {
+        fprintf(stderr, "serve: libevent has no pthreads support\n");
+        goto out;
+    }
+    S.base = event_base_new();
+    S.http = S.base ? evhttp_new(S.base) : NULL;
+    S.wake_ev = S.base ? event_new(S.base, -1, 0, on_wake, &S) : NULL;
+    if (!S.http || !S.wake_ev) {
+        fprintf(stderr, "serve: cannot set up the event loop\n");
+        goto out;
+    }
+    evhttp_set_max_body_size(S.http, 8 << 20);
+    evhttp_set_max_headers_size(S.http, 64 << 10);
+    evhttp_set_timeout(S.http, 3600);
+    evhttp_set_allowed_methods(S.http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD |
+                                           EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS);
+    evhttp_set_gencb(S.http, on_request, &S);
+    S.sock = evhttp_bind_socket_with_handle(S.http, host, (ev_uint16_t)port);
+    if (!S.sock) {
+        fprintf(stderr, "serve: cannot listen on %s:%d: %s\n", host, port, strerror(errno));
+        goto out;
+    }
+    eng_sched_opts_t so = {.max_batch = max_batch, .max_queue = max_queue, .prefill_chunk = 512};
+    S.sched = eng_sched_new(S.model, S.tok, &so, wake_from_sched, S.wake_ev, err, sizeof err);
+    if (!S.sched) {
+        fprintf(stderr, "serve: %s\n", err);
+        goto out;
+    }
+    S.sig_int = evsignal_new(S.base, SIGINT, on_signal, &S);
+    S.sig_term = evsignal_new(S.base, SIGTERM, on_signal, &S);
+    S.keepalive_ev = event_new(S.base, -1, EV_PERSIST, on_keepalive, &S);
+    struct timeval ka = {5, 0};
+    if (!S.sig_int || !S.sig_term || !S.keepalive_ev || evsignal_add(S.sig_int, NULL) ||
+        evsignal_add(S.sig_term, NULL) || event_add(S.keepalive_ev, &ka)) {
+        fprintf(stderr, "serve: cannot install signal handlers\n");
+        goto out;
+    }
+    log_line("{\"event\":\"listening\",\"addr\":\"%s:%d\",\"model\":\"%s\",\"context\":%d,"
+             "\"max_batch\":%d,\"template\":%d}",
+             host, port, name, S.lim.context, max_batch, S.tmpl);
+    event_base_dispatch(S.base);
+    rc = 0;
+    log_line("{\"event\":\"stopped\"}");
+out:
+    if (S.sched) {
+        eng_sched_free(S.sched); /* cancels what is left; its events are freed with it */
+        /* calls still registered lost their events: free them (requests go with the http) */
+        while (S.calls) {
+            call_t *c = S.calls;
+            S.calls = c->next;
+            eng_buf_free(&c->content);
+            eng_buf_free(&c->reasoning);
+            free(c);
+        }
+    }
+    if (S.sig_int) event_free(S.sig_int);
+    if (S.sig_term) event_free(S.sig_term);
+    if (S.keepalive_ev) event_free(S.keepalive_ev);
+    if (S.grace_ev) event_free(S.grace_ev);
+    if (S.http) evhttp_free(S.http);
+    if (S.wake_ev) event_free(S.wake_ev);
+    if (S.base) event_base_free(S.base);
+    eng_model_free(S.model);
+    tok_free(S.tok);
+    return rc;
+}

@@ -1,0 +1,95 @@
+/* eng_server.h — the worker's OpenAI-compatible HTTP API (private to
+ * engine/): request validation and response/SSE building, pure functions
+ * that eng_server.c's libevent adapter drives.  No I/O here. */
+#ifndef ENG_SERVER_H
+#define ENG_SERVER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cjson/cJSON.h>
+
+#include "eng_sched.h"
+#include "tok.h"
+
+/* An OpenAI-style error: HTTP status and the body's fields. */
+typedef struct {
+    int status;
+    char message[320];
+    const char *type;  /* "invalid_request_error", "server_error", ... */
+    char param[48];    /* "" -> null */
+    const char *code;  /* NULL -> null */
+} eng_api_err_t;
+
+/* Fill e; returns -1 so callers can `return eng_api_err(...)`. */
+int eng_api_err(eng_api_err_t *e, int status, const char *type, const char *param,
+                const char *code, const char *fmt, ...) __attribute__((format(printf, 6, 7)));
+/* {"error":{"message","type","param","code"}}; malloc'd, NULL on OOM. */
+char *eng_api_err_json(const eng_api_err_t *e);
+
+/* A validated POST /v1/chat/completions body. */
+typedef struct {
+    cJSON *root;             /* owns every string below unless noted */
+    const char *model;
+    tok_chat_msg_t *msgs;
+    size_t n_msgs;
+    tok_tool_call_t *calls;  /* storage behind msgs[].tool_calls */
+    char **owned;            /* joined content parts, freed with the request */
+    size_t n_owned;
+    long max_tokens;         /* 0: not given */
+    double temperature, top_p, presence_penalty, frequency_penalty;
+    int has_seed;
+    uint64_t seed;
+    const char *stop[ENG_MAX_STOP];
+    size_t stop_len[ENG_MAX_STOP];
+    int n_stop;
+    int stream, include_usage;
+} eng_chat_req_t;
+
+/* Parse and validate; on error fills e (status 400) and returns -1, and the
+ * request needs no free.  On success the caller frees with eng_chat_req_free. */
+int eng_chat_req_parse(eng_chat_req_t *r, const char *body, size_t len, eng_api_err_t *e);
+void eng_chat_req_free(eng_chat_req_t *r);
+
+typedef struct {
+    int prompt_tokens, completion_tokens, reasoning_tokens, cached_tokens;
+} eng_usage_t;
+
+/* The usage object, DeepSeek and OpenAI fields together. */
+cJSON *eng_usage_json(const eng_usage_t *u);
+
+const char *eng_finish_name(eng_finish_t f); /* "stop", "length", or NULL */
+
+/* A whole chat.completion body (malloc'd). reasoning may be NULL. */
+char *eng_resp_completion(const char *id, long long created, const char *model,
+                          const char *content, const char *reasoning, eng_finish_t finish,
+                          const eng_usage_t *u);
+
+/* One chat.completion.chunk body (malloc'd).  role, content, reasoning: NULL
+ * to omit from delta.  finish NONE -> null.  usage_null: add "usage":null (when
+ * the client asked for include_usage).  usage: non-NULL -> "choices":[] and
+ * this usage (the final usage chunk). */
+char *eng_resp_chunk(const char *id, long long created, const char *model, const char *role,
+                     const char *content, const char *reasoning, eng_finish_t finish,
+                     int usage_null, const eng_usage_t *usage);
+
+/* Frame one SSE event: "data: <json>\n\n".  json must be one line (cJSON's
+ * unformatted output is).  Returns malloc'd text and its length, NULL if the
+ * payload has a newline or on OOM. */
+char *eng_sse_event(const char *json, size_t *len);
+
+/* Server-side knobs derived from the model and the request. */
+typedef struct {
+    int context;      /* tokens the model instance supports */
+    int default_max;  /* cap for the default max_tokens (4096) */
+} eng_limits_t;
+
+/* Decide max_tokens for a prompt of n_prompt tokens; 400 context_length_exceeded
+ * when the prompt leaves no room or max_tokens exceeds it. */
+int eng_chat_max_tokens(const eng_chat_req_t *r, int n_prompt, const eng_limits_t *lim, int *out,
+                        eng_api_err_t *e);
+
+/* The think mode for a rendered prompt of the given template kind. */
+eng_think_mode_t eng_chat_think_mode(int tmpl_kind, const char *prompt);
+
+#endif
