@@ -18,9 +18,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <sys/socket.h>
 #include <time.h>
 
 #include <event2/buffer.h>
+#include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
@@ -77,6 +79,7 @@ typedef struct {
     metrics_t met;
     call_t *calls; /* in flight, doubly linked */
     int n_calls, draining;
+    unsigned long ticks;
     unsigned long long id_counter;
 } srv_t;
 
@@ -86,7 +89,7 @@ struct call {
     struct evhttp_request *req;
     struct evhttp_connection *conn;
     eng_job_t *job;
-    int stream, include_usage, gone, started, got_first, reasoning_model;
+    int stream, include_usage, gone, hung_up, started, got_first, reasoning_model;
     char id[160];      /* "chatcmpl-..." */
     char req_id[130];  /* X-Request-Id */
     long long created;
@@ -196,9 +199,11 @@ static void call_finish(call_t *c, const eng_ev_t *ev) {
     S->met.prompt_tokens += (unsigned long long)u.prompt_tokens;
     S->met.completion_tokens += (unsigned long long)u.completion_tokens;
     S->met.reasoning_tokens += (unsigned long long)u.reasoning_tokens;
-    if (c->gone) {
+    if (c->gone || c->hung_up) {
         code = 499;
         S->met.cancelled++;
+    }
+    if (c->gone) {
         if (c->started)
             evhttp_send_reply_end(c->req); /* detached: this frees it */
         else
@@ -212,7 +217,7 @@ static void call_finish(call_t *c, const eng_ev_t *ev) {
             else
                 eng_api_err(&e, 503, "server_error", NULL, "server_shutting_down",
                             "The worker is shutting down; the request was cancelled.");
-            code = e.status;
+            if (code != 499) code = e.status;
             if (c->started) {
                 char *j = eng_api_err_json(&e);
                 sse_send(c, j);
@@ -294,11 +299,28 @@ static void on_wake(evutil_socket_t fd, short what, void *arg) {
 
 static void wake_from_sched(void *arg) { event_active((struct event *)arg, EV_READ, 0); }
 
-/* SSE comment while a streaming request waits for its first token. */
-static void on_keepalive(evutil_socket_t fd, short what, void *arg) {
+/* Once a second: evhttp does not read from a connection while it waits for
+ * our reply, so a client that hangs up on a non-streaming request is found by
+ * peeking at its socket (EOF or reset -> cancel the job; the reply then goes
+ * nowhere).  Every 5 s: an SSE comment to streams still waiting for their
+ * first token. */
+static void on_tick(evutil_socket_t fd, short what, void *arg) {
     srv_t *S = arg;
+    S->ticks++;
     for (call_t *c = S->calls; c; c = c->next) {
-        if (c->gone || !c->started || c->got_first) continue;
+        if (c->gone || c->hung_up) continue;
+        struct bufferevent *bev = evhttp_connection_get_bufferevent(c->conn);
+        evutil_socket_t sfd = bev ? bufferevent_getfd(bev) : -1;
+        char b1;
+        if (sfd >= 0) {
+            ssize_t r = recv(sfd, &b1, 1, MSG_PEEK | MSG_DONTWAIT);
+            if (r == 0 || (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
+                c->hung_up = 1;
+                eng_sched_cancel(S->sched, c->job);
+                continue;
+            }
+        }
+        if (S->ticks % 5 || !c->started || c->got_first) continue;
         struct evbuffer *b = evbuffer_new();
         if (!b) continue;
         evbuffer_add(b, ": keep-alive\n\n", 14);
@@ -770,8 +792,8 @@ int eng_cmd_serve(int argc, char **argv) {
     }
     S.sig_int = evsignal_new(S.base, SIGINT, on_signal, &S);
     S.sig_term = evsignal_new(S.base, SIGTERM, on_signal, &S);
-    S.keepalive_ev = event_new(S.base, -1, EV_PERSIST, on_keepalive, &S);
-    struct timeval ka = {5, 0};
+    S.keepalive_ev = event_new(S.base, -1, EV_PERSIST, on_tick, &S);
+    struct timeval ka = {1, 0};
     if (!S.sig_int || !S.sig_term || !S.keepalive_ev || evsignal_add(S.sig_int, NULL) ||
         evsignal_add(S.sig_term, NULL) || event_add(S.keepalive_ev, &ka)) {
         fprintf(stderr, "serve: cannot install signal handlers\n");
