@@ -1,0 +1,350 @@
+/* gw-int.h — private structures of the gateway; nothing outside gateway/
+ * (and its unit tests) includes this.
+ *
+ * Parsers here do no I/O (bytes in; a message, "need more" or an error out);
+ * the libevent adapters in gw_server.c and gw_proxy.c do the reading and
+ * writing. */
+#ifndef GW_INT_H
+#define GW_INT_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <sys/types.h>
+#include <sys/socket.h>
+
+#include "gw.h"
+
+/* One return vocabulary for the module. */
+enum {
+    GW_OK = 0,
+    GW_AGAIN = 1,     /* need more bytes */
+    GW_CONTINUE = 2,  /* request head with Expect: 100-continue parsed; body pending */
+    GW_ERROR = -1,
+};
+
+/* ---- growable byte buffer (gw_buf.c) ------------------------------------ */
+
+typedef struct {
+    char *p;
+    size_t len, cap;
+} gw_buf_t;
+
+int gw_buf_append(gw_buf_t *b, const void *data, size_t n); /* GW_OK or GW_ERROR (ENOMEM) */
+int gw_buf_printf(gw_buf_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void gw_buf_consume(gw_buf_t *b, size_t n); /* drop n bytes from the front */
+void gw_buf_free(gw_buf_t *b);              /* releases memory, leaves an empty buffer */
+/* Append s as the inside of a JSON string (quotes not included). */
+int gw_buf_json_str(gw_buf_t *b, const char *s, size_t n);
+
+/* ---- request pool (gw_pool.c) -------------------------------------------
+ * Memory that lives exactly as long as one request; cleanup handlers run in
+ * reverse order of registration when the pool dies (sockets, timers, pending
+ * Redis/billing calls hang on it). */
+
+typedef struct gw_pool gw_pool_t;
+typedef void (*gw_cleanup_fn)(void *arg);
+
+gw_pool_t *gw_pool_new(void);
+void *gw_palloc(gw_pool_t *p, size_t n); /* zeroed; NULL when out of memory */
+char *gw_pstrndup(gw_pool_t *p, const char *s, size_t n);
+int gw_pool_cleanup_add(gw_pool_t *p, gw_cleanup_fn fn, void *arg);
+void gw_pool_free(gw_pool_t *p); /* accepts NULL */
+
+/* ---- chunked transfer decoding (gw_http.c) ------------------------------ */
+
+typedef struct {
+    int state;
+    uint64_t remaining; /* bytes left in the current chunk */
+    int ndigits;
+    int done;           /* saw the last chunk and the trailer */
+    size_t line_len;    /* length of the current size/trailer line, bounded */
+} gw_chunked_t;
+
+/* Decode len bytes of a chunked body, appending the payload to out.
+ * Returns the number of input bytes consumed (less than len only once the
+ * body is complete: c->done), or -1 on malformed framing or out of memory. */
+ssize_t gw_chunked_feed(gw_chunked_t *c, const char *in, size_t len, gw_buf_t *out);
+
+/* ---- HTTP/1.1 request parser (gw_http.c) -------------------------------- */
+
+#define GW_HTTP_MAX_HEADERS 64
+
+typedef struct {
+    const char *name, *value; /* point into the request's head; NUL-terminated */
+    size_t name_len, value_len;
+} gw_hdr_t;
+
+typedef struct {
+    char *head;               /* owned copy of the head, cut into strings */
+    const char *method, *target;
+    int minor;                /* HTTP/1.<minor> */
+    gw_hdr_t hdrs[GW_HTTP_MAX_HEADERS];
+    int nhdrs;
+    int64_t content_length;   /* -1: none */
+    int chunked, keep_alive, expect_continue;
+    char *body;               /* owned, NUL-terminated; NULL when empty */
+    size_t body_len;
+} gw_http_req_t;
+
+typedef struct {
+    size_t max_header, max_body;
+    gw_buf_t in;              /* received, not yet consumed */
+    size_t scan;              /* head bytes already searched for the blank line */
+    int state;
+    gw_http_req_t *cur;       /* request whose body is being read */
+    gw_chunked_t ch;
+    gw_buf_t body;
+    int continue_reported;
+    int err_status;           /* after GW_ERROR: 400, 413, 431, 501, 505 */
+    const char *err_msg;
+} gw_http_parser_t;
+
+void gw_http_parser_init(gw_http_parser_t *p, size_t max_header, size_t max_body);
+void gw_http_parser_release(gw_http_parser_t *p);
+int gw_http_parser_feed(gw_http_parser_t *p, const void *data, size_t len);
+/* GW_OK: *out is a complete request (caller frees with gw_http_req_free);
+ * GW_AGAIN: need more; GW_CONTINUE: once per request whose head asked for
+ * 100-continue; GW_ERROR: p->err_status / p->err_msg say why, the stream
+ * cannot be resynchronised (close after answering). */
+int gw_http_parser_next(gw_http_parser_t *p, gw_http_req_t **out);
+/* Nonzero while a request is partly received. */
+int gw_http_parser_busy(const gw_http_parser_t *p);
+void gw_http_req_free(gw_http_req_t *r); /* accepts NULL */
+/* Header value by case-insensitive name (first match), or NULL. */
+const char *gw_http_header(const gw_http_req_t *r, const char *name);
+
+/* Response head of an upstream (worker) reply. */
+typedef struct {
+    int status;
+    int64_t content_length;   /* -1: none */
+    int chunked, close;
+    char content_type[128];
+} gw_http_resp_t;
+
+/* Parse a response head from buf.  Returns the head's length (> 0), 0 when
+ * more bytes are needed, -1 on a malformed or oversized (> max) head. */
+long gw_http_resp_parse(const char *buf, size_t len, size_t max, gw_http_resp_t *r);
+
+const char *gw_http_reason(int status);
+
+/* ---- SSE event splitter (gw_sse.c) --------------------------------------- */
+
+typedef struct {
+    gw_buf_t buf;
+    size_t scan;
+} gw_sse_t;
+
+int gw_sse_feed(gw_sse_t *s, const char *data, size_t len);
+/* GW_OK: [*ev, *ev+*len) is one whole event including its blank line, valid
+ * until the next call; GW_AGAIN: no whole event buffered. */
+int gw_sse_next(gw_sse_t *s, const char **ev, size_t *len);
+/* Remaining partial bytes (after the stream ended). */
+size_t gw_sse_pending(const gw_sse_t *s);
+/* Concatenated data: lines of one event (joined by \n) into out; returns
+ * GW_OK, or GW_AGAIN when the event has no data line. */
+int gw_sse_data(const char *ev, size_t len, gw_buf_t *out);
+void gw_sse_release(gw_sse_t *s);
+
+/* ---- UUIDv7 (gw_uuid.c) -------------------------------------------------- */
+
+/* 36 chars + NUL, strictly increasing within this process. */
+void gw_uuid7(char out[37]);
+/* Same, with a given Unix time in ms (for tests). */
+void gw_uuid7_at(char out[37], uint64_t unix_ms);
+
+int64_t gw_now_us(void); /* CLOCK_REALTIME microseconds */
+
+/* ---- configuration (gw_config.c) ----------------------------------------- */
+
+typedef struct {
+    char *url;                /* "http://host:port" */
+    char host[256];
+    int port;
+    char **models;
+    int nmodels;
+    struct sockaddr_storage addr;
+    socklen_t addrlen;
+    /* runtime */
+    int outstanding;
+    uint64_t requests, failures;
+} gw_worker_t;
+
+struct gw_config {
+    char *config_file;
+    char *listen, *admin_listen, *tls_cert, *tls_key, *postgres, *redis;
+    char *admin_token_file, *key_secret_file, *spool_dir, *access_log;
+    int64_t max_body_bytes, max_header_bytes, max_connections;
+    int64_t default_rpm, default_concurrency;
+    int64_t header_timeout_ms, idle_timeout_ms, upstream_timeout_ms, upstream_connect_timeout_ms;
+    int64_t redis_timeout_ms, redis_fail_open, shutdown_grace_ms, stream_high_water;
+    gw_worker_t *workers;
+    int nworkers;
+};
+
+/* Parse the "workers" array (JSON text) into c; GW_OK or GW_ERROR. */
+int gw_config_set_workers(gw_config_t *c, const char *json, char *err, size_t errlen);
+/* Split "host:port" / "[v6]:port"; GW_OK or GW_ERROR. */
+int gw_split_hostport(const char *s, char *host, size_t hostlen, int *port);
+
+/* ---- Redis rate limiter (gw_rl.c) ---------------------------------------- */
+
+typedef struct gw_rl gw_rl_t;
+typedef struct gw_rl_call gw_rl_call_t;
+
+enum { GW_RL_ALLOW = 0, GW_RL_LIMITED = 1, GW_RL_UNAVAILABLE = 2 };
+
+typedef struct {
+    int64_t limit, remaining;
+    int64_t reset_ms;         /* until one more request fits in the window */
+} gw_rl_result_t;
+
+typedef void (*gw_rl_cb)(int verdict, const gw_rl_result_t *r, void *arg);
+
+/* Connects (and reconnects) in the background; never NULL except ENOMEM. */
+gw_rl_t *gw_rl_new(struct event_base *base, const char *hostport, int timeout_ms);
+void gw_rl_free(gw_rl_t *rl); /* accepts NULL; pending callbacks are not called */
+/* Sliding-window check-and-take of one request for key_id within 60 s.
+ * cb runs once from the loop (never inside this call) unless cancelled. */
+gw_rl_call_t *gw_rl_check(gw_rl_t *rl, int64_t key_id, int64_t limit, const char *member, gw_rl_cb cb,
+                          void *arg);
+void gw_rl_cancel(gw_rl_call_t *c); /* accepts NULL */
+int gw_rl_connected(const gw_rl_t *rl);
+/* The Lua script (for tests). */
+extern const char gw_rl_script[];
+
+/* ---- metrics (gw_metrics.c) ---------------------------------------------- */
+
+enum { GW_ROUTE_CHAT, GW_ROUTE_MODELS, GW_ROUTE_METRICS, GW_ROUTE_HEALTH, GW_ROUTE_OTHER, GW_ROUTE_N };
+
+typedef struct {
+    uint64_t requests[GW_ROUTE_N][600];
+    uint64_t dur_buckets[12], dur_count;
+    double dur_sum;
+    uint64_t ttfb_buckets[12], ttfb_count;
+    double ttfb_sum;
+    uint64_t tokens_prompt, tokens_cache_hit, tokens_completion, tokens_reasoning;
+    uint64_t upstream_errors, upstream_timeouts, ratelimited, redis_errors, client_aborts;
+    uint64_t connections_total;
+    int64_t connections, inflight;
+} gw_metrics_t;
+
+extern const double gw_metrics_bounds[12];
+void gw_metrics_observe(gw_metrics_t *m, int route, int status, double dur_s, double ttfb_s);
+/* Prometheus text exposition into out. */
+void gw_metrics_render(const gw_metrics_t *m, const gw_config_t *cfg, int redis_up, gw_buf_t *out);
+
+/* ---- server, connections, requests (gw_server.c, gw_proxy.c) -------------- */
+
+struct event;
+struct bufferevent;
+struct evconnlistener;
+typedef struct ssl_ctx_st SSL_CTX;
+typedef struct cJSON cJSON;
+typedef struct gw_conn gw_conn_t;
+typedef struct gw_req gw_req_t;
+typedef struct gw_conc gw_conc_t;
+
+#include "bill.h"
+
+#define GW_CONC_BUCKETS 256
+
+struct gw_server {
+    struct event_base *base;
+    const gw_config_t *cfg;
+    SSL_CTX *ssl;
+    struct evconnlistener *lis;
+    bill_t *bill;
+    gw_rl_t *rl;
+    gw_metrics_t m;
+    FILE *alog;
+    gw_conn_t *conns;          /* every open client connection */
+    int nbusy;                 /* connections with a request in flight */
+    int shutting_down;
+    struct event *grace;
+    gw_conc_t *conc[GW_CONC_BUCKETS]; /* requests in flight per key */
+    unsigned rr;
+    int64_t started;
+};
+
+struct gw_conn {
+    gw_server_t *srv;
+    gw_conn_t *prev, *next;
+    struct bufferevent *bev;
+    gw_http_parser_t parser;
+    gw_req_t *req;             /* the request being answered; one at a time */
+    struct event *timer;       /* header / idle timeout */
+    int timer_kind;
+    struct event *kick;        /* deferred work: next pipelined request, close */
+    int closing;               /* close once the output is flushed */
+    int in_process;
+    char peer[64];
+};
+
+struct gw_req {
+    gw_pool_t *pool;           /* owns this struct and everything below */
+    gw_server_t *srv;
+    gw_conn_t *conn;
+    gw_http_req_t *http;       /* owned: freed by a pool cleanup */
+    char id[37];
+    int route;
+    int keep_alive;
+    int64_t received_us, first_byte_us, finished_us;
+    /* chat request */
+    cJSON *json;               /* owned: freed by a pool cleanup */
+    const char *model, *api_key;
+    int stream, client_usage;
+    bill_req_t *admit;
+    int admitted;              /* passed billing admission */
+    bill_key_t key;
+    gw_rl_call_t *rl_call;
+    int have_rl;
+    gw_rl_result_t rl;
+    int conc_held;
+    /* response */
+    int status;                /* what the client got */
+    int head_sent;
+    int client_chunked;        /* response body is chunked to the client */
+    int client_gone;
+    int done;
+    const char *error_code;
+    /* upstream */
+    gw_worker_t *worker;
+    const char *worker_url;    /* kept for the log after the worker is released */
+    int up_eof;
+    int proxied;               /* a worker was asked: settle */
+    uint64_t tried;            /* bit per worker index already tried */
+    struct bufferevent *up;
+    int up_head_done, up_streaming, up_paused, up_got_bytes;
+    gw_http_resp_t resp;
+    gw_chunked_t ch;
+    int64_t up_body_left;      /* Content-Length bytes still to come */
+    gw_buf_t payload;          /* de-framed bytes not yet handled */
+    gw_buf_t body;             /* buffered non-streaming reply */
+    gw_sse_t sse;
+    gw_buf_t scratch;
+    /* usage */
+    int have_usage;
+    int64_t prompt_tokens, cache_hit_tokens, completion_tokens, reasoning_tokens;
+    int64_t chunks;            /* content chunks seen (estimate for a cut stream) */
+};
+
+/* gw_server.c, for the proxy */
+void gw_req_error(gw_req_t *r, int status, const char *type, const char *code, const char *param,
+                  const char *msg);
+/* Write the response head; clen -1: body of unknown length (chunked, or
+ * close-delimited to an HTTP/1.0 client). */
+void gw_req_head(gw_req_t *r, int status, const char *ctype, int64_t clen);
+void gw_req_finish(gw_req_t *r);
+int gw_req_usage_from_json(gw_req_t *r, const cJSON *usage);
+struct evbuffer *gw_req_out(gw_req_t *r);
+
+/* gw_proxy.c */
+void gw_proxy_start(gw_req_t *r);
+void gw_proxy_resume(gw_req_t *r);   /* client output drained below the mark */
+void gw_proxy_release(gw_req_t *r);  /* close the worker connection (pool cleanup) */
+/* Body to send upstream: the client's JSON, with stream_options.include_usage
+ * forced on for streams.  Returns GW_OK and fills out. */
+int gw_proxy_body(const gw_http_req_t *h, int stream, cJSON *json, gw_buf_t *out);
+
+#endif

@@ -1,0 +1,380 @@
+/* gw_config.c — the gateway's configuration: one table of options with their
+ * defaults and meaning; each option is read, in increasing priority, from
+ * the built-in default, the JSON config file, the environment variable
+ * TOLLGATE_<NAME> (upper case) and the flag --<name> (dashes or underscores).
+ * "workers" is a JSON array in every source.  Numbers are integers checked
+ * for range; nothing here is money. */
+#include <ctype.h>
+#include <errno.h>
+#include <netdb.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include <cjson/cJSON.h>
+
+#include "gw-int.h"
+
+enum { OPT_STR, OPT_INT, OPT_BOOL, OPT_WORKERS };
+
+typedef struct {
+    const char *name;
+    int type;
+    size_t off;
+    const char *def;
+    int64_t min, max;
+    const char *doc;
+} gw_opt_t;
+
+#define S(f) OPT_STR, offsetof(gw_config_t, f)
+#define I(f) OPT_INT, offsetof(gw_config_t, f)
+#define B(f) OPT_BOOL, offsetof(gw_config_t, f)
+
+static const gw_opt_t gw_opts[] = {
+    {"listen", S(listen), "127.0.0.1:8443", 0, 0, "HTTPS address of the public API"},
+    {"admin_listen", S(admin_listen), "127.0.0.1:8444", 0, 0, "admin API address (billing); empty: none"},
+    {"tls_cert", S(tls_cert), "var/tls/cert.pem", 0, 0, "PEM certificate chain"},
+    {"tls_key", S(tls_key), "var/tls/key.pem", 0, 0, "PEM private key"},
+    {"postgres", S(postgres), "host=127.0.0.1 port=8432 dbname=tollgate user=tollgate", 0, 0,
+     "libpq connection string"},
+    {"redis", S(redis), "127.0.0.1:8379", 0, 0, "Redis host:port for rate limits; empty: no Redis"},
+    {"admin_token_file", S(admin_token_file), "var/admin.token", 0, 0, "file holding the admin bearer token"},
+    {"key_secret_file", S(key_secret_file), "var/key.secret", 0, 0, "file holding the API-key hash secret (hex)"},
+    {"spool_dir", S(spool_dir), "var/spool", 0, 0, "where settlements wait while PostgreSQL is down"},
+    {"access_log", S(access_log), "var/log/access.log", 0, 0, "JSON-lines access log; empty: none, - : stdout"},
+    {"max_body_bytes", I(max_body_bytes), "1048576", 1, INT32_MAX, "largest request body (413 above)"},
+    {"max_header_bytes", I(max_header_bytes), "16384", 256, 1 << 24, "largest request head (431 above)"},
+    {"max_connections", I(max_connections), "10000", 1, 1 << 24, "client connections at once"},
+    {"default_rpm", I(default_rpm), "0", 0, INT32_MAX, "requests/min for keys without their own limit; 0: none"},
+    {"default_concurrency", I(default_concurrency), "0", 0, INT32_MAX,
+     "requests in flight per key for keys without their own limit; 0: none"},
+    {"header_timeout_ms", I(header_timeout_ms), "10000", 1, INT32_MAX, "time to receive a whole request (408)"},
+    {"idle_timeout_ms", I(idle_timeout_ms), "60000", 1, INT32_MAX, "keep-alive idle time before closing"},
+    {"upstream_connect_timeout_ms", I(upstream_connect_timeout_ms), "5000", 1, INT32_MAX,
+     "connecting to a worker"},
+    {"upstream_timeout_ms", I(upstream_timeout_ms), "300000", 1, INT32_MAX,
+     "silence from a worker before 504 (or ending the stream)"},
+    {"redis_timeout_ms", I(redis_timeout_ms), "250", 1, INT32_MAX, "one Redis rate-limit call"},
+    {"redis_fail_open", B(redis_fail_open), "true", 0, 1,
+     "Redis unreachable: true lets requests through unlimited, false answers 503"},
+    {"shutdown_grace_ms", I(shutdown_grace_ms), "3000", 0, INT32_MAX, "on SIGTERM, time left to requests in flight"},
+    {"stream_high_water", I(stream_high_water), "262144", 4096, 1 << 30,
+     "client output bytes above which reading the worker pauses"},
+    {"workers", OPT_WORKERS, 0, "[{\"url\":\"http://127.0.0.1:8500\",\"models\":[\"deepseek-v3-demo\"]}]", 0, 0,
+     "engine workers: [{\"url\":\"http://host:port\",\"models\":[...]}]"},
+};
+#define NOPTS (sizeof gw_opts / sizeof gw_opts[0])
+
+static void free_workers(gw_config_t *c) {
+    for (int i = 0; i < c->nworkers; i++) {
+        free(c->workers[i].url);
+        for (int j = 0; j < c->workers[i].nmodels; j++) free(c->workers[i].models[j]);
+        free(c->workers[i].models);
+    }
+    free(c->workers);
+    c->workers = NULL;
+    c->nworkers = 0;
+}
+
+void gw_config_free(gw_config_t *c) {
+    if (!c) return;
+    for (size_t i = 0; i < NOPTS; i++)
+        if (gw_opts[i].type == OPT_STR) free(*(char **)((char *)c + gw_opts[i].off));
+    free(c->config_file);
+    free_workers(c);
+    free(c);
+}
+
+int gw_split_hostport(const char *s, char *host, size_t hostlen, int *port) {
+    const char *colon;
+    const char *h = s;
+    size_t hl;
+    if (*s == '[') {
+        const char *rb = strchr(s, ']');
+        if (!rb || rb[1] != ':') return GW_ERROR;
+        h = s + 1;
+        hl = (size_t)(rb - h);
+        colon = rb + 1;
+    } else {
+        colon = strrchr(s, ':');
+        if (!colon) return GW_ERROR;
+        hl = (size_t)(colon - s);
+    }
+    if (hl == 0 || hl >= hostlen) return GW_ERROR;
+    char *end;
+    errno = 0;
+    long p = strtol(colon + 1, &end, 10);
+    if (errno || *end || end == colon + 1 || p <= 0 || p > 65535) return GW_ERROR;
+    memcpy(host, h, hl);
+    host[hl] = '\0';
+    *port = (int)p;
+    return GW_OK;
+}
+
+int gw_config_set_workers(gw_config_t *c, const char *json, char *err, size_t errlen) {
+    cJSON *a = cJSON_Parse(json);
+    int rc = GW_ERROR;
+    free_workers(c);
+    if (!cJSON_IsArray(a)) {
+        snprintf(err, errlen, "workers: want a JSON array of {\"url\",\"models\"}");
+        goto out;
+    }
+    int n = cJSON_GetArraySize(a);
+    c->workers = calloc((size_t)(n ? n : 1), sizeof(gw_worker_t));
+    if (!c->workers) goto out;
+    for (int i = 0; i < n; i++) {
+        cJSON *w = cJSON_GetArrayItem(a, i);
+        cJSON *url = cJSON_GetObjectItemCaseSensitive(w, "url");
+        cJSON *models = cJSON_GetObjectItemCaseSensitive(w, "models");
+        gw_worker_t *wk = &c->workers[c->nworkers++];
+        if (!cJSON_IsString(url) || strncmp(url->valuestring, "http://", 7)) {
+            snprintf(err, errlen, "workers[%d].url: want \"http://host:port\"", i);
+            goto out;
+        }
+        wk->url = strdup(url->valuestring);
+        char hp[300];
+        snprintf(hp, sizeof hp, "%s", url->valuestring + 7);
+        char *slash = strchr(hp, '/');
+        if (slash) *slash = '\0';
+        if (!strchr(hp, ':') || hp[strlen(hp) - 1] == ']') strncat(hp, ":80", sizeof hp - strlen(hp) - 1);
+        if (!wk->url || gw_split_hostport(hp, wk->host, sizeof wk->host, &wk->port) != GW_OK) {
+            snprintf(err, errlen, "workers[%d].url: bad host:port in %s", i, url->valuestring);
+            goto out;
+        }
+        struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *ai = NULL;
+        char ps[8];
+        snprintf(ps, sizeof ps, "%d", wk->port);
+        int gai = getaddrinfo(wk->host, ps, &hints, &ai);
+        if (gai || !ai) {
+            snprintf(err, errlen, "workers[%d].url: cannot resolve %s: %s", i, wk->host, gai_strerror(gai));
+            goto out;
+        }
+        memcpy(&wk->addr, ai->ai_addr, ai->ai_addrlen);
+        wk->addrlen = ai->ai_addrlen;
+        freeaddrinfo(ai);
+        int nm = cJSON_GetArraySize(models);
+        if (!cJSON_IsArray(models) || nm == 0) {
+            snprintf(err, errlen, "workers[%d].models: want a non-empty array of model names", i);
+            goto out;
+        }
+        wk->models = calloc((size_t)nm, sizeof(char *));
+        if (!wk->models) goto out;
+        for (int j = 0; j < nm; j++) {
+            cJSON *m = cJSON_GetArrayItem(models, j);
+            if (!cJSON_IsString(m) || !*m->valuestring || strlen(m->valuestring) > 200) {
+                snprintf(err, errlen, "workers[%d].models[%d]: want a model name", i, j);
+                goto out;
+            }
+            if (!(wk->models[wk->nmodels++] = strdup(m->valuestring))) goto out;
+        }
+    }
+    rc = GW_OK;
+out:
+    if (rc != GW_OK && !*err) snprintf(err, errlen, "workers: out of memory");
+    cJSON_Delete(a);
+    return rc;
+}
+
+/* Set option o from text (defaults, env, flags). */
+static int set_text(gw_config_t *c, const gw_opt_t *o, const char *v, const char *src, char *err, size_t errlen) {
+    void *f = (char *)c + o->off;
+    switch (o->type) {
+    case OPT_STR: {
+        char *d = strdup(v);
+        if (!d) return GW_ERROR;
+        free(*(char **)f);
+        *(char **)f = d;
+        return GW_OK;
+    }
+    case OPT_INT: {
+        char *end;
+        errno = 0;
+        long long n = strtoll(v, &end, 10);
+        if (errno || end == v || *end || n < o->min || n > o->max) {
+            snprintf(err, errlen, "%s: %s: want an integer in [%lld, %lld], got \"%s\"", src, o->name,
+                     (long long)o->min, (long long)o->max, v);
+            return GW_ERROR;
+        }
+        *(int64_t *)f = n;
+        return GW_OK;
+    }
+    case OPT_BOOL:
+        if (!strcmp(v, "true") || !strcmp(v, "1") || !strcmp(v, "yes")) *(int64_t *)f = 1;
+        else if (!strcmp(v, "false") || !strcmp(v, "0") || !strcmp(v, "no")) *(int64_t *)f = 0;
+        else {
+            snprintf(err, errlen, "%s: %s: want true or false, got \"%s\"", src, o->name, v);
+            return GW_ERROR;
+        }
+        return GW_OK;
+    case OPT_WORKERS: {
+        char e2[200] = "";
+        if (gw_config_set_workers(c, v, e2, sizeof e2) != GW_OK) {
+            snprintf(err, errlen, "%s: %s", src, e2);
+            return GW_ERROR;
+        }
+        return GW_OK;
+    }
+    }
+    return GW_ERROR;
+}
+
+static int set_json(gw_config_t *c, const gw_opt_t *o, cJSON *v, const char *src, char *err, size_t errlen) {
+    char num[32];
+    switch (o->type) {
+    case OPT_STR:
+        if (!cJSON_IsString(v)) break;
+        return set_text(c, o, v->valuestring, src, err, errlen);
+    case OPT_INT:
+        if (!cJSON_IsNumber(v) || v->valuedouble != (double)(int64_t)v->valuedouble) break;
+        snprintf(num, sizeof num, "%lld", (long long)v->valuedouble);
+        return set_text(c, o, num, src, err, errlen);
+    case OPT_BOOL:
+        if (!cJSON_IsBool(v)) break;
+        return set_text(c, o, cJSON_IsTrue(v) ? "true" : "false", src, err, errlen);
+    case OPT_WORKERS: {
+        char *t = cJSON_PrintUnformatted(v);
+        if (!t) return GW_ERROR;
+        int rc = set_text(c, o, t, src, err, errlen);
+        free(t);
+        return rc;
+    }
+    }
+    snprintf(err, errlen, "%s: %s: wrong type (want %s)", src, o->name,
+             o->type == OPT_STR ? "string" : o->type == OPT_INT ? "integer" : o->type == OPT_BOOL ? "boolean"
+                                                                                                : "array");
+    return GW_ERROR;
+}
+
+static const gw_opt_t *find_opt(const char *name, size_t n) {
+    for (size_t i = 0; i < NOPTS; i++) {
+        const char *a = gw_opts[i].name;
+        if (strlen(a) != n) continue;
+        size_t j = 0;
+        for (; j < n; j++) {
+            char x = name[j] == '-' ? '_' : name[j];
+            if (x != a[j]) break;
+        }
+        if (j == n) return &gw_opts[i];
+    }
+    return NULL;
+}
+
+static int load_file(gw_config_t *c, const char *path, char *err, size_t errlen) {
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        snprintf(err, errlen, "%s: %s", path, strerror(errno));
+        return GW_ERROR;
+    }
+    gw_buf_t b = {0};
+    char tmp[4096];
+    size_t n;
+    while ((n = fread(tmp, 1, sizeof tmp, f)) > 0) {
+        if (gw_buf_append(&b, tmp, n) != GW_OK || b.len > (1 << 24)) {
+            fclose(f);
+            gw_buf_free(&b);
+            snprintf(err, errlen, "%s: too large", path);
+            return GW_ERROR;
+        }
+    }
+    fclose(f);
+    int rc = GW_ERROR;
+    cJSON *j = b.p ? cJSON_ParseWithLength(b.p, b.len) : NULL;
+    if (!cJSON_IsObject(j)) {
+        snprintf(err, errlen, "%s: not a JSON object", path);
+        goto out;
+    }
+    for (cJSON *it = j->child; it; it = it->next) {
+        const gw_opt_t *o = it->string ? find_opt(it->string, strlen(it->string)) : NULL;
+        if (!o) {
+            if (it->string && it->string[0] == '_') continue; /* comments: "_doc": "..." */
+            snprintf(err, errlen, "%s: unknown option \"%s\"", path, it->string ? it->string : "");
+            goto out;
+        }
+        if (set_json(c, o, it, path, err, errlen) != GW_OK) goto out;
+    }
+    rc = GW_OK;
+out:
+    cJSON_Delete(j);
+    gw_buf_free(&b);
+    return rc;
+}
+
+void gw_config_usage(void) {
+    printf("usage: tollgate [--config FILE] [--<option> VALUE]...\n\n"
+           "Options (JSON key / --flag / TOLLGATE_<UPPER> env; flags beat env beat file):\n");
+    for (size_t i = 0; i < NOPTS; i++)
+        printf("  %-28s %s (default: %s)\n", gw_opts[i].name, gw_opts[i].doc, gw_opts[i].def);
+}
+
+gw_config_t *gw_config_load(int argc, char **argv, char *err, size_t errlen) {
+    gw_config_t *c = calloc(1, sizeof *c);
+    if (!c) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    *err = '\0';
+    for (size_t i = 0; i < NOPTS; i++)
+        if (set_text(c, &gw_opts[i], gw_opts[i].def, "default", err, errlen) != GW_OK) goto fail;
+
+    /* which file */
+    const char *file = getenv("TOLLGATE_CONFIG");
+    int explicit_file = file && *file;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--config") && i + 1 < argc) file = argv[++i], explicit_file = 1;
+        else if (!strncmp(argv[i], "--config=", 9)) file = argv[i] + 9, explicit_file = 1;
+    }
+    struct stat st;
+    if (!explicit_file && stat("config/tollgate.json", &st) == 0) file = "config/tollgate.json";
+    if (file && *file) {
+        if (!(c->config_file = strdup(file))) goto fail;
+        if (load_file(c, file, err, errlen) != GW_OK) goto fail;
+    }
+
+    /* environment */
+    for (size_t i = 0; i < NOPTS; i++) {
+        char name[64] = "TOLLGATE_";
+        size_t k = strlen(name);
+        for (const char *q = gw_opts[i].name; *q && k < sizeof name - 1; q++) name[k++] = (char)toupper(*q);
+        name[k] = '\0';
+        const char *v = getenv(name);
+        if (v && set_text(c, &gw_opts[i], v, name, err, errlen) != GW_OK) goto fail;
+    }
+
+    /* flags */
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (strncmp(a, "--", 2)) {
+            snprintf(err, errlen, "unexpected argument \"%s\" (see --help)", a);
+            goto fail;
+        }
+        a += 2;
+        const char *eq = strchr(a, '=');
+        size_t nl = eq ? (size_t)(eq - a) : strlen(a);
+        if (nl == 6 && !strncmp(a, "config", 6)) {
+            if (!eq) i++;
+            continue;
+        }
+        const gw_opt_t *o = find_opt(a, nl);
+        if (!o) {
+            snprintf(err, errlen, "unknown flag --%.*s (see --help)", (int)nl, a);
+            goto fail;
+        }
+        const char *v = eq ? eq + 1 : (i + 1 < argc ? argv[++i] : NULL);
+        if (!v) {
+            snprintf(err, errlen, "flag --%s needs a value", o->name);
+            goto fail;
+        }
+        if (set_text(c, o, v, "flag", err, errlen) != GW_OK) goto fail;
+    }
+    if (c->nworkers == 0) {
+        snprintf(err, errlen, "no workers configured");
+        goto fail;
+    }
+    return c;
+fail:
+    if (!*err) snprintf(err, errlen, "out of memory");
+    gw_config_free(c);
+    return NULL;
+}

@@ -1,0 +1,87 @@
+/* gw_metrics.c — the gateway's Prometheus counters and their text
+ * exposition (format 0.0.4).  Counters are plain integers touched only from
+ * the loop thread. */
+#include <stdio.h>
+
+#include "gw-int.h"
+
+const double gw_metrics_bounds[12] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30};
+
+static const char *const gw_route_names[GW_ROUTE_N] = {"chat_completions", "models", "metrics", "health",
+                                                       "other"};
+
+void gw_metrics_observe(gw_metrics_t *m, int route, int status, double dur_s, double ttfb_s) {
+    if (route < 0 || route >= GW_ROUTE_N) route = GW_ROUTE_OTHER;
+    if (status < 0 || status >= 600) status = 0;
+    m->requests[route][status]++;
+    if (route != GW_ROUTE_CHAT) return;
+    for (int i = 0; i < 12; i++)
+        if (dur_s <= gw_metrics_bounds[i]) m->dur_buckets[i]++;
+    m->dur_count++;
+    m->dur_sum += dur_s;
+    if (ttfb_s >= 0) {
+        for (int i = 0; i < 12; i++)
+            if (ttfb_s <= gw_metrics_bounds[i]) m->ttfb_buckets[i]++;
+        m->ttfb_count++;
+        m->ttfb_sum += ttfb_s;
+    }
+}
+
+static void histogram(gw_buf_t *o, const char *name, const char *help, const uint64_t *b, uint64_t count,
+                      double sum) {
+    gw_buf_printf(o, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
+    for (int i = 0; i < 12; i++) gw_buf_printf(o, "%s_bucket{le=\"%g\"} %llu\n", name, gw_metrics_bounds[i],
+                                               (unsigned long long)b[i]);
+    gw_buf_printf(o, "%s_bucket{le=\"+Inf\"} %llu\n%s_sum %.6f\n%s_count %llu\n", name, (unsigned long long)count,
+                  name, sum, name, (unsigned long long)count);
+}
+
+static void counter(gw_buf_t *o, const char *name, const char *help, uint64_t v) {
+    gw_buf_printf(o, "# HELP %s %s\n# TYPE %s counter\n%s %llu\n", name, help, name, name, (unsigned long long)v);
+}
+
+void gw_metrics_render(const gw_metrics_t *m, const gw_config_t *cfg, int redis_up, gw_buf_t *o) {
+    gw_buf_printf(o, "# HELP tollgate_http_requests_total Requests answered, by route and status.\n"
+                     "# TYPE tollgate_http_requests_total counter\n");
+    for (int r = 0; r < GW_ROUTE_N; r++)
+        for (int s = 0; s < 600; s++)
+            if (m->requests[r][s])
+                gw_buf_printf(o, "tollgate_http_requests_total{route=\"%s\",code=\"%d\"} %llu\n", gw_route_names[r],
+                              s, (unsigned long long)m->requests[r][s]);
+    histogram(o, "tollgate_request_duration_seconds", "Chat completion time from request to last byte.",
+              m->dur_buckets, m->dur_count, m->dur_sum);
+    histogram(o, "tollgate_time_to_first_byte_seconds", "Chat completion time to the first upstream byte.",
+              m->ttfb_buckets, m->ttfb_count, m->ttfb_sum);
+    gw_buf_printf(o, "# HELP tollgate_tokens_total Tokens settled, by class.\n# TYPE tollgate_tokens_total counter\n"
+                     "tollgate_tokens_total{class=\"prompt\"} %llu\n"
+                     "tollgate_tokens_total{class=\"prompt_cache_hit\"} %llu\n"
+                     "tollgate_tokens_total{class=\"completion\"} %llu\n"
+                     "tollgate_tokens_total{class=\"reasoning\"} %llu\n",
+                  (unsigned long long)m->tokens_prompt, (unsigned long long)m->tokens_cache_hit,
+                  (unsigned long long)m->tokens_completion, (unsigned long long)m->tokens_reasoning);
+    counter(o, "tollgate_upstream_errors_total", "Worker connections that failed or broke.", m->upstream_errors);
+    counter(o, "tollgate_upstream_timeouts_total", "Workers that went silent past upstream_timeout_ms.",
+            m->upstream_timeouts);
+    counter(o, "tollgate_ratelimited_total", "Requests refused with 429.", m->ratelimited);
+    counter(o, "tollgate_redis_errors_total", "Rate-limit calls Redis did not answer.", m->redis_errors);
+    counter(o, "tollgate_client_aborts_total", "Clients that went away before their answer ended.",
+            m->client_aborts);
+    counter(o, "tollgate_connections_total", "Client connections accepted.", m->connections_total);
+    gw_buf_printf(o, "# HELP tollgate_connections Open client connections.\n# TYPE tollgate_connections gauge\n"
+                     "tollgate_connections %lld\n"
+                     "# HELP tollgate_inflight_requests Chat completions in progress.\n"
+                     "# TYPE tollgate_inflight_requests gauge\ntollgate_inflight_requests %lld\n"
+                     "# HELP tollgate_redis_up 1 when the rate-limit Redis is connected.\n"
+                     "# TYPE tollgate_redis_up gauge\ntollgate_redis_up %d\n",
+                  (long long)m->connections, (long long)m->inflight, redis_up);
+    gw_buf_printf(o, "# HELP tollgate_worker_outstanding Requests in flight per worker.\n"
+                     "# TYPE tollgate_worker_outstanding gauge\n");
+    for (int i = 0; i < cfg->nworkers; i++)
+        gw_buf_printf(o, "tollgate_worker_outstanding{worker=\"%s\"} %d\n", cfg->workers[i].url,
+                      cfg->workers[i].outstanding);
+    gw_buf_printf(o, "# HELP tollgate_worker_failures_total Failed requests per worker.\n"
+                     "# TYPE tollgate_worker_failures_total counter\n");
+    for (int i = 0; i < cfg->nworkers; i++)
+        gw_buf_printf(o, "tollgate_worker_failures_total{worker=\"%s\"} %llu\n", cfg->workers[i].url,
+                      (unsigned long long)cfg->workers[i].failures);
+}

@@ -1,0 +1,385 @@
+/* gw_proxy.c — one chat completion on a worker: pick the worker with the
+ * fewest requests in flight that serves the model, send the client's JSON
+ * over plain HTTP/1.1 (one connection per request, "Connection: close") with
+ * X-Request-Id, and relay the answer.
+ *
+ * Streams (worker answers 200 text/event-stream): the worker's body is
+ * de-chunked, split into SSE events and each event goes to the client as one
+ * chunk as soon as it is whole.  The gateway always asks the worker for
+ * stream_options.include_usage so it learns the usage; the usage-only chunk
+ * is dropped on the way when the client did not ask for it.  When the
+ * client's output buffer passes stream_high_water, reading the worker pauses
+ * until it drains to half (backpressure).
+ * Anything else (non-streaming answers, worker errors) is buffered whole and
+ * passed through with its status; the usage of a JSON answer is read.
+ *
+ * Failures: a worker that refuses the connection is marked and the next one
+ * serving the model is tried; none left -> 502.  No answer head within
+ * upstream_timeout_ms -> 504.  A stream broken or stalled after it started
+ * ends with an SSE error event.  The worker connection is closed whenever the
+ * request dies (client gone), which cancels the generation on the worker. */
+#include <string.h>
+#include <strings.h>
+
+#include <cjson/cJSON.h>
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+
+#include "gw-int.h"
+
+#define GW_UP_MAX_HEAD 65536
+#define GW_UP_MAX_BODY (64 << 20)
+
+static void gw_up_on_read(struct bufferevent *bev, void *arg);
+static void gw_up_on_event(struct bufferevent *bev, short what, void *arg);
+
+void gw_proxy_release(gw_req_t *r) {
+    if (r->up) {
+        bufferevent_free(r->up);
+        r->up = NULL;
+    }
+    if (r->worker) {
+        r->worker->outstanding--;
+        r->worker = NULL; /* keep the name for the log: see gw_up_worker_url */
+    }
+}
+
+/* Add "stream_options":{"include_usage":true} for a stream.  The client's
+ * bytes are kept as they are when possible (numbers such as a 64-bit seed
+ * must not go through a double); only a body that already has stream_options
+ * is re-serialised. */
+int gw_proxy_body(const gw_http_req_t *h, int stream, cJSON *json, gw_buf_t *out) {
+    out->len = 0;
+    if (!stream) return gw_buf_append(out, h->body, h->body_len);
+    cJSON *so = cJSON_GetObjectItemCaseSensitive(json, "stream_options");
+    if (!so) {
+        const char *p = memchr(h->body, '{', h->body_len);
+        if (!p) return GW_ERROR;
+        size_t pre = (size_t)(p - h->body) + 1;
+        if (gw_buf_append(out, h->body, pre) != GW_OK) return GW_ERROR;
+        if (gw_buf_printf(out, "\"stream_options\":{\"include_usage\":true},") != GW_OK) return GW_ERROR;
+        return gw_buf_append(out, h->body + pre, h->body_len - pre);
+    }
+    if (!cJSON_IsObject(so)) {
+        cJSON_DeleteItemFromObjectCaseSensitive(json, "stream_options");
+        so = cJSON_AddObjectToObject(json, "stream_options");
+        if (!so) return GW_ERROR;
+    }
+    cJSON_DeleteItemFromObjectCaseSensitive(so, "include_usage");
+    if (!cJSON_AddTrueToObject(so, "include_usage")) return GW_ERROR;
+    char *t = cJSON_PrintUnformatted(json);
+    if (!t) return GW_ERROR;
+    int rc = gw_buf_append(out, t, strlen(t));
+    cJSON_free(t);
+    return rc;
+}
+
+static gw_worker_t *gw_pick_worker(gw_req_t *r) {
+    const gw_config_t *cfg = r->srv->cfg;
+    gw_worker_t *best = NULL;
+    int besti = -1;
+    unsigned start = r->srv->rr++;
+    for (int k = 0; k < cfg->nworkers; k++) {
+        int i = (int)((start + (unsigned)k) % (unsigned)cfg->nworkers);
+        if (i < 64 && (r->tried & (1ull << i))) continue;
+        gw_worker_t *w = &cfg->workers[i];
+        int serves = 0;
+        for (int j = 0; j < w->nmodels && !serves; j++) serves = !strcmp(w->models[j], r->model);
+        if (!serves) continue;
+        if (!best || w->outstanding < best->outstanding) best = w, besti = i;
+    }
+    if (best && besti < 64) r->tried |= 1ull << besti;
+    return best;
+}
+
+static void gw_up_fail(gw_req_t *r, int status, const char *code, const char *msg);
+
+static void gw_up_connect(gw_req_t *r) {
+    gw_server_t *s = r->srv;
+    gw_worker_t *w = gw_pick_worker(r);
+    if (!w) {
+        if (r->proxied) gw_up_fail(r, 502, "upstream_unavailable", "No inference worker could be reached");
+        else gw_up_fail(r, 503, "no_worker", "No inference worker serves this model");
+        return;
+    }
+    r->worker = w;
+    r->worker_url = w->url;
+    r->up_got_bytes = r->up_eof = 0;
+    w->outstanding++;
+    w->requests++;
+    r->proxied = 1;
+    r->up = bufferevent_socket_new(s->base, -1, BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
+    if (!r->up) {
+        gw_up_fail(r, 500, "internal_error", "out of memory");
+        return;
+    }
+    bufferevent_setcb(r->up, gw_up_on_read, NULL, gw_up_on_event, r);
+    const gw_config_t *cfg = s->cfg;
+    struct timeval rt = {(time_t)(cfg->upstream_timeout_ms / 1000), (suseconds_t)(cfg->upstream_timeout_ms % 1000) * 1000};
+    struct timeval ct = {(time_t)(cfg->upstream_connect_timeout_ms / 1000),
+                         (suseconds_t)(cfg->upstream_connect_timeout_ms % 1000) * 1000};
+    bufferevent_set_timeouts(r->up, &rt, &ct);
+    struct evbuffer *o = bufferevent_get_output(r->up);
+    evbuffer_add_printf(o,
+                        "POST /v1/chat/completions HTTP/1.1\r\nHost: %s:%d\r\nContent-Type: application/json\r\n"
+                        "Accept: %s\r\nX-Request-Id: %s\r\nContent-Length: %zu\r\nConnection: close\r\n\r\n",
+                        w->host, w->port, r->stream ? "text/event-stream" : "application/json", r->id,
+                        r->scratch.len);
+    evbuffer_add(o, r->scratch.p, r->scratch.len);
+    bufferevent_enable(r->up, EV_READ | EV_WRITE);
+    if (bufferevent_socket_connect(r->up, (struct sockaddr *)&w->addr, (int)w->addrlen) < 0) {
+        w->failures++; /* refusals come through the event callback; this is the rest */
+        s->m.upstream_errors++;
+        gw_proxy_release(r);
+        gw_up_connect(r);
+    }
+}
+
+void gw_proxy_start(gw_req_t *r) {
+    if (gw_proxy_body(r->http, r->stream, r->json, &r->scratch) != GW_OK) {
+        gw_req_error(r, 500, "server_error", "internal_error", NULL, "out of memory");
+        return;
+    }
+    gw_up_connect(r);
+}
+
+/* Error before anything of the answer reached the client, or at the end of
+ * a started stream. */
+static void gw_up_fail(gw_req_t *r, int status, const char *code, const char *msg) {
+    if (r->worker) r->worker->failures++;
+    if (status == 504) r->srv->m.upstream_timeouts++;
+    else if (status >= 500) r->srv->m.upstream_errors++;
+    if (!r->head_sent) {
+        gw_proxy_release(r);
+        gw_req_error(r, status, "server_error", code, NULL, msg);
+        return;
+    }
+    /* mid-stream: tell the client in the stream, then end it cleanly */
+    r->error_code = code;
+    gw_buf_t b = {0};
+    gw_buf_printf(&b, "data: {\"error\":{\"message\":\"");
+    gw_buf_json_str(&b, msg, strlen(msg));
+    gw_buf_printf(&b, "\",\"type\":\"server_error\",\"param\":null,\"code\":\"%s\"}}\n\n", code);
+    struct evbuffer *o = gw_req_out(r);
+    if (b.p) {
+        if (r->client_chunked) evbuffer_add_printf(o, "%zx\r\n", b.len);
+        evbuffer_add(o, b.p, b.len);
+        if (r->client_chunked) evbuffer_add(o, "\r\n", 2);
+    }
+    gw_buf_free(&b);
+    if (r->client_chunked) evbuffer_add(o, "0\r\n\r\n", 5);
+    r->keep_alive = 0;
+    gw_proxy_release(r);
+    gw_req_finish(r);
+}
+
+static void gw_client_chunk(gw_req_t *r, const char *p, size_t n) {
+    struct evbuffer *o = gw_req_out(r);
+    if (!n) return;
+    if (r->client_chunked) evbuffer_add_printf(o, "%zx\r\n", n);
+    evbuffer_add(o, p, n);
+    if (r->client_chunked) evbuffer_add(o, "\r\n", 2);
+}
+
+/* One SSE event from the worker: learn usage, maybe drop or trim it, forward. */
+static void gw_stream_event(gw_req_t *r, const char *ev, size_t len) {
+    gw_buf_t *d = &r->body; /* reused as scratch while streaming */
+    if (gw_sse_data(ev, len, d) != GW_OK || d->len == 0 || d->p[0] != '{') {
+        gw_client_chunk(r, ev, len);
+        return;
+    }
+    if (strstr(d->p, "\"delta\"")) r->chunks++;
+    if (!strstr(d->p, "\"usage\"")) {
+        gw_client_chunk(r, ev, len);
+        return;
+    }
+    cJSON *j = cJSON_ParseWithLength(d->p, d->len);
+    cJSON *u = cJSON_GetObjectItemCaseSensitive(j, "usage");
+    if (!cJSON_IsObject(u) || gw_req_usage_from_json(r, u) != GW_OK || r->client_usage) {
+        cJSON_Delete(j);
+        gw_client_chunk(r, ev, len);
+        return;
+    }
+    /* the client did not ask for usage */
+    cJSON *choices = cJSON_GetObjectItemCaseSensitive(j, "choices");
+    if (!cJSON_IsArray(choices) || cJSON_GetArraySize(choices) == 0) {
+        cJSON_Delete(j); /* the usage-only chunk: drop it */
+        return;
+    }
+    cJSON_DeleteItemFromObjectCaseSensitive(j, "usage");
+    char *t = cJSON_PrintUnformatted(j);
+    cJSON_Delete(j);
+    if (!t) return;
+    gw_buf_t b = {0};
+    gw_buf_printf(&b, "data: %s\n\n", t);
+    cJSON_free(t);
+    if (b.p) gw_client_chunk(r, b.p, b.len);
+    gw_buf_free(&b);
+}
+
+static void gw_stream_payload(gw_req_t *r) {
+    if (r->payload.len) {
+        gw_sse_feed(&r->sse, r->payload.p, r->payload.len);
+        r->payload.len = 0;
+    }
+    const char *ev;
+    size_t len;
+    while (gw_sse_next(&r->sse, &ev, &len) == GW_OK) gw_stream_event(r, ev, len);
+    struct evbuffer *o = gw_req_out(r);
+    if (r->up && !r->up_paused && evbuffer_get_length(o) > (size_t)r->srv->cfg->stream_high_water) {
+        bufferevent_disable(r->up, EV_READ);
+        r->up_paused = 1;
+    }
+}
+
+void gw_proxy_resume(gw_req_t *r) {
+    if (!r->up_paused || !r->up) return;
+    r->up_paused = 0;
+    bufferevent_enable(r->up, EV_READ);
+    if (evbuffer_get_length(bufferevent_get_input(r->up))) gw_up_on_read(r->up, r); /* data that waited */
+}
+
+/* The worker's answer is complete. */
+static void gw_up_complete(gw_req_t *r) {
+    if (r->up_streaming) {
+        gw_stream_payload(r);
+        size_t rest = gw_sse_pending(&r->sse);
+        if (rest) gw_client_chunk(r, r->sse.buf.p + r->sse.buf.len - rest, rest);
+        if (r->client_chunked) evbuffer_add(gw_req_out(r), "0\r\n\r\n", 5);
+        gw_proxy_release(r);
+        gw_req_finish(r);
+        return;
+    }
+    if (gw_buf_append(&r->body, r->payload.p, r->payload.len) != GW_OK) {
+        gw_up_fail(r, 502, "upstream_error", "out of memory");
+        return;
+    }
+    r->payload.len = 0;
+    if (r->resp.status == 200) {
+        cJSON *j = r->body.p ? cJSON_ParseWithLength(r->body.p, r->body.len) : NULL;
+        gw_req_usage_from_json(r, cJSON_GetObjectItemCaseSensitive(j, "usage"));
+        cJSON_Delete(j);
+    }
+    int status = r->resp.status;
+    if (status < 200 || status > 599) status = 502;
+    gw_proxy_release(r);
+    gw_req_head(r, status, r->resp.content_type[0] ? r->resp.content_type : "application/json",
+                (int64_t)r->body.len);
+    if (r->body.len) evbuffer_add(gw_req_out(r), r->body.p, r->body.len);
+    gw_req_finish(r);
+}
+
+/* De-frame what the worker sent into r->payload; returns 1 when the body is
+ * complete, 0 for more, -1 on bad framing. */
+static int gw_up_deframe(gw_req_t *r, struct evbuffer *in) {
+    for (;;) {
+        size_t n = evbuffer_get_length(in);
+        if (!n) return 0;
+        struct evbuffer_iovec v;
+        if (evbuffer_peek(in, -1, NULL, &v, 1) < 1) return 0;
+        const char *p = v.iov_base;
+        size_t len = v.iov_len;
+        if (r->resp.chunked) {
+            ssize_t used = gw_chunked_feed(&r->ch, p, len, &r->payload);
+            if (used < 0) return -1;
+            evbuffer_drain(in, (size_t)used);
+            if (r->ch.done) return 1;
+        } else if (r->up_body_left >= 0) {
+            size_t take = len < (uint64_t)r->up_body_left ? len : (size_t)r->up_body_left;
+            if (gw_buf_append(&r->payload, p, take) != GW_OK) return -1;
+            evbuffer_drain(in, take);
+            r->up_body_left -= (int64_t)take;
+            if (!r->up_body_left) return 1;
+        } else {
+            if (gw_buf_append(&r->payload, p, len) != GW_OK) return -1;
+            evbuffer_drain(in, len);
+        }
+        if (r->body.len + r->payload.len > GW_UP_MAX_BODY && !r->up_streaming) return -1;
+        if (r->up_streaming) return 0; /* handle this piece first (backpressure) */
+    }
+}
+
+/* The worker closed after its head and all its bytes were handled. */
+static void gw_up_eof(gw_req_t *r) {
+    if (!r->resp.chunked && r->resp.content_length < 0) gw_up_complete(r); /* close-delimited body */
+    else gw_up_fail(r, 502, "upstream_error", "The inference worker closed the connection early");
+}
+
+static void gw_up_on_read(struct bufferevent *bev, void *arg) {
+    gw_req_t *r = arg;
+    struct evbuffer *in = bufferevent_get_input(bev);
+    r->up_got_bytes = 1;
+    if (!r->up_head_done) {
+        size_t n = evbuffer_get_length(in);
+        size_t look = n < GW_UP_MAX_HEAD ? n : GW_UP_MAX_HEAD;
+        const char *p = (const char *)evbuffer_pullup(in, (ssize_t)look);
+        long hl = gw_http_resp_parse(p, look, GW_UP_MAX_HEAD - 1, &r->resp);
+        if (hl < 0 || (hl == 0 && n >= GW_UP_MAX_HEAD)) {
+            gw_up_fail(r, 502, "upstream_error", "The inference worker sent a malformed answer");
+            return;
+        }
+        if (hl == 0) return;
+        if (r->resp.status == 100) { /* interim answer: skip it */
+            evbuffer_drain(in, (size_t)hl);
+            gw_up_on_read(bev, arg);
+            return;
+        }
+        evbuffer_drain(in, (size_t)hl);
+        r->up_head_done = 1;
+        r->first_byte_us = gw_now_us();
+        r->up_body_left = r->resp.content_length;
+        memset(&r->ch, 0, sizeof r->ch);
+        if (r->stream && r->resp.status == 200 && !strncasecmp(r->resp.content_type, "text/event-stream", 17)) {
+            r->up_streaming = 1;
+            gw_req_head(r, 200, "text/event-stream", -1);
+        }
+        if (r->resp.content_length == 0 && !r->resp.chunked) {
+            gw_up_complete(r);
+            return;
+        }
+    }
+    for (;;) {
+        int rc = gw_up_deframe(r, in);
+        if (rc < 0) {
+            gw_up_fail(r, 502, "upstream_error", "The inference worker sent a malformed answer");
+            return;
+        }
+        if (r->up_streaming) gw_stream_payload(r);
+        if (rc == 1) {
+            gw_up_complete(r);
+            return;
+        }
+        if (r->up_paused) return;
+        if (!evbuffer_get_length(in)) break;
+    }
+    if (r->up_eof) gw_up_eof(r);
+}
+
+static void gw_up_on_event(struct bufferevent *bev, short what, void *arg) {
+    gw_req_t *r = arg;
+    if (what & BEV_EVENT_CONNECTED) {
+        const gw_config_t *cfg = r->srv->cfg;
+        struct timeval t = {(time_t)(cfg->upstream_timeout_ms / 1000),
+                            (suseconds_t)(cfg->upstream_timeout_ms % 1000) * 1000};
+        bufferevent_set_timeouts(bev, &t, &t);
+        return;
+    }
+    if (what & BEV_EVENT_TIMEOUT) {
+        gw_up_fail(r, 504, "upstream_timeout", "The inference worker did not answer in time");
+        return;
+    }
+    if ((what & BEV_EVENT_EOF) && r->up_head_done) {
+        r->up_eof = 1;
+        if (!evbuffer_get_length(bufferevent_get_input(bev))) gw_up_eof(r);
+        return; /* else gw_up_on_read finishes once the paused bytes are handled */
+    }
+    if (!r->up_got_bytes && !r->head_sent) { /* refused or reset before answering: try another */
+        if (r->worker) r->worker->failures++;
+        r->srv->m.upstream_errors++;
+        gw_proxy_release(r);
+        gw_up_connect(r);
+        return;
+    }
+    gw_up_fail(r, 502, "upstream_error", "The inference worker closed the connection early");
+}

@@ -1,0 +1,942 @@
+/* gw_server.c — the TLS front door: accepts connections, feeds bytes to the
+ * request parser, routes each request, runs the admission chain of a chat
+ * completion and writes answers, access-log lines and settlements.
+ *
+ * Invariants:
+ *  - a connection answers one request at a time (pipelined requests wait in
+ *    the parser's buffer) and every answer carries X-Request-Id;
+ *  - a request's memory, its pending billing/Redis calls, its worker
+ *    connection and its concurrency slot all hang on its pool, so freeing the
+ *    pool (gw_req_free) releases everything whatever state it was in;
+ *  - work that could re-enter (next pipelined request, closing) goes through
+ *    the connection's kick event, never directly from a callback;
+ *  - a request that reached a worker is settled exactly once (gw_req_free). */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <math.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include <cjson/cJSON.h>
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
+#include <event2/event.h>
+#include <event2/listener.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+
+#include "gw-int.h"
+
+enum { TIMER_NONE, TIMER_HEADER, TIMER_IDLE };
+
+struct gw_conc {
+    gw_conc_t *next;
+    int64_t key_id;
+    int n;
+};
+
+static void gw_conn_free(gw_conn_t *c);
+static void gw_conn_kick(gw_conn_t *c);
+static void gw_req_free(gw_req_t *r);
+static void gw_server_maybe_exit(gw_server_t *s);
+
+/* ---- concurrency per key ------------------------------------------------- */
+
+static gw_conc_t **gw_conc_slot(gw_server_t *s, int64_t key_id) {
+    gw_conc_t **pp = &s->conc[(uint64_t)key_id % GW_CONC_BUCKETS];
+    while (*pp && (*pp)->key_id != key_id) pp = &(*pp)->next;
+    return pp;
+}
+
+static int gw_conc_count(gw_server_t *s, int64_t key_id) {
+    gw_conc_t **pp = gw_conc_slot(s, key_id);
+    return *pp ? (*pp)->n : 0;
+}
+
+static int gw_conc_take(gw_server_t *s, int64_t key_id) {
+    gw_conc_t **pp = gw_conc_slot(s, key_id);
+    if (!*pp) {
+        gw_conc_t *e = calloc(1, sizeof *e);
+        if (!e) return GW_ERROR;
+        e->key_id = key_id;
+        *pp = e;
+    }
+    (*pp)->n++;
+    return GW_OK;
+}
+
+static void gw_conc_put(gw_server_t *s, int64_t key_id) {
+    gw_conc_t **pp = gw_conc_slot(s, key_id);
+    if (!*pp) return;
+    if (--(*pp)->n <= 0) {
+        gw_conc_t *e = *pp;
+        *pp = e->next;
+        free(e);
+    }
+}
+
+/* ---- responses ------------------------------------------------------------ */
+
+struct evbuffer *gw_req_out(gw_req_t *r) { return bufferevent_get_output(r->conn->bev); }
+
+void gw_req_head(gw_req_t *r, int status, const char *ctype, int64_t clen) {
+    if (r->head_sent || r->client_gone) return;
+    r->head_sent = 1;
+    r->status = status;
+    if (r->srv->shutting_down) r->keep_alive = 0;
+    struct evbuffer *o = gw_req_out(r);
+    evbuffer_add_printf(o, "HTTP/1.1 %d %s\r\nX-Request-Id: %s\r\n", status, gw_http_reason(status), r->id);
+    if (ctype) evbuffer_add_printf(o, "Content-Type: %s\r\n", ctype);
+    if (clen >= 0) {
+        evbuffer_add_printf(o, "Content-Length: %lld\r\n", (long long)clen);
+    } else if (r->http && r->http->minor >= 1) {
+        evbuffer_add_printf(o, "Transfer-Encoding: chunked\r\nCache-Control: no-cache\r\n");
+        r->client_chunked = 1;
+    } else {
+        r->keep_alive = 0; /* close-delimited */
+    }
+    if (r->have_rl) {
+        int64_t ms = r->rl.reset_ms;
+        evbuffer_add_printf(o, "x-ratelimit-limit-requests: %lld\r\nx-ratelimit-remaining-requests: %lld\r\n",
+                            (long long)r->rl.limit, (long long)r->rl.remaining);
+        if (ms < 1000) evbuffer_add_printf(o, "x-ratelimit-reset-requests: %lldms\r\n", (long long)ms);
+        else evbuffer_add_printf(o, "x-ratelimit-reset-requests: %lld.%03llds\r\n", (long long)(ms / 1000),
+                                 (long long)(ms % 1000));
+        if (status == 429) evbuffer_add_printf(o, "retry-after: %lld\r\n", (long long)(ms + 999) / 1000 ?: 1);
+    }
+    evbuffer_add_printf(o, "Connection: %s\r\n\r\n", r->keep_alive ? "keep-alive" : "close");
+}
+
+static void gw_req_body(gw_req_t *r, const char *ctype, int status, const char *body, size_t len) {
+    gw_req_head(r, status, ctype, (int64_t)len);
+    if (!r->client_gone) evbuffer_add(gw_req_out(r), body, len);
+}
+
+void gw_req_error(gw_req_t *r, int status, const char *type, const char *code, const char *param,
+                  const char *msg) {
+    gw_buf_t b = {0};
+    r->error_code = code;
+    gw_buf_printf(&b, "{\"error\":{\"message\":\"");
+    gw_buf_json_str(&b, msg, strlen(msg));
+    gw_buf_printf(&b, "\",\"type\":\"%s\",\"param\":", type);
+    if (param) gw_buf_printf(&b, "\"%s\"", param);
+    else gw_buf_printf(&b, "null");
+    if (code) gw_buf_printf(&b, ",\"code\":\"%s\"}}\n", code);
+    else gw_buf_printf(&b, ",\"code\":null}}\n");
+    if (!b.p) {
+        r->keep_alive = 0;
+        gw_req_body(r, "application/json", status, "", 0);
+    } else {
+        gw_req_body(r, "application/json", status, b.p, b.len);
+    }
+    gw_buf_free(&b);
+    gw_req_finish(r);
+}
+
+/* ---- access log, settlement ------------------------------------------------ */
+
+static void gw_access_log(gw_req_t *r) {
+    FILE *f = r->srv->alog;
+    if (!f) return;
+    gw_buf_t b = {0};
+    time_t sec = (time_t)(r->received_us / 1000000);
+    struct tm tm;
+    gmtime_r(&sec, &tm);
+    char ts[40];
+    strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%S", &tm);
+    gw_buf_printf(&b, "{\"ts\":\"%s.%06lldZ\",\"request_id\":\"%s\",\"remote\":\"%s\",\"method\":\"", ts,
+                  (long long)(r->received_us % 1000000), r->id, r->conn->peer);
+    if (r->http) gw_buf_json_str(&b, r->http->method, strlen(r->http->method));
+    gw_buf_printf(&b, "\",\"path\":\"");
+    if (r->http) gw_buf_json_str(&b, r->http->target, strnlen(r->http->target, 512));
+    gw_buf_printf(&b, "\",\"status\":%d", r->status);
+    if (r->admitted) gw_buf_printf(&b, ",\"key_id\":%lld,\"customer_id\":%lld", (long long)r->key.key_id,
+                                   (long long)r->key.customer_id);
+    if (r->model) {
+        gw_buf_printf(&b, ",\"model\":\"");
+        gw_buf_json_str(&b, r->model, strlen(r->model));
+        gw_buf_printf(&b, "\",\"stream\":%s", r->stream ? "true" : "false");
+    }
+    if (r->proxied)
+        gw_buf_printf(&b, ",\"worker\":\"%s\",\"prompt_tokens\":%lld,\"prompt_cache_hit_tokens\":%lld,"
+                          "\"completion_tokens\":%lld,\"reasoning_tokens\":%lld,\"usage_reported\":%s",
+                      r->worker_url ? r->worker_url : "", (long long)r->prompt_tokens, (long long)r->cache_hit_tokens,
+                      (long long)r->completion_tokens, (long long)r->reasoning_tokens,
+                      r->have_usage ? "true" : "false");
+    if (r->error_code) gw_buf_printf(&b, ",\"error\":\"%s\"", r->error_code);
+    if (r->client_gone) gw_buf_printf(&b, ",\"client_aborted\":true");
+    gw_buf_printf(&b, ",\"ttfb_ms\":%.3f,\"duration_ms\":%.3f}\n",
+                  r->first_byte_us ? (r->first_byte_us - r->received_us) / 1000.0 : -1.0,
+                  (r->finished_us - r->received_us) / 1000.0);
+    if (b.p) {
+        fwrite(b.p, 1, b.len, f);
+        fflush(f);
+    }
+    gw_buf_free(&b);
+}
+
+static void gw_req_settle(gw_req_t *r) {
+    if (!r->proxied || !r->admitted || !r->srv->bill) return;
+    bill_usage_t u;
+    memset(&u, 0, sizeof u);
+    memcpy(u.request_id, r->id, sizeof u.request_id);
+    u.key_id = r->key.key_id;
+    u.customer_id = r->key.customer_id;
+    u.model = r->model;
+    u.price = r->key.price;
+    if (!r->have_usage) r->completion_tokens = r->chunks; /* cut stream: one token per chunk */
+    u.prompt_tokens = r->prompt_tokens;
+    u.prompt_cache_hit_tokens = r->cache_hit_tokens;
+    u.completion_tokens = r->completion_tokens;
+    u.reasoning_tokens = r->reasoning_tokens;
+    u.http_status = r->status;
+    u.stream = r->stream;
+    u.received_us = r->received_us;
+    u.first_byte_us = r->first_byte_us;
+    u.finished_us = r->finished_us;
+    bill_settle(r->srv->bill, &u);
+    gw_metrics_t *m = &r->srv->m;
+    m->tokens_prompt += (uint64_t)u.prompt_tokens;
+    m->tokens_cache_hit += (uint64_t)u.prompt_cache_hit_tokens;
+    m->tokens_completion += (uint64_t)u.completion_tokens;
+    m->tokens_reasoning += (uint64_t)u.reasoning_tokens;
+}
+
+/* Read token counts from an OpenAI/DeepSeek usage object.  Counts are small
+ * integers, exact in a double; anything else is rejected. */
+int gw_req_usage_from_json(gw_req_t *r, const cJSON *u) {
+    if (!cJSON_IsObject(u)) return GW_ERROR;
+    const char *names[] = {"prompt_tokens", "completion_tokens", "prompt_cache_hit_tokens"};
+    int64_t v[3] = {0, 0, -1};
+    for (int i = 0; i < 3; i++) {
+        const cJSON *x = cJSON_GetObjectItemCaseSensitive(u, names[i]);
+        if (!x) {
+            if (i < 2) return GW_ERROR;
+            continue;
+        }
+        if (!cJSON_IsNumber(x) || x->valuedouble < 0 || x->valuedouble > 1e12 ||
+            x->valuedouble != floor(x->valuedouble))
+            return GW_ERROR;
+        v[i] = (int64_t)x->valuedouble;
+    }
+    if (v[2] < 0) { /* OpenAI shape only */
+        const cJSON *d = cJSON_GetObjectItemCaseSensitive(u, "prompt_tokens_details");
+        const cJSON *c = cJSON_GetObjectItemCaseSensitive(d, "cached_tokens");
+        v[2] = cJSON_IsNumber(c) && c->valuedouble >= 0 && c->valuedouble <= 1e12 ? (int64_t)c->valuedouble : 0;
+    }
+    if (v[2] > v[0]) v[2] = v[0];
+    const cJSON *cd = cJSON_GetObjectItemCaseSensitive(u, "completion_tokens_details");
+    const cJSON *rt = cJSON_GetObjectItemCaseSensitive(cd, "reasoning_tokens");
+    int64_t reasoning = cJSON_IsNumber(rt) && rt->valuedouble >= 0 && rt->valuedouble <= 1e12
+                            ? (int64_t)rt->valuedouble
+                            : 0;
+    if (reasoning > v[1]) reasoning = v[1];
+    r->prompt_tokens = v[0];
+    r->completion_tokens = v[1];
+    r->cache_hit_tokens = v[2];
+    r->reasoning_tokens = reasoning;
+    r->have_usage = 1;
+    return GW_OK;
+}
+
+/* ---- request lifecycle ----------------------------------------------------- */
+
+static void gw_req_cleanup_http(void *arg) { gw_http_req_free(arg); }
+static void gw_req_cleanup_json(void *arg) { cJSON_Delete(arg); }
+
+static void gw_req_cleanup_calls(void *arg) {
+    gw_req_t *r = arg;
+    bill_cancel(r->admit);
+    r->admit = NULL;
+    gw_rl_cancel(r->rl_call);
+    r->rl_call = NULL;
+    gw_proxy_release(r);
+    if (r->conc_held) gw_conc_put(r->srv, r->key.key_id);
+    r->conc_held = 0;
+    gw_buf_free(&r->payload);
+    gw_buf_free(&r->body);
+    gw_buf_free(&r->scratch);
+    gw_sse_release(&r->sse);
+}
+
+static gw_req_t *gw_req_new(gw_conn_t *c, gw_http_req_t *h) {
+    gw_pool_t *pool = gw_pool_new();
+    gw_req_t *r = pool ? gw_palloc(pool, sizeof *r) : NULL;
+    if (!r) {
+        gw_pool_free(pool);
+        gw_http_req_free(h);
+        return NULL;
+    }
+    r->pool = pool;
+    r->srv = c->srv;
+    r->conn = c;
+    r->http = h;
+    r->received_us = gw_now_us();
+    r->route = GW_ROUTE_OTHER;
+    r->keep_alive = h ? h->keep_alive : 0;
+    gw_uuid7(r->id);
+    if ((h && gw_pool_cleanup_add(pool, gw_req_cleanup_http, h) != GW_OK) ||
+        gw_pool_cleanup_add(pool, gw_req_cleanup_calls, r) != GW_OK) {
+        if (h && !pool) gw_http_req_free(h);
+        gw_pool_free(pool);
+        return NULL;
+    }
+    c->req = r;
+    c->srv->nbusy++;
+    if (c->timer) event_del(c->timer);
+    c->timer_kind = TIMER_NONE;
+    return r;
+}
+
+/* Account for a finished or abandoned request and free it. */
+static void gw_req_free(gw_req_t *r) {
+    gw_server_t *s = r->srv;
+    gw_conn_t *c = r->conn;
+    if (!r->finished_us) r->finished_us = gw_now_us();
+    if (r->client_gone && !r->head_sent) r->status = 499; /* nginx's "client closed request" */
+    if (r->route == GW_ROUTE_CHAT) s->m.inflight--;
+    gw_req_settle(r);
+    gw_access_log(r);
+    gw_metrics_observe(&s->m, r->route, r->status, (r->finished_us - r->received_us) / 1e6,
+                       r->first_byte_us ? (r->first_byte_us - r->received_us) / 1e6 : -1);
+    c->req = NULL;
+    s->nbusy--;
+    gw_pool_free(r->pool);
+}
+
+/* The answer is fully queued: account, free, move to the next request. */
+void gw_req_finish(gw_req_t *r) {
+    if (r->done) return;
+    r->done = 1;
+    gw_conn_t *c = r->conn;
+    if (!r->keep_alive) c->closing = 1;
+    r->finished_us = gw_now_us();
+    gw_req_free(r);
+    gw_conn_kick(c);
+    gw_server_maybe_exit(c->srv);
+}
+
+/* ---- routes ---------------------------------------------------------------- */
+
+static int gw_model_known(const gw_config_t *cfg, const char *model) {
+    for (int i = 0; i < cfg->nworkers; i++)
+        for (int j = 0; j < cfg->workers[i].nmodels; j++)
+            if (!strcmp(cfg->workers[i].models[j], model)) return 1;
+    return 0;
+}
+
+static void gw_route_models_answer(gw_req_t *r) {
+    const gw_config_t *cfg = r->srv->cfg;
+    gw_buf_t b = {0};
+    gw_buf_printf(&b, "{\"object\":\"list\",\"data\":[");
+    int first = 1;
+    for (int i = 0; i < cfg->nworkers; i++)
+        for (int j = 0; j < cfg->workers[i].nmodels; j++) {
+            const char *m = cfg->workers[i].models[j];
+            int dup = 0; /* the same model on several workers is listed once */
+            for (int k = 0; k <= i && !dup; k++)
+                for (int l = 0; l < (k == i ? j : cfg->workers[k].nmodels); l++)
+                    if (!strcmp(cfg->workers[k].models[l], m)) dup = 1;
+            if (dup) continue;
+            gw_buf_printf(&b, "%s{\"id\":\"", first ? "" : ",");
+            gw_buf_json_str(&b, m, strlen(m));
+            gw_buf_printf(&b, "\",\"object\":\"model\",\"created\":%lld,\"owned_by\":\"tollgate\"}",
+                          (long long)r->srv->started);
+            first = 0;
+        }
+    gw_buf_printf(&b, "]}\n");
+    if (!b.p) gw_req_error(r, 500, "server_error", NULL, NULL, "out of memory");
+    else {
+        gw_req_body(r, "application/json", 200, b.p, b.len);
+        gw_req_finish(r);
+    }
+    gw_buf_free(&b);
+}
+
+static void gw_admit_error(gw_req_t *r, bill_status_t st) {
+    switch (st) {
+    case BILL_UNAUTHORIZED:
+        gw_req_error(r, 401, "invalid_request_error", "invalid_api_key", NULL,
+                     "Authentication Fails, Your api key is invalid or revoked");
+        break;
+    case BILL_NO_BALANCE:
+        gw_req_error(r, 402, "invalid_request_error", "insufficient_balance", NULL, "Insufficient Balance");
+        break;
+    case BILL_NO_PRICE:
+        gw_req_error(r, 404, "invalid_request_error", "model_not_found", "model", "The model has no price");
+        break;
+    default:
+        gw_req_error(r, 503, "server_error", "service_unavailable", NULL,
+                     "Accounts are temporarily unavailable, retry later");
+        break;
+    }
+}
+
+static void gw_models_admitted(bill_status_t st, const bill_key_t *key, void *arg) {
+    gw_req_t *r = arg;
+    r->admit = NULL;
+    if (st == BILL_OK || st == BILL_NO_BALANCE || st == BILL_NO_PRICE) gw_route_models_answer(r);
+    else gw_admit_error(r, st);
+}
+
+/* Bearer token of the request, or NULL (answered 401). */
+static const char *gw_req_bearer(gw_req_t *r) {
+    const char *a = gw_http_header(r->http, "authorization");
+    const char *msg = "Authentication Fails, no api key given (Authorization: Bearer <key>)";
+    if (a) {
+        if (strncasecmp(a, "Bearer ", 7)) {
+            msg = "Authentication Fails, malformed Authorization header (want: Bearer <key>)";
+        } else {
+            const char *k = a + 7;
+            while (*k == ' ') k++;
+            size_t n = strlen(k);
+            int ok = n > 0 && n <= 256;
+            for (size_t i = 0; ok && i < n; i++)
+                if ((unsigned char)k[i] <= 0x20 || (unsigned char)k[i] >= 0x7f) ok = 0;
+            if (ok) return k;
+            msg = "Authentication Fails, malformed api key";
+        }
+    }
+    gw_req_error(r, 401, "invalid_request_error", "invalid_api_key", NULL, msg);
+    return NULL;
+}
+
+static void gw_route_models(gw_req_t *r) {
+    const char *key = gw_req_bearer(r);
+    if (!key) return;
+    const gw_config_t *cfg = r->srv->cfg;
+    if (!r->srv->bill) {
+        gw_admit_error(r, BILL_ERROR);
+        return;
+    }
+    r->admit = bill_admit(r->srv->bill, key, cfg->workers[0].models[0], gw_models_admitted, r);
+    if (!r->admit) gw_req_error(r, 500, "server_error", NULL, NULL, "out of memory");
+}
+
+static void gw_route_metrics(gw_req_t *r) {
+    gw_buf_t b = {0};
+    gw_metrics_render(&r->srv->m, r->srv->cfg, gw_rl_connected(r->srv->rl), &b);
+    if (!b.p) gw_req_error(r, 500, "server_error", NULL, NULL, "out of memory");
+    else {
+        gw_req_body(r, "text/plain; version=0.0.4", 200, b.p, b.len);
+        gw_req_finish(r);
+    }
+    gw_buf_free(&b);
+}
+
+/* -- chat completions: validate -> admit -> rate limit -> concurrency -> proxy */
+
+static void gw_chat_proceed(gw_req_t *r) {
+    gw_server_t *s = r->srv;
+    int64_t conc = r->key.concurrency > 0 ? r->key.concurrency : s->cfg->default_concurrency;
+    if (conc > 0 && gw_conc_count(s, r->key.key_id) >= conc) {
+        s->m.ratelimited++;
+        char msg[128];
+        snprintf(msg, sizeof msg, "Too many requests in flight for this key (limit %lld)", (long long)conc);
+        if (!r->have_rl) { /* still tell the client when to come back */
+            r->have_rl = 1;
+            r->rl.limit = r->key.rpm;
+            r->rl.remaining = 0;
+            r->rl.reset_ms = 1000;
+        }
+        gw_req_error(r, 429, "rate_limit_error", "concurrency_limit_exceeded", NULL, msg);
+        return;
+    }
+    if (gw_conc_take(s, r->key.key_id) != GW_OK) {
+        gw_req_error(r, 500, "server_error", NULL, NULL, "out of memory");
+        return;
+    }
+    r->conc_held = 1;
+    gw_proxy_start(r);
+}
+
+static void gw_chat_ratelimited(int verdict, const gw_rl_result_t *res, void *arg) {
+    gw_req_t *r = arg;
+    r->rl_call = NULL;
+    gw_server_t *s = r->srv;
+    if (verdict == GW_RL_UNAVAILABLE) {
+        s->m.redis_errors++;
+        if (!s->cfg->redis_fail_open) {
+            gw_req_error(r, 503, "server_error", "service_unavailable", NULL,
+                         "Rate limiting is temporarily unavailable, retry later");
+            return;
+        }
+        gw_chat_proceed(r);
+        return;
+    }
+    r->have_rl = 1;
+    r->rl = *res;
+    if (verdict == GW_RL_LIMITED) {
+        s->m.ratelimited++;
+        char msg[160];
+        snprintf(msg, sizeof msg, "Rate limit reached: %lld requests per minute for this key; retry after %llds",
+                 (long long)res->limit, (long long)(res->reset_ms + 999) / 1000);
+        gw_req_error(r, 429, "rate_limit_error", "rate_limit_exceeded", NULL, msg);
+        return;
+    }
+    gw_chat_proceed(r);
+}
+
+static void gw_chat_admitted(bill_status_t st, const bill_key_t *key, void *arg) {
+    gw_req_t *r = arg;
+    r->admit = NULL;
+    if (st != BILL_OK) {
+        gw_admit_error(r, st);
+        return;
+    }
+    r->admitted = 1;
+    r->key = *key;
+    gw_server_t *s = r->srv;
+    int64_t rpm = key->rpm > 0 ? key->rpm : s->cfg->default_rpm;
+    if (rpm > 0 && s->rl) {
+        r->rl_call = gw_rl_check(s->rl, key->key_id, rpm, r->id, gw_chat_ratelimited, r);
+        if (!r->rl_call) gw_req_error(r, 500, "server_error", NULL, NULL, "out of memory");
+        return;
+    }
+    gw_chat_proceed(r);
+}
+
+static void gw_route_chat(gw_req_t *r) {
+    gw_server_t *s = r->srv;
+    s->m.inflight++;
+    if (strcmp(r->http->method, "POST")) {
+        gw_req_error(r, 405, "invalid_request_error", "method_not_allowed", NULL, "Use POST for this endpoint");
+        return;
+    }
+    const char *key = gw_req_bearer(r);
+    if (!key) return;
+    r->api_key = key;
+    const char *ct = gw_http_header(r->http, "content-type");
+    if (ct && strncasecmp(ct, "application/json", 16)) {
+        gw_req_error(r, 400, "invalid_request_error", "invalid_request", NULL,
+                     "Content-Type must be application/json");
+        return;
+    }
+    cJSON *j = r->http->body ? cJSON_ParseWithLength(r->http->body, r->http->body_len) : NULL;
+    if (!j || gw_pool_cleanup_add(r->pool, gw_req_cleanup_json, j) != GW_OK) {
+        cJSON_Delete(j);
+        gw_req_error(r, 400, "invalid_request_error", "invalid_request", NULL,
+                     "Failed to parse the request body as JSON");
+        return;
+    }
+    r->json = j;
+    if (!cJSON_IsObject(j)) {
+        gw_req_error(r, 400, "invalid_request_error", "invalid_request", NULL, "The request body must be a JSON object");
+        return;
+    }
+    const cJSON *model = cJSON_GetObjectItemCaseSensitive(j, "model");
+    if (!cJSON_IsString(model) || !*model->valuestring) {
+        gw_req_error(r, 400, "invalid_request_error", "missing_required_parameter", "model",
+                     "Missing required parameter: 'model'");
+        return;
+    }
+    r->model = model->valuestring;
+    const cJSON *msgs = cJSON_GetObjectItemCaseSensitive(j, "messages");
+    if (!cJSON_IsArray(msgs) || cJSON_GetArraySize(msgs) == 0) {
+        gw_req_error(r, 400, "invalid_request_error", "missing_required_parameter", "messages",
+                     "Missing required parameter: 'messages' (a non-empty array)");
+        return;
+    }
+    const cJSON *stream = cJSON_GetObjectItemCaseSensitive(j, "stream");
+    if (stream && !cJSON_IsBool(stream) && !cJSON_IsNull(stream)) {
+        gw_req_error(r, 400, "invalid_request_error", "invalid_type", "stream", "'stream' must be a boolean");
+        return;
+    }
+    r->stream = cJSON_IsTrue(stream);
+    const cJSON *so = cJSON_GetObjectItemCaseSensitive(j, "stream_options");
+    r->client_usage = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(so, "include_usage"));
+    if (!gw_model_known(s->cfg, r->model)) {
+        char msg[300];
+        snprintf(msg, sizeof msg, "The model '%.200s' does not exist", r->model);
+        gw_req_error(r, 404, "invalid_request_error", "model_not_found", "model", msg);
+        return;
+    }
+    if (!s->bill) {
+        gw_admit_error(r, BILL_ERROR);
+        return;
+    }
+    r->admit = bill_admit(s->bill, key, r->model, gw_chat_admitted, r);
+    if (!r->admit) gw_req_error(r, 500, "server_error", NULL, NULL, "out of memory");
+}
+
+static void gw_req_route(gw_req_t *r) {
+    const char *t = r->http->target;
+    size_t n = strcspn(t, "?");
+    const char *m = r->http->method;
+    if (n == 20 && !strncmp(t, "/v1/chat/completions", n)) {
+        r->route = GW_ROUTE_CHAT;
+        gw_route_chat(r);
+    } else if (n == 10 && !strncmp(t, "/v1/models", n)) {
+        r->route = GW_ROUTE_MODELS;
+        if (strcmp(m, "GET")) gw_req_error(r, 405, "invalid_request_error", "method_not_allowed", NULL, "Use GET");
+        else gw_route_models(r);
+    } else if (n == 8 && !strncmp(t, "/metrics", n)) {
+        r->route = GW_ROUTE_METRICS;
+        if (strcmp(m, "GET")) gw_req_error(r, 405, "invalid_request_error", "method_not_allowed", NULL, "Use GET");
+        else gw_route_metrics(r);
+    } else if (n == 7 && !strncmp(t, "/health", n)) {
+        r->route = GW_ROUTE_HEALTH;
+        static const char ok[] = "{\"status\":\"ok\"}\n";
+        gw_req_body(r, "application/json", 200, ok, sizeof ok - 1);
+        gw_req_finish(r);
+    } else {
+        char msg[300];
+        snprintf(msg, sizeof msg, "No route for %.16s %.200s", m, t);
+        gw_req_error(r, 404, "invalid_request_error", "not_found", NULL, msg);
+    }
+}
+
+/* ---- connections ----------------------------------------------------------- */
+
+static void gw_conn_arm(gw_conn_t *c, int kind) {
+    if (c->timer_kind == kind) return;
+    const gw_config_t *cfg = c->srv->cfg;
+    int64_t ms = kind == TIMER_HEADER ? cfg->header_timeout_ms : cfg->idle_timeout_ms;
+    struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
+    event_add(c->timer, &tv);
+    c->timer_kind = kind;
+}
+
+/* Answer a request that could not be parsed, then close. */
+static void gw_conn_bad_request(gw_conn_t *c, int status, const char *msg) {
+    gw_req_t *r = gw_req_new(c, NULL);
+    if (!r) {
+        c->closing = 1;
+        gw_conn_kick(c);
+        return;
+    }
+    r->keep_alive = 0;
+    const char *code = status == 413 ? "request_too_large" : status == 431 ? "header_too_large"
+                                                       : status == 408 ? "request_timeout" : "invalid_request";
+    gw_req_error(r, status, "invalid_request_error", code, NULL, msg);
+}
+
+static void gw_conn_process(gw_conn_t *c) {
+    if (c->in_process) return;
+    c->in_process = 1;
+    while (!c->req && !c->closing) {
+        gw_http_req_t *h = NULL;
+        int rc = gw_http_parser_next(&c->parser, &h);
+        if (rc == GW_AGAIN) {
+            gw_conn_arm(c, gw_http_parser_busy(&c->parser) ? TIMER_HEADER : TIMER_IDLE);
+            break;
+        }
+        if (rc == GW_CONTINUE) {
+            evbuffer_add_printf(bufferevent_get_output(c->bev), "HTTP/1.1 100 Continue\r\n\r\n");
+            continue;
+        }
+        if (rc == GW_ERROR) {
+            gw_conn_bad_request(c, c->parser.err_status, c->parser.err_msg);
+            break;
+        }
+        gw_req_t *r = gw_req_new(c, h);
+        if (!r) {
+            c->closing = 1;
+            gw_conn_kick(c);
+            break;
+        }
+        gw_req_route(r);
+    }
+    /* a busy connection keeps at most one more request's worth of input */
+    if (c->req && c->parser.in.len > c->parser.max_header + c->parser.max_body)
+        bufferevent_disable(c->bev, EV_READ);
+    else if (!c->closing)
+        bufferevent_enable(c->bev, EV_READ);
+    c->in_process = 0;
+}
+
+static void gw_conn_on_kick(evutil_socket_t fd, short what, void *arg) {
+    gw_conn_t *c = arg;
+    if (c->closing) {
+        bufferevent_disable(c->bev, EV_READ);
+        if (!c->req && evbuffer_get_length(bufferevent_get_output(c->bev)) == 0) gw_conn_free(c);
+        return;
+    }
+    gw_conn_process(c);
+}
+
+static void gw_conn_kick(gw_conn_t *c) { event_active(c->kick, EV_TIMEOUT, 1); }
+
+static void gw_conn_on_read(struct bufferevent *bev, void *arg) {
+    gw_conn_t *c = arg;
+    struct evbuffer *in = bufferevent_get_input(bev);
+    if (c->closing) {
+        evbuffer_drain(in, evbuffer_get_length(in));
+        return;
+    }
+    size_t n;
+    while ((n = evbuffer_get_length(in)) > 0) {
+        struct evbuffer_iovec v;
+        if (evbuffer_peek(in, -1, NULL, &v, 1) < 1) break;
+        if (gw_http_parser_feed(&c->parser, v.iov_base, v.iov_len) != GW_OK) {
+            c->closing = 1;
+            break;
+        }
+        evbuffer_drain(in, v.iov_len);
+    }
+    if (c->closing) {
+        gw_conn_kick(c);
+        return;
+    }
+    gw_conn_process(c);
+}
+
+static void gw_conn_on_write(struct bufferevent *bev, void *arg) {
+    gw_conn_t *c = arg;
+    if (c->req && c->req->up_paused) gw_proxy_resume(c->req);
+    if (c->closing && !c->req && evbuffer_get_length(bufferevent_get_output(bev)) == 0) gw_conn_free(c);
+}
+
+static void gw_conn_on_event(struct bufferevent *bev, short what, void *arg) {
+    gw_conn_t *c = arg;
+    if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR | BEV_EVENT_TIMEOUT)) gw_conn_free(c);
+}
+
+static void gw_conn_on_timer(evutil_socket_t fd, short what, void *arg) {
+    gw_conn_t *c = arg;
+    int kind = c->timer_kind;
+    c->timer_kind = TIMER_NONE;
+    if (c->req) return;
+    if (kind == TIMER_HEADER && !c->closing && gw_http_parser_busy(&c->parser)) {
+        gw_conn_bad_request(c, 408, "Request not received in time");
+        return;
+    }
+    gw_conn_free(c);
+}
+
+/* Close a connection; a request in flight is abandoned (settled with what is
+ * known, the worker connection closed). */
+static void gw_conn_free(gw_conn_t *c) {
+    gw_server_t *s = c->srv;
+    if (c->req) {
+        gw_req_t *r = c->req;
+        if (!r->done) s->m.client_aborts++;
+        r->client_gone = 1;
+        gw_req_free(r);
+    }
+    if (c->prev) c->prev->next = c->next;
+    else s->conns = c->next;
+    if (c->next) c->next->prev = c->prev;
+    if (c->bev) bufferevent_free(c->bev);
+    if (c->timer) event_free(c->timer);
+    if (c->kick) event_free(c->kick);
+    gw_http_parser_release(&c->parser);
+    s->m.connections--;
+    free(c);
+    gw_server_maybe_exit(s);
+}
+
+static void gw_on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int salen, void *arg) {
+    gw_server_t *s = arg;
+    const gw_config_t *cfg = s->cfg;
+    if (s->shutting_down || s->m.connections >= cfg->max_connections) {
+        evutil_closesocket(fd);
+        return;
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    gw_conn_t *c = calloc(1, sizeof *c);
+    SSL *ssl = c ? SSL_new(s->ssl) : NULL;
+    if (!ssl) {
+        free(c);
+        evutil_closesocket(fd);
+        return;
+    }
+    c->srv = s;
+    c->bev = bufferevent_openssl_socket_new(s->base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
+                                            BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
+    if (!c->bev) {
+        SSL_free(ssl);
+        free(c);
+        evutil_closesocket(fd);
+        return;
+    }
+    bufferevent_openssl_set_allow_dirty_shutdown(c->bev, 1);
+    c->timer = evtimer_new(s->base, gw_conn_on_timer, c);
+    c->kick = event_new(s->base, -1, 0, gw_conn_on_kick, c);
+    gw_http_parser_init(&c->parser, (size_t)cfg->max_header_bytes, (size_t)cfg->max_body_bytes);
+    c->next = s->conns;
+    if (s->conns) s->conns->prev = c;
+    s->conns = c;
+    s->m.connections++;
+    s->m.connections_total++;
+    if (!c->timer || !c->kick) {
+        gw_conn_free(c);
+        return;
+    }
+    char host[INET6_ADDRSTRLEN] = "?";
+    if (sa->sa_family == AF_INET) inet_ntop(AF_INET, &((struct sockaddr_in *)sa)->sin_addr, host, sizeof host);
+    else if (sa->sa_family == AF_INET6) inet_ntop(AF_INET6, &((struct sockaddr_in6 *)sa)->sin6_addr, host, sizeof host);
+    snprintf(c->peer, sizeof c->peer, "%s", host);
+    bufferevent_setcb(c->bev, gw_conn_on_read, gw_conn_on_write, gw_conn_on_event, c);
+    bufferevent_setwatermark(c->bev, EV_WRITE, (size_t)cfg->stream_high_water / 2, 0);
+    bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+    gw_conn_arm(c, TIMER_HEADER); /* the handshake and the first request */
+}
+
+/* ---- server ----------------------------------------------------------------- */
+
+static char *gw_read_secret(const char *path, char *err, size_t errlen) {
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        snprintf(err, errlen, "%s: %s", path, strerror(errno));
+        return NULL;
+    }
+    char buf[1024];
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    while (n && (buf[n - 1] == '\n' || buf[n - 1] == '\r' || buf[n - 1] == ' ')) buf[--n] = '\0';
+    if (!n) {
+        snprintf(err, errlen, "%s: empty", path);
+        return NULL;
+    }
+    char *s = strdup(buf);
+    memset(buf, 0, sizeof buf);
+    if (!s) snprintf(err, errlen, "out of memory");
+    return s;
+}
+
+static SSL_CTX *gw_tls_ctx(const gw_config_t *cfg, char *err, size_t errlen) {
+    SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+    if (!ctx) goto fail;
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE);
+    if (SSL_CTX_use_certificate_chain_file(ctx, cfg->tls_cert) != 1) {
+        snprintf(err, errlen, "tls_cert %s: %s", cfg->tls_cert, ERR_reason_error_string(ERR_get_error()));
+        goto fail;
+    }
+    if (SSL_CTX_use_PrivateKey_file(ctx, cfg->tls_key, SSL_FILETYPE_PEM) != 1 || SSL_CTX_check_private_key(ctx) != 1) {
+        snprintf(err, errlen, "tls_key %s: %s", cfg->tls_key, ERR_reason_error_string(ERR_get_error()));
+        goto fail;
+    }
+    return ctx;
+fail:
+    if (!*err) snprintf(err, errlen, "TLS set-up failed");
+    SSL_CTX_free(ctx);
+    return NULL;
+}
+
+static void gw_on_grace(evutil_socket_t fd, short what, void *arg) {
+    gw_server_t *s = arg;
+    event_base_loopexit(s->base, NULL);
+}
+
+static void gw_server_maybe_exit(gw_server_t *s) {
+    if (s->shutting_down && s->nbusy == 0) event_base_loopexit(s->base, NULL);
+}
+
+void gw_server_shutdown(gw_server_t *s) {
+    if (s->shutting_down) return;
+    s->shutting_down = 1;
+    if (s->lis) evconnlistener_disable(s->lis);
+    gw_conn_t *c = s->conns;
+    while (c) {
+        gw_conn_t *n = c->next;
+        if (!c->req) gw_conn_free(c);
+        c = n;
+    }
+    struct timeval tv = {(time_t)(s->cfg->shutdown_grace_ms / 1000), (suseconds_t)(s->cfg->shutdown_grace_ms % 1000) * 1000};
+    event_add(s->grace, &tv);
+    gw_server_maybe_exit(s);
+}
+
+gw_server_t *gw_server_new(struct event_base *base, const gw_config_t *cfg, char *err, size_t errlen) {
+    char *token = NULL, *secret = NULL;
+    *err = '\0';
+    gw_server_t *s = calloc(1, sizeof *s);
+    if (!s) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    s->base = base;
+    s->cfg = cfg;
+    s->started = gw_now_us() / 1000000;
+    if (!(s->ssl = gw_tls_ctx(cfg, err, errlen))) goto fail;
+    if (!(token = gw_read_secret(cfg->admin_token_file, err, errlen))) goto fail;
+    if (!(secret = gw_read_secret(cfg->key_secret_file, err, errlen))) goto fail;
+    if (cfg->access_log && *cfg->access_log) {
+        if (!strcmp(cfg->access_log, "-")) s->alog = stdout;
+        else if (!(s->alog = fopen(cfg->access_log, "a"))) {
+            snprintf(err, errlen, "access_log %s: %s", cfg->access_log, strerror(errno));
+            goto fail;
+        }
+    }
+    if (cfg->redis && *cfg->redis) {
+        s->rl = gw_rl_new(base, cfg->redis, (int)cfg->redis_timeout_ms);
+        if (!s->rl) {
+            snprintf(err, errlen, "redis: bad address \"%s\" (want host:port)", cfg->redis);
+            goto fail;
+        }
+    }
+    bill_opts_t bo = {
+        .pg_conninfo = cfg->postgres,
+        .admin_listen = cfg->admin_listen && *cfg->admin_listen ? cfg->admin_listen : NULL,
+        .admin_token = token,
+        .key_secret = secret,
+        .spool_dir = cfg->spool_dir,
+    };
+    char berr[256] = "";
+    s->bill = bill_new(base, &bo, berr, sizeof berr);
+    if (!s->bill) {
+        snprintf(err, errlen, "billing: %s", berr[0] ? berr : "start-up failed");
+        goto fail;
+    }
+
+    char host[256];
+    int port;
+    if (gw_split_hostport(cfg->listen, host, sizeof host, &port) != GW_OK) {
+        snprintf(err, errlen, "listen: bad address \"%s\" (want host:port)", cfg->listen);
+        goto fail;
+    }
+    struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE}, *ai = NULL;
+    char ps[8];
+    snprintf(ps, sizeof ps, "%d", port);
+    if (getaddrinfo(host, ps, &hints, &ai) || !ai) {
+        snprintf(err, errlen, "listen: cannot resolve %s", host);
+        goto fail;
+    }
+    s->lis = evconnlistener_new_bind(base, gw_on_accept, s, LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_FREE, 1024,
+                                     ai->ai_addr, (int)ai->ai_addrlen);
+    freeaddrinfo(ai);
+    if (!s->lis) {
+        snprintf(err, errlen, "listen %s: %s", cfg->listen, strerror(errno));
+        goto fail;
+    }
+    if (!(s->grace = evtimer_new(base, gw_on_grace, s))) goto fail;
+    free(token);
+    free(secret);
+    return s;
+fail:
+    if (!*err) snprintf(err, errlen, "out of memory");
+    free(token);
+    free(secret);
+    gw_server_free(s);
+    return NULL;
+}
+
+void gw_server_free(gw_server_t *s) {
+    if (!s) return;
+    s->shutting_down = 1;
+    while (s->conns) gw_conn_free(s->conns); /* settles what was in flight */
+    if (s->lis) evconnlistener_free(s->lis);
+    gw_rl_free(s->rl);
+    bill_free(s->bill); /* flushes settlements */
+    if (s->grace) event_free(s->grace);
+    if (s->ssl) SSL_CTX_free(s->ssl);
+    if (s->alog && s->alog != stdout) fclose(s->alog);
+    for (int i = 0; i < GW_CONC_BUCKETS; i++)
+        while (s->conc[i]) {
+            gw_conc_t *e = s->conc[i];
+            s->conc[i] = e->next;
+            free(e);
+        }
+    free(s);
+}
