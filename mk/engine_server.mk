@@ -1,0 +1,23 @@
+# engine server (tollgate-engine serve): unit tests of the pure parts and an
+# integration test that runs the real binary on the demo model.
+#
+#   make test-engine-server        unit + integration (ports 18600-18619)
+#   make test-engine-server-unit   unit tests only (no model needed)
+
+ENG_SRV_UNIT := eng_sample eng_sched_text eng_server_req
+ENG_SRV_UNIT_BINS := $(patsubst %,$(O)/tests/unit/engine_server/%,$(ENG_SRV_UNIT))
+
+# The tests #include the .c under test (to reach statics), so they link only
+# the tokenizer (UTF-8 check) and system libraries.
+$(O)/tests/unit/engine_server/%: tests/unit/engine_server/%.c engine/%.c $(LIBTOK) $(LIBCOMMON)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -Itests/unit $(LDFLAGS) -o $@ $< $(TOK_LIBS) $(LDLIBS)
+
+.PHONY: test-engine-server test-engine-server-unit
+test-engine-server-unit: $(ENG_SRV_UNIT_BINS)
+	@set -e; for t in $(ENG_SRV_UNIT_BINS); do $$t; done
+
+test-engine-server: test-engine-server-unit $(B)/tollgate-engine
+	/usr/bin/python3 tests/engine_server/test_server.py
+
+TEST_TARGETS += test-engine-server

@@ -1,0 +1,141 @@
+/* Unit tests for engine/eng_sample.c: RNG determinism, greedy, the vocab
+ * restriction, top-p nucleus, temperature and penalties. */
+#include "../../../engine/eng_sample.c"
+
+#include <stdlib.h>
+
+#include "tg_test.h"
+
+static void test_rng_deterministic(void) {
+    eng_rng_t a, b, c;
+    eng_rng_seed(&a, 42);
+    eng_rng_seed(&b, 42);
+    eng_rng_seed(&c, 43);
+    int same = 1, diff = 0;
+    for (int i = 0; i < 100; i++) {
+        uint64_t x = eng_rng_next(&a), y = eng_rng_next(&b), z = eng_rng_next(&c);
+        same &= x == y;
+        diff += x != z;
+    }
+    CHECK(same);
+    CHECK(diff > 95);
+    double lo = 1, hi = 0;
+    for (int i = 0; i < 10000; i++) {
+        double u = eng_rng_uniform(&a);
+        CHECK(u >= 0 && u < 1);
+        if (u < lo) lo = u;
+        if (u > hi) hi = u;
+    }
+    CHECK(lo < 0.01 && hi > 0.99);
+}
+
+static void test_greedy_and_restriction(void) {
+    float lg[10] = {0, 1, 5, 2, 5, 0, 0, 0, 100, 100}; /* ids 8, 9 are beyond the tokenizer */
+    eng_sampler_t *s = eng_sampler_new(8);
+    eng_sample_params_t p = {.temperature = 0, .top_p = 1};
+    eng_rng_t r;
+    eng_rng_seed(&r, 1);
+    CHECK_EQ_I(eng_sample(s, lg, &p, &r, NULL, 0), 2); /* ties go to the lower id */
+    p.temperature = 1.0f;
+    for (int i = 0; i < 2000; i++) {
+        float l2[10];
+        memcpy(l2, lg, sizeof l2);
+        int32_t id = eng_sample(s, l2, &p, &r, NULL, 0);
+        CHECK(id >= 0 && id < 8);
+    }
+    eng_sampler_free(s);
+}
+
+static void test_seeded_sampling_repeats(void) {
+    enum { V = 1000 };
+    float *lg = malloc(V * sizeof *lg), *l2 = malloc(V * sizeof *l2);
+    for (int i = 0; i < V; i++) lg[i] = (float)((i * 7919) % 1000) / 200.0f;
+    eng_sampler_t *s = eng_sampler_new(V);
+    eng_sample_params_t p = {.temperature = 0.9f, .top_p = 0.95f};
+    int32_t seq1[50], seq2[50], seq3[50];
+    for (int run = 0; run < 3; run++) {
+        eng_rng_t r;
+        eng_rng_seed(&r, run == 2 ? 8 : 7);
+        int32_t *out = run == 0 ? seq1 : run == 1 ? seq2 : seq3;
+        for (int i = 0; i < 50; i++) {
+            memcpy(l2, lg, V * sizeof *lg);
+            out[i] = eng_sample(s, l2, &p, &r, NULL, 0);
+        }
+    }
+    CHECK(!memcmp(seq1, seq2, sizeof seq1));
+    CHECK(memcmp(seq1, seq3, sizeof seq1) != 0);
+    eng_sampler_free(s);
+    free(lg);
+    free(l2);
+}
+
+static void test_top_p(void) {
+    /* probabilities 0.5, 0.3, 0.15, 0.05 at T=1 */
+    float base[4] = {logf(0.5f), logf(0.3f), logf(0.15f), logf(0.05f)};
+    eng_sampler_t *s = eng_sampler_new(4);
+    eng_rng_t r;
+    eng_rng_seed(&r, 123);
+    int counts[4] = {0};
+    eng_sample_params_t p = {.temperature = 1, .top_p = 0.75f}; /* nucleus {0, 1} */
+    for (int i = 0; i < 20000; i++) {
+        float l[4];
+        memcpy(l, base, sizeof l);
+        counts[eng_sample(s, l, &p, &r, NULL, 0)]++;
+    }
+    CHECK_EQ_I(counts[2] + counts[3], 0);
+    CHECK(counts[0] > 11500 && counts[0] < 13500); /* 0.5/0.8 = 62.5% */
+    /* top_p = 1: every id appears, roughly in proportion */
+    memset(counts, 0, sizeof counts);
+    p.top_p = 1;
+    for (int i = 0; i < 20000; i++) {
+        float l[4];
+        memcpy(l, base, sizeof l);
+        counts[eng_sample(s, l, &p, &r, NULL, 0)]++;
+    }
+    CHECK(counts[3] > 700 && counts[3] < 1300);
+    CHECK(counts[0] > 9500 && counts[0] < 10500);
+    /* tiny top_p: only the argmax */
+    p.top_p = 0.01f;
+    for (int i = 0; i < 200; i++) {
+        float l[4];
+        memcpy(l, base, sizeof l);
+        CHECK_EQ_I(eng_sample(s, l, &p, &r, NULL, 0), 0);
+    }
+    eng_sampler_free(s);
+}
+
+static void test_low_temperature_sharpens(void) {
+    float base[3] = {1.0f, 0.5f, 0.0f};
+    eng_sampler_t *s = eng_sampler_new(3);
+    eng_rng_t r;
+    eng_rng_seed(&r, 5);
+    eng_sample_params_t p = {.temperature = 0.05f, .top_p = 1};
+    int top = 0;
+    for (int i = 0; i < 1000; i++) {
+        float l[3];
+        memcpy(l, base, sizeof l);
+        top += eng_sample(s, l, &p, &r, NULL, 0) == 0;
+    }
+    CHECK(top > 990);
+    eng_sampler_free(s);
+}
+
+static void test_penalties(void) {
+    float l[4] = {3, 2.5f, 0, 0};
+    eng_sampler_t *s = eng_sampler_new(4);
+    eng_rng_t r;
+    eng_rng_seed(&r, 1);
+    int32_t prev[3] = {0, 0, 1};
+    eng_sample_params_t p = {.temperature = 0, .top_p = 1, .presence_penalty = 0.5f, .frequency_penalty = 0.25f};
+    /* id 0: 3 - 0.5 - 2*0.25 = 2.0; id 1: 2.5 - 0.5 - 0.25 = 1.75 */
+    CHECK_EQ_I(eng_sample(s, l, &p, &r, prev, 3), 0);
+    CHECK(fabsf(l[0] - 2.0f) < 1e-6f && fabsf(l[1] - 1.75f) < 1e-6f);
+    /* counts are left zeroed: a second call with no history changes nothing */
+    float l2[4] = {1, 2, 0, 0};
+    CHECK_EQ_I(eng_sample(s, l2, &p, &r, NULL, 0), 1);
+    CHECK(l2[0] == 1 && l2[1] == 2);
+    eng_sampler_free(s);
+}
+
+TG_TEST_MAIN(test_rng_deterministic, test_greedy_and_restriction, test_seeded_sampling_repeats,
+             test_top_p, test_low_temperature_sharpens, test_penalties)

@@ -1,0 +1,189 @@
+/* Unit tests for engine/eng_server_req.c: request validation (each 400 case
+ * names its parameter), response and chunk shapes, SSE framing, the
+ * max_tokens / context rule. */
+#include "../../../engine/eng_server_req.c"
+
+#include "tg_test.h"
+
+static int parse(const char *body, eng_chat_req_t *r, eng_api_err_t *e) {
+    memset(e, 0, sizeof *e);
+    return eng_chat_req_parse(r, body, strlen(body), e);
+}
+
+#define MSG "\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]"
+
+static void expect_400(const char *body, const char *param, const char *code) {
+    eng_chat_req_t r;
+    eng_api_err_t e;
+    int rc = parse(body, &r, &e);
+    CHECK_EQ_I(rc, -1);
+    CHECK_EQ_I(e.status, 400);
+    CHECK_EQ_S(e.type, "invalid_request_error");
+    if (param) CHECK_EQ_S(e.param, param);
+    if (code) CHECK_EQ_S(e.code, code);
+    if (rc == 0) {
+        fprintf(stderr, "  body accepted: %s\n", body);
+        eng_chat_req_free(&r);
+    }
+}
+
+static void test_valid_request(void) {
+    eng_chat_req_t r;
+    eng_api_err_t e;
+    const char *b = "{\"model\":\"m\",\"messages\":[{\"role\":\"system\",\"content\":\"be brief\"},"
+                    "{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"a\"},{\"type\":\"text\",\"text\":\"b\"}]},"
+                    "{\"role\":\"assistant\",\"content\":null,\"tool_calls\":[{\"id\":\"c1\",\"type\":\"function\","
+                    "\"function\":{\"name\":\"f\",\"arguments\":\"{}\"}}]},{\"role\":\"tool\",\"tool_call_id\":\"c1\",\"content\":\"42\"}],"
+                    "\"max_tokens\":7,\"temperature\":0,\"top_p\":0.5,\"seed\":12345,\"stop\":[\"x\",\"yz\"],"
+                    "\"stream\":true,\"stream_options\":{\"include_usage\":true},\"n\":1,\"logprobs\":false,"
+                    "\"unknown_field\":{\"a\":1},\"presence_penalty\":0.5}";
+    CHECK_EQ_I(parse(b, &r, &e), 0);
+    CHECK_EQ_S(r.model, "m");
+    CHECK_EQ_I(r.n_msgs, 4);
+    CHECK_EQ_S(r.msgs[1].content, "a\nb");
+    CHECK_EQ_S(r.msgs[0].role, "system");
+    CHECK(r.msgs[2].content == NULL);
+    CHECK_EQ_I(r.msgs[2].n_tool_calls, 1);
+    CHECK_EQ_S(r.msgs[2].tool_calls[0].name, "f");
+    CHECK_EQ_S(r.msgs[3].content, "42");
+    CHECK_EQ_I(r.max_tokens, 7);
+    CHECK(r.temperature == 0 && r.top_p == 0.5 && r.presence_penalty == 0.5);
+    CHECK(r.has_seed && r.seed == 12345);
+    CHECK_EQ_I(r.n_stop, 2);
+    CHECK_EQ_S(r.stop[1], "yz");
+    CHECK(r.stream && r.include_usage);
+    eng_chat_req_free(&r);
+    /* defaults; max_completion_tokens; string stop; developer -> system */
+    CHECK_EQ_I(parse("{\"model\":\"m\",\"messages\":[{\"role\":\"developer\",\"content\":\"d\"}],"
+                     "\"max_completion_tokens\":3,\"stop\":\"\\n\"}", &r, &e), 0);
+    CHECK(r.temperature == 1 && r.top_p == 1 && !r.has_seed && !r.stream);
+    CHECK_EQ_I(r.max_tokens, 3);
+    CHECK_EQ_I(r.n_stop, 1);
+    CHECK_EQ_S(r.stop[0], "\n");
+    CHECK_EQ_S(r.msgs[0].role, "system");
+    eng_chat_req_free(&r);
+}
+
+static void test_400_cases(void) {
+    expect_400("{not json", NULL, "invalid_json");
+    expect_400("[1,2]", NULL, "invalid_json");
+    expect_400("", NULL, "invalid_json");
+    expect_400("{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}", "model", "missing_required_parameter");
+    expect_400("{\"model\":5," MSG "}", "model", "invalid_type");
+    expect_400("{\"model\":\"m\"}", "messages", "missing_required_parameter");
+    expect_400("{\"model\":\"m\",\"messages\":[]}", "messages", "empty_array");
+    expect_400("{\"model\":\"m\",\"messages\":\"hi\"}", "messages", "invalid_type");
+    expect_400("{\"model\":\"m\",\"messages\":[\"hi\"]}", "messages[0]", "invalid_type");
+    expect_400("{\"model\":\"m\",\"messages\":[{\"role\":\"king\",\"content\":\"hi\"}]}", "messages[0].role", "invalid_value");
+    expect_400("{\"model\":\"m\",\"messages\":[{\"content\":\"hi\"}]}", "messages[0].role", "missing_required_parameter");
+    expect_400("{\"model\":\"m\",\"messages\":[{\"role\":\"user\"}]}", "messages[0].content", "missing_required_parameter");
+    expect_400("{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":5}]}", "messages[0].content", "invalid_type");
+    expect_400("{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"image_url\",\"image_url\":{}}]}]}",
+               "messages[0].content", "invalid_value");
+    expect_400("{\"model\":\"m\",\"messages\":[{\"role\":\"assistant\"}]}", "messages", "invalid_value");
+    expect_400("{\"model\":\"m\"," MSG ",\"max_tokens\":0}", "max_tokens", "invalid_value");
+    expect_400("{\"model\":\"m\"," MSG ",\"max_tokens\":1.5}", "max_tokens", "invalid_type");
+    expect_400("{\"model\":\"m\"," MSG ",\"max_tokens\":\"5\"}", "max_tokens", "invalid_type");
+    expect_400("{\"model\":\"m\"," MSG ",\"max_completion_tokens\":-1}", "max_completion_tokens", "invalid_value");
+    expect_400("{\"model\":\"m\"," MSG ",\"temperature\":2.5}", "temperature", "invalid_value");
+    expect_400("{\"model\":\"m\"," MSG ",\"temperature\":\"hot\"}", "temperature", "invalid_type");
+    expect_400("{\"model\":\"m\"," MSG ",\"top_p\":1.5}", "top_p", "invalid_value");
+    expect_400("{\"model\":\"m\"," MSG ",\"presence_penalty\":3}", "presence_penalty", "invalid_value");
+    expect_400("{\"model\":\"m\"," MSG ",\"seed\":\"x\"}", "seed", "invalid_type");
+    expect_400("{\"model\":\"m\"," MSG ",\"n\":2}", "n", "invalid_value");
+    expect_400("{\"model\":\"m\"," MSG ",\"logprobs\":true}", "logprobs", "unsupported_parameter");
+    expect_400("{\"model\":\"m\"," MSG ",\"top_logprobs\":2}", "top_logprobs", "unsupported_parameter");
+    expect_400("{\"model\":\"m\"," MSG ",\"stop\":[\"a\",\"b\",\"c\",\"d\",\"e\"]}", "stop", "invalid_value");
+    expect_400("{\"model\":\"m\"," MSG ",\"stop\":[1]}", "stop", "invalid_type");
+    expect_400("{\"model\":\"m\"," MSG ",\"stop\":5}", "stop", "invalid_type");
+    expect_400("{\"model\":\"m\"," MSG ",\"stream\":\"yes\"}", "stream", "invalid_type");
+    expect_400("{\"model\":\"m\"," MSG ",\"stream_options\":{\"include_usage\":1}}", "stream_options.include_usage", "invalid_type");
+    /* invalid UTF-8, raw and via a lone surrogate escape */
+    expect_400("{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"\xff\xfe\"}]}", NULL, "invalid_utf8");
+    expect_400("{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"\xed\xa0\x80\"}]}", NULL, "invalid_utf8");
+}
+
+static void test_error_json(void) {
+    eng_api_err_t e;
+    eng_api_err(&e, 404, "invalid_request_error", "model", "model_not_found", "no %s", "such");
+    char *j = eng_api_err_json(&e);
+    CHECK_EQ_S(j, "{\"error\":{\"message\":\"no such\",\"type\":\"invalid_request_error\",\"param\":\"model\","
+                  "\"code\":\"model_not_found\"}}");
+    free(j);
+    eng_api_err(&e, 400, "invalid_request_error", NULL, NULL, "x");
+    j = eng_api_err_json(&e);
+    CHECK_EQ_S(j, "{\"error\":{\"message\":\"x\",\"type\":\"invalid_request_error\",\"param\":null,\"code\":null}}");
+    free(j);
+}
+
+static void test_max_tokens_rule(void) {
+    eng_chat_req_t r;
+    memset(&r, 0, sizeof r);
+    eng_limits_t lim = {.context = 100, .default_max = 4096};
+    eng_api_err_t e;
+    int mt = 0;
+    CHECK_EQ_I(eng_chat_max_tokens(&r, 30, &lim, &mt, &e), 0);
+    CHECK_EQ_I(mt, 70); /* min(4096, context left) */
+    lim.default_max = 16;
+    CHECK_EQ_I(eng_chat_max_tokens(&r, 30, &lim, &mt, &e), 0);
+    CHECK_EQ_I(mt, 16);
+    r.max_tokens = 70;
+    CHECK_EQ_I(eng_chat_max_tokens(&r, 30, &lim, &mt, &e), 0);
+    CHECK_EQ_I(mt, 70);
+    r.max_tokens = 71;
+    CHECK_EQ_I(eng_chat_max_tokens(&r, 30, &lim, &mt, &e), -1);
+    CHECK_EQ_S(e.code, "context_length_exceeded");
+    r.max_tokens = 0;
+    CHECK_EQ_I(eng_chat_max_tokens(&r, 100, &lim, &mt, &e), -1);
+    CHECK_EQ_I(e.status, 400);
+    CHECK_EQ_S(e.code, "context_length_exceeded");
+}
+
+static void test_response_shapes(void) {
+    eng_usage_t u = {.prompt_tokens = 10, .completion_tokens = 5, .reasoning_tokens = 2};
+    char *s = eng_resp_completion("chatcmpl-1", 1700000000, "m", "hi \"there\"\n", NULL, ENG_FINISH_LENGTH, &u);
+    CHECK_EQ_S(s, "{\"id\":\"chatcmpl-1\",\"object\":\"chat.completion\",\"created\":1700000000,\"model\":\"m\","
+                  "\"system_fingerprint\":\"fp_tollgate\",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\","
+                  "\"content\":\"hi \\\"there\\\"\\n\"},\"logprobs\":null,\"finish_reason\":\"length\"}],"
+                  "\"usage\":{\"prompt_tokens\":10,\"completion_tokens\":5,\"total_tokens\":15,"
+                  "\"prompt_cache_hit_tokens\":0,\"prompt_cache_miss_tokens\":10,\"prompt_tokens_details\":"
+                  "{\"cached_tokens\":0},\"completion_tokens_details\":{\"reasoning_tokens\":2}}}");
+    free(s);
+    s = eng_resp_chunk("chatcmpl-1", 1, "m", "assistant", "", NULL, ENG_FINISH_NONE, 1, NULL);
+    CHECK_EQ_S(s, "{\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\","
+                  "\"system_fingerprint\":\"fp_tollgate\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\","
+                  "\"content\":\"\"},\"logprobs\":null,\"finish_reason\":null}],\"usage\":null}");
+    free(s);
+    s = eng_resp_chunk("c", 1, "m", NULL, NULL, "why", ENG_FINISH_STOP, 0, NULL);
+    CHECK(strstr(s, "\"delta\":{\"reasoning_content\":\"why\"}") != NULL);
+    CHECK(strstr(s, "\"finish_reason\":\"stop\"") != NULL);
+    CHECK(strstr(s, "usage") == NULL);
+    free(s);
+    s = eng_resp_chunk("c", 1, "m", NULL, NULL, NULL, ENG_FINISH_NONE, 1, &u);
+    CHECK(strstr(s, "\"choices\":[],\"usage\":{\"prompt_tokens\":10,") != NULL);
+    free(s);
+}
+
+static void test_sse_framing(void) {
+    size_t n = 0;
+    char *s = eng_sse_event("{\"a\":\"x\\ny\"}", &n);
+    CHECK_EQ_S(s, "data: {\"a\":\"x\\ny\"}\n\n");
+    CHECK_EQ_I(n, strlen(s));
+    free(s);
+    CHECK(eng_sse_event("{\"a\":\n1}", &n) == NULL); /* a raw newline would break the framing */
+    /* every chunk body is one line even when the text has newlines */
+    char *j = eng_resp_chunk("c", 1, "m", NULL, "line1\nline2\r\n", NULL, ENG_FINISH_NONE, 0, NULL);
+    s = eng_sse_event(j, &n);
+    CHECK(s != NULL);
+    free(s);
+    free(j);
+}
+
+static void test_think_mode(void) {
+    CHECK_EQ_I(eng_chat_think_mode(TOK_TMPL_DEEPSEEK_V3, "x<think>\n"), ENG_THINK_OFF);
+    CHECK_EQ_I(eng_chat_think_mode(TOK_TMPL_DEEPSEEK_R1, "<｜Assistant｜><think>\n"), ENG_THINK_IN);
+    CHECK_EQ_I(eng_chat_think_mode(TOK_TMPL_DEEPSEEK_R1, "<｜Assistant｜>"), ENG_THINK_DETECT);
+}
+
+TG_TEST_MAIN(test_valid_request, test_400_cases, test_error_json, test_max_tokens_rule, test_response_shapes,
+             test_sse_framing, test_think_mode)
