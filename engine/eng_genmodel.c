@@ -424,6 +424,19 @@ static int write_config(const char *dir, const gm_preset_t *p, const char *dtype
     return fclose(fp) ? -1 : 0;
 }
 
+/* mkdir -p */
+static int mkdir_p(const char *dir) {
+    char buf[4096];
+    snprintf(buf, sizeof buf, "%s", dir);
+    for (char *p = buf + 1; *p; p++)
+        if (*p == '/') {
+            *p = 0;
+            if (mkdir(buf, 0755) && errno != EEXIST) return -1;
+            *p = '/';
+        }
+    return mkdir(buf, 0755) && errno != EEXIST ? -1 : 0;
+}
+
 static int gm_usage(void) {
     fprintf(stderr, "usage: tollgate-engine gen-model --arch deepseek_v3|deepseek_v2|mixtral --preset demo|tiny|bench|lite\n"
                     "         --out DIR [--seed N] [--dtype f32|bf16|f16|fp8] [--shards N] [--tokenizer DIR|none]\n");
@@ -502,7 +515,7 @@ int eng_cmd_gen_model(int argc, char **argv) {
         if (t->shard >= shards) t->shard = shards - 1;
         acc += (uint64_t)t->rows * (t->cols ? t->cols : 1) * dt_size(t->dt);
     }
-    if (mkdir(out, 0755) && errno != EEXIST) {
+    if (mkdir_p(out)) {
         fprintf(stderr, "gen-model: %s: %s\n", out, strerror(errno));
         free(L.t);
         return 1;
