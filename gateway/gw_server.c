@@ -513,12 +513,6 @@ static void gw_route_chat(gw_req_t *r) {
     const char *key = gw_req_bearer(r);
     if (!key) return;
     r->api_key = key;
-    const char *ct = gw_http_header(r->http, "content-type");
-    if (ct && strncasecmp(ct, "application/json", 16)) {
-        gw_req_error(r, 400, "invalid_request_error", "invalid_request", NULL,
-                     "Content-Type must be application/json");
-        return;
-    }
     cJSON *j = r->http->body ? cJSON_ParseWithLength(r->http->body, r->http->body_len) : NULL;
     if (!j || gw_pool_cleanup_add(r->pool, gw_req_cleanup_json, j) != GW_OK) {
         cJSON_Delete(j);

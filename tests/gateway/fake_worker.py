@@ -1,0 +1,117 @@
+"""A scripted stand-in for an engine worker, for the gateway's own tests of
+the failure paths the real engine cannot be made to show on demand (silence,
+a stream cut in the middle, a flood of chunks).  It speaks the same wire
+format as `tollgate-engine serve`: HTTP/1.1, chunked SSE streams with a usage
+chunk when stream_options.include_usage is set.
+
+The last user message picks the behaviour:
+  "sleep:S"     wait S seconds before the answer head
+  "stall:S"     stream one chunk, then wait S seconds, then finish
+  "cut"         stream two chunks, then close without the last chunk
+  "flood:N"     stream N chunks of 1 KiB each
+  "status:C"    answer status C with an OpenAI error body
+  "usage-in-last"  put usage on the last content chunk (no usage-only chunk)
+  anything else echo it back in 3 chunks
+Every request is appended to the file named by $FAKE_WORKER_LOG as one JSON
+line {"headers":{...},"body":{...}}.
+usage: fake_worker.py PORT
+"""
+
+import json
+import os
+import socketserver
+import sys
+import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+LOG = os.environ.get("FAKE_WORKER_LOG")
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *a):
+        pass
+
+    def send_json(self, status, obj):
+        b = json.dumps(obj).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(b)))
+        self.end_headers()
+        self.wfile.write(b)
+
+    def do_GET(self):
+        if self.path == "/health":
+            self.send_json(200, {"status": "ok"})
+        else:
+            self.send_json(404, {"error": {"message": "no", "type": "x", "param": None, "code": None}})
+
+    def chunk(self, data):
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+        self.wfile.flush()
+
+    def event(self, obj):
+        self.chunk(b"data: " + json.dumps(obj).encode() + b"\n\n")
+
+    def do_POST(self):
+        n = int(self.headers.get("Content-Length", "0"))
+        raw = self.rfile.read(n)
+        req = json.loads(raw)
+        if LOG:
+            with open(LOG, "a") as f:
+                f.write(json.dumps({"headers": dict(self.headers), "body": req}) + "\n")
+        text = req["messages"][-1].get("content", "")
+        rid = self.headers.get("X-Request-Id", "none")
+        prompt = len(json.dumps(req["messages"])) // 4 + 1
+        if text.startswith("sleep:"):
+            time.sleep(float(text[6:]))
+        if text.startswith("status:"):
+            code = int(text[7:])
+            self.send_json(code, {"error": {"message": "scripted", "type": "x", "param": None, "code": "scripted"}})
+            return
+        words = ["Hello", " from", " " + text[:40]]
+        if text.startswith("flood:"):
+            words = ["y" * 1024] * int(text[6:])
+        usage = {"prompt_tokens": prompt, "completion_tokens": len(words), "total_tokens": prompt + len(words),
+                 "prompt_cache_hit_tokens": 1, "prompt_cache_miss_tokens": prompt - 1,
+                 "prompt_tokens_details": {"cached_tokens": 1},
+                 "completion_tokens_details": {"reasoning_tokens": 0}}
+        base = {"id": "chatcmpl-" + rid, "created": int(time.time()), "model": req["model"]}
+        if not req.get("stream"):
+            self.send_json(200, dict(base, object="chat.completion", usage=usage, choices=[
+                {"index": 0, "message": {"role": "assistant", "content": "".join(words)}, "finish_reason": "stop"}]))
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        ck = dict(base, object="chat.completion.chunk")
+        for i, w in enumerate(words):
+            c = dict(ck, choices=[{"index": 0, "delta": {"content": w}, "finish_reason": None}])
+            if text == "usage-in-last" and i == len(words) - 1:
+                c["usage"] = usage
+            self.event(c)
+            if text == "cut" and i == 1:
+                self.wfile.flush()
+                self.connection.shutdown(2)
+                self.close_connection = True
+                return
+            if text.startswith("stall:") and i == 0:
+                time.sleep(float(text[6:]))
+        self.event(dict(ck, choices=[{"index": 0, "delta": {}, "finish_reason": "stop"}]))
+        if text != "usage-in-last" and (req.get("stream_options") or {}).get("include_usage"):
+            self.event(dict(ck, choices=[], usage=usage))
+        self.chunk(b"data: [DONE]\n\n")
+        self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
+        self.close_connection = True
+
+
+class Server(socketserver.ThreadingMixIn, HTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+if __name__ == "__main__":
+    Server(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()

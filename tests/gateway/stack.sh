@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# stack.sh — the gateway's own private stack for tests/gateway/: PostgreSQL,
+# Redis, a scripted fake worker (fake_worker.py) and build/tollgate, on the
+# gateway's test ports 18640-18679, under var/gwtest.
+#   stack.sh up [GATEWAY_BIN]   start everything fresh; writes var/gwtest/env
+#   stack.sh down               stop it
+# Ports: gateway 18640, admin 18644, PostgreSQL 18641, Redis 18642, worker 18643,
+# second (dead) worker 18645.
+set -euo pipefail
+top=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$top"
+V=$top/var/gwtest
+PGBIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+P_GW=18640 P_PG=18641 P_REDIS=18642 P_WORKER=18643 P_ADMIN=18644 P_DEAD=18645
+MODEL=fake-model
+
+die() { echo "gwtest: $*" >&2; exit 1; }
+
+down() {
+    for p in gateway worker redis; do
+        [ -f "$V/$p.pid" ] && kill -TERM "$(cat "$V/$p.pid")" 2>/dev/null || true
+    done
+    for p in gateway worker redis; do
+        if [ -f "$V/$p.pid" ]; then
+            pid=$(cat "$V/$p.pid")
+            for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+            kill -KILL "$pid" 2>/dev/null || true
+            rm -f "$V/$p.pid"
+        fi
+    done
+    [ -f "$V/pgdir" ] && bash tests/billing/pg.sh stop "$(cat "$V/pgdir")" >/dev/null 2>&1 || true
+}
+
+up() {
+    local bin=${1:-build/tollgate}
+    [ -d "$V" ] && down
+    [ -f "$V/pgdir" ] && rm -rf "$(cat "$V/pgdir")"
+    rm -rf "$V"
+    mkdir -p "$V/tls" "$V/spool" "$V/log"
+    [ -n "$PGBIN" ] || die "PostgreSQL binaries not found"
+    # PostgreSQL runs as `postgres` when we are root; it must be able to enter its directory.
+    local pgd=/tmp/tollgate-gwtest-pg-$(id -u)
+    rm -rf "$pgd"
+    echo "$pgd" >"$V/pgdir"
+    PGBIN=$PGBIN bash tests/billing/pg.sh start "$pgd" "$P_PG" >"$V/log/pg-setup.log" 2>&1 ||
+        die "PostgreSQL did not start (see $V/log/pg-setup.log)"
+    redis-server --port "$P_REDIS" --bind 127.0.0.1 --save "" --appendonly no --daemonize no \
+        --logfile "$V/log/redis.log" &
+    echo $! >"$V/redis.pid"
+    FAKE_WORKER_LOG=$V/worker-requests.jsonl /usr/bin/python3 tests/gateway/fake_worker.py "$P_WORKER" \
+        >"$V/log/worker.log" 2>&1 &
+    echo $! >"$V/worker.pid"
+    openssl rand -hex 32 >"$V/admin.token"
+    openssl rand -hex 32 >"$V/key.secret"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 -subj /CN=localhost \
+        -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" -keyout "$V/tls/key.pem" -out "$V/tls/cert.pem" \
+        >/dev/null 2>&1 || die "openssl req failed"
+    cat >"$V/tollgate.json" <<JSON
+{
+  "listen": "127.0.0.1:$P_GW", "admin_listen": "127.0.0.1:$P_ADMIN",
+  "tls_cert": "$V/tls/cert.pem", "tls_key": "$V/tls/key.pem",
+  "postgres": "host=127.0.0.1 port=$P_PG dbname=tollgate user=tollgate",
+  "redis": "127.0.0.1:$P_REDIS",
+  "admin_token_file": "$V/admin.token", "key_secret_file": "$V/key.secret",
+  "spool_dir": "$V/spool", "access_log": "$V/log/access.log",
+  "max_body_bytes": 65536, "header_timeout_ms": 2000, "upstream_timeout_ms": 2000,
+  "stream_high_water": 65536,
+  "workers": [{"url": "http://127.0.0.1:$P_DEAD", "models": ["$MODEL"]},
+              {"url": "http://127.0.0.1:$P_WORKER", "models": ["$MODEL", "other-model"]}]
+}
+JSON
+    for _ in $(seq 100); do redis-cli -p "$P_REDIS" ping >/dev/null 2>&1 && break; sleep 0.1; done
+    for _ in $(seq 100); do curl -s "http://127.0.0.1:$P_WORKER/health" >/dev/null && break; sleep 0.1; done
+    $bin --config "$V/tollgate.json" >"$V/log/gateway.log" 2>&1 &
+    echo $! >"$V/gateway.pid"
+    for _ in $(seq 100); do
+        curl -sk -o /dev/null "https://127.0.0.1:$P_GW/health" && break
+        kill -0 "$(cat "$V/gateway.pid")" 2>/dev/null || die "gateway exited (see $V/log/gateway.log)"
+        sleep 0.1
+    done
+    cat >"$V/env" <<ENV
+export GW_DIR=$V
+export GW_URL=https://127.0.0.1:$P_GW
+export GW_CERT=$V/tls/cert.pem
+export GW_PG="host=127.0.0.1 port=$P_PG dbname=tollgate user=tollgate"
+export GW_REDIS_PORT=$P_REDIS
+export GW_MODEL=$MODEL
+export GW_KEY_SECRET=$(cat "$V/key.secret")
+export GW_PID=$(cat "$V/gateway.pid")
+export GW_WORKER_LOG=$V/worker-requests.jsonl
+ENV
+}
+
+case ${1:-} in
+up) up "${2:-}" ;;
+down) down ;;
+*) echo "usage: stack.sh up [BIN] | down" >&2; exit 2 ;;
+esac
