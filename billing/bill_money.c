@@ -1,0 +1,158 @@
+/* bill_money.c — exact money arithmetic and API-key material.
+ *
+ * Prices are integer micro-USD per 1M tokens, so n tokens at price p cost
+ * exactly n*p pico-USD (1e-6 USD / 1e6 tokens = 1e-12 USD per token per
+ * micro-USD of price).  Costs are int64 pico-USD (up to ~9.2 million USD per
+ * request); anything that would overflow is an error (-1), never wrapped.
+ * USD strings are parsed exactly (at most 12 decimals, nothing is rounded);
+ * display rounds half away from zero to 6 decimals and never feeds back
+ * into a balance. */
+#include <stdio.h>
+#include <string.h>
+
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/rand.h>
+
+#include "bill-int.h"
+
+static int mul_add(int64_t *acc, int64_t n, int64_t p) {
+    int64_t t;
+    if (__builtin_mul_overflow(n, p, &t)) return -1;
+    if (__builtin_add_overflow(*acc, t, acc)) return -1;
+    return 0;
+}
+
+int64_t bill_cost_pico(const bill_price_t *p, int64_t cache_miss_tokens, int64_t cache_hit_tokens,
+                       int64_t completion_tokens) {
+    if (!p || cache_miss_tokens < 0 || cache_hit_tokens < 0 || completion_tokens < 0 ||
+        p->input_cache_miss < 0 || p->input_cache_hit < 0 || p->output < 0)
+        return -1;
+    int64_t c = 0;
+    if (mul_add(&c, cache_miss_tokens, p->input_cache_miss) ||
+        mul_add(&c, cache_hit_tokens, p->input_cache_hit) || mul_add(&c, completion_tokens, p->output))
+        return -1;
+    return c;
+}
+
+int bill_usd_parse(const char *s, int64_t *pico) {
+    if (!s || !*s) return -1;
+    int64_t v = 0;
+    const char *q = s;
+    int ndig = 0;
+    for (; *q >= '0' && *q <= '9'; q++, ndig++)
+        if (__builtin_mul_overflow(v, 10, &v) || __builtin_add_overflow(v, *q - '0', &v)) return -1;
+    if (ndig == 0) return -1;
+    int nfrac = 0;
+    if (*q == '.') {
+        q++;
+        for (; *q >= '0' && *q <= '9'; q++, nfrac++) {
+            if (nfrac == 12) return -1; /* finer than a pico-USD: not exact */
+            if (__builtin_mul_overflow(v, 10, &v) || __builtin_add_overflow(v, *q - '0', &v)) return -1;
+        }
+        if (nfrac == 0) return -1;
+    }
+    if (*q) return -1;
+    for (; nfrac < 12; nfrac++)
+        if (__builtin_mul_overflow(v, 10, &v)) return -1;
+    *pico = v;
+    return 0;
+}
+
+int bill_usd_format_dec(const char *s, char *out, size_t outlen) {
+    int neg = 0;
+    if (!s) return -1;
+    if (*s == '-') neg = 1, s++;
+    while (*s == '0' && s[1]) s++; /* leading zeros */
+    size_t n = strlen(s);
+    if (n == 0 || n > 200) return -1;
+    for (size_t i = 0; i < n; i++)
+        if (s[i] < '0' || s[i] > '9') return -1;
+    /* Pad to at least 13 digits so there is one integer digit before the 12
+     * decimals, then keep 6 decimals and round on the 7th digit. */
+    char d[216];
+    size_t pad = n < 13 ? 13 - n : 0;
+    memset(d, '0', pad);
+    memcpy(d + pad, s, n);
+    n += pad;
+    d[n] = 0;
+    size_t keep = n - 6; /* digits up to the 6th decimal */
+    int up = d[keep] >= '5';
+    d[keep] = 0;
+    if (up) {
+        size_t i = keep;
+        while (i > 0 && d[i - 1] == '9') d[--i] = '0';
+        if (i == 0) {
+            memmove(d + 1, d, keep + 1);
+            d[0] = '1';
+            keep++;
+        } else {
+            d[i - 1]++;
+        }
+    }
+    /* integer part d[0 .. keep-6), decimals d[keep-6 .. keep) */
+    size_t ip = keep - 6;
+    const char *ipart = d;
+    while (ip > 1 && *ipart == '0') ipart++, ip--;
+    int allzero = 1;
+    for (size_t i = 0; i < keep; i++)
+        if (d[i] != '0') allzero = 0;
+    int w = snprintf(out, outlen, "%s%.*s.%.6s", neg && !allzero ? "-" : "", (int)ip, ipart, d + keep - 6);
+    return w < 0 || (size_t)w >= outlen ? -1 : 0;
+}
+
+void bill_usd_format(int64_t pico, char out[32]) {
+    char dec[24];
+    snprintf(dec, sizeof dec, "%lld", (long long)pico);
+    if (bill_usd_format_dec(dec, out, 32) != 0) snprintf(out, 32, "?");
+}
+
+static int hexval(int c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+/* The secret is hex (as `openssl rand -hex 32` writes it; surrounding
+ * whitespace ignored); a secret that is not valid hex is used as raw bytes. */
+void bill_key_hash(const char *secret_hex, const char *api_key, char out[65]) {
+    unsigned char secret[512];
+    size_t slen = 0;
+    const char *s = secret_hex ? secret_hex : "";
+    while (*s == ' ' || *s == '\t' || *s == '\n' || *s == '\r') s++;
+    size_t n = strlen(s);
+    while (n && (s[n - 1] == ' ' || s[n - 1] == '\t' || s[n - 1] == '\n' || s[n - 1] == '\r')) n--;
+    int hex = n % 2 == 0 && n / 2 <= sizeof secret;
+    for (size_t i = 0; hex && i < n; i++)
+        if (hexval(s[i]) < 0) hex = 0;
+    if (hex) {
+        for (size_t i = 0; i < n; i += 2) secret[slen++] = (unsigned char)(hexval(s[i]) << 4 | hexval(s[i + 1]));
+    } else {
+        slen = n < sizeof secret ? n : sizeof secret;
+        memcpy(secret, s, slen);
+    }
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int mdlen = 0;
+    const char *k = api_key ? api_key : "";
+    HMAC(EVP_sha256(), secret, (int)slen, (const unsigned char *)k, strlen(k), md, &mdlen);
+    static const char hx[] = "0123456789abcdef";
+    for (unsigned i = 0; i < 32; i++) {
+        out[2 * i] = hx[md[i] >> 4];
+        out[2 * i + 1] = hx[md[i] & 15];
+    }
+    out[64] = 0;
+}
+
+int bill_key_generate(char out[52]) {
+    unsigned char r[24];
+    if (RAND_bytes(r, sizeof r) != 1) return -1;
+    static const char hx[] = "0123456789abcdef";
+    memcpy(out, "sk-", 3);
+    for (int i = 0; i < 24; i++) {
+        out[3 + 2 * i] = hx[r[i] >> 4];
+        out[3 + 2 * i + 1] = hx[r[i] & 15];
+    }
+    out[51] = 0;
+    return 0;
+}

@@ -1,0 +1,395 @@
+/* bill_pg.c — a small pool of PostgreSQL connections driven by libpq's
+ * non-blocking API from a libevent loop.
+ *
+ * Jobs (one statement with text parameters each) wait in one FIFO and go to
+ * the first idle connection.  Each connection runs one job at a time:
+ * PQsendQueryParams, PQflush while the socket is writable, PQconsumeInput /
+ * PQisBusy / PQgetResult while it is readable.  An idle connection keeps a
+ * read event so a server restart is noticed at once; a broken connection is
+ * closed and reconnected (PQconnectStartParams + PQconnectPoll) with backoff
+ * 100 ms .. 2 s.  Every job has a deadline: a queued job that misses it fails
+ * with "timeout"; a running one also costs its connection (closed, so the
+ * server cancels the statement).  When every connection is down, new jobs
+ * fail at once (from the loop) instead of waiting.
+ *
+ * Invariants: a job's callback runs exactly once unless cancelled, always
+ * from the loop, never from inside bill_pg_query; a job whose connection
+ * broke mid-flight is failed, never silently re-run (it may have committed). */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/event.h>
+
+#include "bill-int.h"
+
+enum { C_DOWN, C_CONNECTING, C_IDLE, C_BUSY };
+
+typedef struct pg_conn {
+    bill_pg_t *pg;
+    PGconn *conn;
+    int st;
+    int sock;                /* socket the events watch */
+    struct event *rev, *wev; /* connected: persistent read, one-shot write */
+    struct event *cev;       /* connecting: one-shot on the current socket */
+    struct event *timer;     /* connect deadline / reconnect backoff */
+    int backoff_ms;
+    bill_pg_job_t *job;
+    PGresult *res;
+} pg_conn_t;
+
+struct bill_pg_job {
+    TAILQ_ENTRY(bill_pg_job) link;
+    bill_pg_t *pg;
+    char *sql;
+    int nparams;
+    char **params;
+    bill_pg_cb cb;
+    void *arg;
+    struct event *timer;
+    pg_conn_t *on; /* running there, or NULL while queued */
+    int failfast;
+};
+
+TAILQ_HEAD(job_q, bill_pg_job);
+
+struct bill_pg {
+    struct event_base *base;
+    char *conninfo;
+    int timeout_ms;
+    int nconn;
+    int nup; /* connections IDLE or BUSY */
+    pg_conn_t *conns;
+    struct job_q queue;
+    bill_pg_up_cb up_cb;
+    void *up_arg;
+    struct event *kick; /* runs dispatch() from the loop */
+};
+
+static void conn_start(pg_conn_t *c);
+static void conn_fail(pg_conn_t *c, const char *why);
+static void dispatch(bill_pg_t *pg);
+
+static void job_free(bill_pg_job_t *j) {
+    if (!j) return;
+    if (j->timer) event_free(j->timer);
+    for (int i = 0; i < j->nparams; i++) free(j->params[i]);
+    free(j->params);
+    free(j->sql);
+    free(j);
+}
+
+/* Run the callback of a finished job and free it.  res may be NULL. */
+static void job_finish(bill_pg_job_t *j, PGresult *res, const char *err) {
+    if (j->cb) j->cb(res, err, j->arg);
+    job_free(j);
+}
+
+static void job_timeout_cb(evutil_socket_t fd, short what, void *arg) {
+    bill_pg_job_t *j = arg;
+    bill_pg_t *pg = j->pg;
+    if (j->on) {
+        pg_conn_t *c = j->on;
+        c->job = NULL;
+        j->on = NULL;
+        conn_fail(c, "statement timeout");
+    } else {
+        TAILQ_REMOVE(&pg->queue, j, link);
+    }
+    job_finish(j, NULL, j->failfast ? "database unavailable" : "database timeout");
+}
+
+static void conn_events_free(pg_conn_t *c) {
+    if (c->rev) event_free(c->rev);
+    if (c->wev) event_free(c->wev);
+    if (c->cev) event_free(c->cev);
+    c->rev = c->wev = c->cev = NULL;
+}
+
+static void conn_close(pg_conn_t *c) {
+    conn_events_free(c);
+    if (c->res) PQclear(c->res);
+    c->res = NULL;
+    if (c->conn) PQfinish(c->conn);
+    c->conn = NULL;
+    if (c->st == C_IDLE || c->st == C_BUSY) c->pg->nup--;
+    c->st = C_DOWN;
+}
+
+static void retry_cb(evutil_socket_t fd, short what, void *arg) {
+    pg_conn_t *c = arg;
+    if (c->st == C_CONNECTING) { /* the connect deadline passed */
+        conn_fail(c, "connect timeout");
+        return;
+    }
+    if (c->st == C_DOWN) conn_start(c);
+}
+
+static int pool_all_down(const bill_pg_t *pg) {
+    for (int i = 0; i < pg->nconn; i++)
+        if (pg->conns[i].st != C_DOWN) return 0;
+    return 1;
+}
+
+/* Close c, fail its job, schedule a reconnect; when no connection is left
+ * alive, fail the queued jobs instead of letting them wait for the deadline. */
+static void conn_fail(pg_conn_t *c, const char *why) {
+    bill_pg_t *pg = c->pg;
+    bill_pg_job_t *j = c->job;
+    char msg[256];
+    snprintf(msg, sizeof msg, "database unavailable: %s", why);
+    c->job = NULL;
+    conn_close(c);
+    if (c->backoff_ms == 0) c->backoff_ms = 100;
+    else if ((c->backoff_ms *= 2) > 2000) c->backoff_ms = 2000;
+    struct timeval tv = {c->backoff_ms / 1000, (c->backoff_ms % 1000) * 1000};
+    evtimer_add(c->timer, &tv);
+    if (j) {
+        j->on = NULL;
+        job_finish(j, NULL, msg);
+    }
+    if (pool_all_down(pg)) {
+        bill_pg_job_t *q;
+        while ((q = TAILQ_FIRST(&pg->queue))) {
+            TAILQ_REMOVE(&pg->queue, q, link);
+            job_finish(q, NULL, msg);
+        }
+    }
+}
+
+static void job_done(pg_conn_t *c) {
+    bill_pg_job_t *j = c->job;
+    PGresult *res = c->res;
+    c->job = NULL;
+    c->res = NULL;
+    c->st = C_IDLE;
+    j->on = NULL;
+    evtimer_del(j->timer);
+    job_finish(j, res, res ? NULL : "no result");
+    if (res) PQclear(res);
+    dispatch(c->pg);
+}
+
+static void conn_read(pg_conn_t *c) {
+    if (!PQconsumeInput(c->conn)) {
+        conn_fail(c, PQerrorMessage(c->conn));
+        return;
+    }
+    PGnotify *n;
+    while ((n = PQnotifies(c->conn))) PQfreemem(n);
+    if (c->st != C_BUSY) {
+        if (PQstatus(c->conn) == CONNECTION_BAD) conn_fail(c, "connection closed");
+        return;
+    }
+    while (!PQisBusy(c->conn)) {
+        PGresult *r = PQgetResult(c->conn);
+        if (!r) {
+            job_done(c);
+            return;
+        }
+        if (!c->res) c->res = r;
+        else PQclear(r);
+    }
+    if (PQstatus(c->conn) == CONNECTION_BAD) conn_fail(c, "connection closed");
+}
+
+static void conn_flush(pg_conn_t *c) {
+    int r = PQflush(c->conn);
+    if (r < 0) conn_fail(c, PQerrorMessage(c->conn));
+    else if (r == 1) event_add(c->wev, NULL);
+}
+
+static void conn_io_cb(evutil_socket_t fd, short what, void *arg) {
+    pg_conn_t *c = arg;
+    if (what & EV_READ) {
+        conn_read(c);
+        if (c->st == C_DOWN) return;
+        /* libpq may have more to send once it read (e.g. after a full buffer) */
+        if (c->st == C_BUSY && PQisnonblocking(c->conn)) conn_flush(c);
+    } else if (what & EV_WRITE) {
+        conn_flush(c);
+    }
+}
+
+static void conn_connected(pg_conn_t *c) {
+    bill_pg_t *pg = c->pg;
+    conn_events_free(c);
+    evtimer_del(c->timer);
+    if (PQsetnonblocking(c->conn, 1) != 0) {
+        conn_fail(c, "PQsetnonblocking failed");
+        return;
+    }
+    c->sock = PQsocket(c->conn);
+    c->rev = event_new(pg->base, c->sock, EV_READ | EV_PERSIST, conn_io_cb, c);
+    c->wev = event_new(pg->base, c->sock, EV_WRITE, conn_io_cb, c);
+    if (!c->rev || !c->wev || event_add(c->rev, NULL) != 0) {
+        conn_fail(c, "out of memory");
+        return;
+    }
+    c->st = C_IDLE;
+    c->backoff_ms = 0;
+    if (pg->nup++ == 0 && pg->up_cb) pg->up_cb(pg->up_arg);
+    dispatch(pg);
+}
+
+static void conn_poll_cb(evutil_socket_t fd, short what, void *arg);
+
+static void conn_poll(pg_conn_t *c, PostgresPollingStatusType ps) {
+    if (c->cev) event_free(c->cev);
+    c->cev = NULL;
+    switch (ps) {
+    case PGRES_POLLING_OK:
+        conn_connected(c);
+        return;
+    case PGRES_POLLING_READING:
+    case PGRES_POLLING_WRITING:
+        c->sock = PQsocket(c->conn);
+        c->cev = event_new(c->pg->base, c->sock, ps == PGRES_POLLING_READING ? EV_READ : EV_WRITE,
+                           conn_poll_cb, c);
+        if (!c->cev || event_add(c->cev, NULL) != 0) conn_fail(c, "out of memory");
+        return;
+    default:
+        conn_fail(c, PQerrorMessage(c->conn));
+        return;
+    }
+}
+
+static void conn_poll_cb(evutil_socket_t fd, short what, void *arg) {
+    pg_conn_t *c = arg;
+    conn_poll(c, PQconnectPoll(c->conn));
+}
+
+static void conn_start(pg_conn_t *c) {
+    const char *keys[] = {"dbname", "application_name", NULL};
+    const char *vals[] = {c->pg->conninfo, "tollgate", NULL};
+    c->conn = PQconnectStartParams(keys, vals, 1);
+    c->st = C_CONNECTING;
+    if (!c->conn || PQstatus(c->conn) == CONNECTION_BAD) {
+        conn_fail(c, c->conn ? PQerrorMessage(c->conn) : "out of memory");
+        return;
+    }
+    struct timeval tv = {5, 0};
+    evtimer_add(c->timer, &tv);
+    conn_poll(c, PGRES_POLLING_WRITING);
+}
+
+static void conn_send(pg_conn_t *c, bill_pg_job_t *j) {
+    c->job = j;
+    j->on = c;
+    c->st = C_BUSY;
+    if (!PQsendQueryParams(c->conn, j->sql, j->nparams, NULL, (const char *const *)j->params, NULL,
+                           NULL, 0)) {
+        /* Nothing reached the server: the job may go to another connection. */
+        c->job = NULL;
+        j->on = NULL;
+        TAILQ_INSERT_HEAD(&c->pg->queue, j, link);
+        conn_fail(c, PQerrorMessage(c->conn));
+        return;
+    }
+    conn_flush(c);
+}
+
+static void dispatch(bill_pg_t *pg) {
+    for (int i = 0; i < pg->nconn && !TAILQ_EMPTY(&pg->queue); i++) {
+        pg_conn_t *c = &pg->conns[i];
+        if (c->st != C_IDLE) continue;
+        bill_pg_job_t *j = TAILQ_FIRST(&pg->queue);
+        TAILQ_REMOVE(&pg->queue, j, link);
+        conn_send(c, j);
+    }
+}
+
+bill_pg_job_t *bill_pg_query(bill_pg_t *pg, const char *sql, int nparams, const char *const *params,
+                             bill_pg_cb cb, void *arg) {
+    bill_pg_job_t *j = calloc(1, sizeof *j);
+    if (!j) return NULL;
+    j->pg = pg;
+    j->cb = cb;
+    j->arg = arg;
+    j->sql = strdup(sql);
+    j->params = calloc(nparams ? nparams : 1, sizeof *j->params);
+    j->timer = evtimer_new(pg->base, job_timeout_cb, j);
+    if (!j->sql || !j->params || !j->timer) goto fail;
+    for (j->nparams = 0; j->nparams < nparams; j->nparams++) {
+        if (!params[j->nparams]) continue;
+        if (!(j->params[j->nparams] = strdup(params[j->nparams]))) goto fail;
+    }
+    struct timeval tv = {pg->timeout_ms / 1000, (pg->timeout_ms % 1000) * 1000};
+    if (pool_all_down(pg)) {
+        j->failfast = 1;
+        tv.tv_sec = tv.tv_usec = 0;
+    }
+    evtimer_add(j->timer, &tv);
+    TAILQ_INSERT_TAIL(&pg->queue, j, link);
+    /* Send from the loop, not from here: a send that fails may fail jobs,
+     * and callbacks never run inside bill_pg_query. */
+    if (!j->failfast) event_active(pg->kick, EV_TIMEOUT, 0);
+    return j;
+fail:
+    job_free(j);
+    return NULL;
+}
+
+void bill_pg_cancel(bill_pg_job_t *j) {
+    if (!j) return;
+    if (j->on) { /* let it finish on its connection, quietly */
+        j->cb = NULL;
+        return;
+    }
+    TAILQ_REMOVE(&j->pg->queue, j, link);
+    job_free(j);
+}
+
+static void kick_cb(evutil_socket_t fd, short what, void *arg) { dispatch(arg); }
+
+int bill_pg_up(const bill_pg_t *pg) { return pg && pg->nup > 0; }
+
+void bill_pg_set_up_arg(bill_pg_t *pg, void *up_arg) { pg->up_arg = up_arg; }
+
+bill_pg_t *bill_pg_new(struct event_base *base, const char *conninfo, int nconn, int timeout_ms,
+                       bill_pg_up_cb up_cb, void *up_arg) {
+    bill_pg_t *pg = calloc(1, sizeof *pg);
+    if (!pg) return NULL;
+    pg->base = base;
+    pg->timeout_ms = timeout_ms;
+    pg->up_cb = up_cb;
+    pg->up_arg = up_arg;
+    TAILQ_INIT(&pg->queue);
+    pg->conninfo = strdup(conninfo ? conninfo : "");
+    pg->conns = calloc(nconn, sizeof *pg->conns);
+    pg->kick = event_new(base, -1, 0, kick_cb, pg);
+    if (!pg->conninfo || !pg->conns || !pg->kick) goto fail;
+    pg->nconn = nconn;
+    for (int i = 0; i < nconn; i++) {
+        pg_conn_t *c = &pg->conns[i];
+        c->pg = pg;
+        c->st = C_DOWN;
+        if (!(c->timer = evtimer_new(base, retry_cb, c))) goto fail;
+    }
+    for (int i = 0; i < nconn; i++) conn_start(&pg->conns[i]);
+    return pg;
+fail:
+    bill_pg_free(pg);
+    return NULL;
+}
+
+void bill_pg_free(bill_pg_t *pg) {
+    if (!pg) return;
+    bill_pg_job_t *j;
+    while ((j = TAILQ_FIRST(&pg->queue))) {
+        TAILQ_REMOVE(&pg->queue, j, link);
+        job_free(j);
+    }
+    for (int i = 0; i < pg->nconn; i++) {
+        pg_conn_t *c = &pg->conns[i];
+        if (c->job) job_free(c->job);
+        c->job = NULL;
+        conn_close(c);
+        if (c->timer) event_free(c->timer);
+    }
+    if (pg->kick) event_free(pg->kick);
+    free(pg->conns);
+    free(pg->conninfo);
+    free(pg);
+}

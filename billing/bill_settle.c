@@ -1,0 +1,593 @@
+/* bill_settle.c — settlement of finished requests: one usage row and one
+ * ledger debit per request_id, exactly once.
+ *
+ * bill_settle() validates and queues a copy; one batch (up to BATCH rows) at
+ * a time goes to PostgreSQL as ONE statement (SETTLE_SQL): insert the usage
+ * rows ON CONFLICT (request_id) DO NOTHING and debit the ledger only for the
+ * rows actually inserted, so re-sending a row is harmless.
+ *
+ * When a batch fails for a reason other than the rows themselves (PostgreSQL
+ * down, timeout, shutdown), every row held only in memory is appended to the
+ * spool (metering/mtr.h, fsync'd) and the memory queue is emptied; spool
+ * files are replayed (read back into the queue, tagged with their file) when
+ * a connection comes back and on a 1 s retry timer; a file is deleted when
+ * all of its rows have been committed.  A replay that fails half way simply
+ * happens again later: rows already written are skipped by request_id.
+ * A batch rejected for its data (SQLSTATE class 22/23) is retried row by row;
+ * a row rejected on its own is written to <spool_dir>/rejected.jsonl and
+ * logged, never retried forever.
+ *
+ * What may be lost: rows queued in memory when the gateway process is killed
+ * with SIGKILL before their batch committed (normally milliseconds' worth). */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+
+#include "bill-int.h"
+#include "mtr.h"
+
+#define BATCH 256
+#define QUEUE_MAX 100000 /* beyond this, new rows go straight to the spool */
+
+typedef struct sfile {
+    TAILQ_ENTRY(sfile) link;
+    char *name;
+    long pending; /* rows of this file not yet committed */
+    int loaded;   /* its rows are in the queue */
+    int corrupt;
+} sfile_t;
+
+typedef struct item {
+    TAILQ_ENTRY(item) link;
+    bill_usage_t u;
+    int64_t cost;
+    sfile_t *src; /* the spool file it came from, or NULL: memory only */
+} item_t;
+
+TAILQ_HEAD(item_q, item);
+TAILQ_HEAD(sfile_q, sfile);
+
+struct bill_settler {
+    struct event_base *base;
+    bill_pg_t *pg;
+    char *dir;
+    struct item_q queue, inflight;
+    int nqueue, ninflight;
+    struct sfile_q files;
+    mtr_spool_t *spool;
+    bill_pg_job_t *job;
+    struct event *kick, *retry;
+    int single;      /* rows to send one by one after a data error */
+    int need_replay; /* spool files may hold rows that are not queued */
+};
+
+static const char SETTLE_SQL[] =
+    "WITH r AS (SELECT DISTINCT ON (request_id) * FROM unnest($1::uuid[], $2::bigint[], $3::bigint[],"
+    " $4::text[], $5::bigint[], $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[],"
+    " $11::bigint[], $12::bigint[], $13::int[], $14::bool[], $15::bigint[], $16::bigint[], $17::bigint[])"
+    " AS t(request_id, key_id, customer_id, model, prompt, hit, completion, reasoning, p_miss, p_hit,"
+    " p_out, cost, status, stream, recv, first, fin)),"
+    " ins AS (INSERT INTO usage (request_id, customer_id, key_id, model, prompt_tokens,"
+    " prompt_cache_hit_tokens, prompt_cache_miss_tokens, completion_tokens, reasoning_tokens,"
+    " price_input_cache_miss, price_input_cache_hit, price_output, cost_pico, http_status, stream,"
+    " received_at, first_byte_at, finished_at)"
+    " SELECT request_id, customer_id, nullif(key_id, 0), model, prompt, hit, prompt - hit, completion,"
+    " reasoning, p_miss, p_hit, p_out, cost, status, stream,"
+    " timestamptz 'epoch' + recv * interval '1 microsecond',"
+    " CASE WHEN first > 0 THEN timestamptz 'epoch' + first * interval '1 microsecond' END,"
+    " timestamptz 'epoch' + fin * interval '1 microsecond'"
+    " FROM r ON CONFLICT (request_id) DO NOTHING RETURNING request_id, customer_id, cost_pico),"
+    " led AS (INSERT INTO ledger (customer_id, kind, amount_pico, request_id)"
+    " SELECT customer_id, 'usage', -cost_pico, request_id FROM ins WHERE cost_pico > 0 RETURNING 1)"
+    " SELECT (SELECT count(*) FROM ins), (SELECT count(*) FROM led)";
+
+enum { NCOL = 17 };
+
+/* ---- building the statement's array parameters ------------------------- */
+
+typedef struct {
+    char *p;
+    size_t len, cap;
+    int oom;
+} sbuf_t;
+
+static void sb_put(sbuf_t *b, const char *s, size_t n) {
+    if (b->oom) return;
+    if (b->len + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 256;
+        while (cap < b->len + n + 1) cap *= 2;
+        char *np = realloc(b->p, cap);
+        if (!np) {
+            b->oom = 1;
+            return;
+        }
+        b->p = np;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+    b->p[b->len] = 0;
+}
+
+static void sb_str(sbuf_t *b, const char *s) { sb_put(b, s, strlen(s)); }
+
+static void sb_i64(sbuf_t *b, int64_t v) {
+    char t[24];
+    sb_put(b, t, snprintf(t, sizeof t, "%lld", (long long)v));
+}
+
+/* An element of a text[] literal: double-quoted, \ and " escaped. */
+static void sb_quoted(sbuf_t *b, const char *s) {
+    sb_put(b, "\"", 1);
+    for (; *s; s++) {
+        if (*s == '"' || *s == '\\') sb_put(b, "\\", 1);
+        sb_put(b, s, 1);
+    }
+    sb_put(b, "\"", 1);
+}
+
+/* Fill params[NCOL] (malloc'ed strings) for n items.  Returns 0 or -1. */
+static int build_params(item_t **it, int n, char *params[NCOL]) {
+    sbuf_t col[NCOL];
+    memset(col, 0, sizeof col);
+    for (int c = 0; c < NCOL; c++) sb_str(&col[c], "{");
+    for (int i = 0; i < n; i++) {
+        const bill_usage_t *u = &it[i]->u;
+        if (i)
+            for (int c = 0; c < NCOL; c++) sb_str(&col[c], ",");
+        sb_str(&col[0], u->request_id);
+        sb_i64(&col[1], u->key_id);
+        sb_i64(&col[2], u->customer_id);
+        sb_quoted(&col[3], u->model);
+        sb_i64(&col[4], u->prompt_tokens);
+        sb_i64(&col[5], u->prompt_cache_hit_tokens);
+        sb_i64(&col[6], u->completion_tokens);
+        sb_i64(&col[7], u->reasoning_tokens);
+        sb_i64(&col[8], u->price.input_cache_miss);
+        sb_i64(&col[9], u->price.input_cache_hit);
+        sb_i64(&col[10], u->price.output);
+        sb_i64(&col[11], it[i]->cost);
+        sb_i64(&col[12], u->http_status);
+        sb_str(&col[13], u->stream ? "t" : "f");
+        sb_i64(&col[14], u->received_us);
+        sb_i64(&col[15], u->first_byte_us);
+        sb_i64(&col[16], u->finished_us);
+    }
+    int oom = 0;
+    for (int c = 0; c < NCOL; c++) {
+        sb_str(&col[c], "}");
+        oom |= col[c].oom;
+        params[c] = col[c].p;
+    }
+    if (oom) {
+        for (int c = 0; c < NCOL; c++) free(params[c]);
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- items and files ---------------------------------------------------- */
+
+static int uuid_ok(const char *s) {
+    for (int i = 0; i < 36; i++) {
+        char c = s[i];
+        if (i == 8 || i == 13 || i == 18 || i == 23) {
+            if (c != '-') return 0;
+        } else if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'))) {
+            return 0;
+        }
+    }
+    return s[36] == 0;
+}
+
+static int64_t now_us(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+static void item_free(item_t *it) {
+    if (!it) return;
+    free((char *)it->u.model);
+    free(it);
+}
+
+static void reject(bill_settler_t *s, const bill_usage_t *u, const char *why) {
+    fprintf(stderr, "bill: settlement of request %.36s rejected: %s\n", u->request_id, why);
+    char path[4200];
+    snprintf(path, sizeof path, "%s/rejected.jsonl", s->dir);
+    FILE *f = fopen(path, "a");
+    if (!f) return;
+    fprintf(f,
+            "{\"request_id\":\"%.36s\",\"key_id\":%lld,\"customer_id\":%lld,\"prompt_tokens\":%lld,"
+            "\"prompt_cache_hit_tokens\":%lld,\"completion_tokens\":%lld,\"reasoning_tokens\":%lld,"
+            "\"price\":[%lld,%lld,%lld],\"http_status\":%d,\"why\":\"",
+            u->request_id, (long long)u->key_id, (long long)u->customer_id, (long long)u->prompt_tokens,
+            (long long)u->prompt_cache_hit_tokens, (long long)u->completion_tokens,
+            (long long)u->reasoning_tokens, (long long)u->price.input_cache_miss,
+            (long long)u->price.input_cache_hit, (long long)u->price.output, u->http_status);
+    for (const char *p = why; *p; p++)
+        if (*p >= 0x20 && *p != '"' && *p != '\\') fputc(*p, f);
+    fputs("\"}\n", f);
+    fclose(f);
+}
+
+/* A copy of u, or NULL (rejected as invalid or out of memory). */
+static item_t *item_new(bill_settler_t *s, const bill_usage_t *u, sfile_t *src) {
+    const char *why = NULL;
+    int64_t cost = -1;
+    size_t mlen = u->model ? strlen(u->model) : 0;
+    if (!uuid_ok(u->request_id)) why = "request_id is not a UUID";
+    else if (mlen == 0 || mlen > MTR_MODEL_MAX) why = "model name empty or too long";
+    else if (u->customer_id <= 0 || u->key_id < 0) why = "no customer";
+    else if (u->prompt_cache_hit_tokens < 0 || u->prompt_cache_hit_tokens > u->prompt_tokens ||
+             u->reasoning_tokens < 0 || u->reasoning_tokens > u->completion_tokens)
+        why = "inconsistent token counts";
+    else if ((cost = bill_cost_pico(&u->price, u->prompt_tokens - u->prompt_cache_hit_tokens,
+                                    u->prompt_cache_hit_tokens, u->completion_tokens)) < 0)
+        why = "cost overflows or is negative";
+    if (why) {
+        reject(s, u, why);
+        return NULL;
+    }
+    item_t *it = calloc(1, sizeof *it);
+    char *model = strdup(u->model);
+    if (!it || !model) {
+        free(it);
+        free(model);
+        fprintf(stderr, "bill: out of memory settling %.36s\n", u->request_id);
+        return NULL;
+    }
+    it->u = *u;
+    it->u.model = model;
+    it->cost = cost;
+    it->src = src;
+    if (it->u.finished_us <= 0) it->u.finished_us = now_us();
+    if (it->u.received_us <= 0) it->u.received_us = it->u.finished_us;
+    if (it->u.first_byte_us < 0) it->u.first_byte_us = 0;
+    return it;
+}
+
+static void file_done(bill_settler_t *s, sfile_t *f) {
+    char path[4200], bad[4300];
+    snprintf(path, sizeof path, "%s/%s", s->dir, f->name);
+    if (f->corrupt) {
+        snprintf(bad, sizeof bad, "%s.corrupt", path);
+        if (rename(path, bad) == 0)
+            fprintf(stderr, "bill: spool file %s had a corrupt record; kept as %s\n", path, bad);
+    } else if (unlink(path) != 0 && errno != ENOENT) {
+        fprintf(stderr, "bill: cannot remove spool file %s: %s\n", path, strerror(errno));
+    }
+    TAILQ_REMOVE(&s->files, f, link);
+    free(f->name);
+    free(f);
+}
+
+/* ---- the queue ---------------------------------------------------------- */
+
+static void flush(bill_settler_t *s);
+
+static void kick_cb(evutil_socket_t fd, short what, void *arg) { flush(arg); }
+
+static void kick(bill_settler_t *s) { event_active(s->kick, EV_TIMEOUT, 0); }
+
+/* Append the memory-only items of q to the spool.  Returns 0 or -1. */
+static int spool_items(bill_settler_t *s, struct item_q *q) {
+    const bill_usage_t *v[BATCH];
+    size_t n = 0;
+    int rc = 0;
+    item_t *it;
+    TAILQ_FOREACH(it, q, link) {
+        if (it->src) continue;
+        v[n++] = &it->u;
+        if (n == BATCH) {
+            rc |= mtr_spool_append(&s->spool, s->dir, v, n);
+            n = 0;
+        }
+    }
+    if (n) rc |= mtr_spool_append(&s->spool, s->dir, v, n);
+    return rc;
+}
+
+/* PostgreSQL is unusable: move everything from memory to the spool, forget
+ * what was loaded from spool files (it will be read again), retry later. */
+static void go_down(bill_settler_t *s, const char *why) {
+    int nspool = 0;
+    item_t *it;
+    TAILQ_FOREACH(it, &s->inflight, link) nspool += !it->src;
+    TAILQ_FOREACH(it, &s->queue, link) nspool += !it->src;
+    if (nspool) {
+        if (spool_items(s, &s->inflight) != 0 || spool_items(s, &s->queue) != 0) {
+            /* Cannot spool either: keep the rows in memory and retry. */
+            fprintf(stderr, "bill: cannot write the spool in %s: %s; %d settlements held in memory\n",
+                    s->dir, strerror(errno), nspool);
+            while ((it = TAILQ_LAST(&s->inflight, item_q))) {
+                TAILQ_REMOVE(&s->inflight, it, link);
+                TAILQ_INSERT_HEAD(&s->queue, it, link);
+            }
+            s->nqueue += s->ninflight;
+            s->ninflight = 0;
+            goto retry;
+        }
+        fprintf(stderr, "bill: %s; %d settlements spooled to %s\n", why, nspool, s->dir);
+    }
+    while ((it = TAILQ_FIRST(&s->inflight))) {
+        TAILQ_REMOVE(&s->inflight, it, link);
+        item_free(it);
+    }
+    while ((it = TAILQ_FIRST(&s->queue))) {
+        TAILQ_REMOVE(&s->queue, it, link);
+        item_free(it);
+    }
+    s->nqueue = s->ninflight = 0;
+    sfile_t *f;
+    TAILQ_FOREACH(f, &s->files, link) f->loaded = 0, f->pending = 0;
+    s->need_replay = 1;
+    s->single = 0;
+retry:;
+    struct timeval tv = {1, 0};
+    evtimer_add(s->retry, &tv);
+}
+
+static void batch_cb(PGresult *res, const char *err, void *arg) {
+    bill_settler_t *s = arg;
+    s->job = NULL;
+    if (!res || PQresultStatus(res) != PGRES_TUPLES_OK) {
+        const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+        char why[512];
+        snprintf(why, sizeof why, "settlement batch failed: %s",
+                 err ? err : res ? PQresultErrorMessage(res) : "?");
+        why[strcspn(why, "\n")] = 0;
+        if (state && (state[0] == '2' && (state[1] == '2' || state[1] == '3'))) {
+            if (s->ninflight == 1) { /* this row is bad on its own */
+                item_t *it = TAILQ_FIRST(&s->inflight);
+                TAILQ_REMOVE(&s->inflight, it, link);
+                s->ninflight = 0;
+                reject(s, &it->u, why);
+                if (it->src && --it->src->pending == 0 && it->src->loaded) file_done(s, it->src);
+                item_free(it);
+            } else { /* find the bad row: send them one by one */
+                s->single = s->ninflight;
+                item_t *it;
+                while ((it = TAILQ_LAST(&s->inflight, item_q))) {
+                    TAILQ_REMOVE(&s->inflight, it, link);
+                    TAILQ_INSERT_HEAD(&s->queue, it, link);
+                }
+                s->nqueue += s->ninflight;
+                s->ninflight = 0;
+            }
+            kick(s);
+            return;
+        }
+        go_down(s, why);
+        return;
+    }
+    item_t *it;
+    while ((it = TAILQ_FIRST(&s->inflight))) {
+        TAILQ_REMOVE(&s->inflight, it, link);
+        if (it->src && --it->src->pending == 0 && it->src->loaded) file_done(s, it->src);
+        item_free(it);
+    }
+    s->ninflight = 0;
+    if (s->nqueue == 0 && s->need_replay) bill_settler_on_up(s);
+    kick(s);
+}
+
+static void flush(bill_settler_t *s) {
+    if (s->job || s->nqueue == 0 || evtimer_pending(s->retry, NULL)) return;
+    item_t *v[BATCH];
+    int n = 0, max = s->single ? 1 : BATCH;
+    item_t *it;
+    TAILQ_FOREACH(it, &s->queue, link) {
+        if (n == max) break;
+        v[n++] = it;
+    }
+    char *params[NCOL];
+    if (build_params(v, n, params) != 0) {
+        struct timeval tv = {1, 0};
+        evtimer_add(s->retry, &tv);
+        return;
+    }
+    s->job = bill_pg_query(s->pg, SETTLE_SQL, NCOL, (const char *const *)params, batch_cb, s);
+    for (int c = 0; c < NCOL; c++) free(params[c]);
+    if (!s->job) {
+        struct timeval tv = {1, 0};
+        evtimer_add(s->retry, &tv);
+        return;
+    }
+    if (s->single) s->single--;
+    for (int i = 0; i < n; i++) {
+        TAILQ_REMOVE(&s->queue, v[i], link);
+        TAILQ_INSERT_TAIL(&s->inflight, v[i], link);
+    }
+    s->nqueue -= n;
+    s->ninflight = n;
+}
+
+static void retry_cb(evutil_socket_t fd, short what, void *arg) {
+    bill_settler_t *s = arg;
+    if (!bill_pg_up(s->pg)) {
+        struct timeval tv = {1, 0};
+        evtimer_add(s->retry, &tv);
+        return;
+    }
+    if (s->need_replay) bill_settler_on_up(s);
+    flush(s);
+}
+
+/* ---- replay ------------------------------------------------------------- */
+
+typedef struct {
+    bill_settler_t *s;
+    sfile_t *f;
+} replay_ctx_t;
+
+static void replay_row(const bill_usage_t *u, void *arg) {
+    replay_ctx_t *c = arg;
+    item_t *it = item_new(c->s, u, c->f);
+    if (!it) return;
+    TAILQ_INSERT_TAIL(&c->s->queue, it, link);
+    c->s->nqueue++;
+    c->f->pending++;
+}
+
+void bill_settler_on_up(void *arg) {
+    bill_settler_t *s = arg;
+    s->need_replay = 0;
+    /* Close the file being appended so that it can be replayed and deleted;
+     * later failures start a new one. */
+    mtr_spool_close(s->spool);
+    s->spool = NULL;
+    char **names;
+    int n = mtr_spool_list(s->dir, &names);
+    if (n < 0) {
+        fprintf(stderr, "bill: cannot list the spool %s: %s\n", s->dir, strerror(errno));
+        s->need_replay = 1;
+        return;
+    }
+    long total = 0;
+    for (int i = 0; i < n; i++) {
+        sfile_t *f;
+        TAILQ_FOREACH(f, &s->files, link) if (!strcmp(f->name, names[i])) break;
+        if (f && f->loaded) continue;
+        if (!f) {
+            if (!(f = calloc(1, sizeof *f)) || !(f->name = strdup(names[i]))) {
+                free(f);
+                s->need_replay = 1;
+                continue;
+            }
+            TAILQ_INSERT_TAIL(&s->files, f, link);
+        }
+        char path[4200];
+        snprintf(path, sizeof path, "%s/%s", s->dir, f->name);
+        replay_ctx_t c = {s, f};
+        f->pending = 0;
+        f->loaded = 1;
+        long got = mtr_spool_read(path, replay_row, &c, &f->corrupt);
+        if (got < 0) {
+            fprintf(stderr, "bill: cannot read spool file %s: %s\n", path, strerror(errno));
+            f->loaded = 0; /* rows read so far stay queued; the file is read again later */
+            s->need_replay = 1;
+            continue;
+        }
+        total += got;
+        if (f->pending == 0) file_done(s, f);
+    }
+    mtr_names_free(names, n);
+    if (total) fprintf(stderr, "bill: replaying %ld spooled settlements from %s\n", total, s->dir);
+    kick(s);
+}
+
+/* ---- public ------------------------------------------------------------- */
+
+void bill_settler_push(bill_settler_t *s, const bill_usage_t *u) {
+    item_t *it = item_new(s, u, NULL);
+    if (!it) return;
+    if (s->nqueue >= QUEUE_MAX) {
+        const bill_usage_t *v[1] = {&it->u};
+        if (mtr_spool_append(&s->spool, s->dir, v, 1) == 0) {
+            s->need_replay = 1;
+            item_free(it);
+            return;
+        }
+    }
+    TAILQ_INSERT_TAIL(&s->queue, it, link);
+    s->nqueue++;
+    kick(s);
+}
+
+bill_settler_t *bill_settler_new(struct event_base *base, bill_pg_t *pg, const char *spool_dir,
+                                 char *err, size_t errlen) {
+    bill_settler_t *s = calloc(1, sizeof *s);
+    if (!s) goto fail;
+    s->base = base;
+    s->pg = pg;
+    TAILQ_INIT(&s->queue);
+    TAILQ_INIT(&s->inflight);
+    TAILQ_INIT(&s->files);
+    s->dir = strdup(spool_dir);
+    s->kick = event_new(base, -1, 0, kick_cb, s);
+    s->retry = evtimer_new(base, retry_cb, s);
+    if (!s->dir || !s->kick || !s->retry) goto fail;
+    /* Writable spool or nothing: find out now, not during an outage. */
+    mtr_spool_t *sp = NULL;
+    if (mtr_spool_append(&sp, spool_dir, NULL, 0) != 0) {
+        snprintf(err, errlen, "spool directory %s is not writable: %s", spool_dir, strerror(errno));
+        bill_settler_free(s, NULL);
+        return NULL;
+    }
+    mtr_spool_close(sp); /* an empty file: the first replay deletes it */
+    s->need_replay = 1;
+    return s;
+fail:
+    snprintf(err, errlen, "out of memory");
+    bill_settler_free(s, NULL);
+    return NULL;
+}
+
+/* Send q's items synchronously over conn; returns 0 when all committed. */
+static int drain_sync(bill_settler_t *s, PGconn *conn, struct item_q *q) {
+    item_t *it;
+    while ((it = TAILQ_FIRST(q))) {
+        item_t *v[BATCH];
+        int n = 0;
+        TAILQ_FOREACH(it, q, link) {
+            if (n == BATCH) break;
+            v[n++] = it;
+        }
+        char *params[NCOL];
+        if (build_params(v, n, params) != 0) return -1;
+        PGresult *r = PQexecParams(conn, SETTLE_SQL, NCOL, NULL, (const char *const *)params, NULL, NULL, 0);
+        for (int c = 0; c < NCOL; c++) free(params[c]);
+        int ok = PQresultStatus(r) == PGRES_TUPLES_OK;
+        if (!ok) fprintf(stderr, "bill: final settlement failed: %s", PQresultErrorMessage(r));
+        PQclear(r);
+        if (!ok) return -1;
+        for (int i = 0; i < n; i++) {
+            TAILQ_REMOVE(q, v[i], link);
+            if (v[i]->src && --v[i]->src->pending == 0 && v[i]->src->loaded) file_done(s, v[i]->src);
+            item_free(v[i]);
+        }
+    }
+    return 0;
+}
+
+void bill_settler_free(bill_settler_t *s, const char *conninfo) {
+    if (!s) return;
+    if (s->job) bill_pg_cancel(s->job); /* may still commit: its rows are re-sent, harmlessly */
+    s->job = NULL;
+    if (conninfo && (s->nqueue || s->ninflight)) {
+        const char *keys[] = {"dbname", "connect_timeout", "options", "application_name", NULL};
+        const char *vals[] = {conninfo, "2", "-c statement_timeout=5000", "tollgate-drain", NULL};
+        PGconn *conn = PQconnectdbParams(keys, vals, 1);
+        if (PQstatus(conn) == CONNECTION_OK && drain_sync(s, conn, &s->inflight) == 0)
+            drain_sync(s, conn, &s->queue);
+        PQfinish(conn);
+    }
+    if ((s->nqueue || s->ninflight) && s->dir) go_down(s, "shutting down with PostgreSQL unreachable");
+    item_t *it;
+    while ((it = TAILQ_FIRST(&s->inflight))) {
+        TAILQ_REMOVE(&s->inflight, it, link);
+        item_free(it);
+    }
+    while ((it = TAILQ_FIRST(&s->queue))) {
+        TAILQ_REMOVE(&s->queue, it, link);
+        item_free(it);
+    }
+    sfile_t *f;
+    while ((f = TAILQ_FIRST(&s->files))) {
+        TAILQ_REMOVE(&s->files, f, link);
+        free(f->name);
+        free(f);
+    }
+    mtr_spool_close(s->spool);
+    if (s->kick) event_free(s->kick);
+    if (s->retry) event_free(s->retry);
+    free(s->dir);
+    free(s);
+}

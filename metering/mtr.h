@@ -1,0 +1,82 @@
+/* mtr.h — metering: the durable local spool of settlements that could not
+ * reach PostgreSQL.  Records are appended (and fsync'd) to files in a spool
+ * directory while the database is down and replayed when it is back; the
+ * usage row's request_id makes a replayed record harmless if it was written
+ * before (INSERT .. ON CONFLICT DO NOTHING).
+ *
+ * Spool file: `<spool_dir>/settle-<unix_us>-<pid>.spool`, a sequence of
+ * records; every integer little-endian:
+ *
+ *   offset  size  field
+ *   0       4     magic "TGS1"
+ *   4       4     payload length N (u32, MTR_REC_MIN .. MTR_REC_MAX)
+ *   8       4     CRC-32 (IEEE 802.3, as zlib's crc32) of the N payload bytes
+ *   12      N     payload:
+ *     0     36      request_id, ASCII UUID "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx"
+ *     36    8       key_id (i64)
+ *     44    8       customer_id (i64)
+ *     52    8       price.input_cache_miss (i64, micro-USD per 1M tokens)
+ *     60    8       price.input_cache_hit (i64)
+ *     68    8       price.output (i64)
+ *     76    8       prompt_tokens (i64)
+ *     84    8       prompt_cache_hit_tokens (i64)
+ *     92    8       completion_tokens (i64)
+ *     100   8       reasoning_tokens (i64)
+ *     108   4       http_status (i32)
+ *     112   1       stream (0 or 1)
+ *     113   8       received_us (i64, CLOCK_REALTIME microseconds)
+ *     121   8       first_byte_us (i64, 0 = none)
+ *     129   8       finished_us (i64)
+ *     137   2       model length M (u16, 1 .. MTR_MODEL_MAX)
+ *     139   M       model name bytes (no NUL)
+ *
+ * A torn last record (a crash in the middle of an append) is ignored on
+ * replay; a record with a bad magic or CRC stops the replay of that file,
+ * which is then kept as `*.corrupt` instead of being deleted. */
+#ifndef MTR_H
+#define MTR_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "bill.h"
+
+#define MTR_MODEL_MAX 1024
+#define MTR_REC_HDR 12
+#define MTR_REC_MIN 140
+#define MTR_REC_MAX (139 + MTR_MODEL_MAX)
+
+uint32_t mtr_crc32(const void *p, size_t n);
+
+/* Encode u as one record into buf (cap >= MTR_REC_HDR + MTR_REC_MAX is
+ * always enough).  Returns the record's size, 0 when u's model is empty or
+ * too long or buf too small. */
+size_t mtr_spool_encode(const bill_usage_t *u, uint8_t *buf, size_t cap);
+
+/* Decode the record at p[0..n).  On 1, *u is filled (u->model points into
+ * model, which needs MTR_MODEL_MAX + 1 bytes) and *used is its size.
+ * Returns 0 when p holds only part of a record, -1 when it is corrupt. */
+int mtr_spool_decode(const uint8_t *p, size_t n, bill_usage_t *u, char *model, size_t *used);
+
+/* The open spool file new records go to. */
+typedef struct mtr_spool mtr_spool_t;
+
+/* Append records to the current file of dir (creating it, and dir, when
+ * needed) and fsync it before returning.  Returns 0, or -1 with errno set. */
+int mtr_spool_append(mtr_spool_t **sp, const char *dir, const bill_usage_t *const *u, size_t n);
+/* Close the current file (the next append starts a new one).  Accepts NULL. */
+void mtr_spool_close(mtr_spool_t *sp);
+
+/* Call fn for every record of the file at path, in order.  Returns the number
+ * of records, -1 when the file cannot be read; *corrupt is set to 1 when the
+ * file has a corrupt record (the ones before it were delivered). */
+typedef void (*mtr_record_fn)(const bill_usage_t *u, void *arg);
+long mtr_spool_read(const char *path, mtr_record_fn fn, void *arg, int *corrupt);
+
+/* Names (not paths) of the spool files in dir, sorted (oldest first); the
+ * array and strings are malloc'ed, free with mtr_names_free.  Returns the
+ * count (0 when dir does not exist), -1 on error. */
+int mtr_spool_list(const char *dir, char ***names);
+void mtr_names_free(char **names, int n);
+
+#endif

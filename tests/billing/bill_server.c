@@ -1,0 +1,131 @@
+/* bill_server.c — bill.h on its own event loop, for the billing tests and for
+ * trying the admin API without the gateway:
+ *
+ *   bill_server PG_CONNINFO ADMIN_LISTEN ADMIN_TOKEN KEY_SECRET SPOOL_DIR
+ *
+ * Besides the admin API it reads commands on stdin, one per line, and
+ * answers one line on stdout each:
+ *   admit KEY MODEL                -> "admit STATUS key_id customer_id rpm tpm conc miss hit out"
+ *   settle RID KEY_ID CUST MODEL MISS HIT OUT PROMPT HIT_TOKENS COMPLETION
+ *                                  -> "settled" (queued)
+ *   quit                           -> bill_free, exit 0
+ * SIGTERM/SIGINT also bill_free and exit. */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+
+#include "bill.h"
+
+static bill_t *bill;
+static struct event_base *base;
+
+static const char *st_name(bill_status_t st) {
+    switch (st) {
+    case BILL_OK: return "ok";
+    case BILL_UNAUTHORIZED: return "unauthorized";
+    case BILL_NO_BALANCE: return "no_balance";
+    case BILL_NO_PRICE: return "no_price";
+    default: return "error";
+    }
+}
+
+static void admit_cb(bill_status_t st, const bill_key_t *k, void *arg) {
+    printf("admit %s %lld %lld %d %d %d %lld %lld %lld\n", st_name(st), (long long)k->key_id,
+           (long long)k->customer_id, k->rpm, k->tpm, k->concurrency, (long long)k->price.input_cache_miss,
+           (long long)k->price.input_cache_hit, (long long)k->price.output);
+    fflush(stdout);
+}
+
+static int64_t now_us(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+static void line(char *l) {
+    char *argv[16];
+    int argc = 0;
+    for (char *s = NULL, *t = strtok_r(l, " \t\r\n", &s); t && argc < 16; t = strtok_r(NULL, " \t\r\n", &s))
+        argv[argc++] = t;
+    if (argc == 0) return;
+    if (!strcmp(argv[0], "quit")) {
+        event_base_loopbreak(base);
+    } else if (!strcmp(argv[0], "admit") && argc == 3) {
+        if (!bill_admit(bill, argv[1], argv[2], admit_cb, NULL)) puts("admit oom");
+    } else if (!strcmp(argv[0], "settle") && argc == 11) {
+        bill_usage_t u;
+        memset(&u, 0, sizeof u);
+        snprintf(u.request_id, sizeof u.request_id, "%s", argv[1]);
+        u.key_id = atoll(argv[2]);
+        u.customer_id = atoll(argv[3]);
+        u.model = argv[4];
+        u.price.input_cache_miss = atoll(argv[5]);
+        u.price.input_cache_hit = atoll(argv[6]);
+        u.price.output = atoll(argv[7]);
+        u.prompt_tokens = atoll(argv[8]);
+        u.prompt_cache_hit_tokens = atoll(argv[9]);
+        u.completion_tokens = atoll(argv[10]);
+        u.http_status = 200;
+        u.received_us = now_us() - 1000;
+        u.first_byte_us = now_us() - 500;
+        u.finished_us = now_us();
+        bill_settle(bill, &u);
+        puts("settled");
+    } else {
+        puts("error unknown command");
+    }
+    fflush(stdout);
+}
+
+static void stdin_cb(struct bufferevent *bev, void *arg) {
+    struct evbuffer *in = bufferevent_get_input(bev);
+    char *l;
+    size_t n;
+    while ((l = evbuffer_readln(in, &n, EVBUFFER_EOL_LF))) {
+        line(l);
+        free(l);
+    }
+}
+
+static void stdin_ev(struct bufferevent *bev, short what, void *arg) {
+    if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) event_base_loopbreak(base);
+}
+
+static void sig_cb(evutil_socket_t fd, short what, void *arg) { event_base_loopbreak(base); }
+
+int main(int argc, char **argv) {
+    if (argc != 6) {
+        fprintf(stderr, "usage: %s PG_CONNINFO ADMIN_LISTEN ADMIN_TOKEN KEY_SECRET SPOOL_DIR\n", argv[0]);
+        return 2;
+    }
+    signal(SIGPIPE, SIG_IGN);
+    base = event_base_new();
+    bill_opts_t o = {argv[1], argv[2], argv[3], argv[4], argv[5]};
+    char err[256];
+    bill = bill_new(base, &o, err, sizeof err);
+    if (!bill) {
+        fprintf(stderr, "bill_new: %s\n", err);
+        return 1;
+    }
+    struct bufferevent *bev = bufferevent_socket_new(base, 0, 0);
+    bufferevent_setcb(bev, stdin_cb, NULL, stdin_ev, NULL);
+    bufferevent_enable(bev, EV_READ);
+    struct event *s1 = evsignal_new(base, SIGTERM, sig_cb, NULL), *s2 = evsignal_new(base, SIGINT, sig_cb, NULL);
+    event_add(s1, NULL);
+    event_add(s2, NULL);
+    fprintf(stderr, "bill_server: ready\n");
+    event_base_dispatch(base);
+    bill_free(bill);
+    bufferevent_free(bev);
+    event_free(s1);
+    event_free(s2);
+    event_base_free(base);
+    return 0;
+}

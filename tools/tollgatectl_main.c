@@ -1,0 +1,670 @@
+/* tollgatectl — the admin CLI: a small HTTP/1.1 client (plain sockets) for
+ * the admin API that bill_new serves (billing/README.md lists the endpoints).
+ *
+ *   server: $TOLLGATE_ADMIN_URL, default http://127.0.0.1:8444
+ *   token:  $TOLLGATE_ADMIN_TOKEN, else the file var/admin.token (from the
+ *           current directory, then from the directory above the binary's)
+ *
+ * Read commands take --json to print the server's JSON instead of text.
+ * Errors go to stderr with the server's message; the exit status is 1 for an
+ * error reported by the server or the network, 2 for a usage error.
+ * Money is never parsed as a number here: the server sends decimal strings. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <netdb.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#include <cjson/cJSON.h>
+
+static const char USAGE[] =
+    "usage: tollgatectl [--json] COMMAND ...\n"
+    "\n"
+    "  customer create NAME [--credit-usd AMOUNT]\n"
+    "  customer list\n"
+    "  customer show NAME\n"
+    "  key create --customer NAME [--rpm N] [--tpm N] [--concurrency N]\n"
+    "                                  (prints the key alone on the last line; it is shown once)\n"
+    "  key list --customer NAME\n"
+    "  key revoke KEY_ID\n"
+    "  credit add --customer NAME --usd AMOUNT\n"
+    "  balance --customer NAME\n"
+    "  usage --customer NAME [--from T --to T] [--limit N]\n"
+    "  invoice --customer NAME --month YYYY-MM\n"
+    "  price set --model M --input-miss MICRO --input-hit MICRO --output MICRO [--effective-from T]\n"
+    "  price list [--history]\n"
+    "\n"
+    "AMOUNT is USD as a decimal (\"5\", \"5.00\", \"0.000001\"); MICRO is integer micro-USD per\n"
+    "1M tokens; T is a timestamp PostgreSQL understands (2026-11-01, 2026-11-01T12:00:00Z).\n"
+    "--json prints the server's JSON.  Server: $TOLLGATE_ADMIN_URL (default\n"
+    "http://127.0.0.1:8444); token: $TOLLGATE_ADMIN_TOKEN or var/admin.token.\n";
+
+static int json_out;
+
+static void die(int code, const char *fmt, ...) __attribute__((noreturn, format(printf, 2, 3)));
+static void die(int code, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("tollgatectl: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    exit(code);
+}
+
+/* ---- configuration ------------------------------------------------------ */
+
+static char host[300], port[8], base[512];
+
+static void parse_url(const char *url) {
+    if (strncmp(url, "http://", 7) != 0) die(2, "TOLLGATE_ADMIN_URL must start with http:// (got %s)", url);
+    const char *h = url + 7, *slash = strchr(h, '/');
+    size_t hl = slash ? (size_t)(slash - h) : strlen(h);
+    char hp[300];
+    if (hl == 0 || hl >= sizeof hp) die(2, "bad admin URL %s", url);
+    memcpy(hp, h, hl);
+    hp[hl] = 0;
+    char *colon = strrchr(hp, ':');
+    if (hp[0] == '[') { /* [::1]:8444 */
+        char *rb = strchr(hp, ']');
+        if (!rb) die(2, "bad admin URL %s", url);
+        *rb = 0;
+        snprintf(host, sizeof host, "%s", hp + 1);
+        colon = rb[1] == ':' ? rb + 1 : NULL;
+    } else {
+        if (colon) *colon = 0;
+        snprintf(host, sizeof host, "%s", hp);
+    }
+    snprintf(port, sizeof port, "%s", colon ? colon + 1 : "80");
+    snprintf(base, sizeof base, "%s", slash ? slash : "");
+    size_t bl = strlen(base);
+    while (bl && base[bl - 1] == '/') base[--bl] = 0;
+}
+
+static char *trim(char *s) {
+    while (*s == ' ' || *s == '\n' || *s == '\r' || *s == '\t') s++;
+    size_t n = strlen(s);
+    while (n && (s[n - 1] == ' ' || s[n - 1] == '\n' || s[n - 1] == '\r' || s[n - 1] == '\t')) s[--n] = 0;
+    return s;
+}
+
+static char *read_token_file(const char *path) {
+    FILE *f = fopen(path, "r");
+    if (!f) return NULL;
+    static char buf[1024];
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    return trim(buf);
+}
+
+static const char *admin_token(const char *argv0) {
+    const char *t = getenv("TOLLGATE_ADMIN_TOKEN");
+    if (t && *t) return t;
+    char *r = read_token_file("var/admin.token");
+    if (r && *r) return r;
+    char exe[4096];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n > 0) {
+        exe[n] = 0;
+        char *s = strrchr(exe, '/');
+        if (s) {
+            *s = 0;
+            char path[4200];
+            snprintf(path, sizeof path, "%s/../var/admin.token", exe);
+            if ((r = read_token_file(path)) && *r) return r;
+        }
+    }
+    die(1, "no admin token: set TOLLGATE_ADMIN_TOKEN or run where var/admin.token is");
+}
+
+/* ---- HTTP ------------------------------------------------------------------ */
+
+typedef struct {
+    char *p;
+    size_t len, cap;
+} buf_t;
+
+static void bput(buf_t *b, const void *s, size_t n) {
+    if (b->len + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 4096;
+        while (cap < b->len + n + 1) cap *= 2;
+        if (!(b->p = realloc(b->p, cap))) die(1, "out of memory");
+        b->cap = cap;
+    }
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+    b->p[b->len] = 0;
+}
+
+static void bprintf(buf_t *b, const char *fmt, ...) {
+    char tmp[2048];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
+    va_end(ap);
+    if (n < 0 || (size_t)n >= sizeof tmp) die(1, "argument too long");
+    bput(b, tmp, n);
+}
+
+/* Percent-encode s for one path segment or query value. */
+static void bput_enc(buf_t *b, const char *s) {
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || strchr("-._~", c))
+            bput(b, s, 1);
+        else
+            bprintf(b, "%%%02X", c);
+    }
+}
+
+static const char *token;
+
+/* Send one request; returns the status, *body the response body (malloc'ed). */
+static int http(const char *method, const char *path, const char *json, char **body) {
+    struct addrinfo hints = {0}, *ai;
+    hints.ai_socktype = SOCK_STREAM;
+    int gai = getaddrinfo(host, port, &hints, &ai);
+    if (gai) die(1, "cannot resolve %s: %s", host, gai_strerror(gai));
+    int fd = -1;
+    for (struct addrinfo *p = ai; p; p = p->ai_next) {
+        fd = socket(p->ai_family, p->ai_socktype, p->ai_protocol);
+        if (fd < 0) continue;
+        struct timeval tv = {30, 0};
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+        if (connect(fd, p->ai_addr, p->ai_addrlen) == 0) break;
+        close(fd);
+        fd = -1;
+    }
+    freeaddrinfo(ai);
+    if (fd < 0) die(1, "cannot connect to the admin API at http://%s:%s: %s", host, port, strerror(errno));
+    buf_t req = {0};
+    bprintf(&req, "%s %s%s HTTP/1.1\r\nHost: %s:%s\r\nAuthorization: Bearer ", method, base, path, host, port);
+    bput(&req, token, strlen(token));
+    bprintf(&req, "\r\nAccept: application/json\r\nConnection: close\r\nUser-Agent: tollgatectl\r\n");
+    if (json) bprintf(&req, "Content-Type: application/json\r\nContent-Length: %zu\r\n", strlen(json));
+    bput(&req, "\r\n", 2);
+    if (json) bput(&req, json, strlen(json));
+    for (size_t off = 0; off < req.len;) {
+        ssize_t w = write(fd, req.p + off, req.len - off);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) die(1, "sending to the admin API: %s", strerror(errno));
+        off += (size_t)w;
+    }
+    free(req.p);
+    buf_t resp = {0};
+    char tmp[16384];
+    for (;;) {
+        ssize_t r = read(fd, tmp, sizeof tmp);
+        if (r < 0 && errno == EINTR) continue;
+        if (r < 0) die(1, "reading from the admin API: %s", strerror(errno));
+        if (r == 0) break;
+        bput(&resp, tmp, r);
+    }
+    close(fd);
+    if (!resp.p) die(1, "the admin API closed the connection without answering");
+    int status = 0;
+    if (sscanf(resp.p, "HTTP/1.%*d %d", &status) != 1) die(1, "not an HTTP response from the admin API");
+    char *hend = strstr(resp.p, "\r\n\r\n");
+    if (!hend) die(1, "truncated response from the admin API");
+    *hend = 0;
+    char *b = hend + 4;
+    size_t blen = resp.len - (size_t)(b - resp.p);
+    int chunked = 0;
+    long clen = -1;
+    for (char *l = strstr(resp.p, "\r\n"); l; l = strstr(l, "\r\n")) {
+        l += 2;
+        if (!strncasecmp(l, "Transfer-Encoding:", 18) && strcasestr(l, "chunked")) chunked = 1;
+        if (!strncasecmp(l, "Content-Length:", 15)) clen = strtol(l + 15, NULL, 10);
+    }
+    buf_t out = {0};
+    if (chunked) {
+        char *p = b, *end = b + blen;
+        for (;;) {
+            char *e;
+            long n = strtol(p, &e, 16);
+            char *crlf = strstr(p, "\r\n");
+            if (!crlf || n < 0 || crlf + 2 + n > end) die(1, "bad chunked response from the admin API");
+            if (n == 0) break;
+            bput(&out, crlf + 2, n);
+            p = crlf + 2 + n + 2;
+        }
+    } else {
+        if (clen >= 0 && (size_t)clen < blen) blen = (size_t)clen;
+        bput(&out, b, blen);
+    }
+    free(resp.p);
+    *body = out.p ? out.p : strdup("");
+    return status;
+}
+
+/* Run a request; on an HTTP error print the server's message and exit 1.
+ * Returns the parsed JSON (caller frees) and, in *raw, the body text. */
+static cJSON *call(const char *method, const char *path, const char *json, char **raw) {
+    char *body;
+    int st = http(method, path, json, &body);
+    cJSON *j = cJSON_Parse(body);
+    if (st >= 300) {
+        cJSON *e = cJSON_GetObjectItemCaseSensitive(j, "error");
+        cJSON *m = cJSON_GetObjectItemCaseSensitive(e, "message");
+        if (cJSON_IsString(m)) die(1, "%s (HTTP %d)", m->valuestring, st);
+        die(1, "HTTP %d: %s", st, trim(body));
+    }
+    if (!j) die(1, "the admin API sent something that is not JSON: %.200s", body);
+    if (raw) *raw = body;
+    else free(body);
+    return j;
+}
+
+/* ---- printing JSON fields --------------------------------------------------- */
+
+static const char *str(cJSON *o, const char *k) {
+    static char tmp[8][64];
+    static int i;
+    cJSON *f = cJSON_GetObjectItemCaseSensitive(o, k);
+    if (cJSON_IsString(f)) return f->valuestring;
+    if (cJSON_IsNumber(f)) {
+        i = (i + 1) % 8;
+        snprintf(tmp[i], sizeof tmp[i], "%.0f", f->valuedouble);
+        return tmp[i];
+    }
+    if (cJSON_IsBool(f)) return cJSON_IsTrue(f) ? "true" : "false";
+    return "-";
+}
+
+/* "2026-11-28T09:55:34.756539+00:00" -> "2026-11-28 09:55:34" */
+static const char *when(cJSON *o, const char *k) {
+    static char tmp[4][32];
+    static int i;
+    const char *s = str(o, k);
+    if (strlen(s) < 19 || s[10] != 'T') return s;
+    i = (i + 1) % 4;
+    snprintf(tmp[i], sizeof tmp[i], "%.10s %.8s", s, s + 11);
+    return tmp[i];
+}
+
+static void print_raw(const char *raw) {
+    fputs(raw, stdout);
+    if (!*raw || raw[strlen(raw) - 1] != '\n') fputc('\n', stdout);
+}
+
+/* ---- argument helpers ------------------------------------------------------- */
+
+typedef struct {
+    int argc;
+    char **argv;
+} args_t;
+
+/* Value of --name (removed from args), or NULL. */
+static const char *opt(args_t *a, const char *name) {
+    for (int i = 0; i < a->argc; i++) {
+        if (strcmp(a->argv[i], name) != 0) continue;
+        if (i + 1 >= a->argc) die(2, "%s needs a value", name);
+        const char *v = a->argv[i + 1];
+        memmove(a->argv + i, a->argv + i + 2, (a->argc - i - 2) * sizeof *a->argv);
+        a->argc -= 2;
+        return v;
+    }
+    return NULL;
+}
+
+static const char *need(args_t *a, const char *name) {
+    const char *v = opt(a, name);
+    if (!v) die(2, "%s is required (see tollgatectl --help)", name);
+    return v;
+}
+
+static void no_more(args_t *a) {
+    if (a->argc > 0) die(2, "unexpected argument '%s' (see tollgatectl --help)", a->argv[0]);
+}
+
+static const char *positional(args_t *a, const char *what) {
+    if (a->argc == 0 || a->argv[0][0] == '-') die(2, "%s is required (see tollgatectl --help)", what);
+    const char *v = a->argv[0];
+    a->argv++;
+    a->argc--;
+    return v;
+}
+
+static void check_uint(const char *name, const char *v) {
+    if (!*v || strspn(v, "0123456789") != strlen(v) || strlen(v) > 10 || strtoll(v, NULL, 10) > 2147483647)
+        die(2, "%s must be a non-negative integer", name);
+}
+
+static char *cust_path(const char *name, const char *sub) {
+    buf_t b = {0};
+    bput(&b, "/admin/v1/customers/", 20);
+    bput_enc(&b, name);
+    if (sub) bprintf(&b, "/%s", sub);
+    return b.p;
+}
+
+/* A JSON string literal for s. */
+static char *jstr(const char *s) {
+    cJSON *j = cJSON_CreateString(s);
+    char *r = cJSON_PrintUnformatted(j);
+    cJSON_Delete(j);
+    if (!r) die(1, "out of memory");
+    return r;
+}
+
+/* ---- commands -------------------------------------------------------------- */
+
+static void print_customer_row(cJSON *c) {
+    printf("%-6s %-32s %20s  %s\n", str(c, "id"), str(c, "name"), str(c, "balance_usd"), when(c, "created_at"));
+}
+
+static int cmd_customer(args_t *a) {
+    const char *sub = positional(a, "customer subcommand (create, list, show)");
+    char *raw;
+    if (!strcmp(sub, "create")) {
+        const char *name = positional(a, "NAME");
+        const char *credit = opt(a, "--credit-usd");
+        no_more(a);
+        char *jn = jstr(name), body[1024];
+        if (credit) {
+            char *jc = jstr(credit);
+            snprintf(body, sizeof body, "{\"name\":%s,\"credit_usd\":%s}", jn, jc);
+            free(jc);
+        } else {
+            snprintf(body, sizeof body, "{\"name\":%s}", jn);
+        }
+        free(jn);
+        cJSON *j = call("POST", "/admin/v1/customers", body, &raw);
+        if (json_out) print_raw(raw);
+        else printf("created customer %s (id %s), balance %s USD\n", str(j, "name"), str(j, "id"), str(j, "balance_usd"));
+        cJSON_Delete(j);
+    } else if (!strcmp(sub, "list")) {
+        no_more(a);
+        cJSON *j = call("GET", "/admin/v1/customers", NULL, &raw);
+        if (json_out) {
+            print_raw(raw);
+        } else {
+            printf("%-6s %-32s %20s  %s\n", "ID", "NAME", "BALANCE_USD", "CREATED (UTC)");
+            cJSON *c;
+            cJSON_ArrayForEach(c, cJSON_GetObjectItemCaseSensitive(j, "data")) print_customer_row(c);
+        }
+        cJSON_Delete(j);
+    } else if (!strcmp(sub, "show")) {
+        const char *name = positional(a, "NAME");
+        no_more(a);
+        char *p = cust_path(name, NULL);
+        cJSON *j = call("GET", p, NULL, &raw);
+        free(p);
+        if (json_out) {
+            print_raw(raw);
+        } else {
+            printf("%-6s %-32s %20s  %s\n", "ID", "NAME", "BALANCE_USD", "CREATED (UTC)");
+            print_customer_row(j);
+        }
+        cJSON_Delete(j);
+    } else {
+        die(2, "unknown command 'customer %s' (see tollgatectl --help)", sub);
+    }
+    free(raw);
+    return 0;
+}
+
+static int cmd_key(args_t *a) {
+    const char *sub = positional(a, "key subcommand (create, list, revoke)");
+    char *raw;
+    if (!strcmp(sub, "create")) {
+        const char *cust = need(a, "--customer");
+        const char *rpm = opt(a, "--rpm"), *tpm = opt(a, "--tpm"), *conc = opt(a, "--concurrency");
+        no_more(a);
+        buf_t b = {0};
+        bput(&b, "{", 1);
+        const char *names[] = {"rpm", "tpm", "concurrency"}, *vals[] = {rpm, tpm, conc};
+        int n = 0;
+        for (int i = 0; i < 3; i++) {
+            if (!vals[i]) continue;
+            check_uint(names[i], vals[i]);
+            bprintf(&b, "%s\"%s\":%s", n++ ? "," : "", names[i], vals[i]);
+        }
+        bput(&b, "}", 1);
+        char *p = cust_path(cust, "keys");
+        cJSON *j = call("POST", p, b.p, &raw);
+        free(p);
+        free(b.p);
+        cJSON *k = cJSON_GetObjectItemCaseSensitive(j, "key");
+        if (!cJSON_IsString(k)) die(1, "the server did not return the key");
+        if (json_out) {
+            print_raw(raw);
+        } else {
+            printf("key id %s for customer %s (prefix %s, rpm %s, tpm %s, concurrency %s; 0 = no limit)\n",
+                   str(j, "id"), str(j, "customer"), str(j, "prefix"), str(j, "rpm"), str(j, "tpm"),
+                   str(j, "concurrency"));
+            printf("the key is shown only now:\n");
+        }
+        printf("%s\n", k->valuestring);
+        cJSON_Delete(j);
+    } else if (!strcmp(sub, "list")) {
+        const char *cust = need(a, "--customer");
+        no_more(a);
+        char *p = cust_path(cust, "keys");
+        cJSON *j = call("GET", p, NULL, &raw);
+        free(p);
+        if (json_out) {
+            print_raw(raw);
+        } else {
+            printf("%-6s %-12s %8s %10s %6s  %-8s %s\n", "ID", "PREFIX", "RPM", "TPM", "CONC", "STATUS",
+                   "CREATED (UTC)");
+            cJSON *k;
+            cJSON_ArrayForEach(k, cJSON_GetObjectItemCaseSensitive(j, "data")) {
+                int active = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(k, "active"));
+                printf("%-6s %-12s %8s %10s %6s  %-8s %s\n", str(k, "id"), str(k, "prefix"), str(k, "rpm"),
+                       str(k, "tpm"), str(k, "concurrency"), active ? "active" : "revoked", when(k, "created_at"));
+            }
+        }
+        cJSON_Delete(j);
+    } else if (!strcmp(sub, "revoke")) {
+        const char *id = positional(a, "KEY_ID");
+        no_more(a);
+        if (!*id || strspn(id, "0123456789") != strlen(id) || strlen(id) > 18) die(2, "KEY_ID must be a number");
+        char p[64];
+        snprintf(p, sizeof p, "/admin/v1/keys/%s/revoke", id);
+        cJSON *j = call("POST", p, "{}", &raw);
+        if (json_out) print_raw(raw);
+        else printf("revoked key %s (%s) at %s\n", str(j, "id"), str(j, "prefix"), when(j, "revoked_at"));
+        cJSON_Delete(j);
+    } else {
+        die(2, "unknown command 'key %s' (see tollgatectl --help)", sub);
+    }
+    free(raw);
+    return 0;
+}
+
+static int cmd_credit(args_t *a) {
+    const char *sub = positional(a, "credit subcommand (add)");
+    if (strcmp(sub, "add") != 0) die(2, "unknown command 'credit %s' (see tollgatectl --help)", sub);
+    const char *cust = need(a, "--customer"), *usd = need(a, "--usd");
+    const char *note = opt(a, "--note");
+    no_more(a);
+    char *ju = jstr(usd), *jn = jstr(note ? note : "credit"), body[1024];
+    snprintf(body, sizeof body, "{\"usd\":%s,\"note\":%s}", ju, jn);
+    free(ju);
+    free(jn);
+    char *p = cust_path(cust, "credits"), *raw;
+    cJSON *j = call("POST", p, body, &raw);
+    free(p);
+    if (json_out) print_raw(raw);
+    else printf("added %s USD to %s; balance %s USD\n", str(j, "added_usd"), str(j, "customer"), str(j, "balance_usd"));
+    cJSON_Delete(j);
+    free(raw);
+    return 0;
+}
+
+static int cmd_balance(args_t *a) {
+    const char *cust = need(a, "--customer");
+    no_more(a);
+    char *p = cust_path(cust, "balance"), *raw;
+    cJSON *j = call("GET", p, NULL, &raw);
+    free(p);
+    if (json_out) print_raw(raw);
+    else printf("%s: %s USD (%s pico-USD)\n", str(j, "customer"), str(j, "balance_usd"), str(j, "balance_pico"));
+    cJSON_Delete(j);
+    free(raw);
+    return 0;
+}
+
+static int cmd_usage(args_t *a) {
+    const char *cust = need(a, "--customer");
+    const char *from = opt(a, "--from"), *to = opt(a, "--to"), *limit = opt(a, "--limit");
+    no_more(a);
+    if (limit) check_uint("--limit", limit);
+    buf_t b = {0};
+    char *p = cust_path(cust, "usage");
+    bput(&b, p, strlen(p));
+    free(p);
+    char sep = '?';
+    const char *names[] = {"from", "to", "limit"}, *vals[] = {from, to, limit};
+    for (int i = 0; i < 3; i++) {
+        if (!vals[i]) continue;
+        bprintf(&b, "%c%s=", sep, names[i]);
+        bput_enc(&b, vals[i]);
+        sep = '&';
+    }
+    char *raw;
+    cJSON *j = call("GET", b.p, NULL, &raw);
+    free(b.p);
+    if (json_out) {
+        print_raw(raw);
+    } else {
+        printf("%-36s %-19s %-20s %8s %8s %8s %6s %14s\n", "REQUEST_ID", "RECEIVED (UTC)", "MODEL", "MISS", "HIT",
+               "OUTPUT", "STATUS", "COST_USD");
+        cJSON *r;
+        cJSON_ArrayForEach(r, cJSON_GetObjectItemCaseSensitive(j, "data")) {
+            printf("%-36s %-19s %-20s %8s %8s %8s %6s %14s\n", str(r, "request_id"), when(r, "received_at"),
+                   str(r, "model"), str(r, "prompt_cache_miss_tokens"), str(r, "prompt_cache_hit_tokens"),
+                   str(r, "completion_tokens"), str(r, "http_status"), str(r, "cost_usd"));
+        }
+        cJSON *t = cJSON_GetObjectItemCaseSensitive(j, "totals");
+        printf("total: %s requests, %s prompt tokens (%s cache hit, %s cache miss), %s completion tokens"
+               " (%s reasoning), %s USD (%s pico-USD)\n",
+               str(t, "requests"), str(t, "prompt_tokens"), str(t, "prompt_cache_hit_tokens"),
+               str(t, "prompt_cache_miss_tokens"), str(t, "completion_tokens"), str(t, "reasoning_tokens"),
+               str(t, "cost_usd"), str(t, "cost_pico"));
+    }
+    cJSON_Delete(j);
+    free(raw);
+    return 0;
+}
+
+static int cmd_invoice(args_t *a) {
+    const char *cust = need(a, "--customer"), *month = need(a, "--month");
+    no_more(a);
+    buf_t b = {0};
+    char *p = cust_path(cust, "invoice");
+    bput(&b, p, strlen(p));
+    free(p);
+    bput(&b, "?month=", 7);
+    bput_enc(&b, month);
+    char *raw;
+    cJSON *j = call("GET", b.p, NULL, &raw);
+    free(b.p);
+    if (json_out) {
+        print_raw(raw);
+    } else {
+        printf("INVOICE  customer %s  month %s (UTC)  currency USD\n\n", str(j, "customer"), str(j, "month"));
+        printf("%-24s %-17s %16s %14s %16s\n", "MODEL", "TOKEN CLASS", "PRICE/1M (uUSD)", "TOKENS", "AMOUNT_USD");
+        cJSON *l;
+        cJSON_ArrayForEach(l, cJSON_GetObjectItemCaseSensitive(j, "lines")) {
+            printf("%-24s %-17s %16s %14s %16s\n", str(l, "model"), str(l, "token_class"),
+                   str(l, "unit_price_micro_usd_per_1m"), str(l, "tokens"), str(l, "amount_usd"));
+        }
+        printf("\nrequests: %s\ntotal:    %s USD (%s pico-USD)\ncredits added in the month: %s pico-USD\n"
+               "balance now: %s USD\n",
+               str(j, "requests"), str(j, "total_usd"), str(j, "total_pico"), str(j, "credits_pico"),
+               str(j, "balance_usd"));
+    }
+    cJSON_Delete(j);
+    free(raw);
+    return 0;
+}
+
+static int cmd_price(args_t *a) {
+    const char *sub = positional(a, "price subcommand (set, list)");
+    char *raw;
+    if (!strcmp(sub, "set")) {
+        const char *model = need(a, "--model"), *miss = need(a, "--input-miss"), *hit = need(a, "--input-hit");
+        const char *out = need(a, "--output"), *eff = opt(a, "--effective-from");
+        no_more(a);
+        const char *names[] = {"--input-miss", "--input-hit", "--output"}, *vals[] = {miss, hit, out};
+        for (int i = 0; i < 3; i++)
+            if (!*vals[i] || strspn(vals[i], "0123456789") != strlen(vals[i]))
+                die(2, "%s must be integer micro-USD per 1M tokens", names[i]);
+        char *jm = jstr(model), *je = eff ? jstr(eff) : strdup("null"), body[2048];
+        snprintf(body, sizeof body,
+                 "{\"model\":%s,\"input_cache_miss\":\"%s\",\"input_cache_hit\":\"%s\",\"output\":\"%s\","
+                 "\"effective_from\":%s}",
+                 jm, miss, hit, out, je);
+        free(jm);
+        free(je);
+        cJSON *j = call("POST", "/admin/v1/prices", body, &raw);
+        if (json_out) print_raw(raw);
+        else
+            printf("price of %s from %s: input cache miss %s, input cache hit %s, output %s micro-USD per 1M tokens\n",
+                   str(j, "model"), when(j, "effective_from"), str(j, "input_cache_miss"),
+                   str(j, "input_cache_hit"), str(j, "output"));
+        cJSON_Delete(j);
+    } else if (!strcmp(sub, "list")) {
+        int history = 0;
+        if (a->argc && !strcmp(a->argv[0], "--history")) history = 1, a->argv++, a->argc--;
+        no_more(a);
+        cJSON *j = call("GET", history ? "/admin/v1/prices?history=1" : "/admin/v1/prices", NULL, &raw);
+        if (json_out) {
+            print_raw(raw);
+        } else {
+            printf("%-32s %16s %16s %16s  %s\n", "MODEL", "INPUT_MISS/1M", "INPUT_HIT/1M", "OUTPUT/1M",
+                   "EFFECTIVE FROM (UTC)");
+            cJSON *p;
+            cJSON_ArrayForEach(p, cJSON_GetObjectItemCaseSensitive(j, "data")) {
+                printf("%-32s %16s %16s %16s  %s\n", str(p, "model"), str(p, "input_cache_miss"),
+                       str(p, "input_cache_hit"), str(p, "output"), when(p, "effective_from"));
+            }
+            printf("(prices in micro-USD per 1M tokens)\n");
+        }
+        cJSON_Delete(j);
+    } else {
+        die(2, "unknown command 'price %s' (see tollgatectl --help)", sub);
+    }
+    free(raw);
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    args_t a = {0, calloc(argc + 1, sizeof(char *))};
+    if (!a.argv) die(1, "out of memory");
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--json")) json_out = 1;
+        else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h") || !strcmp(argv[i], "help")) {
+            fputs(USAGE, stdout);
+            return 0;
+        } else a.argv[a.argc++] = argv[i];
+    }
+    if (a.argc == 0) {
+        fputs(USAGE, stderr);
+        return 2;
+    }
+    const char *url = getenv("TOLLGATE_ADMIN_URL");
+    parse_url(url && *url ? url : "http://127.0.0.1:8444");
+    const char *cmd = positional(&a, "COMMAND");
+    static const char *const known[] = {"customer", "key", "credit", "balance", "usage", "invoice", "price"};
+    int ok = 0;
+    for (size_t i = 0; i < sizeof known / sizeof known[0]; i++) ok |= !strcmp(cmd, known[i]);
+    if (!ok) die(2, "unknown command '%s' (see tollgatectl --help)", cmd);
+    token = admin_token(argv[0]);
+    if (!strcmp(cmd, "customer")) return cmd_customer(&a);
+    if (!strcmp(cmd, "key")) return cmd_key(&a);
+    if (!strcmp(cmd, "credit")) return cmd_credit(&a);
+    if (!strcmp(cmd, "balance")) return cmd_balance(&a);
+    if (!strcmp(cmd, "usage")) return cmd_usage(&a);
+    if (!strcmp(cmd, "invoice")) return cmd_invoice(&a);
+    return cmd_price(&a);
+}
