@@ -25,6 +25,8 @@ TEST_TARGETS += test-engine
 test-engine: $(ENG_GOLDEN_BIN) $(ENG_UNIT_BINS)
 	@set -e; for t in $(ENG_UNIT_BINS); do $$t; done
 	$(ENG_GOLDEN_BIN) tests/engine/golden $(ENG_TEST_DIR)/models
+	TOLLGATE_ENGINE_ISA=avx2 $(ENG_GOLDEN_BIN) tests/engine/golden $(ENG_TEST_DIR)/models | tail -1
+	TOLLGATE_ENGINE_ISA=scalar $(ENG_GOLDEN_BIN) tests/engine/golden $(ENG_TEST_DIR)/models | tail -1
 
 engine-golden: $(ENG_GOLDEN_BIN)
 	bash tests/engine/make_golden.sh $(ENG_GOLDEN_BIN) $(ENG_TEST_DIR)/golden-models

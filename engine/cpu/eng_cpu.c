@@ -32,7 +32,7 @@ static void mm_worker(void *arg, int t, int nt) {
     int64_t chunk = ((R + nt - 1) / nt + 15) / 16 * 16;
     int64_t r0 = (int64_t)t * chunk, r1 = r0 + chunk < R ? r0 + chunk : R;
     if (r0 >= r1) return;
-    float *buf = malloc(j->w->cols * sizeof(float));
+    float *buf = malloc(4 * j->w->cols * sizeof(float));
     if (!buf) abort();
     eng_cpu_matmul_rows(j->w, j->x, j->n, j->y, r0, r1, buf);
     free(buf);

@@ -143,7 +143,8 @@ static void k_init(void) {
     if (force && !strcmp(force, "avx2")) want = 1;
     __builtin_cpu_init();
     int has2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
-    int has512 = has2 && __builtin_cpu_supports("avx512f");
+    int has512 = has2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                 __builtin_cpu_supports("avx512vl");
     K.isa = "scalar";
     K.dot = dot_scalar;
     K.axpy = axpy_scalar;
@@ -220,18 +221,189 @@ void eng_cpu_row_f32(const eng_w_t *w, int64_t r, float *out) {
     }
 }
 
+/* ---- matmul tiles --------------------------------------------------------------
+ * out[t][r] = W[r] . X[t] for nr <= 4 rows and nt <= TN tokens.  Every dot
+ * product uses one vector accumulator over the columns in order (then the
+ * masked or scalar tail, then a horizontal sum), whatever the tile's shape,
+ * so a token's results never depend on its neighbours in the batch. */
+
+#define TILE_R 4
+
+static inline __attribute__((always_inline, target("avx512f"))) __m512 ld_w512(const void *w, int bf16, int64_t k) {
+    if (bf16)
+        return _mm512_castsi512_ps(_mm512_slli_epi32(
+            _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)((const uint16_t *)w + k))), 16));
+    return _mm512_loadu_ps((const float *)w + k);
+}
+
+static inline __attribute__((always_inline, target("avx512f,avx512bw,avx512vl"))) __m512 ld_w512m(const void *w, int bf16, int64_t k,
+                                                                                 __mmask16 m) {
+    if (bf16)
+        return _mm512_castsi512_ps(_mm512_slli_epi32(
+            _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, (const uint16_t *)w + k)), 16));
+    return _mm512_maskz_loadu_ps(m, (const float *)w + k);
+}
+
+static inline __attribute__((always_inline, target("avx512f,avx512bw,avx512vl"))) void
+tile512(const void *W, int bf16, int64_t ldw, const float *X, int64_t ldx, int nr, int nt, int C, float *out,
+        int64_t ldo) {
+    __m512 acc[TILE_R][4];
+    for (int i = 0; i < nr; i++)
+        for (int t = 0; t < nt; t++) acc[i][t] = _mm512_setzero_ps();
+    size_t es = bf16 ? 2 : 4;
+    int k = 0;
+    for (; k + 16 <= C; k += 16) {
+        __m512 w[TILE_R], x[4];
+        for (int i = 0; i < nr; i++) w[i] = ld_w512((const char *)W + i * ldw * es, bf16, k);
+        for (int t = 0; t < nt; t++) x[t] = _mm512_loadu_ps(X + t * ldx + k);
+        for (int i = 0; i < nr; i++)
+            for (int t = 0; t < nt; t++) acc[i][t] = _mm512_fmadd_ps(w[i], x[t], acc[i][t]);
+    }
+    if (k < C) {
+        __mmask16 m = (__mmask16)((1u << (C - k)) - 1);
+        __m512 w[TILE_R], x[4];
+        for (int i = 0; i < nr; i++) w[i] = ld_w512m((const char *)W + i * ldw * es, bf16, k, m);
+        for (int t = 0; t < nt; t++) x[t] = _mm512_maskz_loadu_ps(m, X + t * ldx + k);
+        for (int i = 0; i < nr; i++)
+            for (int t = 0; t < nt; t++) acc[i][t] = _mm512_fmadd_ps(w[i], x[t], acc[i][t]);
+    }
+    for (int i = 0; i < nr; i++)
+        for (int t = 0; t < nt; t++) out[t * ldo + i] = _mm512_reduce_add_ps(acc[i][t]);
+}
+
+#define TILE_CASES(F, ...)                                                                         \
+    switch (nr * 8 + nt) {                                                                         \
+    case 8 + 1: F(__VA_ARGS__, 1, 1); break;                                                       \
+    case 8 + 2: F(__VA_ARGS__, 1, 2); break;                                                       \
+    case 8 + 3: F(__VA_ARGS__, 1, 3); break;                                                       \
+    case 8 + 4: F(__VA_ARGS__, 1, 4); break;                                                       \
+    case 16 + 1: F(__VA_ARGS__, 2, 1); break;                                                      \
+    case 16 + 2: F(__VA_ARGS__, 2, 2); break;                                                      \
+    case 16 + 3: F(__VA_ARGS__, 2, 3); break;                                                      \
+    case 16 + 4: F(__VA_ARGS__, 2, 4); break;                                                      \
+    case 24 + 1: F(__VA_ARGS__, 3, 1); break;                                                      \
+    case 24 + 2: F(__VA_ARGS__, 3, 2); break;                                                      \
+    case 24 + 3: F(__VA_ARGS__, 3, 3); break;                                                      \
+    case 24 + 4: F(__VA_ARGS__, 3, 4); break;                                                      \
+    case 32 + 1: F(__VA_ARGS__, 4, 1); break;                                                      \
+    case 32 + 2: F(__VA_ARGS__, 4, 2); break;                                                      \
+    case 32 + 3: F(__VA_ARGS__, 4, 3); break;                                                      \
+    default: F(__VA_ARGS__, 4, 4); break;                                                          \
+    }
+
+#define CALL512(W, bf, ldw, X, ldx, C, out, ldo, NR, NT) tile512(W, bf, ldw, X, ldx, NR, NT, C, out, ldo)
+
+__attribute__((target("avx512f,avx512bw,avx512vl"))) static void tile_avx512(const void *W, int bf16, int64_t ldw,
+                                                                    const float *X, int64_t ldx, int nr, int nt,
+                                                                    int C, float *out, int64_t ldo) {
+    if (bf16) {
+        TILE_CASES(CALL512, W, 1, ldw, X, ldx, C, out, ldo)
+    } else {
+        TILE_CASES(CALL512, W, 0, ldw, X, ldx, C, out, ldo)
+    }
+}
+
+static inline __attribute__((always_inline, target("avx2,fma"))) __m256 ld_w256(const void *w, int bf16, int64_t k) {
+    if (bf16)
+        return _mm256_castsi256_ps(
+            _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)((const uint16_t *)w + k))), 16));
+    return _mm256_loadu_ps((const float *)w + k);
+}
+
+static inline __attribute__((always_inline, target("avx2,fma"))) void
+tile256(const void *W, int bf16, int64_t ldw, const float *X, int64_t ldx, int nr, int nt, int C, float *out,
+        int64_t ldo) {
+    __m256 acc[TILE_R][4];
+    for (int i = 0; i < nr; i++)
+        for (int t = 0; t < nt; t++) acc[i][t] = _mm256_setzero_ps();
+    size_t es = bf16 ? 2 : 4;
+    int k = 0;
+    for (; k + 8 <= C; k += 8) {
+        __m256 w[TILE_R], x[4];
+        for (int i = 0; i < nr; i++) w[i] = ld_w256((const char *)W + i * ldw * es, bf16, k);
+        for (int t = 0; t < nt; t++) x[t] = _mm256_loadu_ps(X + t * ldx + k);
+        for (int i = 0; i < nr; i++)
+            for (int t = 0; t < nt; t++) acc[i][t] = _mm256_fmadd_ps(w[i], x[t], acc[i][t]);
+    }
+    for (int i = 0; i < nr; i++)
+        for (int t = 0; t < nt; t++) {
+            __m256 a = acc[i][t];
+            __m128 h = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+            h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+            h = _mm_add_ss(h, _mm_movehdup_ps(h));
+            float s = _mm_cvtss_f32(h);
+            const char *wr = (const char *)W + i * ldw * es;
+            for (int kk = k; kk < C; kk++)
+                s += (bf16 ? eng_bf16_to_f32(((const uint16_t *)wr)[kk]) : ((const float *)wr)[kk]) * X[t * ldx + kk];
+            out[t * ldo + i] = s;
+        }
+}
+
+#define CALL256(W, bf, ldw, X, ldx, C, out, ldo, NR, NT) tile256(W, bf, ldw, X, ldx, NR, NT, C, out, ldo)
+
+__attribute__((target("avx2,fma"))) static void tile_avx2(const void *W, int bf16, int64_t ldw, const float *X,
+                                                          int64_t ldx, int nr, int nt, int C, float *out,
+                                                          int64_t ldo) {
+    if (bf16) {
+        TILE_CASES(CALL256, W, 1, ldw, X, ldx, C, out, ldo)
+    } else {
+        TILE_CASES(CALL256, W, 0, ldw, X, ldx, C, out, ldo)
+    }
+}
+
+static void tile_scalar(const void *W, int bf16, int64_t ldw, const float *X, int64_t ldx, int nr, int nt, int C,
+                        float *out, int64_t ldo) {
+    float row[4096];
+    for (int i = 0; i < nr; i++) {
+        const float *wr;
+        if (bf16 && C <= 4096) {
+            bf16_row_scalar((const uint16_t *)W + i * ldw, row, C);
+            wr = row;
+        } else if (!bf16) {
+            wr = (const float *)W + i * ldw;
+        } else {
+            wr = NULL;
+        }
+        for (int t = 0; t < nt; t++) {
+            if (wr) {
+                out[t * ldo + i] = dot_scalar(wr, X + t * ldx, C);
+            } else { /* very long bf16 rows: convert on the fly, same order as dot_scalar */
+                float acc[8] = {0}, s;
+                int k = 0;
+                const uint16_t *w = (const uint16_t *)W + i * ldw;
+                for (; k + 8 <= C; k += 8)
+                    for (int q = 0; q < 8; q++) acc[q] += eng_bf16_to_f32(w[k + q]) * X[t * ldx + k + q];
+                s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+                for (; k < C; k++) s += eng_bf16_to_f32(w[k]) * X[t * ldx + k];
+                out[t * ldo + i] = s;
+            }
+        }
+    }
+}
+
+typedef void (*tile_fn)(const void *, int, int64_t, const float *, int64_t, int, int, int, float *, int64_t);
+
+/* Y [n, rows r0..r1) = X [n, cols] @ W^T; rowbuf holds TILE_R decoded rows. */
 void eng_cpu_matmul_rows(const eng_w_t *w, const float *x, int n, float *y, int64_t r0, int64_t r1,
                          float *rowbuf) {
     k_ready();
+    tile_fn tile = !strcmp(K.isa, "avx512") ? tile_avx512 : !strcmp(K.isa, "avx2") ? tile_avx2 : tile_scalar;
     int64_t C = w->cols, R = w->rows;
-    for (int64_t r = r0; r < r1; r++) {
-        const float *row;
-        if (w->dt == ENG_DT_F32) {
-            row = (const float *)w->data + r * C;
+    int direct = w->dt == ENG_DT_F32 || w->dt == ENG_DT_BF16, bf16 = w->dt == ENG_DT_BF16;
+    size_t es = w->dt == ENG_DT_F32 ? 4 : 2;
+    for (int64_t r = r0; r < r1; r += TILE_R) {
+        int nr = r1 - r < TILE_R ? (int)(r1 - r) : TILE_R;
+        const void *wp;
+        int64_t ldw = C;
+        if (direct) {
+            wp = (const char *)w->data + r * C * es;
         } else {
-            eng_cpu_row_f32(w, r, rowbuf);
-            row = rowbuf;
+            for (int i = 0; i < nr; i++) eng_cpu_row_f32(w, r + i, rowbuf + i * C);
+            wp = rowbuf;
         }
-        for (int i = 0; i < n; i++) y[(int64_t)i * R + r] = K.dot(row, x + (int64_t)i * C, (int)C);
+        for (int t = 0; t < n; t += 4) {
+            int nt = n - t < 4 ? n - t : 4;
+            tile(wp, direct && bf16, ldw, x + (int64_t)t * C, C, nr, nt, (int)C, y + (int64_t)t * R + r, R);
+        }
     }
 }
