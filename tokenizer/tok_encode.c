@@ -1,0 +1,121 @@
+/* tok_encode.c — text -> ids: validate UTF-8 once, cut the text at added
+ * tokens (leftmost-longest, as Hugging Face's AddedVocabulary does) when the
+ * caller allows them, pre-tokenize each remaining segment and BPE each piece. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "tok-int.h"
+
+static int is_ws(uint32_t c) {
+    return (c >= 9 && c <= 13) || c == 0x20 || c == 0x85 || c == 0xA0 || c == 0x1680 ||
+           (c >= 0x2000 && c <= 0x200A) || c == 0x2028 || c == 0x2029 || c == 0x202F ||
+           c == 0x205F || c == 0x3000;
+}
+
+/* Longest added token starting at s[0..n); returns its index or -1, *mlen its length. */
+static int32_t added_match(const tok_t *t, const uint8_t *s, size_t n, size_t *mlen) {
+    int32_t node = 0, best = -1;
+    for (size_t i = 0; i < n; i++) {
+        int32_t c = t->trie[node].child;
+        while (c >= 0 && t->trie[c].byte != s[i]) c = t->trie[c].sibling;
+        if (c < 0) break;
+        node = c;
+        if (t->trie[node].added >= 0) {
+            best = t->trie[node].added;
+            *mlen = i + 1;
+        }
+    }
+    return best;
+}
+
+static int encode_segment(const tok_t *t, const char *s, size_t n, tok_out_t *out,
+                          tok_spans_t *spans, pcre2_match_data *md) {
+    if (!n) return 0;
+    char *tmp = NULL;
+    if (t->n_pre && t->pre[0].kind == TOK_PRE_BYTELEVEL && t->pre[0].add_prefix_space && s[0] != ' ') {
+        tmp = malloc(n + 1);
+        if (!tmp) return -1;
+        tmp[0] = ' ';
+        memcpy(tmp + 1, s, n);
+        s = tmp;
+        n++;
+    }
+    int rc = tok_pretokenize(t, s, n, spans, md);
+    for (size_t i = 0; rc == 0 && i < spans->n; i++)
+        rc = tok_bpe_piece(t, (const uint8_t *)s + spans->v[i].start,
+                           spans->v[i].end - spans->v[i].start, out);
+    free(tmp);
+    return rc;
+}
+
+static int encode_all(const tok_t *t, const char *text, size_t len, int allow_special, tok_out_t *out) {
+    if (!text && len) return -1;
+    if (len >= UINT32_MAX || !tok_utf8_valid(text, len)) return -1;
+    pcre2_match_data *md = pcre2_match_data_create(1, NULL);
+    if (!md) return -1;
+    tok_spans_t spans = {0};
+    int rc = 0;
+    const uint8_t *p = (const uint8_t *)text;
+    size_t seg = 0, i = 0;
+    if (allow_special && t->n_added) {
+        while (i < len) {
+            if (!t->added_first[p[i]]) {
+                i++;
+                continue;
+            }
+            size_t ml = 0;
+            int32_t a = added_match(t, p + i, len - i, &ml);
+            if (a < 0) {
+                i++;
+                continue;
+            }
+            const tok_added_t *ad = &t->added[a];
+            size_t ms = i, me = i + ml;
+            if (ad->lstrip) /* swallow whitespace before the token */
+                while (ms > seg) {
+                    size_t k = ms - 1;
+                    while (k > seg && (p[k] & 0xC0) == 0x80) k--;
+                    uint32_t cp;
+                    tok_utf8_next(p + k, &cp);
+                    if (!is_ws(cp)) break;
+                    ms = k;
+                }
+            if (ad->rstrip)
+                while (me < len) {
+                    uint32_t cp;
+                    int l = tok_utf8_next(p + me, &cp);
+                    if (!is_ws(cp)) break;
+                    me += (size_t)l;
+                }
+            if ((rc = encode_segment(t, text + seg, ms - seg, out, &spans, md))) goto done;
+            if ((rc = tok_out_push(out, ad->id))) goto done;
+            seg = i = me;
+        }
+    }
+    rc = encode_segment(t, text + seg, len - seg, out, &spans, md);
+done:
+    free(spans.v);
+    pcre2_match_data_free(md);
+    return rc;
+}
+
+long tok_encode(const tok_t *t, const char *text, size_t len, int allow_special, int32_t **ids) {
+    tok_out_t out = {0};
+    size_t cap = len / 3 + 16;
+    out.ids = malloc(cap * sizeof *out.ids);
+    if (!out.ids) return -1;
+    out.cap = cap;
+    if (encode_all(t, text, len, allow_special, &out)) {
+        free(out.ids);
+        *ids = NULL;
+        return -1;
+    }
+    *ids = out.ids;
+    return (long)out.n;
+}
+
+long tok_count(const tok_t *t, const char *text, size_t len, int allow_special) {
+    tok_out_t out = {0};
+    if (encode_all(t, text, len, allow_special, &out)) return -1;
+    return (long)out.n;
+}
