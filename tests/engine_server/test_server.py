@@ -1,0 +1,423 @@
+#!/usr/bin/python3
+"""Integration test of `tollgate-engine serve` on the demo model (python3 stdlib only).
+
+Starts build/tollgate-engine serve on loopback ports 18600-18602 (generating the
+demo model into var/test-engine-server/ when missing) and checks the OpenAI
+protocol end to end: shapes, usage against the tokenizer CLI, streaming ==
+non-streaming, every 400 case, 404, queue-full 503, seeds, stop strings,
+cancellation on disconnect, batch invariance and R1 reasoning_content.
+"""
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import unittest
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+ENGINE = os.path.join(ROOT, "build", "tollgate-engine")
+VAR = os.path.join(ROOT, "var", "test-engine-server")
+MODEL = "deepseek-v3-demo"
+MODEL_DIR = os.path.join(VAR, MODEL)
+R1_DIR = os.path.join(VAR, "deepseek-r1-demo")
+PORT, PORT_SMALL, PORT_R1 = 18600, 18601, 18602
+BOS, USER, ASSISTANT = "<｜begin▁of▁sentence｜>", "<｜User｜>", "<｜Assistant｜>"
+
+procs = {}
+
+
+def ensure_models():
+    if not os.path.exists(os.path.join(MODEL_DIR, "config.json")):
+        os.makedirs(VAR, exist_ok=True)
+        tmp = MODEL_DIR + ".tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        subprocess.run([ENGINE, "gen-model", "--arch", "deepseek_v3", "--preset", "demo", "--out", tmp,
+                        "--tokenizer", os.path.join(ROOT, "build", "data", "deepseek-v3-tokenizer")],
+                       check=True, cwd=ROOT)
+        os.rename(tmp, MODEL_DIR)
+    # An R1-style folder: the same weights, a chat template whose generation
+    # prompt opens <think> (that is how the template is detected).
+    if not os.path.exists(os.path.join(R1_DIR, "tokenizer_config.json")):
+        tmp = R1_DIR + ".tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+        for f in os.listdir(MODEL_DIR):
+            if f != "tokenizer_config.json":
+                os.symlink(os.path.join(MODEL_DIR, f), os.path.join(tmp, f))
+        with open(os.path.join(MODEL_DIR, "tokenizer_config.json"), encoding="utf-8") as f:
+            cfg = json.load(f)
+        cfg["chat_template"] = cfg["chat_template"].replace("{{'<｜Assistant｜>'}}", "{{'<｜Assistant｜><think>\\n'}}")
+        assert "<｜Assistant｜><think>" in cfg["chat_template"]
+        with open(os.path.join(tmp, "tokenizer_config.json"), "w", encoding="utf-8") as f:
+            json.dump(cfg, f, ensure_ascii=False)
+        shutil.rmtree(R1_DIR, ignore_errors=True)
+        os.rename(tmp, R1_DIR)
+
+
+def start(name, port, model_dir, *extra):
+    log = open(os.path.join(VAR, "%s.log" % name), "w")
+    p = subprocess.Popen([ENGINE, "serve", "--model", model_dir, "--listen", "127.0.0.1:%d" % port,
+                          "--threads", "2", *extra], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    procs[name] = (p, log)
+    for _ in range(600):
+        if p.poll() is not None:
+            raise RuntimeError("%s exited with %s, see %s.log" % (name, p.returncode, name))
+        try:
+            st, _, _ = request(port, "GET", "/health")
+            if st == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError("%s did not come up" % name)
+
+
+def setUpModule():
+    ensure_models()
+    start("main", PORT, MODEL_DIR)
+    start("small", PORT_SMALL, MODEL_DIR, "--max-batch", "1", "--max-queue", "1")
+    start("r1", PORT_R1, R1_DIR)
+
+
+def tearDownModule():
+    for name, (p, log) in procs.items():
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        log.close()
+
+
+def request(port, method, path, body=None, headers=None, timeout=120):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    data = body if isinstance(body, (bytes, type(None))) else json.dumps(body).encode()
+    h = {"Content-Type": "application/json"}
+    h.update(headers or {})
+    c.request(method, path, body=data, headers=h)
+    r = c.getresponse()
+    out = r.read()
+    hd = {k.lower(): v for k, v in r.getheaders()}
+    c.close()
+    return r.status, hd, out
+
+
+def chat(content="Hello", port=PORT, model=MODEL, **kw):
+    body = {"model": model, "messages": [{"role": "user", "content": content}], "temperature": 0}
+    body.update(kw)
+    return request(port, "POST", "/v1/chat/completions", body)
+
+
+def sse(body):
+    events = []
+    for block in body.decode("utf-8").split("\n\n"):
+        lines = [ln for ln in block.split("\n") if ln and not ln.startswith(":")]
+        if not lines:
+            continue
+        assert all(ln.startswith("data: ") for ln in lines), block
+        events.append("\n".join(ln[6:] for ln in lines))
+    return events
+
+
+def tokenize(text):
+    p = subprocess.run([ENGINE, "tokenize", "--model", MODEL_DIR], input=json.dumps(text) + "\n",
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    return json.loads(p.stdout)
+
+
+def metrics(port=PORT):
+    st, _, b = request(port, "GET", "/metrics")
+    assert st == 200
+    out = {}
+    for ln in b.decode().splitlines():
+        if ln and not ln.startswith("#"):
+            k, v = ln.rsplit(" ", 1)
+            out[k] = float(v)
+    return out
+
+
+class Server(unittest.TestCase):
+    def test_models_and_health(self):
+        st, h, b = request(PORT, "GET", "/v1/models")
+        self.assertEqual(st, 200)
+        j = json.loads(b)
+        self.assertEqual(j["object"], "list")
+        self.assertEqual([m["id"] for m in j["data"]], [MODEL])
+        self.assertEqual(j["data"][0]["object"], "model")
+        st, _, b = request(PORT, "GET", "/health")
+        self.assertEqual((st, json.loads(b)["status"]), (200, "ok"))
+        st, _, b = request(PORT, "GET", "/nope")
+        self.assertEqual(st, 404)
+
+    def test_completion_shape_and_usage(self):
+        content = "Count me exactly: 你好, мир! 12345 🙂"
+        st, h, b = chat(content, max_tokens=6)
+        self.assertEqual(st, 200, b)
+        self.assertTrue(h["content-type"].startswith("application/json"))
+        j = json.loads(b)
+        self.assertTrue(j["id"].startswith("chatcmpl-"))
+        self.assertEqual(j["object"], "chat.completion")
+        self.assertEqual(j["model"], MODEL)
+        self.assertIsInstance(j["created"], int)
+        ch = j["choices"][0]
+        self.assertEqual((ch["index"], ch["message"]["role"], ch["logprobs"]), (0, "assistant", None))
+        self.assertIsInstance(ch["message"]["content"], str)
+        self.assertNotIn("reasoning_content", ch["message"])
+        u = j["usage"]
+        want = len(tokenize(BOS + USER + content + ASSISTANT))
+        self.assertEqual(u["prompt_tokens"], want)
+        if ch["finish_reason"] == "length":
+            self.assertEqual(u["completion_tokens"], 6)
+        else:
+            self.assertEqual(ch["finish_reason"], "stop")
+            self.assertLessEqual(u["completion_tokens"], 6)
+        self.assertEqual(u["total_tokens"], u["prompt_tokens"] + u["completion_tokens"])
+        self.assertEqual((u["prompt_cache_hit_tokens"], u["prompt_cache_miss_tokens"]), (0, u["prompt_tokens"]))
+        self.assertEqual(u["prompt_tokens_details"], {"cached_tokens": 0})
+        self.assertEqual(u["completion_tokens_details"], {"reasoning_tokens": 0})
+
+    def test_system_and_multi_turn_prompt_count(self):
+        msgs = [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "Hello!"},
+                {"role": "user", "content": [{"type": "text", "text": "What"}, {"type": "text", "text": "now?"}]}]
+        st, _, b = request(PORT, "POST", "/v1/chat/completions",
+                           {"model": MODEL, "messages": msgs, "max_tokens": 1, "temperature": 0})
+        self.assertEqual(st, 200, b)
+        text = BOS + "Be terse." + USER + "Hi" + ASSISTANT + "Hello!<｜end▁of▁sentence｜>" + USER + "What\nnow?" + ASSISTANT
+        self.assertEqual(json.loads(b)["usage"]["prompt_tokens"], len(tokenize(text)))
+
+    def test_request_id_echo(self):
+        st, h, b = request(PORT, "POST", "/v1/chat/completions",
+                           {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 1},
+                           headers={"X-Request-Id": "req-abc.123"})
+        self.assertEqual(st, 200, b)
+        self.assertEqual(h["x-request-id"], "req-abc.123")
+        self.assertEqual(json.loads(b)["id"], "chatcmpl-req-abc.123")
+        st, h, b = chat("x", max_tokens=1)
+        self.assertEqual(json.loads(b)["id"], "chatcmpl-" + h["x-request-id"])
+        self.assertEqual(len(h["x-request-id"]), 36)  # a UUIDv7
+        self.assertEqual(h["x-request-id"][14], "7")
+
+    def test_stream_equals_plain(self):
+        st, _, b = chat("Stream this", max_tokens=12)
+        self.assertEqual(st, 200, b)
+        plain = json.loads(b)
+        st, h, b = chat("Stream this", max_tokens=12, stream=True, stream_options={"include_usage": True})
+        self.assertEqual(st, 200, b)
+        self.assertTrue(h["content-type"].startswith("text/event-stream"))
+        self.assertEqual(h.get("transfer-encoding"), "chunked")
+        ev = sse(b)
+        self.assertEqual(ev[-1], "[DONE]")
+        chunks = [json.loads(e) for e in ev[:-1]]
+        ids = {c["id"] for c in chunks}
+        self.assertEqual(len(ids), 1)
+        for c in chunks:
+            self.assertEqual(c["object"], "chat.completion.chunk")
+            self.assertIn("usage", c)
+        self.assertEqual(chunks[0]["choices"][0]["delta"], {"role": "assistant", "content": ""})
+        body = [c for c in chunks if c["choices"]]
+        for c in body:
+            self.assertIsNone(c["usage"])
+        text = "".join(c["choices"][0]["delta"].get("content") or "" for c in body)
+        self.assertEqual(text, plain["choices"][0]["message"]["content"])
+        self.assertEqual(body[-1]["choices"][0]["finish_reason"], plain["choices"][0]["finish_reason"])
+        for c in body[:-1]:
+            self.assertIsNone(c["choices"][0]["finish_reason"])
+        self.assertEqual(chunks[-1]["choices"], [])
+        self.assertEqual(chunks[-1]["usage"], plain["usage"])
+        # without include_usage: no usage-only chunk and no usage key
+        st, _, b = chat("Stream this", max_tokens=3, stream=True)
+        ev = sse(b)
+        self.assertEqual(ev[-1], "[DONE]")
+        for e in ev[:-1]:
+            c = json.loads(e)
+            self.assertTrue(c["choices"])
+            self.assertNotIn("usage", c)
+
+    def test_400s(self):
+        def bad(body, param=None, raw=False):
+            st, _, b = request(PORT, "POST", "/v1/chat/completions", body if raw else json.dumps(body).encode())
+            self.assertEqual(st, 400, (body, b))
+            e = json.loads(b)["error"]
+            self.assertEqual(set(e), {"message", "type", "param", "code"})
+            self.assertEqual(e["type"], "invalid_request_error")
+            if param:
+                self.assertEqual(e["param"], param, b)
+            return e
+        m = [{"role": "user", "content": "hi"}]
+        bad(b"{nope", raw=True)
+        bad(b'{"model":"' + MODEL.encode() + b'","messages":[{"role":"user","content":"\xff"}]}', raw=True)
+        bad({"model": MODEL, "messages": []}, "messages")
+        bad({"model": MODEL}, "messages")
+        bad({"model": MODEL, "messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role")
+        bad({"model": MODEL, "messages": [{"role": "user", "content": 3}]}, "messages[0].content")
+        bad({"model": MODEL, "messages": m, "max_tokens": "3"}, "max_tokens")
+        bad({"model": MODEL, "messages": m, "max_tokens": 0}, "max_tokens")
+        bad({"model": MODEL, "messages": m, "temperature": 3}, "temperature")
+        bad({"model": MODEL, "messages": m, "top_p": -0.1}, "top_p")
+        bad({"model": MODEL, "messages": m, "n": 2}, "n")
+        bad({"model": MODEL, "messages": m, "logprobs": True}, "logprobs")
+        bad({"model": MODEL, "messages": m, "stop": ["a", "b", "c", "d", "e"]}, "stop")
+        bad({"model": MODEL, "messages": m, "stream": "yes"}, "stream")
+        e = bad({"model": MODEL, "messages": m, "max_tokens": 5000})
+        self.assertEqual(e["code"], "context_length_exceeded")
+        e = bad({"model": MODEL, "messages": [{"role": "user", "content": "hello " * 5000}]})
+        self.assertEqual(e["code"], "context_length_exceeded")
+
+    def test_404_model_and_405(self):
+        st, _, b = chat("x", model="gpt-4o", max_tokens=1)
+        self.assertEqual(st, 404)
+        e = json.loads(b)["error"]
+        self.assertEqual((e["code"], e["param"], e["type"]), ("model_not_found", "model", "invalid_request_error"))
+        st, _, _ = request(PORT, "GET", "/v1/chat/completions")
+        self.assertEqual(st, 405)
+
+    def test_seed_repeats(self):
+        outs = []
+        for seed in (7, 7, 8):
+            st, _, b = chat("Tell me a story", max_tokens=10, temperature=1.0, top_p=0.9, seed=seed)
+            self.assertEqual(st, 200, b)
+            outs.append(json.loads(b)["choices"][0]["message"]["content"])
+        self.assertEqual(outs[0], outs[1])
+        self.assertNotEqual(outs[0], outs[2])
+
+    def test_stop_string(self):
+        st, _, b = chat("Stop test", max_tokens=16)
+        full = json.loads(b)["choices"][0]["message"]["content"]
+        self.assertGreater(len(full), 6, full)
+        stop = full[len(full) // 2:len(full) // 2 + 2]
+        want = full[:full.find(stop)]
+        for stream in (False, True):
+            st, _, b = chat("Stop test", max_tokens=16, stop=[stop, "never-in-the-output-\u2603"], stream=stream)
+            self.assertEqual(st, 200, b)
+            if stream:
+                chunks = [json.loads(e) for e in sse(b)[:-1]]
+                got = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
+                fin = chunks[-1]["choices"][0]["finish_reason"]
+            else:
+                ch = json.loads(b)["choices"][0]
+                got, fin = ch["message"]["content"], ch["finish_reason"]
+            self.assertEqual(got, want)
+            self.assertEqual(fin, "stop")
+
+    def test_disconnect_frees_slot(self):
+        before = metrics()
+        s = socket.create_connection(("127.0.0.1", PORT))
+        body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "long"}],
+                           "max_tokens": 3000, "stream": True}).encode()
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        got = b""
+        while got.count(b"data: ") < 4:
+            got += s.recv(65536)
+        self.assertEqual(metrics()["tollgate_engine_active_sequences"], 1)
+        s.close()
+        for _ in range(100):
+            m = metrics()
+            if m["tollgate_engine_active_sequences"] == 0 and m["tollgate_engine_requests_in_flight"] == 0:
+                break
+            time.sleep(0.1)
+        self.assertEqual(m["tollgate_engine_active_sequences"], 0)
+        self.assertEqual(m["tollgate_engine_requests_cancelled_total"], before["tollgate_engine_requests_cancelled_total"] + 1)
+        self.assertLess(m["tollgate_engine_completion_tokens_total"] - before["tollgate_engine_completion_tokens_total"], 3000)
+        # the same for a non-streaming request
+        s = socket.create_connection(("127.0.0.1", PORT))
+        body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "long"}], "max_tokens": 3000}).encode()
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        time.sleep(0.5)
+        s.close()
+        for _ in range(100):
+            m = metrics()
+            if m["tollgate_engine_requests_in_flight"] == 0:
+                break
+            time.sleep(0.1)
+        self.assertEqual(m["tollgate_engine_active_sequences"], 0)
+        self.assertEqual(m["tollgate_engine_requests_cancelled_total"], before["tollgate_engine_requests_cancelled_total"] + 2)
+
+    def test_concurrent_batch_invariance(self):
+        prompts = ["First prompt, a short one", "Second prompt is somewhat longer than the first one, really"]
+        solo = []
+        for p in prompts:
+            st, _, b = chat(p, max_tokens=12)
+            self.assertEqual(st, 200, b)
+            solo.append(json.loads(b))
+        steps0 = metrics()["tollgate_engine_forward_steps_total"]
+        res = [None, None]
+
+        def run(i):
+            res[i] = chat(prompts[i], max_tokens=12, stream=(i == 1))
+        ts = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        steps = metrics()["tollgate_engine_forward_steps_total"] - steps0
+        self.assertEqual(res[0][0], 200)
+        self.assertEqual(json.loads(res[0][2])["choices"][0]["message"]["content"],
+                         solo[0]["choices"][0]["message"]["content"])
+        self.assertEqual(json.loads(res[0][2])["usage"], solo[0]["usage"])
+        chunks = [json.loads(e) for e in sse(res[1][2])[:-1]]
+        text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
+        self.assertEqual(text, solo[1]["choices"][0]["message"]["content"])
+        # both were served in shared steps: fewer forward calls than 2 x 12 tokens
+        self.assertLess(steps, 24)
+
+    def test_queue_full_503(self):
+        res = {}
+
+        def run(i):
+            res[i] = chat("busy %d" % i, port=PORT_SMALL, max_tokens=400)
+        t1 = threading.Thread(target=run, args=(1,))
+        t1.start()
+        for _ in range(100):  # wait until request 1 runs
+            if metrics(PORT_SMALL)["tollgate_engine_active_sequences"] == 1:
+                break
+            time.sleep(0.02)
+        t2 = threading.Thread(target=run, args=(2,))
+        t2.start()
+        for _ in range(100):  # ...and request 2 waits
+            if metrics(PORT_SMALL)["tollgate_engine_queue_depth"] == 1:
+                break
+            time.sleep(0.02)
+        st, _, b = chat("one too many", port=PORT_SMALL, max_tokens=1)
+        self.assertEqual(st, 503, b)
+        self.assertIn("error", json.loads(b))
+        t1.join()
+        t2.join()
+        self.assertEqual((res[1][0], res[2][0]), (200, 200))
+
+    def test_r1_reasoning_content(self):
+        st, _, b = request(PORT_R1, "GET", "/v1/models")
+        self.assertEqual(json.loads(b)["data"][0]["id"], "deepseek-r1-demo")
+        st, _, b = chat("Think first", port=PORT_R1, model="deepseek-r1-demo", max_tokens=8)
+        self.assertEqual(st, 200, b)
+        j = json.loads(b)
+        msg, u = j["choices"][0]["message"], j["usage"]
+        self.assertIn("reasoning_content", msg)
+        # the random model never closes </think>: everything is reasoning
+        self.assertEqual(msg["content"], "")
+        self.assertTrue(msg["reasoning_content"])
+        self.assertEqual(u["completion_tokens_details"]["reasoning_tokens"], u["completion_tokens"])
+        want = len(tokenize(BOS + USER + "Think first" + ASSISTANT + "<think>\n"))
+        self.assertEqual(u["prompt_tokens"], want)
+        st, _, b = chat("Think first", port=PORT_R1, model="deepseek-r1-demo", max_tokens=8, stream=True)
+        chunks = [json.loads(e) for e in sse(b)[:-1]]
+        r = "".join(c["choices"][0]["delta"].get("reasoning_content") or "" for c in chunks)
+        self.assertEqual(r, msg["reasoning_content"])
+
+    def test_zz_sigterm_exits_0(self):
+        p, _ = procs["small"]
+        p.send_signal(signal.SIGTERM)
+        self.assertEqual(p.wait(30), 0)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
