@@ -1,0 +1,42 @@
+# mk/gateway.mk — the gateway's tests and fuzzer.
+#
+#   make test-gateway        unit tests, fuzz corpus replay, then the gateway's own
+#                            end-to-end tests (tests/gateway/run.sh: private PostgreSQL,
+#                            Redis, scripted fake worker and build/tollgate on 18640-18679)
+#   make test-gateway-unit   unit tests and corpus replay only (no servers)
+#   make fuzz-gateway        libFuzzer on the HTTP request parser (clang); FUZZ_SECONDS=60
+#
+# Unit tests link only the gateway's pure objects (no billing, no libevent).
+
+GW_TEST_DIR := $(O)/tests/gateway
+GW_PURE_OBJ := $(call objs,gateway/gw_buf.c gateway/gw_http.c gateway/gw_sse.c gateway/gw_uuid.c gateway/gw_config.c)
+GW_UNIT_SRCS := $(wildcard tests/unit/gateway/*.c)
+GW_UNIT_BINS := $(patsubst tests/unit/gateway/%.c,$(GW_TEST_DIR)/unit_%,$(GW_UNIT_SRCS))
+GW_FUZZ_REPLAY := $(GW_TEST_DIR)/fuzz_http_replay
+FUZZ_SECONDS ?= 60
+
+$(GW_TEST_DIR)/unit_%: tests/unit/gateway/%.c $(GW_PURE_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -Itests/unit $(LDFLAGS) -o $@ $< $(GW_PURE_OBJ) $(LIB_JSON) $(LDLIBS)
+
+$(GW_FUZZ_REPLAY): fuzz/gateway/fuzz_http.c fuzz/gateway/replay.c $(GW_PURE_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ fuzz/gateway/fuzz_http.c fuzz/gateway/replay.c $(GW_PURE_OBJ) $(LIB_JSON) $(LDLIBS)
+
+.PHONY: test-gateway test-gateway-unit fuzz fuzz-gateway
+test-gateway-unit: $(GW_UNIT_BINS) $(GW_FUZZ_REPLAY)
+	@set -e; for t in $(GW_UNIT_BINS); do $$t; done
+	$(GW_FUZZ_REPLAY) fuzz/gateway/corpus_http/*
+
+test-gateway: test-gateway-unit $(B)/tollgate
+	bash tests/gateway/run.sh
+
+fuzz: fuzz-gateway
+fuzz-gateway:
+	@mkdir -p $(B)/fuzz/gateway-corpus
+	clang -g -O1 -std=gnu11 -fsanitize=fuzzer,address,undefined -Igateway -Ibilling \
+	    -o $(B)/fuzz/fuzz_http fuzz/gateway/fuzz_http.c gateway/gw_buf.c gateway/gw_http.c \
+	    gateway/gw_sse.c gateway/gw_uuid.c gateway/gw_config.c $(LIB_JSON)
+	$(B)/fuzz/fuzz_http -max_total_time=$(FUZZ_SECONDS) $(B)/fuzz/gateway-corpus fuzz/gateway/corpus_http
+
+TEST_TARGETS += test-gateway

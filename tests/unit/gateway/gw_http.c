@@ -1,0 +1,227 @@
+/* Unit tests of gateway/gw_http.c: the request parser (every split point,
+ * pipelining, chunked bodies, limits, bad input), the chunked decoder and the
+ * response-head parser. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "../../../gateway/gw-int.h"
+#include "tg_test.h"
+
+/* Feed msg split at `split` (0: in one piece), collect requests. */
+static int parse_all(const char *msg, size_t len, size_t split, gw_http_req_t **reqs, int max, int *err) {
+    gw_http_parser_t p;
+    gw_http_parser_init(&p, 1024, 4096);
+    int n = 0;
+    *err = 0;
+    size_t pieces[2][2] = {{0, split ? split : len}, {split ? split : len, len}};
+    for (int k = 0; k < 2; k++) {
+        gw_http_parser_feed(&p, msg + pieces[k][0], pieces[k][1] - pieces[k][0]);
+        for (;;) {
+            gw_http_req_t *r;
+            int rc = gw_http_parser_next(&p, &r);
+            if (rc == GW_OK && n < max) reqs[n++] = r;
+            else if (rc == GW_OK) gw_http_req_free(r);
+            else if (rc == GW_CONTINUE) continue;
+            else if (rc == GW_ERROR) {
+                *err = p.err_status;
+                gw_http_parser_release(&p);
+                return n;
+            } else break;
+        }
+    }
+    gw_http_parser_release(&p);
+    return n;
+}
+
+static void test_simple_get(void) {
+    const char *m = "GET /v1/models?x=1 HTTP/1.1\r\nHost: a\r\nAuthorization:  Bearer sk-1  \r\n\r\n";
+    gw_http_req_t *r[2];
+    int err;
+    CHECK_EQ_I(parse_all(m, strlen(m), 0, r, 2, &err), 1);
+    CHECK_EQ_I(err, 0);
+    CHECK_EQ_S(r[0]->method, "GET");
+    CHECK_EQ_S(r[0]->target, "/v1/models?x=1");
+    CHECK_EQ_I(r[0]->minor, 1);
+    CHECK_EQ_S(gw_http_header(r[0], "authorization"), "Bearer sk-1");
+    CHECK_EQ_S(gw_http_header(r[0], "HOST"), "a");
+    CHECK(gw_http_header(r[0], "cookie") == NULL);
+    CHECK_EQ_I(r[0]->keep_alive, 1);
+    CHECK_EQ_I(r[0]->body_len, 0);
+    gw_http_req_free(r[0]);
+}
+
+/* Two pipelined requests (Content-Length and chunked body), split at every byte. */
+static void test_pipelined_every_split(void) {
+    const char *m = "POST /a HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello"
+                    "POST /b HTTP/1.1\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+                    "3;ext=1\r\nabc\r\n10\r\n0123456789abcdef\r\n0\r\nTrailer: x\r\n\r\n"
+                    "GET /c HTTP/1.0\r\n\r\n";
+    size_t len = strlen(m);
+    int bad = 0;
+    for (size_t s = 0; s < len; s++) {
+        gw_http_req_t *r[4] = {0};
+        int err;
+        int n = parse_all(m, len, s, r, 4, &err);
+        if (n != 3 || err || strcmp(r[0]->target, "/a") || r[0]->body_len != 5 || memcmp(r[0]->body, "hello", 5) ||
+            strcmp(r[1]->target, "/b") || r[1]->body_len != 19 || strcmp(r[1]->body, "abc0123456789abcdef") ||
+            r[1]->keep_alive || strcmp(r[2]->target, "/c") || r[2]->minor != 0 || r[2]->keep_alive)
+            bad++;
+        for (int i = 0; i < 4; i++) gw_http_req_free(r[i]);
+    }
+    CHECK_EQ_I(bad, 0);
+}
+
+static void test_one_byte_at_a_time(void) {
+    const char *m = "POST /x HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc\r\nGET /y HTTP/1.1\r\n\r\n";
+    gw_http_parser_t p;
+    gw_http_parser_init(&p, 1024, 4096);
+    int got = 0;
+    for (size_t i = 0; m[i]; i++) {
+        gw_http_parser_feed(&p, m + i, 1);
+        gw_http_req_t *r;
+        while (gw_http_parser_next(&p, &r) == GW_OK) {
+            got++;
+            CHECK_EQ_S(r->target, got == 1 ? "/x" : "/y");
+            gw_http_req_free(r);
+        }
+    }
+    CHECK_EQ_I(got, 2);
+    CHECK_EQ_I(gw_http_parser_busy(&p), 0);
+    gw_http_parser_release(&p);
+}
+
+static int err_of(const char *m) {
+    gw_http_req_t *r[2] = {0};
+    int err;
+    int n = parse_all(m, strlen(m), 0, r, 2, &err);
+    for (int i = 0; i < n; i++) gw_http_req_free(r[i]);
+    return err;
+}
+
+static void test_errors(void) {
+    CHECK_EQ_I(err_of("GET\r\n\r\n"), 400);
+    CHECK_EQ_I(err_of("GET / HTTP/2.0\r\n\r\n"), 505);
+    CHECK_EQ_I(err_of("GET / FOO/1.1\r\n\r\n"), 400);
+    CHECK_EQ_I(err_of("G(T / HTTP/1.1\r\n\r\n"), 400);
+    CHECK_EQ_I(err_of("GET /a b HTTP/1.1\r\n\r\n"), 400);
+    CHECK_EQ_I(err_of("GET / HTTP/1.1\r\nNo colon\r\n\r\n"), 400);
+    CHECK_EQ_I(err_of("GET / HTTP/1.1\r\nBad name: x\r\n\r\n"), 400);
+    CHECK_EQ_I(err_of("GET / HTTP/1.1\r\nA: b\r\n folded\r\n\r\n"), 400);
+    CHECK_EQ_I(err_of("POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n"), 400);
+    CHECK_EQ_I(err_of("POST / HTTP/1.1\r\nContent-Length: 1x\r\n\r\n"), 400);
+    CHECK_EQ_I(err_of("POST / HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n"), 400);
+    CHECK_EQ_I(err_of("POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"), 400);
+    CHECK_EQ_I(err_of("POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"), 400);
+    CHECK_EQ_I(err_of("POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n"), 501);
+    CHECK_EQ_I(err_of("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"), 400);
+    CHECK_EQ_I(err_of("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcX"), 400);
+    CHECK_EQ_I(err_of("GET / HTTP/1.1\r\nExpect: 200-ok\r\n\r\n"), 417);
+    CHECK_EQ_I(err_of("GET / HTTP/1.1\r\nX: a\001b\r\n\r\n"), 400);
+}
+
+static void test_limits(void) {
+    /* body limit 4096: declared larger -> 413 before any body byte */
+    CHECK_EQ_I(err_of("POST / HTTP/1.1\r\nContent-Length: 4097\r\n\r\n"), 413);
+    CHECK_EQ_I(err_of("POST / HTTP/1.1\r\nContent-Length: 4096\r\n\r\n"), 0); /* waits for the body */
+    /* chunked body passes the limit while arriving */
+    gw_buf_t b = {0};
+    gw_buf_printf(&b, "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n");
+    for (int i = 0; i < 5; i++) {
+        gw_buf_printf(&b, "400\r\n");
+        for (int j = 0; j < 1024; j++) gw_buf_append(&b, "x", 1);
+        gw_buf_printf(&b, "\r\n");
+    }
+    CHECK_EQ_I(err_of(b.p), 413);
+    gw_buf_free(&b);
+    /* header limit 1024 -> 431, both complete and incomplete heads */
+    gw_buf_t h = {0};
+    gw_buf_printf(&h, "GET / HTTP/1.1\r\nX: ");
+    for (int i = 0; i < 1100; i++) gw_buf_append(&h, "a", 1);
+    CHECK_EQ_I(err_of(h.p), 431);
+    gw_buf_printf(&h, "\r\n\r\n");
+    CHECK_EQ_I(err_of(h.p), 431);
+    gw_buf_free(&h);
+    gw_buf_t many = {0};
+    gw_buf_printf(&many, "GET / HTTP/1.1\r\n");
+    for (int i = 0; i < GW_HTTP_MAX_HEADERS + 1; i++) gw_buf_printf(&many, "h%d: v\r\n", i);
+    gw_buf_printf(&many, "\r\n");
+    gw_http_parser_t p;
+    gw_http_parser_init(&p, 8192, 100);
+    gw_http_parser_feed(&p, many.p, many.len);
+    gw_http_req_t *r;
+    CHECK_EQ_I(gw_http_parser_next(&p, &r), GW_ERROR);
+    CHECK_EQ_I(p.err_status, 431);
+    gw_http_parser_release(&p);
+    gw_buf_free(&many);
+}
+
+static void test_expect_continue(void) {
+    gw_http_parser_t p;
+    gw_http_parser_init(&p, 1024, 4096);
+    const char *h = "POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n";
+    gw_http_parser_feed(&p, h, strlen(h));
+    gw_http_req_t *r;
+    CHECK_EQ_I(gw_http_parser_next(&p, &r), GW_CONTINUE);
+    CHECK_EQ_I(gw_http_parser_next(&p, &r), GW_AGAIN);
+    gw_http_parser_feed(&p, "ok", 2);
+    CHECK_EQ_I(gw_http_parser_next(&p, &r), GW_OK);
+    CHECK_EQ_I(r->body_len, 2);
+    gw_http_req_free(r);
+    gw_http_parser_release(&p);
+}
+
+static void test_keep_alive_rules(void) {
+    gw_http_req_t *r[1];
+    int err;
+    const char *a = "GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n";
+    CHECK_EQ_I(parse_all(a, strlen(a), 0, r, 1, &err), 1);
+    CHECK_EQ_I(r[0]->keep_alive, 1);
+    gw_http_req_free(r[0]);
+    const char *b = "GET / HTTP/1.1\r\nConnection: foo, Close\r\n\r\n";
+    CHECK_EQ_I(parse_all(b, strlen(b), 0, r, 1, &err), 1);
+    CHECK_EQ_I(r[0]->keep_alive, 0);
+    gw_http_req_free(r[0]);
+}
+
+static void test_chunked_decoder(void) {
+    const char *body = "5\r\nhello\r\n6\r\n world\r\n0\r\n\r\nNEXT";
+    size_t len = strlen(body);
+    for (size_t s = 1; s < len; s++) { /* every split */
+        gw_chunked_t c = {0};
+        gw_buf_t out = {0};
+        ssize_t a = gw_chunked_feed(&c, body, s, &out);
+        ssize_t b = c.done ? 0 : gw_chunked_feed(&c, body + s, len - s, &out);
+        CHECK(a >= 0 && b >= 0);
+        CHECK_EQ_I(c.done, 1);
+        CHECK_EQ_I((size_t)(a + b), len - 4); /* stops before NEXT */
+        CHECK_EQ_S(out.p, "hello world");
+        gw_buf_free(&out);
+    }
+    gw_chunked_t c = {0};
+    gw_buf_t out = {0};
+    CHECK_EQ_I(gw_chunked_feed(&c, "fffffffffffffffff\r\n", 19, &out), -1); /* size overflow */
+    gw_chunked_t c2 = {0};
+    CHECK_EQ_I(gw_chunked_feed(&c2, "\r\n", 2, &out), -1); /* no size */
+    gw_buf_free(&out);
+}
+
+static void test_response_head(void) {
+    gw_http_resp_t r;
+    const char *h = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\nxx";
+    CHECK_EQ_I(gw_http_resp_parse(h, strlen(h), 4096, &r), (long)strlen(h) - 2);
+    CHECK_EQ_I(r.status, 200);
+    CHECK_EQ_I(r.chunked, 1);
+    CHECK_EQ_S(r.content_type, "text/event-stream");
+    const char *h2 = "HTTP/1.1 404 Not Found\r\nContent-Length: 12\r\nConnection: close\r\n\r\n";
+    CHECK(gw_http_resp_parse(h2, strlen(h2), 4096, &r) > 0);
+    CHECK_EQ_I(r.status, 404);
+    CHECK_EQ_I(r.content_length, 12);
+    CHECK_EQ_I(r.close, 1);
+    CHECK_EQ_I(gw_http_resp_parse(h2, 20, 4096, &r), 0);
+    CHECK_EQ_I(gw_http_resp_parse("HTTP/1.1 2x0 OK\r\n\r\n", 19, 4096, &r), -1);
+    CHECK_EQ_I(gw_http_resp_parse("SMTP ready\r\n\r\n", 14, 4096, &r), -1);
+    CHECK_EQ_I(gw_http_resp_parse(h2, strlen(h2), 10, &r), -1);
+}
+
+TG_TEST_MAIN(test_simple_get, test_pipelined_every_split, test_one_byte_at_a_time, test_errors, test_limits,
+             test_expect_continue, test_keep_alive_rules, test_chunked_decoder, test_response_head)
