@@ -304,9 +304,7 @@ static void pre_detect_fast(tok_t *t, const cJSON *root) {
     }
     if (t->pre[3].kind != TOK_PRE_BYTELEVEL || t->pre[3].re || t->pre[3].add_prefix_space) return;
     if (getenv("TOK_NO_FAST")) return; /* for comparing the two paths */
-#ifdef TOK_HAVE_DS3
     t->pre[0].fast = 1;
-#endif
 }
 
 /* ---- added tokens ------------------------------------------------------------ */

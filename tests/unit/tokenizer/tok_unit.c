@@ -11,8 +11,13 @@
 #include <string.h>
 #include <unistd.h>
 
+#define PCRE2_CODE_UNIT_WIDTH 8
+#include <pcre2.h>
+
 #include "tg_test.h"
 #include "tok.h"
+
+int tok_ds3_class(uint32_t cp); /* tok_pre_ds3.c */
 
 static const char *tok_path;
 static tok_t *T;
@@ -305,6 +310,100 @@ static void test_threads(void) {
     CHECK_EQ_I(thread_bad, 0);
 }
 
+/* The hand-written DeepSeek-V3 pre-tokenizer against the PCRE2 path (the
+ * regexes as written in tokenizer.json).  Their Unicode tables differ only on
+ * code points assigned after PCRE2's Unicode version; those are listed and
+ * left out of the random texts. */
+static uint32_t rnd_state = 12345;
+static uint32_t rnd(void) {
+    rnd_state ^= rnd_state << 13;
+    rnd_state ^= rnd_state >> 17;
+    rnd_state ^= rnd_state << 5;
+    return rnd_state;
+}
+
+static int put_cp(char *o, uint32_t c) {
+    if (c < 0x80) return o[0] = (char)c, 1;
+    if (c < 0x800) return o[0] = (char)(0xC0 | c >> 6), o[1] = (char)(0x80 | (c & 0x3F)), 2;
+    if (c < 0x10000)
+        return o[0] = (char)(0xE0 | c >> 12), o[1] = (char)(0x80 | ((c >> 6) & 0x3F)),
+               o[2] = (char)(0x80 | (c & 0x3F)), 3;
+    return o[0] = (char)(0xF0 | c >> 18), o[1] = (char)(0x80 | ((c >> 12) & 0x3F)),
+           o[2] = (char)(0x80 | ((c >> 6) & 0x3F)), o[3] = (char)(0x80 | (c & 0x3F)), 4;
+}
+
+static void test_fast_vs_regex(void) {
+    static const char *pats[5] = {"\\p{L}", "\\p{N}", "\\p{M}", "\\p{P}", "\\p{S}"};
+    pcre2_code *re[5];
+    for (int i = 0; i < 5; i++) {
+        int ec;
+        PCRE2_SIZE eo;
+        re[i] = pcre2_compile((PCRE2_SPTR)pats[i], PCRE2_ZERO_TERMINATED, PCRE2_UTF | PCRE2_UCP, &ec, &eo, NULL);
+        pcre2_jit_compile(re[i], PCRE2_JIT_COMPLETE);
+    }
+    pcre2_match_data *md = pcre2_match_data_create(1, NULL);
+    uint8_t *agree = malloc(0x110000);
+    size_t differ = 0;
+    for (uint32_t cp = 0; cp < 0x110000; cp++) {
+        agree[cp] = 0;
+        if (cp >= 0xD800 && cp <= 0xDFFF) continue;
+        char u[4];
+        int l = put_cp(u, cp);
+        int pc = 0;
+        for (int i = 0; i < 5; i++)
+            if (pcre2_match(re[i], (PCRE2_SPTR)u, (size_t)l, 0, 0, md, NULL) >= 0) pc |= 1 << i;
+        if (pc == (tok_ds3_class(cp) & 31)) agree[cp] = 1;
+        else if (differ++ < 3)
+            fprintf(stderr, "note: U+%04X class %d in node's Unicode tables, %d in PCRE2's\n", cp,
+                    tok_ds3_class(cp) & 31, pc);
+    }
+    printf("Unicode classes: %zu code points differ between the tables (assigned after PCRE2's Unicode)\n",
+           differ);
+    CHECK(differ < 20000);
+    for (int i = 0; i < 5; i++) pcre2_code_free(re[i]);
+    pcre2_match_data_free(md);
+
+    setenv("TOK_NO_FAST", "1", 1);
+    char err[512];
+    tok_t *slow = tok_load(tok_path, err, sizeof err);
+    unsetenv("TOK_NO_FAST");
+    CHECK(slow != NULL);
+    if (!slow) {
+        free(agree);
+        return;
+    }
+    static const uint32_t pool[] = {' ', ' ', ' ', '\n', '\r', '\t', 'a', 'Z', 'q', '0', '7', '\'', '"', '-', '.',
+                                    '!', '$', '_', '`', '~', 0x85, 0xA0, 0x1680, 0x2000, 0x2028, 0x202F, 0x3000,
+                                    0x180E, 0x200B, 0xFEFF, 0x0301, 0x0300, 0x20DD, 0x4E00, 0x9FA5, 0x9FA6, 0x3042,
+                                    0x30A2, 0x30FC, 0x3001, 0xFF01, 0x00E9, 0x0660, 0x00BD, 0x2160, 0x1F600,
+                                    0x1F3FD, 0x200D, 0xFE0F, 0x0, 0x1F, 0x7F, 0xAD, 0x10FFFF};
+    size_t np = sizeof pool / sizeof *pool, same = 0, total = 0;
+    char buf[400];
+    for (int it = 0; it < 20000; it++) {
+        size_t len = 0, m = 1 + rnd() % 60;
+        for (size_t i = 0; i < m; i++) {
+            uint32_t cp;
+            do cp = (rnd() % 3) ? pool[rnd() % np] : rnd() % (rnd() % 2 ? 0x3100 : 0x110000);
+            while (!agree[cp]);
+            len += (size_t)put_cp(buf + len, cp);
+        }
+        int32_t *a = NULL, *b = NULL;
+        long na = tok_encode(T, buf, len, 1, &a), nb = tok_encode(slow, buf, len, 1, &b);
+        total++;
+        if (na == nb && na >= 0 && !memcmp(a, b, (size_t)na * sizeof *a)) same++;
+        else if (total - same < 4) {
+            fprintf(stderr, "fast/regex differ on:");
+            for (size_t i = 0; i < len; i++) fprintf(stderr, " %02x", (unsigned char)buf[i]);
+            fprintf(stderr, "\n");
+        }
+        free(a), free(b);
+    }
+    printf("hand-written vs PCRE2 pre-tokenizer: %zu/%zu random texts identical\n", same, total);
+    CHECK_EQ_I(same, total);
+    tok_free(slow);
+    free(agree);
+}
+
 static void test_memory_figure(void) {
     size_t m = tok_mem(T);
     printf("one loaded DeepSeek-V3 tokenizer holds %.1f MiB\n", m / 1048576.0);
@@ -334,6 +433,7 @@ int main(int argc, char **argv) {
     test_r1_split();
     test_detect();
     test_threads();
+    test_fast_vs_regex();
     test_memory_figure();
     tok_free(T);
     char cmd[600];
