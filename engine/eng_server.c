@@ -79,6 +79,7 @@ typedef struct {
     metrics_t met;
     call_t *calls; /* in flight, doubly linked */
     int n_calls, draining;
+    int pending_flush; /* final replies handed to evhttp, not yet written out */
     unsigned long ticks;
     unsigned long long id_counter;
 } srv_t;
@@ -148,6 +149,24 @@ static void log_line(const char *fmt, ...) {
 
 /* ---- calls ---------------------------------------------------------------- */
 
+/* While draining, leave the loop once no call is in flight and every final
+ * reply has been written (or after 2 s, for replies whose socket died). */
+static void maybe_exit(srv_t *S) {
+    if (!S->draining || S->n_calls) return;
+    if (S->pending_flush == 0) {
+        event_base_loopexit(S->base, NULL);
+    } else {
+        struct timeval tv = {2, 0};
+        event_base_loopexit(S->base, &tv);
+    }
+}
+
+static void on_sent(struct evhttp_request *req, void *arg) {
+    srv_t *S = arg;
+    S->pending_flush--;
+    maybe_exit(S);
+}
+
 static void call_unlink_free(call_t *c) {
     srv_t *S = c->srv;
     if (c->prev)
@@ -159,7 +178,7 @@ static void call_unlink_free(call_t *c) {
     eng_buf_free(&c->content);
     eng_buf_free(&c->reasoning);
     free(c);
-    if (S->draining && S->n_calls == 0) event_base_loopexit(S->base, NULL);
+    maybe_exit(S);
 }
 
 static void on_conn_close(struct evhttp_connection *conn, void *arg) {
@@ -210,6 +229,8 @@ static void call_finish(call_t *c, const eng_ev_t *ev) {
             evhttp_send_reply(c->req, 499, "Client Closed Request", NULL);
     } else {
         evhttp_connection_set_closecb(c->conn, NULL, NULL);
+        evhttp_request_set_on_complete_cb(c->req, on_sent, S);
+        S->pending_flush++;
         if (ev->finish == ENG_FINISH_ERROR || ev->finish == ENG_FINISH_CANCELLED) {
             eng_api_err_t e;
             if (ev->finish == ENG_FINISH_ERROR)

@@ -413,10 +413,28 @@ class Server(unittest.TestCase):
         r = "".join(c["choices"][0]["delta"].get("reasoning_content") or "" for c in chunks)
         self.assertEqual(r, msg["reasoning_content"])
 
-    def test_zz_sigterm_exits_0(self):
+    def test_zz_sigterm_finishes_in_flight_and_exits_0(self):
         p, _ = procs["small"]
+        res = {}
+
+        def run():
+            res["r"] = chat("finish me", port=PORT_SMALL, max_tokens=40, stream=True)
+        t = threading.Thread(target=run)
+        t.start()
+        for _ in range(200):
+            if metrics(PORT_SMALL)["tollgate_engine_active_sequences"] == 1:
+                break
+            time.sleep(0.01)
         p.send_signal(signal.SIGTERM)
+        t.join()
         self.assertEqual(p.wait(30), 0)
+        st, _, b = res["r"]
+        self.assertEqual(st, 200)
+        ev = sse(b)
+        self.assertEqual(ev[-1], "[DONE]")
+        self.assertIn(json.loads(ev[-2])["choices"][0]["finish_reason"], ("length", "stop"))
+        with self.assertRaises(OSError):  # no longer listening
+            request(PORT_SMALL, "GET", "/health", timeout=2)
 
 
 if __name__ == "__main__":
