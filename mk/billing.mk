@@ -1,7 +1,8 @@
 # billing/ + metering/ + tollgatectl: unit tests and the PostgreSQL-backed tests.
 #   make test-billing   unit tests, then tests/billing/run.sh (uses TG_TEST_PG from
 #                       scripts/test.sh, or starts its own PostgreSQL on port 18680)
-# The test programs link billing/ and metering/ objects directly (not libgw),
+# Unit tests #include the .c they test (to reach statics) and link the other
+# objects.  The test programs link billing/ and metering/ objects directly (not libgw),
 # so a half-written gateway/ never breaks them.
 
 BILL_OBJ  := $(call objs,$(call srcs,billing) $(call srcs,metering))
@@ -11,7 +12,7 @@ BILL_UNIT_BINS := $(patsubst %,$(B)/tests/unit$(if $(SANITIZER),-$(SANITIZER))/%
 
 $(B)/tests/unit$(if $(SANITIZER),-$(SANITIZER))/%: tests/unit/%.c $(BILL_OBJ) $(LIBCOMMON)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(LDFLAGS) -Itests/unit -o $@ $< $(BILL_LIBS) $(LDLIBS)
+	$(CC) $(CFLAGS) $(LDFLAGS) -Itests/unit -o $@ $< $(filter-out $(O)/$*.o,$(BILL_LIBS)) $(LDLIBS)
 
 $(B)/bill_server$(if $(SANITIZER),-$(SANITIZER)): $(O)/tests/billing/bill_server.o $(BILL_OBJ) $(LIBCOMMON)
 	$(CC) $(LDFLAGS) -o $@ $< $(BILL_LIBS) $(LDLIBS)

@@ -30,3 +30,12 @@ test-engine: $(ENG_GOLDEN_BIN) $(ENG_UNIT_BINS)
 
 engine-golden: $(ENG_GOLDEN_BIN)
 	bash tests/engine/make_golden.sh $(ENG_GOLDEN_BIN) $(ENG_TEST_DIR)/golden-models
+
+ENG_BENCH_BIN := $(O)/bench/engine/eng_bench
+$(ENG_BENCH_BIN): bench/engine/eng_bench.c $(LIBENG)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(ENG_LINK) -lopenblas $(LDLIBS)
+
+bench-engine: $(ENG_BENCH_BIN)
+	$(ENG_BENCH_BIN) decode
+	$(ENG_BENCH_BIN) prefill

@@ -11,6 +11,7 @@ root=$(cd "$(dirname "$0")/../.." && pwd)
 asuser() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 
 migrate() {
+    export PGOPTIONS="-c client_min_messages=warning"
     local psql=(psql -X -q -h 127.0.0.1 -p "$port" -U tollgate -d tollgate -v ON_ERROR_STOP=1)
     "${psql[@]}" -c "CREATE TABLE IF NOT EXISTS schema_migrations(name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
     for f in "$root"/migrations/*.sql; do

@@ -1,0 +1,16 @@
+#!/bin/bash
+# run.sh — the PostgreSQL-backed billing tests (make test-billing).
+# Uses $TG_TEST_PG (scripts/test.sh exports it, migrations applied); without
+# it, starts a private cluster on port 18680 for the duration of the run.
+# The fault test starts its own second cluster on port 18690.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+own=
+if [ -z "${TG_TEST_PG:-}" ]; then
+    own=$(mktemp -d /tmp/billtest-pg.XXXXXX)
+    trap 'bash tests/billing/pg.sh stop "$own/pg"; rm -rf "$own"' EXIT
+    bash tests/billing/pg.sh start "$own/pg" 18680
+    export TG_TEST_PG="host=127.0.0.1 port=18680 dbname=tollgate user=tollgate"
+fi
+export BILL_SERVER=${BILL_SERVER:-build/bill_server}
+/usr/bin/python3 tests/billing/test_billing.py

@@ -1,0 +1,397 @@
+"""Billing tests against a real PostgreSQL: admin API + tollgatectl, admission
+statuses, exactly-once settlement, and the spool across a PostgreSQL outage.
+
+bill.h runs inside tests/billing/bill_server (admin API + a line protocol on
+stdin/stdout for admit/settle).  Ports 18681-18699; names start with billtest-."""
+import hashlib
+import hmac
+import json
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+import urllib.request
+import uuid
+
+import psycopg2
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+SERVER = os.path.join(ROOT, os.environ.get("BILL_SERVER", "build/bill_server"))
+CTL = os.path.join(ROOT, "build", "tollgatectl")
+PG = os.environ["TG_TEST_PG"]
+PGSH = os.path.join(ROOT, "tests", "billing", "pg.sh")
+MODEL = "billtest-model"
+PRICE = (270000, 70000, 1100000)  # micro-USD per 1M tokens
+
+
+class Server:
+    """One bill_server process: admin API on `port`, admit/settle on stdin."""
+
+    def __init__(self, conninfo, port, spool):
+        self.port = port
+        self.token = secrets.token_hex(16)
+        self.secret = secrets.token_hex(32)
+        self.spool = spool
+        self.conninfo = conninfo
+        self.start()
+
+    def start(self):
+        self.p = subprocess.Popen([SERVER, self.conninfo, "127.0.0.1:%d" % self.port, self.token,
+                                   self.secret + "\n", self.spool],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True, bufsize=1)
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            try:
+                urllib.request.urlopen("http://127.0.0.1:%d/health" % self.port, timeout=1)
+                return
+            except urllib.error.HTTPError:
+                return  # 503 while PG is down: the server is up
+            except OSError:
+                time.sleep(0.05)
+        raise AssertionError("bill_server did not start: " + self.p.stderr.read())
+
+    def cmd(self, line, reply=True):
+        self.p.stdin.write(line + "\n")
+        self.p.stdin.flush()
+        return self.p.stdout.readline().strip() if reply else None
+
+    def admit(self, key, model=MODEL):
+        return self.cmd("admit %s %s" % (key, model)).split()
+
+    def settle(self, rid, key_id, cust_id, prompt, hit, completion, price=PRICE, model=MODEL):
+        r = self.cmd("settle %s %d %d %s %d %d %d %d %d %d" % (rid, key_id, cust_id, model, *price,
+                                                              prompt, hit, completion))
+        assert r == "settled", r
+
+    def stop(self):
+        if self.p.poll() is None:
+            self.p.stdin.write("quit\n")
+            self.p.stdin.flush()
+            self.p.wait(timeout=20)
+        err = self.p.stderr.read()
+        self.p.stdout.close()
+        self.p.stdin.close()
+        self.p.stderr.close()
+        if "Sanitizer" in err:
+            raise AssertionError("bill_server: " + err)
+        return err
+
+    def ctl(self, *args, check=True):
+        env = dict(os.environ, TOLLGATE_ADMIN_URL="http://127.0.0.1:%d" % self.port,
+                   TOLLGATE_ADMIN_TOKEN=self.token)
+        p = subprocess.run([CTL, *args], capture_output=True, text=True, timeout=30, env=env)
+        if check and p.returncode != 0:
+            raise AssertionError("tollgatectl %s: %d %s" % (" ".join(args), p.returncode, p.stderr))
+        return p
+
+    def http(self, method, path, body=None, token=None):
+        req = urllib.request.Request("http://127.0.0.1:%d%s" % (self.port, path), method=method,
+                                     data=None if body is None else body.encode())
+        req.add_header("Authorization", "Bearer " + (self.token if token is None else token))
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+
+def q(sql, *args, conninfo=PG):
+    with psycopg2.connect(conninfo) as c:
+        c.autocommit = True
+        cur = c.cursor()
+        cur.execute(sql, args)
+        return cur.fetchall() if cur.description else None
+
+
+def new_name():
+    return "billtest-" + uuid.uuid4().hex[:12]
+
+
+def wait_for(fn, timeout=15.0):
+    deadline = time.time() + timeout
+    while True:
+        v = fn()
+        if v or time.time() > deadline:
+            return v
+        time.sleep(0.1)
+
+
+def cost(prompt, hit, completion, price=PRICE):
+    return (prompt - hit) * price[0] + hit * price[1] + completion * price[2]
+
+
+class Billing(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.spool = tempfile.mkdtemp(prefix="billtest-spool.")
+        cls.s = Server(PG, 18681, cls.spool)
+        cls.s.ctl("price", "set", "--model", MODEL, "--input-miss", str(PRICE[0]),
+                  "--input-hit", str(PRICE[1]), "--output", str(PRICE[2]))
+
+    @classmethod
+    def tearDownClass(cls):
+        err = cls.s.stop()
+        if "rejected" in err or "failed" in err:
+            print(err, file=sys.stderr)
+        shutil.rmtree(cls.spool, ignore_errors=True)
+
+    def customer(self, credit="5.00"):
+        name = new_name()
+        args = ["customer", "create", name] + (["--credit-usd", credit] if credit else [])
+        self.s.ctl(*args)
+        return name
+
+    def key(self, name, *limits):
+        out = self.s.ctl("key", "create", "--customer", name, *limits).stdout
+        k = out.strip().splitlines()[-1]
+        self.assertRegex(k, r"^sk-[0-9a-f]{48}$")
+        return k
+
+    def ids(self, name):
+        j = json.loads(self.s.ctl("key", "list", "--customer", name, "--json").stdout)
+        cust = json.loads(self.s.ctl("balance", "--customer", name, "--json").stdout)
+        return [k["id"] for k in j["data"]], cust["customer_id"]
+
+    def balance(self, name):
+        b = json.loads(self.s.ctl("balance", "--customer", name, "--json").stdout)
+        self.assertIsInstance(b["balance_pico"], str)
+        return int(b["balance_pico"]), b["balance_usd"]
+
+    # ---- admin API and tollgatectl ----
+
+    def test_customer_credit_exact(self):
+        c = self.customer("5.00")
+        self.assertEqual(self.balance(c), (5 * 10**12, "5.000000"))
+        for amount, pico in (("5", 5 * 10**12), ("0.000001", 10**6), ("0.000000000001", 1), ("12.34", 1234 * 10**10)):
+            before = self.balance(c)[0]
+            self.s.ctl("credit", "add", "--customer", c, "--usd", amount)
+            self.assertEqual(self.balance(c)[0] - before, pico, amount)
+        for bad in ("-1", "abc", "1e3", "0.0000000000001", "", "1.", ".5", "0", "+1", "1,5", "99999999"):
+            p = self.s.ctl("credit", "add", "--customer", c, "--usd", bad, check=False)
+            self.assertNotEqual(p.returncode, 0, bad)
+            self.assertIn("HTTP 400", p.stderr, bad)
+        self.assertEqual(q("select count(*) from ledger_mismatch")[0][0], 0)
+
+    def test_errors(self):
+        c = self.customer()
+        p = self.s.ctl("customer", "create", c, check=False)
+        self.assertEqual(p.returncode, 1)
+        self.assertIn("already exists", p.stderr)
+        p = self.s.ctl("balance", "--customer", "billtest-nobody", check=False)
+        self.assertEqual(p.returncode, 1)
+        self.assertIn("no such customer", p.stderr)
+        st, j = self.s.http("GET", "/admin/v1/customers", token="wrong")
+        self.assertEqual(st, 401)
+        self.assertEqual(set(j["error"]), {"message", "type", "param", "code"})
+        st, j = self.s.http("POST", "/admin/v1/customers", "{not json")
+        self.assertEqual(st, 400)
+        st, j = self.s.http("POST", "/admin/v1/customers", json.dumps({"name": new_name(), "credit_usd": 5}))
+        self.assertEqual(st, 400, "money as a JSON number is refused")
+        st, j = self.s.http("POST", "/admin/v1/prices", json.dumps({"model": "x", "input_cache_miss": 1,
+                                                                    "input_cache_hit": "1", "output": "1"}))
+        self.assertEqual(st, 400)
+        st, j = self.s.http("GET", "/admin/v1/nothing")
+        self.assertEqual(st, 404)
+        p = self.s.ctl("key", "revoke", "999999999", check=False)
+        self.assertIn("no such key", p.stderr)
+        p = self.s.ctl("invoice", "--customer", c, "--month", "2026-13", check=False)
+        self.assertEqual(p.returncode, 1)
+        p = self.s.ctl("frobnicate", check=False)
+        self.assertEqual(p.returncode, 2)
+
+    def test_key_stored_as_keyed_hash(self):
+        c = self.customer()
+        k = self.key(c, "--rpm", "7", "--tpm", "1000", "--concurrency", "2")
+        rows = q("select k.key_hash, k.prefix, k.rpm, k.tpm, k.concurrency from api_keys k join customers c"
+                 " on c.id = k.customer_id where c.name = %s", c)
+        self.assertEqual(len(rows), 1)
+        want = hmac.new(bytes.fromhex(self.s.secret), k.encode(), hashlib.sha256).hexdigest()
+        self.assertEqual(rows[0][0], want)
+        self.assertEqual(rows[0][1:], (k[:11], 7, 1000, 2))
+        dump = json.dumps(q("select row_to_json(k) from api_keys k"))
+        self.assertNotIn(k, dump)
+        self.assertNotIn(k[3:], dump)
+        lst = json.loads(self.s.ctl("key", "list", "--customer", c, "--json").stdout)["data"]
+        self.assertNotIn(k, json.dumps(lst))
+        self.assertTrue(lst[0]["active"])
+
+    # ---- admission ----
+
+    def test_admit_statuses(self):
+        c = self.customer("1.00")
+        k = self.key(c, "--rpm", "5")
+        (kid,), cid = self.ids(c)
+        a = self.s.admit(k)
+        self.assertEqual(a, ["admit", "ok", str(kid), str(cid), "5", "0", "0"] + [str(p) for p in PRICE])
+        self.assertEqual(self.s.admit("sk-" + "0" * 48)[1], "unauthorized")
+        self.assertEqual(self.s.admit("garbage")[1], "unauthorized")
+        self.assertEqual(self.s.admit(k, "billtest-no-such-model")[1], "no_price")
+        # a price change counts for the next admission
+        self.s.ctl("price", "set", "--model", MODEL + "-2", "--input-miss", "1", "--input-hit", "2", "--output", "3")
+        self.assertEqual(self.s.admit(k, MODEL + "-2")[7:], ["1", "2", "3"])
+        # no balance, then credit: immediately admitted
+        c2 = self.customer(None)
+        k2 = self.key(c2)
+        self.assertEqual(self.s.admit(k2)[1], "no_balance")
+        self.s.ctl("credit", "add", "--customer", c2, "--usd", "0.01")
+        self.assertEqual(self.s.admit(k2)[1], "ok")
+        # revocation counts for the very next admission
+        self.s.ctl("key", "revoke", str(kid))
+        self.assertEqual(self.s.admit(k)[1], "unauthorized")
+        lst = json.loads(self.s.ctl("key", "list", "--customer", c, "--json").stdout)["data"]
+        self.assertFalse(lst[0]["active"])
+
+    # ---- settlement ----
+
+    def test_settle_twice_one_row_one_debit(self):
+        c = self.customer("1.00")
+        k = self.key(c)
+        (kid,), cid = self.ids(c)
+        rid = str(uuid.uuid4())
+        before = self.balance(c)[0]
+        self.s.settle(rid, kid, cid, 1000, 300, 500)
+        self.s.settle(rid, kid, cid, 1000, 300, 500)
+        rows = wait_for(lambda: q("select prompt_tokens, prompt_cache_hit_tokens, prompt_cache_miss_tokens,"
+                                  " completion_tokens, cost_pico, price_input_cache_miss, price_output"
+                                  " from usage where request_id = %s", rid))
+        want = cost(1000, 300, 500)
+        self.assertEqual(rows, [(1000, 300, 700, 500, want, PRICE[0], PRICE[2])])
+        time.sleep(0.5)  # the second settle has had its chance to double-count
+        self.assertEqual(q("select count(*), sum(amount_pico) from ledger where request_id = %s", rid),
+                         [(1, -want)])
+        self.assertEqual(before - self.balance(c)[0], want)
+        # settling the same request again later changes nothing
+        self.s.settle(rid, kid, cid, 1000, 300, 500)
+        time.sleep(0.5)
+        self.assertEqual(q("select count(*) from usage where request_id = %s", rid)[0][0], 1)
+        self.assertEqual(before - self.balance(c)[0], want)
+        self.assertEqual(q("select count(*) from ledger_mismatch")[0][0], 0)
+        # usage and invoice show it, totals exact
+        u = json.loads(self.s.ctl("usage", "--customer", c, "--json").stdout)
+        self.assertEqual(u["data"][0]["request_id"], rid)
+        self.assertEqual(u["totals"]["cost_pico"], str(want))
+        month = time.strftime("%Y-%m", time.gmtime())
+        inv = json.loads(self.s.ctl("invoice", "--customer", c, "--month", month, "--json").stdout)
+        self.assertEqual(inv["total_pico"], str(want))
+        self.assertEqual(sum(int(l["amount_pico"]) for l in inv["lines"]), want)
+        self.assertEqual({l["token_class"]: int(l["tokens"]) for l in inv["lines"]},
+                         {"input_cache_miss": 700, "input_cache_hit": 300, "output": 500})
+        self.assertIn(rid, self.s.ctl("usage", "--customer", c).stdout)
+        self.assertIn("input_cache_hit", self.s.ctl("invoice", "--customer", c, "--month", month).stdout)
+
+    def test_settle_batch_and_bad_row(self):
+        c = self.customer("1.00")
+        k = self.key(c)
+        (kid,), cid = self.ids(c)
+        rids = [str(uuid.uuid4()) for _ in range(50)]
+        for i, rid in enumerate(rids):
+            self.s.settle(rid, kid, cid, 10 + i, i % 10, 3)
+        # a row for a customer that does not exist is rejected alone
+        bad = str(uuid.uuid4())
+        self.s.settle(bad, kid, 999999999, 10, 0, 1)
+        n = wait_for(lambda: q("select count(*) from usage where request_id = any(%s::uuid[])", rids)[0][0] == 50)
+        self.assertTrue(n)
+        want = sum(cost(10 + i, i % 10, 3) for i in range(50))
+        self.assertEqual(10**12 - self.balance(c)[0], want)
+        self.assertTrue(wait_for(lambda: os.path.exists(os.path.join(self.spool, "rejected.jsonl"))))
+        with open(os.path.join(self.spool, "rejected.jsonl")) as f:
+            self.assertIn(bad, f.read())
+
+
+class Outage(unittest.TestCase):
+    """Settlements while PostgreSQL is down: spooled, then replayed exactly once."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.dir = tempfile.mkdtemp(prefix="billtest-outage.")
+        os.chmod(cls.dir, 0o755)
+        cls.pgdir = os.path.join(cls.dir, "pg")
+        cls.port = 18690
+        cls.conninfo = "host=127.0.0.1 port=%d dbname=tollgate user=tollgate" % cls.port
+        subprocess.run(["bash", PGSH, "start", cls.pgdir, str(cls.port)], check=True)
+        cls.spool = os.path.join(cls.dir, "spool")
+
+    @classmethod
+    def tearDownClass(cls):
+        subprocess.run(["bash", PGSH, "stop", cls.pgdir])
+        shutil.rmtree(cls.dir, ignore_errors=True)
+
+    def pg(self, up):
+        subprocess.run(["bash", PGSH, "start" if up else "stop", self.pgdir, str(self.port)], check=True)
+
+    def spooled(self):
+        return sorted(f for f in os.listdir(self.spool) if f.endswith(".spool")) if os.path.isdir(self.spool) else []
+
+    def test_outage(self):
+        s = Server(self.conninfo, 18691, self.spool)
+        try:
+            s.ctl("price", "set", "--model", MODEL, "--input-miss", str(PRICE[0]), "--input-hit", str(PRICE[1]),
+                  "--output", str(PRICE[2]))
+            name = new_name()
+            s.ctl("customer", "create", name, "--credit-usd", "2")
+            key = s.ctl("key", "create", "--customer", name).stdout.strip().splitlines()[-1]
+            a = s.admit(key)
+            self.assertEqual(a[1], "ok")
+            kid, cid = int(a[2]), int(a[3])
+            count = lambda rid: q("select count(*) from usage where request_id = %s", rid, conninfo=self.conninfo)[0][0]
+
+            # 1. PostgreSQL goes down under a running server: spooled, replayed once it is back
+            self.pg(False)
+            t0 = time.time()
+            self.assertEqual(s.admit(key)[1], "error")
+            self.assertLess(time.time() - t0, 6)
+            r1 = [str(uuid.uuid4()) for _ in range(3)]
+            for rid in r1:
+                s.settle(rid, kid, cid, 100, 20, 10)
+            self.assertTrue(wait_for(lambda: self.spooled(), 10), "nothing spooled")
+            self.pg(True)
+            self.assertTrue(wait_for(lambda: all(count(r) == 1 for r in r1), 20), "spool not replayed")
+            self.assertTrue(wait_for(lambda: not self.spooled(), 10), "spool file not removed")
+
+            # 2. down again, and the server stops: bill_free spools, the next start replays
+            self.pg(False)
+            r2 = str(uuid.uuid4())
+            s.settle(r2, kid, cid, 100, 0, 10)
+            time.sleep(0.3)
+            s.stop()
+            self.assertTrue(self.spooled(), "bill_free did not spool")
+            self.pg(True)
+            s.start()
+            self.assertTrue(wait_for(lambda: count(r2) == 1, 20), "not replayed on start")
+            self.assertTrue(wait_for(lambda: not self.spooled(), 10))
+
+            # 3. a torn record at the end of a spool file is ignored, the rest replayed
+            s.stop()
+            r3 = str(uuid.uuid4())
+            self.pg(False)
+            s.start()
+            s.settle(r3, kid, cid, 5, 0, 5)
+            self.assertTrue(wait_for(lambda: self.spooled(), 10))
+            s.stop()
+            with open(os.path.join(self.spool, self.spooled()[0]), "ab") as f:
+                f.write(b"TGS1\x90\x00")  # a crash half way through an append
+            self.pg(True)
+            s.start()
+            self.assertTrue(wait_for(lambda: count(r3) == 1, 20))
+
+            time.sleep(1)
+            total = sum(cost(100, 20, 10) for _ in r1) + cost(100, 0, 10) + cost(5, 0, 5)
+            rows = q("select count(*), -sum(amount_pico) from ledger l join customers c on c.id = l.customer_id"
+                     " where c.name = %s and kind = 'usage'", name, conninfo=self.conninfo)
+            self.assertEqual(rows, [(5, total)], "one debit per request")
+            bal = q("select balance_pico from customers where name = %s", name, conninfo=self.conninfo)[0][0]
+            self.assertEqual(int(bal), 2 * 10**12 - total)
+            self.assertEqual(q("select count(*) from ledger_mismatch", conninfo=self.conninfo)[0][0], 0)
+        finally:
+            err = s.stop()
+            print(err, file=sys.stderr)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)

@@ -1,0 +1,138 @@
+/* Unit tests of billing/bill_money.c: exact cost arithmetic, USD parsing and
+ * display rounding, the keyed hash of API keys, key generation. */
+#include <limits.h>
+
+#include "tg_test.h"
+
+#include "../../../billing/bill_money.c"
+
+static void test_cost_exact(void) {
+    bill_price_t p = {270000, 70000, 1100000}; /* $0.27, $0.07, $1.10 per 1M tokens */
+    CHECK_EQ_I(bill_cost_pico(&p, 0, 0, 0), 0);
+    CHECK_EQ_I(bill_cost_pico(&p, 1, 0, 0), 270000);           /* one token: 0.27 micro-USD */
+    CHECK_EQ_I(bill_cost_pico(&p, 1000000, 0, 0), 270000000000LL); /* 1M tokens: $0.27 */
+    CHECK_EQ_I(bill_cost_pico(&p, 700, 300, 500), 700LL * 270000 + 300LL * 70000 + 500LL * 1100000);
+    /* cache hit and miss priced separately */
+    CHECK(bill_cost_pico(&p, 0, 1000, 0) != bill_cost_pico(&p, 1000, 0, 0));
+    bill_price_t one = {1, 1, 1};
+    CHECK_EQ_I(bill_cost_pico(&one, 3, 4, 5), 12);
+}
+
+static void test_cost_large_and_overflow(void) {
+    bill_price_t p = {270000, 70000, 1100000};
+    /* 1e12 tokens of output at $1.10/1M = $1.1M = 1.1e18 pico: still exact */
+    CHECK_EQ_I(bill_cost_pico(&p, 0, 0, 1000000000000LL), 1100000000000000000LL);
+    CHECK_EQ_I(bill_cost_pico(&p, 0, 0, 10000000000000LL), -1); /* 1.1e19 > INT64_MAX */
+    CHECK_EQ_I(bill_cost_pico(&p, INT64_MAX, 0, 0), -1);
+    /* each term fits, the sum does not */
+    bill_price_t big = {1000000, 1000000, 1000000};
+    CHECK_EQ_I(bill_cost_pico(&big, 4000000000000LL, 4000000000000LL, 4000000000000LL), -1);
+    CHECK_EQ_I(bill_cost_pico(&big, 3000000000000LL, 3000000000000LL, 3000000000000LL), 9000000000000000000LL);
+    CHECK_EQ_I(bill_cost_pico(&p, -1, 0, 0), -1);
+    CHECK_EQ_I(bill_cost_pico(&p, 0, -1, 0), -1);
+    CHECK_EQ_I(bill_cost_pico(&p, 0, 0, -1), -1);
+    bill_price_t neg = {-1, 0, 0};
+    CHECK_EQ_I(bill_cost_pico(&neg, 1, 0, 0), -1);
+    CHECK_EQ_I(bill_cost_pico(NULL, 1, 0, 0), -1);
+}
+
+static void test_usd_parse(void) {
+    int64_t v = -7;
+    CHECK_EQ_I(bill_usd_parse("5", &v), 0);
+    CHECK_EQ_I(v, 5000000000000LL);
+    CHECK_EQ_I(bill_usd_parse("5.00", &v), 0);
+    CHECK_EQ_I(v, 5000000000000LL);
+    CHECK_EQ_I(bill_usd_parse("0.000001", &v), 0);
+    CHECK_EQ_I(v, 1000000);
+    CHECK_EQ_I(bill_usd_parse("0.000000000001", &v), 0);
+    CHECK_EQ_I(v, 1);
+    CHECK_EQ_I(bill_usd_parse("0", &v), 0);
+    CHECK_EQ_I(v, 0);
+    CHECK_EQ_I(bill_usd_parse("0012.5", &v), 0);
+    CHECK_EQ_I(v, 12500000000000LL);
+    CHECK_EQ_I(bill_usd_parse("9223372.036854775807", &v), 0); /* INT64_MAX pico */
+    CHECK_EQ_I(v, INT64_MAX);
+    v = 42;
+    const char *bad[] = {"", "-1", "+1", "abc", "1e3", "1.", ".5", "1.2.3", " 1", "1 ", "0x10", "1,5",
+                         "0.0000000000001", "9223372.036854775808", "99999999999999999999", "5.00USD", "nan"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        CHECK_EQ_I(bill_usd_parse(bad[i], &v), -1);
+        CHECK_EQ_I(v, 42); /* untouched on error */
+    }
+    CHECK_EQ_I(bill_usd_parse(NULL, &v), -1);
+}
+
+static void test_usd_format(void) {
+    char out[32];
+    struct {
+        int64_t pico;
+        const char *want;
+    } cases[] = {
+        {0, "0.000000"},
+        {1, "0.000000"},
+        {499999, "0.000000"},
+        {500000, "0.000001"}, /* half rounds up */
+        {1000000, "0.000001"},
+        {1499999, "0.000001"},
+        {1500000, "0.000002"},
+        {5000000000000LL, "5.000000"},
+        {5000001000000LL, "5.000001"},
+        {999999500000LL, "1.000000"}, /* carry into the integer part */
+        {9999999500000LL, "10.000000"},
+        {-1500000, "-0.000002"}, /* half away from zero */
+        {-1, "0.000000"},         /* no "-0.000000" */
+        {INT64_MAX, "9223372.036855"},
+        {INT64_MIN, "-9223372.036855"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        bill_usd_format(cases[i].pico, out);
+        CHECK_EQ_S(out, cases[i].want);
+    }
+    char big[64];
+    CHECK_EQ_I(bill_usd_format_dec("123456789012345678901234567890", big, sizeof big), 0);
+    CHECK_EQ_S(big, "123456789012345678.901235");
+    CHECK_EQ_I(bill_usd_format_dec("000", big, sizeof big), 0);
+    CHECK_EQ_S(big, "0.000000");
+    CHECK_EQ_I(bill_usd_format_dec("12a", big, sizeof big), -1);
+    CHECK_EQ_I(bill_usd_format_dec("", big, sizeof big), -1);
+    CHECK_EQ_I(bill_usd_format_dec("-", big, sizeof big), -1);
+    CHECK_EQ_I(bill_usd_format_dec("5000000000000", big, 5), -1); /* too short an output */
+    /* parse and format agree */
+    int64_t v;
+    CHECK_EQ_I(bill_usd_parse("1234.567891", &v), 0);
+    bill_usd_format(v, out);
+    CHECK_EQ_S(out, "1234.567891");
+}
+
+static void test_key_hash(void) {
+    char h[65];
+    /* RFC 4231 test case 2: key "Jefe", data "what do ya want for nothing?" */
+    bill_key_hash("4a656665", "what do ya want for nothing?", h);
+    CHECK_EQ_S(h, "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+    /* the secret file's newline does not change the hash */
+    bill_key_hash("4a656665\n", "what do ya want for nothing?", h);
+    CHECK_EQ_S(h, "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+    /* a secret that is not hex is used as raw bytes: "Jefe" itself */
+    bill_key_hash("Jefe", "what do ya want for nothing?", h);
+    CHECK_EQ_S(h, "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+    /* RFC 4231 test case 1: key 0x0b * 20, data "Hi There" */
+    bill_key_hash("0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b", "Hi There", h);
+    CHECK_EQ_S(h, "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7");
+    char h2[65];
+    bill_key_hash("00", "sk-a", h);
+    bill_key_hash("01", "sk-a", h2);
+    CHECK(strcmp(h, h2) != 0);
+}
+
+static void test_key_generate(void) {
+    char a[52], b[52];
+    CHECK_EQ_I(bill_key_generate(a), 0);
+    CHECK_EQ_I(bill_key_generate(b), 0);
+    CHECK_EQ_I(strlen(a), 51);
+    CHECK(strncmp(a, "sk-", 3) == 0);
+    CHECK_EQ_I(strspn(a + 3, "0123456789abcdef"), 48);
+    CHECK(strcmp(a, b) != 0);
+}
+
+TG_TEST_MAIN(test_cost_exact, test_cost_large_and_overflow, test_usd_parse, test_usd_format, test_key_hash,
+             test_key_generate)

@@ -1,0 +1,170 @@
+/* Unit tests of billing/bill_settle.c without a database: the replay logic.
+ * PostgreSQL's answers are simulated by calling batch_cb with made-up
+ * results, so every path (down -> spool, replay, commit -> file deleted,
+ * failure during replay -> read again, corrupt file kept) is driven by hand. */
+#include <stdlib.h>
+#include <unistd.h>
+
+#include "tg_test.h"
+
+#include "../../../billing/bill_settle.c"
+
+static char dir[] = "/tmp/bill-settle-test.XXXXXX";
+static char spool[128];
+
+static bill_usage_t sample(int i) {
+    bill_usage_t u;
+    memset(&u, 0, sizeof u);
+    snprintf(u.request_id, sizeof u.request_id, "0190f0e2-7a3b-7c00-8000-%012d", i);
+    u.key_id = 1;
+    u.customer_id = 1;
+    u.model = "m";
+    u.price = (bill_price_t){270000, 70000, 1100000};
+    u.prompt_tokens = 10;
+    u.prompt_cache_hit_tokens = 4;
+    u.completion_tokens = 5;
+    u.http_status = 200;
+    u.received_us = 1;
+    u.finished_us = 2;
+    return u;
+}
+
+static int nfiles(void) {
+    char **names;
+    int n = mtr_spool_list(spool, &names);
+    mtr_names_free(names, n);
+    return n;
+}
+
+static void count_cb(const bill_usage_t *u, void *arg) { (*(long *)arg)++; }
+
+static long spooled_rows(void) {
+    char **names;
+    int n = mtr_spool_list(spool, &names);
+    long total = 0;
+    for (int i = 0; i < n; i++) {
+        char path[256];
+        int corrupt;
+        snprintf(path, sizeof path, "%s/%s", spool, names[i]);
+        mtr_spool_read(path, count_cb, &total, &corrupt);
+    }
+    mtr_names_free(names, n);
+    return total;
+}
+
+/* Send the next batch and answer it: ok=1 success, ok=0 database down. */
+static int answer(bill_settler_t *s, int ok) {
+    evtimer_del(s->retry);
+    flush(s);
+    if (!s->job) return 0;
+    bill_pg_cancel(s->job);
+    int n = s->ninflight;
+    if (ok) {
+        PGresult *r = PQmakeEmptyPGresult(NULL, PGRES_TUPLES_OK);
+        batch_cb(r, NULL, s);
+        PQclear(r);
+    } else {
+        batch_cb(NULL, "database unavailable: test", s);
+    }
+    return n;
+}
+
+static void test_replay(void) {
+    struct event_base *base = event_base_new();
+    bill_pg_t *pg = bill_pg_new(base, "host=127.0.0.1 port=1 dbname=x", 1, 1000, NULL, NULL);
+    char err[256] = "";
+    bill_settler_t *s = bill_settler_new(base, pg, spool, err, sizeof err);
+    CHECK(s != NULL);
+    if (!s) return;
+    bill_settler_on_up(s); /* the empty probe file goes away */
+    CHECK_EQ_I(nfiles(), 0);
+
+    /* 1. three settlements, PostgreSQL down: all three spooled, memory empty */
+    for (int i = 0; i < 3; i++) {
+        bill_usage_t u = sample(i);
+        bill_settler_push(s, &u);
+    }
+    CHECK_EQ_I(s->nqueue, 3);
+    CHECK_EQ_I(answer(s, 0), 3);
+    CHECK_EQ_I(s->nqueue + s->ninflight, 0);
+    CHECK_EQ_I(nfiles(), 1);
+    CHECK_EQ_I(spooled_rows(), 3);
+    CHECK(s->need_replay);
+
+    /* 2. back up: the file is read into the queue; a failure half way drops
+     *    the rows from memory but keeps the file; the next replay reads it again */
+    bill_settler_on_up(s);
+    CHECK_EQ_I(s->nqueue, 3);
+    CHECK_EQ_I(answer(s, 0), 3);
+    CHECK_EQ_I(nfiles(), 1);
+    CHECK_EQ_I(spooled_rows(), 3); /* not appended twice */
+    bill_usage_t u4 = sample(4);
+    bill_settler_push(s, &u4); /* arrives while down, before the replay */
+    bill_settler_on_up(s);
+    CHECK_EQ_I(s->nqueue, 4);
+    CHECK_EQ_I(answer(s, 1), 4);
+    CHECK_EQ_I(nfiles(), 0); /* committed: the file is deleted */
+    CHECK_EQ_I(s->nqueue + s->ninflight, 0);
+
+    /* 3. a file with one good record and then garbage: the record is
+     *    replayed, the file kept as *.corrupt */
+    bill_usage_t u5 = sample(5);
+    const bill_usage_t *v[1] = {&u5};
+    mtr_spool_t *sp = NULL;
+    CHECK_EQ_I(mtr_spool_append(&sp, spool, v, 1), 0);
+    mtr_spool_close(sp);
+    char **names;
+    int n = mtr_spool_list(spool, &names);
+    CHECK_EQ_I(n, 1);
+    if (n == 1) {
+        char path[256];
+        snprintf(path, sizeof path, "%s/%s", spool, names[0]);
+        FILE *f = fopen(path, "ab");
+        fputs("XXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXX", f);
+        fclose(f);
+    }
+    mtr_names_free(names, n);
+    bill_settler_on_up(s);
+    CHECK_EQ_I(s->nqueue, 1);
+    CHECK_EQ_I(answer(s, 1), 1);
+    CHECK_EQ_I(nfiles(), 0);
+    char cmd[256];
+    snprintf(cmd, sizeof cmd, "ls %s/*.spool.corrupt >/dev/null 2>&1", spool);
+    CHECK_EQ_I(system(cmd), 0);
+
+    /* 4. invalid settlements are rejected at once, never queued */
+    bill_usage_t bad = sample(6);
+    strcpy(bad.request_id, "not-a-uuid");
+    bill_settler_push(s, &bad);
+    bad = sample(7);
+    bad.prompt_cache_hit_tokens = 11; /* more hits than prompt tokens */
+    bill_settler_push(s, &bad);
+    bad = sample(8);
+    bad.completion_tokens = INT64_MAX / 2; /* cost overflows */
+    bill_settler_push(s, &bad);
+    bad = sample(9);
+    bad.model = NULL;
+    bill_settler_push(s, &bad);
+    CHECK_EQ_I(s->nqueue, 0);
+    snprintf(cmd, sizeof cmd, "test $(wc -l < %s/rejected.jsonl) -eq 4", spool);
+    CHECK_EQ_I(system(cmd), 0);
+
+    /* 5. shutting down with rows queued and PostgreSQL unreachable spools them */
+    bill_usage_t u10 = sample(10);
+    bill_settler_push(s, &u10);
+    bill_settler_free(s, "host=127.0.0.1 port=1 dbname=x connect_timeout=1");
+    CHECK_EQ_I(spooled_rows(), 1);
+    bill_pg_free(pg);
+    event_base_free(base);
+}
+
+int main(void) {
+    if (!mkdtemp(dir)) return 1;
+    snprintf(spool, sizeof spool, "%s/spool", dir);
+    test_replay();
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    if (system(cmd) != 0) return 1;
+    printf("%s: %d checks, %d failed\n", __FILE__, tg_test_checks, tg_test_fails);
+    return tg_test_fails ? 1 : 0;
+}

@@ -1,0 +1,176 @@
+/* Unit tests of metering/mtr_spool.c: the record byte format, torn and
+ * corrupt records, appends and reading a file back. */
+#include <dirent.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include "tg_test.h"
+
+#include "../../../metering/mtr_spool.c"
+
+static bill_usage_t sample(int i) {
+    bill_usage_t u;
+    memset(&u, 0, sizeof u);
+    snprintf(u.request_id, sizeof u.request_id, "0190f0e2-7a3b-7c00-8000-%012d", i);
+    u.key_id = 42 + i;
+    u.customer_id = 7;
+    u.model = i % 2 ? "deepseek-v3-demo" : "m";
+    u.price = (bill_price_t){270000, 70000, 1100000};
+    u.prompt_tokens = 1000 + i;
+    u.prompt_cache_hit_tokens = 300;
+    u.completion_tokens = 500;
+    u.reasoning_tokens = 20;
+    u.http_status = 200;
+    u.stream = i % 2;
+    u.received_us = 1764300000000000LL + i;
+    u.first_byte_us = i % 3 ? 1764300000100000LL : 0;
+    u.finished_us = 1764300000900000LL;
+    return u;
+}
+
+static int same(const bill_usage_t *a, const bill_usage_t *b) {
+    return !strcmp(a->request_id, b->request_id) && a->key_id == b->key_id && a->customer_id == b->customer_id &&
+           !strcmp(a->model, b->model) && a->price.input_cache_miss == b->price.input_cache_miss &&
+           a->price.input_cache_hit == b->price.input_cache_hit && a->price.output == b->price.output &&
+           a->prompt_tokens == b->prompt_tokens && a->prompt_cache_hit_tokens == b->prompt_cache_hit_tokens &&
+           a->completion_tokens == b->completion_tokens && a->reasoning_tokens == b->reasoning_tokens &&
+           a->http_status == b->http_status && a->stream == b->stream && a->received_us == b->received_us &&
+           a->first_byte_us == b->first_byte_us && a->finished_us == b->finished_us;
+}
+
+static void test_crc32(void) {
+    CHECK_EQ_I(mtr_crc32("123456789", 9), 0xCBF43926u); /* the standard check value */
+    CHECK_EQ_I(mtr_crc32("", 0), 0);
+}
+
+static void test_encode_layout(void) {
+    bill_usage_t u = sample(1);
+    uint8_t b[MTR_REC_HDR + MTR_REC_MAX];
+    size_t n = mtr_spool_encode(&u, b, sizeof b);
+    CHECK_EQ_I(n, 12 + 139 + strlen(u.model));
+    CHECK(memcmp(b, "TGS1", 4) == 0);
+    CHECK_EQ_I(get_u(b + 4, 4), 139 + strlen(u.model));
+    CHECK(memcmp(b + 12, u.request_id, 36) == 0);
+    CHECK_EQ_I(get_u(b + 12 + 36, 8), 43);           /* key_id */
+    CHECK_EQ_I(get_u(b + 12 + 92, 8), 500);          /* completion_tokens */
+    CHECK_EQ_I(b[12 + 112], 1);                      /* stream */
+    CHECK_EQ_I(get_u(b + 12 + 137, 2), strlen(u.model));
+    CHECK(memcmp(b + 12 + 139, "deepseek-v3-demo", 16) == 0);
+    CHECK_EQ_I(mtr_spool_encode(&u, b, 50), 0); /* too small a buffer */
+    u.model = "";
+    CHECK_EQ_I(mtr_spool_encode(&u, b, sizeof b), 0);
+    char longm[MTR_MODEL_MAX + 2];
+    memset(longm, 'x', sizeof longm - 1);
+    longm[sizeof longm - 1] = 0;
+    u.model = longm;
+    CHECK_EQ_I(mtr_spool_encode(&u, b, sizeof b), 0);
+}
+
+static void test_roundtrip_torn_corrupt(void) {
+    bill_usage_t u = sample(3), v;
+    u.key_id = -5; /* negative values survive */
+    u.http_status = 503;
+    uint8_t b[MTR_REC_HDR + MTR_REC_MAX];
+    char model[MTR_MODEL_MAX + 1];
+    size_t n = mtr_spool_encode(&u, b, sizeof b), used = 0;
+    CHECK_EQ_I(mtr_spool_decode(b, n, &v, model, &used), 1);
+    CHECK_EQ_I(used, n);
+    CHECK(same(&u, &v));
+    /* every proper prefix is "need more", never a record or an error */
+    int prefix_ok = 1;
+    for (size_t k = 0; k < n; k++)
+        if (mtr_spool_decode(b, k, &v, model, &used) != 0) prefix_ok = 0;
+    CHECK(prefix_ok);
+    /* any flipped byte is detected */
+    int flips_ok = 1;
+    for (size_t k = 0; k < n; k++) {
+        b[k] ^= 0x40;
+        int d = mtr_spool_decode(b, n, &v, model, &used);
+        if (d == 1) flips_ok = 0;
+        b[k] ^= 0x40;
+    }
+    CHECK(flips_ok);
+    b[0] = 'X';
+    CHECK_EQ_I(mtr_spool_decode(b, 3, &v, model, &used), -1);
+    /* an absurd length is corrupt, not "need more" forever */
+    b[0] = 'T';
+    b[5] = 0x7f;
+    CHECK_EQ_I(mtr_spool_decode(b, n, &v, model, &used), -1);
+}
+
+typedef struct {
+    bill_usage_t got[16];
+    char models[16][MTR_MODEL_MAX + 1];
+    int n;
+} collect_t;
+
+static void collect(const bill_usage_t *u, void *arg) {
+    collect_t *c = arg;
+    if (c->n == 16) return;
+    c->got[c->n] = *u;
+    strcpy(c->models[c->n], u->model);
+    c->got[c->n].model = c->models[c->n];
+    c->n++;
+}
+
+static void test_files(void) {
+    char dir[] = "/tmp/mtr-test.XXXXXX";
+    CHECK(mkdtemp(dir) != NULL);
+    char sub[64];
+    snprintf(sub, sizeof sub, "%s/a/spool", dir); /* created on demand */
+    mtr_spool_t *sp = NULL;
+    bill_usage_t us[5];
+    const bill_usage_t *v[5];
+    for (int i = 0; i < 5; i++) us[i] = sample(i), v[i] = &us[i];
+    CHECK_EQ_I(mtr_spool_append(&sp, sub, v, 3), 0);
+    CHECK_EQ_I(mtr_spool_append(&sp, sub, v + 3, 2), 0);
+    char path[256];
+    snprintf(path, sizeof path, "%s", sp->path);
+    mtr_spool_close(sp);
+    char **names;
+    int n = mtr_spool_list(sub, &names);
+    CHECK_EQ_I(n, 1);
+    if (n == 1) CHECK(strstr(path, names[0]) != NULL);
+    mtr_names_free(names, n);
+
+    collect_t c = {.n = 0};
+    int corrupt = -1;
+    CHECK_EQ_I(mtr_spool_read(path, collect, &c, &corrupt), 5);
+    CHECK_EQ_I(corrupt, 0);
+    int all = c.n == 5;
+    for (int i = 0; i < c.n && i < 5; i++) all &= same(&c.got[i], &us[i]);
+    CHECK(all);
+
+    /* a torn tail is ignored and is not corruption */
+    FILE *f = fopen(path, "ab");
+    fwrite("TGS1\x90\x00\x00", 1, 7, f);
+    fclose(f);
+    c.n = 0;
+    CHECK_EQ_I(mtr_spool_read(path, collect, &c, &corrupt), 5);
+    CHECK_EQ_I(corrupt, 0);
+
+    /* garbage in the middle: the records before it are delivered, corrupt set */
+    f = fopen(path, "r+b");
+    fseek(f, 12 + 139 + 1 + 12 + 20, SEEK_SET); /* inside the second record */
+    fputc('#', f);
+    fclose(f);
+    c.n = 0;
+    CHECK_EQ_I(mtr_spool_read(path, collect, &c, &corrupt), 1);
+    CHECK_EQ_I(corrupt, 1);
+    CHECK_EQ_I(mtr_spool_read("/nonexistent/x.spool", collect, &c, &corrupt), -1);
+
+    /* other files in the directory are not spool files */
+    snprintf(path, sizeof path, "%s/rejected.jsonl", sub);
+    f = fopen(path, "w");
+    fclose(f);
+    n = mtr_spool_list(sub, &names);
+    CHECK_EQ_I(n, 1);
+    mtr_names_free(names, n);
+    CHECK_EQ_I(mtr_spool_list("/nonexistent-dir", &names), 0);
+
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    CHECK_EQ_I(system(cmd), 0);
+}
+
+TG_TEST_MAIN(test_crc32, test_encode_layout, test_roundtrip_torn_corrupt, test_files)
