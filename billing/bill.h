@@ -58,7 +58,11 @@ void bill_free(bill_t *b); /* accepts NULL; flushes pending settlements to the s
 
 /* Authenticate api_key (as sent after "Bearer "), check the customer's
  * balance and look up the model's price.  cb is called once, from the loop,
- * unless the request is cancelled first.  Returns NULL only when out of memory. */
+ * unless the request is cancelled first.  Returns NULL only when out of memory.
+ * The returned handle is freed just before cb runs: do not cancel it after.
+ * Each call reads PostgreSQL (no cache), so revocations and credits count at
+ * once; when PostgreSQL is unreachable cb gets BILL_ERROR within 5 s (at once
+ * when every pool connection is known to be down). */
 bill_req_t *bill_admit(bill_t *b, const char *api_key, const char *model, bill_admit_cb cb, void *arg);
 void bill_cancel(bill_req_t *r); /* cb will not be called; accepts NULL */
 
@@ -87,7 +91,10 @@ typedef struct {
 } bill_usage_t;
 
 /* Record the usage row and debit its cost, exactly once per request_id,
- * asynchronously (queued, retried, spooled when PG is down). */
+ * asynchronously (queued, retried, spooled when PG is down).  The cost is
+ * bill_cost_pico(price, prompt - cache_hit, cache_hit, completion).  A row
+ * that can never be written (bad UUID, cache_hit > prompt, cost overflow,
+ * unknown customer) is logged and appended to <spool_dir>/rejected.jsonl. */
 void bill_settle(bill_t *b, const bill_usage_t *u);
 
 #endif
