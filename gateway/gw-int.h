@@ -277,6 +277,8 @@ struct gw_conn {
     int timer_kind;
     struct event *kick;        /* deferred work: next pipelined request, close */
     int closing;               /* close once the output is flushed */
+    int linger;                /* read and discard a while before closing */
+    size_t lingered;
     int in_process;
     char peer[64];
 };

@@ -34,7 +34,7 @@
 
 #include "gw-int.h"
 
-enum { TIMER_NONE, TIMER_HEADER, TIMER_IDLE };
+enum { TIMER_NONE, TIMER_HEADER, TIMER_IDLE, TIMER_LINGER };
 
 struct gw_conc {
     gw_conc_t *next;
@@ -607,6 +607,7 @@ static void gw_conn_bad_request(gw_conn_t *c, int status, const char *msg) {
         return;
     }
     r->keep_alive = 0;
+    c->linger = gw_http_parser_busy(&c->parser) || c->parser.cur != NULL;
     const char *code = status == 413 ? "request_too_large" : status == 431 ? "header_too_large"
                                                        : status == 408 ? "request_timeout" : "invalid_request";
     gw_req_error(r, status, "invalid_request_error", code, NULL, msg);
@@ -646,11 +647,27 @@ static void gw_conn_process(gw_conn_t *c) {
     c->in_process = 0;
 }
 
+/* The answer is out and the connection must close.  When the client may
+ * still be sending (an error answered before its body was read), read and
+ * discard for a moment first ("lingering close"), so that it can read the
+ * answer instead of getting a reset in the middle of its upload. */
+static void gw_conn_closed_flushed(gw_conn_t *c) {
+    if (c->linger && !c->srv->shutting_down) {
+        c->linger = 0;
+        bufferevent_enable(c->bev, EV_READ);
+        struct timeval tv = {2, 0};
+        event_add(c->timer, &tv);
+        c->timer_kind = TIMER_LINGER;
+        return;
+    }
+    if (c->timer_kind != TIMER_LINGER) gw_conn_free(c);
+}
+
 static void gw_conn_on_kick(evutil_socket_t fd, short what, void *arg) {
     gw_conn_t *c = arg;
     if (c->closing) {
-        bufferevent_disable(c->bev, EV_READ);
-        if (!c->req && evbuffer_get_length(bufferevent_get_output(c->bev)) == 0) gw_conn_free(c);
+        if (c->timer_kind != TIMER_LINGER) bufferevent_disable(c->bev, EV_READ);
+        if (!c->req && evbuffer_get_length(bufferevent_get_output(c->bev)) == 0) gw_conn_closed_flushed(c);
         return;
     }
     gw_conn_process(c);
@@ -662,7 +679,9 @@ static void gw_conn_on_read(struct bufferevent *bev, void *arg) {
     gw_conn_t *c = arg;
     struct evbuffer *in = bufferevent_get_input(bev);
     if (c->closing) {
+        c->lingered += evbuffer_get_length(in);
         evbuffer_drain(in, evbuffer_get_length(in));
+        if (c->lingered > (size_t)64 << 20) gw_conn_free(c); /* enough politeness */
         return;
     }
     size_t n;
@@ -685,7 +704,7 @@ static void gw_conn_on_read(struct bufferevent *bev, void *arg) {
 static void gw_conn_on_write(struct bufferevent *bev, void *arg) {
     gw_conn_t *c = arg;
     if (c->req && c->req->up_paused) gw_proxy_resume(c->req);
-    if (c->closing && !c->req && evbuffer_get_length(bufferevent_get_output(bev)) == 0) gw_conn_free(c);
+    if (c->closing && !c->req && evbuffer_get_length(bufferevent_get_output(bev)) == 0) gw_conn_closed_flushed(c);
 }
 
 static void gw_conn_on_event(struct bufferevent *bev, short what, void *arg) {
@@ -697,6 +716,10 @@ static void gw_conn_on_timer(evutil_socket_t fd, short what, void *arg) {
     gw_conn_t *c = arg;
     int kind = c->timer_kind;
     c->timer_kind = TIMER_NONE;
+    if (kind == TIMER_LINGER) {
+        gw_conn_free(c);
+        return;
+    }
     if (c->req) return;
     if (kind == TIMER_HEADER && !c->closing && gw_http_parser_busy(&c->parser)) {
         gw_conn_bad_request(c, 408, "Request not received in time");
@@ -823,8 +846,10 @@ static void gw_on_grace(evutil_socket_t fd, short what, void *arg) {
     event_base_loopexit(s->base, NULL);
 }
 
+/* Once shutting down, the loop ends when the last connection has flushed
+ * its answer and closed (or when the grace timer fires). */
 static void gw_server_maybe_exit(gw_server_t *s) {
-    if (s->shutting_down && s->nbusy == 0) event_base_loopexit(s->base, NULL);
+    if (s->shutting_down && !s->conns) event_base_loopexit(s->base, NULL);
 }
 
 void gw_server_shutdown(gw_server_t *s) {

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# run.sh — the gateway's end-to-end tests on a private stack (stack.sh), then
+# the stack is stopped.  Exit status: the tests'.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+bash tests/gateway/stack.sh up "${1:-build/tollgate}" || { bash tests/gateway/stack.sh down; exit 1; }
+. var/gwtest/env
+/usr/bin/python3 tests/gateway/test_gateway.py
+rc=$?
+if [ $rc -ne 0 ]; then
+    echo "--- gateway log (tail)"; tail -n 30 var/gwtest/log/gateway.log
+fi
+bash tests/gateway/stack.sh down
+if grep -q "ERROR: AddressSanitizer\|ERROR: LeakSanitizer" var/gwtest/log/gateway.log; then
+    echo "gateway: sanitizer report in var/gwtest/log/gateway.log" >&2
+    rc=1
+fi
+exit $rc

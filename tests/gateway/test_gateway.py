@@ -1,0 +1,559 @@
+"""The gateway's own end-to-end tests: build/tollgate with real TLS, real
+billing (PostgreSQL) and real Redis, in front of the scripted fake worker
+(fake_worker.py) so that the failure paths can be driven: worker silence,
+cut streams, floods, dead workers, Redis restarts, client hang-ups.
+
+Run by tests/gateway/run.sh (which starts the stack, see stack.sh).  Python
+standard library plus psycopg2."""
+
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import threading
+import time
+import unittest
+import urllib.parse
+import uuid
+
+import psycopg2
+
+E = os.environ
+URL = urllib.parse.urlparse(E["GW_URL"])
+MODEL = E["GW_MODEL"]
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def ctx():
+    return ssl.create_default_context(cafile=E["GW_CERT"])
+
+
+def seed(credit=5_000_000_000_000, rpm=0, conc=0):
+    name = "gw-" + uuid.uuid4().hex[:12]
+    out = subprocess.run(["/usr/bin/python3", os.path.join(HERE, "seed.py"), name, str(credit), str(rpm), str(conc)],
+                         capture_output=True, text=True, check=True)
+    return out.stdout.strip()
+
+
+class Conn:
+    """One TLS connection speaking raw HTTP/1.1, so tests control every byte."""
+
+    def __init__(self, timeout=10):
+        raw = socket.create_connection((URL.hostname, URL.port), timeout=timeout)
+        self.s = ctx().wrap_socket(raw, server_hostname="localhost")
+        self.buf = b""
+
+    def send(self, data):
+        self.s.sendall(data)
+
+    def _fill(self):
+        d = self.s.recv(65536)
+        if not d:
+            raise EOFError("connection closed")
+        self.buf += d
+
+    def read_response(self, on_chunk=None):
+        """-> (status, headers dict lower-case, body bytes); de-chunks."""
+        while b"\r\n\r\n" not in self.buf:
+            self._fill()
+        head, self.buf = self.buf.split(b"\r\n\r\n", 1)
+        lines = head.decode().split("\r\n")
+        status = int(lines[0].split()[1])
+        h = {}
+        for ln in lines[1:]:
+            k, v = ln.split(":", 1)
+            h[k.strip().lower()] = v.strip()
+        body = b""
+        if status == 100:
+            return status, h, body
+        if "content-length" in h:
+            n = int(h["content-length"])
+            while len(self.buf) < n:
+                self._fill()
+            body, self.buf = self.buf[:n], self.buf[n:]
+        elif h.get("transfer-encoding") == "chunked":
+            while True:
+                while b"\r\n" not in self.buf:
+                    self._fill()
+                size_line, rest = self.buf.split(b"\r\n", 1)
+                n = int(size_line, 16)
+                while len(rest) < n + 2:
+                    self._fill()
+                    size_line, rest = self.buf.split(b"\r\n", 1)
+                chunk, self.buf = rest[:n], rest[n + 2:]
+                if n == 0:
+                    break
+                body += chunk
+                if on_chunk:
+                    on_chunk(chunk)
+        else:
+            try:
+                while True:
+                    self._fill()
+            except EOFError:
+                pass
+            body, self.buf = self.buf, b""
+        return status, h, body
+
+    def request(self, method, path, body=None, key=None, headers=None):
+        data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+        lines = ["%s %s HTTP/1.1" % (method, path), "Host: localhost"]
+        if key:
+            lines.append("Authorization: Bearer " + key)
+        if data is not None:
+            lines += ["Content-Type: application/json", "Content-Length: %d" % len(data)]
+        for k, v in (headers or {}).items():
+            lines.append("%s: %s" % (k, v))
+        self.send(("\r\n".join(lines) + "\r\n\r\n").encode() + (data or b""))
+        return self.read_response()
+
+    def closed_by_peer(self, wait=3.0):
+        self.s.settimeout(wait)
+        try:
+            return self.s.recv(1) == b""
+        except (ConnectionError, ssl.SSLError):
+            return True
+        except socket.timeout:
+            return False
+
+    def close(self):
+        self.s.close()
+
+
+def call(method, path, body=None, key=None, headers=None):
+    c = Conn()
+    try:
+        return c.request(method, path, body, key, headers)
+    finally:
+        c.close()
+
+
+def chat(key, content="hi", stream=False, include_usage=False, **extra):
+    body = {"model": MODEL, "messages": [{"role": "user", "content": content}]}
+    if stream:
+        body["stream"] = True
+    if include_usage:
+        body["stream_options"] = {"include_usage": True}
+    body.update(extra)
+    return call("POST", "/v1/chat/completions", body, key)
+
+
+def events(body):
+    out = []
+    for block in body.decode().split("\n\n"):
+        d = [ln[5:].lstrip(" ") for ln in block.split("\n") if ln.startswith("data:")]
+        if d:
+            out.append("\n".join(d))
+    return out
+
+
+def usage_rows(request_id, wait=10.0, want=1):
+    deadline = time.time() + wait
+    c = psycopg2.connect(E["GW_PG"])
+    c.autocommit = True
+    try:
+        cur = c.cursor()
+        while True:
+            cur.execute("select prompt_tokens, completion_tokens, prompt_cache_hit_tokens, http_status, cost_pico,"
+                        " stream from usage where request_id = %s", (request_id,))
+            rows = cur.fetchall()
+            if len(rows) >= want or time.time() > deadline:
+                return rows
+            time.sleep(0.05)
+    finally:
+        c.close()
+
+
+def worker_request(request_id):
+    with open(E["GW_WORKER_LOG"]) as f:
+        for line in f:
+            j = json.loads(line)
+            if j["headers"].get("X-Request-Id") == request_id:
+                return j
+    return None
+
+
+def metric(name_and_labels):
+    st, h, b = call("GET", "/metrics")
+    for line in b.decode().splitlines():
+        if line.startswith(name_and_labels + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def openai_error(t, status, h, body, want_status, want_code=None):
+    t.assertEqual(status, want_status, body)
+    t.assertTrue(h.get("x-request-id"))
+    err = json.loads(body)["error"]
+    for f in ("message", "type", "param", "code"):
+        t.assertIn(f, err)
+    t.assertTrue(err["message"])
+    if want_code:
+        t.assertEqual(err["code"], want_code)
+    return err
+
+
+class Gateway(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.key = seed()
+
+    # ---- the happy paths -------------------------------------------------
+
+    def test_health_and_metrics(self):
+        st, h, b = call("GET", "/health")
+        self.assertEqual(st, 200)
+        self.assertEqual(uuid.UUID(h["x-request-id"]).version, 7)
+        before = metric('tollgate_http_requests_total{route="health",code="200"}')
+        call("GET", "/health")
+        self.assertEqual(metric('tollgate_http_requests_total{route="health",code="200"}'), before + 1)
+        st, h, b = call("GET", "/metrics")
+        self.assertTrue(h["content-type"].startswith("text/plain"))
+        self.assertIn(b"# TYPE tollgate_request_duration_seconds histogram", b)
+        self.assertIn(b"tollgate_redis_up 1", b)
+
+    def test_models(self):
+        st, h, b = call("GET", "/v1/models", key=self.key)
+        self.assertEqual(st, 200, b)
+        j = json.loads(b)
+        self.assertEqual(j["object"], "list")
+        self.assertEqual([m["id"] for m in j["data"]], [MODEL, "other-model"])
+        self.assertEqual(j["data"][0]["object"], "model")
+        st, h, b = call("GET", "/v1/models")
+        openai_error(self, st, h, b, 401, "invalid_api_key")
+        st, h, b = call("GET", "/v1/models", key="sk-unknown")
+        openai_error(self, st, h, b, 401, "invalid_api_key")
+
+    def test_completion_settled(self):
+        st, h, b = chat(self.key, "settle me")
+        self.assertEqual(st, 200, b)
+        j = json.loads(b)
+        self.assertEqual(j["choices"][0]["message"]["content"], "Hello from settle me")
+        rid = h["x-request-id"]
+        self.assertEqual(uuid.UUID(rid).version, 7)
+        w = worker_request(rid)
+        self.assertIsNotNone(w, "the worker saw X-Request-Id")
+        self.assertNotIn("stream_options", w["body"])
+        rows = usage_rows(rid)
+        self.assertEqual(len(rows), 1)
+        pt, ct, hit, status, cost, stream = rows[0]
+        u = j["usage"]
+        self.assertEqual((pt, ct, hit, status, stream), (u["prompt_tokens"], 3, 1, 200, False))
+        self.assertEqual(int(cost), (pt - hit) * 270000 + hit * 70000 + ct * 1100000)
+
+    def test_stream_without_usage(self):
+        st, h, b = chat(self.key, "s1", stream=True)
+        self.assertEqual(st, 200, b)
+        self.assertTrue(h["content-type"].startswith("text/event-stream"))
+        self.assertEqual(h.get("transfer-encoding"), "chunked")
+        ev = events(b)
+        self.assertEqual(ev[-1], "[DONE]")
+        for e in ev[:-1]:
+            c = json.loads(e)
+            self.assertTrue(c["choices"])
+            self.assertNotIn("usage", c)
+        w = worker_request(h["x-request-id"])
+        self.assertEqual(w["body"]["stream_options"], {"include_usage": True})
+        rows = usage_rows(h["x-request-id"])
+        self.assertEqual(len(rows), 1)
+        self.assertEqual(rows[0][1], 3)
+        self.assertEqual(rows[0][5], True)
+
+    def test_stream_with_usage(self):
+        st, h, b = chat(self.key, "s2", stream=True, include_usage=True)
+        self.assertEqual(st, 200, b)
+        ev = events(b)
+        last = json.loads(ev[-2])
+        self.assertEqual(last["choices"], [])
+        self.assertEqual(last["usage"]["completion_tokens"], 3)
+        text = "".join(json.loads(e)["choices"][0]["delta"].get("content", "") for e in ev[:-2])
+        self.assertEqual(text, "Hello from s2")
+
+    def test_usage_on_last_content_chunk_is_stripped(self):
+        st, h, b = chat(self.key, "usage-in-last", stream=True)
+        self.assertEqual(st, 200, b)
+        chunks = [json.loads(e) for e in events(b)[:-1]]
+        self.assertEqual("".join(c["choices"][0]["delta"].get("content", "") for c in chunks),
+                         "Hello from usage-in-last")
+        for c in chunks:
+            self.assertNotIn("usage", c)
+        self.assertEqual(usage_rows(h["x-request-id"])[0][1], 3)
+
+    def test_keep_alive_and_pipelining(self):
+        c = Conn()
+        try:
+            ids = set()
+            for i in range(3):
+                st, h, b = c.request("POST", "/v1/chat/completions",
+                                     {"model": MODEL, "messages": [{"role": "user", "content": "ka%d" % i}]}, self.key)
+                self.assertEqual(st, 200)
+                self.assertEqual(h["connection"], "keep-alive")
+                ids.add(h["x-request-id"])
+            self.assertEqual(len(ids), 3)
+            # two requests in one write: answered in order
+            body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "p"}]}).encode()
+            one = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + self.key.encode() +
+                   b"\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+            c.send(one + b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            st1, h1, b1 = c.read_response()
+            st2, h2, b2 = c.read_response()
+            self.assertEqual((st1, st2), (200, 200))
+            self.assertIn(b"chat.completion", b1)
+            self.assertEqual(json.loads(b2), {"status": "ok"})
+        finally:
+            c.close()
+
+    def test_expect_100_continue_and_chunked_request(self):
+        c = Conn()
+        try:
+            body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "ch"}]}).encode()
+            c.send(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + self.key.encode() +
+                   b"\r\nExpect: 100-continue\r\nTransfer-Encoding: chunked\r\n\r\n")
+            st, h, _ = c.read_response()
+            self.assertEqual(st, 100)
+            half = len(body) // 2
+            c.send(b"%x\r\n%s\r\n%x\r\n%s\r\n0\r\n\r\n" % (half, body[:half], len(body) - half, body[half:]))
+            st, h, b = c.read_response()
+            self.assertEqual(st, 200, b)
+            self.assertIn(b"Hello from ch", b)
+        finally:
+            c.close()
+
+    # ---- client errors, in the documented order ----------------------------
+
+    def test_error_order_and_shapes(self):
+        big = {"model": MODEL, "messages": [{"role": "user", "content": "x" * 70000}]}
+        st, h, b = call("POST", "/v1/chat/completions", big)  # 413 before 401
+        openai_error(self, st, h, b, 413, "request_too_large")
+        st, h, b = chat(None)
+        openai_error(self, st, h, b, 401, "invalid_api_key")
+        st, h, b = call("POST", "/v1/chat/completions", {"model": MODEL}, headers={"Authorization": "Basic abc"})
+        openai_error(self, st, h, b, 401)
+        st, h, b = call("POST", "/v1/chat/completions", b'{"model": "x", "messages": [', "sk-whatever")
+        openai_error(self, st, h, b, 400)  # 400 before the key is looked up
+        st, h, b = call("POST", "/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}]}, self.key)
+        self.assertEqual(openai_error(self, st, h, b, 400)["param"], "model")
+        st, h, b = call("POST", "/v1/chat/completions", {"model": MODEL}, self.key)
+        self.assertEqual(openai_error(self, st, h, b, 400)["param"], "messages")
+        st, h, b = call("POST", "/v1/chat/completions", {"model": MODEL, "messages": [], "stream": "yes"}, self.key)
+        openai_error(self, st, h, b, 400)
+        st, h, b = chat("sk-unknown", model="no-such-model")  # 404 model before the key lookup
+        openai_error(self, st, h, b, 404, "model_not_found")
+        st, h, b = chat("sk-unknown")
+        openai_error(self, st, h, b, 401, "invalid_api_key")
+        st, h, b = chat(seed(credit=0))
+        openai_error(self, st, h, b, 402, "insufficient_balance")
+        st, h, b = call("GET", "/v1/nothing")
+        openai_error(self, st, h, b, 404)
+        st, h, b = call("GET", "/v1/chat/completions", key=self.key)
+        openai_error(self, st, h, b, 405)
+
+    def test_declared_body_too_large_answered_before_body(self):
+        c = Conn()
+        try:
+            c.send(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000\r\n\r\n")
+            st, h, b = c.read_response()
+            openai_error(self, st, h, b, 413)
+            self.assertEqual(h["connection"], "close")
+            self.assertTrue(c.closed_by_peer())
+        finally:
+            c.close()
+
+    def test_malformed_http(self):
+        for raw in (b"NOT HTTP\r\n\r\n", b"GET / HTTP/1.1\r\nBad Header\r\n\r\n",
+                    b"GET / HTTP/1.1\r\n" + b"X-Big: " + b"a" * 20000 + b"\r\n\r\n"):
+            c = Conn()
+            try:
+                c.send(raw)
+                st, h, b = c.read_response()
+                self.assertIn(st, (400, 431))
+                openai_error(self, st, h, b, st)
+                self.assertTrue(c.closed_by_peer())
+            finally:
+                c.close()
+
+    def test_header_timeout_408(self):
+        c = Conn()
+        try:
+            c.send(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+            t = time.time()
+            st, h, b = c.read_response()
+            self.assertEqual(st, 408)
+            self.assertGreater(time.time() - t, 1.5)
+        finally:
+            c.close()
+
+    # ---- limits ------------------------------------------------------------
+
+    def test_rpm_exact_sliding_window(self):
+        n = 4
+        k = seed(rpm=n)
+        ids = []
+        for i in range(n):
+            st, h, b = chat(k, "r%d" % i)
+            self.assertEqual(st, 200, b)
+            self.assertEqual(h["x-ratelimit-limit-requests"], str(n))
+            self.assertEqual(h["x-ratelimit-remaining-requests"], str(n - i - 1))
+            self.assertTrue(h["x-ratelimit-reset-requests"].endswith("s"))
+            ids.append(h["x-request-id"])
+        st, h, b = chat(k, "over")
+        openai_error(self, st, h, b, 429, "rate_limit_exceeded")
+        self.assertTrue(1 <= int(h["retry-after"]) <= 60)
+        self.assertEqual(h["x-ratelimit-remaining-requests"], "0")
+        for rid in ids:
+            self.assertEqual(len(usage_rows(rid)), 1)
+        self.assertEqual(usage_rows(h["x-request-id"], wait=0.5, want=1), [], "a 429 is not billed")
+        # a sliding window, in Redis under one hash tag per key
+        out = subprocess.run(["redis-cli", "-p", E["GW_REDIS_PORT"], "--scan", "--pattern", "tg:rpm:{k:*}"],
+                             capture_output=True, text=True).stdout.split()
+        self.assertTrue(out)
+
+    def test_concurrency_limit(self):
+        k = seed(conc=1)
+        res = {}
+
+        def slow():
+            res["slow"] = chat(k, "sleep:1.0")
+
+        t = threading.Thread(target=slow)
+        t.start()
+        time.sleep(0.4)
+        st, h, b = chat(k, "second")
+        t.join()
+        openai_error(self, st, h, b, 429, "concurrency_limit_exceeded")
+        self.assertEqual(res["slow"][0], 200)
+        st, h, b = chat(k, "after")
+        self.assertEqual(st, 200, b)
+
+    # ---- the worker misbehaves ----------------------------------------------
+
+    def test_worker_error_passed_through(self):
+        st, h, b = chat(self.key, "status:422")
+        openai_error(self, st, h, b, 422, "scripted")
+        rows = usage_rows(h["x-request-id"])
+        self.assertEqual((rows[0][1], rows[0][3], int(rows[0][4])), (0, 422, 0))
+
+    def test_worker_timeout_504(self):
+        st, h, b = chat(self.key, "sleep:3")
+        openai_error(self, st, h, b, 504, "upstream_timeout")
+        self.assertEqual(usage_rows(h["x-request-id"])[0][3], 504)
+
+    def test_stream_cut_ends_with_error_event_and_is_settled(self):
+        st, h, b = chat(self.key, "cut", stream=True)
+        self.assertEqual(st, 200)
+        ev = events(b)
+        self.assertIn("error", json.loads(ev[-1]))
+        rows = usage_rows(h["x-request-id"])
+        self.assertEqual(rows[0][1], 2, "two chunks were generated before the cut")
+
+    def test_stream_stall_times_out(self):
+        st, h, b = chat(self.key, "stall:3", stream=True)
+        self.assertEqual(st, 200)
+        self.assertEqual(json.loads(events(b)[-1])["error"]["code"], "upstream_timeout")
+
+    def test_dead_worker_skipped(self):
+        before = metric('tollgate_worker_failures_total{worker="http://127.0.0.1:18645"}')
+        for i in range(4):
+            st, h, b = chat(self.key, "alive%d" % i)
+            self.assertEqual(st, 200, b)
+        self.assertGreater(metric('tollgate_worker_failures_total{worker="http://127.0.0.1:18645"}'), before)
+
+    def test_flood_with_backpressure(self):
+        c = Conn(timeout=30)
+        try:
+            n = 3000
+            body = {"model": MODEL, "stream": True, "messages": [{"role": "user", "content": "flood:%d" % n}]}
+            got = []
+            slow = {"left": 50}
+
+            def on_chunk(ch):
+                got.append(len(ch))
+                if slow["left"] > 0:  # a slow reader for a while: the gateway must buffer boundedly
+                    slow["left"] -= 1
+                    time.sleep(0.01)
+
+            data = json.dumps(body).encode()
+            c.send(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + self.key.encode() +
+                   b"\r\nContent-Length: %d\r\n\r\n" % len(data) + data)
+            st, h, b = c.read_response(on_chunk)
+            self.assertEqual(st, 200)
+            chunks = [json.loads(e) for e in events(b)[:-1]]
+            content = "".join(ch["choices"][0]["delta"].get("content", "") for ch in chunks)
+            self.assertEqual(len(content), n * 1024)
+            self.assertEqual(usage_rows(h["x-request-id"])[0][1], n)
+        finally:
+            c.close()
+
+    def test_client_hangup_mid_stream_is_settled(self):
+        c = Conn()
+        body = json.dumps({"model": MODEL, "stream": True,
+                           "messages": [{"role": "user", "content": "stall:1.5"}]}).encode()
+        c.send(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + self.key.encode() +
+               b"\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        while b"data:" not in c.buf:
+            c._fill()
+        rid = [ln.split(b":", 1)[1].strip().decode() for ln in c.buf.split(b"\r\n")
+               if ln.lower().startswith(b"x-request-id")][0]
+        c.close()
+        rows = usage_rows(rid, wait=5)
+        self.assertEqual(len(rows), 1)
+        self.assertEqual(rows[0][1], 1, "one chunk had been generated")
+
+
+class RedisRestart(unittest.TestCase):
+    def test_fail_open_then_reconnect(self):
+        k = seed(rpm=2)
+        port = E["GW_REDIS_PORT"]
+        subprocess.run(["redis-cli", "-p", port, "shutdown", "nosave"], capture_output=True)
+        time.sleep(0.3)
+        for i in range(3):  # over the limit, but Redis is down: documented fail-open
+            st, h, b = chat(k, "nr%d" % i)
+            self.assertEqual(st, 200, b)
+            self.assertNotIn("x-ratelimit-limit-requests", h)
+        self.assertGreater(metric("tollgate_redis_errors_total"), 0)
+        p = subprocess.Popen(["redis-server", "--port", port, "--bind", "127.0.0.1", "--save", "",
+                              "--appendonly", "no"], stdout=subprocess.DEVNULL)
+        with open(os.path.join(E["GW_DIR"], "redis.pid"), "w") as f:
+            f.write(str(p.pid))
+        deadline = time.time() + 10
+        while metric("tollgate_redis_up") != 1 and time.time() < deadline:
+            time.sleep(0.2)
+        self.assertEqual(metric("tollgate_redis_up"), 1)
+        codes = [chat(k, "back%d" % i)[0] for i in range(3)]
+        self.assertEqual(codes, [200, 200, 429])
+
+
+class Shutdown(unittest.TestCase):
+    def test_sigterm_lets_inflight_finish(self):
+        key = seed()
+        res = {}
+
+        def slow():
+            res["r"] = chat(key, "sleep:1.0")
+
+        t = threading.Thread(target=slow)
+        t.start()
+        time.sleep(0.3)
+        pid = int(E["GW_PID"])
+        os.kill(pid, signal.SIGTERM)
+        t.join()
+        self.assertEqual(res["r"][0], 200)
+        rid = res["r"][1]["x-request-id"]
+        deadline = time.time() + 5
+        while time.time() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.05)
+        else:
+            self.fail("gateway still running 5 s after SIGTERM")
+        self.assertEqual(len(usage_rows(rid)), 1)
+        with self.assertRaises(OSError):
+            Conn(timeout=2)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
