@@ -254,6 +254,8 @@ tile512(const void *W, int bf16, int64_t ldw, const float *X, int64_t ldx, int n
     int k = 0;
     for (; k + 16 <= C; k += 16) {
         __m512 w[TILE_R], x[4];
+        /* the next tile's rows: rows are a page apart, beyond the hardware prefetcher */
+        for (int i = 0; i < nr; i++) _mm_prefetch((const char *)W + (i + TILE_R) * ldw * es + k * es + 512, _MM_HINT_T0);
         for (int i = 0; i < nr; i++) w[i] = ld_w512((const char *)W + i * ldw * es, bf16, k);
         for (int t = 0; t < nt; t++) x[t] = _mm512_loadu_ps(X + t * ldx + k);
         for (int i = 0; i < nr; i++)
