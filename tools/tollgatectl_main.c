@@ -639,8 +639,7 @@ static int cmd_price(args_t *a) {
 }
 
 int main(int argc, char **argv) {
-    args_t a = {0, calloc(argc + 1, sizeof(char *))};
-    if (!a.argv) die(1, "out of memory");
+    args_t a = {0, argv + 1}; /* compacted in place: no allocation to free */
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--json")) json_out = 1;
         else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h") || !strcmp(argv[i], "help")) {

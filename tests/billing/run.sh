@@ -8,6 +8,7 @@ cd "$(dirname "$0")/../.."
 own=
 if [ -z "${TG_TEST_PG:-}" ]; then
     own=$(mktemp -d /tmp/billtest-pg.XXXXXX)
+    chmod 755 "$own"
     trap 'bash tests/billing/pg.sh stop "$own/pg"; rm -rf "$own"' EXIT
     bash tests/billing/pg.sh start "$own/pg" 18680
     export TG_TEST_PG="host=127.0.0.1 port=18680 dbname=tollgate user=tollgate"
