@@ -12,7 +12,7 @@
 
 struct eng_sampler {
     int32_t n;          /* ids allowed */
-    int32_t *idx;       /* (n) candidate ids, sorted by logit for top-p */
+    int32_t *idx;       /* (n) candidate ids, partitioned for top-p */
     float *prob;        /* (n) probabilities indexed by id */
     int32_t *counts;    /* (n) penalty counts, kept all-zero between calls */
 };
@@ -87,16 +87,39 @@ static int32_t argmax(const float *logits, int32_t n) {
     return best;
 }
 
-/* qsort has no context argument in C11; a thread-local pointer keeps the
- * comparator reentrant across sampler threads. */
-static _Thread_local const float *tl_prob;
+/* Strict total order "a comes before b": higher probability first, then the
+ * lower id. */
+static inline int before(const float *p, int32_t a, int32_t b) {
+    return p[a] > p[b] || (p[a] == p[b] && a < b);
+}
 
-static int cmp_desc(const void *a, const void *b) {
-    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
-    float px = tl_prob[x], py = tl_prob[y];
-    if (px > py) return -1;
-    if (px < py) return 1;
-    return x < y ? -1 : x > y;
+/* Reorder idx[0..m) so that idx[0..k) holds the k first ids in `before`
+ * order, for the smallest k whose probability mass reaches want; returns k.
+ * Quickselect on mass, expected O(m), deterministic (middle pivot). */
+static int32_t nucleus(const float *p, int32_t *idx, int32_t m, double want) {
+    int32_t lo = 0, hi = m;
+    while (hi - lo > 0) {
+        int32_t mid = lo + (hi - lo) / 2, t;
+        t = idx[mid], idx[mid] = idx[hi - 1], idx[hi - 1] = t; /* pivot to the end */
+        int32_t pv = idx[hi - 1], w = lo;
+        double mass = 0;
+        for (int32_t i = lo; i < hi - 1; i++)
+            if (before(p, idx[i], pv)) {
+                mass += p[idx[i]];
+                t = idx[i], idx[i] = idx[w], idx[w] = t;
+                w++;
+            }
+        t = idx[w], idx[w] = idx[hi - 1], idx[hi - 1] = t; /* pivot at w */
+        if (mass >= want) {
+            hi = w; /* the answer lies strictly before the pivot */
+        } else if (mass + p[pv] >= want) {
+            return w + 1;
+        } else {
+            want -= mass + p[pv];
+            lo = w + 1;
+        }
+    }
+    return lo > 0 ? lo : 1;
 }
 
 int32_t eng_sample(eng_sampler_t *s, float *logits, const eng_sample_params_t *p, eng_rng_t *rng,
@@ -124,20 +147,14 @@ int32_t eng_sample(eng_sampler_t *s, float *logits, const eng_sample_params_t *p
         }
         return best;
     }
-    /* top-p: keep ids with non-negligible probability, sort them descending,
-     * cut at the smallest prefix whose mass reaches top_p. */
+    /* top-p: the smallest set of most likely ids whose mass reaches top_p,
+     * then sample within it (in the set's deterministic order). */
     int32_t m = 0;
-    double floor_p = sum * 1e-12;
     for (int32_t i = 0; i < n; i++)
-        if (s->prob[i] > floor_p) s->idx[m++] = i;
-    tl_prob = s->prob;
-    qsort(s->idx, (size_t)m, sizeof *s->idx, cmp_desc);
-    double want = (double)p->top_p * sum, acc = 0;
-    int32_t k = 0;
-    while (k < m) {
-        acc += s->prob[s->idx[k++]];
-        if (acc >= want) break;
-    }
+        if (s->prob[i] > 0) s->idx[m++] = i;
+    int32_t k = nucleus(s->prob, s->idx, m, (double)p->top_p * sum);
+    double acc = 0;
+    for (int32_t i = 0; i < k; i++) acc += s->prob[s->idx[i]];
     double target = u * acc, run = 0;
     for (int32_t i = 0; i < k; i++) {
         run += s->prob[s->idx[i]];

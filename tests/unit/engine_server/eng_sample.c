@@ -104,6 +104,53 @@ static void test_top_p(void) {
     eng_sampler_free(s);
 }
 
+static const float *bf_p;
+static int bf_cmp(const void *a, const void *b) {
+    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+    return before(bf_p, x, y) ? -1 : before(bf_p, y, x) ? 1 : 0;
+}
+
+/* nucleus() (quickselect) picks exactly the set a full sort would. */
+static void test_nucleus_matches_sort(void) {
+    enum { V = 3000 };
+    float *p = malloc(V * sizeof *p);
+    int32_t *a = malloc(V * sizeof *a), *b = malloc(V * sizeof *b);
+    char *in = malloc(V);
+    eng_rng_t r;
+    eng_rng_seed(&r, 99);
+    const double tops[] = {0.01, 0.1, 0.5, 0.9, 0.99, 0.999999};
+    for (int round = 0; round < 20; round++) {
+        double sum = 0;
+        for (int i = 0; i < V; i++) {
+            /* coarse values make many ties */
+            p[i] = (float)(round % 2 ? floor(eng_rng_uniform(&r) * 8) : exp(eng_rng_uniform(&r) * 10));
+            sum += p[i];
+        }
+        for (size_t t = 0; t < sizeof tops / sizeof tops[0]; t++) {
+            double want = tops[t] * sum;
+            for (int i = 0; i < V; i++) a[i] = b[i] = i;
+            int32_t k = nucleus(p, a, V, want);
+            bf_p = p;
+            qsort(b, V, sizeof *b, bf_cmp);
+            double acc = 0;
+            int32_t kb = 0;
+            while (kb < V) {
+                acc += p[b[kb++]];
+                if (acc >= want) break;
+            }
+            /* mass sums differ in rounding; allow the boundary to move by one */
+            CHECK(k >= kb - 1 && k <= kb + 1);
+            int32_t kk = k < kb ? k : kb;
+            memset(in, 0, V);
+            for (int32_t i = 0; i < k; i++) in[a[i]] = 1;
+            int ok = 1;
+            for (int32_t i = 0; i < kk; i++) ok &= in[b[i]];
+            CHECK(ok);
+        }
+    }
+    free(p), free(a), free(b), free(in);
+}
+
 static void test_low_temperature_sharpens(void) {
     float base[3] = {1.0f, 0.5f, 0.0f};
     eng_sampler_t *s = eng_sampler_new(3);
@@ -138,4 +185,4 @@ static void test_penalties(void) {
 }
 
 TG_TEST_MAIN(test_rng_deterministic, test_greedy_and_restriction, test_seeded_sampling_repeats,
-             test_top_p, test_low_temperature_sharpens, test_penalties)
+             test_top_p, test_nucleus_matches_sort, test_low_temperature_sharpens, test_penalties)
