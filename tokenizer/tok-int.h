@@ -35,7 +35,9 @@ typedef struct {
 /* One entry of an open-addressing byte-string table (vocab). */
 typedef struct {
     uint32_t hash;
-    int32_t id; /* -1: empty */
+    int32_t id;   /* -1: empty */
+    uint32_t off; /* the id's bytes: text + off, len bytes (saves one lookup) */
+    uint32_t len;
 } tok_slot_t;
 
 /* Pair table: (left id, right id) -> merge rank and merged id. */

@@ -66,6 +66,12 @@ static void errf(char *err, size_t errlen, const char *fmt, ...) {
 static long bytelevel_to_bytes(const char *s, size_t n, char *dst) {
     size_t i = 0, o = 0;
     while (i < n) {
+        uint8_t c = (uint8_t)s[i];
+        if (c >= 33 && c <= 126) { /* printable ASCII stands for itself */
+            dst[o++] = (char)c;
+            i++;
+            continue;
+        }
         size_t bad;
         int l = tok_utf8_seq((const uint8_t *)s + i, n - i, &bad);
         if (l <= 0) return -1;
@@ -84,10 +90,7 @@ int32_t tok_vocab_find(const tok_t *t, const char *s, size_t n) {
     for (uint32_t i = h & t->vmask;; i = (i + 1) & t->vmask) {
         const tok_slot_t *e = &t->vslots[i];
         if (e->id < 0) return -1;
-        if (e->hash == h) {
-            uint32_t a = t->off[e->id], b = t->off[e->id + 1];
-            if (b - a == n && !memcmp(t->text + a, s, n)) return e->id;
-        }
+        if (e->hash == h && e->len == n && !memcmp(t->text + e->off, s, n)) return e->id;
     }
 }
 
@@ -99,6 +102,8 @@ static void vocab_insert(tok_t *t, int32_t id) {
     while (t->vslots[i].id >= 0) i = (i + 1) & t->vmask;
     t->vslots[i].hash = h;
     t->vslots[i].id = id;
+    t->vslots[i].off = t->off[id];
+    t->vslots[i].len = (uint32_t)n;
 }
 
 static inline uint32_t pair_hash(uint64_t k) {
