@@ -39,3 +39,24 @@ $(ENG_BENCH_BIN): bench/engine/eng_bench.c $(LIBENG)
 bench-engine: $(ENG_BENCH_BIN)
 	$(ENG_BENCH_BIN) decode
 	$(ENG_BENCH_BIN) prefill
+
+# fuzz: libFuzzer (clang) on the safetensors parser; the plain driver replays
+# the seed corpus under any compiler as part of test-engine.
+ENG_FUZZ_DRIVER := $(ENG_TEST_DIR)/fuzz_safetensors_replay
+$(ENG_FUZZ_DRIVER): fuzz/engine/fuzz_safetensors.c fuzz/engine/fuzz_driver.c engine/eng_st.c engine/eng_model_int.h
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ fuzz/engine/fuzz_safetensors.c fuzz/engine/fuzz_driver.c engine/eng_st.c $(LIB_JSON) $(LDLIBS)
+
+test-engine: test-engine-fuzz-replay
+.PHONY: test-engine-fuzz-replay
+test-engine-fuzz-replay: $(ENG_FUZZ_DRIVER)
+	$(ENG_FUZZ_DRIVER) fuzz/engine/corpus/safetensors
+
+fuzz-engine:
+	@mkdir -p $(B)/fuzz
+	clang -O1 -g -fsanitize=fuzzer,address -Icommon -Iengine -o $(B)/fuzz/fuzz_safetensors \
+	    fuzz/engine/fuzz_safetensors.c engine/eng_st.c $(LIB_JSON) -lm
+	mkdir -p $(B)/fuzz/corpus-safetensors
+	$(B)/fuzz/fuzz_safetensors -max_total_time=$${FUZZ_SECONDS:-60} $(B)/fuzz/corpus-safetensors fuzz/engine/corpus/safetensors
+
+fuzz: fuzz-engine

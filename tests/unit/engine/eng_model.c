@@ -1,0 +1,150 @@
+/* tests/unit/engine/eng_model.c — loading errors, int8 quantization, the
+ * sequence API (truncate and re-run), forward-pass argument checks. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "../tg_test.h"
+#include "eng.h"
+#include "eng_cmd.h"
+
+static char dir[256];
+
+static int gen(const char *out, const char *arch, const char *dtype) {
+    char *argv[] = {"--arch", (char *)arch, "--preset", "tiny", "--dtype", (char *)dtype, "--seed", "5", "--out",
+                    (char *)out, "--tokenizer", "none"};
+    return eng_cmd_gen_model(12, argv);
+}
+
+static void run(eng_model_t *m, const int32_t *ids, int n, float *lg) {
+    char err[256];
+    eng_seq_t *s = eng_seq_new(m, 0);
+    CHECK_EQ_I(eng_forward(m, &s, &ids, &n, 1, &lg, err, sizeof err), 0);
+    eng_seq_free(s);
+}
+
+static void test_int8(void) {
+    char p[300], err[512];
+    snprintf(p, sizeof p, "%s/v3", dir);
+    CHECK_EQ_I(gen(p, "deepseek_v3", "f32"), 0);
+    eng_load_opts_t o = {0}, q = {.quant_int8 = 1};
+    eng_model_t *m = eng_model_load(p, &o, err, sizeof err), *mq = eng_model_load(p, &q, err, sizeof err);
+    CHECK(m && mq);
+    if (!m || !mq) return;
+    CHECK_EQ_I(eng_model_info(m)->kv_bytes_per_token, 3 * (32 + 8) * 4);
+    int V = eng_model_info(m)->vocab_size;
+    float *a = malloc(V * 4), *b = malloc(V * 4);
+    int32_t ids[32];
+    for (int i = 0; i < 32; i++) ids[i] = 2 + i * 13;
+    run(m, ids, 32, a);
+    run(mq, ids, 32, b);
+    double e = 0, sc = 0;
+    for (int i = 0; i < V; i++) {
+        e = fmax(e, fabs(a[i] - b[i]));
+        sc = fmax(sc, fabs(a[i]));
+    }
+    printf("int8 per-block quantization: max logit error %.3g of scale %.3g\n", e, sc);
+    CHECK(e > 0);           /* it really quantized */
+    CHECK(e < 0.05 * sc);   /* and stays close */
+    free(a);
+    free(b);
+    eng_model_free(m);
+    eng_model_free(mq);
+}
+
+static void test_seq_api(void) {
+    char p[300], err[512];
+    snprintf(p, sizeof p, "%s/v3", dir);
+    eng_model_t *m = eng_model_load(p, NULL, err, sizeof err);
+    CHECK(m != NULL);
+    if (!m) return;
+    int V = eng_model_info(m)->vocab_size;
+    float *a = malloc(V * 4), *b = malloc(V * 4);
+    int32_t ids[20];
+    for (int i = 0; i < 20; i++) ids[i] = 3 + i * 7;
+    run(m, ids, 20, a);
+    /* the same sequence after a truncate-and-replay gives identical logits */
+    eng_seq_t *s = eng_seq_new(m, 0);
+    const int32_t *p0 = ids;
+    int n = 20;
+    float *lb = b;
+    CHECK_EQ_I(eng_forward(m, &s, &p0, &n, 1, NULL, err, sizeof err), 0);
+    eng_seq_truncate(s, 12);
+    CHECK_EQ_I(eng_seq_len(s), 12);
+    p0 = ids + 12;
+    n = 8;
+    CHECK_EQ_I(eng_forward(m, &s, &p0, &n, 1, &lb, err, sizeof err), 0);
+    CHECK(memcmp(a, b, V * 4) == 0);
+    /* bad ids, too long, duplicate sequence */
+    int32_t bad = V;
+    const int32_t *pb = &bad;
+    n = 1;
+    CHECK_EQ_I(eng_forward(m, &s, &pb, &n, 1, &lb, err, sizeof err), -1);
+    CHECK(strstr(err, "out of range") != NULL);
+    eng_seq_t *shortseq = eng_seq_new(m, 4);
+    p0 = ids;
+    n = 5;
+    CHECK_EQ_I(eng_forward(m, &shortseq, &p0, &n, 1, &lb, err, sizeof err), -1);
+    CHECK(strstr(err, "exceed") != NULL);
+    eng_seq_t *two[2] = {s, s};
+    const int32_t *pp[2] = {ids, ids};
+    int nn[2] = {1, 1};
+    CHECK_EQ_I(eng_forward(m, two, pp, nn, 2, NULL, err, sizeof err), -1);
+    eng_seq_free(shortseq);
+    eng_seq_free(s);
+    free(a);
+    free(b);
+    eng_model_free(m);
+}
+
+static void test_load_errors(void) {
+    char p[300], f[400], err[512];
+    snprintf(p, sizeof p, "%s/bad", dir);
+    CHECK_EQ_I(gen(p, "mixtral", "bf16"), 0);
+    /* truncated weights: the error names the file and a tensor */
+    snprintf(f, sizeof f, "%s/model.safetensors", p);
+    FILE *fp = fopen(f, "r+");
+    CHECK(fp != NULL);
+    if (fp) {
+        fseek(fp, 0, SEEK_END);
+        long sz = ftell(fp);
+        fclose(fp);
+        CHECK_EQ_I(truncate(f, sz - 1000), 0);
+    }
+    eng_model_t *m = eng_model_load(p, NULL, err, sizeof err);
+    CHECK(m == NULL);
+    CHECK(strstr(err, "model.safetensors") && strstr(err, "tensor '"));
+    /* an architecture we do not support */
+    snprintf(f, sizeof f, "%s/config.json", p);
+    fp = fopen(f, "w");
+    if (fp) {
+        fputs("{\"architectures\":[\"LlamaForCausalLM\"],\"hidden_size\":64}", fp);
+        fclose(fp);
+    }
+    m = eng_model_load(p, NULL, err, sizeof err);
+    CHECK(m == NULL);
+    CHECK(strstr(err, "LlamaForCausalLM") != NULL);
+    /* no such folder */
+    m = eng_model_load("/nonexistent/model", NULL, err, sizeof err);
+    CHECK(m == NULL);
+    CHECK(strstr(err, "/nonexistent/model") != NULL);
+    /* a device this build lacks */
+    snprintf(p, sizeof p, "%s/v3", dir);
+    eng_load_opts_t o = {.device = "cuda:0"};
+    CHECK(eng_model_load(p, &o, err, sizeof err) == NULL);
+}
+
+static void test_cleanup(void) {
+    char cmd[400];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    CHECK_EQ_I(system(cmd), 0);
+}
+
+static void test_setup(void) {
+    snprintf(dir, sizeof dir, "/tmp/eng_model_test.XXXXXX");
+    CHECK(mkdtemp(dir) != NULL);
+}
+
+TG_TEST_MAIN(test_setup, test_int8, test_seq_api, test_load_errors, test_cleanup)
