@@ -182,6 +182,18 @@ static void gw_client_chunk(gw_req_t *r, const char *p, size_t n) {
     if (r->client_chunked) evbuffer_add(o, "\r\n", 2);
 }
 
+/* Does the JSON text have `field` with a non-empty string value?  A cheap
+ * look, no parse: counts generated chunks for a stream cut before usage. */
+static int gw_has_text(const char *json, const char *field) {
+    const char *p = strstr(json, field);
+    if (!p) return 0;
+    p += strlen(field);
+    while (*p == ' ') p++;
+    if (*p++ != ':') return 0;
+    while (*p == ' ') p++;
+    return p[0] == '"' && p[1] != '"';
+}
+
 /* One SSE event from the worker: learn usage, maybe drop or trim it, forward. */
 static void gw_stream_event(gw_req_t *r, const char *ev, size_t len) {
     gw_buf_t *d = &r->body; /* reused as scratch while streaming */
@@ -189,7 +201,7 @@ static void gw_stream_event(gw_req_t *r, const char *ev, size_t len) {
         gw_client_chunk(r, ev, len);
         return;
     }
-    if (strstr(d->p, "\"delta\"")) r->chunks++;
+    if (gw_has_text(d->p, "\"content\"") || gw_has_text(d->p, "\"reasoning_content\"")) r->chunks++;
     if (!strstr(d->p, "\"usage\"")) {
         gw_client_chunk(r, ev, len);
         return;
