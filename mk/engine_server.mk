@@ -21,3 +21,10 @@ test-engine-server: test-engine-server-unit $(B)/tollgate-engine
 	/usr/bin/python3 tests/engine_server/test_server.py
 
 TEST_TARGETS += test-engine-server
+
+# libFuzzer target for request bodies (clang); not part of `make test`.
+.PHONY: fuzz-engine-server
+fuzz-engine-server: $(B)/fuzz/fuzz_chat_req
+$(B)/fuzz/fuzz_chat_req: tests/engine_server/fuzz_chat_req.c engine/eng_server_req.c $(LIBTOK) $(LIBCOMMON)
+	@mkdir -p $(dir $@)
+	clang -g -O1 -std=gnu11 -fsanitize=fuzzer,address -Icommon -Itokenizer -Iengine -o $@ $< $(TOK_LIBS) $(LDLIBS)

@@ -1,0 +1,38 @@
+/* libFuzzer target: POST /v1/chat/completions bodies through validation,
+ * the max_tokens rule and the response builders (engine/eng_server_req.c).
+ *
+ *   make fuzz-engine-server            build build/fuzz/fuzz_chat_req
+ *   mkdir -p var/fuzz-chat && build/fuzz/fuzz_chat_req var/fuzz-chat tests/engine_server/fuzz_corpus -max_total_time=60
+ */
+#include "../../engine/eng_server_req.c"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+    eng_chat_req_t r;
+    eng_api_err_t e;
+    if (eng_chat_req_parse(&r, (const char *)data, size, &e)) {
+        char *j = eng_api_err_json(&e);
+        if (!j || e.status < 400 || e.status > 599) __builtin_trap();
+        free(j);
+        return 0;
+    }
+    if (!r.model || !r.n_msgs) __builtin_trap();
+    for (size_t i = 0; i < r.n_msgs; i++) {
+        const tok_chat_msg_t *m = &r.msgs[i];
+        if (!m->role || (!m->content && !m->n_tool_calls)) __builtin_trap();
+        if (m->content && !tok_utf8_valid(m->content, strlen(m->content))) __builtin_trap();
+    }
+    eng_limits_t lim = {.context = 4096, .default_max = 4096};
+    int mt = 0;
+    if (!eng_chat_max_tokens(&r, (int)(size % 5000), &lim, &mt, &e) && (mt < 1 || mt > 4096))
+        __builtin_trap();
+    eng_usage_t u = {(int)size, mt, 0, 0};
+    const char *text = r.msgs[0].content ? r.msgs[0].content : "";
+    char *a = eng_resp_completion("chatcmpl-x", 1, r.model, text, NULL, ENG_FINISH_STOP, &u);
+    char *b = eng_resp_chunk("chatcmpl-x", 1, r.model, NULL, text, text, ENG_FINISH_NONE, 1, NULL);
+    size_t n;
+    char *ev = b ? eng_sse_event(b, &n) : NULL;
+    if (!a || !b || !ev) __builtin_trap(); /* output is always one line of JSON */
+    free(a), free(b), free(ev);
+    eng_chat_req_free(&r);
+    return 0;
+}
