@@ -91,6 +91,15 @@ int tok_tmpl_detect(const char *model_dir);
 char *tok_chat_render(tok_tmpl_kind_t kind, const tok_chat_msg_t *msgs, size_t n,
                       int add_generation_prompt, char *err, size_t errlen);
 
+/* The same from an OpenAI-style "messages" JSON array (len bytes of text):
+ * each {"role", "content", "tool_calls"}; content is a string, null, or an
+ * array of {"type":"text","text":...} parts (joined); a tool call's
+ * function.arguments is a string (an object is written as compact JSON).
+ * U+0000 inside the text is refused with a message (cJSON cannot carry it).
+ * Returns a malloc'd string, or NULL with a message in err. */
+char *tok_chat_render_json(tok_tmpl_kind_t kind, const char *messages_json, size_t len,
+                           int add_generation_prompt, char *err, size_t errlen);
+
 /* ---- DeepSeek-R1 reasoning ------------------------------------------------ */
 
 /* Split a complete R1 completion (generated after the template's

@@ -370,3 +370,118 @@ void tok_r1_finish(tok_r1_state_t *st, char *rout, size_t *rlen, char *cout, siz
     tok_r1_feed(st, "", 0, rout, rlen, cout, clen);
     st->pending_nl = 0;
 }
+
+/* ---- messages from JSON ------------------------------------------------------------ */
+
+/* Nonzero when a JSON text holds the escape \u0000 inside a string (cJSON
+ * would silently cut the string there). */
+static int json_has_nul_escape(const char *s, size_t n) {
+    int in_str = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!in_str) {
+            if (s[i] == '"') in_str = 1;
+            continue;
+        }
+        if (s[i] == '"') in_str = 0;
+        else if (s[i] == '\\' && i + 1 < n) {
+            if (s[i + 1] == 'u' && i + 5 < n && !memcmp(s + i + 2, "0000", 4)) return 1;
+            i++;
+        }
+    }
+    return 0;
+}
+
+/* Content as a string: a string, null, or an array of {"type":"text","text":...}
+ * parts joined without separator.  Returns 0, or -1 (bad shape).  *out is NULL
+ * for null content; *owned is set when *out was allocated. */
+static int content_text(const cJSON *c, const char **out, char **owned) {
+    *out = NULL;
+    *owned = NULL;
+    if (!c || cJSON_IsNull(c)) return 0;
+    if (cJSON_IsString(c)) {
+        *out = c->valuestring;
+        return 0;
+    }
+    if (!cJSON_IsArray(c)) return -1;
+    sb_t b = {0};
+    const cJSON *part;
+    cJSON_ArrayForEach(part, c) {
+        const char *type = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(part, "type"));
+        const char *text = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(part, "text"));
+        if (!type || strcmp(type, "text") || !text) {
+            free(b.p);
+            return -1;
+        }
+        sb_puts(&b, text);
+    }
+    if (!b.p) sb_put(&b, "", 0);
+    if (b.oom) {
+        free(b.p);
+        return -1;
+    }
+    *out = *owned = b.p;
+    return 0;
+}
+
+char *tok_chat_render_json(tok_tmpl_kind_t kind, const char *messages_json, size_t len,
+                           int add_generation_prompt, char *err, size_t errlen) {
+    if (json_has_nul_escape(messages_json, len)) {
+        errf(err, errlen, "messages: U+0000 (NUL) in message text is not supported");
+        return NULL;
+    }
+    cJSON *arr = cJSON_ParseWithLength(messages_json, len);
+    if (!cJSON_IsArray(arr)) {
+        cJSON_Delete(arr);
+        errf(err, errlen, "messages: expected a JSON array");
+        return NULL;
+    }
+    size_t n = (size_t)cJSON_GetArraySize(arr), ncalls = 0;
+    const cJSON *m, *c;
+    cJSON_ArrayForEach(m, arr) ncalls += (size_t)cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(m, "tool_calls"));
+    tok_chat_msg_t *msgs = calloc(n + 1, sizeof *msgs);
+    tok_tool_call_t *calls = calloc(ncalls + 1, sizeof *calls);
+    char **owned = calloc(n + ncalls + 1, sizeof *owned);
+    size_t nowned = 0, i = 0, k = 0;
+    char *out = NULL;
+    if (!msgs || !calls || !owned) {
+        errf(err, errlen, "out of memory");
+        goto done;
+    }
+    cJSON_ArrayForEach(m, arr) {
+        if (!cJSON_IsObject(m)) {
+            errf(err, errlen, "messages[%zu]: expected an object", i);
+            goto done;
+        }
+        msgs[i].role = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(m, "role"));
+        if (content_text(cJSON_GetObjectItemCaseSensitive(m, "content"), &msgs[i].content, &owned[nowned])) {
+            errf(err, errlen, "messages[%zu]: content must be a string or an array of text parts", i);
+            goto done;
+        }
+        if (owned[nowned]) nowned++;
+        msgs[i].tool_calls = calls + k;
+        cJSON_ArrayForEach(c, cJSON_GetObjectItemCaseSensitive(m, "tool_calls")) {
+            const cJSON *fn = cJSON_GetObjectItemCaseSensitive(c, "function");
+            const cJSON *args = cJSON_GetObjectItemCaseSensitive(fn, "arguments");
+            calls[k].id = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(c, "id"));
+            calls[k].type = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(c, "type"));
+            calls[k].name = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(fn, "name"));
+            if (cJSON_IsString(args)) {
+                calls[k].arguments = args->valuestring;
+            } else if (args && !cJSON_IsNull(args)) { /* an object: its compact JSON text */
+                owned[nowned] = cJSON_PrintUnformatted(args);
+                calls[k].arguments = owned[nowned++];
+            }
+            k++;
+            msgs[i].n_tool_calls++;
+        }
+        i++;
+    }
+    out = tok_chat_render(kind, msgs, n, add_generation_prompt, err, errlen);
+done:
+    for (size_t j = 0; owned && j < nowned; j++) free(owned[j]);
+    free(owned);
+    free(calls);
+    free(msgs);
+    cJSON_Delete(arr);
+    return out;
+}

@@ -53,7 +53,8 @@ static int split_span(const tok_pre_t *pre, const char *text, uint32_t a, uint32
     PCRE2_SIZE len = b - a, pos = 0, prev = 0;
     while (pos <= len) {
         int rc = pcre2_match(pre->re, subj, len, pos, PCRE2_NO_UTF_CHECK, md, NULL);
-        if (rc < 0) break; /* no match (or a limit): the rest is a gap */
+        if (rc == PCRE2_ERROR_NOMATCH) break; /* the rest is a gap */
+        if (rc < 0) return -1;                /* a match limit: fail, never guess */
         PCRE2_SIZE *ov = pcre2_get_ovector_pointer(md);
         PCRE2_SIZE ms = ov[0], me = ov[1];
         if (me == ms) { /* empty match: skip one character */

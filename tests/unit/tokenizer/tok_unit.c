@@ -216,6 +216,24 @@ static void test_chat_errors(void) {
     CHECK_EQ_S(s, "<s>[INST] u [/INST]");
     free(s);
     CHECK(tok_chat_render((tok_tmpl_kind_t)42, m, 1, 1, err, sizeof err) == NULL);
+    /* from JSON: parts, object arguments, and refusals */
+    const char *j = "[{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"a\"},{\"type\":\"text\",\"text\":\"b\"}]},"
+                    "{\"role\":\"assistant\",\"content\":null,\"tool_calls\":[{\"type\":\"function\",\"function\":"
+                    "{\"name\":\"f\",\"arguments\":{\"x\":1}}},{\"function\":{\"name\":\"g\",\"arguments\":\"{}\"}}]}]";
+    s = tok_chat_render_json(TOK_TMPL_DEEPSEEK_V3, j, strlen(j), 0, err, sizeof err);
+    CHECK_EQ_S(s, "<｜begin▁of▁sentence｜><｜User｜>ab<｜Assistant｜><｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function"
+                  "<｜tool▁sep｜>f\n```json\n{\"x\":1}\n```<｜tool▁call▁end｜>\n<｜tool▁call▁begin｜>function<｜tool▁sep｜>g"
+                  "\n```json\n{}\n```<｜tool▁call▁end｜><｜tool▁calls▁end｜><｜end▁of▁sentence｜>");
+    free(s);
+    static const char *bad[] = {"{}", "[1]", "[{\"role\":\"user\",\"content\":\"a\\u0000b\"}]",
+                                "[{\"role\":\"user\",\"content\":[{\"type\":\"image_url\"}]}]",
+                                "[{\"role\":\"user\",\"content\":5}]", "[{\"content\":\"x\"}]", "[", ""};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        err[0] = 0;
+        s = tok_chat_render_json(TOK_TMPL_DEEPSEEK_V3, bad[i], strlen(bad[i]), 1, err, sizeof err);
+        CHECK(s == NULL && err[0]);
+        free(s);
+    }
 }
 
 static void r1_stream_check(const char *text, size_t chunk) {
