@@ -9,8 +9,9 @@
  * closed and reconnected (PQconnectStartParams + PQconnectPoll) with backoff
  * 100 ms .. 2 s.  Every job has a deadline: a queued job that misses it fails
  * with "timeout"; a running one also costs its connection (closed, so the
- * server cancels the statement).  When every connection is down, new jobs
- * fail at once (from the loop) instead of waiting.
+ * server cancels the statement).  When every connection is down, a new job
+ * triggers an immediate reconnect (at most every 100 ms) and fails as soon as
+ * that fails, so requests neither wait out an outage nor the backoff after it.
  *
  * Invariants: a job's callback runs exactly once unless cancelled, always
  * from the loop, never from inside bill_pg_query; a job whose connection
@@ -19,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <event2/event.h>
 
@@ -65,9 +67,17 @@ struct bill_pg {
     bill_pg_up_cb up_cb;
     void *up_arg;
     struct event *kick; /* runs dispatch() from the loop */
+    int force_reconnect;  /* kick: reconnect the DOWN connections now */
+    int64_t last_forced_ms;
 };
 
 static void conn_start(pg_conn_t *c);
+
+static int64_t mono_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
 static void conn_fail(pg_conn_t *c, const char *why);
 static void dispatch(bill_pg_t *pg);
 
@@ -317,8 +327,17 @@ bill_pg_job_t *bill_pg_query(bill_pg_t *pg, const char *sql, int nparams, const 
     }
     struct timeval tv = {pg->timeout_ms / 1000, (pg->timeout_ms % 1000) * 1000};
     if (pool_all_down(pg)) {
-        j->failfast = 1;
-        tv.tv_sec = tv.tv_usec = 0;
+        /* Every connection is down and waiting for its backoff.  Try to
+         * reconnect now (PostgreSQL may be back), at most every 100 ms; the
+         * job fails as soon as that attempt fails.  In between, fail at once. */
+        int64_t now = mono_ms();
+        if (now - pg->last_forced_ms >= 100) {
+            pg->last_forced_ms = now;
+            pg->force_reconnect = 1;
+        } else {
+            j->failfast = 1;
+            tv.tv_sec = tv.tv_usec = 0;
+        }
     }
     evtimer_add(j->timer, &tv);
     TAILQ_INSERT_TAIL(&pg->queue, j, link);
@@ -341,7 +360,19 @@ void bill_pg_cancel(bill_pg_job_t *j) {
     job_free(j);
 }
 
-static void kick_cb(evutil_socket_t fd, short what, void *arg) { dispatch(arg); }
+static void kick_cb(evutil_socket_t fd, short what, void *arg) {
+    bill_pg_t *pg = arg;
+    if (pg->force_reconnect) {
+        pg->force_reconnect = 0;
+        for (int i = 0; i < pg->nconn; i++) {
+            pg_conn_t *c = &pg->conns[i];
+            if (c->st != C_DOWN) continue;
+            evtimer_del(c->timer);
+            conn_start(c);
+        }
+    }
+    dispatch(pg);
+}
 
 int bill_pg_up(const bill_pg_t *pg) { return pg && pg->nup > 0; }
 

@@ -351,6 +351,7 @@ class Outage(unittest.TestCase):
                 s.settle(rid, kid, cid, 100, 20, 10)
             self.assertTrue(wait_for(lambda: self.spooled(), 10), "nothing spooled")
             self.pg(True)
+            self.assertEqual(s.admit(key)[1], "ok", "the first admission after the restart reconnects")
             self.assertTrue(wait_for(lambda: all(count(r) == 1 for r in r1), 20), "spool not replayed")
             self.assertTrue(wait_for(lambda: not self.spooled(), 10), "spool file not removed")
 
