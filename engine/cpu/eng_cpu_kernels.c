@@ -248,29 +248,29 @@ static inline __attribute__((always_inline, target("avx512f,avx512bw,avx512vl"))
 tile512(const void *W, int bf16, int64_t ldw, const float *X, int64_t ldx, int nr, int nt, int C, float *out,
         int64_t ldo) {
     __m512 acc[TILE_R][4];
-    for (int i = 0; i < nr; i++)
-        for (int t = 0; t < nt; t++) acc[i][t] = _mm512_setzero_ps();
+    _Pragma("GCC unroll 4") for (int i = 0; i < nr; i++)
+        _Pragma("GCC unroll 4") for (int t = 0; t < nt; t++) acc[i][t] = _mm512_setzero_ps();
     size_t es = bf16 ? 2 : 4;
     int k = 0;
     for (; k + 16 <= C; k += 16) {
         __m512 w[TILE_R], x[4];
         /* the next tile's rows: rows are a page apart, beyond the hardware prefetcher */
-        for (int i = 0; i < nr; i++) _mm_prefetch((const char *)W + (i + TILE_R) * ldw * es + k * es + 512, _MM_HINT_T0);
-        for (int i = 0; i < nr; i++) w[i] = ld_w512((const char *)W + i * ldw * es, bf16, k);
-        for (int t = 0; t < nt; t++) x[t] = _mm512_loadu_ps(X + t * ldx + k);
-        for (int i = 0; i < nr; i++)
-            for (int t = 0; t < nt; t++) acc[i][t] = _mm512_fmadd_ps(w[i], x[t], acc[i][t]);
+        _Pragma("GCC unroll 4") for (int i = 0; i < nr; i++) _mm_prefetch((const char *)W + (i + TILE_R) * ldw * es + k * es + 512, _MM_HINT_T0);
+        _Pragma("GCC unroll 4") for (int i = 0; i < nr; i++) w[i] = ld_w512((const char *)W + i * ldw * es, bf16, k);
+        _Pragma("GCC unroll 4") for (int t = 0; t < nt; t++) x[t] = _mm512_loadu_ps(X + t * ldx + k);
+        _Pragma("GCC unroll 4") for (int i = 0; i < nr; i++)
+            _Pragma("GCC unroll 4") for (int t = 0; t < nt; t++) acc[i][t] = _mm512_fmadd_ps(w[i], x[t], acc[i][t]);
     }
     if (k < C) {
         __mmask16 m = (__mmask16)((1u << (C - k)) - 1);
         __m512 w[TILE_R], x[4];
-        for (int i = 0; i < nr; i++) w[i] = ld_w512m((const char *)W + i * ldw * es, bf16, k, m);
-        for (int t = 0; t < nt; t++) x[t] = _mm512_maskz_loadu_ps(m, X + t * ldx + k);
-        for (int i = 0; i < nr; i++)
-            for (int t = 0; t < nt; t++) acc[i][t] = _mm512_fmadd_ps(w[i], x[t], acc[i][t]);
+        _Pragma("GCC unroll 4") for (int i = 0; i < nr; i++) w[i] = ld_w512m((const char *)W + i * ldw * es, bf16, k, m);
+        _Pragma("GCC unroll 4") for (int t = 0; t < nt; t++) x[t] = _mm512_maskz_loadu_ps(m, X + t * ldx + k);
+        _Pragma("GCC unroll 4") for (int i = 0; i < nr; i++)
+            _Pragma("GCC unroll 4") for (int t = 0; t < nt; t++) acc[i][t] = _mm512_fmadd_ps(w[i], x[t], acc[i][t]);
     }
-    for (int i = 0; i < nr; i++)
-        for (int t = 0; t < nt; t++) out[t * ldo + i] = _mm512_reduce_add_ps(acc[i][t]);
+    _Pragma("GCC unroll 4") for (int i = 0; i < nr; i++)
+        _Pragma("GCC unroll 4") for (int t = 0; t < nt; t++) out[t * ldo + i] = _mm512_reduce_add_ps(acc[i][t]);
 }
 
 #define TILE_CASES(F, ...)                                                                         \
@@ -316,19 +316,19 @@ static inline __attribute__((always_inline, target("avx2,fma"))) void
 tile256(const void *W, int bf16, int64_t ldw, const float *X, int64_t ldx, int nr, int nt, int C, float *out,
         int64_t ldo) {
     __m256 acc[TILE_R][4];
-    for (int i = 0; i < nr; i++)
-        for (int t = 0; t < nt; t++) acc[i][t] = _mm256_setzero_ps();
+    _Pragma("GCC unroll 4") for (int i = 0; i < nr; i++)
+        _Pragma("GCC unroll 4") for (int t = 0; t < nt; t++) acc[i][t] = _mm256_setzero_ps();
     size_t es = bf16 ? 2 : 4;
     int k = 0;
     for (; k + 8 <= C; k += 8) {
         __m256 w[TILE_R], x[4];
-        for (int i = 0; i < nr; i++) w[i] = ld_w256((const char *)W + i * ldw * es, bf16, k);
-        for (int t = 0; t < nt; t++) x[t] = _mm256_loadu_ps(X + t * ldx + k);
-        for (int i = 0; i < nr; i++)
-            for (int t = 0; t < nt; t++) acc[i][t] = _mm256_fmadd_ps(w[i], x[t], acc[i][t]);
+        _Pragma("GCC unroll 4") for (int i = 0; i < nr; i++) w[i] = ld_w256((const char *)W + i * ldw * es, bf16, k);
+        _Pragma("GCC unroll 4") for (int t = 0; t < nt; t++) x[t] = _mm256_loadu_ps(X + t * ldx + k);
+        _Pragma("GCC unroll 4") for (int i = 0; i < nr; i++)
+            _Pragma("GCC unroll 4") for (int t = 0; t < nt; t++) acc[i][t] = _mm256_fmadd_ps(w[i], x[t], acc[i][t]);
     }
-    for (int i = 0; i < nr; i++)
-        for (int t = 0; t < nt; t++) {
+    _Pragma("GCC unroll 4") for (int i = 0; i < nr; i++)
+        _Pragma("GCC unroll 4") for (int t = 0; t < nt; t++) {
             __m256 a = acc[i][t];
             __m128 h = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
             h = _mm_add_ps(h, _mm_movehl_ps(h, h));
