@@ -129,6 +129,34 @@ static inline int tok_utf8_next(const uint8_t *s, uint32_t *cp) {
  * least 1), or -1 when s is a valid but incomplete prefix. */
 int tok_utf8_seq(const uint8_t *s, size_t n, size_t *bad);
 
+/* ---- tokenizer.json reading (tok_json.c) ---------------------------------- */
+
+#include <cjson/cJSON.h>
+
+typedef struct {
+    uint32_t off, len; /* in the arena */
+    int32_t id;
+} tok_json_str_t;
+
+typedef struct {
+    uint32_t a_off, a_len, b_off, b_len; /* b_len 0: malformed merge */
+} tok_json_merge_t;
+
+typedef struct {
+    cJSON *root;            /* the file with model.vocab = {} and model.merges = [] */
+    char *arena;            /* decoded strings of vocab and merges */
+    tok_json_str_t *vocab;  /* in file order */
+    size_t n_vocab;
+    tok_json_merge_t *merges;
+    size_t n_merges;
+    int has_vocab, has_merges;
+} tok_json_t;
+
+/* Parse a tokenizer.json text; 0, or -1 when it is not valid JSON of the
+ * expected shape (out is then empty). */
+int tok_json_read(const char *buf, size_t len, tok_json_t *out);
+void tok_json_free(tok_json_t *j);
+
 /* ---- pre-tokenizer --------------------------------------------------------- */
 
 /* A piece of text after pre-tokenization: [start, end) of the segment. */

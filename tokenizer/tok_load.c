@@ -477,17 +477,27 @@ tok_t *tok_load(const char *path, char *err, size_t errlen) {
         errf(err, errlen, "%s: %s", path, strerror(errno ? errno : EIO));
         return NULL;
     }
-    cJSON *root = cJSON_ParseWithLength(buf, flen);
+    tok_json_t js;
+    int jrc = tok_json_read(buf, flen, &js);
     free(buf);
+    cJSON *root = js.root;
     tok_t *t = NULL;
     raw_tok_t *raw = NULL;
-    if (!root || !cJSON_IsObject(root)) {
-        errf(err, errlen, "%s: not valid JSON", path);
+    if (jrc || !cJSON_IsObject(root)) {
+        errf(err, errlen, "%s: not valid JSON (or a vocab/merges entry of the wrong shape)", path);
         goto fail;
     }
     const cJSON *model = cJSON_GetObjectItemCaseSensitive(root, "model");
     if (!cJSON_IsObject(model)) {
         errf(err, errlen, "%s: no model object", path);
+        goto fail;
+    }
+    if (!js.has_vocab || !js.has_merges) {
+        const char *type = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(model, "type"));
+        if (type && strcmp(type, "BPE"))
+            errf(err, errlen, "%s: model type '%s' is not supported (only byte-level BPE)", path, type);
+        else
+            errf(err, errlen, "%s: BPE model needs a vocab object and a merges array", path);
         goto fail;
     }
     if (check_model(model, err, errlen, path) || check_normalizer(root, err, errlen, path) ||
@@ -525,24 +535,18 @@ tok_t *tok_load(const char *path, char *err, size_t errlen) {
     t->ignore_merges = is_true(cJSON_GetObjectItemCaseSensitive(model, "ignore_merges"));
 
     /* collect vocab + added tokens, find the id range */
-    const cJSON *vocab = cJSON_GetObjectItemCaseSensitive(model, "vocab");
     const cJSON *added = cJSON_GetObjectItemCaseSensitive(root, "added_tokens");
-    size_t nv = (size_t)cJSON_GetArraySize(vocab), na = cJSON_IsArray(added) ? (size_t)cJSON_GetArraySize(added) : 0;
+    size_t nv = js.n_vocab, na = cJSON_IsArray(added) ? (size_t)cJSON_GetArraySize(added) : 0;
     raw = malloc((nv + 1) * sizeof *raw);
     t->added = calloc(na + 1, sizeof *t->added);
     if (!raw || !t->added) goto oom;
     int64_t maxid = -1;
     size_t k = 0;
     const cJSON *e;
-    cJSON_ArrayForEach(e, vocab) {
-        if (!cJSON_IsNumber(e) || e->valuedouble < 0 || e->valuedouble > 16777216 ||
-            e->valuedouble != (double)(int32_t)e->valuedouble) {
-            errf(err, errlen, "%s: vocab entry with a bad id", path);
-            goto fail;
-        }
-        raw[k].s = e->string;
-        raw[k].n = strlen(e->string);
-        raw[k].id = (int32_t)e->valuedouble;
+    for (size_t i = 0; i < nv; i++) {
+        raw[k].s = js.arena + js.vocab[i].off;
+        raw[k].n = js.vocab[i].len;
+        raw[k].id = js.vocab[i].id;
         if (raw[k].id > maxid) maxid = raw[k].id;
         k++;
     }
@@ -638,17 +642,16 @@ tok_t *tok_load(const char *path, char *err, size_t errlen) {
     if (!t->vslots) goto oom;
     for (uint32_t i = 0; i <= t->vmask; i++) t->vslots[i].id = -1;
     t->mem_bytes += ((size_t)t->vmask + 1) * sizeof *t->vslots;
-    for (size_t i = 0; i < k; i++)
-        if (tok_vocab_find(t, t->text + t->off[raw[i].id], t->off[raw[i].id + 1] - t->off[raw[i].id]) < 0)
-            vocab_insert(t, raw[i].id);
+    /* duplicates (two entries with the same bytes) need no check: a lookup
+     * meets the first one inserted first, as a check would keep it */
+    for (size_t i = 0; i < k; i++) vocab_insert(t, raw[i].id);
     for (int b = 0; b < 256; b++) {
         char c = (char)b;
         t->byte_id[b] = tok_vocab_find(t, &c, 1);
     }
 
     /* merges */
-    const cJSON *merges = cJSON_GetObjectItemCaseSensitive(model, "merges");
-    size_t nm = (size_t)cJSON_GetArraySize(merges);
+    size_t nm = js.n_merges;
     t->pmask = pow2_at_least(nm * 2 + 2) - 1;
     t->pairs = malloc(((size_t)t->pmask + 1) * sizeof *t->pairs);
     if (!t->pairs) goto oom;
@@ -656,46 +659,36 @@ tok_t *tok_load(const char *path, char *err, size_t errlen) {
     t->mem_bytes += ((size_t)t->pmask + 1) * sizeof *t->pairs;
     {
         char tmp[1024];
-        int32_t rank = 0;
-        cJSON_ArrayForEach(e, merges) {
-            const char *a, *b;
-            size_t an, bn;
-            const char *sp;
-            if (cJSON_IsString(e) && (sp = strchr(e->valuestring, ' '))) {
-                a = e->valuestring, an = (size_t)(sp - a);
-                b = sp + 1, bn = strlen(b);
-            } else if (cJSON_IsArray(e) && cJSON_GetArraySize(e) == 2 &&
-                       cJSON_IsString(cJSON_GetArrayItem(e, 0)) && cJSON_IsString(cJSON_GetArrayItem(e, 1))) {
-                a = cJSON_GetArrayItem(e, 0)->valuestring, an = strlen(a);
-                b = cJSON_GetArrayItem(e, 1)->valuestring, bn = strlen(b);
-            } else {
-                errf(err, errlen, "%s: merge %d is malformed", path, (int)rank);
+        for (size_t rank = 0; rank < nm; rank++) {
+            const tok_json_merge_t *m = &js.merges[rank];
+            if (!m->a_len || !m->b_len) {
+                errf(err, errlen, "%s: merge %zu is malformed", path, rank);
                 goto fail;
             }
-            if (an + bn > sizeof tmp) {
-                errf(err, errlen, "%s: merge %d is too long", path, (int)rank);
+            if ((size_t)m->a_len + m->b_len > sizeof tmp) {
+                errf(err, errlen, "%s: merge %zu is too long", path, rank);
                 goto fail;
             }
-            long la = bytelevel_to_bytes(a, an, tmp), lb = bytelevel_to_bytes(b, bn, tmp + (la > 0 ? la : 0));
+            long la = bytelevel_to_bytes(js.arena + m->a_off, m->a_len, tmp);
+            long lb = la > 0 ? bytelevel_to_bytes(js.arena + m->b_off, m->b_len, tmp + la) : -1;
             if (la <= 0 || lb <= 0) {
-                errf(err, errlen, "%s: merge %d is not byte-level text", path, (int)rank);
+                errf(err, errlen, "%s: merge %zu is not byte-level text", path, rank);
                 goto fail;
             }
             int32_t ia = tok_vocab_find(t, tmp, (size_t)la), ib = tok_vocab_find(t, tmp + la, (size_t)lb);
             int32_t im = tok_vocab_find(t, tmp, (size_t)(la + lb));
             if (ia < 0 || ib < 0 || im < 0) {
-                errf(err, errlen, "%s: merge %d refers to a token missing from the vocab", path, (int)rank);
+                errf(err, errlen, "%s: merge %zu refers to a token missing from the vocab", path, rank);
                 goto fail;
             }
-            pair_insert(t, ia, ib, rank, im);
-            rank++;
+            pair_insert(t, ia, ib, (int32_t)rank, im);
         }
     }
 
     if (trie_build(t)) goto oom;
     special_ids(t, path);
     free(raw);
-    cJSON_Delete(root);
+    tok_json_free(&js);
     return t;
 
 oom:
@@ -703,7 +696,7 @@ oom:
 fail:
     free(raw);
     tok_free(t);
-    cJSON_Delete(root);
+    tok_json_free(&js);
     return NULL;
 }
 

@@ -15,7 +15,7 @@ printf 'reference (@huggingface/tokenizers 0.2.0, node %s): %8.2f MB/s   load %7
     "$(node --version)" "$(get ref_mb_s)" "$(get ref_load_ms)" "$(get ref_tokens)"
 printf 'tollgate C tokenizer (tok_encode):                  %8.2f MB/s   load %7.1f ms   tokens %s\n' \
     "$(get c_mb_s)" "$(get c_load_ms)" "$(get c_tokens)"
-printf 'tollgate C tokenizer (tok_count):                   %8.2f MB/s\n' "$(get c_count_mb_s)"
+printf 'tollgate C tokenizer (tok_count):                   %8.2f MB/s   load %7.1f ms wall clock\n' "$(get c_count_mb_s)" "$(get c_load_wall_ms)"
 printf 'memory of one loaded tokenizer: %s MiB\n' "$(get c_mem_mib)"
 awk -v a="$(get c_mb_s)" -v b="$(get ref_mb_s)" 'BEGIN { printf "speed ratio C / reference: %.1fx (goal: 30x)\n", a / b }'
 [ "$(get ref_tokens)" = "$(get c_tokens)" ] && echo "token counts agree" || { echo "TOKEN COUNTS DIFFER"; exit 1; }

@@ -18,6 +18,12 @@ static double now(void) {
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
+static double wall(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
 int main(int argc, char **argv) {
     if (argc != 3) {
         fprintf(stderr, "usage: %s TOKENIZER_JSON TEXT_FILE\n", argv[0]);
@@ -36,12 +42,13 @@ int main(int argc, char **argv) {
     fclose(f);
 
     char err[512];
-    double best_load = 1e9;
+    double best_load = 1e9, best_load_wall = 1e9;
     tok_t *t = NULL;
     for (int i = 0; i < 3; i++) { /* best of 3: the file is in the page cache */
-        double t0 = now();
+        double t0 = now(), w0 = wall();
         tok_t *x = tok_load(argv[1], err, sizeof err);
-        double dt = now() - t0;
+        double dt = now() - t0, dw = wall() - w0;
+        if (dw < best_load_wall) best_load_wall = dw;
         if (!x) {
             fprintf(stderr, "%s\n", err);
             return 1;
@@ -81,6 +88,7 @@ int main(int argc, char **argv) {
     }
     double mb = (double)(len - (long)ndocs + 1) / 1048576.0;
     printf("c_load_ms %.1f\n", best_load * 1000);
+    printf("c_load_wall_ms %.1f\n", best_load_wall * 1000);
     printf("c_mem_mib %.1f\n", (double)tok_mem(t) / 1048576.0);
     printf("c_mb_s %.3f\n", mb / best);
     printf("c_count_mb_s %.3f\n", mb / best_count);
