@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include "eng_model_int.h"
@@ -306,6 +307,11 @@ static int quantize_w(eng_model_t *m, eng_w_t *w, char *err, size_t errlen) {
         }
     }
     free(row);
+    /* the source pages are no longer needed by this process: drop them from
+     * its resident set (they stay clean page cache the kernel may reclaim) */
+    uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE), lo = ((uintptr_t)w->data + pg - 1) & ~(pg - 1);
+    uintptr_t hi = ((uintptr_t)w->data + (uintptr_t)(R * C) * (w->dt == ENG_DT_F32 ? 4 : w->dt == ENG_DT_F8_E4M3 ? 1 : 2)) & ~(pg - 1);
+    if (hi > lo) madvise((void *)lo, hi - lo, MADV_DONTNEED);
     w->dt = ENG_DT_I8;
     w->data = q;
     w->scale = sc;

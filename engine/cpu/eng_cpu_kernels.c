@@ -123,6 +123,34 @@ __attribute__((target("avx512f"))) static void f16_row_avx512(const uint16_t *s,
     for (; i < n; i++) d[i] = eng_f16_to_f32(s[i]);
 }
 
+/* d[i] = q[i] * scale, 16 at a time */
+__attribute__((target("avx512f"))) static void i8_run_avx512(const int8_t *q, float *d, int64_t n, float scale) {
+    __m512 vs = _mm512_set1_ps(scale);
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16)
+        _mm512_storeu_ps(d + i, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(q + i)))), vs));
+    for (; i < n; i++) d[i] = (float)q[i] * scale;
+}
+
+/* d[i] = table[f8[i]] * scale via a gather */
+__attribute__((target("avx512f"))) static void f8_run_avx512(const uint8_t *q, float *d, int64_t n, float scale) {
+    __m512 vs = _mm512_set1_ps(scale);
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m512i idx = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(q + i)));
+        _mm512_storeu_ps(d + i, _mm512_mul_ps(_mm512_i32gather_ps(idx, f8_table, 4), vs));
+    }
+    for (; i < n; i++) d[i] = f8_table[q[i]] * scale;
+}
+
+static void i8_run_scalar(const int8_t *q, float *d, int64_t n, float scale) {
+    for (int64_t i = 0; i < n; i++) d[i] = (float)q[i] * scale;
+}
+
+static void f8_run_scalar(const uint8_t *q, float *d, int64_t n, float scale) {
+    for (int64_t i = 0; i < n; i++) d[i] = f8_table[q[i]] * scale;
+}
+
 /* ---- dispatch ---------------------------------------------------------------- */
 
 static struct {
@@ -131,6 +159,8 @@ static struct {
     void (*axpy)(float *, float, const float *, int);
     void (*bf16_row)(const uint16_t *, float *, int64_t);
     void (*f16_row)(const uint16_t *, float *, int64_t);
+    void (*i8_run)(const int8_t *, float *, int64_t, float);
+    void (*f8_run)(const uint8_t *, float *, int64_t, float);
 } K;
 
 static pthread_once_t k_once = PTHREAD_ONCE_INIT;
@@ -150,6 +180,8 @@ static void k_init(void) {
     K.axpy = axpy_scalar;
     K.bf16_row = bf16_row_scalar;
     K.f16_row = f16_row_scalar;
+    K.i8_run = i8_run_scalar;
+    K.f8_run = f8_run_scalar;
     if (want >= 1 && has2) {
         K.isa = "avx2";
         K.dot = dot_avx2;
@@ -163,6 +195,8 @@ static void k_init(void) {
         K.axpy = axpy_avx512;
         K.bf16_row = bf16_row_avx512;
         K.f16_row = f16_row_avx512;
+        K.i8_run = i8_run_avx512;
+        K.f8_run = f8_run_avx512;
     }
 }
 
@@ -199,21 +233,14 @@ void eng_cpu_row_f32(const eng_w_t *w, int64_t r, float *out) {
     case ENG_DT_F8_E4M3: {
         const uint8_t *s = (const uint8_t *)w->data + r * C;
         const float *sc = w->scale + (r / 128) * w->scale_cols;
-        for (int64_t c0 = 0; c0 < C; c0 += 128) {
-            float f = sc[c0 / 128];
-            int64_t c1 = c0 + 128 < C ? c0 + 128 : C;
-            for (int64_t c = c0; c < c1; c++) out[c] = f8_table[s[c]] * f;
-        }
+        for (int64_t c0 = 0; c0 < C; c0 += 128) K.f8_run(s + c0, out + c0, C - c0 < 128 ? C - c0 : 128, sc[c0 / 128]);
         break;
     }
     case ENG_DT_I8: {
         const int8_t *s = (const int8_t *)w->data + r * C;
         const float *sc = w->scale + r * w->scale_cols;
-        for (int64_t c0 = 0; c0 < C; c0 += w->qblk) {
-            float f = sc[c0 / w->qblk];
-            int64_t c1 = c0 + w->qblk < C ? c0 + w->qblk : C;
-            for (int64_t c = c0; c < c1; c++) out[c] = (float)s[c] * f;
-        }
+        for (int64_t c0 = 0; c0 < C; c0 += w->qblk)
+            K.i8_run(s + c0, out + c0, C - c0 < w->qblk ? C - c0 : w->qblk, sc[c0 / w->qblk]);
         break;
     }
     default:
