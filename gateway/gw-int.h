@@ -175,7 +175,8 @@ struct gw_config {
     char *listen, *admin_listen, *tls_cert, *tls_key, *postgres, *redis;
     char *admin_token_file, *key_secret_file, *spool_dir, *access_log;
     int64_t max_body_bytes, max_header_bytes, max_connections;
-    int64_t default_rpm, default_concurrency;
+    int64_t default_rpm, default_tpm, default_concurrency;
+    char *tokenizer, *chat_template;
     int64_t header_timeout_ms, idle_timeout_ms, upstream_timeout_ms, upstream_connect_timeout_ms;
     int64_t redis_timeout_ms, redis_fail_open, shutdown_grace_ms, stream_high_water;
     gw_worker_t *workers;
@@ -197,6 +198,8 @@ enum { GW_RL_ALLOW = 0, GW_RL_LIMITED = 1, GW_RL_UNAVAILABLE = 2 };
 typedef struct {
     int64_t limit, remaining;
     int64_t reset_ms;         /* until one more request fits in the window */
+    int64_t tpm_limit, tpm_remaining, tpm_reset_ms;
+    int why;                  /* when limited: 1 requests, 2 tokens */
 } gw_rl_result_t;
 
 typedef void (*gw_rl_cb)(int verdict, const gw_rl_result_t *r, void *arg);
@@ -204,10 +207,12 @@ typedef void (*gw_rl_cb)(int verdict, const gw_rl_result_t *r, void *arg);
 /* Connects (and reconnects) in the background; never NULL except ENOMEM. */
 gw_rl_t *gw_rl_new(struct event_base *base, const char *hostport, int timeout_ms);
 void gw_rl_free(gw_rl_t *rl); /* accepts NULL; pending callbacks are not called */
-/* Sliding-window check-and-take of one request for key_id within 60 s.
- * cb runs once from the loop (never inside this call) unless cancelled. */
-gw_rl_call_t *gw_rl_check(gw_rl_t *rl, int64_t key_id, int64_t limit, const char *member, gw_rl_cb cb,
-                          void *arg);
+/* Sliding-window check-and-take of one request (limit: RPM, 0 none) and
+ * `tokens` tokens (tpm: TPM, 0 none) for key_id within 60 s; member is the
+ * request id.  cb runs once from the loop (never inside this call) unless
+ * cancelled. */
+gw_rl_call_t *gw_rl_check(gw_rl_t *rl, int64_t key_id, int64_t limit, int64_t tpm, int64_t tokens,
+                          const char *member, gw_rl_cb cb, void *arg);
 void gw_rl_cancel(gw_rl_call_t *c); /* accepts NULL */
 int gw_rl_connected(const gw_rl_t *rl);
 /* The Lua script (for tests). */
@@ -263,6 +268,8 @@ struct gw_server {
     int shutting_down;
     struct event *grace;
     gw_conc_t *conc[GW_CONC_BUCKETS]; /* requests in flight per key */
+    struct tok *tok;           /* prompt counting; NULL when not configured */
+    int tmpl;
     unsigned rr;
     int64_t started;
 };
@@ -302,6 +309,8 @@ struct gw_req {
     gw_rl_call_t *rl_call;
     int have_rl;
     gw_rl_result_t rl;
+    int64_t prompt_est;        /* gateway's own prompt count; -1 unknown */
+    int64_t tpm_tokens;        /* what the TPM limit was charged */
     int conc_held;
     /* response */
     int status;                /* what the client got */

@@ -1,10 +1,14 @@
-/* gw_rl.c — per-key requests-per-minute limits in Redis, exact, with a
- * sliding window: a sorted set per key ("tg:rpm:{k:<id>}", one Cluster hash
- * tag per key) holds one member per admitted request scored by Redis' own
- * clock in ms; a Lua script drops members older than 60 s, counts, and adds
- * the new one only when the count is below the limit.  So with limit N, N
- * requests within any 60 s pass and the N+1st is refused, whichever gateway
- * they hit.  The script is loaded with SCRIPT LOAD and called with EVALSHA
+/* gw_rl.c — per-key requests-per-minute and tokens-per-minute limits in
+ * Redis, with a sliding window.  RPM is exact: a sorted set per key
+ * ("tg:rpm:{k:<id>}", one Cluster hash tag per key) holds one member per
+ * admitted request scored by Redis' own clock in ms; a Lua script drops
+ * members older than 60 s, counts, and adds the new one only when the count
+ * is below the limit.  So with limit N, N requests within any 60 s pass and
+ * the N+1st is refused, whichever gateway they hit.  TPM works the same way
+ * with members "<request id>:<tokens>" and a running sum beside the set
+ * (expired members are subtracted as they leave); a request is admitted when
+ * the sum plus its estimate fits.  Both checks and both takes are one atomic
+ * script call: a request refused by one limit takes nothing from the other.  The script is loaded with SCRIPT LOAD and called with EVALSHA
  * (EVAL once when Redis answers NOSCRIPT, e.g. after a restart).
  *
  * hiredis 0.14's libevent adapter has no timeouts, so every call carries its
@@ -26,26 +30,52 @@
 #include "gw-int.h"
 
 const char gw_rl_script[] =
-    "local key = KEYS[1]\n"
-    "local limit = tonumber(ARGV[1])\n"
-    "local window = tonumber(ARGV[2])\n"
+    "local rk, tk, tt = KEYS[1], KEYS[2], KEYS[3]\n"
+    "local rlim, tlim, window = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])\n"
+    "local member, tokens = ARGV[4], tonumber(ARGV[5])\n"
     "local t = redis.call('TIME')\n"
     "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
-    "redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)\n"
-    "local n = redis.call('ZCARD', key)\n"
-    "local ok = 0\n"
-    "if n < limit then\n"
-    "  redis.call('ZADD', key, now, ARGV[3])\n"
-    "  redis.call('PEXPIRE', key, window)\n"
-    "  n = n + 1\n"
-    "  ok = 1\n"
+    "local cut = now - window\n"
+    "local n, total = 0, 0\n"
+    "if rlim > 0 then\n"
+    "  redis.call('ZREMRANGEBYSCORE', rk, '-inf', cut)\n"
+    "  n = redis.call('ZCARD', rk)\n"
     "end\n"
-    "local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')\n"
-    "local reset = 0\n"
-    "if oldest[2] then reset = tonumber(oldest[2]) + window - now end\n"
-    "local rem = limit - n\n"
-    "if rem < 0 then rem = 0 end\n"
-    "return {ok, rem, reset}\n";
+    "if tlim > 0 then\n"
+    "  total = tonumber(redis.call('GET', tt) or '0')\n"
+    "  local old = redis.call('ZRANGEBYSCORE', tk, '-inf', cut)\n"
+    "  for _, m in ipairs(old) do total = total - tonumber(string.match(m, ':(%d+)$')) end\n"
+    "  if #old > 0 then redis.call('ZREMRANGEBYSCORE', tk, '-inf', cut) end\n"
+    "  if total < 0 or redis.call('ZCARD', tk) == 0 then total = 0 end\n"
+    "end\n"
+    "local rok = rlim == 0 or n < rlim\n"
+    "local tok = tlim == 0 or total + tokens <= tlim\n"
+    "local ok = 0\n"
+    "if rok and tok then\n"
+    "  ok = 1\n"
+    "  if rlim > 0 then\n"
+    "    redis.call('ZADD', rk, now, member)\n"
+    "    redis.call('PEXPIRE', rk, window)\n"
+    "    n = n + 1\n"
+    "  end\n"
+    "  if tlim > 0 then\n"
+    "    redis.call('ZADD', tk, now, member .. ':' .. tokens)\n"
+    "    total = total + tokens\n"
+    "    redis.call('SET', tt, total, 'PX', window)\n"
+    "    redis.call('PEXPIRE', tk, window)\n"
+    "  end\n"
+    "end\n"
+    "local function reset(k)\n"
+    "  local o = redis.call('ZRANGE', k, 0, 0, 'WITHSCORES')\n"
+    "  if o[2] then return tonumber(o[2]) + window - now end\n"
+    "  return 0\n"
+    "end\n"
+    "local rrem, trem = rlim - n, tlim - total\n"
+    "if rrem < 0 then rrem = 0 end\n"
+    "if trem < 0 then trem = 0 end\n"
+    "local why = 0\n"
+    "if not rok then why = 1 elseif not tok then why = 2 end\n"
+    "return {ok, rrem, reset(rk), trem, reset(tk), why}\n";
 
 #define GW_RL_WINDOW_MS 60000
 
@@ -71,7 +101,7 @@ struct gw_rl_call {
     int in_redis;            /* hiredis still holds a callback for us */
     int verdict;
     gw_rl_result_t res;
-    int64_t key_id, limit;
+    int64_t key_id, limit, tpm, tokens;
     char member[64];
     int retried;
 };
@@ -142,10 +172,10 @@ static void gw_rl_on_reply(redisAsyncContext *ac, void *r, void *priv) {
         return;
     }
     int verdict = GW_RL_UNAVAILABLE;
-    if (rep && rep->type == REDIS_REPLY_ARRAY && rep->elements == 3) {
-        long long v[3];
+    if (rep && rep->type == REDIS_REPLY_ARRAY && rep->elements == 6) {
+        long long v[6];
         int ok = 1;
-        for (int i = 0; i < 3; i++) {
+        for (int i = 0; i < 6; i++) {
             if (rep->element[i]->type != REDIS_REPLY_INTEGER) ok = 0;
             else v[i] = rep->element[i]->integer;
         }
@@ -153,6 +183,10 @@ static void gw_rl_on_reply(redisAsyncContext *ac, void *r, void *priv) {
             c->res.limit = c->limit;
             c->res.remaining = v[1];
             c->res.reset_ms = v[2] > 0 ? v[2] : 0;
+            c->res.tpm_limit = c->tpm;
+            c->res.tpm_remaining = v[3];
+            c->res.tpm_reset_ms = v[4] > 0 ? v[4] : 0;
+            c->res.why = (int)v[5];
             verdict = v[0] ? GW_RL_ALLOW : GW_RL_LIMITED;
         }
     } else if (rep && rep->type == REDIS_REPLY_ERROR) {
@@ -165,14 +199,18 @@ static void gw_rl_on_reply(redisAsyncContext *ac, void *r, void *priv) {
 static void gw_rl_send(gw_rl_call_t *c, int use_eval) {
     gw_rl_t *rl = c->rl;
     if (!rl->ac || !rl->connected) return;
-    char key[64], lim[24], win[24];
-    snprintf(key, sizeof key, "tg:rpm:{k:%lld}", (long long)c->key_id);
+    char rk[64], tk[64], tt[64], lim[24], tlim[24], win[24], tokens[24];
+    snprintf(rk, sizeof rk, "tg:rpm:{k:%lld}", (long long)c->key_id);
+    snprintf(tk, sizeof tk, "tg:tpm:{k:%lld}", (long long)c->key_id);
+    snprintf(tt, sizeof tt, "tg:tpm-sum:{k:%lld}", (long long)c->key_id);
     snprintf(lim, sizeof lim, "%lld", (long long)c->limit);
+    snprintf(tlim, sizeof tlim, "%lld", (long long)c->tpm);
     snprintf(win, sizeof win, "%d", GW_RL_WINDOW_MS);
-    const char *argv[7] = {use_eval ? "EVAL" : "EVALSHA", use_eval ? gw_rl_script : rl->sha, "1", key, lim, win,
-                           c->member};
+    snprintf(tokens, sizeof tokens, "%lld", (long long)c->tokens);
+    const char *argv[11] = {use_eval ? "EVAL" : "EVALSHA", use_eval ? gw_rl_script : rl->sha, "3", rk, tk, tt,
+                            lim, tlim, win, c->member, tokens};
     if (!use_eval && !rl->sha[0]) argv[0] = "EVAL", argv[1] = gw_rl_script;
-    if (redisAsyncCommandArgv(rl->ac, gw_rl_on_reply, c, 7, argv, NULL) == REDIS_OK) c->in_redis = 1;
+    if (redisAsyncCommandArgv(rl->ac, gw_rl_on_reply, c, 11, argv, NULL) == REDIS_OK) c->in_redis = 1;
 }
 
 static void gw_rl_on_loaded(redisAsyncContext *ac, void *r, void *priv) {
@@ -262,8 +300,8 @@ static void gw_rl_on_immediate(evutil_socket_t fd, short what, void *arg) {
     gw_rl_call_maybe_free(c);
 }
 
-gw_rl_call_t *gw_rl_check(gw_rl_t *rl, int64_t key_id, int64_t limit, const char *member, gw_rl_cb cb,
-                          void *arg) {
+gw_rl_call_t *gw_rl_check(gw_rl_t *rl, int64_t key_id, int64_t limit, int64_t tpm, int64_t tokens,
+                          const char *member, gw_rl_cb cb, void *arg) {
     gw_rl_call_t *c = calloc(1, sizeof *c);
     if (!c) return NULL;
     c->rl = rl;
@@ -271,7 +309,10 @@ gw_rl_call_t *gw_rl_check(gw_rl_t *rl, int64_t key_id, int64_t limit, const char
     c->arg = arg;
     c->key_id = key_id;
     c->limit = limit;
+    c->tpm = tpm;
+    c->tokens = tokens < 0 ? 0 : tokens;
     c->res.limit = limit;
+    c->res.tpm_limit = tpm;
     snprintf(c->member, sizeof c->member, "%s", member);
     gw_rl_send(c, 0);
     c->timer = evtimer_new(rl->base, c->in_redis ? gw_rl_on_timeout : gw_rl_on_immediate, c);

@@ -33,6 +33,7 @@
 #include <openssl/ssl.h>
 
 #include "gw-int.h"
+#include "tok.h"
 
 enum { TIMER_NONE, TIMER_HEADER, TIMER_IDLE, TIMER_LINGER };
 
@@ -86,6 +87,14 @@ static void gw_conc_put(gw_server_t *s, int64_t key_id) {
 
 struct evbuffer *gw_req_out(gw_req_t *r) { return bufferevent_get_output(r->conn->bev); }
 
+/* x-ratelimit-reset-<what>: time until the window has room again, in the
+ * Go duration style OpenAI uses ("59.982s", "250ms"). */
+static void gw_reset_header(struct evbuffer *o, const char *what, int64_t ms) {
+    if (ms < 1000) evbuffer_add_printf(o, "x-ratelimit-reset-%s: %lldms\r\n", what, (long long)ms);
+    else evbuffer_add_printf(o, "x-ratelimit-reset-%s: %lld.%03llds\r\n", what, (long long)(ms / 1000),
+                             (long long)(ms % 1000));
+}
+
 void gw_req_head(gw_req_t *r, int status, const char *ctype, int64_t clen) {
     if (r->head_sent || r->client_gone) return;
     r->head_sent = 1;
@@ -103,13 +112,20 @@ void gw_req_head(gw_req_t *r, int status, const char *ctype, int64_t clen) {
         r->keep_alive = 0; /* close-delimited */
     }
     if (r->have_rl) {
-        int64_t ms = r->rl.reset_ms;
-        evbuffer_add_printf(o, "x-ratelimit-limit-requests: %lld\r\nx-ratelimit-remaining-requests: %lld\r\n",
-                            (long long)r->rl.limit, (long long)r->rl.remaining);
-        if (ms < 1000) evbuffer_add_printf(o, "x-ratelimit-reset-requests: %lldms\r\n", (long long)ms);
-        else evbuffer_add_printf(o, "x-ratelimit-reset-requests: %lld.%03llds\r\n", (long long)(ms / 1000),
-                                 (long long)(ms % 1000));
-        if (status == 429) evbuffer_add_printf(o, "retry-after: %lld\r\n", (long long)(ms + 999) / 1000 ?: 1);
+        if (r->rl.limit > 0) {
+            evbuffer_add_printf(o, "x-ratelimit-limit-requests: %lld\r\nx-ratelimit-remaining-requests: %lld\r\n",
+                                (long long)r->rl.limit, (long long)r->rl.remaining);
+            gw_reset_header(o, "requests", r->rl.reset_ms);
+        }
+        if (r->rl.tpm_limit > 0) {
+            evbuffer_add_printf(o, "x-ratelimit-limit-tokens: %lld\r\nx-ratelimit-remaining-tokens: %lld\r\n",
+                                (long long)r->rl.tpm_limit, (long long)r->rl.tpm_remaining);
+            gw_reset_header(o, "tokens", r->rl.tpm_reset_ms);
+        }
+        if (status == 429) {
+            int64_t ms = r->rl.why == 2 ? r->rl.tpm_reset_ms : r->rl.reset_ms;
+            evbuffer_add_printf(o, "retry-after: %lld\r\n", ms > 0 ? (long long)(ms + 999) / 1000 : 1LL);
+        }
     }
     evbuffer_add_printf(o, "Connection: %s\r\n\r\n", r->keep_alive ? "keep-alive" : "close");
 }
@@ -182,6 +198,26 @@ static void gw_access_log(gw_req_t *r) {
     gw_buf_free(&b);
 }
 
+/* The gateway's own count of the prompt: the messages rendered with the
+ * model's chat template, tokenized (about 18 ms per MiB, bounded by
+ * max_body_bytes, on the loop).  -1 when no tokenizer is loaded or the
+ * messages cannot be rendered.  Computed once per request. */
+static int64_t gw_req_prompt_count(gw_req_t *r) {
+    if (r->prompt_est != -1) return r->prompt_est;
+    r->prompt_est = -2;
+    gw_server_t *s = r->srv;
+    const cJSON *msgs = cJSON_GetObjectItemCaseSensitive(r->json, "messages");
+    if (!s->tok || !msgs) return -1;
+    char *j = cJSON_PrintUnformatted(msgs);
+    char err[200];
+    char *text = j ? tok_chat_render_json((tok_tmpl_kind_t)s->tmpl, j, strlen(j), 1, err, sizeof err) : NULL;
+    long n = text ? tok_count(s->tok, text, strlen(text), 1) : -1;
+    free(text);
+    cJSON_free(j);
+    if (n >= 0) r->prompt_est = n;
+    return n >= 0 ? n : -1;
+}
+
 static void gw_req_settle(gw_req_t *r) {
     if (!r->proxied || !r->admitted || !r->srv->bill) return;
     bill_usage_t u;
@@ -191,7 +227,14 @@ static void gw_req_settle(gw_req_t *r) {
     u.customer_id = r->key.customer_id;
     u.model = r->model;
     u.price = r->key.price;
-    if (!r->have_usage) r->completion_tokens = r->chunks; /* cut stream: one token per chunk */
+    if (!r->have_usage && r->up_head_done && r->resp.status == 200) {
+        /* a 200 answer without usage (a cut stream): our own prompt count,
+         * one completion token per text chunk seen */
+        int64_t p = gw_req_prompt_count(r);
+        r->prompt_tokens = p > 0 ? p : 0;
+        r->cache_hit_tokens = 0;
+        r->completion_tokens = r->chunks;
+    }
     u.prompt_tokens = r->prompt_tokens;
     u.prompt_cache_hit_tokens = r->cache_hit_tokens;
     u.completion_tokens = r->completion_tokens;
@@ -281,6 +324,7 @@ static gw_req_t *gw_req_new(gw_conn_t *c, gw_http_req_t *h) {
     r->received_us = gw_now_us();
     r->route = GW_ROUTE_OTHER;
     r->keep_alive = h ? h->keep_alive : 0;
+    r->prompt_est = -1;
     gw_uuid7(r->id);
     if ((h && gw_pool_cleanup_add(pool, gw_req_cleanup_http, h) != GW_OK) ||
         gw_pool_cleanup_add(pool, gw_req_cleanup_calls, r) != GW_OK) {
@@ -442,8 +486,6 @@ static void gw_chat_proceed(gw_req_t *r) {
         snprintf(msg, sizeof msg, "Too many requests in flight for this key (limit %lld)", (long long)conc);
         if (!r->have_rl) { /* still tell the client when to come back */
             r->have_rl = 1;
-            r->rl.limit = r->key.rpm;
-            r->rl.remaining = 0;
             r->rl.reset_ms = 1000;
         }
         gw_req_error(r, 429, "rate_limit_error", "concurrency_limit_exceeded", NULL, msg);
@@ -475,10 +517,16 @@ static void gw_chat_ratelimited(int verdict, const gw_rl_result_t *res, void *ar
     r->rl = *res;
     if (verdict == GW_RL_LIMITED) {
         s->m.ratelimited++;
-        char msg[160];
-        snprintf(msg, sizeof msg, "Rate limit reached: %lld requests per minute for this key; retry after %llds",
-                 (long long)res->limit, (long long)(res->reset_ms + 999) / 1000);
-        gw_req_error(r, 429, "rate_limit_error", "rate_limit_exceeded", NULL, msg);
+        char msg[200];
+        if (res->why == 2)
+            snprintf(msg, sizeof msg, "Rate limit reached: %lld tokens per minute for this key (this request needs "
+                     "about %lld); retry after %llds", (long long)res->tpm_limit, (long long)r->tpm_tokens,
+                     (long long)(res->tpm_reset_ms + 999) / 1000);
+        else
+            snprintf(msg, sizeof msg, "Rate limit reached: %lld requests per minute for this key; retry after %llds",
+                     (long long)res->limit, (long long)(res->reset_ms + 999) / 1000);
+        gw_req_error(r, 429, "rate_limit_error", res->why == 2 ? "tokens_rate_limit_exceeded" : "rate_limit_exceeded",
+                     NULL, msg);
         return;
     }
     gw_chat_proceed(r);
@@ -495,8 +543,19 @@ static void gw_chat_admitted(bill_status_t st, const bill_key_t *key, void *arg)
     r->key = *key;
     gw_server_t *s = r->srv;
     int64_t rpm = key->rpm > 0 ? key->rpm : s->cfg->default_rpm;
-    if (rpm > 0 && s->rl) {
-        r->rl_call = gw_rl_check(s->rl, key->key_id, rpm, r->id, gw_chat_ratelimited, r);
+    int64_t tpm = key->tpm > 0 ? key->tpm : s->cfg->default_tpm;
+    if ((rpm > 0 || tpm > 0) && s->rl) {
+        if (tpm > 0) { /* charge the prompt and the most the answer may take */
+            int64_t p = gw_req_prompt_count(r);
+            if (p < 0) p = (int64_t)r->http->body_len / 4; /* no tokenizer: a rough byte estimate */
+            const cJSON *mt = cJSON_GetObjectItemCaseSensitive(r->json, "max_tokens");
+            if (!mt) mt = cJSON_GetObjectItemCaseSensitive(r->json, "max_completion_tokens");
+            int64_t m = cJSON_IsNumber(mt) && mt->valuedouble > 0 ? (mt->valuedouble < 1e9 ? (int64_t)mt->valuedouble
+                                                                                        : 1000000000)
+                                                                   : 0;
+            r->tpm_tokens = p + m;
+        }
+        r->rl_call = gw_rl_check(s->rl, key->key_id, rpm, tpm, r->tpm_tokens, r->id, gw_chat_ratelimited, r);
         if (!r->rl_call) gw_req_error(r, 500, "server_error", NULL, NULL, "out of memory");
         return;
     }
@@ -895,6 +954,18 @@ gw_server_t *gw_server_new(struct event_base *base, const gw_config_t *cfg, char
             goto fail;
         }
     }
+    if (cfg->chat_template && !strcmp(cfg->chat_template, "deepseek_v3")) s->tmpl = TOK_TMPL_DEEPSEEK_V3;
+    else if (cfg->chat_template && !strcmp(cfg->chat_template, "deepseek_r1")) s->tmpl = TOK_TMPL_DEEPSEEK_R1;
+    else if (cfg->chat_template && !strcmp(cfg->chat_template, "mixtral")) s->tmpl = TOK_TMPL_MIXTRAL;
+    else {
+        snprintf(err, errlen, "chat_template: want deepseek_v3, deepseek_r1 or mixtral");
+        goto fail;
+    }
+    if (cfg->tokenizer && *cfg->tokenizer) {
+        char terr[256];
+        if (!(s->tok = tok_load(cfg->tokenizer, terr, sizeof terr)))
+            fprintf(stderr, "tollgate: warning: no prompt counting (TPM estimates from bytes): %s\n", terr);
+    }
     bill_opts_t bo = {
         .pg_conninfo = cfg->postgres,
         .admin_listen = cfg->admin_listen && *cfg->admin_listen ? cfg->admin_listen : NULL,
@@ -950,6 +1021,7 @@ void gw_server_free(gw_server_t *s) {
     bill_free(s->bill); /* flushes settlements */
     if (s->grace) event_free(s->grace);
     if (s->ssl) SSL_CTX_free(s->ssl);
+    tok_free(s->tok);
     if (s->alog && s->alog != stdout) fclose(s->alog);
     for (int i = 0; i < GW_CONC_BUCKETS; i++)
         while (s->conc[i]) {

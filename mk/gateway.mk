@@ -28,7 +28,7 @@ test-gateway-unit: $(GW_UNIT_BINS) $(GW_FUZZ_REPLAY)
 	@set -e; for t in $(GW_UNIT_BINS); do $$t; done
 	$(GW_FUZZ_REPLAY) fuzz/gateway/corpus_http/*
 
-test-gateway: test-gateway-unit $(B)/tollgate
+test-gateway: test-gateway-unit $(B)/tollgate tokenizer-data
 	bash tests/gateway/run.sh
 
 fuzz: fuzz-gateway

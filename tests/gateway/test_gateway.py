@@ -30,9 +30,10 @@ def ctx():
     return ssl.create_default_context(cafile=E["GW_CERT"])
 
 
-def seed(credit=5_000_000_000_000, rpm=0, conc=0):
+def seed(credit=5_000_000_000_000, rpm=0, conc=0, tpm=0):
     name = "gw-" + uuid.uuid4().hex[:12]
-    out = subprocess.run(["/usr/bin/python3", os.path.join(HERE, "seed.py"), name, str(credit), str(rpm), str(conc)],
+    out = subprocess.run(["/usr/bin/python3", os.path.join(HERE, "seed.py"), name, str(credit), str(rpm), str(conc),
+                          str(tpm)],
                          capture_output=True, text=True, check=True)
     return out.stdout.strip()
 
@@ -410,6 +411,20 @@ class Gateway(unittest.TestCase):
                              capture_output=True, text=True).stdout.split()
         self.assertTrue(out)
 
+    def test_tpm_prompt_plus_max_tokens(self):
+        k = seed(tpm=100)
+        st, h, b = chat(k, "tokens", max_tokens=48)
+        self.assertEqual(st, 200, b)
+        self.assertEqual(h["x-ratelimit-limit-tokens"], "100")
+        left = int(h["x-ratelimit-remaining-tokens"])
+        self.assertTrue(0 < left < 52, left)  # charged the prompt (a few tokens) + max_tokens
+        self.assertNotIn("x-ratelimit-limit-requests", h)
+        st, h, b = chat(k, "tokens", max_tokens=48)
+        openai_error(self, st, h, b, 429, "tokens_rate_limit_exceeded")
+        self.assertTrue(1 <= int(h["retry-after"]) <= 60)
+        st, h, b = chat(k, "tokens", max_tokens=1)  # a smaller request still fits
+        self.assertEqual(st, 200, b)
+
     def test_concurrency_limit(self):
         k = seed(conc=1)
         res = {}
@@ -500,6 +515,7 @@ class Gateway(unittest.TestCase):
         rows = usage_rows(rid, wait=5)
         self.assertEqual(len(rows), 1)
         self.assertEqual(rows[0][1], 1, "one chunk had been generated")
+        self.assertGreater(rows[0][0], 3, "the prompt, counted by the gateway's tokenizer, is billed")
 
 
 class RedisRestart(unittest.TestCase):
