@@ -54,24 +54,29 @@ void eng_stop_free(eng_stop_t *st);
 
 /* ---- DeepSeek-R1 <think> ... </think> splitting --------------------------- */
 
+/* A thin streaming wrapper over the tokenizer's R1 splitter (tok_r1_feed):
+ * text before "</think>" is reasoning (an optional leading "<think>" and the
+ * surrounding newlines dropped), text after it is content. */
 typedef enum {
     ENG_THINK_OFF = 0,  /* no splitting: everything is content */
-    ENG_THINK_DETECT,   /* reasoning only if the output opens with <think> */
-    ENG_THINK_IN,       /* the prompt already opened <think>: start in reasoning */
+    ENG_THINK_DETECT,   /* R1, the prompt did not open <think> (a leading one is dropped) */
+    ENG_THINK_IN,       /* R1, the prompt already opened <think> */
 } eng_think_mode_t;
 
 typedef struct {
-    int state;          /* private */
-    int skip_ws;        /* private: drop leading newlines/spaces of the next part */
-    eng_buf_t hold;
+    int on;
+    tok_r1_state_t st;
+    char *rbuf, *cbuf;  /* scratch for tok_r1_feed */
+    size_t cap;
 } eng_think_t;
 
 void eng_think_init(eng_think_t *th, eng_think_mode_t mode);
 /* Route text to reasoning or content. Returns 0 or -1 on OOM. */
 int eng_think_push(eng_think_t *th, const char *text, size_t len, eng_buf_t *content,
                    eng_buf_t *reasoning);
+/* End of generation: release what is held back. */
 int eng_think_flush(eng_think_t *th, eng_buf_t *content, eng_buf_t *reasoning);
-/* Nonzero while text is currently going to reasoning (or may still). */
+/* Nonzero while generated text still goes to reasoning. */
 int eng_think_in_reasoning(const eng_think_t *th);
 void eng_think_free(eng_think_t *th);
 

@@ -1,10 +1,11 @@
 /* eng_sched_text.c — the per-job text pipeline of the scheduler: a growable
  * buffer, stop-string matching across token boundaries, and DeepSeek-R1
- * <think> splitting.  Pure code, no I/O, no threads.
+ * <think> splitting (over the tokenizer's tok_r1_feed).  Pure code, no I/O,
+ * no threads.
  *
- * Invariant of both matchers: text is held back only while it could still be
- * the start of a marker (a stop string, "<think>", "</think>"), so output lags
- * input by less than the longest marker. */
+ * Invariant: text is held back only while it could still be the start of a
+ * marker (a stop string; "<think>"/"</think>" inside tok_r1_feed), so output
+ * lags input by less than the longest marker. */
 #include "eng_sched.h"
 
 #include <stdlib.h>
@@ -106,87 +107,50 @@ int eng_stop_flush(eng_stop_t *st, eng_buf_t *out) {
 
 void eng_stop_free(eng_stop_t *st) { eng_buf_free(&st->hold); }
 
-/* ---- <think> splitting ------------------------------------------------------ */
-
-enum { TH_OFF = 0, TH_DETECT, TH_IN, TH_OUT };
-
-static const char OPEN[] = "<think>", CLOSE[] = "</think>";
+/* ---- <think> splitting (tok_r1_feed does the matching) ------------------------ */
 
 void eng_think_init(eng_think_t *th, eng_think_mode_t mode) {
     memset(th, 0, sizeof *th);
-    th->state = mode == ENG_THINK_DETECT ? TH_DETECT : mode == ENG_THINK_IN ? TH_IN : TH_OFF;
-    th->skip_ws = mode == ENG_THINK_IN;
+    th->on = mode != ENG_THINK_OFF;
 }
 
-static int is_ws(char c) { return c == ' ' || c == '\n' || c == '\r' || c == '\t'; }
-
-/* Append to dst, dropping leading whitespace while th->skip_ws is set. */
-static int emit(eng_think_t *th, eng_buf_t *dst, const char *s, size_t n) {
-    if (th->skip_ws) {
-        while (n && is_ws(*s)) s++, n--;
-        if (n) th->skip_ws = 0;
-    }
-    return eng_buf_add(dst, s, n);
+static int think_scratch(eng_think_t *th, size_t n) {
+    size_t need = n + 128; /* tok_r1_feed writes at most n + 80 bytes per output */
+    if (need <= th->cap) return 0;
+    char *r = realloc(th->rbuf, need);
+    if (!r) return -1;
+    th->rbuf = r;
+    char *c = realloc(th->cbuf, need);
+    if (!c) return -1;
+    th->cbuf = c;
+    th->cap = need;
+    return 0;
 }
 
 int eng_think_push(eng_think_t *th, const char *text, size_t len, eng_buf_t *content,
                    eng_buf_t *reasoning) {
-    if (th->state == TH_OFF) return eng_buf_add(content, text, len);
-    if (th->state == TH_OUT) return emit(th, content, text, len);
-    if (eng_buf_add(&th->hold, text, len)) return -1;
-    for (;;) {
-        const char *h = th->hold.p;
-        size_t hn = th->hold.len;
-        if (th->state == TH_DETECT) {
-            size_t ws = 0;
-            while (ws < hn && is_ws(h[ws])) ws++;
-            size_t rest = hn - ws, ol = sizeof OPEN - 1;
-            if (rest < ol && !memcmp(h + ws, OPEN, rest)) return 0; /* undecided */
-            if (rest >= ol && !memcmp(h + ws, OPEN, ol)) {
-                buf_consume(&th->hold, ws + ol);
-                th->state = TH_IN;
-                th->skip_ws = 1;
-                continue;
-            }
-            th->state = TH_OUT;
-            int rc = emit(th, content, h, hn);
-            th->hold.len = 0;
-            return rc;
-        }
-        if (th->state == TH_IN) {
-            size_t cl = sizeof CLOSE - 1;
-            const char *at = find(h, hn, CLOSE, cl);
-            if (at) {
-                if (emit(th, reasoning, h, (size_t)(at - h))) return -1;
-                buf_consume(&th->hold, (size_t)(at - h) + cl);
-                th->state = TH_OUT;
-                th->skip_ws = 1;
-                continue;
-            }
-            size_t keep = suffix_prefix(h, hn, CLOSE, cl);
-            if (emit(th, reasoning, h, hn - keep)) return -1;
-            buf_consume(&th->hold, hn - keep);
-            return 0;
-        }
-        /* TH_OUT after a transition: the rest of hold is content */
-        int rc = emit(th, content, h, hn);
-        th->hold.len = 0;
-        return rc;
-    }
+    if (!th->on) return eng_buf_add(content, text, len);
+    if (think_scratch(th, len)) return -1;
+    size_t rl = 0, cl = 0;
+    tok_r1_feed(&th->st, text, len, th->rbuf, &rl, th->cbuf, &cl);
+    if (eng_buf_add(reasoning, th->rbuf, rl) || eng_buf_add(content, th->cbuf, cl)) return -1;
+    return 0;
 }
 
 int eng_think_flush(eng_think_t *th, eng_buf_t *content, eng_buf_t *reasoning) {
-    int rc = 0;
-    if (th->hold.len) {
-        if (th->state == TH_IN)
-            rc = emit(th, reasoning, th->hold.p, th->hold.len);
-        else
-            rc = eng_buf_add(content, th->hold.p, th->hold.len);
-    }
-    th->hold.len = 0;
-    return rc;
+    if (!th->on) return 0;
+    if (think_scratch(th, 0)) return -1;
+    size_t rl = 0, cl = 0;
+    tok_r1_finish(&th->st, th->rbuf, &rl, th->cbuf, &cl);
+    if (eng_buf_add(reasoning, th->rbuf, rl) || eng_buf_add(content, th->cbuf, cl)) return -1;
+    return 0;
 }
 
-int eng_think_in_reasoning(const eng_think_t *th) { return th->state == TH_IN; }
+int eng_think_in_reasoning(const eng_think_t *th) { return th->on && th->st.phase < 2; }
 
-void eng_think_free(eng_think_t *th) { eng_buf_free(&th->hold); }
+void eng_think_free(eng_think_t *th) {
+    free(th->rbuf);
+    free(th->cbuf);
+    th->rbuf = th->cbuf = NULL;
+    th->cap = 0;
+}

@@ -113,7 +113,8 @@ static int keep(eng_chat_req_t *r, char *s) {
     return 0;
 }
 
-/* content: a string, or an array of {type:"text", text} parts (joined). */
+/* content: a string, or an array of {type:"text", text} parts, joined with
+ * no separator (as tok_chat_render_json does, so the gateway's count agrees). */
 static int get_content(eng_chat_req_t *r, const cJSON *m, size_t i, const char **out,
                        eng_api_err_t *e) {
     char p[48];
@@ -142,15 +143,13 @@ static int get_content(eng_chat_req_t *r, const cJSON *m, size_t i, const char *
                        p, k, ty->valuestring);
         if (!cJSON_IsString(tx))
             return BAD(p, "invalid_type", "Invalid '%s[%zu].text': expected a string.", p, k);
-        total += strlen(tx->valuestring) + 1;
+        total += strlen(tx->valuestring);
         k++;
     }
     char *s = malloc(total + 1), *w = s;
     if (!s) return eng_api_err(e, 500, "server_error", NULL, NULL, "out of memory");
-    k = 0;
     cJSON_ArrayForEach(part, c) {
         const char *t = cJSON_GetObjectItemCaseSensitive(part, "text")->valuestring;
-        if (k++) *w++ = '\n';
         size_t n = strlen(t);
         memcpy(w, t, n);
         w += n;
@@ -187,6 +186,21 @@ static int get_tool_calls(eng_chat_req_t *r, const cJSON *tc, size_t i, size_t *
         k++;
     }
     msg->n_tool_calls = k;
+    return 0;
+}
+
+/* Nonzero when a string in the JSON text has the escape \u0000 (cJSON would
+ * silently cut the string there). */
+static int has_nul_escape(const char *s, size_t n) {
+    int in_str = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] == '"') {
+            in_str = !in_str;
+        } else if (in_str && s[i] == '\\' && i + 1 < n) {
+            if (s[i + 1] == 'u' && i + 5 < n && !memcmp(s + i + 2, "0000", 4)) return 1;
+            i++; /* skip the escaped character (it may be a quote) */
+        }
+    }
     return 0;
 }
 
@@ -287,6 +301,8 @@ int eng_chat_req_parse(eng_chat_req_t *r, const char *body, size_t len, eng_api_
     r->top_p = 1.0;
     if (!tok_utf8_valid(body, len))
         return BAD(NULL, "invalid_utf8", "The request body is not valid UTF-8.");
+    if (has_nul_escape(body, len))
+        return BAD(NULL, "invalid_value", "Strings may not contain NUL characters (\\u0000).");
     r->root = cJSON_ParseWithLength(body, len);
     if (!r->root) {
         return BAD(NULL, "invalid_json",

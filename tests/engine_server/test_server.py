@@ -187,11 +187,11 @@ class Server(unittest.TestCase):
     def test_system_and_multi_turn_prompt_count(self):
         msgs = [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "Hi"},
                 {"role": "assistant", "content": "Hello!"},
-                {"role": "user", "content": [{"type": "text", "text": "What"}, {"type": "text", "text": "now?"}]}]
+                {"role": "user", "content": [{"type": "text", "text": "What "}, {"type": "text", "text": "now?"}]}]
         st, _, b = request(PORT, "POST", "/v1/chat/completions",
                            {"model": MODEL, "messages": msgs, "max_tokens": 1, "temperature": 0})
         self.assertEqual(st, 200, b)
-        text = BOS + "Be terse." + USER + "Hi" + ASSISTANT + "Hello!<｜end▁of▁sentence｜>" + USER + "What\nnow?" + ASSISTANT
+        text = BOS + "Be terse." + USER + "Hi" + ASSISTANT + "Hello!<｜end▁of▁sentence｜>" + USER + "What now?" + ASSISTANT
         self.assertEqual(json.loads(b)["usage"]["prompt_tokens"], len(tokenize(text)))
 
     def test_request_id_echo(self):

@@ -99,15 +99,10 @@ static void test_think_split(void) {
     CHECK_EQ_S(r, "Let me think.");
     CHECK_EQ_S(c, "The answer is 4.");
     free(c), free(r);
-    const char *p2[] = {"<thi", "nk>\nhmm", "</think>ok"};
+    const char *p2[] = {"<thi", "nk>\nhmm\n", "</think>ok"};
     split(ENG_THINK_DETECT, p2, 3, &c, &r);
     CHECK_EQ_S(r, "hmm");
     CHECK_EQ_S(c, "ok");
-    free(c), free(r);
-    const char *p3[] = {"<thx", " plain"};
-    split(ENG_THINK_DETECT, p3, 2, &c, &r);
-    CHECK_EQ_S(r, "");
-    CHECK_EQ_S(c, "<thx plain");
     free(c), free(r);
     const char *p4[] = {"never closed </thi"};
     split(ENG_THINK_IN, p4, 1, &c, &r);
@@ -119,6 +114,19 @@ static void test_think_split(void) {
     CHECK_EQ_S(c, "a</think>b");
     CHECK_EQ_S(r, "");
     free(c), free(r);
+    /* one byte at a time gives the same split */
+    const char *whole = "\nstep 1\nstep 2\n</think>\n\nfinal answer";
+    const char *bytes[64];
+    char one[64][2];
+    int n = 0;
+    for (const char *q = whole; *q; q++, n++) {
+        one[n][0] = *q, one[n][1] = 0;
+        bytes[n] = one[n];
+    }
+    split(ENG_THINK_IN, bytes, n, &c, &r);
+    CHECK_EQ_S(r, "step 1\nstep 2");
+    CHECK_EQ_S(c, "final answer");
+    free(c), free(r);
 }
 
 static void test_think_state(void) {
@@ -127,6 +135,9 @@ static void test_think_state(void) {
     eng_buf_t c = {0}, r = {0};
     CHECK(eng_think_in_reasoning(&th));
     eng_think_push(&th, "x</think>", 9, &c, &r);
+    CHECK(!eng_think_in_reasoning(&th));
+    eng_think_free(&th);
+    eng_think_init(&th, ENG_THINK_OFF);
     CHECK(!eng_think_in_reasoning(&th));
     eng_think_free(&th);
     eng_buf_free(&c);

@@ -40,7 +40,7 @@ static void test_valid_request(void) {
     CHECK_EQ_I(parse(b, &r, &e), 0);
     CHECK_EQ_S(r.model, "m");
     CHECK_EQ_I(r.n_msgs, 4);
-    CHECK_EQ_S(r.msgs[1].content, "a\nb");
+    CHECK_EQ_S(r.msgs[1].content, "ab");
     CHECK_EQ_S(r.msgs[0].role, "system");
     CHECK(r.msgs[2].content == NULL);
     CHECK_EQ_I(r.msgs[2].n_tool_calls, 1);
@@ -98,9 +98,20 @@ static void test_400_cases(void) {
     expect_400("{\"model\":\"m\"," MSG ",\"stop\":5}", "stop", "invalid_type");
     expect_400("{\"model\":\"m\"," MSG ",\"stream\":\"yes\"}", "stream", "invalid_type");
     expect_400("{\"model\":\"m\"," MSG ",\"stream_options\":{\"include_usage\":1}}", "stream_options.include_usage", "invalid_type");
+    /* NUL escapes would cut strings short */
+    expect_400("{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"a\\u0000b\"}]}", NULL, "invalid_value");
     /* invalid UTF-8, raw and via a lone surrogate escape */
     expect_400("{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"\xff\xfe\"}]}", NULL, "invalid_utf8");
     expect_400("{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"\xed\xa0\x80\"}]}", NULL, "invalid_utf8");
+}
+
+static void test_escaped_quotes_and_backslashes(void) {
+    eng_chat_req_t r;
+    eng_api_err_t e;
+    /* \\u0000 after an escaped backslash is text, not a NUL escape */
+    CHECK_EQ_I(parse("{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"q\\\"x\\\\u0000\"}]}", &r, &e), 0);
+    CHECK_EQ_S(r.msgs[0].content, "q\"x\\u0000");
+    eng_chat_req_free(&r);
 }
 
 static void test_error_json(void) {
@@ -185,5 +196,5 @@ static void test_think_mode(void) {
     CHECK_EQ_I(eng_chat_think_mode(TOK_TMPL_DEEPSEEK_R1, "<｜Assistant｜>"), ENG_THINK_DETECT);
 }
 
-TG_TEST_MAIN(test_valid_request, test_400_cases, test_error_json, test_max_tokens_rule, test_response_shapes,
+TG_TEST_MAIN(test_valid_request, test_400_cases, test_escaped_quotes_and_backslashes, test_error_json, test_max_tokens_rule, test_response_shapes,
              test_sse_framing, test_think_mode)
