@@ -30,6 +30,8 @@
 
 #include "eng_cmd.h"
 
+#define MAX_BODY (8 << 20) /* bytes of a request body we answer with an OpenAI 413 */
+
 /* ---- metrics -------------------------------------------------------------- */
 
 static const double TTFT_BUCKETS[] = {0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60};
@@ -413,6 +415,11 @@ static void handle_chat(srv_t *S, struct evhttp_request *req) {
     }
     struct evbuffer *in = evhttp_request_get_input_buffer(req);
     size_t len = evbuffer_get_length(in);
+    if (len > MAX_BODY) {
+        eng_api_err(&e, 413, "invalid_request_error", NULL, "request_too_large",
+                    "The request body is %zu bytes; the limit is %d.", len, MAX_BODY);
+        goto fail_nreq;
+    }
     const char *body = len ? (const char *)evbuffer_pullup(in, -1) : "";
     if (eng_chat_req_parse(&r, body, len, &e)) goto fail_nreq;
     if (strcmp(r.model, S->model_name)) {
@@ -794,7 +801,7 @@ int eng_cmd_serve(int argc, char **argv) {
         fprintf(stderr, "serve: cannot set up the event loop\n");
         goto out;
     }
-    evhttp_set_max_body_size(S.http, 8 << 20);
+    evhttp_set_max_body_size(S.http, 4 * MAX_BODY); /* beyond: evhttp's own (HTML) 413 */
     evhttp_set_max_headers_size(S.http, 64 << 10);
     evhttp_set_timeout(S.http, 3600);
     evhttp_set_allowed_methods(S.http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD |

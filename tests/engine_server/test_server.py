@@ -272,6 +272,11 @@ class Server(unittest.TestCase):
         e = bad({"model": MODEL, "messages": [{"role": "user", "content": "hello " * 5000}]})
         self.assertEqual(e["code"], "context_length_exceeded")
 
+    def test_413(self):
+        st, _, b = request(PORT, "POST", "/v1/chat/completions", b" " * (9 << 20))
+        self.assertEqual(st, 413)
+        self.assertEqual(json.loads(b)["error"]["code"], "request_too_large")
+
     def test_404_model_and_405(self):
         st, _, b = chat("x", model="gpt-4o", max_tokens=1)
         self.assertEqual(st, 404)
