@@ -78,6 +78,7 @@ typedef struct {
     long long started_at;
     eng_sched_t *sched;
     eng_limits_t lim;
+    int32_t vocab_rows;
     metrics_t met;
     call_t *calls; /* in flight, doubly linked */
     int n_calls, draining;
@@ -447,6 +448,13 @@ static void handle_chat(srv_t *S, struct evhttp_request *req) {
                     "The rendered prompt is empty.");
         goto fail;
     }
+    for (long i = 0; i < n; i++)
+        if (ids[i] < 0 || ids[i] >= S->vocab_rows) {
+            eng_api_err(&e, 500, "server_error", NULL, "engine_error",
+                        "Token id %d is outside the model's vocabulary (%d rows): the tokenizer "
+                        "does not match the model.", (int)ids[i], (int)S->vocab_rows);
+            goto fail;
+        }
     spec.prompt = ids;
     ids = NULL;
     spec.n_prompt = (int)n;
@@ -789,6 +797,7 @@ int eng_cmd_serve(int argc, char **argv) {
     const eng_model_info_t *mi = eng_model_info(S.model);
     S.lim.context = mi->max_seq_len;
     S.lim.default_max = 4096;
+    S.vocab_rows = mi->vocab_size;
 
     if (evthread_use_pthreads()) {
         fprintf(stderr, "serve: libevent has no pthreads support\n");
