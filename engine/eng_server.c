@@ -849,6 +849,7 @@ out:
         while (S.calls) {
             call_t *c = S.calls;
             S.calls = c->next;
+            if (!c->gone) evhttp_connection_set_closecb(c->conn, NULL, NULL); /* evhttp_free below */
             eng_buf_free(&c->content);
             eng_buf_free(&c->reasoning);
             free(c);
