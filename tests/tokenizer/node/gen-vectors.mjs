@@ -7,13 +7,16 @@
 //   decode.tsv.gz    ids \t skip_special(0|1) \t hex(decoded text)
 //   chat.jsonl       {"kind","add_generation_prompt","messages","text","ids"}
 //
-//   usage: node gen-vectors.mjs TOKENIZER_DIR OUT_DIR
+//   usage: node gen-vectors.mjs TOKENIZER_DIR OUT_DIR [--encode-only]
+// (--encode-only: just encode.tsv.gz, for checking other byte-level BPE
+// tokenizers, e.g. Llama-3's, by hand)
 import { Tokenizer } from "@huggingface/tokenizers";
 import { Template } from "@huggingface/jinja";
 import fs from "fs";
 import zlib from "zlib";
 
-const [dir, outDir] = process.argv.slice(2);
+const [dir, outDir, flag] = process.argv.slice(2);
+const encodeOnly = flag === "--encode-only";
 if (!dir || !outDir) {
   console.error("usage: node gen-vectors.mjs TOKENIZER_DIR OUT_DIR");
   process.exit(2);
@@ -223,6 +226,7 @@ for (const s of corpus) {
 fs.mkdirSync(outDir, { recursive: true });
 fs.writeFileSync(outDir + "/encode.tsv.gz", zlib.gzipSync(lines.join("\n") + "\n", { level: 9 }));
 console.error(`encode: ${corpus.length} strings, ${roundtripFail} do not round-trip in the reference`);
+if (encodeOnly) process.exit(0);
 
 // ---- decode vectors: random id sequences (split characters, specials) ----
 const nv = tok.get_vocab(true).size;
