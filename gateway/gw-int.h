@@ -168,6 +168,8 @@ typedef struct {
     /* runtime */
     int outstanding;
     uint64_t requests, failures;
+    int64_t down_until_us;    /* skipped while in the future (after a refused connection) */
+    int64_t backoff_ms;
 } gw_worker_t;
 
 struct gw_config {

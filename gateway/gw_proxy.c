@@ -75,10 +75,21 @@ int gw_proxy_body(const gw_http_req_t *h, int stream, cJSON *json, gw_buf_t *out
     return rc;
 }
 
+/* A worker that refused a connection is skipped for a while (1 s, doubling
+ * up to 30 s while it keeps refusing); one that answers is trusted again. */
+static void gw_worker_refused(gw_worker_t *w) {
+    w->failures++;
+    w->backoff_ms = w->backoff_ms ? (w->backoff_ms * 2 > 30000 ? 30000 : w->backoff_ms * 2) : 1000;
+    w->down_until_us = gw_now_us() + w->backoff_ms * 1000;
+}
+
+/* The worker serving r->model with the fewest requests in flight, not yet
+ * tried for this request; workers marked down only when no other is left. */
 static gw_worker_t *gw_pick_worker(gw_req_t *r) {
     const gw_config_t *cfg = r->srv->cfg;
     gw_worker_t *best = NULL;
-    int besti = -1;
+    int besti = -1, best_down = 0;
+    int64_t now = gw_now_us();
     unsigned start = r->srv->rr++;
     for (int k = 0; k < cfg->nworkers; k++) {
         int i = (int)((start + (unsigned)k) % (unsigned)cfg->nworkers);
@@ -87,7 +98,9 @@ static gw_worker_t *gw_pick_worker(gw_req_t *r) {
         int serves = 0;
         for (int j = 0; j < w->nmodels && !serves; j++) serves = !strcmp(w->models[j], r->model);
         if (!serves) continue;
-        if (!best || w->outstanding < best->outstanding) best = w, besti = i;
+        int down = w->down_until_us > now;
+        if (!best || (best_down && !down) || (down == best_down && w->outstanding < best->outstanding))
+            best = w, besti = i, best_down = down;
     }
     if (best && besti < 64) r->tried |= 1ull << besti;
     return best;
@@ -129,7 +142,7 @@ static void gw_up_connect(gw_req_t *r) {
     evbuffer_add(o, r->scratch.p, r->scratch.len);
     bufferevent_enable(r->up, EV_READ | EV_WRITE);
     if (bufferevent_socket_connect(r->up, (struct sockaddr *)&w->addr, (int)w->addrlen) < 0) {
-        w->failures++; /* refusals come through the event callback; this is the rest */
+        gw_worker_refused(w); /* refusals come through the event callback; this is the rest */
         s->m.upstream_errors++;
         gw_proxy_release(r);
         gw_up_connect(r);
@@ -340,6 +353,7 @@ static void gw_up_on_read(struct bufferevent *bev, void *arg) {
         evbuffer_drain(in, (size_t)hl);
         r->up_head_done = 1;
         r->first_byte_us = gw_now_us();
+        if (r->worker) r->worker->backoff_ms = 0, r->worker->down_until_us = 0;
         r->up_body_left = r->resp.content_length;
         memset(&r->ch, 0, sizeof r->ch);
         if (r->stream && r->resp.status == 200 && !strncasecmp(r->resp.content_type, "text/event-stream", 17)) {
@@ -387,7 +401,7 @@ static void gw_up_on_event(struct bufferevent *bev, short what, void *arg) {
         return; /* else gw_up_on_read finishes once the paused bytes are handled */
     }
     if (!r->up_got_bytes && !r->head_sent) { /* refused or reset before answering: try another */
-        if (r->worker) r->worker->failures++;
+        if (r->worker) gw_worker_refused(r->worker);
         r->srv->m.upstream_errors++;
         gw_proxy_release(r);
         gw_up_connect(r);

@@ -101,7 +101,13 @@ void gw_req_head(gw_req_t *r, int status, const char *ctype, int64_t clen) {
     r->status = status;
     if (r->srv->shutting_down) r->keep_alive = 0;
     struct evbuffer *o = gw_req_out(r);
-    evbuffer_add_printf(o, "HTTP/1.1 %d %s\r\nX-Request-Id: %s\r\n", status, gw_http_reason(status), r->id);
+    char date[40];
+    time_t now = time(NULL);
+    struct tm tm;
+    gmtime_r(&now, &tm);
+    strftime(date, sizeof date, "%a, %d %b %Y %H:%M:%S GMT", &tm);
+    evbuffer_add_printf(o, "HTTP/1.1 %d %s\r\nDate: %s\r\nX-Request-Id: %s\r\n", status, gw_http_reason(status),
+                        date, r->id);
     if (ctype) evbuffer_add_printf(o, "Content-Type: %s\r\n", ctype);
     if (clen >= 0) {
         evbuffer_add_printf(o, "Content-Length: %lld\r\n", (long long)clen);
