@@ -60,3 +60,8 @@ fuzz-engine:
 	$(B)/fuzz/fuzz_safetensors -max_total_time=$${FUZZ_SECONDS:-60} $(B)/fuzz/corpus-safetensors fuzz/engine/corpus/safetensors
 
 fuzz: fuzz-engine
+
+test-engine: test-engine-cli
+.PHONY: test-engine-cli
+test-engine-cli: $(B)/tollgate-engine
+	bash tests/engine/cli_test.sh $(B)/tollgate-engine $(ENG_TEST_DIR)/cli

@@ -12,6 +12,8 @@
 typedef struct {
     eng_backend_t base;
     eng_cpu_pool_t *pool;
+    float **rowbuf;     /* [n_threads] per-thread row buffers, grown on demand */
+    size_t *rowcap;
 } cpu_be_t;
 
 static eng_cpu_pool_t *pool_of(eng_backend_t *be) { return ((cpu_be_t *)be)->pool; }
@@ -23,6 +25,7 @@ typedef struct {
     const float *x;
     int n;
     float *y;
+    cpu_be_t *be;
 } mm_job_t;
 
 static void mm_worker(void *arg, int t, int nt) {
@@ -32,15 +35,20 @@ static void mm_worker(void *arg, int t, int nt) {
     int64_t chunk = ((R + nt - 1) / nt + 15) / 16 * 16;
     int64_t r0 = (int64_t)t * chunk, r1 = r0 + chunk < R ? r0 + chunk : R;
     if (r0 >= r1) return;
-    float *buf = malloc(4 * j->w->cols * sizeof(float));
-    if (!buf) abort();
-    eng_cpu_matmul_rows(j->w, j->x, j->n, j->y, r0, r1, buf);
-    free(buf);
+    /* each pool thread keeps its row buffer between calls */
+    size_t need = 4 * (size_t)j->w->cols;
+    if (need > j->be->rowcap[t]) {
+        free(j->be->rowbuf[t]);
+        j->be->rowbuf[t] = malloc(need * sizeof(float));
+        j->be->rowcap[t] = need;
+        if (!j->be->rowbuf[t]) abort();
+    }
+    eng_cpu_matmul_rows(j->w, j->x, j->n, j->y, r0, r1, j->be->rowbuf[t]);
 }
 
 static void cpu_matmul(eng_backend_t *be, const eng_w_t *w, const float *x, int n, float *y) {
     if (n <= 0) return;
-    mm_job_t j = {w, x, n, y};
+    mm_job_t j = {w, x, n, y, (cpu_be_t *)be};
     eng_cpu_pool_run(pool_of(be), mm_worker, &j);
 }
 
@@ -167,8 +175,12 @@ static void cpu_attn_gqa(eng_backend_t *be, int H, int kvh, int hd, float scale,
 
 static void cpu_free(eng_backend_t *be) {
     if (!be) return;
-    eng_cpu_pool_free(pool_of(be));
-    free(be);
+    cpu_be_t *b = (cpu_be_t *)be;
+    eng_cpu_pool_free(b->pool);
+    for (int i = 0; b->rowbuf && i < be->n_threads; i++) free(b->rowbuf[i]);
+    free(b->rowbuf);
+    free(b->rowcap);
+    free(b);
 }
 
 static const eng_backend_ops_t cpu_ops = {
@@ -186,7 +198,12 @@ eng_backend_t *eng_cpu_backend_new(int n_threads, char *err, size_t errlen) {
         return NULL;
     }
     b->pool = eng_cpu_pool_new(n_threads);
-    if (!b->pool) {
+    b->rowbuf = calloc(n_threads, sizeof *b->rowbuf);
+    b->rowcap = calloc(n_threads, sizeof *b->rowcap);
+    if (!b->pool || !b->rowbuf || !b->rowcap) {
+        eng_cpu_pool_free(b->pool);
+        free(b->rowbuf);
+        free(b->rowcap);
         snprintf(err, errlen, "cpu backend: cannot start %d threads", n_threads);
         free(b);
         return NULL;
