@@ -51,7 +51,7 @@ typedef struct {
     char *content;  /* UTF-8, NUL-terminated */
     size_t len;
     int32_t id;
-    uint8_t special, lstrip, rstrip, single_word;
+    uint8_t special, lstrip, rstrip, single_word, normalized;
 } tok_added_t;
 
 /* Trie over the added tokens' bytes for leftmost-longest matching. */
@@ -83,9 +83,12 @@ struct tok {
 
     tok_added_t *added;
     size_t n_added;
+    /* node 0: root of the tokens matched on the raw text (normalized=false),
+     * node 1: root of those matched on the normalized text (normalized=true),
+     * in this order, as Hugging Face's AddedVocabulary does */
     tok_trie_node_t *trie;
     size_t n_trie;
-    uint8_t added_first[256]; /* 1 when some added token starts with this byte */
+    uint8_t added_first[2][256]; /* 1 when some token of that trie starts with this byte */
 
     tok_pre_t *pre;
     size_t n_pre;

@@ -12,9 +12,10 @@ static int is_ws(uint32_t c) {
            c == 0x205F || c == 0x3000;
 }
 
-/* Longest added token starting at s[0..n); returns its index or -1, *mlen its length. */
-static int32_t added_match(const tok_t *t, const uint8_t *s, size_t n, size_t *mlen) {
-    int32_t node = 0, best = -1;
+/* Longest added token of the trie at root starting at s[0..n); returns its
+ * index or -1, and its length in mlen. */
+static int32_t added_match(const tok_t *t, int32_t root, const uint8_t *s, size_t n, size_t *mlen) {
+    int32_t node = root, best = -1;
     for (size_t i = 0; i < n; i++) {
         int32_t c = t->trie[node].child;
         while (c >= 0 && t->trie[c].byte != s[i]) c = t->trie[c].sibling;
@@ -48,54 +49,66 @@ static int encode_segment(const tok_t *t, const char *s, size_t n, tok_out_t *ou
     return rc;
 }
 
+typedef struct {
+    tok_out_t *out;
+    tok_spans_t spans;
+    pcre2_match_data *md;
+} enc_ctx_t;
+
+/* Cut text[0..len) at the added tokens of trie `root` (leftmost-longest);
+ * the text between them goes to the next level: root 0 (tokens matched on the
+ * raw text) hands its gaps to root 1 (tokens matched on the normalized text),
+ * which hands its gaps to the pre-tokenizer and BPE. */
+static int split_added(const tok_t *t, int32_t root, const char *text, size_t len, enc_ctx_t *c) {
+    const uint8_t *p = (const uint8_t *)text;
+    size_t seg = 0, i = 0;
+    while (i < len) {
+        if (!t->added_first[root][p[i]]) {
+            i++;
+            continue;
+        }
+        size_t ml = 0;
+        int32_t a = added_match(t, root, p + i, len - i, &ml);
+        if (a < 0) {
+            i++;
+            continue;
+        }
+        const tok_added_t *ad = &t->added[a];
+        size_t ms = i, me = i + ml;
+        if (ad->lstrip) /* swallow whitespace before the token */
+            while (ms > seg) {
+                size_t k = ms - 1;
+                while (k > seg && (p[k] & 0xC0) == 0x80) k--;
+                uint32_t cp;
+                tok_utf8_next(p + k, &cp);
+                if (!is_ws(cp)) break;
+                ms = k;
+            }
+        if (ad->rstrip)
+            while (me < len) {
+                uint32_t cp;
+                int l = tok_utf8_next(p + me, &cp);
+                if (!is_ws(cp)) break;
+                me += (size_t)l;
+            }
+        int rc = root == 0 ? split_added(t, 1, text + seg, ms - seg, c)
+                           : encode_segment(t, text + seg, ms - seg, c->out, &c->spans, c->md);
+        if (rc || tok_out_push(c->out, ad->id)) return -1;
+        seg = i = me;
+    }
+    return root == 0 ? split_added(t, 1, text + seg, len - seg, c)
+                     : encode_segment(t, text + seg, len - seg, c->out, &c->spans, c->md);
+}
+
 static int encode_all(const tok_t *t, const char *text, size_t len, int allow_special, tok_out_t *out) {
     if (!text && len) return -1;
     if (len >= UINT32_MAX || !tok_utf8_valid(text, len)) return -1;
-    pcre2_match_data *md = pcre2_match_data_create(1, NULL);
-    if (!md) return -1;
-    tok_spans_t spans = {0};
-    int rc = 0;
-    const uint8_t *p = (const uint8_t *)text;
-    size_t seg = 0, i = 0;
-    if (allow_special && t->n_added) {
-        while (i < len) {
-            if (!t->added_first[p[i]]) {
-                i++;
-                continue;
-            }
-            size_t ml = 0;
-            int32_t a = added_match(t, p + i, len - i, &ml);
-            if (a < 0) {
-                i++;
-                continue;
-            }
-            const tok_added_t *ad = &t->added[a];
-            size_t ms = i, me = i + ml;
-            if (ad->lstrip) /* swallow whitespace before the token */
-                while (ms > seg) {
-                    size_t k = ms - 1;
-                    while (k > seg && (p[k] & 0xC0) == 0x80) k--;
-                    uint32_t cp;
-                    tok_utf8_next(p + k, &cp);
-                    if (!is_ws(cp)) break;
-                    ms = k;
-                }
-            if (ad->rstrip)
-                while (me < len) {
-                    uint32_t cp;
-                    int l = tok_utf8_next(p + me, &cp);
-                    if (!is_ws(cp)) break;
-                    me += (size_t)l;
-                }
-            if ((rc = encode_segment(t, text + seg, ms - seg, out, &spans, md))) goto done;
-            if ((rc = tok_out_push(out, ad->id))) goto done;
-            seg = i = me;
-        }
-    }
-    rc = encode_segment(t, text + seg, len - seg, out, &spans, md);
-done:
-    free(spans.v);
-    pcre2_match_data_free(md);
+    enc_ctx_t c = {out, {0}, pcre2_match_data_create(1, NULL)};
+    if (!c.md) return -1;
+    int rc = allow_special && t->n_added ? split_added(t, 0, text, len, &c)
+                                         : encode_segment(t, text, len, out, &c.spans, c.md);
+    free(c.spans.v);
+    pcre2_match_data_free(c.md);
     return rc;
 }
 

@@ -319,12 +319,13 @@ static int trie_build(tok_t *t) {
     t->trie = malloc(cap * sizeof *t->trie);
     if (!t->trie) return -1;
     t->trie[0] = (tok_trie_node_t){-1, -1, -1, 0};
-    t->n_trie = 1;
+    t->trie[1] = (tok_trie_node_t){-1, -1, -1, 0};
+    t->n_trie = 2;
     for (size_t a = 0; a < t->n_added; a++) {
         const tok_added_t *ad = &t->added[a];
         if (!ad->len) continue;
-        t->added_first[(uint8_t)ad->content[0]] = 1;
-        int32_t node = 0;
+        t->added_first[ad->normalized][(uint8_t)ad->content[0]] = 1;
+        int32_t node = ad->normalized;
         for (size_t i = 0; i < ad->len; i++) {
             uint8_t b = (uint8_t)ad->content[i];
             int32_t c = t->trie[node].child;
@@ -531,6 +532,12 @@ tok_t *tok_load(const char *path, char *err, size_t errlen) {
              path);
         goto fail;
     }
+    for (size_t i = 1; i < t->n_pre; i++)
+        if (t->pre[i].kind == TOK_PRE_BYTELEVEL && t->pre[i].add_prefix_space) {
+            errf(err, errlen, "%s: ByteLevel add_prefix_space after another pre-tokenizer is not supported",
+                 path);
+            goto fail;
+        }
     pre_detect_fast(t, root);
     t->ignore_merges = is_true(cJSON_GetObjectItemCaseSensitive(model, "ignore_merges"));
 
@@ -567,6 +574,8 @@ tok_t *tok_load(const char *path, char *err, size_t errlen) {
         ad->lstrip = is_true(cJSON_GetObjectItemCaseSensitive(e, "lstrip"));
         ad->rstrip = is_true(cJSON_GetObjectItemCaseSensitive(e, "rstrip"));
         ad->single_word = is_true(cJSON_GetObjectItemCaseSensitive(e, "single_word"));
+        const cJSON *nz = cJSON_GetObjectItemCaseSensitive(e, "normalized");
+        ad->normalized = nz ? (uint8_t)is_true(nz) : (uint8_t)!ad->special; /* HF's default */
         if (ad->single_word) {
             errf(err, errlen, "%s: added token with single_word is not supported", path);
             goto fail;
