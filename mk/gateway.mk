@@ -2,7 +2,7 @@
 #
 #   make test-gateway        unit tests, fuzz corpus replay, then the gateway's own
 #                            end-to-end tests (tests/gateway/run.sh: private PostgreSQL,
-#                            Redis, scripted fake worker and build/tollgate on 18640-18679)
+#                            Redis, scripted fake worker and build[/<sanitizer>]/tollgate on 18640-18679)
 #   make test-gateway-unit   unit tests and corpus replay only (no servers)
 #   make fuzz-gateway        libFuzzer on the HTTP request parser (clang); FUZZ_SECONDS=60
 #
@@ -28,8 +28,8 @@ test-gateway-unit: $(GW_UNIT_BINS) $(GW_FUZZ_REPLAY)
 	@set -e; for t in $(GW_UNIT_BINS); do $$t; done
 	$(GW_FUZZ_REPLAY) fuzz/gateway/corpus_http/*
 
-test-gateway: test-gateway-unit $(B)/tollgate tokenizer-data
-	bash tests/gateway/run.sh
+test-gateway: test-gateway-unit $(BIN)/tollgate tokenizer-data
+	bash tests/gateway/run.sh $(BIN)/tollgate
 
 fuzz: fuzz-gateway
 fuzz-gateway:
