@@ -213,28 +213,22 @@ int main(int argc, char **argv) {
         float *A = malloc((size_t)N * N * 4), *B = malloc((size_t)N * N * 4), *C = malloc((size_t)N * N * 4);
         for (size_t i = 0; i < (size_t)N * N; i++) A[i] = (float)(i % 13) * 0.01f, B[i] = (float)(i % 7) * 0.01f;
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, N, N, 1, A, N, B, N, 0, C, N);
-        double best = 1e9;
-        for (int r = 0; r < 3; r++) {
-            double t0 = now();
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, N, N, 1, A, N, B, N, 0, C, N);
-            double dt = now() - t0;
-            if (dt < best) best = dt;
-        }
-        double peak = 2.0 * N * N * N / best / 1e9;
-        free(A);
-        free(B);
-        free(C);
         eng_seq_t *s = eng_seq_new(m, 0);
         const int32_t *p = ids;
         int n = 8;
         float *lp = lg;
         eng_forward(m, &s, &p, &n, 1, &lp, err, sizeof err); /* warm the weights */
         eng_seq_free(s);
-        best = 1e9;
-        for (int r = 0; r < 2; r++) {
+        /* the host is shared and noisy: alternate sgemm and prefill, best of each */
+        double best = 1e9, peak = 0;
+        for (int r = 0; r < 3; r++) {
+            double t0 = now();
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, N, N, 1, A, N, B, N, 0, C, N);
+            double g = 2.0 * N * N * N / (now() - t0) / 1e9;
+            if (g > peak) peak = g;
             s = eng_seq_new(m, 0);
             n = ntok;
-            double t0 = now();
+            t0 = now();
             if (eng_forward(m, &s, &p, &n, 1, &lp, err, sizeof err)) {
                 fprintf(stderr, "eng_bench: %s\n", err);
                 return 1;
@@ -242,7 +236,11 @@ int main(int argc, char **argv) {
             double dt = now() - t0;
             if (dt < best) best = dt;
             eng_seq_free(s);
+            printf("round %d: sgemm %.1f GFLOP/s, prefill %.2f s\n", r, g, dt);
         }
+        free(A);
+        free(B);
+        free(C);
         /* lm_head runs for the last token only */
         double flops = 2.0 * ntok * (macs - w_params(&m->lm_head)) + 2.0 * w_params(&m->lm_head);
         double gf = flops / best / 1e9;
