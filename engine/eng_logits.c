@@ -5,6 +5,7 @@
  * first).  A bad line gives {"error":"..."} on stdout and exit status 1 at
  * the end; the other lines are still answered. */
 #include <cjson/cJSON.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,6 +25,12 @@ static void print_error(const char *msg) {
     printf("%s\n", s ? s : "{\"error\":\"out of memory\"}");
     free(s);
     cJSON_Delete(o);
+}
+
+/* JSON has no NaN or infinity: those print as null (a broken checkpoint can produce them) */
+static void put_num(float f) {
+    if (isfinite(f)) printf("%.9g", f);
+    else fputs("null", stdout);
 }
 
 int eng_cmd_logits(int argc, char **argv) {
@@ -109,12 +116,19 @@ int eng_cmd_logits(int argc, char **argv) {
                 best[p] = v;
             }
             fputs("{\"top\":[", stdout);
-            for (int i = 0; i < nb; i++) printf("%s[%d,%.9g]", i ? "," : "", best[i], lg[best[i]]);
+            for (int i = 0; i < nb; i++) {
+                printf("%s[%d,", i ? "," : "", best[i]);
+                put_num(lg[best[i]]);
+                putchar(']');
+            }
             fputs("]}\n", stdout);
             free(best);
         } else {
             fputs("{\"logits\":[", stdout);
-            for (int v = 0; v < V; v++) printf(v ? ",%.9g" : "%.9g", lg[v]);
+            for (int v = 0; v < V; v++) {
+                if (v) putchar(',');
+                put_num(lg[v]);
+            }
             fputs("]}\n", stdout);
         }
         fflush(stdout);
