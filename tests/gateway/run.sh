@@ -11,7 +11,7 @@ if [ $rc -ne 0 ]; then
     echo "--- gateway log (tail)"; tail -n 30 var/gwtest/log/gateway.log
 fi
 bash tests/gateway/stack.sh down
-if grep -q "ERROR: AddressSanitizer\|ERROR: LeakSanitizer" var/gwtest/log/gateway.log; then
+if grep -q "ERROR: AddressSanitizer\|ERROR: LeakSanitizer\|runtime error:" var/gwtest/log/gateway.log; then
     echo "gateway: sanitizer report in var/gwtest/log/gateway.log" >&2
     rc=1
 fi
