@@ -420,19 +420,26 @@ void eng_cpu_matmul_rows(const eng_w_t *w, const float *x, int n, float *y, int6
     int64_t C = w->cols, R = w->rows;
     int direct = w->dt == ENG_DT_F32 || w->dt == ENG_DT_BF16, bf16 = w->dt == ENG_DT_BF16;
     size_t es = w->dt == ENG_DT_F32 ? 4 : 2;
-    for (int64_t r = r0; r < r1; r += TILE_R) {
-        int nr = r1 - r < TILE_R ? (int)(r1 - r) : TILE_R;
-        const void *wp;
-        int64_t ldw = C;
-        if (direct) {
-            wp = (const char *)w->data + r * C * es;
-        } else {
-            for (int i = 0; i < nr; i++) eng_cpu_row_f32(w, r + i, rowbuf + i * C);
-            wp = rowbuf;
-        }
-        for (int t = 0; t < n; t += 4) {
-            int nt = n - t < 4 ? n - t : 4;
-            tile(wp, direct && bf16, ldw, x + (int64_t)t * C, C, nr, nt, (int)C, y + (int64_t)t * R + r, R);
+    /* tokens in chunks whose activations stay in L2 (~384 KB); the weights
+     * are re-read per chunk, which costs far less than L2 misses on x */
+    int tc = (int)((384 << 10) / (C * 4)) / 4 * 4;
+    if (tc < 4) tc = 4;
+    for (int t0 = 0; t0 < n; t0 += tc) {
+        int t1 = t0 + tc < n ? t0 + tc : n;
+        for (int64_t r = r0; r < r1; r += TILE_R) {
+            int nr = r1 - r < TILE_R ? (int)(r1 - r) : TILE_R;
+            const void *wp;
+            int64_t ldw = C;
+            if (direct) {
+                wp = (const char *)w->data + r * C * es;
+            } else {
+                for (int i = 0; i < nr; i++) eng_cpu_row_f32(w, r + i, rowbuf + i * C);
+                wp = rowbuf;
+            }
+            for (int t = t0; t < t1; t += 4) {
+                int nt = t1 - t < 4 ? t1 - t : 4;
+                tile(wp, direct && bf16, ldw, x + (int64_t)t * C, C, nr, nt, (int)C, y + (int64_t)t * R + r, R);
+            }
         }
     }
 }
