@@ -162,3 +162,31 @@ int32_t eng_sample(eng_sampler_t *s, float *logits, const eng_sample_params_t *p
     }
     return s->idx[k - 1];
 }
+
+void eng_logprob_compute(const float *logits, int32_t n, int32_t id, int n_top, eng_logprob_t *lp) {
+    float mx = -INFINITY;
+    for (int32_t i = 0; i < n; i++)
+        if (logits[i] > mx) mx = logits[i];
+    double sum = 0;
+    for (int32_t i = 0; i < n; i++)
+        if (!isnan(logits[i])) sum += exp((double)(logits[i] - mx));
+    double lse = (double)mx + log(sum > 0 ? sum : 1);
+    lp->id = id;
+    lp->logprob = (float)((double)logits[id] - lse);
+    if (n_top > ENG_MAX_TOP_LOGPROBS) n_top = ENG_MAX_TOP_LOGPROBS;
+    if (n_top > n) n_top = n;
+    /* insertion into a small sorted list: O(n) while few ids beat the tail */
+    int k = 0;
+    for (int32_t i = 0; i < n && n_top > 0; i++) {
+        float v = logits[i];
+        if (isnan(v) || (k == n_top && !(v > logits[lp->top_id[k - 1]]))) continue;
+        int at = k < n_top ? k++ : n_top - 1;
+        while (at > 0 && v > logits[lp->top_id[at - 1]]) {
+            lp->top_id[at] = lp->top_id[at - 1];
+            at--;
+        }
+        lp->top_id[at] = i;
+    }
+    lp->n_top = k;
+    for (int i = 0; i < k; i++) lp->top_logprob[i] = (float)((double)logits[lp->top_id[i]] - lse);
+}

@@ -41,4 +41,20 @@ void eng_sampler_free(eng_sampler_t *s); /* accepts NULL */
 int32_t eng_sample(eng_sampler_t *s, float *logits, const eng_sample_params_t *p, eng_rng_t *rng,
                    const int32_t *prev, size_t n_prev);
 
+#define ENG_MAX_TOP_LOGPROBS 20
+
+/* Log-probabilities of one generated token (log-softmax of the logits after
+ * penalties, before temperature, over the ids the tokenizer knows). */
+typedef struct {
+    int32_t id;
+    float logprob;
+    int n_top;
+    int32_t top_id[ENG_MAX_TOP_LOGPROBS];
+    float top_logprob[ENG_MAX_TOP_LOGPROBS]; /* descending */
+} eng_logprob_t;
+
+/* Fill lp for the chosen id from logits[0 .. n): one pass for the
+ * normaliser, one for the n_top best ids (ties: lower id first). */
+void eng_logprob_compute(const float *logits, int32_t n, int32_t id, int n_top, eng_logprob_t *lp);
+
 #endif

@@ -99,6 +99,7 @@ void eng_ev_free(eng_ev_t *ev) {
     eng_buf_free(&ev->content);
     eng_buf_free(&ev->reasoning);
     if (ev->finish != ENG_FINISH_NONE) job_free(ev->job);
+    free(ev->lp);
     free(ev);
 }
 
@@ -296,6 +297,10 @@ static eng_finish_t take_token(eng_sched_t *s, eng_job_t *j, eng_ev_t *ev, char 
     if (id == s->eos_tok || id == s->eos_model) {
         fin = ENG_FINISH_STOP; /* the EOS is counted, never shown */
     } else {
+        if (j->spec.logprobs) {
+            if (!(ev->lp = malloc(sizeof *ev->lp))) goto oom;
+            eng_logprob_compute(s->logits[j->slot], s->n_allowed, id, j->spec.top_logprobs, ev->lp);
+        }
         size_t n = 0;
         const char *t = tok_stream_push(j->dec, id, &n);
         if (!t) {

@@ -102,6 +102,8 @@ typedef struct {
     size_t stop_len[ENG_MAX_STOP];
     int n_stop;
     eng_think_mode_t think;
+    int logprobs;      /* report per-token logprobs */
+    int top_logprobs;  /* 0..ENG_MAX_TOP_LOGPROBS alternatives per token */
 } eng_job_spec_t;
 
 typedef struct eng_job eng_job_t;
@@ -117,6 +119,7 @@ typedef struct eng_ev {
     eng_buf_t reasoning;  /* new reasoning text */
     int new_tokens;       /* tokens generated in this step (0 or 1) */
     int first_token;      /* this event carries the job's first generated token */
+    eng_logprob_t *lp;    /* the new token's logprobs when asked for (NULL for EOS) */
     int64_t t_ns;         /* monotonic time the token(s) were sampled */
     eng_finish_t finish;
     int prompt_tokens, completion_tokens, reasoning_tokens; /* set on the last event */

@@ -99,6 +99,7 @@ struct call {
     long long created;
     int64_t t_start, t_last;
     eng_buf_t content, reasoning;
+    cJSON *lp_content; /* non-streaming logprobs entries, when asked for */
 };
 
 static const char *status_reason(int code) {
@@ -180,6 +181,7 @@ static void call_unlink_free(call_t *c) {
     S->n_calls--;
     eng_buf_free(&c->content);
     eng_buf_free(&c->reasoning);
+    cJSON_Delete(c->lp_content);
     free(c);
     maybe_exit(S);
 }
@@ -204,10 +206,11 @@ static void sse_send(call_t *c, const char *json) {
     free(ev);
 }
 
+/* lp: logprobs object for the chunk, taken over (NULL -> null) */
 static void sse_chunk(call_t *c, const char *role, const char *content, const char *reasoning,
-                      eng_finish_t fin) {
+                      eng_finish_t fin, cJSON *lp) {
     char *j = eng_resp_chunk(c->id, c->created, c->srv->model_name, role, content, reasoning, fin,
-                             c->include_usage, NULL);
+                             c->include_usage, NULL, lp);
     sse_send(c, j);
     free(j);
 }
@@ -251,10 +254,10 @@ static void call_finish(call_t *c, const eng_ev_t *ev) {
                 send_err(c->req, &e);
             }
         } else if (c->stream) {
-            sse_chunk(c, NULL, NULL, NULL, ev->finish);
+            sse_chunk(c, NULL, NULL, NULL, ev->finish, NULL);
             if (c->include_usage) {
                 char *j = eng_resp_chunk(c->id, c->created, S->model_name, NULL, NULL, NULL,
-                                         ENG_FINISH_NONE, 0, &u);
+                                         ENG_FINISH_NONE, 0, &u, NULL);
                 sse_send(c, j);
                 free(j);
             }
@@ -266,10 +269,17 @@ static void call_finish(call_t *c, const eng_ev_t *ev) {
             }
             evhttp_send_reply_end(c->req);
         } else {
+            cJSON *lp = NULL;
+            if (c->lp_content) {
+                lp = cJSON_CreateObject();
+                if (lp) cJSON_AddItemToObject(lp, "content", c->lp_content);
+                else cJSON_Delete(c->lp_content);
+                c->lp_content = NULL;
+            }
             char *j = eng_resp_completion(c->id, c->created, S->model_name,
                                           c->content.p ? c->content.p : "",
                                           c->reasoning_model ? (c->reasoning.p ? c->reasoning.p : "") : NULL,
-                                          ev->finish, &u);
+                                          ev->finish, &u, lp);
             if (j) {
                 send_json(c->req, 200, j);
             } else {
@@ -306,15 +316,34 @@ static void on_wake(evutil_socket_t fd, short what, void *arg) {
             c->t_last = ev->t_ns;
             c->got_first = 1;
         }
-        if (!c->gone) {
-            if (c->stream) {
-                if (ev->reasoning.len) sse_chunk(c, NULL, NULL, ev->reasoning.p, ENG_FINISH_NONE);
-                if (ev->content.len) sse_chunk(c, NULL, ev->content.p, NULL, ENG_FINISH_NONE);
-            } else if (eng_buf_add(&c->content, ev->content.p ? ev->content.p : "", ev->content.len) ||
+        cJSON *lp = NULL;
+        if (ev->lp && !c->gone && !(lp = eng_logprob_json(S->tok, ev->lp))) eng_sched_cancel(S->sched, c->job);
+        if (!c->gone && c->stream) {
+            cJSON *lpo = NULL; /* {"content":[entry]} for this event's chunk */
+            if (lp && (lpo = cJSON_CreateObject())) {
+                cJSON *arr = cJSON_AddArrayToObject(lpo, "content");
+                if (arr) cJSON_AddItemToArray(arr, lp);
+                else cJSON_Delete(lp);
+                lp = NULL;
+            }
+            if (ev->reasoning.len) {
+                sse_chunk(c, NULL, NULL, ev->reasoning.p, ENG_FINISH_NONE, ev->content.len ? NULL : lpo);
+                if (!ev->content.len) lpo = NULL;
+            }
+            if (ev->content.len || lpo) sse_chunk(c, NULL, ev->content.p ? ev->content.p : "", NULL, ENG_FINISH_NONE, lpo);
+        } else if (!c->gone) {
+            if (lp) {
+                if (!c->lp_content && !(c->lp_content = cJSON_CreateArray())) eng_sched_cancel(S->sched, c->job);
+                if (c->lp_content) cJSON_AddItemToArray(c->lp_content, lp);
+                else cJSON_Delete(lp);
+                lp = NULL;
+            }
+            if (eng_buf_add(&c->content, ev->content.p ? ev->content.p : "", ev->content.len) ||
                        eng_buf_add(&c->reasoning, ev->reasoning.p ? ev->reasoning.p : "", ev->reasoning.len)) {
                 eng_sched_cancel(S->sched, c->job); /* out of memory: give up on this one */
             }
         }
+        cJSON_Delete(lp); /* only left over on OOM */
         if (ev->finish != ENG_FINISH_NONE) call_finish(c, ev);
         eng_ev_free(ev);
         ev = next;
@@ -471,6 +500,8 @@ static void handle_chat(srv_t *S, struct evhttp_request *req) {
     }
     spec.n_stop = r.n_stop;
     spec.think = eng_chat_think_mode(S->tmpl, prompt);
+    spec.logprobs = r.logprobs;
+    spec.top_logprobs = r.top_logprobs;
 
     c = calloc(1, sizeof *c);
     if (!c) goto oom;
@@ -503,7 +534,7 @@ static void handle_chat(srv_t *S, struct evhttp_request *req) {
         evhttp_add_header(h, "Cache-Control", "no-cache");
         evhttp_send_reply_start(req, 200, "OK");
         c->started = 1;
-        sse_chunk(c, "assistant", "", NULL, ENG_FINISH_NONE);
+        sse_chunk(c, "assistant", "", NULL, ENG_FINISH_NONE, NULL);
     }
     free(prompt);
     eng_chat_req_free(&r);
@@ -852,6 +883,7 @@ out:
             if (!c->gone) evhttp_connection_set_closecb(c->conn, NULL, NULL); /* evhttp_free below */
             eng_buf_free(&c->content);
             eng_buf_free(&c->reasoning);
+            cJSON_Delete(c->lp_content);
             free(c);
         }
     }

@@ -44,6 +44,7 @@ typedef struct {
     size_t stop_len[ENG_MAX_STOP];
     int n_stop;
     int stream, include_usage;
+    int logprobs, top_logprobs; /* top_logprobs 0..ENG_MAX_TOP_LOGPROBS */
 } eng_chat_req_t;
 
 /* Parse and validate; on error fills e (status 400) and returns -1, and the
@@ -60,18 +61,25 @@ cJSON *eng_usage_json(const eng_usage_t *u);
 
 const char *eng_finish_name(eng_finish_t f); /* "stop", "length", or NULL */
 
-/* A whole chat.completion body (malloc'd). reasoning may be NULL. */
+/* A whole chat.completion body (malloc'd). reasoning may be NULL.  logprobs:
+ * the choice's {"content":[...]} object, taken over (NULL -> null). */
 char *eng_resp_completion(const char *id, long long created, const char *model,
                           const char *content, const char *reasoning, eng_finish_t finish,
-                          const eng_usage_t *u);
+                          const eng_usage_t *u, cJSON *logprobs);
 
 /* One chat.completion.chunk body (malloc'd).  role, content, reasoning: NULL
  * to omit from delta.  finish NONE -> null.  usage_null: add "usage":null (when
  * the client asked for include_usage).  usage: non-NULL -> "choices":[] and
- * this usage (the final usage chunk). */
+ * this usage (the final usage chunk).  logprobs: taken over (NULL -> null). */
 char *eng_resp_chunk(const char *id, long long created, const char *model, const char *role,
                      const char *content, const char *reasoning, eng_finish_t finish,
-                     int usage_null, const eng_usage_t *usage);
+                     int usage_null, const eng_usage_t *usage, cJSON *logprobs);
+
+/* One logprobs "content" entry for a generated token: {"token","logprob",
+ * "bytes","top_logprobs":[...]}.  Token text comes from tok_decode (special
+ * tokens as their text; a token that is a partial UTF-8 character shows as
+ * U+FFFD, and "bytes" are those of the shown text).  NULL on OOM. */
+cJSON *eng_logprob_json(const tok_t *t, const eng_logprob_t *lp);
 
 /* Frame one SSE event: "data: <json>\n\n".  json must be one line (cJSON's
  * unformatted output is).  Returns malloc'd text and its length, NULL if the

@@ -351,13 +351,14 @@ int eng_chat_req_parse(eng_chat_req_t *r, const char *body, size_t len, eng_api_
         BAD("n", "invalid_value", "Invalid 'n': only n = 1 is supported.");
         goto fail;
     }
-    int lp = 0;
-    if (get_bool(root, "logprobs", &lp, e)) goto fail;
-    v = cJSON_GetObjectItemCaseSensitive(root, "top_logprobs");
-    if (lp || (v && !cJSON_IsNull(v))) {
-        BAD(lp ? "logprobs" : "top_logprobs", "unsupported_parameter",
-            "Unsupported parameter: 'logprobs' is not supported by this worker.");
-        goto fail;
+    if (get_bool(root, "logprobs", &r->logprobs, e)) goto fail;
+    if (get_int(root, "top_logprobs", 0, ENG_MAX_TOP_LOGPROBS, &d, &given, e)) goto fail;
+    if (given) {
+        if (!r->logprobs) {
+            BAD("top_logprobs", "invalid_value", "Invalid 'top_logprobs': it requires 'logprobs' to be true.");
+            goto fail;
+        }
+        r->top_logprobs = (int)d;
     }
     if (parse_stop(r, cJSON_GetObjectItemCaseSensitive(root, "stop"), e)) goto fail;
     if (get_bool(root, "stream", &r->stream, e)) goto fail;
@@ -468,7 +469,7 @@ static char *print_free(cJSON *o) {
 
 char *eng_resp_completion(const char *id, long long created, const char *model,
                           const char *content, const char *reasoning, eng_finish_t finish,
-                          const eng_usage_t *u) {
+                          const eng_usage_t *u, cJSON *logprobs) {
     cJSON *o = resp_head(id, created, model, "chat.completion");
     cJSON *ch = cJSON_AddArrayToObject(o, "choices"), *c = cJSON_CreateObject();
     cJSON_AddItemToArray(ch, c);
@@ -477,7 +478,10 @@ char *eng_resp_completion(const char *id, long long created, const char *model,
     cJSON_AddStringToObject(m, "role", "assistant");
     cJSON_AddStringToObject(m, "content", content ? content : "");
     if (reasoning) cJSON_AddStringToObject(m, "reasoning_content", reasoning);
-    cJSON_AddNullToObject(c, "logprobs");
+    if (logprobs)
+        cJSON_AddItemToObject(c, "logprobs", logprobs);
+    else
+        cJSON_AddNullToObject(c, "logprobs");
     add_finish(c, finish);
     cJSON_AddItemToObject(o, "usage", eng_usage_json(u));
     return print_free(o);
@@ -485,10 +489,11 @@ char *eng_resp_completion(const char *id, long long created, const char *model,
 
 char *eng_resp_chunk(const char *id, long long created, const char *model, const char *role,
                      const char *content, const char *reasoning, eng_finish_t finish,
-                     int usage_null, const eng_usage_t *usage) {
+                     int usage_null, const eng_usage_t *usage, cJSON *logprobs) {
     cJSON *o = resp_head(id, created, model, "chat.completion.chunk");
     cJSON *ch = cJSON_AddArrayToObject(o, "choices");
     if (usage) {
+        cJSON_Delete(logprobs);
         cJSON_AddItemToObject(o, "usage", eng_usage_json(usage));
         return print_free(o);
     }
@@ -499,10 +504,45 @@ char *eng_resp_chunk(const char *id, long long created, const char *model, const
     if (role) cJSON_AddStringToObject(d, "role", role);
     if (content) cJSON_AddStringToObject(d, "content", content);
     if (reasoning) cJSON_AddStringToObject(d, "reasoning_content", reasoning);
-    cJSON_AddNullToObject(c, "logprobs");
+    if (logprobs)
+        cJSON_AddItemToObject(c, "logprobs", logprobs);
+    else
+        cJSON_AddNullToObject(c, "logprobs");
     add_finish(c, finish);
     if (usage_null) cJSON_AddNullToObject(o, "usage");
     return print_free(o);
+}
+
+static cJSON *token_json(const tok_t *t, int32_t id, double logprob) {
+    size_t n = 0;
+    char *text = tok_decode(t, &id, 1, 0, &n);
+    cJSON *o = cJSON_CreateObject(), *b = cJSON_CreateArray();
+    if (!o || !b) {
+        free(text);
+        cJSON_Delete(o);
+        cJSON_Delete(b);
+        return NULL;
+    }
+    cJSON_AddStringToObject(o, "token", text ? text : "");
+    cJSON_AddNumberToObject(o, "logprob", logprob);
+    for (size_t i = 0; text && i < n; i++) cJSON_AddItemToArray(b, cJSON_CreateNumber((unsigned char)text[i]));
+    cJSON_AddItemToObject(o, "bytes", b);
+    free(text);
+    return o;
+}
+
+cJSON *eng_logprob_json(const tok_t *t, const eng_logprob_t *lp) {
+    cJSON *o = token_json(t, lp->id, lp->logprob);
+    cJSON *top = o ? cJSON_AddArrayToObject(o, "top_logprobs") : NULL;
+    if (!top) {
+        cJSON_Delete(o);
+        return NULL;
+    }
+    for (int i = 0; i < lp->n_top; i++) {
+        cJSON *e = token_json(t, lp->top_id[i], lp->top_logprob[i]);
+        if (e) cJSON_AddItemToArray(top, e);
+    }
+    return o;
 }
 
 char *eng_sse_event(const char *json, size_t *len) {

@@ -27,8 +27,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         __builtin_trap();
     eng_usage_t u = {(int)size, mt, 0, 0};
     const char *text = r.msgs[0].content ? r.msgs[0].content : "";
-    char *a = eng_resp_completion("chatcmpl-x", 1, r.model, text, NULL, ENG_FINISH_STOP, &u);
-    char *b = eng_resp_chunk("chatcmpl-x", 1, r.model, NULL, text, text, ENG_FINISH_NONE, 1, NULL);
+    char *a = eng_resp_completion("chatcmpl-x", 1, r.model, text, NULL, ENG_FINISH_STOP, &u, NULL);
+    char *b = eng_resp_chunk("chatcmpl-x", 1, r.model, NULL, text, text, ENG_FINISH_NONE, 1, NULL, NULL);
     size_t n;
     char *ev = b ? eng_sse_event(b, &n) : NULL;
     if (!a || !b || !ev) __builtin_trap(); /* output is always one line of JSON */

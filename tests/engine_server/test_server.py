@@ -264,7 +264,8 @@ class Server(unittest.TestCase):
         bad({"model": MODEL, "messages": m, "temperature": 3}, "temperature")
         bad({"model": MODEL, "messages": m, "top_p": -0.1}, "top_p")
         bad({"model": MODEL, "messages": m, "n": 2}, "n")
-        bad({"model": MODEL, "messages": m, "logprobs": True}, "logprobs")
+        bad({"model": MODEL, "messages": m, "logprobs": "yes"}, "logprobs")
+        bad({"model": MODEL, "messages": m, "top_logprobs": 2}, "top_logprobs")
         bad({"model": MODEL, "messages": m, "stop": ["a", "b", "c", "d", "e"]}, "stop")
         bad({"model": MODEL, "messages": m, "stream": "yes"}, "stream")
         e = bad({"model": MODEL, "messages": m, "max_tokens": 5000})
@@ -284,6 +285,35 @@ class Server(unittest.TestCase):
         self.assertEqual((e["code"], e["param"], e["type"]), ("model_not_found", "model", "invalid_request_error"))
         st, _, _ = request(PORT, "GET", "/v1/chat/completions")
         self.assertEqual(st, 405)
+
+    def test_logprobs(self):
+        st, _, b = chat("Logprobs please", max_tokens=6, logprobs=True, top_logprobs=3)
+        self.assertEqual(st, 200, b)
+        j = json.loads(b)
+        ch = j["choices"][0]
+        entries = ch["logprobs"]["content"]
+        self.assertEqual(len(entries), j["usage"]["completion_tokens"] - (ch["finish_reason"] == "stop"))
+        for e in entries:
+            self.assertEqual(set(e), {"token", "logprob", "bytes", "top_logprobs"})
+            self.assertLessEqual(e["logprob"], 0)
+            self.assertEqual(len(e["top_logprobs"]), 3)
+            tops = [t["logprob"] for t in e["top_logprobs"]]
+            self.assertEqual(tops, sorted(tops, reverse=True))
+            # greedy: the chosen token is the most likely one
+            self.assertEqual(e["token"], e["top_logprobs"][0]["token"])
+            self.assertAlmostEqual(e["logprob"], tops[0], places=5)
+            self.assertEqual(bytes(e["bytes"]).decode("utf-8"), e["token"])
+        joined = "".join(e["token"] for e in entries)
+        if "\ufffd" not in joined and "<｜" not in joined:
+            self.assertEqual(joined, ch["message"]["content"])
+        st, _, b = chat("Logprobs please", max_tokens=6, logprobs=True, top_logprobs=3, stream=True)
+        chunks = [json.loads(e) for e in sse(b)[:-1]]
+        streamed = [e for c in chunks if c["choices"] and c["choices"][0]["logprobs"]
+                    for e in c["choices"][0]["logprobs"]["content"]]
+        self.assertEqual(streamed, entries)
+        # without logprobs the field is null
+        st, _, b = chat("Logprobs please", max_tokens=2)
+        self.assertIsNone(json.loads(b)["choices"][0]["logprobs"])
 
     def test_seed_repeats(self):
         outs = []

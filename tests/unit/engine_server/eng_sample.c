@@ -184,5 +184,29 @@ static void test_penalties(void) {
     eng_sampler_free(s);
 }
 
-TG_TEST_MAIN(test_rng_deterministic, test_greedy_and_restriction, test_seeded_sampling_repeats,
+static void test_logprobs(void) {
+    float l[6] = {1, 3, 3, 0, -1, NAN};
+    eng_logprob_t lp;
+    eng_logprob_compute(l, 5, 4, 3, &lp); /* the NaN at 5 is beyond n */
+    double z = exp(1) + 2 * exp(3) + exp(0) + exp(-1);
+    CHECK_EQ_I(lp.id, 4);
+    CHECK(fabs(lp.logprob - (-1 - log(z))) < 1e-5);
+    CHECK_EQ_I(lp.n_top, 3);
+    CHECK_EQ_I(lp.top_id[0], 1); /* tie 1 vs 2: lower id first */
+    CHECK_EQ_I(lp.top_id[1], 2);
+    CHECK_EQ_I(lp.top_id[2], 0);
+    CHECK(fabs(lp.top_logprob[0] - (3 - log(z))) < 1e-5);
+    CHECK(lp.top_logprob[0] >= lp.top_logprob[1] && lp.top_logprob[1] >= lp.top_logprob[2]);
+    eng_logprob_compute(l, 5, 1, 0, &lp);
+    CHECK_EQ_I(lp.n_top, 0);
+    eng_logprob_compute(l, 5, 1, 99, &lp); /* more than n: all of them */
+    CHECK_EQ_I(lp.n_top, 5);
+    CHECK_EQ_I(lp.top_id[4], 4);
+    /* probabilities sum to 1 */
+    double sum = 0;
+    for (int i = 0; i < 5; i++) sum += exp(lp.top_logprob[i]);
+    CHECK(fabs(sum - 1) < 1e-5);
+}
+
+TG_TEST_MAIN(test_logprobs, test_rng_deterministic, test_greedy_and_restriction, test_seeded_sampling_repeats,
              test_top_p, test_nucleus_matches_sort, test_low_temperature_sharpens, test_penalties)

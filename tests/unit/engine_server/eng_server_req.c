@@ -52,6 +52,10 @@ static void test_valid_request(void) {
     CHECK_EQ_I(r.n_stop, 2);
     CHECK_EQ_S(r.stop[1], "yz");
     CHECK(r.stream && r.include_usage);
+    CHECK(!r.logprobs && r.top_logprobs == 0);
+    eng_chat_req_free(&r);
+    CHECK_EQ_I(parse("{\"model\":\"m\"," MSG ",\"logprobs\":true,\"top_logprobs\":3}", &r, &e), 0);
+    CHECK(r.logprobs && r.top_logprobs == 3);
     eng_chat_req_free(&r);
     /* defaults; max_completion_tokens; string stop; developer -> system */
     CHECK_EQ_I(parse("{\"model\":\"m\",\"messages\":[{\"role\":\"developer\",\"content\":\"d\"}],"
@@ -91,8 +95,9 @@ static void test_400_cases(void) {
     expect_400("{\"model\":\"m\"," MSG ",\"presence_penalty\":3}", "presence_penalty", "invalid_value");
     expect_400("{\"model\":\"m\"," MSG ",\"seed\":\"x\"}", "seed", "invalid_type");
     expect_400("{\"model\":\"m\"," MSG ",\"n\":2}", "n", "invalid_value");
-    expect_400("{\"model\":\"m\"," MSG ",\"logprobs\":true}", "logprobs", "unsupported_parameter");
-    expect_400("{\"model\":\"m\"," MSG ",\"top_logprobs\":2}", "top_logprobs", "unsupported_parameter");
+    expect_400("{\"model\":\"m\"," MSG ",\"logprobs\":1}", "logprobs", "invalid_type");
+    expect_400("{\"model\":\"m\"," MSG ",\"top_logprobs\":2}", "top_logprobs", "invalid_value");
+    expect_400("{\"model\":\"m\"," MSG ",\"logprobs\":true,\"top_logprobs\":21}", "top_logprobs", "invalid_value");
     expect_400("{\"model\":\"m\"," MSG ",\"stop\":[\"a\",\"b\",\"c\",\"d\",\"e\"]}", "stop", "invalid_value");
     expect_400("{\"model\":\"m\"," MSG ",\"stop\":[1]}", "stop", "invalid_type");
     expect_400("{\"model\":\"m\"," MSG ",\"stop\":5}", "stop", "invalid_type");
@@ -152,7 +157,7 @@ static void test_max_tokens_rule(void) {
 
 static void test_response_shapes(void) {
     eng_usage_t u = {.prompt_tokens = 10, .completion_tokens = 5, .reasoning_tokens = 2};
-    char *s = eng_resp_completion("chatcmpl-1", 1700000000, "m", "hi \"there\"\n", NULL, ENG_FINISH_LENGTH, &u);
+    char *s = eng_resp_completion("chatcmpl-1", 1700000000, "m", "hi \"there\"\n", NULL, ENG_FINISH_LENGTH, &u, NULL);
     CHECK_EQ_S(s, "{\"id\":\"chatcmpl-1\",\"object\":\"chat.completion\",\"created\":1700000000,\"model\":\"m\","
                   "\"system_fingerprint\":\"fp_tollgate\",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\","
                   "\"content\":\"hi \\\"there\\\"\\n\"},\"logprobs\":null,\"finish_reason\":\"length\"}],"
@@ -160,17 +165,17 @@ static void test_response_shapes(void) {
                   "\"prompt_cache_hit_tokens\":0,\"prompt_cache_miss_tokens\":10,\"prompt_tokens_details\":"
                   "{\"cached_tokens\":0},\"completion_tokens_details\":{\"reasoning_tokens\":2}}}");
     free(s);
-    s = eng_resp_chunk("chatcmpl-1", 1, "m", "assistant", "", NULL, ENG_FINISH_NONE, 1, NULL);
+    s = eng_resp_chunk("chatcmpl-1", 1, "m", "assistant", "", NULL, ENG_FINISH_NONE, 1, NULL, NULL);
     CHECK_EQ_S(s, "{\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\","
                   "\"system_fingerprint\":\"fp_tollgate\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\","
                   "\"content\":\"\"},\"logprobs\":null,\"finish_reason\":null}],\"usage\":null}");
     free(s);
-    s = eng_resp_chunk("c", 1, "m", NULL, NULL, "why", ENG_FINISH_STOP, 0, NULL);
+    s = eng_resp_chunk("c", 1, "m", NULL, NULL, "why", ENG_FINISH_STOP, 0, NULL, NULL);
     CHECK(strstr(s, "\"delta\":{\"reasoning_content\":\"why\"}") != NULL);
     CHECK(strstr(s, "\"finish_reason\":\"stop\"") != NULL);
     CHECK(strstr(s, "usage") == NULL);
     free(s);
-    s = eng_resp_chunk("c", 1, "m", NULL, NULL, NULL, ENG_FINISH_NONE, 1, &u);
+    s = eng_resp_chunk("c", 1, "m", NULL, NULL, NULL, ENG_FINISH_NONE, 1, &u, NULL);
     CHECK(strstr(s, "\"choices\":[],\"usage\":{\"prompt_tokens\":10,") != NULL);
     free(s);
 }
@@ -183,7 +188,7 @@ static void test_sse_framing(void) {
     free(s);
     CHECK(eng_sse_event("{\"a\":\n1}", &n) == NULL); /* a raw newline would break the framing */
     /* every chunk body is one line even when the text has newlines */
-    char *j = eng_resp_chunk("c", 1, "m", NULL, "line1\nline2\r\n", NULL, ENG_FINISH_NONE, 0, NULL);
+    char *j = eng_resp_chunk("c", 1, "m", NULL, "line1\nline2\r\n", NULL, ENG_FINISH_NONE, 0, NULL, NULL);
     s = eng_sse_event(j, &n);
     CHECK(s != NULL);
     free(s);
