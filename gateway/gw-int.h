@@ -327,6 +327,7 @@ struct gw_req {
     int up_eof;
     int proxied;               /* a worker was asked: settle */
     uint64_t tried;            /* bit per worker index already tried */
+    uint64_t affinity;         /* hash of the prompt's start; 0: none */
     struct bufferevent *up;
     int up_head_done, up_streaming, up_paused, up_got_bytes;
     gw_http_resp_t resp;

@@ -83,12 +83,53 @@ static void gw_worker_refused(gw_worker_t *w) {
     w->down_until_us = gw_now_us() + w->backoff_ms * 1000;
 }
 
-/* The worker serving r->model with the fewest requests in flight, not yet
- * tried for this request; workers marked down only when no other is left. */
+static uint64_t gw_fnv(uint64_t h, const char *p, size_t n) {
+    for (size_t i = 0; i < n; i++) h = (h ^ (unsigned char)p[i]) * 0x100000001b3ULL;
+    return h;
+}
+
+static uint64_t gw_mix(uint64_t x) { /* splitmix64 finaliser */
+    x ^= x >> 30;
+    x *= 0xbf58476d1ce4e5b9ULL;
+    x ^= x >> 27;
+    x *= 0x94d049bb133111ebULL;
+    return x ^ (x >> 31);
+}
+
+/* Prefix affinity: requests whose prompts start alike (same system prompt,
+ * same first turn) should meet the same worker's prefix cache.  The key is
+ * a hash of the first 256 bytes of the messages' roles and text: long enough
+ * to tell conversations apart, short enough that later turns of one
+ * conversation (and requests sharing a long system prompt) agree. */
+static uint64_t gw_affinity_key(const cJSON *json) {
+    const cJSON *msgs = cJSON_GetObjectItemCaseSensitive(json, "messages");
+    uint64_t h = 0xcbf29ce484222325ULL;
+    size_t budget = 256;
+    const cJSON *m;
+    cJSON_ArrayForEach(m, msgs) {
+        const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, "role");
+        const cJSON *content = cJSON_GetObjectItemCaseSensitive(m, "content");
+        if (cJSON_IsString(role)) h = gw_fnv(h, role->valuestring, strlen(role->valuestring));
+        if (!cJSON_IsString(content)) break;
+        size_t n = strlen(content->valuestring);
+        if (n > budget) n = budget;
+        h = gw_fnv(h, content->valuestring, n);
+        budget -= n;
+        if (!budget) break;
+    }
+    return h ? h : 1;
+}
+
+/* Pick a worker serving r->model, not yet tried for this request; workers
+ * marked down only when no other is left.  Among the rest: the one the
+ * prompt's prefix hashes to (rendezvous hashing, so adding a worker moves
+ * few prefixes), unless it has 2 more requests in flight than the least
+ * busy one; then the least busy. */
 static gw_worker_t *gw_pick_worker(gw_req_t *r) {
     const gw_config_t *cfg = r->srv->cfg;
-    gw_worker_t *best = NULL;
-    int besti = -1, best_down = 0;
+    gw_worker_t *best = NULL, *pref = NULL;
+    int besti = -1, prefi = -1, best_down = 0, pref_down = 0;
+    uint64_t pref_score = 0;
     int64_t now = gw_now_us();
     unsigned start = r->srv->rr++;
     for (int k = 0; k < cfg->nworkers; k++) {
@@ -101,7 +142,12 @@ static gw_worker_t *gw_pick_worker(gw_req_t *r) {
         int down = w->down_until_us > now;
         if (!best || (best_down && !down) || (down == best_down && w->outstanding < best->outstanding))
             best = w, besti = i, best_down = down;
+        uint64_t score = gw_mix(r->affinity ^ gw_fnv(0xcbf29ce484222325ULL, w->url, strlen(w->url)));
+        if (!pref || (pref_down && !down) || (down == pref_down && score > pref_score))
+            pref = w, prefi = i, pref_down = down, pref_score = score;
     }
+    if (r->affinity && pref && pref_down == best_down && pref->outstanding <= best->outstanding + 2)
+        best = pref, besti = prefi;
     if (best && besti < 64) r->tried |= 1ull << besti;
     return best;
 }
@@ -150,6 +196,7 @@ static void gw_up_connect(gw_req_t *r) {
 }
 
 void gw_proxy_start(gw_req_t *r) {
+    r->affinity = gw_affinity_key(r->json);
     if (gw_proxy_body(r->http, r->stream, r->json, &r->scratch) != GW_OK) {
         gw_req_error(r, 500, "server_error", "internal_error", NULL, "out of memory");
         return;

@@ -385,6 +385,25 @@ static int gw_model_known(const gw_config_t *cfg, const char *model) {
 static void gw_route_models_answer(gw_req_t *r) {
     const gw_config_t *cfg = r->srv->cfg;
     gw_buf_t b = {0};
+    if (r->model) { /* GET /v1/models/{id} */
+        if (!gw_model_known(cfg, r->model)) {
+            char msg[300];
+            snprintf(msg, sizeof msg, "The model '%.200s' does not exist", r->model);
+            gw_req_error(r, 404, "invalid_request_error", "model_not_found", "model", msg);
+            return;
+        }
+        gw_buf_printf(&b, "{\"id\":\"");
+        gw_buf_json_str(&b, r->model, strlen(r->model));
+        gw_buf_printf(&b, "\",\"object\":\"model\",\"created\":%lld,\"owned_by\":\"tollgate\"}\n",
+                      (long long)r->srv->started);
+        if (!b.p) gw_req_error(r, 500, "server_error", NULL, NULL, "out of memory");
+        else {
+            gw_req_body(r, "application/json", 200, b.p, b.len);
+            gw_req_finish(r);
+        }
+        gw_buf_free(&b);
+        return;
+    }
     gw_buf_printf(&b, "{\"object\":\"list\",\"data\":[");
     int first = 1;
     for (int i = 0; i < cfg->nworkers; i++)
@@ -625,6 +644,13 @@ static void gw_route_chat(gw_req_t *r) {
     if (!r->admit) gw_req_error(r, 500, "server_error", NULL, NULL, "out of memory");
 }
 
+static int gw_hexdigit(char c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
 static void gw_req_route(gw_req_t *r) {
     const char *t = r->http->target;
     size_t n = strcspn(t, "?");
@@ -632,8 +658,23 @@ static void gw_req_route(gw_req_t *r) {
     if (n == 20 && !strncmp(t, "/v1/chat/completions", n)) {
         r->route = GW_ROUTE_CHAT;
         gw_route_chat(r);
-    } else if (n == 10 && !strncmp(t, "/v1/models", n)) {
+    } else if ((n == 10 && !strncmp(t, "/v1/models", n)) || (n > 11 && !strncmp(t, "/v1/models/", 11))) {
         r->route = GW_ROUTE_MODELS;
+        if (n > 11) { /* one model; its id percent-decoded */
+            char *id = gw_palloc(r->pool, n - 11 + 1);
+            size_t k = 0;
+            for (size_t i = 11; id && i < n; i++) {
+                int hi, lo;
+                if (t[i] == '%' && i + 2 < n && (hi = gw_hexdigit(t[i + 1])) >= 0 && (lo = gw_hexdigit(t[i + 2])) >= 0) {
+                    id[k++] = (char)(hi * 16 + lo);
+                    i += 2;
+                } else {
+                    id[k++] = t[i];
+                }
+            }
+            if (id) id[k] = '\0';
+            r->model = id ? id : "";
+        }
         if (strcmp(m, "GET")) gw_req_error(r, 405, "invalid_request_error", "method_not_allowed", NULL, "Use GET");
         else gw_route_models(r);
     } else if (n == 8 && !strncmp(t, "/metrics", n)) {

@@ -4,23 +4,23 @@
 # gateway's test ports 18640-18679, under var/gwtest.
 #   stack.sh up [GATEWAY_BIN]   start everything fresh; writes var/gwtest/env
 #   stack.sh down               stop it
-# Ports: gateway 18640, admin 18644, PostgreSQL 18641, Redis 18642, worker 18643,
-# second (dead) worker 18645.
+# Ports: gateway 18640, admin 18644, PostgreSQL 18641, Redis 18642, workers 18643 and 18647,
+# a dead worker 18645.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$top"
 V=$top/var/gwtest
 PGBIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
-P_GW=18640 P_PG=18641 P_REDIS=18642 P_WORKER=18643 P_ADMIN=18644 P_DEAD=18645
+P_GW=18640 P_PG=18641 P_REDIS=18642 P_WORKER=18643 P_ADMIN=18644 P_DEAD=18645 P_WORKER2=18647
 MODEL=fake-model
 
 die() { echo "gwtest: $*" >&2; exit 1; }
 
 down() {
-    for p in gateway worker redis; do
+    for p in gateway worker worker2 redis; do
         [ -f "$V/$p.pid" ] && kill -TERM "$(cat "$V/$p.pid")" 2>/dev/null || true
     done
-    for p in gateway worker redis; do
+    for p in gateway worker worker2 redis; do
         if [ -f "$V/$p.pid" ]; then
             pid=$(cat "$V/$p.pid")
             for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
@@ -50,6 +50,9 @@ up() {
     FAKE_WORKER_LOG=$V/worker-requests.jsonl /usr/bin/python3 tests/gateway/fake_worker.py "$P_WORKER" \
         >"$V/log/worker.log" 2>&1 &
     echo $! >"$V/worker.pid"
+    FAKE_WORKER_LOG=$V/worker2-requests.jsonl /usr/bin/python3 tests/gateway/fake_worker.py "$P_WORKER2" \
+        >"$V/log/worker2.log" 2>&1 &
+    echo $! >"$V/worker2.pid"
     openssl rand -hex 32 >"$V/admin.token"
     openssl rand -hex 32 >"$V/key.secret"
     openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 -subj /CN=localhost \
@@ -66,11 +69,14 @@ up() {
   "max_body_bytes": 65536, "header_timeout_ms": 2000, "upstream_timeout_ms": 2000,
   "stream_high_water": 65536,
   "workers": [{"url": "http://127.0.0.1:$P_DEAD", "models": ["$MODEL"]},
-              {"url": "http://127.0.0.1:$P_WORKER", "models": ["$MODEL", "other-model"]}]
+              {"url": "http://127.0.0.1:$P_WORKER", "models": ["$MODEL", "other-model"]},
+              {"url": "http://127.0.0.1:$P_WORKER2", "models": ["$MODEL"]}]
 }
 JSON
     for _ in $(seq 100); do redis-cli -p "$P_REDIS" ping >/dev/null 2>&1 && break; sleep 0.1; done
-    for _ in $(seq 100); do curl -s "http://127.0.0.1:$P_WORKER/health" >/dev/null && break; sleep 0.1; done
+    for w in "$P_WORKER" "$P_WORKER2"; do
+        for _ in $(seq 100); do curl -s "http://127.0.0.1:$w/health" >/dev/null && break; sleep 0.1; done
+    done
     $bin --config "$V/tollgate.json" >"$V/log/gateway.log" 2>&1 &
     echo $! >"$V/gateway.pid"
     for _ in $(seq 100); do
@@ -88,6 +94,7 @@ export GW_MODEL=$MODEL
 export GW_KEY_SECRET=$(cat "$V/key.secret")
 export GW_PID=$(cat "$V/gateway.pid")
 export GW_WORKER_LOG=$V/worker-requests.jsonl
+export GW_WORKER2_LOG=$V/worker2-requests.jsonl
 ENV
 }
 

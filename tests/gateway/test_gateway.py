@@ -167,13 +167,17 @@ def usage_rows(request_id, wait=10.0, want=1):
         c.close()
 
 
-def worker_request(request_id):
-    with open(E["GW_WORKER_LOG"]) as f:
-        for line in f:
-            j = json.loads(line)
-            if j["headers"].get("X-Request-Id") == request_id:
-                return j
-    return None
+def worker_request(request_id, which=False):
+    """What a worker received for request_id (and which worker: 1 or 2)."""
+    for n, log in ((1, E["GW_WORKER_LOG"]), (2, E["GW_WORKER2_LOG"])):
+        if not os.path.exists(log):
+            continue
+        with open(log) as f:
+            for line in f:
+                j = json.loads(line)
+                if j["headers"].get("X-Request-Id") == request_id:
+                    return (j, n) if which else j
+    return (None, 0) if which else None
 
 
 def metric(name_and_labels):
@@ -222,6 +226,12 @@ class Gateway(unittest.TestCase):
         self.assertEqual(j["object"], "list")
         self.assertEqual([m["id"] for m in j["data"]], [MODEL, "other-model"])
         self.assertEqual(j["data"][0]["object"], "model")
+        st, h, b = call("GET", "/v1/models/" + MODEL, key=self.key)
+        self.assertEqual(st, 200, b)
+        self.assertEqual(json.loads(b)["id"], MODEL)
+        st, h, b = call("GET", "/v1/models/no%2Dsuch", key=self.key)
+        self.assertEqual(openai_error(self, st, h, b, 404, "model_not_found")["message"],
+                         "The model 'no-such' does not exist")
         st, h, b = call("GET", "/v1/models")
         openai_error(self, st, h, b, 401, "invalid_api_key")
         st, h, b = call("GET", "/v1/models", key="sk-unknown")
@@ -477,6 +487,19 @@ class Gateway(unittest.TestCase):
         after = metric(name)
         self.assertGreaterEqual(after, 1, "the dead worker was tried")
         self.assertLessEqual(after - before, 1, "and then left alone for a while")
+
+    def test_prefix_affinity(self):
+        def worker_of(content):
+            st, h, b = call("POST", "/v1/chat/completions", {"model": MODEL, "messages": [
+                {"role": "system", "content": content}, {"role": "user", "content": "q" + uuid.uuid4().hex}]},
+                self.key)
+            self.assertEqual(st, 200, b)
+            return worker_request(h["x-request-id"], which=True)[1]
+
+        same = {worker_of("You are helpful. " * 20) for _ in range(6)}
+        self.assertEqual(len(same), 1, "one prefix, one worker")
+        spread = {worker_of("system prompt %d" % i) for i in range(16)}
+        self.assertEqual(spread, {1, 2}, "different prefixes use both workers")
 
     def test_flood_with_backpressure(self):
         c = Conn(timeout=30)
