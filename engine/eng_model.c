@@ -701,6 +701,12 @@ static void route(const eng_cfg_t *c, const float *logit, const float *bias, int
         int best = -1;
         for (int e = 0; e < E; e++)
             if (!isnan(b[e]) && (best < 0 || b[e] > b[best])) best = e;
+        if (best < 0) /* NaN scores (a broken checkpoint): take the lowest unused id, never crash */
+            for (int e = 0; e < E && best < 0; e++) {
+                int used = 0;
+                for (int j = 0; j < k; j++) used |= sel[j] == e;
+                if (!used) best = e;
+            }
         sel[k] = best;
         b[best] = NAN;
         wt[k] = s[best];
