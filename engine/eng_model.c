@@ -105,6 +105,10 @@ static int parse_config(eng_model_t *m, const char *dir, char *err, size_t errle
         c->norm_topk = 1;
         c->routed_scale = 1.0f;
         c->scale_after_norm = 1;
+        if (c->E <= 0 || c->inter <= 0) {
+            seterr(err, errlen, "%s: bad MoE shape (num_local_experts %d, intermediate_size %d)", path, c->E, c->inter);
+            goto out;
+        }
         if (c->H <= 0 || c->kvh <= 0 || c->H % c->kvh || c->hd <= 0 || c->hd % 2) {
             seterr(err, errlen, "%s: bad attention shape (heads %d, kv heads %d, head_dim %d)", path, c->H,
                    c->kvh, c->hd);
