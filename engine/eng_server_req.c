@@ -180,7 +180,9 @@ static int get_tool_calls(eng_chat_req_t *r, const cJSON *tc, size_t i, size_t *
                        "Invalid '%s[%zu]': expected {\"type\":\"function\",\"function\":{\"name\","
                        "\"arguments\"}} with string name and arguments.", p, k);
         tok_tool_call_t *t = &r->calls[(*used)++];
+        const cJSON *ty = cJSON_GetObjectItemCaseSensitive(c, "type");
         t->id = cJSON_IsString(id) ? id->valuestring : "";
+        t->type = cJSON_IsString(ty) ? ty->valuestring : NULL; /* NULL: "function" */
         t->name = name->valuestring;
         t->arguments = args->valuestring;
         k++;

@@ -194,6 +194,20 @@ class Server(unittest.TestCase):
         text = BOS + "Be terse." + USER + "Hi" + ASSISTANT + "Hello!<｜end▁of▁sentence｜>" + USER + "What now?" + ASSISTANT
         self.assertEqual(json.loads(b)["usage"]["prompt_tokens"], len(tokenize(text)))
 
+    def test_tool_conversation(self):
+        msgs = [{"role": "user", "content": "weather?"},
+                {"role": "assistant", "content": None, "tool_calls": [
+                    {"id": "c1", "type": "function",
+                     "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}}]},
+                {"role": "tool", "tool_call_id": "c1", "content": "sunny"}]
+        st, _, b = request(PORT, "POST", "/v1/chat/completions",
+                           {"model": MODEL, "messages": msgs, "max_tokens": 2, "temperature": 0,
+                            "tools": [{"type": "function", "function": {"name": "get_weather"}}]})
+        self.assertEqual(st, 200, b)
+        u = json.loads(b)["usage"]
+        # the calls and outputs are in the prompt: more than the user text alone
+        self.assertGreater(u["prompt_tokens"], len(tokenize(BOS + USER + "weather?" + ASSISTANT)) + 8)
+
     def test_request_id_echo(self):
         st, h, b = request(PORT, "POST", "/v1/chat/completions",
                            {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 1},
