@@ -335,6 +335,20 @@ static void gw_up_complete(gw_req_t *r) {
     }
     int status = r->resp.status;
     if (status < 200 || status > 599) status = 502;
+    if (status >= 400) { /* the client gets an OpenAI error body whatever the worker wrote */
+        cJSON *j = r->body.p ? cJSON_ParseWithLength(r->body.p, r->body.len) : NULL;
+        int openai = cJSON_IsObject(cJSON_GetObjectItemCaseSensitive(j, "error"));
+        cJSON_Delete(j);
+        if (!openai) {
+            char msg[200];
+            snprintf(msg, sizeof msg, "The inference worker answered %d %s", status, gw_http_reason(status));
+            if (r->worker) r->worker->failures += status >= 500;
+            gw_proxy_release(r);
+            gw_req_error(r, status, status >= 500 ? "server_error" : "invalid_request_error", "upstream_error",
+                         NULL, msg);
+            return;
+        }
+    }
     gw_proxy_release(r);
     gw_req_head(r, status, r->resp.content_type[0] ? r->resp.content_type : "application/json",
                 (int64_t)r->body.len);

@@ -486,7 +486,7 @@ static void gw_route_models(gw_req_t *r) {
         return;
     }
     r->admit = bill_admit(r->srv->bill, key, cfg->workers[0].models[0], gw_models_admitted, r);
-    if (!r->admit) gw_req_error(r, 500, "server_error", NULL, NULL, "out of memory");
+    if (!r->admit) gw_admit_error(r, BILL_ERROR);
 }
 
 static void gw_route_metrics(gw_req_t *r) {
@@ -641,7 +641,7 @@ static void gw_route_chat(gw_req_t *r) {
         return;
     }
     r->admit = bill_admit(s->bill, key, r->model, gw_chat_admitted, r);
-    if (!r->admit) gw_req_error(r, 500, "server_error", NULL, NULL, "out of memory");
+    if (!r->admit) gw_admit_error(r, BILL_ERROR);
 }
 
 static int gw_hexdigit(char c) {

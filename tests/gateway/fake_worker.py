@@ -10,6 +10,7 @@ The last user message picks the behaviour:
   "cut"         stream two chunks, then close without the last chunk
   "flood:N"     stream N chunks of 1 KiB each
   "status:C"    answer status C with an OpenAI error body
+  "plain:C"     answer status C with a text/plain body
   "usage-in-last"  put usage on the last content chunk (no usage-only chunk)
   anything else echo it back in 3 chunks
 Every request is appended to the file named by $FAKE_WORKER_LOG as one JSON
@@ -66,6 +67,14 @@ class Handler(BaseHTTPRequestHandler):
         prompt = len(json.dumps(req["messages"])) // 4 + 1
         if text.startswith("sleep:"):
             time.sleep(float(text[6:]))
+        if text.startswith("plain:"):  # an error that is not OpenAI-shaped
+            b = b"upstream says no"
+            self.send_response(int(text[6:]))
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(b)))
+            self.end_headers()
+            self.wfile.write(b)
+            return
         if text.startswith("status:"):
             code = int(text[7:])
             self.send_json(code, {"error": {"message": "scripted", "type": "x", "param": None, "code": "scripted"}})

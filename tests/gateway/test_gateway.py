@@ -460,6 +460,11 @@ class Gateway(unittest.TestCase):
         rows = usage_rows(h["x-request-id"])
         self.assertEqual((rows[0][1], rows[0][3], int(rows[0][4])), (0, 422, 0))
 
+    def test_worker_plain_error_becomes_openai_error(self):
+        st, h, b = chat(self.key, "plain:500")
+        self.assertEqual(openai_error(self, st, h, b, 500, "upstream_error")["type"], "server_error")
+        self.assertTrue(h["content-type"].startswith("application/json"))
+
     def test_worker_timeout_504(self):
         st, h, b = chat(self.key, "sleep:3")
         openai_error(self, st, h, b, 504, "upstream_timeout")
