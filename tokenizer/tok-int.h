@@ -80,6 +80,7 @@ struct tok {
 
     int32_t byte_id[256];  /* id of the single-byte token of each byte, -1 none */
     int ignore_merges;
+    int nfc;               /* normalizer: NFC */
 
     tok_added_t *added;
     size_t n_added;
@@ -181,6 +182,10 @@ int tok_pre_ds3(const char *text, size_t len, tok_spans_t *out);
 
 /* Append span; returns 0 or -1 on OOM. */
 int tok_spans_push(tok_spans_t *s, uint32_t a, uint32_t b);
+
+/* NFC of s[0..n) (valid UTF-8): 0 when NFC leaves it unchanged (res NULL),
+ * 1 with a malloc'd result in res (length in outlen), -1 out of memory. */
+int tok_nfc(const char *s, size_t n, char **res, size_t *outlen);
 
 /* ---- BPE ------------------------------------------------------------------- */
 

@@ -53,7 +53,10 @@ typedef struct {
     tok_out_t *out;
     tok_spans_t spans;
     pcre2_match_data *md;
+    int allow; /* match added tokens */
 } enc_ctx_t;
+
+static int normalized(const tok_t *t, const char *s, size_t n, enc_ctx_t *c);
 
 /* Cut text[0..len) at the added tokens of trie `root` (leftmost-longest);
  * the text between them goes to the next level: root 0 (tokens matched on the
@@ -91,22 +94,36 @@ static int split_added(const tok_t *t, int32_t root, const char *text, size_t le
                 if (!is_ws(cp)) break;
                 me += (size_t)l;
             }
-        int rc = root == 0 ? split_added(t, 1, text + seg, ms - seg, c)
+        int rc = root == 0 ? normalized(t, text + seg, ms - seg, c)
                            : encode_segment(t, text + seg, ms - seg, c->out, &c->spans, c->md);
         if (rc || tok_out_push(c->out, ad->id)) return -1;
         seg = i = me;
     }
-    return root == 0 ? split_added(t, 1, text + seg, len - seg, c)
+    return root == 0 ? normalized(t, text + seg, len - seg, c)
                      : encode_segment(t, text + seg, len - seg, c->out, &c->spans, c->md);
+}
+
+/* Normalize a piece between raw-matched added tokens, then match the
+ * normalized added tokens in it (or, without special tokens, encode it). */
+static int normalized(const tok_t *t, const char *s, size_t n, enc_ctx_t *c) {
+    char *nf = NULL;
+    size_t nn = 0;
+    if (t->nfc) {
+        int r = tok_nfc(s, n, &nf, &nn);
+        if (r < 0) return -1;
+        if (r > 0) s = nf, n = nn;
+    }
+    int rc = c->allow ? split_added(t, 1, s, n, c) : encode_segment(t, s, n, c->out, &c->spans, c->md);
+    free(nf);
+    return rc;
 }
 
 static int encode_all(const tok_t *t, const char *text, size_t len, int allow_special, tok_out_t *out) {
     if (!text && len) return -1;
     if (len >= UINT32_MAX || !tok_utf8_valid(text, len)) return -1;
-    enc_ctx_t c = {out, {0}, pcre2_match_data_create(1, NULL)};
+    enc_ctx_t c = {out, {0}, pcre2_match_data_create(1, NULL), allow_special && t->n_added};
     if (!c.md) return -1;
-    int rc = allow_special && t->n_added ? split_added(t, 0, text, len, &c)
-                                         : encode_segment(t, text, len, out, &c.spans, c.md);
+    int rc = c.allow ? split_added(t, 0, text, len, &c) : normalized(t, text, len, &c);
     free(c.spans.v);
     pcre2_match_data_free(c.md);
     return rc;

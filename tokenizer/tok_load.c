@@ -449,16 +449,21 @@ static int check_model(const cJSON *model, char *err, size_t errlen, const char 
     return 0;
 }
 
+/* 0: no normalizer, 1: NFC, -1: refused (err set). */
 static int check_normalizer(const cJSON *root, char *err, size_t errlen, const char *path) {
     const cJSON *nz = cJSON_GetObjectItemCaseSensitive(root, "normalizer");
     if (!nz || cJSON_IsNull(nz)) return 0;
     const char *type = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(nz, "type"));
+    if (type && !strcmp(type, "NFC")) return 1;
     if (type && !strcmp(type, "Sequence")) {
         const cJSON *arr = cJSON_GetObjectItemCaseSensitive(nz, "normalizers");
-        if (cJSON_IsArray(arr) && cJSON_GetArraySize(arr) == 0) return 0;
+        int n = cJSON_GetArraySize(arr);
+        if (cJSON_IsArray(arr) && n == 0) return 0;
+        const char *t0 = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(arr, 0), "type"));
+        if (n == 1 && t0 && !strcmp(t0, "NFC")) return 1;
+        if (t0) type = t0;
     }
-    errf(err, errlen, "%s: normalizer '%s' is not supported (byte-level BPE without normalizer only)",
-         path, type ? type : "?");
+    errf(err, errlen, "%s: normalizer '%s' is not supported (none or NFC only)", path, type ? type : "?");
     return -1;
 }
 
@@ -501,8 +506,8 @@ tok_t *tok_load(const char *path, char *err, size_t errlen) {
             errf(err, errlen, "%s: BPE model needs a vocab object and a merges array", path);
         goto fail;
     }
-    if (check_model(model, err, errlen, path) || check_normalizer(root, err, errlen, path) ||
-        check_decoder(root, err, errlen, path))
+    int nfc = check_normalizer(root, err, errlen, path);
+    if (check_model(model, err, errlen, path) || nfc < 0 || check_decoder(root, err, errlen, path))
         goto fail;
     const cJSON *pp = cJSON_GetObjectItemCaseSensitive(root, "post_processor");
     if (pp && !cJSON_IsNull(pp)) {
@@ -519,6 +524,7 @@ tok_t *tok_load(const char *path, char *err, size_t errlen) {
     t = calloc(1, sizeof *t);
     if (!t) goto oom;
     t->mem_bytes = sizeof *t;
+    t->nfc = nfc;
     static uint64_t serial_next;
     t->serial = __atomic_add_fetch(&serial_next, 1, __ATOMIC_RELAXED);
 

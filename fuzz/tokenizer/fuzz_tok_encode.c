@@ -1,13 +1,13 @@
 /* fuzz_tok_encode.c — libFuzzer target: encode arbitrary bytes (invalid UTF-8
  * must be refused, valid text must round-trip), decode arbitrary ids, stream
- * decode, and render/split R1 text.  The tokenizer is the DeepSeek-V3 one
+ * decode, NFC (valid UTF-8 out, idempotent), and render/split R1 text.  The tokenizer is the DeepSeek-V3 one
  * (TOK_FUZZ_TOKENIZER, default build/data/deepseek-v3-tokenizer/tokenizer.json). */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "tok.h"
+#include "tok-int.h" /* tok_nfc */
 
 static tok_t *T;
 
@@ -63,6 +63,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (d && !tok_utf8_valid(d, dl)) abort();
     free(d);
     free(v);
+    if (tok_utf8_valid(s, size)) {
+        char *nf = NULL, *nf2 = NULL;
+        size_t nl = 0, nl2 = 0;
+        if (tok_nfc(s, size, &nf, &nl) > 0) {
+            if (!tok_utf8_valid(nf, nl)) abort();
+            if (tok_nfc(nf, nl, &nf2, &nl2) > 0 && (nl2 != nl || memcmp(nf, nf2, nl))) abort();
+        }
+        free(nf), free(nf2);
+    }
     char *r, *c;
     if (tok_r1_split(s, size, &r, &c) >= 0) free(r), free(c);
     return 0;

@@ -228,6 +228,21 @@ fs.writeFileSync(outDir + "/encode.tsv.gz", zlib.gzipSync(lines.join("\n") + "\n
 console.error(`encode: ${corpus.length} strings, ${roundtripFail} do not round-trip in the reference`);
 if (encodeOnly) process.exit(0);
 
+// ---- NFC vectors (for Qwen-style tokenizers with an NFC normalizer) ----
+const nfcExtra = [
+  "e\u0301", "\u1e9b\u0323", "\u0041\u030a\u0301", "\u212b", "\u1100\u1161\u11a8", "\uac00\u11a8",
+  "\u1100\u1161", "\u0344", "\u0958", "\u09c7\u09be", "\u0b47\u0b3e\u0b57", "\u0cc6\u0cc2\u0cd5",
+  "a\u0328\u0301\u0315\u0300", "\u0301a", "\u0301\u0300\u0316", "Vie\u0302\u0323t Nam", "\u2126\u00c5\u1e0b\u0323",
+  "\ud834\udd5e", "\u0f73\u0f75\u0f81", "\u3099\u304b\u3099", "\u1025\u102e", "\u05b0\u05b1\u05b8\u05bc",
+];
+const nfcLines = [];
+for (const x of [...nfcExtra, ...corpus]) {
+  const y = x.normalize("NFC");
+  if (y !== x || nfcLines.length < 200) nfcLines.push(hex(x) + "\t" + hex(y));
+}
+fs.writeFileSync(outDir + "/nfc.tsv.gz", zlib.gzipSync(nfcLines.join("\n") + "\n", { level: 9 }));
+console.error(`nfc: ${nfcLines.length} strings`);
+
 // ---- decode vectors: random id sequences (split characters, specials) ----
 const nv = tok.get_vocab(true).size;
 lines = [];

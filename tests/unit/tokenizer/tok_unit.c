@@ -59,7 +59,7 @@ static void test_refusals(void) {
     expect_refused("{not json", "not valid JSON");
     expect_refused("{\"model\":{\"type\":\"WordPiece\",\"vocab\":{}}}", "WordPiece");
     expect_refused("{\"model\":{\"type\":\"Unigram\",\"vocab\":[]}}", "Unigram");
-    expect_refused("{\"normalizer\":{\"type\":\"NFC\"}," BL_PRE "," SMALL_MODEL "}", "normalizer 'NFC'");
+    expect_refused("{\"normalizer\":{\"type\":\"NFKC\"}," BL_PRE "," SMALL_MODEL "}", "normalizer 'NFKC'");
     expect_refused("{\"pre_tokenizer\":{\"type\":\"Metaspace\"}," SMALL_MODEL "}", "Metaspace");
     expect_refused("{\"pre_tokenizer\":{\"type\":\"Whitespace\"}," SMALL_MODEL "}", "not supported");
     expect_refused("{" SMALL_MODEL "}", "no ByteLevel pre_tokenizer");

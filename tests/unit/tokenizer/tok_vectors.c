@@ -14,7 +14,7 @@
 #include <string.h>
 
 #include "../tg_test.h"
-#include "tok.h"
+#include "tok-int.h" /* tok_nfc, and whether the tokenizer normalizes */
 
 static const char *tok_path, *vec_dir;
 static int encode_only;
@@ -76,9 +76,13 @@ static void test_encode_vectors(void) {
             fprintf(stderr, "\n");
         }
         if (tok_count(T, text, tl, 1) == gn) cnt_ok++;
-        size_t dl = 0;
+        size_t dl = 0, el = tl;
         char *back = gn >= 0 ? tok_decode(T, got, (size_t)gn, 0, &dl) : NULL;
-        if (back && dl == tl && !memcmp(back, text, tl)) rt++;
+        char *nf = NULL;
+        const char *expect = text; /* a normalizing tokenizer gives back the normalized text */
+        if (T->nfc && tok_nfc(text, tl, &nf, &el) > 0) expect = nf;
+        if (back && dl == el && !memcmp(back, expect, el)) rt++;
+        free(nf);
         free(back);
         free(got);
         free(want);
@@ -92,6 +96,39 @@ static void test_encode_vectors(void) {
     CHECK_EQ_I(same, total);
     CHECK_EQ_I(rt, total);
     CHECK_EQ_I(cnt_ok, total);
+}
+
+static void test_nfc_vectors(void) {
+    FILE *f = open_gz("nfc.tsv.gz");
+    CHECK(f != NULL);
+    if (!f) return;
+    char *line = NULL;
+    size_t cap = 0, total = 0, same = 0, changed = 0;
+    ssize_t n;
+    while ((n = getline(&line, &cap, f)) > 0) {
+        if (line[n - 1] == '\n') line[--n] = 0;
+        char *tab = memchr(line, '\t', (size_t)n);
+        if (!tab) continue;
+        char *in = malloc((size_t)n), *want = malloc((size_t)n);
+        size_t il = unhex(line, (size_t)(tab - line), in);
+        size_t wl = unhex(tab + 1, (size_t)(line + n - tab - 1), want);
+        char *got = NULL;
+        size_t gl = 0;
+        int r = tok_nfc(in, il, &got, &gl);
+        const char *g = r > 0 ? got : in;
+        if (r == 0) gl = il;
+        total++;
+        changed += r > 0;
+        if (r >= 0 && gl == wl && !memcmp(g, want, wl)) same++;
+        else if (total - same <= 5) fprintf(stderr, "NFC mismatch: %s\n", line);
+        free(got), free(in), free(want);
+    }
+    free(line);
+    pclose(f);
+    printf("NFC vectors (node's String.normalize): %zu/%zu identical (%zu changed by NFC)\n", same, total,
+           changed);
+    CHECK(total >= 500);
+    CHECK_EQ_I(same, total);
 }
 
 static void test_decode_vectors(void) {
@@ -227,6 +264,7 @@ static void run_all(void) {
     if (!encode_only) {
         test_decode_vectors();
         test_chat_vectors();
+        test_nfc_vectors();
     }
     tok_free(T);
 }
