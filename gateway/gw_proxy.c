@@ -254,6 +254,18 @@ static int gw_has_text(const char *json, const char *field) {
     return p[0] == '"' && p[1] != '"';
 }
 
+/* Does the JSON text have `field` with an object value?  Cheap look. */
+static int gw_has_object(const char *json, const char *field) {
+    for (const char *p = strstr(json, field); p; p = strstr(p + 1, field)) {
+        const char *q = p + strlen(field);
+        while (*q == ' ') q++;
+        if (*q++ != ':') continue;
+        while (*q == ' ') q++;
+        if (*q == '{') return 1;
+    }
+    return 0;
+}
+
 /* One SSE event from the worker: learn usage, maybe drop or trim it, forward. */
 static void gw_stream_event(gw_req_t *r, const char *ev, size_t len) {
     gw_buf_t *d = &r->body; /* reused as scratch while streaming */
@@ -262,7 +274,7 @@ static void gw_stream_event(gw_req_t *r, const char *ev, size_t len) {
         return;
     }
     if (gw_has_text(d->p, "\"content\"") || gw_has_text(d->p, "\"reasoning_content\"")) r->chunks++;
-    if (!strstr(d->p, "\"usage\"")) {
+    if (!gw_has_object(d->p, "\"usage\"")) { /* none, or "usage":null as in every chunk of a usage stream */
         gw_client_chunk(r, ev, len);
         return;
     }

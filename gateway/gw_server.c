@@ -332,10 +332,13 @@ static gw_req_t *gw_req_new(gw_conn_t *c, gw_http_req_t *h) {
     r->keep_alive = h ? h->keep_alive : 0;
     r->prompt_est = -1;
     gw_uuid7(r->id);
-    if ((h && gw_pool_cleanup_add(pool, gw_req_cleanup_http, h) != GW_OK) ||
-        gw_pool_cleanup_add(pool, gw_req_cleanup_calls, r) != GW_OK) {
-        if (h && !pool) gw_http_req_free(h);
+    if (h && gw_pool_cleanup_add(pool, gw_req_cleanup_http, h) != GW_OK) { /* h is not the pool's yet */
         gw_pool_free(pool);
+        gw_http_req_free(h);
+        return NULL;
+    }
+    if (gw_pool_cleanup_add(pool, gw_req_cleanup_calls, r) != GW_OK) {
+        gw_pool_free(pool); /* frees h */
         return NULL;
     }
     c->req = r;
