@@ -155,8 +155,14 @@ int gw_config_set_workers(gw_config_t *c, const char *json, char *err, size_t er
             snprintf(err, errlen, "workers[%d].url: cannot resolve %s: %s", i, wk->host, gai_strerror(gai));
             goto out;
         }
-        memcpy(&wk->addr, ai->ai_addr, ai->ai_addrlen);
-        wk->addrlen = ai->ai_addrlen;
+        struct addrinfo *pick = ai; /* IPv4 first: "localhost" workers usually listen on 127.0.0.1 */
+        for (struct addrinfo *x = ai; x; x = x->ai_next)
+            if (x->ai_family == AF_INET) {
+                pick = x;
+                break;
+            }
+        memcpy(&wk->addr, pick->ai_addr, pick->ai_addrlen);
+        wk->addrlen = pick->ai_addrlen;
         freeaddrinfo(ai);
         int nm = cJSON_GetArraySize(models);
         if (!cJSON_IsArray(models) || nm == 0) {

@@ -65,6 +65,7 @@ static void test_priority(void) {
     CHECK_EQ_I(c->workers[0].nmodels, 2);
     CHECK_EQ_S(c->workers[1].host, "localhost");
     CHECK_EQ_I(c->workers[1].port, 9001);
+    CHECK_EQ_I(c->workers[1].addr.ss_family, AF_INET); /* "localhost" resolves to 127.0.0.1 first */
     gw_config_free(c);
 
     setenv("TOLLGATE_WORKERS", "[{\"url\":\"http://127.0.0.1:7\",\"models\":[\"z\"]}]", 1);
