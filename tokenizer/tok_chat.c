@@ -8,9 +8,11 @@
  * BOS; user turns "<｜User｜>text"; assistant "<｜Assistant｜>text<｜end▁of▁sentence｜>";
  * tool calls and outputs with their markers, including the template's quirks
  * (its is_first flag is never reset, so only the second and later calls close
- * the list).  DeepSeek-R1: the same, but an assistant's content keeps only
- * what follows its last "</think>", and the generation prompt is
- * "<｜Assistant｜><think>\n".  Mixtral-Instruct: "<s>[INST] u [/INST]a</s>". */
+ * the list).  DeepSeek-R1 (its own, later template): tool calls may follow
+ * content and always close the list, tool outputs are not separated by "\n",
+ * an assistant's content keeps only what follows its last "</think>", and the
+ * generation prompt is "<｜Assistant｜><think>\n".  Mixtral-Instruct:
+ * "<s>[INST] u [/INST]a</s>". */
 #include <cjson/cJSON.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -101,7 +103,16 @@ static int check_msgs(const tok_chat_msg_t *msgs, size_t n, char *err, size_t er
     return 0;
 }
 
-static void render_deepseek(sb_t *b, const tok_chat_msg_t *msgs, size_t n, int gen, int r1) {
+static void put_call(sb_t *b, const tok_tool_call_t *c) {
+    sb_puts(b, c->type ? c->type : "function");
+    sb_puts(b, DS_SEP);
+    sb_puts(b, c->name);
+    sb_puts(b, "\n```json\n");
+    sb_puts(b, c->arguments);
+    sb_puts(b, "\n```" DS_CALL_END);
+}
+
+static void put_system(sb_t *b, const tok_chat_msg_t *msgs, size_t n) {
     sb_puts(b, DS_BOS);
     int first_sp = 1;
     for (size_t i = 0; i < n; i++)
@@ -110,6 +121,11 @@ static void render_deepseek(sb_t *b, const tok_chat_msg_t *msgs, size_t n, int g
             sb_puts(b, msgs[i].content);
             first_sp = 0;
         }
+}
+
+/* DeepSeek-V3's template (tokenizer_config.json of deepseek-ai/DeepSeek-V3). */
+static void render_v3(sb_t *b, const tok_chat_msg_t *msgs, size_t n, int gen) {
+    put_system(b, msgs, n);
     int is_first = 0, is_tool = 0, output_first = 1;
     for (size_t i = 0; i < n; i++) {
         const tok_chat_msg_t *m = &msgs[i];
@@ -120,33 +136,18 @@ static void render_deepseek(sb_t *b, const tok_chat_msg_t *msgs, size_t n, int g
         } else if (!strcmp(m->role, "assistant") && !m->content) {
             is_tool = 0;
             for (size_t k = 0; k < m->n_tool_calls; k++) {
-                const tok_tool_call_t *c = &m->tool_calls[k];
-                const char *type = c->type ? c->type : "function";
-                if (!is_first) {
-                    sb_puts(b, DS_ASSISTANT DS_CALLS_BEGIN DS_CALL_BEGIN);
-                } else {
-                    sb_puts(b, "\n" DS_CALL_BEGIN);
-                }
-                sb_puts(b, type);
-                sb_puts(b, DS_SEP);
-                sb_puts(b, c->name);
-                sb_puts(b, "\n```json\n");
-                sb_puts(b, c->arguments);
-                sb_puts(b, "\n```" DS_CALL_END);
+                /* the template's is_first is never reset: only the first call
+                 * of the conversation opens the list, later ones close it */
+                sb_puts(b, is_first ? "\n" DS_CALL_BEGIN : DS_ASSISTANT DS_CALLS_BEGIN DS_CALL_BEGIN);
+                put_call(b, &m->tool_calls[k]);
                 if (!is_first) is_first = 1;
                 else sb_puts(b, DS_CALLS_END DS_EOS);
             }
         } else if (!strcmp(m->role, "assistant")) {
-            if (is_tool) {
-                sb_puts(b, DS_OUTS_END);
-                sb_puts(b, m->content);
-                sb_puts(b, DS_EOS);
-                is_tool = 0;
-            } else {
-                sb_puts(b, DS_ASSISTANT);
-                sb_puts(b, r1 ? after_think(m->content) : m->content);
-                sb_puts(b, DS_EOS);
-            }
+            sb_puts(b, is_tool ? DS_OUTS_END : DS_ASSISTANT);
+            sb_puts(b, m->content);
+            sb_puts(b, DS_EOS);
+            is_tool = 0;
         } else if (!strcmp(m->role, "tool")) {
             is_tool = 1;
             sb_puts(b, output_first ? DS_OUTS_BEGIN DS_OUT_BEGIN : "\n" DS_OUT_BEGIN);
@@ -156,7 +157,56 @@ static void render_deepseek(sb_t *b, const tok_chat_msg_t *msgs, size_t n, int g
         }
     }
     if (is_tool) sb_puts(b, DS_OUTS_END);
-    if (gen && !is_tool) sb_puts(b, r1 ? DS_ASSISTANT "<think>\n" : DS_ASSISTANT);
+    if (gen && !is_tool) sb_puts(b, DS_ASSISTANT);
+}
+
+/* DeepSeek-R1's template (tokenizer_config.json of deepseek-ai/DeepSeek-R1):
+ * tool calls may follow content and always end the list, tool outputs are
+ * not separated, an earlier answer keeps only what follows its last
+ * "</think>", and the generation prompt opens the reasoning block. */
+static void render_r1(sb_t *b, const tok_chat_msg_t *msgs, size_t n, int gen) {
+    put_system(b, msgs, n);
+    int is_first = 0, is_tool = 0, output_first = 1;
+    for (size_t i = 0; i < n; i++) {
+        const tok_chat_msg_t *m = &msgs[i];
+        if (!strcmp(m->role, "user")) {
+            is_tool = 0;
+            sb_puts(b, DS_USER);
+            sb_puts(b, m->content);
+        } else if (!strcmp(m->role, "assistant") && m->n_tool_calls) {
+            is_tool = 0;
+            for (size_t k = 0; k < m->n_tool_calls; k++) {
+                if (!is_first) {
+                    sb_puts(b, DS_ASSISTANT);
+                    if (m->content) sb_puts(b, m->content);
+                    sb_puts(b, DS_CALLS_BEGIN DS_CALL_BEGIN);
+                    is_first = 1;
+                } else {
+                    sb_puts(b, "\n" DS_CALL_BEGIN);
+                }
+                put_call(b, &m->tool_calls[k]);
+            }
+            sb_puts(b, DS_CALLS_END DS_EOS);
+        } else if (!strcmp(m->role, "assistant")) {
+            if (is_tool) {
+                sb_puts(b, DS_OUTS_END);
+                sb_puts(b, m->content);
+            } else {
+                sb_puts(b, DS_ASSISTANT);
+                sb_puts(b, after_think(m->content));
+            }
+            sb_puts(b, DS_EOS);
+            is_tool = 0;
+        } else if (!strcmp(m->role, "tool")) {
+            is_tool = 1;
+            sb_puts(b, output_first ? DS_OUTS_BEGIN DS_OUT_BEGIN : DS_OUT_BEGIN);
+            sb_puts(b, m->content);
+            sb_puts(b, DS_OUT_END);
+            output_first = 0;
+        }
+    }
+    if (is_tool) sb_puts(b, DS_OUTS_END);
+    if (gen && !is_tool) sb_puts(b, DS_ASSISTANT "<think>\n");
 }
 
 static int render_mixtral(sb_t *b, const tok_chat_msg_t *msgs, size_t n, char *err, size_t errlen) {
@@ -193,8 +243,10 @@ char *tok_chat_render(tok_tmpl_kind_t kind, const tok_chat_msg_t *msgs, size_t n
     sb_t b = {0};
     switch (kind) {
     case TOK_TMPL_DEEPSEEK_V3:
+        render_v3(&b, msgs, n, add_generation_prompt);
+        break;
     case TOK_TMPL_DEEPSEEK_R1:
-        render_deepseek(&b, msgs, n, add_generation_prompt, kind == TOK_TMPL_DEEPSEEK_R1);
+        render_r1(&b, msgs, n, add_generation_prompt);
         break;
     case TOK_TMPL_MIXTRAL:
         if (render_mixtral(&b, msgs, n, err, errlen)) {

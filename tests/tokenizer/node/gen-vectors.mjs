@@ -264,16 +264,10 @@ console.error(`decode: ${lines.length} id sequences (vocab ${nv})`);
 
 // ---- chat templates ----
 const v3 = tc.chat_template;
-// DeepSeek-R1's published template is V3's with two changes: an assistant turn
-// keeps only the text after its last </think>, and the generation prompt opens
-// the reasoning block.  (No npm package ships R1's tokenizer_config.json.)
-const r1 = v3
-  .replace(
-    "{{'<｜Assistant｜>' + message['content'] + '<｜end▁of▁sentence｜>'}}",
-    "{% set content = message['content'] %}{% if '</think>' in content %}{% set content = content.split('</think>')[-1] %}{% endif %}{{'<｜Assistant｜>' + content + '<｜end▁of▁sentence｜>'}}",
-  )
-  .replace("{{'<｜Assistant｜>'}}{% endif %}", "{{'<｜Assistant｜><think>\\n'}}{% endif %}");
-if (r1 === v3 || !r1.includes("<think>\\n")) throw new Error("R1 template derivation failed");
+// DeepSeek-R1's chat template as published in deepseek-ai/DeepSeek-R1's
+// tokenizer_config.json (no npm package ships that file; this is its text).
+const r1 =
+  "{% if not add_generation_prompt is defined %}{% set add_generation_prompt = false %}{% endif %}{% set ns = namespace(is_first=false, is_tool=false, is_output_first=true, system_prompt='', is_first_sp=true) %}{%- for message in messages %}{%- if message['role'] == 'system' %}{%- if ns.is_first_sp %}{% set ns.system_prompt = ns.system_prompt + message['content'] %}{% set ns.is_first_sp = false %}{%- else %}{% set ns.system_prompt = ns.system_prompt + '\\n\\n' + message['content'] %}{%- endif %}{%- endif %}{%- endfor %}{{ bos_token }}{{ ns.system_prompt }}{%- for message in messages %}{%- if message['role'] == 'user' %}{%- set ns.is_tool = false -%}{{'<｜User｜>' + message['content']}}{%- endif %}{%- if message['role'] == 'assistant' and 'tool_calls' in message %}{%- set ns.is_tool = false -%}{%- for tool in message['tool_calls'] %}{%- if not ns.is_first %}{%- if message['content'] is none %}{{'<｜Assistant｜><｜tool▁calls▁begin｜><｜tool▁call▁begin｜>' + tool['type'] + '<｜tool▁sep｜>' + tool['function']['name'] + '\\n' + '```json' + '\\n' + tool['function']['arguments'] + '\\n' + '```' + '<｜tool▁call▁end｜>'}}{%- else %}{{'<｜Assistant｜>' + message['content'] + '<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>' + tool['type'] + '<｜tool▁sep｜>' + tool['function']['name'] + '\\n' + '```json' + '\\n' + tool['function']['arguments'] + '\\n' + '```' + '<｜tool▁call▁end｜>'}}{%- endif %}{%- set ns.is_first = true -%}{%- else %}{{'\\n' + '<｜tool▁call▁begin｜>' + tool['type'] + '<｜tool▁sep｜>' + tool['function']['name'] + '\\n' + '```json' + '\\n' + tool['function']['arguments'] + '\\n' + '```' + '<｜tool▁call▁end｜>'}}{%- endif %}{%- endfor %}{{'<｜tool▁calls▁end｜><｜end▁of▁sentence｜>'}}{%- endif %}{%- if message['role'] == 'assistant' and 'tool_calls' not in message %}{%- if ns.is_tool %}{{'<｜tool▁outputs▁end｜>' + message['content'] + '<｜end▁of▁sentence｜>'}}{%- set ns.is_tool = false -%}{%- else %}{% set content = message['content'] %}{% if '</think>' in content %}{% set content = content.split('</think>')[-1] %}{% endif %}{{'<｜Assistant｜>' + content + '<｜end▁of▁sentence｜>'}}{%- endif %}{%- endif %}{%- if message['role'] == 'tool' %}{%- set ns.is_tool = true -%}{%- if ns.is_output_first %}{{'<｜tool▁outputs▁begin｜><｜tool▁output▁begin｜>' + message['content'] + '<｜tool▁output▁end｜>'}}{%- set ns.is_output_first = false %}{%- else %}{{'<｜tool▁output▁begin｜>' + message['content'] + '<｜tool▁output▁end｜>'}}{%- endif %}{%- endif %}{%- endfor -%}{% if ns.is_tool %}{{'<｜tool▁outputs▁end｜>'}}{% endif %}{% if add_generation_prompt and not ns.is_tool %}{{'<｜Assistant｜><think>\\n'}}{% endif %}";
 const mixtral =
   "{{ bos_token }}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token}}{% else %}{{ raise_exception('Only user and assistant roles are supported!') }}{% endif %}{% endfor %}";
 const templates = {
@@ -332,6 +326,17 @@ const convs = [
   ],
   [{ role: "system", content: "" }, { role: "user", content: "" }],
   [{ role: "user", content: "  spaces  " }, { role: "assistant", content: "\n\nnewlines\n\n" }, { role: "user", content: "ok" }],
+  [
+    { role: "user", content: "Look it up." },
+    { role: "assistant", content: "Let me check.", tool_calls: [call("search", '{"q":"x"}', "s1")] },
+    { role: "tool", content: "result 1" },
+    { role: "assistant", content: "<think>ok</think>Found it." },
+    { role: "user", content: "More?" },
+    { role: "assistant", content: null, tool_calls: [call("search", '{"q":"y"}', "s2"), call("fetch", '{"u":1}', "s3")] },
+    { role: "tool", content: "r2" },
+    { role: "tool", content: "r3" },
+    { role: "assistant", content: "Done." },
+  ],
 ];
 const out = [];
 for (const [kind, [tmpl, bos, eos]] of Object.entries(templates)) {
