@@ -1,10 +1,11 @@
 /* eng_sched.c — continuous batching on one scheduler thread.
  *
  * Each step: admit queued jobs up to max_batch (a new KV sequence each), drop
- * cancelled ones, then call eng_forward once with every active sequence —
- * the next prompt chunk of a sequence still in prefill, or the last sampled
- * token of a decoding one — sample one token for each sequence whose prompt
- * is complete, run it through the text pipeline, and queue one event per job.
+ * cancelled ones, then call eng_forward once with the active sequences — the
+ * last sampled token of every decoding one, and the next prompt chunk of
+ * those still in prefill, within a per-step prefill budget — sample one token
+ * for each sequence whose prompt is complete, run it through the text
+ * pipeline, and queue one event per job.
  *
  * Invariants: only this thread touches a job's model state (seq, sampler,
  * decoder); the mutex guards the waiting queue, the event FIFO and the
@@ -63,6 +64,7 @@ struct eng_sched {
     eng_sampler_t *sampler;
     /* per-step scratch */
     eng_seq_t **b_seq;
+    eng_job_t **b_job;
     const int32_t **b_ids;
     int *b_n;
     float **b_logits;
@@ -332,13 +334,19 @@ static void step(eng_sched_t *s) {
             i++;
         }
     }
-    int nb = 0;
+    /* Prefill chunks have fixed boundaries (multiples of prefill_chunk, so a
+     * prompt is cut the same way whatever runs beside it); at most
+     * prefill_chunk prompt tokens go into one step, except that the first
+     * chunk always goes, so running sequences keep a steady decode pace. */
+    int nb = 0, budget = s->o.prefill_chunk, any_prefill = 0;
     for (int i = 0; i < s->n_act; i++) {
         eng_job_t *j = s->active[i];
-        s->b_seq[nb] = j->seq;
         if (j->n_fed < j->spec.n_prompt) {
             int n = j->spec.n_prompt - j->n_fed;
             if (n > s->o.prefill_chunk) n = s->o.prefill_chunk;
+            if (any_prefill && n > budget) continue; /* waits for a later step */
+            any_prefill = 1;
+            budget -= n;
             s->b_ids[nb] = j->spec.prompt + j->n_fed;
             s->b_n[nb] = n;
             s->b_logits[nb] = j->n_fed + n == j->spec.n_prompt ? s->logits[j->slot] : NULL;
@@ -347,6 +355,8 @@ static void step(eng_sched_t *s) {
             s->b_n[nb] = 1;
             s->b_logits[nb] = s->logits[j->slot];
         }
+        s->b_seq[nb] = j->seq;
+        s->b_job[nb] = j;
         nb++;
     }
     if (nb) {
@@ -362,9 +372,9 @@ static void step(eng_sched_t *s) {
                 finish_job(&l, NULL, j, ENG_FINISH_ERROR, err);
             }
         } else {
-            /* b_* was built from active[] in order; remove finished jobs after */
-            for (int i = 0; i < s->n_act; i++) {
-                eng_job_t *j = s->active[i];
+            /* finished jobs leave active[] after this loop */
+            for (int i = 0; i < nb; i++) {
+                eng_job_t *j = s->b_job[i];
                 if (j->n_fed < j->spec.n_prompt) {
                     j->n_fed += s->b_n[i];
                     if (j->n_fed < j->spec.n_prompt) continue;
@@ -472,11 +482,12 @@ eng_sched_t *eng_sched_new(eng_model_t *m, const tok_t *t, const eng_sched_opts_
     s->logits = calloc((size_t)b, sizeof *s->logits);
     s->slot_used = calloc((size_t)b, sizeof *s->slot_used);
     s->b_seq = calloc((size_t)b, sizeof *s->b_seq);
+    s->b_job = calloc((size_t)b, sizeof *s->b_job);
     s->b_ids = calloc((size_t)b, sizeof *s->b_ids);
     s->b_n = calloc((size_t)b, sizeof *s->b_n);
     s->b_logits = calloc((size_t)b, sizeof *s->b_logits);
     s->sampler = eng_sampler_new(s->n_allowed);
-    if (!s->active || !s->logits || !s->slot_used || !s->b_seq || !s->b_ids || !s->b_n ||
+    if (!s->active || !s->logits || !s->slot_used || !s->b_seq || !s->b_job || !s->b_ids || !s->b_n ||
         !s->b_logits || !s->sampler)
         goto oom;
     for (int i = 0; i < b; i++)
@@ -517,6 +528,7 @@ void eng_sched_free(eng_sched_t *s) {
     free(s->active);
     free(s->slot_used);
     free(s->b_seq);
+    free(s->b_job);
     free(s->b_ids);
     free(s->b_n);
     free(s->b_logits);

@@ -131,7 +131,7 @@ void eng_ev_free(eng_ev_t *ev); /* accepts NULL; frees the job with the last eve
 typedef struct {
     int max_batch;     /* sequences in one forward call (default 8) */
     int max_queue;     /* waiting jobs before submit refuses (default 64) */
-    int prefill_chunk; /* prompt tokens per sequence per step (default 512) */
+    int prefill_chunk; /* prompt chunk size and per-step prefill budget (default 512) */
 } eng_sched_opts_t;
 
 typedef struct eng_sched eng_sched_t;
