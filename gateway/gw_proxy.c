@@ -228,8 +228,8 @@ static void gw_up_fail(gw_req_t *r, int status, const char *code, const char *ms
         if (r->client_chunked) evbuffer_add(o, "\r\n", 2);
     }
     gw_buf_free(&b);
-    if (r->client_chunked) evbuffer_add(o, "0\r\n\r\n", 5);
-    r->keep_alive = 0;
+    if (r->client_chunked) evbuffer_add(o, "0\r\n\r\n", 5); /* the framing stays intact: keep-alive is fine */
+    else r->keep_alive = 0;
     gw_proxy_release(r);
     gw_req_finish(r);
 }
