@@ -2,6 +2,8 @@
  * JSON filters over the model folder's tokenizer, for people debugging a
  * model and for tests.
  *
+ * DIR is a model folder (its tokenizer.json is used) or a tokenizer.json itself.
+ *
  *   tokenize --model DIR [--no-special]   stdin: one JSON string per line
  *                                         stdout: one JSON array of ids per line (no BOS;
  *                                         special tokens in the text are matched unless
@@ -16,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "eng_cmd.h"
 #include "tok.h"
@@ -216,7 +219,11 @@ static tok_t *open_model(const char *cmd, int argc, char **argv, int *flag, cons
         return NULL;
     }
     char path[4096], err[512];
-    snprintf(path, sizeof path, "%s/tokenizer.json", dir);
+    struct stat st;
+    if (stat(dir, &st) == 0 && S_ISREG(st.st_mode)) /* a tokenizer.json named directly */
+        snprintf(path, sizeof path, "%s", dir);
+    else
+        snprintf(path, sizeof path, "%s/tokenizer.json", dir);
     tok_t *t = tok_load(path, err, sizeof err);
     if (!t) fprintf(stderr, "tollgate-engine %s: %s\n", cmd, err);
     return t;
