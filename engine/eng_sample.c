@@ -131,12 +131,12 @@ int32_t eng_sample(eng_sampler_t *s, float *logits, const eng_sample_params_t *p
     if (!(p->temperature > 0) || !(p->top_p > 0) || !isfinite(logits[best])) return best;
 
     /* softmax(logits / T), in double for the normaliser */
-    double inv_t = 1.0 / p->temperature, sum = 0;
-    float mx = logits[best];
+    float inv_t = 1.0f / p->temperature, mx = logits[best];
+    double sum = 0;
     for (int32_t i = 0; i < n; i++) {
-        float e = isnan(logits[i]) ? 0.0f : (float)exp((double)(logits[i] - mx) * inv_t);
-        s->prob[i] = e;
-        sum += e;
+        float e = expf((logits[i] - mx) * inv_t); /* NaN logits: excluded below */
+        s->prob[i] = e == e ? e : 0.0f;
+        sum += s->prob[i];
     }
     double u = eng_rng_uniform(rng);
     if (p->top_p >= 1.0f) {
