@@ -4,6 +4,7 @@
 #   make test-tokenizer      unit tests + reference vectors + tokenize/detokenize
 #                            + replay of the fuzz seed corpora (no npm needed)
 #   make fuzz                libFuzzer targets (clang) in build/fuzz/
+#   make fuzz-tokenizer-run  run them for FUZZ_SECONDS each (default 60)
 #   make bench-tokenizer     C vs the JS reference on the same ~2 MB text (npm ci)
 #   make tokenizer-vectors   regenerate tests/tokenizer/vectors with the JS reference
 
@@ -24,9 +25,16 @@ $(O)/fuzz/replay/%: fuzz/tokenizer/%.c fuzz/tokenizer/replay_main.c $(LIBTOK) $(
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< fuzz/tokenizer/replay_main.c $(TOK_LIBS) $(LDLIBS)
 
-.PHONY: fuzz fuzz-tokenizer
+.PHONY: fuzz fuzz-tokenizer fuzz-tokenizer-run
 fuzz: fuzz-tokenizer
 fuzz-tokenizer: $(patsubst %,$(B)/fuzz/%,$(TOK_FUZZ))
+# run each target for FUZZ_SECONDS (default 60) from the seed corpora
+fuzz-tokenizer-run: fuzz-tokenizer tokenizer-data
+	@mkdir -p $(B)/fuzz/tokenizer-corpus-encode $(B)/fuzz/tokenizer-corpus-load
+	$(B)/fuzz/fuzz_tok_encode -max_total_time=$(or $(FUZZ_SECONDS),60) -max_len=1024 \
+	    $(B)/fuzz/tokenizer-corpus-encode fuzz/tokenizer/corpus_encode
+	$(B)/fuzz/fuzz_tok_load -max_total_time=$(or $(FUZZ_SECONDS),60) -max_len=4096 \
+	    $(B)/fuzz/tokenizer-corpus-load fuzz/tokenizer/corpus_load
 $(B)/fuzz/fuzz_tok_%: fuzz/tokenizer/fuzz_tok_%.c $(wildcard tokenizer/*.c tokenizer/*.h)
 	@mkdir -p $(dir $@)
 	clang -O1 -g -std=gnu11 -Itokenizer -Icommon -fsanitize=fuzzer,address,undefined \
