@@ -506,6 +506,55 @@ class Gateway(unittest.TestCase):
         spread = {worker_of("system prompt %d" % i) for i in range(16)}
         self.assertEqual(spread, {1, 2}, "different prefixes use both workers")
 
+    def test_concurrent_mix_settles_each_once(self):
+        key = seed()
+        lock = threading.Lock()
+        seen, errors = [], []
+
+        def client(n):
+            c = Conn(timeout=30)
+            try:
+                for i in range(10):
+                    kind = ("plain", "stream", "cut", "bad")[(n + i) % 4]
+                    if kind == "bad":
+                        st, h, b = c.request("POST", "/v1/chat/completions", b'{"model":', key)
+                        want = 400
+                    else:
+                        body = {"model": MODEL, "messages": [{"role": "user", "content": "cut" if kind == "cut" else "m"}]}
+                        if kind != "plain":
+                            body["stream"] = True
+                        st, h, b = c.request("POST", "/v1/chat/completions", body, key)
+                        want = 200
+                    with lock:
+                        if st != want or h.get("connection") != "keep-alive":
+                            errors.append((kind, st, h.get("connection")))
+                        if want == 200:
+                            seen.append(h["x-request-id"])
+            except Exception as e:  # noqa: BLE001 - any failure is the finding
+                with lock:
+                    errors.append(repr(e))
+            finally:
+                c.close()
+
+        ts = [threading.Thread(target=client, args=(n,)) for n in range(20)]
+        [t.start() for t in ts]
+        [t.join() for t in ts]
+        self.assertEqual(errors, [])
+        self.assertEqual(len(set(seen)), 150)
+        deadline = time.time() + 10
+        c = psycopg2.connect(E["GW_PG"])
+        c.autocommit = True
+        cur = c.cursor()
+        while True:
+            cur.execute("select count(*), count(distinct request_id) from usage where request_id = any(%s::uuid[])",
+                        (seen,))
+            n, distinct = cur.fetchone()
+            if n >= 150 or time.time() > deadline:
+                break
+            time.sleep(0.1)
+        c.close()
+        self.assertEqual((n, distinct), (150, 150))
+
     def test_flood_with_backpressure(self):
         c = Conn(timeout=30)
         try:
