@@ -66,7 +66,7 @@ up() {
   "redis": "127.0.0.1:$P_REDIS",
   "admin_token_file": "$V/admin.token", "key_secret_file": "$V/key.secret",
   "spool_dir": "$V/spool", "access_log": "$V/log/access.log",
-  "max_body_bytes": 65536, "header_timeout_ms": 2000, "upstream_timeout_ms": 2000,
+  "max_body_bytes": 65536, "header_timeout_ms": 2000, "upstream_timeout_ms": 2000, "idle_timeout_ms": 2500,
   "stream_high_water": 65536,
   "workers": [{"url": "http://127.0.0.1:$P_DEAD", "models": ["$MODEL"]},
               {"url": "http://127.0.0.1:$P_WORKER", "models": ["$MODEL", "other-model"]},

@@ -396,6 +396,16 @@ class Gateway(unittest.TestCase):
         finally:
             c.close()
 
+    def test_idle_keep_alive_closed(self):
+        c = Conn()
+        try:
+            st, h, b = c.request("GET", "/health")
+            self.assertEqual(st, 200)
+            self.assertFalse(c.closed_by_peer(wait=1.5), "still open within idle_timeout_ms")
+            self.assertTrue(c.closed_by_peer(wait=3.0), "closed after idle_timeout_ms")
+        finally:
+            c.close()
+
     # ---- limits ------------------------------------------------------------
 
     def test_rpm_exact_sliding_window(self):
