@@ -55,6 +55,7 @@ struct eng_sched {
     eng_ev_t *ev_head, *ev_tail;
     atomic_int n_active;
     atomic_ulong steps, forward_ns;
+    atomic_long kv_tokens; /* tokens held in the KV caches of active sequences */
 
     /* scheduler-thread state */
     eng_job_t **active;   /* (max_batch) */
@@ -171,6 +172,7 @@ void eng_sched_stats(eng_sched_t *s, eng_sched_stats_t *out) {
     pthread_mutex_unlock(&s->mu);
     out->active = atomic_load(&s->n_active);
     out->steps = atomic_load(&s->steps);
+    out->kv_tokens = atomic_load(&s->kv_tokens);
     out->forward_ns = atomic_load(&s->forward_ns);
 }
 
@@ -397,6 +399,9 @@ static void step(eng_sched_t *s) {
             }
         }
     }
+    long kv = 0;
+    for (int i = 0; i < s->n_act; i++) kv += eng_seq_len(s->active[i]->seq);
+    atomic_store(&s->kv_tokens, kv);
     post(s, l.head, l.tail);
 }
 

@@ -163,6 +163,7 @@ typedef struct {
     int active;  /* sequences in the running batch */
     int queued;  /* submitted, not yet admitted */
     uint64_t steps, forward_ns;
+    long kv_tokens; /* tokens in the KV caches of running sequences */
 } eng_sched_stats_t;
 void eng_sched_stats(eng_sched_t *s, eng_sched_stats_t *out);
 

@@ -79,6 +79,7 @@ typedef struct {
     eng_sched_t *sched;
     eng_limits_t lim;
     int32_t vocab_rows;
+    size_t kv_bytes_per_token;
     metrics_t met;
     call_t *calls; /* in flight, doubly linked */
     int n_calls, draining;
@@ -632,12 +633,17 @@ static void handle_metrics(srv_t *S, struct evhttp_request *req) {
         "# TYPE tollgate_engine_queue_depth gauge\ntollgate_engine_queue_depth %d\n"
         "# HELP tollgate_engine_requests_in_flight HTTP chat requests not yet answered.\n"
         "# TYPE tollgate_engine_requests_in_flight gauge\ntollgate_engine_requests_in_flight %d\n"
+        "# HELP tollgate_engine_kv_cache_tokens Tokens held in the KV caches of running sequences.\n"
+        "# TYPE tollgate_engine_kv_cache_tokens gauge\ntollgate_engine_kv_cache_tokens %ld\n"
+        "# HELP tollgate_engine_kv_cache_bytes Bytes of KV cache those tokens use.\n"
+        "# TYPE tollgate_engine_kv_cache_bytes gauge\ntollgate_engine_kv_cache_bytes %.0f\n"
         "# HELP tollgate_engine_forward_steps_total Batched forward calls.\n"
         "# TYPE tollgate_engine_forward_steps_total counter\ntollgate_engine_forward_steps_total %llu\n"
         "# HELP tollgate_engine_forward_seconds_total Time spent in forward calls.\n"
         "# TYPE tollgate_engine_forward_seconds_total counter\ntollgate_engine_forward_seconds_total %.6f\n",
         m->prompt_tokens, m->completion_tokens, m->reasoning_tokens, m->cancelled, st.active, st.queued,
-        S->n_calls, (unsigned long long)st.steps, (double)st.forward_ns / 1e9);
+        S->n_calls, st.kv_tokens, (double)st.kv_tokens * (double)S->kv_bytes_per_token,
+        (unsigned long long)st.steps, (double)st.forward_ns / 1e9);
     histo_print(b, "tollgate_engine_time_to_first_token_seconds",
                 "Request arrival to first generated token.", &m->ttft, TTFT_BUCKETS, N_TTFT);
     histo_print(b, "tollgate_engine_time_per_output_token_seconds",
@@ -829,6 +835,7 @@ int eng_cmd_serve(int argc, char **argv) {
     S.lim.context = mi->max_seq_len;
     S.lim.default_max = 4096;
     S.vocab_rows = mi->vocab_size;
+    S.kv_bytes_per_token = mi->kv_bytes_per_token;
 
     if (evthread_use_pthreads()) {
         fprintf(stderr, "serve: libevent has no pthreads support\n");

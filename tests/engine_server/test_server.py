@@ -367,7 +367,10 @@ class Server(unittest.TestCase):
         got = b""
         while got.count(b"data: ") < 4:
             got += s.recv(65536)
-        self.assertEqual(metrics()["tollgate_engine_active_sequences"], 1)
+        m = metrics()
+        self.assertEqual(m["tollgate_engine_active_sequences"], 1)
+        self.assertGreater(m["tollgate_engine_kv_cache_tokens"], 3)
+        self.assertGreater(m["tollgate_engine_kv_cache_bytes"], 0)
         s.close()
         for _ in range(100):
             m = metrics()
@@ -375,6 +378,7 @@ class Server(unittest.TestCase):
                 break
             time.sleep(0.1)
         self.assertEqual(m["tollgate_engine_active_sequences"], 0)
+        self.assertEqual(m["tollgate_engine_kv_cache_tokens"], 0)
         self.assertEqual(m["tollgate_engine_requests_cancelled_total"], before["tollgate_engine_requests_cancelled_total"] + 1)
         self.assertLess(m["tollgate_engine_completion_tokens_total"] - before["tollgate_engine_completion_tokens_total"], 3000)
         # the same for a non-streaming request
