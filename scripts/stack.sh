@@ -108,7 +108,7 @@ migrate() { # apply migrations/*.sql in name order, each once, each in one trans
 redis_start() {
     mkdir -p "$V/redis"
     redis-server --port "$TG_PORT_REDIS" --bind 127.0.0.1 --dir "$V/redis" --save "" \
-        --appendonly no --daemonize no --logfile "$V/log/redis.log" &
+        --appendonly no --daemonize no --logfile "$V/log/redis.log" </dev/null >/dev/null 2>&1 &
     echo $! >"$V/run/redis.pid"
     local i
     for i in $(seq 100); do
