@@ -30,6 +30,7 @@
 
 #define GW_UP_MAX_HEAD 65536
 #define GW_UP_MAX_BODY (64 << 20)
+#define GW_UP_MAX_EVENT (16 << 20)
 
 static void gw_up_on_read(struct bufferevent *bev, void *arg);
 static void gw_up_on_event(struct bufferevent *bev, short what, void *arg);
@@ -181,9 +182,9 @@ static void gw_up_connect(gw_req_t *r) {
     bufferevent_set_timeouts(r->up, &rt, &ct);
     struct evbuffer *o = bufferevent_get_output(r->up);
     evbuffer_add_printf(o,
-                        "POST /v1/chat/completions HTTP/1.1\r\nHost: %s:%d\r\nContent-Type: application/json\r\n"
+                        "POST /v1/chat/completions HTTP/1.1\r\nHost: %s%s%s:%d\r\nContent-Type: application/json\r\n"
                         "Accept: %s\r\nX-Request-Id: %s\r\nContent-Length: %zu\r\nConnection: close\r\n\r\n",
-                        w->host, w->port, r->stream ? "text/event-stream" : "application/json", r->id,
+                        strchr(w->host, ':') ? "[" : "", w->host, strchr(w->host, ':') ? "]" : "", w->port, r->stream ? "text/event-stream" : "application/json", r->id,
                         r->scratch.len);
     evbuffer_add(o, r->scratch.p, r->scratch.len);
     bufferevent_enable(r->up, EV_READ | EV_WRITE);
@@ -302,7 +303,9 @@ static void gw_stream_event(gw_req_t *r, const char *ev, size_t len) {
     gw_buf_free(&b);
 }
 
-static void gw_stream_payload(gw_req_t *r) {
+/* Forward the whole events buffered so far.  Returns GW_ERROR when the
+ * request was ended (and freed) here. */
+static int gw_stream_payload(gw_req_t *r) {
     if (r->payload.len) {
         gw_sse_feed(&r->sse, r->payload.p, r->payload.len);
         r->payload.len = 0;
@@ -310,11 +313,16 @@ static void gw_stream_payload(gw_req_t *r) {
     const char *ev;
     size_t len;
     while (gw_sse_next(&r->sse, &ev, &len) == GW_OK) gw_stream_event(r, ev, len);
+    if (gw_sse_pending(&r->sse) > GW_UP_MAX_EVENT) { /* no event boundary in sight: a broken worker */
+        gw_up_fail(r, 502, "upstream_error", "The inference worker sent an oversized stream event");
+        return GW_ERROR;
+    }
     struct evbuffer *o = gw_req_out(r);
     if (r->up && !r->up_paused && evbuffer_get_length(o) > (size_t)r->srv->cfg->stream_high_water) {
         bufferevent_disable(r->up, EV_READ);
         r->up_paused = 1;
     }
+    return GW_OK;
 }
 
 void gw_proxy_resume(gw_req_t *r) {
@@ -327,7 +335,7 @@ void gw_proxy_resume(gw_req_t *r) {
 /* The worker's answer is complete. */
 static void gw_up_complete(gw_req_t *r) {
     if (r->up_streaming) {
-        gw_stream_payload(r);
+        if (gw_stream_payload(r) != GW_OK) return;
         size_t rest = gw_sse_pending(&r->sse);
         if (rest) gw_client_chunk(r, r->sse.buf.p + r->sse.buf.len - rest, rest);
         if (r->client_chunked) evbuffer_add(gw_req_out(r), "0\r\n\r\n", 5);
@@ -444,7 +452,7 @@ static void gw_up_on_read(struct bufferevent *bev, void *arg) {
             gw_up_fail(r, 502, "upstream_error", "The inference worker sent a malformed answer");
             return;
         }
-        if (r->up_streaming) gw_stream_payload(r);
+        if (r->up_streaming && gw_stream_payload(r) != GW_OK) return;
         if (rc == 1) {
             gw_up_complete(r);
             return;

@@ -12,6 +12,7 @@ The last user message picks the behaviour:
   "status:C"    answer status C with an OpenAI error body
   "plain:C"     answer status C with a text/plain body
   "usage-in-last"  put usage on the last content chunk (no usage-only chunk)
+  "noframe"     stream 17 MiB that never ends an SSE event
   anything else echo it back in 3 chunks
 Every request is appended to the file named by $FAKE_WORKER_LOG as one JSON
 line {"headers":{...},"body":{...}}.
@@ -96,6 +97,13 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
         ck = dict(base, object="chat.completion.chunk")
+        if text == "noframe":  # 17 MiB without an event boundary
+            self.chunk(b"data: ")
+            for _ in range(17):
+                self.chunk(b"x" * (1 << 20))
+            self.wfile.write(b"0\r\n\r\n")
+            self.close_connection = True
+            return
         for i, w in enumerate(words):
             c = dict(ck, choices=[{"index": 0, "delta": {"content": w}, "finish_reason": None}])
             if text == "usage-in-last" and i == len(words) - 1:

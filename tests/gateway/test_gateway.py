@@ -488,6 +488,12 @@ class Gateway(unittest.TestCase):
         rows = usage_rows(h["x-request-id"])
         self.assertEqual(rows[0][1], 2, "two chunks were generated before the cut")
 
+    def test_stream_without_event_boundaries_is_cut(self):
+        st, h, b = chat(self.key, "noframe", stream=True)
+        self.assertEqual(st, 200)
+        self.assertEqual(json.loads(events(b)[-1])["error"]["code"], "upstream_error")
+        self.assertLess(len(b), 1 << 20)
+
     def test_stream_stall_times_out(self):
         st, h, b = chat(self.key, "stall:3", stream=True)
         self.assertEqual(st, 200)
