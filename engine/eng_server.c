@@ -85,6 +85,7 @@ typedef struct {
     int n_calls, draining;
     int pending_flush; /* final replies handed to evhttp, not yet written out */
     unsigned long ticks;
+    int keepalive_s;
     unsigned long long id_counter;
 } srv_t;
 
@@ -356,8 +357,8 @@ static void wake_from_sched(void *arg) { event_active((struct event *)arg, EV_RE
 /* Once a second: evhttp does not read from a connection while it waits for
  * our reply, so a client that hangs up on a non-streaming request is found by
  * peeking at its socket (EOF or reset -> cancel the job; the reply then goes
- * nowhere).  Every 5 s: an SSE comment to streams still waiting for their
- * first token. */
+ * nowhere).  Every keepalive_s seconds: an SSE comment to streams still
+ * waiting for their first token. */
 static void on_tick(evutil_socket_t fd, short what, void *arg) {
     srv_t *S = arg;
     S->ticks++;
@@ -374,7 +375,7 @@ static void on_tick(evutil_socket_t fd, short what, void *arg) {
                 continue;
             }
         }
-        if (S->ticks % 5 || !c->started || c->got_first) continue;
+        if (S->ticks % (unsigned long)S->keepalive_s || !c->started || c->got_first) continue;
         struct evbuffer *b = evbuffer_new();
         if (!b) continue;
         evbuffer_add(b, ": keep-alive\n\n", 14);
@@ -742,14 +743,15 @@ static void usage(FILE *f) {
     fprintf(f,
             "usage: tollgate-engine serve --model DIR [--device cpu] [--threads N]\n"
             "         [--listen HOST:PORT] [--model-name NAME] [--max-batch N] [--max-queue N]\n"
-            "         [--ctx N] [--int8]\n"
+            "         [--ctx N] [--int8] [--keepalive SECONDS]\n"
             "  defaults: --listen 127.0.0.1:8500, --model-name = basename of DIR,\n"
-            "            --max-batch 8, --max-queue 64, --ctx = the model's (at most 4096)\n");
+            "            --max-batch 8, --max-queue 64, --ctx = the model's (at most 4096),\n"
+            "            --keepalive 5 (SSE comment interval while a stream waits)\n");
 }
 
 int eng_cmd_serve(int argc, char **argv) {
     const char *dir = NULL, *device = "cpu", *listen = "127.0.0.1:8500", *name = NULL;
-    int threads = 0, max_batch = 8, max_queue = 64, ctx = 0, int8 = 0;
+    int threads = 0, max_batch = 8, max_queue = 64, ctx = 0, int8 = 0, keepalive = 5;
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
@@ -772,6 +774,7 @@ int eng_cmd_serve(int argc, char **argv) {
         else if (!strcmp(a, "--threads")) threads = atoi(v);
         else if (!strcmp(a, "--max-batch")) max_batch = atoi(v);
         else if (!strcmp(a, "--max-queue")) max_queue = atoi(v);
+        else if (!strcmp(a, "--keepalive")) keepalive = atoi(v);
         else if (!strcmp(a, "--ctx")) ctx = atoi(v);
         else {
             fprintf(stderr, "serve: unknown option %s\n", a);
@@ -785,8 +788,9 @@ int eng_cmd_serve(int argc, char **argv) {
         usage(stderr);
         return 2;
     }
-    if (max_batch < 1 || max_batch > 256 || max_queue < 1 || threads < 0 || ctx < 0) {
-        fprintf(stderr, "serve: --max-batch must be 1..256, --max-queue >= 1, --threads/--ctx >= 0\n");
+    if (max_batch < 1 || max_batch > 256 || max_queue < 1 || threads < 0 || ctx < 0 || keepalive < 1) {
+        fprintf(stderr, "serve: --max-batch must be 1..256, --max-queue and --keepalive >= 1, "
+                        "--threads/--ctx >= 0\n");
         return 2;
     }
     char host[256];
@@ -810,6 +814,7 @@ int eng_cmd_serve(int argc, char **argv) {
     srv_t S;
     memset(&S, 0, sizeof S);
     S.model_name = name;
+    S.keepalive_s = keepalive;
     S.started_at = (long long)time(NULL);
     char err[512], path[4096];
     signal(SIGPIPE, SIG_IGN);

@@ -80,7 +80,7 @@ def start(name, port, model_dir, *extra):
 def setUpModule():
     ensure_models()
     start("main", PORT, MODEL_DIR)
-    start("small", PORT_SMALL, MODEL_DIR, "--max-batch", "1", "--max-queue", "1")
+    start("small", PORT_SMALL, MODEL_DIR, "--max-batch", "1", "--max-queue", "1", "--keepalive", "1")
     start("r1", PORT_R1, R1_DIR)
 
 
@@ -431,8 +431,8 @@ class Server(unittest.TestCase):
     def test_queue_full_503(self):
         res = {}
 
-        def run(i):
-            res[i] = chat("busy %d" % i, port=PORT_SMALL, max_tokens=400)
+        def run(i):  # the second one streams, and waits in the queue
+            res[i] = chat("busy %d" % i, port=PORT_SMALL, max_tokens=400, stream=(i == 2))
         t1 = threading.Thread(target=run, args=(1,))
         t1.start()
         for _ in range(100):  # wait until request 1 runs
@@ -448,9 +448,14 @@ class Server(unittest.TestCase):
         st, _, b = chat("one too many", port=PORT_SMALL, max_tokens=1)
         self.assertEqual(st, 503, b)
         self.assertIn("error", json.loads(b))
+        time.sleep(2.5)  # a waiting stream gets SSE comments (--keepalive 1)
         t1.join()
         t2.join()
         self.assertEqual((res[1][0], res[2][0]), (200, 200))
+        body = res[2][2].decode()
+        self.assertIn("\n\n: keep-alive\n\n", body)
+        self.assertLess(body.index(": keep-alive"), body.index('"delta":{"content"'))
+        self.assertEqual(sse(res[2][2])[-1], "[DONE]")
 
     def test_r1_reasoning_content(self):
         st, _, b = request(PORT_R1, "GET", "/v1/models")
