@@ -31,7 +31,7 @@ fuzz-tokenizer: $(patsubst %,$(B)/fuzz/%,$(TOK_FUZZ))
 # run each target for FUZZ_SECONDS (default 60) from the seed corpora
 fuzz-tokenizer-run: fuzz-tokenizer tokenizer-data
 	@mkdir -p $(B)/fuzz/tokenizer-corpus-encode $(B)/fuzz/tokenizer-corpus-load
-	$(B)/fuzz/fuzz_tok_encode -max_total_time=$(or $(FUZZ_SECONDS),60) -max_len=1024 \
+	$(B)/fuzz/fuzz_tok_encode -max_total_time=$(or $(FUZZ_SECONDS),60) -max_len=1024 -dict=fuzz/tokenizer/r1.dict \
 	    $(B)/fuzz/tokenizer-corpus-encode fuzz/tokenizer/corpus_encode
 	$(B)/fuzz/fuzz_tok_load -max_total_time=$(or $(FUZZ_SECONDS),60) -max_len=4096 \
 	    $(B)/fuzz/tokenizer-corpus-load fuzz/tokenizer/corpus_load

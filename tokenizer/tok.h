@@ -107,7 +107,9 @@ char *tok_chat_render_json(tok_tmpl_kind_t kind, const char *messages_json, size
  * optional leading "<think>" dropped, surrounding whitespace trimmed) and the
  * content (after "</think>", leading whitespace trimmed).  Without "</think>"
  * everything is reasoning and content is "".  Both strings are malloc'd (caller
- * frees).  Returns 1 when "</think>" was found, 0 when not, -1 out of memory. */
+ * frees; they are NUL-terminated, so for text holding NUL bytes use
+ * tok_r1_feed, which gives lengths).  Returns 1 when "</think>" was found, 0
+ * when not, -1 out of memory. */
 int tok_r1_split(const char *text, size_t len, char **reasoning, char **content);
 
 /* The same split for streaming: zero-initialise a tok_r1_state_t, feed the

@@ -72,7 +72,25 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         }
         free(nf), free(nf2);
     }
+    /* R1 reasoning split: streamed in chunks == whole */
     char *r, *c;
-    if (tok_r1_split(s, size, &r, &c) >= 0) free(r), free(c);
+    /* (tok_r1_split returns C strings: inputs with NUL are compared by the stream only) */
+    if (!memchr(s, 0, size) && tok_r1_split(s, size, &r, &c) >= 0) {
+        size_t chunk = size ? (size_t)(data[0] % 7) + 1 : 1;
+        tok_r1_state_t st = {0};
+        char *rs = malloc(size + 200), *cs = malloc(size + 200), rb[300], cb[300];
+        size_t rl = 0, cl = 0, a, b;
+        for (size_t i = 0; i < size; i += chunk) {
+            size_t k = size - i < chunk ? size - i : chunk;
+            tok_r1_feed(&st, s + i, k, rb, &a, cb, &b);
+            memcpy(rs + rl, rb, a), rl += a;
+            memcpy(cs + cl, cb, b), cl += b;
+        }
+        tok_r1_finish(&st, rb, &a, cb, &b);
+        memcpy(rs + rl, rb, a), rl += a;
+        memcpy(cs + cl, cb, b), cl += b;
+        if (rl != strlen(r) || memcmp(rs, r, rl) || cl != strlen(c) || memcmp(cs, c, cl)) abort();
+        free(rs), free(cs), free(r), free(c);
+    }
     return 0;
 }
