@@ -288,7 +288,20 @@ static int pre_parse(tok_t *t, size_t *cap, const cJSON *p, int *saw_bytelevel, 
         }
         return 0;
     }
-    errf(err, errlen, "%s: pre_tokenizer type '%s' is not supported (only Sequence, Split, ByteLevel)",
+    if (!strcmp(type, "Digits")) { /* each digit alone, or runs of digits (char::is_numeric) */
+        pre.kind = TOK_PRE_SPLIT;
+        pre.behavior = TOK_SPLIT_ISOLATED;
+        int each = is_true(cJSON_GetObjectItemCaseSensitive(p, "individual_digits"));
+        pre.re = regex_compile(each ? "\\p{N}" : "\\p{N}+", 0, err, errlen, path);
+        if (!pre.re) return -1;
+        if (pre_add(t, cap, pre)) {
+            pcre2_code_free(pre.re);
+            errf(err, errlen, "%s: out of memory", path);
+            return -1;
+        }
+        return 0;
+    }
+    errf(err, errlen, "%s: pre_tokenizer type '%s' is not supported (only Sequence, Split, Digits, ByteLevel)",
          path, type);
     return -1;
 }

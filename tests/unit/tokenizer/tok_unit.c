@@ -105,6 +105,22 @@ static void test_small_gpt2_style(void) {
     CHECK_EQ_I(tok_id(t, "<|x|>"), 6);
     CHECK_EQ_I(tok_id(t, "zz"), -1);
     tok_free(t);
+
+    /* Digits (individual) before ByteLevel: "a12" -> a, 1, 2 */
+    write_file("tokenizer.json",
+               "{\"pre_tokenizer\":{\"type\":\"Sequence\",\"pretokenizers\":[{\"type\":\"Digits\","
+               "\"individual_digits\":true},{\"type\":\"ByteLevel\",\"use_regex\":false}]},"
+               "\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"1\":1,\"2\":2,\"12\":3,\"a1\":4},"
+               "\"merges\":[\"1 2\",\"a 1\"]}}");
+    t = tok_load(p, err, sizeof err);
+    CHECK(t != NULL);
+    if (t) {
+        n = tok_encode(t, "a12", 3, 1, &ids);
+        CHECK_EQ_I(n, 3);
+        if (n == 3) CHECK(ids[0] == 0 && ids[1] == 1 && ids[2] == 2);
+        free(ids);
+        tok_free(t);
+    }
 }
 
 static void test_special_control(void) {
