@@ -3,7 +3,8 @@
 # the stack is stopped.  Exit status: the tests'.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-bash tests/gateway/stack.sh up "${1:-build/tollgate}" || { bash tests/gateway/stack.sh down; exit 1; }
+trap 'bash tests/gateway/stack.sh down' EXIT INT TERM PIPE
+bash tests/gateway/stack.sh up "${1:-build/tollgate}" || exit 1
 . var/gwtest/env
 /usr/bin/python3 tests/gateway/test_gateway.py
 rc=$?
@@ -11,6 +12,7 @@ if [ $rc -ne 0 ]; then
     echo "--- gateway log (tail)"; tail -n 30 var/gwtest/log/gateway.log
 fi
 bash tests/gateway/stack.sh down
+trap - EXIT INT TERM PIPE
 if grep -q "ERROR: AddressSanitizer\|ERROR: LeakSanitizer\|runtime error:" var/gwtest/log/gateway.log; then
     echo "gateway: sanitizer report in var/gwtest/log/gateway.log" >&2
     rc=1

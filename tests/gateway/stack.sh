@@ -40,6 +40,8 @@ up() {
     [ -n "$PGBIN" ] || die "PostgreSQL binaries not found"
     # PostgreSQL runs as `postgres` when we are root; it must be able to enter its directory.
     local pgd=/tmp/tollgate-gwtest-pg-$(id -u)
+    # A cluster left running by an interrupted run: stop it before its files go.
+    [ -f "$pgd/postmaster.pid" ] && bash tests/billing/pg.sh stop "$pgd" >/dev/null 2>&1
     rm -rf "$pgd"
     echo "$pgd" >"$V/pgdir"
     PGBIN=$PGBIN bash tests/billing/pg.sh start "$pgd" "$P_PG" >"$V/log/pg-setup.log" 2>&1 ||

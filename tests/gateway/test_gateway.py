@@ -316,6 +316,35 @@ class Gateway(unittest.TestCase):
         finally:
             c.close()
 
+    def test_http10_stream_is_close_delimited(self):
+        c = Conn()
+        try:
+            body = json.dumps({"model": MODEL, "stream": True, "messages": [{"role": "user", "content": "old"}]}).encode()
+            c.send(b"POST /v1/chat/completions HTTP/1.0\r\nAuthorization: Bearer " + self.key.encode() +
+                   b"\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+            st, h, b = c.read_response()
+            self.assertEqual(st, 200)
+            self.assertNotIn("transfer-encoding", h)
+            self.assertEqual(h["connection"], "close")
+            self.assertEqual(events(b)[-1], "[DONE]")
+        finally:
+            c.close()
+
+    def test_tls_only(self):
+        s = socket.create_connection((URL.hostname, URL.port), timeout=5)
+        try:
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")  # plain HTTP to the TLS port
+            self.assertNotIn(b"200 OK", s.recv(4096))
+        except ConnectionError:
+            pass
+        finally:
+            s.close()
+        old = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        old.load_verify_locations(E["GW_CERT"])
+        old.maximum_version = ssl.TLSVersion.TLSv1_1
+        with self.assertRaises((ssl.SSLError, ConnectionError)):
+            old.wrap_socket(socket.create_connection((URL.hostname, URL.port), timeout=5), server_hostname="localhost")
+
     def test_expect_100_continue_and_chunked_request(self):
         c = Conn()
         try:
