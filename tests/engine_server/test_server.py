@@ -6,6 +6,7 @@ demo model into var/test-engine-server/ when missing) and checks the OpenAI
 protocol end to end: shapes, usage against the tokenizer CLI, streaming ==
 non-streaming, every 400 case, 404, queue-full 503, seeds, stop strings,
 cancellation on disconnect, batch invariance and R1 reasoning_content.
+TOLLGATE_ENGINE=PATH runs another build of the binary (e.g. a sanitizer one).
 """
 import http.client
 import json
@@ -20,7 +21,7 @@ import time
 import unittest
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-ENGINE = os.path.join(ROOT, "build", "tollgate-engine")
+ENGINE = os.environ.get("TOLLGATE_ENGINE") or os.path.join(ROOT, "build", "tollgate-engine")
 VAR = os.path.join(ROOT, "var", "test-engine-server")
 MODEL = "deepseek-v3-demo"
 MODEL_DIR = os.path.join(VAR, MODEL)
