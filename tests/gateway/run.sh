@@ -3,6 +3,9 @@
 # the stack is stopped.  Exit status: the tests'.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
+# One run at a time on this machine: the stack's ports and var/gwtest are shared.
+exec 9>/tmp/tollgate-gwtest.lock
+flock -w 600 9 || { echo "gwtest: another run holds /tmp/tollgate-gwtest.lock" >&2; exit 1; }
 trap 'bash tests/gateway/stack.sh down' EXIT INT TERM PIPE
 bash tests/gateway/stack.sh up "${1:-build/tollgate}" || exit 1
 . var/gwtest/env

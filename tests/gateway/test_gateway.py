@@ -643,6 +643,30 @@ class Gateway(unittest.TestCase):
         self.assertGreater(rows[0][0], 3, "the prompt, counted by the gateway's tokenizer, is billed")
 
 
+class PostgresDown(unittest.TestCase):
+    def test_503_while_down_then_back(self):
+        k = seed()
+        with open(os.path.join(E["GW_DIR"], "pgdir")) as f:
+            pgdir = f.read().strip()
+        pg = os.path.join(HERE, "..", "billing", "pg.sh")
+        subprocess.run(["bash", pg, "stop", pgdir], check=True, capture_output=True)
+        try:
+            t = time.time()
+            st, h, b = chat(k, "pg down")
+            openai_error(self, st, h, b, 503, "service_unavailable")
+            self.assertLess(time.time() - t, 6)
+        finally:
+            port = urllib.parse.parse_qs(E["GW_PG"].replace(" ", "&"))["port"][0]
+            subprocess.run(["bash", pg, "start", pgdir, port], check=True, capture_output=True)
+        deadline = time.time() + 15
+        while True:
+            st, h, b = chat(k, "pg back")
+            if st == 200 or time.time() > deadline:
+                break
+            time.sleep(0.3)
+        self.assertEqual(st, 200, b)
+
+
 class RedisRestart(unittest.TestCase):
     def test_fail_open_then_reconnect(self):
         k = seed(rpm=2)
