@@ -25,3 +25,10 @@ test-billing: test-billing-unit $(B)/bill_server$(if $(SANITIZER),-$(SANITIZER))
 	BILL_SERVER=$(B)/bill_server$(if $(SANITIZER),-$(SANITIZER)) bash tests/billing/run.sh
 
 TEST_TARGETS += test-billing
+
+# libFuzzer target for the spool record decoder (clang).
+.PHONY: fuzz-billing
+fuzz-billing: $(B)/fuzz/mtr_spool_fuzz
+$(B)/fuzz/mtr_spool_fuzz: tests/unit/metering/mtr_spool_fuzz.c metering/mtr_spool.c metering/mtr.h
+	@mkdir -p $(dir $@)
+	clang -g -O1 -fsanitize=fuzzer,address -Ibilling -Imetering -o $@ $<
