@@ -89,6 +89,7 @@ struct gw_rl {
     char sha[41];
     struct event *reconnect;
     struct event *drop;      /* deferred redisAsyncFree after a timeout */
+    struct event *connect_timer; /* a connect that hangs (packets dropped) is abandoned */
     int freeing;
 };
 
@@ -241,6 +242,11 @@ static void gw_rl_on_disconnect(const redisAsyncContext *ac, int status) {
 
 static void gw_rl_on_reconnect(evutil_socket_t fd, short what, void *arg) { gw_rl_connect(arg); }
 
+static void gw_rl_on_connect_timeout(evutil_socket_t fd, short what, void *arg) {
+    gw_rl_t *rl = arg;
+    if (rl->ac && !rl->connected) gw_rl_on_drop(fd, what, rl);
+}
+
 static void gw_rl_connect(gw_rl_t *rl) {
     if (rl->ac || rl->freeing) return;
     redisAsyncContext *ac = redisAsyncConnect(rl->host, rl->port);
@@ -258,6 +264,8 @@ static void gw_rl_connect(gw_rl_t *rl) {
     redisAsyncSetConnectCallback(ac, gw_rl_on_connect);
     redisAsyncSetDisconnectCallback(ac, gw_rl_on_disconnect);
     rl->ac = ac;
+    struct timeval tv = {2, 0};
+    event_add(rl->connect_timer, &tv);
 }
 
 gw_rl_t *gw_rl_new(struct event_base *base, const char *hostport, int timeout_ms) {
@@ -271,7 +279,8 @@ gw_rl_t *gw_rl_new(struct event_base *base, const char *hostport, int timeout_ms
     }
     rl->reconnect = evtimer_new(base, gw_rl_on_reconnect, rl);
     rl->drop = evtimer_new(base, gw_rl_on_drop, rl);
-    if (!rl->reconnect || !rl->drop) {
+    rl->connect_timer = evtimer_new(base, gw_rl_on_connect_timeout, rl);
+    if (!rl->reconnect || !rl->drop || !rl->connect_timer) {
         gw_rl_free(rl);
         return NULL;
     }
@@ -289,6 +298,7 @@ void gw_rl_free(gw_rl_t *rl) {
     }
     if (rl->reconnect) event_free(rl->reconnect);
     if (rl->drop) event_free(rl->drop);
+    if (rl->connect_timer) event_free(rl->connect_timer);
     free(rl);
 }
 
