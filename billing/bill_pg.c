@@ -285,6 +285,11 @@ static void conn_start(pg_conn_t *c) {
 }
 
 static void conn_send(pg_conn_t *c, bill_pg_job_t *j) {
+    if (j->failfast) { /* a connection came back before the job was failed: give it its time */
+        struct timeval tv = {c->pg->timeout_ms / 1000, (c->pg->timeout_ms % 1000) * 1000};
+        j->failfast = 0;
+        evtimer_add(j->timer, &tv);
+    }
     c->job = j;
     j->on = c;
     c->st = C_BUSY;

@@ -245,7 +245,7 @@ int mtr_spool_list(const char *dir, char ***names) {
         n++;
     }
     closedir(d);
-    qsort(v, n, sizeof *v, name_cmp);
+    if (n) qsort(v, n, sizeof *v, name_cmp);
     *names = v;
     return n;
 fail:

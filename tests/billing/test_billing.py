@@ -78,7 +78,7 @@ class Server:
         self.p.stdout.close()
         self.p.stdin.close()
         self.p.stderr.close()
-        if "Sanitizer" in err:
+        if "Sanitizer" in err or "runtime error:" in err:
             raise AssertionError("bill_server: " + err)
         return err
 
