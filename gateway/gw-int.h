@@ -324,7 +324,7 @@ struct gw_req {
     /* upstream */
     gw_worker_t *worker;
     const char *worker_url;    /* kept for the log after the worker is released */
-    int up_eof;
+    int up_eof, up_connected;
     int proxied;               /* a worker was asked: settle */
     uint64_t tried;            /* bit per worker index already tried */
     uint64_t affinity;         /* hash of the prompt's start; 0: none */

@@ -165,7 +165,7 @@ static void gw_up_connect(gw_req_t *r) {
     }
     r->worker = w;
     r->worker_url = w->url;
-    r->up_got_bytes = r->up_eof = 0;
+    r->up_got_bytes = r->up_eof = r->up_connected = 0;
     w->outstanding++;
     w->requests++;
     r->proxied = 1;
@@ -184,8 +184,8 @@ static void gw_up_connect(gw_req_t *r) {
     evbuffer_add_printf(o,
                         "POST /v1/chat/completions HTTP/1.1\r\nHost: %s%s%s:%d\r\nContent-Type: application/json\r\n"
                         "Accept: %s\r\nX-Request-Id: %s\r\nContent-Length: %zu\r\nConnection: close\r\n\r\n",
-                        strchr(w->host, ':') ? "[" : "", w->host, strchr(w->host, ':') ? "]" : "", w->port, r->stream ? "text/event-stream" : "application/json", r->id,
-                        r->scratch.len);
+                        strchr(w->host, ':') ? "[" : "", w->host, strchr(w->host, ':') ? "]" : "", w->port,
+                        r->stream ? "text/event-stream" : "application/json", r->id, r->scratch.len);
     evbuffer_add(o, r->scratch.p, r->scratch.len);
     bufferevent_enable(r->up, EV_READ | EV_WRITE);
     if (bufferevent_socket_connect(r->up, (struct sockaddr *)&w->addr, (int)w->addrlen) < 0) {
@@ -466,10 +466,18 @@ static void gw_up_on_read(struct bufferevent *bev, void *arg) {
 static void gw_up_on_event(struct bufferevent *bev, short what, void *arg) {
     gw_req_t *r = arg;
     if (what & BEV_EVENT_CONNECTED) {
+        r->up_connected = 1;
         const gw_config_t *cfg = r->srv->cfg;
         struct timeval t = {(time_t)(cfg->upstream_timeout_ms / 1000),
                             (suseconds_t)(cfg->upstream_timeout_ms % 1000) * 1000};
         bufferevent_set_timeouts(bev, &t, &t);
+        return;
+    }
+    if ((what & BEV_EVENT_TIMEOUT) && !r->up_connected) { /* connect timed out: try another worker */
+        if (r->worker) gw_worker_refused(r->worker);
+        r->srv->m.upstream_errors++;
+        gw_proxy_release(r);
+        gw_up_connect(r);
         return;
     }
     if (what & BEV_EVENT_TIMEOUT) {
