@@ -269,6 +269,7 @@ struct gw_server {
     int nbusy;                 /* connections with a request in flight */
     int shutting_down;
     struct event *grace;
+    struct event *accept_pause; /* accept() failed: retry later */
     gw_conc_t *conc[GW_CONC_BUCKETS]; /* requests in flight per key */
     struct tok *tok;           /* prompt counting; NULL when not configured */
     int tmpl;

@@ -3,6 +3,7 @@
  * requests in flight finish for shutdown_grace_ms, flush settlements through
  * bill_free, exit 0). */
 #include <signal.h>
+#include <sys/resource.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -23,6 +24,11 @@ int main(int argc, char **argv) {
             return 0;
         }
     signal(SIGPIPE, SIG_IGN);
+    struct rlimit rl; /* one descriptor per client and per worker request: take what we may */
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
     char err[512];
     gw_config_t *cfg = gw_config_load(argc, argv, err, sizeof err);
     if (!cfg) {

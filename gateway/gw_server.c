@@ -950,6 +950,22 @@ fail:
     return NULL;
 }
 
+/* accept() failed (out of descriptors, most likely): pause accepting for
+ * 100 ms instead of spinning on a listening socket that stays readable. */
+static void gw_on_accept_error(struct evconnlistener *l, void *arg) {
+    gw_server_t *s = arg;
+    int e = EVUTIL_SOCKET_ERROR();
+    fprintf(stderr, "tollgate: accept: %s; pausing 100 ms\n", evutil_socket_error_to_string(e));
+    evconnlistener_disable(l);
+    struct timeval tv = {0, 100000};
+    event_add(s->accept_pause, &tv);
+}
+
+static void gw_on_accept_resume(evutil_socket_t fd, short what, void *arg) {
+    gw_server_t *s = arg;
+    if (!s->shutting_down) evconnlistener_enable(s->lis);
+}
+
 static void gw_on_grace(evutil_socket_t fd, short what, void *arg) {
     gw_server_t *s = arg;
     event_base_loopexit(s->base, NULL);
@@ -1050,7 +1066,9 @@ gw_server_t *gw_server_new(struct event_base *base, const gw_config_t *cfg, char
         snprintf(err, errlen, "listen %s: %s", cfg->listen, strerror(errno));
         goto fail;
     }
+    evconnlistener_set_error_cb(s->lis, gw_on_accept_error);
     if (!(s->grace = evtimer_new(base, gw_on_grace, s))) goto fail;
+    if (!(s->accept_pause = evtimer_new(base, gw_on_accept_resume, s))) goto fail;
     free(token);
     free(secret);
     return s;
@@ -1070,6 +1088,7 @@ void gw_server_free(gw_server_t *s) {
     gw_rl_free(s->rl);
     bill_free(s->bill); /* flushes settlements */
     if (s->grace) event_free(s->grace);
+    if (s->accept_pause) event_free(s->accept_pause);
     if (s->ssl) SSL_CTX_free(s->ssl);
     tok_free(s->tok);
     if (s->alog && s->alog != stdout) fclose(s->alog);
