@@ -27,8 +27,7 @@ static const char ADMIT_SQL[] =
     "SELECT k.id, k.customer_id, k.rpm, k.tpm, k.concurrency, k.revoked_at IS NOT NULL,"
     " c.balance_pico > 0, p.input_cache_miss, p.input_cache_hit, p.output"
     " FROM api_keys k JOIN customers c ON c.id = k.customer_id"
-    " LEFT JOIN LATERAL (SELECT input_cache_miss, input_cache_hit, output FROM model_prices"
-    "   WHERE model = $2 AND effective_from <= now() ORDER BY effective_from DESC LIMIT 1) p ON true"
+    " LEFT JOIN LATERAL tg_price($2, now()) p ON true"
     " WHERE k.key_hash = $1";
 
 static void admit_done(PGresult *res, const char *err, void *arg) {

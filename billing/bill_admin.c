@@ -140,21 +140,27 @@ static const char SQL_INVOICE[] =
 
 #define PRICEJ                                                                                  \
     "json_build_object('model', model, 'input_cache_miss', input_cache_miss::text,"            \
-    " 'input_cache_hit', input_cache_hit::text, 'output', output::text, 'effective_from', effective_from)"
+    " 'input_cache_hit', input_cache_hit::text, 'output', output::text, 'effective_from', effective_from," \
+    " 'band', CASE WHEN band_start IS NULL THEN NULL ELSE to_char(band_start, 'HH24:MI') || '-' ||" \
+    " to_char(band_end, 'HH24:MI') END, 'active_now', id = (SELECT t.id FROM tg_price(model, now()) t))"
 
 static const char SQL_PRICE_SET[] =
-    "INSERT INTO model_prices (model, input_cache_miss, input_cache_hit, output, effective_from)"
-    " VALUES ($1, $2::bigint, $3::bigint, $4::bigint, coalesce($5::timestamptz, now()))"
+    "INSERT INTO model_prices (model, input_cache_miss, input_cache_hit, output, effective_from,"
+    " band_start, band_end)"
+    " VALUES ($1, $2::bigint, $3::bigint, $4::bigint, coalesce($5::timestamptz, now()), $6::time, $7::time)"
     " RETURNING " PRICEJ "::text";
 
+/* The schedule in force now: each model's latest base price and the bands
+ * set after it. */
 static const char SQL_PRICE_LIST[] =
     "SELECT json_build_object('object', 'list', 'data', coalesce(json_agg(" PRICEJ
-    " ORDER BY model), '[]'))::text FROM (SELECT DISTINCT ON (model) * FROM model_prices"
-    " WHERE effective_from <= now() ORDER BY model, effective_from DESC) p";
+    " ORDER BY model, band_start NULLS FIRST, effective_from), '[]'))::text FROM model_prices p"
+    " WHERE effective_from <= now() AND effective_from >= (SELECT max(b.effective_from) FROM model_prices b"
+    "   WHERE b.model = p.model AND b.band_start IS NULL AND b.effective_from <= now())";
 
 static const char SQL_PRICE_HISTORY[] =
     "SELECT json_build_object('object', 'list', 'data', coalesce(json_agg(" PRICEJ
-    " ORDER BY model, effective_from), '[]'))::text FROM model_prices";
+    " ORDER BY model, effective_from, id), '[]'))::text FROM model_prices";
 
 /* ---- replies ------------------------------------------------------------ */
 
@@ -438,15 +444,32 @@ static void prices_set(bill_admin_t *a, struct evhttp_request *req) {
     if (!j) return;
     cJSON *m = cJSON_GetObjectItemCaseSensitive(j, "model");
     cJSON *eff = cJSON_GetObjectItemCaseSensitive(j, "effective_from");
-    char miss[24], hit[24], out[24];
+    cJSON *band = cJSON_GetObjectItemCaseSensitive(j, "band");
+    char miss[24], hit[24], out[24], bs[8] = "", be[8] = "";
+    if (band && !cJSON_IsNull(band)) {
+        unsigned h1, m1, h2, m2;
+        char tail;
+        if (!cJSON_IsString(band) ||
+            sscanf(band->valuestring, "%2u:%2u-%2u:%2u%c", &h1, &m1, &h2, &m2, &tail) != 4 ||
+            strlen(band->valuestring) != 11 || h1 > 23 || h2 > 24 || m1 > 59 || m2 > 59 ||
+            (h2 == 24 && m2 != 0) || (h1 == h2 % 24 && m1 == m2)) {
+            reply_error(req, 400, "invalid_value",
+                        "band must be \"HH:MM-HH:MM\" (UTC, start inclusive, end exclusive, may wrap midnight)");
+            cJSON_Delete(j);
+            return;
+        }
+        snprintf(bs, sizeof bs, "%02u:%02u", h1, m1);
+        snprintf(be, sizeof be, "%02u:%02u", h2 % 24, m2);
+    }
     if (!cJSON_IsString(m) || !m->valuestring[0] || strlen(m->valuestring) > 200) {
         reply_error(req, 400, "invalid_value", "model must be a non-empty string of at most 200 bytes");
     } else if (eff && !cJSON_IsNull(eff) && !cJSON_IsString(eff)) {
         reply_error(req, 400, "invalid_value", "effective_from must be a timestamp string");
     } else if (digits_field(req, j, "input_cache_miss", miss) == 0 &&
                digits_field(req, j, "input_cache_hit", hit) == 0 && digits_field(req, j, "output", out) == 0) {
-        const char *p[] = {m->valuestring, miss, hit, out, cJSON_IsString(eff) ? eff->valuestring : NULL};
-        run(a, req, SQL_PRICE_SET, 5, p, NULL, NULL);
+        const char *p[] = {m->valuestring, miss, hit, out, cJSON_IsString(eff) ? eff->valuestring : NULL,
+                           bs[0] ? bs : NULL, be[0] ? be : NULL};
+        run(a, req, SQL_PRICE_SET, 7, p, NULL, NULL);
     }
     cJSON_Delete(j);
 }

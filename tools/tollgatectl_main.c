@@ -37,6 +37,7 @@ static const char USAGE[] =
     "  usage --customer NAME [--from T --to T] [--limit N]\n"
     "  invoice --customer NAME --month YYYY-MM\n"
     "  price set --model M --input-miss MICRO --input-hit MICRO --output MICRO [--effective-from T]\n"
+    "            [--band HH:MM-HH:MM]      (a UTC time-of-day band on top of the current base price)\n"
     "  price list [--history]\n"
     "\n"
     "AMOUNT is USD as a decimal (\"5\", \"5.00\", \"0.000001\"); MICRO is integer micro-USD per\n"
@@ -593,25 +594,28 @@ static int cmd_price(args_t *a) {
     char *raw;
     if (!strcmp(sub, "set")) {
         const char *model = need(a, "--model"), *miss = need(a, "--input-miss"), *hit = need(a, "--input-hit");
-        const char *out = need(a, "--output"), *eff = opt(a, "--effective-from");
+        const char *out = need(a, "--output"), *eff = opt(a, "--effective-from"), *band = opt(a, "--band");
         no_more(a);
         const char *names[] = {"--input-miss", "--input-hit", "--output"}, *vals[] = {miss, hit, out};
         for (int i = 0; i < 3; i++)
             if (!*vals[i] || strspn(vals[i], "0123456789") != strlen(vals[i]))
                 die(2, "%s must be integer micro-USD per 1M tokens", names[i]);
-        char *jm = jstr(model), *je = eff ? jstr(eff) : strdup("null"), body[2048];
+        char *jm = jstr(model), *je = eff ? jstr(eff) : strdup("null"), *jb = band ? jstr(band) : strdup("null");
+        char body[2048];
         snprintf(body, sizeof body,
                  "{\"model\":%s,\"input_cache_miss\":\"%s\",\"input_cache_hit\":\"%s\",\"output\":\"%s\","
-                 "\"effective_from\":%s}",
-                 jm, miss, hit, out, je);
+                 "\"effective_from\":%s,\"band\":%s}",
+                 jm, miss, hit, out, je, jb);
         free(jm);
         free(je);
+        free(jb);
         cJSON *j = call("POST", "/admin/v1/prices", body, &raw);
         if (json_out) print_raw(raw);
         else
-            printf("price of %s from %s: input cache miss %s, input cache hit %s, output %s micro-USD per 1M tokens\n",
-                   str(j, "model"), when(j, "effective_from"), str(j, "input_cache_miss"),
-                   str(j, "input_cache_hit"), str(j, "output"));
+            printf("price of %s from %s%s%s: input cache miss %s, input cache hit %s, output %s micro-USD per 1M "
+                   "tokens\n",
+                   str(j, "model"), when(j, "effective_from"), band ? ", UTC band " : "", band ? str(j, "band") : "",
+                   str(j, "input_cache_miss"), str(j, "input_cache_hit"), str(j, "output"));
         cJSON_Delete(j);
     } else if (!strcmp(sub, "list")) {
         int history = 0;
@@ -621,12 +625,15 @@ static int cmd_price(args_t *a) {
         if (json_out) {
             print_raw(raw);
         } else {
-            printf("%-32s %16s %16s %16s  %s\n", "MODEL", "INPUT_MISS/1M", "INPUT_HIT/1M", "OUTPUT/1M",
-                   "EFFECTIVE FROM (UTC)");
+            printf("%-32s %16s %16s %16s  %-11s %-6s %s\n", "MODEL", "INPUT_MISS/1M", "INPUT_HIT/1M", "OUTPUT/1M",
+                   "UTC_BAND", "NOW", "EFFECTIVE FROM (UTC)");
             cJSON *p;
             cJSON_ArrayForEach(p, cJSON_GetObjectItemCaseSensitive(j, "data")) {
-                printf("%-32s %16s %16s %16s  %s\n", str(p, "model"), str(p, "input_cache_miss"),
-                       str(p, "input_cache_hit"), str(p, "output"), when(p, "effective_from"));
+                const char *b = str(p, "band");
+                printf("%-32s %16s %16s %16s  %-11s %-6s %s\n", str(p, "model"), str(p, "input_cache_miss"),
+                       str(p, "input_cache_hit"), str(p, "output"), strcmp(b, "-") ? b : "all day",
+                       cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(p, "active_now")) ? "*" : "",
+                       when(p, "effective_from"));
             }
             printf("(prices in micro-USD per 1M tokens)\n");
         }

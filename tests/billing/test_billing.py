@@ -247,6 +247,37 @@ class Billing(unittest.TestCase):
         lst = json.loads(self.s.ctl("key", "list", "--customer", c, "--json").stdout)["data"]
         self.assertFalse(lst[0]["active"])
 
+    def test_price_bands(self):
+        c = self.customer("1.00")
+        k = self.key(c)
+        m = "billtest-band-" + uuid.uuid4().hex[:6]
+        now = time.gmtime()
+        hm = lambda minutes: "%02d:%02d" % ((minutes // 60) % 24, minutes % 60)
+        mins = now.tm_hour * 60 + now.tm_min
+        self.assertEqual(self.s.admit(k, m)[1], "no_price")
+        # a band without a base price is no price
+        self.s.ctl("price", "set", "--model", m, "--input-miss", "5", "--input-hit", "5", "--output", "5",
+                   "--band", hm(mins - 60) + "-" + hm(mins + 60))
+        self.assertEqual(self.s.admit(k, m)[1], "no_price")
+        self.s.ctl("price", "set", "--model", m, "--input-miss", "10", "--input-hit", "2", "--output", "20")
+        self.assertEqual(self.s.admit(k, m)[7:], ["10", "2", "20"], "the new base ends older bands")
+        # a band around now (wrapping midnight or not) applies; one elsewhere does not
+        self.s.ctl("price", "set", "--model", m, "--input-miss", "1", "--input-hit", "1", "--output", "1",
+                   "--band", hm(mins + 120) + "-" + hm(mins + 180))
+        self.assertEqual(self.s.admit(k, m)[7:], ["10", "2", "20"])
+        self.s.ctl("price", "set", "--model", m, "--input-miss", "4", "--input-hit", "1", "--output", "8",
+                   "--band", hm(mins - 30) + "-" + hm(mins + 30))
+        self.assertEqual(self.s.admit(k, m)[7:], ["4", "1", "8"])
+        lst = [p for p in json.loads(self.s.ctl("price", "list", "--json").stdout)["data"] if p["model"] == m]
+        self.assertEqual([p["band"] for p in lst][0], None)
+        self.assertEqual(len(lst), 3)
+        self.assertEqual([p["input_cache_miss"] for p in lst if p["active_now"]], ["4"])
+        self.assertIn("all day", self.s.ctl("price", "list").stdout)
+        for bad in ("25:00-01:00", "10:00-10:00", "1:00-2:00", "10:00", "10:60-11:00"):
+            p = self.s.ctl("price", "set", "--model", m, "--input-miss", "1", "--input-hit", "1", "--output", "1",
+                           "--band", bad, check=False)
+            self.assertIn("HTTP 400", p.stderr, bad)
+
     # ---- settlement ----
 
     def test_settle_twice_one_row_one_debit(self):
