@@ -4,7 +4,8 @@
 #                            end-to-end tests (tests/gateway/run.sh: private PostgreSQL,
 #                            Redis, scripted fake worker and build[/<sanitizer>]/tollgate on 18640-18679)
 #   make test-gateway-unit   unit tests and corpus replay only (no servers)
-#   make fuzz-gateway        libFuzzer on the HTTP request parser (clang); FUZZ_SECONDS=60
+#   make fuzz-gateway        libFuzzer on the HTTP parsers, then on the config loader (clang);
+#                            FUZZ_SECONDS=60 each
 #
 # Unit tests link only the gateway's pure objects (no billing, no libevent).
 
@@ -13,6 +14,7 @@ GW_PURE_OBJ := $(call objs,gateway/gw_buf.c gateway/gw_http.c gateway/gw_sse.c g
 GW_UNIT_SRCS := $(wildcard tests/unit/gateway/*.c)
 GW_UNIT_BINS := $(patsubst tests/unit/gateway/%.c,$(GW_TEST_DIR)/unit_%,$(GW_UNIT_SRCS))
 GW_FUZZ_REPLAY := $(GW_TEST_DIR)/fuzz_http_replay
+GW_FUZZ_CONFIG_REPLAY := $(GW_TEST_DIR)/fuzz_config_replay
 FUZZ_SECONDS ?= 60
 
 $(GW_TEST_DIR)/unit_%: tests/unit/gateway/%.c $(GW_PURE_OBJ)
@@ -23,10 +25,15 @@ $(GW_FUZZ_REPLAY): fuzz/gateway/fuzz_http.c fuzz/gateway/replay.c $(GW_PURE_OBJ)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ fuzz/gateway/fuzz_http.c fuzz/gateway/replay.c $(GW_PURE_OBJ) $(LIB_JSON) $(LDLIBS)
 
+$(GW_FUZZ_CONFIG_REPLAY): fuzz/gateway/fuzz_config.c fuzz/gateway/replay.c $(GW_PURE_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ fuzz/gateway/fuzz_config.c fuzz/gateway/replay.c $(GW_PURE_OBJ) $(LIB_JSON) $(LDLIBS)
+
 .PHONY: test-gateway test-gateway-unit fuzz fuzz-gateway
-test-gateway-unit: $(GW_UNIT_BINS) $(GW_FUZZ_REPLAY)
+test-gateway-unit: $(GW_UNIT_BINS) $(GW_FUZZ_REPLAY) $(GW_FUZZ_CONFIG_REPLAY)
 	@set -e; for t in $(GW_UNIT_BINS); do $$t; done
 	$(GW_FUZZ_REPLAY) fuzz/gateway/corpus_http/*
+	$(GW_FUZZ_CONFIG_REPLAY) fuzz/gateway/corpus_config/*
 
 test-gateway: test-gateway-unit $(BIN)/tollgate tokenizer-data
 	bash tests/gateway/run.sh $(BIN)/tollgate
@@ -38,5 +45,10 @@ fuzz-gateway:
 	    -o $(B)/fuzz/fuzz_http fuzz/gateway/fuzz_http.c gateway/gw_buf.c gateway/gw_http.c \
 	    gateway/gw_sse.c gateway/gw_uuid.c gateway/gw_config.c $(LIB_JSON)
 	$(B)/fuzz/fuzz_http -max_total_time=$(FUZZ_SECONDS) $(B)/fuzz/gateway-corpus fuzz/gateway/corpus_http
+	@mkdir -p $(B)/fuzz/gateway-config-corpus
+	clang -g -O1 -std=gnu11 -fsanitize=fuzzer,address,undefined -Igateway -Ibilling \
+	    -o $(B)/fuzz/fuzz_config fuzz/gateway/fuzz_config.c gateway/gw_buf.c gateway/gw_http.c \
+	    gateway/gw_sse.c gateway/gw_uuid.c gateway/gw_config.c $(LIB_JSON)
+	$(B)/fuzz/fuzz_config -max_total_time=$(FUZZ_SECONDS) $(B)/fuzz/gateway-config-corpus fuzz/gateway/corpus_config
 
 TEST_TARGETS += test-gateway

@@ -20,6 +20,6 @@ int main(int argc, char **argv) {
         LLVMFuzzerTestOneInput(buf, len);
         n++;
     }
-    printf("fuzz_http replay: %d inputs ok\n", n);
+    printf("fuzz replay: %d inputs ok\n", n);
     return 0;
 }
