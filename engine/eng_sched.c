@@ -367,12 +367,8 @@ static void step(eng_sched_t *s) {
         int64_t t1 = eng_now_ns();
         atomic_fetch_add(&s->steps, 1);
         atomic_fetch_add(&s->forward_ns, (unsigned long)(t1 - t0));
-        if (rc) {
-            while (s->n_act) {
-                eng_job_t *j = s->active[0];
-                remove_active(s, 0);
-                finish_job(&l, NULL, j, ENG_FINISH_ERROR, err);
-            }
+        if (rc) { /* every job of this step fails; those that sat it out go on */
+            for (int i = 0; i < nb; i++) finish_job(&l, NULL, s->b_job[i], ENG_FINISH_ERROR, err);
         } else {
             /* finished jobs leave active[] after this loop */
             for (int i = 0; i < nb; i++) {
@@ -391,12 +387,12 @@ static void step(eng_sched_t *s) {
                 if (fin != ENG_FINISH_NONE)
                     finish_job(&l, ev, j, fin, fin == ENG_FINISH_ERROR ? err : NULL);
             }
-            for (int i = 0; i < s->n_act;) {
-                if (!s->active[i]->seq) /* finish_job freed it */
-                    remove_active(s, i);
-                else
-                    i++;
-            }
+        }
+        for (int i = 0; i < s->n_act;) {
+            if (!s->active[i]->seq) /* finish_job freed it */
+                remove_active(s, i);
+            else
+                i++;
         }
     }
     long kv = 0;
