@@ -170,6 +170,8 @@ typedef struct {
     uint64_t requests, failures;
     int64_t down_until_us;    /* skipped while in the future (after a refused connection) */
     int64_t backoff_ms;
+    struct gw_upconn *idle;   /* kept-alive connections to reuse (gw_proxy.c) */
+    int nidle;
 } gw_worker_t;
 
 struct gw_config {
@@ -181,6 +183,7 @@ struct gw_config {
     char *tokenizer, *chat_template;
     int64_t header_timeout_ms, idle_timeout_ms, upstream_timeout_ms, upstream_connect_timeout_ms;
     int64_t redis_timeout_ms, redis_fail_open, shutdown_grace_ms, stream_high_water;
+    int64_t upstream_keepalive;
     gw_worker_t *workers;
     int nworkers;
 };
@@ -232,6 +235,7 @@ typedef struct {
     double ttfb_sum;
     uint64_t tokens_prompt, tokens_cache_hit, tokens_completion, tokens_reasoning;
     uint64_t upstream_errors, upstream_timeouts, ratelimited, redis_errors, client_aborts;
+    uint64_t upstream_connects, upstream_reuses;
     uint64_t connections_total;
     int64_t connections, inflight;
 } gw_metrics_t;
@@ -326,6 +330,9 @@ struct gw_req {
     gw_worker_t *worker;
     const char *worker_url;    /* kept for the log after the worker is released */
     int up_eof, up_connected;
+    int up_reused;             /* this worker connection served an earlier request */
+    int up_reusable;           /* the answer ended cleanly: the connection may be kept */
+    int no_reuse;              /* a kept connection failed: use fresh ones */
     int proxied;               /* a worker was asked: settle */
     uint64_t tried;            /* bit per worker index already tried */
     uint64_t affinity;         /* hash of the prompt's start; 0: none */
@@ -357,7 +364,8 @@ struct evbuffer *gw_req_out(gw_req_t *r);
 /* gw_proxy.c */
 void gw_proxy_start(gw_req_t *r);
 void gw_proxy_resume(gw_req_t *r);   /* client output drained below the mark */
-void gw_proxy_release(gw_req_t *r);  /* close the worker connection (pool cleanup) */
+void gw_proxy_release(gw_req_t *r);  /* close (or keep) the worker connection (pool cleanup) */
+void gw_proxy_close_idle(gw_config_t *cfg); /* close kept-alive worker connections */
 /* Body to send upstream: the client's JSON, with stream_options.include_usage
  * forced on for streams.  Returns GW_OK and fills out. */
 int gw_proxy_body(const gw_http_req_t *h, int stream, cJSON *json, gw_buf_t *out);

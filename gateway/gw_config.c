@@ -60,6 +60,8 @@ static const gw_opt_t gw_opts[] = {
      "connecting to a worker"},
     {"upstream_timeout_ms", I(upstream_timeout_ms), "300000", 1, INT32_MAX,
      "silence from a worker before 504 (or ending the stream)"},
+    {"upstream_keepalive", B(upstream_keepalive), "true", 0, 1,
+     "reuse worker connections (HTTP/1.1 keep-alive, up to 16 idle per worker)"},
     {"redis_timeout_ms", I(redis_timeout_ms), "250", 1, INT32_MAX, "one Redis rate-limit call"},
     {"redis_fail_open", B(redis_fail_open), "true", 0, 1,
      "Redis unreachable: true lets requests through unlimited, false answers 503"},

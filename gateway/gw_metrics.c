@@ -62,6 +62,9 @@ void gw_metrics_render(const gw_metrics_t *m, const gw_config_t *cfg, int redis_
     counter(o, "tollgate_upstream_errors_total", "Worker connections that failed or broke.", m->upstream_errors);
     counter(o, "tollgate_upstream_timeouts_total", "Workers that went silent past upstream_timeout_ms.",
             m->upstream_timeouts);
+    counter(o, "tollgate_upstream_connects_total", "New connections to workers.", m->upstream_connects);
+    counter(o, "tollgate_upstream_reuses_total", "Requests sent on a kept-alive worker connection.",
+            m->upstream_reuses);
     counter(o, "tollgate_ratelimited_total", "Requests refused with 429.", m->ratelimited);
     counter(o, "tollgate_redis_errors_total", "Rate-limit calls Redis did not answer.", m->redis_errors);
     counter(o, "tollgate_client_aborts_total", "Clients that went away before their answer ended.",

@@ -18,6 +18,7 @@
  * upstream_timeout_ms -> 504.  A stream broken or stalled after it started
  * ends with an SSE error event.  The worker connection is closed whenever the
  * request dies (client gone), which cancels the generation on the worker. */
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
@@ -35,14 +36,80 @@
 static void gw_up_on_read(struct bufferevent *bev, void *arg);
 static void gw_up_on_event(struct bufferevent *bev, short what, void *arg);
 
+/* ---- kept-alive worker connections ----------------------------------------
+ * An answer that ended cleanly (framed by Content-Length or chunked, no
+ * "Connection: close", nothing extra after it) leaves its connection in the
+ * worker's idle list; the next request to that worker takes it.  An idle
+ * connection that reads anything, closes, or stays idle 30 s is dropped.  A
+ * request whose kept connection fails before any answer byte is sent again
+ * on a fresh connection (the worker is not blamed). */
+
+#define GW_UP_MAX_IDLE 16
+
+typedef struct gw_upconn {
+    struct gw_upconn *next;
+    gw_worker_t *w;
+    struct bufferevent *bev;
+} gw_upconn_t;
+
+static void gw_upconn_drop(gw_upconn_t *u) {
+    for (gw_upconn_t **pp = &u->w->idle; *pp; pp = &(*pp)->next)
+        if (*pp == u) {
+            *pp = u->next;
+            u->w->nidle--;
+            break;
+        }
+    bufferevent_free(u->bev);
+    free(u);
+}
+
+static void gw_upconn_on_read(struct bufferevent *bev, void *arg) { gw_upconn_drop(arg); }
+static void gw_upconn_on_event(struct bufferevent *bev, short what, void *arg) { gw_upconn_drop(arg); }
+
+static void gw_upconn_park(gw_worker_t *w, struct bufferevent *bev) {
+    gw_upconn_t *u = w->nidle < GW_UP_MAX_IDLE ? calloc(1, sizeof *u) : NULL;
+    if (!u) {
+        bufferevent_free(bev);
+        return;
+    }
+    u->w = w;
+    u->bev = bev;
+    u->next = w->idle;
+    w->idle = u;
+    w->nidle++;
+    bufferevent_setcb(bev, gw_upconn_on_read, NULL, gw_upconn_on_event, u);
+    struct timeval idle = {30, 0};
+    bufferevent_set_timeouts(bev, &idle, NULL);
+    bufferevent_enable(bev, EV_READ);
+}
+
+static struct bufferevent *gw_upconn_take(gw_worker_t *w) {
+    gw_upconn_t *u = w->idle;
+    if (!u) return NULL;
+    w->idle = u->next;
+    w->nidle--;
+    struct bufferevent *bev = u->bev;
+    free(u);
+    return bev;
+}
+
+void gw_proxy_close_idle(gw_config_t *cfg) {
+    for (int i = 0; i < cfg->nworkers; i++)
+        while (cfg->workers[i].idle) gw_upconn_drop(cfg->workers[i].idle);
+}
+
 void gw_proxy_release(gw_req_t *r) {
     if (r->up) {
-        bufferevent_free(r->up);
+        if (r->up_reusable && r->worker && !evbuffer_get_length(bufferevent_get_input(r->up)))
+            gw_upconn_park(r->worker, r->up);
+        else
+            bufferevent_free(r->up);
         r->up = NULL;
+        r->up_reusable = 0;
     }
     if (r->worker) {
         r->worker->outstanding--;
-        r->worker = NULL; /* keep the name for the log: see gw_up_worker_url */
+        r->worker = NULL; /* r->worker_url keeps the name for the log */
     }
 }
 
@@ -169,25 +236,34 @@ static void gw_up_connect(gw_req_t *r) {
     w->outstanding++;
     w->requests++;
     r->proxied = 1;
-    r->up = bufferevent_socket_new(s->base, -1, BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
+    const gw_config_t *cfg = s->cfg;
+    struct timeval rt = {(time_t)(cfg->upstream_timeout_ms / 1000), (suseconds_t)(cfg->upstream_timeout_ms % 1000) * 1000};
+    struct timeval ct = {(time_t)(cfg->upstream_connect_timeout_ms / 1000),
+                         (suseconds_t)(cfg->upstream_connect_timeout_ms % 1000) * 1000};
+    r->up = r->no_reuse ? NULL : gw_upconn_take(w);
+    r->up_reused = r->up != NULL;
+    if (!r->up) r->up = bufferevent_socket_new(s->base, -1, BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
     if (!r->up) {
         gw_up_fail(r, 500, "internal_error", "out of memory");
         return;
     }
     bufferevent_setcb(r->up, gw_up_on_read, NULL, gw_up_on_event, r);
-    const gw_config_t *cfg = s->cfg;
-    struct timeval rt = {(time_t)(cfg->upstream_timeout_ms / 1000), (suseconds_t)(cfg->upstream_timeout_ms % 1000) * 1000};
-    struct timeval ct = {(time_t)(cfg->upstream_connect_timeout_ms / 1000),
-                         (suseconds_t)(cfg->upstream_connect_timeout_ms % 1000) * 1000};
-    bufferevent_set_timeouts(r->up, &rt, &ct);
+    bufferevent_set_timeouts(r->up, &rt, r->up_reused ? &rt : &ct);
     struct evbuffer *o = bufferevent_get_output(r->up);
     evbuffer_add_printf(o,
                         "POST /v1/chat/completions HTTP/1.1\r\nHost: %s%s%s:%d\r\nContent-Type: application/json\r\n"
-                        "Accept: %s\r\nX-Request-Id: %s\r\nContent-Length: %zu\r\nConnection: close\r\n\r\n",
+                        "Accept: %s\r\nX-Request-Id: %s\r\nContent-Length: %zu\r\nConnection: %s\r\n\r\n",
                         strchr(w->host, ':') ? "[" : "", w->host, strchr(w->host, ':') ? "]" : "", w->port,
-                        r->stream ? "text/event-stream" : "application/json", r->id, r->scratch.len);
+                        r->stream ? "text/event-stream" : "application/json", r->id, r->scratch.len,
+                        cfg->upstream_keepalive ? "keep-alive" : "close");
     evbuffer_add(o, r->scratch.p, r->scratch.len);
     bufferevent_enable(r->up, EV_READ | EV_WRITE);
+    if (r->up_reused) {
+        r->up_connected = 1;
+        s->m.upstream_reuses++;
+        return;
+    }
+    s->m.upstream_connects++;
     if (bufferevent_socket_connect(r->up, (struct sockaddr *)&w->addr, (int)w->addrlen) < 0) {
         gw_worker_refused(w); /* refusals come through the event callback; this is the rest */
         s->m.upstream_errors++;
@@ -334,6 +410,8 @@ void gw_proxy_resume(gw_req_t *r) {
 
 /* The worker's answer is complete. */
 static void gw_up_complete(gw_req_t *r) {
+    r->up_reusable = r->srv->cfg->upstream_keepalive && !r->resp.close &&
+                     (r->resp.chunked ? r->ch.done : r->resp.content_length >= 0);
     if (r->up_streaming) {
         if (gw_stream_payload(r) != GW_OK) return;
         size_t rest = gw_sse_pending(&r->sse);
@@ -488,6 +566,15 @@ static void gw_up_on_event(struct bufferevent *bev, short what, void *arg) {
         r->up_eof = 1;
         if (!evbuffer_get_length(bufferevent_get_input(bev))) gw_up_eof(r);
         return; /* else gw_up_on_read finishes once the paused bytes are handled */
+    }
+    if (!r->up_got_bytes && !r->head_sent && r->up_reused) {
+        /* a kept connection the worker had closed: send again on a fresh one, same worker allowed */
+        int i = r->worker ? (int)(r->worker - r->srv->cfg->workers) : -1;
+        if (i >= 0 && i < 64) r->tried &= ~(1ull << i);
+        r->no_reuse = 1;
+        gw_proxy_release(r);
+        gw_up_connect(r);
+        return;
     }
     if (!r->up_got_bytes && !r->head_sent) { /* refused or reset before answering: try another */
         if (r->worker) gw_worker_refused(r->worker);

@@ -1085,6 +1085,7 @@ void gw_server_free(gw_server_t *s) {
     s->shutting_down = 1;
     while (s->conns) gw_conn_free(s->conns); /* settles what was in flight */
     if (s->lis) evconnlistener_free(s->lis);
+    gw_proxy_close_idle((gw_config_t *)s->cfg);
     gw_rl_free(s->rl);
     bill_free(s->bill); /* flushes settlements */
     if (s->grace) event_free(s->grace);

@@ -62,7 +62,8 @@ class Handler(BaseHTTPRequestHandler):
         req = json.loads(raw)
         if LOG:
             with open(LOG, "a") as f:
-                f.write(json.dumps({"headers": dict(self.headers), "body": req}) + "\n")
+                f.write(json.dumps({"headers": dict(self.headers), "body": req,
+                                    "peer_port": self.client_address[1]}) + "\n")
         text = req["messages"][-1].get("content", "")
         rid = self.headers.get("X-Request-Id", "none")
         prompt = len(json.dumps(req["messages"])) // 4 + 1

@@ -600,6 +600,25 @@ class Gateway(unittest.TestCase):
         c.close()
         self.assertEqual((n, distinct), (150, 150))
 
+    def test_worker_connections_kept_alive(self):
+        # the same prompt goes to the same worker; a JSON answer leaves the connection open for the next
+        body = {"model": MODEL, "messages": [{"role": "user", "content": "reuse me please"}]}
+        before = metric("tollgate_upstream_reuses_total")
+        ports = set()
+        for _ in range(3):
+            st, h, b = call("POST", "/v1/chat/completions", body, self.key)
+            self.assertEqual(st, 200, b)
+            w, n = worker_request(h["x-request-id"], which=True)
+            self.assertEqual(w["headers"]["Connection"], "keep-alive")
+            ports.add((n, w["peer_port"]))
+        self.assertEqual(len(ports), 1, "one worker connection served all three")
+        self.assertGreaterEqual(metric("tollgate_upstream_reuses_total") - before, 2)
+        # the fake worker closes after each stream without saying so: the gateway resends on a fresh one
+        for _ in range(3):
+            st, h, b = chat(self.key, "reuse me please", stream=True)
+            self.assertEqual(st, 200, b)
+            self.assertEqual(events(b)[-1], "[DONE]")
+
     def test_flood_with_backpressure(self):
         c = Conn(timeout=30)
         try:
