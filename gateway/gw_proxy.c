@@ -18,9 +18,12 @@
  * upstream_timeout_ms -> 504.  A stream broken or stalled after it started
  * ends with an SSE error event.  The worker connection is closed whenever the
  * request dies (client gone), which cancels the generation on the worker. */
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
 
 #include <cjson/cJSON.h>
 #include <event2/buffer.h>
@@ -493,6 +496,13 @@ static void gw_up_eof(gw_req_t *r) {
 static void gw_up_on_read(struct bufferevent *bev, void *arg) {
     gw_req_t *r = arg;
     struct evbuffer *in = bufferevent_get_input(bev);
+#ifdef TCP_QUICKACK
+    /* Acknowledge at once: a worker that writes its head and body separately
+     * with Nagle on would otherwise wait for our delayed ACK (~40 ms) on a
+     * kept-alive connection.  Linux clears the flag again, so it is per read. */
+    int one = 1;
+    setsockopt(bufferevent_getfd(bev), IPPROTO_TCP, TCP_QUICKACK, &one, sizeof one);
+#endif
     r->up_got_bytes = 1;
     if (!r->up_head_done) {
         size_t n = evbuffer_get_length(in);
