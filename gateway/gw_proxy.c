@@ -1,7 +1,7 @@
-/* gw_proxy.c — one chat completion on a worker: pick the worker with the
- * fewest requests in flight that serves the model, send the client's JSON
- * over plain HTTP/1.1 (one connection per request, "Connection: close") with
- * X-Request-Id, and relay the answer.
+/* gw_proxy.c — one chat completion on a worker: pick a worker that serves
+ * the model (prefix affinity within a load slack, else the fewest requests in
+ * flight), send the client's JSON over plain HTTP/1.1 (kept-alive connections
+ * reused) with X-Request-Id, and relay the answer.
  *
  * Streams (worker answers 200 text/event-stream): the worker's body is
  * de-chunked, split into SSE events and each event goes to the client as one
@@ -13,8 +13,9 @@
  * Anything else (non-streaming answers, worker errors) is buffered whole and
  * passed through with its status; the usage of a JSON answer is read.
  *
- * Failures: a worker that refuses the connection is marked and the next one
- * serving the model is tried; none left -> 502.  No answer head within
+ * Failures: a worker that refuses the connection (or does not accept it in
+ * time) is marked and the next one serving the model is tried; none left ->
+ * 502.  No answer head within
  * upstream_timeout_ms -> 504.  A stream broken or stalled after it started
  * ends with an SSE error event.  The worker connection is closed whenever the
  * request dies (client gone), which cancels the generation on the worker. */
