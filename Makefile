@@ -109,7 +109,7 @@ run:
 test:
 	bash scripts/deps.sh
 	$(MAKE) all
-	bash scripts/test.sh $(TEST_TARGETS)
+	TG_BIN=$(BIN) bash scripts/test.sh $(TEST_TARGETS)
 
 clean:
 	rm -rf $(B)

@@ -17,6 +17,7 @@ top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
 mode=${1:-run}
 
+BIN=${TG_BIN:-build}   # build/<sanitizer> under make SANITIZER=...
 PGBIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
 MODEL=deepseek-v3-demo
 
@@ -138,7 +139,7 @@ model() {
         log "generating the demo model in $d"
         rm -rf "$d"
         mkdir -p "$V/models"
-        build/tollgate-engine gen-model --arch deepseek_v3 --preset demo --out "$d.tmp" \
+        "$BIN"/tollgate-engine gen-model --arch deepseek_v3 --preset demo --out "$d.tmp" \
             --tokenizer build/data/deepseek-v3-tokenizer || die "gen-model failed"
         mv "$d.tmp" "$d"
     fi
@@ -173,7 +174,7 @@ wait_http() { # wait_http URL WHAT PIDFILE
 }
 
 engine_start() {
-    build/tollgate-engine serve --model "$V/models/$MODEL" --listen "127.0.0.1:$TG_PORT_ENGINE" \
+    "$BIN"/tollgate-engine serve --model "$V/models/$MODEL" --listen "127.0.0.1:$TG_PORT_ENGINE" \
         --threads "${TG_ENGINE_THREADS:-$(nproc)}" >>"$V/log/engine.log" 2>&1 &
     echo $! >"$V/run/engine.pid"
     wait_http "http://127.0.0.1:$TG_PORT_ENGINE/health" engine "$V/run/engine.pid"
@@ -181,7 +182,7 @@ engine_start() {
 
 gateway_start() {
     mkdir -p "$V/spool"
-    build/tollgate --config "$V/tollgate.json" >>"$V/log/gateway.log" 2>&1 &
+    "$BIN"/tollgate --config "$V/tollgate.json" >>"$V/log/gateway.log" 2>&1 &
     echo $! >"$V/run/gateway.pid"
     wait_http "https://127.0.0.1:$TG_PORT_GATEWAY/health" gateway "$V/run/gateway.pid"
     wait_http "http://127.0.0.1:$TG_PORT_ADMIN/" admin "$V/run/gateway.pid"
@@ -189,7 +190,7 @@ gateway_start() {
 
 ctl() {
     TOLLGATE_ADMIN_URL="http://127.0.0.1:$TG_PORT_ADMIN" TOLLGATE_ADMIN_TOKEN="$(cat "$V/admin.token")" \
-        build/tollgatectl "$@"
+        "$BIN"/tollgatectl "$@"
 }
 
 demo_account() {
@@ -281,6 +282,7 @@ export TG_TEST_CERT=$V/tls/cert.pem
 export TG_TEST_PG="host=127.0.0.1 port=$TG_PORT_PG dbname=tollgate user=tollgate"
 export TG_TEST_REDIS=127.0.0.1:$TG_PORT_REDIS
 export TG_TEST_MODEL=$MODEL
+export TG_TEST_BIN=$(cd "$BIN" && pwd)
 export TG_TEST_MODEL_DIR=$V/models/$MODEL
 export TG_TEST_DEMO_KEY=$(cat "$V/demo.key")
 export TOLLGATE_ADMIN_URL=http://127.0.0.1:$TG_PORT_ADMIN

@@ -23,7 +23,8 @@ E = os.environ
 GATEWAY = urllib.parse.urlparse(E["TG_TEST_GATEWAY"])
 ADMIN = urllib.parse.urlparse(E["TG_TEST_ADMIN"])
 MODEL = E["TG_TEST_MODEL"]
-CTL = os.path.join(os.path.dirname(__file__), "..", "..", "build", "tollgatectl")
+BIN = E["TG_TEST_BIN"]  # build/, or build/<sanitizer>/ under make SANITIZER=...
+CTL = os.path.join(BIN, "tollgatectl")
 # Demo prices set by stack.sh, micro-USD per 1M tokens = pico-USD per token.
 PRICE_IN_MISS, PRICE_IN_HIT, PRICE_OUT = 270000, 70000, 1100000
 
@@ -194,7 +195,7 @@ class Stack(unittest.TestCase):
         st, h, b = chat(self.key, content, max_tokens=1)
         self.assertEqual(st, 200, b)
         text = "<｜begin▁of▁sentence｜><｜User｜>" + content + "<｜Assistant｜>"
-        p = subprocess.run([os.path.join(os.path.dirname(CTL), "tollgate-engine"), "tokenize", "--model",
+        p = subprocess.run([os.path.join(BIN, "tollgate-engine"), "tokenize", "--model",
                             E["TG_TEST_MODEL_DIR"]], input=json.dumps(text) + "\n", capture_output=True,
                            text=True, timeout=60)
         self.assertEqual(p.returncode, 0, p.stderr)

@@ -11,7 +11,7 @@ import OpenAI from 'openai';
 const env = process.env;
 const baseURL = env.TG_TEST_GATEWAY + '/v1';
 const model = env.TG_TEST_MODEL;
-const ctl = new URL('../../build/tollgatectl', import.meta.url).pathname;
+const ctl = env.TG_TEST_BIN + '/tollgatectl';
 
 function newKey() {
   const name = 'sdk-' + Math.random().toString(16).slice(2, 14);
