@@ -59,6 +59,10 @@ void bill_pg_free(bill_pg_t *pg); /* fails pending jobs without calling them bac
 bill_pg_job_t *bill_pg_query(bill_pg_t *pg, const char *sql, int nparams, const char *const *params,
                              bill_pg_cb cb, void *arg);
 void bill_pg_cancel(bill_pg_job_t *job); /* cb will not run; accepts NULL */
+/* The job only reads: when its connection breaks under it (server restart,
+ * terminated backend), run it again on another or a new connection instead of
+ * failing it (at most once per pool connection, within its deadline). */
+void bill_pg_job_retry_ok(bill_pg_job_t *job);
 int bill_pg_up(const bill_pg_t *pg);     /* 1 when a connection is ready or busy */
 void bill_pg_set_up_arg(bill_pg_t *pg, void *up_arg);
 

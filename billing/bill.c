@@ -77,6 +77,7 @@ bill_req_t *bill_admit(bill_t *b, const char *api_key, const char *model, bill_a
         free(r);
         return NULL;
     }
+    bill_pg_job_retry_ok(r->job);
     return r;
 }
 

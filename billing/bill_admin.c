@@ -627,6 +627,8 @@ bill_admin_t *bill_admin_new(struct event_base *base, bill_pg_t *pg, const char 
     }
     memcpy(host, listen, colon - listen);
     host[colon - listen] = 0;
+    if (strncmp(host, "127.", 4) && strcmp(host, "localhost") && strcmp(host, "[::1]") && strcmp(host, "::1"))
+        fprintf(stderr, "bill: warning: the admin API listens on %s, which is not a loopback address\n", listen);
     if (host[0] == '[' && host[strlen(host) - 1] == ']') { /* [::1]:8444 */
         memmove(host, host + 1, strlen(host));
         host[strlen(host) - 1] = 0;

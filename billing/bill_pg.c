@@ -52,6 +52,8 @@ struct bill_pg_job {
     struct event *timer;
     pg_conn_t *on; /* running there, or NULL while queued */
     int failfast;
+    int retry_ok; /* read-only: runs left when its connection breaks under it */
+    int doomed;   /* conn_fail: to be failed */
 };
 
 TAILQ_HEAD(job_q, bill_pg_job);
@@ -157,14 +159,39 @@ static void conn_fail(pg_conn_t *c, const char *why) {
     evtimer_add(c->timer, &tv);
     if (j) {
         j->on = NULL;
-        job_finish(j, NULL, msg);
-    }
-    if (pool_all_down(pg)) {
-        bill_pg_job_t *q;
-        while ((q = TAILQ_FIRST(&pg->queue))) {
-            TAILQ_REMOVE(&pg->queue, q, link);
-            job_finish(q, NULL, msg);
+        if (j->retry_ok > 0) { /* again, on another or a new connection */
+            j->retry_ok--;
+            TAILQ_INSERT_HEAD(&pg->queue, j, link);
+            event_active(pg->kick, EV_TIMEOUT, 0);
+        } else {
+            job_finish(j, NULL, msg);
         }
+    }
+    if (!pool_all_down(pg)) return;
+    /* Nothing left alive.  Read-only jobs may wait for one immediate reconnect
+     * (e.g. every backend was terminated but the server is up; at most every
+     * 100 ms, so a server that is really down fails them at once); every other
+     * queued job fails now. */
+    int64_t now = mono_ms();
+    int retry = 0;
+    bill_pg_job_t *q;
+    TAILQ_FOREACH(q, &pg->queue, link) retry |= q->retry_ok > 0;
+    if (retry && now - pg->last_forced_ms < 100) retry = 0;
+    if (retry) {
+        pg->force_reconnect = 1;
+        pg->last_forced_ms = now;
+        event_active(pg->kick, EV_TIMEOUT, 0);
+    }
+    TAILQ_FOREACH(q, &pg->queue, link) {
+        q->doomed = !(retry && q->retry_ok > 0);
+        if (!q->doomed) q->retry_ok--;
+    }
+    /* from the head each time: a callback may cancel or add queued jobs */
+    for (;;) {
+        TAILQ_FOREACH(q, &pg->queue, link) if (q->doomed) break;
+        if (!q) break;
+        TAILQ_REMOVE(&pg->queue, q, link);
+        job_finish(q, NULL, msg);
     }
 }
 
@@ -181,6 +208,15 @@ static void job_done(pg_conn_t *c) {
     dispatch(c->pg);
 }
 
+/* Did the statement fail because the session ended (server shutdown,
+ * pg_terminate_backend, connection exception) rather than because of itself? */
+static int conn_lost(pg_conn_t *c) {
+    if (PQstatus(c->conn) == CONNECTION_BAD) return 1;
+    if (!c->res || PQresultStatus(c->res) != PGRES_FATAL_ERROR) return 0;
+    const char *st = PQresultErrorField(c->res, PG_DIAG_SQLSTATE);
+    return st && (!strncmp(st, "08", 2) || !strncmp(st, "57P", 3));
+}
+
 static void conn_read(pg_conn_t *c) {
     if (!PQconsumeInput(c->conn)) {
         conn_fail(c, PQerrorMessage(c->conn));
@@ -195,6 +231,10 @@ static void conn_read(pg_conn_t *c) {
     while (!PQisBusy(c->conn)) {
         PGresult *r = PQgetResult(c->conn);
         if (!r) {
+            if (conn_lost(c)) {
+                conn_fail(c, "connection lost during a statement");
+                return;
+            }
             job_done(c);
             return;
         }
@@ -222,6 +262,8 @@ static void conn_io_cb(evutil_socket_t fd, short what, void *arg) {
     }
 }
 
+static void notice_cb(void *arg, const char *msg) { fprintf(stderr, "bill: postgres: %s", msg); }
+
 static void conn_connected(pg_conn_t *c) {
     bill_pg_t *pg = c->pg;
     conn_events_free(c);
@@ -230,6 +272,7 @@ static void conn_connected(pg_conn_t *c) {
         conn_fail(c, "PQsetnonblocking failed");
         return;
     }
+    PQsetNoticeProcessor(c->conn, notice_cb, NULL);
     c->sock = PQsocket(c->conn);
     c->rev = event_new(pg->base, c->sock, EV_READ | EV_PERSIST, conn_io_cb, c);
     c->wev = event_new(pg->base, c->sock, EV_WRITE, conn_io_cb, c);
@@ -353,6 +396,10 @@ bill_pg_job_t *bill_pg_query(bill_pg_t *pg, const char *sql, int nparams, const 
 fail:
     job_free(j);
     return NULL;
+}
+
+void bill_pg_job_retry_ok(bill_pg_job_t *j) {
+    if (j) j->retry_ok = j->pg->nconn + 1; /* every connection may be stale at once */
 }
 
 void bill_pg_cancel(bill_pg_job_t *j) {

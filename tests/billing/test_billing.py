@@ -372,6 +372,11 @@ class Outage(unittest.TestCase):
             kid, cid = int(a[2]), int(a[3])
             count = lambda rid: q("select count(*) from usage where request_id = %s", rid, conninfo=self.conninfo)[0][0]
 
+            # 0. every pool connection killed by the server: the next admission reconnects
+            q("select pg_terminate_backend(pid) from pg_stat_activity where application_name = 'tollgate'",
+              conninfo=self.conninfo)
+            self.assertEqual(s.admit(key)[1], "ok")
+
             # 1. PostgreSQL goes down under a running server: spooled, replayed once it is back
             self.pg(False)
             t0 = time.time()
