@@ -117,7 +117,9 @@ bill_t *bill_new(struct event_base *base, const bill_opts_t *o, char *err, size_
         goto fail;
     }
     const char *spool = o->spool_dir && *o->spool_dir ? o->spool_dir : "var/spool";
-    b->pg = bill_pg_new(base, b->conninfo, POOL_SIZE, TIMEOUT_MS, bill_settler_on_up, NULL);
+    int pool = o->pg_pool_size > 0 && o->pg_pool_size <= 64 ? o->pg_pool_size : POOL_SIZE;
+    int timeout = o->pg_timeout_ms > 0 ? o->pg_timeout_ms : TIMEOUT_MS;
+    b->pg = bill_pg_new(base, b->conninfo, pool, timeout, bill_settler_on_up, NULL);
     if (!b->pg) goto oom;
     if (!(b->settler = bill_settler_new(base, b->pg, spool, err, errlen))) goto fail;
     bill_pg_set_up_arg(b->pg, b->settler);

@@ -26,6 +26,8 @@ typedef struct {
     const char *admin_token;     /* bearer token required by the admin API */
     const char *key_secret;      /* secret of the keyed hash of API keys (hex) */
     const char *spool_dir;       /* where settlements wait while PG is down */
+    int pg_pool_size;            /* PostgreSQL connections; 0: 4 */
+    int pg_timeout_ms;           /* deadline of one statement; 0: 5000 */
 } bill_opts_t;
 
 /* Prices of one model, integer micro-USD per 1M tokens. */
@@ -61,7 +63,7 @@ void bill_free(bill_t *b); /* accepts NULL; flushes pending settlements to the s
  * unless the request is cancelled first.  Returns NULL only when out of memory.
  * The returned handle is freed just before cb runs: do not cancel it after.
  * Each call reads PostgreSQL (no cache), so revocations and credits count at
- * once; when PostgreSQL is unreachable cb gets BILL_ERROR within 5 s (at once
+ * once; when PostgreSQL is unreachable cb gets BILL_ERROR within pg_timeout_ms (at once
  * when every pool connection is known to be down). */
 bill_req_t *bill_admit(bill_t *b, const char *api_key, const char *model, bill_admit_cb cb, void *arg);
 void bill_cancel(bill_req_t *r); /* cb will not be called; accepts NULL */

@@ -107,7 +107,8 @@ int main(int argc, char **argv) {
     }
     signal(SIGPIPE, SIG_IGN);
     base = event_base_new();
-    bill_opts_t o = {argv[1], argv[2], argv[3], argv[4], argv[5]};
+    bill_opts_t o = {.pg_conninfo = argv[1], .admin_listen = argv[2], .admin_token = argv[3],
+                     .key_secret = argv[4], .spool_dir = argv[5]};
     char err[256];
     bill = bill_new(base, &o, err, sizeof err);
     if (!bill) {
