@@ -117,6 +117,10 @@ bill_t *bill_new(struct event_base *base, const bill_opts_t *o, char *err, size_
         goto fail;
     }
     const char *spool = o->spool_dir && *o->spool_dir ? o->spool_dir : "var/spool";
+    /* Sessions in UTC (libpq sends PGTZ at connect): timestamps without a zone
+     * in admin queries and every timestamp in answers read the same
+     * everywhere.  An explicit PGTZ wins. */
+    setenv("PGTZ", "UTC", 0);
     int pool = o->pg_pool_size > 0 && o->pg_pool_size <= 64 ? o->pg_pool_size : POOL_SIZE;
     int timeout = o->pg_timeout_ms > 0 ? o->pg_timeout_ms : TIMEOUT_MS;
     b->pg = bill_pg_new(base, b->conninfo, pool, timeout, bill_settler_on_up, NULL);

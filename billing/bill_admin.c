@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <cjson/cJSON.h>
 #include <event2/buffer.h>
@@ -474,6 +475,17 @@ static void prices_set(bill_admin_t *a, struct evhttp_request *req) {
     cJSON_Delete(j);
 }
 
+/* Unix seconds ("1764300000") as an ISO timestamp in UTC; anything else is
+ * returned as is for PostgreSQL to read (or refuse with a 400). */
+static const char *epoch_to_iso(const char *t, char out[40]) {
+    if (!t || !*t || strlen(t) > 12 || strspn(t, "0123456789") != strlen(t)) return t;
+    time_t v = (time_t)strtoll(t, NULL, 10);
+    struct tm tm;
+    if (!gmtime_r(&v, &tm)) return t;
+    strftime(out, 40, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    return out;
+}
+
 static void usage_get(bill_admin_t *a, struct evhttp_request *req, const char *cust, struct evkeyvalq *q,
                       int invoice) {
     if (invoice) {
@@ -493,6 +505,9 @@ static void usage_get(bill_admin_t *a, struct evhttp_request *req, const char *c
         reply_error(req, 400, "invalid_value", "limit must be an integer from 0 to 999999");
         return;
     }
+    char f2[40], t2[40];
+    from = epoch_to_iso(from, f2);
+    to = epoch_to_iso(to, t2);
     const char *p[] = {cust, from && *from ? from : "-infinity", to && *to ? to : "infinity",
                        limit ? limit : "1000"};
     run(a, req, SQL_USAGE, 4, p, "no such customer", NULL);

@@ -306,6 +306,11 @@ class Billing(unittest.TestCase):
         # usage and invoice show it, totals exact
         u = json.loads(self.s.ctl("usage", "--customer", c, "--json").stdout)
         self.assertEqual(u["data"][0]["request_id"], rid)
+        self.assertTrue(u["data"][0]["received_at"].endswith("+00:00"), u["data"][0]["received_at"])
+        t = int(time.time())
+        for lo, hi, n in ((t - 600, t + 600, 1), (t + 600, t + 1200, 0), ("2000-01-01", "2000-01-02", 0)):
+            w = json.loads(self.s.ctl("usage", "--customer", c, "--from", str(lo), "--to", str(hi), "--json").stdout)
+            self.assertEqual((len(w["data"]), w["totals"]["requests"]), (n, n), (lo, hi))
         self.assertEqual(u["totals"]["cost_pico"], str(want))
         month = time.strftime("%Y-%m", time.gmtime())
         inv = json.loads(self.s.ctl("invoice", "--customer", c, "--month", month, "--json").stdout)
