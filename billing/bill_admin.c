@@ -612,12 +612,17 @@ static void gen_cb(struct evhttp_request *req, void *arg) {
             reply_error(req, 404, "not_found", "no such admin endpoint");
             goto done;
         }
-        seg[nseg] = evhttp_uridecode(t, 0, NULL);
+        size_t len = 0;
+        seg[nseg] = evhttp_uridecode(t, 0, &len);
         if (!seg[nseg]) {
             reply_error(req, 500, NULL, "out of memory");
             goto done;
         }
         nseg++;
+        if (strlen(seg[nseg - 1]) != len) { /* an encoded NUL */
+            reply_error(req, 404, "not_found", "no such admin endpoint");
+            goto done;
+        }
     }
     route(a, req, evhttp_request_get_command(req), seg, nseg, &q);
 done:
