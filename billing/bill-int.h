@@ -63,6 +63,10 @@ void bill_pg_cancel(bill_pg_job_t *job); /* cb will not run; accepts NULL */
  * terminated backend), run it again on another or a new connection instead of
  * failing it (at most once per pool connection, within its deadline). */
 void bill_pg_job_retry_ok(bill_pg_job_t *job);
+/* Run the job's SQL as the prepared statement `name` (a static string; one
+ * SQL text per name), preparing it once per session.  Call right after
+ * bill_pg_query, before the loop runs. */
+void bill_pg_job_prepared(bill_pg_job_t *job, const char *name);
 int bill_pg_up(const bill_pg_t *pg);     /* 1 when a connection is ready or busy */
 void bill_pg_set_up_arg(bill_pg_t *pg, void *up_arg);
 

@@ -78,6 +78,7 @@ bill_req_t *bill_admit(bill_t *b, const char *api_key, const char *model, bill_a
         return NULL;
     }
     bill_pg_job_retry_ok(r->job);
+    bill_pg_job_prepared(r->job, "tg_admit");
     return r;
 }
 

@@ -39,6 +39,9 @@ typedef struct pg_conn {
     int backoff_ms;
     bill_pg_job_t *job;
     PGresult *res;
+    int preparing;            /* the job's statement is being prepared first */
+    const char *prepared[8];  /* statement names prepared on this session */
+    int nprepared;
 } pg_conn_t;
 
 struct bill_pg_job {
@@ -54,6 +57,7 @@ struct bill_pg_job {
     int failfast;
     int retry_ok; /* read-only: runs left when its connection breaks under it */
     int doomed;   /* conn_fail: to be failed */
+    const char *stmt; /* name of a prepared statement for sql, or NULL */
 };
 
 TAILQ_HEAD(job_q, bill_pg_job);
@@ -74,6 +78,7 @@ struct bill_pg {
 };
 
 static void conn_start(pg_conn_t *c);
+static void conn_send_job(pg_conn_t *c);
 
 static int64_t mono_ms(void) {
     struct timespec ts;
@@ -125,6 +130,8 @@ static void conn_close(pg_conn_t *c) {
     c->res = NULL;
     if (c->conn) PQfinish(c->conn);
     c->conn = NULL;
+    c->preparing = 0;
+    c->nprepared = 0;
     if (c->st == C_IDLE || c->st == C_BUSY) c->pg->nup--;
     c->st = C_DOWN;
 }
@@ -235,6 +242,16 @@ static void conn_read(pg_conn_t *c) {
                 conn_fail(c, "connection lost during a statement");
                 return;
             }
+            if (c->preparing && c->res && PQresultStatus(c->res) == PGRES_COMMAND_OK) {
+                PQclear(c->res);
+                c->res = NULL;
+                c->preparing = 0;
+                if (c->nprepared < (int)(sizeof c->prepared / sizeof c->prepared[0]))
+                    c->prepared[c->nprepared++] = c->job->stmt;
+                conn_send_job(c);
+                return;
+            }
+            c->preparing = 0; /* a failed PREPARE is the job's answer */
             job_done(c);
             return;
         }
@@ -336,9 +353,31 @@ static void conn_send(pg_conn_t *c, bill_pg_job_t *j) {
     c->job = j;
     j->on = c;
     c->st = C_BUSY;
-    if (!PQsendQueryParams(c->conn, j->sql, j->nparams, NULL, (const char *const *)j->params, NULL,
-                           NULL, 0)) {
-        /* Nothing reached the server: the job may go to another connection. */
+    conn_send_job(c);
+}
+
+static int conn_has(const pg_conn_t *c, const char *stmt) {
+    for (int i = 0; i < c->nprepared; i++)
+        if (!strcmp(c->prepared[i], stmt)) return 1;
+    return 0;
+}
+
+/* Send c->job: PREPARE first when its statement is new to this session (the
+ * EXECUTE follows when the PREPARE's result arrives), else run it. */
+static void conn_send_job(pg_conn_t *c) {
+    bill_pg_job_t *j = c->job;
+    const char *const *params = (const char *const *)j->params;
+    int ok;
+    if (!j->stmt) {
+        ok = PQsendQueryParams(c->conn, j->sql, j->nparams, NULL, params, NULL, NULL, 0);
+    } else if (conn_has(c, j->stmt)) {
+        ok = PQsendQueryPrepared(c->conn, j->stmt, j->nparams, params, NULL, NULL, 0);
+    } else {
+        c->preparing = 1;
+        ok = PQsendPrepare(c->conn, j->stmt, j->sql, j->nparams, NULL);
+    }
+    if (!ok) {
+        /* Nothing of this job ran: it may go to another connection. */
         c->job = NULL;
         j->on = NULL;
         TAILQ_INSERT_HEAD(&c->pg->queue, j, link);
@@ -396,6 +435,10 @@ bill_pg_job_t *bill_pg_query(bill_pg_t *pg, const char *sql, int nparams, const 
 fail:
     job_free(j);
     return NULL;
+}
+
+void bill_pg_job_prepared(bill_pg_job_t *j, const char *name) {
+    if (j) j->stmt = name;
 }
 
 void bill_pg_job_retry_ok(bill_pg_job_t *j) {

@@ -394,6 +394,7 @@ static void flush(bill_settler_t *s) {
         return;
     }
     s->job = bill_pg_query(s->pg, SETTLE_SQL, NCOL, (const char *const *)params, batch_cb, s);
+    bill_pg_job_prepared(s->job, "tg_settle");
     for (int c = 0; c < NCOL; c++) free(params[c]);
     if (!s->job) {
         struct timeval tv = {1, 0};
