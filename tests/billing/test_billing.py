@@ -22,7 +22,7 @@ import psycopg2
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 SERVER = os.path.join(ROOT, os.environ.get("BILL_SERVER", "build/bill_server"))
-CTL = os.path.join(ROOT, "build", "tollgatectl")
+CTL = os.path.join(ROOT, os.environ.get("TG_CTL", "build/tollgatectl"))
 PG = os.environ["TG_TEST_PG"]
 PGSH = os.path.join(ROOT, "tests", "billing", "pg.sh")
 MODEL = "billtest-model"
