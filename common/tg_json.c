@@ -1,0 +1,634 @@
+/* tg_json.c — strict RFC 8259 reader into a one-allocation DOM, and the
+ * JSON string writer (see tg_json.h).
+ *
+ * The text is read twice by the same recursive-descent code: the first pass
+ * validates everything and counts the nodes and the bytes that strings and
+ * number texts will need; one block of exactly that size is allocated; the
+ * second pass (which cannot fail) fills it.  The root is the first node of
+ * the block, so freeing the root frees the document.  Recursion is bounded
+ * by max_depth.  Invariants of a built document: every string is valid UTF-8
+ * (possibly holding NUL) followed by a NUL; siblings are linked both ways. */
+#include "tg_json.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct tg_json {
+    tg_json_t *next, *prev;  /* siblings in the parent array/object */
+    tg_json_t *child;        /* first element/member of a container */
+    const char *key;         /* member name (decoded, NUL-terminated) or NULL */
+    const char *s;           /* string bytes / number text, NUL-terminated */
+    size_t key_len, len;     /* len: string/number length, or container count */
+    size_t key_off, key_end; /* span of the quoted key in the source */
+    size_t off, end;         /* span of the value in the source */
+    unsigned char type, b;   /* tg_json_type_t; boolean value */
+};
+
+typedef struct {
+    const unsigned char *start, *p, *end;
+    int depth, max_depth;
+    int build;               /* 0: validate and count; 1: fill the block */
+    size_t nodes, bytes;     /* counted by pass 0 */
+    tg_json_t *node_at;      /* pass 1 cursors into the block */
+    char *byte_at;
+    const char *err;
+    size_t err_off;
+} tg_json_parser_t;
+
+static int tg_fail(tg_json_parser_t *ps, const unsigned char *at, const char *msg) {
+    if (!ps->err) {
+        ps->err = msg;
+        ps->err_off = (size_t)(at - ps->start);
+    }
+    return -1;
+}
+
+static void tg_skip_ws(tg_json_parser_t *ps) {
+    while (ps->p < ps->end && (*ps->p == ' ' || *ps->p == '\t' || *ps->p == '\n' || *ps->p == '\r')) ps->p++;
+}
+
+static tg_json_t *tg_node(tg_json_parser_t *ps, int type, const unsigned char *at) {
+    ps->nodes++;
+    if (!ps->build) return NULL;
+    tg_json_t *v = ps->node_at++;
+    memset(v, 0, sizeof *v);
+    v->type = (unsigned char)type;
+    v->off = (size_t)(at - ps->start);
+    return v;
+}
+
+static int tg_hex4(const unsigned char *p) {
+    int v = 0;
+    for (int i = 0; i < 4; i++) {
+        int c = p[i], d;
+        if (c >= '0' && c <= '9') d = c - '0';
+        else if (c >= 'a' && c <= 'f') d = c - 'a' + 10;
+        else if (c >= 'A' && c <= 'F') d = c - 'A' + 10;
+        else return -1;
+        v = v * 16 + d;
+    }
+    return v;
+}
+
+/* Length of the valid UTF-8 sequence at p (1..4), or 0 when invalid
+ * (overlong, surrogate, above U+10FFFF, truncated, stray continuation). */
+static size_t tg_utf8_seq(const unsigned char *p, const unsigned char *end) {
+    unsigned c = p[0];
+    if (c < 0x80) return 1;
+    size_t n;
+    unsigned lo = 0x80, hi = 0xBF;
+    if (c >= 0xC2 && c <= 0xDF) n = 2;
+    else if (c == 0xE0) n = 3, lo = 0xA0;
+    else if (c >= 0xE1 && c <= 0xEC) n = 3;
+    else if (c == 0xED) n = 3, hi = 0x9F;
+    else if (c >= 0xEE && c <= 0xEF) n = 3;
+    else if (c == 0xF0) n = 4, lo = 0x90;
+    else if (c >= 0xF1 && c <= 0xF3) n = 4;
+    else if (c == 0xF4) n = 4, hi = 0x8F;
+    else return 0;
+    if ((size_t)(end - p) < n) return 0;
+    if (p[1] < lo || p[1] > hi) return 0;
+    for (size_t i = 2; i < n; i++)
+        if (p[i] < 0x80 || p[i] > 0xBF) return 0;
+    return n;
+}
+
+static size_t tg_utf8_put(char *d, unsigned cp) {
+    if (cp < 0x80) {
+        d[0] = (char)cp;
+        return 1;
+    }
+    if (cp < 0x800) {
+        d[0] = (char)(0xC0 | cp >> 6);
+        d[1] = (char)(0x80 | (cp & 0x3F));
+        return 2;
+    }
+    if (cp < 0x10000) {
+        d[0] = (char)(0xE0 | cp >> 12);
+        d[1] = (char)(0x80 | (cp >> 6 & 0x3F));
+        d[2] = (char)(0x80 | (cp & 0x3F));
+        return 3;
+    }
+    d[0] = (char)(0xF0 | cp >> 18);
+    d[1] = (char)(0x80 | (cp >> 12 & 0x3F));
+    d[2] = (char)(0x80 | (cp >> 6 & 0x3F));
+    d[3] = (char)(0x80 | (cp & 0x3F));
+    return 4;
+}
+
+/* A string at ps->p (on the opening quote).  Pass 1 decodes into the block
+ * and sets *out / *out_len.  The decoded form is never longer than the
+ * source, so pass 0 reserves the source length plus the NUL. */
+static int tg_string(tg_json_parser_t *ps, const char **out, size_t *out_len) {
+    const unsigned char *q = ps->p, *p = q + 1, *end = ps->end;
+    char *d = ps->build ? ps->byte_at : NULL, *d0 = d;
+    for (;;) {
+        /* the plain run: no quote, backslash, control or non-ASCII byte */
+        const unsigned char *r = p;
+        while (r < end && *r >= 0x20 && *r != '"' && *r != '\\' && *r < 0x80) r++;
+        if (d) {
+            memcpy(d, p, (size_t)(r - p));
+            d += r - p;
+        }
+        p = r;
+        if (p >= end) return tg_fail(ps, q, "unterminated string");
+        unsigned c = *p;
+        if (c == '"') break;
+        if (c < 0x20) return tg_fail(ps, p, "control character in string");
+        if (c >= 0x80) {
+            size_t n = tg_utf8_seq(p, end);
+            if (!n) return tg_fail(ps, p, "invalid UTF-8 in string");
+            if (d) {
+                memcpy(d, p, n);
+                d += n;
+            }
+            p += n;
+            continue;
+        }
+        /* backslash */
+        if (end - p < 2) return tg_fail(ps, q, "unterminated string");
+        char e;
+        switch (p[1]) {
+        case '"': e = '"'; break;
+        case '\\': e = '\\'; break;
+        case '/': e = '/'; break;
+        case 'b': e = '\b'; break;
+        case 'f': e = '\f'; break;
+        case 'n': e = '\n'; break;
+        case 'r': e = '\r'; break;
+        case 't': e = '\t'; break;
+        case 'u': e = 0; break;
+        default: return tg_fail(ps, p, "invalid escape in string");
+        }
+        if (p[1] != 'u') {
+            if (d) *d++ = e;
+            p += 2;
+            continue;
+        }
+        int cp = end - p >= 6 ? tg_hex4(p + 2) : -1;
+        if (cp < 0) return tg_fail(ps, p, "invalid \\u escape");
+        if (cp >= 0xDC00 && cp <= 0xDFFF) return tg_fail(ps, p, "lone surrogate in \\u escape");
+        if (cp >= 0xD800 && cp <= 0xDBFF) {
+            int lo = end - p >= 12 && p[6] == '\\' && p[7] == 'u' ? tg_hex4(p + 8) : -1;
+            if (lo < 0xDC00 || lo > 0xDFFF) return tg_fail(ps, p, "lone surrogate in \\u escape");
+            cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+            p += 6;
+        }
+        if (d) d += tg_utf8_put(d, (unsigned)cp);
+        p += 6;
+    }
+    ps->bytes += (size_t)(p - q) + 1;
+    if (d) {
+        *d = '\0';
+        *out = d0;
+        *out_len = (size_t)(d - d0);
+        ps->byte_at = d + 1;
+    }
+    ps->p = p + 1;
+    return 0;
+}
+
+static int tg_number(tg_json_parser_t *ps, tg_json_t *v) {
+    const unsigned char *s = ps->p, *p = s, *end = ps->end;
+    if (p < end && *p == '-') p++;
+    if (p >= end || *p < '0' || *p > '9') return tg_fail(ps, s, "invalid number");
+    if (*p == '0') p++;
+    else
+        while (p < end && *p >= '0' && *p <= '9') p++;
+    if (p < end && *p == '.') {
+        p++;
+        if (p >= end || *p < '0' || *p > '9') return tg_fail(ps, p, "invalid number: digit expected after '.'");
+        while (p < end && *p >= '0' && *p <= '9') p++;
+    }
+    if (p < end && (*p == 'e' || *p == 'E')) {
+        p++;
+        if (p < end && (*p == '+' || *p == '-')) p++;
+        if (p >= end || *p < '0' || *p > '9') return tg_fail(ps, p, "invalid number: digit expected in exponent");
+        while (p < end && *p >= '0' && *p <= '9') p++;
+    }
+    size_t n = (size_t)(p - s);
+    ps->bytes += n + 1;
+    if (v) {
+        memcpy(ps->byte_at, s, n);
+        ps->byte_at[n] = '\0';
+        v->s = ps->byte_at;
+        v->len = n;
+        ps->byte_at += n + 1;
+    }
+    ps->p = p;
+    return 0;
+}
+
+static int tg_value(tg_json_parser_t *ps, tg_json_t **out);
+
+static int tg_literal(tg_json_parser_t *ps, const char *word, size_t n) {
+    if ((size_t)(ps->end - ps->p) < n || memcmp(ps->p, word, n)) return tg_fail(ps, ps->p, "invalid literal");
+    ps->p += n;
+    return 0;
+}
+
+static int tg_container(tg_json_parser_t *ps, tg_json_t *v, int obj) {
+    const unsigned char *open = ps->p;
+    if (++ps->depth > ps->max_depth) return tg_fail(ps, open, "nesting too deep");
+    ps->p++;
+    tg_skip_ws(ps);
+    tg_json_t *last = NULL;
+    size_t count = 0;
+    if (ps->p < ps->end && *ps->p == (obj ? '}' : ']')) {
+        ps->p++;
+    } else {
+        for (;;) {
+            const char *key = NULL;
+            size_t key_len = 0, key_off = 0, key_end = 0;
+            if (obj) {
+                if (ps->p >= ps->end) return tg_fail(ps, ps->p, "unexpected end of input");
+                if (*ps->p != '"') return tg_fail(ps, ps->p, "expected a string key");
+                key_off = (size_t)(ps->p - ps->start);
+                if (tg_string(ps, &key, &key_len)) return -1;
+                key_end = (size_t)(ps->p - ps->start);
+                tg_skip_ws(ps);
+                if (ps->p >= ps->end) return tg_fail(ps, ps->p, "unexpected end of input");
+                if (*ps->p != ':') return tg_fail(ps, ps->p, "expected ':'");
+                ps->p++;
+                tg_skip_ws(ps);
+            }
+            tg_json_t *kid = NULL;
+            if (tg_value(ps, &kid)) return -1;
+            count++;
+            if (kid) {
+                if (obj) {
+                    kid->key = key;
+                    kid->key_len = key_len;
+                    kid->key_off = key_off;
+                    kid->key_end = key_end;
+                }
+                kid->prev = last;
+                if (last) last->next = kid;
+                else v->child = kid;
+                last = kid;
+            }
+            tg_skip_ws(ps);
+            if (ps->p >= ps->end) return tg_fail(ps, ps->p, "unexpected end of input");
+            if (*ps->p == ',') {
+                ps->p++;
+                tg_skip_ws(ps);
+                continue;
+            }
+            if (*ps->p == (obj ? '}' : ']')) {
+                ps->p++;
+                break;
+            }
+            return tg_fail(ps, ps->p, obj ? "expected ',' or '}'" : "expected ',' or ']'");
+        }
+    }
+    if (v) v->len = count;
+    ps->depth--;
+    return 0;
+}
+
+static int tg_value(tg_json_parser_t *ps, tg_json_t **out) {
+    if (ps->p >= ps->end) return tg_fail(ps, ps->p, "unexpected end of input");
+    const unsigned char *at = ps->p;
+    tg_json_t *v;
+    int rc;
+    switch (*at) {
+    case '{':
+    case '[':
+        v = tg_node(ps, *at == '{' ? TG_JSON_OBJECT : TG_JSON_ARRAY, at);
+        rc = tg_container(ps, v, *at == '{');
+        break;
+    case '"': {
+        v = tg_node(ps, TG_JSON_STRING, at);
+        const char *s = NULL;
+        size_t n = 0;
+        rc = tg_string(ps, &s, &n);
+        if (v) v->s = s, v->len = n;
+        break;
+    }
+    case 't':
+        v = tg_node(ps, TG_JSON_BOOL, at);
+        if (v) v->b = 1;
+        rc = tg_literal(ps, "true", 4);
+        break;
+    case 'f':
+        v = tg_node(ps, TG_JSON_BOOL, at);
+        rc = tg_literal(ps, "false", 5);
+        break;
+    case 'n':
+        v = tg_node(ps, TG_JSON_NULL, at);
+        rc = tg_literal(ps, "null", 4);
+        break;
+    default:
+        if (*at == '-' || (*at >= '0' && *at <= '9')) {
+            v = tg_node(ps, TG_JSON_NUMBER, at);
+            rc = tg_number(ps, v);
+        } else {
+            return tg_fail(ps, at, *at >= 0x80 && !tg_utf8_seq(at, ps->end) ? "invalid UTF-8" : "expected a value");
+        }
+    }
+    if (rc) return -1;
+    if (v) v->end = (size_t)(ps->p - ps->start);
+    *out = v;
+    return 0;
+}
+
+static int tg_document(tg_json_parser_t *ps, tg_json_t **root) {
+    tg_skip_ws(ps);
+    if (tg_value(ps, root)) return -1;
+    tg_skip_ws(ps);
+    if (ps->p != ps->end) return tg_fail(ps, ps->p, "unexpected data after the JSON value");
+    return 0;
+}
+
+static void tg_err_set(tg_json_err_t *err, size_t off, const char *msg) {
+    if (!err) return;
+    err->offset = off;
+    err->msg = msg;
+    snprintf(err->text, sizeof err->text, "Invalid JSON at byte %zu: %s", off, msg);
+}
+
+tg_json_t *tg_json_parse(const char *text, size_t len, const tg_json_opts_t *opts, tg_json_err_t *err) {
+    tg_json_parser_t ps;
+    memset(&ps, 0, sizeof ps);
+    ps.max_depth = opts && opts->max_depth > 0 ? opts->max_depth : TG_JSON_MAX_DEPTH;
+    if (opts && opts->max_bytes && len > opts->max_bytes) {
+        tg_err_set(err, opts->max_bytes, "document too large");
+        return NULL;
+    }
+    if (!text && len) {
+        tg_err_set(err, 0, "no text");
+        return NULL;
+    }
+    static const unsigned char none[1];
+    ps.start = ps.p = text ? (const unsigned char *)text : none;
+    ps.end = ps.start + len;
+    tg_json_t *root = NULL;
+    if (tg_document(&ps, &root)) {
+        tg_err_set(err, ps.err_off, ps.err);
+        return NULL;
+    }
+    size_t nodes = ps.nodes, bytes = ps.bytes;
+    if (nodes > (SIZE_MAX - bytes) / sizeof(tg_json_t)) {
+        tg_err_set(err, 0, "out of memory");
+        return NULL;
+    }
+    tg_json_t *block = malloc(nodes * sizeof(tg_json_t) + bytes);
+    if (!block) {
+        tg_err_set(err, 0, "out of memory");
+        return NULL;
+    }
+    ps.p = ps.start;
+    ps.depth = 0;
+    ps.build = 1;
+    ps.node_at = block;
+    ps.byte_at = (char *)(block + nodes);
+    if (tg_document(&ps, &root) || root != block) { /* cannot happen: pass 0 accepted the same text */
+        free(block);
+        tg_err_set(err, 0, "internal error");
+        return NULL;
+    }
+    return root;
+}
+
+void tg_json_free(tg_json_t *root) { free(root); }
+
+tg_json_type_t tg_json_type(const tg_json_t *v) { return v ? (tg_json_type_t)v->type : TG_JSON_NONE; }
+
+const char *tg_json_type_name(tg_json_type_t t) {
+    static const char *const names[] = {"none", "null", "boolean", "number", "string", "array", "object"};
+    return (unsigned)t < sizeof names / sizeof names[0] ? names[t] : "?";
+}
+
+tg_json_t *tg_json_getn(const tg_json_t *obj, const char *key, size_t key_len) {
+    if (!obj || obj->type != TG_JSON_OBJECT) return NULL;
+    tg_json_t *found = NULL;
+    for (tg_json_t *m = obj->child; m; m = m->next)
+        if (m->key_len == key_len && !memcmp(m->key, key, key_len)) found = m;
+    return found;
+}
+
+tg_json_t *tg_json_get(const tg_json_t *obj, const char *key) { return tg_json_getn(obj, key, strlen(key)); }
+
+size_t tg_json_len(const tg_json_t *v) {
+    return v && (v->type == TG_JSON_ARRAY || v->type == TG_JSON_OBJECT) ? v->len : 0;
+}
+
+tg_json_t *tg_json_first(const tg_json_t *v) {
+    return v && (v->type == TG_JSON_ARRAY || v->type == TG_JSON_OBJECT) ? v->child : NULL;
+}
+
+tg_json_t *tg_json_next(const tg_json_t *v) { return v ? v->next : NULL; }
+
+tg_json_t *tg_json_at(const tg_json_t *v, size_t i) {
+    tg_json_t *m = tg_json_first(v);
+    while (m && i--) m = m->next;
+    return m;
+}
+
+const char *tg_json_key(const tg_json_t *m, size_t *len) {
+    if (!m || !m->key) return NULL;
+    if (len) *len = m->key_len;
+    return m->key;
+}
+
+const char *tg_json_str(const tg_json_t *v, size_t *len) {
+    if (!v || v->type != TG_JSON_STRING) return NULL;
+    if (len) *len = v->len;
+    return v->s;
+}
+
+const char *tg_json_num_text(const tg_json_t *v, size_t *len) {
+    if (!v || v->type != TG_JSON_NUMBER) return NULL;
+    if (len) *len = v->len;
+    return v->s;
+}
+
+int tg_json_int64(const tg_json_t *v, int64_t *out) {
+    if (!v || v->type != TG_JSON_NUMBER) return -1;
+    const char *p = v->s, *e = v->s + v->len;
+    int neg = *p == '-';
+    p += neg;
+    uint64_t lim = neg ? (uint64_t)INT64_MAX + 1 : (uint64_t)INT64_MAX, x = 0;
+    for (; p < e; p++) {
+        if (*p < '0' || *p > '9') return -1; /* '.', 'e', 'E' */
+        unsigned d = (unsigned)(*p - '0');
+        if (x > (lim - d) / 10) return -1;
+        x = x * 10 + d;
+    }
+    *out = neg ? (x == (uint64_t)INT64_MAX + 1 ? INT64_MIN : -(int64_t)x) : (int64_t)x;
+    return 0;
+}
+
+int tg_json_double(const tg_json_t *v, double *out) {
+    if (!v || v->type != TG_JSON_NUMBER) return -1;
+    int saved = errno;
+    *out = strtod(v->s, NULL); /* the grammar is a subset of strtod's; C locale assumed */
+    errno = saved;
+    return 0;
+}
+
+int tg_json_bool(const tg_json_t *v, int *out) {
+    if (!v || v->type != TG_JSON_BOOL) return -1;
+    *out = v->b;
+    return 0;
+}
+
+int tg_json_is_true(const tg_json_t *v) { return v && v->type == TG_JSON_BOOL && v->b; }
+
+void tg_json_span(const tg_json_t *v, size_t *off, size_t *len) {
+    *off = v ? v->off : 0;
+    *len = v ? v->end - v->off : 0;
+}
+
+void tg_json_key_span(const tg_json_t *m, size_t *off, size_t *len) {
+    *off = m && m->key ? m->key_off : 0;
+    *len = m && m->key ? m->key_end - m->key_off : 0;
+}
+
+int tg_json_member_cut(const tg_json_t *m, size_t *off, size_t *len) {
+    if (!m || !m->key) return -1;
+    if (m->next) { /* "k":v , "next"...  -> cut up to the next key */
+        *off = m->key_off;
+        *len = m->next->key_off - m->key_off;
+    } else if (m->prev) { /* ..."prev":p , "k":v  -> cut from the end of prev */
+        *off = m->prev->end;
+        *len = m->end - m->prev->end;
+    } else {
+        *off = m->key_off;
+        *len = m->end - m->key_off;
+    }
+    return 0;
+}
+
+static uint64_t tg_hash(const char *p, size_t n) {
+    uint64_t h = 0xcbf29ce484222325ULL;
+    for (size_t i = 0; i < n; i++) h = (h ^ (unsigned char)p[i]) * 0x100000001b3ULL;
+    return h;
+}
+
+const char *tg_json_dup_key(const tg_json_t *obj, size_t *len, int *oom) {
+    if (oom) *oom = 0;
+    if (!obj || obj->type != TG_JSON_OBJECT || obj->len < 2) return NULL;
+    size_t cap = 4;
+    while (cap < obj->len * 2) cap *= 2;
+    const tg_json_t **tab = calloc(cap, sizeof *tab);
+    if (!tab) {
+        if (oom) *oom = 1;
+        return NULL;
+    }
+    const char *dup = NULL;
+    for (const tg_json_t *m = obj->child; m && !dup; m = m->next) {
+        size_t i = (size_t)tg_hash(m->key, m->key_len) & (cap - 1);
+        for (; tab[i]; i = (i + 1) & (cap - 1))
+            if (tab[i]->key_len == m->key_len && !memcmp(tab[i]->key, m->key, m->key_len)) {
+                dup = m->key;
+                if (len) *len = m->key_len;
+                break;
+            }
+        if (!dup) tab[i] = m;
+    }
+    free(tab);
+    return dup;
+}
+
+/* ---- writing ---------------------------------------------------------------- */
+
+int tg_json_buf_put(tg_json_buf_t *b, const char *s, size_t n) {
+    if (b->oom) return -1;
+    if (n >= b->cap - b->len || !b->p) {
+        size_t cap = b->cap ? b->cap : 64;
+        while (cap - b->len <= n) {
+            if (cap > SIZE_MAX / 2) {
+                b->oom = 1;
+                return -1;
+            }
+            cap *= 2;
+        }
+        char *p = realloc(b->p, cap);
+        if (!p) {
+            b->oom = 1;
+            return -1;
+        }
+        b->p = p;
+        b->cap = cap;
+    }
+    if (n) memcpy(b->p + b->len, s, n);
+    b->len += n;
+    b->p[b->len] = '\0';
+    return 0;
+}
+
+void tg_json_buf_free(tg_json_buf_t *b) {
+    free(b->p);
+    memset(b, 0, sizeof *b);
+}
+
+int tg_json_write_str(tg_json_buf_t *b, const char *s, size_t len) {
+    static const char hex[] = "0123456789abcdef";
+    const unsigned char *p = (const unsigned char *)s, *end = p + len;
+    if (tg_json_buf_put(b, "\"", 1)) return -1;
+    while (p < end) {
+        const unsigned char *r = p;
+        while (r < end && *r >= 0x20 && *r != '"' && *r != '\\' && *r < 0x80) r++;
+        if (r > p && tg_json_buf_put(b, (const char *)p, (size_t)(r - p))) return -1;
+        p = r;
+        if (p >= end) break;
+        unsigned c = *p;
+        char esc[8];
+        if (c >= 0x80) {
+            size_t n = tg_utf8_seq(p, end);
+            if (!n) { /* not UTF-8: U+FFFD for this byte */
+                if (tg_json_buf_put(b, "\xEF\xBF\xBD", 3)) return -1;
+                p++;
+            } else if (n == 3 && p[0] == 0xE2 && p[1] == 0x80 && (p[2] == 0xA8 || p[2] == 0xA9)) {
+                if (tg_json_buf_put(b, p[2] == 0xA8 ? "\\u2028" : "\\u2029", 6)) return -1;
+                p += 3;
+            } else {
+                if (tg_json_buf_put(b, (const char *)p, n)) return -1;
+                p += n;
+            }
+            continue;
+        }
+        const char *e = NULL;
+        switch (c) {
+        case '"': e = "\\\""; break;
+        case '\\': e = "\\\\"; break;
+        case '\b': e = "\\b"; break;
+        case '\f': e = "\\f"; break;
+        case '\n': e = "\\n"; break;
+        case '\r': e = "\\r"; break;
+        case '\t': e = "\\t"; break;
+        }
+        if (e) {
+            if (tg_json_buf_put(b, e, 2)) return -1;
+        } else {
+            memcpy(esc, "\\u00", 4);
+            esc[4] = hex[c >> 4];
+            esc[5] = hex[c & 15];
+            if (tg_json_buf_put(b, esc, 6)) return -1;
+        }
+        p++;
+    }
+    return tg_json_buf_put(b, "\"", 1);
+}
+
+int tg_json_write(tg_json_buf_t *b, const tg_json_t *v) {
+    if (!v) return tg_json_buf_put(b, "null", 4);
+    switch (v->type) {
+    case TG_JSON_NULL: return tg_json_buf_put(b, "null", 4);
+    case TG_JSON_BOOL: return v->b ? tg_json_buf_put(b, "true", 4) : tg_json_buf_put(b, "false", 5);
+    case TG_JSON_NUMBER: return tg_json_buf_put(b, v->s, v->len);
+    case TG_JSON_STRING: return tg_json_write_str(b, v->s, v->len);
+    default: break;
+    }
+    int obj = v->type == TG_JSON_OBJECT;
+    if (tg_json_buf_put(b, obj ? "{" : "[", 1)) return -1;
+    for (const tg_json_t *m = v->child; m; m = m->next) {
+        if (m != v->child && tg_json_buf_put(b, ",", 1)) return -1;
+        if (obj && (tg_json_write_str(b, m->key, m->key_len) || tg_json_buf_put(b, ":", 1))) return -1;
+        if (tg_json_write(b, m)) return -1;
+    }
+    return tg_json_buf_put(b, obj ? "}" : "]", 1);
+}

@@ -1,0 +1,67 @@
+/* fuzz_json.c — libFuzzer target for common/tg_json.c.  Any input: parse
+ * (depth limit small, so deep inputs are reached quickly); on success every
+ * accessor is exercised, the compact writing must parse again and write the
+ * same bytes (idempotent), and cutting each member of the root object out of
+ * the text must leave valid JSON.  Built as a libFuzzer program by
+ * `make fuzz-common`, and with replay.c as a plain program by `make test-common`. */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tg_json.h"
+
+static void walk(const tg_json_t *v) {
+    int64_t i;
+    double d;
+    int b;
+    size_t n, off;
+    tg_json_int64(v, &i);
+    tg_json_double(v, &d);
+    tg_json_bool(v, &b);
+    tg_json_str(v, &n);
+    tg_json_span(v, &off, &n);
+    tg_json_dup_key(v, &n, NULL);
+    const tg_json_t *m;
+    TG_JSON_FOREACH(m, v) {
+        const char *k = tg_json_key(m, &n);
+        if (k && tg_json_getn(v, k, n) == NULL) abort(); /* a member's own key finds a member */
+        walk(m);
+    }
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+    tg_json_opts_t o = {.max_depth = 32};
+    tg_json_err_t err;
+    tg_json_t *j = tg_json_parse((const char *)data, size, &o, &err);
+    if (!j) {
+        if (err.offset > size || !err.msg) abort();
+        return 0;
+    }
+    walk(j);
+    tg_json_buf_t w1 = {0}, w2 = {0};
+    if (tg_json_write(&w1, j) == 0) {
+        tg_json_t *k = tg_json_parse(w1.p, w1.len, &o, &err);
+        if (!k) abort();
+        if (tg_json_write(&w2, k) == 0 && (w1.len != w2.len || memcmp(w1.p, w2.p, w1.len))) abort();
+        tg_json_free(k);
+    }
+    tg_json_buf_free(&w1);
+    tg_json_buf_free(&w2);
+    const tg_json_t *m;
+    size_t i = 0;
+    TG_JSON_FOREACH(m, j) {
+        size_t off, len;
+        if (tg_json_type(j) != TG_JSON_OBJECT || i++ > 64) break;
+        if (tg_json_member_cut(m, &off, &len) || off + len > size) abort();
+        char *t = malloc(size - len + 1);
+        if (!t) break;
+        memcpy(t, data, off);
+        memcpy(t + off, data + off + len, size - off - len);
+        tg_json_t *k = tg_json_parse(t, size - len, &o, NULL);
+        if (!k || tg_json_len(k) + 1 != tg_json_len(j)) abort();
+        tg_json_free(k);
+        free(t);
+    }
+    tg_json_free(j);
+    return 0;
+}
