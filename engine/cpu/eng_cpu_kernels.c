@@ -332,6 +332,51 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) static void tile_avx512(con
     }
 }
 
+/* int8 rows with one scale per qblk columns, widened and scaled in registers:
+ * w = (float)q * scale, the same values eng_cpu_row_f32 produces, so the
+ * results equal the widen-then-dot path bit for bit. */
+static inline __attribute__((always_inline, target("avx512f,avx512bw,avx512vl"))) void
+tile512_i8(const int8_t *W, const float *S, int64_t ldw, int64_t lds, int qblk, const float *X, int64_t ldx, int nr,
+           int nt, int C, float *out, int64_t ldo) {
+    __m512 acc[TILE_R][4];
+    _Pragma("GCC unroll 4") for (int i = 0; i < nr; i++)
+        _Pragma("GCC unroll 4") for (int t = 0; t < nt; t++) acc[i][t] = _mm512_setzero_ps();
+    int k = 0;
+    for (; k + 16 <= C; k += 16) {
+        __m512 w[TILE_R], x[4];
+        _Pragma("GCC unroll 4") for (int i = 0; i < nr; i++) {
+            _mm_prefetch((const char *)(W + (i + TILE_R) * ldw + k) + 256, _MM_HINT_T0);
+            __m512 q = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(W + i * ldw + k))));
+            w[i] = _mm512_mul_ps(q, _mm512_set1_ps(S[i * lds + k / qblk]));
+        }
+        _Pragma("GCC unroll 4") for (int t = 0; t < nt; t++) x[t] = _mm512_loadu_ps(X + t * ldx + k);
+        _Pragma("GCC unroll 4") for (int i = 0; i < nr; i++)
+            _Pragma("GCC unroll 4") for (int t = 0; t < nt; t++) acc[i][t] = _mm512_fmadd_ps(w[i], x[t], acc[i][t]);
+    }
+    if (k < C) {
+        __mmask16 m = (__mmask16)((1u << (C - k)) - 1);
+        __m512 w[TILE_R], x[4];
+        _Pragma("GCC unroll 4") for (int i = 0; i < nr; i++) {
+            __m512 q = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(m, W + i * ldw + k)));
+            w[i] = _mm512_mul_ps(q, _mm512_set1_ps(S[i * lds + k / qblk]));
+        }
+        _Pragma("GCC unroll 4") for (int t = 0; t < nt; t++) x[t] = _mm512_maskz_loadu_ps(m, X + t * ldx + k);
+        _Pragma("GCC unroll 4") for (int i = 0; i < nr; i++)
+            _Pragma("GCC unroll 4") for (int t = 0; t < nt; t++) acc[i][t] = _mm512_fmadd_ps(w[i], x[t], acc[i][t]);
+    }
+    _Pragma("GCC unroll 4") for (int i = 0; i < nr; i++)
+        _Pragma("GCC unroll 4") for (int t = 0; t < nt; t++) out[t * ldo + i] = _mm512_reduce_add_ps(acc[i][t]);
+}
+
+#define CALL512I8(W, S, ldw, lds, qb, X, ldx, C, out, ldo, NR, NT) tile512_i8(W, S, ldw, lds, qb, X, ldx, NR, NT, C, out, ldo)
+
+__attribute__((target("avx512f,avx512bw,avx512vl"))) static void tile_i8_avx512(const int8_t *W, const float *S,
+                                                                                int64_t ldw, int64_t lds, int qblk,
+                                                                                const float *X, int64_t ldx, int nr,
+                                                                                int nt, int C, float *out, int64_t ldo) {
+    TILE_CASES(CALL512I8, W, S, ldw, lds, qblk, X, ldx, C, out, ldo)
+}
+
 static inline __attribute__((always_inline, target("avx2,fma"))) __m256 ld_w256(const void *w, int bf16, int64_t k) {
     if (bf16)
         return _mm256_castsi256_ps(
@@ -420,6 +465,7 @@ void eng_cpu_matmul_rows(const eng_w_t *w, const float *x, int n, float *y, int6
     int64_t C = w->cols, R = w->rows;
     int direct = w->dt == ENG_DT_F32 || w->dt == ENG_DT_BF16, bf16 = w->dt == ENG_DT_BF16;
     size_t es = w->dt == ENG_DT_F32 ? 4 : 2;
+    int i8_direct = w->dt == ENG_DT_I8 && tile == tile_avx512;
     /* tokens in chunks whose activations stay in L2 (~384 KB); the weights
      * are re-read per chunk, which costs far less than L2 misses on x */
     int tc = (int)((384 << 10) / (C * 4)) / 4 * 4;
@@ -430,6 +476,14 @@ void eng_cpu_matmul_rows(const eng_w_t *w, const float *x, int n, float *y, int6
             int nr = r1 - r < TILE_R ? (int)(r1 - r) : TILE_R;
             const void *wp;
             int64_t ldw = C;
+            if (i8_direct) {
+                for (int t = t0; t < t1; t += 4) {
+                    int nt = t1 - t < 4 ? t1 - t : 4;
+                    tile_i8_avx512((const int8_t *)w->data + r * C, w->scale + r * w->scale_cols, C, w->scale_cols,
+                                   w->qblk, x + (int64_t)t * C, C, nr, nt, (int)C, y + (int64_t)t * R + r, R);
+                }
+                continue;
+            }
             if (direct) {
                 wp = (const char *)w->data + r * C * es;
             } else {

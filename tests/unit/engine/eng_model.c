@@ -49,6 +49,21 @@ static void test_int8(void) {
     printf("int8 per-block quantization: max logit error %.3g of scale %.3g\n", e, sc);
     CHECK(e > 0);           /* it really quantized */
     CHECK(e < 0.05 * sc);   /* and stays close */
+    /* batch invariance holds on the int8 path too */
+    {
+        eng_seq_t *s1 = eng_seq_new(mq, 0), *s2 = eng_seq_new(mq, 0);
+        eng_seq_t *ss[2] = {s2, s1};
+        const int32_t *pp[2] = {ids + 3, ids};
+        int nn[2] = {7, 32};
+        float *c = malloc(V * 4), *d = malloc(V * 4);
+        float *ll[2] = {d, c};
+        CHECK_EQ_I(eng_forward(mq, ss, pp, nn, 2, ll, err, sizeof err), 0);
+        CHECK(memcmp(c, b, V * 4) == 0);
+        free(c);
+        free(d);
+        eng_seq_free(s1);
+        eng_seq_free(s2);
+    }
     free(a);
     free(b);
     eng_model_free(m);
