@@ -15,6 +15,9 @@
 
 #include "gw.h"
 
+/* common/tg_json.h (not included: the gateway's pure units build without -Icommon) */
+typedef struct tg_json tg_json_t;
+
 /* One return vocabulary for the module. */
 enum {
     GW_OK = 0,
@@ -251,7 +254,6 @@ struct event;
 struct bufferevent;
 struct evconnlistener;
 typedef struct ssl_ctx_st SSL_CTX;
-typedef struct cJSON cJSON;
 typedef struct gw_conn gw_conn_t;
 typedef struct gw_req gw_req_t;
 typedef struct gw_conc gw_conc_t;
@@ -307,7 +309,8 @@ struct gw_req {
     int keep_alive;
     int64_t received_us, first_byte_us, finished_us;
     /* chat request */
-    cJSON *json;               /* owned: freed by a pool cleanup */
+    tg_json_t *json;           /* the request body (tg_json: NUL-safe, exact integers);
+                                  owned: freed by a pool cleanup */
     const char *model, *api_key;
     int stream, client_usage;
     bill_req_t *admit;
@@ -358,7 +361,9 @@ void gw_req_error(gw_req_t *r, int status, const char *type, const char *code, c
  * close-delimited to an HTTP/1.0 client). */
 void gw_req_head(gw_req_t *r, int status, const char *ctype, int64_t clen);
 void gw_req_finish(gw_req_t *r);
-int gw_req_usage_from_json(gw_req_t *r, const cJSON *usage);
+/* Token counts from a usage object (exact integers 0..1e12); GW_OK, or
+ * GW_ERROR when usage is absent or malformed. */
+int gw_req_usage_from_json(gw_req_t *r, const tg_json_t *usage);
 struct evbuffer *gw_req_out(gw_req_t *r);
 
 /* gw_proxy.c */
@@ -366,8 +371,10 @@ void gw_proxy_start(gw_req_t *r);
 void gw_proxy_resume(gw_req_t *r);   /* client output drained below the mark */
 void gw_proxy_release(gw_req_t *r);  /* close (or keep) the worker connection (pool cleanup) */
 void gw_proxy_close_idle(gw_config_t *cfg); /* close kept-alive worker connections */
-/* Body to send upstream: the client's JSON, with stream_options.include_usage
- * forced on for streams.  Returns GW_OK and fills out. */
-int gw_proxy_body(const gw_http_req_t *h, int stream, cJSON *json, gw_buf_t *out);
+/* Body to send upstream: the client's bytes unchanged, except that a
+ * stream gets stream_options.include_usage forced on by splicing the text
+ * (json is the parsed h->body, an object without duplicate stream_options).
+ * Returns GW_OK and fills out, or GW_ERROR (out of memory). */
+int gw_proxy_body(const gw_http_req_t *h, int stream, const tg_json_t *json, gw_buf_t *out);
 
 #endif

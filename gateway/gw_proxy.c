@@ -26,12 +26,12 @@
 #include <strings.h>
 #include <sys/socket.h>
 
-#include <cjson/cJSON.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/event.h>
 
 #include "gw-int.h"
+#include "tg_json.h"
 
 #define GW_UP_MAX_HEAD 65536
 #define GW_UP_MAX_BODY (64 << 20)
@@ -118,33 +118,34 @@ void gw_proxy_release(gw_req_t *r) {
 }
 
 /* Add "stream_options":{"include_usage":true} for a stream.  The client's
- * bytes are kept as they are when possible (numbers such as a 64-bit seed
- * must not go through a double); only a body that already has stream_options
- * is re-serialised. */
-int gw_proxy_body(const gw_http_req_t *h, int stream, cJSON *json, gw_buf_t *out) {
+ * bytes are kept as they are (numbers such as a 64-bit seed must not go
+ * through a double, text may hold \u0000): the change is spliced into the
+ * text at the byte spans tg_json recorded.  gw_route_chat refused a body with
+ * two "stream_options". */
+int gw_proxy_body(const gw_http_req_t *h, int stream, const tg_json_t *json, gw_buf_t *out) {
     out->len = 0;
     if (!stream) return gw_buf_append(out, h->body, h->body_len);
-    cJSON *so = cJSON_GetObjectItemCaseSensitive(json, "stream_options");
-    if (!so) {
-        const char *p = memchr(h->body, '{', h->body_len);
-        if (!p) return GW_ERROR;
-        size_t pre = (size_t)(p - h->body) + 1;
-        if (gw_buf_append(out, h->body, pre) != GW_OK) return GW_ERROR;
-        if (gw_buf_printf(out, "\"stream_options\":{\"include_usage\":true},") != GW_OK) return GW_ERROR;
-        return gw_buf_append(out, h->body + pre, h->body_len - pre);
+    const tg_json_t *so = tg_json_get(json, "stream_options");
+    size_t off, len;
+    const char *put;
+    if (!so) { /* a new first member */
+        tg_json_span(json, &off, &len);
+        off += 1, len = 0;
+        put = tg_json_len(json) ? "\"stream_options\":{\"include_usage\":true}," : "\"stream_options\":{\"include_usage\":true}";
+    } else if (tg_json_type(so) != TG_JSON_OBJECT) { /* null or junk: replaced */
+        tg_json_span(so, &off, &len);
+        put = "{\"include_usage\":true}";
+    } else if (tg_json_get(so, "include_usage")) { /* its value (the last, which counts) set */
+        tg_json_span(tg_json_get(so, "include_usage"), &off, &len);
+        put = "true";
+    } else { /* a new first member of stream_options */
+        tg_json_span(so, &off, &len);
+        off += 1, len = 0;
+        put = tg_json_len(so) ? "\"include_usage\":true," : "\"include_usage\":true";
     }
-    if (!cJSON_IsObject(so)) {
-        cJSON_DeleteItemFromObjectCaseSensitive(json, "stream_options");
-        so = cJSON_AddObjectToObject(json, "stream_options");
-        if (!so) return GW_ERROR;
-    }
-    cJSON_DeleteItemFromObjectCaseSensitive(so, "include_usage");
-    if (!cJSON_AddTrueToObject(so, "include_usage")) return GW_ERROR;
-    char *t = cJSON_PrintUnformatted(json);
-    if (!t) return GW_ERROR;
-    int rc = gw_buf_append(out, t, strlen(t));
-    cJSON_free(t);
-    return rc;
+    if (off + len > h->body_len) return GW_ERROR;
+    if (gw_buf_append(out, h->body, off) != GW_OK || gw_buf_append(out, put, strlen(put)) != GW_OK) return GW_ERROR;
+    return gw_buf_append(out, h->body + off + len, h->body_len - off - len);
 }
 
 /* A worker that refused a connection is skipped for a while (1 s, doubling
@@ -173,19 +174,18 @@ static uint64_t gw_mix(uint64_t x) { /* splitmix64 finaliser */
  * a hash of the first 256 bytes of the messages' roles and text: long enough
  * to tell conversations apart, short enough that later turns of one
  * conversation (and requests sharing a long system prompt) agree. */
-static uint64_t gw_affinity_key(const cJSON *json) {
-    const cJSON *msgs = cJSON_GetObjectItemCaseSensitive(json, "messages");
+static uint64_t gw_affinity_key(const tg_json_t *json) {
     uint64_t h = 0xcbf29ce484222325ULL;
     size_t budget = 256;
-    const cJSON *m;
-    cJSON_ArrayForEach(m, msgs) {
-        const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, "role");
-        const cJSON *content = cJSON_GetObjectItemCaseSensitive(m, "content");
-        if (cJSON_IsString(role)) h = gw_fnv(h, role->valuestring, strlen(role->valuestring));
-        if (!cJSON_IsString(content)) break;
-        size_t n = strlen(content->valuestring);
+    const tg_json_t *m;
+    TG_JSON_FOREACH(m, tg_json_get(json, "messages")) {
+        size_t rn = 0, n = 0;
+        const char *role = tg_json_str(tg_json_get(m, "role"), &rn);
+        const char *content = tg_json_str(tg_json_get(m, "content"), &n);
+        if (role) h = gw_fnv(h, role, rn);
+        if (!content) break;
         if (n > budget) n = budget;
-        h = gw_fnv(h, content->valuestring, n);
+        h = gw_fnv(h, content, n);
         budget -= n;
         if (!budget) break;
     }
@@ -359,27 +359,27 @@ static void gw_stream_event(gw_req_t *r, const char *ev, size_t len) {
         gw_client_chunk(r, ev, len);
         return;
     }
-    cJSON *j = cJSON_ParseWithLength(d->p, d->len);
-    cJSON *u = cJSON_GetObjectItemCaseSensitive(j, "usage");
-    if (!cJSON_IsObject(u) || gw_req_usage_from_json(r, u) != GW_OK || r->client_usage) {
-        cJSON_Delete(j);
+    tg_json_t *j = tg_json_parse(d->p, d->len, NULL, NULL);
+    const tg_json_t *u = tg_json_get(j, "usage");
+    if (tg_json_type(u) != TG_JSON_OBJECT || gw_req_usage_from_json(r, u) != GW_OK || r->client_usage) {
+        tg_json_free(j);
         gw_client_chunk(r, ev, len);
         return;
     }
     /* the client did not ask for usage */
-    cJSON *choices = cJSON_GetObjectItemCaseSensitive(j, "choices");
-    if (!cJSON_IsArray(choices) || cJSON_GetArraySize(choices) == 0) {
-        cJSON_Delete(j); /* the usage-only chunk: drop it */
+    const tg_json_t *choices = tg_json_get(j, "choices");
+    size_t off, cut;
+    if (tg_json_type(choices) != TG_JSON_ARRAY || tg_json_len(choices) == 0 ||
+        tg_json_member_cut(u, &off, &cut) != 0) {
+        tg_json_free(j); /* the usage-only chunk: drop it */
         return;
     }
-    cJSON_DeleteItemFromObjectCaseSensitive(j, "usage");
-    char *t = cJSON_PrintUnformatted(j);
-    cJSON_Delete(j);
-    if (!t) return;
+    tg_json_free(j);
+    /* the event again without its usage member, the rest byte for byte */
     gw_buf_t b = {0};
-    gw_buf_printf(&b, "data: %s\n\n", t);
-    cJSON_free(t);
-    if (b.p) gw_client_chunk(r, b.p, b.len);
+    if (gw_buf_append(&b, "data: ", 6) == GW_OK && gw_buf_append(&b, d->p, off) == GW_OK &&
+        gw_buf_append(&b, d->p + off + cut, d->len - off - cut) == GW_OK && gw_buf_append(&b, "\n\n", 2) == GW_OK)
+        gw_client_chunk(r, b.p, b.len);
     gw_buf_free(&b);
 }
 
@@ -431,16 +431,16 @@ static void gw_up_complete(gw_req_t *r) {
     }
     r->payload.len = 0;
     if (r->resp.status == 200) {
-        cJSON *j = r->body.p ? cJSON_ParseWithLength(r->body.p, r->body.len) : NULL;
-        gw_req_usage_from_json(r, cJSON_GetObjectItemCaseSensitive(j, "usage"));
-        cJSON_Delete(j);
+        tg_json_t *j = r->body.p ? tg_json_parse(r->body.p, r->body.len, NULL, NULL) : NULL;
+        gw_req_usage_from_json(r, tg_json_get(j, "usage"));
+        tg_json_free(j);
     }
     int status = r->resp.status;
     if (status < 200 || status > 599) status = 502;
     if (status >= 400) { /* the client gets an OpenAI error body whatever the worker wrote */
-        cJSON *j = r->body.p ? cJSON_ParseWithLength(r->body.p, r->body.len) : NULL;
-        int openai = cJSON_IsObject(cJSON_GetObjectItemCaseSensitive(j, "error"));
-        cJSON_Delete(j);
+        tg_json_t *j = r->body.p ? tg_json_parse(r->body.p, r->body.len, NULL, NULL) : NULL;
+        int openai = tg_json_type(tg_json_get(j, "error")) == TG_JSON_OBJECT;
+        tg_json_free(j);
         if (!openai) {
             char msg[200];
             snprintf(msg, sizeof msg, "The inference worker answered %d %s", status, gw_http_reason(status));

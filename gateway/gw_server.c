@@ -11,6 +11,7 @@
  *  - work that could re-enter (next pipelined request, closing) goes through
  *    the connection's kick event, never directly from a callback;
  *  - a request that reached a worker is settled exactly once (gw_req_free). */
+#define _GNU_SOURCE /* memmem */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <math.h>
@@ -23,7 +24,6 @@
 #include <strings.h>
 #include <time.h>
 
-#include <cjson/cJSON.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/bufferevent_ssl.h>
@@ -33,6 +33,7 @@
 #include <openssl/ssl.h>
 
 #include "gw-int.h"
+#include "tg_json.h"
 #include "tok.h"
 
 enum { TIMER_NONE, TIMER_HEADER, TIMER_IDLE, TIMER_LINGER };
@@ -207,21 +208,161 @@ static void gw_access_log(gw_req_t *r) {
 /* The gateway's own count of the prompt: the messages rendered with the
  * model's chat template, tokenized (about 18 ms per MiB, bounded by
  * max_body_bytes, on the loop).  -1 when no tokenizer is loaded or the
- * messages cannot be rendered.  Computed once per request. */
+ * messages cannot be rendered.  Computed once per request.
+ *
+ * The template renderer takes NUL-terminated strings, but message text may
+ * hold U+0000 (the tokenizer counts it as text).  So when some text holds
+ * NUL, every NUL is swapped for a private-use character that occurs in no
+ * input string (the templates use none), the messages are rendered, and the
+ * character is swapped back to NUL in the rendered prompt before counting. */
+typedef struct {
+    const char **slot; /* where the renderer reads the string */
+    size_t len;
+} gw_text_slot_t;
+
+static char *gw_nul_swap(const char *s, size_t n, const char *mark, size_t mlen) {
+    size_t nuls = 0;
+    for (size_t i = 0; i < n; i++) nuls += !s[i];
+    char *o = malloc(n + nuls * (mlen - 1) + 1), *d = o;
+    if (!o) return NULL;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i]) {
+            *d++ = s[i];
+        } else {
+            memcpy(d, mark, mlen);
+            d += mlen;
+        }
+    }
+    *d = '\0';
+    return o;
+}
+
+static int64_t gw_prompt_count_json(gw_server_t *s, const tg_json_t *msgs) {
+    size_t n = tg_json_len(msgs), ncalls = 0, nowned = 0, nslots = 0, i = 0, k = 0, nuls = 0;
+    const tg_json_t *m, *c, *part;
+    if (tg_json_type(msgs) != TG_JSON_ARRAY) return -1;
+    TG_JSON_FOREACH(m, msgs) ncalls += tg_json_len(tg_json_get(m, "tool_calls"));
+    tok_chat_msg_t *cm = calloc(n + 1, sizeof *cm);
+    tok_tool_call_t *calls = calloc(ncalls + 1, sizeof *calls);
+    size_t maxowned = 3 * n + 5 * ncalls + 1; /* joined parts, written arguments, NUL swaps */
+    char **owned = calloc(maxowned, sizeof *owned);
+    gw_text_slot_t *slots = calloc(2 * n + 4 * ncalls + 1, sizeof *slots);
+    int64_t count = -1;
+    char *text = NULL;
+    if (!cm || !calls || !owned || !slots) goto done;
+#define SLOT(ptr, v)                                                   \
+    do {                                                               \
+        size_t l_ = 0;                                                 \
+        (ptr) = tg_json_str((v), &l_);                                 \
+        if (ptr) slots[nslots++] = (gw_text_slot_t){&(ptr), l_};       \
+    } while (0)
+    TG_JSON_FOREACH(m, msgs) {
+        if (tg_json_type(m) != TG_JSON_OBJECT) goto done;
+        SLOT(cm[i].role, tg_json_get(m, "role"));
+        const tg_json_t *content = tg_json_get(m, "content");
+        switch (tg_json_type(content)) {
+        case TG_JSON_NONE:
+        case TG_JSON_NULL: break;
+        case TG_JSON_STRING: SLOT(cm[i].content, content); break;
+        case TG_JSON_ARRAY: { /* text parts, joined */
+            tg_json_buf_t b = {0};
+            tg_json_buf_put(&b, "", 0);
+            TG_JSON_FOREACH(part, content) {
+                size_t tl = 0;
+                const char *type = tg_json_str(tg_json_get(part, "type"), NULL);
+                const char *t = tg_json_str(tg_json_get(part, "text"), &tl);
+                if (!type || strcmp(type, "text") || !t) {
+                    tg_json_buf_free(&b);
+                    goto done;
+                }
+                tg_json_buf_put(&b, t, tl);
+            }
+            owned[nowned++] = b.p;
+            if (b.oom) goto done;
+            cm[i].content = b.p;
+            slots[nslots++] = (gw_text_slot_t){&cm[i].content, b.len};
+            break;
+        }
+        default: goto done;
+        }
+        cm[i].tool_calls = calls + k;
+        TG_JSON_FOREACH(c, tg_json_get(m, "tool_calls")) {
+            const tg_json_t *fn = tg_json_get(c, "function"), *args = tg_json_get(fn, "arguments");
+            SLOT(calls[k].id, tg_json_get(c, "id"));
+            SLOT(calls[k].type, tg_json_get(c, "type"));
+            SLOT(calls[k].name, tg_json_get(fn, "name"));
+            if (tg_json_type(args) == TG_JSON_STRING) {
+                SLOT(calls[k].arguments, args);
+            } else if (args && tg_json_type(args) != TG_JSON_NULL) { /* an object: its compact JSON text */
+                tg_json_buf_t b = {0};
+                tg_json_write(&b, args);
+                owned[nowned++] = b.p;
+                if (b.oom) goto done;
+                calls[k].arguments = b.p; /* escaped: holds no NUL */
+            }
+            k++;
+            cm[i].n_tool_calls++;
+        }
+        i++;
+    }
+#undef SLOT
+    for (size_t j = 0; j < nslots; j++)
+        for (size_t q = 0; q < slots[j].len; q++) nuls += !(*slots[j].slot)[q];
+    char mark[4] = "\xEE\x80\x80"; /* U+E000 .. U+E03F */
+    if (nuls) {
+        int free_mark = 0;
+        for (int tries = 0; tries < 64 && !free_mark; tries++) {
+            mark[2] = (char)(0x80 + tries);
+            free_mark = 1;
+            for (size_t j = 0; j < nslots && free_mark; j++)
+                if (memmem(*slots[j].slot, slots[j].len, mark, 3)) free_mark = 0;
+        }
+        if (!free_mark) goto done;
+        for (size_t j = 0; j < nslots; j++) {
+            if (strlen(*slots[j].slot) == slots[j].len) continue;
+            if (nowned == maxowned) goto done;
+            char *t = gw_nul_swap(*slots[j].slot, slots[j].len, mark, 3);
+            if (!t) goto done;
+            owned[nowned++] = t;
+            *slots[j].slot = t;
+        }
+    }
+    char err[200];
+    text = tok_chat_render((tok_tmpl_kind_t)s->tmpl, cm, n, 1, err, sizeof err);
+    if (!text) goto done;
+    size_t tl = strlen(text);
+    if (nuls) { /* the marks back to NUL */
+        char *w = text;
+        for (char *p = text; p < text + tl;) {
+            if (p + 3 <= text + tl && !memcmp(p, mark, 3)) {
+                *w++ = '\0';
+                p += 3;
+            } else {
+                *w++ = *p++;
+            }
+        }
+        tl = (size_t)(w - text);
+    }
+    long t = tok_count(s->tok, text, tl, 1);
+    count = t >= 0 ? t : -1;
+done:
+    for (size_t j = 0; owned && j < nowned; j++) free(owned[j]);
+    free(text);
+    free(owned);
+    free(slots);
+    free(calls);
+    free(cm);
+    return count;
+}
+
 static int64_t gw_req_prompt_count(gw_req_t *r) {
     if (r->prompt_est != -1) return r->prompt_est;
     r->prompt_est = -2;
     gw_server_t *s = r->srv;
-    const cJSON *msgs = cJSON_GetObjectItemCaseSensitive(r->json, "messages");
-    if (!s->tok || !msgs) return -1;
-    char *j = cJSON_PrintUnformatted(msgs);
-    char err[200];
-    char *text = j ? tok_chat_render_json((tok_tmpl_kind_t)s->tmpl, j, strlen(j), 1, err, sizeof err) : NULL;
-    long n = text ? tok_count(s->tok, text, strlen(text), 1) : -1;
-    free(text);
-    cJSON_free(j);
+    if (!s->tok) return -1;
+    int64_t n = gw_prompt_count_json(s, tg_json_get(r->json, "messages"));
     if (n >= 0) r->prompt_est = n;
-    return n >= 0 ? n : -1;
+    return n;
 }
 
 static void gw_req_settle(gw_req_t *r) {
@@ -258,34 +399,33 @@ static void gw_req_settle(gw_req_t *r) {
     m->tokens_reasoning += (uint64_t)u.reasoning_tokens;
 }
 
-/* Read token counts from an OpenAI/DeepSeek usage object.  Counts are small
- * integers, exact in a double; anything else is rejected. */
-int gw_req_usage_from_json(gw_req_t *r, const cJSON *u) {
-    if (!cJSON_IsObject(u)) return GW_ERROR;
+/* Read token counts from an OpenAI/DeepSeek usage object: exact integers
+ * (tg_json_int64, never through a double) in 0..1e12; anything else is
+ * rejected. */
+static int gw_usage_int(const tg_json_t *x, int64_t *out) {
+    return tg_json_int64(x, out) == 0 && *out >= 0 && *out <= 1000000000000LL ? GW_OK : GW_ERROR;
+}
+
+int gw_req_usage_from_json(gw_req_t *r, const tg_json_t *u) {
+    if (tg_json_type(u) != TG_JSON_OBJECT) return GW_ERROR;
     const char *names[] = {"prompt_tokens", "completion_tokens", "prompt_cache_hit_tokens"};
     int64_t v[3] = {0, 0, -1};
     for (int i = 0; i < 3; i++) {
-        const cJSON *x = cJSON_GetObjectItemCaseSensitive(u, names[i]);
+        const tg_json_t *x = tg_json_get(u, names[i]);
         if (!x) {
             if (i < 2) return GW_ERROR;
             continue;
         }
-        if (!cJSON_IsNumber(x) || x->valuedouble < 0 || x->valuedouble > 1e12 ||
-            x->valuedouble != floor(x->valuedouble))
-            return GW_ERROR;
-        v[i] = (int64_t)x->valuedouble;
+        if (gw_usage_int(x, &v[i]) != GW_OK) return GW_ERROR;
     }
     if (v[2] < 0) { /* OpenAI shape only */
-        const cJSON *d = cJSON_GetObjectItemCaseSensitive(u, "prompt_tokens_details");
-        const cJSON *c = cJSON_GetObjectItemCaseSensitive(d, "cached_tokens");
-        v[2] = cJSON_IsNumber(c) && c->valuedouble >= 0 && c->valuedouble <= 1e12 ? (int64_t)c->valuedouble : 0;
+        const tg_json_t *c = tg_json_get(tg_json_get(u, "prompt_tokens_details"), "cached_tokens");
+        if (gw_usage_int(c, &v[2]) != GW_OK) v[2] = 0;
     }
     if (v[2] > v[0]) v[2] = v[0];
-    const cJSON *cd = cJSON_GetObjectItemCaseSensitive(u, "completion_tokens_details");
-    const cJSON *rt = cJSON_GetObjectItemCaseSensitive(cd, "reasoning_tokens");
-    int64_t reasoning = cJSON_IsNumber(rt) && rt->valuedouble >= 0 && rt->valuedouble <= 1e12
-                            ? (int64_t)rt->valuedouble
-                            : 0;
+    int64_t reasoning;
+    if (gw_usage_int(tg_json_get(tg_json_get(u, "completion_tokens_details"), "reasoning_tokens"), &reasoning) != GW_OK)
+        reasoning = 0;
     if (reasoning > v[1]) reasoning = v[1];
     r->prompt_tokens = v[0];
     r->completion_tokens = v[1];
@@ -298,7 +438,7 @@ int gw_req_usage_from_json(gw_req_t *r, const cJSON *u) {
 /* ---- request lifecycle ----------------------------------------------------- */
 
 static void gw_req_cleanup_http(void *arg) { gw_http_req_free(arg); }
-static void gw_req_cleanup_json(void *arg) { cJSON_Delete(arg); }
+static void gw_req_cleanup_json(void *arg) { tg_json_free(arg); }
 
 static void gw_req_cleanup_calls(void *arg) {
     gw_req_t *r = arg;
@@ -576,11 +716,14 @@ static void gw_chat_admitted(bill_status_t st, const bill_key_t *key, void *arg)
         if (tpm > 0) { /* charge the prompt and the most the answer may take */
             int64_t p = gw_req_prompt_count(r);
             if (p < 0) p = (int64_t)r->http->body_len / 4; /* no tokenizer: a rough byte estimate */
-            const cJSON *mt = cJSON_GetObjectItemCaseSensitive(r->json, "max_tokens");
-            if (!mt) mt = cJSON_GetObjectItemCaseSensitive(r->json, "max_completion_tokens");
-            int64_t m = cJSON_IsNumber(mt) && mt->valuedouble > 0 ? (mt->valuedouble < 1e9 ? (int64_t)mt->valuedouble
-                                                                                        : 1000000000)
-                                                                   : 0;
+            const tg_json_t *mt = tg_json_get(r->json, "max_tokens");
+            if (!mt) mt = tg_json_get(r->json, "max_completion_tokens");
+            int64_t m = 0;
+            double d;
+            if (tg_json_int64(mt, &m) != 0) /* not an exact integer: a fraction, or beyond int64 */
+                m = tg_json_double(mt, &d) == 0 && d > 0 ? (d < 1e9 ? (int64_t)d : 1000000000) : 0;
+            if (m < 0) m = 0;
+            if (m > 1000000000) m = 1000000000;
             r->tpm_tokens = p + m;
         }
         r->rl_call = gw_rl_check(s->rl, key->key_id, rpm, tpm, r->tpm_tokens, r->id, gw_chat_ratelimited, r);
@@ -600,39 +743,69 @@ static void gw_route_chat(gw_req_t *r) {
     const char *key = gw_req_bearer(r);
     if (!key) return;
     r->api_key = key;
-    cJSON *j = r->http->body ? cJSON_ParseWithLength(r->http->body, r->http->body_len) : NULL;
+    /* Strict JSON (tg_json): raw invalid UTF-8, lone surrogates and broken
+     * syntax are a 400 here, before anything is counted or forwarded; text
+     * may hold U+0000 and integers stay exact. */
+    tg_json_err_t jerr;
+    tg_json_t *j = r->http->body ? tg_json_parse(r->http->body, r->http->body_len, NULL, &jerr) : NULL;
     if (!j || gw_pool_cleanup_add(r->pool, gw_req_cleanup_json, j) != GW_OK) {
-        cJSON_Delete(j);
-        gw_req_error(r, 400, "invalid_request_error", "invalid_request", NULL,
-                     "Failed to parse the request body as JSON");
+        char msg[200];
+        snprintf(msg, sizeof msg, "Failed to parse the request body as JSON: %s",
+                 !r->http->body ? "the body is empty" : j ? "out of memory" : jerr.text);
+        tg_json_free(j);
+        gw_req_error(r, 400, "invalid_request_error", "invalid_request", NULL, msg);
         return;
     }
     r->json = j;
-    if (!cJSON_IsObject(j)) {
+    if (tg_json_type(j) != TG_JSON_OBJECT) {
         gw_req_error(r, 400, "invalid_request_error", "invalid_request", NULL, "The request body must be a JSON object");
         return;
     }
-    const cJSON *model = cJSON_GetObjectItemCaseSensitive(j, "model");
-    if (!cJSON_IsString(model) || !*model->valuestring) {
+    /* A key the gateway reads must be there once: tg_json takes the last of
+     * duplicates, a worker's parser may take the first, and the two must not
+     * disagree on the model, the messages or whether it streams. */
+    static const char *const once[] = {"model", "messages", "stream", "stream_options", "max_tokens",
+                                       "max_completion_tokens"};
+    for (size_t i = 0; i < sizeof once / sizeof once[0]; i++) {
+        const tg_json_t *m;
+        int seen = 0;
+        TG_JSON_FOREACH(m, j) {
+            size_t kl;
+            const char *k = tg_json_key(m, &kl);
+            seen += kl == strlen(once[i]) && !memcmp(k, once[i], kl);
+        }
+        if (seen > 1) {
+            char msg[120];
+            snprintf(msg, sizeof msg, "Duplicate key '%s' in the request body", once[i]);
+            gw_req_error(r, 400, "invalid_request_error", "invalid_request", once[i], msg);
+            return;
+        }
+    }
+    size_t model_len = 0;
+    const char *model = tg_json_str(tg_json_get(j, "model"), &model_len);
+    if (!model || !model_len) {
         gw_req_error(r, 400, "invalid_request_error", "missing_required_parameter", "model",
                      "Missing required parameter: 'model'");
         return;
     }
-    r->model = model->valuestring;
-    const cJSON *msgs = cJSON_GetObjectItemCaseSensitive(j, "messages");
-    if (!cJSON_IsArray(msgs) || cJSON_GetArraySize(msgs) == 0) {
+    if (strlen(model) != model_len) { /* "m\u0000x" must not pass for "m" */
+        gw_req_error(r, 400, "invalid_request_error", "invalid_value", "model", "'model' must not contain U+0000");
+        return;
+    }
+    r->model = model;
+    const tg_json_t *msgs = tg_json_get(j, "messages");
+    if (tg_json_type(msgs) != TG_JSON_ARRAY || tg_json_len(msgs) == 0) {
         gw_req_error(r, 400, "invalid_request_error", "missing_required_parameter", "messages",
                      "Missing required parameter: 'messages' (a non-empty array)");
         return;
     }
-    const cJSON *stream = cJSON_GetObjectItemCaseSensitive(j, "stream");
-    if (stream && !cJSON_IsBool(stream) && !cJSON_IsNull(stream)) {
+    const tg_json_t *stream = tg_json_get(j, "stream");
+    if (stream && tg_json_type(stream) != TG_JSON_BOOL && tg_json_type(stream) != TG_JSON_NULL) {
         gw_req_error(r, 400, "invalid_request_error", "invalid_type", "stream", "'stream' must be a boolean");
         return;
     }
-    r->stream = cJSON_IsTrue(stream);
-    const cJSON *so = cJSON_GetObjectItemCaseSensitive(j, "stream_options");
-    r->client_usage = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(so, "include_usage"));
+    r->stream = tg_json_is_true(stream);
+    r->client_usage = tg_json_is_true(tg_json_get(tg_json_get(j, "stream_options"), "include_usage"));
     if (!gw_model_known(s->cfg, r->model)) {
         char msg[300];
         snprintf(msg, sizeof msg, "The model '%.200s' does not exist", r->model);

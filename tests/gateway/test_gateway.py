@@ -709,6 +709,128 @@ class RedisRestart(unittest.TestCase):
         self.assertEqual(codes, [200, 200, 429])
 
 
+class JsonBody(unittest.TestCase):
+    """The request body is read strictly (common/tg_json): bad UTF-8 and lone
+    surrogates are a 400 from the gateway itself, U+0000 is text."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.key = seed()
+
+    def raw_chat(self, body, key=None):
+        return call("POST", "/v1/chat/completions", body, key or self.key)
+
+    def test_invalid_utf8_body_is_400_before_the_worker(self):
+        before = metric('tollgate_http_requests_total{route="chat_completions",code="200"}')
+        for bad, skip in ((b"a\xffb", 1), (b"\xc0\x80", 0), (b"\xed\xa0\x80", 0), (b"ok \xe2\x82", 3)):
+            body = b'{"model":"' + MODEL.encode() + b'","messages":[{"role":"user","content":"' + bad + b'"}]}'
+            st, h, b = self.raw_chat(body)
+            err = openai_error(self, st, h, b, 400, "invalid_request")
+            self.assertEqual(err["type"], "invalid_request_error")
+            self.assertTrue(err["message"].endswith("Invalid JSON at byte %d: invalid UTF-8 in string"
+                                                    % (body.index(bad) + skip)), err["message"])
+            self.assertIsNone(worker_request(h["x-request-id"]), "never forwarded")
+            self.assertEqual(usage_rows(h["x-request-id"], wait=0.2), [])
+        # raw invalid UTF-8 in a key, too; and the gateway refuses it before the key lookup
+        st, h, b = self.raw_chat(b'{"model":"m","\xfe":1,"messages":[]}', key="sk-unknown")
+        openai_error(self, st, h, b, 400, "invalid_request")
+        self.assertEqual(metric('tollgate_http_requests_total{route="chat_completions",code="200"}'), before)
+
+    def test_lone_surrogate_is_400(self):
+        for esc in (b"\\ud800", b"\\udc00", b"x\\ud83d", b"\\ud83d\\u0041", b"\\udc00\\ud800"):
+            body = b'{"model":"' + MODEL.encode() + b'","messages":[{"role":"user","content":"' + esc + b'"}]}'
+            st, h, b = self.raw_chat(body)
+            err = openai_error(self, st, h, b, 400, "invalid_request")
+            self.assertIn("lone surrogate", err["message"])
+            self.assertIsNone(worker_request(h["x-request-id"]))
+        # a proper pair is fine and reaches the worker as the character
+        st, h, b = self.raw_chat(b'{"model":"' + MODEL.encode() +
+                                 b'","messages":[{"role":"user","content":"\\ud83d\\ude00"}]}')
+        self.assertEqual(st, 200, b)
+        self.assertEqual(worker_request(h["x-request-id"])["body"]["messages"][0]["content"], "\U0001F600")
+
+    def test_nul_in_content_forwarded_intact(self):
+        # a 64-bit seed (not exact in a double) and NULs: the worker gets both exactly
+        body = ('{ "model" : "%s", "seed": 9007199254740993, "messages": '
+                '[{"role":"user","content":"a\\u0000b\\u0000"}] }' % MODEL).encode()
+        st, h, b = self.raw_chat(body)
+        self.assertEqual(st, 200, b)
+        self.assertEqual(json.loads(b)["choices"][0]["message"]["content"], "Hello from a\x00b\x00")
+        w = worker_request(h["x-request-id"])
+        self.assertEqual(w["body"]["messages"][0]["content"], "a\x00b\x00")
+        self.assertEqual(w["body"]["seed"], 9007199254740993)
+        self.assertEqual(int(w["headers"]["Content-Length"]), len(body), "non-stream body forwarded byte for byte")
+        # a stream: stream_options spliced in, everything else kept
+        for so, want in ((None, {"include_usage": True}),
+                         ("null", {"include_usage": True}),
+                         ('{}', {"include_usage": True}),
+                         ('{"include_usage": false, "x": 1}', {"include_usage": True, "x": 1}),
+                         ('{"x": [1]}', {"include_usage": True, "x": [1]})):
+            body = ('{"model":"%s","stream":true,%s"messages":[{"role":"user","content":"n\\u0000l"}],'
+                    '"seed":18446744073709551615}' % (MODEL, '"stream_options":%s,' % so if so else "")).encode()
+            st, h, b = self.raw_chat(body)
+            self.assertEqual(st, 200, b)
+            text = "".join(json.loads(e)["choices"][0]["delta"].get("content", "") for e in events(b)[:-1])
+            self.assertEqual(text, "Hello from n\x00l")
+            w = worker_request(h["x-request-id"])["body"]
+            self.assertEqual(w["messages"][0]["content"], "n\x00l")
+            self.assertEqual(w["stream_options"], want)
+            self.assertEqual(w["seed"], 18446744073709551615)
+            for e in events(b)[:-1]:
+                self.assertNotIn("usage", json.loads(e), "the client did not ask for usage")
+
+    def test_nul_counted_in_gateway_prompt_count(self):
+        # a cut stream is settled with the gateway's own prompt count: NUL is
+        # text to the tokenizer (as U+0001 is), not the end of the message
+        def prompt_of(content):
+            body = {"model": MODEL, "stream": True, "messages": [
+                {"role": "system", "content": [{"type": "text", "text": "be "}, {"type": "text", "text": content}]},
+                {"role": "user", "content": content}, {"role": "assistant", "content": "ok"},
+                {"role": "user", "content": "cut"}]}  # the fake worker cuts the stream: no usage
+            st, h, b = call("POST", "/v1/chat/completions", body, self.key)
+            self.assertEqual(st, 200, b)
+            return usage_rows(h["x-request-id"])[0][0]
+
+        nul, one, trunc = prompt_of("x\x00y\x00\x00z"), prompt_of("x\x01y\x01\x01z"), prompt_of("x")
+        self.assertGreater(trunc, 0)
+        self.assertEqual(nul, one)
+        self.assertGreater(nul, trunc)
+
+    def test_duplicate_and_nul_keys_refused(self):
+        st, h, b = self.raw_chat(('{"model":"%s","model":"other-model","messages":[{"role":"user","content":"d"}]}'
+                                  % MODEL).encode())
+        self.assertEqual(openai_error(self, st, h, b, 400, "invalid_request")["param"], "model")
+        st, h, b = self.raw_chat(('{"model":"%s","messages":[{"role":"user","content":"d"}],"stream":false,'
+                                  '"stream":true}' % MODEL).encode())
+        self.assertEqual(openai_error(self, st, h, b, 400)["param"], "stream")
+        st, h, b = self.raw_chat(('{"model":"%s\\u0000x","messages":[{"role":"user","content":"d"}]}'
+                                  % MODEL).encode())
+        self.assertEqual(openai_error(self, st, h, b, 400)["param"], "model")
+        # other duplicated keys are the worker's business: accepted
+        st, h, b = self.raw_chat(('{"model":"%s","temperature":1,"temperature":0,"messages":[{"role":"user",'
+                                  '"content":"d"}]}' % MODEL).encode())
+        self.assertEqual(st, 200, b)
+
+    def test_json_errors_name_the_byte(self):
+        for body, off, what in ((b'{"model": "x", "messages": [', 28, "unexpected end of input"),
+                                (b'{"model": "x",}', 14, "expected a string key"),
+                                (b'{"model": 01}', 11, "expected ',' or '}'"),
+                                (b'{"a":"\x01"}', 6, "control character in string"),
+                                (b'[' * 200 + b']' * 200, 128, "nesting too deep")):
+            st, h, b = self.raw_chat(body)
+            err = openai_error(self, st, h, b, 400, "invalid_request")
+            self.assertEqual(err["message"],
+                             "Failed to parse the request body as JSON: Invalid JSON at byte %d: %s" % (off, what))
+        st, h, b = self.raw_chat(b"")
+        openai_error(self, st, h, b, 400, "invalid_request")
+
+    def test_huge_max_tokens_clamped(self):
+        # max_tokens beyond 2^53 (read as an exact integer) is clamped for the TPM charge
+        k = seed(tpm=100)
+        st, h, b = self.raw_chat(('{"model":"%s","max_tokens":9223372036854775807,"messages":[{"role":"user",'
+                                  '"content":"t"}]}' % MODEL).encode(), key=k)
+        openai_error(self, st, h, b, 429, "tokens_rate_limit_exceeded")
+
 class Shutdown(unittest.TestCase):
     def test_sigterm_lets_inflight_finish(self):
         key = seed()
