@@ -118,6 +118,15 @@ static size_t tg_utf8_put(char *d, unsigned cp) {
     return 4;
 }
 
+/* Nonzero when one of the 8 bytes in x may end a plain run: '"', '\\', a
+ * control character or a non-ASCII byte (exact "any"; which one is found by
+ * the byte loop). */
+static inline uint64_t tg_special8(uint64_t x) {
+    const uint64_t ones = 0x0101010101010101ULL, high = 0x8080808080808080ULL;
+    uint64_t q = x ^ (ones * '"'), b = x ^ (ones * '\\');
+    return (x & high) | ((x - ones * 0x20) & ~x & high) | ((q - ones) & ~q & high) | ((b - ones) & ~b & high);
+}
+
 /* A string at ps->p (on the opening quote).  Pass 1 decodes into the block
  * and sets *out / *out_len.  The decoded form is never longer than the
  * source, so pass 0 reserves the source length plus the NUL. */
@@ -127,6 +136,10 @@ static int tg_string(tg_json_parser_t *ps, const char **out, size_t *out_len) {
     for (;;) {
         /* the plain run: no quote, backslash, control or non-ASCII byte */
         const unsigned char *r = p;
+        for (uint64_t x; end - r >= 8; r += 8) {
+            memcpy(&x, r, 8);
+            if (tg_special8(x)) break;
+        }
         while (r < end && *r >= 0x20 && *r != '"' && *r != '\\' && *r < 0x80) r++;
         if (d) {
             memcpy(d, p, (size_t)(r - p));
