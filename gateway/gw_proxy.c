@@ -135,9 +135,20 @@ int gw_proxy_body(const gw_http_req_t *h, int stream, const tg_json_t *json, gw_
     } else if (tg_json_type(so) != TG_JSON_OBJECT) { /* null or junk: replaced */
         tg_json_span(so, &off, &len);
         put = "{\"include_usage\":true}";
-    } else if (tg_json_get(so, "include_usage")) { /* its value (the last, which counts) set */
-        tg_json_span(tg_json_get(so, "include_usage"), &off, &len);
-        put = "true";
+    } else if (tg_json_get(so, "include_usage")) { /* every include_usage set: a peer may read the first */
+        size_t at = 0;
+        const tg_json_t *m;
+        TG_JSON_FOREACH(m, so) {
+            size_t kl;
+            const char *k = tg_json_key(m, &kl);
+            if (kl != 13 || memcmp(k, "include_usage", 13)) continue;
+            tg_json_span(m, &off, &len);
+            if (off < at || off + len > h->body_len) return GW_ERROR;
+            if (gw_buf_append(out, h->body + at, off - at) != GW_OK || gw_buf_append(out, "true", 4) != GW_OK)
+                return GW_ERROR;
+            at = off + len;
+        }
+        return gw_buf_append(out, h->body + at, h->body_len - at);
     } else { /* a new first member of stream_options */
         tg_json_span(so, &off, &len);
         off += 1, len = 0;

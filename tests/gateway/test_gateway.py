@@ -765,7 +765,8 @@ class JsonBody(unittest.TestCase):
                          ("null", {"include_usage": True}),
                          ('{}', {"include_usage": True}),
                          ('{"include_usage": false, "x": 1}', {"include_usage": True, "x": 1}),
-                         ('{"x": [1]}', {"include_usage": True, "x": [1]})):
+                         ('{"x": [1]}', {"include_usage": True, "x": [1]}),
+                         ('{"include_usage": false, "x": 2, "include_usage": 0}', {"include_usage": True, "x": 2})):
             body = ('{"model":"%s","stream":true,%s"messages":[{"role":"user","content":"n\\u0000l"}],'
                     '"seed":18446744073709551615}' % (MODEL, '"stream_options":%s,' % so if so else "")).encode()
             st, h, b = self.raw_chat(body)
