@@ -654,8 +654,8 @@ typedef struct {
 static void mlp(eng_model_t *m, const eng_w_t *g, const eng_w_t *u, const eng_w_t *d, const float *x, int T,
                 float *h1, float *h2, float *y) {
     const eng_backend_ops_t *ops = m->be->ops;
-    ops->matmul(m->be, g, x, T, h1);
-    ops->matmul(m->be, u, x, T, h2);
+    eng_mm_t gu[2] = {{g, x, T, h1}, {u, x, T, h2}};
+    ops->matmul_multi(m->be, gu, 2);
     size_t n = (size_t)T * g->rows;
     for (size_t i = 0; i < n; i++) h1[i] = silu(h1[i]) * h2[i];
     ops->matmul(m->be, d, h1, T, y);
@@ -725,8 +725,9 @@ static void route(const eng_cfg_t *c, const float *logit, const float *bias, int
 }
 
 typedef struct {
-    float *x, *xn, *q, *qa, *kv, *att, *o, *h1, *h2, *y, *logit, *xg, *yslot, *wts, *sc1, *sc2;
-    int32_t *sel, *tok_of, *cnt;
+    float *x, *xn, *q, *qa, *kv, *att, *o, *h1, *h2, *s1, *s2, *y, *logit, *xg, *yslot, *wts, *sc1, *sc2;
+    int32_t *sel, *tok_of, *pos_of, *cnt;
+    eng_mm_t *jobs;
     eng_attn_seq_t *as;
     int32_t *pos;
 } fwd_buf_t;
@@ -745,6 +746,10 @@ static void fwd_buf_free(fwd_buf_t *b) {
     free(b->logit);
     free(b->xg);
     free(b->yslot);
+    free(b->s1);
+    free(b->s2);
+    free(b->pos_of);
+    free(b->jobs);
     free(b->wts);
     free(b->sc1);
     free(b->sc2);
@@ -799,7 +804,6 @@ int eng_forward(eng_model_t *m, eng_seq_t **seqs, const int32_t *const *ids, con
         }
     int D = c->D, H = c->H, qdim = gqa ? H * c->hd : H * (c->dn + c->dr), adim = gqa ? H * c->hd : H * c->dv;
     int kvdim = gqa ? 2 * c->kvh * c->hd : c->c + c->dr;
-    int I = imax(c->inter, imax(c->moe_inter, c->n_shared * c->moe_inter));
     int K = c->E > 0 ? c->topk : 1;
     fwd_buf_t b = {0};
     size_t fT = (size_t)T;
@@ -810,11 +814,16 @@ int eng_forward(eng_model_t *m, eng_seq_t **seqs, const int32_t *const *ids, con
     b.kv = malloc(fT * kvdim * sizeof(float));
     b.att = malloc(fT * adim * sizeof(float));
     b.o = malloc(fT * D * sizeof(float));
-    b.h1 = malloc(fT * imax(I, 1) * sizeof(float));
-    b.h2 = malloc(fT * imax(I, 1) * sizeof(float));
+    size_t hn = fT * imax(imax(c->inter, K * c->moe_inter), 1);
+    b.h1 = malloc(hn * sizeof(float));
+    b.h2 = malloc(hn * sizeof(float));
+    b.s1 = malloc(fT * imax(c->n_shared * c->moe_inter, 1) * sizeof(float));
+    b.s2 = malloc(fT * imax(c->n_shared * c->moe_inter, 1) * sizeof(float));
+    b.pos_of = malloc(fT * K * sizeof(int32_t));
+    b.jobs = malloc((2 * imax(c->E, 1) + 2) * sizeof(eng_mm_t));
     b.y = malloc(fT * D * sizeof(float));
     b.logit = malloc(fT * imax(c->E, 1) * sizeof(float));
-    b.xg = malloc(fT * D * sizeof(float));
+    b.xg = malloc(fT * K * D * sizeof(float));
     b.yslot = malloc(fT * K * D * sizeof(float));
     b.wts = malloc(fT * K * sizeof(float));
     b.sc1 = malloc(imax(c->E, 1) * sizeof(float));
@@ -825,7 +834,7 @@ int eng_forward(eng_model_t *m, eng_seq_t **seqs, const int32_t *const *ids, con
     b.as = malloc(nseq * sizeof *b.as);
     b.pos = malloc(fT * sizeof(int32_t));
     if (!b.x || !b.xn || !b.q || !b.qa || !b.kv || !b.att || !b.o || !b.h1 || !b.h2 || !b.y || !b.logit ||
-        !b.xg || !b.yslot || !b.wts || !b.sc1 || !b.sc2 || !b.sel || !b.tok_of || !b.cnt || !b.as || !b.pos) {
+        !b.xg || !b.yslot || !b.s1 || !b.s2 || !b.pos_of || !b.jobs || !b.wts || !b.sc1 || !b.sc2 || !b.sel || !b.tok_of || !b.cnt || !b.as || !b.pos) {
         fwd_buf_free(&b);
         seterr(err, errlen, "out of memory for a batch of %d tokens", T);
         return -1;
@@ -855,9 +864,8 @@ int eng_forward(eng_model_t *m, eng_seq_t **seqs, const int32_t *const *ids, con
         for (int t = 0; t < T; t++) rmsnorm(b.xn + (size_t)t * D, b.x + (size_t)t * D, L->attn_norm, D, c->eps);
         if (gqa) {
             int kvw = c->kvh * c->hd;
-            ops->matmul(m->be, &L->wq, b.xn, T, b.q);
-            ops->matmul(m->be, &L->wk, b.xn, T, b.kv);
-            ops->matmul(m->be, &L->wv, b.xn, T, b.kv + fT * kvw);
+            eng_mm_t qkv[3] = {{&L->wq, b.xn, T, b.q}, {&L->wk, b.xn, T, b.kv}, {&L->wv, b.xn, T, b.kv + fT * kvw}};
+            ops->matmul_multi(m->be, qkv, 3);
             for (int i = 0; i < nseq; i++) {
                 b.as[i].k = seqs[i]->k[l];
                 b.as[i].v = seqs[i]->v[l];
@@ -873,15 +881,14 @@ int eng_forward(eng_model_t *m, eng_seq_t **seqs, const int32_t *const *ids, con
             }
             ops->attn_gqa(m->be, H, c->kvh, c->hd, m->attn_scale, b.q, b.as, nseq, b.att);
         } else {
+            eng_mm_t qkv[2] = {{c->q_lora > 0 ? &L->q_a : &L->q_proj, b.xn, T, c->q_lora > 0 ? b.qa : b.q},
+                               {&L->kv_a, b.xn, T, b.kv}};
+            ops->matmul_multi(m->be, qkv, 2);
             if (c->q_lora > 0) {
-                ops->matmul(m->be, &L->q_a, b.xn, T, b.qa);
                 for (int t = 0; t < T; t++)
                     rmsnorm(b.qa + (size_t)t * c->q_lora, b.qa + (size_t)t * c->q_lora, L->q_a_norm, c->q_lora, c->eps);
                 ops->matmul(m->be, &L->q_b, b.qa, T, b.q);
-            } else {
-                ops->matmul(m->be, &L->q_proj, b.xn, T, b.q);
             }
-            ops->matmul(m->be, &L->kv_a, b.xn, T, b.kv);
             for (int i = 0; i < nseq; i++) {
                 b.as[i].k = seqs[i]->k[l];
                 b.as[i].v = NULL;
@@ -918,26 +925,46 @@ int eng_forward(eng_model_t *m, eng_seq_t **seqs, const int32_t *const *ids, con
         for (size_t i = 0; i < fT * K; i++) b.cnt[b.sel[i] + 1]++;
         for (int e = 0; e < c->E; e++) b.cnt[e + 1] += b.cnt[e];
         for (size_t i = 0; i < fT * K; i++) b.tok_of[b.cnt[b.sel[i]]++] = (int32_t)i;
-        /* cnt[e] is now the end of expert e's run; its start is cnt[e-1] */
-        for (int e = 0, start = 0; e < c->E; e++) {
-            int end = b.cnt[e], ne = end - start;
-            if (ne > 0) {
-                for (int r = 0; r < ne; r++)
-                    memcpy(b.xg + (size_t)r * D, b.xn + (size_t)(b.tok_of[start + r] / K) * D, D * sizeof(float));
-                mlp(m, &L->eg[e], &L->eu[e], &L->ed[e], b.xg, ne, b.h1, b.h2, b.y);
-                for (int r = 0; r < ne; r++)
-                    memcpy(b.yslot + (size_t)b.tok_of[start + r] * D, b.y + (size_t)r * D, D * sizeof(float));
-            }
-            start = end;
+        /* cnt[e] is now the end of expert e's run; its start is cnt[e-1].
+         * Gather each expert's tokens, then run every active expert's gate and
+         * up (and the shared expert's) as one parallel step, and the downs as
+         * another. */
+        int NK = T * K, Im = c->moe_inter, Is = c->n_shared * c->moe_inter, nj = 0;
+        for (int i = 0; i < NK; i++) {
+            memcpy(b.xg + (size_t)i * D, b.xn + (size_t)(b.tok_of[i] / K) * D, D * sizeof(float));
+            b.pos_of[b.tok_of[i]] = i;
         }
-        if (L->has_shared) mlp(m, &L->sg, &L->su, &L->sd, b.xn, T, b.h1, b.h2, b.y);
+        for (int e = 0, start = 0; e < c->E; e++) {
+            int ne = b.cnt[e] - start;
+            if (ne > 0) {
+                b.jobs[nj++] = (eng_mm_t){&L->eg[e], b.xg + (size_t)start * D, ne, b.h1 + (size_t)start * Im};
+                b.jobs[nj++] = (eng_mm_t){&L->eu[e], b.xg + (size_t)start * D, ne, b.h2 + (size_t)start * Im};
+            }
+            start = b.cnt[e];
+        }
+        if (L->has_shared) {
+            b.jobs[nj++] = (eng_mm_t){&L->sg, b.xn, T, b.s1};
+            b.jobs[nj++] = (eng_mm_t){&L->su, b.xn, T, b.s2};
+        }
+        ops->matmul_multi(m->be, b.jobs, nj);
+        for (size_t i = 0; i < (size_t)NK * Im; i++) b.h1[i] = silu(b.h1[i]) * b.h2[i];
+        if (L->has_shared)
+            for (size_t i = 0; i < fT * Is; i++) b.s1[i] = silu(b.s1[i]) * b.s2[i];
+        nj = 0;
+        for (int e = 0, start = 0; e < c->E; e++) {
+            int ne = b.cnt[e] - start;
+            if (ne > 0) b.jobs[nj++] = (eng_mm_t){&L->ed[e], b.h1 + (size_t)start * Im, ne, b.yslot + (size_t)start * D};
+            start = b.cnt[e];
+        }
+        if (L->has_shared) b.jobs[nj++] = (eng_mm_t){&L->sd, b.s1, T, b.y};
+        ops->matmul_multi(m->be, b.jobs, nj);
         for (int t = 0; t < T; t++) {
             float *xt = b.x + (size_t)t * D;
             float *acc = b.o + (size_t)t * D;
             memset(acc, 0, D * sizeof(float));
             for (int k = 0; k < K; k++) {
                 float w = b.wts[(size_t)t * K + k];
-                const float *ys = b.yslot + ((size_t)t * K + k) * D;
+                const float *ys = b.yslot + (size_t)b.pos_of[(size_t)t * K + k] * D;
                 for (int d = 0; d < D; d++) acc[d] += w * ys[d];
             }
             if (L->has_shared)

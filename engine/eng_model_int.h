@@ -91,11 +91,21 @@ typedef struct {
     float *v;        /* GQA: values [len][kvh*hd]; MLA: unused */
 } eng_attn_seq_t;
 
+/* One matmul of a multi-matmul step: Y [n, w.rows] = X [n, w.cols] @ W^T. */
+typedef struct {
+    const eng_w_t *w;
+    const float *x;
+    int n;
+    float *y;
+} eng_mm_t;
+
 typedef struct {
     const char *name;
     /* Y [n, w.rows] = X [n, w.cols] @ W^T.  Each output element is computed
      * the same way whatever n is (batch invariance). */
     void (*matmul)(eng_backend_t *be, const eng_w_t *w, const float *x, int n, float *y);
+    /* Several independent matmuls as one parallel step (same numbers as one by one). */
+    void (*matmul_multi)(eng_backend_t *be, const eng_mm_t *jobs, int njobs);
     /* MLA attention (absorbed): q [T, H*(dn+dr)] with RoPE applied, writes
      * out [T, H*dv].  kv_b = W [H*(dn+dv), c]. */
     void (*attn_mla)(eng_backend_t *be, const eng_w_t *kv_b, int H, int dn, int dr, int dv, int c,

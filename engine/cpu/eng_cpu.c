@@ -21,35 +21,61 @@ static eng_cpu_pool_t *pool_of(eng_backend_t *be) { return ((cpu_be_t *)be)->poo
 /* ---- matmul ---------------------------------------------------------------- */
 
 typedef struct {
-    const eng_w_t *w;
-    const float *x;
-    int n;
-    float *y;
+    const eng_mm_t *jobs;
+    int njobs;
+    int64_t total;  /* cost of all rows: sum of rows * cols * n */
     cpu_be_t *be;
 } mm_job_t;
 
+/* Threads split the rows of all jobs by cost (cols x tokens), in granules of
+ * 16 rows: one parallel step for a whole MoE layer's experts instead of one
+ * per matrix.  Each output element is still one dot product by one thread. */
 static void mm_worker(void *arg, int t, int nt) {
-    mm_job_t *j = arg;
-    int64_t R = j->w->rows;
-    /* split rows in multiples of 16 so threads touch disjoint cache lines of y */
-    int64_t chunk = ((R + nt - 1) / nt + 15) / 16 * 16;
-    int64_t r0 = (int64_t)t * chunk, r1 = r0 + chunk < R ? r0 + chunk : R;
-    if (r0 >= r1) return;
-    /* each pool thread keeps its row buffer between calls */
-    size_t need = 4 * (size_t)j->w->cols;
-    if (need > j->be->rowcap[t]) {
-        free(j->be->rowbuf[t]);
-        j->be->rowbuf[t] = malloc(need * sizeof(float));
-        j->be->rowcap[t] = need;
-        if (!j->be->rowbuf[t]) abort();
+    mm_job_t *J = arg;
+    int64_t start = 0;
+    for (int j = 0; j < J->njobs; j++) {
+        const eng_mm_t *m = &J->jobs[j];
+        int64_t R = m->w->rows, per = m->w->cols * (int64_t)m->n;
+        int64_t r0 = -1;
+        for (int64_t g = 0; g < R; g += 16) {
+            int64_t c = start + g * per;
+            int owner = (int)((__int128)c * nt / (J->total ? J->total : 1));
+            if (owner >= nt) owner = nt - 1;
+            if (owner == t && r0 < 0) r0 = g;
+            if (owner != t && r0 >= 0) break;
+        }
+        if (r0 >= 0) {
+            int64_t r1 = r0;
+            while (r1 < R) {
+                int64_t c = start + r1 * per;
+                int owner = (int)((__int128)c * nt / (J->total ? J->total : 1));
+                if (owner >= nt) owner = nt - 1;
+                if (owner != t) break;
+                r1 = r1 + 16 < R ? r1 + 16 : R;
+            }
+            size_t need = 4 * (size_t)m->w->cols;
+            if (need > J->be->rowcap[t]) {
+                free(J->be->rowbuf[t]);
+                J->be->rowbuf[t] = malloc(need * sizeof(float));
+                J->be->rowcap[t] = need;
+                if (!J->be->rowbuf[t]) abort();
+            }
+            eng_cpu_matmul_rows(m->w, m->x, m->n, m->y, r0, r1, J->be->rowbuf[t]);
+        }
+        start += R * per;
     }
-    eng_cpu_matmul_rows(j->w, j->x, j->n, j->y, r0, r1, j->be->rowbuf[t]);
+}
+
+static void cpu_matmul_multi(eng_backend_t *be, const eng_mm_t *jobs, int njobs) {
+    mm_job_t J = {jobs, njobs, 0, (cpu_be_t *)be};
+    for (int j = 0; j < njobs; j++) J.total += jobs[j].w->rows * jobs[j].w->cols * (int64_t)jobs[j].n;
+    if (!J.total) return;
+    eng_cpu_pool_run(pool_of(be), mm_worker, &J);
 }
 
 static void cpu_matmul(eng_backend_t *be, const eng_w_t *w, const float *x, int n, float *y) {
-    if (n <= 0) return;
-    mm_job_t j = {w, x, n, y, (cpu_be_t *)be};
-    eng_cpu_pool_run(pool_of(be), mm_worker, &j);
+    eng_mm_t j = {w, x, n, y};
+    cpu_matmul_multi(be, &j, 1);
 }
 
 /* ---- attention ---------------------------------------------------------------- */
@@ -186,6 +212,7 @@ static void cpu_free(eng_backend_t *be) {
 static const eng_backend_ops_t cpu_ops = {
     .name = "cpu",
     .matmul = cpu_matmul,
+    .matmul_multi = cpu_matmul_multi,
     .attn_mla = cpu_attn_mla,
     .attn_gqa = cpu_attn_gqa,
     .free = cpu_free,

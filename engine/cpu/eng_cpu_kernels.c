@@ -255,6 +255,10 @@ void eng_cpu_row_f32(const eng_w_t *w, int64_t r, float *out) {
  * so a token's results never depend on its neighbours in the batch. */
 
 #define TILE_R 4
+#ifndef PF_DIST
+#define PF_DIST 512       /* bytes ahead in the next tile's rows */
+#define PF_HINT _MM_HINT_T0
+#endif
 
 static inline __attribute__((always_inline, target("avx512f"))) __m512 ld_w512(const void *w, int bf16, int64_t k) {
     if (bf16)
@@ -282,7 +286,7 @@ tile512(const void *W, int bf16, int64_t ldw, const float *X, int64_t ldx, int n
     for (; k + 16 <= C; k += 16) {
         __m512 w[TILE_R], x[4];
         /* the next tile's rows: rows are a page apart, beyond the hardware prefetcher */
-        _Pragma("GCC unroll 4") for (int i = 0; i < nr; i++) _mm_prefetch((const char *)W + (i + TILE_R) * ldw * es + k * es + 512, _MM_HINT_T0);
+        _Pragma("GCC unroll 4") for (int i = 0; i < nr; i++) _mm_prefetch((const char *)W + (i + TILE_R) * ldw * es + k * es + PF_DIST, PF_HINT);
         _Pragma("GCC unroll 4") for (int i = 0; i < nr; i++) w[i] = ld_w512((const char *)W + i * ldw * es, bf16, k);
         _Pragma("GCC unroll 4") for (int t = 0; t < nt; t++) x[t] = _mm512_loadu_ps(X + t * ldx + k);
         _Pragma("GCC unroll 4") for (int i = 0; i < nr; i++)
