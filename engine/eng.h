@@ -53,7 +53,9 @@ void eng_seq_truncate(eng_seq_t *s, int len);
 /* Append n tokens to each of nseq sequences and run the forward pass.
  * logits[i] (vocab_size floats, caller-owned) receives the logits of the last
  * new position of sequence i; pass logits[i] == NULL to skip.  Returns 0, or
- * -1 with a message in err (too long, bad id). */
+ * -1 with a message in err (too long, bad id); on an argument error no
+ * sequence is changed.  A sequence's logits do not depend on the other
+ * sequences in the call (bit-exact batch invariance on the CPU backend). */
 int eng_forward(eng_model_t *m, eng_seq_t **seqs, const int32_t *const *ids, const int *n,
                 int nseq, float **logits, char *err, size_t errlen);
 
