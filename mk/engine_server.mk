@@ -17,8 +17,8 @@ $(O)/tests/unit/engine_server/%: tests/unit/engine_server/%.c engine/%.c $(LIBTO
 test-engine-server-unit: $(ENG_SRV_UNIT_BINS)
 	@set -e; for t in $(ENG_SRV_UNIT_BINS); do $$t; done
 
-test-engine-server: test-engine-server-unit $(B)/tollgate-engine tokenizer-data
-	/usr/bin/python3 tests/engine_server/test_server.py
+test-engine-server: test-engine-server-unit $(BIN)/tollgate-engine tokenizer-data
+	TOLLGATE_ENGINE=$(BIN)/tollgate-engine /usr/bin/python3 tests/engine_server/test_server.py
 
 TEST_TARGETS += test-engine-server
 
