@@ -174,8 +174,13 @@ wait_http() { # wait_http URL WHAT PIDFILE
 }
 
 engine_start() {
+    # The demo model's random weights rarely emit EOS: a request without max_tokens
+    # gets 512 tokens (a few seconds) instead of the 4096 a real model would default to.
+    local extra=()
+    "$BIN"/tollgate-engine serve --help 2>&1 | grep -q -- --default-max-tokens &&
+        extra=(--default-max-tokens "${TG_DEMO_MAX_TOKENS:-512}")
     "$BIN"/tollgate-engine serve --model "$V/models/$MODEL" --listen "127.0.0.1:$TG_PORT_ENGINE" \
-        --threads "${TG_ENGINE_THREADS:-$(nproc)}" >>"$V/log/engine.log" 2>&1 &
+        --threads "${TG_ENGINE_THREADS:-$(nproc)}" "${extra[@]}" >>"$V/log/engine.log" 2>&1 &
     echo $! >"$V/run/engine.pid"
     wait_http "http://127.0.0.1:$TG_PORT_ENGINE/health" engine "$V/run/engine.pid"
 }
