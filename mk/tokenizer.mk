@@ -38,7 +38,7 @@ fuzz-tokenizer-run: fuzz-tokenizer tokenizer-data
 $(B)/fuzz/fuzz_tok_%: fuzz/tokenizer/fuzz_tok_%.c $(wildcard tokenizer/*.c tokenizer/*.h)
 	@mkdir -p $(dir $@)
 	clang -O1 -g -std=gnu11 -Itokenizer -Icommon -fsanitize=fuzzer,address,undefined \
-	    -o $@ $< $(filter-out %_main.c,$(wildcard tokenizer/*.c)) $(LIB_PCRE) $(LIB_JSON) -lm -pthread
+	    -o $@ $< $(filter-out %_main.c,$(wildcard tokenizer/*.c)) common/tg_json.c $(LIB_PCRE) $(LIB_JSON) -lm -pthread
 
 .PHONY: test-tokenizer test-tokenizer-unit
 test-tokenizer-unit: $(TOK_UNIT_BINS) tokenizer-data

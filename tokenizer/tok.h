@@ -66,11 +66,16 @@ typedef enum {
     TOK_TMPL_MIXTRAL,         /* [INST] ... [/INST] */
 } tok_tmpl_kind_t;
 
+/* Text fields are C strings, except content and arguments, which may hold
+ * NUL bytes: give their byte length in content_len / arguments_len.  A length
+ * of 0 means "NUL-terminated" (the length is strlen), so zero-initialised
+ * structs keep working and an empty text is "" either way. */
 typedef struct {
     const char *id;        /* tool call id */
     const char *name;      /* function name */
     const char *arguments; /* JSON text */
     const char *type;      /* tool type; NULL means "function" */
+    size_t arguments_len;  /* bytes of arguments; 0: strlen(arguments) */
 } tok_tool_call_t;
 
 typedef struct {
@@ -78,6 +83,7 @@ typedef struct {
     const char *content; /* may be NULL (assistant with tool calls) */
     const tok_tool_call_t *tool_calls;
     size_t n_tool_calls;
+    size_t content_len;  /* bytes of content; 0: strlen(content) */
 } tok_chat_msg_t;
 
 /* Pick the template for a model folder from tokenizer_config.json (its
@@ -86,8 +92,13 @@ typedef struct {
 int tok_tmpl_detect(const char *model_dir);
 
 /* Render messages to the prompt text exactly as the model's published
- * template does (BOS included as text).  Returns a NUL-terminated string the
- * caller frees, or NULL with a message in err (e.g. unknown role). */
+ * template does (BOS included as text).  Returns a string the caller frees
+ * (NUL-terminated, but holding any NUL bytes of the contents), its length in
+ * *out_len when out_len is not NULL; or NULL with a message in err (e.g.
+ * unknown role).  Pass out_len whenever a content may hold NUL. */
+char *tok_chat_render_n(tok_tmpl_kind_t kind, const tok_chat_msg_t *msgs, size_t n,
+                        int add_generation_prompt, size_t *out_len, char *err, size_t errlen);
+/* The same without the length (for NUL-free contents). */
 char *tok_chat_render(tok_tmpl_kind_t kind, const tok_chat_msg_t *msgs, size_t n,
                       int add_generation_prompt, char *err, size_t errlen);
 
@@ -95,8 +106,12 @@ char *tok_chat_render(tok_tmpl_kind_t kind, const tok_chat_msg_t *msgs, size_t n
  * each {"role", "content", "tool_calls"}; content is a string, null, or an
  * array of {"type":"text","text":...} parts (joined); a tool call's
  * function.arguments is a string (an object is written as compact JSON).
- * U+0000 inside the text is refused with a message (cJSON cannot carry it).
- * Returns a malloc'd string, or NULL with a message in err. */
+ * Parsed strictly (tg_json): invalid UTF-8 and lone surrogates are errors;
+ * U+0000 in content and arguments is text (kept, rendered as a NUL byte), in
+ * a role, name, id or type it is refused.  Returns a malloc'd string (its
+ * length in *out_len when not NULL), or NULL with a message in err. */
+char *tok_chat_render_json_n(tok_tmpl_kind_t kind, const char *messages_json, size_t len,
+                             int add_generation_prompt, size_t *out_len, char *err, size_t errlen);
 char *tok_chat_render_json(tok_tmpl_kind_t kind, const char *messages_json, size_t len,
                            int add_generation_prompt, char *err, size_t errlen);
 

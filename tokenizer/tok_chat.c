@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "tg_json.h"
 #include "tok-int.h"
 
 #define FW_BAR "\xef\xbd\x9c" /* U+FF5C FULLWIDTH VERTICAL LINE */
@@ -63,6 +64,13 @@ static void sb_put(sb_t *b, const char *s, size_t n) {
 
 static void sb_puts(sb_t *b, const char *s) { sb_put(b, s, strlen(s)); }
 
+/* Length of a text field: 0 means NUL-terminated (see tok.h). */
+static size_t text_len(const char *s, size_t n) { return n ? n : strlen(s); }
+
+static void put_content(sb_t *b, const tok_chat_msg_t *m) {
+    sb_put(b, m->content, text_len(m->content, m->content_len));
+}
+
 static void errf(char *err, size_t errlen, const char *fmt, ...) {
     if (!err || !errlen) return;
     va_list ap;
@@ -71,11 +79,13 @@ static void errf(char *err, size_t errlen, const char *fmt, ...) {
     va_end(ap);
 }
 
-/* Text after the last "</think>" (R1 drops earlier reasoning from history). */
-static const char *after_think(const char *s) {
-    const char *r = s, *p;
-    while ((p = strstr(r, "</think>"))) r = p + 8;
-    return r;
+/* Content after its last "</think>" (R1 drops earlier reasoning from
+ * history); the content may hold NUL bytes. */
+static void put_after_think(sb_t *b, const tok_chat_msg_t *m) {
+    size_t n = text_len(m->content, m->content_len), from = 0;
+    for (size_t i = 0; i + 8 <= n; i++)
+        if (m->content[i] == '<' && !memcmp(m->content + i, "</think>", 8)) from = i + 8;
+    sb_put(b, m->content + from, n - from);
 }
 
 static int check_msgs(const tok_chat_msg_t *msgs, size_t n, char *err, size_t errlen) {
@@ -108,7 +118,7 @@ static void put_call(sb_t *b, const tok_tool_call_t *c) {
     sb_puts(b, DS_SEP);
     sb_puts(b, c->name);
     sb_puts(b, "\n```json\n");
-    sb_puts(b, c->arguments);
+    sb_put(b, c->arguments, text_len(c->arguments, c->arguments_len));
     sb_puts(b, "\n```" DS_CALL_END);
 }
 
@@ -118,7 +128,7 @@ static void put_system(sb_t *b, const tok_chat_msg_t *msgs, size_t n) {
     for (size_t i = 0; i < n; i++)
         if (!strcmp(msgs[i].role, "system")) {
             if (!first_sp) sb_puts(b, "\n\n");
-            sb_puts(b, msgs[i].content);
+            put_content(b, &msgs[i]);
             first_sp = 0;
         }
 }
@@ -132,7 +142,7 @@ static void render_v3(sb_t *b, const tok_chat_msg_t *msgs, size_t n, int gen) {
         if (!strcmp(m->role, "user")) {
             is_tool = 0;
             sb_puts(b, DS_USER);
-            sb_puts(b, m->content);
+            put_content(b, m);
         } else if (!strcmp(m->role, "assistant") && !m->content) {
             is_tool = 0;
             for (size_t k = 0; k < m->n_tool_calls; k++) {
@@ -145,13 +155,13 @@ static void render_v3(sb_t *b, const tok_chat_msg_t *msgs, size_t n, int gen) {
             }
         } else if (!strcmp(m->role, "assistant")) {
             sb_puts(b, is_tool ? DS_OUTS_END : DS_ASSISTANT);
-            sb_puts(b, m->content);
+            put_content(b, m);
             sb_puts(b, DS_EOS);
             is_tool = 0;
         } else if (!strcmp(m->role, "tool")) {
             is_tool = 1;
             sb_puts(b, output_first ? DS_OUTS_BEGIN DS_OUT_BEGIN : "\n" DS_OUT_BEGIN);
-            sb_puts(b, m->content);
+            put_content(b, m);
             sb_puts(b, DS_OUT_END);
             output_first = 0;
         }
@@ -172,13 +182,13 @@ static void render_r1(sb_t *b, const tok_chat_msg_t *msgs, size_t n, int gen) {
         if (!strcmp(m->role, "user")) {
             is_tool = 0;
             sb_puts(b, DS_USER);
-            sb_puts(b, m->content);
+            put_content(b, m);
         } else if (!strcmp(m->role, "assistant") && m->n_tool_calls) {
             is_tool = 0;
             for (size_t k = 0; k < m->n_tool_calls; k++) {
                 if (!is_first) {
                     sb_puts(b, DS_ASSISTANT);
-                    if (m->content) sb_puts(b, m->content);
+                    if (m->content) put_content(b, m);
                     sb_puts(b, DS_CALLS_BEGIN DS_CALL_BEGIN);
                     is_first = 1;
                 } else {
@@ -190,17 +200,17 @@ static void render_r1(sb_t *b, const tok_chat_msg_t *msgs, size_t n, int gen) {
         } else if (!strcmp(m->role, "assistant")) {
             if (is_tool) {
                 sb_puts(b, DS_OUTS_END);
-                sb_puts(b, m->content);
+                put_content(b, m);
             } else {
                 sb_puts(b, DS_ASSISTANT);
-                sb_puts(b, after_think(m->content));
+                put_after_think(b, m);
             }
             sb_puts(b, DS_EOS);
             is_tool = 0;
         } else if (!strcmp(m->role, "tool")) {
             is_tool = 1;
             sb_puts(b, output_first ? DS_OUTS_BEGIN DS_OUT_BEGIN : DS_OUT_BEGIN);
-            sb_puts(b, m->content);
+            put_content(b, m);
             sb_puts(b, DS_OUT_END);
             output_first = 0;
         }
@@ -220,10 +230,10 @@ static int render_mixtral(sb_t *b, const tok_chat_msg_t *msgs, size_t n, char *e
         }
         if (user) {
             sb_puts(b, "[INST] ");
-            sb_puts(b, m->content);
+            put_content(b, m);
             sb_puts(b, " [/INST]");
         } else if (!strcmp(m->role, "assistant") && m->content) {
-            sb_puts(b, m->content);
+            put_content(b, m);
             sb_puts(b, "</s>");
         } else {
             errf(err, errlen, "Only user and assistant roles are supported!");
@@ -233,8 +243,9 @@ static int render_mixtral(sb_t *b, const tok_chat_msg_t *msgs, size_t n, char *e
     return 0;
 }
 
-char *tok_chat_render(tok_tmpl_kind_t kind, const tok_chat_msg_t *msgs, size_t n,
-                      int add_generation_prompt, char *err, size_t errlen) {
+char *tok_chat_render_n(tok_tmpl_kind_t kind, const tok_chat_msg_t *msgs, size_t n,
+                        int add_generation_prompt, size_t *out_len, char *err, size_t errlen) {
+    if (out_len) *out_len = 0;
     if (n && !msgs) {
         errf(err, errlen, "no messages");
         return NULL;
@@ -264,7 +275,13 @@ char *tok_chat_render(tok_tmpl_kind_t kind, const tok_chat_msg_t *msgs, size_t n
         errf(err, errlen, "out of memory");
         return NULL;
     }
+    if (out_len) *out_len = b.n;
     return b.p;
+}
+
+char *tok_chat_render(tok_tmpl_kind_t kind, const tok_chat_msg_t *msgs, size_t n,
+                      int add_generation_prompt, char *err, size_t errlen) {
+    return tok_chat_render_n(kind, msgs, n, add_generation_prompt, NULL, err, errlen);
 }
 
 /* ---- detection ---------------------------------------------------------------- */
@@ -425,46 +442,43 @@ void tok_r1_finish(tok_r1_state_t *st, char *rout, size_t *rlen, char *cout, siz
 
 /* ---- messages from JSON ------------------------------------------------------------ */
 
-/* Nonzero when a JSON text holds the escape \u0000 inside a string (cJSON
- * would silently cut the string there). */
-static int json_has_nul_escape(const char *s, size_t n) {
-    int in_str = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (!in_str) {
-            if (s[i] == '"') in_str = 1;
-            continue;
-        }
-        if (s[i] == '"') in_str = 0;
-        else if (s[i] == '\\' && i + 1 < n) {
-            if (s[i + 1] == 'u' && i + 5 < n && !memcmp(s + i + 2, "0000", 4)) return 1;
-            i++;
-        }
-    }
+/* A C-string field (role, name, id, type): a string without NUL, or absent
+ * (*out NULL).  -1 when it holds U+0000 or is not a string. */
+static int cstr_field(const tg_json_t *v, const char **out) {
+    size_t n;
+    *out = NULL;
+    if (!v || tg_json_type(v) == TG_JSON_NULL) return 0;
+    const char *s = tg_json_str(v, &n);
+    if (!s || memchr(s, 0, n)) return -1;
+    *out = s;
     return 0;
 }
 
-/* Content as a string: a string, null, or an array of {"type":"text","text":...}
- * parts joined without separator.  Returns 0, or -1 (bad shape).  *out is NULL
- * for null content; *owned is set when *out was allocated. */
-static int content_text(const cJSON *c, const char **out, char **owned) {
+/* Content as bytes: a string, null, or an array of {"type":"text","text":...}
+ * parts joined without separator; NUL bytes allowed.  Returns 0, or -1 (bad
+ * shape or out of memory).  *out is NULL for null content; *owned is set
+ * when *out was allocated. */
+static int content_text(const tg_json_t *c, const char **out, size_t *len, char **owned) {
     *out = NULL;
+    *len = 0;
     *owned = NULL;
-    if (!c || cJSON_IsNull(c)) return 0;
-    if (cJSON_IsString(c)) {
-        *out = c->valuestring;
+    if (!c || tg_json_type(c) == TG_JSON_NULL) return 0;
+    if (tg_json_type(c) == TG_JSON_STRING) {
+        *out = tg_json_str(c, len);
         return 0;
     }
-    if (!cJSON_IsArray(c)) return -1;
+    if (tg_json_type(c) != TG_JSON_ARRAY) return -1;
     sb_t b = {0};
-    const cJSON *part;
-    cJSON_ArrayForEach(part, c) {
-        const char *type = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(part, "type"));
-        const char *text = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(part, "text"));
-        if (!type || strcmp(type, "text") || !text) {
+    const tg_json_t *part;
+    TG_JSON_FOREACH(part, c) {
+        size_t tn, yn;
+        const char *type = tg_json_str(tg_json_get(part, "type"), &yn);
+        const char *text = tg_json_str(tg_json_get(part, "text"), &tn);
+        if (!type || yn != 4 || memcmp(type, "text", 4) || !text) {
             free(b.p);
             return -1;
         }
-        sb_puts(&b, text);
+        sb_put(&b, text, tn);
     }
     if (!b.p) sb_put(&b, "", 0);
     if (b.oom) {
@@ -472,24 +486,29 @@ static int content_text(const cJSON *c, const char **out, char **owned) {
         return -1;
     }
     *out = *owned = b.p;
+    *len = b.n;
     return 0;
 }
 
-char *tok_chat_render_json(tok_tmpl_kind_t kind, const char *messages_json, size_t len,
-                           int add_generation_prompt, char *err, size_t errlen) {
-    if (json_has_nul_escape(messages_json, len)) {
-        errf(err, errlen, "messages: U+0000 (NUL) in message text is not supported");
+/* An empty text has length 0, which tok_chat_msg_t reads as "strlen": fine,
+ * since every text from tg_json is NUL-terminated. */
+char *tok_chat_render_json_n(tok_tmpl_kind_t kind, const char *messages_json, size_t len,
+                             int add_generation_prompt, size_t *out_len, char *err, size_t errlen) {
+    if (out_len) *out_len = 0;
+    tg_json_err_t jerr;
+    tg_json_t *arr = tg_json_parse(messages_json, len, NULL, &jerr);
+    if (!arr) {
+        errf(err, errlen, "messages: %s", jerr.text);
         return NULL;
     }
-    cJSON *arr = cJSON_ParseWithLength(messages_json, len);
-    if (!cJSON_IsArray(arr)) {
-        cJSON_Delete(arr);
+    if (tg_json_type(arr) != TG_JSON_ARRAY) {
+        tg_json_free(arr);
         errf(err, errlen, "messages: expected a JSON array");
         return NULL;
     }
-    size_t n = (size_t)cJSON_GetArraySize(arr), ncalls = 0;
-    const cJSON *m, *c;
-    cJSON_ArrayForEach(m, arr) ncalls += (size_t)cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(m, "tool_calls"));
+    size_t n = tg_json_len(arr), ncalls = 0;
+    const tg_json_t *m, *c;
+    TG_JSON_FOREACH(m, arr) ncalls += tg_json_len(tg_json_get(m, "tool_calls"));
     tok_chat_msg_t *msgs = calloc(n + 1, sizeof *msgs);
     tok_tool_call_t *calls = calloc(ncalls + 1, sizeof *calls);
     char **owned = calloc(n + ncalls + 1, sizeof *owned);
@@ -499,41 +518,61 @@ char *tok_chat_render_json(tok_tmpl_kind_t kind, const char *messages_json, size
         errf(err, errlen, "out of memory");
         goto done;
     }
-    cJSON_ArrayForEach(m, arr) {
-        if (!cJSON_IsObject(m)) {
+    TG_JSON_FOREACH(m, arr) {
+        if (tg_json_type(m) != TG_JSON_OBJECT) {
             errf(err, errlen, "messages[%zu]: expected an object", i);
             goto done;
         }
-        msgs[i].role = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(m, "role"));
-        if (content_text(cJSON_GetObjectItemCaseSensitive(m, "content"), &msgs[i].content, &owned[nowned])) {
+        if (cstr_field(tg_json_get(m, "role"), &msgs[i].role)) {
+            errf(err, errlen, "messages[%zu]: role must be a string without U+0000", i);
+            goto done;
+        }
+        if (content_text(tg_json_get(m, "content"), &msgs[i].content, &msgs[i].content_len,
+                         &owned[nowned])) {
             errf(err, errlen, "messages[%zu]: content must be a string or an array of text parts", i);
             goto done;
         }
         if (owned[nowned]) nowned++;
         msgs[i].tool_calls = calls + k;
-        cJSON_ArrayForEach(c, cJSON_GetObjectItemCaseSensitive(m, "tool_calls")) {
-            const cJSON *fn = cJSON_GetObjectItemCaseSensitive(c, "function");
-            const cJSON *args = cJSON_GetObjectItemCaseSensitive(fn, "arguments");
-            calls[k].id = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(c, "id"));
-            calls[k].type = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(c, "type"));
-            calls[k].name = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(fn, "name"));
-            if (cJSON_IsString(args)) {
-                calls[k].arguments = args->valuestring;
-            } else if (args && !cJSON_IsNull(args)) { /* an object: its compact JSON text */
-                owned[nowned] = cJSON_PrintUnformatted(args);
-                calls[k].arguments = owned[nowned++];
+        TG_JSON_FOREACH(c, tg_json_get(m, "tool_calls")) {
+            const tg_json_t *fn = tg_json_get(c, "function");
+            const tg_json_t *args = tg_json_get(fn, "arguments");
+            tok_tool_call_t *t = &calls[k];
+            if (cstr_field(tg_json_get(c, "id"), &t->id) || cstr_field(tg_json_get(c, "type"), &t->type) ||
+                cstr_field(tg_json_get(fn, "name"), &t->name)) {
+                errf(err, errlen, "messages[%zu].tool_calls: id, type and name must be strings without U+0000",
+                     i);
+                goto done;
+            }
+            if (tg_json_type(args) == TG_JSON_STRING) {
+                t->arguments = tg_json_str(args, &t->arguments_len);
+            } else if (args && tg_json_type(args) != TG_JSON_NULL) { /* an object: its compact JSON */
+                tg_json_buf_t jb = {0};
+                if (tg_json_write(&jb, args)) {
+                    tg_json_buf_free(&jb);
+                    errf(err, errlen, "out of memory");
+                    goto done;
+                }
+                owned[nowned++] = jb.p;
+                t->arguments = jb.p;
+                t->arguments_len = jb.len;
             }
             k++;
             msgs[i].n_tool_calls++;
         }
         i++;
     }
-    out = tok_chat_render(kind, msgs, n, add_generation_prompt, err, errlen);
+    out = tok_chat_render_n(kind, msgs, n, add_generation_prompt, out_len, err, errlen);
 done:
     for (size_t j = 0; owned && j < nowned; j++) free(owned[j]);
     free(owned);
     free(calls);
     free(msgs);
-    cJSON_Delete(arr);
+    tg_json_free(arr);
     return out;
+}
+
+char *tok_chat_render_json(tok_tmpl_kind_t kind, const char *messages_json, size_t len,
+                           int add_generation_prompt, char *err, size_t errlen) {
+    return tok_chat_render_json_n(kind, messages_json, len, add_generation_prompt, NULL, err, errlen);
 }

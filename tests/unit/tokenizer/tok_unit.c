@@ -241,7 +241,11 @@ static void test_chat_errors(void) {
                   "<｜tool▁sep｜>f\n```json\n{\"x\":1}\n```<｜tool▁call▁end｜>\n<｜tool▁call▁begin｜>function<｜tool▁sep｜>g"
                   "\n```json\n{}\n```<｜tool▁call▁end｜><｜tool▁calls▁end｜><｜end▁of▁sentence｜>");
     free(s);
-    static const char *bad[] = {"{}", "[1]", "[{\"role\":\"user\",\"content\":\"a\\u0000b\"}]",
+    static const char *bad[] = {"{}", "[1]", "[{\"role\":\"us\\u0000er\",\"content\":\"ab\"}]",
+                                "[{\"role\":\"user\",\"content\":\"a\\ud800b\"}]",
+                                "[{\"role\":\"user\",\"content\":\"a\xff\"}]",
+                                "[{\"role\":\"assistant\",\"tool_calls\":[{\"function\":{\"name\":\"f\\u0000\","
+                                "\"arguments\":\"{}\"}}]}]",
                                 "[{\"role\":\"user\",\"content\":[{\"type\":\"image_url\"}]}]",
                                 "[{\"role\":\"user\",\"content\":5}]", "[{\"content\":\"x\"}]", "[", ""};
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
@@ -250,6 +254,58 @@ static void test_chat_errors(void) {
         CHECK(s == NULL && err[0]);
         free(s);
     }
+}
+
+/* U+0000 in a content or arguments is text: rendered as a NUL byte, with the
+ * length returned, and counted like any other character. */
+static void test_chat_nul(void) {
+    char err[256] = "";
+    size_t n = 0;
+    tok_chat_msg_t m[3] = {{.role = "system", .content = "s\0t", .content_len = 3},
+                           {.role = "user", .content = "a\0b", .content_len = 3}};
+    char *s = tok_chat_render_n(TOK_TMPL_DEEPSEEK_V3, m, 2, 1, &n, err, sizeof err);
+    static const char want[] = "<｜begin▁of▁sentence｜>s\0t<｜User｜>a\0b<｜Assistant｜>";
+    CHECK(s != NULL);
+    CHECK_EQ_I(n, sizeof want - 1);
+    CHECK(s && n == sizeof want - 1 && !memcmp(s, want, n) && s[n] == 0);
+    /* the NUL is a token of its own kind: 'a\0b' is not 'ab' */
+    long with = tok_count(T, s, n, 1);
+    char *s2 = tok_chat_render(TOK_TMPL_DEEPSEEK_V3, m, 2, 1, err, sizeof err); /* no length: cut at NUL */
+    CHECK(with > 0 && s2 && tok_count(T, s2, strlen(s2), 1) < with);
+    free(s2);
+    /* the same from JSON, and the JSON form agrees byte for byte */
+    const char *j = "[{\"role\":\"system\",\"content\":\"s\\u0000t\"},{\"role\":\"user\",\"content\":"
+                    "[{\"type\":\"text\",\"text\":\"a\\u0000\"},{\"type\":\"text\",\"text\":\"b\"}]}]";
+    size_t nj = 0;
+    char *sj = tok_chat_render_json_n(TOK_TMPL_DEEPSEEK_V3, j, strlen(j), 1, &nj, err, sizeof err);
+    CHECK(sj != NULL);
+    CHECK_EQ_I(nj, n);
+    CHECK(sj && s && nj == n && !memcmp(sj, s, n));
+    free(sj);
+    free(s);
+    /* R1 keeps what follows the last </think>, past a NUL */
+    m[0] = (tok_chat_msg_t){.role = "user", .content = "q"};
+    m[1] = (tok_chat_msg_t){.role = "assistant", .content = "x\0</think>y\0z", .content_len = 13};
+    m[2] = (tok_chat_msg_t){.role = "user", .content = "\0", .content_len = 1};
+    s = tok_chat_render_n(TOK_TMPL_DEEPSEEK_R1, m, 3, 0, &n, err, sizeof err);
+    static const char want_r1[] = "<｜begin▁of▁sentence｜><｜User｜>q<｜Assistant｜>y\0z<｜end▁of▁sentence｜><｜User｜>\0";
+    CHECK(s && n == sizeof want_r1 - 1 && !memcmp(s, want_r1, n));
+    free(s);
+    /* tool arguments with NUL, by length and from JSON */
+    tok_tool_call_t call = {.name = "f", .arguments = "{\"k\":\"\0\"}", .arguments_len = 9};
+    m[0] = (tok_chat_msg_t){.role = "assistant", .tool_calls = &call, .n_tool_calls = 1};
+    s = tok_chat_render_n(TOK_TMPL_DEEPSEEK_V3, m, 1, 0, &n, err, sizeof err);
+    const char *ja = "[{\"role\":\"assistant\",\"tool_calls\":[{\"function\":{\"name\":\"f\","
+                     "\"arguments\":\"{\\\"k\\\":\\\"\\u0000\\\"}\"}}]}]";
+    sj = tok_chat_render_json_n(TOK_TMPL_DEEPSEEK_V3, ja, strlen(ja), 0, &nj, err, sizeof err);
+    CHECK(s && sj && n == nj && !memcmp(s, sj, n) && memchr(s, 0, n));
+    free(s);
+    free(sj);
+    /* Mixtral */
+    m[0] = (tok_chat_msg_t){.role = "user", .content = "\0\0", .content_len = 2};
+    s = tok_chat_render_n(TOK_TMPL_MIXTRAL, m, 1, 1, &n, err, sizeof err);
+    CHECK(s && n == 3 + 7 + 2 + 8 && !memcmp(s, "<s>[INST] \0\0 [/INST]", n));
+    free(s);
 }
 
 static void r1_stream_check(const char *text, size_t chunk) {
@@ -464,6 +520,7 @@ int main(int argc, char **argv) {
     test_utf8();
     test_stream_split_chars();
     test_chat_errors();
+    test_chat_nul();
     test_r1_split();
     test_detect();
     test_threads();
