@@ -339,9 +339,21 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) static void tile_avx512(con
 /* int8 rows with one scale per qblk columns, widened and scaled in registers:
  * w = (float)q * scale, the same values eng_cpu_row_f32 produces, so the
  * results equal the widen-then-dot path bit for bit. */
+static inline __attribute__((always_inline, target("avx512f,avx512bw,avx512vl"))) __m512 ld_q512(__m128i v, int f8) {
+    if (!f8) return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(v));
+    /* e4m3 -> f32: sign to bit 31, exponent and mantissa to bits 26..20, then
+     * x 2^120 rebiases the exponent (and turns f32 denormals into e4m3
+     * subnormals) exactly.  The NaN code 0x7f reads as 480 here; checkpoints
+     * never hold it. */
+    __m512i x = _mm512_cvtepu8_epi32(v);
+    __m512i b = _mm512_or_si512(_mm512_slli_epi32(_mm512_and_si512(x, _mm512_set1_epi32(0x80)), 24),
+                                _mm512_slli_epi32(_mm512_and_si512(x, _mm512_set1_epi32(0x7f)), 20));
+    return _mm512_mul_ps(_mm512_castsi512_ps(b), _mm512_set1_ps(0x1p120f));
+}
+
 static inline __attribute__((always_inline, target("avx512f,avx512bw,avx512vl"))) void
 tile512_i8(const int8_t *W, const float *S, int64_t ldw, int64_t lds, int qblk, const float *X, int64_t ldx, int nr,
-           int nt, int C, float *out, int64_t ldo) {
+           int nt, int C, float *out, int64_t ldo, int f8) {
     __m512 acc[TILE_R][4];
     _Pragma("GCC unroll 4") for (int i = 0; i < nr; i++)
         _Pragma("GCC unroll 4") for (int t = 0; t < nt; t++) acc[i][t] = _mm512_setzero_ps();
@@ -350,7 +362,7 @@ tile512_i8(const int8_t *W, const float *S, int64_t ldw, int64_t lds, int qblk, 
         __m512 w[TILE_R], x[4];
         _Pragma("GCC unroll 4") for (int i = 0; i < nr; i++) {
             _mm_prefetch((const char *)(W + (i + TILE_R) * ldw + k) + 256, _MM_HINT_T0);
-            __m512 q = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(W + i * ldw + k))));
+            __m512 q = ld_q512(_mm_loadu_si128((const __m128i *)(W + i * ldw + k)), f8);
             w[i] = _mm512_mul_ps(q, _mm512_set1_ps(S[i * lds + k / qblk]));
         }
         _Pragma("GCC unroll 4") for (int t = 0; t < nt; t++) x[t] = _mm512_loadu_ps(X + t * ldx + k);
@@ -361,7 +373,7 @@ tile512_i8(const int8_t *W, const float *S, int64_t ldw, int64_t lds, int qblk, 
         __mmask16 m = (__mmask16)((1u << (C - k)) - 1);
         __m512 w[TILE_R], x[4];
         _Pragma("GCC unroll 4") for (int i = 0; i < nr; i++) {
-            __m512 q = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(m, W + i * ldw + k)));
+            __m512 q = ld_q512(_mm_maskz_loadu_epi8(m, W + i * ldw + k), f8);
             w[i] = _mm512_mul_ps(q, _mm512_set1_ps(S[i * lds + k / qblk]));
         }
         _Pragma("GCC unroll 4") for (int t = 0; t < nt; t++) x[t] = _mm512_maskz_loadu_ps(m, X + t * ldx + k);
@@ -372,13 +384,19 @@ tile512_i8(const int8_t *W, const float *S, int64_t ldw, int64_t lds, int qblk, 
         _Pragma("GCC unroll 4") for (int t = 0; t < nt; t++) out[t * ldo + i] = _mm512_reduce_add_ps(acc[i][t]);
 }
 
-#define CALL512I8(W, S, ldw, lds, qb, X, ldx, C, out, ldo, NR, NT) tile512_i8(W, S, ldw, lds, qb, X, ldx, NR, NT, C, out, ldo)
+#define CALL512I8(W, S, ldw, lds, qb, X, ldx, C, out, ldo, f8, NR, NT) tile512_i8(W, S, ldw, lds, qb, X, ldx, NR, NT, C, out, ldo, f8)
 
-__attribute__((target("avx512f,avx512bw,avx512vl"))) static void tile_i8_avx512(const int8_t *W, const float *S,
-                                                                                int64_t ldw, int64_t lds, int qblk,
-                                                                                const float *X, int64_t ldx, int nr,
-                                                                                int nt, int C, float *out, int64_t ldo) {
-    TILE_CASES(CALL512I8, W, S, ldw, lds, qblk, X, ldx, C, out, ldo)
+/* int8 (f8 = 0) or fp8 e4m3 (f8 = 1) rows; row i's scale for column k is S[i * lds + k / qblk] */
+__attribute__((target("avx512f,avx512bw,avx512vl"))) static void tile_q_avx512(const int8_t *W, const float *S,
+                                                                               int64_t ldw, int64_t lds, int qblk,
+                                                                               const float *X, int64_t ldx, int nr,
+                                                                               int nt, int C, float *out, int64_t ldo,
+                                                                               int f8) {
+    if (f8) {
+        TILE_CASES(CALL512I8, W, S, ldw, lds, qblk, X, ldx, C, out, ldo, 1)
+    } else {
+        TILE_CASES(CALL512I8, W, S, ldw, lds, qblk, X, ldx, C, out, ldo, 0)
+    }
 }
 
 static inline __attribute__((always_inline, target("avx2,fma"))) __m256 ld_w256(const void *w, int bf16, int64_t k) {
@@ -470,6 +488,7 @@ void eng_cpu_matmul_rows(const eng_w_t *w, const float *x, int n, float *y, int6
     int direct = w->dt == ENG_DT_F32 || w->dt == ENG_DT_BF16, bf16 = w->dt == ENG_DT_BF16;
     size_t es = w->dt == ENG_DT_F32 ? 4 : 2;
     int i8_direct = w->dt == ENG_DT_I8 && tile == tile_avx512;
+    int f8_direct = w->dt == ENG_DT_F8_E4M3 && tile == tile_avx512 && r0 % 4 == 0;
     /* tokens in chunks whose activations stay in L2 (~384 KB); the weights
      * are re-read per chunk, which costs far less than L2 misses on x */
     int tc = (int)((384 << 10) / (C * 4)) / 4 * 4;
@@ -483,8 +502,16 @@ void eng_cpu_matmul_rows(const eng_w_t *w, const float *x, int n, float *y, int6
             if (i8_direct) {
                 for (int t = t0; t < t1; t += 4) {
                     int nt = t1 - t < 4 ? t1 - t : 4;
-                    tile_i8_avx512((const int8_t *)w->data + r * C, w->scale + r * w->scale_cols, C, w->scale_cols,
-                                   w->qblk, x + (int64_t)t * C, C, nr, nt, (int)C, y + (int64_t)t * R + r, R);
+                    tile_q_avx512((const int8_t *)w->data + r * C, w->scale + r * w->scale_cols, C, w->scale_cols,
+                                  w->qblk, x + (int64_t)t * C, C, nr, nt, (int)C, y + (int64_t)t * R + r, R, 0);
+                }
+                continue;
+            }
+            if (f8_direct) { /* 4-row tiles start at multiples of 4, so never straddle a 128-row scale block */
+                for (int t = t0; t < t1; t += 4) {
+                    int nt = t1 - t < 4 ? t1 - t : 4;
+                    tile_q_avx512((const int8_t *)w->data + r * C, w->scale + (r / 128) * w->scale_cols, C, 0, 128,
+                                  x + (int64_t)t * C, C, nr, nt, (int)C, y + (int64_t)t * R + r, R, 1);
                 }
                 continue;
             }
