@@ -209,10 +209,10 @@ static void sse_send(call_t *c, const char *json) {
 }
 
 /* lp: logprobs object for the chunk, taken over (NULL -> null) */
-static void sse_chunk(call_t *c, const char *role, const char *content, const char *reasoning,
-                      eng_finish_t fin, cJSON *lp) {
-    char *j = eng_resp_chunk(c->id, c->created, c->srv->model_name, role, content, reasoning, fin,
-                             c->include_usage, NULL, lp);
+static void sse_chunk(call_t *c, const char *role, const char *content, size_t content_len,
+                      const char *reasoning, size_t reasoning_len, eng_finish_t fin, cJSON *lp) {
+    char *j = eng_resp_chunk(c->id, c->created, c->srv->model_name, role, content, content_len,
+                             reasoning, reasoning_len, fin, c->include_usage, NULL, lp);
     sse_send(c, j);
     free(j);
 }
@@ -256,9 +256,9 @@ static void call_finish(call_t *c, const eng_ev_t *ev) {
                 send_err(c->req, &e);
             }
         } else if (c->stream) {
-            sse_chunk(c, NULL, NULL, NULL, ev->finish, NULL);
+            sse_chunk(c, NULL, NULL, 0, NULL, 0, ev->finish, NULL);
             if (c->include_usage) {
-                char *j = eng_resp_chunk(c->id, c->created, S->model_name, NULL, NULL, NULL,
+                char *j = eng_resp_chunk(c->id, c->created, S->model_name, NULL, NULL, 0, NULL, 0,
                                          ENG_FINISH_NONE, 0, &u, NULL);
                 sse_send(c, j);
                 free(j);
@@ -279,9 +279,9 @@ static void call_finish(call_t *c, const eng_ev_t *ev) {
                 c->lp_content = NULL;
             }
             char *j = eng_resp_completion(c->id, c->created, S->model_name,
-                                          c->content.p ? c->content.p : "",
+                                          c->content.p ? c->content.p : "", c->content.len,
                                           c->reasoning_model ? (c->reasoning.p ? c->reasoning.p : "") : NULL,
-                                          ev->finish, &u, lp);
+                                          c->reasoning.len, ev->finish, &u, lp);
             if (j) {
                 send_json(c->req, 200, j);
             } else {
@@ -329,10 +329,13 @@ static void on_wake(evutil_socket_t fd, short what, void *arg) {
                 lp = NULL;
             }
             if (ev->reasoning.len) {
-                sse_chunk(c, NULL, NULL, ev->reasoning.p, ENG_FINISH_NONE, ev->content.len ? NULL : lpo);
+                sse_chunk(c, NULL, NULL, 0, ev->reasoning.p, ev->reasoning.len, ENG_FINISH_NONE,
+                          ev->content.len ? NULL : lpo);
                 if (!ev->content.len) lpo = NULL;
             }
-            if (ev->content.len || lpo) sse_chunk(c, NULL, ev->content.p ? ev->content.p : "", NULL, ENG_FINISH_NONE, lpo);
+            if (ev->content.len || lpo)
+                sse_chunk(c, NULL, ev->content.p ? ev->content.p : "", ev->content.len, NULL, 0,
+                          ENG_FINISH_NONE, lpo);
         } else if (!c->gone) {
             if (lp) {
                 if (!c->lp_content && !(c->lp_content = cJSON_CreateArray())) eng_sched_cancel(S->sched, c->job);
@@ -460,13 +463,14 @@ static void handle_chat(srv_t *S, struct evhttp_request *req) {
         goto fail;
     }
     char err[256];
-    prompt = tok_chat_render((tok_tmpl_kind_t)S->tmpl, r.msgs, r.n_msgs, 1, err, sizeof err);
+    size_t prompt_len = 0;
+    prompt = tok_chat_render_n((tok_tmpl_kind_t)S->tmpl, r.msgs, r.n_msgs, 1, &prompt_len, err, sizeof err);
     if (!prompt) {
         eng_api_err(&e, 400, "invalid_request_error", "messages", "invalid_value",
                     "Invalid 'messages': %s", err);
         goto fail;
     }
-    long n = tok_encode(S->tok, prompt, strlen(prompt), 1, &ids);
+    long n = tok_encode(S->tok, prompt, prompt_len, 1, &ids);
     if (n < 0) {
         eng_api_err(&e, 400, "invalid_request_error", "messages", "invalid_value",
                     "The messages could not be tokenized.");
@@ -501,7 +505,7 @@ static void handle_chat(srv_t *S, struct evhttp_request *req) {
         if (!spec.stop[i]) goto oom;
     }
     spec.n_stop = r.n_stop;
-    spec.think = eng_chat_think_mode(S->tmpl, prompt);
+    spec.think = eng_chat_think_mode(S->tmpl, prompt, prompt_len);
     spec.logprobs = r.logprobs;
     spec.top_logprobs = r.top_logprobs;
 
@@ -536,7 +540,7 @@ static void handle_chat(srv_t *S, struct evhttp_request *req) {
         evhttp_add_header(h, "Cache-Control", "no-cache");
         evhttp_send_reply_start(req, 200, "OK");
         c->started = 1;
-        sse_chunk(c, "assistant", "", NULL, ENG_FINISH_NONE, NULL);
+        sse_chunk(c, "assistant", "", 0, NULL, 0, ENG_FINISH_NONE, NULL);
     }
     free(prompt);
     eng_chat_req_free(&r);
@@ -743,15 +747,18 @@ static void usage(FILE *f) {
     fprintf(f,
             "usage: tollgate-engine serve --model DIR [--device cpu] [--threads N]\n"
             "         [--listen HOST:PORT] [--model-name NAME] [--max-batch N] [--max-queue N]\n"
-            "         [--ctx N] [--int8] [--keepalive SECONDS]\n"
+            "         [--ctx N] [--int8] [--keepalive SECONDS] [--default-max-tokens N]\n"
             "  defaults: --listen 127.0.0.1:8500, --model-name = basename of DIR,\n"
             "            --max-batch 8, --max-queue 64, --ctx = the model's (at most 4096),\n"
-            "            --keepalive 5 (SSE comment interval while a stream waits)\n");
+            "            --keepalive 5 (SSE comment interval while a stream waits),\n"
+            "            --default-max-tokens 4096 (max_tokens of a request that gives none,\n"
+            "            capped by the context left after the prompt)\n");
 }
 
 int eng_cmd_serve(int argc, char **argv) {
     const char *dir = NULL, *device = "cpu", *listen = "127.0.0.1:8500", *name = NULL;
     int threads = 0, max_batch = 8, max_queue = 64, ctx = 0, int8 = 0, keepalive = 5;
+    long default_max = 4096;
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
@@ -776,7 +783,14 @@ int eng_cmd_serve(int argc, char **argv) {
         else if (!strcmp(a, "--max-queue")) max_queue = atoi(v);
         else if (!strcmp(a, "--keepalive")) keepalive = atoi(v);
         else if (!strcmp(a, "--ctx")) ctx = atoi(v);
-        else {
+        else if (!strcmp(a, "--default-max-tokens")) {
+            char *end;
+            default_max = strtol(v, &end, 10);
+            if (!*v || *end || default_max < 1 || default_max > 1000000000) {
+                fprintf(stderr, "serve: --default-max-tokens wants an integer 1..1000000000, not '%s'\n", v);
+                return 2;
+            }
+        } else {
             fprintf(stderr, "serve: unknown option %s\n", a);
             usage(stderr);
             return 2;
@@ -838,7 +852,7 @@ int eng_cmd_serve(int argc, char **argv) {
     }
     const eng_model_info_t *mi = eng_model_info(S.model);
     S.lim.context = mi->max_seq_len;
-    S.lim.default_max = 4096;
+    S.lim.default_max = (int)default_max;
     S.vocab_rows = mi->vocab_size;
     S.kv_bytes_per_token = mi->kv_bytes_per_token;
 

@@ -10,6 +10,7 @@
 #include <cjson/cJSON.h>
 
 #include "eng_sched.h"
+#include "tg_json.h"
 #include "tok.h"
 
 /* An OpenAI-style error: HTTP status and the body's fields. */
@@ -29,9 +30,9 @@ char *eng_api_err_json(const eng_api_err_t *e);
 
 /* A validated POST /v1/chat/completions body. */
 typedef struct {
-    cJSON *root;             /* owns every string below unless noted */
+    tg_json_t *root;         /* owns every string below unless noted */
     const char *model;
-    tok_chat_msg_t *msgs;
+    tok_chat_msg_t *msgs;    /* content/arguments with lengths: may hold NUL */
     size_t n_msgs;
     tok_tool_call_t *calls;  /* storage behind msgs[].tool_calls */
     char **owned;            /* joined content parts, freed with the request */
@@ -39,8 +40,8 @@ typedef struct {
     long max_tokens;         /* 0: not given */
     double temperature, top_p, presence_penalty, frequency_penalty;
     int has_seed;
-    uint64_t seed;
-    const char *stop[ENG_MAX_STOP];
+    uint64_t seed;           /* exact; any integer in [-2^63, 2^64-1], negative as two's complement */
+    const char *stop[ENG_MAX_STOP]; /* may hold NUL: see stop_len */
     size_t stop_len[ENG_MAX_STOP];
     int n_stop;
     int stream, include_usage;
@@ -61,19 +62,24 @@ cJSON *eng_usage_json(const eng_usage_t *u);
 
 const char *eng_finish_name(eng_finish_t f); /* "stop", "length", or NULL */
 
-/* A whole chat.completion body (malloc'd). reasoning may be NULL.  logprobs:
- * the choice's {"content":[...]} object, taken over (NULL -> null). */
+/* A whole chat.completion body (malloc'd, one line).  content and reasoning
+ * are content_len / reasoning_len bytes (NUL bytes are written as \u0000);
+ * reasoning may be NULL.  logprobs: the choice's {"content":[...]} object,
+ * taken over (NULL -> null). */
 char *eng_resp_completion(const char *id, long long created, const char *model,
-                          const char *content, const char *reasoning, eng_finish_t finish,
-                          const eng_usage_t *u, cJSON *logprobs);
+                          const char *content, size_t content_len, const char *reasoning,
+                          size_t reasoning_len, eng_finish_t finish, const eng_usage_t *u,
+                          cJSON *logprobs);
 
-/* One chat.completion.chunk body (malloc'd).  role, content, reasoning: NULL
- * to omit from delta.  finish NONE -> null.  usage_null: add "usage":null (when
- * the client asked for include_usage).  usage: non-NULL -> "choices":[] and
- * this usage (the final usage chunk).  logprobs: taken over (NULL -> null). */
+/* One chat.completion.chunk body (malloc'd, one line).  role, content,
+ * reasoning: NULL to omit from delta (content and reasoning with lengths, as
+ * above).  finish NONE -> null.  usage_null: add "usage":null (when the
+ * client asked for include_usage).  usage: non-NULL -> "choices":[] and this
+ * usage (the final usage chunk).  logprobs: taken over (NULL -> null). */
 char *eng_resp_chunk(const char *id, long long created, const char *model, const char *role,
-                     const char *content, const char *reasoning, eng_finish_t finish,
-                     int usage_null, const eng_usage_t *usage, cJSON *logprobs);
+                     const char *content, size_t content_len, const char *reasoning,
+                     size_t reasoning_len, eng_finish_t finish, int usage_null,
+                     const eng_usage_t *usage, cJSON *logprobs);
 
 /* One logprobs "content" entry for a generated token: {"token","logprob",
  * "bytes","top_logprobs":[...]}.  Token text comes from tok_decode (special
@@ -97,7 +103,7 @@ typedef struct {
 int eng_chat_max_tokens(const eng_chat_req_t *r, int n_prompt, const eng_limits_t *lim, int *out,
                         eng_api_err_t *e);
 
-/* The think mode for a rendered prompt of the given template kind. */
-eng_think_mode_t eng_chat_think_mode(int tmpl_kind, const char *prompt);
+/* The think mode for a rendered prompt (len bytes) of the given template kind. */
+eng_think_mode_t eng_chat_think_mode(int tmpl_kind, const char *prompt, size_t len);
 
 #endif

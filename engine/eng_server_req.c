@@ -51,54 +51,102 @@ char *eng_api_err_json(const eng_api_err_t *e) {
 #define BAD(param, code, ...) \
     eng_api_err(e, 400, "invalid_request_error", param, code, __VA_ARGS__)
 
-static const char *type_name(const cJSON *v) {
-    if (cJSON_IsString(v)) return "string";
-    if (cJSON_IsNumber(v)) return "number";
-    if (cJSON_IsBool(v)) return "boolean";
-    if (cJSON_IsArray(v)) return "array";
-    if (cJSON_IsObject(v)) return "object";
-    return "null";
+static const char *type_name(const tg_json_t *v) {
+    tg_json_type_t t = tg_json_type(v);
+    return t == TG_JSON_NONE ? "null" : tg_json_type_name(t);
+}
+
+static int is_null(const tg_json_t *v) {
+    return tg_json_type(v) == TG_JSON_NONE || tg_json_type(v) == TG_JSON_NULL;
+}
+
+/* A string value that is exactly lit. */
+static int str_is(const tg_json_t *v, const char *lit) {
+    size_t n;
+    const char *s = tg_json_str(v, &n);
+    return s && n == strlen(lit) && !memcmp(s, lit, n);
 }
 
 /* A number field in [lo, hi] or null/absent (keeps *out). */
-static int get_num(const cJSON *root, const char *name, double lo, double hi, double *out,
+static int get_num(const tg_json_t *root, const char *name, double lo, double hi, double *out,
                    eng_api_err_t *e) {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, name);
-    if (!v || cJSON_IsNull(v)) return 0;
-    if (!cJSON_IsNumber(v))
+    const tg_json_t *v = tg_json_get(root, name);
+    double d;
+    if (is_null(v)) return 0;
+    if (tg_json_double(v, &d))
         return BAD(name, "invalid_type", "Invalid type for '%s': expected a number, but got %s.",
                    name, type_name(v));
-    if (!(v->valuedouble >= lo && v->valuedouble <= hi))
-        return BAD(name, "invalid_value", "Invalid '%s': %g is out of range [%g, %g].", name,
-                   v->valuedouble, lo, hi);
-    *out = v->valuedouble;
+    if (!(d >= lo && d <= hi))
+        return BAD(name, "invalid_value", "Invalid '%s': %g is out of range [%g, %g].", name, d, lo, hi);
+    *out = d;
     return 0;
 }
 
-/* An integer field in [lo, hi] or null/absent (*given = 0). */
-static int get_int(const cJSON *root, const char *name, double lo, double hi, double *out,
+/* An integer field in [lo, hi] or null/absent (*given = 0).  Integers are
+ * read exactly from their text; "7.0" counts as 7 (as a double would). */
+static int get_int(const tg_json_t *root, const char *name, int64_t lo, int64_t hi, int64_t *out,
                    int *given, eng_api_err_t *e) {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, name);
+    const tg_json_t *v = tg_json_get(root, name);
+    int64_t x;
+    double d;
     *given = 0;
-    if (!v || cJSON_IsNull(v)) return 0;
-    if (!cJSON_IsNumber(v) || v->valuedouble != floor(v->valuedouble))
-        return BAD(name, "invalid_type", "Invalid type for '%s': expected an integer, but got %s.",
-                   name, cJSON_IsNumber(v) ? "a decimal" : type_name(v));
-    if (!(v->valuedouble >= lo && v->valuedouble <= hi))
-        return BAD(name, "invalid_value", "Invalid '%s': %.0f is out of range [%.0f, %.0f].", name,
-                   v->valuedouble, lo, hi);
-    *out = v->valuedouble;
+    if (is_null(v)) return 0;
+    if (tg_json_int64(v, &x)) {
+        if (tg_json_double(v, &d) || d != floor(d))
+            return BAD(name, "invalid_type", "Invalid type for '%s': expected an integer, but got %s.",
+                       name, tg_json_type(v) == TG_JSON_NUMBER ? "a decimal" : type_name(v));
+        if (!(d >= (double)lo && d <= (double)hi)) goto range;
+        x = (int64_t)d;
+    }
+    if (x < lo || x > hi) goto range;
+    *out = x;
     *given = 1;
     return 0;
+range:;
+    size_t n;
+    const char *t = tg_json_num_text(v, &n);
+    return BAD(name, "invalid_value", "Invalid '%s': %.40s is out of range [%lld, %lld].", name, t,
+               (long long)lo, (long long)hi);
 }
 
-static int get_bool(const cJSON *root, const char *name, int *out, eng_api_err_t *e) {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, name);
-    if (!v || cJSON_IsNull(v)) return 0;
-    if (!cJSON_IsBool(v))
+static int get_bool(const tg_json_t *root, const char *name, int *out, eng_api_err_t *e) {
+    const tg_json_t *v = tg_json_get(root, name);
+    if (is_null(v)) return 0;
+    if (tg_json_bool(v, out))
         return BAD(name, "invalid_type", "Invalid type for '%s': expected a boolean, but got %s.",
                    name, type_name(v));
-    *out = cJSON_IsTrue(v);
+    return 0;
+}
+
+/* seed: any integer in [-2^63, 2^64-1], read exactly.  A negative seed is
+ * its two's complement (so -1 and 18446744073709551615 are the same seed). */
+static int get_seed(eng_chat_req_t *r, const tg_json_t *root, eng_api_err_t *e) {
+    const tg_json_t *v = tg_json_get(root, "seed");
+    if (is_null(v)) return 0;
+    int64_t x;
+    if (!tg_json_int64(v, &x)) {
+        r->seed = (uint64_t)x;
+        r->has_seed = 1;
+        return 0;
+    }
+    size_t n;
+    const char *t = tg_json_num_text(v, &n);
+    if (!t || strpbrk(t, ".eE"))
+        return BAD("seed", "invalid_type", "Invalid type for 'seed': expected an integer, but got %s.",
+                   t ? "a decimal" : type_name(v));
+    /* digits only, above INT64_MAX (a negative one below INT64_MIN) */
+    uint64_t u = 0;
+    int over = t[0] == '-';
+    for (size_t i = 0; !over && i < n; i++) {
+        unsigned dgt = (unsigned)(t[i] - '0');
+        if (u > (UINT64_MAX - dgt) / 10) over = 1;
+        else u = u * 10 + dgt;
+    }
+    if (over)
+        return BAD("seed", "invalid_value",
+                   "Invalid 'seed': %.40s is out of range [-9223372036854775808, 18446744073709551615].", t);
+    r->seed = u;
+    r->has_seed = 1;
     return 0;
 }
 
@@ -114,149 +162,138 @@ static int keep(eng_chat_req_t *r, char *s) {
 }
 
 /* content: a string, or an array of {type:"text", text} parts, joined with
- * no separator (as tok_chat_render_json does, so the gateway's count agrees). */
-static int get_content(eng_chat_req_t *r, const cJSON *m, size_t i, const char **out,
+ * no separator (as tok_chat_render_json does, so the gateway's count agrees).
+ * U+0000 is text: the length goes to *len. */
+static int get_content(eng_chat_req_t *r, const tg_json_t *m, size_t i, const char **out, size_t *len,
                        eng_api_err_t *e) {
     char p[48];
     snprintf(p, sizeof p, "messages[%zu].content", i);
-    const cJSON *c = cJSON_GetObjectItemCaseSensitive(m, "content");
+    const tg_json_t *c = tg_json_get(m, "content");
     *out = NULL;
-    if (!c || cJSON_IsNull(c)) return 0;
-    if (cJSON_IsString(c)) {
-        *out = c->valuestring;
+    *len = 0;
+    if (is_null(c)) return 0;
+    if (tg_json_type(c) == TG_JSON_STRING) {
+        *out = tg_json_str(c, len);
         return 0;
     }
-    if (!cJSON_IsArray(c))
+    if (tg_json_type(c) != TG_JSON_ARRAY)
         return BAD(p, "invalid_type",
                    "Invalid type for '%s': expected a string or an array of content parts, but got %s.",
                    p, type_name(c));
-    size_t total = 0, k = 0;
-    const cJSON *part;
-    cJSON_ArrayForEach(part, c) {
-        const cJSON *ty = cJSON_GetObjectItemCaseSensitive(part, "type");
-        const cJSON *tx = cJSON_GetObjectItemCaseSensitive(part, "text");
-        if (!cJSON_IsObject(part) || !cJSON_IsString(ty))
+    size_t total = 0, k = 0, n;
+    const tg_json_t *part;
+    TG_JSON_FOREACH(part, c) {
+        const tg_json_t *ty = tg_json_get(part, "type");
+        const tg_json_t *tx = tg_json_get(part, "text");
+        if (tg_json_type(part) != TG_JSON_OBJECT || tg_json_type(ty) != TG_JSON_STRING)
             return BAD(p, "invalid_type", "Invalid '%s[%zu]': expected an object with a 'type'.", p, k);
-        if (strcmp(ty->valuestring, "text"))
+        if (!str_is(ty, "text"))
             return BAD(p, "invalid_value",
-                       "Invalid '%s[%zu].type': '%s' is not supported by this model; only 'text'.",
-                       p, k, ty->valuestring);
-        if (!cJSON_IsString(tx))
+                       "Invalid '%s[%zu].type': '%.64s' is not supported by this model; only 'text'.",
+                       p, k, tg_json_str(ty, NULL));
+        if (!tg_json_str(tx, &n))
             return BAD(p, "invalid_type", "Invalid '%s[%zu].text': expected a string.", p, k);
-        total += strlen(tx->valuestring);
+        total += n;
         k++;
     }
     char *s = malloc(total + 1), *w = s;
     if (!s) return eng_api_err(e, 500, "server_error", NULL, NULL, "out of memory");
-    cJSON_ArrayForEach(part, c) {
-        const char *t = cJSON_GetObjectItemCaseSensitive(part, "text")->valuestring;
-        size_t n = strlen(t);
+    TG_JSON_FOREACH(part, c) {
+        const char *t = tg_json_str(tg_json_get(part, "text"), &n);
         memcpy(w, t, n);
         w += n;
     }
     *w = 0;
     if (keep(r, s)) return eng_api_err(e, 500, "server_error", NULL, NULL, "out of memory");
     *out = s;
+    *len = total;
     return 0;
 }
 
-static int get_tool_calls(eng_chat_req_t *r, const cJSON *tc, size_t i, size_t *used,
+/* A string without U+0000 (names and ids are C strings for the template). */
+static const char *cstr(const tg_json_t *v) {
+    size_t n;
+    const char *s = tg_json_str(v, &n);
+    return s && !memchr(s, 0, n) ? s : NULL;
+}
+
+static int get_tool_calls(eng_chat_req_t *r, const tg_json_t *tc, size_t i, size_t *used,
                           tok_chat_msg_t *msg, eng_api_err_t *e) {
     char p[48];
     snprintf(p, sizeof p, "messages[%zu].tool_calls", i);
-    if (!tc || cJSON_IsNull(tc)) return 0;
-    if (!cJSON_IsArray(tc))
+    if (is_null(tc)) return 0;
+    if (tg_json_type(tc) != TG_JSON_ARRAY)
         return BAD(p, "invalid_type", "Invalid type for '%s': expected an array.", p);
     msg->tool_calls = r->calls + *used;
-    const cJSON *c;
+    const tg_json_t *c;
     size_t k = 0;
-    cJSON_ArrayForEach(c, tc) {
-        const cJSON *f = cJSON_GetObjectItemCaseSensitive(c, "function");
-        const cJSON *id = cJSON_GetObjectItemCaseSensitive(c, "id");
-        const cJSON *name = cJSON_GetObjectItemCaseSensitive(f, "name");
-        const cJSON *args = cJSON_GetObjectItemCaseSensitive(f, "arguments");
-        if (!cJSON_IsObject(f) || !cJSON_IsString(name) || !cJSON_IsString(args))
+    TG_JSON_FOREACH(c, tc) {
+        const tg_json_t *f = tg_json_get(c, "function");
+        const tg_json_t *id = tg_json_get(c, "id");
+        const tg_json_t *ty = tg_json_get(c, "type");
+        const tg_json_t *name = tg_json_get(f, "name");
+        const tg_json_t *args = tg_json_get(f, "arguments");
+        if (tg_json_type(f) != TG_JSON_OBJECT || !cstr(name) || tg_json_type(args) != TG_JSON_STRING ||
+            (!is_null(id) && !cstr(id)) || (!is_null(ty) && !cstr(ty)))
             return BAD(p, "invalid_value",
                        "Invalid '%s[%zu]': expected {\"type\":\"function\",\"function\":{\"name\","
-                       "\"arguments\"}} with string name and arguments.", p, k);
+                       "\"arguments\"}} with string name and arguments (name, id and type without "
+                       "U+0000).", p, k);
         tok_tool_call_t *t = &r->calls[(*used)++];
-        const cJSON *ty = cJSON_GetObjectItemCaseSensitive(c, "type");
-        t->id = cJSON_IsString(id) ? id->valuestring : "";
-        t->type = cJSON_IsString(ty) ? ty->valuestring : NULL; /* NULL: "function" */
-        t->name = name->valuestring;
-        t->arguments = args->valuestring;
+        t->id = cstr(id) ? cstr(id) : "";
+        t->type = cstr(ty); /* NULL: "function" */
+        t->name = cstr(name);
+        t->arguments = tg_json_str(args, &t->arguments_len);
         k++;
     }
     msg->n_tool_calls = k;
     return 0;
 }
 
-/* Nonzero when a string in the JSON text has the escape \u0000 (cJSON would
- * silently cut the string there). */
-static int has_nul_escape(const char *s, size_t n) {
-    int in_str = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (s[i] == '"') {
-            in_str = !in_str;
-        } else if (in_str && s[i] == '\\' && i + 1 < n) {
-            if (s[i + 1] == 'u' && i + 5 < n && !memcmp(s + i + 2, "0000", 4)) return 1;
-            i++; /* skip the escaped character (it may be a quote) */
-        }
-    }
-    return 0;
-}
-
-static int utf8_tree_ok(const cJSON *v) {
-    for (; v; v = v->next) {
-        if (v->string && !tok_utf8_valid(v->string, strlen(v->string))) return 0;
-        if (cJSON_IsString(v) && !tok_utf8_valid(v->valuestring, strlen(v->valuestring))) return 0;
-        if (v->child && !utf8_tree_ok(v->child)) return 0;
-    }
-    return 1;
-}
-
-static int parse_messages(eng_chat_req_t *r, const cJSON *ms, eng_api_err_t *e) {
+static int parse_messages(eng_chat_req_t *r, const tg_json_t *ms, eng_api_err_t *e) {
     if (!ms) return BAD("messages", "missing_required_parameter", "Missing required parameter: 'messages'.");
-    if (!cJSON_IsArray(ms))
+    if (tg_json_type(ms) != TG_JSON_ARRAY)
         return BAD("messages", "invalid_type", "Invalid type for 'messages': expected an array, but got %s.",
                    type_name(ms));
-    size_t n = (size_t)cJSON_GetArraySize(ms), n_calls = 0;
+    size_t n = tg_json_len(ms), n_calls = 0;
     if (n == 0)
         return BAD("messages", "empty_array",
                    "Invalid 'messages': empty array. Expected an array with minimum length 1.");
-    const cJSON *m;
-    cJSON_ArrayForEach(m, ms) {
-        const cJSON *tc = cJSON_GetObjectItemCaseSensitive(m, "tool_calls");
-        if (cJSON_IsArray(tc)) n_calls += (size_t)cJSON_GetArraySize(tc);
+    const tg_json_t *m;
+    TG_JSON_FOREACH(m, ms) {
+        const tg_json_t *tc = tg_json_get(m, "tool_calls");
+        if (tg_json_type(tc) == TG_JSON_ARRAY) n_calls += tg_json_len(tc);
     }
     r->msgs = calloc(n, sizeof *r->msgs);
     r->calls = calloc(n_calls ? n_calls : 1, sizeof *r->calls);
     if (!r->msgs || !r->calls) return eng_api_err(e, 500, "server_error", NULL, NULL, "out of memory");
     size_t i = 0, used = 0;
-    cJSON_ArrayForEach(m, ms) {
+    TG_JSON_FOREACH(m, ms) {
         char p[48];
         snprintf(p, sizeof p, "messages[%zu]", i);
-        if (!cJSON_IsObject(m))
+        if (tg_json_type(m) != TG_JSON_OBJECT)
             return BAD(p, "invalid_type", "Invalid type for '%s': expected an object, but got %s.", p,
                        type_name(m));
-        const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, "role");
+        const tg_json_t *role = tg_json_get(m, "role");
         snprintf(p, sizeof p, "messages[%zu].role", i);
         if (!role) return BAD(p, "missing_required_parameter", "Missing required parameter: '%s'.", p);
-        if (!cJSON_IsString(role))
+        if (tg_json_type(role) != TG_JSON_STRING)
             return BAD(p, "invalid_type", "Invalid type for '%s': expected a string, but got %s.", p,
                        type_name(role));
-        const char *rs = role->valuestring;
-        tok_chat_msg_t *msg = &r->msgs[i];
-        if (!strcmp(rs, "developer")) rs = "system"; /* OpenAI's newer name for system */
-        if (strcmp(rs, "system") && strcmp(rs, "user") && strcmp(rs, "assistant") && strcmp(rs, "tool"))
+        static const char *const roles[] = {"system", "user", "assistant", "tool", "developer"};
+        const char *rs = NULL;
+        for (size_t k = 0; k < sizeof roles / sizeof *roles; k++)
+            if (str_is(role, roles[k])) rs = roles[k];
+        if (!rs)
             return BAD(p, "invalid_value",
-                       "Invalid value for '%s': '%s'. Supported values are: 'system', 'developer', "
-                       "'user', 'assistant' and 'tool'.", p, role->valuestring);
+                       "Invalid value for '%s': '%.64s'. Supported values are: 'system', 'developer', "
+                       "'user', 'assistant' and 'tool'.", p, tg_json_str(role, NULL));
+        if (!strcmp(rs, "developer")) rs = "system"; /* OpenAI's newer name for system */
+        tok_chat_msg_t *msg = &r->msgs[i];
         msg->role = rs;
-        if (get_content(r, m, i, &msg->content, e)) return -1;
+        if (get_content(r, m, i, &msg->content, &msg->content_len, e)) return -1;
         if (!strcmp(rs, "assistant")) {
-            if (get_tool_calls(r, cJSON_GetObjectItemCaseSensitive(m, "tool_calls"), i, &used, msg, e))
-                return -1;
+            if (get_tool_calls(r, tg_json_get(m, "tool_calls"), i, &used, msg, e)) return -1;
             if (!msg->content && !msg->n_tool_calls)
                 return BAD("messages", "invalid_value",
                            "Invalid 'messages[%zu]': an assistant message needs 'content' or "
@@ -271,28 +308,29 @@ static int parse_messages(eng_chat_req_t *r, const cJSON *ms, eng_api_err_t *e) 
     return 0;
 }
 
-static int parse_stop(eng_chat_req_t *r, const cJSON *st, eng_api_err_t *e) {
-    if (!st || cJSON_IsNull(st)) return 0;
-    if (cJSON_IsString(st)) {
-        r->stop[0] = st->valuestring;
-        r->stop_len[0] = strlen(st->valuestring);
+static int parse_stop(eng_chat_req_t *r, const tg_json_t *st, eng_api_err_t *e) {
+    if (is_null(st)) return 0;
+    if (tg_json_type(st) == TG_JSON_STRING) {
+        r->stop[0] = tg_json_str(st, &r->stop_len[0]);
         r->n_stop = r->stop_len[0] ? 1 : 0;
         return 0;
     }
-    if (!cJSON_IsArray(st))
+    if (tg_json_type(st) != TG_JSON_ARRAY)
         return BAD("stop", "invalid_type",
                    "Invalid type for 'stop': expected a string or an array of strings, but got %s.",
                    type_name(st));
-    if (cJSON_GetArraySize(st) > ENG_MAX_STOP)
+    if (tg_json_len(st) > ENG_MAX_STOP)
         return BAD("stop", "invalid_value", "Invalid 'stop': at most %d stop sequences are allowed.",
                    ENG_MAX_STOP);
-    const cJSON *s;
-    cJSON_ArrayForEach(s, st) {
-        if (!cJSON_IsString(s))
+    const tg_json_t *s;
+    TG_JSON_FOREACH(s, st) {
+        size_t n;
+        const char *t = tg_json_str(s, &n);
+        if (!t)
             return BAD("stop", "invalid_type", "Invalid type for 'stop[%d]': expected a string.", r->n_stop);
-        if (!s->valuestring[0]) continue;
-        r->stop[r->n_stop] = s->valuestring;
-        r->stop_len[r->n_stop++] = strlen(s->valuestring);
+        if (!n) continue;
+        r->stop[r->n_stop] = t;
+        r->stop_len[r->n_stop++] = n;
     }
     return 0;
 }
@@ -303,70 +341,62 @@ int eng_chat_req_parse(eng_chat_req_t *r, const char *body, size_t len, eng_api_
     r->top_p = 1.0;
     if (!tok_utf8_valid(body, len))
         return BAD(NULL, "invalid_utf8", "The request body is not valid UTF-8.");
-    if (has_nul_escape(body, len))
-        return BAD(NULL, "invalid_value", "Strings may not contain NUL characters (\\u0000).");
-    r->root = cJSON_ParseWithLength(body, len);
+    tg_json_err_t jerr;
+    r->root = tg_json_parse(body, len, NULL, &jerr);
     if (!r->root) {
+        if (jerr.msg && strstr(jerr.msg, "surrogate"))
+            return BAD(NULL, "invalid_utf8", "A string in the request is not valid UTF-8: %s.", jerr.text);
         return BAD(NULL, "invalid_json",
-                   "We could not parse the JSON body of your request. The body must be a JSON object.");
+                   "We could not parse the JSON body of your request (%s). The body must be a JSON "
+                   "object.", jerr.text);
     }
-    const cJSON *root = r->root, *v;
-    if (!cJSON_IsObject(root)) {
+    const tg_json_t *root = r->root, *v;
+    if (tg_json_type(root) != TG_JSON_OBJECT) {
         BAD(NULL, "invalid_json", "The request body must be a JSON object.");
         goto fail;
     }
-    if (!utf8_tree_ok(root->child)) {
-        BAD(NULL, "invalid_utf8", "A string in the request is not valid UTF-8 (lone surrogate?).");
-        goto fail;
-    }
-    v = cJSON_GetObjectItemCaseSensitive(root, "model");
+    v = tg_json_get(root, "model");
     if (!v) {
         BAD("model", "missing_required_parameter", "Missing required parameter: 'model'.");
         goto fail;
     }
-    if (!cJSON_IsString(v)) {
-        BAD("model", "invalid_type", "Invalid type for 'model': expected a string, but got %s.", type_name(v));
+    if (!(r->model = cstr(v))) {
+        BAD("model", "invalid_type", "Invalid type for 'model': expected a string without U+0000, but got %s.",
+            type_name(v));
         goto fail;
     }
-    r->model = v->valuestring;
-    if (parse_messages(r, cJSON_GetObjectItemCaseSensitive(root, "messages"), e)) goto fail;
+    if (parse_messages(r, tg_json_get(root, "messages"), e)) goto fail;
 
-    double d;
+    int64_t x;
     int given;
-    if (get_int(root, "max_tokens", 1, 1e9, &d, &given, e)) goto fail;
-    if (given) r->max_tokens = (long)d;
-    if (get_int(root, "max_completion_tokens", 1, 1e9, &d, &given, e)) goto fail;
-    if (given) r->max_tokens = (long)d;
+    if (get_int(root, "max_tokens", 1, 1000000000, &x, &given, e)) goto fail;
+    if (given) r->max_tokens = (long)x;
+    if (get_int(root, "max_completion_tokens", 1, 1000000000, &x, &given, e)) goto fail;
+    if (given) r->max_tokens = (long)x;
     if (get_num(root, "temperature", 0, 2, &r->temperature, e)) goto fail;
     if (get_num(root, "top_p", 0, 1, &r->top_p, e)) goto fail;
     if (get_num(root, "presence_penalty", -2, 2, &r->presence_penalty, e)) goto fail;
     if (get_num(root, "frequency_penalty", -2, 2, &r->frequency_penalty, e)) goto fail;
-    /* seeds travel as JSON numbers (doubles): exact up to 2^53; larger ones
-     * are still deterministic, by their double value */
-    if (get_int(root, "seed", -9.3e18, 1.85e19, &d, &given, e)) goto fail;
-    if (given) {
-        r->has_seed = 1;
-        r->seed = d < 0 ? (uint64_t)(int64_t)d : d >= 1.8446744073709552e19 ? UINT64_MAX : (uint64_t)d;
-    }
-    if (get_int(root, "n", -1e9, 1e9, &d, &given, e)) goto fail;
-    if (given && d != 1) {
+    if (get_seed(r, root, e)) goto fail;
+    if (get_int(root, "n", -1000000000, 1000000000, &x, &given, e)) goto fail;
+    if (given && x != 1) {
         BAD("n", "invalid_value", "Invalid 'n': only n = 1 is supported.");
         goto fail;
     }
     if (get_bool(root, "logprobs", &r->logprobs, e)) goto fail;
-    if (get_int(root, "top_logprobs", 0, ENG_MAX_TOP_LOGPROBS, &d, &given, e)) goto fail;
+    if (get_int(root, "top_logprobs", 0, ENG_MAX_TOP_LOGPROBS, &x, &given, e)) goto fail;
     if (given) {
         if (!r->logprobs) {
             BAD("top_logprobs", "invalid_value", "Invalid 'top_logprobs': it requires 'logprobs' to be true.");
             goto fail;
         }
-        r->top_logprobs = (int)d;
+        r->top_logprobs = (int)x;
     }
-    if (parse_stop(r, cJSON_GetObjectItemCaseSensitive(root, "stop"), e)) goto fail;
+    if (parse_stop(r, tg_json_get(root, "stop"), e)) goto fail;
     if (get_bool(root, "stream", &r->stream, e)) goto fail;
-    v = cJSON_GetObjectItemCaseSensitive(root, "stream_options");
-    if (v && !cJSON_IsNull(v)) {
-        if (!cJSON_IsObject(v)) {
+    v = tg_json_get(root, "stream_options");
+    if (!is_null(v)) {
+        if (tg_json_type(v) != TG_JSON_OBJECT) {
             BAD("stream_options", "invalid_type", "Invalid type for 'stream_options': expected an object, but got %s.",
                 type_name(v));
             goto fail;
@@ -387,7 +417,7 @@ void eng_chat_req_free(eng_chat_req_t *r) {
     free(r->owned);
     free(r->msgs);
     free(r->calls);
-    cJSON_Delete(r->root);
+    tg_json_free(r->root);
     memset(r, 0, sizeof *r);
 }
 
@@ -411,9 +441,8 @@ int eng_chat_max_tokens(const eng_chat_req_t *r, int n_prompt, const eng_limits_
     return 0;
 }
 
-eng_think_mode_t eng_chat_think_mode(int tmpl_kind, const char *prompt) {
+eng_think_mode_t eng_chat_think_mode(int tmpl_kind, const char *prompt, size_t n) {
     if (tmpl_kind != TOK_TMPL_DEEPSEEK_R1) return ENG_THINK_OFF;
-    size_t n = strlen(prompt);
     while (n && (prompt[n - 1] == '\n' || prompt[n - 1] == ' ')) n--;
     if (n >= 7 && !memcmp(prompt + n - 7, "<think>", 7)) return ENG_THINK_IN;
     return ENG_THINK_DETECT;
@@ -444,75 +473,123 @@ cJSON *eng_usage_json(const eng_usage_t *u) {
     return o;
 }
 
-static cJSON *resp_head(const char *id, long long created, const char *model, const char *object) {
-    cJSON *o = cJSON_CreateObject();
-    if (!o) return NULL;
-    cJSON_AddStringToObject(o, "id", id);
-    cJSON_AddStringToObject(o, "object", object);
-    cJSON_AddNumberToObject(o, "created", (double)created);
-    cJSON_AddStringToObject(o, "model", model);
-    cJSON_AddStringToObject(o, "system_fingerprint", "fp_tollgate");
-    return o;
+/* Responses are written as text (not through cJSON) so that generated text
+ * holding NUL bytes stays whole: tg_json_write_str escapes it as \u0000. */
+
+static void put_lit(tg_json_buf_t *b, const char *s) { tg_json_buf_put(b, s, strlen(s)); }
+
+static void put_str(tg_json_buf_t *b, const char *s, size_t n) { tg_json_write_str(b, s, n); }
+
+static void put_usage(tg_json_buf_t *b, const eng_usage_t *u) {
+    char t[512];
+    int n = snprintf(t, sizeof t,
+                     "{\"prompt_tokens\":%d,\"completion_tokens\":%d,\"total_tokens\":%lld,"
+                     "\"prompt_cache_hit_tokens\":%d,\"prompt_cache_miss_tokens\":%d,"
+                     "\"prompt_tokens_details\":{\"cached_tokens\":%d},"
+                     "\"completion_tokens_details\":{\"reasoning_tokens\":%d}}",
+                     u->prompt_tokens, u->completion_tokens,
+                     (long long)u->prompt_tokens + u->completion_tokens, u->cached_tokens,
+                     u->prompt_tokens - u->cached_tokens, u->cached_tokens, u->reasoning_tokens);
+    tg_json_buf_put(b, t, (size_t)n);
 }
 
-static void add_finish(cJSON *c, eng_finish_t f) {
+static void put_head(tg_json_buf_t *b, const char *id, long long created, const char *model,
+                     const char *object) {
+    char t[48];
+    put_lit(b, "{\"id\":");
+    put_str(b, id, strlen(id));
+    put_lit(b, ",\"object\":");
+    put_str(b, object, strlen(object));
+    snprintf(t, sizeof t, ",\"created\":%lld,\"model\":", created);
+    put_lit(b, t);
+    put_str(b, model, strlen(model));
+    put_lit(b, ",\"system_fingerprint\":\"fp_tollgate\",\"choices\":[");
+}
+
+/* ,"logprobs":<lp or null>,"finish_reason":<name or null>} — lp freed */
+static void put_choice_tail(tg_json_buf_t *b, cJSON *logprobs, eng_finish_t f) {
+    put_lit(b, ",\"logprobs\":");
+    if (logprobs) {
+        char *s = cJSON_PrintUnformatted(logprobs);
+        if (s) put_lit(b, s);
+        else b->oom = 1;
+        free(s);
+        cJSON_Delete(logprobs);
+    } else {
+        put_lit(b, "null");
+    }
     const char *fn = eng_finish_name(f);
-    if (fn)
-        cJSON_AddStringToObject(c, "finish_reason", fn);
-    else
-        cJSON_AddNullToObject(c, "finish_reason");
+    put_lit(b, ",\"finish_reason\":");
+    if (fn) put_str(b, fn, strlen(fn));
+    else put_lit(b, "null");
+    put_lit(b, "}");
 }
 
-static char *print_free(cJSON *o) {
-    char *s = o ? cJSON_PrintUnformatted(o) : NULL;
-    cJSON_Delete(o);
-    return s;
+static char *buf_done(tg_json_buf_t *b) {
+    if (b->oom) {
+        tg_json_buf_free(b);
+        return NULL;
+    }
+    return b->p;
 }
 
 char *eng_resp_completion(const char *id, long long created, const char *model,
-                          const char *content, const char *reasoning, eng_finish_t finish,
-                          const eng_usage_t *u, cJSON *logprobs) {
-    cJSON *o = resp_head(id, created, model, "chat.completion");
-    cJSON *ch = cJSON_AddArrayToObject(o, "choices"), *c = cJSON_CreateObject();
-    cJSON_AddItemToArray(ch, c);
-    cJSON_AddNumberToObject(c, "index", 0);
-    cJSON *m = cJSON_AddObjectToObject(c, "message");
-    cJSON_AddStringToObject(m, "role", "assistant");
-    cJSON_AddStringToObject(m, "content", content ? content : "");
-    if (reasoning) cJSON_AddStringToObject(m, "reasoning_content", reasoning);
-    if (logprobs)
-        cJSON_AddItemToObject(c, "logprobs", logprobs);
-    else
-        cJSON_AddNullToObject(c, "logprobs");
-    add_finish(c, finish);
-    cJSON_AddItemToObject(o, "usage", eng_usage_json(u));
-    return print_free(o);
+                          const char *content, size_t content_len, const char *reasoning,
+                          size_t reasoning_len, eng_finish_t finish, const eng_usage_t *u,
+                          cJSON *logprobs) {
+    tg_json_buf_t b = {0};
+    put_head(&b, id, created, model, "chat.completion");
+    put_lit(&b, "{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":");
+    put_str(&b, content ? content : "", content ? content_len : 0);
+    if (reasoning) {
+        put_lit(&b, ",\"reasoning_content\":");
+        put_str(&b, reasoning, reasoning_len);
+    }
+    put_lit(&b, "}");
+    put_choice_tail(&b, logprobs, finish);
+    put_lit(&b, "],\"usage\":");
+    put_usage(&b, u);
+    put_lit(&b, "}");
+    return buf_done(&b);
 }
 
 char *eng_resp_chunk(const char *id, long long created, const char *model, const char *role,
-                     const char *content, const char *reasoning, eng_finish_t finish,
-                     int usage_null, const eng_usage_t *usage, cJSON *logprobs) {
-    cJSON *o = resp_head(id, created, model, "chat.completion.chunk");
-    cJSON *ch = cJSON_AddArrayToObject(o, "choices");
+                     const char *content, size_t content_len, const char *reasoning,
+                     size_t reasoning_len, eng_finish_t finish, int usage_null,
+                     const eng_usage_t *usage, cJSON *logprobs) {
+    tg_json_buf_t b = {0};
+    put_head(&b, id, created, model, "chat.completion.chunk");
     if (usage) {
         cJSON_Delete(logprobs);
-        cJSON_AddItemToObject(o, "usage", eng_usage_json(usage));
-        return print_free(o);
+        put_lit(&b, "],\"usage\":");
+        put_usage(&b, usage);
+        put_lit(&b, "}");
+        return buf_done(&b);
     }
-    cJSON *c = cJSON_CreateObject();
-    cJSON_AddItemToArray(ch, c);
-    cJSON_AddNumberToObject(c, "index", 0);
-    cJSON *d = cJSON_AddObjectToObject(c, "delta");
-    if (role) cJSON_AddStringToObject(d, "role", role);
-    if (content) cJSON_AddStringToObject(d, "content", content);
-    if (reasoning) cJSON_AddStringToObject(d, "reasoning_content", reasoning);
-    if (logprobs)
-        cJSON_AddItemToObject(c, "logprobs", logprobs);
-    else
-        cJSON_AddNullToObject(c, "logprobs");
-    add_finish(c, finish);
-    if (usage_null) cJSON_AddNullToObject(o, "usage");
-    return print_free(o);
+    put_lit(&b, "{\"index\":0,\"delta\":{");
+    const char *sep = "";
+    if (role) {
+        put_lit(&b, "\"role\":");
+        put_str(&b, role, strlen(role));
+        sep = ",";
+    }
+    if (content) {
+        put_lit(&b, sep);
+        put_lit(&b, "\"content\":");
+        put_str(&b, content, content_len);
+        sep = ",";
+    }
+    if (reasoning) {
+        put_lit(&b, sep);
+        put_lit(&b, "\"reasoning_content\":");
+        put_str(&b, reasoning, reasoning_len);
+    }
+    put_lit(&b, "}");
+    put_choice_tail(&b, logprobs, finish);
+    put_lit(&b, "]");
+    if (usage_null) put_lit(&b, ",\"usage\":null");
+    put_lit(&b, "}");
+    return buf_done(&b);
 }
 
 static cJSON *token_json(const tok_t *t, int32_t id, double logprob) {

@@ -19,7 +19,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     for (size_t i = 0; i < r.n_msgs; i++) {
         const tok_chat_msg_t *m = &r.msgs[i];
         if (!m->role || (!m->content && !m->n_tool_calls)) __builtin_trap();
-        if (m->content && !tok_utf8_valid(m->content, strlen(m->content))) __builtin_trap();
+        size_t cl = m->content_len ? m->content_len : m->content ? strlen(m->content) : 0;
+        if (m->content && !tok_utf8_valid(m->content, cl)) __builtin_trap();
     }
     eng_limits_t lim = {.context = 4096, .default_max = 4096};
     int mt = 0;
@@ -27,8 +28,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         __builtin_trap();
     eng_usage_t u = {(int)size, mt, 0, 0};
     const char *text = r.msgs[0].content ? r.msgs[0].content : "";
-    char *a = eng_resp_completion("chatcmpl-x", 1, r.model, text, NULL, ENG_FINISH_STOP, &u, NULL);
-    char *b = eng_resp_chunk("chatcmpl-x", 1, r.model, NULL, text, text, ENG_FINISH_NONE, 1, NULL, NULL);
+    size_t tl = r.msgs[0].content ? r.msgs[0].content_len : 0;
+    char *a = eng_resp_completion("chatcmpl-x", 1, r.model, text, tl, NULL, 0, ENG_FINISH_STOP, &u, NULL);
+    char *b = eng_resp_chunk("chatcmpl-x", 1, r.model, NULL, text, tl, text, tl, ENG_FINISH_NONE, 1, NULL, NULL);
     size_t n;
     char *ev = b ? eng_sse_event(b, &n) : NULL;
     if (!a || !b || !ev) __builtin_trap(); /* output is always one line of JSON */

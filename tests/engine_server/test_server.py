@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Integration test of `tollgate-engine serve` on the demo model (python3 stdlib only).
 
-Starts build/tollgate-engine serve on loopback ports 18600-18602 (generating the
+Starts build/tollgate-engine serve on loopback ports 18720-18722 (generating the
 demo model into var/test-engine-server/ when missing) and checks the OpenAI
 protocol end to end: shapes, usage against the tokenizer CLI, streaming ==
 non-streaming, every 400 case, 404, queue-full 503, seeds, stop strings,
@@ -26,7 +26,7 @@ VAR = os.path.join(ROOT, "var", "test-engine-server")
 MODEL = "deepseek-v3-demo"
 MODEL_DIR = os.path.join(VAR, MODEL)
 R1_DIR = os.path.join(VAR, "deepseek-r1-demo")
-PORT, PORT_SMALL, PORT_R1 = 18600, 18601, 18602
+PORT, PORT_SMALL, PORT_R1 = 18720, 18721, 18722
 BOS, USER, ASSISTANT = "<｜begin▁of▁sentence｜>", "<｜User｜>", "<｜Assistant｜>"
 
 procs = {}
@@ -81,7 +81,8 @@ def start(name, port, model_dir, *extra):
 def setUpModule():
     ensure_models()
     start("main", PORT, MODEL_DIR)
-    start("small", PORT_SMALL, MODEL_DIR, "--max-batch", "1", "--max-queue", "1", "--keepalive", "1")
+    start("small", PORT_SMALL, MODEL_DIR, "--max-batch", "1", "--max-queue", "1", "--keepalive", "1",
+          "--default-max-tokens", "3")
     start("r1", PORT_R1, R1_DIR)
 
 
@@ -270,6 +271,11 @@ class Server(unittest.TestCase):
         m = [{"role": "user", "content": "hi"}]
         bad(b"{nope", raw=True)
         bad(b'{"model":"' + MODEL.encode() + b'","messages":[{"role":"user","content":"\xff"}]}', raw=True)
+        for esc in (b"\\ud800", b"\\udc00", b"\\ud800\\u0041"):  # lone surrogates
+            e = bad(b'{"model":"' + MODEL.encode() + b'","messages":[{"role":"user","content":"x' + esc + b'"}]}', raw=True)
+            self.assertEqual(e["code"], "invalid_utf8")
+        bad({"model": MODEL, "messages": [{"role": "us\0er", "content": "x"}]}, "messages[0].role")
+        bad({"model": MODEL, "messages": m, "seed": 2 ** 64}, "seed")
         bad({"model": MODEL, "messages": []}, "messages")
         bad({"model": MODEL}, "messages")
         bad({"model": MODEL, "messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role")
@@ -287,6 +293,42 @@ class Server(unittest.TestCase):
         self.assertEqual(e["code"], "context_length_exceeded")
         e = bad({"model": MODEL, "messages": [{"role": "user", "content": "hello " * 5000}]})
         self.assertEqual(e["code"], "context_length_exceeded")
+
+    def test_nul_in_content_is_text(self):
+        # U+0000 is text: the prompt holds it and is counted like the tokenizer CLI counts it
+        st, _, b = chat("a\0b", max_tokens=1)
+        self.assertEqual(st, 200, b)
+        want = tokenize(BOS + USER + "a\0b" + ASSISTANT)
+        self.assertEqual(json.loads(b)["usage"]["prompt_tokens"], len(want))
+        self.assertNotEqual(len(want), len(tokenize(BOS + USER + "ab" + ASSISTANT)))
+        # the same in a system message, in content parts, and several NULs in a row
+        msgs = [{"role": "system", "content": "\0s\0"},
+                {"role": "user", "content": [{"type": "text", "text": "x\0"}, {"type": "text", "text": "\0\0y"}]}]
+        st, _, b = request(PORT, "POST", "/v1/chat/completions",
+                           {"model": MODEL, "messages": msgs, "max_tokens": 1, "temperature": 0})
+        self.assertEqual(st, 200, b)
+        text = BOS + "\0s\0" + USER + "x\0\0\0y" + ASSISTANT
+        self.assertEqual(json.loads(b)["usage"]["prompt_tokens"], len(tokenize(text)))
+        # streaming too, with the usage chunk
+        st, _, b = chat("\0", max_tokens=1, stream=True, stream_options={"include_usage": True})
+        self.assertEqual(st, 200, b)
+        ev = sse(b)
+        self.assertEqual(ev[-1], "[DONE]")
+        self.assertEqual(json.loads(ev[-2])["usage"]["prompt_tokens"], len(tokenize(BOS + USER + "\0" + ASSISTANT)))
+
+    def test_default_max_tokens_flag(self):
+        # the small worker runs with --default-max-tokens 3: a request without max_tokens stops there
+        st, _, b = chat("Tell me a long story", port=PORT_SMALL)
+        self.assertEqual(st, 200, b)
+        r = json.loads(b)
+        self.assertLessEqual(r["usage"]["completion_tokens"], 3)
+        if r["choices"][0]["finish_reason"] == "length":
+            self.assertEqual(r["usage"]["completion_tokens"], 3)
+        # an explicit max_tokens is not capped by it
+        st, _, b = chat("Tell me a long story", port=PORT_SMALL, max_tokens=6)
+        r = json.loads(b)
+        if r["choices"][0]["finish_reason"] == "length":
+            self.assertEqual(r["usage"]["completion_tokens"], 6)
 
     def test_413(self):
         st, _, b = request(PORT, "POST", "/v1/chat/completions", b" " * (9 << 20))

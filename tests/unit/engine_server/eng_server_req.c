@@ -103,11 +103,24 @@ static void test_400_cases(void) {
     expect_400("{\"model\":\"m\"," MSG ",\"stop\":5}", "stop", "invalid_type");
     expect_400("{\"model\":\"m\"," MSG ",\"stream\":\"yes\"}", "stream", "invalid_type");
     expect_400("{\"model\":\"m\"," MSG ",\"stream_options\":{\"include_usage\":1}}", "stream_options.include_usage", "invalid_type");
-    /* NUL escapes would cut strings short */
-    expect_400("{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"a\\u0000b\"}]}", NULL, "invalid_value");
+    /* U+0000 is text in contents, but not in names the template reads as C strings */
+    expect_400("{\"model\":\"m\",\"messages\":[{\"role\":\"us\\u0000er\",\"content\":\"a\"}]}",
+               "messages[0].role", "invalid_value");
+    expect_400("{\"model\":\"m\\u0000\"," MSG "}", "model", "invalid_type");
+    expect_400("{\"model\":\"m\",\"messages\":[{\"role\":\"assistant\",\"tool_calls\":[{\"function\":"
+               "{\"name\":\"f\\u0000\",\"arguments\":\"{}\"}}]}]}", "messages[0].tool_calls", "invalid_value");
     /* invalid UTF-8, raw and via a lone surrogate escape */
     expect_400("{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"\xff\xfe\"}]}", NULL, "invalid_utf8");
     expect_400("{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"\xed\xa0\x80\"}]}", NULL, "invalid_utf8");
+    expect_400("{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"\\ud800\"}]}", NULL, "invalid_utf8");
+    expect_400("{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"\\udc00x\"}]}", NULL, "invalid_utf8");
+    expect_400("{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"\\ud800\\u0041\"}]}", NULL, "invalid_utf8");
+    /* seeds: integers in [-2^63, 2^64-1] only */
+    expect_400("{\"model\":\"m\"," MSG ",\"seed\":18446744073709551616}", "seed", "invalid_value");
+    expect_400("{\"model\":\"m\"," MSG ",\"seed\":-9223372036854775809}", "seed", "invalid_value");
+    expect_400("{\"model\":\"m\"," MSG ",\"seed\":1.5}", "seed", "invalid_type");
+    expect_400("{\"model\":\"m\"," MSG ",\"seed\":1e3}", "seed", "invalid_type");
+    expect_400("{\"model\":\"m\"," MSG ",\"max_tokens\":1e30}", "max_tokens", "invalid_value");
 }
 
 static void test_escaped_quotes_and_backslashes(void) {
@@ -117,6 +130,53 @@ static void test_escaped_quotes_and_backslashes(void) {
     CHECK_EQ_I(parse("{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"q\\\"x\\\\u0000\"}]}", &r, &e), 0);
     CHECK_EQ_S(r.msgs[0].content, "q\"x\\u0000");
     eng_chat_req_free(&r);
+}
+
+/* U+0000 in a content is kept, with the length, and the rendered prompt
+ * holds it; seeds are exact integers. */
+static void test_nul_and_exact(void) {
+    eng_chat_req_t r;
+    eng_api_err_t e;
+    CHECK_EQ_I(parse("{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"a\\u0000b\"},"
+                     "{\"role\":\"assistant\",\"content\":[{\"type\":\"text\",\"text\":\"\\u0000\"},"
+                     "{\"type\":\"text\",\"text\":\"z\"}],\"tool_calls\":[{\"function\":{\"name\":\"f\","
+                     "\"arguments\":\"{\\\"k\\\":\\\"\\u0000\\\"}\"}}]}],"
+                     "\"stop\":[\"x\\u0000y\"],\"seed\":9007199254740993}", &r, &e), 0);
+    CHECK_EQ_I(r.msgs[0].content_len, 3);
+    CHECK(r.msgs[0].content && !memcmp(r.msgs[0].content, "a\0b", 3));
+    CHECK_EQ_I(r.msgs[1].content_len, 2);
+    CHECK(r.msgs[1].content && !memcmp(r.msgs[1].content, "\0z", 2));
+    CHECK_EQ_I(r.msgs[1].tool_calls[0].arguments_len, 9);
+    CHECK_EQ_I(r.stop_len[0], 3);
+    CHECK(r.has_seed && r.seed == 9007199254740993ull); /* 2^53 + 1: a double would say ...992 */
+    char err[128];
+    size_t n = 0;
+    char *p = tok_chat_render_n(TOK_TMPL_DEEPSEEK_V3, r.msgs, r.n_msgs, 1, &n, err, sizeof err);
+    static const char want[] = "<｜User｜>a\0b<｜Assistant｜>\0z";
+    int found = 0;
+    for (size_t i = 0; p && i + sizeof want - 1 <= n; i++) found |= !memcmp(p + i, want, sizeof want - 1);
+    CHECK(found);
+    free(p);
+    eng_chat_req_free(&r);
+    static const struct { const char *text; uint64_t want; } seeds[] = {
+        {"18446744073709551615", UINT64_MAX}, {"9223372036854775807", INT64_MAX},
+        {"9223372036854775808", 1ull << 63}, {"-1", UINT64_MAX}, {"-9223372036854775808", 1ull << 63},
+        {"0", 0}, {"12345678901234567890", 12345678901234567890ull}};
+    for (size_t i = 0; i < sizeof seeds / sizeof *seeds; i++) {
+        char b[256];
+        snprintf(b, sizeof b, "{\"model\":\"m\"," MSG ",\"seed\":%s}", seeds[i].text);
+        CHECK_EQ_I(parse(b, &r, &e), 0);
+        CHECK(r.has_seed && r.seed == seeds[i].want);
+        eng_chat_req_free(&r);
+    }
+    /* generated text with NUL is written whole, as \u0000 */
+    eng_usage_t u = {0};
+    char *s = eng_resp_completion("c", 1, "m", "a\0b", 3, "r\0", 2, ENG_FINISH_STOP, &u, NULL);
+    CHECK(s && strstr(s, "\"content\":\"a\\u0000b\",\"reasoning_content\":\"r\\u0000\"") != NULL);
+    free(s);
+    s = eng_resp_chunk("c", 1, "m", NULL, "\0", 1, NULL, 0, ENG_FINISH_NONE, 0, NULL, NULL);
+    CHECK(s && strstr(s, "\"delta\":{\"content\":\"\\u0000\"}") != NULL);
+    free(s);
 }
 
 static void test_error_json(void) {
@@ -157,7 +217,7 @@ static void test_max_tokens_rule(void) {
 
 static void test_response_shapes(void) {
     eng_usage_t u = {.prompt_tokens = 10, .completion_tokens = 5, .reasoning_tokens = 2};
-    char *s = eng_resp_completion("chatcmpl-1", 1700000000, "m", "hi \"there\"\n", NULL, ENG_FINISH_LENGTH, &u, NULL);
+    char *s = eng_resp_completion("chatcmpl-1", 1700000000, "m", "hi \"there\"\n", 11, NULL, 0, ENG_FINISH_LENGTH, &u, NULL);
     CHECK_EQ_S(s, "{\"id\":\"chatcmpl-1\",\"object\":\"chat.completion\",\"created\":1700000000,\"model\":\"m\","
                   "\"system_fingerprint\":\"fp_tollgate\",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\","
                   "\"content\":\"hi \\\"there\\\"\\n\"},\"logprobs\":null,\"finish_reason\":\"length\"}],"
@@ -165,17 +225,17 @@ static void test_response_shapes(void) {
                   "\"prompt_cache_hit_tokens\":0,\"prompt_cache_miss_tokens\":10,\"prompt_tokens_details\":"
                   "{\"cached_tokens\":0},\"completion_tokens_details\":{\"reasoning_tokens\":2}}}");
     free(s);
-    s = eng_resp_chunk("chatcmpl-1", 1, "m", "assistant", "", NULL, ENG_FINISH_NONE, 1, NULL, NULL);
+    s = eng_resp_chunk("chatcmpl-1", 1, "m", "assistant", "", 0, NULL, 0, ENG_FINISH_NONE, 1, NULL, NULL);
     CHECK_EQ_S(s, "{\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\","
                   "\"system_fingerprint\":\"fp_tollgate\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\","
                   "\"content\":\"\"},\"logprobs\":null,\"finish_reason\":null}],\"usage\":null}");
     free(s);
-    s = eng_resp_chunk("c", 1, "m", NULL, NULL, "why", ENG_FINISH_STOP, 0, NULL, NULL);
+    s = eng_resp_chunk("c", 1, "m", NULL, NULL, 0, "why", 3, ENG_FINISH_STOP, 0, NULL, NULL);
     CHECK(strstr(s, "\"delta\":{\"reasoning_content\":\"why\"}") != NULL);
     CHECK(strstr(s, "\"finish_reason\":\"stop\"") != NULL);
     CHECK(strstr(s, "usage") == NULL);
     free(s);
-    s = eng_resp_chunk("c", 1, "m", NULL, NULL, NULL, ENG_FINISH_NONE, 1, &u, NULL);
+    s = eng_resp_chunk("c", 1, "m", NULL, NULL, 0, NULL, 0, ENG_FINISH_NONE, 1, &u, NULL);
     CHECK(strstr(s, "\"choices\":[],\"usage\":{\"prompt_tokens\":10,") != NULL);
     free(s);
 }
@@ -188,7 +248,7 @@ static void test_sse_framing(void) {
     free(s);
     CHECK(eng_sse_event("{\"a\":\n1}", &n) == NULL); /* a raw newline would break the framing */
     /* every chunk body is one line even when the text has newlines */
-    char *j = eng_resp_chunk("c", 1, "m", NULL, "line1\nline2\r\n", NULL, ENG_FINISH_NONE, 0, NULL, NULL);
+    char *j = eng_resp_chunk("c", 1, "m", NULL, "line1\nline2\r\n", 13, NULL, 0, ENG_FINISH_NONE, 0, NULL, NULL);
     s = eng_sse_event(j, &n);
     CHECK(s != NULL);
     free(s);
@@ -196,10 +256,14 @@ static void test_sse_framing(void) {
 }
 
 static void test_think_mode(void) {
-    CHECK_EQ_I(eng_chat_think_mode(TOK_TMPL_DEEPSEEK_V3, "x<think>\n"), ENG_THINK_OFF);
-    CHECK_EQ_I(eng_chat_think_mode(TOK_TMPL_DEEPSEEK_R1, "<｜Assistant｜><think>\n"), ENG_THINK_IN);
-    CHECK_EQ_I(eng_chat_think_mode(TOK_TMPL_DEEPSEEK_R1, "<｜Assistant｜>"), ENG_THINK_DETECT);
+#define TM(k, s) eng_chat_think_mode(k, s, sizeof s - 1)
+    CHECK_EQ_I(TM(TOK_TMPL_DEEPSEEK_V3, "x<think>\n"), ENG_THINK_OFF);
+    CHECK_EQ_I(TM(TOK_TMPL_DEEPSEEK_R1, "<｜Assistant｜><think>\n"), ENG_THINK_IN);
+    CHECK_EQ_I(TM(TOK_TMPL_DEEPSEEK_R1, "<｜Assistant｜>"), ENG_THINK_DETECT);
+    /* the end of the prompt is found by length, past a NUL in the content */
+    CHECK_EQ_I(TM(TOK_TMPL_DEEPSEEK_R1, "a\0b<｜Assistant｜><think>\n"), ENG_THINK_IN);
+#undef TM
 }
 
 TG_TEST_MAIN(test_valid_request, test_400_cases, test_escaped_quotes_and_backslashes, test_error_json, test_max_tokens_rule, test_response_shapes,
-             test_sse_framing, test_think_mode)
+             test_sse_framing, test_think_mode, test_nul_and_exact)
