@@ -210,68 +210,38 @@ static void gw_access_log(gw_req_t *r) {
  * max_body_bytes, on the loop).  -1 when no tokenizer is loaded or the
  * messages cannot be rendered.  Computed once per request.
  *
- * The template renderer takes NUL-terminated strings, but message text may
- * hold U+0000 (the tokenizer counts it as text).  So when some text holds
- * NUL, every NUL is swapped for a private-use character that occurs in no
- * input string (the templates use none), the messages are rendered, and the
- * character is swapped back to NUL in the rendered prompt before counting. */
-typedef struct {
-    const char **slot; /* where the renderer reads the string */
-    size_t len;
-} gw_text_slot_t;
-
-static char *gw_nul_swap(const char *s, size_t n, const char *mark, size_t mlen) {
-    size_t nuls = 0;
-    for (size_t i = 0; i < n; i++) nuls += !s[i];
-    char *o = malloc(n + nuls * (mlen - 1) + 1), *d = o;
-    if (!o) return NULL;
-    for (size_t i = 0; i < n; i++) {
-        if (s[i]) {
-            *d++ = s[i];
-        } else {
-            memcpy(d, mark, mlen);
-            d += mlen;
-        }
-    }
-    *d = '\0';
-    return o;
-}
-
+ * Message text may hold U+0000: contents and arguments go to the renderer
+ * with their lengths (tok_chat_render_n), so the rendered prompt holds the
+ * NUL bytes and the tokenizer counts them as text, as the engine does.
+ * Roles, names, ids and types are C strings for the renderer (the engine
+ * refuses U+0000 in them). */
 static int64_t gw_prompt_count_json(gw_server_t *s, const tg_json_t *msgs) {
-    size_t n = tg_json_len(msgs), ncalls = 0, nowned = 0, nslots = 0, i = 0, k = 0, nuls = 0;
+    size_t n = tg_json_len(msgs), ncalls = 0, nowned = 0, i = 0, k = 0;
     const tg_json_t *m, *c, *part;
     if (tg_json_type(msgs) != TG_JSON_ARRAY) return -1;
     TG_JSON_FOREACH(m, msgs) ncalls += tg_json_len(tg_json_get(m, "tool_calls"));
     tok_chat_msg_t *cm = calloc(n + 1, sizeof *cm);
     tok_tool_call_t *calls = calloc(ncalls + 1, sizeof *calls);
-    size_t maxowned = 3 * n + 5 * ncalls + 1; /* joined parts, written arguments, NUL swaps */
-    char **owned = calloc(maxowned, sizeof *owned);
-    gw_text_slot_t *slots = calloc(2 * n + 4 * ncalls + 1, sizeof *slots);
+    char **owned = calloc(n + ncalls + 1, sizeof *owned); /* joined parts, written arguments */
     int64_t count = -1;
     char *text = NULL;
-    if (!cm || !calls || !owned || !slots) goto done;
-#define SLOT(ptr, v)                                                   \
-    do {                                                               \
-        size_t l_ = 0;                                                 \
-        (ptr) = tg_json_str((v), &l_);                                 \
-        if (ptr) slots[nslots++] = (gw_text_slot_t){&(ptr), l_};       \
-    } while (0)
+    if (!cm || !calls || !owned) goto done;
     TG_JSON_FOREACH(m, msgs) {
         if (tg_json_type(m) != TG_JSON_OBJECT) goto done;
-        SLOT(cm[i].role, tg_json_get(m, "role"));
+        cm[i].role = tg_json_str(tg_json_get(m, "role"), NULL);
         const tg_json_t *content = tg_json_get(m, "content");
         switch (tg_json_type(content)) {
         case TG_JSON_NONE:
         case TG_JSON_NULL: break;
-        case TG_JSON_STRING: SLOT(cm[i].content, content); break;
+        case TG_JSON_STRING: cm[i].content = tg_json_str(content, &cm[i].content_len); break;
         case TG_JSON_ARRAY: { /* text parts, joined */
             tg_json_buf_t b = {0};
             tg_json_buf_put(&b, "", 0);
             TG_JSON_FOREACH(part, content) {
-                size_t tl = 0;
-                const char *type = tg_json_str(tg_json_get(part, "type"), NULL);
+                size_t tl = 0, yl = 0;
+                const char *type = tg_json_str(tg_json_get(part, "type"), &yl);
                 const char *t = tg_json_str(tg_json_get(part, "text"), &tl);
-                if (!type || strcmp(type, "text") || !t) {
+                if (!type || yl != 4 || memcmp(type, "text", 4) || !t) {
                     tg_json_buf_free(&b);
                     goto done;
                 }
@@ -280,7 +250,7 @@ static int64_t gw_prompt_count_json(gw_server_t *s, const tg_json_t *msgs) {
             owned[nowned++] = b.p;
             if (b.oom) goto done;
             cm[i].content = b.p;
-            slots[nslots++] = (gw_text_slot_t){&cm[i].content, b.len};
+            cm[i].content_len = b.len;
             break;
         }
         default: goto done;
@@ -288,68 +258,34 @@ static int64_t gw_prompt_count_json(gw_server_t *s, const tg_json_t *msgs) {
         cm[i].tool_calls = calls + k;
         TG_JSON_FOREACH(c, tg_json_get(m, "tool_calls")) {
             const tg_json_t *fn = tg_json_get(c, "function"), *args = tg_json_get(fn, "arguments");
-            SLOT(calls[k].id, tg_json_get(c, "id"));
-            SLOT(calls[k].type, tg_json_get(c, "type"));
-            SLOT(calls[k].name, tg_json_get(fn, "name"));
+            calls[k].id = tg_json_str(tg_json_get(c, "id"), NULL);
+            calls[k].type = tg_json_str(tg_json_get(c, "type"), NULL);
+            calls[k].name = tg_json_str(tg_json_get(fn, "name"), NULL);
             if (tg_json_type(args) == TG_JSON_STRING) {
-                SLOT(calls[k].arguments, args);
+                calls[k].arguments = tg_json_str(args, &calls[k].arguments_len);
             } else if (args && tg_json_type(args) != TG_JSON_NULL) { /* an object: its compact JSON text */
                 tg_json_buf_t b = {0};
                 tg_json_write(&b, args);
                 owned[nowned++] = b.p;
                 if (b.oom) goto done;
-                calls[k].arguments = b.p; /* escaped: holds no NUL */
+                calls[k].arguments = b.p;
+                calls[k].arguments_len = b.len;
             }
             k++;
             cm[i].n_tool_calls++;
         }
         i++;
     }
-#undef SLOT
-    for (size_t j = 0; j < nslots; j++)
-        for (size_t q = 0; q < slots[j].len; q++) nuls += !(*slots[j].slot)[q];
-    char mark[4] = "\xEE\x80\x80"; /* U+E000 .. U+E03F */
-    if (nuls) {
-        int free_mark = 0;
-        for (int tries = 0; tries < 64 && !free_mark; tries++) {
-            mark[2] = (char)(0x80 + tries);
-            free_mark = 1;
-            for (size_t j = 0; j < nslots && free_mark; j++)
-                if (memmem(*slots[j].slot, slots[j].len, mark, 3)) free_mark = 0;
-        }
-        if (!free_mark) goto done;
-        for (size_t j = 0; j < nslots; j++) {
-            if (strlen(*slots[j].slot) == slots[j].len) continue;
-            if (nowned == maxowned) goto done;
-            char *t = gw_nul_swap(*slots[j].slot, slots[j].len, mark, 3);
-            if (!t) goto done;
-            owned[nowned++] = t;
-            *slots[j].slot = t;
-        }
-    }
     char err[200];
-    text = tok_chat_render((tok_tmpl_kind_t)s->tmpl, cm, n, 1, err, sizeof err);
+    size_t tl = 0;
+    text = tok_chat_render_n((tok_tmpl_kind_t)s->tmpl, cm, n, 1, &tl, err, sizeof err);
     if (!text) goto done;
-    size_t tl = strlen(text);
-    if (nuls) { /* the marks back to NUL */
-        char *w = text;
-        for (char *p = text; p < text + tl;) {
-            if (p + 3 <= text + tl && !memcmp(p, mark, 3)) {
-                *w++ = '\0';
-                p += 3;
-            } else {
-                *w++ = *p++;
-            }
-        }
-        tl = (size_t)(w - text);
-    }
     long t = tok_count(s->tok, text, tl, 1);
     count = t >= 0 ? t : -1;
 done:
     for (size_t j = 0; owned && j < nowned; j++) free(owned[j]);
     free(text);
     free(owned);
-    free(slots);
     free(calls);
     free(cm);
     return count;
