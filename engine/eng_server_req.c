@@ -602,7 +602,18 @@ static cJSON *token_json(const tok_t *t, int32_t id, double logprob) {
         cJSON_Delete(b);
         return NULL;
     }
-    cJSON_AddStringToObject(o, "token", text ? text : "");
+    /* the token text as a JSON string written by length (a token may be a
+     * NUL byte; cJSON would cut it), added as raw JSON */
+    tg_json_buf_t q = {0};
+    tg_json_write_str(&q, text ? text : "", text ? n : 0);
+    if (q.oom || !cJSON_AddRawToObject(o, "token", q.p)) {
+        tg_json_buf_free(&q);
+        free(text);
+        cJSON_Delete(o);
+        cJSON_Delete(b);
+        return NULL;
+    }
+    tg_json_buf_free(&q);
     cJSON_AddNumberToObject(o, "logprob", logprob);
     for (size_t i = 0; text && i < n; i++) cJSON_AddItemToArray(b, cJSON_CreateNumber((unsigned char)text[i]));
     cJSON_AddItemToObject(o, "bytes", b);

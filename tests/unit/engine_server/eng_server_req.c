@@ -179,6 +179,29 @@ static void test_nul_and_exact(void) {
     free(s);
 }
 
+/* A logprobs entry of a token that is a NUL byte keeps it in "token" (needs
+ * the tokenizer `make` fetches; skipped without it). */
+static void test_logprob_nul_token(void) {
+    char err[256];
+    tok_t *t = tok_load("build/data/deepseek-v3-tokenizer/tokenizer.json", err, sizeof err);
+    if (!t) {
+        fprintf(stderr, "  skipped test_logprob_nul_token: %s\n", err);
+        return;
+    }
+    int32_t id = tok_id(t, "\xc4\x80"); /* byte-level "Ā": the byte 0x00 */
+    CHECK(id >= 0);
+    eng_logprob_t lp = {.id = id, .logprob = -0.5, .n_top = 1};
+    lp.top_id[0] = id;
+    lp.top_logprob[0] = -0.5;
+    cJSON *o = eng_logprob_json(t, &lp);
+    char *s = o ? cJSON_PrintUnformatted(o) : NULL;
+    CHECK(s && strstr(s, "{\"token\":\"\\u0000\",\"logprob\":-0.5,\"bytes\":[0],\"top_logprobs\":"
+                         "[{\"token\":\"\\u0000\",") == s);
+    free(s);
+    cJSON_Delete(o);
+    tok_free(t);
+}
+
 static void test_error_json(void) {
     eng_api_err_t e;
     eng_api_err(&e, 404, "invalid_request_error", "model", "model_not_found", "no %s", "such");
@@ -266,4 +289,4 @@ static void test_think_mode(void) {
 }
 
 TG_TEST_MAIN(test_valid_request, test_400_cases, test_escaped_quotes_and_backslashes, test_error_json, test_max_tokens_rule, test_response_shapes,
-             test_sse_framing, test_think_mode, test_nul_and_exact)
+             test_sse_framing, test_think_mode, test_nul_and_exact, test_logprob_nul_token)
