@@ -3,7 +3,9 @@
 #   make test-common    unit tests (tests/unit/common/) + replay of the fuzz seed corpus
 #   make fuzz-common    libFuzzer on tg_json_parse (clang), FUZZ_SECONDS (default 60)
 #
-# common/*.c is archived into $(LIBCOMMON) by the Makefile.
+# common/*.c is archived into $(LIBCOMMON) by the Makefile.  fuzz/replay.c is
+# the driver that replays files through any fuzz target without libFuzzer (the
+# common, tokenizer and gateway replays link it, with $(LIBCOMMON) for tg_file_read).
 
 COMMON_TEST_DIR := $(O)/tests/unit/common
 COMMON_UNIT_BINS := $(patsubst tests/unit/common/%.c,$(COMMON_TEST_DIR)/%,$(wildcard tests/unit/common/*.c))
@@ -13,9 +15,9 @@ $(COMMON_TEST_DIR)/%: tests/unit/common/%.c $(LIBCOMMON)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Itests/unit $(LDFLAGS) -o $@ $< $(LIBCOMMON) $(LDLIBS)
 
-$(COMMON_FUZZ_REPLAY): fuzz/common/fuzz_json.c fuzz/common/replay.c $(LIBCOMMON)
+$(COMMON_FUZZ_REPLAY): fuzz/common/fuzz_json.c fuzz/replay.c $(LIBCOMMON)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ fuzz/common/fuzz_json.c fuzz/common/replay.c $(LIBCOMMON) $(LDLIBS)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ fuzz/common/fuzz_json.c fuzz/replay.c $(LIBCOMMON) $(LDLIBS)
 
 .PHONY: test-common fuzz fuzz-common
 test-common: $(COMMON_UNIT_BINS) $(COMMON_FUZZ_REPLAY)

@@ -21,13 +21,13 @@ $(GW_TEST_DIR)/unit_%: tests/unit/gateway/%.c $(GW_PURE_OBJ)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Itests/unit $(LDFLAGS) -o $@ $< $(GW_PURE_OBJ) $(LIB_JSON) $(LDLIBS)
 
-$(GW_FUZZ_REPLAY): fuzz/gateway/fuzz_http.c fuzz/gateway/replay.c $(GW_PURE_OBJ)
+$(GW_FUZZ_REPLAY): fuzz/gateway/fuzz_http.c fuzz/replay.c $(GW_PURE_OBJ) $(LIBCOMMON)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ fuzz/gateway/fuzz_http.c fuzz/gateway/replay.c $(GW_PURE_OBJ) $(LIB_JSON) $(LDLIBS)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ fuzz/gateway/fuzz_http.c fuzz/replay.c $(GW_PURE_OBJ) $(LIBCOMMON) $(LIB_JSON) $(LDLIBS)
 
-$(GW_FUZZ_CONFIG_REPLAY): fuzz/gateway/fuzz_config.c fuzz/gateway/replay.c $(GW_PURE_OBJ)
+$(GW_FUZZ_CONFIG_REPLAY): fuzz/gateway/fuzz_config.c fuzz/replay.c $(GW_PURE_OBJ) $(LIBCOMMON)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ fuzz/gateway/fuzz_config.c fuzz/gateway/replay.c $(GW_PURE_OBJ) $(LIB_JSON) $(LDLIBS)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ fuzz/gateway/fuzz_config.c fuzz/replay.c $(GW_PURE_OBJ) $(LIBCOMMON) $(LIB_JSON) $(LDLIBS)
 
 .PHONY: test-gateway test-gateway-unit fuzz fuzz-gateway
 test-gateway-unit: $(GW_UNIT_BINS) $(GW_FUZZ_REPLAY) $(GW_FUZZ_CONFIG_REPLAY)

@@ -21,9 +21,9 @@ $(O)/tests/unit/tokenizer/%: tests/unit/tokenizer/%.c $(LIBTOK) $(LIBCOMMON)
 # with a small driver that replays files, as plain programs for make test.
 TOK_FUZZ := fuzz_tok_encode fuzz_tok_load
 TOK_FUZZ_REPLAY := $(patsubst %,$(O)/fuzz/replay/%,$(TOK_FUZZ))
-$(O)/fuzz/replay/%: fuzz/tokenizer/%.c fuzz/tokenizer/replay_main.c $(LIBTOK) $(LIBCOMMON)
+$(O)/fuzz/replay/%: fuzz/tokenizer/%.c fuzz/replay.c $(LIBTOK) $(LIBCOMMON)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< fuzz/tokenizer/replay_main.c $(TOK_LIBS) $(LDLIBS)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< fuzz/replay.c $(TOK_LIBS) $(LDLIBS)
 
 .PHONY: fuzz fuzz-tokenizer fuzz-tokenizer-run
 fuzz: fuzz-tokenizer
