@@ -63,5 +63,5 @@ fuzz: fuzz-engine
 
 test-engine: test-engine-cli
 .PHONY: test-engine-cli
-test-engine-cli: $(B)/tollgate-engine
-	bash tests/engine/cli_test.sh $(B)/tollgate-engine $(ENG_TEST_DIR)/cli
+test-engine-cli: $(BIN)/tollgate-engine
+	bash tests/engine/cli_test.sh $(BIN)/tollgate-engine $(ENG_TEST_DIR)/cli
