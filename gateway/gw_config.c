@@ -16,6 +16,7 @@
 #include <cjson/cJSON.h>
 
 #include "gw-int.h"
+#include "tg_file.h"
 
 enum { OPT_STR, OPT_INT, OPT_BOOL, OPT_WORKERS };
 
@@ -274,25 +275,14 @@ static const gw_opt_t *find_opt(const char *name, size_t n) {
 }
 
 static int load_file(gw_config_t *c, const char *path, char *err, size_t errlen) {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        snprintf(err, errlen, "%s: %s", path, strerror(errno));
+    size_t n;
+    char *text = tg_file_read(path, 1 << 24, &n);
+    if (!text) {
+        snprintf(err, errlen, "%s: %s", path, errno == EFBIG ? "too large" : strerror(errno));
         return GW_ERROR;
     }
-    gw_buf_t b = {0};
-    char tmp[4096];
-    size_t n;
-    while ((n = fread(tmp, 1, sizeof tmp, f)) > 0) {
-        if (gw_buf_append(&b, tmp, n) != GW_OK || b.len > (1 << 24)) {
-            fclose(f);
-            gw_buf_free(&b);
-            snprintf(err, errlen, "%s: too large", path);
-            return GW_ERROR;
-        }
-    }
-    fclose(f);
     int rc = GW_ERROR;
-    cJSON *j = b.p ? cJSON_ParseWithLength(b.p, b.len) : NULL;
+    cJSON *j = cJSON_ParseWithLength(text, n);
     if (!cJSON_IsObject(j)) {
         snprintf(err, errlen, "%s: not a JSON object", path);
         goto out;
@@ -309,7 +299,7 @@ static int load_file(gw_config_t *c, const char *path, char *err, size_t errlen)
     rc = GW_OK;
 out:
     cJSON_Delete(j);
-    gw_buf_free(&b);
+    free(text);
     return rc;
 }
 

@@ -17,9 +17,9 @@ GW_FUZZ_REPLAY := $(GW_TEST_DIR)/fuzz_http_replay
 GW_FUZZ_CONFIG_REPLAY := $(GW_TEST_DIR)/fuzz_config_replay
 FUZZ_SECONDS ?= 60
 
-$(GW_TEST_DIR)/unit_%: tests/unit/gateway/%.c $(GW_PURE_OBJ)
+$(GW_TEST_DIR)/unit_%: tests/unit/gateway/%.c $(GW_PURE_OBJ) $(LIBCOMMON)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -Itests/unit $(LDFLAGS) -o $@ $< $(GW_PURE_OBJ) $(LIB_JSON) $(LDLIBS)
+	$(CC) $(CFLAGS) -Itests/unit $(LDFLAGS) -o $@ $< $(GW_PURE_OBJ) $(LIBCOMMON) $(LIB_JSON) $(LDLIBS)
 
 $(GW_FUZZ_REPLAY): fuzz/gateway/fuzz_http.c fuzz/replay.c $(GW_PURE_OBJ) $(LIBCOMMON)
 	@mkdir -p $(dir $@)
@@ -41,14 +41,14 @@ test-gateway: test-gateway-unit $(BIN)/tollgate tokenizer-data
 fuzz: fuzz-gateway
 fuzz-gateway:
 	@mkdir -p $(B)/fuzz/gateway-corpus
-	clang -g -O1 -std=gnu11 -fsanitize=fuzzer,address,undefined -Igateway -Ibilling \
+	clang -g -O1 -std=gnu11 -fsanitize=fuzzer,address,undefined -Icommon -Igateway -Ibilling \
 	    -o $(B)/fuzz/fuzz_http fuzz/gateway/fuzz_http.c gateway/gw_buf.c gateway/gw_http.c \
-	    gateway/gw_sse.c gateway/gw_uuid.c gateway/gw_config.c $(LIB_JSON)
+	    gateway/gw_sse.c gateway/gw_uuid.c gateway/gw_config.c common/tg_file.c $(LIB_JSON)
 	$(B)/fuzz/fuzz_http -max_total_time=$(FUZZ_SECONDS) $(B)/fuzz/gateway-corpus fuzz/gateway/corpus_http
 	@mkdir -p $(B)/fuzz/gateway-config-corpus
-	clang -g -O1 -std=gnu11 -fsanitize=fuzzer,address,undefined -Igateway -Ibilling \
+	clang -g -O1 -std=gnu11 -fsanitize=fuzzer,address,undefined -Icommon -Igateway -Ibilling \
 	    -o $(B)/fuzz/fuzz_config fuzz/gateway/fuzz_config.c gateway/gw_buf.c gateway/gw_http.c \
-	    gateway/gw_sse.c gateway/gw_uuid.c gateway/gw_config.c $(LIB_JSON)
+	    gateway/gw_sse.c gateway/gw_uuid.c gateway/gw_config.c common/tg_file.c $(LIB_JSON)
 	$(B)/fuzz/fuzz_config -max_total_time=$(FUZZ_SECONDS) $(B)/fuzz/gateway-config-corpus fuzz/gateway/corpus_config
 
 TEST_TARGETS += test-gateway

@@ -35,10 +35,10 @@ fuzz-tokenizer-run: fuzz-tokenizer tokenizer-data
 	    $(B)/fuzz/tokenizer-corpus-encode fuzz/tokenizer/corpus_encode
 	$(B)/fuzz/fuzz_tok_load -max_total_time=$(or $(FUZZ_SECONDS),60) -max_len=4096 \
 	    $(B)/fuzz/tokenizer-corpus-load fuzz/tokenizer/corpus_load
-$(B)/fuzz/fuzz_tok_%: fuzz/tokenizer/fuzz_tok_%.c $(wildcard tokenizer/*.c tokenizer/*.h)
+$(B)/fuzz/fuzz_tok_%: fuzz/tokenizer/fuzz_tok_%.c $(wildcard tokenizer/*.c tokenizer/*.h common/*.c common/*.h)
 	@mkdir -p $(dir $@)
 	clang -O1 -g -std=gnu11 -Itokenizer -Icommon -fsanitize=fuzzer,address,undefined \
-	    -o $@ $< $(filter-out %_main.c,$(wildcard tokenizer/*.c)) common/tg_json.c $(LIB_PCRE) $(LIB_JSON) -lm -pthread
+	    -o $@ $< $(filter-out %_main.c,$(wildcard tokenizer/*.c)) $(wildcard common/*.c) $(LIB_PCRE) $(LIB_JSON) -lm -pthread
 
 .PHONY: test-tokenizer test-tokenizer-unit
 test-tokenizer-unit: $(TOK_UNIT_BINS) tokenizer-data

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "tg_file.h"
 #include "tok-int.h"
 
 /* GPT-2 bytes_to_unicode: printable bytes map to themselves, the rest to
@@ -375,26 +376,6 @@ static const char *config_token(const cJSON *cfg, const char *key) {
     return cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(v, "content"));
 }
 
-static char *slurp(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    char *buf = NULL;
-    if (fseek(f, 0, SEEK_END) == 0) {
-        long n = ftell(f);
-        if (n >= 0 && fseek(f, 0, SEEK_SET) == 0 && (buf = malloc((size_t)n + 1))) {
-            if (fread(buf, 1, (size_t)n, f) != (size_t)n) {
-                free(buf);
-                buf = NULL;
-            } else {
-                buf[n] = 0;
-                *len = (size_t)n;
-            }
-        }
-    }
-    fclose(f);
-    return buf;
-}
-
 static void special_ids(tok_t *t, const char *path) {
     t->bos = t->eos = -1;
     char cfgpath[4096];
@@ -402,7 +383,7 @@ static void special_ids(tok_t *t, const char *path) {
     int dl = slash ? (int)(slash - path + 1) : 0;
     snprintf(cfgpath, sizeof cfgpath, "%.*stokenizer_config.json", dl, path);
     size_t n;
-    char *buf = slurp(cfgpath, &n);
+    char *buf = tg_file_read(cfgpath, 0, &n);
     if (buf) {
         cJSON *cfg = cJSON_ParseWithLength(buf, n);
         if (cfg) {
@@ -491,7 +472,7 @@ static int check_decoder(const cJSON *root, char *err, size_t errlen, const char
 
 tok_t *tok_load(const char *path, char *err, size_t errlen) {
     size_t flen = 0;
-    char *buf = slurp(path, &flen);
+    char *buf = tg_file_read(path, 0, &flen);
     if (!buf) {
         errf(err, errlen, "%s: %s", path, strerror(errno ? errno : EIO));
         return NULL;
