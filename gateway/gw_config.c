@@ -240,7 +240,10 @@ static int set_json(gw_config_t *c, const gw_opt_t *o, cJSON *v, const char *src
         if (!cJSON_IsString(v)) break;
         return set_text(c, o, v->valuestring, src, err, errlen);
     case OPT_INT:
-        if (!cJSON_IsNumber(v) || v->valuedouble != (double)(int64_t)v->valuedouble) break;
+        /* range first: converting a double outside int64 is undefined */
+        if (!cJSON_IsNumber(v) || !(v->valuedouble >= -0x1p63 && v->valuedouble < 0x1p63) ||
+            v->valuedouble != (double)(int64_t)v->valuedouble)
+            break;
         snprintf(num, sizeof num, "%lld", (long long)v->valuedouble);
         return set_text(c, o, num, src, err, errlen);
     case OPT_BOOL:
