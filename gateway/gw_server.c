@@ -214,7 +214,7 @@ static void gw_access_log(gw_req_t *r) {
  * with their lengths (tok_chat_render_n), so the rendered prompt holds the
  * NUL bytes and the tokenizer counts them as text, as the engine does.
  * Roles, names, ids and types are C strings for the renderer (the engine
- * refuses U+0000 in them). */
+ * refuses U+0000 in them); "developer" is "system", as the engine reads it. */
 static int64_t gw_prompt_count_json(gw_server_t *s, const tg_json_t *msgs) {
     size_t n = tg_json_len(msgs), ncalls = 0, nowned = 0, i = 0, k = 0;
     const tg_json_t *m, *c, *part;
@@ -229,6 +229,7 @@ static int64_t gw_prompt_count_json(gw_server_t *s, const tg_json_t *msgs) {
     TG_JSON_FOREACH(m, msgs) {
         if (tg_json_type(m) != TG_JSON_OBJECT) goto done;
         cm[i].role = tg_json_str(tg_json_get(m, "role"), NULL);
+        if (cm[i].role && !strcmp(cm[i].role, "developer")) cm[i].role = "system"; /* as the engine reads it */
         const tg_json_t *content = tg_json_get(m, "content");
         switch (tg_json_type(content)) {
         case TG_JSON_NONE:

@@ -797,6 +797,26 @@ class JsonBody(unittest.TestCase):
         self.assertEqual(nul, one)
         self.assertGreater(nul, trunc)
 
+    def test_gateway_count_developer_role_and_nul_arguments(self):
+        # the gateway's own count reads "developer" as "system" (as the engine
+        # does), and a NUL in tool call arguments is text
+        def prompt_of(role, args):
+            body = {"model": MODEL, "stream": True, "messages": [
+                {"role": role, "content": "be brief"}, {"role": "user", "content": "q"},
+                {"role": "assistant", "content": None, "tool_calls": [
+                    {"id": "c1", "type": "function", "function": {"name": "f", "arguments": args}}]},
+                {"role": "tool", "content": "42"}, {"role": "user", "content": "cut"}]}
+            st, h, b = call("POST", "/v1/chat/completions", body, self.key)
+            self.assertEqual(st, 200, b)
+            return usage_rows(h["x-request-id"])[0][0]
+
+        sys_nul, dev_nul = prompt_of("system", '{"a":"\x00\x00"}'), prompt_of("developer", '{"a":"\x00\x00"}')
+        sys_one, sys_none = prompt_of("system", '{"a":"\x01\x01"}'), prompt_of("system", '{"a":""}')
+        self.assertGreater(sys_none, 0)
+        self.assertEqual(dev_nul, sys_nul)
+        self.assertEqual(sys_nul, sys_one)
+        self.assertGreater(sys_nul, sys_none)
+
     def test_duplicate_and_nul_keys_refused(self):
         st, h, b = self.raw_chat(('{"model":"%s","model":"other-model","messages":[{"role":"user","content":"d"}]}'
                                   % MODEL).encode())
