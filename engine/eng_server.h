@@ -57,8 +57,6 @@ typedef struct {
     int prompt_tokens, completion_tokens, reasoning_tokens, cached_tokens;
 } eng_usage_t;
 
-/* The usage object, DeepSeek and OpenAI fields together. */
-cJSON *eng_usage_json(const eng_usage_t *u);
 
 const char *eng_finish_name(eng_finish_t f); /* "stop", "length", or NULL */
 

@@ -458,21 +458,6 @@ const char *eng_finish_name(eng_finish_t f) {
     }
 }
 
-cJSON *eng_usage_json(const eng_usage_t *u) {
-    cJSON *o = cJSON_CreateObject();
-    if (!o) return NULL;
-    cJSON_AddNumberToObject(o, "prompt_tokens", u->prompt_tokens);
-    cJSON_AddNumberToObject(o, "completion_tokens", u->completion_tokens);
-    cJSON_AddNumberToObject(o, "total_tokens", u->prompt_tokens + u->completion_tokens);
-    cJSON_AddNumberToObject(o, "prompt_cache_hit_tokens", u->cached_tokens);
-    cJSON_AddNumberToObject(o, "prompt_cache_miss_tokens", u->prompt_tokens - u->cached_tokens);
-    cJSON *pd = cJSON_AddObjectToObject(o, "prompt_tokens_details");
-    if (pd) cJSON_AddNumberToObject(pd, "cached_tokens", u->cached_tokens);
-    cJSON *cd = cJSON_AddObjectToObject(o, "completion_tokens_details");
-    if (cd) cJSON_AddNumberToObject(cd, "reasoning_tokens", u->reasoning_tokens);
-    return o;
-}
-
 /* Responses are written as text (not through cJSON) so that generated text
  * holding NUL bytes stays whole: tg_json_write_str escapes it as \u0000. */
 
@@ -480,6 +465,7 @@ static void put_lit(tg_json_buf_t *b, const char *s) { tg_json_buf_put(b, s, str
 
 static void put_str(tg_json_buf_t *b, const char *s, size_t n) { tg_json_write_str(b, s, n); }
 
+/* The usage object, DeepSeek and OpenAI fields together. */
 static void put_usage(tg_json_buf_t *b, const eng_usage_t *u) {
     char t[512];
     int n = snprintf(t, sizeof t,

@@ -316,6 +316,13 @@ class Server(unittest.TestCase):
         self.assertEqual(ev[-1], "[DONE]")
         self.assertEqual(json.loads(ev[-2])["usage"]["prompt_tokens"], len(tokenize(BOS + USER + "\0" + ASSISTANT)))
 
+    def test_default_max_tokens_bad_values(self):
+        for v in ("0", "-3", "12x", ""):
+            p = subprocess.run([ENGINE, "serve", "--model", MODEL_DIR, "--default-max-tokens", v],
+                               capture_output=True, text=True, timeout=60)
+            self.assertEqual(p.returncode, 2, (v, p.stderr))
+            self.assertIn("--default-max-tokens", p.stderr)
+
     def test_default_max_tokens_flag(self):
         # the small worker runs with --default-max-tokens 3: a request without max_tokens stops there
         st, _, b = chat("Tell me a long story", port=PORT_SMALL)
