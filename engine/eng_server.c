@@ -500,9 +500,12 @@ static void handle_chat(srv_t *S, struct evhttp_request *req) {
     spec.sp.frequency_penalty = (float)r.frequency_penalty;
     spec.seed = r.has_seed ? r.seed : random_seed(S);
     for (int i = 0; i < r.n_stop; i++) {
-        spec.stop[i] = strndup(r.stop[i], r.stop_len[i]);
-        spec.stop_len[i] = r.stop_len[i];
+        /* by length: a stop string may hold NUL (strndup would cut it there) */
+        spec.stop[i] = malloc(r.stop_len[i] + 1);
         if (!spec.stop[i]) goto oom;
+        memcpy(spec.stop[i], r.stop[i], r.stop_len[i]);
+        spec.stop[i][r.stop_len[i]] = 0;
+        spec.stop_len[i] = r.stop_len[i];
     }
     spec.n_stop = r.n_stop;
     spec.think = eng_chat_think_mode(S->tmpl, prompt, prompt_len);

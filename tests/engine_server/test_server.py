@@ -309,6 +309,10 @@ class Server(unittest.TestCase):
         self.assertEqual(st, 200, b)
         text = BOS + "\0s\0" + USER + "x\0\0\0y" + ASSISTANT
         self.assertEqual(json.loads(b)["usage"]["prompt_tokens"], len(tokenize(text)))
+        # a stop string holding NUL is kept whole (it never matches this text; no crash, no over-read)
+        st, _, b = chat("a\0b", max_tokens=4, stop=["q\0r", "\0"])
+        self.assertEqual(st, 200, b)
+        self.assertIn(json.loads(b)["choices"][0]["finish_reason"], ("stop", "length"))
         # streaming too, with the usage chunk
         st, _, b = chat("\0", max_tokens=1, stream=True, stream_options={"include_usage": True})
         self.assertEqual(st, 200, b)
