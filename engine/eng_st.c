@@ -214,6 +214,32 @@ static uint64_t hash_str(const char *s) {
     return h;
 }
 
+/* Map the file at a 2 MB-aligned address and ask for huge pages: where the
+ * page cache holds 2 MB folios of the file (the kernel reads it ahead in such
+ * folios for a MADV_HUGEPAGE mapping), each is then mapped by one page-table
+ * entry, and a decode that streams every weight once per token walks 512x
+ * fewer TLB entries.  Falls back to a plain mapping. */
+static void *map_file_2m(int fd, size_t size) {
+    const size_t A = 2u << 20;
+    if (getenv("TOLLGATE_ENGINE_NO_HUGEPAGES") || size < A) return mmap(NULL, size, PROT_READ, MAP_SHARED, fd, 0);
+    uint8_t *res = mmap(NULL, size + A, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (res == MAP_FAILED) return mmap(NULL, size, PROT_READ, MAP_SHARED, fd, 0);
+    uint8_t *al = (uint8_t *)(((uintptr_t)res + A - 1) & ~(uintptr_t)(A - 1));
+    void *m = mmap(al, size, PROT_READ, MAP_SHARED | MAP_FIXED, fd, 0);
+    if (m == MAP_FAILED) {
+        munmap(res, size + A);
+        return mmap(NULL, size, PROT_READ, MAP_SHARED, fd, 0);
+    }
+    /* give back the reservation's slack before and after the mapping */
+    size_t pg = (size_t)sysconf(_SC_PAGESIZE), end = ((size_t)(al - res) + size + pg - 1) & ~(pg - 1);
+    if (al > res) munmap(res, (size_t)(al - res));
+    if (end < size + A) munmap(res + end, size + A - end);
+#ifdef MADV_HUGEPAGE
+    madvise(m, size, MADV_HUGEPAGE);
+#endif
+    return m;
+}
+
 static int st_add_file(eng_st_t *st, const char *path, char *err, size_t errlen) {
     for (int i = 0; i < st->nfiles; i++)
         if (!strcmp(st->files[i].path, path)) return 0;
@@ -240,7 +266,7 @@ static int st_add_file(eng_st_t *st, const char *path, char *err, size_t errlen)
     }
     f->size = (size_t)sb.st_size;
     if (f->size) {
-        f->map = mmap(NULL, f->size, PROT_READ, MAP_SHARED, fd, 0);
+        f->map = map_file_2m(fd, f->size);
         if (f->map == MAP_FAILED) {
             f->map = NULL;
             seterr(err, errlen, "%s: mmap: %s", path, strerror(errno));
