@@ -22,6 +22,8 @@
 
 #include <cjson/cJSON.h>
 
+#include "tg_file.h"
+
 static const char USAGE[] =
     "usage: tollgatectl [--json] COMMAND ...\n"
     "\n"
@@ -94,14 +96,12 @@ static char *trim(char *s) {
     return s;
 }
 
+/* The trimmed text of path, or NULL; valid until the next call. */
 static char *read_token_file(const char *path) {
-    FILE *f = fopen(path, "r");
-    if (!f) return NULL;
-    static char buf[1024];
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[n] = 0;
-    return trim(buf);
+    static char *buf;
+    free(buf);
+    buf = tg_file_read(path, 1 << 16, NULL);
+    return buf ? trim(buf) : NULL;
 }
 
 static const char *admin_token(const char *argv0) {
@@ -245,9 +245,15 @@ static int http(const char *method, const char *path, const char *json, char **b
     return status;
 }
 
+static void print_raw(const char *raw) {
+    fputs(raw, stdout);
+    if (!*raw || raw[strlen(raw) - 1] != '\n') fputc('\n', stdout);
+}
+
 /* Run a request; on an HTTP error print the server's message and exit 1.
- * Returns the parsed JSON (caller frees) and, in *raw, the body text. */
-static cJSON *call(const char *method, const char *path, const char *json, char **raw) {
+ * With --json, print the body as the server sent it.  Returns the parsed
+ * JSON (caller frees), for the text output. */
+static cJSON *call(const char *method, const char *path, const char *json) {
     char *body;
     int st = http(method, path, json, &body);
     cJSON *j = cJSON_Parse(body);
@@ -258,8 +264,8 @@ static cJSON *call(const char *method, const char *path, const char *json, char 
         die(1, "HTTP %d: %s", st, trim(body));
     }
     if (!j) die(1, "the admin API sent something that is not JSON: %.200s", body);
-    if (raw) *raw = body;
-    else free(body);
+    if (json_out) print_raw(body);
+    free(body);
     return j;
 }
 
@@ -288,11 +294,6 @@ static const char *when(cJSON *o, const char *k) {
     i = (i + 1) % 4;
     snprintf(tmp[i], sizeof tmp[i], "%.10s %.8s", s, s + 11);
     return tmp[i];
-}
-
-static void print_raw(const char *raw) {
-    fputs(raw, stdout);
-    if (!*raw || raw[strlen(raw) - 1] != '\n') fputc('\n', stdout);
 }
 
 /* ---- argument helpers ------------------------------------------------------- */
@@ -338,13 +339,25 @@ static void check_uint(const char *name, const char *v) {
         die(2, "%s must be a non-negative integer", name);
 }
 
-static char *cust_path(const char *name, const char *sub) {
+/* "/admin/v1/customers/NAME[/SUB][?k=v&...]" (malloc'ed): the n query
+ * parameters names[i]=vals[i] whose value is not NULL, percent-encoded. */
+static char *cust_path_q(const char *name, const char *sub, int n, const char *const names[],
+                         const char *const vals[]) {
     buf_t b = {0};
     bput(&b, "/admin/v1/customers/", 20);
     bput_enc(&b, name);
     if (sub) bprintf(&b, "/%s", sub);
+    char sep = '?';
+    for (int i = 0; i < n; i++) {
+        if (!vals[i]) continue;
+        bprintf(&b, "%c%s=", sep, names[i]);
+        bput_enc(&b, vals[i]);
+        sep = '&';
+    }
     return b.p;
 }
+
+static char *cust_path(const char *name, const char *sub) { return cust_path_q(name, sub, 0, NULL, NULL); }
 
 /* A JSON string literal for s. */
 static char *jstr(const char *s) {
@@ -363,7 +376,6 @@ static void print_customer_row(cJSON *c) {
 
 static int cmd_customer(args_t *a) {
     const char *sub = positional(a, "customer subcommand (create, list, show)");
-    char *raw;
     if (!strcmp(sub, "create")) {
         const char *name = positional(a, "NAME");
         const char *credit = opt(a, "--credit-usd");
@@ -377,16 +389,13 @@ static int cmd_customer(args_t *a) {
             snprintf(body, sizeof body, "{\"name\":%s}", jn);
         }
         free(jn);
-        cJSON *j = call("POST", "/admin/v1/customers", body, &raw);
-        if (json_out) print_raw(raw);
-        else printf("created customer %s (id %s), balance %s USD\n", str(j, "name"), str(j, "id"), str(j, "balance_usd"));
+        cJSON *j = call("POST", "/admin/v1/customers", body);
+        if (!json_out) printf("created customer %s (id %s), balance %s USD\n", str(j, "name"), str(j, "id"), str(j, "balance_usd"));
         cJSON_Delete(j);
     } else if (!strcmp(sub, "list")) {
         no_more(a);
-        cJSON *j = call("GET", "/admin/v1/customers", NULL, &raw);
-        if (json_out) {
-            print_raw(raw);
-        } else {
+        cJSON *j = call("GET", "/admin/v1/customers", NULL);
+        if (!json_out) {
             printf("%-6s %-32s %20s  %s\n", "ID", "NAME", "BALANCE_USD", "CREATED (UTC)");
             cJSON *c;
             cJSON_ArrayForEach(c, cJSON_GetObjectItemCaseSensitive(j, "data")) print_customer_row(c);
@@ -396,11 +405,9 @@ static int cmd_customer(args_t *a) {
         const char *name = positional(a, "NAME");
         no_more(a);
         char *p = cust_path(name, NULL);
-        cJSON *j = call("GET", p, NULL, &raw);
+        cJSON *j = call("GET", p, NULL);
         free(p);
-        if (json_out) {
-            print_raw(raw);
-        } else {
+        if (!json_out) {
             printf("%-6s %-32s %20s  %s\n", "ID", "NAME", "BALANCE_USD", "CREATED (UTC)");
             print_customer_row(j);
         }
@@ -408,13 +415,11 @@ static int cmd_customer(args_t *a) {
     } else {
         die(2, "unknown command 'customer %s' (see tollgatectl --help)", sub);
     }
-    free(raw);
     return 0;
 }
 
 static int cmd_key(args_t *a) {
     const char *sub = positional(a, "key subcommand (create, list, revoke)");
-    char *raw;
     if (!strcmp(sub, "create")) {
         const char *cust = need(a, "--customer");
         const char *rpm = opt(a, "--rpm"), *tpm = opt(a, "--tpm"), *conc = opt(a, "--concurrency");
@@ -430,14 +435,12 @@ static int cmd_key(args_t *a) {
         }
         bput(&b, "}", 1);
         char *p = cust_path(cust, "keys");
-        cJSON *j = call("POST", p, b.p, &raw);
+        cJSON *j = call("POST", p, b.p);
         free(p);
         free(b.p);
         cJSON *k = cJSON_GetObjectItemCaseSensitive(j, "key");
         if (!cJSON_IsString(k)) die(1, "the server did not return the key");
-        if (json_out) {
-            print_raw(raw);
-        } else {
+        if (!json_out) {
             printf("key id %s for customer %s (prefix %s, rpm %s, tpm %s, concurrency %s; 0 = no limit)\n",
                    str(j, "id"), str(j, "customer"), str(j, "prefix"), str(j, "rpm"), str(j, "tpm"),
                    str(j, "concurrency"));
@@ -449,11 +452,9 @@ static int cmd_key(args_t *a) {
         const char *cust = need(a, "--customer");
         no_more(a);
         char *p = cust_path(cust, "keys");
-        cJSON *j = call("GET", p, NULL, &raw);
+        cJSON *j = call("GET", p, NULL);
         free(p);
-        if (json_out) {
-            print_raw(raw);
-        } else {
+        if (!json_out) {
             printf("%-6s %-12s %8s %10s %6s  %-8s %s\n", "ID", "PREFIX", "RPM", "TPM", "CONC", "STATUS",
                    "CREATED (UTC)");
             cJSON *k;
@@ -470,14 +471,12 @@ static int cmd_key(args_t *a) {
         if (!*id || strspn(id, "0123456789") != strlen(id) || strlen(id) > 18) die(2, "KEY_ID must be a number");
         char p[64];
         snprintf(p, sizeof p, "/admin/v1/keys/%s/revoke", id);
-        cJSON *j = call("POST", p, "{}", &raw);
-        if (json_out) print_raw(raw);
-        else printf("revoked key %s (%s) at %s\n", str(j, "id"), str(j, "prefix"), when(j, "revoked_at"));
+        cJSON *j = call("POST", p, "{}");
+        if (!json_out) printf("revoked key %s (%s) at %s\n", str(j, "id"), str(j, "prefix"), when(j, "revoked_at"));
         cJSON_Delete(j);
     } else {
         die(2, "unknown command 'key %s' (see tollgatectl --help)", sub);
     }
-    free(raw);
     return 0;
 }
 
@@ -491,26 +490,22 @@ static int cmd_credit(args_t *a) {
     snprintf(body, sizeof body, "{\"usd\":%s,\"note\":%s}", ju, jn);
     free(ju);
     free(jn);
-    char *p = cust_path(cust, "credits"), *raw;
-    cJSON *j = call("POST", p, body, &raw);
+    char *p = cust_path(cust, "credits");
+    cJSON *j = call("POST", p, body);
     free(p);
-    if (json_out) print_raw(raw);
-    else printf("added %s USD to %s; balance %s USD\n", str(j, "added_usd"), str(j, "customer"), str(j, "balance_usd"));
+    if (!json_out) printf("added %s USD to %s; balance %s USD\n", str(j, "added_usd"), str(j, "customer"), str(j, "balance_usd"));
     cJSON_Delete(j);
-    free(raw);
     return 0;
 }
 
 static int cmd_balance(args_t *a) {
     const char *cust = need(a, "--customer");
     no_more(a);
-    char *p = cust_path(cust, "balance"), *raw;
-    cJSON *j = call("GET", p, NULL, &raw);
+    char *p = cust_path(cust, "balance");
+    cJSON *j = call("GET", p, NULL);
     free(p);
-    if (json_out) print_raw(raw);
-    else printf("%s: %s USD (%s pico-USD)\n", str(j, "customer"), str(j, "balance_usd"), str(j, "balance_pico"));
+    if (!json_out) printf("%s: %s USD (%s pico-USD)\n", str(j, "customer"), str(j, "balance_usd"), str(j, "balance_pico"));
     cJSON_Delete(j);
-    free(raw);
     return 0;
 }
 
@@ -519,24 +514,11 @@ static int cmd_usage(args_t *a) {
     const char *from = opt(a, "--from"), *to = opt(a, "--to"), *limit = opt(a, "--limit");
     no_more(a);
     if (limit) check_uint("--limit", limit);
-    buf_t b = {0};
-    char *p = cust_path(cust, "usage");
-    bput(&b, p, strlen(p));
-    free(p);
-    char sep = '?';
     const char *names[] = {"from", "to", "limit"}, *vals[] = {from, to, limit};
-    for (int i = 0; i < 3; i++) {
-        if (!vals[i]) continue;
-        bprintf(&b, "%c%s=", sep, names[i]);
-        bput_enc(&b, vals[i]);
-        sep = '&';
-    }
-    char *raw;
-    cJSON *j = call("GET", b.p, NULL, &raw);
-    free(b.p);
-    if (json_out) {
-        print_raw(raw);
-    } else {
+    char *p = cust_path_q(cust, "usage", 3, names, vals);
+    cJSON *j = call("GET", p, NULL);
+    free(p);
+    if (!json_out) {
         printf("%-36s %-19s %-20s %8s %8s %8s %6s %14s\n", "REQUEST_ID", "RECEIVED (UTC)", "MODEL", "MISS", "HIT",
                "OUTPUT", "STATUS", "COST_USD");
         cJSON *r;
@@ -553,25 +535,17 @@ static int cmd_usage(args_t *a) {
                str(t, "cost_usd"), str(t, "cost_pico"));
     }
     cJSON_Delete(j);
-    free(raw);
     return 0;
 }
 
 static int cmd_invoice(args_t *a) {
     const char *cust = need(a, "--customer"), *month = need(a, "--month");
     no_more(a);
-    buf_t b = {0};
-    char *p = cust_path(cust, "invoice");
-    bput(&b, p, strlen(p));
+    const char *names[] = {"month"}, *vals[] = {month};
+    char *p = cust_path_q(cust, "invoice", 1, names, vals);
+    cJSON *j = call("GET", p, NULL);
     free(p);
-    bput(&b, "?month=", 7);
-    bput_enc(&b, month);
-    char *raw;
-    cJSON *j = call("GET", b.p, NULL, &raw);
-    free(b.p);
-    if (json_out) {
-        print_raw(raw);
-    } else {
+    if (!json_out) {
         printf("INVOICE  customer %s  month %s (UTC)  currency USD\n\n", str(j, "customer"), str(j, "month"));
         printf("%-24s %-17s %16s %14s %16s\n", "MODEL", "TOKEN CLASS", "PRICE/1M (uUSD)", "TOKENS", "AMOUNT_USD");
         cJSON *l;
@@ -585,13 +559,11 @@ static int cmd_invoice(args_t *a) {
                str(j, "balance_usd"));
     }
     cJSON_Delete(j);
-    free(raw);
     return 0;
 }
 
 static int cmd_price(args_t *a) {
     const char *sub = positional(a, "price subcommand (set, list)");
-    char *raw;
     if (!strcmp(sub, "set")) {
         const char *model = need(a, "--model"), *miss = need(a, "--input-miss"), *hit = need(a, "--input-hit");
         const char *out = need(a, "--output"), *eff = opt(a, "--effective-from"), *band = opt(a, "--band");
@@ -609,9 +581,8 @@ static int cmd_price(args_t *a) {
         free(jm);
         free(je);
         free(jb);
-        cJSON *j = call("POST", "/admin/v1/prices", body, &raw);
-        if (json_out) print_raw(raw);
-        else
+        cJSON *j = call("POST", "/admin/v1/prices", body);
+        if (!json_out)
             printf("price of %s from %s%s%s: input cache miss %s, input cache hit %s, output %s micro-USD per 1M "
                    "tokens\n",
                    str(j, "model"), when(j, "effective_from"), band ? ", UTC band " : "", band ? str(j, "band") : "",
@@ -621,10 +592,8 @@ static int cmd_price(args_t *a) {
         int history = 0;
         if (a->argc && !strcmp(a->argv[0], "--history")) history = 1, a->argv++, a->argc--;
         no_more(a);
-        cJSON *j = call("GET", history ? "/admin/v1/prices?history=1" : "/admin/v1/prices", NULL, &raw);
-        if (json_out) {
-            print_raw(raw);
-        } else {
+        cJSON *j = call("GET", history ? "/admin/v1/prices?history=1" : "/admin/v1/prices", NULL);
+        if (!json_out) {
             printf("%-32s %16s %16s %16s  %-11s %-6s %s\n", "MODEL", "INPUT_MISS/1M", "INPUT_HIT/1M", "OUTPUT/1M",
                    "UTC_BAND", "NOW", "EFFECTIVE FROM (UTC)");
             cJSON *p;
@@ -641,7 +610,6 @@ static int cmd_price(args_t *a) {
     } else {
         die(2, "unknown command 'price %s' (see tollgatectl --help)", sub);
     }
-    free(raw);
     return 0;
 }
 
