@@ -240,6 +240,47 @@ class Stack(unittest.TestCase):
         self.assertEqual(len(rows), 1)
         self.assertGreater(rows[0][1], 0)
 
+    def test_invalid_utf8_400_and_nul_is_text(self):
+        body = ('{"model":"%s","messages":[{"role":"user","content":"bad \xff byte"}],"max_tokens":1}'
+                % MODEL).encode("latin-1")
+        st, h, b = request("POST", "/v1/chat/completions", raw=body, key=self.key)
+        assert_openai_error(self, st, b, 400)
+        st, h, b = request("POST", "/v1/chat/completions", key=self.key,
+                           raw=('{"model":"%s","messages":[{"role":"user","content":"\\ud800"}]}' % MODEL).encode())
+        assert_openai_error(self, st, b, 400)
+        # U+0000 is text: billed by the model's own count of it.
+        content = "before\u0000after"
+        st, h, b = chat(self.key, content, max_tokens=1)
+        self.assertEqual(st, 200, b)
+        text = "<｜begin▁of▁sentence｜><｜User｜>" + content + "<｜Assistant｜>"
+        p = subprocess.run([os.path.join(BIN, "tollgate-engine"), "tokenize", "--model", E["TG_TEST_MODEL_DIR"]],
+                           input=json.dumps(text) + "\n", capture_output=True, text=True, timeout=60)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertEqual(json.loads(b)["usage"]["prompt_tokens"], len(json.loads(p.stdout)))
+        rows = usage_row(h["x-request-id"])
+        self.assertEqual(rows[0][0], len(json.loads(p.stdout)))
+
+    def test_nul_streamed_usage_matches_row(self):
+        st, h, b = chat(self.key, "a\u0000b\u0000", max_tokens=2, stream=True, include_usage=True)
+        self.assertEqual(st, 200, b)
+        u = json.loads(sse_events(b)[-2])["usage"]
+        text = "<｜begin▁of▁sentence｜><｜User｜>a\u0000b\u0000<｜Assistant｜>"
+        p = subprocess.run([os.path.join(BIN, "tollgate-engine"), "tokenize", "--model", E["TG_TEST_MODEL_DIR"]],
+                           input=json.dumps(text) + "\n", capture_output=True, text=True, timeout=60)
+        self.assertEqual(u["prompt_tokens"], len(json.loads(p.stdout)))
+        rows = usage_row(h["x-request-id"])
+        self.assertEqual((rows[0][0], rows[0][1]), (u["prompt_tokens"], u["completion_tokens"]))
+
+    def test_no_max_tokens_uses_the_worker_default(self):
+        body = {"model": MODEL, "messages": [{"role": "user", "content": "Go on"}], "temperature": 0}
+        st, h, b = request("POST", "/v1/chat/completions", body, key=self.key)
+        self.assertEqual(st, 200, b)
+        j = json.loads(b)
+        # stack.sh runs the demo worker with --default-max-tokens 512.
+        self.assertLessEqual(j["usage"]["completion_tokens"], 512)
+        if j["choices"][0]["finish_reason"] == "length":
+            self.assertEqual(j["usage"]["completion_tokens"], 512)
+
     # ---- errors ----------------------------------------------------------
 
     def test_malformed_json_400(self):
