@@ -270,6 +270,33 @@ static void file_done(bill_settler_t *s, sfile_t *f) {
 
 /* ---- the queue ---------------------------------------------------------- */
 
+/* it is committed in PostgreSQL (or rejected for good) and off its queue:
+ * its spool file is done once all of its rows are; free it. */
+static void item_settled(bill_settler_t *s, item_t *it) {
+    if (it->src && --it->src->pending == 0 && it->src->loaded) file_done(s, it->src);
+    item_free(it);
+}
+
+/* Free every item of q (spooled, or given up at shutdown). */
+static void items_free(struct item_q *q) {
+    item_t *it;
+    while ((it = TAILQ_FIRST(q))) {
+        TAILQ_REMOVE(q, it, link);
+        item_free(it);
+    }
+}
+
+/* The batch in flight goes back to the head of the queue, in order. */
+static void inflight_requeue(bill_settler_t *s) {
+    item_t *it;
+    while ((it = TAILQ_LAST(&s->inflight, item_q))) {
+        TAILQ_REMOVE(&s->inflight, it, link);
+        TAILQ_INSERT_HEAD(&s->queue, it, link);
+    }
+    s->nqueue += s->ninflight;
+    s->ninflight = 0;
+}
+
 static void flush(bill_settler_t *s);
 
 static void kick_cb(evutil_socket_t fd, short what, void *arg) { flush(arg); }
@@ -306,24 +333,13 @@ static void go_down(bill_settler_t *s, const char *why) {
             /* Cannot spool either: keep the rows in memory and retry. */
             fprintf(stderr, "bill: cannot write the spool in %s: %s; %d settlements held in memory\n",
                     s->dir, strerror(errno), nspool);
-            while ((it = TAILQ_LAST(&s->inflight, item_q))) {
-                TAILQ_REMOVE(&s->inflight, it, link);
-                TAILQ_INSERT_HEAD(&s->queue, it, link);
-            }
-            s->nqueue += s->ninflight;
-            s->ninflight = 0;
+            inflight_requeue(s);
             goto retry;
         }
         fprintf(stderr, "bill: %s; %d settlements spooled to %s\n", why, nspool, s->dir);
     }
-    while ((it = TAILQ_FIRST(&s->inflight))) {
-        TAILQ_REMOVE(&s->inflight, it, link);
-        item_free(it);
-    }
-    while ((it = TAILQ_FIRST(&s->queue))) {
-        TAILQ_REMOVE(&s->queue, it, link);
-        item_free(it);
-    }
+    items_free(&s->inflight);
+    items_free(&s->queue);
     s->nqueue = s->ninflight = 0;
     sfile_t *f;
     TAILQ_FOREACH(f, &s->files, link) f->loaded = 0, f->pending = 0;
@@ -349,17 +365,10 @@ static void batch_cb(PGresult *res, const char *err, void *arg) {
                 TAILQ_REMOVE(&s->inflight, it, link);
                 s->ninflight = 0;
                 reject(s, &it->u, why);
-                if (it->src && --it->src->pending == 0 && it->src->loaded) file_done(s, it->src);
-                item_free(it);
+                item_settled(s, it);
             } else { /* find the bad row: send them one by one */
                 s->single = s->ninflight;
-                item_t *it;
-                while ((it = TAILQ_LAST(&s->inflight, item_q))) {
-                    TAILQ_REMOVE(&s->inflight, it, link);
-                    TAILQ_INSERT_HEAD(&s->queue, it, link);
-                }
-                s->nqueue += s->ninflight;
-                s->ninflight = 0;
+                inflight_requeue(s);
             }
             kick(s);
             return;
@@ -370,8 +379,7 @@ static void batch_cb(PGresult *res, const char *err, void *arg) {
     item_t *it;
     while ((it = TAILQ_FIRST(&s->inflight))) {
         TAILQ_REMOVE(&s->inflight, it, link);
-        if (it->src && --it->src->pending == 0 && it->src->loaded) file_done(s, it->src);
-        item_free(it);
+        item_settled(s, it);
     }
     s->ninflight = 0;
     if (s->nqueue == 0 && s->need_replay) bill_settler_on_up(s);
@@ -551,8 +559,7 @@ static int drain_sync(bill_settler_t *s, PGconn *conn, struct item_q *q) {
         if (!ok) return -1;
         for (int i = 0; i < n; i++) {
             TAILQ_REMOVE(q, v[i], link);
-            if (v[i]->src && --v[i]->src->pending == 0 && v[i]->src->loaded) file_done(s, v[i]->src);
-            item_free(v[i]);
+            item_settled(s, v[i]);
         }
     }
     return 0;
@@ -571,15 +578,8 @@ void bill_settler_free(bill_settler_t *s, const char *conninfo) {
         PQfinish(conn);
     }
     if ((s->nqueue || s->ninflight) && s->dir) go_down(s, "shutting down with PostgreSQL unreachable");
-    item_t *it;
-    while ((it = TAILQ_FIRST(&s->inflight))) {
-        TAILQ_REMOVE(&s->inflight, it, link);
-        item_free(it);
-    }
-    while ((it = TAILQ_FIRST(&s->queue))) {
-        TAILQ_REMOVE(&s->queue, it, link);
-        item_free(it);
-    }
+    items_free(&s->inflight);
+    items_free(&s->queue);
     sfile_t *f;
     while ((f = TAILQ_FIRST(&s->files))) {
         TAILQ_REMOVE(&s->files, f, link);
