@@ -115,101 +115,91 @@ static tok_t *open_model(const char *cmd, int argc, char **argv, int *flag, cons
     return t;
 }
 
-int eng_cmd_tokenize(int argc, char **argv) {
-    int no_special = 0;
-    tok_t *t = open_model("tokenize", argc, argv, &no_special, "--no-special");
-    if (!t) return 2;
+/* What a line filter keeps between lines. */
+typedef struct {
+    tok_t *t;
+    int flag;            /* --no-special / --skip-special */
+    tg_json_err_t jerr;  /* holds the message of a JSON syntax error */
+    int32_t *ids;        /* detokenize: the ids of the line */
+    size_t icap;
+} filter_t;
+
+/* One input line [p, e) to one output line in out (without the newline).
+ * Returns NULL or the error message for "line N: ...". */
+typedef const char *(*filter_line_fn)(filter_t *f, const char *p, const char *e, tg_json_buf_t *out);
+
+static const char *tokenize_line(filter_t *f, const char *p, const char *e, tg_json_buf_t *out) {
+    tg_json_t *doc;
+    const char *str;
+    size_t slen;
+    const char *msg = parse_json_string(p, e, &f->jerr, &doc, &str, &slen);
+    if (msg) return msg;
+    int32_t *ids = NULL;
+    long n = tok_encode(f->t, str, slen, !f->flag, &ids);
+    tg_json_free(doc);
+    if (n < 0) return "cannot tokenize";
+    tg_json_buf_put(out, "[", 1);
+    for (long i = 0; i < n; i++) {
+        char num[16];
+        int k = snprintf(num, sizeof num, i ? ",%d" : "%d", (int)ids[i]);
+        tg_json_buf_put(out, num, (size_t)k);
+    }
+    tg_json_buf_put(out, "]", 1);
+    free(ids);
+    return NULL;
+}
+
+static const char *detokenize_line(filter_t *f, const char *p, const char *e, tg_json_buf_t *out) {
+    size_t n, len;
+    const char *msg = parse_id_array(p, e, &f->jerr, &f->ids, &n, &f->icap, tok_n_vocab(f->t));
+    if (msg) return msg;
+    char *s = tok_decode(f->t, f->ids, n, f->flag, &len);
+    if (!s) return "cannot decode";
+    tg_json_write_str(out, s, len);
+    free(s);
+    return NULL;
+}
+
+/* stdin to stdout line by line through fn (blank lines skipped); the first
+ * bad line stops the run with status 1, a model that does not load is 2. */
+static int run_filter(const char *cmd, const char *flagname, int argc, char **argv, filter_line_fn fn) {
+    filter_t f = {0};
+    if (!(f.t = open_model(cmd, argc, argv, &f.flag, flagname))) return 2;
     char *line = NULL;
     size_t lcap = 0, lineno = 0;
     ssize_t ln;
     tg_json_buf_t out = {0};
-    tg_json_err_t jerr;
     int rc = 0;
     while ((ln = getline(&line, &lcap, stdin)) >= 0) {
         lineno++;
         const char *e = line + ln;
         if (skip_ws(line, e) == e) continue; /* blank line */
-        tg_json_t *doc;
-        const char *str;
-        size_t slen;
-        const char *msg = parse_json_string(line, e, &jerr, &doc, &str, &slen);
-        if (msg) {
-            fprintf(stderr, "tollgate-engine tokenize: line %zu: %s\n", lineno, msg);
-            rc = 1;
-            break;
-        }
-        int32_t *ids = NULL;
-        long n = tok_encode(t, str, slen, !no_special, &ids);
-        tg_json_free(doc);
-        if (n < 0) {
-            fprintf(stderr, "tollgate-engine tokenize: line %zu: cannot tokenize\n", lineno);
-            rc = 1;
-            break;
-        }
         out.len = 0;
-        tg_json_buf_put(&out, "[", 1);
-        for (long i = 0; i < n; i++) {
-            char num[16];
-            int k = snprintf(num, sizeof num, i ? ",%d" : "%d", (int)ids[i]);
-            tg_json_buf_put(&out, num, (size_t)k);
+        const char *msg = fn(&f, line, e, &out);
+        if (msg) {
+            fprintf(stderr, "tollgate-engine %s: line %zu: %s\n", cmd, lineno, msg);
+            rc = 1;
+            break;
         }
-        tg_json_buf_put(&out, "]\n", 2);
-        free(ids);
+        tg_json_buf_put(&out, "\n", 1);
         if (out.oom || fwrite(out.p, 1, out.len, stdout) != out.len) {
-            fprintf(stderr, "tollgate-engine tokenize: %s\n", out.oom ? "out of memory" : strerror(errno));
+            fprintf(stderr, "tollgate-engine %s: %s\n", cmd, out.oom ? "out of memory" : strerror(errno));
             rc = 1;
             break;
         }
     }
     fflush(stdout);
     free(line);
+    free(f.ids);
     tg_json_buf_free(&out);
-    tok_free(t);
+    tok_free(f.t);
     return rc;
 }
 
+int eng_cmd_tokenize(int argc, char **argv) {
+    return run_filter("tokenize", "--no-special", argc, argv, tokenize_line);
+}
+
 int eng_cmd_detokenize(int argc, char **argv) {
-    int skip_special = 0;
-    tok_t *t = open_model("detokenize", argc, argv, &skip_special, "--skip-special");
-    if (!t) return 2;
-    char *line = NULL;
-    size_t lcap = 0, lineno = 0, n = 0, icap = 0;
-    int32_t *ids = NULL;
-    ssize_t ln;
-    tg_json_buf_t out = {0};
-    tg_json_err_t jerr;
-    int rc = 0;
-    while ((ln = getline(&line, &lcap, stdin)) >= 0) {
-        lineno++;
-        const char *e = line + ln;
-        if (skip_ws(line, e) == e) continue;
-        const char *msg = parse_id_array(line, e, &jerr, &ids, &n, &icap, tok_n_vocab(t));
-        if (msg) {
-            fprintf(stderr, "tollgate-engine detokenize: line %zu: %s\n", lineno, msg);
-            rc = 1;
-            break;
-        }
-        size_t len;
-        char *s = tok_decode(t, ids, n, skip_special, &len);
-        if (!s) {
-            fprintf(stderr, "tollgate-engine detokenize: line %zu: cannot decode\n", lineno);
-            rc = 1;
-            break;
-        }
-        out.len = 0;
-        tg_json_write_str(&out, s, len);
-        tg_json_buf_put(&out, "\n", 1);
-        free(s);
-        if (out.oom || fwrite(out.p, 1, out.len, stdout) != out.len) {
-            fprintf(stderr, "tollgate-engine detokenize: %s\n", out.oom ? "out of memory" : strerror(errno));
-            rc = 1;
-            break;
-        }
-    }
-    fflush(stdout);
-    free(line);
-    free(ids);
-    tg_json_buf_free(&out);
-    tok_free(t);
-    return rc;
+    return run_filter("detokenize", "--skip-special", argc, argv, detokenize_line);
 }
