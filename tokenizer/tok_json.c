@@ -183,25 +183,45 @@ static int read_id(jp_t *j, int32_t *id) {
     return 0;
 }
 
-static int parse_vocab(jp_t *j, arena_t *a, tok_json_t *o) {
-    size_t cap = 1024;
-    o->vocab = malloc(cap * sizeof *o->vocab);
-    if (!o->vocab) return -1;
+/* Open a '{' or '[' list: 1 when it is empty (and closed), 0 when elements
+ * follow, -1 when it does not start with open. */
+static int list_open(jp_t *j, char open, char close) {
     ws(j);
-    if (j->p >= j->e || *j->p != '{') return -1;
+    if (j->p >= j->e || *j->p != open) return -1;
     j->p++;
     ws(j);
-    if (j->p < j->e && *j->p == '}') {
+    if (j->p < j->e && *j->p == close) {
         j->p++;
-        return 0;
+        return 1;
     }
-    for (;;) {
-        if (o->n_vocab == cap) {
-            cap *= 2;
-            tok_json_str_t *v = realloc(o->vocab, cap * sizeof *v);
-            if (!v) return -1;
-            o->vocab = v;
-        }
+    return 0;
+}
+
+/* After an element: 1 past a ',' (another follows), 0 past close, -1 else. */
+static int list_next(jp_t *j, char close) {
+    ws(j);
+    if (j->p < j->e && (*j->p == ',' || *j->p == close)) return *j->p++ == ',';
+    return -1;
+}
+
+/* Room for element n of v (cap elements of size bytes; doubled when full,
+ * 1024 at first).  Returns the array, or NULL out of memory (v unchanged). */
+static void *grow(void *v, size_t n, size_t *cap, size_t size) {
+    if (n < *cap) return v;
+    size_t nc = *cap ? *cap * 2 : 1024;
+    void *nv = realloc(v, nc * size);
+    if (nv) *cap = nc;
+    return nv;
+}
+
+static int parse_vocab(jp_t *j, arena_t *a, tok_json_t *o) {
+    size_t cap = 0;
+    int rc = list_open(j, '{', '}');
+    if (rc) return rc < 0 ? -1 : 0;
+    do {
+        tok_json_str_t *v = grow(o->vocab, o->n_vocab, &cap, sizeof *v);
+        if (!v) return -1;
+        o->vocab = v;
         tok_json_str_t *e = &o->vocab[o->n_vocab];
         ws(j);
         if (read_string(j, a, &e->off, &e->len)) return -1;
@@ -210,38 +230,18 @@ static int parse_vocab(jp_t *j, arena_t *a, tok_json_t *o) {
         j->p++;
         if (read_id(j, &e->id)) return -1;
         o->n_vocab++;
-        ws(j);
-        if (j->p < j->e && *j->p == ',') {
-            j->p++;
-            continue;
-        }
-        if (j->p < j->e && *j->p == '}') {
-            j->p++;
-            return 0;
-        }
-        return -1;
-    }
+    } while ((rc = list_next(j, '}')) == 1);
+    return rc;
 }
 
 static int parse_merges(jp_t *j, arena_t *a, tok_json_t *o) {
-    size_t cap = 1024;
-    o->merges = malloc(cap * sizeof *o->merges);
-    if (!o->merges) return -1;
-    ws(j);
-    if (j->p >= j->e || *j->p != '[') return -1;
-    j->p++;
-    ws(j);
-    if (j->p < j->e && *j->p == ']') {
-        j->p++;
-        return 0;
-    }
-    for (;;) {
-        if (o->n_merges == cap) {
-            cap *= 2;
-            tok_json_merge_t *v = realloc(o->merges, cap * sizeof *v);
-            if (!v) return -1;
-            o->merges = v;
-        }
+    size_t cap = 0;
+    int rc = list_open(j, '[', ']');
+    if (rc) return rc < 0 ? -1 : 0;
+    do {
+        tok_json_merge_t *v = grow(o->merges, o->n_merges, &cap, sizeof *v);
+        if (!v) return -1;
+        o->merges = v;
         tok_json_merge_t *m = &o->merges[o->n_merges];
         ws(j);
         if (j->p < j->e && *j->p == '"') {
@@ -270,17 +270,8 @@ static int parse_merges(jp_t *j, arena_t *a, tok_json_t *o) {
             return -1;
         }
         o->n_merges++;
-        ws(j);
-        if (j->p < j->e && *j->p == ',') {
-            j->p++;
-            continue;
-        }
-        if (j->p < j->e && *j->p == ']') {
-            j->p++;
-            return 0;
-        }
-        return -1;
-    }
+    } while ((rc = list_next(j, ']')) == 1);
+    return rc;
 }
 
 /* Read "key": at j->p (a plain key, no escapes needed for the ones we look for). */

@@ -266,14 +266,7 @@ static int pre_parse(tok_t *t, size_t *cap, const cJSON *p, int *saw_bytelevel, 
         pre.invert = is_true(cJSON_GetObjectItemCaseSensitive(p, "invert"));
         pre.re = regex_compile(rx ? rx : lit, !rx, err, errlen, path);
         if (!pre.re) return -1;
-        if (pre_add(t, cap, pre)) {
-            pcre2_code_free(pre.re);
-            errf(err, errlen, "%s: out of memory", path);
-            return -1;
-        }
-        return 0;
-    }
-    if (!strcmp(type, "ByteLevel")) {
+    } else if (!strcmp(type, "ByteLevel")) {
         pre.kind = TOK_PRE_BYTELEVEL;
         pre.add_prefix_space = is_true(cJSON_GetObjectItemCaseSensitive(p, "add_prefix_space"));
         const cJSON *ur = cJSON_GetObjectItemCaseSensitive(p, "use_regex");
@@ -282,29 +275,23 @@ static int pre_parse(tok_t *t, size_t *cap, const cJSON *p, int *saw_bytelevel, 
             if (!pre.re) return -1;
         }
         *saw_bytelevel = 1;
-        if (pre_add(t, cap, pre)) {
-            pcre2_code_free(pre.re);
-            errf(err, errlen, "%s: out of memory", path);
-            return -1;
-        }
-        return 0;
-    }
-    if (!strcmp(type, "Digits")) { /* each digit alone, or runs of digits (char::is_numeric) */
+    } else if (!strcmp(type, "Digits")) { /* each digit alone, or runs of digits (char::is_numeric) */
         pre.kind = TOK_PRE_SPLIT;
         pre.behavior = TOK_SPLIT_ISOLATED;
         int each = is_true(cJSON_GetObjectItemCaseSensitive(p, "individual_digits"));
         pre.re = regex_compile(each ? "\\p{N}" : "\\p{N}+", 0, err, errlen, path);
         if (!pre.re) return -1;
-        if (pre_add(t, cap, pre)) {
-            pcre2_code_free(pre.re);
-            errf(err, errlen, "%s: out of memory", path);
-            return -1;
-        }
-        return 0;
+    } else {
+        errf(err, errlen, "%s: pre_tokenizer type '%s' is not supported (only Sequence, Split, Digits, ByteLevel)",
+             path, type);
+        return -1;
     }
-    errf(err, errlen, "%s: pre_tokenizer type '%s' is not supported (only Sequence, Split, Digits, ByteLevel)",
-         path, type);
-    return -1;
+    if (pre_add(t, cap, pre)) {
+        pcre2_code_free(pre.re);
+        errf(err, errlen, "%s: out of memory", path);
+        return -1;
+    }
+    return 0;
 }
 
 /* Mark the DeepSeek-V3 Split chain for the hand-written fast path when the
