@@ -341,8 +341,8 @@ static void check_uint(const char *name, const char *v) {
 
 /* "/admin/v1/customers/NAME[/SUB][?k=v&...]" (malloc'ed): the n query
  * parameters names[i]=vals[i] whose value is not NULL, percent-encoded. */
-static char *cust_path_q(const char *name, const char *sub, int n, const char *const names[],
-                         const char *const vals[]) {
+static char *cust_path(const char *name, const char *sub, int n, const char *const names[],
+                       const char *const vals[]) {
     buf_t b = {0};
     bput(&b, "/admin/v1/customers/", 20);
     bput_enc(&b, name);
@@ -357,7 +357,13 @@ static char *cust_path_q(const char *name, const char *sub, int n, const char *c
     return b.p;
 }
 
-static char *cust_path(const char *name, const char *sub) { return cust_path_q(name, sub, 0, NULL, NULL); }
+/* call() on /admin/v1/customers/NAME[/SUB]. */
+static cJSON *cust_call(const char *method, const char *name, const char *sub, const char *json) {
+    char *p = cust_path(name, sub, 0, NULL, NULL);
+    cJSON *j = call(method, p, json);
+    free(p);
+    return j;
+}
 
 /* A JSON string literal for s. */
 static char *jstr(const char *s) {
@@ -404,9 +410,7 @@ static int cmd_customer(args_t *a) {
     } else if (!strcmp(sub, "show")) {
         const char *name = positional(a, "NAME");
         no_more(a);
-        char *p = cust_path(name, NULL);
-        cJSON *j = call("GET", p, NULL);
-        free(p);
+        cJSON *j = cust_call("GET", name, NULL, NULL);
         if (!json_out) {
             printf("%-6s %-32s %20s  %s\n", "ID", "NAME", "BALANCE_USD", "CREATED (UTC)");
             print_customer_row(j);
@@ -434,9 +438,7 @@ static int cmd_key(args_t *a) {
             bprintf(&b, "%s\"%s\":%s", n++ ? "," : "", names[i], vals[i]);
         }
         bput(&b, "}", 1);
-        char *p = cust_path(cust, "keys");
-        cJSON *j = call("POST", p, b.p);
-        free(p);
+        cJSON *j = cust_call("POST", cust, "keys", b.p);
         free(b.p);
         cJSON *k = cJSON_GetObjectItemCaseSensitive(j, "key");
         if (!cJSON_IsString(k)) die(1, "the server did not return the key");
@@ -451,9 +453,7 @@ static int cmd_key(args_t *a) {
     } else if (!strcmp(sub, "list")) {
         const char *cust = need(a, "--customer");
         no_more(a);
-        char *p = cust_path(cust, "keys");
-        cJSON *j = call("GET", p, NULL);
-        free(p);
+        cJSON *j = cust_call("GET", cust, "keys", NULL);
         if (!json_out) {
             printf("%-6s %-12s %8s %10s %6s  %-8s %s\n", "ID", "PREFIX", "RPM", "TPM", "CONC", "STATUS",
                    "CREATED (UTC)");
@@ -490,9 +490,7 @@ static int cmd_credit(args_t *a) {
     snprintf(body, sizeof body, "{\"usd\":%s,\"note\":%s}", ju, jn);
     free(ju);
     free(jn);
-    char *p = cust_path(cust, "credits");
-    cJSON *j = call("POST", p, body);
-    free(p);
+    cJSON *j = cust_call("POST", cust, "credits", body);
     if (!json_out) printf("added %s USD to %s; balance %s USD\n", str(j, "added_usd"), str(j, "customer"), str(j, "balance_usd"));
     cJSON_Delete(j);
     return 0;
@@ -501,9 +499,7 @@ static int cmd_credit(args_t *a) {
 static int cmd_balance(args_t *a) {
     const char *cust = need(a, "--customer");
     no_more(a);
-    char *p = cust_path(cust, "balance");
-    cJSON *j = call("GET", p, NULL);
-    free(p);
+    cJSON *j = cust_call("GET", cust, "balance", NULL);
     if (!json_out) printf("%s: %s USD (%s pico-USD)\n", str(j, "customer"), str(j, "balance_usd"), str(j, "balance_pico"));
     cJSON_Delete(j);
     return 0;
@@ -515,7 +511,7 @@ static int cmd_usage(args_t *a) {
     no_more(a);
     if (limit) check_uint("--limit", limit);
     const char *names[] = {"from", "to", "limit"}, *vals[] = {from, to, limit};
-    char *p = cust_path_q(cust, "usage", 3, names, vals);
+    char *p = cust_path(cust, "usage", 3, names, vals);
     cJSON *j = call("GET", p, NULL);
     free(p);
     if (!json_out) {
@@ -542,7 +538,7 @@ static int cmd_invoice(args_t *a) {
     const char *cust = need(a, "--customer"), *month = need(a, "--month");
     no_more(a);
     const char *names[] = {"month"}, *vals[] = {month};
-    char *p = cust_path_q(cust, "invoice", 1, names, vals);
+    char *p = cust_path(cust, "invoice", 1, names, vals);
     cJSON *j = call("GET", p, NULL);
     free(p);
     if (!json_out) {
