@@ -30,6 +30,7 @@
 
 #include "bill-int.h"
 #include "mtr.h"
+#include "tg_json.h"
 
 #define BATCH 256
 #define QUEUE_MAX 100000 /* beyond this, new rows go straight to the spool */
@@ -90,29 +91,11 @@ enum { NCOL = 17 };
 
 /* ---- building the statement's array parameters ------------------------- */
 
-typedef struct {
-    char *p;
-    size_t len, cap;
-    int oom;
-} sbuf_t;
+/* The columns are built in tg_json's byte buffer (NUL-terminated, grows,
+ * remembers a failed allocation in .oom). */
+typedef tg_json_buf_t sbuf_t;
 
-static void sb_put(sbuf_t *b, const char *s, size_t n) {
-    if (b->oom) return;
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap < b->len + n + 1) cap *= 2;
-        char *np = realloc(b->p, cap);
-        if (!np) {
-            b->oom = 1;
-            return;
-        }
-        b->p = np;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-    b->p[b->len] = 0;
-}
+static void sb_put(sbuf_t *b, const char *s, size_t n) { tg_json_buf_put(b, s, n); }
 
 static void sb_str(sbuf_t *b, const char *s) { sb_put(b, s, strlen(s)); }
 
