@@ -23,6 +23,7 @@
 #include <cjson/cJSON.h>
 
 #include "tg_file.h"
+#include "tg_json.h"
 
 static const char USAGE[] =
     "usage: tollgatectl [--json] COMMAND ...\n"
@@ -126,21 +127,12 @@ static const char *admin_token(const char *argv0) {
 
 /* ---- HTTP ------------------------------------------------------------------ */
 
-typedef struct {
-    char *p;
-    size_t len, cap;
-} buf_t;
+/* tg_json's growing byte buffer (NUL-terminated); here running out of
+ * memory ends the program. */
+typedef tg_json_buf_t buf_t;
 
 static void bput(buf_t *b, const void *s, size_t n) {
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 4096;
-        while (cap < b->len + n + 1) cap *= 2;
-        if (!(b->p = realloc(b->p, cap))) die(1, "out of memory");
-        b->cap = cap;
-    }
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-    b->p[b->len] = 0;
+    if (tg_json_buf_put(b, s, n)) die(1, "out of memory");
 }
 
 static void bprintf(buf_t *b, const char *fmt, ...) {
