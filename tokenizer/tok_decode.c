@@ -7,26 +7,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "tg_json.h"
 #include "tok-int.h"
 
-typedef struct {
-    char *p;
-    size_t n, cap;
-} buf_t;
+/* Output in tg_json's growing, NUL-terminated byte buffer. */
+typedef tg_json_buf_t buf_t;
 
-static int buf_put(buf_t *b, const void *s, size_t n) {
-    if (b->n + n + 1 > b->cap) {
-        size_t nc = (b->n + n + 1) * 2;
-        char *v = realloc(b->p, nc);
-        if (!v) return -1;
-        b->p = v;
-        b->cap = nc;
-    }
-    memcpy(b->p + b->n, s, n);
-    b->n += n;
-    b->p[b->n] = 0;
-    return 0;
-}
+static int buf_put(buf_t *b, const void *s, size_t n) { return tg_json_buf_put(b, s, n); }
 
 static const char fffd[3] = {(char)0xEF, (char)0xBF, (char)0xBD};
 
@@ -62,9 +49,9 @@ char *tok_decode(const tok_t *t, const int32_t *ids, size_t n, int skip_special,
         if (buf_put(&raw, t->text + t->off[ids[i]], t->off[ids[i] + 1] - t->off[ids[i]])) goto fail;
     }
     if (buf_put(&out, "", 0)) goto fail;
-    if (raw.n && lossy(&out, (const uint8_t *)raw.p, raw.n, 1) < 0) goto fail;
+    if (raw.len && lossy(&out, (const uint8_t *)raw.p, raw.len, 1) < 0) goto fail;
     free(raw.p);
-    if (len) *len = out.n;
+    if (len) *len = out.len;
     return out.p;
 fail:
     free(raw.p);
@@ -97,7 +84,8 @@ void tok_stream_free(tok_stream_t *s) {
 const char *tok_stream_push(tok_stream_t *s, int32_t id, size_t *len) {
     const tok_t *t = s->t;
     if (id < 0 || id >= t->n_vocab) return NULL;
-    s->out.n = 0;
+    s->out.len = 0;
+    s->out.oom = 0; /* a failed call before does not fail this one */
     if (buf_put(&s->out, "", 0)) return NULL;
     if (s->skip_special && t->is_special[id]) {
         *len = 0;
@@ -120,15 +108,16 @@ const char *tok_stream_push(tok_stream_t *s, int32_t id, size_t *len) {
     s->npend = tot - (size_t)used; /* < 4: an incomplete valid prefix */
     memcpy(s->pend, w + used, s->npend);
     if (w != small) free(w);
-    *len = s->out.n;
+    *len = s->out.len;
     return s->out.p;
 }
 
 const char *tok_stream_flush(tok_stream_t *s, size_t *len) {
-    s->out.n = 0;
+    s->out.len = 0;
+    s->out.oom = 0; /* a failed call before does not fail this one */
     if (buf_put(&s->out, "", 0)) return NULL;
     if (s->npend && lossy(&s->out, s->pend, s->npend, 1) < 0) return NULL;
     s->npend = 0;
-    *len = s->out.n;
+    *len = s->out.len;
     return s->out.p;
 }
