@@ -141,6 +141,13 @@ def chat(key, content="hi", stream=False, include_usage=False, **extra):
     return call("POST", "/v1/chat/completions", body, key)
 
 
+def chat_in_background(key, content):
+    """Start chat(key, content) on a thread; after join(), its answer is .result."""
+    t = threading.Thread(target=lambda: setattr(t, "result", chat(key, content)))
+    t.start()
+    return t
+
+
 def events(body):
     out = []
     for block in body.decode().split("\n\n"):
@@ -476,18 +483,12 @@ class Gateway(unittest.TestCase):
 
     def test_concurrency_limit(self):
         k = seed(conc=1)
-        res = {}
-
-        def slow():
-            res["slow"] = chat(k, "sleep:1.0")
-
-        t = threading.Thread(target=slow)
-        t.start()
+        t = chat_in_background(k, "sleep:1.0")
         time.sleep(0.4)
         st, h, b = chat(k, "second")
         t.join()
         openai_error(self, st, h, b, 429, "concurrency_limit_exceeded")
-        self.assertEqual(res["slow"][0], 200)
+        self.assertEqual(t.result[0], 200)
         st, h, b = chat(k, "after")
         self.assertEqual(st, 200, b)
 
@@ -855,19 +856,13 @@ class JsonBody(unittest.TestCase):
 class Shutdown(unittest.TestCase):
     def test_sigterm_lets_inflight_finish(self):
         key = seed()
-        res = {}
-
-        def slow():
-            res["r"] = chat(key, "sleep:1.0")
-
-        t = threading.Thread(target=slow)
-        t.start()
+        t = chat_in_background(key, "sleep:1.0")
         time.sleep(0.3)
         pid = int(E["GW_PID"])
         os.kill(pid, signal.SIGTERM)
         t.join()
-        self.assertEqual(res["r"][0], 200)
-        rid = res["r"][1]["x-request-id"]
+        self.assertEqual(t.result[0], 200)
+        rid = t.result[1]["x-request-id"]
         deadline = time.time() + 5
         while time.time() < deadline:
             try:
