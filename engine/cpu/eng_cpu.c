@@ -23,54 +23,60 @@ static eng_cpu_pool_t *pool_of(eng_backend_t *be) { return ((cpu_be_t *)be)->poo
 typedef struct {
     const eng_mm_t *jobs;
     int njobs;
-    int64_t total;  /* cost of all rows: sum of rows * cols * n */
+    const int64_t *chunk_rows;  /* [njobs] rows per chunk of each job (a multiple of 16) */
+    const int64_t *first;       /* [njobs + 1] index of each job's first chunk; first[njobs] = all */
+    int64_t next;               /* the next chunk to take (atomic) */
     cpu_be_t *be;
 } mm_job_t;
 
-/* Threads split the rows of all jobs by cost (cols x tokens), in granules of
- * 16 rows: one parallel step for a whole MoE layer's experts instead of one
- * per matrix.  Each output element is still one dot product by one thread. */
+/* Threads take chunks of rows from all jobs in order, each the next free one
+ * (an atomic counter): one parallel step for a whole MoE layer's experts
+ * instead of one per matrix, and a thread that the host slows down takes
+ * fewer chunks instead of holding the others at the barrier.  Which thread
+ * computes a row never changes its value: each output element is one dot
+ * product by one thread, in an order fixed by the shapes. */
 static void mm_worker(void *arg, int t, int nt) {
     mm_job_t *J = arg;
-    int64_t start = 0;
-    for (int j = 0; j < J->njobs; j++) {
+    int j = 0;
+    for (;;) {
+        int64_t c = __atomic_fetch_add(&J->next, 1, __ATOMIC_RELAXED);
+        if (c >= J->first[J->njobs]) break;
+        while (c >= J->first[j + 1]) j++; /* chunks are taken in increasing order */
         const eng_mm_t *m = &J->jobs[j];
-        int64_t R = m->w->rows, per = m->w->cols * (int64_t)m->n;
-        int64_t r0 = -1;
-        for (int64_t g = 0; g < R; g += 16) {
-            int64_t c = start + g * per;
-            int owner = (int)((__int128)c * nt / (J->total ? J->total : 1));
-            if (owner >= nt) owner = nt - 1;
-            if (owner == t && r0 < 0) r0 = g;
-            if (owner != t && r0 >= 0) break;
+        int64_t R = m->w->rows, r0 = (c - J->first[j]) * J->chunk_rows[j];
+        int64_t r1 = r0 + J->chunk_rows[j] < R ? r0 + J->chunk_rows[j] : R;
+        size_t need = 4 * (size_t)m->w->cols;
+        if (need > J->be->rowcap[t]) {
+            free(J->be->rowbuf[t]);
+            J->be->rowbuf[t] = malloc(need * sizeof(float));
+            J->be->rowcap[t] = need;
+            if (!J->be->rowbuf[t]) abort();
         }
-        if (r0 >= 0) {
-            int64_t r1 = r0;
-            while (r1 < R) {
-                int64_t c = start + r1 * per;
-                int owner = (int)((__int128)c * nt / (J->total ? J->total : 1));
-                if (owner >= nt) owner = nt - 1;
-                if (owner != t) break;
-                r1 = r1 + 16 < R ? r1 + 16 : R;
-            }
-            size_t need = 4 * (size_t)m->w->cols;
-            if (need > J->be->rowcap[t]) {
-                free(J->be->rowbuf[t]);
-                J->be->rowbuf[t] = malloc(need * sizeof(float));
-                J->be->rowcap[t] = need;
-                if (!J->be->rowbuf[t]) abort();
-            }
-            eng_cpu_matmul_rows(m->w, m->x, m->n, m->y, r0, r1, J->be->rowbuf[t]);
-        }
-        start += R * per;
+        eng_cpu_matmul_rows(m->w, m->x, m->n, m->y, r0, r1, J->be->rowbuf[t]);
     }
 }
 
+/* a chunk holds about this many weight elements x tokens (256 KB of bf16 at
+ * batch 1): large enough that the atomic and the prefetch running past a
+ * chunk's end cost little, small enough to balance two threads */
+#define MM_CHUNK_COST (128 << 10)
+
 static void cpu_matmul_multi(eng_backend_t *be, const eng_mm_t *jobs, int njobs) {
-    mm_job_t J = {jobs, njobs, 0, (cpu_be_t *)be};
-    for (int j = 0; j < njobs; j++) J.total += jobs[j].w->rows * jobs[j].w->cols * (int64_t)jobs[j].n;
-    if (!J.total) return;
-    eng_cpu_pool_run(pool_of(be), mm_worker, &J);
+    int64_t small[2 * 64 + 1], *buf = small;
+    if (njobs > 64 && !(buf = malloc((2 * (size_t)njobs + 1) * sizeof *buf))) abort();
+    mm_job_t J = {jobs, njobs, buf, buf + njobs, 0, (cpu_be_t *)be};
+    int64_t *cr = buf, *first = buf + njobs;
+    first[0] = 0;
+    for (int j = 0; j < njobs; j++) {
+        int64_t R = jobs[j].w->rows, per = jobs[j].w->cols * (int64_t)jobs[j].n;
+        int64_t rows = per > 0 ? MM_CHUNK_COST / per : R;
+        rows = (rows + 15) / 16 * 16;
+        if (rows < 16) rows = 16;
+        cr[j] = rows;
+        first[j + 1] = first[j] + (per > 0 && R > 0 ? (R + rows - 1) / rows : 0);
+    }
+    if (first[njobs]) eng_cpu_pool_run(pool_of(be), mm_worker, &J);
+    if (buf != small) free(buf);
 }
 
 static void cpu_matmul(eng_backend_t *be, const eng_w_t *w, const float *x, int n, float *y) {
