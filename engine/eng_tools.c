@@ -21,6 +21,7 @@
 #include <sys/stat.h>
 
 #include "eng_cmd.h"
+#include "tg_grow.h"
 #include "tg_json.h"
 #include "tok.h"
 
@@ -76,13 +77,11 @@ static const char *parse_id_array(const char *p, const char *e, tg_json_err_t *e
         if (!num || num[0] == '-') msg = "expected a non-negative integer id";
         else if (strpbrk(num, ".eE")) msg = "token ids must be integers";
         else if (tg_json_int64(v, &id) || id >= limit) msg = "token id out of range";
-        else if (*n == *cap) {
-            size_t nc = *cap * 2 + 64;
-            int32_t *nv = realloc(*ids, nc * sizeof *nv);
+        else {
+            int32_t *nv = tg_grow(*ids, *n, cap, sizeof *nv, 64);
             if (!nv) msg = "out of memory";
-            else *ids = nv, *cap = nc;
+            else *ids = nv, (*ids)[(*n)++] = (int32_t)id;
         }
-        if (!msg) (*ids)[(*n)++] = (int32_t)id;
     }
     tg_json_free(doc);
     return msg;

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "mtr.h"
+#include "tg_grow.h"
 
 struct mtr_spool {
     int fd;
@@ -229,18 +230,17 @@ int mtr_spool_list(const char *dir, char ***names) {
     *names = NULL;
     DIR *d = opendir(dir);
     if (!d) return errno == ENOENT ? 0 : -1;
-    int n = 0, cap = 0;
+    int n = 0;
+    size_t cap = 0;
     char **v = NULL;
     struct dirent *e;
     while ((e = readdir(d))) {
         size_t l = strlen(e->d_name);
         if (strncmp(e->d_name, "settle-", 7) != 0 || l < 13 || strcmp(e->d_name + l - 6, ".spool") != 0)
             continue;
-        if (n == cap) {
-            char **nv = realloc(v, (cap = cap ? 2 * cap : 8) * sizeof *v);
-            if (!nv) goto fail;
-            v = nv;
-        }
+        char **nv = tg_grow(v, (size_t)n, &cap, sizeof *v, 8);
+        if (!nv) goto fail;
+        v = nv;
         if (!(v[n] = strdup(e->d_name))) goto fail;
         n++;
     }

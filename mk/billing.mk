@@ -29,6 +29,6 @@ TEST_TARGETS += test-billing
 # libFuzzer target for the spool record decoder (clang).
 .PHONY: fuzz-billing
 fuzz-billing: $(B)/fuzz/mtr_spool_fuzz
-$(B)/fuzz/mtr_spool_fuzz: tests/unit/metering/mtr_spool_fuzz.c metering/mtr_spool.c metering/mtr.h
+$(B)/fuzz/mtr_spool_fuzz: tests/unit/metering/mtr_spool_fuzz.c metering/mtr_spool.c metering/mtr.h common/tg_grow.h
 	@mkdir -p $(dir $@)
-	clang -g -O1 -fsanitize=fuzzer,address -Ibilling -Imetering -o $@ $<
+	clang -g -O1 -fsanitize=fuzzer,address -Icommon -Ibilling -Imetering -o $@ $<

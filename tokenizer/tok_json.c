@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "tg_grow.h"
 #include "tok-int.h"
 
 typedef struct {
@@ -204,22 +205,12 @@ static int list_next(jp_t *j, char close) {
     return -1;
 }
 
-/* Room for element n of v (cap elements of size bytes; doubled when full,
- * 1024 at first).  Returns the array, or NULL out of memory (v unchanged). */
-static void *grow(void *v, size_t n, size_t *cap, size_t size) {
-    if (n < *cap) return v;
-    size_t nc = *cap ? *cap * 2 : 1024;
-    void *nv = realloc(v, nc * size);
-    if (nv) *cap = nc;
-    return nv;
-}
-
 static int parse_vocab(jp_t *j, arena_t *a, tok_json_t *o) {
     size_t cap = 0;
     int rc = list_open(j, '{', '}');
     if (rc) return rc < 0 ? -1 : 0;
     do {
-        tok_json_str_t *v = grow(o->vocab, o->n_vocab, &cap, sizeof *v);
+        tok_json_str_t *v = tg_grow(o->vocab, o->n_vocab, &cap, sizeof *v, 1024);
         if (!v) return -1;
         o->vocab = v;
         tok_json_str_t *e = &o->vocab[o->n_vocab];
@@ -239,7 +230,7 @@ static int parse_merges(jp_t *j, arena_t *a, tok_json_t *o) {
     int rc = list_open(j, '[', ']');
     if (rc) return rc < 0 ? -1 : 0;
     do {
-        tok_json_merge_t *v = grow(o->merges, o->n_merges, &cap, sizeof *v);
+        tok_json_merge_t *v = tg_grow(o->merges, o->n_merges, &cap, sizeof *v, 1024);
         if (!v) return -1;
         o->merges = v;
         tok_json_merge_t *m = &o->merges[o->n_merges];

@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "tg_file.h"
+#include "tg_grow.h"
 #include "tok-int.h"
 
 /* GPT-2 bytes_to_unicode: printable bytes map to themselves, the rest to
@@ -213,13 +214,9 @@ static pcre2_code *regex_compile(const char *pat, int literal, char *err, size_t
 }
 
 static int pre_add(tok_t *t, size_t *cap, tok_pre_t p) {
-    if (t->n_pre == *cap) {
-        size_t nc = *cap ? *cap * 2 : 4;
-        tok_pre_t *v = realloc(t->pre, nc * sizeof *v);
-        if (!v) return -1;
-        t->pre = v;
-        *cap = nc;
-    }
+    tok_pre_t *v = tg_grow(t->pre, t->n_pre, cap, sizeof *v, 4);
+    if (!v) return -1;
+    t->pre = v;
     t->pre[t->n_pre++] = p;
     return 0;
 }
@@ -332,12 +329,9 @@ static int trie_build(tok_t *t) {
             int32_t c = t->trie[node].child;
             while (c >= 0 && t->trie[c].byte != b) c = t->trie[c].sibling;
             if (c < 0) {
-                if (t->n_trie == cap) {
-                    cap *= 2;
-                    tok_trie_node_t *v = realloc(t->trie, cap * sizeof *v);
-                    if (!v) return -1;
-                    t->trie = v;
-                }
+                tok_trie_node_t *v = tg_grow(t->trie, t->n_trie, &cap, sizeof *v, 64);
+                if (!v) return -1;
+                t->trie = v;
                 c = (int32_t)t->n_trie++;
                 t->trie[c] = (tok_trie_node_t){-1, t->trie[node].child, -1, b};
                 t->trie[node].child = c;

@@ -6,19 +6,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "tg_grow.h"
 #include "tok-int.h"
 
 int tok_spans_push(tok_spans_t *s, uint32_t a, uint32_t b) {
-    if (s->n == s->cap) {
-        size_t nc = s->cap ? s->cap * 2 : 64;
-        tok_span_t *v = realloc(s->v, nc * sizeof *v);
-        if (!v) return -1;
-        s->v = v;
-        s->cap = nc;
-    }
-    s->v[s->n].start = a;
-    s->v[s->n].end = b;
-    s->n++;
+    tok_span_t *v = tg_grow(s->v, s->n, &s->cap, sizeof *v, 64);
+    if (!v) return -1;
+    s->v = v;
+    s->v[s->n++] = (tok_span_t){.start = a, .end = b};
     return 0;
 }
 
@@ -34,13 +29,9 @@ typedef struct {
 } parts_t;
 
 static int parts_push(parts_t *p, uint32_t a, uint32_t b, int m) {
-    if (p->n == p->cap) {
-        size_t nc = p->cap ? p->cap * 2 : 64;
-        part_t *v = realloc(p->v, nc * sizeof *v);
-        if (!v) return -1;
-        p->v = v;
-        p->cap = nc;
-    }
+    part_t *v = tg_grow(p->v, p->n, &p->cap, sizeof *v, 64);
+    if (!v) return -1;
+    p->v = v;
     p->v[p->n++] = (part_t){a, b, m};
     return 0;
 }
