@@ -7,11 +7,11 @@
  * refused with a message naming it. */
 #include <cjson/cJSON.h>
 #include <errno.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "tg_err.h"
 #include "tg_file.h"
 #include "tg_grow.h"
 #include "tok-int.h"
@@ -53,14 +53,6 @@ int tok_u2b(uint32_t cp) {
     }
     if (cp < 256 && tok_b2u[cp] == cp) return (int)cp;
     return -1;
-}
-
-static void errf(char *err, size_t errlen, const char *fmt, ...) {
-    if (!err || !errlen) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
 }
 
 /* Byte-level token string -> raw bytes written to dst (capacity >= strlen(s)).
@@ -205,7 +197,7 @@ static pcre2_code *regex_compile(const char *pat, int literal, char *err, size_t
     if (!re) {
         PCRE2_UCHAR msg[160];
         pcre2_get_error_message(ec, msg, sizeof msg);
-        errf(err, errlen, "%s: pre-tokenizer regex not supported (%s at %zu): %s", path,
+        tg_errf(err, errlen, "%s: pre-tokenizer regex not supported (%s at %zu): %s", path,
              (char *)msg, (size_t)eo, pat);
         return NULL;
     }
@@ -228,13 +220,13 @@ static int pre_parse(tok_t *t, size_t *cap, const cJSON *p, int *saw_bytelevel, 
                      size_t errlen, const char *path) {
     const char *type = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(p, "type"));
     if (!type) {
-        errf(err, errlen, "%s: pre_tokenizer without a type", path);
+        tg_errf(err, errlen, "%s: pre_tokenizer without a type", path);
         return -1;
     }
     if (!strcmp(type, "Sequence")) {
         const cJSON *arr = cJSON_GetObjectItemCaseSensitive(p, "pretokenizers");
         if (!cJSON_IsArray(arr)) {
-            errf(err, errlen, "%s: Sequence pre_tokenizer without pretokenizers", path);
+            tg_errf(err, errlen, "%s: Sequence pre_tokenizer without pretokenizers", path);
             return -1;
         }
         const cJSON *e;
@@ -248,7 +240,7 @@ static int pre_parse(tok_t *t, size_t *cap, const cJSON *p, int *saw_bytelevel, 
         const char *lit = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(pat, "String"));
         const char *beh = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(p, "behavior"));
         if ((!rx && !lit) || !beh) {
-            errf(err, errlen, "%s: Split pre_tokenizer needs pattern and behavior", path);
+            tg_errf(err, errlen, "%s: Split pre_tokenizer needs pattern and behavior", path);
             return -1;
         }
         if (!strcmp(beh, "Isolated")) pre.behavior = TOK_SPLIT_ISOLATED;
@@ -256,7 +248,7 @@ static int pre_parse(tok_t *t, size_t *cap, const cJSON *p, int *saw_bytelevel, 
         else if (!strcmp(beh, "MergedWithPrevious")) pre.behavior = TOK_SPLIT_MERGED_PREV;
         else if (!strcmp(beh, "MergedWithNext")) pre.behavior = TOK_SPLIT_MERGED_NEXT;
         else {
-            errf(err, errlen, "%s: Split behavior '%s' is not supported", path, beh);
+            tg_errf(err, errlen, "%s: Split behavior '%s' is not supported", path, beh);
             return -1;
         }
         pre.kind = TOK_PRE_SPLIT;
@@ -279,13 +271,13 @@ static int pre_parse(tok_t *t, size_t *cap, const cJSON *p, int *saw_bytelevel, 
         pre.re = regex_compile(each ? "\\p{N}" : "\\p{N}+", 0, err, errlen, path);
         if (!pre.re) return -1;
     } else {
-        errf(err, errlen, "%s: pre_tokenizer type '%s' is not supported (only Sequence, Split, Digits, ByteLevel)",
+        tg_errf(err, errlen, "%s: pre_tokenizer type '%s' is not supported (only Sequence, Split, Digits, ByteLevel)",
              path, type);
         return -1;
     }
     if (pre_add(t, cap, pre)) {
         pcre2_code_free(pre.re);
-        errf(err, errlen, "%s: out of memory", path);
+        tg_errf(err, errlen, "%s: out of memory", path);
         return -1;
     }
     return 0;
@@ -396,29 +388,29 @@ typedef struct {
 static int check_model(const cJSON *model, char *err, size_t errlen, const char *path) {
     const char *type = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(model, "type"));
     if (type && strcmp(type, "BPE")) {
-        errf(err, errlen, "%s: model type '%s' is not supported (only byte-level BPE)", path, type);
+        tg_errf(err, errlen, "%s: model type '%s' is not supported (only byte-level BPE)", path, type);
         return -1;
     }
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(model, "dropout");
     if (v && !cJSON_IsNull(v) && !(cJSON_IsNumber(v) && v->valuedouble == 0)) {
-        errf(err, errlen, "%s: BPE dropout is not supported", path);
+        tg_errf(err, errlen, "%s: BPE dropout is not supported", path);
         return -1;
     }
     static const char *const nullish[] = {"continuing_subword_prefix", "end_of_word_suffix"};
     for (int i = 0; i < 2; i++) {
         v = cJSON_GetObjectItemCaseSensitive(model, nullish[i]);
         if (v && !cJSON_IsNull(v) && !(cJSON_IsString(v) && !v->valuestring[0])) {
-            errf(err, errlen, "%s: BPE %s is not supported", path, nullish[i]);
+            tg_errf(err, errlen, "%s: BPE %s is not supported", path, nullish[i]);
             return -1;
         }
     }
     if (is_true(cJSON_GetObjectItemCaseSensitive(model, "byte_fallback"))) {
-        errf(err, errlen, "%s: BPE byte_fallback (sentencepiece style) is not supported", path);
+        tg_errf(err, errlen, "%s: BPE byte_fallback (sentencepiece style) is not supported", path);
         return -1;
     }
     if (!cJSON_IsObject(cJSON_GetObjectItemCaseSensitive(model, "vocab")) ||
         !cJSON_IsArray(cJSON_GetObjectItemCaseSensitive(model, "merges"))) {
-        errf(err, errlen, "%s: BPE model needs a vocab object and a merges array", path);
+        tg_errf(err, errlen, "%s: BPE model needs a vocab object and a merges array", path);
         return -1;
     }
     return 0;
@@ -438,7 +430,7 @@ static int check_normalizer(const cJSON *root, char *err, size_t errlen, const c
         if (n == 1 && t0 && !strcmp(t0, "NFC")) return 1;
         if (t0) type = t0;
     }
-    errf(err, errlen, "%s: normalizer '%s' is not supported (none or NFC only)", path, type ? type : "?");
+    tg_errf(err, errlen, "%s: normalizer '%s' is not supported (none or NFC only)", path, type ? type : "?");
     return -1;
 }
 
@@ -447,7 +439,7 @@ static int check_decoder(const cJSON *root, char *err, size_t errlen, const char
     if (!d || cJSON_IsNull(d)) return 0;
     const char *type = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(d, "type"));
     if (type && !strcmp(type, "ByteLevel")) return 0;
-    errf(err, errlen, "%s: decoder '%s' is not supported (only ByteLevel)", path, type ? type : "?");
+    tg_errf(err, errlen, "%s: decoder '%s' is not supported (only ByteLevel)", path, type ? type : "?");
     return -1;
 }
 
@@ -455,7 +447,7 @@ tok_t *tok_load(const char *path, char *err, size_t errlen) {
     size_t flen = 0;
     char *buf = tg_file_read(path, 0, &flen);
     if (!buf) {
-        errf(err, errlen, "%s: %s", path, strerror(errno ? errno : EIO));
+        tg_errf(err, errlen, "%s: %s", path, strerror(errno ? errno : EIO));
         return NULL;
     }
     tok_json_t js;
@@ -465,20 +457,20 @@ tok_t *tok_load(const char *path, char *err, size_t errlen) {
     tok_t *t = NULL;
     raw_tok_t *raw = NULL;
     if (jrc || !cJSON_IsObject(root)) {
-        errf(err, errlen, "%s: not valid JSON (or a vocab/merges entry of the wrong shape)", path);
+        tg_errf(err, errlen, "%s: not valid JSON (or a vocab/merges entry of the wrong shape)", path);
         goto fail;
     }
     const cJSON *model = cJSON_GetObjectItemCaseSensitive(root, "model");
     if (!cJSON_IsObject(model)) {
-        errf(err, errlen, "%s: no model object", path);
+        tg_errf(err, errlen, "%s: no model object", path);
         goto fail;
     }
     if (!js.has_vocab || !js.has_merges) {
         const char *type = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(model, "type"));
         if (type && strcmp(type, "BPE"))
-            errf(err, errlen, "%s: model type '%s' is not supported (only byte-level BPE)", path, type);
+            tg_errf(err, errlen, "%s: model type '%s' is not supported (only byte-level BPE)", path, type);
         else
-            errf(err, errlen, "%s: BPE model needs a vocab object and a merges array", path);
+            tg_errf(err, errlen, "%s: BPE model needs a vocab object and a merges array", path);
         goto fail;
     }
     int nfc = check_normalizer(root, err, errlen, path);
@@ -491,7 +483,7 @@ tok_t *tok_load(const char *path, char *err, size_t errlen) {
          * only adds BOS/EOS, which tok_encode never adds. */
         if (!ty || (strcmp(ty, "ByteLevel") && strcmp(ty, "TemplateProcessing") &&
                     strcmp(ty, "Sequence"))) {
-            errf(err, errlen, "%s: post_processor '%s' is not supported", path, ty ? ty : "?");
+            tg_errf(err, errlen, "%s: post_processor '%s' is not supported", path, ty ? ty : "?");
             goto fail;
         }
     }
@@ -509,13 +501,13 @@ tok_t *tok_load(const char *path, char *err, size_t errlen) {
     const cJSON *pre = cJSON_GetObjectItemCaseSensitive(root, "pre_tokenizer");
     if (pre && !cJSON_IsNull(pre) && pre_parse(t, &pcap, pre, &saw_bl, err, errlen, path)) goto fail;
     if (!saw_bl) {
-        errf(err, errlen, "%s: no ByteLevel pre_tokenizer: only byte-level BPE tokenizers are supported",
+        tg_errf(err, errlen, "%s: no ByteLevel pre_tokenizer: only byte-level BPE tokenizers are supported",
              path);
         goto fail;
     }
     for (size_t i = 1; i < t->n_pre; i++)
         if (t->pre[i].kind == TOK_PRE_BYTELEVEL && t->pre[i].add_prefix_space) {
-            errf(err, errlen, "%s: ByteLevel add_prefix_space after another pre-tokenizer is not supported",
+            tg_errf(err, errlen, "%s: ByteLevel add_prefix_space after another pre-tokenizer is not supported",
                  path);
             goto fail;
         }
@@ -542,7 +534,7 @@ tok_t *tok_load(const char *path, char *err, size_t errlen) {
         const cJSON *idj = cJSON_GetObjectItemCaseSensitive(e, "id");
         const char *c = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(e, "content"));
         if (!cJSON_IsNumber(idj) || idj->valuedouble < 0 || idj->valuedouble > 16777216 || !c) {
-            errf(err, errlen, "%s: added token without id or content", path);
+            tg_errf(err, errlen, "%s: added token without id or content", path);
             goto fail;
         }
         tok_added_t *ad = &t->added[t->n_added++];
@@ -558,13 +550,13 @@ tok_t *tok_load(const char *path, char *err, size_t errlen) {
         const cJSON *nz = cJSON_GetObjectItemCaseSensitive(e, "normalized");
         ad->normalized = nz ? (uint8_t)is_true(nz) : (uint8_t)!ad->special; /* HF's default */
         if (ad->single_word) {
-            errf(err, errlen, "%s: added token with single_word is not supported", path);
+            tg_errf(err, errlen, "%s: added token with single_word is not supported", path);
             goto fail;
         }
         if (ad->id > maxid) maxid = ad->id;
     }
     if (maxid < 0) {
-        errf(err, errlen, "%s: empty vocab", path);
+        tg_errf(err, errlen, "%s: empty vocab", path);
         goto fail;
     }
     t->n_vocab = (int32_t)(maxid + 1);
@@ -652,23 +644,23 @@ tok_t *tok_load(const char *path, char *err, size_t errlen) {
         for (size_t rank = 0; rank < nm; rank++) {
             const tok_json_merge_t *m = &js.merges[rank];
             if (!m->a_len || !m->b_len) {
-                errf(err, errlen, "%s: merge %zu is malformed", path, rank);
+                tg_errf(err, errlen, "%s: merge %zu is malformed", path, rank);
                 goto fail;
             }
             if ((size_t)m->a_len + m->b_len > sizeof tmp) {
-                errf(err, errlen, "%s: merge %zu is too long", path, rank);
+                tg_errf(err, errlen, "%s: merge %zu is too long", path, rank);
                 goto fail;
             }
             long la = bytelevel_to_bytes(js.arena + m->a_off, m->a_len, tmp);
             long lb = la > 0 ? bytelevel_to_bytes(js.arena + m->b_off, m->b_len, tmp + la) : -1;
             if (la <= 0 || lb <= 0) {
-                errf(err, errlen, "%s: merge %zu is not byte-level text", path, rank);
+                tg_errf(err, errlen, "%s: merge %zu is not byte-level text", path, rank);
                 goto fail;
             }
             int32_t ia = tok_vocab_find(t, tmp, (size_t)la), ib = tok_vocab_find(t, tmp + la, (size_t)lb);
             int32_t im = tok_vocab_find(t, tmp, (size_t)(la + lb));
             if (ia < 0 || ib < 0 || im < 0) {
-                errf(err, errlen, "%s: merge %zu refers to a token missing from the vocab", path, rank);
+                tg_errf(err, errlen, "%s: merge %zu refers to a token missing from the vocab", path, rank);
                 goto fail;
             }
             pair_insert(t, ia, ib, (int32_t)rank, im);
@@ -682,7 +674,7 @@ tok_t *tok_load(const char *path, char *err, size_t errlen) {
     return t;
 
 oom:
-    errf(err, errlen, "%s: out of memory", path);
+    tg_errf(err, errlen, "%s: out of memory", path);
 fail:
     free(raw);
     tok_free(t);
