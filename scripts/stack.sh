@@ -41,8 +41,8 @@ esac
 log() { printf 'tollgate: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
-as_pg() { # run a command as the owner of the PostgreSQL cluster
-    if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+as_pg() { # run a command as the owner of the PostgreSQL cluster (from /: our cwd may be closed to it)
+    if [ "$(id -u)" -eq 0 ]; then (cd / && runuser -u postgres -- "$@"); else "$@"; fi
 }
 
 psql_admin() { "$PGBIN/psql" -X -q -h 127.0.0.1 -p "$TG_PORT_PG" -U postgres "$@"; }
@@ -76,11 +76,16 @@ pg_start() {
         as_pg "$PGBIN/initdb" -D "$d" -U postgres -A trust -E UTF8 --locale=C.UTF-8 >"$V/log/initdb.log" 2>&1 ||
             die "initdb failed, see $V/log/initdb.log"
     fi
-    [ "$d" = "$V/pg" ] || ln -sfn "$d" "$V/pg"
-    touch "$V/log/pg.log"
-    [ "$(id -u)" -eq 0 ] && chown postgres: "$V/log/pg.log"
+    local plog=$V/log/pg.log
+    if [ "$d" != "$V/pg" ]; then # the cluster lives outside var/: so does its log
+        ln -sfn "$d" "$V/pg"
+        plog=$d.log
+        ln -sfn "$plog" "$V/log/pg.log"
+    fi
+    touch "$plog"
+    [ "$(id -u)" -eq 0 ] && chown postgres: "$plog"
     # A stale pid file from a killed run: pg_ctl copes when the pid is gone.
-    as_pg "$PGBIN/pg_ctl" -D "$d" -l "$V/log/pg.log" -w -t 60 start \
+    as_pg "$PGBIN/pg_ctl" -D "$d" -l "$plog" -w -t 60 start \
         -o "-p $TG_PORT_PG -c listen_addresses=127.0.0.1 -c unix_socket_directories='' -c fsync=on" \
         >/dev/null || die "PostgreSQL did not start, see $V/log/pg.log"
     if ! psql_admin -d postgres -tAc "select 1 from pg_roles where rolname='tollgate'" | grep -q 1; then
@@ -267,7 +272,7 @@ EOF
 test-up)
     [ -d "$V" ] && { stop_all 2>/dev/null || true; }
     d=$(pg_datadir)
-    [ "$d" = "$V/pg" ] || rm -rf "$d"
+    [ "$d" = "$V/pg" ] || rm -rf "$d" "$d.log"
     rm -rf "$V"
     mkdir -p "$V"
     # Keep the test model between runs: it is deterministic and takes time to make.
