@@ -1,24 +1,30 @@
 /* bill_settle.c — settlement of finished requests: one usage row and one
  * ledger debit per request_id, exactly once.
  *
- * bill_settle() validates and queues a copy; one batch (up to BATCH rows) at
+ * bill_settle() validates the row, appends it to the journal (the current
+ * spool file, metering/mtr.h) with write() — no fsync on the event loop —
+ * and queues a copy tagged with that file; one batch (up to BATCH rows) at
  * a time goes to PostgreSQL as ONE statement (SETTLE_SQL): insert the usage
  * rows ON CONFLICT (request_id) DO NOTHING and debit the ledger only for the
  * rows actually inserted, so re-sending a row is harmless.
  *
- * When a batch fails for a reason other than the rows themselves (PostgreSQL
- * down, timeout, shutdown), every row held only in memory is appended to the
- * spool (metering/mtr.h, fsync'd) and the memory queue is emptied; spool
- * files are replayed (read back into the queue, tagged with their file) when
- * a connection comes back and on a 1 s retry timer; a file is deleted when
- * all of its rows have been committed.  A replay that fails half way simply
- * happens again later: rows already written are skipped by request_id.
- * A batch rejected for its data (SQLSTATE class 22/23) is retried row by row;
- * a row rejected on its own is written to <spool_dir>/rejected.jsonl and
- * logged, never retried forever.
+ * The journal: a timer fdatasyncs it JOURNAL_SYNC_MS after the first
+ * unsynced row; it is rotated (closed, the next row opens a new file) after
+ * JOURNAL_ROWS rows or JOURNAL_AGE_US, and a closed file is deleted as soon
+ * as all of its rows have committed.  So a killed process (SIGKILL, crash)
+ * loses nothing: the kernel keeps what was written; a machine crash (power,
+ * kernel panic) loses at most the rows of the last JOURNAL_SYNC_MS.
  *
- * What may be lost: rows queued in memory when the gateway process is killed
- * with SIGKILL before their batch committed (normally milliseconds' worth). */
+ * When a batch fails for a reason other than the rows themselves (PostgreSQL
+ * down, timeout, shutdown), the memory queue is emptied (rows the journal
+ * could not take are appended to the spool and fsync'd first); spool files
+ * are replayed (read back into the queue, tagged with their file) when a
+ * connection comes back and on a 1 s retry timer, and at start, which also
+ * replays the journals a killed process left.  A replay that fails half way
+ * simply happens again later: rows already written are skipped by
+ * request_id.  A batch rejected for its data (SQLSTATE class 22/23) is
+ * retried row by row; a row rejected on its own is written to
+ * <spool_dir>/rejected.jsonl and logged, never retried forever. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,13 +39,17 @@
 #include "tg_json.h"
 
 #define BATCH 256
-#define QUEUE_MAX 100000 /* beyond this, new rows go straight to the spool */
+#define QUEUE_MAX 100000 /* beyond this, new rows are only in the journal */
+#define JOURNAL_SYNC_MS 50
+#define JOURNAL_ROWS 8192
+#define JOURNAL_AGE_US 1000000
 
 typedef struct sfile {
     TAILQ_ENTRY(sfile) link;
     char *name;
     long pending; /* rows of this file not yet committed */
     int loaded;   /* its rows are in the queue */
+    int open;     /* the journal: rows are still being appended */
     int corrupt;
 } sfile_t;
 
@@ -60,9 +70,13 @@ struct bill_settler {
     struct item_q queue, inflight;
     int nqueue, ninflight;
     struct sfile_q files;
-    mtr_spool_t *spool;
+    mtr_spool_t *spool; /* the journal (the spool file being appended) */
+    sfile_t *jf;        /* its entry in files */
+    long jrows;
+    int64_t jopened_us;
+    int jdirty;         /* written since the last fdatasync */
     bill_pg_job_t *job;
-    struct event *kick, *retry;
+    struct event *kick, *retry, *sync;
     int single;      /* rows to send one by one after a data error */
     int need_replay; /* spool files may hold rows that are not queued */
 };
@@ -251,12 +265,93 @@ static void file_done(bill_settler_t *s, sfile_t *f) {
     free(f);
 }
 
+/* ---- the journal -------------------------------------------------------- */
+
+/* Sync and close the journal; the file goes once all its rows committed. */
+static void journal_close(bill_settler_t *s) {
+    if (!s->spool) return;
+    if (s->jdirty && mtr_spool_sync(s->spool) != 0)
+        fprintf(stderr, "bill: cannot sync the journal in %s: %s\n", s->dir, strerror(errno));
+    mtr_spool_close(s->spool);
+    s->spool = NULL;
+    s->jdirty = 0;
+    sfile_t *f = s->jf;
+    s->jf = NULL;
+    if (!f) return;
+    f->open = 0;
+    if (f->loaded && f->pending == 0) file_done(s, f);
+}
+
+/* The open journal, opened (and listed in files) when needed; NULL on error. */
+static sfile_t *journal_open(bill_settler_t *s) {
+    if (s->spool && s->jrows >= JOURNAL_ROWS) journal_close(s);
+    if (s->spool) return s->jf;
+    sfile_t *f = calloc(1, sizeof *f);
+    if (!f) return NULL;
+    if (mtr_spool_write(&s->spool, s->dir, NULL, 0) != 0 || !(f->name = strdup(mtr_spool_name(s->spool)))) {
+        int e = errno;
+        mtr_spool_close(s->spool); /* an empty file at worst: the next replay deletes it */
+        s->spool = NULL;
+        free(f);
+        errno = e;
+        return NULL;
+    }
+    f->loaded = 1;
+    f->open = 1;
+    TAILQ_INSERT_TAIL(&s->files, f, link);
+    s->jf = f;
+    s->jrows = 0;
+    s->jopened_us = now_us();
+    return f;
+}
+
+static void journal_dirty(bill_settler_t *s) {
+    s->jdirty = 1;
+    if (!evtimer_pending(s->sync, NULL)) {
+        struct timeval tv = {0, JOURNAL_SYNC_MS * 1000};
+        evtimer_add(s->sync, &tv);
+    }
+}
+
+/* Append u to the journal.  Returns its file, or NULL (logged) when it
+ * could not be written: the row is then held in memory only. */
+static sfile_t *journal_write(bill_settler_t *s, const bill_usage_t *u) {
+    sfile_t *f = journal_open(s);
+    const bill_usage_t *v[1] = {u};
+    if (!f || mtr_spool_write(&s->spool, s->dir, v, 1) != 0) {
+        fprintf(stderr, "bill: cannot write the journal in %s: %s; settlement %.36s held in memory\n", s->dir,
+                strerror(errno), u->request_id);
+        journal_close(s); /* a torn record stays the last of its file */
+        return NULL;
+    }
+    s->jrows++;
+    journal_dirty(s);
+    return f;
+}
+
+/* The sync timer: fdatasync what was written; rotate an old journal. */
+static void sync_cb(evutil_socket_t fd, short what, void *arg) {
+    bill_settler_t *s = arg;
+    if (!s->spool) return;
+    if (s->jdirty) {
+        if (mtr_spool_sync(s->spool) != 0)
+            fprintf(stderr, "bill: cannot sync the journal in %s: %s\n", s->dir, strerror(errno));
+        s->jdirty = 0;
+    }
+    if (s->jrows >= JOURNAL_ROWS || now_us() - s->jopened_us >= JOURNAL_AGE_US) {
+        journal_close(s);
+        return;
+    }
+    struct timeval tv = {0, JOURNAL_SYNC_MS * 1000};
+    evtimer_add(s->sync, &tv); /* again, to rotate the journal when its time is up */
+}
+
 /* ---- the queue ---------------------------------------------------------- */
 
 /* it is committed in PostgreSQL (or rejected for good) and off its queue:
  * its spool file is done once all of its rows are; free it. */
 static void item_settled(bill_settler_t *s, item_t *it) {
-    if (it->src && --it->src->pending == 0 && it->src->loaded) file_done(s, it->src);
+    if (it->src && --it->src->pending == 0 && it->src->loaded && !it->src->open) file_done(s, it->src);
     item_free(it);
 }
 
@@ -286,12 +381,13 @@ static void kick_cb(evutil_socket_t fd, short what, void *arg) { flush(arg); }
 
 static void kick(bill_settler_t *s) { event_active(s->kick, EV_TIMEOUT, 0); }
 
-/* Append the memory-only items of q to the spool.  Returns 0 or -1. */
+/* Append the memory-only items of q to the spool (fsync'd).  Returns 0 or -1. */
 static int spool_items(bill_settler_t *s, struct item_q *q) {
     const bill_usage_t *v[BATCH];
     size_t n = 0;
     int rc = 0;
     item_t *it;
+    if (!journal_open(s)) return -1;
     TAILQ_FOREACH(it, q, link) {
         if (it->src) continue;
         v[n++] = &it->u;
@@ -320,12 +416,16 @@ static void go_down(bill_settler_t *s, const char *why) {
             goto retry;
         }
         fprintf(stderr, "bill: %s; %d settlements spooled to %s\n", why, nspool, s->dir);
+    } else if (s->nqueue + s->ninflight) {
+        fprintf(stderr, "bill: %s; %d settlements wait in the journal in %s\n", why, s->nqueue + s->ninflight,
+                s->dir);
     }
     items_free(&s->inflight);
     items_free(&s->queue);
     s->nqueue = s->ninflight = 0;
     sfile_t *f;
     TAILQ_FOREACH(f, &s->files, link) f->loaded = 0, f->pending = 0;
+    journal_close(s); /* rows from now on go to a new journal, loaded */
     s->need_replay = 1;
     s->single = 0;
 retry:;
@@ -431,10 +531,9 @@ static void replay_row(const bill_usage_t *u, void *arg) {
 void bill_settler_on_up(void *arg) {
     bill_settler_t *s = arg;
     s->need_replay = 0;
-    /* Close the file being appended so that it can be replayed and deleted;
-     * later failures start a new one. */
-    mtr_spool_close(s->spool);
-    s->spool = NULL;
+    /* Close the journal (it may hold rows not in memory, after an overflow);
+     * the next row starts a new one. */
+    journal_close(s);
     char **names;
     int n = mtr_spool_list(s->dir, &names);
     if (n < 0) {
@@ -458,8 +557,7 @@ void bill_settler_on_up(void *arg) {
         char path[4200];
         snprintf(path, sizeof path, "%s/%s", s->dir, f->name);
         replay_ctx_t c = {s, f};
-        f->pending = 0;
-        f->loaded = 1;
+        f->loaded = 1; /* pending: rows of f already in memory (kept over a failed read) count too */
         long got = mtr_spool_read(path, replay_row, &c, &f->corrupt);
         if (got < 0) {
             fprintf(stderr, "bill: cannot read spool file %s: %s\n", path, strerror(errno));
@@ -480,14 +578,15 @@ void bill_settler_on_up(void *arg) {
 void bill_settler_push(bill_settler_t *s, const bill_usage_t *u) {
     item_t *it = item_new(s, u, NULL);
     if (!it) return;
-    if (s->nqueue >= QUEUE_MAX) {
-        const bill_usage_t *v[1] = {&it->u};
-        if (mtr_spool_append(&s->spool, s->dir, v, 1) == 0) {
-            s->need_replay = 1;
-            item_free(it);
-            return;
-        }
+    sfile_t *f = journal_write(s, &it->u);
+    if (f && s->nqueue >= QUEUE_MAX) { /* on disk only: its file is read again once the queue drains */
+        f->loaded = 0;
+        s->need_replay = 1;
+        item_free(it);
+        return;
     }
+    it->src = f;
+    if (f) f->pending++;
     TAILQ_INSERT_TAIL(&s->queue, it, link);
     s->nqueue++;
     kick(s);
@@ -505,7 +604,8 @@ bill_settler_t *bill_settler_new(struct event_base *base, bill_pg_t *pg, const c
     s->dir = strdup(spool_dir);
     s->kick = event_new(base, -1, 0, kick_cb, s);
     s->retry = evtimer_new(base, retry_cb, s);
-    if (!s->dir || !s->kick || !s->retry) goto fail;
+    s->sync = evtimer_new(base, sync_cb, s);
+    if (!s->dir || !s->kick || !s->retry || !s->sync) goto fail;
     /* Writable spool or nothing: find out now, not during an outage. */
     mtr_spool_t *sp = NULL;
     if (mtr_spool_append(&sp, spool_dir, NULL, 0) != 0) {
@@ -552,6 +652,7 @@ void bill_settler_free(bill_settler_t *s, const char *conninfo) {
     if (!s) return;
     if (s->job) bill_pg_cancel(s->job); /* may still commit: its rows are re-sent, harmlessly */
     s->job = NULL;
+    journal_close(s); /* deleted now if all committed, else when the drain commits its rows */
     if (conninfo && (s->nqueue || s->ninflight)) {
         const char *keys[] = {"dbname", "connect_timeout", "options", "application_name", NULL};
         const char *vals[] = {conninfo, "2", "-c statement_timeout=5000", "tollgate-drain", NULL};
@@ -569,9 +670,10 @@ void bill_settler_free(bill_settler_t *s, const char *conninfo) {
         free(f->name);
         free(f);
     }
-    mtr_spool_close(s->spool);
+    journal_close(s); /* go_down may have reopened it */
     if (s->kick) event_free(s->kick);
     if (s->retry) event_free(s->retry);
+    if (s->sync) event_free(s->sync);
     free(s->dir);
     free(s);
 }

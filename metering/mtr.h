@@ -64,6 +64,13 @@ typedef struct mtr_spool mtr_spool_t;
 /* Append records to the current file of dir (creating it, and dir, when
  * needed) and fsync it before returning.  Returns 0, or -1 with errno set. */
 int mtr_spool_append(mtr_spool_t **sp, const char *dir, const bill_usage_t *const *u, size_t n);
+/* The same without the fsync (the settlement journal: write() alone survives
+ * a killed process; mtr_spool_sync later covers a machine crash).  n = 0
+ * only opens the file.  A failed write may leave a torn record at the end:
+ * close the file then, so that it stays the last one.  Returns 0 or -1. */
+int mtr_spool_write(mtr_spool_t **sp, const char *dir, const bill_usage_t *const *u, size_t n);
+int mtr_spool_sync(mtr_spool_t *sp);              /* fdatasync; 0 or -1 */
+const char *mtr_spool_name(const mtr_spool_t *sp); /* the file's name, without dir */
 /* Close the current file (the next append starts a new one).  Accepts NULL. */
 void mtr_spool_close(mtr_spool_t *sp);
 

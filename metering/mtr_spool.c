@@ -138,12 +138,16 @@ static mtr_spool_t *spool_open(const char *dir) {
     if (!sp) return NULL;
     struct timeval tv;
     gettimeofday(&tv, NULL);
+    long long us = (long long)tv.tv_sec * 1000000 + tv.tv_usec;
     size_t len = strlen(dir) + 64;
     sp->path = malloc(len);
     if (!sp->path) goto fail_sp;
-    snprintf(sp->path, len, "%s/settle-%016lld-%d.spool", dir,
-             (long long)tv.tv_sec * 1000000 + tv.tv_usec, (int)getpid());
-    sp->fd = open(sp->path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+    /* O_EXCL: two files opened in the same microsecond get different names */
+    for (int i = 0;; i++) {
+        snprintf(sp->path, len, "%s/settle-%016lld-%d.spool", dir, us + i, (int)getpid());
+        sp->fd = open(sp->path, O_WRONLY | O_CREAT | O_EXCL | O_APPEND | O_CLOEXEC, 0600);
+        if (sp->fd >= 0 || errno != EEXIST || i == 1000) break;
+    }
     if (sp->fd < 0) goto fail_path;
     if (fsync_dir(dir) != 0) goto fail_fd;
     return sp;
@@ -157,7 +161,7 @@ fail_sp:
     return NULL;
 }
 
-int mtr_spool_append(mtr_spool_t **spp, const char *dir, const bill_usage_t *const *u, size_t n) {
+int mtr_spool_write(mtr_spool_t **spp, const char *dir, const bill_usage_t *const *u, size_t n) {
     if (!*spp && !(*spp = spool_open(dir))) return -1;
     mtr_spool_t *sp = *spp;
     uint8_t rec[MTR_REC_HDR + MTR_REC_MAX];
@@ -168,11 +172,24 @@ int mtr_spool_append(mtr_spool_t **spp, const char *dir, const bill_usage_t *con
         while (off < len) {
             ssize_t w = write(sp->fd, rec + off, len - off);
             if (w < 0 && errno == EINTR) continue;
+            if (w == 0) errno = ENOSPC;
             if (w <= 0) return -1;
             off += (size_t)w;
         }
     }
-    return fsync(sp->fd);
+    return 0;
+}
+
+int mtr_spool_sync(mtr_spool_t *sp) { return sp ? fdatasync(sp->fd) : 0; }
+
+const char *mtr_spool_name(const mtr_spool_t *sp) {
+    const char *slash = strrchr(sp->path, '/');
+    return slash ? slash + 1 : sp->path;
+}
+
+int mtr_spool_append(mtr_spool_t **spp, const char *dir, const bill_usage_t *const *u, size_t n) {
+    if (mtr_spool_write(spp, dir, u, n) != 0) return -1;
+    return fsync((*spp)->fd);
 }
 
 void mtr_spool_close(mtr_spool_t *sp) {
