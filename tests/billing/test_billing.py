@@ -69,7 +69,30 @@ class Server:
                                                               prompt, hit, completion))
         assert r == "settled", r
 
+    def settle_many(self, rows, model=MODEL, price=PRICE):
+        """rows: (rid, key_id, cust_id, prompt, hit, completion); all sent, then all answers read."""
+        self.p.stdin.write("".join("settle %s %d %d %s %d %d %d %d %d %d\n" % (r[0], r[1], r[2], model, *price, *r[3:])
+                                   for r in rows))
+        self.p.stdin.flush()
+        for _ in rows:
+            r = self.p.stdout.readline().strip()
+            assert r == "settled", r
+
+    def kill(self):
+        """SIGKILL: no bill_free, no drain; returns its stderr."""
+        self.p.kill()
+        self.p.wait(timeout=10)
+        err = self.p.stderr.read()
+        for f in (self.p.stdout, self.p.stdin, self.p.stderr):
+            try:
+                f.close()
+            except OSError:
+                pass  # stdin's buffer may hold nothing more to flush into the dead pipe
+        return err
+
     def stop(self):
+        if self.p.stderr.closed:  # killed, and already reaped by kill()
+            return ""
         if self.p.poll() is None:
             self.p.stdin.write("quit\n")
             self.p.stdin.flush()
@@ -440,6 +463,66 @@ class Outage(unittest.TestCase):
         finally:
             err = s.stop()
             print(err, file=sys.stderr)
+
+    def test_sigkill_exactly_once(self):
+        """The write-ahead journal: every settlement bill_settle accepted survives a SIGKILL of the
+        process, committed exactly once after the restart (PostgreSQL up with the batch stuck in
+        flight; PostgreSQL down during the kill)."""
+        s = Server(self.conninfo, 18692, self.spool)
+        try:
+            s.ctl("price", "set", "--model", MODEL, "--input-miss", str(PRICE[0]), "--input-hit", str(PRICE[1]),
+                  "--output", str(PRICE[2]))
+            name = new_name()
+            s.ctl("customer", "create", name, "--credit-usd", "3")
+            key = s.ctl("key", "create", "--customer", name).stdout.strip().splitlines()[-1]
+            a = s.admit(key)
+            self.assertEqual(a[1], "ok")
+            kid, cid = int(a[2]), int(a[3])
+
+            # 1. PostgreSQL up, but the usage table locked: the first batch (256 rows) hangs in
+            #    flight, the rest wait in memory; SIGKILL; the lock goes (the orphaned batch may
+            #    commit after the kill); restart: every row exactly once
+            lock = psycopg2.connect(self.conninfo)
+            try:
+                lock.cursor().execute("lock table usage in exclusive mode")
+                r1 = [(str(uuid.uuid4()), kid, cid, 100 + i % 7, i % 5, 10 + i % 3) for i in range(300)]
+                s.settle_many(r1)
+                time.sleep(0.2)  # the first batch is sent and blocked
+                s.kill()
+                journaled = self.spooled()
+            finally:
+                lock.rollback()
+                lock.close()
+            self.assertTrue(journaled, "nothing journaled")
+            time.sleep(0.5)
+            s.start()
+            # 2. PostgreSQL down during the kill, up before the restart
+            self.assertTrue(wait_for(lambda: self.count([r[0] for r in r1]) == len(r1), 20), "journal not replayed")
+            self.pg(False)
+            r2 = [(str(uuid.uuid4()), kid, cid, 50, 0, 5 + i) for i in range(40)]
+            s.settle_many(r2)
+            s.kill()
+            self.pg(True)
+            s.start()
+            rows = r1 + r2
+            self.assertTrue(wait_for(lambda: self.count([r[0] for r in rows]) == len(rows), 20),
+                            "journal not replayed after the outage")
+            self.assertTrue(wait_for(lambda: not self.spooled(), 10), "journal files not removed")
+            time.sleep(0.5)
+            got = q("select request_id::text, count(*), -sum(amount_pico) from ledger where request_id = any(%s::uuid[])"
+                    " group by 1", [r[0] for r in rows], conninfo=self.conninfo)
+            want = {r[0]: cost(*r[3:]) for r in rows}
+            self.assertEqual({g[0]: (g[1], int(g[2])) for g in got}, {k: (1, v) for k, v in want.items()},
+                             "one debit per request")
+            bal = q("select balance_pico from customers where name = %s", name, conninfo=self.conninfo)[0][0]
+            self.assertEqual(int(bal), 3 * 10**12 - sum(want.values()))
+            self.assertEqual(q("select count(*) from ledger_mismatch", conninfo=self.conninfo)[0][0], 0)
+        finally:
+            err = s.stop()
+            print(err, file=sys.stderr)
+
+    def count(self, rids):
+        return q("select count(*) from usage where request_id = any(%s::uuid[])", rids, conninfo=self.conninfo)[0][0]
 
 
 if __name__ == "__main__":
