@@ -158,10 +158,106 @@ static void test_replay(void) {
     event_base_free(base);
 }
 
+/* Rotate the journal as the sync timer does once its time is up. */
+static void journal_expire(bill_settler_t *s) {
+    s->jopened_us -= 2 * JOURNAL_AGE_US;
+    sync_cb(-1, EV_TIMEOUT, s);
+}
+
+/* The write-ahead journal: rows are on disk when bill_settle returns, the
+ * file goes when its rows committed and it was rotated, a second process
+ * (the restart after a SIGKILL) replays it, overflow rows are read back. */
+static void test_journal(void) {
+    struct event_base *base = event_base_new();
+    bill_pg_t *pg = bill_pg_new(base, "host=127.0.0.1 port=1 dbname=x", 1, 1000, NULL, NULL);
+    char err[256] = "";
+    bill_settler_t *s = bill_settler_new(base, pg, spool, err, sizeof err);
+    CHECK(s != NULL);
+    if (!s) return;
+    bill_settler_on_up(s);
+    CHECK_EQ_I(answer(s, 1), 1); /* what test_replay left spooled */
+    CHECK_EQ_I(nfiles(), 0);
+
+    /* 1. pushed rows are in the journal at once, before any batch; synced by the timer */
+    for (int i = 100; i < 102; i++) {
+        bill_usage_t u = sample(i);
+        bill_settler_push(s, &u);
+    }
+    CHECK_EQ_I(nfiles(), 1);
+    CHECK_EQ_I(spooled_rows(), 2);
+    CHECK(s->jdirty);
+    CHECK(evtimer_pending(s->sync, NULL));
+    sync_cb(-1, EV_TIMEOUT, s);
+    CHECK(!s->jdirty);
+    CHECK(s->spool != NULL); /* still young: kept open */
+
+    /* 2. committed: the open journal stays until rotated, then goes */
+    CHECK_EQ_I(answer(s, 1), 2);
+    CHECK_EQ_I(nfiles(), 1);
+    journal_expire(s);
+    CHECK(s->spool == NULL);
+    CHECK_EQ_I(nfiles(), 0);
+
+    /* 3. rotation by rows: a full journal is closed, the next row opens another;
+     *    the closed one goes when its row commits */
+    bill_usage_t u = sample(102);
+    bill_settler_push(s, &u);
+    s->jrows = JOURNAL_ROWS;
+    u = sample(103);
+    bill_settler_push(s, &u);
+    CHECK_EQ_I(nfiles(), 2);
+    CHECK_EQ_I(answer(s, 1), 2);
+    CHECK_EQ_I(nfiles(), 1);
+    journal_expire(s);
+    CHECK_EQ_I(nfiles(), 0);
+
+    /* 4. a killed process: its journal is replayed by the next one on the same
+     *    spool (here a second settler; the first is never drained) */
+    for (int i = 104; i < 107; i++) {
+        u = sample(i);
+        bill_settler_push(s, &u);
+    }
+    bill_settler_t *s2 = bill_settler_new(base, pg, spool, err, sizeof err);
+    CHECK(s2 != NULL);
+    if (s2) {
+        bill_settler_on_up(s2);
+        CHECK_EQ_I(s2->nqueue, 3);
+        CHECK_EQ_I(answer(s2, 1), 3);
+        CHECK_EQ_I(nfiles(), 0);
+        bill_settler_free(s2, NULL);
+    }
+    s->nqueue = 0; /* the "killed" process's memory: dropped without a trace on disk */
+    items_free(&s->queue);
+    journal_close(s);
+    CHECK_EQ_I(nfiles(), 0);
+
+    /* 5. a full queue: further rows are only in the journal, read back once
+     *    the queue drains; every row is sent, every file goes */
+    long pushed = 0, sent = 0;
+    for (int i = 0; i < QUEUE_MAX + 5; i++) {
+        u = sample(1000 + i);
+        bill_settler_push(s, &u);
+        pushed++;
+    }
+    CHECK_EQ_I(s->nqueue, QUEUE_MAX);
+    CHECK_EQ_I(spooled_rows(), pushed);
+    CHECK(s->need_replay);
+    for (int n, guard = 0; (n = answer(s, 1)) > 0 && guard < 2000; guard++) sent += n;
+    CHECK(sent >= pushed);
+    CHECK_EQ_I(s->nqueue + s->ninflight, 0);
+    journal_expire(s);
+    CHECK_EQ_I(nfiles(), 0);
+
+    bill_settler_free(s, NULL);
+    bill_pg_free(pg);
+    event_base_free(base);
+}
+
 int main(void) {
     if (!mkdtemp(dir)) return 1;
     snprintf(spool, sizeof spool, "%s/spool", dir);
     test_replay();
+    test_journal();
     char cmd[128];
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
     if (system(cmd) != 0) return 1;
