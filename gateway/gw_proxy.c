@@ -359,9 +359,14 @@ static int gw_has_object(const char *json, const char *field) {
 }
 
 /* One SSE event from the worker: learn usage, maybe drop or trim it, forward. */
+/* gw_server.c: settle a stream before its [DONE] goes out (not in gw-int.h,
+ * which this change does not own). */
+void gw_req_settle_done(gw_req_t *r);
+
 static void gw_stream_event(gw_req_t *r, const char *ev, size_t len) {
     gw_buf_t *d = &r->body; /* reused as scratch while streaming */
     if (gw_sse_data(ev, len, d) != GW_OK || d->len == 0 || d->p[0] != '{') {
+        if (d->len == 6 && !memcmp(d->p, "[DONE]", 6)) gw_req_settle_done(r); /* before the client has it */
         gw_client_chunk(r, ev, len);
         return;
     }

@@ -302,8 +302,14 @@ static int64_t gw_req_prompt_count(gw_req_t *r) {
     return n;
 }
 
+/* Settle once: r->proxied is 1 while a worker was asked and 2 once settled.
+ * Called at the latest from gw_req_free; a stream settles when its worker's
+ * "data: [DONE]" arrives, before that event goes out (gw_req_settle_done), so
+ * that a client holding a complete answer always has a durable usage row
+ * (bill_settle journals it before returning). */
 static void gw_req_settle(gw_req_t *r) {
-    if (!r->proxied || !r->admitted || !r->srv->bill) return;
+    if (r->proxied != 1 || !r->admitted || !r->srv->bill) return;
+    r->proxied = 2;
     bill_usage_t u;
     memset(&u, 0, sizeof u);
     memcpy(u.request_id, r->id, sizeof u.request_id);
@@ -334,6 +340,15 @@ static void gw_req_settle(gw_req_t *r) {
     m->tokens_cache_hit += (uint64_t)u.prompt_cache_hit_tokens;
     m->tokens_completion += (uint64_t)u.completion_tokens;
     m->tokens_reasoning += (uint64_t)u.reasoning_tokens;
+}
+
+/* A stream's last event ("data: [DONE]") is about to be queued for the
+ * client: settle now, with the usage seen so far (declared in gw_proxy.c). */
+void gw_req_settle_done(gw_req_t *r);
+void gw_req_settle_done(gw_req_t *r) {
+    if (r->proxied != 1) return;
+    r->finished_us = gw_now_us();
+    gw_req_settle(r);
 }
 
 /* Read token counts from an OpenAI/DeepSeek usage object: exact integers
