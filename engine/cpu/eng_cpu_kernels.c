@@ -277,7 +277,7 @@ static inline __attribute__((always_inline, target("avx512f,avx512bw,avx512vl"))
 
 static inline __attribute__((always_inline, target("avx512f,avx512bw,avx512vl"))) void
 tile512(const void *W, int bf16, int64_t ldw, const float *X, int64_t ldx, int nr, int nt, int C, float *out,
-        int64_t ldo) {
+        int64_t ldo, int pfr) {
     __m512 acc[TILE_R][4];
     _Pragma("GCC unroll 4") for (int i = 0; i < nr; i++)
         _Pragma("GCC unroll 4") for (int t = 0; t < nt; t++) acc[i][t] = _mm512_setzero_ps();
@@ -285,8 +285,9 @@ tile512(const void *W, int bf16, int64_t ldw, const float *X, int64_t ldx, int n
     int k = 0;
     for (; k + 16 <= C; k += 16) {
         __m512 w[TILE_R], x[4];
-        /* the next tile's rows: rows are a page apart, beyond the hardware prefetcher */
-        _Pragma("GCC unroll 4") for (int i = 0; i < nr; i++) _mm_prefetch((const char *)W + (i + TILE_R) * ldw * es + k * es + PF_DIST, PF_HINT);
+        /* the next tile's rows (pfr of them are this thread's): rows are a
+         * page apart, beyond the hardware prefetcher */
+        _Pragma("GCC unroll 4") for (int i = 0; i < nr; i++) if (i < pfr) _mm_prefetch((const char *)W + (i + TILE_R) * ldw * es + k * es + PF_DIST, PF_HINT);
         _Pragma("GCC unroll 4") for (int i = 0; i < nr; i++) w[i] = ld_w512((const char *)W + i * ldw * es, bf16, k);
         _Pragma("GCC unroll 4") for (int t = 0; t < nt; t++) x[t] = _mm512_loadu_ps(X + t * ldx + k);
         _Pragma("GCC unroll 4") for (int i = 0; i < nr; i++)
@@ -324,15 +325,15 @@ tile512(const void *W, int bf16, int64_t ldw, const float *X, int64_t ldx, int n
     default: F(__VA_ARGS__, 4, 4); break;                                                          \
     }
 
-#define CALL512(W, bf, ldw, X, ldx, C, out, ldo, NR, NT) tile512(W, bf, ldw, X, ldx, NR, NT, C, out, ldo)
+#define CALL512(W, bf, ldw, X, ldx, C, out, ldo, pfr, NR, NT) tile512(W, bf, ldw, X, ldx, NR, NT, C, out, ldo, pfr)
 
 __attribute__((target("avx512f,avx512bw,avx512vl"))) static void tile_avx512(const void *W, int bf16, int64_t ldw,
                                                                     const float *X, int64_t ldx, int nr, int nt,
-                                                                    int C, float *out, int64_t ldo) {
+                                                                    int C, float *out, int64_t ldo, int pfr) {
     if (bf16) {
-        TILE_CASES(CALL512, W, 1, ldw, X, ldx, C, out, ldo)
+        TILE_CASES(CALL512, W, 1, ldw, X, ldx, C, out, ldo, pfr)
     } else {
-        TILE_CASES(CALL512, W, 0, ldw, X, ldx, C, out, ldo)
+        TILE_CASES(CALL512, W, 0, ldw, X, ldx, C, out, ldo, pfr)
     }
 }
 
@@ -435,20 +436,20 @@ tile256(const void *W, int bf16, int64_t ldw, const float *X, int64_t ldx, int n
         }
 }
 
-#define CALL256(W, bf, ldw, X, ldx, C, out, ldo, NR, NT) tile256(W, bf, ldw, X, ldx, NR, NT, C, out, ldo)
+#define CALL256(W, bf, ldw, X, ldx, C, out, ldo, pfr, NR, NT) tile256(W, bf, ldw, X, ldx, NR, NT, C, out, ldo)
 
 __attribute__((target("avx2,fma"))) static void tile_avx2(const void *W, int bf16, int64_t ldw, const float *X,
                                                           int64_t ldx, int nr, int nt, int C, float *out,
-                                                          int64_t ldo) {
+                                                          int64_t ldo, int pfr) {
     if (bf16) {
-        TILE_CASES(CALL256, W, 1, ldw, X, ldx, C, out, ldo)
+        TILE_CASES(CALL256, W, 1, ldw, X, ldx, C, out, ldo, pfr)
     } else {
-        TILE_CASES(CALL256, W, 0, ldw, X, ldx, C, out, ldo)
+        TILE_CASES(CALL256, W, 0, ldw, X, ldx, C, out, ldo, pfr)
     }
 }
 
 static void tile_scalar(const void *W, int bf16, int64_t ldw, const float *X, int64_t ldx, int nr, int nt, int C,
-                        float *out, int64_t ldo) {
+                        float *out, int64_t ldo, int pfr) {
     float row[4096];
     for (int i = 0; i < nr; i++) {
         const float *wr;
@@ -477,7 +478,7 @@ static void tile_scalar(const void *W, int bf16, int64_t ldw, const float *X, in
     }
 }
 
-typedef void (*tile_fn)(const void *, int, int64_t, const float *, int64_t, int, int, int, float *, int64_t);
+typedef void (*tile_fn)(const void *, int, int64_t, const float *, int64_t, int, int, int, float *, int64_t, int);
 
 /* Y [n, rows r0..r1) = X [n, cols] @ W^T; rowbuf holds TILE_R decoded rows. */
 void eng_cpu_matmul_rows(const eng_w_t *w, const float *x, int n, float *y, int64_t r0, int64_t r1,
@@ -497,6 +498,8 @@ void eng_cpu_matmul_rows(const eng_w_t *w, const float *x, int n, float *y, int6
         int t1 = t0 + tc < n ? t0 + tc : n;
         for (int64_t r = r0; r < r1; r += TILE_R) {
             int nr = r1 - r < TILE_R ? (int)(r1 - r) : TILE_R;
+            /* rows of the next tile that are this call's (prefetch no further) */
+            int pfr = r1 - r - nr < TILE_R ? (int)(r1 - r - nr) : TILE_R;
             const void *wp;
             int64_t ldw = C;
             if (i8_direct) {
@@ -523,7 +526,7 @@ void eng_cpu_matmul_rows(const eng_w_t *w, const float *x, int n, float *y, int6
             }
             for (int t = t0; t < t1; t += 4) {
                 int nt = t1 - t < 4 ? t1 - t : 4;
-                tile(wp, direct && bf16, ldw, x + (int64_t)t * C, C, nr, nt, (int)C, y + (int64_t)t * R + r, R);
+                tile(wp, direct && bf16, ldw, x + (int64_t)t * C, C, nr, nt, (int)C, y + (int64_t)t * R + r, R, pfr);
             }
         }
     }
