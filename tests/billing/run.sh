@@ -15,3 +15,9 @@ if [ -z "${TG_TEST_PG:-}" ]; then
 fi
 export BILL_SERVER=${BILL_SERVER:-build/bill_server}
 /usr/bin/python3 tests/billing/test_billing.py
+# The gateway fault test (SIGKILL of build/tollgate, ports 18760-18765).  mk/billing.mk does not
+# build the gateway for test-billing: build it here when it is missing.
+export TG_GATEWAY=${TG_GATEWAY:-build${SANITIZER:+/$SANITIZER}/tollgate}
+export TG_CTL=${TG_CTL:-build/tollgatectl}
+[ -x "$TG_GATEWAY" ] || make --no-print-directory "$TG_GATEWAY" >/dev/null || true
+/usr/bin/python3 tests/billing/test_gw_kill.py
