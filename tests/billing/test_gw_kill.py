@@ -2,13 +2,16 @@
 usage row and counts none twice.
 
 A private stack on ports 18760-18765: PostgreSQL (tests/billing/pg.sh), Redis, the gateway's scripted
-fake worker (tests/gateway/fake_worker.py) and the gateway.  Each round makes chat requests (plain ones
+fake worker (tests/gateway/fake_worker.py, through slow_done_worker.py: its streams pause 3 s after
+"data: [DONE]" before their body ends, so the kill comes while the gateway still waits for them) and
+the gateway.  Each round makes chat requests (plain ones
 read to the end, streams read only up to their "data: [DONE]"), SIGKILLs the gateway at once, restarts
 it and checks that every request has exactly one usage row and exactly one debit:
   - the usage table locked while the requests run, so no settlement can commit before the kill;
   - the same, and PostgreSQL stopped before the kill and started again before the restart;
   - no lock: the ordinary race between commits and the kill.
-Before the write-ahead journal the first two rounds lost every row."""
+Before the write-ahead journal the first two rounds lost every row; with the journal but the stream
+settled only at the end of the worker's body, every stream was lost."""
 import http.client
 import json
 import os
@@ -28,7 +31,7 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 GATEWAY = os.path.join(ROOT, os.environ.get("TG_GATEWAY", "build/tollgate"))
 CTL = os.path.join(ROOT, os.environ.get("TG_CTL", "build/tollgatectl"))
 PGSH = os.path.join(ROOT, "tests", "billing", "pg.sh")
-WORKER = os.path.join(ROOT, "tests", "gateway", "fake_worker.py")
+WORKER = os.path.join(ROOT, "tests", "billing", "slow_done_worker.py")  # fake_worker.py, slow after [DONE]
 P_PG, P_REDIS, P_WORKER, P_GW, P_ADMIN = 18760, 18761, 18762, 18763, 18764
 PG = "host=127.0.0.1 port=%d dbname=tollgate user=tollgate" % P_PG
 MODEL = "fake-model"
