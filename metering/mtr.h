@@ -1,8 +1,11 @@
-/* mtr.h — metering: the durable local spool of settlements that could not
- * reach PostgreSQL.  Records are appended (and fsync'd) to files in a spool
- * directory while the database is down and replayed when it is back; the
- * usage row's request_id makes a replayed record harmless if it was written
- * before (INSERT .. ON CONFLICT DO NOTHING).
+/* mtr.h — metering: the durable local spool of settlements.  Every
+ * settlement is appended to the current file of the spool directory when it
+ * is made (the write-ahead journal: plain writes, fdatasync'd by a timer;
+ * billing/bill_settle.c) and rows that could not be journaled are appended
+ * and fsync'd when PostgreSQL fails; files are replayed at start and when the
+ * database is back, and deleted once all their rows committed.  The usage
+ * row's request_id makes a replayed record harmless if it was written before
+ * (INSERT .. ON CONFLICT DO NOTHING).
  *
  * Spool file: `<spool_dir>/settle-<unix_us>-<pid>.spool`, a sequence of
  * records; every integer little-endian:
