@@ -173,6 +173,42 @@ static void test_files(void) {
     CHECK_EQ_I(system(cmd), 0);
 }
 
+/* The journal's calls: writes without fsync read back the same; two open
+ * files have distinct names (O_EXCL keeps that true within a microsecond). */
+static void test_journal_calls(void) {
+    char dir[] = "/tmp/mtr-test.XXXXXX";
+    CHECK(mkdtemp(dir) != NULL);
+    mtr_spool_t *a = NULL, *b = NULL;
+    bill_usage_t us[3];
+    const bill_usage_t *v[3];
+    for (int i = 0; i < 3; i++) us[i] = sample(i), v[i] = &us[i];
+    CHECK_EQ_I(mtr_spool_write(&a, dir, NULL, 0), 0); /* opens only */
+    CHECK(a != NULL);
+    for (int i = 0; i < 3; i++) CHECK_EQ_I(mtr_spool_write(&a, dir, v + i, 1), 0);
+    CHECK_EQ_I(mtr_spool_sync(a), 0);
+    CHECK_EQ_I(mtr_spool_sync(NULL), 0);
+    CHECK_EQ_I(mtr_spool_write(&b, dir, v, 1), 0);
+    CHECK(a && b && strcmp(mtr_spool_name(a), mtr_spool_name(b)) != 0);
+    CHECK(a && strchr(mtr_spool_name(a), '/') == NULL && !strncmp(mtr_spool_name(a), "settle-", 7));
+    char path[256];
+    snprintf(path, sizeof path, "%s/%s", dir, a ? mtr_spool_name(a) : "x");
+    mtr_spool_close(a);
+    mtr_spool_close(b);
+    collect_t c = {.n = 0};
+    int corrupt = -1, all;
+    CHECK_EQ_I(mtr_spool_read(path, collect, &c, &corrupt), 3);
+    all = c.n == 3;
+    for (int i = 0; i < c.n && i < 3; i++) all &= same(&c.got[i], &us[i]);
+    CHECK(all);
+    char **names;
+    int n = mtr_spool_list(dir, &names);
+    CHECK_EQ_I(n, 2);
+    mtr_names_free(names, n);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    CHECK_EQ_I(system(cmd), 0);
+}
+
 /* Decoding random and mutated bytes never crashes, never reads past n, and
  * anything it accepts re-encodes to the same bytes. */
 static void test_decode_garbage(void) {
@@ -208,4 +244,5 @@ static void test_decode_garbage(void) {
     CHECK_EQ_I(bad_roundtrip, 0);
 }
 
-TG_TEST_MAIN(test_crc32, test_encode_layout, test_roundtrip_torn_corrupt, test_files, test_decode_garbage)
+TG_TEST_MAIN(test_crc32, test_encode_layout, test_roundtrip_torn_corrupt, test_files, test_journal_calls,
+             test_decode_garbage)
