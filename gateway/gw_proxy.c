@@ -359,14 +359,14 @@ static int gw_has_object(const char *json, const char *field) {
 }
 
 /* One SSE event from the worker: learn usage, maybe drop or trim it, forward. */
-/* gw_server.c: settle a stream before its [DONE] goes out (not in gw-int.h,
- * which this change does not own). */
-void gw_req_settle_done(gw_req_t *r);
+/* gw_server.c: settle before the answer's last bytes are queued (not in
+ * gw-int.h, which this change does not own). */
+void gw_req_settle_done(gw_req_t *r, int status);
 
 static void gw_stream_event(gw_req_t *r, const char *ev, size_t len) {
     gw_buf_t *d = &r->body; /* reused as scratch while streaming */
     if (gw_sse_data(ev, len, d) != GW_OK || d->len == 0 || d->p[0] != '{') {
-        if (d->len == 6 && !memcmp(d->p, "[DONE]", 6)) gw_req_settle_done(r); /* before the client has it */
+        if (d->len == 6 && !memcmp(d->p, "[DONE]", 6)) gw_req_settle_done(r, r->status); /* before the client has it */
         gw_client_chunk(r, ev, len);
         return;
     }
@@ -434,6 +434,7 @@ static void gw_up_complete(gw_req_t *r) {
                      (r->resp.chunked ? r->ch.done : r->resp.content_length >= 0);
     if (r->up_streaming) {
         if (gw_stream_payload(r) != GW_OK) return;
+        gw_req_settle_done(r, r->status); /* a stream without [DONE]: before its end goes out */
         size_t rest = gw_sse_pending(&r->sse);
         if (rest) gw_client_chunk(r, r->sse.buf.p + r->sse.buf.len - rest, rest);
         if (r->client_chunked) evbuffer_add(gw_req_out(r), "0\r\n\r\n", 5);
@@ -468,6 +469,7 @@ static void gw_up_complete(gw_req_t *r) {
         }
     }
     gw_proxy_release(r);
+    gw_req_settle_done(r, status); /* before the answer is queued: it may be written at once */
     gw_req_head(r, status, r->resp.content_type[0] ? r->resp.content_type : "application/json",
                 (int64_t)r->body.len);
     if (r->body.len) evbuffer_add(gw_req_out(r), r->body.p, r->body.len);

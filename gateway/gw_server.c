@@ -303,10 +303,11 @@ static int64_t gw_req_prompt_count(gw_req_t *r) {
 }
 
 /* Settle once: r->proxied is 1 while a worker was asked and 2 once settled.
- * Called at the latest from gw_req_free; a stream settles when its worker's
- * "data: [DONE]" arrives, before that event goes out (gw_req_settle_done), so
- * that a client holding a complete answer always has a durable usage row
- * (bill_settle journals it before returning). */
+ * Called at the latest from gw_req_free; a finished answer settles before its
+ * last bytes are queued for the client (gw_req_settle_done), so that a client
+ * holding a complete answer always has a durable usage row (bill_settle
+ * journals it before returning).  Before, not after: queuing bytes on the TLS
+ * bufferevent may SSL_write them at once (libevent's output callback). */
 static void gw_req_settle(gw_req_t *r) {
     if (r->proxied != 1 || !r->admitted || !r->srv->bill) return;
     r->proxied = 2;
@@ -342,11 +343,14 @@ static void gw_req_settle(gw_req_t *r) {
     m->tokens_reasoning += (uint64_t)u.reasoning_tokens;
 }
 
-/* A stream's last event ("data: [DONE]") is about to be queued for the
- * client: settle now, with the usage seen so far (declared in gw_proxy.c). */
-void gw_req_settle_done(gw_req_t *r);
-void gw_req_settle_done(gw_req_t *r) {
-    if (r->proxied != 1) return;
+/* The last bytes of the answer (status `status`: a whole body, a stream's
+ * "data: [DONE]" or end) are about to be queued for the client: settle now
+ * with the usage known (declared in gw_proxy.c).  A client already gone is
+ * settled by gw_req_free, with its 499. */
+void gw_req_settle_done(gw_req_t *r, int status);
+void gw_req_settle_done(gw_req_t *r, int status) {
+    if (r->proxied != 1 || r->client_gone) return;
+    r->status = status;
     r->finished_us = gw_now_us();
     gw_req_settle(r);
 }
