@@ -336,7 +336,7 @@ struct gw_req {
     int up_reused;             /* this worker connection served an earlier request */
     int up_reusable;           /* the answer ended cleanly: the connection may be kept */
     int no_reuse;              /* a kept connection failed: use fresh ones */
-    int proxied;               /* a worker was asked: settle */
+    int proxied;               /* 1: a worker was asked, settle; 2: settled (once) */
     uint64_t tried;            /* bit per worker index already tried */
     uint64_t affinity;         /* hash of the prompt's start; 0: none */
     struct bufferevent *up;
@@ -361,6 +361,9 @@ void gw_req_error(gw_req_t *r, int status, const char *type, const char *code, c
  * close-delimited to an HTTP/1.0 client). */
 void gw_req_head(gw_req_t *r, int status, const char *ctype, int64_t clen);
 void gw_req_finish(gw_req_t *r);
+/* Settle the request now (bill_settle journals it), before the last bytes of
+ * its answer are queued for the client; later calls do nothing. */
+void gw_req_settle_done(gw_req_t *r, int status);
 /* Token counts from a usage object (exact integers 0..1e12); GW_OK, or
  * GW_ERROR when usage is absent or malformed. */
 int gw_req_usage_from_json(gw_req_t *r, const tg_json_t *usage);

@@ -361,7 +361,6 @@ static int gw_has_object(const char *json, const char *field) {
 /* One SSE event from the worker: learn usage, maybe drop or trim it, forward. */
 /* gw_server.c: settle before the answer's last bytes are queued (not in
  * gw-int.h, which this change does not own). */
-void gw_req_settle_done(gw_req_t *r, int status);
 
 static void gw_stream_event(gw_req_t *r, const char *ev, size_t len) {
     gw_buf_t *d = &r->body; /* reused as scratch while streaming */

@@ -347,7 +347,6 @@ static void gw_req_settle(gw_req_t *r) {
  * "data: [DONE]" or end) are about to be queued for the client: settle now
  * with the usage known (declared in gw_proxy.c).  A client already gone is
  * settled by gw_req_free, with its 499. */
-void gw_req_settle_done(gw_req_t *r, int status);
 void gw_req_settle_done(gw_req_t *r, int status) {
     if (r->proxied != 1 || r->client_gone) return;
     r->status = status;

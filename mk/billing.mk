@@ -21,8 +21,9 @@ $(B)/bill_server$(if $(SANITIZER),-$(SANITIZER)): $(O)/tests/billing/bill_server
 test-billing-unit: $(BILL_UNIT_BINS)
 	@set -e; for t in $(BILL_UNIT_BINS); do $$t; done
 
-test-billing: test-billing-unit $(B)/bill_server$(if $(SANITIZER),-$(SANITIZER)) $(BIN)/tollgatectl
-	BILL_SERVER=$(B)/bill_server$(if $(SANITIZER),-$(SANITIZER)) TG_CTL=$(BIN)/tollgatectl bash tests/billing/run.sh
+test-billing: test-billing-unit $(B)/bill_server$(if $(SANITIZER),-$(SANITIZER)) $(BIN)/tollgatectl $(BIN)/tollgate
+	BILL_SERVER=$(B)/bill_server$(if $(SANITIZER),-$(SANITIZER)) TG_CTL=$(BIN)/tollgatectl \
+	    TG_GATEWAY=$(BIN)/tollgate bash tests/billing/run.sh
 
 TEST_TARGETS += test-billing
 
