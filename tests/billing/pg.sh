@@ -8,7 +8,7 @@ set -euo pipefail
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 cmd=$1; dir=$2; port=${3:-}
 root=$(cd "$(dirname "$0")/../.." && pwd)
-asuser() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+asuser() { if [ "$(id -u)" = 0 ]; then (cd / && runuser -u postgres -- "$@"); else "$@"; fi; }
 
 migrate() {
     export PGOPTIONS="-c client_min_messages=warning"

@@ -87,6 +87,7 @@ class GatewayKill(unittest.TestCase):
                            "tls_cert": cert, "tls_key": key, "postgres": PG, "redis": "127.0.0.1:%d" % P_REDIS,
                            "admin_token_file": os.path.join(cls.dir, "admin.token"),
                            "key_secret_file": os.path.join(cls.dir, "key.secret"), "spool_dir": cls.spool,
+                           "access_log": os.path.join(cls.dir, "access.log"),
                            "upstream_timeout_ms": 5000,
                            "workers": [{"url": "http://127.0.0.1:%d" % P_WORKER, "models": [MODEL]}]}, f)
             cls.start_gateway()
