@@ -19,15 +19,10 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "tg_err.h"
+#include "tg_file.h"
 #include "eng_model_int.h"
 
-static void seterr(char *err, size_t errlen, const char *fmt, ...) {
-    if (!err || !errlen) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 /* ---- config.json ------------------------------------------------------------- */
 
@@ -50,20 +45,16 @@ static const char *jstr(const cJSON *o, const char *k, const char *def) {
 static int parse_config(eng_model_t *m, const char *dir, char *err, size_t errlen) {
     char path[4096];
     snprintf(path, sizeof path, "%s/config.json", dir);
-    FILE *fp = fopen(path, "rb");
-    if (!fp) {
-        seterr(err, errlen, "%s: %s", path, strerror(errno));
+    size_t n;
+    char *buf = tg_file_read(path, 16 << 20, &n);
+    if (!buf) {
+        tg_errf(err, errlen, "%s: %s", path, errno == EFBIG ? "larger than 16 MiB" : strerror(errno));
         return -1;
     }
-    char *buf = malloc(1 << 20);
-    size_t n = buf ? fread(buf, 1, (1 << 20) - 1, fp) : 0;
-    fclose(fp);
-    if (!buf) return -1;
-    buf[n] = 0;
-    cJSON *j = cJSON_Parse(buf);
+    cJSON *j = cJSON_ParseWithLength(buf, n);
     free(buf);
     if (!cJSON_IsObject(j)) {
-        seterr(err, errlen, "%s: not a JSON object", path);
+        tg_errf(err, errlen, "%s: not a JSON object", path);
         cJSON_Delete(j);
         return -1;
     }
@@ -76,7 +67,7 @@ static int parse_config(eng_model_t *m, const char *dir, char *err, size_t errle
     else if (!strcmp(arch, "DeepseekV2ForCausalLM")) m->info.arch = ENG_ARCH_DEEPSEEK_V2;
     else if (!strcmp(arch, "MixtralForCausalLM")) m->info.arch = ENG_ARCH_MIXTRAL;
     else {
-        seterr(err, errlen, "%s: unsupported architecture '%s' (supported: DeepseekV3ForCausalLM, "
+        tg_errf(err, errlen, "%s: unsupported architecture '%s' (supported: DeepseekV3ForCausalLM, "
                "DeepseekV2ForCausalLM, MixtralForCausalLM)", path, arch);
         goto out;
     }
@@ -106,11 +97,11 @@ static int parse_config(eng_model_t *m, const char *dir, char *err, size_t errle
         c->routed_scale = 1.0f;
         c->scale_after_norm = 1;
         if (c->E <= 0 || c->inter <= 0) {
-            seterr(err, errlen, "%s: bad MoE shape (num_local_experts %d, intermediate_size %d)", path, c->E, c->inter);
+            tg_errf(err, errlen, "%s: bad MoE shape (num_local_experts %d, intermediate_size %d)", path, c->E, c->inter);
             goto out;
         }
         if (c->H <= 0 || c->kvh <= 0 || c->H % c->kvh || c->hd <= 0 || c->hd % 2) {
-            seterr(err, errlen, "%s: bad attention shape (heads %d, kv heads %d, head_dim %d)", path, c->H,
+            tg_errf(err, errlen, "%s: bad attention shape (heads %d, kv heads %d, head_dim %d)", path, c->H,
                    c->kvh, c->hd);
             goto out;
         }
@@ -136,13 +127,13 @@ static int parse_config(eng_model_t *m, const char *dir, char *err, size_t errle
         if (!strcmp(sf, "sigmoid")) c->sigmoid = 1;
         else if (!strcmp(sf, "softmax")) c->sigmoid = 0;
         else {
-            seterr(err, errlen, "%s: unsupported scoring_func '%s'", path, sf);
+            tg_errf(err, errlen, "%s: unsupported scoring_func '%s'", path, sf);
             goto out;
         }
         const char *tm = jstr(j, "topk_method", v3 ? "noaux_tc" : "greedy");
         if (!strcmp(tm, "greedy")) c->n_group = c->topk_group = 1;
         else if (strcmp(tm, "noaux_tc") && strcmp(tm, "group_limited_greedy")) {
-            seterr(err, errlen, "%s: unsupported topk_method '%s'", path, tm);
+            tg_errf(err, errlen, "%s: unsupported topk_method '%s'", path, tm);
             goto out;
         }
         const cJSON *nt = cJSON_GetObjectItemCaseSensitive(j, "norm_topk_prob");
@@ -150,7 +141,7 @@ static int parse_config(eng_model_t *m, const char *dir, char *err, size_t errle
         c->routed_scale = (float)jnum(j, "routed_scaling_factor", 1.0);
         c->scale_after_norm = v3;
         if (c->H <= 0 || c->c <= 0 || c->dn <= 0 || c->dr <= 0 || c->dr % 2 || c->dv <= 0 || c->q_lora < 0) {
-            seterr(err, errlen, "%s: bad MLA shape (heads %d, kv_lora_rank %d, nope %d, rope %d, v %d)", path,
+            tg_errf(err, errlen, "%s: bad MLA shape (heads %d, kv_lora_rank %d, nope %d, rope %d, v %d)", path,
                    c->H, c->c, c->dn, c->dr, c->dv);
             goto out;
         }
@@ -166,25 +157,25 @@ static int parse_config(eng_model_t *m, const char *dir, char *err, size_t errle
                 c->yarn_mscale = (float)jnum(rs, "mscale", 1);
                 c->yarn_mscale_all = (float)jnum(rs, "mscale_all_dim", 0);
             } else if (*ty) {
-                seterr(err, errlen, "%s: unsupported rope_scaling type '%s'", path, ty);
+                tg_errf(err, errlen, "%s: unsupported rope_scaling type '%s'", path, ty);
                 goto out;
             }
         }
     }
     if (c->D <= 0 || c->n_layers <= 0 || c->vocab <= 0 || c->D > (1 << 20) || c->n_layers > 4096) {
-        seterr(err, errlen, "%s: bad hidden_size %d / num_hidden_layers %d / vocab_size %d", path, c->D,
+        tg_errf(err, errlen, "%s: bad hidden_size %d / num_hidden_layers %d / vocab_size %d", path, c->D,
                c->n_layers, c->vocab);
         goto out;
     }
     if (c->E > 0 && (c->topk <= 0 || c->topk > c->E || c->n_group <= 0 || c->E % c->n_group ||
                      c->topk_group <= 0 || c->topk_group > c->n_group || c->moe_inter <= 0 ||
                      c->topk > c->topk_group * (c->E / c->n_group))) {
-        seterr(err, errlen, "%s: bad MoE shape (experts %d, top-k %d, groups %d, topk_group %d)", path, c->E,
+        tg_errf(err, errlen, "%s: bad MoE shape (experts %d, top-k %d, groups %d, topk_group %d)", path, c->E,
                c->topk, c->n_group, c->topk_group);
         goto out;
     }
     if (c->n_group > 256) {
-        seterr(err, errlen, "%s: n_group %d is more than 256", path, c->n_group);
+        tg_errf(err, errlen, "%s: n_group %d is more than 256", path, c->n_group);
         goto out;
     }
     if (c->moe_freq <= 0) c->moe_freq = 1;
@@ -205,17 +196,17 @@ static int bind_w(eng_model_t *m, eng_w_t *w, int64_t rows, int64_t cols, char *
     va_end(ap);
     const eng_st_tensor_t *t = eng_st_find(m->st, name);
     if (!t) {
-        seterr(err, errlen, "tensor '%s' is missing from the checkpoint", name);
+        tg_errf(err, errlen, "tensor '%s' is missing from the checkpoint", name);
         return -1;
     }
     if (t->ndim != 2 || t->shape[0] != rows || t->shape[1] != cols) {
-        seterr(err, errlen, "%s: tensor '%s': shape [%lld,%lld] (ndim %d), expected [%lld,%lld]", t->file, name,
+        tg_errf(err, errlen, "%s: tensor '%s': shape [%lld,%lld] (ndim %d), expected [%lld,%lld]", t->file, name,
                (long long)(t->ndim > 0 ? t->shape[0] : 0), (long long)(t->ndim > 1 ? t->shape[1] : 0), t->ndim,
                (long long)rows, (long long)cols);
         return -1;
     }
     if (t->dt != ENG_DT_F32 && t->dt != ENG_DT_BF16 && t->dt != ENG_DT_F16 && t->dt != ENG_DT_F8_E4M3) {
-        seterr(err, errlen, "%s: tensor '%s': dtype %s is not supported (F32, BF16, F16, F8_E4M3)", t->file,
+        tg_errf(err, errlen, "%s: tensor '%s': dtype %s is not supported (F32, BF16, F16, F8_E4M3)", t->file,
                name, t->dtype_name);
         return -1;
     }
@@ -233,11 +224,11 @@ static int bind_w(eng_model_t *m, eng_w_t *w, int64_t rows, int64_t cols, char *
         const eng_st_tensor_t *s = eng_st_find(m->st, sname);
         int64_t sr = (rows + 127) / 128, sc = (cols + 127) / 128;
         if (!s) {
-            seterr(err, errlen, "%s: tensor '%s' is F8_E4M3 but '%s' is missing", t->file, name, sname);
+            tg_errf(err, errlen, "%s: tensor '%s' is F8_E4M3 but '%s' is missing", t->file, name, sname);
             return -1;
         }
         if (s->dt != ENG_DT_F32 || s->ndim != 2 || s->shape[0] != sr || s->shape[1] != sc) {
-            seterr(err, errlen, "%s: tensor '%s': expected F32 [%lld,%lld] block scales", s->file, sname,
+            tg_errf(err, errlen, "%s: tensor '%s': expected F32 [%lld,%lld] block scales", s->file, sname,
                    (long long)sr, (long long)sc);
             return -1;
         }
@@ -256,21 +247,21 @@ static float *load_vec(eng_model_t *m, int64_t n, char *err, size_t errlen, cons
     va_end(ap);
     const eng_st_tensor_t *t = eng_st_find(m->st, name);
     if (!t) {
-        seterr(err, errlen, "tensor '%s' is missing from the checkpoint", name);
+        tg_errf(err, errlen, "tensor '%s' is missing from the checkpoint", name);
         return NULL;
     }
     if (t->ndim != 1 || t->shape[0] != n) {
-        seterr(err, errlen, "%s: tensor '%s': expected shape [%lld]", t->file, name, (long long)n);
+        tg_errf(err, errlen, "%s: tensor '%s': expected shape [%lld]", t->file, name, (long long)n);
         return NULL;
     }
     if (t->dt != ENG_DT_F32 && t->dt != ENG_DT_BF16 && t->dt != ENG_DT_F16) {
-        seterr(err, errlen, "%s: tensor '%s': dtype %s is not supported here (F32, BF16, F16)", t->file, name,
+        tg_errf(err, errlen, "%s: tensor '%s': dtype %s is not supported here (F32, BF16, F16)", t->file, name,
                t->dtype_name);
         return NULL;
     }
     float *v = malloc(n * sizeof(float));
     if (!v) {
-        seterr(err, errlen, "out of memory");
+        tg_errf(err, errlen, "out of memory");
         return NULL;
     }
     eng_w_t w = {.dt = t->dt, .rows = 1, .cols = n, .data = t->data};
@@ -293,7 +284,7 @@ static int quantize_w(eng_model_t *m, eng_w_t *w, char *err, size_t errlen) {
         free(sc);
         free(row);
         if (nl) m->owned_list = nl;
-        seterr(err, errlen, "out of memory quantizing '%s'", w->name);
+        tg_errf(err, errlen, "out of memory quantizing '%s'", w->name);
         return -1;
     }
     m->owned_list = nl;
@@ -477,12 +468,12 @@ eng_model_t *eng_model_load(const char *dir, const eng_load_opts_t *opts, char *
     eng_load_opts_t o = {0};
     if (opts) o = *opts;
     if (o.device && *o.device && strcmp(o.device, "cpu")) {
-        seterr(err, errlen, "device '%s' is not available in this build (cpu only)", o.device);
+        tg_errf(err, errlen, "device '%s' is not available in this build (cpu only)", o.device);
         return NULL;
     }
     eng_model_t *m = calloc(1, sizeof *m);
     if (!m) {
-        seterr(err, errlen, "out of memory");
+        tg_errf(err, errlen, "out of memory");
         return NULL;
     }
     if (parse_config(m, dir, err, errlen)) goto fail;
@@ -515,7 +506,7 @@ eng_model_t *eng_model_load(const char *dir, const eng_load_opts_t *opts, char *
         if (tied) m->embed = m->lm_head;
     }
     if (build_rope(m)) {
-        seterr(err, errlen, "out of memory");
+        tg_errf(err, errlen, "out of memory");
         goto fail;
     }
     int nt = o.n_threads > 0 ? o.n_threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
@@ -768,38 +759,38 @@ int eng_forward(eng_model_t *m, eng_seq_t **seqs, const int32_t *const *ids, con
     const eng_backend_ops_t *ops = m->be->ops;
     int T = 0, gqa = m->info.arch == ENG_ARCH_MIXTRAL;
     if (nseq <= 0) {
-        seterr(err, errlen, "no sequences");
+        tg_errf(err, errlen, "no sequences");
         return -1;
     }
     for (int i = 0; i < nseq; i++) {
         if (!seqs[i] || seqs[i]->m != m) {
-            seterr(err, errlen, "sequence %d does not belong to this model", i);
+            tg_errf(err, errlen, "sequence %d does not belong to this model", i);
             return -1;
         }
         if (n[i] < 0 || (n[i] == 0 && logits && logits[i])) {
-            seterr(err, errlen, "sequence %d: no new tokens", i);
+            tg_errf(err, errlen, "sequence %d: no new tokens", i);
             return -1;
         }
         if (n[i] > seqs[i]->max_len - seqs[i]->len) {
-            seterr(err, errlen, "sequence %d: %d + %d tokens exceed the context of %d", i, seqs[i]->len, n[i],
+            tg_errf(err, errlen, "sequence %d: %d + %d tokens exceed the context of %d", i, seqs[i]->len, n[i],
                    seqs[i]->max_len);
             return -1;
         }
         for (int k = 0; k < n[i]; k++)
             if (ids[i][k] < 0 || ids[i][k] >= c->vocab) {
-                seterr(err, errlen, "sequence %d: token id %d out of range [0,%d)", i, ids[i][k], c->vocab);
+                tg_errf(err, errlen, "sequence %d: token id %d out of range [0,%d)", i, ids[i][k], c->vocab);
                 return -1;
             }
         for (int k = 0; k < i; k++)
             if (seqs[k] == seqs[i]) {
-                seterr(err, errlen, "sequence %d appears twice in one batch", i);
+                tg_errf(err, errlen, "sequence %d appears twice in one batch", i);
                 return -1;
             }
         T += n[i];
     }
     for (int i = 0; i < nseq; i++)
         if (seq_reserve(seqs[i], seqs[i]->len + n[i])) {
-            seterr(err, errlen, "out of memory for the KV cache");
+            tg_errf(err, errlen, "out of memory for the KV cache");
             return -1;
         }
     int D = c->D, H = c->H, qdim = gqa ? H * c->hd : H * (c->dn + c->dr), adim = gqa ? H * c->hd : H * c->dv;
@@ -836,7 +827,7 @@ int eng_forward(eng_model_t *m, eng_seq_t **seqs, const int32_t *const *ids, con
     if (!b.x || !b.xn || !b.q || !b.qa || !b.kv || !b.att || !b.o || !b.h1 || !b.h2 || !b.y || !b.logit ||
         !b.xg || !b.yslot || !b.s1 || !b.s2 || !b.pos_of || !b.jobs || !b.wts || !b.sc1 || !b.sc2 || !b.sel || !b.tok_of || !b.cnt || !b.as || !b.pos) {
         fwd_buf_free(&b);
-        seterr(err, errlen, "out of memory for a batch of %d tokens", T);
+        tg_errf(err, errlen, "out of memory for a batch of %d tokens", T);
         return -1;
     }
     if (m->trace_on) {
@@ -984,7 +975,7 @@ int eng_forward(eng_model_t *m, eng_seq_t **seqs, const int32_t *const *ids, con
         float *out = malloc((size_t)NL * c->vocab * sizeof(float));
         if (!out) {
             fwd_buf_free(&b);
-            seterr(err, errlen, "out of memory for logits");
+            tg_errf(err, errlen, "out of memory for logits");
             return -1;
         }
         ops->matmul(m->be, &m->lm_head, b.xn, NL, out);

@@ -22,17 +22,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "tg_err.h"
 #include "eng_model_int.h"
 
 #define ST_MAX_HEADER (256u << 20)  /* V3's headers are ~10 MB per shard at most */
 
-static void seterr(char *err, size_t errlen, const char *fmt, ...) {
-    if (!err || !errlen) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 static const struct {
     const char *name;
@@ -71,13 +65,13 @@ int eng_st_parse(const uint8_t *buf, size_t size, const char *fname, eng_st_tens
     *out = NULL;
     *n = 0;
     if (size < 8) {
-        seterr(err, errlen, "%s: truncated safetensors file (%zu bytes, no header length)", fname, size);
+        tg_errf(err, errlen, "%s: truncated safetensors file (%zu bytes, no header length)", fname, size);
         return -1;
     }
     uint64_t hlen = 0;
     for (int i = 7; i >= 0; i--) hlen = hlen << 8 | buf[i];
     if (hlen > size - 8 || hlen > ST_MAX_HEADER) {
-        seterr(err, errlen, "%s: header length %llu exceeds the file (%zu bytes)", fname,
+        tg_errf(err, errlen, "%s: header length %llu exceeds the file (%zu bytes)", fname,
                (unsigned long long)hlen, size);
         return -1;
     }
@@ -85,7 +79,7 @@ int eng_st_parse(const uint8_t *buf, size_t size, const char *fname, eng_st_tens
     uint64_t dsize = size - 8 - hlen;
     cJSON *root = cJSON_ParseWithLength((const char *)buf + 8, (size_t)hlen);
     if (!root || !cJSON_IsObject(root)) {
-        seterr(err, errlen, "%s: safetensors header is not a JSON object", fname);
+        tg_errf(err, errlen, "%s: safetensors header is not a JSON object", fname);
         cJSON_Delete(root);
         return -1;
     }
@@ -94,26 +88,26 @@ int eng_st_parse(const uint8_t *buf, size_t size, const char *fname, eng_st_tens
     eng_st_tensor_t **order = calloc(cap ? cap : 1, sizeof *order);
     int nt = 0;
     if (!t || !order) {
-        seterr(err, errlen, "%s: out of memory", fname);
+        tg_errf(err, errlen, "%s: out of memory", fname);
         goto fail;
     }
     for (cJSON *e = root->child; e; e = e->next) {
         const char *name = e->string ? e->string : "";
         if (!strcmp(name, "__metadata__")) {
             if (!cJSON_IsObject(e)) {
-                seterr(err, errlen, "%s: __metadata__ is not an object", fname);
+                tg_errf(err, errlen, "%s: __metadata__ is not an object", fname);
                 goto fail;
             }
             continue;
         }
         if (!cJSON_IsObject(e)) {
-            seterr(err, errlen, "%s: tensor '%s': entry is not an object", fname, name);
+            tg_errf(err, errlen, "%s: tensor '%s': entry is not an object", fname, name);
             goto fail;
         }
         eng_st_tensor_t *x = &t[nt];
         x->file = fname;
         if (!(x->name = strdup(name))) {
-            seterr(err, errlen, "%s: out of memory", fname);
+            tg_errf(err, errlen, "%s: out of memory", fname);
             goto fail;
         }
         nt++;
@@ -121,7 +115,7 @@ int eng_st_parse(const uint8_t *buf, size_t size, const char *fname, eng_st_tens
         const cJSON *sh = cJSON_GetObjectItemCaseSensitive(e, "shape");
         const cJSON *of = cJSON_GetObjectItemCaseSensitive(e, "data_offsets");
         if (!cJSON_IsString(dt)) {
-            seterr(err, errlen, "%s: tensor '%s': missing dtype", fname, name);
+            tg_errf(err, errlen, "%s: tensor '%s': missing dtype", fname, name);
             goto fail;
         }
         int found = 0;
@@ -133,11 +127,11 @@ int eng_st_parse(const uint8_t *buf, size_t size, const char *fname, eng_st_tens
                 found = 1;
             }
         if (!found) {
-            seterr(err, errlen, "%s: tensor '%s': unknown dtype '%.20s'", fname, name, dt->valuestring);
+            tg_errf(err, errlen, "%s: tensor '%s': unknown dtype '%.20s'", fname, name, dt->valuestring);
             goto fail;
         }
         if (!cJSON_IsArray(sh) || cJSON_GetArraySize(sh) > ENG_ST_MAX_DIMS) {
-            seterr(err, errlen, "%s: tensor '%s': bad shape", fname, name);
+            tg_errf(err, errlen, "%s: tensor '%s': bad shape", fname, name);
             goto fail;
         }
         uint64_t count = 1;
@@ -145,7 +139,7 @@ int eng_st_parse(const uint8_t *buf, size_t size, const char *fname, eng_st_tens
         for (const cJSON *d = sh->child; d; d = d->next) {
             uint64_t v;
             if (json_u64(d, &v)) {
-                seterr(err, errlen, "%s: tensor '%s': shape entry is not a non-negative integer", fname, name);
+                tg_errf(err, errlen, "%s: tensor '%s': shape entry is not a non-negative integer", fname, name);
                 goto fail;
             }
             if (v && count > UINT64_MAX / v) overflow = 1;
@@ -154,17 +148,17 @@ int eng_st_parse(const uint8_t *buf, size_t size, const char *fname, eng_st_tens
         }
         if (!cJSON_IsArray(of) || cJSON_GetArraySize(of) != 2 || json_u64(of->child, &x->begin) ||
             json_u64(of->child->next, &x->end)) {
-            seterr(err, errlen, "%s: tensor '%s': bad data_offsets", fname, name);
+            tg_errf(err, errlen, "%s: tensor '%s': bad data_offsets", fname, name);
             goto fail;
         }
         if (overflow || count > UINT64_MAX / (uint64_t)x->elem_size || x->end < x->begin ||
             x->end - x->begin != count * (uint64_t)x->elem_size) {
-            seterr(err, errlen, "%s: tensor '%s': data_offsets [%llu,%llu] do not match shape and dtype %s",
+            tg_errf(err, errlen, "%s: tensor '%s': data_offsets [%llu,%llu] do not match shape and dtype %s",
                    fname, name, (unsigned long long)x->begin, (unsigned long long)x->end, x->dtype_name);
             goto fail;
         }
         if (x->end > dsize) {
-            seterr(err, errlen, "%s: tensor '%s': data [%llu,%llu) lies past the end of the file "
+            tg_errf(err, errlen, "%s: tensor '%s': data [%llu,%llu) lies past the end of the file "
                    "(data section %llu bytes; truncated?)", fname, name, (unsigned long long)x->begin,
                    (unsigned long long)x->end, (unsigned long long)dsize);
             goto fail;
@@ -175,7 +169,7 @@ int eng_st_parse(const uint8_t *buf, size_t size, const char *fname, eng_st_tens
     qsort(order, nt, sizeof *order, cmp_begin);
     for (int i = 1; i < nt; i++)
         if (order[i]->begin < order[i - 1]->end && order[i]->begin != order[i]->end) {
-            seterr(err, errlen, "%s: tensor '%s' overlaps tensor '%s'", fname, order[i]->name,
+            tg_errf(err, errlen, "%s: tensor '%s' overlaps tensor '%s'", fname, order[i]->name,
                    order[i - 1]->name);
             goto fail;
         }
@@ -245,7 +239,7 @@ static int st_add_file(eng_st_t *st, const char *path, char *err, size_t errlen)
         if (!strcmp(st->files[i].path, path)) return 0;
     st_file_t *nf = realloc(st->files, (st->nfiles + 1) * sizeof *nf);
     if (!nf) {
-        seterr(err, errlen, "%s: out of memory", path);
+        tg_errf(err, errlen, "%s: out of memory", path);
         return -1;
     }
     st->files = nf;
@@ -255,12 +249,12 @@ static int st_add_file(eng_st_t *st, const char *path, char *err, size_t errlen)
     st->nfiles++;
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
-        seterr(err, errlen, "%s: %s", path, strerror(errno));
+        tg_errf(err, errlen, "%s: %s", path, strerror(errno));
         return -1;
     }
     struct stat sb;
     if (fstat(fd, &sb) || !S_ISREG(sb.st_mode)) {
-        seterr(err, errlen, "%s: not a regular file", path);
+        tg_errf(err, errlen, "%s: not a regular file", path);
         close(fd);
         return -1;
     }
@@ -269,7 +263,7 @@ static int st_add_file(eng_st_t *st, const char *path, char *err, size_t errlen)
         f->map = map_file_2m(fd, f->size);
         if (f->map == MAP_FAILED) {
             f->map = NULL;
-            seterr(err, errlen, "%s: mmap: %s", path, strerror(errno));
+            tg_errf(err, errlen, "%s: mmap: %s", path, strerror(errno));
             close(fd);
             return -1;
         }
@@ -314,13 +308,13 @@ eng_st_t *eng_st_open_dir(const char *dir, char *err, size_t errlen) {
         free(idx);
         const cJSON *wm = cJSON_GetObjectItemCaseSensitive(root, "weight_map");
         if (!cJSON_IsObject(wm)) {
-            seterr(err, errlen, "%s: no weight_map object", path);
+            tg_errf(err, errlen, "%s: no weight_map object", path);
             cJSON_Delete(root);
             goto fail;
         }
         for (const cJSON *e = wm->child; e; e = e->next) {
             if (!cJSON_IsString(e) || strchr(e->valuestring, '/')) {
-                seterr(err, errlen, "%s: weight_map entry '%s' is not a file name in the folder", path,
+                tg_errf(err, errlen, "%s: weight_map entry '%s' is not a file name in the folder", path,
                        e->string ? e->string : "");
                 cJSON_Delete(root);
                 goto fail;
@@ -340,7 +334,7 @@ eng_st_t *eng_st_open_dir(const char *dir, char *err, size_t errlen) {
         } else {
             DIR *d = opendir(dir);
             if (!d) {
-                seterr(err, errlen, "%s: %s", dir, strerror(errno));
+                tg_errf(err, errlen, "%s: %s", dir, strerror(errno));
                 goto fail;
             }
             char **names = NULL;
@@ -368,7 +362,7 @@ eng_st_t *eng_st_open_dir(const char *dir, char *err, size_t errlen) {
         }
     }
     if (!st->nfiles) {
-        seterr(err, errlen, "%s: no *.safetensors files", dir);
+        tg_errf(err, errlen, "%s: no *.safetensors files", dir);
         goto fail;
     }
     size_t total = 0;
@@ -383,7 +377,7 @@ eng_st_t *eng_st_open_dir(const char *dir, char *err, size_t errlen) {
             size_t h = hash_str(t->name) & (st->nslots - 1);
             while (st->slots[h]) {
                 if (!strcmp(st->slots[h]->name, t->name)) {
-                    seterr(err, errlen, "%s: tensor '%s' also appears in %s", t->file, t->name,
+                    tg_errf(err, errlen, "%s: tensor '%s' also appears in %s", t->file, t->name,
                            st->slots[h]->file);
                     goto fail;
                 }

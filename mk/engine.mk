@@ -9,13 +9,13 @@ ENG_TEST_DIR := $(O)/tests/engine
 ENG_GOLDEN_BIN := $(ENG_TEST_DIR)/eng_golden_test
 ENG_UNIT_SRCS := $(wildcard tests/unit/engine/*.c)
 ENG_UNIT_BINS := $(patsubst tests/unit/engine/%.c,$(ENG_TEST_DIR)/unit_%,$(ENG_UNIT_SRCS))
-ENG_LINK := $(LIBENG) $(LIB_JSON)
+ENG_LINK := $(LIBENG) $(LIBCOMMON) $(LIB_JSON)
 
-$(ENG_GOLDEN_BIN): tests/engine/eng_golden_test.c $(LIBENG)
+$(ENG_GOLDEN_BIN): tests/engine/eng_golden_test.c $(LIBENG) $(LIBCOMMON)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(ENG_LINK) $(LDLIBS)
 
-$(ENG_TEST_DIR)/unit_%: tests/unit/engine/%.c $(LIBENG)
+$(ENG_TEST_DIR)/unit_%: tests/unit/engine/%.c $(LIBENG) $(LIBCOMMON)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(ENG_LINK) $(LDLIBS)
 
@@ -43,9 +43,10 @@ bench-engine: $(ENG_BENCH_BIN)
 # fuzz: libFuzzer (clang) on the safetensors parser; the plain driver replays
 # the seed corpus under any compiler as part of test-engine.
 ENG_FUZZ_DRIVER := $(ENG_TEST_DIR)/fuzz_safetensors_replay
-$(ENG_FUZZ_DRIVER): fuzz/engine/fuzz_safetensors.c fuzz/engine/fuzz_driver.c engine/eng_st.c engine/eng_model_int.h
+$(ENG_FUZZ_DRIVER): fuzz/engine/fuzz_safetensors.c fuzz/engine/fuzz_driver.c engine/eng_st.c engine/eng_model_int.h common/tg_err.c
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ fuzz/engine/fuzz_safetensors.c fuzz/engine/fuzz_driver.c engine/eng_st.c $(LIB_JSON) $(LDLIBS)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ fuzz/engine/fuzz_safetensors.c fuzz/engine/fuzz_driver.c engine/eng_st.c \
+	    common/tg_err.c $(LIB_JSON) $(LDLIBS)
 
 test-engine: test-engine-fuzz-replay
 .PHONY: test-engine-fuzz-replay
@@ -55,7 +56,7 @@ test-engine-fuzz-replay: $(ENG_FUZZ_DRIVER)
 fuzz-engine:
 	@mkdir -p $(B)/fuzz
 	clang -O1 -g -fsanitize=fuzzer,address -Icommon -Iengine -o $(B)/fuzz/fuzz_safetensors \
-	    fuzz/engine/fuzz_safetensors.c engine/eng_st.c $(LIB_JSON) -lm
+	    fuzz/engine/fuzz_safetensors.c engine/eng_st.c common/tg_err.c $(LIB_JSON) -lm
 	mkdir -p $(B)/fuzz/corpus-safetensors
 	$(B)/fuzz/fuzz_safetensors -max_total_time=$${FUZZ_SECONDS:-60} $(B)/fuzz/corpus-safetensors fuzz/engine/corpus/safetensors
 
