@@ -8,7 +8,13 @@
 #   make            build/tollgate, build/tollgate-engine, build/tollgatectl
 #   make run        install what is missing, set up var/, run the stack (foreground)
 #   make test       the same set-up on test ports under var/test, then every test
+#   make test-unit  unit tests and every fuzz corpus replay (no servers)
 #   make SANITIZER=address|undefined ...   build and test under a sanitizer
+
+# Every recipe line runs in bash with errexit and pipefail: a failing command
+# anywhere in a pipe fails the recipe (a `| tail -1` cannot hide a failure).
+SHELL       := bash
+.SHELLFLAGS := -eo pipefail -c
 
 CC      ?= cc
 OPT     ?= -O2
@@ -21,8 +27,10 @@ CFLAGS  += $(OPT) -g -std=gnu11 -Wall -Wextra -Wno-unused-parameter -Wno-sign-co
            -Icommon -Itokenizer -Iengine -Iengine/cpu -Igateway -Imetering -Ibilling
 LDLIBS  += -lm -pthread
 ifneq ($(SANITIZER),)
-CFLAGS  += -fsanitize=$(SANITIZER) -fno-omit-frame-pointer
-LDFLAGS += -fsanitize=$(SANITIZER)
+# -fno-sanitize-recover: the first report aborts the program, so a
+# sanitizer finding always fails its test (UBSan only prints by default).
+CFLAGS  += -fsanitize=$(SANITIZER) -fno-sanitize-recover=all -fno-omit-frame-pointer
+LDFLAGS += -fsanitize=$(SANITIZER) -fno-sanitize-recover=all
 endif
 
 # System libraries (Debian 12 packages; scripts/deps.sh installs them).
@@ -57,6 +65,7 @@ ENG_LIBS := $(LIBENG) $(TOK_LIBS) $(LIB_EVENT) $(LIB_SSL)
 GW_LIBS  := $(LIBGW) $(TOK_LIBS) $(LIB_EVENT) $(LIB_SSL) $(LIB_PQ) $(LIB_REDIS)
 
 TEST_TARGETS :=
+UNIT_TARGETS :=   # no servers needed: unit tests and fuzz corpus replays
 
 .PHONY: all run test clean distclean
 all: $(BINS) tokenizer-data
@@ -110,6 +119,12 @@ test:
 	bash scripts/deps.sh
 	$(MAKE) all
 	TG_BIN=$(BIN) bash scripts/test.sh $(TEST_TARGETS)
+
+# make test-unit: every area's unit tests and fuzz corpus replays, no stack.
+# CI runs it under UndefinedBehaviorSanitizer (.ci/run).
+.PHONY: test-unit
+test-unit: tokenizer-data
+	TG_BIN=$(BIN) bash scripts/test.sh --no-stack $(UNIT_TARGETS)
 
 clean:
 	rm -rf $(B)

@@ -33,3 +33,4 @@ fuzz-common:
 	    $(B)/fuzz/common-corpus fuzz/common/corpus
 
 TEST_TARGETS += test-common
+UNIT_TARGETS += test-common

@@ -69,3 +69,4 @@ tokenizer-vectors: tokenizer-data
 tokenizer-check-others: $(O)/tests/unit/tokenizer/tok_vectors
 	cd tests/tokenizer/node && npm ci --silent --no-audit --no-fund
 	bash tests/tokenizer/check-others.sh $(O)/tests/unit/tokenizer/tok_vectors
+UNIT_TARGETS += test-tokenizer
