@@ -13,9 +13,15 @@
  *  - batch invariance: a sequence's logits computed alongside other
  *    sequences (prefills and decodes mixed) equal its logits alone, exactly;
  *  - thread count invariance (1 thread vs all cores), exactly.
- * It fails loudly: each mismatch prints the model, step and sizes. */
+ * It fails loudly: each mismatch prints the model, step and sizes.
+ *
+ * Every line names the instruction set the kernels ran on, and the run fails
+ * when that is not the one asked for: TOLLGATE_ENGINE_ISA=avx512|avx2|scalar,
+ * or, unset, the best this CPU has.  A set ISA this CPU lacks is a recorded
+ * skip (TG_SKIP), never a silent fallback; any other value fails. */
 #include <cjson/cJSON.h>
 #include <math.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,6 +33,37 @@
 #define TOL_REL 1e-3
 
 static const char *gdir, *wdir;
+static char want_backend[32]; /* "cpu/<isa>": what eng_model_backend must report */
+
+/* The ISA levels the kernels dispatch to (engine/cpu/eng_cpu_kernels.c k_init)
+ * and the CPU features each needs. */
+static bool cpu_has(const char *isa) {
+    __builtin_cpu_init();
+    bool has2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    if (!strcmp(isa, "scalar")) return true;
+    if (!strcmp(isa, "avx2")) return has2;
+    return has2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl");
+}
+
+/* Sets want_backend from TOLLGATE_ENGINE_ISA.  0: run; 1: skip (recorded);
+ * -1: a value the engine does not know (a failure). */
+static int want_isa(void) {
+    const char *isa = getenv("TOLLGATE_ENGINE_ISA");
+    if (isa && strcmp(isa, "avx512") && strcmp(isa, "avx2") && strcmp(isa, "scalar")) {
+        fprintf(stderr, "TOLLGATE_ENGINE_ISA=%s: not one of avx512, avx2, scalar\n", isa);
+        return -1;
+    }
+    if (!isa) isa = cpu_has("avx512") ? "avx512" : cpu_has("avx2") ? "avx2" : "scalar";
+    snprintf(want_backend, sizeof want_backend, "cpu/%s", isa);
+    if (!cpu_has(isa)) {
+        char why[96];
+        snprintf(why, sizeof why, "TOLLGATE_ENGINE_ISA=%s: this CPU lacks it", isa);
+        TG_SKIP(why);
+        return 1;
+    }
+    return 0;
+}
 
 static char *slurp(const char *path, size_t *len) {
     FILE *fp = fopen(path, "rb");
@@ -97,6 +134,15 @@ static int check_experts(const char *name, eng_model_t *m, const cJSON *experts,
     return bad;
 }
 
+/* eng_forward must succeed: a failed run leaves the logits unwritten, and an
+ * invariance check on them would compare garbage (or pass by luck). */
+#define FWD_OK(mod, seqs, ids, n, nseq, logits)                                        \
+    do {                                                                               \
+        int rc_ = eng_forward((mod), (seqs), (ids), (n), (nseq), (logits), err, sizeof err); \
+        if (rc_) fprintf(stderr, "%s: line %d: eng_forward: %s\n", name, __LINE__, err);   \
+        CHECK_EQ_I(rc_, 0);                                                            \
+    } while (0)
+
 static void run_model(const char *name, const char *arch, const char *preset, const char *dtype, const char *seed,
                       const char *shards) {
     char dir[1024], path[1100];
@@ -125,6 +171,11 @@ static void run_model(const char *name, const char *arch, const char *preset, co
     if (!m) fprintf(stderr, "%s: %s\n", name, err);
     CHECK(m != NULL);
     if (!m) goto out;
+    const char *backend = eng_model_backend(m);
+    if (strcmp(backend, want_backend))
+        fprintf(stderr, "%s: ran on %s, asked for %s (TOLLGATE_ENGINE_ISA=%s)\n", name, backend, want_backend,
+                getenv("TOLLGATE_ENGINE_ISA") ? getenv("TOLLGATE_ENGINE_ISA") : "");
+    CHECK_EQ_S(backend, want_backend);
     int V = eng_model_info(m)->vocab_size;
     int P = cJSON_GetObjectItem(g, "prefill")->valueint, Dn = cJSON_GetObjectItem(g, "decode")->valueint;
     CHECK_EQ_I(glen, (size_t)(Dn + 1) * V * sizeof(float));
@@ -190,20 +241,20 @@ static void run_model(const char *name, const char *arch, const char *preset, co
         const int32_t *pa = ids, *pc = ids + 7;
         int na = 20, nc = 9;
         float *la_p = la;
-        eng_forward(m, &a, &pa, &na, 1, &la_p, err, sizeof err);
+        FWD_OK(m, &a, &pa, &na, 1, &la_p);
         float *lc_p = lc;
-        eng_forward(m, &c, &pc, &nc, 1, &lc_p, err, sizeof err);
+        FWD_OK(m, &c, &pc, &nc, 1, &lc_p);
         /* alone: one more token */
         const int32_t *pa1 = ids + 20;
         int n1 = 1;
-        eng_forward(m, &a, &pa1, &n1, 1, &la_p, err, sizeof err);
+        FWD_OK(m, &a, &pa1, &n1, 1, &la_p);
         /* batched: a2 = the same 21 tokens as A, the last one beside B (prefill 33) and C (decode) */
-        eng_forward(m, &a2, &pa, &na, 1, NULL, err, sizeof err);
+        FWD_OK(m, &a2, &pa, &na, 1, NULL);
         eng_seq_t *bs[3] = {b, a2, c};
         const int32_t *bp[3] = {ids + 30, ids + 20, ids + 40};
         int bn[3] = {33, 1, 1};
         float *bl[3] = {lb, la2, lc};
-        CHECK_EQ_I(eng_forward(m, bs, bp, bn, 3, bl, err, sizeof err), 0);
+        FWD_OK(m, bs, bp, bn, 3, bl);
         double sc, e = max_err(la2, la, V, &sc);
         if (e != 0) fprintf(stderr, "%s: batch invariance: max abs difference %.3g\n", name, e);
         CHECK(e == 0);
@@ -212,7 +263,7 @@ static void run_model(const char *name, const char *arch, const char *preset, co
         const int32_t *pb = ids + 30;
         int nb = 33;
         float *lb2 = malloc((size_t)V * 4), *lb2p = lb2;
-        eng_forward(m, &b2, &pb, &nb, 1, &lb2p, err, sizeof err);
+        FWD_OK(m, &b2, &pb, &nb, 1, &lb2p);
         e = max_err(lb, lb2, V, &sc);
         if (e != 0) fprintf(stderr, "%s: batch invariance (prefill): max abs difference %.3g\n", name, e);
         CHECK(e == 0);
@@ -237,8 +288,8 @@ static void run_model(const char *name, const char *arch, const char *preset, co
             float *l1 = malloc((size_t)V * 4), *l2 = malloc((size_t)V * 4);
             const int32_t *pp = ids;
             int nn = 40;
-            eng_forward(m1, &s1, &pp, &nn, 1, &l1, err, sizeof err);
-            eng_forward(m, &s2, &pp, &nn, 1, &l2, err, sizeof err);
+            FWD_OK(m1, &s1, &pp, &nn, 1, &l1);
+            FWD_OK(m, &s2, &pp, &nn, 1, &l2);
             double sc;
             CHECK(max_err(l1, l2, V, &sc) == 0);
             free(l1);
@@ -248,8 +299,8 @@ static void run_model(const char *name, const char *arch, const char *preset, co
             eng_model_free(m1);
         }
     }
-    printf("%-14s %-22s worst logit error %.2e of scale (tolerance %.0e), %d expert choices, greedy %d tokens%s\n",
-           name, eng_model_info(m)->arch_name, worst, TOL_REL, exp_checked, G,
+    printf("%-14s %-22s %-10s worst logit error %.2e of scale (tolerance %.0e), %d expert choices, greedy %d tokens%s\n",
+           name, eng_model_info(m)->arch_name, eng_model_backend(m), worst, TOL_REL, exp_checked, G,
            tg_test_fails ? "  [failures above]" : "");
     free(ids);
     free(lg);
@@ -286,7 +337,10 @@ int main(int argc, char **argv) {
     }
     gdir = argv[1];
     wdir = argv[2];
-    test_goldens();
-    printf("%s: %d checks, %d failed\n", __FILE__, tg_test_checks, tg_test_fails);
+    int isa = want_isa();
+    if (isa < 0) return 1;
+    if (isa == 0) test_goldens();
+    printf("%s (%s): %d checks, %d failed, %d skipped\n", __FILE__, want_backend, tg_test_checks, tg_test_fails,
+           tg_test_skips);
     return tg_test_fails ? 1 : 0;
 }
