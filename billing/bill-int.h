@@ -78,6 +78,7 @@ bill_settler_t *bill_settler_new(struct event_base *base, bill_pg_t *pg, const c
                                  char *err, size_t errlen);
 void bill_settler_push(bill_settler_t *s, const bill_usage_t *u);
 void bill_settler_on_up(void *settler); /* bill_pg_up_cb: replay the spool */
+void bill_settler_stats(const bill_settler_t *s, bill_settle_stats_t *st); /* s may be NULL */
 /* Shut down: try a short blocking drain through conninfo, spool the rest. */
 void bill_settler_free(bill_settler_t *s, const char *conninfo);
 
@@ -85,8 +86,10 @@ void bill_settler_free(bill_settler_t *s, const char *conninfo);
 
 typedef struct bill_admin bill_admin_t;
 
-bill_admin_t *bill_admin_new(struct event_base *base, bill_pg_t *pg, const char *listen,
-                             const char *token, const char *key_secret, char *err, size_t errlen);
+/* settler (may be NULL) is read by GET /admin/v1/settlement; not owned. */
+bill_admin_t *bill_admin_new(struct event_base *base, bill_pg_t *pg, const bill_settler_t *settler,
+                             const char *listen, const char *token, const char *key_secret, char *err,
+                             size_t errlen);
 void bill_admin_free(bill_admin_t *a);
 
 /* ---- the handle --------------------------------------------------------- */

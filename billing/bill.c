@@ -92,6 +92,10 @@ void bill_settle(bill_t *b, const bill_usage_t *u) {
     if (b && u) bill_settler_push(b->settler, u);
 }
 
+void bill_settle_stats(const bill_t *b, bill_settle_stats_t *st) {
+    bill_settler_stats(b ? b->settler : NULL, st);
+}
+
 static char *dup_trimmed(const char *s) {
     if (!s) return NULL;
     while (*s == ' ' || *s == '\t' || *s == '\n' || *s == '\r') s++;
@@ -135,7 +139,7 @@ bill_t *bill_new(struct event_base *base, const bill_opts_t *o, char *err, size_
             snprintf(err, errlen, "bill_new: the admin API needs an admin token");
             goto fail;
         }
-        b->admin = bill_admin_new(base, b->pg, o->admin_listen, token, b->key_secret, err, errlen);
+        b->admin = bill_admin_new(base, b->pg, b->settler, o->admin_listen, token, b->key_secret, err, errlen);
         free(token);
         if (!b->admin) goto fail;
     }

@@ -99,4 +99,23 @@ typedef struct {
  * unknown customer) is logged and appended to <spool_dir>/rejected.jsonl. */
 void bill_settle(bill_t *b, const bill_usage_t *u);
 
+/* Where the settlement queue stands: what bill_settle accepted and PostgreSQL
+ * has not committed yet.  Tests wait for `idle` instead of sleeping; the admin
+ * API serves it as GET /admin/v1/settlement. */
+typedef struct {
+    int64_t queued;           /* rows waiting in memory for a batch */
+    int64_t in_flight;        /* rows of the batch PostgreSQL is running */
+    int64_t spool_files;      /* journal/spool files not yet deleted (the open journal too) */
+    int64_t spool_pending;    /* rows of those files not yet committed */
+    int replay_pending;       /* 1: rows wait on disk only (PostgreSQL down, queue full, start) */
+    uint64_t settled_total;   /* rows committed since start (re-sent duplicates included) */
+    uint64_t inserted_total;  /* usage rows those commits inserted (a duplicate inserts none) */
+    uint64_t debited_total;   /* ledger debits they inserted */
+    uint64_t rejected_total;  /* rows given up for their data (logged, rejected.jsonl) */
+    int idle;                 /* 1: nothing queued, in flight or waiting to be replayed */
+} bill_settle_stats_t;
+
+/* Fill *st; b may be NULL (all zero, idle). */
+void bill_settle_stats(const bill_t *b, bill_settle_stats_t *st);
+
 #endif

@@ -79,6 +79,7 @@ struct bill_settler {
     struct event *kick, *retry, *sync;
     int single;      /* rows to send one by one after a data error */
     int need_replay; /* spool files may hold rows that are not queued */
+    uint64_t nsettled, ninserted, ndebited, nrejected; /* bill_settle_stats_t */
 };
 
 static const char SETTLE_SQL[] =
@@ -195,6 +196,7 @@ static void item_free(item_t *it) {
 }
 
 static void reject(bill_settler_t *s, const bill_usage_t *u, const char *why) {
+    s->nrejected++;
     fprintf(stderr, "bill: settlement of request %.36s rejected: %s\n", u->request_id, why);
     char path[4200];
     snprintf(path, sizeof path, "%s/rejected.jsonl", s->dir);
@@ -464,6 +466,11 @@ static void batch_cb(PGresult *res, const char *err, void *arg) {
         TAILQ_REMOVE(&s->inflight, it, link);
         item_settled(s, it);
     }
+    s->nsettled += (uint64_t)s->ninflight;
+    if (PQntuples(res) == 1) {
+        s->ninserted += strtoull(PQgetvalue(res, 0, 0), NULL, 10);
+        s->ndebited += strtoull(PQgetvalue(res, 0, 1), NULL, 10);
+    }
     s->ninflight = 0;
     if (s->nqueue == 0 && s->need_replay) bill_settler_on_up(s);
     kick(s);
@@ -574,6 +581,26 @@ void bill_settler_on_up(void *arg) {
 }
 
 /* ---- public ------------------------------------------------------------- */
+
+void bill_settler_stats(const bill_settler_t *s, bill_settle_stats_t *st) {
+    memset(st, 0, sizeof *st);
+    st->idle = 1;
+    if (!s) return;
+    st->queued = s->nqueue;
+    st->in_flight = s->ninflight;
+    const sfile_t *f;
+    TAILQ_FOREACH(f, &s->files, link) {
+        st->spool_files++;
+        st->spool_pending += f->pending;
+        if (!f->loaded) st->replay_pending = 1;
+    }
+    if (s->need_replay) st->replay_pending = 1;
+    st->settled_total = s->nsettled;
+    st->inserted_total = s->ninserted;
+    st->debited_total = s->ndebited;
+    st->rejected_total = s->nrejected;
+    st->idle = !s->nqueue && !s->ninflight && !s->job && !st->replay_pending;
+}
 
 void bill_settler_push(bill_settler_t *s, const bill_usage_t *u) {
     item_t *it = item_new(s, u, NULL);

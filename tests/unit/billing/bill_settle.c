@@ -90,6 +90,11 @@ static void test_replay(void) {
     CHECK_EQ_I(nfiles(), 1);
     CHECK_EQ_I(spooled_rows(), 3);
     CHECK(s->need_replay);
+    bill_settle_stats_t st;
+    bill_settler_stats(s, &st); /* rows on disk only: not idle, whatever the memory queue says */
+    CHECK_EQ_I(st.queued + st.in_flight, 0);
+    CHECK_EQ_I(st.replay_pending, 1);
+    CHECK_EQ_I(st.idle, 0);
 
     /* 2. back up: the file is read into the queue; a failure half way drops
      *    the rows from memory but keeps the file; the next replay reads it again */
@@ -105,6 +110,10 @@ static void test_replay(void) {
     CHECK_EQ_I(answer(s, 1), 4);
     CHECK_EQ_I(nfiles(), 0); /* committed: the file is deleted */
     CHECK_EQ_I(s->nqueue + s->ninflight, 0);
+    bill_settler_stats(s, &st);
+    CHECK_EQ_I(st.idle, 1);
+    CHECK_EQ_I(st.spool_pending, 0);
+    CHECK_EQ_I((long long)st.settled_total, 4);
 
     /* 3. a file with one good record and then garbage: the record is
      *    replayed, the file kept as *.corrupt */
@@ -148,6 +157,10 @@ static void test_replay(void) {
     CHECK_EQ_I(s->nqueue, 0);
     snprintf(cmd, sizeof cmd, "test $(wc -l < %s/rejected.jsonl) -eq 4", spool);
     CHECK_EQ_I(system(cmd), 0);
+    bill_settler_stats(s, &st);
+    CHECK_EQ_I((long long)st.rejected_total, 4);
+    bill_settler_stats(NULL, &st);
+    CHECK_EQ_I(st.idle, 1);
 
     /* 5. shutting down with rows queued and PostgreSQL unreachable spools them */
     bill_usage_t u10 = sample(10);
