@@ -2,17 +2,24 @@
 statuses, exactly-once settlement, and the spool across a PostgreSQL outage.
 
 bill.h runs inside tests/billing/bill_server (admin API + a line protocol on
-stdin/stdout for admit/settle).  Ports 18681-18699; names start with billtest-."""
+stdin/stdout for admit/settle).  Ports 18681-18699; names start with billtest-.
+
+Nothing here sleeps before it counts: "billed once" and "not billed twice" are
+checked once the settlement queue is idle (GET /admin/v1/settlement), so a late
+duplicate is still in the queue, not missed.  Every line bill_server writes on
+stderr is checked: a rejection or failure a test did not provoke fails it."""
 import hashlib
 import hmac
 import json
 import os
+import queue
 import re
 import secrets
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import unittest
 import urllib.request
@@ -27,6 +34,9 @@ PG = os.environ["TG_TEST_PG"]
 PGSH = os.path.join(ROOT, "tests", "billing", "pg.sh")
 MODEL = "billtest-model"
 PRICE = (270000, 70000, 1100000)  # micro-USD per 1M tokens
+REPLY_TIMEOUT = 30  # seconds bill_server has to answer one stdin command
+sys.path.insert(0, os.path.join(ROOT, "tests", "lib"))
+from tgskip import main  # noqa: E402
 
 
 class Server:
@@ -45,8 +55,18 @@ class Server:
                                    self.secret + "\n", self.spool],
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                   text=True, bufsize=1)
+        # stdout and stderr are read by threads: a reply is awaited with a timeout, and no
+        # stderr line is lost (or blocks the server on a full pipe)
+        self.replies = queue.Queue()
+        self.err_lines = getattr(self, "err_lines", [])
+        self.readers = [threading.Thread(target=self._read, args=(self.p.stdout, self.replies.put), daemon=True),
+                        threading.Thread(target=self._read, args=(self.p.stderr, self.err_lines.append), daemon=True)]
+        for t in self.readers:
+            t.start()
         deadline = time.time() + 10
         while time.time() < deadline:
+            if self.p.poll() is not None:
+                break
             try:
                 urllib.request.urlopen("http://127.0.0.1:%d/health" % self.port, timeout=1)
                 return
@@ -54,12 +74,36 @@ class Server:
                 return  # 503 while PG is down: the server is up
             except OSError:
                 time.sleep(0.05)
-        raise AssertionError("bill_server did not start: " + self.p.stderr.read())
+        self.p.kill()
+        self.p.wait(timeout=10)
+        self._join()
+        raise AssertionError("bill_server did not start: " + "\n".join(self.err_lines))
+
+    @staticmethod
+    def _read(f, put):
+        for line in f:
+            put(line.rstrip("\n"))
+
+    def _join(self):
+        for t in self.readers:
+            t.join(timeout=10)
+            assert not t.is_alive(), "bill_server output not closed"
+        for f in (self.p.stdout, self.p.stdin, self.p.stderr):
+            try:
+                f.close()
+            except OSError:
+                pass  # stdin's buffer may hold nothing more to flush into the dead pipe
+
+    def reply(self):
+        try:
+            return self.replies.get(timeout=REPLY_TIMEOUT).strip()
+        except queue.Empty:
+            raise AssertionError("bill_server did not answer within %d s" % REPLY_TIMEOUT) from None
 
     def cmd(self, line, reply=True):
         self.p.stdin.write(line + "\n")
         self.p.stdin.flush()
-        return self.p.stdout.readline().strip() if reply else None
+        return self.reply() if reply else None
 
     def admit(self, key, model=MODEL):
         return self.cmd("admit %s %s" % (key, model)).split()
@@ -75,35 +119,46 @@ class Server:
                                    for r in rows))
         self.p.stdin.flush()
         for _ in rows:
-            r = self.p.stdout.readline().strip()
+            r = self.reply()
             assert r == "settled", r
 
     def kill(self):
-        """SIGKILL: no bill_free, no drain; returns its stderr."""
+        """SIGKILL: no bill_free, no drain."""
         self.p.kill()
         self.p.wait(timeout=10)
-        err = self.p.stderr.read()
-        for f in (self.p.stdout, self.p.stdin, self.p.stderr):
-            try:
-                f.close()
-            except OSError:
-                pass  # stdin's buffer may hold nothing more to flush into the dead pipe
-        return err
+        self._join()
 
     def stop(self):
+        """quit (bill_free drains or spools), then check the exit status and stderr."""
         if self.p.stderr.closed:  # killed, and already reaped by kill()
-            return ""
+            return
         if self.p.poll() is None:
             self.p.stdin.write("quit\n")
             self.p.stdin.flush()
             self.p.wait(timeout=20)
-        err = self.p.stderr.read()
-        self.p.stdout.close()
-        self.p.stdin.close()
-        self.p.stderr.close()
+        self._join()
+        err = "\n".join(self.err_lines)
         if "Sanitizer" in err or "runtime error:" in err:
             raise AssertionError("bill_server: " + err)
-        return err
+        if self.p.returncode != 0:
+            raise AssertionError("bill_server exited %d: %s" % (self.p.returncode, err))
+
+    def settlement(self):
+        st, j = self.http("GET", "/admin/v1/settlement")
+        assert st == 200, (st, j)
+        return j
+
+    def drain(self, timeout=30.0):
+        """Wait until the settlement queue is idle (nothing queued, in flight or on disk
+        waiting for a replay); returns its stats.  Fails when it does not drain."""
+        deadline = time.time() + timeout
+        while True:
+            j = self.settlement()
+            if j["idle"]:
+                return j
+            if time.time() > deadline:
+                raise AssertionError("the settlement queue did not drain: %r" % j)
+            time.sleep(0.05)
 
     def ctl(self, *args, check=True):
         env = dict(os.environ, TOLLGATE_ADMIN_URL="http://127.0.0.1:%d" % self.port,
@@ -125,7 +180,7 @@ class Server:
 
 
 def q(sql, *args, conninfo=PG):
-    with psycopg2.connect(conninfo) as c:
+    with psycopg2.connect(conninfo, connect_timeout=10, options="-c statement_timeout=30000") as c:
         c.autocommit = True
         cur = c.cursor()
         cur.execute(sql, args)
@@ -149,6 +204,25 @@ def cost(prompt, hit, completion, price=PRICE):
     return (prompt - hit) * price[0] + hit * price[1] + completion * price[2]
 
 
+REJECTED = re.compile(r"^bill: settlement of request (\S+) rejected: ")
+
+
+def unexpected_stderr(lines, rejected=(), allowed=()):
+    """The lines of bill_server's stderr that no test provoked: anything but its "ready" line,
+    rejections of the request ids in `rejected`, and lines matching one of the `allowed`
+    regular expressions (continuation lines of libpq messages follow the line they continue)."""
+    bad, prev_ok = [], False
+    for line in lines:
+        m = REJECTED.match(line)
+        ok = (line == "bill_server: ready" or (m is not None and m.group(1) in rejected)
+              or any(re.search(a, line) for a in allowed)
+              or (prev_ok and line[:1] in ("\t", " ", "") and "rejected" not in line))
+        if not ok:
+            bad.append(line)
+        prev_ok = ok
+    return bad
+
+
 class Billing(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
@@ -157,12 +231,35 @@ class Billing(unittest.TestCase):
         cls.s.ctl("price", "set", "--model", MODEL, "--input-miss", str(PRICE[0]),
                   "--input-hit", str(PRICE[1]), "--output", str(PRICE[2]))
 
+        cls.rejected = set()  # request ids the tests had rejected on purpose
+
     @classmethod
     def tearDownClass(cls):
-        err = cls.s.stop()
-        if "rejected" in err or "failed" in err:
-            print(err, file=sys.stderr)
-        shutil.rmtree(cls.spool, ignore_errors=True)
+        try:
+            cls.s.stop()
+            bad = unexpected_stderr(cls.s.err_lines, cls.rejected)
+            if bad:
+                raise AssertionError("bill_server logged errors no test provoked:\n" + "\n".join(bad))
+        finally:
+            shutil.rmtree(cls.spool, ignore_errors=True)
+
+    def setUp(self):
+        self.err_mark = len(self.s.err_lines)
+        self.expect_rejected = []
+        self.rejected_before = self.s.settlement()["rejected_total"]
+
+    def tearDown(self):
+        """Every test: the queue drains, only the rows it rejected on purpose were rejected, and
+        bill_server logged nothing else."""
+        st = self.s.drain()
+        self.assertEqual(st["rejected_total"] - self.rejected_before, len(self.expect_rejected),
+                         "rows rejected: %r" % self.s.err_lines[self.err_mark:])
+        self.rejected.update(self.expect_rejected)
+        want = set(self.expect_rejected)
+        seen = lambda: {m.group(1) for m in map(REJECTED.match, self.s.err_lines[self.err_mark:]) if m}
+        self.assertTrue(wait_for(lambda: want <= seen(), 5), "rejection not logged: %r" % (want - seen()))
+        bad = unexpected_stderr(self.s.err_lines[self.err_mark:], want)
+        self.assertEqual(bad, [], "bill_server logged errors this test did not provoke")
 
     def customer(self, credit="5.00"):
         name = new_name()
@@ -316,21 +413,29 @@ class Billing(unittest.TestCase):
         (kid,), cid = self.ids(c)
         rid = str(uuid.uuid4())
         before = self.balance(c)[0]
+        st0 = self.s.settlement()
         self.s.settle(rid, kid, cid, 1000, 300, 500)
         self.s.settle(rid, kid, cid, 1000, 300, 500)
-        rows = wait_for(lambda: q("select prompt_tokens, prompt_cache_hit_tokens, prompt_cache_miss_tokens,"
-                                  " completion_tokens, cost_pico, price_input_cache_miss, price_output"
-                                  " from usage where request_id = %s", rid))
+        st = self.s.drain()  # both settles committed (or given up): a double count would be in by now
+        self.assertEqual(st["settled_total"] - st0["settled_total"], 2, "both settles reached PostgreSQL")
+        self.assertEqual(st["inserted_total"] - st0["inserted_total"], 1, "one usage row inserted")
+        self.assertEqual(st["debited_total"] - st0["debited_total"], 1, "one debit")
+        rows = q("select prompt_tokens, prompt_cache_hit_tokens, prompt_cache_miss_tokens,"
+                 " completion_tokens, cost_pico, price_input_cache_miss, price_output"
+                 " from usage where request_id = %s", rid)
         want = cost(1000, 300, 500)
         self.assertEqual(rows, [(1000, 300, 700, 500, want, PRICE[0], PRICE[2])])
-        time.sleep(0.5)  # the second settle has had its chance to double-count
         self.assertEqual(q("select count(*), sum(amount_pico) from ledger where request_id = %s", rid),
                          [(1, -want)])
         self.assertEqual(before - self.balance(c)[0], want)
         # settling the same request again later changes nothing
         self.s.settle(rid, kid, cid, 1000, 300, 500)
-        time.sleep(0.5)
+        st = self.s.drain()
+        self.assertEqual(st["settled_total"] - st0["settled_total"], 3)
+        self.assertEqual((st["inserted_total"] - st0["inserted_total"], st["debited_total"] - st0["debited_total"]),
+                         (1, 1))
         self.assertEqual(q("select count(*) from usage where request_id = %s", rid)[0][0], 1)
+        self.assertEqual(q("select count(*) from ledger where request_id = %s", rid)[0][0], 1)
         self.assertEqual(before - self.balance(c)[0], want)
         self.assertEqual(q("select count(*) from ledger_mismatch")[0][0], 0)
         # usage and invoice show it, totals exact
@@ -360,18 +465,32 @@ class Billing(unittest.TestCase):
             self.s.settle(rid, kid, cid, 10 + i, i % 10, 3)
         # a row for a customer that does not exist is rejected alone
         bad = str(uuid.uuid4())
+        self.expect_rejected.append(bad)
         self.s.settle(bad, kid, 999999999, 10, 0, 1)
-        n = wait_for(lambda: q("select count(*) from usage where request_id = any(%s::uuid[])", rids)[0][0] == 50)
-        self.assertTrue(n)
+        self.s.drain()
+        self.assertEqual(q("select count(*) from usage where request_id = any(%s::uuid[])", rids)[0][0], 50)
+        self.assertEqual(q("select count(*) from ledger where request_id = any(%s::uuid[])", rids)[0][0], 50)
+        self.assertEqual(q("select count(*) from usage where request_id = %s", bad)[0][0], 0)
         want = sum(cost(10 + i, i % 10, 3) for i in range(50))
         self.assertEqual(10**12 - self.balance(c)[0], want)
-        self.assertTrue(wait_for(lambda: os.path.exists(os.path.join(self.spool, "rejected.jsonl"))))
         with open(os.path.join(self.spool, "rejected.jsonl")) as f:
             self.assertIn(bad, f.read())
 
 
+# What bill_server logs when the Outage tests stop PostgreSQL under it (anything else fails them).
+OUTAGE_LOG = (r"^bill: admission query failed: ",
+              r"^bill: postgres: FATAL:  terminating connection due to administrator command$",
+              r"^bill: settlement batch failed: .*; \d+ settlements (spooled to|wait in the journal in) ",
+              r"^bill: shutting down with PostgreSQL unreachable; \d+ settlements (spooled to|wait in the journal in) ",
+              r"^bill: replaying \d+ spooled settlements from ")
+
+
 class Outage(unittest.TestCase):
     """Settlements while PostgreSQL is down: spooled, then replayed exactly once."""
+
+    def check_log(self, s, allowed=OUTAGE_LOG):
+        bad = unexpected_stderr(s.err_lines, allowed=allowed)
+        self.assertEqual(bad, [], "bill_server logged errors the test did not provoke:\n" + "\n".join(s.err_lines))
 
     @classmethod
     def setUpClass(cls):
@@ -451,8 +570,11 @@ class Outage(unittest.TestCase):
             self.pg(True)
             s.start()
             self.assertTrue(wait_for(lambda: count(r3) == 1, 20))
+            st = s.drain()
+            self.assertTrue(wait_for(lambda: not self.spooled(), 10), "spool file with the torn record kept")
+            self.assertEqual([f for f in os.listdir(self.spool) if f.endswith(".corrupt")], [])
+            self.assertEqual(st["rejected_total"], 0)
 
-            time.sleep(1)
             total = sum(cost(100, 20, 10) for _ in r1) + cost(100, 0, 10) + cost(5, 0, 5)
             rows = q("select count(*), -sum(amount_pico) from ledger l join customers c on c.id = l.customer_id"
                      " where c.name = %s and kind = 'usage'", name, conninfo=self.conninfo)
@@ -461,8 +583,9 @@ class Outage(unittest.TestCase):
             self.assertEqual(int(bal), 2 * 10**12 - total)
             self.assertEqual(q("select count(*) from ledger_mismatch", conninfo=self.conninfo)[0][0], 0)
         finally:
-            err = s.stop()
-            print(err, file=sys.stderr)
+            s.stop()
+        self.check_log(s)  # a torn last record is not corrupt: nothing logged, nothing kept
+        self.assertTrue([l for l in s.err_lines if re.search(OUTAGE_LOG[0], l)], "no failed admission logged")
 
     def test_sigkill_exactly_once(self):
         """The write-ahead journal: every settlement bill_settle accepted survives a SIGKILL of the
@@ -482,12 +605,14 @@ class Outage(unittest.TestCase):
             # 1. PostgreSQL up, but the usage table locked: the first batch (256 rows) hangs in
             #    flight, the rest wait in memory; SIGKILL; the lock goes (the orphaned batch may
             #    commit after the kill); restart: every row exactly once
-            lock = psycopg2.connect(self.conninfo)
+            lock = psycopg2.connect(self.conninfo, connect_timeout=10)
             try:
                 lock.cursor().execute("lock table usage in exclusive mode")
                 r1 = [(str(uuid.uuid4()), kid, cid, 100 + i % 7, i % 5, 10 + i % 3) for i in range(300)]
                 s.settle_many(r1)
-                time.sleep(0.2)  # the first batch is sent and blocked
+                # the first batch is sent and blocked on the lock, the rest queued behind it
+                self.assertTrue(wait_for(lambda: s.settlement()["in_flight"] > 0, 10), s.settlement())
+                self.assertEqual(s.settlement()["in_flight"] + s.settlement()["queued"], len(r1))
                 s.kill()
                 journaled = self.spooled()
             finally:
@@ -508,7 +633,7 @@ class Outage(unittest.TestCase):
             self.assertTrue(wait_for(lambda: self.count([r[0] for r in rows]) == len(rows), 20),
                             "journal not replayed after the outage")
             self.assertTrue(wait_for(lambda: not self.spooled(), 10), "journal files not removed")
-            time.sleep(0.5)
+            self.assertEqual(s.drain()["rejected_total"], 0)
             got = q("select request_id::text, count(*), -sum(amount_pico) from ledger where request_id = any(%s::uuid[])"
                     " group by 1", [r[0] for r in rows], conninfo=self.conninfo)
             want = {r[0]: cost(*r[3:]) for r in rows}
@@ -518,12 +643,12 @@ class Outage(unittest.TestCase):
             self.assertEqual(int(bal), 3 * 10**12 - sum(want.values()))
             self.assertEqual(q("select count(*) from ledger_mismatch", conninfo=self.conninfo)[0][0], 0)
         finally:
-            err = s.stop()
-            print(err, file=sys.stderr)
+            s.stop()
+        self.check_log(s)
 
     def count(self, rids):
         return q("select count(*) from usage where request_id = any(%s::uuid[])", rids, conninfo=self.conninfo)[0][0]
 
 
 if __name__ == "__main__":
-    unittest.main(verbosity=2)
+    main()
