@@ -1,8 +1,9 @@
 # engine server (tollgate-engine serve): unit tests of the pure parts and an
 # integration test that runs the real binary on the demo model.
 #
-#   make test-engine-server        unit + integration (ports 18600-18619)
+#   make test-engine-server        unit + fuzz corpus replay + integration (ports 18720-18722)
 #   make test-engine-server-unit   unit tests only (no model needed)
+#   make fuzz-engine-server        libFuzzer build of fuzz/engine_server (clang)
 
 ENG_SRV_UNIT := eng_sample eng_sched_text eng_server_req
 ENG_SRV_UNIT_BINS := $(patsubst %,$(O)/tests/unit/engine_server/%,$(ENG_SRV_UNIT))
@@ -24,9 +25,27 @@ test-engine-server: test-engine-server-unit $(BIN)/tollgate-engine tokenizer-dat
 
 TEST_TARGETS += test-engine-server
 
-# libFuzzer target for request bodies (clang); not part of `make test`.
-.PHONY: fuzz-engine-server
+# Fuzz target for request bodies (fuzz/engine_server/): a plain build replays
+# the seed corpus in test-engine-server (any compiler, any SANITIZER); the
+# libFuzzer build needs clang.
+ENG_SRV_FUZZ_CORPUS := fuzz/engine_server/corpus/chat_req
+ENG_SRV_FUZZ_REPLAY := $(O)/fuzz/engine_server/fuzz_chat_req_replay
+$(ENG_SRV_FUZZ_REPLAY): fuzz/engine_server/fuzz_chat_req.c fuzz/replay.c engine/eng_server_req.c $(LIBTOK) $(LIBCOMMON)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< fuzz/replay.c $(TOK_LIBS) $(LDLIBS)
+
+.PHONY: test-engine-server-fuzz-replay
+test-engine-server-fuzz-replay: $(ENG_SRV_FUZZ_REPLAY)
+	@test -n "$(wildcard $(ENG_SRV_FUZZ_CORPUS)/*)" || { echo "$(ENG_SRV_FUZZ_CORPUS): no seeds" >&2; exit 1; }
+	$(ENG_SRV_FUZZ_REPLAY) $(wildcard $(ENG_SRV_FUZZ_CORPUS)/*)
+test-engine-server: test-engine-server-fuzz-replay
+
+.PHONY: fuzz-engine-server fuzz-engine-server-run
+fuzz: fuzz-engine-server
 fuzz-engine-server: $(B)/fuzz/fuzz_chat_req
-$(B)/fuzz/fuzz_chat_req: tests/engine_server/fuzz_chat_req.c engine/eng_server_req.c $(LIBTOK) $(LIBCOMMON)
+$(B)/fuzz/fuzz_chat_req: fuzz/engine_server/fuzz_chat_req.c engine/eng_server_req.c $(LIBTOK) $(LIBCOMMON)
 	@mkdir -p $(dir $@)
 	clang -g -O1 -std=gnu11 -fsanitize=fuzzer,address -Icommon -Itokenizer -Iengine -o $@ $< $(TOK_LIBS) $(LDLIBS)
+fuzz-engine-server-run: $(B)/fuzz/fuzz_chat_req
+	@mkdir -p $(B)/fuzz/corpus-chat-req
+	$(B)/fuzz/fuzz_chat_req -max_total_time=$(or $(FUZZ_SECONDS),60) $(B)/fuzz/corpus-chat-req $(ENG_SRV_FUZZ_CORPUS)

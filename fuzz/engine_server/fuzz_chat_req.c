@@ -1,8 +1,10 @@
 /* libFuzzer target: POST /v1/chat/completions bodies through validation,
  * the max_tokens rule and the response builders (engine/eng_server_req.c).
+ * A broken invariant traps.  make test-engine-server replays the seed corpus
+ * fuzz/engine_server/corpus/chat_req through a plain build (fuzz/replay.c).
  *
  *   make fuzz-engine-server            build build/fuzz/fuzz_chat_req
- *   mkdir -p var/fuzz-chat && build/fuzz/fuzz_chat_req var/fuzz-chat tests/engine_server/fuzz_corpus -max_total_time=60
+ *   make fuzz-engine-server-run        run it for FUZZ_SECONDS (default 60)
  */
 #include "../../engine/eng_server_req.c"
 
