@@ -21,6 +21,7 @@ $(ENG_TEST_DIR)/unit_%: tests/unit/engine/%.c $(LIBENG) $(LIBCOMMON)
 
 .PHONY: test-engine engine-golden bench-engine fuzz-engine
 TEST_TARGETS += test-engine
+UNIT_TARGETS += test-engine   # no servers: unit tests, goldens, fuzz replay, CLI
 
 # The goldens run once per ISA the kernels dispatch to; each run prints the
 # ISA of every model and fails when it is not the one asked for (a CPU that

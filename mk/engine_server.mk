@@ -24,6 +24,7 @@ test-engine-server: test-engine-server-unit $(BIN)/tollgate-engine tokenizer-dat
 	TOLLGATE_ENGINE=$(BIN)/tollgate-engine /usr/bin/python3 tests/engine_server/test_server.py
 
 TEST_TARGETS += test-engine-server
+UNIT_TARGETS += test-engine-server-unit test-engine-server-fuzz-replay
 
 # Fuzz target for request bodies (fuzz/engine_server/): a plain build replays
 # the seed corpus in test-engine-server (any compiler, any SANITIZER); the
