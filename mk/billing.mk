@@ -1,6 +1,9 @@
 # billing/ + metering/ + tollgatectl: unit tests and the PostgreSQL-backed tests.
-#   make test-billing   unit tests, then tests/billing/run.sh (uses TG_TEST_PG from
-#                       scripts/test.sh, or starts its own PostgreSQL on port 18680)
+#   make test-billing        unit tests + spool fuzz corpus replay, then tests/billing/run.sh
+#                            (uses TG_TEST_PG from scripts/test.sh, or starts its own
+#                            PostgreSQL on port 18680)
+#   make test-billing-unit   unit tests + replay of fuzz/metering/corpus (no servers)
+#   make fuzz-billing        libFuzzer on the spool record decoder (clang), FUZZ_SECONDS (default 60)
 # Unit tests #include the .c they test (to reach statics) and link the other
 # objects.  The test programs link billing/ and metering/ objects directly (not libgw),
 # so a half-written gateway/ never breaks them.
@@ -17,19 +20,32 @@ $(B)/tests/unit$(if $(SANITIZER),-$(SANITIZER))/%: tests/unit/%.c $(BILL_OBJ) $(
 $(B)/bill_server$(if $(SANITIZER),-$(SANITIZER)): $(O)/tests/billing/bill_server.o $(BILL_OBJ) $(LIBCOMMON)
 	$(CC) $(LDFLAGS) -o $@ $< $(BILL_LIBS) $(LDLIBS)
 
+# The spool fuzz target replayed without libFuzzer (fuzz/replay.c); it #includes
+# metering/mtr_spool.c, so it links libtg_common only.
+BILL_FUZZ_REPLAY := $(O)/fuzz/metering/fuzz_spool_replay
+$(BILL_FUZZ_REPLAY): fuzz/metering/fuzz_spool.c fuzz/replay.c metering/mtr_spool.c metering/mtr.h $(LIBCOMMON)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ fuzz/metering/fuzz_spool.c fuzz/replay.c $(LIBCOMMON) $(LDLIBS)
+
 .PHONY: test-billing test-billing-unit
-test-billing-unit: $(BILL_UNIT_BINS)
+test-billing-unit: $(BILL_UNIT_BINS) $(BILL_FUZZ_REPLAY)
 	@set -e; for t in $(BILL_UNIT_BINS); do $$t; done
+	$(BILL_FUZZ_REPLAY) fuzz/metering/corpus/*
 
 test-billing: test-billing-unit $(B)/bill_server$(if $(SANITIZER),-$(SANITIZER)) $(BIN)/tollgatectl $(BIN)/tollgate
 	BILL_SERVER=$(B)/bill_server$(if $(SANITIZER),-$(SANITIZER)) TG_CTL=$(BIN)/tollgatectl \
 	    TG_GATEWAY=$(BIN)/tollgate bash tests/billing/run.sh
 
 TEST_TARGETS += test-billing
+UNIT_TARGETS += test-billing-unit
 
-# libFuzzer target for the spool record decoder (clang).
+# libFuzzer target for the spool record decoder (clang), seeded with fuzz/metering/corpus.
 .PHONY: fuzz-billing
-fuzz-billing: $(B)/fuzz/mtr_spool_fuzz
-$(B)/fuzz/mtr_spool_fuzz: tests/unit/metering/mtr_spool_fuzz.c metering/mtr_spool.c metering/mtr.h common/tg_grow.h
+fuzz: fuzz-billing
+fuzz-billing: $(B)/fuzz/fuzz_spool
+	@mkdir -p $(B)/fuzz/metering-corpus
+	$(B)/fuzz/fuzz_spool -max_total_time=$(or $(FUZZ_SECONDS),60) -max_len=8192 \
+	    $(B)/fuzz/metering-corpus fuzz/metering/corpus
+$(B)/fuzz/fuzz_spool: fuzz/metering/fuzz_spool.c metering/mtr_spool.c metering/mtr.h common/tg_grow.h
 	@mkdir -p $(dir $@)
-	clang -g -O1 -fsanitize=fuzzer,address -Icommon -Ibilling -Imetering -o $@ $<
+	clang -g -O1 -std=gnu11 -fsanitize=fuzzer,address,undefined -Icommon -Ibilling -Imetering -o $@ $<
