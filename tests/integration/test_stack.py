@@ -4,6 +4,12 @@ Runs against the stack that scripts/stack.sh test-up started (real PostgreSQL,
 Redis, TLS gateway and engine worker on test ports); its settings come from
 the TG_TEST_* variables in var/test/env.  Python standard library plus
 psycopg2 (Debian's python3-psycopg2) to look at what landed in the database.
+
+"Billed once" and "not billed" are counted once the gateway's settlement queue
+is idle (GET /admin/v1/settlement on the admin listener), never after a fixed
+sleep.  Checks on what the model emits use deterministic fixtures (temperature
+0 on the demo model's fixed weights, small max_tokens, stop sequences cut from
+an earlier answer), so every test asserts its branch instead of skipping it.
 """
 
 import http.client
@@ -15,6 +21,7 @@ import sys
 import time
 import unittest
 import urllib.parse
+import urllib.request
 import uuid
 
 import psycopg2
@@ -27,6 +34,8 @@ BIN = E["TG_TEST_BIN"]  # build/, or build/<sanitizer>/ under make SANITIZER=...
 CTL = os.path.join(BIN, "tollgatectl")
 # Demo prices set by stack.sh, micro-USD per 1M tokens = pico-USD per token.
 PRICE_IN_MISS, PRICE_IN_HIT, PRICE_OUT = 270000, 70000, 1100000
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
+from tgskip import main  # noqa: E402
 
 
 def tls_context():
@@ -110,7 +119,37 @@ def balance_pico(customer):
 
 
 def db():
-    return psycopg2.connect(E["TG_TEST_PG"])
+    return psycopg2.connect(E["TG_TEST_PG"], connect_timeout=10, options="-c statement_timeout=30000")
+
+
+def settlement():
+    """The gateway's settlement queue (billing/README.md, GET /admin/v1/settlement)."""
+    req = urllib.request.Request(E["TG_TEST_ADMIN"].rstrip("/") + "/admin/v1/settlement",
+                                 headers={"Authorization": "Bearer " + E["TG_TEST_ADMIN_TOKEN"]})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())
+
+
+def drain(timeout=30.0):
+    """Wait until every settlement the gateway accepted has committed (or been rejected)."""
+    deadline = time.time() + timeout
+    while True:
+        j = settlement()
+        if j["idle"]:
+            return j
+        if time.time() > deadline:
+            raise AssertionError("the settlement queue did not drain: %r" % j)
+        time.sleep(0.05)
+
+
+def billed(request_id):
+    """(usage rows, ledger debits) of a request, once the settlement queue is idle."""
+    drain()
+    with db() as conn:
+        cur = conn.cursor()
+        cur.execute("select (select count(*) from usage where request_id = %s),"
+                    " (select count(*) from ledger where request_id = %s)", (request_id, request_id))
+        return cur.fetchone()
 
 
 def usage_row(request_id, wait=15.0):
@@ -187,6 +226,7 @@ class Stack(unittest.TestCase):
         self.assertEqual(model, MODEL)
         want = miss * PRICE_IN_MISS + hit * PRICE_IN_HIT + ct * PRICE_OUT
         self.assertEqual(int(cost), want)
+        self.assertEqual(billed(rid), (1, 1), "one usage row and one debit, the queue drained")
         self.assertEqual(before - balance_pico(c), want)
 
     def test_prompt_tokens_match_the_model_tokenizer(self):
@@ -267,19 +307,44 @@ class Stack(unittest.TestCase):
         text = "<｜begin▁of▁sentence｜><｜User｜>a\u0000b\u0000<｜Assistant｜>"
         p = subprocess.run([os.path.join(BIN, "tollgate-engine"), "tokenize", "--model", E["TG_TEST_MODEL_DIR"]],
                            input=json.dumps(text) + "\n", capture_output=True, text=True, timeout=60)
+        self.assertEqual(p.returncode, 0, p.stderr)
         self.assertEqual(u["prompt_tokens"], len(json.loads(p.stdout)))
         rows = usage_row(h["x-request-id"])
         self.assertEqual((rows[0][0], rows[0][1]), (u["prompt_tokens"], u["completion_tokens"]))
 
     def test_no_max_tokens_uses_the_worker_default(self):
+        # Fixture: at temperature 0 the demo model's fixed random weights answer "Go on" without
+        # an EOS in 512 tokens (stack.sh runs the worker with --default-max-tokens 512), so the
+        # worker's default is what ends it.  If the weights ever change, this fails, not skips.
         body = {"model": MODEL, "messages": [{"role": "user", "content": "Go on"}], "temperature": 0}
         st, h, b = request("POST", "/v1/chat/completions", body, key=self.key)
         self.assertEqual(st, 200, b)
         j = json.loads(b)
-        # stack.sh runs the demo worker with --default-max-tokens 512.
-        self.assertLessEqual(j["usage"]["completion_tokens"], 512)
-        if j["choices"][0]["finish_reason"] == "length":
-            self.assertEqual(j["usage"]["completion_tokens"], 512)
+        self.assertEqual((j["choices"][0]["finish_reason"], j["usage"]["completion_tokens"]), ("length", 512))
+        rows = usage_row(h["x-request-id"])
+        self.assertEqual(rows[0][1], 512)
+
+    def test_finish_reason_length_and_stop(self):
+        # Fixtures for both finish reasons, whatever the model says: greedy decoding is
+        # deterministic, so a short answer cut by max_tokens is "length", and the same request
+        # with a stop sequence taken from that very answer ends at it with "stop".
+        st, h, b = chat(self.key, "Say something", max_tokens=6)
+        self.assertEqual(st, 200, b)
+        j = json.loads(b)
+        text = j["choices"][0]["message"]["content"]
+        self.assertEqual((j["choices"][0]["finish_reason"], j["usage"]["completion_tokens"]), ("length", 6), text)
+        self.assertGreaterEqual(len(text), 2, "six tokens of text")
+        stop = text[len(text) // 2:][:2]
+        want = text[:text.index(stop)]
+        st, h, b = chat(self.key, "Say something", max_tokens=6, stop=[stop])
+        self.assertEqual(st, 200, b)
+        j2 = json.loads(b)
+        self.assertEqual(j2["choices"][0]["finish_reason"], "stop", (text, stop, j2))
+        self.assertEqual(j2["choices"][0]["message"]["content"], want)
+        self.assertLess(j2["usage"]["completion_tokens"], 6)
+        self.assertEqual(j2["usage"]["prompt_tokens"], j["usage"]["prompt_tokens"])
+        rows = usage_row(h["x-request-id"])
+        self.assertEqual(rows[0][1], j2["usage"]["completion_tokens"])
 
     # ---- errors ----------------------------------------------------------
 
@@ -335,8 +400,9 @@ class Stack(unittest.TestCase):
         assert_openai_error(self, st, b, 429)
         self.assertGreaterEqual(int(h["retry-after"]), 1)
         self.assertLessEqual(int(h["retry-after"]), 60)
-        # A rejected request is not billed: exactly n usage rows for the key.
-        time.sleep(1)
+        # A rejected request is not billed: exactly n usage rows for the key, counted once the
+        # settlement queue is idle (a late row for the 429 would be in by then).
+        drain()
         with db() as conn:
             cur = conn.cursor()
             cur.execute("select count(*) from usage u join api_keys k on k.id = u.key_id"
@@ -354,4 +420,4 @@ class Stack(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    unittest.main(verbosity=2)
+    main()
