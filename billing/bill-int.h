@@ -94,9 +94,21 @@ void bill_admin_free(bill_admin_t *a);
 
 /* ---- the handle --------------------------------------------------------- */
 
+/* ---- keys' last use (bill_keyuse.c) ------------------------------------- */
+
+typedef struct bill_keyuse bill_keyuse_t;
+
+/* Remember uses in memory; every flush_ms (0: 60000) write the keys used
+ * since the last flush in one UPDATE.  Returns NULL on ENOMEM. */
+bill_keyuse_t *bill_keyuse_new(struct event_base *base, bill_pg_t *pg, int flush_ms);
+void bill_keyuse_touch(bill_keyuse_t *u, int64_t key_id, const char *peer); /* peer may be NULL */
+uint64_t bill_keyuse_writes(const bill_keyuse_t *u);                       /* rows sent so far */
+void bill_keyuse_free(bill_keyuse_t *u); /* drops uses not yet written; accepts NULL */
+
 struct bill {
     struct event_base *base;
     bill_pg_t *pg;
+    bill_keyuse_t *keyuse;
     bill_settler_t *settler;
     bill_admin_t *admin;
     char *conninfo;

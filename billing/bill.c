@@ -1,9 +1,11 @@
 /* bill.c — the handle the gateway holds: admission (key -> keyed hash ->
- * one query for key, customer balance and current model price) and the
- * wiring of the PostgreSQL pool, the settlement queue and the admin API.
+ * one query for key, its expiry and model scope, customer balance and
+ * current model price) and the wiring of the PostgreSQL pool, the settlement
+ * queue, the keys' last-use writer and the admin API.
  *
- * No cache: every admission reads PostgreSQL, so a revocation or a credit
- * made through the admin API counts for the very next request. */
+ * No cache: every admission reads PostgreSQL, so a revocation, an expiry (or
+ * the end of a rotated key's grace) or a credit counts for the very next
+ * request on every gateway instance. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,11 +23,14 @@ struct bill_req {
     bill_pg_job_t *job;
     bill_admit_cb cb;
     void *arg;
+    char peer[64];
 };
 
 static const char ADMIT_SQL[] =
     "SELECT k.id, k.customer_id, k.rpm, k.tpm, k.concurrency, k.revoked_at IS NOT NULL,"
-    " c.balance_pico > 0, p.input_cache_miss, p.input_cache_hit, p.output"
+    " c.balance_pico > 0, p.input_cache_miss, p.input_cache_hit, p.output,"
+    " k.expires_at IS NOT NULL AND k.expires_at <= now(), k.models IS NULL OR $2 = ANY (k.models),"
+    " array_to_json(k.models)::text"
     " FROM api_keys k JOIN customers c ON c.id = k.customer_id"
     " LEFT JOIN LATERAL tg_price($2, now()) p ON true"
     " WHERE k.key_hash = $1";
@@ -40,13 +45,19 @@ static void admit_done(PGresult *res, const char *err, void *arg) {
         if (err) fputc('\n', stderr);
     } else if (PQntuples(res) == 0 || *PQgetvalue(res, 0, 5) == 't') {
         st = BILL_UNAUTHORIZED;
+    } else if (*PQgetvalue(res, 0, 10) == 't') {
+        st = BILL_KEY_EXPIRED;
     } else {
         key.key_id = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
         key.customer_id = strtoll(PQgetvalue(res, 0, 1), NULL, 10);
         key.rpm = (int32_t)strtol(PQgetvalue(res, 0, 2), NULL, 10);
         key.tpm = (int32_t)strtol(PQgetvalue(res, 0, 3), NULL, 10);
         key.concurrency = (int32_t)strtol(PQgetvalue(res, 0, 4), NULL, 10);
-        if (*PQgetvalue(res, 0, 6) != 't') {
+        key.models_json = PQgetisnull(res, 0, 12) ? NULL : PQgetvalue(res, 0, 12);
+        bill_keyuse_touch(r->b->keyuse, key.key_id, r->peer);
+        if (*PQgetvalue(res, 0, 11) != 't') {
+            st = BILL_MODEL_NOT_ALLOWED;
+        } else if (*PQgetvalue(res, 0, 6) != 't') {
             st = BILL_NO_BALANCE;
         } else if (PQgetisnull(res, 0, 7)) {
             st = BILL_NO_PRICE;
@@ -63,10 +74,12 @@ static void admit_done(PGresult *res, const char *err, void *arg) {
     cb(st, &key, cbarg);
 }
 
-bill_req_t *bill_admit(bill_t *b, const char *api_key, const char *model, bill_admit_cb cb, void *arg) {
+bill_req_t *bill_admit(bill_t *b, const char *api_key, const char *model, const char *peer, bill_admit_cb cb,
+                       void *arg) {
     bill_req_t *r = calloc(1, sizeof *r);
     if (!r) return NULL;
     r->b = b;
+    snprintf(r->peer, sizeof r->peer, "%s", peer ? peer : "");
     r->cb = cb;
     r->arg = arg;
     char hash[65];
@@ -131,6 +144,7 @@ bill_t *bill_new(struct event_base *base, const bill_opts_t *o, char *err, size_
     b->pg = bill_pg_new(base, b->conninfo, pool, timeout, bill_settler_on_up, NULL);
     if (!b->pg) goto oom;
     if (!(b->settler = bill_settler_new(base, b->pg, spool, err, errlen))) goto fail;
+    if (!(b->keyuse = bill_keyuse_new(base, b->pg, o->last_used_flush_ms))) goto oom;
     bill_pg_set_up_arg(b->pg, b->settler);
     if (o->admin_listen && *o->admin_listen) {
         char *token = dup_trimmed(o->admin_token);
@@ -155,7 +169,8 @@ void bill_free(bill_t *b) {
     if (!b) return;
     bill_admin_free(b->admin);
     bill_settler_free(b->settler, b->conninfo);
-    bill_pg_free(b->pg);
+    bill_pg_free(b->pg); /* before keyuse: a pending flush is never called back */
+    bill_keyuse_free(b->keyuse);
     free(b->conninfo);
     free(b->key_secret);
     free(b);

@@ -28,6 +28,7 @@ typedef struct {
     const char *spool_dir;       /* where settlements wait while PG is down */
     int pg_pool_size;            /* PostgreSQL connections; 0: 4 */
     int pg_timeout_ms;           /* deadline of one statement; 0: 5000 */
+    int last_used_flush_ms;      /* keys' last_used_at/ip written at most this often; 0: 60000 */
 } bill_opts_t;
 
 /* Prices of one model, integer micro-USD per 1M tokens. */
@@ -40,6 +41,8 @@ typedef struct {
 typedef enum {
     BILL_OK = 0,
     BILL_UNAUTHORIZED,   /* unknown or revoked key -> 401 */
+    BILL_KEY_EXPIRED,    /* past its expiry (or a rotated key past its grace) -> 401 */
+    BILL_MODEL_NOT_ALLOWED, /* the key's scope does not hold the model -> 403 */
     BILL_NO_BALANCE,     /* balance <= 0 -> 402 */
     BILL_NO_PRICE,       /* model has no price -> 404/500 */
     BILL_ERROR,          /* database unavailable etc. -> 503 */
@@ -51,6 +54,8 @@ typedef struct {
     int64_t customer_id;
     int32_t rpm, tpm, concurrency; /* limits of the key; 0 = none */
     bill_price_t price;            /* snapshot used to bill this request */
+    const char *models_json;       /* the key's allowed models as a JSON array of strings,
+                                      NULL: every model; valid only during the callback */
 } bill_key_t;
 
 typedef void (*bill_admit_cb)(bill_status_t st, const bill_key_t *key, void *arg);
@@ -58,14 +63,18 @@ typedef void (*bill_admit_cb)(bill_status_t st, const bill_key_t *key, void *arg
 bill_t *bill_new(struct event_base *base, const bill_opts_t *opts, char *err, size_t errlen);
 void bill_free(bill_t *b); /* accepts NULL; flushes pending settlements to the spool */
 
-/* Authenticate api_key (as sent after "Bearer "), check the customer's
- * balance and look up the model's price.  cb is called once, from the loop,
+/* Authenticate api_key (as sent after "Bearer "), check its expiry and
+ * model scope, the customer's balance, and look up the model's price.
+ * peer (the client's address, may be NULL) becomes the key's last_used_ip:
+ * uses are remembered in memory and written in one statement per
+ * last_used_flush_ms, never per request.  cb is called once, from the loop,
  * unless the request is cancelled first.  Returns NULL only when out of memory.
  * The returned handle is freed just before cb runs: do not cancel it after.
  * Each call reads PostgreSQL (no cache), so revocations and credits count at
  * once; when PostgreSQL is unreachable cb gets BILL_ERROR within pg_timeout_ms (at once
  * when every pool connection is known to be down). */
-bill_req_t *bill_admit(bill_t *b, const char *api_key, const char *model, bill_admit_cb cb, void *arg);
+bill_req_t *bill_admit(bill_t *b, const char *api_key, const char *model, const char *peer, bill_admit_cb cb,
+                       void *arg);
 void bill_cancel(bill_req_t *r); /* cb will not be called; accepts NULL */
 
 /* Keyed hash of an API key: HMAC-SHA256(secret, key) as 64 hex chars + NUL. */

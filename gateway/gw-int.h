@@ -186,6 +186,7 @@ struct gw_config {
     char *tokenizer, *chat_template;
     int64_t header_timeout_ms, idle_timeout_ms, upstream_timeout_ms, upstream_connect_timeout_ms;
     int64_t redis_timeout_ms, redis_fail_open, shutdown_grace_ms, stream_high_water;
+    int64_t key_last_used_flush_ms;
     int64_t upstream_keepalive;
     gw_worker_t *workers;
     int nworkers;

@@ -66,6 +66,8 @@ static const gw_opt_t gw_opts[] = {
     {"redis_timeout_ms", I(redis_timeout_ms), "250", 1, INT32_MAX, "one Redis rate-limit call"},
     {"redis_fail_open", B(redis_fail_open), "true", 0, 1,
      "Redis unreachable: true lets requests through unlimited, false answers 503"},
+    {"key_last_used_flush_ms", I(key_last_used_flush_ms), "60000", 100, 86400000,
+     "API keys' last_used_at/last_used_ip are written at most this often (one statement for all keys)"},
     {"shutdown_grace_ms", I(shutdown_grace_ms), "3000", 0, INT32_MAX, "on SIGTERM, time left to requests in flight"},
     {"stream_high_water", I(stream_high_water), "262144", 4096, 1 << 30,
      "client output bytes above which reading the worker pauses"},

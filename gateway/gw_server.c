@@ -480,7 +480,26 @@ static int gw_model_known(const gw_config_t *cfg, const char *model) {
     return 0;
 }
 
-static void gw_route_models_answer(gw_req_t *r) {
+/* 1 when the key's scope (a parsed JSON array of model names, NULL: every
+ * model) holds model. */
+static int gw_scope_allows(const tg_json_t *scope, const char *model) {
+    if (!scope) return 1;
+    for (size_t i = 0; i < tg_json_len(scope); i++) {
+        size_t n;
+        const char *m = tg_json_str(tg_json_at(scope, i), &n);
+        if (m && n == strlen(model) && !memcmp(m, model, n)) return 1;
+    }
+    return 0;
+}
+
+static void gw_model_not_allowed(gw_req_t *r, const char *model) {
+    char msg[300];
+    snprintf(msg, sizeof msg, "This api key may not use the model '%.200s'", model);
+    gw_req_error(r, 403, "permission_error", "model_not_allowed", "model", msg);
+}
+
+/* scope: the key's allowed models (NULL: all); /v1/models lists only those. */
+static void gw_route_models_answer(gw_req_t *r, const tg_json_t *scope) {
     const gw_config_t *cfg = r->srv->cfg;
     gw_buf_t b = {0};
     if (r->model) { /* GET /v1/models/{id} */
@@ -488,6 +507,10 @@ static void gw_route_models_answer(gw_req_t *r) {
             char msg[300];
             snprintf(msg, sizeof msg, "The model '%.200s' does not exist", r->model);
             gw_req_error(r, 404, "invalid_request_error", "model_not_found", "model", msg);
+            return;
+        }
+        if (!gw_scope_allows(scope, r->model)) {
+            gw_model_not_allowed(r, r->model);
             return;
         }
         gw_buf_printf(&b, "{\"id\":\"");
@@ -511,7 +534,7 @@ static void gw_route_models_answer(gw_req_t *r) {
             for (int k = 0; k <= i && !dup; k++)
                 for (int l = 0; l < (k == i ? j : cfg->workers[k].nmodels); l++)
                     if (!strcmp(cfg->workers[k].models[l], m)) dup = 1;
-            if (dup) continue;
+            if (dup || !gw_scope_allows(scope, m)) continue;
             gw_buf_printf(&b, "%s{\"id\":\"", first ? "" : ",");
             gw_buf_json_str(&b, m, strlen(m));
             gw_buf_printf(&b, "\",\"object\":\"model\",\"created\":%lld,\"owned_by\":\"tollgate\"}",
@@ -533,6 +556,13 @@ static void gw_admit_error(gw_req_t *r, bill_status_t st) {
         gw_req_error(r, 401, "invalid_request_error", "invalid_api_key", NULL,
                      "Authentication Fails, Your api key is invalid or revoked");
         break;
+    case BILL_KEY_EXPIRED:
+        gw_req_error(r, 401, "invalid_request_error", "api_key_expired", NULL,
+                     "Authentication Fails, Your api key has expired");
+        break;
+    case BILL_MODEL_NOT_ALLOWED:
+        gw_model_not_allowed(r, r->model ? r->model : "");
+        break;
     case BILL_NO_BALANCE:
         gw_req_error(r, 402, "invalid_request_error", "insufficient_balance", NULL, "Insufficient Balance");
         break;
@@ -549,8 +579,21 @@ static void gw_admit_error(gw_req_t *r, bill_status_t st) {
 static void gw_models_admitted(bill_status_t st, const bill_key_t *key, void *arg) {
     gw_req_t *r = arg;
     r->admit = NULL;
-    if (st == BILL_OK || st == BILL_NO_BALANCE || st == BILL_NO_PRICE) gw_route_models_answer(r);
-    else gw_admit_error(r, st);
+    if (st != BILL_OK && st != BILL_NO_BALANCE && st != BILL_NO_PRICE && st != BILL_MODEL_NOT_ALLOWED) {
+        gw_admit_error(r, st);
+        return;
+    }
+    tg_json_t *scope = NULL;
+    if (key->models_json) {
+        tg_json_err_t jerr;
+        scope = tg_json_parse(key->models_json, strlen(key->models_json), NULL, &jerr);
+        if (!scope) {
+            gw_req_error(r, 500, "server_error", NULL, NULL, "the key's model scope is unreadable");
+            return;
+        }
+    }
+    gw_route_models_answer(r, scope);
+    tg_json_free(scope);
 }
 
 /* Bearer token of the request, or NULL (answered 401). */
@@ -583,7 +626,7 @@ static void gw_route_models(gw_req_t *r) {
         gw_admit_error(r, BILL_ERROR);
         return;
     }
-    r->admit = bill_admit(r->srv->bill, key, cfg->workers[0].models[0], gw_models_admitted, r);
+    r->admit = bill_admit(r->srv->bill, key, cfg->workers[0].models[0], r->conn->peer, gw_models_admitted, r);
     if (!r->admit) gw_admit_error(r, BILL_ERROR);
 }
 
@@ -664,6 +707,7 @@ static void gw_chat_admitted(bill_status_t st, const bill_key_t *key, void *arg)
     }
     r->admitted = 1;
     r->key = *key;
+    r->key.models_json = NULL; /* points into the admission's result, gone after this call */
     gw_server_t *s = r->srv;
     int64_t rpm = key->rpm > 0 ? key->rpm : s->cfg->default_rpm;
     int64_t tpm = key->tpm > 0 ? key->tpm : s->cfg->default_tpm;
@@ -771,7 +815,7 @@ static void gw_route_chat(gw_req_t *r) {
         gw_admit_error(r, BILL_ERROR);
         return;
     }
-    r->admit = bill_admit(s->bill, key, r->model, gw_chat_admitted, r);
+    r->admit = bill_admit(s->bill, key, r->model, r->conn->peer, gw_chat_admitted, r);
     if (!r->admit) gw_admit_error(r, BILL_ERROR);
 }
 
@@ -1166,6 +1210,7 @@ gw_server_t *gw_server_new(struct event_base *base, const gw_config_t *cfg, char
         .admin_token = token,
         .key_secret = secret,
         .spool_dir = cfg->spool_dir,
+        .last_used_flush_ms = (int)cfg->key_last_used_flush_ms,
     };
     char berr[256] = "";
     s->bill = bill_new(base, &bo, berr, sizeof berr);

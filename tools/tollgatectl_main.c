@@ -31,9 +31,15 @@ static const char USAGE[] =
     "  customer create NAME [--credit-usd AMOUNT]\n"
     "  customer list\n"
     "  customer show NAME\n"
-    "  key create --customer NAME [--rpm N] [--tpm N] [--concurrency N]\n"
+    "  key create --customer NAME [--name LABEL] [--expires-in DURATION | --expires-at T]\n"
+    "             [--models m1,m2] [--rpm N] [--tpm N] [--concurrency N]\n"
     "                                  (prints the key alone on the last line; it is shown once)\n"
-    "  key list --customer NAME\n"
+    "  key list --customer NAME        (state: active, expiring, expired, revoked; last use)\n"
+    "  key update KEY_ID [--name LABEL] [--models m1,m2|all] [--rpm N] [--tpm N] [--concurrency N]\n"
+    "             [--expires-in DURATION | --expires-at T | --no-expiry]\n"
+    "  key rotate KEY_ID [--grace DURATION] [--expires-in DURATION | --expires-at T]\n"
+    "                                  (a new key with the same name, limits and models; the old one\n"
+    "                                   works for the grace period, default 24h; new key last line)\n"
     "  key revoke KEY_ID\n"
     "  credit add --customer NAME --usd AMOUNT\n"
     "  balance --customer NAME\n"
@@ -44,7 +50,8 @@ static const char USAGE[] =
     "  price list [--history]\n"
     "\n"
     "AMOUNT is USD as a decimal (\"5\", \"5.00\", \"0.000001\"); MICRO is integer micro-USD per\n"
-    "1M tokens; T is a timestamp PostgreSQL understands (2026-11-01, 2026-11-01T12:00:00Z).\n"
+    "1M tokens; T is a timestamp PostgreSQL understands (2026-11-01, 2026-11-01T12:00:00Z);\n"
+    "DURATION is seconds or 90s, 15m, 24h, 7d, 2w, 1h30m.\n"
     "--json prints the server's JSON.  Server: $TOLLGATE_ADMIN_URL (default\n"
     "http://127.0.0.1:8444); token: $TOLLGATE_ADMIN_TOKEN or var/admin.token.\n";
 
@@ -414,30 +421,134 @@ static int cmd_customer(args_t *a) {
     return 0;
 }
 
-static int cmd_key(args_t *a) {
-    const char *sub = positional(a, "key subcommand (create, list, revoke)");
-    if (!strcmp(sub, "create")) {
-        const char *cust = need(a, "--customer");
-        const char *rpm = opt(a, "--rpm"), *tpm = opt(a, "--tpm"), *conc = opt(a, "--concurrency");
-        no_more(a);
-        buf_t b = {0};
-        bput(&b, "{", 1);
-        const char *names[] = {"rpm", "tpm", "concurrency"}, *vals[] = {rpm, tpm, conc};
-        int n = 0;
+/* DURATION: a number of seconds, or parts like 90s, 15m, 24h, 7d, 2w, 1h30m.
+ * Returns the seconds; dies (usage error) on anything else. */
+static long long duration(const char *opt, const char *v) {
+    long long total = 0;
+    const char *p = v;
+    if (!*p) die(2, "%s: empty duration", opt);
+    while (*p) {
+        if (*p < '0' || *p > '9') die(2, "%s: bad duration '%s' (e.g. 3600, 90s, 15m, 24h, 7d, 2w)", opt, v);
+        long long n = 0;
+        while (*p >= '0' && *p <= '9') {
+            n = n * 10 + (*p++ - '0');
+            if (n > 1000000000LL) die(2, "%s: duration '%s' is too long", opt, v);
+        }
+        long long unit = 1;
+        switch (*p) {
+        case 's': unit = 1, p++; break;
+        case 'm': unit = 60, p++; break;
+        case 'h': unit = 3600, p++; break;
+        case 'd': unit = 86400, p++; break;
+        case 'w': unit = 7 * 86400, p++; break;
+        case 0: if (p != v + strspn(v, "0123456789")) die(2, "%s: bad duration '%s' (a unit per number)", opt, v);
+                break;
+        default: die(2, "%s: bad duration '%s' (units: s m h d w)", opt, v);
+        }
+        total += n * unit;
+        if (total > 20LL * 366 * 86400) die(2, "%s: duration '%s' is over 20 years", opt, v);
+    }
+    return total;
+}
+
+/* Append the key fields shared by create / update / rotate that were given
+ * as options: --name, --models, --rpm, --tpm, --concurrency, --expires-in,
+ * --expires-at (and --no-expiry when allowed). */
+static void key_fields(args_t *a, buf_t *b, int *n, int limits, int no_expiry_ok) {
+    const char *name = limits ? opt(a, "--name") : NULL, *models = limits ? opt(a, "--models") : NULL;
+    const char *in = opt(a, "--expires-in"), *at = opt(a, "--expires-at");
+    int never = 0;
+    for (int i = 0; no_expiry_ok && i < a->argc; i++)
+        if (!strcmp(a->argv[i], "--no-expiry")) {
+            never = 1;
+            memmove(a->argv + i, a->argv + i + 1, (a->argc - i - 1) * sizeof *a->argv);
+            a->argc--;
+            break;
+        }
+    if ((in != NULL) + (at != NULL) + never > 1) die(2, "give one of --expires-in, --expires-at, --no-expiry");
+    if (name) {
+        char *j = jstr(name);
+        bprintf(b, "%s\"name\":%s", (*n)++ ? "," : "", j);
+        free(j);
+    }
+    if (models) {
+        if (!strcmp(models, "all")) {
+            bprintf(b, "%s\"models\":null", (*n)++ ? "," : "");
+        } else {
+            cJSON *arr = cJSON_CreateArray();
+            char *copy = strdup(models), *save = NULL;
+            if (!arr || !copy) die(1, "out of memory");
+            for (char *t = strtok_r(copy, ",", &save); t; t = strtok_r(NULL, ",", &save))
+                if (*t) cJSON_AddItemToArray(arr, cJSON_CreateString(t));
+            if (cJSON_GetArraySize(arr) == 0) die(2, "--models wants m1,m2,... (or all)");
+            char *j = cJSON_PrintUnformatted(arr);
+            bprintf(b, "%s\"models\":%s", (*n)++ ? "," : "", j);
+            free(j);
+            free(copy);
+            cJSON_Delete(arr);
+        }
+    }
+    if (limits) {
+        const char *names[] = {"rpm", "tpm", "concurrency"};
+        const char *vals[] = {opt(a, "--rpm"), opt(a, "--tpm"), opt(a, "--concurrency")};
         for (int i = 0; i < 3; i++) {
             if (!vals[i]) continue;
             check_uint(names[i], vals[i]);
-            bprintf(&b, "%s\"%s\":%s", n++ ? "," : "", names[i], vals[i]);
+            bprintf(b, "%s\"%s\":%s", (*n)++ ? "," : "", names[i], vals[i]);
         }
+    }
+    if (in) bprintf(b, "%s\"expires_in_seconds\":%lld", (*n)++ ? "," : "", duration("--expires-in", in));
+    if (at) {
+        char *j = jstr(at);
+        bprintf(b, "%s\"expires_at\":%s", (*n)++ ? "," : "", j);
+        free(j);
+    }
+    if (never) bprintf(b, "%s\"expires_at\":null", (*n)++ ? "," : "");
+}
+
+static const char *key_id_arg(args_t *a) {
+    const char *id = positional(a, "KEY_ID");
+    if (!*id || strspn(id, "0123456789") != strlen(id) || strlen(id) > 18) die(2, "KEY_ID must be a number");
+    return id;
+}
+
+/* "m1,m2" from a JSON array, or "all" for null. */
+static const char *models_text(cJSON *k) {
+    static char out[512];
+    cJSON *m = cJSON_GetObjectItemCaseSensitive(k, "models"), *x;
+    if (!cJSON_IsArray(m)) return "all";
+    out[0] = 0;
+    cJSON_ArrayForEach(x, m) {
+        if (!cJSON_IsString(x)) continue;
+        size_t l = strlen(out);
+        snprintf(out + l, sizeof out - l, "%s%s", l ? "," : "", x->valuestring);
+    }
+    return out;
+}
+
+static void print_key_made(cJSON *j, const char *what) {
+    printf("%s key id %s for customer %s (prefix %s, name \"%s\", models %s, expires %s;"
+           " rpm %s, tpm %s, concurrency %s; 0 = no limit)\n",
+           what, str(j, "id"), str(j, "customer"), str(j, "prefix"), str(j, "name"), models_text(j),
+           when(j, "expires_at"), str(j, "rpm"), str(j, "tpm"), str(j, "concurrency"));
+}
+
+static int cmd_key(args_t *a) {
+    const char *sub = positional(a, "key subcommand (create, list, update, rotate, revoke)");
+    if (!strcmp(sub, "create")) {
+        const char *cust = need(a, "--customer");
+        buf_t b = {0};
+        int n = 0;
+        bput(&b, "{", 1);
+        key_fields(a, &b, &n, 1, 0);
         bput(&b, "}", 1);
+        no_more(a);
         cJSON *j = cust_call("POST", cust, "keys", b.p);
         free(b.p);
         cJSON *k = cJSON_GetObjectItemCaseSensitive(j, "key");
         if (!cJSON_IsString(k)) die(1, "the server did not return the key");
         if (!json_out) {
-            printf("key id %s for customer %s (prefix %s, rpm %s, tpm %s, concurrency %s; 0 = no limit)\n",
-                   str(j, "id"), str(j, "customer"), str(j, "prefix"), str(j, "rpm"), str(j, "tpm"),
-                   str(j, "concurrency"));
+            print_key_made(j, "created");
             printf("the key is shown only now:\n");
         }
         printf("%s\n", k->valuestring);
@@ -447,20 +558,61 @@ static int cmd_key(args_t *a) {
         no_more(a);
         cJSON *j = cust_call("GET", cust, "keys", NULL);
         if (!json_out) {
-            printf("%-6s %-12s %8s %10s %6s  %-8s %s\n", "ID", "PREFIX", "RPM", "TPM", "CONC", "STATUS",
-                   "CREATED (UTC)");
+            printf("%-6s %-12s %-16s %-8s %-19s %-20s %8s %10s %6s  %-19s %s\n", "ID", "PREFIX", "NAME", "STATE",
+                   "EXPIRES (UTC)", "MODELS", "RPM", "TPM", "CONC", "LAST USED (UTC)", "LAST IP");
             cJSON *k;
             cJSON_ArrayForEach(k, cJSON_GetObjectItemCaseSensitive(j, "data")) {
-                int active = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(k, "active"));
-                printf("%-6s %-12s %8s %10s %6s  %-8s %s\n", str(k, "id"), str(k, "prefix"), str(k, "rpm"),
-                       str(k, "tpm"), str(k, "concurrency"), active ? "active" : "revoked", when(k, "created_at"));
+                printf("%-6s %-12s %-16.16s %-8s %-19s %-20.20s %8s %10s %6s  %-19s %s\n", str(k, "id"),
+                       str(k, "prefix"), *str(k, "name") ? str(k, "name") : "-", str(k, "state"),
+                       when(k, "expires_at"), models_text(k), str(k, "rpm"), str(k, "tpm"),
+                       str(k, "concurrency"), when(k, "last_used_at"), str(k, "last_used_ip"));
             }
         }
         cJSON_Delete(j);
-    } else if (!strcmp(sub, "revoke")) {
-        const char *id = positional(a, "KEY_ID");
+    } else if (!strcmp(sub, "update")) {
+        const char *id = key_id_arg(a);
+        buf_t b = {0};
+        int n = 0;
+        bput(&b, "{", 1);
+        key_fields(a, &b, &n, 1, 1);
+        bput(&b, "}", 1);
         no_more(a);
-        if (!*id || strspn(id, "0123456789") != strlen(id) || strlen(id) > 18) die(2, "KEY_ID must be a number");
+        if (n == 0) die(2, "key update: nothing to change (--name, --models, --rpm, --tpm, --concurrency, "
+                           "--expires-in, --expires-at, --no-expiry)");
+        char p[64];
+        snprintf(p, sizeof p, "/admin/v1/keys/%s", id);
+        cJSON *j = call("PATCH", p, b.p);
+        free(b.p);
+        if (!json_out) print_key_made(j, "updated");
+        cJSON_Delete(j);
+    } else if (!strcmp(sub, "rotate")) {
+        const char *id = key_id_arg(a);
+        const char *grace = opt(a, "--grace");
+        buf_t b = {0};
+        int n = 0;
+        bput(&b, "{", 1);
+        if (grace) bprintf(&b, "\"grace_seconds\":%lld", duration("--grace", grace)), n++;
+        key_fields(a, &b, &n, 0, 0);
+        bput(&b, "}", 1);
+        no_more(a);
+        char p[64];
+        snprintf(p, sizeof p, "/admin/v1/keys/%s/rotate", id);
+        cJSON *j = call("POST", p, b.p);
+        free(b.p);
+        cJSON *k = cJSON_GetObjectItemCaseSensitive(j, "key");
+        if (!cJSON_IsString(k)) die(1, "the server did not return the key");
+        if (!json_out) {
+            cJSON *old = cJSON_GetObjectItemCaseSensitive(j, "old");
+            print_key_made(j, "rotated: new");
+            printf("the old key %s (%s) works until %s UTC\n", str(old, "id"), str(old, "prefix"),
+                   when(old, "expires_at"));
+            printf("the new key is shown only now:\n");
+        }
+        printf("%s\n", k->valuestring);
+        cJSON_Delete(j);
+    } else if (!strcmp(sub, "revoke")) {
+        const char *id = key_id_arg(a);
+        no_more(a);
         char p[64];
         snprintf(p, sizeof p, "/admin/v1/keys/%s/revoke", id);
         cJSON *j = call("POST", p, "{}");
