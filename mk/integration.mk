@@ -5,6 +5,7 @@
 .PHONY: test-integration test-sdk
 test-integration: $(BINS)
 	/usr/bin/python3 tests/integration/test_stack.py
+	/usr/bin/python3 tests/integration/test_keys.py
 	$(MAKE) --no-print-directory test-sdk
 
 test-sdk:
