@@ -30,6 +30,8 @@ static const char *st_name(bill_status_t st) {
     switch (st) {
     case BILL_OK: return "ok";
     case BILL_UNAUTHORIZED: return "unauthorized";
+    case BILL_KEY_EXPIRED: return "key_expired";
+    case BILL_MODEL_NOT_ALLOWED: return "model_not_allowed";
     case BILL_NO_BALANCE: return "no_balance";
     case BILL_NO_PRICE: return "no_price";
     default: return "error";
@@ -58,7 +60,7 @@ static void line(char *l) {
     if (!strcmp(argv[0], "quit")) {
         event_base_loopbreak(base);
     } else if (!strcmp(argv[0], "admit") && argc == 3) {
-        if (!bill_admit(bill, argv[1], argv[2], admit_cb, NULL)) puts("admit oom");
+        if (!bill_admit(bill, argv[1], argv[2], "127.0.0.1", admit_cb, NULL)) puts("admit oom");
     } else if (!strcmp(argv[0], "settle") && argc == 11) {
         bill_usage_t u;
         memset(&u, 0, sizeof u);
