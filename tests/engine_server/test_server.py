@@ -165,16 +165,30 @@ def setUpModule():
     start("r1", PORT_R1, R1_DIR)
 
 
+SANITIZER_REPORTS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:", "WARNING: ThreadSanitizer")
+
+
 def tearDownModule():
+    """Stops every server with SIGTERM; fails unless each exits 0 with no
+    sanitizer report in its log (under SANITIZER=... builds)."""
+    bad = []
     for name, (p, log) in procs.items():
         if p.poll() is None:
             p.send_signal(signal.SIGTERM)
             try:
-                p.wait(30)
+                p.wait(WAIT)
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
+                bad.append("%s: no exit within %gs of SIGTERM" % (name, WAIT))
         log.close()
+        if p.returncode != 0:
+            bad.append("%s: exit status %s" % (name, p.returncode))
+        with open(os.path.join(VAR, "%s.log" % name), encoding="utf-8", errors="replace") as f:
+            text = f.read()
+        bad += ["%s: %s in %s.log" % (name, r, name) for r in SANITIZER_REPORTS if r in text]
+    if bad:
+        raise AssertionError("; ".join(bad))
 
 
 def request(port, method, path, body=None, headers=None, timeout=None):
