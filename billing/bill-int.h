@@ -92,6 +92,24 @@ bill_admin_t *bill_admin_new(struct event_base *base, bill_pg_t *pg, const bill_
                              size_t errlen);
 void bill_admin_free(bill_admin_t *a);
 
+struct evhttp_request;
+struct evkeyvalq;
+/* For the routes in other files (bill_report.c): run one statement returning
+ * one JSON text (404 with notfound when no row); answer an error; read a
+ * Unix-seconds timestamp as ISO (anything else is returned as is). */
+void bill_admin_query(bill_admin_t *a, struct evhttp_request *req, const char *sql, int n,
+                      const char *const *params, const char *notfound);
+void bill_admin_fail(struct evhttp_request *req, int st, const char *code, const char *msg);
+const char *bill_admin_time(const char *t, char out[40]);
+
+/* ---- reports (bill_report.c) --------------------------------------------- */
+
+/* GET /admin/v1/reports/{usage,top,balance}, GET /admin/v1/usage/{request_id}:
+ * answers and returns 1 when the path is one of these, else 0. */
+int bill_report_route(bill_admin_t *a, struct evhttp_request *req, int method, char **seg, int nseg,
+                      struct evkeyvalq *q);
+extern const char BILL_REPORT_USAGE_SQL[], BILL_REPORT_TOP_SQL[], BILL_REPORT_BALANCE_SQL[];
+
 /* ---- the handle --------------------------------------------------------- */
 
 /* ---- keys' last use (bill_keyuse.c) ------------------------------------- */
@@ -105,9 +123,28 @@ void bill_keyuse_touch(bill_keyuse_t *u, int64_t key_id, const char *peer); /* p
 uint64_t bill_keyuse_writes(const bill_keyuse_t *u);                       /* rows sent so far */
 void bill_keyuse_free(bill_keyuse_t *u); /* drops uses not yet written; accepts NULL */
 
+/* ---- refusal counters (bill_refusal.c) ---------------------------------- */
+
+typedef struct bill_refusals bill_refusals_t;
+
+/* Counters in memory, written to usage_hourly every second.  NULL on ENOMEM. */
+bill_refusals_t *bill_refusals_new(struct event_base *base, bill_pg_t *pg);
+/* One more refusal (402, 429 or 5xx; other statuses are ignored) at now_s. */
+void bill_refusals_add(bill_refusals_t *r, int64_t customer_id, int64_t key_id, const char *model, int status,
+                       int64_t now_s);
+void bill_refusals_stats(const bill_refusals_t *r, uint64_t *added, uint64_t *written, uint64_t *dropped,
+                         long *pending);
+/* A last synchronous attempt through conninfo (may be NULL), then free.  Accepts NULL. */
+void bill_refusals_free(bill_refusals_t *r, const char *conninfo);
+
+/* Settled cost of model number i (0..): its name and USD with 12 decimals
+ * (exact).  Returns 0, or -1 past the last. */
+int bill_settler_cost(const bill_settler_t *s, int i, const char **model, char usd[48]);
+
 struct bill {
     struct event_base *base;
     bill_pg_t *pg;
+    bill_refusals_t *refusals;
     bill_keyuse_t *keyuse;
     bill_settler_t *settler;
     bill_admin_t *admin;

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 
 #include <event2/event.h>
 
@@ -107,6 +108,18 @@ void bill_settle(bill_t *b, const bill_usage_t *u) {
 
 void bill_settle_stats(const bill_t *b, bill_settle_stats_t *st) {
     bill_settler_stats(b ? b->settler : NULL, st);
+    st->pg_up = b && bill_pg_up(b->pg);
+    uint64_t added;
+    long pending;
+    bill_refusals_stats(b ? b->refusals : NULL, &added, &st->refusals_written, &st->refusals_dropped, &pending);
+}
+
+int bill_settle_cost(const bill_t *b, int i, const char **model, char usd[48]) {
+    return bill_settler_cost(b ? b->settler : NULL, i, model, usd);
+}
+
+void bill_refusal(bill_t *b, int64_t customer_id, int64_t key_id, const char *model, int http_status) {
+    if (b) bill_refusals_add(b->refusals, customer_id, key_id, model, http_status, (int64_t)time(NULL));
 }
 
 static char *dup_trimmed(const char *s) {
@@ -145,6 +158,7 @@ bill_t *bill_new(struct event_base *base, const bill_opts_t *o, char *err, size_
     if (!b->pg) goto oom;
     if (!(b->settler = bill_settler_new(base, b->pg, spool, err, errlen))) goto fail;
     if (!(b->keyuse = bill_keyuse_new(base, b->pg, o->last_used_flush_ms))) goto oom;
+    if (!(b->refusals = bill_refusals_new(base, b->pg))) goto oom;
     bill_pg_set_up_arg(b->pg, b->settler);
     if (o->admin_listen && *o->admin_listen) {
         char *token = dup_trimmed(o->admin_token);
@@ -169,6 +183,7 @@ void bill_free(bill_t *b) {
     if (!b) return;
     bill_admin_free(b->admin);
     bill_settler_free(b->settler, b->conninfo);
+    bill_refusals_free(b->refusals, b->conninfo);
     bill_pg_free(b->pg); /* before keyuse: a pending flush is never called back */
     bill_keyuse_free(b->keyuse);
     free(b->conninfo);

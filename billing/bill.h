@@ -122,9 +122,29 @@ typedef struct {
     uint64_t debited_total;   /* ledger debits they inserted */
     uint64_t rejected_total;  /* rows given up for their data (logged, rejected.jsonl) */
     int idle;                 /* 1: nothing queued, in flight or waiting to be replayed */
+    int64_t journal_rows;     /* rows appended to the open journal file */
+    int64_t journal_bytes;    /* its size */
+    int64_t spool_bytes;      /* size of every journal/spool file not yet deleted (the open one too) */
+    int pg_up;                /* 1: a PostgreSQL connection is ready or busy */
+    uint64_t refusals_written; /* refusal counts written to usage_hourly (bill_refusal) */
+    uint64_t refusals_dropped; /* refusal counts given up (too many waiting) */
 } bill_settle_stats_t;
 
 /* Fill *st; b may be NULL (all zero, idle). */
 void bill_settle_stats(const bill_t *b, bill_settle_stats_t *st);
+
+/* The cost settled (usage rows inserted, duplicates not) since start for
+ * model number i = 0, 1, ...: *model (valid until the next settlement) and
+ * USD with all 12 decimals, exact ("0.000123450000").  Past 64 models the
+ * rest is "other".  Returns 0, or -1 past the last model. */
+int bill_settle_cost(const bill_t *b, int i, const char **model, char usd[48]);
+
+/* An authenticated request (customer_id > 0) answered without a usage row:
+ * 402 (insufficient balance, spending limit), 429 (rate or concurrency
+ * limit) or 5xx before a worker was asked.  Counted in memory and added to
+ * the hourly rollup (usage_hourly.refused_402/429/5xx) once a second in one
+ * statement: at least once, not exactly once (billing/README.md).  Other
+ * statuses are ignored; b may be NULL. */
+void bill_refusal(bill_t *b, int64_t customer_id, int64_t key_id, const char *model, int http_status);
 
 #endif

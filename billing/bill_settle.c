@@ -31,6 +31,7 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <sys/stat.h>
 
 #include <event2/event.h>
 
@@ -52,6 +53,13 @@ typedef struct sfile {
     int open;     /* the journal: rows are still being appended */
     int corrupt;
 } sfile_t;
+
+#define COST_MODELS 64 /* models with their own settled-cost counter; the rest share one */
+
+typedef struct {
+    char *model;            /* NULL: "other" */
+    unsigned __int128 pico; /* exact: a sum of int64 costs */
+} model_cost_t;
 
 typedef struct item {
     TAILQ_ENTRY(item) link;
@@ -80,6 +88,8 @@ struct bill_settler {
     int single;      /* rows to send one by one after a data error */
     int need_replay; /* spool files may hold rows that are not queued */
     uint64_t nsettled, ninserted, ndebited, nrejected; /* bill_settle_stats_t */
+    model_cost_t costs[COST_MODELS + 1]; /* cost of the rows inserted, per model; the last: the rest */
+    int ncosts;
 };
 
 static const char SETTLE_SQL[] =
@@ -97,10 +107,28 @@ static const char SETTLE_SQL[] =
     " timestamptz 'epoch' + recv * interval '1 microsecond',"
     " CASE WHEN first > 0 THEN timestamptz 'epoch' + first * interval '1 microsecond' END,"
     " timestamptz 'epoch' + fin * interval '1 microsecond'"
-    " FROM r ON CONFLICT (request_id) DO NOTHING RETURNING request_id, customer_id, cost_pico),"
+    " FROM r ON CONFLICT (request_id) DO NOTHING RETURNING request_id, customer_id, key_id, model,"
+    " prompt_cache_hit_tokens, prompt_cache_miss_tokens, completion_tokens, reasoning_tokens, cost_pico,"
+    " http_status, received_at),"
     " led AS (INSERT INTO ledger (customer_id, kind, amount_pico, request_id)"
-    " SELECT customer_id, 'usage', -cost_pico, request_id FROM ins WHERE cost_pico > 0 RETURNING 1)"
-    " SELECT (SELECT count(*) FROM ins), (SELECT count(*) FROM led)";
+    " SELECT customer_id, 'usage', -cost_pico, request_id FROM ins WHERE cost_pico > 0 RETURNING 1),"
+    /* the hourly rollups of the rows inserted, in the same transaction; in
+     * primary-key order, so that concurrent batches lock rows in one order */
+    " roll AS (INSERT INTO usage_hourly AS h (customer_id, hour, key_id, model, requests,"
+    " prompt_cache_hit_tokens, prompt_cache_miss_tokens, completion_tokens, reasoning_tokens, cost_pico,"
+    " failed_5xx)"
+    " SELECT customer_id, date_trunc('hour', received_at, 'UTC'), coalesce(key_id, 0), model, count(*),"
+    " sum(prompt_cache_hit_tokens), sum(prompt_cache_miss_tokens), sum(completion_tokens), sum(reasoning_tokens),"
+    " sum(cost_pico), count(*) FILTER (WHERE http_status >= 500) FROM ins GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4"
+    " ON CONFLICT (customer_id, hour, key_id, model) DO UPDATE SET requests = h.requests + excluded.requests,"
+    " prompt_cache_hit_tokens = h.prompt_cache_hit_tokens + excluded.prompt_cache_hit_tokens,"
+    " prompt_cache_miss_tokens = h.prompt_cache_miss_tokens + excluded.prompt_cache_miss_tokens,"
+    " completion_tokens = h.completion_tokens + excluded.completion_tokens,"
+    " reasoning_tokens = h.reasoning_tokens + excluded.reasoning_tokens,"
+    " cost_pico = h.cost_pico + excluded.cost_pico, failed_5xx = h.failed_5xx + excluded.failed_5xx RETURNING 1)"
+    /* one row per model inserted (or one row of NULLs): counts, then cost per model */
+    " SELECT (SELECT count(*) FROM ins), (SELECT count(*) FROM led), (SELECT count(*) FROM roll), m.model,"
+    " m.cost FROM (SELECT 1) one LEFT JOIN (SELECT model, sum(cost_pico) AS cost FROM ins GROUP BY model) m ON true";
 
 enum { NCOL = 17 };
 
@@ -348,6 +376,49 @@ static void sync_cb(evutil_socket_t fd, short what, void *arg) {
     evtimer_add(s->sync, &tv); /* again, to rotate the journal when its time is up */
 }
 
+/* ---- settled cost per model (for /metrics) -------------------------------- */
+
+/* Add pico (a decimal string of digits, the batch's sum for model) to the
+ * model's counter; models past COST_MODELS share the last slot. */
+static void cost_add(bill_settler_t *s, const char *model, const char *pico) {
+    unsigned __int128 v = 0;
+    for (const char *p = pico; *p >= '0' && *p <= '9'; p++) v = v * 10 + (unsigned)(*p - '0');
+    int i;
+    for (i = 0; i < s->ncosts; i++)
+        if (s->costs[i].model && !strcmp(s->costs[i].model, model)) break;
+    if (i == s->ncosts) {
+        if (s->ncosts < COST_MODELS && (s->costs[i].model = strdup(model))) s->ncosts++;
+        else i = COST_MODELS; /* "other" */
+    }
+    s->costs[i].pico += v;
+}
+
+/* The decimal digits of v into out (at least 40 bytes). */
+static void u128_dec(unsigned __int128 v, char *out) {
+    char t[48];
+    int n = 0;
+    do {
+        t[n++] = (char)('0' + (int)(v % 10));
+        v /= 10;
+    } while (v);
+    for (int i = 0; i < n; i++) out[i] = t[n - 1 - i];
+    out[n] = 0;
+}
+
+int bill_settler_cost(const bill_settler_t *s, int i, const char **model, char usd[48]) {
+    if (!s || i < 0) return -1;
+    if (i > s->ncosts || (i == s->ncosts && s->costs[COST_MODELS].pico == 0)) return -1;
+    const model_cost_t *c = i < s->ncosts ? &s->costs[i] : &s->costs[COST_MODELS];
+    *model = c->model ? c->model : "other";
+    /* USD with all 12 decimals: exact */
+    char d[48];
+    u128_dec(c->pico, d);
+    size_t n = strlen(d);
+    if (n <= 12) snprintf(usd, 48, "0.%.*s%s", (int)(12 - n), "000000000000", d);
+    else snprintf(usd, 48, "%.*s.%s", (int)(n - 12), d, d + n - 12);
+    return 0;
+}
+
 /* ---- the queue ---------------------------------------------------------- */
 
 /* it is committed in PostgreSQL (or rejected for good) and off its queue:
@@ -467,10 +538,12 @@ static void batch_cb(PGresult *res, const char *err, void *arg) {
         item_settled(s, it);
     }
     s->nsettled += (uint64_t)s->ninflight;
-    if (PQntuples(res) == 1) {
+    if (PQntuples(res) >= 1 && PQnfields(res) >= 2) {
         s->ninserted += strtoull(PQgetvalue(res, 0, 0), NULL, 10);
         s->ndebited += strtoull(PQgetvalue(res, 0, 1), NULL, 10);
     }
+    for (int i = 0; PQnfields(res) >= 5 && i < PQntuples(res); i++)
+        if (!PQgetisnull(res, i, 3)) cost_add(s, PQgetvalue(res, i, 3), PQgetvalue(res, i, 4));
     s->ninflight = 0;
     if (s->nqueue == 0 && s->need_replay) bill_settler_on_up(s);
     kick(s);
@@ -593,7 +666,15 @@ void bill_settler_stats(const bill_settler_t *s, bill_settle_stats_t *st) {
         st->spool_files++;
         st->spool_pending += f->pending;
         if (!f->loaded) st->replay_pending = 1;
+        char path[4200];
+        struct stat sb;
+        snprintf(path, sizeof path, "%s/%s", s->dir, f->name);
+        if (stat(path, &sb) == 0) {
+            st->spool_bytes += sb.st_size;
+            if (f == s->jf) st->journal_bytes = sb.st_size;
+        }
     }
+    if (s->spool) st->journal_rows = s->jrows;
     if (s->need_replay) st->replay_pending = 1;
     st->settled_total = s->nsettled;
     st->inserted_total = s->ninserted;
@@ -698,6 +779,7 @@ void bill_settler_free(bill_settler_t *s, const char *conninfo) {
         free(f);
     }
     journal_close(s); /* go_down may have reopened it */
+    for (int i = 0; i < s->ncosts; i++) free(s->costs[i].model);
     if (s->kick) event_free(s->kick);
     if (s->retry) event_free(s->retry);
     if (s->sync) event_free(s->sync);

@@ -451,6 +451,8 @@ static void gw_req_free(gw_req_t *r) {
     if (r->client_gone && !r->head_sent) r->status = 499; /* nginx's "client closed request" */
     if (r->route == GW_ROUTE_CHAT) s->m.inflight--;
     gw_req_settle(r);
+    if (r->admitted && !r->proxied) /* a 429 or 5xx (or 402) without a usage row: counted in the rollup */
+        bill_refusal(s->bill, r->key.customer_id, r->key.key_id, r->model, r->status);
     gw_access_log(r);
     gw_metrics_observe(&s->m, r->route, r->status, (r->finished_us - r->received_us) / 1e6,
                        r->first_byte_us ? (r->first_byte_us - r->received_us) / 1e6 : -1);
@@ -701,6 +703,7 @@ static void gw_chat_ratelimited(int verdict, const gw_rl_result_t *res, void *ar
 static void gw_chat_admitted(bill_status_t st, const bill_key_t *key, void *arg) {
     gw_req_t *r = arg;
     r->admit = NULL;
+    if (st == BILL_NO_BALANCE) bill_refusal(r->srv->bill, key->customer_id, key->key_id, r->model, 402);
     if (st != BILL_OK) {
         gw_admit_error(r, st);
         return;

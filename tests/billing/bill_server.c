@@ -7,7 +7,9 @@
  * answers one line on stdout each:
  *   admit KEY MODEL                -> "admit STATUS key_id customer_id rpm tpm conc miss hit out"
  *   settle RID KEY_ID CUST MODEL MISS HIT OUT PROMPT HIT_TOKENS COMPLETION
+ *          [REASONING HTTP_STATUS RECEIVED_UNIX_US]
  *                                  -> "settled" (queued)
+ *   refusal CUST KEY_ID MODEL HTTP_STATUS -> "counted" (bill_refusal)
  *   quit                           -> bill_free, exit 0
  * SIGTERM/SIGINT also bill_free and exit. */
 #include <signal.h>
@@ -61,7 +63,10 @@ static void line(char *l) {
         event_base_loopbreak(base);
     } else if (!strcmp(argv[0], "admit") && argc == 3) {
         if (!bill_admit(bill, argv[1], argv[2], "127.0.0.1", admit_cb, NULL)) puts("admit oom");
-    } else if (!strcmp(argv[0], "settle") && argc == 11) {
+    } else if (!strcmp(argv[0], "refusal") && argc == 5) {
+        bill_refusal(bill, atoll(argv[1]), atoll(argv[2]), argv[3], atoi(argv[4]));
+        puts("counted");
+    } else if (!strcmp(argv[0], "settle") && (argc == 11 || argc == 14)) {
         bill_usage_t u;
         memset(&u, 0, sizeof u);
         snprintf(u.request_id, sizeof u.request_id, "%s", argv[1]);
@@ -78,6 +83,13 @@ static void line(char *l) {
         u.received_us = now_us() - 1000;
         u.first_byte_us = now_us() - 500;
         u.finished_us = now_us();
+        if (argc == 14) {
+            u.reasoning_tokens = atoll(argv[11]);
+            u.http_status = atoi(argv[12]);
+            u.received_us = atoll(argv[13]);
+            u.first_byte_us = 0;
+            u.finished_us = u.received_us + 1000;
+        }
         bill_settle(bill, &u);
         puts("settled");
     } else {

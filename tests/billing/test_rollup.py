@@ -1,0 +1,163 @@
+"""Hourly rollups (usage_hourly) against a real PostgreSQL: after settlements,
+duplicates and a spool replay, every rollup row equals the sums of the usage
+rows it covers (and the ledger's debits); refusals (bill_refusal) appear as
+counters.  The report endpoints (GET /admin/v1/reports/...) and tollgatectl
+report equal direct SQL sums.
+
+bill_server (tests/billing/bill_server.c) on port 18695 (18696: one on a dead
+PostgreSQL, for the replay); names start with billtest-."""
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+import unittest
+import uuid
+
+sys.path.insert(0, os.path.dirname(__file__))
+from test_billing import (PG, PRICE, MODEL, Server, q, new_name, wait_for, unexpected_stderr, main)  # noqa: E402
+
+HOUR_US = 3600 * 10**6
+DEAD_PG = "host=127.0.0.1 port=1 dbname=tollgate user=tollgate connect_timeout=1"
+
+
+def rid():
+    return str(uuid.uuid4())
+
+
+def usage_sums(cust):
+    """Direct SQL over usage: {(hour_epoch, key_id, model): (requests, hit, miss, completion, reasoning, cost, 5xx)}."""
+    rows = q("SELECT extract(epoch FROM date_trunc('hour', received_at, 'UTC'))::bigint, coalesce(key_id, 0), model,"
+             " count(*), sum(prompt_cache_hit_tokens), sum(prompt_cache_miss_tokens), sum(completion_tokens),"
+             " sum(reasoning_tokens), sum(cost_pico), count(*) FILTER (WHERE http_status >= 500)"
+             " FROM usage WHERE customer_id = %s GROUP BY 1, 2, 3", cust)
+    return {(r[0], r[1], r[2]): tuple(int(x) for x in r[3:]) for r in rows}
+
+
+def rollup_rows(cust):
+    rows = q("SELECT extract(epoch FROM hour)::bigint, key_id, model, requests, prompt_cache_hit_tokens,"
+             " prompt_cache_miss_tokens, completion_tokens, reasoning_tokens, cost_pico, failed_5xx"
+             " FROM usage_hourly WHERE customer_id = %s AND requests > 0", cust)
+    return {(r[0], r[1], r[2]): tuple(int(x) for x in r[3:]) for r in rows}
+
+
+class Rollup(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.spool = tempfile.mkdtemp(prefix="billtest-spool.")
+        cls.s = Server(PG, 18695, cls.spool)
+        cls.s.ctl("price", "set", "--model", MODEL, "--input-miss", str(PRICE[0]),
+                  "--input-hit", str(PRICE[1]), "--output", str(PRICE[2]))
+
+    @classmethod
+    def tearDownClass(cls):
+        try:
+            cls.s.stop()
+            bad = unexpected_stderr(cls.s.err_lines)
+            if bad:
+                raise AssertionError("bill_server logged errors no test provoked:\n" + "\n".join(bad))
+        finally:
+            shutil.rmtree(cls.spool, ignore_errors=True)
+
+    def customer(self, keys=2):
+        name = new_name()
+        self.s.ctl("customer", "create", name, "--credit-usd", "100")
+        for _ in range(keys):
+            self.s.ctl("key", "create", "--customer", name)
+        j = json.loads(self.s.ctl("key", "list", "--customer", name, "--json").stdout)
+        cust = json.loads(self.s.ctl("balance", "--customer", name, "--json").stdout)["customer_id"]
+        return name, cust, sorted(k["id"] for k in j["data"])
+
+    def settle(self, rows):
+        """rows: (rid, key, cust, model, prompt, hit, completion, reasoning, status, received_us)"""
+        self.s.p.stdin.write("".join(
+            "settle %s %d %d %s %d %d %d %d %d %d %d %d %d\n" % (r[0], r[1], r[2], r[3], *PRICE, *r[4:])
+            for r in rows))
+        self.s.p.stdin.flush()
+        for _ in rows:
+            self.assertEqual(self.s.reply(), "settled")
+
+    def rows_for(self, cust, keys, n, base_us):
+        out = []
+        for i in range(n):
+            prompt = 10 + i % 37
+            out.append((rid(), keys[i % len(keys)], cust, (MODEL, MODEL + "-b")[i % 2], prompt, i % 7 % (prompt + 1),
+                        3 + i % 11, i % 3, (200, 200, 200, 500, 429)[i % 5], base_us - (i % 4) * HOUR_US - i))
+        return out
+
+    def check(self, cust):
+        u, h = usage_sums(cust), rollup_rows(cust)
+        self.assertTrue(u)
+        self.assertEqual(h, u)
+        self.assertEqual(q("SELECT count(*) FROM usage_hourly_mismatch WHERE customer_id = %s", cust)[0][0], 0)
+        debits = q("SELECT coalesce(-sum(amount_pico), 0) FROM ledger WHERE customer_id = %s AND kind = 'usage'",
+                   cust)[0][0]
+        self.assertEqual(int(debits), sum(v[5] for v in h.values()))
+        self.assertEqual(q("SELECT count(*) FROM ledger_mismatch")[0][0], 0)
+
+    def test_rollup_equals_usage_with_duplicates(self):
+        name, cust, keys = self.customer()
+        now = int(time.time() * 1e6)
+        rows = self.rows_for(cust, keys, 300, now)
+        self.settle(rows[:200])
+        # duplicates: in the same batches as new rows, and again once committed
+        self.settle(rows[150:300] + rows[:50])
+        self.s.drain()
+        self.settle(rows[::3])
+        st = self.s.drain()
+        self.assertEqual(q("SELECT count(*) FROM usage WHERE customer_id = %s", cust)[0][0], 300)
+        self.check(cust)
+        self.assertGreater(st["inserted_total"], 0)
+        # a usage row without a key is rolled up under key 0
+        r = (rid(), 0, cust, MODEL, 5, 0, 1, 0, 200, now)
+        self.settle([r, r])
+        self.s.drain()
+        self.check(cust)
+        self.assertEqual(q("SELECT requests FROM usage_hourly WHERE customer_id = %s AND key_id = 0", cust)[0][0], 1)
+
+    def test_rollup_after_spool_replay(self):
+        """Rows spooled by a server whose PostgreSQL is down are replayed by the next one on the
+        same spool, some of them already written by another server: each counted once."""
+        name, cust, keys = self.customer()
+        rows = self.rows_for(cust, keys, 40, int(time.time() * 1e6))
+        spool = tempfile.mkdtemp(prefix="billtest-spool.")
+        try:
+            dead = Server(DEAD_PG, 18696, spool)
+            for r in rows:
+                self.assertEqual(dead.cmd("settle %s %d %d %s %d %d %d %d %d %d %d %d %d" % (
+                    r[0], r[1], r[2], r[3], *PRICE, *r[4:])), "settled")
+            dead.stop()
+            self.assertTrue([f for f in os.listdir(spool) if f.endswith(".spool")], "nothing spooled")
+            self.settle(rows[:15])  # written before the replay: the replay must skip them
+            self.s.drain()
+            again = Server(PG, 18696, spool)
+            again.drain()
+            again.stop()
+            self.assertEqual(unexpected_stderr(again.err_lines, allowed=[r"^bill: replaying \d+ spooled"]), [])
+            self.assertFalse([f for f in os.listdir(spool) if f.endswith(".spool")])
+        finally:
+            shutil.rmtree(spool, ignore_errors=True)
+        self.assertEqual(q("SELECT count(*) FROM usage WHERE customer_id = %s", cust)[0][0], 40)
+        self.check(cust)
+
+    def test_refusals_counted(self):
+        name, cust, keys = self.customer(1)
+        lines = ["refusal %d %d %s 402" % (cust, keys[0], MODEL)] * 3 + \
+                ["refusal %d %d %s 429" % (cust, keys[0], MODEL)] * 5 + \
+                ["refusal %d %d %s 503" % (cust, keys[0], MODEL)] * 2 + \
+                ["refusal %d %d %s 404" % (cust, keys[0], MODEL)] * 4  # not a refusal: ignored
+        for line in lines:
+            self.assertEqual(self.s.cmd(line), "counted")
+        sql = ("SELECT coalesce(sum(refused_402), 0), coalesce(sum(refused_429), 0), coalesce(sum(refused_5xx), 0),"
+               " coalesce(sum(requests), 0), coalesce(sum(cost_pico), 0) FROM usage_hourly WHERE customer_id = %s")
+        self.assertTrue(wait_for(lambda: q(sql, cust)[0][:3] == (3, 5, 2), 15), q(sql, cust))
+        self.assertEqual(q(sql, cust)[0][3:], (0, 0))  # refusals carry no usage and no cost
+        self.assertEqual(q("SELECT count(*) FROM usage_hourly_mismatch WHERE customer_id = %s", cust)[0][0], 0)
+        # more later: added to the same hour's row
+        self.assertEqual(self.s.cmd("refusal %d %d %s 429" % (cust, keys[0], MODEL)), "counted")
+        self.assertTrue(wait_for(lambda: q(sql, cust)[0][:3] == (3, 6, 2), 15), q(sql, cust))
+
+
+if __name__ == "__main__":
+    main()
