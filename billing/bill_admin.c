@@ -755,6 +755,8 @@ static void route(bill_admin_t *a, struct evhttp_request *req, int method, char 
         if (nseg > 3 || (nseg == 3 && strcmp(seg[2], "revoke") && strcmp(seg[2], "rotate"))) goto notfound;
     } else if (nseg == 1 && !strcmp(seg[0], "settlement")) {
         if (method == GET) return settlement_get(a, req);
+    } else if (bill_report_route(a, req, method, seg, nseg, q)) { /* reports, usage/{id} (bill_report.c) */
+        return;
     } else if (nseg == 1 && !strcmp(seg[0], "prices")) {
         if (method == GET) {
             const char *h = evhttp_find_header(q, "history");
@@ -897,3 +899,16 @@ void bill_admin_free(bill_admin_t *a) {
     free(a->secret);
     free(a);
 }
+
+/* ---- for the routes of bill_report.c ------------------------------------ */
+
+void bill_admin_query(bill_admin_t *a, struct evhttp_request *req, const char *sql, int n,
+                      const char *const *params, const char *notfound) {
+    run(a, req, sql, n, params, notfound, NULL);
+}
+
+void bill_admin_fail(struct evhttp_request *req, int st, const char *code, const char *msg) {
+    reply_error(req, st, code, "%s", msg);
+}
+
+const char *bill_admin_time(const char *t, char out[40]) { return epoch_to_iso(t, out); }

@@ -48,6 +48,12 @@ static const char USAGE[] =
     "  price set --model M --input-miss MICRO --input-hit MICRO --output MICRO [--effective-from T]\n"
     "            [--band HH:MM-HH:MM]      (a UTC time-of-day band on top of the current base price)\n"
     "  price list [--history]\n"
+    "  report usage --customer NAME [--by hour|day] [--from T --to T] [--split key|model|key,model]\n"
+    "                                  (usage and cost per hour or UTC day, from the hourly rollups)\n"
+    "  report top [--from T --to T] [--limit N]\n"
+    "                                  (customers by spend; default: this UTC month, top 20)\n"
+    "  report balance --customer NAME [--by hour|day] [--from T --to T]\n"
+    "                                  (balance at the end of each period, from the ledger)\n"
     "\n"
     "AMOUNT is USD as a decimal (\"5\", \"5.00\", \"0.000001\"); MICRO is integer micro-USD per\n"
     "1M tokens; T is a timestamp PostgreSQL understands (2026-11-01, 2026-11-01T12:00:00Z);\n"
@@ -753,6 +759,89 @@ static int cmd_price(args_t *a) {
     return 0;
 }
 
+/* "/admin/v1/PATH?k=v&..." (malloc'ed) with the n parameters whose value is not NULL. */
+static char *query_path(const char *path, int n, const char *const names[], const char *const vals[]) {
+    buf_t b = {0};
+    bprintf(&b, "%s", path);
+    char sep = '?';
+    for (int i = 0; i < n; i++) {
+        if (!vals[i]) continue;
+        bprintf(&b, "%c%s=", sep, names[i]);
+        bput_enc(&b, vals[i]);
+        sep = '&';
+    }
+    return b.p;
+}
+
+static void print_sums_head(const char *first) {
+    printf("%-20s %-8s %-20s %9s %12s %12s %12s %10s %18s %6s %6s %6s %6s\n", first, "KEY", "MODEL", "REQUESTS",
+           "HIT", "MISS", "OUTPUT", "REASONING", "COST_USD", "5XX", "402", "429", "R5XX");
+}
+
+static void print_sums(const char *first, cJSON *r) {
+    printf("%-20s %-8s %-20s %9s %12s %12s %12s %10s %18s %6s %6s %6s %6s\n", first, str(r, "key_id"),
+           str(r, "model"), str(r, "requests"), str(r, "prompt_cache_hit_tokens"), str(r, "prompt_cache_miss_tokens"),
+           str(r, "completion_tokens"), str(r, "reasoning_tokens"), str(r, "cost_usd"), str(r, "failed_5xx"),
+           str(r, "refused_402"), str(r, "refused_429"), str(r, "refused_5xx"));
+}
+
+static int cmd_report(args_t *a) {
+    const char *sub = positional(a, "report subcommand (usage, top, balance)");
+    if (!strcmp(sub, "usage") || !strcmp(sub, "balance")) {
+        const char *cust = need(a, "--customer"), *by = opt(a, "--by"), *from = opt(a, "--from"), *to = opt(a, "--to");
+        const char *split = !strcmp(sub, "usage") ? opt(a, "--split") : NULL;
+        no_more(a);
+        if (by && strcmp(by, "hour") && strcmp(by, "day")) die(2, "--by must be hour or day");
+        const char *names[] = {"customer", "by", "from", "to", "split"}, *vals[] = {cust, by, from, to, split};
+        char *p = query_path(!strcmp(sub, "usage") ? "/admin/v1/reports/usage" : "/admin/v1/reports/balance", 5,
+                             names, vals);
+        cJSON *j = call("GET", p, NULL);
+        free(p);
+        cJSON *r;
+        if (json_out) {
+        } else if (!strcmp(sub, "usage")) {
+            printf("usage of %s by %s (UTC), from %s to %s\n", str(j, "customer"), str(j, "by"), when(j, "from"),
+                   when(j, "to"));
+            print_sums_head("PERIOD (UTC)");
+            cJSON_ArrayForEach(r, cJSON_GetObjectItemCaseSensitive(j, "data")) print_sums(when(r, "period"), r);
+            print_sums("total", cJSON_GetObjectItemCaseSensitive(j, "totals"));
+            printf("(cost in USD rounded to 6 decimals; exact pico-USD with --json)\n");
+        } else {
+            printf("balance of %s by %s (UTC), from %s to %s\nopening balance: %s USD\n", str(j, "customer"),
+                   str(j, "by"), when(j, "from"), when(j, "to"), str(j, "opening_balance_usd"));
+            printf("%-20s %24s %24s %20s\n", "PERIOD (UTC)", "CREDITS_PICO", "DEBITS_PICO", "BALANCE_USD");
+            cJSON_ArrayForEach(r, cJSON_GetObjectItemCaseSensitive(j, "data"))
+                printf("%-20s %24s %24s %20s\n", when(r, "period"), str(r, "credits_pico"), str(r, "debits_pico"),
+                       str(r, "balance_usd"));
+            printf("balance now: %s USD\n", str(j, "balance_usd"));
+        }
+        cJSON_Delete(j);
+    } else if (!strcmp(sub, "top")) {
+        const char *from = opt(a, "--from"), *to = opt(a, "--to"), *limit = opt(a, "--limit");
+        no_more(a);
+        if (limit) check_uint("--limit", limit);
+        const char *names[] = {"from", "to", "limit"}, *vals[] = {from, to, limit};
+        char *p = query_path("/admin/v1/reports/top", 3, names, vals);
+        cJSON *j = call("GET", p, NULL);
+        free(p);
+        if (!json_out) {
+            printf("top customers by spend from %s to %s (%s customers, %s USD in all)\n", when(j, "from"),
+                   when(j, "to"), str(j, "customers"), str(j, "total_cost_usd"));
+            printf("%-5s %-32s %9s %14s %14s %14s %18s\n", "RANK", "CUSTOMER", "REQUESTS", "HIT", "MISS", "OUTPUT",
+                   "COST_USD");
+            cJSON *r;
+            cJSON_ArrayForEach(r, cJSON_GetObjectItemCaseSensitive(j, "data"))
+                printf("%-5s %-32s %9s %14s %14s %14s %18s\n", str(r, "rank"), str(r, "customer"), str(r, "requests"),
+                       str(r, "prompt_cache_hit_tokens"), str(r, "prompt_cache_miss_tokens"),
+                       str(r, "completion_tokens"), str(r, "cost_usd"));
+        }
+        cJSON_Delete(j);
+    } else {
+        die(2, "unknown command 'report %s' (see tollgatectl --help)", sub);
+    }
+    return 0;
+}
+
 int main(int argc, char **argv) {
     args_t a = {0, argv + 1}; /* compacted in place: no allocation to free */
     for (int i = 1; i < argc; i++) {
@@ -769,7 +858,7 @@ int main(int argc, char **argv) {
     const char *url = getenv("TOLLGATE_ADMIN_URL");
     parse_url(url && *url ? url : "http://127.0.0.1:8444");
     const char *cmd = positional(&a, "COMMAND");
-    static const char *const known[] = {"customer", "key", "credit", "balance", "usage", "invoice", "price"};
+    static const char *const known[] = {"customer", "key", "credit", "balance", "usage", "invoice", "price", "report"};
     int ok = 0;
     for (size_t i = 0; i < sizeof known / sizeof known[0]; i++) ok |= !strcmp(cmd, known[i]);
     if (!ok) die(2, "unknown command '%s' (see tollgatectl --help)", cmd);
@@ -780,5 +869,6 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "balance")) return cmd_balance(&a);
     if (!strcmp(cmd, "usage")) return cmd_usage(&a);
     if (!strcmp(cmd, "invoice")) return cmd_invoice(&a);
+    if (!strcmp(cmd, "report")) return cmd_report(&a);
     return cmd_price(&a);
 }

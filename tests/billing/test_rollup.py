@@ -8,6 +8,7 @@ bill_server (tests/billing/bill_server.c) on port 18695 (18696: one on a dead
 PostgreSQL, for the replay); names start with billtest-."""
 import json
 import os
+import random
 import shutil
 import sys
 import tempfile
@@ -157,6 +158,103 @@ class Rollup(unittest.TestCase):
         # more later: added to the same hour's row
         self.assertEqual(self.s.cmd("refusal %d %d %s 429" % (cust, keys[0], MODEL)), "counted")
         self.assertTrue(wait_for(lambda: q(sql, cust)[0][:3] == (3, 6, 2), 15), q(sql, cust))
+
+
+    # ---- reports: they read the rollups; they must equal direct sums over usage ----
+
+    def report(self, path):
+        st, j = self.s.http("GET", path)
+        self.assertEqual(st, 200, j)
+        return j
+
+    def test_usage_report_equals_sql(self):
+        name, cust, keys = self.customer(3)
+        # a private period: hours of a day in 2001, 60 rows over 4 hours, 3 keys, 2 models
+        base = int(time.mktime((2001, 3, 4, 12, 0, 0, 0, 0, 0)) - time.timezone) * 10**6 + 30 * 60 * 10**6
+        rows = self.rows_for(cust, keys, 60, base)
+        self.settle(rows + rows[:10])
+        self.s.drain()
+        cols = ("requests", "prompt_cache_hit_tokens", "prompt_cache_miss_tokens", "completion_tokens",
+                "reasoning_tokens", "cost_pico", "failed_5xx")
+        sql_cols = ("count(*), sum(prompt_cache_hit_tokens), sum(prompt_cache_miss_tokens), sum(completion_tokens),"
+                    " sum(reasoning_tokens), sum(cost_pico), count(*) FILTER (WHERE http_status >= 500)")
+        for by, split, group in (("hour", "key,model", "coalesce(key_id, 0), model"), ("day", "", "NULL::bigint, NULL"),
+                                 ("hour", "model", "NULL::bigint, model"), ("day", "key", "key_id, NULL")):
+            j = self.report("/admin/v1/reports/usage?customer=%s&by=%s&split=%s&from=2001-03-04T00:00:00Z"
+                            "&to=2001-03-05T00:00:00Z" % (name, by, split))
+            want = q("SELECT extract(epoch FROM date_trunc(%s, received_at, 'UTC'))::bigint, " + group + ", "
+                     + sql_cols + " FROM usage WHERE customer_id = %s AND received_at >= '2001-03-04T00:00:00Z'"
+                     " AND received_at < '2001-03-05T00:00:00Z' GROUP BY 1, 2, 3 ORDER BY 1, 2, 3", by, cust)
+            got = []
+            for r in j["data"]:
+                t = q("SELECT extract(epoch FROM %s::timestamptz)::bigint", r["period"])[0][0]
+                self.assertIsInstance(r["cost_pico"], str)
+                got.append((t, r.get("key_id"), r.get("model")) + tuple(int(r[c]) for c in cols))
+            self.assertEqual(got, [tuple(int(x) if isinstance(x, (int, float)) or hasattr(x, "as_integer_ratio")
+                                         else x for x in w) for w in want], (by, split))
+            tot = q("SELECT " + sql_cols + " FROM usage WHERE customer_id = %s", cust)[0]
+            self.assertEqual(tuple(int(j["totals"][c]) for c in cols), tuple(int(x) for x in tot))
+        self.assertEqual(len(self.report("/admin/v1/reports/usage?customer=%s&by=hour&split=key,model"
+                                         % name)["data"]), len(rollup_rows(cust)))
+        # tollgatectl: the same JSON, and a text table with the total
+        out = self.s.ctl("report", "usage", "--customer", name, "--by", "day", "--json").stdout
+        self.assertEqual(json.loads(out)["totals"], j["totals"])
+        out = self.s.ctl("report", "usage", "--customer", name, "--by", "hour", "--split", "model").stdout
+        self.assertIn("total", out)
+        self.assertIn(MODEL + "-b", out)
+        for bad in ("by=week", "split=colour"):
+            st, e = self.s.http("GET", "/admin/v1/reports/usage?customer=%s&%s" % (name, bad))
+            self.assertEqual(st, 400, e)
+        st, e = self.s.http("GET", "/admin/v1/reports/usage?customer=billtest-nobody")
+        self.assertEqual(st, 404, e)
+
+    def test_top_report_equals_sql(self):
+        # a private period of 4 hours in the 1990s (one per run): only this test's customers spend in it
+        t0 = 631152000 + random.randrange(0, 80000) * 4 * 3600
+        custs = []
+        for n in (5, 1, 9, 3):
+            name, cust, keys = self.customer(1)
+            self.settle(self.rows_for(cust, keys, n * 4, t0 * 10**6 + 3 * HOUR_US + 1))
+            custs.append((name, cust))
+        self.s.drain()
+        frm, to = (time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t)) for t in (t0, t0 + 4 * 3600))
+        want = q("SELECT c.name, sum(u.cost_pico), count(*) FROM usage u JOIN customers c ON c.id = u.customer_id"
+                 " WHERE u.received_at >= %s AND u.received_at < %s GROUP BY c.name ORDER BY 2 DESC, min(c.id)",
+                 frm, to)
+        self.assertEqual(len(want), 4)
+        j = self.report("/admin/v1/reports/top?from=%s&to=%s&limit=3" % (frm, to))
+        self.assertEqual([(r["customer"], int(r["cost_pico"]), r["requests"]) for r in j["data"]],
+                         [(w[0], int(w[1]), w[2]) for w in want[:3]])
+        self.assertEqual([r["rank"] for r in j["data"]], [1, 2, 3])
+        self.assertEqual(j["customers"], 4)
+        self.assertEqual(int(j["total_cost_pico"]), sum(int(w[1]) for w in want))
+        out = self.s.ctl("report", "top", "--from", frm, "--to", to, "--limit", "2").stdout
+        self.assertIn(want[0][0], out)
+        self.assertNotIn(want[2][0], out)
+
+    def test_balance_report_equals_ledger(self):
+        name, cust, keys = self.customer(1)
+        self.s.ctl("credit", "add", "--customer", name, "--usd", "1.5")
+        self.settle(self.rows_for(cust, keys, 20, int(time.time() * 1e6)))
+        self.s.drain()
+        self.s.ctl("credit", "add", "--customer", name, "--usd", "0.25")
+        for by in ("hour", "day"):
+            j = json.loads(self.s.ctl("report", "balance", "--customer", name, "--by", by, "--json").stdout)
+            self.assertEqual(len(j["data"]), 48 if by == "hour" else 30)
+            for r in j["data"]:
+                end = q("SELECT %s::timestamptz + interval '1 " + by + "'", r["period"])[0][0]
+                bal = q("SELECT coalesce(sum(amount_pico), 0) FROM ledger WHERE customer_id = %s AND created_at < %s",
+                        cust, end)[0][0]
+                self.assertEqual(int(r["balance_pico"]), int(bal), (by, r))
+            last = j["data"][-1]
+            self.assertEqual(last["balance_pico"], j["balance_pico"])
+            self.assertEqual(int(j["balance_pico"]), int(q("SELECT balance_pico FROM customers WHERE id = %s",
+                                                           cust)[0][0]))
+            self.assertEqual(j["opening_balance_pico"], "0")
+            credits = sum(int(r["credits_pico"]) for r in j["data"])
+            self.assertEqual(credits, int(101.75 * 10**12))
+        out = self.s.ctl("report", "balance", "--customer", name).stdout
+        self.assertIn("balance now: ", out)
 
 
 if __name__ == "__main__":
