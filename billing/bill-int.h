@@ -92,22 +92,10 @@ bill_admin_t *bill_admin_new(struct event_base *base, bill_pg_t *pg, const bill_
                              size_t errlen);
 void bill_admin_free(bill_admin_t *a);
 
-struct evhttp_request;
-struct evkeyvalq;
-/* For the routes in other files (bill_report.c): run one statement returning
- * one JSON text (404 with notfound when no row); answer an error; read a
- * Unix-seconds timestamp as ISO (anything else is returned as is). */
-void bill_admin_query(bill_admin_t *a, struct evhttp_request *req, const char *sql, int n,
-                      const char *const *params, const char *notfound);
-void bill_admin_fail(struct evhttp_request *req, int st, const char *code, const char *msg);
-const char *bill_admin_time(const char *t, char out[40]);
-
 /* ---- reports (bill_report.c) --------------------------------------------- */
 
 /* GET /admin/v1/reports/{usage,top,balance}, GET /admin/v1/usage/{request_id}:
- * answers and returns 1 when the path is one of these, else 0. */
-int bill_report_route(bill_admin_t *a, struct evhttp_request *req, int method, char **seg, int nseg,
-                      struct evkeyvalq *q);
+ * bill_report_route (bill_admin-int.h) answers those paths. */
 extern const char BILL_REPORT_USAGE_SQL[], BILL_REPORT_TOP_SQL[], BILL_REPORT_BALANCE_SQL[];
 
 /* ---- the handle --------------------------------------------------------- */

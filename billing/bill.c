@@ -1,6 +1,7 @@
 /* bill.c — the handle the gateway holds: admission (key -> keyed hash ->
  * one query for key, its expiry and model scope, customer balance and
- * current model price) and the wiring of the PostgreSQL pool, the settlement
+ * the model's price for this customer now: tg_customer_price, the base
+ * price book with the customer's override applied, and their versions) and the wiring of the PostgreSQL pool, the settlement
  * queue, the keys' last-use writer and the admin API.
  *
  * No cache: every admission reads PostgreSQL, so a revocation, an expiry (or
@@ -31,9 +32,9 @@ static const char ADMIT_SQL[] =
     "SELECT k.id, k.customer_id, k.rpm, k.tpm, k.concurrency, k.revoked_at IS NOT NULL,"
     " c.balance_pico > 0, p.input_cache_miss, p.input_cache_hit, p.output,"
     " k.expires_at IS NOT NULL AND k.expires_at <= now(), k.models IS NULL OR $2 = ANY (k.models),"
-    " array_to_json(k.models)::text"
+    " array_to_json(k.models)::text, p.price_id, p.override_id"
     " FROM api_keys k JOIN customers c ON c.id = k.customer_id"
-    " LEFT JOIN LATERAL tg_price($2, now()) p ON true"
+    " LEFT JOIN LATERAL tg_customer_price(k.customer_id, $2, now()) p ON true"
     " WHERE k.key_hash = $1";
 
 static void admit_done(PGresult *res, const char *err, void *arg) {
@@ -66,6 +67,8 @@ static void admit_done(PGresult *res, const char *err, void *arg) {
             key.price.input_cache_miss = strtoll(PQgetvalue(res, 0, 7), NULL, 10);
             key.price.input_cache_hit = strtoll(PQgetvalue(res, 0, 8), NULL, 10);
             key.price.output = strtoll(PQgetvalue(res, 0, 9), NULL, 10);
+            key.price.price_id = PQgetisnull(res, 0, 13) ? 0 : strtoll(PQgetvalue(res, 0, 13), NULL, 10);
+            key.price.override_id = PQgetisnull(res, 0, 14) ? 0 : strtoll(PQgetvalue(res, 0, 14), NULL, 10);
             st = BILL_OK;
         }
     }

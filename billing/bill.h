@@ -31,11 +31,14 @@ typedef struct {
     int last_used_flush_ms;      /* keys' last_used_at/ip written at most this often; 0: 60000 */
 } bill_opts_t;
 
-/* Prices of one model, integer micro-USD per 1M tokens. */
+/* Prices of one model, integer micro-USD per 1M tokens, and the version they
+ * come from (kept on the usage row). */
 typedef struct {
     int64_t input_cache_miss;
     int64_t input_cache_hit;
     int64_t output;
+    int64_t price_id;    /* model_prices.id of the base price used; 0: none */
+    int64_t override_id; /* price_overrides.id of the customer's override applied; 0: none */
 } bill_price_t;
 
 typedef enum {

@@ -19,7 +19,7 @@
 
 #include <event2/http.h>
 
-#include "bill-int.h"
+#include "bill_admin-int.h"
 
 /* One rollup group's sums as JSON members (x is the grouped row). */
 #define SUMJ                                                                                            \
@@ -123,32 +123,32 @@ static int uuid_ok(const char *s) {
 }
 
 /* ?by=hour|day (default dflt); NULL (answered 400) when something else. */
-static const char *by_param(struct evhttp_request *req, struct evkeyvalq *q, const char *dflt) {
+static const char *by_param(adm_req_t *r, struct evkeyvalq *q, const char *dflt) {
     const char *by = evhttp_find_header(q, "by");
     if (!by) return dflt;
     if (!strcmp(by, "hour") || !strcmp(by, "day")) return by;
-    bill_admin_fail(req, 400, "invalid_value", "by must be hour or day");
+    adm_error(r, 400, "invalid_value", "%s", "by must be hour or day");
     return NULL;
 }
 
-static void usage_report(bill_admin_t *a, struct evhttp_request *req, struct evkeyvalq *q) {
+static void usage_report(adm_req_t *r, struct evkeyvalq *q) {
     const char *cust = evhttp_find_header(q, "customer"), *split = evhttp_find_header(q, "split");
-    const char *by = by_param(req, q, "day");
+    const char *by = by_param(r, q, "day");
     if (!by) return;
-    if (!cust || !*cust) return bill_admin_fail(req, 400, "missing_parameter", "customer is required");
+    if (!cust || !*cust) return adm_error(r, 400, "missing_parameter", "%s", "customer is required");
     int by_key = 0, by_model = 0;
     if (split) {
         if (!strcmp(split, "key")) by_key = 1;
         else if (!strcmp(split, "model")) by_model = 1;
         else if (!strcmp(split, "key,model") || !strcmp(split, "model,key")) by_key = by_model = 1;
-        else if (*split) return bill_admin_fail(req, 400, "invalid_value", "split must be key, model or key,model");
+        else if (*split) return adm_error(r, 400, "invalid_value", "%s", "split must be key, model or key,model");
     }
     char f2[40], t2[40];
-    const char *from = bill_admin_time(evhttp_find_header(q, "from"), f2);
-    const char *to = bill_admin_time(evhttp_find_header(q, "to"), t2);
+    const char *from = adm_epoch_to_iso(evhttp_find_header(q, "from"), f2);
+    const char *to = adm_epoch_to_iso(evhttp_find_header(q, "to"), t2);
     const char *p[] = {cust, from && *from ? from : "-infinity", to && *to ? to : "infinity", by,
                        by_key ? "t" : "f", by_model ? "t" : "f"};
-    bill_admin_query(a, req, BILL_REPORT_USAGE_SQL, 6, p, "no such customer");
+    adm_read(r, BILL_REPORT_USAGE_SQL, 6, p, "no such customer");
 }
 
 /* An ISO UTC timestamp of Unix time t into out[40]. */
@@ -159,13 +159,13 @@ static const char *iso(time_t t, char out[40]) {
     return out;
 }
 
-static void top_report(bill_admin_t *a, struct evhttp_request *req, struct evkeyvalq *q) {
+static void top_report(adm_req_t *r, struct evkeyvalq *q) {
     const char *limit = evhttp_find_header(q, "limit");
     if (limit && (!*limit || strspn(limit, "0123456789") != strlen(limit) || strlen(limit) > 5 || atoi(limit) < 1))
-        return bill_admin_fail(req, 400, "invalid_value", "limit must be an integer from 1 to 99999");
+        return adm_error(r, 400, "invalid_value", "%s", "limit must be an integer from 1 to 99999");
     char f2[40], t2[40], month[40];
-    const char *from = bill_admin_time(evhttp_find_header(q, "from"), f2);
-    const char *to = bill_admin_time(evhttp_find_header(q, "to"), t2);
+    const char *from = adm_epoch_to_iso(evhttp_find_header(q, "from"), f2);
+    const char *to = adm_epoch_to_iso(evhttp_find_header(q, "to"), t2);
     if (!from || !*from) { /* default: from the start of the current UTC month */
         time_t now = time(NULL);
         struct tm tm;
@@ -174,46 +174,46 @@ static void top_report(bill_admin_t *a, struct evhttp_request *req, struct evkey
         from = month;
     }
     const char *p[] = {from, to && *to ? to : "infinity", limit ? limit : "20"};
-    bill_admin_query(a, req, BILL_REPORT_TOP_SQL, 3, p, NULL);
+    adm_read(r, BILL_REPORT_TOP_SQL, 3, p, NULL);
 }
 
-static void balance_report(bill_admin_t *a, struct evhttp_request *req, struct evkeyvalq *q) {
+static void balance_report(adm_req_t *r, struct evkeyvalq *q) {
     const char *cust = evhttp_find_header(q, "customer");
-    const char *by = by_param(req, q, "day");
+    const char *by = by_param(r, q, "day");
     if (!by) return;
-    if (!cust || !*cust) return bill_admin_fail(req, 400, "missing_parameter", "customer is required");
+    if (!cust || !*cust) return adm_error(r, 400, "missing_parameter", "%s", "customer is required");
     char f2[40], t2[40], fd[40], td[40];
-    const char *from = bill_admin_time(evhttp_find_header(q, "from"), f2);
-    const char *to = bill_admin_time(evhttp_find_header(q, "to"), t2);
+    const char *from = adm_epoch_to_iso(evhttp_find_header(q, "from"), f2);
+    const char *to = adm_epoch_to_iso(evhttp_find_header(q, "to"), t2);
     time_t now = time(NULL);
     if (!to || !*to) to = iso(now + 1, td); /* default: up to now, the last 30 days (48 hours by hour) */
     if (!from || !*from) from = iso(now - (!strcmp(by, "day") ? 29 * 86400 : 47 * 3600), fd);
     const char *p[] = {cust, from, to, by};
-    bill_admin_query(a, req, BILL_REPORT_BALANCE_SQL, 4, p, "no such customer");
+    adm_read(r, BILL_REPORT_BALANCE_SQL, 4, p, "no such customer");
 }
 
-int bill_report_route(bill_admin_t *a, struct evhttp_request *req, int method, char **seg, int nseg,
-                      struct evkeyvalq *q) {
+int bill_report_route(adm_req_t *r, char **seg, int nseg, struct evkeyvalq *q) {
+    int method = r->method;
     if (nseg == 2 && !strcmp(seg[0], "reports")) {
         if (method != EVHTTP_REQ_GET) {
-            bill_admin_fail(req, 405, "method_not_allowed", "method not allowed on this path");
+            adm_error(r, 405, "method_not_allowed", "%s", "method not allowed on this path");
         } else if (!strcmp(seg[1], "usage")) {
-            usage_report(a, req, q);
+            usage_report(r, q);
         } else if (!strcmp(seg[1], "top")) {
-            top_report(a, req, q);
+            top_report(r, q);
         } else if (!strcmp(seg[1], "balance")) {
-            balance_report(a, req, q);
+            balance_report(r, q);
         } else {
-            bill_admin_fail(req, 404, "not_found", "no such report (usage, top, balance)");
+            adm_error(r, 404, "not_found", "%s", "no such report (usage, top, balance)");
         }
         return 1;
     }
     if (nseg == 2 && !strcmp(seg[0], "usage")) {
-        if (method != EVHTTP_REQ_GET) bill_admin_fail(req, 405, "method_not_allowed", "method not allowed on this path");
-        else if (!uuid_ok(seg[1])) bill_admin_fail(req, 404, "not_found", "no such request id");
+        if (method != EVHTTP_REQ_GET) adm_error(r, 405, "method_not_allowed", "%s", "method not allowed on this path");
+        else if (!uuid_ok(seg[1])) adm_error(r, 404, "not_found", "%s", "no such request id");
         else {
             const char *p[] = {seg[1]};
-            bill_admin_query(a, req, USAGE_ROW_SQL, 1, p, "no usage row for this request id");
+            adm_read(r, USAGE_ROW_SQL, 1, p, "no usage row for this request id");
         }
         return 1;
     }

@@ -95,18 +95,19 @@ struct bill_settler {
 static const char SETTLE_SQL[] =
     "WITH r AS (SELECT DISTINCT ON (request_id) * FROM unnest($1::uuid[], $2::bigint[], $3::bigint[],"
     " $4::text[], $5::bigint[], $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[],"
-    " $11::bigint[], $12::bigint[], $13::int[], $14::bool[], $15::bigint[], $16::bigint[], $17::bigint[])"
+    " $11::bigint[], $12::bigint[], $13::int[], $14::bool[], $15::bigint[], $16::bigint[], $17::bigint[],"
+    " $18::bigint[], $19::bigint[])"
     " AS t(request_id, key_id, customer_id, model, prompt, hit, completion, reasoning, p_miss, p_hit,"
-    " p_out, cost, status, stream, recv, first, fin)),"
+    " p_out, cost, status, stream, recv, first, fin, price_id, override_id)),"
     " ins AS (INSERT INTO usage (request_id, customer_id, key_id, model, prompt_tokens,"
     " prompt_cache_hit_tokens, prompt_cache_miss_tokens, completion_tokens, reasoning_tokens,"
     " price_input_cache_miss, price_input_cache_hit, price_output, cost_pico, http_status, stream,"
-    " received_at, first_byte_at, finished_at)"
+    " received_at, first_byte_at, finished_at, price_id, override_id)"
     " SELECT request_id, customer_id, nullif(key_id, 0), model, prompt, hit, prompt - hit, completion,"
     " reasoning, p_miss, p_hit, p_out, cost, status, stream,"
     " timestamptz 'epoch' + recv * interval '1 microsecond',"
     " CASE WHEN first > 0 THEN timestamptz 'epoch' + first * interval '1 microsecond' END,"
-    " timestamptz 'epoch' + fin * interval '1 microsecond'"
+    " timestamptz 'epoch' + fin * interval '1 microsecond', nullif(price_id, 0), nullif(override_id, 0)"
     " FROM r ON CONFLICT (request_id) DO NOTHING RETURNING request_id, customer_id, key_id, model,"
     " prompt_cache_hit_tokens, prompt_cache_miss_tokens, completion_tokens, reasoning_tokens, cost_pico,"
     " http_status, received_at),"
@@ -130,7 +131,7 @@ static const char SETTLE_SQL[] =
     " SELECT (SELECT count(*) FROM ins), (SELECT count(*) FROM led), (SELECT count(*) FROM roll), m.model,"
     " m.cost FROM (SELECT 1) one LEFT JOIN (SELECT model, sum(cost_pico) AS cost FROM ins GROUP BY model) m ON true";
 
-enum { NCOL = 17 };
+enum { NCOL = 19 };
 
 /* ---- building the statement's array parameters ------------------------- */
 
@@ -183,6 +184,8 @@ static int build_params(item_t **it, int n, char *params[NCOL]) {
         sb_i64(&col[14], u->received_us);
         sb_i64(&col[15], u->first_byte_us);
         sb_i64(&col[16], u->finished_us);
+        sb_i64(&col[17], u->price.price_id);
+        sb_i64(&col[18], u->price.override_id);
     }
     int oom = 0;
     for (int c = 0; c < NCOL; c++) {

@@ -11,8 +11,8 @@
  * records; every integer little-endian:
  *
  *   offset  size  field
- *   0       4     magic "TGS1"
- *   4       4     payload length N (u32, MTR_REC_MIN .. MTR_REC_MAX)
+ *   0       4     magic "TGS1", or "TGS2" for a record with the price version
+ *   4       4     payload length N (u32, MTR_REC_MIN .. MTR_REC_MAX; 139+M, TGS2 155+M)
  *   8       4     CRC-32 (IEEE 802.3, as zlib's crc32) of the N payload bytes
  *   12      N     payload:
  *     0     36      request_id, ASCII UUID "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx"
@@ -32,6 +32,10 @@
  *     129   8       finished_us (i64)
  *     137   2       model length M (u16, 1 .. MTR_MODEL_MAX)
  *     139   M       model name bytes (no NUL)
+ *   TGS2 only (a row whose price version is known; TGS1 otherwise, as before):
+ *     139+M 8       price.price_id (i64, model_prices.id, 0 = none)
+ *     147+M 8       price.override_id (i64, price_overrides.id, 0 = none)
+ *                   (not both 0: such a row is written as TGS1)
  *
  * A torn last record (a crash in the middle of an append) is ignored on
  * replay; a record with a bad magic or CRC stops the replay of that file,
@@ -47,7 +51,7 @@
 #define MTR_MODEL_MAX 1024
 #define MTR_REC_HDR 12
 #define MTR_REC_MIN 140
-#define MTR_REC_MAX (139 + MTR_MODEL_MAX)
+#define MTR_REC_MAX (155 + MTR_MODEL_MAX)
 
 uint32_t mtr_crc32(const void *p, size_t n);
 

@@ -49,7 +49,8 @@ static uint64_t get_u(const uint8_t *p, int n) {
 size_t mtr_spool_encode(const bill_usage_t *u, uint8_t *buf, size_t cap) {
     size_t m = u->model ? strlen(u->model) : 0;
     if (m == 0 || m > MTR_MODEL_MAX) return 0;
-    size_t n = 139 + m;
+    int v2 = u->price.price_id != 0 || u->price.override_id != 0; /* TGS2: with the price version */
+    size_t n = 139 + m + (v2 ? 16 : 0);
     if (cap < MTR_REC_HDR + n) return 0;
     uint8_t *p = buf + MTR_REC_HDR;
     memset(p, 0, 36);
@@ -70,22 +71,28 @@ size_t mtr_spool_encode(const bill_usage_t *u, uint8_t *buf, size_t cap) {
     put_u(p + 129, (uint64_t)u->finished_us, 8);
     put_u(p + 137, m, 2);
     memcpy(p + 139, u->model, m);
-    memcpy(buf, "TGS1", 4);
+    if (v2) {
+        put_u(p + 139 + m, (uint64_t)u->price.price_id, 8);
+        put_u(p + 147 + m, (uint64_t)u->price.override_id, 8);
+    }
+    memcpy(buf, v2 ? "TGS2" : "TGS1", 4);
     put_u(buf + 4, n, 4);
     put_u(buf + 8, mtr_crc32(p, n), 4);
     return MTR_REC_HDR + n;
 }
 
 int mtr_spool_decode(const uint8_t *b, size_t n, bill_usage_t *u, char *model, size_t *used) {
-    if (n < MTR_REC_HDR) return memcmp(b, "TGS1", n < 4 ? n : 4) == 0 ? 0 : -1;
-    if (memcmp(b, "TGS1", 4) != 0) return -1;
+    if (n < MTR_REC_HDR)
+        return memcmp(b, "TGS1", n < 4 ? n : 4) == 0 || memcmp(b, "TGS2", n < 4 ? n : 4) == 0 ? 0 : -1;
+    int v2 = memcmp(b, "TGS2", 4) == 0;
+    if (!v2 && memcmp(b, "TGS1", 4) != 0) return -1;
     uint32_t len = (uint32_t)get_u(b + 4, 4);
     if (len < MTR_REC_MIN || len > MTR_REC_MAX) return -1;
     if (n < MTR_REC_HDR + (size_t)len) return 0;
     const uint8_t *p = b + MTR_REC_HDR;
     if (mtr_crc32(p, len) != (uint32_t)get_u(b + 8, 4)) return -1;
     size_t m = get_u(p + 137, 2);
-    if (m == 0 || m > MTR_MODEL_MAX || 139 + m != len) return -1;
+    if (m == 0 || m > MTR_MODEL_MAX || 139 + m + (v2 ? 16 : 0) != len) return -1;
     memset(u, 0, sizeof *u);
     memcpy(u->request_id, p, 36);
     u->request_id[36] = 0;
@@ -104,6 +111,11 @@ int mtr_spool_decode(const uint8_t *b, size_t n, bill_usage_t *u, char *model, s
     u->received_us = (int64_t)get_u(p + 113, 8);
     u->first_byte_us = (int64_t)get_u(p + 121, 8);
     u->finished_us = (int64_t)get_u(p + 129, 8);
+    if (v2) {
+        u->price.price_id = (int64_t)get_u(p + 139 + m, 8);
+        u->price.override_id = (int64_t)get_u(p + 147 + m, 8);
+        if (u->price.price_id == 0 && u->price.override_id == 0) return -1; /* written as TGS1 */
+    }
     memcpy(model, p + 139, m);
     model[m] = 0;
     u->model = model;

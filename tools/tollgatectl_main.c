@@ -41,7 +41,10 @@ static const char USAGE[] =
     "                                  (a new key with the same name, limits and models; the old one\n"
     "                                   works for the grace period, default 24h; new key last line)\n"
     "  key revoke KEY_ID\n"
-    "  credit add --customer NAME --usd AMOUNT\n"
+    "  credit add --customer NAME --usd AMOUNT [--reason TEXT]\n"
+    "  credit adjust --customer NAME --usd [-]AMOUNT --reason TEXT   (a correction, either sign)\n"
+    "  credit refund --customer NAME --usd AMOUNT --reason TEXT      (unused credit paid back)\n"
+    "  credit list --customer NAME [--from T --to T] [--limit N]      (the ledger)\n"
     "  balance --customer NAME\n"
     "  usage --customer NAME [--from T --to T] [--limit N]\n"
     "  invoice --customer NAME --month YYYY-MM\n"
@@ -54,11 +57,21 @@ static const char USAGE[] =
     "                                  (customers by spend; default: this UTC month, top 20)\n"
     "  report balance --customer NAME [--by hour|day] [--from T --to T]\n"
     "                                  (balance at the end of each period, from the ledger)\n"
+    "  price override --customer NAME --model M (--percent P | --input-miss MICRO --input-hit MICRO\n"
+    "                 --output MICRO | --base) [--effective-from T]\n"
+    "                                  (a customer's own price: P percent of the base price, explicit\n"
+    "                                   prices, or back to the base price book)\n"
+    "  price overrides --customer NAME [--history]\n"
+    "  token create NAME [--role admin|readonly]   (an admin token, alone on the last line, shown once)\n"
+    "  token list\n"
+    "  token revoke NAME\n"
     "\n"
     "AMOUNT is USD as a decimal (\"5\", \"5.00\", \"0.000001\"); MICRO is integer micro-USD per\n"
     "1M tokens; T is a timestamp PostgreSQL understands (2026-11-01, 2026-11-01T12:00:00Z);\n"
     "DURATION is seconds or 90s, 15m, 24h, 7d, 2w, 1h30m.\n"
-    "--json prints the server's JSON.  Server: $TOLLGATE_ADMIN_URL (default\n"
+    "--json prints the server's JSON.  --idempotency-key KEY sends an Idempotency-Key header:\n"
+    "the same write sent again with the same key is done once (its first answer is replayed).\n"
+    "Server: $TOLLGATE_ADMIN_URL (default\n"
     "http://127.0.0.1:8444); token: $TOLLGATE_ADMIN_TOKEN or var/admin.token.\n";
 
 static int json_out;
@@ -170,6 +183,7 @@ static void bput_enc(buf_t *b, const char *s) {
 }
 
 static const char *token;
+static const char *idempotency_key;
 
 /* Send one request; returns the status, *body the response body (malloc'ed). */
 static int http(const char *method, const char *path, const char *json, char **body) {
@@ -195,6 +209,11 @@ static int http(const char *method, const char *path, const char *json, char **b
     bput(&req, token, strlen(token));
     bprintf(&req, "\r\nAccept: application/json\r\nConnection: close\r\nUser-Agent: tollgatectl\r\n");
     if (json) bprintf(&req, "Content-Type: application/json\r\nContent-Length: %zu\r\n", strlen(json));
+    if (idempotency_key && strcmp(method, "GET") != 0) {
+        for (const char *c = idempotency_key; *c; c++)
+            if ((unsigned char)*c < 0x20 || *c == 0x7f) die(2, "--idempotency-key must be printable");
+        bprintf(&req, "Idempotency-Key: %s\r\n", idempotency_key);
+    }
     bput(&req, "\r\n", 2);
     if (json) bput(&req, json, strlen(json));
     for (size_t off = 0; off < req.len;) {
@@ -631,18 +650,97 @@ static int cmd_key(args_t *a) {
 }
 
 static int cmd_credit(args_t *a) {
-    const char *sub = positional(a, "credit subcommand (add)");
-    if (strcmp(sub, "add") != 0) die(2, "unknown command 'credit %s' (see tollgatectl --help)", sub);
+    const char *sub = positional(a, "credit subcommand (add, adjust, refund, list)");
+    if (!strcmp(sub, "list")) {
+        const char *cust = need(a, "--customer");
+        const char *from = opt(a, "--from"), *to = opt(a, "--to"), *limit = opt(a, "--limit");
+        no_more(a);
+        if (limit) check_uint("--limit", limit);
+        const char *names[] = {"from", "to", "limit"}, *vals[] = {from, to, limit};
+        char *p = cust_path(cust, "ledger", 3, names, vals);
+        cJSON *j = call("GET", p, NULL);
+        free(p);
+        if (!json_out) {
+            printf("%-8s %-19s %-10s %16s  %-36s %s\n", "ID", "CREATED (UTC)", "KIND", "AMOUNT_USD", "REQUEST_ID",
+                   "REASON");
+            cJSON *r;
+            cJSON_ArrayForEach(r, cJSON_GetObjectItemCaseSensitive(j, "data")) {
+                printf("%-8s %-19s %-10s %16s  %-36s %s\n", str(r, "id"), when(r, "created_at"), str(r, "kind"),
+                       str(r, "amount_usd"), str(r, "request_id"), str(r, "reason"));
+            }
+        }
+        cJSON_Delete(j);
+        return 0;
+    }
+    const char *path = !strcmp(sub, "add") ? "credits" : !strcmp(sub, "adjust") ? "adjustments"
+                       : !strcmp(sub, "refund") ? "refunds" : NULL;
+    if (!path) die(2, "unknown command 'credit %s' (see tollgatectl --help)", sub);
     const char *cust = need(a, "--customer"), *usd = need(a, "--usd");
-    const char *note = opt(a, "--note");
+    const char *reason = opt(a, "--reason"), *note = opt(a, "--note");
     no_more(a);
-    char *ju = jstr(usd), *jn = jstr(note ? note : "credit"), body[1024];
-    snprintf(body, sizeof body, "{\"usd\":%s,\"note\":%s}", ju, jn);
+    if (!reason) reason = note;
+    if (!reason && strcmp(sub, "add") != 0) die(2, "--reason is required for credit %s", sub);
+    char *ju = jstr(usd), *jn = jstr(reason ? reason : "credit");
+    buf_t body = {0};
+    bprintf(&body, "{\"usd\":%s,\"reason\":", ju);
+    bput(&body, jn, strlen(jn));
+    bput(&body, "}", 1);
     free(ju);
     free(jn);
-    cJSON *j = cust_call("POST", cust, "credits", body);
-    if (!json_out) printf("added %s USD to %s; balance %s USD\n", str(j, "added_usd"), str(j, "customer"), str(j, "balance_usd"));
+    cJSON *j = cust_call("POST", cust, path, body.p);
+    free(body.p);
+    if (!json_out)
+        printf("%s %s USD for %s (ledger %s, %s); balance %s USD\n",
+               !strcmp(sub, "add") ? "added" : !strcmp(sub, "adjust") ? "adjusted by" : "refunded",
+               str(j, "amount_usd"), str(j, "customer"), str(j, "ledger_id"), str(j, "reason"), str(j, "balance_usd"));
     cJSON_Delete(j);
+    return 0;
+}
+
+static int cmd_token(args_t *a) {
+    const char *sub = positional(a, "token subcommand (create, list, revoke)");
+    if (!strcmp(sub, "create")) {
+        const char *name = positional(a, "NAME"), *role = opt(a, "--role");
+        no_more(a);
+        if (role && strcmp(role, "admin") && strcmp(role, "readonly")) die(2, "--role must be admin or readonly");
+        char *jn = jstr(name), body[512];
+        snprintf(body, sizeof body, "{\"name\":%s,\"role\":\"%s\"}", jn, role ? role : "admin");
+        free(jn);
+        cJSON *j = call("POST", "/admin/v1/tokens", body);
+        if (!json_out) {
+            cJSON *t = cJSON_GetObjectItemCaseSensitive(j, "token");
+            printf("created admin token %s (role %s); it is shown only now:\n", str(j, "name"), str(j, "role"));
+            printf("%s\n", cJSON_IsString(t) ? t->valuestring : "(not shown again: an idempotent replay)");
+        }
+        cJSON_Delete(j);
+    } else if (!strcmp(sub, "list")) {
+        no_more(a);
+        cJSON *j = call("GET", "/admin/v1/tokens", NULL);
+        if (!json_out) {
+            printf("%-32s %-9s %-13s %-8s %-19s %s\n", "NAME", "ROLE", "PREFIX", "STATE", "CREATED (UTC)",
+                   "CREATED BY");
+            cJSON *t;
+            cJSON_ArrayForEach(t, cJSON_GetObjectItemCaseSensitive(j, "data")) {
+                printf("%-32s %-9s %-13s %-8s %-19s %s\n", str(t, "name"), str(t, "role"), str(t, "prefix"),
+                       cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(t, "active")) ? "active" : "revoked",
+                       when(t, "created_at"), str(t, "created_by"));
+            }
+        }
+        cJSON_Delete(j);
+    } else if (!strcmp(sub, "revoke")) {
+        const char *name = positional(a, "NAME");
+        no_more(a);
+        buf_t p = {0};
+        bput(&p, "/admin/v1/tokens/", 17);
+        bput_enc(&p, name);
+        bput(&p, "/revoke", 7);
+        cJSON *j = call("POST", p.p, "{}");
+        free(p.p);
+        if (!json_out) printf("revoked admin token %s at %s\n", str(j, "name"), when(j, "revoked_at"));
+        cJSON_Delete(j);
+    } else {
+        die(2, "unknown command 'token %s' (see tollgatectl --help)", sub);
+    }
     return 0;
 }
 
@@ -709,7 +807,7 @@ static int cmd_invoice(args_t *a) {
 }
 
 static int cmd_price(args_t *a) {
-    const char *sub = positional(a, "price subcommand (set, list)");
+    const char *sub = positional(a, "price subcommand (set, list, override, overrides)");
     if (!strcmp(sub, "set")) {
         const char *model = need(a, "--model"), *miss = need(a, "--input-miss"), *hit = need(a, "--input-hit");
         const char *out = need(a, "--output"), *eff = opt(a, "--effective-from"), *band = opt(a, "--band");
@@ -751,6 +849,78 @@ static int cmd_price(args_t *a) {
                        when(p, "effective_from"));
             }
             printf("(prices in micro-USD per 1M tokens)\n");
+        }
+        cJSON_Delete(j);
+    } else if (!strcmp(sub, "override")) {
+        const char *cust = need(a, "--customer"), *model = need(a, "--model"), *pct = opt(a, "--percent");
+        const char *miss = opt(a, "--input-miss"), *hit = opt(a, "--input-hit"), *out = opt(a, "--output");
+        const char *eff = opt(a, "--effective-from");
+        int base = 0;
+        for (int i = 0; i < a->argc; i++)
+            if (!strcmp(a->argv[i], "--base")) {
+                base = 1;
+                memmove(a->argv + i, a->argv + i + 1, (a->argc - i - 1) * sizeof *a->argv);
+                a->argc--;
+                break;
+            }
+        no_more(a);
+        int prices = miss || hit || out;
+        if (prices + !!pct + base != 1)
+            die(2, "give one of --percent P, --input-miss/--input-hit/--output, or --base");
+        if (prices && !(miss && hit && out)) die(2, "explicit prices need --input-miss, --input-hit and --output");
+        char *jm = jstr(model), *je = eff ? jstr(eff) : strdup("null");
+        buf_t b = {0};
+        bprintf(&b, "{\"model\":%s,\"effective_from\":%s,", jm, je);
+        if (pct) {
+            char *jp = jstr(pct);
+            bprintf(&b, "\"percent\":%s}", jp);
+            free(jp);
+        } else if (base) {
+            bprintf(&b, "\"base\":true}");
+        } else {
+            char *j1 = jstr(miss), *j2 = jstr(hit), *j3 = jstr(out);
+            bprintf(&b, "\"input_cache_miss\":%s,\"input_cache_hit\":%s,\"output\":%s}", j1, j2, j3);
+            free(j1);
+            free(j2);
+            free(j3);
+        }
+        free(jm);
+        free(je);
+        cJSON *j = cust_call("POST", cust, "prices", b.p);
+        free(b.p);
+        if (!json_out) {
+            const char *k = str(j, "kind");
+            printf("override %s for %s, model %s, from %s: ", str(j, "id"), str(j, "customer"), str(j, "model"),
+                   when(j, "effective_from"));
+            if (!strcmp(k, "percent")) printf("%s%% of the base price\n", str(j, "percent"));
+            else if (!strcmp(k, "price"))
+                printf("input cache miss %s, input cache hit %s, output %s micro-USD per 1M tokens\n",
+                       str(j, "input_cache_miss"), str(j, "input_cache_hit"), str(j, "output"));
+            else printf("the base price book\n");
+        }
+        cJSON_Delete(j);
+    } else if (!strcmp(sub, "overrides")) {
+        const char *cust = need(a, "--customer");
+        int history = 0;
+        if (a->argc && !strcmp(a->argv[0], "--history")) history = 1, a->argv++, a->argc--;
+        no_more(a);
+        const char *names[] = {"history"}, *vals[] = {history ? "1" : NULL};
+        char *p = cust_path(cust, "prices", 1, names, vals);
+        cJSON *j = call("GET", p, NULL);
+        free(p);
+        if (!json_out) {
+            printf("%-8s %-32s %-8s %9s %16s %16s %16s  %s\n", "ID", "MODEL", "KIND", "PERCENT", "INPUT_MISS/1M",
+                   "INPUT_HIT/1M", "OUTPUT/1M", "EFFECTIVE FROM (UTC)");
+            cJSON *o;
+            cJSON_ArrayForEach(o, cJSON_GetObjectItemCaseSensitive(j, "data")) {
+                cJSON *now = cJSON_GetObjectItemCaseSensitive(o, "now");
+                int explicit_ = !strcmp(str(o, "kind"), "price");
+                cJSON *src = explicit_ || !cJSON_IsObject(now) ? o : now; /* the price paid now */
+                printf("%-8s %-32s %-8s %9s %16s %16s %16s  %s\n", str(o, "id"), str(o, "model"), str(o, "kind"),
+                       str(o, "percent"), str(src, "input_cache_miss"), str(src, "input_cache_hit"),
+                       str(src, "output"), when(o, "effective_from"));
+            }
+            printf("(prices in micro-USD per 1M tokens: what the customer pays now)\n");
         }
         cJSON_Delete(j);
     } else {
@@ -846,6 +1016,7 @@ int main(int argc, char **argv) {
     args_t a = {0, argv + 1}; /* compacted in place: no allocation to free */
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--json")) json_out = 1;
+        else if (!strcmp(argv[i], "--idempotency-key") && i + 1 < argc) idempotency_key = argv[++i];
         else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h") || !strcmp(argv[i], "help")) {
             fputs(USAGE, stdout);
             return 0;
@@ -858,7 +1029,8 @@ int main(int argc, char **argv) {
     const char *url = getenv("TOLLGATE_ADMIN_URL");
     parse_url(url && *url ? url : "http://127.0.0.1:8444");
     const char *cmd = positional(&a, "COMMAND");
-    static const char *const known[] = {"customer", "key", "credit", "balance", "usage", "invoice", "price", "report"};
+    static const char *const known[] = {"customer", "key",   "credit", "balance", "usage",
+                                        "invoice",  "price", "report", "token"};
     int ok = 0;
     for (size_t i = 0; i < sizeof known / sizeof known[0]; i++) ok |= !strcmp(cmd, known[i]);
     if (!ok) die(2, "unknown command '%s' (see tollgatectl --help)", cmd);
@@ -870,5 +1042,6 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "usage")) return cmd_usage(&a);
     if (!strcmp(cmd, "invoice")) return cmd_invoice(&a);
     if (!strcmp(cmd, "report")) return cmd_report(&a);
+    if (!strcmp(cmd, "token")) return cmd_token(&a);
     return cmd_price(&a);
 }

@@ -13,12 +13,14 @@ import zlib
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpus")
 
 
-def payload(i, model=b"deepseek-v3-demo", stream=0, first=1764300000100000, mlen=None, status=200):
+def payload(i, model=b"deepseek-v3-demo", stream=0, first=1764300000100000, mlen=None, status=200, version=None):
     rid = ("0190f0e2-7a3b-7c00-8000-%012d" % i).encode()
     p = rid + struct.pack("<qqqqqqqqq", 42 + i, 7, 270000, 70000, 1100000, 1000 + i, 300, 500, 20)
     p += struct.pack("<iB", status, stream)
     p += struct.pack("<qqq", 1764300000000000 + i, first, 1764300000900000)
     p += struct.pack("<H", len(model) if mlen is None else mlen) + model
+    if version is not None:  # TGS2: price_id, override_id
+        p += struct.pack("<qq", *version)
     return p
 
 
@@ -42,11 +44,16 @@ def main():
         "torn-payload": three + one[:60],
         "torn-last-byte": three + one[:-1],
         "torn-mid-file": one[:100],
-        "bad-magic": record(payload(7), magic=b"TGS2"),
+        "bad-magic": record(payload(7), magic=b"TGS9"),
+        "valid-v2": record(payload(17, version=(12, 0)), magic=b"TGS2"),
+        "valid-v2-override": one + record(payload(18, b"m", version=(3, 9)), magic=b"TGS2"),
+        "v2-zero-version": record(payload(19, version=(0, 0)), magic=b"TGS2"),
+        "v2-without-version": record(payload(20), magic=b"TGS2"),
+        "v1-with-version": record(payload(21, version=(1, 2))),
         "bad-crc": record(payload(8), crc=0xdeadbeef),
         "bad-crc-after-valid": one + record(payload(9), crc=1),
         "len-too-small": record(payload(10), n=139),
-        "len-too-big": record(payload(11), n=139 + 1025),
+        "len-too-big": record(payload(11), n=155 + 1025),
         "len-zero": record(b"", n=0),
         "model-len-zero": record(payload(12, b"", mlen=0)),
         "model-len-longer": record(payload(13, b"abc", mlen=4)),

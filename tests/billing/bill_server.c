@@ -5,9 +5,10 @@
  *
  * Besides the admin API it reads commands on stdin, one per line, and
  * answers one line on stdout each:
- *   admit KEY MODEL                -> "admit STATUS key_id customer_id rpm tpm conc miss hit out"
+ *   admit KEY MODEL                -> "admit STATUS key_id customer_id rpm tpm conc miss hit out
+ *                                      price_id override_id"
  *   settle RID KEY_ID CUST MODEL MISS HIT OUT PROMPT HIT_TOKENS COMPLETION
- *          [REASONING HTTP_STATUS RECEIVED_UNIX_US]
+ *          [REASONING HTTP_STATUS RECEIVED_UNIX_US [PRICE_ID OVERRIDE_ID]]
  *                                  -> "settled" (queued)
  *   refusal CUST KEY_ID MODEL HTTP_STATUS -> "counted" (bill_refusal)
  *   quit                           -> bill_free, exit 0
@@ -41,9 +42,10 @@ static const char *st_name(bill_status_t st) {
 }
 
 static void admit_cb(bill_status_t st, const bill_key_t *k, void *arg) {
-    printf("admit %s %lld %lld %d %d %d %lld %lld %lld\n", st_name(st), (long long)k->key_id,
+    printf("admit %s %lld %lld %d %d %d %lld %lld %lld %lld %lld\n", st_name(st), (long long)k->key_id,
            (long long)k->customer_id, k->rpm, k->tpm, k->concurrency, (long long)k->price.input_cache_miss,
-           (long long)k->price.input_cache_hit, (long long)k->price.output);
+           (long long)k->price.input_cache_hit, (long long)k->price.output, (long long)k->price.price_id,
+           (long long)k->price.override_id);
     fflush(stdout);
 }
 
@@ -54,9 +56,9 @@ static int64_t now_us(void) {
 }
 
 static void line(char *l) {
-    char *argv[16];
+    char *argv[20];
     int argc = 0;
-    for (char *s = NULL, *t = strtok_r(l, " \t\r\n", &s); t && argc < 16; t = strtok_r(NULL, " \t\r\n", &s))
+    for (char *s = NULL, *t = strtok_r(l, " \t\r\n", &s); t && argc < 20; t = strtok_r(NULL, " \t\r\n", &s))
         argv[argc++] = t;
     if (argc == 0) return;
     if (!strcmp(argv[0], "quit")) {
@@ -66,7 +68,7 @@ static void line(char *l) {
     } else if (!strcmp(argv[0], "refusal") && argc == 5) {
         bill_refusal(bill, atoll(argv[1]), atoll(argv[2]), argv[3], atoi(argv[4]));
         puts("counted");
-    } else if (!strcmp(argv[0], "settle") && (argc == 11 || argc == 14)) {
+    } else if (!strcmp(argv[0], "settle") && (argc == 11 || argc == 14 || argc == 16)) {
         bill_usage_t u;
         memset(&u, 0, sizeof u);
         snprintf(u.request_id, sizeof u.request_id, "%s", argv[1]);
@@ -83,12 +85,16 @@ static void line(char *l) {
         u.received_us = now_us() - 1000;
         u.first_byte_us = now_us() - 500;
         u.finished_us = now_us();
-        if (argc == 14) {
+        if (argc >= 14) {
             u.reasoning_tokens = atoll(argv[11]);
             u.http_status = atoi(argv[12]);
             u.received_us = atoll(argv[13]);
             u.first_byte_us = 0;
             u.finished_us = u.received_us + 1000;
+        }
+        if (argc == 16) {
+            u.price.price_id = atoll(argv[14]);
+            u.price.override_id = atoll(argv[15]);
         }
         bill_settle(bill, &u);
         puts("settled");

@@ -355,13 +355,16 @@ class Billing(unittest.TestCase):
         k = self.key(c, "--rpm", "5")
         (kid,), cid = self.ids(c)
         a = self.s.admit(k)
-        self.assertEqual(a, ["admit", "ok", str(kid), str(cid), "5", "0", "0"] + [str(p) for p in PRICE])
+        self.assertEqual(a[:10], ["admit", "ok", str(kid), str(cid), "5", "0", "0"] + [str(p) for p in PRICE])
+        # the price version: the model_prices row in force, no override
+        pid = q("SELECT id FROM tg_price(%s, now())", MODEL)[0][0]
+        self.assertEqual(a[10:], [str(pid), "0"])
         self.assertEqual(self.s.admit("sk-" + "0" * 48)[1], "unauthorized")
         self.assertEqual(self.s.admit("garbage")[1], "unauthorized")
         self.assertEqual(self.s.admit(k, "billtest-no-such-model")[1], "no_price")
         # a price change counts for the next admission
         self.s.ctl("price", "set", "--model", MODEL + "-2", "--input-miss", "1", "--input-hit", "2", "--output", "3")
-        self.assertEqual(self.s.admit(k, MODEL + "-2")[7:], ["1", "2", "3"])
+        self.assertEqual(self.s.admit(k, MODEL + "-2")[7:10], ["1", "2", "3"])
         # no balance, then credit: immediately admitted
         c2 = self.customer(None)
         k2 = self.key(c2)
@@ -387,18 +390,20 @@ class Billing(unittest.TestCase):
                    "--band", hm(mins - 60) + "-" + hm(mins + 60))
         self.assertEqual(self.s.admit(k, m)[1], "no_price")
         self.s.ctl("price", "set", "--model", m, "--input-miss", "10", "--input-hit", "2", "--output", "20")
-        self.assertEqual(self.s.admit(k, m)[7:], ["10", "2", "20"], "the new base ends older bands")
+        self.assertEqual(self.s.admit(k, m)[7:10], ["10", "2", "20"], "the new base ends older bands")
         # a band around now (wrapping midnight or not) applies; one elsewhere does not
         self.s.ctl("price", "set", "--model", m, "--input-miss", "1", "--input-hit", "1", "--output", "1",
                    "--band", hm(mins + 120) + "-" + hm(mins + 180))
-        self.assertEqual(self.s.admit(k, m)[7:], ["10", "2", "20"])
+        self.assertEqual(self.s.admit(k, m)[7:10], ["10", "2", "20"])
         self.s.ctl("price", "set", "--model", m, "--input-miss", "4", "--input-hit", "1", "--output", "8",
                    "--band", hm(mins - 30) + "-" + hm(mins + 30))
-        self.assertEqual(self.s.admit(k, m)[7:], ["4", "1", "8"])
+        a = self.s.admit(k, m)
+        self.assertEqual(a[7:10], ["4", "1", "8"])
         lst = [p for p in json.loads(self.s.ctl("price", "list", "--json").stdout)["data"] if p["model"] == m]
         self.assertEqual([p["band"] for p in lst][0], None)
         self.assertEqual(len(lst), 3)
         self.assertEqual([p["input_cache_miss"] for p in lst if p["active_now"]], ["4"])
+        self.assertEqual([str(p["id"]) for p in lst if p["active_now"]], [a[10]], "the band row is the version")
         self.assertIn("all day", self.s.ctl("price", "list").stdout)
         for bad in ("25:00-01:00", "10:00-10:00", "1:00-2:00", "10:00", "10:60-11:00"):
             p = self.s.ctl("price", "set", "--model", m, "--input-miss", "1", "--input-hit", "1", "--output", "1",

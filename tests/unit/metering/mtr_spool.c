@@ -35,7 +35,8 @@ static int same(const bill_usage_t *a, const bill_usage_t *b) {
            a->prompt_tokens == b->prompt_tokens && a->prompt_cache_hit_tokens == b->prompt_cache_hit_tokens &&
            a->completion_tokens == b->completion_tokens && a->reasoning_tokens == b->reasoning_tokens &&
            a->http_status == b->http_status && a->stream == b->stream && a->received_us == b->received_us &&
-           a->first_byte_us == b->first_byte_us && a->finished_us == b->finished_us;
+           a->first_byte_us == b->first_byte_us && a->finished_us == b->finished_us &&
+           a->price.price_id == b->price.price_id && a->price.override_id == b->price.override_id;
 }
 
 static void test_crc32(void) {
@@ -244,5 +245,41 @@ static void test_decode_garbage(void) {
     CHECK_EQ_I(bad_roundtrip, 0);
 }
 
-TG_TEST_MAIN(test_crc32, test_encode_layout, test_roundtrip_torn_corrupt, test_files, test_journal_calls,
+/* A row with its price version is a TGS2 record (16 more bytes after the
+ * model); one without stays TGS1, byte for byte as before. */
+static void test_price_version(void) {
+    bill_usage_t u = sample(2), v;
+    uint8_t b[MTR_REC_HDR + MTR_REC_MAX];
+    char model[MTR_MODEL_MAX + 1];
+    size_t m = strlen(u.model), used = 0;
+    u.price.price_id = 12;
+    u.price.override_id = 7;
+    size_t n = mtr_spool_encode(&u, b, sizeof b);
+    CHECK_EQ_I(n, 12 + 155 + m);
+    CHECK(memcmp(b, "TGS2", 4) == 0);
+    CHECK_EQ_I(get_u(b + 12 + 139 + m, 8), 12);
+    CHECK_EQ_I(get_u(b + 12 + 147 + m, 8), 7);
+    CHECK_EQ_I(mtr_spool_decode(b, n, &v, model, &used), 1);
+    CHECK_EQ_I(used, n);
+    CHECK(same(&u, &v));
+    u.price.price_id = 0; /* an override without a base price */
+    n = mtr_spool_encode(&u, b, sizeof b);
+    CHECK_EQ_I(mtr_spool_decode(b, n, &v, model, &used), 1);
+    CHECK(same(&u, &v));
+    u.price.override_id = 0;
+    n = mtr_spool_encode(&u, b, sizeof b);
+    CHECK_EQ_I(n, 12 + 139 + m);
+    CHECK(memcmp(b, "TGS1", 4) == 0);
+    CHECK_EQ_I(mtr_spool_decode(b, n, &v, model, &used), 1);
+    CHECK(same(&u, &v));
+    /* TGS2 with no version is refused (it would not re-encode the same) */
+    u.price.price_id = 5;
+    n = mtr_spool_encode(&u, b, sizeof b);
+    memset(b + 12 + 139 + m, 0, 16);
+    uint32_t crc = mtr_crc32(b + 12, n - 12);
+    for (int i = 0; i < 4; i++) b[8 + i] = (uint8_t)(crc >> (8 * i));
+    CHECK_EQ_I(mtr_spool_decode(b, n, &v, model, &used), -1);
+}
+
+TG_TEST_MAIN(test_crc32, test_encode_layout, test_price_version, test_roundtrip_torn_corrupt, test_files, test_journal_calls,
              test_decode_garbage)

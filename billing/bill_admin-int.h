@@ -1,0 +1,105 @@
+/* bill_admin-int.h — private to the admin API (billing/bill_admin*.c): one
+ * admin request in progress, the statement runners, input helpers and the
+ * resource routers.
+ *
+ * bill_admin.c owns the HTTP plumbing: authentication (the bootstrap root
+ * token, or a named token looked up in admin_tokens), the readonly role (GET
+ * only), Idempotency-Key handling and replies.  Each bill_admin_<resource>.c
+ * holds the SQL and handlers of one resource and exposes one router.
+ *
+ * A handler answers through exactly one of: adm_read (a statement that
+ * reads), adm_write (a statement that writes: audited, idempotent), or
+ * adm_error / adm_reply.  Any of them ends the request: r is freed. */
+#ifndef BILL_ADMIN_INT_H
+#define BILL_ADMIN_INT_H
+
+#include <cjson/cJSON.h>
+
+#include "bill-int.h"
+
+struct evhttp_request;
+struct evkeyvalq;
+
+#define ADM_GET 1   /* EVHTTP_REQ_GET */
+#define ADM_POST 2  /* EVHTTP_REQ_POST */
+
+typedef struct adm_req adm_req_t;
+
+/* What a handler may read of its request. */
+struct adm_req {
+    bill_admin_t *a;
+    struct evhttp_request *req;
+    int method;             /* EVHTTP_REQ_* */
+    char actor[72];         /* the token's name: "root" for the bootstrap token */
+    const char *secret;     /* the server's key secret (hex), for keyed hashes */
+    const bill_settler_t *settler;
+    struct adm_priv *priv;  /* bill_admin.c's own state */
+};
+
+/* Write statements: a SQL text of the form
+ *     WITH ... , resp AS (SELECT <json text> AS body FROM ...) [, ...]
+ * (only CTEs, one of them named resp with one row, or none).  adm_write appends the idempotency record
+ * and the final SELECT.  `$actor` in the text stands for the acting token's
+ * name (for admin_audit rows); $1..$n are the statement's own parameters.
+ * ADM_AUDIT(...) is the usual audit CTE. */
+#define ADM_AUDIT(name, action, target, before, after, from)                                   \
+    " " name " AS (INSERT INTO admin_audit (actor, action, target, before, after)"             \
+    "   SELECT $actor, " action ", " target ", " before ", " after " FROM " from " RETURNING 1)"
+
+/* Run a reading statement (one row, one JSON text column; no row -> 404
+ * `notfound`) and answer 200 with its text. */
+void adm_read(adm_req_t *r, const char *sql, int n, const char *const *params, const char *notfound);
+
+/* Run a writing statement (see above) and answer `status` (200 or 201) with
+ * the resp body, or 404 `notfound` when resp has no row.  secret_field and
+ * secret (may be NULL): a value shown once — spliced in front of the body as
+ * "secret_field":"secret", never stored (an idempotent replay answers the
+ * body without it).  Only admin tokens get here (readonly ones are refused
+ * before routing). */
+void adm_write(adm_req_t *r, const char *sql, int n, const char *const *params, const char *notfound,
+               int status, const char *secret_field, const char *secret);
+
+/* Answer a body as is (a final newline is added), with a content type
+ * (NULL: application/json). */
+void adm_reply(adm_req_t *r, int status, const char *content_type, const char *body);
+void adm_error(adm_req_t *r, int status, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+/* ---- input helpers (each returns 0, or -1 after answering 400) ----------- */
+
+int adm_name_ok(const char *s);  /* a customer / token name: 1-64 of [A-Za-z0-9._@-] */
+int adm_month_ok(const char *m); /* "YYYY-MM" */
+/* The request body as a JSON object (caller frees), or NULL after answering. */
+cJSON *adm_body(adm_req_t *r);
+/* An optional small non-negative integer (JSON integer or digit string). */
+int adm_int_field(adm_req_t *r, cJSON *j, const char *name, long max, long *v);
+/* A required price: a string of digits, micro-USD per 1M tokens, <= 1e12. */
+int adm_digits_field(adm_req_t *r, cJSON *j, const char *name, char out[24]);
+/* A USD amount as a JSON string, exact, into pico-USD digits.  signed_ok:
+ * a leading '-' is allowed (out then starts with '-'); positive: zero is
+ * refused. */
+int adm_usd_field(adm_req_t *r, cJSON *j, const char *name, int required, int positive, int signed_ok,
+                  char out[24]);
+/* An optional string of 1..max bytes; *out NULL when absent.  required:
+ * absent is refused too. */
+int adm_str_field(adm_req_t *r, cJSON *j, const char *name, size_t max, int required, const char **out);
+/* Unix seconds ("1764300000") as an ISO timestamp in UTC; anything else is
+ * returned as is for PostgreSQL to read (or refuse with a 400). */
+const char *adm_epoch_to_iso(const char *t, char out[40]);
+
+/* ---- routers: 0 when the path is not theirs, else 1 (answered) ---------- */
+
+typedef int (*adm_router_fn)(adm_req_t *r, char **seg, int nseg, struct evkeyvalq *q);
+
+int bill_admin_accounts_route(adm_req_t *r, char **seg, int nseg, struct evkeyvalq *q);
+int bill_admin_keys_route(adm_req_t *r, char **seg, int nseg, struct evkeyvalq *q);
+int bill_admin_prices_route(adm_req_t *r, char **seg, int nseg, struct evkeyvalq *q);
+int bill_admin_invoices_route(adm_req_t *r, char **seg, int nseg, struct evkeyvalq *q);
+int bill_admin_tokens_route(adm_req_t *r, char **seg, int nseg, struct evkeyvalq *q);
+/* GET /admin/v1/reports/{usage,top,balance}, GET /admin/v1/usage/{request_id} (bill_report.c) */
+int bill_report_route(adm_req_t *r, char **seg, int nseg, struct evkeyvalq *q);
+
+/* Answer 405 (the path exists, the method does not); returns 1. */
+int adm_bad_method(adm_req_t *r);
+
+#endif
