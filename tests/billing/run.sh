@@ -16,6 +16,7 @@ fi
 export BILL_SERVER=${BILL_SERVER:-build/bill_server}
 /usr/bin/python3 tests/billing/test_billing.py
 /usr/bin/python3 tests/billing/test_rollup.py
+/usr/bin/python3 tests/billing/test_money.py
 # The gateway fault test (SIGKILL of the gateway, ports 18760-18765); mk/billing.mk builds
 # $TG_GATEWAY (build/tollgate, or build/<sanitizer>/tollgate) before this runs.
 export TG_CTL=${TG_CTL:-build/tollgatectl}

@@ -1,0 +1,386 @@
+"""Ledger, prices and admin against a real PostgreSQL: idempotent admin writes,
+named admin tokens (a readonly one is refused every write), the audit of every
+write, adjustments and refunds with reasons, per-customer price overrides
+billed with their version on the usage row (through admission, settlement and
+a spool replay), and price and usage rows that the database refuses to change.
+
+bill_server (tests/billing/bill_server.c) on port 18697 (18698: one on a dead
+PostgreSQL, for the spool); names start with billtest-."""
+import hashlib
+import hmac
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+import urllib.request
+import uuid
+
+import psycopg2
+
+sys.path.insert(0, os.path.dirname(__file__))
+from test_billing import PG, PRICE, MODEL, Server, q, new_name, unexpected_stderr, main  # noqa: E402
+
+PORT = 18697
+DEAD_PG = "host=127.0.0.1 port=1 dbname=tollgate user=tollgate connect_timeout=1"
+T = 10**12  # pico-USD per USD
+
+
+def rid():
+    return str(uuid.uuid4())
+
+
+class Api:
+    """Raw admin API calls: (status, headers, body bytes)."""
+
+    def __init__(self, port, token):
+        self.port, self.token = port, token
+
+    def __call__(self, method, path, body=None, token=None, idem=None):
+        data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
+        req = urllib.request.Request("http://127.0.0.1:%d%s" % (self.port, path), method=method, data=data)
+        req.add_header("Authorization", "Bearer " + (token or self.token))
+        if idem is not None:
+            req.add_header("Idempotency-Key", idem)
+        try:
+            with urllib.request.urlopen(req, timeout=15) as r:
+                return r.status, dict(r.headers), r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, dict(e.headers), e.read()
+
+    def json(self, method, path, body=None, token=None, idem=None):
+        st, _, raw = self(method, path, body, token, idem)
+        return st, json.loads(raw)
+
+
+class Money(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.spool = tempfile.mkdtemp(prefix="billtest-spool.")
+        cls.s = Server(PG, PORT, cls.spool)
+        cls.api = Api(PORT, cls.s.token)
+        cls.s.ctl("price", "set", "--model", MODEL, "--input-miss", str(PRICE[0]),
+                  "--input-hit", str(PRICE[1]), "--output", str(PRICE[2]))
+
+    @classmethod
+    def tearDownClass(cls):
+        try:
+            cls.s.stop()
+            bad = unexpected_stderr(cls.s.err_lines)
+            if bad:
+                raise AssertionError("bill_server logged errors no test provoked:\n" + "\n".join(bad))
+        finally:
+            shutil.rmtree(cls.spool, ignore_errors=True)
+
+    def tearDown(self):
+        self.s.drain()
+        self.assertEqual(q("SELECT count(*) FROM ledger_mismatch")[0][0], 0)
+
+    def customer(self, credit="5.00"):
+        name = new_name()
+        self.s.ctl("customer", "create", name, *(["--credit-usd", credit] if credit else []))
+        cid = q("SELECT id FROM customers WHERE name = %s", name)[0][0]
+        return name, cid
+
+    def key(self, name):
+        k = self.s.ctl("key", "create", "--customer", name).stdout.strip().splitlines()[-1]
+        kid = q("SELECT max(k.id) FROM api_keys k JOIN customers c ON c.id = k.customer_id WHERE c.name = %s", name)[0][0]
+        return k, kid
+
+    def balance(self, name):
+        return int(q("SELECT balance_pico FROM customers WHERE name = %s", name)[0][0])
+
+    def audit(self, target):
+        return q("SELECT actor, action, before, after FROM admin_audit WHERE target = %s ORDER BY id", target)
+
+    # ---- idempotency -------------------------------------------------------------------------
+
+    def test_idempotent_writes_replayed(self):
+        name = new_name()
+        k = "billtest-" + uuid.uuid4().hex
+        st1, h1, b1 = self.api("POST", "/admin/v1/customers", {"name": name, "credit_usd": "1"}, idem=k + "-c")
+        st2, h2, b2 = self.api("POST", "/admin/v1/customers", {"name": name, "credit_usd": "1"}, idem=k + "-c")
+        self.assertEqual((st1, st2), (200, 200), b2)
+        self.assertEqual(b1, b2, "the replay is the first answer, byte for byte")
+        self.assertNotIn("Idempotent-Replayed", h1)
+        self.assertEqual(h2.get("Idempotent-Replayed"), "true")
+        self.assertEqual(q("SELECT count(*) FROM customers WHERE name = %s", name)[0][0], 1)
+        self.assertEqual(self.balance(name), 1 * T)
+
+        # a credit sent twice is added once
+        path = "/admin/v1/customers/%s/credits" % name
+        body = {"usd": "0.5", "reason": "promo"}
+        a = self.api("POST", path, body, idem=k + "-credit")
+        b = self.api("POST", path, body, idem=k + "-credit")
+        self.assertEqual((a[0], b[0]), (200, 200))
+        self.assertEqual(a[2], b[2])
+        self.assertEqual(self.balance(name), 3 * T // 2)
+        self.assertEqual(q("SELECT count(*) FROM ledger l JOIN customers c ON c.id = l.customer_id"
+                           " WHERE c.name = %s AND l.note = 'promo'", name)[0][0], 1)
+
+        # the same key with another body, or on another path: refused, nothing written
+        for p, bd in ((path, {"usd": "0.6", "reason": "promo"}),
+                      ("/admin/v1/customers/%s/adjustments" % name, body)):
+            st, j = self.api.json("POST", p, bd, idem=k + "-credit")
+            self.assertEqual(st, 422, j)
+            self.assertEqual(j["error"]["code"], "idempotency_key_reused")
+            self.assertIn(k + "-credit", j["error"]["message"])
+        self.assertEqual(self.balance(name), 3 * T // 2)
+
+        # keys are per admin token: another token's same key is another request
+        tok = self.s.ctl("token", "create", new_name()).stdout.strip().splitlines()[-1]
+        st, _, _ = self.api("POST", path, body, token=tok, idem=k + "-credit")
+        self.assertEqual(st, 200)
+        self.assertEqual(self.balance(name), 2 * T)
+
+        # an API key made twice: one key; the replay says 201 again and never shows the key
+        kp = "/admin/v1/customers/%s/keys" % name
+        st1, _, b1 = self.api("POST", kp, {"name": "ci"}, idem=k + "-key")
+        st2, h2, b2 = self.api("POST", kp, {"name": "ci"}, idem=k + "-key")
+        self.assertEqual((st1, st2), (201, 201))
+        j1, j2 = json.loads(b1), json.loads(b2)
+        self.assertRegex(j1["key"], r"^sk-[0-9a-f]{48}$")
+        self.assertNotIn("key", j2)
+        self.assertEqual(h2.get("Idempotent-Replayed"), "true")
+        self.assertEqual({x: v for x, v in j1.items() if x != "key"}, j2)
+        self.assertEqual(q("SELECT count(*) FROM api_keys k JOIN customers c ON c.id = k.customer_id"
+                           " WHERE c.name = %s", name)[0][0], 1)
+        self.assertEqual(q("SELECT count(*) FROM admin_idempotency WHERE response LIKE %s",
+                           "%" + j1["key"] + "%")[0][0], 0, "an API key is never stored")
+
+        # a write that failed stored nothing: the same key works once the customer exists
+        other = new_name()
+        st, _, _ = self.api("POST", "/admin/v1/customers/%s/credits" % other, body, idem=k + "-late")
+        self.assertEqual(st, 404)
+        self.assertEqual(q("SELECT count(*) FROM admin_idempotency WHERE key = %s", k + "-late")[0][0], 0)
+        self.s.ctl("customer", "create", other)
+        st, _, _ = self.api("POST", "/admin/v1/customers/%s/credits" % other, body, idem=k + "-late")
+        self.assertEqual(st, 200)
+
+        # 8 at once with one key: one adjustment, eight identical answers
+        answers = []
+        adj = "/admin/v1/customers/%s/adjustments" % name
+
+        def send():
+            answers.append(self.api("POST", adj, {"usd": "-0.25", "reason": "race"}, idem=k + "-race"))
+        threads = [threading.Thread(target=send) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=30)
+        self.assertEqual([a[0] for a in answers], [200] * 8)
+        self.assertEqual(len({a[2] for a in answers}), 1)
+        self.assertEqual(q("SELECT count(*) FROM ledger l JOIN customers c ON c.id = l.customer_id"
+                           " WHERE c.name = %s AND l.kind = 'adjustment'", name)[0][0], 1)
+        self.assertEqual(self.balance(name), 2 * T - T // 4)
+
+        # tollgatectl --idempotency-key
+        for _ in range(2):
+            self.s.ctl("--idempotency-key", k + "-ctl", "credit", "add", "--customer", name, "--usd", "1",
+                       "--reason", "ctl")
+        self.assertEqual(self.balance(name), 3 * T - T // 4)
+        p = self.s.ctl("--idempotency-key", k + "-ctl", "credit", "add", "--customer", name, "--usd", "2",
+                       "--reason", "ctl", check=False)
+        self.assertEqual(p.returncode, 1)
+        self.assertIn("HTTP 422", p.stderr)
+
+    # ---- tokens and roles -----------------------------------------------------------------
+
+    def test_named_tokens_and_readonly(self):
+        name, _ = self.customer("1")
+        ro_name, adm_name = new_name(), new_name()
+        out = self.s.ctl("token", "create", ro_name, "--role", "readonly").stdout.strip().splitlines()
+        ro = out[-1]
+        self.assertRegex(ro, r"^tga_[0-9a-f]{48}$")
+        adm = self.s.ctl("token", "create", adm_name, "--role", "admin").stdout.strip().splitlines()[-1]
+        # stored as a keyed hash, never in clear
+        h = q("SELECT token_hash, role, created_by FROM admin_tokens WHERE name = %s", ro_name)[0]
+        self.assertEqual(h[0], hmac.new(bytes.fromhex(self.s.secret), ro.encode(), hashlib.sha256).hexdigest())
+        self.assertEqual(h[1:], ("readonly", "root"))
+        self.assertEqual(q("SELECT count(*) FROM admin_audit WHERE after::text LIKE %s", "%" + ro[4:] + "%")[0][0], 0)
+        lst = json.loads(self.s.ctl("token", "list", "--json").stdout)["data"]
+        self.assertIn((ro_name, "readonly", True), [(t["name"], t["role"], t["active"]) for t in lst])
+
+        # readonly: every read works, every write is 403 and writes nothing
+        for path in ("/admin/v1/customers", "/admin/v1/customers/%s/balance" % name, "/admin/v1/prices",
+                     "/admin/v1/customers/%s/ledger" % name, "/admin/v1/tokens", "/admin/v1/settlement"):
+            self.assertEqual(self.api("GET", path, token=ro)[0], 200, path)
+        audit_before = q("SELECT count(*) FROM admin_audit")[0][0]
+        kid = self.key(name)[1]
+        audit_before += 1
+        writes = [("POST", "/admin/v1/customers", {"name": new_name()}),
+                  ("POST", "/admin/v1/customers/%s/credits" % name, {"usd": "1"}),
+                  ("POST", "/admin/v1/customers/%s/adjustments" % name, {"usd": "1", "reason": "x"}),
+                  ("POST", "/admin/v1/customers/%s/refunds" % name, {"usd": "0.1", "reason": "x"}),
+                  ("POST", "/admin/v1/customers/%s/keys" % name, {}),
+                  ("PATCH", "/admin/v1/keys/%d" % kid, {"rpm": 1}),
+                  ("DELETE", "/admin/v1/keys/%d" % kid, None),
+                  ("POST", "/admin/v1/keys/%d/rotate" % kid, {}),
+                  ("POST", "/admin/v1/prices", {"model": "m", "input_cache_miss": "1", "input_cache_hit": "1",
+                                                "output": "1"}),
+                  ("POST", "/admin/v1/customers/%s/prices" % name, {"model": "m", "percent": "50"}),
+                  ("POST", "/admin/v1/tokens", {"name": new_name()}),
+                  ("POST", "/admin/v1/tokens/%s/revoke" % adm_name, {}),
+                  ("POST", "/admin/v1/invoices/finalize", {"month": "2001-01"})]
+        for method, path, body in writes:
+            st, j = self.api.json(method, path, body, token=ro)
+            self.assertEqual(st, 403, (method, path, j))
+            self.assertEqual(j["error"]["code"], "insufficient_role")
+        self.assertEqual(q("SELECT count(*) FROM admin_audit")[0][0], audit_before, "a refused write wrote")
+        self.assertEqual(self.balance(name), T)
+        env = dict(os.environ, TOLLGATE_ADMIN_URL="http://127.0.0.1:%d" % PORT, TOLLGATE_ADMIN_TOKEN=ro)
+        p = subprocess.run([self.s_ctl(), "credit", "add", "--customer", name, "--usd", "1"], capture_output=True,
+                           text=True, timeout=30, env=env)
+        self.assertEqual(p.returncode, 1)
+        self.assertIn("readonly", p.stderr)
+        p = subprocess.run([self.s_ctl(), "balance", "--customer", name, "--json"], capture_output=True, text=True,
+                           timeout=30, env=env)
+        self.assertEqual(json.loads(p.stdout)["balance_pico"], str(T))
+
+        # an admin token writes, and the audit names it
+        st, _ = self.api.json("POST", "/admin/v1/customers/%s/credits" % name, {"usd": "2", "reason": "by name"},
+                              token=adm)
+        self.assertEqual(st, 200)
+        self.assertEqual([(a[0], a[1]) for a in self.audit("customer:" + name)][-1], (adm_name, "ledger.topup"))
+        # revoked: refused from the next request on
+        self.s.ctl("token", "revoke", adm_name)
+        st, j = self.api.json("GET", "/admin/v1/customers", token=adm)
+        self.assertEqual((st, j["error"]["code"]), (401, "invalid_admin_token"))
+        self.assertEqual(self.api("GET", "/admin/v1/customers", token="tga_" + "0" * 48)[0], 401)
+        self.assertEqual(self.audit("token:" + adm_name)[-1][:2], ("root", "token.revoke"))
+        # names: "root" is the bootstrap token's; a name is unique
+        self.assertEqual(self.api("POST", "/admin/v1/tokens", {"name": "root"})[0], 400)
+        self.assertEqual(self.api("POST", "/admin/v1/tokens", {"name": ro_name})[0], 409)
+        self.assertEqual(self.api("POST", "/admin/v1/tokens", {"name": new_name(), "role": "god"})[0], 400)
+
+    def s_ctl(self):
+        from test_billing import CTL
+        return CTL
+
+    # ---- ledger -------------------------------------------------------------------------------
+
+    def test_ledger_adjust_refund_reasons_audited(self):
+        name, _ = self.customer("10")
+        self.s.ctl("credit", "adjust", "--customer", name, "--usd", "2.5", "--reason", "goodwill")
+        self.s.ctl("credit", "adjust", "--customer", name, "--usd", "-0.000001", "--reason", "rounding fix")
+        self.s.ctl("credit", "refund", "--customer", name, "--usd", "3", "--reason", "paid back")
+        self.assertEqual(self.balance(name), 10 * T + 5 * T // 2 - 10**6 - 3 * T)
+        for args, code, text in ((["refund", "--usd", "100", "--reason", "r"], 1, "more than the balance"),
+                                 (["adjust", "--usd", "0", "--reason", "r"], 1, "HTTP 400"),
+                                 (["adjust", "--usd", "1"], 2, "--reason is required"),
+                                 (["refund", "--usd", "1"], 2, "--reason is required"),
+                                 (["refund", "--usd", "-1", "--reason", "r"], 1, "HTTP 400"),
+                                 (["add", "--usd", "-1"], 1, "HTTP 400")):
+            p = self.s.ctl("credit", args[0], "--customer", name, *args[1:], check=False)
+            self.assertEqual(p.returncode, code, (args, p.stderr))
+            self.assertIn(text, p.stderr, args)
+        st, j = self.api.json("POST", "/admin/v1/customers/%s/adjustments" % name, {"usd": "1"})
+        self.assertEqual((st, j["error"]["code"]), (400, "missing_field"))
+        rows = json.loads(self.s.ctl("credit", "list", "--customer", name, "--json").stdout)["data"]
+        self.assertEqual([(r["kind"], r["amount_pico"], r["reason"]) for r in rows],
+                         [("refund", str(-3 * T), "paid back"), ("adjustment", str(-10**6), "rounding fix"),
+                          ("adjustment", str(5 * T // 2), "goodwill"), ("topup", str(10 * T), "initial credit")])
+        au = self.audit("customer:" + name)
+        self.assertEqual([a[1] for a in au], ["customer.create", "ledger.adjustment", "ledger.adjustment",
+                                              "ledger.refund"])
+        self.assertEqual({a[0] for a in au}, {"root"})
+        self.assertEqual((au[3][2]["balance_pico"], au[3][3]["balance_pico"], au[3][3]["reason"]),
+                         (str(10 * T + 5 * T // 2 - 10**6), str(self.balance(name)), "paid back"))
+
+    # ---- prices ---------------------------------------------------------------------------------
+
+    def test_override_billed_with_version(self):
+        m = "billtest-ovr-" + uuid.uuid4().hex[:6]
+        self.s.ctl("price", "set", "--model", m, "--input-miss", "11", "--input-hit", "3", "--output", "7")
+        base_id = q("SELECT id FROM model_prices WHERE model = %s", m)[0][0]
+        a, aid = self.customer("1")
+        b, _ = self.customer("1")
+        ka, kb = self.key(a)[0], self.key(b)[0]
+        self.assertEqual(self.s.admit(kb, m)[7:], ["11", "3", "7", str(base_id), "0"])
+        # 50 %: 5.5 -> 6, 1.5 -> 2, 3.5 -> 4 (half away from zero)
+        o1 = json.loads(self.s.ctl("price", "override", "--customer", a, "--model", m, "--percent", "50",
+                                   "--json").stdout)
+        self.assertEqual(self.s.admit(ka, m)[7:], ["6", "2", "4", str(base_id), str(o1["id"])])
+        self.assertEqual(self.s.admit(kb, m)[7:], ["11", "3", "7", str(base_id), "0"], "only its customer")
+        # a future override is not in force yet; explicit prices replace the base
+        self.s.ctl("price", "override", "--customer", a, "--model", m, "--input-miss", "1", "--input-hit", "1",
+                   "--output", "1", "--effective-from", "2999-01-01")
+        self.assertEqual(self.s.admit(ka, m)[7:], ["6", "2", "4", str(base_id), str(o1["id"])])
+        o2 = json.loads(self.s.ctl("price", "override", "--customer", a, "--model", m, "--input-miss", "100",
+                                   "--input-hit", "20", "--output", "300", "--json").stdout)
+        adm = self.s.admit(ka, m)
+        self.assertEqual(adm[7:], ["100", "20", "300", str(base_id), str(o2["id"])])
+        lst = json.loads(self.s.ctl("price", "overrides", "--customer", a, "--json").stdout)["data"]
+        self.assertEqual([(x["id"], x["now"]["output"]) for x in lst], [(o2["id"], "300")])
+        self.assertEqual(len(json.loads(self.s.ctl("price", "overrides", "--customer", a, "--history",
+                                                   "--json").stdout)["data"]), 3)
+        # billed at the admitted price, the version on the usage row: settled directly ...
+        kid = int(adm[2])
+        r1 = rid()
+        now_us = int(time.time() * 1e6)
+        self.assertEqual(self.s.cmd("settle %s %d %d %s 100 20 300 1000 400 50 0 200 %d %d %d" % (
+            r1, kid, aid, m, now_us, base_id, o2["id"])), "settled")
+        # ... and through the spool: a server on a dead PostgreSQL journals the row, a live one replays it
+        r2 = rid()
+        spool = tempfile.mkdtemp(prefix="billtest-spool.")
+        try:
+            dead = Server(DEAD_PG, 18698, spool)
+            self.assertEqual(dead.cmd("settle %s %d %d %s 100 20 300 1000 400 50 0 200 %d %d %d" % (
+                r2, kid, aid, m, now_us, base_id, o2["id"])), "settled")
+            dead.stop()
+            again = Server(PG, 18698, spool)
+            again.drain()
+            again.stop()
+        finally:
+            shutil.rmtree(spool, ignore_errors=True)
+        self.s.drain()
+        for r in (r1, r2):
+            row = q("SELECT price_id, override_id, price_input_cache_miss, price_input_cache_hit, price_output,"
+                    " cost_pico FROM usage WHERE request_id = %s", r)
+            self.assertEqual(row, [(base_id, o2["id"], 100, 20, 300, 600 * 100 + 400 * 20 + 50 * 300)], r)
+        # back to the base price book
+        self.s.ctl("price", "override", "--customer", a, "--model", m, "--base")
+        self.assertEqual(self.s.admit(ka, m)[7:], ["11", "3", "7", str(base_id), "0"])
+        # an explicit override prices a model that has no base price; a percentage does not
+        m2 = m + "-private"
+        self.assertEqual(self.s.admit(ka, m2)[1], "no_price")
+        self.s.ctl("price", "override", "--customer", a, "--model", m2, "--percent", "10")
+        self.assertEqual(self.s.admit(ka, m2)[1], "no_price")
+        o3 = json.loads(self.s.ctl("price", "override", "--customer", a, "--model", m2, "--input-miss", "5",
+                                   "--input-hit", "5", "--output", "5", "--json").stdout)
+        self.assertEqual(self.s.admit(ka, m2)[7:], ["5", "5", "5", "0", str(o3["id"])])
+        self.assertEqual([x[1] for x in self.audit("customer:" + a)].count("price.override"), 6)
+        for bad in (["--percent", "1001"], ["--percent", "-5"], ["--percent", "1.23456"], ["--percent", "abc"],
+                    ["--input-miss", "1"]):
+            p = self.s.ctl("price", "override", "--customer", a, "--model", m, *bad, check=False)
+            self.assertNotEqual(p.returncode, 0, bad)
+
+    def test_price_and_usage_rows_immutable(self):
+        name, cid = self.customer("1")
+        r = rid()
+        self.s.settle(r, 0, cid, 10, 0, 10)
+        self.s.drain()
+        self.s.ctl("price", "override", "--customer", name, "--model", MODEL, "--percent", "90")
+        pid = q("SELECT max(id) FROM model_prices")[0][0]
+        oid = q("SELECT max(id) FROM price_overrides WHERE customer_id = %s", cid)[0][0]
+        for sql, arg in (("UPDATE model_prices SET output = 0 WHERE id = %s", pid),
+                         ("DELETE FROM model_prices WHERE id = %s", pid),
+                         ("UPDATE price_overrides SET percent = 1 WHERE id = %s", oid),
+                         ("DELETE FROM price_overrides WHERE id = %s", oid),
+                         ("UPDATE usage SET cost_pico = 0 WHERE request_id = %s", r),
+                         ("UPDATE usage SET price_id = NULL WHERE request_id = %s", r),
+                         ("DELETE FROM usage WHERE request_id = %s", r),
+                         ("TRUNCATE usage, ledger, usage_hourly", None),
+                         ("TRUNCATE model_prices CASCADE", None)):
+            with self.assertRaises(psycopg2.Error, msg=sql) as cm:
+                q(sql, *([arg] if arg is not None else []))
+            self.assertIn("never changed or deleted", str(cm.exception), sql)
+        self.assertEqual(q("SELECT cost_pico FROM usage WHERE request_id = %s", r)[0][0], 10 * PRICE[0] + 10 * PRICE[2])
+
+
+if __name__ == "__main__":
+    main()
