@@ -7,6 +7,9 @@ chunk when stream_options.include_usage is set.
 The last user message picks the behaviour:
   "sleep:S"     wait S seconds before the answer head
   "stall:S"     stream one chunk, then wait S seconds, then finish
+  "hold:T"      wait before the answer head until the test releases T (touches
+                $FAKE_WORKER_HOLD_DIR/release-T), at most HOLD_MAX seconds
+  "stallhold:T" stream one chunk, then wait until T is released, then finish
   "cut"         stream two chunks, then close without the last chunk
   "flood:N"     stream N chunks of 1 KiB each
   "status:C"    answer status C with an OpenAI error body
@@ -27,6 +30,17 @@ import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 LOG = os.environ.get("FAKE_WORKER_LOG")
+HOLD_DIR = os.environ.get("FAKE_WORKER_HOLD_DIR") or os.path.dirname(os.path.abspath(LOG or "."))
+HOLD_MAX = 120.0  # a hang guard only: the tests release what they hold
+
+
+def hold(token):
+    """Wait until the test releases token: the worker's silence then has one
+    end the test controls, so a gateway timeout cannot race it."""
+    path = os.path.join(HOLD_DIR, "release-" + token)
+    deadline = time.monotonic() + HOLD_MAX
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.02)
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -69,6 +83,8 @@ class Handler(BaseHTTPRequestHandler):
         prompt = len(json.dumps(req["messages"])) // 4 + 1
         if text.startswith("sleep:"):
             time.sleep(float(text[6:]))
+        if text.startswith("hold:"):
+            hold(text[5:])
         if text.startswith("plain:"):  # an error that is not OpenAI-shaped
             b = b"upstream says no"
             self.send_response(int(text[6:]))
@@ -117,6 +133,8 @@ class Handler(BaseHTTPRequestHandler):
                 return
             if text.startswith("stall:") and i == 0:
                 time.sleep(float(text[6:]))
+            if text.startswith("stallhold:") and i == 0:
+                hold(text[10:])
         self.event(dict(ck, choices=[{"index": 0, "delta": {}, "finish_reason": "stop"}]))
         if text != "usage-in-last" and (req.get("stream_options") or {}).get("include_usage"):
             self.event(dict(ck, choices=[], usage=usage))
