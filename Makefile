@@ -24,7 +24,7 @@ O       := $(B)/obj$(if $(SANITIZER),-$(SANITIZER))
 
 CFLAGS  += $(OPT) -g -std=gnu11 -Wall -Wextra -Wno-unused-parameter -Wno-sign-compare \
            -pthread -fno-strict-aliasing -MMD -MP \
-           -Icommon -Itokenizer -Iengine -Iengine/cpu -Igateway -Imetering -Ibilling
+           -Icommon -Itokenizer -Iapi -Iengine -Iengine/cpu -Igateway -Imetering -Ibilling
 LDLIBS  += -lm -pthread
 ifneq ($(SANITIZER),)
 # -fno-sanitize-recover: the first report aborts the program, so a
@@ -46,11 +46,13 @@ objs = $(patsubst %.c,$(O)/%.o,$(1))
 
 COMMON_OBJ := $(call objs,$(call srcs,common))
 TOK_OBJ    := $(call objs,$(call srcs,tokenizer))
+API_OBJ    := $(call objs,$(call srcs,api))
 ENG_OBJ    := $(call objs,$(call srcs,engine) $(call srcs,engine/cpu))
 GW_OBJ     := $(call objs,$(call srcs,gateway) $(call srcs,metering) $(call srcs,billing))
 
 LIBCOMMON := $(O)/libtg_common.a
 LIBTOK    := $(O)/libtok.a
+LIBAPI    := $(O)/libapi.a
 LIBENG    := $(O)/libeng.a
 LIBGW     := $(O)/libgw.a
 
@@ -61,8 +63,9 @@ BINS := $(BIN)/tollgate $(BIN)/tollgate-engine $(BIN)/tollgatectl
 
 # Link lines, reused by tests, benchmarks and fuzzers.
 TOK_LIBS := $(LIBTOK) $(LIBCOMMON) $(LIB_PCRE) $(LIB_JSON)
-ENG_LIBS := $(LIBENG) $(TOK_LIBS) $(LIB_EVENT) $(LIB_SSL)
-GW_LIBS  := $(LIBGW) $(TOK_LIBS) $(LIB_EVENT) $(LIB_SSL) $(LIB_PQ) $(LIB_REDIS)
+API_LIBS := $(LIBAPI) $(TOK_LIBS)
+ENG_LIBS := $(LIBENG) $(API_LIBS) $(LIB_EVENT) $(LIB_SSL)
+GW_LIBS  := $(LIBGW) $(API_LIBS) $(LIB_EVENT) $(LIB_SSL) $(LIB_PQ) $(LIB_REDIS)
 
 TEST_TARGETS :=
 UNIT_TARGETS :=   # no servers needed: unit tests and fuzz corpus replays
@@ -76,6 +79,7 @@ $(O)/%.o: %.c
 
 $(LIBCOMMON): $(COMMON_OBJ) $(O)/empty.o
 $(LIBTOK): $(TOK_OBJ) $(O)/empty.o
+$(LIBAPI): $(API_OBJ) $(O)/empty.o
 $(LIBENG): $(ENG_OBJ) $(O)/empty.o
 $(LIBGW): $(GW_OBJ) $(O)/empty.o
 $(O)/%.a:
@@ -86,11 +90,11 @@ $(O)/empty.o:
 	@mkdir -p $(dir $@)
 	echo 'int tg_empty_archive_;' | $(CC) -x c -c - -o $@
 
-$(BIN)/tollgate: $(O)/gateway/gw_main.o $(LIBGW) $(LIBTOK) $(LIBCOMMON)
+$(BIN)/tollgate: $(O)/gateway/gw_main.o $(LIBGW) $(LIBAPI) $(LIBTOK) $(LIBCOMMON)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $< $(GW_LIBS) $(LDLIBS)
 
-$(BIN)/tollgate-engine: $(O)/engine/eng_main.o $(LIBENG) $(LIBTOK) $(LIBCOMMON)
+$(BIN)/tollgate-engine: $(O)/engine/eng_main.o $(LIBENG) $(LIBAPI) $(LIBTOK) $(LIBCOMMON)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $< $(ENG_LIBS) $(LDLIBS)
 

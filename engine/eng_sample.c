@@ -1,5 +1,6 @@
 /* eng_sample.c — greedy, temperature and top-p sampling with a seeded RNG.
  *
+ * top_k keeps the k most likely ids (ties: the lower id) before top-p.
  * Invariants: only ids < n_allowed are returned; for equal inputs (logits,
  * params, RNG state) the result is the same on every run and machine with
  * IEEE floats (sums run in double, in a fixed order; ties break to the lower
@@ -122,13 +123,35 @@ static int32_t nucleus(const float *p, int32_t *idx, int32_t m, double want) {
     return lo > 0 ? lo : 1;
 }
 
-int32_t eng_sample(eng_sampler_t *s, float *logits, const eng_sample_params_t *p, eng_rng_t *rng,
-                   const int32_t *prev, size_t n_prev) {
+void eng_sample_prepare(eng_sampler_t *s, float *logits, const eng_sample_params_t *p, const int32_t *prev,
+                        size_t n_prev) {
+    apply_penalties(s, logits, p, prev, n_prev);
+    for (int i = 0; i < p->n_bias; i++)
+        if (p->bias[i].id >= 0 && p->bias[i].id < s->n) logits[p->bias[i].id] += p->bias[i].bias;
+}
+
+/* Reorder idx[0..m) so that idx[0..k) are the k first ids in `before`
+ * order (quickselect, deterministic middle pivot). */
+static void top_k_select(const float *p, int32_t *idx, int32_t m, int32_t k) {
+    int32_t lo = 0, hi = m;
+    while (hi - lo > 1) {
+        int32_t mid = lo + (hi - lo) / 2, t;
+        t = idx[mid], idx[mid] = idx[hi - 1], idx[hi - 1] = t;
+        int32_t pv = idx[hi - 1], w = lo;
+        for (int32_t i = lo; i < hi - 1; i++)
+            if (before(p, idx[i], pv)) t = idx[i], idx[i] = idx[w], idx[w] = t, w++;
+        t = idx[w], idx[w] = idx[hi - 1], idx[hi - 1] = t;
+        if (w == k || w + 1 == k) return;
+        if (w > k) hi = w;
+        else lo = w + 1;
+    }
+}
+
+int32_t eng_sample_pick(eng_sampler_t *s, const float *logits, const eng_sample_params_t *p, eng_rng_t *rng) {
     int32_t n = s->n;
     if (n <= 0) return -1;
-    apply_penalties(s, logits, p, prev, n_prev);
     int32_t best = argmax(logits, n);
-    if (!(p->temperature > 0) || !(p->top_p > 0) || !isfinite(logits[best])) return best;
+    if (!(p->temperature > 0) || !(p->top_p > 0) || p->top_k == 1 || !isfinite(logits[best])) return best;
 
     /* softmax(logits / T), in double for the normaliser */
     float inv_t = 1.0f / p->temperature, mx = logits[best];
@@ -139,7 +162,7 @@ int32_t eng_sample(eng_sampler_t *s, float *logits, const eng_sample_params_t *p
         sum += s->prob[i];
     }
     double u = eng_rng_uniform(rng);
-    if (p->top_p >= 1.0f) {
+    if (p->top_p >= 1.0f && !(p->top_k > 0 && p->top_k < n)) {
         double target = u * sum, acc = 0;
         for (int32_t i = 0; i < n; i++) {
             acc += s->prob[i];
@@ -147,12 +170,18 @@ int32_t eng_sample(eng_sampler_t *s, float *logits, const eng_sample_params_t *p
         }
         return best;
     }
-    /* top-p: the smallest set of most likely ids whose mass reaches top_p,
-     * then sample within it (in the set's deterministic order). */
+    /* top-k, then top-p: the smallest set of most likely ids whose mass
+     * reaches top_p, then sample within it (in the set's deterministic order). */
     int32_t m = 0;
     for (int32_t i = 0; i < n; i++)
         if (s->prob[i] > 0) s->idx[m++] = i;
-    int32_t k = nucleus(s->prob, s->idx, m, (double)p->top_p * sum);
+    if (p->top_k > 0 && p->top_k < m) {
+        top_k_select(s->prob, s->idx, m, p->top_k);
+        m = p->top_k;
+        sum = 0;
+        for (int32_t i = 0; i < m; i++) sum += s->prob[s->idx[i]];
+    }
+    int32_t k = p->top_p >= 1.0f ? m : nucleus(s->prob, s->idx, m, (double)p->top_p * sum);
     double acc = 0;
     for (int32_t i = 0; i < k; i++) acc += s->prob[s->idx[i]];
     double target = u * acc, run = 0;
@@ -161,6 +190,13 @@ int32_t eng_sample(eng_sampler_t *s, float *logits, const eng_sample_params_t *p
         if (run > target) return s->idx[i];
     }
     return s->idx[k - 1];
+}
+
+int32_t eng_sample(eng_sampler_t *s, float *logits, const eng_sample_params_t *p, eng_rng_t *rng,
+                   const int32_t *prev, size_t n_prev) {
+    if (s->n <= 0) return -1;
+    eng_sample_prepare(s, logits, p, prev, n_prev);
+    return eng_sample_pick(s, logits, p, rng);
 }
 
 void eng_logprob_compute(const float *logits, int32_t n, int32_t id, int n_top, eng_logprob_t *lp) {

@@ -21,10 +21,18 @@ uint64_t eng_rng_next(eng_rng_t *r);
 double eng_rng_uniform(eng_rng_t *r);
 
 typedef struct {
+    int32_t id;
+    float bias;
+} eng_bias_t;
+
+typedef struct {
     float temperature;       /* 0: greedy */
     float top_p;             /* (0, 1]; 1: whole distribution */
     float presence_penalty;  /* OpenAI: logit -= presence * (count > 0) */
     float frequency_penalty; /* OpenAI: logit -= frequency * count */
+    int top_k;               /* 0: off; else only the k most likely ids (before top_p) */
+    const eng_bias_t *bias;  /* logit_bias: logit += bias (ids outside the range ignored) */
+    int n_bias;
 } eng_sample_params_t;
 
 typedef struct eng_sampler eng_sampler_t;
@@ -40,6 +48,15 @@ void eng_sampler_free(eng_sampler_t *s); /* accepts NULL */
  * place).  Returns the id, or -1 when n_allowed is 0. */
 int32_t eng_sample(eng_sampler_t *s, float *logits, const eng_sample_params_t *p, eng_rng_t *rng,
                    const int32_t *prev, size_t n_prev);
+
+/* eng_sample in two halves, so that a caller can mask the logits in between
+ * (constrained decoding): eng_sample_prepare applies the penalties and the
+ * logit bias in place; eng_sample_pick chooses (greedy, or top-k, then top-p,
+ * then the seeded draw).  Ids whose logit is -inf are never chosen unless
+ * every logit is. */
+void eng_sample_prepare(eng_sampler_t *s, float *logits, const eng_sample_params_t *p, const int32_t *prev,
+                        size_t n_prev);
+int32_t eng_sample_pick(eng_sampler_t *s, const float *logits, const eng_sample_params_t *p, eng_rng_t *rng);
 
 #define ENG_MAX_TOP_LOGPROBS 20
 

@@ -13,6 +13,7 @@
  * never touches a job after queueing that event. */
 #include "eng_sched.h"
 
+#include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -35,6 +36,8 @@ struct eng_job {
     eng_stop_t stop;
     eng_think_t think;
     int slot;           /* index of its logits buffer */
+    int gram_on;        /* the grammar masks the logits */
+    int in_tools;       /* generated tokens are a tool-call block */
 };
 
 struct eng_sched {
@@ -80,6 +83,10 @@ int64_t eng_now_ns(void) {
 static void spec_free(eng_job_spec_t *sp) {
     free(sp->prompt);
     sp->prompt = NULL;
+    free(sp->bias);
+    sp->bias = NULL;
+    eng_gram_free(sp->gram);
+    sp->gram = NULL;
     for (int i = 0; i < ENG_MAX_STOP; i++) {
         free(sp->stop[i]);
         sp->stop[i] = NULL;
@@ -101,6 +108,7 @@ void eng_ev_free(eng_ev_t *ev) {
     if (!ev) return;
     eng_buf_free(&ev->content);
     eng_buf_free(&ev->reasoning);
+    eng_buf_free(&ev->tool);
     if (ev->finish != ENG_FINISH_NONE) job_free(ev->job);
     free(ev->lp);
     free(ev);
@@ -267,6 +275,9 @@ static int admit(eng_sched_t *s, eng_job_t *j, char *err, size_t errlen) {
         return -1;
     }
     eng_rng_seed(&j->rng, j->spec.seed);
+    j->spec.sp.bias = j->spec.bias;
+    j->spec.sp.n_bias = j->spec.n_bias;
+    j->gram_on = j->spec.gram && j->spec.gram_trigger < 0;
     eng_stop_init(&j->stop, (const char *const *)j->spec.stop, j->spec.stop_len, j->spec.n_stop);
     eng_think_init(&j->think, j->spec.think);
     for (int i = 0; i < s->o.max_batch; i++)
@@ -287,9 +298,18 @@ static void remove_active(eng_sched_t *s, int i) {
 
 /* Sample and process one token for job j; returns the finish reason. */
 static eng_finish_t take_token(eng_sched_t *s, eng_job_t *j, eng_ev_t *ev, char *err, size_t errlen) {
-    int32_t id = eng_sample(s->sampler, s->logits[j->slot], &j->spec.sp, &j->rng, j->gen, j->n_gen);
+    float *lg = s->logits[j->slot];
+    eng_sample_prepare(s->sampler, lg, &j->spec.sp, j->gen, (size_t)j->n_gen);
+    if (j->spec.ban_id >= 0 && j->spec.ban_id < s->n_allowed) lg[j->spec.ban_id] = -INFINITY;
+    if (j->gram_on) eng_gram_mask(j->spec.gram, j->spec.max_tokens - j->n_gen, lg, s->n_allowed);
+    int32_t id = eng_sample_pick(s->sampler, lg, &j->spec.sp, &j->rng);
     if (id < 0) {
         snprintf(err, errlen, "sampler produced no token");
+        return ENG_FINISH_ERROR;
+    }
+    if (!j->gram_on && j->spec.gram && id == j->spec.gram_trigger) j->gram_on = 1; /* tool_choice auto */
+    if (j->gram_on && id != s->eos_tok && id != s->eos_model && eng_gram_accept(j->spec.gram, id)) {
+        snprintf(err, errlen, "token %d breaks the grammar", (int)id);
         return ENG_FINISH_ERROR;
     }
     int was_reasoning = eng_think_in_reasoning(&j->think);
@@ -303,20 +323,31 @@ static eng_finish_t take_token(eng_sched_t *s, eng_job_t *j, eng_ev_t *ev, char 
     } else {
         if (j->spec.logprobs) {
             if (!(ev->lp = malloc(sizeof *ev->lp))) goto oom;
-            eng_logprob_compute(s->logits[j->slot], s->n_allowed, id, j->spec.top_logprobs, ev->lp);
+            eng_logprob_compute(lg, s->n_allowed, id, j->spec.top_logprobs, ev->lp);
         }
-        size_t n = 0;
-        const char *t = tok_stream_push(j->dec, id, &n);
-        if (!t) {
-            snprintf(err, errlen, "token %d cannot be decoded", (int)id);
-            return ENG_FINISH_ERROR;
+        if (!j->in_tools && id == j->spec.tool_trigger) {
+            /* the text before the block is complete: flush the pipeline */
+            j->in_tools = 1;
+            if (pipe_flush(j, ev)) goto oom;
         }
-        if (n && pipe_text(j, ev, t, n, &stopped)) goto oom;
-        if (stopped) fin = ENG_FINISH_STOP;
+        if (j->in_tools) {
+            size_t n = 0;
+            const char *b = tok_token_bytes(s->tok, id, &n);
+            if (!b || eng_buf_add(&ev->tool, b, n)) goto oom;
+        } else {
+            size_t n = 0;
+            const char *t = tok_stream_push(j->dec, id, &n);
+            if (!t) {
+                snprintf(err, errlen, "token %d cannot be decoded", (int)id);
+                return ENG_FINISH_ERROR;
+            }
+            if (n && pipe_text(j, ev, t, n, &stopped)) goto oom;
+            if (stopped) fin = ENG_FINISH_STOP;
+        }
     }
     if (was_reasoning || eng_think_in_reasoning(&j->think)) j->n_reasoning++;
     if (fin == ENG_FINISH_NONE && j->n_gen >= j->spec.max_tokens) fin = ENG_FINISH_LENGTH;
-    if (fin != ENG_FINISH_NONE && !stopped && pipe_flush(j, ev)) goto oom;
+    if (fin != ENG_FINISH_NONE && !stopped && !j->in_tools && pipe_flush(j, ev)) goto oom;
     return fin;
 oom:
     snprintf(err, errlen, "out of memory");

@@ -15,6 +15,7 @@
 #include <stdint.h>
 
 #include "eng.h"
+#include "eng_gram.h"
 #include "eng_sample.h"
 #include "tok.h"
 
@@ -88,10 +89,11 @@ typedef enum {
     ENG_FINISH_LENGTH,    /* max_tokens reached */
     ENG_FINISH_CANCELLED, /* eng_sched_cancel or shutdown */
     ENG_FINISH_ERROR,     /* the model failed; message in the event */
+    ENG_FINISH_TOOL_CALLS, /* (the server's name for a STOP that ended a tool-call block) */
 } eng_finish_t;
 
-/* What to run.  eng_sched_submit takes ownership of prompt and stop[]
- * (malloc'd) whether it succeeds or not. */
+/* What to run.  eng_sched_submit takes ownership of prompt, stop[], bias
+ * and gram (malloc'd) whether it succeeds or not. */
 typedef struct {
     int32_t *prompt;
     int n_prompt;
@@ -104,6 +106,18 @@ typedef struct {
     eng_think_mode_t think;
     int logprobs;      /* report per-token logprobs */
     int top_logprobs;  /* 0..ENG_MAX_TOP_LOGPROBS alternatives per token */
+    eng_bias_t *bias;  /* logit_bias (malloc'd), n_bias entries; sp.bias points here */
+    int n_bias;
+    int32_t ban_id;    /* an id never sampled (tool_choice "none": the tool-calls marker); -1 none */
+    /* Constrained decoding: gram (malloc'd by eng_gram_*) masks every step
+     * from the first, or, with gram_trigger >= 0 (tool_choice "auto"), from
+     * the moment the model samples gram_trigger (which the grammar accepts
+     * as its first token).  tool_trigger >= 0: from that id on, generated
+     * tokens are a tool-call block: their raw bytes go to eng_ev_t.tool, not
+     * through the text pipeline. */
+    eng_gram_t *gram;
+    int32_t gram_trigger;
+    int32_t tool_trigger;
 } eng_job_spec_t;
 
 typedef struct eng_job eng_job_t;
@@ -117,6 +131,7 @@ typedef struct eng_ev {
     void *user;           /* as given to eng_sched_submit */
     eng_buf_t content;    /* new content text (complete UTF-8) */
     eng_buf_t reasoning;  /* new reasoning text */
+    eng_buf_t tool;       /* new bytes of the tool-call block (markers as their text) */
     int new_tokens;       /* tokens generated in this step (0 or 1) */
     int first_token;      /* this event carries the job's first generated token */
     eng_logprob_t *lp;    /* the new token's logprobs when asked for (NULL for EOS) */

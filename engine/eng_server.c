@@ -78,6 +78,9 @@ typedef struct {
     long long started_at;
     eng_sched_t *sched;
     eng_limits_t lim;
+    eng_vocab_t *vocab;      /* token bytes for constrained decoding */
+    eng_tool_ids_t tool_ids; /* tool-call markers; has_tools: all present */
+    int has_tools;
     int32_t vocab_rows;
     size_t kv_bytes_per_token;
     metrics_t met;
@@ -102,6 +105,9 @@ struct call {
     int64_t t_start, t_last;
     eng_buf_t content, reasoning;
     cJSON *lp_content; /* non-streaming logprobs entries, when asked for */
+    eng_buf_t tool;    /* the tool-call block so far (tools given) */
+    eng_tool_call_t *calls;
+    size_t n_calls, calls_sent; /* parsed; sent in stream chunks */
 };
 
 static const char *status_reason(int code) {
@@ -173,6 +179,15 @@ static void on_sent(struct evhttp_request *req, void *arg) {
     maybe_exit(S);
 }
 
+static void call_free(call_t *c) {
+    eng_buf_free(&c->content);
+    eng_buf_free(&c->reasoning);
+    eng_buf_free(&c->tool);
+    eng_tool_calls_free(c->calls, c->n_calls);
+    cJSON_Delete(c->lp_content);
+    free(c);
+}
+
 static void call_unlink_free(call_t *c) {
     srv_t *S = c->srv;
     if (c->prev)
@@ -181,10 +196,7 @@ static void call_unlink_free(call_t *c) {
         S->calls = c->next;
     if (c->next) c->next->prev = c->prev;
     S->n_calls--;
-    eng_buf_free(&c->content);
-    eng_buf_free(&c->reasoning);
-    cJSON_Delete(c->lp_content);
-    free(c);
+    call_free(c);
     maybe_exit(S);
 }
 
@@ -221,6 +233,8 @@ static void sse_chunk(call_t *c, const char *role, const char *content, size_t c
  * request when the client is gone), account, free the call. */
 static void call_finish(call_t *c, const eng_ev_t *ev) {
     srv_t *S = c->srv;
+    /* an answer that ended (EOS) after a tool-call block: "tool_calls" */
+    eng_finish_t fin = ev->finish == ENG_FINISH_STOP && c->n_calls ? ENG_FINISH_TOOL_CALLS : ev->finish;
     eng_usage_t u = {ev->prompt_tokens, ev->completion_tokens, ev->reasoning_tokens, 0};
     int code = 200;
     S->met.prompt_tokens += (unsigned long long)u.prompt_tokens;
@@ -256,7 +270,7 @@ static void call_finish(call_t *c, const eng_ev_t *ev) {
                 send_err(c->req, &e);
             }
         } else if (c->stream) {
-            sse_chunk(c, NULL, NULL, 0, NULL, 0, ev->finish, NULL);
+            sse_chunk(c, NULL, NULL, 0, NULL, 0, fin, NULL);
             if (c->include_usage) {
                 char *j = eng_resp_chunk(c->id, c->created, S->model_name, NULL, NULL, 0, NULL, 0,
                                          ENG_FINISH_NONE, 0, &u, NULL);
@@ -278,10 +292,11 @@ static void call_finish(call_t *c, const eng_ev_t *ev) {
                 else cJSON_Delete(c->lp_content);
                 c->lp_content = NULL;
             }
-            char *j = eng_resp_completion(c->id, c->created, S->model_name,
-                                          c->content.p ? c->content.p : "", c->content.len,
+            const char *content = c->content.p ? c->content.p : "";
+            if (c->n_calls && !c->content.len) content = NULL; /* only tool calls: content null */
+            char *j = eng_resp_completion(c->id, c->created, S->model_name, content, c->content.len,
                                           c->reasoning_model ? (c->reasoning.p ? c->reasoning.p : "") : NULL,
-                                          c->reasoning.len, ev->finish, &u, lp);
+                                          c->reasoning.len, c->calls, c->n_calls, fin, &u, lp);
             if (j) {
                 send_json(c->req, 200, j);
             } else {
@@ -296,11 +311,28 @@ static void call_finish(call_t *c, const eng_ev_t *ev) {
              "\"finish_reason\":\"%s\",\"prompt_tokens\":%d,\"completion_tokens\":%d,"
              "\"reasoning_tokens\":%d,\"ms\":%.1f}",
              (long long)time(NULL), c->req_id, code, c->stream ? "true" : "false",
-             eng_finish_name(ev->finish) ? eng_finish_name(ev->finish)
+             eng_finish_name(fin) ? eng_finish_name(fin)
              : ev->finish == ENG_FINISH_CANCELLED ? "cancelled" : "error",
              u.prompt_tokens, u.completion_tokens, u.reasoning_tokens,
              (double)(eng_now_ns() - c->t_start) / 1e6);
     call_unlink_free(c);
+}
+
+/* Bytes of the tool-call block: parse the calls completed so far; a stream
+ * gets each call in a chunk as soon as it is complete. */
+static void call_tool_bytes(call_t *c, const char *b, size_t n) {
+    if (eng_buf_add(&c->tool, b, n) ||
+        eng_tool_calls_parse(c->tool.p, c->tool.len, &c->calls, &c->n_calls) < 0) {
+        eng_sched_cancel(c->srv->sched, c->job);
+        return;
+    }
+    if (c->stream && c->n_calls > c->calls_sent) {
+        char *j = eng_resp_chunk_tools(c->id, c->created, c->srv->model_name, c->calls, c->calls_sent,
+                                       c->n_calls - c->calls_sent, c->include_usage);
+        sse_send(c, j);
+        free(j);
+        c->calls_sent = c->n_calls;
+    }
 }
 
 /* Scheduler events: runs on the loop thread when the scheduler wakes it. */
@@ -349,6 +381,7 @@ static void on_wake(evutil_socket_t fd, short what, void *arg) {
             }
         }
         cJSON_Delete(lp); /* only left over on OOM */
+        if (ev->tool.len && !c->gone) call_tool_bytes(c, ev->tool.p, ev->tool.len);
         if (ev->finish != ENG_FINISH_NONE) call_finish(c, ev);
         eng_ev_free(ev);
         ev = next;
@@ -427,69 +460,100 @@ static uint64_t random_seed(srv_t *S) {
     return x;
 }
 
+/* The constraint of a request: the JSON grammar, the tool-call grammar
+ * (required, named, or armed by the tool-calls marker under "auto"), or the
+ * marker banned ("none" with tools).  0, or -1 with e filled. */
+static int chat_constraint(srv_t *S, const api_chat_req_t *r, eng_job_spec_t *spec, api_err_t *e) {
+    spec->ban_id = spec->gram_trigger = spec->tool_trigger = -1;
+    if (r->n_tools && !S->has_tools)
+        return api_err(e, 400, "invalid_request_error", "tools", "unsupported_parameter",
+                       "Unsupported parameter: this model's chat template has no tool calls.");
+    if (r->n_tools && r->tool_choice == API_TOOL_CHOICE_NONE) spec->ban_id = S->tool_ids.calls_begin;
+    if (r->n_tools && r->tool_choice != API_TOOL_CHOICE_NONE) {
+        const char *names[API_MAX_TOOLS];
+        size_t lens[API_MAX_TOOLS];
+        int n = 0;
+        for (size_t i = 0; i < r->n_tools; i++) {
+            if (r->tool_choice == API_TOOL_CHOICE_NAMED && (int)i != r->tool_named) continue;
+            names[n] = r->tools[i].name;
+            lens[n++] = r->tools[i].name_len;
+        }
+        int parallel = r->parallel_tool_calls && r->tool_choice != API_TOOL_CHOICE_NAMED;
+        spec->gram = eng_gram_tools(S->vocab, tok_eos(S->tok), &S->tool_ids, names, lens, n, parallel);
+        if (!spec->gram) return api_err(e, 500, "server_error", NULL, NULL, "out of memory");
+        spec->tool_trigger = S->tool_ids.calls_begin;
+        if (r->tool_choice == API_TOOL_CHOICE_AUTO) {
+            if (r->format == API_FORMAT_JSON_OBJECT) /* JSON text, or a tool call: not both grammars */
+                return api_err(e, 400, "invalid_request_error", "response_format", "invalid_value",
+                               "Invalid 'response_format': 'json_object' with tools needs 'tool_choice' \"none\".");
+            spec->gram_trigger = S->tool_ids.calls_begin;
+        }
+        return 0;
+    }
+    if (r->format == API_FORMAT_JSON_OBJECT && !(spec->gram = eng_gram_json(S->vocab, tok_eos(S->tok))))
+        return api_err(e, 500, "server_error", NULL, NULL, "out of memory");
+    return 0;
+}
+
 static void handle_chat(srv_t *S, struct evhttp_request *req) {
-    eng_api_err_t e;
-    eng_chat_req_t r;
+    api_err_t e;
+    api_chat_req_t r;
     eng_job_spec_t spec;
     char *prompt = NULL;
     int32_t *ids = NULL;
     call_t *c = NULL;
     memset(&spec, 0, sizeof spec);
+    memset(&r, 0, sizeof r);
     char req_id[130];
     make_request_id(S, req, req_id, sizeof req_id);
     evhttp_add_header(evhttp_request_get_output_headers(req), "X-Request-Id", req_id);
 
     if (evhttp_request_get_command(req) != EVHTTP_REQ_POST) {
-        eng_api_err(&e, 405, "invalid_request_error", NULL, "method_not_allowed",
-                    "Only POST is allowed on /v1/chat/completions.");
-        goto fail_nreq;
+        api_err(&e, 405, "invalid_request_error", NULL, "method_not_allowed",
+                "Only POST is allowed on /v1/chat/completions.");
+        goto fail;
     }
     if (S->draining) {
-        eng_api_err(&e, 503, "server_error", NULL, "server_shutting_down", "The worker is shutting down.");
-        goto fail_nreq;
+        api_err(&e, 503, "server_error", NULL, "server_shutting_down", "The worker is shutting down.");
+        goto fail;
     }
     struct evbuffer *in = evhttp_request_get_input_buffer(req);
     size_t len = evbuffer_get_length(in);
     if (len > MAX_BODY) {
-        eng_api_err(&e, 413, "invalid_request_error", NULL, "request_too_large",
-                    "The request body is %zu bytes; the limit is %d.", len, MAX_BODY);
-        goto fail_nreq;
+        api_err(&e, 413, "invalid_request_error", NULL, "request_too_large",
+                "The request body is %zu bytes; the limit is %d.", len, MAX_BODY);
+        goto fail;
     }
     const char *body = len ? (const char *)evbuffer_pullup(in, -1) : "";
-    if (eng_chat_req_parse(&r, body, len, &e)) goto fail_nreq;
+    if (api_chat_req_parse(&r, body, len, &e)) goto fail;
     if (strcmp(r.model, S->model_name)) {
-        eng_api_err(&e, 404, "invalid_request_error", "model", "model_not_found",
-                    "The model `%.200s` does not exist or you do not have access to it.", r.model);
+        api_err(&e, 404, "invalid_request_error", "model", "model_not_found",
+                "The model `%.200s` does not exist or you do not have access to it.", r.model);
         goto fail;
     }
-    char err[256];
+    int32_t n_allowed = tok_n_vocab(S->tok) < S->vocab_rows ? tok_n_vocab(S->tok) : S->vocab_rows;
+    if (api_chat_check_vocab(&r, n_allowed, &e)) goto fail;
     size_t prompt_len = 0;
-    prompt = tok_chat_render_n((tok_tmpl_kind_t)S->tmpl, r.msgs, r.n_msgs, 1, &prompt_len, err, sizeof err);
-    if (!prompt) {
-        eng_api_err(&e, 400, "invalid_request_error", "messages", "invalid_value",
-                    "Invalid 'messages': %s", err);
-        goto fail;
-    }
+    if (!(prompt = api_chat_render(&r, (tok_tmpl_kind_t)S->tmpl, &prompt_len, &e))) goto fail;
     long n = tok_encode(S->tok, prompt, prompt_len, 1, &ids);
     if (n < 0) {
-        eng_api_err(&e, 400, "invalid_request_error", "messages", "invalid_value",
-                    "The messages could not be tokenized.");
+        api_err(&e, 400, "invalid_request_error", "messages", "invalid_value", "The messages could not be tokenized.");
         goto fail;
     }
     int max_tokens;
     if (eng_chat_max_tokens(&r, (int)(n > 0x7fffffff ? 0x7fffffff : n), &S->lim, &max_tokens, &e)) goto fail;
     if (n == 0) {
-        eng_api_err(&e, 400, "invalid_request_error", "messages", "invalid_value",
-                    "The rendered prompt is empty.");
+        api_err(&e, 400, "invalid_request_error", "messages", "invalid_value", "The rendered prompt is empty.");
         goto fail;
     }
     for (long i = 0; i < n; i++)
         if (ids[i] < 0 || ids[i] >= S->vocab_rows) {
-            eng_api_err(&e, 500, "server_error", NULL, "engine_error",
-                        "Token id %d is outside the model's vocabulary (%d rows): the tokenizer "
-                        "does not match the model.", (int)ids[i], (int)S->vocab_rows);
+            api_err(&e, 500, "server_error", NULL, "engine_error",
+                    "Token id %d is outside the model's vocabulary (%d rows): the tokenizer "
+                    "does not match the model.", (int)ids[i], (int)S->vocab_rows);
             goto fail;
         }
+    if (chat_constraint(S, &r, &spec, &e)) goto fail;
     spec.prompt = ids;
     ids = NULL;
     spec.n_prompt = (int)n;
@@ -498,6 +562,12 @@ static void handle_chat(srv_t *S, struct evhttp_request *req) {
     spec.sp.top_p = (float)r.top_p;
     spec.sp.presence_penalty = (float)r.presence_penalty;
     spec.sp.frequency_penalty = (float)r.frequency_penalty;
+    spec.sp.top_k = r.top_k;
+    if (r.n_bias) {
+        if (!(spec.bias = malloc(r.n_bias * sizeof *spec.bias))) goto oom;
+        for (size_t i = 0; i < r.n_bias; i++) spec.bias[i] = (eng_bias_t){r.bias[i].id, r.bias[i].bias};
+        spec.n_bias = (int)r.n_bias;
+    }
     spec.seed = r.has_seed ? r.seed : random_seed(S);
     for (int i = 0; i < r.n_stop; i++) {
         /* by length: a stop string may hold NUL (strndup would cut it there) */
@@ -523,11 +593,11 @@ static void handle_chat(srv_t *S, struct evhttp_request *req) {
     c->t_start = eng_now_ns();
     memcpy(c->req_id, req_id, sizeof req_id);
     snprintf(c->id, sizeof c->id, "chatcmpl-%s", req_id);
-    int rc = eng_sched_submit(S->sched, &spec, c, &c->job);
+    int rc = eng_sched_submit(S->sched, &spec, c, &c->job); /* takes spec's allocations */
     if (rc == ENG_SUBMIT_FULL || rc == ENG_SUBMIT_CLOSED) {
-        eng_api_err(&e, 503, "server_error", NULL, rc == ENG_SUBMIT_FULL ? "server_overloaded" : "server_shutting_down",
-                    rc == ENG_SUBMIT_FULL ? "The worker is overloaded (queue full); retry later."
-                                          : "The worker is shutting down.");
+        api_err(&e, 503, "server_error", NULL, rc == ENG_SUBMIT_FULL ? "server_overloaded" : "server_shutting_down",
+                rc == ENG_SUBMIT_FULL ? "The worker is overloaded (queue full); retry later."
+                                      : "The worker is shutting down.");
         goto fail;
     }
     if (rc) goto oom;
@@ -546,17 +616,18 @@ static void handle_chat(srv_t *S, struct evhttp_request *req) {
         sse_chunk(c, "assistant", "", 0, NULL, 0, ENG_FINISH_NONE, NULL);
     }
     free(prompt);
-    eng_chat_req_free(&r);
+    api_chat_req_free(&r);
     return;
 oom:
-    eng_api_err(&e, 500, "server_error", NULL, NULL, "out of memory");
+    api_err(&e, 500, "server_error", NULL, NULL, "out of memory");
 fail:
-    eng_chat_req_free(&r);
-fail_nreq:
+    api_chat_req_free(&r);
     free(c);
     free(prompt);
     free(ids);
     free(spec.prompt);
+    free(spec.bias);
+    eng_gram_free(spec.gram);
     for (int i = 0; i < ENG_MAX_STOP; i++) free(spec.stop[i]);
     count_status(S, e.status);
     log_line("{\"ts\":%lld,\"event\":\"chat\",\"request_id\":\"%s\",\"status\":%d,\"error\":\"%s\"}",
@@ -858,6 +929,13 @@ int eng_cmd_serve(int argc, char **argv) {
     S.lim.default_max = (int)default_max;
     S.vocab_rows = mi->vocab_size;
     S.kv_bytes_per_token = mi->kv_bytes_per_token;
+    /* constrained decoding: the vocabulary sorted by bytes (~50 ms, once) */
+    S.vocab = eng_vocab_new(S.tok, tok_n_vocab(S.tok) < S.vocab_rows ? tok_n_vocab(S.tok) : S.vocab_rows);
+    if (!S.vocab) {
+        fprintf(stderr, "serve: out of memory for the vocabulary index\n");
+        goto out;
+    }
+    S.has_tools = S.tmpl != TOK_TMPL_MIXTRAL && eng_tool_ids(S.tok, &S.tool_ids) == 0;
 
     if (evthread_use_pthreads()) {
         fprintf(stderr, "serve: libevent has no pthreads support\n");
@@ -910,10 +988,7 @@ out:
             call_t *c = S.calls;
             S.calls = c->next;
             if (!c->gone) evhttp_connection_set_closecb(c->conn, NULL, NULL); /* evhttp_free below */
-            eng_buf_free(&c->content);
-            eng_buf_free(&c->reasoning);
-            cJSON_Delete(c->lp_content);
-            free(c);
+            call_free(c);
         }
     }
     if (S.sig_int) event_free(S.sig_int);
@@ -924,6 +999,7 @@ out:
     if (S.wake_ev) event_free(S.wake_ev);
     if (S.base) event_base_free(S.base);
     eng_model_free(S.model);
+    eng_vocab_free(S.vocab);
     tok_free(S.tok);
     return rc;
 }

@@ -9,65 +9,53 @@
 
 #include <cjson/cJSON.h>
 
+#include "api.h"
 #include "eng_sched.h"
 #include "tg_json.h"
 #include "tok.h"
 
-/* An OpenAI-style error: HTTP status and the body's fields. */
+/* Errors and requests are api/'s (the reader shared with the gateway). */
+typedef api_err_t eng_api_err_t;
+#define eng_api_err api_err
+#define eng_api_err_json api_err_json
+
+/* One tool call of the model's answer, parsed from its tool-call block. */
 typedef struct {
-    int status;
-    char message[320];
-    const char *type;  /* "invalid_request_error", "server_error", ... */
-    char param[48];    /* "" -> null */
-    const char *code;  /* NULL -> null */
-} eng_api_err_t;
+    char *name;      /* malloc'd */
+    char *arguments; /* malloc'd JSON text (as the model wrote it) */
+    size_t arguments_len;
+} eng_tool_call_t;
 
-/* Fill e; returns -1 so callers can `return eng_api_err(...)`. */
-int eng_api_err(eng_api_err_t *e, int status, const char *type, const char *param,
-                const char *code, const char *fmt, ...) __attribute__((format(printf, 6, 7)));
-/* {"error":{"message","type","param","code"}}; malloc'd, NULL on OOM. */
-char *eng_api_err_json(const eng_api_err_t *e);
-
-/* A validated POST /v1/chat/completions body. */
-typedef struct {
-    tg_json_t *root;         /* owns every string below unless noted */
-    const char *model;
-    tok_chat_msg_t *msgs;    /* content/arguments with lengths: may hold NUL */
-    size_t n_msgs;
-    tok_tool_call_t *calls;  /* storage behind msgs[].tool_calls */
-    char **owned;            /* joined content parts, freed with the request */
-    size_t n_owned;
-    long max_tokens;         /* 0: not given */
-    double temperature, top_p, presence_penalty, frequency_penalty;
-    int has_seed;
-    uint64_t seed;           /* exact; any integer in [-2^63, 2^64-1], negative as two's complement */
-    const char *stop[ENG_MAX_STOP]; /* may hold NUL: see stop_len */
-    size_t stop_len[ENG_MAX_STOP];
-    int n_stop;
-    int stream, include_usage;
-    int logprobs, top_logprobs; /* top_logprobs 0..ENG_MAX_TOP_LOGPROBS */
-} eng_chat_req_t;
-
-/* Parse and validate; on error fills e (status 400) and returns -1, and the
- * request needs no free.  On success the caller frees with eng_chat_req_free. */
-int eng_chat_req_parse(eng_chat_req_t *r, const char *body, size_t len, eng_api_err_t *e);
-void eng_chat_req_free(eng_chat_req_t *r);
+/* Parse the complete calls at the start of a DeepSeek-V3 tool-call block
+ * (the bytes the model emitted from <｜tool▁calls▁begin｜> on, markers as
+ * their text; the leading marker optional):
+ *   <｜tool▁call▁begin｜>TYPE<｜tool▁sep｜>NAME\n```json\nARGS\n```<｜tool▁call▁end｜>
+ * separated by optional "\n", closed by <｜tool▁calls▁end｜>.  Appends to
+ * *calls (realloc'd; *n counts them) every complete call not already there
+ * (the first *n are skipped, so it can be called again as the block grows).
+ * Returns the number of complete calls in text, or -1 on out of memory.  A
+ * call that does not have this shape ends the parse (what follows is not
+ * parsed). */
+int eng_tool_calls_parse(const char *text, size_t len, eng_tool_call_t **calls, size_t *n);
+void eng_tool_calls_free(eng_tool_call_t *calls, size_t n);
 
 typedef struct {
     int prompt_tokens, completion_tokens, reasoning_tokens, cached_tokens;
 } eng_usage_t;
 
 
-const char *eng_finish_name(eng_finish_t f); /* "stop", "length", or NULL */
+const char *eng_finish_name(eng_finish_t f); /* "stop", "length", "tool_calls", or NULL */
 
 /* A whole chat.completion body (malloc'd, one line).  content and reasoning
  * are content_len / reasoning_len bytes (NUL bytes are written as \u0000);
- * reasoning may be NULL.  logprobs: the choice's {"content":[...]} object,
- * taken over (NULL -> null). */
+ * reasoning may be NULL; content NULL is written as null (an answer that is
+ * only tool calls).  calls: n_calls tool calls, ids "call_<i>_<id>" from the
+ * completion id.  logprobs: the choice's {"content":[...]} object, taken
+ * over (NULL -> null). */
 char *eng_resp_completion(const char *id, long long created, const char *model,
                           const char *content, size_t content_len, const char *reasoning,
-                          size_t reasoning_len, eng_finish_t finish, const eng_usage_t *u,
-                          cJSON *logprobs);
+                          size_t reasoning_len, const eng_tool_call_t *calls, size_t n_calls,
+                          eng_finish_t finish, const eng_usage_t *u, cJSON *logprobs);
 
 /* One chat.completion.chunk body (malloc'd, one line).  role, content,
  * reasoning: NULL to omit from delta (content and reasoning with lengths, as
@@ -78,6 +66,10 @@ char *eng_resp_chunk(const char *id, long long created, const char *model, const
                      const char *content, size_t content_len, const char *reasoning,
                      size_t reasoning_len, eng_finish_t finish, int usage_null,
                      const eng_usage_t *usage, cJSON *logprobs);
+/* A chunk whose delta is tool calls [first, first + n) of calls, each whole
+ * ({"index","id","type","function":{"name","arguments"}}). */
+char *eng_resp_chunk_tools(const char *id, long long created, const char *model, const eng_tool_call_t *calls,
+                           size_t first, size_t n, int usage_null);
 
 /* One logprobs "content" entry for a generated token: {"token","logprob",
  * "bytes","top_logprobs":[...]}.  Token text comes from tok_decode (special
@@ -98,7 +90,7 @@ typedef struct {
 
 /* Decide max_tokens for a prompt of n_prompt tokens; 400 context_length_exceeded
  * when the prompt leaves no room or max_tokens exceeds it. */
-int eng_chat_max_tokens(const eng_chat_req_t *r, int n_prompt, const eng_limits_t *lim, int *out,
+int eng_chat_max_tokens(const api_chat_req_t *r, int n_prompt, const eng_limits_t *lim, int *out,
                         eng_api_err_t *e);
 
 /* The think mode for a rendered prompt (len bytes) of the given template kind. */

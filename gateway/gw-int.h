@@ -312,6 +312,7 @@ struct gw_req {
     /* chat request */
     tg_json_t *json;           /* the request body (tg_json: NUL-safe, exact integers);
                                   owned: freed by a pool cleanup */
+    struct api_chat_req *chat; /* the body as api/ read it; owned: freed by a pool cleanup */
     const char *model, *api_key;
     int stream, client_usage;
     bill_req_t *admit;

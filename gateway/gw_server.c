@@ -33,6 +33,7 @@
 #include <openssl/ssl.h>
 
 #include "gw-int.h"
+#include "api.h"
 #include "tg_json.h"
 #include "tok.h"
 
@@ -205,91 +206,20 @@ static void gw_access_log(gw_req_t *r) {
     gw_buf_free(&b);
 }
 
-/* The gateway's own count of the prompt: the messages rendered with the
- * model's chat template, tokenized (about 18 ms per MiB, bounded by
- * max_body_bytes, on the loop).  -1 when no tokenizer is loaded or the
- * messages cannot be rendered.  Computed once per request.
- *
- * Message text may hold U+0000: contents and arguments go to the renderer
- * with their lengths (tok_chat_render_n), so the rendered prompt holds the
- * NUL bytes and the tokenizer counts them as text, as the engine does.
- * Roles, names, ids and types are C strings for the renderer (the engine
- * refuses U+0000 in them); "developer" is "system", as the engine reads it. */
-static int64_t gw_prompt_count_json(gw_server_t *s, const tg_json_t *msgs) {
-    size_t n = tg_json_len(msgs), ncalls = 0, nowned = 0, i = 0, k = 0;
-    const tg_json_t *m, *c, *part;
-    if (tg_json_type(msgs) != TG_JSON_ARRAY) return -1;
-    TG_JSON_FOREACH(m, msgs) ncalls += tg_json_len(tg_json_get(m, "tool_calls"));
-    tok_chat_msg_t *cm = calloc(n + 1, sizeof *cm);
-    tok_tool_call_t *calls = calloc(ncalls + 1, sizeof *calls);
-    char **owned = calloc(n + ncalls + 1, sizeof *owned); /* joined parts, written arguments */
-    int64_t count = -1;
-    char *text = NULL;
-    if (!cm || !calls || !owned) goto done;
-    TG_JSON_FOREACH(m, msgs) {
-        if (tg_json_type(m) != TG_JSON_OBJECT) goto done;
-        cm[i].role = tg_json_str(tg_json_get(m, "role"), NULL);
-        if (cm[i].role && !strcmp(cm[i].role, "developer")) cm[i].role = "system"; /* as the engine reads it */
-        const tg_json_t *content = tg_json_get(m, "content");
-        switch (tg_json_type(content)) {
-        case TG_JSON_NONE:
-        case TG_JSON_NULL: break;
-        case TG_JSON_STRING: cm[i].content = tg_json_str(content, &cm[i].content_len); break;
-        case TG_JSON_ARRAY: { /* text parts, joined */
-            tg_json_buf_t b = {0};
-            tg_json_buf_put(&b, "", 0);
-            TG_JSON_FOREACH(part, content) {
-                size_t tl = 0, yl = 0;
-                const char *type = tg_json_str(tg_json_get(part, "type"), &yl);
-                const char *t = tg_json_str(tg_json_get(part, "text"), &tl);
-                if (!type || yl != 4 || memcmp(type, "text", 4) || !t) {
-                    tg_json_buf_free(&b);
-                    goto done;
-                }
-                tg_json_buf_put(&b, t, tl);
-            }
-            owned[nowned++] = b.p;
-            if (b.oom) goto done;
-            cm[i].content = b.p;
-            cm[i].content_len = b.len;
-            break;
-        }
-        default: goto done;
-        }
-        cm[i].tool_calls = calls + k;
-        TG_JSON_FOREACH(c, tg_json_get(m, "tool_calls")) {
-            const tg_json_t *fn = tg_json_get(c, "function"), *args = tg_json_get(fn, "arguments");
-            calls[k].id = tg_json_str(tg_json_get(c, "id"), NULL);
-            calls[k].type = tg_json_str(tg_json_get(c, "type"), NULL);
-            calls[k].name = tg_json_str(tg_json_get(fn, "name"), NULL);
-            if (tg_json_type(args) == TG_JSON_STRING) {
-                calls[k].arguments = tg_json_str(args, &calls[k].arguments_len);
-            } else if (args && tg_json_type(args) != TG_JSON_NULL) { /* an object: its compact JSON text */
-                tg_json_buf_t b = {0};
-                tg_json_write(&b, args);
-                owned[nowned++] = b.p;
-                if (b.oom) goto done;
-                calls[k].arguments = b.p;
-                calls[k].arguments_len = b.len;
-            }
-            k++;
-            cm[i].n_tool_calls++;
-        }
-        i++;
-    }
-    char err[200];
+/* The gateway's own count of the prompt: the request rendered by api/ (the
+ * reader the engine uses: messages, tools, the model's chat template),
+ * tokenized (about 18 ms per MiB, bounded by max_body_bytes, on the loop).
+ * -1 when no tokenizer is loaded or the template refuses the conversation.
+ * Text may hold U+0000: the rendered prompt holds the NUL bytes and the
+ * tokenizer counts them as text, as the engine does. */
+static int64_t gw_prompt_count_json(gw_server_t *s, const api_chat_req_t *chat) {
+    api_err_t e;
     size_t tl = 0;
-    text = tok_chat_render_n((tok_tmpl_kind_t)s->tmpl, cm, n, 1, &tl, err, sizeof err);
-    if (!text) goto done;
+    char *text = api_chat_render(chat, (tok_tmpl_kind_t)s->tmpl, &tl, &e);
+    if (!text) return -1;
     long t = tok_count(s->tok, text, tl, 1);
-    count = t >= 0 ? t : -1;
-done:
-    for (size_t j = 0; owned && j < nowned; j++) free(owned[j]);
     free(text);
-    free(owned);
-    free(calls);
-    free(cm);
-    return count;
+    return t >= 0 ? t : -1;
 }
 
 static int64_t gw_req_prompt_count(gw_req_t *r) {
@@ -297,7 +227,7 @@ static int64_t gw_req_prompt_count(gw_req_t *r) {
     r->prompt_est = -2;
     gw_server_t *s = r->srv;
     if (!s->tok) return -1;
-    int64_t n = gw_prompt_count_json(s, tg_json_get(r->json, "messages"));
+    int64_t n = gw_prompt_count_json(s, r->chat);
     if (n >= 0) r->prompt_est = n;
     return n;
 }
@@ -394,6 +324,10 @@ int gw_req_usage_from_json(gw_req_t *r, const tg_json_t *u) {
 
 static void gw_req_cleanup_http(void *arg) { gw_http_req_free(arg); }
 static void gw_req_cleanup_json(void *arg) { tg_json_free(arg); }
+static void gw_req_cleanup_chat(void *arg) {
+    api_chat_req_free(arg);
+    free(arg);
+}
 
 static void gw_req_cleanup_calls(void *arg) {
     gw_req_t *r = arg;
@@ -718,15 +652,8 @@ static void gw_chat_admitted(bill_status_t st, const bill_key_t *key, void *arg)
         if (tpm > 0) { /* charge the prompt and the most the answer may take */
             int64_t p = gw_req_prompt_count(r);
             if (p < 0) p = (int64_t)r->http->body_len / 4; /* no tokenizer: a rough byte estimate */
-            const tg_json_t *mt = tg_json_get(r->json, "max_tokens");
-            if (!mt) mt = tg_json_get(r->json, "max_completion_tokens");
-            int64_t m = 0;
-            double d;
-            if (tg_json_int64(mt, &m) != 0) /* not an exact integer: a fraction, or beyond int64 */
-                m = tg_json_double(mt, &d) == 0 && d > 0 ? (d < 1e9 ? (int64_t)d : 1000000000) : 0;
-            if (m < 0) m = 0;
-            if (m > 1000000000) m = 1000000000;
-            r->tpm_tokens = p + m;
+            /* the completion limit as api/ reads it, the one the worker caps generation by */
+            r->tpm_tokens = p + r->chat->max_tokens;
         }
         r->rl_call = gw_rl_check(s->rl, key->key_id, rpm, tpm, r->tpm_tokens, r->id, gw_chat_ratelimited, r);
         if (!r->rl_call) gw_req_error(r, 500, "server_error", NULL, NULL, "out of memory");
@@ -763,51 +690,25 @@ static void gw_route_chat(gw_req_t *r) {
         gw_req_error(r, 400, "invalid_request_error", "invalid_request", NULL, "The request body must be a JSON object");
         return;
     }
-    /* A key the gateway reads must be there once: tg_json takes the last of
-     * duplicates, a worker's parser may take the first, and the two must not
-     * disagree on the model, the messages or whether it streams. */
-    static const char *const once[] = {"model", "messages", "stream", "stream_options", "max_tokens",
-                                       "max_completion_tokens"};
-    for (size_t i = 0; i < sizeof once / sizeof once[0]; i++) {
-        const tg_json_t *m;
-        int seen = 0;
-        TG_JSON_FOREACH(m, j) {
-            size_t kl;
-            const char *k = tg_json_key(m, &kl);
-            seen += kl == strlen(once[i]) && !memcmp(k, once[i], kl);
-        }
-        if (seen > 1) {
-            char msg[120];
-            snprintf(msg, sizeof msg, "Duplicate key '%s' in the request body", once[i]);
-            gw_req_error(r, 400, "invalid_request_error", "invalid_request", once[i], msg);
-            return;
-        }
-    }
-    size_t model_len = 0;
-    const char *model = tg_json_str(tg_json_get(j, "model"), &model_len);
-    if (!model || !model_len) {
-        gw_req_error(r, 400, "invalid_request_error", "missing_required_parameter", "model",
-                     "Missing required parameter: 'model'");
+    /* The shared reader (api/): the engine accepts and refuses exactly the
+     * same bodies, so a request it would refuse (an unknown parameter, a bad
+     * value, a duplicate key) is a 400 here, before admission: never billed. */
+    api_chat_req_t *chat = calloc(1, sizeof *chat);
+    api_err_t e;
+    if (!chat || gw_pool_cleanup_add(r->pool, gw_req_cleanup_chat, chat) != GW_OK) {
+        free(chat);
+        gw_req_error(r, 500, "server_error", NULL, NULL, "out of memory");
         return;
     }
-    if (strlen(model) != model_len) { /* "m\u0000x" must not pass for "m" */
-        gw_req_error(r, 400, "invalid_request_error", "invalid_value", "model", "'model' must not contain U+0000");
+    r->chat = chat;
+    if (api_chat_req_read(chat, j, &e)) {
+        gw_req_error(r, e.status, e.type ? e.type : "invalid_request_error", e.code, e.param[0] ? e.param : NULL,
+                     e.message);
         return;
     }
-    r->model = model;
-    const tg_json_t *msgs = tg_json_get(j, "messages");
-    if (tg_json_type(msgs) != TG_JSON_ARRAY || tg_json_len(msgs) == 0) {
-        gw_req_error(r, 400, "invalid_request_error", "missing_required_parameter", "messages",
-                     "Missing required parameter: 'messages' (a non-empty array)");
-        return;
-    }
-    const tg_json_t *stream = tg_json_get(j, "stream");
-    if (stream && tg_json_type(stream) != TG_JSON_BOOL && tg_json_type(stream) != TG_JSON_NULL) {
-        gw_req_error(r, 400, "invalid_request_error", "invalid_type", "stream", "'stream' must be a boolean");
-        return;
-    }
-    r->stream = tg_json_is_true(stream);
-    r->client_usage = tg_json_is_true(tg_json_get(tg_json_get(j, "stream_options"), "include_usage"));
+    r->model = chat->model;
+    r->stream = chat->stream;
+    r->client_usage = chat->include_usage;
     if (!gw_model_known(s->cfg, r->model)) {
         char msg[300];
         snprintf(msg, sizeof msg, "The model '%.200s' does not exist", r->model);

@@ -5,12 +5,12 @@
 #   make test-engine-server-unit   unit tests only (no model needed)
 #   make fuzz-engine-server        libFuzzer build of fuzz/engine_server (clang)
 
-ENG_SRV_UNIT := eng_sample eng_sched_text eng_server_req
+ENG_SRV_UNIT := eng_sample eng_sched_text eng_server_req eng_gram
 ENG_SRV_UNIT_BINS := $(patsubst %,$(O)/tests/unit/engine_server/%,$(ENG_SRV_UNIT))
 
 # The tests #include the .c under test (to reach statics), so they link only
 # the tokenizer (UTF-8 check) and system libraries.
-$(O)/tests/unit/engine_server/%: tests/unit/engine_server/%.c engine/%.c $(LIBTOK) $(LIBCOMMON)
+$(O)/tests/unit/engine_server/%: tests/unit/engine_server/%.c engine/%.c engine/eng_server_req.c api/api_chat.c $(LIBTOK) $(LIBCOMMON)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Itests/unit $(LDFLAGS) -o $@ $< $(TOK_LIBS) $(LDLIBS)
 
@@ -18,7 +18,7 @@ $(O)/tests/unit/engine_server/%: tests/unit/engine_server/%.c engine/%.c $(LIBTO
 # target fetches it: under make it never skips.
 .PHONY: test-engine-server test-engine-server-unit
 test-engine-server-unit: $(ENG_SRV_UNIT_BINS) tokenizer-data
-	@set -e; for t in $(ENG_SRV_UNIT_BINS); do $$t; done
+	@set -e; for t in $(ENG_SRV_UNIT_BINS); do $$t $(TOK_JSON); done
 
 test-engine-server: test-engine-server-unit $(BIN)/tollgate-engine tokenizer-data
 	TOLLGATE_ENGINE=$(BIN)/tollgate-engine /usr/bin/python3 tests/engine_server/test_server.py
@@ -31,7 +31,7 @@ UNIT_TARGETS += test-engine-server-unit test-engine-server-fuzz-replay
 # libFuzzer build needs clang.
 ENG_SRV_FUZZ_CORPUS := fuzz/engine_server/corpus/chat_req
 ENG_SRV_FUZZ_REPLAY := $(O)/fuzz/engine_server/fuzz_chat_req_replay
-$(ENG_SRV_FUZZ_REPLAY): fuzz/engine_server/fuzz_chat_req.c fuzz/replay.c engine/eng_server_req.c $(LIBTOK) $(LIBCOMMON)
+$(ENG_SRV_FUZZ_REPLAY): fuzz/engine_server/fuzz_chat_req.c fuzz/replay.c engine/eng_server_req.c api/api_chat.c $(LIBTOK) $(LIBCOMMON)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< fuzz/replay.c $(TOK_LIBS) $(LDLIBS)
 
@@ -44,9 +44,9 @@ test-engine-server: test-engine-server-fuzz-replay
 .PHONY: fuzz-engine-server fuzz-engine-server-run
 fuzz: fuzz-engine-server
 fuzz-engine-server: $(B)/fuzz/fuzz_chat_req
-$(B)/fuzz/fuzz_chat_req: fuzz/engine_server/fuzz_chat_req.c engine/eng_server_req.c $(LIBTOK) $(LIBCOMMON)
+$(B)/fuzz/fuzz_chat_req: fuzz/engine_server/fuzz_chat_req.c engine/eng_server_req.c api/api_chat.c $(LIBTOK) $(LIBCOMMON)
 	@mkdir -p $(dir $@)
-	clang -g -O1 -std=gnu11 -fsanitize=fuzzer,address -Icommon -Itokenizer -Iengine -o $@ $< $(TOK_LIBS) $(LDLIBS)
+	clang -g -O1 -std=gnu11 -fsanitize=fuzzer,address -Icommon -Itokenizer -Iapi -Iengine -o $@ $< $(TOK_LIBS) $(LDLIBS)
 fuzz-engine-server-run: $(B)/fuzz/fuzz_chat_req
 	@mkdir -p $(B)/fuzz/corpus-chat-req
 	$(B)/fuzz/fuzz_chat_req -max_total_time=$(or $(FUZZ_SECONDS),60) $(B)/fuzz/corpus-chat-req $(ENG_SRV_FUZZ_CORPUS)

@@ -102,18 +102,25 @@ char *tok_chat_render_n(tok_tmpl_kind_t kind, const tok_chat_msg_t *msgs, size_t
 char *tok_chat_render(tok_tmpl_kind_t kind, const tok_chat_msg_t *msgs, size_t n,
                       int add_generation_prompt, char *err, size_t errlen);
 
-/* The same from an OpenAI-style "messages" JSON array (len bytes of text):
- * each {"role", "content", "tool_calls"}; content is a string, null, or an
- * array of {"type":"text","text":...} parts (joined); a tool call's
- * function.arguments is a string (an object is written as compact JSON).
- * Parsed strictly (tg_json): invalid UTF-8 and lone surrogates are errors;
- * U+0000 in content and arguments is text (kept, rendered as a NUL byte), in
- * a role, name, id or type it is refused.  Returns a malloc'd string (its
- * length in *out_len when not NULL), or NULL with a message in err. */
-char *tok_chat_render_json_n(tok_tmpl_kind_t kind, const char *messages_json, size_t len,
-                             int add_generation_prompt, size_t *out_len, char *err, size_t errlen);
-char *tok_chat_render_json(tok_tmpl_kind_t kind, const char *messages_json, size_t len,
-                           int add_generation_prompt, char *err, size_t errlen);
+/* The same with tool definitions.  tools[i] is the i-th tool object of the
+ * request as JSON text (tools_len[i] bytes), already serialized the way
+ * Jinja's `tojson` writes it (", " and ": " separators; api/ does that).  The
+ * published DeepSeek-V3 and R1 templates do not render tools; with n_tools >
+ * 0 the system prompt is followed by the tool block of vLLM's
+ * examples/tool_chat_template_deepseekv3.jinja (the de facto DeepSeek-V3
+ * tool template; its text, without the template's stray whitespace), which
+ * teaches the model the <｜tool▁calls▁begin｜> format it emits.  Mixtral's
+ * template has no tools: an error. */
+char *tok_chat_render_tools(tok_tmpl_kind_t kind, const tok_chat_msg_t *msgs, size_t n,
+                            const char *const *tools, const size_t *tools_len, size_t n_tools,
+                            int add_generation_prompt, size_t *out_len, char *err, size_t errlen);
+
+/* Raw bytes of one id (byte-level decoded: a token may be part of a UTF-8
+ * character; an added token is its content), *len bytes, not NUL-terminated;
+ * NULL for an id out of range.  Points into the tokenizer. */
+const char *tok_token_bytes(const tok_t *t, int32_t id, size_t *len);
+/* 1 when id is an added token (special or not), else 0. */
+int tok_is_added(const tok_t *t, int32_t id);
 
 /* ---- DeepSeek-R1 reasoning ------------------------------------------------ */
 

@@ -19,7 +19,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "tg_json.h"
 #include "tok-int.h"
 
 #define FW_BAR "\xef\xbd\x9c" /* U+FF5C FULLWIDTH VERTICAL LINE */
@@ -133,9 +132,35 @@ static void put_system(sb_t *b, const tok_chat_msg_t *msgs, size_t n) {
         }
 }
 
+/* The tool block after the system prompt (no published DeepSeek-V3/R1
+ * template renders tools): the text of vLLM's
+ * examples/tool_chat_template_deepseekv3.jinja, its pieces joined without the
+ * template's indentation.  Each tool is its `tojson` text. */
+typedef struct {
+    const char *const *json;
+    const size_t *len;
+    size_t n;
+} tools_t;
+
+static void put_tools(sb_t *b, const tools_t *t) {
+    if (!t || !t->n) return;
+    sb_puts(b, "\n\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+               "You are provided with function signatures within <tools></tools> XML tags:\n<tools>");
+    for (size_t i = 0; i < t->n; i++) {
+        sb_puts(b, "\n");
+        sb_put(b, t->json[i], t->len[i]);
+    }
+    sb_puts(b, "\n</tools>\n\n");
+    sb_puts(b, "For function call returns, you should first print " DS_CALLS_BEGIN);
+    sb_puts(b, "For each function call, you should return object like:\n");
+    sb_puts(b, DS_CALL_BEGIN "function" DS_SEP "<function_name>\n```json\n<function_arguments_in_json_format>\n```" DS_CALL_END);
+    sb_puts(b, "At the end of function call returns, you should print " DS_CALLS_END DS_EOS);
+}
+
 /* DeepSeek-V3's template (tokenizer_config.json of deepseek-ai/DeepSeek-V3). */
-static void render_v3(sb_t *b, const tok_chat_msg_t *msgs, size_t n, int gen) {
+static void render_v3(sb_t *b, const tok_chat_msg_t *msgs, size_t n, const tools_t *tools, int gen) {
     put_system(b, msgs, n);
+    put_tools(b, tools);
     int is_first = 0, is_tool = 0, output_first = 1;
     for (size_t i = 0; i < n; i++) {
         const tok_chat_msg_t *m = &msgs[i];
@@ -174,8 +199,9 @@ static void render_v3(sb_t *b, const tok_chat_msg_t *msgs, size_t n, int gen) {
  * tool calls may follow content and always end the list, tool outputs are
  * not separated, an earlier answer keeps only what follows its last
  * "</think>", and the generation prompt opens the reasoning block. */
-static void render_r1(sb_t *b, const tok_chat_msg_t *msgs, size_t n, int gen) {
+static void render_r1(sb_t *b, const tok_chat_msg_t *msgs, size_t n, const tools_t *tools, int gen) {
     put_system(b, msgs, n);
+    put_tools(b, tools);
     int is_first = 0, is_tool = 0, output_first = 1;
     for (size_t i = 0; i < n; i++) {
         const tok_chat_msg_t *m = &msgs[i];
@@ -243,9 +269,15 @@ static int render_mixtral(sb_t *b, const tok_chat_msg_t *msgs, size_t n, char *e
     return 0;
 }
 
-char *tok_chat_render_n(tok_tmpl_kind_t kind, const tok_chat_msg_t *msgs, size_t n,
-                        int add_generation_prompt, size_t *out_len, char *err, size_t errlen) {
+char *tok_chat_render_tools(tok_tmpl_kind_t kind, const tok_chat_msg_t *msgs, size_t n,
+                            const char *const *tools, const size_t *tools_len, size_t n_tools,
+                            int add_generation_prompt, size_t *out_len, char *err, size_t errlen) {
+    tools_t tl = {tools, tools_len, tools ? n_tools : 0};
     if (out_len) *out_len = 0;
+    if (tl.n && kind == TOK_TMPL_MIXTRAL) {
+        errf(err, errlen, "this model's chat template has no tools");
+        return NULL;
+    }
     if (n && !msgs) {
         errf(err, errlen, "no messages");
         return NULL;
@@ -254,10 +286,10 @@ char *tok_chat_render_n(tok_tmpl_kind_t kind, const tok_chat_msg_t *msgs, size_t
     sb_t b = {0};
     switch (kind) {
     case TOK_TMPL_DEEPSEEK_V3:
-        render_v3(&b, msgs, n, add_generation_prompt);
+        render_v3(&b, msgs, n, &tl, add_generation_prompt);
         break;
     case TOK_TMPL_DEEPSEEK_R1:
-        render_r1(&b, msgs, n, add_generation_prompt);
+        render_r1(&b, msgs, n, &tl, add_generation_prompt);
         break;
     case TOK_TMPL_MIXTRAL:
         if (render_mixtral(&b, msgs, n, err, errlen)) {
@@ -277,6 +309,11 @@ char *tok_chat_render_n(tok_tmpl_kind_t kind, const tok_chat_msg_t *msgs, size_t
     }
     if (out_len) *out_len = b.n;
     return b.p;
+}
+
+char *tok_chat_render_n(tok_tmpl_kind_t kind, const tok_chat_msg_t *msgs, size_t n,
+                        int add_generation_prompt, size_t *out_len, char *err, size_t errlen) {
+    return tok_chat_render_tools(kind, msgs, n, NULL, NULL, 0, add_generation_prompt, out_len, err, errlen);
 }
 
 char *tok_chat_render(tok_tmpl_kind_t kind, const tok_chat_msg_t *msgs, size_t n,
@@ -438,141 +475,4 @@ void tok_r1_finish(tok_r1_state_t *st, char *rout, size_t *rlen, char *cout, siz
     st->flush = 1;
     tok_r1_feed(st, "", 0, rout, rlen, cout, clen);
     st->pending_nl = 0;
-}
-
-/* ---- messages from JSON ------------------------------------------------------------ */
-
-/* A C-string field (role, name, id, type): a string without NUL, or absent
- * (*out NULL).  -1 when it holds U+0000 or is not a string. */
-static int cstr_field(const tg_json_t *v, const char **out) {
-    size_t n;
-    *out = NULL;
-    if (!v || tg_json_type(v) == TG_JSON_NULL) return 0;
-    const char *s = tg_json_str(v, &n);
-    if (!s || memchr(s, 0, n)) return -1;
-    *out = s;
-    return 0;
-}
-
-/* Content as bytes: a string, null, or an array of {"type":"text","text":...}
- * parts joined without separator; NUL bytes allowed.  Returns 0, or -1 (bad
- * shape or out of memory).  *out is NULL for null content; *owned is set
- * when *out was allocated. */
-static int content_text(const tg_json_t *c, const char **out, size_t *len, char **owned) {
-    *out = NULL;
-    *len = 0;
-    *owned = NULL;
-    if (!c || tg_json_type(c) == TG_JSON_NULL) return 0;
-    if (tg_json_type(c) == TG_JSON_STRING) {
-        *out = tg_json_str(c, len);
-        return 0;
-    }
-    if (tg_json_type(c) != TG_JSON_ARRAY) return -1;
-    sb_t b = {0};
-    const tg_json_t *part;
-    TG_JSON_FOREACH(part, c) {
-        size_t tn, yn;
-        const char *type = tg_json_str(tg_json_get(part, "type"), &yn);
-        const char *text = tg_json_str(tg_json_get(part, "text"), &tn);
-        if (!type || yn != 4 || memcmp(type, "text", 4) || !text) {
-            free(b.p);
-            return -1;
-        }
-        sb_put(&b, text, tn);
-    }
-    if (!b.p) sb_put(&b, "", 0);
-    if (b.oom) {
-        free(b.p);
-        return -1;
-    }
-    *out = *owned = b.p;
-    *len = b.n;
-    return 0;
-}
-
-/* An empty text has length 0, which tok_chat_msg_t reads as "strlen": fine,
- * since every text from tg_json is NUL-terminated. */
-char *tok_chat_render_json_n(tok_tmpl_kind_t kind, const char *messages_json, size_t len,
-                             int add_generation_prompt, size_t *out_len, char *err, size_t errlen) {
-    if (out_len) *out_len = 0;
-    tg_json_err_t jerr;
-    tg_json_t *arr = tg_json_parse(messages_json, len, NULL, &jerr);
-    if (!arr) {
-        errf(err, errlen, "messages: %s", jerr.text);
-        return NULL;
-    }
-    if (tg_json_type(arr) != TG_JSON_ARRAY) {
-        tg_json_free(arr);
-        errf(err, errlen, "messages: expected a JSON array");
-        return NULL;
-    }
-    size_t n = tg_json_len(arr), ncalls = 0;
-    const tg_json_t *m, *c;
-    TG_JSON_FOREACH(m, arr) ncalls += tg_json_len(tg_json_get(m, "tool_calls"));
-    tok_chat_msg_t *msgs = calloc(n + 1, sizeof *msgs);
-    tok_tool_call_t *calls = calloc(ncalls + 1, sizeof *calls);
-    char **owned = calloc(n + ncalls + 1, sizeof *owned);
-    size_t nowned = 0, i = 0, k = 0;
-    char *out = NULL;
-    if (!msgs || !calls || !owned) {
-        errf(err, errlen, "out of memory");
-        goto done;
-    }
-    TG_JSON_FOREACH(m, arr) {
-        if (tg_json_type(m) != TG_JSON_OBJECT) {
-            errf(err, errlen, "messages[%zu]: expected an object", i);
-            goto done;
-        }
-        if (cstr_field(tg_json_get(m, "role"), &msgs[i].role)) {
-            errf(err, errlen, "messages[%zu]: role must be a string without U+0000", i);
-            goto done;
-        }
-        if (content_text(tg_json_get(m, "content"), &msgs[i].content, &msgs[i].content_len,
-                         &owned[nowned])) {
-            errf(err, errlen, "messages[%zu]: content must be a string or an array of text parts", i);
-            goto done;
-        }
-        if (owned[nowned]) nowned++;
-        msgs[i].tool_calls = calls + k;
-        TG_JSON_FOREACH(c, tg_json_get(m, "tool_calls")) {
-            const tg_json_t *fn = tg_json_get(c, "function");
-            const tg_json_t *args = tg_json_get(fn, "arguments");
-            tok_tool_call_t *t = &calls[k];
-            if (cstr_field(tg_json_get(c, "id"), &t->id) || cstr_field(tg_json_get(c, "type"), &t->type) ||
-                cstr_field(tg_json_get(fn, "name"), &t->name)) {
-                errf(err, errlen, "messages[%zu].tool_calls: id, type and name must be strings without U+0000",
-                     i);
-                goto done;
-            }
-            if (tg_json_type(args) == TG_JSON_STRING) {
-                t->arguments = tg_json_str(args, &t->arguments_len);
-            } else if (args && tg_json_type(args) != TG_JSON_NULL) { /* an object: its compact JSON */
-                tg_json_buf_t jb = {0};
-                if (tg_json_write(&jb, args)) {
-                    tg_json_buf_free(&jb);
-                    errf(err, errlen, "out of memory");
-                    goto done;
-                }
-                owned[nowned++] = jb.p;
-                t->arguments = jb.p;
-                t->arguments_len = jb.len;
-            }
-            k++;
-            msgs[i].n_tool_calls++;
-        }
-        i++;
-    }
-    out = tok_chat_render_n(kind, msgs, n, add_generation_prompt, out_len, err, errlen);
-done:
-    for (size_t j = 0; owned && j < nowned; j++) free(owned[j]);
-    free(owned);
-    free(calls);
-    free(msgs);
-    tg_json_free(arr);
-    return out;
-}
-
-char *tok_chat_render_json(tok_tmpl_kind_t kind, const char *messages_json, size_t len,
-                           int add_generation_prompt, char *err, size_t errlen) {
-    return tok_chat_render_json_n(kind, messages_json, len, add_generation_prompt, NULL, err, errlen);
 }

@@ -702,6 +702,14 @@ int32_t tok_n_vocab(const tok_t *t) { return t->n_vocab; }
 int32_t tok_bos(const tok_t *t) { return t->bos; }
 int32_t tok_eos(const tok_t *t) { return t->eos; }
 
+const char *tok_token_bytes(const tok_t *t, int32_t id, size_t *len) {
+    if (id < 0 || id >= t->n_vocab) return NULL;
+    *len = t->off[id + 1] - t->off[id];
+    return t->text + t->off[id];
+}
+
+int tok_is_added(const tok_t *t, int32_t id) { return id >= 0 && id < t->n_vocab && t->is_added[id]; }
+
 int32_t tok_id(const tok_t *t, const char *token) {
     int32_t id = added_find(t, token);
     if (id >= 0) return id;

@@ -633,6 +633,105 @@ class Server(unittest.TestCase):
         r = "".join(c["choices"][0]["delta"].get("reasoning_content") or "" for c in chunks)
         self.assertEqual(r, msg["reasoning_content"])
 
+    # ---- issue 10: strict parameters, sampling knobs, JSON mode, tools ----
+
+    def test_unknown_parameter_400(self):
+        st, _, b = chat(max_tokens=2, foo=1)
+        self.assertEqual(st, 400, b)
+        self.assertEqual(json.loads(b), {"error": {"message": "Unrecognized request argument supplied: foo",
+                                                   "type": "invalid_request_error", "param": "foo",
+                                                   "code": "unknown_parameter"}})
+        st, _, b = chat(max_tokens=2, n=2)
+        self.assertEqual((st, json.loads(b)["error"]["param"]), (400, "n"))
+        st, _, b = chat(max_tokens=2, logit_bias={"999999": 5})
+        self.assertEqual((st, json.loads(b)["error"]["param"]), (400, "logit_bias"))
+
+    def test_logit_bias_and_top_k(self):
+        st, _, b = chat("Bias test", max_tokens=3, logprobs=True)
+        self.assertEqual(st, 200, b)
+        first = json.loads(b)["choices"][0]["logprobs"]["content"][0]["bytes"]  # the unbiased greedy token
+        # +100 on one id makes it the greedy choice at every step
+        want = tokenize(" toll")
+        self.assertEqual(len(want), 1, want)
+        st, _, b = chat("Bias test", max_tokens=3, logit_bias={str(want[0]): 100})
+        self.assertEqual(json.loads(b)["choices"][0]["message"]["content"], " toll toll toll")
+        # -100 takes an id out: the next-biased id wins instead
+        road = tokenize(" road")
+        self.assertEqual(len(road), 1, road)
+        st, _, b = chat("Bias test", max_tokens=2, logit_bias={str(want[0]): -100, str(road[0]): 60})
+        self.assertEqual(json.loads(b)["choices"][0]["message"]["content"], " road road")
+        self.assertNotEqual(bytes(first), b" road")
+        # top_k=1 at temperature 1 is greedy, whatever the seed
+        _, _, g = chat("Top-k test", max_tokens=6)
+        for seed in (1, 2):
+            _, _, b = chat("Top-k test", max_tokens=6, temperature=1.0, top_k=1, seed=seed)
+            self.assertEqual(json.loads(b)["choices"][0]["message"]["content"],
+                             json.loads(g)["choices"][0]["message"]["content"])
+
+    def test_json_mode_parses(self):
+        for seed in range(4):
+            for max_tokens in (2, 5, 17, 40):
+                st, _, b = chat("Give me JSON", max_tokens=max_tokens, temperature=1.0, seed=seed,
+                                response_format={"type": "json_object"})
+                self.assertEqual(st, 200, b)
+                ch = json.loads(b)["choices"][0]
+                self.assertEqual(ch["finish_reason"], "stop", (max_tokens, ch))
+                self.assertIsInstance(json.loads(ch["message"]["content"]), dict)
+                self.assertLessEqual(json.loads(b)["usage"]["completion_tokens"], max_tokens)
+        # streamed: the deltas join into the same object
+        st, _, b = chat("Give me JSON", max_tokens=25, temperature=1.0, seed=3, stream=True,
+                        response_format={"type": "json_object"})
+        evs = [json.loads(e) for e in sse(b) if e != "[DONE]"]
+        text = "".join(e["choices"][0]["delta"].get("content") or "" for e in evs)
+        self.assertIsInstance(json.loads(text), dict)
+        self.assertEqual(evs[-1]["choices"][0]["finish_reason"], "stop")
+
+    TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
+                                               "parameters": {"type": "object", "properties": {
+                                                   "city": {"type": "string"}}, "required": ["city"]}}},
+             {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object"}}}]
+
+    def test_tool_choice_required_and_named(self):
+        names = {"get_weather", "get_time"}
+        for seed in range(3):
+            st, _, b = chat("Weather in Paris?", max_tokens=60, temperature=1.0, seed=seed, tools=self.TOOLS,
+                            tool_choice="required")
+            self.assertEqual(st, 200, b)
+            ch = json.loads(b)["choices"][0]
+            self.assertEqual(ch["finish_reason"], "tool_calls", ch)
+            self.assertIsNone(ch["message"]["content"])
+            self.assertGreaterEqual(len(ch["message"]["tool_calls"]), 1)
+            for i, tc in enumerate(ch["message"]["tool_calls"]):
+                self.assertEqual(tc["type"], "function")
+                self.assertIn(tc["function"]["name"], names)
+                self.assertIsInstance(json.loads(tc["function"]["arguments"]), dict)
+                self.assertTrue(tc["id"].startswith("call_%d_" % i), tc["id"])
+        st, _, b = chat("Time?", max_tokens=40, temperature=1.0, seed=1, tools=self.TOOLS, stream=True,
+                        tool_choice={"type": "function", "function": {"name": "get_time"}})
+        evs = [json.loads(e) for e in sse(b) if e != "[DONE]"]
+        calls = [tc for e in evs for tc in e["choices"][0]["delta"].get("tool_calls", [])]
+        self.assertEqual([c["function"]["name"] for c in calls], ["get_time"])
+        self.assertEqual(calls[0]["index"], 0)
+        self.assertIsInstance(json.loads(calls[0]["function"]["arguments"]), dict)
+        self.assertEqual(evs[-1]["choices"][0]["finish_reason"], "tool_calls")
+        # "none": the tool-calls marker is never sampled
+        for seed in range(3):
+            st, _, b = chat("Weather?", max_tokens=8, temperature=1.0, seed=seed, tools=self.TOOLS,
+                            tool_choice="none", logit_bias={str(tokenize("<\uff5ctool\u2581calls\u2581begin\uff5c>")[0]): 100})
+            ch = json.loads(b)["choices"][0]
+            self.assertNotIn("tool_calls", ch["message"])
+            self.assertEqual(ch["finish_reason"], "length")
+
+    def test_tool_choice_auto_marker_arms_the_grammar(self):
+        # a +100 bias on the marker makes the model open a block; the grammar takes it from there
+        marker = tokenize("<\uff5ctool\u2581calls\u2581begin\uff5c>")
+        self.assertEqual(len(marker), 1)
+        st, _, b = chat("Weather?", max_tokens=60, temperature=1.0, seed=5, tools=self.TOOLS,
+                        logit_bias={str(marker[0]): 100})
+        ch = json.loads(b)["choices"][0]
+        self.assertEqual(ch["finish_reason"], "tool_calls", ch)
+        self.assertIn(ch["message"]["tool_calls"][0]["function"]["name"], {"get_weather", "get_time"})
+
     def test_zz_sigterm_finishes_in_flight_and_exits_0(self):
         p, _ = procs["small"]
         s = connect(PORT_SMALL)

@@ -79,3 +79,78 @@ test('a bad request is a BadRequestError', async () => {
   await assert.rejects(client.chat.completions.create({ model, messages: 'not a list', max_tokens: 1 }),
     (e) => e instanceof OpenAI.BadRequestError && e.status === 400);
 });
+
+// ---- issue 10: tools, JSON mode, strict parameters, sampling knobs ----
+
+const tools = [
+  { type: 'function', function: { name: 'get_weather', description: 'Weather in a city',
+    parameters: { type: 'object', properties: { city: { type: 'string' } }, required: ['city'] } } },
+  { type: 'function', function: { name: 'get_time', parameters: { type: 'object', properties: {} } } },
+];
+
+test('tool_choice required: the SDK gets tool_calls with JSON arguments', async () => {
+  const r = await client.chat.completions.create({
+    model, messages: [{ role: 'user', content: 'Weather in Paris?' }], tools, tool_choice: 'required',
+    max_tokens: 60, temperature: 1, seed: 2,
+  });
+  const c = r.choices[0];
+  assert.equal(c.finish_reason, 'tool_calls');
+  assert.ok(c.message.tool_calls.length >= 1);
+  for (const tc of c.message.tool_calls) {
+    assert.equal(tc.type, 'function');
+    assert.ok(['get_weather', 'get_time'].includes(tc.function.name), tc.function.name);
+    assert.equal(typeof JSON.parse(tc.function.arguments), 'object');
+  }
+  // the call goes back into the history with its result, and the model answers
+  const r2 = await client.chat.completions.create({
+    model, max_tokens: 4, temperature: 0, tools, tool_choice: 'none',
+    messages: [{ role: 'user', content: 'Weather in Paris?' }, c.message,
+      ...c.message.tool_calls.map((tc) => ({ role: 'tool', tool_call_id: tc.id, content: '{"temp": 21}' }))],
+  });
+  assert.equal(r2.choices[0].message.tool_calls, undefined);
+  assert.ok(r2.usage.prompt_tokens > r.usage.prompt_tokens);
+});
+
+test('a named tool streams as one tool_calls delta (SDK stream helper)', async () => {
+  const stream = client.chat.completions.stream({
+    model, messages: [{ role: 'user', content: 'Time?' }], tools,
+    tool_choice: { type: 'function', function: { name: 'get_time' } }, max_tokens: 40, temperature: 1, seed: 4,
+  });
+  const done = await stream.finalChatCompletion();
+  const c = done.choices[0];
+  assert.equal(c.finish_reason, 'tool_calls');
+  assert.deepEqual(c.message.tool_calls.map((t) => t.function.name), ['get_time']);
+  assert.equal(typeof JSON.parse(c.message.tool_calls[0].function.arguments), 'object');
+});
+
+test('JSON mode: the demo model (random weights) answers JSON that parses, finish_reason stop', async () => {
+  for (const seed of [1, 2, 3]) {
+    const r = await client.chat.completions.create({
+      model, messages: [{ role: 'user', content: 'Reply in JSON.' }], response_format: { type: 'json_object' },
+      max_tokens: 24, temperature: 1, seed,
+    });
+    assert.equal(r.choices[0].finish_reason, 'stop');
+    assert.equal(typeof JSON.parse(r.choices[0].message.content), 'object');
+  }
+});
+
+test('an unknown parameter is a BadRequestError naming it', async () => {
+  await assert.rejects(client.chat.completions.create({ model, messages, max_tokens: 1, foo: 1 }),
+    (e) => e instanceof OpenAI.BadRequestError && e.status === 400 && e.param === 'foo' &&
+      e.error.message === 'Unrecognized request argument supplied: foo');
+});
+
+test('seed repeats, stop cuts, logprobs come back', async () => {
+  const ask = (extra) => client.chat.completions.create({ model, messages, max_tokens: 8, temperature: 1, ...extra });
+  const a = await ask({ seed: 11 });
+  const b = await ask({ seed: 11 });
+  assert.equal(a.choices[0].message.content, b.choices[0].message.content);
+  const full = a.choices[0].message.content;
+  assert.ok(full.length >= 4, full);
+  const cut = full.slice(2, 4);
+  const s = await ask({ seed: 11, stop: [cut] });
+  assert.equal(s.choices[0].message.content, full.slice(0, full.indexOf(cut)));
+  assert.equal(s.choices[0].finish_reason, 'stop');
+  const lp = await ask({ seed: 11, max_tokens: 1, logprobs: true, top_logprobs: 2 });
+  assert.equal(lp.choices[0].logprobs.content.length, 1);
+});

@@ -270,9 +270,25 @@ const r1 =
   "{% if not add_generation_prompt is defined %}{% set add_generation_prompt = false %}{% endif %}{% set ns = namespace(is_first=false, is_tool=false, is_output_first=true, system_prompt='', is_first_sp=true) %}{%- for message in messages %}{%- if message['role'] == 'system' %}{%- if ns.is_first_sp %}{% set ns.system_prompt = ns.system_prompt + message['content'] %}{% set ns.is_first_sp = false %}{%- else %}{% set ns.system_prompt = ns.system_prompt + '\\n\\n' + message['content'] %}{%- endif %}{%- endif %}{%- endfor %}{{ bos_token }}{{ ns.system_prompt }}{%- for message in messages %}{%- if message['role'] == 'user' %}{%- set ns.is_tool = false -%}{{'<｜User｜>' + message['content']}}{%- endif %}{%- if message['role'] == 'assistant' and 'tool_calls' in message %}{%- set ns.is_tool = false -%}{%- for tool in message['tool_calls'] %}{%- if not ns.is_first %}{%- if message['content'] is none %}{{'<｜Assistant｜><｜tool▁calls▁begin｜><｜tool▁call▁begin｜>' + tool['type'] + '<｜tool▁sep｜>' + tool['function']['name'] + '\\n' + '```json' + '\\n' + tool['function']['arguments'] + '\\n' + '```' + '<｜tool▁call▁end｜>'}}{%- else %}{{'<｜Assistant｜>' + message['content'] + '<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>' + tool['type'] + '<｜tool▁sep｜>' + tool['function']['name'] + '\\n' + '```json' + '\\n' + tool['function']['arguments'] + '\\n' + '```' + '<｜tool▁call▁end｜>'}}{%- endif %}{%- set ns.is_first = true -%}{%- else %}{{'\\n' + '<｜tool▁call▁begin｜>' + tool['type'] + '<｜tool▁sep｜>' + tool['function']['name'] + '\\n' + '```json' + '\\n' + tool['function']['arguments'] + '\\n' + '```' + '<｜tool▁call▁end｜>'}}{%- endif %}{%- endfor %}{{'<｜tool▁calls▁end｜><｜end▁of▁sentence｜>'}}{%- endif %}{%- if message['role'] == 'assistant' and 'tool_calls' not in message %}{%- if ns.is_tool %}{{'<｜tool▁outputs▁end｜>' + message['content'] + '<｜end▁of▁sentence｜>'}}{%- set ns.is_tool = false -%}{%- else %}{% set content = message['content'] %}{% if '</think>' in content %}{% set content = content.split('</think>')[-1] %}{% endif %}{{'<｜Assistant｜>' + content + '<｜end▁of▁sentence｜>'}}{%- endif %}{%- endif %}{%- if message['role'] == 'tool' %}{%- set ns.is_tool = true -%}{%- if ns.is_output_first %}{{'<｜tool▁outputs▁begin｜><｜tool▁output▁begin｜>' + message['content'] + '<｜tool▁output▁end｜>'}}{%- set ns.is_output_first = false %}{%- else %}{{'<｜tool▁output▁begin｜>' + message['content'] + '<｜tool▁output▁end｜>'}}{%- endif %}{%- endif %}{%- endfor -%}{% if ns.is_tool %}{{'<｜tool▁outputs▁end｜>'}}{% endif %}{% if add_generation_prompt and not ns.is_tool %}{{'<｜Assistant｜><think>\\n'}}{% endif %}";
 const mixtral =
   "{{ bos_token }}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token}}{% else %}{{ raise_exception('Only user and assistant roles are supported!') }}{% endif %}{% endfor %}";
+// Tools: no published DeepSeek-V3/R1 template renders them.  The tool block
+// of vLLM's examples/tool_chat_template_deepseekv3.jinja (its text, without
+// the template's stray indentation) goes right after the system prompt;
+// tokenizer/tok_chat.c does the same.
+const toolBlock =
+  "{%- if tools %}{{ '\\n\\n# Tools\\n\\nYou may call one or more functions to assist with the user query.\\n\\n" +
+  "You are provided with function signatures within <tools></tools> XML tags:\\n<tools>' }}" +
+  "{%- for tool in tools %}{{ '\\n' + (tool | tojson) }}{%- endfor %}{{ '\\n</tools>\\n\\n' }}" +
+  "{{ 'For function call returns, you should first print <｜tool▁calls▁begin｜>' }}" +
+  "{{ 'For each function call, you should return object like:\\n' }}" +
+  "{{ '<｜tool▁call▁begin｜>function<｜tool▁sep｜><function_name>\\n```json\\n<function_arguments_in_json_format>\\n```<｜tool▁call▁end｜>' }}" +
+  "{{ 'At the end of function call returns, you should print <｜tool▁calls▁end｜><｜end▁of▁sentence｜>' }}{%- endif %}";
+const withTools = (t, anchor) => {
+  if (!t.includes(anchor)) throw new Error("tool anchor not found: " + anchor);
+  return t.replace(anchor, anchor + toolBlock);
+};
 const templates = {
-  deepseek_v3: [new Template(v3), "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>"],
-  deepseek_r1: [new Template(r1), "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>"],
+  deepseek_v3: [new Template(withTools(v3, "{{bos_token}}{{ns.system_prompt}}")), "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>"],
+  deepseek_r1: [new Template(withTools(r1, "{{ bos_token }}{{ ns.system_prompt }}")), "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>"],
   mixtral: [new Template(mixtral), "<s>", "</s>"],
 };
 const call = (name, args, id) => ({ id, type: "function", function: { name, arguments: args } });
@@ -338,6 +354,30 @@ const convs = [
     { role: "assistant", content: "Done." },
   ],
 ];
+// Conversations with tool definitions (OpenAI's `tools`), rendered with the
+// tool block; tools_json is each tool's tojson text as Jinja wrote it.
+const fn = (name, description, parameters) => ({ type: "function", function: { name, description, parameters } });
+const weather = fn("get_weather", "Current weather in a city", {
+  type: "object", properties: { city: { type: "string", description: "City name, e.g. Paris" }, unit: { type: "string", enum: ["c", "f"] } },
+  required: ["city"],
+});
+const toolSets = [
+  [weather],
+  [weather, { type: "function", function: { name: "get_time", parameters: { type: "object", properties: {} } } },
+   fn("search", "Search the web — «quotes», 中文, emoji 🔎 and \"escapes\"\n\t", { type: "object", properties: { q: { type: "string", maxLength: 200 }, n: { type: "integer", minimum: 1, maximum: 10 }, exact: { type: "boolean", default: false }, w: { type: "number", default: 0.5 }, x: { type: ["string", "null"] } } })],
+];
+const toolConvs = [
+  [{ role: "user", content: "What's the weather in Paris?" }],
+  [{ role: "system", content: "You are a helpful assistant." }, { role: "user", content: "Weather in Paris?" }],
+  [
+    { role: "system", content: "Use tools." },
+    { role: "user", content: "What's the weather in Paris?" },
+    { role: "assistant", content: null, tool_calls: [call("get_weather", '{"city": "Paris"}', "call_1")] },
+    { role: "tool", content: '{"temp": 21}', tool_call_id: "call_1" },
+    { role: "assistant", content: "It is 21C in Paris." },
+    { role: "user", content: "And Tokyo?" },
+  ],
+];
 const out = [];
 for (const [kind, [tmpl, bos, eos]] of Object.entries(templates)) {
   for (const messages of convs) {
@@ -350,6 +390,18 @@ for (const [kind, [tmpl, bos, eos]] of Object.entries(templates)) {
       }
       const ids = tok.encode(text).ids;
       out.push(JSON.stringify({ kind, add_generation_prompt: agp, messages, text, ids }));
+    }
+  }
+  if (kind === "mixtral") continue; // its template has no tools
+  const tj = new Template("{{ tool | tojson }}");
+  for (const tools of toolSets) {
+    const tools_json = tools.map((tool) => tj.render({ tool }));
+    for (const messages of toolConvs) {
+      for (const agp of [false, true]) {
+        const text = tmpl.render({ messages, tools, add_generation_prompt: agp, bos_token: bos, eos_token: eos });
+        const ids = tok.encode(text).ids;
+        out.push(JSON.stringify({ kind, add_generation_prompt: agp, messages, tools, tools_json, text, ids }));
+      }
     }
   }
 }

@@ -1,20 +1,22 @@
-/* Unit tests for engine/eng_server_req.c: request validation (each 400 case
- * names its parameter), response and chunk shapes, SSE framing, the
- * max_tokens / context rule. */
+/* Unit tests for engine/eng_server_req.c and the request reader it uses
+ * (api/api_chat.c, tested further in tests/unit/api/): request validation
+ * (each 400 case names its parameter), response and chunk shapes, tool-call
+ * blocks, SSE framing, the max_tokens / context rule. */
 #include "../../../engine/eng_server_req.c"
+#include "../../../api/api_chat.c"
 
 #include "tg_test.h"
 
-static int parse(const char *body, eng_chat_req_t *r, eng_api_err_t *e) {
+static int parse(const char *body, api_chat_req_t *r, api_err_t *e) {
     memset(e, 0, sizeof *e);
-    return eng_chat_req_parse(r, body, strlen(body), e);
+    return api_chat_req_parse(r, body, strlen(body), e);
 }
 
 #define MSG "\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]"
 
 static void expect_400(const char *body, const char *param, const char *code) {
-    eng_chat_req_t r;
-    eng_api_err_t e;
+    api_chat_req_t r;
+    api_err_t e;
     int rc = parse(body, &r, &e);
     CHECK_EQ_I(rc, -1);
     CHECK_EQ_I(e.status, 400);
@@ -23,20 +25,20 @@ static void expect_400(const char *body, const char *param, const char *code) {
     if (code) CHECK_EQ_S(e.code, code);
     if (rc == 0) {
         fprintf(stderr, "  body accepted: %s\n", body);
-        eng_chat_req_free(&r);
+        api_chat_req_free(&r);
     }
 }
 
 static void test_valid_request(void) {
-    eng_chat_req_t r;
-    eng_api_err_t e;
+    api_chat_req_t r;
+    api_err_t e;
     const char *b = "{\"model\":\"m\",\"messages\":[{\"role\":\"system\",\"content\":\"be brief\"},"
                     "{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"a\"},{\"type\":\"text\",\"text\":\"b\"}]},"
                     "{\"role\":\"assistant\",\"content\":null,\"tool_calls\":[{\"id\":\"c1\",\"type\":\"function\","
                     "\"function\":{\"name\":\"f\",\"arguments\":\"{}\"}}]},{\"role\":\"tool\",\"tool_call_id\":\"c1\",\"content\":\"42\"}],"
                     "\"max_tokens\":7,\"temperature\":0,\"top_p\":0.5,\"seed\":12345,\"stop\":[\"x\",\"yz\"],"
                     "\"stream\":true,\"stream_options\":{\"include_usage\":true},\"n\":1,\"logprobs\":false,"
-                    "\"unknown_field\":{\"a\":1},\"presence_penalty\":0.5}";
+                    "\"presence_penalty\":0.5}";
     CHECK_EQ_I(parse(b, &r, &e), 0);
     CHECK_EQ_S(r.model, "m");
     CHECK_EQ_I(r.n_msgs, 4);
@@ -53,10 +55,10 @@ static void test_valid_request(void) {
     CHECK_EQ_S(r.stop[1], "yz");
     CHECK(r.stream && r.include_usage);
     CHECK(!r.logprobs && r.top_logprobs == 0);
-    eng_chat_req_free(&r);
+    api_chat_req_free(&r);
     CHECK_EQ_I(parse("{\"model\":\"m\"," MSG ",\"logprobs\":true,\"top_logprobs\":3}", &r, &e), 0);
     CHECK(r.logprobs && r.top_logprobs == 3);
-    eng_chat_req_free(&r);
+    api_chat_req_free(&r);
     /* defaults; max_completion_tokens; string stop; developer -> system */
     CHECK_EQ_I(parse("{\"model\":\"m\",\"messages\":[{\"role\":\"developer\",\"content\":\"d\"}],"
                      "\"max_completion_tokens\":3,\"stop\":\"\\n\"}", &r, &e), 0);
@@ -65,7 +67,7 @@ static void test_valid_request(void) {
     CHECK_EQ_I(r.n_stop, 1);
     CHECK_EQ_S(r.stop[0], "\n");
     CHECK_EQ_S(r.msgs[0].role, "system");
-    eng_chat_req_free(&r);
+    api_chat_req_free(&r);
 }
 
 static void test_400_cases(void) {
@@ -124,19 +126,19 @@ static void test_400_cases(void) {
 }
 
 static void test_escaped_quotes_and_backslashes(void) {
-    eng_chat_req_t r;
-    eng_api_err_t e;
+    api_chat_req_t r;
+    api_err_t e;
     /* \\u0000 after an escaped backslash is text, not a NUL escape */
     CHECK_EQ_I(parse("{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"q\\\"x\\\\u0000\"}]}", &r, &e), 0);
     CHECK_EQ_S(r.msgs[0].content, "q\"x\\u0000");
-    eng_chat_req_free(&r);
+    api_chat_req_free(&r);
 }
 
 /* U+0000 in a content is kept, with the length, and the rendered prompt
  * holds it; seeds are exact integers. */
 static void test_nul_and_exact(void) {
-    eng_chat_req_t r;
-    eng_api_err_t e;
+    api_chat_req_t r;
+    api_err_t e;
     CHECK_EQ_I(parse("{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"a\\u0000b\"},"
                      "{\"role\":\"assistant\",\"content\":[{\"type\":\"text\",\"text\":\"\\u0000\"},"
                      "{\"type\":\"text\",\"text\":\"z\"}],\"tool_calls\":[{\"function\":{\"name\":\"f\","
@@ -157,7 +159,7 @@ static void test_nul_and_exact(void) {
     for (size_t i = 0; p && i + sizeof want - 1 <= n; i++) found |= !memcmp(p + i, want, sizeof want - 1);
     CHECK(found);
     free(p);
-    eng_chat_req_free(&r);
+    api_chat_req_free(&r);
     static const struct { const char *text; uint64_t want; } seeds[] = {
         {"18446744073709551615", UINT64_MAX}, {"9223372036854775807", INT64_MAX},
         {"9223372036854775808", 1ull << 63}, {"-1", UINT64_MAX}, {"-9223372036854775808", 1ull << 63},
@@ -167,11 +169,11 @@ static void test_nul_and_exact(void) {
         snprintf(b, sizeof b, "{\"model\":\"m\"," MSG ",\"seed\":%s}", seeds[i].text);
         CHECK_EQ_I(parse(b, &r, &e), 0);
         CHECK(r.has_seed && r.seed == seeds[i].want);
-        eng_chat_req_free(&r);
+        api_chat_req_free(&r);
     }
     /* generated text with NUL is written whole, as \u0000 */
     eng_usage_t u = {0};
-    char *s = eng_resp_completion("c", 1, "m", "a\0b", 3, "r\0", 2, ENG_FINISH_STOP, &u, NULL);
+    char *s = eng_resp_completion("c", 1, "m", "a\0b", 3, "r\0", 2, NULL, 0, ENG_FINISH_STOP, &u, NULL);
     CHECK(s && strstr(s, "\"content\":\"a\\u0000b\",\"reasoning_content\":\"r\\u0000\"") != NULL);
     free(s);
     s = eng_resp_chunk("c", 1, "m", NULL, "\0", 1, NULL, 0, ENG_FINISH_NONE, 0, NULL, NULL);
@@ -205,7 +207,7 @@ static void test_logprob_nul_token(void) {
 }
 
 static void test_error_json(void) {
-    eng_api_err_t e;
+    api_err_t e;
     eng_api_err(&e, 404, "invalid_request_error", "model", "model_not_found", "no %s", "such");
     char *j = eng_api_err_json(&e);
     CHECK_EQ_S(j, "{\"error\":{\"message\":\"no such\",\"type\":\"invalid_request_error\",\"param\":\"model\","
@@ -218,10 +220,10 @@ static void test_error_json(void) {
 }
 
 static void test_max_tokens_rule(void) {
-    eng_chat_req_t r;
+    api_chat_req_t r;
     memset(&r, 0, sizeof r);
     eng_limits_t lim = {.context = 100, .default_max = 4096};
-    eng_api_err_t e;
+    api_err_t e;
     int mt = 0;
     CHECK_EQ_I(eng_chat_max_tokens(&r, 30, &lim, &mt, &e), 0);
     CHECK_EQ_I(mt, 70); /* min(4096, context left) */
@@ -242,7 +244,7 @@ static void test_max_tokens_rule(void) {
 
 static void test_response_shapes(void) {
     eng_usage_t u = {.prompt_tokens = 10, .completion_tokens = 5, .reasoning_tokens = 2};
-    char *s = eng_resp_completion("chatcmpl-1", 1700000000, "m", "hi \"there\"\n", 11, NULL, 0, ENG_FINISH_LENGTH, &u, NULL);
+    char *s = eng_resp_completion("chatcmpl-1", 1700000000, "m", "hi \"there\"\n", 11, NULL, 0, NULL, 0, ENG_FINISH_LENGTH, &u, NULL);
     CHECK_EQ_S(s, "{\"id\":\"chatcmpl-1\",\"object\":\"chat.completion\",\"created\":1700000000,\"model\":\"m\","
                   "\"system_fingerprint\":\"fp_tollgate\",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\","
                   "\"content\":\"hi \\\"there\\\"\\n\"},\"logprobs\":null,\"finish_reason\":\"length\"}],"
@@ -263,6 +265,56 @@ static void test_response_shapes(void) {
     s = eng_resp_chunk("c", 1, "m", NULL, NULL, 0, NULL, 0, ENG_FINISH_NONE, 1, &u, NULL);
     CHECK(strstr(s, "\"choices\":[],\"usage\":{\"prompt_tokens\":10,") != NULL);
     free(s);
+}
+
+#define TCB "<｜tool▁calls▁begin｜>"
+#define TC1 "<｜tool▁call▁begin｜>"
+#define TCE "<｜tool▁call▁end｜>"
+#define TCSE "<｜tool▁calls▁end｜>"
+#define TSEP "<｜tool▁sep｜>"
+
+/* A canned DeepSeek-V3 answer: two calls, parsed into the OpenAI shape. */
+static void test_tool_calls_parse(void) {
+    const char *text = TCB TC1 "function" TSEP "get_weather\n```json\n{\"city\": \"Paris\"}\n```" TCE
+                       "\n" TC1 "function" TSEP "get_time\n```json\n{}\n```" TCE TCSE;
+    eng_tool_call_t *calls = NULL;
+    size_t n = 0;
+    CHECK_EQ_I(eng_tool_calls_parse(text, strlen(text), &calls, &n), 2);
+    CHECK_EQ_I(n, 2);
+    CHECK_EQ_S(calls[0].name, "get_weather");
+    CHECK_EQ_S(calls[0].arguments, "{\"city\": \"Paris\"}");
+    CHECK_EQ_S(calls[1].name, "get_time");
+    CHECK_EQ_S(calls[1].arguments, "{}");
+    eng_usage_t u = {.prompt_tokens = 3, .completion_tokens = 4};
+    char *s = eng_resp_completion("chatcmpl-x", 1, "m", NULL, 0, NULL, 0, calls, n, ENG_FINISH_TOOL_CALLS, &u, NULL);
+    CHECK(s && strstr(s, "\"message\":{\"role\":\"assistant\",\"content\":null,\"tool_calls\":[{\"id\":"
+                         "\"call_0_x\",\"type\":\"function\",\"function\":{\"name\":\"get_weather\",\"arguments\":"
+                         "\"{\\\"city\\\": \\\"Paris\\\"}\"}},{\"id\":\"call_1_x\""));
+    CHECK(s && strstr(s, "\"finish_reason\":\"tool_calls\""));
+    free(s);
+    s = eng_resp_chunk_tools("chatcmpl-x", 1, "m", calls, 1, 1, 1);
+    CHECK(s && strstr(s, "\"delta\":{\"tool_calls\":[{\"index\":1,\"id\":\"call_1_x\",\"type\":\"function\","
+                         "\"function\":{\"name\":\"get_time\",\"arguments\":\"{}\"}}]}"));
+    CHECK(s && strstr(s, ",\"usage\":null}"));
+    free(s);
+    eng_tool_calls_free(calls, n);
+    /* growing block: calls appear once complete, each once */
+    calls = NULL, n = 0;
+    size_t len = strlen(text);
+    int seen = 0;
+    for (size_t i = 0; i <= len; i++) {
+        int k = eng_tool_calls_parse(text, i, &calls, &n);
+        CHECK(k >= seen && (size_t)k == n);
+        seen = k;
+    }
+    CHECK_EQ_I(n, 2);
+    eng_tool_calls_free(calls, n);
+    /* text that is not a call block: nothing */
+    calls = NULL, n = 0;
+    CHECK_EQ_I(eng_tool_calls_parse("hello", 5, &calls, &n), 0);
+    const char *bad = TCB TC1 "function" TSEP "f\n{}" TCE;
+    CHECK_EQ_I(eng_tool_calls_parse(bad, strlen(bad), &calls, &n), 0);
+    eng_tool_calls_free(calls, n);
 }
 
 static void test_sse_framing(void) {
@@ -290,5 +342,5 @@ static void test_think_mode(void) {
 #undef TM
 }
 
-TG_TEST_MAIN(test_valid_request, test_400_cases, test_escaped_quotes_and_backslashes, test_error_json, test_max_tokens_rule, test_response_shapes,
+TG_TEST_MAIN(test_tool_calls_parse, test_valid_request, test_400_cases, test_escaped_quotes_and_backslashes, test_error_json, test_max_tokens_rule, test_response_shapes,
              test_sse_framing, test_think_mode, test_nul_and_exact, test_logprob_nul_token)

@@ -232,28 +232,7 @@ static void test_chat_errors(void) {
     CHECK_EQ_S(s, "<s>[INST] u [/INST]");
     free(s);
     CHECK(tok_chat_render((tok_tmpl_kind_t)42, m, 1, 1, err, sizeof err) == NULL);
-    /* from JSON: parts, object arguments, and refusals */
-    const char *j = "[{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"a\"},{\"type\":\"text\",\"text\":\"b\"}]},"
-                    "{\"role\":\"assistant\",\"content\":null,\"tool_calls\":[{\"type\":\"function\",\"function\":"
-                    "{\"name\":\"f\",\"arguments\":{\"x\":1}}},{\"function\":{\"name\":\"g\",\"arguments\":\"{}\"}}]}]";
-    s = tok_chat_render_json(TOK_TMPL_DEEPSEEK_V3, j, strlen(j), 0, err, sizeof err);
-    CHECK_EQ_S(s, "<｜begin▁of▁sentence｜><｜User｜>ab<｜Assistant｜><｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function"
-                  "<｜tool▁sep｜>f\n```json\n{\"x\":1}\n```<｜tool▁call▁end｜>\n<｜tool▁call▁begin｜>function<｜tool▁sep｜>g"
-                  "\n```json\n{}\n```<｜tool▁call▁end｜><｜tool▁calls▁end｜><｜end▁of▁sentence｜>");
-    free(s);
-    static const char *bad[] = {"{}", "[1]", "[{\"role\":\"us\\u0000er\",\"content\":\"ab\"}]",
-                                "[{\"role\":\"user\",\"content\":\"a\\ud800b\"}]",
-                                "[{\"role\":\"user\",\"content\":\"a\xff\"}]",
-                                "[{\"role\":\"assistant\",\"tool_calls\":[{\"function\":{\"name\":\"f\\u0000\","
-                                "\"arguments\":\"{}\"}}]}]",
-                                "[{\"role\":\"user\",\"content\":[{\"type\":\"image_url\"}]}]",
-                                "[{\"role\":\"user\",\"content\":5}]", "[{\"content\":\"x\"}]", "[", ""};
-    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
-        err[0] = 0;
-        s = tok_chat_render_json(TOK_TMPL_DEEPSEEK_V3, bad[i], strlen(bad[i]), 1, err, sizeof err);
-        CHECK(s == NULL && err[0]);
-        free(s);
-    }
+    /* (messages from JSON: api/, tests/unit/api/api_chat.c) */
 }
 
 /* U+0000 in a content or arguments is text: rendered as a NUL byte, with the
@@ -273,15 +252,6 @@ static void test_chat_nul(void) {
     char *s2 = tok_chat_render(TOK_TMPL_DEEPSEEK_V3, m, 2, 1, err, sizeof err); /* no length: cut at NUL */
     CHECK(with > 0 && s2 && tok_count(T, s2, strlen(s2), 1) < with);
     free(s2);
-    /* the same from JSON, and the JSON form agrees byte for byte */
-    const char *j = "[{\"role\":\"system\",\"content\":\"s\\u0000t\"},{\"role\":\"user\",\"content\":"
-                    "[{\"type\":\"text\",\"text\":\"a\\u0000\"},{\"type\":\"text\",\"text\":\"b\"}]}]";
-    size_t nj = 0;
-    char *sj = tok_chat_render_json_n(TOK_TMPL_DEEPSEEK_V3, j, strlen(j), 1, &nj, err, sizeof err);
-    CHECK(sj != NULL);
-    CHECK_EQ_I(nj, n);
-    CHECK(sj && s && nj == n && !memcmp(sj, s, n));
-    free(sj);
     free(s);
     /* R1 keeps what follows the last </think>, past a NUL */
     m[0] = (tok_chat_msg_t){.role = "user", .content = "q"};
@@ -291,16 +261,14 @@ static void test_chat_nul(void) {
     static const char want_r1[] = "<｜begin▁of▁sentence｜><｜User｜>q<｜Assistant｜>y\0z<｜end▁of▁sentence｜><｜User｜>\0";
     CHECK(s && n == sizeof want_r1 - 1 && !memcmp(s, want_r1, n));
     free(s);
-    /* tool arguments with NUL, by length and from JSON */
+    /* tool arguments with NUL, by length */
     tok_tool_call_t call = {.name = "f", .arguments = "{\"k\":\"\0\"}", .arguments_len = 9};
     m[0] = (tok_chat_msg_t){.role = "assistant", .tool_calls = &call, .n_tool_calls = 1};
     s = tok_chat_render_n(TOK_TMPL_DEEPSEEK_V3, m, 1, 0, &n, err, sizeof err);
-    const char *ja = "[{\"role\":\"assistant\",\"tool_calls\":[{\"function\":{\"name\":\"f\","
-                     "\"arguments\":\"{\\\"k\\\":\\\"\\u0000\\\"}\"}}]}]";
-    sj = tok_chat_render_json_n(TOK_TMPL_DEEPSEEK_V3, ja, strlen(ja), 0, &nj, err, sizeof err);
-    CHECK(s && sj && n == nj && !memcmp(s, sj, n) && memchr(s, 0, n));
+    static const char want_tc[] = "<｜begin▁of▁sentence｜><｜Assistant｜><｜tool▁calls▁begin｜><｜tool▁call▁begin｜>"
+                                  "function<｜tool▁sep｜>f\n```json\n{\"k\":\"\0\"}\n```<｜tool▁call▁end｜>";
+    CHECK(s && n == sizeof want_tc - 1 && !memcmp(s, want_tc, n));
     free(s);
-    free(sj);
     /* Mixtral */
     m[0] = (tok_chat_msg_t){.role = "user", .content = "\0\0", .content_len = 2};
     s = tok_chat_render_n(TOK_TMPL_MIXTRAL, m, 1, 1, &n, err, sizeof err);

@@ -1,0 +1,122 @@
+/* api.h — the OpenAI chat-completions request reader, shared by the gateway
+ * (to refuse a bad request before admission, so it is never billed, and to
+ * count the prompt) and the engine (to run it).  One reader, one set of
+ * rules: both sides accept and refuse the same bodies, read the same
+ * max_tokens and render the same prompt.
+ *
+ * Pure: bytes (or a parsed tg_json document) in, a validated request or an
+ * OpenAI-shaped error out.  Layering: api/ uses common/ and tokenizer/ (the
+ * chat templates); engine/ and gateway/ use api/; api/ uses neither. */
+#ifndef API_H
+#define API_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "tg_json.h"
+#include "tok.h"
+
+/* An OpenAI-style error: HTTP status and the body's fields. */
+typedef struct {
+    int status;
+    char message[320];
+    const char *type;  /* "invalid_request_error", "server_error", ... */
+    char param[64];    /* "" -> null */
+    const char *code;  /* NULL -> null */
+} api_err_t;
+
+/* Fill e; returns -1 so callers can `return api_err(...)`. */
+int api_err(api_err_t *e, int status, const char *type, const char *param, const char *code,
+            const char *fmt, ...) __attribute__((format(printf, 6, 7)));
+/* {"error":{"message","type","param","code"}}; malloc'd, NULL on OOM. */
+char *api_err_json(const api_err_t *e);
+
+#define API_MAX_STOP 4
+#define API_MAX_TOP_LOGPROBS 20
+#define API_MAX_TOOLS 128
+#define API_MAX_LOGIT_BIAS 1024
+#define API_MAX_TOKENS_LIMIT 1000000000L
+
+typedef enum {
+    API_TOOL_CHOICE_AUTO = 0, /* default when tools are given */
+    API_TOOL_CHOICE_NONE,     /* default without tools; never call one */
+    API_TOOL_CHOICE_REQUIRED, /* call at least one */
+    API_TOOL_CHOICE_NAMED,    /* call exactly tool_named */
+} api_tool_choice_t;
+
+typedef enum {
+    API_FORMAT_TEXT = 0,
+    API_FORMAT_JSON_OBJECT, /* grammar-constrained: the answer is one JSON object */
+} api_format_t;
+
+/* One function tool.  json: the tool object as Jinja's tojson writes it
+ * (", " and ": " separators, members in request order, numbers as sent),
+ * which is how the chat template shows it to the model. */
+typedef struct {
+    const char *name; /* [A-Za-z0-9_-]{1,64} */
+    size_t name_len;
+    char *json;       /* owned */
+    size_t json_len;
+} api_tool_t;
+
+typedef struct {
+    int32_t id;  /* token id, >= 0 (the engine checks it against its vocabulary) */
+    float bias;  /* -100..100, added to the logit */
+} api_bias_t;
+
+/* A validated POST /v1/chat/completions body.  Strings point into the JSON
+ * document (root) unless noted. */
+typedef struct api_chat_req {
+    tg_json_t *root;         /* the document */
+    int own_root;            /* api_chat_req_free frees root */
+    const char *model;       /* without U+0000 */
+    tok_chat_msg_t *msgs;    /* content/arguments with lengths: may hold NUL */
+    size_t n_msgs;
+    tok_tool_call_t *calls;  /* storage behind msgs[].tool_calls */
+    char **owned;            /* joined content parts, written arguments */
+    size_t n_owned;
+    api_tool_t *tools;
+    size_t n_tools;
+    api_tool_choice_t tool_choice;
+    int tool_named;          /* index into tools for API_TOOL_CHOICE_NAMED */
+    int parallel_tool_calls; /* default 1; 0: at most one call */
+    api_format_t format;
+    /* The completion limit: with both max_tokens and max_completion_tokens the
+     * smaller (see api/README.md); 0 when neither is given. */
+    long max_tokens;
+    double temperature, top_p, presence_penalty, frequency_penalty;
+    int top_k;               /* 0: off */
+    api_bias_t *bias;        /* owned */
+    size_t n_bias;
+    int has_seed;
+    uint64_t seed;           /* exact; any integer in [-2^63, 2^64-1], negative as two's complement */
+    const char *stop[API_MAX_STOP]; /* may hold NUL: see stop_len */
+    size_t stop_len[API_MAX_STOP];
+    int n_stop;
+    int stream, include_usage;
+    int logprobs, top_logprobs;
+} api_chat_req_t;
+
+/* Parse len bytes and validate.  On error fills e (400 with the parameter
+ * named) and returns -1; the request then needs no free.  On success the
+ * caller frees with api_chat_req_free. */
+int api_chat_req_parse(api_chat_req_t *r, const char *body, size_t len, api_err_t *e);
+/* The same over a document the caller already parsed with tg_json_parse
+ * (borrowed: it must outlive r, and api_chat_req_free leaves it alone). */
+int api_chat_req_read(api_chat_req_t *r, const tg_json_t *root, api_err_t *e);
+void api_chat_req_free(api_chat_req_t *r); /* accepts a zeroed or freed request */
+
+/* The prompt text: messages (and tools) through the chat template of `kind`
+ * with the generation prompt.  malloc'd (may hold NUL bytes), length in *len;
+ * NULL with a 400 in e when the template refuses the conversation. */
+char *api_chat_render(const api_chat_req_t *r, tok_tmpl_kind_t kind, size_t *len, api_err_t *e);
+
+/* 400 naming the first logit_bias key that is not an id below n_vocab. */
+int api_chat_check_vocab(const api_chat_req_t *r, int32_t n_vocab, api_err_t *e);
+
+/* Append v as Jinja's `tojson` writes it: ", " and ": " separators, members
+ * in source order, numbers as their source text, strings escaped as
+ * tg_json_write_str does.  0, or -1 out of memory. */
+int api_tojson(tg_json_buf_t *b, const tg_json_t *v);
+
+#endif

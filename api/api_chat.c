@@ -1,0 +1,814 @@
+/* api_chat.c — the one reader of OpenAI chat-completions requests (see
+ * api.h).  Validation follows OpenAI's API: wrong types and out-of-range
+ * values are 400 invalid_request_error naming the parameter; a top-level
+ * parameter that neither OpenAI nor DeepSeek knows is 400
+ * "Unrecognized request argument supplied: NAME"; one that they know but this
+ * server cannot honour is 400 unsupported_parameter.  Nothing is silently
+ * ignored except the identifiers listed as such in api/README.md. */
+#include "api.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+
+int api_err(api_err_t *e, int status, const char *type, const char *param, const char *code,
+            const char *fmt, ...) {
+    va_list ap;
+    e->status = status;
+    e->type = type;
+    e->code = code;
+    snprintf(e->param, sizeof e->param, "%s", param ? param : "");
+    va_start(ap, fmt);
+    vsnprintf(e->message, sizeof e->message, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+char *api_err_json(const api_err_t *e) {
+    tg_json_buf_t b = {0};
+    const char *type = e->type ? e->type : "invalid_request_error";
+    tg_json_buf_put(&b, "{\"error\":{\"message\":", 20);
+    tg_json_write_str(&b, e->message, strnlen(e->message, sizeof e->message));
+    tg_json_buf_put(&b, ",\"type\":", 8);
+    tg_json_write_str(&b, type, strlen(type));
+    tg_json_buf_put(&b, ",\"param\":", 9);
+    if (e->param[0]) tg_json_write_str(&b, e->param, strnlen(e->param, sizeof e->param));
+    else tg_json_buf_put(&b, "null", 4);
+    tg_json_buf_put(&b, ",\"code\":", 8);
+    if (e->code) tg_json_write_str(&b, e->code, strlen(e->code));
+    else tg_json_buf_put(&b, "null", 4);
+    tg_json_buf_put(&b, "}}", 2);
+    if (b.oom) {
+        tg_json_buf_free(&b);
+        return NULL;
+    }
+    return b.p;
+}
+
+/* ---- helpers ---------------------------------------------------------------- */
+
+#define BAD(param, code, ...) api_err(e, 400, "invalid_request_error", param, code, __VA_ARGS__)
+#define OOM() api_err(e, 500, "server_error", NULL, NULL, "out of memory")
+
+static const char *type_name(const tg_json_t *v) {
+    tg_json_type_t t = tg_json_type(v);
+    return t == TG_JSON_NONE ? "null" : tg_json_type_name(t);
+}
+
+static int is_null(const tg_json_t *v) {
+    return tg_json_type(v) == TG_JSON_NONE || tg_json_type(v) == TG_JSON_NULL;
+}
+
+/* A string value that is exactly lit. */
+static int str_is(const tg_json_t *v, const char *lit) {
+    size_t n;
+    const char *s = tg_json_str(v, &n);
+    return s && n == strlen(lit) && !memcmp(s, lit, n);
+}
+
+/* A string without U+0000 (names and ids are C strings for the template). */
+static const char *cstr(const tg_json_t *v) {
+    size_t n;
+    const char *s = tg_json_str(v, &n);
+    return s && !memchr(s, 0, n) ? s : NULL;
+}
+
+/* A number field in [lo, hi] or null/absent (keeps *out). */
+static int get_num(const tg_json_t *root, const char *name, double lo, double hi, double *out, api_err_t *e) {
+    const tg_json_t *v = tg_json_get(root, name);
+    double d;
+    if (is_null(v)) return 0;
+    if (tg_json_double(v, &d))
+        return BAD(name, "invalid_type", "Invalid type for '%s': expected a number, but got %s.", name,
+                   type_name(v));
+    if (!(d >= lo && d <= hi))
+        return BAD(name, "invalid_value", "Invalid '%s': %g is out of range [%g, %g].", name, d, lo, hi);
+    *out = d;
+    return 0;
+}
+
+/* An integer in [lo, hi] or null/absent (*given = 0).  Integers are read
+ * exactly from their text; "7.0" counts as 7 (as a double would). */
+static int get_int_v(const tg_json_t *v, const char *name, int64_t lo, int64_t hi, int64_t *out, int *given,
+                     api_err_t *e) {
+    int64_t x;
+    double d;
+    *given = 0;
+    if (is_null(v)) return 0;
+    if (tg_json_int64(v, &x)) {
+        if (tg_json_double(v, &d) || d != floor(d))
+            return BAD(name, "invalid_type", "Invalid type for '%s': expected an integer, but got %s.", name,
+                       tg_json_type(v) == TG_JSON_NUMBER ? "a decimal" : type_name(v));
+        if (!(d >= (double)lo && d <= (double)hi)) goto range;
+        x = (int64_t)d;
+    }
+    if (x < lo || x > hi) goto range;
+    *out = x;
+    *given = 1;
+    return 0;
+range:;
+    size_t n;
+    const char *t = tg_json_num_text(v, &n);
+    return BAD(name, "invalid_value", "Invalid '%s': %.40s is out of range [%lld, %lld].", name, t,
+               (long long)lo, (long long)hi);
+}
+
+static int get_int(const tg_json_t *root, const char *name, int64_t lo, int64_t hi, int64_t *out, int *given,
+                   api_err_t *e) {
+    return get_int_v(tg_json_get(root, name), name, lo, hi, out, given, e);
+}
+
+static int get_bool(const tg_json_t *root, const char *name, int *out, api_err_t *e) {
+    const tg_json_t *v = tg_json_get(root, name);
+    if (is_null(v)) return 0;
+    if (tg_json_bool(v, out))
+        return BAD(name, "invalid_type", "Invalid type for '%s': expected a boolean, but got %s.", name,
+                   type_name(v));
+    return 0;
+}
+
+/* seed: any integer in [-2^63, 2^64-1], read exactly.  A negative seed is
+ * its two's complement (so -1 and 18446744073709551615 are the same seed). */
+static int get_seed(api_chat_req_t *r, const tg_json_t *root, api_err_t *e) {
+    const tg_json_t *v = tg_json_get(root, "seed");
+    if (is_null(v)) return 0;
+    int64_t x;
+    if (!tg_json_int64(v, &x)) {
+        r->seed = (uint64_t)x;
+        r->has_seed = 1;
+        return 0;
+    }
+    size_t n;
+    const char *t = tg_json_num_text(v, &n);
+    if (!t || strpbrk(t, ".eE"))
+        return BAD("seed", "invalid_type", "Invalid type for 'seed': expected an integer, but got %s.",
+                   t ? "a decimal" : type_name(v));
+    /* digits only, above INT64_MAX (a negative one below INT64_MIN) */
+    uint64_t u = 0;
+    int over = t[0] == '-';
+    for (size_t i = 0; !over && i < n; i++) {
+        unsigned dgt = (unsigned)(t[i] - '0');
+        if (u > (UINT64_MAX - dgt) / 10) over = 1;
+        else u = u * 10 + dgt;
+    }
+    if (over)
+        return BAD("seed", "invalid_value",
+                   "Invalid 'seed': %.40s is out of range [-9223372036854775808, 18446744073709551615].", t);
+    r->seed = u;
+    r->has_seed = 1;
+    return 0;
+}
+
+static int keep(api_chat_req_t *r, char *s) {
+    char **o = realloc(r->owned, (r->n_owned + 1) * sizeof *o);
+    if (!o) {
+        free(s);
+        return -1;
+    }
+    r->owned = o;
+    r->owned[r->n_owned++] = s;
+    return 0;
+}
+
+/* ---- tojson ------------------------------------------------------------------- */
+
+int api_tojson(tg_json_buf_t *b, const tg_json_t *v) {
+    const tg_json_t *m;
+    size_t n;
+    const char *s;
+    switch (tg_json_type(v)) {
+    case TG_JSON_OBJECT:
+    case TG_JSON_ARRAY: {
+        int obj = tg_json_type(v) == TG_JSON_OBJECT, first = 1;
+        tg_json_buf_put(b, obj ? "{" : "[", 1);
+        TG_JSON_FOREACH(m, v) {
+            if (!first) tg_json_buf_put(b, ", ", 2);
+            first = 0;
+            if (obj) {
+                s = tg_json_key(m, &n);
+                tg_json_write_str(b, s, n);
+                tg_json_buf_put(b, ": ", 2);
+            }
+            if (api_tojson(b, m)) return -1;
+        }
+        tg_json_buf_put(b, obj ? "}" : "]", 1);
+        break;
+    }
+    default:
+        if (tg_json_write(b, v)) return -1;
+    }
+    return b->oom ? -1 : 0;
+}
+
+/* ---- messages ----------------------------------------------------------------- */
+
+/* content: a string, or an array of {type:"text", text} parts, joined with
+ * no separator.  U+0000 is text: the length goes to *len. */
+static int get_content(api_chat_req_t *r, const tg_json_t *m, size_t i, const char **out, size_t *len,
+                       api_err_t *e) {
+    char p[48];
+    snprintf(p, sizeof p, "messages[%zu].content", i);
+    const tg_json_t *c = tg_json_get(m, "content");
+    *out = NULL;
+    *len = 0;
+    if (is_null(c)) return 0;
+    if (tg_json_type(c) == TG_JSON_STRING) {
+        *out = tg_json_str(c, len);
+        return 0;
+    }
+    if (tg_json_type(c) != TG_JSON_ARRAY)
+        return BAD(p, "invalid_type",
+                   "Invalid type for '%s': expected a string or an array of content parts, but got %s.", p,
+                   type_name(c));
+    size_t total = 0, k = 0, n;
+    const tg_json_t *part;
+    TG_JSON_FOREACH(part, c) {
+        const tg_json_t *ty = tg_json_get(part, "type");
+        const tg_json_t *tx = tg_json_get(part, "text");
+        if (tg_json_type(part) != TG_JSON_OBJECT || tg_json_type(ty) != TG_JSON_STRING)
+            return BAD(p, "invalid_type", "Invalid '%s[%zu]': expected an object with a 'type'.", p, k);
+        if (!str_is(ty, "text"))
+            return BAD(p, "invalid_value",
+                       "Invalid '%s[%zu].type': '%.64s' is not supported by this model; only 'text'.", p, k,
+                       tg_json_str(ty, NULL));
+        if (!tg_json_str(tx, &n))
+            return BAD(p, "invalid_type", "Invalid '%s[%zu].text': expected a string.", p, k);
+        total += n;
+        k++;
+    }
+    char *s = malloc(total + 1), *w = s;
+    if (!s) return OOM();
+    TG_JSON_FOREACH(part, c) {
+        const char *t = tg_json_str(tg_json_get(part, "text"), &n);
+        memcpy(w, t, n);
+        w += n;
+    }
+    *w = 0;
+    if (keep(r, s)) return OOM();
+    *out = s;
+    *len = total;
+    return 0;
+}
+
+static int get_tool_calls(api_chat_req_t *r, const tg_json_t *tc, size_t i, size_t *used, tok_chat_msg_t *msg,
+                          api_err_t *e) {
+    char p[48];
+    snprintf(p, sizeof p, "messages[%zu].tool_calls", i);
+    if (is_null(tc)) return 0;
+    if (tg_json_type(tc) != TG_JSON_ARRAY)
+        return BAD(p, "invalid_type", "Invalid type for '%s': expected an array.", p);
+    msg->tool_calls = r->calls + *used;
+    const tg_json_t *c;
+    size_t k = 0;
+    TG_JSON_FOREACH(c, tc) {
+        const tg_json_t *f = tg_json_get(c, "function");
+        const tg_json_t *id = tg_json_get(c, "id");
+        const tg_json_t *ty = tg_json_get(c, "type");
+        const tg_json_t *name = tg_json_get(f, "name");
+        const tg_json_t *args = tg_json_get(f, "arguments");
+        int args_ok = tg_json_type(args) == TG_JSON_STRING || tg_json_type(args) == TG_JSON_OBJECT;
+        if (tg_json_type(f) != TG_JSON_OBJECT || !cstr(name) || !args_ok || (!is_null(id) && !cstr(id)) ||
+            (!is_null(ty) && !cstr(ty)))
+            return BAD(p, "invalid_value",
+                       "Invalid '%s[%zu]': expected {\"type\":\"function\",\"function\":{\"name\","
+                       "\"arguments\"}} with string name and arguments (name, id and type without "
+                       "U+0000).", p, k);
+        tok_tool_call_t *t = &r->calls[(*used)++];
+        t->id = cstr(id) ? cstr(id) : "";
+        t->type = cstr(ty); /* NULL: "function" */
+        t->name = cstr(name);
+        if (tg_json_type(args) == TG_JSON_STRING) {
+            t->arguments = tg_json_str(args, &t->arguments_len);
+        } else { /* an object: its compact JSON text */
+            tg_json_buf_t b = {0};
+            if (tg_json_write(&b, args) || keep(r, b.p)) {
+                tg_json_buf_free(&b);
+                return OOM();
+            }
+            t->arguments = b.p;
+            t->arguments_len = b.len;
+        }
+        k++;
+    }
+    msg->n_tool_calls = k;
+    return 0;
+}
+
+/* Members a message may have (OpenAI's and DeepSeek's); anything else is 400. */
+static int msg_key_known(const char *k, size_t n) {
+    static const char *const keys[] = {"role", "content", "name", "tool_calls", "tool_call_id",
+                                       "reasoning_content", "refusal", "prefix"};
+    for (size_t i = 0; i < sizeof keys / sizeof *keys; i++)
+        if (n == strlen(keys[i]) && !memcmp(k, keys[i], n)) return 1;
+    return 0;
+}
+
+static int parse_messages(api_chat_req_t *r, const tg_json_t *ms, api_err_t *e) {
+    if (!ms) return BAD("messages", "missing_required_parameter", "Missing required parameter: 'messages'.");
+    if (tg_json_type(ms) != TG_JSON_ARRAY)
+        return BAD("messages", "invalid_type", "Invalid type for 'messages': expected an array, but got %s.",
+                   type_name(ms));
+    size_t n = tg_json_len(ms), n_calls = 0;
+    if (n == 0)
+        return BAD("messages", "empty_array",
+                   "Invalid 'messages': empty array. Expected an array with minimum length 1.");
+    const tg_json_t *m;
+    TG_JSON_FOREACH(m, ms) {
+        const tg_json_t *tc = tg_json_get(m, "tool_calls");
+        if (tg_json_type(tc) == TG_JSON_ARRAY) n_calls += tg_json_len(tc);
+    }
+    r->msgs = calloc(n, sizeof *r->msgs);
+    r->calls = calloc(n_calls ? n_calls : 1, sizeof *r->calls);
+    if (!r->msgs || !r->calls) return OOM();
+    size_t i = 0, used = 0;
+    TG_JSON_FOREACH(m, ms) {
+        char p[48];
+        snprintf(p, sizeof p, "messages[%zu]", i);
+        if (tg_json_type(m) != TG_JSON_OBJECT)
+            return BAD(p, "invalid_type", "Invalid type for '%s': expected an object, but got %s.", p,
+                       type_name(m));
+        const tg_json_t *k;
+        TG_JSON_FOREACH(k, m) {
+            size_t kl;
+            const char *ks = tg_json_key(k, &kl);
+            if (!msg_key_known(ks, kl))
+                return BAD(p, "unknown_parameter", "Unrecognized message argument supplied: %s.%.*s", p,
+                           (int)(kl > 64 ? 64 : kl), ks);
+        }
+        const tg_json_t *role = tg_json_get(m, "role");
+        snprintf(p, sizeof p, "messages[%zu].role", i);
+        if (!role) return BAD(p, "missing_required_parameter", "Missing required parameter: '%s'.", p);
+        if (tg_json_type(role) != TG_JSON_STRING)
+            return BAD(p, "invalid_type", "Invalid type for '%s': expected a string, but got %s.", p,
+                       type_name(role));
+        static const char *const roles[] = {"system", "user", "assistant", "tool", "developer"};
+        const char *rs = NULL;
+        for (size_t q = 0; q < sizeof roles / sizeof *roles; q++)
+            if (str_is(role, roles[q])) rs = roles[q];
+        if (!rs)
+            return BAD(p, "invalid_value",
+                       "Invalid value for '%s': '%.64s'. Supported values are: 'system', 'developer', "
+                       "'user', 'assistant' and 'tool'.", p, tg_json_str(role, NULL));
+        if (!strcmp(rs, "developer")) rs = "system"; /* OpenAI's newer name for system */
+        const tg_json_t *pre = tg_json_get(m, "prefix");
+        if (!is_null(pre) && tg_json_is_true(pre)) {
+            snprintf(p, sizeof p, "messages[%zu].prefix", i);
+            return BAD(p, "unsupported_parameter",
+                       "Unsupported parameter: '%s' (chat prefix completion) is not supported by this server.", p);
+        }
+        tok_chat_msg_t *msg = &r->msgs[i];
+        msg->role = rs;
+        if (get_content(r, m, i, &msg->content, &msg->content_len, e)) return -1;
+        if (!strcmp(rs, "assistant")) {
+            if (get_tool_calls(r, tg_json_get(m, "tool_calls"), i, &used, msg, e)) return -1;
+            if (!msg->content && !msg->n_tool_calls)
+                return BAD("messages", "invalid_value",
+                           "Invalid 'messages[%zu]': an assistant message needs 'content' or 'tool_calls'.", i);
+        } else if (!msg->content) {
+            snprintf(p, sizeof p, "messages[%zu].content", i);
+            return BAD(p, "missing_required_parameter", "Missing required parameter: '%s'.", p);
+        }
+        i++;
+    }
+    r->n_msgs = n;
+    return 0;
+}
+
+/* ---- parameters ----------------------------------------------------------------- */
+
+static int parse_stop(api_chat_req_t *r, const tg_json_t *st, api_err_t *e) {
+    if (is_null(st)) return 0;
+    if (tg_json_type(st) == TG_JSON_STRING) {
+        r->stop[0] = tg_json_str(st, &r->stop_len[0]);
+        r->n_stop = r->stop_len[0] ? 1 : 0;
+        return 0;
+    }
+    if (tg_json_type(st) != TG_JSON_ARRAY)
+        return BAD("stop", "invalid_type",
+                   "Invalid type for 'stop': expected a string or an array of strings, but got %s.",
+                   type_name(st));
+    if (tg_json_len(st) > API_MAX_STOP)
+        return BAD("stop", "invalid_value", "Invalid 'stop': at most %d stop sequences are allowed.", API_MAX_STOP);
+    const tg_json_t *s;
+    int k = 0;
+    TG_JSON_FOREACH(s, st) {
+        size_t n;
+        const char *t = tg_json_str(s, &n);
+        if (!t) return BAD("stop", "invalid_type", "Invalid type for 'stop[%d]': expected a string.", k);
+        k++;
+        if (!n) continue;
+        r->stop[r->n_stop] = t;
+        r->stop_len[r->n_stop++] = n;
+    }
+    return 0;
+}
+
+/* A function name as OpenAI allows it: [A-Za-z0-9_-]{1,64}. */
+static int name_ok(const char *s, size_t n) {
+    if (!s || n < 1 || n > 64) return 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '-'))
+            return 0;
+    }
+    return 1;
+}
+
+static int parse_tools(api_chat_req_t *r, const tg_json_t *tools, api_err_t *e) {
+    if (is_null(tools)) return 0;
+    if (tg_json_type(tools) != TG_JSON_ARRAY)
+        return BAD("tools", "invalid_type", "Invalid type for 'tools': expected an array, but got %s.",
+                   type_name(tools));
+    size_t n = tg_json_len(tools);
+    if (n > API_MAX_TOOLS)
+        return BAD("tools", "invalid_value", "Invalid 'tools': at most %d tools are allowed.", API_MAX_TOOLS);
+    if (!n) return 0;
+    if (!(r->tools = calloc(n, sizeof *r->tools))) return OOM();
+    const tg_json_t *t;
+    TG_JSON_FOREACH(t, tools) {
+        char p[48];
+        size_t i = r->n_tools;
+        snprintf(p, sizeof p, "tools[%zu]", i);
+        if (tg_json_type(t) != TG_JSON_OBJECT)
+            return BAD(p, "invalid_type", "Invalid type for '%s': expected an object, but got %s.", p, type_name(t));
+        const tg_json_t *k;
+        TG_JSON_FOREACH(k, t) {
+            size_t kl;
+            const char *ks = tg_json_key(k, &kl);
+            if (!(kl == 4 && !memcmp(ks, "type", 4)) && !(kl == 8 && !memcmp(ks, "function", 8)))
+                return BAD(p, "unknown_parameter", "Unrecognized argument supplied: %s.%.*s", p,
+                           (int)(kl > 64 ? 64 : kl), ks);
+        }
+        if (!str_is(tg_json_get(t, "type"), "function")) {
+            snprintf(p, sizeof p, "tools[%zu].type", i);
+            return BAD(p, "invalid_value", "Invalid value for '%s': only 'function' tools are supported.", p);
+        }
+        const tg_json_t *f = tg_json_get(t, "function");
+        snprintf(p, sizeof p, "tools[%zu].function", i);
+        if (tg_json_type(f) != TG_JSON_OBJECT)
+            return BAD(p, "missing_required_parameter", "Missing required parameter: '%s' (an object).", p);
+        TG_JSON_FOREACH(k, f) {
+            size_t kl;
+            const char *ks = tg_json_key(k, &kl);
+            static const char *const fk[] = {"name", "description", "parameters", "strict"};
+            int known = 0;
+            for (size_t q = 0; q < 4; q++) known |= kl == strlen(fk[q]) && !memcmp(ks, fk[q], kl);
+            if (!known)
+                return BAD(p, "unknown_parameter", "Unrecognized argument supplied: %s.%.*s", p,
+                           (int)(kl > 64 ? 64 : kl), ks);
+        }
+        size_t nl;
+        const char *name = tg_json_str(tg_json_get(f, "name"), &nl);
+        snprintf(p, sizeof p, "tools[%zu].function.name", i);
+        if (!name_ok(name, nl))
+            return BAD(p, "invalid_value",
+                       "Invalid '%s': a function name is 1 to 64 characters of a-z, A-Z, 0-9, '_' and '-'.", p);
+        for (size_t q = 0; q < i; q++)
+            if (r->tools[q].name_len == nl && !memcmp(r->tools[q].name, name, nl))
+                return BAD(p, "invalid_value", "Invalid '%s': the function name '%s' is given twice.", p, name);
+        const tg_json_t *d = tg_json_get(f, "description");
+        if (!is_null(d) && tg_json_type(d) != TG_JSON_STRING) {
+            snprintf(p, sizeof p, "tools[%zu].function.description", i);
+            return BAD(p, "invalid_type", "Invalid type for '%s': expected a string.", p);
+        }
+        const tg_json_t *pa = tg_json_get(f, "parameters");
+        if (!is_null(pa) && tg_json_type(pa) != TG_JSON_OBJECT) {
+            snprintf(p, sizeof p, "tools[%zu].function.parameters", i);
+            return BAD(p, "invalid_type", "Invalid type for '%s': expected a JSON Schema object.", p);
+        }
+        const tg_json_t *st = tg_json_get(f, "strict");
+        int sv;
+        if (!is_null(st) && tg_json_bool(st, &sv)) {
+            snprintf(p, sizeof p, "tools[%zu].function.strict", i);
+            return BAD(p, "invalid_type", "Invalid type for '%s': expected a boolean.", p);
+        }
+        tg_json_buf_t b = {0};
+        if (api_tojson(&b, t)) {
+            tg_json_buf_free(&b);
+            return OOM();
+        }
+        r->tools[i].name = name;
+        r->tools[i].name_len = nl;
+        r->tools[i].json = b.p;
+        r->tools[i].json_len = b.len;
+        r->n_tools++;
+    }
+    return 0;
+}
+
+static int parse_tool_choice(api_chat_req_t *r, const tg_json_t *tc, api_err_t *e) {
+    r->tool_choice = r->n_tools ? API_TOOL_CHOICE_AUTO : API_TOOL_CHOICE_NONE;
+    if (is_null(tc)) return 0;
+    if (tg_json_type(tc) == TG_JSON_STRING) {
+        if (str_is(tc, "none")) r->tool_choice = API_TOOL_CHOICE_NONE;
+        else if (str_is(tc, "auto")) r->tool_choice = API_TOOL_CHOICE_AUTO;
+        else if (str_is(tc, "required")) r->tool_choice = API_TOOL_CHOICE_REQUIRED;
+        else
+            return BAD("tool_choice", "invalid_value",
+                       "Invalid value for 'tool_choice': '%.64s'. Supported values are: 'none', 'auto' and "
+                       "'required', or {\"type\":\"function\",\"function\":{\"name\":...}}.", tg_json_str(tc, NULL));
+    } else if (tg_json_type(tc) == TG_JSON_OBJECT) {
+        size_t nl;
+        const char *name = tg_json_str(tg_json_get(tg_json_get(tc, "function"), "name"), &nl);
+        if (!str_is(tg_json_get(tc, "type"), "function") || !name)
+            return BAD("tool_choice", "invalid_value",
+                       "Invalid 'tool_choice': expected {\"type\":\"function\",\"function\":{\"name\":...}}.");
+        r->tool_choice = API_TOOL_CHOICE_NAMED;
+        r->tool_named = -1;
+        for (size_t i = 0; i < r->n_tools; i++)
+            if (r->tools[i].name_len == nl && !memcmp(r->tools[i].name, name, nl)) r->tool_named = (int)i;
+        if (r->tool_named < 0)
+            return BAD("tool_choice", "invalid_value",
+                       "Invalid 'tool_choice': no function named '%.64s' in 'tools'.",
+                       memchr(name, 0, nl) ? "?" : name);
+    } else {
+        return BAD("tool_choice", "invalid_type",
+                   "Invalid type for 'tool_choice': expected a string or an object, but got %s.", type_name(tc));
+    }
+    if (r->tool_choice != API_TOOL_CHOICE_NONE && !r->n_tools)
+        return BAD("tool_choice", "invalid_value",
+                   "Invalid 'tool_choice': 'tool_choice' is only allowed when 'tools' are specified.");
+    return 0;
+}
+
+static int parse_response_format(api_chat_req_t *r, const tg_json_t *rf, api_err_t *e) {
+    if (is_null(rf)) return 0;
+    if (tg_json_type(rf) != TG_JSON_OBJECT)
+        return BAD("response_format", "invalid_type",
+                   "Invalid type for 'response_format': expected an object, but got %s.", type_name(rf));
+    const tg_json_t *t = tg_json_get(rf, "type");
+    if (str_is(t, "text")) r->format = API_FORMAT_TEXT;
+    else if (str_is(t, "json_object")) r->format = API_FORMAT_JSON_OBJECT;
+    else if (str_is(t, "json_schema"))
+        return BAD("response_format.type", "unsupported_parameter",
+                   "Unsupported value: 'response_format.type' 'json_schema' is not supported by this server; "
+                   "use 'json_object'.");
+    else
+        return BAD("response_format.type", "invalid_value",
+                   "Invalid value for 'response_format.type': supported values are 'text' and 'json_object'.");
+    return 0;
+}
+
+static int parse_logit_bias(api_chat_req_t *r, const tg_json_t *lb, api_err_t *e) {
+    if (is_null(lb)) return 0;
+    if (tg_json_type(lb) != TG_JSON_OBJECT)
+        return BAD("logit_bias", "invalid_type", "Invalid type for 'logit_bias': expected an object, but got %s.",
+                   type_name(lb));
+    size_t n = tg_json_len(lb);
+    if (n > API_MAX_LOGIT_BIAS)
+        return BAD("logit_bias", "invalid_value", "Invalid 'logit_bias': at most %d entries are allowed.",
+                   API_MAX_LOGIT_BIAS);
+    if (!n) return 0;
+    if (!(r->bias = calloc(n, sizeof *r->bias))) return OOM();
+    const tg_json_t *m;
+    TG_JSON_FOREACH(m, lb) {
+        size_t kl;
+        const char *k = tg_json_key(m, &kl);
+        long long id = 0;
+        int ok = kl > 0 && kl <= 9;
+        for (size_t i = 0; ok && i < kl; i++) {
+            ok = k[i] >= '0' && k[i] <= '9';
+            id = id * 10 + (k[i] - '0');
+        }
+        if (!ok)
+            return BAD("logit_bias", "invalid_value",
+                       "Invalid 'logit_bias': keys are token ids (decimal integers), but got '%.40s'.", ok ? "" : k);
+        double d;
+        if (tg_json_double(m, &d) || !(d >= -100 && d <= 100))
+            return BAD("logit_bias", "invalid_value",
+                       "Invalid 'logit_bias[%lld]': expected a number in [-100, 100].", id);
+        r->bias[r->n_bias].id = (int32_t)id;
+        r->bias[r->n_bias].bias = (float)d;
+        r->n_bias++;
+    }
+    return 0;
+}
+
+/* ---- top-level parameters --------------------------------------------------------- */
+
+typedef enum {
+    P_READ,        /* read and honoured below */
+    P_IDENT,       /* an identifier or metadata for the caller's records: accepted, no effect on output */
+    P_UNSUPPORTED, /* OpenAI or DeepSeek know it; this server cannot honour it: 400 */
+} pkind_t;
+
+static const struct {
+    const char *name;
+    pkind_t kind;
+} PARAMS[] = {
+    {"model", P_READ}, {"messages", P_READ}, {"max_tokens", P_READ}, {"max_completion_tokens", P_READ},
+    {"temperature", P_READ}, {"top_p", P_READ}, {"top_k", P_READ}, {"presence_penalty", P_READ},
+    {"frequency_penalty", P_READ}, {"logit_bias", P_READ}, {"logprobs", P_READ}, {"top_logprobs", P_READ},
+    {"n", P_READ}, {"seed", P_READ}, {"stop", P_READ}, {"stream", P_READ}, {"stream_options", P_READ},
+    {"tools", P_READ}, {"tool_choice", P_READ}, {"parallel_tool_calls", P_READ}, {"response_format", P_READ},
+    {"user", P_IDENT}, {"metadata", P_IDENT}, {"store", P_IDENT}, {"service_tier", P_IDENT},
+    {"prompt_cache_key", P_IDENT}, {"safety_identifier", P_IDENT},
+    {"functions", P_UNSUPPORTED}, {"function_call", P_UNSUPPORTED}, {"audio", P_UNSUPPORTED},
+    {"modalities", P_UNSUPPORTED}, {"prediction", P_UNSUPPORTED}, {"web_search_options", P_UNSUPPORTED},
+    {"reasoning_effort", P_UNSUPPORTED}, {"verbosity", P_UNSUPPORTED}, {"thinking", P_UNSUPPORTED},
+};
+
+static int check_params(const tg_json_t *root, api_err_t *e) {
+    const tg_json_t *m;
+    int oom = 0;
+    size_t dl;
+    const char *dup = tg_json_dup_key(root, &dl, &oom);
+    if (oom) return OOM();
+    if (dup) {
+        char p[64];
+        snprintf(p, sizeof p, "%.*s", (int)(dl > 60 ? 60 : dl), memchr(dup, 0, dl) ? "?" : dup);
+        return BAD(p, "invalid_value", "Duplicate key '%s' in the request body.", p);
+    }
+    TG_JSON_FOREACH(m, root) {
+        size_t kl;
+        const char *k = tg_json_key(m, &kl);
+        int found = -1;
+        for (size_t i = 0; i < sizeof PARAMS / sizeof *PARAMS && found < 0; i++)
+            if (kl == strlen(PARAMS[i].name) && !memcmp(k, PARAMS[i].name, kl)) found = (int)i;
+        char p[64];
+        if (memchr(k, 0, kl))
+            return BAD(NULL, "unknown_parameter", "Unrecognized request argument supplied (a name holding U+0000).");
+        snprintf(p, sizeof p, "%.*s", (int)(kl > 60 ? 60 : kl), k);
+        if (found < 0)
+            return BAD(p, "unknown_parameter", "Unrecognized request argument supplied: %s", p);
+        if (PARAMS[found].kind == P_UNSUPPORTED && !is_null(m))
+            return BAD(p, "unsupported_parameter", "Unsupported parameter: '%s' is not supported by this server.", p);
+    }
+    /* the identifiers: shapes only */
+    const tg_json_t *v = tg_json_get(root, "user");
+    if (!is_null(v) && tg_json_type(v) != TG_JSON_STRING)
+        return BAD("user", "invalid_type", "Invalid type for 'user': expected a string, but got %s.", type_name(v));
+    v = tg_json_get(root, "metadata");
+    if (!is_null(v) && tg_json_type(v) != TG_JSON_OBJECT)
+        return BAD("metadata", "invalid_type", "Invalid type for 'metadata': expected an object, but got %s.",
+                   type_name(v));
+    v = tg_json_get(root, "store");
+    int b;
+    if (!is_null(v) && tg_json_bool(v, &b))
+        return BAD("store", "invalid_type", "Invalid type for 'store': expected a boolean, but got %s.", type_name(v));
+    if (!is_null(v) && b)
+        return BAD("store", "unsupported_parameter",
+                   "Unsupported value: 'store' true is not supported by this server (completions are not stored).");
+    static const char *const strs[] = {"service_tier", "prompt_cache_key", "safety_identifier"};
+    for (size_t i = 0; i < 3; i++) {
+        v = tg_json_get(root, strs[i]);
+        if (!is_null(v) && tg_json_type(v) != TG_JSON_STRING)
+            return BAD(strs[i], "invalid_type", "Invalid type for '%s': expected a string, but got %s.", strs[i],
+                       type_name(v));
+    }
+    return 0;
+}
+
+int api_chat_req_read(api_chat_req_t *r, const tg_json_t *root, api_err_t *e) {
+    const tg_json_t *v;
+    int own = r->own_root;
+    tg_json_t *keep_root = r->root;
+    memset(r, 0, sizeof *r);
+    r->root = keep_root;
+    r->own_root = own;
+    r->temperature = 1.0;
+    r->top_p = 1.0;
+    r->parallel_tool_calls = 1;
+    if (tg_json_type(root) != TG_JSON_OBJECT) {
+        BAD(NULL, "invalid_json", "The request body must be a JSON object.");
+        goto fail;
+    }
+    if (check_params(root, e)) goto fail;
+    v = tg_json_get(root, "model");
+    if (!v) {
+        BAD("model", "missing_required_parameter", "Missing required parameter: 'model'.");
+        goto fail;
+    }
+    if (!(r->model = cstr(v)) || !r->model[0]) {
+        BAD("model", "invalid_type", "Invalid type for 'model': expected a non-empty string without U+0000, but got %s.",
+            tg_json_type(v) == TG_JSON_STRING ? "another string" : type_name(v));
+        goto fail;
+    }
+    if (parse_messages(r, tg_json_get(root, "messages"), e)) goto fail;
+
+    /* max_tokens and max_completion_tokens: the smaller when both are given */
+    int64_t x, y;
+    int gx, gy;
+    if (get_int(root, "max_tokens", 1, API_MAX_TOKENS_LIMIT, &x, &gx, e)) goto fail;
+    if (get_int(root, "max_completion_tokens", 1, API_MAX_TOKENS_LIMIT, &y, &gy, e)) goto fail;
+    if (gx) r->max_tokens = (long)x;
+    if (gy && (!gx || y < x)) r->max_tokens = (long)y;
+    if (get_num(root, "temperature", 0, 2, &r->temperature, e)) goto fail;
+    if (get_num(root, "top_p", 0, 1, &r->top_p, e)) goto fail;
+    if (get_int(root, "top_k", -1, 1000000, &x, &gx, e)) goto fail;
+    if (gx && x > 0) r->top_k = (int)x;
+    if (get_num(root, "presence_penalty", -2, 2, &r->presence_penalty, e)) goto fail;
+    if (get_num(root, "frequency_penalty", -2, 2, &r->frequency_penalty, e)) goto fail;
+    if (get_seed(r, root, e)) goto fail;
+    if (get_int(root, "n", -1000000000, 1000000000, &x, &gx, e)) goto fail;
+    if (gx && x != 1) {
+        BAD("n", "invalid_value", "Invalid 'n': only n = 1 is supported (one choice per request).");
+        goto fail;
+    }
+    if (get_bool(root, "logprobs", &r->logprobs, e)) goto fail;
+    if (get_int(root, "top_logprobs", 0, API_MAX_TOP_LOGPROBS, &x, &gx, e)) goto fail;
+    if (gx) {
+        if (!r->logprobs) {
+            BAD("top_logprobs", "invalid_value", "Invalid 'top_logprobs': it requires 'logprobs' to be true.");
+            goto fail;
+        }
+        r->top_logprobs = (int)x;
+    }
+    if (parse_logit_bias(r, tg_json_get(root, "logit_bias"), e)) goto fail;
+    if (parse_stop(r, tg_json_get(root, "stop"), e)) goto fail;
+    if (get_bool(root, "stream", &r->stream, e)) goto fail;
+    v = tg_json_get(root, "stream_options");
+    if (!is_null(v)) {
+        if (tg_json_type(v) != TG_JSON_OBJECT) {
+            BAD("stream_options", "invalid_type", "Invalid type for 'stream_options': expected an object, but got %s.",
+                type_name(v));
+            goto fail;
+        }
+        const tg_json_t *k;
+        TG_JSON_FOREACH(k, v) {
+            size_t kl;
+            const char *ks = tg_json_key(k, &kl);
+            if (!(kl == 13 && !memcmp(ks, "include_usage", 13))) {
+                BAD("stream_options", "unknown_parameter", "Unrecognized request argument supplied: stream_options.%.*s",
+                    (int)(kl > 64 ? 64 : kl), ks);
+                goto fail;
+            }
+        }
+        if (get_bool(v, "include_usage", &r->include_usage, e)) {
+            snprintf(e->param, sizeof e->param, "stream_options.include_usage");
+            goto fail;
+        }
+    }
+    if (parse_tools(r, tg_json_get(root, "tools"), e)) goto fail;
+    if (parse_tool_choice(r, tg_json_get(root, "tool_choice"), e)) goto fail;
+    if (get_bool(root, "parallel_tool_calls", &r->parallel_tool_calls, e)) goto fail;
+    if (parse_response_format(r, tg_json_get(root, "response_format"), e)) goto fail;
+    if (r->format == API_FORMAT_JSON_OBJECT &&
+        (r->tool_choice == API_TOOL_CHOICE_REQUIRED || r->tool_choice == API_TOOL_CHOICE_NAMED)) {
+        BAD("response_format", "invalid_value",
+            "Invalid 'response_format': 'json_object' cannot be combined with a required tool call.");
+        goto fail;
+    }
+    return 0;
+fail:
+    api_chat_req_free(r);
+    return -1;
+}
+
+int api_chat_req_parse(api_chat_req_t *r, const char *body, size_t len, api_err_t *e) {
+    memset(r, 0, sizeof *r);
+    if (!tok_utf8_valid(body, len)) return BAD(NULL, "invalid_utf8", "The request body is not valid UTF-8.");
+    tg_json_err_t jerr;
+    tg_json_t *root = tg_json_parse(body, len, NULL, &jerr);
+    if (!root) {
+        if (jerr.msg && strstr(jerr.msg, "surrogate"))
+            return BAD(NULL, "invalid_utf8", "A string in the request is not valid UTF-8: %s.", jerr.text);
+        return BAD(NULL, "invalid_json",
+                   "We could not parse the JSON body of your request (%s). The body must be a JSON object.",
+                   jerr.text);
+    }
+    r->root = root;
+    r->own_root = 1;
+    return api_chat_req_read(r, root, e);
+}
+
+void api_chat_req_free(api_chat_req_t *r) {
+    for (size_t i = 0; i < r->n_owned; i++) free(r->owned[i]);
+    free(r->owned);
+    free(r->msgs);
+    free(r->calls);
+    for (size_t i = 0; i < r->n_tools; i++) free(r->tools[i].json);
+    free(r->tools);
+    free(r->bias);
+    if (r->own_root) tg_json_free(r->root);
+    memset(r, 0, sizeof *r);
+}
+
+char *api_chat_render(const api_chat_req_t *r, tok_tmpl_kind_t kind, size_t *len, api_err_t *e) {
+    const char *tj[API_MAX_TOOLS];
+    size_t tl[API_MAX_TOOLS];
+    for (size_t i = 0; i < r->n_tools; i++) {
+        tj[i] = r->tools[i].json;
+        tl[i] = r->tools[i].json_len;
+    }
+    char err[256];
+    char *s = tok_chat_render_tools(kind, r->msgs, r->n_msgs, tj, tl, r->n_tools, 1, len, err, sizeof err);
+    if (!s) {
+        if (!strcmp(err, "out of memory")) OOM();
+        else BAD(r->n_tools && kind == TOK_TMPL_MIXTRAL ? "tools" : "messages", "invalid_value",
+                 "Invalid '%s': %s", r->n_tools && kind == TOK_TMPL_MIXTRAL ? "tools" : "messages", err);
+    }
+    return s;
+}
+
+int api_chat_check_vocab(const api_chat_req_t *r, int32_t n_vocab, api_err_t *e) {
+    for (size_t i = 0; i < r->n_bias; i++)
+        if (r->bias[i].id >= n_vocab)
+            return BAD("logit_bias", "invalid_value",
+                       "Invalid 'logit_bias': token id %d is outside the vocabulary (%d ids).", (int)r->bias[i].id,
+                       (int)n_vocab);
+    return 0;
+}

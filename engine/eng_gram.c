@@ -1,0 +1,581 @@
+/* eng_gram.c — the JSON and tool-call grammars of eng_gram.h: a byte state
+ * machine (gst_t, small and copied by value), the vocabulary sorted by bytes
+ * for the mask walk, and the budget rule.
+ *
+ * Invariant: a gst_t describes everything the machine needs; feed() either
+ * advances it over one byte or refuses without touching it, so the mask walk
+ * can keep one state per prefix length and reuse it for every token that
+ * shares that prefix. */
+#include "eng_gram.h"
+
+#include <math.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- vocabulary index ------------------------------------------------------ */
+
+struct eng_vocab {
+    const tok_t *tok;
+    int32_t n;         /* ids [0, n) */
+    int32_t *order;    /* (n_order) ids of non-added tokens with bytes, sorted by bytes */
+    uint16_t *lcp;     /* (n_order) common prefix with the previous id in order */
+    int32_t n_order;
+    int maxlen;
+};
+
+/* qsort has no context argument (qsort_r differs between libcs): the
+ * tokenizer being sorted, under a lock so that two indexes may be built at once */
+static const tok_t *sort_tok;
+static pthread_mutex_t sort_mu = PTHREAD_MUTEX_INITIALIZER;
+
+static int cmp_bytes(const void *a, const void *b) {
+    size_t la, lb;
+    const char *sa = tok_token_bytes(sort_tok, *(const int32_t *)a, &la);
+    const char *sb = tok_token_bytes(sort_tok, *(const int32_t *)b, &lb);
+    int c = memcmp(sa, sb, la < lb ? la : lb);
+    if (c) return c;
+    if (la != lb) return la < lb ? -1 : 1;
+    return *(const int32_t *)a < *(const int32_t *)b ? -1 : 1;
+}
+
+eng_vocab_t *eng_vocab_new(const tok_t *t, int32_t n) {
+    eng_vocab_t *v = calloc(1, sizeof *v);
+    if (!v) return NULL;
+    v->tok = t;
+    v->n = n < tok_n_vocab(t) ? n : tok_n_vocab(t);
+    v->order = malloc((size_t)(v->n > 0 ? v->n : 1) * sizeof *v->order);
+    v->lcp = malloc((size_t)(v->n > 0 ? v->n : 1) * sizeof *v->lcp);
+    if (!v->order || !v->lcp) {
+        eng_vocab_free(v);
+        return NULL;
+    }
+    for (int32_t id = 0; id < v->n; id++) {
+        size_t len;
+        if (tok_is_added(t, id) || !tok_token_bytes(t, id, &len) || !len || len > 60000) continue;
+        v->order[v->n_order++] = id;
+        if ((int)len > v->maxlen) v->maxlen = (int)len;
+    }
+    pthread_mutex_lock(&sort_mu);
+    sort_tok = t;
+    qsort(v->order, (size_t)v->n_order, sizeof *v->order, cmp_bytes);
+    sort_tok = NULL;
+    pthread_mutex_unlock(&sort_mu);
+    for (int32_t i = 0; i < v->n_order; i++) {
+        size_t la = 0, lb = 0, k = 0;
+        const char *a = i ? tok_token_bytes(t, v->order[i - 1], &la) : "";
+        const char *b = tok_token_bytes(t, v->order[i], &lb);
+        while (k < la && k < lb && a[k] == b[k]) k++;
+        v->lcp[i] = (uint16_t)k;
+    }
+    return v;
+}
+
+void eng_vocab_free(eng_vocab_t *v) {
+    if (!v) return;
+    free(v->order);
+    free(v->lcp);
+    free(v);
+}
+
+int eng_tool_ids(const tok_t *t, eng_tool_ids_t *ids) {
+    ids->calls_begin = tok_id(t, "<\xef\xbd\x9ctool\xe2\x96\x81" "calls\xe2\x96\x81" "begin\xef\xbd\x9c>");
+    ids->calls_end = tok_id(t, "<\xef\xbd\x9ctool\xe2\x96\x81" "calls\xe2\x96\x81" "end\xef\xbd\x9c>");
+    ids->call_begin = tok_id(t, "<\xef\xbd\x9ctool\xe2\x96\x81" "call\xe2\x96\x81" "begin\xef\xbd\x9c>");
+    ids->call_end = tok_id(t, "<\xef\xbd\x9ctool\xe2\x96\x81" "call\xe2\x96\x81" "end\xef\xbd\x9c>");
+    ids->sep = tok_id(t, "<\xef\xbd\x9ctool\xe2\x96\x81" "sep\xef\xbd\x9c>");
+    return ids->calls_begin >= 0 && ids->calls_end >= 0 && ids->call_begin >= 0 && ids->call_end >= 0 &&
+                   ids->sep >= 0
+               ? 0
+               : -1;
+}
+
+/* ---- the machine --------------------------------------------------------------- */
+
+enum { /* program elements */
+    E_CALLS_BEGIN, E_CALL_BEGIN, E_FUNCTION, E_SEP, E_NAME, E_FENCE, E_JSON, E_FENCE_END, E_CALL_END,
+    E_NEXT,        /* <｜tool▁calls▁end｜>, or "\n" before another call */
+    E_CALL_BEGIN2, /* <｜tool▁call▁begin｜> of a further call */
+    E_EOS,
+};
+
+enum { /* JSON states */
+    J_TOP, J_OBJ_FIRST, J_OBJ_KEY, J_COLON, J_VALUE, J_ARR_FIRST, J_AFTER, J_STR, J_ESC, J_HEX, J_NUM, J_LIT,
+    J_DONE, /* the top-level value is complete */
+};
+
+enum { N_MINUS, N_ZERO, N_INT, N_DOT, N_FRAC, N_E, N_ESIGN, N_EXP };
+
+#define MAX_DEPTH 32
+#define MAX_WS 24
+#define MAX_CALLS 16
+
+static const char LIT_FUNCTION[] = "function";
+static const char LIT_FENCE[] = "\n```json\n";
+static const char LIT_FENCE_END[] = "\n```";
+static const char *const LITS[] = {"true", "false", "null"};
+
+typedef struct {
+    uint8_t el, js, num, lit, litpos, depth, u8need, u8lo, u8hi, hex, hexd, ws, skey, ncalls;
+    uint16_t pos, nlo, nhi;
+    uint32_t stack; /* bit d: the container at depth d+1 is an object */
+} gst_t;
+
+typedef enum { G_JSON, G_TOOLS } gkind_t;
+
+struct eng_gram {
+    const eng_vocab_t *v;
+    gkind_t kind;
+    int32_t eos;
+    eng_tool_ids_t ids;
+    char **names; /* sorted */
+    size_t *name_len;
+    int n_names, parallel, min_name;
+    gst_t st;
+    gst_t *stk;   /* (maxlen + 1) states of the mask walk */
+    uint8_t *allow;
+};
+
+static int is_ws(unsigned c) { return c == ' ' || c == '\n' || c == '\r' || c == '\t'; }
+
+/* JSON: a value is complete. */
+static void value_done(gst_t *s) { s->js = s->depth ? J_AFTER : J_DONE; }
+
+/* Start a value with byte c; 0 or -1. */
+static int value_start(gst_t *s, unsigned c) {
+    switch (c) {
+    case '"': s->js = J_STR, s->skey = 0; return 0;
+    case '{':
+    case '[':
+        if (s->depth >= MAX_DEPTH) return -1;
+        if (c == '{') s->stack |= 1u << s->depth;
+        else s->stack &= ~(1u << s->depth);
+        s->depth++;
+        s->js = c == '{' ? J_OBJ_FIRST : J_ARR_FIRST;
+        return 0;
+    case '-': s->js = J_NUM, s->num = N_MINUS; return 0;
+    case '0': s->js = J_NUM, s->num = N_ZERO; return 0;
+    case 't': s->js = J_LIT, s->lit = 0, s->litpos = 1; return 0;
+    case 'f': s->js = J_LIT, s->lit = 1, s->litpos = 1; return 0;
+    case 'n': s->js = J_LIT, s->lit = 2, s->litpos = 1; return 0;
+    default:
+        if (c >= '1' && c <= '9') {
+            s->js = J_NUM, s->num = N_INT;
+            return 0;
+        }
+        return -1;
+    }
+}
+
+static int top_is_obj(const gst_t *s) { return s->depth && (s->stack >> (s->depth - 1) & 1); }
+
+/* Close the innermost container with c ('}' or ']'); 0 or -1. */
+static int close_with(gst_t *s, unsigned c) {
+    if (!s->depth || (c == '}') != top_is_obj(s)) return -1;
+    s->depth--;
+    value_done(s);
+    return 0;
+}
+
+/* One byte of JSON; 0 or -1.  J_DONE refuses every byte. */
+static int json_feed(gst_t *s, unsigned c) {
+    if (is_ws(c) && (s->js == J_OBJ_FIRST || s->js == J_OBJ_KEY || s->js == J_COLON ||
+                     s->js == J_VALUE || s->js == J_ARR_FIRST || s->js == J_AFTER)) {
+        if (s->ws >= MAX_WS) return -1;
+        s->ws++;
+        return 0;
+    }
+    if (s->js != J_STR && s->js != J_ESC && s->js != J_HEX) s->ws = 0;
+    switch (s->js) {
+    case J_TOP:
+        if (c != '{') return -1;
+        return value_start(s, c);
+    case J_OBJ_FIRST:
+        if (c == '}') return close_with(s, c);
+        /* fall through */
+    case J_OBJ_KEY:
+        if (c != '"') return -1;
+        s->js = J_STR, s->skey = 1;
+        return 0;
+    case J_COLON:
+        if (c != ':') return -1;
+        s->js = J_VALUE;
+        return 0;
+    case J_ARR_FIRST:
+        if (c == ']') return close_with(s, c);
+        /* fall through */
+    case J_VALUE: return value_start(s, c);
+    case J_AFTER:
+        if (c == ',') {
+            s->js = top_is_obj(s) ? J_OBJ_KEY : J_VALUE;
+            return 0;
+        }
+        if (c == '}' || c == ']') return close_with(s, c);
+        return -1;
+    case J_STR:
+        if (s->u8need) {
+            if (c < s->u8lo || c > s->u8hi) return -1;
+            s->u8need--;
+            s->u8lo = 0x80, s->u8hi = 0xBF;
+            return 0;
+        }
+        if (c == '"') {
+            if (s->skey) s->js = J_COLON;
+            else value_done(s);
+            return 0;
+        }
+        if (c == '\\') {
+            s->js = J_ESC;
+            return 0;
+        }
+        if (c < 0x20 || c == 0x7F) return -1; /* control characters: not in JSON strings (DEL: kept out too) */
+        if (c < 0x80) return 0;
+        /* UTF-8 lead byte: the allowed range of the next byte (no overlongs, no surrogates) */
+        if (c >= 0xC2 && c <= 0xDF) s->u8need = 1, s->u8lo = 0x80, s->u8hi = 0xBF;
+        else if (c == 0xE0) s->u8need = 2, s->u8lo = 0xA0, s->u8hi = 0xBF;
+        else if (c == 0xED) s->u8need = 2, s->u8lo = 0x80, s->u8hi = 0x9F;
+        else if (c >= 0xE1 && c <= 0xEF) s->u8need = 2, s->u8lo = 0x80, s->u8hi = 0xBF;
+        else if (c == 0xF0) s->u8need = 3, s->u8lo = 0x90, s->u8hi = 0xBF;
+        else if (c >= 0xF1 && c <= 0xF3) s->u8need = 3, s->u8lo = 0x80, s->u8hi = 0xBF;
+        else if (c == 0xF4) s->u8need = 3, s->u8lo = 0x80, s->u8hi = 0x8F;
+        else return -1;
+        return 0;
+    case J_ESC:
+        if (c == 'u') {
+            s->js = J_HEX, s->hex = 4, s->hexd = 0;
+            return 0;
+        }
+        if (!strchr("\"\\/bfnrt", (int)c) || !c) return -1;
+        s->js = J_STR;
+        return 0;
+    case J_HEX: {
+        int h = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
+        if (!h) return -1;
+        /* no surrogate escapes (\uD800-\uDFFF): a lone one is invalid JSON text
+         * for strict readers; characters above U+FFFF go as raw UTF-8 */
+        if (s->hex == 4) s->hexd = c == 'd' || c == 'D';
+        else if (s->hex == 3 && s->hexd && !(c >= '0' && c <= '7')) return -1;
+        if (--s->hex == 0) s->js = J_STR;
+        return 0;
+    }
+    case J_NUM: {
+        int d = c >= '0' && c <= '9';
+        switch (s->num) {
+        case N_MINUS:
+            if (!d) return -1;
+            s->num = c == '0' ? N_ZERO : N_INT;
+            return 0;
+        case N_ZERO:
+        case N_INT:
+            if (d && s->num == N_INT) return 0;
+            if (c == '.') return s->num = N_DOT, 0;
+            if (c == 'e' || c == 'E') return s->num = N_E, 0;
+            break; /* the number ends before c */
+        case N_DOT:
+            if (!d) return -1;
+            s->num = N_FRAC;
+            return 0;
+        case N_FRAC:
+            if (d) return 0;
+            if (c == 'e' || c == 'E') return s->num = N_E, 0;
+            break;
+        case N_E:
+            if (c == '+' || c == '-') return s->num = N_ESIGN, 0;
+            /* fall through */
+        case N_ESIGN:
+            if (!d) return -1;
+            s->num = N_EXP;
+            return 0;
+        case N_EXP:
+            if (d) return 0;
+            break;
+        }
+        value_done(s);
+        if (s->js == J_DONE) return -1;
+        return json_feed(s, c);
+    }
+    case J_LIT:
+        if (c != (unsigned char)LITS[s->lit][s->litpos]) return -1;
+        if (!LITS[s->lit][++s->litpos]) value_done(s);
+        return 0;
+    default: return -1; /* J_DONE */
+    }
+}
+
+/* Bytes still needed to finish the JSON value. */
+static int json_cost(const gst_t *s) {
+    int d = s->depth, key = s->skey ? 2 : 0;
+    switch (s->js) {
+    case J_TOP: return 2;
+    case J_OBJ_FIRST:
+    case J_ARR_FIRST:
+    case J_AFTER: return d;
+    case J_OBJ_KEY: return 4 + d;
+    case J_COLON: return 2 + d;
+    case J_VALUE: return 1 + d;
+    case J_STR: return s->u8need + 1 + key + d;
+    case J_ESC: return 2 + key + d;
+    case J_HEX: return s->hex + 1 + key + d;
+    case J_NUM: return (s->num == N_MINUS || s->num == N_DOT || s->num == N_E || s->num == N_ESIGN) + d;
+    case J_LIT: return (int)strlen(LITS[s->lit]) - s->litpos + d;
+    default: return 0;
+    }
+}
+
+static int special_el(const eng_gram_t *g, int el, int32_t *id) {
+    switch (el) {
+    case E_CALLS_BEGIN: *id = g->ids.calls_begin; return 1;
+    case E_CALL_BEGIN:
+    case E_CALL_BEGIN2: *id = g->ids.call_begin; return 1;
+    case E_SEP: *id = g->ids.sep; return 1;
+    case E_CALL_END: *id = g->ids.call_end; return 1;
+    case E_EOS: *id = g->eos; return 1;
+    default: return 0;
+    }
+}
+
+static void json_begin(gst_t *s) {
+    s->js = J_TOP, s->depth = 0, s->stack = 0, s->ws = 0, s->u8need = 0;
+}
+
+/* One byte of the program; 0 or -1. */
+static int feed(const eng_gram_t *g, gst_t *s, unsigned c) {
+    switch (s->el) {
+    case E_FUNCTION:
+        if (c != (unsigned char)LIT_FUNCTION[s->pos]) return -1;
+        if (!LIT_FUNCTION[++s->pos]) s->el = E_SEP, s->pos = 0;
+        return 0;
+    case E_NAME: {
+        /* a name ends where the fence's "\n" begins (names have no "\n") */
+        if (c == '\n') {
+            if (s->nlo < s->nhi && g->name_len[s->nlo] == s->pos) {
+                s->el = E_FENCE, s->pos = 1;
+                return 0;
+            }
+            return -1;
+        }
+        int lo = s->nlo, hi = s->nhi;
+        while (lo < hi && (g->name_len[lo] <= s->pos || (unsigned char)g->names[lo][s->pos] < c)) lo++;
+        int h2 = lo;
+        while (h2 < hi && g->name_len[h2] > s->pos && (unsigned char)g->names[h2][s->pos] == c) h2++;
+        if (lo == h2) return -1;
+        s->nlo = (uint16_t)lo, s->nhi = (uint16_t)h2, s->pos++;
+        return 0;
+    }
+    case E_FENCE:
+        if (c != (unsigned char)LIT_FENCE[s->pos]) return -1;
+        if (!LIT_FENCE[++s->pos]) {
+            s->el = E_JSON, s->pos = 0;
+            json_begin(s);
+        }
+        return 0;
+    case E_JSON:
+        if (json_feed(s, c)) return -1;
+        if (s->js == J_DONE) s->el = g->kind == G_JSON ? E_EOS : E_FENCE_END, s->pos = 0;
+        return 0;
+    case E_FENCE_END:
+        if (c != (unsigned char)LIT_FENCE_END[s->pos]) return -1;
+        if (!LIT_FENCE_END[++s->pos]) s->el = E_CALL_END, s->pos = 0;
+        return 0;
+    case E_NEXT:
+        if (c != '\n' || !g->parallel || s->ncalls >= MAX_CALLS) return -1;
+        s->el = E_CALL_BEGIN2;
+        return 0;
+    default: return -1; /* an element that is a marker token */
+    }
+}
+
+/* Cost of a whole call from <｜tool▁call▁begin｜> through <｜tool▁calls▁end｜>. */
+static int call_cost(const eng_gram_t *g) { return 1 + 8 + 1 + g->min_name + 9 + 2 + 4 + 1 + 1; }
+
+static int cost(const eng_gram_t *g, const gst_t *s) {
+    int tail_after_json = g->kind == G_JSON ? 0 : 4 + 1 + 1; /* fence end, call end, calls end */
+    switch (s->el) {
+    case E_CALLS_BEGIN: return 1 + call_cost(g);
+    case E_CALL_BEGIN:
+    case E_CALL_BEGIN2: return call_cost(g);
+    case E_FUNCTION: return (int)(sizeof LIT_FUNCTION - 1) - s->pos + call_cost(g) - 1 - 8;
+    case E_SEP: return call_cost(g) - 1 - 8;
+    case E_NAME: {
+        int best = 1 << 20;
+        for (int i = s->nlo; i < s->nhi; i++)
+            if ((int)g->name_len[i] - s->pos < best) best = (int)g->name_len[i] - s->pos;
+        return best + 9 + 2 + tail_after_json;
+    }
+    case E_FENCE: return (int)(sizeof LIT_FENCE - 1) - s->pos + 2 + tail_after_json;
+    case E_JSON: return json_cost(s) + tail_after_json;
+    case E_FENCE_END: return (int)(sizeof LIT_FENCE_END - 1) - s->pos + 2;
+    case E_CALL_END: return 2;
+    case E_NEXT: return 1;
+    default: return 0;
+    }
+}
+
+/* ---- public ---------------------------------------------------------------------- */
+
+static eng_gram_t *gram_new(const eng_vocab_t *v, int32_t eos, gkind_t kind) {
+    eng_gram_t *g = calloc(1, sizeof *g);
+    if (!g) return NULL;
+    g->v = v;
+    g->eos = eos;
+    g->kind = kind;
+    g->stk = malloc((size_t)(v->maxlen + 1) * sizeof *g->stk);
+    g->allow = malloc((size_t)(v->n > 0 ? v->n : 1));
+    if (!g->stk || !g->allow) {
+        eng_gram_free(g);
+        return NULL;
+    }
+    return g;
+}
+
+eng_gram_t *eng_gram_json(const eng_vocab_t *v, int32_t eos) {
+    eng_gram_t *g = gram_new(v, eos, G_JSON);
+    if (!g) return NULL;
+    g->st.el = E_JSON;
+    json_begin(&g->st);
+    return g;
+}
+
+static int cmp_name(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+eng_gram_t *eng_gram_tools(const eng_vocab_t *v, int32_t eos, const eng_tool_ids_t *ids,
+                           const char *const *names, const size_t *name_len, int n_names, int parallel) {
+    if (n_names < 1 || n_names > 1000) return NULL;
+    eng_gram_t *g = gram_new(v, eos, G_TOOLS);
+    if (!g) return NULL;
+    g->ids = *ids;
+    g->parallel = parallel;
+    g->names = calloc((size_t)n_names, sizeof *g->names);
+    g->name_len = calloc((size_t)n_names, sizeof *g->name_len);
+    if (!g->names || !g->name_len) goto fail;
+    for (int i = 0; i < n_names; i++) {
+        if (!name_len[i] || memchr(names[i], 0, name_len[i]) || memchr(names[i], '\n', name_len[i])) goto fail;
+        if (!(g->names[i] = malloc(name_len[i] + 1))) goto fail;
+        memcpy(g->names[i], names[i], name_len[i]);
+        g->names[i][name_len[i]] = 0;
+        g->n_names++;
+    }
+    qsort(g->names, (size_t)n_names, sizeof *g->names, cmp_name);
+    g->min_name = 1 << 20;
+    for (int i = 0; i < n_names; i++) {
+        g->name_len[i] = strlen(g->names[i]);
+        if ((int)g->name_len[i] < g->min_name) g->min_name = (int)g->name_len[i];
+    }
+    g->st.el = E_CALLS_BEGIN;
+    return g;
+fail:
+    eng_gram_free(g);
+    return NULL;
+}
+
+void eng_gram_free(eng_gram_t *g) {
+    if (!g) return;
+    for (int i = 0; g->names && i < g->n_names; i++) free(g->names[i]);
+    free(g->names);
+    free(g->name_len);
+    free(g->stk);
+    free(g->allow);
+    free(g);
+}
+
+/* Advance s over a marker id (an element that is a token). */
+static int accept_special(const eng_gram_t *g, gst_t *s, int32_t id) {
+    int32_t want;
+    if (s->el == E_NEXT && id == g->ids.calls_end) {
+        s->el = E_EOS;
+        return 0;
+    }
+    if (!special_el(g, s->el, &want) || id != want || s->el == E_EOS) return -1;
+    switch (s->el) {
+    case E_CALLS_BEGIN: s->el = E_CALL_BEGIN; break;
+    case E_CALL_BEGIN:
+    case E_CALL_BEGIN2: s->el = E_FUNCTION, s->pos = 0; break;
+    case E_SEP: s->el = E_NAME, s->pos = 0, s->nlo = 0, s->nhi = (uint16_t)g->n_names; break;
+    case E_CALL_END: s->el = E_NEXT, s->ncalls++; break;
+    }
+    return 0;
+}
+
+int eng_gram_done(const eng_gram_t *g) { return g->st.el == E_EOS; }
+int eng_gram_close_cost(const eng_gram_t *g) { return cost(g, &g->st); }
+
+int eng_gram_accept(eng_gram_t *g, int32_t id) {
+    gst_t s = g->st;
+    const tok_t *t = g->v->tok;
+    if (id == g->eos) return g->st.el == E_EOS ? 0 : -1;
+    if (id < 0 || id >= g->v->n) return -1;
+    if (tok_is_added(t, id)) {
+        if (accept_special(g, &s, id)) return -1;
+    } else {
+        size_t n;
+        const char *b = tok_token_bytes(t, id, &n);
+        if (!b || !n) return -1;
+        for (size_t i = 0; i < n; i++)
+            if (feed(g, &s, (unsigned char)b[i])) return -1;
+    }
+    g->st = s;
+    return 0;
+}
+
+/* Fill g->allow for the current state; budget < 0: validity only. */
+static int walk(eng_gram_t *g, int budget) {
+    const eng_vocab_t *v = g->v;
+    const tok_t *t = v->tok;
+    int count = 0;
+    memset(g->allow, 0, (size_t)v->n);
+    /* marker tokens and EOS */
+    int32_t want;
+    gst_t s;
+    if (special_el(g, g->st.el, &want) || g->st.el == E_NEXT) {
+        int32_t cand[2] = {-1, -1};
+        if (g->st.el == E_NEXT) cand[0] = g->ids.calls_end;
+        else cand[0] = want;
+        for (int k = 0; k < 2; k++) {
+            if (cand[k] < 0 || cand[k] >= v->n) continue;
+            s = g->st;
+            if (cand[k] == g->eos) {
+                if (g->st.el != E_EOS) continue;
+            } else if (accept_special(g, &s, cand[k]) || (budget >= 0 && cost(g, &s) + 1 > budget)) {
+                continue;
+            }
+            g->allow[cand[k]] = 1;
+            count++;
+        }
+        if (g->st.el != E_NEXT) return count; /* a marker, nothing else */
+    }
+    /* byte tokens, in sorted order, states shared along common prefixes */
+    g->stk[0] = g->st;
+    int valid = 0; /* g->stk[0..valid] hold the states of the previous token's first bytes */
+    for (int32_t i = 0; i < v->n_order; i++) {
+        int l = v->lcp[i];
+        if (l > valid) continue; /* extends a prefix already refused */
+        int32_t id = v->order[i];
+        size_t n;
+        const unsigned char *b = (const unsigned char *)tok_token_bytes(t, id, &n);
+        int k = l, ok = 1;
+        for (; k < (int)n; k++) {
+            g->stk[k + 1] = g->stk[k];
+            if (feed(g, &g->stk[k + 1], b[k])) {
+                ok = 0;
+                break;
+            }
+        }
+        valid = k;
+        if (!ok) continue;
+        if (budget >= 0 && cost(g, &g->stk[n]) + 1 > budget) continue;
+        g->allow[id] = 1;
+        count++;
+    }
+    return count;
+}
+
+int eng_gram_mask(eng_gram_t *g, int remaining, float *logits, int32_t n) {
+    /* after this token, `remaining - 1` are left: the rest of the grammar and EOS must fit */
+    int count = walk(g, remaining - 1);
+    if (!count) count = walk(g, -1);
+    int32_t m = n < g->v->n ? n : g->v->n;
+    for (int32_t id = 0; id < m; id++)
+        if (!g->allow[id]) logits[id] = -INFINITY;
+    for (int32_t id = m; id < n; id++) logits[id] = -INFINITY;
+    return count;
+}

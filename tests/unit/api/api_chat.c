@@ -1,0 +1,274 @@
+/* Unit tests for api/api_chat.c, the request reader the gateway and the
+ * engine share: strict parameters (unknown -> 400 naming it, OpenAI's
+ * shape), tools and tool_choice, response_format, logit_bias, top_k, the one
+ * max_tokens rule, tojson, and the rendered prompt against the reference
+ * vectors (tests/tokenizer/vectors/chat.jsonl, rendered by @huggingface/jinja,
+ * tools included).
+ *
+ *   api_chat VECTORS_DIR */
+#include "../../../api/api_chat.c"
+
+#include <cjson/cJSON.h>
+
+#include "tg_test.h"
+
+static const char *vec_dir = "tests/tokenizer/vectors";
+
+#define MSG "\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]"
+#define TOOL(n) "{\"type\":\"function\",\"function\":{\"name\":\"" n "\",\"parameters\":{\"type\":\"object\"}}}"
+
+static int parse(const char *body, api_chat_req_t *r, api_err_t *e) {
+    memset(e, 0, sizeof *e);
+    return api_chat_req_parse(r, body, strlen(body), e);
+}
+
+static void expect_400(const char *body, const char *param, const char *code) {
+    api_chat_req_t r;
+    api_err_t e;
+    int rc = parse(body, &r, &e);
+    CHECK_EQ_I(rc, -1);
+    CHECK_EQ_I(e.status, 400);
+    CHECK_EQ_S(e.type, "invalid_request_error");
+    if (param) CHECK_EQ_S(e.param, param);
+    if (code) CHECK_EQ_S(e.code, code);
+    if (rc == 0) {
+        fprintf(stderr, "  body accepted: %s\n", body);
+        api_chat_req_free(&r);
+    }
+}
+
+static void test_unknown_parameters(void) {
+    api_chat_req_t r;
+    api_err_t e;
+    CHECK_EQ_I(parse("{\"model\":\"m\"," MSG ",\"foo\":1}", &r, &e), -1);
+    char *j = api_err_json(&e);
+    CHECK_EQ_S(j, "{\"error\":{\"message\":\"Unrecognized request argument supplied: foo\",\"type\":"
+                  "\"invalid_request_error\",\"param\":\"foo\",\"code\":\"unknown_parameter\"}}");
+    free(j);
+    expect_400("{\"model\":\"m\"," MSG ",\"min_p\":0.1}", "min_p", "unknown_parameter");
+    expect_400("{\"model\":\"m\"," MSG ",\"repetition_penalty\":1.1}", "repetition_penalty", "unknown_parameter");
+    expect_400("{\"model\":\"m\"," MSG ",\"stream_options\":{\"include_usage\":true,\"x\":1}}", "stream_options",
+               "unknown_parameter");
+    expect_400("{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\",\"nme\":\"x\"}]}", "messages[0]",
+               "unknown_parameter");
+    /* known to OpenAI/DeepSeek, not served here: a clear 400, never ignored */
+    expect_400("{\"model\":\"m\"," MSG ",\"functions\":[]}", "functions", "unsupported_parameter");
+    expect_400("{\"model\":\"m\"," MSG ",\"audio\":{}}", "audio", "unsupported_parameter");
+    expect_400("{\"model\":\"m\"," MSG ",\"store\":true}", "store", "unsupported_parameter");
+    expect_400("{\"model\":\"m\"," MSG ",\"response_format\":{\"type\":\"json_schema\"}}", "response_format.type",
+               "unsupported_parameter");
+    expect_400("{\"model\":\"m\"," MSG ",\"n\":2}", "n", "invalid_value");
+    expect_400("{\"model\":\"m\",\"messages\":[{\"role\":\"assistant\",\"content\":\"x\",\"prefix\":true}]}",
+               "messages[0].prefix", "unsupported_parameter");
+    /* duplicates: the gateway and the engine must not read different values */
+    expect_400("{\"model\":\"m\"," MSG ",\"max_tokens\":1,\"max_tokens\":9}", "max_tokens", "invalid_value");
+    /* identifiers are accepted (shape checked) */
+    CHECK_EQ_I(parse("{\"model\":\"m\"," MSG ",\"user\":\"u1\",\"metadata\":{\"a\":\"b\"},\"store\":false,"
+                     "\"service_tier\":\"auto\",\"n\":1}", &r, &e), 0);
+    api_chat_req_free(&r);
+    expect_400("{\"model\":\"m\"," MSG ",\"user\":5}", "user", "invalid_type");
+}
+
+static void test_sampling_parameters(void) {
+    api_chat_req_t r;
+    api_err_t e;
+    CHECK_EQ_I(parse("{\"model\":\"m\"," MSG ",\"top_k\":40,\"logit_bias\":{\"15\":-100,\"7\":2.5},\"seed\":-1}",
+                     &r, &e), 0);
+    CHECK_EQ_I(r.top_k, 40);
+    CHECK_EQ_I(r.n_bias, 2);
+    CHECK(r.bias[0].id == 15 && r.bias[0].bias == -100 && r.bias[1].id == 7 && r.bias[1].bias == 2.5f);
+    CHECK(r.has_seed && r.seed == UINT64_MAX);
+    CHECK_EQ_I(api_chat_check_vocab(&r, 16, &e), 0);
+    CHECK_EQ_I(api_chat_check_vocab(&r, 15, &e), -1);
+    CHECK_EQ_S(e.param, "logit_bias");
+    api_chat_req_free(&r);
+    CHECK_EQ_I(parse("{\"model\":\"m\"," MSG ",\"top_k\":-1}", &r, &e), 0);
+    CHECK_EQ_I(r.top_k, 0);
+    api_chat_req_free(&r);
+    expect_400("{\"model\":\"m\"," MSG ",\"top_k\":-2}", "top_k", "invalid_value");
+    expect_400("{\"model\":\"m\"," MSG ",\"top_k\":1.5}", "top_k", "invalid_type");
+    expect_400("{\"model\":\"m\"," MSG ",\"logit_bias\":{\"x\":1}}", "logit_bias", "invalid_value");
+    expect_400("{\"model\":\"m\"," MSG ",\"logit_bias\":{\"-1\":1}}", "logit_bias", "invalid_value");
+    expect_400("{\"model\":\"m\"," MSG ",\"logit_bias\":{\"1\":101}}", "logit_bias", "invalid_value");
+    expect_400("{\"model\":\"m\"," MSG ",\"logit_bias\":[1]}", "logit_bias", "invalid_type");
+}
+
+/* One number for both sides: the smaller of max_tokens and max_completion_tokens. */
+static void test_max_tokens(void) {
+    api_chat_req_t r;
+    api_err_t e;
+    CHECK_EQ_I(parse("{\"model\":\"m\"," MSG ",\"max_tokens\":50,\"max_completion_tokens\":20}", &r, &e), 0);
+    CHECK_EQ_I(r.max_tokens, 20);
+    api_chat_req_free(&r);
+    CHECK_EQ_I(parse("{\"model\":\"m\"," MSG ",\"max_completion_tokens\":50,\"max_tokens\":20}", &r, &e), 0);
+    CHECK_EQ_I(r.max_tokens, 20);
+    api_chat_req_free(&r);
+    CHECK_EQ_I(parse("{\"model\":\"m\"," MSG ",\"max_completion_tokens\":50}", &r, &e), 0);
+    CHECK_EQ_I(r.max_tokens, 50);
+    api_chat_req_free(&r);
+    CHECK_EQ_I(parse("{\"model\":\"m\"," MSG ",\"max_tokens\":null,\"max_completion_tokens\":null}", &r, &e), 0);
+    CHECK_EQ_I(r.max_tokens, 0);
+    api_chat_req_free(&r);
+}
+
+static void test_tools(void) {
+    api_chat_req_t r;
+    api_err_t e;
+    CHECK_EQ_I(parse("{\"model\":\"m\"," MSG ",\"tools\":[" TOOL("a") "," TOOL("b_c-1") "]}", &r, &e), 0);
+    CHECK_EQ_I(r.n_tools, 2);
+    CHECK_EQ_I(r.tool_choice, API_TOOL_CHOICE_AUTO);
+    CHECK(r.parallel_tool_calls);
+    CHECK_EQ_S(r.tools[1].json, "{\"type\": \"function\", \"function\": {\"name\": \"b_c-1\", \"parameters\": "
+                                "{\"type\": \"object\"}}}");
+    api_chat_req_free(&r);
+    CHECK_EQ_I(parse("{\"model\":\"m\"," MSG ",\"tools\":[" TOOL("a") "," TOOL("b") "],\"tool_choice\":"
+                     "{\"type\":\"function\",\"function\":{\"name\":\"b\"}},\"parallel_tool_calls\":false}", &r, &e), 0);
+    CHECK(r.tool_choice == API_TOOL_CHOICE_NAMED && r.tool_named == 1 && !r.parallel_tool_calls);
+    api_chat_req_free(&r);
+    CHECK_EQ_I(parse("{\"model\":\"m\"," MSG ",\"tools\":[" TOOL("a") "],\"tool_choice\":\"required\"}", &r, &e), 0);
+    CHECK_EQ_I(r.tool_choice, API_TOOL_CHOICE_REQUIRED);
+    api_chat_req_free(&r);
+    CHECK_EQ_I(parse("{\"model\":\"m\"," MSG ",\"tool_choice\":\"none\"}", &r, &e), 0);
+    CHECK_EQ_I(r.tool_choice, API_TOOL_CHOICE_NONE);
+    api_chat_req_free(&r);
+    expect_400("{\"model\":\"m\"," MSG ",\"tool_choice\":\"required\"}", "tool_choice", "invalid_value");
+    expect_400("{\"model\":\"m\"," MSG ",\"tools\":[" TOOL("a") "],\"tool_choice\":\"always\"}", "tool_choice",
+               "invalid_value");
+    expect_400("{\"model\":\"m\"," MSG ",\"tools\":[" TOOL("a") "],\"tool_choice\":{\"type\":\"function\","
+               "\"function\":{\"name\":\"zz\"}}}", "tool_choice", "invalid_value");
+    expect_400("{\"model\":\"m\"," MSG ",\"tools\":[" TOOL("a b") "]}", "tools[0].function.name", "invalid_value");
+    expect_400("{\"model\":\"m\"," MSG ",\"tools\":[" TOOL("a") "," TOOL("a") "]}", "tools[1].function.name",
+               "invalid_value");
+    expect_400("{\"model\":\"m\"," MSG ",\"tools\":[{\"type\":\"retrieval\"}]}", "tools[0].type", "invalid_value");
+    expect_400("{\"model\":\"m\"," MSG ",\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"a\","
+               "\"parameters\":[]}}]}", "tools[0].function.parameters", "invalid_type");
+    expect_400("{\"model\":\"m\"," MSG ",\"tools\":{}}", "tools", "invalid_type");
+    expect_400("{\"model\":\"m\"," MSG ",\"tools\":[" TOOL("a") "],\"tool_choice\":\"required\","
+               "\"response_format\":{\"type\":\"json_object\"}}", "response_format", "invalid_value");
+    CHECK_EQ_I(parse("{\"model\":\"m\"," MSG ",\"response_format\":{\"type\":\"json_object\"}}", &r, &e), 0);
+    CHECK_EQ_I(r.format, API_FORMAT_JSON_OBJECT);
+    api_chat_req_free(&r);
+    /* Mixtral's template has no tools */
+    CHECK_EQ_I(parse("{\"model\":\"m\"," MSG ",\"tools\":[" TOOL("a") "]}", &r, &e), 0);
+    size_t n;
+    CHECK(api_chat_render(&r, TOK_TMPL_MIXTRAL, &n, &e) == NULL);
+    CHECK_EQ_S(e.param, "tools");
+    api_chat_req_free(&r);
+}
+
+/* Messages from JSON: parts, object arguments, NUL bytes, refusals (the
+ * checks tok_unit.c had when the tokenizer also read JSON). */
+static void test_render(void) {
+    api_chat_req_t r;
+    api_err_t e;
+    size_t n;
+    CHECK_EQ_I(parse("{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"a\"},"
+                     "{\"type\":\"text\",\"text\":\"b\"}]},{\"role\":\"assistant\",\"content\":null,\"tool_calls\":[{"
+                     "\"type\":\"function\",\"function\":{\"name\":\"f\",\"arguments\":{\"x\":1}}},{\"function\":{\"name\":"
+                     "\"g\",\"arguments\":\"{}\"}}]},{\"role\":\"tool\",\"content\":\"r\"}]}", &r, &e), 0);
+    char *s = api_chat_render(&r, TOK_TMPL_DEEPSEEK_V3, &n, &e);
+    CHECK_EQ_S(s, "<｜begin▁of▁sentence｜><｜User｜>ab<｜Assistant｜><｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function"
+                  "<｜tool▁sep｜>f\n```json\n{\"x\":1}\n```<｜tool▁call▁end｜>\n<｜tool▁call▁begin｜>function<｜tool▁sep｜>g"
+                  "\n```json\n{}\n```<｜tool▁call▁end｜><｜tool▁calls▁end｜><｜end▁of▁sentence｜><｜tool▁outputs▁begin｜>"
+                  "<｜tool▁output▁begin｜>r<｜tool▁output▁end｜><｜tool▁outputs▁end｜>");
+    free(s);
+    api_chat_req_free(&r);
+    CHECK_EQ_I(parse("{\"model\":\"m\",\"messages\":[{\"role\":\"system\",\"content\":\"s\\u0000t\"},{\"role\":\"user\","
+                     "\"content\":[{\"type\":\"text\",\"text\":\"a\\u0000\"},{\"type\":\"text\",\"text\":\"b\"}]}]}", &r, &e), 0);
+    s = api_chat_render(&r, TOK_TMPL_DEEPSEEK_V3, &n, &e);
+    static const char want[] = "<｜begin▁of▁sentence｜>s\0t<｜User｜>a\0b<｜Assistant｜>";
+    CHECK(s && n == sizeof want - 1 && !memcmp(s, want, n));
+    free(s);
+    api_chat_req_free(&r);
+    expect_400("{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"a\\ud800b\"}]}", NULL, "invalid_utf8");
+    expect_400("{\"model\":\"m\",\"messages\":[{\"role\":\"assistant\",\"tool_calls\":[{\"function\":{\"name\":"
+               "\"f\\u0000\",\"arguments\":\"{}\"}}]}]}", "messages[0].tool_calls", "invalid_value");
+}
+
+static void test_tojson(void) {
+    const char *src = "{\"a\":1.50,\"b\":\"\\u00e9\\n\\u0001\\\"/\",\"c\":[1,2,{\"d\":null,\"e\":true}],\"f\":{}}";
+    tg_json_t *v = tg_json_parse(src, strlen(src), NULL, NULL);
+    tg_json_buf_t b = {0};
+    CHECK_EQ_I(api_tojson(&b, v), 0);
+    CHECK_EQ_S(b.p, "{\"a\": 1.50, \"b\": \"é\\n\\u0001\\\"/\", \"c\": [1, 2, {\"d\": null, \"e\": true}], \"f\": {}}");
+    tg_json_buf_free(&b);
+    tg_json_free(v);
+}
+
+/* Every reference conversation through the reader: the request body built
+ * from the vector's messages (and tools) renders to the reference text. */
+static void test_vectors(void) {
+    char path[4200];
+    snprintf(path, sizeof path, "%s/chat.jsonl", vec_dir);
+    FILE *f = fopen(path, "r");
+    CHECK(f != NULL);
+    if (!f) return;
+    char *line = NULL;
+    size_t cap = 0, total = 0, same = 0, tools = 0, tools_same = 0;
+    while (getline(&line, &cap, f) > 0) {
+        cJSON *j = cJSON_Parse(line);
+        if (!j) continue;
+        const char *kind = cJSON_GetStringValue(cJSON_GetObjectItem(j, "kind"));
+        tok_tmpl_kind_t k = !strcmp(kind, "deepseek_v3")   ? TOK_TMPL_DEEPSEEK_V3
+                            : !strcmp(kind, "deepseek_r1") ? TOK_TMPL_DEEPSEEK_R1
+                                                           : TOK_TMPL_MIXTRAL;
+        int agp = cJSON_IsTrue(cJSON_GetObjectItem(j, "add_generation_prompt"));
+        total++;
+        if (!agp) { /* the reader always adds the generation prompt */
+            same++;
+            cJSON_Delete(j);
+            continue;
+        }
+        cJSON *body = cJSON_CreateObject();
+        cJSON_AddStringToObject(body, "model", "m");
+        cJSON_AddItemToObject(body, "messages", cJSON_Duplicate(cJSON_GetObjectItem(j, "messages"), 1));
+        cJSON *tl = cJSON_GetObjectItem(j, "tools");
+        if (tl) cJSON_AddItemToObject(body, "tools", cJSON_Duplicate(tl, 1));
+        char *bs = cJSON_PrintUnformatted(body);
+        api_chat_req_t r;
+        api_err_t e;
+        size_t n = 0;
+        char *text = NULL;
+        if (!api_chat_req_parse(&r, bs, strlen(bs), &e)) {
+            text = api_chat_render(&r, k, &n, &e);
+            if (tl) {
+                tools++;
+                int ok = (int)r.n_tools == cJSON_GetArraySize(tl);
+                for (size_t i = 0; ok && i < r.n_tools; i++)
+                    ok = !strcmp(r.tools[i].json,
+                                 cJSON_GetStringValue(cJSON_GetArrayItem(cJSON_GetObjectItem(j, "tools_json"), (int)i)));
+                tools_same += ok;
+            }
+            api_chat_req_free(&r);
+        } else {
+            fprintf(stderr, "vector refused: %s\n", e.message);
+        }
+        const char *want = cJSON_GetStringValue(cJSON_GetObjectItem(j, "text"));
+        if (text && !strcmp(text, want)) same++;
+        else fprintf(stderr, "render mismatch (%s):\n  want %s\n  got  %s\n", kind, want, text ? text : "(null)");
+        free(text);
+        free(bs);
+        cJSON_Delete(body);
+        cJSON_Delete(j);
+    }
+    free(line);
+    fclose(f);
+    printf("api vectors: %zu/%zu rendered identically, tojson %zu/%zu\n", same, total, tools_same, tools);
+    CHECK(total >= 60);
+    CHECK_EQ_I(same, total);
+    CHECK(tools >= 8);
+    CHECK_EQ_I(tools_same, tools);
+}
+
+int main(int argc, char **argv) {
+    if (argc > 1) vec_dir = argv[1];
+    test_unknown_parameters();
+    test_sampling_parameters();
+    test_max_tokens();
+    test_tools();
+    test_render();
+    test_tojson();
+    test_vectors();
+    printf("%s: %d checks, %d failed, %d skipped\n", __FILE__, tg_test_checks, tg_test_fails, tg_test_skips);
+    return tg_test_fails ? 1 : 0;
+}
