@@ -31,8 +31,13 @@ void bill_usd_format(int64_t pico, char out[32]);
  * NUMERIC balance).  Returns 0, or -1 when s is not [-]digits or out is short. */
 int bill_usd_format_dec(const char *pico_dec, char *out, size_t outlen);
 
-/* A new API key: "sk-" + 48 hex chars from RAND_bytes.  Returns 0 or -1. */
-int bill_key_generate(char out[52]);
+/* A new API key (BILL_KEY_LEN chars + NUL): "sk-tg1-", an 8-character key
+ * id, a 32-character secret (base62, RAND_bytes) and a 6-character base62
+ * CRC-32 of the rest.  prefix gets "sk-tg1-<id>" for display.  Returns 0 or -1. */
+int bill_key_generate(char out[BILL_KEY_LEN + 1], char prefix[16]);
+
+/* nbytes random bytes as 2*nbytes lowercase hex + NUL.  Returns 0 or -1. */
+int bill_random_hex(char *out, size_t nbytes);
 
 /* ---- PostgreSQL pool (bill_pg.c) --------------------------------------- */
 
@@ -78,6 +83,8 @@ bill_settler_t *bill_settler_new(struct event_base *base, bill_pg_t *pg, const c
                                  char *err, size_t errlen);
 void bill_settler_push(bill_settler_t *s, const bill_usage_t *u);
 void bill_settler_on_up(void *settler); /* bill_pg_up_cb: replay the spool */
+/* cb(request_id) for every row committed or given up (rejected). */
+void bill_settler_on_commit(bill_settler_t *s, void (*cb)(const char *request_id, void *arg), void *arg);
 void bill_settler_stats(const bill_settler_t *s, bill_settle_stats_t *st); /* s may be NULL */
 /* Shut down: try a short blocking drain through conninfo, spool the rest. */
 void bill_settler_free(bill_settler_t *s, const char *conninfo);
@@ -99,6 +106,56 @@ void bill_admin_free(bill_admin_t *a);
 extern const char BILL_REPORT_USAGE_SQL[], BILL_REPORT_TOP_SQL[], BILL_REPORT_BALANCE_SQL[];
 
 /* ---- the handle --------------------------------------------------------- */
+
+/* ---- admission caches (bill_cache.c) ---------------------------------- */
+
+int64_t bill_mono_us(void); /* CLOCK_MONOTONIC in microseconds */
+
+typedef struct bill_cache bill_cache_t;
+
+/* A key as admission needs it.  state: BILL_OK (a live or expired key: the
+ * expiry is checked at each use), BILL_UNAUTHORIZED (unknown: a negative
+ * entry, or revoked). */
+typedef struct {
+    int state;
+    bill_key_t key;      /* key.models_json owned by the cache */
+    int64_t expires_us;  /* CLOCK_REALTIME us of its expiry, 0: none */
+    int64_t fetched_us;  /* bill_mono_us() when read from PostgreSQL */
+    char *models_json;   /* the scope as JSON, NULL: every model */
+} bill_cache_key_t;
+
+typedef struct {
+    int has_price;       /* 0: the model has no price */
+    bill_price_t price;
+    int64_t fetched_us;
+} bill_cache_price_t;
+
+bill_cache_t *bill_cache_new(void);
+void bill_cache_free(bill_cache_t *c); /* accepts NULL */
+void bill_cache_clear(bill_cache_t *c);
+/* Lookups return the cached entry (valid until the next put/evict/clear) or NULL. */
+const bill_cache_key_t *bill_cache_key(bill_cache_t *c, const char *hash);
+int bill_cache_key_allows(bill_cache_t *c, const char *hash, const char *model); /* 1: in scope */
+int bill_cache_put_key(bill_cache_t *c, const char *hash, const bill_cache_key_t *v); /* copies; 0 or -1 */
+void bill_cache_evict_key(bill_cache_t *c, const char *hash);
+void bill_cache_evict_customer(bill_cache_t *c, int64_t customer_id); /* its keys and prices */
+const bill_cache_price_t *bill_cache_price(bill_cache_t *c, int64_t customer_id, const char *model);
+int bill_cache_put_price(bill_cache_t *c, int64_t customer_id, const char *model, const bill_cache_price_t *v);
+size_t bill_cache_size(const bill_cache_t *c);
+
+/* ---- change notifications (bill_listen.c) ------------------------------ */
+
+typedef struct bill_listen bill_listen_t;
+typedef void (*bill_listen_cb)(const char *channel, const char *payload, void *arg);
+typedef void (*bill_listen_state_cb)(int up, void *arg);
+
+/* LISTEN on tg_key and tg_customer over a connection of its own, re-made
+ * with back-off; state_cb(1) once listening (earlier changes may have been
+ * missed), state_cb(0) when lost.  Returns NULL on ENOMEM. */
+bill_listen_t *bill_listen_new(struct event_base *base, const char *conninfo, bill_listen_cb notify_cb,
+                               bill_listen_state_cb state_cb, void *arg);
+int bill_listen_up(const bill_listen_t *l);
+void bill_listen_free(bill_listen_t *l); /* accepts NULL */
 
 /* ---- keys' last use (bill_keyuse.c) ------------------------------------- */
 
@@ -129,11 +186,68 @@ void bill_refusals_free(bill_refusals_t *r, const char *conninfo);
  * (exact).  Returns 0, or -1 past the last. */
 int bill_settler_cost(const bill_settler_t *s, int i, const char **model, char usd[48]);
 
+/* ---- credit leases (bill_lease.c) --------------------------------------- */
+
+typedef struct bill_lease bill_lease_t;
+
+/* One admission or hold in progress (bill.c); a hold waits on its lease's
+ * queue (link) until a grant answers it. */
+struct bill_req {
+    TAILQ_ENTRY(bill_req) link;  /* bill_t.ready, or a lease's waiters */
+    bill_t *b;
+    int kind;                    /* 0: admission, 1: hold */
+    int queued;                  /* in b->ready */
+    bill_pg_job_t *job;
+    void *arg;
+    /* admission */
+    bill_admit_cb cb;
+    char peer[64], model[256], hash[65];
+    bill_status_t st;
+    bill_key_t key;
+    char *models_json;
+    uint64_t gen;                /* b->gen when the statement was sent */
+    /* hold */
+    int64_t amount;
+    bill_hold_t *hold;
+    bill_hold_cb hold_cb;
+    void *lease;                 /* the lease whose queue holds it */
+};
+
+typedef struct {
+    int64_t leases, leased_pico, open_holds, held_pico;
+    uint64_t holds_total, grants, grant_refusals, overruns;
+} bill_lease_stats_t;
+
+bill_lease_t *bill_lease_new(bill_t *b, const char *spool_dir, const bill_opts_t *o, char *err, size_t errlen);
+void bill_lease_free(bill_lease_t *L); /* accepts NULL */
+/* Take r->amount for r->key from the local lease: 1 when taken now (r->hold
+ * filled), 0 when r waits for a grant (answered through r->hold_cb), -1 on
+ * ENOMEM. */
+int bill_lease_hold(bill_lease_t *L, bill_req_t *r);
+void bill_lease_cancel(bill_lease_t *L, bill_req_t *r);   /* r leaves its queue */
+void bill_lease_release(bill_lease_t *L, bill_hold_t *h);
+/* The request settled at cost: the hold goes, the cost stays reserved until
+ * its usage row commits (bill_lease_committed with its request id). */
+void bill_lease_settle(bill_lease_t *L, bill_hold_t *h, const char *request_id, int64_t cost);
+void bill_lease_committed(bill_lease_t *L, const char *request_id);
+void bill_lease_stats(const bill_lease_t *L, bill_lease_stats_t *st);
+const char *bill_lease_holder(const bill_lease_t *L);
+
+TAILQ_HEAD(bill_req_q, bill_req);
+
 struct bill {
     struct event_base *base;
     bill_pg_t *pg;
     bill_refusals_t *refusals;
     bill_keyuse_t *keyuse;
+    bill_cache_t *cache;
+    bill_listen_t *listen;
+    int64_t key_ttl_us, fallback_ttl_us, neg_ttl_us, price_ttl_us;
+    uint64_t gen;              /* bumped by every change notice */
+    struct bill_req_q ready;   /* admissions answered from the cache, called back from `kick` */
+    struct event *kick;
+    bill_lease_t *lease;
+    uint64_t cache_hits, cache_misses, invalidations;
     bill_settler_t *settler;
     bill_admin_t *admin;
     char *conninfo;

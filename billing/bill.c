@@ -1,81 +1,164 @@
 /* bill.c — the handle the gateway holds: admission (key -> keyed hash ->
- * one query for key, its expiry and model scope, customer balance and
- * the model's price for this customer now: tg_customer_price, the base
- * price book with the customer's override applied, and their versions) and the wiring of the PostgreSQL pool, the settlement
- * queue, the keys' last-use writer and the admin API.
+ * the key cache, or one statement for key, scope, expiry and the model's
+ * price on a miss), balance holds (bill_lease.c), and the wiring of the
+ * PostgreSQL pool, the LISTEN connection that keeps the cache true, the
+ * settlement queue, the keys' last-use writer and the admin API.
  *
- * No cache: every admission reads PostgreSQL, so a revocation, an expiry (or
- * the end of a rotated key's grace) or a credit counts for the very next
- * request on every gateway instance. */
+ * In the steady state an admission makes no PostgreSQL round trip: the key
+ * and the price are cached, and a hold is taken from a local credit lease.
+ * A revocation, an expiry change or a scope change reaches every gateway
+ * through NOTIFY (migrations/0011) within milliseconds; an expiry itself is
+ * checked against the clock at each use. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <time.h>
 
 #include <event2/event.h>
 
 #include "bill-int.h"
+#include "tg_json.h"
 
 #define POOL_SIZE 4
 #define TIMEOUT_MS 5000
 
-struct bill_req {
-    bill_t *b;
-    bill_pg_job_t *job;
-    bill_admit_cb cb;
-    void *arg;
-    char peer[64];
-};
-
 static const char ADMIT_SQL[] =
     "SELECT k.id, k.customer_id, k.rpm, k.tpm, k.concurrency, k.revoked_at IS NOT NULL,"
-    " c.balance_pico > 0, p.input_cache_miss, p.input_cache_hit, p.output,"
-    " k.expires_at IS NOT NULL AND k.expires_at <= now(), k.models IS NULL OR $2 = ANY (k.models),"
-    " array_to_json(k.models)::text, p.price_id, p.override_id"
-    " FROM api_keys k JOIN customers c ON c.id = k.customer_id"
-    " LEFT JOIN LATERAL tg_customer_price(k.customer_id, $2, now()) p ON true"
+    " (extract(epoch FROM k.expires_at) * 1000000)::bigint, array_to_json(k.models)::text,"
+    " p.input_cache_miss, p.input_cache_hit, p.output, p.price_id, p.override_id"
+    " FROM api_keys k LEFT JOIN LATERAL tg_customer_price(k.customer_id, $2, now()) p ON true"
     " WHERE k.key_hash = $1";
+
+static int64_t real_us(void) {
+    struct timeval tv;
+    gettimeofday(&tv, NULL);
+    return (int64_t)tv.tv_sec * 1000000 + tv.tv_usec;
+}
+
+static void req_free(bill_req_t *r) {
+    free(r->models_json);
+    free(r);
+}
+
+/* 1 when models_json (a JSON array of names, NULL: every model) holds model. */
+static int scope_allows(const char *models_json, const char *model) {
+    if (!models_json) return 1;
+    tg_json_t *j = tg_json_parse(models_json, strlen(models_json), NULL, NULL);
+    int ok = 0;
+    for (size_t i = 0; j && !ok && i < tg_json_len(j); i++) {
+        size_t n;
+        const char *m = tg_json_str(tg_json_at(j, i), &n);
+        ok = m && n == strlen(model) && !memcmp(m, model, n);
+    }
+    tg_json_free(j);
+    return ok;
+}
+
+/* Decide admission from a key and a price (cached or just read); allowed:
+ * the key's scope holds the model.  Fills r->st, r->key, r->models_json. */
+static void admit_decide(bill_t *b, bill_req_t *r, const bill_cache_key_t *k, const bill_cache_price_t *p,
+                         int allowed) {
+    memset(&r->key, 0, sizeof r->key);
+    if (k->state != BILL_OK) {
+        r->st = BILL_UNAUTHORIZED;
+        return;
+    }
+    r->key = k->key;
+    r->key.models_json = NULL;
+    if (k->models_json && !(r->models_json = strdup(k->models_json))) {
+        r->st = BILL_ERROR;
+        return;
+    }
+    bill_keyuse_touch(b->keyuse, k->key.key_id, r->peer);
+    if (k->expires_us && real_us() >= k->expires_us) r->st = BILL_KEY_EXPIRED;
+    else if (!allowed) r->st = BILL_MODEL_NOT_ALLOWED;
+    else if (!p || !p->has_price) r->st = BILL_NO_PRICE;
+    else {
+        r->key.price = p->price;
+        r->st = BILL_OK;
+    }
+}
+
+static void admit_answer(bill_req_t *r) {
+    bill_admit_cb cb = r->cb;
+    void *arg = r->arg;
+    bill_status_t st = r->st;
+    bill_key_t key = r->key;
+    key.models_json = r->models_json;
+    cb(st, &key, arg);
+    req_free(r);
+}
 
 static void admit_done(PGresult *res, const char *err, void *arg) {
     bill_req_t *r = arg;
-    bill_key_t key;
-    bill_status_t st = BILL_ERROR;
-    memset(&key, 0, sizeof key);
+    bill_t *b = r->b;
+    r->job = NULL;
     if (!res || PQresultStatus(res) != PGRES_TUPLES_OK) {
         fprintf(stderr, "bill: admission query failed: %s", err ? err : PQresultErrorMessage(res));
         if (err) fputc('\n', stderr);
-    } else if (PQntuples(res) == 0 || *PQgetvalue(res, 0, 5) == 't') {
-        st = BILL_UNAUTHORIZED;
-    } else if (*PQgetvalue(res, 0, 10) == 't') {
-        st = BILL_KEY_EXPIRED;
+        r->st = BILL_ERROR;
+        memset(&r->key, 0, sizeof r->key);
+        admit_answer(r);
+        return;
+    }
+    bill_cache_key_t k = {0};
+    bill_cache_price_t p = {0};
+    k.fetched_us = p.fetched_us = bill_mono_us();
+    if (PQntuples(res) == 0 || *PQgetvalue(res, 0, 5) == 't') {
+        k.state = BILL_UNAUTHORIZED;
+        if (PQntuples(res)) k.key.key_id = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
     } else {
-        key.key_id = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
-        key.customer_id = strtoll(PQgetvalue(res, 0, 1), NULL, 10);
-        key.rpm = (int32_t)strtol(PQgetvalue(res, 0, 2), NULL, 10);
-        key.tpm = (int32_t)strtol(PQgetvalue(res, 0, 3), NULL, 10);
-        key.concurrency = (int32_t)strtol(PQgetvalue(res, 0, 4), NULL, 10);
-        key.models_json = PQgetisnull(res, 0, 12) ? NULL : PQgetvalue(res, 0, 12);
-        bill_keyuse_touch(r->b->keyuse, key.key_id, r->peer);
-        if (*PQgetvalue(res, 0, 11) != 't') {
-            st = BILL_MODEL_NOT_ALLOWED;
-        } else if (*PQgetvalue(res, 0, 6) != 't') {
-            st = BILL_NO_BALANCE;
-        } else if (PQgetisnull(res, 0, 7)) {
-            st = BILL_NO_PRICE;
-        } else {
-            key.price.input_cache_miss = strtoll(PQgetvalue(res, 0, 7), NULL, 10);
-            key.price.input_cache_hit = strtoll(PQgetvalue(res, 0, 8), NULL, 10);
-            key.price.output = strtoll(PQgetvalue(res, 0, 9), NULL, 10);
-            key.price.price_id = PQgetisnull(res, 0, 13) ? 0 : strtoll(PQgetvalue(res, 0, 13), NULL, 10);
-            key.price.override_id = PQgetisnull(res, 0, 14) ? 0 : strtoll(PQgetvalue(res, 0, 14), NULL, 10);
-            st = BILL_OK;
+        k.state = BILL_OK;
+        k.key.key_id = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+        k.key.customer_id = strtoll(PQgetvalue(res, 0, 1), NULL, 10);
+        k.key.rpm = (int32_t)strtol(PQgetvalue(res, 0, 2), NULL, 10);
+        k.key.tpm = (int32_t)strtol(PQgetvalue(res, 0, 3), NULL, 10);
+        k.key.concurrency = (int32_t)strtol(PQgetvalue(res, 0, 4), NULL, 10);
+        k.expires_us = PQgetisnull(res, 0, 6) ? 0 : strtoll(PQgetvalue(res, 0, 6), NULL, 10);
+        k.models_json = PQgetisnull(res, 0, 7) ? NULL : PQgetvalue(res, 0, 7);
+        if ((p.has_price = !PQgetisnull(res, 0, 8))) {
+            p.price.input_cache_miss = strtoll(PQgetvalue(res, 0, 8), NULL, 10);
+            p.price.input_cache_hit = strtoll(PQgetvalue(res, 0, 9), NULL, 10);
+            p.price.output = strtoll(PQgetvalue(res, 0, 10), NULL, 10);
+            p.price.price_id = PQgetisnull(res, 0, 11) ? 0 : strtoll(PQgetvalue(res, 0, 11), NULL, 10);
+            p.price.override_id = PQgetisnull(res, 0, 12) ? 0 : strtoll(PQgetvalue(res, 0, 12), NULL, 10);
         }
     }
-    bill_admit_cb cb = r->cb;
-    void *cbarg = r->arg;
-    free(r);
-    cb(st, &key, cbarg);
+    /* A notice that arrived while the statement ran may say the row changed
+     * after it was read: then what was read serves this request only. */
+    if (r->gen == b->gen) {
+        bill_cache_put_key(b->cache, r->hash, &k);
+        if (k.state == BILL_OK) bill_cache_put_price(b->cache, k.key.customer_id, r->model, &p);
+    }
+    admit_decide(b, r, &k, &p, k.state == BILL_OK && scope_allows(k.models_json, r->model));
+    admit_answer(r);
+}
+
+/* Answer the admissions decided from the cache (from the loop, never from
+ * inside bill_admit). */
+static void kick_cb(evutil_socket_t fd, short what, void *arg) {
+    bill_t *b = arg;
+    bill_req_t *r;
+    while ((r = TAILQ_FIRST(&b->ready))) {
+        TAILQ_REMOVE(&b->ready, r, link);
+        r->queued = 0;
+        if (r->kind == 0) {
+            admit_answer(r);
+        } else { /* a hold taken at once */
+            bill_hold_cb cb = r->hold_cb;
+            void *a = r->arg;
+            req_free(r);
+            cb(BILL_OK, NULL, a);
+        }
+    }
+}
+
+static void ready(bill_t *b, bill_req_t *r) {
+    TAILQ_INSERT_TAIL(&b->ready, r, link);
+    r->queued = 1;
+    event_active(b->kick, EV_TIMEOUT, 0);
 }
 
 bill_req_t *bill_admit(bill_t *b, const char *api_key, const char *model, const char *peer, bill_admit_cb cb,
@@ -83,30 +166,105 @@ bill_req_t *bill_admit(bill_t *b, const char *api_key, const char *model, const 
     bill_req_t *r = calloc(1, sizeof *r);
     if (!r) return NULL;
     r->b = b;
-    snprintf(r->peer, sizeof r->peer, "%s", peer ? peer : "");
     r->cb = cb;
     r->arg = arg;
-    char hash[65];
-    bill_key_hash(b->key_secret, api_key ? api_key : "", hash);
-    const char *params[2] = {hash, model ? model : ""};
+    snprintf(r->peer, sizeof r->peer, "%s", peer ? peer : "");
+    snprintf(r->model, sizeof r->model, "%s", model ? model : "");
+    bill_key_hash(b->key_secret, api_key ? api_key : "", r->hash);
+    int64_t now = bill_mono_us();
+    const bill_cache_key_t *k = bill_cache_key(b->cache, r->hash);
+    int64_t ttl = k && k->state != BILL_OK ? b->neg_ttl_us
+                  : bill_listen_up(b->listen) ? b->key_ttl_us : b->fallback_ttl_us;
+    if (k && now - k->fetched_us < ttl) {
+        const bill_cache_price_t *p =
+            k->state == BILL_OK ? bill_cache_price(b->cache, k->key.customer_id, r->model) : NULL;
+        if (k->state != BILL_OK || (p && now - p->fetched_us < b->price_ttl_us)) {
+            b->cache_hits++;
+            admit_decide(b, r, k, p, k->state == BILL_OK && bill_cache_key_allows(b->cache, r->hash, r->model));
+            ready(b, r);
+            return r;
+        }
+    }
+    b->cache_misses++;
+    r->gen = b->gen;
+    const char *params[2] = {r->hash, r->model};
     r->job = bill_pg_query(b->pg, ADMIT_SQL, 2, params, admit_done, r);
     if (!r->job) {
-        free(r);
+        req_free(r);
         return NULL;
     }
     bill_pg_job_retry_ok(r->job);
-    bill_pg_job_prepared(r->job, "tg_admit");
+    bill_pg_job_prepared(r->job, "tg_admit2");
     return r;
 }
 
 void bill_cancel(bill_req_t *r) {
     if (!r) return;
+    if (r->queued) TAILQ_REMOVE(&r->b->ready, r, link);
+    else if (r->kind == 1) bill_lease_cancel(r->b->lease, r);
     bill_pg_cancel(r->job);
-    free(r);
+    req_free(r);
 }
 
-void bill_settle(bill_t *b, const bill_usage_t *u) {
-    if (b && u) bill_settler_push(b->settler, u);
+/* ---- holds ------------------------------------------------------------------ */
+
+bill_req_t *bill_hold(bill_t *b, const bill_key_t *key, int64_t amount, bill_hold_t *h, bill_hold_cb cb, void *arg) {
+    bill_req_t *r = calloc(1, sizeof *r);
+    if (!r) return NULL;
+    r->b = b;
+    r->kind = 1;
+    r->key = *key;
+    r->key.models_json = NULL;
+    r->amount = amount > 0 ? amount : 0;
+    r->hold = h;
+    r->hold_cb = cb;
+    r->arg = arg;
+    memset(h, 0, sizeof *h);
+    int got = bill_lease_hold(b->lease, r);
+    if (got < 0) {
+        free(r);
+        return NULL;
+    }
+    if (got) ready(b, r);
+    return r;
+}
+
+void bill_hold_release(bill_t *b, bill_hold_t *h) {
+    if (b && h && h->taken) bill_lease_release(b->lease, h);
+}
+
+void bill_hold_stats(const bill_t *b, bill_hold_stats_t *st) {
+    memset(st, 0, sizeof *st);
+    if (!b) return;
+    bill_lease_stats_t ls;
+    bill_lease_stats(b->lease, &ls);
+    st->leases = ls.leases;
+    st->leased_pico = ls.leased_pico;
+    st->open_holds = ls.open_holds;
+    st->held_pico = ls.held_pico;
+    st->holds_total = ls.holds_total;
+    st->grants = ls.grants;
+    st->grant_refusals = ls.grant_refusals;
+    st->overruns = ls.overruns;
+    st->cache_hits = b->cache_hits;
+    st->cache_misses = b->cache_misses;
+    st->invalidations = b->invalidations;
+    st->listening = bill_listen_up(b->listen);
+}
+
+void bill_settle(bill_t *b, const bill_usage_t *u, bill_hold_t *h) {
+    if (!b || !u) return;
+    if (h && h->taken) {
+        int64_t cost = bill_cost_pico(&u->price, u->prompt_tokens - u->prompt_cache_hit_tokens,
+                                      u->prompt_cache_hit_tokens, u->completion_tokens);
+        bill_lease_settle(b->lease, h, u->request_id, cost < 0 ? h->amount : cost);
+    }
+    bill_settler_push(b->settler, u);
+}
+
+static void on_commit(const char *request_id, void *arg) {
+    bill_t *b = arg;
+    bill_lease_committed(b->lease, request_id);
 }
 
 void bill_settle_stats(const bill_t *b, bill_settle_stats_t *st) {
@@ -123,6 +281,22 @@ int bill_settle_cost(const bill_t *b, int i, const char **model, char usd[48]) {
 
 void bill_refusal(bill_t *b, int64_t customer_id, int64_t key_id, const char *model, int http_status) {
     if (b) bill_refusals_add(b->refusals, customer_id, key_id, model, http_status, (int64_t)time(NULL));
+}
+
+/* ---- change notices ----------------------------------------------------------- */
+
+static void on_notice(const char *channel, const char *payload, void *arg) {
+    bill_t *b = arg;
+    b->invalidations++;
+    b->gen++;
+    if (!strcmp(channel, "tg_key")) bill_cache_evict_key(b->cache, payload);
+    else if (!strcmp(channel, "tg_customer")) bill_cache_evict_customer(b->cache, strtoll(payload, NULL, 10));
+}
+
+static void on_listen_state(int up, void *arg) {
+    bill_t *b = arg;
+    b->gen++;
+    if (up) bill_cache_clear(b->cache); /* what changed while deaf is unknown */
 }
 
 static char *dup_trimmed(const char *s) {
@@ -160,8 +334,17 @@ bill_t *bill_new(struct event_base *base, const bill_opts_t *o, char *err, size_
     b->pg = bill_pg_new(base, b->conninfo, pool, timeout, bill_settler_on_up, NULL);
     if (!b->pg) goto oom;
     if (!(b->settler = bill_settler_new(base, b->pg, spool, err, errlen))) goto fail;
+    bill_settler_on_commit(b->settler, on_commit, b);
     if (!(b->keyuse = bill_keyuse_new(base, b->pg, o->last_used_flush_ms))) goto oom;
     if (!(b->refusals = bill_refusals_new(base, b->pg))) goto oom;
+    TAILQ_INIT(&b->ready);
+    b->key_ttl_us = (int64_t)(o->key_cache_ttl_ms > 0 ? o->key_cache_ttl_ms : 60000) * 1000;
+    b->fallback_ttl_us = (int64_t)(o->key_cache_fallback_ms > 0 ? o->key_cache_fallback_ms : 1000) * 1000;
+    b->neg_ttl_us = (int64_t)(o->key_negative_ttl_ms > 0 ? o->key_negative_ttl_ms : 5000) * 1000;
+    b->price_ttl_us = (int64_t)(o->price_cache_ms > 0 ? o->price_cache_ms : 1000) * 1000;
+    if (!(b->cache = bill_cache_new()) || !(b->kick = event_new(base, -1, 0, kick_cb, b))) goto oom;
+    if (!(b->listen = bill_listen_new(base, b->conninfo, on_notice, on_listen_state, b))) goto oom;
+    if (!(b->lease = bill_lease_new(b, spool, o, err, errlen))) goto fail;
     bill_pg_set_up_arg(b->pg, b->settler);
     if (o->admin_listen && *o->admin_listen) {
         char *token = dup_trimmed(o->admin_token);
@@ -187,8 +370,17 @@ void bill_free(bill_t *b) {
     bill_admin_free(b->admin);
     bill_settler_free(b->settler, b->conninfo);
     bill_refusals_free(b->refusals, b->conninfo);
-    bill_pg_free(b->pg); /* before keyuse: a pending flush is never called back */
+    bill_pg_free(b->pg); /* before keyuse and lease: their statements are never called back */
     bill_keyuse_free(b->keyuse);
+    bill_lease_free(b->lease);
+    bill_listen_free(b->listen);
+    bill_cache_free(b->cache);
+    if (b->kick) event_free(b->kick);
+    bill_req_t *r;
+    while ((r = TAILQ_FIRST(&b->ready))) { /* not answered: their owners are gone too */
+        TAILQ_REMOVE(&b->ready, r, link);
+        req_free(r);
+    }
     free(b->conninfo);
     free(b->key_secret);
     free(b);

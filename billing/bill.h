@@ -29,6 +29,14 @@ typedef struct {
     int pg_pool_size;            /* PostgreSQL connections; 0: 4 */
     int pg_timeout_ms;           /* deadline of one statement; 0: 5000 */
     int last_used_flush_ms;      /* keys' last_used_at/ip written at most this often; 0: 60000 */
+    int key_cache_ttl_ms;        /* a cached key is re-read after this while change notices
+                                    flow (LISTEN up); 0: 60000 */
+    int key_cache_fallback_ms;   /* ... and after this while they do not; 0: 1000 */
+    int key_negative_ttl_ms;     /* an unknown key is remembered this long; 0: 5000 */
+    int price_cache_ms;          /* a model's price is re-read after this; 0: 1000 */
+    int64_t lease_chunk_pico;    /* credit leased beyond what the waiting holds need; 0: $0.05 */
+    int lease_ttl_ms;            /* a lease not renewed for this long is reaped; 0: 60000 */
+    int lease_idle_ms;           /* an unused lease is given back after this; 0: 2000 */
 } bill_opts_t;
 
 /* Prices of one model, integer micro-USD per 1M tokens, and the version they
@@ -46,6 +54,7 @@ typedef enum {
     BILL_UNAUTHORIZED,   /* unknown or revoked key -> 401 */
     BILL_KEY_EXPIRED,    /* past its expiry (or a rotated key past its grace) -> 401 */
     BILL_MODEL_NOT_ALLOWED, /* the key's scope does not hold the model -> 403 */
+    BILL_SPEND_LIMIT,    /* a spending limit of the key or customer -> 402 */
     BILL_NO_BALANCE,     /* balance <= 0 -> 402 */
     BILL_NO_PRICE,       /* model has no price -> 404/500 */
     BILL_ERROR,          /* database unavailable etc. -> 503 */
@@ -63,6 +72,38 @@ typedef struct {
 
 typedef void (*bill_admit_cb)(bill_status_t st, const bill_key_t *key, void *arg);
 
+/* A balance hold: the most a request may cost, reserved before it runs. */
+typedef struct {
+    int64_t key_id, customer_id;
+    int64_t amount;              /* pico-USD */
+    int taken;                   /* 1 until settled or released */
+} bill_hold_t;
+
+/* Which constraint refused a hold. */
+typedef enum {
+    BILL_LIMIT_BALANCE = 0,
+    BILL_LIMIT_KEY_DAY,
+    BILL_LIMIT_KEY_MONTH,
+    BILL_LIMIT_CUSTOMER_DAY,
+    BILL_LIMIT_CUSTOMER_MONTH,
+} bill_limit_t;
+
+typedef struct {
+    int64_t needed_pico;         /* what the request may cost */
+    int64_t available_pico;      /* what the binding constraint had left */
+    int limit;                   /* bill_limit_t */
+} bill_hold_info_t;
+
+typedef void (*bill_hold_cb)(bill_status_t st, const bill_hold_info_t *info, void *arg);
+
+typedef struct {
+    int64_t leases, leased_pico;     /* this holder's leases and what they hold in PostgreSQL */
+    int64_t open_holds, held_pico;   /* holds of requests in flight */
+    uint64_t holds_total, grants, grant_refusals, overruns;
+    uint64_t cache_hits, cache_misses, invalidations;
+    int listening;                   /* key-change notices flow */
+} bill_hold_stats_t;
+
 bill_t *bill_new(struct event_base *base, const bill_opts_t *opts, char *err, size_t errlen);
 void bill_free(bill_t *b); /* accepts NULL; flushes pending settlements to the spool */
 
@@ -73,15 +114,47 @@ void bill_free(bill_t *b); /* accepts NULL; flushes pending settlements to the s
  * last_used_flush_ms, never per request.  cb is called once, from the loop,
  * unless the request is cancelled first.  Returns NULL only when out of memory.
  * The returned handle is freed just before cb runs: do not cancel it after.
- * Each call reads PostgreSQL (no cache), so revocations and credits count at
- * once; when PostgreSQL is unreachable cb gets BILL_ERROR within pg_timeout_ms (at once
- * when every pool connection is known to be down). */
+ * Keys and prices come from an in-memory cache filled on a miss; every
+ * change to a key (revocation, expiry, scope, limits) is pushed by PostgreSQL
+ * (LISTEN/NOTIFY) and evicts it at once; while those notices cannot flow,
+ * entries older than key_cache_fallback_ms are re-read.  The balance is not
+ * read here: bill_hold checks it.  On a miss with PostgreSQL unreachable cb
+ * gets BILL_ERROR within pg_timeout_ms (at once when every pool connection is
+ * known to be down). */
 bill_req_t *bill_admit(bill_t *b, const char *api_key, const char *model, const char *peer, bill_admit_cb cb,
                        void *arg);
 void bill_cancel(bill_req_t *r); /* cb will not be called; accepts NULL */
 
+/* Hold `amount` pico-USD for a request of key (from bill_admit) against this
+ * holder's credit lease: without a round trip while the lease has room;
+ * otherwise one statement leases more (or refuses: BILL_NO_BALANCE,
+ * BILL_SPEND_LIMIT, with *info saying how much was needed and available;
+ * BILL_ERROR when PostgreSQL cannot be asked).  On BILL_OK *h is the hold:
+ * give it to bill_settle, or to bill_hold_release when nothing is billed.
+ * h must stay valid until cb runs or the request is cancelled.  cb is called
+ * once, from the loop.  Returns NULL when out of memory. */
+bill_req_t *bill_hold(bill_t *b, const bill_key_t *key, int64_t amount, bill_hold_t *h, bill_hold_cb cb, void *arg);
+void bill_hold_release(bill_t *b, bill_hold_t *h); /* nothing spent; accepts an untaken hold */
+void bill_hold_stats(const bill_t *b, bill_hold_stats_t *st);
+
+/* API keys.  Current keys: "sk-tg1-" + 8-char key id + 32-char secret +
+ * 6-char checksum, all base62 (BILL_KEY_LEN = 53 chars); the checksum is
+ * CRC-32 of everything before it, so a mistyped or random key is refused
+ * without a lookup.  Keys issued before (legacy: "sk-" + 48 lowercase hex)
+ * carry no checksum and keep working. */
+#define BILL_KEY_LEN 53
+typedef enum {
+    BILL_KEY_BAD = 0,   /* neither shape, or a wrong checksum: refuse at once */
+    BILL_KEY_CURRENT,   /* well-formed with a correct checksum */
+    BILL_KEY_LEGACY,    /* the old shape: look it up */
+} bill_key_shape_t;
+bill_key_shape_t bill_key_shape(const char *api_key);
+
 /* Keyed hash of an API key: HMAC-SHA256(secret, key) as 64 hex chars + NUL. */
 void bill_key_hash(const char *secret_hex, const char *api_key, char out[65]);
+
+/* pico-USD as USD rounded half away from zero to 6 decimals ("0.000282"). */
+void bill_usd_str(int64_t pico, char out[32]);
 
 /* Exact cost in pico-USD; returns -1 on overflow or negative input. */
 int64_t bill_cost_pico(const bill_price_t *p, int64_t cache_miss_tokens, int64_t cache_hit_tokens,
@@ -109,7 +182,7 @@ typedef struct {
  * bill_cost_pico(price, prompt - cache_hit, cache_hit, completion).  A row
  * that can never be written (bad UUID, cache_hit > prompt, cost overflow,
  * unknown customer) is logged and appended to <spool_dir>/rejected.jsonl. */
-void bill_settle(bill_t *b, const bill_usage_t *u);
+void bill_settle(bill_t *b, const bill_usage_t *u, bill_hold_t *h); /* h: its hold, released; may be NULL */
 
 /* Where the settlement queue stands: what bill_settle accepted and PostgreSQL
  * has not committed yet.  Tests wait for `idle` instead of sleeping; the admin

@@ -157,13 +157,12 @@ static int expiry_fields(adm_req_t *req, cJSON *j, const char **mode, const char
 
 /* A new key's secret, keyed hash and display prefix.  Returns 0 or -1 after
  * replying 500. */
-static int new_key(adm_req_t *req, char key[52], char hash[65], char prefix[16]) {
-    if (bill_key_generate(key) != 0) {
+static int new_key(adm_req_t *req, char key[BILL_KEY_LEN + 1], char hash[65], char prefix[16]) {
+    if (bill_key_generate(key, prefix) != 0) {
         adm_error(req, 500, NULL, "no random bytes");
         return -1;
     }
     bill_key_hash(req->secret, key, hash);
-    snprintf(prefix, 16, "%.11s", key); /* "sk-" + 8 hex */
     return 0;
 }
 
@@ -176,7 +175,7 @@ static void keys_create(adm_req_t *req, const char *cust) {
     if (adm_int_field(req, j, "rpm", 2147483647L, &rpm) == 0 && adm_int_field(req, j, "tpm", 2147483647L, &tpm) == 0 &&
         adm_int_field(req, j, "concurrency", 2147483647L, &conc) == 0 && name_field(req, j, &name) == 0 &&
         models_field(req, j, &mmode, &models) == 0 && expiry_fields(req, j, &emode, &at, in) == 0) {
-        char key[52], hash[65], prefix[16], s1[16], s2[16], s3[16];
+        char key[BILL_KEY_LEN + 1], hash[65], prefix[16], s1[16], s2[16], s3[16];
         if (!strcmp(emode, "never")) emode = "keep"; /* a new key without expiry */
         if (new_key(req, key, hash, prefix) == 0) {
             snprintf(s1, sizeof s1, "%ld", rpm);
@@ -219,7 +218,7 @@ static void key_rotate(adm_req_t *req, const char *id) {
     if (!j) return;
     long grace = GRACE_DEFAULT_S;
     const char *emode, *at;
-    char in[24], gs[24], key[52], hash[65], prefix[16];
+    char in[24], gs[24], key[BILL_KEY_LEN + 1], hash[65], prefix[16];
     if (adm_int_field(req, j, "grace_seconds", 366L * 86400, &grace) == 0 &&
         expiry_fields(req, j, &emode, &at, in) == 0 && new_key(req, key, hash, prefix) == 0) {
         snprintf(gs, sizeof gs, "%ld", grace);

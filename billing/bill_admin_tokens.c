@@ -40,23 +40,23 @@ static void token_create(adm_req_t *r) {
     const char *name, *role;
     if (adm_str_field(r, j, "name", 64, 1, &name) == 0 && adm_str_field(r, j, "role", 16, 0, &role) == 0) {
         if (!role) role = "admin";
-        char key[52], tok[53], hash[65], prefix[16];
+        char hex[49], tok[53], hash[65], prefix[16];
         if (!adm_name_ok(name) || !strcmp(name, "root")) {
             adm_error(r, 400, "invalid_name",
                       "name must be 1-64 characters of letters, digits and ._@- (starting with a letter or digit), "
                       "not \"root\" (the bootstrap token)");
         } else if (strcmp(role, "admin") && strcmp(role, "readonly")) {
             adm_error(r, 400, "invalid_value", "role must be \"admin\" or \"readonly\"");
-        } else if (bill_key_generate(key) != 0) {
+        } else if (bill_random_hex(hex, 24) != 0) {
             adm_error(r, 500, NULL, "no random bytes");
         } else {
-            snprintf(tok, sizeof tok, "tga_%s", key + 3); /* "tga_" + 48 hex */
+            snprintf(tok, sizeof tok, "tga_%s", hex); /* "tga_" + 48 hex */
             bill_key_hash(r->secret, tok, hash);
             snprintf(prefix, sizeof prefix, "%.12s", tok);
             const char *p[] = {name, role, hash, prefix};
             adm_write(r, SQL_TOKEN_CREATE, 4, p, NULL, 201, "token", tok);
         }
-        OPENSSL_cleanse(key, sizeof key);
+        OPENSSL_cleanse(hex, sizeof hex);
         OPENSSL_cleanse(tok, sizeof tok);
     }
     cJSON_Delete(j);

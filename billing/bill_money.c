@@ -144,15 +144,5 @@ void bill_key_hash(const char *secret_hex, const char *api_key, char out[65]) {
     out[64] = 0;
 }
 
-int bill_key_generate(char out[52]) {
-    unsigned char r[24];
-    if (RAND_bytes(r, sizeof r) != 1) return -1;
-    static const char hx[] = "0123456789abcdef";
-    memcpy(out, "sk-", 3);
-    for (int i = 0; i < 24; i++) {
-        out[3 + 2 * i] = hx[r[i] >> 4];
-        out[3 + 2 * i + 1] = hx[r[i] & 15];
-    }
-    out[51] = 0;
-    return 0;
-}
+
+void bill_usd_str(int64_t pico, char out[32]) { bill_usd_format(pico, out); }

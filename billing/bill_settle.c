@@ -90,6 +90,8 @@ struct bill_settler {
     uint64_t nsettled, ninserted, ndebited, nrejected; /* bill_settle_stats_t */
     model_cost_t costs[COST_MODELS + 1]; /* cost of the rows inserted, per model; the last: the rest */
     int ncosts;
+    void (*commit_cb)(const char *request_id, void *arg);
+    void *commit_arg;
 };
 
 static const char SETTLE_SQL[] =
@@ -427,6 +429,7 @@ int bill_settler_cost(const bill_settler_t *s, int i, const char **model, char u
 /* it is committed in PostgreSQL (or rejected for good) and off its queue:
  * its spool file is done once all of its rows are; free it. */
 static void item_settled(bill_settler_t *s, item_t *it) {
+    if (s->commit_cb) s->commit_cb(it->u.request_id, s->commit_arg);
     if (it->src && --it->src->pending == 0 && it->src->loaded && !it->src->open) file_done(s, it->src);
     item_free(it);
 }
@@ -788,4 +791,9 @@ void bill_settler_free(bill_settler_t *s, const char *conninfo) {
     if (s->sync) event_free(s->sync);
     free(s->dir);
     free(s);
+}
+
+void bill_settler_on_commit(bill_settler_t *s, void (*cb)(const char *request_id, void *arg), void *arg) {
+    s->commit_cb = cb;
+    s->commit_arg = arg;
 }

@@ -13,6 +13,7 @@
 #include <sys/types.h>
 #include <sys/socket.h>
 
+#include "bill.h"
 #include "gw.h"
 
 /* common/tg_json.h (not included: the gateway's pure units build without -Icommon) */
@@ -187,6 +188,9 @@ struct gw_config {
     int64_t header_timeout_ms, idle_timeout_ms, upstream_timeout_ms, upstream_connect_timeout_ms;
     int64_t redis_timeout_ms, redis_fail_open, shutdown_grace_ms, stream_high_water;
     int64_t key_last_used_flush_ms;
+    int64_t key_cache_ttl_ms, key_cache_fallback_ms, key_negative_ttl_ms, price_cache_ms;
+    int64_t lease_chunk_pico, lease_ttl_ms, lease_idle_ms;
+    int64_t default_max_tokens;
     int64_t upstream_keepalive;
     gw_worker_t *workers;
     int nworkers;
@@ -239,6 +243,7 @@ typedef struct {
     double ttfb_sum;
     uint64_t tokens_prompt, tokens_cache_hit, tokens_completion, tokens_reasoning;
     uint64_t upstream_errors, upstream_timeouts, ratelimited, redis_errors, client_aborts;
+    uint64_t key_format_rejects, refused_balance;
     uint64_t upstream_connects, upstream_reuses;
     uint64_t connections_total;
     int64_t connections, inflight;
@@ -248,6 +253,8 @@ extern const double gw_metrics_bounds[12];
 void gw_metrics_observe(gw_metrics_t *m, int route, int status, double dur_s, double ttfb_s);
 /* Prometheus text exposition into out. */
 void gw_metrics_render(const gw_metrics_t *m, const gw_config_t *cfg, int redis_up, gw_buf_t *out);
+/* Holds, credit leases and the key cache (bill_hold_stats). */
+void gw_metrics_render_holds(const gw_metrics_t *m, const bill_hold_stats_t *h, gw_buf_t *o);
 
 /* ---- server, connections, requests (gw_server.c, gw_proxy.c) -------------- */
 
@@ -323,6 +330,10 @@ struct gw_req {
     gw_rl_result_t rl;
     int64_t prompt_est;        /* gateway's own prompt count; -1 unknown */
     int64_t tpm_tokens;        /* what the TPM limit was charged */
+    int64_t completion_cap;    /* most completion tokens this request may produce */
+    int64_t inject_max_tokens; /* > 0: the client gave no cap; forward this one */
+    bill_req_t *hold_req;      /* the hold being taken */
+    bill_hold_t hold;          /* the balance hold (released or settled by the end) */
     int conc_held;
     /* response */
     int status;                /* what the client got */
@@ -380,6 +391,7 @@ void gw_proxy_close_idle(gw_config_t *cfg); /* close kept-alive worker connectio
  * stream gets stream_options.include_usage forced on by splicing the text
  * (json is the parsed h->body, an object without duplicate stream_options).
  * Returns GW_OK and fills out, or GW_ERROR (out of memory). */
-int gw_proxy_body(const gw_http_req_t *h, int stream, const tg_json_t *json, gw_buf_t *out);
+int gw_proxy_body(const gw_http_req_t *h, int stream, const tg_json_t *json, int64_t inject_max_tokens,
+                  gw_buf_t *out);
 
 #endif

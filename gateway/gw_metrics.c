@@ -88,3 +88,30 @@ void gw_metrics_render(const gw_metrics_t *m, const gw_config_t *cfg, int redis_
         gw_buf_printf(o, "tollgate_worker_failures_total{worker=\"%s\"} %llu\n", cfg->workers[i].url,
                       (unsigned long long)cfg->workers[i].failures);
 }
+
+static void gauge(gw_buf_t *o, const char *name, const char *help, long long v) {
+    gw_buf_printf(o, "# HELP %s %s\n# TYPE %s gauge\n%s %lld\n", name, help, name, name, v);
+}
+
+void gw_metrics_render_holds(const gw_metrics_t *m, const bill_hold_stats_t *h, gw_buf_t *o) {
+    gauge(o, "tollgate_open_holds", "Balance holds of requests in flight.", (long long)h->open_holds);
+    gauge(o, "tollgate_open_holds_pico", "What those holds reserve, pico-USD.", (long long)h->held_pico);
+    gauge(o, "tollgate_credit_leases", "Credit leases this gateway holds (one per active key).", (long long)h->leases);
+    gauge(o, "tollgate_credit_leased_pico", "Credit those leases reserve in PostgreSQL, pico-USD.",
+          (long long)h->leased_pico);
+    counter(o, "tollgate_holds_total", "Balance holds taken.", h->holds_total);
+    counter(o, "tollgate_lease_grants_total", "Credit lease statements that granted credit.", h->grants);
+    counter(o, "tollgate_lease_refusals_total", "Credit lease statements refused (balance or spending limit).",
+            h->grant_refusals);
+    counter(o, "tollgate_hold_overruns_total", "Settled costs above their hold (a worker counted more).",
+            h->overruns);
+    counter(o, "tollgate_refused_balance_total", "Requests refused with 402 (balance or spending limit).",
+            m->refused_balance);
+    counter(o, "tollgate_key_cache_hits_total", "Admissions answered from the key cache.", h->cache_hits);
+    counter(o, "tollgate_key_cache_misses_total", "Admissions that read PostgreSQL.", h->cache_misses);
+    counter(o, "tollgate_key_invalidations_total", "Key-change notices received (LISTEN/NOTIFY).", h->invalidations);
+    counter(o, "tollgate_key_format_rejects_total", "Keys refused by their shape or checksum, before any lookup.",
+            m->key_format_rejects);
+    gauge(o, "tollgate_key_notices_up", "1 while key-change notices flow (the LISTEN connection is up).",
+          h->listening);
+}

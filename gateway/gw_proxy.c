@@ -122,7 +122,31 @@ void gw_proxy_release(gw_req_t *r) {
  * through a double, text may hold \u0000): the change is spliced into the
  * text at the byte spans tg_json recorded.  gw_route_chat refused a body with
  * two "stream_options". */
-int gw_proxy_body(const gw_http_req_t *h, int stream, const tg_json_t *json, gw_buf_t *out) {
+static int gw_proxy_body_stream(const gw_http_req_t *h, int stream, const tg_json_t *json, gw_buf_t *out);
+
+/* The body forwarded to the worker: the client's, with stream_options for a
+ * stream (below) and, when inject_max_tokens > 0 (the client gave no cap),
+ * "max_tokens":N as a new first member, so the worker stops where the hold
+ * and the TPM charge assumed. */
+int gw_proxy_body(const gw_http_req_t *h, int stream, const tg_json_t *json, int64_t inject_max_tokens,
+                  gw_buf_t *out) {
+    if (gw_proxy_body_stream(h, stream, json, out) != GW_OK) return GW_ERROR;
+    if (inject_max_tokens <= 0) return GW_OK;
+    size_t off, len;
+    tg_json_span(json, &off, &len);
+    if (off >= out->len || out->p[off] != '{') return GW_ERROR;
+    char put[48];
+    size_t i = off + 1;
+    while (i < out->len && (out->p[i] == ' ' || out->p[i] == '\t' || out->p[i] == '\n' || out->p[i] == '\r')) i++;
+    int empty = i < out->len && out->p[i] == '}';
+    int n = snprintf(put, sizeof put, "\"max_tokens\":%lld%s", (long long)inject_max_tokens, empty ? "" : ",");
+    if (gw_buf_append(out, put, (size_t)n) != GW_OK) return GW_ERROR; /* room, then move */
+    memmove(out->p + off + 1 + n, out->p + off + 1, out->len - n - off - 1);
+    memcpy(out->p + off + 1, put, (size_t)n);
+    return GW_OK;
+}
+
+static int gw_proxy_body_stream(const gw_http_req_t *h, int stream, const tg_json_t *json, gw_buf_t *out) {
     out->len = 0;
     if (!stream) return gw_buf_append(out, h->body, h->body_len);
     const tg_json_t *so = tg_json_get(json, "stream_options");
@@ -289,7 +313,7 @@ static void gw_up_connect(gw_req_t *r) {
 
 void gw_proxy_start(gw_req_t *r) {
     r->affinity = gw_affinity_key(r->json);
-    if (gw_proxy_body(r->http, r->stream, r->json, &r->scratch) != GW_OK) {
+    if (gw_proxy_body(r->http, r->stream, r->json, r->inject_max_tokens, &r->scratch) != GW_OK) {
         gw_req_error(r, 500, "server_error", "internal_error", NULL, "out of memory");
         return;
     }

@@ -265,7 +265,7 @@ static void gw_req_settle(gw_req_t *r) {
     u.received_us = r->received_us;
     u.first_byte_us = r->first_byte_us;
     u.finished_us = r->finished_us;
-    bill_settle(r->srv->bill, &u);
+    bill_settle(r->srv->bill, &u, &r->hold);
     gw_metrics_t *m = &r->srv->m;
     m->tokens_prompt += (uint64_t)u.prompt_tokens;
     m->tokens_cache_hit += (uint64_t)u.prompt_cache_hit_tokens;
@@ -333,6 +333,9 @@ static void gw_req_cleanup_calls(void *arg) {
     gw_req_t *r = arg;
     bill_cancel(r->admit);
     r->admit = NULL;
+    bill_cancel(r->hold_req);
+    r->hold_req = NULL;
+    bill_hold_release(r->srv->bill, &r->hold); /* not settled: nothing was billed */
     gw_rl_cancel(r->rl_call);
     r->rl_call = NULL;
     gw_proxy_release(r);
@@ -546,8 +549,11 @@ static const char *gw_req_bearer(gw_req_t *r) {
             int ok = n > 0 && n <= 256;
             for (size_t i = 0; ok && i < n; i++)
                 if ((unsigned char)k[i] <= 0x20 || (unsigned char)k[i] >= 0x7f) ok = 0;
-            if (ok) return k;
-            msg = "Authentication Fails, malformed api key";
+            if (ok && bill_key_shape(k) != BILL_KEY_BAD) return k;
+            /* a mistyped or made-up key: refused before any lookup */
+            if (ok) r->srv->m.key_format_rejects++;
+            msg = ok ? "Authentication Fails, Your api key is invalid (its checksum does not match)"
+                     : "Authentication Fails, malformed api key";
         }
     }
     gw_req_error(r, 401, "invalid_request_error", "invalid_api_key", NULL, msg);
@@ -569,6 +575,9 @@ static void gw_route_models(gw_req_t *r) {
 static void gw_route_metrics(gw_req_t *r) {
     gw_buf_t b = {0};
     gw_metrics_render(&r->srv->m, r->srv->cfg, gw_rl_connected(r->srv->rl), &b);
+    bill_hold_stats_t hs;
+    bill_hold_stats(r->srv->bill, &hs);
+    gw_metrics_render_holds(&r->srv->m, &hs, &b);
     if (!b.p) gw_req_error(r, 500, "server_error", NULL, NULL, "out of memory");
     else {
         gw_req_body(r, "text/plain; version=0.0.4", 200, b.p, b.len);
@@ -577,7 +586,50 @@ static void gw_route_metrics(gw_req_t *r) {
     gw_buf_free(&b);
 }
 
-/* -- chat completions: validate -> admit -> rate limit -> concurrency -> proxy */
+/* -- chat completions: validate -> admit -> rate limit -> concurrency -> hold -> proxy */
+
+/* The most this request may cost: the prompt (the gateway's own count, or
+ * its bytes when there is no tokenizer: a token is at least one byte) at the
+ * cache-miss price plus the completion cap at the output price. */
+static int64_t gw_req_max_cost(gw_req_t *r) {
+    int64_t p = gw_req_prompt_count(r);
+    if (p < 0) p = (int64_t)r->http->body_len + 64;
+    int64_t c = bill_cost_pico(&r->key.price, p, 0, r->completion_cap);
+    return c < 0 ? INT64_MAX : c;
+}
+
+static void gw_chat_held(bill_status_t st, const bill_hold_info_t *info, void *arg) {
+    gw_req_t *r = arg;
+    r->hold_req = NULL;
+    if (st == BILL_OK) {
+        gw_proxy_start(r);
+        return;
+    }
+    if (st != BILL_NO_BALANCE && st != BILL_SPEND_LIMIT) {
+        gw_admit_error(r, st);
+        return;
+    }
+    static const char *const what[] = {"balance", "key's daily spending limit", "key's monthly spending limit",
+                                       "account's daily spending limit", "account's monthly spending limit"};
+    char need[32], have[32], msg[400];
+    bill_usd_str(info ? info->needed_pico : 0, need);
+    bill_usd_str(info ? info->available_pico : 0, have);
+    int lim = info && info->limit >= 0 && info->limit <= BILL_LIMIT_CUSTOMER_MONTH ? info->limit : 0;
+    snprintf(msg, sizeof msg,
+             "%s: this request may cost up to $%s (%lld prompt tokens and up to %lld completion tokens); "
+             "the %s leaves $%s",
+             st == BILL_NO_BALANCE ? "Insufficient Balance" : "Spending limit reached", need,
+             (long long)(gw_req_prompt_count(r) > 0 ? gw_req_prompt_count(r) : 0), (long long)r->completion_cap,
+             what[lim], have);
+    r->srv->m.refused_balance++;
+    gw_req_error(r, 402, "invalid_request_error", st == BILL_NO_BALANCE ? "insufficient_balance" : "spending_limit_exceeded",
+                 NULL, msg);
+}
+
+static void gw_chat_hold(gw_req_t *r) {
+    r->hold_req = bill_hold(r->srv->bill, &r->key, gw_req_max_cost(r), &r->hold, gw_chat_held, r);
+    if (!r->hold_req) gw_req_error(r, 500, "server_error", NULL, NULL, "out of memory");
+}
 
 static void gw_chat_proceed(gw_req_t *r) {
     gw_server_t *s = r->srv;
@@ -598,7 +650,7 @@ static void gw_chat_proceed(gw_req_t *r) {
         return;
     }
     r->conc_held = 1;
-    gw_proxy_start(r);
+    gw_chat_hold(r);
 }
 
 static void gw_chat_ratelimited(int verdict, const gw_rl_result_t *res, void *arg) {
@@ -652,8 +704,8 @@ static void gw_chat_admitted(bill_status_t st, const bill_key_t *key, void *arg)
         if (tpm > 0) { /* charge the prompt and the most the answer may take */
             int64_t p = gw_req_prompt_count(r);
             if (p < 0) p = (int64_t)r->http->body_len / 4; /* no tokenizer: a rough byte estimate */
-            /* the completion limit as api/ reads it, the one the worker caps generation by */
-            r->tpm_tokens = p + r->chat->max_tokens;
+            /* the completion limit as api/ reads it (or default_max_tokens, forwarded) */
+            r->tpm_tokens = p + r->completion_cap;
         }
         r->rl_call = gw_rl_check(s->rl, key->key_id, rpm, tpm, r->tpm_tokens, r->id, gw_chat_ratelimited, r);
         if (!r->rl_call) gw_req_error(r, 500, "server_error", NULL, NULL, "out of memory");
@@ -714,6 +766,15 @@ static void gw_route_chat(gw_req_t *r) {
         snprintf(msg, sizeof msg, "The model '%.200s' does not exist", r->model);
         gw_req_error(r, 404, "invalid_request_error", "model_not_found", "model", msg);
         return;
+    }
+    /* The completion cap the hold and TPM are charged with: the limit as api/
+     * reads it (the one the worker caps generation by), else
+     * default_max_tokens, which is then written into the forwarded request so
+     * that the worker keeps to it. */
+    r->completion_cap = chat->max_tokens;
+    if (r->completion_cap <= 0) {
+        r->completion_cap = s->cfg->default_max_tokens;
+        r->inject_max_tokens = s->cfg->default_max_tokens;
     }
     if (!s->bill) {
         gw_admit_error(r, BILL_ERROR);
@@ -1115,6 +1176,13 @@ gw_server_t *gw_server_new(struct event_base *base, const gw_config_t *cfg, char
         .key_secret = secret,
         .spool_dir = cfg->spool_dir,
         .last_used_flush_ms = (int)cfg->key_last_used_flush_ms,
+        .key_cache_ttl_ms = (int)cfg->key_cache_ttl_ms,
+        .key_cache_fallback_ms = (int)cfg->key_cache_fallback_ms,
+        .key_negative_ttl_ms = (int)cfg->key_negative_ttl_ms,
+        .price_cache_ms = (int)cfg->price_cache_ms,
+        .lease_chunk_pico = cfg->lease_chunk_pico,
+        .lease_ttl_ms = (int)cfg->lease_ttl_ms,
+        .lease_idle_ms = (int)cfg->lease_idle_ms,
     };
     char berr[256] = "";
     s->bill = bill_new(base, &bo, berr, sizeof berr);

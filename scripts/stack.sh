@@ -163,6 +163,7 @@ config() {
   "key_secret_file": "$V/key.secret",
   "spool_dir": "$V/spool",
   "access_log": "$V/log/access.log",
+  "default_max_tokens": ${TG_DEMO_MAX_TOKENS:-512},
   "workers": [{"url": "http://127.0.0.1:$TG_PORT_ENGINE", "models": ["$MODEL"]}]
 }
 EOF

@@ -35,6 +35,7 @@ static const char *st_name(bill_status_t st) {
     case BILL_UNAUTHORIZED: return "unauthorized";
     case BILL_KEY_EXPIRED: return "key_expired";
     case BILL_MODEL_NOT_ALLOWED: return "model_not_allowed";
+    case BILL_SPEND_LIMIT: return "spend_limit";
     case BILL_NO_BALANCE: return "no_balance";
     case BILL_NO_PRICE: return "no_price";
     default: return "error";
@@ -47,6 +48,31 @@ static void admit_cb(bill_status_t st, const bill_key_t *k, void *arg) {
            (long long)k->price.input_cache_hit, (long long)k->price.output, (long long)k->price.price_id,
            (long long)k->price.override_id);
     fflush(stdout);
+}
+
+/* "hold KEY MODEL AMOUNT": admit, then hold AMOUNT pico-USD and release it
+ * at once; prints "hold STATUS NEEDED AVAILABLE LIMIT". */
+typedef struct {
+    int64_t amount;
+    bill_hold_t h;
+} hold_t;
+
+static void hold_cb(bill_status_t st, const bill_hold_info_t *info, void *arg) {
+    hold_t *x = arg;
+    printf("hold %s %lld %lld %d\n", st_name(st), (long long)(info ? info->needed_pico : x->amount),
+           (long long)(info ? info->available_pico : -1), info ? info->limit : -1);
+    fflush(stdout);
+    bill_hold_release(bill, &x->h);
+    free(x);
+}
+
+static void hold_admit_cb(bill_status_t st, const bill_key_t *k, void *arg) {
+    hold_t *x = arg;
+    if (st != BILL_OK || !bill_hold(bill, k, x->amount, &x->h, hold_cb, x)) {
+        printf("hold %s %lld -1 -1\n", st == BILL_OK ? "oom" : st_name(st), (long long)x->amount);
+        fflush(stdout);
+        free(x);
+    }
 }
 
 static int64_t now_us(void) {
@@ -68,6 +94,15 @@ static void line(char *l) {
     } else if (!strcmp(argv[0], "refusal") && argc == 5) {
         bill_refusal(bill, atoll(argv[1]), atoll(argv[2]), argv[3], atoi(argv[4]));
         puts("counted");
+    } else if (!strcmp(argv[0], "hold") && argc == 4) {
+        hold_t *x = calloc(1, sizeof *x);
+        if (x) x->amount = atoll(argv[3]);
+        if (!x || !bill_admit(bill, argv[1], argv[2], "127.0.0.1", hold_admit_cb, x)) puts("hold oom");
+    } else if (!strcmp(argv[0], "stats") && argc == 1) {
+        bill_hold_stats_t hs;
+        bill_hold_stats(bill, &hs);
+        printf("stats %llu %d %lld %lld\n", (unsigned long long)hs.invalidations, hs.listening,
+               (long long)hs.open_holds, (long long)hs.leases);
     } else if (!strcmp(argv[0], "settle") && (argc == 11 || argc == 14 || argc == 16)) {
         bill_usage_t u;
         memset(&u, 0, sizeof u);
@@ -96,7 +131,7 @@ static void line(char *l) {
             u.price.price_id = atoll(argv[14]);
             u.price.override_id = atoll(argv[15]);
         }
-        bill_settle(bill, &u);
+        bill_settle(bill, &u, NULL);
         puts("settled");
     } else {
         puts("error unknown command");
@@ -129,6 +164,9 @@ int main(int argc, char **argv) {
     base = event_base_new();
     bill_opts_t o = {.pg_conninfo = argv[1], .admin_listen = argv[2], .admin_token = argv[3],
                      .key_secret = argv[4], .spool_dir = argv[5]};
+    /* the tests change prices and read them back at once */
+    const char *pc = getenv("TG_BILL_PRICE_CACHE_MS");
+    o.price_cache_ms = pc ? atoi(pc) : 1;
     char err[256];
     bill = bill_new(base, &o, err, sizeof err);
     if (!bill) {

@@ -42,7 +42,8 @@ from tgskip import main  # noqa: E402
 class Server:
     """One bill_server process: admin API on `port`, admit/settle on stdin."""
 
-    def __init__(self, conninfo, port, spool):
+    def __init__(self, conninfo, port, spool, price_cache_ms=1):
+        self.price_cache_ms = price_cache_ms  # 1: price changes are read back at once
         self.port = port
         self.token = secrets.token_hex(16)
         self.secret = secrets.token_hex(32)
@@ -54,7 +55,8 @@ class Server:
         self.p = subprocess.Popen([SERVER, self.conninfo, "127.0.0.1:%d" % self.port, self.token,
                                    self.secret + "\n", self.spool],
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  text=True, bufsize=1)
+                                  text=True, bufsize=1,
+                                  env=dict(os.environ, TG_BILL_PRICE_CACHE_MS=str(self.price_cache_ms)))
         # stdout and stderr are read by threads: a reply is awaited with a timeout, and no
         # stderr line is lost (or blocks the server on a full pipe)
         self.replies = queue.Queue()
@@ -107,6 +109,13 @@ class Server:
 
     def admit(self, key, model=MODEL):
         return self.cmd("admit %s %s" % (key, model)).split()
+
+    def hold(self, key, amount, model=MODEL):
+        """Admit, then hold `amount` pico-USD (released at once): [hold, status, needed, available, limit]."""
+        return self.cmd("hold %s %s %d" % (key, model, amount)).split()
+
+    def invalidations(self):
+        return int(self.cmd("stats").split()[1])
 
     def settle(self, rid, key_id, cust_id, prompt, hit, completion, price=PRICE, model=MODEL):
         r = self.cmd("settle %s %d %d %s %d %d %d %d %d %d" % (rid, key_id, cust_id, model, *price,
@@ -270,7 +279,7 @@ class Billing(unittest.TestCase):
     def key(self, name, *limits):
         out = self.s.ctl("key", "create", "--customer", name, *limits).stdout
         k = out.strip().splitlines()[-1]
-        self.assertRegex(k, r"^sk-[0-9a-f]{48}$")
+        self.assertRegex(k, r"^sk-tg1-[0-9A-Za-z]{46}$")
         return k
 
     def ids(self, name):
@@ -340,7 +349,7 @@ class Billing(unittest.TestCase):
         self.assertEqual(len(rows), 1)
         want = hmac.new(bytes.fromhex(self.s.secret), k.encode(), hashlib.sha256).hexdigest()
         self.assertEqual(rows[0][0], want)
-        self.assertEqual(rows[0][1:], (k[:11], 7, 1000, 2))
+        self.assertEqual(rows[0][1:], (k[:15], 7, 1000, 2))
         dump = json.dumps(q("select row_to_json(k) from api_keys k"))
         self.assertNotIn(k, dump)
         self.assertNotIn(k[3:], dump)
@@ -365,14 +374,22 @@ class Billing(unittest.TestCase):
         # a price change counts for the next admission
         self.s.ctl("price", "set", "--model", MODEL + "-2", "--input-miss", "1", "--input-hit", "2", "--output", "3")
         self.assertEqual(self.s.admit(k, MODEL + "-2")[7:10], ["1", "2", "3"])
-        # no balance, then credit: immediately admitted
+        # no balance: admitted (the key is fine), but no hold; then credit: held at once
         c2 = self.customer(None)
         k2 = self.key(c2)
-        self.assertEqual(self.s.admit(k2)[1], "no_balance")
-        self.s.ctl("credit", "add", "--customer", c2, "--usd", "0.01")
         self.assertEqual(self.s.admit(k2)[1], "ok")
-        # revocation counts for the very next admission
+        self.assertEqual(self.s.hold(k2, 1000)[:3], ["hold", "no_balance", "1000"])
+        self.s.ctl("credit", "add", "--customer", c2, "--usd", "0.01")
+        self.assertEqual(self.s.hold(k2, 1000)[1], "ok")
+        # more than the balance: refused, naming what is available
+        h = self.s.hold(k2, 10 ** 10 + 1)
+        self.assertEqual(h[1:3], ["no_balance", str(10 ** 10 + 1)])
+        self.assertEqual(int(h[3]), 10 ** 10)
+        # revocation: pushed by NOTIFY, the cached key is dropped (wait for the
+        # notice, then the next admission must refuse)
+        n0 = self.s.invalidations()
         self.s.ctl("key", "revoke", str(kid))
+        self.assertTrue(wait_for(lambda: self.s.invalidations() > n0, 30), "no key-change notice")
         self.assertEqual(self.s.admit(k)[1], "unauthorized")
         lst = json.loads(self.s.ctl("key", "list", "--customer", c, "--json").stdout)["data"]
         self.assertFalse(lst[0]["active"])
@@ -487,7 +504,10 @@ OUTAGE_LOG = (r"^bill: admission query failed: ",
               r"^bill: postgres: FATAL:  terminating connection due to administrator command$",
               r"^bill: settlement batch failed: .*; \d+ settlements (spooled to|wait in the journal in) ",
               r"^bill: shutting down with PostgreSQL unreachable; \d+ settlements (spooled to|wait in the journal in) ",
-              r"^bill: replaying \d+ spooled settlements from ")
+              r"^bill: replaying \d+ spooled settlements from ",
+              r"^bill: key-change listener lost: ",
+              r"^bill: lease upkeep failed: ",
+              r"^bill: credit lease failed: ")
 
 
 class Outage(unittest.TestCase):
@@ -519,7 +539,7 @@ class Outage(unittest.TestCase):
         return sorted(f for f in os.listdir(self.spool) if f.endswith(".spool")) if os.path.isdir(self.spool) else []
 
     def test_outage(self):
-        s = Server(self.conninfo, 18691, self.spool)
+        s = Server(self.conninfo, 18691, self.spool, price_cache_ms=3600000)
         try:
             s.ctl("price", "set", "--model", MODEL, "--input-miss", str(PRICE[0]), "--input-hit", str(PRICE[1]),
                   "--output", str(PRICE[2]))
@@ -531,22 +551,26 @@ class Outage(unittest.TestCase):
             kid, cid = int(a[2]), int(a[3])
             count = lambda rid: q("select count(*) from usage where request_id = %s", rid, conninfo=self.conninfo)[0][0]
 
-            # 0. every pool connection killed by the server: the next admission reconnects
+            # 0. every pool connection killed by the server: the next statement reconnects
+            # (a hold above the lease needs a grant: a round trip)
             q("select pg_terminate_backend(pid) from pg_stat_activity where application_name = 'tollgate'",
               conninfo=self.conninfo)
-            self.assertEqual(s.admit(key)[1], "ok")
+            self.assertEqual(s.hold(key, 10 ** 11)[1], "ok")
 
-            # 1. PostgreSQL goes down under a running server: spooled, replayed once it is back
+            # 1. PostgreSQL goes down under a running server: admission goes on from the
+            # cache, a hold that needs a grant fails (503, not a hang); settlements are
+            # spooled, replayed once it is back
             self.pg(False)
             t0 = time.time()
-            self.assertEqual(s.admit(key)[1], "error")
-            self.assertLess(time.time() - t0, 6)
+            self.assertEqual(s.admit(key)[1], "ok")
+            self.assertEqual(s.hold(key, 10 ** 12)[1], "error")
+            self.assertLess(time.time() - t0, 30)
             r1 = [str(uuid.uuid4()) for _ in range(3)]
             for rid in r1:
                 s.settle(rid, kid, cid, 100, 20, 10)
             self.assertTrue(wait_for(lambda: self.spooled(), 10), "nothing spooled")
             self.pg(True)
-            self.assertEqual(s.admit(key)[1], "ok", "the first admission after the restart reconnects")
+            self.assertEqual(s.hold(key, 18 * 10 ** 11)[1], "ok", "the first grant after the restart reconnects")
             self.assertTrue(wait_for(lambda: all(count(r) == 1 for r in r1), 20), "spool not replayed")
             self.assertTrue(wait_for(lambda: not self.spooled(), 10), "spool file not removed")
 
@@ -590,7 +614,8 @@ class Outage(unittest.TestCase):
         finally:
             s.stop()
         self.check_log(s)  # a torn last record is not corrupt: nothing logged, nothing kept
-        self.assertTrue([l for l in s.err_lines if re.search(OUTAGE_LOG[0], l)], "no failed admission logged")
+        self.assertTrue([l for l in s.err_lines if re.search(r"^bill: credit lease failed: ", l)],
+                        "no failed credit lease logged:\n" + "\n".join(s.err_lines))
 
     def test_sigkill_exactly_once(self):
         """The write-ahead journal: every settlement bill_settle accepted survives a SIGKILL of the

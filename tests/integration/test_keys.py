@@ -164,13 +164,13 @@ class Keys(unittest.TestCase):
         r = ctl("key", "create", "--customer", cust, "--name", "ci bot", "--models", MODEL,
                 "--expires-in", "30d", "--rpm", "7", "--tpm", "900", "--concurrency", "3")
         key = r.stdout.strip().splitlines()[-1]
-        self.assertRegex(key, r"^sk-[0-9a-f]{48}$")
+        self.assertRegex(key, r"^sk-tg1-[0-9A-Za-z]{46}$")
         rows = ctl_json("key", "list", "--customer", cust)["data"]
         self.assertEqual(len(rows), 1)
         k = rows[0]
         self.assertEqual((k["name"], k["models"], k["rpm"], k["tpm"], k["concurrency"], k["state"]),
                          ("ci bot", [MODEL], 7, 900, 3, "active"))
-        self.assertEqual(key[:11], k["prefix"])
+        self.assertEqual(key[:15], k["prefix"])
         self.cur.execute("SELECT expires_at - created_at FROM api_keys WHERE id = %s", (k["id"],))
         self.assertEqual(self.cur.fetchone()[0].total_seconds(), 30 * 86400)
         self.assertIsNone(k["last_used_at"])
@@ -237,7 +237,7 @@ class Keys(unittest.TestCase):
         old_id = ctl_json("key", "list", "--customer", cust)["data"][0]["id"]
         r = ctl("key", "rotate", str(old_id), "--grace", "5s")
         new = r.stdout.strip().splitlines()[-1]
-        self.assertRegex(new, r"^sk-[0-9a-f]{48}$")
+        self.assertRegex(new, r"^sk-tg1-[0-9A-Za-z]{46}$")
         self.assertNotEqual(new, old)
         rows = {k["id"]: k for k in ctl_json("key", "list", "--customer", cust)["data"]}
         self.assertEqual(len(rows), 2)
@@ -249,7 +249,7 @@ class Keys(unittest.TestCase):
         self.assertEqual(n["state"], "active")
         for f in ("name", "models", "rpm", "tpm", "concurrency"):
             self.assertEqual(n[f], o[f], f)
-        self.assertEqual(n["prefix"], new[:11])
+        self.assertEqual(n["prefix"], new[:15])
         # during the grace period both keys work, on both instances
         for port in PORTS:
             self.assertEqual(chat(port, old)[0], 200)

@@ -125,14 +125,61 @@ static void test_key_hash(void) {
 }
 
 static void test_key_generate(void) {
-    char a[52], b[52];
-    CHECK_EQ_I(bill_key_generate(a), 0);
-    CHECK_EQ_I(bill_key_generate(b), 0);
-    CHECK_EQ_I(strlen(a), 51);
-    CHECK(strncmp(a, "sk-", 3) == 0);
-    CHECK_EQ_I(strspn(a + 3, "0123456789abcdef"), 48);
+    char a[BILL_KEY_LEN + 1], b[BILL_KEY_LEN + 1], pa[16], pb[16];
+    CHECK_EQ_I(bill_key_generate(a, pa), 0);
+    CHECK_EQ_I(bill_key_generate(b, pb), 0);
+    CHECK_EQ_I(strlen(a), 53);
+    CHECK(strncmp(a, "sk-tg1-", 7) == 0);
+    CHECK_EQ_I(strspn(a + 7, "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"), 46);
+    CHECK_EQ_I(strlen(pa), 15);
+    CHECK(strncmp(a, pa, 15) == 0);
     CHECK(strcmp(a, b) != 0);
+    CHECK_EQ_I(bill_key_shape(a), BILL_KEY_CURRENT);
+    CHECK_EQ_I(bill_key_shape(b), BILL_KEY_CURRENT);
+}
+
+static void test_key_shape(void) {
+    /* a fixed vector, checksum from Python's zlib.crc32 in base62 */
+    CHECK_EQ_I(bill_key_shape("sk-tg1-AAAAAAAA0123456789abcdefghijABCDEFGHIJKL1NYjcG"), BILL_KEY_CURRENT);
+    CHECK_EQ_I(bill_key_shape("sk-tg1-AAAAAAAA0123456789abcdefghijABCDEFGHIJKL1NYjcH"), BILL_KEY_BAD);
+    char k[BILL_KEY_LEN + 1], p[16];
+    CHECK_EQ_I(bill_key_generate(k, p), 0);
+    /* every single-character change of a current key is caught */
+    int caught = 0, tried = 0;
+    static const char alt[] = "0aZ";
+    for (int i = 7; i < BILL_KEY_LEN; i++) {
+        for (int j = 0; j < 3; j++) {
+            char m[BILL_KEY_LEN + 1];
+            memcpy(m, k, sizeof m);
+            if (m[i] == alt[j]) continue;
+            m[i] = alt[j];
+            tried++;
+            caught += bill_key_shape(m) == BILL_KEY_BAD;
+        }
+    }
+    CHECK_EQ_I(caught, tried);
+    /* two swapped neighbours too */
+    int swaps = 0, swapped = 0;
+    for (int i = 7; i + 1 < BILL_KEY_LEN; i++) {
+        char m[BILL_KEY_LEN + 1];
+        memcpy(m, k, sizeof m);
+        if (m[i] == m[i + 1]) continue;
+        char t = m[i];
+        m[i] = m[i + 1];
+        m[i + 1] = t;
+        swaps++;
+        swapped += bill_key_shape(m) == BILL_KEY_BAD;
+    }
+    CHECK_EQ_I(swapped, swaps);
+    CHECK_EQ_I(bill_key_shape("sk-0123456789abcdef0123456789abcdef0123456789abcdef"), BILL_KEY_LEGACY);
+    CHECK_EQ_I(bill_key_shape("sk-0123456789abcdef0123456789abcdef0123456789abcdeF"), BILL_KEY_BAD);
+    CHECK_EQ_I(bill_key_shape("sk-0123456789abcdef0123456789abcdef0123456789abcde"), BILL_KEY_BAD);
+    CHECK_EQ_I(bill_key_shape(""), BILL_KEY_BAD);
+    CHECK_EQ_I(bill_key_shape(NULL), BILL_KEY_BAD);
+    CHECK_EQ_I(bill_key_shape("sk-tg1-"), BILL_KEY_BAD);
+    k[20] = '-';
+    CHECK_EQ_I(bill_key_shape(k), BILL_KEY_BAD);
 }
 
 TG_TEST_MAIN(test_cost_exact, test_cost_large_and_overflow, test_usd_parse, test_usd_format, test_key_hash,
-             test_key_generate)
+             test_key_generate, test_key_shape)
