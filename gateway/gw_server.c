@@ -549,15 +549,24 @@ static const char *gw_req_bearer(gw_req_t *r) {
             int ok = n > 0 && n <= 256;
             for (size_t i = 0; ok && i < n; i++)
                 if ((unsigned char)k[i] <= 0x20 || (unsigned char)k[i] >= 0x7f) ok = 0;
-            if (ok && bill_key_shape(k) != BILL_KEY_BAD) return k;
-            /* a mistyped or made-up key: refused before any lookup */
-            if (ok) r->srv->m.key_format_rejects++;
-            msg = ok ? "Authentication Fails, Your api key is invalid (its checksum does not match)"
-                     : "Authentication Fails, malformed api key";
+            if (ok) return k;
+            msg = "Authentication Fails, malformed api key";
         }
     }
     gw_req_error(r, 401, "invalid_request_error", "invalid_api_key", NULL, msg);
     return NULL;
+}
+
+/* A mistyped or made-up key (wrong shape or checksum) is refused here,
+ * right where it would be looked up, without touching the cache, Redis or
+ * PostgreSQL.  Returns 1 when answered (401). */
+static int gw_key_refused_offline(gw_req_t *r, const char *key) {
+    if (bill_key_shape(key) != BILL_KEY_BAD) return 0;
+    r->srv->m.key_format_rejects++;
+    gw_req_error(r, 401, "invalid_request_error", "invalid_api_key", NULL,
+                 "Authentication Fails, Your api key is invalid (not a key this service issued: wrong shape or "
+                 "checksum)");
+    return 1;
 }
 
 static void gw_route_models(gw_req_t *r) {
@@ -568,6 +577,7 @@ static void gw_route_models(gw_req_t *r) {
         gw_admit_error(r, BILL_ERROR);
         return;
     }
+    if (gw_key_refused_offline(r, key)) return;
     r->admit = bill_admit(r->srv->bill, key, cfg->workers[0].models[0], r->conn->peer, gw_models_admitted, r);
     if (!r->admit) gw_admit_error(r, BILL_ERROR);
 }
@@ -780,6 +790,7 @@ static void gw_route_chat(gw_req_t *r) {
         gw_admit_error(r, BILL_ERROR);
         return;
     }
+    if (gw_key_refused_offline(r, key)) return;
     r->admit = bill_admit(s->bill, key, r->model, r->conn->peer, gw_chat_admitted, r);
     if (!r->admit) gw_admit_error(r, BILL_ERROR);
 }

@@ -872,9 +872,26 @@ class JsonBody(unittest.TestCase):
         self.assertEqual(st, 200, b)
         self.assertEqual(worker_request(h["x-request-id"])["body"]["messages"][0]["content"], "\U0001F600")
 
+    def test_completion_cap_forwarded_when_absent(self):
+        # no cap from the client: the gateway's default (what the hold was charged with) is
+        # forwarded as a new first member, the rest byte for byte; a given cap is left alone
+        body = ('{"model":"%s","messages":[{"role":"user","content":"hi"}]}' % MODEL).encode()
+        st, h, b = self.raw_chat(body)
+        self.assertEqual(st, 200, b)
+        w = worker_request(h["x-request-id"])
+        self.assertEqual(w["body"]["max_tokens"], 4096)
+        self.assertEqual(int(w["headers"]["Content-Length"]), len(body) + len('"max_tokens":4096,'))
+        for given in ('"max_tokens":7', '"max_completion_tokens":9'):
+            body = ('{"model":"%s",%s,"messages":[{"role":"user","content":"hi"}]}' % (MODEL, given)).encode()
+            st, h, b = self.raw_chat(body)
+            self.assertEqual(st, 200, b)
+            w = worker_request(h["x-request-id"])
+            self.assertEqual(int(w["headers"]["Content-Length"]), len(body), given)
+            self.assertNotIn("max_tokens" if "completion" in given else "max_completion_tokens", w["body"])
+
     def test_nul_in_content_forwarded_intact(self):
         # a 64-bit seed (not exact in a double) and NULs: the worker gets both exactly
-        body = ('{ "model" : "%s", "seed": 9007199254740993, "messages": '
+        body = ('{ "model" : "%s", "seed": 9007199254740993, "max_tokens": 16, "messages": '
                 '[{"role":"user","content":"a\\u0000b\\u0000"}] }' % MODEL).encode()
         st, h, b = self.raw_chat(body)
         self.assertEqual(st, 200, b)
