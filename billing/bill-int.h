@@ -230,6 +230,10 @@ void bill_lease_release(bill_lease_t *L, bill_hold_t *h);
  * its usage row commits (bill_lease_committed with its request id). */
 void bill_lease_settle(bill_lease_t *L, bill_hold_t *h, const char *request_id, int64_t cost);
 void bill_lease_committed(bill_lease_t *L, const char *request_id);
+/* The key (key_id > 0) or every key of the customer changed (limits, scope,
+ * revocation): what their leases have not handed out yet is given back, so
+ * the next hold needs a grant checked against the new settings. */
+void bill_lease_stale(bill_lease_t *L, int64_t key_id, int64_t customer_id);
 void bill_lease_stats(const bill_lease_t *L, bill_lease_stats_t *st);
 const char *bill_lease_holder(const bill_lease_t *L);
 

@@ -289,8 +289,16 @@ static void on_notice(const char *channel, const char *payload, void *arg) {
     bill_t *b = arg;
     b->invalidations++;
     b->gen++;
-    if (!strcmp(channel, "tg_key")) bill_cache_evict_key(b->cache, payload);
-    else if (!strcmp(channel, "tg_customer")) bill_cache_evict_customer(b->cache, strtoll(payload, NULL, 10));
+    if (!strcmp(channel, "tg_key")) { /* "<hash> <key id> <customer id>" */
+        char hash[65];
+        long long kid = 0, cid = 0;
+        if (sscanf(payload, "%64s %lld %lld", hash, &kid, &cid) >= 1) bill_cache_evict_key(b->cache, hash);
+        if (kid > 0) bill_lease_stale(b->lease, kid, 0);
+    } else if (!strcmp(channel, "tg_customer")) {
+        int64_t cid = strtoll(payload, NULL, 10);
+        bill_cache_evict_customer(b->cache, cid);
+        if (cid > 0) bill_lease_stale(b->lease, 0, cid);
+    }
 }
 
 static void on_listen_state(int up, void *arg) {

@@ -82,6 +82,8 @@ int adm_usd_field(adm_req_t *r, cJSON *j, const char *name, int required, int po
                   char out[24]);
 /* An optional string of 1..max bytes; *out NULL when absent.  required:
  * absent is refused too. */
+/* A spending limit field (keys, customers): see bill_admin_keys.c. */
+int adm_limit_field(adm_req_t *r, cJSON *j, const char *name, const char **mode, char out[24]);
 int adm_str_field(adm_req_t *r, cJSON *j, const char *name, size_t max, int required, const char **out);
 /* Unix seconds ("1764300000") as an ISO timestamp in UTC; anything else is
  * returned as is for PostgreSQL to read (or refuse with a 400). */

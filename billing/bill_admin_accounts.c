@@ -34,6 +34,20 @@ static const char SQL_CUST_CREATE[] =
               "jsonb_build_object('id', c.id, 'name', c.name, 'balance_pico', b.v::text)",
               "c, (SELECT coalesce(sum(amount_pico), 0) AS v FROM l) b");
 
+/* $1 name, $2/$4 daily/monthly: 'keep'|'set' with $3/$5 pico-USD (NULL: none). */
+static const char SQL_CUST_SPEND[] =
+    "WITH old AS (SELECT * FROM customers WHERE name = $1 FOR UPDATE),"
+    " c AS (UPDATE customers SET daily_limit_pico = CASE $2 WHEN 'keep' THEN daily_limit_pico ELSE $3::bigint END,"
+    "   monthly_limit_pico = CASE $4 WHEN 'keep' THEN monthly_limit_pico ELSE $5::bigint END"
+    "   WHERE id = (SELECT id FROM old) RETURNING *),"
+    ADM_AUDIT("a", "'customer.spending_limits'", "'customer:' || c.name",
+              "jsonb_build_object('daily_limit_pico', old.daily_limit_pico, 'monthly_limit_pico', old.monthly_limit_pico)",
+              "jsonb_build_object('daily_limit_pico', c.daily_limit_pico, 'monthly_limit_pico', c.monthly_limit_pico)",
+              "old, c")
+    ", resp AS (SELECT json_build_object('customer', c.name, 'daily_limit_pico', c.daily_limit_pico::text,"
+    "   'daily_limit_usd', tg_usd(c.daily_limit_pico), 'monthly_limit_pico', c.monthly_limit_pico::text,"
+    "   'monthly_limit_usd', tg_usd(c.monthly_limit_pico))::text AS body FROM c)";
+
 static const char SQL_BALANCE[] =
     "SELECT json_build_object('customer', c.name, 'customer_id', c.id, 'balance_pico',"
     " c.balance_pico::text, 'balance_usd', tg_usd(c.balance_pico))::text FROM customers c WHERE c.name = $1";
@@ -132,6 +146,20 @@ static void ledger_add(adm_req_t *r, const char *cust, const char *kind) {
     cJSON_Delete(j);
 }
 
+/* POST .../spending-limits {"daily_limit_usd": "5.00"|null, "monthly_limit_usd": ...} */
+static void spending_limits_set(adm_req_t *r, const char *cust) {
+    cJSON *j = adm_body(r);
+    if (!j) return;
+    const char *dmode, *mmode;
+    char dl[24], ml[24];
+    if (adm_limit_field(r, j, "daily_limit_usd", &dmode, dl) == 0 &&
+        adm_limit_field(r, j, "monthly_limit_usd", &mmode, ml) == 0) {
+        const char *p[] = {cust, dmode, dl[0] ? dl : NULL, mmode, ml[0] ? ml : NULL};
+        adm_write(r, SQL_CUST_SPEND, 5, p, "no such customer", 200, NULL, NULL);
+    }
+    cJSON_Delete(j);
+}
+
 /* ?from=T&to=T (Unix seconds or timestamps) into p[1], p[2]. */
 static void range(struct evkeyvalq *q, char f2[40], char t2[40], const char **from, const char **to) {
     const char *f = adm_epoch_to_iso(evhttp_find_header(q, "from"), f2);
@@ -178,6 +206,9 @@ int bill_admin_accounts_route(adm_req_t *r, char **seg, int nseg, struct evkeyva
     } else if (!strcmp(sub, "credits") || !strcmp(sub, "adjustments") || !strcmp(sub, "refunds")) {
         if (r->method == POST)
             ledger_add(r, seg[1], sub[0] == 'c' ? "topup" : sub[0] == 'a' ? "adjustment" : "refund");
+        else adm_bad_method(r);
+    } else if (!strcmp(sub, "spending-limits")) {
+        if (r->method == POST || r->method == EVHTTP_REQ_PUT) spending_limits_set(r, seg[1]);
         else adm_bad_method(r);
     } else if (!strcmp(sub, "ledger")) {
         if (r->method == GET) list_get(r, seg[1], q, SQL_LEDGER_LIST);

@@ -19,7 +19,9 @@
     " 'rpm', k.rpm, 'tpm', k.tpm, 'concurrency', k.concurrency, 'models', k.models,"           \
     " 'expires_at', k.expires_at, 'created_at', k.created_at, 'revoked_at', k.revoked_at,"      \
     " 'last_used_at', k.last_used_at, 'last_used_ip', host(k.last_used_ip),"                    \
-    " 'rotated_from', k.rotated_from, 'replaced_by', k.replaced_by)"
+    " 'rotated_from', k.rotated_from, 'replaced_by', k.replaced_by,"                            \
+    " 'daily_limit_pico', k.daily_limit_pico::text, 'daily_limit_usd', tg_usd(k.daily_limit_pico),"   \
+    " 'monthly_limit_pico', k.monthly_limit_pico::text, 'monthly_limit_usd', tg_usd(k.monthly_limit_pico))"
 
 /* Every key write also appends to admin_audit: who, what, before, after
  * (the row without its key_hash). */
@@ -34,38 +36,43 @@ static const char SQL_KEY_LIST[] =
     " FROM customers c WHERE c.name = $1";
 
 /* $1 customer, $2 hash, $3 prefix, $4-$6 limits, $7 name, $8 expires_at,
- * $9 expires_in_seconds, $10 models (JSON array or NULL) */
+ * $9 expires_in_seconds, $10 models (JSON array or NULL), $11/$12 daily/monthly
+ * spending limits in pico-USD (NULL: none) */
 static const char SQL_KEY_CREATE[] =
     "WITH k AS (INSERT INTO api_keys (customer_id, key_hash, prefix, rpm, tpm, concurrency, name,"
-    "   expires_at, models)"
+    "   expires_at, models, daily_limit_pico, monthly_limit_pico)"
     "   SELECT c.id, $2, $3, $4::int, $5::int, $6::int, coalesce($7, ''),"
-    "   tg_key_expiry($8::timestamptz, $9::bigint), " MODELS_ARR("$10")
+    "   tg_key_expiry($8::timestamptz, $9::bigint), " MODELS_ARR("$10") ", $11::bigint, $12::bigint"
     "   FROM customers c WHERE c.name = $1 RETURNING *),"
     AUDIT("key.create", "'key:' || k.id", "NULL", "to_jsonb(k) - 'key_hash'", "k")
     ", resp AS (SELECT " KEYJ "::text AS body FROM k JOIN customers c ON c.id = k.customer_id)";
 
 /* $1 id, $2 name, $3-$5 limits, $6 models: 'keep'|'all'|'set', $7 models JSON,
- * $8 expiry: 'keep'|'never'|'set', $9 expires_at, $10 expires_in_seconds */
+ * $8 expiry: 'keep'|'never'|'set', $9 expires_at, $10 expires_in_seconds,
+ * $11/$13 daily/monthly spending limit: 'keep'|'set' with $12/$14 (NULL: none) */
 static const char SQL_KEY_UPDATE[] =
     "WITH old AS (SELECT * FROM api_keys WHERE id = $1::bigint AND revoked_at IS NULL FOR UPDATE),"
     " k AS (UPDATE api_keys SET name = coalesce($2, name), rpm = coalesce($3::int, rpm),"
     "   tpm = coalesce($4::int, tpm), concurrency = coalesce($5::int, concurrency),"
     "   models = CASE $6 WHEN 'keep' THEN models WHEN 'all' THEN NULL ELSE " MODELS_ARR("$7") " END,"
     "   expires_at = CASE $8 WHEN 'keep' THEN expires_at WHEN 'never' THEN NULL"
-    "     ELSE tg_key_expiry($9::timestamptz, $10::bigint) END"
+    "     ELSE tg_key_expiry($9::timestamptz, $10::bigint) END,"
+    "   daily_limit_pico = CASE $11 WHEN 'keep' THEN daily_limit_pico ELSE $12::bigint END,"
+    "   monthly_limit_pico = CASE $13 WHEN 'keep' THEN monthly_limit_pico ELSE $14::bigint END"
     "   WHERE id = (SELECT id FROM old) RETURNING *),"
     AUDIT("key.update", "'key:' || k.id", "to_jsonb(old) - 'key_hash'", "to_jsonb(k) - 'key_hash'", "old, k")
     ", resp AS (SELECT " KEYJ "::text AS body FROM k JOIN customers c ON c.id = k.customer_id)";
 
 /* $1 old id, $2 new hash, $3 new prefix, $4 grace seconds, $5 new expires_at,
- * $6 new expires_in_seconds.  The new key copies name, limits and scope; the
+ * $6 new expires_in_seconds.  The new key copies name, limits, spending limits
+ * and scope; the
  * old one works until now + grace (or its own earlier expiry). */
 static const char SQL_KEY_ROTATE[] =
     "WITH old AS (SELECT * FROM api_keys WHERE id = $1::bigint AND revoked_at IS NULL AND replaced_by IS NULL"
     "   AND (expires_at IS NULL OR expires_at > now()) FOR UPDATE),"
     " n AS (INSERT INTO api_keys (customer_id, key_hash, prefix, rpm, tpm, concurrency, name, models,"
-    "   expires_at, rotated_from)"
-    "   SELECT customer_id, $2, $3, rpm, tpm, concurrency, name, models,"
+    "   daily_limit_pico, monthly_limit_pico, expires_at, rotated_from)"
+    "   SELECT customer_id, $2, $3, rpm, tpm, concurrency, name, models, daily_limit_pico, monthly_limit_pico,"
     "   tg_key_expiry($5::timestamptz, $6::bigint), id FROM old RETURNING *),"
     " o AS (UPDATE api_keys k SET replaced_by = n.id,"
     "   expires_at = least(coalesce(k.expires_at, 'infinity'), now() + $4::bigint * interval '1 second')"
@@ -155,6 +162,26 @@ static int expiry_fields(adm_req_t *req, cJSON *j, const char **mode, const char
     return 0;
 }
 
+/* An optional spending limit: absent (*mode "keep"), null (none: "set" with
+ * *out "") or a USD decimal string ("set", *out its pico-USD).  Returns 0 or
+ * -1 after replying 400. */
+int adm_limit_field(adm_req_t *req, cJSON *j, const char *name, const char **mode, char out[24]) {
+    cJSON *f = cJSON_GetObjectItemCaseSensitive(j, name);
+    int64_t pico;
+    *mode = "keep";
+    out[0] = 0;
+    if (!f) return 0;
+    *mode = "set";
+    if (cJSON_IsNull(f)) return 0;
+    if (!cJSON_IsString(f) || bill_usd_parse(f->valuestring, &pico) != 0) {
+        adm_error(req, 400, "invalid_amount", "%s must be null (no limit) or a decimal string of USD, e.g. \"25.00\"",
+                  name);
+        return -1;
+    }
+    snprintf(out, 24, "%lld", (long long)pico);
+    return 0;
+}
+
 /* A new key's secret, keyed hash and display prefix.  Returns 0 or -1 after
  * replying 500. */
 static int new_key(adm_req_t *req, char key[BILL_KEY_LEN + 1], char hash[65], char prefix[16]) {
@@ -170,19 +197,22 @@ static void keys_create(adm_req_t *req, const char *cust) {
     cJSON *j = adm_body(req);
     if (!j) return;
     long rpm = 0, tpm = 0, conc = 0;
-    const char *name, *mmode, *emode, *at;
-    char *models = NULL, in[24];
+    const char *name, *mmode, *emode, *at, *dmode, *mmode2;
+    char *models = NULL, in[24], dl[24], ml[24];
     if (adm_int_field(req, j, "rpm", 2147483647L, &rpm) == 0 && adm_int_field(req, j, "tpm", 2147483647L, &tpm) == 0 &&
         adm_int_field(req, j, "concurrency", 2147483647L, &conc) == 0 && name_field(req, j, &name) == 0 &&
-        models_field(req, j, &mmode, &models) == 0 && expiry_fields(req, j, &emode, &at, in) == 0) {
+        models_field(req, j, &mmode, &models) == 0 && expiry_fields(req, j, &emode, &at, in) == 0 &&
+        adm_limit_field(req, j, "daily_limit_usd", &dmode, dl) == 0 &&
+        adm_limit_field(req, j, "monthly_limit_usd", &mmode2, ml) == 0) {
         char key[BILL_KEY_LEN + 1], hash[65], prefix[16], s1[16], s2[16], s3[16];
         if (!strcmp(emode, "never")) emode = "keep"; /* a new key without expiry */
         if (new_key(req, key, hash, prefix) == 0) {
             snprintf(s1, sizeof s1, "%ld", rpm);
             snprintf(s2, sizeof s2, "%ld", tpm);
             snprintf(s3, sizeof s3, "%ld", conc);
-            const char *p[] = {cust, hash, prefix, s1, s2, s3, name, at, in[0] ? in : NULL, models};
-            adm_write(req, SQL_KEY_CREATE, 10, p, "no such customer", 201, "key", key);
+            const char *p[] = {cust, hash, prefix, s1, s2, s3, name, at, in[0] ? in : NULL, models,
+                               dl[0] ? dl : NULL, ml[0] ? ml : NULL};
+            adm_write(req, SQL_KEY_CREATE, 12, p, "no such customer", 201, "key", key);
             OPENSSL_cleanse(key, sizeof key);
         }
     }
@@ -201,11 +231,15 @@ static void key_update(adm_req_t *req, const char *id) {
         ok = adm_int_field(req, j, names[i], 2147483647L, &lim[i]) == 0;
         snprintf(sl[i], sizeof sl[i], "%ld", lim[i]);
     }
+    const char *dmode, *mmode2;
+    char dl[24], ml[24];
     if (ok && name_field(req, j, &name) == 0 && models_field(req, j, &mmode, &models) == 0 &&
-        expiry_fields(req, j, &emode, &at, in) == 0) {
+        expiry_fields(req, j, &emode, &at, in) == 0 && adm_limit_field(req, j, "daily_limit_usd", &dmode, dl) == 0 &&
+        adm_limit_field(req, j, "monthly_limit_usd", &mmode2, ml) == 0) {
         const char *p[] = {id, name, lim[0] >= 0 ? sl[0] : NULL, lim[1] >= 0 ? sl[1] : NULL,
-                           lim[2] >= 0 ? sl[2] : NULL, mmode, models, emode, at, in[0] ? in : NULL};
-        adm_write(req, SQL_KEY_UPDATE, 10, p, "no such key, or it is revoked", 200, NULL, NULL);
+                           lim[2] >= 0 ? sl[2] : NULL, mmode, models, emode, at, in[0] ? in : NULL,
+                           dmode, dl[0] ? dl : NULL, mmode2, ml[0] ? ml : NULL};
+        adm_write(req, SQL_KEY_UPDATE, 14, p, "no such key, or it is revoked", 200, NULL, NULL);
     }
     free(models);
     cJSON_Delete(j);

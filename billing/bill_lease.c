@@ -417,6 +417,16 @@ void bill_lease_committed(bill_lease_t *L, const char *request_id) {
     free(t);
 }
 
+void bill_lease_stale(bill_lease_t *L, int64_t key_id, int64_t customer_id) {
+    if (!L) return;
+    for (size_t i = 0; i < L->cap; i++)
+        for (lease_t *l = L->tab[i]; l; l = l->next) {
+            if (key_id ? l->key_id != key_id : l->customer_id != customer_id) continue;
+            int64_t a = avail(l);
+            if (a > 0) l->committed += a; /* shrunk off the lease row by the next tick */
+        }
+}
+
 /* ---- the periodic statement ---------------------------------------------- */
 
 static int arr_add(char **p, size_t *len, size_t *cap, const char *s) {

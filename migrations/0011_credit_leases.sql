@@ -39,15 +39,16 @@ ALTER TABLE customers
 CREATE INDEX usage_key_time ON usage (key_id, received_at);
 
 -- Key cache invalidation: every change that admission reads is announced on
--- channel tg_key (payload: the key's hash) or tg_customer (payload: the
--- customer id); every gateway LISTENs and drops its cached entry at once.
+-- channel tg_key (payload: "<key hash> <key id> <customer id>") or tg_customer
+-- (payload: the customer id); every gateway LISTENs, drops its cached entry
+-- and stops taking holds from the leases granted under the old settings.
 -- last_used_at/ip (written in batches) are deliberately not announced.
 CREATE FUNCTION tg_key_notify() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF TG_OP = 'DELETE' THEN
-        PERFORM pg_notify('tg_key', OLD.key_hash);
+        PERFORM pg_notify('tg_key', OLD.key_hash || ' ' || OLD.id || ' ' || OLD.customer_id);
     ELSE
-        PERFORM pg_notify('tg_key', NEW.key_hash);
+        PERFORM pg_notify('tg_key', NEW.key_hash || ' ' || NEW.id || ' ' || NEW.customer_id);
     END IF;
     RETURN NULL;
 END $$;

@@ -31,11 +31,14 @@ static const char USAGE[] =
     "  customer create NAME [--credit-usd AMOUNT]\n"
     "  customer list\n"
     "  customer show NAME\n"
+    "  customer spending-limits NAME [--daily-usd AMOUNT|none] [--monthly-usd AMOUNT|none]\n"
     "  key create --customer NAME [--name LABEL] [--expires-in DURATION | --expires-at T]\n"
     "             [--models m1,m2] [--rpm N] [--tpm N] [--concurrency N]\n"
+    "             [--daily-limit-usd AMOUNT] [--monthly-limit-usd AMOUNT]   (spending limits, UTC periods)\n"
     "                                  (prints the key alone on the last line; it is shown once)\n"
     "  key list --customer NAME        (state: active, expiring, expired, revoked; last use)\n"
     "  key update KEY_ID [--name LABEL] [--models m1,m2|all] [--rpm N] [--tpm N] [--concurrency N]\n"
+    "             [--daily-limit-usd AMOUNT|none] [--monthly-limit-usd AMOUNT|none]\n"
     "             [--expires-in DURATION | --expires-at T | --no-expiry]\n"
     "  key rotate KEY_ID [--grace DURATION] [--expires-in DURATION | --expires-at T]\n"
     "                                  (a new key with the same name, limits and models; the old one\n"
@@ -405,7 +408,7 @@ static void print_customer_row(cJSON *c) {
 }
 
 static int cmd_customer(args_t *a) {
-    const char *sub = positional(a, "customer subcommand (create, list, show)");
+    const char *sub = positional(a, "customer subcommand (create, list, show, spending-limits)");
     if (!strcmp(sub, "create")) {
         const char *name = positional(a, "NAME");
         const char *credit = opt(a, "--credit-usd");
@@ -430,6 +433,28 @@ static int cmd_customer(args_t *a) {
             cJSON *c;
             cJSON_ArrayForEach(c, cJSON_GetObjectItemCaseSensitive(j, "data")) print_customer_row(c);
         }
+        cJSON_Delete(j);
+    } else if (!strcmp(sub, "spending-limits")) {
+        const char *name = positional(a, "NAME");
+        const char *d = opt(a, "--daily-usd"), *m = opt(a, "--monthly-usd");
+        no_more(a);
+        if (!d && !m) die(2, "customer spending-limits: give --daily-usd and/or --monthly-usd (USD, or none)");
+        buf_t b = {0};
+        int n = 0;
+        const char *names[] = {"daily_limit_usd", "monthly_limit_usd"}, *vals[] = {d, m};
+        bput(&b, "{", 1);
+        for (int i = 0; i < 2; i++) {
+            if (!vals[i]) continue;
+            char *j = strcmp(vals[i], "none") ? jstr(vals[i]) : strdup("null");
+            bprintf(&b, "%s\"%s\":%s", n++ ? "," : "", names[i], j);
+            free(j);
+        }
+        bput(&b, "}", 1);
+        cJSON *j = cust_call("POST", name, "spending-limits", b.p);
+        free(b.p);
+        if (!json_out)
+            printf("customer %s: daily spending limit %s USD, monthly %s USD\n", str(j, "customer"),
+                   str(j, "daily_limit_usd"), str(j, "monthly_limit_usd"));
         cJSON_Delete(j);
     } else if (!strcmp(sub, "show")) {
         const char *name = positional(a, "NAME");
@@ -522,6 +547,20 @@ static void key_fields(args_t *a, buf_t *b, int *n, int limits, int no_expiry_ok
             bprintf(b, "%s\"%s\":%s", (*n)++ ? "," : "", names[i], vals[i]);
         }
     }
+    if (limits) { /* spending limits: USD, "none" clears */
+        const char *names[] = {"daily_limit_usd", "monthly_limit_usd"};
+        const char *vals[] = {opt(a, "--daily-limit-usd"), opt(a, "--monthly-limit-usd")};
+        for (int i = 0; i < 2; i++) {
+            if (!vals[i]) continue;
+            if (!strcmp(vals[i], "none")) {
+                bprintf(b, "%s\"%s\":null", (*n)++ ? "," : "", names[i]);
+            } else {
+                char *j = jstr(vals[i]);
+                bprintf(b, "%s\"%s\":%s", (*n)++ ? "," : "", names[i], j);
+                free(j);
+            }
+        }
+    }
     if (in) bprintf(b, "%s\"expires_in_seconds\":%lld", (*n)++ ? "," : "", duration("--expires-in", in));
     if (at) {
         char *j = jstr(at);
@@ -603,7 +642,7 @@ static int cmd_key(args_t *a) {
         bput(&b, "}", 1);
         no_more(a);
         if (n == 0) die(2, "key update: nothing to change (--name, --models, --rpm, --tpm, --concurrency, "
-                           "--expires-in, --expires-at, --no-expiry)");
+                           "--daily-limit-usd, --monthly-limit-usd, --expires-in, --expires-at, --no-expiry)");
         char p[64];
         snprintf(p, sizeof p, "/admin/v1/keys/%s", id);
         cJSON *j = call("PATCH", p, b.p);

@@ -1,0 +1,237 @@
+"""Money that cannot be overspent: balance holds through credit leases and
+spending limits, checked on two gateway instances at once (issue 7), and keys
+refused by their checksum without any lookup (issue 8).
+
+Runs against the test stack (scripts/stack.sh test-up) plus gateway
+instances this test starts on the same PostgreSQL, Redis and worker.  Every
+number is read back from PostgreSQL: the usage rows, the ledger, the balance
+and the credit leases."""
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import unittest
+import uuid
+
+import psycopg2
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from gwinstances import Instances, https  # noqa: E402
+from tgskip import main  # noqa: E402
+
+E = os.environ
+CTL = os.path.join(E["TG_TEST_BIN"], "tollgatectl")
+MODEL = E["TG_TEST_MODEL"]
+BASE = int(E["TG_TEST_GATEWAY"].rsplit(":", 1)[1])
+PRICE_MISS, PRICE_OUT = 270000, 1100000  # stack.sh's demo prices, pico-USD per token
+MAX_TOKENS = 256
+WAIT = float(E.get("TG_TEST_WAIT", "60"))
+
+
+def ctl(*args):
+    r = subprocess.run([CTL, *args], capture_output=True, text=True, timeout=60)
+    if r.returncode != 0:
+        raise AssertionError("tollgatectl %s: %s" % (" ".join(args), r.stderr))
+    return r.stdout
+
+
+def new_key(cust, *extra):
+    return ctl("key", "create", "--customer", cust, *extra).strip().splitlines()[-1]
+
+
+def q(sql, *args):
+    c = psycopg2.connect(E["TG_TEST_PG"])
+    try:
+        with c, c.cursor() as cur:
+            cur.execute(sql, args)
+            return cur.fetchall() if cur.description else None
+    finally:
+        c.close()
+
+
+def wait_for(pred, what):
+    deadline = time.time() + WAIT
+    while time.time() < deadline:
+        if pred():
+            return
+        time.sleep(0.1)
+    raise AssertionError("timed out waiting for " + what)
+
+
+def settled_idle():
+    st, _, b = https_admin("/admin/v1/settlement")
+    return st == 200 and json.loads(b)["idle"]
+
+
+def https_admin(path):
+    import urllib.request
+    req = urllib.request.Request(E["TG_TEST_ADMIN"] + path,
+                                 headers={"Authorization": "Bearer " + E["TG_TEST_ADMIN_TOKEN"]})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return r.status, None, r.read()
+
+
+def stream(port, key, results, i):
+    """One streaming request read to its end; results[i] = (status, code, saw [DONE])."""
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Hello"}], "max_tokens": MAX_TOKENS,
+            "stream": True, "stream_options": {"include_usage": True}}
+    try:
+        st, h, data = https(port, "POST", "/v1/chat/completions", key, body, timeout=WAIT * 3)
+        code = None
+        if st != 200:
+            code = json.loads(data)["error"]["code"]
+        results[i] = (st, code, b"data: [DONE]" in data, h.get("x-request-id"))
+    except Exception as e:  # recorded, asserted by the caller
+        results[i] = ("exception", repr(e), False, None)
+
+
+class Holds(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.gw = Instances("holds-instances", [BASE + 40, BASE + 41], lease_idle_ms=300).start()
+        # the prompt's token count, from a real request
+        cust = "holds-probe-" + uuid.uuid4().hex[:8]
+        ctl("customer", "create", cust, "--credit-usd", "1")
+        k = new_key(cust)
+        st, _, b = https(cls.gw.ports[0], "POST", "/v1/chat/completions", k,
+                         {"model": MODEL, "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 1})
+        assert st == 200, b
+        cls.prompt = json.loads(b)["usage"]["prompt_tokens"]
+        cls.max_cost = cls.prompt * PRICE_MISS + MAX_TOKENS * PRICE_OUT
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.gw.stop()
+
+    def run_burst(self, key, n):
+        results = [None] * n
+        threads = [threading.Thread(target=stream, args=(self.gw.ports[i % 2], key, results, i)) for i in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(WAIT * 4)
+        self.assertTrue(all(r is not None for r in results), "a request did not finish")
+        return results
+
+    def customer_state(self, cust):
+        (cid, bal), = q("SELECT id, balance_pico FROM customers WHERE name = %s", cust)
+        (spent, rows), = q("SELECT coalesce(sum(cost_pico), 0), count(*) FROM usage WHERE customer_id = %s", cid)
+        return cid, int(bal), int(spent), rows
+
+    def assert_no_leases_left(self, cid):
+        # every lease is given back once idle (lease_idle_ms 300 here)
+        wait_for(lambda: q("SELECT count(*) FROM credit_leases WHERE customer_id = %s", cid)[0][0] == 0,
+                 "the credit leases to be given back")
+        for i in range(2):
+            m = self.gw.metrics(i)
+            self.assertEqual(m["tollgate_open_holds"], 0, "instance %d" % i)
+            self.assertEqual(m["tollgate_open_holds_pico"], 0, "instance %d" % i)
+
+    def test_no_overspend_with_two_instances(self):
+        cust = "holds-" + uuid.uuid4().hex[:8]
+        credit = 10 * self.max_cost + self.max_cost // 2  # room for ten requests, not eleven
+        ctl("customer", "create", cust, "--credit-usd", "%d.%012d" % divmod(credit, 10 ** 12))
+        key = new_key(cust)
+        results = self.run_burst(key, 64)
+        ok = [r for r in results if r[0] == 200]
+        refused = [r for r in results if r[0] == 402]
+        self.assertEqual(len(ok) + len(refused), 64, results)
+        self.assertTrue(all(r[2] for r in ok), "an accepted stream did not end with [DONE]")
+        self.assertTrue(all(r[1] == "insufficient_balance" for r in refused), refused)
+        self.assertGreaterEqual(len(ok), 1)
+        self.assertLessEqual(len(ok), 10)
+        wait_for(settled_idle, "the settlement queue to drain")
+        cid, bal, spent, rows = self.customer_state(cust)
+        print("\n  holds: %d accepted, %d refused (402); spent %d of %d pico-USD; balance %d"
+              % (len(ok), len(refused), spent, credit, bal), file=sys.stderr)
+        self.assertEqual(rows, len(ok), "one usage row per accepted request")
+        self.assertLessEqual(spent, credit)
+        self.assertGreaterEqual(bal, 0)
+        self.assertEqual(bal, credit - spent)
+        self.assertEqual(q("SELECT count(*) FROM ledger_mismatch")[0][0], 0)
+        self.assert_no_leases_left(cid)
+        # the credit left still serves a request that fits
+        left = credit - spent
+        if left >= self.max_cost:
+            st, _, b = https(self.gw.ports[0], "POST", "/v1/chat/completions", key,
+                             {"model": MODEL, "messages": [{"role": "user", "content": "Hello"}],
+                              "max_tokens": MAX_TOKENS})
+            self.assertEqual(st, 200, b)
+        # a 402 names what the request needs and what is left
+        st, _, b = https(self.gw.ports[1], "POST", "/v1/chat/completions", key,
+                         {"model": MODEL, "messages": [{"role": "user", "content": "Hello"}],
+                          "max_tokens": 10 ** 6})
+        self.assertEqual(st, 402, b)
+        err = json.loads(b)["error"]
+        self.assertEqual(err["code"], "insufficient_balance")
+        self.assertIn("may cost up to $", err["message"])
+
+    def test_spending_limits(self):
+        cust = "spend-" + uuid.uuid4().hex[:8]
+        ctl("customer", "create", cust, "--credit-usd", "100")
+        limit = 5 * self.max_cost + self.max_cost // 2  # five requests, not six
+        usd = "%d.%012d" % divmod(limit, 10 ** 12)
+        key = new_key(cust, "--daily-limit-usd", usd)
+        results = self.run_burst(key, 32)
+        ok = [r for r in results if r[0] == 200]
+        refused = [r for r in results if r[0] == 402]
+        self.assertEqual(len(ok) + len(refused), 32, results)
+        self.assertTrue(all(r[1] == "spending_limit_exceeded" for r in refused), refused)
+        self.assertGreaterEqual(len(ok), 1)
+        self.assertLessEqual(len(ok), 5)
+        wait_for(settled_idle, "the settlement queue to drain")
+        (kid,), = q("SELECT id FROM api_keys WHERE prefix = %s", key[:15])
+        (spent,), = q("SELECT coalesce(sum(cost_pico), 0) FROM usage WHERE key_id = %s", kid)
+        self.assertLessEqual(int(spent), limit)
+        # another key of the same customer is not limited by it ...
+        other = new_key(cust)
+        st, _, b = https(self.gw.ports[0], "POST", "/v1/chat/completions", other,
+                         {"model": MODEL, "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 4})
+        self.assertEqual(st, 200, b)
+        # ... but a customer-wide monthly limit below what was spent stops both keys
+        before = [self.gw.metrics(i)["tollgate_key_invalidations_total"] for i in range(2)]
+        ctl("customer", "spending-limits", cust, "--monthly-usd", "%d.%012d" % divmod(int(spent), 10 ** 12))
+        wait_for(lambda: all(self.gw.metrics(i)["tollgate_key_invalidations_total"] > before[i] for i in range(2)),
+                 "the limit change to reach both instances")
+        for port in self.gw.ports:
+            st, _, b = https(port, "POST", "/v1/chat/completions", other,
+                             {"model": MODEL, "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 4})
+            self.assertEqual(st, 402, b)
+            self.assertEqual(json.loads(b)["error"]["code"], "spending_limit_exceeded")
+            self.assertIn("monthly", json.loads(b)["error"]["message"])
+        (cid,), = q("SELECT id FROM customers WHERE name = %s", cust)
+        self.assert_no_leases_left(cid)
+
+
+class OfflineKeyCheck(unittest.TestCase):
+    """A key with a wrong shape or checksum is refused without PostgreSQL or Redis:
+    an instance whose database and Redis do not exist still answers it 401."""
+
+    def test_checksum_refused_without_lookup(self):
+        gw = Instances("offline-instance", [BASE + 42], postgres="host=127.0.0.1 port=1 dbname=x user=x",
+                       redis="127.0.0.1:1").start()
+        try:
+            # a real key of the stack, with one character changed: its checksum fails
+            real = E["TG_TEST_DEMO_KEY"]
+            self.assertTrue(real.startswith("sk-tg1-"), real)
+            typo = real[:20] + ("A" if real[20] != "A" else "B") + real[21:]
+            for k in (typo, "sk-tg1-" + "0" * 46, "sk-not-a-key", "x" * 80):
+                st, _, b = https(gw.ports[0], "GET", "/v1/models", k)
+                self.assertEqual(st, 401, b)
+                self.assertEqual(json.loads(b)["error"]["code"], "invalid_api_key")
+            self.assertEqual(gw.metrics(0)["tollgate_key_format_rejects_total"], 4)
+            self.assertEqual(gw.metrics(0)["tollgate_key_cache_misses_total"], 0)
+            # a well-formed key does need the lookup, which cannot happen here: 503
+            st, _, b = https(gw.ports[0], "GET", "/v1/models", real)
+            self.assertEqual(st, 503, b)
+            self.assertEqual(gw.metrics(0)["tollgate_key_cache_misses_total"], 1)
+        finally:
+            gw.stop()
+
+
+if __name__ == "__main__":
+    main()
