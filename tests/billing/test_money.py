@@ -143,7 +143,7 @@ class Money(unittest.TestCase):
         st2, h2, b2 = self.api("POST", kp, {"name": "ci"}, idem=k + "-key")
         self.assertEqual((st1, st2), (201, 201))
         j1, j2 = json.loads(b1), json.loads(b2)
-        self.assertRegex(j1["key"], r"^sk-[0-9a-f]{48}$")
+        self.assertRegex(j1["key"], r"^sk-tg1-[0-9A-Za-z]{46}$")
         self.assertNotIn("key", j2)
         self.assertEqual(h2.get("Idempotent-Replayed"), "true")
         self.assertEqual({x: v for x, v in j1.items() if x != "key"}, j2)
