@@ -27,8 +27,10 @@
 static const char ADMIT_SQL[] =
     "SELECT k.id, k.customer_id, k.rpm, k.tpm, k.concurrency, k.revoked_at IS NOT NULL,"
     " (extract(epoch FROM k.expires_at) * 1000000)::bigint, array_to_json(k.models)::text,"
-    " p.input_cache_miss, p.input_cache_hit, p.output, p.price_id, p.override_id"
-    " FROM api_keys k LEFT JOIN LATERAL tg_customer_price(k.customer_id, $2, now()) p ON true"
+    " p.input_cache_miss, p.input_cache_hit, p.output, p.price_id, p.override_id,"
+    " c.rpm, c.tpm, c.concurrency"
+    " FROM api_keys k JOIN customers c ON c.id = k.customer_id"
+    " LEFT JOIN LATERAL tg_customer_price(k.customer_id, $2, now()) p ON true"
     " WHERE k.key_hash = $1";
 
 static int64_t real_us(void) {
@@ -118,6 +120,9 @@ static void admit_done(PGresult *res, const char *err, void *arg) {
         k.key.concurrency = (int32_t)strtol(PQgetvalue(res, 0, 4), NULL, 10);
         k.expires_us = PQgetisnull(res, 0, 6) ? 0 : strtoll(PQgetvalue(res, 0, 6), NULL, 10);
         k.models_json = PQgetisnull(res, 0, 7) ? NULL : PQgetvalue(res, 0, 7);
+        k.key.cust_rpm = (int32_t)strtol(PQgetvalue(res, 0, 13), NULL, 10);
+        k.key.cust_tpm = (int32_t)strtol(PQgetvalue(res, 0, 14), NULL, 10);
+        k.key.cust_concurrency = (int32_t)strtol(PQgetvalue(res, 0, 15), NULL, 10);
         if ((p.has_price = !PQgetisnull(res, 0, 8))) {
             p.price.input_cache_miss = strtoll(PQgetvalue(res, 0, 8), NULL, 10);
             p.price.input_cache_hit = strtoll(PQgetvalue(res, 0, 9), NULL, 10);

@@ -65,6 +65,7 @@ typedef struct {
     int64_t key_id;
     int64_t customer_id;
     int32_t rpm, tpm, concurrency; /* limits of the key; 0 = none */
+    int32_t cust_rpm, cust_tpm, cust_concurrency; /* limits of its customer (all its keys together); 0 = none */
     bill_price_t price;            /* snapshot used to bill this request */
     const char *models_json;       /* the key's allowed models as a JSON array of strings,
                                       NULL: every model; valid only during the callback */

@@ -52,6 +52,39 @@ static const char SQL_BALANCE[] =
     "SELECT json_build_object('customer', c.name, 'customer_id', c.id, 'balance_pico',"
     " c.balance_pico::text, 'balance_usd', tg_usd(c.balance_pico))::text FROM customers c WHERE c.name = $1";
 
+/* A customer's rate limits, over all its keys (0 = none; gateway/README.md
+ * "Rate limits").  Set: $1 customer, $2-$4 rpm, tpm, concurrency (NULL: keep). */
+#define CUST_LIMITSJ                                                                            \
+    "json_build_object('customer', c.name, 'customer_id', c.id, 'rpm', c.rpm, 'tpm', c.tpm,"   \
+    " 'concurrency', c.concurrency)"
+static const char SQL_CUST_LIMITS_GET[] = "SELECT " CUST_LIMITSJ "::text FROM customers c WHERE c.name = $1";
+static const char SQL_CUST_LIMITS_SET[] =
+    "WITH old AS (SELECT * FROM customers WHERE name = $1 FOR UPDATE),"
+    " c AS (UPDATE customers SET rpm = coalesce($2::int, rpm), tpm = coalesce($3::int, tpm),"
+    "   concurrency = coalesce($4::int, concurrency) WHERE id = (SELECT id FROM old) RETURNING *),"
+    " resp AS (SELECT " CUST_LIMITSJ "::text AS body FROM c),"
+    ADM_AUDIT("a", "'customer.limits'", "'customer:' || c.name",
+              "jsonb_build_object('rpm', old.rpm, 'tpm', old.tpm, 'concurrency', old.concurrency)",
+              "jsonb_build_object('rpm', c.rpm, 'tpm', c.tpm, 'concurrency', c.concurrency)", "old, c");
+
+static void customer_limits_set(adm_req_t *r, const char *cust) {
+    cJSON *j = adm_body(r);
+    if (!j) return;
+    long lim[3] = {-1, -1, -1};
+    const char *names[3] = {"rpm", "tpm", "concurrency"};
+    char sl[3][16];
+    int ok = 1;
+    for (int i = 0; i < 3 && ok; i++) {
+        ok = adm_int_field(r, j, names[i], 2147483647L, &lim[i]) == 0;
+        snprintf(sl[i], sizeof sl[i], "%ld", lim[i]);
+    }
+    if (ok) {
+        const char *p[] = {cust, lim[0] >= 0 ? sl[0] : NULL, lim[1] >= 0 ? sl[1] : NULL, lim[2] >= 0 ? sl[2] : NULL};
+        adm_write(r, SQL_CUST_LIMITS_SET, 4, p, "no such customer", 200, NULL, NULL);
+    }
+    cJSON_Delete(j);
+}
+
 /* One ledger row made by an admin: $1 customer, $2 kind, $3 signed pico,
  * $4 reason.  A refund may not exceed the balance (FOR UPDATE: no credit can
  * slip in or out between the check and the insert). */
@@ -209,6 +242,10 @@ int bill_admin_accounts_route(adm_req_t *r, char **seg, int nseg, struct evkeyva
         else adm_bad_method(r);
     } else if (!strcmp(sub, "spending-limits")) {
         if (r->method == POST || r->method == EVHTTP_REQ_PUT) spending_limits_set(r, seg[1]);
+        else adm_bad_method(r);
+    } else if (!strcmp(sub, "limits")) {
+        if (r->method == GET) adm_read(r, SQL_CUST_LIMITS_GET, 1, p, "no such customer");
+        else if (r->method == POST || r->method == EVHTTP_REQ_PATCH) customer_limits_set(r, seg[1]);
         else adm_bad_method(r);
     } else if (!strcmp(sub, "ledger")) {
         if (r->method == GET) list_get(r, seg[1], q, SQL_LEDGER_LIST);

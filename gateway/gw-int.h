@@ -186,7 +186,9 @@ struct gw_config {
     int64_t default_rpm, default_tpm, default_concurrency;
     char *tokenizer, *chat_template;
     int64_t header_timeout_ms, idle_timeout_ms, upstream_timeout_ms, upstream_connect_timeout_ms;
-    int64_t redis_timeout_ms, redis_fail_open, shutdown_grace_ms, stream_high_water;
+    int64_t redis_timeout_ms, redis_fail_closed, redis_cluster, shutdown_grace_ms, stream_high_water;
+    int64_t concurrency_lease_ms;
+    int64_t auth_fail_limit, auth_fail_window_ms, auth_fail_block_ms, auth_fail_table;
     int64_t key_last_used_flush_ms;
     int64_t key_cache_ttl_ms, key_cache_fallback_ms, key_negative_ttl_ms, price_cache_ms;
     int64_t lease_chunk_pico, lease_ttl_ms, lease_idle_ms;
@@ -201,35 +203,9 @@ int gw_config_set_workers(gw_config_t *c, const char *json, char *err, size_t er
 /* Split "host:port" / "[v6]:port"; GW_OK or GW_ERROR. */
 int gw_split_hostport(const char *s, char *host, size_t hostlen, int *port);
 
-/* ---- Redis rate limiter (gw_rl.c) ---------------------------------------- */
+/* ---- rate limits (gw_rl.c, gw_rl_local.c, gw_rl_redis.c) ------------------ */
 
-typedef struct gw_rl gw_rl_t;
-typedef struct gw_rl_call gw_rl_call_t;
-
-enum { GW_RL_ALLOW = 0, GW_RL_LIMITED = 1, GW_RL_UNAVAILABLE = 2 };
-
-typedef struct {
-    int64_t limit, remaining;
-    int64_t reset_ms;         /* until one more request fits in the window */
-    int64_t tpm_limit, tpm_remaining, tpm_reset_ms;
-    int why;                  /* when limited: 1 requests, 2 tokens */
-} gw_rl_result_t;
-
-typedef void (*gw_rl_cb)(int verdict, const gw_rl_result_t *r, void *arg);
-
-/* Connects (and reconnects) in the background; never NULL except ENOMEM. */
-gw_rl_t *gw_rl_new(struct event_base *base, const char *hostport, int timeout_ms);
-void gw_rl_free(gw_rl_t *rl); /* accepts NULL; pending callbacks are not called */
-/* Sliding-window check-and-take of one request (limit: RPM, 0 none) and
- * `tokens` tokens (tpm: TPM, 0 none) for key_id within 60 s; member is the
- * request id.  cb runs once from the loop (never inside this call) unless
- * cancelled. */
-gw_rl_call_t *gw_rl_check(gw_rl_t *rl, int64_t key_id, int64_t limit, int64_t tpm, int64_t tokens,
-                          const char *member, gw_rl_cb cb, void *arg);
-void gw_rl_cancel(gw_rl_call_t *c); /* accepts NULL */
-int gw_rl_connected(const gw_rl_t *rl);
-/* The Lua script (for tests). */
-extern const char gw_rl_script[];
+#include "gw_rl-int.h"
 
 /* ---- metrics (gw_metrics.c) ---------------------------------------------- */
 
@@ -264,11 +240,8 @@ struct evconnlistener;
 typedef struct ssl_ctx_st SSL_CTX;
 typedef struct gw_conn gw_conn_t;
 typedef struct gw_req gw_req_t;
-typedef struct gw_conc gw_conc_t;
 
 #include "bill.h"
-
-#define GW_CONC_BUCKETS 256
 
 struct gw_server {
     struct event_base *base;
@@ -284,7 +257,6 @@ struct gw_server {
     int shutting_down;
     struct event *grace;
     struct event *accept_pause; /* accept() failed: retry later */
-    gw_conc_t *conc[GW_CONC_BUCKETS]; /* requests in flight per key */
     struct tok *tok;           /* prompt counting; NULL when not configured */
     int tmpl;
     unsigned rr;
@@ -325,7 +297,7 @@ struct gw_req {
     bill_req_t *admit;
     int admitted;              /* passed billing admission */
     bill_key_t key;
-    gw_rl_call_t *rl_call;
+    gw_rl_call_t *rl_call;     /* admission or look at the limits; finished by a pool cleanup */
     int have_rl;
     gw_rl_result_t rl;
     int64_t prompt_est;        /* gateway's own prompt count; -1 unknown */
@@ -334,7 +306,8 @@ struct gw_req {
     int64_t inject_max_tokens; /* > 0: the client gave no cap; forward this one */
     bill_req_t *hold_req;      /* the hold being taken */
     bill_hold_t hold;          /* the balance hold (released or settled by the end) */
-    int conc_held;
+    bill_status_t admit_st;    /* an admission refusal answered once the limits are known */
+    char *scope_json;          /* /v1/models: the key's scope, copied into the pool */
     /* response */
     int status;                /* what the client got */
     int head_sent;

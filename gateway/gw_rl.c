@@ -1,95 +1,164 @@
-/* gw_rl.c — per-key requests-per-minute and tokens-per-minute limits in
- * Redis, with a sliding window.  RPM is exact: a sorted set per key
- * ("tg:rpm:{k:<id>}", one Cluster hash tag per key) holds one member per
- * admitted request scored by Redis' own clock in ms; a Lua script drops
- * members older than 60 s, counts, and adds the new one only when the count
- * is below the limit.  So with limit N, N requests within any 60 s pass and
- * the N+1st is refused, whichever gateway they hit.  TPM works the same way
- * with members "<request id>:<tokens>" and a running sum beside the set
- * (expired members are subtracted as they leave); a request is admitted when
- * the sum plus its estimate fits.  Both checks and both takes are one atomic
- * script call: a request refused by one limit takes nothing from the other.  The script is loaded with SCRIPT LOAD and called with EVALSHA
- * (EVAL once when Redis answers NOSCRIPT, e.g. after a restart).
+/* gw_rl.c — per-key and per-customer limits: requests per minute, tokens per
+ * minute and requests in flight, exact across gateway instances.
  *
- * hiredis 0.14's libevent adapter has no timeouts, so every call carries its
- * own timer; a call that times out is answered GW_RL_UNAVAILABLE and the
- * connection is dropped and re-made (Redis stuck or gone).  The connection is
- * re-made in the background with a 1 s back-off whenever it is lost.
+ * Each subject (a key "{k:<id>}", a customer "{c:<id>}": one Cluster hash tag
+ * each) has two Redis keys: tg:rl:{x:<id>}, a hash holding the GCRA state of
+ * its RPM and TPM buckets (gw_rl_local.c explains the maths; the script below
+ * does the same to the unit), and tg:conc:{x:<id>}, a sorted set of the
+ * request ids in flight scored by the expiry of their lease.  One script call
+ * per subject checks all three limits and takes all or nothing, atomically;
+ * the key's and the customer's calls are sent together (one round trip; on a
+ * cluster they may go to two masters in parallel), and when one refuses while
+ * the other took, the other is given back (UNDO), without waiting.
  *
- * A call object belongs to the limiter until both its caller is done with it
- * (answered or cancelled) and hiredis has called back (reply or drop). */
+ * After admission nothing waits on Redis: when the request ends its slot is
+ * freed and its TPM charge corrected with the tokens really used (DONE), and
+ * every lease_ms/3 the leases of requests still running are renewed (RENEW);
+ * these are pipelined with whatever else the loop sends and no reply is
+ * awaited.  A gateway that dies stops renewing: its leases expire within
+ * lease_ms and the slots free themselves.
+ *
+ * Redis slow or down: every call has a timer (redis_timeout_ms; hiredis'
+ * adapter has none).  Without an answer, the decision is made by the
+ * in-process limiter (same GCRA, this instance only), or, with
+ * redis_fail_closed, the request is refused (503).  The in-process table
+ * mirrors every admission Redis makes, so it is warm when Redis goes away.
+ *
+ * A call belongs to the caller from gw_rl_check to gw_rl_finish; Redis ops
+ * are detached when the call no longer wants them (gw_rl_redis.c owns them
+ * until hiredis calls back). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <event2/event.h>
-#include <hiredis/adapters/libevent.h>
-#include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 
 #include "gw-int.h"
 
+/* KEYS[1] tg:rl:{x:id} (hash: rd rt rl td tt tl), KEYS[2] tg:conc:{x:id} (zset)
+ * ARGV op, rpm, tpm, conc, n (tokens), member (request id), lease_ms
+ * -> {ok, why, requests remaining, ms until full, tokens remaining, ms until
+ *     full, retry ms (-1 never), in flight} */
 const char gw_rl_script[] =
-    "local rk, tk, tt = KEYS[1], KEYS[2], KEYS[3]\n"
-    "local rlim, tlim, window = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])\n"
-    "local member, tokens = ARGV[4], tonumber(ARGV[5])\n"
-    "local t = redis.call('TIME')\n"
-    "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
-    "local cut = now - window\n"
-    "local n, total = 0, 0\n"
-    "if rlim > 0 then\n"
-    "  redis.call('ZREMRANGEBYSCORE', rk, '-inf', cut)\n"
-    "  n = redis.call('ZCARD', rk)\n"
-    "end\n"
-    "if tlim > 0 then\n"
-    "  total = tonumber(redis.call('GET', tt) or '0')\n"
-    "  local old = redis.call('ZRANGEBYSCORE', tk, '-inf', cut)\n"
-    "  for _, m in ipairs(old) do total = total - tonumber(string.match(m, ':(%d+)$')) end\n"
-    "  if #old > 0 then redis.call('ZREMRANGEBYSCORE', tk, '-inf', cut) end\n"
-    "  if total < 0 or redis.call('ZCARD', tk) == 0 then total = 0 end\n"
-    "end\n"
-    "local rok = rlim == 0 or n < rlim\n"
-    "local tok = tlim == 0 or total + tokens <= tlim\n"
-    "local ok = 0\n"
-    "if rok and tok then\n"
-    "  ok = 1\n"
-    "  if rlim > 0 then\n"
-    "    redis.call('ZADD', rk, now, member)\n"
-    "    redis.call('PEXPIRE', rk, window)\n"
-    "    n = n + 1\n"
+    "local h, z = KEYS[1], KEYS[2]\n"
+    "local op = ARGV[1]\n"
+    "local rpm, tpm, conc = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])\n"
+    "local n, member, lease = tonumber(ARGV[5]), ARGV[6], tonumber(ARGV[7])\n"
+    "local W = 60000\n"
+    "local tm = redis.call('TIME')\n"
+    "local now = tonumber(tm[1]) * 1000 + math.floor(tonumber(tm[2]) / 1000)\n"
+    "if op == 'renew' then\n"
+    "  if redis.call('ZSCORE', z, member) then\n"
+    "    redis.call('ZADD', z, now + lease, member)\n"
+    "    redis.call('PEXPIRE', z, lease)\n"
     "  end\n"
-    "  if tlim > 0 then\n"
-    "    redis.call('ZADD', tk, now, member .. ':' .. tokens)\n"
-    "    total = total + tokens\n"
-    "    redis.call('SET', tt, total, 'PX', window)\n"
-    "    redis.call('PEXPIRE', tk, window)\n"
-    "  end\n"
+    "  return {1, 0, 0, 0, 0, 0, 0, 0}\n"
     "end\n"
-    "local function reset(k)\n"
-    "  local o = redis.call('ZRANGE', k, 0, 0, 'WITHSCORES')\n"
-    "  if o[2] then return tonumber(o[2]) + window - now end\n"
+    "local function idiv(a, b)\n" /* exact floor(a / b), 0 <= a < 2^53, b > 0 */
+    "  local q = math.floor(a / b)\n"
+    "  if q * b > a then q = q - 1 elseif (q + 1) * b <= a then q = q + 1 end\n"
+    "  return q\n"
+    "end\n"
+    "local function cdiv(a, b)\n"
+    "  local q = idiv(a, b)\n"
+    "  if q * b < a then q = q + 1 end\n"
+    "  return q\n"
+    "end\n"
+    "local s = redis.call('HMGET', h, 'rd', 'rt', 'rl', 'td', 'tt', 'tl')\n"
+    "local function drain(d, t, l, lim)\n"
+    "  d, t, l = tonumber(d) or 0, tonumber(t) or now, tonumber(l) or 0\n"
+    "  if lim <= 0 then return 0, now end\n"
+    "  if l > 0 and l ~= lim and d > 0 then d = math.ceil(d / l * lim) end\n"
+    "  local el = now - t\n"
+    "  if el > 0 and d > 0 then\n"
+    "    if el * lim >= d then d = 0 else d = d - el * lim end\n"
+    "  end\n"
+    "  if now > t or d == 0 then t = now end\n"
+    "  return d, t\n"
+    "end\n"
+    "local rd, rt = drain(s[1], s[2], s[3], rpm)\n"
+    "local td, tt = drain(s[4], s[5], s[6], tpm)\n"
+    "local function fits(d, lim, k)\n"
+    "  if lim <= 0 then return true end\n"
+    "  if k > lim then return false end\n"
+    "  return d + k * W <= lim * W\n"
+    "end\n"
+    "local function charge(d, k)\n"
+    "  d = d + k * W\n"
+    "  if d < 0 then d = 0 end\n"
+    "  return d\n"
+    "end\n"
+    "local function retry(d, lim, k)\n"
+    "  if k > lim then return -1 end\n"
+    "  local over = d + k * W - lim * W\n"
+    "  if over > 0 then return cdiv(over, lim) end\n"
     "  return 0\n"
     "end\n"
-    "local rrem, trem = rlim - n, tlim - total\n"
-    "if rrem < 0 then rrem = 0 end\n"
-    "if trem < 0 then trem = 0 end\n"
-    "local why = 0\n"
-    "if not rok then why = 1 elseif not tok then why = 2 end\n"
-    "return {ok, rrem, reset(rk), trem, reset(tk), why}\n";
+    "local ok, why, wait, inflight = 1, 0, 0, 0\n"
+    "if op == 'take' or op == 'peek' then\n"
+    "  if n < 0 then n = 0 end\n"
+    "  if conc > 0 then\n"
+    "    redis.call('ZREMRANGEBYSCORE', z, '-inf', now)\n"
+    "    inflight = redis.call('ZCARD', z)\n"
+    "  end\n"
+    "  if not fits(rd, rpm, 1) then ok, why, wait = 0, 1, retry(rd, rpm, 1)\n"
+    "  elseif not fits(td, tpm, n) then ok, why, wait = 0, 2, retry(td, tpm, n)\n"
+    "  elseif conc > 0 and inflight >= conc then ok, why, wait = 0, 3, 1000 end\n"
+    "  if op == 'take' and ok == 1 then\n"
+    "    if rpm > 0 then rd = charge(rd, 1) end\n"
+    "    if tpm > 0 then td = charge(td, n) end\n"
+    "    if conc > 0 then\n"
+    "      redis.call('ZADD', z, now + lease, member)\n"
+    "      redis.call('PEXPIRE', z, lease)\n"
+    "      inflight = inflight + 1\n"
+    "    end\n"
+    "  end\n"
+    "else\n" /* done, undo */
+    "  if op == 'undo' and rpm > 0 then rd = charge(rd, -1) end\n"
+    "  if tpm > 0 then td = charge(td, -n) end\n"
+    "  redis.call('ZREM', z, member)\n"
+    "end\n"
+    "if op ~= 'peek' then\n"
+    "  local ttl = 0\n"
+    "  if rpm > 0 and rd > 0 then ttl = cdiv(rd, rpm) end\n"
+    "  if tpm > 0 and td > 0 then local x = cdiv(td, tpm); if x > ttl then ttl = x end end\n"
+    "  if ttl > 0 then\n"
+    "    redis.call('HSET', h, 'rd', rd, 'rt', rt, 'rl', rpm, 'td', td, 'tt', tt, 'tl', tpm)\n"
+    "    redis.call('PEXPIRE', h, ttl + 1000)\n"
+    "  else\n"
+    "    redis.call('DEL', h)\n"
+    "  end\n"
+    "end\n"
+    "local rrem, rres, trem, tres = 0, 0, 0, 0\n"
+    "if rpm > 0 then\n"
+    "  if rpm * W > rd then rrem = idiv(rpm * W - rd, W) end\n"
+    "  if rd > 0 then rres = cdiv(rd, rpm) end\n"
+    "end\n"
+    "if tpm > 0 then\n"
+    "  if tpm * W > td then trem = idiv(tpm * W - td, W) end\n"
+    "  if td > 0 then tres = cdiv(td, tpm) end\n"
+    "end\n"
+    "return {ok, why, rrem, rres, trem, tres, wait, inflight}\n";
 
-#define GW_RL_WINDOW_MS 60000
+static const char *const op_names[] = {"take", "peek", "done", "undo", "renew"};
+
+typedef struct {
+    char kind;                 /* 'k' key, 'c' customer */
+    int64_t id;
+    gw_rl_limits_t lim;
+    char hkey[48], zkey[48];
+} gw_rl_subj_t;
 
 struct gw_rl {
     struct event_base *base;
-    char host[256];
-    int port;
-    int timeout_ms;
-    redisAsyncContext *ac;
-    int connected;
-    char sha[41];
-    struct event *reconnect;
-    struct event *drop;      /* deferred redisAsyncFree after a timeout */
-    struct event *connect_timer; /* a connect that hangs (packets dropped) is abandoned */
+    gw_rl_opts_t o;
+    gw_redis_t *redis;         /* NULL: in-process limits only */
+    gw_rl_local_t *local;
+    gw_authfail_t *af;
+    struct event *tick;        /* lease renewal, sweep of the local table */
+    gw_rl_call_t *held;        /* admitted calls holding a Redis lease */
+    gw_rl_stats_t st;
     int freeing;
 };
 
@@ -97,254 +166,382 @@ struct gw_rl_call {
     gw_rl_t *rl;
     gw_rl_cb cb;
     void *arg;
+    int op;
+    int nsub;
+    gw_rl_subj_t sub[2];
+    int64_t tokens;
+    char member[40];
     struct event *timer;
-    int done;                /* caller answered or cancelled */
-    int in_redis;            /* hiredis still holds a callback for us */
-    int verdict;
+    gw_redis_op_t *rop[2];
+    int npending;
+    int failed;                /* a Redis call came back without a verdict */
+    int replied[2];
+    gw_rl_verdict_t v[2];
+    int answered;              /* the callback ran (or the caller gave up) */
+    int admitted;
+    int redis_sent[2];         /* a take went to Redis: free the slot there at the end */
+    int redis_took[2];         /* Redis took for this subject: correct TPM there too */
+    int local_took;            /* the in-process table holds this request */
+    int leased;                /* in rl->held */
+    gw_rl_call_t *prev, *next;
     gw_rl_result_t res;
-    int64_t key_id, limit, tpm, tokens;
-    char member[64];
-    int retried;
 };
 
-static void gw_rl_connect(gw_rl_t *rl);
+static int64_t now_ms(void) { return gw_now_us() / 1000; }
 
-static void gw_rl_call_maybe_free(gw_rl_call_t *c) {
-    if (c->done && !c->in_redis) {
-        if (c->timer) event_free(c->timer);
-        free(c);
-    }
+/* ---- Redis calls ----------------------------------------------------------- */
+
+static gw_redis_op_t *send_op(gw_rl_t *rl, const gw_rl_subj_t *s, int op, int64_t n, const char *member,
+                              gw_redis_cb cb, void *arg) {
+    char a[5][24];
+    snprintf(a[0], sizeof a[0], "%lld", (long long)s->lim.rpm);
+    snprintf(a[1], sizeof a[1], "%lld", (long long)s->lim.tpm);
+    snprintf(a[2], sizeof a[2], "%lld", (long long)s->lim.conc);
+    snprintf(a[3], sizeof a[3], "%lld", (long long)n);
+    snprintf(a[4], sizeof a[4], "%lld", (long long)rl->o.lease_ms);
+    const char *keys[2] = {s->hkey, s->zkey};
+    const char *args[7] = {op_names[op], a[0], a[1], a[2], a[3], member, a[4]};
+    return gw_redis_eval(rl->redis, 2, keys, 7, args, cb, arg);
 }
 
-/* Answer the caller now (from the loop). */
-static void gw_rl_answer(gw_rl_call_t *c, int verdict) {
-    if (c->done) return;
-    c->done = 1;
+static void on_fire_and_forget(struct redisReply *rep, void *arg) { (void)rep, (void)arg; }
+
+/* Pipelined, no reply awaited; nothing when the node is down (a lease then
+ * expires by itself). */
+static void send_async(gw_rl_t *rl, const gw_rl_subj_t *s, int op, int64_t n, const char *member) {
+    if (rl->redis) send_op(rl, s, op, n, member, on_fire_and_forget, NULL);
+}
+
+/* ---- answers --------------------------------------------------------------- */
+
+static void lease_link(gw_rl_call_t *c) {
+    gw_rl_t *rl = c->rl;
+    c->leased = 1;
+    c->prev = NULL;
+    c->next = rl->held;
+    if (rl->held) rl->held->prev = c;
+    rl->held = c;
+}
+
+static void lease_unlink(gw_rl_call_t *c) {
+    if (!c->leased) return;
+    if (c->prev) c->prev->next = c->next;
+    else c->rl->held = c->next;
+    if (c->next) c->next->prev = c->prev;
+    c->leased = 0;
+}
+
+/* Headers: for each of requests and tokens the subject with the least room;
+ * a refusal: the first subject (the key before its customer) that refused. */
+static void build_result(gw_rl_call_t *c, const gw_rl_verdict_t *v) {
+    gw_rl_result_t *r = &c->res;
+    int haver = 0, havet = 0;
+    for (int i = 0; i < c->nsub; i++) {
+        const gw_rl_limits_t *l = &c->sub[i].lim;
+        if (l->rpm > 0 && (!haver || v[i].rrem < r->remaining)) {
+            haver = 1;
+            r->limit = l->rpm;
+            r->remaining = v[i].rrem;
+            r->reset_ms = v[i].rreset;
+        }
+        if (l->tpm > 0 && (!havet || v[i].trem < r->tpm_remaining)) {
+            havet = 1;
+            r->tpm_limit = l->tpm;
+            r->tpm_remaining = v[i].trem;
+            r->tpm_reset_ms = v[i].treset;
+        }
+    }
+    for (int i = 0; i < c->nsub; i++)
+        if (!v[i].ok) {
+            r->why = v[i].why;
+            r->customer = c->sub[i].kind == 'c';
+            r->retry_ms = v[i].retry;
+            r->conc_limit = c->sub[i].lim.conc;
+            break;
+        }
+}
+
+static void answer(gw_rl_call_t *c, int verdict) {
+    if (c->answered) return;
+    c->answered = 1;
     if (c->timer) event_del(c->timer);
     c->cb(verdict, &c->res, c->arg);
 }
 
-static void gw_rl_schedule_reconnect(gw_rl_t *rl) {
-    if (rl->freeing) return;
-    struct timeval tv = {1, 0};
-    event_add(rl->reconnect, &tv);
-}
-
-static void gw_rl_on_drop(evutil_socket_t fd, short what, void *arg) {
-    gw_rl_t *rl = arg;
-    if (rl->ac) {
-        redisAsyncContext *ac = rl->ac;
-        rl->ac = NULL;
-        rl->connected = 0;
-        redisAsyncFree(ac); /* pending callbacks get a NULL reply */
-        gw_rl_schedule_reconnect(rl);
-    }
-}
-
-static void gw_rl_on_timeout(evutil_socket_t fd, short what, void *arg) {
-    gw_rl_call_t *c = arg;
+/* The in-process limiter decides (Redis did not answer, or is not used). */
+static void decide_local(gw_rl_call_t *c) {
     gw_rl_t *rl = c->rl;
-    c->verdict = GW_RL_UNAVAILABLE;
-    gw_rl_answer(c, GW_RL_UNAVAILABLE);
-    if (c->in_redis && rl->ac) { /* Redis is stuck: drop and reconnect, outside hiredis */
-        struct timeval tv = {0, 0};
-        event_add(rl->drop, &tv);
+    gw_rl_verdict_t v[2];
+    int64_t now = now_ms();
+    int ok = 1;
+    memset(v, 0, sizeof v);
+    for (int i = 0; i < c->nsub; i++) {
+        gw_rl_local_op(rl->local, GW_RL_OP_PEEK, c->sub[i].kind, c->sub[i].id, &c->sub[i].lim, c->tokens, now, &v[i]);
+        ok &= v[i].ok;
     }
-    gw_rl_call_maybe_free(c);
+    if (c->op == GW_RL_OP_TAKE && ok) {
+        for (int i = 0; i < c->nsub; i++)
+            gw_rl_local_op(rl->local, GW_RL_OP_FORCE, c->sub[i].kind, c->sub[i].id, &c->sub[i].lim, c->tokens, now,
+                           &v[i]);
+        c->local_took = 1;
+        c->admitted = 1;
+    }
+    c->res.local = 1;
+    build_result(c, v);
+    answer(c, ok ? GW_RL_ALLOW : GW_RL_LIMITED);
 }
 
-static void gw_rl_send(gw_rl_call_t *c, int use_eval);
-
-static void gw_rl_on_reply(redisAsyncContext *ac, void *r, void *priv) {
-    gw_rl_call_t *c = priv;
-    redisReply *rep = r;
-    c->in_redis = 0;
-    if (c->rl->freeing) c->done = 1; /* shutting down: nobody to answer */
-    if (c->done) {
-        gw_rl_call_maybe_free(c);
-        return;
-    }
-    if (rep && rep->type == REDIS_REPLY_ERROR && !strncmp(rep->str, "NOSCRIPT", 8) && !c->retried) {
-        c->retried = 1;
-        gw_rl_send(c, 1);
-        if (c->in_redis) return;
-        gw_rl_answer(c, GW_RL_UNAVAILABLE);
-        gw_rl_call_maybe_free(c);
-        return;
-    }
-    int verdict = GW_RL_UNAVAILABLE;
-    if (rep && rep->type == REDIS_REPLY_ARRAY && rep->elements == 6) {
-        long long v[6];
+/* Every Redis call has answered, or the timer fired. */
+static void decide(gw_rl_call_t *c, int timed_out) {
+    gw_rl_t *rl = c->rl;
+    for (int i = 0; i < c->nsub; i++)
+        if (c->rop[i]) {
+            gw_redis_op_detach(c->rop[i], timed_out);
+            c->rop[i] = NULL;
+        }
+    int complete = !c->failed && !timed_out;
+    for (int i = 0; i < c->nsub; i++) complete &= c->replied[i];
+    if (complete) {
         int ok = 1;
-        for (int i = 0; i < 6; i++) {
-            if (rep->element[i]->type != REDIS_REPLY_INTEGER) ok = 0;
-            else v[i] = rep->element[i]->integer;
+        for (int i = 0; i < c->nsub; i++) ok &= c->v[i].ok;
+        if (c->op == GW_RL_OP_TAKE) {
+            if (ok) {
+                int64_t now = now_ms();
+                int lease = 0;
+                for (int i = 0; i < c->nsub; i++) {
+                    c->redis_took[i] = 1;
+                    lease |= c->sub[i].lim.conc > 0;
+                    gw_rl_local_op(rl->local, GW_RL_OP_FORCE, c->sub[i].kind, c->sub[i].id, &c->sub[i].lim,
+                                   c->tokens, now, NULL); /* the mirror */
+                }
+                c->local_took = 1;
+                c->admitted = 1;
+                if (lease) lease_link(c);
+            } else {
+                for (int i = 0; i < c->nsub; i++) /* give back what the other took */
+                    if (c->v[i].ok) send_async(rl, &c->sub[i], GW_RL_OP_UNDO, c->tokens, c->member);
+                memset(c->redis_sent, 0, sizeof c->redis_sent);
+            }
         }
-        if (ok) {
-            c->res.limit = c->limit;
-            c->res.remaining = v[1];
-            c->res.reset_ms = v[2] > 0 ? v[2] : 0;
-            c->res.tpm_limit = c->tpm;
-            c->res.tpm_remaining = v[3];
-            c->res.tpm_reset_ms = v[4] > 0 ? v[4] : 0;
-            c->res.why = (int)v[5];
-            verdict = v[0] ? GW_RL_ALLOW : GW_RL_LIMITED;
+        build_result(c, c->v);
+        answer(c, ok ? GW_RL_ALLOW : GW_RL_LIMITED);
+        return;
+    }
+    rl->st.redis_errors++;
+    if (c->op == GW_RL_OP_TAKE) {
+        for (int i = 0; i < c->nsub; i++) /* a partial take: give it back */
+            if (c->replied[i] && c->v[i].ok) {
+                send_async(rl, &c->sub[i], GW_RL_OP_UNDO, c->tokens, c->member);
+                c->redis_sent[i] = 0;
+            }
+        if (rl->o.fail_closed) {
+            rl->st.fail_closed++;
+            answer(c, GW_RL_UNAVAILABLE);
+            return;
         }
-    } else if (rep && rep->type == REDIS_REPLY_ERROR) {
-        fprintf(stderr, "tollgate: redis: %s\n", rep->str);
+        rl->st.local_decisions++;
     }
-    gw_rl_answer(c, verdict);
-    gw_rl_call_maybe_free(c);
+    decide_local(c);
 }
 
-static void gw_rl_send(gw_rl_call_t *c, int use_eval) {
-    gw_rl_t *rl = c->rl;
-    if (!rl->ac || !rl->connected) return;
-    char rk[64], tk[64], tt[64], lim[24], tlim[24], win[24], tokens[24];
-    snprintf(rk, sizeof rk, "tg:rpm:{k:%lld}", (long long)c->key_id);
-    snprintf(tk, sizeof tk, "tg:tpm:{k:%lld}", (long long)c->key_id);
-    snprintf(tt, sizeof tt, "tg:tpm-sum:{k:%lld}", (long long)c->key_id);
-    snprintf(lim, sizeof lim, "%lld", (long long)c->limit);
-    snprintf(tlim, sizeof tlim, "%lld", (long long)c->tpm);
-    snprintf(win, sizeof win, "%d", GW_RL_WINDOW_MS);
-    snprintf(tokens, sizeof tokens, "%lld", (long long)c->tokens);
-    const char *argv[11] = {use_eval ? "EVAL" : "EVALSHA", use_eval ? gw_rl_script : rl->sha, "3", rk, tk, tt,
-                            lim, tlim, win, c->member, tokens};
-    if (!use_eval && !rl->sha[0]) argv[0] = "EVAL", argv[1] = gw_rl_script;
-    if (redisAsyncCommandArgv(rl->ac, gw_rl_on_reply, c, 11, argv, NULL) == REDIS_OK) c->in_redis = 1;
-}
-
-static void gw_rl_on_loaded(redisAsyncContext *ac, void *r, void *priv) {
-    gw_rl_t *rl = priv;
-    redisReply *rep = r;
-    if (rep && rep->type == REDIS_REPLY_STRING && rep->len == 40) memcpy(rl->sha, rep->str, 41);
-}
-
-static void gw_rl_on_connect(const redisAsyncContext *ac, int status) {
-    gw_rl_t *rl = ac->data;
-    if (status != REDIS_OK) { /* hiredis frees ac after this */
-        if (rl->ac == ac) rl->ac = NULL;
-        rl->connected = 0;
-        gw_rl_schedule_reconnect(rl);
-        return;
+static int parse_verdict(const redisReply *rep, gw_rl_verdict_t *v) {
+    if (!rep || rep->type != REDIS_REPLY_ARRAY || rep->elements != 8) return GW_ERROR;
+    long long x[8];
+    for (int i = 0; i < 8; i++) {
+        if (rep->element[i]->type != REDIS_REPLY_INTEGER) return GW_ERROR;
+        x[i] = rep->element[i]->integer;
     }
-    rl->connected = 1;
-    redisAsyncCommand(rl->ac, gw_rl_on_loaded, rl, "SCRIPT LOAD %s", gw_rl_script);
+    v->ok = x[0] != 0;
+    v->why = (int)x[1];
+    v->rrem = x[2];
+    v->rreset = x[3];
+    v->trem = x[4];
+    v->treset = x[5];
+    v->retry = x[6];
+    v->inflight = x[7];
+    return GW_OK;
 }
 
-static void gw_rl_on_disconnect(const redisAsyncContext *ac, int status) {
-    gw_rl_t *rl = ac->data;
-    if (rl->ac == ac) rl->ac = NULL;
-    rl->connected = 0;
-    if (!rl->freeing) fprintf(stderr, "tollgate: redis connection lost; reconnecting\n");
-    gw_rl_schedule_reconnect(rl);
+static void on_reply_i(gw_rl_call_t *c, int i, struct redisReply *rep) {
+    c->rop[i] = NULL;
+    c->npending--;
+    if (parse_verdict(rep, &c->v[i]) == GW_OK) c->replied[i] = 1;
+    else c->failed = 1;
+    if (c->npending == 0 && !c->answered) decide(c, 0);
 }
 
-static void gw_rl_on_reconnect(evutil_socket_t fd, short what, void *arg) { gw_rl_connect(arg); }
+static void on_reply0(struct redisReply *rep, void *arg) { on_reply_i(arg, 0, rep); }
+static void on_reply1(struct redisReply *rep, void *arg) { on_reply_i(arg, 1, rep); }
 
-static void gw_rl_on_connect_timeout(evutil_socket_t fd, short what, void *arg) {
-    gw_rl_t *rl = arg;
-    if (rl->ac && !rl->connected) gw_rl_on_drop(fd, what, rl);
-}
-
-static void gw_rl_connect(gw_rl_t *rl) {
-    if (rl->ac || rl->freeing) return;
-    redisAsyncContext *ac = redisAsyncConnect(rl->host, rl->port);
-    if (!ac) {
-        gw_rl_schedule_reconnect(rl);
-        return;
-    }
-    if (ac->err) {
-        redisAsyncFree(ac);
-        gw_rl_schedule_reconnect(rl);
-        return;
-    }
-    ac->data = rl;
-    redisLibeventAttach(ac, rl->base);
-    redisAsyncSetConnectCallback(ac, gw_rl_on_connect);
-    redisAsyncSetDisconnectCallback(ac, gw_rl_on_disconnect);
-    rl->ac = ac;
-    struct timeval tv = {2, 0};
-    event_add(rl->connect_timer, &tv);
-}
-
-gw_rl_t *gw_rl_new(struct event_base *base, const char *hostport, int timeout_ms) {
-    gw_rl_t *rl = calloc(1, sizeof *rl);
-    if (!rl) return NULL;
-    rl->base = base;
-    rl->timeout_ms = timeout_ms;
-    if (gw_split_hostport(hostport, rl->host, sizeof rl->host, &rl->port) != GW_OK) {
-        free(rl);
-        return NULL;
-    }
-    rl->reconnect = evtimer_new(base, gw_rl_on_reconnect, rl);
-    rl->drop = evtimer_new(base, gw_rl_on_drop, rl);
-    rl->connect_timer = evtimer_new(base, gw_rl_on_connect_timeout, rl);
-    if (!rl->reconnect || !rl->drop || !rl->connect_timer) {
-        gw_rl_free(rl);
-        return NULL;
-    }
-    gw_rl_connect(rl);
-    return rl;
-}
-
-void gw_rl_free(gw_rl_t *rl) {
-    if (!rl) return;
-    rl->freeing = 1;
-    if (rl->ac) {
-        redisAsyncContext *ac = rl->ac;
-        rl->ac = NULL;
-        redisAsyncFree(ac);
-    }
-    if (rl->reconnect) event_free(rl->reconnect);
-    if (rl->drop) event_free(rl->drop);
-    if (rl->connect_timer) event_free(rl->connect_timer);
-    free(rl);
-}
-
-int gw_rl_connected(const gw_rl_t *rl) { return rl && rl->connected; }
-
-static void gw_rl_on_immediate(evutil_socket_t fd, short what, void *arg) {
+static void on_timer(evutil_socket_t fd, short what, void *arg) {
     gw_rl_call_t *c = arg;
-    gw_rl_answer(c, c->verdict);
-    gw_rl_call_maybe_free(c);
+    if (c->answered) return;
+    if (c->npending > 0 || c->failed) decide(c, c->npending > 0);
+    else if (!c->rl->redis || c->nsub == 0) decide_local(c);
+    else decide(c, 0);
 }
 
-gw_rl_call_t *gw_rl_check(gw_rl_t *rl, int64_t key_id, int64_t limit, int64_t tpm, int64_t tokens,
-                          const char *member, gw_rl_cb cb, void *arg) {
+/* ---- public ---------------------------------------------------------------- */
+
+static void subj_init(gw_rl_subj_t *s, char kind, int64_t id, const gw_rl_limits_t *lim) {
+    s->kind = kind;
+    s->id = id;
+    s->lim = *lim;
+    snprintf(s->hkey, sizeof s->hkey, "tg:rl:{%c:%lld}", kind, (long long)id);
+    snprintf(s->zkey, sizeof s->zkey, "tg:conc:{%c:%lld}", kind, (long long)id);
+}
+
+static int limits_set(const gw_rl_limits_t *l) { return l && (l->rpm > 0 || l->tpm > 0 || l->conc > 0); }
+
+gw_rl_call_t *gw_rl_check(gw_rl_t *rl, int op, int64_t key_id, const gw_rl_limits_t *key_lim, int64_t cust_id,
+                          const gw_rl_limits_t *cust_lim, int64_t tokens, const char *member, gw_rl_cb cb,
+                          void *arg) {
     gw_rl_call_t *c = calloc(1, sizeof *c);
     if (!c) return NULL;
     c->rl = rl;
     c->cb = cb;
     c->arg = arg;
-    c->key_id = key_id;
-    c->limit = limit;
-    c->tpm = tpm;
+    c->op = op == GW_RL_OP_PEEK ? GW_RL_OP_PEEK : GW_RL_OP_TAKE;
     c->tokens = tokens < 0 ? 0 : tokens;
-    c->res.limit = limit;
-    c->res.tpm_limit = tpm;
     snprintf(c->member, sizeof c->member, "%s", member);
-    gw_rl_send(c, 0);
-    c->timer = evtimer_new(rl->base, c->in_redis ? gw_rl_on_timeout : gw_rl_on_immediate, c);
-    if (!c->timer) {
-        c->done = 1; /* hiredis may still hold it; it frees on reply */
-        gw_rl_call_maybe_free(c);
+    if (limits_set(key_lim)) subj_init(&c->sub[c->nsub++], 'k', key_id, key_lim);
+    if (limits_set(cust_lim)) subj_init(&c->sub[c->nsub++], 'c', cust_id, cust_lim);
+    if (!(c->timer = evtimer_new(rl->base, on_timer, c))) {
+        free(c);
         return NULL;
     }
     struct timeval tv = {0, 0};
-    if (c->in_redis) {
-        tv.tv_sec = rl->timeout_ms / 1000;
-        tv.tv_usec = (rl->timeout_ms % 1000) * 1000;
-    } else {
-        c->verdict = GW_RL_UNAVAILABLE;
+    int up = rl->redis != NULL && c->nsub > 0;
+    for (int i = 0; up && i < c->nsub; i++) up = gw_redis_slot_up(rl->redis, c->sub[i].hkey);
+    if (up) {
+        static const gw_redis_cb cbs[2] = {on_reply0, on_reply1};
+        for (int i = 0; i < c->nsub; i++) {
+            c->rop[i] = send_op(rl, &c->sub[i], c->op, c->tokens, c->member, cbs[i], c);
+            if (c->rop[i]) {
+                c->npending++;
+                c->redis_sent[i] = c->op == GW_RL_OP_TAKE;
+            } else {
+                c->failed = 1;
+            }
+        }
+        if (c->npending > 0) {
+            tv.tv_sec = rl->o.timeout_ms / 1000;
+            tv.tv_usec = (rl->o.timeout_ms % 1000) * 1000;
+        }
+    } else if (rl->redis && c->nsub > 0) {
+        c->failed = 1; /* a node is down: decided at once, counted as a Redis error */
     }
     event_add(c->timer, &tv);
     return c;
 }
 
-void gw_rl_cancel(gw_rl_call_t *c) {
-    if (!c || c->done) return;
-    c->done = 1;
-    event_del(c->timer);
-    gw_rl_call_maybe_free(c);
+void gw_rl_finish(gw_rl_call_t *c, int64_t used_tokens) {
+    if (!c) return;
+    gw_rl_t *rl = c->rl;
+    c->answered = 1;
+    for (int i = 0; i < c->nsub; i++)
+        if (c->rop[i]) {
+            gw_redis_op_detach(c->rop[i], 0);
+            c->rop[i] = NULL;
+        }
+    int64_t back = c->admitted && used_tokens >= 0 ? c->tokens - used_tokens : 0;
+    for (int i = 0; i < c->nsub; i++) {
+        if (c->redis_took[i]) send_async(rl, &c->sub[i], GW_RL_OP_DONE, back, c->member);
+        else if (c->redis_sent[i]) send_async(rl, &c->sub[i], GW_RL_OP_DONE, 0, c->member); /* a slot, maybe */
+    }
+    if (c->local_took) {
+        int64_t now = now_ms();
+        for (int i = 0; i < c->nsub; i++)
+            gw_rl_local_op(rl->local, GW_RL_OP_DONE, c->sub[i].kind, c->sub[i].id, &c->sub[i].lim, back, now, NULL);
+    }
+    lease_unlink(c);
+    event_free(c->timer);
+    free(c);
+}
+
+static void on_tick(evutil_socket_t fd, short what, void *arg) {
+    gw_rl_t *rl = arg;
+    for (gw_rl_call_t *c = rl->held; c; c = c->next)
+        for (int i = 0; i < c->nsub; i++)
+            if (c->redis_took[i] && c->sub[i].lim.conc > 0) send_async(rl, &c->sub[i], GW_RL_OP_RENEW, 0, c->member);
+    gw_rl_local_sweep(rl->local, now_ms());
+}
+
+gw_rl_t *gw_rl_new(struct event_base *base, const gw_rl_opts_t *o, char *err, size_t errlen) {
+    gw_rl_t *rl = calloc(1, sizeof *rl);
+    if (!rl) goto oom;
+    rl->base = base;
+    rl->o = *o;
+    rl->o.redis = NULL;
+    if (rl->o.lease_ms < 1000) rl->o.lease_ms = 1000;
+    if (rl->o.timeout_ms < 1) rl->o.timeout_ms = 1;
+    if (!(rl->local = gw_rl_local_new())) goto oom;
+    if (o->auth_fail_limit > 0 &&
+        !(rl->af = gw_authfail_new(o->auth_fail_limit, o->auth_fail_window_ms, o->auth_fail_block_ms,
+                                   o->auth_fail_table > 0 ? (size_t)o->auth_fail_table : 16384)))
+        goto oom;
+    if (o->redis && *o->redis && !(rl->redis = gw_redis_new(base, o->redis, o->cluster, gw_rl_script, err, errlen))) {
+        gw_rl_free(rl);
+        return NULL;
+    }
+    if (!(rl->tick = event_new(base, -1, EV_PERSIST, on_tick, rl))) goto oom;
+    int64_t every = rl->o.lease_ms / 3;
+    struct timeval tv = {(time_t)(every / 1000), (suseconds_t)(every % 1000) * 1000};
+    event_add(rl->tick, &tv);
+    return rl;
+oom:
+    snprintf(err, errlen, "out of memory");
+    gw_rl_free(rl);
+    return NULL;
+}
+
+void gw_rl_free(gw_rl_t *rl) {
+    if (!rl) return;
+    rl->freeing = 1;
+    gw_redis_free(rl->redis);
+    gw_rl_local_free(rl->local);
+    gw_authfail_free(rl->af);
+    if (rl->tick) event_free(rl->tick);
+    free(rl);
+}
+
+int gw_rl_connected(const gw_rl_t *rl) { return rl && gw_redis_up(rl->redis); }
+
+const gw_rl_stats_t *gw_rl_stats(const gw_rl_t *rl) { return &rl->st; }
+
+int gw_rl_auth_blocked(gw_rl_t *rl, const char *peer, int64_t *retry_ms) {
+    if (!rl->af || !gw_authfail_blocked(rl->af, peer, now_ms(), retry_ms)) return 0;
+    rl->st.auth_throttled++;
+    return 1;
+}
+
+void gw_rl_auth_failed(gw_rl_t *rl, const char *peer) {
+    if (rl->af && gw_authfail_record(rl->af, peer, now_ms())) {
+        rl->st.auth_blocks++;
+        fprintf(stderr, "tollgate: %s: too many failed authentications; refused for %lld ms\n", peer,
+                (long long)rl->o.auth_fail_block_ms);
+    }
+}
+
+static void counter(gw_buf_t *o, const char *name, const char *help, uint64_t v) {
+    gw_buf_printf(o, "# HELP %s %s\n# TYPE %s counter\n%s %llu\n", name, help, name, name, (unsigned long long)v);
+}
+
+void gw_rl_metrics(const gw_rl_t *rl, gw_buf_t *o) {
+    gw_redis_stats_t rs;
+    gw_redis_stats(rl->redis, &rs);
+    counter(o, "tollgate_ratelimit_local_decisions_total",
+            "Admissions decided by the in-process limiter because Redis did not answer.", rl->st.local_decisions);
+    counter(o, "tollgate_ratelimit_fail_closed_total", "Requests refused with 503 because Redis did not answer "
+            "(redis_fail_closed).", rl->st.fail_closed);
+    counter(o, "tollgate_auth_throttled_total", "Requests refused with 429 by the failed-auth throttle.",
+            rl->st.auth_throttled);
+    counter(o, "tollgate_auth_blocks_total", "Client addresses blocked after repeated failed authentication.",
+            rl->st.auth_blocks);
+    counter(o, "tollgate_redis_moved_total", "MOVED redirections followed (Redis Cluster).", rs.moved);
+    counter(o, "tollgate_redis_ask_total", "ASK redirections followed (Redis Cluster).", rs.ask);
+    counter(o, "tollgate_redis_slot_refreshes_total", "Cluster slot maps read (CLUSTER SLOTS).", rs.refreshes);
+    gw_buf_printf(o, "# HELP tollgate_ratelimit_local_entries Subjects in the in-process limiter table.\n"
+                     "# TYPE tollgate_ratelimit_local_entries gauge\ntollgate_ratelimit_local_entries %zu\n",
+                  gw_rl_local_size(rl->local));
 }

@@ -39,51 +39,11 @@
 
 enum { TIMER_NONE, TIMER_HEADER, TIMER_IDLE, TIMER_LINGER };
 
-struct gw_conc {
-    gw_conc_t *next;
-    int64_t key_id;
-    int n;
-};
-
 static void gw_conn_free(gw_conn_t *c);
+static int gw_req_peek_limits(gw_req_t *r, gw_rl_cb then);
 static void gw_conn_kick(gw_conn_t *c);
 static void gw_req_free(gw_req_t *r);
 static void gw_server_maybe_exit(gw_server_t *s);
-
-/* ---- concurrency per key ------------------------------------------------- */
-
-static gw_conc_t **gw_conc_slot(gw_server_t *s, int64_t key_id) {
-    gw_conc_t **pp = &s->conc[(uint64_t)key_id % GW_CONC_BUCKETS];
-    while (*pp && (*pp)->key_id != key_id) pp = &(*pp)->next;
-    return pp;
-}
-
-static int gw_conc_count(gw_server_t *s, int64_t key_id) {
-    gw_conc_t **pp = gw_conc_slot(s, key_id);
-    return *pp ? (*pp)->n : 0;
-}
-
-static int gw_conc_take(gw_server_t *s, int64_t key_id) {
-    gw_conc_t **pp = gw_conc_slot(s, key_id);
-    if (!*pp) {
-        gw_conc_t *e = calloc(1, sizeof *e);
-        if (!e) return GW_ERROR;
-        e->key_id = key_id;
-        *pp = e;
-    }
-    (*pp)->n++;
-    return GW_OK;
-}
-
-static void gw_conc_put(gw_server_t *s, int64_t key_id) {
-    gw_conc_t **pp = gw_conc_slot(s, key_id);
-    if (!*pp) return;
-    if (--(*pp)->n <= 0) {
-        gw_conc_t *e = *pp;
-        *pp = e->next;
-        free(e);
-    }
-}
 
 /* ---- responses ------------------------------------------------------------ */
 
@@ -130,10 +90,11 @@ void gw_req_head(gw_req_t *r, int status, const char *ctype, int64_t clen) {
                                 (long long)r->rl.tpm_limit, (long long)r->rl.tpm_remaining);
             gw_reset_header(o, "tokens", r->rl.tpm_reset_ms);
         }
-        if (status == 429) {
-            int64_t ms = r->rl.why == 2 ? r->rl.tpm_reset_ms : r->rl.reset_ms;
-            evbuffer_add_printf(o, "retry-after: %lld\r\n", ms > 0 ? (long long)(ms + 999) / 1000 : 1LL);
-        }
+    }
+    if (status == 429) { /* of the limit that refused; a request that can never fit: a minute */
+        int64_t ms = r->have_rl ? r->rl.retry_ms : 1000;
+        if (ms < 0) ms = 60000;
+        evbuffer_add_printf(o, "retry-after: %lld\r\n", ms > 1000 ? (long long)(ms + 999) / 1000 : 1LL);
     }
     evbuffer_add_printf(o, "Connection: %s\r\n\r\n", r->keep_alive ? "keep-alive" : "close");
 }
@@ -336,11 +297,11 @@ static void gw_req_cleanup_calls(void *arg) {
     bill_cancel(r->hold_req);
     r->hold_req = NULL;
     bill_hold_release(r->srv->bill, &r->hold); /* not settled: nothing was billed */
-    gw_rl_cancel(r->rl_call);
+    /* frees the concurrency slots; corrects TPM with the tokens settled
+     * (none when no worker was reached: the whole charge comes back) */
+    gw_rl_finish(r->rl_call, r->proxied ? r->prompt_tokens + r->completion_tokens : 0);
     r->rl_call = NULL;
     gw_proxy_release(r);
-    if (r->conc_held) gw_conc_put(r->srv, r->key.key_id);
-    r->conc_held = 0;
     gw_buf_free(&r->payload);
     gw_buf_free(&r->body);
     gw_buf_free(&r->scratch);
@@ -490,6 +451,7 @@ static void gw_route_models_answer(gw_req_t *r, const tg_json_t *scope) {
 }
 
 static void gw_admit_error(gw_req_t *r, bill_status_t st) {
+    if (st == BILL_UNAUTHORIZED || st == BILL_KEY_EXPIRED) gw_rl_auth_failed(r->srv->rl, r->conn->peer);
     switch (st) {
     case BILL_UNAUTHORIZED:
         gw_req_error(r, 401, "invalid_request_error", "invalid_api_key", NULL,
@@ -515,17 +477,11 @@ static void gw_admit_error(gw_req_t *r, bill_status_t st) {
     }
 }
 
-static void gw_models_admitted(bill_status_t st, const bill_key_t *key, void *arg) {
-    gw_req_t *r = arg;
-    r->admit = NULL;
-    if (st != BILL_OK && st != BILL_NO_BALANCE && st != BILL_NO_PRICE && st != BILL_MODEL_NOT_ALLOWED) {
-        gw_admit_error(r, st);
-        return;
-    }
+static void gw_models_answer_scoped(gw_req_t *r) {
     tg_json_t *scope = NULL;
-    if (key->models_json) {
+    if (r->scope_json) {
         tg_json_err_t jerr;
-        scope = tg_json_parse(key->models_json, strlen(key->models_json), NULL, &jerr);
+        scope = tg_json_parse(r->scope_json, strlen(r->scope_json), NULL, &jerr);
         if (!scope) {
             gw_req_error(r, 500, "server_error", NULL, NULL, "the key's model scope is unreadable");
             return;
@@ -535,8 +491,43 @@ static void gw_models_admitted(bill_status_t st, const bill_key_t *key, void *ar
     tg_json_free(scope);
 }
 
+static void gw_models_limits(int verdict, const gw_rl_result_t *res, void *arg) {
+    gw_req_t *r = arg;
+    r->have_rl = verdict != GW_RL_UNAVAILABLE;
+    r->rl = *res;
+    gw_models_answer_scoped(r);
+}
+
+/* A key with no balance may still list.  The answer waits for a look at the
+ * key's limits (the x-ratelimit-* headers; nothing is taken). */
+static void gw_models_admitted(bill_status_t st, const bill_key_t *key, void *arg) {
+    gw_req_t *r = arg;
+    r->admit = NULL;
+    if (st != BILL_OK && st != BILL_NO_BALANCE && st != BILL_NO_PRICE && st != BILL_MODEL_NOT_ALLOWED) {
+        gw_admit_error(r, st);
+        return;
+    }
+    r->key = *key;
+    r->key.models_json = NULL;
+    if (key->models_json && !(r->scope_json = gw_pstrndup(r->pool, key->models_json, strlen(key->models_json)))) {
+        gw_req_error(r, 500, "server_error", NULL, NULL, "out of memory");
+        return;
+    }
+    if (gw_req_peek_limits(r, gw_models_limits) != GW_OK) gw_models_answer_scoped(r);
+}
+
 /* Bearer token of the request, or NULL (answered 401). */
 static const char *gw_req_bearer(gw_req_t *r) {
+    int64_t retry_ms;
+    if (gw_rl_auth_blocked(r->srv->rl, r->conn->peer, &retry_ms)) { /* before any key lookup */
+        r->srv->m.ratelimited++;
+        r->have_rl = 1;
+        memset(&r->rl, 0, sizeof r->rl);
+        r->rl.retry_ms = retry_ms;
+        gw_req_error(r, 429, "rate_limit_error", "too_many_failed_authentications", NULL,
+                     "Too many failed authentications from this address; retry later");
+        return NULL;
+    }
     const char *a = gw_http_header(r->http, "authorization");
     const char *msg = "Authentication Fails, no api key given (Authorization: Bearer <key>)";
     if (a) {
@@ -553,6 +544,7 @@ static const char *gw_req_bearer(gw_req_t *r) {
             msg = "Authentication Fails, malformed api key";
         }
     }
+    gw_rl_auth_failed(r->srv->rl, r->conn->peer);
     gw_req_error(r, 401, "invalid_request_error", "invalid_api_key", NULL, msg);
     return NULL;
 }
@@ -584,10 +576,12 @@ static void gw_route_models(gw_req_t *r) {
 
 static void gw_route_metrics(gw_req_t *r) {
     gw_buf_t b = {0};
+    r->srv->m.redis_errors = gw_rl_stats(r->srv->rl)->redis_errors;
     gw_metrics_render(&r->srv->m, r->srv->cfg, gw_rl_connected(r->srv->rl), &b);
     bill_hold_stats_t hs;
     bill_hold_stats(r->srv->bill, &hs);
     gw_metrics_render_holds(&r->srv->m, &hs, &b);
+    gw_rl_metrics(r->srv->rl, &b);
     if (!b.p) gw_req_error(r, 500, "server_error", NULL, NULL, "out of memory");
     else {
         gw_req_body(r, "text/plain; version=0.0.4", 200, b.p, b.len);
@@ -641,59 +635,88 @@ static void gw_chat_hold(gw_req_t *r) {
     if (!r->hold_req) gw_req_error(r, 500, "server_error", NULL, NULL, "out of memory");
 }
 
-static void gw_chat_proceed(gw_req_t *r) {
-    gw_server_t *s = r->srv;
-    int64_t conc = r->key.concurrency > 0 ? r->key.concurrency : s->cfg->default_concurrency;
-    if (conc > 0 && gw_conc_count(s, r->key.key_id) >= conc) {
-        s->m.ratelimited++;
-        char msg[128];
-        snprintf(msg, sizeof msg, "Too many requests in flight for this key (limit %lld)", (long long)conc);
-        if (!r->have_rl) { /* still tell the client when to come back */
-            r->have_rl = 1;
-            r->rl.reset_ms = 1000;
-        }
-        gw_req_error(r, 429, "rate_limit_error", "concurrency_limit_exceeded", NULL, msg);
-        return;
-    }
-    if (gw_conc_take(s, r->key.key_id) != GW_OK) {
-        gw_req_error(r, 500, "server_error", NULL, NULL, "out of memory");
-        return;
-    }
-    r->conc_held = 1;
-    gw_chat_hold(r);
+/* The limits of the request's key (its own, else the configured defaults)
+ * and of its customer (no defaults: 0 is none). */
+static void gw_req_limits(gw_req_t *r, gw_rl_limits_t *key, gw_rl_limits_t *cust) {
+    const gw_config_t *cfg = r->srv->cfg;
+    key->rpm = r->key.rpm > 0 ? r->key.rpm : cfg->default_rpm;
+    key->tpm = r->key.tpm > 0 ? r->key.tpm : cfg->default_tpm;
+    key->conc = r->key.concurrency > 0 ? r->key.concurrency : cfg->default_concurrency;
+    cust->rpm = r->key.cust_rpm;
+    cust->tpm = r->key.cust_tpm;
+    cust->conc = r->key.cust_concurrency;
+}
+
+static int gw_limits_any(const gw_rl_limits_t *l) { return l->rpm > 0 || l->tpm > 0 || l->conc > 0; }
+
+/* An answer after authentication that is not an admission (a refusal by
+ * billing, /v1/models) still carries the x-ratelimit-* headers: the limits'
+ * state is looked at (not taken) first, then `then` answers. */
+static int gw_req_peek_limits(gw_req_t *r, gw_rl_cb then) {
+    gw_rl_limits_t kl, cl;
+    gw_req_limits(r, &kl, &cl);
+    if (!gw_limits_any(&kl) && !gw_limits_any(&cl)) return GW_ERROR;
+    r->rl_call = gw_rl_check(r->srv->rl, GW_RL_OP_PEEK, r->key.key_id, &kl, r->key.customer_id, &cl, 0, r->id,
+                             then, r);
+    return r->rl_call ? GW_OK : GW_ERROR;
 }
 
 static void gw_chat_ratelimited(int verdict, const gw_rl_result_t *res, void *arg) {
     gw_req_t *r = arg;
-    r->rl_call = NULL;
     gw_server_t *s = r->srv;
-    if (verdict == GW_RL_UNAVAILABLE) {
-        s->m.redis_errors++;
-        if (!s->cfg->redis_fail_open) {
-            gw_req_error(r, 503, "server_error", "service_unavailable", NULL,
-                         "Rate limiting is temporarily unavailable, retry later");
-            return;
-        }
-        gw_chat_proceed(r);
-        return;
-    }
     r->have_rl = 1;
     r->rl = *res;
-    if (verdict == GW_RL_LIMITED) {
-        s->m.ratelimited++;
-        char msg[200];
-        if (res->why == 2)
-            snprintf(msg, sizeof msg, "Rate limit reached: %lld tokens per minute for this key (this request needs "
-                     "about %lld); retry after %llds", (long long)res->tpm_limit, (long long)r->tpm_tokens,
-                     (long long)(res->tpm_reset_ms + 999) / 1000);
-        else
-            snprintf(msg, sizeof msg, "Rate limit reached: %lld requests per minute for this key; retry after %llds",
-                     (long long)res->limit, (long long)(res->reset_ms + 999) / 1000);
-        gw_req_error(r, 429, "rate_limit_error", res->why == 2 ? "tokens_rate_limit_exceeded" : "rate_limit_exceeded",
-                     NULL, msg);
+    if (verdict == GW_RL_UNAVAILABLE) { /* redis_fail_closed */
+        r->have_rl = 0;
+        gw_req_error(r, 503, "server_error", "service_unavailable", NULL,
+                     "Rate limiting is temporarily unavailable, retry later");
         return;
     }
-    gw_chat_proceed(r);
+    if (verdict == GW_RL_LIMITED) {
+        s->m.ratelimited++;
+        char msg[240];
+        const char *who = res->customer ? "this account" : "this key";
+        int64_t after = res->retry_ms < 0 ? -1 : (res->retry_ms + 999) / 1000;
+        if (res->why == GW_RL_WHY_CONCURRENCY) {
+            snprintf(msg, sizeof msg, "Too many requests in flight for %s (limit %lld)", who,
+                     (long long)res->conc_limit);
+            gw_req_error(r, 429, "rate_limit_error", "concurrency_limit_exceeded", NULL, msg);
+        } else if (res->why == GW_RL_WHY_TOKENS) {
+            if (after < 0)
+                snprintf(msg, sizeof msg, "Request too large: it needs about %lld tokens, above the limit of %lld "
+                         "tokens per minute for %s", (long long)r->tpm_tokens, (long long)res->tpm_limit, who);
+            else
+                snprintf(msg, sizeof msg, "Rate limit reached: %lld tokens per minute for %s (this request needs "
+                         "about %lld); retry after %llds", (long long)res->tpm_limit, who, (long long)r->tpm_tokens,
+                         (long long)after);
+            gw_req_error(r, 429, "rate_limit_error", "tokens_rate_limit_exceeded", NULL, msg);
+        } else {
+            snprintf(msg, sizeof msg, "Rate limit reached: %lld requests per minute for %s; retry after %llds",
+                     (long long)res->limit, who, (long long)after);
+            gw_req_error(r, 429, "rate_limit_error", "rate_limit_exceeded", NULL, msg);
+        }
+        return;
+    }
+    gw_chat_hold(r);
+}
+
+/* The TPM charge: the prompt (the gateway's own count) and the most the
+ * answer may take (max_tokens / max_completion_tokens as api/ reads them).
+ * The charge is corrected with the tokens really used when the request ends. */
+static int64_t gw_req_tpm_charge(gw_req_t *r) {
+    int64_t p = gw_req_prompt_count(r);
+    if (p < 0) p = (int64_t)r->http->body_len / 4; /* no tokenizer: a rough byte estimate */
+    /* the completion limit as api/ reads it (or default_max_tokens, forwarded), clamped
+     * so that the charge stays exact in the limiter's arithmetic */
+    int64_t m = r->completion_cap < 0 ? 0 : r->completion_cap > 1000000000 ? 1000000000 : r->completion_cap;
+    return p + m;
+}
+
+static void gw_chat_refused_limits(int verdict, const gw_rl_result_t *res, void *arg) {
+    gw_req_t *r = arg;
+    r->have_rl = verdict != GW_RL_UNAVAILABLE;
+    r->rl = *res;
+    gw_admit_error(r, r->admit_st);
 }
 
 static void gw_chat_admitted(bill_status_t st, const bill_key_t *key, void *arg) {
@@ -701,27 +724,28 @@ static void gw_chat_admitted(bill_status_t st, const bill_key_t *key, void *arg)
     r->admit = NULL;
     if (st == BILL_NO_BALANCE) bill_refusal(r->srv->bill, key->customer_id, key->key_id, r->model, 402);
     if (st != BILL_OK) {
+        if (st == BILL_MODEL_NOT_ALLOWED || st == BILL_NO_BALANCE || st == BILL_NO_PRICE) { /* a known key */
+            r->key = *key;
+            r->key.models_json = NULL;
+            r->admit_st = st;
+            if (gw_req_peek_limits(r, gw_chat_refused_limits) == GW_OK) return;
+        }
         gw_admit_error(r, st);
         return;
     }
     r->admitted = 1;
     r->key = *key;
     r->key.models_json = NULL; /* points into the admission's result, gone after this call */
-    gw_server_t *s = r->srv;
-    int64_t rpm = key->rpm > 0 ? key->rpm : s->cfg->default_rpm;
-    int64_t tpm = key->tpm > 0 ? key->tpm : s->cfg->default_tpm;
-    if ((rpm > 0 || tpm > 0) && s->rl) {
-        if (tpm > 0) { /* charge the prompt and the most the answer may take */
-            int64_t p = gw_req_prompt_count(r);
-            if (p < 0) p = (int64_t)r->http->body_len / 4; /* no tokenizer: a rough byte estimate */
-            /* the completion limit as api/ reads it (or default_max_tokens, forwarded) */
-            r->tpm_tokens = p + r->completion_cap;
-        }
-        r->rl_call = gw_rl_check(s->rl, key->key_id, rpm, tpm, r->tpm_tokens, r->id, gw_chat_ratelimited, r);
-        if (!r->rl_call) gw_req_error(r, 500, "server_error", NULL, NULL, "out of memory");
+    gw_rl_limits_t kl, cl;
+    gw_req_limits(r, &kl, &cl);
+    if (!gw_limits_any(&kl) && !gw_limits_any(&cl)) {
+        gw_chat_hold(r);
         return;
     }
-    gw_chat_proceed(r);
+    if (kl.tpm > 0 || cl.tpm > 0) r->tpm_tokens = gw_req_tpm_charge(r);
+    r->rl_call = gw_rl_check(r->srv->rl, GW_RL_OP_TAKE, key->key_id, &kl, key->customer_id, &cl, r->tpm_tokens, r->id,
+                             gw_chat_ratelimited, r);
+    if (!r->rl_call) gw_req_error(r, 500, "server_error", NULL, NULL, "out of memory");
 }
 
 static void gw_route_chat(gw_req_t *r) {
@@ -1161,13 +1185,18 @@ gw_server_t *gw_server_new(struct event_base *base, const gw_config_t *cfg, char
             goto fail;
         }
     }
-    if (cfg->redis && *cfg->redis) {
-        s->rl = gw_rl_new(base, cfg->redis, (int)cfg->redis_timeout_ms);
-        if (!s->rl) {
-            snprintf(err, errlen, "redis: bad address \"%s\" (want host:port)", cfg->redis);
-            goto fail;
-        }
-    }
+    gw_rl_opts_t ro = {
+        .redis = cfg->redis,
+        .cluster = (int)cfg->redis_cluster,
+        .timeout_ms = (int)cfg->redis_timeout_ms,
+        .fail_closed = (int)cfg->redis_fail_closed,
+        .lease_ms = cfg->concurrency_lease_ms,
+        .auth_fail_limit = cfg->auth_fail_limit,
+        .auth_fail_window_ms = cfg->auth_fail_window_ms,
+        .auth_fail_block_ms = cfg->auth_fail_block_ms,
+        .auth_fail_table = cfg->auth_fail_table,
+    };
+    if (!(s->rl = gw_rl_new(base, &ro, err, errlen))) goto fail;
     if (cfg->chat_template && !strcmp(cfg->chat_template, "deepseek_v3")) s->tmpl = TOK_TMPL_DEEPSEEK_V3;
     else if (cfg->chat_template && !strcmp(cfg->chat_template, "deepseek_r1")) s->tmpl = TOK_TMPL_DEEPSEEK_R1;
     else if (cfg->chat_template && !strcmp(cfg->chat_template, "mixtral")) s->tmpl = TOK_TMPL_MIXTRAL;
@@ -1249,11 +1278,5 @@ void gw_server_free(gw_server_t *s) {
     if (s->ssl) SSL_CTX_free(s->ssl);
     tok_free(s->tok);
     if (s->alog && s->alog != stdout) fclose(s->alog);
-    for (int i = 0; i < GW_CONC_BUCKETS; i++)
-        while (s->conc[i]) {
-            gw_conc_t *e = s->conc[i];
-            s->conc[i] = e->next;
-            free(e);
-        }
     free(s);
 }

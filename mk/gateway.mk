@@ -10,7 +10,8 @@
 # Unit tests link only the gateway's pure objects (no billing, no libevent).
 
 GW_TEST_DIR := $(O)/tests/gateway
-GW_PURE_OBJ := $(call objs,gateway/gw_buf.c gateway/gw_http.c gateway/gw_sse.c gateway/gw_uuid.c gateway/gw_config.c)
+GW_PURE_OBJ := $(call objs,gateway/gw_buf.c gateway/gw_http.c gateway/gw_sse.c gateway/gw_uuid.c gateway/gw_config.c \
+                       gateway/gw_rl_local.c)
 GW_UNIT_SRCS := $(wildcard tests/unit/gateway/*.c)
 GW_UNIT_BINS := $(patsubst tests/unit/gateway/%.c,$(GW_TEST_DIR)/unit_%,$(GW_UNIT_SRCS))
 GW_FUZZ_REPLAY := $(GW_TEST_DIR)/fuzz_http_replay

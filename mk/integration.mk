@@ -7,6 +7,7 @@ test-integration: $(BINS)
 	/usr/bin/python3 tests/integration/test_stack.py
 	/usr/bin/python3 tests/integration/test_keys.py
 	/usr/bin/python3 tests/integration/test_holds.py
+	/usr/bin/python3 tests/integration/test_limits.py
 	$(MAKE) --no-print-directory test-sdk
 
 test-sdk:

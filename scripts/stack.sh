@@ -151,8 +151,15 @@ model() {
 }
 
 config() {
+    # Limits: `run` is a public endpoint: every key without its own limits gets these defaults
+    # and repeated failed authentications get an address a 429 (gateway/README.md, "Rate limits").
+    # The test stack keeps default limits off (the tests set their own per key) and the
+    # failed-auth throttle off (every test client is 127.0.0.1; test_limits.py turns it on).
+    local limits='"default_rpm": 60, "default_tpm": 200000, "default_concurrency": 8,'
+    [ "$mode" = run ] || limits='"auth_fail_limit": 0,'
     cat >"$V/tollgate.json" <<EOF
 {
+  $limits
   "listen": "127.0.0.1:$TG_PORT_GATEWAY",
   "admin_listen": "127.0.0.1:$TG_PORT_ADMIN",
   "tls_cert": "$V/tls/cert.pem",

@@ -32,6 +32,8 @@ static const char USAGE[] =
     "  customer list\n"
     "  customer show NAME\n"
     "  customer spending-limits NAME [--daily-usd AMOUNT|none] [--monthly-usd AMOUNT|none]\n"
+    "  customer limits NAME [--rpm N] [--tpm N] [--concurrency N]   (over all its keys; 0: none;\n"
+    "                                   without options: show them)\n"
     "  key create --customer NAME [--name LABEL] [--expires-in DURATION | --expires-at T]\n"
     "             [--models m1,m2] [--rpm N] [--tpm N] [--concurrency N]\n"
     "             [--daily-limit-usd AMOUNT] [--monthly-limit-usd AMOUNT]   (spending limits, UTC periods)\n"
@@ -408,7 +410,7 @@ static void print_customer_row(cJSON *c) {
 }
 
 static int cmd_customer(args_t *a) {
-    const char *sub = positional(a, "customer subcommand (create, list, show, spending-limits)");
+    const char *sub = positional(a, "customer subcommand (create, list, show, spending-limits, limits)");
     if (!strcmp(sub, "create")) {
         const char *name = positional(a, "NAME");
         const char *credit = opt(a, "--credit-usd");
@@ -464,6 +466,25 @@ static int cmd_customer(args_t *a) {
             printf("%-6s %-32s %20s  %s\n", "ID", "NAME", "BALANCE_USD", "CREATED (UTC)");
             print_customer_row(j);
         }
+        cJSON_Delete(j);
+    } else if (!strcmp(sub, "limits")) {
+        const char *name = positional(a, "NAME");
+        const char *names[] = {"rpm", "tpm", "concurrency"};
+        const char *vals[] = {opt(a, "--rpm"), opt(a, "--tpm"), opt(a, "--concurrency")};
+        no_more(a);
+        char body[256];
+        int n = snprintf(body, sizeof body, "{");
+        for (int i = 0; i < 3; i++) {
+            if (!vals[i]) continue;
+            check_uint(names[i], vals[i]);
+            n += snprintf(body + n, sizeof body - n, "%s\"%s\":%s", n > 1 ? "," : "", names[i], vals[i]);
+        }
+        snprintf(body + n, sizeof body - n, "}");
+        int set = vals[0] || vals[1] || vals[2];
+        cJSON *j = cust_call(set ? "POST" : "GET", name, "limits", set ? body : NULL);
+        if (!json_out)
+            printf("customer %s: rpm %s, tpm %s, concurrency %s (0: none)\n", str(j, "customer"), str(j, "rpm"),
+                   str(j, "tpm"), str(j, "concurrency"));
         cJSON_Delete(j);
     } else {
         die(2, "unknown command 'customer %s' (see tollgatectl --help)", sub);

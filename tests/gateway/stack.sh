@@ -104,7 +104,7 @@ up() {
   "spool_dir": "$V/spool", "access_log": "$V/log/access.log",
   "max_body_bytes": 65536, "header_timeout_ms": 30000, "upstream_timeout_ms": 30000, "idle_timeout_ms": 30000,
   "redis_timeout_ms": 5000, "shutdown_grace_ms": 30000,
-  "stream_high_water": 65536,
+  "stream_high_water": 65536, "auth_fail_limit": 0,
   "workers": [{"url": "http://127.0.0.1:$P_DEAD", "models": ["$MODEL"]},
               {"url": "http://127.0.0.1:$P_WORKER", "models": ["$MODEL", "other-model"]},
               {"url": "http://127.0.0.1:$P_WORKER2", "models": ["$MODEL"]}]

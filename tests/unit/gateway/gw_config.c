@@ -31,7 +31,7 @@ static void test_defaults(void) {
     CHECK_EQ_S(c->admin_listen, "127.0.0.1:8444");
     CHECK_EQ_I(c->max_body_bytes, 1048576);
     CHECK_EQ_I(c->default_rpm, 0);
-    CHECK_EQ_I(c->redis_fail_open, 1);
+    CHECK_EQ_I(c->redis_fail_closed, 0);
     CHECK_EQ_I(c->nworkers, 1);
     CHECK_EQ_S(c->workers[0].url, "http://127.0.0.1:8500");
     CHECK_EQ_I(c->workers[0].port, 8500);
@@ -47,7 +47,7 @@ static void test_priority(void) {
                "{\"url\":\"http://localhost:9001/\",\"models\":[\"b\"]}]}");
     setenv("TOLLGATE_MAX_BODY_BYTES", "4096", 1);
     setenv("TOLLGATE_DEFAULT_RPM", "7", 1);
-    char *argv[] = {"tollgate", "--config", path, "--default-rpm", "9", "--redis_fail_open=false", NULL};
+    char *argv[] = {"tollgate", "--config", path, "--default-rpm", "9", "--redis_fail_closed=true", NULL};
     gw_config_t *c = gw_config_load(6, argv, err, sizeof err);
     unsetenv("TOLLGATE_MAX_BODY_BYTES");
     unsetenv("TOLLGATE_DEFAULT_RPM");
@@ -59,7 +59,7 @@ static void test_priority(void) {
     CHECK_EQ_S(c->listen, "127.0.0.1:1111");   /* file */
     CHECK_EQ_I(c->max_body_bytes, 4096);       /* env beats file */
     CHECK_EQ_I(c->default_rpm, 9);             /* flag beats env */
-    CHECK_EQ_I(c->redis_fail_open, 0);
+    CHECK_EQ_I(c->redis_fail_closed, 1);
     CHECK_EQ_S(c->redis, "127.0.0.1:7000");
     CHECK_EQ_I(c->nworkers, 2);
     CHECK_EQ_I(c->workers[0].nmodels, 2);
@@ -96,7 +96,7 @@ static void test_errors(void) {
     CHECK(fails("{\"listen\":", NULL, NULL, "JSON object"));
     CHECK(fails("{}", "--idle-timeout-ms", "-5", "idle_timeout_ms"));
     CHECK(fails("{}", "--bogus", "1", "--bogus"));
-    CHECK(fails("{}", "--redis_fail_open", "maybe", "redis_fail_open"));
+    CHECK(fails("{}", "--redis_fail_closed", "maybe", "redis_fail_closed"));
     CHECK(fails("{\"workers\":[{\"url\":\"https://x:1\",\"models\":[\"a\"]}]}", NULL, NULL, "workers[0].url"));
     CHECK(fails("{\"workers\":[{\"url\":\"http://127.0.0.1:1\",\"models\":[]}]}", NULL, NULL, "models"));
     CHECK(fails("{\"workers\":[]}", NULL, NULL, "no workers"));
