@@ -105,6 +105,16 @@ void bill_admin_free(bill_admin_t *a);
  * bill_report_route (bill_admin-int.h) answers those paths. */
 extern const char BILL_REPORT_USAGE_SQL[], BILL_REPORT_TOP_SQL[], BILL_REPORT_BALANCE_SQL[];
 
+/* ---- automatic invoice finalization (bill_invoice.c) -------------------- */
+
+typedef struct bill_invoicer bill_invoicer_t;
+
+/* Finalize the previous month's invoices once now is after_s past the end of
+ * that month (UTC), checked every minute.  NULL on ENOMEM. */
+bill_invoicer_t *bill_invoicer_new(struct event_base *base, bill_pg_t *pg, int after_s);
+uint64_t bill_invoicer_runs(const bill_invoicer_t *v); /* months finalized by this process */
+void bill_invoicer_free(bill_invoicer_t *v);           /* accepts NULL; cancels a statement in flight */
+
 /* ---- the handle --------------------------------------------------------- */
 
 /* ---- admission caches (bill_cache.c) ---------------------------------- */
@@ -254,6 +264,7 @@ struct bill {
     uint64_t cache_hits, cache_misses, invalidations;
     bill_settler_t *settler;
     bill_admin_t *admin;
+    bill_invoicer_t *invoicer; /* NULL: no automatic finalization */
     char *conninfo;
     char *key_secret;
 };

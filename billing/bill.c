@@ -349,6 +349,9 @@ bill_t *bill_new(struct event_base *base, const bill_opts_t *o, char *err, size_
     if (!(b->settler = bill_settler_new(base, b->pg, spool, err, errlen))) goto fail;
     bill_settler_on_commit(b->settler, on_commit, b);
     if (!(b->keyuse = bill_keyuse_new(base, b->pg, o->last_used_flush_ms))) goto oom;
+    if (o->invoice_finalize_after_s > 0 &&
+        !(b->invoicer = bill_invoicer_new(base, b->pg, o->invoice_finalize_after_s)))
+        goto oom;
     if (!(b->refusals = bill_refusals_new(base, b->pg))) goto oom;
     TAILQ_INIT(&b->ready);
     b->key_ttl_us = (int64_t)(o->key_cache_ttl_ms > 0 ? o->key_cache_ttl_ms : 60000) * 1000;
@@ -381,6 +384,7 @@ fail:
 void bill_free(bill_t *b) {
     if (!b) return;
     bill_admin_free(b->admin);
+    bill_invoicer_free(b->invoicer); /* before the pool: cancels its statement */
     bill_settler_free(b->settler, b->conninfo);
     bill_refusals_free(b->refusals, b->conninfo);
     bill_pg_free(b->pg); /* before keyuse and lease: their statements are never called back */

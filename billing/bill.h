@@ -37,6 +37,8 @@ typedef struct {
     int64_t lease_chunk_pico;    /* credit leased beyond what the waiting holds need; 0: $0.05 */
     int lease_ttl_ms;            /* a lease not renewed for this long is reaped; 0: 60000 */
     int lease_idle_ms;           /* an unused lease is given back after this; 0: 2000 */
+    int invoice_finalize_after_s; /* finalize last month's invoices this long after it ends (UTC);
+                                     <= 0: never automatically (tollgatectl invoice finalize) */
 } bill_opts_t;
 
 /* Prices of one model, integer micro-USD per 1M tokens, and the version they

@@ -50,6 +50,10 @@ struct adm_req {
  * `notfound`) and answer 200 with its text. */
 void adm_read(adm_req_t *r, const char *sql, int n, const char *const *params, const char *notfound);
 
+/* The next adm_read answers with this content type (a static string)
+ * instead of application/json. */
+void adm_read_as(adm_req_t *r, const char *content_type);
+
 /* Run a writing statement (see above) and answer `status` (200 or 201) with
  * the resp body, or 404 `notfound` when resp has no row.  secret_field and
  * secret (may be NULL): a value shown once — spliced in front of the body as

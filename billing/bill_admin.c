@@ -50,6 +50,7 @@ typedef struct adm_priv {
     int stage;
     int readonly;
     const char *notfound;
+    const char *ctype;          /* of a read's answer; NULL: JSON */
     int status;                 /* of a write's answer */
     int looked_up;              /* the idempotency record was read again after a race */
     const char *secret_field;   /* a value to show once (adm_write) */
@@ -307,9 +308,11 @@ static void query_done(PGresult *res, const char *err, void *arg) {
         if (PQntuples(res) == 0 || PQgetisnull(res, 0, 0))
             adm_error(r, 404, "not_found", "%s", p->notfound ? p->notfound : "not found");
         else
-            adm_reply(r, 200, NULL, PQgetvalue(res, 0, 0));
+            adm_reply(r, 200, p->ctype, PQgetvalue(res, 0, 0));
     }
 }
+
+void adm_read_as(adm_req_t *r, const char *content_type) { ((adm_priv_t *)r->priv)->ctype = content_type; }
 
 void adm_read(adm_req_t *r, const char *sql, int n, const char *const *params, const char *notfound) {
     adm_priv_t *p = (adm_priv_t *)r->priv;

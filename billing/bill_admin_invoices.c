@@ -1,5 +1,12 @@
-/* bill_admin_invoices.c — invoices per customer and calendar month (UTC) in
- * the admin API. */
+/* bill_admin_invoices.c — invoices per customer and calendar month (UTC),
+ * their finalization, and reconciliation, in the admin API.
+ *
+ * The documents come from PostgreSQL (migration 0006): a finalized invoice is
+ * served from the JSON and CSV stored when it was finalized, so it reads the
+ * same byte for byte forever; a month not finalized yet is a draft computed
+ * on each call (tg_invoice_render).  Finalizing (tg_invoice_finalize_month)
+ * assigns every usage and ledger row no invoice holds yet to the new invoice;
+ * usage arriving later is billed on the next invoice as a late line. */
 #include <stdio.h>
 #include <string.h>
 
@@ -8,42 +15,104 @@
 
 #include "bill_admin-int.h"
 
+/* $1 customer, $2 month YYYY-MM, $3 'json' or 'csv' */
 static const char SQL_INVOICE[] =
-    "WITH c AS (SELECT * FROM customers WHERE name = $1),"
-    " p AS (SELECT ($2 || '-01')::timestamp AT TIME ZONE 'UTC' AS t0,"
-    "   (($2 || '-01')::timestamp + interval '1 month') AT TIME ZONE 'UTC' AS t1),"
-    " u AS (SELECT u.* FROM usage u, c, p WHERE u.customer_id = c.id AND u.received_at >= p.t0 AND u.received_at < p.t1),"
-    " x AS (SELECT model, 'input_cache_miss' AS cls, price_input_cache_miss AS price, prompt_cache_miss_tokens AS n FROM u"
-    "   UNION ALL SELECT model, 'input_cache_hit', price_input_cache_hit, prompt_cache_hit_tokens FROM u"
-    "   UNION ALL SELECT model, 'output', price_output, completion_tokens FROM u),"
-    " lines AS (SELECT model, cls, price, sum(n) AS n, sum(n::numeric * price) AS amount FROM x"
-    "   GROUP BY model, cls, price HAVING sum(n) > 0)"
-    " SELECT json_build_object('object', 'invoice', 'customer', c.name, 'month', $2, 'currency', 'USD',"
-    " 'period_start', p.t0, 'period_end', p.t1,"
-    " 'lines', coalesce((SELECT json_agg(json_build_object('model', model, 'token_class', cls,"
-    "   'unit_price_micro_usd_per_1m', price::text, 'tokens', n::text, 'amount_pico', amount::text,"
-    "   'amount_usd', tg_usd(amount)) ORDER BY model, cls, price) FROM lines), '[]'),"
-    " 'requests', (SELECT count(*) FROM u),"
-    " 'total_pico', (SELECT coalesce(sum(cost_pico), 0) FROM u)::text,"
-    " 'total_usd', tg_usd((SELECT coalesce(sum(cost_pico), 0) FROM u)),"
-    " 'credits_pico', (SELECT coalesce(sum(amount_pico), 0) FROM ledger l WHERE l.customer_id = c.id"
-    "   AND l.kind <> 'usage' AND l.created_at >= p.t0 AND l.created_at < p.t1)::text,"
-    " 'balance_pico', c.balance_pico::text, 'balance_usd', tg_usd(c.balance_pico))::text"
-    " FROM c, p";
+    "SELECT CASE WHEN $3 = 'csv' THEN coalesce(i.body_csv, d.body_csv) ELSE coalesce(i.body_json, d.body_json) END"
+    " FROM customers c"
+    " LEFT JOIN invoices i ON i.customer_id = c.id AND i.month = ($2 || '-01')::date"
+    " LEFT JOIN LATERAL (SELECT * FROM tg_invoice_render(c.id, ($2 || '-01')::date, NULL, NULL, NULL)"
+    "   WHERE i.id IS NULL) d ON true"
+    " WHERE c.name = $1";
+
+/* $1 month: the finalized invoices of that month. */
+static const char SQL_INVOICE_LIST[] =
+    "SELECT json_build_object('object', 'list', 'month', $1::text, 'data', coalesce(json_agg(json_build_object("
+    "   'id', i.id, 'customer', c.name, 'month', to_char(i.month, 'YYYY-MM'), 'status', 'finalized',"
+    "   'opening_balance_pico', i.opening_pico::text, 'credits_pico', i.credits_pico::text,"
+    "   'adjustments_pico', i.adjustments_pico::text, 'refunds_pico', i.refunds_pico::text,"
+    "   'usage_pico', i.usage_pico::text, 'usage_usd', tg_usd(i.usage_pico),"
+    "   'closing_balance_pico', i.closing_pico::text, 'requests', i.requests, 'late_requests', i.late_requests,"
+    "   'finalized_at', tg_iso(i.finalized_at), 'finalized_by', i.finalized_by) ORDER BY c.name), '[]'))::text"
+    " FROM invoices i JOIN customers c ON c.id = i.customer_id WHERE i.month = ($1 || '-01')::date";
+
+/* $1 month, $2 customer or NULL (every customer) */
+static const char SQL_FINALIZE[] =
+    "WITH r AS (SELECT tg_invoice_finalize_month(($1 || '-01')::date, $actor::text,"
+    "     (SELECT id FROM customers WHERE name = $2)) AS body"
+    "   WHERE $2::text IS NULL OR EXISTS (SELECT 1 FROM customers WHERE name = $2)),"
+    ADM_AUDIT("a", "'invoice.finalize'", "'month:' || $1 || coalesce(' customer:' || $2, '')", "NULL",
+              "r.body::jsonb", "r")
+    ", resp AS (SELECT body FROM r)";
+
+/* $1 from, $2 to */
+static const char SQL_RECONCILE[] =
+    "SELECT json_build_object('object', 'reconciliation', 'from', $1::timestamptz, 'to', $2::timestamptz,"
+    " 'ok', count(d.*) = 0,"
+    " 'checked', json_build_object("
+    "   'usage_rows', (SELECT count(*) FROM usage WHERE received_at >= $1::timestamptz AND received_at < $2::timestamptz),"
+    "   'customers', (SELECT count(*) FROM customers),"
+    "   'invoices', (SELECT count(*) FROM invoices WHERE period_end > $1::timestamptz AND period_start < $2::timestamptz),"
+    "   'rollups', to_regclass('usage_hourly_mismatch') IS NOT NULL),"
+    " 'differences', coalesce(json_agg(json_build_object('check', d.check_name, 'subject', d.subject,"
+    "   'expected', d.expected, 'actual', d.actual) ORDER BY d.check_name, d.subject), '[]'))::text"
+    " FROM tg_reconcile($1::timestamptz, $2::timestamptz) d";
+
+static void invoice_get(adm_req_t *r, const char *cust, struct evkeyvalq *q) {
+    const char *m = evhttp_find_header(q, "month"), *f = evhttp_find_header(q, "format");
+    int csv = f && !strcmp(f, "csv");
+    if (!adm_month_ok(m)) {
+        adm_error(r, 400, "invalid_value", "month must be YYYY-MM");
+    } else if (f && !csv && strcmp(f, "json")) {
+        adm_error(r, 400, "invalid_value", "format must be json or csv");
+    } else {
+        const char *p[] = {cust, m, csv ? "csv" : "json"};
+        if (csv) adm_read_as(r, "text/csv; charset=utf-8");
+        adm_read(r, SQL_INVOICE, 3, p, "no such customer");
+    }
+}
+
+static void finalize(adm_req_t *r) {
+    cJSON *j = adm_body(r);
+    if (!j) return;
+    const char *m, *cust;
+    if (adm_str_field(r, j, "month", 7, 1, &m) == 0 && adm_str_field(r, j, "customer", 64, 0, &cust) == 0) {
+        if (!adm_month_ok(m)) {
+            adm_error(r, 400, "invalid_value", "month must be YYYY-MM");
+        } else {
+            const char *p[] = {m, cust};
+            adm_write(r, SQL_FINALIZE, 2, p, "no such customer", 200, NULL, NULL);
+        }
+    }
+    cJSON_Delete(j);
+}
 
 int bill_admin_invoices_route(adm_req_t *r, char **seg, int nseg, struct evkeyvalq *q) {
     if (nseg == 3 && !strcmp(seg[0], "customers") && !strcmp(seg[2], "invoice")) {
+        if (!adm_name_ok(seg[1])) adm_error(r, 404, "not_found", "no such customer");
+        else if (r->method != EVHTTP_REQ_GET) adm_bad_method(r);
+        else invoice_get(r, seg[1], q);
+        return 1;
+    }
+    if (nseg == 1 && !strcmp(seg[0], "invoices")) {
         const char *m = evhttp_find_header(q, "month");
-        if (!adm_name_ok(seg[1])) {
-            adm_error(r, 404, "not_found", "no such customer");
-        } else if (r->method != EVHTTP_REQ_GET) {
-            adm_bad_method(r);
-        } else if (!adm_month_ok(m)) {
-            adm_error(r, 400, "invalid_value", "month must be YYYY-MM");
-        } else {
-            const char *p[] = {seg[1], m};
-            adm_read(r, SQL_INVOICE, 2, p, "no such customer");
-        }
+        const char *p[] = {m};
+        if (r->method != EVHTTP_REQ_GET) adm_bad_method(r);
+        else if (!adm_month_ok(m)) adm_error(r, 400, "invalid_value", "month must be YYYY-MM");
+        else adm_read(r, SQL_INVOICE_LIST, 1, p, NULL);
+        return 1;
+    }
+    if (nseg == 2 && !strcmp(seg[0], "invoices") && !strcmp(seg[1], "finalize")) {
+        if (r->method == EVHTTP_REQ_POST) finalize(r);
+        else adm_bad_method(r);
+        return 1;
+    }
+    if (nseg == 1 && !strcmp(seg[0], "reconcile")) {
+        char f2[40], t2[40];
+        const char *f = adm_epoch_to_iso(evhttp_find_header(q, "from"), f2);
+        const char *t = adm_epoch_to_iso(evhttp_find_header(q, "to"), t2);
+        const char *p[] = {f && *f ? f : "-infinity", t && *t ? t : "infinity"};
+        if (r->method == EVHTTP_REQ_GET) adm_read(r, SQL_RECONCILE, 2, p, NULL);
+        else adm_bad_method(r);
         return 1;
     }
     return 0;

@@ -93,6 +93,8 @@ static const gw_opt_t gw_opts[] = {
     {"lease_ttl_ms", I(lease_ttl_ms), "60000", 1000, 86400000,
      "a credit lease not renewed (its gateway died) is freed after this"},
     {"lease_idle_ms", I(lease_idle_ms), "2000", 1, 86400000, "an unused credit lease is given back after this"},
+    {"invoice_finalize_after_s", I(invoice_finalize_after_s), "21600", 0, 31 * 86400,
+     "finalize last month's invoices this long after it ends (UTC); 0: never (tollgatectl invoice finalize)"},
     {"shutdown_grace_ms", I(shutdown_grace_ms), "3000", 0, INT32_MAX, "on SIGTERM, time left to requests in flight"},
     {"stream_high_water", I(stream_high_water), "262144", 4096, 1 << 30,
      "client output bytes above which reading the worker pauses"},

@@ -1223,6 +1223,7 @@ gw_server_t *gw_server_new(struct event_base *base, const gw_config_t *cfg, char
         .lease_chunk_pico = cfg->lease_chunk_pico,
         .lease_ttl_ms = (int)cfg->lease_ttl_ms,
         .lease_idle_ms = (int)cfg->lease_idle_ms,
+        .invoice_finalize_after_s = (int)cfg->invoice_finalize_after_s,
     };
     char berr[256] = "";
     s->bill = bill_new(base, &bo, berr, sizeof berr);

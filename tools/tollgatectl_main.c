@@ -52,7 +52,12 @@ static const char USAGE[] =
     "  credit list --customer NAME [--from T --to T] [--limit N]      (the ledger)\n"
     "  balance --customer NAME\n"
     "  usage --customer NAME [--from T --to T] [--limit N]\n"
-    "  invoice --customer NAME --month YYYY-MM\n"
+    "  invoice --customer NAME --month YYYY-MM [--csv]   (a finalized invoice, or the draft of an open month;\n"
+    "                                  --json/--csv print the stored document byte for byte)\n"
+    "  invoice finalize --month YYYY-MM [--customer NAME] (store the month's invoices: never change again)\n"
+    "  invoice list --month YYYY-MM\n"
+    "  reconcile [--from T --to T]     (usage vs ledger, balances, invoices, rollups; exit 0 when all\n"
+    "                                   agree, 3 with each difference named)\n"
     "  price set --model M --input-miss MICRO --input-hit MICRO --output MICRO [--effective-from T]\n"
     "            [--band HH:MM-HH:MM]      (a UTC time-of-day band on top of the current base price)\n"
     "  price list [--history]\n"
@@ -842,28 +847,146 @@ static int cmd_usage(args_t *a) {
     return 0;
 }
 
+/* Like call(), the body as text (a CSV document); exits on an HTTP error. */
+static char *call_text(const char *method, const char *path, const char *json) {
+    char *body;
+    int st = http(method, path, json, &body);
+    if (st >= 300) {
+        cJSON *j = cJSON_Parse(body);
+        cJSON *m = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(j, "error"), "message");
+        if (cJSON_IsString(m)) die(1, "%s (HTTP %d)", m->valuestring, st);
+        die(1, "HTTP %d: %s", st, trim(body));
+    }
+    return body;
+}
+
+static int opt_flag(args_t *a, const char *name) {
+    for (int i = 0; i < a->argc; i++)
+        if (!strcmp(a->argv[i], name)) {
+            memmove(a->argv + i, a->argv + i + 1, (a->argc - i - 1) * sizeof *a->argv);
+            a->argc--;
+            return 1;
+        }
+    return 0;
+}
+
+static void print_invoice(cJSON *j) {
+    printf("INVOICE %s  customer %s  month %s (UTC)  %s  currency USD\n", str(j, "id"), str(j, "customer"),
+           str(j, "month"), str(j, "status"));
+    if (!strcmp(str(j, "status"), "finalized"))
+        printf("finalized %s by %s\n", when(j, "finalized_at"), str(j, "finalized_by"));
+    printf("\nopening balance %40s USD\n", str(j, "opening_balance_usd"));
+    cJSON *c;
+    cJSON_ArrayForEach(c, cJSON_GetObjectItemCaseSensitive(j, "credits")) {
+        printf("  %-10s %-19s %26s USD  %s\n", str(c, "kind"), when(c, "created_at"), str(c, "amount_usd"),
+               str(c, "reason"));
+    }
+    printf("\n%-4s %-7s %-24s %-17s %14s %16s %16s\n", "LINE", "PERIOD", "MODEL", "TOKEN CLASS", "QUANTITY",
+           "PRICE/1M (uUSD)", "AMOUNT_USD");
+    cJSON *l;
+    cJSON_ArrayForEach(l, cJSON_GetObjectItemCaseSensitive(j, "lines")) {
+        int late = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(l, "late"));
+        printf("%-4s %-7s %-24s %-17s %14s %16s %16s%s\n", str(l, "line"), str(l, "period"), str(l, "model"),
+               str(l, "token_class"), str(l, "quantity"), str(l, "unit_price_micro_usd_per_1m"), str(l, "amount_usd"),
+               late ? "  (late: usage of an earlier period)" : "");
+    }
+    printf("\nrequests: %s (%s late)\nusage:           %s USD (%s pico-USD)\nclosing balance: %s USD (%s pico-USD)\n",
+           str(j, "requests"), str(j, "late_requests"), str(j, "usage_usd"), str(j, "usage_pico"),
+           str(j, "closing_balance_usd"), str(j, "closing_balance_pico"));
+}
+
 static int cmd_invoice(args_t *a) {
+    if (a->argc && !strcmp(a->argv[0], "finalize")) {
+        a->argv++, a->argc--;
+        const char *month = need(a, "--month"), *cust = opt(a, "--customer");
+        no_more(a);
+        char *jm = jstr(month), *jc = cust ? jstr(cust) : strdup("null"), body[512];
+        snprintf(body, sizeof body, "{\"month\":%s,\"customer\":%s}", jm, jc);
+        free(jm);
+        free(jc);
+        cJSON *j = call("POST", "/admin/v1/invoices/finalize", body);
+        if (!json_out) {
+            printf("month %s: %s invoices finalized now, %s before\n", str(j, "month"), str(j, "finalized"),
+                   str(j, "already_finalized"));
+            cJSON *i;
+            cJSON_ArrayForEach(i, cJSON_GetObjectItemCaseSensitive(j, "invoices"))
+                printf("  invoice %s  %s\n", str(i, "invoice_id"), str(i, "customer"));
+        }
+        cJSON_Delete(j);
+        return 0;
+    }
+    if (a->argc && !strcmp(a->argv[0], "list")) {
+        a->argv++, a->argc--;
+        const char *month = need(a, "--month");
+        no_more(a);
+        buf_t p = {0};
+        bput(&p, "/admin/v1/invoices?month=", 25);
+        bput_enc(&p, month);
+        cJSON *j = call("GET", p.p, NULL);
+        free(p.p);
+        if (!json_out) {
+            printf("%-8s %-32s %16s %16s %16s %9s\n", "ID", "CUSTOMER", "OPENING_PICO", "USAGE_USD", "CLOSING_PICO",
+                   "REQUESTS");
+            cJSON *i;
+            cJSON_ArrayForEach(i, cJSON_GetObjectItemCaseSensitive(j, "data"))
+                printf("%-8s %-32s %16s %16s %16s %9s\n", str(i, "id"), str(i, "customer"),
+                       str(i, "opening_balance_pico"), str(i, "usage_usd"), str(i, "closing_balance_pico"),
+                       str(i, "requests"));
+        }
+        cJSON_Delete(j);
+        return 0;
+    }
     const char *cust = need(a, "--customer"), *month = need(a, "--month");
+    int csv = opt_flag(a, "--csv");
     no_more(a);
-    const char *names[] = {"month"}, *vals[] = {month};
-    char *p = cust_path(cust, "invoice", 1, names, vals);
+    const char *names[] = {"month", "format"}, *vals[] = {month, csv ? "csv" : NULL};
+    char *p = cust_path(cust, "invoice", 2, names, vals);
+    if (csv || json_out) { /* the document exactly as the server keeps it */
+        char *body = call_text("GET", p, NULL);
+        fputs(body, stdout);
+        free(body);
+        free(p);
+        return 0;
+    }
     cJSON *j = call("GET", p, NULL);
     free(p);
-    if (!json_out) {
-        printf("INVOICE  customer %s  month %s (UTC)  currency USD\n\n", str(j, "customer"), str(j, "month"));
-        printf("%-24s %-17s %16s %14s %16s\n", "MODEL", "TOKEN CLASS", "PRICE/1M (uUSD)", "TOKENS", "AMOUNT_USD");
-        cJSON *l;
-        cJSON_ArrayForEach(l, cJSON_GetObjectItemCaseSensitive(j, "lines")) {
-            printf("%-24s %-17s %16s %14s %16s\n", str(l, "model"), str(l, "token_class"),
-                   str(l, "unit_price_micro_usd_per_1m"), str(l, "tokens"), str(l, "amount_usd"));
-        }
-        printf("\nrequests: %s\ntotal:    %s USD (%s pico-USD)\ncredits added in the month: %s pico-USD\n"
-               "balance now: %s USD\n",
-               str(j, "requests"), str(j, "total_usd"), str(j, "total_pico"), str(j, "credits_pico"),
-               str(j, "balance_usd"));
-    }
+    print_invoice(j);
     cJSON_Delete(j);
     return 0;
+}
+
+static int cmd_reconcile(args_t *a) {
+    const char *from = opt(a, "--from"), *to = opt(a, "--to");
+    no_more(a);
+    buf_t p = {0};
+    bput(&p, "/admin/v1/reconcile", 19);
+    const char *names[] = {"from", "to"}, *vals[] = {from, to};
+    char sep = '?';
+    for (int i = 0; i < 2; i++) {
+        if (!vals[i]) continue;
+        bprintf(&p, "%c%s=", sep, names[i]);
+        bput_enc(&p, vals[i]);
+        sep = '&';
+    }
+    cJSON *j = call("GET", p.p, NULL);
+    free(p.p);
+    cJSON *ok = cJSON_GetObjectItemCaseSensitive(j, "ok");
+    cJSON *diffs = cJSON_GetObjectItemCaseSensitive(j, "differences"), *d;
+    cJSON *chk = cJSON_GetObjectItemCaseSensitive(j, "checked");
+    if (!json_out) {
+        printf("checked %s usage rows, %s customers, %s invoices%s, from %s to %s\n", str(chk, "usage_rows"),
+               str(chk, "customers"), str(chk, "invoices"),
+               cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(chk, "rollups")) ? ", hourly rollups" : "",
+               str(j, "from"), str(j, "to"));
+        cJSON_ArrayForEach(d, diffs) {
+            printf("DIFFERENCE %s: %s: expected %s, found %s\n", str(d, "check"), str(d, "subject"),
+                   str(d, "expected"), str(d, "actual"));
+        }
+        printf("%s\n", cJSON_IsTrue(ok) ? "reconcile: everything agrees" : "reconcile: differences found");
+    }
+    int rc = cJSON_IsTrue(ok) ? 0 : 3;
+    cJSON_Delete(j);
+    return rc;
 }
 
 static int cmd_price(args_t *a) {
@@ -1090,7 +1213,7 @@ int main(int argc, char **argv) {
     parse_url(url && *url ? url : "http://127.0.0.1:8444");
     const char *cmd = positional(&a, "COMMAND");
     static const char *const known[] = {"customer", "key",   "credit", "balance", "usage",
-                                        "invoice",  "price", "report", "token"};
+                                        "invoice",  "price", "report", "token",   "reconcile"};
     int ok = 0;
     for (size_t i = 0; i < sizeof known / sizeof known[0]; i++) ok |= !strcmp(cmd, known[i]);
     if (!ok) die(2, "unknown command '%s' (see tollgatectl --help)", cmd);
@@ -1103,5 +1226,6 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "invoice")) return cmd_invoice(&a);
     if (!strcmp(cmd, "report")) return cmd_report(&a);
     if (!strcmp(cmd, "token")) return cmd_token(&a);
+    if (!strcmp(cmd, "reconcile")) return cmd_reconcile(&a);
     return cmd_price(&a);
 }

@@ -167,6 +167,8 @@ int main(int argc, char **argv) {
     /* the tests change prices and read them back at once */
     const char *pc = getenv("TG_BILL_PRICE_CACHE_MS");
     o.price_cache_ms = pc ? atoi(pc) : 1;
+    const char *inv = getenv("BILL_INVOICE_AFTER_S"); /* automatic invoice finalization (off by default) */
+    if (inv) o.invoice_finalize_after_s = atoi(inv);
     char err[256];
     bill = bill_new(base, &o, err, sizeof err);
     if (!bill) {

@@ -473,7 +473,7 @@ class Billing(unittest.TestCase):
         inv = json.loads(self.s.ctl("invoice", "--customer", c, "--month", month, "--json").stdout)
         self.assertEqual(inv["total_pico"], str(want))
         self.assertEqual(sum(int(l["amount_pico"]) for l in inv["lines"]), want)
-        self.assertEqual({l["token_class"]: int(l["tokens"]) for l in inv["lines"]},
+        self.assertEqual({l["token_class"]: int(l["quantity"]) for l in inv["lines"]},
                          {"input_cache_miss": 700, "input_cache_hit": 300, "output": 500})
         self.assertIn(rid, self.s.ctl("usage", "--customer", c).stdout)
         self.assertIn("input_cache_hit", self.s.ctl("invoice", "--customer", c, "--month", month).stdout)

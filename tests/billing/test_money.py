@@ -374,12 +374,249 @@ class Money(unittest.TestCase):
                          ("UPDATE usage SET cost_pico = 0 WHERE request_id = %s", r),
                          ("UPDATE usage SET price_id = NULL WHERE request_id = %s", r),
                          ("DELETE FROM usage WHERE request_id = %s", r),
-                         ("TRUNCATE usage, ledger, usage_hourly", None),
+                         ("TRUNCATE usage CASCADE", None),
                          ("TRUNCATE model_prices CASCADE", None)):
             with self.assertRaises(psycopg2.Error, msg=sql) as cm:
                 q(sql, *([arg] if arg is not None else []))
             self.assertIn("never changed or deleted", str(cm.exception), sql)
         self.assertEqual(q("SELECT cost_pico FROM usage WHERE request_id = %s", r)[0][0], 10 * PRICE[0] + 10 * PRICE[2])
+
+    # ---- invoices ---------------------------------------------------------------------------------
+
+    def settle_at(self, cid, when_us, prompt, hit, completion, price=PRICE, server=None):
+        r = rid()
+        self.assertEqual((server or self.s).cmd("settle %s 0 %d %s %d %d %d %d %d %d 0 200 %d" % (
+            r, cid, MODEL, *price, prompt, hit, completion, when_us)), "settled")
+        return r
+
+    def docs(self, name, month):
+        """The invoice as JSON (parsed), and the exact JSON and CSV bytes from the API and tollgatectl."""
+        st, hj, j = self.api("GET", "/admin/v1/customers/%s/invoice?month=%s" % (name, month))
+        st2, hc, c = self.api("GET", "/admin/v1/customers/%s/invoice?month=%s&format=csv" % (name, month))
+        self.assertEqual((st, st2), (200, 200), (j, c))
+        self.assertTrue(hc["Content-Type"].startswith("text/csv"), hc)
+        cj = self.s.ctl("invoice", "--customer", name, "--month", month, "--json").stdout.encode()
+        cc = self.s.ctl("invoice", "--customer", name, "--month", month, "--csv").stdout.encode()
+        self.assertEqual((cj, cc), (j, c), "tollgatectl prints the documents as served")
+        return json.loads(j), j, c
+
+    def check_totals(self, inv):
+        lines = sum(int(x["amount_pico"]) for x in inv["lines"])
+        for x in inv["lines"]:
+            self.assertEqual(int(x["amount_pico"]), int(x["quantity"]) * int(x["unit_price_micro_usd_per_1m"]), x)
+        self.assertEqual(int(inv["usage_pico"]), lines, "the total is the sum of the lines, to the pico-USD")
+        self.assertEqual(int(inv["total_pico"]), lines)
+        credits = {k: sum(int(c["amount_pico"]) for c in inv["credits"] if c["kind"] == k)
+                   for k in ("topup", "adjustment", "refund")}
+        self.assertEqual((int(inv["credits_pico"]), int(inv["adjustments_pico"]), int(inv["refunds_pico"])),
+                         (credits["topup"], credits["adjustment"], credits["refund"]))
+        self.assertEqual(int(inv["closing_balance_pico"]),
+                         int(inv["opening_balance_pico"]) + sum(credits.values()) - lines)
+
+    def test_invoice_finalized_never_changes_late_line_on_next(self):
+        name, cid = self.customer("5")
+        # months of the past with nothing finalized yet (random: reruns on one database stay apart)
+        year = 1971 + int(uuid.uuid4().int % 40)
+        p1, p2 = "%d-03" % year, "%d-04" % year
+        mar = int(time.mktime(time.strptime("%d-03-10 12:00" % year, "%Y-%m-%d %H:%M")) - time.timezone) * 10**6
+        apr = mar + 31 * 86400 * 10**6
+        self.settle_at(cid, mar, 1000, 400, 50)
+        self.settle_at(cid, mar + 10**6, 300, 0, 7)
+        self.settle_at(cid, mar + 2 * 10**6, 0, 0, 0)  # a failed request: no cost, still a request
+        self.settle_at(cid, apr, 10, 0, 10)
+        self.s.drain()
+        draft, _, _ = self.docs(name, p1)
+        self.assertEqual((draft["status"], draft["id"], draft["requests"]), ("draft", None, 3))
+        self.check_totals(draft)
+
+        j = json.loads(self.s.ctl("invoice", "finalize", "--month", p1, "--customer", name, "--json").stdout)
+        self.assertEqual((j["finalized"], [x["customer"] for x in j["invoices"]]), (1, [name]))
+        inv1, json1, csv1 = self.docs(name, p1)
+        self.assertEqual((inv1["status"], inv1["finalized_by"], inv1["requests"], inv1["late_requests"]),
+                         ("finalized", "root", 3, 0))
+        self.check_totals(inv1)
+        want1 = 600 * PRICE[0] + 400 * PRICE[1] + 50 * PRICE[2] + 300 * PRICE[0] + 7 * PRICE[2]
+        self.assertEqual((int(inv1["usage_pico"]), int(inv1["opening_balance_pico"]), inv1["credits"]),
+                         (want1, 0, []))
+        self.assertEqual(int(inv1["closing_balance_pico"]), -want1)
+        self.assertEqual(csv1.decode().splitlines()[0], "customer,month,record,period,model,token_class,quantity,"
+                         "unit_price_micro_usd_per_1m,amount_pico,amount_usd,note")
+        self.assertIn("%s,%s,usage,%s,%s,input_cache_miss,900,%d,%d," % (name, p1, p1, MODEL, PRICE[0], 900 * PRICE[0]),
+                      csv1.decode())
+
+        # a late row for p1, replayed from a spool (written by a server whose PostgreSQL was down)
+        spool = tempfile.mkdtemp(prefix="billtest-spool.")
+        try:
+            dead = Server(DEAD_PG, 18698, spool)
+            late = self.settle_at(cid, mar + 3600 * 10**6, 2000, 1000, 100, server=dead)
+            dead.stop()
+            again = Server(PG, 18698, spool)
+            again.drain()
+            again.stop()
+        finally:
+            shutil.rmtree(spool, ignore_errors=True)
+        self.assertEqual(q("SELECT count(*) FROM usage WHERE request_id = %s", late)[0][0], 1)
+        late_cost = 1000 * PRICE[0] + 1000 * PRICE[1] + 100 * PRICE[2]
+
+        # the finalized invoice is byte-identical, finalizing again changes nothing
+        _, json1b, csv1b = self.docs(name, p1)
+        self.assertEqual((json1b, csv1b), (json1, csv1))
+        j = json.loads(self.s.ctl("invoice", "finalize", "--month", p1, "--customer", name, "--json").stdout)
+        self.assertEqual((j["finalized"], j["already_finalized"] >= 1), (0, True))
+        self.assertEqual(self.docs(name, p1)[1:], (json1, csv1))
+
+        # the late line is on the next invoice, naming its own period
+        inv2, json2, csv2 = self.docs(name, p2)
+        self.assertEqual((inv2["status"], inv2["requests"], inv2["late_requests"]), ("draft", 2, 1))
+        self.s.ctl("invoice", "finalize", "--month", p2, "--customer", name)
+        inv2, json2, csv2 = self.docs(name, p2)
+        self.assertEqual((inv2["status"], inv2["requests"], inv2["late_requests"]), ("finalized", 2, 1))
+        self.check_totals(inv2)
+        late_lines = [x for x in inv2["lines"] if x["late"]]
+        self.assertEqual({x["period"] for x in late_lines}, {p1})
+        self.assertEqual(sum(int(x["amount_pico"]) for x in late_lines), late_cost)
+        self.assertEqual([x["period"] for x in inv2["lines"] if not x["late"]], [p2, p2])
+        self.assertEqual(int(inv2["opening_balance_pico"]), int(inv1["closing_balance_pico"]))
+        self.assertEqual(int(inv2["usage_pico"]), late_cost + 10 * PRICE[0] + 10 * PRICE[2])
+        self.assertIn(",late_usage,%s,%s,input_cache_hit,1000,%d,%d,%s,usage of %s billed late" % (
+            p1, MODEL, PRICE[1], 1000 * PRICE[1], "0.000070", p1), csv2.decode())
+        self.assertEqual(self.docs(name, p1)[1:], (json1, csv1))
+        self.assertEqual(q("SELECT count(DISTINCT invoice_id), count(*) FROM invoice_usage iu JOIN usage u"
+                           " USING (request_id) WHERE u.customer_id = %s", cid)[0], (2, 5))
+
+        # this month's draft: opening = the last closing, the credit, and a closing equal to the balance
+        now = time.strftime("%Y-%m", time.gmtime())
+        cur, _, _ = self.docs(name, now)
+        self.check_totals(cur)
+        self.assertEqual(int(cur["opening_balance_pico"]), int(inv2["closing_balance_pico"]))
+        self.assertEqual([(c["kind"], c["amount_pico"], c["reason"]) for c in cur["credits"]],
+                         [("topup", str(5 * T), "initial credit")])
+        self.assertEqual(int(cur["closing_balance_pico"]), self.balance(name))
+        p = self.s.ctl("invoice", "finalize", "--month", now, "--customer", name, check=False)
+        self.assertEqual(p.returncode, 1)
+        self.assertIn("is not over yet", p.stderr)
+        for bad in ("2001-13", "01-2001", "2001-1"):
+            self.assertEqual(self.api("POST", "/admin/v1/invoices/finalize", {"month": bad})[0], 400, bad)
+        self.assertIn("invoice.finalize", [a[1] for a in q("SELECT actor, action FROM admin_audit WHERE target = %s",
+                                                               "month:%s customer:%s" % (p1, name))])
+
+        # the database refuses to change a finalized invoice or move a row to another one
+        inv_id = inv1["id"]
+        for sql in ("UPDATE invoices SET body_json = '{}' WHERE id = %s",
+                    "UPDATE invoices SET closing_pico = 0 WHERE id = %s",
+                    "DELETE FROM invoices WHERE id = %s",
+                    "UPDATE invoice_lines SET amount_pico = 0, quantity = 0 WHERE invoice_id = %s",
+                    "DELETE FROM invoice_lines WHERE invoice_id = %s",
+                    "DELETE FROM invoice_usage WHERE invoice_id = %s",
+                    "UPDATE invoice_usage SET invoice_id = invoice_id WHERE invoice_id = %s"):
+            with self.assertRaises(psycopg2.Error, msg=sql) as cm:
+                q(sql, inv_id)
+            self.assertIn("never changed or deleted", str(cm.exception), sql)
+        with self.assertRaises(psycopg2.errors.UniqueViolation):
+            q("INSERT INTO invoice_usage VALUES (%s, %s)", late, inv_id)
+        self.assertEqual(self.docs(name, p1)[1:], (json1, csv1))
+
+        # and everything reconciles
+        p = self.s.ctl("reconcile", "--from", "%d-01-01" % year, "--to", "%d-01-01" % (year + 1), check=False)
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+        self.assertIn("everything agrees", p.stdout)
+        p = self.s.ctl("reconcile", "--json", check=False)
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+        self.assertEqual(json.loads(p.stdout)["differences"], [])
+
+    def test_reconcile_names_planted_differences(self):
+        name, cid = self.customer("1")
+        year = 1971 + int(uuid.uuid4().int % 40)
+        month = "%d-06" % year
+        t = int(time.mktime(time.strptime("%d-06-15 10:30" % year, "%Y-%m-%d %H:%M")) - time.timezone) * 10**6
+        r1 = self.settle_at(cid, t, 100, 20, 30)
+        self.settle_at(cid, t + 10**6, 50, 0, 5)
+        self.s.drain()
+        self.s.ctl("invoice", "finalize", "--month", month, "--customer", name)
+        inv = q("SELECT id FROM invoices WHERE customer_id = %s", cid)[0][0]
+        window = ("--from", "%d-01-01" % year, "--to", "%d-01-01" % (year + 1))
+
+        def reconcile():
+            p = self.s.ctl("reconcile", *window, check=False)
+            j = json.loads(self.s.ctl("--json", "reconcile", *window, check=False).stdout)
+            return p, {(d["check"], d["subject"]) for d in j["differences"]}
+
+        p, found = reconcile()
+        self.assertEqual((p.returncode, found), (0, set()), p.stdout)
+        self.assertGreaterEqual(json.loads(self.s.ctl("--json", "reconcile", *window).stdout)["checked"]["usage_rows"], 2)
+
+        def plant(table, trigger, change, undo, want):
+            """Change a row past its trigger, reconcile must name it; then put it back."""
+            for sql in (change, undo):
+                with psycopg2.connect(PG, connect_timeout=10) as c:  # one transaction: the trigger is off only inside
+                    cur = c.cursor()
+                    if trigger:
+                        cur.execute("ALTER TABLE %s DISABLE TRIGGER %s" % (table, trigger))
+                    cur.execute(sql)
+                    if trigger:
+                        cur.execute("ALTER TABLE %s ENABLE TRIGGER %s" % (table, trigger))
+                c.close()
+                if sql is change:
+                    p, got = reconcile()
+                    self.assertEqual(p.returncode, 3, p.stdout + p.stderr)
+                    self.assertTrue(want <= got, (want, got))
+                    for check, subject in want:
+                        self.assertIn("DIFFERENCE %s: %s: expected" % (check, subject), p.stdout)
+            p, got = reconcile()
+            self.assertEqual((p.returncode, got), (0, set()), p.stdout)
+
+        req = "request " + r1
+        plant("usage", "usage_immutable",
+              "UPDATE usage SET cost_pico = cost_pico + 1 WHERE request_id = '%s'" % r1,
+              "UPDATE usage SET cost_pico = cost_pico - 1 WHERE request_id = '%s'" % r1,
+              {("usage_cost", req), ("usage_debit", req)})
+        plant("customers", "customers_balance_guard",
+              "UPDATE customers SET balance_pico = balance_pico + 1 WHERE id = %d" % cid,
+              "UPDATE customers SET balance_pico = balance_pico - 1 WHERE id = %d" % cid,
+              {("balance", "customer " + name)})
+        plant("invoice_lines", "invoice_lines_immutable",
+              "UPDATE invoice_lines SET quantity = quantity + 1, amount_pico = (quantity + 1) * unit_price"
+              " WHERE invoice_id = %d AND line_no = 1" % inv,
+              "UPDATE invoice_lines SET quantity = quantity - 1, amount_pico = (quantity - 1) * unit_price"
+              " WHERE invoice_id = %d AND line_no = 1" % inv,
+              {("invoice_total", "invoice %d (customer %d, %s)" % (inv, cid, month)),
+               ("invoice_lines", "invoice %d line 1" % inv)})
+        plant("invoices", "invoices_immutable",
+              "UPDATE invoices SET opening_pico = opening_pico + 7, closing_pico = closing_pico + 7 WHERE id = %d" % inv,
+              "UPDATE invoices SET opening_pico = opening_pico - 7, closing_pico = closing_pico - 7 WHERE id = %d" % inv,
+              {("invoice_opening", "invoice %d" % inv)})
+        hour = time.strftime("%Y-%m-%dT%H:00:00.000000Z", time.gmtime(t // 10**6))
+        plant("usage_hourly", None,
+              "UPDATE usage_hourly SET requests = requests + 1 WHERE customer_id = %d" % cid,
+              "UPDATE usage_hourly SET requests = requests - 1 WHERE customer_id = %d" % cid,
+              {("rollup", "customer %d hour %s key 0 model %s" % (cid, hour, MODEL))})
+
+    def test_invoices_finalized_automatically(self):
+        """bill_new's timer finalizes last month a configured time after it ended (here 1 s)."""
+        name, cid = self.customer("1")
+        now = time.gmtime()
+        y, m = (now.tm_year, now.tm_mon - 1) if now.tm_mon > 1 else (now.tm_year - 1, 12)
+        month = "%04d-%02d" % (y, m)
+        t = int(time.mktime(time.strptime("%s-10 08:00" % month, "%Y-%m-%d %H:%M")) - time.timezone) * 10**6
+        self.settle_at(cid, t, 100, 0, 10)
+        self.s.drain()
+        spool = tempfile.mkdtemp(prefix="billtest-spool.")
+        os.environ["BILL_INVOICE_AFTER_S"] = "1"
+        try:
+            auto = Server(PG, 18698, spool)
+        finally:
+            del os.environ["BILL_INVOICE_AFTER_S"]
+        try:
+            deadline = time.time() + 150  # the first check runs 1 s after start, then every minute
+            while not q("SELECT 1 FROM invoices WHERE customer_id = %s", cid) and time.time() < deadline:
+                time.sleep(0.2)
+        finally:
+            auto.stop()
+            shutil.rmtree(spool, ignore_errors=True)
+        row = q("SELECT to_char(month, 'YYYY-MM'), finalized_by, usage_pico FROM invoices WHERE customer_id = %s", cid)
+        self.assertEqual(row, [(month, "auto", 100 * PRICE[0] + 10 * PRICE[2])])
+        self.assertEqual(unexpected_stderr(auto.err_lines), [])
+        self.assertIn("auto", [a[0] for a in q("SELECT actor FROM admin_audit WHERE target = %s", "month:" + month)])
 
 
 if __name__ == "__main__":
