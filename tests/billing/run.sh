@@ -22,3 +22,6 @@ export BILL_SERVER=${BILL_SERVER:-build/bill_server}
 export TG_CTL=${TG_CTL:-build/tollgatectl}
 export TG_GATEWAY=${TG_GATEWAY:-build/tollgate}
 /usr/bin/python3 tests/billing/test_gw_kill.py
+# Faults under load (ports 18770-18773): 20 SIGKILLs of the gateway, then PostgreSQL
+# down for 60 s, both under streaming load; exactly once, no hold or lease left.
+/usr/bin/python3 tests/billing/test_faults.py
