@@ -21,7 +21,7 @@ test-engine-server-unit: $(ENG_SRV_UNIT_BINS) tokenizer-data
 	@set -e; for t in $(ENG_SRV_UNIT_BINS); do $$t $(TOK_JSON); done
 
 test-engine-server: test-engine-server-unit $(BIN)/tollgate-engine tokenizer-data
-	TOLLGATE_ENGINE=$(BIN)/tollgate-engine /usr/bin/python3 tests/engine_server/test_server.py
+	TOLLGATE_ENGINE=$(BIN)/tollgate-engine flock -w 1800 /tmp/tollgate-engsrv-run.lock /usr/bin/python3 tests/engine_server/test_server.py
 
 TEST_TARGETS += test-engine-server
 UNIT_TARGETS += test-engine-server-unit test-engine-server-fuzz-replay

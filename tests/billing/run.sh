@@ -5,6 +5,11 @@
 # The fault test starts its own second cluster on port 18690.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+# One run at a time on this machine: the fixed ports 18680-18699 and 18760-18773.
+if [ -z "${TG_BILLTEST_LOCKED:-}" ]; then
+    export TG_BILLTEST_LOCKED=1
+    exec flock -w 1800 /tmp/tollgate-billtest-run.lock "$0" "$@"
+fi
 own=
 if [ -z "${TG_TEST_PG:-}" ]; then
     own=$(mktemp -d /tmp/billtest-pg.XXXXXX)

@@ -257,6 +257,10 @@ class Faults(unittest.TestCase):
         wait_for(lambda: q("select count(*) from credit_leases where customer_id = %s", cid)[0][0] == 0,
                  what + ": the credit leases to be given back")
         self.assertEqual(self.gateway_metric("tollgate_open_holds"), 0, what)
+        # and the operator's own check agrees: usage, ledger, balances, invoices, rollups
+        env = dict(os.environ, TOLLGATE_ADMIN_URL="http://127.0.0.1:%d" % P_ADMIN, TOLLGATE_ADMIN_TOKEN=self.token)
+        rec = subprocess.run([CTL, "reconcile"], capture_output=True, text=True, timeout=120, env=env)
+        self.assertEqual(rec.returncode, 0, what + ": reconcile: " + rec.stdout + rec.stderr)
         return len(rows), spent
 
     def gateway_metric(self, name):
