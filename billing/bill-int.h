@@ -104,6 +104,10 @@ void bill_admin_free(bill_admin_t *a);
 /* GET /admin/v1/reports/{usage,top,balance}, GET /admin/v1/usage/{request_id}:
  * bill_report_route (bill_admin-int.h) answers those paths. */
 extern const char BILL_REPORT_USAGE_SQL[], BILL_REPORT_TOP_SQL[], BILL_REPORT_BALANCE_SQL[];
+/* The invoice document of one customer ($1 name) and month ($2 YYYY-MM) as
+ * $3 'json' or 'csv' text: the finalized one as stored, else the draft
+ * (bill_admin_invoices.c); the dashboards show the same statement's answer. */
+extern const char BILL_INVOICE_SQL[];
 
 /* ---- automatic invoice finalization (bill_invoice.c) -------------------- */
 
@@ -267,6 +271,7 @@ struct bill {
     bill_invoicer_t *invoicer; /* NULL: no automatic finalization */
     char *conninfo;
     char *key_secret;
+    TAILQ_HEAD(bill_dash_q, bill_dash_call) dash_calls; /* dashboard API calls in flight (bill_dash.c) */
 };
 
 #endif

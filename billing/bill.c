@@ -19,6 +19,7 @@
 #include <event2/event.h>
 
 #include "bill-int.h"
+#include "bill_dash-int.h"
 #include "tg_json.h"
 
 #define POOL_SIZE 4
@@ -354,6 +355,7 @@ bill_t *bill_new(struct event_base *base, const bill_opts_t *o, char *err, size_
         goto oom;
     if (!(b->refusals = bill_refusals_new(base, b->pg))) goto oom;
     TAILQ_INIT(&b->ready);
+    TAILQ_INIT(&b->dash_calls);
     b->key_ttl_us = (int64_t)(o->key_cache_ttl_ms > 0 ? o->key_cache_ttl_ms : 60000) * 1000;
     b->fallback_ttl_us = (int64_t)(o->key_cache_fallback_ms > 0 ? o->key_cache_fallback_ms : 1000) * 1000;
     b->neg_ttl_us = (int64_t)(o->key_negative_ttl_ms > 0 ? o->key_negative_ttl_ms : 5000) * 1000;
@@ -385,6 +387,7 @@ void bill_free(bill_t *b) {
     if (!b) return;
     bill_admin_free(b->admin);
     bill_invoicer_free(b->invoicer); /* before the pool: cancels its statement */
+    bill_dash_free_all(b);
     bill_settler_free(b->settler, b->conninfo);
     bill_refusals_free(b->refusals, b->conninfo);
     bill_pg_free(b->pg); /* before keyuse and lease: their statements are never called back */

@@ -13,6 +13,7 @@
 #ifndef BILL_H
 #define BILL_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 struct event_base;
@@ -225,5 +226,46 @@ int bill_settle_cost(const bill_t *b, int i, const char **model, char usd[48]);
  * statement: at least once, not exactly once (billing/README.md).  Other
  * statuses are ignored; b may be NULL. */
 void bill_refusal(bill_t *b, int64_t customer_id, int64_t key_id, const char *model, int http_status);
+
+/* ---- dashboards (bill_dash.c) --------------------------------------------
+ * The JSON API of the browser dashboards (GET/POST /dashboard/api/...): the
+ * gateway hands each request here and sends back what comes out.  Sessions
+ * live in PostgreSQL (migration 0012), so any gateway serves any browser.
+ * Every customer query is bound to the session's customer id, never to an id
+ * from the request.  billing/README.md "Dashboards" lists the endpoints. */
+typedef struct bill_dash_call bill_dash_call_t;
+
+typedef struct {
+    const char *method;       /* "GET", "POST", ... */
+    const char *path;         /* below /dashboard/api/ ("usage", "keys/7/revoke"), no query */
+    const char *query;        /* after '?', percent-encoded; NULL: none */
+    const char *cookie;       /* Cookie header; NULL: none */
+    const char *csrf;         /* X-CSRF-Token header; NULL: none */
+    const char *origin;       /* Origin header; NULL: none */
+    const char *host;         /* Host header; NULL: none */
+    const char *peer;         /* client address (login throttle); NULL: unknown */
+    const char *body;         /* request body; NULL when empty */
+    size_t body_len;
+    const char *workers_json; /* the worker pool as the gateway sees it (JSON), for
+                                 the operator's view; NULL: none */
+} bill_dash_req_t;
+
+typedef struct {
+    int status;
+    const char *content_type;
+    const char *headers;      /* extra header lines, each ending in CRLF (Set-Cookie,
+                                 Content-Disposition, Cache-Control); never NULL */
+    const char *body;
+    size_t body_len;
+} bill_dash_resp_t;
+
+/* resp and its strings are valid only during the call. */
+typedef void (*bill_dash_cb)(const bill_dash_resp_t *resp, void *arg);
+
+/* Answer one dashboard API request (q's strings are copied).  cb is called
+ * exactly once, from the loop and never inside this call, unless the call is
+ * cancelled first.  Returns NULL only when out of memory. */
+bill_dash_call_t *bill_dash(bill_t *b, const bill_dash_req_t *q, bill_dash_cb cb, void *arg);
+void bill_dash_cancel(bill_dash_call_t *c); /* cb will not be called; accepts NULL */
 
 #endif

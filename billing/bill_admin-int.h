@@ -102,6 +102,7 @@ int bill_admin_keys_route(adm_req_t *r, char **seg, int nseg, struct evkeyvalq *
 int bill_admin_prices_route(adm_req_t *r, char **seg, int nseg, struct evkeyvalq *q);
 int bill_admin_invoices_route(adm_req_t *r, char **seg, int nseg, struct evkeyvalq *q);
 int bill_admin_tokens_route(adm_req_t *r, char **seg, int nseg, struct evkeyvalq *q);
+int bill_admin_users_route(adm_req_t *r, char **seg, int nseg, struct evkeyvalq *q); /* dashboard logins */
 /* GET /admin/v1/reports/{usage,top,balance}, GET /admin/v1/usage/{request_id} (bill_report.c) */
 int bill_report_route(adm_req_t *r, char **seg, int nseg, struct evkeyvalq *q);
 

@@ -77,6 +77,7 @@ struct bill_admin {
 static const adm_router_fn routers[] = {
     bill_admin_accounts_route, bill_admin_keys_route,   bill_admin_prices_route,
     bill_admin_invoices_route, bill_admin_tokens_route,  bill_report_route,
+    bill_admin_users_route,
 };
 
 /* ---- replies ------------------------------------------------------------ */
@@ -213,6 +214,8 @@ static void db_error(adm_req_t *r, PGresult *res) {
     if (!msg) msg = "database error";
     if (!strcmp(state, "23505") && cons && !strcmp(cons, "customers_name_key"))
         adm_error(r, 409, "already_exists", "a customer with this name already exists");
+    else if (!strcmp(state, "23505") && cons && !strcmp(cons, "dash_users_login_key"))
+        adm_error(r, 409, "already_exists", "a dashboard login with this name already exists");
     else if (!strcmp(state, "23505") && cons && !strcmp(cons, "admin_tokens_name_key"))
         adm_error(r, 409, "already_exists", "an admin token with this name already exists");
     else if (!strcmp(state, "23505"))

@@ -15,8 +15,9 @@
 
 #include "bill_admin-int.h"
 
-/* $1 customer, $2 month YYYY-MM, $3 'json' or 'csv' */
-static const char SQL_INVOICE[] =
+/* $1 customer, $2 month YYYY-MM, $3 'json' or 'csv': the invoice document (also
+ * what the dashboards show and download: bill_dash_views.c). */
+const char BILL_INVOICE_SQL[] =
     "SELECT CASE WHEN $3 = 'csv' THEN coalesce(i.body_csv, d.body_csv) ELSE coalesce(i.body_json, d.body_json) END"
     " FROM customers c"
     " LEFT JOIN invoices i ON i.customer_id = c.id AND i.month = ($2 || '-01')::date"
@@ -67,7 +68,7 @@ static void invoice_get(adm_req_t *r, const char *cust, struct evkeyvalq *q) {
     } else {
         const char *p[] = {cust, m, csv ? "csv" : "json"};
         if (csv) adm_read_as(r, "text/csv; charset=utf-8");
-        adm_read(r, SQL_INVOICE, 3, p, "no such customer");
+        adm_read(r, BILL_INVOICE_SQL, 3, p, "no such customer");
     }
 }
 

@@ -182,6 +182,7 @@ struct gw_config {
     char *config_file;
     char *listen, *admin_listen, *tls_cert, *tls_key, *postgres, *redis;
     char *admin_token_file, *key_secret_file, *spool_dir, *access_log;
+    char *dashboard_dir;
     int64_t max_body_bytes, max_header_bytes, max_connections;
     int64_t default_rpm, default_tpm, default_concurrency;
     char *tokenizer, *chat_template;
@@ -262,6 +263,7 @@ struct gw_server {
     int tmpl;
     unsigned rr;
     int64_t started;
+    struct gw_dash *dash;      /* the dashboards (gw_dash.c) */
 };
 
 struct gw_conn {
@@ -316,6 +318,7 @@ struct gw_req {
     int client_gone;
     int done;
     const char *error_code;
+    const char *extra_headers; /* header lines ("Name: value\r\n"...) gw_req_head adds; NULL: none */
     /* upstream */
     gw_worker_t *worker;
     const char *worker_url;    /* kept for the log after the worker is released */
@@ -355,6 +358,13 @@ void gw_req_settle_done(gw_req_t *r, int status);
  * GW_ERROR when usage is absent or malformed. */
 int gw_req_usage_from_json(gw_req_t *r, const tg_json_t *usage);
 struct evbuffer *gw_req_out(gw_req_t *r);
+
+/* gw_dash.c: /dashboard/ (static files from dashboard_dir, the JSON API in
+ * billing: bill_dash), and the worker pool's /metrics for the operator. */
+typedef struct gw_dash gw_dash_t;
+gw_dash_t *gw_dash_new(struct event_base *base, const gw_config_t *cfg); /* NULL: out of memory */
+void gw_dash_free(gw_dash_t *d);                                         /* accepts NULL */
+void gw_dash_route(gw_req_t *r); /* a target starting with /dashboard: answers r */
 
 /* gw_proxy.c */
 void gw_proxy_start(gw_req_t *r);

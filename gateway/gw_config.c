@@ -47,6 +47,7 @@ static const gw_opt_t gw_opts[] = {
     {"admin_token_file", S(admin_token_file), "var/admin.token", 0, 0, "file holding the admin bearer token"},
     {"key_secret_file", S(key_secret_file), "var/key.secret", 0, 0, "file holding the API-key hash secret (hex)"},
     {"spool_dir", S(spool_dir), "var/spool", 0, 0, "where settlements wait while PostgreSQL is down"},
+    {"dashboard_dir", S(dashboard_dir), "build/web", 0, 0, "the dashboards' static files (make builds them); empty: none"},
     {"access_log", S(access_log), "var/log/access.log", 0, 0, "JSON-lines access log; empty: none, - : stdout"},
     {"max_body_bytes", I(max_body_bytes), "1048576", 1, INT32_MAX, "largest request body (413 above)"},
     {"max_header_bytes", I(max_header_bytes), "16384", 256, 1 << 24, "largest request head (431 above)"},

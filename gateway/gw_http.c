@@ -422,6 +422,7 @@ const char *gw_http_reason(int s) {
     case 100: return "Continue";
     case 200: return "OK";
     case 204: return "No Content";
+    case 301: return "Moved Permanently";
     case 400: return "Bad Request";
     case 401: return "Unauthorized";
     case 402: return "Payment Required";

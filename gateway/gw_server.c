@@ -79,6 +79,7 @@ void gw_req_head(gw_req_t *r, int status, const char *ctype, int64_t clen) {
     } else {
         r->keep_alive = 0; /* close-delimited */
     }
+    if (r->extra_headers) evbuffer_add(o, r->extra_headers, strlen(r->extra_headers));
     if (r->have_rl) {
         if (r->rl.limit > 0) {
             evbuffer_add_printf(o, "x-ratelimit-limit-requests: %lld\r\nx-ratelimit-remaining-requests: %lld\r\n",
@@ -856,6 +857,8 @@ static void gw_req_route(gw_req_t *r) {
         r->route = GW_ROUTE_METRICS;
         if (strcmp(m, "GET")) gw_req_error(r, 405, "invalid_request_error", "method_not_allowed", NULL, "Use GET");
         else gw_route_metrics(r);
+    } else if (n >= 10 && !strncmp(t, "/dashboard", 10) && (n == 10 || t[10] == '/')) {
+        gw_dash_route(r);
     } else if (n == 7 && !strncmp(t, "/health", n)) {
         r->route = GW_ROUTE_HEALTH;
         static const char ok[] = "{\"status\":\"ok\"}\n";
@@ -1253,6 +1256,7 @@ gw_server_t *gw_server_new(struct event_base *base, const gw_config_t *cfg, char
         goto fail;
     }
     evconnlistener_set_error_cb(s->lis, gw_on_accept_error);
+    if (!(s->dash = gw_dash_new(base, cfg))) goto fail;
     if (!(s->grace = evtimer_new(base, gw_on_grace, s))) goto fail;
     if (!(s->accept_pause = evtimer_new(base, gw_on_accept_resume, s))) goto fail;
     free(token);
@@ -1273,6 +1277,7 @@ void gw_server_free(gw_server_t *s) {
     if (s->lis) evconnlistener_free(s->lis);
     gw_proxy_close_idle((gw_config_t *)s->cfg);
     gw_rl_free(s->rl);
+    gw_dash_free(s->dash);
     bill_free(s->bill); /* flushes settlements */
     if (s->grace) event_free(s->grace);
     if (s->accept_pause) event_free(s->accept_pause);

@@ -4,7 +4,7 @@
 set -euo pipefail
 pkgs=(gcc make pkg-config ca-certificates curl openssl
       libevent-dev libssl-dev libcjson-dev libpq-dev libhiredis-dev libpcre2-dev libopenblas-dev
-      postgresql redis-server python3 python3-psycopg2)
+      postgresql redis-server python3 python3-psycopg2 chromium)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

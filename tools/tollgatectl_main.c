@@ -75,6 +75,9 @@ static const char USAGE[] =
     "  token create NAME [--role admin|readonly]   (an admin token, alone on the last line, shown once)\n"
     "  token list\n"
     "  token revoke NAME\n"
+    "  user create LOGIN (--customer NAME | --operator)   (a dashboard login; its password alone on the last\n"
+    "                                                    line, shown once)\n"
+    "  user list | user revoke LOGIN\n"
     "\n"
     "AMOUNT is USD as a decimal (\"5\", \"5.00\", \"0.000001\"); MICRO is integer micro-USD per\n"
     "1M tokens; T is a timestamp PostgreSQL understands (2026-11-01, 2026-11-01T12:00:00Z);\n"
@@ -809,6 +812,64 @@ static int cmd_token(args_t *a) {
     return 0;
 }
 
+static int cmd_user(args_t *a) {
+    const char *sub = positional(a, "user subcommand (create, list, revoke)");
+    if (!strcmp(sub, "create")) {
+        int op = 0;
+        for (int i = 0; i < a->argc; i++)
+            if (!strcmp(a->argv[i], "--operator")) {
+                op = 1;
+                memmove(a->argv + i, a->argv + i + 1, (size_t)(a->argc - i - 1) * sizeof *a->argv);
+                a->argc--;
+                break;
+            }
+        const char *cust = opt(a, "--customer"), *login = positional(a, "LOGIN");
+        no_more(a);
+        if (!op == !cust) die(2, "user create LOGIN needs --customer NAME or --operator (one of them)");
+        char *jl = jstr(login), *jc = cust ? jstr(cust) : NULL, body[512];
+        if (cust) snprintf(body, sizeof body, "{\"login\":%s,\"customer\":%s}", jl, jc);
+        else snprintf(body, sizeof body, "{\"login\":%s,\"role\":\"operator\"}", jl);
+        free(jl);
+        free(jc);
+        cJSON *j = call("POST", "/admin/v1/dashboard-users", body);
+        if (!json_out) {
+            cJSON *p = cJSON_GetObjectItemCaseSensitive(j, "password");
+            printf("created dashboard login %s (%s%s%s); sign in at https://<gateway>/dashboard/ with the password "
+                   "below, shown only now:\n",
+                   str(j, "login"), str(j, "role"), cust ? " of " : "", cust ? str(j, "customer") : "");
+            printf("%s\n", cJSON_IsString(p) ? p->valuestring : "(not shown again: an idempotent replay)");
+        }
+        cJSON_Delete(j);
+    } else if (!strcmp(sub, "list")) {
+        no_more(a);
+        cJSON *j = call("GET", "/admin/v1/dashboard-users", NULL);
+        if (!json_out) {
+            printf("%-32s %-9s %-24s %-8s %s\n", "LOGIN", "ROLE", "CUSTOMER", "STATE", "CREATED (UTC)");
+            cJSON *t;
+            cJSON_ArrayForEach(t, cJSON_GetObjectItemCaseSensitive(j, "data")) {
+                printf("%-32s %-9s %-24s %-8s %s\n", str(t, "login"), str(t, "role"), str(t, "customer"),
+                       cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(t, "active")) ? "active" : "revoked",
+                       when(t, "created_at"));
+            }
+        }
+        cJSON_Delete(j);
+    } else if (!strcmp(sub, "revoke")) {
+        const char *login = positional(a, "LOGIN");
+        no_more(a);
+        buf_t p = {0};
+        bput(&p, "/admin/v1/dashboard-users/", 26);
+        bput_enc(&p, login);
+        bput(&p, "/revoke", 7);
+        cJSON *j = call("POST", p.p, "{}");
+        free(p.p);
+        if (!json_out) printf("revoked dashboard login %s at %s\n", str(j, "login"), when(j, "revoked_at"));
+        cJSON_Delete(j);
+    } else {
+        die(2, "unknown command 'user %s' (see tollgatectl --help)", sub);
+    }
+    return 0;
+}
+
 static int cmd_balance(args_t *a) {
     const char *cust = need(a, "--customer");
     no_more(a);
@@ -1213,7 +1274,8 @@ int main(int argc, char **argv) {
     parse_url(url && *url ? url : "http://127.0.0.1:8444");
     const char *cmd = positional(&a, "COMMAND");
     static const char *const known[] = {"customer", "key",   "credit", "balance", "usage",
-                                        "invoice",  "price", "report", "token",   "reconcile"};
+                                        "invoice",  "price", "report", "token",   "reconcile",
+                                        "user"};
     int ok = 0;
     for (size_t i = 0; i < sizeof known / sizeof known[0]; i++) ok |= !strcmp(cmd, known[i]);
     if (!ok) die(2, "unknown command '%s' (see tollgatectl --help)", cmd);
@@ -1227,5 +1289,6 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "report")) return cmd_report(&a);
     if (!strcmp(cmd, "token")) return cmd_token(&a);
     if (!strcmp(cmd, "reconcile")) return cmd_reconcile(&a);
+    if (!strcmp(cmd, "user")) return cmd_user(&a);
     return cmd_price(&a);
 }

@@ -1,0 +1,88 @@
+/* bill_admin_users.c — dashboard logins in the admin API: create (the
+ * password shown once: "tgp_" + 32 hex digits, made here), list, revoke.  A
+ * login is a customer's (sees that customer's dashboard) or an operator's
+ * (sees the operator's view).  Stored as HMAC-SHA256(key secret, password),
+ * like API keys: the password has 128 random bits, so a keyed hash is as
+ * strong as a slow one and costs the loop nothing.  Revoking a login ends its
+ * sessions (they are checked against the login on every call). */
+#include <stdio.h>
+#include <string.h>
+
+#include <event2/http.h>
+#include <openssl/crypto.h>
+
+#include "bill_admin-int.h"
+
+#define USERJ                                                                                   \
+    "json_build_object('login', u.login, 'role', u.role, 'customer', c.name, 'created_by', u.created_by," \
+    " 'created_at', u.created_at, 'revoked_at', u.revoked_at, 'active', u.revoked_at IS NULL)"
+
+/* $1 login, $2 role, $3 customer name (NULL for an operator), $4 hash */
+static const char SQL_USER_CREATE[] =
+    "WITH u AS (INSERT INTO dash_users (login, role, customer_id, password_hash, created_by)"
+    "   SELECT $1, $2, c.id, $4, $actor::text FROM (SELECT 1) one"
+    "   LEFT JOIN customers c ON c.name = $3 WHERE $3::text IS NULL OR c.id IS NOT NULL RETURNING *),"
+    ADM_AUDIT("a", "'dashboard_user.create'", "'dashboard_user:' || u.login", "NULL",
+              "to_jsonb(u) - 'password_hash'", "u")
+    ", resp AS (SELECT " USERJ "::text AS body FROM u LEFT JOIN customers c ON c.id = u.customer_id)";
+
+static const char SQL_USER_REVOKE[] =
+    "WITH old AS (SELECT * FROM dash_users WHERE login = $1 FOR UPDATE),"
+    " u AS (UPDATE dash_users SET revoked_at = coalesce(revoked_at, now()) WHERE id = (SELECT id FROM old)"
+    "   RETURNING *),"
+    " s AS (DELETE FROM dash_sessions WHERE user_id = (SELECT id FROM old) RETURNING 1),"
+    ADM_AUDIT("a", "'dashboard_user.revoke'", "'dashboard_user:' || u.login", "to_jsonb(old) - 'password_hash'",
+              "to_jsonb(u) - 'password_hash'", "old, u")
+    ", resp AS (SELECT " USERJ "::text AS body FROM u LEFT JOIN customers c ON c.id = u.customer_id)";
+
+static const char SQL_USER_LIST[] =
+    "SELECT json_build_object('object', 'list', 'data', coalesce(json_agg(" USERJ " ORDER BY u.id), '[]'))::text"
+    " FROM dash_users u LEFT JOIN customers c ON c.id = u.customer_id";
+
+static void user_create(adm_req_t *r) {
+    cJSON *j = adm_body(r);
+    if (!j) return;
+    const char *login, *role, *cust;
+    if (adm_str_field(r, j, "login", 64, 1, &login) == 0 && adm_str_field(r, j, "role", 16, 0, &role) == 0 &&
+        adm_str_field(r, j, "customer", 64, 0, &cust) == 0) {
+        if (!role) role = cust ? "customer" : "operator";
+        char hex[33], pw[40], hash[65];
+        if (!adm_name_ok(login)) {
+            adm_error(r, 400, "invalid_name",
+                      "login must be 1-64 characters of letters, digits and ._@- (starting with a letter or digit)");
+        } else if (strcmp(role, "customer") && strcmp(role, "operator")) {
+            adm_error(r, 400, "invalid_value", "role must be \"customer\" or \"operator\"");
+        } else if (!strcmp(role, "customer") != !!cust) {
+            adm_error(r, 400, "invalid_value", "a customer login names its customer; an operator login names none");
+        } else if (bill_random_hex(hex, 16) != 0) {
+            adm_error(r, 500, NULL, "no random bytes");
+        } else {
+            snprintf(pw, sizeof pw, "tgp_%s", hex);
+            bill_key_hash(r->secret, pw, hash);
+            const char *p[] = {login, role, cust, hash};
+            adm_write(r, SQL_USER_CREATE, 4, p, "no such customer", 201, "password", pw);
+        }
+        OPENSSL_cleanse(hex, sizeof hex);
+        OPENSSL_cleanse(pw, sizeof pw);
+    }
+    cJSON_Delete(j);
+}
+
+int bill_admin_users_route(adm_req_t *r, char **seg, int nseg, struct evkeyvalq *q) {
+    (void)q;
+    if (nseg < 1 || strcmp(seg[0], "dashboard-users") != 0 || nseg > 3) return 0;
+    if (nseg == 1) {
+        if (r->method == EVHTTP_REQ_GET) adm_read(r, SQL_USER_LIST, 0, NULL, NULL);
+        else if (r->method == EVHTTP_REQ_POST) user_create(r);
+        else adm_bad_method(r);
+        return 1;
+    }
+    const char *p[] = {seg[1]};
+    if (!adm_name_ok(seg[1])) return 0;
+    if ((nseg == 3 && !strcmp(seg[2], "revoke") && r->method == EVHTTP_REQ_POST) ||
+        (nseg == 2 && r->method == EVHTTP_REQ_DELETE))
+        adm_write(r, SQL_USER_REVOKE, 1, p, "no such dashboard login", 200, NULL, NULL);
+    else if (nseg == 3 && strcmp(seg[2], "revoke")) return 0;
+    else adm_bad_method(r);
+    return 1;
+}

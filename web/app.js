@@ -1,0 +1,480 @@
+// tollgate dashboards: one page, views by URL hash, data from /dashboard/api/.
+// Money comes from the server as exact decimal strings (pico-USD and USD
+// rounded to 6 decimals); the page shows those strings and adds pico amounts
+// with BigInt, never with floating point.  Charts plot numbers for drawing
+// only; each chart keeps the exact strings it was drawn from (dataset.exact)
+// so its totals can be checked against the database.
+'use strict';
+
+const API = '/dashboard/api/';
+let session = null;
+const charts = {};
+window.tgCharts = charts;
+
+// ---- small helpers --------------------------------------------------------
+
+function el(tag, attrs, ...kids) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === null || v === undefined || v === false) continue;
+    if (k === 'class') e.className = v;
+    else if (k.startsWith('on')) e.addEventListener(k.slice(2), v);
+    else e.setAttribute(k, v === true ? '' : v);
+  }
+  for (const k of kids.flat()) {
+    if (k === null || k === undefined) continue;
+    e.append(k instanceof Node ? k : document.createTextNode(String(k)));
+  }
+  return e;
+}
+
+function table(cols, rows, id) {
+  return el('table', { id },
+    el('thead', {}, el('tr', {}, cols.map(c => el('th', { class: c.num ? 'num' : null }, c.t)))),
+    el('tbody', {}, rows.map(r => el('tr', {}, cols.map(c => {
+      const v = c.f(r);
+      return el('td', { class: c.num ? 'num' : null, 'data-col': c.k || null }, v === null || v === undefined ? '' : v);
+    })))));
+}
+
+function card(label, value, sub, id) {
+  return el('div', { class: 'card', id }, el('div', { class: 'label' }, label),
+    el('div', { class: 'value' }, value), sub ? el('div', { class: 'sub' }, sub) : null);
+}
+
+const usd = s => (s === null || s === undefined) ? '—' : '$' + s;
+const ts = s => s ? new Date(s).toISOString().replace('T', ' ').slice(0, 19) : '';
+const sumPico = xs => xs.reduce((a, x) => a + BigInt(x || '0'), 0n);
+// pico-USD (decimal string or BigInt) as USD rounded half away from zero to 6
+// decimals, like the server's tg_usd.
+function picoUsd(p) {
+  let v = BigInt(p), neg = v < 0n;
+  if (neg) v = -v;
+  let micro = (v + 500000n) / 1000000n;
+  const s = (micro / 1000000n).toString() + '.' + (micro % 1000000n).toString().padStart(6, '0');
+  return (neg && micro > 0n ? '-' : '') + s;
+}
+
+async function api(path, opts) {
+  opts = opts || {};
+  const headers = { 'Accept': 'application/json' };
+  if (opts.body !== undefined) headers['Content-Type'] = 'application/json';
+  if (opts.method && opts.method !== 'GET' && session) headers['X-CSRF-Token'] = session.csrf;
+  const r = await fetch(API + path, {
+    method: opts.method || 'GET', headers, credentials: 'same-origin',
+    body: opts.body === undefined ? undefined : JSON.stringify(opts.body),
+  });
+  const text = await r.text();
+  let j = null;
+  try { j = JSON.parse(text); } catch (e) { j = null; }
+  if (r.status === 401 && path !== 'login') { session = null; showLogin(); }
+  if (!r.ok) throw new Error((j && j.error && j.error.message) || ('HTTP ' + r.status));
+  return j;
+}
+
+function qs(o) {
+  const p = new URLSearchParams();
+  for (const [k, v] of Object.entries(o)) if (v !== '' && v !== null && v !== undefined) p.set(k, v);
+  const s = p.toString();
+  return s ? '?' + s : '';
+}
+
+function destroyCharts() {
+  for (const k of Object.keys(charts)) { charts[k].destroy(); delete charts[k]; }
+}
+
+function chart(id, type, labels, datasets, opts) {
+  const canvas = el('canvas', { id });
+  const box = el('div', { class: 'chart' }, canvas);
+  setTimeout(() => {
+    charts[id] = new Chart(canvas, {
+      type, data: { labels, datasets },
+      options: Object.assign({
+        responsive: true, maintainAspectRatio: false, animation: false,
+        plugins: { title: { display: !!(opts && opts.title), text: opts && opts.title } },
+        scales: { x: { stacked: !!(opts && opts.stacked) }, y: { stacked: !!(opts && opts.stacked), beginAtZero: true } },
+      }, (opts && opts.extra) || {}),
+    });
+  }, 0);
+  return box;
+}
+
+let pollTimer = null;
+function setView(...nodes) {
+  destroyCharts();
+  if (pollTimer) { clearInterval(pollTimer); pollTimer = null; }
+  const v = document.getElementById('view');
+  v.replaceChildren(...nodes);
+}
+
+// ---- sign in / out --------------------------------------------------------
+
+function showLogin() {
+  destroyCharts();
+  document.getElementById('view').replaceChildren();
+  document.getElementById('nav').replaceChildren();
+  document.getElementById('who').textContent = '';
+  document.getElementById('logout').hidden = true;
+  document.getElementById('login').hidden = false;
+}
+
+async function signIn(body) {
+  const err = document.getElementById('login-error');
+  err.textContent = '';
+  try {
+    session = await api('login', { method: 'POST', body });
+    document.getElementById('login').hidden = true;
+    document.getElementById('api-key').value = '';
+    document.getElementById('login-password').value = '';
+    location.hash = session.role === 'operator' ? '#/operator' : '#/overview';
+    start();
+  } catch (e) {
+    err.textContent = e.message;
+  }
+}
+
+function setupLogin() {
+  const tk = document.getElementById('tab-key'), tu = document.getElementById('tab-user');
+  const fk = document.getElementById('login-key'), fu = document.getElementById('login-user');
+  tk.addEventListener('click', () => { fk.hidden = false; fu.hidden = true; tk.classList.add('active'); tu.classList.remove('active'); });
+  tu.addEventListener('click', () => { fk.hidden = true; fu.hidden = false; tu.classList.add('active'); tk.classList.remove('active'); });
+  fk.addEventListener('submit', ev => { ev.preventDefault(); signIn({ api_key: document.getElementById('api-key').value.trim() }); });
+  fu.addEventListener('submit', ev => {
+    ev.preventDefault();
+    signIn({ login: document.getElementById('login-name').value.trim(), password: document.getElementById('login-password').value.trim() });
+  });
+  document.getElementById('logout').addEventListener('click', async () => {
+    try { await api('logout', { method: 'POST', body: {} }); } catch (e) { /* signed out anyway */ }
+    session = null;
+    location.hash = '';
+    showLogin();
+  });
+}
+
+const CUSTOMER_VIEWS = [['overview', 'Overview'], ['usage', 'Usage'], ['keys', 'Keys'], ['invoices', 'Invoices'], ['requests', 'Requests']];
+const OPERATOR_VIEWS = [['operator', 'Revenue'], ['workers', 'Workers']];
+
+function start() {
+  const views = session.role === 'operator' ? OPERATOR_VIEWS : CUSTOMER_VIEWS;
+  document.getElementById('nav').replaceChildren(...views.map(([k, t]) => el('a', { href: '#/' + k, id: 'nav-' + k }, t)));
+  document.getElementById('who').textContent = session.role === 'operator'
+    ? 'operator ' + session.login : session.customer + ' (' + session.login + ')';
+  document.getElementById('logout').hidden = false;
+  route();
+}
+
+async function route() {
+  if (!session) return;
+  const views = session.role === 'operator' ? OPERATOR_VIEWS : CUSTOMER_VIEWS;
+  let [name, arg] = location.hash.replace(/^#\//, '').split('/');
+  if (!views.some(([k]) => k === name)) name = views[0][0];
+  for (const a of document.querySelectorAll('nav a')) a.classList.toggle('active', a.id === 'nav-' + name);
+  const fn = { overview, usage, keys, invoices, requests, operator, workers }[name];
+  try {
+    await fn(arg);
+    document.body.dataset.view = name;
+  } catch (e) {
+    setView(el('p', { class: 'error' }, e.message));
+  }
+}
+
+// ---- customer views -------------------------------------------------------
+
+async function overview() {
+  const o = await api('overview');
+  setView(
+    el('h1', {}, 'Overview'),
+    el('div', { class: 'cards' },
+      card('Balance', usd(o.balance_usd), o.balance_pico + ' pico-USD', 'balance'),
+      card('Spend in ' + o.month, usd(o.month_cost_usd), o.month_requests + ' requests', 'month-spend'),
+      card('Spend today (UTC)', usd(o.today_cost_usd), null, 'today-spend'),
+      card('Monthly limit', o.monthly_limit_usd ? usd(o.monthly_limit_usd) : 'none',
+        o.monthly_limit_usd ? 'headroom ' + usd(o.monthly_headroom_usd) : null, 'monthly-limit'),
+      card('Daily limit', o.daily_limit_usd ? usd(o.daily_limit_usd) : 'none',
+        o.daily_limit_usd ? 'headroom ' + usd(o.daily_headroom_usd) : null, 'daily-limit')),
+    el('h2', {}, 'Credit history'),
+    o.credits.length ? table([
+      { t: 'When (UTC)', f: r => ts(r.created_at) },
+      { t: 'Kind', f: r => r.kind },
+      { t: 'Amount (USD)', num: 1, f: r => r.amount_usd, k: 'amount' },
+      { t: 'Note', f: r => r.note },
+    ], o.credits, 'credits') : el('p', { class: 'muted' }, 'No credits yet.'));
+}
+
+const usageState = { by: 'day', key: '', model: '', from: '', to: '' };
+
+// Every period from `from` to `to` (so the charts show gaps as zero).
+function periods(from, to, by, data) {
+  const step = by === 'hour' ? 3600e3 : 86400e3;
+  let t0 = Date.parse(from), t1 = Date.parse(to);
+  if (!isFinite(t1)) t1 = Date.now();
+  if (!isFinite(t0)) t0 = data.length ? Date.parse(data[0].period) : t1 - 29 * step;
+  t0 = Math.floor(t0 / step) * step;
+  const out = [];
+  for (let t = t0; t < t1 && out.length < 2000; t += step) out.push(t);
+  for (const d of data) { const t = Date.parse(d.period); if (!out.includes(t)) out.push(t); }
+  return out.sort((a, b) => a - b);
+}
+
+async function usage() {
+  const u = await api('usage' + qs(usageState));
+  const ps = periods(u.from, u.to, u.by, u.data);
+  const byT = new Map(u.data.map(d => [Date.parse(d.period), d]));
+  const rows = ps.map(t => byT.get(t) || null);
+  const labels = ps.map(t => u.by === 'hour' ? new Date(t).toISOString().slice(5, 13).replace('T', ' ') + 'h'
+    : new Date(t).toISOString().slice(0, 10));
+  const col = k => rows.map(r => r ? Number(r[k]) : 0);
+  const exact = k => rows.map(r => r ? String(r[k]) : '0');
+  const ds = (label, k, color, extra) => Object.assign({ label, data: col(k), exact: exact(k), backgroundColor: color, borderColor: color }, extra || {});
+  const ratio = rows.map(r => {
+    if (!r) return null;
+    const hit = Number(r.prompt_cache_hit_tokens), miss = Number(r.prompt_cache_miss_tokens);
+    return hit + miss ? Math.round(1e4 * hit / (hit + miss)) / 100 : null;
+  });
+  const errors = rows.map(r => r ? r.failed_5xx + r.refused_5xx : 0);
+  const ok = rows.map(r => r ? r.requests - r.failed_5xx : 0);
+  const t = u.totals;
+  const hitTot = BigInt(t.prompt_cache_hit_tokens), missTot = BigInt(t.prompt_cache_miss_tokens);
+  const sel = (id, opts, value, onchange) => el('select', { id, onchange }, opts.map(([v, l]) => el('option', { value: v, selected: v === value }, l)));
+  const change = k => ev => { usageState[k] = ev.target.value; usage(); };
+  setView(
+    el('h1', {}, 'Usage and cost'),
+    el('div', { class: 'controls' },
+      el('label', {}, 'By', sel('usage-by', [['day', 'day'], ['hour', 'hour']], usageState.by, change('by'))),
+      el('label', {}, 'Key', sel('usage-key', [['', 'all keys'], ...u.keys.map(k => [String(k.id), k.prefix + (k.name ? ' ' + k.name : '')])], usageState.key, change('key'))),
+      el('label', {}, 'Model', sel('usage-model', [['', 'all models'], ...u.models.map(m => [m, m])], usageState.model, change('model'))),
+      el('label', {}, 'From', el('input', { id: 'usage-from', type: 'date', value: usageState.from, onchange: change('from') })),
+      el('label', {}, 'To', el('input', { id: 'usage-to', type: 'date', value: usageState.to, onchange: change('to') }))),
+    el('div', { class: 'cards' },
+      card('Cost', usd(t.cost_usd), t.cost_pico + ' pico-USD', 'usage-cost'),
+      card('Requests', String(t.requests), null, 'usage-requests'),
+      card('Cache-hit ratio', hitTot + missTot > 0n ? (Number(hitTot * 10000n / (hitTot + missTot)) / 100).toFixed(2) + ' %' : '—', 'of prompt tokens', 'usage-ratio'),
+      card('Refused', (t.refused_402 + t.refused_429) + '', '402: ' + t.refused_402 + ', 429: ' + t.refused_429, 'usage-refused'),
+      card('Errors', String(t.failed_5xx + t.refused_5xx), null, 'usage-errors')),
+    el('div', { class: 'charts' },
+      chart('chart-tokens', 'bar', labels, [
+        ds('cache hit', 'prompt_cache_hit_tokens', '#7aa2f7'),
+        ds('cache miss', 'prompt_cache_miss_tokens', '#2f5bd3'),
+        ds('output', 'completion_tokens', '#f59e0b'),
+      ], { stacked: true, title: 'Tokens by class' }),
+      chart('chart-cost', 'bar', labels, [
+        { label: 'cost (USD)', data: rows.map(r => r ? Number(BigInt(r.cost_pico)) / 1e12 : 0), exact: exact('cost_pico'), backgroundColor: '#16a34a' },
+      ], { title: 'Cost (USD)' }),
+      chart('chart-ratio', 'line', labels, [
+        { label: 'cache-hit ratio %', data: ratio, borderColor: '#7c3aed', backgroundColor: '#7c3aed', spanGaps: true },
+      ], { title: 'Cache-hit ratio (%)', extra: { scales: { y: { min: 0, max: 100 } } } }),
+      chart('chart-requests', 'bar', labels, [
+        { label: 'answered', data: ok, backgroundColor: '#2f5bd3' },
+        ds('402 refused', 'refused_402', '#f59e0b'),
+        ds('429 refused', 'refused_429', '#ea580c'),
+        { label: 'errors (5xx)', data: errors, backgroundColor: '#c0362c' },
+      ], { stacked: true, title: 'Requests, refusals and errors' })),
+    el('h2', {}, 'Totals'),
+    table([
+      { t: 'Cache-hit tokens', num: 1, f: x => x.prompt_cache_hit_tokens, k: 'hit' },
+      { t: 'Cache-miss tokens', num: 1, f: x => x.prompt_cache_miss_tokens, k: 'miss' },
+      { t: 'Output tokens', num: 1, f: x => x.completion_tokens, k: 'output' },
+      { t: 'Reasoning tokens', num: 1, f: x => x.reasoning_tokens, k: 'reasoning' },
+      { t: 'Requests', num: 1, f: x => x.requests, k: 'requests' },
+      { t: 'Cost (pico-USD)', num: 1, f: x => x.cost_pico, k: 'cost_pico' },
+      { t: 'Cost (USD)', num: 1, f: x => x.cost_usd, k: 'cost_usd' },
+    ], [t], 'usage-totals'));
+}
+
+async function keys() {
+  const k = await api('keys');
+  const created = el('div', { id: 'key-created' });
+  const form = el('form', { class: 'controls', id: 'key-form' },
+    el('label', {}, 'Name', el('input', { id: 'key-name', maxlength: 200 })),
+    el('label', {}, 'Daily limit (USD)', el('input', { id: 'key-daily', placeholder: 'none', inputmode: 'decimal' })),
+    el('label', {}, 'Monthly limit (USD)', el('input', { id: 'key-monthly', placeholder: 'none', inputmode: 'decimal' })),
+    el('button', { type: 'submit', id: 'key-create' }, 'Create key'));
+  form.addEventListener('submit', async ev => {
+    ev.preventDefault();
+    try {
+      const r = await api('keys', { method: 'POST', body: {
+        name: document.getElementById('key-name').value,
+        daily_limit_usd: document.getElementById('key-daily').value.trim() || null,
+        monthly_limit_usd: document.getElementById('key-monthly').value.trim() || null } });
+      await keys();
+      document.getElementById('key-created').replaceChildren(el('div', { class: 'notice' },
+        'New key ' + r.prefix + ' (shown only now): ', el('code', { id: 'new-key' }, r.key)));
+    } catch (e) {
+      created.replaceChildren(el('p', { class: 'error' }, e.message));
+    }
+  });
+  const revoke = key => async () => {
+    if (!confirm('Revoke ' + key.prefix + '? Requests with it are refused from now on.')) return;
+    try { await api('keys/' + key.id + '/revoke', { method: 'POST', body: {} }); await keys(); }
+    catch (e) { created.replaceChildren(el('p', { class: 'error' }, e.message)); }
+  };
+  const limit = (l, h) => l === null ? 'none' : usd(l) + ' (left ' + usd(h) + ')';
+  setView(
+    el('h1', {}, 'API keys'),
+    form, created,
+    table([
+      { t: 'Prefix', f: r => el('code', {}, r.prefix), k: 'prefix' },
+      { t: 'Name', f: r => r.name },
+      { t: 'State', f: r => el('span', { class: 'state-' + r.state }, r.state), k: 'state' },
+      { t: 'RPM / TPM / conc.', f: r => [r.rpm || '∞', r.tpm || '∞', r.concurrency || '∞'].join(' / ') },
+      { t: 'Daily limit', f: r => limit(r.daily_limit_usd, r.daily_headroom_usd) },
+      { t: 'Monthly limit', f: r => limit(r.monthly_limit_usd, r.monthly_headroom_usd) },
+      { t: 'Spent this month', num: 1, f: r => usd(r.month_cost_usd) },
+      { t: 'Last used (UTC)', f: r => ts(r.last_used_at) },
+      { t: '', f: r => r.state === 'revoked' ? '' : el('button', { class: 'danger', 'data-key': r.prefix, onclick: revoke(r) }, 'Revoke') },
+    ], k.data, 'keys-table'));
+}
+
+async function invoices(month) {
+  const list = await api('invoices');
+  const nodes = [el('h1', {}, 'Invoices'),
+    table([
+      { t: 'Month', f: r => el('a', { href: '#/invoices/' + r.month }, r.month), k: 'month' },
+      { t: 'Requests', num: 1, f: r => r.requests },
+      { t: 'Total (USD)', num: 1, f: r => r.total_usd, k: 'total' },
+      { t: '', f: r => r.open ? 'open (draft)' : '' },
+    ], list.data, 'invoices-table')];
+  if (month) {
+    const inv = await api('invoices/' + encodeURIComponent(month));
+    nodes.push(el('h2', {}, 'Invoice ' + inv.month + ' — ' + inv.customer),
+      el('div', { class: 'controls' },
+        el('a', { href: API + 'invoices/' + inv.month + '/csv', id: 'invoice-csv', download: 'invoice-' + inv.month + '.csv' }, 'Download CSV'),
+        el('a', { href: API + 'invoices/' + inv.month, id: 'invoice-json', download: 'invoice-' + inv.month + '.json' }, 'Download JSON')),
+      table([
+        { t: 'Model', f: r => r.model },
+        { t: 'Token class', f: r => r.token_class },
+        { t: 'Unit price (µUSD / 1M)', num: 1, f: r => r.unit_price_micro_usd_per_1m },
+        { t: 'Tokens', num: 1, f: r => r.tokens },
+        { t: 'Amount (USD)', num: 1, f: r => r.amount_usd },
+      ], inv.lines, 'invoice-lines'),
+      el('div', { class: 'cards' },
+        card('Total', usd(inv.total_usd), inv.total_pico + ' pico-USD', 'invoice-total'),
+        card('Requests', String(inv.requests), null),
+        card('Credits in the month', usd(picoUsd(inv.credits_pico)), null),
+        card('Balance now', usd(inv.balance_usd), null)));
+  }
+  setView(...nodes);
+}
+
+const reqState = { from: '', to: '', key: '', model: '', status: '' };
+async function requests(arg, before, pages) {
+  pages = pages || [];
+  const r = await api('requests' + qs(Object.assign({}, reqState, { before: before || '', limit: 25 })));
+  const f = (k, attrs) => el('input', Object.assign({ id: 'req-' + k, value: reqState[k], onchange: ev => { reqState[k] = ev.target.value; requests(); } }, attrs));
+  setView(
+    el('h1', {}, 'Request log'),
+    el('div', { class: 'controls' },
+      el('label', {}, 'From', f('from', { type: 'date' })), el('label', {}, 'To', f('to', { type: 'date' })),
+      el('label', {}, 'Key id', f('key', { size: 6 })), el('label', {}, 'Model', f('model', { size: 16 })),
+      el('label', {}, 'Status', f('status', { size: 4, placeholder: '200' }))),
+    table([
+      { t: 'When (UTC)', f: x => ts(x.received_at) },
+      { t: 'Request id', f: x => el('code', {}, x.request_id), k: 'id' },
+      { t: 'Key', f: x => x.key_prefix },
+      { t: 'Model', f: x => x.model },
+      { t: 'Status', num: 1, f: x => x.http_status },
+      { t: 'Hit', num: 1, f: x => x.prompt_cache_hit_tokens },
+      { t: 'Miss', num: 1, f: x => x.prompt_cache_miss_tokens },
+      { t: 'Output', num: 1, f: x => x.completion_tokens },
+      { t: 'Cost (USD)', num: 1, f: x => x.cost_usd, k: 'cost' },
+      { t: 'ms', num: 1, f: x => x.duration_ms },
+    ], r.data, 'requests-table'),
+    el('div', { class: 'controls' },
+      pages.length ? el('button', { class: 'secondary', id: 'req-prev', onclick: () => requests(null, pages[pages.length - 1] || '', pages.slice(0, -1)) }, 'Previous') : null,
+      r.has_more ? el('button', { class: 'secondary', id: 'req-next', onclick: () => requests(null, r.next, pages.concat([before || ''])) }, 'Next page') : null));
+}
+
+// ---- operator views -------------------------------------------------------
+
+async function operator() {
+  const o = await api('admin/overview');
+  const labels = o.by_day.map(d => d.period.slice(0, 10));
+  setView(
+    el('h1', {}, 'Revenue'),
+    el('div', { class: 'cards' },
+      card('Revenue (all time)', usd(o.top.total_cost_usd), o.top.total_cost_pico + ' pico-USD', 'op-revenue'),
+      card('Paying customers', String(o.top.customers), null, 'op-customers')),
+    el('div', { class: 'charts' },
+      chart('chart-revenue', 'bar', labels, [
+        { label: 'revenue (USD)', data: o.by_day.map(d => Number(BigInt(d.cost_pico)) / 1e12), exact: o.by_day.map(d => d.cost_pico), backgroundColor: '#16a34a' }],
+        { title: 'Revenue per day (USD)' }),
+      chart('chart-model-tokens', 'bar', o.by_model.map(m => m.model), [
+        { label: 'cache hit', data: o.by_model.map(m => Number(m.prompt_cache_hit_tokens)), backgroundColor: '#7aa2f7' },
+        { label: 'cache miss', data: o.by_model.map(m => Number(m.prompt_cache_miss_tokens)), backgroundColor: '#2f5bd3' },
+        { label: 'output', data: o.by_model.map(m => Number(m.completion_tokens)), backgroundColor: '#f59e0b' }],
+        { stacked: true, title: 'Tokens by model' })),
+    el('h2', {}, 'By model'),
+    table([
+      { t: 'Model', f: r => r.model, k: 'model' },
+      { t: 'Requests', num: 1, f: r => r.requests },
+      { t: 'Hit', num: 1, f: r => r.prompt_cache_hit_tokens }, { t: 'Miss', num: 1, f: r => r.prompt_cache_miss_tokens },
+      { t: 'Output', num: 1, f: r => r.completion_tokens },
+      { t: 'Revenue (USD)', num: 1, f: r => r.cost_usd, k: 'cost_usd' },
+      { t: 'pico-USD', num: 1, f: r => r.cost_pico, k: 'cost_pico' },
+    ], o.by_model, 'op-by-model'),
+    el('h2', {}, 'Top spenders'),
+    table([
+      { t: '#', num: 1, f: r => r.rank }, { t: 'Customer', f: r => r.customer, k: 'customer' },
+      { t: 'Requests', num: 1, f: r => r.requests },
+      { t: 'Tokens in', num: 1, f: r => (BigInt(r.prompt_cache_hit_tokens) + BigInt(r.prompt_cache_miss_tokens)).toString() },
+      { t: 'Tokens out', num: 1, f: r => r.completion_tokens },
+      { t: 'Revenue (USD)', num: 1, f: r => r.cost_usd, k: 'cost_usd' },
+      { t: 'pico-USD', num: 1, f: r => r.cost_pico, k: 'cost_pico' },
+    ], o.top.data, 'op-top'),
+    el('h2', {}, 'Nearest to zero balance'),
+    table([
+      { t: 'Customer', f: r => r.customer, k: 'customer' },
+      { t: 'Balance (USD)', num: 1, f: r => r.balance_usd, k: 'balance' },
+    ], o.near_zero, 'op-near-zero'),
+    el('h2', {}, 'Near a spending limit (80 % or more)'),
+    o.near_limit.length ? table([
+      { t: 'Kind', f: r => r.kind }, { t: 'Customer', f: r => r.customer, k: 'customer' }, { t: 'Key', f: r => r.prefix },
+      { t: 'Used', num: 1, f: r => r.used_percent + ' %', k: 'used' },
+      { t: 'Today / daily limit', f: r => usd(r.today_cost_usd) + ' / ' + (r.daily_limit_usd ? usd(r.daily_limit_usd) : 'none') },
+      { t: 'Month / monthly limit', f: r => usd(r.month_cost_usd) + ' / ' + (r.monthly_limit_usd ? usd(r.monthly_limit_usd) : 'none') },
+    ], o.near_limit, 'op-near-limit') : el('p', { class: 'muted', id: 'op-near-limit' }, 'Nobody is near a limit.'));
+}
+
+async function workers() {
+  const draw = async () => {
+    const w = await api('admin/workers');
+    const m = (x, k) => x.metrics && x.metrics[k] !== undefined ? String(x.metrics[k]) : '—';
+    const mib = (x, k) => x.metrics && x.metrics[k] !== undefined ? (x.metrics[k] / 1048576).toFixed(1) + ' MiB' : '—';
+    const prefix = x => {
+      const k = Object.keys(x.metrics || {}).filter(n => n.includes('prefix'));
+      return k.length ? k.map(n => n.replace('tollgate_engine_', '') + ' ' + x.metrics[n]).join(', ') : '—';
+    };
+    const t = table([
+      { t: 'Worker', f: x => x.url, k: 'url' },
+      { t: 'Models', f: x => x.models.join(', ') },
+      { t: 'State', f: x => el('span', { class: 'state-' + x.state }, x.state), k: 'state' },
+      { t: 'Running seqs', num: 1, f: x => m(x, 'tollgate_engine_active_sequences') },
+      { t: 'Queue', num: 1, f: x => m(x, 'tollgate_engine_queue_depth'), k: 'queue' },
+      { t: 'In flight (gateway)', num: 1, f: x => x.outstanding },
+      { t: 'Tokens/s', num: 1, f: x => x.tokens_per_s.toFixed(1), k: 'tps' },
+      { t: 'KV cache', num: 1, f: x => m(x, 'tollgate_engine_kv_cache_tokens') + ' tok, ' + mib(x, 'tollgate_engine_kv_cache_bytes') },
+      { t: 'Prefix cache', f: x => prefix(x) },
+      { t: 'Generated (total)', num: 1, f: x => m(x, 'tollgate_engine_completion_tokens_total') },
+      { t: 'Failures', num: 1, f: x => x.failures },
+    ], w.data, 'workers-table');
+    const box = document.getElementById('workers-box');
+    if (box) box.replaceChildren(t, el('p', { class: 'muted' }, 'Read from each worker\'s /metrics every ' + (w.poll_ms / 1000) + ' s while this page is open.'));
+  };
+  setView(el('h1', {}, 'Worker pool'), el('div', { id: 'workers-box' }));
+  await draw();
+  pollTimer = setInterval(() => { draw().catch(() => {}); }, 2000);
+}
+
+// ---- boot -------------------------------------------------------------------
+
+window.addEventListener('hashchange', route);
+window.addEventListener('DOMContentLoaded', async () => {
+  setupLogin();
+  try {
+    session = await api('session');
+    document.getElementById('login').hidden = true;
+    start();
+  } catch (e) {
+    showLogin();
+  }
+});
