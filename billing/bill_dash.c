@@ -296,9 +296,18 @@ static void login_done(dash_call_t *c, PGresult *res) {
 
 static void route(dash_call_t *c);
 
+/* GET session without a session: not an error, the page's first question. */
+static int is_session_probe(const dash_call_t *c) { return c->is_get && c->nseg == 1 && !strcmp(c->seg[0], "session"); }
+
+static void not_signed_in(dash_call_t *c) {
+    static const char no[] = "{\"signed_in\":false}";
+    dash_reply(c, 200, NULL, no, sizeof no - 1);
+}
+
 static void session_done(dash_call_t *c, PGresult *res) {
     if (PQntuples(res) == 0) {
         set_cookie(c, "", 0);
+        if (is_session_probe(c)) return not_signed_in(c);
         dash_error(c, 401, "not_signed_in", "not signed in, or the session ended");
         return;
     }
@@ -381,6 +390,7 @@ static void route(dash_call_t *c) {
         }
         cJSON *o = cJSON_CreateObject();
         dash_who_t *w = &c->who;
+        cJSON_AddBoolToObject(o, "signed_in", 1);
         cJSON_AddStringToObject(o, "role", w->role);
         if (w->customer[0]) {
             cJSON_AddStringToObject(o, "customer", w->customer);
@@ -494,6 +504,10 @@ bill_dash_call_t *bill_dash(bill_t *b, const bill_dash_req_t *q, bill_dash_cb cb
     }
     cookie_token(c->cookie, c->token);
     if (!c->token[0]) {
+        if (is_session_probe(c)) {
+            not_signed_in(c);
+            return c;
+        }
         dash_error(c, 401, "not_signed_in", "not signed in");
         return c;
     }

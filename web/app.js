@@ -83,10 +83,12 @@ function destroyCharts() {
   for (const k of Object.keys(charts)) { charts[k].destroy(); delete charts[k]; }
 }
 
+// A chart drawn once its canvas is in the page (setView draws the pending ones).
+let pendingCharts = [];
 function chart(id, type, labels, datasets, opts) {
   const canvas = el('canvas', { id });
   const box = el('div', { class: 'chart' }, canvas);
-  setTimeout(() => {
+  pendingCharts.push(() => {
     charts[id] = new Chart(canvas, {
       type, data: { labels, datasets },
       options: Object.assign({
@@ -95,16 +97,24 @@ function chart(id, type, labels, datasets, opts) {
         scales: { x: { stacked: !!(opts && opts.stacked) }, y: { stacked: !!(opts && opts.stacked), beginAtZero: true } },
       }, (opts && opts.extra) || {}),
     });
-  }, 0);
+  });
   return box;
 }
 
 let pollTimer = null;
-function setView(...nodes) {
+// Each view takes a ticket before it fetches (begin) and shows itself only
+// if no later view began meanwhile, so a slow answer never replaces a newer view.
+let renderSeq = 0;
+const begin = () => ++renderSeq;
+function setView(tok, ...nodes) {
+  if (tok !== renderSeq) { pendingCharts = []; return; }
   destroyCharts();
   if (pollTimer) { clearInterval(pollTimer); pollTimer = null; }
   const v = document.getElementById('view');
   v.replaceChildren(...nodes);
+  const draw = pendingCharts;
+  pendingCharts = [];
+  for (const f of draw) f();
 }
 
 // ---- sign in / out --------------------------------------------------------
@@ -126,7 +136,8 @@ async function signIn(body) {
     document.getElementById('login').hidden = true;
     document.getElementById('api-key').value = '';
     document.getElementById('login-password').value = '';
-    location.hash = session.role === 'operator' ? '#/operator' : '#/overview';
+    const want = session.role === 'operator' ? '#/operator' : '#/overview';
+    if (location.hash !== want) location.hash = want; // hashchange routes
     start();
   } catch (e) {
     err.textContent = e.message;
@@ -163,8 +174,10 @@ function start() {
   route();
 }
 
+let routeGen = 0;
 async function route() {
   if (!session) return;
+  const gen = ++routeGen;
   const views = session.role === 'operator' ? OPERATOR_VIEWS : CUSTOMER_VIEWS;
   let [name, arg] = location.hash.replace(/^#\//, '').split('/');
   if (!views.some(([k]) => k === name)) name = views[0][0];
@@ -172,17 +185,18 @@ async function route() {
   const fn = { overview, usage, keys, invoices, requests, operator, workers }[name];
   try {
     await fn(arg);
-    document.body.dataset.view = name;
+    if (gen === routeGen) document.body.dataset.view = name;
   } catch (e) {
-    setView(el('p', { class: 'error' }, e.message));
+    if (gen === routeGen) setView(begin(), el('p', { class: 'error' }, e.message));
   }
 }
 
 // ---- customer views -------------------------------------------------------
 
 async function overview() {
+  const tok = begin();
   const o = await api('overview');
-  setView(
+  setView(tok,
     el('h1', {}, 'Overview'),
     el('div', { class: 'cards' },
       card('Balance', usd(o.balance_usd), o.balance_pico + ' pico-USD', 'balance'),
@@ -217,6 +231,7 @@ function periods(from, to, by, data) {
 }
 
 async function usage() {
+  const tok = begin();
   const u = await api('usage' + qs(usageState));
   const ps = periods(u.from, u.to, u.by, u.data);
   const byT = new Map(u.data.map(d => [Date.parse(d.period), d]));
@@ -237,7 +252,7 @@ async function usage() {
   const hitTot = BigInt(t.prompt_cache_hit_tokens), missTot = BigInt(t.prompt_cache_miss_tokens);
   const sel = (id, opts, value, onchange) => el('select', { id, onchange }, opts.map(([v, l]) => el('option', { value: v, selected: v === value }, l)));
   const change = k => ev => { usageState[k] = ev.target.value; usage(); };
-  setView(
+  setView(tok,
     el('h1', {}, 'Usage and cost'),
     el('div', { class: 'controls' },
       el('label', {}, 'By', sel('usage-by', [['day', 'day'], ['hour', 'hour']], usageState.by, change('by'))),
@@ -259,7 +274,7 @@ async function usage() {
       ], { stacked: true, title: 'Tokens by class' }),
       chart('chart-cost', 'bar', labels, [
         { label: 'cost (USD)', data: rows.map(r => r ? Number(BigInt(r.cost_pico)) / 1e12 : 0), exact: exact('cost_pico'), backgroundColor: '#16a34a' },
-      ], { title: 'Cost (USD)' }),
+      ], { title: 'Cost (USD)', extra: { scales: { y: { beginAtZero: true, ticks: { callback: v => '$' + Number(v).toFixed(6) } } } } }),
       chart('chart-ratio', 'line', labels, [
         { label: 'cache-hit ratio %', data: ratio, borderColor: '#7c3aed', backgroundColor: '#7c3aed', spanGaps: true },
       ], { title: 'Cache-hit ratio (%)', extra: { scales: { y: { min: 0, max: 100 } } } }),
@@ -279,9 +294,12 @@ async function usage() {
       { t: 'Cost (pico-USD)', num: 1, f: x => x.cost_pico, k: 'cost_pico' },
       { t: 'Cost (USD)', num: 1, f: x => x.cost_usd, k: 'cost_usd' },
     ], [t], 'usage-totals'));
+  const tt = document.getElementById('usage-totals');
+  if (tt) tt.dataset.filter = [u.by, u.key_id === null ? '' : u.key_id, u.model === null ? '' : u.model].join('|');
 }
 
 async function keys() {
+  const tok = begin();
   const k = await api('keys');
   const created = el('div', { id: 'key-created' });
   const form = el('form', { class: 'controls', id: 'key-form' },
@@ -309,7 +327,7 @@ async function keys() {
     catch (e) { created.replaceChildren(el('p', { class: 'error' }, e.message)); }
   };
   const limit = (l, h) => l === null ? 'none' : usd(l) + ' (left ' + usd(h) + ')';
-  setView(
+  setView(tok,
     el('h1', {}, 'API keys'),
     form, created,
     table([
@@ -326,6 +344,7 @@ async function keys() {
 }
 
 async function invoices(month) {
+  const tok = begin();
   const list = await api('invoices');
   const nodes = [el('h1', {}, 'Invoices'),
     table([
@@ -353,15 +372,16 @@ async function invoices(month) {
         card('Credits in the month', usd(picoUsd(inv.credits_pico)), null),
         card('Balance now', usd(inv.balance_usd), null)));
   }
-  setView(...nodes);
+  setView(tok, ...nodes);
 }
 
 const reqState = { from: '', to: '', key: '', model: '', status: '' };
 async function requests(arg, before, pages) {
+  const tok = begin();
   pages = pages || [];
   const r = await api('requests' + qs(Object.assign({}, reqState, { before: before || '', limit: 25 })));
   const f = (k, attrs) => el('input', Object.assign({ id: 'req-' + k, value: reqState[k], onchange: ev => { reqState[k] = ev.target.value; requests(); } }, attrs));
-  setView(
+  setView(tok,
     el('h1', {}, 'Request log'),
     el('div', { class: 'controls' },
       el('label', {}, 'From', f('from', { type: 'date' })), el('label', {}, 'To', f('to', { type: 'date' })),
@@ -387,9 +407,10 @@ async function requests(arg, before, pages) {
 // ---- operator views -------------------------------------------------------
 
 async function operator() {
+  const tok = begin();
   const o = await api('admin/overview');
   const labels = o.by_day.map(d => d.period.slice(0, 10));
-  setView(
+  setView(tok,
     el('h1', {}, 'Revenue'),
     el('div', { class: 'cards' },
       card('Revenue (all time)', usd(o.top.total_cost_usd), o.top.total_cost_pico + ' pico-USD', 'op-revenue'),
@@ -397,7 +418,7 @@ async function operator() {
     el('div', { class: 'charts' },
       chart('chart-revenue', 'bar', labels, [
         { label: 'revenue (USD)', data: o.by_day.map(d => Number(BigInt(d.cost_pico)) / 1e12), exact: o.by_day.map(d => d.cost_pico), backgroundColor: '#16a34a' }],
-        { title: 'Revenue per day (USD)' }),
+        { title: 'Revenue per day (USD)', extra: { scales: { y: { beginAtZero: true, ticks: { callback: v => '$' + Number(v).toFixed(6) } } } } }),
       chart('chart-model-tokens', 'bar', o.by_model.map(m => m.model), [
         { label: 'cache hit', data: o.by_model.map(m => Number(m.prompt_cache_hit_tokens)), backgroundColor: '#7aa2f7' },
         { label: 'cache miss', data: o.by_model.map(m => Number(m.prompt_cache_miss_tokens)), backgroundColor: '#2f5bd3' },
@@ -460,7 +481,7 @@ async function workers() {
     const box = document.getElementById('workers-box');
     if (box) box.replaceChildren(t, el('p', { class: 'muted' }, 'Read from each worker\'s /metrics every ' + (w.poll_ms / 1000) + ' s while this page is open.'));
   };
-  setView(el('h1', {}, 'Worker pool'), el('div', { id: 'workers-box' }));
+  setView(begin(), el('h1', {}, 'Worker pool'), el('div', { id: 'workers-box' }));
   await draw();
   pollTimer = setInterval(() => { draw().catch(() => {}); }, 2000);
 }
@@ -471,7 +492,9 @@ window.addEventListener('hashchange', route);
 window.addEventListener('DOMContentLoaded', async () => {
   setupLogin();
   try {
-    session = await api('session');
+    const s = await api('session');
+    if (!s.signed_in) return showLogin();
+    session = s;
     document.getElementById('login').hidden = true;
     start();
   } catch (e) {

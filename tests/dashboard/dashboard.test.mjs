@@ -1,0 +1,352 @@
+// Browser tests of the dashboards (issue 11), in Debian's headless Chromium
+// driven by playwright-core, against the test stack (var/test/env: gateway,
+// engine, PostgreSQL, Redis).  Every number the page shows is checked against
+// the database; screenshots of each view go to $TG_TEST_DIR/dashboard-shots/.
+//
+// Usage is seeded through the real gateway and engine (chat completions), so
+// the rollups, the ledger and the invoice come from the same settlement path
+// as in production.  No fixed sleeps: every wait polls for an event with a
+// generous deadline.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, readFileSync, readdirSync } from 'node:fs';
+import path from 'node:path';
+import { chromium } from 'playwright-core';
+
+const env = process.env;
+for (const v of ['TG_TEST_GATEWAY', 'TG_TEST_ADMIN', 'TG_TEST_ADMIN_TOKEN', 'TG_TEST_PG', 'TG_TEST_BIN', 'TG_TEST_DIR', 'TG_TEST_MODEL'])
+  if (!env[v]) throw new Error(`${v} is not set: run under make test (scripts/test.sh sources var/test/env)`);
+const GW = env.TG_TEST_GATEWAY, MODEL = env.TG_TEST_MODEL;
+const SHOTS = path.join(env.TG_TEST_DIR, 'dashboard-shots');
+mkdirSync(SHOTS, { recursive: true });
+const sfx = Date.now().toString(36);
+const A = `dash-a-${sfx}`, B = `dash-b-${sfx}`;
+const month = new Date().toISOString().slice(0, 7);
+
+const PSQL = (() => {
+  const d = '/usr/lib/postgresql';
+  const v = readdirSync(d).sort((a, b) => Number(b) - Number(a))[0];
+  return `${d}/${v}/bin/psql`;
+})();
+function sql(q) {
+  return execFileSync(PSQL, ['-X', '-qtA', '-F', '\t', env.TG_TEST_PG, '-c', q], { encoding: 'utf8', timeout: 30000 }).trim();
+}
+function ctl(...args) {
+  return execFileSync(path.join(env.TG_TEST_BIN, 'tollgatectl'), args, {
+    encoding: 'utf8', timeout: 30000,
+    env: { ...env, TOLLGATE_ADMIN_URL: env.TG_TEST_ADMIN, TOLLGATE_ADMIN_TOKEN: env.TG_TEST_ADMIN_TOKEN },
+  });
+}
+const lastLine = s => s.trim().split('\n').pop().trim();
+const sleep = ms => new Promise(r => setTimeout(r, ms));
+async function waitFor(what, fn, ms = 30000) {
+  const end = Date.now() + ms;
+  let last;
+  for (;;) {
+    try { last = await fn(); if (last) return last; } catch (e) { last = e; }
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what} (last: ${last})`);
+    await sleep(100);
+  }
+}
+async function http(url, opts = {}) {
+  return fetch(url, { ...opts, signal: AbortSignal.timeout(30000) });
+}
+async function chat(key, maxTokens = 4) {
+  const r = await http(`${GW}/v1/chat/completions`, {
+    method: 'POST', headers: { Authorization: `Bearer ${key}`, 'Content-Type': 'application/json' },
+    body: JSON.stringify({ model: MODEL, messages: [{ role: 'user', content: 'Tell me about tollgates' }], max_tokens: maxTokens }),
+  });
+  await r.text();
+  return r.status;
+}
+async function modelsStatus(key) {
+  const r = await http(`${GW}/v1/models`, { headers: { Authorization: `Bearer ${key}` } });
+  await r.text();
+  return r.status;
+}
+async function settled() {
+  await waitFor('the settlement queue to drain', async () => {
+    const r = await http(`${env.TG_TEST_ADMIN}/admin/v1/settlement`, { headers: { Authorization: `Bearer ${env.TG_TEST_ADMIN_TOKEN}` } });
+    return (await r.json()).idle;
+  });
+}
+// A session through the JSON API (no browser): cookie and csrf.
+async function apiLogin(body, headers = {}) {
+  const r = await http(`${GW}/dashboard/api/login`, { method: 'POST', headers: { 'Content-Type': 'application/json', ...headers }, body: JSON.stringify(body) });
+  const j = await r.json();
+  const sc = r.headers.get('set-cookie') || '';
+  return { status: r.status, j, setCookie: sc, cookie: sc.split(';')[0], csrf: j.csrf, retryAfter: r.headers.get('retry-after') };
+}
+async function apiCall(s, p, opts = {}) {
+  const headers = { Cookie: s.cookie, ...(opts.headers || {}) };
+  if (opts.csrf !== false && opts.method && opts.method !== 'GET') headers['X-CSRF-Token'] = s.csrf;
+  const r = await http(`${GW}/dashboard/api/${p}`, { method: opts.method || 'GET', headers, body: opts.body });
+  const text = await r.text();
+  let j = null;
+  try { j = JSON.parse(text); } catch { j = null; }
+  return { status: r.status, j, text };
+}
+
+const keys = {};
+let custA, custB, browser, opsPassword, webPassword;
+
+before(async () => {
+  ctl('customer', 'create', A, '--credit-usd', '2.00');
+  ctl('customer', 'create', B, '--credit-usd', '1.00');
+  custA = sql(`SELECT id FROM customers WHERE name = '${A}'`);
+  custB = sql(`SELECT id FROM customers WHERE name = '${B}'`);
+  keys.a1 = lastLine(ctl('key', 'create', '--customer', A, '--name', 'main'));
+  keys.a2 = lastLine(ctl('key', 'create', '--customer', A, '--name', 'to-revoke'));
+  keys.a3 = lastLine(ctl('key', 'create', '--customer', A, '--name', 'slow', '--rpm', '1'));
+  keys.b1 = lastLine(ctl('key', 'create', '--customer', B, '--name', 'b-main'));
+  ctl('customer', 'spending-limits', A, '--monthly-usd', '1.00');
+  opsPassword = lastLine(ctl('user', 'create', `ops-${sfx}`, '--operator'));
+  webPassword = lastLine(ctl('user', 'create', `web-${sfx}`, '--customer', B));
+  for (let i = 0; i < 3; i++) assert.equal(await chat(keys.a1), 200);
+  for (let i = 0; i < 2; i++) assert.equal(await chat(keys.a2, 6), 200);
+  assert.equal(await chat(keys.b1), 200);
+  assert.equal(await chat(keys.a3), 200);
+  assert.equal(await chat(keys.a3), 429); // RPM 1: a refusal in the rollup
+  await settled();
+  await waitFor('the 429 refusal in the rollup', () =>
+    Number(sql(`SELECT coalesce(sum(refused_429), 0) FROM usage_hourly WHERE customer_id = ${custA}`)) >= 1);
+  browser = await chromium.launch({
+    executablePath: '/usr/bin/chromium',
+    args: ['--no-sandbox', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--disable-quic'],
+  });
+});
+
+after(async () => {
+  if (browser) await browser.close();
+});
+
+async function newPage() {
+  const ctx = await browser.newContext({ ignoreHTTPSErrors: true, acceptDownloads: true, viewport: { width: 1280, height: 900 } });
+  const page = await ctx.newPage();
+  page.setDefaultTimeout(30000);
+  const problems = [];
+  page.on('console', m => { if (m.type() === 'error') problems.push(m.text()); });
+  page.on('pageerror', e => problems.push(String(e)));
+  page.on('request', r => { if (!r.url().startsWith(GW)) problems.push('request to another host: ' + r.url()); });
+  return { ctx, page, problems };
+}
+const shot = (page, name) => page.screenshot({ path: path.join(SHOTS, name + '.png'), fullPage: true });
+const text = (page, sel) => page.locator(sel).first().innerText();
+
+test('customer view: balance, usage charts, keys, invoice CSV, request log — equal to the database', { timeout: 240000 }, async () => {
+  const { ctx, page, problems } = await newPage();
+  await page.goto(`${GW}/dashboard/`);
+  await page.fill('#api-key', keys.a1);
+  await page.click('#login-key button[type=submit]');
+  await page.waitForSelector('#balance');
+
+  // Balance and this month's spend, to the unit.
+  const [bal, balPico] = sql(`SELECT tg_usd(balance_pico), balance_pico FROM customers WHERE id = ${custA}`).split('\t');
+  assert.equal(await text(page, '#balance .value'), '$' + bal);
+  assert.equal(await text(page, '#balance .sub'), balPico + ' pico-USD');
+  const monthCost = sql(`SELECT coalesce(sum(cost_pico), 0) FROM usage WHERE customer_id = ${custA}
+    AND received_at >= date_trunc('month', now(), 'UTC')`);
+  assert.match(await text(page, '#month-spend .value'), new RegExp('^\\$' + sql(`SELECT tg_usd(${monthCost})`).replace('.', '\\.') + '$'));
+  assert.match(await text(page, '#monthly-limit .sub'), /headroom/);
+  assert.match(await text(page, '#credits'), /2\.000000/);
+  await shot(page, 'customer-overview');
+
+  // Usage: the charts' totals equal the usage rows in the database.
+  await page.click('#nav-usage');
+  await page.waitForFunction(() => window.tgCharts && window.tgCharts['chart-tokens'] && window.tgCharts['chart-requests'] && window.tgCharts['chart-cost']);
+  const got = await page.evaluate(() => {
+    const c = window.tgCharts;
+    const sum = ds => ds.data.reduce((a, x) => a + (x || 0), 0);
+    const t = Object.fromEntries(c['chart-tokens'].data.datasets.map(d => [d.label, sum(d)]));
+    const r = Object.fromEntries(c['chart-requests'].data.datasets.map(d => [d.label, sum(d)]));
+    const cost = c['chart-cost'].data.datasets[0].exact.reduce((a, x) => a + BigInt(x), 0n).toString();
+    return { t, r, cost };
+  });
+  const [hit, miss, out, n, cost, n5xx] = sql(`SELECT sum(prompt_cache_hit_tokens), sum(prompt_cache_miss_tokens),
+    sum(completion_tokens), count(*), sum(cost_pico), count(*) FILTER (WHERE http_status >= 500)
+    FROM usage WHERE customer_id = ${custA}`).split('\t').map(String);
+  assert.equal(String(got.t['cache hit']), hit);
+  assert.equal(String(got.t['cache miss']), miss);
+  assert.equal(String(got.t['output']), out);
+  assert.equal(got.cost, cost);
+  assert.equal(String(got.r['answered']), String(Number(n) - Number(n5xx)));
+  const [r402, r429] = sql(`SELECT sum(refused_402), sum(refused_429) FROM usage_hourly WHERE customer_id = ${custA}`).split('\t');
+  assert.equal(String(got.r['429 refused']), r429);
+  assert.equal(String(got.r['402 refused']), r402);
+  assert.ok(Number(r429) >= 1);
+  assert.equal(await text(page, '#usage-totals td[data-col=cost_pico]'), cost);
+  assert.equal(await text(page, '#usage-totals td[data-col=requests]'), n);
+  await shot(page, 'customer-usage');
+  // Per key: the chart follows the selector.
+  const a2id = sql(`SELECT id FROM api_keys WHERE customer_id = ${custA} AND name = 'to-revoke'`);
+  await page.selectOption('#usage-key', a2id);
+  await page.waitForSelector(`#usage-totals[data-filter="day|${a2id}|"]`);
+  const keyCost = await page.evaluate(() => window.tgCharts['chart-cost'].data.datasets[0].exact.reduce((a, x) => a + BigInt(x), 0n).toString());
+  assert.equal(keyCost, sql(`SELECT sum(cost_pico) FROM usage WHERE key_id = ${a2id}`));
+
+  // Keys: prefixes only; create one from the page, revoke another and see the API refuse it.
+  await page.click('#nav-keys');
+  await page.waitForSelector('#keys-table');
+  const table = await text(page, '#keys-table');
+  assert.ok(!table.includes(keys.a1) && !table.includes(keys.a2), 'a full key on the page');
+  for (const p of sql(`SELECT prefix FROM api_keys WHERE customer_id = ${custA}`).split('\n')) assert.ok(table.includes(p));
+  await page.fill('#key-name', 'from-page');
+  await page.fill('#key-monthly', '0.50');
+  await page.click('#key-create');
+  const newKey = (await page.locator('#new-key').innerText()).trim();
+  assert.match(newKey, /^sk-tg1-/);
+  assert.equal(await modelsStatus(newKey), 200);
+  assert.equal(sql(`SELECT monthly_limit_pico FROM api_keys WHERE customer_id = ${custA} AND name = 'from-page'`), '500000000000');
+  assert.equal(await modelsStatus(keys.a2), 200);
+  const prefixA2 = keys.a2.slice(0, 15);
+  page.once('dialog', d => d.accept());
+  await page.click(`button[data-key="${prefixA2}"]`);
+  await waitFor('the API to refuse the revoked key', async () => (await modelsStatus(keys.a2)) === 401, 10000);
+  await page.waitForFunction(p => [...document.querySelectorAll('#keys-table tr')].some(tr => tr.innerText.includes(p) && tr.innerText.includes('revoked')), prefixA2);
+  assert.equal(sql(`SELECT count(*) FROM admin_audit WHERE action = 'key.revoke' AND target = 'key:${a2id}'`), '1');
+  await shot(page, 'customer-keys');
+
+  // Invoice: the page and the CSV equal the invoice, and the usage rows.
+  await page.goto(`${GW}/dashboard/#/invoices/${month}`);
+  await page.waitForSelector('#invoice-total');
+  const monthTotal = sql(`SELECT coalesce(sum(cost_pico), 0) FROM usage WHERE customer_id = ${custA}
+    AND received_at >= '${month}-01'::timestamp AT TIME ZONE 'UTC'`);
+  assert.equal(await text(page, '#invoice-total .sub'), monthTotal + ' pico-USD');
+  const [download] = await Promise.all([page.waitForEvent('download'), page.click('#invoice-csv')]);
+  const csvPath = path.join(SHOTS, `invoice-${month}.csv`);
+  await download.saveAs(csvPath);
+  const lines = readFileSync(csvPath, 'utf8').trim().split(/\r\n/);
+  assert.equal(lines[0], 'customer,month,model,token_class,unit_price_micro_usd_per_1m,tokens,amount_pico,amount_usd');
+  const rows = lines.slice(1).map(l => l.split(','));
+  const total = rows.pop();
+  assert.equal(total[2], '"total"');
+  assert.equal(total[6], monthTotal);
+  assert.equal(rows.reduce((a, r) => a + BigInt(r[6]), 0n).toString(), monthTotal);
+  for (const r of rows) {
+    assert.equal(r[0], `"${A}"`);
+    assert.equal(BigInt(r[5]) * BigInt(r[4]), BigInt(r[6])); // tokens x unit price = amount, exactly
+  }
+  const dbLines = sql(`SELECT model, cls, price, sum(n) FROM (
+      SELECT model, 'input_cache_miss' AS cls, price_input_cache_miss AS price, prompt_cache_miss_tokens AS n FROM usage WHERE customer_id = ${custA}
+      UNION ALL SELECT model, 'input_cache_hit', price_input_cache_hit, prompt_cache_hit_tokens FROM usage WHERE customer_id = ${custA}
+      UNION ALL SELECT model, 'output', price_output, completion_tokens FROM usage WHERE customer_id = ${custA}) x
+    GROUP BY 1, 2, 3 HAVING sum(n) > 0 ORDER BY 1, 2, 3`).split('\n').map(l => l.split('\t'));
+  assert.deepEqual(rows.map(r => [r[2].replace(/"/g, ''), r[3].replace(/"/g, ''), r[4], r[5]]), dbLines);
+  await shot(page, 'customer-invoice');
+
+  // Request log: newest first, paginated.
+  await page.click('#nav-requests');
+  await page.waitForSelector('#requests-table');
+  const shown = await page.locator('#requests-table tbody tr').count();
+  assert.equal(String(shown), sql(`SELECT least(count(*), 25) FROM usage WHERE customer_id = ${custA}`));
+  const newest = sql(`SELECT request_id FROM usage WHERE customer_id = ${custA} ORDER BY received_at DESC, request_id DESC LIMIT 1`);
+  assert.equal(await text(page, '#requests-table tbody td[data-col=id]'), newest);
+  await page.fill('#req-status', '429');
+  await page.press('#req-status', 'Enter');
+  await page.waitForFunction(() => document.querySelectorAll('#requests-table tbody tr').length === 0);
+  await page.fill('#req-status', '');
+  await page.press('#req-status', 'Enter');
+  await page.waitForSelector('#requests-table tbody tr');
+  await shot(page, 'customer-requests');
+
+  assert.deepEqual(problems, []);
+  await ctx.close();
+});
+
+test('operator view: revenue by model and customer, near zero and near a limit, the worker pool', { timeout: 120000 }, async () => {
+  const { ctx, page, problems } = await newPage();
+  await page.goto(`${GW}/dashboard/`);
+  await page.click('#tab-user');
+  await page.fill('#login-name', `ops-${sfx}`);
+  await page.fill('#login-password', opsPassword);
+  await page.click('#login-user button[type=submit]');
+  await page.waitForSelector('#op-top');
+  const revenue = sql(`SELECT sum(cost_pico) FROM usage`);
+  assert.equal(await text(page, '#op-revenue .sub'), revenue + ' pico-USD');
+  const rowA = page.locator('#op-top tr', { hasText: A });
+  assert.equal(await rowA.locator('td[data-col=cost_pico]').innerText(), sql(`SELECT sum(cost_pico) FROM usage WHERE customer_id = ${custA}`));
+  const rowM = page.locator('#op-by-model tr', { hasText: MODEL });
+  assert.equal(await rowM.locator('td[data-col=cost_pico]').innerText(), sql(`SELECT sum(cost_pico) FROM usage WHERE model = '${MODEL}'`));
+  const lowest = sql(`SELECT name FROM customers ORDER BY balance_pico, id LIMIT 1`);
+  assert.equal(await text(page, '#op-near-zero td[data-col=customer]'), lowest);
+  // The key created on the page with a $0.50 monthly limit is not near it; a
+  // key whose limit is below what it spent is.
+  const a1id = sql(`SELECT id FROM api_keys WHERE customer_id = ${custA} AND name = 'main'`);
+  ctl('key', 'update', a1id, '--monthly-limit-usd', '0.000001');
+  await page.reload();
+  await page.waitForSelector('#op-near-limit tr');
+  assert.ok((await text(page, '#op-near-limit')).includes(keys.a1.slice(0, 15)));
+  await shot(page, 'operator-revenue');
+
+  await page.click('#nav-workers');
+  await page.waitForFunction(() => [...document.querySelectorAll('#workers-table td[data-col=state]')].some(td => td.innerText === 'up'), null, { timeout: 30000 });
+  assert.ok((await text(page, '#workers-table')).includes(env.TG_TEST_ENGINE.replace(/\/$/, '')));
+  await shot(page, 'operator-workers');
+  assert.deepEqual(problems, []);
+  await ctx.close();
+});
+
+test('a customer sees nothing of another, even by guessing ids', { timeout: 60000 }, async () => {
+  const s = await apiLogin({ api_key: keys.a1 });
+  assert.equal(s.status, 200);
+  assert.match(s.setCookie, /HttpOnly/);
+  assert.match(s.setCookie, /Secure/);
+  assert.match(s.setCookie, /SameSite=Strict/);
+  const b1id = sql(`SELECT id FROM api_keys WHERE customer_id = ${custB} LIMIT 1`);
+  const k = await apiCall(s, 'keys');
+  assert.deepEqual(k.j.data.map(x => String(x.id)).sort(), sql(`SELECT id FROM api_keys WHERE customer_id = ${custA}`).split('\n').sort());
+  assert.ok(!k.text.includes(B) && !k.text.includes('b-main'));
+  assert.deepEqual((await apiCall(s, `requests?key=${b1id}`)).j.data, []);
+  assert.equal((await apiCall(s, `usage?key=${b1id}`)).j.totals.requests, 0);
+  const rev = await apiCall(s, `keys/${b1id}/revoke`, { method: 'POST', body: '{}' });
+  assert.equal(rev.status, 404);
+  assert.equal(await modelsStatus(keys.b1), 200);
+  // B's request id as a cursor or filter finds nothing of B either.
+  const bReq = sql(`SELECT request_id FROM usage WHERE customer_id = ${custB} LIMIT 1`);
+  const page = await apiCall(s, `requests?before=9999999999999999,${bReq}`);
+  assert.ok(page.j.data.every(r => r.key_prefix && !r.key_prefix.startsWith(keys.b1.slice(0, 15))));
+  assert.ok(!page.text.includes(bReq));
+  // The invoice is the session's customer's whatever is asked.
+  const inv = await apiCall(s, `invoices/${month}`);
+  assert.equal(inv.j.customer, A);
+  // Operator views need an operator login.
+  assert.equal((await apiCall(s, 'admin/overview')).status, 403);
+  assert.equal((await apiCall(s, 'admin/workers')).status, 403);
+  assert.equal((await http(`${GW}/dashboard/api/overview`)).status, 401);
+  // A customer login of B sees B.
+  const w = await apiLogin({ login: `web-${sfx}`, password: webPassword });
+  assert.equal(w.status, 200);
+  assert.equal((await apiCall(w, 'overview')).j.customer, B);
+});
+
+test('writes need the CSRF token and a same-origin Origin', { timeout: 60000 }, async () => {
+  const s = await apiLogin({ api_key: keys.a1 });
+  const before = sql(`SELECT count(*) FROM api_keys WHERE customer_id = ${custA}`);
+  assert.equal((await apiCall(s, 'keys', { method: 'POST', body: '{"name":"x"}', csrf: false })).status, 403);
+  assert.equal((await apiCall(s, 'keys', { method: 'POST', body: '{"name":"x"}', headers: { 'X-CSRF-Token': 'f'.repeat(64) }, csrf: false })).status, 403);
+  assert.equal((await apiCall(s, 'keys', { method: 'POST', body: '{"name":"x"}', headers: { Origin: 'https://evil.example' } })).status, 403);
+  assert.equal((await apiCall(s, 'logout', { method: 'POST', body: '{}', csrf: false })).status, 403);
+  assert.equal(sql(`SELECT count(*) FROM api_keys WHERE customer_id = ${custA}`), before);
+  const ok = await apiCall(s, 'keys', { method: 'POST', body: '{"name":"csrf-ok"}' });
+  assert.equal(ok.status, 200);
+  assert.match(ok.j.key, /^sk-tg1-/);
+  // Signing out ends the session.
+  assert.equal((await apiCall(s, 'logout', { method: 'POST', body: '{}' })).status, 200);
+  assert.equal((await apiCall(s, 'overview')).status, 401);
+});
+
+test('logins are throttled per login, even for the right password', { timeout: 60000 }, async () => {
+  const login = `victim-${sfx}`;
+  const pw = lastLine(ctl('user', 'create', login, '--customer', B));
+  for (let i = 0; i < 5; i++) assert.equal((await apiLogin({ login, password: 'tgp_' + '0'.repeat(32) })).status, 401);
+  const t = await apiLogin({ login, password: pw });
+  assert.equal(t.status, 429);
+  assert.ok(Number(t.retryAfter) > 0);
+  // Another login from the same address still signs in.
+  assert.equal((await apiLogin({ login: `web-${sfx}`, password: webPassword })).status, 200);
+  // A revoked login's sessions end.
+  const w = await apiLogin({ login: `web-${sfx}`, password: webPassword });
+  ctl('user', 'revoke', `web-${sfx}`);
+  assert.equal((await apiCall(w, 'overview')).status, 401);
+});
