@@ -92,7 +92,8 @@ void gw_req_head(gw_req_t *r, int status, const char *ctype, int64_t clen) {
             gw_reset_header(o, "tokens", r->rl.tpm_reset_ms);
         }
     }
-    if (status == 429) { /* of the limit that refused; a request that can never fit: a minute */
+    if (status == 429 && !(r->extra_headers && strcasestr(r->extra_headers, "retry-after:"))) {
+        /* of the limit that refused (unless the answer has its own); a request that can never fit: a minute */
         int64_t ms = r->have_rl ? r->rl.retry_ms : 1000;
         if (ms < 0) ms = 60000;
         evbuffer_add_printf(o, "retry-after: %lld\r\n", ms > 1000 ? (long long)(ms + 999) / 1000 : 1LL);

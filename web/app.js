@@ -351,7 +351,7 @@ async function invoices(month) {
       { t: 'Month', f: r => el('a', { href: '#/invoices/' + r.month }, r.month), k: 'month' },
       { t: 'Requests', num: 1, f: r => r.requests },
       { t: 'Total (USD)', num: 1, f: r => r.total_usd, k: 'total' },
-      { t: '', f: r => r.open ? 'open (draft)' : '' },
+      { t: 'Invoice', f: r => r.open ? 'open month (draft)' : r.status },
     ], list.data, 'invoices-table')];
   if (month) {
     const inv = await api('invoices/' + encodeURIComponent(month));
@@ -360,17 +360,20 @@ async function invoices(month) {
         el('a', { href: API + 'invoices/' + inv.month + '/csv', id: 'invoice-csv', download: 'invoice-' + inv.month + '.csv' }, 'Download CSV'),
         el('a', { href: API + 'invoices/' + inv.month, id: 'invoice-json', download: 'invoice-' + inv.month + '.json' }, 'Download JSON')),
       table([
+        { t: '#', num: 1, f: r => r.line },
+        { t: 'Period', f: r => r.period + (r.late ? ' (late)' : '') },
         { t: 'Model', f: r => r.model },
         { t: 'Token class', f: r => r.token_class },
         { t: 'Unit price (µUSD / 1M)', num: 1, f: r => r.unit_price_micro_usd_per_1m },
-        { t: 'Tokens', num: 1, f: r => r.tokens },
+        { t: 'Tokens', num: 1, f: r => r.quantity },
         { t: 'Amount (USD)', num: 1, f: r => r.amount_usd },
       ], inv.lines, 'invoice-lines'),
       el('div', { class: 'cards' },
         card('Total', usd(inv.total_usd), inv.total_pico + ' pico-USD', 'invoice-total'),
-        card('Requests', String(inv.requests), null),
+        card('Status', inv.status, inv.requests + ' requests', 'invoice-status'),
+        card('Opening balance', usd(inv.opening_balance_usd), null),
         card('Credits in the month', usd(picoUsd(inv.credits_pico)), null),
-        card('Balance now', usd(inv.balance_usd), null)));
+        card('Closing balance', usd(inv.closing_balance_usd), null)));
   }
   setView(tok, ...nodes);
 }
