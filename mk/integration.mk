@@ -8,6 +8,7 @@ test-integration: $(BINS)
 	/usr/bin/python3 tests/integration/test_keys.py
 	/usr/bin/python3 tests/integration/test_holds.py
 	/usr/bin/python3 tests/integration/test_limits.py
+	/usr/bin/python3 tests/integration/test_money.py
 	$(MAKE) --no-print-directory test-sdk
 
 test-sdk:

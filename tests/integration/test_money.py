@@ -1,0 +1,96 @@
+"""Price overrides and reconciliation through the whole stack (scripts/stack.sh
+test-up): a customer with a percentage override sends a request through the
+real TLS gateway; its usage row carries the overridden prices and the price
+version (price_id, override_id), its cost is exact at those prices; then
+`tollgatectl reconcile` finds the whole database in agreement (usage rows and
+debits, balances, invoices, hourly rollups)."""
+
+import http.client
+import json
+import os
+import ssl
+import subprocess
+import sys
+import time
+import unittest
+import urllib.parse
+import uuid
+
+import psycopg2
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
+from tgskip import main  # noqa: E402
+
+E = os.environ
+CTL = os.path.join(E["TG_TEST_BIN"], "tollgatectl")
+MODEL = E["TG_TEST_MODEL"]
+GW = urllib.parse.urlparse(E["TG_TEST_GATEWAY"])
+WAIT = 60  # seconds for a settlement to land
+
+
+def ctl(*args, check=True):
+    r = subprocess.run([CTL, *args], capture_output=True, text=True, timeout=120)
+    if check and r.returncode != 0:
+        raise AssertionError("tollgatectl %s: exit %d: %s" % (" ".join(args), r.returncode, r.stderr))
+    return r
+
+
+def q(sql, *args):
+    with psycopg2.connect(E["TG_TEST_PG"], connect_timeout=10) as c:
+        cur = c.cursor()
+        cur.execute(sql, args)
+        rows = cur.fetchall()
+    c.close()
+    return rows
+
+
+def chat(key):
+    ctx = ssl.create_default_context(cafile=E["TG_TEST_CERT"])
+    c = http.client.HTTPSConnection("127.0.0.1", GW.port, context=ctx, timeout=120)
+    c.request("POST", "/v1/chat/completions",
+              body=json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "Hello there"}],
+                               "max_tokens": 5}),
+              headers={"Authorization": "Bearer " + key, "Content-Type": "application/json"})
+    r = c.getresponse()
+    body = json.loads(r.read())
+    c.close()
+    return r.status, r.getheader("x-request-id"), body
+
+
+class Money(unittest.TestCase):
+    def test_override_billed_through_the_gateway_and_reconcile(self):
+        name = "it-money-" + uuid.uuid4().hex[:10]
+        ctl("customer", "create", name, "--credit-usd", "1")
+        ov = json.loads(ctl("--json", "price", "override", "--customer", name, "--model", MODEL,
+                            "--percent", "50").stdout)
+        key = ctl("key", "create", "--customer", name).stdout.strip().splitlines()[-1]
+        (pid, miss, hit, out), = q("SELECT id, input_cache_miss, input_cache_hit, output FROM tg_price(%s, now())",
+                                   MODEL)
+        half = [(2 * p + 1) // 2 if p % 2 else p // 2 for p in (miss, hit, out)]  # half away from zero
+        st, rid, body = chat(key)
+        self.assertEqual(st, 200, body)
+        self.assertTrue(rid)
+        deadline = time.time() + WAIT
+        rows = []
+        while not rows and time.time() < deadline:
+            rows = q("SELECT price_id, override_id, price_input_cache_miss, price_input_cache_hit, price_output,"
+                     " prompt_cache_miss_tokens, prompt_cache_hit_tokens, completion_tokens, cost_pico"
+                     " FROM usage WHERE request_id = %s", rid)
+            if not rows:
+                time.sleep(0.1)
+        self.assertEqual(len(rows), 1, "the request was not billed within %d s" % WAIT)
+        r = rows[0]
+        self.assertEqual(r[:5], (pid, ov["id"], *half), "billed at the override, with its version")
+        self.assertEqual(r[8], r[5] * half[0] + r[6] * half[1] + r[7] * half[2])
+        u = body["usage"]
+        self.assertEqual((r[5] + r[6], r[7]), (u["prompt_tokens"], u["completion_tokens"]))
+        (debit,), = q("SELECT -amount_pico FROM ledger WHERE request_id = %s", rid)
+        self.assertEqual(debit, r[8])
+        # the whole stack's database agrees with itself
+        p = ctl("reconcile", check=False)
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+        self.assertIn("everything agrees", p.stdout)
+
+
+if __name__ == "__main__":
+    main()
