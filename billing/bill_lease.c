@@ -237,6 +237,17 @@ static void log_pg(const char *what, const char *msg) {
     fprintf(stderr, "bill: %s: %s\n", what, line);
 }
 
+/* r's hold comes out of l (which has room for it). */
+static void hold_take(bill_lease_t *L, lease_t *l, bill_req_t *r) {
+    l->held += r->amount;
+    r->hold->key_id = l->key_id;
+    r->hold->customer_id = l->customer_id;
+    r->hold->amount = r->amount;
+    r->hold->taken = 1;
+    L->holds_total++;
+    L->open_holds++;
+}
+
 /* Answer waiter r (taken off its lease's queue by the caller). */
 static void waiter_answer(bill_req_t *r, bill_status_t st, const bill_hold_info_t *info) {
     bill_hold_cb cb = r->hold_cb;
@@ -253,13 +264,7 @@ static void lease_serve(bill_lease_t *L, lease_t *l, int done, bill_status_t st,
         nx = TAILQ_NEXT(r, link);
         if (avail(l) >= r->amount) {
             TAILQ_REMOVE(&l->waiters, r, link);
-            l->held += r->amount;
-            r->hold->key_id = l->key_id;
-            r->hold->customer_id = l->customer_id;
-            r->hold->amount = r->amount;
-            r->hold->taken = 1;
-            L->holds_total++;
-            L->open_holds++;
+            hold_take(L, l, r);
             waiter_answer(r, BILL_OK, NULL);
         } else if (done) {
             TAILQ_REMOVE(&l->waiters, r, link);
@@ -358,13 +363,7 @@ int bill_lease_hold(bill_lease_t *L, bill_req_t *r) {
     if (TAILQ_FIRST(&l->waiters) == r && avail(l) >= r->amount && !l->grant_inflight) {
         /* the common case: taken from the local lease, answered from the loop */
         TAILQ_REMOVE(&l->waiters, r, link);
-        l->held += r->amount;
-        r->hold->key_id = l->key_id;
-        r->hold->customer_id = l->customer_id;
-        r->hold->amount = r->amount;
-        r->hold->taken = 1;
-        L->holds_total++;
-        L->open_holds++;
+        hold_take(L, l, r);
         r->lease = NULL;
         return 1;
     }

@@ -6,7 +6,7 @@
 #
 # A skip is a third state.  Each target gets its own $TG_SKIP_LOG; a test that
 # skips appends one line there (tests/lib/tgskip.py, TG_SKIP in tg_test.h,
-# tg_skip in shell).  With TG_CI=1 (.ci/run sets it), where everything is
+# tg_skip in shell).  With TG_CI=1 (.ci/run sets it) or CI=true, where everything is
 # installed, a skip fails its target unless tests/expected-skips lists it.
 # --no-stack (make test-unit): targets that need no servers; no stack starts.
 # Exit status 1 if any target failed or timed out.
@@ -63,7 +63,7 @@ for t in "${targets[@]}"; do
     if [ "$nskip" -gt 0 ]; then
         echo "--- $t skipped $nskip:"
         while IFS= read -r line; do
-            if [ "${TG_CI:-0}" = 1 ] && ! expected_skip "$line"; then
+            if { [ "${TG_CI:-0}" = 1 ] || [ "${CI:-}" = true ]; } && ! expected_skip "$line"; then
                 echo "    $line   (not in tests/expected-skips: a failure under CI)"
                 unexpected=$((unexpected + 1))
             else

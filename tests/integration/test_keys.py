@@ -11,7 +11,6 @@ hold on both.  Keys are made with build/tollgatectl, as an operator would.
 import http.client
 import json
 import os
-import shutil
 import ssl
 import subprocess
 import sys
@@ -23,10 +22,11 @@ import uuid
 import psycopg2
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from gwinstances import Instances  # noqa: E402
 from tgskip import main  # noqa: E402
 
 E = os.environ
-TOP = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 BIN = E["TG_TEST_BIN"]
 CTL = os.path.join(BIN, "tollgatectl")
 MODEL = E["TG_TEST_MODEL"]
@@ -70,15 +70,7 @@ def chat(port, key, model=MODEL):
 
 def invalidations(port):
     """The instance's count of key-change notices (LISTEN/NOTIFY) received."""
-    ctx = ssl.create_default_context(cafile=E["TG_TEST_CERT"])
-    c = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=60)
-    c.request("GET", "/metrics")
-    text = c.getresponse().read().decode()
-    c.close()
-    for line in text.splitlines():
-        if line.startswith("tollgate_key_invalidations_total "):
-            return int(line.split()[1])
-    raise AssertionError("no tollgate_key_invalidations_total in /metrics")
+    return int(Keys.gw.metrics(PORTS.index(port))["tollgate_key_invalidations_total"])
 
 
 def after_notice(before, what):
@@ -130,56 +122,14 @@ def key_row(cust, key_id):
 class Keys(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        cls.dir = os.path.join(E["TG_TEST_DIR"], "keys-instances")
-        shutil.rmtree(cls.dir, ignore_errors=True)
-        os.makedirs(cls.dir)
-        with open(os.path.join(E["TG_TEST_DIR"], "tollgate.json")) as f:
-            base = json.load(f)
-        cls.procs = []
-        for i, port in enumerate(PORTS):
-            cfg = dict(base, listen="127.0.0.1:%d" % port, admin_listen="",
-                       spool_dir=os.path.join(cls.dir, "spool%d" % i),
-                       access_log=os.path.join(cls.dir, "access%d.log" % i),
-                       key_last_used_flush_ms=FLUSH_MS)
-            path = os.path.join(cls.dir, "gw%d.json" % i)
-            with open(path, "w") as f:
-                json.dump(cfg, f)
-            with open(os.path.join(cls.dir, "gw%d.log" % i), "w") as log:
-                cls.procs.append(subprocess.Popen([os.path.join(BIN, "tollgate"), "--config", path], cwd=TOP,
-                                                  stdout=log, stderr=subprocess.STDOUT))
-        demo = E["TG_TEST_DEMO_KEY"]
-        deadline = time.time() + 120
-        for port, p in zip(PORTS, cls.procs):
-            while True:
-                if p.poll() is not None:
-                    raise AssertionError("gateway on %d exited (%s): see %s" % (port, p.returncode, cls.dir))
-                try:
-                    if models(port, demo)[0] == 200:
-                        break
-                except OSError:
-                    pass
-                if time.time() > deadline:
-                    raise AssertionError("gateway on %d did not come up" % port)
-                time.sleep(0.1)
+        cls.gw = Instances("keys-instances", list(PORTS), key_last_used_flush_ms=FLUSH_MS).start()
         cls.conn = db()
         cls.cur = cls.conn.cursor()
 
     @classmethod
     def tearDownClass(cls):
-        for p in cls.procs:
-            p.terminate()
-        for p in cls.procs:
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
         cls.conn.close()
-        for i in range(len(PORTS)):
-            with open(os.path.join(cls.dir, "gw%d.log" % i)) as f:
-                text = f.read()
-            if "ERROR: AddressSanitizer" in text or "runtime error:" in text or "ERROR: LeakSanitizer" in text:
-                raise AssertionError("sanitizer report in %s/gw%d.log" % (cls.dir, i))
+        cls.gw.stop()
 
     def test_create_shows_name_scope_expiry_and_state(self):
         cust = new_customer()
