@@ -135,6 +135,7 @@ static const char SQL_USAGE[] =
     "   'prompt_cache_miss_tokens', x.prompt_cache_miss_tokens, 'completion_tokens', x.completion_tokens,"
     "   'reasoning_tokens', x.reasoning_tokens, 'price_input_cache_miss', x.price_input_cache_miss::text,"
     "   'price_input_cache_hit', x.price_input_cache_hit::text, 'price_output', x.price_output::text,"
+    "   'price_id', x.price_id, 'override_id', x.override_id,"
     "   'cost_pico', x.cost_pico::text, 'cost_usd', tg_usd(x.cost_pico), 'http_status', x.http_status,"
     "   'stream', x.stream, 'received_at', x.received_at, 'first_byte_at', x.first_byte_at,"
     "   'finished_at', x.finished_at) ORDER BY x.received_at DESC, x.request_id)"

@@ -342,6 +342,9 @@ class Money(unittest.TestCase):
             row = q("SELECT price_id, override_id, price_input_cache_miss, price_input_cache_hit, price_output,"
                     " cost_pico FROM usage WHERE request_id = %s", r)
             self.assertEqual(row, [(base_id, o2["id"], 100, 20, 300, 600 * 100 + 400 * 20 + 50 * 300)], r)
+        rows = json.loads(self.s.ctl("usage", "--customer", a, "--json").stdout)["data"]
+        self.assertEqual({(x["request_id"], x["price_id"], x["override_id"], x["price_output"]) for x in rows},
+                         {(r1, base_id, o2["id"], "300"), (r2, base_id, o2["id"], "300")})
         # back to the base price book
         self.s.ctl("price", "override", "--customer", a, "--model", m, "--base")
         self.assertEqual(self.s.admit(ka, m)[7:], ["11", "3", "7", str(base_id), "0"])
