@@ -252,11 +252,23 @@ void bill_lease_stats(const bill_lease_t *L, bill_lease_stats_t *st);
 const char *bill_lease_holder(const bill_lease_t *L);
 
 TAILQ_HEAD(bill_req_q, bill_req);
+/* ---- usage receipts (bill_receipt.c) ------------------------------------ */
+
+typedef struct bill_receipts bill_receipts_t;
+
+/* Load the Ed25519 private key (PEM) at path.  NULL with err on failure. */
+bill_receipts_t *bill_receipts_new(const char *path, char *err, size_t errlen);
+void bill_receipts_free(bill_receipts_t *r); /* accepts NULL */
+const char *bill_receipts_key_json(const bill_receipts_t *r);
+/* Sign u's receipt into out; price_version may be NULL.  Length or -1. */
+long bill_receipts_sign(bill_receipts_t *r, const bill_usage_t *u, const char *price_version, char *out,
+                        size_t cap);
 
 struct bill {
     struct event_base *base;
     bill_pg_t *pg;
     bill_refusals_t *refusals;
+    bill_receipts_t *receipts; /* NULL: no receipts */
     bill_keyuse_t *keyuse;
     bill_cache_t *cache;
     bill_listen_t *listen;
@@ -272,6 +284,7 @@ struct bill {
     char *conninfo;
     char *key_secret;
     TAILQ_HEAD(bill_dash_q, bill_dash_call) dash_calls; /* dashboard API calls in flight (bill_dash.c) */
+    int spool_lock; /* mtr_spool_lock's descriptor; -1: none */
 };
 
 #endif

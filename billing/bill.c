@@ -21,6 +21,7 @@
 #include "bill-int.h"
 #include "bill_dash-int.h"
 #include "tg_json.h"
+#include "mtr.h"
 
 #define POOL_SIZE 4
 #define TIMEOUT_MS 5000
@@ -285,6 +286,13 @@ int bill_settle_cost(const bill_t *b, int i, const char **model, char usd[48]) {
     return bill_settler_cost(b ? b->settler : NULL, i, model, usd);
 }
 
+long bill_receipt(bill_t *b, const bill_usage_t *u, char *out, size_t cap) {
+    if (!b || !b->receipts) return 0;
+    return bill_receipts_sign(b->receipts, u, NULL, out, cap);
+}
+
+const char *bill_receipt_key_json(const bill_t *b) { return b ? bill_receipts_key_json(b->receipts) : NULL; }
+
 void bill_refusal(bill_t *b, int64_t customer_id, int64_t key_id, const char *model, int http_status) {
     if (b) bill_refusals_add(b->refusals, customer_id, key_id, model, http_status, (int64_t)time(NULL));
 }
@@ -331,6 +339,7 @@ bill_t *bill_new(struct event_base *base, const bill_opts_t *o, char *err, size_
     bill_t *b = calloc(1, sizeof *b);
     if (!b) goto oom;
     b->base = base;
+    b->spool_lock = -1;
     b->conninfo = strdup(o->pg_conninfo);
     b->key_secret = dup_trimmed(o->key_secret);
     if (!b->conninfo) goto oom;
@@ -345,6 +354,7 @@ bill_t *bill_new(struct event_base *base, const bill_opts_t *o, char *err, size_
     setenv("PGTZ", "UTC", 0);
     int pool = o->pg_pool_size > 0 && o->pg_pool_size <= 64 ? o->pg_pool_size : POOL_SIZE;
     int timeout = o->pg_timeout_ms > 0 ? o->pg_timeout_ms : TIMEOUT_MS;
+    if ((b->spool_lock = mtr_spool_lock(spool, err, errlen)) < 0) goto fail; /* one gateway per spool */
     b->pg = bill_pg_new(base, b->conninfo, pool, timeout, bill_settler_on_up, NULL);
     if (!b->pg) goto oom;
     if (!(b->settler = bill_settler_new(base, b->pg, spool, err, errlen))) goto fail;
@@ -363,6 +373,8 @@ bill_t *bill_new(struct event_base *base, const bill_opts_t *o, char *err, size_
     if (!(b->cache = bill_cache_new()) || !(b->kick = event_new(base, -1, 0, kick_cb, b))) goto oom;
     if (!(b->listen = bill_listen_new(base, b->conninfo, on_notice, on_listen_state, b))) goto oom;
     if (!(b->lease = bill_lease_new(b, spool, o, err, errlen))) goto fail;
+    if (o->receipt_key && *o->receipt_key && !(b->receipts = bill_receipts_new(o->receipt_key, err, errlen)))
+        goto fail;
     bill_pg_set_up_arg(b->pg, b->settler);
     if (o->admin_listen && *o->admin_listen) {
         char *token = dup_trimmed(o->admin_token);
@@ -390,6 +402,7 @@ void bill_free(bill_t *b) {
     bill_dash_free_all(b);
     bill_settler_free(b->settler, b->conninfo);
     bill_refusals_free(b->refusals, b->conninfo);
+    bill_receipts_free(b->receipts);
     bill_pg_free(b->pg); /* before keyuse and lease: their statements are never called back */
     bill_keyuse_free(b->keyuse);
     bill_lease_free(b->lease);
@@ -403,5 +416,6 @@ void bill_free(bill_t *b) {
     }
     free(b->conninfo);
     free(b->key_secret);
+    mtr_spool_unlock(b->spool_lock); /* last: nothing touches the spool after this */
     free(b);
 }

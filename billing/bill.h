@@ -40,6 +40,7 @@ typedef struct {
     int lease_idle_ms;           /* an unused lease is given back after this; 0: 2000 */
     int invoice_finalize_after_s; /* finalize last month's invoices this long after it ends (UTC);
                                      <= 0: never automatically (tollgatectl invoice finalize) */
+    const char *receipt_key;     /* PEM Ed25519 private key signing usage receipts; NULL or "": none */
 } bill_opts_t;
 
 /* Prices of one model, integer micro-USD per 1M tokens, and the version they
@@ -187,6 +188,18 @@ typedef struct {
  * that can never be written (bad UUID, cache_hit > prompt, cost overflow,
  * unknown customer) is logged and appended to <spool_dir>/rejected.jsonl. */
 void bill_settle(bill_t *b, const bill_usage_t *u, bill_hold_t *h); /* h: its hold, released; may be NULL */
+
+/* Signed usage receipts (bill_receipt.c has the format): the receipt of u as
+ * settled, "tgr1.<payload>.<signature>", NUL-terminated, into out (cap bytes;
+ * BILL_RECEIPT_MAX is always enough).  Returns its length, 0 when receipts are
+ * off (no receipt_key), -1 on error (logged by nobody: the answer goes out
+ * without a receipt). */
+#define BILL_RECEIPT_MAX 12288
+long bill_receipt(bill_t *b, const bill_usage_t *u, char *out, size_t cap);
+/* The public key as JSON for GET /v1/receipt-key ({"object":"receipt_key",
+ * "alg":"Ed25519","kid","public_key" (raw, base64url),"public_key_pem"}), or
+ * NULL when receipts are off.  Owned by b. */
+const char *bill_receipt_key_json(const bill_t *b);
 
 /* Where the settlement queue stands: what bill_settle accepted and PostgreSQL
  * has not committed yet.  Tests wait for `idle` instead of sleeping; the admin

@@ -183,6 +183,7 @@ struct gw_config {
     char *listen, *admin_listen, *tls_cert, *tls_key, *postgres, *redis;
     char *admin_token_file, *key_secret_file, *spool_dir, *access_log;
     char *dashboard_dir;
+    char *receipt_key;         /* Ed25519 PEM signing usage receipts; "" or a missing file: none */
     int64_t max_body_bytes, max_header_bytes, max_connections;
     int64_t default_rpm, default_tpm, default_concurrency;
     char *tokenizer, *chat_template;
@@ -233,6 +234,8 @@ void gw_metrics_observe(gw_metrics_t *m, int route, int status, double dur_s, do
 void gw_metrics_render(const gw_metrics_t *m, const gw_config_t *cfg, int redis_up, gw_buf_t *out);
 /* Holds, credit leases and the key cache (bill_hold_stats). */
 void gw_metrics_render_holds(const gw_metrics_t *m, const bill_hold_stats_t *h, gw_buf_t *o);
+struct bill;
+void gw_metrics_render_money(const struct bill *b, gw_buf_t *o); /* the settlement and cost metrics */
 
 /* ---- server, connections, requests (gw_server.c, gw_proxy.c) -------------- */
 
@@ -327,6 +330,7 @@ struct gw_req {
     int up_reusable;           /* the answer ended cleanly: the connection may be kept */
     int no_reuse;              /* a kept connection failed: use fresh ones */
     int proxied;               /* 1: a worker was asked, settle; 2: settled (once) */
+    const char *receipt;       /* the signed usage receipt once settled (pool), or NULL */
     uint64_t tried;            /* bit per worker index already tried */
     uint64_t affinity;         /* hash of the prompt's start; 0: none */
     struct bufferevent *up;

@@ -48,6 +48,8 @@ static const gw_opt_t gw_opts[] = {
     {"key_secret_file", S(key_secret_file), "var/key.secret", 0, 0, "file holding the API-key hash secret (hex)"},
     {"spool_dir", S(spool_dir), "var/spool", 0, 0, "where settlements wait while PostgreSQL is down"},
     {"dashboard_dir", S(dashboard_dir), "build/web", 0, 0, "the dashboards' static files (make builds them); empty: none"},
+    {"receipt_key", S(receipt_key), "var/receipt.key", 0, 0,
+     "Ed25519 private key (PEM) signing usage receipts; empty or a missing file: no receipts"},
     {"access_log", S(access_log), "var/log/access.log", 0, 0, "JSON-lines access log; empty: none, - : stdout"},
     {"max_body_bytes", I(max_body_bytes), "1048576", 1, INT32_MAX, "largest request body (413 above)"},
     {"max_header_bytes", I(max_header_bytes), "16384", 256, 1 << 24, "largest request head (431 above)"},

@@ -115,3 +115,43 @@ void gw_metrics_render_holds(const gw_metrics_t *m, const bill_hold_stats_t *h, 
     gauge(o, "tollgate_key_notices_up", "1 while key-change notices flow (the LISTEN connection is up).",
           h->listening);
 }
+
+/* The money: the settlement queue, journal and spool (bill_settle_stats),
+ * PostgreSQL, and the cost settled per model (exact USD, 12 decimals). */
+void gw_metrics_render_money(const struct bill *b, gw_buf_t *o) {
+    bill_settle_stats_t st;
+    bill_settle_stats(b, &st);
+    gauge(o, "tollgate_settle_queue_depth", "Settlements accepted and not yet committed in PostgreSQL (queued or in flight).",
+          (long long)(st.queued + st.in_flight));
+    gauge(o, "tollgate_settle_replay_pending", "1 while settlements wait on disk only for a replay.", st.replay_pending);
+    gauge(o, "tollgate_journal_rows", "Rows appended to the open write-ahead journal file.", (long long)st.journal_rows);
+    gauge(o, "tollgate_journal_bytes", "Size of the open write-ahead journal file.", (long long)st.journal_bytes);
+    gauge(o, "tollgate_spool_files", "Journal and spool files not yet deleted (the open journal too).",
+          (long long)st.spool_files);
+    gauge(o, "tollgate_spool_rows", "Rows of those files not yet committed.", (long long)st.spool_pending);
+    gauge(o, "tollgate_spool_bytes", "Size of those files.", (long long)st.spool_bytes);
+    counter(o, "tollgate_settled_rows_total", "Settlement rows committed (re-sent duplicates included).",
+            st.settled_total);
+    counter(o, "tollgate_usage_rows_inserted_total", "Usage rows inserted (a duplicate inserts none).",
+            st.inserted_total);
+    counter(o, "tollgate_ledger_debits_total", "Ledger debits inserted.", st.debited_total);
+    counter(o, "tollgate_settle_rejected_total", "Settlement rows given up for their data (rejected.jsonl).",
+            st.rejected_total);
+    counter(o, "tollgate_refusals_written_total", "Refusals (402, 429, 5xx) counted into the hourly rollups.",
+            st.refusals_written);
+    counter(o, "tollgate_refusals_dropped_total", "Refusal counts given up (too many waiting).", st.refusals_dropped);
+    gauge(o, "tollgate_postgres_up", "1 when a PostgreSQL connection is ready or busy.", st.pg_up);
+    gw_buf_printf(o, "# HELP tollgate_cost_settled_usd_total Cost of the usage rows inserted, by model (exact USD).\n"
+                     "# TYPE tollgate_cost_settled_usd_total counter\n");
+    const char *model;
+    char usd[48];
+    for (int i = 0; bill_settle_cost(b, i, &model, usd) == 0; i++) {
+        gw_buf_printf(o, "tollgate_cost_settled_usd_total{model=\"");
+        for (const char *p = model; *p; p++) { /* label value escapes */
+            if (*p == '\\' || *p == '"') gw_buf_printf(o, "\\%c", *p);
+            else if (*p == '\n') gw_buf_printf(o, "\\n");
+            else gw_buf_printf(o, "%c", *p);
+        }
+        gw_buf_printf(o, "\"} %s\n", usd);
+    }
+}

@@ -328,6 +328,7 @@ static void gw_up_fail(gw_req_t *r, int status, const char *code, const char *ms
     else if (status >= 500) r->srv->m.upstream_errors++;
     if (!r->head_sent) {
         gw_proxy_release(r);
+        gw_req_settle_done(r, status); /* before the head: it carries the receipt */
         gw_req_error(r, status, "server_error", code, NULL, msg);
         return;
     }
@@ -386,6 +387,20 @@ static int gw_has_object(const char *json, const char *field) {
 /* gw_server.c: settle before the answer's last bytes are queued (not in
  * gw-int.h, which this change does not own). */
 
+/* The usage-only chunk in r->body (its JSON) again, with the signed usage
+ * receipt added as its last member "receipt". */
+static void gw_stream_receipt_chunk(gw_req_t *r) {
+    const gw_buf_t *d = &r->body;
+    size_t end = d->len;
+    while (end && d->p[end - 1] != '}') end--;
+    gw_buf_t b = {0};
+    if (end && gw_buf_append(&b, "data: ", 6) == GW_OK && gw_buf_append(&b, d->p, end - 1) == GW_OK &&
+        gw_buf_append(&b, ",\"receipt\":\"", 12) == GW_OK && gw_buf_append(&b, r->receipt, strlen(r->receipt)) == GW_OK &&
+        gw_buf_append(&b, "\"}\n\n", 4) == GW_OK)
+        gw_client_chunk(r, b.p, b.len);
+    gw_buf_free(&b);
+}
+
 static void gw_stream_event(gw_req_t *r, const char *ev, size_t len) {
     gw_buf_t *d = &r->body; /* reused as scratch while streaming */
     if (gw_sse_data(ev, len, d) != GW_OK || d->len == 0 || d->p[0] != '{') {
@@ -401,8 +416,12 @@ static void gw_stream_event(gw_req_t *r, const char *ev, size_t len) {
     tg_json_t *j = tg_json_parse(d->p, d->len, NULL, NULL);
     const tg_json_t *u = tg_json_get(j, "usage");
     if (tg_json_type(u) != TG_JSON_OBJECT || gw_req_usage_from_json(r, u) != GW_OK || r->client_usage) {
+        const tg_json_t *ch = tg_json_get(j, "choices");
+        int final = r->client_usage && r->have_usage && tg_json_type(ch) == TG_JSON_ARRAY && tg_json_len(ch) == 0;
         tg_json_free(j);
-        gw_client_chunk(r, ev, len);
+        if (final) gw_req_settle_done(r, r->status); /* the usage-only chunk: settle now, it carries the receipt */
+        if (final && r->receipt) gw_stream_receipt_chunk(r);
+        else gw_client_chunk(r, ev, len);
         return;
     }
     /* the client did not ask for usage */
@@ -460,7 +479,10 @@ static void gw_up_complete(gw_req_t *r) {
         gw_req_settle_done(r, r->status); /* a stream without [DONE]: before its end goes out */
         size_t rest = gw_sse_pending(&r->sse);
         if (rest) gw_client_chunk(r, r->sse.buf.p + r->sse.buf.len - rest, rest);
-        if (r->client_chunked) evbuffer_add(gw_req_out(r), "0\r\n\r\n", 5);
+        if (r->client_chunked && r->receipt) /* the receipt as a trailer field too */
+            evbuffer_add_printf(gw_req_out(r), "0\r\nx-tollgate-receipt: %s\r\n\r\n", r->receipt);
+        else if (r->client_chunked)
+            evbuffer_add(gw_req_out(r), "0\r\n\r\n", 5);
         gw_proxy_release(r);
         gw_req_finish(r);
         return;
@@ -486,6 +508,7 @@ static void gw_up_complete(gw_req_t *r) {
             snprintf(msg, sizeof msg, "The inference worker answered %d %s", status, gw_http_reason(status));
             if (r->worker) r->worker->failures += status >= 500;
             gw_proxy_release(r);
+            gw_req_settle_done(r, status); /* before the head: it carries the receipt */
             gw_req_error(r, status, status >= 500 ? "server_error" : "invalid_request_error", "upstream_error",
                          NULL, msg);
             return;

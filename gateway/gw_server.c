@@ -23,6 +23,7 @@
 #include <string.h>
 #include <strings.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
@@ -98,6 +99,7 @@ void gw_req_head(gw_req_t *r, int status, const char *ctype, int64_t clen) {
         if (ms < 0) ms = 60000;
         evbuffer_add_printf(o, "retry-after: %lld\r\n", ms > 1000 ? (long long)(ms + 999) / 1000 : 1LL);
     }
+    if (r->receipt) evbuffer_add_printf(o, "x-tollgate-receipt: %s\r\n", r->receipt);
     evbuffer_add_printf(o, "Connection: %s\r\n\r\n", r->keep_alive ? "keep-alive" : "close");
 }
 
@@ -229,6 +231,10 @@ static void gw_req_settle(gw_req_t *r) {
     u.first_byte_us = r->first_byte_us;
     u.finished_us = r->finished_us;
     bill_settle(r->srv->bill, &u, &r->hold);
+    char rc[BILL_RECEIPT_MAX];
+    long rn = bill_receipt(r->srv->bill, &u, rc, sizeof rc);
+    char *rp = rn > 0 ? gw_palloc(r->pool, (size_t)rn + 1) : NULL;
+    if (rp) r->receipt = memcpy(rp, rc, (size_t)rn + 1);
     gw_metrics_t *m = &r->srv->m;
     m->tokens_prompt += (uint64_t)u.prompt_tokens;
     m->tokens_cache_hit += (uint64_t)u.prompt_cache_hit_tokens;
@@ -584,6 +590,7 @@ static void gw_route_metrics(gw_req_t *r) {
     bill_hold_stats(r->srv->bill, &hs);
     gw_metrics_render_holds(&r->srv->m, &hs, &b);
     gw_rl_metrics(r->srv->rl, &b);
+    gw_metrics_render_money(r->srv->bill, &b);
     if (!b.p) gw_req_error(r, 500, "server_error", NULL, NULL, "out of memory");
     else {
         gw_req_body(r, "text/plain; version=0.0.4", 200, b.p, b.len);
@@ -860,6 +867,13 @@ static void gw_req_route(gw_req_t *r) {
         else gw_route_metrics(r);
     } else if (n >= 10 && !strncmp(t, "/dashboard", 10) && (n == 10 || t[10] == '/')) {
         gw_dash_route(r);
+    } else if (n == 15 && !strncmp(t, "/v1/receipt-key", n)) { /* the key that signs usage receipts */
+        const char *k = bill_receipt_key_json(r->srv->bill);
+        if (!k) gw_req_error(r, 404, "invalid_request_error", "not_found", NULL, "Usage receipts are not signed here");
+        else {
+            gw_req_body(r, "application/json", 200, k, strlen(k));
+            gw_req_finish(r);
+        }
     } else if (n == 7 && !strncmp(t, "/health", n)) {
         r->route = GW_ROUTE_HEALTH;
         static const char ok[] = "{\"status\":\"ok\"}\n";
@@ -1228,7 +1242,11 @@ gw_server_t *gw_server_new(struct event_base *base, const gw_config_t *cfg, char
         .lease_ttl_ms = (int)cfg->lease_ttl_ms,
         .lease_idle_ms = (int)cfg->lease_idle_ms,
         .invoice_finalize_after_s = (int)cfg->invoice_finalize_after_s,
+        .receipt_key = cfg->receipt_key && *cfg->receipt_key && access(cfg->receipt_key, F_OK) == 0 ? cfg->receipt_key
+                                                                                                   : NULL,
     };
+    if (!bo.receipt_key && cfg->receipt_key && *cfg->receipt_key)
+        fprintf(stderr, "tollgate: warning: no usage receipts: %s: %s\n", cfg->receipt_key, strerror(errno));
     char berr[256] = "";
     s->bill = bill_new(base, &bo, berr, sizeof berr);
     if (!s->bill) {

@@ -93,4 +93,12 @@ long mtr_spool_read(const char *path, mtr_record_fn fn, void *arg, int *corrupt)
 int mtr_spool_list(const char *dir, char ***names);
 void mtr_names_free(char **names, int n);
 
+/* One process per spool directory: lock `<dir>/gateway.lock` (flock, held
+ * until mtr_spool_unlock or the process's end, even a SIGKILL), creating dir
+ * when needed.  Returns the lock's descriptor, or -1 with err saying why
+ * (another process holds it: its pid). */
+#define MTR_LOCK_NAME "gateway.lock"
+int mtr_spool_lock(const char *dir, char *err, size_t errlen);
+void mtr_spool_unlock(int fd); /* accepts -1 */
+
 #endif

@@ -128,7 +128,13 @@ secrets() {
     umask 077
     [ -s "$V/admin.token" ] || openssl rand -hex 32 >"$V/admin.token"
     [ -s "$V/key.secret" ] || openssl rand -hex 32 >"$V/key.secret"
+    # the operator's Ed25519 key signing usage receipts; its public half is published
+    # (var/receipt.pub, GET /v1/receipt-key) for `tollgatectl receipt verify`
+    [ -s "$V/receipt.key" ] || openssl genpkey -algorithm ed25519 -out "$V/receipt.key" 2>/dev/null ||
+        die "openssl genpkey ed25519 failed"
     umask 022
+    [ -s "$V/receipt.pub" ] || openssl pkey -in "$V/receipt.key" -pubout -out "$V/receipt.pub" 2>/dev/null ||
+        die "openssl pkey -pubout failed"
     if [ ! -s "$V/tls/cert.pem" ]; then
         mkdir -p "$V/tls"
         openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 3650 \
@@ -169,6 +175,7 @@ config() {
   "admin_token_file": "$V/admin.token",
   "key_secret_file": "$V/key.secret",
   "spool_dir": "$V/spool",
+  "receipt_key": "$V/receipt.key",
   "access_log": "$V/log/access.log",
   "default_max_tokens": ${TG_DEMO_MAX_TOKENS:-512},
   "workers": [{"url": "http://127.0.0.1:$TG_PORT_ENGINE", "models": ["$MODEL"]}]

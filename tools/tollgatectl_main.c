@@ -22,6 +22,11 @@
 
 #include <cjson/cJSON.h>
 
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/sha.h>
+
+#include "tg_b64.h"
 #include "tg_file.h"
 #include "tg_json.h"
 
@@ -78,6 +83,10 @@ static const char USAGE[] =
     "  user create LOGIN (--customer NAME | --operator)   (a dashboard login; its password alone on the last\n"
     "                                                    line, shown once)\n"
     "  user list | user revoke LOGIN\n"
+    "  receipt verify RECEIPT [--pubkey FILE] [--offline]\n"
+    "                                  (checks a usage receipt's Ed25519 signature with FILE, default\n"
+    "                                   var/receipt.pub, then that it equals its usage row through the\n"
+    "                                   admin API unless --offline; RECEIPT - reads it from stdin)\n"
     "\n"
     "AMOUNT is USD as a decimal (\"5\", \"5.00\", \"0.000001\"); MICRO is integer micro-USD per\n"
     "1M tokens; T is a timestamp PostgreSQL understands (2026-11-01, 2026-11-01T12:00:00Z);\n"
@@ -1256,6 +1265,172 @@ static int cmd_report(args_t *a) {
     return 0;
 }
 
+/* ---- receipt verify ----------------------------------------------------------- */
+
+static const char *argv0;
+
+/* The public key: FILE, else var/receipt.pub here, else ../var/receipt.pub
+ * next to the binary.  Dies when none can be read. */
+static EVP_PKEY *receipt_pubkey(const char *file) {
+    char path[4200];
+    const char *tries[2] = {file ? file : "var/receipt.pub", NULL};
+    char exe[4096];
+    ssize_t n = file ? -1 : readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n > 0) {
+        exe[n] = 0;
+        char *sl = strrchr(exe, '/');
+        if (sl) {
+            *sl = 0;
+            snprintf(path, sizeof path, "%s/../var/receipt.pub", exe);
+            tries[1] = path;
+        }
+    }
+    for (int i = 0; i < 2 && tries[i]; i++) {
+        FILE *f = fopen(tries[i], "r");
+        if (!f) continue;
+        EVP_PKEY *k = PEM_read_PUBKEY(f, NULL, NULL, NULL);
+        fclose(f);
+        if (!k || EVP_PKEY_id(k) != EVP_PKEY_ED25519) die(1, "%s: not an Ed25519 public key in PEM", tries[i]);
+        return k;
+    }
+    die(1, "no receipt public key: give --pubkey FILE (the operator publishes it at GET /v1/receipt-key "
+           "and as var/receipt.pub)");
+}
+
+/* A decimal string of a JSON member that is a string or an integer number. */
+static const char *num(cJSON *o, const char *k) { return str(o, k); }
+
+static int cmd_receipt(args_t *a) {
+    const char *sub = positional(a, "receipt subcommand (verify)");
+    if (strcmp(sub, "verify")) die(2, "unknown command 'receipt %s' (see tollgatectl --help)", sub);
+    const char *pubfile = opt(a, "--pubkey");
+    int offline = 0;
+    for (int i = 0; i < a->argc; i++)
+        if (!strcmp(a->argv[i], "--offline")) {
+            offline = 1;
+            memmove(a->argv + i, a->argv + i + 1, (a->argc - i - 1) * sizeof *a->argv);
+            a->argc--;
+            break;
+        }
+    if (a->argc == 0) die(2, "RECEIPT is required (see tollgatectl --help)");
+    const char *rc = a->argv[0];
+    a->argv++;
+    a->argc--;
+    no_more(a);
+    char *in = NULL;
+    if (!strcmp(rc, "-")) {
+        if (!(in = tg_file_read("/dev/stdin", 1 << 20, NULL))) die(1, "cannot read the receipt from stdin");
+        rc = trim(in);
+    }
+    /* tgr1.<payload>.<signature> */
+    const char *dot1 = strchr(rc, '.'), *dot2 = dot1 ? strchr(dot1 + 1, '.') : NULL;
+    if (strncmp(rc, "tgr1.", 5) || dot1 != rc + 4 || !dot2 || strchr(dot2 + 1, '.'))
+        die(1, "not a tollgate receipt (want tgr1.<payload>.<signature>)");
+    size_t plen = (size_t)(dot2 - dot1 - 1), slen = strlen(dot2 + 1);
+    uint8_t *payload = malloc(plen + 1), sig[64 + 3];
+    if (!payload) die(1, "out of memory");
+    long pn = tg_b64url_decode(dot1 + 1, plen, payload);
+    if (pn < 0 || slen > TG_B64URL_LEN(64) || tg_b64url_decode(dot2 + 1, slen, sig) != 64)
+        die(1, "receipt: malformed (bad base64url)");
+    payload[pn] = 0;
+    cJSON *j = cJSON_ParseWithLength((const char *)payload, (size_t)pn);
+    if (!j || !cJSON_IsObject(j)) die(1, "receipt: malformed (its payload is not JSON)");
+    /* the signature, over "tgr1.<payload>" exactly as received */
+    EVP_PKEY *key = receipt_pubkey(pubfile);
+    uint8_t raw[32], dig[32];
+    size_t rawlen = sizeof raw;
+    char kid[17];
+    if (EVP_PKEY_get_raw_public_key(key, raw, &rawlen) != 1 || rawlen != 32) die(1, "cannot read the public key");
+    SHA256(raw, sizeof raw, dig);
+    for (int i = 0; i < 8; i++) snprintf(kid + 2 * i, 3, "%02x", dig[i]);
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    int ok = ctx && EVP_DigestVerifyInit(ctx, NULL, NULL, NULL, key) == 1 &&
+             EVP_DigestVerify(ctx, sig, 64, (const uint8_t *)rc, (size_t)(dot2 - rc)) == 1;
+    EVP_MD_CTX_free(ctx);
+    EVP_PKEY_free(key);
+    const char *rkid = str(j, "kid");
+    if (!ok) {
+        if (strcmp(rkid, kid))
+            die(1, "receipt: INVALID signature (signed by key %s, this public key is %s)", rkid, kid);
+        die(1, "receipt: INVALID signature (key %s): it was altered or not issued by this operator", kid);
+    }
+    if (strcmp(rkid, kid)) die(1, "receipt: INVALID: its kid %s does not name the key that signed it (%s)", rkid, kid);
+    const char *rid = str(j, "request_id");
+    cJSON *price = cJSON_GetObjectItemCaseSensitive(j, "price");
+    if (!json_out) {
+        printf("signature: valid (Ed25519, key %s)\n", kid);
+        printf("request %s: customer %s, key %s, model %s, status %s, received %s\n", rid, num(j, "customer_id"),
+               num(j, "key_id"), str(j, "model"), num(j, "http_status"), str(j, "received_at"));
+        printf("tokens: prompt %s (cache hit %s, cache miss %s), completion %s (reasoning %s)\n",
+               num(j, "prompt_tokens"), num(j, "prompt_cache_hit_tokens"), num(j, "prompt_cache_miss_tokens"),
+               num(j, "completion_tokens"), num(j, "reasoning_tokens"));
+        printf("price (micro-USD per 1M tokens): cache miss %s, cache hit %s, output %s; version %s\n",
+               str(price, "input_cache_miss"), str(price, "input_cache_hit"), str(price, "output"),
+               str(j, "price_version"));
+        printf("cost: %s pico-USD\n", str(j, "cost_pico"));
+    }
+    int differ = 0;
+    buf_t diffs = {0};
+    cJSON *row = NULL;
+    if (!offline) {
+        token = admin_token(argv0);
+        buf_t p = {0};
+        bprintf(&p, "/admin/v1/usage/");
+        bput_enc(&p, rid);
+        int save = json_out;
+        json_out = 0;
+        row = call("GET", p.p, NULL);
+        json_out = save;
+        free(p.p);
+        static const char *const same[][2] = {
+            {"customer_id", "customer_id"}, {"model", "model"}, {"prompt_tokens", "prompt_tokens"},
+            {"prompt_cache_hit_tokens", "prompt_cache_hit_tokens"},
+            {"prompt_cache_miss_tokens", "prompt_cache_miss_tokens"}, {"completion_tokens", "completion_tokens"},
+            {"reasoning_tokens", "reasoning_tokens"}, {"cost_pico", "cost_pico"}, {"http_status", "http_status"}};
+        for (size_t i = 0; i < sizeof same / sizeof same[0]; i++) {
+            const char *x = num(j, same[i][0]), *y = num(row, same[i][1]);
+            if (strcmp(x, y)) bprintf(&diffs, "%s%s: receipt %s, usage row %s", differ++ ? "; " : "", same[i][0], x, y);
+        }
+        const char *rk = num(row, "key_id");
+        if (strcmp(num(j, "key_id"), !strcmp(rk, "-") ? "0" : rk))
+            bprintf(&diffs, "%skey_id: receipt %s, usage row %s", differ++ ? "; " : "", num(j, "key_id"), rk);
+        static const char *const prices[][2] = {{"input_cache_miss", "price_input_cache_miss"},
+                                                {"input_cache_hit", "price_input_cache_hit"},
+                                                {"output", "price_output"}};
+        for (int i = 0; i < 3; i++)
+            if (strcmp(str(price, prices[i][0]), str(row, prices[i][1])))
+                bprintf(&diffs, "%sprice.%s: receipt %s, usage row %s", differ++ ? "; " : "", prices[i][0],
+                        str(price, prices[i][0]), str(row, prices[i][1]));
+        if (!json_out) {
+            if (differ) printf("usage row: DIFFERS: %s\n", diffs.p);
+            else printf("usage row: matches (billed %s USD on the invoice of %s for customer %s)\n",
+                        str(row, "cost_usd"), str(row, "invoice_month"), str(row, "customer"));
+        }
+    } else if (!json_out) {
+        printf("usage row: not checked (--offline)\n");
+    }
+    if (json_out) {
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "signature", "valid");
+        cJSON_AddStringToObject(o, "kid", kid);
+        cJSON_AddStringToObject(o, "usage_row", offline ? "not_checked" : differ ? "differs" : "matches");
+        if (differ) cJSON_AddStringToObject(o, "differences", diffs.p);
+        if (row) cJSON_AddStringToObject(o, "invoice_month", str(row, "invoice_month"));
+        cJSON_AddItemToObject(o, "receipt", j);
+        char *t = cJSON_PrintUnformatted(o);
+        if (t) print_raw(t);
+        free(t);
+        cJSON_DetachItemFromObject(o, "receipt");
+        cJSON_Delete(o);
+    }
+    cJSON_Delete(row);
+    cJSON_Delete(j);
+    free(diffs.p);
+    free(payload);
+    free(in);
+    return differ ? 1 : 0;
+}
+
 int main(int argc, char **argv) {
     args_t a = {0, argv + 1}; /* compacted in place: no allocation to free */
     for (int i = 1; i < argc; i++) {
@@ -1273,12 +1448,13 @@ int main(int argc, char **argv) {
     const char *url = getenv("TOLLGATE_ADMIN_URL");
     parse_url(url && *url ? url : "http://127.0.0.1:8444");
     const char *cmd = positional(&a, "COMMAND");
-    static const char *const known[] = {"customer", "key",   "credit", "balance", "usage",
-                                        "invoice",  "price", "report", "token",   "reconcile",
-                                        "user"};
+    static const char *const known[] = {"customer", "key",   "credit", "balance",   "usage",  "invoice",
+                                        "price",    "report", "token", "reconcile", "user",   "receipt"};
     int ok = 0;
     for (size_t i = 0; i < sizeof known / sizeof known[0]; i++) ok |= !strcmp(cmd, known[i]);
     if (!ok) die(2, "unknown command '%s' (see tollgatectl --help)", cmd);
+    argv0 = argv[0];
+    if (!strcmp(cmd, "receipt")) return cmd_receipt(&a); /* the admin token only to compare with the usage row */
     token = admin_token(argv[0]);
     if (!strcmp(cmd, "customer")) return cmd_customer(&a);
     if (!strcmp(cmd, "key")) return cmd_key(&a);

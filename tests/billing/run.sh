@@ -30,3 +30,5 @@ export TG_GATEWAY=${TG_GATEWAY:-build/tollgate}
 # Faults under load (ports 18770-18773): 20 SIGKILLs of the gateway, then PostgreSQL
 # down for 60 s, both under streaming load; exactly once, no hold or lease left.
 /usr/bin/python3 tests/billing/test_faults.py
+# Receipts, refusal counters, money metrics, the spool lock (ports 18780-18786).
+/usr/bin/python3 tests/billing/test_gw_money.py

@@ -1,0 +1,376 @@
+"""The money as the real gateway (build/tollgate) shows it: signed usage receipts (header, the final
+usage chunk of a stream, the stream's trailer) that `tollgatectl receipt verify` accepts and matches
+with their usage rows while a tampered one fails; refusals (402, 429) counted into the hourly rollups;
+the settlement metrics on /metrics; and one gateway per spool directory.
+
+A private stack on ports 18780-18786: PostgreSQL (tests/billing/pg.sh), Redis, the scripted fake
+worker (tests/gateway/fake_worker.py) and the gateway (a second one tries 18785/18786).  Nothing is
+counted before the settlement queue is idle (GET /admin/v1/settlement)."""
+import base64
+import http.client
+import json
+import os
+import re
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+import urllib.request
+
+import psycopg2
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+GATEWAY = os.path.join(ROOT, os.environ.get("TG_GATEWAY", "build/tollgate"))
+CTL = os.path.join(ROOT, os.environ.get("TG_CTL", "build/tollgatectl"))
+PGSH = os.path.join(ROOT, "tests", "billing", "pg.sh")
+WORKER = os.path.join(ROOT, "tests", "gateway", "fake_worker.py")
+P_PG, P_REDIS, P_WORKER, P_GW, P_ADMIN, P_GW2, P_ADMIN2 = 18780, 18781, 18782, 18783, 18784, 18785, 18786
+PG = "host=127.0.0.1 port=%d dbname=tollgate user=tollgate" % P_PG
+MODEL = "fake-model"
+PRICE = (270000, 70000, 1100000)
+sys.path.insert(0, os.path.join(ROOT, "tests", "lib"))
+from tgskip import main  # noqa: E402
+
+
+def q(sql, *args):
+    with psycopg2.connect(PG, connect_timeout=10, options="-c statement_timeout=30000") as c:
+        c.autocommit = True
+        cur = c.cursor()
+        cur.execute(sql, args)
+        return cur.fetchall() if cur.description else None
+
+
+def wait_for(fn, timeout=20.0):
+    deadline = time.time() + timeout
+    while True:
+        v = fn()
+        if v or time.time() > deadline:
+            return v
+        time.sleep(0.1)
+
+
+def b64d(s):
+    return base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))
+
+
+def b64e(b):
+    return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+
+
+class GatewayMoney(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.dir = tempfile.mkdtemp(prefix="billtest-gwmoney.")
+        os.chmod(cls.dir, 0o755)
+        cls.pgdir = os.path.join(cls.dir, "pg")
+        cls.spool = os.path.join(cls.dir, "spool")
+        cls.procs = {}
+        cls.gw = None
+        try:
+            subprocess.run(["bash", PGSH, "start", cls.pgdir, str(P_PG)], check=True, timeout=120)
+            cls.procs["redis"] = subprocess.Popen(
+                ["redis-server", "--port", str(P_REDIS), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            cls.procs["worker"] = subprocess.Popen(["/usr/bin/python3", WORKER, str(P_WORKER)],
+                                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            cert, key = os.path.join(cls.dir, "cert.pem"), os.path.join(cls.dir, "key.pem")
+            subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                            "-nodes", "-days", "2", "-subj", "/CN=localhost",
+                            "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", key, "-out", cert],
+                           check=True, capture_output=True, timeout=60)
+            cls.receipt_key, cls.pub = os.path.join(cls.dir, "receipt.key"), os.path.join(cls.dir, "receipt.pub")
+            subprocess.run(["openssl", "genpkey", "-algorithm", "ed25519", "-out", cls.receipt_key], check=True,
+                           capture_output=True, timeout=60)
+            subprocess.run(["openssl", "pkey", "-in", cls.receipt_key, "-pubout", "-out", cls.pub], check=True,
+                           capture_output=True, timeout=60)
+            cls.tls = ssl.create_default_context(cafile=cert)
+            cls.token = os.urandom(16).hex()
+            for name, val in (("admin.token", cls.token), ("key.secret", os.urandom(32).hex())):
+                with open(os.path.join(cls.dir, name), "w") as f:
+                    f.write(val + "\n")
+            cls.cfg = {"listen": "127.0.0.1:%d" % P_GW, "admin_listen": "127.0.0.1:%d" % P_ADMIN,
+                       "tls_cert": cert, "tls_key": key, "postgres": PG, "redis": "127.0.0.1:%d" % P_REDIS,
+                       "admin_token_file": os.path.join(cls.dir, "admin.token"),
+                       "key_secret_file": os.path.join(cls.dir, "key.secret"), "spool_dir": cls.spool,
+                       "receipt_key": cls.receipt_key, "access_log": os.path.join(cls.dir, "access.log"),
+                       "upstream_timeout_ms": 5000,
+                       "workers": [{"url": "http://127.0.0.1:%d" % P_WORKER, "models": [MODEL]}]}
+            cls.config = os.path.join(cls.dir, "tollgate.json")
+            with open(cls.config, "w") as f:
+                json.dump(cls.cfg, f)
+            log = open(os.path.join(cls.dir, "gateway.log"), "a")
+            cls.gw = subprocess.Popen([GATEWAY, "--config", cls.config], stdout=log, stderr=log)
+            log.close()
+            cls.wait_up(cls.gw, P_GW)
+            cls.ctl("price", "set", "--model", MODEL, "--input-miss", str(PRICE[0]), "--input-hit", str(PRICE[1]),
+                    "--output", str(PRICE[2]))
+            cls.ctl("customer", "create", "gwmoney", "--credit-usd", "10")
+            cls.key = cls.ctl("key", "create", "--customer", "gwmoney").strip().splitlines()[-1]
+        except BaseException:
+            cls.tearDownClass()
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        if cls.gw and cls.gw.poll() is None:
+            cls.gw.terminate()
+            cls.gw.wait(timeout=20)
+        for p in cls.procs.values():
+            p.terminate()
+            p.wait(timeout=10)
+        subprocess.run(["bash", PGSH, "stop", cls.pgdir], timeout=120)
+        if os.environ.get("KEEP_TEST_DIR"):
+            print("kept", cls.dir, file=sys.stderr)
+        else:
+            shutil.rmtree(cls.dir, ignore_errors=True)
+
+    @classmethod
+    def wait_up(cls, p, port):
+        deadline = time.time() + 15
+        while time.time() < deadline:
+            if p.poll() is not None:
+                raise AssertionError("gateway exited: see %s/gateway.log" % cls.dir)
+            try:
+                urllib.request.urlopen("https://127.0.0.1:%d/health" % port, timeout=1, context=cls.tls)
+                return
+            except urllib.error.HTTPError:
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise AssertionError("gateway did not start")
+
+    @classmethod
+    def ctl(cls, *args, check=True, raw=False):
+        env = dict(os.environ, TOLLGATE_ADMIN_URL="http://127.0.0.1:%d" % P_ADMIN, TOLLGATE_ADMIN_TOKEN=cls.token)
+        p = subprocess.run([CTL, *args], capture_output=True, text=True, timeout=30, env=env)
+        if check and p.returncode != 0:
+            raise AssertionError("tollgatectl %s: %s" % (" ".join(args), p.stderr))
+        return p if raw else p.stdout
+
+    def drain(self, timeout=30.0):
+        deadline = time.time() + timeout
+        while True:
+            req = urllib.request.Request("http://127.0.0.1:%d/admin/v1/settlement" % P_ADMIN,
+                                         headers={"Authorization": "Bearer " + self.token})
+            with urllib.request.urlopen(req, timeout=10) as r:
+                j = json.loads(r.read())
+            if j["idle"]:
+                return j
+            if time.time() > deadline:
+                self.fail("the settlement queue did not drain: %r" % j)
+            time.sleep(0.05)
+
+    def chat(self, content, stream=False, include_usage=False, key=None):
+        """(status, headers, body): a stream's body is its events' data lines."""
+        c = http.client.HTTPSConnection("127.0.0.1", P_GW, context=self.tls, timeout=15)
+        body = {"model": MODEL, "stream": stream, "messages": [{"role": "user", "content": content}]}
+        if include_usage:
+            body["stream_options"] = {"include_usage": True}
+        c.request("POST", "/v1/chat/completions", json.dumps(body),
+                  {"Authorization": "Bearer " + (key or self.key), "Content-Type": "application/json"})
+        r = c.getresponse()
+        data = r.read()
+        c.close()
+        if stream and r.status == 200:
+            data = [json.loads(l[6:]) if l != b"data: [DONE]" else "[DONE]"
+                    for l in data.split(b"\n") if l.startswith(b"data: ")]
+        else:
+            data = json.loads(data)
+        return r.status, r, data
+
+    def raw_stream(self, content):
+        """A stream read as raw bytes (http.client drops trailers)."""
+        s = self.tls.wrap_socket(socket.create_connection(("127.0.0.1", P_GW), timeout=15), server_hostname="localhost")
+        body = json.dumps({"model": MODEL, "stream": True, "messages": [{"role": "user", "content": content}]})
+        s.sendall(("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
+                   "Content-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
+                   % (self.key, len(body), body)).encode())
+        out = b""
+        while True:
+            b = s.recv(65536)
+            if not b:
+                break
+            out += b
+        s.close()
+        return out
+
+    def verify(self, receipt, *extra):
+        return self.ctl("receipt", "verify", receipt, "--pubkey", self.pub, *extra, check=False, raw=True)
+
+    # ---- receipts ----
+
+    def test_receipts(self):
+        st, r, body = self.chat("receipt plain")
+        self.assertEqual(st, 200, body)
+        rc = r.getheader("x-tollgate-receipt")
+        self.assertTrue(rc and rc.startswith("tgr1."), rc)
+        rid = r.getheader("x-request-id")
+        payload = json.loads(b64d(rc.split(".")[1]))
+        self.assertEqual(payload["request_id"], rid)
+        self.assertEqual((payload["prompt_tokens"], payload["completion_tokens"]),
+                         (body["usage"]["prompt_tokens"], body["usage"]["completion_tokens"]))
+        self.assertIsInstance(payload["cost_pico"], str)
+        # streams: in the final usage chunk (include_usage), and as the chunked trailer
+        st, r, events = self.chat("receipt stream", stream=True, include_usage=True)
+        self.assertEqual(st, 200)
+        last = [e for e in events if e != "[DONE]"][-1]
+        self.assertEqual(last["choices"], [])
+        self.assertIn("usage", last)
+        src = last["receipt"]
+        self.assertEqual(json.loads(b64d(src.split(".")[1]))["request_id"], r.getheader("x-request-id"))
+        raw = self.raw_stream("receipt trailer")
+        m = re.search(rb"\r\n0\r\nx-tollgate-receipt: (tgr1\.[A-Za-z0-9_.-]+)\r\n\r\n$", raw)
+        self.assertTrue(m, raw[-400:])
+        trc = m.group(1).decode()
+        self.assertNotIn(b'"receipt"', raw)  # no include_usage: no usage chunk to carry it
+        # a worker error is billed (a usage row) and carries its receipt too
+        st, r, body = self.chat("status:500")
+        self.assertEqual(st, 500)
+        erc = r.getheader("x-tollgate-receipt")
+        self.assertEqual(json.loads(b64d(erc.split(".")[1]))["http_status"], 500)
+        self.drain()
+        for x in (rc, src, trc, erc):
+            p = self.verify(x)
+            self.assertEqual(p.returncode, 0, p.stderr)
+            self.assertIn("signature: valid", p.stdout)
+            self.assertIn("usage row: matches", p.stdout)
+        j = json.loads(self.verify(rc, "--json").stdout)
+        self.assertEqual((j["signature"], j["usage_row"]), ("valid", "matches"))
+        row = q("SELECT cost_pico, prompt_cache_hit_tokens FROM usage WHERE request_id = %s", rid)[0]
+        self.assertEqual((int(payload["cost_pico"]), payload["prompt_cache_hit_tokens"]), row)
+        # tampered: one more completion token in the payload, the signature kept
+        p2 = dict(payload, completion_tokens=payload["completion_tokens"] + 1)
+        forged = "tgr1.%s.%s" % (b64e(json.dumps(p2, separators=(",", ":")).encode()), rc.split(".")[2])
+        p = self.verify(forged)
+        self.assertEqual(p.returncode, 1)
+        self.assertIn("INVALID", p.stderr)
+        sig = bytearray(b64d(rc.split(".")[2]))
+        sig[5] ^= 1
+        p = self.verify("tgr1.%s.%s" % (rc.split(".")[1], b64e(bytes(sig))))
+        self.assertEqual(p.returncode, 1)
+        self.assertIn("INVALID", p.stderr)
+        # another operator's key
+        other = os.path.join(self.dir, "other.key")
+        subprocess.run(["openssl", "genpkey", "-algorithm", "ed25519", "-out", other], check=True, capture_output=True)
+        subprocess.run(["openssl", "pkey", "-in", other, "-pubout", "-out", other + ".pub"], check=True,
+                       capture_output=True)
+        p = self.ctl("receipt", "verify", rc, "--pubkey", other + ".pub", "--offline", check=False, raw=True)
+        self.assertEqual(p.returncode, 1)
+        self.assertIn("INVALID", p.stderr)
+        # a genuine receipt whose usage row says otherwise (the row is immutable in production; here a
+        # second customer's row with the same id stands in): not simulated; a missing row fails
+        p = self.verify(rc, "--offline")
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertIn("not checked", p.stdout)
+        # the published key
+        with urllib.request.urlopen("https://127.0.0.1:%d/v1/receipt-key" % P_GW, timeout=10, context=self.tls) as r:
+            k = json.loads(r.read())
+        with open(self.pub) as f:
+            self.assertEqual(k["public_key_pem"].strip(), f.read().strip())
+        self.assertEqual(k["kid"], payload["kid"])
+
+    def test_receipt_that_differs_from_its_row_fails(self):
+        """A receipt signed with the operator's key (here by openssl, as a key leak or a bug would)
+        whose numbers differ from the usage row is refused: the signature alone is not enough."""
+        st, r, body = self.chat("receipt to alter")
+        rc = r.getheader("x-tollgate-receipt")
+        self.drain()
+        payload = json.loads(b64d(rc.split(".")[1]))
+        for field, value in (("cost_pico", str(int(payload["cost_pico"]) + 1)),
+                             ("completion_tokens", payload["completion_tokens"] + 1),
+                             ("request_id", "01900000-0000-7000-8000-000000000000")):
+            signing = "tgr1." + b64e(json.dumps(dict(payload, **{field: value}), separators=(",", ":")).encode())
+            msg = os.path.join(self.dir, "msg")
+            with open(msg, "w") as f:
+                f.write(signing)
+            sig = subprocess.run(["openssl", "pkeyutl", "-sign", "-rawin", "-inkey", self.receipt_key, "-in", msg],
+                                 check=True, capture_output=True, timeout=30).stdout
+            p = self.verify(signing + "." + b64e(sig))
+            self.assertEqual(p.returncode, 1, (field, p.stdout, p.stderr))
+            self.assertIn("signature: valid", p.stdout)
+            if field == "request_id":
+                self.assertIn("no usage row", p.stderr)
+            else:
+                self.assertIn("usage row: DIFFERS: %s" % field, p.stdout)
+
+    # ---- refusals and rollups ----
+
+    def test_refusals_in_rollup(self):
+        self.ctl("customer", "create", "gwpoor", "--credit-usd", "0.000001")
+        poor = self.ctl("key", "create", "--customer", "gwpoor").strip().splitlines()[-1]
+        statuses = [self.chat("spend %d" % i, key=poor)[0] for i in range(4)]
+        self.assertEqual(statuses[0], 200)
+        self.drain()
+        n402 = statuses.count(402)
+        self.assertGreater(n402, 0, statuses)
+        self.ctl("customer", "create", "gwlimited", "--credit-usd", "1")
+        lim = self.ctl("key", "create", "--customer", "gwlimited", "--rpm", "1").strip().splitlines()[-1]
+        statuses2 = [self.chat("limit %d" % i, key=lim)[0] for i in range(3)]
+        self.assertEqual(statuses2, [200, 429, 429])
+        self.drain()
+        sql = ("SELECT coalesce(sum(refused_402), 0), coalesce(sum(refused_429), 0), coalesce(sum(requests), 0)"
+               " FROM usage_hourly h JOIN customers c ON c.id = h.customer_id WHERE c.name = %s")
+        self.assertTrue(wait_for(lambda: q(sql, "gwpoor")[0] == (n402, 0, 4 - n402)), q(sql, "gwpoor"))
+        self.assertTrue(wait_for(lambda: q(sql, "gwlimited")[0] == (0, 2, 1)), q(sql, "gwlimited"))
+        self.assertEqual(q("SELECT count(*) FROM usage_hourly_mismatch")[0][0], 0)
+        j = json.loads(self.ctl("report", "usage", "--customer", "gwlimited", "--json"))
+        self.assertEqual((j["totals"]["requests"], j["totals"]["refused_429"]), (1, 2))
+
+    # ---- metrics ----
+
+    def metrics(self):
+        with urllib.request.urlopen("https://127.0.0.1:%d/metrics" % P_GW, timeout=10, context=self.tls) as r:
+            return r.read().decode()
+
+    def test_metrics(self):
+        self.chat("metrics")
+        self.drain()
+        m = self.metrics()
+        for name in ("tollgate_settle_queue_depth", "tollgate_journal_rows", "tollgate_journal_bytes",
+                     "tollgate_spool_files", "tollgate_spool_rows", "tollgate_spool_bytes",
+                     "tollgate_settle_rejected_total", "tollgate_usage_rows_inserted_total"):
+            self.assertRegex(m, r"(?m)^%s \d+$" % name)
+        self.assertRegex(m, r"(?m)^tollgate_settle_queue_depth 0$")
+        self.assertRegex(m, r"(?m)^tollgate_postgres_up 1$")
+        # the cost settled per model equals what this gateway inserted (the whole private database), exactly
+        got = re.search(r'(?m)^tollgate_cost_settled_usd_total\{model="fake-model"\} (\d+\.\d{12})$', m)
+        self.assertTrue(got, m)
+        total = int(q("SELECT sum(cost_pico) FROM usage WHERE model = %s", MODEL)[0][0])
+        self.assertEqual(got.group(1), "%d.%012d" % (total // 10**12, total % 10**12))
+        inserted = int(re.search(r"(?m)^tollgate_usage_rows_inserted_total (\d+)$", m).group(1))
+        self.assertEqual(inserted, q("SELECT count(*) FROM usage")[0][0])
+
+    # ---- one gateway per spool directory ----
+
+    def test_second_gateway_same_spool_refuses(self):
+        cfg = dict(self.cfg, listen="127.0.0.1:%d" % P_GW2, admin_listen="127.0.0.1:%d" % P_ADMIN2)
+        path = os.path.join(self.dir, "second.json")
+        with open(path, "w") as f:
+            json.dump(cfg, f)
+        p = subprocess.run([GATEWAY, "--config", path], capture_output=True, text=True, timeout=30)
+        self.assertNotEqual(p.returncode, 0)
+        self.assertIn("spool directory %s is in use by another gateway (pid %d" % (self.spool, self.gw.pid), p.stderr)
+        self.assertEqual(self.gw.poll(), None)  # the first one runs on
+        # with its own spool directory the same configuration starts (and stops cleanly)
+        cfg["spool_dir"] = os.path.join(self.dir, "spool2")
+        with open(path, "w") as f:
+            json.dump(cfg, f)
+        log = open(os.path.join(self.dir, "gateway2.log"), "w")
+        g2 = subprocess.Popen([GATEWAY, "--config", path], stdout=log, stderr=log)
+        log.close()
+        try:
+            self.wait_up(g2, P_GW2)
+        finally:
+            g2.terminate()
+            self.assertEqual(g2.wait(timeout=20), 0)
+
+
+if __name__ == "__main__":
+    if not os.access(GATEWAY, os.X_OK):
+        print("test_gw_money: FAIL, no gateway binary at %s (make test-billing builds it)" % GATEWAY, file=sys.stderr)
+        sys.exit(1)
+    main()
