@@ -288,7 +288,12 @@ int bill_settle_cost(const bill_t *b, int i, const char **model, char usd[48]) {
 
 long bill_receipt(bill_t *b, const bill_usage_t *u, char *out, size_t cap) {
     if (!b || !b->receipts) return 0;
-    return bill_receipts_sign(b->receipts, u, NULL, out, cap);
+    /* the price version as the usage row keeps it (GET /admin/v1/usage/{id}: price_version) */
+    char v[48];
+    if (u->price.override_id) snprintf(v, sizeof v, "p%lld.o%lld", (long long)u->price.price_id,
+                                       (long long)u->price.override_id);
+    else snprintf(v, sizeof v, "p%lld", (long long)u->price.price_id);
+    return bill_receipts_sign(b->receipts, u, u->price.price_id || u->price.override_id ? v : NULL, out, cap);
 }
 
 const char *bill_receipt_key_json(const bill_t *b) { return b ? bill_receipts_key_json(b->receipts) : NULL; }

@@ -13,7 +13,9 @@
  *              prompt_tokens, prompt_cache_hit_tokens, prompt_cache_miss_tokens,
  *              completion_tokens, reasoning_tokens, price
  *              {input_cache_miss, input_cache_hit, output} (micro-USD per 1M
- *              tokens, strings), price_version (string or null), cost_pico
+ *              tokens, strings), price_version ("p<model_prices.id>" or
+ *              "p<id>.o<price_overrides.id>", as GET /admin/v1/usage/{id}
+ *              shows it; null when unknown), cost_pico
  *              (string), http_status, received_at (UTC, microseconds)
  *   signature  base64url of the 64-byte Ed25519 signature of the ASCII bytes
  *              "tgr1.<payload>" (the first two parts with their dot)

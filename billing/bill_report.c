@@ -105,7 +105,9 @@ static const char USAGE_ROW_SQL[] =
     " 'price_input_cache_miss', u.price_input_cache_miss::text, 'price_input_cache_hit',"
     " u.price_input_cache_hit::text, 'price_output', u.price_output::text, 'cost_pico', u.cost_pico::text,"
     " 'cost_usd', tg_usd(u.cost_pico), 'http_status', u.http_status, 'stream', u.stream,"
-    " 'received_at', u.received_at, 'finished_at', u.finished_at,"
+    " 'received_at', u.received_at, 'finished_at', u.finished_at, 'price_id', u.price_id,"
+    " 'override_id', u.override_id, 'price_version', CASE WHEN u.price_id IS NOT NULL OR u.override_id IS NOT NULL"
+    "   THEN 'p' || coalesce(u.price_id, 0) || coalesce('.o' || u.override_id, '') END,"
     " 'invoice_month', to_char(u.received_at AT TIME ZONE 'UTC', 'YYYY-MM'))::text"
     " FROM usage u JOIN customers c ON c.id = u.customer_id WHERE u.request_id = $1::uuid";
 

@@ -1386,7 +1386,8 @@ static int cmd_receipt(args_t *a) {
             {"customer_id", "customer_id"}, {"model", "model"}, {"prompt_tokens", "prompt_tokens"},
             {"prompt_cache_hit_tokens", "prompt_cache_hit_tokens"},
             {"prompt_cache_miss_tokens", "prompt_cache_miss_tokens"}, {"completion_tokens", "completion_tokens"},
-            {"reasoning_tokens", "reasoning_tokens"}, {"cost_pico", "cost_pico"}, {"http_status", "http_status"}};
+            {"reasoning_tokens", "reasoning_tokens"}, {"cost_pico", "cost_pico"}, {"http_status", "http_status"},
+            {"price_version", "price_version"}};
         for (size_t i = 0; i < sizeof same / sizeof same[0]; i++) {
             const char *x = num(j, same[i][0]), *y = num(row, same[i][1]);
             if (strcmp(x, y)) bprintf(&diffs, "%s%s: receipt %s, usage row %s", differ++ ? "; " : "", same[i][0], x, y);

@@ -214,6 +214,7 @@ class GatewayMoney(unittest.TestCase):
         self.assertEqual((payload["prompt_tokens"], payload["completion_tokens"]),
                          (body["usage"]["prompt_tokens"], body["usage"]["completion_tokens"]))
         self.assertIsInstance(payload["cost_pico"], str)
+        self.assertRegex(payload["price_version"], r"^p[1-9][0-9]*$")  # the base price row admission used
         # streams: in the final usage chunk (include_usage), and as the chunked trailer
         st, r, events = self.chat("receipt stream", stream=True, include_usage=True)
         self.assertEqual(st, 200)
@@ -282,6 +283,7 @@ class GatewayMoney(unittest.TestCase):
         payload = json.loads(b64d(rc.split(".")[1]))
         for field, value in (("cost_pico", str(int(payload["cost_pico"]) + 1)),
                              ("completion_tokens", payload["completion_tokens"] + 1),
+                             ("price_version", payload["price_version"] + ".o1"),
                              ("request_id", "01900000-0000-7000-8000-000000000000")):
             signing = "tgr1." + b64e(json.dumps(dict(payload, **{field: value}), separators=(",", ":")).encode())
             msg = os.path.join(self.dir, "msg")
