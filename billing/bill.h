@@ -16,6 +16,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "mtr.h"
+
 struct event_base;
 
 typedef struct bill bill_t;
@@ -43,15 +45,9 @@ typedef struct {
     const char *receipt_key;     /* PEM Ed25519 private key signing usage receipts; NULL or "": none */
 } bill_opts_t;
 
-/* Prices of one model, integer micro-USD per 1M tokens, and the version they
- * come from (kept on the usage row). */
-typedef struct {
-    int64_t input_cache_miss;
-    int64_t input_cache_hit;
-    int64_t output;
-    int64_t price_id;    /* model_prices.id of the base price used; 0: none */
-    int64_t override_id; /* price_overrides.id of the customer's override applied; 0: none */
-} bill_price_t;
+/* Prices of one model (micro-USD per 1M tokens) and their version: the
+ * metering record's type (metering/mtr.h owns it). */
+typedef mtr_price_t bill_price_t;
 
 typedef enum {
     BILL_OK = 0,
@@ -165,22 +161,9 @@ void bill_usd_str(int64_t pico, char out[32]);
 int64_t bill_cost_pico(const bill_price_t *p, int64_t cache_miss_tokens, int64_t cache_hit_tokens,
                        int64_t completion_tokens);
 
-/* One finished (or failed) request.  Strings are copied. */
-typedef struct {
-    char request_id[37];        /* UUIDv7, the idempotency key of the usage row */
-    int64_t key_id, customer_id;
-    const char *model;
-    bill_price_t price;
-    int64_t prompt_tokens;      /* = cache_hit + cache_miss */
-    int64_t prompt_cache_hit_tokens;
-    int64_t completion_tokens;
-    int64_t reasoning_tokens;   /* counted inside completion_tokens */
-    int http_status;            /* what the client got */
-    int stream;                 /* 1 when streamed */
-    int64_t received_us;        /* CLOCK_REALTIME microseconds */
-    int64_t first_byte_us;      /* 0 when none */
-    int64_t finished_us;
-} bill_usage_t;
+/* One finished (or failed) request: the usage record, owned by metering/
+ * (mtr.h, mtr_usage_t).  Strings are copied by bill_settle. */
+typedef mtr_usage_t bill_usage_t;
 
 /* Record the usage row and debit its cost, exactly once per request_id,
  * asynchronously (queued, retried, spooled when PG is down).  The cost is

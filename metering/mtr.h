@@ -46,7 +46,33 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "bill.h"
+/* Prices of one model, integer micro-USD per 1M tokens, and the version they
+ * come from (kept on the usage row). */
+typedef struct {
+    int64_t input_cache_miss;
+    int64_t input_cache_hit;
+    int64_t output;
+    int64_t price_id;    /* model_prices.id of the base price used; 0: none */
+    int64_t override_id; /* price_overrides.id of the customer's override applied; 0: none */
+} mtr_price_t;
+
+/* The usage record: one finished (or failed) request, what a usage row holds
+ * and what the spool records below encode. */
+typedef struct {
+    char request_id[37];        /* UUIDv7, the idempotency key of the usage row */
+    int64_t key_id, customer_id;
+    const char *model;
+    mtr_price_t price;
+    int64_t prompt_tokens;      /* = cache_hit + cache_miss */
+    int64_t prompt_cache_hit_tokens;
+    int64_t completion_tokens;
+    int64_t reasoning_tokens;   /* counted inside completion_tokens */
+    int http_status;            /* what the client got */
+    int stream;                 /* 1 when streamed */
+    int64_t received_us;        /* CLOCK_REALTIME microseconds */
+    int64_t first_byte_us;      /* 0 when none */
+    int64_t finished_us;
+} mtr_usage_t;
 
 #define MTR_MODEL_MAX 1024
 #define MTR_REC_HDR 12
@@ -58,24 +84,24 @@ uint32_t mtr_crc32(const void *p, size_t n);
 /* Encode u as one record into buf (cap >= MTR_REC_HDR + MTR_REC_MAX is
  * always enough).  Returns the record's size, 0 when u's model is empty or
  * too long or buf too small. */
-size_t mtr_spool_encode(const bill_usage_t *u, uint8_t *buf, size_t cap);
+size_t mtr_spool_encode(const mtr_usage_t *u, uint8_t *buf, size_t cap);
 
 /* Decode the record at p[0..n).  On 1, *u is filled (u->model points into
  * model, which needs MTR_MODEL_MAX + 1 bytes) and *used is its size.
  * Returns 0 when p holds only part of a record, -1 when it is corrupt. */
-int mtr_spool_decode(const uint8_t *p, size_t n, bill_usage_t *u, char *model, size_t *used);
+int mtr_spool_decode(const uint8_t *p, size_t n, mtr_usage_t *u, char *model, size_t *used);
 
 /* The open spool file new records go to. */
 typedef struct mtr_spool mtr_spool_t;
 
 /* Append records to the current file of dir (creating it, and dir, when
  * needed) and fsync it before returning.  Returns 0, or -1 with errno set. */
-int mtr_spool_append(mtr_spool_t **sp, const char *dir, const bill_usage_t *const *u, size_t n);
+int mtr_spool_append(mtr_spool_t **sp, const char *dir, const mtr_usage_t *const *u, size_t n);
 /* The same without the fsync (the settlement journal: write() alone survives
  * a killed process; mtr_spool_sync later covers a machine crash).  n = 0
  * only opens the file.  A failed write may leave a torn record at the end:
  * close the file then, so that it stays the last one.  Returns 0 or -1. */
-int mtr_spool_write(mtr_spool_t **sp, const char *dir, const bill_usage_t *const *u, size_t n);
+int mtr_spool_write(mtr_spool_t **sp, const char *dir, const mtr_usage_t *const *u, size_t n);
 int mtr_spool_sync(mtr_spool_t *sp);              /* fdatasync; 0 or -1 */
 const char *mtr_spool_name(const mtr_spool_t *sp); /* the file's name, without dir */
 /* Close the current file (the next append starts a new one).  Accepts NULL. */
@@ -84,7 +110,7 @@ void mtr_spool_close(mtr_spool_t *sp);
 /* Call fn for every record of the file at path, in order.  Returns the number
  * of records, -1 when the file cannot be read; *corrupt is set to 1 when the
  * file has a corrupt record (the ones before it were delivered). */
-typedef void (*mtr_record_fn)(const bill_usage_t *u, void *arg);
+typedef void (*mtr_record_fn)(const mtr_usage_t *u, void *arg);
 long mtr_spool_read(const char *path, mtr_record_fn fn, void *arg, int *corrupt);
 
 /* Names (not paths) of the spool files in dir, sorted (oldest first); the

@@ -46,7 +46,7 @@ static uint64_t get_u(const uint8_t *p, int n) {
     return v;
 }
 
-size_t mtr_spool_encode(const bill_usage_t *u, uint8_t *buf, size_t cap) {
+size_t mtr_spool_encode(const mtr_usage_t *u, uint8_t *buf, size_t cap) {
     size_t m = u->model ? strlen(u->model) : 0;
     if (m == 0 || m > MTR_MODEL_MAX) return 0;
     int v2 = u->price.price_id != 0 || u->price.override_id != 0; /* TGS2: with the price version */
@@ -81,7 +81,7 @@ size_t mtr_spool_encode(const bill_usage_t *u, uint8_t *buf, size_t cap) {
     return MTR_REC_HDR + n;
 }
 
-int mtr_spool_decode(const uint8_t *b, size_t n, bill_usage_t *u, char *model, size_t *used) {
+int mtr_spool_decode(const uint8_t *b, size_t n, mtr_usage_t *u, char *model, size_t *used) {
     if (n < MTR_REC_HDR)
         return memcmp(b, "TGS1", n < 4 ? n : 4) == 0 || memcmp(b, "TGS2", n < 4 ? n : 4) == 0 ? 0 : -1;
     int v2 = memcmp(b, "TGS2", 4) == 0;
@@ -173,7 +173,7 @@ fail_sp:
     return NULL;
 }
 
-int mtr_spool_write(mtr_spool_t **spp, const char *dir, const bill_usage_t *const *u, size_t n) {
+int mtr_spool_write(mtr_spool_t **spp, const char *dir, const mtr_usage_t *const *u, size_t n) {
     if (!*spp && !(*spp = spool_open(dir))) return -1;
     mtr_spool_t *sp = *spp;
     uint8_t rec[MTR_REC_HDR + MTR_REC_MAX];
@@ -199,7 +199,7 @@ const char *mtr_spool_name(const mtr_spool_t *sp) {
     return slash ? slash + 1 : sp->path;
 }
 
-int mtr_spool_append(mtr_spool_t **spp, const char *dir, const bill_usage_t *const *u, size_t n) {
+int mtr_spool_append(mtr_spool_t **spp, const char *dir, const mtr_usage_t *const *u, size_t n) {
     if (mtr_spool_write(spp, dir, u, n) != 0) return -1;
     return fsync((*spp)->fd);
 }
@@ -228,7 +228,7 @@ long mtr_spool_read(const char *path, mtr_record_fn fn, void *arg, int *corrupt)
         len += r;
         size_t off = 0;
         for (;;) {
-            bill_usage_t u;
+            mtr_usage_t u;
             size_t used;
             int d = mtr_spool_decode(buf + off, len - off, &u, model, &used);
             if (d < 0) {

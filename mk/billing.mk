@@ -48,4 +48,16 @@ fuzz-billing: $(B)/fuzz/fuzz_spool
 	    $(B)/fuzz/metering-corpus fuzz/metering/corpus
 $(B)/fuzz/fuzz_spool: fuzz/metering/fuzz_spool.c metering/mtr_spool.c metering/mtr.h common/tg_grow.h
 	@mkdir -p $(dir $@)
-	clang -g -O1 -std=gnu11 -fsanitize=fuzzer,address,undefined -Icommon -Ibilling -Imetering -o $@ $<
+	clang -g -O1 -std=gnu11 -fsanitize=fuzzer,address,undefined -Icommon -Imetering -o $@ $<
+
+# make bench-billing: 5 million usage rows (bench/billing/gen.sql, generated once into a
+# private PostgreSQL kept in /tmp/tollgate-bench-pg), then bench/billing/bill_bench: settlements/s
+# through bill_settle, admissions/s, receipt signing, report latency.  Figures: billing/README.md.
+BILL_BENCH_BIN := $(O)/bench/billing/bill_bench
+$(BILL_BENCH_BIN): bench/billing/bill_bench.c $(BILL_OBJ) $(LIBCOMMON)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BILL_LIBS) $(LDLIBS)
+
+.PHONY: bench-billing
+bench-billing: $(BILL_BENCH_BIN)
+	BENCH_BIN=$(BILL_BENCH_BIN) bash bench/billing/run.sh

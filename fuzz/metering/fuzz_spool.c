@@ -14,7 +14,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     uint8_t e[MTR_REC_HDR + MTR_REC_MAX];
     size_t off = 0;
     while (off < size) {
-        bill_usage_t u;
+        mtr_usage_t u;
         size_t used;
         int d = mtr_spool_decode(data + off, size - off, &u, model, &used);
         if (d <= 0) break;

@@ -8,14 +8,14 @@
 
 #include "../../../metering/mtr_spool.c"
 
-static bill_usage_t sample(int i) {
-    bill_usage_t u;
+static mtr_usage_t sample(int i) {
+    mtr_usage_t u;
     memset(&u, 0, sizeof u);
     snprintf(u.request_id, sizeof u.request_id, "0190f0e2-7a3b-7c00-8000-%012d", i);
     u.key_id = 42 + i;
     u.customer_id = 7;
     u.model = i % 2 ? "deepseek-v3-demo" : "m";
-    u.price = (bill_price_t){270000, 70000, 1100000};
+    u.price = (mtr_price_t){270000, 70000, 1100000};
     u.prompt_tokens = 1000 + i;
     u.prompt_cache_hit_tokens = 300;
     u.completion_tokens = 500;
@@ -28,7 +28,7 @@ static bill_usage_t sample(int i) {
     return u;
 }
 
-static int same(const bill_usage_t *a, const bill_usage_t *b) {
+static int same(const mtr_usage_t *a, const mtr_usage_t *b) {
     return !strcmp(a->request_id, b->request_id) && a->key_id == b->key_id && a->customer_id == b->customer_id &&
            !strcmp(a->model, b->model) && a->price.input_cache_miss == b->price.input_cache_miss &&
            a->price.input_cache_hit == b->price.input_cache_hit && a->price.output == b->price.output &&
@@ -45,7 +45,7 @@ static void test_crc32(void) {
 }
 
 static void test_encode_layout(void) {
-    bill_usage_t u = sample(1);
+    mtr_usage_t u = sample(1);
     uint8_t b[MTR_REC_HDR + MTR_REC_MAX];
     size_t n = mtr_spool_encode(&u, b, sizeof b);
     CHECK_EQ_I(n, 12 + 139 + strlen(u.model));
@@ -68,7 +68,7 @@ static void test_encode_layout(void) {
 }
 
 static void test_roundtrip_torn_corrupt(void) {
-    bill_usage_t u = sample(3), v;
+    mtr_usage_t u = sample(3), v;
     u.key_id = -5; /* negative values survive */
     u.http_status = 503;
     uint8_t b[MTR_REC_HDR + MTR_REC_MAX];
@@ -100,12 +100,12 @@ static void test_roundtrip_torn_corrupt(void) {
 }
 
 typedef struct {
-    bill_usage_t got[16];
+    mtr_usage_t got[16];
     char models[16][MTR_MODEL_MAX + 1];
     int n;
 } collect_t;
 
-static void collect(const bill_usage_t *u, void *arg) {
+static void collect(const mtr_usage_t *u, void *arg) {
     collect_t *c = arg;
     if (c->n == 16) return;
     c->got[c->n] = *u;
@@ -120,8 +120,8 @@ static void test_files(void) {
     char sub[64];
     snprintf(sub, sizeof sub, "%s/a/spool", dir); /* created on demand */
     mtr_spool_t *sp = NULL;
-    bill_usage_t us[5];
-    const bill_usage_t *v[5];
+    mtr_usage_t us[5];
+    const mtr_usage_t *v[5];
     for (int i = 0; i < 5; i++) us[i] = sample(i), v[i] = &us[i];
     CHECK_EQ_I(mtr_spool_append(&sp, sub, v, 3), 0);
     CHECK_EQ_I(mtr_spool_append(&sp, sub, v + 3, 2), 0);
@@ -180,8 +180,8 @@ static void test_journal_calls(void) {
     char dir[] = "/tmp/mtr-test.XXXXXX";
     CHECK(mkdtemp(dir) != NULL);
     mtr_spool_t *a = NULL, *b = NULL;
-    bill_usage_t us[3];
-    const bill_usage_t *v[3];
+    mtr_usage_t us[3];
+    const mtr_usage_t *v[3];
     for (int i = 0; i < 3; i++) us[i] = sample(i), v[i] = &us[i];
     CHECK_EQ_I(mtr_spool_write(&a, dir, NULL, 0), 0); /* opens only */
     CHECK(a != NULL);
@@ -218,7 +218,7 @@ static void test_decode_garbage(void) {
     uint32_t seed = 12345;
     int bad_roundtrip = 0, accepted = 0;
     for (int it = 0; it < 200000; it++) {
-        bill_usage_t u = sample(it), v;
+        mtr_usage_t u = sample(it), v;
         size_t n = mtr_spool_encode(&u, b, sizeof b);
         int nmut = it % 4;
         for (int k = 0; k < nmut; k++) {
@@ -248,7 +248,7 @@ static void test_decode_garbage(void) {
 /* A row with its price version is a TGS2 record (16 more bytes after the
  * model); one without stays TGS1, byte for byte as before. */
 static void test_price_version(void) {
-    bill_usage_t u = sample(2), v;
+    mtr_usage_t u = sample(2), v;
     uint8_t b[MTR_REC_HDR + MTR_REC_MAX];
     char model[MTR_MODEL_MAX + 1];
     size_t m = strlen(u.model), used = 0;
