@@ -73,7 +73,7 @@ static void bench_settle(PGconn *c, int64_t n, int64_t cust, int64_t key) {
     u.key_id = key;
     u.customer_id = cust;
     u.model = "bench-v3";
-    u.price = (bill_price_t){270000, 70000, 1100000};
+    u.price = (bill_price_t){270000, 70000, 1100000, 0, 0};
     u.http_status = 200;
     unsigned seed = (unsigned)now_us();
     struct event *t = event_new(base, -1, EV_PERSIST, idle_cb, &n);
@@ -89,7 +89,7 @@ static void bench_settle(PGconn *c, int64_t n, int64_t cust, int64_t key) {
             u.prompt_cache_hit_tokens = u.prompt_tokens / 3;
             u.completion_tokens = 100 + pushed % 500;
             u.received_us = u.finished_us = now_us();
-            bill_settle(bill, &u);
+            bill_settle(bill, &u, NULL);
         }
         event_base_loop(base, EVLOOP_NONBLOCK);
     }
@@ -137,8 +137,8 @@ static void admit_check(evutil_socket_t fd, short what, void *arg) {
 }
 
 static void bench_admit(PGconn *c, const char *secret, int64_t cust, int64_t n, int inflight) {
-    char key[52], hash[65], cs[24];
-    bill_key_generate(key);
+    char key[BILL_KEY_LEN + 1], prefix[16], hash[65], cs[24];
+    bill_key_generate(key, prefix);
     bill_key_hash(secret, key, hash);
     snprintf(cs, sizeof cs, "%lld", (long long)cust);
     const char *p[] = {cs, hash};
@@ -188,7 +188,7 @@ static void bench_receipt(void) {
     u.key_id = 1;
     u.customer_id = 1;
     u.model = "bench-v3";
-    u.price = (bill_price_t){270000, 70000, 1100000};
+    u.price = (bill_price_t){270000, 70000, 1100000, 0, 0};
     u.prompt_tokens = 3000;
     u.prompt_cache_hit_tokens = 1000;
     u.completion_tokens = 500;
