@@ -305,10 +305,10 @@ class GatewayMoney(unittest.TestCase):
         self.ctl("customer", "create", "gwpoor", "--credit-usd", "0.000001")
         poor = self.ctl("key", "create", "--customer", "gwpoor").strip().splitlines()[-1]
         statuses = [self.chat("spend %d" % i, key=poor)[0] for i in range(4)]
-        self.assertEqual(statuses[0], 200)
         self.drain()
-        n402 = statuses.count(402)
+        n402 = statuses.count(402)  # the hold of the request's maximum cost is more than the credit
         self.assertGreater(n402, 0, statuses)
+        self.assertEqual(n402 + statuses.count(200), 4, statuses)
         self.ctl("customer", "create", "gwlimited", "--credit-usd", "1")
         lim = self.ctl("key", "create", "--customer", "gwlimited", "--rpm", "1").strip().splitlines()[-1]
         statuses2 = [self.chat("limit %d" % i, key=lim)[0] for i in range(3)]
@@ -316,7 +316,7 @@ class GatewayMoney(unittest.TestCase):
         self.drain()
         sql = ("SELECT coalesce(sum(refused_402), 0), coalesce(sum(refused_429), 0), coalesce(sum(requests), 0)"
                " FROM usage_hourly h JOIN customers c ON c.id = h.customer_id WHERE c.name = %s")
-        self.assertTrue(wait_for(lambda: q(sql, "gwpoor")[0] == (n402, 0, 4 - n402)), q(sql, "gwpoor"))
+        self.assertTrue(wait_for(lambda: q(sql, "gwpoor")[0] == (n402, 0, statuses.count(200))), q(sql, "gwpoor"))
         self.assertTrue(wait_for(lambda: q(sql, "gwlimited")[0] == (0, 2, 1)), q(sql, "gwlimited"))
         self.assertEqual(q("SELECT count(*) FROM usage_hourly_mismatch")[0][0], 0)
         j = json.loads(self.ctl("report", "usage", "--customer", "gwlimited", "--json"))
