@@ -77,35 +77,14 @@ struct bill_lease {
 
 /* ---- SQL ------------------------------------------------------------------ */
 
-/* $1 holder, $2 key, $3 customer, $4 need, $5 want, $6 ttl ms.
- * -> granted (0: refused), then the room left under each constraint (NULL:
- * no such limit): balance, key day, key month, customer day, customer month. */
+/* $1 holder, $2 key, $3 customer, $4 need, $5 want, $6 ttl ms -> granted
+ * (0: refused), then the room left under each constraint (NULL: no such
+ * limit): balance, key day, key month, customer day, customer month.  A
+ * function (migrations/0014): it reads the other leases after taking the
+ * customer's row lock, which one statement under READ COMMITTED cannot. */
 static const char LEASE_SQL[] =
-    "WITH c AS (SELECT balance_pico, daily_limit_pico AS dl, monthly_limit_pico AS ml FROM customers"
-    "   WHERE id = $3::bigint FOR UPDATE),"
-    " k AS (SELECT daily_limit_pico AS dl, monthly_limit_pico AS ml FROM api_keys WHERE id = $2::bigint),"
-    " p AS (SELECT date_trunc('day', now()) AS d0, date_trunc('month', now()) AS m0),"
-    " l AS (SELECT coalesce(sum(amount_pico), 0) AS lc,"
-    "   coalesce(sum(amount_pico) FILTER (WHERE key_id = $2::bigint), 0) AS lk"
-    "   FROM credit_leases WHERE customer_id = $3::bigint AND expires_at > now()),"
-    " sk AS (SELECT coalesce(sum(u.cost_pico) FILTER (WHERE u.received_at >= p.d0), 0) AS d,"
-    "   coalesce(sum(u.cost_pico), 0) AS m FROM usage u, p"
-    "   WHERE u.key_id = $2::bigint AND u.received_at >= p.m0"
-    "   AND (SELECT dl IS NOT NULL OR ml IS NOT NULL FROM k)),"
-    " sc AS (SELECT coalesce(sum(u.cost_pico) FILTER (WHERE u.received_at >= p.d0), 0) AS d,"
-    "   coalesce(sum(u.cost_pico), 0) AS m FROM usage u, p"
-    "   WHERE u.customer_id = $3::bigint AND u.received_at >= p.m0"
-    "   AND (SELECT dl IS NOT NULL OR ml IS NOT NULL FROM c)),"
-    " r AS (SELECT c.balance_pico - l.lc AS bal, k.dl - sk.d - l.lk AS kd, k.ml - sk.m - l.lk AS km,"
-    "   c.dl - sc.d - l.lc AS cd, c.ml - sc.m - l.lc AS cm FROM c, k, l, sk, sc),"
-    " g AS (SELECT CASE WHEN least(bal, kd, km, cd, cm) >= $4::numeric"
-    "   THEN least($5::numeric, greatest($4::numeric, floor(least(bal, kd, km, cd, cm) / 2))) ELSE 0 END AS v FROM r),"
-    " ins AS (INSERT INTO credit_leases (holder, key_id, customer_id, amount_pico, expires_at)"
-    "   SELECT $1, $2::bigint, $3::bigint, g.v, now() + $6::bigint * interval '1 millisecond' FROM g WHERE g.v > 0"
-    "   ON CONFLICT (holder, key_id) DO UPDATE SET amount_pico = credit_leases.amount_pico + EXCLUDED.amount_pico,"
-    "   expires_at = EXCLUDED.expires_at RETURNING 1)"
-    " SELECT g.v::text, r.bal::text, r.kd::text, r.km::text, r.cd::text, r.cm::text, (SELECT count(*) FROM ins)"
-    " FROM g, r";
+    "SELECT granted::text, bal::text, kd::text, km::text, cd::text, cm::text"
+    " FROM tg_lease_grant($1, $2::bigint, $3::bigint, $4::numeric, $5::numeric, $6::bigint)";
 
 /* $1 holder, $2 keys to shrink, $3 their amounts, $4 keys to give back,
  * $5 ttl ms, $6 the spool id's earlier holders to drop ('' : none). */
@@ -345,7 +324,7 @@ static void lease_grant(bill_lease_t *L, lease_t *l) {
         lease_serve(L, l, 1, BILL_ERROR, NULL);
         return;
     }
-    bill_pg_job_prepared(l->job, "tg_lease");
+    bill_pg_job_prepared(l->job, "tg_lease_grant");
     /* A grant re-sent after a broken connection may have committed twice:
      * PostgreSQL then reserves more than this holder counts, never less. */
     bill_pg_job_retry_ok(l->job);

@@ -1,7 +1,7 @@
 """Extra gateway instances beside the test stack's, for the tests that must
 hold on every instance (holds, revocation, limits).  Each instance gets the
-stack's config (same PostgreSQL, Redis, workers, key secret) with its own
-port, spool directory and access log, and no admin listener."""
+stack's config (same PostgreSQL, Redis, workers, key secret, admin token) with
+its own port, admin listener (port + 1000), spool directory and access log."""
 
 import http.client
 import json
@@ -45,7 +45,7 @@ class Instances:
         with open(os.path.join(E["TG_TEST_DIR"], "tollgate.json")) as f:
             base = json.load(f)
         for i, port in enumerate(self.ports):
-            cfg = dict(base, listen="127.0.0.1:%d" % port, admin_listen="",
+            cfg = dict(base, listen="127.0.0.1:%d" % port, admin_listen="127.0.0.1:%d" % (port + 1000),
                        spool_dir=os.path.join(self.dir, "spool%d" % i),
                        access_log=os.path.join(self.dir, "access%d.log" % i))
             cfg.update(self.overrides)
@@ -70,10 +70,27 @@ class Instances:
                 time.sleep(0.1)
         return self
 
+    def admin(self, i, path):
+        """GET path on instance i's admin listener -> body bytes."""
+        import urllib.request
+        req = urllib.request.Request("http://127.0.0.1:%d%s" % (self.ports[i] + 1000, path),
+                                     headers={"Authorization": "Bearer " + E["TG_TEST_ADMIN_TOKEN"]})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.read()
+
+    def settled(self):
+        """Wait until every instance's settlement queue is idle: all it settled is committed."""
+        deadline = time.time() + 120
+        while not all(json.loads(self.admin(i, "/admin/v1/settlement"))["idle"] for i in range(len(self.ports))):
+            if time.time() > deadline:
+                raise AssertionError("an instance's settlement queue did not drain")
+            time.sleep(0.05)
+
     def metrics(self, i):
-        """The instance's /metrics as {name: value} (unlabelled series only)."""
+        """The instance's /metrics as {name: value} (unlabelled series only); public port or admin."""
         st, _, body = https(self.ports[i], "GET", "/metrics")
-        assert st == 200, st
+        if st != 200:
+            body = self.admin(i, "/metrics")
         out = {}
         for line in body.decode().splitlines():
             if line and not line.startswith("#") and "{" not in line:

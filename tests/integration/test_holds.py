@@ -62,19 +62,6 @@ def wait_for(pred, what):
     raise AssertionError("timed out waiting for " + what)
 
 
-def settled_idle():
-    st, _, b = https_admin("/admin/v1/settlement")
-    return st == 200 and json.loads(b)["idle"]
-
-
-def https_admin(path):
-    import urllib.request
-    req = urllib.request.Request(E["TG_TEST_ADMIN"] + path,
-                                 headers={"Authorization": "Bearer " + E["TG_TEST_ADMIN_TOKEN"]})
-    with urllib.request.urlopen(req, timeout=30) as r:
-        return r.status, None, r.read()
-
-
 def stream(port, key, results, i):
     """One streaming request read to its end; results[i] = (status, code, saw [DONE])."""
     body = {"model": MODEL, "messages": [{"role": "user", "content": "Hello"}], "max_tokens": MAX_TOKENS,
@@ -143,8 +130,10 @@ class Holds(unittest.TestCase):
         self.assertTrue(all(r[2] for r in ok), "an accepted stream did not end with [DONE]")
         self.assertTrue(all(r[1] == "insufficient_balance" for r in refused), refused)
         self.assertGreaterEqual(len(ok), 1)
-        self.assertLessEqual(len(ok), 10)
-        wait_for(settled_idle, "the settlement queue to drain")
+        self.assertGreaterEqual(len(refused), 1)
+        # (more than ten may be accepted: a stream that ends early gives back what it did
+        # not spend, and a later request may then fit; what may never happen is below)
+        self.gw.settled()
         cid, bal, spent, rows = self.customer_state(cust)
         print("\n  holds: %d accepted, %d refused (402); spent %d of %d pico-USD; balance %d"
               % (len(ok), len(refused), spent, credit, bal), file=sys.stderr)
@@ -182,8 +171,8 @@ class Holds(unittest.TestCase):
         self.assertEqual(len(ok) + len(refused), 32, results)
         self.assertTrue(all(r[1] == "spending_limit_exceeded" for r in refused), refused)
         self.assertGreaterEqual(len(ok), 1)
-        self.assertLessEqual(len(ok), 5)
-        wait_for(settled_idle, "the settlement queue to drain")
+        self.assertGreaterEqual(len(refused), 1)
+        self.gw.settled()
         (kid,), = q("SELECT id FROM api_keys WHERE prefix = %s", key[:15])
         (spent,), = q("SELECT coalesce(sum(cost_pico), 0) FROM usage WHERE key_id = %s", kid)
         self.assertLessEqual(int(spent), limit)
