@@ -4,8 +4,8 @@
  * `tollgatectl receipt verify` compares a receipt with).
  *
  * Usage and spend read the hourly rollups (usage_hourly) only, never the
- * usage table; balance over time reads the ledger of one customer through its
- * (customer_id, created_at) index.  Like every admin statement, each builds
+ * usage table; balance over time reads the rollups for the usage debits and
+ * the few other ledger rows of one customer (ledger_customer_credits).  Like every admin statement, each builds
  * its JSON in PostgreSQL: money leaves as decimal strings of pico-USD (and
  * USD rounded to 6 decimals for display), token sums as decimal strings,
  * counts as numbers.
@@ -73,21 +73,29 @@ const char BILL_REPORT_TOP_SQL[] =
     "   '[]'))::text";
 
 /* $1 customer, $2 from, $3 to, $4 'hour'|'day': the balance at the end of
- * each period in [from, to) (at most 10000 periods), from the ledger: the
- * opening balance (every movement before from) plus the running sum. */
+ * each period in [from, to) (at most 10000 periods), without one ledger row
+ * per request: usage debits come from the hourly rollups (by the hour the
+ * request arrived), the other ledger rows (top-ups, adjustments, refunds; a
+ * few, on the partial index ledger_customer_credits) by their time.  The
+ * balance at from is the balance now minus every movement since; the last
+ * period's balance is the balance now when `to` is now or later. */
 const char BILL_REPORT_BALANCE_SQL[] =
     "WITH c AS (SELECT id, name, balance_pico FROM customers WHERE name = $1),"
     " p AS (SELECT date_trunc($4, $2::timestamptz, 'UTC') AS t0, $3::timestamptz AS t1,"
     "   CASE $4 WHEN 'hour' THEN interval '1 hour' ELSE interval '24 hours' END AS step),"
-    " o AS (SELECT coalesce(sum(l.amount_pico), 0) AS v FROM ledger l, c, p"
-    "   WHERE l.customer_id = c.id AND l.created_at < p.t0),"
-    " m AS (SELECT date_trunc($4, l.created_at, 'UTC') AS t,"
-    "   coalesce(sum(l.amount_pico) FILTER (WHERE l.amount_pico > 0), 0) AS credits,"
-    "   coalesce(-sum(l.amount_pico) FILTER (WHERE l.amount_pico < 0), 0) AS debits, sum(l.amount_pico) AS net"
-    "   FROM ledger l, c, p WHERE l.customer_id = c.id AND l.created_at >= p.t0 AND l.created_at < p.t1 GROUP BY 1),"
+    " cr AS (SELECT l.created_at AS at, l.amount_pico AS amount FROM ledger l, c, p"
+    "   WHERE l.customer_id = c.id AND l.kind <> 'usage' AND l.created_at >= p.t0),"
+    " us AS (SELECT h.hour AS at, h.cost_pico AS cost FROM usage_hourly h, c, p"
+    "   WHERE h.customer_id = c.id AND h.hour >= p.t0 AND h.cost_pico <> 0),"
+    " o AS (SELECT c.balance_pico - coalesce((SELECT sum(amount) FROM cr), 0)"
+    "   + coalesce((SELECT sum(cost) FROM us), 0) AS v FROM c),"
+    " m AS (SELECT date_trunc($4, at, 'UTC') AS t, sum(credits) AS credits, sum(debits) AS debits FROM"
+    "   (SELECT at, greatest(amount, 0) AS credits, greatest(-amount, 0) AS debits FROM cr"
+    "    UNION ALL SELECT at, 0, cost FROM us) x, p WHERE at < p.t1 GROUP BY 1),"
     " b AS (SELECT g AS t FROM p, generate_series(p.t0, p.t1 - interval '1 microsecond', p.step) g LIMIT 10000),"
     " x AS (SELECT b.t, coalesce(m.credits, 0) AS credits, coalesce(m.debits, 0) AS debits,"
-    "   o.v + sum(coalesce(m.net, 0)) OVER (ORDER BY b.t) AS balance FROM b CROSS JOIN o LEFT JOIN m ON m.t = b.t)"
+    "   o.v + sum(coalesce(m.credits, 0) - coalesce(m.debits, 0)) OVER (ORDER BY b.t) AS balance"
+    "   FROM b CROSS JOIN o LEFT JOIN m ON m.t = b.t)"
     " SELECT json_build_object('object', 'report', 'report', 'balance', 'customer', c.name, 'customer_id', c.id,"
     " 'by', $4, 'from', p.t0, 'to', p.t1, 'opening_balance_pico', o.v::text, 'opening_balance_usd', tg_usd(o.v),"
     " 'balance_pico', c.balance_pico::text, 'balance_usd', tg_usd(c.balance_pico),"

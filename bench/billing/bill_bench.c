@@ -282,7 +282,7 @@ int main(int argc, char **argv) {
     snprintf(what, sizeof what, "top 20 customers by spend, %s", month);
     timed(c, what, BILL_REPORT_TOP_SQL, 3, pt);
     const char *pb[] = {big, from, to, "day"};
-    snprintf(what, sizeof what, "balance %s by day (biggest, from the ledger)", month);
+    snprintf(what, sizeof what, "balance %s by day (biggest: rollups + credits)", month);
     timed(c, what, BILL_REPORT_BALANCE_SQL, 4, pb);
 
     bench_receipt();

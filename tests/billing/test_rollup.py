@@ -235,7 +235,7 @@ class Rollup(unittest.TestCase):
     def test_balance_report_equals_ledger(self):
         name, cust, keys = self.customer(1)
         self.s.ctl("credit", "add", "--customer", name, "--usd", "1.5")
-        self.settle(self.rows_for(cust, keys, 20, int(time.time() * 1e6)))
+        self.settle(self.rows_for(cust, keys, 20, int(time.time() * 1e6)))  # over the last 4 hours
         self.s.drain()
         self.s.ctl("credit", "add", "--customer", name, "--usd", "0.25")
         for by in ("hour", "day"):
@@ -243,8 +243,10 @@ class Rollup(unittest.TestCase):
             self.assertEqual(len(j["data"]), 48 if by == "hour" else 30)
             for r in j["data"]:
                 end = q("SELECT %s::timestamptz + interval '1 " + by + "'", r["period"])[0][0]
-                bal = q("SELECT coalesce(sum(amount_pico), 0) FROM ledger WHERE customer_id = %s AND created_at < %s",
-                        cust, end)[0][0]
+                # the definition: credits by their time, usage debits by the time the request arrived
+                bal = q("SELECT (SELECT coalesce(sum(amount_pico), 0) FROM ledger WHERE customer_id = %s"
+                        " AND kind <> 'usage' AND created_at < %s) - (SELECT coalesce(sum(cost_pico), 0) FROM usage"
+                        " WHERE customer_id = %s AND received_at < %s)", cust, end, cust, end)[0][0]
                 self.assertEqual(int(r["balance_pico"]), int(bal), (by, r))
             last = j["data"][-1]
             self.assertEqual(last["balance_pico"], j["balance_pico"])
