@@ -1327,13 +1327,16 @@ static int cmd_receipt(args_t *a) {
     if (strncmp(rc, "tgr1.", 5) || dot1 != rc + 4 || !dot2 || strchr(dot2 + 1, '.'))
         die(1, "not a tollgate receipt (want tgr1.<payload>.<signature>)");
     size_t plen = (size_t)(dot2 - dot1 - 1), slen = strlen(dot2 + 1);
-    uint8_t *payload = malloc(plen + 1), sig[64 + 3];
+    static uint8_t *payload; /* static: reachable when die() exits */
+    uint8_t sig[64 + 3];
+    payload = malloc(plen + 1);
     if (!payload) die(1, "out of memory");
     long pn = tg_b64url_decode(dot1 + 1, plen, payload);
     if (pn < 0 || slen > TG_B64URL_LEN(64) || tg_b64url_decode(dot2 + 1, slen, sig) != 64)
         die(1, "receipt: malformed (bad base64url)");
     payload[pn] = 0;
-    cJSON *j = cJSON_ParseWithLength((const char *)payload, (size_t)pn);
+    static cJSON *j; /* static: still reachable when die() exits (LeakSanitizer) */
+    j = cJSON_ParseWithLength((const char *)payload, (size_t)pn);
     if (!j || !cJSON_IsObject(j)) die(1, "receipt: malformed (its payload is not JSON)");
     /* the signature, over "tgr1.<payload>" exactly as received */
     EVP_PKEY *key = receipt_pubkey(pubfile);
@@ -1373,6 +1376,7 @@ static int cmd_receipt(args_t *a) {
     buf_t diffs = {0};
     cJSON *row = NULL;
     if (!offline) {
+        fflush(stdout); /* what was found so far stays printed if the lookup fails */
         token = admin_token(argv0);
         buf_t p = {0};
         bprintf(&p, "/admin/v1/usage/");
