@@ -366,6 +366,15 @@ class Stack(unittest.TestCase):
         st, h, b = chat(k, max_tokens=1)
         self.assertEqual(st, 200, b)
         ctl("key", "revoke", key_id_of(c, k))
+        # the gateway's key cache hears of it through NOTIFY (milliseconds; test_keys.py
+        # holds it to 1 s on two instances): wait for the refusal, then it must stay refused
+        deadline = time.time() + 30
+        while True:
+            st, h, b = chat(k, max_tokens=1)
+            if st != 200 or time.time() > deadline:
+                break
+            time.sleep(0.02)
+        assert_openai_error(self, st, b, 401)
         st, h, b = chat(k, max_tokens=1)
         assert_openai_error(self, st, b, 401)
 
