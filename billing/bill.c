@@ -240,6 +240,10 @@ void bill_hold_release(bill_t *b, bill_hold_t *h) {
     if (b && h && h->taken) bill_lease_release(b->lease, h);
 }
 
+int bill_admin_page(bill_t *b, const char *path, bill_page_fn fn, void *arg) {
+    return b && b->admin ? bill_admin_add_page(b->admin, path, fn, arg) : -1;
+}
+
 void bill_hold_stats(const bill_t *b, bill_hold_stats_t *st) {
     memset(st, 0, sizeof *st);
     if (!b) return;

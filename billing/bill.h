@@ -264,4 +264,15 @@ typedef void (*bill_dash_cb)(const bill_dash_resp_t *resp, void *arg);
 bill_dash_call_t *bill_dash(bill_t *b, const bill_dash_req_t *q, bill_dash_cb cb, void *arg);
 void bill_dash_cancel(bill_dash_call_t *c); /* cb will not be called; accepts NULL */
 
+/* Pages the admin listener serves for the program that embeds billing (the
+ * gateway's /metrics): GET `path` exactly, without the admin token (the
+ * admin listener is the operator's side, loopback by default).  fn runs on
+ * the loop with a reply handle and answers with bill_page_reply exactly
+ * once, now or later (the handle stays valid until then, even if the client
+ * has gone).  Returns 0, or -1 when b has no admin listener or out of memory. */
+typedef struct bill_page bill_page_t;
+typedef void (*bill_page_fn)(bill_page_t *pg, void *arg);
+int bill_admin_page(bill_t *b, const char *path, bill_page_fn fn, void *arg);
+void bill_page_reply(bill_page_t *pg, int status, const char *content_type, const char *body, size_t len);
+
 #endif

@@ -72,6 +72,7 @@ struct bill_admin {
     char *token;
     char *secret;
     struct adm_q pending;
+    struct adm_page *pages;    /* bill_admin_page */
 };
 
 static const adm_router_fn routers[] = {
@@ -668,6 +669,70 @@ static void gen_cb(struct evhttp_request *req, void *arg) {
     submit(r, AUTH_SQL, 1, params);
 }
 
+/* ---- pages of the embedding program (bill_admin_page) -------------------- */
+
+typedef struct adm_page {
+    struct adm_page *next;
+    bill_page_fn fn;
+    void *arg;
+} adm_page_t;
+
+/* One GET of a page, between fn and bill_page_reply.  A client that goes
+ * away meanwhile only marks it gone (the connection's close callback). */
+struct bill_page {
+    struct evhttp_request *req;
+    struct evhttp_connection *conn;
+    int gone;
+};
+
+static void page_conn_closed(struct evhttp_connection *conn, void *arg) {
+    bill_page_t *pg = arg;
+    pg->gone = 1;
+}
+
+static void page_cb(struct evhttp_request *req, void *arg) {
+    adm_page_t *p = arg;
+    if (evhttp_request_get_command(req) != EVHTTP_REQ_GET) {
+        send_error(req, 405, NULL, "use GET");
+        return;
+    }
+    bill_page_t *pg = calloc(1, sizeof *pg);
+    if (!pg) {
+        send_error(req, 500, NULL, "out of memory");
+        return;
+    }
+    pg->req = req;
+    pg->conn = evhttp_request_get_connection(req);
+    if (pg->conn) evhttp_connection_set_closecb(pg->conn, page_conn_closed, pg);
+    p->fn(pg, p->arg);
+}
+
+void bill_page_reply(bill_page_t *pg, int status, const char *content_type, const char *body, size_t len) {
+    if (!pg->gone) {
+        if (pg->conn) evhttp_connection_set_closecb(pg->conn, NULL, NULL);
+        struct evbuffer *out = evbuffer_new();
+        if (out) evbuffer_add(out, body, len);
+        evhttp_add_header(evhttp_request_get_output_headers(pg->req), "Content-Type", content_type);
+        evhttp_send_reply(pg->req, status, reason(status), out);
+        if (out) evbuffer_free(out);
+    }
+    free(pg);
+}
+
+int bill_admin_add_page(bill_admin_t *a, const char *path, bill_page_fn fn, void *arg) {
+    adm_page_t *p = calloc(1, sizeof *p);
+    if (!p) return -1;
+    p->fn = fn;
+    p->arg = arg;
+    if (evhttp_set_cb(a->http, path, page_cb, p) != 0) {
+        free(p);
+        return -1;
+    }
+    p->next = a->pages;
+    a->pages = p;
+    return 0;
+}
+
 bill_admin_t *bill_admin_new(struct event_base *base, bill_pg_t *pg, const bill_settler_t *settler,
                              const char *listen, const char *token, const char *key_secret, char *err,
                              size_t errlen) {
@@ -723,6 +788,11 @@ void bill_admin_free(bill_admin_t *a) {
         priv_free(p);
     }
     if (a->http) evhttp_free(a->http);
+    while (a->pages) {
+        struct adm_page *n = a->pages->next;
+        free(a->pages);
+        a->pages = n;
+    }
     if (a->token) OPENSSL_cleanse(a->token, strlen(a->token));
     free(a->token);
     free(a->secret);

@@ -63,6 +63,8 @@ typedef struct {
     int ndigits;
     int done;           /* saw the last chunk and the trailer */
     size_t line_len;    /* length of the current size/trailer line, bounded */
+    size_t trailer_bytes; /* trailer section received (counted with the head's limits) */
+    int trailer_fields;
 } gw_chunked_t;
 
 /* Decode len bytes of a chunked body, appending the payload to out.
@@ -72,7 +74,8 @@ ssize_t gw_chunked_feed(gw_chunked_t *c, const char *in, size_t len, gw_buf_t *o
 
 /* ---- HTTP/1.1 request parser (gw_http.c) -------------------------------- */
 
-#define GW_HTTP_MAX_HEADERS 64
+#define GW_HTTP_MAX_HEADERS 100     /* header fields, trailer fields included (431) */
+#define GW_HTTP_MAX_REQUEST_LINE 8192 /* request line without its CRLF (414) */
 
 typedef struct {
     const char *name, *value; /* point into the request's head; NUL-terminated */
@@ -100,7 +103,8 @@ typedef struct {
     gw_chunked_t ch;
     gw_buf_t body;
     int continue_reported;
-    int err_status;           /* after GW_ERROR: 400, 413, 431, 501, 505 */
+    int err_status;           /* after GW_ERROR: 400, 413, 414, 431, 501, 505 */
+    size_t head_len;          /* head of the request whose body is being read (trailer limit) */
     const char *err_msg;
 } gw_http_parser_t;
 
@@ -161,6 +165,9 @@ int64_t gw_now_us(void); /* CLOCK_REALTIME microseconds */
 
 /* ---- configuration (gw_config.c) ----------------------------------------- */
 
+/* One configured worker: what the config says (read-only after load).  What
+ * each event loop learns about it at run time (requests in flight, back-off,
+ * kept-alive connections) lives in that loop's gw_upstream_t. */
 typedef struct {
     char *url;                /* "http://host:port" */
     char host[256];
@@ -169,13 +176,6 @@ typedef struct {
     int nmodels;
     struct sockaddr_storage addr;
     socklen_t addrlen;
-    /* runtime */
-    int outstanding;
-    uint64_t requests, failures;
-    int64_t down_until_us;    /* skipped while in the future (after a refused connection) */
-    int64_t backoff_ms;
-    struct gw_upconn *idle;   /* kept-alive connections to reuse (gw_proxy.c) */
-    int nidle;
 } gw_worker_t;
 
 struct gw_config {
@@ -187,7 +187,9 @@ struct gw_config {
     int64_t max_body_bytes, max_header_bytes, max_connections;
     int64_t default_rpm, default_tpm, default_concurrency;
     char *tokenizer, *chat_template;
-    int64_t header_timeout_ms, idle_timeout_ms, upstream_timeout_ms, upstream_connect_timeout_ms;
+    int64_t handshake_timeout_ms, header_timeout_ms, body_timeout_ms, idle_timeout_ms, write_timeout_ms;
+    int64_t max_output_bytes;
+    int64_t upstream_timeout_ms, upstream_connect_timeout_ms;
     int64_t redis_timeout_ms, redis_fail_closed, redis_cluster, shutdown_grace_ms, stream_high_water;
     int64_t concurrency_lease_ms;
     int64_t auth_fail_limit, auth_fail_window_ms, auth_fail_block_ms, auth_fail_table;
@@ -224,20 +226,44 @@ typedef struct {
     uint64_t upstream_errors, upstream_timeouts, ratelimited, redis_errors, client_aborts;
     uint64_t key_format_rejects, refused_balance;
     uint64_t upstream_connects, upstream_reuses;
-    uint64_t connections_total;
+    uint64_t connections_total, connections_refused, write_timeouts;
     int64_t connections, inflight;
 } gw_metrics_t;
 
 extern const double gw_metrics_bounds[12];
 void gw_metrics_observe(gw_metrics_t *m, int route, int status, double dur_s, double ttfb_s);
 /* Prometheus text exposition into out. */
-void gw_metrics_render(const gw_metrics_t *m, const gw_config_t *cfg, int redis_up, gw_buf_t *out);
+struct gw_upstream;
+/* Prometheus text exposition into out; up: the run-time state of each of
+ * cfg's workers. */
+void gw_metrics_render(const gw_metrics_t *m, const gw_config_t *cfg, const struct gw_upstream *up, int redis_up,
+                       gw_buf_t *out);
 /* Holds, credit leases and the key cache (bill_hold_stats). */
 void gw_metrics_render_holds(const gw_metrics_t *m, const bill_hold_stats_t *h, gw_buf_t *o);
 struct bill;
 void gw_metrics_render_money(const struct bill *b, gw_buf_t *o); /* the settlement and cost metrics */
 
-/* ---- server, connections, requests (gw_server.c, gw_proxy.c) -------------- */
+/* ---- the layers of a request ----------------------------------------------
+ *
+ *   gw_server.c   process: configuration, TLS context, event loops, shutdown
+ *   gw_routes.c   which handler answers which path
+ *   gw_conn.c     one client connection: TLS bytes -> parser -> requests, one
+ *                 at a time; timeouts; closing.  Knows nothing of routes.
+ *   gw_req.c      one request's lifecycle: created from a parsed head, run by
+ *                 its handler, answered (head, body, error), finished, freed.
+ *                 Calls outward only: the connection below (gw_conn_*), the
+ *                 handler above through gw_handler_t.
+ *   gw_chat.c     the chat-completions handler: validate -> admit -> limits ->
+ *                 hold -> proxy; its finalize step settles
+ *   gw_models.c   /v1/models, /health
+ *   gw_admin.c    /metrics on the admin listener, gathered from every loop
+ *   gw_auth.c     the Bearer key, admission errors (shared by the /v1 handlers)
+ *   gw_proxy.c    the upstream: worker choice, HTTP to the worker, relay
+ *   gw_settle.c   settlement of a proxied request: usage, the gateway's own
+ *                 prompt count, bill_settle
+ *   gw_log.c      the access log
+ * Arrows point down this list (server -> routes -> chat -> proxy -> settle ->
+ * req -> conn), never back up. */
 
 struct event;
 struct bufferevent;
@@ -245,32 +271,100 @@ struct evconnlistener;
 typedef struct ssl_ctx_st SSL_CTX;
 typedef struct gw_conn gw_conn_t;
 typedef struct gw_req gw_req_t;
+typedef struct gw_loop gw_loop_t;
 
 #include "bill.h"
 
-struct gw_server {
+/* What one event loop knows of one configured worker at run time. */
+typedef struct gw_upstream {
+    const gw_worker_t *cfg;
+    int index;                /* in cfg->workers */
+    int outstanding;
+    uint64_t requests, failures;
+    int64_t down_until_us;    /* skipped while in the future (after a refused connection) */
+    int64_t backoff_ms;
+    struct gw_upconn *idle;   /* kept-alive connections to reuse (gw_proxy.c) */
+    int nidle;
+} gw_upstream_t;
+
+/* What the connection layer calls above it (gw_req.c provides it). */
+typedef struct {
+    /* A parsed request (h, owned by the callee), or h == NULL: input that could
+     * not be parsed, to answer with status/msg before closing. */
+    void (*request)(gw_conn_t *c, gw_http_req_t *h, int status, const char *msg);
+    void (*writable)(gw_conn_t *c); /* output drained below the mark while c->req runs */
+    void (*abort)(gw_conn_t *c);    /* the connection dies under c->req */
+} gw_conn_ops_t;
+
+/* A route's handler: the request layer calls these, never the handler's file
+ * directly (nginx's phase handlers). */
+typedef struct {
+    int route;                     /* GW_ROUTE_* (metrics) */
+    void (*run)(gw_req_t *r);      /* answer the request (now or later) */
+    void (*resume)(gw_req_t *r);   /* the client's output drained (backpressure); NULL: none */
+    void (*finalize)(gw_req_t *r); /* just before the request is freed, whatever its state; NULL: none */
+} gw_handler_t;
+
+/* A loop's numbers as of the last scrape (gw_admin.c). */
+typedef struct {
+    gw_metrics_t m;
+    bill_hold_stats_t holds;
+    int redis_up;
+    gw_rl_snap_t rl;
+    gw_buf_t money;            /* the loop's settlement and cost metrics (text) */
+    struct {
+        int outstanding;
+        uint64_t failures;
+    } *up;                     /* one per worker */
+} gw_loop_snap_t;
+
+/* One event loop: its own connections, billing (PostgreSQL connections, key
+ * cache, credit-lease holder, settler), Redis connection, metrics and worker
+ * state.  Touched only from its own thread. */
+struct gw_loop {
+    gw_server_t *srv;
+    int index;
     struct event_base *base;
-    const gw_config_t *cfg;
-    SSL_CTX *ssl;
     struct evconnlistener *lis;
     bill_t *bill;
     gw_rl_t *rl;
     gw_metrics_t m;
-    FILE *alog;
     gw_conn_t *conns;          /* every open client connection */
     int nbusy;                 /* connections with a request in flight */
     int shutting_down;
     struct event *grace;
     struct event *accept_pause; /* accept() failed: retry later */
+    gw_upstream_t *up;         /* one per cfg->workers[i] */
+    unsigned rr;
+    struct gw_dash *dash;      /* the dashboards (gw_dash.c) */
+    struct event *snap_ev;     /* fill `snap` (activated by the first loop's scrape) */
+    gw_loop_snap_t snap;
+};
+
+/* The process: what every loop shares (read-only after start, except where
+ * said). */
+struct gw_server {
+    const gw_config_t *cfg;
+    SSL_CTX *ssl;
+    gw_loop_t *loops;
+    int nloops;
+    const gw_conn_ops_t *conn_ops;
+    /* the handler for a request (sets r->route fields it needs) */
+    const gw_handler_t *(*route)(gw_req_t *r);
     struct tok *tok;           /* prompt counting; NULL when not configured */
     int tmpl;
-    unsigned rr;
+    FILE *alog;
     int64_t started;
-    struct gw_dash *dash;      /* the dashboards (gw_dash.c) */
+    int64_t nconns;            /* open client connections, all loops (atomic) */
+    /* /metrics (gw_admin.c; first loop's thread) */
+    struct gw_scrape *scrapes; /* waiting for the loops' snapshots */
+    int scraping;
+    int scrape_pending;        /* loops yet to fill their slot (atomic) */
+    struct event *gathered;    /* on the first loop: every slot filled */
 };
 
 struct gw_conn {
-    gw_server_t *srv;
+    gw_loop_t *loop;
     gw_conn_t *prev, *next;
     struct bufferevent *bev;
     gw_http_parser_t parser;
@@ -282,13 +376,19 @@ struct gw_conn {
     int linger;                /* read and discard a while before closing */
     size_t lingered;
     int in_process;
+    int handshaken;            /* the TLS handshake is done */
+    int refused;               /* accepted past max_connections: answered 503, closed */
+    int out_blocked;           /* output above max_output_bytes: no further request until it drains */
+    uint64_t served;           /* requests answered */
     char peer[64];
 };
 
 struct gw_req {
     gw_pool_t *pool;           /* owns this struct and everything below */
     gw_server_t *srv;
+    gw_loop_t *loop;
     gw_conn_t *conn;
+    const gw_handler_t *handler;
     gw_http_req_t *http;       /* owned: freed by a pool cleanup */
     char id[37];
     int route;
@@ -323,7 +423,7 @@ struct gw_req {
     const char *error_code;
     const char *extra_headers; /* header lines ("Name: value\r\n"...) gw_req_head adds; NULL: none */
     /* upstream */
-    gw_worker_t *worker;
+    gw_upstream_t *worker;
     const char *worker_url;    /* kept for the log after the worker is released */
     int up_eof, up_connected;
     int up_reused;             /* this worker connection served an earlier request */
@@ -348,33 +448,98 @@ struct gw_req {
     int64_t chunks;            /* content chunks seen (estimate for a cut stream) */
 };
 
-/* gw_server.c, for the proxy */
+/* gw_tls.c: the TLS profile; reload on SIGHUP */
+typedef struct ssl_st SSL;
+SSL_CTX *gw_tls_ctx_new(const gw_config_t *cfg, char *err, size_t errlen);
+SSL *gw_tls_new_ssl(gw_server_t *s);   /* with the current context; NULL when out of memory */
+int gw_tls_reload(gw_server_t *s);     /* GW_OK, or GW_ERROR (logged; the old context stays) */
+
+/* gw_conn.c: connections */
+void gw_conn_accept(struct evconnlistener *l, int fd, struct sockaddr *sa, int salen, void *arg); /* arg: loop */
+void gw_conn_accept_error(struct evconnlistener *l, void *arg);
+void gw_conn_accept_resume(int fd, short what, void *arg);
+struct evbuffer *gw_conn_out(gw_conn_t *c);
+/* The request layer took r as the connection's current request. */
+void gw_conn_begin(gw_conn_t *c, gw_req_t *r);
+/* The current request is freed (answered or abandoned). */
+void gw_conn_end(gw_conn_t *c);
+/* Its answer is fully queued: go on with the next pipelined request, or
+ * close after flushing when !keep_alive. */
+void gw_conn_next(gw_conn_t *c, int keep_alive);
+/* Shutting down: close every connection without a request in flight. */
+void gw_conn_close_idle(gw_loop_t *l);
+void gw_conn_free(gw_conn_t *c);
+/* Once shutting down, the loop ends when its last connection closed. */
+void gw_loop_maybe_exit(gw_loop_t *l);
+
+/* gw_req.c: the request lifecycle */
+extern const gw_conn_ops_t gw_req_conn_ops;
 void gw_req_error(gw_req_t *r, int status, const char *type, const char *code, const char *param,
                   const char *msg);
 /* Write the response head; clen -1: body of unknown length (chunked, or
  * close-delimited to an HTTP/1.0 client). */
 void gw_req_head(gw_req_t *r, int status, const char *ctype, int64_t clen);
+/* A whole answer: head and body, then gw_req_finish. */
+void gw_req_answer(gw_req_t *r, int status, const char *ctype, const char *body, size_t len);
 void gw_req_finish(gw_req_t *r);
-/* Settle the request now (bill_settle journals it), before the last bytes of
- * its answer are queued for the client; later calls do nothing. */
-void gw_req_settle_done(gw_req_t *r, int status);
+struct evbuffer *gw_req_out(gw_req_t *r);
+
+/* gw_settle.c: settlement of a request that reached a worker */
+/* Settle once (r->proxied 1 -> 2) with what is known; bill_settle journals it. */
+void gw_settle(gw_req_t *r);
+/* Settle now, before the last bytes of the answer are queued for the client;
+ * later calls do nothing. */
+void gw_settle_done(gw_req_t *r, int status);
 /* Token counts from a usage object (exact integers 0..1e12); GW_OK, or
  * GW_ERROR when usage is absent or malformed. */
-int gw_req_usage_from_json(gw_req_t *r, const tg_json_t *usage);
-struct evbuffer *gw_req_out(gw_req_t *r);
+int gw_settle_usage_json(gw_req_t *r, const tg_json_t *usage);
+/* The gateway's own prompt count of a chat request; -1 unknown. */
+int64_t gw_settle_prompt_count(gw_req_t *r);
+
+/* gw_log.c: the access log (one JSON line per request) */
+void gw_log_request(gw_req_t *r);
+
+/* gw_chat.c, gw_models.c: handlers */
+extern const gw_handler_t gw_chat_handler, gw_models_handler, gw_health_handler, gw_receipt_key_handler,
+    gw_notfound_handler;
 
 /* gw_dash.c: /dashboard/ (static files from dashboard_dir, the JSON API in
  * billing: bill_dash), and the worker pool's /metrics for the operator. */
 typedef struct gw_dash gw_dash_t;
 gw_dash_t *gw_dash_new(struct event_base *base, const gw_config_t *cfg); /* NULL: out of memory */
 void gw_dash_free(gw_dash_t *d);                                         /* accepts NULL */
-void gw_dash_route(gw_req_t *r); /* a target starting with /dashboard: answers r */
+extern const gw_handler_t gw_dash_handler; /* a target starting with /dashboard */
+
+/* gw_auth.c: shared by the /v1 handlers */
+int gw_model_known(const gw_config_t *cfg, const char *model);
+/* The request's Bearer key, or NULL (answered 401). */
+const char *gw_auth_bearer(gw_req_t *r);
+/* 1 when key has neither shape nor a right checksum (answered 401). */
+int gw_auth_refused_offline(gw_req_t *r, const char *key);
+/* Answer an admission status that is not BILL_OK. */
+void gw_auth_error(gw_req_t *r, bill_status_t st);
+void gw_auth_model_not_allowed(gw_req_t *r, const char *model); /* 403 */
+/* The key's limits (its own, else the defaults) and its customer's. */
+void gw_auth_limits(gw_req_t *r, gw_rl_limits_t *key, gw_rl_limits_t *cust);
+int gw_auth_limits_any(const gw_rl_limits_t *l);
+/* Look at (not take) the limits, then `then` answers; GW_ERROR: no limits (or
+ * out of memory), answer at once. */
+int gw_auth_peek_limits(gw_req_t *r, gw_rl_cb then);
+
+/* gw_admin.c: /metrics on the admin listener, gathered from every loop */
+int gw_admin_loop_init(gw_loop_t *l);
+void gw_admin_loop_release(gw_loop_t *l);
+int gw_admin_start(gw_server_t *s);   /* after every loop is set up */
+void gw_admin_stop(gw_server_t *s);   /* after the loops stopped, before billing is freed */
+
+/* gw_routes.c */
+const gw_handler_t *gw_routes_match(gw_req_t *r);
 
 /* gw_proxy.c */
 void gw_proxy_start(gw_req_t *r);
 void gw_proxy_resume(gw_req_t *r);   /* client output drained below the mark */
 void gw_proxy_release(gw_req_t *r);  /* close (or keep) the worker connection (pool cleanup) */
-void gw_proxy_close_idle(gw_config_t *cfg); /* close kept-alive worker connections */
+void gw_proxy_close_idle(gw_loop_t *l); /* close kept-alive worker connections */
 /* Body to send upstream: the client's bytes unchanged, except that a
  * stream gets stream_options.include_usage forced on by splicing the text
  * (json is the parsed h->body, an object without duplicate stream_options).

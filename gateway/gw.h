@@ -32,6 +32,9 @@ gw_server_t *gw_server_new(struct event_base *base, const gw_config_t *cfg, char
 /* Stop accepting, let requests in flight finish for up to shutdown_grace_ms,
  * then break the loop.  Safe to call more than once. */
 void gw_server_shutdown(gw_server_t *s);
-void gw_server_free(gw_server_t *s); /* accepts NULL; also frees billing */
+void gw_server_free(gw_server_t *s);
+/* SIGHUP: load the TLS certificate and key again (new connections get them;
+ * open ones keep theirs); on failure the old ones stay, logged. */
+void gw_server_reload(gw_server_t *s); /* accepts NULL; also frees billing */
 
 #endif

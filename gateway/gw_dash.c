@@ -219,8 +219,9 @@ static void gw_dash_poll_cb(evutil_socket_t fd, short what, void *arg) {
     evtimer_add(d->poll, &tv);
 }
 
-/* The pool as JSON (malloc'ed), and start watching it. */
-static char *gw_dash_workers_json(gw_dash_t *d) {
+/* The pool as JSON (malloc'ed), and start watching it; up: the run-time
+ * state of each worker as the asking request's loop sees it. */
+static char *gw_dash_workers_json(gw_dash_t *d, const gw_upstream_t *up) {
     int64_t now = gw_now_us();
     if (now > d->watched_until_us) {
         d->watched_until_us = now + (int64_t)WATCH_S * 1000000;
@@ -231,8 +232,9 @@ static char *gw_dash_workers_json(gw_dash_t *d) {
     gw_buf_printf(&b, "{\"object\":\"list\",\"poll_ms\":%d,\"data\":[", POLL_MS);
     for (int i = 0; i < d->cfg->nworkers; i++) {
         const gw_worker_t *cw = &d->cfg->workers[i];
+        const gw_upstream_t *u = &up[i];
         gw_dash_worker_t *w = &d->w[i];
-        const char *state = cw->down_until_us > now ? "backoff" : !w->polled ? "unknown" : w->up ? "up" : "down";
+        const char *state = u->down_until_us > now ? "backoff" : !w->polled ? "unknown" : w->up ? "up" : "down";
         gw_buf_printf(&b, "%s{\"url\":\"", i ? "," : "");
         gw_buf_json_str(&b, cw->url, strlen(cw->url));
         gw_buf_printf(&b, "\",\"models\":[");
@@ -244,7 +246,7 @@ static char *gw_dash_workers_json(gw_dash_t *d) {
         gw_buf_printf(&b,
                       "],\"state\":\"%s\",\"outstanding\":%d,\"requests\":%llu,\"failures\":%llu,"
                       "\"tokens_per_s\":%.3f,\"read_ms_ago\":%lld,\"metrics\":{%s}}",
-                      state, cw->outstanding, (unsigned long long)cw->requests, (unsigned long long)cw->failures,
+                      state, u->outstanding, (unsigned long long)u->requests, (unsigned long long)u->failures,
                       w->up ? w->tokens_per_s : 0.0, w->at_us ? (long long)((now - w->at_us) / 1000) : -1LL,
                       w->up && w->samples ? w->samples : "");
     }
@@ -272,7 +274,7 @@ static void gw_dash_api_done(const bill_dash_resp_t *resp, void *arg) {
 }
 
 static void gw_dash_api(gw_req_t *r, const char *path, size_t n) {
-    gw_dash_t *d = r->srv->dash;
+    gw_dash_t *d = r->loop->dash;
     const char *t = r->http->target, *qm = strchr(t, '?');
     gw_dash_ctx_t *x = gw_palloc(r->pool, sizeof *x);
     char *p = gw_pstrndup(r->pool, path, n);
@@ -281,7 +283,7 @@ static void gw_dash_api(gw_req_t *r, const char *path, size_t n) {
         gw_req_error(r, 500, "server_error", NULL, NULL, "out of memory");
         return;
     }
-    if (!strcmp(p, "admin/workers")) workers = gw_dash_workers_json(d);
+    if (!strcmp(p, "admin/workers")) workers = gw_dash_workers_json(d, r->loop->up);
     bill_dash_req_t q = {
         .method = r->http->method,
         .path = p,
@@ -296,7 +298,7 @@ static void gw_dash_api(gw_req_t *r, const char *path, size_t n) {
         .workers_json = workers,
     };
     x->r = r;
-    x->call = bill_dash(r->srv->bill, &q, gw_dash_api_done, x);
+    x->call = bill_dash(r->loop->bill, &q, gw_dash_api_done, x);
     free(workers);
     if (!x->call || gw_pool_cleanup_add(r->pool, gw_dash_ctx_cancel, x) != GW_OK) {
         bill_dash_cancel(x->call);
@@ -305,8 +307,8 @@ static void gw_dash_api(gw_req_t *r, const char *path, size_t n) {
     }
 }
 
-void gw_dash_route(gw_req_t *r) {
-    gw_dash_t *d = r->srv->dash;
+static void gw_dash_route(gw_req_t *r) {
+    gw_dash_t *d = r->loop->dash;
     const char *t = r->http->target, *m = r->http->method;
     size_t n = strcspn(t, "?#");
     static const char api[] = "/dashboard/api/";
@@ -365,3 +367,5 @@ void gw_dash_free(gw_dash_t *d) {
     free(d->w);
     free(d);
 }
+
+const gw_handler_t gw_dash_handler = {GW_ROUTE_OTHER, gw_dash_route, NULL, NULL};

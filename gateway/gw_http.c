@@ -3,7 +3,9 @@
  * The request parser takes bytes as they arrive (any split, pipelined
  * requests back to back) and hands out whole requests: head parsed, body
  * de-framed (Content-Length or chunked).  Limits are checked as early as
- * possible: the head may not exceed max_header bytes (431), a declared
+ * possible: a request line may not exceed GW_HTTP_MAX_REQUEST_LINE bytes
+ * (414), the head may not exceed max_header bytes or GW_HTTP_MAX_HEADERS
+ * fields (431) — a chunked body's trailer section counts with its head — a declared
  * Content-Length above max_body is refused before any body byte is read (413)
  * and a chunked body is refused as soon as its decoded size passes max_body.
  * A request with both Content-Length and Transfer-Encoding, a transfer coding
@@ -103,8 +105,10 @@ ssize_t gw_chunked_feed(gw_chunked_t *c, const char *in, size_t len, gw_buf_t *o
             i++;
             break;
         case CH_TRAILER: /* lines until an empty one */
+            c->trailer_bytes++;
             if (ch == '\n') {
                 if (c->line_len == 0) c->done = 1;
+                else c->trailer_fields++;
                 c->line_len = 0;
             } else if (ch == '\r') {
                 c->state = CH_TRAILER_LF;
@@ -115,7 +119,9 @@ ssize_t gw_chunked_feed(gw_chunked_t *c, const char *in, size_t len, gw_buf_t *o
             break;
         case CH_TRAILER_LF:
             if (ch != '\n') return -1;
+            c->trailer_bytes++;
             if (c->line_len == 0) c->done = 1;
+            else c->trailer_fields++;
             c->line_len = 0;
             c->state = CH_TRAILER;
             i++;
@@ -313,6 +319,11 @@ int gw_http_parser_next(gw_http_parser_t *p, gw_http_req_t **out) {
         while (skip < p->in.len && (p->in.p[skip] == '\r' || p->in.p[skip] == '\n')) skip++;
         if (skip) gw_buf_consume(&p->in, skip);
         if (!p->in.len) return GW_AGAIN;
+        /* the request line first: 414 whether or not the head is complete */
+        size_t look = p->in.len < GW_HTTP_MAX_REQUEST_LINE + 2 ? p->in.len : GW_HTTP_MAX_REQUEST_LINE + 2;
+        const char *nl = memchr(p->in.p, '\n', look);
+        size_t line = nl ? (size_t)(nl - p->in.p) - (nl > p->in.p && nl[-1] == '\r') : look;
+        if (line > GW_HTTP_MAX_REQUEST_LINE) return fail(p, 414, "request line too long");
         size_t hlen = find_head_end(p->in.p, p->in.len, p->scan);
         if (!hlen) {
             if (p->in.len > p->max_header) return fail(p, 431, "request header fields too large");
@@ -332,6 +343,7 @@ int gw_http_parser_next(gw_http_parser_t *p, gw_http_req_t **out) {
         gw_buf_consume(&p->in, hlen);
         p->scan = 0;
         p->cur = r;
+        p->head_len = hlen;
         if (parse_head(p, r, h, hlen) != GW_OK) return GW_ERROR;
         memset(&p->ch, 0, sizeof p->ch);
         p->body.len = 0;
@@ -352,6 +364,8 @@ int gw_http_parser_next(gw_http_parser_t *p, gw_http_req_t **out) {
         if (n < 0) return fail(p, 400, "malformed chunked body");
         gw_buf_consume(&p->in, (size_t)n);
         if (p->body.len > p->max_body) return fail(p, 413, "request body too large");
+        if (p->head_len + p->ch.trailer_bytes > p->max_header || p->cur->nhdrs + p->ch.trailer_fields > GW_HTTP_MAX_HEADERS)
+            return fail(p, 431, "request header fields too large (trailer section)");
         if (p->ch.done) return finish(p, out);
     }
     if (p->cur->expect_continue && !p->continue_reported) {
@@ -434,6 +448,7 @@ const char *gw_http_reason(int s) {
     case 417: return "Expectation Failed";
     case 422: return "Unprocessable Content";
     case 429: return "Too Many Requests";
+    case 414: return "URI Too Long";
     case 431: return "Request Header Fields Too Large";
     case 500: return "Internal Server Error";
     case 501: return "Not Implemented";

@@ -8,8 +8,11 @@
 #include <string.h>
 
 #include <event2/event.h>
+#include <event2/thread.h>
 
 #include "gw-int.h"
+
+static void on_hup(evutil_socket_t sig, short what, void *arg) { gw_server_reload(arg); }
 
 static void on_signal(evutil_socket_t sig, short what, void *arg) {
     gw_server_t *s = arg;
@@ -35,6 +38,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "tollgate: config: %s\n", err);
         return 2;
     }
+    evthread_use_pthreads(); /* loops wake each other (event_active across threads) */
     struct event_base *base = event_base_new();
     if (!base) {
         fprintf(stderr, "tollgate: event_base_new failed\n");
@@ -52,11 +56,14 @@ int main(int argc, char **argv) {
     struct event *st = evsignal_new(base, SIGTERM, on_signal, s);
     if (si) event_add(si, NULL);
     if (st) event_add(st, NULL);
+    struct event *sh = evsignal_new(base, SIGHUP, on_hup, s);
+    if (sh) event_add(sh, NULL);
     fprintf(stderr, "tollgate: listening on https://%s (%d worker%s)\n", cfg->listen, cfg->nworkers,
             cfg->nworkers == 1 ? "" : "s");
     event_base_dispatch(base);
     if (si) event_free(si);
     if (st) event_free(st);
+    if (sh) event_free(sh);
     gw_server_free(s);
     event_base_free(base);
     gw_config_free(cfg);

@@ -40,7 +40,8 @@ static void counter(gw_buf_t *o, const char *name, const char *help, uint64_t v)
     gw_buf_printf(o, "# HELP %s %s\n# TYPE %s counter\n%s %llu\n", name, help, name, name, (unsigned long long)v);
 }
 
-void gw_metrics_render(const gw_metrics_t *m, const gw_config_t *cfg, int redis_up, gw_buf_t *o) {
+void gw_metrics_render(const gw_metrics_t *m, const gw_config_t *cfg, const gw_upstream_t *up, int redis_up,
+                       gw_buf_t *o) {
     gw_buf_printf(o, "# HELP tollgate_http_requests_total Requests answered, by route and status.\n"
                      "# TYPE tollgate_http_requests_total counter\n");
     for (int r = 0; r < GW_ROUTE_N; r++)
@@ -70,6 +71,10 @@ void gw_metrics_render(const gw_metrics_t *m, const gw_config_t *cfg, int redis_
     counter(o, "tollgate_client_aborts_total", "Clients that went away before their answer ended.",
             m->client_aborts);
     counter(o, "tollgate_connections_total", "Client connections accepted.", m->connections_total);
+    counter(o, "tollgate_connections_refused_total", "Client connections refused past max_connections.",
+            m->connections_refused);
+    counter(o, "tollgate_write_timeouts_total", "Clients closed for reading nothing within write_timeout_ms.",
+            m->write_timeouts);
     gw_buf_printf(o, "# HELP tollgate_connections Open client connections.\n# TYPE tollgate_connections gauge\n"
                      "tollgate_connections %lld\n"
                      "# HELP tollgate_inflight_requests Chat completions in progress.\n"
@@ -81,12 +86,12 @@ void gw_metrics_render(const gw_metrics_t *m, const gw_config_t *cfg, int redis_
                      "# TYPE tollgate_worker_outstanding gauge\n");
     for (int i = 0; i < cfg->nworkers; i++)
         gw_buf_printf(o, "tollgate_worker_outstanding{worker=\"%s\"} %d\n", cfg->workers[i].url,
-                      cfg->workers[i].outstanding);
+                      up[i].outstanding);
     gw_buf_printf(o, "# HELP tollgate_worker_failures_total Failed requests per worker.\n"
                      "# TYPE tollgate_worker_failures_total counter\n");
     for (int i = 0; i < cfg->nworkers; i++)
         gw_buf_printf(o, "tollgate_worker_failures_total{worker=\"%s\"} %llu\n", cfg->workers[i].url,
-                      (unsigned long long)cfg->workers[i].failures);
+                      (unsigned long long)up[i].failures);
 }
 
 static void gauge(gw_buf_t *o, const char *name, const char *help, long long v) {

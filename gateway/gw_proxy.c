@@ -52,7 +52,7 @@ static void gw_up_on_event(struct bufferevent *bev, short what, void *arg);
 
 typedef struct gw_upconn {
     struct gw_upconn *next;
-    gw_worker_t *w;
+    gw_upstream_t *w;
     struct bufferevent *bev;
 } gw_upconn_t;
 
@@ -70,7 +70,7 @@ static void gw_upconn_drop(gw_upconn_t *u) {
 static void gw_upconn_on_read(struct bufferevent *bev, void *arg) { gw_upconn_drop(arg); }
 static void gw_upconn_on_event(struct bufferevent *bev, short what, void *arg) { gw_upconn_drop(arg); }
 
-static void gw_upconn_park(gw_worker_t *w, struct bufferevent *bev) {
+static void gw_upconn_park(gw_upstream_t *w, struct bufferevent *bev) {
     gw_upconn_t *u = w->nidle < GW_UP_MAX_IDLE ? calloc(1, sizeof *u) : NULL;
     if (!u) {
         bufferevent_free(bev);
@@ -87,7 +87,7 @@ static void gw_upconn_park(gw_worker_t *w, struct bufferevent *bev) {
     bufferevent_enable(bev, EV_READ);
 }
 
-static struct bufferevent *gw_upconn_take(gw_worker_t *w) {
+static struct bufferevent *gw_upconn_take(gw_upstream_t *w) {
     gw_upconn_t *u = w->idle;
     if (!u) return NULL;
     w->idle = u->next;
@@ -97,9 +97,9 @@ static struct bufferevent *gw_upconn_take(gw_worker_t *w) {
     return bev;
 }
 
-void gw_proxy_close_idle(gw_config_t *cfg) {
-    for (int i = 0; i < cfg->nworkers; i++)
-        while (cfg->workers[i].idle) gw_upconn_drop(cfg->workers[i].idle);
+void gw_proxy_close_idle(gw_loop_t *l) {
+    for (int i = 0; i < l->srv->cfg->nworkers; i++)
+        while (l->up[i].idle) gw_upconn_drop(l->up[i].idle);
 }
 
 void gw_proxy_release(gw_req_t *r) {
@@ -185,7 +185,7 @@ static int gw_proxy_body_stream(const gw_http_req_t *h, int stream, const tg_jso
 
 /* A worker that refused a connection is skipped for a while (1 s, doubling
  * up to 30 s while it keeps refusing); one that answers is trusted again. */
-static void gw_worker_refused(gw_worker_t *w) {
+static void gw_worker_refused(gw_upstream_t *w) {
     w->failures++;
     w->backoff_ms = w->backoff_ms ? (w->backoff_ms * 2 > 30000 ? 30000 : w->backoff_ms * 2) : 1000;
     w->down_until_us = gw_now_us() + w->backoff_ms * 1000;
@@ -232,24 +232,25 @@ static uint64_t gw_affinity_key(const tg_json_t *json) {
  * prompt's prefix hashes to (rendezvous hashing, so adding a worker moves
  * few prefixes), unless it has 2 more requests in flight than the least
  * busy one; then the least busy. */
-static gw_worker_t *gw_pick_worker(gw_req_t *r) {
+static gw_upstream_t *gw_pick_worker(gw_req_t *r) {
     const gw_config_t *cfg = r->srv->cfg;
-    gw_worker_t *best = NULL, *pref = NULL;
+    gw_upstream_t *best = NULL, *pref = NULL;
     int besti = -1, prefi = -1, best_down = 0, pref_down = 0;
     uint64_t pref_score = 0;
     int64_t now = gw_now_us();
-    unsigned start = r->srv->rr++;
+    unsigned start = r->loop->rr++;
     for (int k = 0; k < cfg->nworkers; k++) {
         int i = (int)((start + (unsigned)k) % (unsigned)cfg->nworkers);
         if (i < 64 && (r->tried & (1ull << i))) continue;
-        gw_worker_t *w = &cfg->workers[i];
+        gw_upstream_t *w = &r->loop->up[i];
+        const gw_worker_t *wc = w->cfg;
         int serves = 0;
-        for (int j = 0; j < w->nmodels && !serves; j++) serves = !strcmp(w->models[j], r->model);
+        for (int j = 0; j < wc->nmodels && !serves; j++) serves = !strcmp(wc->models[j], r->model);
         if (!serves) continue;
         int down = w->down_until_us > now;
         if (!best || (best_down && !down) || (down == best_down && w->outstanding < best->outstanding))
             best = w, besti = i, best_down = down;
-        uint64_t score = gw_mix(r->affinity ^ gw_fnv(0xcbf29ce484222325ULL, w->url, strlen(w->url)));
+        uint64_t score = gw_mix(r->affinity ^ gw_fnv(0xcbf29ce484222325ULL, wc->url, strlen(wc->url)));
         if (!pref || (pref_down && !down) || (down == pref_down && score > pref_score))
             pref = w, prefi = i, pref_down = down, pref_score = score;
     }
@@ -262,26 +263,27 @@ static gw_worker_t *gw_pick_worker(gw_req_t *r) {
 static void gw_up_fail(gw_req_t *r, int status, const char *code, const char *msg);
 
 static void gw_up_connect(gw_req_t *r) {
-    gw_server_t *s = r->srv;
-    gw_worker_t *w = gw_pick_worker(r);
+    gw_loop_t *l = r->loop;
+    gw_upstream_t *w = gw_pick_worker(r);
+    const gw_worker_t *wc = w ? w->cfg : NULL;
     if (!w) {
         if (r->proxied) gw_up_fail(r, 502, "upstream_unavailable", "No inference worker could be reached");
         else gw_up_fail(r, 503, "no_worker", "No inference worker serves this model");
         return;
     }
     r->worker = w;
-    r->worker_url = w->url;
+    r->worker_url = wc->url;
     r->up_got_bytes = r->up_eof = r->up_connected = 0;
     w->outstanding++;
     w->requests++;
     r->proxied = 1;
-    const gw_config_t *cfg = s->cfg;
+    const gw_config_t *cfg = l->srv->cfg;
     struct timeval rt = {(time_t)(cfg->upstream_timeout_ms / 1000), (suseconds_t)(cfg->upstream_timeout_ms % 1000) * 1000};
     struct timeval ct = {(time_t)(cfg->upstream_connect_timeout_ms / 1000),
                          (suseconds_t)(cfg->upstream_connect_timeout_ms % 1000) * 1000};
     r->up = r->no_reuse ? NULL : gw_upconn_take(w);
     r->up_reused = r->up != NULL;
-    if (!r->up) r->up = bufferevent_socket_new(s->base, -1, BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
+    if (!r->up) r->up = bufferevent_socket_new(l->base, -1, BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
     if (!r->up) {
         gw_up_fail(r, 500, "internal_error", "out of memory");
         return;
@@ -292,20 +294,20 @@ static void gw_up_connect(gw_req_t *r) {
     evbuffer_add_printf(o,
                         "POST /v1/chat/completions HTTP/1.1\r\nHost: %s%s%s:%d\r\nContent-Type: application/json\r\n"
                         "Accept: %s\r\nX-Request-Id: %s\r\nContent-Length: %zu\r\nConnection: %s\r\n\r\n",
-                        strchr(w->host, ':') ? "[" : "", w->host, strchr(w->host, ':') ? "]" : "", w->port,
+                        strchr(wc->host, ':') ? "[" : "", wc->host, strchr(wc->host, ':') ? "]" : "", wc->port,
                         r->stream ? "text/event-stream" : "application/json", r->id, r->scratch.len,
                         cfg->upstream_keepalive ? "keep-alive" : "close");
     evbuffer_add(o, r->scratch.p, r->scratch.len);
     bufferevent_enable(r->up, EV_READ | EV_WRITE);
     if (r->up_reused) {
         r->up_connected = 1;
-        s->m.upstream_reuses++;
+        l->m.upstream_reuses++;
         return;
     }
-    s->m.upstream_connects++;
-    if (bufferevent_socket_connect(r->up, (struct sockaddr *)&w->addr, (int)w->addrlen) < 0) {
+    l->m.upstream_connects++;
+    if (bufferevent_socket_connect(r->up, (struct sockaddr *)&wc->addr, (int)wc->addrlen) < 0) {
         gw_worker_refused(w); /* refusals come through the event callback; this is the rest */
-        s->m.upstream_errors++;
+        l->m.upstream_errors++;
         gw_proxy_release(r);
         gw_up_connect(r);
     }
@@ -324,11 +326,11 @@ void gw_proxy_start(gw_req_t *r) {
  * a started stream. */
 static void gw_up_fail(gw_req_t *r, int status, const char *code, const char *msg) {
     if (r->worker) r->worker->failures++;
-    if (status == 504) r->srv->m.upstream_timeouts++;
-    else if (status >= 500) r->srv->m.upstream_errors++;
+    if (status == 504) r->loop->m.upstream_timeouts++;
+    else if (status >= 500) r->loop->m.upstream_errors++;
     if (!r->head_sent) {
         gw_proxy_release(r);
-        gw_req_settle_done(r, status); /* before the head: it carries the receipt */
+        gw_settle_done(r, status); /* before the head: it carries the receipt */
         gw_req_error(r, status, "server_error", code, NULL, msg);
         return;
     }
@@ -384,8 +386,6 @@ static int gw_has_object(const char *json, const char *field) {
 }
 
 /* One SSE event from the worker: learn usage, maybe drop or trim it, forward. */
-/* gw_server.c: settle before the answer's last bytes are queued (not in
- * gw-int.h, which this change does not own). */
 
 /* The usage-only chunk in r->body (its JSON) again, with the signed usage
  * receipt added as its last member "receipt". */
@@ -404,7 +404,7 @@ static void gw_stream_receipt_chunk(gw_req_t *r) {
 static void gw_stream_event(gw_req_t *r, const char *ev, size_t len) {
     gw_buf_t *d = &r->body; /* reused as scratch while streaming */
     if (gw_sse_data(ev, len, d) != GW_OK || d->len == 0 || d->p[0] != '{') {
-        if (d->len == 6 && !memcmp(d->p, "[DONE]", 6)) gw_req_settle_done(r, r->status); /* before the client has it */
+        if (d->len == 6 && !memcmp(d->p, "[DONE]", 6)) gw_settle_done(r, r->status); /* before the client has it */
         gw_client_chunk(r, ev, len);
         return;
     }
@@ -415,11 +415,11 @@ static void gw_stream_event(gw_req_t *r, const char *ev, size_t len) {
     }
     tg_json_t *j = tg_json_parse(d->p, d->len, NULL, NULL);
     const tg_json_t *u = tg_json_get(j, "usage");
-    if (tg_json_type(u) != TG_JSON_OBJECT || gw_req_usage_from_json(r, u) != GW_OK || r->client_usage) {
+    if (tg_json_type(u) != TG_JSON_OBJECT || gw_settle_usage_json(r, u) != GW_OK || r->client_usage) {
         const tg_json_t *ch = tg_json_get(j, "choices");
         int final = r->client_usage && r->have_usage && tg_json_type(ch) == TG_JSON_ARRAY && tg_json_len(ch) == 0;
         tg_json_free(j);
-        if (final) gw_req_settle_done(r, r->status); /* the usage-only chunk: settle now, it carries the receipt */
+        if (final) gw_settle_done(r, r->status); /* the usage-only chunk: settle now, it carries the receipt */
         if (final && r->receipt) gw_stream_receipt_chunk(r);
         else gw_client_chunk(r, ev, len);
         return;
@@ -476,7 +476,7 @@ static void gw_up_complete(gw_req_t *r) {
                      (r->resp.chunked ? r->ch.done : r->resp.content_length >= 0);
     if (r->up_streaming) {
         if (gw_stream_payload(r) != GW_OK) return;
-        gw_req_settle_done(r, r->status); /* a stream without [DONE]: before its end goes out */
+        gw_settle_done(r, r->status); /* a stream without [DONE]: before its end goes out */
         size_t rest = gw_sse_pending(&r->sse);
         if (rest) gw_client_chunk(r, r->sse.buf.p + r->sse.buf.len - rest, rest);
         if (r->client_chunked && r->receipt) /* the receipt as a trailer field too */
@@ -494,7 +494,7 @@ static void gw_up_complete(gw_req_t *r) {
     r->payload.len = 0;
     if (r->resp.status == 200) {
         tg_json_t *j = r->body.p ? tg_json_parse(r->body.p, r->body.len, NULL, NULL) : NULL;
-        gw_req_usage_from_json(r, tg_json_get(j, "usage"));
+        gw_settle_usage_json(r, tg_json_get(j, "usage"));
         tg_json_free(j);
     }
     int status = r->resp.status;
@@ -508,14 +508,14 @@ static void gw_up_complete(gw_req_t *r) {
             snprintf(msg, sizeof msg, "The inference worker answered %d %s", status, gw_http_reason(status));
             if (r->worker) r->worker->failures += status >= 500;
             gw_proxy_release(r);
-            gw_req_settle_done(r, status); /* before the head: it carries the receipt */
+            gw_settle_done(r, status); /* before the head: it carries the receipt */
             gw_req_error(r, status, status >= 500 ? "server_error" : "invalid_request_error", "upstream_error",
                          NULL, msg);
             return;
         }
     }
     gw_proxy_release(r);
-    gw_req_settle_done(r, status); /* before the answer is queued: it may be written at once */
+    gw_settle_done(r, status); /* before the answer is queued: it may be written at once */
     gw_req_head(r, status, r->resp.content_type[0] ? r->resp.content_type : "application/json",
                 (int64_t)r->body.len);
     if (r->body.len) evbuffer_add(gw_req_out(r), r->body.p, r->body.len);
@@ -628,7 +628,7 @@ static void gw_up_on_event(struct bufferevent *bev, short what, void *arg) {
     }
     if ((what & BEV_EVENT_TIMEOUT) && !r->up_connected) { /* connect timed out: try another worker */
         if (r->worker) gw_worker_refused(r->worker);
-        r->srv->m.upstream_errors++;
+        r->loop->m.upstream_errors++;
         gw_proxy_release(r);
         gw_up_connect(r);
         return;
@@ -644,7 +644,7 @@ static void gw_up_on_event(struct bufferevent *bev, short what, void *arg) {
     }
     if (!r->up_got_bytes && !r->head_sent && r->up_reused) {
         /* a kept connection the worker had closed: send again on a fresh one, same worker allowed */
-        int i = r->worker ? (int)(r->worker - r->srv->cfg->workers) : -1;
+        int i = r->worker ? r->worker->index : -1;
         if (i >= 0 && i < 64) r->tried &= ~(1ull << i);
         r->no_reuse = 1;
         gw_proxy_release(r);
@@ -653,7 +653,7 @@ static void gw_up_on_event(struct bufferevent *bev, short what, void *arg) {
     }
     if (!r->up_got_bytes && !r->head_sent) { /* refused or reset before answering: try another */
         if (r->worker) gw_worker_refused(r->worker);
-        r->srv->m.upstream_errors++;
+        r->loop->m.upstream_errors++;
         gw_proxy_release(r);
         gw_up_connect(r);
         return;

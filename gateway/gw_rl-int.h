@@ -189,6 +189,15 @@ int gw_rl_connected(const gw_rl_t *rl);
 const gw_rl_stats_t *gw_rl_stats(const gw_rl_t *rl);
 /* Append the limiter's Prometheus lines to out. */
 void gw_rl_metrics(const gw_rl_t *rl, gw_buf_t *out);
+/* The same numbers as a value, to sum over event loops (gw_admin.c). */
+typedef struct {
+    gw_rl_stats_t st;
+    uint64_t moved, ask, refreshes;
+    size_t local_entries;
+} gw_rl_snap_t;
+void gw_rl_snapshot(const gw_rl_t *rl, gw_rl_snap_t *sn); /* rl may be NULL */
+void gw_rl_snapshot_add(gw_rl_snap_t *sum, const gw_rl_snap_t *sn);
+void gw_rl_metrics_snap(const gw_rl_snap_t *sn, gw_buf_t *out);
 
 /* Admission (op GW_RL_OP_TAKE) or a look at the state (GW_RL_OP_PEEK) of a
  * key (key_id, key limits) and its customer (cust_id, customer limits; zero

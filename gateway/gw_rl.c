@@ -527,21 +527,49 @@ static void counter(gw_buf_t *o, const char *name, const char *help, uint64_t v)
     gw_buf_printf(o, "# HELP %s %s\n# TYPE %s counter\n%s %llu\n", name, help, name, name, (unsigned long long)v);
 }
 
-void gw_rl_metrics(const gw_rl_t *rl, gw_buf_t *o) {
+void gw_rl_snapshot(const gw_rl_t *rl, gw_rl_snap_t *sn) {
+    memset(sn, 0, sizeof *sn);
+    if (!rl) return;
     gw_redis_stats_t rs;
     gw_redis_stats(rl->redis, &rs);
+    sn->st = rl->st;
+    sn->moved = rs.moved;
+    sn->ask = rs.ask;
+    sn->refreshes = rs.refreshes;
+    sn->local_entries = gw_rl_local_size(rl->local);
+}
+
+void gw_rl_snapshot_add(gw_rl_snap_t *a, const gw_rl_snap_t *b) {
+    a->st.redis_errors += b->st.redis_errors;
+    a->st.local_decisions += b->st.local_decisions;
+    a->st.fail_closed += b->st.fail_closed;
+    a->st.auth_throttled += b->st.auth_throttled;
+    a->st.auth_blocks += b->st.auth_blocks;
+    a->moved += b->moved;
+    a->ask += b->ask;
+    a->refreshes += b->refreshes;
+    a->local_entries += b->local_entries;
+}
+
+void gw_rl_metrics_snap(const gw_rl_snap_t *sn, gw_buf_t *o) {
     counter(o, "tollgate_ratelimit_local_decisions_total",
-            "Admissions decided by the in-process limiter because Redis did not answer.", rl->st.local_decisions);
+            "Admissions decided by the in-process limiter because Redis did not answer.", sn->st.local_decisions);
     counter(o, "tollgate_ratelimit_fail_closed_total", "Requests refused with 503 because Redis did not answer "
-            "(redis_fail_closed).", rl->st.fail_closed);
+            "(redis_fail_closed).", sn->st.fail_closed);
     counter(o, "tollgate_auth_throttled_total", "Requests refused with 429 by the failed-auth throttle.",
-            rl->st.auth_throttled);
+            sn->st.auth_throttled);
     counter(o, "tollgate_auth_blocks_total", "Client addresses blocked after repeated failed authentication.",
-            rl->st.auth_blocks);
-    counter(o, "tollgate_redis_moved_total", "MOVED redirections followed (Redis Cluster).", rs.moved);
-    counter(o, "tollgate_redis_ask_total", "ASK redirections followed (Redis Cluster).", rs.ask);
-    counter(o, "tollgate_redis_slot_refreshes_total", "Cluster slot maps read (CLUSTER SLOTS).", rs.refreshes);
+            sn->st.auth_blocks);
+    counter(o, "tollgate_redis_moved_total", "MOVED redirections followed (Redis Cluster).", sn->moved);
+    counter(o, "tollgate_redis_ask_total", "ASK redirections followed (Redis Cluster).", sn->ask);
+    counter(o, "tollgate_redis_slot_refreshes_total", "Cluster slot maps read (CLUSTER SLOTS).", sn->refreshes);
     gw_buf_printf(o, "# HELP tollgate_ratelimit_local_entries Subjects in the in-process limiter table.\n"
                      "# TYPE tollgate_ratelimit_local_entries gauge\ntollgate_ratelimit_local_entries %zu\n",
-                  gw_rl_local_size(rl->local));
+                  sn->local_entries);
+}
+
+void gw_rl_metrics(const gw_rl_t *rl, gw_buf_t *o) {
+    gw_rl_snap_t sn;
+    gw_rl_snapshot(rl, &sn);
+    gw_rl_metrics_snap(&sn, o);
 }

@@ -18,7 +18,8 @@ The last user message picks the behaviour:
   "noframe"     stream 17 MiB that never ends an SSE event
   anything else echo it back in 3 chunks
 Every request is appended to the file named by $FAKE_WORKER_LOG as one JSON
-line {"headers":{...},"body":{...}}.
+line {"headers":{...},"body":{...}}; a stream the gateway hung up on adds a
+line {"cancelled": "<X-Request-Id>"} to $FAKE_WORKER_LOG.cancelled.
 usage: fake_worker.py PORT
 """
 
@@ -71,6 +72,15 @@ class Handler(BaseHTTPRequestHandler):
         self.chunk(b"data: " + json.dumps(obj).encode() + b"\n\n")
 
     def do_POST(self):
+        try:
+            self.answer()
+        except (BrokenPipeError, ConnectionResetError):  # the gateway closed: the generation is cancelled
+            if LOG:
+                with open(LOG + ".cancelled", "a") as f:
+                    f.write(json.dumps({"cancelled": self.headers.get("X-Request-Id", "none")}) + "\n")
+            self.close_connection = True
+
+    def answer(self):
         n = int(self.headers.get("Content-Length", "0"))
         raw = self.rfile.read(n)
         req = json.loads(raw)

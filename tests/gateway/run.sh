@@ -13,6 +13,7 @@ bash tests/gateway/stack.sh up "${1:-build/tollgate}"
 . var/gwtest/env
 rc=0
 /usr/bin/python3 tests/gateway/test_gateway.py || rc=$?
+GW_BIN="${1:-build/tollgate}" /usr/bin/python3 tests/gateway/test_transport.py || rc=$?
 logs="var/gwtest/log/gateway.log var/gwtest/log/gateway-short.log"
 if [ "$rc" -ne 0 ]; then
     for l in $logs; do

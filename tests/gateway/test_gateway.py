@@ -298,11 +298,25 @@ def worker_request(request_id, which=False):
     return (None, 0) if which else None
 
 
-def metric(name_and_labels, absent=None):
-    """The value of one series in /metrics.  A series that is not there is an
-    error unless absent says what it stands for (a labelled counter that has
-    not counted yet), so a misspelt name cannot make a comparison pass."""
-    st, h, b = call("GET", "/metrics")
+def admin_get(path, url=None):
+    """GET on the gateway's admin listener (plain HTTP, loopback): -> (status, headers, body)."""
+    import http.client
+    u = urllib.parse.urlparse(url or E["GW_ADMIN_URL"])
+    c = http.client.HTTPConnection(u.hostname, u.port, timeout=WAIT)
+    try:
+        c.request("GET", path)
+        r = c.getresponse()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+    finally:
+        c.close()
+
+
+def metric(name_and_labels, absent=None, admin=None):
+    """The value of one series in /metrics (on the admin listener).  A series
+    that is not there is an error unless absent says what it stands for (a
+    labelled counter that has not counted yet), so a misspelt name cannot make
+    a comparison pass."""
+    st, h, b = admin_get("/metrics", admin)
     if st != 200:
         raise AssertionError("/metrics answered %d" % st)
     for line in b.decode().splitlines():
@@ -339,10 +353,21 @@ class Gateway(unittest.TestCase):
         before = metric('tollgate_http_requests_total{route="health",code="200"}')
         call("GET", "/health")
         self.assertEqual(metric('tollgate_http_requests_total{route="health",code="200"}'), before + 1)
-        st, h, b = call("GET", "/metrics")
+        st, h, b = admin_get("/metrics")
+        self.assertEqual(st, 200)
         self.assertTrue(h["content-type"].startswith("text/plain"))
         self.assertIn(b"# TYPE tollgate_request_duration_seconds histogram", b)
         self.assertIn(b"tollgate_redis_up 1", b)
+
+    def test_metrics_not_on_the_public_port(self):
+        # operator endpoints live on the admin listener: the public port answers 404
+        # (and the route is not even counted as "metrics")
+        st, h, b = call("GET", "/metrics")
+        openai_error(self, st, h, b, 404, "not_found")
+        self.assertNotIn(b"tollgate_", b)
+        st, h, b = admin_get("/metrics")
+        self.assertEqual(st, 200)
+        self.assertIn(b"tollgate_http_requests_total", b)
 
     def test_models(self):
         st, h, b = call("GET", "/v1/models", key=self.key)
@@ -571,7 +596,7 @@ class Gateway(unittest.TestCase):
 
     def test_malformed_http(self):
         for raw in (b"NOT HTTP\r\n\r\n", b"GET / HTTP/1.1\r\nBad Header\r\n\r\n",
-                    b"GET / HTTP/1.1\r\n" + b"X-Big: " + b"a" * 20000 + b"\r\n\r\n"):
+                    b"GET / HTTP/1.1\r\n" + b"X-Big: " + b"a" * 40000 + b"\r\n\r\n"):
             c = Conn()
             try:
                 c.send(raw)

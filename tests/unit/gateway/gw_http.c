@@ -153,6 +153,56 @@ static void test_limits(void) {
     CHECK_EQ_I(p.err_status, 431);
     gw_http_parser_release(&p);
     gw_buf_free(&many);
+    /* request line: 8 KiB passes, one byte more is 414, with or without its end */
+    for (int extra = 0; extra <= 1; extra++) {
+        gw_buf_t rl = {0};
+        gw_buf_printf(&rl, "GET /");
+        while (rl.len < GW_HTTP_MAX_REQUEST_LINE - 9 + (size_t)extra) gw_buf_append(&rl, "a", 1);
+        gw_buf_printf(&rl, " HTTP/1.1"); /* now exactly 8192 (+extra) bytes */
+        CHECK_EQ_I((int)rl.len, GW_HTTP_MAX_REQUEST_LINE + extra);
+        gw_http_parser_init(&p, 65536, 100);
+        gw_http_parser_feed(&p, rl.p, rl.len);
+        int rc = gw_http_parser_next(&p, &r);
+        CHECK_EQ_I(rc, extra ? GW_ERROR : GW_AGAIN);
+        if (extra) CHECK_EQ_I(p.err_status, 414);
+        gw_http_parser_feed(&p, "\r\n\r\n", 4);
+        rc = gw_http_parser_next(&p, &r);
+        CHECK_EQ_I(rc, extra ? GW_ERROR : GW_OK);
+        if (extra) CHECK_EQ_I(p.err_status, 414);
+        else gw_http_req_free(r);
+        gw_http_parser_release(&p);
+        gw_buf_free(&rl);
+    }
+    /* trailers count with the head: fields and bytes */
+    for (int k = 0; k < 2; k++) {
+        gw_buf_t t = {0};
+        gw_buf_printf(&t, "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n");
+        for (int i = 0; i < 10; i++) gw_buf_printf(&t, "h%d: v\r\n", i);
+        gw_buf_printf(&t, "\r\n1\r\nx\r\n0\r\n");
+        int ntr = k ? GW_HTTP_MAX_HEADERS - 11 + 1 : GW_HTTP_MAX_HEADERS - 11; /* 11 head fields */
+        for (int i = 0; i < ntr; i++) gw_buf_printf(&t, "t%d: v\r\n", i);
+        gw_buf_printf(&t, "\r\n");
+        gw_http_parser_init(&p, 65536, 100);
+        gw_http_parser_feed(&p, t.p, t.len);
+        int rc = gw_http_parser_next(&p, &r);
+        CHECK_EQ_I(rc, k ? GW_ERROR : GW_OK);
+        if (k) CHECK_EQ_I(p.err_status, 431);
+        else gw_http_req_free(r);
+        gw_http_parser_release(&p);
+        gw_buf_free(&t);
+    }
+    {
+        gw_buf_t t = {0};
+        gw_buf_printf(&t, "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n");
+        for (int i = 0; i < 40; i++) gw_buf_printf(&t, "t%d: %s\r\n", i, "0123456789012345678901234567890123456789");
+        gw_buf_printf(&t, "\r\n");
+        gw_http_parser_init(&p, 1024, 100); /* the head fits, head + trailers do not */
+        gw_http_parser_feed(&p, t.p, t.len);
+        CHECK_EQ_I(gw_http_parser_next(&p, &r), GW_ERROR);
+        CHECK_EQ_I(p.err_status, 431);
+        gw_http_parser_release(&p);
+        gw_buf_free(&t);
+    }
 }
 
 static void test_expect_continue(void) {

@@ -1,0 +1,268 @@
+/* gw_chat.c — the POST /v1/chat/completions handler: its phases run in this
+ * order, each one calling the next when it passes (some after a billing or
+ * Redis round trip):
+ *
+ *   validate (method, key present, JSON, api/ reader, model served)
+ *   -> admit (key shape offline, then bill_admit: key cache, price)
+ *   -> limits (RPM, TPM, concurrency of the key and its customer: gw_rl.c)
+ *   -> hold (balance through a credit lease)
+ *   -> proxy (gw_proxy.c)
+ *
+ * Its finalize step settles what reached a worker (gw_settle.c) and counts a
+ * refusal after admission.  Everything a phase leaves pending (billing and
+ * Redis calls, the hold, the slot, the worker connection) is released by the
+ * request pool's cleanup, whatever state the request dies in. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "gw-int.h"
+#include "api.h"
+#include "tg_json.h"
+
+/* ---- pool cleanups ---------------------------------------------------------- */
+
+static void gw_chat_cleanup_json(void *arg) { tg_json_free(arg); }
+static void gw_chat_cleanup_req(void *arg) {
+    api_chat_req_free(arg);
+    free(arg);
+}
+
+static void gw_chat_cleanup_calls(void *arg) {
+    gw_req_t *r = arg;
+    bill_cancel(r->admit);
+    r->admit = NULL;
+    bill_cancel(r->hold_req);
+    r->hold_req = NULL;
+    bill_hold_release(r->loop->bill, &r->hold); /* not settled: nothing was billed */
+    /* frees the concurrency slots; corrects TPM with the tokens settled
+     * (none when no worker was reached: the whole charge comes back) */
+    gw_rl_finish(r->rl_call, r->proxied ? r->prompt_tokens + r->completion_tokens : 0);
+    r->rl_call = NULL;
+    gw_proxy_release(r);
+    gw_buf_free(&r->payload);
+    gw_buf_free(&r->body);
+    gw_buf_free(&r->scratch);
+    gw_sse_release(&r->sse);
+}
+
+/* ---- phases ------------------------------------------------------------------ */
+
+/* The most this request may cost: the prompt (the gateway's own count, or
+ * its bytes when there is no tokenizer: a token is at least one byte) at the
+ * cache-miss price plus the completion cap at the output price. */
+static int64_t gw_chat_max_cost(gw_req_t *r) {
+    int64_t p = gw_settle_prompt_count(r);
+    if (p < 0) p = (int64_t)r->http->body_len + 64;
+    int64_t c = bill_cost_pico(&r->key.price, p, 0, r->completion_cap);
+    return c < 0 ? INT64_MAX : c;
+}
+
+static void gw_chat_held(bill_status_t st, const bill_hold_info_t *info, void *arg) {
+    gw_req_t *r = arg;
+    r->hold_req = NULL;
+    if (st == BILL_OK) {
+        gw_proxy_start(r);
+        return;
+    }
+    if (st != BILL_NO_BALANCE && st != BILL_SPEND_LIMIT) {
+        gw_auth_error(r, st);
+        return;
+    }
+    static const char *const what[] = {"balance", "key's daily spending limit", "key's monthly spending limit",
+                                       "account's daily spending limit", "account's monthly spending limit"};
+    char need[32], have[32], msg[400];
+    bill_usd_str(info ? info->needed_pico : 0, need);
+    bill_usd_str(info ? info->available_pico : 0, have);
+    int lim = info && info->limit >= 0 && info->limit <= BILL_LIMIT_CUSTOMER_MONTH ? info->limit : 0;
+    snprintf(msg, sizeof msg,
+             "%s: this request may cost up to $%s (%lld prompt tokens and up to %lld completion tokens); "
+             "the %s leaves $%s",
+             st == BILL_NO_BALANCE ? "Insufficient Balance" : "Spending limit reached", need,
+             (long long)(gw_settle_prompt_count(r) > 0 ? gw_settle_prompt_count(r) : 0),
+             (long long)r->completion_cap, what[lim], have);
+    r->loop->m.refused_balance++;
+    gw_req_error(r, 402, "invalid_request_error", st == BILL_NO_BALANCE ? "insufficient_balance" : "spending_limit_exceeded",
+                 NULL, msg);
+}
+
+static void gw_chat_hold(gw_req_t *r) {
+    r->hold_req = bill_hold(r->loop->bill, &r->key, gw_chat_max_cost(r), &r->hold, gw_chat_held, r);
+    if (!r->hold_req) gw_req_error(r, 500, "server_error", NULL, NULL, "out of memory");
+}
+
+static void gw_chat_ratelimited(int verdict, const gw_rl_result_t *res, void *arg) {
+    gw_req_t *r = arg;
+    r->have_rl = 1;
+    r->rl = *res;
+    if (verdict == GW_RL_UNAVAILABLE) { /* redis_fail_closed */
+        r->have_rl = 0;
+        gw_req_error(r, 503, "server_error", "service_unavailable", NULL,
+                     "Rate limiting is temporarily unavailable, retry later");
+        return;
+    }
+    if (verdict == GW_RL_LIMITED) {
+        r->loop->m.ratelimited++;
+        char msg[240];
+        const char *who = res->customer ? "this account" : "this key";
+        int64_t after = res->retry_ms < 0 ? -1 : (res->retry_ms + 999) / 1000;
+        if (res->why == GW_RL_WHY_CONCURRENCY) {
+            snprintf(msg, sizeof msg, "Too many requests in flight for %s (limit %lld)", who,
+                     (long long)res->conc_limit);
+            gw_req_error(r, 429, "rate_limit_error", "concurrency_limit_exceeded", NULL, msg);
+        } else if (res->why == GW_RL_WHY_TOKENS) {
+            if (after < 0)
+                snprintf(msg, sizeof msg, "Request too large: it needs about %lld tokens, above the limit of %lld "
+                         "tokens per minute for %s", (long long)r->tpm_tokens, (long long)res->tpm_limit, who);
+            else
+                snprintf(msg, sizeof msg, "Rate limit reached: %lld tokens per minute for %s (this request needs "
+                         "about %lld); retry after %llds", (long long)res->tpm_limit, who, (long long)r->tpm_tokens,
+                         (long long)after);
+            gw_req_error(r, 429, "rate_limit_error", "tokens_rate_limit_exceeded", NULL, msg);
+        } else {
+            snprintf(msg, sizeof msg, "Rate limit reached: %lld requests per minute for %s; retry after %llds",
+                     (long long)res->limit, who, (long long)after);
+            gw_req_error(r, 429, "rate_limit_error", "rate_limit_exceeded", NULL, msg);
+        }
+        return;
+    }
+    gw_chat_hold(r);
+}
+
+/* The TPM charge: the prompt (the gateway's own count) and the most the
+ * answer may take (max_tokens / max_completion_tokens as api/ reads them).
+ * The charge is corrected with the tokens really used when the request ends. */
+static int64_t gw_chat_tpm_charge(gw_req_t *r) {
+    int64_t p = gw_settle_prompt_count(r);
+    if (p < 0) p = (int64_t)r->http->body_len / 4; /* no tokenizer: a rough byte estimate */
+    /* the completion limit as api/ reads it (or default_max_tokens, forwarded), clamped
+     * so that the charge stays exact in the limiter's arithmetic */
+    int64_t m = r->completion_cap < 0 ? 0 : r->completion_cap > 1000000000 ? 1000000000 : r->completion_cap;
+    return p + m;
+}
+
+static void gw_chat_refused_limits(int verdict, const gw_rl_result_t *res, void *arg) {
+    gw_req_t *r = arg;
+    r->have_rl = verdict != GW_RL_UNAVAILABLE;
+    r->rl = *res;
+    gw_auth_error(r, r->admit_st);
+}
+
+static void gw_chat_admitted(bill_status_t st, const bill_key_t *key, void *arg) {
+    gw_req_t *r = arg;
+    r->admit = NULL;
+    gw_loop_t *l = r->loop;
+    if (st == BILL_NO_BALANCE) bill_refusal(l->bill, key->customer_id, key->key_id, r->model, 402);
+    if (st != BILL_OK) {
+        if (st == BILL_MODEL_NOT_ALLOWED || st == BILL_NO_BALANCE || st == BILL_NO_PRICE) { /* a known key */
+            r->key = *key;
+            r->key.models_json = NULL;
+            r->admit_st = st;
+            if (gw_auth_peek_limits(r, gw_chat_refused_limits) == GW_OK) return;
+        }
+        gw_auth_error(r, st);
+        return;
+    }
+    r->admitted = 1;
+    r->key = *key;
+    r->key.models_json = NULL; /* points into the admission's result, gone after this call */
+    gw_rl_limits_t kl, cl;
+    gw_auth_limits(r, &kl, &cl);
+    if (!gw_auth_limits_any(&kl) && !gw_auth_limits_any(&cl)) {
+        gw_chat_hold(r);
+        return;
+    }
+    if (kl.tpm > 0 || cl.tpm > 0) r->tpm_tokens = gw_chat_tpm_charge(r);
+    r->rl_call = gw_rl_check(l->rl, GW_RL_OP_TAKE, key->key_id, &kl, key->customer_id, &cl, r->tpm_tokens, r->id,
+                             gw_chat_ratelimited, r);
+    if (!r->rl_call) gw_req_error(r, 500, "server_error", NULL, NULL, "out of memory");
+}
+
+static void gw_chat_run(gw_req_t *r) {
+    gw_loop_t *l = r->loop;
+    const gw_config_t *cfg = r->srv->cfg;
+    l->m.inflight++;
+    if (gw_pool_cleanup_add(r->pool, gw_chat_cleanup_calls, r) != GW_OK) {
+        gw_req_error(r, 500, "server_error", NULL, NULL, "out of memory");
+        return;
+    }
+    if (strcmp(r->http->method, "POST")) {
+        gw_req_error(r, 405, "invalid_request_error", "method_not_allowed", NULL, "Use POST for this endpoint");
+        return;
+    }
+    const char *key = gw_auth_bearer(r);
+    if (!key) return;
+    r->api_key = key;
+    /* Strict JSON (tg_json): raw invalid UTF-8, lone surrogates and broken
+     * syntax are a 400 here, before anything is counted or forwarded; text
+     * may hold U+0000 and integers stay exact. */
+    tg_json_err_t jerr;
+    tg_json_t *j = r->http->body ? tg_json_parse(r->http->body, r->http->body_len, NULL, &jerr) : NULL;
+    if (!j || gw_pool_cleanup_add(r->pool, gw_chat_cleanup_json, j) != GW_OK) {
+        char msg[200];
+        snprintf(msg, sizeof msg, "Failed to parse the request body as JSON: %s",
+                 !r->http->body ? "the body is empty" : j ? "out of memory" : jerr.text);
+        tg_json_free(j);
+        gw_req_error(r, 400, "invalid_request_error", "invalid_request", NULL, msg);
+        return;
+    }
+    r->json = j;
+    if (tg_json_type(j) != TG_JSON_OBJECT) {
+        gw_req_error(r, 400, "invalid_request_error", "invalid_request", NULL, "The request body must be a JSON object");
+        return;
+    }
+    /* The shared reader (api/): the engine accepts and refuses exactly the
+     * same bodies, so a request it would refuse (an unknown parameter, a bad
+     * value, a duplicate key) is a 400 here, before admission: never billed. */
+    api_chat_req_t *chat = calloc(1, sizeof *chat);
+    api_err_t e;
+    if (!chat || gw_pool_cleanup_add(r->pool, gw_chat_cleanup_req, chat) != GW_OK) {
+        free(chat);
+        gw_req_error(r, 500, "server_error", NULL, NULL, "out of memory");
+        return;
+    }
+    r->chat = chat;
+    if (api_chat_req_read(chat, j, &e)) {
+        gw_req_error(r, e.status, e.type ? e.type : "invalid_request_error", e.code, e.param[0] ? e.param : NULL,
+                     e.message);
+        return;
+    }
+    r->model = chat->model;
+    r->stream = chat->stream;
+    r->client_usage = chat->include_usage;
+    if (!gw_model_known(cfg, r->model)) {
+        char msg[300];
+        snprintf(msg, sizeof msg, "The model '%.200s' does not exist", r->model);
+        gw_req_error(r, 404, "invalid_request_error", "model_not_found", "model", msg);
+        return;
+    }
+    /* The completion cap the hold and TPM are charged with: the limit as api/
+     * reads it (the one the worker caps generation by), else
+     * default_max_tokens, which is then written into the forwarded request so
+     * that the worker keeps to it. */
+    r->completion_cap = chat->max_tokens;
+    if (r->completion_cap <= 0) {
+        r->completion_cap = cfg->default_max_tokens;
+        r->inject_max_tokens = cfg->default_max_tokens;
+    }
+    if (!l->bill) {
+        gw_auth_error(r, BILL_ERROR);
+        return;
+    }
+    if (gw_auth_refused_offline(r, key)) return;
+    r->admit = bill_admit(l->bill, key, r->model, r->conn->peer, gw_chat_admitted, r);
+    if (!r->admit) gw_auth_error(r, BILL_ERROR);
+}
+
+static void gw_chat_resume(gw_req_t *r) {
+    if (r->up_paused) gw_proxy_resume(r);
+}
+
+static void gw_chat_finalize(gw_req_t *r) {
+    r->loop->m.inflight--;
+    gw_settle(r);
+    if (r->admitted && !r->proxied) /* a 429 or 5xx (or 402) without a usage row: counted in the rollup */
+        bill_refusal(r->loop->bill, r->key.customer_id, r->key.key_id, r->model, r->status);
+}
+
+const gw_handler_t gw_chat_handler = {GW_ROUTE_CHAT, gw_chat_run, gw_chat_resume, gw_chat_finalize};

@@ -1,0 +1,155 @@
+/* gw_models.c — the small handlers: GET /v1/models and /v1/models/{id}
+ * (Bearer key checked through bill_admit; a key with no balance may still
+ * list; a key's model scope narrows the list), GET /health, and the 404 for
+ * anything else (/metrics included: it is on the admin listener). */
+#include <stdio.h>
+#include <string.h>
+
+#include "gw-int.h"
+#include "tg_json.h"
+
+/* 1 when the key's scope (a parsed JSON array of model names, NULL: every
+ * model) holds model. */
+static int gw_scope_allows(const tg_json_t *scope, const char *model) {
+    if (!scope) return 1;
+    for (size_t i = 0; i < tg_json_len(scope); i++) {
+        size_t n;
+        const char *m = tg_json_str(tg_json_at(scope, i), &n);
+        if (m && n == strlen(model) && !memcmp(m, model, n)) return 1;
+    }
+    return 0;
+}
+
+/* scope: the key's allowed models (NULL: all); /v1/models lists only those. */
+static void gw_models_answer(gw_req_t *r, const tg_json_t *scope) {
+    const gw_config_t *cfg = r->srv->cfg;
+    gw_buf_t b = {0};
+    if (r->model) { /* GET /v1/models/{id} */
+        if (!gw_model_known(cfg, r->model)) {
+            char msg[300];
+            snprintf(msg, sizeof msg, "The model '%.200s' does not exist", r->model);
+            gw_req_error(r, 404, "invalid_request_error", "model_not_found", "model", msg);
+            return;
+        }
+        if (!gw_scope_allows(scope, r->model)) {
+            gw_auth_model_not_allowed(r, r->model);
+            return;
+        }
+        gw_buf_printf(&b, "{\"id\":\"");
+        gw_buf_json_str(&b, r->model, strlen(r->model));
+        gw_buf_printf(&b, "\",\"object\":\"model\",\"created\":%lld,\"owned_by\":\"tollgate\"}\n",
+                      (long long)r->srv->started);
+    } else {
+        gw_buf_printf(&b, "{\"object\":\"list\",\"data\":[");
+        int first = 1;
+        for (int i = 0; i < cfg->nworkers; i++)
+            for (int j = 0; j < cfg->workers[i].nmodels; j++) {
+                const char *m = cfg->workers[i].models[j];
+                int dup = 0; /* the same model on several workers is listed once */
+                for (int k = 0; k <= i && !dup; k++)
+                    for (int l = 0; l < (k == i ? j : cfg->workers[k].nmodels); l++)
+                        if (!strcmp(cfg->workers[k].models[l], m)) dup = 1;
+                if (dup || !gw_scope_allows(scope, m)) continue;
+                gw_buf_printf(&b, "%s{\"id\":\"", first ? "" : ",");
+                gw_buf_json_str(&b, m, strlen(m));
+                gw_buf_printf(&b, "\",\"object\":\"model\",\"created\":%lld,\"owned_by\":\"tollgate\"}",
+                              (long long)r->srv->started);
+                first = 0;
+            }
+        gw_buf_printf(&b, "]}\n");
+    }
+    if (!b.p) gw_req_error(r, 500, "server_error", NULL, NULL, "out of memory");
+    else gw_req_answer(r, 200, "application/json", b.p, b.len);
+    gw_buf_free(&b);
+}
+
+static void gw_models_answer_scoped(gw_req_t *r) {
+    tg_json_t *scope = NULL;
+    if (r->scope_json) {
+        tg_json_err_t jerr;
+        scope = tg_json_parse(r->scope_json, strlen(r->scope_json), NULL, &jerr);
+        if (!scope) {
+            gw_req_error(r, 500, "server_error", NULL, NULL, "the key's model scope is unreadable");
+            return;
+        }
+    }
+    gw_models_answer(r, scope);
+    tg_json_free(scope);
+}
+
+static void gw_models_limits(int verdict, const gw_rl_result_t *res, void *arg) {
+    gw_req_t *r = arg;
+    r->have_rl = verdict != GW_RL_UNAVAILABLE;
+    r->rl = *res;
+    gw_models_answer_scoped(r);
+}
+
+/* A key with no balance may still list.  The answer waits for a look at the
+ * key's limits (the x-ratelimit-* headers; nothing is taken). */
+static void gw_models_admitted(bill_status_t st, const bill_key_t *key, void *arg) {
+    gw_req_t *r = arg;
+    r->admit = NULL;
+    if (st != BILL_OK && st != BILL_NO_BALANCE && st != BILL_NO_PRICE && st != BILL_MODEL_NOT_ALLOWED) {
+        gw_auth_error(r, st);
+        return;
+    }
+    r->key = *key;
+    r->key.models_json = NULL;
+    if (key->models_json && !(r->scope_json = gw_pstrndup(r->pool, key->models_json, strlen(key->models_json)))) {
+        gw_req_error(r, 500, "server_error", NULL, NULL, "out of memory");
+        return;
+    }
+    if (gw_auth_peek_limits(r, gw_models_limits) != GW_OK) gw_models_answer_scoped(r);
+}
+
+static void gw_models_cleanup(void *arg) {
+    gw_req_t *r = arg;
+    bill_cancel(r->admit);
+    r->admit = NULL;
+    gw_rl_finish(r->rl_call, 0);
+    r->rl_call = NULL;
+}
+
+static void gw_models_run(gw_req_t *r) {
+    if (strcmp(r->http->method, "GET")) {
+        gw_req_error(r, 405, "invalid_request_error", "method_not_allowed", NULL, "Use GET");
+        return;
+    }
+    const char *key = gw_auth_bearer(r);
+    if (!key) return;
+    const gw_config_t *cfg = r->srv->cfg;
+    bill_t *bill = r->loop->bill;
+    if (!bill || gw_pool_cleanup_add(r->pool, gw_models_cleanup, r) != GW_OK) {
+        gw_auth_error(r, BILL_ERROR);
+        return;
+    }
+    if (gw_auth_refused_offline(r, key)) return;
+    r->admit = bill_admit(bill, key, cfg->workers[0].models[0], r->conn->peer, gw_models_admitted, r);
+    if (!r->admit) gw_auth_error(r, BILL_ERROR);
+}
+
+const gw_handler_t gw_models_handler = {GW_ROUTE_MODELS, gw_models_run, NULL, NULL};
+
+static void gw_health_run(gw_req_t *r) {
+    static const char ok[] = "{\"status\":\"ok\"}\n";
+    gw_req_answer(r, 200, "application/json", ok, sizeof ok - 1);
+}
+
+const gw_handler_t gw_health_handler = {GW_ROUTE_HEALTH, gw_health_run, NULL, NULL};
+
+/* GET /v1/receipt-key: the key that signs usage receipts. */
+static void gw_receipt_key_run(gw_req_t *r) {
+    const char *k = bill_receipt_key_json(r->loop->bill);
+    if (!k) gw_req_error(r, 404, "invalid_request_error", "not_found", NULL, "Usage receipts are not signed here");
+    else gw_req_answer(r, 200, "application/json", k, strlen(k));
+}
+
+const gw_handler_t gw_receipt_key_handler = {GW_ROUTE_OTHER, gw_receipt_key_run, NULL, NULL};
+
+static void gw_notfound_run(gw_req_t *r) {
+    char msg[300];
+    snprintf(msg, sizeof msg, "No route for %.16s %.200s", r->http->method, r->http->target);
+    gw_req_error(r, 404, "invalid_request_error", "not_found", NULL, msg);
+}
+
+const gw_handler_t gw_notfound_handler = {GW_ROUTE_OTHER, gw_notfound_run, NULL, NULL};

@@ -1,0 +1,43 @@
+/* gw_routes.c — which handler answers which path of the public port: the
+ * only file that knows every handler.  Matching ignores the query string;
+ * /v1/models/{id} leaves the percent-decoded id in r->model.  Operator
+ * endpoints (/metrics) are not here: they are on the admin listener
+ * (gw_admin.c). */
+#include <string.h>
+
+#include "gw-int.h"
+
+static int gw_hexdigit(char c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+const gw_handler_t *gw_routes_match(gw_req_t *r) {
+    const char *t = r->http->target;
+    size_t n = strcspn(t, "?");
+    if (n == 20 && !strncmp(t, "/v1/chat/completions", n)) return &gw_chat_handler;
+    if ((n == 10 && !strncmp(t, "/v1/models", n)) || (n > 11 && !strncmp(t, "/v1/models/", 11))) {
+        if (n > 11) { /* one model; its id percent-decoded */
+            char *id = gw_palloc(r->pool, n - 11 + 1);
+            size_t k = 0;
+            for (size_t i = 11; id && i < n; i++) {
+                int hi, lo;
+                if (t[i] == '%' && i + 2 < n && (hi = gw_hexdigit(t[i + 1])) >= 0 && (lo = gw_hexdigit(t[i + 2])) >= 0) {
+                    id[k++] = (char)(hi * 16 + lo);
+                    i += 2;
+                } else {
+                    id[k++] = t[i];
+                }
+            }
+            if (id) id[k] = '\0';
+            r->model = id ? id : "";
+        }
+        return &gw_models_handler;
+    }
+    if (n >= 10 && !strncmp(t, "/dashboard", 10) && (n == 10 || t[10] == '/')) return &gw_dash_handler;
+    if (n == 15 && !strncmp(t, "/v1/receipt-key", n)) return &gw_receipt_key_handler;
+    if (n == 7 && !strncmp(t, "/health", n)) return &gw_health_handler;
+    return &gw_notfound_handler;
+}

@@ -1,0 +1,132 @@
+/* gw_settle.c — settlement of a request that reached a worker: the usage it
+ * reported (or, for a 200 answer cut before its usage, the gateway's own
+ * prompt count and one completion token per text chunk seen) goes to
+ * bill_settle exactly once, with the price snapshot from admission and the
+ * balance hold, and into the token metrics.
+ *
+ * A finished answer settles before its last bytes are queued for the client
+ * (gw_settle_done), so that a client holding a complete answer always has a
+ * durable usage row (bill_settle journals it before returning).  Before, not
+ * after: queuing bytes on the TLS bufferevent may SSL_write them at once.
+ * Anything else settles when the request is freed (the chat handler's
+ * finalize step). */
+#include <stdlib.h>
+#include <string.h>
+
+#include "gw-int.h"
+#include "api.h"
+#include "tg_json.h"
+#include "tok.h"
+
+/* The gateway's own count of the prompt: the request rendered by api/ (the
+ * reader the engine uses: messages, tools, the model's chat template),
+ * tokenized (about 18 ms per MiB, bounded by max_body_bytes).  -1 when no
+ * tokenizer is loaded or the template refuses the conversation.  Text may
+ * hold U+0000: the rendered prompt holds the NUL bytes and the tokenizer
+ * counts them as text, as the engine does. */
+static int64_t gw_prompt_count_json(gw_server_t *s, const api_chat_req_t *chat) {
+    api_err_t e;
+    size_t tl = 0;
+    char *text = api_chat_render(chat, (tok_tmpl_kind_t)s->tmpl, &tl, &e);
+    if (!text) return -1;
+    long t = tok_count(s->tok, text, tl, 1);
+    free(text);
+    return t >= 0 ? t : -1;
+}
+
+int64_t gw_settle_prompt_count(gw_req_t *r) {
+    if (r->prompt_est != -1) return r->prompt_est;
+    r->prompt_est = -2;
+    gw_server_t *s = r->srv;
+    if (!s->tok || !r->chat) return -1;
+    int64_t n = gw_prompt_count_json(s, r->chat);
+    if (n >= 0) r->prompt_est = n;
+    return n;
+}
+
+void gw_settle(gw_req_t *r) {
+    bill_t *bill = r->loop->bill;
+    if (r->proxied != 1 || !r->admitted || !bill) return;
+    r->proxied = 2;
+    bill_usage_t u;
+    memset(&u, 0, sizeof u);
+    memcpy(u.request_id, r->id, sizeof u.request_id);
+    u.key_id = r->key.key_id;
+    u.customer_id = r->key.customer_id;
+    u.model = r->model;
+    u.price = r->key.price;
+    if (!r->have_usage && r->up_head_done && r->resp.status == 200) {
+        /* a 200 answer without usage (a cut stream): our own prompt count,
+         * one completion token per text chunk seen */
+        int64_t p = gw_settle_prompt_count(r);
+        r->prompt_tokens = p > 0 ? p : 0;
+        r->cache_hit_tokens = 0;
+        r->completion_tokens = r->chunks;
+    }
+    u.prompt_tokens = r->prompt_tokens;
+    u.prompt_cache_hit_tokens = r->cache_hit_tokens;
+    u.completion_tokens = r->completion_tokens;
+    u.reasoning_tokens = r->reasoning_tokens;
+    u.http_status = r->status;
+    u.stream = r->stream;
+    u.received_us = r->received_us;
+    u.first_byte_us = r->first_byte_us;
+    u.finished_us = r->finished_us;
+    bill_settle(bill, &u, &r->hold);
+    char rc[BILL_RECEIPT_MAX];
+    long rn = bill_receipt(bill, &u, rc, sizeof rc);
+    char *rp = rn > 0 ? gw_palloc(r->pool, (size_t)rn + 1) : NULL;
+    if (rp) r->receipt = memcpy(rp, rc, (size_t)rn + 1);
+    gw_metrics_t *m = &r->loop->m;
+    m->tokens_prompt += (uint64_t)u.prompt_tokens;
+    m->tokens_cache_hit += (uint64_t)u.prompt_cache_hit_tokens;
+    m->tokens_completion += (uint64_t)u.completion_tokens;
+    m->tokens_reasoning += (uint64_t)u.reasoning_tokens;
+}
+
+/* The last bytes of the answer (status `status`: a whole body, a stream's
+ * "data: [DONE]" or end) are about to be queued for the client: settle now
+ * with the usage known.  A client already gone is settled when the request
+ * is freed, with its 499. */
+void gw_settle_done(gw_req_t *r, int status) {
+    if (r->proxied != 1 || r->client_gone) return;
+    r->status = status;
+    r->finished_us = gw_now_us();
+    gw_settle(r);
+}
+
+/* Read token counts from an OpenAI/DeepSeek usage object: exact integers
+ * (tg_json_int64, never through a double) in 0..1e12; anything else is
+ * rejected. */
+static int gw_usage_int(const tg_json_t *x, int64_t *out) {
+    return tg_json_int64(x, out) == 0 && *out >= 0 && *out <= 1000000000000LL ? GW_OK : GW_ERROR;
+}
+
+int gw_settle_usage_json(gw_req_t *r, const tg_json_t *u) {
+    if (tg_json_type(u) != TG_JSON_OBJECT) return GW_ERROR;
+    const char *names[] = {"prompt_tokens", "completion_tokens", "prompt_cache_hit_tokens"};
+    int64_t v[3] = {0, 0, -1};
+    for (int i = 0; i < 3; i++) {
+        const tg_json_t *x = tg_json_get(u, names[i]);
+        if (!x) {
+            if (i < 2) return GW_ERROR;
+            continue;
+        }
+        if (gw_usage_int(x, &v[i]) != GW_OK) return GW_ERROR;
+    }
+    if (v[2] < 0) { /* OpenAI shape only */
+        const tg_json_t *c = tg_json_get(tg_json_get(u, "prompt_tokens_details"), "cached_tokens");
+        if (gw_usage_int(c, &v[2]) != GW_OK) v[2] = 0;
+    }
+    if (v[2] > v[0]) v[2] = v[0];
+    int64_t reasoning;
+    if (gw_usage_int(tg_json_get(tg_json_get(u, "completion_tokens_details"), "reasoning_tokens"), &reasoning) != GW_OK)
+        reasoning = 0;
+    if (reasoning > v[1]) reasoning = v[1];
+    r->prompt_tokens = v[0];
+    r->completion_tokens = v[1];
+    r->cache_hit_tokens = v[2];
+    r->reasoning_tokens = reasoning;
+    r->have_usage = 1;
+    return GW_OK;
+}
