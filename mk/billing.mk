@@ -27,10 +27,17 @@ $(BILL_FUZZ_REPLAY): fuzz/metering/fuzz_spool.c fuzz/replay.c metering/mtr_spool
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ fuzz/metering/fuzz_spool.c fuzz/replay.c $(LIBCOMMON) $(LDLIBS)
 
+# The API-key shape fuzz target (fuzz/billing/fuzz_key.c #includes billing/bill_key.c).
+BILL_KEY_FUZZ_REPLAY := $(O)/fuzz/billing/fuzz_key_replay
+$(BILL_KEY_FUZZ_REPLAY): fuzz/billing/fuzz_key.c fuzz/replay.c billing/bill_key.c $(LIBCOMMON)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ fuzz/billing/fuzz_key.c fuzz/replay.c $(LIBCOMMON) $(LIB_SSL) $(LDLIBS)
+
 .PHONY: test-billing test-billing-unit
-test-billing-unit: $(BILL_UNIT_BINS) $(BILL_FUZZ_REPLAY)
+test-billing-unit: $(BILL_UNIT_BINS) $(BILL_FUZZ_REPLAY) $(BILL_KEY_FUZZ_REPLAY)
 	@set -e; for t in $(BILL_UNIT_BINS); do $$t; done
 	$(BILL_FUZZ_REPLAY) fuzz/metering/corpus/*
+	$(BILL_KEY_FUZZ_REPLAY) fuzz/billing/corpus_key/*
 
 test-billing: test-billing-unit $(B)/bill_server$(if $(SANITIZER),-$(SANITIZER)) $(BIN)/tollgatectl $(BIN)/tollgate
 	BILL_SERVER=$(B)/bill_server$(if $(SANITIZER),-$(SANITIZER)) TG_CTL=$(BIN)/tollgatectl \
@@ -39,10 +46,12 @@ test-billing: test-billing-unit $(B)/bill_server$(if $(SANITIZER),-$(SANITIZER))
 TEST_TARGETS += test-billing
 UNIT_TARGETS += test-billing-unit
 
-# libFuzzer target for the spool record decoder (clang), seeded with fuzz/metering/corpus.
+# libFuzzer targets: the spool record decoder and the API-key shape (clang), seeded with their corpora.
 .PHONY: fuzz-billing
 fuzz: fuzz-billing
-fuzz-billing: $(B)/fuzz/fuzz_spool
+fuzz-billing: $(B)/fuzz/fuzz_spool $(B)/fuzz/fuzz_key
+	@mkdir -p $(B)/fuzz/key-corpus
+	$(B)/fuzz/fuzz_key -max_total_time=$(or $(FUZZ_SECONDS),60) -max_len=512 $(B)/fuzz/key-corpus fuzz/billing/corpus_key
 	@mkdir -p $(B)/fuzz/metering-corpus
 	$(B)/fuzz/fuzz_spool -max_total_time=$(or $(FUZZ_SECONDS),60) -max_len=8192 \
 	    $(B)/fuzz/metering-corpus fuzz/metering/corpus
@@ -61,3 +70,8 @@ $(BILL_BENCH_BIN): bench/billing/bill_bench.c $(BILL_OBJ) $(LIBCOMMON)
 .PHONY: bench-billing
 bench-billing: $(BILL_BENCH_BIN)
 	BENCH_BIN=$(BILL_BENCH_BIN) bash bench/billing/run.sh
+
+$(B)/fuzz/fuzz_key: fuzz/billing/fuzz_key.c billing/bill_key.c
+	@mkdir -p $(dir $@)
+	clang -g -O1 -std=gnu11 -fsanitize=fuzzer,address,undefined -Icommon -Ibilling -Imetering -Igateway -Itokenizer -Iapi \
+	    -o $@ $< $(LIB_SSL)
