@@ -111,6 +111,16 @@ void api_chat_req_free(api_chat_req_t *r); /* accepts a zeroed or freed request 
  * NULL with a 400 in e when the template refuses the conversation. */
 char *api_chat_render(const api_chat_req_t *r, tok_tmpl_kind_t kind, size_t *len, api_err_t *e);
 
+/* The request's prefix key (common/tg_prefix.h): the chained hash of the
+ * first TG_PREFIX_AFFINITY_BLOCKS blocks of token ids of its rendered prompt,
+ * as the worker's prefix cache keys them (the same template, the same
+ * tokenizer, special tokens recognised, BOS included); for a prompt shorter
+ * than that, the hash of all its tokens (nothing cached to share, but the same
+ * prompt still goes to the same worker).  0 when it cannot be rendered or
+ * tokenized.
+ * Only the first 4 KiB of the prompt are tokenized. */
+uint64_t api_chat_prefix_key(const api_chat_req_t *r, tok_tmpl_kind_t kind, const tok_t *tok);
+
 /* 400 naming the first logit_bias key that is not an id below n_vocab. */
 int api_chat_check_vocab(const api_chat_req_t *r, int32_t n_vocab, api_err_t *e);
 

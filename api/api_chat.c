@@ -6,6 +6,7 @@
  * server cannot honour is 400 unsupported_parameter.  Nothing is silently
  * ignored except the identifiers listed as such in api/README.md. */
 #include "api.h"
+#include "tg_prefix.h"
 
 #include <math.h>
 #include <stdarg.h>
@@ -811,4 +812,27 @@ int api_chat_check_vocab(const api_chat_req_t *r, int32_t n_vocab, api_err_t *e)
                        "Invalid 'logit_bias': token id %d is outside the vocabulary (%d ids).", (int)r->bias[i].id,
                        (int)n_vocab);
     return 0;
+}
+
+/* ---- prefix key ------------------------------------------------------------- */
+
+uint64_t api_chat_prefix_key(const api_chat_req_t *r, tok_tmpl_kind_t kind, const tok_t *tok) {
+    api_err_t e;
+    size_t n = 0;
+    char *text = api_chat_render(r, kind, &n, &e);
+    if (!text) return 0;
+    /* the first blocks' tokens come from the prompt's start: cut it at a
+     * character boundary far past them */
+    size_t cut = n < 4096 ? n : 4096;
+    while (cut < n && cut > 0 && ((unsigned char)text[cut] & 0xC0) == 0x80) cut--;
+    int32_t *ids = NULL;
+    long k = cut ? tok_encode(tok, text, cut, 1, &ids) : 0;
+    free(text);
+    uint64_t key = 0;
+    if (k >= (long)TG_PREFIX_AFFINITY_BLOCKS * TG_PREFIX_BLOCK)
+        key = tg_prefix_key(ids, (size_t)k, TG_PREFIX_AFFINITY_BLOCKS);
+    else if (k > 0) /* shorter than the blocks: the same prompt still meets the same worker */
+        key = tg_prefix_block_hash(TG_PREFIX_ROOT, ids, (int)k);
+    free(ids);
+    return key;
 }

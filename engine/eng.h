@@ -24,7 +24,8 @@ typedef struct {
     const char *device;   /* "cpu" (default), later "cuda:N" */
     int n_threads;        /* 0: all cores */
     int quant_int8;       /* quantize matmul weights to int8 at load */
-    int max_seq_len;      /* 0: min(config max_position_embeddings, 4096) */
+    int max_seq_len;      /* 0: config max_position_embeddings */
+    size_t kv_bytes;      /* KV cache budget (0: eng_kv_default_bytes()) */
 } eng_load_opts_t;
 
 typedef struct {
@@ -43,18 +44,62 @@ eng_model_t *eng_model_load(const char *dir, const eng_load_opts_t *opts, char *
 void eng_model_free(eng_model_t *m);
 const eng_model_info_t *eng_model_info(const eng_model_t *m);
 
-/* A new empty sequence able to hold up to max_len tokens (0: model max). */
+/* ---- the KV cache (eng_kv.c) ----------------------------------------------------
+ * The model owns one pool: kv_bytes cut into blocks of TG_PREFIX_BLOCK tokens
+ * (every layer's rows of those tokens).  Sequences hold blocks; full blocks
+ * are kept under their prefix key (common/tg_prefix.h) after their sequence
+ * ends, until their memory is needed (LRU), so a later prompt with the same
+ * start reuses them.  Everything here is for one thread at a time (the
+ * caller of eng_forward). */
+
+#define ENG_KV_FULL (-2) /* not enough free or evictable blocks */
+
+typedef struct {
+    int block_tokens;       /* tokens per block */
+    int blocks_total;
+    int blocks_used;        /* held by at least one sequence */
+    int blocks_cached;      /* held by none, kept for prefix hits (evicted oldest first) */
+    int blocks_free;        /* holding nothing */
+    size_t bytes_per_block;
+    uint64_t evictions;     /* cached blocks taken for new tokens */
+} eng_kv_stats_t;
+
+/* A quarter of the machine's memory, at most 64 GiB: the default budget. */
+size_t eng_kv_default_bytes(void);
+void eng_kv_stats(const eng_model_t *m, eng_kv_stats_t *out);
+/* Blocks a reservation may take now (free + cached). */
+int eng_kv_available_blocks(const eng_model_t *m);
+/* Blocks the pool has in all. */
+int eng_kv_total_blocks(const eng_model_t *m);
+
+/* A new empty sequence able to hold up to max_len tokens (0: model max).
+ * Holds no block yet.  NULL on out of memory. */
 eng_seq_t *eng_seq_new(eng_model_t *m, int max_len);
+/* Gives its blocks back (registered full blocks stay cached).  Accepts NULL. */
 void eng_seq_free(eng_seq_t *s);
 int eng_seq_len(const eng_seq_t *s);
-/* Drop all tokens from position len on (len <= current length). */
-void eng_seq_truncate(eng_seq_t *s, int len);
+int eng_seq_blocks(const eng_seq_t *s);
+/* Blocks the sequence lacks to hold len tokens. */
+int eng_seq_blocks_needed(const eng_seq_t *s, int len);
+/* Take the blocks to hold len tokens: 0, ENG_KV_FULL (nothing taken), or -1
+ * when len exceeds the sequence's max_len. */
+int eng_seq_reserve(eng_seq_t *s, int len);
+/* Attach the cached KV of the longest run of full blocks that starts ids[0..n)
+ * (at most n-1 tokens, so that the last one is computed and gives logits).
+ * s must be empty.  Returns the tokens now in s (those reused). */
+int eng_seq_prefix(eng_seq_t *s, const int32_t *ids, int n);
+/* Drop all tokens from position len on (len <= current length).  0, or -1
+ * when the block to be written again is shared and no block is free to copy
+ * it into (nothing changed). */
+int eng_seq_truncate(eng_seq_t *s, int len);
 
 /* Append n tokens to each of nseq sequences and run the forward pass.
  * logits[i] (vocab_size floats, caller-owned) receives the logits of the last
- * new position of sequence i; pass logits[i] == NULL to skip.  Returns 0, or
- * -1 with a message in err (too long, bad id); on an argument error no
- * sequence is changed.  A sequence's logits do not depend on the other
+ * new position of sequence i; pass logits[i] == NULL to skip.  Blocks the
+ * sequences lack are reserved first.  Returns 0; ENG_KV_FULL when the pool
+ * cannot hold the new tokens; or -1 with a message in err (too long, bad id,
+ * out of memory).  On failure no sequence's length or content changes (it may
+ * have gained blocks).  A sequence's logits do not depend on the other
  * sequences in the call (bit-exact batch invariance on the CPU backend). */
 int eng_forward(eng_model_t *m, eng_seq_t **seqs, const int32_t *const *ids, const int *n,
                 int nseq, float **logits, char *err, size_t errlen);

@@ -94,11 +94,11 @@ static int preset(const char *arch, const char *name, gm_preset_t *p) {
             p->n_shared = 1, p->first_dense = 1, p->max_pos = 16384, p->bias_range = 0.05;
             return 0;
         }
-        if (!strcmp(name, "tiny")) {
+        if (!strcmp(name, "tiny") || !strcmp(name, "tiny8k")) { /* tiny8k: the same with an 8192-token context */
             p->D = 64, p->layers = 3, p->vocab = 512, p->H = 4;
             p->q_lora = 48, p->c = 32, p->dn = 16, p->dr = 8, p->dv = 16;
             p->inter = 160, p->moe_inter = 32, p->E = 16, p->topk = 4, p->n_group = 4, p->topk_group = 2;
-            p->n_shared = 1, p->first_dense = 1, p->max_pos = 1024, p->bias_range = 0.15;
+            p->n_shared = 1, p->first_dense = 1, p->max_pos = name[4] ? 8192 : 1024, p->bias_range = 0.15;
             return 0;
         }
         if (!strcmp(name, "bench")) { /* about 1.3 GB of bf16 weights read per token */
@@ -463,7 +463,7 @@ int eng_cmd_gen_model(int argc, char **argv) {
     if (!arch || !pname || !out || shards < 1 || shards > 64) return gm_usage();
     gm_preset_t p;
     if (preset(arch, pname, &p)) {
-        fprintf(stderr, "gen-model: no preset '%s' for arch '%s' (deepseek_v3: demo tiny bench; deepseek_v2: tiny lite; "
+        fprintf(stderr, "gen-model: no preset '%s' for arch '%s' (deepseek_v3: demo tiny tiny8k bench; deepseek_v2: tiny lite; "
                         "mixtral: tiny)\n", pname, arch);
         return 2;
     }

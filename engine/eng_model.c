@@ -480,7 +480,7 @@ eng_model_t *eng_model_load(const char *dir, const eng_load_opts_t *opts, char *
     eng_cfg_t *c = &m->cfg;
     m->info.vocab_size = c->vocab;
     m->info.n_layers = c->n_layers;
-    m->info.max_seq_len = o.max_seq_len > 0 ? o.max_seq_len : (c->max_pos < 4096 ? c->max_pos : 4096);
+    m->info.max_seq_len = o.max_seq_len > 0 && o.max_seq_len < c->max_pos ? o.max_seq_len : c->max_pos;
     if (m->info.max_seq_len <= 0) m->info.max_seq_len = 4096;
     if (m->info.arch == ENG_ARCH_MIXTRAL)
         m->info.kv_bytes_per_token = (size_t)c->n_layers * 2 * c->kvh * c->hd * sizeof(float);
@@ -512,6 +512,10 @@ eng_model_t *eng_model_load(const char *dir, const eng_load_opts_t *opts, char *
     int nt = o.n_threads > 0 ? o.n_threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
     if (nt < 1) nt = 1;
     if (!(m->be = eng_cpu_backend_new(nt, err, errlen))) goto fail;
+    int gqa = m->info.arch == ENG_ARCH_MIXTRAL;
+    if (!(m->kv = eng_kv_new(c->n_layers, gqa ? c->kvh * c->hd : c->c + c->dr, gqa,
+                             o.kv_bytes ? o.kv_bytes : eng_kv_default_bytes(), err, errlen)))
+        goto fail;
     return m;
 fail:
     eng_model_free(m);
@@ -521,6 +525,7 @@ fail:
 void eng_model_free(eng_model_t *m) {
     if (!m) return;
     if (m->be) m->be->ops->free(m->be);
+    eng_kv_free(m->kv);
     if (m->layers) {
         for (int l = 0; l < m->cfg.n_layers; l++) {
             eng_layer_t *L = &m->layers[l];
@@ -562,56 +567,30 @@ const char *eng_model_backend(const eng_model_t *m) {
     return buf;
 }
 
-/* ---- sequences ---------------------------------------------------------------------- */
+/* ---- KV pool accessors --------------------------------------------------------------- */
 
-eng_seq_t *eng_seq_new(eng_model_t *m, int max_len) {
-    eng_seq_t *s = calloc(1, sizeof *s);
-    if (!s) return NULL;
-    s->m = m;
-    s->max_len = max_len > 0 && max_len < m->info.max_seq_len ? max_len : m->info.max_seq_len;
-    s->row = m->info.arch == ENG_ARCH_MIXTRAL ? m->cfg.kvh * m->cfg.hd : m->cfg.c + m->cfg.dr;
-    s->k = calloc(m->cfg.n_layers, sizeof *s->k);
-    s->v = calloc(m->cfg.n_layers, sizeof *s->v);
-    if (!s->k || !s->v) {
-        eng_seq_free(s);
-        return NULL;
+void eng_kv_stats(const eng_model_t *m, eng_kv_stats_t *out) { eng_kv_get_stats(m->kv, out); }
+int eng_kv_available_blocks(const eng_model_t *m) { return eng_kv_available(m->kv); }
+int eng_kv_total_blocks(const eng_model_t *m) { return eng_kv_blocks_total(m->kv); }
+
+/* ---- scratch allocation ----------------------------------------------------------------- */
+
+static size_t max_alloc(void) {
+    static size_t lim = 1; /* 1: not read yet; 0: no limit */
+    size_t l = __atomic_load_n(&lim, __ATOMIC_RELAXED);
+    if (l == 1) {
+        const char *e = getenv("TOLLGATE_ENGINE_MAX_ALLOC");
+        l = e && *e ? (size_t)strtoull(e, NULL, 10) : 0;
+        if (l == 1) l = 2;
+        __atomic_store_n(&lim, l, __ATOMIC_RELAXED);
     }
-    return s;
+    return l;
 }
 
-void eng_seq_free(eng_seq_t *s) {
-    if (!s) return;
-    for (int l = 0; s->k && l < s->m->cfg.n_layers; l++) free(s->k[l]);
-    for (int l = 0; s->v && l < s->m->cfg.n_layers; l++) free(s->v[l]);
-    free(s->k);
-    free(s->v);
-    free(s);
-}
-
-int eng_seq_len(const eng_seq_t *s) { return s->len; }
-
-void eng_seq_truncate(eng_seq_t *s, int len) {
-    if (len >= 0 && len < s->len) s->len = len;
-}
-
-static int seq_reserve(eng_seq_t *s, int need) {
-    if (need <= s->cap) return 0;
-    int cap = s->cap ? s->cap : 64;
-    while (cap < need) cap *= 2;
-    if (cap > s->max_len) cap = s->max_len;
-    int gqa = s->m->info.arch == ENG_ARCH_MIXTRAL;
-    for (int l = 0; l < s->m->cfg.n_layers; l++) {
-        float *k = realloc(s->k[l], (size_t)cap * s->row * sizeof(float));
-        if (!k) return -1;
-        s->k[l] = k;
-        if (gqa) {
-            float *v = realloc(s->v[l], (size_t)cap * s->row * sizeof(float));
-            if (!v) return -1;
-            s->v[l] = v;
-        }
-    }
-    s->cap = cap;
-    return 0;
+void *eng_alloc(size_t n) {
+    size_t l = max_alloc();
+    if (l && n > l) return NULL;
+    return malloc(n ? n : 1);
 }
 
 /* ---- forward ---------------------------------------------------------------------- */
@@ -642,14 +621,14 @@ typedef struct {
 } scratch_t;
 
 /* y [T, D] = down( silu(gate x) * up x ) for x [T, D]; h1, h2 [T, I] scratch. */
-static void mlp(eng_model_t *m, const eng_w_t *g, const eng_w_t *u, const eng_w_t *d, const float *x, int T,
-                float *h1, float *h2, float *y) {
+static int mlp(eng_model_t *m, const eng_w_t *g, const eng_w_t *u, const eng_w_t *d, const float *x, int T,
+               float *h1, float *h2, float *y) {
     const eng_backend_ops_t *ops = m->be->ops;
     eng_mm_t gu[2] = {{g, x, T, h1}, {u, x, T, h2}};
-    ops->matmul_multi(m->be, gu, 2);
+    if (ops->matmul_multi(m->be, gu, 2)) return -1;
     size_t n = (size_t)T * g->rows;
     for (size_t i = 0; i < n; i++) h1[i] = silu(h1[i]) * h2[i];
-    ops->matmul(m->be, d, h1, T, y);
+    return ops->matmul(m->be, d, h1, T, y);
 }
 
 /* Routing of one token: sel [k] expert ids, wt [k] weights. */
@@ -788,42 +767,50 @@ int eng_forward(eng_model_t *m, eng_seq_t **seqs, const int32_t *const *ids, con
             }
         T += n[i];
     }
+    int need = 0;
+    for (int i = 0; i < nseq; i++) need += eng_seq_blocks_needed(seqs[i], seqs[i]->len + n[i]);
+    if (need > eng_kv_available(m->kv)) {
+        tg_errf(err, errlen, "the KV cache is full (%d blocks needed, %d free or evictable)", need,
+               eng_kv_available(m->kv));
+        return ENG_KV_FULL;
+    }
     for (int i = 0; i < nseq; i++)
-        if (seq_reserve(seqs[i], seqs[i]->len + n[i])) {
-            tg_errf(err, errlen, "out of memory for the KV cache");
-            return -1;
+        if (eng_seq_reserve(seqs[i], seqs[i]->len + n[i])) { /* cannot happen: counted above */
+            tg_errf(err, errlen, "the KV cache is full");
+            return ENG_KV_FULL;
         }
+    if (T == 0) return 0;
     int D = c->D, H = c->H, qdim = gqa ? H * c->hd : H * (c->dn + c->dr), adim = gqa ? H * c->hd : H * c->dv;
     int kvdim = gqa ? 2 * c->kvh * c->hd : c->c + c->dr;
     int K = c->E > 0 ? c->topk : 1;
     fwd_buf_t b = {0};
     size_t fT = (size_t)T;
-    b.x = malloc(fT * D * sizeof(float));
-    b.xn = malloc(fT * D * sizeof(float));
-    b.q = malloc(fT * qdim * sizeof(float));
-    b.qa = malloc(fT * imax(c->q_lora, 1) * sizeof(float));
-    b.kv = malloc(fT * kvdim * sizeof(float));
-    b.att = malloc(fT * adim * sizeof(float));
-    b.o = malloc(fT * D * sizeof(float));
+    b.x = eng_alloc(fT * D * sizeof(float));
+    b.xn = eng_alloc(fT * D * sizeof(float));
+    b.q = eng_alloc(fT * qdim * sizeof(float));
+    b.qa = eng_alloc(fT * imax(c->q_lora, 1) * sizeof(float));
+    b.kv = eng_alloc(fT * kvdim * sizeof(float));
+    b.att = eng_alloc(fT * adim * sizeof(float));
+    b.o = eng_alloc(fT * D * sizeof(float));
     size_t hn = fT * imax(imax(c->inter, K * c->moe_inter), 1);
-    b.h1 = malloc(hn * sizeof(float));
-    b.h2 = malloc(hn * sizeof(float));
-    b.s1 = malloc(fT * imax(c->n_shared * c->moe_inter, 1) * sizeof(float));
-    b.s2 = malloc(fT * imax(c->n_shared * c->moe_inter, 1) * sizeof(float));
-    b.pos_of = malloc(fT * K * sizeof(int32_t));
-    b.jobs = malloc((2 * imax(c->E, 1) + 2) * sizeof(eng_mm_t));
-    b.y = malloc(fT * D * sizeof(float));
-    b.logit = malloc(fT * imax(c->E, 1) * sizeof(float));
-    b.xg = malloc(fT * K * D * sizeof(float));
-    b.yslot = malloc(fT * K * D * sizeof(float));
-    b.wts = malloc(fT * K * sizeof(float));
-    b.sc1 = malloc(imax(c->E, 1) * sizeof(float));
-    b.sc2 = malloc(imax(c->E, 1) * sizeof(float));
-    b.sel = malloc(fT * K * sizeof(int32_t));
-    b.tok_of = malloc(fT * K * sizeof(int32_t));
-    b.cnt = malloc((imax(c->E, 1) + 1) * sizeof(int32_t));
-    b.as = malloc(nseq * sizeof *b.as);
-    b.pos = malloc(fT * sizeof(int32_t));
+    b.h1 = eng_alloc(hn * sizeof(float));
+    b.h2 = eng_alloc(hn * sizeof(float));
+    b.s1 = eng_alloc(fT * imax(c->n_shared * c->moe_inter, 1) * sizeof(float));
+    b.s2 = eng_alloc(fT * imax(c->n_shared * c->moe_inter, 1) * sizeof(float));
+    b.pos_of = eng_alloc(fT * K * sizeof(int32_t));
+    b.jobs = eng_alloc((2 * imax(c->E, 1) + 2) * sizeof(eng_mm_t));
+    b.y = eng_alloc(fT * D * sizeof(float));
+    b.logit = eng_alloc(fT * imax(c->E, 1) * sizeof(float));
+    b.xg = eng_alloc(fT * K * D * sizeof(float));
+    b.yslot = eng_alloc(fT * K * D * sizeof(float));
+    b.wts = eng_alloc(fT * K * sizeof(float));
+    b.sc1 = eng_alloc(imax(c->E, 1) * sizeof(float));
+    b.sc2 = eng_alloc(imax(c->E, 1) * sizeof(float));
+    b.sel = eng_alloc(fT * K * sizeof(int32_t));
+    b.tok_of = eng_alloc(fT * K * sizeof(int32_t));
+    b.cnt = eng_alloc((imax(c->E, 1) + 1) * sizeof(int32_t));
+    b.as = eng_alloc(nseq * sizeof *b.as);
+    b.pos = eng_alloc(fT * sizeof(int32_t));
     if (!b.x || !b.xn || !b.q || !b.qa || !b.kv || !b.att || !b.o || !b.h1 || !b.h2 || !b.y || !b.logit ||
         !b.xg || !b.yslot || !b.s1 || !b.s2 || !b.pos_of || !b.jobs || !b.wts || !b.sc1 || !b.sc2 || !b.sel || !b.tok_of || !b.cnt || !b.as || !b.pos) {
         fwd_buf_free(&b);
@@ -839,74 +826,82 @@ int eng_forward(eng_model_t *m, eng_seq_t **seqs, const int32_t *const *ids, con
             m->trace_T = 0;
         }
     }
-    /* embed */
+    /* embed; the ids go into their blocks (for the prefix keys) */
+    int B = eng_kv_block_tokens(m->kv), row = gqa ? c->kvh * c->hd : c->c + c->dr;
+    size_t stride = eng_kv_block_floats(m->kv);
+    const float *kvmem = eng_kv_mem(m->kv);
     for (int i = 0, t = 0; i < nseq; i++) {
         b.as[i].tok0 = t;
         b.as[i].n = n[i];
         b.as[i].pos0 = seqs[i]->len;
+        b.as[i].blocks = seqs[i]->blocks;
+        b.as[i].B = B;
+        b.as[i].stride = stride;
         for (int k = 0; k < n[i]; k++, t++) {
             b.pos[t] = seqs[i]->len + k;
+            *eng_seq_tok_slot(seqs[i], b.pos[t]) = ids[i][k];
             eng_cpu_row_f32(&m->embed, ids[i][k], b.x + (size_t)t * D);
         }
     }
     int rd = gqa ? c->hd : c->dr, half = rd / 2;
     for (int l = 0; l < c->n_layers; l++) {
         eng_layer_t *L = &m->layers[l];
+        for (int i = 0; i < nseq; i++) {
+            b.as[i].k = kvmem + (size_t)l * B * row;
+            b.as[i].v = gqa ? kvmem + (size_t)(c->n_layers + l) * B * row : NULL;
+        }
         for (int t = 0; t < T; t++) rmsnorm(b.xn + (size_t)t * D, b.x + (size_t)t * D, L->attn_norm, D, c->eps);
         if (gqa) {
             int kvw = c->kvh * c->hd;
             eng_mm_t qkv[3] = {{&L->wq, b.xn, T, b.q}, {&L->wk, b.xn, T, b.kv}, {&L->wv, b.xn, T, b.kv + fT * kvw}};
-            ops->matmul_multi(m->be, qkv, 3);
+            if (ops->matmul_multi(m->be, qkv, 3)) goto oom;
             for (int i = 0; i < nseq; i++) {
-                b.as[i].k = seqs[i]->k[l];
-                b.as[i].v = seqs[i]->v[l];
                 for (int k = 0; k < n[i]; k++) {
                     int t = b.as[i].tok0 + k, p = b.pos[t];
                     const float *cs = m->rope_cos + (size_t)p * half, *sn = m->rope_sin + (size_t)p * half;
                     for (int h = 0; h < H; h++) rope(b.q + (size_t)t * qdim + h * c->hd, cs, sn, rd, 0);
                     float *kk = b.kv + (size_t)t * kvw;
                     for (int h = 0; h < c->kvh; h++) rope(kk + h * c->hd, cs, sn, rd, 0);
-                    memcpy(seqs[i]->k[l] + (size_t)p * kvw, kk, kvw * sizeof(float));
-                    memcpy(seqs[i]->v[l] + (size_t)p * kvw, b.kv + fT * kvw + (size_t)t * kvw, kvw * sizeof(float));
+                    memcpy(eng_seq_row(seqs[i], l, p, 0), kk, kvw * sizeof(float));
+                    memcpy(eng_seq_row(seqs[i], l, p, 1), b.kv + fT * kvw + (size_t)t * kvw, kvw * sizeof(float));
                 }
             }
-            ops->attn_gqa(m->be, H, c->kvh, c->hd, m->attn_scale, b.q, b.as, nseq, b.att);
+            if (ops->attn_gqa(m->be, H, c->kvh, c->hd, m->attn_scale, b.q, b.as, nseq, b.att)) goto oom;
         } else {
             eng_mm_t qkv[2] = {{c->q_lora > 0 ? &L->q_a : &L->q_proj, b.xn, T, c->q_lora > 0 ? b.qa : b.q},
                                {&L->kv_a, b.xn, T, b.kv}};
-            ops->matmul_multi(m->be, qkv, 2);
+            if (ops->matmul_multi(m->be, qkv, 2)) goto oom;
             if (c->q_lora > 0) {
                 for (int t = 0; t < T; t++)
                     rmsnorm(b.qa + (size_t)t * c->q_lora, b.qa + (size_t)t * c->q_lora, L->q_a_norm, c->q_lora, c->eps);
-                ops->matmul(m->be, &L->q_b, b.qa, T, b.q);
+                if (ops->matmul(m->be, &L->q_b, b.qa, T, b.q)) goto oom;
             }
             for (int i = 0; i < nseq; i++) {
-                b.as[i].k = seqs[i]->k[l];
-                b.as[i].v = NULL;
                 for (int k = 0; k < n[i]; k++) {
                     int t = b.as[i].tok0 + k, p = b.pos[t];
                     const float *cs = m->rope_cos + (size_t)p * half, *sn = m->rope_sin + (size_t)p * half;
                     for (int h = 0; h < H; h++) rope(b.q + (size_t)t * qdim + h * (c->dn + c->dr) + c->dn, cs, sn, rd, 1);
-                    float *kv = b.kv + (size_t)t * kvdim, *dst = seqs[i]->k[l] + (size_t)p * kvdim;
+                    float *kv = b.kv + (size_t)t * kvdim, *dst = eng_seq_row(seqs[i], l, p, 0);
                     rmsnorm(dst, kv, L->kv_a_norm, c->c, c->eps);
                     memcpy(dst + c->c, kv + c->c, c->dr * sizeof(float));
                     rope(dst + c->c, cs, sn, rd, 1);
                 }
             }
-            ops->attn_mla(m->be, &L->kv_b, H, c->dn, c->dr, c->dv, c->c, m->attn_scale, b.q, b.as, nseq, b.att);
+            if (ops->attn_mla(m->be, &L->kv_b, H, c->dn, c->dr, c->dv, c->c, m->attn_scale, b.q, b.as, nseq, b.att))
+                goto oom;
         }
-        ops->matmul(m->be, &L->o_proj, b.att, T, b.o);
+        if (ops->matmul(m->be, &L->o_proj, b.att, T, b.o)) goto oom;
         for (size_t i = 0; i < fT * D; i++) b.x[i] += b.o[i];
         for (int t = 0; t < T; t++) rmsnorm(b.xn + (size_t)t * D, b.x + (size_t)t * D, L->ffn_norm, D, c->eps);
         int32_t *tr = m->trace_on && m->trace_T == T ? m->trace + (size_t)l * T * K : NULL;
         if (!L->moe) {
-            mlp(m, &L->gate, &L->up, &L->down, b.xn, T, b.h1, b.h2, b.y);
+            if (mlp(m, &L->gate, &L->up, &L->down, b.xn, T, b.h1, b.h2, b.y)) goto oom;
             for (size_t i = 0; i < fT * D; i++) b.x[i] += b.y[i];
             if (tr)
                 for (size_t i = 0; i < fT * K; i++) tr[i] = -1;
             continue;
         }
-        ops->matmul(m->be, &L->router, b.xn, T, b.logit);
+        if (ops->matmul(m->be, &L->router, b.xn, T, b.logit)) goto oom;
         for (int t = 0; t < T; t++)
             route(c, b.logit + (size_t)t * c->E, L->router_bias, b.sel + (size_t)t * K, b.wts + (size_t)t * K, b.sc1,
                   b.sc2);
@@ -937,7 +932,7 @@ int eng_forward(eng_model_t *m, eng_seq_t **seqs, const int32_t *const *ids, con
             b.jobs[nj++] = (eng_mm_t){&L->sg, b.xn, T, b.s1};
             b.jobs[nj++] = (eng_mm_t){&L->su, b.xn, T, b.s2};
         }
-        ops->matmul_multi(m->be, b.jobs, nj);
+        if (ops->matmul_multi(m->be, b.jobs, nj)) goto oom;
         for (size_t i = 0; i < (size_t)NK * Im; i++) b.h1[i] = silu(b.h1[i]) * b.h2[i];
         if (L->has_shared)
             for (size_t i = 0; i < fT * Is; i++) b.s1[i] = silu(b.s1[i]) * b.s2[i];
@@ -948,7 +943,7 @@ int eng_forward(eng_model_t *m, eng_seq_t **seqs, const int32_t *const *ids, con
             start = b.cnt[e];
         }
         if (L->has_shared) b.jobs[nj++] = (eng_mm_t){&L->sd, b.s1, T, b.y};
-        ops->matmul_multi(m->be, b.jobs, nj);
+        if (ops->matmul_multi(m->be, b.jobs, nj)) goto oom;
         for (int t = 0; t < T; t++) {
             float *xt = b.x + (size_t)t * D;
             float *acc = b.o + (size_t)t * D;
@@ -972,18 +967,23 @@ int eng_forward(eng_model_t *m, eng_seq_t **seqs, const int32_t *const *ids, con
             NL++;
         }
     if (NL) {
-        float *out = malloc((size_t)NL * c->vocab * sizeof(float));
-        if (!out) {
-            fwd_buf_free(&b);
-            tg_errf(err, errlen, "out of memory for logits");
-            return -1;
+        float *out = eng_alloc((size_t)NL * c->vocab * sizeof(float));
+        if (!out || ops->matmul(m->be, &m->lm_head, b.xn, NL, out)) {
+            free(out);
+            goto oom;
         }
-        ops->matmul(m->be, &m->lm_head, b.xn, NL, out);
         for (int i = 0, r = 0; i < nseq; i++)
             if (logits[i]) memcpy(logits[i], out + (size_t)r++ * c->vocab, c->vocab * sizeof(float));
         free(out);
     }
-    for (int i = 0; i < nseq; i++) seqs[i]->len += n[i];
+    for (int i = 0; i < nseq; i++) {
+        seqs[i]->len += n[i];
+        eng_seq_commit(seqs[i]);
+    }
     fwd_buf_free(&b);
     return 0;
+oom:
+    fwd_buf_free(&b);
+    tg_errf(err, errlen, "out of memory for the scratch of a batch of %d tokens", T);
+    return -1;
 }

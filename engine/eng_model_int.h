@@ -82,14 +82,25 @@ typedef struct {
 
 typedef struct eng_backend eng_backend_t;
 
-/* One seqence's slice of a forward batch, for attention. */
+/* One sequence's slice of a forward batch, for attention.  Its cache is
+ * paged: position p of this layer is the row
+ *   k + blocks[p / B] * stride + (p % B) * row
+ * (row = c+dr floats for MLA, kvh*hd for GQA keys; v the same for values). */
 typedef struct {
-    int tok0;        /* index of its first new token in the batch */
-    int n;           /* new tokens */
-    int pos0;        /* position of its first new token (= cache length before the call) */
-    float *k;        /* MLA: cache [len][c+dr]; GQA: keys [len][kvh*hd] (this layer) */
-    float *v;        /* GQA: values [len][kvh*hd]; MLA: unused */
+    int tok0;               /* index of its first new token in the batch */
+    int n;                  /* new tokens */
+    int pos0;               /* position of its first new token (= cache length before the call) */
+    const int32_t *blocks;  /* its block table */
+    int B;                  /* tokens per block */
+    size_t stride;          /* floats from one block to the next */
+    const float *k;         /* block 0's rows of this layer (MLA: [B][c+dr]; GQA keys [B][kvh*hd]) */
+    const float *v;         /* GQA: values, likewise; MLA: NULL */
 } eng_attn_seq_t;
+
+/* Row of position p in a paged cache (k or v of an eng_attn_seq_t). */
+static inline const float *eng_attn_row(const eng_attn_seq_t *s, const float *base, int p, int row) {
+    return base + (size_t)s->blocks[p / s->B] * s->stride + (size_t)(p % s->B) * row;
+}
 
 /* One matmul of a multi-matmul step: Y [n, w.rows] = X [n, w.cols] @ W^T. */
 typedef struct {
@@ -99,22 +110,29 @@ typedef struct {
     float *y;
 } eng_mm_t;
 
+/* Every op returns 0, or -1 when it could not get its scratch memory (then
+ * its outputs are undefined; nothing else changed).  No op aborts. */
 typedef struct {
     const char *name;
     /* Y [n, w.rows] = X [n, w.cols] @ W^T.  Each output element is computed
      * the same way whatever n is (batch invariance). */
-    void (*matmul)(eng_backend_t *be, const eng_w_t *w, const float *x, int n, float *y);
+    int (*matmul)(eng_backend_t *be, const eng_w_t *w, const float *x, int n, float *y);
     /* Several independent matmuls as one parallel step (same numbers as one by one). */
-    void (*matmul_multi)(eng_backend_t *be, const eng_mm_t *jobs, int njobs);
+    int (*matmul_multi)(eng_backend_t *be, const eng_mm_t *jobs, int njobs);
     /* MLA attention (absorbed): q [T, H*(dn+dr)] with RoPE applied, writes
      * out [T, H*dv].  kv_b = W [H*(dn+dv), c]. */
-    void (*attn_mla)(eng_backend_t *be, const eng_w_t *kv_b, int H, int dn, int dr, int dv, int c,
-                     float scale, const float *q, const eng_attn_seq_t *seqs, int nseq, float *out);
+    int (*attn_mla)(eng_backend_t *be, const eng_w_t *kv_b, int H, int dn, int dr, int dv, int c,
+                    float scale, const float *q, const eng_attn_seq_t *seqs, int nseq, float *out);
     /* GQA attention: q [T, H*hd], out [T, H*hd]. */
-    void (*attn_gqa)(eng_backend_t *be, int H, int kvh, int hd, float scale, const float *q,
-                     const eng_attn_seq_t *seqs, int nseq, float *out);
+    int (*attn_gqa)(eng_backend_t *be, int H, int kvh, int hd, float scale, const float *q,
+                    const eng_attn_seq_t *seqs, int nseq, float *out);
     void (*free)(eng_backend_t *be);
 } eng_backend_ops_t;
+
+/* Allocation of the forward pass's and the backends' scratch.  malloc, except
+ * that TOLLGATE_ENGINE_MAX_ALLOC=N (a test knob, read once) makes every
+ * request above N bytes fail, as a machine out of memory would. */
+void *eng_alloc(size_t n);
 
 struct eng_backend {
     const eng_backend_ops_t *ops;
@@ -172,8 +190,27 @@ typedef struct {
     int orig_max_pos;
 } eng_cfg_t;
 
+/* ---- KV pool (eng_kv.c) -------------------------------------------------------- */
+
+typedef struct eng_kv eng_kv_t;
+
+eng_kv_t *eng_kv_new(int n_layers, int row, int has_v, size_t bytes, char *err, size_t errlen);
+void eng_kv_free(eng_kv_t *kv);
+void eng_kv_get_stats(const eng_kv_t *kv, eng_kv_stats_t *out);
+int eng_kv_available(const eng_kv_t *kv);
+int eng_kv_blocks_total(const eng_kv_t *kv);
+int eng_kv_block_tokens(const eng_kv_t *kv);
+size_t eng_kv_block_floats(const eng_kv_t *kv);
+float *eng_kv_mem(const eng_kv_t *kv);
+/* After a successful forward: register the sequence's newly filled blocks. */
+void eng_seq_commit(eng_seq_t *s);
+/* Where the forward pass writes token p's id and its rows (p < reserved length). */
+int32_t *eng_seq_tok_slot(eng_seq_t *s, int p);
+float *eng_seq_row(eng_seq_t *s, int layer, int p, int v);
+
 struct eng_model {
     eng_model_info_t info;
+    eng_kv_t *kv;                     /* the KV pool of every sequence */
     eng_cfg_t cfg;
     char arch_name[64];
     eng_st_t *st;
@@ -194,9 +231,12 @@ struct eng_model {
 
 struct eng_seq {
     eng_model_t *m;
-    int len, cap, max_len;
-    int row;                          /* floats per token per layer: k (+ v for GQA) */
-    float **k, **v;                   /* per layer: [cap][row] */
+    eng_kv_t *kv;
+    int len, max_len;
+    int32_t *blocks;                  /* [cap_blocks] block ids; n_blocks held */
+    int n_blocks, cap_blocks;
+    int n_keyed;                      /* leading full blocks whose chain key is known */
+    uint64_t key;                     /* chain key of block n_keyed-1 (TG_PREFIX_ROOT if none) */
 };
 
 /* Weight row helpers shared by backends (eng_cpu_kernels.c). */

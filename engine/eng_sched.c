@@ -1,16 +1,28 @@
-/* eng_sched.c — continuous batching on one scheduler thread.
+/* eng_sched.c — continuous batching over a paged KV cache, on one scheduler
+ * thread.
  *
- * Each step: admit queued jobs up to max_batch (a new KV sequence each), drop
- * cancelled ones, then call eng_forward once with the active sequences — the
- * last sampled token of every decoding one, and the next prompt chunk of
- * those still in prefill, within a per-step prefill budget — sample one token
- * for each sequence whose prompt is complete, run it through the text
- * pipeline, and queue one event per job.
+ * Each step: admit queued jobs (oldest first) while the batch has room and
+ * the KV pool has the blocks for the job's whole prompt (after the prefix
+ * cache gave what it holds), drop cancelled ones, then call eng_forward once
+ * with the active sequences — the last sampled token of every decoding one,
+ * and the next prompt chunk of those still in prefill, within a per-step
+ * prefill budget — sample one token for each sequence whose context is
+ * complete, run it through the text pipeline, and queue one event per job.
+ *
+ * Preemption: when the step needs more blocks than the pool can give, the
+ * youngest running job (last admitted by arrival) gives its blocks back and
+ * returns to the head of the queue, keeping what it generated; re-admitted,
+ * it recomputes prompt + generated tokens (the prefix cache usually holds
+ * most of them) and goes on as if nothing happened: the forward pass gives
+ * the same numbers however a context is cut into calls, and the sampler's
+ * state stays with the job.  A job alone always fits (the server refuses,
+ * with a 400, a request whose prompt + max_tokens exceed the pool).
  *
  * Invariants: only this thread touches a job's model state (seq, sampler,
- * decoder); the mutex guards the waiting queue, the event FIFO and the
- * counters; a job is freed by whoever frees its last event, and the scheduler
- * never touches a job after queueing that event. */
+ * decoder) and the KV pool; the mutex guards the waiting queue, the event
+ * FIFO and the counters; active[] and the queue are in arrival order; a job
+ * is freed by whoever frees its last event, and the scheduler never touches a
+ * job after queueing that event. */
 #include "eng_sched.h"
 
 #include <math.h>
@@ -27,10 +39,14 @@ struct eng_job {
     atomic_int cancelled;
     eng_job_spec_t spec;
     /* scheduler-thread state */
+    uint64_t arrival;   /* submission order (under mutex) */
     eng_seq_t *seq;
-    int n_fed;          /* prompt tokens already in the sequence */
-    int32_t *gen;       /* (max_tokens) generated ids */
+    int32_t *ctx;       /* (n_prompt + max_tokens) the prompt, then the generated ids */
+    int32_t *gen;       /* = ctx + n_prompt */
     int n_gen, n_reasoning;
+    int started;        /* admitted at least once (sampler, decoder set up) */
+    int cached;         /* prompt tokens reused at the first admission */
+    int counted;        /* the first admission was counted */
     eng_rng_t rng;
     tok_stream_t *dec;
     eng_stop_t stop;
@@ -59,6 +75,9 @@ struct eng_sched {
     atomic_int n_active;
     atomic_ulong steps, forward_ns;
     atomic_long kv_tokens; /* tokens held in the KV caches of active sequences */
+    uint64_t next_arrival;                  /* under mu */
+    eng_kv_stats_t kv_snap;                 /* under mu: the pool after the last step */
+    uint64_t preemptions, adm_prompt, adm_cached; /* under mu */
 
     /* scheduler-thread state */
     eng_job_t **active;   /* (max_batch) */
@@ -97,7 +116,7 @@ static void job_free(eng_job_t *j) {
     if (!j) return;
     spec_free(&j->spec);
     eng_seq_free(j->seq);
-    free(j->gen);
+    free(j->ctx);
     tok_stream_free(j->dec);
     eng_stop_free(&j->stop);
     eng_think_free(&j->think);
@@ -129,6 +148,7 @@ int eng_sched_submit(eng_sched_t *s, eng_job_spec_t *spec, void *user, eng_job_t
     pthread_mutex_lock(&s->mu);
     int rc = s->closed ? ENG_SUBMIT_CLOSED : s->n_wait >= s->o.max_queue ? ENG_SUBMIT_FULL : 0;
     if (rc == 0) {
+        j->arrival = s->next_arrival++;
         if (s->wait_tail)
             s->wait_tail->next_wait = j;
         else
@@ -177,6 +197,10 @@ eng_ev_t *eng_sched_take(eng_sched_t *s) {
 void eng_sched_stats(eng_sched_t *s, eng_sched_stats_t *out) {
     pthread_mutex_lock(&s->mu);
     out->queued = s->n_wait;
+    out->kv = s->kv_snap;
+    out->preemptions = s->preemptions;
+    out->admitted_prompt_tokens = s->adm_prompt;
+    out->cached_prompt_tokens = s->adm_cached;
     pthread_mutex_unlock(&s->mu);
     out->active = atomic_load(&s->n_active);
     out->steps = atomic_load(&s->steps);
@@ -229,6 +253,7 @@ static void finish_job(ev_list_t *l, eng_ev_t *ev, eng_job_t *j, eng_finish_t wh
     ev->prompt_tokens = j->spec.n_prompt;
     ev->completion_tokens = j->n_gen;
     ev->reasoning_tokens = j->n_reasoning;
+    ev->cached_tokens = j->cached;
     if (err) snprintf(ev->err, sizeof ev->err, "%s", err);
     eng_seq_free(j->seq); /* free the KV cache now, not when the loop gets to it */
     j->seq = NULL;
@@ -266,34 +291,94 @@ static int pipe_flush(eng_job_t *j, eng_ev_t *ev) {
     return rc;
 }
 
-static int admit(eng_sched_t *s, eng_job_t *j, char *err, size_t errlen) {
-    j->seq = eng_seq_new(s->model, j->spec.n_prompt + j->spec.max_tokens);
-    j->gen = malloc((size_t)j->spec.max_tokens * sizeof *j->gen);
+/* First admission: the job's context buffer, decoder, sampler state. */
+static int job_start(eng_sched_t *s, eng_job_t *j, char *err, size_t errlen) {
+    j->ctx = malloc(((size_t)j->spec.n_prompt + j->spec.max_tokens) * sizeof *j->ctx);
     j->dec = tok_stream_new(s->tok, 1);
-    if (!j->seq || !j->gen || !j->dec) {
+    if (!j->ctx || !j->dec) {
         snprintf(err, errlen, "out of memory for a new sequence");
         return -1;
     }
+    memcpy(j->ctx, j->spec.prompt, (size_t)j->spec.n_prompt * sizeof *j->ctx);
+    j->gen = j->ctx + j->spec.n_prompt;
     eng_rng_seed(&j->rng, j->spec.seed);
     j->spec.sp.bias = j->spec.bias;
     j->spec.sp.n_bias = j->spec.n_bias;
     j->gram_on = j->spec.gram && j->spec.gram_trigger < 0;
     eng_stop_init(&j->stop, (const char *const *)j->spec.stop, j->spec.stop_len, j->spec.n_stop);
     eng_think_init(&j->think, j->spec.think);
-    for (int i = 0; i < s->o.max_batch; i++)
-        if (!s->slot_used[i]) {
-            s->slot_used[i] = 1;
-            j->slot = i;
-            break;
-        }
+    j->started = 1;
     return 0;
 }
 
+enum { ADMIT_OK = 0, ADMIT_AGAIN = 1, ADMIT_ERROR = -1 };
+
+/* Admit the job at the head of the queue if the pool can hold its context
+ * (prompt, plus what it had generated before a preemption) beside the running
+ * ones: its cached prefix is attached, the rest must be free or evictable,
+ * with a block of headroom per running sequence.  Called with s->mu held. */
+static int try_admit(eng_sched_t *s, eng_job_t *j, char *err, size_t errlen) {
+    if (!j->started && job_start(s, j, err, errlen)) return ADMIT_ERROR;
+    if (!j->seq && !(j->seq = eng_seq_new(s->model, j->spec.n_prompt + j->spec.max_tokens))) {
+        snprintf(err, errlen, "out of memory for a new sequence");
+        return ADMIT_ERROR;
+    }
+    int n_ctx = j->spec.n_prompt + j->n_gen;
+    int hit = eng_seq_prefix(j->seq, j->ctx, n_ctx);
+    int need = eng_seq_blocks_needed(j->seq, n_ctx) + s->n_act;
+    if (need > eng_kv_available_blocks(s->model)) {
+        if (s->n_act > 0) {
+            eng_seq_truncate(j->seq, 0); /* the attached blocks go back to the cache */
+            return ADMIT_AGAIN;
+        }
+        /* alone: everything not attached is free or cached, and the server
+         * refused what the pool cannot hold, so this cannot happen */
+        snprintf(err, errlen, "the KV cache cannot hold %d tokens", n_ctx);
+        return ADMIT_ERROR;
+    }
+    if (j->slot < 0)
+        for (int i = 0; i < s->o.max_batch; i++)
+            if (!s->slot_used[i]) {
+                s->slot_used[i] = 1;
+                j->slot = i;
+                break;
+            }
+    if (!j->counted) {
+        j->counted = 1;
+        j->cached = hit < j->spec.n_prompt ? hit : j->spec.n_prompt;
+        s->adm_prompt += (uint64_t)j->spec.n_prompt;
+        s->adm_cached += (uint64_t)j->cached;
+    }
+    return ADMIT_OK;
+}
+
+/* Remove active[i], keeping the others in arrival order. */
 static void remove_active(eng_sched_t *s, int i) {
     eng_job_t *j = s->active[i];
     if (j->slot >= 0) s->slot_used[j->slot] = 0;
-    s->active[i] = s->active[--s->n_act];
+    j->slot = -1;
+    memmove(s->active + i, s->active + i + 1, (size_t)(s->n_act - i - 1) * sizeof *s->active);
+    s->n_act--;
     atomic_store(&s->n_active, s->n_act);
+}
+
+/* Send the youngest running job back to the queue (in arrival order) with
+ * its blocks given back. */
+static void preempt_youngest(eng_sched_t *s) {
+    eng_job_t *j = s->active[s->n_act - 1];
+    remove_active(s, s->n_act - 1);
+    eng_seq_free(j->seq);
+    j->seq = NULL;
+    pthread_mutex_lock(&s->mu);
+    eng_job_t **pp = &s->wait_head, *prev = NULL;
+    while (*pp && (*pp)->arrival < j->arrival) prev = *pp, pp = &(*pp)->next_wait;
+    j->next_wait = *pp;
+    *pp = j;
+    if (!j->next_wait) s->wait_tail = j;
+    (void)prev;
+    s->n_wait++;
+    s->preemptions++;
+    pthread_mutex_unlock(&s->mu);
 }
 
 /* Sample and process one token for job j; returns the finish reason. */
@@ -354,6 +439,44 @@ oom:
     return ENG_FINISH_ERROR;
 }
 
+/* Tokens job j feeds in this step: the rest of its context's current chunk
+ * (prefill, or recompute after a preemption; chunks end at multiples of
+ * prefill_chunk, so a context is cut the same way whatever runs beside it),
+ * or its last sampled token.  *budget: prefill tokens left for this step;
+ * the first prefill always goes.  0: it sits this step out. */
+static int plan_tokens(eng_sched_t *s, eng_job_t *j, int *budget, int *any_prefill) {
+    int len = eng_seq_len(j->seq), rest = j->spec.n_prompt + j->n_gen - len, C = s->o.prefill_chunk;
+    if (rest <= 1) return rest;
+    int n = C - len % C;
+    if (n > rest) n = rest;
+    if (*any_prefill && n > *budget) return 0;
+    *any_prefill = 1;
+    *budget -= n;
+    return n;
+}
+
+/* Run one forward call over b_*[0..nb); on an error that is not the pool's,
+ * find the jobs that fail alone (each is run alone once) so that one
+ * request's failure (say, scratch memory for its long chunk) does not end its
+ * batch mates.  failed[i] = 1 for those; returns the forward's status. */
+static int forward_isolating(eng_sched_t *s, int nb, char *failed, char *err, size_t errlen) {
+    memset(failed, 0, (size_t)nb);
+    int rc = eng_forward(s->model, s->b_seq, s->b_ids, s->b_n, nb, s->b_logits, err, errlen);
+    if (rc != -1 || nb == 1) {
+        if (rc == -1) failed[0] = 1;
+        return rc;
+    }
+    for (int i = 0; i < nb; i++) {
+        char e2[160];
+        int r = eng_forward(s->model, &s->b_seq[i], &s->b_ids[i], &s->b_n[i], 1, &s->b_logits[i], e2, sizeof e2);
+        if (r) {
+            failed[i] = 1;
+            snprintf(err, errlen, "%s", e2);
+        }
+    }
+    return 0;
+}
+
 static void step(eng_sched_t *s) {
     ev_list_t l = {0};
     char err[160];
@@ -367,47 +490,45 @@ static void step(eng_sched_t *s) {
             i++;
         }
     }
-    /* Prefill chunks have fixed boundaries (multiples of prefill_chunk, so a
-     * prompt is cut the same way whatever runs beside it); at most
-     * prefill_chunk prompt tokens go into one step, except that the first
-     * chunk always goes, so running sequences keep a steady decode pace. */
-    int nb = 0, budget = s->o.prefill_chunk, any_prefill = 0;
-    for (int i = 0; i < s->n_act; i++) {
-        eng_job_t *j = s->active[i];
-        if (j->n_fed < j->spec.n_prompt) {
-            int n = j->spec.n_prompt - j->n_fed;
-            if (n > s->o.prefill_chunk) n = s->o.prefill_chunk;
-            if (any_prefill && n > budget) continue; /* waits for a later step */
-            any_prefill = 1;
-            budget -= n;
-            s->b_ids[nb] = j->spec.prompt + j->n_fed;
+    /* plan the step; while the pool cannot hold it, preempt the youngest */
+    int nb;
+    for (;;) {
+        int budget = s->o.prefill_chunk, any_prefill = 0, need = 0;
+        nb = 0;
+        for (int i = 0; i < s->n_act; i++) {
+            eng_job_t *j = s->active[i];
+            int n = plan_tokens(s, j, &budget, &any_prefill);
+            if (n <= 0) continue;
+            int len = eng_seq_len(j->seq);
+            s->b_ids[nb] = j->ctx + len;
             s->b_n[nb] = n;
-            s->b_logits[nb] = j->n_fed + n == j->spec.n_prompt ? s->logits[j->slot] : NULL;
-        } else {
-            s->b_ids[nb] = &j->gen[j->n_gen - 1];
-            s->b_n[nb] = 1;
-            s->b_logits[nb] = s->logits[j->slot];
+            s->b_logits[nb] = len + n == j->spec.n_prompt + j->n_gen ? s->logits[j->slot] : NULL;
+            s->b_seq[nb] = j->seq;
+            s->b_job[nb] = j;
+            need += eng_seq_blocks_needed(j->seq, len + n);
+            nb++;
         }
-        s->b_seq[nb] = j->seq;
-        s->b_job[nb] = j;
-        nb++;
+        if (need <= eng_kv_available_blocks(s->model) || s->n_act <= 1) break;
+        preempt_youngest(s);
     }
     if (nb) {
+        char failed[nb];
         int64_t t0 = eng_now_ns();
-        int rc = eng_forward(s->model, s->b_seq, s->b_ids, s->b_n, nb, s->b_logits, err, sizeof err);
+        int rc = forward_isolating(s, nb, failed, err, sizeof err);
         int64_t t1 = eng_now_ns();
         atomic_fetch_add(&s->steps, 1);
         atomic_fetch_add(&s->forward_ns, (unsigned long)(t1 - t0));
-        if (rc) { /* every job of this step fails; those that sat it out go on */
+        if (rc == ENG_KV_FULL) { /* one job alone beyond the pool: the server should have refused it */
             for (int i = 0; i < nb; i++) finish_job(&l, NULL, s->b_job[i], ENG_FINISH_ERROR, err);
         } else {
             /* finished jobs leave active[] after this loop */
             for (int i = 0; i < nb; i++) {
                 eng_job_t *j = s->b_job[i];
-                if (j->n_fed < j->spec.n_prompt) {
-                    j->n_fed += s->b_n[i];
-                    if (j->n_fed < j->spec.n_prompt) continue;
+                if (failed[i]) {
+                    finish_job(&l, NULL, j, ENG_FINISH_ERROR, err);
+                    continue;
                 }
+                if (eng_seq_len(j->seq) < j->spec.n_prompt + j->n_gen) continue; /* more prefill to come */
                 eng_ev_t *ev;
                 while (!(ev = ev_new(&l, j))) {
                     struct timespec ts = {0, 1000000};
@@ -429,6 +550,9 @@ static void step(eng_sched_t *s) {
     long kv = 0;
     for (int i = 0; i < s->n_act; i++) kv += eng_seq_len(s->active[i]->seq);
     atomic_store(&s->kv_tokens, kv);
+    pthread_mutex_lock(&s->mu);
+    eng_kv_stats(s->model, &s->kv_snap);
+    pthread_mutex_unlock(&s->mu);
     post(s, l.head, l.tail);
 }
 
@@ -436,8 +560,6 @@ static void *sched_main(void *arg) {
     eng_sched_t *s = arg;
     for (;;) {
         ev_list_t l = {0};
-        eng_job_t *admitted[64];
-        int n_adm = 0;
         pthread_mutex_lock(&s->mu);
         while (!s->quit && !s->cancel_all && s->n_act == 0 && !s->wait_head)
             pthread_cond_wait(&s->cv, &s->mu);
@@ -458,27 +580,26 @@ static void *sched_main(void *arg) {
             }
         }
         s->wait_tail = prev;
-        while (s->wait_head && s->n_act + n_adm < s->o.max_batch && n_adm < 64) {
+        if (all)
+            for (int i = 0; i < s->n_act; i++) atomic_store(&s->active[i]->cancelled, 1);
+        /* admit in arrival order while the batch and the pool have room */
+        while (!all && s->wait_head && s->n_act < s->o.max_batch) {
+            char err[160];
             eng_job_t *j = s->wait_head;
+            int r = try_admit(s, j, err, sizeof err);
+            if (r == ADMIT_AGAIN) break;
             s->wait_head = j->next_wait;
             if (!s->wait_head) s->wait_tail = NULL;
             s->n_wait--;
             j->next_wait = NULL;
-            admitted[n_adm++] = j;
-        }
-        pthread_mutex_unlock(&s->mu);
-        if (all)
-            for (int i = 0; i < s->n_act; i++) atomic_store(&s->active[i]->cancelled, 1);
-        for (int i = 0; i < n_adm; i++) {
-            char err[160];
-            eng_job_t *j = admitted[i];
-            if (admit(s, j, err, sizeof err)) {
+            if (r == ADMIT_ERROR) {
                 finish_job(&l, NULL, j, ENG_FINISH_ERROR, err);
                 continue;
             }
             s->active[s->n_act++] = j;
             atomic_store(&s->n_active, s->n_act);
         }
+        pthread_mutex_unlock(&s->mu);
         post(s, l.head, l.tail);
         step(s);
         if (quit && s->n_act == 0) {
@@ -498,8 +619,8 @@ eng_sched_t *eng_sched_new(eng_model_t *m, const tok_t *t, const eng_sched_opts_
     const eng_model_info_t *mi = eng_model_info(m);
     s->model = m;
     s->tok = t;
-    s->o.max_batch = o && o->max_batch > 0 ? o->max_batch : 8;
-    s->o.max_queue = o && o->max_queue > 0 ? o->max_queue : 64;
+    s->o.max_batch = o && o->max_batch > 0 ? o->max_batch : 64;
+    s->o.max_queue = o && o->max_queue > 0 ? o->max_queue : 256;
     s->o.prefill_chunk = o && o->prefill_chunk > 0 ? o->prefill_chunk : 512;
     s->vocab_rows = mi->vocab_size;
     s->n_allowed = tok_n_vocab(t) < mi->vocab_size ? tok_n_vocab(t) : mi->vocab_size;
@@ -524,6 +645,7 @@ eng_sched_t *eng_sched_new(eng_model_t *m, const tok_t *t, const eng_sched_opts_
         goto oom;
     for (int i = 0; i < b; i++)
         if (!(s->logits[i] = malloc((size_t)s->vocab_rows * sizeof(float)))) goto oom;
+    eng_kv_stats(m, &s->kv_snap);
     if (pthread_create(&s->thread, NULL, sched_main, s)) {
         snprintf(err, errlen, "cannot start the scheduler thread");
         eng_sched_free(s);

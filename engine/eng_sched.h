@@ -138,14 +138,15 @@ typedef struct eng_ev {
     int64_t t_ns;         /* monotonic time the token(s) were sampled */
     eng_finish_t finish;
     int prompt_tokens, completion_tokens, reasoning_tokens; /* set on the last event */
+    int cached_tokens;    /* prompt tokens whose KV came from the prefix cache (last event) */
     char err[160];
 } eng_ev_t;
 
 void eng_ev_free(eng_ev_t *ev); /* accepts NULL; frees the job with the last event */
 
 typedef struct {
-    int max_batch;     /* sequences in one forward call (default 8) */
-    int max_queue;     /* waiting jobs before submit refuses (default 64) */
+    int max_batch;     /* sequences in one forward call (default 64) */
+    int max_queue;     /* waiting jobs before submit refuses (default 256) */
     int prefill_chunk; /* prompt chunk size and per-step prefill budget (default 512) */
 } eng_sched_opts_t;
 
@@ -176,9 +177,12 @@ eng_ev_t *eng_sched_take(eng_sched_t *s);
 
 typedef struct {
     int active;  /* sequences in the running batch */
-    int queued;  /* submitted, not yet admitted */
+    int queued;  /* submitted, not yet admitted (preempted ones included) */
     uint64_t steps, forward_ns;
     long kv_tokens; /* tokens in the KV caches of running sequences */
+    eng_kv_stats_t kv; /* the block pool after the last step */
+    uint64_t preemptions;       /* sequences sent back to the queue for want of blocks */
+    uint64_t admitted_prompt_tokens, cached_prompt_tokens; /* prompts admitted, and of those reused */
 } eng_sched_stats_t;
 void eng_sched_stats(eng_sched_t *s, eng_sched_stats_t *out);
 

@@ -20,6 +20,7 @@
 #include <sys/random.h>
 #include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
@@ -235,7 +236,7 @@ static void call_finish(call_t *c, const eng_ev_t *ev) {
     srv_t *S = c->srv;
     /* an answer that ended (EOS) after a tool-call block: "tool_calls" */
     eng_finish_t fin = ev->finish == ENG_FINISH_STOP && c->n_calls ? ENG_FINISH_TOOL_CALLS : ev->finish;
-    eng_usage_t u = {ev->prompt_tokens, ev->completion_tokens, ev->reasoning_tokens, 0};
+    eng_usage_t u = {ev->prompt_tokens, ev->completion_tokens, ev->reasoning_tokens, ev->cached_tokens};
     int code = 200;
     S->met.prompt_tokens += (unsigned long long)u.prompt_tokens;
     S->met.completion_tokens += (unsigned long long)u.completion_tokens;
@@ -308,12 +309,12 @@ static void call_finish(call_t *c, const eng_ev_t *ev) {
     }
     count_status(S, code);
     log_line("{\"ts\":%lld,\"event\":\"chat\",\"request_id\":\"%s\",\"status\":%d,\"stream\":%s,"
-             "\"finish_reason\":\"%s\",\"prompt_tokens\":%d,\"completion_tokens\":%d,"
+             "\"finish_reason\":\"%s\",\"prompt_tokens\":%d,\"cached_tokens\":%d,\"completion_tokens\":%d,"
              "\"reasoning_tokens\":%d,\"ms\":%.1f}",
              (long long)time(NULL), c->req_id, code, c->stream ? "true" : "false",
              eng_finish_name(fin) ? eng_finish_name(fin)
              : ev->finish == ENG_FINISH_CANCELLED ? "cancelled" : "error",
-             u.prompt_tokens, u.completion_tokens, u.reasoning_tokens,
+             u.prompt_tokens, u.cached_tokens, u.completion_tokens, u.reasoning_tokens,
              (double)(eng_now_ns() - c->t_start) / 1e6);
     call_unlink_free(c);
 }
@@ -723,6 +724,31 @@ static void handle_metrics(srv_t *S, struct evhttp_request *req) {
         m->prompt_tokens, m->completion_tokens, m->reasoning_tokens, m->cancelled, st.active, st.queued,
         S->n_calls, st.kv_tokens, (double)st.kv_tokens * (double)S->kv_bytes_per_token,
         (unsigned long long)st.steps, (double)st.forward_ns / 1e9);
+    double hit_ratio = st.admitted_prompt_tokens ? (double)st.cached_prompt_tokens / (double)st.admitted_prompt_tokens : 0;
+    evbuffer_add_printf(b,
+        "# HELP tollgate_engine_kv_block_tokens Tokens per KV cache block.\n"
+        "# TYPE tollgate_engine_kv_block_tokens gauge\ntollgate_engine_kv_block_tokens %d\n"
+        "# HELP tollgate_engine_kv_blocks_total Blocks in the KV cache budget (--kv-mem).\n"
+        "# TYPE tollgate_engine_kv_blocks_total gauge\ntollgate_engine_kv_blocks_total %d\n"
+        "# HELP tollgate_engine_kv_blocks_used Blocks held by running sequences.\n"
+        "# TYPE tollgate_engine_kv_blocks_used gauge\ntollgate_engine_kv_blocks_used %d\n"
+        "# HELP tollgate_engine_kv_blocks_cached Blocks held by no sequence, kept for prefix hits (evictable).\n"
+        "# TYPE tollgate_engine_kv_blocks_cached gauge\ntollgate_engine_kv_blocks_cached %d\n"
+        "# HELP tollgate_engine_kv_blocks_free Blocks holding nothing.\n"
+        "# TYPE tollgate_engine_kv_blocks_free gauge\ntollgate_engine_kv_blocks_free %d\n"
+        "# HELP tollgate_engine_kv_block_evictions_total Cached blocks reused for new tokens (LRU).\n"
+        "# TYPE tollgate_engine_kv_block_evictions_total counter\ntollgate_engine_kv_block_evictions_total %llu\n"
+        "# HELP tollgate_engine_preemptions_total Running sequences sent back to the queue for want of KV blocks.\n"
+        "# TYPE tollgate_engine_preemptions_total counter\ntollgate_engine_preemptions_total %llu\n"
+        "# HELP tollgate_engine_prefix_cache_prompt_tokens_total Prompt tokens of admitted requests.\n"
+        "# TYPE tollgate_engine_prefix_cache_prompt_tokens_total counter\ntollgate_engine_prefix_cache_prompt_tokens_total %llu\n"
+        "# HELP tollgate_engine_prefix_cache_hit_tokens_total Of those, tokens whose KV came from the prefix cache.\n"
+        "# TYPE tollgate_engine_prefix_cache_hit_tokens_total counter\ntollgate_engine_prefix_cache_hit_tokens_total %llu\n"
+        "# HELP tollgate_engine_prefix_cache_hit_ratio hit_tokens_total / prompt_tokens_total since start.\n"
+        "# TYPE tollgate_engine_prefix_cache_hit_ratio gauge\ntollgate_engine_prefix_cache_hit_ratio %.6f\n",
+        st.kv.block_tokens, st.kv.blocks_total, st.kv.blocks_used, st.kv.blocks_cached, st.kv.blocks_free,
+        (unsigned long long)st.kv.evictions, (unsigned long long)st.preemptions,
+        (unsigned long long)st.admitted_prompt_tokens, (unsigned long long)st.cached_prompt_tokens, hit_ratio);
     histo_print(b, "tollgate_engine_time_to_first_token_seconds",
                 "Request arrival to first generated token.", &m->ttft, TTFT_BUCKETS, N_TTFT);
     histo_print(b, "tollgate_engine_time_per_output_token_seconds",
@@ -821,9 +847,12 @@ static void usage(FILE *f) {
     fprintf(f,
             "usage: tollgate-engine serve --model DIR [--device cpu] [--threads N]\n"
             "         [--listen HOST:PORT] [--model-name NAME] [--max-batch N] [--max-queue N]\n"
-            "         [--ctx N] [--int8] [--keepalive SECONDS] [--default-max-tokens N]\n"
+            "         [--ctx N] [--kv-mem BYTES[K|M|G]] [--prefill-chunk N] [--int8]\n"
+            "         [--keepalive SECONDS] [--default-max-tokens N]\n"
             "  defaults: --listen 127.0.0.1:8500, --model-name = basename of DIR,\n"
-            "            --max-batch 8, --max-queue 64, --ctx = the model's (at most 4096),\n"
+            "            --max-batch 32 per thread (8..256), --max-queue 256,\n"
+            "            --ctx = the model's max_position_embeddings (and at most what --kv-mem holds),\n"
+            "            --kv-mem = a quarter of the machine's memory, --prefill-chunk 512,\n"
             "            --keepalive 5 (SSE comment interval while a stream waits),\n"
             "            --default-max-tokens 4096 (max_tokens of a request that gives none,\n"
             "            capped by the context left after the prompt)\n");
@@ -831,8 +860,9 @@ static void usage(FILE *f) {
 
 int eng_cmd_serve(int argc, char **argv) {
     const char *dir = NULL, *device = "cpu", *listen = "127.0.0.1:8500", *name = NULL;
-    int threads = 0, max_batch = 8, max_queue = 64, ctx = 0, int8 = 0, keepalive = 5;
+    int threads = 0, max_batch = 0, max_queue = 256, ctx = 0, int8 = 0, keepalive = 5, prefill_chunk = 512;
     long default_max = 4096;
+    size_t kv_mem = 0;
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
@@ -857,6 +887,19 @@ int eng_cmd_serve(int argc, char **argv) {
         else if (!strcmp(a, "--max-queue")) max_queue = atoi(v);
         else if (!strcmp(a, "--keepalive")) keepalive = atoi(v);
         else if (!strcmp(a, "--ctx")) ctx = atoi(v);
+        else if (!strcmp(a, "--prefill-chunk")) prefill_chunk = atoi(v);
+        else if (!strcmp(a, "--kv-mem")) {
+            char *end;
+            double x = strtod(v, &end);
+            double mul = *end == 'K' || *end == 'k' ? 1024.0 : *end == 'M' || *end == 'm' ? 1048576.0
+                         : *end == 'G' || *end == 'g' ? 1073741824.0 : 1.0;
+            if (mul > 1) end++;
+            if (!*v || *end || !(x > 0) || x * mul > 1e15) {
+                fprintf(stderr, "serve: --kv-mem wants a size in bytes (suffix K, M or G), not '%s'\n", v);
+                return 2;
+            }
+            kv_mem = (size_t)(x * mul);
+        }
         else if (!strcmp(a, "--default-max-tokens")) {
             char *end;
             default_max = strtol(v, &end, 10);
@@ -876,9 +919,10 @@ int eng_cmd_serve(int argc, char **argv) {
         usage(stderr);
         return 2;
     }
-    if (max_batch < 1 || max_batch > 256 || max_queue < 1 || threads < 0 || ctx < 0 || keepalive < 1) {
+    if (max_batch < 0 || max_batch > 256 || max_queue < 1 || threads < 0 || ctx < 0 || keepalive < 1 ||
+        prefill_chunk < 16 || prefill_chunk > 65536) {
         fprintf(stderr, "serve: --max-batch must be 1..256, --max-queue and --keepalive >= 1, "
-                        "--threads/--ctx >= 0\n");
+                        "--threads/--ctx >= 0, --prefill-chunk 16..65536\n");
         return 2;
     }
     char host[256];
@@ -918,14 +962,24 @@ int eng_cmd_serve(int argc, char **argv) {
         fprintf(stderr, "serve: no known chat template for %s; using DeepSeek-V3's\n", dir);
         S.tmpl = TOK_TMPL_DEEPSEEK_V3;
     }
-    eng_load_opts_t lo = {.device = device, .n_threads = threads, .quant_int8 = int8, .max_seq_len = ctx};
+    eng_load_opts_t lo = {.device = device, .n_threads = threads, .quant_int8 = int8, .max_seq_len = ctx,
+                          .kv_bytes = kv_mem};
     S.model = eng_model_load(dir, &lo, err, sizeof err);
     if (!S.model) {
         fprintf(stderr, "serve: %s\n", err);
         goto out;
     }
     const eng_model_info_t *mi = eng_model_info(S.model);
-    S.lim.context = mi->max_seq_len;
+    /* the context one request may have: the model's, and no more than the
+     * whole KV budget holds (so a request that could never run is a 400) */
+    eng_kv_stats_t kvs;
+    eng_kv_stats(S.model, &kvs);
+    long kv_tokens = (long)kvs.blocks_total * kvs.block_tokens;
+    S.lim.context = kv_tokens < mi->max_seq_len ? (int)kv_tokens : mi->max_seq_len;
+    if (!max_batch) { /* continuous batching sized to the machine: 32 sequences per thread */
+        int nt = threads > 0 ? threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
+        max_batch = nt * 32 < 8 ? 8 : nt * 32 > 256 ? 256 : nt * 32;
+    }
     S.lim.default_max = (int)default_max;
     S.vocab_rows = mi->vocab_size;
     S.kv_bytes_per_token = mi->kv_bytes_per_token;
@@ -959,7 +1013,7 @@ int eng_cmd_serve(int argc, char **argv) {
         fprintf(stderr, "serve: cannot listen on %s:%d: %s\n", host, port, strerror(errno));
         goto out;
     }
-    eng_sched_opts_t so = {.max_batch = max_batch, .max_queue = max_queue, .prefill_chunk = 512};
+    eng_sched_opts_t so = {.max_batch = max_batch, .max_queue = max_queue, .prefill_chunk = prefill_chunk};
     S.sched = eng_sched_new(S.model, S.tok, &so, wake_from_sched, S.wake_ev, err, sizeof err);
     if (!S.sched) {
         fprintf(stderr, "serve: %s\n", err);
@@ -975,8 +1029,9 @@ int eng_cmd_serve(int argc, char **argv) {
         goto out;
     }
     log_line("{\"event\":\"listening\",\"addr\":\"%s:%d\",\"model\":\"%s\",\"context\":%d,"
-             "\"max_batch\":%d,\"template\":%d}",
-             host, port, name, S.lim.context, max_batch, S.tmpl);
+             "\"max_batch\":%d,\"kv_blocks\":%d,\"kv_block_tokens\":%d,\"kv_bytes\":%zu,\"template\":%d}",
+             host, port, name, S.lim.context, max_batch, kvs.blocks_total, kvs.block_tokens,
+             (size_t)kvs.blocks_total * kvs.bytes_per_block, S.tmpl);
     event_base_dispatch(S.base);
     rc = 0;
     log_line("{\"event\":\"stopped\"}");

@@ -30,6 +30,7 @@
 #include <event2/bufferevent.h>
 #include <event2/event.h>
 
+#include "api.h"
 #include "gw-int.h"
 #include "tg_json.h"
 
@@ -204,16 +205,21 @@ static uint64_t gw_mix(uint64_t x) { /* splitmix64 finaliser */
     return x ^ (x >> 31);
 }
 
-/* Prefix affinity: requests whose prompts start alike (same system prompt,
- * same first turn) should meet the same worker's prefix cache.  The key is
- * a hash of the first 256 bytes of the messages' roles and text: long enough
- * to tell conversations apart, short enough that later turns of one
- * conversation (and requests sharing a long system prompt) agree. */
-static uint64_t gw_affinity_key(const tg_json_t *json) {
+/* Prefix affinity: requests whose prompts start alike should meet the same
+ * worker's prefix cache.  With a tokenizer (the gateway's own workers) the
+ * key is the worker's own notion of a prefix: the chained hash of the first
+ * KV block(s) of token ids of the rendered prompt (api_chat_prefix_key,
+ * common/tg_prefix.h), so two requests get the same worker exactly when the
+ * worker could serve the second one's first block(s) from its cache (a
+ * shorter prompt: the hash of all its tokens).
+ * Without a tokenizer: a hash of the first 256 bytes of the messages' roles
+ * and text. */
+static uint64_t gw_affinity_key(const gw_req_t *r) {
+    if (r->srv->tok && r->chat) return api_chat_prefix_key(r->chat, (tok_tmpl_kind_t)r->srv->tmpl, r->srv->tok);
     uint64_t h = 0xcbf29ce484222325ULL;
     size_t budget = 256;
     const tg_json_t *m;
-    TG_JSON_FOREACH(m, tg_json_get(json, "messages")) {
+    TG_JSON_FOREACH(m, tg_json_get(r->json, "messages")) {
         size_t rn = 0, n = 0;
         const char *role = tg_json_str(tg_json_get(m, "role"), &rn);
         const char *content = tg_json_str(tg_json_get(m, "content"), &n);
@@ -314,7 +320,7 @@ static void gw_up_connect(gw_req_t *r) {
 }
 
 void gw_proxy_start(gw_req_t *r) {
-    r->affinity = gw_affinity_key(r->json);
+    r->affinity = gw_affinity_key(r);
     if (gw_proxy_body(r->http, r->stream, r->json, r->inject_max_tokens, &r->scratch) != GW_OK) {
         gw_req_error(r, 500, "server_error", "internal_error", NULL, "out of memory");
         return;

@@ -26,6 +26,7 @@ typedef struct {
     const int64_t *chunk_rows;  /* [njobs] rows per chunk of each job (a multiple of 16) */
     const int64_t *first;       /* [njobs + 1] index of each job's first chunk; first[njobs] = all */
     int64_t next;               /* the next chunk to take (atomic) */
+    int failed;                 /* a thread could not get its row buffer (atomic) */
     cpu_be_t *be;
 } mm_job_t;
 
@@ -48,9 +49,12 @@ static void mm_worker(void *arg, int t, int nt) {
         size_t need = 4 * (size_t)m->w->cols;
         if (need > J->be->rowcap[t]) {
             free(J->be->rowbuf[t]);
-            J->be->rowbuf[t] = malloc(need * sizeof(float));
-            J->be->rowcap[t] = need;
-            if (!J->be->rowbuf[t]) abort();
+            J->be->rowbuf[t] = eng_alloc(need * sizeof(float));
+            J->be->rowcap[t] = J->be->rowbuf[t] ? need : 0;
+            if (!J->be->rowbuf[t]) {
+                __atomic_store_n(&J->failed, 1, __ATOMIC_RELAXED);
+                continue; /* take the remaining chunks off the counter, compute nothing */
+            }
         }
         eng_cpu_matmul_rows(m->w, m->x, m->n, m->y, r0, r1, J->be->rowbuf[t]);
     }
@@ -61,10 +65,10 @@ static void mm_worker(void *arg, int t, int nt) {
  * chunk's end cost little, small enough to balance two threads */
 #define MM_CHUNK_COST (128 << 10)
 
-static void cpu_matmul_multi(eng_backend_t *be, const eng_mm_t *jobs, int njobs) {
+static int cpu_matmul_multi(eng_backend_t *be, const eng_mm_t *jobs, int njobs) {
     int64_t small[2 * 64 + 1], *buf = small;
-    if (njobs > 64 && !(buf = malloc((2 * (size_t)njobs + 1) * sizeof *buf))) abort();
-    mm_job_t J = {jobs, njobs, buf, buf + njobs, 0, (cpu_be_t *)be};
+    if (njobs > 64 && !(buf = eng_alloc((2 * (size_t)njobs + 1) * sizeof *buf))) return -1;
+    mm_job_t J = {jobs, njobs, buf, buf + njobs, 0, 0, (cpu_be_t *)be};
     int64_t *cr = buf, *first = buf + njobs;
     first[0] = 0;
     for (int j = 0; j < njobs; j++) {
@@ -77,11 +81,12 @@ static void cpu_matmul_multi(eng_backend_t *be, const eng_mm_t *jobs, int njobs)
     }
     if (first[njobs]) eng_cpu_pool_run(pool_of(be), mm_worker, &J);
     if (buf != small) free(buf);
+    return J.failed ? -1 : 0;
 }
 
-static void cpu_matmul(eng_backend_t *be, const eng_w_t *w, const float *x, int n, float *y) {
+static int cpu_matmul(eng_backend_t *be, const eng_w_t *w, const float *x, int n, float *y) {
     eng_mm_t j = {w, x, n, y};
-    cpu_matmul_multi(be, &j, 1);
+    return cpu_matmul_multi(be, &j, 1);
 }
 
 /* ---- attention ---------------------------------------------------------------- */
@@ -98,6 +103,23 @@ static void softmax_inplace(float *s, int n) {
     for (int i = 0; i < n; i++) s[i] *= inv;
 }
 
+/* MLA, absorbed, in three parallel steps per layer:
+ *  1. q_lat [T][H][c]: q_lat_h = W_k_h^T q_nope_h          (threads split heads)
+ *  2. o_lat [T][H][c]: for each token, ONE pass over its latent cache for all
+ *     heads: each row ckv_t|kpe_t is loaded once per tile of positions and
+ *     used by every head for the score s_h = (q_lat_h.ckv_t + q_pe_h.kpe_t) *
+ *     scale and for the sum o_h += p_h ckv_t, with a running (online) softmax.
+ *     Positions are cut into spans of ATT_SPAN fixed by position (0, SPAN,
+ *     2 SPAN, ...); each span's partial (max, sum, o) is computed alone and the
+ *     partials are folded in span order.  So a token's numbers depend only on
+ *     its position and its cache, never on the batch, the chunking of a
+ *     prompt or the threads: work items are (token, span) pairs when there
+ *     are few tokens (one long-context decode uses every thread), else
+ *     whole tokens, and both fold the same partials the same way.
+ *  3. out [T][H][dv]: out_h = W_v_h o_lat_h                  (threads split heads) */
+
+#define ATT_SPAN 1024 /* positions per span (a multiple of every block size) */
+
 typedef struct {
     const eng_w_t *kv_b;
     int H, dn, dr, dv, c;
@@ -107,49 +129,141 @@ typedef struct {
     int nseq, T, maxlen;
     float *out;
     int kvh, hd; /* GQA */
+    /* MLA */
+    float *qlat, *olat;      /* [T][H][c] */
+    int32_t *tok_seq;        /* [T] sequence of each token */
+    int32_t *item_tok, *item_span; /* work items (token, span; span -1 = all spans) */
+    int n_items;
+    float *part;             /* [n_items][H][c+2] partials, span mode */
+    float **scratch;         /* per thread: [H][c+2] partial + [H][ATT_TILE] scores */
+    int64_t next;            /* next work item (atomic) */
+    int failed;
 } attn_job_t;
 
-/* MLA, absorbed:  q_lat = W_k_h^T q_nope;  s_t = (q_lat . ckv_t + q_pe . kpe_t) * scale;
- * o_lat = sum_t softmax(s)_t ckv_t;  out_h = W_v_h o_lat. */
-static void mla_worker(void *arg, int t, int nt) {
+static int spans_of(int len) { return (len + ATT_SPAN - 1) / ATT_SPAN; }
+
+static void mla_qlat_worker(void *arg, int t, int nt) {
     attn_job_t *j = arg;
-    int c = j->c, dn = j->dn, dr = j->dr, dv = j->dv, T = j->T, qs = j->dn + j->dr;
-    float *qlat = malloc((size_t)T * c * sizeof(float));
-    float *olat = malloc((size_t)T * c * sizeof(float));
-    float *row = malloc(c * sizeof(float));
-    float *sc = malloc((j->maxlen + 1) * sizeof(float));
-    if (!qlat || !olat || !row || !sc) abort();
-    for (int h = t; h < j->H; h += nt) {
-        memset(qlat, 0, (size_t)T * c * sizeof(float));
+    int c = j->c, dn = j->dn, dv = j->dv, T = j->T, H = j->H, qs = j->dn + j->dr;
+    float *row = j->scratch[t];
+    for (int h = t; h < H; h += nt) {
+        for (int i = 0; i < T; i++) memset(j->qlat + ((size_t)i * H + h) * c, 0, c * sizeof(float));
         for (int d = 0; d < dn; d++) {
             eng_cpu_row_f32(j->kv_b, (int64_t)h * (dn + dv) + d, row);
             for (int i = 0; i < T; i++)
-                eng_cpu_axpy(qlat + (size_t)i * c, j->q[(size_t)i * j->H * qs + h * qs + d], row, c);
-        }
-        for (int si = 0; si < j->nseq; si++) {
-            const eng_attn_seq_t *s = &j->seqs[si];
-            for (int k = 0; k < s->n; k++) {
-                int i = s->tok0 + k, len = s->pos0 + k + 1;
-                const float *qp = j->q + (size_t)i * j->H * qs + h * qs + dn;
-                for (int p = 0; p < len; p++) {
-                    const float *kv = s->k + (size_t)p * (c + dr);
-                    sc[p] = (eng_cpu_dot(qlat + (size_t)i * c, kv, c) + eng_cpu_dot(qp, kv + c, dr)) * j->scale;
-                }
-                softmax_inplace(sc, len);
-                float *o = olat + (size_t)i * c;
-                memset(o, 0, c * sizeof(float));
-                for (int p = 0; p < len; p++) eng_cpu_axpy(o, sc[p], s->k + (size_t)p * (c + dr), c);
-            }
-        }
-        for (int d = 0; d < dv; d++) {
-            eng_cpu_row_f32(j->kv_b, (int64_t)h * (dn + dv) + dn + d, row);
-            for (int i = 0; i < T; i++) j->out[(size_t)i * j->H * dv + h * dv + d] = eng_cpu_dot(row, olat + (size_t)i * c, c);
+                eng_cpu_axpy(j->qlat + ((size_t)i * H + h) * c, j->q[(size_t)i * H * qs + h * qs + d], row, c);
         }
     }
-    free(qlat);
-    free(olat);
-    free(row);
-    free(sc);
+}
+
+static void mla_out_worker(void *arg, int t, int nt) {
+    attn_job_t *j = arg;
+    int c = j->c, dn = j->dn, dv = j->dv, T = j->T, H = j->H;
+    float *row = j->scratch[t];
+    for (int h = t; h < H; h += nt)
+        for (int d = 0; d < dv; d++) {
+            eng_cpu_row_f32(j->kv_b, (int64_t)h * (dn + dv) + dn + d, row);
+            for (int i = 0; i < T; i++)
+                j->out[(size_t)i * H * dv + h * dv + d] = eng_cpu_dot(row, j->olat + ((size_t)i * H + h) * c, c);
+        }
+}
+
+/* The partial of token i over positions [p0, p1): per head m (running max),
+ * l (sum of exp) and o [c] (sum of exp * ckv), into part [H][c+2] laid out as
+ * o[c], m, l.  sc: [H][B] scores of one tile. */
+static void mla_span(const attn_job_t *j, int i, int p0, int p1, float *part, float *sc) {
+    const eng_attn_seq_t *s = &j->seqs[j->tok_seq[i]];
+    int c = j->c, dr = j->dr, H = j->H, qs = j->dn + j->dr, W = c + dr, B = s->B;
+    const float *qlat = j->qlat + (size_t)i * H * c;
+    const float *q = j->q + (size_t)i * H * qs;
+    for (int h = 0; h < H; h++) {
+        float *o = part + (size_t)h * (c + 2);
+        memset(o, 0, c * sizeof(float));
+        o[c] = -INFINITY;
+        o[c + 1] = 0;
+    }
+    for (int t0 = p0; t0 < p1;) {
+        /* one tile: the rest of t0's block (rows contiguous in memory) */
+        int nj = B - t0 % B;
+        if (nj > p1 - t0) nj = p1 - t0;
+        const float *rows = eng_attn_row(s, s->k, t0, W);
+        for (int h = 0; h < H; h++) {
+            const float *ql = qlat + (size_t)h * c, *qp = q + h * qs + j->dn;
+            float *sh = sc + (size_t)h * B, mx = -INFINITY;
+            for (int k = 0; k < nj; k++) {
+                const float *r = rows + (size_t)k * W;
+                sh[k] = (eng_cpu_dot(ql, r, c) + eng_cpu_dot(qp, r + c, dr)) * j->scale;
+                mx = sh[k] > mx ? sh[k] : mx;
+            }
+            float *o = part + (size_t)h * (c + 2);
+            float m_old = o[c], m_new = mx > m_old ? mx : m_old;
+            if (m_new > m_old && m_old != -INFINITY) {
+                float corr = expf(m_old - m_new);
+                for (int e = 0; e < c; e++) o[e] *= corr;
+                o[c + 1] *= corr;
+            }
+            o[c] = m_new;
+            for (int k = 0; k < nj; k++) {
+                float p = expf(sh[k] - m_new);
+                o[c + 1] += p;
+                eng_cpu_axpy(o, p, rows + (size_t)k * W, c);
+            }
+        }
+        t0 += nj;
+    }
+}
+
+/* acc (H partials) = fold(acc, part): acc is empty when first. */
+static void mla_fold(float *acc, const float *part, int H, int c, int first) {
+    if (first) {
+        memcpy(acc, part, (size_t)H * (c + 2) * sizeof(float));
+        return;
+    }
+    for (int h = 0; h < H; h++) {
+        float *a = acc + (size_t)h * (c + 2);
+        const float *b = part + (size_t)h * (c + 2);
+        float m = a[c] > b[c] ? a[c] : b[c];
+        float fa = expf(a[c] - m), fb = expf(b[c] - m);
+        for (int e = 0; e < c; e++) a[e] = a[e] * fa + b[e] * fb;
+        a[c + 1] = a[c + 1] * fa + b[c + 1] * fb;
+        a[c] = m;
+    }
+}
+
+static void mla_finish(const attn_job_t *j, int i, const float *acc) {
+    int c = j->c, H = j->H;
+    for (int h = 0; h < H; h++) {
+        const float *a = acc + (size_t)h * (c + 2);
+        float inv = 1.0f / a[c + 1], *o = j->olat + ((size_t)i * H + h) * c;
+        for (int e = 0; e < c; e++) o[e] = a[e] * inv;
+    }
+}
+
+static int tok_len(const attn_job_t *j, int i) {
+    const eng_attn_seq_t *s = &j->seqs[j->tok_seq[i]];
+    return s->pos0 + (i - s->tok0) + 1;
+}
+
+static void mla_scores_worker(void *arg, int t, int nt) {
+    attn_job_t *j = arg;
+    int H = j->H, c = j->c;
+    float *mine = j->scratch[t], *acc = mine + (size_t)H * (c + 2), *sc = acc + (size_t)H * (c + 2);
+    for (;;) {
+        int64_t it = __atomic_fetch_add(&j->next, 1, __ATOMIC_RELAXED);
+        if (it >= j->n_items) break;
+        int i = j->item_tok[it], sp = j->item_span[it], len = tok_len(j, i);
+        if (sp >= 0) { /* one span into its own partial slot */
+            int p0 = sp * ATT_SPAN, p1 = p0 + ATT_SPAN < len ? p0 + ATT_SPAN : len;
+            mla_span(j, i, p0, p1, j->part + (size_t)it * H * (c + 2), sc);
+            continue;
+        }
+        for (int k = 0, ns = spans_of(len); k < ns; k++) { /* the whole token, spans in order */
+            int p0 = k * ATT_SPAN, p1 = p0 + ATT_SPAN < len ? p0 + ATT_SPAN : len;
+            mla_span(j, i, p0, p1, k ? mine : acc, sc);
+            if (k) mla_fold(acc, mine, H, c, 0);
+        }
+        mla_finish(j, i, acc);
+    }
 }
 
 static int batch_shape(const eng_attn_seq_t *seqs, int nseq, int *maxlen) {
@@ -162,21 +276,74 @@ static int batch_shape(const eng_attn_seq_t *seqs, int nseq, int *maxlen) {
     return T;
 }
 
-static void cpu_attn_mla(eng_backend_t *be, const eng_w_t *kv_b, int H, int dn, int dr, int dv, int c,
-                         float scale, const float *q, const eng_attn_seq_t *seqs, int nseq, float *out) {
+static void scratch_free(attn_job_t *j, int nt) {
+    for (int t = 0; j->scratch && t < nt; t++) free(j->scratch[t]);
+    free(j->scratch);
+    free(j->qlat);
+    free(j->olat);
+    free(j->tok_seq);
+    free(j->item_tok);
+    free(j->item_span);
+    free(j->part);
+}
+
+static int cpu_attn_mla(eng_backend_t *be, const eng_w_t *kv_b, int H, int dn, int dr, int dv, int c,
+                        float scale, const float *q, const eng_attn_seq_t *seqs, int nseq, float *out) {
     attn_job_t j = {.kv_b = kv_b, .H = H, .dn = dn, .dr = dr, .dv = dv, .c = c, .scale = scale, .q = q,
                     .seqs = seqs, .nseq = nseq, .out = out};
     j.T = batch_shape(seqs, nseq, &j.maxlen);
-    if (!j.T) return;
-    eng_cpu_pool_run(pool_of(be), mla_worker, &j);
+    if (!j.T) return 0;
+    int nt = be->n_threads, T = j.T, maxB = 1, rc = -1;
+    for (int i = 0; i < nseq; i++) maxB = seqs[i].B > maxB ? seqs[i].B : maxB;
+    size_t per_thread = 2 * (size_t)H * (c + 2) + (size_t)H * maxB;
+    if (per_thread < (size_t)c) per_thread = c;
+    j.scratch = calloc(nt, sizeof *j.scratch);
+    j.qlat = eng_alloc((size_t)T * H * c * sizeof(float));
+    j.olat = eng_alloc((size_t)T * H * c * sizeof(float));
+    j.tok_seq = eng_alloc((size_t)T * sizeof(int32_t));
+    if (!j.scratch || !j.qlat || !j.olat || !j.tok_seq) goto out;
+    for (int t = 0; t < nt; t++)
+        if (!(j.scratch[t] = eng_alloc(per_thread * sizeof(float)))) goto out;
+    for (int si = 0; si < nseq; si++)
+        for (int k = 0; k < seqs[si].n; k++) j.tok_seq[seqs[si].tok0 + k] = si;
+    /* work items: (token, span) pairs when tokens alone cannot keep the
+     * threads busy, else whole tokens */
+    int64_t spans = 0;
+    for (int i = 0; i < T; i++) spans += spans_of(tok_len(&j, i));
+    int span_mode = T < 2 * nt && spans > T && spans * H * (c + 2) * sizeof(float) <= (64u << 20);
+    j.n_items = span_mode ? (int)spans : T;
+    j.item_tok = eng_alloc((size_t)j.n_items * sizeof(int32_t));
+    j.item_span = eng_alloc((size_t)j.n_items * sizeof(int32_t));
+    if (!j.item_tok || !j.item_span) goto out;
+    if (span_mode) {
+        if (!(j.part = eng_alloc((size_t)j.n_items * H * (c + 2) * sizeof(float)))) goto out;
+        for (int i = 0, it = 0; i < T; i++)
+            for (int k = 0, ns = spans_of(tok_len(&j, i)); k < ns; k++, it++) j.item_tok[it] = i, j.item_span[it] = k;
+    } else {
+        for (int i = 0; i < T; i++) j.item_tok[i] = i, j.item_span[i] = -1;
+    }
+    eng_cpu_pool_run(pool_of(be), mla_qlat_worker, &j);
+    eng_cpu_pool_run(pool_of(be), mla_scores_worker, &j);
+    if (span_mode) /* fold each token's span partials in order (the same fold as whole-token items) */
+        for (int i = 0, it = 0; i < T; i++) {
+            int ns = spans_of(tok_len(&j, i));
+            float *acc = j.part + (size_t)it * H * (c + 2);
+            for (int k = 1; k < ns; k++) mla_fold(acc, j.part + (size_t)(it + k) * H * (c + 2), H, c, 0);
+            mla_finish(&j, i, acc);
+            it += ns;
+        }
+    eng_cpu_pool_run(pool_of(be), mla_out_worker, &j);
+    rc = 0;
+out:
+    scratch_free(&j, nt);
+    return rc;
 }
 
 /* GQA: head h reads kv head h / (H / kvh). */
 static void gqa_worker(void *arg, int t, int nt) {
     attn_job_t *j = arg;
-    int hd = j->hd, kvh = j->kvh, H = j->H, rep = H / kvh;
-    float *sc = malloc((j->maxlen + 1) * sizeof(float));
-    if (!sc) abort();
+    int hd = j->hd, kvh = j->kvh, H = j->H, rep = H / kvh, W = kvh * hd;
+    float *sc = j->scratch[t];
     for (int h = t; h < H; h += nt) {
         int g = h / rep;
         for (int si = 0; si < j->nseq; si++) {
@@ -184,25 +351,31 @@ static void gqa_worker(void *arg, int t, int nt) {
             for (int k = 0; k < s->n; k++) {
                 int i = s->tok0 + k, len = s->pos0 + k + 1;
                 const float *qh = j->q + (size_t)i * H * hd + h * hd;
-                for (int p = 0; p < len; p++)
-                    sc[p] = eng_cpu_dot(qh, s->k + (size_t)p * kvh * hd + g * hd, hd) * j->scale;
+                for (int p = 0; p < len; p++) sc[p] = eng_cpu_dot(qh, eng_attn_row(s, s->k, p, W) + g * hd, hd) * j->scale;
                 softmax_inplace(sc, len);
                 float *o = j->out + (size_t)i * H * hd + h * hd;
                 memset(o, 0, hd * sizeof(float));
-                for (int p = 0; p < len; p++) eng_cpu_axpy(o, sc[p], s->v + (size_t)p * kvh * hd + g * hd, hd);
+                for (int p = 0; p < len; p++) eng_cpu_axpy(o, sc[p], eng_attn_row(s, s->v, p, W) + g * hd, hd);
             }
         }
     }
-    free(sc);
 }
 
-static void cpu_attn_gqa(eng_backend_t *be, int H, int kvh, int hd, float scale, const float *q,
-                         const eng_attn_seq_t *seqs, int nseq, float *out) {
+static int cpu_attn_gqa(eng_backend_t *be, int H, int kvh, int hd, float scale, const float *q,
+                        const eng_attn_seq_t *seqs, int nseq, float *out) {
     attn_job_t j = {.H = H, .kvh = kvh, .hd = hd, .scale = scale, .q = q, .seqs = seqs, .nseq = nseq,
                     .out = out};
     j.T = batch_shape(seqs, nseq, &j.maxlen);
-    if (!j.T) return;
+    if (!j.T) return 0;
+    int nt = be->n_threads, rc = -1;
+    if (!(j.scratch = calloc(nt, sizeof *j.scratch))) return -1;
+    for (int t = 0; t < nt; t++)
+        if (!(j.scratch[t] = eng_alloc((j.maxlen + 1) * sizeof(float)))) goto out;
     eng_cpu_pool_run(pool_of(be), gqa_worker, &j);
+    rc = 0;
+out:
+    scratch_free(&j, nt);
+    return rc;
 }
 
 static void cpu_free(eng_backend_t *be) {

@@ -9,11 +9,13 @@ inference/model.py computes them; Mixtral as transformers' modeling_mixtral.
 It reads safetensors itself (numpy), dequantizes FP8 e4m3 with 128x128
 weight_scale_inv blocks, and computes everything in fp32 on those values.
 
-    reference.py MODEL_DIR OUT_PREFIX [--seed N]
+    reference.py MODEL_DIR OUT_PREFIX [--seed N] [--prefill P]
 
 writes OUT_PREFIX.json (ids, expert choices, greedy tokens, metadata) and
 OUT_PREFIX.logits.f32 (little-endian fp32, [33, vocab]: the logits after the
-64-token prefill and after each of 32 decode steps).
+P-token prefill (default 64) and after each of 32 decode steps).  Long
+prefills (P > 512) generate 16 greedy tokens instead of 64 (each one is a
+full forward pass over the prompt here).
 """
 import json
 import math
@@ -323,7 +325,12 @@ def main():
     if len(sys.argv) < 3:
         sys.exit(__doc__)
     d, out = sys.argv[1], sys.argv[2]
-    seed = int(sys.argv[4]) if len(sys.argv) > 4 and sys.argv[3] == "--seed" else 1
+    opts = dict(zip(sys.argv[3::2], sys.argv[4::2]))
+    seed = int(opts.get("--seed", 1))
+    global PREFILL, GEN
+    PREFILL = int(opts.get("--prefill", PREFILL))
+    if PREFILL > 512:
+        GEN = 16
     torch.set_num_threads(os.cpu_count() or 1)
     cfg, W = load_folder(d)
     model = (Mixtral if cfg["architectures"][0] == "MixtralForCausalLM" else DeepSeek)(cfg, W)

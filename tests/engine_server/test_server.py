@@ -41,7 +41,14 @@ VAR = os.path.join(ROOT, "var", "test-engine-server")
 MODEL = "deepseek-v3-demo"
 MODEL_DIR = os.path.join(VAR, MODEL)
 R1_DIR = os.path.join(VAR, "deepseek-r1-demo")
-PORT, PORT_SMALL, PORT_R1 = 18720, 18721, 18722
+PORT, PORT_SMALL, PORT_R1, PORT_KV, PORT_OOM = 18720, 18721, 18722, 18723, 18724
+# The KV server's budget: 40 blocks of 16 tokens of the demo model (4 layers x
+# (64 + 16) floats = 1280 bytes a token), so 640 tokens in all.
+KV_BLOCK_BYTES, KV_BLOCKS = 16 * 1280, 40
+# The OOM server fails every scratch allocation above this (TOLLGATE_ENGINE_MAX_ALLOC):
+# a 512-token prompt chunk needs more (2 MB for its routed-expert inputs), one
+# decoding sequence less (its 517 KB of logits), two decoding together more.
+OOM_MAX_ALLOC = 1000000
 BOS, USER, ASSISTANT = "<｜begin▁of▁sentence｜>", "<｜User｜>", "<｜Assistant｜>"
 
 procs = {}
@@ -141,10 +148,11 @@ def ensure_models():
         os.rename(tmp, R1_DIR)
 
 
-def start(name, port, model_dir, *extra):
+def start(name, port, model_dir, *extra, env=None):
     log = open(os.path.join(VAR, "%s.log" % name), "w")
     p = subprocess.Popen([ENGINE, "serve", "--model", model_dir, "--listen", "127.0.0.1:%d" % port,
-                          "--threads", "2", *extra], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+                          "--threads", "2", *extra], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+                         env=dict(os.environ, **(env or {})))
     procs[name] = (p, log)
 
     def up():
@@ -163,6 +171,8 @@ def setUpModule():
     start("small", PORT_SMALL, MODEL_DIR, "--max-batch", "1", "--max-queue", "1", "--keepalive", "1",
           "--default-max-tokens", "3")
     start("r1", PORT_R1, R1_DIR)
+    start("kv", PORT_KV, MODEL_DIR, "--kv-mem", str(KV_BLOCK_BYTES * KV_BLOCKS), "--max-batch", "8")
+    start("oom", PORT_OOM, MODEL_DIR, env={"TOLLGATE_ENGINE_MAX_ALLOC": str(OOM_MAX_ALLOC)})
 
 
 SANITIZER_REPORTS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:", "WARNING: ThreadSanitizer")
@@ -387,9 +397,10 @@ class Server(unittest.TestCase):
         bad({"model": MODEL, "messages": m, "top_logprobs": 2}, "top_logprobs")
         bad({"model": MODEL, "messages": m, "stop": ["a", "b", "c", "d", "e"]}, "stop")
         bad({"model": MODEL, "messages": m, "stream": "yes"}, "stream")
-        e = bad({"model": MODEL, "messages": m, "max_tokens": 5000})
+        ctx = json.loads(request(PORT, "GET", "/v1/models")[2])["data"][0]["context_length"]
+        e = bad({"model": MODEL, "messages": m, "max_tokens": ctx})
         self.assertEqual(e["code"], "context_length_exceeded")
-        e = bad({"model": MODEL, "messages": [{"role": "user", "content": "hello " * 5000}]})
+        e = bad({"model": MODEL, "messages": [{"role": "user", "content": "hello " * ctx}]})
         self.assertEqual(e["code"], "context_length_exceeded")
 
     def test_nul_in_content_is_text(self):
@@ -572,7 +583,11 @@ class Server(unittest.TestCase):
             self.assertEqual(res[i][0], 200, res[i][2])
             self.assertEqual(json.loads(res[i][2])["choices"][0]["message"]["content"],
                              solo[i]["choices"][0]["message"]["content"], "prompt %d" % i)
-            self.assertEqual(json.loads(res[i][2])["usage"], solo[i]["usage"])
+            u, su = json.loads(res[i][2])["usage"], solo[i]["usage"]
+            self.assertEqual((u["prompt_tokens"], u["completion_tokens"]), (su["prompt_tokens"], su["completion_tokens"]))
+            # the second time the prompt's full blocks come from the prefix cache
+            # (the first run may itself have hit blocks an earlier test left)
+            self.assertEqual(u["prompt_cache_hit_tokens"], (u["prompt_tokens"] - 1) // 16 * 16, "prompt %d" % i)
         self.assertEqual(res[1][0], 200, res[1][2])
         chunks = [json.loads(e) for e in sse(res[1][2])[:-1]]
         text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
@@ -580,6 +595,24 @@ class Server(unittest.TestCase):
         print("  batch of 3: %d forward steps" % steps, file=sys.stderr)
         # served in shared steps: fewer forward calls than one request after another
         self.assertLess(steps, 12 + 12 + 12 + 2)
+
+    def test_32_streams_batch_invariant(self):
+        # 32 greedy streams at once give exactly what each gives alone
+        prompts = ["Stream %d: tell me about the number %d and its friends." % (i, i * 7919) for i in range(32)]
+        solo = []
+        for p in prompts:
+            st, _, b = chat(p, max_tokens=8)
+            self.assertEqual(st, 200, b)
+            solo.append(json.loads(b)["choices"][0]["message"]["content"])
+        steps0 = metrics()["tollgate_engine_forward_steps_total"]
+        res = send_together([{"model": MODEL, "messages": [{"role": "user", "content": p}], "temperature": 0,
+                              "max_tokens": 8, "stream": i % 2 == 1} for i, p in enumerate(prompts)], PORT)
+        for i, (st, _, b) in enumerate(res):
+            self.assertEqual(st, 200, b)
+            self.assertEqual(answer_text(b, i % 2 == 1), solo[i], "stream %d" % i)
+        steps = metrics()["tollgate_engine_forward_steps_total"] - steps0
+        print("  32 streams: %d forward steps" % steps, file=sys.stderr)
+        self.assertLess(steps, 32 * 8 / 2)  # they shared steps
 
     def test_queue_full_503(self):
         # the small worker: --max-batch 1 --max-queue 1 --keepalive 1
@@ -753,6 +786,138 @@ class Server(unittest.TestCase):
         self.assertEqual(json.loads(ev[-2])["usage"]["completion_tokens"], 200)
         with self.assertRaises(OSError):  # no longer listening
             request(PORT_SMALL, "GET", "/health", timeout=2)
+
+
+def send_together(bodies, port):
+    """Sends every request but its last byte, then all the last bytes, so the
+    server holds them all before it can have finished any; returns each
+    (status, headers, body)."""
+    socks = []
+    for body in bodies:
+        req = raw_post(body)
+        s = connect(port)
+        s.sendall(req[:-1])
+        socks.append((s, req[-1:]))
+    for s, last in socks:
+        s.sendall(last)
+    res = []
+    for s, _ in socks:
+        res.append(http_parse(recv_to_eof(s)))
+        s.close()
+    return res
+
+
+def answer_text(body, stream):
+    if stream:
+        chunks = [json.loads(e) for e in sse(body)[:-1]]
+        return "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    return json.loads(body)["choices"][0]["message"]["content"]
+
+
+def chat_json(port, content, **kw):
+    st, _, b = chat(content, port=port, **kw)
+    assert st == 200, b
+    return json.loads(b)
+
+
+class KvCache(unittest.TestCase):
+    """The paged KV cache and the prefix cache, on the server with a 40-block
+    budget (PORT_KV), and allocation failures on the OOM server."""
+
+    def test_context_is_what_the_budget_holds(self):
+        j = json.loads(request(PORT_KV, "GET", "/v1/models")[2])
+        self.assertEqual(j["data"][0]["context_length"], KV_BLOCKS * 16)
+        m = metrics(PORT_KV)
+        self.assertEqual(m["tollgate_engine_kv_blocks_total"], KV_BLOCKS)
+        self.assertEqual(m["tollgate_engine_kv_block_tokens"], 16)
+        # a request that could never fit: 400 before it starts, nothing run
+        steps = m["tollgate_engine_forward_steps_total"]
+        st, _, b = chat("hi", port=PORT_KV, max_tokens=KV_BLOCKS * 16)
+        self.assertEqual(st, 400, b)
+        self.assertEqual(json.loads(b)["error"]["code"], "context_length_exceeded")
+        st, _, b = chat("hello " * (KV_BLOCKS * 16), port=PORT_KV, max_tokens=1)
+        self.assertEqual(st, 400, b)
+        self.assertEqual(json.loads(b)["error"]["code"], "context_length_exceeded")
+        self.assertEqual(metrics(PORT_KV)["tollgate_engine_forward_steps_total"], steps)
+        # the largest one that fits runs, alone in the whole budget
+        n = json.loads(chat("hi", port=PORT_KV, max_tokens=1)[2])["usage"]["prompt_tokens"]
+        u = chat_json(PORT_KV, "hi", max_tokens=KV_BLOCKS * 16 - n)["usage"]
+        self.assertEqual(u["completion_tokens"], KV_BLOCKS * 16 - n)
+
+    def test_prefix_cache_hit_billed_and_same_answer(self):
+        text = "The quick brown fox %s jumps over the lazy dog. " % "prefix-test"
+        a = chat_json(PORT_KV, text * 12, max_tokens=5)
+        before = metrics(PORT_KV)
+        b = chat_json(PORT_KV, text * 12, max_tokens=5)
+        after = metrics(PORT_KV)
+        n = b["usage"]["prompt_tokens"]
+        self.assertGreater(n, 100)
+        self.assertEqual(b["choices"][0]["message"]["content"], a["choices"][0]["message"]["content"])
+        want = (n - 1) // 16 * 16
+        u = b["usage"]
+        self.assertEqual((u["prompt_cache_hit_tokens"], u["prompt_cache_miss_tokens"]), (want, n - want))
+        self.assertEqual(u["prompt_tokens_details"], {"cached_tokens": want})
+        self.assertEqual(after["tollgate_engine_prefix_cache_hit_tokens_total"]
+                         - before["tollgate_engine_prefix_cache_hit_tokens_total"], want)
+        self.assertEqual(after["tollgate_engine_prefix_cache_prompt_tokens_total"]
+                         - before["tollgate_engine_prefix_cache_prompt_tokens_total"], n)
+        self.assertGreater(after["tollgate_engine_prefix_cache_hit_ratio"], 0)
+        # finished: no block is held, the prompt's blocks stay cached
+        self.assertEqual(after["tollgate_engine_kv_blocks_used"], 0)
+        self.assertGreaterEqual(after["tollgate_engine_kv_blocks_cached"], want // 16)
+        # a prompt that shares only the start hits that start
+        c = chat_json(PORT_KV, text * 6 + "and then something else entirely", max_tokens=2)
+        self.assertGreaterEqual(c["usage"]["prompt_cache_hit_tokens"], 48)
+        self.assertLess(c["usage"]["prompt_cache_hit_tokens"], c["usage"]["prompt_tokens"])
+
+    def test_preemption_leaves_results_unchanged(self):
+        # 6 greedy answers of 150 tokens need 6 x 14 blocks of the 40: running
+        # together, the youngest are preempted and recomputed later
+        prompts = ["Preemption %d: %s" % (i, "word%d " % i * 20) for i in range(6)]
+        solo = [chat_json(PORT_KV, p, max_tokens=150)["choices"][0]["message"]["content"] for p in prompts]
+        pre0 = metrics(PORT_KV)["tollgate_engine_preemptions_total"]
+        res = send_together([{"model": MODEL, "messages": [{"role": "user", "content": p}], "temperature": 0,
+                              "max_tokens": 150, "stream": i % 2 == 0} for i, p in enumerate(prompts)], PORT_KV)
+        for i, (st, _, b) in enumerate(res):
+            self.assertEqual(st, 200, b)
+            self.assertEqual(answer_text(b, i % 2 == 0), solo[i], "prompt %d" % i)
+        m = metrics(PORT_KV)
+        print("  preemptions: %d" % (m["tollgate_engine_preemptions_total"] - pre0), file=sys.stderr)
+        self.assertGreater(m["tollgate_engine_preemptions_total"], pre0)
+        self.assertEqual(m["tollgate_engine_kv_blocks_used"], 0)
+
+    def test_disconnect_frees_blocks(self):
+        s = connect(PORT_KV)
+        s.sendall(raw_post({"model": MODEL, "messages": [{"role": "user", "content": "long one"}],
+                            "max_tokens": 500, "stream": True}))
+        recv_until(s, lambda got: got.count(b"data: ") >= 40, "40 SSE events")
+        m = metrics(PORT_KV)
+        self.assertEqual(m["tollgate_engine_active_sequences"], 1)
+        self.assertGreaterEqual(m["tollgate_engine_kv_blocks_used"], 2)
+        s.close()
+        m = wait_metrics("the hung-up stream to be cancelled",
+                         lambda m: m["tollgate_engine_requests_in_flight"] == 0, port=PORT_KV)
+        self.assertEqual(m["tollgate_engine_kv_blocks_used"], 0)
+        self.assertEqual(m["tollgate_engine_kv_blocks_used"] + m["tollgate_engine_kv_blocks_cached"]
+                         + m["tollgate_engine_kv_blocks_free"], KV_BLOCKS)
+
+    def test_allocation_failure_fails_one_request_only(self):
+        shorts = ["Short one %d" % i for i in range(2)]
+        want = [chat_json(PORT, p, max_tokens=6)["choices"][0]["message"]["content"] for p in shorts]
+        bodies = [{"model": MODEL, "messages": [{"role": "user", "content": "x " * 700}], "max_tokens": 4}]
+        bodies += [{"model": MODEL, "messages": [{"role": "user", "content": p}], "temperature": 0, "max_tokens": 6}
+                   for p in shorts]
+        res = send_together(bodies, PORT_OOM)
+        self.assertEqual(res[0][0], 500, res[0][2])
+        e = json.loads(res[0][2])["error"]
+        self.assertEqual(e["code"], "engine_error")
+        self.assertIn("out of memory", e["message"])
+        for i in (1, 2):
+            self.assertEqual(res[i][0], 200, res[i][2])
+            self.assertEqual(answer_text(res[i][2], False), want[i - 1])
+        # the worker is still there and serves
+        self.assertEqual(request(PORT_OOM, "GET", "/health")[0], 200)
+        self.assertEqual(chat_json(PORT_OOM, shorts[0], max_tokens=6)["choices"][0]["message"]["content"], want[0])
 
 
 if __name__ == "__main__":

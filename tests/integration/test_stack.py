@@ -229,6 +229,46 @@ class Stack(unittest.TestCase):
         self.assertEqual(billed(rid), (1, 1), "one usage row and one debit, the queue drained")
         self.assertEqual(before - balance_pico(c), want)
 
+    def test_prefix_cache_hits_billed_at_the_hit_price(self):
+        # The same long prompt twice: the second time the worker reuses the
+        # KV of the prompt's full 16-token blocks, reports them as cache hits,
+        # and the gateway bills them at the hit price, in the response, the
+        # usage row, the cost and the balance alike.
+        c = new_customer("2.50")
+        k = new_key(c)
+        prompt = "Cached prefix %s. " % uuid.uuid4().hex + "Tollgates sell tokens by the million. " * 30
+        st, h1, b1 = chat(k, prompt, max_tokens=4)
+        self.assertEqual(st, 200, b1)
+        u1 = json.loads(b1)["usage"]
+        self.assertEqual(u1["prompt_cache_hit_tokens"], 0, "a fresh prompt (random start) hits nothing")
+        before = balance_pico(c)
+        self.assertEqual(usage_row(h1["x-request-id"])[0][2], 0)
+        st, h, b = chat(k, prompt, max_tokens=4)
+        self.assertEqual(st, 200, b)
+        j = json.loads(b)
+        u = j["usage"]
+        n = u["prompt_tokens"]
+        self.assertEqual(n, u1["prompt_tokens"])
+        self.assertGreater(n, 200)
+        hit = (n - 1) // 16 * 16  # every full block but the one holding the last prompt token
+        self.assertEqual((u["prompt_cache_hit_tokens"], u["prompt_cache_miss_tokens"]), (hit, n - hit))
+        self.assertEqual(u["prompt_tokens_details"]["cached_tokens"], hit)
+        self.assertEqual(j["choices"][0]["message"]["content"], json.loads(b1)["choices"][0]["message"]["content"])
+        rows = usage_row(h["x-request-id"])
+        self.assertEqual(len(rows), 1)
+        pt, ct, rhit, rmiss, cost, status, model = rows[0]
+        self.assertEqual((pt, ct, rhit, rmiss, status), (n, u["completion_tokens"], hit, n - hit, 200))
+        want = (n - hit) * PRICE_IN_MISS + hit * PRICE_IN_HIT + ct * PRICE_OUT
+        self.assertEqual(int(cost), want)
+        self.assertLess(want, n * PRICE_IN_MISS + ct * PRICE_OUT)
+        self.assertEqual(billed(h["x-request-id"]), (1, 1))
+        self.assertEqual(before - balance_pico(c), want)
+        # the stream's usage chunk says the same
+        st, _, b = chat(k, prompt, max_tokens=4, stream=True, include_usage=True)
+        self.assertEqual(st, 200, b)
+        us = json.loads(sse_events(b)[-2])["usage"]
+        self.assertEqual((us["prompt_cache_hit_tokens"], us["prompt_tokens_details"]["cached_tokens"]), (hit, hit))
+
     def test_prompt_tokens_match_the_model_tokenizer(self):
         # The demo model's template: BOS + "<｜User｜>" + content + "<｜Assistant｜>".
         content = "Count me exactly: 你好, мир! 12345 🙂"

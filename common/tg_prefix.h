@@ -1,0 +1,31 @@
+/* tg_prefix.h — what a "prefix" of a prompt is, for the engine's prefix cache
+ * and the gateway's prefix-affinity routing alike.
+ *
+ * A prompt (the token ids of the rendered chat template, BOS included) is cut
+ * into blocks of TG_PREFIX_BLOCK tokens.  Block i's key is a chained hash:
+ *   key(-1) = TG_PREFIX_ROOT
+ *   key(i)  = tg_prefix_block_hash(key(i-1), ids + i*B, B)
+ * so two prompts share block i's key exactly when (up to a 64-bit collision)
+ * they share their first (i+1)*B tokens.  The engine caches the KV of full
+ * blocks under these keys (engine/eng_kv.c); the gateway sends prompts whose
+ * first TG_PREFIX_AFFINITY_BLOCKS keys agree to the same worker
+ * (gateway/gw_proxy.c, via api_chat_prefix_key). */
+#ifndef TG_PREFIX_H
+#define TG_PREFIX_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define TG_PREFIX_BLOCK 16            /* tokens per block (the engine's KV block) */
+#define TG_PREFIX_AFFINITY_BLOCKS 1   /* blocks that decide a prompt's worker */
+#define TG_PREFIX_ROOT 0x9e3779b97f4a7c15ULL
+
+/* The key of a block of n token ids following the block whose key is parent.
+ * Never 0. */
+uint64_t tg_prefix_block_hash(uint64_t parent, const int32_t *ids, int n);
+
+/* The key of the first nblocks full blocks of ids[0..n), or 0 when the prompt
+ * has fewer than nblocks full blocks. */
+uint64_t tg_prefix_key(const int32_t *ids, size_t n, int nblocks);
+
+#endif
