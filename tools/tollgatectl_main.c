@@ -101,6 +101,9 @@ static int json_out;
 static void die(int code, const char *fmt, ...) __attribute__((noreturn, format(printf, 2, 3)));
 static void die(int code, const char *fmt, ...) {
     va_list ap;
+    /* what stdout already holds goes out first: a sanitizer's exit handler
+     * that fails (LeakSanitizer under load) must not swallow it */
+    fflush(stdout);
     va_start(ap, fmt);
     fputs("tollgatectl: ", stderr);
     vfprintf(stderr, fmt, ap);

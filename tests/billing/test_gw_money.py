@@ -293,7 +293,7 @@ class GatewayMoney(unittest.TestCase):
                                  check=True, capture_output=True, timeout=30).stdout
             p = self.verify(signing + "." + b64e(sig))
             self.assertEqual(p.returncode, 1, (field, p.stdout, p.stderr))
-            self.assertIn("signature: valid", p.stdout)
+            self.assertIn("signature: valid", p.stdout, (field, p.stdout, p.stderr))
             if field == "request_id":
                 self.assertIn("no usage row", p.stderr)
             else:
