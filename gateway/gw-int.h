@@ -176,6 +176,11 @@ typedef struct {
     int nmodels;
     struct sockaddr_storage addr;
     socklen_t addrlen;
+    /* the pool (gw_pool.c, gateway/README.md "Worker pool") */
+    char **command;           /* argv (NULL-terminated) the gateway starts; NULL: attached, not started */
+    int tls;                  /* "https://": an external upstream over TLS */
+    char *api_key;            /* sent as Authorization: Bearer (the client's key never is); NULL: none */
+    char *tls_ca;             /* CA file verifying an https upstream; NULL: the system's */
 } gw_worker_t;
 
 struct gw_config {
@@ -226,6 +231,7 @@ typedef struct {
     uint64_t upstream_errors, upstream_timeouts, ratelimited, redis_errors, client_aborts;
     uint64_t key_format_rejects, refused_balance;
     uint64_t upstream_connects, upstream_reuses;
+    uint64_t upstream_usage_disagreements; /* an external upstream's prompt_tokens != our count */
     uint64_t connections_total, connections_refused, write_timeouts;
     int64_t connections, inflight;
 } gw_metrics_t;
@@ -282,6 +288,7 @@ typedef struct gw_upstream {
     int outstanding;
     uint64_t requests, failures;
     int64_t down_until_us;    /* skipped while in the future (after a refused connection) */
+    int64_t refused_us;       /* when; a health check passed since clears it */
     int64_t backoff_ms;
     struct gw_upconn *idle;   /* kept-alive connections to reuse (gw_proxy.c) */
     int nidle;
@@ -361,6 +368,7 @@ struct gw_server {
     int scraping;
     int scrape_pending;        /* loops yet to fill their slot (atomic) */
     struct event *gathered;    /* on the first loop: every slot filled */
+    struct gw_sup *sup;        /* the worker pool's supervisor (gw_supervise.c; first loop) */
 };
 
 struct gw_conn {
@@ -430,6 +438,7 @@ struct gw_req {
     int up_reusable;           /* the answer ended cleanly: the connection may be kept */
     int no_reuse;              /* a kept connection failed: use fresh ones */
     int proxied;               /* 1: a worker was asked, settle; 2: settled (once) */
+    int up_external;           /* the worker is an external (https) upstream: its usage is checked */
     const char *receipt;       /* the signed usage receipt once settled (pool), or NULL */
     uint64_t tried;            /* bit per worker index already tried */
     uint64_t affinity;         /* hash of the prompt's start; 0: none */
@@ -534,6 +543,14 @@ void gw_admin_stop(gw_server_t *s);   /* after the loops stopped, before billing
 
 /* gw_routes.c */
 const gw_handler_t *gw_routes_match(gw_req_t *r);
+
+/* gw_supervise.c: the worker pool's supervisor (first loop's thread) */
+int gw_sup_start(gw_server_t *s, char *err, size_t errlen); /* after the loops are set up */
+void gw_sup_stop(gw_server_t *s);     /* after the loops stopped: SIGTERM (then SIGKILL) own workers */
+/* Whether worker i passes its health checks (any thread); *since_us: when that last changed. */
+int gw_sup_up(const gw_server_t *s, int i, int64_t *since_us);
+SSL *gw_sup_tls_new(const gw_server_t *s, int i); /* a client SSL for https worker i; NULL: none */
+void gw_sup_metrics(const gw_server_t *s, gw_buf_t *o);
 
 /* gw_proxy.c */
 void gw_proxy_start(gw_req_t *r);

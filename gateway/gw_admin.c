@@ -53,6 +53,7 @@ static void gw_metrics_add(gw_metrics_t *a, const gw_metrics_t *b) {
     ADD(tokens_prompt), ADD(tokens_cache_hit), ADD(tokens_completion), ADD(tokens_reasoning);
     ADD(upstream_errors), ADD(upstream_timeouts), ADD(ratelimited), ADD(redis_errors), ADD(client_aborts);
     ADD(key_format_rejects), ADD(refused_balance), ADD(upstream_connects), ADD(upstream_reuses);
+    ADD(upstream_usage_disagreements);
     ADD(connections_total), ADD(connections_refused), ADD(write_timeouts), ADD(connections), ADD(inflight);
 #undef ADD
 }
@@ -94,6 +95,7 @@ static void gw_admin_render(gw_server_t *s, gw_buf_t *out) {
     gw_metrics_render(m, cfg, up, redis_up, out);
     gw_metrics_render_holds(m, &hs, out);
     gw_rl_metrics_snap(&rls, out);
+    gw_sup_metrics(s, out);
     /* settlement and cost: per loop (each has its own settler); one loop today */
     for (int i = 0; i < s->nloops; i++)
         if (s->loops[i].snap.money.p) gw_buf_append(out, s->loops[i].snap.money.p, s->loops[i].snap.money.len);

@@ -110,7 +110,8 @@ static const gw_opt_t gw_opts[] = {
     {"stream_high_water", I(stream_high_water), "262144", 4096, 1 << 30,
      "client output bytes above which reading the worker pauses"},
     {"workers", OPT_WORKERS, 0, "[{\"url\":\"http://127.0.0.1:8500\",\"models\":[\"deepseek-v3-demo\"]}]", 0, 0,
-     "engine workers: [{\"url\":\"http://host:port\",\"models\":[...]}]"},
+     "engine workers: [{\"url\":\"http(s)://host:port\",\"models\":[...]"
+     "(,\"command\":[argv],\"api_key\":...,\"tls_ca\":...)}]"},
 };
 #define NOPTS (sizeof gw_opts / sizeof gw_opts[0])
 
@@ -119,6 +120,10 @@ static void free_workers(gw_config_t *c) {
         free(c->workers[i].url);
         for (int j = 0; j < c->workers[i].nmodels; j++) free(c->workers[i].models[j]);
         free(c->workers[i].models);
+        for (int j = 0; c->workers[i].command && c->workers[i].command[j]; j++) free(c->workers[i].command[j]);
+        free(c->workers[i].command);
+        free(c->workers[i].api_key);
+        free(c->workers[i].tls_ca);
     }
     free(c->workers);
     c->workers = NULL;
@@ -160,6 +165,41 @@ int gw_split_hostport(const char *s, char *host, size_t hostlen, int *port) {
     return GW_OK;
 }
 
+/* A worker entry's pool fields: "command" (argv array: the gateway starts
+ * it), "api_key" (an external upstream's key), "tls_ca" (its CA file). */
+static int gw_config_worker_extra(gw_worker_t *wk, const cJSON *w, int i, char *err, size_t errlen) {
+    const cJSON *cmd = cJSON_GetObjectItemCaseSensitive(w, "command");
+    const cJSON *key = cJSON_GetObjectItemCaseSensitive(w, "api_key");
+    const cJSON *ca = cJSON_GetObjectItemCaseSensitive(w, "tls_ca");
+    if (cmd) {
+        int n = cJSON_GetArraySize(cmd);
+        if (!cJSON_IsArray(cmd) || n == 0) {
+            snprintf(err, errlen, "workers[%d].command: want a non-empty array of strings (argv)", i);
+            return GW_ERROR;
+        }
+        if (!(wk->command = calloc((size_t)n + 1, sizeof(char *)))) return GW_ERROR;
+        for (int j = 0; j < n; j++) {
+            const cJSON *a = cJSON_GetArrayItem(cmd, j);
+            if (!cJSON_IsString(a) || (j == 0 && !*a->valuestring)) {
+                snprintf(err, errlen, "workers[%d].command[%d]: want a string", i, j);
+                return GW_ERROR;
+            }
+            if (!(wk->command[j] = strdup(a->valuestring))) return GW_ERROR;
+        }
+    }
+    if (key && (!cJSON_IsString(key) || !*key->valuestring || strpbrk(key->valuestring, "\r\n"))) {
+        snprintf(err, errlen, "workers[%d].api_key: want a non-empty string", i);
+        return GW_ERROR;
+    }
+    if (key && !(wk->api_key = strdup(key->valuestring))) return GW_ERROR;
+    if (ca && (!cJSON_IsString(ca) || !*ca->valuestring)) {
+        snprintf(err, errlen, "workers[%d].tls_ca: want a file name", i);
+        return GW_ERROR;
+    }
+    if (ca && !(wk->tls_ca = strdup(ca->valuestring))) return GW_ERROR;
+    return GW_OK;
+}
+
 int gw_config_set_workers(gw_config_t *c, const char *json, char *err, size_t errlen) {
     cJSON *a = cJSON_Parse(json);
     int rc = GW_ERROR;
@@ -176,16 +216,19 @@ int gw_config_set_workers(gw_config_t *c, const char *json, char *err, size_t er
         cJSON *url = cJSON_GetObjectItemCaseSensitive(w, "url");
         cJSON *models = cJSON_GetObjectItemCaseSensitive(w, "models");
         gw_worker_t *wk = &c->workers[c->nworkers++];
-        if (!cJSON_IsString(url) || strncmp(url->valuestring, "http://", 7)) {
-            snprintf(err, errlen, "workers[%d].url: want \"http://host:port\"", i);
+        if (!cJSON_IsString(url) || (strncmp(url->valuestring, "http://", 7) && strncmp(url->valuestring, "https://", 8))) {
+            snprintf(err, errlen, "workers[%d].url: want \"http://host:port\" or \"https://host:port\"", i);
             goto out;
         }
+        wk->tls = url->valuestring[4] == 's';
         wk->url = strdup(url->valuestring);
         char hp[300];
-        snprintf(hp, sizeof hp, "%s", url->valuestring + 7);
+        snprintf(hp, sizeof hp, "%s", url->valuestring + (wk->tls ? 8 : 7));
         char *slash = strchr(hp, '/');
         if (slash) *slash = '\0';
-        if (!strchr(hp, ':') || hp[strlen(hp) - 1] == ']') strncat(hp, ":80", sizeof hp - strlen(hp) - 1);
+        if (!strchr(hp, ':') || hp[strlen(hp) - 1] == ']')
+            strncat(hp, wk->tls ? ":443" : ":80", sizeof hp - strlen(hp) - 1);
+        if (gw_config_worker_extra(wk, w, i, err, errlen) != GW_OK) goto out;
         if (!wk->url || gw_split_hostport(hp, wk->host, sizeof wk->host, &wk->port) != GW_OK) {
             snprintf(err, errlen, "workers[%d].url: bad host:port in %s", i, url->valuestring);
             goto out;

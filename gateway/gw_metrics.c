@@ -63,6 +63,9 @@ void gw_metrics_render(const gw_metrics_t *m, const gw_config_t *cfg, const gw_u
     counter(o, "tollgate_upstream_errors_total", "Worker connections that failed or broke.", m->upstream_errors);
     counter(o, "tollgate_upstream_timeouts_total", "Workers that went silent past upstream_timeout_ms.",
             m->upstream_timeouts);
+    counter(o, "tollgate_upstream_usage_disagreements_total",
+            "External upstream answers whose prompt_tokens differ from the gateway's own count.",
+            m->upstream_usage_disagreements);
     counter(o, "tollgate_upstream_connects_total", "New connections to workers.", m->upstream_connects);
     counter(o, "tollgate_upstream_reuses_total", "Requests sent on a kept-alive worker connection.",
             m->upstream_reuses);

@@ -28,7 +28,9 @@
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
 #include <event2/event.h>
+#include <openssl/ssl.h>
 
 #include "api.h"
 #include "gw-int.h"
@@ -189,7 +191,16 @@ static int gw_proxy_body_stream(const gw_http_req_t *h, int stream, const tg_jso
 static void gw_worker_refused(gw_upstream_t *w) {
     w->failures++;
     w->backoff_ms = w->backoff_ms ? (w->backoff_ms * 2 > 30000 ? 30000 : w->backoff_ms * 2) : 1000;
-    w->down_until_us = gw_now_us() + w->backoff_ms * 1000;
+    w->refused_us = gw_now_us();
+    w->down_until_us = w->refused_us + w->backoff_ms * 1000;
+}
+
+/* Skipped: refused a connection lately (unless a health check passed
+ * since), or failing its health checks (gw_supervise.c). */
+static int gw_worker_down(gw_req_t *r, gw_upstream_t *w, int64_t now) {
+    int64_t since;
+    if (!gw_sup_up(r->srv, w->index, &since)) return 1;
+    return w->down_until_us > now && w->refused_us >= since;
 }
 
 static uint64_t gw_fnv(uint64_t h, const char *p, size_t n) {
@@ -253,7 +264,7 @@ static gw_upstream_t *gw_pick_worker(gw_req_t *r) {
         int serves = 0;
         for (int j = 0; j < wc->nmodels && !serves; j++) serves = !strcmp(wc->models[j], r->model);
         if (!serves) continue;
-        int down = w->down_until_us > now;
+        int down = gw_worker_down(r, w, now);
         if (!best || (best_down && !down) || (down == best_down && w->outstanding < best->outstanding))
             best = w, besti = i, best_down = down;
         uint64_t score = gw_mix(r->affinity ^ gw_fnv(0xcbf29ce484222325ULL, wc->url, strlen(wc->url)));
@@ -289,7 +300,17 @@ static void gw_up_connect(gw_req_t *r) {
                          (suseconds_t)(cfg->upstream_connect_timeout_ms % 1000) * 1000};
     r->up = r->no_reuse ? NULL : gw_upconn_take(w);
     r->up_reused = r->up != NULL;
-    if (!r->up) r->up = bufferevent_socket_new(l->base, -1, BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
+    r->up_external = wc->tls;
+    if (!r->up && wc->tls) { /* an external upstream: TLS, its own key */
+        SSL *ssl = gw_sup_tls_new(r->srv, w->index);
+        r->up = ssl ? bufferevent_openssl_socket_new(l->base, -1, ssl, BUFFEREVENT_SSL_CONNECTING,
+                                                     BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS)
+                    : NULL;
+        if (r->up) bufferevent_openssl_set_allow_dirty_shutdown(r->up, 1);
+        else if (ssl) SSL_free(ssl);
+    } else if (!r->up) {
+        r->up = bufferevent_socket_new(l->base, -1, BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
+    }
     if (!r->up) {
         gw_up_fail(r, 500, "internal_error", "out of memory");
         return;
@@ -299,10 +320,12 @@ static void gw_up_connect(gw_req_t *r) {
     struct evbuffer *o = bufferevent_get_output(r->up);
     evbuffer_add_printf(o,
                         "POST /v1/chat/completions HTTP/1.1\r\nHost: %s%s%s:%d\r\nContent-Type: application/json\r\n"
-                        "Accept: %s\r\nX-Request-Id: %s\r\nContent-Length: %zu\r\nConnection: %s\r\n\r\n",
+                        "Accept: %s\r\nX-Request-Id: %s\r\nContent-Length: %zu\r\nConnection: %s\r\n",
                         strchr(wc->host, ':') ? "[" : "", wc->host, strchr(wc->host, ':') ? "]" : "", wc->port,
                         r->stream ? "text/event-stream" : "application/json", r->id, r->scratch.len,
                         cfg->upstream_keepalive ? "keep-alive" : "close");
+    if (wc->api_key) evbuffer_add_printf(o, "Authorization: Bearer %s\r\n", wc->api_key);
+    evbuffer_add(o, "\r\n", 2);
     evbuffer_add(o, r->scratch.p, r->scratch.len);
     bufferevent_enable(r->up, EV_READ | EV_WRITE);
     if (r->up_reused) {

@@ -193,6 +193,7 @@ gw_server_t *gw_server_new(struct event_base *base, const gw_config_t *cfg, char
     if (!(s->loops = calloc((size_t)s->nloops, sizeof *s->loops))) goto fail;
     if (gw_loop_init(&s->loops[0], s, 0, base, token, secret, err, errlen) != GW_OK) goto fail;
     if (gw_admin_start(s) != GW_OK) goto fail;
+    if (gw_sup_start(s, err, errlen) != GW_OK) goto fail;
     free(token);
     free(secret);
     return s;
@@ -206,6 +207,7 @@ fail:
 
 void gw_server_free(gw_server_t *s) {
     if (!s) return;
+    gw_sup_stop(s); /* the loops have drained: stop the workers the gateway started */
     gw_admin_stop(s);
     for (int i = 0; s->loops && i < s->nloops; i++) gw_loop_release(&s->loops[i]);
     free(s->loops);

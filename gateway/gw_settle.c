@@ -63,6 +63,10 @@ void gw_settle(gw_req_t *r) {
         r->cache_hit_tokens = 0;
         r->completion_tokens = r->chunks;
     }
+    if (r->have_usage && r->up_external && r->srv->tok) { /* an external upstream's usage, checked */
+        int64_t p = gw_settle_prompt_count(r);
+        if (p >= 0 && p != r->prompt_tokens) r->loop->m.upstream_usage_disagreements++;
+    }
     u.prompt_tokens = r->prompt_tokens;
     u.prompt_cache_hit_tokens = r->cache_hit_tokens;
     u.completion_tokens = r->completion_tokens;

@@ -9,6 +9,7 @@ test-integration: $(BINS)
 	/usr/bin/python3 tests/integration/test_holds.py
 	/usr/bin/python3 tests/integration/test_limits.py
 	/usr/bin/python3 tests/integration/test_money.py
+	/usr/bin/python3 tests/integration/test_pool.py
 	$(MAKE) --no-print-directory test-sdk
 
 test-sdk:

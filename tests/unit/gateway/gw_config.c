@@ -97,9 +97,40 @@ static void test_errors(void) {
     CHECK(fails("{}", "--idle-timeout-ms", "-5", "idle_timeout_ms"));
     CHECK(fails("{}", "--bogus", "1", "--bogus"));
     CHECK(fails("{}", "--redis_fail_closed", "maybe", "redis_fail_closed"));
-    CHECK(fails("{\"workers\":[{\"url\":\"https://x:1\",\"models\":[\"a\"]}]}", NULL, NULL, "workers[0].url"));
+    CHECK(fails("{\"workers\":[{\"url\":\"ftp://x:1\",\"models\":[\"a\"]}]}", NULL, NULL, "workers[0].url"));
+    CHECK(fails("{\"workers\":[{\"url\":\"http://127.0.0.1:1\",\"models\":[\"a\"],\"command\":[]}]}", NULL, NULL,
+                "workers[0].command"));
+    CHECK(fails("{\"workers\":[{\"url\":\"http://127.0.0.1:1\",\"models\":[\"a\"],\"command\":\"x\"}]}", NULL, NULL,
+                "workers[0].command"));
+    CHECK(fails("{\"workers\":[{\"url\":\"http://127.0.0.1:1\",\"models\":[\"a\"],\"command\":[\"a\",1]}]}", NULL,
+                NULL, "workers[0].command[1]"));
+    CHECK(fails("{\"workers\":[{\"url\":\"https://127.0.0.1:1\",\"models\":[\"a\"],\"api_key\":\"a\\r\\nX: y\"}]}", NULL,
+                NULL, "workers[0].api_key"));
     CHECK(fails("{\"workers\":[{\"url\":\"http://127.0.0.1:1\",\"models\":[]}]}", NULL, NULL, "models"));
     CHECK(fails("{\"workers\":[]}", NULL, NULL, "no workers"));
+}
+
+/* The pool's fields of a worker entry: command (argv), https, api_key, tls_ca. */
+static void test_pool_entries(void) {
+    write_file("{\"workers\":[{\"url\":\"http://127.0.0.1:9000\",\"models\":[\"a\"],"
+               "\"command\":[\"build/tollgate-engine\",\"serve\",\"--listen\",\"127.0.0.1:9000\"]},"
+               "{\"url\":\"https://127.0.0.1\",\"models\":[\"a\"],\"api_key\":\"sk-up\",\"tls_ca\":\"ca.pem\"}]}");
+    char *argv[] = {"tollgate", "--config", path, NULL};
+    char err[256];
+    gw_config_t *c = gw_config_load(3, argv, err, sizeof err);
+    CHECK(c != NULL);
+    if (!c) return;
+    CHECK_EQ_I(c->nworkers, 2);
+    CHECK(c->workers[0].command && !strcmp(c->workers[0].command[0], "build/tollgate-engine") &&
+          !strcmp(c->workers[0].command[3], "127.0.0.1:9000") && !c->workers[0].command[4]);
+    CHECK_EQ_I(c->workers[0].tls, 0);
+    CHECK(c->workers[0].api_key == NULL);
+    CHECK_EQ_I(c->workers[1].tls, 1);
+    CHECK_EQ_I(c->workers[1].port, 443);
+    CHECK(c->workers[1].command == NULL);
+    CHECK(c->workers[1].api_key && !strcmp(c->workers[1].api_key, "sk-up"));
+    CHECK(c->workers[1].tls_ca && !strcmp(c->workers[1].tls_ca, "ca.pem"));
+    gw_config_free(c);
 }
 
 static void test_hostport(void) {
@@ -118,4 +149,4 @@ static void test_hostport(void) {
 
 static void test_cleanup(void) { unlink(path); }
 
-TG_TEST_MAIN(test_defaults, test_priority, test_errors, test_hostport, test_cleanup)
+TG_TEST_MAIN(test_defaults, test_priority, test_errors, test_pool_entries, test_hostport, test_cleanup)

@@ -1,0 +1,317 @@
+"""The worker pool (issue 10, "Pool"): a gateway that starts its worker
+(`command`), health-checks it, restarts it when it dies, retries a request
+that a worker dropped before answering, ends a stream cut mid-way with an
+error event and bills it, and uses an external https upstream with its own
+key, billed like our own.
+
+Runs against the test stack (scripts/stack.sh test-up) plus gateway
+instances this test starts on the same PostgreSQL and Redis.  Every wait is
+on an event (a metric, a row, a byte) with a generous deadline."""
+
+import http.client
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+import unittest
+
+import psycopg2
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from gwinstances import Instances, https  # noqa: E402
+from tgskip import main  # noqa: E402
+
+E = os.environ
+CTL = os.path.join(E["TG_TEST_BIN"], "tollgatectl")
+MODEL = E["TG_TEST_MODEL"]
+BASE = int(E["TG_TEST_GATEWAY"].rsplit(":", 1)[1])
+P_GW = BASE + 60        # instances: P_GW, P_GW + 1, ... (admin: + 1000)
+P_ENGINE = BASE + 70    # the engine the pool gateway starts
+P_FAKE = BASE + 71      # a worker that passes /health and drops every chat request
+WAIT = float(E.get("TG_TEST_WAIT", "120"))
+
+
+def ctl(*args):
+    r = subprocess.run([CTL, *args], capture_output=True, text=True, timeout=60)
+    if r.returncode != 0:
+        raise AssertionError("tollgatectl %s: %s" % (" ".join(args), r.stderr))
+    return r.stdout
+
+
+def q(sql, *args):
+    c = psycopg2.connect(E["TG_TEST_PG"])
+    try:
+        with c, c.cursor() as cur:
+            cur.execute(sql, args)
+            return cur.fetchall() if cur.description else None
+    finally:
+        c.close()
+
+
+def wait_for(pred, what):
+    deadline = time.time() + WAIT
+    while time.time() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.1)
+    raise AssertionError("timed out waiting for " + what)
+
+
+RUN = "%x" % int(time.time() * 1000)
+
+
+def customer_key(name):
+    """A new customer (name made unique per run) with $5 and a key -> (key, customer id)."""
+    name = "%s-%s" % (name, RUN)
+    ctl("customer", "create", name, "--credit-usd", "5.00")
+    key = ctl("key", "create", "--customer", name).strip().splitlines()[-1]
+    return key, q("SELECT id FROM customers WHERE name = %s", name)[0][0]
+
+
+def labelled(gw, i, name, worker):
+    """The value of name{worker="..."} in instance i's /metrics, or None."""
+    want = '%s{worker="%s"} ' % (name, worker)
+    for line in gw.admin(i, "/metrics").decode().splitlines():
+        if line.startswith(want):
+            return float(line.split()[-1])
+    return None
+
+
+def usage_row(rid):
+    rows = q("SELECT customer_id, prompt_tokens, completion_tokens, http_status, stream FROM usage "
+             "WHERE request_id = %s", rid)
+    return rows[0] if rows else None
+
+
+def settled_row(gw, rid):
+    gw.settled()
+    return wait_for(lambda: usage_row(rid), "the usage row of " + rid)
+
+
+class FakeWorker(threading.Thread):
+    """Answers GET /health 200; resets every POST before any answer byte."""
+
+    def __init__(self, port):
+        super().__init__(daemon=True)
+        self.s = socket.socket()
+        self.s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.s.bind(("127.0.0.1", port))
+        self.s.listen(64)
+        self.s.settimeout(1)
+        self.posts = []
+        self.stop = False
+
+    def run(self):
+        while not self.stop:
+            try:
+                c, _ = self.s.accept()
+            except OSError:
+                continue
+            c.settimeout(10)
+            try:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    b = c.recv(65536)
+                    if not b:
+                        break
+                    data += b
+                if data.startswith(b"GET /health"):
+                    c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n")
+                elif data.startswith(b"POST"):
+                    rid = [ln.split(b":", 1)[1].strip().decode() for ln in data.split(b"\r\n")
+                           if ln.lower().startswith(b"x-request-id:")]
+                    self.posts.append(rid[0] if rid else None)
+                    c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            except OSError:
+                pass
+            c.close()
+
+    def close(self):
+        self.stop = True
+        self.join(10)
+        self.s.close()
+
+
+def engine_cmd(port):
+    return [os.path.join(E["TG_TEST_BIN"], "tollgate-engine"), "serve", "--model", E["TG_TEST_MODEL_DIR"],
+            "--listen", "127.0.0.1:%d" % port, "--threads", "2", "--default-max-tokens", "512"]
+
+
+def chat_body(text, max_tokens=8, stream=False):
+    b = {"model": MODEL, "messages": [{"role": "user", "content": text}], "max_tokens": max_tokens}
+    if stream:
+        b["stream"] = True
+    return b
+
+
+class Supervised(unittest.TestCase):
+    """One gateway running its own engine worker (command) beside a worker that drops requests."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.fake = FakeWorker(P_FAKE)
+        cls.fake.start()
+        cls.url = "http://127.0.0.1:%d" % P_ENGINE
+        cls.fake_url = "http://127.0.0.1:%d" % P_FAKE
+        cls.key, _ = customer_key("pool-supervised")
+        cls.gw = Instances("pool-instances", [P_GW], workers=[
+            {"url": cls.url, "models": [MODEL], "command": engine_cmd(P_ENGINE)},
+            {"url": cls.fake_url, "models": [MODEL]},
+        ]).start()
+        wait_for(lambda: labelled(cls.gw, 0, "tollgate_worker_up", cls.url) == 1, "the started worker up")
+
+    @classmethod
+    def tearDownClass(cls):
+        pid = labelled(cls.gw, 0, "tollgate_worker_pid", cls.url)
+        cls.gw.stop()
+        cls.fake.close()
+        if pid:  # the gateway stopped (and reaped) its worker on the way out
+            assert not os.path.exists("/proc/%d" % pid), "the worker outlived its gateway"
+
+    def test_dropped_request_retried_on_another_worker_billed_once(self):
+        """A worker that resets the connection before answering: the request goes to the engine, once."""
+        rids = []
+        for i in range(60):
+            if self.fake.posts:
+                break
+            st, h, data = https(P_GW, "POST", "/v1/chat/completions", self.key,
+                                chat_body("retry me %d" % i), timeout=WAIT)
+            self.assertEqual(st, 200, data)
+            rids.append(h["x-request-id"])
+        self.assertTrue(self.fake.posts, "no request was ever sent to the dropping worker")
+        dropped = self.fake.posts[0]
+        self.assertIn(dropped, rids, "the dropped request is one the client got a 200 for")
+        for rid in rids:
+            row = settled_row(self.gw, rid)
+            self.assertEqual(row[3], 200)
+            self.assertGreater(row[2], 0)
+        self.assertEqual(q("SELECT count(*) FROM usage WHERE request_id = %s", dropped)[0][0], 1)
+        self.assertEqual(q("SELECT count(*) FROM ledger WHERE request_id = %s", dropped)[0][0], 1)
+
+    def test_hung_worker_marked_down_then_killed_and_restarted(self):
+        """A worker that stops answering (SIGSTOP): down by its health-check deadline, then restarted."""
+        wait_for(lambda: labelled(self.gw, 0, "tollgate_worker_up", self.url) == 1, "the worker up")
+        pid = int(labelled(self.gw, 0, "tollgate_worker_pid", self.url))
+        restarts = labelled(self.gw, 0, "tollgate_worker_restarts_total", self.url)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            wait_for(lambda: labelled(self.gw, 0, "tollgate_worker_up", self.url) == 0, "the hung worker down")
+            wait_for(lambda: labelled(self.gw, 0, "tollgate_worker_restarts_total", self.url) > restarts,
+                     "the hung worker restarted")
+        finally:
+            if os.path.exists("/proc/%d" % pid):
+                os.kill(pid, signal.SIGCONT)
+        self.assertNotEqual(labelled(self.gw, 0, "tollgate_worker_pid", self.url), pid)
+        wait_for(lambda: labelled(self.gw, 0, "tollgate_worker_up", self.url) == 1, "the new worker up")
+        st, _, data = https(P_GW, "POST", "/v1/chat/completions", self.key, chat_body("after the hang"), timeout=WAIT)
+        self.assertEqual(st, 200, data)
+
+    def test_killed_mid_stream_error_event_billed_then_restarted(self):
+        wait_for(lambda: labelled(self.gw, 0, "tollgate_worker_up", self.url) == 1, "the worker up")
+        pid = int(labelled(self.gw, 0, "tollgate_worker_pid", self.url))
+        restarts = labelled(self.gw, 0, "tollgate_worker_restarts_total", self.url)
+        self.assertGreater(pid, 0)
+        ctx = ssl.create_default_context(cafile=E["TG_TEST_CERT"])
+        deadline = time.time() + WAIT
+        while True:  # a stream that lands on the engine (the other worker drops requests)
+            c = http.client.HTTPSConnection("127.0.0.1", P_GW, context=ctx, timeout=WAIT)
+            c.request("POST", "/v1/chat/completions", body=json.dumps(chat_body("tell me a long story", 400, True)),
+                      headers={"Authorization": "Bearer " + self.key, "Content-Type": "application/json"})
+            r = c.getresponse()
+            if r.status == 200:
+                break
+            r.read()
+            c.close()
+            self.assertLess(time.time(), deadline, "no stream reached the engine")
+        rid = r.getheader("x-request-id")
+        texts = 0
+        while texts < 3:  # a few text chunks have reached the client
+            line = r.readline()
+            self.assertTrue(line, "stream ended before any text")
+            if line.startswith(b"data: {"):
+                ch = json.loads(line[6:]).get("choices") or [{}]
+                texts += bool(ch[0].get("delta", {}).get("content"))
+        os.kill(pid, signal.SIGKILL)
+        rest = r.read().decode()
+        c.close()
+        events = [ln[6:] for ln in rest.splitlines() if ln.startswith("data: ")]
+        self.assertTrue(events, "no event after the kill")
+        last = json.loads(events[-1])
+        self.assertIn("error", last, "the stream's last event is an error: %r" % events[-3:])
+        self.assertNotIn("data: [DONE]", rest)
+        row = settled_row(self.gw, rid)
+        self.assertEqual(row[3], 200)
+        self.assertTrue(row[4])
+        self.assertGreater(row[1], 0, "the prompt is billed (gateway's own count)")
+        self.assertGreaterEqual(row[2], texts, "what was sent is billed")
+        # the pool notices, restarts the worker and requests succeed again, untouched
+        wait_for(lambda: (labelled(self.gw, 0, "tollgate_worker_restarts_total", self.url) or 0) > restarts,
+                 "a restart")
+        new_pid = labelled(self.gw, 0, "tollgate_worker_pid", self.url)
+        self.assertNotEqual(new_pid, pid)
+        wait_for(lambda: labelled(self.gw, 0, "tollgate_worker_up", self.url) == 1, "the restarted worker up")
+        self.assertGreater(labelled(self.gw, 0, "tollgate_worker_health_failures_total", self.url) or 0, 0)
+        st, _, data = https(P_GW, "POST", "/v1/chat/completions", self.key, chat_body("again"), timeout=WAIT)
+        self.assertEqual(st, 200, data)
+
+
+class External(unittest.TestCase):
+    """The stack's own gateway as an https upstream with its own customer key."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.up_key, cls.up_cust = customer_key("pool-upstream-account")
+        cls.key, cls.cust = customer_key("pool-external-client")
+        cls.url = E["TG_TEST_GATEWAY"]
+        cls.gw = Instances("pool-external", [P_GW + 1], workers=[
+            {"url": cls.url, "models": [MODEL], "api_key": cls.up_key, "tls_ca": E["TG_TEST_CERT"]},
+        ]).start()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.gw.stop()
+
+    def check(self, stream):
+        body = chat_body("external %s" % stream, 16, stream)
+        if stream:
+            body["stream_options"] = {"include_usage": True}
+        before = q("SELECT count(*) FROM usage WHERE customer_id = %s", self.up_cust)[0][0]
+        st, h, data = https(P_GW + 1, "POST", "/v1/chat/completions", self.key, body, timeout=WAIT)
+        self.assertEqual(st, 200, data)
+        if stream:
+            events = [json.loads(ln[6:]) for ln in data.decode().splitlines()
+                      if ln.startswith("data: {")]
+            usage = [e["usage"] for e in events if e.get("usage")][-1]
+        else:
+            usage = json.loads(data)["usage"]
+        row = settled_row(self.gw, h["x-request-id"])
+        self.assertEqual(row[0], self.cust, "the client's customer pays us")
+        self.assertEqual((row[1], row[2]), (usage["prompt_tokens"], usage["completion_tokens"]))
+        self.assertEqual(row[3], 200)
+        # the upstream billed its own key's account (our api_key, never the client's)
+        wait_for(lambda: q("SELECT count(*) FROM usage WHERE customer_id = %s", self.up_cust)[0][0] > before,
+                 "the upstream's usage row")
+        m = self.gw.metrics(0)
+        self.assertEqual(m.get("tollgate_upstream_usage_disagreements_total"), 0.0)
+
+    def test_plain_answer_billed_from_upstream_usage(self):
+        self.check(False)
+
+    def test_stream_billed_from_upstream_usage(self):
+        self.check(True)
+
+    def test_upstream_health_checked_over_tls(self):
+        wait_for(lambda: (labelled(self.gw, 0, "tollgate_worker_up", self.url) == 1 and
+                          labelled(self.gw, 0, "tollgate_worker_health_failures_total", self.url) == 0),
+                 "the upstream up")
+
+
+if __name__ == "__main__":
+    main()
