@@ -53,3 +53,4 @@ fuzz-gateway:
 	$(B)/fuzz/fuzz_config -max_total_time=$(FUZZ_SECONDS) $(B)/fuzz/gateway-config-corpus fuzz/gateway/corpus_config
 
 TEST_TARGETS += test-gateway
+UNIT_TARGETS += test-gateway-unit
