@@ -178,6 +178,7 @@ typedef struct {
     socklen_t addrlen;
     /* the pool (gw_pool.c, gateway/README.md "Worker pool") */
     char **command;           /* argv (NULL-terminated) the gateway starts; NULL: attached, not started */
+    char *log;                /* the started worker's stdout and stderr (appended); NULL: the gateway's */
     int tls;                  /* "https://": an external upstream over TLS */
     char *api_key;            /* sent as Authorization: Bearer (the client's key never is); NULL: none */
     char *tls_ca;             /* CA file verifying an https upstream; NULL: the system's */

@@ -111,7 +111,7 @@ static const gw_opt_t gw_opts[] = {
      "client output bytes above which reading the worker pauses"},
     {"workers", OPT_WORKERS, 0, "[{\"url\":\"http://127.0.0.1:8500\",\"models\":[\"deepseek-v3-demo\"]}]", 0, 0,
      "engine workers: [{\"url\":\"http(s)://host:port\",\"models\":[...]"
-     "(,\"command\":[argv],\"api_key\":...,\"tls_ca\":...)}]"},
+     "(,\"command\":[argv],\"log\":file,\"api_key\":...,\"tls_ca\":...)}]"},
 };
 #define NOPTS (sizeof gw_opts / sizeof gw_opts[0])
 
@@ -124,6 +124,7 @@ static void free_workers(gw_config_t *c) {
         free(c->workers[i].command);
         free(c->workers[i].api_key);
         free(c->workers[i].tls_ca);
+        free(c->workers[i].log);
     }
     free(c->workers);
     c->workers = NULL;
@@ -166,11 +167,18 @@ int gw_split_hostport(const char *s, char *host, size_t hostlen, int *port) {
 }
 
 /* A worker entry's pool fields: "command" (argv array: the gateway starts
- * it), "api_key" (an external upstream's key), "tls_ca" (its CA file). */
+ * it), "log" (its output), "api_key" (an external upstream's key), "tls_ca"
+ * (its CA file). */
 static int gw_config_worker_extra(gw_worker_t *wk, const cJSON *w, int i, char *err, size_t errlen) {
     const cJSON *cmd = cJSON_GetObjectItemCaseSensitive(w, "command");
     const cJSON *key = cJSON_GetObjectItemCaseSensitive(w, "api_key");
     const cJSON *ca = cJSON_GetObjectItemCaseSensitive(w, "tls_ca");
+    const cJSON *log = cJSON_GetObjectItemCaseSensitive(w, "log");
+    if (log && (!cJSON_IsString(log) || !*log->valuestring || !cmd)) {
+        snprintf(err, errlen, "workers[%d].log: want a file name (with a command)", i);
+        return GW_ERROR;
+    }
+    if (log && !(wk->log = strdup(log->valuestring))) return GW_ERROR;
     if (cmd) {
         int n = cJSON_GetArraySize(cmd);
         if (!cJSON_IsArray(cmd) || n == 0) {

@@ -11,6 +11,7 @@
  * TLS client contexts of https upstreams live here too (read-only once made,
  * SSL_new from any thread). */
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -185,6 +186,10 @@ static void gw_sup_spawn(gw_sup_worker_t *w) {
         sigemptyset(&none);
         sigprocmask(SIG_SETMASK, &none, NULL);
         signal(SIGPIPE, SIG_DFL);
+        if (w->cfg->log) {
+            int fd = open(w->cfg->log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+            if (fd >= 0) dup2(fd, 1), dup2(fd, 2);
+        }
 #ifdef SYS_close_range
         if (syscall(SYS_close_range, 3U, ~0U, 0U) != 0)
 #endif

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # stack.sh — set up and run the whole tollgate stack on loopback.
 #
-#   stack.sh run        var/:      gateway 8443, admin 8444, PG 8432, Redis 8379, engine 8500;
+#   stack.sh run        var/:      gateway 8443, admin 8444, PG 8432, Redis 8379, engine 8500
+#                       (the engine is the gateway's worker: it starts, checks, restarts and stops it);
 #                       foreground, Ctrl-C stops everything; data kept between runs.
 #   stack.sh test-up    var/test/: the same on 18443/18444/18432/18379/18500, fresh each time,
 #                       in the background; writes var/test/env for the tests.
@@ -178,7 +179,8 @@ config() {
   "receipt_key": "$V/receipt.key",
   "access_log": "$V/log/access.log",
   "default_max_tokens": ${TG_DEMO_MAX_TOKENS:-512},
-  "workers": [{"url": "http://127.0.0.1:$TG_PORT_ENGINE", "models": ["$MODEL"]}]
+  "workers": [{"url": "http://127.0.0.1:$TG_PORT_ENGINE", "models": ["$MODEL"],
+               "command": [$(engine_argv)], "log": "$V/log/engine.log"}]
 }
 EOF
 }
@@ -193,16 +195,16 @@ wait_http() { # wait_http URL WHAT PIDFILE
     die "$2 did not come up at $1"
 }
 
-engine_start() {
+engine_argv() { # the engine worker's command line as JSON strings: the gateway starts it (and restarts it)
     # The demo model's random weights rarely emit EOS: a request without max_tokens
     # gets 512 tokens (a few seconds) instead of the 4096 a real model would default to.
-    local extra=()
+    local bin
+    bin=$(cd "$BIN" && pwd)
+    printf '"%s", "serve", "--model", "%s", "--listen", "127.0.0.1:%s", "--threads", "%s"' \
+        "$bin/tollgate-engine" "$V/models/$MODEL" "$TG_PORT_ENGINE" "${TG_ENGINE_THREADS:-$(nproc)}"
     "$BIN"/tollgate-engine serve --help 2>&1 | grep -q -- --default-max-tokens &&
-        extra=(--default-max-tokens "${TG_DEMO_MAX_TOKENS:-512}")
-    "$BIN"/tollgate-engine serve --model "$V/models/$MODEL" --listen "127.0.0.1:$TG_PORT_ENGINE" \
-        --threads "${TG_ENGINE_THREADS:-$(nproc)}" "${extra[@]}" >>"$V/log/engine.log" 2>&1 &
-    echo $! >"$V/run/engine.pid"
-    wait_http "http://127.0.0.1:$TG_PORT_ENGINE/health" engine "$V/run/engine.pid"
+        printf ', "--default-max-tokens", "%s"' "${TG_DEMO_MAX_TOKENS:-512}"
+    return 0
 }
 
 gateway_start() {
@@ -210,6 +212,8 @@ gateway_start() {
     "$BIN"/tollgate --config "$V/tollgate.json" >>"$V/log/gateway.log" 2>&1 &
     echo $! >"$V/run/gateway.pid"
     wait_http "https://127.0.0.1:$TG_PORT_GATEWAY/health" gateway "$V/run/gateway.pid"
+    # the engine worker: started by the gateway (workers[].command), which restarts it if it dies
+    wait_http "http://127.0.0.1:$TG_PORT_ENGINE/health" "engine (started by the gateway)" "$V/run/gateway.pid"
     wait_http "http://127.0.0.1:$TG_PORT_ADMIN/" admin "$V/run/gateway.pid"
 }
 
@@ -241,7 +245,8 @@ stop_all() {
         if [ -f "$V/run/$p.pid" ]; then
             local pid i
             pid=$(cat "$V/run/$p.pid")
-            for i in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+            # the gateway drains (shutdown_grace_ms), then stops its engine worker (up to 5 s)
+            for i in $(seq 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
             kill -KILL "$pid" 2>/dev/null || true
             rm -f "$V/run/$p.pid"
         fi
@@ -257,7 +262,6 @@ up() {
     redis_start
     model
     config
-    engine_start
     gateway_start
     demo_account
 }
@@ -277,7 +281,7 @@ curl --cacert $V/tls/cert.pem https://127.0.0.1:$TG_PORT_GATEWAY/v1/chat/complet
 
 EOF
     # Stay in the foreground until Ctrl-C or until a process dies.
-    while kill -0 "$(cat "$V/run/gateway.pid")" 2>/dev/null && kill -0 "$(cat "$V/run/engine.pid")" 2>/dev/null; do
+    while kill -0 "$(cat "$V/run/gateway.pid")" 2>/dev/null; do
         sleep 1 &
         wait $! || true
     done

@@ -44,6 +44,8 @@ class Instances:
         os.makedirs(self.dir)
         with open(os.path.join(E["TG_TEST_DIR"], "tollgate.json")) as f:
             base = json.load(f)
+        # the stack's gateway runs the engine (workers[].command): instances attach to it
+        base["workers"] = [{k: v for k, v in w.items() if k not in ("command", "log")} for w in base["workers"]]
         for i, port in enumerate(self.ports):
             cfg = dict(base, listen="127.0.0.1:%d" % port, admin_listen="127.0.0.1:%d" % (port + 1000),
                        spool_dir=os.path.join(self.dir, "spool%d" % i),

@@ -98,6 +98,8 @@ static void test_errors(void) {
     CHECK(fails("{}", "--bogus", "1", "--bogus"));
     CHECK(fails("{}", "--redis_fail_closed", "maybe", "redis_fail_closed"));
     CHECK(fails("{\"workers\":[{\"url\":\"ftp://x:1\",\"models\":[\"a\"]}]}", NULL, NULL, "workers[0].url"));
+    CHECK(fails("{\"workers\":[{\"url\":\"http://127.0.0.1:1\",\"models\":[\"a\"],\"log\":\"x\"}]}", NULL, NULL,
+                "workers[0].log"));
     CHECK(fails("{\"workers\":[{\"url\":\"http://127.0.0.1:1\",\"models\":[\"a\"],\"command\":[]}]}", NULL, NULL,
                 "workers[0].command"));
     CHECK(fails("{\"workers\":[{\"url\":\"http://127.0.0.1:1\",\"models\":[\"a\"],\"command\":\"x\"}]}", NULL, NULL,
@@ -113,7 +115,7 @@ static void test_errors(void) {
 /* The pool's fields of a worker entry: command (argv), https, api_key, tls_ca. */
 static void test_pool_entries(void) {
     write_file("{\"workers\":[{\"url\":\"http://127.0.0.1:9000\",\"models\":[\"a\"],"
-               "\"command\":[\"build/tollgate-engine\",\"serve\",\"--listen\",\"127.0.0.1:9000\"]},"
+               "\"command\":[\"build/tollgate-engine\",\"serve\",\"--listen\",\"127.0.0.1:9000\"],\"log\":\"e.log\"},"
                "{\"url\":\"https://127.0.0.1\",\"models\":[\"a\"],\"api_key\":\"sk-up\",\"tls_ca\":\"ca.pem\"}]}");
     char *argv[] = {"tollgate", "--config", path, NULL};
     char err[256];
@@ -123,6 +125,7 @@ static void test_pool_entries(void) {
     CHECK_EQ_I(c->nworkers, 2);
     CHECK(c->workers[0].command && !strcmp(c->workers[0].command[0], "build/tollgate-engine") &&
           !strcmp(c->workers[0].command[3], "127.0.0.1:9000") && !c->workers[0].command[4]);
+    CHECK(c->workers[0].log && !strcmp(c->workers[0].log, "e.log"));
     CHECK_EQ_I(c->workers[0].tls, 0);
     CHECK(c->workers[0].api_key == NULL);
     CHECK_EQ_I(c->workers[1].tls, 1);
