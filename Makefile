@@ -24,7 +24,7 @@ O       := $(B)/obj$(if $(SANITIZER),-$(SANITIZER))
 
 CFLAGS  += $(OPT) -g -std=gnu11 -Wall -Wextra -Wno-unused-parameter -Wno-sign-compare \
            -pthread -fno-strict-aliasing -MMD -MP \
-           -Icommon -Itokenizer -Iapi -Iengine -Iengine/cpu -Igateway -Imetering -Ibilling
+           -Icommon -Itokenizer -Iapi -Iengine -Iengine/model -Iengine/sched -Iengine/server -Iengine/cli -Iengine/cpu -Igateway -Imetering -Ibilling
 LDLIBS  += -lm -pthread
 ifneq ($(SANITIZER),)
 # -fno-sanitize-recover: the first report aborts the program, so a
@@ -47,7 +47,7 @@ objs = $(patsubst %.c,$(O)/%.o,$(1))
 COMMON_OBJ := $(call objs,$(call srcs,common))
 TOK_OBJ    := $(call objs,$(call srcs,tokenizer))
 API_OBJ    := $(call objs,$(call srcs,api))
-ENG_OBJ    := $(call objs,$(call srcs,engine) $(call srcs,engine/cpu))
+ENG_OBJ    := $(call objs,$(foreach d,engine engine/model engine/sched engine/server engine/cli engine/cpu,$(call srcs,$(d))))
 GW_OBJ     := $(call objs,$(call srcs,gateway) $(call srcs,metering) $(call srcs,billing))
 
 LIBCOMMON := $(O)/libtg_common.a
@@ -94,7 +94,7 @@ $(BIN)/tollgate: $(O)/gateway/gw_main.o $(LIBGW) $(LIBAPI) $(LIBTOK) $(LIBCOMMON
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $< $(GW_LIBS) $(LDLIBS)
 
-$(BIN)/tollgate-engine: $(O)/engine/eng_main.o $(LIBENG) $(LIBAPI) $(LIBTOK) $(LIBCOMMON)
+$(BIN)/tollgate-engine: $(O)/engine/cli/eng_main.o $(LIBENG) $(LIBAPI) $(LIBTOK) $(LIBCOMMON)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $< $(ENG_LIBS) $(LDLIBS)
 

@@ -7,7 +7,7 @@
  *   key(i)  = tg_prefix_block_hash(key(i-1), ids + i*B, B)
  * so two prompts share block i's key exactly when (up to a 64-bit collision)
  * they share their first (i+1)*B tokens.  The engine caches the KV of full
- * blocks under these keys (engine/eng_kv.c); the gateway sends prompts whose
+ * blocks under these keys (engine/model/eng_kv.c); the gateway sends prompts whose
  * first TG_PREFIX_AFFINITY_BLOCKS keys agree to the same worker
  * (gateway/gw_proxy.c, via api_chat_prefix_key). */
 #ifndef TG_PREFIX_H

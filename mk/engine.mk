@@ -2,7 +2,8 @@
 #
 #   make test-engine      goldens (PyTorch reference), unit tests, fuzz corpus replay
 #   make engine-golden    regenerate tests/engine/golden/* (needs /usr/bin/python3 with torch)
-#   make bench-engine     decode (vs STREAM triad roofline) and prefill (vs OpenBLAS sgemm)
+#   make bench-engine     decode (vs STREAM triad roofline), prefill (vs OpenBLAS sgemm), time per token
+#                         at 1k/8k/32k context, tokens/s at 1/4/16/64 streams, TTFT cold vs cached prefix
 #   make fuzz-engine      libFuzzer on the safetensors parser (clang)
 
 ENG_TEST_DIR := $(O)/tests/engine
@@ -43,13 +44,16 @@ $(ENG_BENCH_BIN): bench/engine/eng_bench.c $(LIBENG)
 bench-engine: $(ENG_BENCH_BIN)
 	$(ENG_BENCH_BIN) decode
 	$(ENG_BENCH_BIN) prefill
+	$(ENG_BENCH_BIN) context
+	$(ENG_BENCH_BIN) streams
+	$(ENG_BENCH_BIN) ttft
 
 # fuzz: libFuzzer (clang) on the safetensors parser; the plain driver replays
 # the seed corpus under any compiler as part of test-engine.
 ENG_FUZZ_DRIVER := $(ENG_TEST_DIR)/fuzz_safetensors_replay
-$(ENG_FUZZ_DRIVER): fuzz/engine/fuzz_safetensors.c fuzz/engine/fuzz_driver.c engine/eng_st.c engine/eng_model_int.h common/tg_err.c
+$(ENG_FUZZ_DRIVER): fuzz/engine/fuzz_safetensors.c fuzz/engine/fuzz_driver.c engine/model/eng_st.c engine/model/eng_model_int.h common/tg_err.c
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ fuzz/engine/fuzz_safetensors.c fuzz/engine/fuzz_driver.c engine/eng_st.c \
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ fuzz/engine/fuzz_safetensors.c fuzz/engine/fuzz_driver.c engine/model/eng_st.c \
 	    common/tg_err.c $(LIB_JSON) $(LDLIBS)
 
 test-engine: test-engine-fuzz-replay
@@ -59,8 +63,8 @@ test-engine-fuzz-replay: $(ENG_FUZZ_DRIVER)
 
 fuzz-engine:
 	@mkdir -p $(B)/fuzz
-	clang -O1 -g -fsanitize=fuzzer,address -Icommon -Iengine -o $(B)/fuzz/fuzz_safetensors \
-	    fuzz/engine/fuzz_safetensors.c engine/eng_st.c common/tg_err.c $(LIB_JSON) -lm
+	clang -O1 -g -fsanitize=fuzzer,address -Icommon -Iengine -Iengine/model -o $(B)/fuzz/fuzz_safetensors \
+	    fuzz/engine/fuzz_safetensors.c engine/model/eng_st.c common/tg_err.c $(LIB_JSON) -lm
 	mkdir -p $(B)/fuzz/corpus-safetensors
 	$(B)/fuzz/fuzz_safetensors -max_total_time=$${FUZZ_SECONDS:-60} $(B)/fuzz/corpus-safetensors fuzz/engine/corpus/safetensors
 

@@ -10,7 +10,7 @@ ENG_SRV_UNIT_BINS := $(patsubst %,$(O)/tests/unit/engine_server/%,$(ENG_SRV_UNIT
 
 # The tests #include the .c under test (to reach statics), so they link only
 # the tokenizer (UTF-8 check) and system libraries.
-$(O)/tests/unit/engine_server/%: tests/unit/engine_server/%.c engine/%.c engine/eng_server_req.c api/api_chat.c $(LIBTOK) $(LIBCOMMON)
+$(O)/tests/unit/engine_server/%: tests/unit/engine_server/%.c $(wildcard engine/sched/*.[ch] engine/server/*.[ch]) api/api_chat.c $(LIBTOK) $(LIBCOMMON)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Itests/unit $(LDFLAGS) -o $@ $< $(TOK_LIBS) $(LDLIBS)
 
@@ -31,7 +31,7 @@ UNIT_TARGETS += test-engine-server-unit test-engine-server-fuzz-replay
 # libFuzzer build needs clang.
 ENG_SRV_FUZZ_CORPUS := fuzz/engine_server/corpus/chat_req
 ENG_SRV_FUZZ_REPLAY := $(O)/fuzz/engine_server/fuzz_chat_req_replay
-$(ENG_SRV_FUZZ_REPLAY): fuzz/engine_server/fuzz_chat_req.c fuzz/replay.c engine/eng_server_req.c api/api_chat.c $(LIBTOK) $(LIBCOMMON)
+$(ENG_SRV_FUZZ_REPLAY): fuzz/engine_server/fuzz_chat_req.c fuzz/replay.c engine/server/eng_server_req.c api/api_chat.c $(LIBTOK) $(LIBCOMMON)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< fuzz/replay.c $(TOK_LIBS) $(LDLIBS)
 
@@ -44,7 +44,7 @@ test-engine-server: test-engine-server-fuzz-replay
 .PHONY: fuzz-engine-server fuzz-engine-server-run
 fuzz: fuzz-engine-server
 fuzz-engine-server: $(B)/fuzz/fuzz_chat_req
-$(B)/fuzz/fuzz_chat_req: fuzz/engine_server/fuzz_chat_req.c engine/eng_server_req.c api/api_chat.c $(LIBTOK) $(LIBCOMMON)
+$(B)/fuzz/fuzz_chat_req: fuzz/engine_server/fuzz_chat_req.c engine/server/eng_server_req.c api/api_chat.c $(LIBTOK) $(LIBCOMMON)
 	@mkdir -p $(dir $@)
 	clang -g -O1 -std=gnu11 -fsanitize=fuzzer,address -Icommon -Itokenizer -Iapi -Iengine -o $@ $< $(TOK_LIBS) $(LDLIBS)
 fuzz-engine-server-run: $(B)/fuzz/fuzz_chat_req

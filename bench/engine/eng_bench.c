@@ -13,8 +13,24 @@
  *       prefill tokens/s and achieved GFLOP/s (2 x active parameters per
  *       token) against OpenBLAS sgemm on the same number of threads.
  *
+ *   eng_bench context [--model DIR] [--threads N]
+ *       time per output token (batch 1) at 1k, 8k and 32k tokens of context:
+ *       the KV cache is filled with synthetic rows (attention's cost depends
+ *       on the length, not the values), then single-token decodes are timed,
+ *       rounds interleaved, medians and the same-round ratio to 1k.
+ *   eng_bench streams [--model DIR] [--threads N]
+ *       decode tokens/s with 1, 4, 16 and 64 sequences in each forward call
+ *       (each at 256 tokens of context), rounds interleaved; the same-round
+ *       ratio to one stream; and the step time of 16 decoding streams with
+ *       and without a 512-token prefill chunk beside them.
+ *   eng_bench ttft [--model DIR] [--threads N]
+ *       time to first token of a 2,024-token prompt cold (prefilled in
+ *       512-token chunks, as the server does) and with its first 2,016
+ *       tokens cached (eng_seq_prefix), rounds interleaved.
+ *
  * Without --model the synthetic DeepSeek-V3-shaped "bench" preset (bf16,
- * about 1.1 GB read per token) is generated once under build/bench/. */
+ * about 1.1 GB read per token, a 163,840-token context) is generated once
+ * under build/bench/. */
 #include <cblas.h>
 #include <fcntl.h>
 #include <immintrin.h>
@@ -265,9 +281,190 @@ static const char *ensure_model(const char *dir) {
     return def;
 }
 
+/* A sequence of len tokens whose KV rows are synthetic (written, so that
+ * reads hit real memory): for timing attention at a context length. */
+static eng_seq_t *fake_seq(eng_model_t *m, int len, unsigned seed) {
+    eng_seq_t *s = eng_seq_new(m, 0);
+    if (!s || eng_seq_reserve(s, len + 64)) {
+        fprintf(stderr, "eng_bench: no KV for %d tokens\n", len);
+        exit(1);
+    }
+    int gqa = m->info.arch == ENG_ARCH_MIXTRAL, row = gqa ? m->cfg.kvh * m->cfg.hd : m->cfg.c + m->cfg.dr;
+    for (int l = 0; l < m->cfg.n_layers; l++)
+        for (int p = 0; p < len; p++)
+            for (int v = 0; v <= gqa; v++) {
+                float *r = eng_seq_row(s, l, p, v);
+                for (int i = 0; i < row; i++) r[i] = (float)((int)((seed + p * 31u + i * 7u + l) % 17u) - 8) * 0.05f;
+            }
+    s->len = len;
+    return s;
+}
+
+static int decode_one(eng_model_t *m, eng_seq_t **s, int nseq, int32_t tok, float **lg) {
+    char err[256];
+    const int32_t *ids[64];
+    int n[64];
+    for (int i = 0; i < nseq; i++) ids[i] = &tok, n[i] = 1;
+    if (eng_forward(m, s, ids, n, nseq, lg, err, sizeof err)) {
+        fprintf(stderr, "eng_bench: %s\n", err);
+        exit(1);
+    }
+    return 0;
+}
+
+static void bench_context(eng_model_t *m) {
+    static const int ctx[] = {1024, 8192, 32768};
+    enum { NC = 3, ROUNDS = 3, STEPS = 6 };
+    int V = eng_model_info(m)->vocab_size;
+    float *lg = malloc((size_t)V * 4);
+    double t[NC][ROUNDS];
+    eng_seq_t *s[NC];
+    for (int c = 0; c < NC; c++) s[c] = fake_seq(m, ctx[c], 3 + c);
+    decode_one(m, &s[0], 1, 5, &lg); /* warm the weights */
+    for (int r = 0; r < ROUNDS; r++)
+        for (int c = 0; c < NC; c++) {
+            double t0 = now();
+            for (int k = 0; k < STEPS; k++) {
+                decode_one(m, &s[c], 1, 7 + k, &lg);
+                eng_seq_truncate(s[c], ctx[c]);
+            }
+            t[c][r] = (now() - t0) / STEPS;
+            printf("round %d: context %6d: %7.1f ms/token\n", r, ctx[c], t[c][r] * 1e3);
+        }
+    size_t kvb = eng_model_info(m)->kv_bytes_per_token;
+    printf("time per output token (batch 1), median of %d rounds of %d tokens:\n", ROUNDS, STEPS);
+    for (int c = 0; c < NC; c++) {
+        double ratio[ROUNDS];
+        for (int r = 0; r < ROUNDS; r++) ratio[r] = t[c][r] / t[0][r];
+        printf("  context %6d  %7.1f ms/token  (%.2fx the 1k time, same-round median; KV read %.0f MB/token)\n",
+               ctx[c], median(t[c], ROUNDS) * 1e3, median(ratio, ROUNDS), (double)ctx[c] * kvb / 1e6);
+    }
+    for (int c = 0; c < NC; c++) eng_seq_free(s[c]);
+    free(lg);
+}
+
+static void bench_streams(eng_model_t *m) {
+    static const int B[] = {1, 4, 16, 64};
+    enum { NB = 4, ROUNDS = 3, STEPS = 4, CTX = 256 };
+    int V = eng_model_info(m)->vocab_size;
+    float **lg = malloc(64 * sizeof *lg);
+    for (int i = 0; i < 64; i++) lg[i] = malloc((size_t)V * 4);
+    eng_seq_t *s[64];
+    for (int i = 0; i < 64; i++) s[i] = fake_seq(m, CTX, 11 + i);
+    decode_one(m, s, 1, 5, lg);
+    double tps[NB][ROUNDS], alone[ROUNDS], mixed[ROUNDS], mixed64[ROUNDS];
+    int32_t *chunk = malloc(512 * sizeof *chunk);
+    for (int i = 0; i < 512; i++) chunk[i] = 2 + (int32_t)((i * 7919u) % (unsigned)(V - 2));
+    for (int r = 0; r < ROUNDS; r++) {
+        for (int b = 0; b < NB; b++) {
+            double t0 = now();
+            for (int k = 0; k < STEPS; k++) {
+                /* a different token per sequence, as real streams have */
+                char err[256];
+                const int32_t *ids[64];
+                int n[64];
+                int32_t tok[64];
+                for (int i = 0; i < B[b]; i++) tok[i] = 2 + (int32_t)(((unsigned)(i * 131 + k * 17 + r)) % (unsigned)(V - 2)), ids[i] = &tok[i], n[i] = 1;
+                if (eng_forward(m, s, ids, n, B[b], lg, err, sizeof err)) {
+                    fprintf(stderr, "eng_bench: %s\n", err);
+                    exit(1);
+                }
+                for (int i = 0; i < B[b]; i++) eng_seq_truncate(s[i], CTX);
+            }
+            tps[b][r] = B[b] * STEPS / (now() - t0);
+            printf("round %d: %2d streams: %7.2f tokens/s\n", r, B[b], tps[b][r]);
+        }
+        /* 16 decoding streams alone, then with a 512-token prefill chunk in the same step */
+        for (int mix = 0; mix < 3; mix++) {
+            char err[256];
+            eng_seq_t *ss[17];
+            const int32_t *ids[17];
+            int n[17];
+            float *ll[17];
+            int32_t tok = 9;
+            for (int i = 0; i < 16; i++) ss[i] = s[i], ids[i] = &tok, n[i] = 1, ll[i] = lg[i];
+            eng_seq_t *pf = eng_seq_new(m, 0);
+            ss[16] = pf, ids[16] = chunk, n[16] = mix == 2 ? 64 : 512, ll[16] = NULL;
+            double t0 = now();
+            if (eng_forward(m, ss, ids, n, mix ? 17 : 16, ll, err, sizeof err)) {
+                fprintf(stderr, "eng_bench: %s\n", err);
+                exit(1);
+            }
+            (mix == 2 ? mixed64 : mix ? mixed : alone)[r] = now() - t0;
+            for (int i = 0; i < 16; i++) eng_seq_truncate(s[i], CTX);
+            eng_seq_free(pf);
+        }
+        printf("round %d: 16 streams' step %.1f ms alone, %.1f ms with a 512-token prefill chunk, %.1f ms with 64\n",
+               r, alone[r] * 1e3, mixed[r] * 1e3, mixed64[r] * 1e3);
+    }
+    printf("decode tokens/s by concurrent streams (context %d), median of %d rounds:\n", CTX, ROUNDS);
+    for (int b = 0; b < NB; b++) {
+        double ratio[ROUNDS];
+        for (int r = 0; r < ROUNDS; r++) ratio[r] = tps[b][r] / tps[0][r];
+        printf("  %2d streams  %8.2f tokens/s  (%.2fx one stream, same-round median)\n", B[b], median(tps[b], ROUNDS),
+               median(ratio, ROUNDS));
+    }
+    printf("  16 streams' step: %.1f ms alone, %.1f ms beside a 64-token prefill piece (the server's budget while\n"
+           "  streams decode), %.1f ms beside a 512-token chunk (medians)\n",
+           median(alone, ROUNDS) * 1e3, median(mixed64, ROUNDS) * 1e3, median(mixed, ROUNDS) * 1e3);
+    for (int i = 0; i < 64; i++) eng_seq_free(s[i]), free(lg[i]);
+    free(lg);
+    free(chunk);
+}
+
+static void bench_ttft(eng_model_t *m) {
+    enum { N = 2024, CH = 512, ROUNDS = 2 };
+    int V = eng_model_info(m)->vocab_size;
+    float *lg = malloc((size_t)V * 4);
+    int32_t *ids = malloc(N * sizeof *ids);
+    double cold[ROUNDS], warm[ROUNDS], ratio[ROUNDS];
+    char err[256];
+    for (int r = 0; r < ROUNDS; r++) {
+        for (int i = 0; i < N; i++) ids[i] = 2 + (int32_t)(((unsigned)i * 7919u + (unsigned)r * 104729u) % (unsigned)(V - 2));
+        /* cold: the whole prompt, in the server's chunks */
+        eng_seq_t *s = eng_seq_new(m, 0);
+        double t0 = now();
+        for (int at = 0; at < N; at += CH) {
+            const int32_t *p = ids + at;
+            int n = N - at < CH ? N - at : CH;
+            float *lp = at + n == N ? lg : NULL;
+            if (eng_forward(m, &s, &p, &n, 1, &lp, err, sizeof err)) {
+                fprintf(stderr, "eng_bench: %s\n", err);
+                exit(1);
+            }
+        }
+        cold[r] = now() - t0;
+        eng_seq_free(s); /* its full blocks stay cached */
+        /* warm: the same prompt, its cached prefix attached */
+        s = eng_seq_new(m, 0);
+        t0 = now();
+        int hit = eng_seq_prefix(s, ids, N);
+        const int32_t *p = ids + hit;
+        int n = N - hit;
+        float *lp = lg;
+        if (eng_forward(m, &s, &p, &n, 1, &lp, err, sizeof err)) {
+            fprintf(stderr, "eng_bench: %s\n", err);
+            exit(1);
+        }
+        warm[r] = now() - t0;
+        ratio[r] = cold[r] / warm[r];
+        eng_seq_free(s);
+        printf("round %d: time to first token, %d-token prompt: %.3f s cold, %.3f s with %d tokens cached (%.1fx)\n",
+               r, N, cold[r], warm[r], hit, ratio[r]);
+    }
+    printf("time to first token (%d tokens): %.3f s cold, %.4f s with a cached 2,016-token prefix: %.1fx "
+           "(same-round median)\n", N, median(cold, ROUNDS), median(warm, ROUNDS), median(ratio, ROUNDS));
+    free(ids);
+    free(lg);
+}
+
 int main(int argc, char **argv) {
-    if (argc < 2 || (strcmp(argv[1], "decode") && strcmp(argv[1], "prefill"))) {
-        fprintf(stderr, "usage: eng_bench decode|prefill [--model DIR] [--threads N] [--tokens N] [--int8]\n");
+    static const char *modes[] = {"decode", "prefill", "context", "streams", "ttft"};
+    int mode = -1;
+    for (int i = 0; argc >= 2 && i < 5; i++)
+        if (!strcmp(argv[1], modes[i])) mode = i;
+    if (mode < 0) {
+        fprintf(stderr, "usage: eng_bench decode|prefill|context|streams|ttft [--model DIR] [--threads N] [--tokens N] [--int8]\n");
         return 2;
     }
     int decode = !strcmp(argv[1], "decode");
@@ -295,7 +492,11 @@ int main(int argc, char **argv) {
     for (int i = 0; i < ntok + 64; i++) ids[i] = 2 + (int32_t)((i * 7919u) % (unsigned)(V - 2));
     printf("model %s (%s), %d threads, kernels %s\n", dir, eng_model_info(m)->arch_name, threads,
            eng_model_backend(m));
-    if (decode) {
+    if (mode >= 2) {
+        if (mode == 2) bench_context(m);
+        if (mode == 3) bench_streams(m);
+        if (mode == 4) bench_ttft(m);
+    } else if (decode) {
         /* warm: touch every weight once through a prefill, then decode */
         eng_seq_t *s = eng_seq_new(m, 0);
         const int32_t *p = ids;

@@ -1,13 +1,13 @@
 /* libFuzzer target: POST /v1/chat/completions bodies through the shared
  * reader (api/api_chat.c, also fuzzed alone in fuzz/api/), the max_tokens
- * rule and the response builders (engine/eng_server_req.c).
+ * rule and the response builders (engine/server/eng_server_req.c).
  * A broken invariant traps.  make test-engine-server replays the seed corpus
  * fuzz/engine_server/corpus/chat_req through a plain build (fuzz/replay.c).
  *
  *   make fuzz-engine-server            build build/fuzz/fuzz_chat_req
  *   make fuzz-engine-server-run        run it for FUZZ_SECONDS (default 60)
  */
-#include "../../engine/eng_server_req.c"
+#include "../../engine/server/eng_server_req.c"
 #include "../../api/api_chat.c"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {

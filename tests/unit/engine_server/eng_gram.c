@@ -1,4 +1,4 @@
-/* Unit tests for engine/eng_gram.c on the real DeepSeek-V3 vocabulary:
+/* Unit tests for engine/sched/eng_gram.c on the real DeepSeek-V3 vocabulary:
  *  - the JSON machine accepts valid JSON byte by byte and refuses invalid
  *    text at the first bad byte;
  *  - masks are exact: a token is allowed iff eng_gram_accept takes it;
@@ -9,9 +9,9 @@
  *  - the cost of one mask over the 128K vocabulary (printed).
  *
  *   eng_gram TOKENIZER_JSON */
-#include "../../../engine/eng_gram.c"
-#include "../../../engine/eng_server_req.c"
-#include "../../../engine/eng_sched_text.c"
+#include "../../../engine/sched/eng_gram.c"
+#include "../../../engine/server/eng_server_req.c"
+#include "../../../engine/sched/eng_sched_text.c"
 #include "../../../api/api_chat.c"
 
 #include <time.h>

@@ -1,6 +1,6 @@
-/* Unit tests for engine/eng_sample.c: RNG determinism, greedy, the vocab
+/* Unit tests for engine/sched/eng_sample.c: RNG determinism, greedy, the vocab
  * restriction, top-p nucleus, temperature and penalties. */
-#include "../../../engine/eng_sample.c"
+#include "../../../engine/sched/eng_sample.c"
 
 #include <stdlib.h>
 

@@ -1,6 +1,6 @@
-/* Unit tests for engine/eng_sched_text.c: stop strings matched across token
+/* Unit tests for engine/sched/eng_sched_text.c: stop strings matched across token
  * boundaries (never emitted, nothing after them), and <think> splitting. */
-#include "../../../engine/eng_sched_text.c"
+#include "../../../engine/sched/eng_sched_text.c"
 
 #include "tg_test.h"
 

@@ -1,8 +1,8 @@
-/* Unit tests for engine/eng_server_req.c and the request reader it uses
+/* Unit tests for engine/server/eng_server_req.c and the request reader it uses
  * (api/api_chat.c, tested further in tests/unit/api/): request validation
  * (each 400 case names its parameter), response and chunk shapes, tool-call
  * blocks, SSE framing, the max_tokens / context rule. */
-#include "../../../engine/eng_server_req.c"
+#include "../../../engine/server/eng_server_req.c"
 #include "../../../api/api_chat.c"
 
 #include "tg_test.h"

@@ -6,7 +6,8 @@
  * cache gave what it holds), drop cancelled ones, then call eng_forward once
  * with the active sequences — the last sampled token of every decoding one,
  * and the next prompt chunk of those still in prefill, within a per-step
- * prefill budget — sample one token for each sequence whose context is
+ * prefill budget (prefill_chunk, or decode_prefill while some stream is
+ * decoding) — sample one token for each sequence whose context is
  * complete, run it through the text pipeline, and queue one event per job.
  *
  * Preemption: when the step needs more blocks than the pool can give, the
@@ -440,16 +441,19 @@ oom:
 }
 
 /* Tokens job j feeds in this step: the rest of its context's current chunk
- * (prefill, or recompute after a preemption; chunks end at multiples of
- * prefill_chunk, so a context is cut the same way whatever runs beside it),
- * or its last sampled token.  *budget: prefill tokens left for this step;
- * the first prefill always goes.  0: it sits this step out. */
-static int plan_tokens(eng_sched_t *s, eng_job_t *j, int *budget, int *any_prefill) {
+ * (prefill, or recompute after a preemption; a chunk never crosses a multiple
+ * of prefill_chunk), or its last sampled token.  *budget: prefill tokens left
+ * for this step; the first prefill always goes, cut to the budget when
+ * streams are decoding (the budget is then decode_prefill, so their next
+ * token is not held up by a long chunk: the forward pass gives the same
+ * numbers however a context is cut).  0: it sits this step out. */
+static int plan_tokens(eng_sched_t *s, eng_job_t *j, int *budget, int *any_prefill, int decoding) {
     int len = eng_seq_len(j->seq), rest = j->spec.n_prompt + j->n_gen - len, C = s->o.prefill_chunk;
     if (rest <= 1) return rest;
     int n = C - len % C;
     if (n > rest) n = rest;
     if (*any_prefill && n > *budget) return 0;
+    if (decoding && n > *budget) n = *budget > 0 ? *budget : 1;
     *any_prefill = 1;
     *budget -= n;
     return n;
@@ -493,11 +497,14 @@ static void step(eng_sched_t *s) {
     /* plan the step; while the pool cannot hold it, preempt the youngest */
     int nb;
     for (;;) {
-        int budget = s->o.prefill_chunk, any_prefill = 0, need = 0;
+        int any_prefill = 0, need = 0, decoding = 0;
+        for (int i = 0; i < s->n_act && !decoding; i++)
+            decoding = s->active[i]->spec.n_prompt + s->active[i]->n_gen - eng_seq_len(s->active[i]->seq) == 1;
+        int budget = decoding ? s->o.decode_prefill : s->o.prefill_chunk;
         nb = 0;
         for (int i = 0; i < s->n_act; i++) {
             eng_job_t *j = s->active[i];
-            int n = plan_tokens(s, j, &budget, &any_prefill);
+            int n = plan_tokens(s, j, &budget, &any_prefill, decoding);
             if (n <= 0) continue;
             int len = eng_seq_len(j->seq);
             s->b_ids[nb] = j->ctx + len;
@@ -622,6 +629,8 @@ eng_sched_t *eng_sched_new(eng_model_t *m, const tok_t *t, const eng_sched_opts_
     s->o.max_batch = o && o->max_batch > 0 ? o->max_batch : 64;
     s->o.max_queue = o && o->max_queue > 0 ? o->max_queue : 256;
     s->o.prefill_chunk = o && o->prefill_chunk > 0 ? o->prefill_chunk : 512;
+    s->o.decode_prefill = o && o->decode_prefill > 0 ? o->decode_prefill : s->o.prefill_chunk / 8;
+    if (s->o.decode_prefill < 1) s->o.decode_prefill = 1;
     s->vocab_rows = mi->vocab_size;
     s->n_allowed = tok_n_vocab(t) < mi->vocab_size ? tok_n_vocab(t) : mi->vocab_size;
     s->eos_tok = tok_eos(t);

@@ -105,7 +105,7 @@ static int preset(const char *arch, const char *name, gm_preset_t *p) {
             p->D = 2048, p->layers = 8, p->vocab = 32000, p->H = 16;
             p->q_lora = 512, p->c = 256, p->dn = 64, p->dr = 32, p->dv = 64;
             p->inter = 8192, p->moe_inter = 1024, p->E = 32, p->topk = 8, p->n_group = 4, p->topk_group = 4;
-            p->n_shared = 1, p->first_dense = 1, p->max_pos = 4096, p->bias_range = 0.05;
+            p->n_shared = 1, p->first_dense = 1, p->max_pos = 163840, p->bias_range = 0.05;
             return 0;
         }
     } else if (!strcmp(arch, "deepseek_v2")) {

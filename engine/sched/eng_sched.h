@@ -148,6 +148,7 @@ typedef struct {
     int max_batch;     /* sequences in one forward call (default 64) */
     int max_queue;     /* waiting jobs before submit refuses (default 256) */
     int prefill_chunk; /* prompt chunk size and per-step prefill budget (default 512) */
+    int decode_prefill; /* the per-step prefill budget while some stream decodes (default prefill_chunk/8) */
 } eng_sched_opts_t;
 
 typedef struct eng_sched eng_sched_t;

@@ -340,10 +340,10 @@ void eng_seq_commit(eng_seq_t *s) {
         int32_t b = s->blocks[s->n_keyed];
         const int32_t *t = kv->toks + (size_t)b * B;
         uint64_t k = tg_prefix_block_hash(s->key, t, B);
-        if (!kv->reg[b] && h_find(kv, k, s->key, t) == NIL) {
-            kv->key[b] = k;
+        if (!kv->reg[b]) {
+            kv->key[b] = k; /* its chain key, registered or not (eng_seq_truncate reads it) */
             kv->parent[b] = s->key;
-            h_insert(kv, b);
+            if (h_find(kv, k, s->key, t) == NIL) h_insert(kv, b);
         }
         s->key = k;
         s->n_keyed++;

@@ -847,12 +847,13 @@ static void usage(FILE *f) {
     fprintf(f,
             "usage: tollgate-engine serve --model DIR [--device cpu] [--threads N]\n"
             "         [--listen HOST:PORT] [--model-name NAME] [--max-batch N] [--max-queue N]\n"
-            "         [--ctx N] [--kv-mem BYTES[K|M|G]] [--prefill-chunk N] [--int8]\n"
+            "         [--ctx N] [--kv-mem BYTES[K|M|G]] [--prefill-chunk N] [--decode-prefill N] [--int8]\n"
             "         [--keepalive SECONDS] [--default-max-tokens N]\n"
             "  defaults: --listen 127.0.0.1:8500, --model-name = basename of DIR,\n"
             "            --max-batch 32 per thread (8..256), --max-queue 256,\n"
             "            --ctx = the model's max_position_embeddings (and at most what --kv-mem holds),\n"
             "            --kv-mem = a quarter of the machine's memory, --prefill-chunk 512,\n"
+            "            --decode-prefill = prefill-chunk/8 (prompt tokens a step takes while streams decode),\n"
             "            --keepalive 5 (SSE comment interval while a stream waits),\n"
             "            --default-max-tokens 4096 (max_tokens of a request that gives none,\n"
             "            capped by the context left after the prompt)\n");
@@ -861,6 +862,7 @@ static void usage(FILE *f) {
 int eng_cmd_serve(int argc, char **argv) {
     const char *dir = NULL, *device = "cpu", *listen = "127.0.0.1:8500", *name = NULL;
     int threads = 0, max_batch = 0, max_queue = 256, ctx = 0, int8 = 0, keepalive = 5, prefill_chunk = 512;
+    int decode_prefill = 0;
     long default_max = 4096;
     size_t kv_mem = 0;
     for (int i = 0; i < argc; i++) {
@@ -888,6 +890,7 @@ int eng_cmd_serve(int argc, char **argv) {
         else if (!strcmp(a, "--keepalive")) keepalive = atoi(v);
         else if (!strcmp(a, "--ctx")) ctx = atoi(v);
         else if (!strcmp(a, "--prefill-chunk")) prefill_chunk = atoi(v);
+        else if (!strcmp(a, "--decode-prefill")) decode_prefill = atoi(v);
         else if (!strcmp(a, "--kv-mem")) {
             char *end;
             double x = strtod(v, &end);
@@ -920,9 +923,9 @@ int eng_cmd_serve(int argc, char **argv) {
         return 2;
     }
     if (max_batch < 0 || max_batch > 256 || max_queue < 1 || threads < 0 || ctx < 0 || keepalive < 1 ||
-        prefill_chunk < 16 || prefill_chunk > 65536) {
+        prefill_chunk < 16 || prefill_chunk > 65536 || decode_prefill < 0 || decode_prefill > prefill_chunk) {
         fprintf(stderr, "serve: --max-batch must be 1..256, --max-queue and --keepalive >= 1, "
-                        "--threads/--ctx >= 0, --prefill-chunk 16..65536\n");
+                        "--threads/--ctx >= 0, --prefill-chunk 16..65536, --decode-prefill 1..prefill-chunk\n");
         return 2;
     }
     char host[256];
@@ -1013,7 +1016,8 @@ int eng_cmd_serve(int argc, char **argv) {
         fprintf(stderr, "serve: cannot listen on %s:%d: %s\n", host, port, strerror(errno));
         goto out;
     }
-    eng_sched_opts_t so = {.max_batch = max_batch, .max_queue = max_queue, .prefill_chunk = prefill_chunk};
+    eng_sched_opts_t so = {.max_batch = max_batch, .max_queue = max_queue, .prefill_chunk = prefill_chunk,
+                           .decode_prefill = decode_prefill};
     S.sched = eng_sched_new(S.model, S.tok, &so, wake_from_sched, S.wake_ev, err, sizeof err);
     if (!S.sched) {
         fprintf(stderr, "serve: %s\n", err);
