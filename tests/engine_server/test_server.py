@@ -839,10 +839,13 @@ class KvCache(unittest.TestCase):
         self.assertEqual(st, 400, b)
         self.assertEqual(json.loads(b)["error"]["code"], "context_length_exceeded")
         self.assertEqual(metrics(PORT_KV)["tollgate_engine_forward_steps_total"], steps)
-        # the largest one that fits runs, alone in the whole budget
-        n = json.loads(chat("hi", port=PORT_KV, max_tokens=1)[2])["usage"]["prompt_tokens"]
-        u = chat_json(PORT_KV, "hi", max_tokens=KV_BLOCKS * 16 - n)["usage"]
-        self.assertEqual(u["completion_tokens"], KV_BLOCKS * 16 - n)
+        # the largest one that fits runs, alone in the whole budget (a long
+        # prompt, so that few tokens are decoded, even under a sanitizer)
+        text = "hello " * (KV_BLOCKS * 16 - 40)
+        n = json.loads(chat(text, port=PORT_KV, max_tokens=1)[2])["usage"]["prompt_tokens"]
+        self.assertLess(n, KV_BLOCKS * 16 - 8)
+        u = chat_json(PORT_KV, text, max_tokens=KV_BLOCKS * 16 - n)["usage"]
+        self.assertEqual((u["prompt_tokens"], u["completion_tokens"]), (n, KV_BLOCKS * 16 - n))
 
     def test_prefix_cache_hit_billed_and_same_answer(self):
         text = "The quick brown fox %s jumps over the lazy dog. " % "prefix-test"
