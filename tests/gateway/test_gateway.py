@@ -701,7 +701,9 @@ class Gateway(unittest.TestCase):
         name = 'tollgate_worker_failures_total{worker="http://127.0.0.1:18645"}'
         tries = []  # (start, end) of the requests during which the dead worker was tried
         before = metric(name, absent=0.0)
-        for i in range(12):
+        # Prefix affinity picks the first worker to try from the prompt's hash: 40
+        # different prompts make it all but certain ((2/3)^40) that the dead one comes up.
+        for i in range(40):
             t0 = time.monotonic()
             st, h, b = chat(self.key, "alive%d" % i)
             t1 = time.monotonic()
