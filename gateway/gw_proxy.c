@@ -680,6 +680,13 @@ static void gw_up_on_event(struct bufferevent *bev, short what, void *arg) {
         gw_up_connect(r);
         return;
     }
+    if (!r->up_got_bytes && !r->head_sent && r->up_external && r->up_connected) {
+        /* an external upstream had the request (TLS up, sent): it may have run, and bill us, so it
+         * is not sent again */
+        if (r->worker) gw_worker_refused(r->worker);
+        gw_up_fail(r, 502, "upstream_error", "The upstream closed the connection without answering");
+        return;
+    }
     if (!r->up_got_bytes && !r->head_sent) { /* refused or reset before answering: try another */
         if (r->worker) gw_worker_refused(r->worker);
         r->loop->m.upstream_errors++;

@@ -697,7 +697,8 @@ class Gateway(unittest.TestCase):
         # The first worker for the model refuses connections.  Every request is answered by
         # another one, and the dead one, once it failed, is left alone for its back-off
         # (1 s, doubling): two tries of it are never less than 1 s apart, whatever the
-        # machine's speed.  (The gateway's clock and ours are both monotonic.)
+        # machine's speed.  (The gateway's clock and ours are both monotonic.)  Its health
+        # checks fail: the pool marks it down (then routing does not try it at all).
         name = 'tollgate_worker_failures_total{worker="http://127.0.0.1:18645"}'
         tries = []  # (start, end) of the requests during which the dead worker was tried
         before = metric(name, absent=0.0)
@@ -713,7 +714,13 @@ class Gateway(unittest.TestCase):
             if after > before:
                 tries.append((t0, t1))
             before = after
-        self.assertGreaterEqual(after, 1, "the dead worker was tried (in this test or before)")
+        # the pool's health check (every second) marks it down; until then requests may try it
+        deadline = time.time() + WAIT
+        while metric('tollgate_worker_up{worker="http://127.0.0.1:18645"}') != 0:
+            self.assertLess(time.time(), deadline, "the dead worker is never marked down")
+            time.sleep(0.1)
+        self.assertGreater(metric('tollgate_worker_health_failures_total{worker="http://127.0.0.1:18645"}'), 0)
+        self.assertEqual(metric('tollgate_worker_up{worker="http://127.0.0.1:18643"}'), 1)
         for (s0, _), (_, e1) in zip(tries, tries[1:]):
             self.assertGreaterEqual(e1 - s0, 1.0, "the dead worker was tried again within its back-off")
 

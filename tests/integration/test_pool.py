@@ -96,10 +96,11 @@ def settled_row(gw, rid):
 
 
 class FakeWorker(threading.Thread):
-    """Answers GET /health 200; resets every POST before any answer byte."""
+    """Answers GET /health 200; resets every POST before any answer byte (over TLS with tls: an ssl context)."""
 
-    def __init__(self, port):
+    def __init__(self, port, tls=None):
         super().__init__(daemon=True)
+        self.tls = tls
         self.s = socket.socket()
         self.s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.s.bind(("127.0.0.1", port))
@@ -116,6 +117,8 @@ class FakeWorker(threading.Thread):
                 continue
             c.settimeout(10)
             try:
+                if self.tls:
+                    c = self.tls.wrap_socket(c, server_side=True)
                 data = b""
                 while b"\r\n\r\n" not in data:
                     b = c.recv(65536)
@@ -128,7 +131,8 @@ class FakeWorker(threading.Thread):
                     rid = [ln.split(b":", 1)[1].strip().decode() for ln in data.split(b"\r\n")
                            if ln.lower().startswith(b"x-request-id:")]
                     self.posts.append(rid[0] if rid else None)
-                    c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                    if not self.tls:
+                        c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
             except OSError:
                 pass
             c.close()
@@ -311,6 +315,50 @@ class External(unittest.TestCase):
         wait_for(lambda: (labelled(self.gw, 0, "tollgate_worker_up", self.url) == 1 and
                           labelled(self.gw, 0, "tollgate_worker_health_failures_total", self.url) == 0),
                  "the upstream up")
+
+
+class ExternalNoResend(unittest.TestCase):
+    """An https upstream that takes the request and drops it unanswered: a 502, never a second send."""
+
+    @classmethod
+    def setUpClass(cls):
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls.load_cert_chain(E["TG_TEST_CERT"], os.path.join(E["TG_TEST_DIR"], "tls", "key.pem"))
+        cls.fake = FakeWorker(P_FAKE + 1, tls)
+        cls.fake.start()
+        cls.up_key, cls.up_cust = customer_key("pool-upstream-noresend")
+        cls.key, _ = customer_key("pool-noresend-client")
+        cls.fake_url = "https://127.0.0.1:%d" % (P_FAKE + 1)
+        cls.gw = Instances("pool-noresend", [P_GW + 2], workers=[
+            {"url": cls.fake_url, "models": [MODEL], "api_key": "sk-fake", "tls_ca": E["TG_TEST_CERT"]},
+            {"url": E["TG_TEST_GATEWAY"], "models": [MODEL], "api_key": cls.up_key, "tls_ca": E["TG_TEST_CERT"]},
+        ]).start()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.gw.stop()
+        cls.fake.close()
+
+    def test_dropped_after_sending_is_not_sent_again(self):
+        wait_for(lambda: labelled(self.gw, 0, "tollgate_worker_up", self.fake_url) == 1, "the fake upstream up")
+        answers = {}
+        for i in range(60):
+            if self.fake.posts:
+                break
+            st, h, _ = https(P_GW + 2, "POST", "/v1/chat/completions", self.key, chat_body("once %d" % i),
+                             timeout=WAIT)
+            answers[h["x-request-id"]] = st
+        self.assertTrue(self.fake.posts, "no request reached the dropping upstream")
+        self.assertEqual(len(self.fake.posts), 1)
+        rid = self.fake.posts[0]
+        self.assertEqual(answers[rid], 502, "the dropped request is answered 502, not sent to the other upstream")
+        self.assertEqual([st for r, st in answers.items() if r != rid], [200] * (len(answers) - 1))
+        # the real upstream billed its key once per 200 answer, never for the dropped one
+        self.gw.settled()
+        wait_for(lambda: q("SELECT count(*) FROM usage WHERE customer_id = %s", self.up_cust)[0][0] ==
+                 len(answers) - 1, "the upstream's rows")
+        row = settled_row(self.gw, rid)
+        self.assertEqual((row[1], row[2], row[3]), (0, 0, 502), "nothing billed for the dropped request")
 
 
 if __name__ == "__main__":
