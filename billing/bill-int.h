@@ -100,6 +100,7 @@ bill_admin_t *bill_admin_new(struct event_base *base, bill_pg_t *pg, const bill_
 void bill_admin_free(bill_admin_t *a);
 /* bill_admin_page (bill.h) on this listener. */
 int bill_admin_add_page(bill_admin_t *a, const char *path, bill_page_fn fn, void *arg);
+void bill_admin_set_settlement(bill_admin_t *a, bill_page_fn fn, void *arg);
 
 /* ---- reports (bill_report.c) --------------------------------------------- */
 

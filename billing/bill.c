@@ -244,6 +244,12 @@ int bill_admin_page(bill_t *b, const char *path, bill_page_fn fn, void *arg) {
     return b && b->admin ? bill_admin_add_page(b->admin, path, fn, arg) : -1;
 }
 
+int bill_admin_settlement(bill_t *b, bill_page_fn fn, void *arg) {
+    if (!b || !b->admin) return -1;
+    bill_admin_set_settlement(b->admin, fn, arg);
+    return 0;
+}
+
 void bill_hold_stats(const bill_t *b, bill_hold_stats_t *st) {
     memset(st, 0, sizeof *st);
     if (!b) return;

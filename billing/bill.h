@@ -274,5 +274,11 @@ typedef struct bill_page bill_page_t;
 typedef void (*bill_page_fn)(bill_page_t *pg, void *arg);
 int bill_admin_page(bill_t *b, const char *path, bill_page_fn fn, void *arg);
 void bill_page_reply(bill_page_t *pg, int status, const char *content_type, const char *body, size_t len);
+/* GET /admin/v1/settlement (after the admin token is checked) is answered by
+ * fn instead of this handle's own queue: a program with several handles (one
+ * per event loop) sums theirs (bill_settle_stats_json) and replies. */
+int bill_admin_settlement(bill_t *b, bill_page_fn fn, void *arg);
+/* The settlement stats as GET /admin/v1/settlement's JSON; returns its length. */
+size_t bill_settle_stats_json(const bill_settle_stats_t *st, char *body, size_t n);
 
 #endif

@@ -73,6 +73,8 @@ struct bill_admin {
     char *secret;
     struct adm_q pending;
     struct adm_page *pages;    /* bill_admin_page */
+    bill_page_fn settle_fn;    /* bill_admin_settlement: answers GET settlement instead */
+    void *settle_arg;
 };
 
 static const adm_router_fn routers[] = {
@@ -509,11 +511,11 @@ const char *adm_epoch_to_iso(const char *t, char out[40]) {
 
 /* The settlement queue (bill_settle_stats_t), answered from memory: tests
  * wait for "idle" before they count rows. */
-static void settlement_get(adm_req_t *r) {
-    bill_settle_stats_t st;
-    char body[512];
-    bill_settler_stats(r->settler, &st);
-    snprintf(body, sizeof body,
+static bill_page_t *page_new(struct evhttp_request *req);
+
+size_t bill_settle_stats_json(const bill_settle_stats_t *sp, char *body, size_t n) {
+    const bill_settle_stats_t st = *sp;
+    int w = snprintf(body, n,
              "{\"queued\":%lld,\"in_flight\":%lld,\"spool_files\":%lld,\"spool_pending\":%lld,"
              "\"replay_pending\":%s,\"settled_total\":%llu,\"inserted_total\":%llu,\"debited_total\":%llu,"
              "\"rejected_total\":%llu,\"idle\":%s}",
@@ -521,6 +523,25 @@ static void settlement_get(adm_req_t *r) {
              st.replay_pending ? "true" : "false", (unsigned long long)st.settled_total,
              (unsigned long long)st.inserted_total, (unsigned long long)st.debited_total,
              (unsigned long long)st.rejected_total, st.idle ? "true" : "false");
+    return w < 0 ? 0 : (size_t)w < n ? (size_t)w : n - 1;
+}
+
+static void settlement_get(adm_req_t *r) {
+    bill_admin_t *a = r->a;
+    if (a->settle_fn) { /* the embedding program sums its settlers (several event loops) */
+        bill_page_t *pg = page_new(r->req);
+        if (!pg) {
+            adm_error(r, 500, NULL, "out of memory");
+            return;
+        }
+        finish(r);
+        a->settle_fn(pg, a->settle_arg);
+        return;
+    }
+    bill_settle_stats_t st;
+    char body[512];
+    bill_settler_stats(r->settler, &st);
+    bill_settle_stats_json(&st, body, sizeof body);
     adm_reply(r, 200, NULL, body);
 }
 
@@ -690,21 +711,32 @@ static void page_conn_closed(struct evhttp_connection *conn, void *arg) {
     pg->gone = 1;
 }
 
+static bill_page_t *page_new(struct evhttp_request *req) {
+    bill_page_t *pg = calloc(1, sizeof *pg);
+    if (!pg) return NULL;
+    pg->req = req;
+    pg->conn = evhttp_request_get_connection(req);
+    if (pg->conn) evhttp_connection_set_closecb(pg->conn, page_conn_closed, pg);
+    return pg;
+}
+
 static void page_cb(struct evhttp_request *req, void *arg) {
     adm_page_t *p = arg;
     if (evhttp_request_get_command(req) != EVHTTP_REQ_GET) {
         send_error(req, 405, NULL, "use GET");
         return;
     }
-    bill_page_t *pg = calloc(1, sizeof *pg);
+    bill_page_t *pg = page_new(req);
     if (!pg) {
         send_error(req, 500, NULL, "out of memory");
         return;
     }
-    pg->req = req;
-    pg->conn = evhttp_request_get_connection(req);
-    if (pg->conn) evhttp_connection_set_closecb(pg->conn, page_conn_closed, pg);
     p->fn(pg, p->arg);
+}
+
+void bill_admin_set_settlement(bill_admin_t *a, bill_page_fn fn, void *arg) {
+    a->settle_fn = fn;
+    a->settle_arg = arg;
 }
 
 void bill_page_reply(bill_page_t *pg, int status, const char *content_type, const char *body, size_t len) {

@@ -7,6 +7,7 @@
 #ifndef GW_INT_H
 #define GW_INT_H
 
+#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -191,6 +192,7 @@ struct gw_config {
     char *dashboard_dir;
     char *receipt_key;         /* Ed25519 PEM signing usage receipts; "" or a missing file: none */
     int64_t max_body_bytes, max_header_bytes, max_connections;
+    int64_t loops;             /* event loops; 0: one per core */
     int64_t default_rpm, default_tpm, default_concurrency;
     char *tokenizer, *chat_template;
     int64_t handshake_timeout_ms, header_timeout_ms, body_timeout_ms, idle_timeout_ms, write_timeout_ms;
@@ -248,7 +250,21 @@ void gw_metrics_render(const gw_metrics_t *m, const gw_config_t *cfg, const stru
 /* Holds, credit leases and the key cache (bill_hold_stats). */
 void gw_metrics_render_holds(const gw_metrics_t *m, const bill_hold_stats_t *h, gw_buf_t *o);
 struct bill;
-void gw_metrics_render_money(const struct bill *b, gw_buf_t *o); /* the settlement and cost metrics */
+/* Settled cost of one model, exact (pico-USD). */
+typedef struct {
+    char model[128];
+    unsigned __int128 pico;
+} gw_cost_t;
+#define GW_COSTS 65
+/* A loop's settlement numbers (on its thread), added up over loops, rendered. */
+typedef struct {
+    bill_settle_stats_t st;
+    gw_cost_t cost[GW_COSTS];
+    int ncost;
+} gw_money_t;
+void gw_metrics_money_snap(const struct bill *b, gw_money_t *m);
+void gw_metrics_money_add(gw_money_t *a, const gw_money_t *b, int first);
+void gw_metrics_render_money(const gw_money_t *m, gw_buf_t *o); /* the settlement and cost metrics */
 
 /* ---- the layers of a request ----------------------------------------------
  *
@@ -282,15 +298,21 @@ typedef struct gw_loop gw_loop_t;
 
 #include "bill.h"
 
+/* A worker that refused a connection is skipped by every loop for a while:
+ * one per worker in the process, read and written with relaxed atomics. */
+typedef struct gw_backoff {
+    int64_t down_until_us;    /* skipped while in the future (after a refused connection) */
+    int64_t refused_us;       /* when; a health check passed since clears it */
+    int64_t backoff_ms;
+} gw_backoff_t;
+
 /* What one event loop knows of one configured worker at run time. */
 typedef struct gw_upstream {
     const gw_worker_t *cfg;
     int index;                /* in cfg->workers */
     int outstanding;
     uint64_t requests, failures;
-    int64_t down_until_us;    /* skipped while in the future (after a refused connection) */
-    int64_t refused_us;       /* when; a health check passed since clears it */
-    int64_t backoff_ms;
+    struct gw_backoff *bo;    /* the process's (every loop's) back-off of this worker */
     struct gw_upconn *idle;   /* kept-alive connections to reuse (gw_proxy.c) */
     int nidle;
 } gw_upstream_t;
@@ -319,7 +341,7 @@ typedef struct {
     bill_hold_stats_t holds;
     int redis_up;
     gw_rl_snap_t rl;
-    gw_buf_t money;            /* the loop's settlement and cost metrics (text) */
+    gw_money_t money;          /* the loop's settlement and cost numbers */
     struct {
         int outstanding;
         uint64_t failures;
@@ -347,6 +369,9 @@ struct gw_loop {
     struct gw_dash *dash;      /* the dashboards (gw_dash.c) */
     struct event *snap_ev;     /* fill `snap` (activated by the first loop's scrape) */
     gw_loop_snap_t snap;
+    struct event *stop_ev;     /* shut down (activated from the signal's loop) */
+    pthread_t thread;          /* loops after the first run on their own thread */
+    int started;
 };
 
 /* The process: what every loop shares (read-only after start, except where
@@ -364,6 +389,8 @@ struct gw_server {
     FILE *alog;
     int64_t started;
     int64_t nconns;            /* open client connections, all loops (atomic) */
+    gw_backoff_t *backoff;     /* one per worker, shared by the loops */
+    int spool_lock;            /* flock of cfg->spool_dir (each loop's billing locks its loop<i>) */
     /* /metrics (gw_admin.c; first loop's thread) */
     struct gw_scrape *scrapes; /* waiting for the loops' snapshots */
     int scraping;

@@ -33,6 +33,11 @@ gw_server_t *gw_server_new(struct event_base *base, const gw_config_t *cfg, char
  * then break the loop.  Safe to call more than once. */
 void gw_server_shutdown(gw_server_t *s);
 void gw_server_free(gw_server_t *s);
+/* Start the loops after the first on threads of their own (the first runs on
+ * the caller's event_base_dispatch); gw_server_join waits for them to end. */
+int gw_server_start(gw_server_t *s, char *err, size_t errlen);
+void gw_server_join(gw_server_t *s);
+int gw_server_loops(const gw_server_t *s);
 /* SIGHUP: load the TLS certificate and key again (new connections get them;
  * open ones keep theirs); on failure the old ones stay, logged. */
 void gw_server_reload(gw_server_t *s); /* accepts NULL; also frees billing */

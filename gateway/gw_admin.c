@@ -17,6 +17,7 @@
 struct gw_scrape {
     struct gw_scrape *next;
     bill_page_t *pg;
+    int settlement;            /* GET /admin/v1/settlement, else /metrics */
 };
 
 /* On loop l's thread: copy its numbers into its slot. */
@@ -29,8 +30,7 @@ static void gw_admin_on_snap(evutil_socket_t fd, short what, void *arg) {
     sn->redis_up = gw_rl_connected(l->rl);
     gw_rl_snapshot(l->rl, &sn->rl);
     sn->m.redis_errors = sn->rl.st.redis_errors;
-    sn->money.len = 0;
-    gw_metrics_render_money(l->bill, &sn->money);
+    gw_metrics_money_snap(l->bill, &sn->money);
     for (int i = 0; i < s->cfg->nworkers; i++) {
         sn->up[i].outstanding = l->up[i].outstanding;
         sn->up[i].failures = l->up[i].failures;
@@ -96,11 +96,28 @@ static void gw_admin_render(gw_server_t *s, gw_buf_t *out) {
     gw_metrics_render_holds(m, &hs, out);
     gw_rl_metrics_snap(&rls, out);
     gw_sup_metrics(s, out);
-    /* settlement and cost: per loop (each has its own settler); one loop today */
-    for (int i = 0; i < s->nloops; i++)
-        if (s->loops[i].snap.money.p) gw_buf_append(out, s->loops[i].snap.money.p, s->loops[i].snap.money.len);
+    /* settlement and cost: each loop has its own settler */
+    gw_money_t *money = malloc(sizeof *money);
+    if (money) {
+        for (int i = 0; i < s->nloops; i++) gw_metrics_money_add(money, &s->loops[i].snap.money, i == 0);
+        gw_metrics_render_money(money, out);
+        free(money);
+    }
     gw_buf_printf(out, "# HELP tollgate_event_loops Event loops serving the public port.\n"
                        "# TYPE tollgate_event_loops gauge\ntollgate_event_loops %d\n", s->nloops);
+    gw_buf_printf(out, "# HELP tollgate_loop_connections_total Client connections accepted, per event loop.\n"
+                       "# TYPE tollgate_loop_connections_total counter\n");
+    for (int i = 0; i < s->nloops; i++)
+        gw_buf_printf(out, "tollgate_loop_connections_total{loop=\"%d\"} %llu\n", i,
+                      (unsigned long long)s->loops[i].snap.m.connections_total);
+    gw_buf_printf(out, "# HELP tollgate_loop_requests_total Requests answered, per event loop.\n"
+                       "# TYPE tollgate_loop_requests_total counter\n");
+    for (int i = 0; i < s->nloops; i++) {
+        unsigned long long n = 0;
+        for (int r = 0; r < GW_ROUTE_N; r++)
+            for (int c = 0; c < 600; c++) n += s->loops[i].snap.m.requests[r][c];
+        gw_buf_printf(out, "tollgate_loop_requests_total{loop=\"%d\"} %llu\n", i, n);
+    }
     free(m);
     free(up);
 }
@@ -108,13 +125,24 @@ static void gw_admin_render(gw_server_t *s, gw_buf_t *out) {
 static void gw_admin_on_gathered(evutil_socket_t fd, short what, void *arg) {
     gw_server_t *s = arg;
     gw_buf_t b = {0};
-    gw_admin_render(s, &b);
     struct gw_scrape *w = s->scrapes;
     s->scrapes = NULL;
     s->scraping = 0;
+    int metrics = 0;
+    for (struct gw_scrape *x = w; x; x = x->next) metrics |= !x->settlement;
+    if (metrics) gw_admin_render(s, &b);
+    /* the settlement queues of every loop: one answer, as one settler's */
+    char js[512] = "";
+    gw_money_t *money = malloc(sizeof *money);
+    if (money) {
+        for (int i = 0; i < s->nloops; i++) gw_metrics_money_add(money, &s->loops[i].snap.money, i == 0);
+        bill_settle_stats_json(&money->st, js, sizeof js);
+        free(money);
+    }
     while (w) {
         struct gw_scrape *n = w->next;
-        if (b.p) bill_page_reply(w->pg, 200, "text/plain; version=0.0.4", b.p, b.len);
+        if (w->settlement && *js) bill_page_reply(w->pg, 200, "application/json", js, strlen(js));
+        else if (!w->settlement && b.p) bill_page_reply(w->pg, 200, "text/plain; version=0.0.4", b.p, b.len);
         else bill_page_reply(w->pg, 500, "text/plain", "out of memory\n", 14);
         free(w);
         w = n;
@@ -122,13 +150,13 @@ static void gw_admin_on_gathered(evutil_socket_t fd, short what, void *arg) {
     gw_buf_free(&b);
 }
 
-static void gw_admin_metrics(bill_page_t *pg, void *arg) {
-    gw_server_t *s = arg;
+static void gw_admin_gather(bill_page_t *pg, gw_server_t *s, int settlement) {
     struct gw_scrape *w = calloc(1, sizeof *w);
     if (!w) {
         bill_page_reply(pg, 500, "text/plain", "out of memory\n", 14);
         return;
     }
+    w->settlement = settlement;
     w->pg = pg;
     w->next = s->scrapes;
     s->scrapes = w;
@@ -138,6 +166,10 @@ static void gw_admin_metrics(bill_page_t *pg, void *arg) {
     for (int i = 0; i < s->nloops; i++) event_active(s->loops[i].snap_ev, EV_TIMEOUT, 1);
 }
 
+static void gw_admin_metrics(bill_page_t *pg, void *arg) { gw_admin_gather(pg, arg, 0); }
+
+static void gw_admin_settlement(bill_page_t *pg, void *arg) { gw_admin_gather(pg, arg, 1); }
+
 int gw_admin_loop_init(gw_loop_t *l) {
     l->snap.up = calloc((size_t)l->srv->cfg->nworkers, sizeof *l->snap.up);
     l->snap_ev = event_new(l->base, -1, 0, gw_admin_on_snap, l);
@@ -146,7 +178,6 @@ int gw_admin_loop_init(gw_loop_t *l) {
 
 void gw_admin_loop_release(gw_loop_t *l) {
     if (l->snap_ev) event_free(l->snap_ev);
-    gw_buf_free(&l->snap.money);
     free(l->snap.up);
 }
 
@@ -154,6 +185,7 @@ int gw_admin_start(gw_server_t *s) {
     gw_loop_t *l0 = &s->loops[0];
     if (!(s->gathered = event_new(l0->base, -1, 0, gw_admin_on_gathered, s))) return GW_ERROR;
     bill_admin_page(l0->bill, "/metrics", gw_admin_metrics, s); /* no admin listener: no /metrics */
+    bill_admin_settlement(l0->bill, gw_admin_settlement, s);      /* every loop's settler */
     return GW_OK;
 }
 

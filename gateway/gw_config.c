@@ -54,6 +54,8 @@ static const gw_opt_t gw_opts[] = {
     {"max_body_bytes", I(max_body_bytes), "1048576", 1, INT32_MAX, "largest request body (413 above)"},
     {"max_header_bytes", I(max_header_bytes), "32768", 256, 1 << 24,
      "largest request head, trailer section included (431 above; also above 100 fields)"},
+    {"loops", I(loops), "0", 0, 256,
+     "event loops serving the public port (SO_REUSEPORT), each with its own billing and Redis; 0: one per core"},
     {"max_connections", I(max_connections), "10000", 1, 1 << 24, "client connections at once (all loops); more get a 503 after the handshake"},
     {"default_rpm", I(default_rpm), "0", 0, INT32_MAX, "requests/min for keys without their own limit; 0: none"},
     {"default_tpm", I(default_tpm), "0", 0, INT32_MAX, "tokens/min for keys without their own limit; 0: none"},

@@ -234,7 +234,7 @@ static char *gw_dash_workers_json(gw_dash_t *d, const gw_upstream_t *up) {
         const gw_worker_t *cw = &d->cfg->workers[i];
         const gw_upstream_t *u = &up[i];
         gw_dash_worker_t *w = &d->w[i];
-        const char *state = u->down_until_us > now ? "backoff" : !w->polled ? "unknown" : w->up ? "up" : "down";
+        const char *state = __atomic_load_n(&u->bo->down_until_us, __ATOMIC_RELAXED) > now ? "backoff" : !w->polled ? "unknown" : w->up ? "up" : "down";
         gw_buf_printf(&b, "%s{\"url\":\"", i ? "," : "");
         gw_buf_json_str(&b, cw->url, strlen(cw->url));
         gw_buf_printf(&b, "\",\"models\":[");

@@ -1,5 +1,5 @@
 /* gw_main.c — build/tollgate: load the configuration, start the gateway on
- * one libevent loop, stop cleanly on SIGINT/SIGTERM (stop accepting, let
+ * N libevent loops (one per core by default, each on its thread), stop cleanly on SIGINT/SIGTERM (stop accepting, let
  * requests in flight finish for shutdown_grace_ms, flush settlements through
  * bill_free, exit 0). */
 #include <signal.h>
@@ -58,9 +58,11 @@ int main(int argc, char **argv) {
     if (st) event_add(st, NULL);
     struct event *sh = evsignal_new(base, SIGHUP, on_hup, s);
     if (sh) event_add(sh, NULL);
-    fprintf(stderr, "tollgate: listening on https://%s (%d worker%s)\n", cfg->listen, cfg->nworkers,
-            cfg->nworkers == 1 ? "" : "s");
-    event_base_dispatch(base);
+    if (gw_server_start(s, err, sizeof err) != GW_OK) fprintf(stderr, "tollgate: %s\n", err);
+    fprintf(stderr, "tollgate: listening on https://%s (%d worker%s, %d event loop%s)\n", cfg->listen,
+            cfg->nworkers, cfg->nworkers == 1 ? "" : "s", gw_server_loops(s), gw_server_loops(s) == 1 ? "" : "s");
+    event_base_dispatch(base); /* the first loop; the others run on their threads */
+    gw_server_join(s);
     if (si) event_free(si);
     if (st) event_free(st);
     if (sh) event_free(sh);

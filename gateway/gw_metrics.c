@@ -2,6 +2,7 @@
  * exposition (format 0.0.4).  Counters are plain integers touched only from
  * the loop thread. */
 #include <stdio.h>
+#include <string.h>
 
 #include "gw-int.h"
 
@@ -126,9 +127,48 @@ void gw_metrics_render_holds(const gw_metrics_t *m, const bill_hold_stats_t *h, 
 
 /* The money: the settlement queue, journal and spool (bill_settle_stats),
  * PostgreSQL, and the cost settled per model (exact USD, 12 decimals). */
-void gw_metrics_render_money(const struct bill *b, gw_buf_t *o) {
-    bill_settle_stats_t st;
-    bill_settle_stats(b, &st);
+void gw_metrics_money_snap(const struct bill *b, gw_money_t *m) {
+    bill_settle_stats(b, &m->st);
+    m->ncost = 0;
+    const char *model;
+    char usd[48];
+    for (int i = 0; m->ncost < GW_COSTS && bill_settle_cost(b, i, &model, usd) == 0; i++) {
+        gw_cost_t *c = &m->cost[m->ncost++];
+        snprintf(c->model, sizeof c->model, "%s", model);
+        c->pico = 0; /* "D.DDDDDDDDDDDD": every decimal of a pico-USD amount */
+        for (const char *p = usd; *p; p++)
+            if (*p >= '0' && *p <= '9') c->pico = c->pico * 10 + (unsigned)(*p - '0');
+    }
+}
+
+void gw_metrics_money_add(gw_money_t *a, const gw_money_t *b, int first) {
+    if (first) {
+        *a = *b;
+        return;
+    }
+    bill_settle_stats_t *x = &a->st;
+    const bill_settle_stats_t *y = &b->st;
+#define ADD(f) x->f += y->f
+    ADD(queued), ADD(in_flight), ADD(spool_files), ADD(spool_pending), ADD(settled_total), ADD(inserted_total);
+    ADD(debited_total), ADD(rejected_total), ADD(journal_rows), ADD(journal_bytes), ADD(spool_bytes);
+    ADD(refusals_written), ADD(refusals_dropped);
+#undef ADD
+    x->replay_pending = x->replay_pending || y->replay_pending;
+    x->idle = x->idle && y->idle;
+    x->pg_up = x->pg_up && y->pg_up;
+    for (int i = 0; i < b->ncost; i++) {
+        int j;
+        for (j = 0; j < a->ncost; j++)
+            if (!strcmp(a->cost[j].model, b->cost[i].model)) break;
+        if (j == a->ncost) {
+            if (a->ncost == GW_COSTS) continue; /* cannot happen: every loop caps "other" alike */
+            a->cost[a->ncost++] = b->cost[i];
+        } else a->cost[j].pico += b->cost[i].pico;
+    }
+}
+
+void gw_metrics_render_money(const gw_money_t *m, gw_buf_t *o) {
+    const bill_settle_stats_t st = m->st;
     gauge(o, "tollgate_settle_queue_depth", "Settlements accepted and not yet committed in PostgreSQL (queued or in flight).",
           (long long)(st.queued + st.in_flight));
     gauge(o, "tollgate_settle_replay_pending", "1 while settlements wait on disk only for a replay.", st.replay_pending);
@@ -151,9 +191,19 @@ void gw_metrics_render_money(const struct bill *b, gw_buf_t *o) {
     gauge(o, "tollgate_postgres_up", "1 when a PostgreSQL connection is ready or busy.", st.pg_up);
     gw_buf_printf(o, "# HELP tollgate_cost_settled_usd_total Cost of the usage rows inserted, by model (exact USD).\n"
                      "# TYPE tollgate_cost_settled_usd_total counter\n");
-    const char *model;
-    char usd[48];
-    for (int i = 0; bill_settle_cost(b, i, &model, usd) == 0; i++) {
+    for (int i = 0; i < m->ncost; i++) {
+        const char *model = m->cost[i].model;
+        char d[48], t[48], usd[64];
+        unsigned __int128 v = m->cost[i].pico;
+        int n = 0;
+        do {
+            t[n++] = (char)('0' + (int)(v % 10));
+            v /= 10;
+        } while (v);
+        for (int k = 0; k < n; k++) d[k] = t[n - 1 - k];
+        d[n] = 0;
+        if (n <= 12) snprintf(usd, sizeof usd, "0.%.*s%s", 12 - n, "000000000000", d);
+        else snprintf(usd, sizeof usd, "%.*s.%s", n - 12, d, d + n - 12);
         gw_buf_printf(o, "tollgate_cost_settled_usd_total{model=\"");
         for (const char *p = model; *p; p++) { /* label value escapes */
             if (*p == '\\' || *p == '"') gw_buf_printf(o, "\\%c", *p);

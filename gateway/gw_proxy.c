@@ -190,17 +190,21 @@ static int gw_proxy_body_stream(const gw_http_req_t *h, int stream, const tg_jso
  * up to 30 s while it keeps refusing); one that answers is trusted again. */
 static void gw_worker_refused(gw_upstream_t *w) {
     w->failures++;
-    w->backoff_ms = w->backoff_ms ? (w->backoff_ms * 2 > 30000 ? 30000 : w->backoff_ms * 2) : 1000;
-    w->refused_us = gw_now_us();
-    w->down_until_us = w->refused_us + w->backoff_ms * 1000;
+    int64_t ms = __atomic_load_n(&w->bo->backoff_ms, __ATOMIC_RELAXED);
+    ms = ms ? (ms * 2 > 30000 ? 30000 : ms * 2) : 1000;
+    int64_t now = gw_now_us();
+    __atomic_store_n(&w->bo->backoff_ms, ms, __ATOMIC_RELAXED);
+    __atomic_store_n(&w->bo->refused_us, now, __ATOMIC_RELAXED);
+    __atomic_store_n(&w->bo->down_until_us, now + ms * 1000, __ATOMIC_RELAXED);
 }
 
-/* Skipped: refused a connection lately (unless a health check passed
- * since), or failing its health checks (gw_supervise.c). */
+/* Skipped: refused a connection lately, on any loop (unless a health check
+ * passed since), or failing its health checks (gw_supervise.c). */
 static int gw_worker_down(gw_req_t *r, gw_upstream_t *w, int64_t now) {
     int64_t since;
     if (!gw_sup_up(r->srv, w->index, &since)) return 1;
-    return w->down_until_us > now && w->refused_us >= since;
+    return __atomic_load_n(&w->bo->down_until_us, __ATOMIC_RELAXED) > now &&
+           __atomic_load_n(&w->bo->refused_us, __ATOMIC_RELAXED) >= since;
 }
 
 static uint64_t gw_fnv(uint64_t h, const char *p, size_t n) {
@@ -616,7 +620,10 @@ static void gw_up_on_read(struct bufferevent *bev, void *arg) {
         evbuffer_drain(in, (size_t)hl);
         r->up_head_done = 1;
         r->first_byte_us = gw_now_us();
-        if (r->worker) r->worker->backoff_ms = 0, r->worker->down_until_us = 0;
+        if (r->worker && __atomic_load_n(&r->worker->bo->backoff_ms, __ATOMIC_RELAXED)) { /* trusted again */
+            __atomic_store_n(&r->worker->bo->backoff_ms, 0, __ATOMIC_RELAXED);
+            __atomic_store_n(&r->worker->bo->down_until_us, 0, __ATOMIC_RELAXED);
+        }
         r->up_body_left = r->resp.content_length;
         memset(&r->ch, 0, sizeof r->ch);
         if (r->stream && r->resp.status == 200 && !strncasecmp(r->resp.content_type, "text/event-stream", 17)) {

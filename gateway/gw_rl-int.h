@@ -178,6 +178,9 @@ typedef struct {
     int fail_closed;
     int64_t lease_ms;         /* concurrency lease; renewed every lease_ms/3 */
     int64_t auth_fail_limit, auth_fail_window_ms, auth_fail_block_ms, auth_fail_table;
+    struct gw_rl *share;      /* another loop's limiter whose in-process table and failed-auth
+                                 throttle this one uses too (under its mutex); it must outlive
+                                 this one.  NULL: own ones */
 } gw_rl_opts_t;
 
 typedef void (*gw_rl_cb)(int verdict, const gw_rl_result_t *r, void *arg);

@@ -27,6 +27,7 @@
  * A call belongs to the caller from gw_rl_check to gw_rl_finish; Redis ops
  * are detached when the call no longer wants them (gw_rl_redis.c owns them
  * until hiredis calls back). */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -154,8 +155,11 @@ struct gw_rl {
     struct event_base *base;
     gw_rl_opts_t o;
     gw_redis_t *redis;         /* NULL: in-process limits only */
-    gw_rl_local_t *local;
-    gw_authfail_t *af;
+    gw_rl_local_t *local;      /* shared by every loop: touched under *mu */
+    gw_authfail_t *af;         /* likewise */
+    pthread_mutex_t *mu;
+    pthread_mutex_t own_mu;
+    int owner;                 /* local, af and own_mu are this one's (not borrowed) */
     struct event *tick;        /* lease renewal, sweep of the local table */
     gw_rl_call_t *held;        /* admitted calls holding a Redis lease */
     gw_rl_stats_t st;
@@ -275,6 +279,7 @@ static void decide_local(gw_rl_call_t *c) {
     int64_t now = now_ms();
     int ok = 1;
     memset(v, 0, sizeof v);
+    pthread_mutex_lock(rl->mu);
     for (int i = 0; i < c->nsub; i++) {
         gw_rl_local_op(rl->local, GW_RL_OP_PEEK, c->sub[i].kind, c->sub[i].id, &c->sub[i].lim, c->tokens, now, &v[i]);
         ok &= v[i].ok;
@@ -286,6 +291,7 @@ static void decide_local(gw_rl_call_t *c) {
         c->local_took = 1;
         c->admitted = 1;
     }
+    pthread_mutex_unlock(rl->mu);
     c->res.local = 1;
     build_result(c, v);
     answer(c, ok ? GW_RL_ALLOW : GW_RL_LIMITED);
@@ -308,12 +314,14 @@ static void decide(gw_rl_call_t *c, int timed_out) {
             if (ok) {
                 int64_t now = now_ms();
                 int lease = 0;
+                pthread_mutex_lock(rl->mu);
                 for (int i = 0; i < c->nsub; i++) {
                     c->redis_took[i] = 1;
                     lease |= c->sub[i].lim.conc > 0;
                     gw_rl_local_op(rl->local, GW_RL_OP_FORCE, c->sub[i].kind, c->sub[i].id, &c->sub[i].lim,
                                    c->tokens, now, NULL); /* the mirror */
                 }
+                pthread_mutex_unlock(rl->mu);
                 c->local_took = 1;
                 c->admitted = 1;
                 if (lease) lease_link(c);
@@ -451,8 +459,10 @@ void gw_rl_finish(gw_rl_call_t *c, int64_t used_tokens) {
     }
     if (c->local_took) {
         int64_t now = now_ms();
+        pthread_mutex_lock(rl->mu);
         for (int i = 0; i < c->nsub; i++)
             gw_rl_local_op(rl->local, GW_RL_OP_DONE, c->sub[i].kind, c->sub[i].id, &c->sub[i].lim, back, now, NULL);
+        pthread_mutex_unlock(rl->mu);
     }
     lease_unlink(c);
     event_free(c->timer);
@@ -464,7 +474,11 @@ static void on_tick(evutil_socket_t fd, short what, void *arg) {
     for (gw_rl_call_t *c = rl->held; c; c = c->next)
         for (int i = 0; i < c->nsub; i++)
             if (c->redis_took[i] && c->sub[i].lim.conc > 0) send_async(rl, &c->sub[i], GW_RL_OP_RENEW, 0, c->member);
-    gw_rl_local_sweep(rl->local, now_ms());
+    if (rl->owner) {
+        pthread_mutex_lock(rl->mu);
+        gw_rl_local_sweep(rl->local, now_ms());
+        pthread_mutex_unlock(rl->mu);
+    }
 }
 
 gw_rl_t *gw_rl_new(struct event_base *base, const gw_rl_opts_t *o, char *err, size_t errlen) {
@@ -475,11 +489,20 @@ gw_rl_t *gw_rl_new(struct event_base *base, const gw_rl_opts_t *o, char *err, si
     rl->o.redis = NULL;
     if (rl->o.lease_ms < 1000) rl->o.lease_ms = 1000;
     if (rl->o.timeout_ms < 1) rl->o.timeout_ms = 1;
-    if (!(rl->local = gw_rl_local_new())) goto oom;
-    if (o->auth_fail_limit > 0 &&
-        !(rl->af = gw_authfail_new(o->auth_fail_limit, o->auth_fail_window_ms, o->auth_fail_block_ms,
-                                   o->auth_fail_table > 0 ? (size_t)o->auth_fail_table : 16384)))
-        goto oom;
+    if (o->share) { /* one process, one in-process limit: the loops share the tables */
+        rl->local = o->share->local;
+        rl->af = o->share->af;
+        rl->mu = o->share->mu;
+    } else {
+        pthread_mutex_init(&rl->own_mu, NULL);
+        rl->mu = &rl->own_mu;
+        rl->owner = 1;
+        if (!(rl->local = gw_rl_local_new())) goto oom;
+        if (o->auth_fail_limit > 0 &&
+            !(rl->af = gw_authfail_new(o->auth_fail_limit, o->auth_fail_window_ms, o->auth_fail_block_ms,
+                                       o->auth_fail_table > 0 ? (size_t)o->auth_fail_table : 16384)))
+            goto oom;
+    }
     if (o->redis && *o->redis && !(rl->redis = gw_redis_new(base, o->redis, o->cluster, gw_rl_script, err, errlen))) {
         gw_rl_free(rl);
         return NULL;
@@ -499,8 +522,11 @@ void gw_rl_free(gw_rl_t *rl) {
     if (!rl) return;
     rl->freeing = 1;
     gw_redis_free(rl->redis);
-    gw_rl_local_free(rl->local);
-    gw_authfail_free(rl->af);
+    if (rl->owner) {
+        gw_rl_local_free(rl->local);
+        gw_authfail_free(rl->af);
+        pthread_mutex_destroy(&rl->own_mu);
+    }
     if (rl->tick) event_free(rl->tick);
     free(rl);
 }
@@ -510,13 +536,21 @@ int gw_rl_connected(const gw_rl_t *rl) { return rl && gw_redis_up(rl->redis); }
 const gw_rl_stats_t *gw_rl_stats(const gw_rl_t *rl) { return &rl->st; }
 
 int gw_rl_auth_blocked(gw_rl_t *rl, const char *peer, int64_t *retry_ms) {
-    if (!rl->af || !gw_authfail_blocked(rl->af, peer, now_ms(), retry_ms)) return 0;
+    if (!rl->af) return 0;
+    pthread_mutex_lock(rl->mu);
+    int blocked = gw_authfail_blocked(rl->af, peer, now_ms(), retry_ms);
+    pthread_mutex_unlock(rl->mu);
+    if (!blocked) return 0;
     rl->st.auth_throttled++;
     return 1;
 }
 
 void gw_rl_auth_failed(gw_rl_t *rl, const char *peer) {
-    if (rl->af && gw_authfail_record(rl->af, peer, now_ms())) {
+    if (!rl->af) return;
+    pthread_mutex_lock(rl->mu);
+    int blocks = gw_authfail_record(rl->af, peer, now_ms());
+    pthread_mutex_unlock(rl->mu);
+    if (blocks) {
         rl->st.auth_blocks++;
         fprintf(stderr, "tollgate: %s: too many failed authentications; refused for %lld ms\n", peer,
                 (long long)rl->o.auth_fail_block_ms);
@@ -536,7 +570,11 @@ void gw_rl_snapshot(const gw_rl_t *rl, gw_rl_snap_t *sn) {
     sn->moved = rs.moved;
     sn->ask = rs.ask;
     sn->refreshes = rs.refreshes;
-    sn->local_entries = gw_rl_local_size(rl->local);
+    if (rl->owner) { /* the shared table counted once */
+        pthread_mutex_lock(rl->mu);
+        sn->local_entries = gw_rl_local_size(rl->local);
+        pthread_mutex_unlock(rl->mu);
+    }
 }
 
 void gw_rl_snapshot_add(gw_rl_snap_t *a, const gw_rl_snap_t *b) {

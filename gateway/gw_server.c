@@ -56,8 +56,15 @@ static void gw_loop_shutdown(gw_loop_t *l) {
     gw_loop_maybe_exit(l);
 }
 
+static void gw_on_stop(evutil_socket_t fd, short what, void *arg) { gw_loop_shutdown(arg); }
+
+/* On the first loop's thread (the signal's): the others are told through
+ * their stop event, each shuts down on its own thread. */
 void gw_server_shutdown(gw_server_t *s) {
-    for (int i = 0; i < s->nloops; i++) gw_loop_shutdown(&s->loops[i]);
+    for (int i = 0; i < s->nloops; i++) {
+        if (i == 0) gw_loop_shutdown(&s->loops[0]);
+        else event_active(s->loops[i].stop_ev, EV_TIMEOUT, 1);
+    }
 }
 
 /* One loop's own parts: billing, the Redis limiter, worker state, the
@@ -68,10 +75,12 @@ static int gw_loop_init(gw_loop_t *l, gw_server_t *s, int index, struct event_ba
     l->srv = s;
     l->index = index;
     l->base = base;
+    if (!(l->stop_ev = event_new(base, -1, 0, gw_on_stop, l))) return GW_ERROR;
     if (!(l->up = calloc((size_t)cfg->nworkers, sizeof *l->up))) return GW_ERROR;
     for (int i = 0; i < cfg->nworkers; i++) {
         l->up[i].cfg = &cfg->workers[i];
         l->up[i].index = i;
+        l->up[i].bo = &s->backoff[i];
     }
     gw_rl_opts_t ro = {
         .redis = cfg->redis,
@@ -83,14 +92,18 @@ static int gw_loop_init(gw_loop_t *l, gw_server_t *s, int index, struct event_ba
         .auth_fail_window_ms = cfg->auth_fail_window_ms,
         .auth_fail_block_ms = cfg->auth_fail_block_ms,
         .auth_fail_table = cfg->auth_fail_table,
+        .share = index ? s->loops[0].rl : NULL, /* one in-process limiter and auth throttle per process */
     };
     if (!(l->rl = gw_rl_new(base, &ro, err, errlen))) return GW_ERROR;
+    /* each loop's billing has its own spool (and lease holder, named after it) */
+    char spool[4096];
+    snprintf(spool, sizeof spool, "%s/loop%d", cfg->spool_dir, index);
     bill_opts_t bo = {
         .pg_conninfo = cfg->postgres,
-        .admin_listen = cfg->admin_listen && *cfg->admin_listen ? cfg->admin_listen : NULL,
+        .admin_listen = index == 0 && cfg->admin_listen && *cfg->admin_listen ? cfg->admin_listen : NULL,
         .admin_token = token,
         .key_secret = secret,
-        .spool_dir = cfg->spool_dir,
+        .spool_dir = spool,
         .last_used_flush_ms = (int)cfg->key_last_used_flush_ms,
         .key_cache_ttl_ms = (int)cfg->key_cache_ttl_ms,
         .key_cache_fallback_ms = (int)cfg->key_cache_fallback_ms,
@@ -125,7 +138,9 @@ static int gw_loop_init(gw_loop_t *l, gw_server_t *s, int index, struct event_ba
         snprintf(err, errlen, "listen: cannot resolve %s", host);
         return GW_ERROR;
     }
-    l->lis = evconnlistener_new_bind(base, gw_conn_accept, l, LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_FREE, 1024,
+    /* every loop binds the port: the kernel spreads connections (SO_REUSEPORT) */
+    l->lis = evconnlistener_new_bind(base, gw_conn_accept, l,
+                                     LEV_OPT_REUSEABLE | LEV_OPT_REUSEABLE_PORT | LEV_OPT_CLOSE_ON_FREE, 1024,
                                      ai->ai_addr, (int)ai->ai_addrlen);
     freeaddrinfo(ai);
     if (!l->lis) {
@@ -152,7 +167,45 @@ static void gw_loop_release(gw_loop_t *l) {
     if (l->grace) event_free(l->grace);
     if (l->accept_pause) event_free(l->accept_pause);
     gw_admin_loop_release(l);
+    if (l->stop_ev) event_free(l->stop_ev);
     free(l->up);
+    if (l->index > 0 && l->base) event_base_free(l->base);
+}
+
+static void *gw_loop_thread(void *arg) {
+    gw_loop_t *l = arg;
+    event_base_dispatch(l->base);
+    return NULL;
+}
+
+int gw_server_start(gw_server_t *s, char *err, size_t errlen) {
+    for (int i = 1; i < s->nloops; i++) {
+        int e = pthread_create(&s->loops[i].thread, NULL, gw_loop_thread, &s->loops[i]);
+        if (e) {
+            snprintf(err, errlen, "cannot start event loop %d: %s", i, strerror(e));
+            gw_server_shutdown(s);
+            return GW_ERROR;
+        }
+        s->loops[i].started = 1;
+    }
+    return GW_OK;
+}
+
+int gw_server_loops(const gw_server_t *s) { return s->nloops; }
+
+void gw_server_join(gw_server_t *s) {
+    for (int i = 1; i < s->nloops; i++)
+        if (s->loops[i].started) {
+            pthread_join(s->loops[i].thread, NULL);
+            s->loops[i].started = 0;
+        }
+}
+
+/* The number of event loops: cfg->loops, else one per core. */
+static int gw_nloops(const gw_config_t *cfg) {
+    if (cfg->loops > 0) return (int)cfg->loops;
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n < 1 ? 1 : n > 64 ? 64 : (int)n;
 }
 
 gw_server_t *gw_server_new(struct event_base *base, const gw_config_t *cfg, char *err, size_t errlen) {
@@ -164,6 +217,7 @@ gw_server_t *gw_server_new(struct event_base *base, const gw_config_t *cfg, char
         return NULL;
     }
     s->cfg = cfg;
+    s->spool_lock = -1;
     s->conn_ops = &gw_req_conn_ops;
     s->route = gw_routes_match;
     s->started = gw_now_us() / 1000000;
@@ -189,9 +243,29 @@ gw_server_t *gw_server_new(struct event_base *base, const gw_config_t *cfg, char
         if (!(s->tok = tok_load(cfg->tokenizer, terr, sizeof terr)))
             fprintf(stderr, "tollgate: warning: no prompt counting (TPM estimates from bytes): %s\n", terr);
     }
-    s->nloops = 1;
+    /* One gateway per spool directory (its loops have a subdirectory each);
+     * rows a single-loop run left in the directory itself go to the first
+     * loop's, which replays them. */
+    if ((s->spool_lock = mtr_spool_lock(cfg->spool_dir, err, errlen)) < 0) goto fail;
+    char spool0[4096];
+    snprintf(spool0, sizeof spool0, "%s/loop0", cfg->spool_dir);
+    if (mtr_spool_adopt(cfg->spool_dir, spool0, err, errlen) != 0) goto fail;
+    s->nloops = gw_nloops(cfg);
+    for (int j = s->nloops; j < 256; j++) { /* ... and those of loops an earlier run had, this one has not */
+        char old[4096];
+        snprintf(old, sizeof old, "%s/loop%d", cfg->spool_dir, j);
+        if (access(old, F_OK) == 0 && mtr_spool_adopt(old, spool0, err, errlen) != 0) goto fail;
+    }
+    if (!(s->backoff = calloc((size_t)cfg->nworkers + 1, sizeof *s->backoff))) goto fail;
     if (!(s->loops = calloc((size_t)s->nloops, sizeof *s->loops))) goto fail;
-    if (gw_loop_init(&s->loops[0], s, 0, base, token, secret, err, errlen) != GW_OK) goto fail;
+    for (int i = 0; i < s->nloops; i++) {
+        struct event_base *lb = i == 0 ? base : event_base_new();
+        if (!lb) goto fail;
+        if (gw_loop_init(&s->loops[i], s, i, lb, token, secret, err, errlen) != GW_OK) {
+            if (!s->loops[i].srv && i > 0) event_base_free(lb);
+            goto fail;
+        }
+    }
     if (gw_admin_start(s) != GW_OK) goto fail;
     if (gw_sup_start(s, err, errlen) != GW_OK) goto fail;
     free(token);
@@ -209,8 +283,12 @@ void gw_server_free(gw_server_t *s) {
     if (!s) return;
     gw_sup_stop(s); /* the loops have drained: stop the workers the gateway started */
     gw_admin_stop(s);
-    for (int i = 0; s->loops && i < s->nloops; i++) gw_loop_release(&s->loops[i]);
+    gw_server_join(s);
+    /* last to first: the first loop owns what the others borrow (the in-process limiter) */
+    for (int i = s->nloops - 1; s->loops && i >= 0; i--) gw_loop_release(&s->loops[i]);
     free(s->loops);
+    free(s->backoff);
+    mtr_spool_unlock(s->spool_lock);
     if (s->ssl) SSL_CTX_free(s->ssl);
     tok_free(s->tok);
     if (s->alog && s->alog != stdout) fclose(s->alog);

@@ -2,6 +2,7 @@
  * version 7, 12-bit rand_a used as a counter within one millisecond (method 1
  * of §6.2), variant 10, 62 random bits.  Ids made by one process are strictly
  * increasing as strings and as bytes, even when the clock steps back. */
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/random.h>
@@ -15,6 +16,8 @@ int64_t gw_now_us(void) {
     return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
+/* one sequence per process, every loop's thread takes from it */
+static pthread_mutex_t gw_uuid_lock = PTHREAD_MUTEX_INITIALIZER;
 static uint64_t gw_uuid_last_ms;
 static unsigned gw_uuid_seq;
 
@@ -37,6 +40,7 @@ static void gw_uuid_random(unsigned char *p, size_t n) {
 void gw_uuid7_at(char out[37], uint64_t ms) {
     unsigned char b[16];
     gw_uuid_random(b, sizeof b);
+    pthread_mutex_lock(&gw_uuid_lock);
     if (ms > gw_uuid_last_ms) {
         gw_uuid_last_ms = ms;
         gw_uuid_seq = ((unsigned)b[6] << 4 | b[7] >> 4) & 0x3ff; /* random start, room to count */
@@ -50,6 +54,7 @@ void gw_uuid7_at(char out[37], uint64_t ms) {
     for (int i = 0; i < 6; i++) b[i] = (unsigned char)(ms >> (40 - 8 * i));
     b[6] = (unsigned char)(0x70 | (gw_uuid_seq >> 8));
     b[7] = (unsigned char)(gw_uuid_seq & 0xff);
+    pthread_mutex_unlock(&gw_uuid_lock);
     b[8] = (unsigned char)(0x80 | (b[8] & 0x3f));
     static const char hx[] = "0123456789abcdef";
     int o = 0;

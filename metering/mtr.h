@@ -119,6 +119,13 @@ long mtr_spool_read(const char *path, mtr_record_fn fn, void *arg, int *corrupt)
 int mtr_spool_list(const char *dir, char ***names);
 void mtr_names_free(char **names, int n);
 
+/* Move the spool files of dir `from` into dir `to` (created when needed):
+ * the rows a run with one spool directory left are replayed by the run that
+ * gives its loops subdirectories.  The caller holds `from`'s lock.  A name
+ * already taken in `to` gets the prefix "settle-adopted-".  Returns 0, or -1
+ * with err saying why (files moved so far stay moved). */
+int mtr_spool_adopt(const char *from, const char *to, char *err, size_t errlen);
+
 /* One process per spool directory: lock `<dir>/gateway.lock` (flock, held
  * until mtr_spool_unlock or the process's end, even a SIGKILL), creating dir
  * when needed.  Returns the lock's descriptor, or -1 with err saying why

@@ -283,6 +283,34 @@ fail:
     return -1;
 }
 
+int mtr_spool_adopt(const char *from, const char *to, char *err, size_t errlen) {
+    char **names;
+    int n = mtr_spool_list(from, &names);
+    if (n < 0) {
+        snprintf(err, errlen, "spool directory %s: %s", from, strerror(errno));
+        return -1;
+    }
+    if (n && mkdir(to, 0700) != 0 && errno != EEXIST) {
+        snprintf(err, errlen, "spool directory %s: %s", to, strerror(errno));
+        mtr_names_free(names, n);
+        return -1;
+    }
+    int rc = 0;
+    for (int i = 0; i < n && rc == 0; i++) {
+        char a[4200], b[4200];
+        struct stat sb;
+        snprintf(a, sizeof a, "%s/%s", from, names[i]);
+        snprintf(b, sizeof b, "%s/%s", to, names[i]);
+        if (lstat(b, &sb) == 0) snprintf(b, sizeof b, "%s/settle-adopted-%s", to, names[i] + 7);
+        if (rename(a, b) != 0) {
+            snprintf(err, errlen, "cannot move spool file %s to %s: %s", a, b, strerror(errno));
+            rc = -1;
+        }
+    }
+    mtr_names_free(names, n);
+    return rc;
+}
+
 void mtr_names_free(char **names, int n) {
     for (int i = 0; i < n; i++) free(names[i]);
     free(names);

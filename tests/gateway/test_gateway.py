@@ -789,14 +789,18 @@ class Gateway(unittest.TestCase):
     def test_worker_connections_kept_alive(self):
         # the same prompt goes to the same worker; a JSON answer leaves the connection open for the next
         body = {"model": MODEL, "messages": [{"role": "user", "content": "reuse me please"}]}
+        # (one client connection: its event loop's kept-alive worker connections serve it; each
+        # loop keeps its own)
         before = metric("tollgate_upstream_reuses_total")
         ports = set()
+        c = Conn()
         for _ in range(3):
-            st, h, b = call("POST", "/v1/chat/completions", body, self.key)
+            st, h, b = c.request("POST", "/v1/chat/completions", body, self.key)
             self.assertEqual(st, 200, b)
             w, n = worker_request(h["x-request-id"], which=True)
             self.assertEqual(w["headers"]["Connection"], "keep-alive")
             ports.add((n, w["peer_port"]))
+        c.close()
         self.assertEqual(len(ports), 1, "one worker connection served all three")
         self.assertGreaterEqual(metric("tollgate_upstream_reuses_total") - before, 2)
         # the fake worker closes after each stream without saying so: the gateway resends on a fresh one

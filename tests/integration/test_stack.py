@@ -241,8 +241,9 @@ class Stack(unittest.TestCase):
         self.assertEqual(st, 200, b1)
         u1 = json.loads(b1)["usage"]
         self.assertEqual(u1["prompt_cache_hit_tokens"], 0, "a fresh prompt (random start) hits nothing")
-        before = balance_pico(c)
         self.assertEqual(usage_row(h1["x-request-id"])[0][2], 0)
+        self.assertEqual(billed(h1["x-request-id"]), (1, 1))  # its debit is in the balance read next
+        before = balance_pico(c)
         st, h, b = chat(k, prompt, max_tokens=4)
         self.assertEqual(st, 200, b)
         j = json.loads(b)
