@@ -38,6 +38,7 @@
 #include "bill-int.h"
 #include "mtr.h"
 #include "tg_json.h"
+#include "tg_work.h"
 
 #define BATCH 256
 #define QUEUE_MAX 100000 /* beyond this, new rows are only in the journal */
@@ -52,6 +53,7 @@ typedef struct sfile {
     int loaded;   /* its rows are in the queue */
     int open;     /* the journal: rows are still being appended */
     int corrupt;
+    int reading;  /* a replay is reading it on the worker thread */
 } sfile_t;
 
 #define COST_MODELS 64 /* models with their own settled-cost counter; the rest share one */
@@ -85,6 +87,9 @@ struct bill_settler {
     int jdirty;         /* written since the last fdatasync */
     bill_pg_job_t *job;
     struct event *kick, *retry, *sync;
+    tg_work_t *work;    /* fdatasync and replay reads, off the loop */
+    int syncing;        /* an fdatasync is on the worker thread */
+    int replaying;      /* a replay's reads are on the worker thread */
     int single;      /* rows to send one by one after a data error */
     int need_replay; /* spool files may hold rows that are not queued */
     uint64_t nsettled, ninserted, ndebited, nrejected; /* bill_settle_stats_t */
@@ -303,9 +308,47 @@ static void file_done(bill_settler_t *s, sfile_t *f) {
 /* ---- the journal -------------------------------------------------------- */
 
 /* Sync and close the journal; the file goes once all its rows committed. */
+/* ---- fdatasync on the worker thread --------------------------------------- */
+
+typedef struct {
+    bill_settler_t *s;
+    int fd;  /* a dup of the journal's: the journal may be closed meanwhile */
+    int err; /* errno of a failed fdatasync, else 0 */
+} sync_job_t;
+
+static void sync_run(void *arg) {
+    sync_job_t *j = arg;
+    if (fdatasync(j->fd) != 0) j->err = errno;
+    close(j->fd);
+}
+
+static void sync_done(void *arg) {
+    sync_job_t *j = arg;
+    j->s->syncing--;
+    if (j->err) fprintf(stderr, "bill: cannot sync the journal in %s: %s\n", j->s->dir, strerror(j->err));
+    free(j);
+}
+
+/* fdatasync the journal without blocking the loop (synchronously when no
+ * thread can take it).  Returns 0, or -1 with errno. */
+static int journal_sync(bill_settler_t *s) {
+    sync_job_t *j = s->work ? calloc(1, sizeof *j) : NULL;
+    if (j) {
+        j->s = s;
+        j->fd = dup(mtr_spool_fd(s->spool));
+        if (j->fd >= 0 && tg_work_submit(s->work, sync_run, sync_done, j) == 0) {
+            s->syncing++;
+            return 0;
+        }
+        if (j->fd >= 0) close(j->fd);
+        free(j);
+    }
+    return mtr_spool_sync(s->spool);
+}
+
 static void journal_close(bill_settler_t *s) {
     if (!s->spool) return;
-    if (s->jdirty && mtr_spool_sync(s->spool) != 0)
+    if (s->jdirty && journal_sync(s) != 0)
         fprintf(stderr, "bill: cannot sync the journal in %s: %s\n", s->dir, strerror(errno));
     mtr_spool_close(s->spool);
     s->spool = NULL;
@@ -368,8 +411,8 @@ static sfile_t *journal_write(bill_settler_t *s, const bill_usage_t *u) {
 static void sync_cb(evutil_socket_t fd, short what, void *arg) {
     bill_settler_t *s = arg;
     if (!s->spool) return;
-    if (s->jdirty) {
-        if (mtr_spool_sync(s->spool) != 0)
+    if (s->jdirty && !s->syncing) { /* one at a time: a slow disk gets one more call later */
+        if (journal_sync(s) != 0)
             fprintf(stderr, "bill: cannot sync the journal in %s: %s\n", s->dir, strerror(errno));
         s->jdirty = 0;
     }
@@ -600,22 +643,95 @@ static void retry_cb(evutil_socket_t fd, short what, void *arg) {
 
 /* ---- replay ------------------------------------------------------------- */
 
+/* The files' rows are read on the worker thread (the loop does no file
+ * reads), then queued on the loop (validation, rejects, the queue are the
+ * loop's). */
+typedef struct {
+    sfile_t *f;
+    char *path;
+    bill_usage_t *rows; /* models strdup'ed */
+    long n, cap;
+    long got;           /* mtr_spool_read's result */
+    int err, corrupt;
+} rfile_t;
+
 typedef struct {
     bill_settler_t *s;
-    sfile_t *f;
-} replay_ctx_t;
+    rfile_t *v;
+    int n;
+} replay_job_t;
 
-static void replay_row(const bill_usage_t *u, void *arg) {
-    replay_ctx_t *c = arg;
-    item_t *it = item_new(c->s, u, c->f);
-    if (!it) return;
-    TAILQ_INSERT_TAIL(&c->s->queue, it, link);
-    c->s->nqueue++;
-    c->f->pending++;
+static void replay_collect(const bill_usage_t *u, void *arg) {
+    rfile_t *rf = arg;
+    if (rf->n == rf->cap) {
+        long cap = rf->cap ? rf->cap * 2 : 64;
+        bill_usage_t *nv = realloc(rf->rows, (size_t)cap * sizeof *nv);
+        if (!nv) return; /* dropped here, read again: the file stays until all of its rows commit */
+        rf->rows = nv;
+        rf->cap = cap;
+    }
+    bill_usage_t *c = &rf->rows[rf->n];
+    *c = *u;
+    if (!(c->model = u->model ? strdup(u->model) : NULL) && u->model) return;
+    rf->n++;
+}
+
+static void replay_run(void *arg) {
+    replay_job_t *j = arg;
+    for (int i = 0; i < j->n; i++) {
+        rfile_t *rf = &j->v[i];
+        errno = 0;
+        rf->got = mtr_spool_read(rf->path, replay_collect, rf, &rf->corrupt);
+        rf->err = errno;
+        if (rf->got >= 0 && rf->n < rf->got) { /* out of memory part way: read it again later */
+            rf->got = -1;
+            rf->err = ENOMEM;
+        }
+    }
+}
+
+static void replay_done(void *arg) {
+    replay_job_t *j = arg;
+    bill_settler_t *s = j->s;
+    long total = 0;
+    s->replaying = 0;
+    for (int i = 0; i < j->n; i++) {
+        rfile_t *rf = &j->v[i];
+        sfile_t *f = rf->f;
+        f->reading = 0;
+        f->corrupt |= rf->corrupt;
+        for (long k = 0; k < rf->n; k++) { /* rows read before a failure stay queued, as before */
+            item_t *it = item_new(s, &rf->rows[k], f);
+            if (it) {
+                TAILQ_INSERT_TAIL(&s->queue, it, link);
+                s->nqueue++;
+                f->pending++;
+            }
+            free((char *)rf->rows[k].model);
+        }
+        free(rf->rows);
+        if (rf->got < 0) {
+            fprintf(stderr, "bill: cannot read spool file %s: %s\n", rf->path, strerror(rf->err));
+            s->need_replay = 1; /* read again later */
+        } else {
+            f->loaded = 1;
+            total += rf->got;
+            if (f->pending == 0) file_done(s, f);
+        }
+        free(rf->path);
+    }
+    free(j->v);
+    free(j);
+    if (total) fprintf(stderr, "bill: replaying %ld spooled settlements from %s\n", total, s->dir);
+    kick(s);
 }
 
 void bill_settler_on_up(void *arg) {
     bill_settler_t *s = arg;
+    if (s->replaying) { /* one at a time; this one is looked at again when it is done */
+        s->need_replay = 1;
+        return;
+    }
     s->need_replay = 0;
     /* Close the journal (it may hold rows not in memory, after an overflow);
      * the next row starts a new one. */
@@ -627,11 +743,18 @@ void bill_settler_on_up(void *arg) {
         s->need_replay = 1;
         return;
     }
-    long total = 0;
+    replay_job_t *j = calloc(1, sizeof *j);
+    if (!j || (n && !(j->v = calloc((size_t)n, sizeof *j->v)))) {
+        free(j);
+        mtr_names_free(names, n);
+        s->need_replay = 1;
+        return;
+    }
+    j->s = s;
     for (int i = 0; i < n; i++) {
         sfile_t *f;
         TAILQ_FOREACH(f, &s->files, link) if (!strcmp(f->name, names[i])) break;
-        if (f && f->loaded) continue;
+        if (f && (f->loaded || f->reading)) continue;
         if (!f) {
             if (!(f = calloc(1, sizeof *f)) || !(f->name = strdup(names[i]))) {
                 free(f);
@@ -642,21 +765,27 @@ void bill_settler_on_up(void *arg) {
         }
         char path[4200];
         snprintf(path, sizeof path, "%s/%s", s->dir, f->name);
-        replay_ctx_t c = {s, f};
-        f->loaded = 1; /* pending: rows of f already in memory (kept over a failed read) count too */
-        long got = mtr_spool_read(path, replay_row, &c, &f->corrupt);
-        if (got < 0) {
-            fprintf(stderr, "bill: cannot read spool file %s: %s\n", path, strerror(errno));
-            f->loaded = 0; /* rows read so far stay queued; the file is read again later */
+        rfile_t *rf = &j->v[j->n];
+        if (!(rf->path = strdup(path))) {
             s->need_replay = 1;
             continue;
         }
-        total += got;
-        if (f->pending == 0) file_done(s, f);
+        rf->f = f;
+        f->reading = 1; /* pending: rows of f already in memory (kept over a failed read) count too */
+        j->n++;
     }
     mtr_names_free(names, n);
-    if (total) fprintf(stderr, "bill: replaying %ld spooled settlements from %s\n", total, s->dir);
-    kick(s);
+    if (!j->n) {
+        free(j->v);
+        free(j);
+        kick(s);
+        return;
+    }
+    s->replaying = 1;
+    if (!s->work || tg_work_submit(s->work, replay_run, replay_done, j) != 0) { /* no thread: read here */
+        replay_run(j);
+        replay_done(j);
+    }
 }
 
 /* ---- public ------------------------------------------------------------- */
@@ -671,7 +800,7 @@ void bill_settler_stats(const bill_settler_t *s, bill_settle_stats_t *st) {
     TAILQ_FOREACH(f, &s->files, link) {
         st->spool_files++;
         st->spool_pending += f->pending;
-        if (!f->loaded) st->replay_pending = 1;
+        if (!f->loaded) st->replay_pending = 1; /* also while its read is on the worker thread */
         char path[4200];
         struct stat sb;
         snprintf(path, sizeof path, "%s/%s", s->dir, f->name);
@@ -719,7 +848,8 @@ bill_settler_t *bill_settler_new(struct event_base *base, bill_pg_t *pg, const c
     s->kick = event_new(base, -1, 0, kick_cb, s);
     s->retry = evtimer_new(base, retry_cb, s);
     s->sync = evtimer_new(base, sync_cb, s);
-    if (!s->dir || !s->kick || !s->retry || !s->sync) goto fail;
+    s->work = tg_work_new(base, 1);
+    if (!s->dir || !s->kick || !s->retry || !s->sync || !s->work) goto fail;
     /* Writable spool or nothing: find out now, not during an outage. */
     mtr_spool_t *sp = NULL;
     if (mtr_spool_append(&sp, spool_dir, NULL, 0) != 0) {
@@ -764,6 +894,8 @@ static int drain_sync(bill_settler_t *s, PGconn *conn, struct item_q *q) {
 
 void bill_settler_free(bill_settler_t *s, const char *conninfo) {
     if (!s) return;
+    tg_work_free(s->work); /* a replay's rows are queued, syncs done: before anything is flushed */
+    s->work = NULL;
     if (s->job) bill_pg_cancel(s->job); /* may still commit: its rows are re-sent, harmlessly */
     s->job = NULL;
     journal_close(s); /* deleted now if all committed, else when the drain commits its rows */

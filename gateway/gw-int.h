@@ -370,6 +370,7 @@ struct gw_loop {
     struct event *snap_ev;     /* fill `snap` (activated by the first loop's scrape) */
     gw_loop_snap_t snap;
     struct event *stop_ev;     /* shut down (activated from the signal's loop) */
+    struct tg_work *work;      /* the loop's worker thread: access-log writes, large prompts' counts */
     pthread_t thread;          /* loops after the first run on their own thread */
     int started;
 };
@@ -443,6 +444,7 @@ struct gw_req {
     int have_rl;
     gw_rl_result_t rl;
     int64_t prompt_est;        /* gateway's own prompt count; -1 unknown */
+    struct gw_count_job *count_job; /* a large prompt being counted on the loop's worker thread */
     int64_t tpm_tokens;        /* what the TPM limit was charged */
     int64_t completion_cap;    /* most completion tokens this request may produce */
     int64_t inject_max_tokens; /* > 0: the client gave no cap; forward this one */
@@ -535,6 +537,8 @@ int64_t gw_settle_prompt_count(gw_req_t *r);
 
 /* gw_log.c: the access log (one JSON line per request) */
 void gw_log_request(gw_req_t *r);
+/* Prompts above this many body bytes are counted on the loop's worker thread. */
+#define GW_COUNT_OFFLOOP_BYTES 65536
 
 /* gw_chat.c, gw_models.c: handlers */
 extern const gw_handler_t gw_chat_handler, gw_models_handler, gw_health_handler, gw_receipt_key_handler,

@@ -19,6 +19,8 @@
 #include "gw-int.h"
 #include "api.h"
 #include "tg_json.h"
+#include "tg_work.h"
+#include "tok.h"
 
 /* ---- pool cleanups ---------------------------------------------------------- */
 
@@ -178,6 +180,67 @@ static void gw_chat_admitted(bill_status_t st, const bill_key_t *key, void *arg)
     if (!r->rl_call) gw_req_error(r, 500, "server_error", NULL, NULL, "out of memory");
 }
 
+static void gw_chat_admit(gw_req_t *r) {
+    r->admit = bill_admit(r->loop->bill, r->api_key, r->model, r->conn->peer, gw_chat_admitted, r);
+    if (!r->admit) gw_auth_error(r, BILL_ERROR);
+}
+
+/* A large prompt is counted on the loop's worker thread (about 18 ms per
+ * MiB), so that the loop's other connections do not wait for it: the text
+ * is rendered here (a copy the job owns), counted there, and the request
+ * goes on to admission when the count is back.  A request freed meanwhile
+ * only detaches from its job. */
+struct gw_count_job {
+    gw_req_t *r;               /* NULL once the request is gone */
+    const struct tok *tok;
+    char *text;
+    size_t len;
+    long n;
+};
+
+static void gw_count_run(void *arg) {
+    struct gw_count_job *j = arg;
+    j->n = tok_count(j->tok, j->text, j->len, 1);
+}
+
+static void gw_count_done(void *arg) {
+    struct gw_count_job *j = arg;
+    gw_req_t *r = j->r;
+    long n = j->n;
+    free(j->text);
+    free(j);
+    if (!r) return;
+    r->count_job = NULL;
+    r->prompt_est = n >= 0 ? n : -2;
+    gw_chat_admit(r);
+}
+
+static void gw_count_detach(void *arg) {
+    gw_req_t *r = arg;
+    if (r->count_job) r->count_job->r = NULL;
+}
+
+static int gw_chat_count_async(gw_req_t *r) {
+    api_err_t e;
+    struct gw_count_job *j = calloc(1, sizeof *j);
+    if (!j) return GW_ERROR;
+    if (!(j->text = api_chat_render(r->chat, (tok_tmpl_kind_t)r->srv->tmpl, &j->len, &e))) {
+        free(j);
+        r->prompt_est = -2; /* the template refuses the conversation: no count, as on the loop */
+        return GW_ERROR;
+    }
+    j->r = r;
+    j->tok = r->srv->tok;
+    if (gw_pool_cleanup_add(r->pool, gw_count_detach, r) != GW_OK ||
+        tg_work_submit(r->loop->work, gw_count_run, gw_count_done, j) != 0) {
+        free(j->text);
+        free(j);
+        return GW_ERROR; /* counted on the loop */
+    }
+    r->count_job = j;
+    return GW_OK;
+}
+
 static void gw_chat_run(gw_req_t *r) {
     gw_loop_t *l = r->loop;
     const gw_config_t *cfg = r->srv->cfg;
@@ -250,8 +313,9 @@ static void gw_chat_run(gw_req_t *r) {
         return;
     }
     if (gw_auth_refused_offline(r, key)) return;
-    r->admit = bill_admit(l->bill, key, r->model, r->conn->peer, gw_chat_admitted, r);
-    if (!r->admit) gw_auth_error(r, BILL_ERROR);
+    if (r->srv->tok && r->http->body_len > GW_COUNT_OFFLOOP_BYTES && l->work && gw_chat_count_async(r) == GW_OK)
+        return; /* admitted once counted */
+    gw_chat_admit(r);
 }
 
 static void gw_chat_resume(gw_req_t *r) {

@@ -1,10 +1,29 @@
 /* gw_log.c — the access log: one JSON line per request (README "Request
  * flow" 5 names the fields). */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include "gw-int.h"
+#include "tg_work.h"
+
+typedef struct {
+    FILE *f;
+    gw_buf_t b;
+} gw_log_job_t;
+
+static void gw_log_write(void *arg) {
+    gw_log_job_t *j = arg;
+    fwrite(j->b.p, 1, j->b.len, j->f); /* stdio locks the stream: the loops' lines do not mix */
+    fflush(j->f);
+}
+
+static void gw_log_free(void *arg) {
+    gw_log_job_t *j = arg;
+    gw_buf_free(&j->b);
+    free(j);
+}
 
 void gw_log_request(gw_req_t *r) {
     FILE *f = r->srv->alog;
@@ -39,9 +58,16 @@ void gw_log_request(gw_req_t *r) {
     gw_buf_printf(&b, ",\"ttfb_ms\":%.3f,\"duration_ms\":%.3f}\n",
                   r->first_byte_us ? (r->first_byte_us - r->received_us) / 1000.0 : -1.0,
                   (r->finished_us - r->received_us) / 1000.0);
-    if (b.p) {
-        fwrite(b.p, 1, b.len, f);
-        fflush(f);
+    if (!b.p) return;
+    /* written on the loop's worker thread, in order (one thread) */
+    gw_log_job_t *j = malloc(sizeof *j);
+    if (j) {
+        j->f = f;
+        j->b = b;
+        if (r->loop->work && tg_work_submit(r->loop->work, gw_log_write, gw_log_free, j) == 0) return;
+        free(j);
     }
+    fwrite(b.p, 1, b.len, f);
+    fflush(f);
     gw_buf_free(&b);
 }

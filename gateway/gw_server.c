@@ -16,6 +16,7 @@
 #include <openssl/ssl.h>
 
 #include "gw-int.h"
+#include "tg_work.h"
 #include "tok.h"
 
 static char *gw_read_secret(const char *path, char *err, size_t errlen) {
@@ -76,6 +77,7 @@ static int gw_loop_init(gw_loop_t *l, gw_server_t *s, int index, struct event_ba
     l->index = index;
     l->base = base;
     if (!(l->stop_ev = event_new(base, -1, 0, gw_on_stop, l))) return GW_ERROR;
+    if (!(l->work = tg_work_new(base, 1))) return GW_ERROR;
     if (!(l->up = calloc((size_t)cfg->nworkers, sizeof *l->up))) return GW_ERROR;
     for (int i = 0; i < cfg->nworkers; i++) {
         l->up[i].cfg = &cfg->workers[i];
@@ -159,6 +161,8 @@ static void gw_loop_release(gw_loop_t *l) {
     if (!l->srv) return;
     l->shutting_down = 1;
     while (l->conns) gw_conn_free(l->conns); /* settles what was in flight */
+    tg_work_free(l->work); /* access-log lines written; counts of freed requests dropped */
+    l->work = NULL;
     if (l->lis) evconnlistener_free(l->lis);
     if (l->up) gw_proxy_close_idle(l);
     gw_rl_free(l->rl);

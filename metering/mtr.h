@@ -102,6 +102,7 @@ int mtr_spool_append(mtr_spool_t **sp, const char *dir, const mtr_usage_t *const
  * only opens the file.  A failed write may leave a torn record at the end:
  * close the file then, so that it stays the last one.  Returns 0 or -1. */
 int mtr_spool_write(mtr_spool_t **sp, const char *dir, const mtr_usage_t *const *u, size_t n);
+int mtr_spool_fd(const mtr_spool_t *sp); /* its descriptor (dup it to sync elsewhere) */
 int mtr_spool_sync(mtr_spool_t *sp);              /* fdatasync; 0 or -1 */
 const char *mtr_spool_name(const mtr_spool_t *sp); /* the file's name, without dir */
 /* Close the current file (the next append starts a new one).  Accepts NULL. */

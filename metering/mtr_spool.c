@@ -192,6 +192,8 @@ int mtr_spool_write(mtr_spool_t **spp, const char *dir, const mtr_usage_t *const
     return 0;
 }
 
+int mtr_spool_fd(const mtr_spool_t *sp) { return sp->fd; }
+
 int mtr_spool_sync(mtr_spool_t *sp) { return sp ? fdatasync(sp->fd) : 0; }
 
 const char *mtr_spool_name(const mtr_spool_t *sp) {

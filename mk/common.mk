@@ -1,4 +1,5 @@
-# mk/common.mk — common/ (tg_json: the strict JSON reader and string writer).
+# mk/common.mk — common/ (tg_json: the strict JSON reader and string writer; tg_work: worker
+# threads for an event loop).
 #
 #   make test-common    unit tests (tests/unit/common/) + replay of the fuzz seed corpus
 #   make fuzz-common    libFuzzer on tg_json_parse (clang), FUZZ_SECONDS (default 60)
@@ -14,6 +15,8 @@ COMMON_FUZZ_REPLAY := $(O)/fuzz/common/fuzz_json_replay
 $(COMMON_TEST_DIR)/%: tests/unit/common/%.c $(LIBCOMMON)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Itests/unit $(LDFLAGS) -o $@ $< $(LIBCOMMON) $(LDLIBS)
+
+$(COMMON_TEST_DIR)/tg_work: LDLIBS += -levent
 
 $(COMMON_FUZZ_REPLAY): fuzz/common/fuzz_json.c fuzz/replay.c $(LIBCOMMON)
 	@mkdir -p $(dir $@)
