@@ -285,9 +285,9 @@ fail:
 
 void gw_server_free(gw_server_t *s) {
     if (!s) return;
-    gw_sup_stop(s); /* the loops have drained: stop the workers the gateway started */
     gw_admin_stop(s);
     gw_server_join(s);
+    gw_sup_stop(s); /* every loop has drained: stop the workers the gateway started */
     /* last to first: the first loop owns what the others borrow (the in-process limiter) */
     for (int i = s->nloops - 1; s->loops && i >= 0; i--) gw_loop_release(&s->loops[i]);
     free(s->loops);
