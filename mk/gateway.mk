@@ -54,3 +54,16 @@ fuzz-gateway:
 
 TEST_TARGETS += test-gateway
 UNIT_TARGETS += test-gateway-unit
+
+# make bench-gateway: nginx and tollgate over TLS in front of one fixed upstream
+# (bench/gateway/upstream.c), wrk with 64 connections, medians of ROUNDS runs; then small
+# requests' p99 while 1 MiB prompts stream in.  Installs nginx and wrk (Debian) when missing.
+# Figures: gateway/README.md "Bench".  Not part of make test.
+GW_BENCH_UPSTREAM := $(O)/bench/gateway/upstream
+$(GW_BENCH_UPSTREAM): bench/gateway/upstream.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(LDLIBS)
+
+.PHONY: bench-gateway
+bench-gateway: $(BIN)/tollgate $(GW_BENCH_UPSTREAM) tokenizer-data
+	TOLLGATE_BIN=$(BIN)/tollgate UPSTREAM_BIN=$(GW_BENCH_UPSTREAM) bash bench/gateway/run.sh
