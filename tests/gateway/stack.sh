@@ -101,7 +101,7 @@ up() {
   "postgres": "host=127.0.0.1 port=$P_PG dbname=tollgate user=tollgate",
   "redis": "127.0.0.1:$P_REDIS",
   "admin_token_file": "$V/admin.token", "key_secret_file": "$V/key.secret",
-  "spool_dir": "$V/spool", "access_log": "$V/log/access.log",
+  "spool_dir": "$V/spool", "access_log": "$V/log/access.log", "receipt_key": "",
   "max_body_bytes": 65536, "header_timeout_ms": 30000, "upstream_timeout_ms": 30000, "idle_timeout_ms": 30000,
   "redis_timeout_ms": 5000, "shutdown_grace_ms": 30000,
   "stream_high_water": 65536, "auth_fail_limit": 0,
@@ -117,7 +117,7 @@ JSON
   "postgres": "host=127.0.0.1 port=$P_PG dbname=tollgate user=tollgate",
   "redis": "127.0.0.1:$P_REDIS", "redis_timeout_ms": 5000,
   "admin_token_file": "$V/admin.token", "key_secret_file": "$V/key.secret",
-  "spool_dir": "$V/spool-short", "access_log": "$V/log/access-short.log",
+  "spool_dir": "$V/spool-short", "access_log": "$V/log/access-short.log", "receipt_key": "",
   "header_timeout_ms": $SHORT_HEADER_MS, "idle_timeout_ms": $SHORT_IDLE_MS,
   "upstream_timeout_ms": $SHORT_UPSTREAM_MS,
   "workers": [{"url": "http://127.0.0.1:$P_WORKER", "models": ["$MODEL"]}]
