@@ -183,6 +183,8 @@ typedef struct {
     int tls;                  /* "https://": an external upstream over TLS */
     char *api_key;            /* sent as Authorization: Bearer (the client's key never is); NULL: none */
     char *tls_ca;             /* CA file verifying an https upstream; NULL: the system's */
+    char *health_path;        /* GET for health checks ("/health"; "/v1/models" for OpenAI-compatible servers) */
+    int start_timeout_ms;     /* an own worker not healthy this long after its start is killed (restarted) */
 } gw_worker_t;
 
 struct gw_config {

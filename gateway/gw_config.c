@@ -113,7 +113,8 @@ static const gw_opt_t gw_opts[] = {
      "client output bytes above which reading the worker pauses"},
     {"workers", OPT_WORKERS, 0, "[{\"url\":\"http://127.0.0.1:8500\",\"models\":[\"deepseek-v3-demo\"]}]", 0, 0,
      "engine workers: [{\"url\":\"http(s)://host:port\",\"models\":[...]"
-     "(,\"command\":[argv],\"log\":file,\"api_key\":...,\"tls_ca\":...)}]"},
+     "(,\"command\":[argv],\"log\":file,\"api_key\":...,\"tls_ca\":...,\"health_path\":\"/health\","
+     "\"start_timeout_ms\":300000)}]"},
 };
 #define NOPTS (sizeof gw_opts / sizeof gw_opts[0])
 
@@ -126,6 +127,7 @@ static void free_workers(gw_config_t *c) {
         free(c->workers[i].command);
         free(c->workers[i].api_key);
         free(c->workers[i].tls_ca);
+        free(c->workers[i].health_path);
         free(c->workers[i].log);
     }
     free(c->workers);
@@ -207,6 +209,20 @@ static int gw_config_worker_extra(gw_worker_t *wk, const cJSON *w, int i, char *
         return GW_ERROR;
     }
     if (ca && !(wk->tls_ca = strdup(ca->valuestring))) return GW_ERROR;
+    const cJSON *hp = cJSON_GetObjectItemCaseSensitive(w, "health_path");
+    if (hp && (!cJSON_IsString(hp) || hp->valuestring[0] != '/' || strpbrk(hp->valuestring, " \t\r\n") ||
+               strlen(hp->valuestring) > 512)) {
+        snprintf(err, errlen, "workers[%d].health_path: want a path such as \"/health\" or \"/v1/models\"", i);
+        return GW_ERROR;
+    }
+    if (!(wk->health_path = strdup(hp ? hp->valuestring : "/health"))) return GW_ERROR;
+    const cJSON *st = cJSON_GetObjectItemCaseSensitive(w, "start_timeout_ms");
+    if (st && (!cJSON_IsNumber(st) || st->valuedouble < 100 || st->valuedouble > 86400000.0 ||
+               st->valuedouble != (double)(int)st->valuedouble || !cmd)) {
+        snprintf(err, errlen, "workers[%d].start_timeout_ms: want 100..86400000 (with a command)", i);
+        return GW_ERROR;
+    }
+    wk->start_timeout_ms = st ? (int)st->valuedouble : 300000;
     return GW_OK;
 }
 

@@ -19,6 +19,7 @@
  * upstream_timeout_ms -> 504.  A stream broken or stalled after it started
  * ends with an SSE error event.  The worker connection is closed whenever the
  * request dies (client gone), which cancels the generation on the worker. */
+#include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdlib.h>
@@ -47,9 +48,16 @@ static void gw_up_on_event(struct bufferevent *bev, short what, void *arg);
  * An answer that ended cleanly (framed by Content-Length or chunked, no
  * "Connection: close", nothing extra after it) leaves its connection in the
  * worker's idle list; the next request to that worker takes it.  An idle
- * connection that reads anything, closes, or stays idle 30 s is dropped.  A
- * request whose kept connection fails before any answer byte is sent again
- * on a fresh connection (the worker is not blamed). */
+ * connection that reads anything, closes, or stays idle 30 s is dropped, and
+ * one whose socket already holds an end (or bytes) is dropped when taken.
+ *
+ * Retries (gateway/README.md "Worker pool"): a request goes to another worker
+ * only when it provably never reached the first one's scheduler: the
+ * connection failed, or closed before the request was fully written (a
+ * worker reads the whole body before it runs anything), or an own worker
+ * answered 503 (it refuses before its scheduler: queue full, draining).  A
+ * request fully written on a connection that then closed unanswered may have
+ * run: it is answered 502, never sent again. */
 
 #define GW_UP_MAX_IDLE 16
 
@@ -90,14 +98,25 @@ static void gw_upconn_park(gw_upstream_t *w, struct bufferevent *bev) {
     bufferevent_enable(bev, EV_READ);
 }
 
+/* Nothing pending on an idle connection's socket: no end, no stray bytes. */
+static int gw_upconn_quiet(struct bufferevent *bev) {
+    char c;
+    if (evbuffer_get_length(bufferevent_get_input(bev))) return 0;
+    ssize_t n = recv(bufferevent_getfd(bev), &c, 1, MSG_PEEK | MSG_DONTWAIT);
+    return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
+}
+
 static struct bufferevent *gw_upconn_take(gw_upstream_t *w) {
-    gw_upconn_t *u = w->idle;
-    if (!u) return NULL;
-    w->idle = u->next;
-    w->nidle--;
-    struct bufferevent *bev = u->bev;
-    free(u);
-    return bev;
+    while (w->idle) {
+        gw_upconn_t *u = w->idle;
+        w->idle = u->next;
+        w->nidle--;
+        struct bufferevent *bev = u->bev;
+        free(u);
+        if (gw_upconn_quiet(bev)) return bev;
+        bufferevent_free(bev); /* closed (or chattering) while idle: a request sent there could not be placed */
+    }
+    return NULL;
 }
 
 void gw_proxy_close_idle(gw_loop_t *l) {
@@ -282,6 +301,18 @@ static gw_upstream_t *gw_pick_worker(gw_req_t *r) {
 }
 
 static void gw_up_fail(gw_req_t *r, int status, const char *code, const char *msg);
+
+/* Is a worker serving r->model left that this request has not tried? */
+static int gw_worker_untried(const gw_req_t *r) {
+    const gw_config_t *cfg = r->srv->cfg;
+    for (int i = 0; i < cfg->nworkers; i++) {
+        if (i < 64 && (r->tried & (1ull << i))) continue;
+        const gw_worker_t *wc = &cfg->workers[i];
+        for (int j = 0; j < wc->nmodels; j++)
+            if (!strcmp(wc->models[j], r->model)) return 1;
+    }
+    return 0;
+}
 
 static void gw_up_connect(gw_req_t *r) {
     gw_loop_t *l = r->loop;
@@ -617,6 +648,15 @@ static void gw_up_on_read(struct bufferevent *bev, void *arg) {
             gw_up_on_read(bev, arg);
             return;
         }
+        if (r->resp.status == 503 && !r->up_external && gw_worker_untried(r)) {
+            /* an own worker refused before its scheduler (overloaded, draining): another may take it */
+            if (r->worker) gw_worker_refused(r->worker);
+            r->loop->m.upstream_errors++;
+            r->up_reusable = 0;
+            gw_proxy_release(r);
+            gw_up_connect(r);
+            return;
+        }
         evbuffer_drain(in, (size_t)hl);
         r->up_head_done = 1;
         r->first_byte_us = gw_now_us();
@@ -678,7 +718,9 @@ static void gw_up_on_event(struct bufferevent *bev, short what, void *arg) {
         if (!evbuffer_get_length(bufferevent_get_input(bev))) gw_up_eof(r);
         return; /* else gw_up_on_read finishes once the paused bytes are handled */
     }
-    if (!r->up_got_bytes && !r->head_sent && r->up_reused) {
+    /* the request not fully written: the worker cannot have run it */
+    int unsent = r->up_connected && evbuffer_get_length(bufferevent_get_output(bev)) > 0;
+    if (!r->up_got_bytes && !r->head_sent && r->up_reused && unsent) {
         /* a kept connection the worker had closed: send again on a fresh one, same worker allowed */
         int i = r->worker ? r->worker->index : -1;
         if (i >= 0 && i < 64) r->tried &= ~(1ull << i);
@@ -687,14 +729,14 @@ static void gw_up_on_event(struct bufferevent *bev, short what, void *arg) {
         gw_up_connect(r);
         return;
     }
-    if (!r->up_got_bytes && !r->head_sent && r->up_external && r->up_connected) {
-        /* an external upstream had the request (TLS up, sent): it may have run, and bill us, so it
-         * is not sent again */
+    if (!r->up_got_bytes && !r->head_sent && r->up_connected && !unsent) {
+        /* the worker had the whole request: it may have run it (and an external upstream billed
+         * us), so it is not sent again */
         if (r->worker) gw_worker_refused(r->worker);
         gw_up_fail(r, 502, "upstream_error", "The upstream closed the connection without answering");
         return;
     }
-    if (!r->up_got_bytes && !r->head_sent) { /* refused or reset before answering: try another */
+    if (!r->up_got_bytes && !r->head_sent) { /* refused, or reset before the request was written: try another */
         if (r->worker) gw_worker_refused(r->worker);
         r->loop->m.upstream_errors++;
         gw_proxy_release(r);

@@ -1,8 +1,9 @@
 /* gw_supervise.c — the worker pool's supervisor: starts the workers whose
  * config entry has a "command", health-checks every worker (GET /health with
- * a deadline, every second), marks a failing or hung one down so routing
- * bypasses it, restarts an own worker that exited (or stays hung) with
- * back-off, and stops the own workers when the gateway stops (after the
+ * a deadline, every second; the path is the entry's "health_path", an
+ * external upstream's check carries its api_key), marks a failing or hung one
+ * down so routing bypasses it, restarts an own worker that exited, stays hung,
+ * or never became healthy within its "start_timeout_ms" with back-off, and stops the own workers when the gateway stops (after the
  * requests in flight drained).  Entries without "command" are attached to:
  * checked, never started.
  *
@@ -50,6 +51,8 @@ typedef struct {
     pid_t pid;                 /* own worker running; 0: none */
     int started_once;
     int was_up;                /* healthy since its last start */
+    int64_t started_us;        /* its last start */
+    int start_killed;          /* killed for not becoming healthy in time (awaiting the reap) */
     int64_t next_start_us, backoff_ms;
     int consecutive;           /* failed checks in a row */
     uint64_t restarts, health_failures;
@@ -160,9 +163,12 @@ static void gw_sup_hc_start(gw_sup_worker_t *w) {
     struct timeval tv = {GW_SUP_DEADLINE_MS / 1000, (GW_SUP_DEADLINE_MS % 1000) * 1000};
     bufferevent_set_timeouts(w->hc, &tv, &tv);
     bufferevent_setcb(w->hc, gw_sup_hc_read, NULL, gw_sup_hc_event, w);
-    evbuffer_add_printf(bufferevent_get_output(w->hc),
-                        "GET /health HTTP/1.1\r\nHost: %s%s%s:%d\r\nConnection: close\r\n\r\n",
-                        strchr(wc->host, ':') ? "[" : "", wc->host, strchr(wc->host, ':') ? "]" : "", wc->port);
+    struct evbuffer *o = bufferevent_get_output(w->hc);
+    evbuffer_add_printf(o, "GET %s HTTP/1.1\r\nHost: %s%s%s:%d\r\nConnection: close\r\n",
+                        wc->health_path ? wc->health_path : "/health", strchr(wc->host, ':') ? "[" : "", wc->host,
+                        strchr(wc->host, ':') ? "]" : "", wc->port);
+    if (wc->api_key) evbuffer_add_printf(o, "Authorization: Bearer %s\r\n", wc->api_key);
+    evbuffer_add(o, "\r\n", 2);
     bufferevent_enable(w->hc, EV_READ | EV_WRITE);
     if (bufferevent_socket_connect(w->hc, (struct sockaddr *)&wc->addr, (int)wc->addrlen) < 0) gw_sup_hc_end(w, 0);
 }
@@ -201,6 +207,8 @@ static void gw_sup_spawn(gw_sup_worker_t *w) {
     w->started_once = 1;
     w->pid = pid;
     w->was_up = 0;
+    w->started_us = gw_now_us();
+    w->start_killed = 0;
     w->consecutive = 0;
     fprintf(stderr, "tollgate: worker %s: started %s (pid %d)\n", w->cfg->url, argv[0], (int)pid);
 }
@@ -231,6 +239,15 @@ static void gw_sup_on_tick(evutil_socket_t fd, short what, void *arg) {
         if (w->cfg->command && w->pid == 0) {
             if (now >= w->next_start_us) gw_sup_spawn(w);
             if (w->pid == 0) continue;
+        }
+        if (w->pid > 0 && !w->was_up && !w->start_killed && w->cfg->start_timeout_ms > 0 &&
+            now - w->started_us > w->cfg->start_timeout_ms * 1000LL) {
+            /* never healthy since its start: killed, reaped by a later tick, restarted after the back-off */
+            fprintf(stderr, "tollgate: worker %s (pid %d) not healthy %d ms after its start: killing it\n",
+                    w->cfg->url, (int)w->pid, w->cfg->start_timeout_ms);
+            kill(w->pid, SIGKILL);
+            w->start_killed = 1;
+            continue;
         }
         if (w->hc) {
             if (now > w->hc_deadline_us) gw_sup_hc_end(w, 0); /* hung: the timeout did not fire */

@@ -258,8 +258,8 @@ static void call_finish(call_t *c, const eng_ev_t *ev) {
             eng_api_err_t e;
             if (ev->finish == ENG_FINISH_ERROR)
                 eng_api_err(&e, 500, "server_error", NULL, "engine_error", "The engine failed: %s", ev->err);
-            else
-                eng_api_err(&e, 503, "server_error", NULL, "server_shutting_down",
+            else /* 503 only for a job that generated nothing: the gateway may send a 503 elsewhere */
+                eng_api_err(&e, ev->completion_tokens ? 500 : 503, "server_error", NULL, "server_shutting_down",
                             "The worker is shutting down; the request was cancelled.");
             if (code != 499) code = e.status;
             if (c->started) {

@@ -34,6 +34,8 @@ BASE = int(E["TG_TEST_GATEWAY"].rsplit(":", 1)[1])
 P_GW = BASE + 60        # instances: P_GW, P_GW + 1, ... (admin: + 1000)
 P_ENGINE = BASE + 70    # the engine the pool gateway starts
 P_FAKE = BASE + 71      # a worker that passes /health and drops every chat request
+P_FAKE503 = BASE + 73   # a worker that answers every chat request 503 (not admitted)
+P_NEVER = BASE + 74     # the port of a worker that never becomes healthy
 WAIT = float(E.get("TG_TEST_WAIT", "120"))
 
 
@@ -96,11 +98,17 @@ def settled_row(gw, rid):
 
 
 class FakeWorker(threading.Thread):
-    """Answers GET /health 200; resets every POST before any answer byte (over TLS with tls: an ssl context)."""
+    """Answers GET health_path 200 (with auth: only to that bearer key, else 401); reads every POST whole
+    and then resets the connection before any answer byte (answer503: answers 503 server_overloaded, as
+    a worker whose queue is full).  Over TLS with tls: an ssl context."""
 
-    def __init__(self, port, tls=None):
+    def __init__(self, port, tls=None, answer503=False, health_path="/health", auth=None):
         super().__init__(daemon=True)
         self.tls = tls
+        self.answer503 = answer503
+        self.health_path = health_path
+        self.auth = auth
+        self.gets = []
         self.s = socket.socket()
         self.s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.s.bind(("127.0.0.1", port))
@@ -125,13 +133,29 @@ class FakeWorker(threading.Thread):
                     if not b:
                         break
                     data += b
-                if data.startswith(b"GET /health"):
-                    c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n")
+                head = {ln.split(b":", 1)[0].strip().lower(): ln.split(b":", 1)[1].strip()
+                        for ln in data.split(b"\r\n\r\n")[0].split(b"\r\n")[1:] if b":" in ln}
+                if data.startswith(b"GET "):
+                    path = data.split(b" ")[1].decode()
+                    self.gets.append(path)
+                    ok = path == self.health_path and (
+                        not self.auth or head.get(b"authorization") == b"Bearer " + self.auth.encode())
+                    c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n" if ok
+                              else b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
                 elif data.startswith(b"POST"):
-                    rid = [ln.split(b":", 1)[1].strip().decode() for ln in data.split(b"\r\n")
-                           if ln.lower().startswith(b"x-request-id:")]
-                    self.posts.append(rid[0] if rid else None)
-                    if not self.tls:
+                    want = int(head.get(b"content-length", b"0"))
+                    while len(data.split(b"\r\n\r\n", 1)[1]) < want:  # the whole request, body included
+                        b = c.recv(65536)
+                        if not b:
+                            break
+                        data += b
+                    self.posts.append(head.get(b"x-request-id", b"").decode() or None)
+                    if self.answer503:
+                        e = b'{"error":{"message":"queue full","type":"server_error","param":null,' \
+                            b'"code":"server_overloaded"}}'
+                        c.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                                  b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(e) + e)
+                    elif not self.tls:
                         c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
             except OSError:
                 pass
@@ -156,18 +180,23 @@ def chat_body(text, max_tokens=8, stream=False):
 
 
 class Supervised(unittest.TestCase):
-    """One gateway running its own engine worker (command) beside a worker that drops requests."""
+    """One gateway running its own engine worker (command) beside a worker that reads requests and
+    drops them unanswered and one that answers 503 (not admitted)."""
 
     @classmethod
     def setUpClass(cls):
         cls.fake = FakeWorker(P_FAKE)
         cls.fake.start()
+        cls.fake503 = FakeWorker(P_FAKE503, answer503=True)
+        cls.fake503.start()
         cls.url = "http://127.0.0.1:%d" % P_ENGINE
         cls.fake_url = "http://127.0.0.1:%d" % P_FAKE
+        cls.fake503_url = "http://127.0.0.1:%d" % P_FAKE503
         cls.key, _ = customer_key("pool-supervised")
         cls.gw = Instances("pool-instances", [P_GW], workers=[
             {"url": cls.url, "models": [MODEL], "command": engine_cmd(P_ENGINE)},
             {"url": cls.fake_url, "models": [MODEL]},
+            {"url": cls.fake503_url, "models": [MODEL]},
         ]).start()
         wait_for(lambda: labelled(cls.gw, 0, "tollgate_worker_up", cls.url) == 1, "the started worker up")
 
@@ -176,28 +205,59 @@ class Supervised(unittest.TestCase):
         pid = labelled(cls.gw, 0, "tollgate_worker_pid", cls.url)
         cls.gw.stop()
         cls.fake.close()
+        cls.fake503.close()
         if pid:  # the gateway stopped (and reaped) its worker on the way out
             assert not os.path.exists("/proc/%d" % pid), "the worker outlived its gateway"
 
-    def test_dropped_request_retried_on_another_worker_billed_once(self):
-        """A worker that resets the connection before answering: the request goes to the engine, once."""
-        rids = []
+    def test_dropped_after_reading_is_not_run_twice(self):
+        """A worker that reads the whole request, then dies without answering: the request may have
+        run there, so it is never sent to another worker; the client gets a 502, nothing billed."""
+        wait_for(lambda: labelled(self.gw, 0, "tollgate_worker_up", self.url) == 1, "the worker up")
+        answers = {}
+        n0 = len(self.fake.posts)
         for i in range(60):
-            if self.fake.posts:
+            if len(self.fake.posts) > n0:
                 break
             st, h, data = https(P_GW, "POST", "/v1/chat/completions", self.key,
-                                chat_body("retry me %d" % i), timeout=WAIT)
-            self.assertEqual(st, 200, data)
-            rids.append(h["x-request-id"])
-        self.assertTrue(self.fake.posts, "no request was ever sent to the dropping worker")
-        dropped = self.fake.posts[0]
-        self.assertIn(dropped, rids, "the dropped request is one the client got a 200 for")
-        for rid in rids:
-            row = settled_row(self.gw, rid)
-            self.assertEqual(row[3], 200)
-            self.assertGreater(row[2], 0)
+                                chat_body("drop me %d" % i), timeout=WAIT)
+            answers[h["x-request-id"]] = (st, data)
+        self.assertEqual(len(self.fake.posts), n0 + 1, "one request was sent to the dropping worker")
+        dropped = self.fake.posts[-1]
+        self.assertEqual(answers[dropped][0], 502, answers[dropped])
+        self.assertEqual(json.loads(answers[dropped][1])["error"]["code"], "upstream_error")
+        self.assertNotIn(dropped, self.fake503.posts, "the dropped request was sent again")
+        row = settled_row(self.gw, dropped)
+        self.assertEqual((row[1], row[2], row[3]), (0, 0, 502), "not run anywhere else, nothing billed")
         self.assertEqual(q("SELECT count(*) FROM usage WHERE request_id = %s", dropped)[0][0], 1)
-        self.assertEqual(q("SELECT count(*) FROM ledger WHERE request_id = %s", dropped)[0][0], 1)
+        for rid, (st, data) in answers.items():
+            if rid != dropped:
+                self.assertEqual(st, 200, data)
+
+    def test_not_admitted_503_retried_on_another_worker_billed_once(self):
+        """An own worker that answers 503 (queue full: refused before its scheduler): the request goes
+        to another worker, once, and is billed once."""
+        wait_for(lambda: labelled(self.gw, 0, "tollgate_worker_up", self.url) == 1, "the worker up")
+        rids = []
+        n0 = len(self.fake503.posts)
+        for i in range(60):
+            if len(self.fake503.posts) > n0:
+                break
+            st, h, data = https(P_GW, "POST", "/v1/chat/completions", self.key,
+                                chat_body("overloaded %d" % i), timeout=WAIT)
+            rids.append((h["x-request-id"], st, data))
+        self.assertEqual(len(self.fake503.posts), n0 + 1, "one request was sent to the 503 worker")
+        refused = self.fake503.posts[-1]
+        got = [x for x in rids if x[0] == refused]
+        self.assertEqual(len(got), 1)
+        if refused in self.fake.posts:  # retried onto the dropping worker: 502 there (may have run)
+            self.assertEqual(got[0][1], 502, got[0][2])
+            return
+        self.assertEqual(got[0][1], 200, got[0][2])
+        row = settled_row(self.gw, refused)
+        self.assertEqual(row[3], 200)
+        self.assertGreater(row[2], 0, "the engine ran it: billed")
+        self.assertEqual(q("SELECT count(*) FROM usage WHERE request_id = %s", refused)[0][0], 1)
+        self.assertEqual(q("SELECT count(*) FROM ledger WHERE request_id = %s", refused)[0][0], 1)
 
     def test_hung_worker_marked_down_then_killed_and_restarted(self):
         """A worker that stops answering (SIGSTOP): down by its health-check deadline, then restarted."""
@@ -324,13 +384,14 @@ class ExternalNoResend(unittest.TestCase):
     def setUpClass(cls):
         tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         tls.load_cert_chain(E["TG_TEST_CERT"], os.path.join(E["TG_TEST_DIR"], "tls", "key.pem"))
-        cls.fake = FakeWorker(P_FAKE + 1, tls)
+        cls.fake = FakeWorker(P_FAKE + 1, tls, health_path="/v1/models", auth="sk-fake")
         cls.fake.start()
         cls.up_key, cls.up_cust = customer_key("pool-upstream-noresend")
         cls.key, _ = customer_key("pool-noresend-client")
         cls.fake_url = "https://127.0.0.1:%d" % (P_FAKE + 1)
         cls.gw = Instances("pool-noresend", [P_GW + 2], workers=[
-            {"url": cls.fake_url, "models": [MODEL], "api_key": "sk-fake", "tls_ca": E["TG_TEST_CERT"]},
+            {"url": cls.fake_url, "models": [MODEL], "api_key": "sk-fake", "tls_ca": E["TG_TEST_CERT"],
+             "health_path": "/v1/models"},
             {"url": E["TG_TEST_GATEWAY"], "models": [MODEL], "api_key": cls.up_key, "tls_ca": E["TG_TEST_CERT"]},
         ]).start()
 
@@ -338,6 +399,14 @@ class ExternalNoResend(unittest.TestCase):
     def tearDownClass(cls):
         cls.gw.stop()
         cls.fake.close()
+
+    def test_health_path_and_key(self):
+        """The configured health path, with the upstream's key: the upstream is up by it."""
+        wait_for(lambda: labelled(self.gw, 0, "tollgate_worker_health_failures_total", self.fake_url) == 0 and
+                 self.fake.gets, "a health check")
+        wait_for(lambda: labelled(self.gw, 0, "tollgate_worker_up", self.fake_url) == 1, "the fake upstream up")
+        self.assertEqual(set(self.fake.gets), {"/v1/models"})
+        self.assertEqual(labelled(self.gw, 0, "tollgate_worker_health_failures_total", self.fake_url), 0)
 
     def test_dropped_after_sending_is_not_sent_again(self):
         wait_for(lambda: labelled(self.gw, 0, "tollgate_worker_up", self.fake_url) == 1, "the fake upstream up")
@@ -359,6 +428,39 @@ class ExternalNoResend(unittest.TestCase):
                  len(answers) - 1, "the upstream's rows")
         row = settled_row(self.gw, rid)
         self.assertEqual((row[1], row[2], row[3]), (0, 0, 502), "nothing billed for the dropped request")
+
+
+class NeverHealthy(unittest.TestCase):
+    """An own worker that runs but never answers its health check: killed after start_timeout_ms and
+    started again, with a growing back-off."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.url = "http://127.0.0.1:%d" % P_NEVER
+        cls.gw = Instances("pool-never", [P_GW + 3], workers=[
+            {"url": cls.url, "models": [MODEL], "start_timeout_ms": 500,
+             "command": [sys.executable, "-c", "import time\nwhile True: time.sleep(60)"]},
+        ]).start()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.gw.stop()
+
+    def test_killed_and_restarted(self):
+        seen = []
+        def next_pid():
+            pid = labelled(self.gw, 0, "tollgate_worker_pid", self.url)
+            if pid and (not seen or pid != seen[-1]):
+                seen.append(pid)
+            return len(seen) >= 3
+        wait_for(next_pid, "three starts of the never-healthy worker")
+        self.assertGreaterEqual(labelled(self.gw, 0, "tollgate_worker_restarts_total", self.url), 2)
+        self.assertEqual(labelled(self.gw, 0, "tollgate_worker_up", self.url), 0)
+        for pid in seen[:-1]:  # each was killed and reaped, not left running
+            wait_for(lambda: not os.path.exists("/proc/%d" % pid), "pid %d gone" % pid)
+        with open(os.path.join(self.gw.dir, "gw0.log")) as f:
+            log = f.read()
+        self.assertGreaterEqual(log.count("not healthy 500 ms after its start: killing it"), 2, log[-2000:])
 
 
 if __name__ == "__main__":
