@@ -33,6 +33,21 @@ test-engine: $(ENG_GOLDEN_BIN) $(ENG_UNIT_BINS)
 	TOLLGATE_ENGINE_ISA=avx2 $(ENG_GOLDEN_BIN) tests/engine/golden $(ENG_TEST_DIR)/models
 	TOLLGATE_ENGINE_ISA=scalar $(ENG_GOLDEN_BIN) tests/engine/golden $(ENG_TEST_DIR)/models
 
+# The op-by-op comparison harness (tests/engine/eng_ops_test.c): every op of
+# the backend interface on seeded random inputs, CPU/scalar written to a file
+# by one process, the best ISA compared with it in another (the kernels pick
+# their ISA once per process).  The CUDA half: test-engine-cuda below.
+ENG_OPS_BIN := $(ENG_TEST_DIR)/eng_ops_test
+$(ENG_OPS_BIN): tests/engine/eng_ops_test.c $(LIBENG) $(LIBCOMMON)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(ENG_LINK) $(LDLIBS)
+
+test-engine: test-engine-ops
+.PHONY: test-engine-ops
+test-engine-ops: $(ENG_OPS_BIN)
+	TOLLGATE_ENGINE_ISA=scalar $(ENG_OPS_BIN) dump $(ENG_TEST_DIR)/ops-cpu-scalar.bin
+	$(ENG_OPS_BIN) compare $(ENG_TEST_DIR)/ops-cpu-scalar.bin
+
 engine-golden: $(ENG_GOLDEN_BIN)
 	bash tests/engine/make_golden.sh $(ENG_GOLDEN_BIN) $(ENG_TEST_DIR)/golden-models
 

@@ -1,4 +1,4 @@
-/* eng_logits.c — `tollgate-engine logits --model DIR [--top K] [--threads N]`:
+/* eng_logits.c — `tollgate-engine logits --model DIR [--top K] [--threads N] [--device D]`:
  * stdin one JSON array of token ids per line, each a fresh sequence; stdout
  * one JSON object per line with the last position's logits, either all of
  * them ({"logits":[...]}) or the K largest ({"top":[[id,logit],...]}, largest
@@ -14,7 +14,7 @@
 #include "eng_cmd.h"
 
 static int lg_usage(void) {
-    fprintf(stderr, "usage: tollgate-engine logits --model DIR [--top K] [--threads N] [--int8]\n");
+    fprintf(stderr, "usage: tollgate-engine logits --model DIR [--top K] [--threads N] [--int8] [--device cpu|cuda:N]\n");
     return 2;
 }
 
@@ -34,7 +34,7 @@ static void put_num(float f) {
 }
 
 int eng_cmd_logits(int argc, char **argv) {
-    const char *dir = NULL;
+    const char *dir = NULL, *device = "cpu";
     int top = 0, threads = 0, int8 = 0;
     for (int i = 0; i < argc; i++) {
         if (!strcmp(argv[i], "--int8")) {
@@ -45,11 +45,12 @@ int eng_cmd_logits(int argc, char **argv) {
         if (!strcmp(argv[i], "--model")) dir = argv[++i];
         else if (!strcmp(argv[i], "--top")) top = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--threads")) threads = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--device")) device = argv[++i];
         else return lg_usage();
     }
     if (!dir || top < 0) return lg_usage();
     char err[512];
-    eng_load_opts_t o = {.n_threads = threads, .quant_int8 = int8};
+    eng_load_opts_t o = {.device = device, .n_threads = threads, .quant_int8 = int8};
     eng_model_t *m = eng_model_load(dir, &o, err, sizeof err);
     if (!m) {
         fprintf(stderr, "logits: %s\n", err);

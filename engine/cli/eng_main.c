@@ -9,10 +9,10 @@ static const struct {
     int (*fn)(int, char **);
     const char *help;
 } cmds[] = {
-    {"serve", eng_cmd_serve, "--model DIR [--device cpu] [--threads N] [--listen ADDR:PORT]"},
+    {"serve", eng_cmd_serve, "--model DIR [--device cpu|cuda:N] [--threads N] [--listen ADDR:PORT]"},
     {"tokenize", eng_cmd_tokenize, "--model DIR   (stdin: JSON strings, stdout: JSON id arrays)"},
     {"detokenize", eng_cmd_detokenize, "--model DIR   (stdin: JSON id arrays, stdout: JSON strings)"},
-    {"logits", eng_cmd_logits, "--model DIR [--top K]   (stdin: JSON id arrays)"},
+    {"logits", eng_cmd_logits, "--model DIR [--top K] [--device cpu|cuda:N]   (stdin: JSON id arrays)"},
     {"gen-model", eng_cmd_gen_model, "--arch ARCH --preset NAME --out DIR [--seed N] ..."},
 };
 

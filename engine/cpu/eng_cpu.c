@@ -1,11 +1,17 @@
 /* eng_cpu.c — the CPU backend: the ops table of eng_model_int.h over a thread
  * pool.  Matmuls split output rows between threads; attention splits heads.
  * Every output value is computed by one thread in an order fixed by the
- * shapes alone, so results do not depend on the thread count or the batch. */
+ * shapes alone, so results do not depend on the thread count or the batch.
+ * Backend memory is host memory: uploads are zero-copy (weights stay in the
+ * mapping), the KV pool is one anonymous mapping.  The per-token glue (norms,
+ * RoPE, routing, SwiGLU, the combine) runs on the calling thread: O(hidden)
+ * per token. */
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "eng_cpu.h"
 
@@ -14,6 +20,9 @@ typedef struct {
     eng_cpu_pool_t *pool;
     float **rowbuf;     /* [n_threads] per-thread row buffers, grown on demand */
     size_t *rowcap;
+    void *arena;        /* the MoE op's scratch, grown on demand (never shrinks) */
+    size_t arena_cap;
+    char desc[64];
 } cpu_be_t;
 
 static eng_cpu_pool_t *pool_of(eng_backend_t *be) { return ((cpu_be_t *)be)->pool; }
@@ -378,6 +387,264 @@ out:
     return rc;
 }
 
+/* ---- memory ------------------------------------------------------------------ */
+
+static const char *cpu_describe(eng_backend_t *be) {
+    cpu_be_t *b = (cpu_be_t *)be;
+    snprintf(b->desc, sizeof b->desc, "cpu/%s", eng_cpu_isa());
+    return b->desc;
+}
+
+static void *cpu_alloc(eng_backend_t *be, size_t n) { return eng_alloc(n); }
+static void cpu_release(eng_backend_t *be, void *p) { free(p); }
+
+/* MAP_NORESERVE: a page costs memory only once a token is written into it */
+static void *cpu_kv_alloc(eng_backend_t *be, size_t n) {
+    void *p = mmap(NULL, n ? n : 1, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    return p == MAP_FAILED ? NULL : p;
+}
+
+static void cpu_kv_release(eng_backend_t *be, void *p, size_t n) {
+    if (p) munmap(p, n ? n : 1);
+}
+
+static int cpu_copy(eng_backend_t *be, void *dst, const void *src, size_t n) {
+    if (n) memmove(dst, src, n);
+    return 0;
+}
+
+static int cpu_upload_w(eng_backend_t *be, eng_w_t *w) { return 0; /* used in place */ }
+static const float *cpu_upload(eng_backend_t *be, const float *host, size_t n) { return host; }
+
+/* ---- per-token glue ------------------------------------------------------------ */
+
+static int cpu_embed(eng_backend_t *be, const eng_w_t *emb, const int32_t *ids, int T, float *x) {
+    for (int t = 0; t < T; t++) eng_cpu_row_f32(emb, ids[t], x + (size_t)t * emb->cols);
+    return 0;
+}
+
+/* out = x * rsqrt(mean(x^2) + eps) * w */
+static int cpu_rmsnorm(eng_backend_t *be, float *out, int ldo, const float *x, int ldx, const float *w, int T,
+                       int n, float eps) {
+    for (int t = 0; t < T; t++) {
+        const float *xt = x + (size_t)t * ldx;
+        float *ot = out + (size_t)t * ldo;
+        double ss = 0;
+        for (int i = 0; i < n; i++) ss += (double)xt[i] * xt[i];
+        float r = (float)(1.0 / sqrt(ss / n + eps));
+        for (int i = 0; i < n; i++) ot[i] = xt[i] * r * w[i];
+    }
+    return 0;
+}
+
+static int cpu_rope(eng_backend_t *be, float *x, int T, int ld, int nh, int hs, int off, int rd, int interleaved,
+                    const int32_t *pos, const float *cos, const float *sin) {
+    int half = rd / 2;
+    for (int t = 0; t < T; t++) {
+        const float *cs = cos + (size_t)pos[t] * half, *sn = sin + (size_t)pos[t] * half;
+        for (int h = 0; h < nh; h++) {
+            float *v = x + (size_t)t * ld + (size_t)h * hs + off;
+            for (int i = 0; i < half; i++) {
+                int a = interleaved ? 2 * i : i, b = interleaved ? 2 * i + 1 : i + half;
+                float x0 = v[a], x1 = v[b];
+                v[a] = x0 * cs[i] - x1 * sn[i];
+                v[b] = x0 * sn[i] + x1 * cs[i];
+            }
+        }
+    }
+    return 0;
+}
+
+static int cpu_kv_store(eng_backend_t *be, float *cache, const int64_t *dst, const float *src, int lds, int width,
+                        int T) {
+    for (int t = 0; t < T; t++) memcpy(cache + dst[t], src + (size_t)t * lds, width * sizeof(float));
+    return 0;
+}
+
+static int cpu_add(eng_backend_t *be, float *y, const float *x, size_t n) {
+    for (size_t i = 0; i < n; i++) y[i] += x[i];
+    return 0;
+}
+
+static inline float silu(float x) { return x / (1.0f + expf(-x)); }
+
+static int cpu_swiglu(eng_backend_t *be, float *g, const float *u, size_t n) {
+    for (size_t i = 0; i < n; i++) g[i] = silu(g[i]) * u[i];
+    return 0;
+}
+
+static int cpu_gather(eng_backend_t *be, float *dst, const float *src, const int32_t *rows, int n, int width) {
+    for (int i = 0; i < n; i++) memcpy(dst + (size_t)i * width, src + (size_t)rows[i] * width, width * sizeof(float));
+    return 0;
+}
+
+/* ---- routing ---------------------------------------------------------------------- */
+
+/* Routing of one token: sel [k] expert ids, wt [k] weights; s, b [E] scratch. */
+static void route1(const eng_route_t *c, const float *logit, int32_t *sel, float *wt, float *s, float *b) {
+    int E = c->E, G = c->n_group, per = E / G;
+    const float *bias = c->bias;
+    if (c->sigmoid) {
+        for (int e = 0; e < E; e++) s[e] = 1.0f / (1.0f + expf(-logit[e]));
+    } else {
+        float mx = -INFINITY, sum = 0;
+        for (int e = 0; e < E; e++) mx = fmaxf(mx, logit[e]);
+        for (int e = 0; e < E; e++) sum += (s[e] = expf(logit[e] - mx));
+        for (int e = 0; e < E; e++) s[e] /= sum;
+    }
+    for (int e = 0; e < E; e++) b[e] = bias ? s[e] + bias[e] : s[e];
+    if (G > 1 && c->topk_group < G) {
+        float gs[256];
+        int keep[256];
+        for (int g = 0; g < G; g++) {
+            float m1 = -INFINITY, m2 = -INFINITY;
+            for (int e = g * per; e < (g + 1) * per; e++) {
+                if (b[e] > m1) {
+                    m2 = m1;
+                    m1 = b[e];
+                } else if (b[e] > m2) {
+                    m2 = b[e];
+                }
+            }
+            gs[g] = bias ? (per > 1 ? m1 + m2 : m1) : m1;
+            keep[g] = 0;
+        }
+        for (int k = 0; k < c->topk_group; k++) {
+            int best = -1;
+            for (int g = 0; g < G; g++)
+                if (!keep[g] && (best < 0 || gs[g] > gs[best])) best = g;
+            keep[best] = 1;
+        }
+        for (int g = 0; g < G; g++)
+            if (!keep[g])
+                for (int e = g * per; e < (g + 1) * per; e++) b[e] = -INFINITY;
+    }
+    /* top-k by biased score, ties to the lower id; taken experts are marked NaN */
+    for (int k = 0; k < c->topk; k++) {
+        int best = -1;
+        for (int e = 0; e < E; e++)
+            if (!isnan(b[e]) && (best < 0 || b[e] > b[best])) best = e;
+        if (best < 0) /* NaN scores (a broken checkpoint): take the lowest unused id, never crash */
+            for (int e = 0; e < E && best < 0; e++) {
+                int used = 0;
+                for (int j = 0; j < k; j++) used |= sel[j] == e;
+                if (!used) best = e;
+            }
+        sel[k] = best;
+        b[best] = NAN;
+        wt[k] = s[best];
+    }
+    float sum = 0;
+    for (int k = 0; k < c->topk; k++) sum += wt[k];
+    int normed = c->norm_topk && c->topk > 1;
+    if (normed)
+        for (int k = 0; k < c->topk; k++) wt[k] /= sum;
+    if (c->scale_after_norm || !normed)
+        for (int k = 0; k < c->topk; k++) wt[k] *= c->routed_scale;
+}
+
+static int cpu_route(eng_backend_t *be, const eng_route_t *r, const float *logits, int T, int32_t *sel, float *wts) {
+    float *s = eng_alloc(2 * (size_t)r->E * sizeof(float));
+    if (!s) return -1;
+    for (int t = 0; t < T; t++)
+        route1(r, logits + (size_t)t * r->E, sel + (size_t)t * r->topk, wts + (size_t)t * r->topk, s, s + r->E);
+    free(s);
+    return 0;
+}
+
+/* ---- MoE experts ------------------------------------------------------------------- */
+
+/* The arena carved into pieces of 64-byte-aligned sizes; NULL when it cannot grow. */
+static void *arena_get(cpu_be_t *b, size_t n) {
+    if (n > b->arena_cap) {
+        void *p = eng_alloc(n);
+        if (!p) return NULL;
+        free(b->arena);
+        b->arena = p;
+        b->arena_cap = n;
+    }
+    return b->arena;
+}
+
+#define A64(n) (((n) + 63) & ~(size_t)63)
+
+/* Group the (token, slot) pairs by expert in token order, gather each expert's
+ * tokens, run every active expert's gate and up (and the shared expert's) as
+ * one parallel step, SwiGLU, the downs as another, then add the weighted
+ * outputs in slot order and the shared output. */
+static int cpu_moe(eng_backend_t *be, const eng_moe_t *mo, const float *x, int T, int K, const int32_t *sel,
+                   const float *wts, float *y) {
+    cpu_be_t *cb = (cpu_be_t *)be;
+    int E = mo->E, D = mo->D, Im = mo->inter, Is = mo->has_shared ? mo->shared_inter : 0, NK = T * K;
+    size_t fT = (size_t)T, sz_cnt = A64((E + 1) * sizeof(int32_t)), sz_i = A64((size_t)NK * sizeof(int32_t));
+    size_t sz_xg = A64((size_t)NK * D * sizeof(float)), sz_h = A64((size_t)NK * Im * sizeof(float));
+    size_t sz_s = A64(fT * (Is ? Is : 1) * sizeof(float)), sz_ys = A64(fT * D * sizeof(float));
+    size_t sz_j = A64((2 * (size_t)E + 2) * sizeof(eng_mm_t));
+    char *p = arena_get(cb, sz_cnt + 2 * sz_i + 2 * sz_xg + 2 * sz_h + 2 * sz_s + sz_ys + sz_j);
+    if (!p) return -1;
+    int32_t *cnt = (int32_t *)p, *tok_of = (int32_t *)(p += sz_cnt), *pos_of = (int32_t *)(p += sz_i);
+    float *xg = (float *)(p += sz_i), *yslot = (float *)(p += sz_xg), *h1 = (float *)(p += sz_xg);
+    float *h2 = (float *)(p += sz_h), *s1 = (float *)(p += sz_h), *s2 = (float *)(p += sz_s);
+    float *ysh = (float *)(p += sz_s);
+    eng_mm_t *jobs = (eng_mm_t *)(p += sz_ys);
+    memset(cnt, 0, (E + 1) * sizeof(int32_t));
+    for (int i = 0; i < NK; i++) cnt[sel[i] + 1]++;
+    for (int e = 0; e < E; e++) cnt[e + 1] += cnt[e];
+    for (int i = 0; i < NK; i++) tok_of[cnt[sel[i]]++] = i;
+    /* cnt[e] is now the end of expert e's run; its start is cnt[e-1] */
+    for (int i = 0; i < NK; i++) {
+        memcpy(xg + (size_t)i * D, x + (size_t)(tok_of[i] / K) * D, D * sizeof(float));
+        pos_of[tok_of[i]] = i;
+    }
+    int nj = 0;
+    for (int e = 0, start = 0; e < E; e++) {
+        int ne = cnt[e] - start;
+        if (ne > 0) {
+            jobs[nj++] = (eng_mm_t){&mo->eg[e], xg + (size_t)start * D, ne, h1 + (size_t)start * Im};
+            jobs[nj++] = (eng_mm_t){&mo->eu[e], xg + (size_t)start * D, ne, h2 + (size_t)start * Im};
+        }
+        start = cnt[e];
+    }
+    if (Is) {
+        jobs[nj++] = (eng_mm_t){mo->sg, x, T, s1};
+        jobs[nj++] = (eng_mm_t){mo->su, x, T, s2};
+    }
+    if (cpu_matmul_multi(be, jobs, nj)) return -1;
+    cpu_swiglu(be, h1, h2, (size_t)NK * Im);
+    if (Is) cpu_swiglu(be, s1, s2, fT * Is);
+    nj = 0;
+    for (int e = 0, start = 0; e < E; e++) {
+        int ne = cnt[e] - start;
+        if (ne > 0) jobs[nj++] = (eng_mm_t){&mo->ed[e], h1 + (size_t)start * Im, ne, yslot + (size_t)start * D};
+        start = cnt[e];
+    }
+    if (Is) jobs[nj++] = (eng_mm_t){mo->sd, s1, T, ysh};
+    if (cpu_matmul_multi(be, jobs, nj)) return -1;
+    for (int t = 0; t < T; t++) {
+        float *acc = y + (size_t)t * D;
+        memset(acc, 0, D * sizeof(float));
+        for (int k = 0; k < K; k++) {
+            float w = wts[(size_t)t * K + k];
+            const float *ys = yslot + (size_t)pos_of[(size_t)t * K + k] * D;
+            for (int d = 0; d < D; d++) acc[d] += w * ys[d];
+        }
+        if (Is)
+            for (int d = 0; d < D; d++) acc[d] += ysh[(size_t)t * D + d];
+    }
+    return 0;
+}
+
+static int cpu_argmax(eng_backend_t *be, const float *logits, int n, int vocab, int32_t *ids) {
+    for (int i = 0; i < n; i++) {
+        const float *l = logits + (size_t)i * vocab;
+        int best = 0;
+        for (int v = 1; v < vocab; v++)
+            if (l[v] > l[best]) best = v;
+        ids[i] = best;
+    }
+    return 0;
+}
+
 static void cpu_free(eng_backend_t *be) {
     if (!be) return;
     cpu_be_t *b = (cpu_be_t *)be;
@@ -385,15 +652,36 @@ static void cpu_free(eng_backend_t *be) {
     for (int i = 0; b->rowbuf && i < be->n_threads; i++) free(b->rowbuf[i]);
     free(b->rowbuf);
     free(b->rowcap);
+    free(b->arena);
     free(b);
 }
 
 static const eng_backend_ops_t cpu_ops = {
     .name = "cpu",
+    .describe = cpu_describe,
+    .alloc = cpu_alloc,
+    .release = cpu_release,
+    .kv_alloc = cpu_kv_alloc,
+    .kv_release = cpu_kv_release,
+    .set = cpu_copy,
+    .get = cpu_copy,
+    .copy = cpu_copy,
+    .upload_w = cpu_upload_w,
+    .upload = cpu_upload,
+    .embed = cpu_embed,
+    .rmsnorm = cpu_rmsnorm,
+    .rope = cpu_rope,
+    .kv_store = cpu_kv_store,
+    .add = cpu_add,
+    .swiglu = cpu_swiglu,
+    .gather = cpu_gather,
     .matmul = cpu_matmul,
     .matmul_multi = cpu_matmul_multi,
     .attn_mla = cpu_attn_mla,
     .attn_gqa = cpu_attn_gqa,
+    .route = cpu_route,
+    .moe = cpu_moe,
+    .argmax = cpu_argmax,
     .free = cpu_free,
 };
 

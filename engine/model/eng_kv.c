@@ -19,15 +19,16 @@
  * not registered (a registered block is full, and eng_seq_prefix attaches at
  * most n-1 tokens, so the next write starts a fresh block); a block is on
  * exactly one of: a sequence's table (ref > 0), the LRU list (ref 0,
- * registered), the free list (ref 0, not registered).  The memory is one
- * anonymous mapping (MAP_NORESERVE): pages cost RAM only once written, and
- * nothing here allocates after eng_kv_new except a sequence's block table.
+ * registered), the free list (ref 0, not registered).  The memory is the
+ * backend's (kv_alloc: on the CPU one anonymous mapping with MAP_NORESERVE, so
+ * pages cost RAM only once written; on CUDA device memory); this file only
+ * does arithmetic on it and copies blocks through the backend.  Nothing here
+ * allocates after eng_kv_new except a sequence's block table.
  * Not thread-safe: one thread (the scheduler) owns the pool and its sequences. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <unistd.h>
 
 #include "tg_err.h"
@@ -40,7 +41,8 @@ struct eng_kv {
     int B, n_layers, row, has_v;
     int n_blocks;
     size_t block_floats;   /* floats per block */
-    float *mem;            /* [n_blocks][block_floats] */
+    float *mem;            /* [n_blocks][block_floats], backend memory */
+    eng_backend_t *be;     /* whose memory mem is */
     size_t map_bytes;
     /* per block */
     int32_t *ref;
@@ -122,7 +124,7 @@ size_t eng_kv_default_bytes(void) {
     return b;
 }
 
-eng_kv_t *eng_kv_new(int n_layers, int row, int has_v, size_t bytes, char *err, size_t errlen) {
+eng_kv_t *eng_kv_new(eng_backend_t *be, int n_layers, int row, int has_v, size_t bytes, char *err, size_t errlen) {
     eng_kv_t *kv = calloc(1, sizeof *kv);
     if (!kv) goto oom;
     kv->B = TG_PREFIX_BLOCK;
@@ -140,9 +142,11 @@ eng_kv_t *eng_kv_new(int n_layers, int row, int has_v, size_t bytes, char *err, 
     if (nb > 0x7ffffff0) nb = 0x7ffffff0;
     kv->n_blocks = (int)nb;
     kv->map_bytes = nb * bb;
-    void *p = mmap(NULL, kv->map_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (p == MAP_FAILED) {
-        tg_errf(err, errlen, "cannot map a KV cache of %zu bytes: %s", kv->map_bytes, strerror(errno));
+    kv->be = be;
+    void *p = be->ops->kv_alloc(be, kv->map_bytes);
+    if (!p) {
+        tg_errf(err, errlen, "cannot allocate a KV cache of %zu bytes on %s: %s", kv->map_bytes, be->ops->name,
+                strerror(errno ? errno : ENOMEM));
         kv->map_bytes = 0;
         eng_kv_free(kv);
         return NULL;
@@ -178,7 +182,7 @@ oom:
 
 void eng_kv_free(eng_kv_t *kv) {
     if (!kv) return;
-    if (kv->mem) munmap(kv->mem, kv->map_bytes);
+    if (kv->mem) kv->be->ops->kv_release(kv->be, kv->mem, kv->map_bytes);
     free(kv->ref);
     free(kv->reg);
     free(kv->key);
@@ -293,8 +297,11 @@ int eng_seq_truncate(eng_seq_t *s, int len) {
         if (kv->ref[b] > 1) {
             int32_t nb = take_block(kv);
             if (nb == NIL) return -1;
-            memcpy(kv->mem + (size_t)nb * kv->block_floats, kv->mem + (size_t)b * kv->block_floats,
-                   kv->block_floats * sizeof(float));
+            if (kv->be->ops->copy(kv->be, kv->mem + (size_t)nb * kv->block_floats,
+                                  kv->mem + (size_t)b * kv->block_floats, kv->block_floats * sizeof(float))) {
+                free_push(kv, nb);
+                return -1;
+            }
             memcpy(kv->toks + (size_t)nb * B, kv->toks + (size_t)b * B, (size_t)B * sizeof(int32_t));
             drop(kv, b);
             s->blocks[keep - 1] = nb;

@@ -238,7 +238,20 @@ static int bind_w(eng_model_t *m, eng_w_t *w, int64_t rows, int64_t cols, char *
     return 0;
 }
 
-/* A small vector (norm weights, gate bias) converted to a malloc'd fp32 copy. */
+/* Keep a host vector the model owns (freed with the model); -1 on out of memory. */
+static int own_vec(eng_model_t *m, float *v) {
+    if (m->n_vecs == m->cap_vecs) {
+        int cap = m->cap_vecs ? 2 * m->cap_vecs : 64;
+        float **nv = realloc(m->vecs, cap * sizeof *nv);
+        if (!nv) return -1;
+        m->vecs = nv;
+        m->cap_vecs = cap;
+    }
+    m->vecs[m->n_vecs++] = v;
+    return 0;
+}
+
+/* A small vector (norm weights, gate bias) converted to an fp32 copy the model owns. */
 static float *load_vec(eng_model_t *m, int64_t n, char *err, size_t errlen, const char *fmt, ...) {
     char name[512];
     va_list ap;
@@ -260,12 +273,13 @@ static float *load_vec(eng_model_t *m, int64_t n, char *err, size_t errlen, cons
         return NULL;
     }
     float *v = malloc(n * sizeof(float));
-    if (!v) {
+    if (!v || own_vec(m, v)) {
+        free(v);
         tg_errf(err, errlen, "out of memory");
         return NULL;
     }
     eng_w_t w = {.dt = t->dt, .rows = 1, .cols = n, .data = t->data};
-    eng_cpu_row_f32(&w, 0, v);
+    eng_w_row_f32(&w, 0, v);
     return v;
 }
 
@@ -291,7 +305,7 @@ static int quantize_w(eng_model_t *m, eng_w_t *w, char *err, size_t errlen) {
     m->owned_list[m->owned_n++] = q;
     m->owned_list[m->owned_n++] = sc;
     for (int64_t r = 0; r < R; r++) {
-        eng_cpu_row_f32(w, r, row);
+        eng_w_row_f32(w, r, row);
         for (int64_t b = 0; b < nb; b++) {
             int64_t c0 = b * blk, c1 = c0 + blk < C ? c0 + blk : C;
             float amax = 0;
@@ -419,12 +433,20 @@ static int build_rope(eng_model_t *m) {
     int rd = m->info.arch == ENG_ARCH_MIXTRAL ? c->hd : c->dr, half = rd / 2;
     int S = m->info.max_seq_len;
     double *f = malloc(half * sizeof(double));
-    m->rope_cos = malloc((size_t)S * half * sizeof(float));
-    m->rope_sin = malloc((size_t)S * half * sizeof(float));
-    if (!f || !m->rope_cos || !m->rope_sin) {
+    float *rc = malloc((size_t)S * half * sizeof(float)), *rs = malloc((size_t)S * half * sizeof(float));
+    if (!f || !rc || own_vec(m, rc)) {
         free(f);
+        free(rc);
+        free(rs);
         return -1;
     }
+    if (!rs || own_vec(m, rs)) {
+        free(f);
+        free(rs);
+        return -1;
+    }
+    m->rope_cos = rc;
+    m->rope_sin = rs;
     for (int i = 0; i < half; i++) f[i] = pow((double)c->rope_theta, -2.0 * i / rd);
     double amp = 1.0;
     if (c->yarn) {
@@ -445,8 +467,8 @@ static int build_rope(eng_model_t *m) {
     for (int p = 0; p < S; p++)
         for (int i = 0; i < half; i++) {
             double a = (double)p * f[i];
-            m->rope_cos[(size_t)p * half + i] = (float)(cos(a) * amp);
-            m->rope_sin[(size_t)p * half + i] = (float)(sin(a) * amp);
+            rc[(size_t)p * half + i] = (float)(cos(a) * amp);
+            rs[(size_t)p * half + i] = (float)(sin(a) * amp);
         }
     free(f);
     if (m->info.arch == ENG_ARCH_MIXTRAL) {
@@ -462,15 +484,61 @@ static int build_rope(eng_model_t *m) {
     return 0;
 }
 
+/* ---- upload to the backend ----------------------------------------------------------- */
+
+/* Every weight and vector to the backend, once (the CPU uses them in place). */
+static int upload_model(eng_model_t *m, char *err, size_t errlen) {
+    eng_backend_t *be = m->be;
+    const eng_backend_ops_t *ops = be->ops;
+#define UPW(w)                                                                                          \
+    do {                                                                                                \
+        if ((w)->data && ops->upload_w(be, (w))) {                                                      \
+            tg_errf(err, errlen, "%s: cannot upload tensor '%s'", ops->name, (w)->name ? (w)->name : "?"); \
+            return -1;                                                                                  \
+        }                                                                                               \
+    } while (0)
+#define UPV(v, n)                                                                                       \
+    do {                                                                                                \
+        if ((v) && !((v) = ops->upload(be, (v), (n)))) {                                                \
+            tg_errf(err, errlen, "%s: cannot upload a vector of %zu floats", ops->name, (size_t)(n));     \
+            return -1;                                                                                  \
+        }                                                                                               \
+    } while (0)
+    eng_cfg_t *c = &m->cfg;
+    int tied = m->lm_head.data == m->embed.data;
+    UPW(&m->embed);
+    if (tied) m->lm_head = m->embed;
+    else UPW(&m->lm_head);
+    UPV(m->final_norm, c->D);
+    int rd = m->info.arch == ENG_ARCH_MIXTRAL ? c->hd : c->dr;
+    UPV(m->rope_cos, (size_t)m->info.max_seq_len * (rd / 2));
+    UPV(m->rope_sin, (size_t)m->info.max_seq_len * (rd / 2));
+    for (int l = 0; l < c->n_layers; l++) {
+        eng_layer_t *L = &m->layers[l];
+        eng_w_t *ws[] = {&L->q_proj, &L->q_a, &L->q_b, &L->kv_a, &L->kv_b, &L->wq, &L->wk, &L->wv, &L->o_proj,
+                         &L->gate, &L->up, &L->down, &L->router, &L->sg, &L->su, &L->sd};
+        for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++) UPW(ws[i]);
+        for (int e = 0; L->moe && e < c->E; e++) {
+            UPW(&L->eg[e]);
+            UPW(&L->eu[e]);
+            UPW(&L->ed[e]);
+        }
+        UPV(L->attn_norm, c->D);
+        UPV(L->ffn_norm, c->D);
+        UPV(L->q_a_norm, c->q_lora);
+        UPV(L->kv_a_norm, c->c);
+        UPV(L->router_bias, c->E);
+    }
+#undef UPW
+#undef UPV
+    return 0;
+}
+
 /* ---- load / free ----------------------------------------------------------------- */
 
 eng_model_t *eng_model_load(const char *dir, const eng_load_opts_t *opts, char *err, size_t errlen) {
     eng_load_opts_t o = {0};
     if (opts) o = *opts;
-    if (o.device && *o.device && strcmp(o.device, "cpu")) {
-        tg_errf(err, errlen, "device '%s' is not available in this build (cpu only)", o.device);
-        return NULL;
-    }
     eng_model_t *m = calloc(1, sizeof *m);
     if (!m) {
         tg_errf(err, errlen, "out of memory");
@@ -511,9 +579,10 @@ eng_model_t *eng_model_load(const char *dir, const eng_load_opts_t *opts, char *
     }
     int nt = o.n_threads > 0 ? o.n_threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
     if (nt < 1) nt = 1;
-    if (!(m->be = eng_cpu_backend_new(nt, err, errlen))) goto fail;
+    if (!(m->be = eng_backend_open(o.device, nt, err, errlen))) goto fail;
+    if (upload_model(m, err, errlen)) goto fail;
     int gqa = m->info.arch == ENG_ARCH_MIXTRAL;
-    if (!(m->kv = eng_kv_new(c->n_layers, gqa ? c->kvh * c->hd : c->c + c->dr, gqa,
+    if (!(m->kv = eng_kv_new(m->be, c->n_layers, gqa ? c->kvh * c->hd : c->c + c->dr, gqa,
                              o.kv_bytes ? o.kv_bytes : eng_kv_default_bytes(), err, errlen)))
         goto fail;
     return m;
@@ -524,16 +593,11 @@ fail:
 
 void eng_model_free(eng_model_t *m) {
     if (!m) return;
+    eng_kv_free(m->kv); /* its memory is the backend's: before the backend */
     if (m->be) m->be->ops->free(m->be);
-    eng_kv_free(m->kv);
     if (m->layers) {
         for (int l = 0; l < m->cfg.n_layers; l++) {
             eng_layer_t *L = &m->layers[l];
-            free(L->attn_norm);
-            free(L->ffn_norm);
-            free(L->q_a_norm);
-            free(L->kv_a_norm);
-            free(L->router_bias);
             free(L->eg);
             free(L->eu);
             free(L->ed);
@@ -542,9 +606,8 @@ void eng_model_free(eng_model_t *m) {
     }
     for (size_t i = 0; i < m->owned_n; i++) free(m->owned_list[i]);
     free(m->owned_list);
-    free(m->final_norm);
-    free(m->rope_cos);
-    free(m->rope_sin);
+    for (int i = 0; i < m->n_vecs; i++) free(m->vecs[i]);
+    free(m->vecs);
     free(m->trace);
     eng_st_free(m->st);
     free(m);
@@ -561,10 +624,7 @@ const int32_t *eng_model_trace(const eng_model_t *m, int *n_tokens, int *topk) {
 }
 
 const char *eng_model_backend(const eng_model_t *m) {
-    static char buf[64];
-    extern const char *eng_cpu_isa(void);
-    snprintf(buf, sizeof buf, "%s/%s", m->be->ops->name, eng_cpu_isa());
-    return buf;
+    return m->be->ops->describe(m->be);
 }
 
 /* ---- KV pool accessors --------------------------------------------------------------- */
@@ -593,149 +653,50 @@ void *eng_alloc(size_t n) {
     return malloc(n ? n : 1);
 }
 
-/* ---- forward ---------------------------------------------------------------------- */
-
-/* out = x * rsqrt(mean(x^2) + eps) * w */
-static void rmsnorm(float *out, const float *x, const float *w, int n, float eps) {
-    double ss = 0;
-    for (int i = 0; i < n; i++) ss += (double)x[i] * x[i];
-    float r = (float)(1.0 / sqrt(ss / n + eps));
-    for (int i = 0; i < n; i++) out[i] = x[i] * r * w[i];
-}
-
-static void rope(float *x, const float *cs, const float *sn, int rd, int interleaved) {
-    int half = rd / 2;
-    for (int i = 0; i < half; i++) {
-        int a = interleaved ? 2 * i : i, b = interleaved ? 2 * i + 1 : i + half;
-        float x0 = x[a], x1 = x[b];
-        x[a] = x0 * cs[i] - x1 * sn[i];
-        x[b] = x0 * sn[i] + x1 * cs[i];
-    }
-}
-
-static inline float silu(float x) { return x / (1.0f + expf(-x)); }
+/* ---- forward ----------------------------------------------------------------------
+ * Every step below is one backend op over the whole batch; the host only
+ * builds the batch's index arrays (positions, cache offsets, rows) and, when
+ * tracing, reads back the routed ids. */
 
 typedef struct {
-    float *buf;
-    size_t cap;
-} scratch_t;
-
-/* y [T, D] = down( silu(gate x) * up x ) for x [T, D]; h1, h2 [T, I] scratch. */
-static int mlp(eng_model_t *m, const eng_w_t *g, const eng_w_t *u, const eng_w_t *d, const float *x, int T,
-               float *h1, float *h2, float *y) {
-    const eng_backend_ops_t *ops = m->be->ops;
-    eng_mm_t gu[2] = {{g, x, T, h1}, {u, x, T, h2}};
-    if (ops->matmul_multi(m->be, gu, 2)) return -1;
-    size_t n = (size_t)T * g->rows;
-    for (size_t i = 0; i < n; i++) h1[i] = silu(h1[i]) * h2[i];
-    return ops->matmul(m->be, d, h1, T, y);
-}
-
-/* Routing of one token: sel [k] expert ids, wt [k] weights. */
-static void route(const eng_cfg_t *c, const float *logit, const float *bias, int32_t *sel, float *wt, float *s,
-                  float *b) {
-    int E = c->E, G = c->n_group, per = E / G;
-    if (c->sigmoid) {
-        for (int e = 0; e < E; e++) s[e] = 1.0f / (1.0f + expf(-logit[e]));
-    } else {
-        float mx = -INFINITY, sum = 0;
-        for (int e = 0; e < E; e++) mx = fmaxf(mx, logit[e]);
-        for (int e = 0; e < E; e++) sum += (s[e] = expf(logit[e] - mx));
-        for (int e = 0; e < E; e++) s[e] /= sum;
-    }
-    for (int e = 0; e < E; e++) b[e] = bias ? s[e] + bias[e] : s[e];
-    if (G > 1 && c->topk_group < G) {
-        float gs[256];
-        int keep[256];
-        for (int g = 0; g < G; g++) {
-            float m1 = -INFINITY, m2 = -INFINITY;
-            for (int e = g * per; e < (g + 1) * per; e++) {
-                if (b[e] > m1) {
-                    m2 = m1;
-                    m1 = b[e];
-                } else if (b[e] > m2) {
-                    m2 = b[e];
-                }
-            }
-            gs[g] = bias ? (per > 1 ? m1 + m2 : m1) : m1;
-            keep[g] = 0;
-        }
-        for (int k = 0; k < c->topk_group; k++) {
-            int best = -1;
-            for (int g = 0; g < G; g++)
-                if (!keep[g] && (best < 0 || gs[g] > gs[best])) best = g;
-            keep[best] = 1;
-        }
-        for (int g = 0; g < G; g++)
-            if (!keep[g])
-                for (int e = g * per; e < (g + 1) * per; e++) b[e] = -INFINITY;
-    }
-    /* top-k by biased score, ties to the lower id; taken experts are marked NaN */
-    for (int k = 0; k < c->topk; k++) {
-        int best = -1;
-        for (int e = 0; e < E; e++)
-            if (!isnan(b[e]) && (best < 0 || b[e] > b[best])) best = e;
-        if (best < 0) /* NaN scores (a broken checkpoint): take the lowest unused id, never crash */
-            for (int e = 0; e < E && best < 0; e++) {
-                int used = 0;
-                for (int j = 0; j < k; j++) used |= sel[j] == e;
-                if (!used) best = e;
-            }
-        sel[k] = best;
-        b[best] = NAN;
-        wt[k] = s[best];
-    }
-    float sum = 0;
-    for (int k = 0; k < c->topk; k++) sum += wt[k];
-    int normed = c->norm_topk && c->topk > 1;
-    if (normed)
-        for (int k = 0; k < c->topk; k++) wt[k] /= sum;
-    if (c->scale_after_norm || !normed)
-        for (int k = 0; k < c->topk; k++) wt[k] *= c->routed_scale;
-}
-
-typedef struct {
-    float *x, *xn, *q, *qa, *kv, *att, *o, *h1, *h2, *s1, *s2, *y, *logit, *xg, *yslot, *wts, *sc1, *sc2;
-    int32_t *sel, *tok_of, *pos_of, *cnt;
-    eng_mm_t *jobs;
+    /* backend memory */
+    float *x, *xn, *q, *qa, *kv, *att, *o, *h1, *h2, *y, *logit, *wts, *out;
+    int32_t *sel, *pos;
+    int64_t *dst;
+    /* host */
+    int32_t *ids_h, *pos_h, *rows_h;
+    int64_t *dst_h;
     eng_attn_seq_t *as;
-    int32_t *pos;
 } fwd_buf_t;
 
-static void fwd_buf_free(fwd_buf_t *b) {
-    free(b->x);
-    free(b->xn);
-    free(b->q);
-    free(b->qa);
-    free(b->kv);
-    free(b->att);
-    free(b->o);
-    free(b->h1);
-    free(b->h2);
-    free(b->y);
-    free(b->logit);
-    free(b->xg);
-    free(b->yslot);
-    free(b->s1);
-    free(b->s2);
-    free(b->pos_of);
-    free(b->jobs);
-    free(b->wts);
-    free(b->sc1);
-    free(b->sc2);
-    free(b->sel);
-    free(b->tok_of);
-    free(b->cnt);
+static void fwd_buf_free(eng_backend_t *be, fwd_buf_t *b) {
+    void *dev[] = {b->x, b->xn, b->q, b->qa, b->kv, b->att, b->o, b->h1, b->h2, b->y, b->logit, b->wts, b->out,
+                   b->sel, b->pos, b->dst};
+    for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) be->ops->release(be, dev[i]);
+    free(b->ids_h);
+    free(b->pos_h);
+    free(b->rows_h);
+    free(b->dst_h);
     free(b->as);
-    free(b->pos);
 }
 
 static int imax(int a, int b) { return a > b ? a : b; }
 
+/* y [T, D] = down( silu(gate x) * up x ) for x [T, D]; h1, h2 [T, I] scratch. */
+static int mlp(eng_model_t *m, const eng_w_t *g, const eng_w_t *u, const eng_w_t *d, const float *x, int T,
+               float *h1, float *h2, float *y) {
+    eng_backend_t *be = m->be;
+    eng_mm_t gu[2] = {{g, x, T, h1}, {u, x, T, h2}};
+    if (be->ops->matmul_multi(be, gu, 2)) return -1;
+    if (be->ops->swiglu(be, h1, h2, (size_t)T * g->rows)) return -1;
+    return be->ops->matmul(be, d, h1, T, y);
+}
+
 int eng_forward(eng_model_t *m, eng_seq_t **seqs, const int32_t *const *ids, const int *n, int nseq,
                 float **logits, char *err, size_t errlen) {
     eng_cfg_t *c = &m->cfg;
-    const eng_backend_ops_t *ops = m->be->ops;
+    eng_backend_t *be = m->be;
+    const eng_backend_ops_t *ops = be->ops;
     int T = 0, gqa = m->info.arch == ENG_ARCH_MIXTRAL;
     if (nseq <= 0) {
         tg_errf(err, errlen, "no sequences");
@@ -782,38 +743,35 @@ int eng_forward(eng_model_t *m, eng_seq_t **seqs, const int32_t *const *ids, con
     if (T == 0) return 0;
     int D = c->D, H = c->H, qdim = gqa ? H * c->hd : H * (c->dn + c->dr), adim = gqa ? H * c->hd : H * c->dv;
     int kvdim = gqa ? 2 * c->kvh * c->hd : c->c + c->dr;
-    int K = c->E > 0 ? c->topk : 1;
+    int K = c->E > 0 ? c->topk : 1, NL = 0;
+    for (int i = 0; i < nseq; i++) NL += logits && logits[i] ? 1 : 0;
     fwd_buf_t b = {0};
-    size_t fT = (size_t)T;
-    b.x = eng_alloc(fT * D * sizeof(float));
-    b.xn = eng_alloc(fT * D * sizeof(float));
-    b.q = eng_alloc(fT * qdim * sizeof(float));
-    b.qa = eng_alloc(fT * imax(c->q_lora, 1) * sizeof(float));
-    b.kv = eng_alloc(fT * kvdim * sizeof(float));
-    b.att = eng_alloc(fT * adim * sizeof(float));
-    b.o = eng_alloc(fT * D * sizeof(float));
-    size_t hn = fT * imax(imax(c->inter, K * c->moe_inter), 1);
-    b.h1 = eng_alloc(hn * sizeof(float));
-    b.h2 = eng_alloc(hn * sizeof(float));
-    b.s1 = eng_alloc(fT * imax(c->n_shared * c->moe_inter, 1) * sizeof(float));
-    b.s2 = eng_alloc(fT * imax(c->n_shared * c->moe_inter, 1) * sizeof(float));
-    b.pos_of = eng_alloc(fT * K * sizeof(int32_t));
-    b.jobs = eng_alloc((2 * imax(c->E, 1) + 2) * sizeof(eng_mm_t));
-    b.y = eng_alloc(fT * D * sizeof(float));
-    b.logit = eng_alloc(fT * imax(c->E, 1) * sizeof(float));
-    b.xg = eng_alloc(fT * K * D * sizeof(float));
-    b.yslot = eng_alloc(fT * K * D * sizeof(float));
-    b.wts = eng_alloc(fT * K * sizeof(float));
-    b.sc1 = eng_alloc(imax(c->E, 1) * sizeof(float));
-    b.sc2 = eng_alloc(imax(c->E, 1) * sizeof(float));
-    b.sel = eng_alloc(fT * K * sizeof(int32_t));
-    b.tok_of = eng_alloc(fT * K * sizeof(int32_t));
-    b.cnt = eng_alloc((imax(c->E, 1) + 1) * sizeof(int32_t));
+    size_t fT = (size_t)T, F = sizeof(float);
+    b.x = ops->alloc(be, fT * D * F);
+    b.xn = ops->alloc(be, fT * D * F);
+    b.q = ops->alloc(be, fT * qdim * F);
+    b.qa = ops->alloc(be, fT * imax(c->q_lora, 1) * F);
+    b.kv = ops->alloc(be, fT * kvdim * F);
+    b.att = ops->alloc(be, fT * adim * F);
+    b.o = ops->alloc(be, fT * D * F);
+    b.h1 = ops->alloc(be, fT * imax(c->inter, 1) * F);
+    b.h2 = ops->alloc(be, fT * imax(c->inter, 1) * F);
+    b.y = ops->alloc(be, fT * D * F);
+    b.logit = ops->alloc(be, fT * imax(c->E, 1) * F);
+    b.wts = ops->alloc(be, fT * K * F);
+    b.sel = ops->alloc(be, fT * K * sizeof(int32_t));
+    b.pos = ops->alloc(be, fT * sizeof(int32_t));
+    b.dst = ops->alloc(be, fT * sizeof(int64_t));
+    b.out = NL ? ops->alloc(be, (size_t)NL * c->vocab * F) : NULL;
+    b.ids_h = eng_alloc(fT * sizeof(int32_t));
+    b.pos_h = eng_alloc(fT * sizeof(int32_t));
+    b.dst_h = eng_alloc(fT * sizeof(int64_t));
+    b.rows_h = eng_alloc((size_t)imax(NL, 1) * sizeof(int32_t));
     b.as = eng_alloc(nseq * sizeof *b.as);
-    b.pos = eng_alloc(fT * sizeof(int32_t));
     if (!b.x || !b.xn || !b.q || !b.qa || !b.kv || !b.att || !b.o || !b.h1 || !b.h2 || !b.y || !b.logit ||
-        !b.xg || !b.yslot || !b.s1 || !b.s2 || !b.pos_of || !b.jobs || !b.wts || !b.sc1 || !b.sc2 || !b.sel || !b.tok_of || !b.cnt || !b.as || !b.pos) {
-        fwd_buf_free(&b);
+        !b.wts || !b.sel || !b.pos || !b.dst || (NL && !b.out) || !b.ids_h || !b.pos_h || !b.dst_h ||
+        !b.rows_h || !b.as) {
+        fwd_buf_free(be, &b);
         tg_errf(err, errlen, "out of memory for a batch of %d tokens", T);
         return -1;
     }
@@ -826,10 +784,10 @@ int eng_forward(eng_model_t *m, eng_seq_t **seqs, const int32_t *const *ids, con
             m->trace_T = 0;
         }
     }
-    /* embed; the ids go into their blocks (for the prefix keys) */
+    /* the batch's index arrays; the ids go into their blocks (for the prefix keys) */
     int B = eng_kv_block_tokens(m->kv), row = gqa ? c->kvh * c->hd : c->c + c->dr;
     size_t stride = eng_kv_block_floats(m->kv);
-    const float *kvmem = eng_kv_mem(m->kv);
+    float *kvmem = eng_kv_mem(m->kv);
     for (int i = 0, t = 0; i < nseq; i++) {
         b.as[i].tok0 = t;
         b.as[i].n = n[i];
@@ -838,152 +796,92 @@ int eng_forward(eng_model_t *m, eng_seq_t **seqs, const int32_t *const *ids, con
         b.as[i].B = B;
         b.as[i].stride = stride;
         for (int k = 0; k < n[i]; k++, t++) {
-            b.pos[t] = seqs[i]->len + k;
-            *eng_seq_tok_slot(seqs[i], b.pos[t]) = ids[i][k];
-            eng_cpu_row_f32(&m->embed, ids[i][k], b.x + (size_t)t * D);
+            int p = seqs[i]->len + k;
+            b.pos_h[t] = p;
+            b.ids_h[t] = ids[i][k];
+            b.dst_h[t] = (int64_t)seqs[i]->blocks[p / B] * (int64_t)stride + (int64_t)(p % B) * row;
+            *eng_seq_tok_slot(seqs[i], p) = ids[i][k];
         }
     }
-    int rd = gqa ? c->hd : c->dr, half = rd / 2;
+    if (ops->set(be, b.pos, b.pos_h, fT * sizeof(int32_t)) || ops->set(be, b.dst, b.dst_h, fT * sizeof(int64_t)) ||
+        ops->embed(be, &m->embed, b.ids_h, T, b.x))
+        goto fail;
+    int rd = gqa ? c->hd : c->dr;
+    eng_route_t rt = {.E = c->E, .topk = c->topk, .n_group = c->n_group, .topk_group = c->topk_group,
+                      .sigmoid = c->sigmoid, .norm_topk = c->norm_topk, .routed_scale = c->routed_scale,
+                      .scale_after_norm = c->scale_after_norm};
     for (int l = 0; l < c->n_layers; l++) {
         eng_layer_t *L = &m->layers[l];
+        float *kbase = kvmem + (size_t)l * B * row, *vbase = gqa ? kvmem + (size_t)(c->n_layers + l) * B * row : NULL;
         for (int i = 0; i < nseq; i++) {
-            b.as[i].k = kvmem + (size_t)l * B * row;
-            b.as[i].v = gqa ? kvmem + (size_t)(c->n_layers + l) * B * row : NULL;
+            b.as[i].k = kbase;
+            b.as[i].v = vbase;
         }
-        for (int t = 0; t < T; t++) rmsnorm(b.xn + (size_t)t * D, b.x + (size_t)t * D, L->attn_norm, D, c->eps);
+        if (ops->rmsnorm(be, b.xn, D, b.x, D, L->attn_norm, T, D, c->eps)) goto fail;
         if (gqa) {
             int kvw = c->kvh * c->hd;
-            eng_mm_t qkv[3] = {{&L->wq, b.xn, T, b.q}, {&L->wk, b.xn, T, b.kv}, {&L->wv, b.xn, T, b.kv + fT * kvw}};
-            if (ops->matmul_multi(m->be, qkv, 3)) goto oom;
-            for (int i = 0; i < nseq; i++) {
-                for (int k = 0; k < n[i]; k++) {
-                    int t = b.as[i].tok0 + k, p = b.pos[t];
-                    const float *cs = m->rope_cos + (size_t)p * half, *sn = m->rope_sin + (size_t)p * half;
-                    for (int h = 0; h < H; h++) rope(b.q + (size_t)t * qdim + h * c->hd, cs, sn, rd, 0);
-                    float *kk = b.kv + (size_t)t * kvw;
-                    for (int h = 0; h < c->kvh; h++) rope(kk + h * c->hd, cs, sn, rd, 0);
-                    memcpy(eng_seq_row(seqs[i], l, p, 0), kk, kvw * sizeof(float));
-                    memcpy(eng_seq_row(seqs[i], l, p, 1), b.kv + fT * kvw + (size_t)t * kvw, kvw * sizeof(float));
-                }
-            }
-            if (ops->attn_gqa(m->be, H, c->kvh, c->hd, m->attn_scale, b.q, b.as, nseq, b.att)) goto oom;
+            float *kk = b.kv, *vv = b.kv + fT * kvw;
+            eng_mm_t qkv[3] = {{&L->wq, b.xn, T, b.q}, {&L->wk, b.xn, T, kk}, {&L->wv, b.xn, T, vv}};
+            if (ops->matmul_multi(be, qkv, 3) ||
+                ops->rope(be, b.q, T, qdim, H, c->hd, 0, rd, 0, b.pos, m->rope_cos, m->rope_sin) ||
+                ops->rope(be, kk, T, kvw, c->kvh, c->hd, 0, rd, 0, b.pos, m->rope_cos, m->rope_sin) ||
+                ops->kv_store(be, kbase, b.dst, kk, kvw, kvw, T) || ops->kv_store(be, vbase, b.dst, vv, kvw, kvw, T) ||
+                ops->attn_gqa(be, H, c->kvh, c->hd, m->attn_scale, b.q, b.as, nseq, b.att))
+                goto fail;
         } else {
             eng_mm_t qkv[2] = {{c->q_lora > 0 ? &L->q_a : &L->q_proj, b.xn, T, c->q_lora > 0 ? b.qa : b.q},
                                {&L->kv_a, b.xn, T, b.kv}};
-            if (ops->matmul_multi(m->be, qkv, 2)) goto oom;
-            if (c->q_lora > 0) {
-                for (int t = 0; t < T; t++)
-                    rmsnorm(b.qa + (size_t)t * c->q_lora, b.qa + (size_t)t * c->q_lora, L->q_a_norm, c->q_lora, c->eps);
-                if (ops->matmul(m->be, &L->q_b, b.qa, T, b.q)) goto oom;
-            }
-            for (int i = 0; i < nseq; i++) {
-                for (int k = 0; k < n[i]; k++) {
-                    int t = b.as[i].tok0 + k, p = b.pos[t];
-                    const float *cs = m->rope_cos + (size_t)p * half, *sn = m->rope_sin + (size_t)p * half;
-                    for (int h = 0; h < H; h++) rope(b.q + (size_t)t * qdim + h * (c->dn + c->dr) + c->dn, cs, sn, rd, 1);
-                    float *kv = b.kv + (size_t)t * kvdim, *dst = eng_seq_row(seqs[i], l, p, 0);
-                    rmsnorm(dst, kv, L->kv_a_norm, c->c, c->eps);
-                    memcpy(dst + c->c, kv + c->c, c->dr * sizeof(float));
-                    rope(dst + c->c, cs, sn, rd, 1);
-                }
-            }
-            if (ops->attn_mla(m->be, &L->kv_b, H, c->dn, c->dr, c->dv, c->c, m->attn_scale, b.q, b.as, nseq, b.att))
-                goto oom;
+            if (ops->matmul_multi(be, qkv, 2)) goto fail;
+            if (c->q_lora > 0 && (ops->rmsnorm(be, b.qa, c->q_lora, b.qa, c->q_lora, L->q_a_norm, T, c->q_lora, c->eps) ||
+                                  ops->matmul(be, &L->q_b, b.qa, T, b.q)))
+                goto fail;
+            /* q_pe of every head and the shared k_pe roped; the latent normed; ckv|k_pe into the cache */
+            if (ops->rope(be, b.q, T, qdim, H, c->dn + c->dr, c->dn, rd, 1, b.pos, m->rope_cos, m->rope_sin) ||
+                ops->rmsnorm(be, b.kv, kvdim, b.kv, kvdim, L->kv_a_norm, T, c->c, c->eps) ||
+                ops->rope(be, b.kv, T, kvdim, 1, kvdim, c->c, rd, 1, b.pos, m->rope_cos, m->rope_sin) ||
+                ops->kv_store(be, kbase, b.dst, b.kv, kvdim, kvdim, T) ||
+                ops->attn_mla(be, &L->kv_b, H, c->dn, c->dr, c->dv, c->c, m->attn_scale, b.q, b.as, nseq, b.att))
+                goto fail;
         }
-        if (ops->matmul(m->be, &L->o_proj, b.att, T, b.o)) goto oom;
-        for (size_t i = 0; i < fT * D; i++) b.x[i] += b.o[i];
-        for (int t = 0; t < T; t++) rmsnorm(b.xn + (size_t)t * D, b.x + (size_t)t * D, L->ffn_norm, D, c->eps);
+        if (ops->matmul(be, &L->o_proj, b.att, T, b.o) || ops->add(be, b.x, b.o, fT * D) ||
+            ops->rmsnorm(be, b.xn, D, b.x, D, L->ffn_norm, T, D, c->eps))
+            goto fail;
         int32_t *tr = m->trace_on && m->trace_T == T ? m->trace + (size_t)l * T * K : NULL;
         if (!L->moe) {
-            if (mlp(m, &L->gate, &L->up, &L->down, b.xn, T, b.h1, b.h2, b.y)) goto oom;
-            for (size_t i = 0; i < fT * D; i++) b.x[i] += b.y[i];
+            if (mlp(m, &L->gate, &L->up, &L->down, b.xn, T, b.h1, b.h2, b.y) || ops->add(be, b.x, b.y, fT * D))
+                goto fail;
             if (tr)
                 for (size_t i = 0; i < fT * K; i++) tr[i] = -1;
             continue;
         }
-        if (ops->matmul(m->be, &L->router, b.xn, T, b.logit)) goto oom;
-        for (int t = 0; t < T; t++)
-            route(c, b.logit + (size_t)t * c->E, L->router_bias, b.sel + (size_t)t * K, b.wts + (size_t)t * K, b.sc1,
-                  b.sc2);
-        if (tr) memcpy(tr, b.sel, fT * K * sizeof(int32_t));
-        /* group the (token, slot) pairs by expert, in token order */
-        memset(b.cnt, 0, (c->E + 1) * sizeof(int32_t));
-        for (size_t i = 0; i < fT * K; i++) b.cnt[b.sel[i] + 1]++;
-        for (int e = 0; e < c->E; e++) b.cnt[e + 1] += b.cnt[e];
-        for (size_t i = 0; i < fT * K; i++) b.tok_of[b.cnt[b.sel[i]]++] = (int32_t)i;
-        /* cnt[e] is now the end of expert e's run; its start is cnt[e-1].
-         * Gather each expert's tokens, then run every active expert's gate and
-         * up (and the shared expert's) as one parallel step, and the downs as
-         * another. */
-        int NK = T * K, Im = c->moe_inter, Is = c->n_shared * c->moe_inter, nj = 0;
-        for (int i = 0; i < NK; i++) {
-            memcpy(b.xg + (size_t)i * D, b.xn + (size_t)(b.tok_of[i] / K) * D, D * sizeof(float));
-            b.pos_of[b.tok_of[i]] = i;
-        }
-        for (int e = 0, start = 0; e < c->E; e++) {
-            int ne = b.cnt[e] - start;
-            if (ne > 0) {
-                b.jobs[nj++] = (eng_mm_t){&L->eg[e], b.xg + (size_t)start * D, ne, b.h1 + (size_t)start * Im};
-                b.jobs[nj++] = (eng_mm_t){&L->eu[e], b.xg + (size_t)start * D, ne, b.h2 + (size_t)start * Im};
-            }
-            start = b.cnt[e];
-        }
-        if (L->has_shared) {
-            b.jobs[nj++] = (eng_mm_t){&L->sg, b.xn, T, b.s1};
-            b.jobs[nj++] = (eng_mm_t){&L->su, b.xn, T, b.s2};
-        }
-        if (ops->matmul_multi(m->be, b.jobs, nj)) goto oom;
-        for (size_t i = 0; i < (size_t)NK * Im; i++) b.h1[i] = silu(b.h1[i]) * b.h2[i];
-        if (L->has_shared)
-            for (size_t i = 0; i < fT * Is; i++) b.s1[i] = silu(b.s1[i]) * b.s2[i];
-        nj = 0;
-        for (int e = 0, start = 0; e < c->E; e++) {
-            int ne = b.cnt[e] - start;
-            if (ne > 0) b.jobs[nj++] = (eng_mm_t){&L->ed[e], b.h1 + (size_t)start * Im, ne, b.yslot + (size_t)start * D};
-            start = b.cnt[e];
-        }
-        if (L->has_shared) b.jobs[nj++] = (eng_mm_t){&L->sd, b.s1, T, b.y};
-        if (ops->matmul_multi(m->be, b.jobs, nj)) goto oom;
-        for (int t = 0; t < T; t++) {
-            float *xt = b.x + (size_t)t * D;
-            float *acc = b.o + (size_t)t * D;
-            memset(acc, 0, D * sizeof(float));
-            for (int k = 0; k < K; k++) {
-                float w = b.wts[(size_t)t * K + k];
-                const float *ys = b.yslot + (size_t)b.pos_of[(size_t)t * K + k] * D;
-                for (int d = 0; d < D; d++) acc[d] += w * ys[d];
-            }
-            if (L->has_shared)
-                for (int d = 0; d < D; d++) acc[d] += b.y[(size_t)t * D + d];
-            for (int d = 0; d < D; d++) xt[d] += acc[d];
-        }
+        rt.bias = L->router_bias;
+        eng_moe_t mo = {.E = c->E, .D = D, .inter = c->moe_inter, .eg = L->eg, .eu = L->eu, .ed = L->ed,
+                        .has_shared = L->has_shared, .shared_inter = c->n_shared * c->moe_inter,
+                        .sg = &L->sg, .su = &L->su, .sd = &L->sd};
+        if (ops->matmul(be, &L->router, b.xn, T, b.logit) || ops->route(be, &rt, b.logit, T, b.sel, b.wts) ||
+            (tr && ops->get(be, tr, b.sel, fT * K * sizeof(int32_t))) ||
+            ops->moe(be, &mo, b.xn, T, K, b.sel, b.wts, b.y) || ops->add(be, b.x, b.y, fT * D))
+            goto fail;
     }
     /* logits of the last new token of each sequence that asked for them */
-    int NL = 0;
-    for (int i = 0; i < nseq; i++)
-        if (logits && logits[i]) {
-            int t = b.as[i].tok0 + n[i] - 1;
-            rmsnorm(b.xn + (size_t)NL * D, b.x + (size_t)t * D, m->final_norm, D, c->eps);
-            NL++;
-        }
     if (NL) {
-        float *out = eng_alloc((size_t)NL * c->vocab * sizeof(float));
-        if (!out || ops->matmul(m->be, &m->lm_head, b.xn, NL, out)) {
-            free(out);
-            goto oom;
-        }
         for (int i = 0, r = 0; i < nseq; i++)
-            if (logits[i]) memcpy(logits[i], out + (size_t)r++ * c->vocab, c->vocab * sizeof(float));
-        free(out);
+            if (logits[i]) b.rows_h[r++] = b.as[i].tok0 + n[i] - 1;
+        if (ops->gather(be, b.o, b.x, b.rows_h, NL, D) ||
+            ops->rmsnorm(be, b.xn, D, b.o, D, m->final_norm, NL, D, c->eps) ||
+            ops->matmul(be, &m->lm_head, b.xn, NL, b.out))
+            goto fail;
+        for (int i = 0, r = 0; i < nseq; i++)
+            if (logits[i] && ops->get(be, logits[i], b.out + (size_t)r++ * c->vocab, c->vocab * F)) goto fail;
     }
     for (int i = 0; i < nseq; i++) {
         seqs[i]->len += n[i];
         eng_seq_commit(seqs[i]);
     }
-    fwd_buf_free(&b);
+    fwd_buf_free(be, &b);
     return 0;
-oom:
-    fwd_buf_free(&b);
-    tg_errf(err, errlen, "out of memory for the scratch of a batch of %d tokens", T);
+fail:
+    fwd_buf_free(be, &b);
+    tg_errf(err, errlen, "%s: out of memory (or a device error) in a batch of %d tokens", ops->name, T);
     return -1;
 }

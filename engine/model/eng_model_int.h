@@ -78,19 +78,35 @@ typedef struct {
     const char *name;         /* the checkpoint tensor name (owned by eng_st_t) */
 } eng_w_t;
 
-/* ---- backend ops table --------------------------------------------------- */
+/* ---- backend interface --------------------------------------------------------
+ *
+ * The model reaches a backend only through this table (ggml's ggml_backend_i,
+ * reduced to what a MoE forward pass needs).  Every pointer an op takes for
+ * activations, weights or the KV cache is BACKEND memory: memory the backend
+ * allocated (alloc, kv_alloc) or uploaded (upload, upload_w).  On the CPU
+ * backend that is ordinary host memory (uploads are zero-copy); on CUDA it is
+ * device memory, and the model never dereferences it.  Arguments marked
+ * "host" are host memory read by the op before it returns.
+ *
+ * Errors: every op returns 0, or -1 when it could not get memory or the device
+ * failed (its outputs are then undefined; nothing else changed).  No op aborts.
+ * Numbers: the CPU backend is the reference; each output element is computed
+ * the same way whatever the batch (batch invariance, bit-exact on the CPU).
+ * Ops run in call order (a device backend queues them on one stream);
+ * get() waits for everything queued before it. */
 
 typedef struct eng_backend eng_backend_t;
 
 /* One sequence's slice of a forward batch, for attention.  Its cache is
  * paged: position p of this layer is the row
  *   k + blocks[p / B] * stride + (p % B) * row
- * (row = c+dr floats for MLA, kvh*hd for GQA keys; v the same for values). */
+ * (row = c+dr floats for MLA, kvh*hd for GQA keys; v the same for values).
+ * k and v are backend memory; blocks is host memory. */
 typedef struct {
     int tok0;               /* index of its first new token in the batch */
     int n;                  /* new tokens */
     int pos0;               /* position of its first new token (= cache length before the call) */
-    const int32_t *blocks;  /* its block table */
+    const int32_t *blocks;  /* its block table (host) */
     int B;                  /* tokens per block */
     size_t stride;          /* floats from one block to the next */
     const float *k;         /* block 0's rows of this layer (MLA: [B][c+dr]; GQA keys [B][kvh*hd]) */
@@ -110,27 +126,96 @@ typedef struct {
     float *y;
 } eng_mm_t;
 
-/* Every op returns 0, or -1 when it could not get its scratch memory (then
- * its outputs are undefined; nothing else changed).  No op aborts. */
+/* The router of a MoE layer (REFERENCE-DEEPSEEK.md "MoE"). */
+typedef struct {
+    int E, topk, n_group, topk_group;
+    int sigmoid;              /* scores: sigmoid (V3) or softmax (V2, Mixtral) */
+    int norm_topk;            /* renormalise the k weights (when k > 1) */
+    float routed_scale;
+    int scale_after_norm;     /* V3: always scale; V2 (HF): scale only when not normalised */
+    const float *bias;        /* [E] e_score_correction_bias (backend memory) or NULL */
+} eng_route_t;
+
+/* The experts of a MoE layer: E routed SwiGLU MLPs, and a shared one. */
+typedef struct {
+    int E, D, inter;          /* experts; hidden; moe_intermediate_size */
+    const eng_w_t *eg, *eu, *ed;  /* E of [inter, D], [inter, D], [D, inter] */
+    int has_shared, shared_inter;
+    const eng_w_t *sg, *su, *sd;  /* [Is, D], [Is, D], [D, Is] */
+} eng_moe_t;
+
 typedef struct {
     const char *name;
-    /* Y [n, w.rows] = X [n, w.cols] @ W^T.  Each output element is computed
-     * the same way whatever n is (batch invariance). */
+    /* "cpu/avx512", "cuda:0/NVIDIA H200": the backend and what it runs on. */
+    const char *(*describe)(eng_backend_t *be);
+
+    /* -- memory -- */
+    /* n bytes of backend memory (scratch, activations); NULL on failure. */
+    void *(*alloc)(eng_backend_t *be, size_t n);
+    void (*release)(eng_backend_t *be, void *p);  /* accepts NULL */
+    /* The KV pool: n bytes, zero pages are not promised; NULL on failure. */
+    void *(*kv_alloc)(eng_backend_t *be, size_t n);
+    void (*kv_release)(eng_backend_t *be, void *p, size_t n);
+    /* host -> backend, backend -> host (waits for queued ops), backend -> backend */
+    int (*set)(eng_backend_t *be, void *dst, const void *src_host, size_t n);
+    int (*get)(eng_backend_t *be, void *dst_host, const void *src, size_t n);
+    int (*copy)(eng_backend_t *be, void *dst, const void *src, size_t n);
+    /* Weights, once at load: w's data and scale now point to backend copies in
+     * their stored type (the CPU uses the mapping in place).  Owned by the
+     * backend until its free.  upload: the same for an fp32 vector [n]; the
+     * host copy must live as long as the backend (the CPU keeps using it). */
+    int (*upload_w)(eng_backend_t *be, eng_w_t *w);
+    const float *(*upload)(eng_backend_t *be, const float *host, size_t n);
+
+    /* -- ops (all pointers backend memory unless marked host) -- */
+    /* x [T, D] = rows ids[T] (host) of emb [vocab, D], widened to fp32 */
+    int (*embed)(eng_backend_t *be, const eng_w_t *emb, const int32_t *ids, int T, float *x);
+    /* x [T, n] rows (leading dims ldo, ldx): out = x * rsqrt(mean(x^2) + eps) * w
+     * (sum of squares in double); out may equal x. */
+    int (*rmsnorm)(eng_backend_t *be, float *out, int ldo, const float *x, int ldx, const float *w, int T, int n,
+                   float eps);
+    /* RoPE in place on nh heads of every row t of x [T, ld]: head h's rd values
+     * start at x + t*ld + h*hs + off; pairs (2i,2i+1) when interleaved, else
+     * (i, i+rd/2); angle from cos/sin [max_pos][rd/2] at row pos[t]. */
+    int (*rope)(eng_backend_t *be, float *x, int T, int ld, int nh, int hs, int off, int rd, int interleaved,
+                const int32_t *pos, const float *cos, const float *sin);
+    /* cache[dst[t] .. + width) = src [t, 0..width) (row t at src + t*lds), t < T;
+     * dst [T] are float offsets into one layer's cache. */
+    int (*kv_store)(eng_backend_t *be, float *cache, const int64_t *dst, const float *src, int lds, int width,
+                    int T);
+    /* y [n] += x [n] */
+    int (*add)(eng_backend_t *be, float *y, const float *x, size_t n);
+    /* g [n] = silu(g) * u */
+    int (*swiglu)(eng_backend_t *be, float *g, const float *u, size_t n);
+    /* dst [i] = src row rows[i] (host), i < n; rows of width floats. */
+    int (*gather)(eng_backend_t *be, float *dst, const float *src, const int32_t *rows, int n, int width);
+    /* Y [n, w.rows] = X [n, w.cols] @ W^T. */
     int (*matmul)(eng_backend_t *be, const eng_w_t *w, const float *x, int n, float *y);
-    /* Several independent matmuls as one parallel step (same numbers as one by one). */
+    /* Several independent matmuls as one step (same numbers as one by one). */
     int (*matmul_multi)(eng_backend_t *be, const eng_mm_t *jobs, int njobs);
-    /* MLA attention (absorbed): q [T, H*(dn+dr)] with RoPE applied, writes
-     * out [T, H*dv].  kv_b = W [H*(dn+dv), c]. */
-    int (*attn_mla)(eng_backend_t *be, const eng_w_t *kv_b, int H, int dn, int dr, int dv, int c,
-                    float scale, const float *q, const eng_attn_seq_t *seqs, int nseq, float *out);
+    /* MLA attention (absorbed) over the paged cache: q [T, H*(dn+dr)] with
+     * RoPE applied, writes out [T, H*dv].  kv_b = W [H*(dn+dv), c].  Prefill
+     * and decode tokens alike (causal within each sequence). */
+    int (*attn_mla)(eng_backend_t *be, const eng_w_t *kv_b, int H, int dn, int dr, int dv, int c, float scale,
+                    const float *q, const eng_attn_seq_t *seqs, int nseq, float *out);
     /* GQA attention: q [T, H*hd], out [T, H*hd]. */
     int (*attn_gqa)(eng_backend_t *be, int H, int kvh, int hd, float scale, const float *q,
                     const eng_attn_seq_t *seqs, int nseq, float *out);
+    /* The gate: logits [T, E] -> sel [T, k] expert ids, wts [T, k] weights
+     * (scores, correction bias, group-limited top-k, normalisation, scale). */
+    int (*route)(eng_backend_t *be, const eng_route_t *r, const float *logits, int T, int32_t *sel, float *wts);
+    /* y [T, D] = sum_j wts[t,j] * Expert_sel[t,j](x_t) + Shared(x_t): grouped
+     * expert matmuls over the tokens routed to each expert, SwiGLU, combine in
+     * slot order. */
+    int (*moe)(eng_backend_t *be, const eng_moe_t *moe, const float *x, int T, int K, const int32_t *sel,
+               const float *wts, float *y);
+    /* ids [n] (host) = argmax of each row of logits [n, vocab] (lowest id on ties). */
+    int (*argmax)(eng_backend_t *be, const float *logits, int n, int vocab, int32_t *ids);
     void (*free)(eng_backend_t *be);
 } eng_backend_ops_t;
 
-/* Allocation of the forward pass's and the backends' scratch.  malloc, except
- * that TOLLGATE_ENGINE_MAX_ALLOC=N (a test knob, read once) makes every
+/* Allocation of the forward pass's and the backends' host scratch.  malloc,
+ * except that TOLLGATE_ENGINE_MAX_ALLOC=N (a test knob, read once) makes every
  * request above N bytes fail, as a machine out of memory would. */
 void *eng_alloc(size_t n);
 
@@ -139,19 +224,33 @@ struct eng_backend {
     int n_threads;
 };
 
+/* ---- backend registry (eng_backend.c) ----------------------------------------------
+ * device: "cpu" (or NULL/""), "cuda" (= "cuda:0"), "cuda:N".  Returns the
+ * backend, or NULL with a message in err: an unknown device, a backend this
+ * build lacks (make CUDA=1), or a device that is not there. */
+eng_backend_t *eng_backend_open(const char *device, int n_threads, char *err, size_t errlen);
+/* The names the registry knows and whether this build has each, e.g. "cpu cuda(not built)". */
+const char *eng_backend_list(void);
+
 eng_backend_t *eng_cpu_backend_new(int n_threads, char *err, size_t errlen);
+/* engine/cuda/ (make CUDA=1); device index dev. */
+eng_backend_t *eng_cuda_backend_new(int dev, char *err, size_t errlen);
+
+/* Weight row widened to fp32 on the host, portable C (load time only:
+ * norms, int8 quantization).  out [w.cols]. */
+void eng_w_row_f32(const eng_w_t *w, int64_t r, float *out);
 
 /* ---- model ---------------------------------------------------------------- */
 
 typedef struct {
     int moe;
-    float *attn_norm, *ffn_norm;      /* [D] */
+    const float *attn_norm, *ffn_norm; /* [D] (backend memory, like every tensor here) */
     /* MLA (DeepSeek) */
     eng_w_t q_proj;                   /* [H*(dn+dr), D] when q_lora_rank == 0 */
     eng_w_t q_a, q_b;                 /* [ql, D], [H*(dn+dr), ql] */
-    float *q_a_norm;                  /* [ql] */
+    const float *q_a_norm;            /* [ql] */
     eng_w_t kv_a;                     /* [c+dr, D] */
-    float *kv_a_norm;                 /* [c] */
+    const float *kv_a_norm;           /* [c] */
     eng_w_t kv_b;                     /* [H*(dn+dv), c] */
     /* GQA (Mixtral) */
     eng_w_t wq, wk, wv;               /* [H*hd, D], [kvh*hd, D], [kvh*hd, D] */
@@ -160,7 +259,7 @@ typedef struct {
     eng_w_t gate, up, down;           /* [I, D], [I, D], [D, I] */
     /* MoE */
     eng_w_t router;                   /* [E, D] */
-    float *router_bias;               /* [E] or NULL */
+    const float *router_bias;         /* [E] or NULL */
     eng_w_t *eg, *eu, *ed;            /* E of [Im, D], [Im, D], [D, Im] */
     int has_shared;
     eng_w_t sg, su, sd;               /* [Is, D], [Is, D], [D, Is] */
@@ -194,7 +293,7 @@ typedef struct {
 
 typedef struct eng_kv eng_kv_t;
 
-eng_kv_t *eng_kv_new(int n_layers, int row, int has_v, size_t bytes, char *err, size_t errlen);
+eng_kv_t *eng_kv_new(eng_backend_t *be, int n_layers, int row, int has_v, size_t bytes, char *err, size_t errlen);
 void eng_kv_free(eng_kv_t *kv);
 void eng_kv_get_stats(const eng_kv_t *kv, eng_kv_stats_t *out);
 int eng_kv_available(const eng_kv_t *kv);
@@ -206,6 +305,7 @@ float *eng_kv_mem(const eng_kv_t *kv);
 void eng_seq_commit(eng_seq_t *s);
 /* Where the forward pass writes token p's id and its rows (p < reserved length). */
 int32_t *eng_seq_tok_slot(eng_seq_t *s, int p);
+/* Backend memory: the host may dereference it only on the CPU backend. */
 float *eng_seq_row(eng_seq_t *s, int layer, int p, int v);
 
 struct eng_model {
@@ -216,9 +316,11 @@ struct eng_model {
     eng_st_t *st;
     eng_backend_t *be;
     eng_w_t embed, lm_head;
-    float *final_norm;
+    const float *final_norm;          /* [D] */
     eng_layer_t *layers;
-    float *rope_cos, *rope_sin;       /* [max_seq_len][rd/2] */
+    const float *rope_cos, *rope_sin; /* [max_seq_len][rd/2] */
+    float **vecs;                     /* host copies of the fp32 vectors above (the model owns them) */
+    int n_vecs, cap_vecs;
     float attn_scale;
     void *owned;                      /* int8 quantized buffers (one block) */
     size_t owned_n;
@@ -239,7 +341,7 @@ struct eng_seq {
     uint64_t key;                     /* chain key of block n_keyed-1 (TG_PREFIX_ROOT if none) */
 };
 
-/* Weight row helpers shared by backends (eng_cpu_kernels.c). */
+/* Weight row helper of the CPU backend (eng_cpu_kernels.c). */
 void eng_cpu_row_f32(const eng_w_t *w, int64_t r, float *out);
 
 #endif

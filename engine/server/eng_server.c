@@ -845,7 +845,7 @@ static int parse_listen(const char *s, char *host, size_t hostlen, int *port) {
 
 static void usage(FILE *f) {
     fprintf(f,
-            "usage: tollgate-engine serve --model DIR [--device cpu] [--threads N]\n"
+            "usage: tollgate-engine serve --model DIR [--device cpu|cuda:N] [--threads N]\n"
             "         [--listen HOST:PORT] [--model-name NAME] [--max-batch N] [--max-queue N]\n"
             "         [--ctx N] [--kv-mem BYTES[K|M|G]] [--prefill-chunk N] [--decode-prefill N] [--int8]\n"
             "         [--keepalive SECONDS] [--default-max-tokens N]\n"
