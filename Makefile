@@ -10,6 +10,7 @@
 #   make test       the same set-up on test ports under var/test, then every test
 #   make test-unit  unit tests and every fuzz corpus replay (no servers)
 #   make SANITIZER=address|undefined ...   build and test under a sanitizer
+#   make CUDA=1     the engine with its CUDA backend too (nvcc, sm_90 + PTX)
 
 # Every recipe line runs in bash with errexit and pipefail: a failing command
 # anywhere in a pipe fails the recipe (a `| tail -1` cannot hide a failure).
@@ -94,9 +95,11 @@ $(BIN)/tollgate: $(O)/gateway/gw_main.o $(LIBGW) $(LIBAPI) $(LIBTOK) $(LIBCOMMON
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $< $(GW_LIBS) $(LDLIBS)
 
+# make CUDA=1: the engine also links the CUDA backend (mk/cuda.mk; objects
+# before the archives, so the registry's weak reference finds it).
 $(BIN)/tollgate-engine: $(O)/engine/cli/eng_main.o $(LIBENG) $(LIBAPI) $(LIBTOK) $(LIBCOMMON)
 	@mkdir -p $(dir $@)
-	$(CC) $(LDFLAGS) -o $@ $< $(ENG_LIBS) $(LDLIBS)
+	$(CC) $(LDFLAGS) -o $@ $< $(if $(CUDA),$(CUDA_OBJ)) $(ENG_LIBS) $(LDLIBS) $(if $(CUDA),$(CUDA_LIBS))
 
 $(BIN)/tollgatectl: $(O)/tools/tollgatectl_main.o $(LIBCOMMON)
 	@mkdir -p $(dir $@)

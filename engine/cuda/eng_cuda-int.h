@@ -1,0 +1,144 @@
+/* eng_cuda-int.h — private to engine/cuda/: the CUDA backend's struct, the
+ * checked-call macros and the kernels' entry points (one .cu per op family).
+ *
+ * Invariants: every tensor the model hands this backend is device memory
+ * (cudaMalloc: weights in their stored type, fp32 activations, the KV pool);
+ * every op is queued on the backend's one stream, in call order; only get()
+ * and the ops that return host values (argmax, MoE routing for tracing via
+ * get) wait for the stream.  Every CUDA and cuBLAS call goes through
+ * CU_CHECK / CUBLAS_CHECK, which print file:line and the error and make the
+ * op return -1. */
+#ifndef ENG_CUDA_INT_H
+#define ENG_CUDA_INT_H
+
+#include <cublas_v2.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+#include <stdio.h>
+
+extern "C" {
+#include "eng_model_int.h"
+}
+
+#define CU_CHECK(call)                                                                                   \
+    do {                                                                                                 \
+        cudaError_t e_ = (call);                                                                         \
+        if (e_ != cudaSuccess) {                                                                         \
+            fprintf(stderr, "cuda: %s:%d: %s: %s (%d)\n", __FILE__, __LINE__, #call, cudaGetErrorString(e_), \
+                    (int)e_);                                                                            \
+            return -1;                                                                                   \
+        }                                                                                                \
+    } while (0)
+
+#define CUBLAS_CHECK(call)                                                                               \
+    do {                                                                                                 \
+        cublasStatus_t s_ = (call);                                                                      \
+        if (s_ != CUBLAS_STATUS_SUCCESS) {                                                               \
+            fprintf(stderr, "cublas: %s:%d: %s: %s (%d)\n", __FILE__, __LINE__, #call,                   \
+                    cublasGetStatusString(s_), (int)s_);                                                 \
+            return -1;                                                                                   \
+        }                                                                                                \
+    } while (0)
+
+/* a kernel launch: the launch error (bad configuration) checked at once */
+#define CU_LAUNCHED() CU_CHECK(cudaGetLastError())
+
+typedef struct {
+    void *p;
+    size_t n;
+} cu_block_t;
+
+#define CU_CACHE 256
+
+typedef struct {
+    eng_backend_t base;
+    int dev;
+    cudaStream_t st;
+    cublasHandle_t blas;
+    char desc[320];
+    /* freed blocks kept for reuse by exact size (a forward allocates the same sizes every step) */
+    cu_block_t cache[CU_CACHE];
+    int n_cache;
+    cu_block_t *live;       /* allocations handed out (their sizes) */
+    int n_live, cap_live;
+    /* everything uploaded (weights, scales, vectors): freed with the backend */
+    void **owned;
+    int n_owned, cap_owned;
+    /* per-op scratch, grown on demand */
+    void *scr[8];
+    size_t scr_n[8];
+    /* the device copy of each MoE layer's expert table, by (eg, eg[0].data) */
+    struct cu_moe_tab *moe_tabs;
+    int n_moe_tabs;
+} cu_be_t;
+
+enum { SCR_IDX = 0, SCR_ATT, SCR_ATT2, SCR_MOE, SCR_MM, SCR_HOST_ATT };
+
+/* scratch slot k of at least n bytes (device memory); NULL on failure */
+void *eng_cuda_scratch(cu_be_t *b, int k, size_t n);
+/* pinned-free helper: device memory through the backend's cache */
+void *eng_cuda_alloc(cu_be_t *b, size_t n);
+void eng_cuda_release(cu_be_t *b, void *p);
+
+/* eng_cuda_mm.cu */
+int eng_cuda_matmul(eng_backend_t *be, const eng_w_t *w, const float *x, int n, float *y);
+int eng_cuda_matmul_multi(eng_backend_t *be, const eng_mm_t *jobs, int njobs);
+int eng_cuda_moe(eng_backend_t *be, const eng_moe_t *moe, const float *x, int T, int K, const int32_t *sel,
+                 const float *wts, float *y);
+void eng_cuda_moe_tabs_free(cu_be_t *b);
+/* eng_cuda_attn.cu */
+int eng_cuda_attn_mla(eng_backend_t *be, const eng_w_t *kv_b, int H, int dn, int dr, int dv, int c, float scale,
+                      const float *q, const eng_attn_seq_t *seqs, int nseq, float *out);
+int eng_cuda_attn_gqa(eng_backend_t *be, int H, int kvh, int hd, float scale, const float *q,
+                      const eng_attn_seq_t *seqs, int nseq, float *out);
+/* eng_cuda_route.cu */
+int eng_cuda_route(eng_backend_t *be, const eng_route_t *r, const float *logits, int T, int32_t *sel, float *wts);
+
+/* ---- weights on the device: one element widened to fp32 ------------------------ */
+
+typedef struct {
+    int dt;                 /* eng_dtype_t */
+    const void *data;
+    const float *scale;
+    int64_t rows, cols, scale_cols;
+    int qblk;
+} cu_w_t;
+
+static inline cu_w_t cu_w(const eng_w_t *w) {
+    cu_w_t c = {(int)w->dt, w->data, w->scale, w->rows, w->cols, w->scale_cols, w->qblk};
+    return c;
+}
+
+__device__ __forceinline__ float cu_bf16(uint16_t v) { return __uint_as_float((uint32_t)v << 16); }
+
+__device__ __forceinline__ float cu_f16(uint16_t v) {
+    __half_raw r;
+    r.x = v;
+    return __half2float(__half(r));
+}
+
+/* fp8 e4m3 (no infinities; S.1111.111 is NaN) -> fp32, exact */
+__device__ __forceinline__ float cu_f8(uint8_t v) {
+    uint32_t s = (uint32_t)(v & 0x80) << 24, e = (v >> 3) & 15, m = v & 7;
+    if (e == 15 && m == 7) return __uint_as_float(0x7fc00000u | s);
+    if (e == 0) { /* subnormal: m * 2^-9 */
+        float f = (float)m * 0.001953125f;
+        return s ? -f : f;
+    }
+    return __uint_as_float(s | ((e + 120) << 23) | (m << 20));
+}
+
+__device__ __forceinline__ float cu_wval(const cu_w_t &w, int64_t r, int64_t c) {
+    int64_t i = r * w.cols + c;
+    switch (w.dt) {
+    case ENG_DT_F32: return ((const float *)w.data)[i];
+    case ENG_DT_BF16: return cu_bf16(((const uint16_t *)w.data)[i]);
+    case ENG_DT_F16: return cu_f16(((const uint16_t *)w.data)[i]);
+    case ENG_DT_F8_E4M3: return cu_f8(((const uint8_t *)w.data)[i]) * w.scale[(r / 128) * w.scale_cols + c / 128];
+    case ENG_DT_I8: return (float)((const int8_t *)w.data)[i] * w.scale[r * w.scale_cols + c / w.qblk];
+    default: return 0.0f;
+    }
+}
+
+#endif

@@ -1,0 +1,402 @@
+/* eng_cuda_mm.cu — matmuls on the device: Y [n, R] = X [n, C] @ W^T with W in
+ * its stored type (F32, BF16, F16, FP8 e4m3 with 128x128 block scales, int8
+ * with row-block scales), and the MoE layer's grouped expert matmuls.
+ *
+ * Decode-sized batches (n < MM_BLAS_MIN): one warp per output row streams the
+ * row once, 8 weights per lane per step (16-byte loads of bf16), widened in
+ * registers, against up to MM_NT tokens at a time; fp32 accumulation.  This is
+ * the bandwidth-bound path the batch-1 roofline is about.
+ * Larger batches: the rows are widened to fp32 in chunks and cuBLAS sgemm
+ * does the product (fp32 maths, no TF32).
+ * MoE: routing ids stay on the device.  One kernel sorts the (token, slot)
+ * pairs by expert (ranges per expert), one gathers the tokens, one grouped
+ * kernel runs every expert's gate and up over its own tokens with SwiGLU
+ * fused, one the downs, one adds the slots in order (+ the shared expert). */
+#include <stdlib.h>
+#include <string.h>
+
+#include "eng_cuda-int.h"
+
+#define MM_WARPS 8      /* rows per block */
+#define MM_NT 4         /* tokens per pass over a row */
+#define MM_BLAS_MIN 64  /* tokens from which the cuBLAS path is taken */
+
+/* 8 consecutive weights of row r from column c (c % 8 == 0, cols % 8 == 0), widened */
+template <int DT>
+__device__ __forceinline__ void ld8(const cu_w_t &w, int64_t r, int64_t c, float *o) {
+    int64_t i = r * w.cols + c;
+    if (DT == ENG_DT_F32) {
+        float4 a = *(const float4 *)((const float *)w.data + i), b = *(const float4 *)((const float *)w.data + i + 4);
+        o[0] = a.x, o[1] = a.y, o[2] = a.z, o[3] = a.w, o[4] = b.x, o[5] = b.y, o[6] = b.z, o[7] = b.w;
+    } else if (DT == ENG_DT_BF16 || DT == ENG_DT_F16) {
+        uint4 v = *(const uint4 *)((const uint16_t *)w.data + i);
+        uint32_t u[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            if (DT == ENG_DT_BF16) {
+                o[2 * k] = __uint_as_float(u[k] << 16);
+                o[2 * k + 1] = __uint_as_float(u[k] & 0xffff0000u);
+            } else {
+                o[2 * k] = cu_f16((uint16_t)(u[k] & 0xffff));
+                o[2 * k + 1] = cu_f16((uint16_t)(u[k] >> 16));
+            }
+        }
+    } else {
+        uint2 v = *(const uint2 *)((const uint8_t *)w.data + i);
+        uint32_t u[2] = {v.x, v.y};
+        float s = DT == ENG_DT_F8_E4M3 ? w.scale[(r / 128) * w.scale_cols + c / 128] : w.scale[r * w.scale_cols + c / w.qblk];
+#pragma unroll
+        for (int k = 0; k < 8; k++) {
+            uint8_t b = (uint8_t)(u[k >> 2] >> (8 * (k & 3)));
+            o[k] = (DT == ENG_DT_F8_E4M3 ? cu_f8(b) : (float)(int8_t)b) * s;
+        }
+    }
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float silu_f(float v) { return v / (1.0f + expf(-v)); }
+
+/* Rows of W (and W2: SwiGLU fused, y = silu(W x) * (W2 x)) for n tokens of x
+ * [n, C] -> y [n, ldy]; one warp per row r. */
+template <int DT>
+__device__ void mm_row(const cu_w_t &w, const cu_w_t *w2, int64_t r, const float *x, int n, float *y, int64_t ldy) {
+    int lane = threadIdx.x & 31;
+    int64_t C = w.cols;
+    int vec = (C & 7) == 0;
+    for (int t0 = 0; t0 < n; t0 += MM_NT) {
+        int nt = n - t0 < MM_NT ? n - t0 : MM_NT;
+        float acc[MM_NT], acc2[MM_NT];
+#pragma unroll
+        for (int j = 0; j < MM_NT; j++) acc[j] = acc2[j] = 0.0f;
+        const float *xt = x + (size_t)t0 * C;
+        if (vec) {
+#pragma unroll 2
+            for (int64_t c = (int64_t)lane * 8; c < C; c += 256) {
+                float wv[8], wv2[8];
+                ld8<DT>(w, r, c, wv);
+                if (w2) ld8<DT>(*w2, r, c, wv2);
+#pragma unroll
+                for (int j = 0; j < MM_NT; j++) {
+                    if (j < nt) {
+                        const float4 *xp = (const float4 *)(xt + (size_t)j * C + c);
+                        float4 a = xp[0], b = xp[1];
+                        float xv[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+#pragma unroll
+                        for (int k = 0; k < 8; k++) acc[j] = fmaf(wv[k], xv[k], acc[j]);
+                        if (w2)
+#pragma unroll
+                            for (int k = 0; k < 8; k++) acc2[j] = fmaf(wv2[k], xv[k], acc2[j]);
+                    }
+                }
+            }
+        } else {
+            for (int64_t c = lane; c < C; c += 32) {
+                float wv = cu_wval(w, r, c), wv2 = w2 ? cu_wval(*w2, r, c) : 0.0f;
+#pragma unroll
+                for (int j = 0; j < MM_NT; j++)
+                    if (j < nt) {
+                        float xv = xt[(size_t)j * C + c];
+                        acc[j] = fmaf(wv, xv, acc[j]);
+                        acc2[j] = fmaf(wv2, xv, acc2[j]);
+                    }
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < MM_NT; j++) {
+            float a = warp_sum(acc[j]), a2 = w2 ? warp_sum(acc2[j]) : 0.0f;
+            if (lane == 0 && j < nt) y[(size_t)(t0 + j) * ldy + r] = w2 ? silu_f(a) * a2 : a;
+        }
+    }
+}
+
+/* ---- dense: up to MM_JOBS matmuls of one dtype in one launch ---------------------- */
+
+#define MM_JOBS 16
+
+typedef struct {
+    cu_w_t w;
+    const float *x;
+    float *y;
+    int n;
+} mm_job_t;
+
+typedef struct {
+    mm_job_t j[MM_JOBS];
+    int nj;
+} mm_batch_t;
+
+template <int DT>
+__global__ void __launch_bounds__(MM_WARPS * 32) k_mm(mm_batch_t b) {
+    const mm_job_t &J = b.j[blockIdx.y];
+    int64_t r = (int64_t)blockIdx.x * MM_WARPS + (threadIdx.x >> 5);
+    if (r >= J.w.rows) return;
+    mm_row<DT>(J.w, NULL, r, J.x, J.n, J.y, J.w.rows);
+}
+
+static int launch_batch(cu_be_t *b, mm_batch_t *mb) {
+    if (!mb->nj) return 0;
+    int64_t maxr = 0;
+    for (int i = 0; i < mb->nj; i++) maxr = mb->j[i].w.rows > maxr ? mb->j[i].w.rows : maxr;
+    dim3 g((unsigned)((maxr + MM_WARPS - 1) / MM_WARPS), (unsigned)mb->nj);
+    switch (mb->j[0].w.dt) {
+    case ENG_DT_F32: k_mm<ENG_DT_F32><<<g, MM_WARPS * 32, 0, b->st>>>(*mb); break;
+    case ENG_DT_BF16: k_mm<ENG_DT_BF16><<<g, MM_WARPS * 32, 0, b->st>>>(*mb); break;
+    case ENG_DT_F16: k_mm<ENG_DT_F16><<<g, MM_WARPS * 32, 0, b->st>>>(*mb); break;
+    case ENG_DT_F8_E4M3: k_mm<ENG_DT_F8_E4M3><<<g, MM_WARPS * 32, 0, b->st>>>(*mb); break;
+    case ENG_DT_I8: k_mm<ENG_DT_I8><<<g, MM_WARPS * 32, 0, b->st>>>(*mb); break;
+    default: fprintf(stderr, "cuda: %s:%d: unsupported weight dtype %d\n", __FILE__, __LINE__, mb->j[0].w.dt); return -1;
+    }
+    CU_LAUNCHED();
+    mb->nj = 0;
+    return 0;
+}
+
+/* rows [r0, r1) of w widened to fp32: out [r1-r0, C] */
+__global__ void k_widen(cu_w_t w, int64_t r0, int64_t r1, float *out) {
+    int64_t n = (r1 - r0) * w.cols;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+        out[i] = cu_wval(w, r0 + i / w.cols, i % w.cols);
+}
+
+/* Y [n, R] = X [n, C] @ W^T through cuBLAS on fp32 row chunks (column-major:
+ * Y^T [R, n] = W [R, C] (stored as C x R col-major, op T) * X^T [C, n]). */
+static int mm_blas(cu_be_t *b, const eng_w_t *w, const float *x, int n, float *y) {
+    int64_t R = w->rows, C = w->cols;
+    int64_t chunk = (64ll << 20) / (C > 0 ? C : 1); /* 256 MB of fp32 rows at most */
+    if (chunk < 1) chunk = 1;
+    if (chunk > R) chunk = R;
+    float *wf = (float *)eng_cuda_scratch(b, SCR_MM, (size_t)chunk * C * sizeof(float));
+    if (!wf) return -1;
+    const float one = 1.0f, zero = 0.0f;
+    for (int64_t r0 = 0; r0 < R; r0 += chunk) {
+        int64_t r1 = r0 + chunk < R ? r0 + chunk : R;
+        if (w->dt == ENG_DT_F32) {
+            CUBLAS_CHECK(cublasSgemm(b->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)(r1 - r0), n, (int)C, &one,
+                                     (const float *)w->data + r0 * C, (int)C, x, (int)C, &zero, y + r0, (int)R));
+            continue;
+        }
+        unsigned g = (unsigned)(((r1 - r0) * C + 255) / 256);
+        k_widen<<<g > 65535u * 8 ? 65535u * 8 : g, 256, 0, b->st>>>(cu_w(w), r0, r1, wf);
+        CU_LAUNCHED();
+        CUBLAS_CHECK(cublasSgemm(b->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)(r1 - r0), n, (int)C, &one, wf, (int)C, x,
+                                 (int)C, &zero, y + r0, (int)R));
+    }
+    return 0;
+}
+
+int eng_cuda_matmul_multi(eng_backend_t *be, const eng_mm_t *jobs, int njobs) {
+    cu_be_t *b = (cu_be_t *)be;
+    mm_batch_t mb;
+    mb.nj = 0;
+    /* jobs of one dtype share a launch; a new dtype or a full batch launches */
+    for (int i = 0; i < njobs; i++) {
+        const eng_mm_t *J = &jobs[i];
+        if (J->n <= 0 || J->w->rows <= 0) continue;
+        if (J->n >= MM_BLAS_MIN) {
+            if (mm_blas(b, J->w, J->x, J->n, J->y)) return -1;
+            continue;
+        }
+        if (mb.nj && (mb.nj == MM_JOBS || mb.j[0].w.dt != (int)J->w->dt) && launch_batch(b, &mb)) return -1;
+        mm_job_t *m = &mb.j[mb.nj++];
+        m->w = cu_w(J->w);
+        m->x = J->x;
+        m->y = J->y;
+        m->n = J->n;
+    }
+    return launch_batch(b, &mb);
+}
+
+int eng_cuda_matmul(eng_backend_t *be, const eng_w_t *w, const float *x, int n, float *y) {
+    eng_mm_t j = {w, x, n, y};
+    return eng_cuda_matmul_multi(be, &j, 1);
+}
+
+/* ---- MoE ----------------------------------------------------------------------------- */
+
+/* The device copy of one layer's expert weights: pointers per expert. */
+typedef struct {
+    const void *g, *u, *d;
+    const float *gs, *us, *ds;
+} cu_exp_t;
+
+struct cu_moe_tab {
+    const eng_w_t *key;       /* eg of the eng_moe_t */
+    const void *key_data;     /* eg[0].data: a new upload at the same address is a new table */
+    cu_exp_t *dev;            /* [E] */
+};
+
+void eng_cuda_moe_tabs_free(cu_be_t *b) {
+    for (int i = 0; i < b->n_moe_tabs; i++) cudaFree(b->moe_tabs[i].dev);
+    free(b->moe_tabs);
+    b->moe_tabs = NULL;
+    b->n_moe_tabs = 0;
+}
+
+static cu_exp_t *moe_table(cu_be_t *b, const eng_moe_t *mo) {
+    for (int i = 0; i < b->n_moe_tabs; i++)
+        if (b->moe_tabs[i].key == mo->eg && b->moe_tabs[i].key_data == mo->eg[0].data) return b->moe_tabs[i].dev;
+    cu_exp_t *h = (cu_exp_t *)calloc(mo->E, sizeof *h), *d = NULL;
+    struct cu_moe_tab *nt = (struct cu_moe_tab *)realloc(b->moe_tabs, (b->n_moe_tabs + 1) * sizeof *nt);
+    if (!h || !nt) {
+        free(h);
+        if (nt) b->moe_tabs = nt;
+        return NULL;
+    }
+    b->moe_tabs = nt;
+    for (int e = 0; e < mo->E; e++)
+        h[e] = (cu_exp_t){mo->eg[e].data, mo->eu[e].data, mo->ed[e].data, mo->eg[e].scale, mo->eu[e].scale,
+                          mo->ed[e].scale};
+    cudaError_t err = cudaMalloc(&d, mo->E * sizeof *d);
+    if (err == cudaSuccess) err = cudaMemcpy(d, h, mo->E * sizeof *d, cudaMemcpyHostToDevice);
+    free(h);
+    if (err != cudaSuccess) {
+        fprintf(stderr, "cuda: %s:%d: expert table: %s\n", __FILE__, __LINE__, cudaGetErrorString(err));
+        if (d) cudaFree(d);
+        return NULL;
+    }
+    b->moe_tabs[b->n_moe_tabs++] = (struct cu_moe_tab){mo->eg, mo->eg[0].data, d};
+    return d;
+}
+
+/* One thread: counting sort of the (token, slot) pairs by expert, stable.
+ * range [E+1]: expert e's pairs are rows range[e] .. range[e+1] of the sorted
+ * order; tok_of [NK] sorted -> pair; pos_of [NK] pair -> sorted row. */
+__global__ void k_moe_sort(const int32_t *sel, int NK, int E, int32_t *range, int32_t *tok_of, int32_t *pos_of) {
+    if (threadIdx.x || blockIdx.x) return;
+    for (int e = 0; e <= E; e++) range[e] = 0;
+    for (int i = 0; i < NK; i++) range[sel[i] + 1]++;
+    for (int e = 0; e < E; e++) range[e + 1] += range[e];
+    /* fill with a running cursor per expert: pos_of doubles as the cursor store */
+    for (int i = 0; i < NK; i++) pos_of[i] = -1;
+    for (int i = 0; i < NK; i++) {
+        int e = sel[i];
+        int k = range[e];
+        range[e] = k + 1;
+        tok_of[k] = i;
+        pos_of[i] = k;
+    }
+    for (int e = E; e > 0; e--) range[e] = range[e - 1];
+    range[0] = 0;
+}
+
+__global__ void k_moe_gather(const float *x, const int32_t *tok_of, int K, int D, float *xg) {
+    int i = blockIdx.x;
+    const float *src = x + (size_t)(tok_of[i] / K) * D;
+    for (int d = threadIdx.x; d < D; d += blockDim.x) xg[(size_t)i * D + d] = src[d];
+}
+
+/* blockIdx.y = expert; blockIdx.x = row block.  down == 0: h = silu(g x) * (u x)
+ * over [range[e], range[e+1]) rows of xg; down == 1: yslot = d h. */
+template <int DT>
+__global__ void __launch_bounds__(MM_WARPS * 32)
+    k_moe_mm(const cu_exp_t *tab, const int32_t *range, int down, int64_t R, int64_t C, int64_t scale_cols, int qblk,
+             const float *xin, float *yout) {
+    int e = blockIdx.y;
+    int s0 = range[e], n = range[e + 1] - s0;
+    int64_t r = (int64_t)blockIdx.x * MM_WARPS + (threadIdx.x >> 5);
+    if (n <= 0 || r >= R) return;
+    const cu_exp_t &X = tab[e];
+    cu_w_t w = {DT, down ? X.d : X.g, down ? X.ds : X.gs, R, C, scale_cols, qblk};
+    cu_w_t w2 = {DT, X.u, X.us, R, C, scale_cols, qblk};
+    mm_row<DT>(w, down ? NULL : &w2, r, xin + (size_t)s0 * C, n, yout + (size_t)s0 * R, R);
+}
+
+/* y [t] = sum_k wts[t,k] * yslot[pos_of[t*K+k]] (+ ysh [t]), slots in order */
+__global__ void k_moe_combine(const float *yslot, const int32_t *pos_of, const float *wts, const float *ysh, int K,
+                              int D, float *y) {
+    int t = blockIdx.x;
+    for (int d = threadIdx.x; d < D; d += blockDim.x) {
+        float acc = 0.0f;
+        for (int k = 0; k < K; k++) acc += wts[(size_t)t * K + k] * yslot[(size_t)pos_of[(size_t)t * K + k] * D + d];
+        if (ysh) acc += ysh[(size_t)t * D + d];
+        y[(size_t)t * D + d] = acc;
+    }
+}
+
+static int launch_moe_mm(cu_be_t *b, int dt, const cu_exp_t *tab, const int32_t *range, int down, int E, int64_t R,
+                         int64_t C, int64_t scale_cols, int qblk, const float *xin, float *yout) {
+    dim3 g((unsigned)((R + MM_WARPS - 1) / MM_WARPS), (unsigned)E);
+    switch (dt) {
+    case ENG_DT_F32: k_moe_mm<ENG_DT_F32><<<g, MM_WARPS * 32, 0, b->st>>>(tab, range, down, R, C, scale_cols, qblk, xin, yout); break;
+    case ENG_DT_BF16: k_moe_mm<ENG_DT_BF16><<<g, MM_WARPS * 32, 0, b->st>>>(tab, range, down, R, C, scale_cols, qblk, xin, yout); break;
+    case ENG_DT_F16: k_moe_mm<ENG_DT_F16><<<g, MM_WARPS * 32, 0, b->st>>>(tab, range, down, R, C, scale_cols, qblk, xin, yout); break;
+    case ENG_DT_F8_E4M3: k_moe_mm<ENG_DT_F8_E4M3><<<g, MM_WARPS * 32, 0, b->st>>>(tab, range, down, R, C, scale_cols, qblk, xin, yout); break;
+    case ENG_DT_I8: k_moe_mm<ENG_DT_I8><<<g, MM_WARPS * 32, 0, b->st>>>(tab, range, down, R, C, scale_cols, qblk, xin, yout); break;
+    default: fprintf(stderr, "cuda: %s:%d: unsupported expert dtype %d\n", __FILE__, __LINE__, dt); return -1;
+    }
+    CU_LAUNCHED();
+    return 0;
+}
+
+/* shared expert: h = silu(g x) * (u x) in one launch, then y = d h */
+template <int DT>
+__global__ void __launch_bounds__(MM_WARPS * 32) k_mm_swiglu(cu_w_t g, cu_w_t u, const float *x, int n, float *h) {
+    int64_t r = (int64_t)blockIdx.x * MM_WARPS + (threadIdx.x >> 5);
+    if (r >= g.rows) return;
+    mm_row<DT>(g, &u, r, x, n, h, g.rows);
+}
+
+/* h, h2 [T, Is]; ysh [T, D] */
+static int shared_expert(cu_be_t *b, const eng_moe_t *mo, const float *x, int T, float *h, float *h2, float *ysh) {
+    const eng_w_t *g = mo->sg, *u = mo->su;
+    if (T >= MM_BLAS_MIN || g->dt != u->dt) { /* two matmuls and a SwiGLU kernel */
+        eng_mm_t j[2] = {{g, x, T, h}, {u, x, T, h2}};
+        if (eng_cuda_matmul_multi(&b->base, j, 2)) return -1;
+        if (b->base.ops->swiglu(&b->base, h, h2, (size_t)T * g->rows)) return -1;
+    } else {
+        unsigned gr = (unsigned)((g->rows + MM_WARPS - 1) / MM_WARPS);
+        switch (g->dt) {
+        case ENG_DT_F32: k_mm_swiglu<ENG_DT_F32><<<gr, MM_WARPS * 32, 0, b->st>>>(cu_w(g), cu_w(u), x, T, h); break;
+        case ENG_DT_BF16: k_mm_swiglu<ENG_DT_BF16><<<gr, MM_WARPS * 32, 0, b->st>>>(cu_w(g), cu_w(u), x, T, h); break;
+        case ENG_DT_F16: k_mm_swiglu<ENG_DT_F16><<<gr, MM_WARPS * 32, 0, b->st>>>(cu_w(g), cu_w(u), x, T, h); break;
+        case ENG_DT_F8_E4M3: k_mm_swiglu<ENG_DT_F8_E4M3><<<gr, MM_WARPS * 32, 0, b->st>>>(cu_w(g), cu_w(u), x, T, h); break;
+        case ENG_DT_I8: k_mm_swiglu<ENG_DT_I8><<<gr, MM_WARPS * 32, 0, b->st>>>(cu_w(g), cu_w(u), x, T, h); break;
+        default: return -1;
+        }
+        CU_LAUNCHED();
+    }
+    return eng_cuda_matmul(&b->base, mo->sd, h, T, ysh);
+}
+
+#define A256(n) (((n) + 255) & ~(size_t)255)
+
+int eng_cuda_moe(eng_backend_t *be, const eng_moe_t *mo, const float *x, int T, int K, const int32_t *sel,
+                 const float *wts, float *y) {
+    cu_be_t *b = (cu_be_t *)be;
+    int E = mo->E, D = mo->D, Im = mo->inter, NK = T * K, Is = mo->has_shared ? mo->shared_inter : 0;
+    if (T <= 0) return 0;
+    for (int e = 1; e < E; e++)
+        if (mo->eg[e].dt != mo->eg[0].dt || mo->eu[e].dt != mo->eg[0].dt || mo->ed[e].dt != mo->eg[0].dt) {
+            fprintf(stderr, "cuda: %s:%d: experts of mixed dtypes are not supported\n", __FILE__, __LINE__);
+            return -1;
+        }
+    if (mo->eu[0].dt != mo->eg[0].dt || mo->ed[0].dt != mo->eg[0].dt) {
+        fprintf(stderr, "cuda: %s:%d: experts of mixed dtypes are not supported\n", __FILE__, __LINE__);
+        return -1;
+    }
+    cu_exp_t *tab = moe_table(b, mo);
+    if (!tab) return -1;
+    size_t sz_r = A256((E + 1) * sizeof(int32_t)), sz_i = A256((size_t)NK * sizeof(int32_t));
+    size_t sz_xg = A256((size_t)NK * D * sizeof(float)), sz_h = A256((size_t)NK * Im * sizeof(float));
+    size_t sz_s = A256((size_t)T * (Is ? Is : 1) * sizeof(float)), sz_y = A256((size_t)T * D * sizeof(float));
+    char *p = (char *)eng_cuda_scratch(b, SCR_MOE, sz_r + 2 * sz_i + 2 * sz_xg + sz_h + 2 * sz_s + sz_y);
+    if (!p) return -1;
+    int32_t *range = (int32_t *)p, *tok_of = (int32_t *)(p += sz_r), *pos_of = (int32_t *)(p += sz_i);
+    float *xg = (float *)(p += sz_i), *yslot = (float *)(p += sz_xg), *h = (float *)(p += sz_xg);
+    float *sh = (float *)(p += sz_h), *sh2 = (float *)(p += sz_s), *ysh = (float *)(p += sz_s);
+    k_moe_sort<<<1, 1, 0, b->st>>>(sel, NK, E, range, tok_of, pos_of);
+    CU_LAUNCHED();
+    k_moe_gather<<<NK, 256, 0, b->st>>>(x, tok_of, K, D, xg);
+    CU_LAUNCHED();
+    const eng_w_t *g0 = &mo->eg[0], *d0 = &mo->ed[0];
+    if (launch_moe_mm(b, g0->dt, tab, range, 0, E, Im, D, g0->scale_cols, g0->qblk, xg, h)) return -1;
+    if (launch_moe_mm(b, d0->dt, tab, range, 1, E, D, Im, d0->scale_cols, d0->qblk, h, yslot)) return -1;
+    if (Is && shared_expert(b, mo, x, T, sh, sh2, ysh)) return -1;
+    k_moe_combine<<<T, 256, 0, b->st>>>(yslot, pos_of, wts, Is ? ysh : NULL, K, D, y);
+    CU_LAUNCHED();
+    return 0;
+}

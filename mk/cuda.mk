@@ -1,0 +1,53 @@
+# mk/cuda.mk — the engine's CUDA backend (engine/cuda/*.cu).
+#
+#   make CUDA=1          build/tollgate-engine with the CUDA backend (--device cuda:N)
+#   make test-engine-cuda   (part of make test) whenever nvcc is present: compiles the
+#                        backend (so it never rots), checks that --device cuda:0 without a
+#                        GPU fails with a clear message, and with a GPU runs the op harness
+#                        and a whole-model logits comparison against the CPU.
+# The default build stays CPU-only and needs no CUDA toolkit.
+
+CUDA_HOME ?= /usr/local/cuda
+NVCC      ?= $(firstword $(wildcard $(CUDA_HOME)/bin/nvcc) $(shell command -v nvcc 2>/dev/null))
+# sm_90 (H100/H200) machine code plus compute_90 PTX that newer GPUs JIT-compile
+CUDA_ARCH ?= -gencode arch=compute_90,code=sm_90 -gencode arch=compute_90,code=compute_90
+NVCC_FLAGS := -O3 -std=c++17 $(CUDA_ARCH) -Icommon -Iengine -Iengine/model -Iengine/cuda \
+              -Xcompiler -Wall,-Wno-unused-function
+CUDA_SRCS := $(wildcard engine/cuda/*.cu)
+CUDA_OBJ  := $(patsubst %.cu,$(B)/obj-cuda/%.o,$(CUDA_SRCS))
+CUDA_LIBS := -L$(CUDA_HOME)/lib64 -lcudart -lcublas -lstdc++ -ldl -lrt -Wl,-rpath,$(CUDA_HOME)/lib64
+
+$(B)/obj-cuda/engine/cuda/%.o: engine/cuda/%.cu engine/cuda/eng_cuda-int.h engine/model/eng_model_int.h engine/eng.h
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCC_FLAGS) -c $< -o $@
+
+ifneq ($(CUDA),)
+$(BIN)/tollgate-engine: $(CUDA_OBJ)
+endif
+# switching between make and make CUDA=1 relinks the engine (a file that changes with the mode)
+ENG_LINK_MODE := $(O)/engine-link-mode
+$(shell mkdir -p $(O); m=$(if $(CUDA),cuda,cpu); [ "$$(cat $(ENG_LINK_MODE) 2>/dev/null)" = $$m ] || echo $$m > $(ENG_LINK_MODE))
+$(BIN)/tollgate-engine: $(ENG_LINK_MODE)
+
+# The test binaries with the CUDA backend linked in (never replacing the plain ones).
+ENG_CUDA_DIR := $(O)/tests/engine/cuda
+$(ENG_CUDA_DIR)/tollgate-engine: $(O)/engine/cli/eng_main.o $(CUDA_OBJ) $(LIBENG) $(LIBAPI) $(LIBTOK) $(LIBCOMMON)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $< $(CUDA_OBJ) $(ENG_LIBS) $(LDLIBS) $(CUDA_LIBS)
+
+$(ENG_CUDA_DIR)/eng_ops_test: tests/engine/eng_ops_test.c $(CUDA_OBJ) $(LIBENG) $(LIBCOMMON)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(CUDA_OBJ) $(ENG_LINK) $(LDLIBS) $(CUDA_LIBS)
+
+.PHONY: test-engine-cuda cuda-objs
+TEST_TARGETS += test-engine-cuda
+cuda-objs: $(CUDA_OBJ)
+
+ifneq ($(NVCC),)
+test-engine-cuda: $(ENG_CUDA_DIR)/tollgate-engine $(ENG_CUDA_DIR)/eng_ops_test $(O)/tests/engine/eng_ops_test \
+                  $(BIN)/tollgate-engine tokenizer-data
+	bash tests/engine/cuda_test.sh $(ENG_CUDA_DIR) $(O)/tests/engine/eng_ops_test $(BIN)/tollgate-engine
+else
+test-engine-cuda:
+	@. tests/lib/tgskip.sh; tg_skip "engine cuda" "no nvcc (CUDA toolkit) on this machine: the CUDA backend was not compiled"
+endif
