@@ -39,6 +39,14 @@ $(ENG_CUDA_DIR)/eng_ops_test: tests/engine/eng_ops_test.c $(CUDA_OBJ) $(LIBENG) 
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(CUDA_OBJ) $(ENG_LINK) $(LDLIBS) $(CUDA_LIBS)
 
+# decode tokens/s vs the copy-bandwidth roofline (scripts/gpu-check.sh runs it on a GPU)
+$(ENG_CUDA_DIR)/eng_gpu_bench: bench/cuda/eng_gpu_bench.c $(CUDA_OBJ) $(LIBENG) $(LIBCOMMON)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(CUDA_OBJ) $(ENG_LINK) $(LDLIBS) $(CUDA_LIBS)
+$(O)/bench/cuda/eng_gpu_bench: bench/cuda/eng_gpu_bench.c $(LIBENG) $(LIBCOMMON)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(ENG_LINK) $(LDLIBS)
+
 .PHONY: test-engine-cuda cuda-objs
 TEST_TARGETS += test-engine-cuda
 cuda-objs: $(CUDA_OBJ)

@@ -439,14 +439,15 @@ static int mkdir_p(const char *dir) {
 
 static int gm_usage(void) {
     fprintf(stderr, "usage: tollgate-engine gen-model --arch deepseek_v3|deepseek_v2|mixtral --preset demo|tiny|bench|lite\n"
-                    "         --out DIR [--seed N] [--dtype f32|bf16|f16|fp8] [--shards N] [--tokenizer DIR|none]\n");
+                    "         --out DIR [--seed N] [--dtype f32|bf16|f16|fp8] [--shards N] [--tokenizer DIR|none]\n"
+                    "         [--layers N]   (the preset's layer shapes, N layers: a smaller model of the same per-token shape)\n");
     return 2;
 }
 
 int eng_cmd_gen_model(int argc, char **argv) {
     const char *arch = NULL, *pname = NULL, *out = NULL, *dtype = NULL, *tokdir = NULL;
     uint64_t seed = 1;
-    int shards = 1;
+    int shards = 1, layers = 0;
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!v) return gm_usage();
@@ -457,6 +458,7 @@ int eng_cmd_gen_model(int argc, char **argv) {
         else if (!strcmp(a, "--tokenizer")) tokdir = v;
         else if (!strcmp(a, "--seed")) seed = strtoull(v, NULL, 10);
         else if (!strcmp(a, "--shards")) shards = atoi(v);
+        else if (!strcmp(a, "--layers")) layers = atoi(v);
         else return gm_usage();
         i++;
     }
@@ -467,6 +469,8 @@ int eng_cmd_gen_model(int argc, char **argv) {
                         "mixtral: tiny)\n", pname, arch);
         return 2;
     }
+    if (layers < 0 || layers > 4096) return gm_usage();
+    if (layers) p.layers = layers;
     int is_demo = !strcmp(pname, "demo");
     if (!dtype) dtype = is_demo || !strcmp(pname, "bench") || !strcmp(pname, "lite") ? "bf16" : "f32";
     eng_dtype_t mat_dt, other_dt;

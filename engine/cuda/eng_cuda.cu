@@ -177,7 +177,10 @@ static int upload_bytes(cu_be_t *b, const void *host, size_t n, void **out) {
         cudaFree(p);
         return -1;
     }
-    if (n) CU_CHECK(cudaMemcpy(p, host, n, cudaMemcpyHostToDevice));
+    /* on the backend's stream: ordered before every kernel that reads it (a
+     * plain cudaMemcpy from pageable memory may return before its DMA ends,
+     * and the legacy stream does not order a non-blocking one) */
+    if (n) CU_CHECK(cudaMemcpyAsync(p, host, n, cudaMemcpyHostToDevice, b->st));
     *out = p;
     return 0;
 }

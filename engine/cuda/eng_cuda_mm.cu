@@ -251,7 +251,7 @@ static cu_exp_t *moe_table(cu_be_t *b, const eng_moe_t *mo) {
         h[e] = (cu_exp_t){mo->eg[e].data, mo->eu[e].data, mo->ed[e].data, mo->eg[e].scale, mo->eu[e].scale,
                           mo->ed[e].scale};
     cudaError_t err = cudaMalloc(&d, mo->E * sizeof *d);
-    if (err == cudaSuccess) err = cudaMemcpy(d, h, mo->E * sizeof *d, cudaMemcpyHostToDevice);
+    if (err == cudaSuccess) err = cudaMemcpyAsync(d, h, mo->E * sizeof *d, cudaMemcpyHostToDevice, b->st);
     free(h);
     if (err != cudaSuccess) {
         fprintf(stderr, "cuda: %s:%d: expert table: %s\n", __FILE__, __LINE__, cudaGetErrorString(err));

@@ -72,6 +72,9 @@ static int parse_config(eng_model_t *m, const char *dir, char *err, size_t errle
         goto out;
     }
     m->info.arch_name = m->arch_name;
+    /* transformers >= 5 writes rope_theta and the scaling inside rope_parameters */
+    const cJSON *rp = cJSON_GetObjectItemCaseSensitive(j, "rope_parameters");
+    if (!cJSON_IsObject(rp)) rp = NULL;
     c->D = jint(j, "hidden_size", 0);
     c->n_layers = jint(j, "num_hidden_layers", 0);
     c->vocab = jint(j, "vocab_size", 0);
@@ -84,7 +87,7 @@ static int parse_config(eng_model_t *m, const char *dir, char *err, size_t errle
     if (m->info.arch == ENG_ARCH_MIXTRAL) {
         c->kvh = jint(j, "num_key_value_heads", c->H);
         c->hd = jint(j, "head_dim", c->H ? c->D / c->H : 0);
-        c->rope_theta = (float)jnum(j, "rope_theta", 1e6);
+        c->rope_theta = (float)jnum(j, "rope_theta", jnum(rp, "rope_theta", 1e6));
         c->rope_interleaved = 0;
         c->E = jint(j, "num_local_experts", 8);
         c->topk = jint(j, "num_experts_per_tok", 2);
@@ -111,7 +114,7 @@ static int parse_config(eng_model_t *m, const char *dir, char *err, size_t errle
         c->dn = jint(j, "qk_nope_head_dim", 0);
         c->dr = jint(j, "qk_rope_head_dim", 0);
         c->dv = jint(j, "v_head_dim", 0);
-        c->rope_theta = (float)jnum(j, "rope_theta", 10000);
+        c->rope_theta = (float)jnum(j, "rope_theta", jnum(rp, "rope_theta", 10000));
         c->rope_interleaved = 1;
         const cJSON *ne = cJSON_GetObjectItemCaseSensitive(j, "n_routed_experts");
         c->E = cJSON_IsNumber(ne) ? (int)ne->valuedouble : 0;
@@ -146,6 +149,7 @@ static int parse_config(eng_model_t *m, const char *dir, char *err, size_t errle
             goto out;
         }
         const cJSON *rs = cJSON_GetObjectItemCaseSensitive(j, "rope_scaling");
+        if (!cJSON_IsObject(rs)) rs = rp; /* newer transformers write rope_parameters instead */
         if (cJSON_IsObject(rs)) {
             const char *ty = jstr(rs, "type", jstr(rs, "rope_type", ""));
             if (!strcmp(ty, "yarn")) {
@@ -156,7 +160,7 @@ static int parse_config(eng_model_t *m, const char *dir, char *err, size_t errle
                 c->beta_slow = (float)jnum(rs, "beta_slow", 1);
                 c->yarn_mscale = (float)jnum(rs, "mscale", 1);
                 c->yarn_mscale_all = (float)jnum(rs, "mscale_all_dim", 0);
-            } else if (*ty) {
+            } else if (*ty && strcmp(ty, "default")) {
                 tg_errf(err, errlen, "%s: unsupported rope_scaling type '%s'", path, ty);
                 goto out;
             }
@@ -871,8 +875,20 @@ int eng_forward(eng_model_t *m, eng_seq_t **seqs, const int32_t *const *ids, con
             ops->rmsnorm(be, b.xn, D, b.o, D, m->final_norm, NL, D, c->eps) ||
             ops->matmul(be, &m->lm_head, b.xn, NL, b.out))
             goto fail;
-        for (int i = 0, r = 0; i < nseq; i++)
-            if (logits[i] && ops->get(be, logits[i], b.out + (size_t)r++ * c->vocab, c->vocab * F)) goto fail;
+        /* one copy to the host for all rows (a device backend waits once) */
+        float *host = NL == 1 ? NULL : eng_alloc((size_t)NL * c->vocab * F);
+        if (NL > 1 && !host) goto fail;
+        for (int i = 0; i < nseq && NL == 1; i++)
+            if (logits[i] && ops->get(be, logits[i], b.out, c->vocab * F)) goto fail;
+        if (host) {
+            if (ops->get(be, host, b.out, (size_t)NL * c->vocab * F)) {
+                free(host);
+                goto fail;
+            }
+            for (int i = 0, r = 0; i < nseq; i++)
+                if (logits[i]) memcpy(logits[i], host + (size_t)r++ * c->vocab, c->vocab * F);
+            free(host);
+        }
     }
     for (int i = 0; i < nseq; i++) {
         seqs[i]->len += n[i];
