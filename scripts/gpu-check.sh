@@ -46,7 +46,7 @@ stage build 420 make -j"$J" CUDA=1 build/tollgate-engine $E/eng_ops_test $E/cuda
     $E/cuda/tollgate-engine $E/cuda/eng_gpu_bench || { say "build failed: nothing else runs"; exit 1; }
 
 # 2. op by op and tiny whole models, CUDA vs CPU
-stage ops-and-logits 240 bash tests/engine/cuda_test.sh $E/cuda $E/eng_ops_test build/tollgate-engine
+CUDA_TEST_ENGINE_HAS_CUDA=1 stage ops-and-logits 240 bash tests/engine/cuda_test.sh $E/cuda $E/eng_ops_test build/tollgate-engine
 grep -E "NMSE|ids,|worst logit|over tolerance" "$out/ops-and-logits.log" | sed 's/^/  /' >> "$summary"
 
 # 3. transformers as the independent reference

@@ -207,4 +207,24 @@ static void test_setup(void) {
     CHECK(mkdtemp(dir) != NULL);
 }
 
-TG_TEST_MAIN(test_setup, test_int8, test_seq_api, test_load_errors, test_nan_weights, test_cleanup)
+/* the backend registry: --device names, and what a build without CUDA says */
+static void test_registry(void) {
+    char err[512];
+    eng_backend_t *be = eng_backend_open("cpu", 1, err, sizeof err);
+    CHECK(be && !strcmp(be->ops->name, "cpu") && !strncmp(be->ops->describe(be), "cpu/", 4));
+    if (be) be->ops->free(be);
+    be = eng_backend_open(NULL, 1, err, sizeof err);
+    CHECK(be != NULL);
+    if (be) be->ops->free(be);
+    CHECK(!eng_backend_open("tpu", 1, err, sizeof err) && strstr(err, "unknown device 'tpu'"));
+    CHECK(!eng_backend_open("cuda:x", 1, err, sizeof err) && strstr(err, "want cuda:N"));
+    CHECK(!eng_backend_open("cudaa", 1, err, sizeof err) && strstr(err, "unknown device"));
+    /* this test links no CUDA backend: the registry says so, it does not crash or fall back to the CPU */
+    CHECK(!eng_backend_open("cuda:0", 1, err, sizeof err) && strstr(err, "no CUDA backend"));
+    eng_load_opts_t o = {.device = "cuda:1"};
+    char path[512];
+    snprintf(path, sizeof path, "%s/v3", dir);
+    CHECK(!eng_model_load(path, &o, err, sizeof err) && strstr(err, "no CUDA backend"));
+}
+
+TG_TEST_MAIN(test_setup, test_int8, test_seq_api, test_load_errors, test_nan_weights, test_registry, test_cleanup)
