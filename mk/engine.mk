@@ -29,6 +29,7 @@ UNIT_TARGETS += test-engine   # no servers: unit tests, goldens, fuzz replay, CL
 # lacks it is a recorded skip).  No pipes: every run's exit status is make's.
 test-engine: $(ENG_GOLDEN_BIN) $(ENG_UNIT_BINS)
 	@set -e; for t in $(ENG_UNIT_BINS); do $$t; done
+	TOLLGATE_ENGINE_ISA=amx $(ENG_GOLDEN_BIN) tests/engine/golden $(ENG_TEST_DIR)/models
 	TOLLGATE_ENGINE_ISA=avx512 $(ENG_GOLDEN_BIN) tests/engine/golden $(ENG_TEST_DIR)/models
 	TOLLGATE_ENGINE_ISA=avx2 $(ENG_GOLDEN_BIN) tests/engine/golden $(ENG_TEST_DIR)/models
 	TOLLGATE_ENGINE_ISA=scalar $(ENG_GOLDEN_BIN) tests/engine/golden $(ENG_TEST_DIR)/models

@@ -23,6 +23,8 @@ typedef struct {
     void *arena;        /* the MoE op's scratch, grown on demand (never shrinks) */
     size_t arena_cap;
     char desc[64];
+    void *xbuf;         /* prepared activations of one matmul step (eng_cpu_xprep), grown on demand */
+    size_t xcap;
 } cpu_be_t;
 
 static eng_cpu_pool_t *pool_of(eng_backend_t *be) { return ((cpu_be_t *)be)->pool; }
@@ -34,6 +36,7 @@ typedef struct {
     int njobs;
     const int64_t *chunk_rows;  /* [njobs] rows per chunk of each job (a multiple of 16) */
     const int64_t *first;       /* [njobs + 1] index of each job's first chunk; first[njobs] = all */
+    const void **xp;            /* [njobs] each job's prepared activations, or NULL */
     int64_t next;               /* the next chunk to take (atomic) */
     int failed;                 /* a thread could not get its row buffer (atomic) */
     cpu_be_t *be;
@@ -55,7 +58,7 @@ static void mm_worker(void *arg, int t, int nt) {
         const eng_mm_t *m = &J->jobs[j];
         int64_t R = m->w->rows, r0 = (c - J->first[j]) * J->chunk_rows[j];
         int64_t r1 = r0 + J->chunk_rows[j] < R ? r0 + J->chunk_rows[j] : R;
-        size_t need = 4 * (size_t)m->w->cols;
+        size_t need = eng_cpu_rowbuf_floats(m->w, m->n);
         if (need > J->be->rowcap[t]) {
             free(J->be->rowbuf[t]);
             J->be->rowbuf[t] = eng_alloc(need * sizeof(float));
@@ -65,30 +68,51 @@ static void mm_worker(void *arg, int t, int nt) {
                 continue; /* take the remaining chunks off the counter, compute nothing */
             }
         }
-        eng_cpu_matmul_rows(m->w, m->x, m->n, m->y, r0, r1, J->be->rowbuf[t]);
+        eng_cpu_matmul_rows(m->w, m->x, J->xp[j], m->n, m->y, r0, r1, J->be->rowbuf[t]);
     }
 }
 
-/* a chunk holds about this many weight elements x tokens (256 KB of bf16 at
- * batch 1): large enough that the atomic and the prefetch running past a
- * chunk's end cost little, small enough to balance two threads */
-#define MM_CHUNK_COST (128 << 10)
+/* The activations some kernels want prepared (eng_cpu_xprep), once per
+ * distinct x of the step, into the backend's buffer: xp[j] for each job. */
+static int prep_x(cpu_be_t *b, const eng_mm_t *jobs, int njobs, const void **xp) {
+    size_t need = 0, off = 0;
+    for (int j = 0; j < njobs; j++) need += (eng_cpu_xprep_bytes(jobs[j].w, jobs[j].n) + 63) / 64 * 64;
+    if (need > b->xcap) {
+        free(b->xbuf);
+        b->xcap = 0;
+        if (!(b->xbuf = eng_alloc(need + 64))) return -1;
+        b->xcap = need;
+    }
+    char *base = (char *)(((uintptr_t)b->xbuf + 63) / 64 * 64);
+    for (int j = 0; j < njobs; j++) {
+        size_t sz = eng_cpu_xprep_bytes(jobs[j].w, jobs[j].n);
+        xp[j] = NULL;
+        if (!sz) continue;
+        for (int i = 0; i < j && !xp[j]; i++) /* gate and up share their x */
+            if (xp[i] && jobs[i].x == jobs[j].x && jobs[i].n == jobs[j].n && jobs[i].w->cols == jobs[j].w->cols)
+                xp[j] = xp[i];
+        if (xp[j]) continue;
+        eng_cpu_xprep(jobs[j].w, jobs[j].x, jobs[j].n, base + off);
+        xp[j] = base + off;
+        off += (sz + 63) / 64 * 64;
+    }
+    return 0;
+}
 
 static int cpu_matmul_multi(eng_backend_t *be, const eng_mm_t *jobs, int njobs) {
-    int64_t small[2 * 64 + 1], *buf = small;
-    if (njobs > 64 && !(buf = eng_alloc((2 * (size_t)njobs + 1) * sizeof *buf))) return -1;
-    mm_job_t J = {jobs, njobs, buf, buf + njobs, 0, 0, (cpu_be_t *)be};
+    int64_t small[3 * 64 + 1], *buf = small;
+    if (njobs > 64 && !(buf = eng_alloc((3 * (size_t)njobs + 1) * sizeof *buf))) return -1;
+    const void **xp = (const void **)(buf + 2 * njobs + 1);
+    mm_job_t J = {jobs, njobs, buf, buf + njobs, xp, 0, 0, (cpu_be_t *)be};
     int64_t *cr = buf, *first = buf + njobs;
     first[0] = 0;
     for (int j = 0; j < njobs; j++) {
         int64_t R = jobs[j].w->rows, per = jobs[j].w->cols * (int64_t)jobs[j].n;
-        int64_t rows = per > 0 ? MM_CHUNK_COST / per : R;
-        rows = (rows + 15) / 16 * 16;
-        if (rows < 16) rows = 16;
-        cr[j] = rows;
-        first[j + 1] = first[j] + (per > 0 && R > 0 ? (R + rows - 1) / rows : 0);
+        cr[j] = eng_cpu_chunk_rows(jobs[j].w, jobs[j].n);
+        first[j + 1] = first[j] + (per > 0 && R > 0 ? (R + cr[j] - 1) / cr[j] : 0);
     }
-    if (first[njobs]) eng_cpu_pool_run(pool_of(be), mm_worker, &J);
+    if (prep_x((cpu_be_t *)be, jobs, njobs, xp)) J.failed = 1;
+    else if (first[njobs]) eng_cpu_pool_run(pool_of(be), mm_worker, &J);
     if (buf != small) free(buf);
     return J.failed ? -1 : 0;
 }
@@ -653,6 +677,7 @@ static void cpu_free(eng_backend_t *be) {
     free(b->rowbuf);
     free(b->rowcap);
     free(b->arena);
+    free(b->xbuf);
     free(b);
 }
 

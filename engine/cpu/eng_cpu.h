@@ -3,6 +3,7 @@
 #ifndef ENG_CPU_H
 #define ENG_CPU_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "eng_model_int.h"
@@ -15,8 +16,9 @@ void eng_cpu_pool_free(eng_cpu_pool_t *p);
 int eng_cpu_pool_size(const eng_cpu_pool_t *p);
 void eng_cpu_pool_run(eng_cpu_pool_t *p, void (*fn)(void *arg, int i, int n), void *arg);
 
-/* The instruction set the kernels chose at start-up: "avx512", "avx2" or "scalar".
- * TOLLGATE_ENGINE_ISA=scalar|avx2|avx512 forces a lower one. */
+/* The instruction set the kernels chose at start-up: "amx" (AVX-512, and AMX
+ * tiles for bf16 weights), "avx512", "avx2" or "scalar".
+ * TOLLGATE_ENGINE_ISA=scalar|avx2|avx512|amx forces a lower one. */
 const char *eng_cpu_isa(void);
 
 /* a [n] . b [n] in fp32, with an accumulation order that depends only on n. */
@@ -24,8 +26,34 @@ float eng_cpu_dot(const float *a, const float *b, int n);
 /* y [n] += a * x [n] */
 void eng_cpu_axpy(float *y, float a, const float *x, int n);
 
-/* Y [n, rows r0..r1) = X [n, cols] @ W^T on the calling thread; ld = w->rows. */
-void eng_cpu_matmul_rows(const eng_w_t *w, const float *x, int n, float *y, int64_t r0, int64_t r1,
+/* A matmul of w over n tokens may want its activations prepared once (AMX:
+ * split into bf16 hi and lo tiles): eng_cpu_xprep_bytes says how many bytes
+ * (0: none), eng_cpu_xprep writes them into xp (64-byte aligned). */
+size_t eng_cpu_xprep_bytes(const eng_w_t *w, int n);
+void eng_cpu_xprep(const eng_w_t *w, const float *x, int n, void *xp);
+
+/* Rows per parallel chunk of a matmul of w over n tokens (a multiple of 16):
+ * about ENG_CPU_CHUNK_COST weight elements x tokens of FMA work (256 KB of
+ * bf16 at batch 1): large enough that taking a chunk costs little, small
+ * enough to balance the threads. */
+#define ENG_CPU_CHUNK_COST (128 << 10)
+int64_t eng_cpu_chunk_rows(const eng_w_t *w, int n);
+
+/* Y [n, rows r0..r1) = X [n, cols] @ W^T on the calling thread; ld = w->rows;
+ * xp: the prepared activations when eng_cpu_xprep_bytes(w, n) > 0, else unused. */
+void eng_cpu_matmul_rows(const eng_w_t *w, const float *x, const void *xp, int n, float *y, int64_t r0, int64_t r1,
                          float *rowbuf);
+
+/* AMX (eng_cpu_amx.c): probe (and ask Linux for the tile state), the size
+ * and layout of prepared activations, and Y rows r0..r1 for bf16 W [R, C]. */
+int eng_cpu_amx_probe(void);
+size_t eng_cpu_amx_xbytes(int n, int64_t C);
+void eng_cpu_amx_xprep(const float *x, int n, int64_t C, uint16_t *xp);
+void eng_cpu_amx_rows(const uint16_t *W, int64_t C, const uint16_t *xp, int n, float *y, int64_t ldy, int64_t r0,
+                      int64_t r1, float *spill);
+/* floats of per-thread scratch eng_cpu_amx_rows needs for n tokens of C columns */
+size_t eng_cpu_amx_scratch_floats(int n, int64_t C);
+/* floats of per-thread scratch (rowbuf) eng_cpu_matmul_rows needs */
+size_t eng_cpu_rowbuf_floats(const eng_w_t *w, int n);
 
 #endif

@@ -161,6 +161,7 @@ static struct {
     void (*f16_row)(const uint16_t *, float *, int64_t);
     void (*i8_run)(const int8_t *, float *, int64_t, float);
     void (*f8_run)(const uint8_t *, float *, int64_t, float);
+    int amx; /* bf16 matmuls on AMX tiles (eng_cpu_amx.c) */
 } K;
 
 static pthread_once_t k_once = PTHREAD_ONCE_INIT;
@@ -168,9 +169,10 @@ static pthread_once_t k_once = PTHREAD_ONCE_INIT;
 static void k_init(void) {
     for (int i = 0; i < 256; i++) f8_table[i] = eng_f8e4m3_to_f32((uint8_t)i);
     const char *force = getenv("TOLLGATE_ENGINE_ISA");
-    int want = 2;
+    int want = 3;
     if (force && !strcmp(force, "scalar")) want = 0;
     if (force && !strcmp(force, "avx2")) want = 1;
+    if (force && !strcmp(force, "avx512")) want = 2;
     __builtin_cpu_init();
     int has2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
     int has512 = has2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
@@ -197,6 +199,12 @@ static void k_init(void) {
         K.f16_row = f16_row_avx512;
         K.i8_run = i8_run_avx512;
         K.f8_run = f8_run_avx512;
+        /* AMX: bf16-weight matmuls of every batch size (one arithmetic for
+         * all n keeps batch invariance); everything else stays AVX-512 */
+        if (want >= 3 && eng_cpu_amx_probe()) {
+            K.isa = "amx";
+            K.amx = 1;
+        }
     }
 }
 
@@ -480,11 +488,43 @@ static void tile_scalar(const void *W, int bf16, int64_t ldw, const float *X, in
 
 typedef void (*tile_fn)(const void *, int, int64_t, const float *, int64_t, int, int, int, float *, int64_t, int);
 
-/* Y [n, rows r0..r1) = X [n, cols] @ W^T; rowbuf holds TILE_R decoded rows. */
-void eng_cpu_matmul_rows(const eng_w_t *w, const float *x, int n, float *y, int64_t r0, int64_t r1,
+static int uses_amx(const eng_w_t *w) { return K.amx && w->dt == ENG_DT_BF16; }
+
+size_t eng_cpu_xprep_bytes(const eng_w_t *w, int n) {
+    k_ready();
+    return uses_amx(w) && n > 0 ? eng_cpu_amx_xbytes(n, w->cols) : 0;
+}
+
+void eng_cpu_xprep(const eng_w_t *w, const float *x, int n, void *xp) {
+    k_ready();
+    if (uses_amx(w)) eng_cpu_amx_xprep(x, n, w->cols, xp);
+}
+
+size_t eng_cpu_rowbuf_floats(const eng_w_t *w, int n) {
+    k_ready();
+    size_t a = 4 * (size_t)w->cols, b = uses_amx(w) ? eng_cpu_amx_scratch_floats(n, w->cols) : 0;
+    return a > b ? a : b;
+}
+
+int64_t eng_cpu_chunk_rows(const eng_w_t *w, int n) {
+    k_ready();
+    if (uses_amx(w)) /* tiles 16x cheaper than FMA: fewer, larger chunks re-read x less */
+        return n <= 16 ? 64 : n <= 64 ? 128 : 256;
+    int64_t per = w->cols * (int64_t)n, rows = per > 0 ? ENG_CPU_CHUNK_COST / per : w->rows;
+    rows = (rows + 15) / 16 * 16;
+    return rows < 16 ? 16 : rows;
+}
+
+/* Y [n, rows r0..r1) = X [n, cols] @ W^T; rowbuf holds TILE_R decoded rows;
+ * xp: x prepared by eng_cpu_xprep when eng_cpu_xprep_bytes(w, n) > 0. */
+void eng_cpu_matmul_rows(const eng_w_t *w, const float *x, const void *xp, int n, float *y, int64_t r0, int64_t r1,
                          float *rowbuf) {
     k_ready();
-    tile_fn tile = !strcmp(K.isa, "avx512") ? tile_avx512 : !strcmp(K.isa, "avx2") ? tile_avx2 : tile_scalar;
+    if (uses_amx(w)) {
+        eng_cpu_amx_rows(w->data, w->cols, xp, n, y, w->rows, r0, r1, rowbuf);
+        return;
+    }
+    tile_fn tile = !strcmp(K.isa, "avx512") || K.amx ? tile_avx512 : !strcmp(K.isa, "avx2") ? tile_avx2 : tile_scalar;
     int64_t C = w->cols, R = w->rows;
     int direct = w->dt == ENG_DT_F32 || w->dt == ENG_DT_BF16, bf16 = w->dt == ENG_DT_BF16;
     size_t es = w->dt == ENG_DT_F32 ? 4 : 2;

@@ -18,7 +18,7 @@
  * It fails loudly: each mismatch prints the model, step and sizes.
  *
  * Every line names the instruction set the kernels ran on, and the run fails
- * when that is not the one asked for: TOLLGATE_ENGINE_ISA=avx512|avx2|scalar,
+ * when that is not the one asked for: TOLLGATE_ENGINE_ISA=amx|avx512|avx2|scalar,
  * or, unset, the best this CPU has.  A set ISA this CPU lacks is a recorded
  * skip (TG_SKIP), never a silent fallback; any other value fails. */
 #include <cjson/cJSON.h>
@@ -27,6 +27,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include "../unit/tg_test.h"
 #include "eng.h"
@@ -45,19 +47,23 @@ static bool cpu_has(const char *isa) {
     bool has2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
     if (!strcmp(isa, "scalar")) return true;
     if (!strcmp(isa, "avx2")) return has2;
-    return has2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512vl");
+    bool has512 = has2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                  __builtin_cpu_supports("avx512vl");
+    if (!strcmp(isa, "avx512")) return has512;
+    /* amx: the tiles, and Linux's permission to use them (once per process) */
+    return has512 && __builtin_cpu_supports("amx-tile") && __builtin_cpu_supports("amx-bf16") &&
+           syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XTILEDATA */) == 0;
 }
 
 /* Sets want_backend from TOLLGATE_ENGINE_ISA.  0: run; 1: skip (recorded);
  * -1: a value the engine does not know (a failure). */
 static int want_isa(void) {
     const char *isa = getenv("TOLLGATE_ENGINE_ISA");
-    if (isa && strcmp(isa, "avx512") && strcmp(isa, "avx2") && strcmp(isa, "scalar")) {
-        fprintf(stderr, "TOLLGATE_ENGINE_ISA=%s: not one of avx512, avx2, scalar\n", isa);
+    if (isa && strcmp(isa, "amx") && strcmp(isa, "avx512") && strcmp(isa, "avx2") && strcmp(isa, "scalar")) {
+        fprintf(stderr, "TOLLGATE_ENGINE_ISA=%s: not one of amx, avx512, avx2, scalar\n", isa);
         return -1;
     }
-    if (!isa) isa = cpu_has("avx512") ? "avx512" : cpu_has("avx2") ? "avx2" : "scalar";
+    if (!isa) isa = cpu_has("amx") ? "amx" : cpu_has("avx512") ? "avx512" : cpu_has("avx2") ? "avx2" : "scalar";
     snprintf(want_backend, sizeof want_backend, "cpu/%s", isa);
     if (!cpu_has(isa)) {
         char why[96];

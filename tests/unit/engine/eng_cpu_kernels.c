@@ -1,0 +1,167 @@
+/* tests/unit/engine/eng_cpu_kernels.c — the matmul kernels of every ISA level
+ * (engine/cpu/eng_cpu_kernels.c, eng_cpu_amx.c) against a double-precision
+ * reference on random bf16 and f32 weights, ragged shapes (row, column and
+ * token tails), and bit-exact invariance: a token's outputs alone equal its
+ * outputs in a batch, and rows computed in two chunks equal one call.
+ *
+ * The ISA is chosen once per process, so the test runs itself once per level
+ * (a child per TOLLGATE_ENGINE_ISA value); a level this CPU lacks is a
+ * recorded skip. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "../tg_test.h"
+#include "eng_cpu.h"
+
+static uint64_t rng = 0x9e3779b97f4a7c15ull;
+
+static double urand(void) { /* [-1, 1) */
+    rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+    return (double)(rng >> 11) / (double)(1ull << 52) - 1.0;
+}
+
+static uint16_t to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return (uint16_t)((u + 0x7fff + ((u >> 16) & 1)) >> 16);
+}
+
+/* Y [n, R] through the public path, rows [0, split) and [split, R) as two
+ * chunks (split 0: one call) */
+static int run_mm(const eng_w_t *w, const float *x, int n, float *y, int64_t split) {
+    size_t xb = eng_cpu_xprep_bytes(w, n);
+    void *xp = NULL;
+    float *rb = malloc(eng_cpu_rowbuf_floats(w, n) * sizeof(float));
+    if (xb && !(xp = aligned_alloc(64, (xb + 63) / 64 * 64))) return -1;
+    if (!rb) return -1;
+    if (xp) eng_cpu_xprep(w, x, n, xp);
+    if (split > 0 && split < w->rows) {
+        eng_cpu_matmul_rows(w, x, xp, n, y, 0, split, rb);
+        eng_cpu_matmul_rows(w, x, xp, n, y, split, w->rows, rb);
+    } else {
+        eng_cpu_matmul_rows(w, x, xp, n, y, 0, w->rows, rb);
+    }
+    free(xp);
+    free(rb);
+    return 0;
+}
+
+static void check_shape(int dt, int64_t R, int64_t C, int n) {
+    eng_w_t w;
+    memset(&w, 0, sizeof w);
+    w.dt = dt;
+    w.rows = R;
+    w.cols = C;
+    size_t es = dt == ENG_DT_BF16 ? 2 : 4;
+    void *W = malloc((size_t)R * C * es);
+    float *Wf = malloc((size_t)R * C * sizeof(float)), *x = malloc((size_t)n * C * sizeof(float));
+    float *y = malloc((size_t)n * R * sizeof(float)), *y2 = malloc((size_t)n * R * sizeof(float));
+    float *y1 = malloc((size_t)R * sizeof(float));
+    for (int64_t i = 0; i < R * C; i++) {
+        float f = (float)urand();
+        if (dt == ENG_DT_BF16) {
+            ((uint16_t *)W)[i] = to_bf16(f);
+            Wf[i] = eng_bf16_to_f32(((uint16_t *)W)[i]);
+        } else {
+            ((float *)W)[i] = Wf[i] = f;
+        }
+    }
+    /* activations over several binades, as hidden states are */
+    for (int64_t i = 0; i < (int64_t)n * C; i++) x[i] = (float)(urand() * ldexp(1.0, (int)(urand() * 6)));
+    w.data = W;
+    CHECK_EQ_I(run_mm(&w, x, n, y, 0), 0);
+    double worst = 0;
+    for (int t = 0; t < n; t++)
+        for (int64_t r = 0; r < R; r++) {
+            double ref = 0, mag = 0;
+            for (int64_t k = 0; k < C; k++) {
+                ref += (double)Wf[r * C + k] * x[(int64_t)t * C + k];
+                mag += fabs((double)Wf[r * C + k] * x[(int64_t)t * C + k]);
+            }
+            double e = fabs(y[(int64_t)t * R + r] - ref) / (mag > 0 ? mag : 1);
+            worst = e > worst ? e : worst;
+        }
+    /* fp32 accumulation of exact products: ~1e-7 of sum |w x|; the AMX split
+     * of x into bf16 hi + lo adds ~2^-17 per product */
+    if (worst >= 3e-5)
+        fprintf(stderr, "%s dt %d R %lld C %lld n %d: error %.3g of sum |w x|\n", eng_cpu_isa(), dt, (long long)R,
+                (long long)C, n, worst);
+    CHECK(worst < 3e-5);
+    /* rows in two chunks (at a multiple of 16, as the pool cuts them) */
+    int64_t split = R > 16 ? (R / 2 + 15) / 16 * 16 : 0;
+    CHECK_EQ_I(run_mm(&w, x, n, y2, split), 0);
+    CHECK(!memcmp(y, y2, (size_t)n * R * sizeof(float)));
+    /* each token alone gives its batched outputs bit for bit */
+    int same = 1;
+    for (int t = 0; t < n; t++) {
+        CHECK_EQ_I(run_mm(&w, x + (int64_t)t * C, 1, y1, 0), 0);
+        same &= !memcmp(y1, y + (int64_t)t * R, (size_t)R * sizeof(float));
+    }
+    CHECK(same);
+    free(W);
+    free(Wf);
+    free(x);
+    free(y);
+    free(y1);
+    free(y2);
+}
+
+static void test_matmul(void) {
+    static const struct {
+        int64_t R, C;
+        int n;
+    } shapes[] = {{1, 1, 1},    {5, 31, 3},    {17, 33, 17},   {70, 100, 5},  {64, 257, 40},
+                  {33, 2053, 1}, {130, 600, 33}, {16, 4096, 16}, {200, 64, 70}, {96, 2048, 2}};
+    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
+        check_shape(ENG_DT_BF16, shapes[i].R, shapes[i].C, shapes[i].n);
+        check_shape(ENG_DT_F32, shapes[i].R, shapes[i].C, shapes[i].n);
+    }
+}
+
+static const char *isa_want;
+
+static void test_isa(void) {
+    CHECK_EQ_S(eng_cpu_isa(), isa_want);
+    printf("kernels on %s\n", eng_cpu_isa());
+}
+
+/* the levels engine/cpu/eng_cpu_kernels.c dispatches to, best first */
+static const char *levels[] = {"amx", "avx512", "avx2", "scalar"};
+
+int main(int argc, char **argv) {
+    if (argc == 2) { /* a child: one level */
+        isa_want = argv[1];
+        setenv("TOLLGATE_ENGINE_ISA", isa_want, 1);
+        if (strcmp(eng_cpu_isa(), isa_want)) {
+            char why[96];
+            snprintf(why, sizeof why, "TOLLGATE_ENGINE_ISA=%s: this CPU lacks it (kernels on %s)", isa_want,
+                     eng_cpu_isa());
+            TG_SKIP(why);
+            return 0;
+        }
+        test_isa();
+        test_matmul();
+        printf("%s (%s): %d checks, %d failed, %d skipped\n", __FILE__, isa_want, tg_test_checks, tg_test_fails,
+               tg_test_skips);
+        return tg_test_fails ? 1 : 0;
+    }
+    int failed = 0;
+    for (size_t i = 0; i < sizeof levels / sizeof levels[0]; i++) {
+        fflush(stdout);
+        pid_t p = fork();
+        if (p == 0) {
+            execl("/proc/self/exe", argv[0], levels[i], (char *)NULL);
+            _exit(127);
+        }
+        int st = 0;
+        if (p < 0 || waitpid(p, &st, 0) != p || !WIFEXITED(st) || WEXITSTATUS(st)) {
+            fprintf(stderr, "%s: level %s failed\n", __FILE__, levels[i]);
+            failed = 1;
+        }
+    }
+    return failed;
+}
