@@ -161,6 +161,8 @@ void gw_sse_release(gw_sse_t *s);
 void gw_uuid7(char out[37]);
 /* Same, with a given Unix time in ms (for tests). */
 void gw_uuid7_at(char out[37], uint64_t unix_ms);
+/* n bytes from the kernel's CSPRNG (through a per-thread pool). */
+void gw_uuid_random_bytes(unsigned char *p, size_t n);
 
 int64_t gw_now_us(void); /* CLOCK_REALTIME microseconds */
 
@@ -373,6 +375,8 @@ struct gw_loop {
     gw_loop_snap_t snap;
     struct event *stop_ev;     /* shut down (activated from the signal's loop) */
     struct tg_work *work;      /* the loop's worker thread: access-log writes, large prompts' counts */
+    gw_buf_t alog;             /* access-log lines not yet handed to `work` (gw_log.c) */
+    struct event *alog_ev;     /* hands them over GW_LOG_FLUSH_MS after the first */
     pthread_t thread;          /* loops after the first run on their own thread */
     int started;
 };
@@ -539,6 +543,15 @@ int64_t gw_settle_prompt_count(gw_req_t *r);
 
 /* gw_log.c: the access log (one JSON line per request) */
 void gw_log_request(gw_req_t *r);
+struct event_base *gw_event_base_new(void);
+/* Lines are gathered per loop and written by its worker thread in batches: at
+ * GW_LOG_BATCH bytes, GW_LOG_FLUSH_MS after the first line of a batch, and
+ * when the loop stops (gw_log_flush). */
+#define GW_LOG_BATCH 65536
+#define GW_LOG_FLUSH_MS 100
+int gw_log_init(gw_loop_t *l);
+void gw_log_flush(gw_loop_t *l);
+void gw_log_release(gw_loop_t *l);
 /* Prompts above this many body bytes are counted on the loop's worker thread. */
 #define GW_COUNT_OFFLOOP_BYTES 65536
 

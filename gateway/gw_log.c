@@ -5,6 +5,8 @@
 #include <string.h>
 #include <time.h>
 
+#include <event2/event.h>
+
 #include "gw-int.h"
 #include "tg_work.h"
 
@@ -15,7 +17,7 @@ typedef struct {
 
 static void gw_log_write(void *arg) {
     gw_log_job_t *j = arg;
-    fwrite(j->b.p, 1, j->b.len, j->f); /* stdio locks the stream: the loops' lines do not mix */
+    fwrite(j->b.p, 1, j->b.len, j->f); /* stdio locks the stream: a batch holds whole lines, the loops' do not mix */
     fflush(j->f);
 }
 
@@ -26,9 +28,9 @@ static void gw_log_free(void *arg) {
 }
 
 void gw_log_request(gw_req_t *r) {
-    FILE *f = r->srv->alog;
-    if (!f) return;
-    gw_buf_t b = {0};
+    gw_loop_t *l = r->loop;
+    if (!r->srv->alog) return;
+    gw_buf_t b = l->alog; /* appended to the loop's batch */
     time_t sec = (time_t)(r->received_us / 1000000);
     struct tm tm;
     gmtime_r(&sec, &tm);
@@ -58,16 +60,48 @@ void gw_log_request(gw_req_t *r) {
     gw_buf_printf(&b, ",\"ttfb_ms\":%.3f,\"duration_ms\":%.3f}\n",
                   r->first_byte_us ? (r->first_byte_us - r->received_us) / 1000.0 : -1.0,
                   (r->finished_us - r->received_us) / 1000.0);
-    if (!b.p) return;
-    /* written on the loop's worker thread, in order (one thread) */
+    l->alog = b;
+    if (l->alog.len >= GW_LOG_BATCH || !l->alog_ev) gw_log_flush(l);
+    else if (!evtimer_pending(l->alog_ev, NULL)) {
+        struct timeval tv = {0, GW_LOG_FLUSH_MS * 1000};
+        evtimer_add(l->alog_ev, &tv);
+    }
+}
+
+/* Hand the batch to the loop's worker thread (written there, in order: one
+ * thread); without one, or out of memory, write it here. */
+void gw_log_flush(gw_loop_t *l) {
+    FILE *f = l->srv->alog;
+    if (!l->alog.len || !f) return;
+    if (l->alog_ev) evtimer_del(l->alog_ev);
     gw_log_job_t *j = malloc(sizeof *j);
     if (j) {
         j->f = f;
-        j->b = b;
-        if (r->loop->work && tg_work_submit(r->loop->work, gw_log_write, gw_log_free, j) == 0) return;
+        j->b = l->alog;
+        memset(&l->alog, 0, sizeof l->alog);
+        if (l->work && tg_work_submit(l->work, gw_log_write, gw_log_free, j) == 0) return;
+        l->alog = j->b;
         free(j);
     }
-    fwrite(b.p, 1, b.len, f);
+    fwrite(l->alog.p, 1, l->alog.len, f);
     fflush(f);
-    gw_buf_free(&b);
+    l->alog.len = 0;
+}
+
+static void gw_log_on_timer(evutil_socket_t fd, short what, void *arg) {
+    (void)fd;
+    (void)what;
+    gw_log_flush(arg);
+}
+
+int gw_log_init(gw_loop_t *l) {
+    l->alog_ev = evtimer_new(l->base, gw_log_on_timer, l);
+    return l->alog_ev ? GW_OK : GW_ERROR;
+}
+
+/* Before the loop's worker thread stops: what is gathered goes to it. */
+void gw_log_release(gw_loop_t *l) {
+    gw_log_flush(l);
+    if (l->alog_ev) event_free(l->alog_ev);
+    l->alog_ev = NULL;
 }

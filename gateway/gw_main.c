@@ -39,7 +39,7 @@ int main(int argc, char **argv) {
         return 2;
     }
     evthread_use_pthreads(); /* loops wake each other (event_active across threads) */
-    struct event_base *base = event_base_new();
+    struct event_base *base = gw_event_base_new();
     if (!base) {
         fprintf(stderr, "tollgate: event_base_new failed\n");
         gw_config_free(cfg);

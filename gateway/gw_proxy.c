@@ -59,7 +59,7 @@ static void gw_up_on_event(struct bufferevent *bev, short what, void *arg);
  * request fully written on a connection that then closed unanswered may have
  * run: it is answered 502, never sent again. */
 
-#define GW_UP_MAX_IDLE 16
+#define GW_UP_MAX_IDLE 1024
 
 typedef struct gw_upconn {
     struct gw_upconn *next;

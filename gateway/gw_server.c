@@ -68,6 +68,17 @@ void gw_server_shutdown(gw_server_t *s) {
     }
 }
 
+/* An event loop's base.  epoll's change list folds the enable/disable pairs
+ * a bufferevent makes within one loop iteration into one epoll_ctl (or none). */
+struct event_base *gw_event_base_new(void) {
+    struct event_config *ec = event_config_new();
+    if (!ec) return NULL;
+    event_config_set_flag(ec, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);
+    struct event_base *b = event_base_new_with_config(ec);
+    event_config_free(ec);
+    return b;
+}
+
 /* One loop's own parts: billing, the Redis limiter, worker state, the
  * listener. */
 static int gw_loop_init(gw_loop_t *l, gw_server_t *s, int index, struct event_base *base, const char *token,
@@ -78,6 +89,7 @@ static int gw_loop_init(gw_loop_t *l, gw_server_t *s, int index, struct event_ba
     l->base = base;
     if (!(l->stop_ev = event_new(base, -1, 0, gw_on_stop, l))) return GW_ERROR;
     if (!(l->work = tg_work_new(base, 1))) return GW_ERROR;
+    if (gw_log_init(l) != GW_OK) return GW_ERROR;
     if (!(l->up = calloc((size_t)cfg->nworkers, sizeof *l->up))) return GW_ERROR;
     for (int i = 0; i < cfg->nworkers; i++) {
         l->up[i].cfg = &cfg->workers[i];
@@ -161,7 +173,9 @@ static void gw_loop_release(gw_loop_t *l) {
     if (!l->srv) return;
     l->shutting_down = 1;
     while (l->conns) gw_conn_free(l->conns); /* settles what was in flight */
-    tg_work_free(l->work); /* access-log lines written; counts of freed requests dropped */
+    gw_log_release(l);     /* the gathered access-log lines go to the worker thread ... */
+    tg_work_free(l->work); /* ... which writes them; counts of freed requests dropped */
+    gw_buf_free(&l->alog);
     l->work = NULL;
     if (l->lis) evconnlistener_free(l->lis);
     if (l->up) gw_proxy_close_idle(l);
@@ -263,7 +277,7 @@ gw_server_t *gw_server_new(struct event_base *base, const gw_config_t *cfg, char
     if (!(s->backoff = calloc((size_t)cfg->nworkers + 1, sizeof *s->backoff))) goto fail;
     if (!(s->loops = calloc((size_t)s->nloops, sizeof *s->loops))) goto fail;
     for (int i = 0; i < s->nloops; i++) {
-        struct event_base *lb = i == 0 ? base : event_base_new();
+        struct event_base *lb = i == 0 ? base : gw_event_base_new();
         if (!lb) goto fail;
         if (gw_loop_init(&s->loops[i], s, i, lb, token, secret, err, errlen) != GW_OK) {
             if (!s->loops[i].srv && i > 0) event_base_free(lb);

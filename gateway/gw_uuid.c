@@ -21,12 +21,25 @@ static pthread_mutex_t gw_uuid_lock = PTHREAD_MUTEX_INITIALIZER;
 static uint64_t gw_uuid_last_ms;
 static unsigned gw_uuid_seq;
 
+/* Random bytes come from a per-thread pool filled 4 KiB at a time from the
+ * kernel's CSPRNG: one getrandom call per 256 ids, not one per id. */
+static __thread unsigned char gw_uuid_pool[4096];
+static __thread size_t gw_uuid_pool_fill, gw_uuid_pool_left;
+
 static void gw_uuid_random(unsigned char *p, size_t n) {
     size_t got = 0;
     while (got < n) {
-        ssize_t r = getrandom(p + got, n - got, 0);
-        if (r <= 0) break;
-        got += (size_t)r;
+        if (!gw_uuid_pool_left) {
+            ssize_t r = getrandom(gw_uuid_pool, sizeof gw_uuid_pool, 0);
+            if (r <= 0) break;
+            gw_uuid_pool_fill = gw_uuid_pool_left = (size_t)r;
+        }
+        size_t k = n - got < gw_uuid_pool_left ? n - got : gw_uuid_pool_left;
+        unsigned char *src = gw_uuid_pool + gw_uuid_pool_fill - gw_uuid_pool_left;
+        memcpy(p + got, src, k);
+        memset(src, 0, k); /* a byte is used once */
+        gw_uuid_pool_left -= k;
+        got += k;
     }
     if (got < n) { /* never expected; still produce a valid id */
         uint64_t x = (uint64_t)gw_now_us() * 6364136223846793005ULL + 1442695040888963407ULL;
@@ -36,6 +49,8 @@ static void gw_uuid_random(unsigned char *p, size_t n) {
         }
     }
 }
+
+void gw_uuid_random_bytes(unsigned char *p, size_t n) { gw_uuid_random(p, n); }
 
 void gw_uuid7_at(char out[37], uint64_t ms) {
     unsigned char b[16];

@@ -51,8 +51,10 @@ mkdir -p "$V/tls" "$V/log" "$V/spool" "$V/nginx"
 rm -rf "$PGD"
 PGBIN=$PGBIN bash tests/billing/pg.sh start "$PGD" "$P_PG" >"$V/log/pg-setup.log" 2>&1 || die "PostgreSQL (see $V/log/pg-setup.log)"
 redis-server --port "$P_REDIS" --bind 127.0.0.1 --save "" --appendonly no --logfile "$V/log/redis.log" &
+REDIS_PID=$!
 pids+=($!)
 "$UPSTREAM_BIN" "$P_UP" >"$V/log/upstream.log" 2>&1 &
+UP_PID=$!
 pids+=($!)
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 -subj /CN=localhost \
     -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" -keyout "$V/tls/key.pem" -out "$V/tls/cert.pem" >/dev/null 2>&1
@@ -78,6 +80,7 @@ cat >"$V/tollgate.json" <<JSON
 }
 JSON
 "$BIN" --config "$V/tollgate.json" >"$V/log/tollgate.log" 2>&1 &
+GW_PID=$!
 pids+=($!)
 
 cat >"$V/nginx/nginx.conf" <<NGINX
@@ -135,8 +138,20 @@ measure() {
         /Non-2xx/ { bad = $NF }
         END { printf "%.0f %.3f %.3f %d\n", rps, p50, p99, bad + 0 }'
 }
+# CPU ticks (user+system, all threads) of each party: "tollgate nginx postgres redis upstream"
+ticks() { local t=0 p; for p in "$@"; do [ -r /proc/$p/stat ] && t=$((t + $(awk '{ print $14 + $15 }' /proc/$p/stat))); done; echo $t; }
+cpu_snapshot() {
+    local pm
+    pm=$(head -n 1 "$PGD/postmaster.pid" 2>/dev/null || echo 0)
+    echo "$(ticks "$GW_PID") $(ticks $(pgrep -f "nginx: (master|worker)" | tr '\n' ' ')) $(ticks "$pm" $(pgrep -P "$pm" | tr '\n' ' ')) $(ticks "$REDIS_PID") $(ticks "$UP_PID")"
+}
 median() { sort -n | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
+if [ -n "${HOLD:-}" ]; then # for profiling by hand: the stack stays up until this script is stopped
+    printf 'P_NGINX=%s P_GW=%s P_ADMIN=%s GW_PID=%s V=%s\n' "$P_NGINX" "$P_GW" "$P_ADMIN" "$GW_PID" "$V" >"$V/hold.env"
+    echo "bench-gateway: holding; see $V/hold.env" >&2
+    while :; do sleep 1; done
+fi
 measure "$P_NGINX" 3s >/dev/null # warm-up: connections, caches
 measure "$P_GW" 3s >/dev/null
 echo "bench-gateway: $(nproc) cores, wrk -t$THREADS -c$CONNS -d$DURATION, $ROUNDS rounds (nginx, then tollgate)"
@@ -147,8 +162,15 @@ for r in $(seq "$ROUNDS"); do
     for p in nginx tollgate; do
         port=$P_NGINX
         [ $p = tollgate ] && port=$P_GW
+        before=$(cpu_snapshot) perf_pid=
+        if [ -n "${PERF:-}" ] && [ $p = tollgate ] && [ "$r" = 1 ]; then
+            perf record -F 999 -g -p "$GW_PID" -o "$V/perf.data" -- sleep 5 >/dev/null 2>&1 &
+            perf_pid=$!
+        fi
         read -r rps p50 p99 bad < <(measure "$port" "$DURATION")
+        [ -z "$perf_pid" ] || wait "$perf_pid" 2>/dev/null || true
         echo "$rps $p50 $p99 $bad" >>"$V/$p.runs"
+        echo "$p $rps ${DURATION%s} $before $(cpu_snapshot)" >>"$V/cpu.runs"
         printf "%-6s %-9s %10s %9s %9s %7s\n" "$r" $p "$rps" "$p50" "$p99" "$bad"
     done
 done
@@ -162,6 +184,19 @@ printf "  nginx     %10.0f req/s  p50 %7.3f ms  p99 %7.3f ms\n" "$nginx_rps" "$n
 printf "  tollgate  %10.0f req/s  p50 %7.3f ms  p99 %7.3f ms\n" "$tollgate_rps" "$tollgate_p50" "$tollgate_p99"
 awk -v a="$tollgate_rps" -v b="$nginx_rps" -v c="$tollgate_p99" -v d="$nginx_p99" \
     'BEGIN { printf "  tollgate/nginx: %.2fx throughput, p99 %+.3f ms\n", a / b, c - d }'
+# CPU per request of each party, from /proc ticks over each run (medians over rounds)
+echo "CPU microseconds per request (median over rounds; wrk's own CPU not counted):"
+hz=$(getconf CLK_TCK)
+printf "  %-9s %9s %9s %9s %9s %9s\n" run tollgate nginx postgres redis upstream
+for p in nginx tollgate; do
+    awk -v p=$p -v hz="$hz" '$1 == p {
+            n = $2 * $3; if (n == 0) n = 1
+            for (i = 0; i < 5; i++) printf "%.1f ", ($(9 + i) - $(4 + i)) / hz * 1e6 / n
+            printf "\n" }' "$V/cpu.runs" >"$V/cpu.$p"
+    printf "  %-9s" $p
+    for c in 1 2 3 4 5; do printf " %9s" "$(cut -d' ' -f$c "$V/cpu.$p" | median)"; done
+    printf "\n"
+done
 rows=$(psql -X -tA -h 127.0.0.1 -p "$P_PG" -U tollgate -d tollgate -c "SELECT count(*) FROM usage" 2>/dev/null || echo "?")
 echo "  usage rows written by tollgate: $rows"
 
