@@ -64,6 +64,7 @@ typedef struct {
     int64_t trem, treset;     /* tokens remaining, ms until full */
     int64_t retry;            /* when !ok: ms until it could pass; -1 never */
     int64_t inflight;         /* concurrency slots in use (after a take) */
+    int64_t gr, gt, gc;       /* granted to the loop's quota lease: requests, tokens, slots */
 } gw_rl_verdict_t;
 
 /* Operations of the script and of the local table. */
@@ -74,6 +75,8 @@ enum {
     GW_RL_OP_UNDO,      /* a take another subject refused: one request and n tokens back, slot freed */
     GW_RL_OP_RENEW,     /* extend the request's concurrency lease */
     GW_RL_OP_FORCE,     /* local only: take without checking (mirror of a Redis decision) */
+    GW_RL_OP_LRET,      /* Redis only: a quota lease gives back requests, tokens and slots */
+    GW_RL_OP_LRENEW,    /* Redis only: extend a quota lease's slots */
 };
 
 /* ---- the in-process limiter (gw_rl_local.c) -------------------------------
@@ -169,6 +172,7 @@ typedef struct {
     uint64_t fail_closed;     /* refused with 503 (redis_fail_closed) */
     uint64_t auth_throttled;  /* answered 429 by the failed-auth throttle */
     uint64_t auth_blocks;     /* addresses blocked */
+    uint64_t lease_admits;    /* admitted from the loop's quota leases, no Redis round trip */
 } gw_rl_stats_t;
 
 typedef struct {

@@ -38,9 +38,15 @@
 #include "gw-int.h"
 
 /* KEYS[1] tg:rl:{x:id} (hash: rd rt rl td tt tl), KEYS[2] tg:conc:{x:id} (zset)
- * ARGV op, rpm, tpm, conc, n (tokens), member (request id), lease_ms
+ * ARGV op, rpm, tpm, conc, n (tokens), member (request id), lease_ms, and for
+ *      take: quota lease name, requests, tokens and slots wanted beyond the
+ *            request's own, index of the lease's first new slot;
+ *      lret: lease name, requests given back, slots [from, to) given back
+ *            (n tokens given back);
+ *      lrenew: lease name, slots [0, to) renewed
  * -> {ok, why, requests remaining, ms until full, tokens remaining, ms until
- *     full, retry ms (-1 never), in flight} */
+ *     full, retry ms (-1 never), in flight, requests, tokens and slots granted
+ *     to the lease} */
 const char gw_rl_script[] =
     "local h, z = KEYS[1], KEYS[2]\n"
     "local op = ARGV[1]\n"
@@ -54,7 +60,12 @@ const char gw_rl_script[] =
     "    redis.call('ZADD', z, now + lease, member)\n"
     "    redis.call('PEXPIRE', z, lease)\n"
     "  end\n"
-    "  return {1, 0, 0, 0, 0, 0, 0, 0}\n"
+    "  return {1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}\n"
+    "end\n"
+    "if op == 'lrenew' then\n" /* slots that expired are not made again */
+    "  for j = 0, tonumber(ARGV[10]) - 1 do redis.call('ZADD', z, 'XX', now + lease, ARGV[8] .. ':' .. j) end\n"
+    "  redis.call('PEXPIRE', z, lease)\n"
+    "  return {1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}\n"
     "end\n"
     "local function idiv(a, b)\n" /* exact floor(a / b), 0 <= a < 2^53, b > 0 */
     "  local q = math.floor(a / b)\n"
@@ -97,6 +108,7 @@ const char gw_rl_script[] =
     "  return 0\n"
     "end\n"
     "local ok, why, wait, inflight = 1, 0, 0, 0\n"
+    "local gr, gt, gc = 0, 0, 0\n"
     "if op == 'take' or op == 'peek' then\n"
     "  if n < 0 then n = 0 end\n"
     "  if conc > 0 then\n"
@@ -114,7 +126,32 @@ const char gw_rl_script[] =
     "      redis.call('PEXPIRE', z, lease)\n"
     "      inflight = inflight + 1\n"
     "    end\n"
+    /* a quota lease: at most a sixteenth of what is left, so that a limit
+     * near its end is decided request by request, here */
+    "    if ARGV[8] then\n"
+    "      if rpm > 0 then\n"
+    "        local room = idiv(rpm * W - math.min(rd, rpm * W), W)\n"
+    "        if room >= 64 then gr = math.min(tonumber(ARGV[9]), idiv(room, 16)) end\n"
+    "        rd = charge(rd, gr)\n"
+    "      end\n"
+    "      if tpm > 0 then\n"
+    "        local room = idiv(tpm * W - math.min(td, tpm * W), W)\n"
+    "        if room >= 4096 then gt = math.min(tonumber(ARGV[10]), idiv(room, 16)) end\n"
+    "        td = charge(td, gt)\n"
+    "      end\n"
+    "      if conc > 0 then\n"
+    "        local room = conc - math.min(inflight, conc)\n"
+    "        if room >= 64 then gc = math.min(tonumber(ARGV[11]), idiv(room, 16)) end\n"
+    "        local base = tonumber(ARGV[12])\n"
+    "        for j = base, base + gc - 1 do redis.call('ZADD', z, now + lease, ARGV[8] .. ':' .. j) end\n"
+    "        inflight = inflight + gc\n"
+    "      end\n"
+    "    end\n"
     "  end\n"
+    "elseif op == 'lret' then\n"
+    "  if rpm > 0 then rd = charge(rd, -tonumber(ARGV[9])) end\n"
+    "  if tpm > 0 then td = charge(td, -n) end\n"
+    "  for j = tonumber(ARGV[10]), tonumber(ARGV[11]) - 1 do redis.call('ZREM', z, ARGV[8] .. ':' .. j) end\n"
     "else\n" /* done, undo */
     "  if op == 'undo' and rpm > 0 then rd = charge(rd, -1) end\n"
     "  if tpm > 0 then td = charge(td, -n) end\n"
@@ -140,9 +177,9 @@ const char gw_rl_script[] =
     "  if tpm * W > td then trem = idiv(tpm * W - td, W) end\n"
     "  if td > 0 then tres = cdiv(td, tpm) end\n"
     "end\n"
-    "return {ok, why, rrem, rres, trem, tres, wait, inflight}\n";
+    "return {ok, why, rrem, rres, trem, tres, wait, inflight, gr, gt, gc}\n";
 
-static const char *const op_names[] = {"take", "peek", "done", "undo", "renew"};
+static const char *const op_names[] = {"take", "peek", "done", "undo", "renew", "force", "lret", "lrenew"};
 
 typedef struct {
     char kind;                 /* 'k' key, 'c' customer */
@@ -150,6 +187,8 @@ typedef struct {
     gw_rl_limits_t lim;
     char hkey[48], zkey[48];
 } gw_rl_subj_t;
+
+typedef struct gw_rl_lease gw_rl_lease_t;
 
 struct gw_rl {
     struct event_base *base;
@@ -164,6 +203,10 @@ struct gw_rl {
     gw_rl_call_t *held;        /* admitted calls holding a Redis lease */
     gw_rl_stats_t st;
     int freeing;
+    gw_rl_lease_t *leases[256]; /* quota leases by subject (GW_RL_LEASE_BUCKETS) */
+    size_t nleases;
+    char lease_tag[24];        /* random: names this loop's leases in Redis */
+    uint64_t lease_seq;
 };
 
 struct gw_rl_call {
@@ -187,6 +230,10 @@ struct gw_rl_call {
     int redis_took[2];         /* Redis took for this subject: correct TPM there too */
     int local_took;            /* the in-process table holds this request */
     int leased;                /* in rl->held */
+    gw_rl_lease_t *lease[2];   /* the loop's quota lease of each subject (NULL: none) */
+    int lease_took[2];         /* admitted from it, no Redis call */
+    int refill[2];             /* the take asked for more for the lease */
+    int from_leases;           /* every subject admitted from a lease: answered from the timer */
     gw_rl_call_t *prev, *next;
     gw_rl_result_t res;
 };
@@ -195,8 +242,8 @@ static int64_t now_ms(void) { return gw_now_us() / 1000; }
 
 /* ---- Redis calls ----------------------------------------------------------- */
 
-static gw_redis_op_t *send_op(gw_rl_t *rl, const gw_rl_subj_t *s, int op, int64_t n, const char *member,
-                              gw_redis_cb cb, void *arg) {
+static gw_redis_op_t *send_opx(gw_rl_t *rl, const gw_rl_subj_t *s, int op, int64_t n, const char *member,
+                               int nx, const char *const *x, gw_redis_cb cb, void *arg) {
     char a[5][24];
     snprintf(a[0], sizeof a[0], "%lld", (long long)s->lim.rpm);
     snprintf(a[1], sizeof a[1], "%lld", (long long)s->lim.tpm);
@@ -204,8 +251,14 @@ static gw_redis_op_t *send_op(gw_rl_t *rl, const gw_rl_subj_t *s, int op, int64_
     snprintf(a[3], sizeof a[3], "%lld", (long long)n);
     snprintf(a[4], sizeof a[4], "%lld", (long long)rl->o.lease_ms);
     const char *keys[2] = {s->hkey, s->zkey};
-    const char *args[7] = {op_names[op], a[0], a[1], a[2], a[3], member, a[4]};
-    return gw_redis_eval(rl->redis, 2, keys, 7, args, cb, arg);
+    const char *args[12] = {op_names[op], a[0], a[1], a[2], a[3], member, a[4]};
+    for (int i = 0; i < nx && i < 5; i++) args[7 + i] = x[i];
+    return gw_redis_eval(rl->redis, 2, keys, 7 + (nx < 5 ? nx : 5), args, cb, arg);
+}
+
+static gw_redis_op_t *send_op(gw_rl_t *rl, const gw_rl_subj_t *s, int op, int64_t n, const char *member,
+                              gw_redis_cb cb, void *arg) {
+    return send_opx(rl, s, op, n, member, 0, NULL, cb, arg);
 }
 
 static void on_fire_and_forget(struct redisReply *rep, void *arg) { (void)rep, (void)arg; }
@@ -214,6 +267,175 @@ static void on_fire_and_forget(struct redisReply *rep, void *arg) { (void)rep, (
  * expires by itself). */
 static void send_async(gw_rl_t *rl, const gw_rl_subj_t *s, int op, int64_t n, const char *member) {
     if (rl->redis) send_op(rl, s, op, n, member, on_fire_and_forget, NULL);
+}
+
+/* ---- quota leases -----------------------------------------------------------
+ * A loop that takes a request's limits from Redis asks for more at the same
+ * time: up to GW_RL_LEASE_REQS requests, GW_RL_LEASE_TOKS times the request's
+ * tokens and GW_RL_LEASE_SLOTS concurrency slots, of which the script grants
+ * at most a sixteenth of what the limit has left, and nothing while less than
+ * 64 requests, 4096 tokens or 64 slots are left (so a small limit, or one
+ * close to its end, is decided request by request in Redis, exactly).  What is
+ * granted is charged in Redis at once: the loop then admits requests from its
+ * lease without a round trip, and every instance together never passes the
+ * limit.  Leased slots are zset members "<lease>:<j>" renewed with the
+ * requests' leases, so they too expire when the gateway dies.  A lease idle
+ * GW_RL_LEASE_IDLE_MS gives back what it did not use.  The cost: while
+ * another instance holds unused grant, a request may be refused that
+ * per-request decisions would have passed (at most a sixteenth of the room
+ * per instance, for at most GW_RL_LEASE_IDLE_MS). */
+
+#define GW_RL_LEASE_REQS 256
+#define GW_RL_LEASE_TOKS 256
+#define GW_RL_LEASE_SLOTS 64
+#define GW_RL_LEASE_IDLE_MS 1000
+#define GW_RL_LEASE_BUCKETS 256
+
+struct gw_rl_lease {
+    struct gw_rl_lease *next;  /* in its bucket */
+    gw_rl_subj_t sub;          /* subject and the limits the grant was made under */
+    char name[48];
+    int64_t req, tok;          /* granted, not used */
+    int64_t held, used;        /* slots "<name>:0" .. held-1; used of them by requests in flight */
+    int64_t refs;              /* requests in flight admitted from it */
+    int refilling;             /* a take asking for more is in flight (its new slots start at `held`) */
+    int64_t last_ms;
+    gw_rl_verdict_t seen;      /* Redis's last answer for the subject (headers) */
+};
+
+static unsigned lease_bucket(char kind, int64_t id) {
+    uint64_t h = ((uint64_t)id * 0x9E3779B97F4A7C15ULL) ^ (uint64_t)(unsigned char)kind;
+    return (unsigned)(h >> 56) % GW_RL_LEASE_BUCKETS;
+}
+
+static gw_rl_lease_t *lease_find(gw_rl_t *rl, const gw_rl_subj_t *s, int create) {
+    unsigned b = lease_bucket(s->kind, s->id);
+    for (gw_rl_lease_t *l = rl->leases[b]; l; l = l->next)
+        if (l->sub.kind == s->kind && l->sub.id == s->id) return l;
+    if (!create) return NULL;
+    gw_rl_lease_t *l = calloc(1, sizeof *l);
+    if (!l) return NULL;
+    l->sub = *s;
+    snprintf(l->name, sizeof l->name, "L%s.%llu", rl->lease_tag, (unsigned long long)++rl->lease_seq);
+    l->last_ms = now_ms();
+    l->next = rl->leases[b];
+    rl->leases[b] = l;
+    rl->nleases++;
+    return l;
+}
+
+/* Give back what the lease holds unused (requests, tokens, free slots). */
+static void lease_return(gw_rl_t *rl, gw_rl_lease_t *l) {
+    int64_t req = l->sub.lim.rpm > 0 ? l->req : 0, tok = l->sub.lim.tpm > 0 ? l->tok : 0; /* tok < 0: a debt */
+    if (req > 0 || tok != 0 || l->held > l->used) {
+        char a[3][24];
+        snprintf(a[0], sizeof a[0], "%lld", (long long)req);
+        snprintf(a[1], sizeof a[1], "%lld", (long long)l->used);
+        snprintf(a[2], sizeof a[2], "%lld", (long long)l->held);
+        const char *x[4] = {l->name, a[0], a[1], a[2]};
+        if (rl->redis) send_opx(rl, &l->sub, GW_RL_OP_LRET, tok, "-", 4, x, on_fire_and_forget, NULL);
+    }
+    l->req = 0;
+    l->tok = 0;
+    l->held = l->used;
+}
+
+/* lease_return, but slots only when no refill is in flight (its new slots are
+ * numbered from `held`). */
+static void lease_return_safe(gw_rl_t *rl, gw_rl_lease_t *l) {
+    if (!l->refilling) {
+        lease_return(rl, l);
+        return;
+    }
+    int64_t held = l->held;
+    l->held = l->used; /* no slots given back now */
+    int64_t keep = held;
+    lease_return(rl, l);
+    l->held = keep;
+}
+
+static int same_limits(const gw_rl_limits_t *a, const gw_rl_limits_t *b) {
+    return a->rpm == b->rpm && a->tpm == b->tpm && a->conc == b->conc;
+}
+
+/* Admit one request of n tokens from the lease, or 0 (ask Redis). */
+static int lease_take(gw_rl_t *rl, gw_rl_lease_t *l, const gw_rl_subj_t *s, int64_t n) {
+    if (!same_limits(&l->sub.lim, &s->lim)) { /* the limits changed: start again under the new ones */
+        lease_return_safe(rl, l);
+        l->sub.lim = s->lim;
+        memset(&l->seen, 0, sizeof l->seen);
+        return 0;
+    }
+    if (l->sub.lim.rpm > 0 && l->req < 1) return 0;
+    if (l->sub.lim.tpm > 0 && l->tok < n) return 0;
+    if (l->sub.lim.conc > 0 && l->held - l->used < 1) return 0;
+    if (l->sub.lim.rpm > 0) l->req--;
+    if (l->sub.lim.tpm > 0) l->tok -= n;
+    if (l->sub.lim.conc > 0) l->used++;
+    l->refs++;
+    l->last_ms = now_ms();
+    return 1;
+}
+
+/* A request admitted from the lease ended: its slot comes back to the lease,
+ * and the tokens it did not use (back < 0: it used more than it was charged;
+ * the lease owes them, paid from its next grant or when it is given back). */
+static void lease_put(gw_rl_lease_t *l, int64_t back) {
+    if (l->sub.lim.conc > 0 && l->used > 0) l->used--;
+    if (l->sub.lim.tpm > 0) l->tok += back;
+    l->refs--;
+    l->last_ms = now_ms();
+}
+
+/* The script granted the lease more (with a take for this subject). */
+static void lease_grant(gw_rl_lease_t *l, const gw_rl_subj_t *s, const gw_rl_verdict_t *v) {
+    if (!same_limits(&l->sub.lim, &s->lim)) return; /* granted under limits the lease no longer has: expire */
+    l->req += v->gr;
+    l->tok += v->gt;
+    l->held += v->gc;
+    l->seen = *v;
+    l->last_ms = now_ms();
+}
+
+/* A request admitted from the lease was refused by another subject. */
+static void lease_unput(gw_rl_lease_t *l, int64_t n) {
+    if (l->sub.lim.rpm > 0) l->req++;
+    if (l->sub.lim.tpm > 0) l->tok += n;
+    if (l->sub.lim.conc > 0 && l->used > 0) l->used--;
+    l->refs--;
+}
+
+/* Renew the leases' slots; give back idle ones' grants and forget them. */
+static void lease_tick(gw_rl_t *rl) {
+    int64_t now = now_ms();
+    for (int b = 0; b < GW_RL_LEASE_BUCKETS; b++)
+        for (gw_rl_lease_t **pp = &rl->leases[b]; *pp;) {
+            gw_rl_lease_t *l = *pp;
+            if (now - l->last_ms >= GW_RL_LEASE_IDLE_MS) lease_return_safe(rl, l);
+            if (l->held > 0 && rl->redis) {
+                char a[24];
+                snprintf(a, sizeof a, "%lld", (long long)l->held);
+                const char *x[3] = {l->name, "0", a};
+                send_opx(rl, &l->sub, GW_RL_OP_LRENEW, 0, "-", 3, x, on_fire_and_forget, NULL);
+            }
+            if (l->refs == 0 && l->held == 0 && l->req == 0 && l->tok == 0 && !l->refilling) {
+                *pp = l->next;
+                free(l);
+                rl->nleases--;
+            } else {
+                pp = &l->next;
+            }
+        }
+}
+
+static void lease_free_all(gw_rl_t *rl) {
+    for (int b = 0; b < GW_RL_LEASE_BUCKETS; b++)
+        while (rl->leases[b]) {
+            gw_rl_lease_t *l = rl->leases[b];
+            rl->leases[b] = l->next;
+            lease_return(rl, l);
+            free(l);
+        }
 }
 
 /* ---- answers --------------------------------------------------------------- */
@@ -272,6 +494,25 @@ static void answer(gw_rl_call_t *c, int verdict) {
     c->cb(verdict, &c->res, c->arg);
 }
 
+/* Give back to their leases the subjects admitted from them (the request
+ * is refused, or decided again by the in-process limiter). */
+static void lease_unput_call(gw_rl_call_t *c) {
+    for (int i = 0; i < c->nsub; i++)
+        if (c->lease_took[i]) {
+            lease_unput(c->lease[i], c->tokens);
+            c->lease_took[i] = 0;
+        }
+}
+
+/* The call no longer waits for its refills' answers. */
+static void lease_refill_end(gw_rl_call_t *c) {
+    for (int i = 0; i < c->nsub; i++)
+        if (c->refill[i]) {
+            if (c->lease[i]) c->lease[i]->refilling = 0;
+            c->refill[i] = 0;
+        }
+}
+
 /* The in-process limiter decides (Redis did not answer, or is not used). */
 static void decide_local(gw_rl_call_t *c) {
     gw_rl_t *rl = c->rl;
@@ -316,8 +557,8 @@ static void decide(gw_rl_call_t *c, int timed_out) {
                 int lease = 0;
                 pthread_mutex_lock(rl->mu);
                 for (int i = 0; i < c->nsub; i++) {
-                    c->redis_took[i] = 1;
-                    lease |= c->sub[i].lim.conc > 0;
+                    c->redis_took[i] = c->redis_sent[i];
+                    lease |= c->redis_sent[i] && c->sub[i].lim.conc > 0;
                     gw_rl_local_op(rl->local, GW_RL_OP_FORCE, c->sub[i].kind, c->sub[i].id, &c->sub[i].lim,
                                    c->tokens, now, NULL); /* the mirror */
                 }
@@ -327,8 +568,16 @@ static void decide(gw_rl_call_t *c, int timed_out) {
                 if (lease) lease_link(c);
             } else {
                 for (int i = 0; i < c->nsub; i++) /* give back what the other took */
-                    if (c->v[i].ok) send_async(rl, &c->sub[i], GW_RL_OP_UNDO, c->tokens, c->member);
+                    if (c->v[i].ok && c->redis_sent[i]) send_async(rl, &c->sub[i], GW_RL_OP_UNDO, c->tokens, c->member);
                 memset(c->redis_sent, 0, sizeof c->redis_sent);
+                lease_unput_call(c);
+            }
+        }
+        for (int i = 0; i < c->nsub; i++) { /* what this loop's lease holds unused is still the client's */
+            gw_rl_lease_t *l = c->lease_took[i] ? NULL : lease_find(rl, &c->sub[i], 0);
+            if (l && same_limits(&l->sub.lim, &c->sub[i].lim)) {
+                c->v[i].rrem += l->req;
+                c->v[i].trem += l->tok > 0 ? l->tok : 0;
             }
         }
         build_result(c, c->v);
@@ -336,9 +585,11 @@ static void decide(gw_rl_call_t *c, int timed_out) {
         return;
     }
     rl->st.redis_errors++;
+    lease_refill_end(c);
     if (c->op == GW_RL_OP_TAKE) {
+        lease_unput_call(c); /* the in-process limiter decides for every subject */
         for (int i = 0; i < c->nsub; i++) /* a partial take: give it back */
-            if (c->replied[i] && c->v[i].ok) {
+            if (c->replied[i] && c->v[i].ok && c->redis_sent[i]) {
                 send_async(rl, &c->sub[i], GW_RL_OP_UNDO, c->tokens, c->member);
                 c->redis_sent[i] = 0;
             }
@@ -353,9 +604,9 @@ static void decide(gw_rl_call_t *c, int timed_out) {
 }
 
 static int parse_verdict(const redisReply *rep, gw_rl_verdict_t *v) {
-    if (!rep || rep->type != REDIS_REPLY_ARRAY || rep->elements != 8) return GW_ERROR;
-    long long x[8];
-    for (int i = 0; i < 8; i++) {
+    if (!rep || rep->type != REDIS_REPLY_ARRAY || rep->elements != 11) return GW_ERROR;
+    long long x[11];
+    for (int i = 0; i < 11; i++) {
         if (rep->element[i]->type != REDIS_REPLY_INTEGER) return GW_ERROR;
         x[i] = rep->element[i]->integer;
     }
@@ -367,14 +618,23 @@ static int parse_verdict(const redisReply *rep, gw_rl_verdict_t *v) {
     v->treset = x[5];
     v->retry = x[6];
     v->inflight = x[7];
+    v->gr = x[8];
+    v->gt = x[9];
+    v->gc = x[10];
     return GW_OK;
 }
 
 static void on_reply_i(gw_rl_call_t *c, int i, struct redisReply *rep) {
     c->rop[i] = NULL;
     c->npending--;
-    if (parse_verdict(rep, &c->v[i]) == GW_OK) c->replied[i] = 1;
-    else c->failed = 1;
+    if (parse_verdict(rep, &c->v[i]) == GW_OK) {
+        c->replied[i] = 1;
+        if (c->refill[i] && c->lease[i]) lease_grant(c->lease[i], &c->sub[i], &c->v[i]);
+    } else {
+        c->failed = 1;
+    }
+    if (c->refill[i] && c->lease[i]) c->lease[i]->refilling = 0;
+    c->refill[i] = 0;
     if (c->npending == 0 && !c->answered) decide(c, 0);
 }
 
@@ -384,7 +644,8 @@ static void on_reply1(struct redisReply *rep, void *arg) { on_reply_i(arg, 1, re
 static void on_timer(evutil_socket_t fd, short what, void *arg) {
     gw_rl_call_t *c = arg;
     if (c->answered) return;
-    if (c->npending > 0 || c->failed) decide(c, c->npending > 0);
+    if (c->from_leases) answer(c, GW_RL_ALLOW);
+    else if (c->npending > 0 || c->failed) decide(c, c->npending > 0);
     else if (!c->rl->redis || c->nsub == 0) decide_local(c);
     else decide(c, 0);
 }
@@ -421,10 +682,55 @@ gw_rl_call_t *gw_rl_check(gw_rl_t *rl, int op, int64_t key_id, const gw_rl_limit
     struct timeval tv = {0, 0};
     int up = rl->redis != NULL && c->nsub > 0;
     for (int i = 0; up && i < c->nsub; i++) up = gw_redis_slot_up(rl->redis, c->sub[i].hkey);
+    int need = (1 << c->nsub) - 1; /* subjects Redis must decide */
+    if (up && c->op == GW_RL_OP_TAKE) {
+        for (int i = 0; i < c->nsub; i++) {
+            c->lease[i] = lease_find(rl, &c->sub[i], 1);
+            if (c->lease[i] && lease_take(rl, c->lease[i], &c->sub[i], c->tokens)) {
+                c->lease_took[i] = 1;
+                need &= ~(1 << i);
+                gw_rl_verdict_t *v = &c->v[i]; /* what the headers say: Redis's last answer and the lease */
+                *v = c->lease[i]->seen;
+                v->ok = 1;
+                v->why = 0;
+                v->rrem += c->lease[i]->req;
+                v->trem += c->lease[i]->tok > 0 ? c->lease[i]->tok : 0;
+                c->replied[i] = 1;
+            }
+        }
+        if (!need) { /* every subject from the loop's leases: no round trip */
+            int64_t now = now_ms();
+            pthread_mutex_lock(rl->mu);
+            for (int i = 0; i < c->nsub; i++)
+                gw_rl_local_op(rl->local, GW_RL_OP_FORCE, c->sub[i].kind, c->sub[i].id, &c->sub[i].lim, c->tokens,
+                               now, NULL); /* the mirror */
+            pthread_mutex_unlock(rl->mu);
+            c->local_took = 1;
+            c->admitted = 1;
+            c->from_leases = 1;
+            rl->st.lease_admits++;
+            build_result(c, c->v);
+            event_add(c->timer, &tv);
+            return c;
+        }
+    }
     if (up) {
         static const gw_redis_cb cbs[2] = {on_reply0, on_reply1};
         for (int i = 0; i < c->nsub; i++) {
-            c->rop[i] = send_op(rl, &c->sub[i], c->op, c->tokens, c->member, cbs[i], c);
+            if (!(need & (1 << i))) continue;
+            gw_rl_lease_t *l = c->op == GW_RL_OP_TAKE ? c->lease[i] : NULL;
+            if (l && !l->refilling) { /* ask for more for the lease at the same time */
+                char a[4][24];
+                snprintf(a[0], sizeof a[0], "%d", GW_RL_LEASE_REQS);
+                snprintf(a[1], sizeof a[1], "%lld", (long long)(GW_RL_LEASE_TOKS * (c->tokens > 0 ? c->tokens : 1)));
+                snprintf(a[2], sizeof a[2], "%d", GW_RL_LEASE_SLOTS);
+                snprintf(a[3], sizeof a[3], "%lld", (long long)l->held);
+                const char *x[5] = {l->name, a[0], a[1], a[2], a[3]};
+                c->rop[i] = send_opx(rl, &c->sub[i], c->op, c->tokens, c->member, 5, x, cbs[i], c);
+                if (c->rop[i]) l->refilling = c->refill[i] = 1;
+            } else {
+                c->rop[i] = send_op(rl, &c->sub[i], c->op, c->tokens, c->member, cbs[i], c);
+            }
             if (c->rop[i]) {
                 c->npending++;
                 c->redis_sent[i] = c->op == GW_RL_OP_TAKE;
@@ -452,9 +758,12 @@ void gw_rl_finish(gw_rl_call_t *c, int64_t used_tokens) {
             gw_redis_op_detach(c->rop[i], 0);
             c->rop[i] = NULL;
         }
+    lease_refill_end(c);
     int64_t back = c->admitted && used_tokens >= 0 ? c->tokens - used_tokens : 0;
     for (int i = 0; i < c->nsub; i++) {
-        if (c->redis_took[i]) send_async(rl, &c->sub[i], GW_RL_OP_DONE, back, c->member);
+        if (c->lease_took[i] && c->admitted) lease_put(c->lease[i], back);
+        else if (c->lease_took[i]) lease_unput(c->lease[i], c->tokens); /* never answered */
+        else if (c->redis_took[i]) send_async(rl, &c->sub[i], GW_RL_OP_DONE, back, c->member);
         else if (c->redis_sent[i]) send_async(rl, &c->sub[i], GW_RL_OP_DONE, 0, c->member); /* a slot, maybe */
     }
     if (c->local_took) {
@@ -471,6 +780,7 @@ void gw_rl_finish(gw_rl_call_t *c, int64_t used_tokens) {
 
 static void on_tick(evutil_socket_t fd, short what, void *arg) {
     gw_rl_t *rl = arg;
+    lease_tick(rl);
     for (gw_rl_call_t *c = rl->held; c; c = c->next)
         for (int i = 0; i < c->nsub; i++)
             if (c->redis_took[i] && c->sub[i].lim.conc > 0) send_async(rl, &c->sub[i], GW_RL_OP_RENEW, 0, c->member);
@@ -486,6 +796,11 @@ gw_rl_t *gw_rl_new(struct event_base *base, const gw_rl_opts_t *o, char *err, si
     if (!rl) goto oom;
     rl->base = base;
     rl->o = *o;
+    {
+        unsigned char r[8];
+        gw_uuid_random_bytes(r, sizeof r);
+        for (int i = 0; i < 8; i++) snprintf(rl->lease_tag + 2 * i, 3, "%02x", r[i]);
+    }
     rl->o.redis = NULL;
     if (rl->o.lease_ms < 1000) rl->o.lease_ms = 1000;
     if (rl->o.timeout_ms < 1) rl->o.timeout_ms = 1;
@@ -521,6 +836,7 @@ oom:
 void gw_rl_free(gw_rl_t *rl) {
     if (!rl) return;
     rl->freeing = 1;
+    lease_free_all(rl); /* grants given back (sent if the connection still takes them) */
     gw_redis_free(rl->redis);
     if (rl->owner) {
         gw_rl_local_free(rl->local);
@@ -583,6 +899,7 @@ void gw_rl_snapshot_add(gw_rl_snap_t *a, const gw_rl_snap_t *b) {
     a->st.fail_closed += b->st.fail_closed;
     a->st.auth_throttled += b->st.auth_throttled;
     a->st.auth_blocks += b->st.auth_blocks;
+    a->st.lease_admits += b->st.lease_admits;
     a->moved += b->moved;
     a->ask += b->ask;
     a->refreshes += b->refreshes;
@@ -598,6 +915,8 @@ void gw_rl_metrics_snap(const gw_rl_snap_t *sn, gw_buf_t *o) {
             sn->st.auth_throttled);
     counter(o, "tollgate_auth_blocks_total", "Client addresses blocked after repeated failed authentication.",
             sn->st.auth_blocks);
+    counter(o, "tollgate_ratelimit_lease_admissions_total",
+            "Admissions decided from the loop's quota leases (no Redis round trip).", sn->st.lease_admits);
     counter(o, "tollgate_redis_moved_total", "MOVED redirections followed (Redis Cluster).", sn->moved);
     counter(o, "tollgate_redis_ask_total", "ASK redirections followed (Redis Cluster).", sn->ask);
     counter(o, "tollgate_redis_slot_refreshes_total", "Cluster slot maps read (CLUSTER SLOTS).", sn->refreshes);

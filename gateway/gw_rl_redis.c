@@ -35,7 +35,7 @@
 #define NSLOTS 16384
 #define MAX_NODES 64
 #define MAX_REDIRECTS 5
-#define MAX_ARGS 16
+#define MAX_ARGS 20
 #define REFRESH_MS 10000
 
 typedef struct {

@@ -389,6 +389,44 @@ class TwoInstances(unittest.TestCase):
         self.assertEqual(redis_cli(P_REDIS, "type", "tg:rl:{k:%d}" % key_id), "hash")
         self.assertEqual(redis_cli(P_REDIS, "exists", "tg:conc:{k:%d}" % key_id), "0")
 
+    def test_quota_leases_high_limits(self):
+        """High limits are taken from Redis in quota leases: most admissions make no
+        round trip, and the two instances together still never pass the limit."""
+        def evalsha_calls():
+            for line in redis_cli(P_REDIS, "info", "commandstats").splitlines():
+                if line.startswith("cmdstat_evalsha:"):
+                    return int(line.split("calls=")[1].split(",")[0])
+            return 0
+        cust, _ = new_customer()
+        key, key_id = new_key(cust, "--rpm", "100000", "--concurrency", "1000", "--tpm", "100000000")
+        ports = (self.a.port, self.b.port)
+        many(64, lambda i: chat(ports[i % 2], key, "warm%d" % i))  # the first burst fills the leases
+        leased0 = sum(g.metric("tollgate_ratelimit_lease_admissions_total") for g in (self.a, self.b))
+        calls0 = evalsha_calls()
+        codes = [r[0] for r in many(400, lambda i: chat(ports[i % 2], key, "lease%d" % i))]
+        self.assertEqual(codes, [200] * 400)
+        leased = sum(g.metric("tollgate_ratelimit_lease_admissions_total") for g in (self.a, self.b)) - leased0
+        calls = evalsha_calls() - calls0
+        print("quota leases: %d of 400 admissions without Redis, %d script calls" % (leased, calls), file=sys.stderr)
+        self.assertGreater(leased, 300)
+        self.assertLess(calls, 200)  # per-request limits make at least 800 (take and done)
+        self.no_fallback()
+        # a leased limit is still never passed: 600 a minute, 800 asked across both instances
+        n = 600
+        key, key_id = new_key(cust, "--rpm", str(n))
+        t0 = redis_time_ms(P_REDIS)
+        res = many(800, lambda i: chat(ports[i % 2], key, "r%d" % i))
+        t1 = redis_time_ms(P_REDIS)
+        ok = [r[0] for r in res].count(200)
+        refill = (t1 - t0) * n // W
+        print("rpm %d with leases: %d admitted of 800 in %d ms (bound %d)" % (n, ok, t1 - t0, n + refill),
+              file=sys.stderr)
+        self.assertEqual([r[0] for r in res].count(429), 800 - ok)
+        self.assertLessEqual(ok, n + refill)
+        # what a lease held unused when the other instance was refused: at most a sixteenth per instance
+        self.assertGreaterEqual(ok, n - 2 * (n // 16))
+        self.no_fallback()
+
     def test_concurrency_exact_200_clients(self):
         limit = 5
         cust, _ = new_customer()
