@@ -203,10 +203,16 @@ struct gw_rl {
     gw_rl_call_t *held;        /* admitted calls holding a Redis lease */
     gw_rl_stats_t st;
     int freeing;
-    gw_rl_lease_t *leases[256]; /* quota leases by subject (GW_RL_LEASE_BUCKETS) */
-    size_t nleases;
-    char lease_tag[24];        /* random: names this loop's leases in Redis */
-    uint64_t lease_seq;
+    struct gw_rl_leases *lt;   /* the process's quota leases: the first loop's, under *mu */
+    struct gw_rl_leases *own_lt;
+};
+
+/* Quota leases by subject, one table per process (every loop admits from it). */
+struct gw_rl_leases {
+    gw_rl_lease_t *b[256];     /* GW_RL_LEASE_BUCKETS */
+    size_t n;
+    char tag[24];              /* random: names this process's leases in Redis */
+    uint64_t seq;
 };
 
 struct gw_rl_call {
@@ -310,17 +316,17 @@ static unsigned lease_bucket(char kind, int64_t id) {
 
 static gw_rl_lease_t *lease_find(gw_rl_t *rl, const gw_rl_subj_t *s, int create) {
     unsigned b = lease_bucket(s->kind, s->id);
-    for (gw_rl_lease_t *l = rl->leases[b]; l; l = l->next)
+    for (gw_rl_lease_t *l = rl->lt->b[b]; l; l = l->next)
         if (l->sub.kind == s->kind && l->sub.id == s->id) return l;
     if (!create) return NULL;
     gw_rl_lease_t *l = calloc(1, sizeof *l);
     if (!l) return NULL;
     l->sub = *s;
-    snprintf(l->name, sizeof l->name, "L%s.%llu", rl->lease_tag, (unsigned long long)++rl->lease_seq);
+    snprintf(l->name, sizeof l->name, "L%s.%llu", rl->lt->tag, (unsigned long long)++rl->lt->seq);
     l->last_ms = now_ms();
-    l->next = rl->leases[b];
-    rl->leases[b] = l;
-    rl->nleases++;
+    l->next = rl->lt->b[b];
+    rl->lt->b[b] = l;
+    rl->lt->n++;
     return l;
 }
 
@@ -409,7 +415,7 @@ static void lease_unput(gw_rl_lease_t *l, int64_t n) {
 static void lease_tick(gw_rl_t *rl) {
     int64_t now = now_ms();
     for (int b = 0; b < GW_RL_LEASE_BUCKETS; b++)
-        for (gw_rl_lease_t **pp = &rl->leases[b]; *pp;) {
+        for (gw_rl_lease_t **pp = &rl->lt->b[b]; *pp;) {
             gw_rl_lease_t *l = *pp;
             if (now - l->last_ms >= GW_RL_LEASE_IDLE_MS) lease_return_safe(rl, l);
             if (l->held > 0 && rl->redis) {
@@ -421,7 +427,7 @@ static void lease_tick(gw_rl_t *rl) {
             if (l->refs == 0 && l->held == 0 && l->req == 0 && l->tok == 0 && !l->refilling) {
                 *pp = l->next;
                 free(l);
-                rl->nleases--;
+                rl->lt->n--;
             } else {
                 pp = &l->next;
             }
@@ -430,9 +436,9 @@ static void lease_tick(gw_rl_t *rl) {
 
 static void lease_free_all(gw_rl_t *rl) {
     for (int b = 0; b < GW_RL_LEASE_BUCKETS; b++)
-        while (rl->leases[b]) {
-            gw_rl_lease_t *l = rl->leases[b];
-            rl->leases[b] = l->next;
+        while (rl->lt->b[b]) {
+            gw_rl_lease_t *l = rl->lt->b[b];
+            rl->lt->b[b] = l->next;
             lease_return(rl, l);
             free(l);
         }
@@ -570,24 +576,30 @@ static void decide(gw_rl_call_t *c, int timed_out) {
                 for (int i = 0; i < c->nsub; i++) /* give back what the other took */
                     if (c->v[i].ok && c->redis_sent[i]) send_async(rl, &c->sub[i], GW_RL_OP_UNDO, c->tokens, c->member);
                 memset(c->redis_sent, 0, sizeof c->redis_sent);
+                pthread_mutex_lock(rl->mu);
                 lease_unput_call(c);
+                pthread_mutex_unlock(rl->mu);
             }
         }
-        for (int i = 0; i < c->nsub; i++) { /* what this loop's lease holds unused is still the client's */
+        pthread_mutex_lock(rl->mu);
+        for (int i = 0; i < c->nsub; i++) { /* what this process's lease holds unused is still the client's */
             gw_rl_lease_t *l = c->lease_took[i] ? NULL : lease_find(rl, &c->sub[i], 0);
             if (l && same_limits(&l->sub.lim, &c->sub[i].lim)) {
                 c->v[i].rrem += l->req;
                 c->v[i].trem += l->tok > 0 ? l->tok : 0;
             }
         }
+        pthread_mutex_unlock(rl->mu);
         build_result(c, c->v);
         answer(c, ok ? GW_RL_ALLOW : GW_RL_LIMITED);
         return;
     }
     rl->st.redis_errors++;
+    pthread_mutex_lock(rl->mu);
     lease_refill_end(c);
+    if (c->op == GW_RL_OP_TAKE) lease_unput_call(c); /* the in-process limiter decides for every subject */
+    pthread_mutex_unlock(rl->mu);
     if (c->op == GW_RL_OP_TAKE) {
-        lease_unput_call(c); /* the in-process limiter decides for every subject */
         for (int i = 0; i < c->nsub; i++) /* a partial take: give it back */
             if (c->replied[i] && c->v[i].ok && c->redis_sent[i]) {
                 send_async(rl, &c->sub[i], GW_RL_OP_UNDO, c->tokens, c->member);
@@ -629,11 +641,19 @@ static void on_reply_i(gw_rl_call_t *c, int i, struct redisReply *rep) {
     c->npending--;
     if (parse_verdict(rep, &c->v[i]) == GW_OK) {
         c->replied[i] = 1;
-        if (c->refill[i] && c->lease[i]) lease_grant(c->lease[i], &c->sub[i], &c->v[i]);
+        if (c->refill[i] && c->lease[i]) {
+            pthread_mutex_lock(c->rl->mu);
+            lease_grant(c->lease[i], &c->sub[i], &c->v[i]);
+            pthread_mutex_unlock(c->rl->mu);
+        }
     } else {
         c->failed = 1;
     }
-    if (c->refill[i] && c->lease[i]) c->lease[i]->refilling = 0;
+    if (c->refill[i] && c->lease[i]) {
+        pthread_mutex_lock(c->rl->mu);
+        c->lease[i]->refilling = 0;
+        pthread_mutex_unlock(c->rl->mu);
+    }
     c->refill[i] = 0;
     if (c->npending == 0 && !c->answered) decide(c, 0);
 }
@@ -684,6 +704,7 @@ gw_rl_call_t *gw_rl_check(gw_rl_t *rl, int op, int64_t key_id, const gw_rl_limit
     for (int i = 0; up && i < c->nsub; i++) up = gw_redis_slot_up(rl->redis, c->sub[i].hkey);
     int need = (1 << c->nsub) - 1; /* subjects Redis must decide */
     if (up && c->op == GW_RL_OP_TAKE) {
+        pthread_mutex_lock(rl->mu);
         for (int i = 0; i < c->nsub; i++) {
             c->lease[i] = lease_find(rl, &c->sub[i], 1);
             if (c->lease[i] && lease_take(rl, c->lease[i], &c->sub[i], c->tokens)) {
@@ -698,9 +719,8 @@ gw_rl_call_t *gw_rl_check(gw_rl_t *rl, int op, int64_t key_id, const gw_rl_limit
                 c->replied[i] = 1;
             }
         }
-        if (!need) { /* every subject from the loop's leases: no round trip */
+        if (!need) { /* every subject from the process's leases: no round trip */
             int64_t now = now_ms();
-            pthread_mutex_lock(rl->mu);
             for (int i = 0; i < c->nsub; i++)
                 gw_rl_local_op(rl->local, GW_RL_OP_FORCE, c->sub[i].kind, c->sub[i].id, &c->sub[i].lim, c->tokens,
                                now, NULL); /* the mirror */
@@ -713,21 +733,31 @@ gw_rl_call_t *gw_rl_check(gw_rl_t *rl, int op, int64_t key_id, const gw_rl_limit
             event_add(c->timer, &tv);
             return c;
         }
+        pthread_mutex_unlock(rl->mu);
     }
     if (up) {
         static const gw_redis_cb cbs[2] = {on_reply0, on_reply1};
         for (int i = 0; i < c->nsub; i++) {
             if (!(need & (1 << i))) continue;
             gw_rl_lease_t *l = c->op == GW_RL_OP_TAKE ? c->lease[i] : NULL;
-            if (l && !l->refilling) { /* ask for more for the lease at the same time */
+            pthread_mutex_lock(rl->mu);
+            int refill = l && !l->refilling;
+            if (refill) l->refilling = c->refill[i] = 1; /* its new slots are numbered from held */
+            int64_t base = l ? l->held : 0;
+            pthread_mutex_unlock(rl->mu);
+            if (refill) { /* ask for more for the lease at the same time */
                 char a[4][24];
                 snprintf(a[0], sizeof a[0], "%d", GW_RL_LEASE_REQS);
                 snprintf(a[1], sizeof a[1], "%lld", (long long)(GW_RL_LEASE_TOKS * (c->tokens > 0 ? c->tokens : 1)));
                 snprintf(a[2], sizeof a[2], "%d", GW_RL_LEASE_SLOTS);
-                snprintf(a[3], sizeof a[3], "%lld", (long long)l->held);
+                snprintf(a[3], sizeof a[3], "%lld", (long long)base);
                 const char *x[5] = {l->name, a[0], a[1], a[2], a[3]};
                 c->rop[i] = send_opx(rl, &c->sub[i], c->op, c->tokens, c->member, 5, x, cbs[i], c);
-                if (c->rop[i]) l->refilling = c->refill[i] = 1;
+                if (!c->rop[i]) {
+                    pthread_mutex_lock(rl->mu);
+                    l->refilling = c->refill[i] = 0;
+                    pthread_mutex_unlock(rl->mu);
+                }
             } else {
                 c->rop[i] = send_op(rl, &c->sub[i], c->op, c->tokens, c->member, cbs[i], c);
             }
@@ -758,11 +788,16 @@ void gw_rl_finish(gw_rl_call_t *c, int64_t used_tokens) {
             gw_redis_op_detach(c->rop[i], 0);
             c->rop[i] = NULL;
         }
-    lease_refill_end(c);
     int64_t back = c->admitted && used_tokens >= 0 ? c->tokens - used_tokens : 0;
+    pthread_mutex_lock(rl->mu);
+    lease_refill_end(c);
     for (int i = 0; i < c->nsub; i++) {
         if (c->lease_took[i] && c->admitted) lease_put(c->lease[i], back);
         else if (c->lease_took[i]) lease_unput(c->lease[i], c->tokens); /* never answered */
+    }
+    pthread_mutex_unlock(rl->mu);
+    for (int i = 0; i < c->nsub; i++) {
+        if (c->lease_took[i]) continue;
         else if (c->redis_took[i]) send_async(rl, &c->sub[i], GW_RL_OP_DONE, back, c->member);
         else if (c->redis_sent[i]) send_async(rl, &c->sub[i], GW_RL_OP_DONE, 0, c->member); /* a slot, maybe */
     }
@@ -780,7 +815,11 @@ void gw_rl_finish(gw_rl_call_t *c, int64_t used_tokens) {
 
 static void on_tick(evutil_socket_t fd, short what, void *arg) {
     gw_rl_t *rl = arg;
-    lease_tick(rl);
+    if (rl->own_lt) { /* the first loop keeps the process's leases */
+        pthread_mutex_lock(rl->mu);
+        lease_tick(rl);
+        pthread_mutex_unlock(rl->mu);
+    }
     for (gw_rl_call_t *c = rl->held; c; c = c->next)
         for (int i = 0; i < c->nsub; i++)
             if (c->redis_took[i] && c->sub[i].lim.conc > 0) send_async(rl, &c->sub[i], GW_RL_OP_RENEW, 0, c->member);
@@ -796,15 +835,12 @@ gw_rl_t *gw_rl_new(struct event_base *base, const gw_rl_opts_t *o, char *err, si
     if (!rl) goto oom;
     rl->base = base;
     rl->o = *o;
-    {
-        unsigned char r[8];
-        gw_uuid_random_bytes(r, sizeof r);
-        for (int i = 0; i < 8; i++) snprintf(rl->lease_tag + 2 * i, 3, "%02x", r[i]);
-    }
+
     rl->o.redis = NULL;
     if (rl->o.lease_ms < 1000) rl->o.lease_ms = 1000;
     if (rl->o.timeout_ms < 1) rl->o.timeout_ms = 1;
     if (o->share) { /* one process, one in-process limit: the loops share the tables */
+        rl->lt = o->share->lt;
         rl->local = o->share->local;
         rl->af = o->share->af;
         rl->mu = o->share->mu;
@@ -812,6 +848,10 @@ gw_rl_t *gw_rl_new(struct event_base *base, const gw_rl_opts_t *o, char *err, si
         pthread_mutex_init(&rl->own_mu, NULL);
         rl->mu = &rl->own_mu;
         rl->owner = 1;
+        if (!(rl->lt = rl->own_lt = calloc(1, sizeof *rl->lt))) goto oom;
+        unsigned char r[8];
+        gw_uuid_random_bytes(r, sizeof r);
+        for (int i = 0; i < 8; i++) snprintf(rl->lt->tag + 2 * i, 3, "%02x", r[i]);
         if (!(rl->local = gw_rl_local_new())) goto oom;
         if (o->auth_fail_limit > 0 &&
             !(rl->af = gw_authfail_new(o->auth_fail_limit, o->auth_fail_window_ms, o->auth_fail_block_ms,
@@ -836,7 +876,8 @@ oom:
 void gw_rl_free(gw_rl_t *rl) {
     if (!rl) return;
     rl->freeing = 1;
-    lease_free_all(rl); /* grants given back (sent if the connection still takes them) */
+    if (rl->own_lt) lease_free_all(rl); /* grants given back (sent if the connection still takes them) */
+    free(rl->own_lt);
     gw_redis_free(rl->redis);
     if (rl->owner) {
         gw_rl_local_free(rl->local);

@@ -122,6 +122,7 @@ class Handler(BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Transfer-Encoding", "chunked")
+        self.send_header("Connection", "close")  # it closes after a stream: says so, as HTTP/1.1 asks
         self.end_headers()
         ck = dict(base, object="chat.completion.chunk")
         if text == "noframe":  # 17 MiB without an event boundary
