@@ -36,6 +36,7 @@ char *api_err_json(const api_err_t *e);
 #define API_MAX_TOOLS 128
 #define API_MAX_LOGIT_BIAS 1024
 #define API_MAX_TOKENS_LIMIT 1000000000L
+#define API_MAX_N 16 /* choices per request (n) */
 
 typedef enum {
     API_TOOL_CHOICE_AUTO = 0, /* default when tools are given */
@@ -47,7 +48,67 @@ typedef enum {
 typedef enum {
     API_FORMAT_TEXT = 0,
     API_FORMAT_JSON_OBJECT, /* grammar-constrained: the answer is one JSON object */
+    API_FORMAT_JSON_SCHEMA, /* grammar-constrained: one JSON object valid against api_chat_req_t.schema */
 } api_format_t;
+
+/* ---- response_format json_schema, compiled ------------------------------------
+ * The subset of JSON Schema the engine's grammar enforces (api/README.md
+ * "Structured output"), as a flat table.  Strings live in one arena and are
+ * referenced by offset, so the whole table is copied with memcpy. */
+
+#define API_ST_NULL 0x01
+#define API_ST_BOOL 0x02
+#define API_ST_INT 0x04
+#define API_ST_NUM 0x08 /* any JSON number (integers included) */
+#define API_ST_STR 0x10
+#define API_ST_ARR 0x20
+#define API_ST_OBJ 0x40
+#define API_ST_ANY 0x7f
+
+#define API_SCHEMA_NONE (-1)        /* items/parent: none (any value; the root) */
+#define API_SCHEMA_MAX_NODES 512
+#define API_SCHEMA_MAX_PROPS 64     /* per object */
+#define API_SCHEMA_MAX_ENUM 64      /* values of one enum */
+#define API_SCHEMA_MAX_DEPTH 16     /* nesting of schemas */
+#define API_SCHEMA_MAX_LIT 256      /* bytes of one property name or enum value, as JSON text */
+
+typedef struct {
+    uint8_t types;     /* API_ST_* allowed (ignored when n_enum > 0) */
+    int16_t parent;    /* the node whose property or items this is; API_SCHEMA_NONE for the root */
+    int16_t pidx;      /* its index among the parent's properties; -1 for array items and the root */
+    int16_t items;     /* array items node; API_SCHEMA_NONE: any value */
+    int16_t prop0;     /* first property (api_schema_t.props) */
+    int16_t n_props;   /* -1: an object with any members (no "properties") */
+    int16_t lit0, n_enum; /* n_enum > 0: the value is one of lits[lit0 .. lit0 + n_enum) */
+    int32_t min_len;   /* bytes of the shortest valid value */
+} api_schema_node_t;
+
+typedef struct {
+    uint32_t off, len; /* the member name as JSON text, quotes included, in the arena */
+    int16_t node;
+    uint8_t required;
+} api_schema_prop_t;
+
+typedef struct {
+    uint32_t off, len; /* one enum value as compact JSON text, in the arena */
+} api_schema_lit_t;
+
+typedef struct {
+    api_schema_node_t *nodes; /* node 0 is the root (an object) */
+    int n_nodes;
+    api_schema_prop_t *props;
+    int n_props;
+    api_schema_lit_t *lits;
+    int n_lits;
+    char *arena;
+    size_t arena_len;
+} api_schema_t;
+
+/* Compile a JSON Schema document (the value of json_schema.schema) into sc.
+ * 0, or -1 with a 400 in e naming what is unsupported or malformed (the
+ * schema then needs no free).  api_schema_free frees sc's arrays. */
+int api_schema_compile(api_schema_t *sc, const tg_json_t *schema, api_err_t *e);
+void api_schema_free(api_schema_t *sc); /* accepts a zeroed one */
 
 /* One function tool.  json: the tool object as Jinja's tojson writes it
  * (", " and ": " separators, members in request order, numbers as sent),
@@ -81,6 +142,7 @@ typedef struct api_chat_req {
     int tool_named;          /* index into tools for API_TOOL_CHOICE_NAMED */
     int parallel_tool_calls; /* default 1; 0: at most one call */
     api_format_t format;
+    api_schema_t schema;     /* format == API_FORMAT_JSON_SCHEMA: compiled (owned) */
     /* The completion limit: with both max_tokens and max_completion_tokens the
      * smaller (see api/README.md); 0 when neither is given. */
     long max_tokens;
@@ -95,6 +157,7 @@ typedef struct api_chat_req {
     int n_stop;
     int stream, include_usage;
     int logprobs, top_logprobs;
+    int n;                   /* choices, 1..API_MAX_N (default 1): each sampled on its own */
 } api_chat_req_t;
 
 /* Parse len bytes and validate.  On error fills e (400 with the parameter

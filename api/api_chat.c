@@ -8,6 +8,8 @@
 #include "api.h"
 #include "tg_prefix.h"
 
+#include <ctype.h>
+#include <limits.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -535,22 +537,381 @@ static int parse_tool_choice(api_chat_req_t *r, const tg_json_t *tc, api_err_t *
     return 0;
 }
 
+/* ---- response_format json_schema ------------------------------------------
+ * api_schema_compile walks the schema once, depth first, and writes a node
+ * per (sub)schema.  Keywords: type (a name or a list), properties, required,
+ * items (one schema), enum, const, additionalProperties (a boolean), and the
+ * annotations title, description, default, examples, $schema, $id, $comment.
+ * Any other keyword is collected (its name and where it first appears) and
+ * refused by name: a keyword the grammar would not enforce is never accepted
+ * silently. */
+
+typedef struct {
+    api_schema_t *sc;
+    tg_json_buf_t arena;
+    int cap_nodes, cap_props, cap_lits;
+    char bad[160];       /* unsupported keywords seen, "'a', 'b'" */
+    int n_bad;
+    char bad_at[96];     /* where the first one is */
+    int oom;
+} sc_ctx_t;
+
+static const char *const SC_ANNOT[] = {"title", "description", "default", "examples", "$schema", "$id", "$comment"};
+
+static int sc_grow(void **p, int *cap, int n, size_t el) {
+    if (n < *cap) return 0;
+    int nc = *cap ? *cap * 2 : 16;
+    void *q = realloc(*p, (size_t)nc * el);
+    if (!q) return -1;
+    *p = q;
+    *cap = nc;
+    return 0;
+}
+
+/* Put JSON text into the arena: its offset, or -1 out of memory. */
+static long sc_put(sc_ctx_t *c, const char *s, size_t n) {
+    size_t off = c->arena.len;
+    if (tg_json_buf_put(&c->arena, s, n)) return -1;
+    return (long)off;
+}
+
+static void sc_bad(sc_ctx_t *c, const char *kw, size_t n, const char *path) {
+    if (!c->n_bad) snprintf(c->bad_at, sizeof c->bad_at, "%s", *path ? path : "the root");
+    char q[48];
+    snprintf(q, sizeof q, "'%.*s'", (int)(n > 40 ? 40 : n), kw);
+    if (strstr(c->bad, q)) return; /* each named once */
+    size_t l = strlen(c->bad);
+    if (l + strlen(q) + 3 < sizeof c->bad) snprintf(c->bad + l, sizeof c->bad - l, "%s%s", l ? ", " : "", q);
+    c->n_bad++;
+}
+
+#define SC_BAD(...) BAD("response_format.json_schema.schema", "invalid_value", __VA_ARGS__)
+
+static int sc_type_bit(const tg_json_t *t) {
+    static const struct { const char *n; int bit; } T[] = {
+        {"null", API_ST_NULL}, {"boolean", API_ST_BOOL}, {"integer", API_ST_INT}, {"number", API_ST_NUM},
+        {"string", API_ST_STR}, {"array", API_ST_ARR},   {"object", API_ST_OBJ},
+    };
+    for (size_t i = 0; i < sizeof T / sizeof T[0]; i++)
+        if (str_is(t, T[i].n)) return T[i].bit;
+    return 0;
+}
+
+/* Shortest valid value of a node, in bytes. */
+static int32_t sc_min_len(const api_schema_t *sc, int ni) {
+    const api_schema_node_t *n = &sc->nodes[ni];
+    if (n->n_enum > 0) {
+        int32_t m = INT32_MAX;
+        for (int i = 0; i < n->n_enum; i++)
+            if ((int32_t)sc->lits[n->lit0 + i].len < m) m = (int32_t)sc->lits[n->lit0 + i].len;
+        return m;
+    }
+    int32_t m = INT32_MAX;
+    if (n->types & (API_ST_INT | API_ST_NUM)) m = 1;
+    if ((n->types & API_ST_STR) && m > 2) m = 2;
+    if ((n->types & API_ST_ARR) && m > 2) m = 2;
+    if ((n->types & (API_ST_NULL | API_ST_BOOL)) && m > 4) m = 4;
+    if (n->types & API_ST_OBJ) {
+        int32_t o = 2, k = 0;
+        for (int i = 0; i < n->n_props; i++) {
+            const api_schema_prop_t *p = &sc->props[n->prop0 + i];
+            if (!p->required) continue;
+            o += (k++ ? 1 : 0) + (int32_t)p->len + 1 + sc->nodes[p->node].min_len;
+        }
+        if (o < m) m = o;
+    }
+    return m;
+}
+
+static int sc_node(sc_ctx_t *c, const tg_json_t *v, int parent, int pidx, int depth, char *path, size_t pl,
+                   api_err_t *e);
+
+/* "properties" and "required" of node ni. */
+static int sc_props(sc_ctx_t *c, int ni, const tg_json_t *props, const tg_json_t *req, int depth, char *path,
+                    size_t pl, api_err_t *e) {
+    api_schema_t *sc = c->sc;
+    size_t n = tg_json_len(props);
+    if (n > API_SCHEMA_MAX_PROPS)
+        return SC_BAD("Invalid 'response_format.json_schema.schema': %zu properties at %s (at most %d).", n,
+                      *path ? path : "the root", API_SCHEMA_MAX_PROPS);
+    int oom = 0;
+    size_t dl;
+    const char *dup = tg_json_dup_key(props, &dl, &oom);
+    if (oom) return OOM();
+    if (dup)
+        return SC_BAD("Invalid 'response_format.json_schema.schema': property '%.*s' given twice at %s.",
+                      (int)(dl > 64 ? 64 : dl), dup, *path ? path : "the root");
+    /* reserve the node's property slots first: children compile after them */
+    int prop0 = sc->n_props;
+    for (size_t i = 0; i < n; i++) {
+        if (sc_grow((void **)&sc->props, &c->cap_props, sc->n_props, sizeof *sc->props)) return OOM();
+        memset(&sc->props[sc->n_props++], 0, sizeof *sc->props);
+    }
+    sc->nodes[ni].prop0 = (int16_t)prop0;
+    sc->nodes[ni].n_props = (int16_t)n;
+    size_t i = 0;
+    const tg_json_t *m;
+    TG_JSON_FOREACH(m, props) {
+        size_t kl;
+        const char *k = tg_json_key(m, &kl);
+        tg_json_buf_t kb = {0};
+        tg_json_write_str(&kb, k, kl);
+        if (kb.oom) return OOM();
+        if (kb.len > API_SCHEMA_MAX_LIT) {
+            tg_json_buf_free(&kb);
+            return SC_BAD("Invalid 'response_format.json_schema.schema': a property name longer than %d bytes "
+                          "at %s.", API_SCHEMA_MAX_LIT - 2, *path ? path : "the root");
+        }
+        long off = sc_put(c, kb.p, kb.len);
+        size_t klen = kb.len;
+        tg_json_buf_free(&kb);
+        if (off < 0) return OOM();
+        size_t l2 = (size_t)snprintf(path + pl, pl < 95 ? 96 - pl : 0, "%sproperties.%.*s", pl ? "." : "",
+                                     (int)(kl > 24 ? 24 : kl), k);
+        if (pl + l2 >= 95) l2 = 95 - pl;
+        int child = sc_node(c, m, ni, (int)i, depth + 1, path, pl + l2, e);
+        path[pl] = 0;
+        if (child < 0) return -1;
+        api_schema_prop_t *p = &sc->props[prop0 + i];
+        p->off = (uint32_t)off;
+        p->len = (uint32_t)klen;
+        p->node = (int16_t)child;
+        i++;
+    }
+    if (is_null(req)) return 0;
+    if (tg_json_type(req) != TG_JSON_ARRAY)
+        return SC_BAD("Invalid 'response_format.json_schema.schema': 'required' at %s must be an array of "
+                      "property names.", *path ? path : "the root");
+    const tg_json_t *r;
+    TG_JSON_FOREACH(r, req) {
+        size_t rl;
+        const char *rs = tg_json_str(r, &rl);
+        int found = -1;
+        for (size_t j = 0; rs && j < n; j++) {
+            size_t kl;
+            const char *k = tg_json_key(tg_json_at(props, j), &kl);
+            if (kl == rl && !memcmp(k, rs, rl)) found = (int)j;
+        }
+        if (found < 0)
+            return SC_BAD("Invalid 'response_format.json_schema.schema': 'required' at %s names %s%.*s%s, "
+                          "which is not in 'properties'.", *path ? path : "the root", rs ? "'" : "a non-string",
+                          rs ? (int)(rl > 64 ? 64 : rl) : 0, rs ? rs : "", rs ? "'" : "");
+        if (sc->props[prop0 + found].required)
+            return SC_BAD("Invalid 'response_format.json_schema.schema': 'required' at %s names '%.*s' twice.",
+                          *path ? path : "the root", (int)(rl > 64 ? 64 : rl), rs);
+        sc->props[prop0 + found].required = 1;
+    }
+    return 0;
+}
+
+/* Compile the schema v into a new node: its index, or -1 with e filled. */
+static int sc_node(sc_ctx_t *c, const tg_json_t *v, int parent, int pidx, int depth, char *path, size_t pl,
+                   api_err_t *e) {
+    api_schema_t *sc = c->sc;
+    const char *where = *path ? path : "the root";
+    if (tg_json_type(v) != TG_JSON_OBJECT)
+        return SC_BAD("Invalid 'response_format.json_schema.schema': the schema at %s must be an object, "
+                      "but got %s.", where, type_name(v));
+    if (depth > API_SCHEMA_MAX_DEPTH)
+        return SC_BAD("Invalid 'response_format.json_schema.schema': nested deeper than %d schemas at %s.",
+                      API_SCHEMA_MAX_DEPTH, where);
+    if (sc->n_nodes >= API_SCHEMA_MAX_NODES)
+        return SC_BAD("Invalid 'response_format.json_schema.schema': more than %d schemas.", API_SCHEMA_MAX_NODES);
+    if (sc_grow((void **)&sc->nodes, &c->cap_nodes, sc->n_nodes, sizeof *sc->nodes)) return OOM();
+    int ni = sc->n_nodes++;
+    api_schema_node_t *nd = &sc->nodes[ni];
+    memset(nd, 0, sizeof *nd);
+    nd->parent = (int16_t)parent;
+    nd->pidx = (int16_t)pidx;
+    nd->items = API_SCHEMA_NONE;
+    nd->n_props = -1;
+    const tg_json_t *type = NULL, *props = NULL, *req = NULL, *items = NULL, *en = NULL, *cn = NULL, *m;
+    TG_JSON_FOREACH(m, v) {
+        size_t kl;
+        const char *k = tg_json_key(m, &kl);
+#define KW(s) (kl == sizeof s - 1 && !memcmp(k, s, kl))
+        if (KW("type")) type = m;
+        else if (KW("properties")) props = m;
+        else if (KW("required")) req = m;
+        else if (KW("items")) items = m;
+        else if (KW("enum")) en = m;
+        else if (KW("const")) cn = m;
+        else if (KW("additionalProperties")) {
+            if (tg_json_type(m) != TG_JSON_BOOL) sc_bad(c, "additionalProperties (a schema)", 31, path);
+        } else {
+            int annot = 0;
+            for (size_t a = 0; a < sizeof SC_ANNOT / sizeof SC_ANNOT[0]; a++) annot |= kl == strlen(SC_ANNOT[a]) &&
+                                                                                       !memcmp(k, SC_ANNOT[a], kl);
+            if (!annot) sc_bad(c, memchr(k, 0, kl) ? "?" : k, memchr(k, 0, kl) ? 1 : (kl > 40 ? 40 : kl), path);
+        }
+#undef KW
+    }
+    int types = 0;
+    if (tg_json_type(type) == TG_JSON_STRING) {
+        if (!(types = sc_type_bit(type))) goto bad_type;
+    } else if (tg_json_type(type) == TG_JSON_ARRAY && tg_json_len(type)) {
+        const tg_json_t *t;
+        TG_JSON_FOREACH(t, type) {
+            int b = sc_type_bit(t);
+            if (!b || (types & b)) goto bad_type;
+            types |= b;
+        }
+    } else if (type) {
+        goto bad_type;
+    }
+    if (en && cn)
+        return SC_BAD("Invalid 'response_format.json_schema.schema': 'enum' and 'const' together at %s.", where);
+    if (en || cn) {
+        if (en && (tg_json_type(en) != TG_JSON_ARRAY || !tg_json_len(en) || tg_json_len(en) > API_SCHEMA_MAX_ENUM))
+            return SC_BAD("Invalid 'response_format.json_schema.schema': 'enum' at %s must be an array of 1 to %d "
+                          "values.", where, API_SCHEMA_MAX_ENUM);
+        nd->lit0 = (int16_t)sc->n_lits;
+        size_t ne = en ? tg_json_len(en) : 1;
+        for (size_t i = 0; i < ne; i++) {
+            const tg_json_t *x = en ? tg_json_at(en, i) : cn;
+            tg_json_buf_t b = {0};
+            tg_json_write(&b, x);
+            if (b.oom) return OOM();
+            if (b.len > API_SCHEMA_MAX_LIT) {
+                tg_json_buf_free(&b);
+                return SC_BAD("Invalid 'response_format.json_schema.schema': an enum value longer than %d bytes "
+                              "at %s.", API_SCHEMA_MAX_LIT, where);
+            }
+            long off = sc_put(c, b.p, b.len);
+            size_t bl = b.len;
+            tg_json_buf_free(&b);
+            if (off < 0 || sc_grow((void **)&sc->lits, &c->cap_lits, sc->n_lits, sizeof *sc->lits)) return OOM();
+            nd = &sc->nodes[ni];
+            for (int j = nd->lit0; j < sc->n_lits; j++) /* equal values: the grammar keeps one */
+                if (sc->lits[j].len == bl && !memcmp(c->arena.p + sc->lits[j].off, c->arena.p + off, bl)) goto next;
+            sc->lits[sc->n_lits].off = (uint32_t)off;
+            sc->lits[sc->n_lits++].len = (uint32_t)bl;
+            nd->n_enum++;
+        next:;
+        }
+    }
+    if (!type) { /* inferred from the keywords, else any value */
+        types = props || req ? API_ST_OBJ : items ? API_ST_ARR : API_ST_ANY;
+    }
+    nd->types = (uint8_t)types;
+    if ((props || req) && !(types & API_ST_OBJ))
+        return SC_BAD("Invalid 'response_format.json_schema.schema': 'properties' at %s without type 'object'.",
+                      where);
+    if (items && !(types & API_ST_ARR))
+        return SC_BAD("Invalid 'response_format.json_schema.schema': 'items' at %s without type 'array'.", where);
+    if (props && tg_json_type(props) != TG_JSON_OBJECT)
+        return SC_BAD("Invalid 'response_format.json_schema.schema': 'properties' at %s must be an object.", where);
+    if (req && !props)
+        return SC_BAD("Invalid 'response_format.json_schema.schema': 'required' at %s without 'properties'.", where);
+    if (props && sc_props(c, ni, props, req, depth, path, pl, e)) return -1;
+    if (items) {
+        size_t l2 = (size_t)snprintf(path + pl, pl < 95 ? 96 - pl : 0, "%sitems", pl ? "." : "");
+        if (pl + l2 >= 95) l2 = 95 - pl;
+        int child = sc_node(c, items, ni, -1, depth + 1, path, pl + l2, e);
+        path[pl] = 0;
+        if (child < 0) return -1;
+        sc->nodes[ni].items = (int16_t)child;
+    }
+    sc->nodes[ni].min_len = sc_min_len(sc, ni);
+    return ni;
+bad_type:
+    return SC_BAD("Invalid 'response_format.json_schema.schema': 'type' at %s must be one of 'object', 'array', "
+                  "'string', 'number', 'integer', 'boolean', 'null', or a list of distinct ones.", where);
+}
+
+void api_schema_free(api_schema_t *sc) {
+    free(sc->nodes);
+    free(sc->props);
+    free(sc->lits);
+    free(sc->arena);
+    memset(sc, 0, sizeof *sc);
+}
+
+int api_schema_compile(api_schema_t *sc, const tg_json_t *schema, api_err_t *e) {
+    sc_ctx_t c = {.sc = sc};
+    char path[96] = "";
+    memset(sc, 0, sizeof *sc);
+    int root = sc_node(&c, schema, API_SCHEMA_NONE, -1, 0, path, 0, e);
+    sc->arena = c.arena.p;
+    sc->arena_len = c.arena.len;
+    if (root < 0) goto fail;
+    if (c.n_bad) {
+        BAD("response_format.json_schema.schema", "unsupported_parameter",
+            "Unsupported %s in 'response_format.json_schema.schema': %s (first at %s). Supported: type, "
+            "properties, required, items, enum, const, additionalProperties (a boolean), and the annotations "
+            "title, description, default, examples, $schema, $id, $comment.",
+            c.n_bad > 1 ? "keywords" : "keyword", c.bad, c.bad_at);
+        goto fail;
+    }
+    if (sc->nodes[0].types != API_ST_OBJ || sc->nodes[0].n_enum) {
+        SC_BAD("Invalid 'response_format.json_schema.schema': the root must be an object schema "
+               "(\"type\": \"object\").");
+        goto fail;
+    }
+    return 0;
+fail:
+    api_schema_free(sc);
+    return -1;
+}
+
 static int parse_response_format(api_chat_req_t *r, const tg_json_t *rf, api_err_t *e) {
     if (is_null(rf)) return 0;
     if (tg_json_type(rf) != TG_JSON_OBJECT)
         return BAD("response_format", "invalid_type",
                    "Invalid type for 'response_format': expected an object, but got %s.", type_name(rf));
-    const tg_json_t *t = tg_json_get(rf, "type");
+    const tg_json_t *t = tg_json_get(rf, "type"), *m;
     if (str_is(t, "text")) r->format = API_FORMAT_TEXT;
     else if (str_is(t, "json_object")) r->format = API_FORMAT_JSON_OBJECT;
-    else if (str_is(t, "json_schema"))
-        return BAD("response_format.type", "unsupported_parameter",
-                   "Unsupported value: 'response_format.type' 'json_schema' is not supported by this server; "
-                   "use 'json_object'.");
+    else if (str_is(t, "json_schema")) r->format = API_FORMAT_JSON_SCHEMA;
     else
         return BAD("response_format.type", "invalid_value",
-                   "Invalid value for 'response_format.type': supported values are 'text' and 'json_object'.");
-    return 0;
+                   "Invalid value for 'response_format.type': supported values are 'text', 'json_object' and "
+                   "'json_schema'.");
+    TG_JSON_FOREACH(m, rf) {
+        size_t kl;
+        const char *k = tg_json_key(m, &kl);
+        if ((kl == 4 && !memcmp(k, "type", 4)) ||
+            (kl == 11 && !memcmp(k, "json_schema", 11) && r->format == API_FORMAT_JSON_SCHEMA))
+            continue;
+        return BAD("response_format", "unknown_parameter", "Unrecognized argument in 'response_format': %.*s",
+                   (int)(kl > 64 ? 64 : kl), memchr(k, 0, kl) ? "?" : k);
+    }
+    if (r->format != API_FORMAT_JSON_SCHEMA) return 0;
+    const tg_json_t *js = tg_json_get(rf, "json_schema");
+    if (tg_json_type(js) != TG_JSON_OBJECT)
+        return BAD("response_format.json_schema", js ? "invalid_type" : "missing_required_parameter",
+                   "Missing or invalid 'response_format.json_schema': expected an object with 'name' and 'schema'.");
+    const tg_json_t *name = NULL, *schema = NULL;
+    TG_JSON_FOREACH(m, js) {
+        size_t kl;
+        const char *k = tg_json_key(m, &kl);
+        if (kl == 4 && !memcmp(k, "name", 4)) name = m;
+        else if (kl == 6 && !memcmp(k, "schema", 6)) schema = m;
+        else if (kl == 6 && !memcmp(k, "strict", 6)) {
+            if (!is_null(m) && tg_json_type(m) != TG_JSON_BOOL)
+                return BAD("response_format.json_schema.strict", "invalid_type",
+                           "Invalid type for 'response_format.json_schema.strict': expected a boolean.");
+        } else if (kl == 11 && !memcmp(k, "description", 11)) {
+            if (tg_json_type(m) != TG_JSON_STRING)
+                return BAD("response_format.json_schema.description", "invalid_type",
+                           "Invalid type for 'response_format.json_schema.description': expected a string.");
+        } else {
+            return BAD("response_format.json_schema", "unknown_parameter",
+                       "Unrecognized argument in 'response_format.json_schema': %.*s", (int)(kl > 64 ? 64 : kl),
+                       memchr(k, 0, kl) ? "?" : k);
+        }
+    }
+    size_t nl;
+    const char *ns = tg_json_str(name, &nl);
+    int ok = ns && nl >= 1 && nl <= 64;
+    for (size_t i = 0; ok && i < nl; i++) ok = isalnum((unsigned char)ns[i]) || ns[i] == '_' || ns[i] == '-';
+    if (!ok)
+        return BAD("response_format.json_schema.name", name ? "invalid_value" : "missing_required_parameter",
+                   "Invalid 'response_format.json_schema.name': 1 to 64 characters of a-z, A-Z, 0-9, '_' and '-'.");
+    if (!schema)
+        return BAD("response_format.json_schema.schema", "missing_required_parameter",
+                   "Missing required parameter: 'response_format.json_schema.schema'.");
+    return api_schema_compile(&r->schema, schema, e);
 }
 
 static int parse_logit_bias(api_chat_req_t *r, const tg_json_t *lb, api_err_t *e) {
@@ -705,10 +1066,12 @@ int api_chat_req_read(api_chat_req_t *r, const tg_json_t *root, api_err_t *e) {
     if (get_num(root, "frequency_penalty", -2, 2, &r->frequency_penalty, e)) goto fail;
     if (get_seed(r, root, e)) goto fail;
     if (get_int(root, "n", -1000000000, 1000000000, &x, &gx, e)) goto fail;
-    if (gx && x != 1) {
-        BAD("n", "invalid_value", "Invalid 'n': only n = 1 is supported (one choice per request).");
+    r->n = 1;
+    if (gx && (x < 1 || x > API_MAX_N)) {
+        BAD("n", "invalid_value", "Invalid 'n': %lld is out of range [1, %d].", (long long)x, API_MAX_N);
         goto fail;
     }
+    if (gx) r->n = (int)x;
     if (get_bool(root, "logprobs", &r->logprobs, e)) goto fail;
     if (get_int(root, "top_logprobs", 0, API_MAX_TOP_LOGPROBS, &x, &gx, e)) goto fail;
     if (gx) {
@@ -747,10 +1110,10 @@ int api_chat_req_read(api_chat_req_t *r, const tg_json_t *root, api_err_t *e) {
     if (parse_tool_choice(r, tg_json_get(root, "tool_choice"), e)) goto fail;
     if (get_bool(root, "parallel_tool_calls", &r->parallel_tool_calls, e)) goto fail;
     if (parse_response_format(r, tg_json_get(root, "response_format"), e)) goto fail;
-    if (r->format == API_FORMAT_JSON_OBJECT &&
+    if (r->format != API_FORMAT_TEXT &&
         (r->tool_choice == API_TOOL_CHOICE_REQUIRED || r->tool_choice == API_TOOL_CHOICE_NAMED)) {
         BAD("response_format", "invalid_value",
-            "Invalid 'response_format': 'json_object' cannot be combined with a required tool call.");
+            "Invalid 'response_format': a JSON answer cannot be combined with a required tool call.");
         goto fail;
     }
     return 0;
@@ -784,6 +1147,7 @@ void api_chat_req_free(api_chat_req_t *r) {
     for (size_t i = 0; i < r->n_tools; i++) free(r->tools[i].json);
     free(r->tools);
     free(r->bias);
+    api_schema_free(&r->schema);
     if (r->own_root) tg_json_free(r->root);
     memset(r, 0, sizeof *r);
 }

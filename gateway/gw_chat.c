@@ -308,6 +308,7 @@ static void gw_chat_run(gw_req_t *r) {
         r->completion_cap = cfg->default_max_tokens;
         r->inject_max_tokens = cfg->default_max_tokens;
     }
+    if (chat->n > 1) r->completion_cap *= chat->n; /* n choices: each may take the limit (n <= API_MAX_N) */
     if (!l->bill) {
         gw_auth_error(r, BILL_ERROR);
         return;

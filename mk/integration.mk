@@ -10,6 +10,7 @@ test-integration: $(BINS)
 	/usr/bin/python3 tests/integration/test_limits.py
 	/usr/bin/python3 tests/integration/test_money.py
 	/usr/bin/python3 tests/integration/test_pool.py
+	/usr/bin/python3 tests/integration/test_choices.py
 	/usr/bin/python3 tests/integration/test_loops.py
 	$(MAKE) --no-print-directory test-sdk
 

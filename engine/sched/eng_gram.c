@@ -5,11 +5,21 @@
  * Invariant: a gst_t describes everything the machine needs; feed() either
  * advances it over one byte or refuses without touching it, so the mask walk
  * can keep one state per prefix length and reuse it for every token that
- * shares that prefix. */
+ * shares that prefix.
+ *
+ * A schema (response_format json_schema) adds to the JSON machine: the node
+ * of the value to come (vnode: its types, enum texts), the innermost schema
+ * container (snode, and for an object the first property that may still come,
+ * sp: members come in the schema's order, optional ones may be skipped), and
+ * how many schema-free containers are open inside it (gdepth).  The schema is
+ * a tree, so leaving a container goes back to its node's parent, with sp
+ * restored from the node's index among the parent's properties: the state
+ * stays small and copied by value. */
 #include "eng_gram.h"
 
 #include <math.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -84,6 +94,18 @@ int eng_tool_ids(const tok_t *t, eng_tool_ids_t *ids) {
     ids->call_begin = tok_id(t, "<\xef\xbd\x9ctool\xe2\x96\x81" "call\xe2\x96\x81" "begin\xef\xbd\x9c>");
     ids->call_end = tok_id(t, "<\xef\xbd\x9ctool\xe2\x96\x81" "call\xe2\x96\x81" "end\xef\xbd\x9c>");
     ids->sep = tok_id(t, "<\xef\xbd\x9ctool\xe2\x96\x81" "sep\xef\xbd\x9c>");
+    static const char *const MARKS[] = { /* every tool marker of DeepSeek-V3's vocabulary */
+        "calls\xe2\x96\x81" "begin", "calls\xe2\x96\x81" "end", "call\xe2\x96\x81" "begin",
+        "call\xe2\x96\x81" "end", "outputs\xe2\x96\x81" "begin", "outputs\xe2\x96\x81" "end",
+        "output\xe2\x96\x81" "begin", "output\xe2\x96\x81" "end", "sep",
+    };
+    ids->n_marks = 0;
+    for (size_t i = 0; i < sizeof MARKS / sizeof MARKS[0]; i++) {
+        char name[64];
+        snprintf(name, sizeof name, "<\xef\xbd\x9ctool\xe2\x96\x81%s\xef\xbd\x9c>", MARKS[i]);
+        int32_t id = tok_id(t, name);
+        if (id >= 0) ids->marks[ids->n_marks++] = id;
+    }
     return ids->calls_begin >= 0 && ids->calls_end >= 0 && ids->call_begin >= 0 && ids->call_end >= 0 &&
                    ids->sep >= 0
                ? 0
@@ -97,11 +119,15 @@ enum { /* program elements */
     E_NEXT,        /* <｜tool▁calls▁end｜>, or "\n" before another call */
     E_CALL_BEGIN2, /* <｜tool▁call▁begin｜> of a further call */
     E_EOS,
+    E_TEXT,        /* free text; the tool-call block may open (with names); other tool markers banned */
+    E_ALT,         /* a JSON answer, or the tool-call block */
 };
 
 enum { /* JSON states */
     J_TOP, J_OBJ_FIRST, J_OBJ_KEY, J_COLON, J_VALUE, J_ARR_FIRST, J_AFTER, J_STR, J_ESC, J_HEX, J_NUM, J_LIT,
     J_DONE, /* the top-level value is complete */
+    J_KEY,  /* a schema object's member name, matched against its properties (cand, lpos) */
+    J_ENUM, /* a schema enum value, matched against its texts (cand, lpos) */
 };
 
 enum { N_MINUS, N_ZERO, N_INT, N_DOT, N_FRAC, N_E, N_ESIGN, N_EXP };
@@ -116,12 +142,21 @@ static const char LIT_FENCE_END[] = "\n```";
 static const char *const LITS[] = {"true", "false", "null"};
 
 typedef struct {
-    uint8_t el, js, num, lit, litpos, depth, u8need, u8lo, u8hi, hex, hexd, ws, skey, ncalls;
-    uint16_t pos, nlo, nhi;
+    uint64_t cand;  /* J_KEY, J_ENUM: bit i: candidate i still matches */
     uint32_t stack; /* bit d: the container at depth d+1 is an object */
+    uint16_t pos, nlo, nhi;
+    uint16_t lpos;  /* J_KEY, J_ENUM: bytes matched */
+    int32_t close;  /* bytes that close the open containers (a schema object's required members included) */
+    int16_t snode;  /* schema: the innermost schema container (-1: none) */
+    int16_t vnode;  /* schema: the node of the value to come (-1: any value) */
+    uint8_t el, js, num, lit, litpos, depth, u8need, u8lo, u8hi, hex, hexd, ws, skey, ncalls;
+    uint8_t sp;     /* schema object: the first property that may still come */
+    uint8_t gdepth; /* schema-free containers open inside the innermost schema one */
+    uint8_t nint;   /* J_NUM: an integer (no fraction, no exponent) */
+    uint8_t intool; /* inside the tool-call block (its arguments are any JSON object) */
 } gst_t;
 
-typedef enum { G_JSON, G_TOOLS } gkind_t;
+typedef enum { G_JSON, G_TOOLS, G_TEXT } gkind_t;
 
 struct eng_gram {
     const eng_vocab_t *v;
@@ -131,6 +166,13 @@ struct eng_gram {
     char **names; /* sorted */
     size_t *name_len;
     int n_names, parallel, min_name;
+    /* response_format json_schema (has_sc): a copy of the compiled schema, and
+     * per object node the bytes its still-required members need (rtail) and
+     * the cheapest member that may come next (mmin), both indexed by
+     * roff[node] + the next property */
+    int has_sc;
+    api_schema_t sc;
+    int32_t *roff, *rtail, *mmin;
     gst_t st;
     gst_t *stk;   /* (maxlen + 1) states of the mask walk */
     uint8_t *allow;
@@ -138,47 +180,158 @@ struct eng_gram {
 
 static int is_ws(unsigned c) { return c == ' ' || c == '\n' || c == '\r' || c == '\t'; }
 
-/* JSON: a value is complete. */
-static void value_done(gst_t *s) { s->js = s->depth ? J_AFTER : J_DONE; }
+static int sch(const eng_gram_t *g, const gst_t *s) { return g->has_sc && !s->intool; }
+/* The innermost container is a schema object or array (not a schema-free one). */
+static int in_schema(const eng_gram_t *g, const gst_t *s) { return sch(g, s) && !s->gdepth && s->snode >= 0; }
 
-/* Start a value with byte c; 0 or -1. */
-static int value_start(gst_t *s, unsigned c) {
-    switch (c) {
-    case '"': s->js = J_STR, s->skey = 0; return 0;
-    case '{':
-    case '[':
-        if (s->depth >= MAX_DEPTH) return -1;
-        if (c == '{') s->stack |= 1u << s->depth;
-        else s->stack &= ~(1u << s->depth);
-        s->depth++;
-        s->js = c == '{' ? J_OBJ_FIRST : J_ARR_FIRST;
-        return 0;
-    case '-': s->js = J_NUM, s->num = N_MINUS; return 0;
-    case '0': s->js = J_NUM, s->num = N_ZERO; return 0;
-    case 't': s->js = J_LIT, s->lit = 0, s->litpos = 1; return 0;
-    case 'f': s->js = J_LIT, s->lit = 1, s->litpos = 1; return 0;
-    case 'n': s->js = J_LIT, s->lit = 2, s->litpos = 1; return 0;
-    default:
-        if (c >= '1' && c <= '9') {
-            s->js = J_NUM, s->num = N_INT;
-            return 0;
-        }
-        return -1;
-    }
+static const api_schema_node_t *node(const eng_gram_t *g, int i) { return &g->sc.nodes[i]; }
+static const api_schema_prop_t *prop(const eng_gram_t *g, int n, int j) {
+    return &g->sc.props[g->sc.nodes[n].prop0 + j];
 }
+/* Bytes closing schema object n when property p is the next that may come. */
+static int obj_close(const eng_gram_t *g, int n, int p) { return g->rtail[g->roff[n] + p] + 1; }
 
 static int top_is_obj(const gst_t *s) { return s->depth && (s->stack >> (s->depth - 1) & 1); }
 
+/* JSON: a value is complete. */
+static void value_done(gst_t *s) { s->js = s->depth ? J_AFTER : J_DONE; }
+
+static int json_feed(const eng_gram_t *g, gst_t *s, unsigned c);
+
+/* One byte of an enum value; 0 or -1. */
+static int enum_feed(const eng_gram_t *g, gst_t *s, unsigned c) {
+    const api_schema_node_t *nd = node(g, s->vnode);
+    uint64_t nc = 0;
+    int complete = 0;
+    for (int j = 0; j < nd->n_enum; j++) {
+        if (!(s->cand >> j & 1)) continue;
+        const api_schema_lit_t *l = &g->sc.lits[nd->lit0 + j];
+        if (l->len > s->lpos && (unsigned char)g->sc.arena[l->off + s->lpos] == c) nc |= 1ull << j;
+        if (l->len == s->lpos) complete = 1;
+    }
+    if (nc) {
+        s->cand = nc;
+        s->lpos++;
+        return 0;
+    }
+    if (!complete) return -1;
+    value_done(s); /* the value ended before c (a number such as 1 beside 12) */
+    if (s->js == J_DONE) return -1;
+    return json_feed(g, s, c);
+}
+
+/* Start a value with byte c; 0 or -1. */
+static int value_start(const eng_gram_t *g, gst_t *s, unsigned c) {
+    int vn = sch(g, s) ? s->vnode : -1;
+    const api_schema_node_t *nd = vn >= 0 ? node(g, vn) : NULL;
+    int types = nd ? nd->types : API_ST_ANY;
+    if (nd && nd->n_enum > 0) {
+        s->js = J_ENUM;
+        s->cand = nd->n_enum == 64 ? ~0ull : (1ull << nd->n_enum) - 1;
+        s->lpos = 0;
+        return enum_feed(g, s, c);
+    }
+    switch (c) {
+    case '"':
+        if (!(types & API_ST_STR)) return -1;
+        s->js = J_STR, s->skey = 0;
+        return 0;
+    case '{':
+    case '[':
+        if (!(types & (c == '{' ? API_ST_OBJ : API_ST_ARR)) || s->depth >= MAX_DEPTH) return -1;
+        if (c == '{') s->stack |= 1u << s->depth;
+        else s->stack &= ~(1u << s->depth);
+        s->depth++;
+        if (nd && (c == '[' || nd->n_props >= 0)) { /* a schema container */
+            s->snode = (int16_t)vn;
+            s->sp = 0;
+            s->close += c == '{' ? obj_close(g, vn, 0) : 1;
+            s->vnode = c == '[' ? nd->items : -1;
+        } else { /* any value, or an object with any members: schema-free inside */
+            if (sch(g, s)) s->gdepth++;
+            s->close++;
+            s->vnode = -1;
+        }
+        s->js = c == '{' ? J_OBJ_FIRST : J_ARR_FIRST;
+        return 0;
+    case '-': s->js = J_NUM, s->num = N_MINUS; break;
+    case '0': s->js = J_NUM, s->num = N_ZERO; break;
+    case 't': s->js = J_LIT, s->lit = 0, s->litpos = 1; return types & API_ST_BOOL ? 0 : -1;
+    case 'f': s->js = J_LIT, s->lit = 1, s->litpos = 1; return types & API_ST_BOOL ? 0 : -1;
+    case 'n': s->js = J_LIT, s->lit = 2, s->litpos = 1; return types & API_ST_NULL ? 0 : -1;
+    default:
+        if (c < '1' || c > '9') return -1;
+        s->js = J_NUM, s->num = N_INT;
+        break;
+    }
+    /* a number */
+    if (!(types & (API_ST_INT | API_ST_NUM))) return -1;
+    s->nint = !(types & API_ST_NUM);
+    return 0;
+}
+
 /* Close the innermost container with c ('}' or ']'); 0 or -1. */
-static int close_with(gst_t *s, unsigned c) {
+static int close_with(const eng_gram_t *g, gst_t *s, unsigned c) {
     if (!s->depth || (c == '}') != top_is_obj(s)) return -1;
+    if (in_schema(g, s)) {
+        int n = s->snode;
+        if (c == '}') {
+            if (g->rtail[g->roff[n] + s->sp]) return -1; /* a required member is missing */
+            s->close -= obj_close(g, n, s->sp);
+        } else {
+            s->close--;
+        }
+        const api_schema_node_t *nd = node(g, n);
+        s->snode = nd->parent;
+        if (nd->pidx >= 0) s->sp = (uint8_t)(nd->pidx + 1);
+        s->vnode = -1;
+    } else {
+        if (s->gdepth) s->gdepth--;
+        s->close--;
+    }
     s->depth--;
     value_done(s);
     return 0;
 }
 
+/* The properties of the schema object on top that may come next (bits):
+ * from sp up to and including the first required one. */
+static uint64_t key_cands(const eng_gram_t *g, const gst_t *s) {
+    int n = s->snode, np = node(g, n)->n_props;
+    uint64_t m = 0;
+    for (int j = s->sp; j < np; j++) {
+        m |= 1ull << j;
+        if (prop(g, n, j)->required) break;
+    }
+    return m;
+}
+
+/* One byte of a schema member name; 0 or -1. */
+static int key_feed(const eng_gram_t *g, gst_t *s, unsigned c) {
+    int n = s->snode, np = node(g, n)->n_props;
+    uint64_t nc = 0;
+    for (int j = 0; j < np; j++) {
+        if (!(s->cand >> j & 1)) continue;
+        const api_schema_prop_t *p = prop(g, n, j);
+        if (p->len > s->lpos && (unsigned char)g->sc.arena[p->off + s->lpos] == c) nc |= 1ull << j;
+    }
+    if (!nc) return -1;
+    s->cand = nc;
+    s->lpos++;
+    for (int j = 0; j < np; j++) {
+        if (!(nc >> j & 1) || prop(g, n, j)->len != s->lpos) continue;
+        /* complete (the closing quote: no other name goes on from here) */
+        s->js = J_COLON;
+        s->vnode = prop(g, n, j)->node;
+        s->close = s->close - obj_close(g, n, s->sp) + obj_close(g, n, j + 1);
+        s->sp = (uint8_t)(j + 1);
+        break;
+    }
+    return 0;
+}
+
 /* One byte of JSON; 0 or -1.  J_DONE refuses every byte. */
-static int json_feed(gst_t *s, unsigned c) {
+static int json_feed(const eng_gram_t *g, gst_t *s, unsigned c) {
     if (is_ws(c) && (s->js == J_OBJ_FIRST || s->js == J_OBJ_KEY || s->js == J_COLON ||
                      s->js == J_VALUE || s->js == J_ARR_FIRST || s->js == J_AFTER)) {
         if (s->ws >= MAX_WS) return -1;
@@ -189,28 +342,41 @@ static int json_feed(gst_t *s, unsigned c) {
     switch (s->js) {
     case J_TOP:
         if (c != '{') return -1;
-        return value_start(s, c);
+        return value_start(g, s, c);
     case J_OBJ_FIRST:
-        if (c == '}') return close_with(s, c);
+        if (c == '}') return close_with(g, s, c);
         /* fall through */
     case J_OBJ_KEY:
         if (c != '"') return -1;
+        if (in_schema(g, s)) {
+            if (!(s->cand = key_cands(g, s))) return -1;
+            s->js = J_KEY, s->lpos = 1;
+            return 0;
+        }
         s->js = J_STR, s->skey = 1;
         return 0;
+    case J_KEY: return key_feed(g, s, c);
+    case J_ENUM: return enum_feed(g, s, c);
     case J_COLON:
         if (c != ':') return -1;
         s->js = J_VALUE;
         return 0;
     case J_ARR_FIRST:
-        if (c == ']') return close_with(s, c);
+        if (c == ']') return close_with(g, s, c);
         /* fall through */
-    case J_VALUE: return value_start(s, c);
+    case J_VALUE: return value_start(g, s, c);
     case J_AFTER:
         if (c == ',') {
-            s->js = top_is_obj(s) ? J_OBJ_KEY : J_VALUE;
+            if (!top_is_obj(s)) {
+                s->js = J_VALUE;
+                s->vnode = in_schema(g, s) ? node(g, s->snode)->items : -1;
+            } else {
+                if (in_schema(g, s) && s->sp >= node(g, s->snode)->n_props) return -1; /* no member left */
+                s->js = J_OBJ_KEY;
+            }
             return 0;
         }
-        if (c == '}' || c == ']') return close_with(s, c);
+        if (c == '}' || c == ']') return close_with(g, s, c);
         return -1;
     case J_STR:
         if (s->u8need) {
@@ -220,7 +386,7 @@ static int json_feed(gst_t *s, unsigned c) {
             return 0;
         }
         if (c == '"') {
-            if (s->skey) s->js = J_COLON;
+            if (s->skey) s->js = J_COLON, s->vnode = -1;
             else value_done(s);
             return 0;
         }
@@ -260,6 +426,7 @@ static int json_feed(gst_t *s, unsigned c) {
     }
     case J_NUM: {
         int d = c >= '0' && c <= '9';
+        int frac = !s->nint; /* an integer has no fraction and no exponent */
         switch (s->num) {
         case N_MINUS:
             if (!d) return -1;
@@ -268,8 +435,8 @@ static int json_feed(gst_t *s, unsigned c) {
         case N_ZERO:
         case N_INT:
             if (d && s->num == N_INT) return 0;
-            if (c == '.') return s->num = N_DOT, 0;
-            if (c == 'e' || c == 'E') return s->num = N_E, 0;
+            if (c == '.' && frac) return s->num = N_DOT, 0;
+            if ((c == 'e' || c == 'E') && frac) return s->num = N_E, 0;
             break; /* the number ends before c */
         case N_DOT:
             if (!d) return -1;
@@ -292,7 +459,7 @@ static int json_feed(gst_t *s, unsigned c) {
         }
         value_done(s);
         if (s->js == J_DONE) return -1;
-        return json_feed(s, c);
+        return json_feed(g, s, c);
     }
     case J_LIT:
         if (c != (unsigned char)LITS[s->lit][s->litpos]) return -1;
@@ -302,22 +469,51 @@ static int json_feed(gst_t *s, unsigned c) {
     }
 }
 
+/* Bytes of the shortest value the node admits (-1: any value, "0"). */
+static int vmin(const eng_gram_t *g, const gst_t *s) {
+    return sch(g, s) && s->vnode >= 0 ? node(g, s->vnode)->min_len : 1;
+}
+
 /* Bytes still needed to finish the JSON value. */
-static int json_cost(const gst_t *s) {
-    int d = s->depth, key = s->skey ? 2 : 0;
+static int json_cost(const eng_gram_t *g, const gst_t *s) {
+    int d = s->close, key = s->skey ? 2 : 0;
     switch (s->js) {
-    case J_TOP: return 2;
+    case J_TOP: return sch(g, s) ? node(g, 0)->min_len : 2;
     case J_OBJ_FIRST:
     case J_ARR_FIRST:
     case J_AFTER: return d;
-    case J_OBJ_KEY: return 4 + d;
-    case J_COLON: return 2 + d;
-    case J_VALUE: return 1 + d;
+    case J_OBJ_KEY:
+        if (in_schema(g, s)) /* a member must come: a required one is counted in close already */
+            return d + (g->rtail[g->roff[s->snode] + s->sp] ? 0 : g->mmin[g->roff[s->snode] + s->sp]);
+        return 4 + d;
+    case J_COLON: return 1 + vmin(g, s) + d;
+    case J_VALUE: return vmin(g, s) + d;
     case J_STR: return s->u8need + 1 + key + d;
     case J_ESC: return 2 + key + d;
     case J_HEX: return s->hex + 1 + key + d;
     case J_NUM: return (s->num == N_MINUS || s->num == N_DOT || s->num == N_E || s->num == N_ESIGN) + d;
     case J_LIT: return (int)strlen(LITS[s->lit]) - s->litpos + d;
+    case J_KEY: {
+        int n = s->snode, np = node(g, n)->n_props, best = 1 << 20;
+        for (int j = 0; j < np; j++) {
+            if (!(s->cand >> j & 1)) continue;
+            const api_schema_prop_t *p = prop(g, n, j);
+            int c = (int)p->len - s->lpos + 1 + node(g, p->node)->min_len - obj_close(g, n, s->sp) +
+                    obj_close(g, n, j + 1);
+            if (c < best) best = c;
+        }
+        return best + d;
+    }
+    case J_ENUM: {
+        const api_schema_node_t *nd = node(g, s->vnode);
+        int best = 1 << 20;
+        for (int j = 0; j < nd->n_enum; j++) {
+            const api_schema_lit_t *l = &g->sc.lits[nd->lit0 + j];
+            if ((s->cand >> j & 1) && (int)l->len >= s->lpos && (int)l->len - s->lpos < best)
+                best = (int)l->len - s->lpos;
+        }
+        return best + d;
+    }
     default: return 0;
     }
 }
@@ -334,13 +530,24 @@ static int special_el(const eng_gram_t *g, int el, int32_t *id) {
     }
 }
 
-static void json_begin(gst_t *s) {
+static void json_begin(const eng_gram_t *g, gst_t *s) {
     s->js = J_TOP, s->depth = 0, s->stack = 0, s->ws = 0, s->u8need = 0;
+    s->close = 0, s->gdepth = 0, s->snode = -1, s->sp = 0;
+    s->vnode = sch(g, s) ? 0 : -1; /* the schema's root */
 }
 
 /* One byte of the program; 0 or -1. */
 static int feed(const eng_gram_t *g, gst_t *s, unsigned c) {
     switch (s->el) {
+    case E_TEXT: return 0;
+    case E_ALT: /* a byte: the JSON answer */
+        s->el = E_JSON, s->pos = 0;
+        json_begin(g, s);
+        /* fall through */
+    case E_JSON:
+        if (json_feed(g, s, c)) return -1;
+        if (s->js == J_DONE) s->el = s->intool ? E_FENCE_END : E_EOS, s->pos = 0;
+        return 0;
     case E_FUNCTION:
         if (c != (unsigned char)LIT_FUNCTION[s->pos]) return -1;
         if (!LIT_FUNCTION[++s->pos]) s->el = E_SEP, s->pos = 0;
@@ -366,12 +573,8 @@ static int feed(const eng_gram_t *g, gst_t *s, unsigned c) {
         if (c != (unsigned char)LIT_FENCE[s->pos]) return -1;
         if (!LIT_FENCE[++s->pos]) {
             s->el = E_JSON, s->pos = 0;
-            json_begin(s);
+            json_begin(g, s);
         }
-        return 0;
-    case E_JSON:
-        if (json_feed(s, c)) return -1;
-        if (s->js == J_DONE) s->el = g->kind == G_JSON ? E_EOS : E_FENCE_END, s->pos = 0;
         return 0;
     case E_FENCE_END:
         if (c != (unsigned char)LIT_FENCE_END[s->pos]) return -1;
@@ -389,8 +592,13 @@ static int feed(const eng_gram_t *g, gst_t *s, unsigned c) {
 static int call_cost(const eng_gram_t *g) { return 1 + 8 + 1 + g->min_name + 9 + 2 + 4 + 1 + 1; }
 
 static int cost(const eng_gram_t *g, const gst_t *s) {
-    int tail_after_json = g->kind == G_JSON ? 0 : 4 + 1 + 1; /* fence end, call end, calls end */
+    int tail_after_json = s->intool ? 4 + 1 + 1 : 0; /* fence end, call end, calls end */
     switch (s->el) {
+    case E_TEXT: return 0;
+    case E_ALT: {
+        int j = sch(g, s) ? node(g, 0)->min_len : 2;
+        return g->n_names && 1 + call_cost(g) < j ? 1 + call_cost(g) : j;
+    }
     case E_CALLS_BEGIN: return 1 + call_cost(g);
     case E_CALL_BEGIN:
     case E_CALL_BEGIN2: return call_cost(g);
@@ -403,7 +611,7 @@ static int cost(const eng_gram_t *g, const gst_t *s) {
         return best + 9 + 2 + tail_after_json;
     }
     case E_FENCE: return (int)(sizeof LIT_FENCE - 1) - s->pos + 2 + tail_after_json;
-    case E_JSON: return json_cost(s) + tail_after_json;
+    case E_JSON: return json_cost(g, s) + tail_after_json;
     case E_FENCE_END: return (int)(sizeof LIT_FENCE_END - 1) - s->pos + 2;
     case E_CALL_END: return 2;
     case E_NEXT: return 1;
@@ -428,29 +636,76 @@ static eng_gram_t *gram_new(const eng_vocab_t *v, int32_t eos, gkind_t kind) {
     return g;
 }
 
+/* Copy the compiled schema and tabulate, per object node and next property,
+ * the bytes of the required members left (rtail) and of the cheapest member
+ * that may come (mmin).  0, or -1 on OOM. */
+static int gram_schema(eng_gram_t *g, const api_schema_t *sc) {
+    api_schema_t *c = &g->sc;
+    c->n_nodes = sc->n_nodes, c->n_props = sc->n_props, c->n_lits = sc->n_lits, c->arena_len = sc->arena_len;
+    c->nodes = malloc((size_t)(sc->n_nodes ? sc->n_nodes : 1) * sizeof *c->nodes);
+    c->props = malloc((size_t)(sc->n_props ? sc->n_props : 1) * sizeof *c->props);
+    c->lits = malloc((size_t)(sc->n_lits ? sc->n_lits : 1) * sizeof *c->lits);
+    c->arena = malloc(sc->arena_len ? sc->arena_len : 1);
+    g->roff = malloc((size_t)(sc->n_nodes ? sc->n_nodes : 1) * sizeof *g->roff);
+    size_t nt = 0;
+    for (int i = 0; i < sc->n_nodes; i++) nt += sc->nodes[i].n_props >= 0 ? (size_t)sc->nodes[i].n_props + 1 : 0;
+    g->rtail = malloc((nt ? nt : 1) * sizeof *g->rtail);
+    g->mmin = malloc((nt ? nt : 1) * sizeof *g->mmin);
+    if (!c->nodes || !c->props || !c->lits || !c->arena || !g->roff || !g->rtail || !g->mmin) return -1;
+    memcpy(c->nodes, sc->nodes, (size_t)sc->n_nodes * sizeof *c->nodes);
+    memcpy(c->props, sc->props, (size_t)sc->n_props * sizeof *c->props);
+    memcpy(c->lits, sc->lits, (size_t)sc->n_lits * sizeof *c->lits);
+    if (sc->arena_len) memcpy(c->arena, sc->arena, sc->arena_len);
+    int32_t off = 0;
+    for (int i = 0; i < c->n_nodes; i++) {
+        int np = c->nodes[i].n_props;
+        g->roff[i] = off;
+        if (np < 0) continue;
+        g->rtail[off + np] = 0;
+        g->mmin[off + np] = 1 << 20; /* never needed: no member can come */
+        for (int j = np - 1; j >= 0; j--) {
+            const api_schema_prop_t *p = &c->props[c->nodes[i].prop0 + j];
+            int32_t m = (int32_t)p->len + 1 + c->nodes[p->node].min_len;
+            g->rtail[off + j] = g->rtail[off + j + 1] + (p->required ? 1 + m : 0);
+            g->mmin[off + j] = p->required || m < g->mmin[off + j + 1] ? m : g->mmin[off + j + 1];
+        }
+        off += np + 1;
+    }
+    g->has_sc = 1;
+    return 0;
+}
+
 eng_gram_t *eng_gram_json(const eng_vocab_t *v, int32_t eos) {
     eng_gram_t *g = gram_new(v, eos, G_JSON);
     if (!g) return NULL;
     g->st.el = E_JSON;
-    json_begin(&g->st);
+    json_begin(g, &g->st);
+    return g;
+}
+
+eng_gram_t *eng_gram_schema(const eng_vocab_t *v, int32_t eos, const api_schema_t *sc) {
+    if (!sc || sc->n_nodes < 1) return NULL;
+    eng_gram_t *g = gram_new(v, eos, G_JSON);
+    if (!g) return NULL;
+    if (gram_schema(g, sc)) {
+        eng_gram_free(g);
+        return NULL;
+    }
+    g->st.el = E_JSON;
+    json_begin(g, &g->st);
     return g;
 }
 
 static int cmp_name(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
 
-eng_gram_t *eng_gram_tools(const eng_vocab_t *v, int32_t eos, const eng_tool_ids_t *ids,
-                           const char *const *names, const size_t *name_len, int n_names, int parallel) {
-    if (n_names < 1 || n_names > 1000) return NULL;
-    eng_gram_t *g = gram_new(v, eos, G_TOOLS);
-    if (!g) return NULL;
-    g->ids = *ids;
-    g->parallel = parallel;
-    g->names = calloc((size_t)n_names, sizeof *g->names);
-    g->name_len = calloc((size_t)n_names, sizeof *g->name_len);
-    if (!g->names || !g->name_len) goto fail;
+static int gram_names(eng_gram_t *g, const char *const *names, const size_t *name_len, int n_names) {
+    if (n_names < 0 || n_names > 1000) return -1;
+    g->names = calloc((size_t)(n_names ? n_names : 1), sizeof *g->names);
+    g->name_len = calloc((size_t)(n_names ? n_names : 1), sizeof *g->name_len);
+    if (!g->names || !g->name_len) return -1;
     for (int i = 0; i < n_names; i++) {
-        if (!name_len[i] || memchr(names[i], 0, name_len[i]) || memchr(names[i], '\n', name_len[i])) goto fail;
-        if (!(g->names[i] = malloc(name_len[i] + 1))) goto fail;
+        if (!name_len[i] || memchr(names[i], 0, name_len[i]) || memchr(names[i], '\n', name_len[i])) return -1;
+        if (!(g->names[i] = malloc(name_len[i] + 1))) return -1;
         memcpy(g->names[i], names[i], name_len[i]);
         g->names[i][name_len[i]] = 0;
         g->n_names++;
@@ -461,7 +716,33 @@ eng_gram_t *eng_gram_tools(const eng_vocab_t *v, int32_t eos, const eng_tool_ids
         g->name_len[i] = strlen(g->names[i]);
         if ((int)g->name_len[i] < g->min_name) g->min_name = (int)g->name_len[i];
     }
+    return 0;
+}
+
+eng_gram_t *eng_gram_tools(const eng_vocab_t *v, int32_t eos, const eng_tool_ids_t *ids,
+                           const char *const *names, const size_t *name_len, int n_names, int parallel) {
+    if (n_names < 1) return NULL;
+    eng_gram_t *g = gram_new(v, eos, G_TOOLS);
+    if (!g) return NULL;
+    g->ids = *ids;
+    g->parallel = parallel;
+    if (gram_names(g, names, name_len, n_names)) goto fail;
     g->st.el = E_CALLS_BEGIN;
+    return g;
+fail:
+    eng_gram_free(g);
+    return NULL;
+}
+
+eng_gram_t *eng_gram_auto(const eng_vocab_t *v, int32_t eos, const eng_tool_ids_t *ids, const char *const *names,
+                          const size_t *name_len, int n_names, int parallel, int json, const api_schema_t *sc) {
+    eng_gram_t *g = gram_new(v, eos, G_TEXT);
+    if (!g) return NULL;
+    g->ids = *ids;
+    g->parallel = parallel;
+    if (gram_names(g, names, name_len, n_names) || (sc && gram_schema(g, sc))) goto fail;
+    if (json && !n_names) goto fail; /* plain JSON: eng_gram_json / eng_gram_schema */
+    g->st.el = json ? E_ALT : E_TEXT;
     return g;
 fail:
     eng_gram_free(g);
@@ -473,9 +754,22 @@ void eng_gram_free(eng_gram_t *g) {
     for (int i = 0; g->names && i < g->n_names; i++) free(g->names[i]);
     free(g->names);
     free(g->name_len);
+    free(g->sc.nodes);
+    free(g->sc.props);
+    free(g->sc.lits);
+    free(g->sc.arena);
+    free(g->roff);
+    free(g->rtail);
+    free(g->mmin);
     free(g->stk);
     free(g->allow);
     free(g);
+}
+
+static int is_marker(const eng_gram_t *g, int32_t id) {
+    for (int i = 0; i < g->ids.n_marks; i++)
+        if (g->ids.marks[i] == id) return 1;
+    return 0;
 }
 
 /* Advance s over a marker id (an element that is a token). */
@@ -485,9 +779,14 @@ static int accept_special(const eng_gram_t *g, gst_t *s, int32_t id) {
         s->el = E_EOS;
         return 0;
     }
+    if ((s->el == E_TEXT || s->el == E_ALT) && g->n_names && id == g->ids.calls_begin) {
+        s->el = E_CALL_BEGIN, s->intool = 1;
+        return 0;
+    }
+    if (s->el == E_TEXT) return is_marker(g, id) ? -1 : 0; /* other added tokens are text */
     if (!special_el(g, s->el, &want) || id != want || s->el == E_EOS) return -1;
     switch (s->el) {
-    case E_CALLS_BEGIN: s->el = E_CALL_BEGIN; break;
+    case E_CALLS_BEGIN: s->el = E_CALL_BEGIN, s->intool = 1; break;
     case E_CALL_BEGIN:
     case E_CALL_BEGIN2: s->el = E_FUNCTION, s->pos = 0; break;
     case E_SEP: s->el = E_NAME, s->pos = 0, s->nlo = 0, s->nhi = (uint16_t)g->n_names; break;
@@ -502,11 +801,11 @@ int eng_gram_close_cost(const eng_gram_t *g) { return cost(g, &g->st); }
 int eng_gram_accept(eng_gram_t *g, int32_t id) {
     gst_t s = g->st;
     const tok_t *t = g->v->tok;
-    if (id == g->eos) return g->st.el == E_EOS ? 0 : -1;
+    if (id == g->eos) return g->st.el == E_EOS || g->st.el == E_TEXT ? 0 : -1;
     if (id < 0 || id >= g->v->n) return -1;
     if (tok_is_added(t, id)) {
         if (accept_special(g, &s, id)) return -1;
-    } else {
+    } else if (s.el != E_TEXT) {
         size_t n;
         const char *b = tok_token_bytes(t, id, &n);
         if (!b || !n) return -1;
@@ -526,22 +825,19 @@ static int walk(eng_gram_t *g, int budget) {
     /* marker tokens and EOS */
     int32_t want;
     gst_t s;
-    if (special_el(g, g->st.el, &want) || g->st.el == E_NEXT) {
-        int32_t cand[2] = {-1, -1};
-        if (g->st.el == E_NEXT) cand[0] = g->ids.calls_end;
-        else cand[0] = want;
-        for (int k = 0; k < 2; k++) {
-            if (cand[k] < 0 || cand[k] >= v->n) continue;
-            s = g->st;
-            if (cand[k] == g->eos) {
-                if (g->st.el != E_EOS) continue;
-            } else if (accept_special(g, &s, cand[k]) || (budget >= 0 && cost(g, &s) + 1 > budget)) {
-                continue;
+    int el = g->st.el;
+    if (special_el(g, el, &want) || el == E_NEXT || el == E_ALT) {
+        int32_t cand = el == E_NEXT ? g->ids.calls_end : el == E_ALT ? g->ids.calls_begin : want;
+        s = g->st;
+        if (cand >= 0 && cand < v->n) {
+            if (cand == g->eos) {
+                if (el == E_EOS) g->allow[cand] = 1, count++;
+            } else if (!accept_special(g, &s, cand) && !(budget >= 0 && cost(g, &s) + 1 > budget)) {
+                g->allow[cand] = 1;
+                count++;
             }
-            g->allow[cand[k]] = 1;
-            count++;
         }
-        if (g->st.el != E_NEXT) return count; /* a marker, nothing else */
+        if (el != E_NEXT && el != E_ALT) return count; /* a marker, nothing else */
     }
     /* byte tokens, in sorted order, states shared along common prefixes */
     g->stk[0] = g->st;
@@ -570,10 +866,22 @@ static int walk(eng_gram_t *g, int budget) {
 }
 
 int eng_gram_mask(eng_gram_t *g, int remaining, float *logits, int32_t n) {
+    int32_t m = n < g->v->n ? n : g->v->n;
+    if (g->st.el == E_TEXT) { /* free text: only the tool markers are out (the block's opener when it fits) */
+        int banned = 0;
+        for (int i = 0; i < g->ids.n_marks; i++) {
+            int32_t id = g->ids.marks[i];
+            if (id < 0 || id >= m) continue;
+            if (id == g->ids.calls_begin && g->n_names && call_cost(g) + 1 <= remaining - 1) continue;
+            logits[id] = -INFINITY;
+            banned++;
+        }
+        for (int32_t id = m; id < n; id++) logits[id] = -INFINITY;
+        return m - banned;
+    }
     /* after this token, `remaining - 1` are left: the rest of the grammar and EOS must fit */
     int count = walk(g, remaining - 1);
     if (!count) count = walk(g, -1);
-    int32_t m = n < g->v->n ? n : g->v->n;
     for (int32_t id = 0; id < m; id++)
         if (!g->allow[id]) logits[id] = -INFINITY;
     for (int32_t id = m; id < n; id++) logits[id] = -INFINITY;

@@ -2,15 +2,21 @@
  * state machine over the bytes the model emits, and a mask over the
  * vocabulary that leaves only the tokens whose bytes keep the output valid.
  *
- * Two grammars:
+ * Grammars:
  *  - JSON: one JSON object (RFC 8259; strings valid UTF-8 without control
  *    characters or lone surrogate escapes; nesting at most 32), then EOS.
  *    `response_format: {"type":"json_object"}`.
+ *  - SCHEMA: the same, valid against a compiled json_schema (api.h): member
+ *    names from "properties" in their order, every "required" one present,
+ *    values of the types, enum texts and items the schema says.
  *  - TOOLS: DeepSeek-V3's tool-call block, as its chat template writes it:
  *      <｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>NAME\n```json\nOBJECT\n```<｜tool▁call▁end｜>
  *      [\n<｜tool▁call▁begin｜>... more calls when parallel]<｜tool▁calls▁end｜> EOS
  *    NAME one of the request's function names, OBJECT as in JSON.  The
  *    <｜...｜> markers are single added tokens, matched by id.
+ *  - AUTO (tool_choice "auto", or no tools): free text in which no tool marker
+ *    appears except the block's opener (with tools), which starts TOOLS; or,
+ *    with a JSON response_format, a JSON (or SCHEMA) answer or the block.
  *
  * Budget: the mask also keeps the output closable within the tokens left:
  * a token is allowed only when the bytes still needed to finish (every one
@@ -30,6 +36,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "api.h"
 #include "tok.h"
 
 typedef struct eng_vocab eng_vocab_t;
@@ -42,6 +49,8 @@ void eng_vocab_free(eng_vocab_t *v); /* accepts NULL */
 /* The tool-call marker ids of a DeepSeek tokenizer; -1 when absent. */
 typedef struct {
     int32_t calls_begin, calls_end, call_begin, call_end, sep;
+    int32_t marks[9]; /* every tool marker present (outputs ones too): never text */
+    int n_marks;
 } eng_tool_ids_t;
 /* 0 when all five markers exist in t, else -1. */
 int eng_tool_ids(const tok_t *t, eng_tool_ids_t *ids);
@@ -54,6 +63,16 @@ eng_gram_t *eng_gram_json(const eng_vocab_t *v, int32_t eos);
  * than one call allowed (at most 16).  NULL on OOM or bad arguments. */
 eng_gram_t *eng_gram_tools(const eng_vocab_t *v, int32_t eos, const eng_tool_ids_t *ids,
                            const char *const *names, const size_t *name_len, int n_names, int parallel);
+/* A JSON-object grammar valid against a compiled schema (copied).  NULL on
+ * OOM or an empty schema. */
+eng_gram_t *eng_gram_schema(const eng_vocab_t *v, int32_t eos, const api_schema_t *sc);
+/* tool_choice "auto" (n_names >= 1) or text without tools (n_names 0):
+ * json 0: free text where no tool marker is sampled but the block's opener
+ * (with names), which starts the tool-call grammar; json 1 (with names): a
+ * JSON object (against sc when not NULL) or the tool-call block.  NULL on OOM
+ * or bad arguments. */
+eng_gram_t *eng_gram_auto(const eng_vocab_t *v, int32_t eos, const eng_tool_ids_t *ids, const char *const *names,
+                          const size_t *name_len, int n_names, int parallel, int json, const api_schema_t *sc);
 void eng_gram_free(eng_gram_t *g); /* accepts NULL */
 
 /* Set logits[id] = -inf for every id in [0, n) the grammar does not allow

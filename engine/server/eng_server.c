@@ -93,22 +93,38 @@ typedef struct {
     unsigned long long id_counter;
 } srv_t;
 
-struct call {
-    srv_t *srv;
-    call_t *prev, *next;
-    struct evhttp_request *req;
-    struct evhttp_connection *conn;
-    eng_job_t *job;
-    int stream, include_usage, gone, hung_up, started, got_first, reasoning_model;
-    char id[160];      /* "chatcmpl-..." */
-    char req_id[130];  /* X-Request-Id */
-    long long created;
-    int64_t t_start, t_last;
+/* One choice of a call (n > 1: n of them, each its own job and sampling). */
+typedef struct {
+    call_t *call;
+    int index;
+    eng_job_t *job;    /* NULL: never submitted (the queue was full) */
+    int done, got_first;
+    int64_t t_last;
     eng_buf_t content, reasoning;
     cJSON *lp_content; /* non-streaming logprobs entries, when asked for */
     eng_buf_t tool;    /* the tool-call block so far (tools given) */
     eng_tool_call_t *calls;
     size_t n_calls, calls_sent; /* parsed; sent in stream chunks */
+    eng_finish_t finish;
+    eng_usage_t u;
+} choice_t;
+
+struct call {
+    srv_t *srv;
+    call_t *prev, *next;
+    struct evhttp_request *req;
+    struct evhttp_connection *conn;
+    int stream, include_usage, gone, hung_up, started, reasoning_model;
+    char id[160];      /* "chatcmpl-..." */
+    char req_id[130];  /* X-Request-Id */
+    long long created;
+    int64_t t_start;
+    int n, n_done;
+    choice_t *ch;      /* (n) */
+    /* a choice that failed fails the call (the others are cancelled): the first failure */
+    int bad_status;    /* 0: none; 500 or 503 */
+    const char *bad_code;
+    char bad_msg[200];
 };
 
 static const char *status_reason(int code) {
@@ -181,12 +197,23 @@ static void on_sent(struct evhttp_request *req, void *arg) {
 }
 
 static void call_free(call_t *c) {
-    eng_buf_free(&c->content);
-    eng_buf_free(&c->reasoning);
-    eng_buf_free(&c->tool);
-    eng_tool_calls_free(c->calls, c->n_calls);
-    cJSON_Delete(c->lp_content);
+    if (!c) return;
+    for (int i = 0; c->ch && i < c->n; i++) {
+        choice_t *h = &c->ch[i];
+        eng_buf_free(&h->content);
+        eng_buf_free(&h->reasoning);
+        eng_buf_free(&h->tool);
+        eng_tool_calls_free(h->calls, h->n_calls);
+        cJSON_Delete(h->lp_content);
+    }
+    free(c->ch);
     free(c);
+}
+
+/* Cancel every choice still running. */
+static void call_cancel(call_t *c) {
+    for (int i = 0; i < c->n; i++)
+        if (c->ch[i].job && !c->ch[i].done) eng_sched_cancel(c->srv->sched, c->ch[i].job);
 }
 
 static void call_unlink_free(call_t *c) {
@@ -205,7 +232,7 @@ static void on_conn_close(struct evhttp_connection *conn, void *arg) {
     call_t *c = arg;
     c->gone = 1;
     c->conn = NULL;
-    eng_sched_cancel(c->srv->sched, c->job);
+    call_cancel(c);
 }
 
 static void sse_send(call_t *c, const char *json) {
@@ -221,22 +248,32 @@ static void sse_send(call_t *c, const char *json) {
     free(ev);
 }
 
-/* lp: logprobs object for the chunk, taken over (NULL -> null) */
-static void sse_chunk(call_t *c, const char *role, const char *content, size_t content_len,
+/* A chunk of choice `index`.  lp: logprobs object for the chunk, taken over (NULL -> null) */
+static void sse_chunk(call_t *c, int index, const char *role, const char *content, size_t content_len,
                       const char *reasoning, size_t reasoning_len, eng_finish_t fin, cJSON *lp) {
-    char *j = eng_resp_chunk(c->id, c->created, c->srv->model_name, role, content, content_len,
-                             reasoning, reasoning_len, fin, c->include_usage, NULL, lp);
+    char *j = eng_resp_chunk_at(index, c->id, c->created, c->srv->model_name, role, content, content_len,
+                                reasoning, reasoning_len, fin, c->include_usage, NULL, lp);
     sse_send(c, j);
     free(j);
 }
 
-/* The job's last event: finish the HTTP exchange (or just free the detached
- * request when the client is gone), account, free the call. */
-static void call_finish(call_t *c, const eng_ev_t *ev) {
+/* Every choice has ended: finish the HTTP exchange (or just free the
+ * detached request when the client is gone), account, free the call.  Usage
+ * is the request's: the prompt once (as OpenAI counts n), the cache hits of
+ * the choice that had fewest, completion and reasoning tokens summed. */
+static void call_finish(call_t *c) {
     srv_t *S = c->srv;
-    /* an answer that ended (EOS) after a tool-call block: "tool_calls" */
-    eng_finish_t fin = ev->finish == ENG_FINISH_STOP && c->n_calls ? ENG_FINISH_TOOL_CALLS : ev->finish;
-    eng_usage_t u = {ev->prompt_tokens, ev->completion_tokens, ev->reasoning_tokens, ev->cached_tokens};
+    eng_usage_t u = {0, 0, 0, -1};
+    for (int i = 0; i < c->n; i++) {
+        const choice_t *h = &c->ch[i];
+        if (!h->job) continue;
+        if (h->u.prompt_tokens > u.prompt_tokens) u.prompt_tokens = h->u.prompt_tokens;
+        if (u.cached_tokens < 0 || h->u.cached_tokens < u.cached_tokens) u.cached_tokens = h->u.cached_tokens;
+        u.completion_tokens += h->u.completion_tokens;
+        u.reasoning_tokens += h->u.reasoning_tokens;
+    }
+    if (u.cached_tokens < 0) u.cached_tokens = 0;
+    eng_finish_t fin = c->ch[0].finish;
     int code = 200;
     S->met.prompt_tokens += (unsigned long long)u.prompt_tokens;
     S->met.completion_tokens += (unsigned long long)u.completion_tokens;
@@ -254,13 +291,11 @@ static void call_finish(call_t *c, const eng_ev_t *ev) {
         evhttp_connection_set_closecb(c->conn, NULL, NULL);
         evhttp_request_set_on_complete_cb(c->req, on_sent, S);
         S->pending_flush++;
-        if (ev->finish == ENG_FINISH_ERROR || ev->finish == ENG_FINISH_CANCELLED) {
+        if (c->bad_status) {
             eng_api_err_t e;
-            if (ev->finish == ENG_FINISH_ERROR)
-                eng_api_err(&e, 500, "server_error", NULL, "engine_error", "The engine failed: %s", ev->err);
-            else /* 503 only for a job that generated nothing: the gateway may send a 503 elsewhere */
-                eng_api_err(&e, ev->completion_tokens ? 500 : 503, "server_error", NULL, "server_shutting_down",
-                            "The worker is shutting down; the request was cancelled.");
+            /* 503 only when nothing was generated: the gateway may send a 503 elsewhere */
+            eng_api_err(&e, c->bad_status == 503 && u.completion_tokens ? 500 : c->bad_status, "server_error", NULL,
+                        c->bad_code, "%s", c->bad_msg);
             if (code != 499) code = e.status;
             if (c->started) {
                 char *j = eng_api_err_json(&e);
@@ -271,7 +306,6 @@ static void call_finish(call_t *c, const eng_ev_t *ev) {
                 send_err(c->req, &e);
             }
         } else if (c->stream) {
-            sse_chunk(c, NULL, NULL, 0, NULL, 0, fin, NULL);
             if (c->include_usage) {
                 char *j = eng_resp_chunk(c->id, c->created, S->model_name, NULL, NULL, 0, NULL, 0,
                                          ENG_FINISH_NONE, 0, &u, NULL);
@@ -286,18 +320,23 @@ static void call_finish(call_t *c, const eng_ev_t *ev) {
             }
             evhttp_send_reply_end(c->req);
         } else {
-            cJSON *lp = NULL;
-            if (c->lp_content) {
-                lp = cJSON_CreateObject();
-                if (lp) cJSON_AddItemToObject(lp, "content", c->lp_content);
-                else cJSON_Delete(c->lp_content);
-                c->lp_content = NULL;
+            eng_choice_t chs[API_MAX_N];
+            for (int i = 0; i < c->n; i++) {
+                choice_t *h = &c->ch[i];
+                cJSON *lp = NULL;
+                if (h->lp_content) {
+                    lp = cJSON_CreateObject();
+                    if (lp) cJSON_AddItemToObject(lp, "content", h->lp_content);
+                    else cJSON_Delete(h->lp_content);
+                    h->lp_content = NULL;
+                }
+                const char *content = h->content.p ? h->content.p : "";
+                if (h->n_calls && !h->content.len) content = NULL; /* only tool calls: content null */
+                chs[i] = (eng_choice_t){content, h->content.len,
+                                        c->reasoning_model ? (h->reasoning.p ? h->reasoning.p : "") : NULL,
+                                        h->reasoning.len, h->calls, h->n_calls, h->finish, lp};
             }
-            const char *content = c->content.p ? c->content.p : "";
-            if (c->n_calls && !c->content.len) content = NULL; /* only tool calls: content null */
-            char *j = eng_resp_completion(c->id, c->created, S->model_name, content, c->content.len,
-                                          c->reasoning_model ? (c->reasoning.p ? c->reasoning.p : "") : NULL,
-                                          c->reasoning.len, c->calls, c->n_calls, fin, &u, lp);
+            char *j = eng_resp_completion_n(c->id, c->created, S->model_name, chs, c->n, &u);
             if (j) {
                 send_json(c->req, 200, j);
             } else {
@@ -308,31 +347,62 @@ static void call_finish(call_t *c, const eng_ev_t *ev) {
         }
     }
     count_status(S, code);
-    log_line("{\"ts\":%lld,\"event\":\"chat\",\"request_id\":\"%s\",\"status\":%d,\"stream\":%s,"
+    log_line("{\"ts\":%lld,\"event\":\"chat\",\"request_id\":\"%s\",\"status\":%d,\"stream\":%s,\"n\":%d,"
              "\"finish_reason\":\"%s\",\"prompt_tokens\":%d,\"cached_tokens\":%d,\"completion_tokens\":%d,"
              "\"reasoning_tokens\":%d,\"ms\":%.1f}",
-             (long long)time(NULL), c->req_id, code, c->stream ? "true" : "false",
-             eng_finish_name(fin) ? eng_finish_name(fin)
-             : ev->finish == ENG_FINISH_CANCELLED ? "cancelled" : "error",
+             (long long)time(NULL), c->req_id, code, c->stream ? "true" : "false", c->n,
+             c->bad_status ? (c->bad_status == 500 && !strcmp(c->bad_code, "engine_error") ? "error" : "cancelled")
+             : eng_finish_name(fin) ? eng_finish_name(fin) : "error",
              u.prompt_tokens, u.cached_tokens, u.completion_tokens, u.reasoning_tokens,
              (double)(eng_now_ns() - c->t_start) / 1e6);
     call_unlink_free(c);
 }
 
+/* The first failure of a choice fails the call; the other choices are cancelled. */
+static void call_fail(call_t *c, int status, const char *code, const char *msg) {
+    if (c->bad_status) return;
+    c->bad_status = status;
+    c->bad_code = code;
+    snprintf(c->bad_msg, sizeof c->bad_msg, "%s", msg);
+    call_cancel(c);
+}
+
+/* A choice's last event: its finish (a stream gets its finish chunk), the
+ * call's end once every choice has ended. */
+static void choice_end(choice_t *h, const eng_ev_t *ev) {
+    call_t *c = h->call;
+    h->done = 1;
+    c->n_done++;
+    /* an answer that ended (EOS) after a tool-call block: "tool_calls" */
+    h->finish = ev->finish == ENG_FINISH_STOP && h->n_calls ? ENG_FINISH_TOOL_CALLS : ev->finish;
+    h->u = (eng_usage_t){ev->prompt_tokens, ev->completion_tokens, ev->reasoning_tokens, ev->cached_tokens};
+    if (ev->finish == ENG_FINISH_ERROR) {
+        char m[200];
+        snprintf(m, sizeof m, "The engine failed: %s", ev->err);
+        call_fail(c, 500, "engine_error", m);
+    } else if (ev->finish == ENG_FINISH_CANCELLED) {
+        call_fail(c, 503, "server_shutting_down", "The worker is shutting down; the request was cancelled.");
+    } else if (c->stream && !c->gone && !c->bad_status) {
+        sse_chunk(c, h->index, NULL, NULL, 0, NULL, 0, h->finish, NULL);
+    }
+    if (c->n_done == c->n) call_finish(c);
+}
+
 /* Bytes of the tool-call block: parse the calls completed so far; a stream
  * gets each call in a chunk as soon as it is complete. */
-static void call_tool_bytes(call_t *c, const char *b, size_t n) {
-    if (eng_buf_add(&c->tool, b, n) ||
-        eng_tool_calls_parse(c->tool.p, c->tool.len, &c->calls, &c->n_calls) < 0) {
-        eng_sched_cancel(c->srv->sched, c->job);
+static void call_tool_bytes(choice_t *h, const char *b, size_t n) {
+    call_t *c = h->call;
+    if (eng_buf_add(&h->tool, b, n) ||
+        eng_tool_calls_parse(h->tool.p, h->tool.len, &h->calls, &h->n_calls) < 0) {
+        eng_sched_cancel(c->srv->sched, h->job);
         return;
     }
-    if (c->stream && c->n_calls > c->calls_sent) {
-        char *j = eng_resp_chunk_tools(c->id, c->created, c->srv->model_name, c->calls, c->calls_sent,
-                                       c->n_calls - c->calls_sent, c->include_usage);
+    if (c->stream && h->n_calls > h->calls_sent) {
+        char *j = eng_resp_chunk_tools_at(h->index, c->id, c->created, c->srv->model_name, h->calls, h->calls_sent,
+                                          h->n_calls - h->calls_sent, c->include_usage);
         sse_send(c, j);
         free(j);
-        c->calls_sent = c->n_calls;
+        h->calls_sent = h->n_calls;
     }
 }
 
@@ -342,18 +412,19 @@ static void on_wake(evutil_socket_t fd, short what, void *arg) {
     eng_ev_t *ev = eng_sched_take(S->sched);
     while (ev) {
         eng_ev_t *next = ev->next;
-        call_t *c = ev->user;
+        choice_t *h = ev->user;
+        call_t *c = h->call;
         if (ev->new_tokens) {
             if (ev->first_token)
                 histo_observe(&S->met.ttft, TTFT_BUCKETS, N_TTFT, (double)(ev->t_ns - c->t_start) / 1e9);
             else
-                histo_observe(&S->met.tpot, TPOT_BUCKETS, N_TPOT, (double)(ev->t_ns - c->t_last) / 1e9);
-            c->t_last = ev->t_ns;
-            c->got_first = 1;
+                histo_observe(&S->met.tpot, TPOT_BUCKETS, N_TPOT, (double)(ev->t_ns - h->t_last) / 1e9);
+            h->t_last = ev->t_ns;
+            h->got_first = 1;
         }
         cJSON *lp = NULL;
-        if (ev->lp && !c->gone && !(lp = eng_logprob_json(S->tok, ev->lp))) eng_sched_cancel(S->sched, c->job);
-        if (!c->gone && c->stream) {
+        if (ev->lp && !c->gone && !(lp = eng_logprob_json(S->tok, ev->lp))) eng_sched_cancel(S->sched, h->job);
+        if (!c->gone && c->stream && !c->bad_status) {
             cJSON *lpo = NULL; /* {"content":[entry]} for this event's chunk */
             if (lp && (lpo = cJSON_CreateObject())) {
                 cJSON *arr = cJSON_AddArrayToObject(lpo, "content");
@@ -362,28 +433,28 @@ static void on_wake(evutil_socket_t fd, short what, void *arg) {
                 lp = NULL;
             }
             if (ev->reasoning.len) {
-                sse_chunk(c, NULL, NULL, 0, ev->reasoning.p, ev->reasoning.len, ENG_FINISH_NONE,
+                sse_chunk(c, h->index, NULL, NULL, 0, ev->reasoning.p, ev->reasoning.len, ENG_FINISH_NONE,
                           ev->content.len ? NULL : lpo);
                 if (!ev->content.len) lpo = NULL;
             }
             if (ev->content.len || lpo)
-                sse_chunk(c, NULL, ev->content.p ? ev->content.p : "", ev->content.len, NULL, 0,
+                sse_chunk(c, h->index, NULL, ev->content.p ? ev->content.p : "", ev->content.len, NULL, 0,
                           ENG_FINISH_NONE, lpo);
         } else if (!c->gone) {
             if (lp) {
-                if (!c->lp_content && !(c->lp_content = cJSON_CreateArray())) eng_sched_cancel(S->sched, c->job);
-                if (c->lp_content) cJSON_AddItemToArray(c->lp_content, lp);
+                if (!h->lp_content && !(h->lp_content = cJSON_CreateArray())) eng_sched_cancel(S->sched, h->job);
+                if (h->lp_content) cJSON_AddItemToArray(h->lp_content, lp);
                 else cJSON_Delete(lp);
                 lp = NULL;
             }
-            if (eng_buf_add(&c->content, ev->content.p ? ev->content.p : "", ev->content.len) ||
-                       eng_buf_add(&c->reasoning, ev->reasoning.p ? ev->reasoning.p : "", ev->reasoning.len)) {
-                eng_sched_cancel(S->sched, c->job); /* out of memory: give up on this one */
+            if (eng_buf_add(&h->content, ev->content.p ? ev->content.p : "", ev->content.len) ||
+                       eng_buf_add(&h->reasoning, ev->reasoning.p ? ev->reasoning.p : "", ev->reasoning.len)) {
+                eng_sched_cancel(S->sched, h->job); /* out of memory: give up on this one */
             }
         }
         cJSON_Delete(lp); /* only left over on OOM */
-        if (ev->tool.len && !c->gone) call_tool_bytes(c, ev->tool.p, ev->tool.len);
-        if (ev->finish != ENG_FINISH_NONE) call_finish(c, ev);
+        if (ev->tool.len && !c->gone) call_tool_bytes(h, ev->tool.p, ev->tool.len);
+        if (ev->finish != ENG_FINISH_NONE) choice_end(h, ev);
         eng_ev_free(ev);
         ev = next;
     }
@@ -408,11 +479,13 @@ static void on_tick(evutil_socket_t fd, short what, void *arg) {
             ssize_t r = recv(sfd, &b1, 1, MSG_PEEK | MSG_DONTWAIT);
             if (r == 0 || (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
                 c->hung_up = 1;
-                eng_sched_cancel(S->sched, c->job);
+                call_cancel(c);
                 continue;
             }
         }
-        if (S->ticks % (unsigned long)S->keepalive_s || !c->started || c->got_first) continue;
+        int got_first = 0;
+        for (int i = 0; i < c->n; i++) got_first |= c->ch[i].got_first;
+        if (S->ticks % (unsigned long)S->keepalive_s || !c->started || got_first) continue;
         struct evbuffer *b = evbuffer_new();
         if (!b) continue;
         evbuffer_add(b, ": keep-alive\n\n", 14);
@@ -461,38 +534,43 @@ static uint64_t random_seed(srv_t *S) {
     return x;
 }
 
-/* The constraint of a request: the JSON grammar, the tool-call grammar
- * (required, named, or armed by the tool-calls marker under "auto"), or the
- * marker banned ("none" with tools).  0, or -1 with e filled. */
+/* The constraint of a request (engine/SERVER.md): the tool-call grammar
+ * (required or named); under "auto" text or a JSON answer in which the
+ * tool-call block may open; the JSON or schema grammar; or, for plain text,
+ * a grammar that only keeps the tool markers out (they are not special
+ * tokens: sampled, they would show in the content).  0, or -1 with e filled. */
 static int chat_constraint(srv_t *S, const api_chat_req_t *r, eng_job_spec_t *spec, api_err_t *e) {
     spec->ban_id = spec->gram_trigger = spec->tool_trigger = -1;
     if (r->n_tools && !S->has_tools)
         return api_err(e, 400, "invalid_request_error", "tools", "unsupported_parameter",
                        "Unsupported parameter: this model's chat template has no tool calls.");
-    if (r->n_tools && r->tool_choice == API_TOOL_CHOICE_NONE) spec->ban_id = S->tool_ids.calls_begin;
-    if (r->n_tools && r->tool_choice != API_TOOL_CHOICE_NONE) {
-        const char *names[API_MAX_TOOLS];
-        size_t lens[API_MAX_TOOLS];
-        int n = 0;
-        for (size_t i = 0; i < r->n_tools; i++) {
-            if (r->tool_choice == API_TOOL_CHOICE_NAMED && (int)i != r->tool_named) continue;
-            names[n] = r->tools[i].name;
-            lens[n++] = r->tools[i].name_len;
-        }
-        int parallel = r->parallel_tool_calls && r->tool_choice != API_TOOL_CHOICE_NAMED;
-        spec->gram = eng_gram_tools(S->vocab, tok_eos(S->tok), &S->tool_ids, names, lens, n, parallel);
-        if (!spec->gram) return api_err(e, 500, "server_error", NULL, NULL, "out of memory");
-        spec->tool_trigger = S->tool_ids.calls_begin;
-        if (r->tool_choice == API_TOOL_CHOICE_AUTO) {
-            if (r->format == API_FORMAT_JSON_OBJECT) /* JSON text, or a tool call: not both grammars */
-                return api_err(e, 400, "invalid_request_error", "response_format", "invalid_value",
-                               "Invalid 'response_format': 'json_object' with tools needs 'tool_choice' \"none\".");
-            spec->gram_trigger = S->tool_ids.calls_begin;
-        }
-        return 0;
+    int32_t eos = tok_eos(S->tok);
+    int json = r->format != API_FORMAT_TEXT;
+    const api_schema_t *sc = r->format == API_FORMAT_JSON_SCHEMA ? &r->schema : NULL;
+    int tools = r->n_tools && r->tool_choice != API_TOOL_CHOICE_NONE;
+    const char *names[API_MAX_TOOLS];
+    size_t lens[API_MAX_TOOLS];
+    int n = 0;
+    for (size_t i = 0; tools && i < r->n_tools; i++) {
+        if (r->tool_choice == API_TOOL_CHOICE_NAMED && (int)i != r->tool_named) continue;
+        names[n] = r->tools[i].name;
+        lens[n++] = r->tools[i].name_len;
     }
-    if (r->format == API_FORMAT_JSON_OBJECT && !(spec->gram = eng_gram_json(S->vocab, tok_eos(S->tok))))
-        return api_err(e, 500, "server_error", NULL, NULL, "out of memory");
+    int parallel = r->parallel_tool_calls && r->tool_choice != API_TOOL_CHOICE_NAMED;
+    if (tools && r->tool_choice != API_TOOL_CHOICE_AUTO)
+        spec->gram = eng_gram_tools(S->vocab, eos, &S->tool_ids, names, lens, n, parallel);
+    else if (tools)
+        spec->gram = eng_gram_auto(S->vocab, eos, &S->tool_ids, names, lens, n, parallel, json, sc);
+    else if (sc)
+        spec->gram = eng_gram_schema(S->vocab, eos, sc);
+    else if (json)
+        spec->gram = eng_gram_json(S->vocab, eos);
+    else if (S->tool_ids.n_marks)
+        spec->gram = eng_gram_auto(S->vocab, eos, &S->tool_ids, NULL, NULL, 0, 0, 0, NULL);
+    else
+        return 0;
+    if (!spec->gram) return api_err(e, 500, "server_error", NULL, NULL, "out of memory");
+    if (tools) spec->tool_trigger = S->tool_ids.calls_begin;
     return 0;
 }
 
@@ -584,7 +662,9 @@ static void handle_chat(srv_t *S, struct evhttp_request *req) {
     spec.top_logprobs = r.top_logprobs;
 
     c = calloc(1, sizeof *c);
-    if (!c) goto oom;
+    if (!c || !(c->ch = calloc((size_t)r.n, sizeof *c->ch))) goto oom;
+    c->n = r.n;
+    for (int i = 0; i < c->n; i++) c->ch[i].call = c, c->ch[i].index = i;
     c->srv = S;
     c->req = req;
     c->stream = r.stream;
@@ -594,14 +674,66 @@ static void handle_chat(srv_t *S, struct evhttp_request *req) {
     c->t_start = eng_now_ns();
     memcpy(c->req_id, req_id, sizeof req_id);
     snprintf(c->id, sizeof c->id, "chatcmpl-%s", req_id);
-    int rc = eng_sched_submit(S->sched, &spec, c, &c->job); /* takes spec's allocations */
+    /* n > 1: each further choice is its own job (copies of the prompt, stops,
+     * bias; its own grammar state; the seed mixed with its index, so choice 0
+     * is what n = 1 would give) */
+    eng_job_spec_t more[API_MAX_N];
+    int n_more = 0;
+    for (int i = 1; i < c->n; i++) {
+        eng_job_spec_t *m = &more[n_more++];
+        *m = spec;
+        m->prompt = NULL, m->bias = NULL, m->gram = NULL;
+        for (int k = 0; k < ENG_MAX_STOP; k++) m->stop[k] = NULL;
+        if (!(m->prompt = malloc((size_t)spec.n_prompt * sizeof *m->prompt))) goto oom_more;
+        memcpy(m->prompt, spec.prompt, (size_t)spec.n_prompt * sizeof *m->prompt);
+        if (spec.n_bias) {
+            if (!(m->bias = malloc((size_t)spec.n_bias * sizeof *m->bias))) goto oom_more;
+            memcpy(m->bias, spec.bias, (size_t)spec.n_bias * sizeof *m->bias);
+        }
+        for (int k = 0; k < spec.n_stop; k++) {
+            if (!(m->stop[k] = malloc(spec.stop_len[k] + 1))) goto oom_more;
+            memcpy(m->stop[k], spec.stop[k], spec.stop_len[k] + 1);
+        }
+        if (chat_constraint(S, &r, m, &e)) goto fail_more;
+        uint64_t x = spec.seed + 0x9e3779b97f4a7c15ULL * (uint64_t)i; /* splitmix64 of seed + i * golden */
+        x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+        x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+        m->seed = x ^ (x >> 31);
+    }
+    int rc = eng_sched_submit(S->sched, &spec, &c->ch[0], &c->ch[0].job); /* takes spec's allocations */
     if (rc == ENG_SUBMIT_FULL || rc == ENG_SUBMIT_CLOSED) {
         api_err(&e, 503, "server_error", NULL, rc == ENG_SUBMIT_FULL ? "server_overloaded" : "server_shutting_down",
                 rc == ENG_SUBMIT_FULL ? "The worker is overloaded (queue full); retry later."
                                       : "The worker is shutting down.");
-        goto fail;
+        memset(&spec, 0, sizeof spec);
+        goto fail_more;
     }
-    if (rc) goto oom;
+    memset(&spec, 0, sizeof spec);
+    if (rc) goto oom_more;
+    for (int i = 1; i < c->n; i++) {
+        choice_t *h = &c->ch[i];
+        if (c->bad_status) { /* an earlier one was refused: this one is not sent */
+            eng_job_spec_t *m = &more[i - 1];
+            free(m->prompt);
+            free(m->bias);
+            eng_gram_free(m->gram);
+            for (int k = 0; k < ENG_MAX_STOP; k++) free(m->stop[k]);
+            h->done = 1;
+            c->n_done++;
+            continue;
+        }
+        rc = eng_sched_submit(S->sched, &more[i - 1], h, &h->job);
+        if (rc == ENG_SUBMIT_OK) continue;
+        /* not taken: the call fails (503 when nothing was generated), the choices taken are cancelled */
+        h->job = NULL;
+        h->done = 1;
+        c->n_done++;
+        call_fail(c, rc == ENG_SUBMIT_FULL || rc == ENG_SUBMIT_CLOSED ? 503 : 500,
+                  rc == ENG_SUBMIT_FULL ? "server_overloaded" : rc == ENG_SUBMIT_CLOSED ? "server_shutting_down"
+                                                                                     : "engine_error",
+                  rc == ENG_SUBMIT_FULL ? "The worker is overloaded (queue full); retry later."
+                  : rc == ENG_SUBMIT_CLOSED ? "The worker is shutting down." : "out of memory");
+    }
     c->next = S->calls;
     if (S->calls) S->calls->prev = c;
     S->calls = c;
@@ -614,16 +746,26 @@ static void handle_chat(srv_t *S, struct evhttp_request *req) {
         evhttp_add_header(h, "Cache-Control", "no-cache");
         evhttp_send_reply_start(req, 200, "OK");
         c->started = 1;
-        sse_chunk(c, "assistant", "", 0, NULL, 0, ENG_FINISH_NONE, NULL);
+        for (int i = 0; i < c->n; i++) sse_chunk(c, i, "assistant", "", 0, NULL, 0, ENG_FINISH_NONE, NULL);
     }
     free(prompt);
     api_chat_req_free(&r);
     return;
+oom_more:
+    api_err(&e, 500, "server_error", NULL, NULL, "out of memory");
+fail_more:
+    for (int i = 0; i < n_more; i++) {
+        free(more[i].prompt);
+        free(more[i].bias);
+        eng_gram_free(more[i].gram);
+        for (int k = 0; k < ENG_MAX_STOP; k++) free(more[i].stop[k]);
+    }
+    goto fail;
 oom:
     api_err(&e, 500, "server_error", NULL, NULL, "out of memory");
 fail:
     api_chat_req_free(&r);
-    free(c);
+    call_free(c);
     free(prompt);
     free(ids);
     free(spec.prompt);

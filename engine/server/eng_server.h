@@ -57,6 +57,22 @@ char *eng_resp_completion(const char *id, long long created, const char *model,
                           size_t reasoning_len, const eng_tool_call_t *calls, size_t n_calls,
                           eng_finish_t finish, const eng_usage_t *u, cJSON *logprobs);
 
+/* One choice of a chat.completion (fields as for eng_resp_completion). */
+typedef struct {
+    const char *content;
+    size_t content_len;
+    const char *reasoning;
+    size_t reasoning_len;
+    const eng_tool_call_t *calls;
+    size_t n_calls;
+    eng_finish_t finish;
+    cJSON *logprobs; /* taken over */
+} eng_choice_t;
+/* A chat.completion with n choices (index 0..n-1; tool call ids of choice k
+ * > 0 are "call_<k>_<i>_<id>"). */
+char *eng_resp_completion_n(const char *id, long long created, const char *model, const eng_choice_t *ch, int n,
+                            const eng_usage_t *u);
+
 /* One chat.completion.chunk body (malloc'd, one line).  role, content,
  * reasoning: NULL to omit from delta (content and reasoning with lengths, as
  * above).  finish NONE -> null.  usage_null: add "usage":null (when the
@@ -66,10 +82,17 @@ char *eng_resp_chunk(const char *id, long long created, const char *model, const
                      const char *content, size_t content_len, const char *reasoning,
                      size_t reasoning_len, eng_finish_t finish, int usage_null,
                      const eng_usage_t *usage, cJSON *logprobs);
+/* The same for choice `index` (n > 1). */
+char *eng_resp_chunk_at(int index, const char *id, long long created, const char *model, const char *role,
+                        const char *content, size_t content_len, const char *reasoning,
+                        size_t reasoning_len, eng_finish_t finish, int usage_null,
+                        const eng_usage_t *usage, cJSON *logprobs);
 /* A chunk whose delta is tool calls [first, first + n) of calls, each whole
  * ({"index","id","type","function":{"name","arguments"}}). */
 char *eng_resp_chunk_tools(const char *id, long long created, const char *model, const eng_tool_call_t *calls,
                            size_t first, size_t n, int usage_null);
+char *eng_resp_chunk_tools_at(int index, const char *id, long long created, const char *model,
+                              const eng_tool_call_t *calls, size_t first, size_t n, int usage_null);
 
 /* One logprobs "content" entry for a generated token: {"token","logprob",
  * "bytes","top_logprobs":[...]}.  Token text comes from tok_decode (special

@@ -115,17 +115,21 @@ static char *buf_done(tg_json_buf_t *b) {
     return b->p;
 }
 
-/* One tool call: {"index"?,"id","type","function":{"name","arguments"}}. */
-static void put_call(tg_json_buf_t *b, const char *id, const eng_tool_call_t *c, size_t i, int with_index) {
+/* One tool call: {"index"?,"id","type","function":{"name","arguments"}} of
+ * choice `choice`. */
+static void put_call(tg_json_buf_t *b, const char *id, const eng_tool_call_t *c, size_t i, int with_index,
+                     int choice) {
     char t[64];
     put_lit(b, "{");
     if (with_index) {
         snprintf(t, sizeof t, "\"index\":%zu,", i);
         put_lit(b, t);
     }
-    /* call ids: "call_<i>_" + the completion id without its "chatcmpl-" */
+    /* call ids: "call_<i>_" (choice 0) or "call_<choice>_<i>_" + the completion id without its
+     * "chatcmpl-" (request ids have no '_': ids never collide) */
     tg_json_buf_t cid = {0};
-    snprintf(t, sizeof t, "call_%zu_", i);
+    if (choice) snprintf(t, sizeof t, "call_%d_%zu_", choice, i);
+    else snprintf(t, sizeof t, "call_%zu_", i);
     tg_json_buf_put(&cid, t, strlen(t));
     const char *tail = strncmp(id, "chatcmpl-", 9) ? id : id + 9;
     tg_json_buf_put(&cid, tail, strlen(tail));
@@ -139,39 +143,59 @@ static void put_call(tg_json_buf_t *b, const char *id, const eng_tool_call_t *c,
     put_lit(b, "}}");
 }
 
-char *eng_resp_completion(const char *id, long long created, const char *model,
-                          const char *content, size_t content_len, const char *reasoning,
-                          size_t reasoning_len, const eng_tool_call_t *calls, size_t n_calls,
-                          eng_finish_t finish, const eng_usage_t *u, cJSON *logprobs) {
+char *eng_resp_completion_n(const char *id, long long created, const char *model, const eng_choice_t *ch, int n,
+                            const eng_usage_t *u) {
     tg_json_buf_t b = {0};
     put_head(&b, id, created, model, "chat.completion");
-    put_lit(&b, "{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":");
-    if (content) put_str(&b, content, content_len);
-    else put_lit(&b, "null");
-    if (reasoning) {
-        put_lit(&b, ",\"reasoning_content\":");
-        put_str(&b, reasoning, reasoning_len);
-    }
-    if (n_calls) {
-        put_lit(&b, ",\"tool_calls\":[");
-        for (size_t i = 0; i < n_calls; i++) {
-            if (i) put_lit(&b, ",");
-            put_call(&b, id, &calls[i], i, 0);
+    for (int k = 0; k < n; k++) {
+        const eng_choice_t *c = &ch[k];
+        char t[48];
+        snprintf(t, sizeof t, "%s{\"index\":%d,", k ? "," : "", k);
+        put_lit(&b, t);
+        put_lit(&b, "\"message\":{\"role\":\"assistant\",\"content\":");
+        if (c->content) put_str(&b, c->content, c->content_len);
+        else put_lit(&b, "null");
+        if (c->reasoning) {
+            put_lit(&b, ",\"reasoning_content\":");
+            put_str(&b, c->reasoning, c->reasoning_len);
         }
-        put_lit(&b, "]");
+        if (c->n_calls) {
+            put_lit(&b, ",\"tool_calls\":[");
+            for (size_t i = 0; i < c->n_calls; i++) {
+                if (i) put_lit(&b, ",");
+                put_call(&b, id, &c->calls[i], i, 0, k);
+            }
+            put_lit(&b, "]");
+        }
+        put_lit(&b, "}");
+        put_choice_tail(&b, c->logprobs, c->finish);
     }
-    put_lit(&b, "}");
-    put_choice_tail(&b, logprobs, finish);
     put_lit(&b, "],\"usage\":");
     put_usage(&b, u);
     put_lit(&b, "}");
     return buf_done(&b);
 }
 
+char *eng_resp_completion(const char *id, long long created, const char *model,
+                          const char *content, size_t content_len, const char *reasoning,
+                          size_t reasoning_len, const eng_tool_call_t *calls, size_t n_calls,
+                          eng_finish_t finish, const eng_usage_t *u, cJSON *logprobs) {
+    eng_choice_t c = {content, content_len, reasoning, reasoning_len, calls, n_calls, finish, logprobs};
+    return eng_resp_completion_n(id, created, model, &c, 1, u);
+}
+
 char *eng_resp_chunk(const char *id, long long created, const char *model, const char *role,
                      const char *content, size_t content_len, const char *reasoning,
                      size_t reasoning_len, eng_finish_t finish, int usage_null,
                      const eng_usage_t *usage, cJSON *logprobs) {
+    return eng_resp_chunk_at(0, id, created, model, role, content, content_len, reasoning, reasoning_len, finish,
+                             usage_null, usage, logprobs);
+}
+
+char *eng_resp_chunk_at(int index, const char *id, long long created, const char *model, const char *role,
+                        const char *content, size_t content_len, const char *reasoning,
+                        size_t reasoning_len, eng_finish_t finish, int usage_null,
+                        const eng_usage_t *usage, cJSON *logprobs) {
     tg_json_buf_t b = {0};
     put_head(&b, id, created, model, "chat.completion.chunk");
     if (usage) {
@@ -181,7 +205,10 @@ char *eng_resp_chunk(const char *id, long long created, const char *model, const
         put_lit(&b, "}");
         return buf_done(&b);
     }
-    put_lit(&b, "{\"index\":0,\"delta\":{");
+    char t[32];
+    snprintf(t, sizeof t, "{\"index\":%d,", index);
+    put_lit(&b, t);
+    put_lit(&b, "\"delta\":{");
     const char *sep = "";
     if (role) {
         put_lit(&b, "\"role\":");
@@ -209,12 +236,20 @@ char *eng_resp_chunk(const char *id, long long created, const char *model, const
 
 char *eng_resp_chunk_tools(const char *id, long long created, const char *model, const eng_tool_call_t *calls,
                            size_t first, size_t n, int usage_null) {
+    return eng_resp_chunk_tools_at(0, id, created, model, calls, first, n, usage_null);
+}
+
+char *eng_resp_chunk_tools_at(int index, const char *id, long long created, const char *model,
+                              const eng_tool_call_t *calls, size_t first, size_t n, int usage_null) {
     tg_json_buf_t b = {0};
     put_head(&b, id, created, model, "chat.completion.chunk");
-    put_lit(&b, "{\"index\":0,\"delta\":{\"tool_calls\":[");
+    char t[32];
+    snprintf(t, sizeof t, "{\"index\":%d,", index);
+    put_lit(&b, t);
+    put_lit(&b, "\"delta\":{\"tool_calls\":[");
     for (size_t i = first; i < first + n; i++) {
         if (i > first) put_lit(&b, ",");
-        put_call(&b, id, &calls[i], i, 1);
+        put_call(&b, id, &calls[i], i, 1, index);
     }
     put_lit(&b, "]}");
     put_choice_tail(&b, NULL, ENG_FINISH_NONE);

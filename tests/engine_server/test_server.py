@@ -392,7 +392,7 @@ class Server(unittest.TestCase):
         bad({"model": MODEL, "messages": m, "max_tokens": 0}, "max_tokens")
         bad({"model": MODEL, "messages": m, "temperature": 3}, "temperature")
         bad({"model": MODEL, "messages": m, "top_p": -0.1}, "top_p")
-        bad({"model": MODEL, "messages": m, "n": 2}, "n")
+        bad({"model": MODEL, "messages": m, "n": 17}, "n")
         bad({"model": MODEL, "messages": m, "logprobs": "yes"}, "logprobs")
         bad({"model": MODEL, "messages": m, "top_logprobs": 2}, "top_logprobs")
         bad({"model": MODEL, "messages": m, "stop": ["a", "b", "c", "d", "e"]}, "stop")
@@ -674,7 +674,7 @@ class Server(unittest.TestCase):
         self.assertEqual(json.loads(b), {"error": {"message": "Unrecognized request argument supplied: foo",
                                                    "type": "invalid_request_error", "param": "foo",
                                                    "code": "unknown_parameter"}})
-        st, _, b = chat(max_tokens=2, n=2)
+        st, _, b = chat(max_tokens=2, n=17)
         self.assertEqual((st, json.loads(b)["error"]["param"]), (400, "n"))
         st, _, b = chat(max_tokens=2, logit_bias={"999999": 5})
         self.assertEqual((st, json.loads(b)["error"]["param"]), (400, "logit_bias"))
@@ -764,6 +764,27 @@ class Server(unittest.TestCase):
         ch = json.loads(b)["choices"][0]
         self.assertEqual(ch["finish_reason"], "tool_calls", ch)
         self.assertIn(ch["message"]["tool_calls"][0]["function"]["name"], {"get_weather", "get_time"})
+
+    SCHEMA = {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"enum": ["x", "y"]},
+                                               "c": {"type": "array", "items": {"type": "boolean"}}},
+              "required": ["a", "b", "c"], "additionalProperties": False}
+
+    def test_json_schema_each_of_n_choices_validates(self):
+        # each choice has its own grammar state: a shared one would break the others' JSON
+        rf = {"type": "json_schema", "json_schema": {"name": "t", "schema": self.SCHEMA}}
+        for seed in range(3):
+            st, _, b = chat("Schema", max_tokens=40, temperature=1.0, seed=seed, n=3, response_format=rf)
+            self.assertEqual(st, 200, b)
+            r = json.loads(b)
+            self.assertEqual([c["index"] for c in r["choices"]], [0, 1, 2])
+            for ch in r["choices"]:
+                self.assertEqual(ch["finish_reason"], "stop", ch)
+                v = json.loads(ch["message"]["content"])
+                self.assertEqual(set(v), {"a", "b", "c"})
+                self.assertIsInstance(v["a"], int)
+                self.assertIn(v["b"], ("x", "y"))
+                self.assertTrue(all(isinstance(x, bool) for x in v["c"]))
+            self.assertLessEqual(r["usage"]["completion_tokens"], 3 * 40)
 
     def test_zz_sigterm_finishes_in_flight_and_exits_0(self):
         p, _ = procs["small"]

@@ -154,3 +154,150 @@ test('seed repeats, stop cuts, logprobs come back', async () => {
   const lp = await ask({ seed: 11, max_tokens: 1, logprobs: true, top_logprobs: 2 });
   assert.equal(lp.choices[0].logprobs.content.length, 1);
 });
+
+// ---- issue 10, second part: json_schema, JSON or a tool call, no raw tool markers ----
+
+const person = {
+  type: 'object',
+  properties: {
+    name: { type: 'string' },
+    age: { type: 'integer' },
+    kind: { enum: ['human', 'robot'] },
+    tags: { type: 'array', items: { type: 'string' } },
+    address: { type: 'object', properties: { city: { type: 'string' }, zip: { type: ['string', 'null'] } },
+      required: ['city'], additionalProperties: false },
+    note: { type: 'string' },
+  },
+  required: ['name', 'age', 'kind', 'tags', 'address'],
+  additionalProperties: false,
+};
+
+// the schema above, checked by hand (the subset the server enforces)
+function checkPerson(v) {
+  const keys = Object.keys(v);
+  assert.ok(keys.every((k) => k in person.properties), 'unknown member in ' + JSON.stringify(v));
+  for (const k of person.required) assert.ok(k in v, k + ' missing in ' + JSON.stringify(v));
+  assert.equal(typeof v.name, 'string');
+  assert.ok(Number.isInteger(v.age), 'age ' + v.age);
+  assert.ok(['human', 'robot'].includes(v.kind), v.kind);
+  assert.ok(Array.isArray(v.tags) && v.tags.every((t) => typeof t === 'string'));
+  assert.equal(typeof v.address.city, 'string');
+  assert.ok(Object.keys(v.address).every((k) => k === 'city' || k === 'zip'));
+  if ('zip' in v.address) assert.ok(v.address.zip === null || typeof v.address.zip === 'string');
+  if ('note' in v) assert.equal(typeof v.note, 'string');
+}
+
+test('json_schema: answers that finish with stop validate against the schema (plain and streamed)', async () => {
+  const response_format = { type: 'json_schema', json_schema: { name: 'person', strict: true, schema: person } };
+  for (const seed of [1, 2, 3]) {
+    const r = await client.chat.completions.create({
+      model, messages: [{ role: 'user', content: 'Describe a person.' }], response_format,
+      max_tokens: 90, temperature: 1, seed,
+    });
+    assert.equal(r.choices[0].finish_reason, 'stop');
+    checkPerson(JSON.parse(r.choices[0].message.content));
+  }
+  const stream = client.chat.completions.stream({
+    model, messages: [{ role: 'user', content: 'Describe a person.' }], response_format,
+    max_tokens: 90, temperature: 1, seed: 9,
+  });
+  const done = await stream.finalChatCompletion();
+  assert.equal(done.choices[0].finish_reason, 'stop');
+  checkPerson(JSON.parse(done.choices[0].message.content));
+});
+
+test('json_schema: unsupported keywords are a BadRequestError naming them', async () => {
+  await assert.rejects(client.chat.completions.create({
+    model, messages, max_tokens: 4,
+    response_format: { type: 'json_schema', json_schema: { name: 'x', schema: {
+      type: 'object', properties: { age: { type: 'integer', minimum: 0 }, s: { type: 'string', pattern: 'a+' } } } } },
+  }), (e) => e instanceof OpenAI.BadRequestError && e.status === 400 &&
+    e.param === 'response_format.json_schema.schema' && e.message.includes("'minimum', 'pattern'") &&
+    e.message.includes('properties.age'));
+});
+
+// DeepSeek-V3's tool markers (<｜tool▁calls▁begin｜> ... <｜tool▁sep｜>): ids 128806-128814 of its tokenizer
+const markers = Array.from({ length: 9 }, (_, i) => 128806 + i);
+const pushAll = Object.fromEntries(markers.map((id) => [String(id), 100]));
+
+test('json_object with tools and tool_choice auto: a tool call or a JSON answer, each whole', async () => {
+  const ask = (bias, seed) => client.chat.completions.create({
+    model, messages: [{ role: 'user', content: 'Weather in Paris, as JSON?' }], tools, tool_choice: 'auto',
+    response_format: { type: 'json_object' }, max_tokens: 60, temperature: 1, seed, logit_bias: bias,
+  });
+  // the model reaching for the block (its opener pushed): a tool call
+  const call = await ask({ 128806: 100 }, 1);
+  assert.equal(call.choices[0].finish_reason, 'tool_calls');
+  for (const tc of call.choices[0].message.tool_calls) {
+    assert.ok(['get_weather', 'get_time'].includes(tc.function.name));
+    assert.equal(typeof JSON.parse(tc.function.arguments), 'object');
+  }
+  // the opener pushed away: a JSON answer
+  const json = await ask({ 128806: -100 }, 2);
+  assert.equal(json.choices[0].finish_reason, 'stop');
+  assert.equal(json.choices[0].message.tool_calls, undefined);
+  assert.equal(typeof JSON.parse(json.choices[0].message.content), 'object');
+  // left to the model: one or the other
+  for (const seed of [3, 4, 5]) {
+    const r = await ask(undefined, seed);
+    const c = r.choices[0];
+    if (c.finish_reason === 'tool_calls') assert.ok(c.message.tool_calls.length >= 1);
+    else {
+      assert.equal(c.finish_reason, 'stop');
+      assert.equal(typeof JSON.parse(c.message.content), 'object');
+    }
+  }
+});
+
+test('no raw tool markers in text, even when the model is pushed to them', async () => {
+  const bad = /\uFF5Ctool\u2581/; // "｜tool▁"
+  const plain = await client.chat.completions.create({
+    model, messages, max_tokens: 12, temperature: 1, seed: 5, logit_bias: pushAll,
+  });
+  assert.ok(!bad.test(plain.choices[0].message.content), plain.choices[0].message.content);
+  assert.ok(plain.usage.completion_tokens >= 1);
+  const none = await client.chat.completions.create({
+    model, messages, max_tokens: 12, temperature: 1, seed: 5, logit_bias: pushAll, tools, tool_choice: 'none',
+  });
+  assert.ok(!bad.test(none.choices[0].message.content), none.choices[0].message.content);
+  assert.equal(none.choices[0].message.tool_calls, undefined);
+  const stream = await client.chat.completions.create({
+    model, messages, max_tokens: 12, temperature: 1, seed: 6, logit_bias: pushAll, stream: true,
+  });
+  let text = '';
+  for await (const chunk of stream) if (chunk.choices.length) text += chunk.choices[0].delta.content ?? '';
+  assert.ok(!bad.test(text), text);
+  // with tools (auto) the markers other than the opener never show either: pushed, the opener starts a call
+  const auto = await client.chat.completions.create({
+    model, messages, max_tokens: 60, temperature: 1, seed: 7, logit_bias: pushAll, tools,
+  });
+  assert.ok(!bad.test(auto.choices[0].message.content ?? ''), auto.choices[0].message.content);
+  assert.equal(auto.choices[0].finish_reason, 'tool_calls');
+});
+
+test('n choices: each sampled on its own, usage summed, streamed with each choice index', async () => {
+  const ask = (extra) => client.chat.completions.create({ model, messages, max_tokens: 6, temperature: 1, seed: 21, ...extra });
+  const one = await ask({});
+  const three = await ask({ n: 3 });
+  assert.deepEqual(three.choices.map((c) => c.index), [0, 1, 2]);
+  assert.equal(three.choices[0].message.content, one.choices[0].message.content, 'choice 0 is the n = 1 answer');
+  assert.ok(new Set(three.choices.map((c) => c.message.content)).size > 1, 'choices are sampled apart');
+  assert.equal(three.usage.prompt_tokens, one.usage.prompt_tokens, 'the prompt counts once');
+  assert.equal(three.usage.completion_tokens, 3 * 6, 'completion tokens summed over choices (all cut at 6)');
+  for (const c of three.choices) assert.equal(c.finish_reason, 'length');
+  const stream = await ask({ n: 3, stream: true, stream_options: { include_usage: true } });
+  const texts = ['', '', ''];
+  const finish = [null, null, null];
+  let usage = null;
+  for await (const chunk of stream) {
+    for (const c of chunk.choices) {
+      texts[c.index] += c.delta.content ?? '';
+      finish[c.index] = c.finish_reason ?? finish[c.index];
+    }
+    if (chunk.usage) usage = chunk.usage;
+  }
+  assert.deepEqual(texts, three.choices.map((c) => c.message.content));
+  assert.deepEqual(finish, ['length', 'length', 'length']);
+  assert.deepEqual(usage.completion_tokens, three.usage.completion_tokens);
+  await assert.rejects(ask({ n: 17 }), (e) => e instanceof OpenAI.BadRequestError && e.param === 'n');
+});

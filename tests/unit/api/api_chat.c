@@ -55,9 +55,13 @@ static void test_unknown_parameters(void) {
     expect_400("{\"model\":\"m\"," MSG ",\"functions\":[]}", "functions", "unsupported_parameter");
     expect_400("{\"model\":\"m\"," MSG ",\"audio\":{}}", "audio", "unsupported_parameter");
     expect_400("{\"model\":\"m\"," MSG ",\"store\":true}", "store", "unsupported_parameter");
-    expect_400("{\"model\":\"m\"," MSG ",\"response_format\":{\"type\":\"json_schema\"}}", "response_format.type",
-               "unsupported_parameter");
-    expect_400("{\"model\":\"m\"," MSG ",\"n\":2}", "n", "invalid_value");
+    expect_400("{\"model\":\"m\"," MSG ",\"response_format\":{\"type\":\"json_schema\"}}",
+               "response_format.json_schema", "missing_required_parameter");
+    expect_400("{\"model\":\"m\"," MSG ",\"n\":17}", "n", "invalid_value");
+    expect_400("{\"model\":\"m\"," MSG ",\"n\":0}", "n", "invalid_value");
+    CHECK_EQ_I(parse("{\"model\":\"m\"," MSG ",\"n\":16}", &r, &e), 0);
+    CHECK_EQ_I(r.n, 16);
+    api_chat_req_free(&r);
     expect_400("{\"model\":\"m\",\"messages\":[{\"role\":\"assistant\",\"content\":\"x\",\"prefix\":true}]}",
                "messages[0].prefix", "unsupported_parameter");
     /* duplicates: the gateway and the engine must not read different values */
@@ -260,6 +264,78 @@ static void test_vectors(void) {
     CHECK_EQ_I(tools_same, tools);
 }
 
+/* response_format json_schema: the compiled table, and every refusal names what it refuses */
+#define RF(schema) "{\"model\":\"m\"," MSG ",\"response_format\":{\"type\":\"json_schema\",\"json_schema\":" \
+                   "{\"name\":\"s\",\"strict\":true,\"schema\":" schema "}}}"
+static void test_json_schema(void) {
+    api_chat_req_t r;
+    api_err_t e;
+    CHECK_EQ_I(parse(RF("{\"type\":\"object\",\"title\":\"t\",\"properties\":{\"a\":{\"type\":\"string\"},"
+                        "\"b\":{\"type\":[\"integer\",\"null\"]},\"c\":{\"enum\":[\"x\",1,1]},"
+                        "\"d\":{\"type\":\"array\",\"items\":{\"type\":\"boolean\"}}},"
+                        "\"required\":[\"a\",\"c\"],\"additionalProperties\":false}"), &r, &e), 0);
+    CHECK_EQ_I(r.format, API_FORMAT_JSON_SCHEMA);
+    CHECK_EQ_I(r.schema.n_nodes, 6);
+    CHECK_EQ_I(r.schema.nodes[0].n_props, 4);
+    CHECK_EQ_I(r.schema.nodes[0].types, API_ST_OBJ);
+    CHECK_EQ_I(r.schema.nodes[2].types, API_ST_INT | API_ST_NULL);
+    CHECK_EQ_I(r.schema.nodes[3].n_enum, 2); /* equal values kept once */
+    CHECK_EQ_I(r.schema.nodes[4].items, 5);
+    /* {"a":"","c":1}: 2 + "a":"" (6) + , + "c":1 (5) */
+    CHECK_EQ_I(r.schema.nodes[0].min_len, 14);
+    CHECK(r.schema.props[0].required && !r.schema.props[1].required && r.schema.props[2].required);
+    CHECK(r.schema.props[0].len == 3 && !memcmp(r.schema.arena + r.schema.props[0].off, "\"a\"", 3));
+    api_chat_req_free(&r);
+    /* unsupported keywords: a 400 naming every one (and where the first is) */
+    CHECK_EQ_I(parse(RF("{\"type\":\"object\",\"properties\":{\"age\":{\"type\":\"integer\",\"minimum\":0},"
+                        "\"s\":{\"type\":\"string\",\"pattern\":\"x\",\"minimum\":1}}}"), &r, &e), -1);
+    CHECK_EQ_I(e.status, 400);
+    CHECK_EQ_S(e.param, "response_format.json_schema.schema");
+    CHECK_EQ_S(e.code, "unsupported_parameter");
+    CHECK(strstr(e.message, "'minimum', 'pattern'") && strstr(e.message, "properties.age"));
+    if (!strstr(e.message, "'minimum', 'pattern'")) fprintf(stderr, "  %s\n", e.message);
+    static const char *unsupported[] = {"anyOf", "oneOf", "allOf", "$ref", "$defs", "format", "maxLength",
+                                        "minItems", "patternProperties", "not", "uniqueItems"};
+    for (size_t i = 0; i < sizeof unsupported / sizeof *unsupported; i++) {
+        char b[512], want[64];
+        snprintf(b, sizeof b, RF("{\"type\":\"object\",\"%s\":1}"), unsupported[i]);
+        snprintf(want, sizeof want, "'%s'", unsupported[i]);
+        CHECK_EQ_I(parse(b, &r, &e), -1);
+        CHECK(strstr(e.message, want) != NULL);
+        CHECK_EQ_S(e.code, "unsupported_parameter");
+    }
+    expect_400(RF("{\"type\":\"object\",\"additionalProperties\":{\"type\":\"string\"}}"),
+               "response_format.json_schema.schema", "unsupported_parameter");
+    /* malformed */
+    expect_400(RF("{\"type\":\"array\"}"), "response_format.json_schema.schema", "invalid_value");
+    expect_400(RF("{\"type\":\"object\",\"properties\":{\"a\":{}},\"required\":[\"b\"]}"),
+               "response_format.json_schema.schema", "invalid_value");
+    expect_400(RF("{\"type\":\"object\",\"properties\":{\"a\":{\"type\":\"strin\"}}}"),
+               "response_format.json_schema.schema", "invalid_value");
+    expect_400(RF("{\"type\":\"object\",\"properties\":{\"a\":{\"enum\":[]}}}"),
+               "response_format.json_schema.schema", "invalid_value");
+    expect_400(RF("{\"type\":\"object\",\"properties\":{\"a\":{},\"a\":{}}}"),
+               "response_format.json_schema.schema", "invalid_value");
+    expect_400(RF("[]"), "response_format.json_schema.schema", "invalid_value");
+    expect_400("{\"model\":\"m\"," MSG ",\"response_format\":{\"type\":\"json_schema\",\"json_schema\":"
+               "{\"schema\":{\"type\":\"object\"}}}}", "response_format.json_schema.name",
+               "missing_required_parameter");
+    expect_400("{\"model\":\"m\"," MSG ",\"response_format\":{\"type\":\"json_schema\",\"json_schema\":"
+               "{\"name\":\"x\",\"schema\":{\"type\":\"object\"},\"extra\":1}}}", "response_format.json_schema",
+               "unknown_parameter");
+    expect_400("{\"model\":\"m\"," MSG ",\"response_format\":{\"type\":\"json_object\",\"x\":1}}",
+               "response_format", "unknown_parameter");
+    /* 17 nested schemas: too deep */
+    char deep[2048] = "{\"type\":\"object\",\"properties\":{\"a\":";
+    for (int i = 0; i < 17; i++) strcat(deep, "{\"type\":\"array\",\"items\":");
+    strcat(deep, "{}");
+    for (int i = 0; i < 17; i++) strcat(deep, "}");
+    strcat(deep, "}}");
+    char body[4096];
+    snprintf(body, sizeof body, RF("%s"), deep);
+    expect_400(body, "response_format.json_schema.schema", "invalid_value");
+}
+
 int main(int argc, char **argv) {
     if (argc > 1) vec_dir = argv[1];
     test_unknown_parameters();
@@ -267,6 +343,7 @@ int main(int argc, char **argv) {
     test_max_tokens();
     test_tools();
     test_render();
+    test_json_schema();
     test_tojson();
     test_vectors();
     printf("%s: %d checks, %d failed, %d skipped\n", __FILE__, tg_test_checks, tg_test_fails, tg_test_skips);

@@ -169,6 +169,245 @@ static void test_tool_walks(void) {
     eng_gram_free(g);
 }
 
+/* ---- json_schema ------------------------------------------------------------ */
+
+/* v valid against node ni of sc (the subset api_schema_compile accepts). */
+static int schema_valid(const api_schema_t *sc, int ni, const tg_json_t *v) {
+    if (ni < 0) return 1;
+    const api_schema_node_t *nd = &sc->nodes[ni];
+    if (nd->n_enum) {
+        tg_json_buf_t b = {0};
+        tg_json_write(&b, v);
+        int ok = 0;
+        for (int i = 0; i < nd->n_enum; i++) {
+            const api_schema_lit_t *l = &sc->lits[nd->lit0 + i];
+            ok |= l->len == b.len && !memcmp(sc->arena + l->off, b.p, b.len);
+        }
+        tg_json_buf_free(&b);
+        return ok;
+    }
+    size_t n;
+    const char *t;
+    switch (tg_json_type(v)) {
+    case TG_JSON_NULL: return nd->types & API_ST_NULL;
+    case TG_JSON_BOOL: return nd->types & API_ST_BOOL;
+    case TG_JSON_STRING: return nd->types & API_ST_STR;
+    case TG_JSON_NUMBER:
+        t = tg_json_num_text(v, &n);
+        if (nd->types & API_ST_NUM) return 1;
+        return (nd->types & API_ST_INT) && !memchr(t, '.', n) && !memchr(t, 'e', n) && !memchr(t, 'E', n);
+    case TG_JSON_ARRAY: {
+        if (!(nd->types & API_ST_ARR)) return 0;
+        const tg_json_t *x;
+        TG_JSON_FOREACH(x, v) if (!schema_valid(sc, nd->items, x)) return 0;
+        return 1;
+    }
+    case TG_JSON_OBJECT: {
+        if (!(nd->types & API_ST_OBJ)) return 0;
+        if (nd->n_props < 0) return 1;
+        int oom = 0;
+        size_t dl;
+        if (tg_json_dup_key(v, &dl, &oom)) return 0;
+        const tg_json_t *m;
+        TG_JSON_FOREACH(m, v) { /* every member is a property, valid */
+            size_t kl;
+            const char *k = tg_json_key(m, &kl);
+            tg_json_buf_t kb = {0};
+            tg_json_write_str(&kb, k, kl);
+            int found = -1;
+            for (int j = 0; j < nd->n_props; j++) {
+                const api_schema_prop_t *p = &sc->props[nd->prop0 + j];
+                if (p->len == kb.len && !memcmp(sc->arena + p->off, kb.p, kb.len)) found = j;
+            }
+            tg_json_buf_free(&kb);
+            if (found < 0 || !schema_valid(sc, sc->props[nd->prop0 + found].node, m)) return 0;
+        }
+        for (int j = 0; j < nd->n_props; j++) { /* every required one is there */
+            const api_schema_prop_t *p = &sc->props[nd->prop0 + j];
+            if (!p->required) continue;
+            int there = 0;
+            TG_JSON_FOREACH(m, v) {
+                size_t kl;
+                const char *k = tg_json_key(m, &kl);
+                tg_json_buf_t kb = {0};
+                tg_json_write_str(&kb, k, kl);
+                there |= p->len == kb.len && !memcmp(sc->arena + p->off, kb.p, kb.len);
+                tg_json_buf_free(&kb);
+            }
+            if (!there) return 0;
+        }
+        return 1;
+    }
+    default: return 0;
+    }
+}
+
+static const char *SCHEMAS[] = {
+    "{\"type\":\"object\",\"properties\":{\"name\":{\"type\":\"string\"},\"age\":{\"type\":\"integer\"},"
+    "\"score\":{\"type\":\"number\"},\"ok\":{\"type\":\"boolean\"},\"none\":{\"type\":\"null\"},"
+    "\"tags\":{\"type\":\"array\",\"items\":{\"type\":\"string\"}},\"color\":{\"enum\":[\"red\",\"green\",\"blue\"]},"
+    "\"n\":{\"enum\":[1,12,123]},\"nested\":{\"type\":\"object\",\"properties\":{\"x\":{\"type\":[\"integer\",\"null\"]},"
+    "\"y\":{\"type\":\"object\"}},\"required\":[\"x\"]},\"opt\":{\"type\":\"string\"}},"
+    "\"required\":[\"name\",\"age\",\"score\",\"ok\",\"none\",\"tags\",\"color\",\"n\",\"nested\"]}",
+    "{\"type\":\"object\",\"properties\":{\"items\":{\"type\":\"array\",\"items\":{\"type\":\"object\","
+    "\"properties\":{\"id\":{\"type\":\"integer\"},\"label\":{\"type\":[\"string\",\"null\"]},\"any\":{}},"
+    "\"required\":[\"id\"],\"additionalProperties\":false}},\"q\":{\"const\":{\"k\":[1,\"v\"]}},"
+    "\"a\":{\"type\":\"string\"},\"ab\":{\"type\":\"integer\"}},\"additionalProperties\":false}",
+};
+
+static int compile(const char *schema, api_schema_t *sc) {
+    tg_json_t *j = tg_json_parse(schema, strlen(schema), NULL, NULL);
+    api_err_t e;
+    int rc = j ? api_schema_compile(sc, j, &e) : -1;
+    if (rc) fprintf(stderr, "  schema refused: %s\n", j ? e.message : "bad JSON");
+    tg_json_free(j);
+    return rc;
+}
+
+/* text through the schema grammar token by token (the tokenizer's split) */
+static int schema_accepts(const api_schema_t *sc, const char *text) {
+    eng_gram_t *g = eng_gram_schema(V, tok_eos(T), sc);
+    int32_t *ids = NULL;
+    long n = tok_encode(T, text, strlen(text), 0, &ids);
+    int ok = g && n >= 0;
+    for (long i = 0; ok && i < n; i++) ok = eng_gram_accept(g, ids[i]) == 0;
+    ok = ok && eng_gram_done(g) && eng_gram_accept(g, tok_eos(T)) == 0;
+    free(ids);
+    eng_gram_free(g);
+    return ok;
+}
+
+static void test_schema_machine(void) {
+    api_schema_t sc[2];
+    for (int i = 0; i < 2; i++) CHECK_EQ_I(compile(SCHEMAS[i], &sc[i]), 0);
+    static const char *good0[] = {
+        "{\"name\":\"a\",\"age\":-3,\"score\":1.5e3,\"ok\":true,\"none\":null,\"tags\":[],\"color\":\"red\","
+        "\"n\":12,\"nested\":{\"x\":null}}",
+        "{ \"name\" : \"\\u00e9\", \"age\": 0, \"score\": 2, \"ok\": false, \"none\": null, \"tags\": [\"x\", \"y\"],"
+        " \"color\": \"blue\", \"n\": 123, \"nested\": {\"x\": 5, \"y\": {\"free\": [1, {}]}}, \"opt\": \"o\"}",
+    };
+    static const char *bad0[] = {
+        "{}", /* required missing */
+        "{\"age\":1,\"name\":\"a\"}", /* out of order */
+        "{\"name\":\"a\",\"age\":1.5}", /* not an integer */
+        "{\"name\":1}",
+        "{\"name\":\"a\",\"age\":1,\"score\":1,\"ok\":true,\"none\":null,\"tags\":[1]}",
+        "{\"name\":\"a\",\"age\":1,\"score\":1,\"ok\":true,\"none\":null,\"tags\":[],\"color\":\"pink\"}",
+        "{\"name\":\"a\",\"age\":1,\"score\":1,\"ok\":true,\"none\":null,\"tags\":[],\"color\":\"red\",\"n\":2}",
+        "{\"name\":\"a\",\"age\":1,\"score\":1,\"ok\":true,\"none\":null,\"tags\":[],\"color\":\"red\",\"n\":1,"
+        "\"nested\":{}}", /* nested.x required */
+        "{\"name\":\"a\",\"age\":1,\"score\":1,\"ok\":true,\"none\":null,\"tags\":[],\"color\":\"red\",\"n\":1,"
+        "\"nested\":{\"x\":1},\"zzz\":1}", /* not a property */
+    };
+    for (size_t i = 0; i < sizeof good0 / sizeof *good0; i++) {
+        CHECK(schema_accepts(&sc[0], good0[i]));
+        if (!schema_accepts(&sc[0], good0[i])) fprintf(stderr, "  refused: %s\n", good0[i]);
+    }
+    for (size_t i = 0; i < sizeof bad0 / sizeof *bad0; i++) {
+        CHECK(!schema_accepts(&sc[0], bad0[i]));
+        if (schema_accepts(&sc[0], bad0[i])) fprintf(stderr, "  accepted: %s\n", bad0[i]);
+    }
+    CHECK(schema_accepts(&sc[1], "{}"));
+    CHECK(schema_accepts(&sc[1], "{\"items\":[{\"id\":1},{\"id\":2,\"label\":null,\"any\":[true]}],"
+                                 "\"q\":{\"k\":[1,\"v\"]},\"a\":\"\",\"ab\":7}"));
+    CHECK(schema_accepts(&sc[1], "{\"ab\":1}"));
+    CHECK(!schema_accepts(&sc[1], "{\"items\":[{}]}"));
+    CHECK(!schema_accepts(&sc[1], "{\"q\":{\"k\":[1]}}"));
+    CHECK(!schema_accepts(&sc[1], "{\"ab\":1,\"a\":\"x\"}"));
+    for (int i = 0; i < 2; i++) api_schema_free(&sc[i]);
+}
+
+static void test_schema_walks(void) {
+    int ok = 0, walks = 0;
+    for (int k = 0; k < 2; k++) {
+        api_schema_t sc;
+        CHECK_EQ_I(compile(SCHEMAS[k], &sc), 0);
+        int min = sc.nodes[0].min_len + 1; /* every byte a token, and EOS */
+        int budgets[] = {min, min + 7, min + 40};
+        for (int b = 0; b < 3; b++) {
+            eng_gram_t *g = eng_gram_schema(V, tok_eos(T), &sc);
+            int eos, nt;
+            char *s = walk_random(g, budgets[b], &eos, &nt);
+            tg_json_t *j = tg_json_parse(s, strlen(s), NULL, NULL);
+            int good = eos && nt <= budgets[b] && j && schema_valid(&sc, 0, j);
+            if (getenv("GRAM_SHOW")) printf("  %d tokens: %s\n", nt, s);
+            CHECK(good);
+            if (!good) fprintf(stderr, "  schema %d budget %d (eos %d, %d tokens): %s\n", k, budgets[b], eos, nt, s);
+            ok += good;
+            walks++;
+            tg_json_free(j);
+            free(s);
+            eng_gram_free(g);
+        }
+        api_schema_free(&sc);
+    }
+    printf("schema walks: %d/%d ended with EOS, parse and validate\n", ok, walks);
+}
+
+/* tool_choice "auto": free text never holds a tool marker but the opener;
+ * with JSON mode the answer is a JSON object or the block */
+static void test_auto(void) {
+    eng_tool_ids_t ids;
+    CHECK_EQ_I(eng_tool_ids(T, &ids), 0);
+    CHECK_EQ_I(ids.n_marks, 9);
+    const char *names[] = {"get_weather"};
+    size_t lens[] = {11};
+    float *lg = calloc((size_t)V->n, sizeof *lg);
+    /* no tools: every marker masked, text and EOS untouched */
+    eng_gram_t *g = eng_gram_auto(V, tok_eos(T), &ids, NULL, NULL, 0, 0, 0, NULL);
+    eng_gram_mask(g, 100, lg, V->n);
+    for (int i = 0; i < ids.n_marks; i++) CHECK(!isfinite(lg[ids.marks[i]]));
+    CHECK(isfinite(lg[tok_eos(T)]) && isfinite(lg[tok_id(T, "hello")]));
+    CHECK_EQ_I(eng_gram_accept(g, ids.calls_begin), -1);
+    CHECK_EQ_I(eng_gram_accept(g, tok_id(T, "hello")), 0);
+    eng_gram_free(g);
+    /* auto with a tool: the opener allowed when a call fits, then the tool grammar */
+    memset(lg, 0, (size_t)V->n * sizeof *lg);
+    g = eng_gram_auto(V, tok_eos(T), &ids, names, lens, 1, 1, 0, NULL);
+    eng_gram_mask(g, 100, lg, V->n);
+    CHECK(isfinite(lg[ids.calls_begin]) && !isfinite(lg[ids.call_begin]) && !isfinite(lg[ids.sep]));
+    memset(lg, 0, (size_t)V->n * sizeof *lg);
+    eng_gram_mask(g, 5, lg, V->n); /* no call fits in 5 tokens */
+    CHECK(!isfinite(lg[ids.calls_begin]));
+    CHECK_EQ_I(eng_gram_accept(g, ids.calls_begin), 0);
+    memset(lg, 0, (size_t)V->n * sizeof *lg);
+    CHECK_EQ_I(eng_gram_mask(g, 100, lg, V->n), 1);
+    CHECK(isfinite(lg[ids.call_begin]));
+    eng_gram_free(g);
+    /* JSON or a call: walks end as one or the other, whole */
+    int ok = 0, walks = 0, json = 0, calls = 0;
+    api_schema_t sc;
+    CHECK_EQ_I(compile(SCHEMAS[1], &sc), 0);
+    for (int w = 0; w < 8; w++) {
+        g = eng_gram_auto(V, tok_eos(T), &ids, names, lens, 1, 1, 1, w & 1 ? &sc : NULL);
+        int eos, nt;
+        char *s = walk_random(g, 60, &eos, &nt);
+        eng_tool_call_t *c = NULL;
+        size_t n = 0;
+        tg_json_t *j = NULL;
+        int good;
+        if (!strncmp(s, "<\xef\xbd\x9ctool", 6)) {
+            good = eos && eng_tool_calls_parse(s, strlen(s), &c, &n) >= 1 && !strcmp(c[0].name, "get_weather");
+            calls++;
+        } else {
+            j = tg_json_parse(s, strlen(s), NULL, NULL);
+            good = eos && j && tg_json_type(j) == TG_JSON_OBJECT && (!(w & 1) || schema_valid(&sc, 0, j));
+            json++;
+        }
+        CHECK(good);
+        if (!good) fprintf(stderr, "  auto walk %d: %s\n", w, s);
+        ok += good;
+        walks++;
+        eng_tool_calls_free(c, n);
+        tg_json_free(j);
+        free(s);
+        eng_gram_free(g);
+    }
+    printf("json-or-tool walks: %d/%d whole (%d JSON, %d tool calls)\n", ok, walks, json, calls);
+    api_schema_free(&sc);
+    free(lg);
+}
+
 static void test_mask_cost(void) {
     eng_gram_t *g = eng_gram_json(V, tok_eos(T));
     const char *pre = "{\"key\": [1, \"some text";
@@ -201,6 +440,9 @@ int main(int argc, char **argv) {
     test_json_machine();
     test_json_walks();
     test_tool_walks();
+    test_schema_machine();
+    test_schema_walks();
+    test_auto();
     test_mask_cost();
     eng_vocab_free(V);
     tok_free(T);

@@ -96,7 +96,7 @@ static void test_400_cases(void) {
     expect_400("{\"model\":\"m\"," MSG ",\"top_p\":1.5}", "top_p", "invalid_value");
     expect_400("{\"model\":\"m\"," MSG ",\"presence_penalty\":3}", "presence_penalty", "invalid_value");
     expect_400("{\"model\":\"m\"," MSG ",\"seed\":\"x\"}", "seed", "invalid_type");
-    expect_400("{\"model\":\"m\"," MSG ",\"n\":2}", "n", "invalid_value");
+    expect_400("{\"model\":\"m\"," MSG ",\"n\":17}", "n", "invalid_value");
     expect_400("{\"model\":\"m\"," MSG ",\"logprobs\":1}", "logprobs", "invalid_type");
     expect_400("{\"model\":\"m\"," MSG ",\"top_logprobs\":2}", "top_logprobs", "invalid_value");
     expect_400("{\"model\":\"m\"," MSG ",\"logprobs\":true,\"top_logprobs\":21}", "top_logprobs", "invalid_value");
@@ -296,6 +296,20 @@ static void test_tool_calls_parse(void) {
     CHECK(s && strstr(s, "\"delta\":{\"tool_calls\":[{\"index\":1,\"id\":\"call_1_x\",\"type\":\"function\","
                          "\"function\":{\"name\":\"get_time\",\"arguments\":\"{}\"}}]}"));
     CHECK(s && strstr(s, ",\"usage\":null}"));
+    free(s);
+    /* n choices: each its index; a later choice's call ids carry its number */
+    eng_choice_t ch[2] = {{"a", 1, NULL, 0, NULL, 0, ENG_FINISH_LENGTH, NULL},
+                          {NULL, 0, NULL, 0, calls, 1, ENG_FINISH_TOOL_CALLS, NULL}};
+    s = eng_resp_completion_n("chatcmpl-x", 1, "m", ch, 2, &u);
+    CHECK(s && strstr(s, "\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":\"a\"},"
+                         "\"logprobs\":null,\"finish_reason\":\"length\"},{\"index\":1,\"message\":{\"role\":"
+                         "\"assistant\",\"content\":null,\"tool_calls\":[{\"id\":\"call_1_0_x\""));
+    free(s);
+    s = eng_resp_chunk_tools_at(2, "chatcmpl-x", 1, "m", calls, 1, 1, 0);
+    CHECK(s && strstr(s, "\"choices\":[{\"index\":2,\"delta\":{\"tool_calls\":[{\"index\":1,\"id\":\"call_2_1_x\""));
+    free(s);
+    s = eng_resp_chunk_at(3, "chatcmpl-x", 1, "m", NULL, "b", 1, NULL, 0, ENG_FINISH_NONE, 0, NULL, NULL);
+    CHECK(s && strstr(s, "\"choices\":[{\"index\":3,\"delta\":{\"content\":\"b\"}"));
     free(s);
     eng_tool_calls_free(calls, n);
     /* growing block: calls appear once complete, each once */
