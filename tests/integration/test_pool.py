@@ -102,15 +102,18 @@ class FakeWorker(threading.Thread):
     and then resets the connection before any answer byte (answer503: answers 503 server_overloaded, as
     a worker whose queue is full).  Over TLS with tls: an ssl context."""
 
-    def __init__(self, port, tls=None, answer503=False, health_path="/health", auth=None):
+    def __init__(self, port, tls=None, answer503=False, health_path="/health", auth=None, early_reset=False):
         super().__init__(daemon=True)
         self.tls = tls
         self.answer503 = answer503
+        self.early_reset = early_reset  # reset a POST after its head, most of its body never read
         self.health_path = health_path
         self.auth = auth
         self.gets = []
         self.s = socket.socket()
         self.s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if early_reset:  # a small receive window (inherited by accepted sockets): the sender stalls
+            self.s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         self.s.bind(("127.0.0.1", port))
         self.s.listen(64)
         self.s.settimeout(1)
@@ -142,6 +145,9 @@ class FakeWorker(threading.Thread):
                         not self.auth or head.get(b"authorization") == b"Bearer " + self.auth.encode())
                     c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n" if ok
                               else b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                elif data.startswith(b"POST") and self.early_reset:
+                    self.posts.append(head.get(b"x-request-id", b"").decode() or None)
+                    c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
                 elif data.startswith(b"POST"):
                     want = int(head.get(b"content-length", b"0"))
                     while len(data.split(b"\r\n\r\n", 1)[1]) < want:  # the whole request, body included
@@ -324,6 +330,50 @@ class Supervised(unittest.TestCase):
         self.assertGreater(labelled(self.gw, 0, "tollgate_worker_health_failures_total", self.url) or 0, 0)
         st, _, data = https(P_GW, "POST", "/v1/chat/completions", self.key, chat_body("again"), timeout=WAIT)
         self.assertEqual(st, 200, data)
+
+
+class ResetBeforeWritten(unittest.TestCase):
+    """A worker that resets the connection while the request is still being written (a 7 MB body,
+    mostly JSON whitespace, into a 4 KiB receive window): it cannot have run it, so the request goes
+    to the other worker, once, and is billed once."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.fake = FakeWorker(P_FAKE + 2, early_reset=True)
+        cls.fake.start()
+        cls.fake_url = "http://127.0.0.1:%d" % (P_FAKE + 2)
+        cls.key, _ = customer_key("pool-early-reset")
+        cls.gw = Instances("pool-early-reset", [P_GW + 4], max_body_bytes=8 << 20, workers=[
+            {"url": E["TG_TEST_ENGINE"], "models": [MODEL]},
+            {"url": cls.fake_url, "models": [MODEL]},
+        ]).start()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.gw.stop()
+        cls.fake.close()
+
+    def test_retried_on_the_other_worker_billed_once(self):
+        ctx = ssl.create_default_context(cafile=E["TG_TEST_CERT"])
+        answers = {}
+        for i in range(40):
+            if self.fake.posts:
+                break
+            body = json.dumps(chat_body("unsent %d" % i)).encode()
+            body = body[:-1] + b" " * (7 << 20) + body[-1:]  # valid JSON, 7 MB
+            c = http.client.HTTPSConnection("127.0.0.1", P_GW + 4, context=ctx, timeout=WAIT)
+            c.request("POST", "/v1/chat/completions", body=body,
+                      headers={"Authorization": "Bearer " + self.key, "Content-Type": "application/json"})
+            r = c.getresponse()
+            answers[r.getheader("x-request-id")] = (r.status, r.read())
+            c.close()
+        self.assertTrue(self.fake.posts, "no request reached the resetting worker")
+        rid = self.fake.posts[0]
+        self.assertEqual(answers[rid][0], 200, answers[rid][1][:300])
+        row = settled_row(self.gw, rid)
+        self.assertEqual(row[3], 200)
+        self.assertGreater(row[2], 0, "the engine ran it")
+        self.assertEqual(q("SELECT count(*) FROM usage WHERE request_id = %s", rid)[0][0], 1)
 
 
 class External(unittest.TestCase):
