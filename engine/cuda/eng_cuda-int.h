@@ -68,6 +68,13 @@ typedef struct {
     /* per-op scratch, grown on demand */
     void *scr[8];
     size_t scr_n[8];
+    /* pinned staging ring for small host->device copies (a copy from pageable
+     * memory waits for the whole stream first); wrapping waits for the stream */
+    char *ring;
+    size_t ring_n, ring_off;
+    /* the last block tables uploaded for attention (the same for every layer of a forward) */
+    int32_t *pages_h;
+    size_t pages_n;
     /* the device copy of each MoE layer's expert table, by (eg, eg[0].data) */
     struct cu_moe_tab *moe_tabs;
     int n_moe_tabs;
@@ -75,6 +82,8 @@ typedef struct {
 
 enum { SCR_IDX = 0, SCR_ATT, SCR_ATT2, SCR_MOE, SCR_MM, SCR_HOST_ATT };
 
+/* dst (device) = src (host, n bytes), queued on the stream; src may be reused at once */
+int eng_cuda_h2d(cu_be_t *b, void *dst, const void *src, size_t n);
 /* scratch slot k of at least n bytes (device memory); NULL on failure */
 void *eng_cuda_scratch(cu_be_t *b, int k, size_t n);
 /* pinned-free helper: device memory through the backend's cache */

@@ -93,6 +93,11 @@ void eng_cuda_release(cu_be_t *b, void *p) {
 
 void *eng_cuda_scratch(cu_be_t *b, int k, size_t n) {
     if (n <= b->scr_n[k] && b->scr[k]) return b->scr[k];
+    if (k == SCR_ATT2) { /* the block tables it held are gone */
+        free(b->pages_h);
+        b->pages_h = NULL;
+        b->pages_n = 0;
+    }
     if (b->scr[k]) {
         cudaStreamSynchronize(b->st); /* queued kernels may still use it */
         cudaFree(b->scr[k]);
@@ -110,6 +115,29 @@ void *eng_cuda_scratch(cu_be_t *b, int k, size_t n) {
     }
     b->scr_n[k] = want;
     return b->scr[k];
+}
+
+#define RING_BYTES (8u << 20)
+
+/* Small copies go through a pinned ring: cudaMemcpyAsync from pinned memory
+ * does not wait for the stream, so the host keeps queueing work.  A slot is
+ * reused only after the stream has passed it (the wrap synchronises). */
+int eng_cuda_h2d(cu_be_t *b, void *dst, const void *src, size_t n) {
+    if (!n) return 0;
+    size_t need = (n + 255) & ~(size_t)255;
+    if (!b->ring || need > b->ring_n / 4) { /* large, or no ring: pageable copy (waits for the stream) */
+        CU_CHECK(cudaMemcpyAsync(dst, src, n, cudaMemcpyHostToDevice, b->st));
+        return 0;
+    }
+    if (b->ring_off + need > b->ring_n) {
+        CU_CHECK(cudaStreamSynchronize(b->st));
+        b->ring_off = 0;
+    }
+    char *slot = b->ring + b->ring_off;
+    memcpy(slot, src, n);
+    b->ring_off += need;
+    CU_CHECK(cudaMemcpyAsync(dst, slot, n, cudaMemcpyHostToDevice, b->st));
+    return 0;
 }
 
 static cu_be_t *CB(eng_backend_t *be) { return (cu_be_t *)be; }
@@ -139,11 +167,7 @@ static void cu_kv_release(eng_backend_t *be, void *p, size_t n) {
 
 /* From pageable host memory cudaMemcpyAsync returns once src has been staged,
  * so the caller may reuse src at once. */
-static int cu_set(eng_backend_t *be, void *dst, const void *src, size_t n) {
-    if (!n) return 0;
-    CU_CHECK(cudaMemcpyAsync(dst, src, n, cudaMemcpyHostToDevice, CB(be)->st));
-    return 0;
-}
+static int cu_set(eng_backend_t *be, void *dst, const void *src, size_t n) { return eng_cuda_h2d(CB(be), dst, src, n); }
 
 static int cu_get(eng_backend_t *be, void *dst, const void *src, size_t n) {
     if (!n) return 0;
@@ -242,7 +266,7 @@ static int cu_embed(eng_backend_t *be, const eng_w_t *emb, const int32_t *ids, i
     cu_be_t *b = CB(be);
     int32_t *d = (int32_t *)eng_cuda_scratch(b, SCR_IDX, (size_t)T * sizeof(int32_t));
     if (!d) return -1;
-    CU_CHECK(cudaMemcpyAsync(d, ids, (size_t)T * sizeof(int32_t), cudaMemcpyHostToDevice, b->st));
+    if (eng_cuda_h2d(b, d, ids, (size_t)T * sizeof(int32_t))) return -1;
     k_embed<<<T, 256, 0, b->st>>>(cu_w(emb), d, x);
     CU_LAUNCHED();
     return 0;
@@ -348,7 +372,7 @@ static int cu_gather(eng_backend_t *be, float *dst, const float *src, const int3
     if (n <= 0) return 0;
     int32_t *d = (int32_t *)eng_cuda_scratch(b, SCR_IDX, (size_t)n * sizeof(int32_t));
     if (!d) return -1;
-    CU_CHECK(cudaMemcpyAsync(d, rows, (size_t)n * sizeof(int32_t), cudaMemcpyHostToDevice, b->st));
+    if (eng_cuda_h2d(b, d, rows, (size_t)n * sizeof(int32_t))) return -1;
     k_gather<<<n, 256, 0, b->st>>>(dst, src, d, width);
     CU_LAUNCHED();
     return 0;
@@ -405,6 +429,8 @@ static void cu_free(eng_backend_t *be) {
     for (int k = 0; k < 8; k++)
         if (b->scr[k]) cudaFree(b->scr[k]);
     eng_cuda_moe_tabs_free(b);
+    if (b->ring) cudaFreeHost(b->ring);
+    free(b->pages_h);
     if (b->blas) cublasDestroy(b->blas);
     if (b->st) cudaStreamDestroy(b->st);
     free(b->live);
@@ -490,6 +516,8 @@ extern "C" eng_backend_t *eng_cuda_backend_new(int dev, char *err, size_t errlen
             goto fail;
         }
     }
+    INIT_CHECK(cudaHostAlloc((void **)&b->ring, RING_BYTES, cudaHostAllocDefault), "cudaHostAlloc");
+    b->ring_n = RING_BYTES;
     snprintf(b->desc, sizeof b->desc, "cuda:%d/%s (sm_%d%d)", dev, prop.name, prop.major, prop.minor);
     return &b->base;
 fail:
