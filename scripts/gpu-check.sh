@@ -5,12 +5,17 @@
 #   2. op harness CUDA vs CPU (every op, NMSE per op) and whole-model logits CUDA vs CPU for
 #      DeepSeek-V3 (bf16, fp8, f32), DeepSeek-V2 (f16) and Mixtral (bf16) tiny models
 #      (tests/engine/cuda_test.sh)
+#   2b. serve --device cuda:0 vs --device cpu: 12 concurrent greedy chat requests on the demo model
+#      (continuous batching, prefix-cache hits) (scripts/gpu/serve_check.py)
 #   3. transformers: tiny random DeepseekV3ForCausalLM / MixtralForCausalLM built and saved by
 #      transformers' own code; engine logits and greedy tokens on cpu and cuda:0 against it
 #      (scripts/gpu/hf_check.py)
 #   4. a DeepSeek-V2-Lite-shaped model (its exact layer shapes, 8 of its 27 layers, random bf16):
 #      logits CUDA vs CPU, then decode tokens/s at batch 1 and 64 against the roofline of the
 #      bytes read per step at the measured device-to-device copy bandwidth (bench/cuda)
+# How a session with a device runs it (the tokenizer is fetched at build time, which the device
+# machine cannot do, so it travels with the tree):
+#   run(command="bash scripts/gpu-check.sh \"$OUT\"", carry=["build/data/deepseek-v3-tokenizer"], timeout_s=560)
 # Each stage's output goes to OUT/<stage>.log; OUT/summary.txt has one line per stage and the
 # figures; exit 1 if any stage failed.  Stages after a failed one still run (except after a
 # failed build).
@@ -48,6 +53,19 @@ stage build 420 make -j"$J" CUDA=1 build/tollgate-engine $E/eng_ops_test $E/cuda
 # 2. op by op and tiny whole models, CUDA vs CPU
 CUDA_TEST_ENGINE_HAS_CUDA=1 stage ops-and-logits 240 bash tests/engine/cuda_test.sh $E/cuda $E/eng_ops_test build/tollgate-engine
 grep -E "NMSE|ids,|worst logit|over tolerance" "$out/ops-and-logits.log" | sed 's/^/  /' >> "$summary"
+
+# 2b. continuous batching and the prefix cache through the CUDA backend (the demo model, the real
+#     tokenizer: carry build/data/deepseek-v3-tokenizer to a machine that cannot fetch it)
+if [ -f build/data/deepseek-v3-tokenizer/tokenizer.json ]; then
+    demo=build/gpu-check/demo
+    [ -f $demo/config.json ] || build/tollgate-engine gen-model --arch deepseek_v3 --preset demo --out $demo \
+        --tokenizer build/data/deepseek-v3-tokenizer > "$out/gen-demo.log" 2>&1
+    stage serve 300 bash -c "cd $out && python3 $PWD/scripts/gpu/serve_check.py $PWD/build/tollgate-engine $PWD/$demo 18500"
+    grep -E "requests in|greedy answers|differs" "$out/serve.log" | sed 's/^/  /' >> "$summary"
+else
+    say "serve: FAIL: not run, no build/data/deepseek-v3-tokenizer (run with carry: build/data/deepseek-v3-tokenizer)"
+    status=1
+fi
 
 # 3. transformers as the independent reference
 stage transformers 300 python3 scripts/gpu/hf_check.py build/tollgate-engine "$out/hf" cpu cuda:0
