@@ -36,8 +36,8 @@ test-engine: $(ENG_GOLDEN_BIN) $(ENG_UNIT_BINS)
 
 # The op-by-op comparison harness (tests/engine/eng_ops_test.c): every op of
 # the backend interface on seeded random inputs, CPU/scalar written to a file
-# by one process, the best ISA compared with it in another (the kernels pick
-# their ISA once per process).  The CUDA half: test-engine-cuda below.
+# by one process, each faster ISA compared with it in another (the kernels pick
+# their ISA once per process; a CPU that lacks one is a recorded skip, as the goldens).  The CUDA half: test-engine-cuda below.
 ENG_OPS_BIN := $(ENG_TEST_DIR)/eng_ops_test
 $(ENG_OPS_BIN): tests/engine/eng_ops_test.c $(LIBENG) $(LIBCOMMON)
 	@mkdir -p $(dir $@)
@@ -47,7 +47,9 @@ test-engine: test-engine-ops
 .PHONY: test-engine-ops
 test-engine-ops: $(ENG_OPS_BIN)
 	TOLLGATE_ENGINE_ISA=scalar $(ENG_OPS_BIN) dump $(ENG_TEST_DIR)/ops-cpu-scalar.bin
-	$(ENG_OPS_BIN) compare $(ENG_TEST_DIR)/ops-cpu-scalar.bin
+	TOLLGATE_ENGINE_ISA=amx $(ENG_OPS_BIN) compare $(ENG_TEST_DIR)/ops-cpu-scalar.bin
+	TOLLGATE_ENGINE_ISA=avx512 $(ENG_OPS_BIN) compare $(ENG_TEST_DIR)/ops-cpu-scalar.bin
+	TOLLGATE_ENGINE_ISA=avx2 $(ENG_OPS_BIN) compare $(ENG_TEST_DIR)/ops-cpu-scalar.bin
 
 engine-golden: $(ENG_GOLDEN_BIN)
 	bash tests/engine/make_golden.sh $(ENG_GOLDEN_BIN) $(ENG_TEST_DIR)/golden-models

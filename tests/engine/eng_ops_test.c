@@ -17,6 +17,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include "../unit/tg_test.h"
 #include "eng_model_int.h"
@@ -472,12 +474,34 @@ static void compare(const char *path, const char *desc, double tol) {
     printf("eng_ops: %d outputs compared, %d over tolerance\n", n, worst_fail);
 }
 
+/* The ISA levels the CPU kernels dispatch to and what each needs (as eng_golden_test.c). */
+static int cpu_has(const char *isa) {
+    __builtin_cpu_init();
+    int has2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    if (!strcmp(isa, "scalar")) return 1;
+    if (!strcmp(isa, "avx2")) return has2;
+    int has512 = has2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                 __builtin_cpu_supports("avx512vl");
+    if (!strcmp(isa, "avx512")) return has512;
+    if (!strcmp(isa, "amx"))
+        return has512 && __builtin_cpu_supports("amx-tile") && __builtin_cpu_supports("amx-bf16") &&
+               syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XTILEDATA */) == 0;
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc < 3 || (strcmp(argv[1], "dump") && strcmp(argv[1], "compare"))) {
         fprintf(stderr, "usage: eng_ops_test dump|compare FILE [DEVICE]\n");
         return 2;
     }
     const char *dev = argc > 3 ? argv[3] : "cpu";
+    const char *isa = getenv("TOLLGATE_ENGINE_ISA");
+    if (!strcmp(dev, "cpu") && isa && *isa && !cpu_has(isa)) { /* as the goldens: a recorded skip */
+        char why[96];
+        snprintf(why, sizeof why, "eng_ops TOLLGATE_ENGINE_ISA=%s: this CPU lacks it", isa);
+        TG_SKIP(why);
+        return 0;
+    }
     char err[512];
     be = eng_backend_open(dev, 2, err, sizeof err);
     if (!be) {
@@ -494,7 +518,6 @@ int main(int argc, char **argv) {
     ops = be->ops;
     char desc[128];
     snprintf(desc, sizeof desc, "%s", ops->describe(be));
-    const char *isa = getenv("TOLLGATE_ENGINE_ISA");
     if (!strcmp(ops->name, "cpu") && isa && *isa && strcmp(desc + 4, isa)) {
         fprintf(stderr, "eng_ops_test: ran on %s, asked for cpu/%s\n", desc, isa);
         return 1;
