@@ -109,6 +109,13 @@ struct ssl_st *gw_sup_tls_new(const gw_server_t *s, int i) {
 
 /* ---- health check ----------------------------------------------------------- */
 
+/* SIGKILL an own worker and whatever it started (its process group, made
+ * at fork; the pid alone if the child has not made it yet). */
+static void gw_sup_kill(gw_sup_worker_t *w) {
+    if (w->pid <= 0) return;
+    if (kill(-w->pid, SIGKILL) != 0) kill(w->pid, SIGKILL);
+}
+
 static void gw_sup_hc_end(gw_sup_worker_t *w, int ok) {
     if (w->hc) bufferevent_free(w->hc);
     w->hc = NULL;
@@ -124,7 +131,7 @@ static void gw_sup_hc_end(gw_sup_worker_t *w, int ok) {
     gw_sup_set_up(w, 0);
     if (w->pid > 0 && w->was_up && w->consecutive >= GW_SUP_HANG_CHECKS) {
         fprintf(stderr, "tollgate: worker %s hung (%d checks failed): killing it\n", w->cfg->url, w->consecutive);
-        kill(w->pid, SIGKILL); /* reaped and restarted by the tick */
+        gw_sup_kill(w); /* reaped and restarted by the tick */
         w->consecutive = 0;
     }
 }
@@ -245,7 +252,7 @@ static void gw_sup_on_tick(evutil_socket_t fd, short what, void *arg) {
             /* never healthy since its start: killed, reaped by a later tick, restarted after the back-off */
             fprintf(stderr, "tollgate: worker %s (pid %d) not healthy %d ms after its start: killing it\n",
                     w->cfg->url, (int)w->pid, w->cfg->start_timeout_ms);
-            kill(w->pid, SIGKILL);
+            gw_sup_kill(w);
             w->start_killed = 1;
             continue;
         }

@@ -487,9 +487,14 @@ class NeverHealthy(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.url = "http://127.0.0.1:%d" % P_NEVER
+        cls.children = os.path.join(E["TG_TEST_DIR"], "pool-never-children")
+        if os.path.exists(cls.children):
+            os.unlink(cls.children)
+        # a wrapper (as a deployment's script would be) whose own child never answers either
         cls.gw = Instances("pool-never", [P_GW + 3], workers=[
             {"url": cls.url, "models": [MODEL], "start_timeout_ms": 500,
-             "command": [sys.executable, "-c", "import time\nwhile True: time.sleep(60)"]},
+             "command": ["/bin/sh", "-c", "%s -c 'import time\nwhile True: time.sleep(60)' & echo $! >> %s; wait"
+                         % (sys.executable, cls.children)]},
         ]).start()
 
     @classmethod
@@ -508,6 +513,12 @@ class NeverHealthy(unittest.TestCase):
         self.assertEqual(labelled(self.gw, 0, "tollgate_worker_up", self.url), 0)
         for pid in seen[:-1]:  # each was killed and reaped, not left running
             wait_for(lambda: not os.path.exists("/proc/%d" % pid), "pid %d gone" % pid)
+        with open(self.children) as f:  # and what each started went with it (its process group)
+            kids = [int(x) for x in f.read().split()]
+        self.assertGreaterEqual(len(kids), 2)
+        for pid in kids[:-1]:
+            wait_for(lambda: not os.path.exists("/proc/%d" % pid) or
+                     open("/proc/%d/stat" % pid).read().split()[2] == "Z", "child %d gone" % pid)
         with open(os.path.join(self.gw.dir, "gw0.log")) as f:
             log = f.read()
         self.assertGreaterEqual(log.count("not healthy 500 ms after its start: killing it"), 2, log[-2000:])
