@@ -1,19 +1,18 @@
 /* bill_settle.c — settlement of finished requests: one usage row and one
  * ledger debit per request_id, exactly once.
  *
- * bill_settle() validates the row, appends it to the journal (the current
- * spool file, metering/mtr.h) with write() — no fsync on the event loop —
- * and queues a copy tagged with that file; one batch (up to BATCH rows) at
+ * bill_settle() validates the row, appends it to the write-ahead journal
+ * (metering/mtr_journal.h: the current spool file, write() — no fsync on the
+ * event loop) and queues a copy tagged with that file; one batch (up to BATCH rows) at
  * a time goes to PostgreSQL as ONE statement (SETTLE_SQL): insert the usage
  * rows ON CONFLICT (request_id) DO NOTHING and debit the ledger only for the
  * rows actually inserted, so re-sending a row is harmless.
  *
- * The journal: a timer fdatasyncs it JOURNAL_SYNC_MS after the first
- * unsynced row; it is rotated (closed, the next row opens a new file) after
- * JOURNAL_ROWS rows or JOURNAL_AGE_US, and a closed file is deleted as soon
- * as all of its rows have committed.  So a killed process (SIGKILL, crash)
- * loses nothing: the kernel keeps what was written; a machine crash (power,
- * kernel panic) loses at most the rows of the last JOURNAL_SYNC_MS.
+ * The journal (metering/ owns it: files, sync timer, rotation, deletion,
+ * replay reads) is told when each row commits (mtr_journal_done).  So a
+ * killed process (SIGKILL, crash) loses nothing: the kernel keeps what was
+ * written; a machine crash (power, kernel panic) loses at most the rows of
+ * the journal's last sync interval (50 ms).
  *
  * When a batch fails for a reason other than the rows themselves (PostgreSQL
  * down, timeout, shutdown), the memory queue is emptied (rows the journal
@@ -37,24 +36,11 @@
 
 #include "bill-int.h"
 #include "mtr.h"
+#include "mtr_journal.h"
 #include "tg_json.h"
-#include "tg_work.h"
 
 #define BATCH 256
 #define QUEUE_MAX 100000 /* beyond this, new rows are only in the journal */
-#define JOURNAL_SYNC_MS 50
-#define JOURNAL_ROWS 8192
-#define JOURNAL_AGE_US 1000000
-
-typedef struct sfile {
-    TAILQ_ENTRY(sfile) link;
-    char *name;
-    long pending; /* rows of this file not yet committed */
-    int loaded;   /* its rows are in the queue */
-    int open;     /* the journal: rows are still being appended */
-    int corrupt;
-    int reading;  /* a replay is reading it on the worker thread */
-} sfile_t;
 
 #define COST_MODELS 64 /* models with their own settled-cost counter; the rest share one */
 
@@ -67,11 +53,10 @@ typedef struct item {
     TAILQ_ENTRY(item) link;
     bill_usage_t u;
     int64_t cost;
-    sfile_t *src; /* the spool file it came from, or NULL: memory only */
+    mtr_jfile_t *src; /* the journal/spool file it is in, or NULL: memory only */
 } item_t;
 
 TAILQ_HEAD(item_q, item);
-TAILQ_HEAD(sfile_q, sfile);
 
 struct bill_settler {
     struct event_base *base;
@@ -79,17 +64,9 @@ struct bill_settler {
     char *dir;
     struct item_q queue, inflight;
     int nqueue, ninflight;
-    struct sfile_q files;
-    mtr_spool_t *spool; /* the journal (the spool file being appended) */
-    sfile_t *jf;        /* its entry in files */
-    long jrows;
-    int64_t jopened_us;
-    int jdirty;         /* written since the last fdatasync */
+    mtr_journal_t *journal; /* the write-ahead journal: every row's file */
     bill_pg_job_t *job;
-    struct event *kick, *retry, *sync;
-    tg_work_t *work;    /* fdatasync and replay reads, off the loop */
-    int syncing;        /* an fdatasync is on the worker thread */
-    int replaying;      /* a replay's reads are on the worker thread */
+    struct event *kick, *retry;
     int single;      /* rows to send one by one after a data error */
     int need_replay; /* spool files may hold rows that are not queued */
     uint64_t nsettled, ninserted, ndebited, nrejected; /* bill_settle_stats_t */
@@ -255,7 +232,7 @@ static void reject(bill_settler_t *s, const bill_usage_t *u, const char *why) {
 }
 
 /* A copy of u, or NULL (rejected as invalid or out of memory). */
-static item_t *item_new(bill_settler_t *s, const bill_usage_t *u, sfile_t *src) {
+static item_t *item_new(bill_settler_t *s, const bill_usage_t *u, mtr_jfile_t *src) {
     const char *why = NULL;
     int64_t cost = -1;
     size_t mlen = u->model ? strlen(u->model) : 0;
@@ -288,140 +265,6 @@ static item_t *item_new(bill_settler_t *s, const bill_usage_t *u, sfile_t *src) 
     if (it->u.received_us <= 0) it->u.received_us = it->u.finished_us;
     if (it->u.first_byte_us < 0) it->u.first_byte_us = 0;
     return it;
-}
-
-static void file_done(bill_settler_t *s, sfile_t *f) {
-    char path[4200], bad[4300];
-    snprintf(path, sizeof path, "%s/%s", s->dir, f->name);
-    if (f->corrupt) {
-        snprintf(bad, sizeof bad, "%s.corrupt", path);
-        if (rename(path, bad) == 0)
-            fprintf(stderr, "bill: spool file %s had a corrupt record; kept as %s\n", path, bad);
-    } else if (unlink(path) != 0 && errno != ENOENT) {
-        fprintf(stderr, "bill: cannot remove spool file %s: %s\n", path, strerror(errno));
-    }
-    TAILQ_REMOVE(&s->files, f, link);
-    free(f->name);
-    free(f);
-}
-
-/* ---- the journal -------------------------------------------------------- */
-
-/* Sync and close the journal; the file goes once all its rows committed. */
-/* ---- fdatasync on the worker thread --------------------------------------- */
-
-typedef struct {
-    bill_settler_t *s;
-    int fd;  /* a dup of the journal's: the journal may be closed meanwhile */
-    int err; /* errno of a failed fdatasync, else 0 */
-} sync_job_t;
-
-static void sync_run(void *arg) {
-    sync_job_t *j = arg;
-    if (fdatasync(j->fd) != 0) j->err = errno;
-    close(j->fd);
-}
-
-static void sync_done(void *arg) {
-    sync_job_t *j = arg;
-    j->s->syncing--;
-    if (j->err) fprintf(stderr, "bill: cannot sync the journal in %s: %s\n", j->s->dir, strerror(j->err));
-    free(j);
-}
-
-/* fdatasync the journal without blocking the loop (synchronously when no
- * thread can take it).  Returns 0, or -1 with errno. */
-static int journal_sync(bill_settler_t *s) {
-    sync_job_t *j = s->work ? calloc(1, sizeof *j) : NULL;
-    if (j) {
-        j->s = s;
-        j->fd = dup(mtr_spool_fd(s->spool));
-        if (j->fd >= 0 && tg_work_submit(s->work, sync_run, sync_done, j) == 0) {
-            s->syncing++;
-            return 0;
-        }
-        if (j->fd >= 0) close(j->fd);
-        free(j);
-    }
-    return mtr_spool_sync(s->spool);
-}
-
-static void journal_close(bill_settler_t *s) {
-    if (!s->spool) return;
-    if (s->jdirty && journal_sync(s) != 0)
-        fprintf(stderr, "bill: cannot sync the journal in %s: %s\n", s->dir, strerror(errno));
-    mtr_spool_close(s->spool);
-    s->spool = NULL;
-    s->jdirty = 0;
-    sfile_t *f = s->jf;
-    s->jf = NULL;
-    if (!f) return;
-    f->open = 0;
-    if (f->loaded && f->pending == 0) file_done(s, f);
-}
-
-/* The open journal, opened (and listed in files) when needed; NULL on error. */
-static sfile_t *journal_open(bill_settler_t *s) {
-    if (s->spool && s->jrows >= JOURNAL_ROWS) journal_close(s);
-    if (s->spool) return s->jf;
-    sfile_t *f = calloc(1, sizeof *f);
-    if (!f) return NULL;
-    if (mtr_spool_write(&s->spool, s->dir, NULL, 0) != 0 || !(f->name = strdup(mtr_spool_name(s->spool)))) {
-        int e = errno;
-        mtr_spool_close(s->spool); /* an empty file at worst: the next replay deletes it */
-        s->spool = NULL;
-        free(f);
-        errno = e;
-        return NULL;
-    }
-    f->loaded = 1;
-    f->open = 1;
-    TAILQ_INSERT_TAIL(&s->files, f, link);
-    s->jf = f;
-    s->jrows = 0;
-    s->jopened_us = now_us();
-    return f;
-}
-
-static void journal_dirty(bill_settler_t *s) {
-    s->jdirty = 1;
-    if (!evtimer_pending(s->sync, NULL)) {
-        struct timeval tv = {0, JOURNAL_SYNC_MS * 1000};
-        evtimer_add(s->sync, &tv);
-    }
-}
-
-/* Append u to the journal.  Returns its file, or NULL (logged) when it
- * could not be written: the row is then held in memory only. */
-static sfile_t *journal_write(bill_settler_t *s, const bill_usage_t *u) {
-    sfile_t *f = journal_open(s);
-    const bill_usage_t *v[1] = {u};
-    if (!f || mtr_spool_write(&s->spool, s->dir, v, 1) != 0) {
-        fprintf(stderr, "bill: cannot write the journal in %s: %s; settlement %.36s held in memory\n", s->dir,
-                strerror(errno), u->request_id);
-        journal_close(s); /* a torn record stays the last of its file */
-        return NULL;
-    }
-    s->jrows++;
-    journal_dirty(s);
-    return f;
-}
-
-/* The sync timer: fdatasync what was written; rotate an old journal. */
-static void sync_cb(evutil_socket_t fd, short what, void *arg) {
-    bill_settler_t *s = arg;
-    if (!s->spool) return;
-    if (s->jdirty && !s->syncing) { /* one at a time: a slow disk gets one more call later */
-        if (journal_sync(s) != 0)
-            fprintf(stderr, "bill: cannot sync the journal in %s: %s\n", s->dir, strerror(errno));
-        s->jdirty = 0;
-    }
-    if (s->jrows >= JOURNAL_ROWS || now_us() - s->jopened_us >= JOURNAL_AGE_US) {
-        journal_close(s);
-        return;
-    }
-    struct timeval tv = {0, JOURNAL_SYNC_MS * 1000};
-    evtimer_add(s->sync, &tv); /* again, to rotate the journal when its time is up */
 }
 
 /* ---- settled cost per model (for /metrics) -------------------------------- */
@@ -473,7 +316,7 @@ int bill_settler_cost(const bill_settler_t *s, int i, const char **model, char u
  * its spool file is done once all of its rows are; free it. */
 static void item_settled(bill_settler_t *s, item_t *it) {
     if (s->commit_cb) s->commit_cb(it->u.request_id, s->commit_arg);
-    if (it->src && --it->src->pending == 0 && it->src->loaded && !it->src->open) file_done(s, it->src);
+    if (it->src) mtr_journal_done(s->journal, it->src);
     item_free(it);
 }
 
@@ -507,18 +350,18 @@ static void kick(bill_settler_t *s) { event_active(s->kick, EV_TIMEOUT, 0); }
 static int spool_items(bill_settler_t *s, struct item_q *q) {
     const bill_usage_t *v[BATCH];
     size_t n = 0;
-    int rc = 0;
+    int rc = mtr_journal_spool(s->journal, NULL, 0); /* opens the journal */
     item_t *it;
-    if (!journal_open(s)) return -1;
     TAILQ_FOREACH(it, q, link) {
+        if (rc) break;
         if (it->src) continue;
         v[n++] = &it->u;
         if (n == BATCH) {
-            rc |= mtr_spool_append(&s->spool, s->dir, v, n);
+            rc |= mtr_journal_spool(s->journal, v, n);
             n = 0;
         }
     }
-    if (n) rc |= mtr_spool_append(&s->spool, s->dir, v, n);
+    if (n && !rc) rc |= mtr_journal_spool(s->journal, v, n);
     return rc;
 }
 
@@ -545,9 +388,7 @@ static void go_down(bill_settler_t *s, const char *why) {
     items_free(&s->inflight);
     items_free(&s->queue);
     s->nqueue = s->ninflight = 0;
-    sfile_t *f;
-    TAILQ_FOREACH(f, &s->files, link) f->loaded = 0, f->pending = 0;
-    journal_close(s); /* rows from now on go to a new journal, loaded */
+    mtr_journal_drop_all(s->journal); /* every file is read again; rows from now on go to a new journal */
     s->need_replay = 1;
     s->single = 0;
 retry:;
@@ -643,148 +484,34 @@ static void retry_cb(evutil_socket_t fd, short what, void *arg) {
 
 /* ---- replay ------------------------------------------------------------- */
 
-/* The files' rows are read on the worker thread (the loop does no file
- * reads), then queued on the loop (validation, rejects, the queue are the
- * loop's). */
-typedef struct {
-    sfile_t *f;
-    char *path;
-    bill_usage_t *rows; /* models strdup'ed */
-    long n, cap;
-    long got;           /* mtr_spool_read's result */
-    int err, corrupt;
-} rfile_t;
-
-typedef struct {
-    bill_settler_t *s;
-    rfile_t *v;
-    int n;
-} replay_job_t;
-
-static void replay_collect(const bill_usage_t *u, void *arg) {
-    rfile_t *rf = arg;
-    if (rf->n == rf->cap) {
-        long cap = rf->cap ? rf->cap * 2 : 64;
-        bill_usage_t *nv = realloc(rf->rows, (size_t)cap * sizeof *nv);
-        if (!nv) return; /* dropped here, read again: the file stays until all of its rows commit */
-        rf->rows = nv;
-        rf->cap = cap;
-    }
-    bill_usage_t *c = &rf->rows[rf->n];
-    *c = *u;
-    if (!(c->model = u->model ? strdup(u->model) : NULL) && u->model) return;
-    rf->n++;
+/* A row read back from a spool file (on the loop): validated and queued. */
+static int replay_row(const bill_usage_t *u, mtr_jfile_t *f, void *arg) {
+    bill_settler_t *s = arg;
+    item_t *it = item_new(s, u, f);
+    if (!it) return 0;
+    TAILQ_INSERT_TAIL(&s->queue, it, link);
+    s->nqueue++;
+    return 1;
 }
 
-static void replay_run(void *arg) {
-    replay_job_t *j = arg;
-    for (int i = 0; i < j->n; i++) {
-        rfile_t *rf = &j->v[i];
-        errno = 0;
-        rf->got = mtr_spool_read(rf->path, replay_collect, rf, &rf->corrupt);
-        rf->err = errno;
-        if (rf->got >= 0 && rf->n < rf->got) { /* out of memory part way: read it again later */
-            rf->got = -1;
-            rf->err = ENOMEM;
-        }
-    }
-}
-
-static void replay_done(void *arg) {
-    replay_job_t *j = arg;
-    bill_settler_t *s = j->s;
-    long total = 0;
-    s->replaying = 0;
-    for (int i = 0; i < j->n; i++) {
-        rfile_t *rf = &j->v[i];
-        sfile_t *f = rf->f;
-        f->reading = 0;
-        f->corrupt |= rf->corrupt;
-        for (long k = 0; k < rf->n; k++) { /* rows read before a failure stay queued, as before */
-            item_t *it = item_new(s, &rf->rows[k], f);
-            if (it) {
-                TAILQ_INSERT_TAIL(&s->queue, it, link);
-                s->nqueue++;
-                f->pending++;
-            }
-            free((char *)rf->rows[k].model);
-        }
-        free(rf->rows);
-        if (rf->got < 0) {
-            fprintf(stderr, "bill: cannot read spool file %s: %s\n", rf->path, strerror(rf->err));
-            s->need_replay = 1; /* read again later */
-        } else {
-            f->loaded = 1;
-            total += rf->got;
-            if (f->pending == 0) file_done(s, f);
-        }
-        free(rf->path);
-    }
-    free(j->v);
-    free(j);
-    if (total) fprintf(stderr, "bill: replaying %ld spooled settlements from %s\n", total, s->dir);
+static void replay_done(long rows, int failed, void *arg) {
+    bill_settler_t *s = arg;
+    if (failed) s->need_replay = 1; /* read again later */
+    if (rows) fprintf(stderr, "bill: replaying %ld spooled settlements from %s\n", rows, s->dir);
     kick(s);
 }
 
 void bill_settler_on_up(void *arg) {
     bill_settler_t *s = arg;
-    if (s->replaying) { /* one at a time; this one is looked at again when it is done */
-        s->need_replay = 1;
-        return;
-    }
     s->need_replay = 0;
-    /* Close the journal (it may hold rows not in memory, after an overflow);
-     * the next row starts a new one. */
-    journal_close(s);
-    char **names;
-    int n = mtr_spool_list(s->dir, &names);
-    if (n < 0) {
-        fprintf(stderr, "bill: cannot list the spool %s: %s\n", s->dir, strerror(errno));
-        s->need_replay = 1;
-        return;
-    }
-    replay_job_t *j = calloc(1, sizeof *j);
-    if (!j || (n && !(j->v = calloc((size_t)n, sizeof *j->v)))) {
-        free(j);
-        mtr_names_free(names, n);
-        s->need_replay = 1;
-        return;
-    }
-    j->s = s;
-    for (int i = 0; i < n; i++) {
-        sfile_t *f;
-        TAILQ_FOREACH(f, &s->files, link) if (!strcmp(f->name, names[i])) break;
-        if (f && (f->loaded || f->reading)) continue;
-        if (!f) {
-            if (!(f = calloc(1, sizeof *f)) || !(f->name = strdup(names[i]))) {
-                free(f);
-                s->need_replay = 1;
-                continue;
-            }
-            TAILQ_INSERT_TAIL(&s->files, f, link);
-        }
-        char path[4200];
-        snprintf(path, sizeof path, "%s/%s", s->dir, f->name);
-        rfile_t *rf = &j->v[j->n];
-        if (!(rf->path = strdup(path))) {
-            s->need_replay = 1;
-            continue;
-        }
-        rf->f = f;
-        f->reading = 1; /* pending: rows of f already in memory (kept over a failed read) count too */
-        j->n++;
-    }
-    mtr_names_free(names, n);
-    if (!j->n) {
-        free(j->v);
-        free(j);
+    switch (mtr_journal_replay(s->journal, replay_row, replay_done, s)) {
+    case 0: /* nothing to read */
         kick(s);
-        return;
-    }
-    s->replaying = 1;
-    if (!s->work || tg_work_submit(s->work, replay_run, replay_done, j) != 0) { /* no thread: read here */
-        replay_run(j);
-        replay_done(j);
+        break;
+    case -1: /* cannot list the directory, or short of memory: later */
+    case -2: /* one at a time; this one is looked at again when it is done */
+        s->need_replay = 1;
+        break;
     }
 }
 
@@ -796,21 +523,14 @@ void bill_settler_stats(const bill_settler_t *s, bill_settle_stats_t *st) {
     if (!s) return;
     st->queued = s->nqueue;
     st->in_flight = s->ninflight;
-    const sfile_t *f;
-    TAILQ_FOREACH(f, &s->files, link) {
-        st->spool_files++;
-        st->spool_pending += f->pending;
-        if (!f->loaded) st->replay_pending = 1; /* also while its read is on the worker thread */
-        char path[4200];
-        struct stat sb;
-        snprintf(path, sizeof path, "%s/%s", s->dir, f->name);
-        if (stat(path, &sb) == 0) {
-            st->spool_bytes += sb.st_size;
-            if (f == s->jf) st->journal_bytes = sb.st_size;
-        }
-    }
-    if (s->spool) st->journal_rows = s->jrows;
-    if (s->need_replay) st->replay_pending = 1;
+    mtr_journal_stats_t js;
+    mtr_journal_stats(s->journal, &js);
+    st->spool_files = js.files;
+    st->spool_pending = js.pending;
+    st->spool_bytes = js.bytes;
+    st->journal_rows = js.journal_rows;
+    st->journal_bytes = js.journal_bytes;
+    st->replay_pending = js.unloaded || s->need_replay; /* also while a read is on the worker thread */
     st->settled_total = s->nsettled;
     st->inserted_total = s->ninserted;
     st->debited_total = s->ndebited;
@@ -821,15 +541,14 @@ void bill_settler_stats(const bill_settler_t *s, bill_settle_stats_t *st) {
 void bill_settler_push(bill_settler_t *s, const bill_usage_t *u) {
     item_t *it = item_new(s, u, NULL);
     if (!it) return;
-    sfile_t *f = journal_write(s, &it->u);
+    mtr_jfile_t *f = mtr_journal_write(s->journal, &it->u);
     if (f && s->nqueue >= QUEUE_MAX) { /* on disk only: its file is read again once the queue drains */
-        f->loaded = 0;
+        mtr_journal_drop(s->journal, f);
         s->need_replay = 1;
         item_free(it);
         return;
     }
     it->src = f;
-    if (f) f->pending++;
     TAILQ_INSERT_TAIL(&s->queue, it, link);
     s->nqueue++;
     kick(s);
@@ -843,21 +562,15 @@ bill_settler_t *bill_settler_new(struct event_base *base, bill_pg_t *pg, const c
     s->pg = pg;
     TAILQ_INIT(&s->queue);
     TAILQ_INIT(&s->inflight);
-    TAILQ_INIT(&s->files);
     s->dir = strdup(spool_dir);
     s->kick = event_new(base, -1, 0, kick_cb, s);
     s->retry = evtimer_new(base, retry_cb, s);
-    s->sync = evtimer_new(base, sync_cb, s);
-    s->work = tg_work_new(base, 1);
-    if (!s->dir || !s->kick || !s->retry || !s->sync || !s->work) goto fail;
+    if (!s->dir || !s->kick || !s->retry) goto fail;
     /* Writable spool or nothing: find out now, not during an outage. */
-    mtr_spool_t *sp = NULL;
-    if (mtr_spool_append(&sp, spool_dir, NULL, 0) != 0) {
-        snprintf(err, errlen, "spool directory %s is not writable: %s", spool_dir, strerror(errno));
+    if (!(s->journal = mtr_journal_new(base, spool_dir, NULL, err, errlen))) {
         bill_settler_free(s, NULL);
         return NULL;
     }
-    mtr_spool_close(sp); /* an empty file: the first replay deletes it */
     s->need_replay = 1;
     return s;
 fail:
@@ -894,11 +607,10 @@ static int drain_sync(bill_settler_t *s, PGconn *conn, struct item_q *q) {
 
 void bill_settler_free(bill_settler_t *s, const char *conninfo) {
     if (!s) return;
-    tg_work_free(s->work); /* a replay's rows are queued, syncs done: before anything is flushed */
-    s->work = NULL;
+    mtr_journal_quiesce(s->journal); /* a replay's rows are queued, syncs done: before anything is flushed */
     if (s->job) bill_pg_cancel(s->job); /* may still commit: its rows are re-sent, harmlessly */
     s->job = NULL;
-    journal_close(s); /* deleted now if all committed, else when the drain commits its rows */
+    mtr_journal_rotate(s->journal); /* deleted now if all committed, else when the drain commits its rows */
     if (conninfo && (s->nqueue || s->ninflight)) {
         const char *keys[] = {"dbname", "connect_timeout", "options", "application_name", NULL};
         const char *vals[] = {conninfo, "2", "-c statement_timeout=5000", "tollgate-drain", NULL};
@@ -907,20 +619,13 @@ void bill_settler_free(bill_settler_t *s, const char *conninfo) {
             drain_sync(s, conn, &s->queue);
         PQfinish(conn);
     }
-    if ((s->nqueue || s->ninflight) && s->dir) go_down(s, "shutting down with PostgreSQL unreachable");
+    if ((s->nqueue || s->ninflight) && s->journal) go_down(s, "shutting down with PostgreSQL unreachable");
     items_free(&s->inflight);
     items_free(&s->queue);
-    sfile_t *f;
-    while ((f = TAILQ_FIRST(&s->files))) {
-        TAILQ_REMOVE(&s->files, f, link);
-        free(f->name);
-        free(f);
-    }
-    journal_close(s); /* go_down may have reopened it */
+    mtr_journal_free(s->journal); /* closes the journal go_down may have reopened; files stay */
     for (int i = 0; i < s->ncosts; i++) free(s->costs[i].model);
     if (s->kick) event_free(s->kick);
     if (s->retry) event_free(s->retry);
-    if (s->sync) event_free(s->sync);
     free(s->dir);
     free(s);
 }

@@ -1,8 +1,8 @@
 /* mtr.h — metering: the durable local spool of settlements.  Every
  * settlement is appended to the current file of the spool directory when it
  * is made (the write-ahead journal: plain writes, fdatasync'd by a timer;
- * billing/bill_settle.c) and rows that could not be journaled are appended
- * and fsync'd when PostgreSQL fails; files are replayed at start and when the
+ * mtr_journal.h) and rows that could not be journaled are appended and
+ * fsync'd when PostgreSQL fails; files are replayed at start and when the
  * database is back, and deleted once all their rows committed.  The usage
  * row's request_id makes a replayed record harmless if it was written before
  * (INSERT .. ON CONFLICT DO NOTHING).

@@ -9,15 +9,28 @@
 
 #include "../../../billing/bill_settle.c"
 
-/* The replay's file reads run on the settler's worker thread in the gateway;
- * here they run inline (the no-thread path), so each step is checked as soon
- * as bill_settler_on_up returns. */
+/* The replay's file reads run on the journal's worker thread in the gateway;
+ * here they run inline (a journal with inline_io), so each step is checked
+ * as soon as bill_settler_on_up returns. */
 static bill_settler_t *settler_inline(bill_settler_t *s) {
     if (s) {
-        tg_work_free(s->work);
-        s->work = NULL;
+        char err[256];
+        mtr_journal_opts_t o = {.inline_io = 1};
+        struct event_base *base = s->base;
+        mtr_journal_free(s->journal);
+        s->journal = mtr_journal_new(base, s->dir, &o, err, sizeof err);
+        if (!s->journal) {
+            fprintf(stderr, "mtr_journal_new: %s\n", err);
+            exit(1);
+        }
     }
     return s;
+}
+
+static mtr_journal_stats_t jstats(bill_settler_t *s) {
+    mtr_journal_stats_t st;
+    mtr_journal_stats(s->journal, &st);
+    return st;
 }
 
 static char dir[] = "/tmp/bill-settle-test.XXXXXX";
@@ -182,11 +195,8 @@ static void test_replay(void) {
     event_base_free(base);
 }
 
-/* Rotate the journal as the sync timer does once its time is up. */
-static void journal_expire(bill_settler_t *s) {
-    s->jopened_us -= 2 * JOURNAL_AGE_US;
-    sync_cb(-1, EV_TIMEOUT, s);
-}
+/* Rotate the journal as the sync timer does once its time is up (1 s). */
+static void journal_expire(bill_settler_t *s) { mtr_journal_tick(s->journal, now_us() + 2000000); }
 
 /* The write-ahead journal: rows are on disk when bill_settle returns, the
  * file goes when its rows committed and it was rotated, a second process
@@ -209,24 +219,24 @@ static void test_journal(void) {
     }
     CHECK_EQ_I(nfiles(), 1);
     CHECK_EQ_I(spooled_rows(), 2);
-    CHECK(s->jdirty);
-    CHECK(evtimer_pending(s->sync, NULL));
-    sync_cb(-1, EV_TIMEOUT, s);
-    CHECK(!s->jdirty);
-    CHECK(s->spool != NULL); /* still young: kept open */
+    CHECK(jstats(s).dirty);
+    mtr_journal_tick(s->journal, now_us());
+    CHECK(!jstats(s).dirty);
+    CHECK_EQ_I(jstats(s).journal_rows, 2); /* still young: kept open */
 
     /* 2. committed: the open journal stays until rotated, then goes */
     CHECK_EQ_I(answer(s, 1), 2);
     CHECK_EQ_I(nfiles(), 1);
     journal_expire(s);
-    CHECK(s->spool == NULL);
+    CHECK_EQ_I(jstats(s).journal_rows, 0);
     CHECK_EQ_I(nfiles(), 0);
 
-    /* 3. rotation by rows: a full journal is closed, the next row opens another;
-     *    the closed one goes when its row commits */
+    /* 3. rotation: a closed journal stays while its row is pending, the next
+     *    row opens another; the closed one goes when its row commits (rotation
+     *    by rows: tests/unit/metering/mtr_journal.c) */
     bill_usage_t u = sample(102);
     bill_settler_push(s, &u);
-    s->jrows = JOURNAL_ROWS;
+    mtr_journal_rotate(s->journal);
     u = sample(103);
     bill_settler_push(s, &u);
     CHECK_EQ_I(nfiles(), 2);
@@ -252,7 +262,7 @@ static void test_journal(void) {
     }
     s->nqueue = 0; /* the "killed" process's memory: dropped without a trace on disk */
     items_free(&s->queue);
-    journal_close(s);
+    mtr_journal_rotate(s->journal);
     CHECK_EQ_I(nfiles(), 0);
 
     /* 5. a full queue: further rows are only in the journal, read back once
@@ -305,7 +315,7 @@ static void measure_cost(void) {
         double t1 = secs();
         if (t1 - t0 < best_j) best_j = t1 - t0;
         while (answer(s, 1) > 0) {}
-        journal_close(s);
+        mtr_journal_rotate(s->journal);
         t0 = secs();
         for (int i = 0; i < N; i++) { /* memory only: item_new + queue */
             bill_usage_t u = sample(100000 + i);
@@ -317,7 +327,7 @@ static void measure_cost(void) {
         if (t1 - t0 < best_m) best_m = t1 - t0;
         while (answer(s, 1) > 0) {}
     }
-    sync_cb(-1, EV_TIMEOUT, s);
+    mtr_journal_tick(s->journal, now_us());
     printf("bill_settle cost: %.2f us per settlement with the journal (write(2) per row), %.2f us memory only"
            " (best of 3 x %d)\n", best_j * 1e6 / N, best_m * 1e6 / N, N);
     bill_settler_free(s, NULL);

@@ -1,0 +1,430 @@
+/* mtr_journal.c — the write-ahead journal of usage records (mtr_journal.h):
+ * which file of the spool directory holds which records not yet committed,
+ * appends, the sync timer, rotation, deletion of done files, and replay
+ * reads, with fdatasync and reads on a worker thread.
+ *
+ * Invariants: a file is deleted only when it is closed, loaded (every one of
+ * its records went through the owner's memory since it was last found or
+ * dropped) and has no pending record; the open journal is the last file
+ * records are appended to, so a torn record (a failed write) is always the
+ * last of its file — the journal is closed after any failed write. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/queue.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+
+#include "mtr_journal.h"
+#include "tg_work.h"
+
+#define SYNC_MS 50
+#define ROTATE_ROWS 8192
+#define ROTATE_US 1000000
+
+struct mtr_jfile {
+    TAILQ_ENTRY(mtr_jfile) link;
+    char *name;
+    long pending; /* records of this file not yet committed */
+    int loaded;   /* its records are in the owner's memory */
+    int open;     /* the journal: records are still being appended */
+    int corrupt;
+    int reading;  /* a replay is reading it on the worker thread */
+};
+
+TAILQ_HEAD(jfile_q, mtr_jfile);
+
+struct mtr_journal {
+    struct event_base *base;
+    char *dir;
+    mtr_journal_opts_t o;
+    struct jfile_q files;
+    mtr_spool_t *spool; /* the open journal file */
+    mtr_jfile_t *jf;    /* its entry in files */
+    long jrows;
+    int64_t jopened_us;
+    int jdirty;         /* written since the last fdatasync */
+    struct event *sync;
+    tg_work_t *work;    /* fdatasync and replay reads, off the loop; NULL: inline */
+    int syncing;        /* fdatasyncs on the worker thread */
+    int replaying;      /* a replay's reads are on the worker thread */
+};
+
+static int64_t now_us(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+/* ---- files ------------------------------------------------------------------ */
+
+static void file_done(mtr_journal_t *j, mtr_jfile_t *f) {
+    char path[4200], bad[4300];
+    snprintf(path, sizeof path, "%s/%s", j->dir, f->name);
+    if (f->corrupt) {
+        snprintf(bad, sizeof bad, "%s.corrupt", path);
+        if (rename(path, bad) == 0)
+            fprintf(stderr, "metering: spool file %s had a corrupt record; kept as %s\n", path, bad);
+    } else if (unlink(path) != 0 && errno != ENOENT) {
+        fprintf(stderr, "metering: cannot remove spool file %s: %s\n", path, strerror(errno));
+    }
+    TAILQ_REMOVE(&j->files, f, link);
+    free(f->name);
+    free(f);
+}
+
+void mtr_journal_done(mtr_journal_t *j, mtr_jfile_t *f) {
+    if (f && --f->pending == 0 && f->loaded && !f->open) file_done(j, f);
+}
+
+void mtr_journal_drop(mtr_journal_t *j, mtr_jfile_t *f) {
+    if (!f) return;
+    f->pending--;
+    f->loaded = 0;
+}
+
+/* ---- fdatasync on the worker thread ----------------------------------------- */
+
+typedef struct {
+    mtr_journal_t *j;
+    int fd;  /* a dup of the journal's: the journal may be closed meanwhile */
+    int err; /* errno of a failed fdatasync, else 0 */
+} sync_job_t;
+
+static void sync_run(void *arg) {
+    sync_job_t *s = arg;
+    if (fdatasync(s->fd) != 0) s->err = errno;
+    close(s->fd);
+}
+
+static void sync_done(void *arg) {
+    sync_job_t *s = arg;
+    s->j->syncing--;
+    if (s->err) fprintf(stderr, "metering: cannot sync the journal in %s: %s\n", s->j->dir, strerror(s->err));
+    free(s);
+}
+
+/* fdatasync the journal without blocking the loop (synchronously when no
+ * thread can take it).  Returns 0, or -1 with errno. */
+static int journal_sync(mtr_journal_t *j) {
+    sync_job_t *s = j->work ? calloc(1, sizeof *s) : NULL;
+    if (s) {
+        s->j = j;
+        s->fd = dup(mtr_spool_fd(j->spool));
+        if (s->fd >= 0 && tg_work_submit(j->work, sync_run, sync_done, s) == 0) {
+            j->syncing++;
+            return 0;
+        }
+        if (s->fd >= 0) close(s->fd);
+        free(s);
+    }
+    return mtr_spool_sync(j->spool);
+}
+
+/* ---- the journal -------------------------------------------------------------- */
+
+/* Sync and close the journal; the file goes once all its records committed. */
+void mtr_journal_rotate(mtr_journal_t *j) {
+    if (!j || !j->spool) return;
+    if (j->jdirty && journal_sync(j) != 0)
+        fprintf(stderr, "metering: cannot sync the journal in %s: %s\n", j->dir, strerror(errno));
+    mtr_spool_close(j->spool);
+    j->spool = NULL;
+    j->jdirty = 0;
+    mtr_jfile_t *f = j->jf;
+    j->jf = NULL;
+    if (!f) return;
+    f->open = 0;
+    if (f->loaded && f->pending == 0) file_done(j, f);
+}
+
+/* The open journal, opened (and listed in files) when needed; NULL on error. */
+static mtr_jfile_t *journal_open(mtr_journal_t *j) {
+    if (j->spool && j->jrows >= j->o.rotate_rows) mtr_journal_rotate(j);
+    if (j->spool) return j->jf;
+    mtr_jfile_t *f = calloc(1, sizeof *f);
+    if (!f) return NULL;
+    if (mtr_spool_write(&j->spool, j->dir, NULL, 0) != 0 || !(f->name = strdup(mtr_spool_name(j->spool)))) {
+        int e = errno;
+        mtr_spool_close(j->spool); /* an empty file at worst: the next replay deletes it */
+        j->spool = NULL;
+        free(f);
+        errno = e;
+        return NULL;
+    }
+    f->loaded = 1;
+    f->open = 1;
+    TAILQ_INSERT_TAIL(&j->files, f, link);
+    j->jf = f;
+    j->jrows = 0;
+    j->jopened_us = now_us();
+    return f;
+}
+
+static void journal_dirty(mtr_journal_t *j) {
+    j->jdirty = 1;
+    if (!evtimer_pending(j->sync, NULL)) {
+        struct timeval tv = {0, j->o.sync_ms * 1000};
+        evtimer_add(j->sync, &tv);
+    }
+}
+
+mtr_jfile_t *mtr_journal_write(mtr_journal_t *j, const mtr_usage_t *u) {
+    mtr_jfile_t *f = journal_open(j);
+    const mtr_usage_t *v[1] = {u};
+    if (!f || mtr_spool_write(&j->spool, j->dir, v, 1) != 0) {
+        fprintf(stderr, "metering: cannot write the journal in %s: %s; usage record %.36s held in memory\n", j->dir,
+                strerror(errno), u->request_id);
+        mtr_journal_rotate(j); /* a torn record stays the last of its file */
+        return NULL;
+    }
+    j->jrows++;
+    f->pending++;
+    journal_dirty(j);
+    return f;
+}
+
+int mtr_journal_spool(mtr_journal_t *j, const mtr_usage_t *const *u, size_t n) {
+    if (!journal_open(j)) return -1;
+    return n ? mtr_spool_append(&j->spool, j->dir, u, n) : 0;
+}
+
+void mtr_journal_drop_all(mtr_journal_t *j) {
+    mtr_jfile_t *f;
+    TAILQ_FOREACH(f, &j->files, link) f->loaded = 0, f->pending = 0;
+    mtr_journal_rotate(j); /* records from now on go to a new journal, loaded */
+}
+
+void mtr_journal_tick(mtr_journal_t *j, int64_t now) {
+    if (!j->spool) return;
+    if (j->jdirty && !j->syncing) { /* one at a time: a slow disk gets one more call later */
+        if (journal_sync(j) != 0)
+            fprintf(stderr, "metering: cannot sync the journal in %s: %s\n", j->dir, strerror(errno));
+        j->jdirty = 0;
+    }
+    if (j->jrows >= j->o.rotate_rows || now - j->jopened_us >= j->o.rotate_us) {
+        mtr_journal_rotate(j);
+        return;
+    }
+    struct timeval tv = {0, j->o.sync_ms * 1000};
+    evtimer_add(j->sync, &tv); /* again, to rotate the journal when its time is up */
+}
+
+static void sync_cb(evutil_socket_t fd, short what, void *arg) { mtr_journal_tick(arg, now_us()); }
+
+/* ---- replay ------------------------------------------------------------------- */
+
+/* The files' records are read on the worker thread (the loop does no file
+ * reads), then handed to the owner on the loop. */
+typedef struct {
+    mtr_jfile_t *f;
+    char *path;
+    mtr_usage_t *rows; /* models strdup'ed */
+    long n, cap;
+    long got;          /* mtr_spool_read's result */
+    int err, corrupt;
+} rfile_t;
+
+typedef struct {
+    mtr_journal_t *j;
+    rfile_t *v;
+    int n;
+    mtr_journal_row_fn row;
+    mtr_journal_replayed_fn done;
+    void *arg;
+} replay_job_t;
+
+static void replay_collect(const mtr_usage_t *u, void *arg) {
+    rfile_t *rf = arg;
+    if (rf->n == rf->cap) {
+        long cap = rf->cap ? rf->cap * 2 : 64;
+        mtr_usage_t *nv = realloc(rf->rows, (size_t)cap * sizeof *nv);
+        if (!nv) return; /* dropped here, read again: the file stays until all of its records commit */
+        rf->rows = nv;
+        rf->cap = cap;
+    }
+    mtr_usage_t *c = &rf->rows[rf->n];
+    *c = *u;
+    if (!(c->model = u->model ? strdup(u->model) : NULL) && u->model) return;
+    rf->n++;
+}
+
+static void replay_run(void *arg) {
+    replay_job_t *r = arg;
+    for (int i = 0; i < r->n; i++) {
+        rfile_t *rf = &r->v[i];
+        errno = 0;
+        rf->got = mtr_spool_read(rf->path, replay_collect, rf, &rf->corrupt);
+        rf->err = errno;
+        if (rf->got >= 0 && rf->n < rf->got) { /* out of memory part way: read it again later */
+            rf->got = -1;
+            rf->err = ENOMEM;
+        }
+    }
+}
+
+static void replay_done(void *arg) {
+    replay_job_t *r = arg;
+    mtr_journal_t *j = r->j;
+    long total = 0;
+    int failed = 0;
+    j->replaying = 0;
+    for (int i = 0; i < r->n; i++) {
+        rfile_t *rf = &r->v[i];
+        mtr_jfile_t *f = rf->f;
+        f->reading = 0;
+        f->corrupt |= rf->corrupt;
+        for (long k = 0; k < rf->n; k++) { /* records read before a failure stay with the owner */
+            if (r->row(&rf->rows[k], f, r->arg)) f->pending++;
+            free((char *)rf->rows[k].model);
+        }
+        free(rf->rows);
+        if (rf->got < 0) {
+            fprintf(stderr, "metering: cannot read spool file %s: %s\n", rf->path, strerror(rf->err));
+            failed = 1; /* read again later */
+        } else {
+            f->loaded = 1;
+            total += rf->got;
+            if (f->pending == 0) file_done(j, f);
+        }
+        free(rf->path);
+    }
+    mtr_journal_replayed_fn done = r->done;
+    void *darg = r->arg;
+    free(r->v);
+    free(r);
+    done(total, failed, darg);
+}
+
+int mtr_journal_replay(mtr_journal_t *j, mtr_journal_row_fn row, mtr_journal_replayed_fn done, void *arg) {
+    if (j->replaying) return -2; /* one at a time */
+    /* Close the journal (it may hold records not in memory); the next record starts a new one. */
+    mtr_journal_rotate(j);
+    char **names;
+    int n = mtr_spool_list(j->dir, &names);
+    if (n < 0) {
+        fprintf(stderr, "metering: cannot list the spool %s: %s\n", j->dir, strerror(errno));
+        return -1;
+    }
+    replay_job_t *r = calloc(1, sizeof *r);
+    if (!r || (n && !(r->v = calloc((size_t)n, sizeof *r->v)))) {
+        free(r);
+        mtr_names_free(names, n);
+        return -1;
+    }
+    r->j = j;
+    r->row = row;
+    r->done = done;
+    r->arg = arg;
+    int short_of_memory = 0;
+    for (int i = 0; i < n; i++) {
+        mtr_jfile_t *f;
+        TAILQ_FOREACH(f, &j->files, link) if (!strcmp(f->name, names[i])) break;
+        if (f && (f->loaded || f->reading)) continue;
+        if (!f) {
+            if (!(f = calloc(1, sizeof *f)) || !(f->name = strdup(names[i]))) {
+                free(f);
+                short_of_memory = 1;
+                continue;
+            }
+            TAILQ_INSERT_TAIL(&j->files, f, link);
+        }
+        char path[4200];
+        snprintf(path, sizeof path, "%s/%s", j->dir, f->name);
+        rfile_t *rf = &r->v[r->n];
+        if (!(rf->path = strdup(path))) {
+            short_of_memory = 1;
+            continue;
+        }
+        rf->f = f;
+        f->reading = 1; /* pending: records of f already in memory (kept over a failed read) count too */
+        r->n++;
+    }
+    mtr_names_free(names, n);
+    if (!r->n) {
+        free(r->v);
+        free(r);
+        return short_of_memory ? -1 : 0;
+    }
+    j->replaying = 1;
+    if (!j->work || tg_work_submit(j->work, replay_run, replay_done, r) != 0) { /* no thread: read here */
+        replay_run(r);
+        replay_done(r);
+    }
+    return short_of_memory ? -1 : 1;
+}
+
+/* ---- the handle ------------------------------------------------------------------ */
+
+void mtr_journal_stats(const mtr_journal_t *j, mtr_journal_stats_t *st) {
+    memset(st, 0, sizeof *st);
+    if (!j) return;
+    const mtr_jfile_t *f;
+    TAILQ_FOREACH(f, &j->files, link) {
+        st->files++;
+        st->pending += f->pending;
+        if (!f->loaded) st->unloaded = 1; /* also while its read is on the worker thread */
+        char path[4200];
+        struct stat sb;
+        snprintf(path, sizeof path, "%s/%s", j->dir, f->name);
+        if (stat(path, &sb) == 0) {
+            st->bytes += sb.st_size;
+            if (f == j->jf) st->journal_bytes = sb.st_size;
+        }
+    }
+    if (j->spool) st->journal_rows = j->jrows;
+    st->replaying = j->replaying;
+    st->dirty = j->jdirty;
+}
+
+mtr_journal_t *mtr_journal_new(struct event_base *base, const char *dir, const mtr_journal_opts_t *o, char *err,
+                               size_t errlen) {
+    mtr_journal_t *j = calloc(1, sizeof *j);
+    if (!j) goto oom;
+    j->base = base;
+    if (o) j->o = *o;
+    if (j->o.sync_ms <= 0) j->o.sync_ms = SYNC_MS;
+    if (j->o.rotate_rows <= 0) j->o.rotate_rows = ROTATE_ROWS;
+    if (j->o.rotate_us <= 0) j->o.rotate_us = ROTATE_US;
+    TAILQ_INIT(&j->files);
+    if (!(j->dir = strdup(dir)) || !(j->sync = evtimer_new(base, sync_cb, j))) goto oom;
+    if (!j->o.inline_io && !(j->work = tg_work_new(base, 1))) goto oom;
+    /* Writable spool or nothing: find out now, not during an outage. */
+    mtr_spool_t *sp = NULL;
+    if (mtr_spool_append(&sp, dir, NULL, 0) != 0) {
+        snprintf(err, errlen, "spool directory %s is not writable: %s", dir, strerror(errno));
+        mtr_journal_free(j);
+        return NULL;
+    }
+    mtr_spool_close(sp); /* an empty file: the first replay deletes it */
+    return j;
+oom:
+    snprintf(err, errlen, "out of memory");
+    mtr_journal_free(j);
+    return NULL;
+}
+
+void mtr_journal_quiesce(mtr_journal_t *j) {
+    if (!j) return;
+    tg_work_free(j->work); /* a replay's records are delivered, syncs done */
+    j->work = NULL;
+}
+
+void mtr_journal_free(mtr_journal_t *j) {
+    if (!j) return;
+    mtr_journal_quiesce(j);
+    mtr_journal_rotate(j);
+    mtr_jfile_t *f;
+    while ((f = TAILQ_FIRST(&j->files))) {
+        TAILQ_REMOVE(&j->files, f, link);
+        free(f->name);
+        free(f);
+    }
+    if (j->sync) event_free(j->sync);
+    free(j->dir);
+    free(j);
+}

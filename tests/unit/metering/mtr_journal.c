@@ -1,0 +1,195 @@
+/* Unit tests of metering/mtr_journal.c without an owner: records are on disk
+ * when written, the sync tick, rotation by rows and by age, a file deleted
+ * only once closed with every record done, drop -> read again, replay by a
+ * second journal (a restart) tagged with the right files, and the worker
+ * thread path (fdatasync and reads off the loop) delivering the same. */
+#include <stdlib.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+
+#include "tg_test.h"
+
+#include "../../../metering/mtr_journal.c"
+
+static char dir[] = "/tmp/mtr-journal-test.XXXXXX";
+static char spool[128];
+
+static mtr_usage_t sample(int i) {
+    mtr_usage_t u;
+    memset(&u, 0, sizeof u);
+    snprintf(u.request_id, sizeof u.request_id, "0190f0e2-7a3b-7c00-8000-%012d", i);
+    u.key_id = 1;
+    u.customer_id = 1;
+    u.model = "m";
+    u.price = (mtr_price_t){270000, 70000, 1100000, 0, 0};
+    u.prompt_tokens = 10;
+    u.completion_tokens = 5;
+    u.http_status = 200;
+    u.received_us = 1;
+    u.finished_us = 2;
+    return u;
+}
+
+static int nfiles(void) {
+    char **names;
+    int n = mtr_spool_list(spool, &names);
+    mtr_names_free(names, n);
+    return n;
+}
+
+static mtr_journal_stats_t stats(mtr_journal_t *j) {
+    mtr_journal_stats_t st;
+    mtr_journal_stats(j, &st);
+    return st;
+}
+
+/* What a replay hands over: the records (ids) and their files. */
+typedef struct {
+    int n, keep, done;
+    long rows;
+    int failed;
+    char ids[64][37];
+    mtr_jfile_t *files[64];
+} got_t;
+
+static int got_row(const mtr_usage_t *u, mtr_jfile_t *f, void *arg) {
+    got_t *g = arg;
+    if (g->n < 64) {
+        memcpy(g->ids[g->n], u->request_id, 37);
+        g->files[g->n] = f;
+    }
+    g->n++;
+    return g->keep;
+}
+
+static void got_done(long rows, int failed, void *arg) {
+    got_t *g = arg;
+    g->done++;
+    g->rows += rows;
+    g->failed |= failed;
+}
+
+static void test_journal(void) {
+    struct event_base *base = event_base_new();
+    char err[256] = "";
+    mtr_journal_opts_t o = {.rotate_rows = 2, .inline_io = 1};
+    mtr_journal_t *j = mtr_journal_new(base, spool, &o, err, sizeof err);
+    CHECK(j != NULL);
+    if (!j) return;
+    got_t g = {.keep = 1};
+    CHECK_EQ_I(nfiles(), 1);                      /* the writable probe */
+    CHECK_EQ_I(mtr_journal_replay(j, got_row, got_done, &g), 1);
+    CHECK_EQ_I(g.done, 1);                        /* inline: done before replay returns */
+    CHECK_EQ_I(g.n, 0);
+    CHECK_EQ_I(nfiles(), 0);                      /* the empty probe is gone */
+    CHECK_EQ_I(mtr_journal_replay(j, got_row, got_done, &g), 0); /* nothing left to read */
+
+    /* 1. records are on disk at once; the tick syncs; by rows: two per file */
+    mtr_usage_t u[5];
+    mtr_jfile_t *f[5];
+    for (int i = 0; i < 5; i++) {
+        u[i] = sample(i);
+        f[i] = mtr_journal_write(j, &u[i]);
+        CHECK(f[i] != NULL);
+    }
+    CHECK(f[0] == f[1] && f[1] != f[2] && f[2] == f[3] && f[3] != f[4]);
+    CHECK_EQ_I(nfiles(), 3);
+    mtr_journal_stats_t st = stats(j);
+    CHECK_EQ_I(st.files, 3);
+    CHECK_EQ_I(st.pending, 5);
+    CHECK_EQ_I(st.journal_rows, 1);
+    CHECK(st.dirty);
+    CHECK(st.bytes > 5 * MTR_REC_MIN);
+    mtr_journal_tick(j, now_us()); /* young: synced, kept open */
+    CHECK(!stats(j).dirty);
+    CHECK_EQ_I(stats(j).journal_rows, 1);
+
+    /* 2. a closed file goes when its last record is done; the open one stays */
+    mtr_journal_done(j, f[0]);
+    CHECK_EQ_I(nfiles(), 3);
+    mtr_journal_done(j, f[1]);
+    CHECK_EQ_I(nfiles(), 2);
+    mtr_journal_done(j, f[4]);
+    CHECK_EQ_I(nfiles(), 2); /* open */
+    mtr_journal_tick(j, now_us() + 2000000); /* by age */
+    CHECK_EQ_I(stats(j).journal_rows, 0);
+    CHECK_EQ_I(nfiles(), 1);
+
+    /* 3. a dropped record: its file is read again, tagged with that file */
+    mtr_journal_drop(j, f[2]);
+    CHECK(stats(j).unloaded);
+    memset(&g, 0, sizeof g);
+    g.keep = 1;
+    CHECK_EQ_I(mtr_journal_replay(j, got_row, got_done, &g), 1);
+    CHECK_EQ_I(g.n, 2); /* both records of the file (one was still in memory: harmless, sent twice) */
+    CHECK(g.files[0] == f[2] && g.files[1] == f[2]);
+    CHECK(!strcmp(g.ids[0], u[2].request_id) && !strcmp(g.ids[1], u[3].request_id));
+    CHECK_EQ_I(stats(j).pending, 3); /* f[3]'s from memory + the two read back */
+    CHECK(!stats(j).unloaded);
+    mtr_journal_done(j, f[3]);
+    mtr_journal_done(j, g.files[0]);
+    CHECK_EQ_I(nfiles(), 1);
+    mtr_journal_done(j, g.files[1]);
+    CHECK_EQ_I(nfiles(), 0);
+
+    /* 4. a restart: a second journal on the same directory reads what the
+     *    first left (the first is "killed": never told anything again) */
+    for (int i = 10; i < 13; i++) {
+        mtr_usage_t v = sample(i);
+        mtr_journal_write(j, &v);
+    }
+    const mtr_usage_t *sp[1] = {&u[0]};
+    CHECK_EQ_I(mtr_journal_spool(j, sp, 1), 0); /* fsync'd, counted nowhere */
+    CHECK_EQ_I(stats(j).pending, 3);
+    mtr_journal_t *j2 = mtr_journal_new(base, spool, &o, err, sizeof err);
+    CHECK(j2 != NULL);
+    if (j2) {
+        memset(&g, 0, sizeof g);
+        g.keep = 1;
+        CHECK_EQ_I(mtr_journal_replay(j2, got_row, got_done, &g), 1);
+        CHECK_EQ_I(g.n, 4);
+        CHECK_EQ_I(g.rows, 4);
+        for (int i = 0; i < g.n && i < 64; i++) mtr_journal_done(j2, g.files[i]);
+        CHECK_EQ_I(nfiles(), 0);
+        mtr_journal_free(j2);
+    }
+    mtr_journal_free(j); /* its files are gone already; it deletes nothing else */
+
+    /* 5. the worker thread: sync and reads off the loop, delivered on it */
+    o.inline_io = 0;
+    j = mtr_journal_new(base, spool, &o, err, sizeof err);
+    CHECK(j != NULL);
+    if (!j) return;
+    for (int i = 20; i < 23; i++) {
+        mtr_usage_t v = sample(i);
+        mtr_journal_write(j, &v);
+    }
+    mtr_journal_drop_all(j); /* the database failed: everything is read again */
+    memset(&g, 0, sizeof g);
+    g.keep = 0; /* rejected for good: the files go at once */
+    CHECK_EQ_I(mtr_journal_replay(j, got_row, got_done, &g), 1);
+    CHECK_EQ_I(mtr_journal_replay(j, got_row, got_done, &g), -2); /* one at a time */
+    CHECK(stats(j).replaying);
+    for (int guard = 0; !g.done && guard < 2000; guard++) {
+        struct timeval tv = {0, 5000};
+        event_base_loopexit(base, &tv);
+        event_base_dispatch(base);
+    }
+    CHECK_EQ_I(g.done, 1);
+    CHECK_EQ_I(g.n, 3);
+    CHECK_EQ_I(nfiles(), 0);
+    mtr_journal_free(j);
+    event_base_free(base);
+}
+
+int main(void) {
+    if (!mkdtemp(dir)) return 1;
+    snprintf(spool, sizeof spool, "%s/spool", dir);
+    test_journal();
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    if (system(cmd) != 0) return 1;
+    printf("%s: %d checks, %d failed\n", __FILE__, tg_test_checks, tg_test_fails);
+    return tg_test_fails ? 1 : 0;
+}
