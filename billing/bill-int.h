@@ -79,6 +79,9 @@ void bill_pg_set_up_arg(bill_pg_t *pg, void *up_arg);
 
 typedef struct bill_settler bill_settler_t;
 
+/* Rows per settlement statement at most (one round trip, one transaction). */
+#define BILL_SETTLE_BATCH 1024
+
 bill_settler_t *bill_settler_new(struct event_base *base, bill_pg_t *pg, const char *spool_dir,
                                  char *err, size_t errlen);
 void bill_settler_push(bill_settler_t *s, const bill_usage_t *u);

@@ -50,11 +50,20 @@ struct bill_refusals {
     uint64_t added, written, dropped;
 };
 
+/* The hourly rows (the main statement), then the daily rows (migration 0015;
+ * a WITH statement nobody reads runs after the main one): the lock order of
+ * every rollup writer. */
 static const char REFUSAL_SQL[] =
-    "INSERT INTO usage_hourly AS h (customer_id, hour, key_id, model, refused_402, refused_429, refused_5xx)"
-    " SELECT c, timestamptz 'epoch' + hs * interval '1 second', k, m, a, b, d"
+    "WITH t AS (SELECT c, timestamptz 'epoch' + hs * interval '1 second' AS hr, k, m, a, b, d"
     " FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::text[], $5::bigint[], $6::bigint[], $7::bigint[])"
-    " AS t(c, hs, k, m, a, b, d) WHERE EXISTS (SELECT 1 FROM customers WHERE id = c)"
+    " AS t(c, hs, k, m, a, b, d) WHERE EXISTS (SELECT 1 FROM customers WHERE id = c)),"
+    " dd AS (INSERT INTO usage_daily AS x (customer_id, day, refused_402, refused_429, refused_5xx)"
+    " SELECT c, date_trunc('day', hr, 'UTC'), sum(a), sum(b), sum(d) FROM t GROUP BY 1, 2 ORDER BY 1, 2"
+    " ON CONFLICT (customer_id, day) DO UPDATE SET"
+    " refused_402 = x.refused_402 + excluded.refused_402, refused_429 = x.refused_429 + excluded.refused_429,"
+    " refused_5xx = x.refused_5xx + excluded.refused_5xx)"
+    " INSERT INTO usage_hourly AS h (customer_id, hour, key_id, model, refused_402, refused_429, refused_5xx)"
+    " SELECT c, hr, k, m, a, b, d FROM t"
     " ORDER BY 1, 2, 3, 4"
     " ON CONFLICT (customer_id, hour, key_id, model) DO UPDATE SET"
     " refused_402 = h.refused_402 + excluded.refused_402, refused_429 = h.refused_429 + excluded.refused_429,"

@@ -3,8 +3,10 @@
  * spend, balance over time, and one usage row by request id (what
  * `tollgatectl receipt verify` compares a receipt with).
  *
- * Usage and spend read the hourly rollups (usage_hourly) only, never the
- * usage table; balance over time reads the rollups for the usage debits and
+ * Usage and spend read the rollups only, never the usage table: whole UTC
+ * days of a period from the daily rollups (usage_daily) where a report needs
+ * no key or model (top customers, usage by day without a split), the rest
+ * from the hourly rollups (usage_hourly); balance over time reads the rollups for the usage debits and
  * the few other ledger rows of one customer (ledger_customer_credits).  Like every admin statement, each builds
  * its JSON in PostgreSQL: money leaves as decimal strings of pico-USD (and
  * USD rounded to 6 decimals for display), token sums as decimal strings,
@@ -34,13 +36,37 @@
     " sum(h.failed_5xx) AS failed_5xx, sum(h.refused_402) AS refused_402, sum(h.refused_429) AS refused_429,"  \
     " sum(h.refused_5xx) AS refused_5xx"
 
-/* $1 customer, $2 from, $3 to, $4 'hour'|'day', $5 split by key, $6 split by model */
+/* The rollup columns SUMS adds up, as read from either table. */
+#define ROLLCOLS                                                                                        \
+    "requests, prompt_cache_hit_tokens, prompt_cache_miss_tokens, completion_tokens, reasoning_tokens, cost_pico," \
+    " failed_5xx, refused_402, refused_429, refused_5xx"
+
+/* A period [t0, t1) read from both rollups (one row w, from the CTE named
+ * `r` holding t0, t1 and `use`, whether the daily rollups may serve): the
+ * whole UTC days [d0, d1) inside it from usage_daily, the hours before d0 and
+ * from d1 on from usage_hourly.  When the daily rollups may not serve (or no
+ * whole day is inside), d0 = d1 = t1: every hour from usage_hourly. */
+#define SPLIT_DAYS                                                                                      \
+    " w AS (SELECT t0, t1, CASE WHEN use AND dd0 < dd1 THEN dd0 ELSE t1 END AS d0,"                    \
+    "   CASE WHEN use AND dd0 < dd1 THEN dd1 ELSE t1 END AS d1 FROM"                                    \
+    "   (SELECT t0, t1, use, date_trunc('day', t0 - interval '1 microsecond', 'UTC') + interval '24 hours' AS dd0," \
+    "     date_trunc('day', t1, 'UTC') AS dd1 FROM r) r)"
+
+/* $1 customer, $2 from, $3 to, $4 'hour'|'day', $5 split by key, $6 split by
+ * model.  By day without a split, the whole days come from the daily rollups. */
 const char BILL_REPORT_USAGE_SQL[] =
     "WITH c AS (SELECT id, name FROM customers WHERE name = $1),"
-    " x AS (SELECT date_trunc($4, h.hour, 'UTC') AS period, CASE WHEN $5::bool THEN h.key_id END AS key_id,"
+    " r AS (SELECT $2::timestamptz AS t0, $3::timestamptz AS t1, $4 = 'day' AND NOT $5::bool AND NOT $6::bool AS use),"
+    SPLIT_DAYS ","
+    " h AS (SELECT h.hour AS at, h.key_id, h.model, " ROLLCOLS " FROM usage_hourly h, c, w"
+    "   WHERE h.customer_id = c.id AND h.hour >= w.t0 AND h.hour < w.d0"
+    "   UNION ALL SELECT h.hour, h.key_id, h.model, " ROLLCOLS " FROM usage_hourly h, c, w"
+    "   WHERE h.customer_id = c.id AND h.hour >= w.d1 AND h.hour < w.t1"
+    "   UNION ALL SELECT d.day, NULL, NULL, " ROLLCOLS " FROM usage_daily d, c, w"
+    "   WHERE d.customer_id = c.id AND d.day >= w.d0 AND d.day < w.d1),"
+    " x AS (SELECT date_trunc($4, h.at, 'UTC') AS period, CASE WHEN $5::bool THEN h.key_id END AS key_id,"
     "   CASE WHEN $6::bool THEN h.model END AS model, " SUMS
-    "   FROM usage_hourly h, c WHERE h.customer_id = c.id AND h.hour >= $2::timestamptz AND h.hour < $3::timestamptz"
-    "   GROUP BY 1, 2, 3),"
+    "   FROM h GROUP BY 1, 2, 3),"
     " t AS (SELECT coalesce(sum(requests), 0) AS requests, coalesce(sum(hit), 0) AS hit,"
     "   coalesce(sum(miss), 0) AS miss, coalesce(sum(completion), 0) AS completion,"
     "   coalesce(sum(reasoning), 0) AS reasoning, coalesce(sum(cost), 0) AS cost,"
@@ -56,14 +82,25 @@ const char BILL_REPORT_USAGE_SQL[] =
     " FROM c";
 
 /* $1 from, $2 to, $3 limit: the customers with the highest cost in [from, to),
- * found on the (hour) index alone, then their sums by primary key. */
+ * found on the (day) and (hour) indexes alone (whole days from the daily
+ * rollups: about 31 rows per customer for a month, not 744+), then their sums
+ * by primary key. */
 const char BILL_REPORT_TOP_SQL[] =
-    "WITH s AS (SELECT h.customer_id, sum(h.cost_pico) AS cost FROM usage_hourly h"
-    "   WHERE h.hour >= $1::timestamptz AND h.hour < $2::timestamptz GROUP BY 1),"
+    "WITH r AS (SELECT $1::timestamptz AS t0, $2::timestamptz AS t1, true AS use)," SPLIT_DAYS ","
+    " s AS (SELECT customer_id, sum(cost_pico) AS cost FROM"
+    "   (SELECT h.customer_id, h.cost_pico FROM usage_hourly h, w WHERE h.hour >= w.t0 AND h.hour < w.d0"
+    "    UNION ALL SELECT h.customer_id, h.cost_pico FROM usage_hourly h, w WHERE h.hour >= w.d1 AND h.hour < w.t1"
+    "    UNION ALL SELECT d.customer_id, d.cost_pico FROM usage_daily d, w WHERE d.day >= w.d0 AND d.day < w.d1) u"
+    "   GROUP BY 1),"
     " top AS (SELECT customer_id, cost FROM s ORDER BY cost DESC, customer_id LIMIT $3::int),"
     " x AS (SELECT top.customer_id, row_number() OVER (ORDER BY top.cost DESC, top.customer_id) AS rank, d.*"
-    "   FROM top, LATERAL (SELECT " SUMS " FROM usage_hourly h WHERE h.customer_id = top.customer_id"
-    "     AND h.hour >= $1::timestamptz AND h.hour < $2::timestamptz) d)"
+    "   FROM top, w, LATERAL (SELECT " SUMS " FROM"
+    "     (SELECT " ROLLCOLS " FROM usage_hourly h WHERE h.customer_id = top.customer_id AND h.hour >= w.t0"
+    "      AND h.hour < w.d0"
+    "      UNION ALL SELECT " ROLLCOLS " FROM usage_hourly h WHERE h.customer_id = top.customer_id"
+    "      AND h.hour >= w.d1 AND h.hour < w.t1"
+    "      UNION ALL SELECT " ROLLCOLS " FROM usage_daily d WHERE d.customer_id = top.customer_id"
+    "      AND d.day >= w.d0 AND d.day < w.d1) h) d)"
     " SELECT json_build_object('object', 'report', 'report', 'top', 'from', $1::timestamptz, 'to', $2::timestamptz,"
     " 'limit', $3::int, 'customers', (SELECT count(*) FROM s),"
     " 'total_cost_pico', (SELECT coalesce(sum(cost), 0) FROM s)::text,"

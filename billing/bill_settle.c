@@ -39,7 +39,7 @@
 #include "mtr_journal.h"
 #include "tg_json.h"
 
-#define BATCH 256
+#define BATCH BILL_SETTLE_BATCH
 #define QUEUE_MAX 100000 /* beyond this, new rows are only in the journal */
 
 #define COST_MODELS 64 /* models with their own settled-cost counter; the rest share one */
@@ -110,10 +110,24 @@ static const char SETTLE_SQL[] =
     " prompt_cache_miss_tokens = h.prompt_cache_miss_tokens + excluded.prompt_cache_miss_tokens,"
     " completion_tokens = h.completion_tokens + excluded.completion_tokens,"
     " reasoning_tokens = h.reasoning_tokens + excluded.reasoning_tokens,"
-    " cost_pico = h.cost_pico + excluded.cost_pico, failed_5xx = h.failed_5xx + excluded.failed_5xx RETURNING 1)"
+    " cost_pico = h.cost_pico + excluded.cost_pico, failed_5xx = h.failed_5xx + excluded.failed_5xx RETURNING 1),"
+    /* and the daily rollups (migration 0015), after the hourly ones (read
+     * after roll below: the lock order of every rollup writer) */
+    " droll AS (INSERT INTO usage_daily AS d (customer_id, day, requests, prompt_cache_hit_tokens,"
+    " prompt_cache_miss_tokens, completion_tokens, reasoning_tokens, cost_pico, failed_5xx)"
+    " SELECT customer_id, date_trunc('day', received_at, 'UTC'), count(*), sum(prompt_cache_hit_tokens),"
+    " sum(prompt_cache_miss_tokens), sum(completion_tokens), sum(reasoning_tokens), sum(cost_pico),"
+    " count(*) FILTER (WHERE http_status >= 500) FROM ins GROUP BY 1, 2 ORDER BY 1, 2"
+    " ON CONFLICT (customer_id, day) DO UPDATE SET requests = d.requests + excluded.requests,"
+    " prompt_cache_hit_tokens = d.prompt_cache_hit_tokens + excluded.prompt_cache_hit_tokens,"
+    " prompt_cache_miss_tokens = d.prompt_cache_miss_tokens + excluded.prompt_cache_miss_tokens,"
+    " completion_tokens = d.completion_tokens + excluded.completion_tokens,"
+    " reasoning_tokens = d.reasoning_tokens + excluded.reasoning_tokens,"
+    " cost_pico = d.cost_pico + excluded.cost_pico, failed_5xx = d.failed_5xx + excluded.failed_5xx RETURNING 1)"
     /* one row per model inserted (or one row of NULLs): counts, then cost per model */
     " SELECT (SELECT count(*) FROM ins), (SELECT count(*) FROM led), (SELECT count(*) FROM roll), m.model,"
-    " m.cost FROM (SELECT 1) one LEFT JOIN (SELECT model, sum(cost_pico) AS cost FROM ins GROUP BY model) m ON true";
+    " m.cost, (SELECT count(*) FROM droll)"
+    " FROM (SELECT 1) one LEFT JOIN (SELECT model, sum(cost_pico) AS cost FROM ins GROUP BY model) m ON true";
 
 enum { NCOL = 19 };
 

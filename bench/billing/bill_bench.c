@@ -2,9 +2,11 @@
  * PostgreSQL that bench/billing/gen.sql filled (5 million usage rows):
  *
  *   settle   rows per second into PostgreSQL through the real settler
- *            (bill_settle: journal write, batches of 256 in one statement with
- *            the ledger debits and the hourly rollups), from the first
- *            bill_settle to an idle queue
+ *            (bill_settle: journal write, batches of up to BILL_SETTLE_BATCH in
+ *            one statement with the ledger debits and the hourly and daily
+ *            rollups), from the first bill_settle to an idle queue; request
+ *            ids are UUIDv7 as the gateway makes them (BENCH_IDS=random: random
+ *            leading bits, as this bench used before; both: one run of each)
  *   admit    admissions per second through bill_admit (today's admission
  *            statement; BENCH_ADMIT_INFLIGHT at once, default 64)
  *   receipt  microseconds to build and sign one usage receipt (Ed25519)
@@ -67,7 +69,7 @@ static void idle_cb(evutil_socket_t fd, short what, void *arg) {
     if (st.idle && st.settled_total >= *(uint64_t *)arg) event_base_loopbreak(base);
 }
 
-static void bench_settle(PGconn *c, int64_t n, int64_t cust, int64_t key) {
+static void bench_settle(PGconn *c, int64_t n, int64_t cust, int64_t key, int random_ids) {
     bill_usage_t u;
     memset(&u, 0, sizeof u);
     u.key_id = key;
@@ -83,8 +85,16 @@ static void bench_settle(PGconn *c, int64_t n, int64_t cust, int64_t key) {
     int64_t pushed = 0;
     while (pushed < n) {
         for (int i = 0; i < 5000 && pushed < n; i++, pushed++) {
-            snprintf(u.request_id, sizeof u.request_id, "%08x-%04x-7%03x-8%03x-%012llx", rand_r(&seed),
-                     rand_r(&seed) & 0xffff, rand_r(&seed) & 0xfff, rand_r(&seed) & 0xfff, (long long)pushed);
+            if (random_ids) { /* random leading bits: every row lands on a random page of each id index */
+                snprintf(u.request_id, sizeof u.request_id, "%08x-%04x-7%03x-8%03x-%012llx", rand_r(&seed),
+                         rand_r(&seed) & 0xffff, rand_r(&seed) & 0xfff, rand_r(&seed) & 0xfff, (long long)pushed);
+            } else { /* UUIDv7 as the gateway makes them: unix ms first, so ids grow with time */
+                unsigned long long ms = (unsigned long long)(now_us() / 1000);
+                snprintf(u.request_id, sizeof u.request_id, "%08llx-%04llx-7%03x-%04x-%012llx", (ms >> 16) & 0xffffffffULL,
+                         ms & 0xffff, (unsigned)(pushed >> 20) & 0xfff, 0x8000 | (rand_r(&seed) & 0x3fff),
+                         (((unsigned long long)rand_r(&seed) << 20) | ((unsigned long long)pushed & 0xfffff)) &
+                             0xffffffffffffULL);
+            }
             u.prompt_tokens = 1000 + pushed % 3000;
             u.prompt_cache_hit_tokens = u.prompt_tokens / 3;
             u.completion_tokens = 100 + pushed % 500;
@@ -99,14 +109,18 @@ static void bench_settle(PGconn *c, int64_t n, int64_t cust, int64_t key) {
     event_free(t);
     bill_settle_stats_t st;
     bill_settle_stats(bill, &st);
-    printf("settle:  %lld usage rows (+ ledger debits + hourly rollups) in %.2f s = %.0f rows/s through bill_settle"
-           " (journal, batches of 256), %llu inserted\n",
-           (long long)n, dt, n / dt, (unsigned long long)st.inserted_total);
+    printf("settle:  %lld usage rows (+ ledger debits + hourly and daily rollups) in %.2f s = %.0f rows/s through"
+           " bill_settle (journal, batches of up to %d), %s request ids, %llu inserted\n",
+           (long long)n, dt, n / dt, BILL_SETTLE_BATCH, random_ids ? "random" : "UUIDv7",
+           (unsigned long long)st.inserted_total);
     char cs[24];
     snprintf(cs, sizeof cs, "%lld", (long long)cust);
     const char *p[] = {cs};
     PGresult *r = exec(c, "SELECT count(*) FROM usage_hourly_mismatch WHERE customer_id = $1", 1, p);
     printf("         rollup of that customer vs its usage rows: %s mismatches\n", PQgetvalue(r, 0, 0));
+    PQclear(r);
+    r = exec(c, "SELECT count(*) FROM usage_daily_mismatch WHERE customer_id = $1", 1, p);
+    printf("         daily rollup of that customer vs its hourly rows: %s mismatches\n", PQgetvalue(r, 0, 0));
     PQclear(r);
 }
 
@@ -300,7 +314,9 @@ int main(int argc, char **argv) {
     int64_t nsettle = getenv("BENCH_SETTLE_ROWS") ? atoll(getenv("BENCH_SETTLE_ROWS")) : 100000;
     int64_t nadmit = getenv("BENCH_ADMIT") ? atoll(getenv("BENCH_ADMIT")) : 50000;
     int inflight = getenv("BENCH_ADMIT_INFLIGHT") ? atoi(getenv("BENCH_ADMIT_INFLIGHT")) : 64;
-    bench_settle(c, nsettle, big_id, big_key);
+    const char *ids = getenv("BENCH_IDS"); /* v7 (default: the gateway's), random, or both */
+    if (!ids || strcmp(ids, "random")) bench_settle(c, nsettle, big_id, big_key, 0);
+    if (ids && (!strcmp(ids, "random") || !strcmp(ids, "both"))) bench_settle(c, nsettle, big_id, big_key, 1);
     bench_admit(c, secret, big_id, nadmit, inflight);
     bill_free(bill);
     event_base_free(base);

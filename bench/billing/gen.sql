@@ -5,6 +5,7 @@
 --                  rank r gets a share ~ r^-1.2: a few big spenders, a long tail)
 --   ledger         one top-up per customer (enough credit) + one debit per usage row
 --   usage_hourly   the sums of usage, built by the same GROUP BY as migration 0007
+--   usage_daily    the sums of usage_hourly per customer and UTC day (migration 0015)
 --   customers      balance_pico = sum(ledger) (ledger_mismatch stays empty)
 -- All in SQL (generate_series), under session_replication_role = replica so the per-row
 -- triggers (ledger -> balance, immutability, FK checks) do not run: the sums are
@@ -88,6 +89,11 @@ SELECT customer_id, date_trunc('hour', received_at, 'UTC'), coalesce(key_id, 0),
        sum(prompt_cache_hit_tokens), sum(prompt_cache_miss_tokens), sum(completion_tokens), sum(reasoning_tokens),
        sum(cost_pico), count(*) FILTER (WHERE http_status >= 500)
 FROM usage WHERE customer_id IN (SELECT customer_id FROM bench_k) GROUP BY 1, 2, 3, 4;
+INSERT INTO usage_daily (customer_id, day, requests, prompt_cache_hit_tokens, prompt_cache_miss_tokens,
+                         completion_tokens, reasoning_tokens, cost_pico, failed_5xx)
+SELECT customer_id, date_trunc('day', hour, 'UTC'), sum(requests), sum(prompt_cache_hit_tokens),
+       sum(prompt_cache_miss_tokens), sum(completion_tokens), sum(reasoning_tokens), sum(cost_pico), sum(failed_5xx)
+FROM usage_hourly WHERE customer_id IN (SELECT customer_id FROM bench_k) GROUP BY 1, 2;
 UPDATE customers c SET balance_pico = s.v
 FROM (SELECT customer_id, sum(amount_pico) AS v FROM ledger GROUP BY 1) s
 WHERE s.customer_id = c.id AND c.name LIKE 'bench-c%';
@@ -97,6 +103,7 @@ RESET session_replication_role;
 VACUUM ANALYZE usage;
 VACUUM ANALYZE ledger;
 VACUUM ANALYZE usage_hourly;
+VACUUM ANALYZE usage_daily;
 VACUUM ANALYZE customers;
 SELECT (SELECT count(*) FROM usage) AS usage_rows, (SELECT count(*) FROM usage_hourly) AS rollup_rows,
        (SELECT count(*) FROM ledger) AS ledger_rows, (SELECT count(*) FROM ledger_mismatch) AS ledger_mismatches;

@@ -593,6 +593,11 @@ class Money(unittest.TestCase):
               "UPDATE usage_hourly SET requests = requests + 1 WHERE customer_id = %d" % cid,
               "UPDATE usage_hourly SET requests = requests - 1 WHERE customer_id = %d" % cid,
               {("rollup", "customer %d hour %s key 0 model %s" % (cid, hour, MODEL))})
+        day = time.strftime("%Y-%m-%d", time.gmtime(t // 10**6))
+        plant("usage_daily", None,
+              "UPDATE usage_daily SET cost_pico = cost_pico + 1 WHERE customer_id = %d" % cid,
+              "UPDATE usage_daily SET cost_pico = cost_pico - 1 WHERE customer_id = %d" % cid,
+              {("rollup_daily", "customer %d day %s" % (cid, day))})
 
     def test_invoices_finalized_automatically(self):
         """bill_new's timer finalizes last month a configured time after it ended (here 1 s)."""

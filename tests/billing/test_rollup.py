@@ -36,6 +36,22 @@ def usage_sums(cust):
     return {(r[0], r[1], r[2]): tuple(int(x) for x in r[3:]) for r in rows}
 
 
+def daily_sums(cust):
+    """Direct SQL over usage_hourly: {day_epoch: (requests, hit, miss, completion, reasoning, cost, 5xx, 402, 429, 5xx')}."""
+    rows = q("SELECT extract(epoch FROM date_trunc('day', hour, 'UTC'))::bigint, sum(requests),"
+             " sum(prompt_cache_hit_tokens), sum(prompt_cache_miss_tokens), sum(completion_tokens), sum(reasoning_tokens),"
+             " sum(cost_pico), sum(failed_5xx), sum(refused_402), sum(refused_429), sum(refused_5xx)"
+             " FROM usage_hourly WHERE customer_id = %s GROUP BY 1", cust)
+    return {r[0]: tuple(int(x) for x in r[1:]) for r in rows}
+
+
+def daily_rows(cust):
+    rows = q("SELECT extract(epoch FROM day)::bigint, requests, prompt_cache_hit_tokens, prompt_cache_miss_tokens,"
+             " completion_tokens, reasoning_tokens, cost_pico, failed_5xx, refused_402, refused_429, refused_5xx"
+             " FROM usage_daily WHERE customer_id = %s", cust)
+    return {r[0]: tuple(int(x) for x in r[1:]) for r in rows}
+
+
 def rollup_rows(cust):
     rows = q("SELECT extract(epoch FROM hour)::bigint, key_id, model, requests, prompt_cache_hit_tokens,"
              " prompt_cache_miss_tokens, completion_tokens, reasoning_tokens, cost_pico, failed_5xx"
@@ -92,6 +108,8 @@ class Rollup(unittest.TestCase):
         self.assertTrue(u)
         self.assertEqual(h, u)
         self.assertEqual(q("SELECT count(*) FROM usage_hourly_mismatch WHERE customer_id = %s", cust)[0][0], 0)
+        self.assertEqual(daily_rows(cust), daily_sums(cust))  # the daily rollup sums the hourly one, exactly
+        self.assertEqual(q("SELECT count(*) FROM usage_daily_mismatch WHERE customer_id = %s", cust)[0][0], 0)
         debits = q("SELECT coalesce(-sum(amount_pico), 0) FROM ledger WHERE customer_id = %s AND kind = 'usage'",
                    cust)[0][0]
         self.assertEqual(int(debits), sum(v[5] for v in h.values()))
@@ -158,6 +176,9 @@ class Rollup(unittest.TestCase):
         # more later: added to the same hour's row
         self.assertEqual(self.s.cmd("refusal %d %d %s 429" % (cust, keys[0], MODEL)), "counted")
         self.assertTrue(wait_for(lambda: q(sql, cust)[0][:3] == (3, 6, 2), 15), q(sql, cust))
+        # in the daily rollup too, in the same statement
+        self.assertEqual(daily_rows(cust), daily_sums(cust))
+        self.assertEqual(sum(v[8] for v in daily_rows(cust).values()), 6)
 
 
     # ---- reports: they read the rollups; they must equal direct sums over usage ----
@@ -231,6 +252,50 @@ class Rollup(unittest.TestCase):
         out = self.s.ctl("report", "top", "--from", frm, "--to", to, "--limit", "2").stdout
         self.assertIn(want[0][0], out)
         self.assertNotIn(want[2][0], out)
+
+    def test_reports_across_days(self):
+        """A period of whole days with partial days at both ends: the whole days come from the
+        daily rollup, the edges from the hourly one; by day and top equal direct sums over usage."""
+        # three customers in a private 4-day stretch of the 1980s (one per run)
+        d0 = 315532800 + random.randrange(0, 2000) * 8 * 86400
+        custs = []
+        for n in (4, 7, 2):
+            name, cust, keys = self.customer(1)
+            rows = []
+            for day in range(4):  # 06:xx and 20:xx of each day: edges and whole days
+                for hh in (6, 20):
+                    base = (d0 + day * 86400 + hh * 3600) * 10**6 + 3 * HOUR_US + 10**6
+                    rows += self.rows_for(cust, keys, n, base)
+            self.settle(rows)
+            custs.append((name, cust))
+        self.s.drain()
+        for cust in (c for _, c in custs):
+            self.assertEqual(daily_rows(cust), daily_sums(cust))
+        frm, to = (time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t)) for t in (d0 + 12 * 3600, d0 + 3 * 86400 + 12 * 3600))
+        want = q("SELECT c.name, sum(u.cost_pico), count(*), sum(u.completion_tokens) FROM usage u"
+                 " JOIN customers c ON c.id = u.customer_id"
+                 " WHERE u.received_at >= %s AND u.received_at < %s GROUP BY c.name ORDER BY 2 DESC, min(c.id)", frm, to)
+        self.assertEqual(len(want), 3)
+        j = self.report("/admin/v1/reports/top?from=%s&to=%s&limit=2" % (frm, to))
+        self.assertEqual([(r["customer"], int(r["cost_pico"]), r["requests"], int(r["completion_tokens"]))
+                          for r in j["data"]], [(w[0], int(w[1]), w[2], int(w[3])) for w in want[:2]])
+        self.assertEqual(int(j["total_cost_pico"]), sum(int(w[1]) for w in want))
+        name, cust = custs[1]
+        cols = ("requests", "prompt_cache_hit_tokens", "prompt_cache_miss_tokens", "completion_tokens",
+                "reasoning_tokens", "cost_pico", "failed_5xx")
+        want = q("SELECT extract(epoch FROM date_trunc('day', received_at, 'UTC'))::bigint, count(*),"
+                 " sum(prompt_cache_hit_tokens), sum(prompt_cache_miss_tokens), sum(completion_tokens),"
+                 " sum(reasoning_tokens), sum(cost_pico), count(*) FILTER (WHERE http_status >= 500)"
+                 " FROM usage WHERE customer_id = %s AND received_at >= %s AND received_at < %s GROUP BY 1 ORDER BY 1",
+                 cust, frm, to)
+        self.assertEqual(len(want), 4)  # a half day, two whole days, a half day
+        for split in ("", "model"):
+            j = self.report("/admin/v1/reports/usage?customer=%s&by=day&split=%s&from=%s&to=%s" % (name, split, frm, to))
+            got = {}
+            for r in j["data"]:
+                t = q("SELECT extract(epoch FROM %s::timestamptz)::bigint", r["period"])[0][0]
+                got[t] = tuple(a + int(r[c]) for a, c in zip(got.get(t, (0,) * len(cols)), cols))
+            self.assertEqual(sorted(got.items()), [(w[0], tuple(int(x) for x in w[1:])) for w in want], split)
 
     def test_balance_report_equals_ledger(self):
         name, cust, keys = self.customer(1)
