@@ -257,6 +257,10 @@ class Faults(unittest.TestCase):
         wait_for(lambda: q("select count(*) from credit_leases where customer_id = %s", cid)[0][0] == 0,
                  what + ": the credit leases to be given back")
         self.assertEqual(self.gateway_metric("tollgate_open_holds"), 0, what)
+        self.assertEqual(self.gateway_metric("tollgate_open_holds_pico"), 0, what)
+        self.assertEqual(self.gateway_metric("tollgate_postgres_up"), 1, what)
+        wait_for(lambda: self.gateway_metric("tollgate_spool_rows") == 0
+                 and self.gateway_metric("tollgate_settle_queue_depth") == 0, what + ": the settle queue to drain")
         # and the operator's own check agrees: usage, ledger, balances, invoices, rollups
         env = dict(os.environ, TOLLGATE_ADMIN_URL="http://127.0.0.1:%d" % P_ADMIN, TOLLGATE_ADMIN_TOKEN=self.token)
         rec = subprocess.run([CTL, "reconcile"], capture_output=True, text=True, timeout=120, env=env)
@@ -308,6 +312,12 @@ class Faults(unittest.TestCase):
             t0 = time.time()
             time.sleep(OUTAGE_S)
             during = len(load.done) - before
+            # the money metrics show the outage: PostgreSQL down, the settlements of the requests
+            # served meanwhile on disk waiting for a replay, not lost
+            self.assertEqual(self.gateway_metric("tollgate_postgres_up"), 0)
+            self.assertEqual(self.gateway_metric("tollgate_settle_replay_pending"), 1)
+            self.assertGreater(self.gateway_metric("tollgate_spool_files"), 0)
+            self.assertGreater(self.gateway_metric("tollgate_spool_bytes"), 0)
             self.pg(True)
             wait_for(self.admin_health_ok, "the gateway to see PostgreSQL again")
             time.sleep(1.0)

@@ -17,6 +17,7 @@ import ssl
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import unittest
 import urllib.request
@@ -346,6 +347,29 @@ class GatewayMoney(unittest.TestCase):
         self.assertEqual(got.group(1), "%d.%012d" % (total // 10**12, total % 10**12))
         inserted = int(re.search(r"(?m)^tollgate_usage_rows_inserted_total (\d+)$", m).group(1))
         self.assertEqual(inserted, q("SELECT count(*) FROM usage")[0][0])
+        self.assertRegex(m, r"(?m)^tollgate_open_holds 0$")
+        self.assertRegex(m, r"(?m)^tollgate_open_holds_pico 0$")
+
+    def metric(self, name):
+        got = re.search(r"(?m)^%s (-?\d+)$" % name, self.metrics())
+        self.assertTrue(got, name)
+        return int(got.group(1))
+
+    def test_metrics_open_holds(self):
+        """A request in flight holds its maximum cost: /metrics shows the hold (count and value),
+        and both go back to 0 once it is settled."""
+        done = []
+        t = threading.Thread(target=lambda: done.append(self.chat("sleep:4")[0]))
+        t.start()
+        try:
+            self.assertTrue(wait_for(lambda: self.metric("tollgate_open_holds") == 1, 15), self.metrics())
+            self.assertGreater(self.metric("tollgate_open_holds_pico"), 0)
+        finally:
+            t.join(30)
+        self.assertEqual(done, [200])
+        self.drain()
+        self.assertTrue(wait_for(lambda: self.metric("tollgate_open_holds") == 0, 15), self.metrics())
+        self.assertEqual(self.metric("tollgate_open_holds_pico"), 0)
 
     # ---- one gateway per spool directory ----
 
