@@ -19,9 +19,11 @@
  *
  * Holds: when admission takes a balance hold, the admit figure is the one to
  * watch; this bench calls bill_admit and needs no change for it. */
+#include <dirent.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -58,6 +60,52 @@ static int dcmp(const void *a, const void *b) {
     return x < y ? -1 : x > y;
 }
 
+/* ---- CPU time: what a row costs, whatever else runs on the machine ------- */
+
+/* CPU seconds used so far by the PostgreSQL server of c (the postmaster and
+ * its children: the backends, checkpointer, WAL writer, ...), from /proc;
+ * -1 when it cannot be read (another machine, another user). */
+static double pg_cpu(PGconn *c) {
+    PGresult *r = PQexec(c, "SELECT setting FROM pg_settings WHERE name = 'data_directory'");
+    char path[4200];
+    snprintf(path, sizeof path, "%s/postmaster.pid", PQresultStatus(r) == PGRES_TUPLES_OK ? PQgetvalue(r, 0, 0) : "");
+    PQclear(r);
+    FILE *f = fopen(path, "r");
+    long pm = 0;
+    if (!f) return -1;
+    if (fscanf(f, "%ld", &pm) != 1) pm = 0;
+    fclose(f);
+    if (pm <= 0) return -1;
+    DIR *d = opendir("/proc");
+    if (!d) return -1;
+    double ticks = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        long pid = atol(e->d_name);
+        if (pid <= 0) continue;
+        char sp[64], buf[1024];
+        snprintf(sp, sizeof sp, "/proc/%ld/stat", pid);
+        FILE *sf = fopen(sp, "r");
+        if (!sf) continue;
+        size_t n = fread(buf, 1, sizeof buf - 1, sf);
+        fclose(sf);
+        buf[n] = 0;
+        char *rp = strrchr(buf, ')'); /* the fields after the command name */
+        long ppid;
+        unsigned long ut, st;
+        if (!rp || sscanf(rp + 2, "%*c %ld %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ppid, &ut, &st) != 3) continue;
+        if (pid == pm || ppid == pm) ticks += (double)(ut + st);
+    }
+    closedir(d);
+    return ticks / (double)sysconf(_SC_CLK_TCK);
+}
+
+static double self_cpu(void) { /* this process, every thread */
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6;
+}
+
 /* ---- settle ------------------------------------------------------------ */
 
 static struct event_base *base;
@@ -81,6 +129,7 @@ static void bench_settle(PGconn *c, int64_t n, int64_t cust, int64_t key, int ra
     struct event *t = event_new(base, -1, EV_PERSIST, idle_cb, &n);
     struct timeval tv = {0, 2000};
     /* the queue settles while later rows are still being pushed: push in slices from a timer */
+    double pg0 = pg_cpu(c), me0 = self_cpu();
     double t0 = secs();
     int64_t pushed = 0;
     while (pushed < n) {
@@ -106,6 +155,7 @@ static void bench_settle(PGconn *c, int64_t n, int64_t cust, int64_t key, int ra
     event_add(t, &tv);
     event_base_dispatch(base);
     double dt = secs() - t0;
+    double pgc = pg0 >= 0 ? pg_cpu(c) - pg0 : -1, mec = self_cpu() - me0;
     event_free(t);
     bill_settle_stats_t st;
     bill_settle_stats(bill, &st);
@@ -113,6 +163,10 @@ static void bench_settle(PGconn *c, int64_t n, int64_t cust, int64_t key, int ra
            " bill_settle (journal, batches of up to %d), %s request ids, %llu inserted\n",
            (long long)n, dt, n / dt, BILL_SETTLE_BATCH, random_ids ? "random" : "UUIDv7",
            (unsigned long long)st.inserted_total);
+    if (pgc >= 0)
+        printf("         CPU per row: PostgreSQL %.1f us, bill_bench (journal, queue, statements) %.1f us:"
+               " %.0f rows per CPU-second (load-independent; the machine's load average is elsewhere)\n",
+               pgc * 1e6 / n, mec * 1e6 / n, n / (pgc + mec));
     char cs[24];
     snprintf(cs, sizeof cs, "%lld", (long long)cust);
     const char *p[] = {cs};
