@@ -62,19 +62,39 @@ static int dcmp(const void *a, const void *b) {
 
 /* ---- CPU time: what a row costs, whatever else runs on the machine ------- */
 
+/* The postmaster serving c on this machine: the process whose command line
+ * is `postgres ... -p PORT` (how tests/billing/pg.sh starts it), or
+ * $BENCH_PG_PID; 0 when not found. */
+static long postmaster_pid(PGconn *c) {
+    if (getenv("BENCH_PG_PID")) return atol(getenv("BENCH_PG_PID"));
+    const char *port = PQport(c);
+    DIR *d = opendir("/proc");
+    long found = 0;
+    struct dirent *e;
+    while (d && !found && (e = readdir(d))) {
+        long pid = atol(e->d_name);
+        char path[64], cmd[4096];
+        if (pid <= 0) continue;
+        snprintf(path, sizeof path, "/proc/%ld/cmdline", pid);
+        FILE *f = fopen(path, "r");
+        if (!f) continue;
+        size_t n = fread(cmd, 1, sizeof cmd - 1, f);
+        fclose(f);
+        cmd[n] = 0;
+        const char *a0 = strrchr(cmd, '/') ? strrchr(cmd, '/') + 1 : cmd;
+        if (strcmp(a0, "postgres")) continue;
+        for (size_t i = 0; i + 1 < n; i += strlen(cmd + i) + 1)
+            if (!strcmp(cmd + i, "-p") && !strcmp(cmd + i + 3, port)) found = pid;
+    }
+    if (d) closedir(d);
+    return found;
+}
+
 /* CPU seconds used so far by the PostgreSQL server of c (the postmaster and
  * its children: the backends, checkpointer, WAL writer, ...), from /proc;
- * -1 when it cannot be read (another machine, another user). */
+ * -1 when it cannot be found (another machine). */
 static double pg_cpu(PGconn *c) {
-    PGresult *r = PQexec(c, "SELECT setting FROM pg_settings WHERE name = 'data_directory'");
-    char path[4200];
-    snprintf(path, sizeof path, "%s/postmaster.pid", PQresultStatus(r) == PGRES_TUPLES_OK ? PQgetvalue(r, 0, 0) : "");
-    PQclear(r);
-    FILE *f = fopen(path, "r");
-    long pm = 0;
-    if (!f) return -1;
-    if (fscanf(f, "%ld", &pm) != 1) pm = 0;
-    fclose(f);
+    long pm = postmaster_pid(c);
     if (pm <= 0) return -1;
     DIR *d = opendir("/proc");
     if (!d) return -1;
