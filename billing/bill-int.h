@@ -289,6 +289,7 @@ struct bill {
     bill_invoicer_t *invoicer; /* NULL: no automatic finalization */
     char *conninfo;
     char *key_secret;
+    bill_hmac_t *key_hmac;      /* key_secret, keyed once (NULL: bill_key_hash) */
     TAILQ_HEAD(bill_dash_q, bill_dash_call) dash_calls; /* dashboard API calls in flight (bill_dash.c) */
     int spool_lock; /* mtr_spool_lock's descriptor; -1: none */
 };

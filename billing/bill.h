@@ -153,6 +153,11 @@ bill_key_shape_t bill_key_shape(const char *api_key);
 
 /* Keyed hash of an API key: HMAC-SHA256(secret, key) as 64 hex chars + NUL. */
 void bill_key_hash(const char *secret_hex, const char *api_key, char out[65]);
+/* The same hash, keyed once: for the hot path (one per thread: not shared). */
+typedef struct bill_hmac bill_hmac_t;
+bill_hmac_t *bill_hmac_new(const char *secret_hex); /* NULL: out of memory */
+void bill_hmac_free(bill_hmac_t *h);                /* accepts NULL */
+int bill_hmac_hex(bill_hmac_t *h, const char *msg, char out[65]); /* 0, or -1 (then use bill_key_hash) */
 
 /* pico-USD as USD rounded half away from zero to 6 decimals ("0.000282"). */
 void bill_usd_str(int64_t pico, char out[32]);

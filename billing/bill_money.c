@@ -116,26 +116,25 @@ static int hexval(int c) {
 
 /* The secret is hex (as `openssl rand -hex 32` writes it; surrounding
  * whitespace ignored); a secret that is not valid hex is used as raw bytes. */
-void bill_key_hash(const char *secret_hex, const char *api_key, char out[65]) {
-    unsigned char secret[512];
+static size_t secret_bytes(const char *secret_hex, unsigned char secret[512]) {
     size_t slen = 0;
     const char *s = secret_hex ? secret_hex : "";
     while (*s == ' ' || *s == '\t' || *s == '\n' || *s == '\r') s++;
     size_t n = strlen(s);
     while (n && (s[n - 1] == ' ' || s[n - 1] == '\t' || s[n - 1] == '\n' || s[n - 1] == '\r')) n--;
-    int hex = n % 2 == 0 && n / 2 <= sizeof secret;
+    int hex = n % 2 == 0 && n / 2 <= 512;
     for (size_t i = 0; hex && i < n; i++)
         if (hexval(s[i]) < 0) hex = 0;
     if (hex) {
         for (size_t i = 0; i < n; i += 2) secret[slen++] = (unsigned char)(hexval(s[i]) << 4 | hexval(s[i + 1]));
     } else {
-        slen = n < sizeof secret ? n : sizeof secret;
+        slen = n < 512 ? n : 512;
         memcpy(secret, s, slen);
     }
-    unsigned char md[EVP_MAX_MD_SIZE];
-    unsigned int mdlen = 0;
-    const char *k = api_key ? api_key : "";
-    HMAC(EVP_sha256(), secret, (int)slen, (const unsigned char *)k, strlen(k), md, &mdlen);
+    return slen;
+}
+
+static void hex32(const unsigned char *md, char out[65]) {
     static const char hx[] = "0123456789abcdef";
     for (unsigned i = 0; i < 32; i++) {
         out[2 * i] = hx[md[i] >> 4];
@@ -144,5 +143,70 @@ void bill_key_hash(const char *secret_hex, const char *api_key, char out[65]) {
     out[64] = 0;
 }
 
+void bill_key_hash(const char *secret_hex, const char *api_key, char out[65]) {
+    unsigned char secret[512];
+    size_t slen = secret_bytes(secret_hex, secret);
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int mdlen = 0;
+    const char *k = api_key ? api_key : "";
+    HMAC(EVP_sha256(), secret, (int)slen, (const unsigned char *)k, strlen(k), md, &mdlen);
+    hex32(md, out);
+    OPENSSL_cleanse(secret, sizeof secret);
+}
+
+/* The same HMAC with the key's inner and outer SHA-256 states computed once
+ * (RFC 2104: H(K^opad || H(K^ipad || m))): per call, two copies of a digest
+ * state and the compressions the message needs, instead of a MAC object
+ * fetched and keyed again (a tenth of the gateway's time per request). */
+struct bill_hmac {
+    EVP_MD_CTX *in, *out, *tmp;
+};
+
+bill_hmac_t *bill_hmac_new(const char *secret_hex) {
+    bill_hmac_t *h = calloc(1, sizeof *h);
+    if (!h) return NULL;
+    unsigned char secret[512], k0[64] = {0}, pad[64];
+    size_t slen = secret_bytes(secret_hex, secret);
+    const EVP_MD *md = EVP_sha256();
+    int ok = (h->in = EVP_MD_CTX_new()) && (h->out = EVP_MD_CTX_new()) && (h->tmp = EVP_MD_CTX_new());
+    if (ok && slen > sizeof k0) { /* a long key is hashed first */
+        unsigned int n = 0;
+        ok = EVP_Digest(secret, slen, k0, &n, md, NULL) == 1;
+    } else if (ok) {
+        memcpy(k0, secret, slen);
+    }
+    for (int i = 0; ok && i < 64; i++) pad[i] = k0[i] ^ 0x36;
+    ok = ok && EVP_DigestInit_ex(h->in, md, NULL) == 1 && EVP_DigestUpdate(h->in, pad, sizeof pad) == 1;
+    for (int i = 0; ok && i < 64; i++) pad[i] = k0[i] ^ 0x5c;
+    ok = ok && EVP_DigestInit_ex(h->out, md, NULL) == 1 && EVP_DigestUpdate(h->out, pad, sizeof pad) == 1;
+    OPENSSL_cleanse(secret, sizeof secret);
+    OPENSSL_cleanse(k0, sizeof k0);
+    OPENSSL_cleanse(pad, sizeof pad);
+    if (!ok) {
+        bill_hmac_free(h);
+        return NULL;
+    }
+    return h;
+}
+
+void bill_hmac_free(bill_hmac_t *h) {
+    if (!h) return;
+    EVP_MD_CTX_free(h->in);
+    EVP_MD_CTX_free(h->out);
+    EVP_MD_CTX_free(h->tmp);
+    free(h);
+}
+
+int bill_hmac_hex(bill_hmac_t *h, const char *msg, char out[65]) {
+    unsigned char ih[EVP_MAX_MD_SIZE], md[EVP_MAX_MD_SIZE];
+    unsigned int n = 0;
+    const char *m = msg ? msg : "";
+    if (EVP_MD_CTX_copy_ex(h->tmp, h->in) != 1 || EVP_DigestUpdate(h->tmp, m, strlen(m)) != 1 ||
+        EVP_DigestFinal_ex(h->tmp, ih, &n) != 1 || EVP_MD_CTX_copy_ex(h->tmp, h->out) != 1 ||
+        EVP_DigestUpdate(h->tmp, ih, n) != 1 || EVP_DigestFinal_ex(h->tmp, md, &n) != 1)
+        return -1;
+    hex32(md, out);
+    return 0;
+}
 
 void bill_usd_str(int64_t pico, char out[32]) { bill_usd_format(pico, out); }

@@ -628,9 +628,13 @@ static void gw_up_on_read(struct bufferevent *bev, void *arg) {
 #ifdef TCP_QUICKACK
     /* Acknowledge at once: a worker that writes its head and body separately
      * with Nagle on would otherwise wait for our delayed ACK (~40 ms) on a
-     * kept-alive connection.  Linux clears the flag again, so it is per read. */
-    int one = 1;
-    setsockopt(bufferevent_getfd(bev), IPPROTO_TCP, TCP_QUICKACK, &one, sizeof one);
+     * kept-alive connection.  Linux clears the flag again, so it is per read:
+     * while the head is not complete and through a stream (an answer read
+     * whole in one go needs none). */
+    if (!r->up_head_done || r->stream) {
+        int one = 1;
+        setsockopt(bufferevent_getfd(bev), IPPROTO_TCP, TCP_QUICKACK, &one, sizeof one);
+    }
 #endif
     r->up_got_bytes = 1;
     if (!r->up_head_done) {

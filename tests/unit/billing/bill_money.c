@@ -119,6 +119,31 @@ static void test_key_hash(void) {
     bill_key_hash("0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b", "Hi There", h);
     CHECK_EQ_S(h, "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7");
     char h2[65];
+    { /* the keyed-once HMAC equals HMAC() for short, 64-byte and long secrets, hex or not */
+        const char *secrets[] = {"4a656665", "Jefe", "00", "  0b0b0b0b\n",
+                                 "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"
+                                 "202122232425262728292a2b2c2d2e2f303132333435363738393a3b3c3d3e3f",
+                                 "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"
+                                 "202122232425262728292a2b2c2d2e2f303132333435363738393a3b3c3d3e3f40",
+                                 "not hex at all, and longer than sixty-four bytes of key material, by a good margin"};
+        const char *msgs[] = {"", "sk-a", "what do ya want for nothing?",
+                              "sk-tg1-0000000a0123456789abcdef0123456789abcdefAAAAAA"};
+        for (size_t i = 0; i < sizeof secrets / sizeof *secrets; i++) {
+            bill_hmac_t *hm = bill_hmac_new(secrets[i]);
+            CHECK(hm != NULL);
+            for (size_t j = 0; hm && j < sizeof msgs / sizeof *msgs; j++) {
+                char a[65], b[65];
+                bill_key_hash(secrets[i], msgs[j], a);
+                CHECK(bill_hmac_hex(hm, msgs[j], b) == 0);
+                CHECK(strcmp(a, b) == 0);
+            }
+            bill_hmac_free(hm);
+        }
+        bill_hmac_t *hm = bill_hmac_new("4a656665");
+        CHECK(hm && bill_hmac_hex(hm, "what do ya want for nothing?", h) == 0);
+        CHECK(!strcmp(h, "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"));
+        bill_hmac_free(hm);
+    }
     bill_key_hash("00", "sk-a", h);
     bill_key_hash("01", "sk-a", h2);
     CHECK(strcmp(h, h2) != 0);
