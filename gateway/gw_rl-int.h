@@ -77,6 +77,7 @@ enum {
     GW_RL_OP_FORCE,     /* local only: take without checking (mirror of a Redis decision) */
     GW_RL_OP_LRET,      /* Redis only: a quota lease gives back requests, tokens and slots */
     GW_RL_OP_LRENEW,    /* Redis only: extend a quota lease's slots */
+    GW_RL_OP_LFILL,     /* Redis only: more for a quota lease running low (no request) */
 };
 
 /* ---- the in-process limiter (gw_rl_local.c) -------------------------------

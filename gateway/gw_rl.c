@@ -109,13 +109,14 @@ const char gw_rl_script[] =
     "end\n"
     "local ok, why, wait, inflight = 1, 0, 0, 0\n"
     "local gr, gt, gc = 0, 0, 0\n"
-    "if op == 'take' or op == 'peek' then\n"
+    "if op == 'take' or op == 'peek' or op == 'lfill' then\n"
     "  if n < 0 then n = 0 end\n"
     "  if conc > 0 then\n"
     "    redis.call('ZREMRANGEBYSCORE', z, '-inf', now)\n"
     "    inflight = redis.call('ZCARD', z)\n"
     "  end\n"
-    "  if not fits(rd, rpm, 1) then ok, why, wait = 0, 1, retry(rd, rpm, 1)\n"
+    "  if op == 'lfill' then\n" /* a lease running low asks for more, for no request */
+    "  elseif not fits(rd, rpm, 1) then ok, why, wait = 0, 1, retry(rd, rpm, 1)\n"
     "  elseif not fits(td, tpm, n) then ok, why, wait = 0, 2, retry(td, tpm, n)\n"
     "  elseif conc > 0 and inflight >= conc then ok, why, wait = 0, 3, 1000 end\n"
     "  if op == 'take' and ok == 1 then\n"
@@ -126,9 +127,10 @@ const char gw_rl_script[] =
     "      redis.call('PEXPIRE', z, lease)\n"
     "      inflight = inflight + 1\n"
     "    end\n"
+    "  end\n"
     /* a quota lease: at most a sixteenth of what is left, so that a limit
      * near its end is decided request by request, here */
-    "    if ARGV[8] then\n"
+    "  if ok == 1 and op ~= 'peek' and ARGV[8] then\n"
     "      if rpm > 0 then\n"
     "        local room = idiv(rpm * W - math.min(rd, rpm * W), W)\n"
     "        if room >= 64 then gr = math.min(tonumber(ARGV[9]), idiv(room, 16)) end\n"
@@ -146,7 +148,6 @@ const char gw_rl_script[] =
     "        for j = base, base + gc - 1 do redis.call('ZADD', z, now + lease, ARGV[8] .. ':' .. j) end\n"
     "        inflight = inflight + gc\n"
     "      end\n"
-    "    end\n"
     "  end\n"
     "elseif op == 'lret' then\n"
     "  if rpm > 0 then rd = charge(rd, -tonumber(ARGV[9])) end\n"
@@ -179,7 +180,7 @@ const char gw_rl_script[] =
     "end\n"
     "return {ok, why, rrem, rres, trem, tres, wait, inflight, gr, gt, gc}\n";
 
-static const char *const op_names[] = {"take", "peek", "done", "undo", "renew", "force", "lret", "lrenew"};
+static const char *const op_names[] = {"take", "peek", "done", "undo", "renew", "force", "lret", "lrenew", "lfill"};
 
 typedef struct {
     char kind;                 /* 'k' key, 'c' customer */
@@ -213,6 +214,7 @@ struct gw_rl_leases {
     size_t n;
     char tag[24];              /* random: names this process's leases in Redis */
     uint64_t seq;
+    pthread_mutex_t *mu;       /* the limiter's lock, which guards the table */
 };
 
 struct gw_rl_call {
@@ -305,6 +307,8 @@ struct gw_rl_lease {
     int64_t held, used;        /* slots "<name>:0" .. held-1; used of them by requests in flight */
     int64_t refs;              /* requests in flight admitted from it */
     int refilling;             /* a take asking for more is in flight (its new slots start at `held`) */
+    struct gw_rl_leases *lt;   /* its table (the lock) */
+    int granted;               /* the last grant gave something (else no background fill) */
     int64_t last_ms;
     gw_rl_verdict_t seen;      /* Redis's last answer for the subject (headers) */
 };
@@ -322,6 +326,7 @@ static gw_rl_lease_t *lease_find(gw_rl_t *rl, const gw_rl_subj_t *s, int create)
     gw_rl_lease_t *l = calloc(1, sizeof *l);
     if (!l) return NULL;
     l->sub = *s;
+    l->lt = rl->lt;
     snprintf(l->name, sizeof l->name, "L%s.%llu", rl->lt->tag, (unsigned long long)++rl->lt->seq);
     l->last_ms = now_ms();
     l->next = rl->lt->b[b];
@@ -399,6 +404,7 @@ static void lease_grant(gw_rl_lease_t *l, const gw_rl_subj_t *s, const gw_rl_ver
     l->req += v->gr;
     l->tok += v->gt;
     l->held += v->gc;
+    l->granted = v->gr > 0 || v->gt > 0 || v->gc > 0;
     l->seen = *v;
     l->last_ms = now_ms();
 }
@@ -409,6 +415,41 @@ static void lease_unput(gw_rl_lease_t *l, int64_t n) {
     if (l->sub.lim.tpm > 0) l->tok += n;
     if (l->sub.lim.conc > 0 && l->used > 0) l->used--;
     l->refs--;
+}
+
+static int parse_verdict(const redisReply *rep, gw_rl_verdict_t *v);
+
+/* Slots are asked for only when the free ones run low: each is a zset member
+ * to add, renew and remove. */
+static int lease_slots_wanted(const gw_rl_lease_t *l) {
+    return l->held - l->used < GW_RL_LEASE_SLOTS / 4 ? GW_RL_LEASE_SLOTS : 0;
+}
+
+static void on_fill(struct redisReply *rep, void *arg) {
+    gw_rl_lease_t *l = arg;
+    gw_rl_verdict_t v;
+    pthread_mutex_lock(l->lt->mu);
+    if (parse_verdict(rep, &v) == GW_OK && v.ok) lease_grant(l, &l->sub, &v);
+    l->refilling = 0;
+    pthread_mutex_unlock(l->lt->mu);
+}
+
+/* After a request took from it: a lease down to a quarter of what it asks
+ * for is filled again in the background, so requests rarely find it empty
+ * (and wait for Redis). */
+static void lease_low_water(gw_rl_t *rl, gw_rl_lease_t *l, int64_t n) {
+    if (l->refilling || !rl->redis) return;
+    int low = (l->sub.lim.rpm > 0 && l->req < GW_RL_LEASE_REQS / 4) ||
+              (l->sub.lim.tpm > 0 && l->tok < GW_RL_LEASE_TOKS / 4 * (n > 0 ? n : 1)) ||
+              (l->sub.lim.conc > 0 && l->held - l->used < GW_RL_LEASE_SLOTS / 4);
+    if (!low || !l->granted) return; /* the last grant gave nothing (a small limit, or near its end) */
+    char a[4][24];
+    snprintf(a[0], sizeof a[0], "%d", GW_RL_LEASE_REQS);
+    snprintf(a[1], sizeof a[1], "%lld", (long long)(GW_RL_LEASE_TOKS * (n > 0 ? n : 1)));
+    snprintf(a[2], sizeof a[2], "%d", lease_slots_wanted(l));
+    snprintf(a[3], sizeof a[3], "%lld", (long long)l->held);
+    const char *x[5] = {l->name, a[0], a[1], a[2], a[3]};
+    if (send_opx(rl, &l->sub, GW_RL_OP_LFILL, 0, "-", 5, x, on_fill, l)) l->refilling = 1;
 }
 
 /* Renew the leases' slots; give back idle ones' grants and forget them. */
@@ -709,6 +750,7 @@ gw_rl_call_t *gw_rl_check(gw_rl_t *rl, int op, int64_t key_id, const gw_rl_limit
             c->lease[i] = lease_find(rl, &c->sub[i], 1);
             if (c->lease[i] && lease_take(rl, c->lease[i], &c->sub[i], c->tokens)) {
                 c->lease_took[i] = 1;
+                lease_low_water(rl, c->lease[i], c->tokens);
                 need &= ~(1 << i);
                 gw_rl_verdict_t *v = &c->v[i]; /* what the headers say: Redis's last answer and the lease */
                 *v = c->lease[i]->seen;
@@ -744,12 +786,13 @@ gw_rl_call_t *gw_rl_check(gw_rl_t *rl, int op, int64_t key_id, const gw_rl_limit
             int refill = l && !l->refilling;
             if (refill) l->refilling = c->refill[i] = 1; /* its new slots are numbered from held */
             int64_t base = l ? l->held : 0;
+            int slots = l ? lease_slots_wanted(l) : 0;
             pthread_mutex_unlock(rl->mu);
             if (refill) { /* ask for more for the lease at the same time */
                 char a[4][24];
                 snprintf(a[0], sizeof a[0], "%d", GW_RL_LEASE_REQS);
                 snprintf(a[1], sizeof a[1], "%lld", (long long)(GW_RL_LEASE_TOKS * (c->tokens > 0 ? c->tokens : 1)));
-                snprintf(a[2], sizeof a[2], "%d", GW_RL_LEASE_SLOTS);
+                snprintf(a[2], sizeof a[2], "%d", slots);
                 snprintf(a[3], sizeof a[3], "%lld", (long long)base);
                 const char *x[5] = {l->name, a[0], a[1], a[2], a[3]};
                 c->rop[i] = send_opx(rl, &c->sub[i], c->op, c->tokens, c->member, 5, x, cbs[i], c);
@@ -849,6 +892,7 @@ gw_rl_t *gw_rl_new(struct event_base *base, const gw_rl_opts_t *o, char *err, si
         rl->mu = &rl->own_mu;
         rl->owner = 1;
         if (!(rl->lt = rl->own_lt = calloc(1, sizeof *rl->lt))) goto oom;
+        rl->lt->mu = rl->mu;
         unsigned char r[8];
         gw_uuid_random_bytes(r, sizeof r);
         for (int i = 0; i < 8; i++) snprintf(rl->lt->tag + 2 * i, 3, "%02x", r[i]);
