@@ -345,6 +345,57 @@ static const char *when(cJSON *o, const char *k) {
     return tmp[i];
 }
 
+/* ---- tables ------------------------------------------------------------------
+ * A list command prints a heading and a row per object; one column list says
+ * both, so they cannot drift apart. */
+
+typedef struct {
+    const char *head, *field;
+    int width;   /* printf's: negative left-aligned; 0 the last, unpadded */
+    int max;     /* at most this many characters shown (0: all) */
+    char kind;   /* 's' as it is, 'w' a time (when), 'a' "active" flag as active/revoked,
+                  * 'd' as it is or "-" when empty, 'm' a key's models */
+    int gap;     /* spaces before the column (0: one; none before the first) */
+} col_t;
+
+static const char *models_text(cJSON *k);
+
+static void table_cell(int first, const col_t *c, const char *v) {
+    if (!first) printf("%*s", c->gap > 0 ? c->gap : 1, "");
+    if (c->max > 0) printf("%*.*s", c->width, c->max, v);
+    else if (c->width) printf("%*s", c->width, v);
+    else printf("%s", v);
+}
+
+static void table_head(const col_t *c, int n) {
+    for (int i = 0; i < n; i++) table_cell(i == 0, &c[i], c[i].head);
+    printf("\n");
+}
+
+static void table_row(cJSON *o, const col_t *c, int n) {
+    for (int i = 0; i < n; i++) {
+        const char *v;
+        switch (c[i].kind) {
+        case 'w': v = when(o, c[i].field); break;
+        case 'a': v = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(o, c[i].field)) ? "active" : "revoked"; break;
+        case 'd': v = *str(o, c[i].field) ? str(o, c[i].field) : "-"; break;
+        case 'm': v = models_text(o); break;
+        default: v = str(o, c[i].field);
+        }
+        table_cell(i == 0, &c[i], v);
+    }
+    printf("\n");
+}
+
+/* The heading, then a row for each object of j's "data". */
+static void table(cJSON *j, const col_t *c, int n) {
+    table_head(c, n);
+    cJSON *o;
+    cJSON_ArrayForEach(o, cJSON_GetObjectItemCaseSensitive(j, "data")) table_row(o, c, n);
+}
+
+#define NCOLS(c) ((int)(sizeof c / sizeof *c))
+
 /* ---- argument helpers ------------------------------------------------------- */
 
 typedef struct {
@@ -425,9 +476,10 @@ static char *jstr(const char *s) {
 
 /* ---- commands -------------------------------------------------------------- */
 
-static void print_customer_row(cJSON *c) {
-    printf("%-6s %-32s %20s  %s\n", str(c, "id"), str(c, "name"), str(c, "balance_usd"), when(c, "created_at"));
-}
+static const col_t customer_cols[] = {
+    {"ID", "id", -6, 0, 's', 0}, {"NAME", "name", -32, 0, 's', 0}, {"BALANCE_USD", "balance_usd", 20, 0, 's', 0},
+    {"CREATED (UTC)", "created_at", 0, 0, 'w', 2},
+};
 
 static int cmd_customer(args_t *a) {
     const char *sub = positional(a, "customer subcommand (create, list, show, spending-limits, limits)");
@@ -450,11 +502,7 @@ static int cmd_customer(args_t *a) {
     } else if (!strcmp(sub, "list")) {
         no_more(a);
         cJSON *j = call("GET", "/admin/v1/customers", NULL);
-        if (!json_out) {
-            printf("%-6s %-32s %20s  %s\n", "ID", "NAME", "BALANCE_USD", "CREATED (UTC)");
-            cJSON *c;
-            cJSON_ArrayForEach(c, cJSON_GetObjectItemCaseSensitive(j, "data")) print_customer_row(c);
-        }
+        if (!json_out) table(j, customer_cols, NCOLS(customer_cols));
         cJSON_Delete(j);
     } else if (!strcmp(sub, "spending-limits")) {
         const char *name = positional(a, "NAME");
@@ -483,8 +531,8 @@ static int cmd_customer(args_t *a) {
         no_more(a);
         cJSON *j = cust_call("GET", name, NULL, NULL);
         if (!json_out) {
-            printf("%-6s %-32s %20s  %s\n", "ID", "NAME", "BALANCE_USD", "CREATED (UTC)");
-            print_customer_row(j);
+            table_head(customer_cols, NCOLS(customer_cols));
+            table_row(j, customer_cols, NCOLS(customer_cols));
         }
         cJSON_Delete(j);
     } else if (!strcmp(sub, "limits")) {
@@ -662,17 +710,15 @@ static int cmd_key(args_t *a) {
         const char *cust = need(a, "--customer");
         no_more(a);
         cJSON *j = cust_call("GET", cust, "keys", NULL);
-        if (!json_out) {
-            printf("%-6s %-12s %-16s %-8s %-19s %-20s %8s %10s %6s  %-19s %s\n", "ID", "PREFIX", "NAME", "STATE",
-                   "EXPIRES (UTC)", "MODELS", "RPM", "TPM", "CONC", "LAST USED (UTC)", "LAST IP");
-            cJSON *k;
-            cJSON_ArrayForEach(k, cJSON_GetObjectItemCaseSensitive(j, "data")) {
-                printf("%-6s %-12s %-16.16s %-8s %-19s %-20.20s %8s %10s %6s  %-19s %s\n", str(k, "id"),
-                       str(k, "prefix"), *str(k, "name") ? str(k, "name") : "-", str(k, "state"),
-                       when(k, "expires_at"), models_text(k), str(k, "rpm"), str(k, "tpm"),
-                       str(k, "concurrency"), when(k, "last_used_at"), str(k, "last_used_ip"));
-            }
-        }
+        static const col_t cols[] = {
+            {"ID", "id", -6, 0, 's', 0},          {"PREFIX", "prefix", -12, 0, 's', 0},
+            {"NAME", "name", -16, 16, 'd', 0},     {"STATE", "state", -8, 0, 's', 0},
+            {"EXPIRES (UTC)", "expires_at", -19, 0, 'w', 0}, {"MODELS", "models", -20, 20, 'm', 0},
+            {"RPM", "rpm", 8, 0, 's', 0},          {"TPM", "tpm", 10, 0, 's', 0},
+            {"CONC", "concurrency", 6, 0, 's', 0}, {"LAST USED (UTC)", "last_used_at", -19, 0, 'w', 2},
+            {"LAST IP", "last_used_ip", 0, 0, 's', 0},
+        };
+        if (!json_out) table(j, cols, NCOLS(cols));
         cJSON_Delete(j);
     } else if (!strcmp(sub, "update")) {
         const char *id = key_id_arg(a);
@@ -740,15 +786,12 @@ static int cmd_credit(args_t *a) {
         char *p = cust_path(cust, "ledger", 3, names, vals);
         cJSON *j = call("GET", p, NULL);
         free(p);
-        if (!json_out) {
-            printf("%-8s %-19s %-10s %16s  %-36s %s\n", "ID", "CREATED (UTC)", "KIND", "AMOUNT_USD", "REQUEST_ID",
-                   "REASON");
-            cJSON *r;
-            cJSON_ArrayForEach(r, cJSON_GetObjectItemCaseSensitive(j, "data")) {
-                printf("%-8s %-19s %-10s %16s  %-36s %s\n", str(r, "id"), when(r, "created_at"), str(r, "kind"),
-                       str(r, "amount_usd"), str(r, "request_id"), str(r, "reason"));
-            }
-        }
+        static const col_t cols[] = {
+            {"ID", "id", -8, 0, 's', 0},   {"CREATED (UTC)", "created_at", -19, 0, 'w', 0},
+            {"KIND", "kind", -10, 0, 's', 0}, {"AMOUNT_USD", "amount_usd", 16, 0, 's', 0},
+            {"REQUEST_ID", "request_id", -36, 0, 's', 2}, {"REASON", "reason", 0, 0, 's', 0},
+        };
+        if (!json_out) table(j, cols, NCOLS(cols));
         cJSON_Delete(j);
         return 0;
     }
@@ -777,6 +820,17 @@ static int cmd_credit(args_t *a) {
     return 0;
 }
 
+/* POST <collection><name, escaped>/revoke */
+static cJSON *revoke_named(const char *collection, const char *name) {
+    buf_t p = {0};
+    bput(&p, collection, strlen(collection));
+    bput_enc(&p, name);
+    bput(&p, "/revoke", 7);
+    cJSON *j = call("POST", p.p, "{}");
+    free(p.p);
+    return j;
+}
+
 static int cmd_token(args_t *a) {
     const char *sub = positional(a, "token subcommand (create, list, revoke)");
     if (!strcmp(sub, "create")) {
@@ -796,26 +850,17 @@ static int cmd_token(args_t *a) {
     } else if (!strcmp(sub, "list")) {
         no_more(a);
         cJSON *j = call("GET", "/admin/v1/tokens", NULL);
-        if (!json_out) {
-            printf("%-32s %-9s %-13s %-8s %-19s %s\n", "NAME", "ROLE", "PREFIX", "STATE", "CREATED (UTC)",
-                   "CREATED BY");
-            cJSON *t;
-            cJSON_ArrayForEach(t, cJSON_GetObjectItemCaseSensitive(j, "data")) {
-                printf("%-32s %-9s %-13s %-8s %-19s %s\n", str(t, "name"), str(t, "role"), str(t, "prefix"),
-                       cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(t, "active")) ? "active" : "revoked",
-                       when(t, "created_at"), str(t, "created_by"));
-            }
-        }
+        static const col_t cols[] = {
+            {"NAME", "name", -32, 0, 's', 0},   {"ROLE", "role", -9, 0, 's', 0},
+            {"PREFIX", "prefix", -13, 0, 's', 0}, {"STATE", "active", -8, 0, 'a', 0},
+            {"CREATED (UTC)", "created_at", -19, 0, 'w', 0}, {"CREATED BY", "created_by", 0, 0, 's', 0},
+        };
+        if (!json_out) table(j, cols, NCOLS(cols));
         cJSON_Delete(j);
     } else if (!strcmp(sub, "revoke")) {
         const char *name = positional(a, "NAME");
         no_more(a);
-        buf_t p = {0};
-        bput(&p, "/admin/v1/tokens/", 17);
-        bput_enc(&p, name);
-        bput(&p, "/revoke", 7);
-        cJSON *j = call("POST", p.p, "{}");
-        free(p.p);
+        cJSON *j = revoke_named("/admin/v1/tokens/", name);
         if (!json_out) printf("revoked admin token %s at %s\n", str(j, "name"), when(j, "revoked_at"));
         cJSON_Delete(j);
     } else {
@@ -855,25 +900,17 @@ static int cmd_user(args_t *a) {
     } else if (!strcmp(sub, "list")) {
         no_more(a);
         cJSON *j = call("GET", "/admin/v1/dashboard-users", NULL);
-        if (!json_out) {
-            printf("%-32s %-9s %-24s %-8s %s\n", "LOGIN", "ROLE", "CUSTOMER", "STATE", "CREATED (UTC)");
-            cJSON *t;
-            cJSON_ArrayForEach(t, cJSON_GetObjectItemCaseSensitive(j, "data")) {
-                printf("%-32s %-9s %-24s %-8s %s\n", str(t, "login"), str(t, "role"), str(t, "customer"),
-                       cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(t, "active")) ? "active" : "revoked",
-                       when(t, "created_at"));
-            }
-        }
+        static const col_t cols[] = {
+            {"LOGIN", "login", -32, 0, 's', 0}, {"ROLE", "role", -9, 0, 's', 0},
+            {"CUSTOMER", "customer", -24, 0, 's', 0}, {"STATE", "active", -8, 0, 'a', 0},
+            {"CREATED (UTC)", "created_at", 0, 0, 'w', 0},
+        };
+        if (!json_out) table(j, cols, NCOLS(cols));
         cJSON_Delete(j);
     } else if (!strcmp(sub, "revoke")) {
         const char *login = positional(a, "LOGIN");
         no_more(a);
-        buf_t p = {0};
-        bput(&p, "/admin/v1/dashboard-users/", 26);
-        bput_enc(&p, login);
-        bput(&p, "/revoke", 7);
-        cJSON *j = call("POST", p.p, "{}");
-        free(p.p);
+        cJSON *j = revoke_named("/admin/v1/dashboard-users/", login);
         if (!json_out) printf("revoked dashboard login %s at %s\n", str(j, "login"), when(j, "revoked_at"));
         cJSON_Delete(j);
     } else {
@@ -901,14 +938,13 @@ static int cmd_usage(args_t *a) {
     cJSON *j = call("GET", p, NULL);
     free(p);
     if (!json_out) {
-        printf("%-36s %-19s %-20s %8s %8s %8s %6s %14s\n", "REQUEST_ID", "RECEIVED (UTC)", "MODEL", "MISS", "HIT",
-               "OUTPUT", "STATUS", "COST_USD");
-        cJSON *r;
-        cJSON_ArrayForEach(r, cJSON_GetObjectItemCaseSensitive(j, "data")) {
-            printf("%-36s %-19s %-20s %8s %8s %8s %6s %14s\n", str(r, "request_id"), when(r, "received_at"),
-                   str(r, "model"), str(r, "prompt_cache_miss_tokens"), str(r, "prompt_cache_hit_tokens"),
-                   str(r, "completion_tokens"), str(r, "http_status"), str(r, "cost_usd"));
-        }
+        static const col_t cols[] = {
+            {"REQUEST_ID", "request_id", -36, 0, 's', 0}, {"RECEIVED (UTC)", "received_at", -19, 0, 'w', 0},
+            {"MODEL", "model", -20, 0, 's', 0},          {"MISS", "prompt_cache_miss_tokens", 8, 0, 's', 0},
+            {"HIT", "prompt_cache_hit_tokens", 8, 0, 's', 0}, {"OUTPUT", "completion_tokens", 8, 0, 's', 0},
+            {"STATUS", "http_status", 6, 0, 's', 0},     {"COST_USD", "cost_usd", 14, 0, 's', 0},
+        };
+        table(j, cols, NCOLS(cols));
         cJSON *t = cJSON_GetObjectItemCaseSensitive(j, "totals");
         printf("total: %s requests, %s prompt tokens (%s cache hit, %s cache miss), %s completion tokens"
                " (%s reasoning), %s USD (%s pico-USD)\n",
@@ -997,15 +1033,12 @@ static int cmd_invoice(args_t *a) {
         bput_enc(&p, month);
         cJSON *j = call("GET", p.p, NULL);
         free(p.p);
-        if (!json_out) {
-            printf("%-8s %-32s %16s %16s %16s %9s\n", "ID", "CUSTOMER", "OPENING_PICO", "USAGE_USD", "CLOSING_PICO",
-                   "REQUESTS");
-            cJSON *i;
-            cJSON_ArrayForEach(i, cJSON_GetObjectItemCaseSensitive(j, "data"))
-                printf("%-8s %-32s %16s %16s %16s %9s\n", str(i, "id"), str(i, "customer"),
-                       str(i, "opening_balance_pico"), str(i, "usage_usd"), str(i, "closing_balance_pico"),
-                       str(i, "requests"));
-        }
+        static const col_t cols[] = {
+            {"ID", "id", -8, 0, 's', 0},       {"CUSTOMER", "customer", -32, 0, 's', 0},
+            {"OPENING_PICO", "opening_balance_pico", 16, 0, 's', 0}, {"USAGE_USD", "usage_usd", 16, 0, 's', 0},
+            {"CLOSING_PICO", "closing_balance_pico", 16, 0, 's', 0}, {"REQUESTS", "requests", 9, 0, 's', 0},
+        };
+        if (!json_out) table(j, cols, NCOLS(cols));
         cJSON_Delete(j);
         return 0;
     }
@@ -1235,10 +1268,11 @@ static int cmd_report(args_t *a) {
         } else {
             printf("balance of %s by %s (UTC), from %s to %s\nopening balance: %s USD\n", str(j, "customer"),
                    str(j, "by"), when(j, "from"), when(j, "to"), str(j, "opening_balance_usd"));
-            printf("%-20s %24s %24s %20s\n", "PERIOD (UTC)", "CREDITS_PICO", "DEBITS_PICO", "BALANCE_USD");
-            cJSON_ArrayForEach(r, cJSON_GetObjectItemCaseSensitive(j, "data"))
-                printf("%-20s %24s %24s %20s\n", when(r, "period"), str(r, "credits_pico"), str(r, "debits_pico"),
-                       str(r, "balance_usd"));
+            static const col_t cols[] = {
+                {"PERIOD (UTC)", "period", -20, 0, 'w', 0}, {"CREDITS_PICO", "credits_pico", 24, 0, 's', 0},
+                {"DEBITS_PICO", "debits_pico", 24, 0, 's', 0}, {"BALANCE_USD", "balance_usd", 20, 0, 's', 0},
+            };
+            table(j, cols, NCOLS(cols));
             printf("balance now: %s USD\n", str(j, "balance_usd"));
         }
         cJSON_Delete(j);
@@ -1253,13 +1287,13 @@ static int cmd_report(args_t *a) {
         if (!json_out) {
             printf("top customers by spend from %s to %s (%s customers, %s USD in all)\n", when(j, "from"),
                    when(j, "to"), str(j, "customers"), str(j, "total_cost_usd"));
-            printf("%-5s %-32s %9s %14s %14s %14s %18s\n", "RANK", "CUSTOMER", "REQUESTS", "HIT", "MISS", "OUTPUT",
-                   "COST_USD");
-            cJSON *r;
-            cJSON_ArrayForEach(r, cJSON_GetObjectItemCaseSensitive(j, "data"))
-                printf("%-5s %-32s %9s %14s %14s %14s %18s\n", str(r, "rank"), str(r, "customer"), str(r, "requests"),
-                       str(r, "prompt_cache_hit_tokens"), str(r, "prompt_cache_miss_tokens"),
-                       str(r, "completion_tokens"), str(r, "cost_usd"));
+            static const col_t cols[] = {
+                {"RANK", "rank", -5, 0, 's', 0},      {"CUSTOMER", "customer", -32, 0, 's', 0},
+                {"REQUESTS", "requests", 9, 0, 's', 0}, {"HIT", "prompt_cache_hit_tokens", 14, 0, 's', 0},
+                {"MISS", "prompt_cache_miss_tokens", 14, 0, 's', 0}, {"OUTPUT", "completion_tokens", 14, 0, 's', 0},
+                {"COST_USD", "cost_usd", 18, 0, 's', 0},
+            };
+            table(j, cols, NCOLS(cols));
         }
         cJSON_Delete(j);
     } else {
