@@ -820,15 +820,36 @@ static int cmd_credit(args_t *a) {
     return 0;
 }
 
-/* POST <collection><name, escaped>/revoke */
-static cJSON *revoke_named(const char *collection, const char *name) {
-    buf_t p = {0};
-    bput(&p, collection, strlen(collection));
-    bput_enc(&p, name);
-    bput(&p, "/revoke", 7);
-    cJSON *j = call("POST", p.p, "{}");
-    free(p.p);
-    return j;
+/* A collection of named things (admin tokens, dashboard logins) that are
+ * listed and revoked by name. */
+typedef struct {
+    const char *cmd, *path, *what, *field, *arg;
+    const col_t *cols;
+    int ncols;
+} named_t;
+
+/* `<cmd> list` and `<cmd> revoke NAME`; anything else is a usage error. */
+static void named_list_revoke(args_t *a, const char *sub, const named_t *n) {
+    if (!strcmp(sub, "list")) {
+        no_more(a);
+        cJSON *j = call("GET", n->path, NULL);
+        if (!json_out) table(j, n->cols, n->ncols);
+        cJSON_Delete(j);
+    } else if (!strcmp(sub, "revoke")) {
+        const char *name = positional(a, n->arg);
+        no_more(a);
+        buf_t p = {0};
+        bput(&p, n->path, strlen(n->path));
+        bput(&p, "/", 1);
+        bput_enc(&p, name);
+        bput(&p, "/revoke", 7);
+        cJSON *j = call("POST", p.p, "{}");
+        free(p.p);
+        if (!json_out) printf("revoked %s %s at %s\n", n->what, str(j, n->field), when(j, "revoked_at"));
+        cJSON_Delete(j);
+    } else {
+        die(2, "unknown command '%s %s' (see tollgatectl --help)", n->cmd, sub);
+    }
 }
 
 static int cmd_token(args_t *a) {
@@ -847,24 +868,14 @@ static int cmd_token(args_t *a) {
             printf("%s\n", cJSON_IsString(t) ? t->valuestring : "(not shown again: an idempotent replay)");
         }
         cJSON_Delete(j);
-    } else if (!strcmp(sub, "list")) {
-        no_more(a);
-        cJSON *j = call("GET", "/admin/v1/tokens", NULL);
+    } else {
         static const col_t cols[] = {
             {"NAME", "name", -32, 0, 's', 0},   {"ROLE", "role", -9, 0, 's', 0},
             {"PREFIX", "prefix", -13, 0, 's', 0}, {"STATE", "active", -8, 0, 'a', 0},
             {"CREATED (UTC)", "created_at", -19, 0, 'w', 0}, {"CREATED BY", "created_by", 0, 0, 's', 0},
         };
-        if (!json_out) table(j, cols, NCOLS(cols));
-        cJSON_Delete(j);
-    } else if (!strcmp(sub, "revoke")) {
-        const char *name = positional(a, "NAME");
-        no_more(a);
-        cJSON *j = revoke_named("/admin/v1/tokens/", name);
-        if (!json_out) printf("revoked admin token %s at %s\n", str(j, "name"), when(j, "revoked_at"));
-        cJSON_Delete(j);
-    } else {
-        die(2, "unknown command 'token %s' (see tollgatectl --help)", sub);
+        static const named_t tokens = {"token", "/admin/v1/tokens", "admin token", "name", "NAME", cols, NCOLS(cols)};
+        named_list_revoke(a, sub, &tokens);
     }
     return 0;
 }
@@ -897,24 +908,15 @@ static int cmd_user(args_t *a) {
             printf("%s\n", cJSON_IsString(p) ? p->valuestring : "(not shown again: an idempotent replay)");
         }
         cJSON_Delete(j);
-    } else if (!strcmp(sub, "list")) {
-        no_more(a);
-        cJSON *j = call("GET", "/admin/v1/dashboard-users", NULL);
+    } else {
         static const col_t cols[] = {
             {"LOGIN", "login", -32, 0, 's', 0}, {"ROLE", "role", -9, 0, 's', 0},
             {"CUSTOMER", "customer", -24, 0, 's', 0}, {"STATE", "active", -8, 0, 'a', 0},
             {"CREATED (UTC)", "created_at", 0, 0, 'w', 0},
         };
-        if (!json_out) table(j, cols, NCOLS(cols));
-        cJSON_Delete(j);
-    } else if (!strcmp(sub, "revoke")) {
-        const char *login = positional(a, "LOGIN");
-        no_more(a);
-        cJSON *j = revoke_named("/admin/v1/dashboard-users/", login);
-        if (!json_out) printf("revoked dashboard login %s at %s\n", str(j, "login"), when(j, "revoked_at"));
-        cJSON_Delete(j);
-    } else {
-        die(2, "unknown command 'user %s' (see tollgatectl --help)", sub);
+        static const named_t users = {"user", "/admin/v1/dashboard-users", "dashboard login", "login", "LOGIN", cols,
+                                      NCOLS(cols)};
+        named_list_revoke(a, sub, &users);
     }
     return 0;
 }
