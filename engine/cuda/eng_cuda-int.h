@@ -41,6 +41,16 @@ extern "C" {
         }                                                                                                \
     } while (0)
 
+/* teardown and clean-up paths, which cannot fail the op: the error is still
+ * reported with file:line */
+#define CU_WARN(call)                                                                                    \
+    do {                                                                                                 \
+        cudaError_t e_ = (call);                                                                         \
+        if (e_ != cudaSuccess)                                                                           \
+            fprintf(stderr, "cuda: %s:%d: %s: %s (%d)\n", __FILE__, __LINE__, #call, cudaGetErrorString(e_), \
+                    (int)e_);                                                                            \
+    } while (0)
+
 /* a kernel launch: the launch error (bad configuration) checked at once */
 #define CU_LAUNCHED() CU_CHECK(cudaGetLastError())
 

@@ -40,8 +40,8 @@ static size_t live_take(cu_be_t *b, void *p) {
 }
 
 static void cache_drop(cu_be_t *b) {
-    cudaStreamSynchronize(b->st);
-    for (int i = 0; i < b->n_cache; i++) cudaFree(b->cache[i].p);
+    CU_WARN(cudaStreamSynchronize(b->st));
+    for (int i = 0; i < b->n_cache; i++) CU_WARN(cudaFree(b->cache[i].p));
     b->n_cache = 0;
 }
 
@@ -69,7 +69,7 @@ void *eng_cuda_alloc(cu_be_t *b, size_t n) {
         }
     }
     if (live_add(b, p, n)) {
-        cudaFree(p);
+        CU_WARN(cudaFree(p));
         return NULL;
     }
     return p;
@@ -86,7 +86,7 @@ void eng_cuda_release(cu_be_t *b, void *p) {
         b->n_cache++;
         return;
     }
-    cudaStreamSynchronize(b->st);
+    CU_WARN(cudaStreamSynchronize(b->st));
     cudaError_t e = cudaFree(p);
     if (e != cudaSuccess) fprintf(stderr, "cuda: %s:%d: cudaFree: %s\n", __FILE__, __LINE__, cudaGetErrorString(e));
 }
@@ -99,8 +99,8 @@ void *eng_cuda_scratch(cu_be_t *b, int k, size_t n) {
         b->pages_n = 0;
     }
     if (b->scr[k]) {
-        cudaStreamSynchronize(b->st); /* queued kernels may still use it */
-        cudaFree(b->scr[k]);
+        CU_WARN(cudaStreamSynchronize(b->st)); /* queued kernels may still use it */
+        CU_WARN(cudaFree(b->scr[k]));
         b->scr[k] = NULL;
         b->scr_n[k] = 0;
     }
@@ -160,7 +160,7 @@ static void *cu_kv_alloc(eng_backend_t *be, size_t n) {
 
 static void cu_kv_release(eng_backend_t *be, void *p, size_t n) {
     if (!p) return;
-    cudaStreamSynchronize(CB(be)->st);
+    CU_WARN(cudaStreamSynchronize(CB(be)->st));
     cudaError_t e = cudaFree(p);
     if (e != cudaSuccess) fprintf(stderr, "cuda: %s:%d: cudaFree: %s\n", __FILE__, __LINE__, cudaGetErrorString(e));
 }
@@ -198,7 +198,7 @@ static int upload_bytes(cu_be_t *b, const void *host, size_t n, void **out) {
     void *p = NULL;
     CU_CHECK(cudaMalloc(&p, n ? n : 4));
     if (own(b, p)) {
-        cudaFree(p);
+        CU_WARN(cudaFree(p));
         return -1;
     }
     /* on the backend's stream: ordered before every kernel that reads it (a
@@ -421,18 +421,18 @@ static int cu_argmax(eng_backend_t *be, const float *logits, int n, int vocab, i
 static void cu_free(eng_backend_t *be) {
     if (!be) return;
     cu_be_t *b = CB(be);
-    cudaSetDevice(b->dev);
-    if (b->st) cudaStreamSynchronize(b->st);
+    CU_WARN(cudaSetDevice(b->dev));
+    if (b->st) CU_WARN(cudaStreamSynchronize(b->st));
     cache_drop(b);
-    for (int i = 0; i < b->n_live; i++) cudaFree(b->live[i].p);
-    for (int i = 0; i < b->n_owned; i++) cudaFree(b->owned[i]);
+    for (int i = 0; i < b->n_live; i++) CU_WARN(cudaFree(b->live[i].p));
+    for (int i = 0; i < b->n_owned; i++) CU_WARN(cudaFree(b->owned[i]));
     for (int k = 0; k < 8; k++)
-        if (b->scr[k]) cudaFree(b->scr[k]);
+        if (b->scr[k]) CU_WARN(cudaFree(b->scr[k]));
     eng_cuda_moe_tabs_free(b);
-    if (b->ring) cudaFreeHost(b->ring);
+    if (b->ring) CU_WARN(cudaFreeHost(b->ring));
     free(b->pages_h);
-    if (b->blas) cublasDestroy(b->blas);
-    if (b->st) cudaStreamDestroy(b->st);
+    if (b->blas && cublasDestroy(b->blas) != CUBLAS_STATUS_SUCCESS) fprintf(stderr, "cublas: %s:%d: cublasDestroy failed\n", __FILE__, __LINE__);
+    if (b->st) CU_WARN(cudaStreamDestroy(b->st));
     free(b->live);
     free(b->owned);
     free(b);

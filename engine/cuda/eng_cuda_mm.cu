@@ -230,7 +230,7 @@ struct cu_moe_tab {
 };
 
 void eng_cuda_moe_tabs_free(cu_be_t *b) {
-    for (int i = 0; i < b->n_moe_tabs; i++) cudaFree(b->moe_tabs[i].dev);
+    for (int i = 0; i < b->n_moe_tabs; i++) CU_WARN(cudaFree(b->moe_tabs[i].dev));
     free(b->moe_tabs);
     b->moe_tabs = NULL;
     b->n_moe_tabs = 0;
@@ -255,7 +255,7 @@ static cu_exp_t *moe_table(cu_be_t *b, const eng_moe_t *mo) {
     free(h);
     if (err != cudaSuccess) {
         fprintf(stderr, "cuda: %s:%d: expert table: %s\n", __FILE__, __LINE__, cudaGetErrorString(err));
-        if (d) cudaFree(d);
+        if (d) CU_WARN(cudaFree(d));
         return NULL;
     }
     b->moe_tabs[b->n_moe_tabs++] = (struct cu_moe_tab){mo->eg, mo->eg[0].data, d};
