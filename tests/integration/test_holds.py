@@ -9,22 +9,18 @@ and the credit leases."""
 
 import json
 import os
-import subprocess
 import sys
 import threading
-import time
 import unittest
 import uuid
-
-import psycopg2
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from gwinstances import Instances, https  # noqa: E402
 from tgskip import main  # noqa: E402
+from tgstack import ctl, q, wait_for  # noqa: E402
 
 E = os.environ
-CTL = os.path.join(E["TG_TEST_BIN"], "tollgatectl")
 MODEL = E["TG_TEST_MODEL"]
 BASE = int(E["TG_TEST_GATEWAY"].rsplit(":", 1)[1])
 PRICE_MISS, PRICE_OUT = 270000, 1100000  # stack.sh's demo prices, pico-USD per token
@@ -32,34 +28,8 @@ MAX_TOKENS = 256
 WAIT = float(E.get("TG_TEST_WAIT", "60"))
 
 
-def ctl(*args):
-    r = subprocess.run([CTL, *args], capture_output=True, text=True, timeout=60)
-    if r.returncode != 0:
-        raise AssertionError("tollgatectl %s: %s" % (" ".join(args), r.stderr))
-    return r.stdout
-
-
 def new_key(cust, *extra):
     return ctl("key", "create", "--customer", cust, *extra).strip().splitlines()[-1]
-
-
-def q(sql, *args):
-    c = psycopg2.connect(E["TG_TEST_PG"])
-    try:
-        with c, c.cursor() as cur:
-            cur.execute(sql, args)
-            return cur.fetchall() if cur.description else None
-    finally:
-        c.close()
-
-
-def wait_for(pred, what):
-    deadline = time.time() + WAIT
-    while time.time() < deadline:
-        if pred():
-            return
-        time.sleep(0.1)
-    raise AssertionError("timed out waiting for " + what)
 
 
 def stream(port, key, results, i):

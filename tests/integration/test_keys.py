@@ -12,7 +12,6 @@ import http.client
 import json
 import os
 import ssl
-import subprocess
 import sys
 import time
 import unittest
@@ -25,6 +24,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from gwinstances import Instances  # noqa: E402
 from tgskip import main  # noqa: E402
+from tgstack import ctl_run as ctl  # noqa: E402
 
 E = os.environ
 BIN = E["TG_TEST_BIN"]
@@ -34,13 +34,6 @@ STACK_GW = urllib.parse.urlparse(E["TG_TEST_GATEWAY"])
 # The two instances this test starts: the stack's public port + 30 and + 31.
 PORTS = (STACK_GW.port + 30, STACK_GW.port + 31)
 FLUSH_MS = 1000  # key_last_used_flush_ms of the two instances
-
-
-def ctl(*args, check=True):
-    r = subprocess.run([CTL, *args], capture_output=True, text=True, timeout=60)
-    if check and r.returncode != 0:
-        raise AssertionError("tollgatectl %s: exit %d: %s" % (" ".join(args), r.returncode, r.stderr))
-    return r
 
 
 def ctl_json(*args):

@@ -9,39 +9,21 @@ import http.client
 import json
 import os
 import ssl
-import subprocess
 import sys
 import time
 import unittest
 import urllib.parse
 import uuid
 
-import psycopg2
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 from tgskip import main  # noqa: E402
+from tgstack import ctl_run as ctl, q  # noqa: E402
 
 E = os.environ
-CTL = os.path.join(E["TG_TEST_BIN"], "tollgatectl")
 MODEL = E["TG_TEST_MODEL"]
 GW = urllib.parse.urlparse(E["TG_TEST_GATEWAY"])
 WAIT = 60  # seconds for a settlement to land
-
-
-def ctl(*args, check=True):
-    r = subprocess.run([CTL, *args], capture_output=True, text=True, timeout=120)
-    if check and r.returncode != 0:
-        raise AssertionError("tollgatectl %s: exit %d: %s" % (" ".join(args), r.returncode, r.stderr))
-    return r
-
-
-def q(sql, *args):
-    with psycopg2.connect(E["TG_TEST_PG"], connect_timeout=10) as c:
-        cur = c.cursor()
-        cur.execute(sql, args)
-        rows = cur.fetchall()
-    c.close()
-    return rows
 
 
 def chat(key):

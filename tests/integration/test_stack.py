@@ -36,6 +36,7 @@ CTL = os.path.join(BIN, "tollgatectl")
 PRICE_IN_MISS, PRICE_IN_HIT, PRICE_OUT = 270000, 70000, 1100000
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 from tgskip import main  # noqa: E402
+from tgstack import ctl_run as ctl  # noqa: E402
 
 
 def tls_context():
@@ -81,13 +82,6 @@ def sse_events(body):
         if datas:
             events.append("\n".join(datas))
     return events
-
-
-def ctl(*args, check=True):
-    p = subprocess.run([CTL, *args], capture_output=True, text=True, timeout=60)
-    if check and p.returncode != 0:
-        raise AssertionError("tollgatectl %s failed (%d): %s" % (" ".join(args), p.returncode, p.stderr))
-    return p
 
 
 def new_customer(credit="5.00"):
