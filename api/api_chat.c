@@ -1124,7 +1124,7 @@ fail:
 
 int api_chat_req_parse(api_chat_req_t *r, const char *body, size_t len, api_err_t *e) {
     memset(r, 0, sizeof *r);
-    if (!tok_utf8_valid(body, len)) return BAD(NULL, "invalid_utf8", "The request body is not valid UTF-8.");
+    if (!tg_utf8_valid(body, len)) return BAD(NULL, "invalid_utf8", "The request body is not valid UTF-8.");
     tg_json_err_t jerr;
     tg_json_t *root = tg_json_parse(body, len, NULL, &jerr);
     if (!root) {

@@ -9,6 +9,7 @@
  * by max_depth.  Invariants of a built document: every string is valid UTF-8
  * (possibly holding NUL) followed by a NUL; siblings are linked both ways. */
 #include "tg_json.h"
+#include "tg_utf8.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -74,48 +75,10 @@ static int tg_hex4(const unsigned char *p) {
 
 /* Length of the valid UTF-8 sequence at p (1..4), or 0 when invalid
  * (overlong, surrogate, above U+10FFFF, truncated, stray continuation). */
-static size_t tg_utf8_seq(const unsigned char *p, const unsigned char *end) {
-    unsigned c = p[0];
-    if (c < 0x80) return 1;
-    size_t n;
-    unsigned lo = 0x80, hi = 0xBF;
-    if (c >= 0xC2 && c <= 0xDF) n = 2;
-    else if (c == 0xE0) n = 3, lo = 0xA0;
-    else if (c >= 0xE1 && c <= 0xEC) n = 3;
-    else if (c == 0xED) n = 3, hi = 0x9F;
-    else if (c >= 0xEE && c <= 0xEF) n = 3;
-    else if (c == 0xF0) n = 4, lo = 0x90;
-    else if (c >= 0xF1 && c <= 0xF3) n = 4;
-    else if (c == 0xF4) n = 4, hi = 0x8F;
-    else return 0;
-    if ((size_t)(end - p) < n) return 0;
-    if (p[1] < lo || p[1] > hi) return 0;
-    for (size_t i = 2; i < n; i++)
-        if (p[i] < 0x80 || p[i] > 0xBF) return 0;
-    return n;
-}
-
-static size_t tg_utf8_put(char *d, unsigned cp) {
-    if (cp < 0x80) {
-        d[0] = (char)cp;
-        return 1;
-    }
-    if (cp < 0x800) {
-        d[0] = (char)(0xC0 | cp >> 6);
-        d[1] = (char)(0x80 | (cp & 0x3F));
-        return 2;
-    }
-    if (cp < 0x10000) {
-        d[0] = (char)(0xE0 | cp >> 12);
-        d[1] = (char)(0x80 | (cp >> 6 & 0x3F));
-        d[2] = (char)(0x80 | (cp & 0x3F));
-        return 3;
-    }
-    d[0] = (char)(0xF0 | cp >> 18);
-    d[1] = (char)(0x80 | (cp >> 12 & 0x3F));
-    d[2] = (char)(0x80 | (cp >> 6 & 0x3F));
-    d[3] = (char)(0x80 | (cp & 0x3F));
-    return 4;
+static size_t utf8_len(const unsigned char *p, const unsigned char *end) {
+    size_t bad;
+    int n = tg_utf8_seq(p, (size_t)(end - p), &bad);
+    return n > 0 ? (size_t)n : 0;
 }
 
 /* Nonzero when one of the 8 bytes in x may end a plain run: '"', '\\', a
@@ -151,7 +114,7 @@ static int tg_string(tg_json_parser_t *ps, const char **out, size_t *out_len) {
         if (c == '"') break;
         if (c < 0x20) return tg_fail(ps, p, "control character in string");
         if (c >= 0x80) {
-            size_t n = tg_utf8_seq(p, end);
+            size_t n = utf8_len(p, end);
             if (!n) return tg_fail(ps, p, "invalid UTF-8 in string");
             if (d) {
                 memcpy(d, p, n);
@@ -189,7 +152,7 @@ static int tg_string(tg_json_parser_t *ps, const char **out, size_t *out_len) {
             cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
             p += 6;
         }
-        if (d) d += tg_utf8_put(d, (unsigned)cp);
+        if (d) d += tg_utf8_put(d, (uint32_t)cp);
         p += 6;
     }
     ps->bytes += (size_t)(p - q) + 1;
@@ -338,7 +301,7 @@ static int tg_value(tg_json_parser_t *ps, tg_json_t **out) {
             v = tg_node(ps, TG_JSON_NUMBER, at);
             rc = tg_number(ps, v);
         } else {
-            return tg_fail(ps, at, *at >= 0x80 && !tg_utf8_seq(at, ps->end) ? "invalid UTF-8" : "expected a value");
+            return tg_fail(ps, at, *at >= 0x80 && !utf8_len(at, ps->end) ? "invalid UTF-8" : "expected a value");
         }
     }
     if (rc) return -1;
@@ -591,7 +554,7 @@ int tg_json_write_str(tg_json_buf_t *b, const char *s, size_t len) {
         unsigned c = *p;
         char esc[8];
         if (c >= 0x80) {
-            size_t n = tg_utf8_seq(p, end);
+            size_t n = utf8_len(p, end);
             if (!n) { /* not UTF-8: U+FFFD for this byte */
                 if (tg_json_buf_put(b, "\xEF\xBF\xBD", 3)) return -1;
                 p++;

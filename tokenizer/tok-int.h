@@ -114,24 +114,8 @@ extern const uint16_t tok_b2u[256];
 /* Code point -> byte, -1 when the code point is not one of the 256. */
 int tok_u2b(uint32_t cp);
 
-/* Decode one UTF-8 code point at s (valid input assumed); returns its length. */
-static inline int tok_utf8_next(const uint8_t *s, uint32_t *cp) {
-    uint8_t c = s[0];
-    if (c < 0x80) { *cp = c; return 1; }
-    if (c < 0xE0) { *cp = ((uint32_t)(c & 0x1F) << 6) | (s[1] & 0x3F); return 2; }
-    if (c < 0xF0) {
-        *cp = ((uint32_t)(c & 0x0F) << 12) | ((uint32_t)(s[1] & 0x3F) << 6) | (s[2] & 0x3F);
-        return 3;
-    }
-    *cp = ((uint32_t)(c & 0x07) << 18) | ((uint32_t)(s[1] & 0x3F) << 12) |
-          ((uint32_t)(s[2] & 0x3F) << 6) | (s[3] & 0x3F);
-    return 4;
-}
-
-/* Length of the valid UTF-8 sequence at s[0..n), 0 when s starts with an
- * invalid one (then *bad gets the length of its maximal invalid subpart, at
- * least 1), or -1 when s is a valid but incomplete prefix. */
-int tok_utf8_seq(const uint8_t *s, size_t n, size_t *bad);
+/* UTF-8: tg_utf8_next, tg_utf8_seq, tg_utf8_put (common/tg_utf8.h). */
+#include "tg_utf8.h"
 
 /* ---- tokenizer.json reading (tok_json.c) ---------------------------------- */
 

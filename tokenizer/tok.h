@@ -52,8 +52,8 @@ void tok_stream_free(tok_stream_t *s); /* accepts NULL */
 const char *tok_stream_push(tok_stream_t *s, int32_t id, size_t *len);
 const char *tok_stream_flush(tok_stream_t *s, size_t *len);
 
-/* Nonzero when the bytes are valid UTF-8 (no surrogates, no overlongs). */
-int tok_utf8_valid(const char *s, size_t len);
+/* tg_utf8_valid and the rest of the UTF-8 codec: common/tg_utf8.h. */
+#include "tg_utf8.h"
 
 /* Bytes of memory one loaded tokenizer holds (tables, strings, regexes). */
 size_t tok_mem(const tok_t *t);

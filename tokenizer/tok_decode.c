@@ -27,7 +27,7 @@ static long lossy(buf_t *b, const uint8_t *s, size_t n, int final) {
             continue;
         }
         size_t bad = 0;
-        int l = tok_utf8_seq(s + i, n - i, &bad);
+        int l = tg_utf8_seq(s + i, n - i, &bad);
         if (l > 0) {
             i += (size_t)l;
             continue;

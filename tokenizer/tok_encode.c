@@ -83,14 +83,14 @@ static int split_added(const tok_t *t, int32_t root, const char *text, size_t le
                 size_t k = ms - 1;
                 while (k > seg && (p[k] & 0xC0) == 0x80) k--;
                 uint32_t cp;
-                tok_utf8_next(p + k, &cp);
+                tg_utf8_next(p + k, &cp);
                 if (!is_ws(cp)) break;
                 ms = k;
             }
         if (ad->rstrip)
             while (me < len) {
                 uint32_t cp;
-                int l = tok_utf8_next(p + me, &cp);
+                int l = tg_utf8_next(p + me, &cp);
                 if (!is_ws(cp)) break;
                 me += (size_t)l;
             }
@@ -120,7 +120,7 @@ static int normalized(const tok_t *t, const char *s, size_t n, enc_ctx_t *c) {
 
 static int encode_all(const tok_t *t, const char *text, size_t len, int allow_special, tok_out_t *out) {
     if (!text && len) return -1;
-    if (len >= UINT32_MAX || !tok_utf8_valid(text, len)) return -1;
+    if (len >= UINT32_MAX || !tg_utf8_valid(text, len)) return -1;
     enc_ctx_t c = {out, {0}, pcre2_match_data_create(1, NULL), allow_special && t->n_added};
     if (!c.md) return -1;
     int rc = c.allow ? split_added(t, 0, text, len, &c) : normalized(t, text, len, &c);

@@ -137,15 +137,7 @@ static int read_string(jp_t *j, arena_t *a, uint32_t *off, uint32_t *len) {
                 return -1;
             }
             if (arena_reserve(a, 4)) return -1;
-            char *o = a->p + a->n;
-            if (u < 0x80) o[0] = (char)u, a->n += 1;
-            else if (u < 0x800) o[0] = (char)(0xC0 | u >> 6), o[1] = (char)(0x80 | (u & 0x3F)), a->n += 2;
-            else if (u < 0x10000)
-                o[0] = (char)(0xE0 | u >> 12), o[1] = (char)(0x80 | ((u >> 6) & 0x3F)),
-                o[2] = (char)(0x80 | (u & 0x3F)), a->n += 3;
-            else
-                o[0] = (char)(0xF0 | u >> 18), o[1] = (char)(0x80 | ((u >> 12) & 0x3F)),
-                o[2] = (char)(0x80 | ((u >> 6) & 0x3F)), o[3] = (char)(0x80 | (u & 0x3F)), a->n += 4;
+            a->n += tg_utf8_put(a->p + a->n, u);
             goto next;
         }
         default: return -1;

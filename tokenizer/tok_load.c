@@ -67,10 +67,10 @@ static long bytelevel_to_bytes(const char *s, size_t n, char *dst) {
             continue;
         }
         size_t bad;
-        int l = tok_utf8_seq((const uint8_t *)s + i, n - i, &bad);
+        int l = tg_utf8_seq((const uint8_t *)s + i, n - i, &bad);
         if (l <= 0) return -1;
         uint32_t cp;
-        tok_utf8_next((const uint8_t *)s + i, &cp);
+        tg_utf8_next((const uint8_t *)s + i, &cp);
         int b = tok_u2b(cp);
         if (b < 0) return -1;
         dst[o++] = (char)b;

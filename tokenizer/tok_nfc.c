@@ -103,16 +103,6 @@ static const uint32_t *decomp_find(uint32_t c, uint32_t *n) {
     return NULL;
 }
 
-static size_t put_utf8(char *o, uint32_t c) {
-    if (c < 0x80) return o[0] = (char)c, 1;
-    if (c < 0x800) return o[0] = (char)(0xC0 | c >> 6), o[1] = (char)(0x80 | (c & 0x3F)), 2;
-    if (c < 0x10000)
-        return o[0] = (char)(0xE0 | c >> 12), o[1] = (char)(0x80 | ((c >> 6) & 0x3F)),
-               o[2] = (char)(0x80 | (c & 0x3F)), 3;
-    return o[0] = (char)(0xF0 | c >> 18), o[1] = (char)(0x80 | ((c >> 12) & 0x3F)),
-           o[2] = (char)(0x80 | ((c >> 6) & 0x3F)), o[3] = (char)(0x80 | (c & 0x3F)), 4;
-}
-
 int tok_nfc(const char *s, size_t n, char **res, size_t *outlen) {
     pthread_once(&once, init);
     *res = NULL;
@@ -122,7 +112,7 @@ int tok_nfc(const char *s, size_t n, char **res, size_t *outlen) {
     while (i < n) {
         uint32_t c;
         if (p[i] < 0x80) c = p[i], i++;
-        else i += (size_t)tok_utf8_next(p + i, &c);
+        else i += (size_t)tg_utf8_next(p + i, &c);
         ncp++;
         if (c >= 0x80 && is_unsafe(c)) unsafe = 1;
     }
@@ -134,7 +124,7 @@ int tok_nfc(const char *s, size_t n, char **res, size_t *outlen) {
     for (i = 0; i < n;) {
         uint32_t c, k;
         if (p[i] < 0x80) c = p[i], i++;
-        else i += (size_t)tok_utf8_next(p + i, &c);
+        else i += (size_t)tg_utf8_next(p + i, &c);
         const uint32_t *x;
         if (c >= SBASE && c < SBASE + SCOUNT) {
             uint32_t si = c - SBASE;
@@ -183,7 +173,7 @@ int tok_nfc(const char *s, size_t n, char **res, size_t *outlen) {
         return -1;
     }
     size_t ol = 0;
-    for (size_t a = 0; a < out; a++) ol += put_utf8(o + ol, d[a]);
+    for (size_t a = 0; a < out; a++) ol += tg_utf8_put(o + ol, d[a]);
     o[ol] = 0;
     free(d);
     *outlen = ol;

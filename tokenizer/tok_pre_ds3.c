@@ -147,7 +147,7 @@ int tok_pre_ds3(const char *text, size_t len, tok_spans_t *out) {
         uint32_t cp;
         c.off[n] = (uint32_t)i;
         if (p[i] < 0x80) cp = p[i], i++;
-        else i += (size_t)tok_utf8_next(p + i, &cp);
+        else i += (size_t)tg_utf8_next(p + i, &cp);
         c.cp[n] = cp;
         c.cls[n] = cls_tab[cp];
         n++;

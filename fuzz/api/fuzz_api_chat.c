@@ -28,7 +28,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         const tok_chat_msg_t *m = &r.msgs[i];
         if (!m->role || (!m->content && !m->n_tool_calls)) __builtin_trap();
         size_t cl = m->content_len ? m->content_len : m->content ? strlen(m->content) : 0;
-        if (m->content && !tok_utf8_valid(m->content, cl)) __builtin_trap();
+        if (m->content && !tg_utf8_valid(m->content, cl)) __builtin_trap();
     }
     if (r.max_tokens < 0 || r.max_tokens > API_MAX_TOKENS_LIMIT || r.n_stop > API_MAX_STOP ||
         r.top_logprobs > API_MAX_TOP_LOGPROBS || r.n_tools > API_MAX_TOOLS || r.top_k < 0)

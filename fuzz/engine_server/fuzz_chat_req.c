@@ -24,7 +24,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         const tok_chat_msg_t *m = &r.msgs[i];
         if (!m->role || (!m->content && !m->n_tool_calls)) __builtin_trap();
         size_t cl = m->content_len ? m->content_len : m->content ? strlen(m->content) : 0;
-        if (m->content && !tok_utf8_valid(m->content, cl)) __builtin_trap();
+        if (m->content && !tg_utf8_valid(m->content, cl)) __builtin_trap();
     }
     eng_limits_t lim = {.context = 4096, .default_max = 4096};
     int mt = 0;

@@ -28,7 +28,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     int32_t *ids = NULL;
     int allow = size && (data[0] & 1);
     long n = tok_encode(T, s, size, allow, &ids);
-    if (!tok_utf8_valid(s, size)) {
+    if (!tg_utf8_valid(s, size)) {
         if (n != -1) abort();
     } else {
         if (n < 0) abort();
@@ -60,14 +60,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     }
     size_t dl;
     char *d = tok_decode(T, v, k, size & 1, &dl);
-    if (d && !tok_utf8_valid(d, dl)) abort();
+    if (d && !tg_utf8_valid(d, dl)) abort();
     free(d);
     free(v);
-    if (tok_utf8_valid(s, size)) {
+    if (tg_utf8_valid(s, size)) {
         char *nf = NULL, *nf2 = NULL;
         size_t nl = 0, nl2 = 0;
         if (tok_nfc(s, size, &nf, &nl) > 0) {
-            if (!tok_utf8_valid(nf, nl)) abort();
+            if (!tg_utf8_valid(nf, nl)) abort();
             if (tok_nfc(nf, nl, &nf2, &nl2) > 0 && (nl2 != nl || memcmp(nf, nf2, nl))) abort();
         }
         free(nf), free(nf2);

@@ -160,8 +160,8 @@ static void test_utf8(void) {
     CHECK_EQ_I(tok_count(T, "\xed\xa0\x80", 3, 1), -1);     /* surrogate */
     CHECK_EQ_I(tok_count(T, "\xf4\x90\x80\x80", 4, 1), -1); /* > U+10FFFF */
     CHECK_EQ_I(tok_count(T, "\xe4\xbd", 2, 1), -1);         /* truncated */
-    CHECK(tok_utf8_valid("h\xc3\xa9llo \xf0\x9f\x98\x80", 11));
-    CHECK(!tok_utf8_valid("\x80", 1));
+    CHECK(tg_utf8_valid("h\xc3\xa9llo \xf0\x9f\x98\x80", 11));
+    CHECK(!tg_utf8_valid("\x80", 1));
     /* embedded NUL is text like any other byte */
     long n = tok_encode(T, "a\0b", 3, 1, &ids);
     CHECK(n >= 2);
@@ -186,7 +186,7 @@ static void test_stream_split_chars(void) {
     for (long i = 0; i < n; i++) {
         const char *p = tok_stream_push(st, e[i], &l);
         CHECK(p != NULL);
-        CHECK(tok_utf8_valid(p, l));
+        CHECK(tg_utf8_valid(p, l));
         if (i + 1 < n) CHECK_EQ_I(l, 0); /* incomplete until the last piece */
         memcpy(acc + total, p, l);
         total += l;
@@ -205,7 +205,7 @@ static void test_stream_split_chars(void) {
         CHECK(p != NULL);
         CHECK_EQ_I(l, 0); /* held: it may still complete */
         p = tok_stream_flush(st, &l);
-        CHECK(p && tok_utf8_valid(p, l) && l >= 3);
+        CHECK(p && tg_utf8_valid(p, l) && l >= 3);
     }
     CHECK(tok_stream_push(st, -5, &l) == NULL);
     tok_stream_free(st);

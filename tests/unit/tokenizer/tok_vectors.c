@@ -160,7 +160,7 @@ static void test_decode_vectors(void) {
         int ok = 1;
         for (size_t i = 0; i < k && ok; i++) {
             const char *p = tok_stream_push(s, ids[i], &pl);
-            if (!p || !tok_utf8_valid(p, pl)) ok = 0;
+            if (!p || !tg_utf8_valid(p, pl)) ok = 0;
             else memcpy(acc + al, p, pl), al += pl;
         }
         const char *p = tok_stream_flush(s, &pl);

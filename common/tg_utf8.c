@@ -1,12 +1,9 @@
-/* tok_utf8.c — UTF-8 validation (RFC 3629: no surrogates, no overlongs, max
- * U+10FFFF) and the "maximal subpart" rule used to replace invalid bytes with
- * U+FFFD the way Rust's String::from_utf8_lossy (and so Hugging Face decode)
- * does. */
+/* tg_utf8.c — UTF-8 validation (tg_utf8.h). */
 #include <string.h>
 
-#include "tok-int.h"
+#include "tg_utf8.h"
 
-int tok_utf8_seq(const uint8_t *s, size_t n, size_t *bad) {
+int tg_utf8_seq(const uint8_t *s, size_t n, size_t *bad) {
     uint8_t c = s[0];
     if (c < 0x80) return 1;
     int need;
@@ -34,7 +31,7 @@ int tok_utf8_seq(const uint8_t *s, size_t n, size_t *bad) {
     return need + 1;
 }
 
-int tok_utf8_valid(const char *s, size_t len) {
+int tg_utf8_valid(const char *s, size_t len) {
     const uint8_t *p = (const uint8_t *)s;
     size_t i = 0;
     while (i < len) {
@@ -51,7 +48,7 @@ int tok_utf8_valid(const char *s, size_t len) {
             continue;
         }
         size_t bad;
-        int l = tok_utf8_seq(p + i, len - i, &bad);
+        int l = tg_utf8_seq(p + i, len - i, &bad);
         if (l <= 0) return 0;
         i += (size_t)l;
     }
