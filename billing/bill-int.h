@@ -10,6 +10,7 @@
 
 #include <postgresql/libpq-fe.h>
 
+#include "tg_clock.h"
 #include "bill.h"
 
 struct event;
@@ -129,7 +130,6 @@ void bill_invoicer_free(bill_invoicer_t *v);           /* accepts NULL; cancels 
 
 /* ---- admission caches (bill_cache.c) ---------------------------------- */
 
-int64_t bill_mono_us(void); /* CLOCK_MONOTONIC in microseconds */
 
 typedef struct bill_cache bill_cache_t;
 
@@ -140,7 +140,7 @@ typedef struct {
     int state;
     bill_key_t key;      /* key.models_json owned by the cache */
     int64_t expires_us;  /* CLOCK_REALTIME us of its expiry, 0: none */
-    int64_t fetched_us;  /* bill_mono_us() when read from PostgreSQL */
+    int64_t fetched_us;  /* tg_mono_us() when read from PostgreSQL */
     char *models_json;   /* the scope as JSON, NULL: every model */
 } bill_cache_key_t;
 

@@ -109,7 +109,7 @@ static void admit_done(PGresult *res, const char *err, void *arg) {
     }
     bill_cache_key_t k = {0};
     bill_cache_price_t p = {0};
-    k.fetched_us = p.fetched_us = bill_mono_us();
+    k.fetched_us = p.fetched_us = tg_mono_us();
     if (PQntuples(res) == 0 || *PQgetvalue(res, 0, 5) == 't') {
         k.state = BILL_UNAUTHORIZED;
         if (PQntuples(res)) k.key.key_id = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
@@ -179,7 +179,7 @@ bill_req_t *bill_admit(bill_t *b, const char *api_key, const char *model, const 
     snprintf(r->model, sizeof r->model, "%s", model ? model : "");
     if (!b->key_hmac || bill_hmac_hex(b->key_hmac, api_key ? api_key : "", r->hash) != 0)
         bill_key_hash(b->key_secret, api_key ? api_key : "", r->hash);
-    int64_t now = bill_mono_us();
+    int64_t now = tg_mono_us();
     const bill_cache_key_t *k = bill_cache_key(b->cache, r->hash);
     int64_t ttl = k && k->state != BILL_OK ? b->neg_ttl_us
                   : bill_listen_up(b->listen) ? b->key_ttl_us : b->fallback_ttl_us;

@@ -33,6 +33,7 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 
+#include "tg_hex.h"
 #include "bill_admin-int.h"
 #include "tg_json.h"
 
@@ -623,12 +624,7 @@ static void request_hash(struct evhttp_request *req, char out[65]) {
         (n && !EVP_DigestUpdate(c, body, n)) || !EVP_DigestFinal_ex(c, md, &mdlen))
         memset(md, 0, sizeof md);
     EVP_MD_CTX_free(c);
-    static const char hx[] = "0123456789abcdef";
-    for (int i = 0; i < 32; i++) {
-        out[2 * i] = hx[md[i] >> 4];
-        out[2 * i + 1] = hx[md[i] & 15];
-    }
-    out[64] = 0;
+    tg_hex_encode(md, 32, out);
 }
 
 static const char AUTH_SQL[] = "SELECT name, role FROM admin_tokens WHERE token_hash = $1 AND revoked_at IS NULL";

@@ -39,11 +39,6 @@ struct bill_cache {
     size_t pcap, pn;
 };
 
-int64_t bill_mono_us(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
 
 static uint64_t fnv(const char *s, uint64_t h) {
     for (; *s; s++) h = (h ^ (unsigned char)*s) * 0x100000001b3ULL;

@@ -14,6 +14,7 @@
 
 #include <openssl/rand.h>
 
+#include "tg_hex.h"
 #include "bill-int.h"
 
 #define HEAD "sk-tg1-"
@@ -79,13 +80,8 @@ int bill_key_generate(char out[BILL_KEY_LEN + 1], char prefix[16]) {
 }
 
 int bill_random_hex(char *out, size_t nbytes) {
-    static const char hx[] = "0123456789abcdef";
     unsigned char r[64];
     if (nbytes > sizeof r || RAND_bytes(r, (int)nbytes) != 1) return -1;
-    for (size_t i = 0; i < nbytes; i++) {
-        out[2 * i] = hx[r[i] >> 4];
-        out[2 * i + 1] = hx[r[i] & 15];
-    }
-    out[2 * nbytes] = 0;
+    tg_hex_encode(r, nbytes, out);
     return 0;
 }

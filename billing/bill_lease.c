@@ -336,7 +336,7 @@ static void lease_grant(bill_lease_t *L, lease_t *l) {
 int bill_lease_hold(bill_lease_t *L, bill_req_t *r) {
     lease_t *l = lease_get(L, r->key.key_id, r->key.customer_id);
     if (!l) return -1;
-    l->last_use_us = bill_mono_us();
+    l->last_use_us = tg_mono_us();
     TAILQ_INSERT_TAIL(&l->waiters, r, link);
     r->lease = l;
     if (TAILQ_FIRST(&l->waiters) == r && avail(l) >= r->amount && !l->grant_inflight) {
@@ -362,7 +362,7 @@ void bill_lease_release(bill_lease_t *L, bill_hold_t *h) {
     L->open_holds--;
     if (!l) return;
     l->held -= h->amount;
-    l->last_use_us = bill_mono_us();
+    l->last_use_us = tg_mono_us();
     if (!TAILQ_EMPTY(&l->waiters)) lease_serve(L, l, 0, BILL_OK, NULL);
 }
 
@@ -379,7 +379,7 @@ void bill_lease_settle(bill_lease_t *L, bill_hold_t *h, const char *request_id, 
         if (ticket_put(L, request_id, h->key_id, cost) != 0) { /* stays pending: conservative */
         }
     }
-    l->last_use_us = bill_mono_us();
+    l->last_use_us = tg_mono_us();
     if (!TAILQ_EMPTY(&l->waiters)) lease_serve(L, l, 0, BILL_OK, NULL);
 }
 
@@ -450,7 +450,7 @@ static void tick_done(PGresult *res, const char *err, void *arg) {
         }
     }
     if (ok) {
-        L->last_tick_ok_us = bill_mono_us();
+        L->last_tick_ok_us = tg_mono_us();
         if (L->tick_dropping) L->old_dropped = 1;
     }
     L->tick_dropping = 0;
@@ -458,7 +458,7 @@ static void tick_done(PGresult *res, const char *err, void *arg) {
 
 static void tick_cb(evutil_socket_t fd, short what, void *arg) {
     bill_lease_t *L = arg;
-    int64_t now = bill_mono_us();
+    int64_t now = tg_mono_us();
     if (now - L->last_tick_ok_us > L->ttl_ms * 500) {
         /* Not renewed for half a lifetime: another holder may reap our rows.
          * Trust none of them; new holds wait for fresh grants. */
@@ -551,7 +551,7 @@ bill_lease_t *bill_lease_new(bill_t *b, const char *spool_dir, const bill_opts_t
     L->chunk = o->lease_chunk_pico > 0 ? o->lease_chunk_pico : 50000000000LL; /* $0.05 */
     L->ttl_ms = o->lease_ttl_ms > 0 ? o->lease_ttl_ms : 60000;
     L->idle_us = (int64_t)(o->lease_idle_ms > 0 ? o->lease_idle_ms : 2000) * 1000;
-    L->last_tick_ok_us = bill_mono_us();
+    L->last_tick_ok_us = tg_mono_us();
     if (spool_id(spool_dir, L->spool_id) != 0) {
         snprintf(err, errlen, "credit leases: cannot read or write %s/holder", spool_dir);
         bill_lease_free(L);

@@ -14,6 +14,7 @@
 #include <openssl/hmac.h>
 #include <openssl/rand.h>
 
+#include "tg_hex.h"
 #include "bill-int.h"
 
 static int mul_add(int64_t *acc, int64_t n, int64_t p) {
@@ -107,13 +108,6 @@ void bill_usd_format(int64_t pico, char out[32]) {
     if (bill_usd_format_dec(dec, out, 32) != 0) snprintf(out, 32, "?");
 }
 
-static int hexval(int c) {
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-    return -1;
-}
-
 /* The secret is hex (as `openssl rand -hex 32` writes it; surrounding
  * whitespace ignored); a secret that is not valid hex is used as raw bytes. */
 static size_t secret_bytes(const char *secret_hex, unsigned char secret[512]) {
@@ -123,24 +117,13 @@ static size_t secret_bytes(const char *secret_hex, unsigned char secret[512]) {
     size_t n = strlen(s);
     while (n && (s[n - 1] == ' ' || s[n - 1] == '\t' || s[n - 1] == '\n' || s[n - 1] == '\r')) n--;
     int hex = n % 2 == 0 && n / 2 <= 512;
-    for (size_t i = 0; hex && i < n; i++)
-        if (hexval(s[i]) < 0) hex = 0;
-    if (hex) {
-        for (size_t i = 0; i < n; i += 2) secret[slen++] = (unsigned char)(hexval(s[i]) << 4 | hexval(s[i + 1]));
+    if (hex && tg_hex_decode(s, n / 2, secret) == 0) {
+        slen = n / 2;
     } else {
         slen = n < 512 ? n : 512;
         memcpy(secret, s, slen);
     }
     return slen;
-}
-
-static void hex32(const unsigned char *md, char out[65]) {
-    static const char hx[] = "0123456789abcdef";
-    for (unsigned i = 0; i < 32; i++) {
-        out[2 * i] = hx[md[i] >> 4];
-        out[2 * i + 1] = hx[md[i] & 15];
-    }
-    out[64] = 0;
 }
 
 void bill_key_hash(const char *secret_hex, const char *api_key, char out[65]) {
@@ -150,7 +133,7 @@ void bill_key_hash(const char *secret_hex, const char *api_key, char out[65]) {
     unsigned int mdlen = 0;
     const char *k = api_key ? api_key : "";
     HMAC(EVP_sha256(), secret, (int)slen, (const unsigned char *)k, strlen(k), md, &mdlen);
-    hex32(md, out);
+    tg_hex_encode(md, 32, out);
     OPENSSL_cleanse(secret, sizeof secret);
 }
 
@@ -205,7 +188,7 @@ int bill_hmac_hex(bill_hmac_t *h, const char *msg, char out[65]) {
         EVP_DigestFinal_ex(h->tmp, ih, &n) != 1 || EVP_MD_CTX_copy_ex(h->tmp, h->out) != 1 ||
         EVP_DigestUpdate(h->tmp, ih, n) != 1 || EVP_DigestFinal_ex(h->tmp, md, &n) != 1)
         return -1;
-    hex32(md, out);
+    tg_hex_encode(md, 32, out);
     return 0;
 }
 

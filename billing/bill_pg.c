@@ -80,11 +80,7 @@ struct bill_pg {
 static void conn_start(pg_conn_t *c);
 static void conn_send_job(pg_conn_t *c);
 
-static int64_t mono_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
+static int64_t mono_ms(void) { return tg_mono_us() / 1000; }
 static void conn_fail(pg_conn_t *c, const char *why);
 static void dispatch(bill_pg_t *pg);
 

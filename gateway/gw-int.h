@@ -15,6 +15,7 @@
 #include <sys/socket.h>
 
 #include "bill.h"
+#include "tg_clock.h"
 #include "gw.h"
 
 /* common/tg_json.h (not included: the gateway's pure units build without -Icommon) */
@@ -164,7 +165,6 @@ void gw_uuid7_at(char out[37], uint64_t unix_ms);
 /* n bytes from the kernel's CSPRNG (through a per-thread pool). */
 void gw_uuid_random_bytes(unsigned char *p, size_t n);
 
-int64_t gw_now_us(void); /* CLOCK_REALTIME microseconds */
 
 /* ---- configuration (gw_config.c) ----------------------------------------- */
 

@@ -181,7 +181,7 @@ static void gw_dash_metrics_done(struct evhttp_request *req, void *arg) {
     if (!s) return;
     free(w->samples);
     w->samples = s;
-    int64_t now = gw_now_us();
+    int64_t now = tg_wall_us();
     if (completion >= 0 && w->prev_at_us && completion >= w->prev_completion && now > w->prev_at_us)
         w->tokens_per_s = (completion - w->prev_completion) / ((now - w->prev_at_us) / 1e6);
     w->prev_completion = completion;
@@ -213,7 +213,7 @@ static void gw_dash_poll_cb(evutil_socket_t fd, short what, void *arg) {
     gw_dash_t *d = arg;
     (void)fd;
     (void)what;
-    if (gw_now_us() > d->watched_until_us) return; /* nobody looks: stop until asked again */
+    if (tg_wall_us() > d->watched_until_us) return; /* nobody looks: stop until asked again */
     gw_dash_poll_now(d);
     struct timeval tv = {POLL_MS / 1000, (POLL_MS % 1000) * 1000};
     evtimer_add(d->poll, &tv);
@@ -222,7 +222,7 @@ static void gw_dash_poll_cb(evutil_socket_t fd, short what, void *arg) {
 /* The pool as JSON (malloc'ed), and start watching it; up: the run-time
  * state of each worker as the asking request's loop sees it. */
 static char *gw_dash_workers_json(gw_dash_t *d, const gw_upstream_t *up) {
-    int64_t now = gw_now_us();
+    int64_t now = tg_wall_us();
     if (now > d->watched_until_us) {
         d->watched_until_us = now + (int64_t)WATCH_S * 1000000;
         if (!evtimer_pending(d->poll, NULL)) event_active(d->poll, EV_TIMEOUT, 1);

@@ -211,7 +211,7 @@ static void gw_worker_refused(gw_upstream_t *w) {
     w->failures++;
     int64_t ms = __atomic_load_n(&w->bo->backoff_ms, __ATOMIC_RELAXED);
     ms = ms ? (ms * 2 > 30000 ? 30000 : ms * 2) : 1000;
-    int64_t now = gw_now_us();
+    int64_t now = tg_wall_us();
     __atomic_store_n(&w->bo->backoff_ms, ms, __ATOMIC_RELAXED);
     __atomic_store_n(&w->bo->refused_us, now, __ATOMIC_RELAXED);
     __atomic_store_n(&w->bo->down_until_us, now + ms * 1000, __ATOMIC_RELAXED);
@@ -277,7 +277,7 @@ static gw_upstream_t *gw_pick_worker(gw_req_t *r) {
     gw_upstream_t *best = NULL, *pref = NULL;
     int besti = -1, prefi = -1, best_down = 0, pref_down = 0;
     uint64_t pref_score = 0;
-    int64_t now = gw_now_us();
+    int64_t now = tg_wall_us();
     unsigned start = r->loop->rr++;
     for (int k = 0; k < cfg->nworkers; k++) {
         int i = (int)((start + (unsigned)k) % (unsigned)cfg->nworkers);
@@ -663,7 +663,7 @@ static void gw_up_on_read(struct bufferevent *bev, void *arg) {
         }
         evbuffer_drain(in, (size_t)hl);
         r->up_head_done = 1;
-        r->first_byte_us = gw_now_us();
+        r->first_byte_us = tg_wall_us();
         if (r->worker && __atomic_load_n(&r->worker->bo->backoff_ms, __ATOMIC_RELAXED)) { /* trusted again */
             __atomic_store_n(&r->worker->bo->backoff_ms, 0, __ATOMIC_RELAXED);
             __atomic_store_n(&r->worker->bo->down_until_us, 0, __ATOMIC_RELAXED);

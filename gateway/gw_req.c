@@ -121,7 +121,7 @@ static void gw_req_on_request(gw_conn_t *c, gw_http_req_t *h, int status, const 
     r->srv = c->loop->srv;
     r->conn = c;
     r->http = h;
-    r->received_us = gw_now_us();
+    r->received_us = tg_wall_us();
     r->route = GW_ROUTE_OTHER;
     r->keep_alive = h ? h->keep_alive : 0;
     r->prompt_est = -1;
@@ -157,7 +157,7 @@ const gw_conn_ops_t gw_req_conn_ops = {gw_req_on_request, gw_req_on_writable, gw
 /* Account for a finished or abandoned request and free it. */
 static void gw_req_free(gw_req_t *r) {
     gw_loop_t *l = r->loop;
-    if (!r->finished_us) r->finished_us = gw_now_us();
+    if (!r->finished_us) r->finished_us = tg_wall_us();
     if (r->client_gone && !r->head_sent) r->status = 499; /* nginx's "client closed request" */
     if (r->handler && r->handler->finalize) r->handler->finalize(r);
     gw_log_request(r);
@@ -173,7 +173,7 @@ void gw_req_finish(gw_req_t *r) {
     r->done = 1;
     gw_conn_t *c = r->conn;
     int keep_alive = r->keep_alive;
-    r->finished_us = gw_now_us();
+    r->finished_us = tg_wall_us();
     gw_req_free(r);
     gw_conn_next(c, keep_alive);
 }

@@ -246,7 +246,7 @@ struct gw_rl_call {
     gw_rl_result_t res;
 };
 
-static int64_t now_ms(void) { return gw_now_us() / 1000; }
+static int64_t now_ms(void) { return tg_wall_us() / 1000; }
 
 /* ---- Redis calls ----------------------------------------------------------- */
 

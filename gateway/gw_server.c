@@ -238,7 +238,7 @@ gw_server_t *gw_server_new(struct event_base *base, const gw_config_t *cfg, char
     s->spool_lock = -1;
     s->conn_ops = &gw_req_conn_ops;
     s->route = gw_routes_match;
-    s->started = gw_now_us() / 1000000;
+    s->started = tg_wall_us() / 1000000;
     if (!(s->ssl = gw_tls_ctx_new(cfg, err, errlen))) goto fail;
     if (!(token = gw_read_secret(cfg->admin_token_file, err, errlen))) goto fail;
     if (!(secret = gw_read_secret(cfg->key_secret_file, err, errlen))) goto fail;

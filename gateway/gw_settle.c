@@ -95,7 +95,7 @@ void gw_settle(gw_req_t *r) {
 void gw_settle_done(gw_req_t *r, int status) {
     if (r->proxied != 1 || r->client_gone) return;
     r->status = status;
-    r->finished_us = gw_now_us();
+    r->finished_us = tg_wall_us();
     gw_settle(r);
 }
 

@@ -71,7 +71,7 @@ struct gw_sup {
 
 static void gw_sup_set_up(gw_sup_worker_t *w, int up) {
     if (__atomic_load_n(&w->up, __ATOMIC_ACQUIRE) == up) return;
-    __atomic_store_n(&w->up_since_us, gw_now_us(), __ATOMIC_RELEASE);
+    __atomic_store_n(&w->up_since_us, tg_wall_us(), __ATOMIC_RELEASE);
     __atomic_store_n(&w->up, up, __ATOMIC_RELEASE);
     fprintf(stderr, "tollgate: worker %s %s\n", w->cfg->url, up ? "up" : "down");
 }
@@ -166,7 +166,7 @@ static void gw_sup_hc_start(gw_sup_worker_t *w) {
         w->hc = bufferevent_socket_new(base, -1, fl);
     }
     if (!w->hc) return;
-    w->hc_deadline_us = gw_now_us() + GW_SUP_DEADLINE_MS * 1000LL;
+    w->hc_deadline_us = tg_wall_us() + GW_SUP_DEADLINE_MS * 1000LL;
     struct timeval tv = {GW_SUP_DEADLINE_MS / 1000, (GW_SUP_DEADLINE_MS % 1000) * 1000};
     bufferevent_set_timeouts(w->hc, &tv, &tv);
     bufferevent_setcb(w->hc, gw_sup_hc_read, NULL, gw_sup_hc_event, w);
@@ -214,7 +214,7 @@ static void gw_sup_spawn(gw_sup_worker_t *w) {
     w->started_once = 1;
     w->pid = pid;
     w->was_up = 0;
-    w->started_us = gw_now_us();
+    w->started_us = tg_wall_us();
     w->start_killed = 0;
     w->consecutive = 0;
     fprintf(stderr, "tollgate: worker %s: started %s (pid %d)\n", w->cfg->url, argv[0], (int)pid);
@@ -232,13 +232,13 @@ static void gw_sup_exited(gw_sup_worker_t *w, int st) {
     gw_sup_set_up(w, 0);
     w->backoff_ms = w->backoff_ms ? w->backoff_ms * 2 : GW_SUP_BACKOFF_MIN_MS;
     if (w->backoff_ms > GW_SUP_BACKOFF_MAX_MS) w->backoff_ms = GW_SUP_BACKOFF_MAX_MS;
-    w->next_start_us = gw_now_us() + w->backoff_ms * 1000;
+    w->next_start_us = tg_wall_us() + w->backoff_ms * 1000;
 }
 
 static void gw_sup_on_tick(evutil_socket_t fd, short what, void *arg) {
     gw_sup_t *sp = arg;
     if (sp->stopping) return;
-    int64_t now = gw_now_us();
+    int64_t now = tg_wall_us();
     for (int i = 0; i < sp->n; i++) {
         gw_sup_worker_t *w = &sp->w[i];
         int st;
@@ -296,7 +296,7 @@ int gw_sup_start(gw_server_t *s, char *err, size_t errlen) {
     sp->srv = s;
     sp->base = s->loops[0].base;
     sp->n = cfg->nworkers;
-    int64_t now = gw_now_us();
+    int64_t now = tg_wall_us();
     for (int i = 0; i < sp->n; i++) {
         gw_sup_worker_t *w = &sp->w[i];
         w->sup = sp;
@@ -326,14 +326,14 @@ void gw_sup_stop(gw_server_t *s) {
     int left = 0;
     for (int i = 0; i < sp->n; i++)
         if (sp->w[i].pid > 0 && kill(sp->w[i].pid, SIGTERM) == 0) left++;
-    int64_t until = gw_now_us() + GW_SUP_STOP_MS * 1000LL;
+    int64_t until = tg_wall_us() + GW_SUP_STOP_MS * 1000LL;
     while (left) {
         left = 0;
         for (int i = 0; i < sp->n; i++) {
             gw_sup_worker_t *w = &sp->w[i];
             int st;
             if (w->pid > 0 && waitpid(w->pid, &st, WNOHANG) == w->pid) w->pid = 0;
-            if (w->pid > 0 && gw_now_us() > until) {
+            if (w->pid > 0 && tg_wall_us() > until) {
                 fprintf(stderr, "tollgate: worker %s (pid %d) ignored SIGTERM: SIGKILL\n", w->cfg->url, (int)w->pid);
                 kill(w->pid, SIGKILL);
                 waitpid(w->pid, &st, 0);

@@ -9,12 +9,7 @@
 #include <time.h>
 
 #include "gw-int.h"
-
-int64_t gw_now_us(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
+#include "tg_hex.h"
 
 /* one sequence per process, every loop's thread takes from it */
 static pthread_mutex_t gw_uuid_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -42,7 +37,7 @@ static void gw_uuid_random(unsigned char *p, size_t n) {
         got += k;
     }
     if (got < n) { /* never expected; still produce a valid id */
-        uint64_t x = (uint64_t)gw_now_us() * 6364136223846793005ULL + 1442695040888963407ULL;
+        uint64_t x = (uint64_t)tg_wall_us() * 6364136223846793005ULL + 1442695040888963407ULL;
         for (size_t i = got; i < n; i++) {
             x = x * 6364136223846793005ULL + 1442695040888963407ULL;
             p[i] = (unsigned char)(x >> 56);
@@ -71,14 +66,16 @@ void gw_uuid7_at(char out[37], uint64_t ms) {
     b[7] = (unsigned char)(gw_uuid_seq & 0xff);
     pthread_mutex_unlock(&gw_uuid_lock);
     b[8] = (unsigned char)(0x80 | (b[8] & 0x3f));
-    static const char hx[] = "0123456789abcdef";
-    int o = 0;
-    for (int i = 0; i < 16; i++) {
-        if (i == 4 || i == 6 || i == 8 || i == 10) out[o++] = '-';
-        out[o++] = hx[b[i] >> 4];
-        out[o++] = hx[b[i] & 15];
-    }
-    out[o] = '\0';
+    /* 8-4-4-4-12 */
+    tg_hex_encode(b, 4, out);
+    out[8] = '-';
+    tg_hex_encode(b + 4, 2, out + 9);
+    out[13] = '-';
+    tg_hex_encode(b + 6, 2, out + 14);
+    out[18] = '-';
+    tg_hex_encode(b + 8, 2, out + 19);
+    out[23] = '-';
+    tg_hex_encode(b + 10, 6, out + 24);
 }
 
-void gw_uuid7(char out[37]) { gw_uuid7_at(out, (uint64_t)(gw_now_us() / 1000)); }
+void gw_uuid7(char out[37]) { gw_uuid7_at(out, (uint64_t)(tg_wall_us() / 1000)); }

@@ -31,7 +31,7 @@ static void test_format_and_time(void) {
     memcpy(hex + 8, u + 9, 4);
     hex[12] = '\0';
     long long ms = strtoll(hex, NULL, 16);
-    long long now = gw_now_us() / 1000;
+    long long now = tg_wall_us() / 1000;
     CHECK(ms <= now && ms > now - 5000);
 }
 

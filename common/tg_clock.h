@@ -1,0 +1,24 @@
+/* tg_clock.h — the one clock: wall time (for timestamps others read: request
+ * ids, usage rows, logs) and monotonic time (for every interval, timeout and
+ * TTL, which must not jump when the wall clock is set). */
+#ifndef TG_CLOCK_H
+#define TG_CLOCK_H
+
+#include <stdint.h>
+#include <time.h>
+
+static inline int64_t tg_wall_us(void) { /* CLOCK_REALTIME, microseconds since the Unix epoch */
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+static inline int64_t tg_mono_ns(void) { /* CLOCK_MONOTONIC, nanoseconds */
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static inline int64_t tg_mono_us(void) { return tg_mono_ns() / 1000; }
+
+#endif
