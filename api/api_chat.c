@@ -541,7 +541,12 @@ static int parse_tool_choice(api_chat_req_t *r, const tg_json_t *tc, api_err_t *
  * api_schema_compile walks the schema once, depth first, and writes a node
  * per (sub)schema.  Keywords: type (a name or a list), properties, required,
  * items (one schema), enum, const, additionalProperties (a boolean), and the
- * annotations title, description, default, examples, $schema, $id, $comment.
+ * annotations title, description, default, examples, $schema, $id, $comment;
+ * "$ref" to "#/$defs/NAME" (or "#/definitions/NAME") is compiled in place
+ * (a recursive one is refused), "allOf" of one schema is that schema, and
+ * "anyOf"/"oneOf" of schemas whose types do not overlap (Pydantic's and zod's
+ * optional fields: a type and null) is one node with the union of the types
+ * (enum values and null/boolean merge into one enum).
  * Any other keyword is collected (its name and where it first appears) and
  * refused by name: a keyword the grammar would not enforce is never accepted
  * silently. */
@@ -554,6 +559,9 @@ typedef struct {
     int n_bad;
     char bad_at[96];     /* where the first one is */
     int oom;
+    const tg_json_t *root;                          /* for "$ref": "#/$defs/NAME" */
+    const tg_json_t *refs[API_SCHEMA_MAX_DEPTH + 2]; /* the $ref targets being compiled (recursion) */
+    int n_refs;
 } sc_ctx_t;
 
 static const char *const SC_ANNOT[] = {"title", "description", "default", "examples", "$schema", "$id", "$comment"};
@@ -625,6 +633,116 @@ static int32_t sc_min_len(const api_schema_t *sc, int ni) {
 
 static int sc_node(sc_ctx_t *c, const tg_json_t *v, int parent, int pidx, int depth, char *path, size_t pl,
                    api_err_t *e);
+
+static int sc_is_annot(const char *k, size_t kl) {
+    for (size_t a = 0; a < sizeof SC_ANNOT / sizeof SC_ANNOT[0]; a++)
+        if (kl == strlen(SC_ANNOT[a]) && !memcmp(k, SC_ANNOT[a], kl)) return 1;
+    return (kl == 5 && !memcmp(k, "$defs", 5)) || (kl == 11 && !memcmp(k, "definitions", 11));
+}
+
+/* The schema a "$ref" names: "#/$defs/NAME" or "#/definitions/NAME" of the
+ * document (~1 and ~0 unescaped), "#" for the root; NULL when it is none. */
+static const tg_json_t *sc_ref(const sc_ctx_t *c, const tg_json_t *ref) {
+    size_t n;
+    const char *s = tg_json_str(ref, &n);
+    if (!s) return NULL;
+    if (n == 1 && s[0] == '#') return c->root;
+    static const char *const PRE[] = {"#/$defs/", "#/definitions/"};
+    for (int i = 0; i < 2; i++) {
+        size_t pl = strlen(PRE[i]);
+        if (n <= pl || memcmp(s, PRE[i], pl)) continue;
+        char name[256];
+        size_t k = 0;
+        for (size_t j = pl; j < n; j++) {
+            char ch = s[j];
+            if (ch == '/' || k + 1 >= sizeof name) return NULL; /* deeper pointers: not supported */
+            if (ch == '~' && j + 1 < n && (s[j + 1] == '0' || s[j + 1] == '1')) ch = s[++j] == '0' ? '~' : '/';
+            name[k++] = ch;
+        }
+        return tg_json_getn(tg_json_get(c->root, i ? "definitions" : "$defs"), name, k);
+    }
+    return NULL;
+}
+
+/* anyOf / oneOf of schemas that differ in type: merged into node ni. */
+static int sc_any(sc_ctx_t *c, int ni, const tg_json_t *any, int depth, char *path, size_t pl, api_err_t *e) {
+    api_schema_t *sc = c->sc;
+    const char *where = *path ? path : "the root";
+    size_t nb = tg_json_len(any);
+    if (tg_json_type(any) != TG_JSON_ARRAY || nb < 1 || nb > 16)
+        return SC_BAD("Invalid 'response_format.json_schema.schema': 'anyOf' at %s must be an array of 1 to 16 "
+                      "schemas.", where);
+    int br[16], types = 0, obj = -1, arr = -1, enums = 0;
+    for (size_t i = 0; i < nb; i++) {
+        size_t l2 = (size_t)snprintf(path + pl, pl < 95 ? 96 - pl : 0, "%sanyOf[%zu]", pl ? "." : "", i);
+        if (pl + l2 >= 95) l2 = 95 - pl;
+        br[i] = sc_node(c, tg_json_at(any, i), ni, -1, depth + 1, path, pl + l2, e);
+        path[pl] = 0;
+        if (br[i] < 0) return -1;
+        const api_schema_node_t *b = &sc->nodes[br[i]];
+        if (b->n_enum) {
+            enums++;
+            continue;
+        }
+        int num = API_ST_INT | API_ST_NUM;
+        if ((types & b->types) || ((types & num) && (b->types & num)))
+            return SC_BAD("Unsupported 'anyOf' at %s: its schemas must differ in type (a string or null, an object "
+                          "or null, ...), as the grammar picks the branch by the value's first byte.", where);
+        types |= b->types;
+        if (b->types & API_ST_OBJ) obj = br[i];
+        if (b->types & API_ST_ARR) arr = br[i];
+    }
+    api_schema_node_t *nd = &sc->nodes[ni];
+    if (enums) { /* one enum: the branches' values, null, true, false */
+        if (types & ~(API_ST_NULL | API_ST_BOOL))
+            return SC_BAD("Unsupported 'anyOf' at %s: enum or const values beside a string, number, array or "
+                          "object schema.", where);
+        int lit0 = sc->n_lits, n = 0;
+        static const char *const L[] = {"null", "true", "false"};
+        for (size_t i = 0; i < nb + 3; i++) {
+            uint32_t off, len;
+            if (i < nb) {
+                const api_schema_node_t *b = &sc->nodes[br[i]];
+                for (int k = 0; k < b->n_enum; k++) {
+                    off = sc->lits[b->lit0 + k].off, len = sc->lits[b->lit0 + k].len;
+                    int dup = 0;
+                    for (int j = lit0; j < sc->n_lits; j++)
+                        dup |= sc->lits[j].len == len && !memcmp(c->arena.p + sc->lits[j].off, c->arena.p + off, len);
+                    if (dup) continue;
+                    if (n >= API_SCHEMA_MAX_ENUM ||
+                        sc_grow((void **)&sc->lits, &c->cap_lits, sc->n_lits, sizeof *sc->lits))
+                        return n >= API_SCHEMA_MAX_ENUM ? SC_BAD("Invalid 'response_format.json_schema.schema': more "
+                                                                 "than %d values at %s.", API_SCHEMA_MAX_ENUM, where)
+                                                        : OOM();
+                    sc->lits[sc->n_lits].off = off, sc->lits[sc->n_lits++].len = len, n++;
+                }
+                continue;
+            }
+            int bit = i == nb ? API_ST_NULL : API_ST_BOOL;
+            if (!(types & bit)) continue;
+            long o = sc_put(c, L[i - nb], strlen(L[i - nb]));
+            if (o < 0 || sc_grow((void **)&sc->lits, &c->cap_lits, sc->n_lits, sizeof *sc->lits)) return OOM();
+            sc->lits[sc->n_lits].off = (uint32_t)o, sc->lits[sc->n_lits++].len = (uint32_t)strlen(L[i - nb]), n++;
+        }
+        nd = &sc->nodes[ni];
+        nd->lit0 = (int16_t)lit0;
+        nd->n_enum = (int16_t)n;
+        nd->types = 0;
+    } else {
+        nd->types = (uint8_t)types;
+        if (obj >= 0) { /* the object branch's members are this node's (their parent too) */
+            nd->prop0 = sc->nodes[obj].prop0;
+            nd->n_props = sc->nodes[obj].n_props;
+            for (int j = 0; j < nd->n_props; j++) sc->nodes[sc->props[nd->prop0 + j].node].parent = (int16_t)ni;
+        }
+        if (arr >= 0) {
+            nd->items = sc->nodes[arr].items;
+            if (nd->items >= 0) sc->nodes[nd->items].parent = (int16_t)ni;
+        }
+    }
+    nd->min_len = sc_min_len(sc, ni);
+    return ni;
+}
 
 /* "properties" and "required" of node ni. */
 static int sc_props(sc_ctx_t *c, int ni, const tg_json_t *props, const tg_json_t *req, int depth, char *path,
@@ -717,6 +835,31 @@ static int sc_node(sc_ctx_t *c, const tg_json_t *v, int parent, int pidx, int de
                       API_SCHEMA_MAX_DEPTH, where);
     if (sc->n_nodes >= API_SCHEMA_MAX_NODES)
         return SC_BAD("Invalid 'response_format.json_schema.schema': more than %d schemas.", API_SCHEMA_MAX_NODES);
+    /* "$ref", and "allOf" of one schema: that schema, compiled here (beside them: annotations only) */
+    const tg_json_t *ref = tg_json_get(v, "$ref"), *all = tg_json_get(v, "allOf"), *m;
+    if (ref || (all && tg_json_type(all) == TG_JSON_ARRAY && tg_json_len(all) == 1)) {
+        TG_JSON_FOREACH(m, v) {
+            size_t kl;
+            const char *k = tg_json_key(m, &kl);
+            if (!sc_is_annot(k, kl) && !(kl == 4 && !memcmp(k, "$ref", 4)) && !(kl == 5 && !memcmp(k, "allOf", 5)))
+                sc_bad(c, memchr(k, 0, kl) ? "?" : k, memchr(k, 0, kl) ? 1 : (kl > 40 ? 40 : kl), path);
+        }
+        if (ref && all)
+            return SC_BAD("Unsupported schema at %s: '$ref' and 'allOf' together.", where);
+        const tg_json_t *target = ref ? sc_ref(c, ref) : tg_json_at(all, 0);
+        if (!target)
+            return SC_BAD("Unsupported '$ref' at %s: only \"#/$defs/NAME\" or \"#/definitions/NAME\" of this schema "
+                          "(or \"#\").", where);
+        for (int i = 0; ref && i < c->n_refs; i++)
+            if (c->refs[i] == target)
+                return SC_BAD("Unsupported '$ref' at %s: a recursive schema (the grammar is a finite tree).", where);
+        if (ref && c->n_refs >= (int)(sizeof c->refs / sizeof c->refs[0]))
+            return SC_BAD("Invalid 'response_format.json_schema.schema': '$ref' nested too deep at %s.", where);
+        if (ref) c->refs[c->n_refs++] = target;
+        int r = sc_node(c, target, parent, pidx, depth + 1, path, pl, e);
+        if (ref) c->n_refs--;
+        return r;
+    }
     if (sc_grow((void **)&sc->nodes, &c->cap_nodes, sc->n_nodes, sizeof *sc->nodes)) return OOM();
     int ni = sc->n_nodes++;
     api_schema_node_t *nd = &sc->nodes[ni];
@@ -725,7 +868,7 @@ static int sc_node(sc_ctx_t *c, const tg_json_t *v, int parent, int pidx, int de
     nd->pidx = (int16_t)pidx;
     nd->items = API_SCHEMA_NONE;
     nd->n_props = -1;
-    const tg_json_t *type = NULL, *props = NULL, *req = NULL, *items = NULL, *en = NULL, *cn = NULL, *m;
+    const tg_json_t *type = NULL, *props = NULL, *req = NULL, *items = NULL, *en = NULL, *cn = NULL, *any = NULL;
     TG_JSON_FOREACH(m, v) {
         size_t kl;
         const char *k = tg_json_key(m, &kl);
@@ -736,15 +879,19 @@ static int sc_node(sc_ctx_t *c, const tg_json_t *v, int parent, int pidx, int de
         else if (KW("items")) items = m;
         else if (KW("enum")) en = m;
         else if (KW("const")) cn = m;
+        else if (KW("anyOf") || KW("oneOf")) any = m; /* branches of different types: one matches, so the same */
         else if (KW("additionalProperties")) {
             if (tg_json_type(m) != TG_JSON_BOOL) sc_bad(c, "additionalProperties (a schema)", 31, path);
-        } else {
-            int annot = 0;
-            for (size_t a = 0; a < sizeof SC_ANNOT / sizeof SC_ANNOT[0]; a++) annot |= kl == strlen(SC_ANNOT[a]) &&
-                                                                                       !memcmp(k, SC_ANNOT[a], kl);
-            if (!annot) sc_bad(c, memchr(k, 0, kl) ? "?" : k, memchr(k, 0, kl) ? 1 : (kl > 40 ? 40 : kl), path);
+        } else if (!sc_is_annot(k, kl)) {
+            sc_bad(c, memchr(k, 0, kl) ? "?" : k, memchr(k, 0, kl) ? 1 : (kl > 40 ? 40 : kl), path);
         }
 #undef KW
+    }
+    if (any) {
+        if (type || props || req || items || en || cn)
+            return SC_BAD("Unsupported schema at %s: 'anyOf' (or 'oneOf') beside 'type', 'properties', 'required', "
+                          "'items', 'enum' or 'const'.", where);
+        return sc_any(c, ni, any, depth, path, pl, e);
     }
     int types = 0;
     if (tg_json_type(type) == TG_JSON_STRING) {
@@ -828,7 +975,7 @@ void api_schema_free(api_schema_t *sc) {
 }
 
 int api_schema_compile(api_schema_t *sc, const tg_json_t *schema, api_err_t *e) {
-    sc_ctx_t c = {.sc = sc};
+    sc_ctx_t c = {.sc = sc, .root = schema};
     char path[96] = "";
     memset(sc, 0, sizeof *sc);
     int root = sc_node(&c, schema, API_SCHEMA_NONE, -1, 0, path, 0, e);

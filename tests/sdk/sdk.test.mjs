@@ -301,3 +301,28 @@ test('n choices: each sampled on its own, usage summed, streamed with each choic
   assert.deepEqual(usage.completion_tokens, three.usage.completion_tokens);
   await assert.rejects(ask({ n: 17 }), (e) => e instanceof OpenAI.BadRequestError && e.param === 'n');
 });
+
+test('json_schema as Pydantic writes a model ($defs, $ref, Optional as anyOf with null) validates', async () => {
+  const schema = {
+    $defs: { Address: { type: 'object', title: 'Address', required: ['city', 'zip'],
+      properties: { city: { type: 'string', title: 'City' },
+        zip: { anyOf: [{ type: 'string' }, { type: 'null' }], default: null, title: 'Zip' } } } },
+    type: 'object', title: 'Person', required: ['name', 'home', 'pets'],
+    properties: { name: { type: 'string' }, home: { $ref: '#/$defs/Address' },
+      pets: { anyOf: [{ type: 'array', items: { type: 'string' } }, { type: 'null' }] } },
+  };
+  for (const seed of [1, 2]) {
+    const r = await client.chat.completions.create({
+      model, messages: [{ role: 'user', content: 'A person.' }], max_tokens: 80, temperature: 1, seed,
+      response_format: { type: 'json_schema', json_schema: { name: 'Person', schema } },
+    });
+    assert.equal(r.choices[0].finish_reason, 'stop');
+    const v = JSON.parse(r.choices[0].message.content);
+    assert.deepEqual(Object.keys(v), ['name', 'home', 'pets']);
+    assert.equal(typeof v.name, 'string');
+    assert.deepEqual(Object.keys(v.home), ['city', 'zip']);
+    assert.equal(typeof v.home.city, 'string');
+    assert.ok(v.home.zip === null || typeof v.home.zip === 'string');
+    assert.ok(v.pets === null || (Array.isArray(v.pets) && v.pets.every((p) => typeof p === 'string')));
+  }
+});

@@ -294,8 +294,8 @@ static void test_json_schema(void) {
     CHECK_EQ_S(e.code, "unsupported_parameter");
     CHECK(strstr(e.message, "'minimum', 'pattern'") && strstr(e.message, "properties.age"));
     if (!strstr(e.message, "'minimum', 'pattern'")) fprintf(stderr, "  %s\n", e.message);
-    static const char *unsupported[] = {"anyOf", "oneOf", "allOf", "$ref", "$defs", "format", "maxLength",
-                                        "minItems", "patternProperties", "not", "uniqueItems"};
+    static const char *unsupported[] = {"allOf", "format", "maxLength", "minItems", "patternProperties", "not",
+                                        "uniqueItems", "if", "dependentRequired"};
     for (size_t i = 0; i < sizeof unsupported / sizeof *unsupported; i++) {
         char b[512], want[64];
         snprintf(b, sizeof b, RF("{\"type\":\"object\",\"%s\":1}"), unsupported[i]);
@@ -325,6 +325,28 @@ static void test_json_schema(void) {
                "unknown_parameter");
     expect_400("{\"model\":\"m\"," MSG ",\"response_format\":{\"type\":\"json_object\",\"x\":1}}",
                "response_format", "unknown_parameter");
+    /* $ref, allOf of one, anyOf: what is not a finite tree of type-distinct branches is refused, named */
+    CHECK_EQ_I(parse(RF("{\"$defs\":{\"A\":{\"type\":\"string\"}},\"type\":\"object\",\"properties\":{"
+                        "\"a\":{\"$ref\":\"#/$defs/A\"},\"b\":{\"anyOf\":[{\"$ref\":\"#/$defs/A\"},{\"type\":\"null\"}]},"
+                        "\"c\":{\"allOf\":[{\"$ref\":\"#/$defs/A\"}],\"title\":\"C\"}}}"), &r, &e), 0);
+    CHECK_EQ_I(r.schema.nodes[r.schema.props[1].node].types, API_ST_STR | API_ST_NULL);
+    api_chat_req_free(&r);
+    CHECK_EQ_I(parse(RF("{\"$defs\":{\"N\":{\"type\":\"object\",\"properties\":{\"n\":{\"$ref\":\"#/$defs/N\"}}}},"
+                        "\"type\":\"object\",\"properties\":{\"n\":{\"$ref\":\"#/$defs/N\"}}}"), &r, &e), -1);
+    CHECK(strstr(e.message, "recursive") != NULL);
+    CHECK_EQ_I(parse(RF("{\"type\":\"object\",\"properties\":{\"a\":{\"$ref\":\"#/$defs/missing\"}}}"), &r, &e), -1);
+    CHECK(strstr(e.message, "'$ref' at properties.a") != NULL);
+    CHECK_EQ_I(parse(RF("{\"type\":\"object\",\"properties\":{\"a\":{\"anyOf\":[{\"type\":\"integer\"},"
+                        "{\"type\":\"number\"}]}}}"), &r, &e), -1);
+    CHECK(strstr(e.message, "differ in type") != NULL);
+    CHECK_EQ_I(parse(RF("{\"type\":\"object\",\"properties\":{\"a\":{\"anyOf\":[{\"enum\":[1]},"
+                        "{\"type\":\"string\"}]}}}"), &r, &e), -1);
+    CHECK_EQ_I(parse(RF("{\"type\":\"object\",\"properties\":{\"a\":{\"allOf\":[{\"type\":\"string\"},"
+                        "{\"type\":\"string\"}]}}}"), &r, &e), -1);
+    CHECK(strstr(e.message, "'allOf'") != NULL);
+    CHECK_EQ_I(parse(RF("{\"type\":\"object\",\"properties\":{\"a\":{\"$ref\":\"#/$defs/A\",\"minimum\":1}},"
+                        "\"$defs\":{\"A\":{\"type\":\"integer\"}}}"), &r, &e), -1);
+    CHECK(strstr(e.message, "'minimum'") != NULL);
     /* 17 nested schemas: too deep */
     char deep[2048] = "{\"type\":\"object\",\"properties\":{\"a\":";
     for (int i = 0; i < 17; i++) strcat(deep, "{\"type\":\"array\",\"items\":");

@@ -253,6 +253,15 @@ static const char *SCHEMAS[] = {
     "\"properties\":{\"id\":{\"type\":\"integer\"},\"label\":{\"type\":[\"string\",\"null\"]},\"any\":{}},"
     "\"required\":[\"id\"],\"additionalProperties\":false}},\"q\":{\"const\":{\"k\":[1,\"v\"]}},"
     "\"a\":{\"type\":\"string\"},\"ab\":{\"type\":\"integer\"}},\"additionalProperties\":false}",
+    /* as Pydantic writes a model: $defs and $ref, Optional as anyOf with null, allOf of one $ref */
+    "{\"$defs\":{\"Address\":{\"properties\":{\"city\":{\"title\":\"City\",\"type\":\"string\"},"
+    "\"zip\":{\"anyOf\":[{\"type\":\"string\"},{\"type\":\"null\"}],\"default\":null,\"title\":\"Zip\"}},"
+    "\"required\":[\"city\",\"zip\"],\"title\":\"Address\",\"type\":\"object\"}},"
+    "\"properties\":{\"name\":{\"type\":\"string\"},\"address\":{\"$ref\":\"#/$defs/Address\"},"
+    "\"kind\":{\"anyOf\":[{\"enum\":[\"a\",\"b\"],\"type\":\"string\"},{\"type\":\"null\"}]},"
+    "\"more\":{\"anyOf\":[{\"type\":\"array\",\"items\":{\"$ref\":\"#/$defs/Address\"}},{\"type\":\"null\"}]},"
+    "\"best\":{\"allOf\":[{\"$ref\":\"#/$defs/Address\"}],\"description\":\"x\"}},"
+    "\"required\":[\"name\",\"address\",\"kind\",\"more\",\"best\"],\"title\":\"Person\",\"type\":\"object\"}",
 };
 
 static int compile(const char *schema, api_schema_t *sc) {
@@ -315,11 +324,24 @@ static void test_schema_machine(void) {
     CHECK(!schema_accepts(&sc[1], "{\"q\":{\"k\":[1]}}"));
     CHECK(!schema_accepts(&sc[1], "{\"ab\":1,\"a\":\"x\"}"));
     for (int i = 0; i < 2; i++) api_schema_free(&sc[i]);
+    api_schema_t p;
+    CHECK_EQ_I(compile(SCHEMAS[2], &p), 0);
+    CHECK(schema_accepts(&p, "{\"name\":\"n\",\"address\":{\"city\":\"c\",\"zip\":null},\"kind\":null,"
+                             "\"more\":[{\"city\":\"d\",\"zip\":\"1\"}],\"best\":{\"city\":\"e\",\"zip\":\"2\"}}"));
+    CHECK(schema_accepts(&p, "{\"name\":\"n\",\"address\":{\"city\":\"c\",\"zip\":\"z\"},\"kind\":\"b\","
+                             "\"more\":null,\"best\":{\"city\":\"e\",\"zip\":null}}"));
+    CHECK(!schema_accepts(&p, "{\"name\":\"n\",\"address\":{\"city\":\"c\"},\"kind\":null,\"more\":null,"
+                              "\"best\":{\"city\":\"e\",\"zip\":null}}")); /* Address.zip required */
+    CHECK(!schema_accepts(&p, "{\"name\":\"n\",\"address\":{\"city\":\"c\",\"zip\":1},\"kind\":null,"
+                              "\"more\":null,\"best\":{\"city\":\"e\",\"zip\":null}}")); /* zip: string or null */
+    CHECK(!schema_accepts(&p, "{\"name\":\"n\",\"address\":{\"city\":\"c\",\"zip\":null},\"kind\":\"c\","
+                              "\"more\":null,\"best\":{\"city\":\"e\",\"zip\":null}}")); /* kind: a, b or null */
+    api_schema_free(&p);
 }
 
 static void test_schema_walks(void) {
     int ok = 0, walks = 0;
-    for (int k = 0; k < 2; k++) {
+    for (int k = 0; k < 3; k++) {
         api_schema_t sc;
         CHECK_EQ_I(compile(SCHEMAS[k], &sc), 0);
         int min = sc.nodes[0].min_len + 1; /* every byte a token, and EOS */
