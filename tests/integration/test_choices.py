@@ -7,41 +7,18 @@ Runs against the test stack (scripts/stack.sh test-up)."""
 
 import json
 import os
-import subprocess
 import sys
 import time
 import unittest
-
-import psycopg2
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from gwinstances import https  # noqa: E402
 from tgskip import main  # noqa: E402
+from tgstack import E, MODEL, WAIT, ctl, q, wait_for  # noqa: E402
 
-E = os.environ
-CTL = os.path.join(E["TG_TEST_BIN"], "tollgatectl")
-MODEL = E["TG_TEST_MODEL"]
 PORT = int(E["TG_TEST_GATEWAY"].rsplit(":", 1)[1])
-WAIT = float(E.get("TG_TEST_WAIT", "120"))
 RUN = "%x" % int(time.time() * 1000)
-
-
-def ctl(*args):
-    r = subprocess.run([CTL, *args], capture_output=True, text=True, timeout=60)
-    if r.returncode != 0:
-        raise AssertionError("tollgatectl %s: %s" % (" ".join(args), r.stderr))
-    return r.stdout
-
-
-def q(sql, *args):
-    c = psycopg2.connect(E["TG_TEST_PG"])
-    try:
-        with c, c.cursor() as cur:
-            cur.execute(sql, args)
-            return cur.fetchall()
-    finally:
-        c.close()
 
 
 def customer_key(name, usd):
@@ -51,15 +28,10 @@ def customer_key(name, usd):
 
 
 def usage_row(rid):
-    deadline = time.time() + WAIT
-    while time.time() < deadline:
-        rows = q("SELECT prompt_tokens, prompt_cache_hit_tokens, prompt_cache_miss_tokens, completion_tokens, "
-                 "price_input_cache_miss, price_input_cache_hit, price_output, cost_pico, http_status "
-                 "FROM usage WHERE request_id = %s", rid)
-        if rows:
-            return rows[0]
-        time.sleep(0.1)
-    raise AssertionError("no usage row for " + rid)
+    return wait_for(lambda: (q("SELECT prompt_tokens, prompt_cache_hit_tokens, prompt_cache_miss_tokens, "
+                               "completion_tokens, price_input_cache_miss, price_input_cache_hit, price_output, "
+                               "cost_pico, http_status FROM usage WHERE request_id = %s", rid) or [None])[0],
+                    "the usage row of " + rid)
 
 
 def body(n, **extra):

@@ -14,56 +14,23 @@ import os
 import signal
 import socket
 import ssl
-import subprocess
 import sys
 import threading
 import time
 import unittest
 
-import psycopg2
-
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from gwinstances import Instances, https  # noqa: E402
 from tgskip import main  # noqa: E402
+from tgstack import E, MODEL, WAIT, ctl, q, wait_for  # noqa: E402
 
-E = os.environ
-CTL = os.path.join(E["TG_TEST_BIN"], "tollgatectl")
-MODEL = E["TG_TEST_MODEL"]
 BASE = int(E["TG_TEST_GATEWAY"].rsplit(":", 1)[1])
 P_GW = BASE + 60        # instances: P_GW, P_GW + 1, ... (admin: + 1000)
 P_ENGINE = BASE + 70    # the engine the pool gateway starts
 P_FAKE = BASE + 71      # a worker that passes /health and drops every chat request
 P_FAKE503 = BASE + 73   # a worker that answers every chat request 503 (not admitted)
 P_NEVER = BASE + 74     # the port of a worker that never becomes healthy
-WAIT = float(E.get("TG_TEST_WAIT", "120"))
-
-
-def ctl(*args):
-    r = subprocess.run([CTL, *args], capture_output=True, text=True, timeout=60)
-    if r.returncode != 0:
-        raise AssertionError("tollgatectl %s: %s" % (" ".join(args), r.stderr))
-    return r.stdout
-
-
-def q(sql, *args):
-    c = psycopg2.connect(E["TG_TEST_PG"])
-    try:
-        with c, c.cursor() as cur:
-            cur.execute(sql, args)
-            return cur.fetchall() if cur.description else None
-    finally:
-        c.close()
-
-
-def wait_for(pred, what):
-    deadline = time.time() + WAIT
-    while time.time() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.1)
-    raise AssertionError("timed out waiting for " + what)
 
 
 RUN = "%x" % int(time.time() * 1000)
