@@ -490,6 +490,12 @@ static int cpu_add(eng_backend_t *be, float *y, const float *x, size_t n) {
     return 0;
 }
 
+static int cpu_add_rmsnorm(eng_backend_t *be, float *x, const float *y, const float *w, float *xn, int T, int n,
+                           float eps) {
+    cpu_add(be, x, y, (size_t)T * n);
+    return cpu_rmsnorm(be, xn, n, x, n, w, T, n, eps);
+}
+
 static inline float silu(float x) { return x / (1.0f + expf(-x)); }
 
 static int cpu_swiglu(eng_backend_t *be, float *g, const float *u, size_t n) {
@@ -698,6 +704,7 @@ static const eng_backend_ops_t cpu_ops = {
     .rope = cpu_rope,
     .kv_store = cpu_kv_store,
     .add = cpu_add,
+    .add_rmsnorm = cpu_add_rmsnorm,
     .swiglu = cpu_swiglu,
     .gather = cpu_gather,
     .matmul = cpu_matmul,

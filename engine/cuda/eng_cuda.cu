@@ -347,6 +347,38 @@ static int cu_add(eng_backend_t *be, float *y, const float *x, size_t n) {
     return 0;
 }
 
+/* x += y, then xn = x * rsqrt(mean(x^2) + eps) * w: one pass over the row for both */
+__global__ void k_add_rmsnorm(float *x, const float *y, const float *w, float *xn, int n, float eps) {
+    __shared__ double part[32];
+    float *xt = x + (size_t)blockIdx.x * n, *ot = xn + (size_t)blockIdx.x * n;
+    const float *yt = y + (size_t)blockIdx.x * n;
+    double ss = 0;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        float v = xt[i] + yt[i];
+        xt[i] = v;
+        ss += (double)v * v;
+    }
+    for (int o = 16; o; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+    if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = ss;
+    __syncthreads();
+    if (threadIdx.x < 32) {
+        double v = threadIdx.x < blockDim.x / 32 ? part[threadIdx.x] : 0;
+        for (int o = 16; o; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+        if (threadIdx.x == 0) part[0] = v;
+    }
+    __syncthreads();
+    float r = (float)(1.0 / sqrt(part[0] / n + eps));
+    for (int i = threadIdx.x; i < n; i += blockDim.x) ot[i] = xt[i] * r * w[i];
+}
+
+static int cu_add_rmsnorm(eng_backend_t *be, float *x, const float *y, const float *w, float *xn, int T, int n,
+                          float eps) {
+    if (T <= 0) return 0;
+    k_add_rmsnorm<<<T, 256, 0, CB(be)->st>>>(x, y, w, xn, n, eps);
+    CU_LAUNCHED();
+    return 0;
+}
+
 __global__ void k_swiglu(float *g, const float *u, size_t n) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
         float v = g[i];
@@ -455,6 +487,7 @@ static const eng_backend_ops_t cu_ops = {
     /* .rope = */ cu_rope,
     /* .kv_store = */ cu_kv_store,
     /* .add = */ cu_add,
+    /* .add_rmsnorm = */ cu_add_rmsnorm,
     /* .swiglu = */ cu_swiglu,
     /* .gather = */ cu_gather,
     /* .matmul = */ eng_cuda_matmul,

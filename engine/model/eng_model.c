@@ -821,7 +821,9 @@ int eng_forward(eng_model_t *m, eng_seq_t **seqs, const int32_t *const *ids, con
             b.as[i].k = kbase;
             b.as[i].v = vbase;
         }
-        if (ops->rmsnorm(be, b.xn, D, b.x, D, L->attn_norm, T, D, c->eps)) goto fail;
+        /* the attention norm of layer 0; later layers got theirs fused with the previous residual add */
+        if (l == 0 && ops->rmsnorm(be, b.xn, D, b.x, D, L->attn_norm, T, D, c->eps)) goto fail;
+        const float *next_norm = l + 1 < c->n_layers ? m->layers[l + 1].attn_norm : NULL;
         if (gqa) {
             int kvw = c->kvh * c->hd;
             float *kk = b.kv, *vv = b.kv + fT * kvw;
@@ -847,12 +849,12 @@ int eng_forward(eng_model_t *m, eng_seq_t **seqs, const int32_t *const *ids, con
                 ops->attn_mla(be, &L->kv_b, H, c->dn, c->dr, c->dv, c->c, m->attn_scale, b.q, b.as, nseq, b.att))
                 goto fail;
         }
-        if (ops->matmul(be, &L->o_proj, b.att, T, b.o) || ops->add(be, b.x, b.o, fT * D) ||
-            ops->rmsnorm(be, b.xn, D, b.x, D, L->ffn_norm, T, D, c->eps))
+        if (ops->matmul(be, &L->o_proj, b.att, T, b.o) || ops->add_rmsnorm(be, b.x, b.o, L->ffn_norm, b.xn, T, D, c->eps))
             goto fail;
         int32_t *tr = m->trace_on && m->trace_T == T ? m->trace + (size_t)l * T * K : NULL;
         if (!L->moe) {
-            if (mlp(m, &L->gate, &L->up, &L->down, b.xn, T, b.h1, b.h2, b.y) || ops->add(be, b.x, b.y, fT * D))
+            if (mlp(m, &L->gate, &L->up, &L->down, b.xn, T, b.h1, b.h2, b.y) ||
+                (next_norm ? ops->add_rmsnorm(be, b.x, b.y, next_norm, b.xn, T, D, c->eps) : ops->add(be, b.x, b.y, fT * D)))
                 goto fail;
             if (tr)
                 for (size_t i = 0; i < fT * K; i++) tr[i] = -1;
@@ -864,7 +866,8 @@ int eng_forward(eng_model_t *m, eng_seq_t **seqs, const int32_t *const *ids, con
                         .sg = &L->sg, .su = &L->su, .sd = &L->sd};
         if (ops->matmul(be, &L->router, b.xn, T, b.logit) || ops->route(be, &rt, b.logit, T, b.sel, b.wts) ||
             (tr && ops->get(be, tr, b.sel, fT * K * sizeof(int32_t))) ||
-            ops->moe(be, &mo, b.xn, T, K, b.sel, b.wts, b.y) || ops->add(be, b.x, b.y, fT * D))
+            ops->moe(be, &mo, b.xn, T, K, b.sel, b.wts, b.y) ||
+            (next_norm ? ops->add_rmsnorm(be, b.x, b.y, next_norm, b.xn, T, D, c->eps) : ops->add(be, b.x, b.y, fT * D)))
             goto fail;
     }
     /* logits of the last new token of each sequence that asked for them */

@@ -185,6 +185,10 @@ typedef struct {
                     int T);
     /* y [n] += x [n] */
     int (*add)(eng_backend_t *be, float *y, const float *x, size_t n);
+    /* The residual add fused with the next norm: x [T, n] += y [T, n], then
+     * xn [T, n] = rmsnorm(x; w) (the numbers of add then rmsnorm). */
+    int (*add_rmsnorm)(eng_backend_t *be, float *x, const float *y, const float *w, float *xn, int T, int n,
+                       float eps);
     /* g [n] = silu(g) * u */
     int (*swiglu)(eng_backend_t *be, float *g, const float *u, size_t n);
     /* dst [i] = src row rows[i] (host), i < n; rows of width floats. */

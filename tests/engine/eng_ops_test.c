@@ -233,6 +233,13 @@ static void case_glue(void) {
         float *y = bput(yh, 4000), *x = bput(xh, 4000);
         OK(ops->add(be, y, x, 1000));
         record_buf("add", y, 1000);
+        { /* the fused residual add + norm: 5 rows of 200 */
+            float *xa = bput(yh, 4000), *xn = bzero_f(1000);
+            const float *nw = vec_up(200, 0.5f, 1.0f);
+            OK(ops->add_rmsnorm(be, xa, x, nw, xn, 5, 200, 1e-6f));
+            record_buf("add_rmsnorm/x", xa, 1000);
+            record_buf("add_rmsnorm/norm", xn, 1000);
+        }
         for (int i = 0; i < 1000; i++) xh[i] *= 8;
         float *g = bput(xh, 4000);
         OK(ops->swiglu(be, g, y, 1000));
