@@ -352,6 +352,8 @@ static void gw_up_connect(gw_req_t *r) {
     }
     bufferevent_setcb(r->up, gw_up_on_read, NULL, gw_up_on_event, r);
     bufferevent_set_timeouts(r->up, &rt, r->up_reused ? &rt : &ct);
+    int direct = r->up_reused && !wc->tls; /* written at once below, not through a write event */
+    if (direct) bufferevent_disable(r->up, EV_WRITE);
     struct evbuffer *o = bufferevent_get_output(r->up);
     evbuffer_add_printf(o,
                         "POST /v1/chat/completions HTTP/1.1\r\nHost: %s%s%s:%d\r\nContent-Type: application/json\r\n"
@@ -362,7 +364,17 @@ static void gw_up_connect(gw_req_t *r) {
     if (wc->api_key) evbuffer_add_printf(o, "Authorization: Bearer %s\r\n", wc->api_key);
     evbuffer_add(o, "\r\n", 2);
     evbuffer_add(o, r->scratch.p, r->scratch.len);
-    bufferevent_enable(r->up, EV_READ | EV_WRITE);
+    if (direct) {
+        /* A kept connection is writable: write now, as nginx does, and wait for
+         * writability only for what the socket did not take (no epoll change
+         * to add and drop a write event per request).  On an error the bytes
+         * stay queued: the write event then fails with them unsent, and the
+         * request goes again on a fresh connection (gw_up_on_event). */
+        (void)evbuffer_write(o, bufferevent_getfd(r->up));
+        bufferevent_enable(r->up, evbuffer_get_length(o) ? EV_READ | EV_WRITE : EV_READ);
+    } else {
+        bufferevent_enable(r->up, EV_READ | EV_WRITE);
+    }
     if (r->up_reused) {
         r->up_connected = 1;
         l->m.upstream_reuses++;
@@ -622,20 +634,23 @@ static void gw_up_eof(gw_req_t *r) {
     else gw_up_fail(r, 502, "upstream_error", "The inference worker closed the connection early");
 }
 
+/* The answer is not all here: acknowledge what came at once.  A worker that
+ * writes its head and body separately with Nagle on would otherwise wait for
+ * our delayed ACK (~40 ms) on a kept-alive connection.  Linux clears the flag
+ * again, so it is set per read that leaves the answer incomplete (an answer
+ * read whole in one go costs no system call). */
+static void gw_up_quickack(struct bufferevent *bev) {
+#ifdef TCP_QUICKACK
+    int one = 1;
+    setsockopt(bufferevent_getfd(bev), IPPROTO_TCP, TCP_QUICKACK, &one, sizeof one);
+#else
+    (void)bev;
+#endif
+}
+
 static void gw_up_on_read(struct bufferevent *bev, void *arg) {
     gw_req_t *r = arg;
     struct evbuffer *in = bufferevent_get_input(bev);
-#ifdef TCP_QUICKACK
-    /* Acknowledge at once: a worker that writes its head and body separately
-     * with Nagle on would otherwise wait for our delayed ACK (~40 ms) on a
-     * kept-alive connection.  Linux clears the flag again, so it is per read:
-     * while the head is not complete and through a stream (an answer read
-     * whole in one go needs none). */
-    if (!r->up_head_done || r->stream) {
-        int one = 1;
-        setsockopt(bufferevent_getfd(bev), IPPROTO_TCP, TCP_QUICKACK, &one, sizeof one);
-    }
-#endif
     r->up_got_bytes = 1;
     if (!r->up_head_done) {
         size_t n = evbuffer_get_length(in);
@@ -646,7 +661,10 @@ static void gw_up_on_read(struct bufferevent *bev, void *arg) {
             gw_up_fail(r, 502, "upstream_error", "The inference worker sent a malformed answer");
             return;
         }
-        if (hl == 0) return;
+        if (hl == 0) {
+            gw_up_quickack(bev);
+            return;
+        }
         if (r->resp.status == 100) { /* interim answer: skip it */
             evbuffer_drain(in, (size_t)hl);
             gw_up_on_read(bev, arg);
@@ -694,6 +712,7 @@ static void gw_up_on_read(struct bufferevent *bev, void *arg) {
         if (!evbuffer_get_length(in)) break;
     }
     if (r->up_eof) gw_up_eof(r);
+    else gw_up_quickack(bev);
 }
 
 static void gw_up_on_event(struct bufferevent *bev, short what, void *arg) {
