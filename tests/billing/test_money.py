@@ -383,6 +383,33 @@ class Money(unittest.TestCase):
                 q(sql, *([arg] if arg is not None else []))
             self.assertIn("never changed or deleted", str(cm.exception), sql)
         self.assertEqual(q("SELECT cost_pico FROM usage WHERE request_id = %s", r)[0][0], 10 * PRICE[0] + 10 * PRICE[2])
+        # references are checked per statement (0017): a row naming a missing customer, key, price,
+        # override or usage row is refused as a foreign-key violation, and what rows refer to is never deleted
+        self.key(name)
+        kid = q("SELECT id FROM api_keys WHERE customer_id = %s", cid)
+        now = "timestamptz '2001-01-01'"
+        for sql in ("INSERT INTO usage (request_id, customer_id, key_id, model, prompt_tokens, prompt_cache_hit_tokens,"
+                    " prompt_cache_miss_tokens, completion_tokens, reasoning_tokens, price_input_cache_miss,"
+                    " price_input_cache_hit, price_output, cost_pico, http_status, stream, received_at, finished_at,"
+                    " price_id) VALUES (gen_random_uuid(), %d, %s, 'm', 0, 0, 0, 0, 0, 0, 0, 0, 0, 200, false, %s, %s, %s)"
+                    % (c, k, now, now, p)
+                    for c, k, p in ((999999999, "NULL", "NULL"), (cid, "999999999", "NULL"), (cid, "NULL", "999999999"))):
+            with self.assertRaises(psycopg2.Error, msg=sql) as cm:
+                q(sql)
+            self.assertEqual(cm.exception.pgcode, "23503", sql)
+        for sql in ("INSERT INTO ledger (customer_id, kind, amount_pico, request_id) VALUES (%d, 'usage', -1, '%s')"
+                    % (cid, rid()),
+                    "INSERT INTO ledger (customer_id, kind, amount_pico, note) VALUES (999999999, 'topup', 1, 'x')"):
+            with self.assertRaises(psycopg2.Error, msg=sql) as cm:
+                q(sql)
+            self.assertEqual(cm.exception.pgcode, "23503", sql)
+        for sql in ["DELETE FROM customers WHERE id = %d" % cid, "UPDATE customers SET id = -id WHERE id = %d" % cid,
+                    "TRUNCATE customers CASCADE", "TRUNCATE api_keys CASCADE"] + \
+                   ["DELETE FROM api_keys WHERE id = %d" % kid[0][0], "UPDATE api_keys SET id = -id WHERE id = %d" % kid[0][0]]:
+            with self.assertRaises(psycopg2.Error, msg=sql) as cm:
+                q(sql)
+            self.assertIn("never", str(cm.exception), sql)
+        self.assertEqual(q("SELECT count(*) FROM customers WHERE id = %s", cid)[0][0], 1)
 
     # ---- invoices ---------------------------------------------------------------------------------
 
