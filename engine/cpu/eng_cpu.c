@@ -112,7 +112,7 @@ static int cpu_matmul_multi(eng_backend_t *be, const eng_mm_t *jobs, int njobs) 
         first[j + 1] = first[j] + (per > 0 && R > 0 ? (R + cr[j] - 1) / cr[j] : 0);
     }
     if (prep_x((cpu_be_t *)be, jobs, njobs, xp)) J.failed = 1;
-    else if (first[njobs]) eng_cpu_pool_run(pool_of(be), mm_worker, &J);
+    else if (first[njobs]) eng_cpu_pool_run_any(pool_of(be), mm_worker, &J);
     if (buf != small) free(buf);
     return J.failed ? -1 : 0;
 }
@@ -356,7 +356,7 @@ static int cpu_attn_mla(eng_backend_t *be, const eng_w_t *kv_b, int H, int dn, i
         for (int i = 0; i < T; i++) j.item_tok[i] = i, j.item_span[i] = -1;
     }
     eng_cpu_pool_run(pool_of(be), mla_qlat_worker, &j);
-    eng_cpu_pool_run(pool_of(be), mla_scores_worker, &j);
+    eng_cpu_pool_run_any(pool_of(be), mla_scores_worker, &j);
     if (span_mode) /* fold each token's span partials in order (the same fold as whole-token items) */
         for (int i = 0, it = 0; i < T; i++) {
             int ns = spans_of(tok_len(&j, i));

@@ -15,6 +15,11 @@ eng_cpu_pool_t *eng_cpu_pool_new(int n);
 void eng_cpu_pool_free(eng_cpu_pool_t *p);
 int eng_cpu_pool_size(const eng_cpu_pool_t *p);
 void eng_cpu_pool_run(eng_cpu_pool_t *p, void (*fn)(void *arg, int i, int n), void *arg);
+/* The same for a job whose threads take their work from a shared counter:
+ * any subset of the threads completes it, so a worker that has not started
+ * when the caller runs out of work is left out (fn(arg, i, n) may run for
+ * only some i; 0 always). */
+void eng_cpu_pool_run_any(eng_cpu_pool_t *p, void (*fn)(void *arg, int i, int n), void *arg);
 
 /* The instruction set the kernels chose at start-up: "amx" (AVX-512, and AMX
  * tiles for bf16 weights), "avx512", "avx2" or "scalar".

@@ -36,7 +36,9 @@
 #define AMX_RG 4      /* row groups of 16 (result tiles) sharing each pair of x tiles */
 #define AMX_P 256     /* columns per packed panel, several token groups: 4 x 16 rows x 256 bf16 = 32 KB, in L1 */
 #define AMX_P1 2048   /* the same, one token group (each weight used once): whole rows, read in order */
+#ifndef AMX_PFD
 #define AMX_PFD 1024  /* elements (2 KB) ahead in the weight stream */
+#endif
 
 int eng_cpu_amx_probe(void) {
     __builtin_cpu_init();
@@ -214,10 +216,13 @@ eng_cpu_amx_rows(const uint16_t *W, int64_t C, const uint16_t *xp, int n, float 
                     int64_t rq = r + q * 16;
                     int nr = r1 - rq < 16 ? (int)(r1 - rq) : 16;
                     int nt = n - g * 16 < 16 ? n - g * 16 : 16;
-                    for (int m = 0; m < nt; m++) {
-                        float *yo = y + (int64_t)(g * 16 + m) * ldy + rq;
-                        for (int i = 0; i < nr; i++) yo[i] = cbuf[i * 16 + m];
-                    }
+                    /* column m of the tile is token m's 16 outputs */
+                    __mmask16 mr = (__mmask16)((1u << nr) - 1);
+                    __m512i col = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                                     _mm512_set1_epi32(16));
+                    for (int m = 0; m < nt; m++)
+                        _mm512_mask_storeu_ps(y + (int64_t)(g * 16 + m) * ldy + rq, mr,
+                                              _mm512_i32gather_ps(col, cbuf + m, 4));
                 }
             }
         }

@@ -1,10 +1,20 @@
 /* eng_cpu_pool.c — a fixed pool of worker threads that run one parallel job at
  * a time: eng_cpu_pool_run(p, fn, arg) calls fn(arg, i, n) for i = 0..n-1 on n
  * threads (the caller is thread 0) and returns when all are done.  Jobs split
- * their work by the thread index only, so results never depend on timing. */
+ * their work by the thread index only, so results never depend on timing.
+ *
+ * eng_cpu_pool_run_any is for jobs whose threads take their work from a
+ * shared counter, so that any subset of the threads (the caller alone
+ * included) completes the job: when the caller has run out of work, it
+ * closes the job, and a worker that has not joined it by then is left out
+ * instead of waited for.  On a host whose cores are shared with other
+ * processes a worker is often not running when a step is handed over; a
+ * decode hands over ~60 steps per token, and each would otherwise wait
+ * for the scheduler to run that worker once, only to find nothing left. */
 #include <pthread.h>
 #include <sched.h>
 #include <time.h>
+#include <stdint.h>
 #include <stdlib.h>
 
 #include "eng_cpu.h"
@@ -14,8 +24,9 @@ struct eng_cpu_pool {
     pthread_t *th;
     pthread_mutex_t mu;
     pthread_cond_t go, done;
-    unsigned gen;
-    unsigned pending;
+    unsigned gen;        /* bumped for each job: wakes the workers */
+    uint64_t join;       /* gen << 32 | JOIN_CLOSED | the workers that joined this job */
+    unsigned finished;   /* workers that joined this job and returned */
     int quit;
     void (*fn)(void *, int, int);
     void *arg;
@@ -61,6 +72,8 @@ static int spin_until(const unsigned *v, unsigned x, int eq) {
     }
 }
 
+#define JOIN_CLOSED (1ull << 31)
+
 static void *worker(void *a) {
     worker_arg_t wa = *(worker_arg_t *)a;
     free(a);
@@ -75,12 +88,20 @@ static void *worker(void *a) {
             if (quit) return NULL;
         }
         seen = __atomic_load_n(&p->gen, __ATOMIC_ACQUIRE);
+        /* join the job unless it is already closed (or over) */
+        uint64_t j = __atomic_load_n(&p->join, __ATOMIC_ACQUIRE);
+        int in = 0;
+        while ((unsigned)(j >> 32) == seen && !(j & JOIN_CLOSED))
+            if (__atomic_compare_exchange_n(&p->join, &j, j + 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+                in = 1;
+                break;
+            }
+        if (!in) continue;
         p->fn(p->arg, wa.idx, p->n);
-        if (__atomic_sub_fetch(&p->pending, 1, __ATOMIC_ACQ_REL) == 0) {
-            pthread_mutex_lock(&p->mu);
-            pthread_cond_signal(&p->done);
-            pthread_mutex_unlock(&p->mu);
-        }
+        __atomic_add_fetch(&p->finished, 1, __ATOMIC_ACQ_REL);
+        pthread_mutex_lock(&p->mu);
+        pthread_cond_signal(&p->done);
+        pthread_mutex_unlock(&p->mu);
     }
 }
 
@@ -116,7 +137,7 @@ fail:
 
 int eng_cpu_pool_size(const eng_cpu_pool_t *p) { return p ? p->n : 1; }
 
-void eng_cpu_pool_run(eng_cpu_pool_t *p, void (*fn)(void *arg, int i, int n), void *arg) {
+static void run(eng_cpu_pool_t *p, void (*fn)(void *arg, int i, int n), void *arg, int any) {
     if (!p || p->n == 1) {
         fn(arg, 0, 1);
         return;
@@ -124,17 +145,27 @@ void eng_cpu_pool_run(eng_cpu_pool_t *p, void (*fn)(void *arg, int i, int n), vo
     pthread_mutex_lock(&p->mu);
     p->fn = fn;
     p->arg = arg;
-    __atomic_store_n(&p->pending, p->n - 1, __ATOMIC_RELAXED);
-    __atomic_add_fetch(&p->gen, 1, __ATOMIC_RELEASE); /* publishes fn, arg, pending */
+    __atomic_store_n(&p->finished, 0, __ATOMIC_RELAXED);
+    unsigned g = p->gen + 1;
+    __atomic_store_n(&p->join, (uint64_t)g << 32, __ATOMIC_RELAXED);
+    __atomic_store_n(&p->gen, g, __ATOMIC_RELEASE); /* publishes fn, arg, finished, join */
     pthread_cond_broadcast(&p->go);
     pthread_mutex_unlock(&p->mu);
     fn(arg, 0, p->n);
-    if (!spin_until(&p->pending, 0, 1)) {
+    /* every worker runs a job split by thread index; a shared-counter job is
+     * closed now, and only those that joined it are waited for */
+    unsigned want = any ? (unsigned)(__atomic_fetch_or(&p->join, JOIN_CLOSED, __ATOMIC_ACQ_REL) & (JOIN_CLOSED - 1))
+                        : (unsigned)p->n - 1;
+    if (!spin_until(&p->finished, want, 1)) {
         pthread_mutex_lock(&p->mu);
-        while (__atomic_load_n(&p->pending, __ATOMIC_ACQUIRE)) pthread_cond_wait(&p->done, &p->mu);
+        while (__atomic_load_n(&p->finished, __ATOMIC_ACQUIRE) != want) pthread_cond_wait(&p->done, &p->mu);
         pthread_mutex_unlock(&p->mu);
     }
 }
+
+void eng_cpu_pool_run(eng_cpu_pool_t *p, void (*fn)(void *arg, int i, int n), void *arg) { run(p, fn, arg, 0); }
+
+void eng_cpu_pool_run_any(eng_cpu_pool_t *p, void (*fn)(void *arg, int i, int n), void *arg) { run(p, fn, arg, 1); }
 
 void eng_cpu_pool_free(eng_cpu_pool_t *p) {
     if (!p) return;
