@@ -170,6 +170,7 @@ typedef struct {
     float *part;             /* [n_items][H][c+2] partials, span mode */
     float **scratch;         /* per thread: [H][c+2] partial + [H][ATT_TILE] scores */
     int64_t next;            /* next work item (atomic) */
+    int next_h[2];           /* next head of the q_lat / out step (atomic) */
     int failed;
 } attn_job_t;
 
@@ -179,7 +180,8 @@ static void mla_qlat_worker(void *arg, int t, int nt) {
     attn_job_t *j = arg;
     int c = j->c, dn = j->dn, dv = j->dv, T = j->T, H = j->H, qs = j->dn + j->dr;
     float *row = j->scratch[t];
-    for (int h = t; h < H; h += nt) {
+    /* heads from a shared counter: any subset of the threads completes the step */
+    for (int h; (h = __atomic_fetch_add(&j->next_h[0], 1, __ATOMIC_RELAXED)) < H;) {
         for (int i = 0; i < T; i++) memset(j->qlat + ((size_t)i * H + h) * c, 0, c * sizeof(float));
         for (int d = 0; d < dn; d++) {
             eng_cpu_row_f32(j->kv_b, (int64_t)h * (dn + dv) + d, row);
@@ -193,7 +195,7 @@ static void mla_out_worker(void *arg, int t, int nt) {
     attn_job_t *j = arg;
     int c = j->c, dn = j->dn, dv = j->dv, T = j->T, H = j->H;
     float *row = j->scratch[t];
-    for (int h = t; h < H; h += nt)
+    for (int h; (h = __atomic_fetch_add(&j->next_h[1], 1, __ATOMIC_RELAXED)) < H;)
         for (int d = 0; d < dv; d++) {
             eng_cpu_row_f32(j->kv_b, (int64_t)h * (dn + dv) + dn + d, row);
             for (int i = 0; i < T; i++)
@@ -355,7 +357,7 @@ static int cpu_attn_mla(eng_backend_t *be, const eng_w_t *kv_b, int H, int dn, i
     } else {
         for (int i = 0; i < T; i++) j.item_tok[i] = i, j.item_span[i] = -1;
     }
-    eng_cpu_pool_run(pool_of(be), mla_qlat_worker, &j);
+    eng_cpu_pool_run_any(pool_of(be), mla_qlat_worker, &j);
     eng_cpu_pool_run_any(pool_of(be), mla_scores_worker, &j);
     if (span_mode) /* fold each token's span partials in order (the same fold as whole-token items) */
         for (int i = 0, it = 0; i < T; i++) {
@@ -365,7 +367,7 @@ static int cpu_attn_mla(eng_backend_t *be, const eng_w_t *kv_b, int H, int dn, i
             mla_finish(&j, i, acc);
             it += ns;
         }
-    eng_cpu_pool_run(pool_of(be), mla_out_worker, &j);
+    eng_cpu_pool_run_any(pool_of(be), mla_out_worker, &j);
     rc = 0;
 out:
     scratch_free(&j, nt);
