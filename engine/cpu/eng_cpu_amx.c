@@ -34,8 +34,8 @@
 #define XFEATURE_XTILEDATA 18
 
 #define AMX_RG 4      /* row groups of 16 (result tiles) sharing each pair of x tiles */
-#define AMX_P 256     /* columns per packed panel, several token groups: 4 x 16 rows x 256 bf16 = 32 KB, in L1 */
-#define AMX_P1 2048   /* the same, one token group (each weight used once): whole rows, read in order */
+#define AMX_P 256     /* columns per sweep of the token groups (partial sums spilled between sweeps) */
+#define AMX_P1 2048   /* columns packed at a time: rows read whole and in order (up to 2048 columns) */
 #ifndef AMX_PFD
 #define AMX_PFD 1024  /* elements (2 KB) ahead in the weight stream */
 #endif
@@ -110,10 +110,10 @@ typedef struct {
 
 static int64_t panel_cols(int n, int64_t C) {
     int64_t c32 = (C + 31) / 32 * 32;
-    return n > 16 ? AMX_P : c32 < AMX_P1 ? c32 : AMX_P1;
+    return c32 < AMX_P1 ? c32 : AMX_P1;
 }
 
-/* scratch: the packed panel (16 * AMX_RG rows x P bf16), then the partial
+/* scratch: the packed panel (16 * AMX_RG rows x P1 bf16: 256 KB, in L2), then the partial
  * sums of every token group when there are several (AMX_RG tiles each) */
 size_t eng_cpu_amx_scratch_floats(int n, int64_t C) {
     return (size_t)AMX_RG * 8 * panel_cols(n, C) + (n > 16 ? (size_t)AMX_RG * ((n + 15) / 16) * 256 : 0) + 16;
@@ -148,7 +148,7 @@ a_pack(const uint16_t *W, int64_t C, int64_t r, int64_t r1, int ng, int64_t k0, 
 
 #define AMX_DP(q)                                                                                    \
     do {                                                                                             \
-        _tile_loadd(4, ab + (size_t)(q) * (P / 32) * 512 + j * 512, 64);                             \
+        _tile_loadd(4, ab + (size_t)(q) * (P / 32) * 512 + (ks + j) * 512, 64);                      \
         _tile_dpbf16ps(q, 4, 5);                                                                     \
         _tile_dpbf16ps(q, 4, 6);                                                                     \
     } while (0)
@@ -179,50 +179,57 @@ eng_cpu_amx_rows(const uint16_t *W, int64_t C, const uint16_t *xp, int n, float 
     for (int64_t r = r0; r < r1; r += 16 * AMX_RG) {
         int ng = (int)((r1 - r + 15) / 16);
         if (ng > AMX_RG) ng = AMX_RG;
-        for (int64_t k0 = 0; k0 < C; k0 += P) {
-            int nkb = (int)((C - k0 < P ? C - k0 : P) + 31) / 32;
-            int first = k0 == 0, last = k0 + P >= C;
-            a_pack(W, C, r, r1, ng, k0, nkb, P, ab);
-            for (int g = 0; g < G; g++) {
-                float *sp = spill + (size_t)g * AMX_RG * 256;
-                /* one token group keeps its sums in the tiles across panels */
-                if (first)
-                    AMX_EACH(ng, _tile_zero(0), _tile_zero(1), _tile_zero(2), _tile_zero(3));
-                else if (G > 1)
-                    AMX_EACH(ng, _tile_loadd(0, sp, 64), _tile_loadd(1, sp + 256, 64), _tile_loadd(2, sp + 512, 64),
-                             _tile_loadd(3, sp + 768, 64));
-                const uint16_t *bt = xp + ((size_t)g * KB + k0 / 32) * 1024;
-                for (int j = 0; j < nkb; j++) {
-                    _tile_loadd(5, bt + j * 1024, 64);
-                    _tile_loadd(6, bt + j * 1024 + 512, 64);
-                    AMX_DP(0);
-                    if (ng > 1) AMX_DP(1);
-                    if (ng > 2) AMX_DP(2);
-                    if (ng > 3) AMX_DP(3);
-                }
-                if (!last) {
-                    if (G > 1)
-                        AMX_EACH(ng, _tile_stored(0, sp, 64), _tile_stored(1, sp + 256, 64),
-                                 _tile_stored(2, sp + 512, 64), _tile_stored(3, sp + 768, 64));
-                    continue;
-                }
-                for (int q = 0; q < ng; q++) {
-                    switch (q) {
-                    case 0: _tile_stored(0, cbuf, 64); break;
-                    case 1: _tile_stored(1, cbuf, 64); break;
-                    case 2: _tile_stored(2, cbuf, 64); break;
-                    default: _tile_stored(3, cbuf, 64); break;
+        /* pack up to AMX_P1 columns of 64 rows (whole rows of the bench
+         * model: one sequential read), then sweep them in AMX_P-column steps
+         * when several token groups take turns (one group: one step) */
+        for (int64_t kp = 0; kp < C; kp += P) {
+            int npk = (int)((C - kp < P ? C - kp : P) + 31) / 32, sub = G > 1 ? AMX_P / 32 : npk;
+            a_pack(W, C, r, r1, ng, kp, npk, P, ab);
+            for (int ks = 0; ks < npk; ks += sub) {
+                int64_t k0 = kp + (int64_t)ks * 32;
+                int nkb = npk - ks < sub ? npk - ks : sub;
+                int first = k0 == 0, last = k0 + (int64_t)nkb * 32 >= C;
+                for (int g = 0; g < G; g++) {
+                    float *sp = spill + (size_t)g * AMX_RG * 256;
+                    /* one token group keeps its sums in the tiles across panels */
+                    if (first)
+                        AMX_EACH(ng, _tile_zero(0), _tile_zero(1), _tile_zero(2), _tile_zero(3));
+                    else if (G > 1)
+                        AMX_EACH(ng, _tile_loadd(0, sp, 64), _tile_loadd(1, sp + 256, 64), _tile_loadd(2, sp + 512, 64),
+                                 _tile_loadd(3, sp + 768, 64));
+                    const uint16_t *bt = xp + ((size_t)g * KB + k0 / 32) * 1024;
+                    for (int j = 0; j < nkb; j++) {
+                        _tile_loadd(5, bt + j * 1024, 64);
+                        _tile_loadd(6, bt + j * 1024 + 512, 64);
+                        AMX_DP(0);
+                        if (ng > 1) AMX_DP(1);
+                        if (ng > 2) AMX_DP(2);
+                        if (ng > 3) AMX_DP(3);
                     }
-                    int64_t rq = r + q * 16;
-                    int nr = r1 - rq < 16 ? (int)(r1 - rq) : 16;
-                    int nt = n - g * 16 < 16 ? n - g * 16 : 16;
-                    /* column m of the tile is token m's 16 outputs */
-                    __mmask16 mr = (__mmask16)((1u << nr) - 1);
-                    __m512i col = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-                                                     _mm512_set1_epi32(16));
-                    for (int m = 0; m < nt; m++)
-                        _mm512_mask_storeu_ps(y + (int64_t)(g * 16 + m) * ldy + rq, mr,
-                                              _mm512_i32gather_ps(col, cbuf + m, 4));
+                    if (!last) {
+                        if (G > 1)
+                            AMX_EACH(ng, _tile_stored(0, sp, 64), _tile_stored(1, sp + 256, 64),
+                                     _tile_stored(2, sp + 512, 64), _tile_stored(3, sp + 768, 64));
+                        continue;
+                    }
+                    for (int q = 0; q < ng; q++) {
+                        switch (q) {
+                        case 0: _tile_stored(0, cbuf, 64); break;
+                        case 1: _tile_stored(1, cbuf, 64); break;
+                        case 2: _tile_stored(2, cbuf, 64); break;
+                        default: _tile_stored(3, cbuf, 64); break;
+                        }
+                        int64_t rq = r + q * 16;
+                        int nr = r1 - rq < 16 ? (int)(r1 - rq) : 16;
+                        int nt = n - g * 16 < 16 ? n - g * 16 : 16;
+                        /* column m of the tile is token m's 16 outputs */
+                        __mmask16 mr = (__mmask16)((1u << nr) - 1);
+                        __m512i col = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                                         _mm512_set1_epi32(16));
+                        for (int m = 0; m < nt; m++)
+                            _mm512_mask_storeu_ps(y + (int64_t)(g * 16 + m) * ldy + rq, mr,
+                                                  _mm512_i32gather_ps(col, cbuf + m, 4));
+                    }
                 }
             }
         }

@@ -115,7 +115,8 @@ static void test_matmul(void) {
         int64_t R, C;
         int n;
     } shapes[] = {{1, 1, 1},    {5, 31, 3},    {17, 33, 17},   {70, 100, 5},  {64, 257, 40},
-                  {33, 2053, 1}, {130, 600, 33}, {16, 4096, 16}, {200, 64, 70}, {96, 2048, 2}};
+                  {33, 2053, 1}, {130, 600, 33}, {16, 4096, 16}, {200, 64, 70}, {96, 2048, 2},
+                  {40, 4200, 20}, {70, 2100, 18}};
     for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
         check_shape(ENG_DT_BF16, shapes[i].R, shapes[i].C, shapes[i].n);
         check_shape(ENG_DT_F32, shapes[i].R, shapes[i].C, shapes[i].n);
