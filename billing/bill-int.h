@@ -226,6 +226,7 @@ struct bill_req {
     bill_key_t key;
     char *models_json;
     uint64_t gen;                /* b->gen when the statement was sent */
+    int refresh;                 /* a background re-read of a cached key and price: no one to answer */
     /* hold */
     int64_t amount;
     bill_hold_t *hold;
@@ -281,6 +282,7 @@ struct bill {
     int64_t key_ttl_us, fallback_ttl_us, neg_ttl_us, price_ttl_us;
     uint64_t gen;              /* bumped by every change notice */
     struct bill_req_q ready;   /* admissions answered from the cache, called back from `kick` */
+    struct bill_req_q refreshing; /* background re-reads of cached keys and prices in flight */
     struct event *kick;
     bill_lease_t *lease;
     uint64_t cache_hits, cache_misses, invalidations;

@@ -99,6 +99,11 @@ static void admit_done(PGresult *res, const char *err, void *arg) {
     bill_req_t *r = arg;
     bill_t *b = r->b;
     r->job = NULL;
+    if (r->refresh) TAILQ_REMOVE(&b->refreshing, r, link);
+    if (r->refresh && (!res || PQresultStatus(res) != PGRES_TUPLES_OK)) { /* the entry ages out instead */
+        req_free(r);
+        return;
+    }
     if (!res || PQresultStatus(res) != PGRES_TUPLES_OK) {
         fprintf(stderr, "bill: admission query failed: %s", err ? err : PQresultErrorMessage(res));
         if (err) fputc('\n', stderr);
@@ -139,6 +144,10 @@ static void admit_done(PGresult *res, const char *err, void *arg) {
         bill_cache_put_key(b->cache, r->hash, &k);
         if (k.state == BILL_OK) bill_cache_put_price(b->cache, k.key.customer_id, r->model, &p);
     }
+    if (r->refresh) {
+        req_free(r);
+        return;
+    }
     admit_decide(b, r, &k, &p, k.state == BILL_OK && scope_allows(k.models_json, r->model));
     admit_answer(r);
 }
@@ -168,6 +177,31 @@ static void ready(bill_t *b, bill_req_t *r) {
     event_active(b->kick, EV_TIMEOUT, 0);
 }
 
+/* Stale while revalidating: a cached key and price older than their TTL
+ * still serve for one more TTL while one statement re-reads them in the
+ * background; without it every request in flight when an entry expires (the
+ * price's TTL is a second) waited for its own statement, behind settlement
+ * batches: a latency spike a second.  A change notice still drops an entry
+ * at once, and a key past its expiry is refused whatever the cache holds. */
+static void admit_refresh(bill_t *b, const char *hash, const char *model) {
+    bill_req_t *r;
+    TAILQ_FOREACH(r, &b->refreshing, link)
+        if (!strcmp(r->hash, hash) && !strcmp(r->model, model)) return; /* already on its way */
+    if (!(r = calloc(1, sizeof *r))) return;
+    r->b = b;
+    r->refresh = 1;
+    r->gen = b->gen;
+    snprintf(r->hash, sizeof r->hash, "%s", hash);
+    snprintf(r->model, sizeof r->model, "%s", model);
+    const char *params[2] = {r->hash, r->model};
+    if (!(r->job = bill_pg_query(b->pg, ADMIT_SQL, 2, params, admit_done, r))) {
+        free(r);
+        return;
+    }
+    bill_pg_job_prepared(r->job, "tg_admit2");
+    TAILQ_INSERT_TAIL(&b->refreshing, r, link);
+}
+
 bill_req_t *bill_admit(bill_t *b, const char *api_key, const char *model, const char *peer, bill_admit_cb cb,
                        void *arg) {
     bill_req_t *r = calloc(1, sizeof *r);
@@ -183,10 +217,14 @@ bill_req_t *bill_admit(bill_t *b, const char *api_key, const char *model, const 
     const bill_cache_key_t *k = bill_cache_key(b->cache, r->hash);
     int64_t ttl = k && k->state != BILL_OK ? b->neg_ttl_us
                   : bill_listen_up(b->listen) ? b->key_ttl_us : b->fallback_ttl_us;
-    if (k && now - k->fetched_us < ttl) {
+    int stale = 0; /* served while one statement re-reads it (admit_refresh) */
+    if (k && k->state == BILL_OK && now - k->fetched_us >= ttl && now - k->fetched_us < 2 * ttl) stale = 1;
+    if (k && (now - k->fetched_us < ttl || stale)) {
         const bill_cache_price_t *p =
             k->state == BILL_OK ? bill_cache_price(b->cache, k->key.customer_id, r->model) : NULL;
-        if (k->state != BILL_OK || (p && now - p->fetched_us < b->price_ttl_us)) {
+        if (p && now - p->fetched_us >= b->price_ttl_us && now - p->fetched_us < 2 * b->price_ttl_us) stale = 1;
+        if (k->state != BILL_OK || (p && now - p->fetched_us < 2 * b->price_ttl_us)) {
+            if (stale) admit_refresh(b, r->hash, r->model);
             b->cache_hits++;
             admit_decide(b, r, k, p, k->state == BILL_OK && bill_cache_key_allows(b->cache, r->hash, r->model));
             ready(b, r);
@@ -382,6 +420,7 @@ bill_t *bill_new(struct event_base *base, const bill_opts_t *o, char *err, size_
         goto oom;
     if (!(b->refusals = bill_refusals_new(base, b->pg))) goto oom;
     TAILQ_INIT(&b->ready);
+    TAILQ_INIT(&b->refreshing);
     TAILQ_INIT(&b->dash_calls);
     b->key_ttl_us = (int64_t)(o->key_cache_ttl_ms > 0 ? o->key_cache_ttl_ms : 60000) * 1000;
     b->fallback_ttl_us = (int64_t)(o->key_cache_fallback_ms > 0 ? o->key_cache_fallback_ms : 1000) * 1000;
@@ -421,6 +460,11 @@ void bill_free(bill_t *b) {
     bill_refusals_free(b->refusals, b->conninfo);
     bill_receipts_free(b->receipts);
     bill_pg_free(b->pg); /* before keyuse and lease: their statements are never called back */
+    bill_req_t *rr;
+    while ((rr = TAILQ_FIRST(&b->refreshing))) { /* their statements went with the pool */
+        TAILQ_REMOVE(&b->refreshing, rr, link);
+        req_free(rr);
+    }
     bill_keyuse_free(b->keyuse);
     bill_lease_free(b->lease);
     bill_listen_free(b->listen);
