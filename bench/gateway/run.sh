@@ -11,7 +11,7 @@
 # prompts stream in (bench/gateway/large.py).  Not a test: figures vary with
 # the machine and what else runs on it.
 # Needs nginx and wrk (installed with apt-get when missing), PostgreSQL and
-# Redis (as the tests do).  Ports 18760-18769; state under var/gwbench.
+# Redis (as the tests do).  Ports 19760-19769 (no test uses them); state under var/gwbench.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$top"
@@ -19,7 +19,7 @@ BIN=${TOLLGATE_BIN:-build/tollgate}
 UPSTREAM_BIN=${UPSTREAM_BIN:-build/obj/bench/gateway/upstream}
 ROUNDS=${ROUNDS:-5} DURATION=${DURATION:-10s} CONNS=${CONNS:-64} THREADS=${WRK_THREADS:-2}
 V=$top/var/gwbench
-P_NGINX=18760 P_GW=18761 P_ADMIN=18762 P_PG=18763 P_REDIS=18764 P_UP=18765
+P_NGINX=19760 P_GW=19761 P_ADMIN=19762 P_PG=19763 P_REDIS=19764 P_UP=19765
 PGBIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
 PGD=/tmp/tollgate-gwbench-pg-$(id -u)
 MODEL=bench-model
