@@ -190,6 +190,6 @@ int api_chat_check_vocab(const api_chat_req_t *r, int32_t n_vocab, api_err_t *e)
 /* Append v as Jinja's `tojson` writes it: ", " and ": " separators, members
  * in source order, numbers as their source text, strings escaped as
  * tg_json_write_str does.  0, or -1 out of memory. */
-int api_tojson(tg_json_buf_t *b, const tg_json_t *v);
+int api_tojson(tg_buf_t *b, const tg_json_t *v);
 
 #endif

@@ -31,21 +31,21 @@ int api_err(api_err_t *e, int status, const char *type, const char *param, const
 }
 
 char *api_err_json(const api_err_t *e) {
-    tg_json_buf_t b = {0};
+    tg_buf_t b = {0};
     const char *type = e->type ? e->type : "invalid_request_error";
-    tg_json_buf_put(&b, "{\"error\":{\"message\":", 20);
+    tg_buf_put(&b, "{\"error\":{\"message\":", 20);
     tg_json_write_str(&b, e->message, strnlen(e->message, sizeof e->message));
-    tg_json_buf_put(&b, ",\"type\":", 8);
+    tg_buf_put(&b, ",\"type\":", 8);
     tg_json_write_str(&b, type, strlen(type));
-    tg_json_buf_put(&b, ",\"param\":", 9);
+    tg_buf_put(&b, ",\"param\":", 9);
     if (e->param[0]) tg_json_write_str(&b, e->param, strnlen(e->param, sizeof e->param));
-    else tg_json_buf_put(&b, "null", 4);
-    tg_json_buf_put(&b, ",\"code\":", 8);
+    else tg_buf_put(&b, "null", 4);
+    tg_buf_put(&b, ",\"code\":", 8);
     if (e->code) tg_json_write_str(&b, e->code, strlen(e->code));
-    else tg_json_buf_put(&b, "null", 4);
-    tg_json_buf_put(&b, "}}", 2);
+    else tg_buf_put(&b, "null", 4);
+    tg_buf_put(&b, "}}", 2);
     if (b.oom) {
-        tg_json_buf_free(&b);
+        tg_buf_free(&b);
         return NULL;
     }
     return b.p;
@@ -178,7 +178,7 @@ static int keep(api_chat_req_t *r, char *s) {
 
 /* ---- tojson ------------------------------------------------------------------- */
 
-int api_tojson(tg_json_buf_t *b, const tg_json_t *v) {
+int api_tojson(tg_buf_t *b, const tg_json_t *v) {
     const tg_json_t *m;
     size_t n;
     const char *s;
@@ -186,18 +186,18 @@ int api_tojson(tg_json_buf_t *b, const tg_json_t *v) {
     case TG_JSON_OBJECT:
     case TG_JSON_ARRAY: {
         int obj = tg_json_type(v) == TG_JSON_OBJECT, first = 1;
-        tg_json_buf_put(b, obj ? "{" : "[", 1);
+        tg_buf_put(b, obj ? "{" : "[", 1);
         TG_JSON_FOREACH(m, v) {
-            if (!first) tg_json_buf_put(b, ", ", 2);
+            if (!first) tg_buf_put(b, ", ", 2);
             first = 0;
             if (obj) {
                 s = tg_json_key(m, &n);
                 tg_json_write_str(b, s, n);
-                tg_json_buf_put(b, ": ", 2);
+                tg_buf_put(b, ": ", 2);
             }
             if (api_tojson(b, m)) return -1;
         }
-        tg_json_buf_put(b, obj ? "}" : "]", 1);
+        tg_buf_put(b, obj ? "}" : "]", 1);
         break;
     }
     default:
@@ -286,9 +286,9 @@ static int get_tool_calls(api_chat_req_t *r, const tg_json_t *tc, size_t i, size
         if (tg_json_type(args) == TG_JSON_STRING) {
             t->arguments = tg_json_str(args, &t->arguments_len);
         } else { /* an object: its compact JSON text */
-            tg_json_buf_t b = {0};
+            tg_buf_t b = {0};
             if (tg_json_write(&b, args) || keep(r, b.p)) {
-                tg_json_buf_free(&b);
+                tg_buf_free(&b);
                 return OOM();
             }
             t->arguments = b.p;
@@ -488,9 +488,9 @@ static int parse_tools(api_chat_req_t *r, const tg_json_t *tools, api_err_t *e) 
             snprintf(p, sizeof p, "tools[%zu].function.strict", i);
             return BAD(p, "invalid_type", "Invalid type for '%s': expected a boolean.", p);
         }
-        tg_json_buf_t b = {0};
+        tg_buf_t b = {0};
         if (api_tojson(&b, t)) {
-            tg_json_buf_free(&b);
+            tg_buf_free(&b);
             return OOM();
         }
         r->tools[i].name = name;
@@ -553,7 +553,7 @@ static int parse_tool_choice(api_chat_req_t *r, const tg_json_t *tc, api_err_t *
 
 typedef struct {
     api_schema_t *sc;
-    tg_json_buf_t arena;
+    tg_buf_t arena;
     int cap_nodes, cap_props, cap_lits;
     char bad[160];       /* unsupported keywords seen, "'a', 'b'" */
     int n_bad;
@@ -579,7 +579,7 @@ static int sc_grow(void **p, int *cap, int n, size_t el) {
 /* Put JSON text into the arena: its offset, or -1 out of memory. */
 static long sc_put(sc_ctx_t *c, const char *s, size_t n) {
     size_t off = c->arena.len;
-    if (tg_json_buf_put(&c->arena, s, n)) return -1;
+    if (tg_buf_put(&c->arena, s, n)) return -1;
     return (long)off;
 }
 
@@ -772,17 +772,17 @@ static int sc_props(sc_ctx_t *c, int ni, const tg_json_t *props, const tg_json_t
     TG_JSON_FOREACH(m, props) {
         size_t kl;
         const char *k = tg_json_key(m, &kl);
-        tg_json_buf_t kb = {0};
+        tg_buf_t kb = {0};
         tg_json_write_str(&kb, k, kl);
         if (kb.oom) return OOM();
         if (kb.len > API_SCHEMA_MAX_LIT) {
-            tg_json_buf_free(&kb);
+            tg_buf_free(&kb);
             return SC_BAD("Invalid 'response_format.json_schema.schema': a property name longer than %d bytes "
                           "at %s.", API_SCHEMA_MAX_LIT - 2, *path ? path : "the root");
         }
         long off = sc_put(c, kb.p, kb.len);
         size_t klen = kb.len;
-        tg_json_buf_free(&kb);
+        tg_buf_free(&kb);
         if (off < 0) return OOM();
         size_t l2 = (size_t)snprintf(path + pl, pl < 95 ? 96 - pl : 0, "%sproperties.%.*s", pl ? "." : "",
                                      (int)(kl > 24 ? 24 : kl), k);
@@ -916,17 +916,17 @@ static int sc_node(sc_ctx_t *c, const tg_json_t *v, int parent, int pidx, int de
         size_t ne = en ? tg_json_len(en) : 1;
         for (size_t i = 0; i < ne; i++) {
             const tg_json_t *x = en ? tg_json_at(en, i) : cn;
-            tg_json_buf_t b = {0};
+            tg_buf_t b = {0};
             tg_json_write(&b, x);
             if (b.oom) return OOM();
             if (b.len > API_SCHEMA_MAX_LIT) {
-                tg_json_buf_free(&b);
+                tg_buf_free(&b);
                 return SC_BAD("Invalid 'response_format.json_schema.schema': an enum value longer than %d bytes "
                               "at %s.", API_SCHEMA_MAX_LIT, where);
             }
             long off = sc_put(c, b.p, b.len);
             size_t bl = b.len;
-            tg_json_buf_free(&b);
+            tg_buf_free(&b);
             if (off < 0 || sc_grow((void **)&sc->lits, &c->cap_lits, sc->n_lits, sizeof *sc->lits)) return OOM();
             nd = &sc->nodes[ni];
             for (int j = nd->lit0; j < sc->n_lits; j++) /* equal values: the grammar keeps one */

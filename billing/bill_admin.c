@@ -331,16 +331,16 @@ void adm_read(adm_req_t *r, const char *sql, int n, const char *const *params, c
 /* sql with `$actor` replaced by $<actor_n>, and the idempotency record and
  * final SELECT appended.  malloc'ed, NULL on ENOMEM. */
 static char *compose(const char *sql, int n) {
-    tg_json_buf_t b = {0};
+    tg_buf_t b = {0};
     char num[64];
     const char *s = sql, *hit;
     int na = n + 1, nk = n + 2, nh = n + 3, ns = n + 4;
     while ((hit = strstr(s, "$actor"))) {
-        tg_json_buf_put(&b, s, (size_t)(hit - s));
-        tg_json_buf_put(&b, num, (size_t)snprintf(num, sizeof num, "$%d", na));
+        tg_buf_put(&b, s, (size_t)(hit - s));
+        tg_buf_put(&b, num, (size_t)snprintf(num, sizeof num, "$%d", na));
         s = hit + 6;
     }
-    tg_json_buf_put(&b, s, strlen(s));
+    tg_buf_put(&b, s, strlen(s));
     char tail[512];
     int len = snprintf(tail, sizeof tail,
                        ", idem AS (INSERT INTO admin_idempotency (actor, key, request_hash, status, response)"
@@ -348,7 +348,7 @@ static char *compose(const char *sql, int n) {
                        " WHERE $%d::text IS NOT NULL AND body IS NOT NULL RETURNING 1)"
                        " SELECT body FROM resp",
                        na, nk, nh, ns, nk);
-    tg_json_buf_put(&b, tail, (size_t)len);
+    tg_buf_put(&b, tail, (size_t)len);
     if (b.oom) {
         free(b.p);
         return NULL;

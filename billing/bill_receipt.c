@@ -76,17 +76,17 @@ bill_receipts_t *bill_receipts_new(const char *path, char *err, size_t errlen) {
     long pemlen = BIO_get_mem_data(mem, &pem);
     char rawb64[TG_B64URL_LEN(32) + 1];
     tg_b64url_encode(raw, sizeof raw, rawb64);
-    tg_json_buf_t j = {0};
+    tg_buf_t j = {0};
     char head[200];
     snprintf(head, sizeof head,
              "{\"object\":\"receipt_key\",\"alg\":\"Ed25519\",\"format\":\"tgr1\",\"kid\":\"%s\","
              "\"public_key\":\"%s\",\"public_key_pem\":",
              r->kid, rawb64);
-    tg_json_buf_put(&j, head, strlen(head));
+    tg_buf_put(&j, head, strlen(head));
     tg_json_write_str(&j, pem, (size_t)pemlen);
-    tg_json_buf_put(&j, "}", 1);
+    tg_buf_put(&j, "}", 1);
     if (j.oom) {
-        tg_json_buf_free(&j);
+        tg_buf_free(&j);
         snprintf(err, errlen, "out of memory");
         goto fail;
     }
@@ -127,12 +127,12 @@ long bill_receipts_sign(bill_receipts_t *r, const bill_usage_t *u, const char *p
     int64_t miss = u->prompt_tokens - u->prompt_cache_hit_tokens;
     int64_t cost = bill_cost_pico(&u->price, miss, u->prompt_cache_hit_tokens, u->completion_tokens);
     if (cost < 0 || miss < 0) return -1;
-    tg_json_buf_t j = {0};
+    tg_buf_t j = {0};
     char t[512], when[40];
     iso_us(u->received_us, when);
     snprintf(t, sizeof t, "{\"v\":1,\"kid\":\"%s\",\"request_id\":\"%.36s\",\"customer_id\":%lld,\"key_id\":%lld,"
              "\"model\":", r->kid, u->request_id, (long long)u->customer_id, (long long)u->key_id);
-    tg_json_buf_put(&j, t, strlen(t));
+    tg_buf_put(&j, t, strlen(t));
     tg_json_write_str(&j, u->model, strlen(u->model));
     snprintf(t, sizeof t,
              ",\"prompt_tokens\":%lld,\"prompt_cache_hit_tokens\":%lld,\"prompt_cache_miss_tokens\":%lld,"
@@ -141,12 +141,12 @@ long bill_receipts_sign(bill_receipts_t *r, const bill_usage_t *u, const char *p
              (long long)u->prompt_tokens, (long long)u->prompt_cache_hit_tokens, (long long)miss,
              (long long)u->completion_tokens, (long long)u->reasoning_tokens, (long long)u->price.input_cache_miss,
              (long long)u->price.input_cache_hit, (long long)u->price.output);
-    tg_json_buf_put(&j, t, strlen(t));
+    tg_buf_put(&j, t, strlen(t));
     if (price_version) tg_json_write_str(&j, price_version, strlen(price_version));
-    else tg_json_buf_put(&j, "null", 4);
+    else tg_buf_put(&j, "null", 4);
     snprintf(t, sizeof t, ",\"cost_pico\":\"%lld\",\"http_status\":%d,\"received_at\":\"%s\"}", (long long)cost,
              u->http_status, when);
-    tg_json_buf_put(&j, t, strlen(t));
+    tg_buf_put(&j, t, strlen(t));
     long n = -1;
     size_t plen = j.len, need = 5 + TG_B64URL_LEN(plen) + 1 + TG_B64URL_LEN(64) + 1;
     if (j.oom || need > cap) goto done;
@@ -161,6 +161,6 @@ long bill_receipts_sign(bill_receipts_t *r, const bill_usage_t *u, const char *p
     o += tg_b64url_encode(sig, siglen, out + o);
     n = (long)o;
 done:
-    tg_json_buf_free(&j);
+    tg_buf_free(&j);
     return n;
 }

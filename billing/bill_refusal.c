@@ -167,29 +167,29 @@ static rentry_t *take(bill_refusals_t *r, int *n) {
 
 /* The statement's array parameters for list l.  Returns 0 or -1. */
 static int build_params(const rentry_t *l, char *params[NCOL]) {
-    tg_json_buf_t col[NCOL];
+    tg_buf_t col[NCOL];
     memset(col, 0, sizeof col);
-    for (int c = 0; c < NCOL; c++) tg_json_buf_put(&col[c], "{", 1);
+    for (int c = 0; c < NCOL; c++) tg_buf_put(&col[c], "{", 1);
     for (const rentry_t *e = l; e; e = e->next) {
         char t[24];
         int64_t v[] = {e->customer_id, e->hour_s, e->key_id, 0, e->n402, e->n429, e->n5xx};
         for (int c = 0; c < NCOL; c++) {
-            if (e != l) tg_json_buf_put(&col[c], ",", 1);
+            if (e != l) tg_buf_put(&col[c], ",", 1);
             if (c == 3) {
-                tg_json_buf_put(&col[c], "\"", 1);
+                tg_buf_put(&col[c], "\"", 1);
                 for (const char *p = e->model; *p; p++) {
-                    if (*p == '"' || *p == '\\') tg_json_buf_put(&col[c], "\\", 1);
-                    tg_json_buf_put(&col[c], p, 1);
+                    if (*p == '"' || *p == '\\') tg_buf_put(&col[c], "\\", 1);
+                    tg_buf_put(&col[c], p, 1);
                 }
-                tg_json_buf_put(&col[c], "\"", 1);
+                tg_buf_put(&col[c], "\"", 1);
             } else {
-                tg_json_buf_put(&col[c], t, (size_t)snprintf(t, sizeof t, "%lld", (long long)v[c]));
+                tg_buf_put(&col[c], t, (size_t)snprintf(t, sizeof t, "%lld", (long long)v[c]));
             }
         }
     }
     int oom = 0;
     for (int c = 0; c < NCOL; c++) {
-        tg_json_buf_put(&col[c], "}", 1);
+        tg_buf_put(&col[c], "}", 1);
         oom |= col[c].oom;
         params[c] = col[c].p;
     }

@@ -135,9 +135,9 @@ enum { NCOL = 19 };
 
 /* The columns are built in tg_json's byte buffer (NUL-terminated, grows,
  * remembers a failed allocation in .oom). */
-typedef tg_json_buf_t sbuf_t;
+typedef tg_buf_t sbuf_t;
 
-static void sb_put(sbuf_t *b, const char *s, size_t n) { tg_json_buf_put(b, s, n); }
+static void sb_put(sbuf_t *b, const char *s, size_t n) { tg_buf_put(b, s, n); }
 
 static void sb_str(sbuf_t *b, const char *s) { sb_put(b, s, strlen(s)); }
 

@@ -511,44 +511,18 @@ const char *tg_json_dup_key(const tg_json_t *obj, size_t *len, int *oom) {
 
 /* ---- writing ---------------------------------------------------------------- */
 
-int tg_json_buf_put(tg_json_buf_t *b, const char *s, size_t n) {
-    if (b->oom) return -1;
-    if (n >= b->cap - b->len || !b->p) {
-        size_t cap = b->cap ? b->cap : 64;
-        while (cap - b->len <= n) {
-            if (cap > SIZE_MAX / 2) {
-                b->oom = 1;
-                return -1;
-            }
-            cap *= 2;
-        }
-        char *p = realloc(b->p, cap);
-        if (!p) {
-            b->oom = 1;
-            return -1;
-        }
-        b->p = p;
-        b->cap = cap;
-    }
-    if (n) memcpy(b->p + b->len, s, n);
-    b->len += n;
-    b->p[b->len] = '\0';
-    return 0;
+int tg_json_write_str(tg_buf_t *b, const char *s, size_t len) {
+    if (tg_buf_put(b, "\"", 1) || tg_json_write_chars(b, s, len)) return -1;
+    return tg_buf_put(b, "\"", 1);
 }
 
-void tg_json_buf_free(tg_json_buf_t *b) {
-    free(b->p);
-    memset(b, 0, sizeof *b);
-}
-
-int tg_json_write_str(tg_json_buf_t *b, const char *s, size_t len) {
+int tg_json_write_chars(tg_buf_t *b, const char *s, size_t len) {
     static const char hex[] = "0123456789abcdef";
     const unsigned char *p = (const unsigned char *)s, *end = p + len;
-    if (tg_json_buf_put(b, "\"", 1)) return -1;
     while (p < end) {
         const unsigned char *r = p;
         while (r < end && *r >= 0x20 && *r != '"' && *r != '\\' && *r < 0x80) r++;
-        if (r > p && tg_json_buf_put(b, (const char *)p, (size_t)(r - p))) return -1;
+        if (r > p && tg_buf_put(b, (const char *)p, (size_t)(r - p))) return -1;
         p = r;
         if (p >= end) break;
         unsigned c = *p;
@@ -556,13 +530,13 @@ int tg_json_write_str(tg_json_buf_t *b, const char *s, size_t len) {
         if (c >= 0x80) {
             size_t n = utf8_len(p, end);
             if (!n) { /* not UTF-8: U+FFFD for this byte */
-                if (tg_json_buf_put(b, "\xEF\xBF\xBD", 3)) return -1;
+                if (tg_buf_put(b, "\xEF\xBF\xBD", 3)) return -1;
                 p++;
             } else if (n == 3 && p[0] == 0xE2 && p[1] == 0x80 && (p[2] == 0xA8 || p[2] == 0xA9)) {
-                if (tg_json_buf_put(b, p[2] == 0xA8 ? "\\u2028" : "\\u2029", 6)) return -1;
+                if (tg_buf_put(b, p[2] == 0xA8 ? "\\u2028" : "\\u2029", 6)) return -1;
                 p += 3;
             } else {
-                if (tg_json_buf_put(b, (const char *)p, n)) return -1;
+                if (tg_buf_put(b, (const char *)p, n)) return -1;
                 p += n;
             }
             continue;
@@ -578,33 +552,33 @@ int tg_json_write_str(tg_json_buf_t *b, const char *s, size_t len) {
         case '\t': e = "\\t"; break;
         }
         if (e) {
-            if (tg_json_buf_put(b, e, 2)) return -1;
+            if (tg_buf_put(b, e, 2)) return -1;
         } else {
             memcpy(esc, "\\u00", 4);
             esc[4] = hex[c >> 4];
             esc[5] = hex[c & 15];
-            if (tg_json_buf_put(b, esc, 6)) return -1;
+            if (tg_buf_put(b, esc, 6)) return -1;
         }
         p++;
     }
-    return tg_json_buf_put(b, "\"", 1);
+    return 0;
 }
 
-int tg_json_write(tg_json_buf_t *b, const tg_json_t *v) {
-    if (!v) return tg_json_buf_put(b, "null", 4);
+int tg_json_write(tg_buf_t *b, const tg_json_t *v) {
+    if (!v) return tg_buf_put(b, "null", 4);
     switch (v->type) {
-    case TG_JSON_NULL: return tg_json_buf_put(b, "null", 4);
-    case TG_JSON_BOOL: return v->b ? tg_json_buf_put(b, "true", 4) : tg_json_buf_put(b, "false", 5);
-    case TG_JSON_NUMBER: return tg_json_buf_put(b, v->s, v->len);
+    case TG_JSON_NULL: return tg_buf_put(b, "null", 4);
+    case TG_JSON_BOOL: return v->b ? tg_buf_put(b, "true", 4) : tg_buf_put(b, "false", 5);
+    case TG_JSON_NUMBER: return tg_buf_put(b, v->s, v->len);
     case TG_JSON_STRING: return tg_json_write_str(b, v->s, v->len);
     default: break;
     }
     int obj = v->type == TG_JSON_OBJECT;
-    if (tg_json_buf_put(b, obj ? "{" : "[", 1)) return -1;
+    if (tg_buf_put(b, obj ? "{" : "[", 1)) return -1;
     for (const tg_json_t *m = v->child; m; m = m->next) {
-        if (m != v->child && tg_json_buf_put(b, ",", 1)) return -1;
-        if (obj && (tg_json_write_str(b, m->key, m->key_len) || tg_json_buf_put(b, ":", 1))) return -1;
+        if (m != v->child && tg_buf_put(b, ",", 1)) return -1;
+        if (obj && (tg_json_write_str(b, m->key, m->key_len) || tg_buf_put(b, ":", 1))) return -1;
         if (tg_json_write(b, m)) return -1;
     }
-    return tg_json_buf_put(b, obj ? "}" : "]", 1);
+    return tg_buf_put(b, obj ? "}" : "]", 1);
 }

@@ -34,6 +34,8 @@
 #ifndef TG_JSON_H
 #define TG_JSON_H
 
+#include "tg_buf.h"
+
 #include <stddef.h>
 #include <stdint.h>
 
@@ -137,24 +139,18 @@ const char *tg_json_dup_key(const tg_json_t *obj, size_t *len, int *oom);
 
 /* ---- writing ---------------------------------------------------------------- */
 
-typedef struct {
-    char *p;    /* malloc'd, NUL-terminated after each write; caller frees */
-    size_t len, cap;
-    int oom;    /* set once an allocation failed; later writes do nothing */
-} tg_json_buf_t;
-
-/* Append raw bytes.  0, or -1 out of memory. */
-int tg_json_buf_put(tg_json_buf_t *b, const char *s, size_t n);
-void tg_json_buf_free(tg_json_buf_t *b);
+/* Writing goes into a tg_buf_t (common/tg_buf.h). */
 
 /* Append s (len bytes) as a quoted JSON string: '"' '\\' and control
  * characters escaped (NUL as \u0000), U+2028/U+2029 escaped, and any byte
  * that is not part of valid UTF-8 replaced by U+FFFD, so the output is always
  * valid UTF-8 JSON.  0, or -1 out of memory. */
-int tg_json_write_str(tg_json_buf_t *b, const char *s, size_t len);
+int tg_json_write_str(tg_buf_t *b, const char *s, size_t len);
+/* The same without the quotes: the inside of a JSON string. */
+int tg_json_write_chars(tg_buf_t *b, const char *s, size_t len);
 
 /* Append v as compact JSON (numbers as their source text, strings escaped as
  * above, members in source order, duplicates kept).  0, or -1. */
-int tg_json_write(tg_json_buf_t *b, const tg_json_t *v);
+int tg_json_write(tg_buf_t *b, const tg_json_t *v);
 
 #endif

@@ -15,7 +15,9 @@
 #include <sys/socket.h>
 
 #include "bill.h"
+#include "tg_buf.h"
 #include "tg_clock.h"
+#include "tg_json.h"
 #include "gw.h"
 
 /* common/tg_json.h (not included: the gateway's pure units build without -Icommon) */
@@ -29,19 +31,8 @@ enum {
     GW_ERROR = -1,
 };
 
-/* ---- growable byte buffer (gw_buf.c) ------------------------------------ */
-
-typedef struct {
-    char *p;
-    size_t len, cap;
-} gw_buf_t;
-
-int gw_buf_append(gw_buf_t *b, const void *data, size_t n); /* GW_OK or GW_ERROR (ENOMEM) */
-int gw_buf_printf(gw_buf_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-void gw_buf_consume(gw_buf_t *b, size_t n); /* drop n bytes from the front */
-void gw_buf_free(gw_buf_t *b);              /* releases memory, leaves an empty buffer */
-/* Append s as the inside of a JSON string (quotes not included). */
-int gw_buf_json_str(gw_buf_t *b, const char *s, size_t n);
+/* ---- byte buffer: tg_buf_t (common/tg_buf.h); JSON string text:
+ * tg_json_write_str / tg_json_write_chars (common/tg_json.h) ---------------- */
 
 /* ---- request pool (gw_pool.c) -------------------------------------------
  * Memory that lives exactly as long as one request; cleanup handlers run in
@@ -72,7 +63,7 @@ typedef struct {
 /* Decode len bytes of a chunked body, appending the payload to out.
  * Returns the number of input bytes consumed (less than len only once the
  * body is complete: c->done), or -1 on malformed framing or out of memory. */
-ssize_t gw_chunked_feed(gw_chunked_t *c, const char *in, size_t len, gw_buf_t *out);
+ssize_t gw_chunked_feed(gw_chunked_t *c, const char *in, size_t len, tg_buf_t *out);
 
 /* ---- HTTP/1.1 request parser (gw_http.c) -------------------------------- */
 
@@ -98,12 +89,12 @@ typedef struct {
 
 typedef struct {
     size_t max_header, max_body;
-    gw_buf_t in;              /* received, not yet consumed */
+    tg_buf_t in;              /* received, not yet consumed */
     size_t scan;              /* head bytes already searched for the blank line */
     int state;
     gw_http_req_t *cur;       /* request whose body is being read */
     gw_chunked_t ch;
-    gw_buf_t body;
+    tg_buf_t body;
     int continue_reported;
     int err_status;           /* after GW_ERROR: 400, 413, 414, 431, 501, 505 */
     size_t head_len;          /* head of the request whose body is being read (trailer limit) */
@@ -141,7 +132,7 @@ const char *gw_http_reason(int status);
 /* ---- SSE event splitter (gw_sse.c) --------------------------------------- */
 
 typedef struct {
-    gw_buf_t buf;
+    tg_buf_t buf;
     size_t scan;
 } gw_sse_t;
 
@@ -153,7 +144,7 @@ int gw_sse_next(gw_sse_t *s, const char **ev, size_t *len);
 size_t gw_sse_pending(const gw_sse_t *s);
 /* Concatenated data: lines of one event (joined by \n) into out; returns
  * GW_OK, or GW_AGAIN when the event has no data line. */
-int gw_sse_data(const char *ev, size_t len, gw_buf_t *out);
+int gw_sse_data(const char *ev, size_t len, tg_buf_t *out);
 void gw_sse_release(gw_sse_t *s);
 
 /* ---- UUIDv7 (gw_uuid.c) -------------------------------------------------- */
@@ -250,9 +241,9 @@ struct gw_upstream;
 /* Prometheus text exposition into out; up: the run-time state of each of
  * cfg's workers. */
 void gw_metrics_render(const gw_metrics_t *m, const gw_config_t *cfg, const struct gw_upstream *up, int redis_up,
-                       gw_buf_t *out);
+                       tg_buf_t *out);
 /* Holds, credit leases and the key cache (bill_hold_stats). */
-void gw_metrics_render_holds(const gw_metrics_t *m, const bill_hold_stats_t *h, gw_buf_t *o);
+void gw_metrics_render_holds(const gw_metrics_t *m, const bill_hold_stats_t *h, tg_buf_t *o);
 struct bill;
 /* Settled cost of one model, exact (pico-USD). */
 typedef struct {
@@ -268,7 +259,7 @@ typedef struct {
 } gw_money_t;
 void gw_metrics_money_snap(const struct bill *b, gw_money_t *m);
 void gw_metrics_money_add(gw_money_t *a, const gw_money_t *b, int first);
-void gw_metrics_render_money(const gw_money_t *m, gw_buf_t *o); /* the settlement and cost metrics */
+void gw_metrics_render_money(const gw_money_t *m, tg_buf_t *o); /* the settlement and cost metrics */
 
 /* ---- the layers of a request ----------------------------------------------
  *
@@ -375,7 +366,7 @@ struct gw_loop {
     gw_loop_snap_t snap;
     struct event *stop_ev;     /* shut down (activated from the signal's loop) */
     struct tg_work *work;      /* the loop's worker thread: access-log writes, large prompts' counts */
-    gw_buf_t alog;             /* access-log lines not yet handed to `work` (gw_log.c) */
+    tg_buf_t alog;             /* access-log lines not yet handed to `work` (gw_log.c) */
     struct event *alog_ev;     /* hands them over GW_LOG_FLUSH_MS after the first */
     pthread_t thread;          /* loops after the first run on their own thread */
     int started;
@@ -483,10 +474,10 @@ struct gw_req {
     gw_http_resp_t resp;
     gw_chunked_t ch;
     int64_t up_body_left;      /* Content-Length bytes still to come */
-    gw_buf_t payload;          /* de-framed bytes not yet handled */
-    gw_buf_t body;             /* buffered non-streaming reply */
+    tg_buf_t payload;          /* de-framed bytes not yet handled */
+    tg_buf_t body;             /* buffered non-streaming reply */
     gw_sse_t sse;
-    gw_buf_t scratch;
+    tg_buf_t scratch;
     /* usage */
     int have_usage;
     int64_t prompt_tokens, cache_hit_tokens, completion_tokens, reasoning_tokens;
@@ -597,7 +588,7 @@ void gw_sup_stop(gw_server_t *s);     /* after the loops stopped: SIGTERM (then 
 /* Whether worker i passes its health checks (any thread); *since_us: when that last changed. */
 int gw_sup_up(const gw_server_t *s, int i, int64_t *since_us);
 SSL *gw_sup_tls_new(const gw_server_t *s, int i); /* a client SSL for https worker i; NULL: none */
-void gw_sup_metrics(const gw_server_t *s, gw_buf_t *o);
+void gw_sup_metrics(const gw_server_t *s, tg_buf_t *o);
 
 /* gw_proxy.c */
 void gw_proxy_start(gw_req_t *r);
@@ -609,6 +600,6 @@ void gw_proxy_close_idle(gw_loop_t *l); /* close kept-alive worker connections *
  * (json is the parsed h->body, an object without duplicate stream_options).
  * Returns GW_OK and fills out, or GW_ERROR (out of memory). */
 int gw_proxy_body(const gw_http_req_t *h, int stream, const tg_json_t *json, int64_t inject_max_tokens,
-                  gw_buf_t *out);
+                  tg_buf_t *out);
 
 #endif

@@ -67,7 +67,7 @@ static void gw_holds_add(bill_hold_stats_t *a, const bill_hold_stats_t *b, int f
 }
 
 /* Render the sum of every loop's slot. */
-static void gw_admin_render(gw_server_t *s, gw_buf_t *out) {
+static void gw_admin_render(gw_server_t *s, tg_buf_t *out) {
     const gw_config_t *cfg = s->cfg;
     gw_metrics_t *m = calloc(1, sizeof *m);
     gw_upstream_t *up = calloc((size_t)cfg->nworkers, sizeof *up);
@@ -103,20 +103,20 @@ static void gw_admin_render(gw_server_t *s, gw_buf_t *out) {
         gw_metrics_render_money(money, out);
         free(money);
     }
-    gw_buf_printf(out, "# HELP tollgate_event_loops Event loops serving the public port.\n"
+    tg_buf_printf(out, "# HELP tollgate_event_loops Event loops serving the public port.\n"
                        "# TYPE tollgate_event_loops gauge\ntollgate_event_loops %d\n", s->nloops);
-    gw_buf_printf(out, "# HELP tollgate_loop_connections_total Client connections accepted, per event loop.\n"
+    tg_buf_printf(out, "# HELP tollgate_loop_connections_total Client connections accepted, per event loop.\n"
                        "# TYPE tollgate_loop_connections_total counter\n");
     for (int i = 0; i < s->nloops; i++)
-        gw_buf_printf(out, "tollgate_loop_connections_total{loop=\"%d\"} %llu\n", i,
+        tg_buf_printf(out, "tollgate_loop_connections_total{loop=\"%d\"} %llu\n", i,
                       (unsigned long long)s->loops[i].snap.m.connections_total);
-    gw_buf_printf(out, "# HELP tollgate_loop_requests_total Requests answered, per event loop.\n"
+    tg_buf_printf(out, "# HELP tollgate_loop_requests_total Requests answered, per event loop.\n"
                        "# TYPE tollgate_loop_requests_total counter\n");
     for (int i = 0; i < s->nloops; i++) {
         unsigned long long n = 0;
         for (int r = 0; r < GW_ROUTE_N; r++)
             for (int c = 0; c < 600; c++) n += s->loops[i].snap.m.requests[r][c];
-        gw_buf_printf(out, "tollgate_loop_requests_total{loop=\"%d\"} %llu\n", i, n);
+        tg_buf_printf(out, "tollgate_loop_requests_total{loop=\"%d\"} %llu\n", i, n);
     }
     free(m);
     free(up);
@@ -124,7 +124,7 @@ static void gw_admin_render(gw_server_t *s, gw_buf_t *out) {
 
 static void gw_admin_on_gathered(evutil_socket_t fd, short what, void *arg) {
     gw_server_t *s = arg;
-    gw_buf_t b = {0};
+    tg_buf_t b = {0};
     struct gw_scrape *w = s->scrapes;
     s->scrapes = NULL;
     s->scraping = 0;
@@ -147,7 +147,7 @@ static void gw_admin_on_gathered(evutil_socket_t fd, short what, void *arg) {
         free(w);
         w = n;
     }
-    gw_buf_free(&b);
+    tg_buf_free(&b);
 }
 
 static void gw_admin_gather(bill_page_t *pg, gw_server_t *s, int settlement) {

@@ -42,9 +42,9 @@ static void gw_chat_cleanup_calls(void *arg) {
     gw_rl_finish(r->rl_call, r->proxied ? r->prompt_tokens + r->completion_tokens : 0);
     r->rl_call = NULL;
     gw_proxy_release(r);
-    gw_buf_free(&r->payload);
-    gw_buf_free(&r->body);
-    gw_buf_free(&r->scratch);
+    tg_buf_free(&r->payload);
+    tg_buf_free(&r->body);
+    tg_buf_free(&r->scratch);
     gw_sse_release(&r->sse);
 }
 

@@ -139,7 +139,7 @@ static void gw_dash_poll_cb(evutil_socket_t fd, short what, void *arg);
 
 /* The samples without labels of a Prometheus text body, as JSON members. */
 static char *gw_dash_samples(const char *body, size_t len, double *completion) {
-    gw_buf_t b = {0};
+    tg_buf_t b = {0};
     const char *p = body, *end = body + len;
     while (p < end) {
         const char *nl = memchr(p, '\n', (size_t)(end - p));
@@ -155,7 +155,7 @@ static char *gw_dash_samples(const char *body, size_t len, double *completion) {
                 double v = strtod(sp + 1, &ve);
                 if (ve != sp + 1 && v == v) {
                     if (!strcmp(line, "tollgate_engine_completion_tokens_total")) *completion = v;
-                    gw_buf_printf(&b, "%s\"%s\":%.17g", b.len ? "," : "", line, v);
+                    tg_buf_printf(&b, "%s\"%s\":%.17g", b.len ? "," : "", line, v);
                 }
             }
         }
@@ -228,29 +228,29 @@ static char *gw_dash_workers_json(gw_dash_t *d, const gw_upstream_t *up) {
         if (!evtimer_pending(d->poll, NULL)) event_active(d->poll, EV_TIMEOUT, 1);
     }
     d->watched_until_us = now + (int64_t)WATCH_S * 1000000;
-    gw_buf_t b = {0};
-    gw_buf_printf(&b, "{\"object\":\"list\",\"poll_ms\":%d,\"data\":[", POLL_MS);
+    tg_buf_t b = {0};
+    tg_buf_printf(&b, "{\"object\":\"list\",\"poll_ms\":%d,\"data\":[", POLL_MS);
     for (int i = 0; i < d->cfg->nworkers; i++) {
         const gw_worker_t *cw = &d->cfg->workers[i];
         const gw_upstream_t *u = &up[i];
         gw_dash_worker_t *w = &d->w[i];
         const char *state = __atomic_load_n(&u->bo->down_until_us, __ATOMIC_RELAXED) > now ? "backoff" : !w->polled ? "unknown" : w->up ? "up" : "down";
-        gw_buf_printf(&b, "%s{\"url\":\"", i ? "," : "");
-        gw_buf_json_str(&b, cw->url, strlen(cw->url));
-        gw_buf_printf(&b, "\",\"models\":[");
+        tg_buf_printf(&b, "%s{\"url\":\"", i ? "," : "");
+        tg_json_write_chars(&b, cw->url, strlen(cw->url));
+        tg_buf_printf(&b, "\",\"models\":[");
         for (int j = 0; j < cw->nmodels; j++) {
-            gw_buf_printf(&b, "%s\"", j ? "," : "");
-            gw_buf_json_str(&b, cw->models[j], strlen(cw->models[j]));
-            gw_buf_printf(&b, "\"");
+            tg_buf_printf(&b, "%s\"", j ? "," : "");
+            tg_json_write_chars(&b, cw->models[j], strlen(cw->models[j]));
+            tg_buf_printf(&b, "\"");
         }
-        gw_buf_printf(&b,
+        tg_buf_printf(&b,
                       "],\"state\":\"%s\",\"outstanding\":%d,\"requests\":%llu,\"failures\":%llu,"
                       "\"tokens_per_s\":%.3f,\"read_ms_ago\":%lld,\"metrics\":{%s}}",
                       state, u->outstanding, (unsigned long long)u->requests, (unsigned long long)u->failures,
                       w->up ? w->tokens_per_s : 0.0, w->at_us ? (long long)((now - w->at_us) / 1000) : -1LL,
                       w->up && w->samples ? w->samples : "");
     }
-    gw_buf_printf(&b, "]}");
+    tg_buf_printf(&b, "]}");
     return b.p;
 }
 

@@ -37,7 +37,7 @@ static int hexval(int c) {
     return -1;
 }
 
-ssize_t gw_chunked_feed(gw_chunked_t *c, const char *in, size_t len, gw_buf_t *out) {
+ssize_t gw_chunked_feed(gw_chunked_t *c, const char *in, size_t len, tg_buf_t *out) {
     size_t i = 0;
     while (i < len && !c->done) {
         char ch = in[i];
@@ -86,7 +86,7 @@ ssize_t gw_chunked_feed(gw_chunked_t *c, const char *in, size_t len, gw_buf_t *o
         case CH_DATA: {
             size_t n = len - i;
             if (n > c->remaining) n = (size_t)c->remaining;
-            if (out && gw_buf_append(out, in + i, n) != GW_OK) return -1;
+            if (out && tg_buf_put(out, in + i, n) != GW_OK) return -1;
             c->remaining -= n;
             i += n;
             if (!c->remaining) c->state = CH_DATA_CR;
@@ -140,14 +140,14 @@ void gw_http_parser_init(gw_http_parser_t *p, size_t max_header, size_t max_body
 }
 
 void gw_http_parser_release(gw_http_parser_t *p) {
-    gw_buf_free(&p->in);
-    gw_buf_free(&p->body);
+    tg_buf_free(&p->in);
+    tg_buf_free(&p->body);
     gw_http_req_free(p->cur);
     p->cur = NULL;
 }
 
 int gw_http_parser_feed(gw_http_parser_t *p, const void *data, size_t len) {
-    return gw_buf_append(&p->in, data, len);
+    return tg_buf_put(&p->in, data, len);
 }
 
 int gw_http_parser_busy(const gw_http_parser_t *p) { return p->state != ST_HEAD || p->in.len > 0; }
@@ -317,7 +317,7 @@ int gw_http_parser_next(gw_http_parser_t *p, gw_http_req_t **out) {
         /* empty lines before a request line are ignored (RFC 9112 §2.2) */
         size_t skip = 0;
         while (skip < p->in.len && (p->in.p[skip] == '\r' || p->in.p[skip] == '\n')) skip++;
-        if (skip) gw_buf_consume(&p->in, skip);
+        if (skip) tg_buf_consume(&p->in, skip);
         if (!p->in.len) return GW_AGAIN;
         /* the request line first: 414 whether or not the head is complete */
         size_t look = p->in.len < GW_HTTP_MAX_REQUEST_LINE + 2 ? p->in.len : GW_HTTP_MAX_REQUEST_LINE + 2;
@@ -340,7 +340,7 @@ int gw_http_parser_next(gw_http_parser_t *p, gw_http_req_t **out) {
         memcpy(h, p->in.p, hlen);
         h[hlen] = '\0';
         r->head = h;
-        gw_buf_consume(&p->in, hlen);
+        tg_buf_consume(&p->in, hlen);
         p->scan = 0;
         p->cur = r;
         p->head_len = hlen;
@@ -355,14 +355,14 @@ int gw_http_parser_next(gw_http_parser_t *p, gw_http_req_t **out) {
         size_t want = (size_t)p->cur->content_length - p->body.len;
         size_t n = p->in.len < want ? p->in.len : want;
         if (n) {
-            if (gw_buf_append(&p->body, p->in.p, n) != GW_OK) return fail(p, 500, "out of memory");
-            gw_buf_consume(&p->in, n);
+            if (tg_buf_put(&p->body, p->in.p, n) != GW_OK) return fail(p, 500, "out of memory");
+            tg_buf_consume(&p->in, n);
         }
         if (p->body.len == (size_t)p->cur->content_length) return finish(p, out);
     } else { /* chunked */
         ssize_t n = gw_chunked_feed(&p->ch, p->in.p, p->in.len, &p->body);
         if (n < 0) return fail(p, 400, "malformed chunked body");
-        gw_buf_consume(&p->in, (size_t)n);
+        tg_buf_consume(&p->in, (size_t)n);
         if (p->body.len > p->max_body) return fail(p, 413, "request body too large");
         if (p->head_len + p->ch.trailer_bytes > p->max_header || p->cur->nhdrs + p->ch.trailer_fields > GW_HTTP_MAX_HEADERS)
             return fail(p, 431, "request header fields too large (trailer section)");

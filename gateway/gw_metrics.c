@@ -28,33 +28,33 @@ void gw_metrics_observe(gw_metrics_t *m, int route, int status, double dur_s, do
     }
 }
 
-static void histogram(gw_buf_t *o, const char *name, const char *help, const uint64_t *b, uint64_t count,
+static void histogram(tg_buf_t *o, const char *name, const char *help, const uint64_t *b, uint64_t count,
                       double sum) {
-    gw_buf_printf(o, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
-    for (int i = 0; i < 12; i++) gw_buf_printf(o, "%s_bucket{le=\"%g\"} %llu\n", name, gw_metrics_bounds[i],
+    tg_buf_printf(o, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
+    for (int i = 0; i < 12; i++) tg_buf_printf(o, "%s_bucket{le=\"%g\"} %llu\n", name, gw_metrics_bounds[i],
                                                (unsigned long long)b[i]);
-    gw_buf_printf(o, "%s_bucket{le=\"+Inf\"} %llu\n%s_sum %.6f\n%s_count %llu\n", name, (unsigned long long)count,
+    tg_buf_printf(o, "%s_bucket{le=\"+Inf\"} %llu\n%s_sum %.6f\n%s_count %llu\n", name, (unsigned long long)count,
                   name, sum, name, (unsigned long long)count);
 }
 
-static void counter(gw_buf_t *o, const char *name, const char *help, uint64_t v) {
-    gw_buf_printf(o, "# HELP %s %s\n# TYPE %s counter\n%s %llu\n", name, help, name, name, (unsigned long long)v);
+static void counter(tg_buf_t *o, const char *name, const char *help, uint64_t v) {
+    tg_buf_printf(o, "# HELP %s %s\n# TYPE %s counter\n%s %llu\n", name, help, name, name, (unsigned long long)v);
 }
 
 void gw_metrics_render(const gw_metrics_t *m, const gw_config_t *cfg, const gw_upstream_t *up, int redis_up,
-                       gw_buf_t *o) {
-    gw_buf_printf(o, "# HELP tollgate_http_requests_total Requests answered, by route and status.\n"
+                       tg_buf_t *o) {
+    tg_buf_printf(o, "# HELP tollgate_http_requests_total Requests answered, by route and status.\n"
                      "# TYPE tollgate_http_requests_total counter\n");
     for (int r = 0; r < GW_ROUTE_N; r++)
         for (int s = 0; s < 600; s++)
             if (m->requests[r][s])
-                gw_buf_printf(o, "tollgate_http_requests_total{route=\"%s\",code=\"%d\"} %llu\n", gw_route_names[r],
+                tg_buf_printf(o, "tollgate_http_requests_total{route=\"%s\",code=\"%d\"} %llu\n", gw_route_names[r],
                               s, (unsigned long long)m->requests[r][s]);
     histogram(o, "tollgate_request_duration_seconds", "Chat completion time from request to last byte.",
               m->dur_buckets, m->dur_count, m->dur_sum);
     histogram(o, "tollgate_time_to_first_byte_seconds", "Chat completion time to the first upstream byte.",
               m->ttfb_buckets, m->ttfb_count, m->ttfb_sum);
-    gw_buf_printf(o, "# HELP tollgate_tokens_total Tokens settled, by class.\n# TYPE tollgate_tokens_total counter\n"
+    tg_buf_printf(o, "# HELP tollgate_tokens_total Tokens settled, by class.\n# TYPE tollgate_tokens_total counter\n"
                      "tollgate_tokens_total{class=\"prompt\"} %llu\n"
                      "tollgate_tokens_total{class=\"prompt_cache_hit\"} %llu\n"
                      "tollgate_tokens_total{class=\"completion\"} %llu\n"
@@ -79,30 +79,30 @@ void gw_metrics_render(const gw_metrics_t *m, const gw_config_t *cfg, const gw_u
             m->connections_refused);
     counter(o, "tollgate_write_timeouts_total", "Clients closed for reading nothing within write_timeout_ms.",
             m->write_timeouts);
-    gw_buf_printf(o, "# HELP tollgate_connections Open client connections.\n# TYPE tollgate_connections gauge\n"
+    tg_buf_printf(o, "# HELP tollgate_connections Open client connections.\n# TYPE tollgate_connections gauge\n"
                      "tollgate_connections %lld\n"
                      "# HELP tollgate_inflight_requests Chat completions in progress.\n"
                      "# TYPE tollgate_inflight_requests gauge\ntollgate_inflight_requests %lld\n"
                      "# HELP tollgate_redis_up 1 when the rate-limit Redis is connected.\n"
                      "# TYPE tollgate_redis_up gauge\ntollgate_redis_up %d\n",
                   (long long)m->connections, (long long)m->inflight, redis_up);
-    gw_buf_printf(o, "# HELP tollgate_worker_outstanding Requests in flight per worker.\n"
+    tg_buf_printf(o, "# HELP tollgate_worker_outstanding Requests in flight per worker.\n"
                      "# TYPE tollgate_worker_outstanding gauge\n");
     for (int i = 0; i < cfg->nworkers; i++)
-        gw_buf_printf(o, "tollgate_worker_outstanding{worker=\"%s\"} %d\n", cfg->workers[i].url,
+        tg_buf_printf(o, "tollgate_worker_outstanding{worker=\"%s\"} %d\n", cfg->workers[i].url,
                       up[i].outstanding);
-    gw_buf_printf(o, "# HELP tollgate_worker_failures_total Failed requests per worker.\n"
+    tg_buf_printf(o, "# HELP tollgate_worker_failures_total Failed requests per worker.\n"
                      "# TYPE tollgate_worker_failures_total counter\n");
     for (int i = 0; i < cfg->nworkers; i++)
-        gw_buf_printf(o, "tollgate_worker_failures_total{worker=\"%s\"} %llu\n", cfg->workers[i].url,
+        tg_buf_printf(o, "tollgate_worker_failures_total{worker=\"%s\"} %llu\n", cfg->workers[i].url,
                       (unsigned long long)up[i].failures);
 }
 
-static void gauge(gw_buf_t *o, const char *name, const char *help, long long v) {
-    gw_buf_printf(o, "# HELP %s %s\n# TYPE %s gauge\n%s %lld\n", name, help, name, name, v);
+static void gauge(tg_buf_t *o, const char *name, const char *help, long long v) {
+    tg_buf_printf(o, "# HELP %s %s\n# TYPE %s gauge\n%s %lld\n", name, help, name, name, v);
 }
 
-void gw_metrics_render_holds(const gw_metrics_t *m, const bill_hold_stats_t *h, gw_buf_t *o) {
+void gw_metrics_render_holds(const gw_metrics_t *m, const bill_hold_stats_t *h, tg_buf_t *o) {
     gauge(o, "tollgate_open_holds", "Balance holds of requests in flight.", (long long)h->open_holds);
     gauge(o, "tollgate_open_holds_pico", "What those holds reserve, pico-USD.", (long long)h->held_pico);
     gauge(o, "tollgate_credit_leases", "Credit leases this gateway holds (one per active key).", (long long)h->leases);
@@ -167,7 +167,7 @@ void gw_metrics_money_add(gw_money_t *a, const gw_money_t *b, int first) {
     }
 }
 
-void gw_metrics_render_money(const gw_money_t *m, gw_buf_t *o) {
+void gw_metrics_render_money(const gw_money_t *m, tg_buf_t *o) {
     const bill_settle_stats_t st = m->st;
     gauge(o, "tollgate_settle_queue_depth", "Settlements accepted and not yet committed in PostgreSQL (queued or in flight).",
           (long long)(st.queued + st.in_flight));
@@ -189,7 +189,7 @@ void gw_metrics_render_money(const gw_money_t *m, gw_buf_t *o) {
             st.refusals_written);
     counter(o, "tollgate_refusals_dropped_total", "Refusal counts given up (too many waiting).", st.refusals_dropped);
     gauge(o, "tollgate_postgres_up", "1 when a PostgreSQL connection is ready or busy.", st.pg_up);
-    gw_buf_printf(o, "# HELP tollgate_cost_settled_usd_total Cost of the usage rows inserted, by model (exact USD).\n"
+    tg_buf_printf(o, "# HELP tollgate_cost_settled_usd_total Cost of the usage rows inserted, by model (exact USD).\n"
                      "# TYPE tollgate_cost_settled_usd_total counter\n");
     for (int i = 0; i < m->ncost; i++) {
         const char *model = m->cost[i].model;
@@ -204,12 +204,12 @@ void gw_metrics_render_money(const gw_money_t *m, gw_buf_t *o) {
         d[n] = 0;
         if (n <= 12) snprintf(usd, sizeof usd, "0.%.*s%s", 12 - n, "000000000000", d);
         else snprintf(usd, sizeof usd, "%.*s.%s", n - 12, d, d + n - 12);
-        gw_buf_printf(o, "tollgate_cost_settled_usd_total{model=\"");
+        tg_buf_printf(o, "tollgate_cost_settled_usd_total{model=\"");
         for (const char *p = model; *p; p++) { /* label value escapes */
-            if (*p == '\\' || *p == '"') gw_buf_printf(o, "\\%c", *p);
-            else if (*p == '\n') gw_buf_printf(o, "\\n");
-            else gw_buf_printf(o, "%c", *p);
+            if (*p == '\\' || *p == '"') tg_buf_printf(o, "\\%c", *p);
+            else if (*p == '\n') tg_buf_printf(o, "\\n");
+            else tg_buf_printf(o, "%c", *p);
         }
-        gw_buf_printf(o, "\"} %s\n", usd);
+        tg_buf_printf(o, "\"} %s\n", usd);
     }
 }

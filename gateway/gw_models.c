@@ -23,7 +23,7 @@ static int gw_scope_allows(const tg_json_t *scope, const char *model) {
 /* scope: the key's allowed models (NULL: all); /v1/models lists only those. */
 static void gw_models_answer(gw_req_t *r, const tg_json_t *scope) {
     const gw_config_t *cfg = r->srv->cfg;
-    gw_buf_t b = {0};
+    tg_buf_t b = {0};
     if (r->model) { /* GET /v1/models/{id} */
         if (!gw_model_known(cfg, r->model)) {
             char msg[300];
@@ -35,12 +35,12 @@ static void gw_models_answer(gw_req_t *r, const tg_json_t *scope) {
             gw_auth_model_not_allowed(r, r->model);
             return;
         }
-        gw_buf_printf(&b, "{\"id\":\"");
-        gw_buf_json_str(&b, r->model, strlen(r->model));
-        gw_buf_printf(&b, "\",\"object\":\"model\",\"created\":%lld,\"owned_by\":\"tollgate\"}\n",
+        tg_buf_printf(&b, "{\"id\":\"");
+        tg_json_write_chars(&b, r->model, strlen(r->model));
+        tg_buf_printf(&b, "\",\"object\":\"model\",\"created\":%lld,\"owned_by\":\"tollgate\"}\n",
                       (long long)r->srv->started);
     } else {
-        gw_buf_printf(&b, "{\"object\":\"list\",\"data\":[");
+        tg_buf_printf(&b, "{\"object\":\"list\",\"data\":[");
         int first = 1;
         for (int i = 0; i < cfg->nworkers; i++)
             for (int j = 0; j < cfg->workers[i].nmodels; j++) {
@@ -50,17 +50,17 @@ static void gw_models_answer(gw_req_t *r, const tg_json_t *scope) {
                     for (int l = 0; l < (k == i ? j : cfg->workers[k].nmodels); l++)
                         if (!strcmp(cfg->workers[k].models[l], m)) dup = 1;
                 if (dup || !gw_scope_allows(scope, m)) continue;
-                gw_buf_printf(&b, "%s{\"id\":\"", first ? "" : ",");
-                gw_buf_json_str(&b, m, strlen(m));
-                gw_buf_printf(&b, "\",\"object\":\"model\",\"created\":%lld,\"owned_by\":\"tollgate\"}",
+                tg_buf_printf(&b, "%s{\"id\":\"", first ? "" : ",");
+                tg_json_write_chars(&b, m, strlen(m));
+                tg_buf_printf(&b, "\",\"object\":\"model\",\"created\":%lld,\"owned_by\":\"tollgate\"}",
                               (long long)r->srv->started);
                 first = 0;
             }
-        gw_buf_printf(&b, "]}\n");
+        tg_buf_printf(&b, "]}\n");
     }
     if (!b.p) gw_req_error(r, 500, "server_error", NULL, NULL, "out of memory");
     else gw_req_answer(r, 200, "application/json", b.p, b.len);
-    gw_buf_free(&b);
+    tg_buf_free(&b);
 }
 
 static void gw_models_answer_scoped(gw_req_t *r) {

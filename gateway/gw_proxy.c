@@ -144,14 +144,14 @@ void gw_proxy_release(gw_req_t *r) {
  * through a double, text may hold \u0000): the change is spliced into the
  * text at the byte spans tg_json recorded.  gw_route_chat refused a body with
  * two "stream_options". */
-static int gw_proxy_body_stream(const gw_http_req_t *h, int stream, const tg_json_t *json, gw_buf_t *out);
+static int gw_proxy_body_stream(const gw_http_req_t *h, int stream, const tg_json_t *json, tg_buf_t *out);
 
 /* The body forwarded to the worker: the client's, with stream_options for a
  * stream (below) and, when inject_max_tokens > 0 (the client gave no cap),
  * "max_tokens":N as a new first member, so the worker stops where the hold
  * and the TPM charge assumed. */
 int gw_proxy_body(const gw_http_req_t *h, int stream, const tg_json_t *json, int64_t inject_max_tokens,
-                  gw_buf_t *out) {
+                  tg_buf_t *out) {
     if (gw_proxy_body_stream(h, stream, json, out) != GW_OK) return GW_ERROR;
     if (inject_max_tokens <= 0) return GW_OK;
     size_t off, len;
@@ -162,15 +162,15 @@ int gw_proxy_body(const gw_http_req_t *h, int stream, const tg_json_t *json, int
     while (i < out->len && (out->p[i] == ' ' || out->p[i] == '\t' || out->p[i] == '\n' || out->p[i] == '\r')) i++;
     int empty = i < out->len && out->p[i] == '}';
     int n = snprintf(put, sizeof put, "\"max_tokens\":%lld%s", (long long)inject_max_tokens, empty ? "" : ",");
-    if (gw_buf_append(out, put, (size_t)n) != GW_OK) return GW_ERROR; /* room, then move */
+    if (tg_buf_put(out, put, (size_t)n) != GW_OK) return GW_ERROR; /* room, then move */
     memmove(out->p + off + 1 + n, out->p + off + 1, out->len - n - off - 1);
     memcpy(out->p + off + 1, put, (size_t)n);
     return GW_OK;
 }
 
-static int gw_proxy_body_stream(const gw_http_req_t *h, int stream, const tg_json_t *json, gw_buf_t *out) {
+static int gw_proxy_body_stream(const gw_http_req_t *h, int stream, const tg_json_t *json, tg_buf_t *out) {
     out->len = 0;
-    if (!stream) return gw_buf_append(out, h->body, h->body_len);
+    if (!stream) return tg_buf_put(out, h->body, h->body_len);
     const tg_json_t *so = tg_json_get(json, "stream_options");
     size_t off, len;
     const char *put;
@@ -190,19 +190,19 @@ static int gw_proxy_body_stream(const gw_http_req_t *h, int stream, const tg_jso
             if (kl != 13 || memcmp(k, "include_usage", 13)) continue;
             tg_json_span(m, &off, &len);
             if (off < at || off + len > h->body_len) return GW_ERROR;
-            if (gw_buf_append(out, h->body + at, off - at) != GW_OK || gw_buf_append(out, "true", 4) != GW_OK)
+            if (tg_buf_put(out, h->body + at, off - at) != GW_OK || tg_buf_put(out, "true", 4) != GW_OK)
                 return GW_ERROR;
             at = off + len;
         }
-        return gw_buf_append(out, h->body + at, h->body_len - at);
+        return tg_buf_put(out, h->body + at, h->body_len - at);
     } else { /* a new first member of stream_options */
         tg_json_span(so, &off, &len);
         off += 1, len = 0;
         put = tg_json_len(so) ? "\"include_usage\":true," : "\"include_usage\":true";
     }
     if (off + len > h->body_len) return GW_ERROR;
-    if (gw_buf_append(out, h->body, off) != GW_OK || gw_buf_append(out, put, strlen(put)) != GW_OK) return GW_ERROR;
-    return gw_buf_append(out, h->body + off + len, h->body_len - off - len);
+    if (tg_buf_put(out, h->body, off) != GW_OK || tg_buf_put(out, put, strlen(put)) != GW_OK) return GW_ERROR;
+    return tg_buf_put(out, h->body + off + len, h->body_len - off - len);
 }
 
 /* A worker that refused a connection is skipped for a while (1 s, doubling
@@ -412,17 +412,17 @@ static void gw_up_fail(gw_req_t *r, int status, const char *code, const char *ms
     }
     /* mid-stream: tell the client in the stream, then end it cleanly */
     r->error_code = code;
-    gw_buf_t b = {0};
-    gw_buf_printf(&b, "data: {\"error\":{\"message\":\"");
-    gw_buf_json_str(&b, msg, strlen(msg));
-    gw_buf_printf(&b, "\",\"type\":\"server_error\",\"param\":null,\"code\":\"%s\"}}\n\n", code);
+    tg_buf_t b = {0};
+    tg_buf_printf(&b, "data: {\"error\":{\"message\":\"");
+    tg_json_write_chars(&b, msg, strlen(msg));
+    tg_buf_printf(&b, "\",\"type\":\"server_error\",\"param\":null,\"code\":\"%s\"}}\n\n", code);
     struct evbuffer *o = gw_req_out(r);
     if (b.p) {
         if (r->client_chunked) evbuffer_add_printf(o, "%zx\r\n", b.len);
         evbuffer_add(o, b.p, b.len);
         if (r->client_chunked) evbuffer_add(o, "\r\n", 2);
     }
-    gw_buf_free(&b);
+    tg_buf_free(&b);
     if (r->client_chunked) evbuffer_add(o, "0\r\n\r\n", 5); /* the framing stays intact: keep-alive is fine */
     else r->keep_alive = 0;
     gw_proxy_release(r);
@@ -466,19 +466,19 @@ static int gw_has_object(const char *json, const char *field) {
 /* The usage-only chunk in r->body (its JSON) again, with the signed usage
  * receipt added as its last member "receipt". */
 static void gw_stream_receipt_chunk(gw_req_t *r) {
-    const gw_buf_t *d = &r->body;
+    const tg_buf_t *d = &r->body;
     size_t end = d->len;
     while (end && d->p[end - 1] != '}') end--;
-    gw_buf_t b = {0};
-    if (end && gw_buf_append(&b, "data: ", 6) == GW_OK && gw_buf_append(&b, d->p, end - 1) == GW_OK &&
-        gw_buf_append(&b, ",\"receipt\":\"", 12) == GW_OK && gw_buf_append(&b, r->receipt, strlen(r->receipt)) == GW_OK &&
-        gw_buf_append(&b, "\"}\n\n", 4) == GW_OK)
+    tg_buf_t b = {0};
+    if (end && tg_buf_put(&b, "data: ", 6) == GW_OK && tg_buf_put(&b, d->p, end - 1) == GW_OK &&
+        tg_buf_put(&b, ",\"receipt\":\"", 12) == GW_OK && tg_buf_put(&b, r->receipt, strlen(r->receipt)) == GW_OK &&
+        tg_buf_put(&b, "\"}\n\n", 4) == GW_OK)
         gw_client_chunk(r, b.p, b.len);
-    gw_buf_free(&b);
+    tg_buf_free(&b);
 }
 
 static void gw_stream_event(gw_req_t *r, const char *ev, size_t len) {
-    gw_buf_t *d = &r->body; /* reused as scratch while streaming */
+    tg_buf_t *d = &r->body; /* reused as scratch while streaming */
     if (gw_sse_data(ev, len, d) != GW_OK || d->len == 0 || d->p[0] != '{') {
         if (d->len == 6 && !memcmp(d->p, "[DONE]", 6)) gw_settle_done(r, r->status); /* before the client has it */
         gw_client_chunk(r, ev, len);
@@ -510,11 +510,11 @@ static void gw_stream_event(gw_req_t *r, const char *ev, size_t len) {
     }
     tg_json_free(j);
     /* the event again without its usage member, the rest byte for byte */
-    gw_buf_t b = {0};
-    if (gw_buf_append(&b, "data: ", 6) == GW_OK && gw_buf_append(&b, d->p, off) == GW_OK &&
-        gw_buf_append(&b, d->p + off + cut, d->len - off - cut) == GW_OK && gw_buf_append(&b, "\n\n", 2) == GW_OK)
+    tg_buf_t b = {0};
+    if (tg_buf_put(&b, "data: ", 6) == GW_OK && tg_buf_put(&b, d->p, off) == GW_OK &&
+        tg_buf_put(&b, d->p + off + cut, d->len - off - cut) == GW_OK && tg_buf_put(&b, "\n\n", 2) == GW_OK)
         gw_client_chunk(r, b.p, b.len);
-    gw_buf_free(&b);
+    tg_buf_free(&b);
 }
 
 /* Forward the whole events buffered so far.  Returns GW_ERROR when the
@@ -563,7 +563,7 @@ static void gw_up_complete(gw_req_t *r) {
         gw_req_finish(r);
         return;
     }
-    if (gw_buf_append(&r->body, r->payload.p, r->payload.len) != GW_OK) {
+    if (tg_buf_put(&r->body, r->payload.p, r->payload.len) != GW_OK) {
         gw_up_fail(r, 502, "upstream_error", "out of memory");
         return;
     }
@@ -615,12 +615,12 @@ static int gw_up_deframe(gw_req_t *r, struct evbuffer *in) {
             if (r->ch.done) return 1;
         } else if (r->up_body_left >= 0) {
             size_t take = len < (uint64_t)r->up_body_left ? len : (size_t)r->up_body_left;
-            if (gw_buf_append(&r->payload, p, take) != GW_OK) return -1;
+            if (tg_buf_put(&r->payload, p, take) != GW_OK) return -1;
             evbuffer_drain(in, take);
             r->up_body_left -= (int64_t)take;
             if (!r->up_body_left) return 1;
         } else {
-            if (gw_buf_append(&r->payload, p, len) != GW_OK) return -1;
+            if (tg_buf_put(&r->payload, p, len) != GW_OK) return -1;
             evbuffer_drain(in, len);
         }
         if (r->body.len + r->payload.len > GW_UP_MAX_BODY && !r->up_streaming) return -1;

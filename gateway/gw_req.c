@@ -85,22 +85,22 @@ void gw_req_answer(gw_req_t *r, int status, const char *ctype, const char *body,
 
 void gw_req_error(gw_req_t *r, int status, const char *type, const char *code, const char *param,
                   const char *msg) {
-    gw_buf_t b = {0};
+    tg_buf_t b = {0};
     r->error_code = code;
-    gw_buf_printf(&b, "{\"error\":{\"message\":\"");
-    gw_buf_json_str(&b, msg, strlen(msg));
-    gw_buf_printf(&b, "\",\"type\":\"%s\",\"param\":", type);
-    if (param) gw_buf_printf(&b, "\"%s\"", param);
-    else gw_buf_printf(&b, "null");
-    if (code) gw_buf_printf(&b, ",\"code\":\"%s\"}}\n", code);
-    else gw_buf_printf(&b, ",\"code\":null}}\n");
+    tg_buf_printf(&b, "{\"error\":{\"message\":\"");
+    tg_json_write_chars(&b, msg, strlen(msg));
+    tg_buf_printf(&b, "\",\"type\":\"%s\",\"param\":", type);
+    if (param) tg_buf_printf(&b, "\"%s\"", param);
+    else tg_buf_printf(&b, "null");
+    if (code) tg_buf_printf(&b, ",\"code\":\"%s\"}}\n", code);
+    else tg_buf_printf(&b, ",\"code\":null}}\n");
     if (!b.p) {
         r->keep_alive = 0;
         gw_req_answer(r, status, "application/json", "", 0);
     } else {
         gw_req_answer(r, status, "application/json", b.p, b.len);
     }
-    gw_buf_free(&b);
+    tg_buf_free(&b);
 }
 
 static void gw_req_cleanup_http(void *arg) { gw_http_req_free(arg); }

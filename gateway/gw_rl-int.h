@@ -13,7 +13,7 @@
  *                  fallback or fail-closed.
  *
  * Units: time in ms, limits per GW_RL_WINDOW_MS (one minute).  Included by
- * gw-int.h after gw_buf_t. */
+ * gw-int.h after tg_buf_t. */
 #ifndef GW_RL_INT_H
 #define GW_RL_INT_H
 
@@ -196,7 +196,7 @@ void gw_rl_free(gw_rl_t *rl); /* accepts NULL; pending callbacks are not called 
 int gw_rl_connected(const gw_rl_t *rl);
 const gw_rl_stats_t *gw_rl_stats(const gw_rl_t *rl);
 /* Append the limiter's Prometheus lines to out. */
-void gw_rl_metrics(const gw_rl_t *rl, gw_buf_t *out);
+void gw_rl_metrics(const gw_rl_t *rl, tg_buf_t *out);
 /* The same numbers as a value, to sum over event loops (gw_admin.c). */
 typedef struct {
     gw_rl_stats_t st;
@@ -205,7 +205,7 @@ typedef struct {
 } gw_rl_snap_t;
 void gw_rl_snapshot(const gw_rl_t *rl, gw_rl_snap_t *sn); /* rl may be NULL */
 void gw_rl_snapshot_add(gw_rl_snap_t *sum, const gw_rl_snap_t *sn);
-void gw_rl_metrics_snap(const gw_rl_snap_t *sn, gw_buf_t *out);
+void gw_rl_metrics_snap(const gw_rl_snap_t *sn, tg_buf_t *out);
 
 /* Admission (op GW_RL_OP_TAKE) or a look at the state (GW_RL_OP_PEEK) of a
  * key (key_id, key limits) and its customer (cust_id, customer limits; zero

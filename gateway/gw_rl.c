@@ -958,8 +958,8 @@ void gw_rl_auth_failed(gw_rl_t *rl, const char *peer) {
     }
 }
 
-static void counter(gw_buf_t *o, const char *name, const char *help, uint64_t v) {
-    gw_buf_printf(o, "# HELP %s %s\n# TYPE %s counter\n%s %llu\n", name, help, name, name, (unsigned long long)v);
+static void counter(tg_buf_t *o, const char *name, const char *help, uint64_t v) {
+    tg_buf_printf(o, "# HELP %s %s\n# TYPE %s counter\n%s %llu\n", name, help, name, name, (unsigned long long)v);
 }
 
 void gw_rl_snapshot(const gw_rl_t *rl, gw_rl_snap_t *sn) {
@@ -991,7 +991,7 @@ void gw_rl_snapshot_add(gw_rl_snap_t *a, const gw_rl_snap_t *b) {
     a->local_entries += b->local_entries;
 }
 
-void gw_rl_metrics_snap(const gw_rl_snap_t *sn, gw_buf_t *o) {
+void gw_rl_metrics_snap(const gw_rl_snap_t *sn, tg_buf_t *o) {
     counter(o, "tollgate_ratelimit_local_decisions_total",
             "Admissions decided by the in-process limiter because Redis did not answer.", sn->st.local_decisions);
     counter(o, "tollgate_ratelimit_fail_closed_total", "Requests refused with 503 because Redis did not answer "
@@ -1005,12 +1005,12 @@ void gw_rl_metrics_snap(const gw_rl_snap_t *sn, gw_buf_t *o) {
     counter(o, "tollgate_redis_moved_total", "MOVED redirections followed (Redis Cluster).", sn->moved);
     counter(o, "tollgate_redis_ask_total", "ASK redirections followed (Redis Cluster).", sn->ask);
     counter(o, "tollgate_redis_slot_refreshes_total", "Cluster slot maps read (CLUSTER SLOTS).", sn->refreshes);
-    gw_buf_printf(o, "# HELP tollgate_ratelimit_local_entries Subjects in the in-process limiter table.\n"
+    tg_buf_printf(o, "# HELP tollgate_ratelimit_local_entries Subjects in the in-process limiter table.\n"
                      "# TYPE tollgate_ratelimit_local_entries gauge\ntollgate_ratelimit_local_entries %zu\n",
                   sn->local_entries);
 }
 
-void gw_rl_metrics(const gw_rl_t *rl, gw_buf_t *o) {
+void gw_rl_metrics(const gw_rl_t *rl, tg_buf_t *o) {
     gw_rl_snap_t sn;
     gw_rl_snapshot(rl, &sn);
     gw_rl_metrics_snap(&sn, o);

@@ -7,7 +7,7 @@
 
 #include "gw-int.h"
 
-int gw_sse_feed(gw_sse_t *s, const char *data, size_t len) { return gw_buf_append(&s->buf, data, len); }
+int gw_sse_feed(gw_sse_t *s, const char *data, size_t len) { return tg_buf_put(&s->buf, data, len); }
 
 /* Bytes consumed by the event handed out last; dropped on the next call. */
 static size_t gw_sse_end(const char *p, size_t len, size_t from) {
@@ -24,7 +24,7 @@ int gw_sse_next(gw_sse_t *s, const char **ev, size_t *len) {
      * last; it is consumed now that the caller is done with it. */
     const size_t handed = (size_t)1 << (sizeof(size_t) * 8 - 1);
     if (s->scan & handed) {
-        gw_buf_consume(&s->buf, s->scan & ~handed);
+        tg_buf_consume(&s->buf, s->scan & ~handed);
         s->scan = 0;
     }
     size_t from = s->scan > 2 ? s->scan - 2 : 0;
@@ -44,7 +44,7 @@ size_t gw_sse_pending(const gw_sse_t *s) {
     return s->buf.len - ((s->scan & handed) ? (s->scan & ~handed) : 0);
 }
 
-int gw_sse_data(const char *ev, size_t len, gw_buf_t *out) {
+int gw_sse_data(const char *ev, size_t len, tg_buf_t *out) {
     const char *p = ev, *end = ev + len;
     int found = 0;
     out->len = 0;
@@ -56,17 +56,17 @@ int gw_sse_data(const char *ev, size_t len, gw_buf_t *out) {
         if (le - p >= 5 && !memcmp(p, "data:", 5)) {
             const char *v = p + 5;
             if (v < le && *v == ' ') v++;
-            if (found && gw_buf_append(out, "\n", 1) != GW_OK) return GW_ERROR;
-            if (gw_buf_append(out, v, (size_t)(le - v)) != GW_OK) return GW_ERROR;
+            if (found && tg_buf_put(out, "\n", 1) != GW_OK) return GW_ERROR;
+            if (tg_buf_put(out, v, (size_t)(le - v)) != GW_OK) return GW_ERROR;
             found = 1;
         }
         p = eol + 1;
     }
-    if (found && !out->p && gw_buf_append(out, "", 0) != GW_OK) return GW_ERROR;
+    if (found && !out->p && tg_buf_put(out, "", 0) != GW_OK) return GW_ERROR;
     return found ? GW_OK : GW_AGAIN;
 }
 
 void gw_sse_release(gw_sse_t *s) {
-    gw_buf_free(&s->buf);
+    tg_buf_free(&s->buf);
     s->scan = 0;
 }

@@ -354,26 +354,26 @@ void gw_sup_stop(gw_server_t *s) {
 }
 
 /* The pool's part of /metrics (on the first loop's thread, as the supervisor). */
-void gw_sup_metrics(const gw_server_t *s, gw_buf_t *o) {
+void gw_sup_metrics(const gw_server_t *s, tg_buf_t *o) {
     const gw_sup_t *sp = s->sup;
     if (!sp) return;
-    gw_buf_printf(o, "# HELP tollgate_worker_up 1 while the worker passes its health checks.\n"
+    tg_buf_printf(o, "# HELP tollgate_worker_up 1 while the worker passes its health checks.\n"
                      "# TYPE tollgate_worker_up gauge\n");
     for (int i = 0; i < sp->n; i++)
-        gw_buf_printf(o, "tollgate_worker_up{worker=\"%s\"} %d\n", sp->w[i].cfg->url, sp->w[i].up);
-    gw_buf_printf(o, "# HELP tollgate_worker_restarts_total Restarts of a worker the gateway runs.\n"
+        tg_buf_printf(o, "tollgate_worker_up{worker=\"%s\"} %d\n", sp->w[i].cfg->url, sp->w[i].up);
+    tg_buf_printf(o, "# HELP tollgate_worker_restarts_total Restarts of a worker the gateway runs.\n"
                      "# TYPE tollgate_worker_restarts_total counter\n");
     for (int i = 0; i < sp->n; i++)
-        gw_buf_printf(o, "tollgate_worker_restarts_total{worker=\"%s\"} %llu\n", sp->w[i].cfg->url,
+        tg_buf_printf(o, "tollgate_worker_restarts_total{worker=\"%s\"} %llu\n", sp->w[i].cfg->url,
                       (unsigned long long)sp->w[i].restarts);
-    gw_buf_printf(o, "# HELP tollgate_worker_health_failures_total Failed or timed-out health checks.\n"
+    tg_buf_printf(o, "# HELP tollgate_worker_health_failures_total Failed or timed-out health checks.\n"
                      "# TYPE tollgate_worker_health_failures_total counter\n");
     for (int i = 0; i < sp->n; i++)
-        gw_buf_printf(o, "tollgate_worker_health_failures_total{worker=\"%s\"} %llu\n", sp->w[i].cfg->url,
+        tg_buf_printf(o, "tollgate_worker_health_failures_total{worker=\"%s\"} %llu\n", sp->w[i].cfg->url,
                       (unsigned long long)sp->w[i].health_failures);
-    gw_buf_printf(o, "# HELP tollgate_worker_pid The process id of a worker the gateway runs (0: none).\n"
+    tg_buf_printf(o, "# HELP tollgate_worker_pid The process id of a worker the gateway runs (0: none).\n"
                      "# TYPE tollgate_worker_pid gauge\n");
     for (int i = 0; i < sp->n; i++)
         if (sp->w[i].cfg->command)
-            gw_buf_printf(o, "tollgate_worker_pid{worker=\"%s\"} %d\n", sp->w[i].cfg->url, (int)sp->w[i].pid);
+            tg_buf_printf(o, "tollgate_worker_pid{worker=\"%s\"} %d\n", sp->w[i].cfg->url, (int)sp->w[i].pid);
 }

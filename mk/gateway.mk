@@ -10,7 +10,7 @@
 # Unit tests link only the gateway's pure objects (no billing, no libevent).
 
 GW_TEST_DIR := $(O)/tests/gateway
-GW_PURE_OBJ := $(call objs,gateway/gw_buf.c gateway/gw_http.c gateway/gw_sse.c gateway/gw_uuid.c gateway/gw_config.c \
+GW_PURE_OBJ := $(call objs,gateway/gw_pool.c gateway/gw_http.c gateway/gw_sse.c gateway/gw_uuid.c gateway/gw_config.c \
                        gateway/gw_rl_local.c)
 GW_UNIT_SRCS := $(wildcard tests/unit/gateway/*.c)
 GW_UNIT_BINS := $(patsubst tests/unit/gateway/%.c,$(GW_TEST_DIR)/unit_%,$(GW_UNIT_SRCS))
@@ -43,13 +43,15 @@ fuzz: fuzz-gateway
 fuzz-gateway:
 	@mkdir -p $(B)/fuzz/gateway-corpus
 	clang -g -O1 -std=gnu11 -fsanitize=fuzzer,address,undefined -Icommon -Igateway -Ibilling \
-	    -o $(B)/fuzz/fuzz_http fuzz/gateway/fuzz_http.c gateway/gw_buf.c gateway/gw_http.c \
-	    gateway/gw_sse.c gateway/gw_uuid.c gateway/gw_config.c common/tg_file.c $(LIB_JSON)
+	    -o $(B)/fuzz/fuzz_http fuzz/gateway/fuzz_http.c gateway/gw_pool.c gateway/gw_http.c \
+	    gateway/gw_sse.c gateway/gw_uuid.c gateway/gw_config.c common/tg_file.c common/tg_buf.c \
+	    common/tg_json.c common/tg_utf8.c common/tg_hex.c $(LIB_JSON)
 	$(B)/fuzz/fuzz_http -max_total_time=$(FUZZ_SECONDS) $(B)/fuzz/gateway-corpus fuzz/gateway/corpus_http
 	@mkdir -p $(B)/fuzz/gateway-config-corpus
 	clang -g -O1 -std=gnu11 -fsanitize=fuzzer,address,undefined -Icommon -Igateway -Ibilling \
-	    -o $(B)/fuzz/fuzz_config fuzz/gateway/fuzz_config.c gateway/gw_buf.c gateway/gw_http.c \
-	    gateway/gw_sse.c gateway/gw_uuid.c gateway/gw_config.c common/tg_file.c $(LIB_JSON)
+	    -o $(B)/fuzz/fuzz_config fuzz/gateway/fuzz_config.c gateway/gw_pool.c gateway/gw_http.c \
+	    gateway/gw_sse.c gateway/gw_uuid.c gateway/gw_config.c common/tg_file.c common/tg_buf.c \
+	    common/tg_json.c common/tg_utf8.c common/tg_hex.c $(LIB_JSON)
 	$(B)/fuzz/fuzz_config -max_total_time=$(FUZZ_SECONDS) $(B)/fuzz/gateway-config-corpus fuzz/gateway/corpus_config
 
 TEST_TARGETS += test-gateway

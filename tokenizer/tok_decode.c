@@ -11,9 +11,9 @@
 #include "tok-int.h"
 
 /* Output in tg_json's growing, NUL-terminated byte buffer. */
-typedef tg_json_buf_t buf_t;
+typedef tg_buf_t buf_t;
 
-static int buf_put(buf_t *b, const void *s, size_t n) { return tg_json_buf_put(b, s, n); }
+static int buf_put(buf_t *b, const void *s, size_t n) { return tg_buf_put(b, s, n); }
 
 static const char fffd[3] = {(char)0xEF, (char)0xBF, (char)0xBD};
 

@@ -180,10 +180,10 @@ static const char *admin_token(const char *argv0) {
 
 /* tg_json's growing byte buffer (NUL-terminated); here running out of
  * memory ends the program. */
-typedef tg_json_buf_t buf_t;
+typedef tg_buf_t buf_t;
 
 static void bput(buf_t *b, const void *s, size_t n) {
-    if (tg_json_buf_put(b, s, n)) die(1, "out of memory");
+    if (tg_buf_put(b, s, n)) die(1, "out of memory");
 }
 
 static void bprintf(buf_t *b, const char *fmt, ...) {

@@ -125,9 +125,9 @@ typedef struct {
 
 /* One input line [p, e) to one output line in out (without the newline).
  * Returns NULL or the error message for "line N: ...". */
-typedef const char *(*filter_line_fn)(filter_t *f, const char *p, const char *e, tg_json_buf_t *out);
+typedef const char *(*filter_line_fn)(filter_t *f, const char *p, const char *e, tg_buf_t *out);
 
-static const char *tokenize_line(filter_t *f, const char *p, const char *e, tg_json_buf_t *out) {
+static const char *tokenize_line(filter_t *f, const char *p, const char *e, tg_buf_t *out) {
     tg_json_t *doc;
     const char *str;
     size_t slen;
@@ -137,18 +137,18 @@ static const char *tokenize_line(filter_t *f, const char *p, const char *e, tg_j
     long n = tok_encode(f->t, str, slen, !f->flag, &ids);
     tg_json_free(doc);
     if (n < 0) return "cannot tokenize";
-    tg_json_buf_put(out, "[", 1);
+    tg_buf_put(out, "[", 1);
     for (long i = 0; i < n; i++) {
         char num[16];
         int k = snprintf(num, sizeof num, i ? ",%d" : "%d", (int)ids[i]);
-        tg_json_buf_put(out, num, (size_t)k);
+        tg_buf_put(out, num, (size_t)k);
     }
-    tg_json_buf_put(out, "]", 1);
+    tg_buf_put(out, "]", 1);
     free(ids);
     return NULL;
 }
 
-static const char *detokenize_line(filter_t *f, const char *p, const char *e, tg_json_buf_t *out) {
+static const char *detokenize_line(filter_t *f, const char *p, const char *e, tg_buf_t *out) {
     size_t n, len;
     const char *msg = parse_id_array(p, e, &f->jerr, &f->ids, &n, &f->icap, tok_n_vocab(f->t));
     if (msg) return msg;
@@ -167,7 +167,7 @@ static int run_filter(const char *cmd, const char *flagname, int argc, char **ar
     char *line = NULL;
     size_t lcap = 0, lineno = 0;
     ssize_t ln;
-    tg_json_buf_t out = {0};
+    tg_buf_t out = {0};
     int rc = 0;
     while ((ln = getline(&line, &lcap, stdin)) >= 0) {
         lineno++;
@@ -180,7 +180,7 @@ static int run_filter(const char *cmd, const char *flagname, int argc, char **ar
             rc = 1;
             break;
         }
-        tg_json_buf_put(&out, "\n", 1);
+        tg_buf_put(&out, "\n", 1);
         if (out.oom || fwrite(out.p, 1, out.len, stdout) != out.len) {
             fprintf(stderr, "tollgate-engine %s: %s\n", cmd, out.oom ? "out of memory" : strerror(errno));
             rc = 1;
@@ -190,7 +190,7 @@ static int run_filter(const char *cmd, const char *flagname, int argc, char **ar
     fflush(stdout);
     free(line);
     free(f.ids);
-    tg_json_buf_free(&out);
+    tg_buf_free(&out);
     tok_free(f.t);
     return rc;
 }

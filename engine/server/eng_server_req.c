@@ -57,12 +57,12 @@ const char *eng_finish_name(eng_finish_t f) {
 /* Responses are written as text (not through cJSON) so that generated text
  * holding NUL bytes stays whole: tg_json_write_str escapes it as \u0000. */
 
-static void put_lit(tg_json_buf_t *b, const char *s) { tg_json_buf_put(b, s, strlen(s)); }
+static void put_lit(tg_buf_t *b, const char *s) { tg_buf_put(b, s, strlen(s)); }
 
-static void put_str(tg_json_buf_t *b, const char *s, size_t n) { tg_json_write_str(b, s, n); }
+static void put_str(tg_buf_t *b, const char *s, size_t n) { tg_json_write_str(b, s, n); }
 
 /* The usage object, DeepSeek and OpenAI fields together. */
-static void put_usage(tg_json_buf_t *b, const eng_usage_t *u) {
+static void put_usage(tg_buf_t *b, const eng_usage_t *u) {
     char t[512];
     int n = snprintf(t, sizeof t,
                      "{\"prompt_tokens\":%d,\"completion_tokens\":%d,\"total_tokens\":%lld,"
@@ -72,10 +72,10 @@ static void put_usage(tg_json_buf_t *b, const eng_usage_t *u) {
                      u->prompt_tokens, u->completion_tokens,
                      (long long)u->prompt_tokens + u->completion_tokens, u->cached_tokens,
                      u->prompt_tokens - u->cached_tokens, u->cached_tokens, u->reasoning_tokens);
-    tg_json_buf_put(b, t, (size_t)n);
+    tg_buf_put(b, t, (size_t)n);
 }
 
-static void put_head(tg_json_buf_t *b, const char *id, long long created, const char *model,
+static void put_head(tg_buf_t *b, const char *id, long long created, const char *model,
                      const char *object) {
     char t[48];
     put_lit(b, "{\"id\":");
@@ -89,7 +89,7 @@ static void put_head(tg_json_buf_t *b, const char *id, long long created, const 
 }
 
 /* ,"logprobs":<lp or null>,"finish_reason":<name or null>} — lp freed */
-static void put_choice_tail(tg_json_buf_t *b, cJSON *logprobs, eng_finish_t f) {
+static void put_choice_tail(tg_buf_t *b, cJSON *logprobs, eng_finish_t f) {
     put_lit(b, ",\"logprobs\":");
     if (logprobs) {
         char *s = cJSON_PrintUnformatted(logprobs);
@@ -107,9 +107,9 @@ static void put_choice_tail(tg_json_buf_t *b, cJSON *logprobs, eng_finish_t f) {
     put_lit(b, "}");
 }
 
-static char *buf_done(tg_json_buf_t *b) {
+static char *buf_done(tg_buf_t *b) {
     if (b->oom) {
-        tg_json_buf_free(b);
+        tg_buf_free(b);
         return NULL;
     }
     return b->p;
@@ -117,7 +117,7 @@ static char *buf_done(tg_json_buf_t *b) {
 
 /* One tool call: {"index"?,"id","type","function":{"name","arguments"}} of
  * choice `choice`. */
-static void put_call(tg_json_buf_t *b, const char *id, const eng_tool_call_t *c, size_t i, int with_index,
+static void put_call(tg_buf_t *b, const char *id, const eng_tool_call_t *c, size_t i, int with_index,
                      int choice) {
     char t[64];
     put_lit(b, "{");
@@ -127,15 +127,15 @@ static void put_call(tg_json_buf_t *b, const char *id, const eng_tool_call_t *c,
     }
     /* call ids: "call_<i>_" (choice 0) or "call_<choice>_<i>_" + the completion id without its
      * "chatcmpl-" (request ids have no '_': ids never collide) */
-    tg_json_buf_t cid = {0};
+    tg_buf_t cid = {0};
     if (choice) snprintf(t, sizeof t, "call_%d_%zu_", choice, i);
     else snprintf(t, sizeof t, "call_%zu_", i);
-    tg_json_buf_put(&cid, t, strlen(t));
+    tg_buf_put(&cid, t, strlen(t));
     const char *tail = strncmp(id, "chatcmpl-", 9) ? id : id + 9;
-    tg_json_buf_put(&cid, tail, strlen(tail));
+    tg_buf_put(&cid, tail, strlen(tail));
     put_lit(b, "\"id\":");
     put_str(b, cid.p ? cid.p : "", cid.len);
-    tg_json_buf_free(&cid);
+    tg_buf_free(&cid);
     put_lit(b, ",\"type\":\"function\",\"function\":{\"name\":");
     put_str(b, c->name, strlen(c->name));
     put_lit(b, ",\"arguments\":");
@@ -145,7 +145,7 @@ static void put_call(tg_json_buf_t *b, const char *id, const eng_tool_call_t *c,
 
 char *eng_resp_completion_n(const char *id, long long created, const char *model, const eng_choice_t *ch, int n,
                             const eng_usage_t *u) {
-    tg_json_buf_t b = {0};
+    tg_buf_t b = {0};
     put_head(&b, id, created, model, "chat.completion");
     for (int k = 0; k < n; k++) {
         const eng_choice_t *c = &ch[k];
@@ -196,7 +196,7 @@ char *eng_resp_chunk_at(int index, const char *id, long long created, const char
                         const char *content, size_t content_len, const char *reasoning,
                         size_t reasoning_len, eng_finish_t finish, int usage_null,
                         const eng_usage_t *usage, cJSON *logprobs) {
-    tg_json_buf_t b = {0};
+    tg_buf_t b = {0};
     put_head(&b, id, created, model, "chat.completion.chunk");
     if (usage) {
         cJSON_Delete(logprobs);
@@ -241,7 +241,7 @@ char *eng_resp_chunk_tools(const char *id, long long created, const char *model,
 
 char *eng_resp_chunk_tools_at(int index, const char *id, long long created, const char *model,
                               const eng_tool_call_t *calls, size_t first, size_t n, int usage_null) {
-    tg_json_buf_t b = {0};
+    tg_buf_t b = {0};
     put_head(&b, id, created, model, "chat.completion.chunk");
     char t[32];
     snprintf(t, sizeof t, "{\"index\":%d,", index);
@@ -340,16 +340,16 @@ static cJSON *token_json(const tok_t *t, int32_t id, double logprob) {
     }
     /* the token text as a JSON string written by length (a token may be a
      * NUL byte; cJSON would cut it), added as raw JSON */
-    tg_json_buf_t q = {0};
+    tg_buf_t q = {0};
     tg_json_write_str(&q, text ? text : "", text ? n : 0);
     if (q.oom || !cJSON_AddRawToObject(o, "token", q.p)) {
-        tg_json_buf_free(&q);
+        tg_buf_free(&q);
         free(text);
         cJSON_Delete(o);
         cJSON_Delete(b);
         return NULL;
     }
-    tg_json_buf_free(&q);
+    tg_buf_free(&q);
     cJSON_AddNumberToObject(o, "logprob", logprob);
     for (size_t i = 0; text && i < n; i++) cJSON_AddItemToArray(b, cJSON_CreateNumber((unsigned char)text[i]));
     cJSON_AddItemToObject(o, "bytes", b);

@@ -38,15 +38,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         return 0;
     }
     walk(j);
-    tg_json_buf_t w1 = {0}, w2 = {0};
+    tg_buf_t w1 = {0}, w2 = {0};
     if (tg_json_write(&w1, j) == 0) {
         tg_json_t *k = tg_json_parse(w1.p, w1.len, &o, &err);
         if (!k) abort();
         if (tg_json_write(&w2, k) == 0 && (w1.len != w2.len || memcmp(w1.p, w2.p, w1.len))) abort();
         tg_json_free(k);
     }
-    tg_json_buf_free(&w1);
-    tg_json_buf_free(&w2);
+    tg_buf_free(&w1);
+    tg_buf_free(&w2);
     const tg_json_t *m;
     size_t i = 0;
     TG_JSON_FOREACH(m, j) {

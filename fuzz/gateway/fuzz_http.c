@@ -40,10 +40,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     gw_http_parser_release(&hp);
 
     gw_chunked_t ch = {0};
-    gw_buf_t out = {0};
+    tg_buf_t out = {0};
     ssize_t used = gw_chunked_feed(&ch, p, n, &out);
     if (used > (ssize_t)n || out.len > n) abort();
-    gw_buf_free(&out);
+    tg_buf_free(&out);
 
     gw_http_resp_t resp;
     long hl = gw_http_resp_parse(p, n, 1024, &resp);
@@ -53,9 +53,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     gw_sse_feed(&sse, p, n);
     const char *ev;
     size_t evlen;
-    gw_buf_t d = {0};
+    tg_buf_t d = {0};
     while (gw_sse_next(&sse, &ev, &evlen) == GW_OK) gw_sse_data(ev, evlen, &d);
-    gw_buf_free(&d);
+    tg_buf_free(&d);
     gw_sse_release(&sse);
     return 0;
 }

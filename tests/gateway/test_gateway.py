@@ -1160,7 +1160,7 @@ class Shutdown(unittest.TestCase):
             os.kill(pid, 0)  # the gateway waits for it
             try:  # the listening socket may still take the TCP connection; the gateway must not serve it
                 raw = socket.create_connection((URL.hostname, URL.port), timeout=WAIT)
-            except ConnectionRefusedError:
+            except (ConnectionRefusedError, ConnectionResetError):  # refused, or reset as the listener closed
                 raw = None
             if raw is not None:
                 probe = Probe(raw)

@@ -192,10 +192,10 @@ static void test_render(void) {
 static void test_tojson(void) {
     const char *src = "{\"a\":1.50,\"b\":\"\\u00e9\\n\\u0001\\\"/\",\"c\":[1,2,{\"d\":null,\"e\":true}],\"f\":{}}";
     tg_json_t *v = tg_json_parse(src, strlen(src), NULL, NULL);
-    tg_json_buf_t b = {0};
+    tg_buf_t b = {0};
     CHECK_EQ_I(api_tojson(&b, v), 0);
     CHECK_EQ_S(b.p, "{\"a\": 1.50, \"b\": \"é\\n\\u0001\\\"/\", \"c\": [1, 2, {\"d\": null, \"e\": true}], \"f\": {}}");
-    tg_json_buf_free(&b);
+    tg_buf_free(&b);
     tg_json_free(v);
 }
 

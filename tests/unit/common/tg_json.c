@@ -158,14 +158,14 @@ static void test_nul_round_trip(void) {
     CHECK(s && !memcmp(s, "a\0b\0", 5)); /* and NUL-terminated after */
     CHECK(tg_json_get(j, "k") == NULL);
     CHECK(tg_json_getn(j, "k\0x", 3) != NULL);
-    tg_json_buf_t b = {0};
+    tg_buf_t b = {0};
     CHECK_EQ_I(tg_json_write(&b, j), 0);
     CHECK_EQ_S(b.p, "{\"content\":\"a\\u0000b\\u0000\",\"k\\u0000x\":1}");
     tg_json_t *j2 = tg_json_parse(b.p, b.len, NULL, NULL);
     s = tg_json_str(tg_json_get(j2, "content"), &n);
     CHECK(s && n == 4 && !memcmp(s, "a\0b\0", 4));
     tg_json_free(j2);
-    tg_json_buf_free(&b);
+    tg_buf_free(&b);
     tg_json_free(j);
 }
 
@@ -297,10 +297,10 @@ static void test_every_split(void) {
             t[i] = (char)subst[k];
             tg_json_t *j = tg_json_parse(t, n, NULL, NULL);
             if (j) {
-                tg_json_buf_t b = {0};
+                tg_buf_t b = {0};
                 CHECK_EQ_I(tg_json_write(&b, j), 0);
                 CHECK(parses(b.p, b.len));
-                tg_json_buf_free(&b);
+                tg_buf_free(&b);
             }
             tg_json_free(j);
         }
@@ -383,7 +383,7 @@ static void test_member_cut(void) {
 }
 
 static void test_writer(void) {
-    tg_json_buf_t b = {0};
+    tg_buf_t b = {0};
     CHECK_EQ_I(tg_json_write_str(&b, "a\"b\\c\n\t\x01\x1f\x7f", 10), 0);
     CHECK_EQ_S(b.p, "\"a\\\"b\\\\c\\n\\t\\u0001\\u001f\x7f\"");
     b.len = 0;
@@ -394,7 +394,7 @@ static void test_writer(void) {
     b.len = 0;
     CHECK_EQ_I(tg_json_write_str(&b, "", 0), 0);
     CHECK_EQ_S(b.p, "\"\"");
-    tg_json_buf_free(&b);
+    tg_buf_free(&b);
     CHECK(b.p == NULL && b.len == 0);
     /* every byte value alone: the output always parses back */
     for (int c = 0; c < 256; c++) {
@@ -414,7 +414,7 @@ static void test_writer(void) {
     CHECK_EQ_I(tg_json_write(&b, j), 0);
     CHECK_EQ_S(b.p, "{\"n\":12345678901234567890123,\"f\":[1.50E+3,-0],\"s\":\"\xc3\xa9/\"}");
     tg_json_free(j);
-    tg_json_buf_free(&b);
+    tg_buf_free(&b);
 }
 
 TG_TEST_MAIN(test_suite_cases, test_error_messages, test_nul_round_trip, test_surrogates, test_int64, test_depth,

@@ -176,14 +176,14 @@ static int schema_valid(const api_schema_t *sc, int ni, const tg_json_t *v) {
     if (ni < 0) return 1;
     const api_schema_node_t *nd = &sc->nodes[ni];
     if (nd->n_enum) {
-        tg_json_buf_t b = {0};
+        tg_buf_t b = {0};
         tg_json_write(&b, v);
         int ok = 0;
         for (int i = 0; i < nd->n_enum; i++) {
             const api_schema_lit_t *l = &sc->lits[nd->lit0 + i];
             ok |= l->len == b.len && !memcmp(sc->arena + l->off, b.p, b.len);
         }
-        tg_json_buf_free(&b);
+        tg_buf_free(&b);
         return ok;
     }
     size_t n;
@@ -212,14 +212,14 @@ static int schema_valid(const api_schema_t *sc, int ni, const tg_json_t *v) {
         TG_JSON_FOREACH(m, v) { /* every member is a property, valid */
             size_t kl;
             const char *k = tg_json_key(m, &kl);
-            tg_json_buf_t kb = {0};
+            tg_buf_t kb = {0};
             tg_json_write_str(&kb, k, kl);
             int found = -1;
             for (int j = 0; j < nd->n_props; j++) {
                 const api_schema_prop_t *p = &sc->props[nd->prop0 + j];
                 if (p->len == kb.len && !memcmp(sc->arena + p->off, kb.p, kb.len)) found = j;
             }
-            tg_json_buf_free(&kb);
+            tg_buf_free(&kb);
             if (found < 0 || !schema_valid(sc, sc->props[nd->prop0 + found].node, m)) return 0;
         }
         for (int j = 0; j < nd->n_props; j++) { /* every required one is there */
@@ -229,10 +229,10 @@ static int schema_valid(const api_schema_t *sc, int ni, const tg_json_t *v) {
             TG_JSON_FOREACH(m, v) {
                 size_t kl;
                 const char *k = tg_json_key(m, &kl);
-                tg_json_buf_t kb = {0};
+                tg_buf_t kb = {0};
                 tg_json_write_str(&kb, k, kl);
                 there |= p->len == kb.len && !memcmp(sc->arena + p->off, kb.p, kb.len);
-                tg_json_buf_free(&kb);
+                tg_buf_free(&kb);
             }
             if (!there) return 0;
         }

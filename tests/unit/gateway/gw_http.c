@@ -124,27 +124,27 @@ static void test_limits(void) {
     CHECK_EQ_I(err_of("POST / HTTP/1.1\r\nContent-Length: 4097\r\n\r\n"), 413);
     CHECK_EQ_I(err_of("POST / HTTP/1.1\r\nContent-Length: 4096\r\n\r\n"), 0); /* waits for the body */
     /* chunked body passes the limit while arriving */
-    gw_buf_t b = {0};
-    gw_buf_printf(&b, "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n");
+    tg_buf_t b = {0};
+    tg_buf_printf(&b, "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n");
     for (int i = 0; i < 5; i++) {
-        gw_buf_printf(&b, "400\r\n");
-        for (int j = 0; j < 1024; j++) gw_buf_append(&b, "x", 1);
-        gw_buf_printf(&b, "\r\n");
+        tg_buf_printf(&b, "400\r\n");
+        for (int j = 0; j < 1024; j++) tg_buf_put(&b, "x", 1);
+        tg_buf_printf(&b, "\r\n");
     }
     CHECK_EQ_I(err_of(b.p), 413);
-    gw_buf_free(&b);
+    tg_buf_free(&b);
     /* header limit 1024 -> 431, both complete and incomplete heads */
-    gw_buf_t h = {0};
-    gw_buf_printf(&h, "GET / HTTP/1.1\r\nX: ");
-    for (int i = 0; i < 1100; i++) gw_buf_append(&h, "a", 1);
+    tg_buf_t h = {0};
+    tg_buf_printf(&h, "GET / HTTP/1.1\r\nX: ");
+    for (int i = 0; i < 1100; i++) tg_buf_put(&h, "a", 1);
     CHECK_EQ_I(err_of(h.p), 431);
-    gw_buf_printf(&h, "\r\n\r\n");
+    tg_buf_printf(&h, "\r\n\r\n");
     CHECK_EQ_I(err_of(h.p), 431);
-    gw_buf_free(&h);
-    gw_buf_t many = {0};
-    gw_buf_printf(&many, "GET / HTTP/1.1\r\n");
-    for (int i = 0; i < GW_HTTP_MAX_HEADERS + 1; i++) gw_buf_printf(&many, "h%d: v\r\n", i);
-    gw_buf_printf(&many, "\r\n");
+    tg_buf_free(&h);
+    tg_buf_t many = {0};
+    tg_buf_printf(&many, "GET / HTTP/1.1\r\n");
+    for (int i = 0; i < GW_HTTP_MAX_HEADERS + 1; i++) tg_buf_printf(&many, "h%d: v\r\n", i);
+    tg_buf_printf(&many, "\r\n");
     gw_http_parser_t p;
     gw_http_parser_init(&p, 8192, 100);
     gw_http_parser_feed(&p, many.p, many.len);
@@ -152,13 +152,13 @@ static void test_limits(void) {
     CHECK_EQ_I(gw_http_parser_next(&p, &r), GW_ERROR);
     CHECK_EQ_I(p.err_status, 431);
     gw_http_parser_release(&p);
-    gw_buf_free(&many);
+    tg_buf_free(&many);
     /* request line: 8 KiB passes, one byte more is 414, with or without its end */
     for (int extra = 0; extra <= 1; extra++) {
-        gw_buf_t rl = {0};
-        gw_buf_printf(&rl, "GET /");
-        while (rl.len < GW_HTTP_MAX_REQUEST_LINE - 9 + (size_t)extra) gw_buf_append(&rl, "a", 1);
-        gw_buf_printf(&rl, " HTTP/1.1"); /* now exactly 8192 (+extra) bytes */
+        tg_buf_t rl = {0};
+        tg_buf_printf(&rl, "GET /");
+        while (rl.len < GW_HTTP_MAX_REQUEST_LINE - 9 + (size_t)extra) tg_buf_put(&rl, "a", 1);
+        tg_buf_printf(&rl, " HTTP/1.1"); /* now exactly 8192 (+extra) bytes */
         CHECK_EQ_I((int)rl.len, GW_HTTP_MAX_REQUEST_LINE + extra);
         gw_http_parser_init(&p, 65536, 100);
         gw_http_parser_feed(&p, rl.p, rl.len);
@@ -171,17 +171,17 @@ static void test_limits(void) {
         if (extra) CHECK_EQ_I(p.err_status, 414);
         else gw_http_req_free(r);
         gw_http_parser_release(&p);
-        gw_buf_free(&rl);
+        tg_buf_free(&rl);
     }
     /* trailers count with the head: fields and bytes */
     for (int k = 0; k < 2; k++) {
-        gw_buf_t t = {0};
-        gw_buf_printf(&t, "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n");
-        for (int i = 0; i < 10; i++) gw_buf_printf(&t, "h%d: v\r\n", i);
-        gw_buf_printf(&t, "\r\n1\r\nx\r\n0\r\n");
+        tg_buf_t t = {0};
+        tg_buf_printf(&t, "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n");
+        for (int i = 0; i < 10; i++) tg_buf_printf(&t, "h%d: v\r\n", i);
+        tg_buf_printf(&t, "\r\n1\r\nx\r\n0\r\n");
         int ntr = k ? GW_HTTP_MAX_HEADERS - 11 + 1 : GW_HTTP_MAX_HEADERS - 11; /* 11 head fields */
-        for (int i = 0; i < ntr; i++) gw_buf_printf(&t, "t%d: v\r\n", i);
-        gw_buf_printf(&t, "\r\n");
+        for (int i = 0; i < ntr; i++) tg_buf_printf(&t, "t%d: v\r\n", i);
+        tg_buf_printf(&t, "\r\n");
         gw_http_parser_init(&p, 65536, 100);
         gw_http_parser_feed(&p, t.p, t.len);
         int rc = gw_http_parser_next(&p, &r);
@@ -189,19 +189,19 @@ static void test_limits(void) {
         if (k) CHECK_EQ_I(p.err_status, 431);
         else gw_http_req_free(r);
         gw_http_parser_release(&p);
-        gw_buf_free(&t);
+        tg_buf_free(&t);
     }
     {
-        gw_buf_t t = {0};
-        gw_buf_printf(&t, "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n");
-        for (int i = 0; i < 40; i++) gw_buf_printf(&t, "t%d: %s\r\n", i, "0123456789012345678901234567890123456789");
-        gw_buf_printf(&t, "\r\n");
+        tg_buf_t t = {0};
+        tg_buf_printf(&t, "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n");
+        for (int i = 0; i < 40; i++) tg_buf_printf(&t, "t%d: %s\r\n", i, "0123456789012345678901234567890123456789");
+        tg_buf_printf(&t, "\r\n");
         gw_http_parser_init(&p, 1024, 100); /* the head fits, head + trailers do not */
         gw_http_parser_feed(&p, t.p, t.len);
         CHECK_EQ_I(gw_http_parser_next(&p, &r), GW_ERROR);
         CHECK_EQ_I(p.err_status, 431);
         gw_http_parser_release(&p);
-        gw_buf_free(&t);
+        tg_buf_free(&t);
     }
 }
 
@@ -238,21 +238,21 @@ static void test_chunked_decoder(void) {
     size_t len = strlen(body);
     for (size_t s = 1; s < len; s++) { /* every split */
         gw_chunked_t c = {0};
-        gw_buf_t out = {0};
+        tg_buf_t out = {0};
         ssize_t a = gw_chunked_feed(&c, body, s, &out);
         ssize_t b = c.done ? 0 : gw_chunked_feed(&c, body + s, len - s, &out);
         CHECK(a >= 0 && b >= 0);
         CHECK_EQ_I(c.done, 1);
         CHECK_EQ_I((size_t)(a + b), len - 4); /* stops before NEXT */
         CHECK_EQ_S(out.p, "hello world");
-        gw_buf_free(&out);
+        tg_buf_free(&out);
     }
     gw_chunked_t c = {0};
-    gw_buf_t out = {0};
+    tg_buf_t out = {0};
     CHECK_EQ_I(gw_chunked_feed(&c, "fffffffffffffffff\r\n", 19, &out), -1); /* size overflow */
     gw_chunked_t c2 = {0};
     CHECK_EQ_I(gw_chunked_feed(&c2, "\r\n", 2, &out), -1); /* no size */
-    gw_buf_free(&out);
+    tg_buf_free(&out);
 }
 
 static void test_response_head(void) {

@@ -34,14 +34,14 @@ static void test_split_everywhere(void) {
 }
 
 static void test_data(void) {
-    gw_buf_t d = {0};
+    tg_buf_t d = {0};
     const char *ev = "event: x\ndata: one\ndata:two\r\nid: 3\n\n";
     CHECK_EQ_I(gw_sse_data(ev, strlen(ev), &d), GW_OK);
     CHECK_EQ_S(d.p, "one\ntwo");
     CHECK_EQ_I(gw_sse_data(": comment\n\n", 11, &d), GW_AGAIN);
     CHECK_EQ_I(gw_sse_data("data:\n\n", 7, &d), GW_OK);
     CHECK_EQ_I(d.len, 0);
-    gw_buf_free(&d);
+    tg_buf_free(&d);
 }
 
 TG_TEST_MAIN(test_split_everywhere, test_data)

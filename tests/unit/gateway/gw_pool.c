@@ -1,28 +1,10 @@
-/* Unit tests of gateway/gw_buf.c: the byte buffer (growth, consume, JSON
- * escaping) and the request pool (alignment, big blocks, cleanup order). */
+/* Unit tests of gateway/gw_pool.c: the request pool (alignment, big blocks,
+ * cleanup order). */
 #include <stdint.h>
 #include <string.h>
 
 #include "../../../gateway/gw-int.h"
 #include "tg_test.h"
-
-static void test_buf(void) {
-    gw_buf_t b = {0};
-    for (int i = 0; i < 1000; i++) CHECK_EQ_I(gw_buf_printf(&b, "%03d,", i), GW_OK);
-    CHECK_EQ_I(b.len, 4000);
-    CHECK(!strncmp(b.p, "000,001,", 8));
-    CHECK_EQ_I(b.p[b.len], '\0');
-    gw_buf_consume(&b, 3996);
-    CHECK_EQ_S(b.p, "999,");
-    gw_buf_consume(&b, 100);
-    CHECK_EQ_I(b.len, 0);
-    CHECK_EQ_S(b.p, "");
-    gw_buf_json_str(&b, "a\"b\\c\n\x01\x7f\xc3\xa9", 10);
-    CHECK_EQ_S(b.p, "a\\\"b\\\\c\\u000a\\u0001\\u007f\xc3\xa9");
-    gw_buf_free(&b);
-    CHECK(b.p == NULL && b.len == 0 && b.cap == 0);
-    gw_buf_free(&b); /* twice is fine */
-}
 
 static int order[4], norder;
 static void note(void *arg) { order[norder++] = (int)(intptr_t)arg; }
@@ -51,4 +33,4 @@ static void test_pool(void) {
     gw_pool_free(NULL);
 }
 
-TG_TEST_MAIN(test_buf, test_pool)
+TG_TEST_MAIN(test_pool)

@@ -1,0 +1,31 @@
+/* tg_buf.h — the one growable byte buffer.
+ *
+ *   tg_buf_t b = {0};
+ *   tg_buf_put(&b, "abc", 3);
+ *   tg_buf_printf(&b, " %d", 42);
+ *   use(b.p, b.len);               // b.p is NUL-terminated after every write
+ *   tg_buf_free(&b);
+ *
+ * A failed allocation sets `oom`; later writes then do nothing and return -1,
+ * so a writer may check once at the end. */
+#ifndef TG_BUF_H
+#define TG_BUF_H
+
+#include <stddef.h>
+
+typedef struct {
+    char *p;    /* malloc'd; NUL after the bytes once anything was written; NULL while empty */
+    size_t len, cap;
+    int oom;    /* an allocation failed: later writes do nothing */
+} tg_buf_t;
+
+/* Append n bytes.  0, or -1 out of memory. */
+int tg_buf_put(tg_buf_t *b, const void *s, size_t n);
+/* Append printf output.  0, or -1. */
+int tg_buf_printf(tg_buf_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Drop n bytes from the front (all of them when n >= len). */
+void tg_buf_consume(tg_buf_t *b, size_t n);
+/* Release the memory; b is empty and usable again.  Twice is fine. */
+void tg_buf_free(tg_buf_t *b);
+
+#endif
