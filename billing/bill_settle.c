@@ -34,6 +34,7 @@
 
 #include <event2/event.h>
 
+#include "tg_clock.h"
 #include "bill-int.h"
 #include "mtr.h"
 #include "mtr_journal.h"
@@ -212,11 +213,6 @@ static int uuid_ok(const char *s) {
     return s[36] == 0;
 }
 
-static int64_t now_us(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
 
 static void item_free(item_t *it) {
     if (!it) return;
@@ -275,7 +271,7 @@ static item_t *item_new(bill_settler_t *s, const bill_usage_t *u, mtr_jfile_t *s
     it->u.model = model;
     it->cost = cost;
     it->src = src;
-    if (it->u.finished_us <= 0) it->u.finished_us = now_us();
+    if (it->u.finished_us <= 0) it->u.finished_us = tg_wall_us();
     if (it->u.received_us <= 0) it->u.received_us = it->u.finished_us;
     if (it->u.first_byte_us < 0) it->u.first_byte_us = 0;
     return it;

@@ -19,6 +19,7 @@
 
 #include <event2/event.h>
 
+#include "tg_clock.h"
 #include "mtr_journal.h"
 #include "tg_work.h"
 
@@ -54,11 +55,6 @@ struct mtr_journal {
     int replaying;      /* a replay's reads are on the worker thread */
 };
 
-static int64_t now_us(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
 
 /* ---- files ------------------------------------------------------------------ */
 
@@ -161,7 +157,7 @@ static mtr_jfile_t *journal_open(mtr_journal_t *j) {
     TAILQ_INSERT_TAIL(&j->files, f, link);
     j->jf = f;
     j->jrows = 0;
-    j->jopened_us = now_us();
+    j->jopened_us = tg_wall_us();
     return f;
 }
 
@@ -214,7 +210,7 @@ void mtr_journal_tick(mtr_journal_t *j, int64_t now) {
     evtimer_add(j->sync, &tv); /* again, to rotate the journal when its time is up */
 }
 
-static void sync_cb(evutil_socket_t fd, short what, void *arg) { mtr_journal_tick(arg, now_us()); }
+static void sync_cb(evutil_socket_t fd, short what, void *arg) { mtr_journal_tick(arg, tg_wall_us()); }
 
 /* ---- replay ------------------------------------------------------------------- */
 

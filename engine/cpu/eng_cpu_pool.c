@@ -17,6 +17,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 
+#include "tg_clock.h"
 #include "eng_cpu.h"
 
 struct eng_cpu_pool {
@@ -49,11 +50,7 @@ typedef struct {
 #define POOL_SPIN_US 200
 #endif
 
-static double mono_us(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1e6 + ts.tv_nsec * 1e-3;
-}
+static double mono_us(void) { return (double)tg_mono_ns() * 1e-3; }
 
 /* spin until (*v == x) == eq (returns 1) or the time is up (returns 0) */
 static int spin_until(const unsigned *v, unsigned x, int eq) {

@@ -94,12 +94,6 @@ struct eng_sched {
     float **b_logits;
 };
 
-int64_t eng_now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
 static void spec_free(eng_job_spec_t *sp) {
     free(sp->prompt);
     sp->prompt = NULL;
@@ -126,9 +120,9 @@ static void job_free(eng_job_t *j) {
 
 void eng_ev_free(eng_ev_t *ev) {
     if (!ev) return;
-    eng_buf_free(&ev->content);
-    eng_buf_free(&ev->reasoning);
-    eng_buf_free(&ev->tool);
+    tg_buf_free(&ev->content);
+    tg_buf_free(&ev->reasoning);
+    tg_buf_free(&ev->tool);
     if (ev->finish != ENG_FINISH_NONE) job_free(ev->job);
     free(ev->lp);
     free(ev);
@@ -262,7 +256,7 @@ static void finish_job(ev_list_t *l, eng_ev_t *ev, eng_job_t *j, eng_finish_t wh
 
 /* Run finished text through stop -> think into the event's buffers. */
 static int pipe_text(eng_job_t *j, eng_ev_t *ev, const char *t, size_t n, int *stopped) {
-    eng_buf_t mid = {0};
+    tg_buf_t mid = {0};
     int rc = eng_stop_push(&j->stop, t, n, &mid);
     if (rc < 0) goto out;
     if (rc == 1) *stopped = 1;
@@ -273,7 +267,7 @@ static int pipe_text(eng_job_t *j, eng_ev_t *ev, const char *t, size_t n, int *s
         rc = eng_think_push(&j->think, mid.p ? mid.p : "", mid.len, &ev->content, &ev->reasoning);
     }
 out:
-    eng_buf_free(&mid);
+    tg_buf_free(&mid);
     return rc < 0 ? -1 : 0;
 }
 
@@ -284,11 +278,11 @@ static int pipe_flush(eng_job_t *j, eng_ev_t *ev) {
     int stopped = 0;
     if (t && n && pipe_text(j, ev, t, n, &stopped)) return -1;
     if (stopped) return 0;
-    eng_buf_t mid = {0};
+    tg_buf_t mid = {0};
     int rc = eng_stop_flush(&j->stop, &mid);
     if (!rc) rc = eng_think_push(&j->think, mid.p ? mid.p : "", mid.len, &ev->content, &ev->reasoning);
     if (!rc) rc = eng_think_flush(&j->think, &ev->content, &ev->reasoning);
-    eng_buf_free(&mid);
+    tg_buf_free(&mid);
     return rc;
 }
 
@@ -419,7 +413,7 @@ static eng_finish_t take_token(eng_sched_t *s, eng_job_t *j, eng_ev_t *ev, char 
         if (j->in_tools) {
             size_t n = 0;
             const char *b = tok_token_bytes(s->tok, id, &n);
-            if (!b || eng_buf_add(&ev->tool, b, n)) goto oom;
+            if (!b || tg_buf_put(&ev->tool, b, n)) goto oom;
         } else {
             size_t n = 0;
             const char *t = tok_stream_push(j->dec, id, &n);
@@ -520,9 +514,9 @@ static void step(eng_sched_t *s) {
     }
     if (nb) {
         char failed[nb];
-        int64_t t0 = eng_now_ns();
+        int64_t t0 = tg_mono_ns();
         int rc = forward_isolating(s, nb, failed, err, sizeof err);
-        int64_t t1 = eng_now_ns();
+        int64_t t1 = tg_mono_ns();
         atomic_fetch_add(&s->steps, 1);
         atomic_fetch_add(&s->forward_ns, (unsigned long)(t1 - t0));
         if (rc == ENG_KV_FULL) { /* one job alone beyond the pool: the server should have refused it */

@@ -15,20 +15,13 @@
 #include <stdint.h>
 
 #include "eng.h"
+#include "tg_buf.h"
+#include "tg_clock.h"
 #include "eng_gram.h"
 #include "eng_sample.h"
 #include "tok.h"
 
-/* ---- growable byte buffer ------------------------------------------------ */
-
-typedef struct {
-    char *p;
-    size_t len, cap;
-} eng_buf_t;
-
-/* Append n bytes (keeps a NUL after them).  Returns 0 or -1 on out of memory. */
-int eng_buf_add(eng_buf_t *b, const char *s, size_t n);
-void eng_buf_free(eng_buf_t *b); /* leaves b empty, reusable */
+/* Text is gathered in tg_buf_t (common/tg_buf.h). */
 
 /* ---- stop strings, matched across token boundaries ------------------------ */
 
@@ -42,15 +35,15 @@ typedef struct {
     const char *stop[ENG_MAX_STOP]; /* borrowed, not owned */
     size_t stop_len[ENG_MAX_STOP];
     int n_stop;
-    eng_buf_t hold;
+    tg_buf_t hold;
     int matched;
 } eng_stop_t;
 
 void eng_stop_init(eng_stop_t *st, const char *const *stop, const size_t *len, int n);
 /* Returns 1 when a stop string matched (now or before), else 0; -1 on OOM. */
-int eng_stop_push(eng_stop_t *st, const char *text, size_t len, eng_buf_t *out);
+int eng_stop_push(eng_stop_t *st, const char *text, size_t len, tg_buf_t *out);
 /* End of generation: emit whatever is held back (nothing once matched). */
-int eng_stop_flush(eng_stop_t *st, eng_buf_t *out);
+int eng_stop_flush(eng_stop_t *st, tg_buf_t *out);
 void eng_stop_free(eng_stop_t *st);
 
 /* ---- DeepSeek-R1 <think> ... </think> splitting --------------------------- */
@@ -73,10 +66,10 @@ typedef struct {
 
 void eng_think_init(eng_think_t *th, eng_think_mode_t mode);
 /* Route text to reasoning or content. Returns 0 or -1 on OOM. */
-int eng_think_push(eng_think_t *th, const char *text, size_t len, eng_buf_t *content,
-                   eng_buf_t *reasoning);
+int eng_think_push(eng_think_t *th, const char *text, size_t len, tg_buf_t *content,
+                   tg_buf_t *reasoning);
 /* End of generation: release what is held back. */
-int eng_think_flush(eng_think_t *th, eng_buf_t *content, eng_buf_t *reasoning);
+int eng_think_flush(eng_think_t *th, tg_buf_t *content, tg_buf_t *reasoning);
 /* Nonzero while generated text still goes to reasoning. */
 int eng_think_in_reasoning(const eng_think_t *th);
 void eng_think_free(eng_think_t *th);
@@ -129,9 +122,9 @@ typedef struct eng_ev {
     struct eng_ev *next;
     eng_job_t *job;
     void *user;           /* as given to eng_sched_submit */
-    eng_buf_t content;    /* new content text (complete UTF-8) */
-    eng_buf_t reasoning;  /* new reasoning text */
-    eng_buf_t tool;       /* new bytes of the tool-call block (markers as their text) */
+    tg_buf_t content;    /* new content text (complete UTF-8) */
+    tg_buf_t reasoning;  /* new reasoning text */
+    tg_buf_t tool;       /* new bytes of the tool-call block (markers as their text) */
     int new_tokens;       /* tokens generated in this step (0 or 1) */
     int first_token;      /* this event carries the job's first generated token */
     eng_logprob_t *lp;    /* the new token's logprobs when asked for (NULL for EOS) */
@@ -187,6 +180,5 @@ typedef struct {
 } eng_sched_stats_t;
 void eng_sched_stats(eng_sched_t *s, eng_sched_stats_t *out);
 
-int64_t eng_now_ns(void); /* CLOCK_MONOTONIC */
 
 #endif

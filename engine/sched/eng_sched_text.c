@@ -11,38 +11,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-int eng_buf_add(eng_buf_t *b, const char *s, size_t n) {
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 64;
-        while (cap < b->len + n + 1) cap *= 2;
-        char *p = realloc(b->p, cap);
-        if (!p) return -1;
-        b->p = p;
-        b->cap = cap;
-    }
-    if (n) memcpy(b->p + b->len, s, n);
-    b->len += n;
-    b->p[b->len] = 0;
-    return 0;
-}
-
-void eng_buf_free(eng_buf_t *b) {
-    free(b->p);
-    b->p = NULL;
-    b->len = b->cap = 0;
-}
-
-/* Drop the first n bytes of b. */
-static void buf_consume(eng_buf_t *b, size_t n) {
-    if (n >= b->len) {
-        b->len = 0;
-    } else {
-        memmove(b->p, b->p + n, b->len - n);
-        b->len -= n;
-    }
-    if (b->p) b->p[b->len] = 0;
-}
-
 /* Length of the longest proper suffix of s[0..n) that is a prefix of pat. */
 static size_t suffix_prefix(const char *s, size_t n, const char *pat, size_t plen) {
     size_t k = n < plen ? n : plen - 1;
@@ -71,10 +39,10 @@ void eng_stop_init(eng_stop_t *st, const char *const *stop, const size_t *len, i
     }
 }
 
-int eng_stop_push(eng_stop_t *st, const char *text, size_t len, eng_buf_t *out) {
+int eng_stop_push(eng_stop_t *st, const char *text, size_t len, tg_buf_t *out) {
     if (st->matched) return 1;
-    if (!st->n_stop) return eng_buf_add(out, text, len) ? -1 : 0;
-    if (eng_buf_add(&st->hold, text, len)) return -1;
+    if (!st->n_stop) return tg_buf_put(out, text, len) ? -1 : 0;
+    if (tg_buf_put(&st->hold, text, len)) return -1;
     const char *h = st->hold.p;
     size_t hn = st->hold.len;
     const char *first = NULL;
@@ -84,8 +52,8 @@ int eng_stop_push(eng_stop_t *st, const char *text, size_t len, eng_buf_t *out) 
     }
     if (first) {
         st->matched = 1;
-        int rc = eng_buf_add(out, h, (size_t)(first - h));
-        eng_buf_free(&st->hold);
+        int rc = tg_buf_put(out, h, (size_t)(first - h));
+        tg_buf_free(&st->hold);
         return rc ? -1 : 1;
     }
     size_t keep = 0;
@@ -93,19 +61,19 @@ int eng_stop_push(eng_stop_t *st, const char *text, size_t len, eng_buf_t *out) 
         size_t k = suffix_prefix(h, hn, st->stop[i], st->stop_len[i]);
         if (k > keep) keep = k;
     }
-    if (eng_buf_add(out, h, hn - keep)) return -1;
-    buf_consume(&st->hold, hn - keep);
+    if (tg_buf_put(out, h, hn - keep)) return -1;
+    tg_buf_consume(&st->hold, hn - keep);
     return 0;
 }
 
-int eng_stop_flush(eng_stop_t *st, eng_buf_t *out) {
+int eng_stop_flush(eng_stop_t *st, tg_buf_t *out) {
     int rc = 0;
-    if (!st->matched && st->hold.len) rc = eng_buf_add(out, st->hold.p, st->hold.len);
+    if (!st->matched && st->hold.len) rc = tg_buf_put(out, st->hold.p, st->hold.len);
     st->hold.len = 0;
     return rc;
 }
 
-void eng_stop_free(eng_stop_t *st) { eng_buf_free(&st->hold); }
+void eng_stop_free(eng_stop_t *st) { tg_buf_free(&st->hold); }
 
 /* ---- <think> splitting (tok_r1_feed does the matching) ------------------------ */
 
@@ -127,22 +95,22 @@ static int think_scratch(eng_think_t *th, size_t n) {
     return 0;
 }
 
-int eng_think_push(eng_think_t *th, const char *text, size_t len, eng_buf_t *content,
-                   eng_buf_t *reasoning) {
-    if (!th->on) return eng_buf_add(content, text, len);
+int eng_think_push(eng_think_t *th, const char *text, size_t len, tg_buf_t *content,
+                   tg_buf_t *reasoning) {
+    if (!th->on) return tg_buf_put(content, text, len);
     if (think_scratch(th, len)) return -1;
     size_t rl = 0, cl = 0;
     tok_r1_feed(&th->st, text, len, th->rbuf, &rl, th->cbuf, &cl);
-    if (eng_buf_add(reasoning, th->rbuf, rl) || eng_buf_add(content, th->cbuf, cl)) return -1;
+    if (tg_buf_put(reasoning, th->rbuf, rl) || tg_buf_put(content, th->cbuf, cl)) return -1;
     return 0;
 }
 
-int eng_think_flush(eng_think_t *th, eng_buf_t *content, eng_buf_t *reasoning) {
+int eng_think_flush(eng_think_t *th, tg_buf_t *content, tg_buf_t *reasoning) {
     if (!th->on) return 0;
     if (think_scratch(th, 0)) return -1;
     size_t rl = 0, cl = 0;
     tok_r1_finish(&th->st, th->rbuf, &rl, th->cbuf, &cl);
-    if (eng_buf_add(reasoning, th->rbuf, rl) || eng_buf_add(content, th->cbuf, cl)) return -1;
+    if (tg_buf_put(reasoning, th->rbuf, rl) || tg_buf_put(content, th->cbuf, cl)) return -1;
     return 0;
 }
 

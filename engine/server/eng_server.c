@@ -100,9 +100,9 @@ typedef struct {
     eng_job_t *job;    /* NULL: never submitted (the queue was full) */
     int done, got_first;
     int64_t t_last;
-    eng_buf_t content, reasoning;
+    tg_buf_t content, reasoning;
     cJSON *lp_content; /* non-streaming logprobs entries, when asked for */
-    eng_buf_t tool;    /* the tool-call block so far (tools given) */
+    tg_buf_t tool;    /* the tool-call block so far (tools given) */
     eng_tool_call_t *calls;
     size_t n_calls, calls_sent; /* parsed; sent in stream chunks */
     eng_finish_t finish;
@@ -200,9 +200,9 @@ static void call_free(call_t *c) {
     if (!c) return;
     for (int i = 0; c->ch && i < c->n; i++) {
         choice_t *h = &c->ch[i];
-        eng_buf_free(&h->content);
-        eng_buf_free(&h->reasoning);
-        eng_buf_free(&h->tool);
+        tg_buf_free(&h->content);
+        tg_buf_free(&h->reasoning);
+        tg_buf_free(&h->tool);
         eng_tool_calls_free(h->calls, h->n_calls);
         cJSON_Delete(h->lp_content);
     }
@@ -354,7 +354,7 @@ static void call_finish(call_t *c) {
              c->bad_status ? (c->bad_status == 500 && !strcmp(c->bad_code, "engine_error") ? "error" : "cancelled")
              : eng_finish_name(fin) ? eng_finish_name(fin) : "error",
              u.prompt_tokens, u.cached_tokens, u.completion_tokens, u.reasoning_tokens,
-             (double)(eng_now_ns() - c->t_start) / 1e6);
+             (double)(tg_mono_ns() - c->t_start) / 1e6);
     call_unlink_free(c);
 }
 
@@ -392,7 +392,7 @@ static void choice_end(choice_t *h, const eng_ev_t *ev) {
  * gets each call in a chunk as soon as it is complete. */
 static void call_tool_bytes(choice_t *h, const char *b, size_t n) {
     call_t *c = h->call;
-    if (eng_buf_add(&h->tool, b, n) ||
+    if (tg_buf_put(&h->tool, b, n) ||
         eng_tool_calls_parse(h->tool.p, h->tool.len, &h->calls, &h->n_calls) < 0) {
         eng_sched_cancel(c->srv->sched, h->job);
         return;
@@ -447,8 +447,8 @@ static void on_wake(evutil_socket_t fd, short what, void *arg) {
                 else cJSON_Delete(lp);
                 lp = NULL;
             }
-            if (eng_buf_add(&h->content, ev->content.p ? ev->content.p : "", ev->content.len) ||
-                       eng_buf_add(&h->reasoning, ev->reasoning.p ? ev->reasoning.p : "", ev->reasoning.len)) {
+            if (tg_buf_put(&h->content, ev->content.p ? ev->content.p : "", ev->content.len) ||
+                       tg_buf_put(&h->reasoning, ev->reasoning.p ? ev->reasoning.p : "", ev->reasoning.len)) {
                 eng_sched_cancel(S->sched, h->job); /* out of memory: give up on this one */
             }
         }
@@ -514,12 +514,10 @@ static void make_request_id(srv_t *S, struct evhttp_request *req, char *out, siz
     /* UUIDv7: 48-bit Unix milliseconds, version 7, variant 10, random rest */
     unsigned char r[16] = {0};
     if (getrandom(r, sizeof r, 0) != (ssize_t)sizeof r) {
-        uint64_t x = (uint64_t)eng_now_ns() ^ (++S->id_counter << 40);
+        uint64_t x = (uint64_t)tg_mono_ns() ^ (++S->id_counter << 40);
         memcpy(r + 8, &x, 8);
     }
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    uint64_t ms = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+    uint64_t ms = (uint64_t)(tg_wall_us() / 1000);
     for (int i = 0; i < 6; i++) r[i] = (unsigned char)(ms >> (40 - 8 * i));
     r[6] = (unsigned char)(0x70 | (r[6] & 0x0f));
     r[8] = (unsigned char)(0x80 | (r[8] & 0x3f));
@@ -530,7 +528,7 @@ static void make_request_id(srv_t *S, struct evhttp_request *req, char *out, siz
 
 static uint64_t random_seed(srv_t *S) {
     uint64_t x;
-    if (getrandom(&x, sizeof x, 0) != (ssize_t)sizeof x) x = (uint64_t)eng_now_ns() ^ ++S->id_counter;
+    if (getrandom(&x, sizeof x, 0) != (ssize_t)sizeof x) x = (uint64_t)tg_mono_ns() ^ ++S->id_counter;
     return x;
 }
 
@@ -671,7 +669,7 @@ static void handle_chat(srv_t *S, struct evhttp_request *req) {
     c->include_usage = r.stream && r.include_usage;
     c->reasoning_model = spec.think != ENG_THINK_OFF;
     c->created = (long long)time(NULL);
-    c->t_start = eng_now_ns();
+    c->t_start = tg_mono_ns();
     memcpy(c->req_id, req_id, sizeof req_id);
     snprintf(c->id, sizeof c->id, "chatcmpl-%s", req_id);
     /* n > 1: each further choice is its own job (copies of the prompt, stops,

@@ -196,7 +196,7 @@ static void test_replay(void) {
 }
 
 /* Rotate the journal as the sync timer does once its time is up (1 s). */
-static void journal_expire(bill_settler_t *s) { mtr_journal_tick(s->journal, now_us() + 2000000); }
+static void journal_expire(bill_settler_t *s) { mtr_journal_tick(s->journal, tg_wall_us() + 2000000); }
 
 /* The write-ahead journal: rows are on disk when bill_settle returns, the
  * file goes when its rows committed and it was rotated, a second process
@@ -220,7 +220,7 @@ static void test_journal(void) {
     CHECK_EQ_I(nfiles(), 1);
     CHECK_EQ_I(spooled_rows(), 2);
     CHECK(jstats(s).dirty);
-    mtr_journal_tick(s->journal, now_us());
+    mtr_journal_tick(s->journal, tg_wall_us());
     CHECK(!jstats(s).dirty);
     CHECK_EQ_I(jstats(s).journal_rows, 2); /* still young: kept open */
 
@@ -327,7 +327,7 @@ static void measure_cost(void) {
         if (t1 - t0 < best_m) best_m = t1 - t0;
         while (answer(s, 1) > 0) {}
     }
-    mtr_journal_tick(s->journal, now_us());
+    mtr_journal_tick(s->journal, tg_wall_us());
     printf("bill_settle cost: %.2f us per settlement with the journal (write(2) per row), %.2f us memory only"
            " (best of 3 x %d)\n", best_j * 1e6 / N, best_m * 1e6 / N, N);
     bill_settler_free(s, NULL);

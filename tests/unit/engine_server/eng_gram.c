@@ -68,7 +68,7 @@ static uint64_t rnd(void) {
 static char *walk_random(eng_gram_t *g, int budget, int *eos, int *n_tok) {
     int32_t nv = V->n;
     float *lg = malloc((size_t)nv * sizeof *lg);
-    eng_buf_t out = {0};
+    tg_buf_t out = {0};
     *eos = 0;
     *n_tok = 0;
     for (int step = 0; step < budget; step++) {
@@ -93,10 +93,10 @@ static char *walk_random(eng_gram_t *g, int budget, int *eos, int *n_tok) {
         CHECK_EQ_I(eng_gram_accept(g, best), 0);
         size_t n;
         const char *b = tok_token_bytes(T, best, &n);
-        eng_buf_add(&out, b, n);
+        tg_buf_put(&out, b, n);
     }
     free(lg);
-    if (!out.p) eng_buf_add(&out, "", 0);
+    if (!out.p) tg_buf_put(&out, "", 0);
     return out.p;
 }
 

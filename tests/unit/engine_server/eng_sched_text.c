@@ -10,13 +10,13 @@ static char *run_stop(const char *const *stops, int n_stop, const char *const *p
     for (int i = 0; i < n_stop; i++) lens[i] = strlen(stops[i]);
     eng_stop_t st;
     eng_stop_init(&st, stops, lens, n_stop);
-    eng_buf_t out = {0};
+    tg_buf_t out = {0};
     *matched = 0;
     for (int i = 0; i < n; i++)
         if (eng_stop_push(&st, pieces[i], strlen(pieces[i]), &out) == 1) *matched = 1;
     if (!*matched) eng_stop_flush(&st, &out);
     eng_stop_free(&st);
-    eng_buf_add(&out, "", 0);
+    tg_buf_put(&out, "", 0);
     return out.p;
 }
 
@@ -41,7 +41,7 @@ static void test_stop_holds_back_only_prefixes(void) {
     size_t len = strlen(stops[0]);
     eng_stop_t st;
     eng_stop_init(&st, stops, &len, 1);
-    eng_buf_t out = {0};
+    tg_buf_t out = {0};
     eng_stop_push(&st, "abc\n", 4, &out);
     CHECK_EQ_I(out.len, 3); /* "\n" may start the stop string */
     eng_stop_push(&st, "\nUs", 3, &out);
@@ -51,7 +51,7 @@ static void test_stop_holds_back_only_prefixes(void) {
     CHECK_EQ_I(eng_stop_push(&st, "ignored", 7, &out), 1);
     CHECK_EQ_S(out.p, "abc");
     eng_stop_free(&st);
-    eng_buf_free(&out);
+    tg_buf_free(&out);
 }
 
 static void test_stop_earliest_of_several(void) {
@@ -82,12 +82,12 @@ static void test_stop_utf8(void) {
 static void split(eng_think_mode_t mode, const char *const *pieces, int n, char **content, char **reasoning) {
     eng_think_t th;
     eng_think_init(&th, mode);
-    eng_buf_t c = {0}, r = {0};
+    tg_buf_t c = {0}, r = {0};
     for (int i = 0; i < n; i++) eng_think_push(&th, pieces[i], strlen(pieces[i]), &c, &r);
     eng_think_flush(&th, &c, &r);
     eng_think_free(&th);
-    eng_buf_add(&c, "", 0);
-    eng_buf_add(&r, "", 0);
+    tg_buf_put(&c, "", 0);
+    tg_buf_put(&r, "", 0);
     *content = c.p;
     *reasoning = r.p;
 }
@@ -132,7 +132,7 @@ static void test_think_split(void) {
 static void test_think_state(void) {
     eng_think_t th;
     eng_think_init(&th, ENG_THINK_IN);
-    eng_buf_t c = {0}, r = {0};
+    tg_buf_t c = {0}, r = {0};
     CHECK(eng_think_in_reasoning(&th));
     eng_think_push(&th, "x</think>", 9, &c, &r);
     CHECK(!eng_think_in_reasoning(&th));
@@ -140,8 +140,8 @@ static void test_think_state(void) {
     eng_think_init(&th, ENG_THINK_OFF);
     CHECK(!eng_think_in_reasoning(&th));
     eng_think_free(&th);
-    eng_buf_free(&c);
-    eng_buf_free(&r);
+    tg_buf_free(&c);
+    tg_buf_free(&r);
 }
 
 TG_TEST_MAIN(test_stop_across_tokens, test_stop_holds_back_only_prefixes, test_stop_earliest_of_several,

@@ -101,7 +101,7 @@ static void test_journal(void) {
     CHECK_EQ_I(st.journal_rows, 1);
     CHECK(st.dirty);
     CHECK(st.bytes > 5 * MTR_REC_MIN);
-    mtr_journal_tick(j, now_us()); /* young: synced, kept open */
+    mtr_journal_tick(j, tg_wall_us()); /* young: synced, kept open */
     CHECK(!stats(j).dirty);
     CHECK_EQ_I(stats(j).journal_rows, 1);
 
@@ -112,7 +112,7 @@ static void test_journal(void) {
     CHECK_EQ_I(nfiles(), 2);
     mtr_journal_done(j, f[4]);
     CHECK_EQ_I(nfiles(), 2); /* open */
-    mtr_journal_tick(j, now_us() + 2000000); /* by age */
+    mtr_journal_tick(j, tg_wall_us() + 2000000); /* by age */
     CHECK_EQ_I(stats(j).journal_rows, 0);
     CHECK_EQ_I(nfiles(), 1);
 
