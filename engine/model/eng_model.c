@@ -191,18 +191,24 @@ out:
 
 /* ---- tensors ------------------------------------------------------------------ */
 
+/* The tensor named by fmt (its name written into name), or NULL with err
+ * saying it is missing from the checkpoint. */
+static const eng_st_tensor_t *find_tensor(eng_model_t *m, char name[512], char *err, size_t errlen,
+                                          const char *fmt, va_list ap) {
+    vsnprintf(name, 512, fmt, ap);
+    const eng_st_tensor_t *t = eng_st_find(m->st, name);
+    if (!t) tg_errf(err, errlen, "tensor '%s' is missing from the checkpoint", name);
+    return t;
+}
+
 static int bind_w(eng_model_t *m, eng_w_t *w, int64_t rows, int64_t cols, char *err, size_t errlen,
                   const char *fmt, ...) {
     char name[512];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(name, sizeof name, fmt, ap);
+    const eng_st_tensor_t *t = find_tensor(m, name, err, errlen, fmt, ap);
     va_end(ap);
-    const eng_st_tensor_t *t = eng_st_find(m->st, name);
-    if (!t) {
-        tg_errf(err, errlen, "tensor '%s' is missing from the checkpoint", name);
-        return -1;
-    }
+    if (!t) return -1;
     if (t->ndim != 2 || t->shape[0] != rows || t->shape[1] != cols) {
         tg_errf(err, errlen, "%s: tensor '%s': shape [%lld,%lld] (ndim %d), expected [%lld,%lld]", t->file, name,
                (long long)(t->ndim > 0 ? t->shape[0] : 0), (long long)(t->ndim > 1 ? t->shape[1] : 0), t->ndim,
@@ -260,13 +266,9 @@ static float *load_vec(eng_model_t *m, int64_t n, char *err, size_t errlen, cons
     char name[512];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(name, sizeof name, fmt, ap);
+    const eng_st_tensor_t *t = find_tensor(m, name, err, errlen, fmt, ap);
     va_end(ap);
-    const eng_st_tensor_t *t = eng_st_find(m->st, name);
-    if (!t) {
-        tg_errf(err, errlen, "tensor '%s' is missing from the checkpoint", name);
-        return NULL;
-    }
+    if (!t) return NULL;
     if (t->ndim != 1 || t->shape[0] != n) {
         tg_errf(err, errlen, "%s: tensor '%s': expected shape [%lld]", t->file, name, (long long)n);
         return NULL;
