@@ -380,7 +380,6 @@ static void preempt_youngest(eng_sched_t *s) {
 static eng_finish_t take_token(eng_sched_t *s, eng_job_t *j, eng_ev_t *ev, char *err, size_t errlen) {
     float *lg = s->logits[j->slot];
     eng_sample_prepare(s->sampler, lg, &j->spec.sp, j->gen, (size_t)j->n_gen);
-    if (j->spec.ban_id >= 0 && j->spec.ban_id < s->n_allowed) lg[j->spec.ban_id] = -INFINITY;
     if (j->gram_on) eng_gram_mask(j->spec.gram, j->spec.max_tokens - j->n_gen, lg, s->n_allowed);
     int32_t id = eng_sample_pick(s->sampler, lg, &j->spec.sp, &j->rng);
     if (id < 0) {

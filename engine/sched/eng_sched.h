@@ -101,7 +101,6 @@ typedef struct {
     int top_logprobs;  /* 0..ENG_MAX_TOP_LOGPROBS alternatives per token */
     eng_bias_t *bias;  /* logit_bias (malloc'd), n_bias entries; sp.bias points here */
     int n_bias;
-    int32_t ban_id;    /* an id never sampled (tool_choice "none": the tool-calls marker); -1 none */
     /* Constrained decoding: gram (malloc'd by eng_gram_*) masks every step
      * from the first, or, with gram_trigger >= 0 (tool_choice "auto"), from
      * the moment the model samples gram_trigger (which the grammar accepts

@@ -538,7 +538,7 @@ static uint64_t random_seed(srv_t *S) {
  * a grammar that only keeps the tool markers out (they are not special
  * tokens: sampled, they would show in the content).  0, or -1 with e filled. */
 static int chat_constraint(srv_t *S, const api_chat_req_t *r, eng_job_spec_t *spec, api_err_t *e) {
-    spec->ban_id = spec->gram_trigger = spec->tool_trigger = -1;
+    spec->gram_trigger = spec->tool_trigger = -1;
     if (r->n_tools && !S->has_tools)
         return api_err(e, 400, "invalid_request_error", "tools", "unsupported_parameter",
                        "Unsupported parameter: this model's chat template has no tool calls.");
