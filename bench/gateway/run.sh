@@ -11,7 +11,8 @@
 # prompts stream in (bench/gateway/large.py).  Not a test: figures vary with
 # the machine and what else runs on it.
 # Needs nginx and wrk (installed with apt-get when missing), PostgreSQL and
-# Redis (as the tests do).  Ports 19760-19769 (no test uses them); state under var/gwbench.
+# Redis (as the tests do).  Ports BENCH_PORT_BASE (default 19760) to +9 (no test uses them); state
+# under var/gwbench.  One run at a time per port base (a lock), so two trees cannot mix stacks.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$top"
@@ -19,9 +20,12 @@ BIN=${TOLLGATE_BIN:-build/tollgate}
 UPSTREAM_BIN=${UPSTREAM_BIN:-build/obj/bench/gateway/upstream}
 ROUNDS=${ROUNDS:-5} DURATION=${DURATION:-10s} CONNS=${CONNS:-64} THREADS=${WRK_THREADS:-2}
 V=$top/var/gwbench
-P_NGINX=19760 P_GW=19761 P_ADMIN=19762 P_PG=19763 P_REDIS=19764 P_UP=19765
+B=${BENCH_PORT_BASE:-19760}
+P_NGINX=$B P_GW=$((B + 1)) P_ADMIN=$((B + 2)) P_PG=$((B + 3)) P_REDIS=$((B + 4)) P_UP=$((B + 5))
+exec 8>"/tmp/tollgate-gwbench-$B.lock"
+flock -w 3600 8 || { echo "bench-gateway: ports $B-$((B + 9)) stay busy (another run)" >&2; exit 1; }
 PGBIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
-PGD=/tmp/tollgate-gwbench-pg-$(id -u)
+PGD=/tmp/tollgate-gwbench-pg-$(id -u)-$B
 MODEL=bench-model
 die() { echo "bench-gateway: $*" >&2; exit 1; }
 
@@ -141,9 +145,10 @@ measure() {
 # CPU ticks (user+system, all threads) of each party: "tollgate nginx postgres redis upstream"
 ticks() { local t=0 p; for p in "$@"; do [ -r /proc/$p/stat ] && t=$((t + $(awk '{ print $14 + $15 }' /proc/$p/stat))); done; echo $t; }
 cpu_snapshot() {
-    local pm
+    local pm nm
     pm=$(head -n 1 "$PGD/postmaster.pid" 2>/dev/null || echo 0)
-    echo "$(ticks "$GW_PID") $(ticks $(pgrep -f "nginx: (master|worker)" | tr '\n' ' ')) $(ticks "$pm" $(pgrep -P "$pm" | tr '\n' ' ')) $(ticks "$REDIS_PID") $(ticks "$UP_PID")"
+    nm=$(cat "$V/nginx.pid" 2>/dev/null || echo 0) # this run's nginx: its master and workers
+    echo "$(ticks "$GW_PID") $(ticks "$nm" $(pgrep -P "$nm" | tr '\n' ' ')) $(ticks "$pm" $(pgrep -P "$pm" | tr '\n' ' ')) $(ticks "$REDIS_PID") $(ticks "$UP_PID")"
 }
 median() { sort -n | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
