@@ -3,7 +3,8 @@
  * Every output value is computed by one thread in an order fixed by the
  * shapes alone, so results do not depend on the thread count or the batch.
  * Backend memory is host memory: uploads are zero-copy (weights stay in the
- * mapping), the KV pool is one anonymous mapping.  The per-token glue (norms,
+ * mapping; on the amx level bf16 weights are re-laid once into AMX tiles), the
+ * KV pool is one anonymous mapping.  The per-token glue (norms,
  * RoPE, routing, SwiGLU, the combine) runs on the calling thread: O(hidden)
  * per token. */
 #include <errno.h>
@@ -25,6 +26,8 @@ typedef struct {
     char desc[64];
     void *xbuf;         /* prepared activations of one matmul step (eng_cpu_xprep), grown on demand */
     size_t xcap;
+    struct cpu_wbuf { void *p; size_t n; } *wbufs; /* weights re-laid at upload (amx tiles), unmapped at free */
+    int n_wbufs, cap_wbufs;
 } cpu_be_t;
 
 static eng_cpu_pool_t *pool_of(eng_backend_t *be) { return ((cpu_be_t *)be)->pool; }
@@ -439,7 +442,32 @@ static int cpu_copy(eng_backend_t *be, void *dst, const void *src, size_t n) {
     return 0;
 }
 
-static int cpu_upload_w(eng_backend_t *be, eng_w_t *w) { return 0; /* used in place */ }
+/* Used in place, except bf16 weights on the amx level: re-laid once into AMX
+ * tiles (eng_cpu_amx.c) in an anonymous mapping on transparent huge pages, so
+ * that a matmul's tile loads read the weights in place and a decode step
+ * streams each byte once.  The model then drops the source's pages: one copy. */
+static int cpu_upload_w(eng_backend_t *be, eng_w_t *w) {
+    cpu_be_t *b = (cpu_be_t *)be;
+    if (!eng_cpu_w_wants_tiles(w)) return 0;
+    if (b->n_wbufs == b->cap_wbufs) {
+        int cap = b->cap_wbufs ? 2 * b->cap_wbufs : 64;
+        struct cpu_wbuf *nb = realloc(b->wbufs, cap * sizeof *nb);
+        if (!nb) return -1;
+        b->wbufs = nb;
+        b->cap_wbufs = cap;
+    }
+    size_t n = eng_cpu_amx_tiled_elems(w->rows, w->cols) * sizeof(uint16_t);
+    void *p = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) return -1;
+#ifdef MADV_HUGEPAGE
+    if (n >= (2u << 20)) madvise(p, n, MADV_HUGEPAGE); /* fewer TLB misses while streaming; advice only */
+#endif
+    eng_cpu_amx_tile_w(w->data, w->rows, w->cols, p);
+    b->wbufs[b->n_wbufs++] = (struct cpu_wbuf){p, n};
+    w->data = p;
+    w->layout = ENG_W_AMX;
+    return 0;
+}
 static const float *cpu_upload(eng_backend_t *be, const float *host, size_t n) { return host; }
 
 /* ---- per-token glue ------------------------------------------------------------ */
@@ -686,6 +714,8 @@ static void cpu_free(eng_backend_t *be) {
     free(b->rowcap);
     free(b->arena);
     free(b->xbuf);
+    for (int i = 0; i < b->n_wbufs; i++) munmap(b->wbufs[i].p, b->wbufs[i].n);
+    free(b->wbufs);
     free(b);
 }
 

@@ -50,13 +50,24 @@ void eng_cpu_matmul_rows(const eng_w_t *w, const float *x, const void *xp, int n
                          float *rowbuf);
 
 /* AMX (eng_cpu_amx.c): probe (and ask Linux for the tile state), the size
- * and layout of prepared activations, and Y rows r0..r1 for bf16 W [R, C]. */
+ * and layout of prepared activations. */
 int eng_cpu_amx_probe(void);
 size_t eng_cpu_amx_xbytes(int n, int64_t C);
 void eng_cpu_amx_xprep(const float *x, int n, int64_t C, uint16_t *xp);
-void eng_cpu_amx_rows(const uint16_t *W, int64_t C, const uint16_t *xp, int n, float *y, int64_t ldy, int64_t r0,
-                      int64_t r1, float *spill);
-/* floats of per-thread scratch eng_cpu_amx_rows needs for n tokens of C columns */
+/* Weights re-laid at load as AMX tiles (eng_w_t.layout ENG_W_AMX; the layout
+ * is described in eng_cpu_amx.c): elements the tiled copy of a [R, C] bf16
+ * weight takes; the re-laying (dst: that many elements, 64-byte aligned);
+ * where row r's columns 32 kb .. 32 kb + 31 are (contiguous); and Y rows
+ * r0..r1 (r0 % 16 == 0) with the tiles loaded in place. */
+size_t eng_cpu_amx_tiled_elems(int64_t R, int64_t C);
+void eng_cpu_amx_tile_w(const uint16_t *W, int64_t R, int64_t C, uint16_t *dst);
+const uint16_t *eng_cpu_amx_tiled_at(const uint16_t *T, int64_t R, int64_t C, int64_t r, int64_t kb);
+void eng_cpu_amx_rows_tiled(const uint16_t *T, int64_t R, int64_t C, const uint16_t *xp, int n, float *y,
+                            int64_t ldy, int64_t r0, int64_t r1, float *spill);
+/* 1 when the kernels want w re-laid into AMX tiles at upload (bf16 weights on
+ * the amx level), else 0 (w is used in place). */
+int eng_cpu_w_wants_tiles(const eng_w_t *w);
+/* floats of per-thread scratch eng_cpu_amx_rows_tiled needs for n tokens of C columns */
 size_t eng_cpu_amx_scratch_floats(int n, int64_t C);
 /* floats of per-thread scratch (rowbuf) eng_cpu_matmul_rows needs */
 size_t eng_cpu_rowbuf_floats(const eng_w_t *w, int n);

@@ -1,6 +1,6 @@
 /* eng_cpu_amx.c — bf16 matmuls on Intel AMX (TDPBF16PS), the "amx" ISA level.
  *
- *   Y [n, rows r0..r1) = X [n, C] @ W^T,   W bf16 [R, C] read in place
+ *   Y [n, rows r0..r1) = X [n, C] @ W^T,   W bf16 [R, C] re-laid once into tiles
  *
  * AMX multiplies bf16 by bf16 into fp32.  The weights are bf16 already; the
  * fp32 activations are split once per matmul into two bf16 parts,
@@ -9,18 +9,21 @@
  * of x (relative error ~2^-17, against 2^-9 for x rounded to bf16 alone):
  * the goldens' 1e-3 tolerance holds with two orders of magnitude to spare.
  *
- * Layout: the weights are the A operand (16 rows of W x 32 columns, loaded
- * with the row stride: no copy, no repacking); the prepared activations are
- * the B operand, in AMX's pair layout, per (group of 16 tokens, block of 32
- * columns) one hi tile then one lo tile of 16 x 16 dwords:
- *   xp[((g * KB + kb) * 2 + part) * 512 + kk * 32 + m * 2 + p]
+ * Layout: the weights are the A operand, re-laid at load time (the backend's
+ * upload_w) into 16 x 32 tiles that a tile load reads in place (below, "tiled
+ * weights"); the prepared activations are the B operand, in AMX's pair
+ * layout, per (group of up to 16 tokens, block of 32 columns) one hi tile
+ * then one lo tile of 16 rows x w dwords, w = min(n, 16) tokens:
+ *   xp[((g * KB + kb) * 2 + part) * 32 w + kk * 2 w + m * 2 + p]
  *      = part(x[16 g + m][32 kb + 2 kk + p])       (0 past n or C)
- * The result tile is [16 rows][16 tokens], transposed into y on the way out.
+ * A batch of fewer than 16 tokens uses tiles only as wide as the batch (a
+ * decode at batch 1 reads 128 bytes of x per 4 KB of weights, not 2 KB).
+ * The result tile is [16 rows][w tokens], transposed into y on the way out.
  *
  * Invariance: an output element is the accumulation, in k order, of its
  * weight row against its token's column; no other token or row enters it,
- * whatever the tile's fill, so results do not depend on the batch, on the
- * tile shape or on the thread (tested bit for bit). */
+ * whatever the tile's width or fill, so results do not depend on the batch,
+ * on the tile shape or on the thread (tested bit for bit). */
 #include <immintrin.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -35,10 +38,6 @@
 
 #define AMX_RG 4      /* row groups of 16 (result tiles) sharing each pair of x tiles */
 #define AMX_P 256     /* columns per sweep of the token groups (partial sums spilled between sweeps) */
-#define AMX_P1 2048   /* columns packed at a time: rows read whole and in order (up to 2048 columns) */
-#ifndef AMX_PFD
-#define AMX_PFD 1024  /* elements (2 KB) ahead in the weight stream */
-#endif
 
 int eng_cpu_amx_probe(void) {
     __builtin_cpu_init();
@@ -49,9 +48,12 @@ int eng_cpu_amx_probe(void) {
     return syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0;
 }
 
+/* tokens per B tile (its width in dwords) for a batch of n */
+static inline int tile_w(int n) { return n < 16 ? n : 16; }
+
 size_t eng_cpu_amx_xbytes(int n, int64_t C) {
     size_t groups = ((size_t)n + 15) / 16, kb = ((size_t)C + 31) / 32;
-    return groups * kb * 2 * 512 * sizeof(uint16_t);
+    return groups * kb * 2 * 32 * (size_t)tile_w(n) * sizeof(uint16_t);
 }
 
 /* bf16 of 16 floats, rounded to nearest even (no NaNs reach here) */
@@ -77,17 +79,17 @@ static inline __attribute__((always_inline, target("avx512f,avx512bw"))) void sp
 
 __attribute__((target("avx512f,avx512bw"))) void eng_cpu_amx_xprep(const float *x, int n, int64_t C, uint16_t *xp) {
     int64_t KB = (C + 31) / 32;
-    int G = (n + 15) / 16;
-    /* dword kk of a token's 32 columns goes to row kk of the tile: stride 16 dwords */
+    int G = (n + 15) / 16, w = tile_w(n);
+    /* dword kk of a token's 32 columns goes to row kk of the tile: stride w dwords */
     __m512i rows = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-                                      _mm512_set1_epi32(16));
+                                      _mm512_set1_epi32(w));
     for (int g = 0; g < G; g++)
         for (int64_t kb = 0; kb < KB; kb++) {
-            uint32_t *hi = (uint32_t *)(xp + ((g * KB + kb) * 2) * 512), *lo = hi + 256;
+            uint32_t *hi = (uint32_t *)(xp + ((g * KB + kb) * 2) * 32 * w), *lo = hi + 16 * w;
             int64_t k = kb * 32, left = C - k;
             __mmask16 ma = left >= 16 ? 0xffff : (__mmask16)((1u << left) - 1);
             __mmask16 mb = left >= 32 ? 0xffff : left <= 16 ? 0 : (__mmask16)((1u << (left - 16)) - 1);
-            for (int m = 0; m < 16; m++) {
+            for (int m = 0; m < w; m++) {
                 int t = g * 16 + m;
                 __m512i h, l;
                 if (t < n) {
@@ -108,50 +110,11 @@ typedef struct {
     uint8_t rows[16];
 } __attribute__((packed)) amx_cfg_t;
 
-static int64_t panel_cols(int n, int64_t C) {
-    int64_t c32 = (C + 31) / 32 * 32;
-    return c32 < AMX_P1 ? c32 : AMX_P1;
-}
-
-/* scratch: the packed panel (16 * AMX_RG rows x P1 bf16: 256 KB, in L2), then the partial
- * sums of every token group when there are several (AMX_RG tiles each) */
+/* scratch: the partial sums of every token group when there are several
+ * (AMX_RG tiles each, spilled between sweeps of AMX_P columns) */
 size_t eng_cpu_amx_scratch_floats(int n, int64_t C) {
-    return (size_t)AMX_RG * 8 * panel_cols(n, C) + (n > 16 ? (size_t)AMX_RG * ((n + 15) / 16) * 256 : 0) + 16;
+    return (n > 16 ? (size_t)AMX_RG * ((n + 15) / 16) * 256 : 0) + 16;
 }
-
-/* Copy rows r..r+16*ng (those < r1) x columns k0..k0+32*nkb (those < C) of W
- * into abuf as tiles [q][j][16 rows][32 columns], zeros elsewhere: row by
- * row, so the weights stream sequentially, and the tiles then load from L1
- * with a 64-byte stride (rows of W are a multiple of 4 KB apart in the
- * bench model: loaded in place, a tile's 16 lines would share one L1 set). */
-static inline __attribute__((always_inline, target("avx512f,avx512bw"))) void
-a_pack(const uint16_t *W, int64_t C, int64_t r, int64_t r1, int ng, int64_t k0, int nkb, int64_t P, uint16_t *abuf) {
-    for (int q = 0; q < ng; q++)
-        for (int i = 0; i < 16; i++) {
-            int64_t row = r + q * 16 + i;
-            uint16_t *d = abuf + (size_t)q * P / 32 * 512 + i * 32;
-            if (row >= r1) {
-                for (int j = 0; j < nkb; j++) _mm512_store_si512((void *)(d + j * 512), _mm512_setzero_si512());
-                continue;
-            }
-            const uint16_t *src = W + row * C + k0;
-            int64_t left = C - k0;
-            for (int j = 0; j < nkb; j++) {
-                _mm_prefetch((const char *)(src + j * 32 + AMX_PFD), _MM_HINT_T1);
-                int64_t lj = left - j * 32;
-                __m512i v = lj >= 32 ? _mm512_loadu_si512(src + j * 32)
-                                     : _mm512_maskz_loadu_epi16((__mmask32)((1u << lj) - 1), src + j * 32);
-                _mm512_store_si512((void *)(d + j * 512), v);
-            }
-        }
-}
-
-#define AMX_DP(q)                                                                                    \
-    do {                                                                                             \
-        _tile_loadd(4, ab + (size_t)(q) * (P / 32) * 512 + (ks + j) * 512, 64);                      \
-        _tile_dpbf16ps(q, 4, 5);                                                                     \
-        _tile_dpbf16ps(q, 4, 6);                                                                     \
-    } while (0)
 
 /* C tiles q < ng: zero, load from or store to the spill slots of token group g */
 #define AMX_EACH(ng, OP0, OP1, OP2, OP3)                                                             \
@@ -162,74 +125,127 @@ a_pack(const uint16_t *W, int64_t C, int64_t r, int64_t r1, int ng, int64_t k0, 
         if ((ng) > 3) OP3;                                                                           \
     } while (0)
 
+/* ---- weights laid out at load time as tiles (eng_w_t.layout ENG_W_AMX) -----
+ *
+ * Rows are padded to Rp = 16 * ceil(R / 16), columns to 32 * KB, KB = ceil(C / 32),
+ * with zeros.  Rows go in super-groups of 64 (the AMX_RG result tiles of one
+ * sweep); inside one, block kb of each of its nq 16-row tiles (nq = 4, fewer
+ * in the last super-group), one after the other:
+ *   tile (r = 64 s + 16 q, kb) at element  64 s * 32 KB + (kb * nq + q) * 512
+ *   W[r][c] at                           tile(r - r % 16, c / 32) + (r % 16) * 32 + c % 32
+ * So a tile load reads 1 KB in place (stride 64 bytes, no L1 set conflicts),
+ * and a sweep of 64 rows over every column reads one contiguous run: a
+ * decode step streams each weight byte once. */
+
+size_t eng_cpu_amx_tiled_elems(int64_t R, int64_t C) {
+    return (size_t)((R + 15) / 16 * 16) * (size_t)((C + 31) / 32 * 32);
+}
+
+/* element offset of the tile holding rows r..r+15 (r % 16 == 0), block kb; *step: elements to block kb+1 */
+static inline size_t tile_off(int64_t R, int64_t KB, int64_t r, int64_t kb, int64_t *step) {
+    int64_t Rp = (R + 15) / 16 * 16, s = r / 64, q = (r % 64) / 16;
+    int64_t nq = (Rp - 64 * s) / 16 < 4 ? (Rp - 64 * s) / 16 : 4;
+    if (step) *step = nq * 512;
+    return (size_t)(64 * s * 32 * KB + (kb * nq + q) * 512);
+}
+
+void eng_cpu_amx_tile_w(const uint16_t *W, int64_t R, int64_t C, uint16_t *dst) {
+    int64_t KB = (C + 31) / 32, Rp = (R + 15) / 16 * 16;
+    for (int64_t r = 0; r < Rp; r += 16)
+        for (int64_t kb = 0; kb < KB; kb++) {
+            uint16_t *t = dst + tile_off(R, KB, r, kb, NULL);
+            for (int i = 0; i < 16; i++) {
+                int64_t row = r + i, c0 = kb * 32;
+                for (int j = 0; j < 32; j++)
+                    t[i * 32 + j] = row < R && c0 + j < C ? W[row * C + c0 + j] : 0;
+            }
+        }
+}
+
+const uint16_t *eng_cpu_amx_tiled_at(const uint16_t *T, int64_t R, int64_t C, int64_t r, int64_t kb) {
+    return T + tile_off(R, (C + 31) / 32, r - r % 16, kb, NULL) + (r % 16) * 32;
+}
+
+#ifndef AMX_TPF
+#define AMX_TPF 0 /* software prefetch, kb blocks ahead in each tile stream: 0 (none) measured best */
+#endif
+
+/* Y rows r0..r1 (r0 % 16 == 0) for tiled weights T: per 64 rows (AMX_RG
+ * result tiles), every 32-column block adds W.hi then W.lo into each result
+ * tile; one token group keeps its sums in the tiles over all columns, several
+ * take turns per AMX_P columns (the weights then come from L1/L2 for every
+ * group after the first) and spill their sums to scratch in between. */
 __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw"))) void
-eng_cpu_amx_rows(const uint16_t *W, int64_t C, const uint16_t *xp, int n, float *y, int64_t ldy, int64_t r0,
-                 int64_t r1, float *scratch) {
+eng_cpu_amx_rows_tiled(const uint16_t *T, int64_t R, int64_t C, const uint16_t *xp, int n, float *y, int64_t ldy,
+                       int64_t r0, int64_t r1, float *scratch) {
     amx_cfg_t cfg;
     memset(&cfg, 0, sizeof cfg);
     cfg.palette = 1;
-    for (int i = 0; i < 7; i++) cfg.colsb[i] = 64, cfg.rows[i] = 16;
+    int G = (n + 15) / 16, w = tile_w(n), sub = G > 1 ? AMX_P / 32 : (int)((C + 31) / 32);
+    /* tiles 0-3: results [16 rows][w tokens]; 4: weights [16][32 bf16]; 5, 6: x hi, lo [16 pairs][w] */
+    for (int i = 0; i < 7; i++) cfg.colsb[i] = i == 4 ? 64 : (uint16_t)(4 * w), cfg.rows[i] = 16;
     _tile_loadconfig(&cfg);
     float cbuf[16 * 16] __attribute__((aligned(64)));
-    int64_t P = panel_cols(n, C);
-    uint16_t *ab = (uint16_t *)(((uintptr_t)scratch + 63) / 64 * 64);
-    float *spill = (float *)(ab + (size_t)AMX_RG * 16 * P);
-    int64_t KB = (C + 31) / 32;
-    int G = (n + 15) / 16;
+    float *spill = (float *)(((uintptr_t)scratch + 63) / 64 * 64);
+    int64_t KB = (C + 31) / 32, xt = 32 * w; /* elements of one x tile */
     for (int64_t r = r0; r < r1; r += 16 * AMX_RG) {
         int ng = (int)((r1 - r + 15) / 16);
         if (ng > AMX_RG) ng = AMX_RG;
-        /* pack up to AMX_P1 columns of 64 rows (whole rows of the bench
-         * model: one sequential read), then sweep them in AMX_P-column steps
-         * when several token groups take turns (one group: one step) */
-        for (int64_t kp = 0; kp < C; kp += P) {
-            int npk = (int)((C - kp < P ? C - kp : P) + 31) / 32, sub = G > 1 ? AMX_P / 32 : npk;
-            a_pack(W, C, r, r1, ng, kp, npk, P, ab);
-            for (int ks = 0; ks < npk; ks += sub) {
-                int64_t k0 = kp + (int64_t)ks * 32;
-                int nkb = npk - ks < sub ? npk - ks : sub;
-                int first = k0 == 0, last = k0 + (int64_t)nkb * 32 >= C;
-                for (int g = 0; g < G; g++) {
-                    float *sp = spill + (size_t)g * AMX_RG * 256;
-                    /* one token group keeps its sums in the tiles across panels */
-                    if (first)
-                        AMX_EACH(ng, _tile_zero(0), _tile_zero(1), _tile_zero(2), _tile_zero(3));
-                    else if (G > 1)
-                        AMX_EACH(ng, _tile_loadd(0, sp, 64), _tile_loadd(1, sp + 256, 64), _tile_loadd(2, sp + 512, 64),
-                                 _tile_loadd(3, sp + 768, 64));
-                    const uint16_t *bt = xp + ((size_t)g * KB + k0 / 32) * 1024;
-                    for (int j = 0; j < nkb; j++) {
-                        _tile_loadd(5, bt + j * 1024, 64);
-                        _tile_loadd(6, bt + j * 1024 + 512, 64);
-                        AMX_DP(0);
-                        if (ng > 1) AMX_DP(1);
-                        if (ng > 2) AMX_DP(2);
-                        if (ng > 3) AMX_DP(3);
+        const uint16_t *A[AMX_RG];
+        int64_t st[AMX_RG];
+        for (int q = 0; q < ng; q++) A[q] = T + tile_off(R, KB, r + 16 * q, 0, &st[q]);
+        for (int64_t ks = 0; ks < KB; ks += sub) {
+            int nkb = KB - ks < sub ? (int)(KB - ks) : sub;
+            int first = ks == 0, last = ks + nkb >= KB;
+            for (int g = 0; g < G; g++) {
+                float *sp = spill + (size_t)g * AMX_RG * 256;
+                if (first)
+                    AMX_EACH(ng, _tile_zero(0), _tile_zero(1), _tile_zero(2), _tile_zero(3));
+                else
+                    AMX_EACH(ng, _tile_loadd(0, sp, 64), _tile_loadd(1, sp + 256, 64), _tile_loadd(2, sp + 512, 64),
+                             _tile_loadd(3, sp + 768, 64));
+                const uint16_t *bt = xp + ((size_t)g * KB + ks) * 2 * xt;
+                for (int j = 0; j < nkb; j++) {
+                    int64_t kb = ks + j;
+                    if (AMX_TPF && g == 0 && kb + AMX_TPF < KB) /* the first token group pulls the weights in */
+                        for (int q = 0; q < ng; q++)
+                            for (int l = 0; l < 16; l++)
+                                _mm_prefetch((const char *)(A[q] + (kb + AMX_TPF) * st[q]) + l * 64, _MM_HINT_T0);
+                    _tile_loadd(5, bt + j * 2 * xt, 4 * w);
+                    _tile_loadd(6, bt + j * 2 * xt + xt, 4 * w);
+#define AMX_DT(q)                                                                                    \
+    do {                                                                                             \
+        _tile_loadd(4, A[q] + kb * st[q], 64);                                                       \
+        _tile_dpbf16ps(q, 4, 5);                                                                     \
+        _tile_dpbf16ps(q, 4, 6);                                                                     \
+    } while (0)
+                    AMX_DT(0);
+                    if (ng > 1) AMX_DT(1);
+                    if (ng > 2) AMX_DT(2);
+                    if (ng > 3) AMX_DT(3);
+#undef AMX_DT
+                }
+                if (!last) {
+                    AMX_EACH(ng, _tile_stored(0, sp, 64), _tile_stored(1, sp + 256, 64),
+                             _tile_stored(2, sp + 512, 64), _tile_stored(3, sp + 768, 64));
+                    continue;
+                }
+                for (int q = 0; q < ng; q++) {
+                    switch (q) {
+                    case 0: _tile_stored(0, cbuf, 4 * w); break;
+                    case 1: _tile_stored(1, cbuf, 4 * w); break;
+                    case 2: _tile_stored(2, cbuf, 4 * w); break;
+                    default: _tile_stored(3, cbuf, 4 * w); break;
                     }
-                    if (!last) {
-                        if (G > 1)
-                            AMX_EACH(ng, _tile_stored(0, sp, 64), _tile_stored(1, sp + 256, 64),
-                                     _tile_stored(2, sp + 512, 64), _tile_stored(3, sp + 768, 64));
-                        continue;
-                    }
-                    for (int q = 0; q < ng; q++) {
-                        switch (q) {
-                        case 0: _tile_stored(0, cbuf, 64); break;
-                        case 1: _tile_stored(1, cbuf, 64); break;
-                        case 2: _tile_stored(2, cbuf, 64); break;
-                        default: _tile_stored(3, cbuf, 64); break;
-                        }
-                        int64_t rq = r + q * 16;
-                        int nr = r1 - rq < 16 ? (int)(r1 - rq) : 16;
-                        int nt = n - g * 16 < 16 ? n - g * 16 : 16;
-                        /* column m of the tile is token m's 16 outputs */
-                        __mmask16 mr = (__mmask16)((1u << nr) - 1);
-                        __m512i col = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-                                                         _mm512_set1_epi32(16));
-                        for (int m = 0; m < nt; m++)
-                            _mm512_mask_storeu_ps(y + (int64_t)(g * 16 + m) * ldy + rq, mr,
-                                                  _mm512_i32gather_ps(col, cbuf + m, 4));
-                    }
+                    int64_t rq = r + q * 16;
+                    int nr = r1 - rq < 16 ? (int)(r1 - rq) : 16;
+                    int nt = n - g * 16 < 16 ? n - g * 16 : 16;
+                    __mmask16 mr = (__mmask16)((1u << nr) - 1);
+                    __m512i col = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                                     _mm512_set1_epi32(w));
+                    for (int m = 0; m < nt; m++)
+                        _mm512_mask_storeu_ps(y + (int64_t)(g * 16 + m) * ldy + rq, mr,
+                                              _mm512_i32gather_ps(col, cbuf + m, 4));
                 }
             }
         }

@@ -233,7 +233,12 @@ void eng_cpu_row_f32(const eng_w_t *w, int64_t r, float *out) {
         memcpy(out, (const float *)w->data + r * C, C * sizeof(float));
         break;
     case ENG_DT_BF16:
-        K.bf16_row((const uint16_t *)w->data + r * C, out, C);
+        if (w->layout == ENG_W_AMX) /* 32 columns at a time out of the tiles */
+            for (int64_t kb = 0; kb * 32 < C; kb++)
+                K.bf16_row(eng_cpu_amx_tiled_at(w->data, w->rows, C, r, kb), out + kb * 32,
+                           C - kb * 32 < 32 ? C - kb * 32 : 32);
+        else
+            K.bf16_row((const uint16_t *)w->data + r * C, out, C);
         break;
     case ENG_DT_F16:
         K.f16_row((const uint16_t *)w->data + r * C, out, C);
@@ -488,7 +493,14 @@ static void tile_scalar(const void *W, int bf16, int64_t ldw, const float *X, in
 
 typedef void (*tile_fn)(const void *, int, int64_t, const float *, int64_t, int, int, int, float *, int64_t, int);
 
-static int uses_amx(const eng_w_t *w) { return K.amx && w->dt == ENG_DT_BF16; }
+/* bf16 weights re-laid into tiles (the backend's upload) run on AMX; a bf16
+ * weight used in place (never the model's) runs on the AVX-512 tiles */
+static int uses_amx(const eng_w_t *w) { return K.amx && w->dt == ENG_DT_BF16 && w->layout == ENG_W_AMX; }
+
+int eng_cpu_w_wants_tiles(const eng_w_t *w) {
+    k_ready();
+    return K.amx && w->dt == ENG_DT_BF16 && w->layout == ENG_W_ROWS;
+}
 
 size_t eng_cpu_xprep_bytes(const eng_w_t *w, int n) {
     k_ready();
@@ -520,13 +532,13 @@ int64_t eng_cpu_chunk_rows(const eng_w_t *w, int n) {
 void eng_cpu_matmul_rows(const eng_w_t *w, const float *x, const void *xp, int n, float *y, int64_t r0, int64_t r1,
                          float *rowbuf) {
     k_ready();
-    if (uses_amx(w)) {
-        eng_cpu_amx_rows(w->data, w->cols, xp, n, y, w->rows, r0, r1, rowbuf);
+    if (uses_amx(w)) { /* the pool's chunks start at multiples of 16 rows */
+        eng_cpu_amx_rows_tiled(w->data, w->rows, w->cols, xp, n, y, w->rows, r0, r1, rowbuf);
         return;
     }
     tile_fn tile = !strcmp(K.isa, "avx512") || K.amx ? tile_avx512 : !strcmp(K.isa, "avx2") ? tile_avx2 : tile_scalar;
     int64_t C = w->cols, R = w->rows;
-    int direct = w->dt == ENG_DT_F32 || w->dt == ENG_DT_BF16, bf16 = w->dt == ENG_DT_BF16;
+    int direct = w->dt == ENG_DT_F32 || (w->dt == ENG_DT_BF16 && w->layout == ENG_W_ROWS), bf16 = w->dt == ENG_DT_BF16;
     size_t es = w->dt == ENG_DT_F32 ? 4 : 2;
     int i8_direct = w->dt == ENG_DT_I8 && tile == tile_avx512;
     int f8_direct = w->dt == ENG_DT_F8_E4M3 && tile == tile_avx512 && r0 % 4 == 0;

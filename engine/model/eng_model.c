@@ -289,6 +289,17 @@ static float *load_vec(eng_model_t *m, int64_t n, char *err, size_t errlen, cons
     return v;
 }
 
+/* The mapped source of w is no longer needed by this process (a copy
+ * replaces it): drop its whole pages from the resident set.  They stay clean
+ * page cache the kernel may reclaim; touching them again would only re-read
+ * the file (the mapping is private and read-only). */
+static void drop_source(const eng_w_t *w) {
+    size_t es = w->dt == ENG_DT_F32 ? 4 : w->dt == ENG_DT_F8_E4M3 || w->dt == ENG_DT_I8 ? 1 : 2;
+    uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE), lo = ((uintptr_t)w->data + pg - 1) & ~(pg - 1);
+    uintptr_t hi = ((uintptr_t)w->data + (uintptr_t)(w->rows * w->cols) * es) & ~(pg - 1);
+    if (hi > lo) madvise((void *)lo, hi - lo, MADV_DONTNEED);
+}
+
 /* Load-time int8: per 128-column block of each row, scale = amax / 127. */
 static int quantize_w(eng_model_t *m, eng_w_t *w, char *err, size_t errlen) {
     if (!w->data || w->dt == ENG_DT_I8) return 0;
@@ -322,11 +333,7 @@ static int quantize_w(eng_model_t *m, eng_w_t *w, char *err, size_t errlen) {
         }
     }
     free(row);
-    /* the source pages are no longer needed by this process: drop them from
-     * its resident set (they stay clean page cache the kernel may reclaim) */
-    uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE), lo = ((uintptr_t)w->data + pg - 1) & ~(pg - 1);
-    uintptr_t hi = ((uintptr_t)w->data + (uintptr_t)(R * C) * (w->dt == ENG_DT_F32 ? 4 : w->dt == ENG_DT_F8_E4M3 ? 1 : 2)) & ~(pg - 1);
-    if (hi > lo) madvise((void *)lo, hi - lo, MADV_DONTNEED);
+    drop_source(w);
     w->dt = ENG_DT_I8;
     w->data = q;
     w->scale = sc;
@@ -492,16 +499,20 @@ static int build_rope(eng_model_t *m) {
 
 /* ---- upload to the backend ----------------------------------------------------------- */
 
-/* Every weight and vector to the backend, once (the CPU uses them in place). */
+/* Every weight and vector to the backend, once (the CPU uses them in place, or
+ * re-lays bf16 weights into AMX tiles; a weight the backend copied has its
+ * source pages dropped, so the process holds one copy). */
 static int upload_model(eng_model_t *m, char *err, size_t errlen) {
     eng_backend_t *be = m->be;
     const eng_backend_ops_t *ops = be->ops;
 #define UPW(w)                                                                                          \
     do {                                                                                                \
+        eng_w_t src_ = *(w);                                                                            \
         if ((w)->data && ops->upload_w(be, (w))) {                                                      \
             tg_errf(err, errlen, "%s: cannot upload tensor '%s'", ops->name, (w)->name ? (w)->name : "?"); \
             return -1;                                                                                  \
         }                                                                                               \
+        if ((w)->data != src_.data && src_.dt != ENG_DT_I8) drop_source(&src_); /* one copy */          \
     } while (0)
 #define UPV(v, n)                                                                                       \
     do {                                                                                                \

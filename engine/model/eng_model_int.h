@@ -3,8 +3,9 @@
  * the model/sequence structs.  Nothing outside engine/ includes this.
  *
  * Invariants: every eng_w_t points into an mmapped safetensors file (or, with
- * int8 quantization, into a buffer the model owns); the model never copies a
- * matmul weight.  Activations and the KV cache are fp32. */
+ * int8 quantization, into a buffer the model owns, or after upload_w into the
+ * backend's copy, whose source pages the model then drops); the model never
+ * keeps two copies of a matmul weight.  Activations and the KV cache are fp32. */
 #ifndef ENG_MODEL_INT_H
 #define ENG_MODEL_INT_H
 
@@ -75,8 +76,15 @@ typedef struct {
     const float *scale;
     int64_t scale_cols;
     int32_t qblk;             /* I8: columns per scale (cols for per-row) */
+    int32_t layout;           /* ENG_W_ROWS, or how a backend re-laid it at upload (ENG_W_AMX) */
     const char *name;         /* the checkpoint tensor name (owned by eng_st_t) */
 } eng_w_t;
+
+/* eng_w_t.layout.  ROWS: row-major as stored.  AMX (CPU backend, bf16, set by
+ * its upload_w on the amx level): 16 x 32 tiles, the A operand of TDPBF16PS,
+ * laid out so that a tile load reads 1 KB in place and 64 rows stream as one
+ * run; rows padded to 16 and columns to 32 with zeros (eng_cpu_amx.c). */
+enum { ENG_W_ROWS = 0, ENG_W_AMX = 1 };
 
 /* ---- backend interface --------------------------------------------------------
  *
@@ -161,8 +169,11 @@ typedef struct {
     int (*get)(eng_backend_t *be, void *dst_host, const void *src, size_t n);
     int (*copy)(eng_backend_t *be, void *dst, const void *src, size_t n);
     /* Weights, once at load: w's data and scale now point to backend copies in
-     * their stored type (the CPU uses the mapping in place).  Owned by the
-     * backend until its free.  upload: the same for an fp32 vector [n]; the
+     * their stored type (the CPU uses the mapping in place, except on its amx
+     * level, where a bf16 weight is re-laid once into AMX tiles: w->layout =
+     * ENG_W_AMX).  Owned by the backend until its free.  When w->data changed,
+     * the caller may drop the source's pages (the backend never reads them
+     * again).  upload: the same for an fp32 vector [n]; the
      * host copy must live as long as the backend (the CPU keeps using it). */
     int (*upload_w)(eng_backend_t *be, eng_w_t *w);
     const float *(*upload)(eng_backend_t *be, const float *host, size_t n);

@@ -2,7 +2,9 @@
  * (engine/cpu/eng_cpu_kernels.c, eng_cpu_amx.c) against a double-precision
  * reference on random bf16 and f32 weights, ragged shapes (row, column and
  * token tails), and bit-exact invariance: a token's outputs alone equal its
- * outputs in a batch, and rows computed in two chunks equal one call.
+ * outputs in a batch, and rows computed in two chunks equal one call.  On the
+ * amx level the bf16 weights are also re-laid into AMX tiles (as the backend's
+ * upload does) and checked the same way, and their rows read back exactly.
  *
  * The ISA is chosen once per process, so the test runs itself once per level
  * (a child per TOLLGATE_ENGINE_ISA value); a level this CPU lacks is a
@@ -50,30 +52,15 @@ static int run_mm(const eng_w_t *w, const float *x, int n, float *y, int64_t spl
     return 0;
 }
 
-static void check_shape(int dt, int64_t R, int64_t C, int n) {
-    eng_w_t w;
-    memset(&w, 0, sizeof w);
-    w.dt = dt;
-    w.rows = R;
-    w.cols = C;
-    size_t es = dt == ENG_DT_BF16 ? 2 : 4;
-    void *W = malloc((size_t)R * C * es);
-    float *Wf = malloc((size_t)R * C * sizeof(float)), *x = malloc((size_t)n * C * sizeof(float));
+static int tiled_checked; /* shapes checked with tiled weights (amx) */
+
+/* w against the double-precision reference Wf, then rows in two chunks and
+ * each token alone against the whole batch, bit for bit */
+static void check_w(const eng_w_t *w, const float *Wf, const float *x, int n) {
+    int64_t R = w->rows, C = w->cols;
     float *y = malloc((size_t)n * R * sizeof(float)), *y2 = malloc((size_t)n * R * sizeof(float));
     float *y1 = malloc((size_t)R * sizeof(float));
-    for (int64_t i = 0; i < R * C; i++) {
-        float f = (float)urand();
-        if (dt == ENG_DT_BF16) {
-            ((uint16_t *)W)[i] = to_bf16(f);
-            Wf[i] = eng_bf16_to_f32(((uint16_t *)W)[i]);
-        } else {
-            ((float *)W)[i] = Wf[i] = f;
-        }
-    }
-    /* activations over several binades, as hidden states are */
-    for (int64_t i = 0; i < (int64_t)n * C; i++) x[i] = (float)(urand() * ldexp(1.0, (int)(urand() * 6)));
-    w.data = W;
-    CHECK_EQ_I(run_mm(&w, x, n, y, 0), 0);
+    CHECK_EQ_I(run_mm(w, x, n, y, 0), 0);
     double worst = 0;
     for (int t = 0; t < n; t++)
         for (int64_t r = 0; r < R; r++) {
@@ -88,26 +75,71 @@ static void check_shape(int dt, int64_t R, int64_t C, int n) {
     /* fp32 accumulation of exact products: ~1e-7 of sum |w x|; the AMX split
      * of x into bf16 hi + lo adds ~2^-17 per product */
     if (worst >= 3e-5)
-        fprintf(stderr, "%s dt %d R %lld C %lld n %d: error %.3g of sum |w x|\n", eng_cpu_isa(), dt, (long long)R,
-                (long long)C, n, worst);
+        fprintf(stderr, "%s dt %d layout %d R %lld C %lld n %d: error %.3g of sum |w x|\n", eng_cpu_isa(), w->dt,
+                w->layout, (long long)R, (long long)C, n, worst);
     CHECK(worst < 3e-5);
     /* rows in two chunks (at a multiple of 16, as the pool cuts them) */
     int64_t split = R > 16 ? (R / 2 + 15) / 16 * 16 : 0;
-    CHECK_EQ_I(run_mm(&w, x, n, y2, split), 0);
+    CHECK_EQ_I(run_mm(w, x, n, y2, split), 0);
     CHECK(!memcmp(y, y2, (size_t)n * R * sizeof(float)));
     /* each token alone gives its batched outputs bit for bit */
     int same = 1;
     for (int t = 0; t < n; t++) {
-        CHECK_EQ_I(run_mm(&w, x + (int64_t)t * C, 1, y1, 0), 0);
+        CHECK_EQ_I(run_mm(w, x + (int64_t)t * C, 1, y1, 0), 0);
         same &= !memcmp(y1, y + (int64_t)t * R, (size_t)R * sizeof(float));
     }
     CHECK(same);
-    free(W);
-    free(Wf);
-    free(x);
     free(y);
     free(y1);
     free(y2);
+}
+
+static void check_shape(int dt, int64_t R, int64_t C, int n) {
+    eng_w_t w;
+    memset(&w, 0, sizeof w);
+    w.dt = dt;
+    w.rows = R;
+    w.cols = C;
+    size_t es = dt == ENG_DT_BF16 ? 2 : 4;
+    void *W = malloc((size_t)R * C * es);
+    float *Wf = malloc((size_t)R * C * sizeof(float)), *x = malloc((size_t)n * C * sizeof(float));
+    for (int64_t i = 0; i < R * C; i++) {
+        float f = (float)urand();
+        if (dt == ENG_DT_BF16) {
+            ((uint16_t *)W)[i] = to_bf16(f);
+            Wf[i] = eng_bf16_to_f32(((uint16_t *)W)[i]);
+        } else {
+            ((float *)W)[i] = Wf[i] = f;
+        }
+    }
+    /* activations over several binades, as hidden states are */
+    for (int64_t i = 0; i < (int64_t)n * C; i++) x[i] = (float)(urand() * ldexp(1.0, (int)(urand() * 6)));
+    w.data = W;
+    check_w(&w, Wf, x, n);
+    if (eng_cpu_w_wants_tiles(&w)) { /* amx: the weight re-laid into tiles, as the backend's upload does */
+        size_t ne = eng_cpu_amx_tiled_elems(R, C);
+        uint16_t *T = aligned_alloc(64, (ne * 2 + 63) / 64 * 64);
+        float *row = malloc((size_t)C * sizeof(float));
+        eng_cpu_amx_tile_w(W, R, C, T);
+        eng_w_t wt = w;
+        wt.data = T;
+        wt.layout = ENG_W_AMX;
+        CHECK(!eng_cpu_w_wants_tiles(&wt));
+        check_w(&wt, Wf, x, n);
+        /* rows read back out of the tiles (attention's kv_b, the embedding) */
+        int rows_ok = 1;
+        for (int64_t r = 0; r < R; r++) {
+            eng_cpu_row_f32(&wt, r, row);
+            rows_ok &= !memcmp(row, Wf + r * C, (size_t)C * sizeof(float));
+        }
+        CHECK(rows_ok);
+        free(row);
+        free(T);
+        tiled_checked++;
+    }
+    free(W);
+    free(Wf);
+    free(x);
 }
 
 static void test_matmul(void) {
@@ -121,6 +153,8 @@ static void test_matmul(void) {
         check_shape(ENG_DT_BF16, shapes[i].R, shapes[i].C, shapes[i].n);
         check_shape(ENG_DT_F32, shapes[i].R, shapes[i].C, shapes[i].n);
     }
+    /* the amx level re-lays every bf16 weight; no other level does */
+    CHECK_EQ_I(tiled_checked, !strcmp(eng_cpu_isa(), "amx") ? (int)(sizeof shapes / sizeof shapes[0]) : 0);
 }
 
 static const char *isa_want;
