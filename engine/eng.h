@@ -104,6 +104,29 @@ int eng_seq_truncate(eng_seq_t *s, int len);
 int eng_forward(eng_model_t *m, eng_seq_t **seqs, const int32_t *const *ids, const int *n,
                 int nseq, float **logits, char *err, size_t errlen);
 
+/* Sampling where the logits are (a device backend: no logits copy to the
+ * host).  The semantics of eng_sample_pick_u (engine/sched/eng_sample.h) on
+ * logits[0 .. n_allowed): greedy at temperature 0 or top_k 1, else
+ * softmax(logits / T), top-k, top-p, and the draw u walked in id order. */
+typedef struct {
+    float temperature, top_p;
+    int top_k;            /* 0: off */
+    int32_t n_allowed;    /* ids the tokenizer knows (<= vocab_size) */
+    double u;             /* the uniform draw in [0, 1) */
+    int32_t id;           /* out: the token */
+    int used_u;           /* out: 1 when u was consumed (0: a greedy pick, which draws nothing) */
+} eng_sample_req_t;
+
+/* 1 when the model's backend samples (eng_forward_sample's sample[i] may be
+ * used), 0 when only logits come back. */
+int eng_model_can_sample(const eng_model_t *m);
+/* eng_forward, where sequence i may ask for a sampled token instead of its
+ * logits: sample[i] (caller-owned; logits[i] must then be NULL) gets id and
+ * used_u.  sample may be NULL (= eng_forward).  -1 when sample[i] is set and
+ * the backend cannot sample. */
+int eng_forward_sample(eng_model_t *m, eng_seq_t **seqs, const int32_t *const *ids, const int *n, int nseq,
+                       float **logits, eng_sample_req_t **sample, char *err, size_t errlen);
+
 /* Debugging and tests: the routed expert ids chosen for the last forward's
  * tokens (layer-major), or NULL when not recorded.  Recording is enabled by
  * eng_model_set_trace(m, 1). */

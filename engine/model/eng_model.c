@@ -709,8 +709,15 @@ static int mlp(eng_model_t *m, const eng_w_t *g, const eng_w_t *u, const eng_w_t
     return be->ops->matmul(be, d, h1, T, y);
 }
 
+int eng_model_can_sample(const eng_model_t *m) { return m->be->ops->sample != NULL; }
+
 int eng_forward(eng_model_t *m, eng_seq_t **seqs, const int32_t *const *ids, const int *n, int nseq,
                 float **logits, char *err, size_t errlen) {
+    return eng_forward_sample(m, seqs, ids, n, nseq, logits, NULL, err, errlen);
+}
+
+int eng_forward_sample(eng_model_t *m, eng_seq_t **seqs, const int32_t *const *ids, const int *n, int nseq,
+                       float **logits, eng_sample_req_t **sample, char *err, size_t errlen) {
     eng_cfg_t *c = &m->cfg;
     eng_backend_t *be = m->be;
     const eng_backend_ops_t *ops = be->ops;
@@ -724,7 +731,13 @@ int eng_forward(eng_model_t *m, eng_seq_t **seqs, const int32_t *const *ids, con
             tg_errf(err, errlen, "sequence %d does not belong to this model", i);
             return -1;
         }
-        if (n[i] < 0 || (n[i] == 0 && logits && logits[i])) {
+        int wants = (logits && logits[i]) || (sample && sample[i]);
+        if (sample && sample[i] && ((logits && logits[i]) || !ops->sample)) {
+            tg_errf(err, errlen, "sequence %d: %s", i,
+                    ops->sample ? "both logits and a sampled token asked for" : "this backend cannot sample");
+            return -1;
+        }
+        if (n[i] < 0 || (n[i] == 0 && wants)) {
             tg_errf(err, errlen, "sequence %d: no new tokens", i);
             return -1;
         }
@@ -761,7 +774,9 @@ int eng_forward(eng_model_t *m, eng_seq_t **seqs, const int32_t *const *ids, con
     int D = c->D, H = c->H, qdim = gqa ? H * c->hd : H * (c->dn + c->dr), adim = gqa ? H * c->hd : H * c->dv;
     int kvdim = gqa ? 2 * c->kvh * c->hd : c->c + c->dr;
     int K = c->E > 0 ? c->topk : 1, NL = 0;
+    int NS = 0; /* rows sampled on the backend: after the NL logits rows */
     for (int i = 0; i < nseq; i++) NL += logits && logits[i] ? 1 : 0;
+    for (int i = 0; i < nseq; i++) NS += sample && sample[i] ? 1 : 0;
     fwd_buf_t b = {0};
     size_t fT = (size_t)T, F = sizeof(float);
     b.x = ops->alloc(be, fT * D * F);
@@ -779,14 +794,14 @@ int eng_forward(eng_model_t *m, eng_seq_t **seqs, const int32_t *const *ids, con
     b.sel = ops->alloc(be, fT * K * sizeof(int32_t));
     b.pos = ops->alloc(be, fT * sizeof(int32_t));
     b.dst = ops->alloc(be, fT * sizeof(int64_t));
-    b.out = NL ? ops->alloc(be, (size_t)NL * c->vocab * F) : NULL;
+    b.out = NL + NS ? ops->alloc(be, (size_t)(NL + NS) * c->vocab * F) : NULL;
     b.ids_h = eng_alloc(fT * sizeof(int32_t));
     b.pos_h = eng_alloc(fT * sizeof(int32_t));
     b.dst_h = eng_alloc(fT * sizeof(int64_t));
-    b.rows_h = eng_alloc((size_t)imax(NL, 1) * sizeof(int32_t));
+    b.rows_h = eng_alloc((size_t)imax(NL + NS, 1) * sizeof(int32_t));
     b.as = eng_alloc(nseq * sizeof *b.as);
     if (!b.x || !b.xn || !b.q || !b.qa || !b.kv || !b.att || !b.o || !b.h1 || !b.h2 || !b.y || !b.logit ||
-        !b.wts || !b.sel || !b.pos || !b.dst || (NL && !b.out) || !b.ids_h || !b.pos_h || !b.dst_h ||
+        !b.wts || !b.sel || !b.pos || !b.dst || (NL + NS && !b.out) || !b.ids_h || !b.pos_h || !b.dst_h ||
         !b.rows_h || !b.as) {
         fwd_buf_free(be, &b);
         tg_errf(err, errlen, "out of memory for a batch of %d tokens", T);
@@ -884,13 +899,31 @@ int eng_forward(eng_model_t *m, eng_seq_t **seqs, const int32_t *const *ids, con
             goto fail;
     }
     /* logits of the last new token of each sequence that asked for them */
-    if (NL) {
-        for (int i = 0, r = 0; i < nseq; i++)
-            if (logits[i]) b.rows_h[r++] = b.as[i].tok0 + n[i] - 1;
-        if (ops->gather(be, b.o, b.x, b.rows_h, NL, D) ||
-            ops->rmsnorm(be, b.xn, D, b.o, D, m->final_norm, NL, D, c->eps) ||
-            ops->matmul(be, &m->lm_head, b.xn, NL, b.out))
+    if (NL + NS) {
+        int r = 0;
+        for (int i = 0; i < nseq; i++)
+            if (logits && logits[i]) b.rows_h[r++] = b.as[i].tok0 + n[i] - 1;
+        for (int i = 0; i < nseq; i++)
+            if (sample && sample[i]) b.rows_h[r++] = b.as[i].tok0 + n[i] - 1;
+        if (ops->gather(be, b.o, b.x, b.rows_h, NL + NS, D) ||
+            ops->rmsnorm(be, b.xn, D, b.o, D, m->final_norm, NL + NS, D, c->eps) ||
+            ops->matmul(be, &m->lm_head, b.xn, NL + NS, b.out))
             goto fail;
+    }
+    if (NS) {
+        eng_sample_req_t *rq = eng_alloc((size_t)NS * sizeof *rq);
+        if (!rq) goto fail;
+        for (int i = 0, r = 0; i < nseq; i++)
+            if (sample[i]) rq[r++] = *sample[i];
+        if (ops->sample(be, b.out + (size_t)NL * c->vocab, NS, c->vocab, rq)) {
+            free(rq);
+            goto fail;
+        }
+        for (int i = 0, r = 0; i < nseq; i++)
+            if (sample[i]) *sample[i] = rq[r++];
+        free(rq);
+    }
+    if (NL) {
         /* one copy to the host for all rows (a device backend waits once) */
         float *host = NL == 1 ? NULL : eng_alloc((size_t)NL * c->vocab * F);
         if (NL > 1 && !host) goto fail;

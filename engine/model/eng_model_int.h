@@ -226,6 +226,10 @@ typedef struct {
                const float *wts, float *y);
     /* ids [n] (host) = argmax of each row of logits [n, vocab] (lowest id on ties). */
     int (*argmax)(eng_backend_t *be, const float *logits, int n, int vocab, int32_t *ids);
+    /* Optional (NULL: the host samples from a logits copy).  For each row i of
+     * logits [n, vocab]: req[i] (host) gets id and used_u by the semantics of
+     * eng_sample_pick_u over ids [0, req[i].n_allowed).  Waits for the result. */
+    int (*sample)(eng_backend_t *be, const float *logits, int n, int vocab, eng_sample_req_t *req);
     void (*free)(eng_backend_t *be);
 } eng_backend_ops_t;
 

@@ -1,6 +1,8 @@
 /* eng_sample.c — greedy, temperature and top-p sampling with a seeded RNG.
  *
- * top_k keeps the k most likely ids (ties: the lower id) before top-p.
+ * top_k keeps the k most likely ids (ties: the lower id) before top-p; the
+ * draw then walks the kept set in id order (the order a device sampler can
+ * reproduce, engine/cuda/eng_cuda_sample.cu).
  * Invariants: only ids < n_allowed are returned; for equal inputs (logits,
  * params, RNG state) the result is the same on every run and machine with
  * IEEE floats (sums run in double, in a fixed order; ties break to the lower
@@ -147,8 +149,12 @@ static void top_k_select(const float *p, int32_t *idx, int32_t m, int32_t k) {
     }
 }
 
-int32_t eng_sample_pick(eng_sampler_t *s, const float *logits, const eng_sample_params_t *p, eng_rng_t *rng) {
+/* The pick with the draw u either given (rng NULL) or taken from rng exactly
+ * when it is needed (a greedy pick draws nothing); *used says which. */
+static int32_t pick(eng_sampler_t *s, const float *logits, const eng_sample_params_t *p, eng_rng_t *rng, double u,
+                    int *used) {
     int32_t n = s->n;
+    *used = 0;
     if (n <= 0) return -1;
     int32_t best = argmax(logits, n);
     if (!(p->temperature > 0) || !(p->top_p > 0) || p->top_k == 1 || !isfinite(logits[best])) return best;
@@ -161,7 +167,8 @@ int32_t eng_sample_pick(eng_sampler_t *s, const float *logits, const eng_sample_
         s->prob[i] = e == e ? e : 0.0f;
         sum += s->prob[i];
     }
-    double u = eng_rng_uniform(rng);
+    if (rng) u = eng_rng_uniform(rng);
+    *used = 1;
     if (p->top_p >= 1.0f && !(p->top_k > 0 && p->top_k < n)) {
         double target = u * sum, acc = 0;
         for (int32_t i = 0; i < n; i++) {
@@ -171,7 +178,7 @@ int32_t eng_sample_pick(eng_sampler_t *s, const float *logits, const eng_sample_
         return best;
     }
     /* top-k, then top-p: the smallest set of most likely ids whose mass
-     * reaches top_p, then sample within it (in the set's deterministic order). */
+     * reaches top_p, then sample within it. */
     int32_t m = 0;
     for (int32_t i = 0; i < n; i++)
         if (s->prob[i] > 0) s->idx[m++] = i;
@@ -182,14 +189,37 @@ int32_t eng_sample_pick(eng_sampler_t *s, const float *logits, const eng_sample_
         for (int32_t i = 0; i < m; i++) sum += s->prob[s->idx[i]];
     }
     int32_t k = p->top_p >= 1.0f ? m : nucleus(s->prob, s->idx, m, (double)p->top_p * sum);
+    /* The draw walks the set in id order (a device sampler walks it the same
+     * way, engine/cuda): the set is every id up to its last member in
+     * `before` order. */
+    int32_t last = s->idx[0];
+    for (int32_t i = 1; i < k; i++)
+        if (before(s->prob, last, s->idx[i])) last = s->idx[i];
     double acc = 0;
-    for (int32_t i = 0; i < k; i++) acc += s->prob[s->idx[i]];
+    for (int32_t i = 0; i < n; i++)
+        if (s->prob[i] > 0 && (i == last || before(s->prob, i, last))) acc += s->prob[i];
     double target = u * acc, run = 0;
-    for (int32_t i = 0; i < k; i++) {
-        run += s->prob[s->idx[i]];
-        if (run > target) return s->idx[i];
-    }
-    return s->idx[k - 1];
+    int32_t id = last;
+    for (int32_t i = 0; i < n; i++)
+        if (s->prob[i] > 0 && (i == last || before(s->prob, i, last))) {
+            id = i;
+            run += s->prob[i];
+            if (run > target) return i;
+        }
+    return id; /* rounding: the set's largest id */
+}
+
+int32_t eng_sample_pick(eng_sampler_t *s, const float *logits, const eng_sample_params_t *p, eng_rng_t *rng) {
+    int used;
+    return pick(s, logits, p, rng, 0, &used);
+}
+
+int32_t eng_sample_pick_u(eng_sampler_t *s, const float *logits, const eng_sample_params_t *p, double u, int *used) {
+    return pick(s, logits, p, NULL, u, used);
+}
+
+int eng_sample_on_backend(const eng_sample_params_t *p) {
+    return p->presence_penalty == 0 && p->frequency_penalty == 0 && p->n_bias == 0;
 }
 
 int32_t eng_sample(eng_sampler_t *s, float *logits, const eng_sample_params_t *p, eng_rng_t *rng,

@@ -57,6 +57,14 @@ int32_t eng_sample(eng_sampler_t *s, float *logits, const eng_sample_params_t *p
 void eng_sample_prepare(eng_sampler_t *s, float *logits, const eng_sample_params_t *p, const int32_t *prev,
                         size_t n_prev);
 int32_t eng_sample_pick(eng_sampler_t *s, const float *logits, const eng_sample_params_t *p, eng_rng_t *rng);
+/* eng_sample_pick with the uniform draw u in [0, 1) given instead of taken
+ * from an RNG: *used is 1 when the pick consumed it (0: greedy, where
+ * eng_sample_pick draws nothing).  The semantics a backend's sampler follows
+ * (eng_forward_sample). */
+int32_t eng_sample_pick_u(eng_sampler_t *s, const float *logits, const eng_sample_params_t *p, double u, int *used);
+/* 1 when p needs nothing but the logits (no penalties, no logit bias), so
+ * that a backend can sample where the logits are. */
+int eng_sample_on_backend(const eng_sample_params_t *p);
 
 #define ENG_MAX_TOP_LOGPROBS 20
 

@@ -55,6 +55,9 @@ struct eng_job {
     int slot;           /* index of its logits buffer */
     int gram_on;        /* the grammar masks the logits */
     int in_tools;       /* generated tokens are a tool-call block */
+    int dev_sample;     /* this step's token is sampled by the backend into sreq */
+    eng_sample_req_t sreq;
+    eng_rng_t rng_after; /* rng after sreq.u was drawn: kept when the backend used it */
 };
 
 struct eng_sched {
@@ -92,6 +95,7 @@ struct eng_sched {
     const int32_t **b_ids;
     int *b_n;
     float **b_logits;
+    eng_sample_req_t **b_sample; /* NULL where the host samples from b_logits */
 };
 
 static void spec_free(eng_job_spec_t *sp) {
@@ -379,9 +383,16 @@ static void preempt_youngest(eng_sched_t *s) {
 /* Sample and process one token for job j; returns the finish reason. */
 static eng_finish_t take_token(eng_sched_t *s, eng_job_t *j, eng_ev_t *ev, char *err, size_t errlen) {
     float *lg = s->logits[j->slot];
-    eng_sample_prepare(s->sampler, lg, &j->spec.sp, j->gen, (size_t)j->n_gen);
-    if (j->gram_on) eng_gram_mask(j->spec.gram, j->spec.max_tokens - j->n_gen, lg, s->n_allowed);
-    int32_t id = eng_sample_pick(s->sampler, lg, &j->spec.sp, &j->rng);
+    int32_t id;
+    if (j->dev_sample) { /* the backend sampled (plan_sample): same draw, same id */
+        j->dev_sample = 0;
+        id = j->sreq.id;
+        if (j->sreq.used_u) j->rng = j->rng_after;
+    } else {
+        eng_sample_prepare(s->sampler, lg, &j->spec.sp, j->gen, (size_t)j->n_gen);
+        if (j->gram_on) eng_gram_mask(j->spec.gram, j->spec.max_tokens - j->n_gen, lg, s->n_allowed);
+        id = eng_sample_pick(s->sampler, lg, &j->spec.sp, &j->rng);
+    }
     if (id < 0) {
         snprintf(err, errlen, "sampler produced no token");
         return ENG_FINISH_ERROR;
@@ -452,20 +463,43 @@ static int plan_tokens(eng_sched_t *s, eng_job_t *j, int *budget, int *any_prefi
     return n;
 }
 
+/* The sampling request for job j's next token when the backend can sample
+ * it (no penalties, bias, grammar or logprobs: nothing but the logits),
+ * else NULL.  The draw is taken from a copy of the job's RNG, which
+ * take_token keeps only if the backend used it, so the job's RNG advances
+ * exactly as the host sampler's would. */
+static eng_sample_req_t *plan_sample(eng_sched_t *s, eng_job_t *j) {
+    const eng_job_spec_t *sp = &j->spec;
+    j->dev_sample = 0;
+    if (!eng_model_can_sample(s->model) || !eng_sample_on_backend(&sp->sp) || sp->gram ||
+        sp->logprobs)
+        return NULL;
+    j->rng_after = j->rng;
+    j->sreq = (eng_sample_req_t){.temperature = sp->sp.temperature,
+                                 .top_p = sp->sp.top_p,
+                                 .top_k = sp->sp.top_k,
+                                 .n_allowed = s->n_allowed,
+                                 .u = eng_rng_uniform(&j->rng_after),
+                                 .id = -1};
+    j->dev_sample = 1;
+    return &j->sreq;
+}
+
 /* Run one forward call over b_*[0..nb); on an error that is not the pool's,
  * find the jobs that fail alone (each is run alone once) so that one
  * request's failure (say, scratch memory for its long chunk) does not end its
  * batch mates.  failed[i] = 1 for those; returns the forward's status. */
 static int forward_isolating(eng_sched_t *s, int nb, char *failed, char *err, size_t errlen) {
     memset(failed, 0, (size_t)nb);
-    int rc = eng_forward(s->model, s->b_seq, s->b_ids, s->b_n, nb, s->b_logits, err, errlen);
+    int rc = eng_forward_sample(s->model, s->b_seq, s->b_ids, s->b_n, nb, s->b_logits, s->b_sample, err, errlen);
     if (rc != -1 || nb == 1) {
         if (rc == -1) failed[0] = 1;
         return rc;
     }
     for (int i = 0; i < nb; i++) {
         char e2[160];
-        int r = eng_forward(s->model, &s->b_seq[i], &s->b_ids[i], &s->b_n[i], 1, &s->b_logits[i], e2, sizeof e2);
+        int r = eng_forward_sample(s->model, &s->b_seq[i], &s->b_ids[i], &s->b_n[i], 1, &s->b_logits[i],
+                                   &s->b_sample[i], e2, sizeof e2);
         if (r) {
             failed[i] = 1;
             snprintf(err, errlen, "%s", e2);
@@ -502,7 +536,9 @@ static void step(eng_sched_t *s) {
             int len = eng_seq_len(j->seq);
             s->b_ids[nb] = j->ctx + len;
             s->b_n[nb] = n;
-            s->b_logits[nb] = len + n == j->spec.n_prompt + j->n_gen ? s->logits[j->slot] : NULL;
+            int last = len + n == j->spec.n_prompt + j->n_gen;
+            s->b_sample[nb] = last ? plan_sample(s, j) : NULL;
+            s->b_logits[nb] = last && !s->b_sample[nb] ? s->logits[j->slot] : NULL;
             s->b_seq[nb] = j->seq;
             s->b_job[nb] = j;
             need += eng_seq_blocks_needed(j->seq, len + n);
@@ -641,9 +677,10 @@ eng_sched_t *eng_sched_new(eng_model_t *m, const tok_t *t, const eng_sched_opts_
     s->b_ids = calloc((size_t)b, sizeof *s->b_ids);
     s->b_n = calloc((size_t)b, sizeof *s->b_n);
     s->b_logits = calloc((size_t)b, sizeof *s->b_logits);
+    s->b_sample = calloc((size_t)b, sizeof *s->b_sample);
     s->sampler = eng_sampler_new(s->n_allowed);
     if (!s->active || !s->logits || !s->slot_used || !s->b_seq || !s->b_job || !s->b_ids || !s->b_n ||
-        !s->b_logits || !s->sampler)
+        !s->b_logits || !s->b_sample || !s->sampler)
         goto oom;
     for (int i = 0; i < b; i++)
         if (!(s->logits[i] = malloc((size_t)s->vocab_rows * sizeof(float)))) goto oom;
@@ -688,6 +725,7 @@ void eng_sched_free(eng_sched_t *s) {
     free(s->b_ids);
     free(s->b_n);
     free(s->b_logits);
+    free(s->b_sample);
     eng_sampler_free(s->sampler);
     pthread_mutex_destroy(&s->mu);
     pthread_cond_destroy(&s->cv);

@@ -22,6 +22,7 @@
 
 #include "../unit/tg_test.h"
 #include "eng_model_int.h"
+#include "eng_sample.h"
 
 /* ---- seeded inputs --------------------------------------------------------------- */
 
@@ -407,12 +408,59 @@ static void case_moe(void) {
     }
 }
 
+/* Sampling: the host sampler (eng_sample_pick_u, engine/sched) is the
+ * reference; a backend with a sample op must give the same ids and the same
+ * "draw used" flags.  Rows of a DeepSeek-sized vocab (129,280, the last 280
+ * ids not allowed) with flat and peaked logits, -inf and NaN entries, and
+ * every parameter path: greedy, temperature alone, top-k, top-p, both, a tiny
+ * top-p, top-k >= the allowed ids. */
+static void case_sample(void) {
+    enum { R = 24, V = 129280, NA = 129000 };
+    static const struct {
+        float t, p;
+        int k;
+    } pr[8] = {{0, 1, 0}, {1, 1, 0}, {0.7f, 1, 40}, {1, 0.9f, 0}, {0.8f, 0.95f, 50}, {1.2f, 1e-4f, 0},
+               {1, 0.5f, 200000}, {0.6f, 1, 1}};
+    float *lh = malloc((size_t)R * V * sizeof(float));
+    eng_sample_req_t rq[R];
+    for (int r = 0; r < R; r++) {
+        float sc = r % 3 == 0 ? 1.0f : r % 3 == 1 ? 6.0f : 20.0f;
+        for (int i = 0; i < V; i++) lh[(size_t)r * V + i] = rnd() * sc;
+        if (r % 5 == 1)
+            for (int i = 0; i < V; i += 7) lh[(size_t)r * V + i] = -INFINITY;
+        if (r % 6 == 2) lh[(size_t)r * V + 17] = NAN;
+        rq[r] = (eng_sample_req_t){.temperature = pr[r % 8].t, .top_p = pr[r % 8].p, .top_k = pr[r % 8].k,
+                                   .n_allowed = NA, .u = rnd_u32() / 4294967296.0,
+                                   .id = -1};
+    }
+    float ids[R], used[R];
+    if (ops->sample) {
+        float *lg = bput(lh, (size_t)R * V * sizeof(float));
+        OK(ops->sample(be, lg, R, V, rq));
+        for (int r = 0; r < R; r++) ids[r] = (float)rq[r].id, used[r] = (float)rq[r].used_u;
+    } else { /* the host sampler: what the scheduler runs when the backend cannot sample */
+        eng_sampler_t *sm = eng_sampler_new(NA);
+        for (int r = 0; r < R; r++) {
+            eng_sample_params_t p = {.temperature = rq[r].temperature, .top_p = rq[r].top_p, .top_k = rq[r].top_k};
+            int u = 0;
+            ids[r] = (float)eng_sample_pick_u(sm, lh + (size_t)r * V, &p, rq[r].u, &u);
+            used[r] = (float)u;
+        }
+        eng_sampler_free(sm);
+    }
+    record("sample/ids", ids, R, 1);
+    record("sample/draw-used", used, R, 1);
+    free(lh);
+    bufs_free();
+}
+
 static void run_all(void) {
     case_glue();
     case_matmul();
     case_attn();
     case_route();
     case_moe();
+    case_sample();
 }
 
 /* ---- file of outputs: "DESC\n" then per output: name\0 is_int n floats ---------- */

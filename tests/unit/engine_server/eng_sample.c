@@ -151,6 +151,54 @@ static void test_nucleus_matches_sort(void) {
     free(p), free(a), free(b), free(in);
 }
 
+/* eng_sample_pick_u with the draw the RNG would give is eng_sample_pick, and
+ * it says whether it used the draw (greedy picks draw nothing); top-k/top-p
+ * walk the kept set in id order: u near 0 gives its lowest id, near 1 its
+ * highest. */
+static void test_pick_u(void) {
+    enum { V = 500 };
+    float *lg = malloc(V * sizeof *lg);
+    eng_sampler_t *s = eng_sampler_new(V);
+    eng_rng_t r, r2;
+    eng_rng_seed(&r, 77);
+    const eng_sample_params_t ps[] = {
+        {.temperature = 0, .top_p = 1},       {.temperature = 1, .top_p = 1, .top_k = 1},
+        {.temperature = 0.7f, .top_p = 1},    {.temperature = 1, .top_p = 0.9f},
+        {.temperature = 1.3f, .top_p = 1, .top_k = 20}, {.temperature = 0.8f, .top_p = 0.5f, .top_k = 50},
+    };
+    for (int round = 0; round < 200; round++) {
+        for (int i = 0; i < V; i++) lg[i] = (float)(eng_rng_uniform(&r) * 8 - 4);
+        if (round % 7 == 3) lg[round % V] = -INFINITY;
+        const eng_sample_params_t *p = &ps[round % 6];
+        r2 = r;
+        double u = eng_rng_uniform(&r2);
+        int used = -1;
+        int32_t a = eng_sample_pick_u(s, lg, p, u, &used);
+        eng_rng_t r3 = r;
+        int32_t b = eng_sample_pick(s, lg, p, &r3);
+        CHECK_EQ_I(a, b);
+        CHECK_EQ_I(used, round % 6 >= 2);
+        CHECK(used ? !memcmp(&r3, &r2, sizeof r2) : !memcmp(&r3, &r, sizeof r));
+        r = r2;
+    }
+    /* the kept set {0, 1} (top_k 2) walked in id order */
+    float l4[4] = {1, 2, 0, -1};
+    eng_sampler_t *s4 = eng_sampler_new(4);
+    eng_sample_params_t p = {.temperature = 1, .top_p = 1, .top_k = 2};
+    int used;
+    CHECK_EQ_I(eng_sample_pick_u(s4, l4, &p, 0.0, &used), 0);
+    CHECK_EQ_I(eng_sample_pick_u(s4, l4, &p, 0.999, &used), 1);
+    p.top_k = 0, p.top_p = 0.2f; /* only id 1 */
+    CHECK_EQ_I(eng_sample_pick_u(s4, l4, &p, 0.0, &used), 1);
+    eng_sample_params_t q = {.temperature = 1, .top_p = 1, .bias = NULL, .n_bias = 0};
+    CHECK(eng_sample_on_backend(&q));
+    q.presence_penalty = 0.5f;
+    CHECK(!eng_sample_on_backend(&q));
+    eng_sampler_free(s4);
+    eng_sampler_free(s);
+    free(lg);
+}
+
 static void test_low_temperature_sharpens(void) {
     float base[3] = {1.0f, 0.5f, 0.0f};
     eng_sampler_t *s = eng_sampler_new(3);
@@ -209,4 +257,4 @@ static void test_logprobs(void) {
 }
 
 TG_TEST_MAIN(test_logprobs, test_rng_deterministic, test_greedy_and_restriction, test_seeded_sampling_repeats,
-             test_top_p, test_nucleus_matches_sort, test_low_temperature_sharpens, test_penalties)
+             test_top_p, test_nucleus_matches_sort, test_pick_u, test_low_temperature_sharpens, test_penalties)
