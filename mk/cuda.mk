@@ -17,7 +17,7 @@ CUDA_SRCS := $(wildcard engine/cuda/*.cu)
 CUDA_OBJ  := $(patsubst %.cu,$(B)/obj-cuda/%.o,$(CUDA_SRCS))
 CUDA_LIBS := -L$(CUDA_HOME)/lib64 -lcudart -lcublas -lstdc++ -ldl -lrt -Wl,-rpath,$(CUDA_HOME)/lib64
 
-$(B)/obj-cuda/engine/cuda/%.o: engine/cuda/%.cu engine/cuda/eng_cuda-int.h engine/model/eng_model_int.h engine/eng.h
+$(B)/obj-cuda/engine/cuda/%.o: engine/cuda/%.cu $(wildcard engine/cuda/*.h) engine/model/eng_model_int.h engine/eng.h
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCC_FLAGS) -c $< -o $@
 
@@ -46,6 +46,21 @@ $(ENG_CUDA_DIR)/eng_gpu_bench: bench/cuda/eng_gpu_bench.c $(CUDA_OBJ) $(LIBENG) 
 $(O)/bench/cuda/eng_gpu_bench: bench/cuda/eng_gpu_bench.c $(LIBENG) $(LIBCOMMON)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(ENG_LINK) $(LDLIBS)
+
+# The device sampler's kernel source run on the host (512 threads a block,
+# barriers and shuffles emulated) against the host sampler: on every machine,
+# no nvcc or GPU needed (tests/engine/cuda_emu_sample.cc).
+CXX ?= g++
+ENG_CUDA_EMU := $(O)/tests/engine/cuda_emu_sample
+$(ENG_CUDA_EMU): tests/engine/cuda_emu_sample.cc engine/cuda/eng_cuda_sample_kernel.h $(LIBENG) $(LIBCOMMON)
+	@mkdir -p $(dir $@)
+	$(CXX) $(filter-out -std=% -MMD -MP,$(CFLAGS)) -std=c++17 $(LDFLAGS) -o $@ $< $(ENG_LINK) $(LDLIBS)
+
+.PHONY: test-engine-cuda-emu
+TEST_TARGETS += test-engine-cuda-emu
+UNIT_TARGETS += test-engine-cuda-emu
+test-engine-cuda-emu: $(ENG_CUDA_EMU)
+	timeout 600 $(ENG_CUDA_EMU)
 
 .PHONY: test-engine-cuda cuda-objs
 TEST_TARGETS += test-engine-cuda

@@ -90,7 +90,7 @@ typedef struct {
     int n_moe_tabs;
 } cu_be_t;
 
-enum { SCR_IDX = 0, SCR_ATT, SCR_ATT2, SCR_MOE, SCR_MM, SCR_HOST_ATT };
+enum { SCR_IDX = 0, SCR_ATT, SCR_ATT2, SCR_MOE, SCR_MM, SCR_HOST_ATT, SCR_SAMPLE, SCR_PROB }; /* < 8 */
 
 /* dst (device) = src (host, n bytes), queued on the stream; src may be reused at once */
 int eng_cuda_h2d(cu_be_t *b, void *dst, const void *src, size_t n);
@@ -111,6 +111,8 @@ int eng_cuda_attn_mla(eng_backend_t *be, const eng_w_t *kv_b, int H, int dn, int
                       const float *q, const eng_attn_seq_t *seqs, int nseq, float *out);
 int eng_cuda_attn_gqa(eng_backend_t *be, int H, int kvh, int hd, float scale, const float *q,
                       const eng_attn_seq_t *seqs, int nseq, float *out);
+/* eng_cuda_sample.cu: the sample op (temperature, top-k, top-p, the draw) */
+int eng_cuda_sample(eng_backend_t *be, const float *logits, int n, int vocab, eng_sample_req_t *req);
 /* eng_cuda_route.cu */
 int eng_cuda_route(eng_backend_t *be, const eng_route_t *r, const float *logits, int T, int32_t *sel, float *wts);
 

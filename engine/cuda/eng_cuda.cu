@@ -497,6 +497,7 @@ static const eng_backend_ops_t cu_ops = {
     /* .route = */ eng_cuda_route,
     /* .moe = */ eng_cuda_moe,
     /* .argmax = */ cu_argmax,
+    /* .sample = */ eng_cuda_sample,
     /* .free = */ cu_free,
 };
 
