@@ -6,14 +6,20 @@
  * row once, 8 weights per lane per step (16-byte loads of bf16), widened in
  * registers, against up to MM_NT tokens at a time; fp32 accumulation.  This is
  * the bandwidth-bound path the batch-1 roofline is about.
- * Larger batches: the rows are widened to fp32 in chunks and cuBLAS sgemm
- * does the product (fp32 maths, no TF32).
+ * Larger batches, bf16 weights: tensor cores through cublasGemmEx, the weights
+ * as stored, the activations split into two bf16 parts (hi = bf16(x), lo =
+ * bf16(x - hi), ~16 bits of x kept, as the CPU's AMX level), fp32
+ * accumulation: Y = W hi + W lo, two GEMMs.  Other dtypes: the rows are
+ * widened to fp32 in chunks and cuBLAS sgemm does the product (fp32 maths, no
+ * TF32).  TOLLGATE_CUDA_TC=0 sends bf16 to the sgemm path too (A/B on a GPU).
  * MoE: routing ids stay on the device.  One kernel sorts the (token, slot)
  * pairs by expert (ranges per expert), one gathers the tokens, one grouped
  * kernel runs every expert's gate and up over its own tokens with SwiGLU
  * fused, one the downs, one adds the slots in order (+ the shared expert). */
 #include <stdlib.h>
 #include <string.h>
+
+#include <cuda_bf16.h>
 
 #include "eng_cuda-int.h"
 
@@ -188,6 +194,46 @@ static int mm_blas(cu_be_t *b, const eng_w_t *w, const float *x, int n, float *y
     return 0;
 }
 
+/* x [n] -> hi [n], lo [n]: hi = bf16(x), lo = bf16(x - hi), both rounded to nearest even */
+__global__ void k_split_bf16(const float *x, size_t n, __nv_bfloat16 *hi, __nv_bfloat16 *lo) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        float v = x[i];
+        __nv_bfloat16 h = __float2bfloat16_rn(v);
+        hi[i] = h;
+        lo[i] = __float2bfloat16_rn(v - __bfloat162float(h));
+    }
+}
+
+static int tc_on(void) {
+    static int on = -1;
+    if (on < 0) {
+        const char *e = getenv("TOLLGATE_CUDA_TC");
+        on = !(e && *e == '0');
+    }
+    return on;
+}
+
+/* Y [n, R] = X [n, C] @ W^T for bf16 W on tensor cores (column-major as
+ * mm_blas): Y^T = W^T' hi^T + W^T' lo^T, fp32 accumulation. */
+static int mm_tc(cu_be_t *b, const eng_w_t *w, const float *x, int n, float *y) {
+    int64_t R = w->rows, C = w->cols;
+    size_t nc = (size_t)n * C;
+    __nv_bfloat16 *hi = (__nv_bfloat16 *)eng_cuda_scratch(b, SCR_MM, 2 * nc * sizeof(__nv_bfloat16));
+    if (!hi) return -1;
+    __nv_bfloat16 *lo = hi + nc;
+    size_t g = (nc + 255) / 256;
+    k_split_bf16<<<(unsigned)(g > 65535u * 8 ? 65535u * 8 : g), 256, 0, b->st>>>(x, nc, hi, lo);
+    CU_LAUNCHED();
+    const float one = 1.0f, zero = 0.0f;
+    CUBLAS_CHECK(cublasGemmEx(b->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)R, n, (int)C, &one, w->data, CUDA_R_16BF, (int)C,
+                              hi, CUDA_R_16BF, (int)C, &zero, y, CUDA_R_32F, (int)R, CUBLAS_COMPUTE_32F,
+                              CUBLAS_GEMM_DEFAULT));
+    CUBLAS_CHECK(cublasGemmEx(b->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)R, n, (int)C, &one, w->data, CUDA_R_16BF, (int)C,
+                              lo, CUDA_R_16BF, (int)C, &one, y, CUDA_R_32F, (int)R, CUBLAS_COMPUTE_32F,
+                              CUBLAS_GEMM_DEFAULT));
+    return 0;
+}
+
 int eng_cuda_matmul_multi(eng_backend_t *be, const eng_mm_t *jobs, int njobs) {
     cu_be_t *b = (cu_be_t *)be;
     mm_batch_t mb;
@@ -197,7 +243,9 @@ int eng_cuda_matmul_multi(eng_backend_t *be, const eng_mm_t *jobs, int njobs) {
         const eng_mm_t *J = &jobs[i];
         if (J->n <= 0 || J->w->rows <= 0) continue;
         if (J->n >= MM_BLAS_MIN) {
-            if (mm_blas(b, J->w, J->x, J->n, J->y)) return -1;
+            if (J->w->dt == ENG_DT_BF16 && tc_on() ? mm_tc(b, J->w, J->x, J->n, J->y)
+                                                   : mm_blas(b, J->w, J->x, J->n, J->y))
+                return -1;
             continue;
         }
         if (mb.nj && (mb.nj == MM_JOBS || mb.j[0].w.dt != (int)J->w->dt) && launch_batch(b, &mb)) return -1;

@@ -265,12 +265,12 @@ static void case_matmul(void) {
     seed(2);
     eng_dtype_t dts[] = {ENG_DT_F32, ENG_DT_BF16, ENG_DT_F16, ENG_DT_F8_E4M3, ENG_DT_I8};
     int shapes[][2] = {{300, 256}, {130, 200}, {64, 1000}};
-    int ns[] = {1, 3, 37};
+    int ns[] = {1, 3, 37, 70}; /* 70: a device's large-batch path (cuBLAS; bf16 on tensor cores) */
     for (int d = 0; d < 5; d++)
         for (int s = 0; s < 3; s++) {
             int R = shapes[s][0], C = shapes[s][1];
             eng_w_t w = weight(dts[d], R, C, "w");
-            for (int k = 0; k < 3; k++) {
+            for (int k = 0; k < 4; k++) {
                 int n = ns[k];
                 float *xh = rvec((size_t)n * C, 1.0f);
                 float *x = bput(xh, (size_t)n * C * 4), *y = bzero_f((size_t)n * R);
