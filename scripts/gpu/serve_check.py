@@ -2,10 +2,12 @@
 
 Starts `ENGINE serve --device cpu` on PORT and `--device cuda:0` on PORT+1 over the same model,
 sends 8 greedy chat requests at once to each (4 of them share a 300-character prefix), then the
-4 prefix-sharing ones again.  Passes when every request is answered 200 with a non-empty answer,
-the second round reports prompt_cache_hit_tokens > 0 on CUDA, and the CUDA answers equal the CPU
-answers for at least 7 of the 8 prompts (random weights make near-ties possible; every
-difference is printed).  Exit 1 otherwise.
+4 prefix-sharing ones again, then 4 seeded sampled ones (temperature 0.8, top_p 0.9, top_k 40:
+sampled on the device by CUDA, on the host by the CPU, the same draws).  Passes when every request
+is answered 200 with a non-empty answer, the second round reports prompt_cache_hit_tokens > 0 on
+CUDA, the CUDA answers equal the CPU answers for at least 7 of the 8 greedy prompts and 3 of the
+4 sampled ones (random weights make near-ties possible; every difference is printed).  Exit 1
+otherwise.
 """
 import json
 import subprocess
@@ -36,13 +38,16 @@ def wait_up(port, proc, secs=180):
     return False
 
 
-def round_(port, model, prompts):
+def round_(port, model, prompts, sampled=False):
     out = [None] * len(prompts)
 
     def one(i):
+        body = {"model": model, "messages": [{"role": "user", "content": prompts[i]}], "temperature": 0,
+                "max_tokens": 24}
+        if sampled:
+            body.update(temperature=0.8, top_p=0.9, top_k=40, seed=1000 + i)
         try:
-            out[i] = req(port, {"model": model, "messages": [{"role": "user", "content": prompts[i]}],
-                                "temperature": 0, "max_tokens": 24})
+            out[i] = req(port, body)
         except Exception as e:  # noqa: BLE001
             out[i] = (0, {"error": repr(e)})
 
@@ -69,33 +74,43 @@ def main():
                                  stdout=subprocess.DEVNULL, stderr=open("serve-%d.log" % i, "w"))
             procs.append(p)
             if not wait_up(port + i, p):
-                print("serve --device %s did not come up (see serve-%d.log)" % (dev, i))
+                print("serve --device %s did not come up; the end of serve-%d.log:" % (dev, i))
+                with open("serve-%d.log" % i) as f:
+                    print(f.read()[-3000:])
                 return 1
         res = {}
         for i, dev in enumerate(devs):
             t = time.time()
             r1 = round_(port + i, model, prompts)
             r2 = round_(port + i, model, prompts[:4])
-            res[i] = (r1, r2)
+            r3 = round_(port + i, model, prompts[4:], sampled=True)
+            res[i] = (r1, r2, r3)
             hits = [b.get("usage", {}).get("prompt_cache_hit_tokens", 0) for _, b in r2]
-            bad = [b for s, b in r1 + r2 if s != 200 or not b.get("choices")]
+            bad = [b for s, b in r1 + r2 + r3 if s != 200 or not b.get("choices")]
             print("%-7s %d requests in %.1f s, %d failed, prefix-cache hits in round 2: %s"
-                  % (dev, len(r1) + len(r2), time.time() - t, len(bad), hits))
+                  % (dev, len(r1) + len(r2) + len(r3), time.time() - t, len(bad), hits))
             if bad:
                 print("  failures: %s" % bad[:2])
                 ok = False
             if i == 1 and not all(h > 0 for h in hits):
                 ok = False
-        same = 0
-        for k, ((sa, a), (sb, b)) in enumerate(zip(res[0][0], res[1][0])):
-            ta = a.get("choices", [{}])[0].get("message", {}).get("content") if sa == 200 else None
-            tb = b.get("choices", [{}])[0].get("message", {}).get("content") if sb == 200 else None
-            if ta is not None and ta == tb:
-                same += 1
-            else:
-                print("  prompt %d differs: cpu %r / cuda %r" % (k, ta, tb))
-        print("greedy answers equal on %s and %s for %d of %d prompts" % (devs[0], devs[1], same, len(prompts)))
-        ok &= same >= 7
+
+        def text(sb):
+            s_, b = sb
+            return b.get("choices", [{}])[0].get("message", {}).get("content") if s_ == 200 else None
+
+        for what, k_round, need in (("greedy", 0, 7), ("sampled (seeded)", 2, 3)):
+            same = 0
+            for k, (a, b) in enumerate(zip(res[0][k_round], res[1][k_round])):
+                ta, tb = text(a), text(b)
+                if ta is not None and ta == tb:
+                    same += 1
+                else:
+                    print("  %s prompt %d differs: %s %r / %s %r" % (what, k, devs[0], ta, devs[1], tb))
+            n = len(res[0][k_round])
+            print("%s answers equal on %s and %s for %d of %d prompts (need %d)" % (what, devs[0], devs[1], same, n,
+                                                                                   need))
+            ok &= same >= need
     finally:
         for p in procs:
             p.terminate()

@@ -16,7 +16,7 @@ dir=${1:?usage: cuda_test.sh CUDA_DIR OPS_BIN CPU_ENGINE}
 ops=${2:?}
 cpu=${3:?}
 eng=$dir/tollgate-engine
-work=$dir/work
+work=${CUDA_TEST_WORK:-$dir/work}
 fail() { echo "cuda_test: FAIL: $*" >&2; exit 1; }
 rm -rf "$work" && mkdir -p "$work"
 
@@ -46,9 +46,10 @@ if [ $rc -ne 0 ]; then
     exit 0
 fi
 
-# a GPU: op by op, then whole models
-"$ops" dump "$work/ops-cpu.bin"
-"$dir/eng_ops_test" compare "$work/ops-cpu.bin" cuda:0
+# a GPU: op by op, then whole models; every comparison runs, the first failure is the exit status
+bad=0
+"$ops" dump "$work/ops-cpu.bin" || bad=1
+"$dir/eng_ops_test" compare "$work/ops-cpu.bin" cuda:0 || { echo "cuda_test: FAIL: op harness CUDA vs CPU"; bad=1; }
 "$cpu" gen-model --arch deepseek_v3 --preset tiny --dtype fp8 --seed 42 --out "$work/v3-fp8" 2>/dev/null
 "$cpu" gen-model --arch deepseek_v3 --preset tiny --dtype f32 --seed 43 --out "$work/v3-f32" 2>/dev/null
 "$cpu" gen-model --arch deepseek_v2 --preset tiny --dtype f16 --seed 44 --out "$work/v2-f16" 2>/dev/null
@@ -60,8 +61,14 @@ for n in (1, 2, 7, 16, 17, 40, 100):
     print([r.randrange(0, 256) for _ in range(n)])
 ' > "$work/prompts.txt"
 for m in v3-bf16 v3-fp8 v3-f32 v2-f16 mixtral-bf16; do
-    "$cpu" logits --model "$work/$m" < "$work/prompts.txt" > "$work/$m.cpu"
-    "$eng" logits --model "$work/$m" --device cuda:0 < "$work/prompts.txt" > "$work/$m.cuda"
-    python3 tests/engine/logits_compare.py "$m" "$work/$m.cpu" "$work/$m.cuda" 1e-3
+    if "$cpu" logits --model "$work/$m" < "$work/prompts.txt" > "$work/$m.cpu" &&
+        "$eng" logits --model "$work/$m" --device cuda:0 < "$work/prompts.txt" > "$work/$m.cuda" &&
+        python3 tests/engine/logits_compare.py "$m" "$work/$m.cpu" "$work/$m.cuda" 1e-3; then
+        :
+    else
+        echo "cuda_test: FAIL: $m logits CUDA vs CPU"
+        bad=1
+    fi
 done
+[ $bad -eq 0 ] || fail "some comparison failed (above)"
 echo "cuda_test: ok"
