@@ -6,7 +6,7 @@
 #      install nothing), when they load there; else make CUDA=1 there
 #   2. op harness CUDA vs CPU (every op, NMSE per op, sampled ids exactly) and whole-model logits
 #      CUDA vs CPU for DeepSeek-V3 (bf16, fp8, f32), DeepSeek-V2 (f16) and Mixtral (bf16) tiny
-#      models (tests/engine/cuda_test.sh)
+#      models (tests/engine/cuda_test.sh); the op harness again with TOLLGATE_CUDA_TC=0
 #   3. a DeepSeek-V2-Lite-shaped model (its exact layer shapes, 8 of its 27 layers, random bf16):
 #      logits CUDA vs CPU, then decode tokens/s at batch 1 and 64 against the roofline of the
 #      bytes read per step at the measured device-to-device copy bandwidth (bench/cuda)
@@ -130,6 +130,12 @@ ENG=$bins/tollgate-engine
 CUDA_TEST_ENGINE_HAS_CUDA=1 CUDA_TEST_WORK=$PWD/$work/cuda-test \
     stage ops-and-logits 200 bash tests/engine/cuda_test.sh "$bins" "$bins/eng_ops_test" "$ENG"
 figures ops-and-logits "against|sample/|worst logit|over tolerance|FAIL" 60
+# the same ops with tensor cores off (bf16 matmuls and experts on sgemm / FMA kernels): tells a
+# tensor-core failure from any other
+if [ -f $work/cuda-test/ops-cpu.bin ]; then
+    stage ops-no-tc 60 env TOLLGATE_CUDA_TC=0 "$bins/eng_ops_test" compare $work/cuda-test/ops-cpu.bin cuda:0
+    figures ops-no-tc "over tolerance|FAIL"
+fi
 
 # 3. V2-Lite shape: logits CUDA vs CPU, then the decode benchmark
 layers=${LITE_LAYERS:-8}
@@ -137,7 +143,10 @@ lite=$work/lite$layers
 [ -f $lite/config.json ] ||
     stage gen-lite 180 "$ENG" gen-model --arch deepseek_v2 --preset lite --layers $layers --dtype bf16 --seed 5 --out $lite
 if [ -f $lite/config.json ]; then
-    printf '[1,2,3]\n[100,2000,30000,400,5,6,70,800,9000,10000,11,12,13,14,15,16,17]\n' > "$work/lite-prompts.txt"
+    { # 3 and 17 tokens (experts on the FMA kernels), 100 (600 routed pairs: bf16 experts on tensor cores)
+        printf '[1,2,3]\n[100,2000,30000,400,5,6,70,800,9000,10000,11,12,13,14,15,16,17]\n'
+        $PY -c 'print([(i * 7919) % 102400 for i in range(1, 101)])'
+    } > "$work/lite-prompts.txt"
     stage lite-logits 180 bash -c "'$ENG' logits --model $lite < $work/lite-prompts.txt > $work/lite.cpu &&
         '$ENG' logits --model $lite --device cuda:0 < $work/lite-prompts.txt > $work/lite.cuda &&
         $PY tests/engine/logits_compare.py v2-lite$layers-bf16 $work/lite.cpu $work/lite.cuda 1e-3"

@@ -61,6 +61,8 @@ typedef struct {
 
 #define CU_CACHE 256
 
+#define SCR_N 12 /* scratch slots (the SCR_ enum below) */
+
 typedef struct {
     eng_backend_t base;
     int dev;
@@ -76,8 +78,8 @@ typedef struct {
     void **owned;
     int n_owned, cap_owned;
     /* per-op scratch, grown on demand */
-    void *scr[8];
-    size_t scr_n[8];
+    void *scr[SCR_N];
+    size_t scr_n[SCR_N];
     /* pinned staging ring for small host->device copies (a copy from pageable
      * memory waits for the whole stream first); wrapping waits for the stream */
     char *ring;
@@ -90,7 +92,7 @@ typedef struct {
     int n_moe_tabs;
 } cu_be_t;
 
-enum { SCR_IDX = 0, SCR_ATT, SCR_ATT2, SCR_MOE, SCR_MM, SCR_HOST_ATT, SCR_SAMPLE, SCR_PROB }; /* < 8 */
+enum { SCR_IDX = 0, SCR_ATT, SCR_ATT2, SCR_MOE, SCR_MM, SCR_HOST_ATT, SCR_SAMPLE, SCR_PROB, SCR_MOE_TC, SCR_MOE_PTR };
 
 /* dst (device) = src (host, n bytes), queued on the stream; src may be reused at once */
 int eng_cuda_h2d(cu_be_t *b, void *dst, const void *src, size_t n);

@@ -458,7 +458,7 @@ static void cu_free(eng_backend_t *be) {
     cache_drop(b);
     for (int i = 0; i < b->n_live; i++) CU_WARN(cudaFree(b->live[i].p));
     for (int i = 0; i < b->n_owned; i++) CU_WARN(cudaFree(b->owned[i]));
-    for (int k = 0; k < 8; k++)
+    for (int k = 0; k < SCR_N; k++)
         if (b->scr[k]) CU_WARN(cudaFree(b->scr[k]));
     eng_cuda_moe_tabs_free(b);
     if (b->ring) CU_WARN(cudaFreeHost(b->ring));

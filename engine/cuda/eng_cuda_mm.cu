@@ -15,7 +15,11 @@
  * MoE: routing ids stay on the device.  One kernel sorts the (token, slot)
  * pairs by expert (ranges per expert), one gathers the tokens, one grouped
  * kernel runs every expert's gate and up over its own tokens with SwiGLU
- * fused, one the downs, one adds the slots in order (+ the shared expert). */
+ * fused, one the downs, one adds the slots in order (+ the shared expert).
+ * bf16 experts with at least MOE_TC_PER_EXPERT pairs per expert on average
+ * (prefill, large batches) run on tensor cores instead: the counts come to
+ * the host once per layer and cublasGemmGroupedBatchedEx does every expert's
+ * GEMMs in one call per pass (moe_tc). */
 #include <stdlib.h>
 #include <string.h>
 
@@ -412,6 +416,110 @@ static int shared_expert(cu_be_t *b, const eng_moe_t *mo, const float *x, int T,
 
 #define A256(n) (((n) + 255) & ~(size_t)255)
 
+/* Pairs per expert, on average, from which bf16 experts run on tensor cores */
+#define MOE_TC_PER_EXPERT 8
+#define MOE_TC_MAX_E 1024
+
+static int moe_tc_refused; /* cuBLAS refused the grouped GEMM once: the FMA kernels from then on */
+
+/* The routed experts on tensor cores (bf16 weights; xg [NK, D] holds the
+ * pairs sorted by expert, range [E+1] their starts on the device).  The
+ * per-expert counts come to the host (the one wait of this path), then
+ * cublasGemmGroupedBatchedEx runs every active expert's gate and up over its
+ * tokens (one group per expert, two problems: h [NK, Im] and u), SwiGLU, then
+ * the downs into yslot [NK, D]; activations split into bf16 hi + lo as mm_tc,
+ * fp32 accumulation.  Returns 0; -1 on a device error; 1 when cuBLAS refuses
+ * the call (said once; the caller runs the FMA kernels). */
+static int moe_tc(cu_be_t *b, const eng_moe_t *mo, int NK, const int32_t *range, const float *xg, float *h,
+                  float *yslot) {
+    int E = mo->E, D = mo->D, Im = mo->inter, G = 0, rc = -1;
+    size_t nd = (size_t)NK * D, ni = (size_t)NK * Im;
+    size_t sz_b = A256(2 * (nd + ni) * sizeof(__nv_bfloat16));
+    char *sc = (char *)eng_cuda_scratch(b, SCR_MOE_TC, sz_b + ni * sizeof(float));
+    void **dp = (void **)eng_cuda_scratch(b, SCR_MOE_PTR, (size_t)12 * E * sizeof(void *));
+    /* host: range, then per group m n k lda ldb ldc size, 2 op arrays, alpha/beta; 12E pointers */
+    size_t off_p = ((size_t)(E + 1) * 4 + 7) & ~(size_t)7; /* the pointers 8-aligned after the range */
+    char *hb = (char *)malloc(off_p + (size_t)E * (12 * sizeof(void *) + 7 * sizeof(int) +
+                                                   2 * sizeof(cublasOperation_t) + 2 * sizeof(float)));
+    if (!sc || !dp || !hb) goto out;
+    {
+        __nv_bfloat16 *xhi = (__nv_bfloat16 *)sc, *xlo = xhi + nd, *hhi = xlo + nd, *hlo = hhi + ni;
+        float *u = (float *)(sc + sz_b);
+        int32_t *rh = (int32_t *)hb;
+        void **hp = (void **)(hb + off_p);
+        int *gm = (int *)(hp + 12 * E), *gn = gm + E, *gk = gn + E, *glda = gk + E, *gldb = glda + E,
+            *gldc = gldb + E, *gsz = gldc + E;
+        cublasOperation_t *ta = (cublasOperation_t *)(gsz + E), *tb = ta + E;
+        float *one = (float *)(tb + E), *zero = one + E;
+        cudaError_t ce = cudaMemcpyAsync(rh, range, (size_t)(E + 1) * sizeof(int32_t), cudaMemcpyDeviceToHost, b->st);
+        if (ce == cudaSuccess) ce = cudaStreamSynchronize(b->st);
+        if (ce != cudaSuccess) {
+            fprintf(stderr, "cuda: %s:%d: expert counts to the host: %s\n", __FILE__, __LINE__, cudaGetErrorString(ce));
+            goto out;
+        }
+        /* pointer arrays: gate/up [0,2G) A, [2G,4G) B hi, [4G,6G) B lo, [6G,8G) C; down from 8G: A, B hi, B lo, C */
+        int ids[MOE_TC_MAX_E];
+        for (int e = 0; e < E; e++)
+            if (rh[e + 1] > rh[e]) ids[G++] = e;
+        if (G == 0) {
+            rc = 0;
+            goto out;
+        }
+        for (int i = 0; i < G; i++) {
+            int e = ids[i];
+            size_t r0 = (size_t)rh[e];
+            hp[2 * i] = (void *)mo->eg[e].data, hp[2 * i + 1] = (void *)mo->eu[e].data;
+            hp[2 * G + 2 * i] = hp[2 * G + 2 * i + 1] = xhi + r0 * D;
+            hp[4 * G + 2 * i] = hp[4 * G + 2 * i + 1] = xlo + r0 * D;
+            hp[6 * G + 2 * i] = h + r0 * Im, hp[6 * G + 2 * i + 1] = u + r0 * Im;
+            hp[8 * G + i] = (void *)mo->ed[e].data;
+            hp[9 * G + i] = hhi + r0 * Im;
+            hp[10 * G + i] = hlo + r0 * Im;
+            hp[11 * G + i] = yslot + r0 * D;
+            gn[i] = rh[e + 1] - rh[e];
+            ta[i] = CUBLAS_OP_T, tb[i] = CUBLAS_OP_N;
+            one[i] = 1.0f, zero[i] = 0.0f;
+        }
+        if (eng_cuda_h2d(b, dp, hp, (size_t)12 * G * sizeof(void *))) goto out;
+        size_t gx = (nd + 255) / 256;
+        k_split_bf16<<<(unsigned)(gx > 65535u * 8 ? 65535u * 8 : gx), 256, 0, b->st>>>(xg, nd, xhi, xlo);
+        CU_LAUNCHED();
+        for (int pass = 0; pass < 4; pass++) { /* gate/up hi, gate/up lo, (SwiGLU, split), down hi, down lo */
+            int down = pass >= 2, lo = pass & 1;
+            for (int i = 0; i < G; i++) {
+                gm[i] = down ? D : Im, gk[i] = down ? Im : D;
+                glda[i] = gldb[i] = gk[i], gldc[i] = gm[i], gsz[i] = down ? 1 : 2;
+            }
+            if (pass == 2) {
+                if (b->base.ops->swiglu(&b->base, h, u, ni)) goto out;
+                size_t gh = (ni + 255) / 256;
+                k_split_bf16<<<(unsigned)(gh > 65535u * 8 ? 65535u * 8 : gh), 256, 0, b->st>>>(h, ni, hhi, hlo);
+                CU_LAUNCHED();
+            }
+            void **P = dp + (down ? 8 * G : 0);
+            int np = down ? G : 2 * G;
+            cublasStatus_t st = cublasGemmGroupedBatchedEx(
+                b->blas, ta, tb, gm, gn, gk, one, (const void *const *)P, CUDA_R_16BF, glda,
+                (const void *const *)(P + (lo ? 2 : 1) * np), CUDA_R_16BF, gldb, lo ? one : zero, P + 3 * np,
+                CUDA_R_32F, gldc, G, gsz, CUBLAS_COMPUTE_32F);
+            if (st != CUBLAS_STATUS_SUCCESS) {
+                fprintf(stderr, "cublas: %s:%d: cublasGemmGroupedBatchedEx (bf16 experts, %d groups): %s (%d)%s\n",
+                        __FILE__, __LINE__, G, cublasGetStatusString(st), (int)st,
+                        pass == 0 && st != CUBLAS_STATUS_EXECUTION_FAILED ? "; the FMA kernels take the experts" : "");
+                if (pass == 0 && st != CUBLAS_STATUS_EXECUTION_FAILED) {
+                    moe_tc_refused = 1;
+                    rc = 1;
+                }
+                goto out;
+            }
+        }
+        rc = 0;
+    }
+out:
+    free(hb);
+    return rc;
+}
+
 int eng_cuda_moe(eng_backend_t *be, const eng_moe_t *mo, const float *x, int T, int K, const int32_t *sel,
                  const float *wts, float *y) {
     cu_be_t *b = (cu_be_t *)be;
@@ -441,8 +549,13 @@ int eng_cuda_moe(eng_backend_t *be, const eng_moe_t *mo, const float *x, int T, 
     k_moe_gather<<<NK, 256, 0, b->st>>>(x, tok_of, K, D, xg);
     CU_LAUNCHED();
     const eng_w_t *g0 = &mo->eg[0], *d0 = &mo->ed[0];
-    if (launch_moe_mm(b, g0->dt, tab, range, 0, E, Im, D, g0->scale_cols, g0->qblk, xg, h)) return -1;
-    if (launch_moe_mm(b, d0->dt, tab, range, 1, E, D, Im, d0->scale_cols, d0->qblk, h, yslot)) return -1;
+    int tc = 1; /* 0: the tensor cores took the experts */
+    if (g0->dt == ENG_DT_BF16 && NK >= MOE_TC_PER_EXPERT * E && E <= MOE_TC_MAX_E && tc_on() && !moe_tc_refused &&
+        (tc = moe_tc(b, mo, NK, range, xg, h, yslot)) < 0)
+        return -1;
+    if (tc && (launch_moe_mm(b, g0->dt, tab, range, 0, E, Im, D, g0->scale_cols, g0->qblk, xg, h) ||
+               launch_moe_mm(b, d0->dt, tab, range, 1, E, D, Im, d0->scale_cols, d0->qblk, h, yslot)))
+        return -1;
     if (Is && shared_expert(b, mo, x, T, sh, sh2, ysh)) return -1;
     k_moe_combine<<<T, 256, 0, b->st>>>(yslot, pos_of, wts, Is ? ysh : NULL, K, D, y);
     CU_LAUNCHED();
