@@ -84,10 +84,10 @@ int adm_digits_field(adm_req_t *r, cJSON *j, const char *name, char out[24]);
  * refused. */
 int adm_usd_field(adm_req_t *r, cJSON *j, const char *name, int required, int positive, int signed_ok,
                   char out[24]);
-/* An optional string of 1..max bytes; *out NULL when absent.  required:
- * absent is refused too. */
 /* A spending limit field (keys, customers): see bill_admin_keys.c. */
 int adm_limit_field(adm_req_t *r, cJSON *j, const char *name, const char **mode, char out[24]);
+/* An optional string of 1..max bytes; *out NULL when absent.  required:
+ * absent is refused too. */
 int adm_str_field(adm_req_t *r, cJSON *j, const char *name, size_t max, int required, const char **out);
 /* Unix seconds ("1764300000") as an ISO timestamp in UTC; anything else is
  * returned as is for PostgreSQL to read (or refuse with a 400). */
@@ -108,5 +108,28 @@ int bill_report_route(adm_req_t *r, char **seg, int nseg, struct evkeyvalq *q);
 
 /* Answer 405 (the path exists, the method does not); returns 1. */
 int adm_bad_method(adm_req_t *r);
+
+/* ---- named credentials (admin tokens, dashboard logins) ------------------ */
+
+/* A new secret shown once: tag + 2 * nbytes random hex digits (nbytes <= 64)
+ * into out (outlen bytes, room for all of it), and its keyed hash with the
+ * server's key secret into hash.  0, or -1 after answering 500.  The caller
+ * cleanses out when done. */
+int adm_secret_new(adm_req_t *r, const char *tag, size_t nbytes, char *out, size_t outlen, char hash[65]);
+
+/* A collection of named, revocable credentials under /admin/v1/<path>:
+ *   GET  <path>                      list_sql (no parameters)
+ *   POST <path>                      create(r)
+ *   POST <path>/<name>/revoke        revoke_sql ($1 name; no row: 404 notfound),
+ *   DELETE <path>/<name>             the same
+ * A router's body: 0 when the path is not the collection's, else 1. */
+typedef struct {
+    const char *path;
+    const char *list_sql;
+    void (*create)(adm_req_t *r);
+    const char *revoke_sql;
+    const char *notfound;
+} adm_named_t;
+int adm_named_route(adm_req_t *r, char **seg, int nseg, const adm_named_t *c);
 
 #endif

@@ -508,6 +508,40 @@ const char *adm_epoch_to_iso(const char *t, char out[40]) {
     return out;
 }
 
+/* ---- named credentials (admin tokens, dashboard logins) ------------------ */
+
+int adm_secret_new(adm_req_t *r, const char *tag, size_t nbytes, char *out, size_t outlen, char hash[65]) {
+    char hex[129];
+    int rc = -1;
+    if (strlen(tag) + 2 * nbytes >= outlen || bill_random_hex(hex, nbytes) != 0) {
+        adm_error(r, 500, NULL, "no random bytes");
+    } else {
+        snprintf(out, outlen, "%s%s", tag, hex);
+        bill_key_hash(r->secret, out, hash);
+        rc = 0;
+    }
+    OPENSSL_cleanse(hex, sizeof hex);
+    return rc;
+}
+
+int adm_named_route(adm_req_t *r, char **seg, int nseg, const adm_named_t *c) {
+    if (nseg < 1 || strcmp(seg[0], c->path) != 0 || nseg > 3) return 0;
+    if (nseg == 1) {
+        if (r->method == EVHTTP_REQ_GET) adm_read(r, c->list_sql, 0, NULL, NULL);
+        else if (r->method == EVHTTP_REQ_POST) c->create(r);
+        else adm_bad_method(r);
+        return 1;
+    }
+    const char *p[] = {seg[1]};
+    if (!adm_name_ok(seg[1])) return 0;
+    if ((nseg == 3 && !strcmp(seg[2], "revoke") && r->method == EVHTTP_REQ_POST) ||
+        (nseg == 2 && r->method == EVHTTP_REQ_DELETE))
+        adm_write(r, c->revoke_sql, 1, p, c->notfound, 200, NULL, NULL);
+    else if (nseg == 3 && strcmp(seg[2], "revoke")) return 0;
+    else adm_bad_method(r);
+    return 1;
+}
+
 /* ---- the settlement queue ------------------------------------------------- */
 
 /* The settlement queue (bill_settle_stats_t), answered from memory: tests

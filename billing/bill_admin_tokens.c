@@ -6,7 +6,6 @@
 #include <stdio.h>
 #include <string.h>
 
-#include <event2/http.h>
 #include <openssl/crypto.h>
 
 #include "bill_admin-int.h"
@@ -40,43 +39,26 @@ static void token_create(adm_req_t *r) {
     const char *name, *role;
     if (adm_str_field(r, j, "name", 64, 1, &name) == 0 && adm_str_field(r, j, "role", 16, 0, &role) == 0) {
         if (!role) role = "admin";
-        char hex[49], tok[53], hash[65], prefix[16];
+        char tok[53], hash[65], prefix[16];
         if (!adm_name_ok(name) || !strcmp(name, "root")) {
             adm_error(r, 400, "invalid_name",
                       "name must be 1-64 characters of letters, digits and ._@- (starting with a letter or digit), "
                       "not \"root\" (the bootstrap token)");
         } else if (strcmp(role, "admin") && strcmp(role, "readonly")) {
             adm_error(r, 400, "invalid_value", "role must be \"admin\" or \"readonly\"");
-        } else if (bill_random_hex(hex, 24) != 0) {
-            adm_error(r, 500, NULL, "no random bytes");
-        } else {
-            snprintf(tok, sizeof tok, "tga_%s", hex); /* "tga_" + 48 hex */
-            bill_key_hash(r->secret, tok, hash);
+        } else if (adm_secret_new(r, "tga_", 24, tok, sizeof tok, hash) == 0) { /* "tga_" + 48 hex */
             snprintf(prefix, sizeof prefix, "%.12s", tok);
             const char *p[] = {name, role, hash, prefix};
             adm_write(r, SQL_TOKEN_CREATE, 4, p, NULL, 201, "token", tok);
+            OPENSSL_cleanse(tok, sizeof tok);
         }
-        OPENSSL_cleanse(hex, sizeof hex);
-        OPENSSL_cleanse(tok, sizeof tok);
     }
     cJSON_Delete(j);
 }
 
+static const adm_named_t tokens = {"tokens", SQL_TOKEN_LIST, token_create, SQL_TOKEN_REVOKE, "no such admin token"};
+
 int bill_admin_tokens_route(adm_req_t *r, char **seg, int nseg, struct evkeyvalq *q) {
     (void)q;
-    if (nseg < 1 || strcmp(seg[0], "tokens") != 0 || nseg > 3) return 0;
-    if (nseg == 1) {
-        if (r->method == EVHTTP_REQ_GET) adm_read(r, SQL_TOKEN_LIST, 0, NULL, NULL);
-        else if (r->method == EVHTTP_REQ_POST) token_create(r);
-        else adm_bad_method(r);
-        return 1;
-    }
-    const char *p[] = {seg[1]};
-    if (!adm_name_ok(seg[1])) return 0;
-    if ((nseg == 3 && !strcmp(seg[2], "revoke") && r->method == EVHTTP_REQ_POST) ||
-        (nseg == 2 && r->method == EVHTTP_REQ_DELETE))
-        adm_write(r, SQL_TOKEN_REVOKE, 1, p, "no such admin token", 200, NULL, NULL);
-    else if (nseg == 3 && strcmp(seg[2], "revoke")) return 0;
-    else adm_bad_method(r);
-    return 1;
+    return adm_named_route(r, seg, nseg, &tokens);
 }

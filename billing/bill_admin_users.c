@@ -5,10 +5,8 @@
  * like API keys: the password has 128 random bits, so a keyed hash is as
  * strong as a slow one and costs the loop nothing.  Revoking a login ends its
  * sessions (they are checked against the login on every call). */
-#include <stdio.h>
 #include <string.h>
 
-#include <event2/http.h>
 #include <openssl/crypto.h>
 
 #include "bill_admin-int.h"
@@ -46,7 +44,7 @@ static void user_create(adm_req_t *r) {
     if (adm_str_field(r, j, "login", 64, 1, &login) == 0 && adm_str_field(r, j, "role", 16, 0, &role) == 0 &&
         adm_str_field(r, j, "customer", 64, 0, &cust) == 0) {
         if (!role) role = cust ? "customer" : "operator";
-        char hex[33], pw[40], hash[65];
+        char pw[40], hash[65];
         if (!adm_name_ok(login)) {
             adm_error(r, 400, "invalid_name",
                       "login must be 1-64 characters of letters, digits and ._@- (starting with a letter or digit)");
@@ -54,35 +52,19 @@ static void user_create(adm_req_t *r) {
             adm_error(r, 400, "invalid_value", "role must be \"customer\" or \"operator\"");
         } else if (!strcmp(role, "customer") != !!cust) {
             adm_error(r, 400, "invalid_value", "a customer login names its customer; an operator login names none");
-        } else if (bill_random_hex(hex, 16) != 0) {
-            adm_error(r, 500, NULL, "no random bytes");
-        } else {
-            snprintf(pw, sizeof pw, "tgp_%s", hex);
-            bill_key_hash(r->secret, pw, hash);
+        } else if (adm_secret_new(r, "tgp_", 16, pw, sizeof pw, hash) == 0) { /* "tgp_" + 32 hex */
             const char *p[] = {login, role, cust, hash};
             adm_write(r, SQL_USER_CREATE, 4, p, "no such customer", 201, "password", pw);
+            OPENSSL_cleanse(pw, sizeof pw);
         }
-        OPENSSL_cleanse(hex, sizeof hex);
-        OPENSSL_cleanse(pw, sizeof pw);
     }
     cJSON_Delete(j);
 }
 
+static const adm_named_t users = {"dashboard-users", SQL_USER_LIST, user_create, SQL_USER_REVOKE,
+                                  "no such dashboard login"};
+
 int bill_admin_users_route(adm_req_t *r, char **seg, int nseg, struct evkeyvalq *q) {
     (void)q;
-    if (nseg < 1 || strcmp(seg[0], "dashboard-users") != 0 || nseg > 3) return 0;
-    if (nseg == 1) {
-        if (r->method == EVHTTP_REQ_GET) adm_read(r, SQL_USER_LIST, 0, NULL, NULL);
-        else if (r->method == EVHTTP_REQ_POST) user_create(r);
-        else adm_bad_method(r);
-        return 1;
-    }
-    const char *p[] = {seg[1]};
-    if (!adm_name_ok(seg[1])) return 0;
-    if ((nseg == 3 && !strcmp(seg[2], "revoke") && r->method == EVHTTP_REQ_POST) ||
-        (nseg == 2 && r->method == EVHTTP_REQ_DELETE))
-        adm_write(r, SQL_USER_REVOKE, 1, p, "no such dashboard login", 200, NULL, NULL);
-    else if (nseg == 3 && strcmp(seg[2], "revoke")) return 0;
-    else adm_bad_method(r);
-    return 1;
+    return adm_named_route(r, seg, nseg, &users);
 }
