@@ -16,55 +16,30 @@ import http.client
 import json
 import os
 import random
-import shutil
 import signal
-import ssl
-import subprocess
 import sys
-import tempfile
 import threading
 import time
-import unittest
 import urllib.error
 import urllib.request
 
 import psycopg2
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-GATEWAY = os.path.join(ROOT, os.environ.get("TG_GATEWAY", "build/tollgate"))
-CTL = os.path.join(ROOT, os.environ.get("TG_CTL", "build/tollgatectl"))
-PGSH = os.path.join(ROOT, "tests", "billing", "pg.sh")
-WORKER = os.path.join(ROOT, "tests", "gateway", "fake_worker.py")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
+import tggateway  # noqa: E402
+import tgstack  # noqa: E402
+from tggateway import MODEL  # noqa: E402
+from tgskip import main  # noqa: E402
+
 P_PG, P_WORKER, P_GW, P_ADMIN = 18770, 18771, 18772, 18773
-PG = "host=127.0.0.1 port=%d dbname=tollgate user=tollgate" % P_PG
-MODEL = "fake-model"
 KILLS = int(os.environ.get("TG_FAULT_KILLS", "20"))
 OUTAGE_S = float(os.environ.get("TG_FAULT_PG_OUTAGE_S", "60"))
 CLIENTS = 6
-sys.path.insert(0, os.path.join(ROOT, "tests", "lib"))
-from tgskip import main  # noqa: E402
-
-
-def q(sql, *args):
-    with psycopg2.connect(PG, connect_timeout=10, options="-c statement_timeout=60000") as c:
-        c.autocommit = True
-        cur = c.cursor()
-        cur.execute(sql, args)
-        return cur.fetchall() if cur.description else None
 
 
 def wait_for(fn, what, timeout=120.0):
-    deadline = time.time() + timeout
-    while True:
-        try:
-            v = fn()
-        except (OSError, psycopg2.Error):
-            v = None
-        if v:
-            return v
-        if time.time() > deadline:
-            raise AssertionError("timed out waiting for " + what)
-        time.sleep(0.1)
+    """tgstack.wait_for, a server that is down (restarting) counting as "not yet"."""
+    return tgstack.wait_for(fn, what, timeout, retry=(OSError, psycopg2.Error))
 
 
 class Load:
@@ -129,98 +104,15 @@ class Load:
         assert not any(t.is_alive() for t in self.threads), "a client thread hung"
 
 
-class Faults(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.dir = tempfile.mkdtemp(prefix="billtest-faults.")
-        os.chmod(cls.dir, 0o755)
-        cls.pgdir = os.path.join(cls.dir, "pg")
-        cls.spool = os.path.join(cls.dir, "spool")
-        cls.worker = None
-        cls.gw = None
-        try:
-            cls.pg(True)
-            cls.worker = subprocess.Popen(["/usr/bin/python3", WORKER, str(P_WORKER)], stdout=subprocess.DEVNULL,
-                                          stderr=subprocess.DEVNULL)
-            cert, key = os.path.join(cls.dir, "cert.pem"), os.path.join(cls.dir, "key.pem")
-            subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-                            "-nodes", "-days", "2", "-subj", "/CN=localhost",
-                            "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", key, "-out", cert],
-                           check=True, capture_output=True, timeout=60)
-            cls.tls = ssl.create_default_context(cafile=cert)
-            cls.token = os.urandom(16).hex()
-            for name, val in (("admin.token", cls.token), ("key.secret", os.urandom(32).hex())):
-                with open(os.path.join(cls.dir, name), "w") as f:
-                    f.write(val + "\n")
-            cls.config = os.path.join(cls.dir, "tollgate.json")
-            with open(cls.config, "w") as f:
-                json.dump({"listen": "127.0.0.1:%d" % P_GW, "admin_listen": "127.0.0.1:%d" % P_ADMIN,
-                           "tls_cert": cert, "tls_key": key, "postgres": PG, "redis": "",
-                           "admin_token_file": os.path.join(cls.dir, "admin.token"),
-                           "key_secret_file": os.path.join(cls.dir, "key.secret"), "spool_dir": cls.spool,
-                           "access_log": os.path.join(cls.dir, "access.log"), "upstream_timeout_ms": 10000,
-                           "lease_ttl_ms": 5000, "lease_idle_ms": 300,
-                           "workers": [{"url": "http://127.0.0.1:%d" % P_WORKER, "models": [MODEL]}]}, f)
-            cls.start_gateway()
-            cls.ctl("price", "set", "--model", MODEL, "--input-miss", "270000", "--input-hit", "70000",
-                    "--output", "1100000")
-        except BaseException:
-            cls.tearDownClass()
-            raise
+class Faults(tggateway.GatewayCase):
+    NAME = "faults"
+    PORTS = tggateway.Ports(pg=P_PG, redis=None, worker=P_WORKER, gw=P_GW, admin=P_ADMIN)
+    CONFIG = {"upstream_timeout_ms": 10000, "lease_ttl_ms": 5000, "lease_idle_ms": 300}
+    FAIL_ON_SANITIZER = True
 
     @classmethod
-    def tearDownClass(cls):
-        if cls.gw and cls.gw.poll() is None:
-            cls.gw.terminate()
-            cls.gw.wait(timeout=30)
-        if cls.worker:
-            cls.worker.terminate()
-            cls.worker.wait(timeout=10)
-        cls.pg(False)
-        log = os.path.join(cls.dir, "gateway.log")
-        bad = []
-        if os.path.exists(log):
-            with open(log, errors="replace") as f:
-                bad = [l for l in f if "AddressSanitizer" in l or "LeakSanitizer" in l or "runtime error:" in l]
-        if os.environ.get("KEEP_TEST_DIR") or bad:
-            print("kept", cls.dir, file=sys.stderr)
-        else:
-            shutil.rmtree(cls.dir, ignore_errors=True)
-        if bad:
-            raise AssertionError("sanitizer report in the gateway log: %s" % bad[:3])
-
-    @classmethod
-    def pg(cls, up):
-        subprocess.run(["bash", PGSH, "start" if up else "stop", cls.pgdir, str(P_PG)], check=True, timeout=120)
-
-    @classmethod
-    def ctl(cls, *args):
-        env = dict(os.environ, TOLLGATE_ADMIN_URL="http://127.0.0.1:%d" % P_ADMIN, TOLLGATE_ADMIN_TOKEN=cls.token)
-        p = subprocess.run([CTL, *args], capture_output=True, text=True, timeout=60, env=env)
-        if p.returncode != 0:
-            raise AssertionError("tollgatectl %s: %s" % (" ".join(args), p.stderr))
-        return p.stdout
-
-    @classmethod
-    def start_gateway(cls):
-        with open(os.path.join(cls.dir, "gateway.log"), "a") as log:
-            cls.gw = subprocess.Popen([GATEWAY, "--config", cls.config], stdout=log, stderr=log)
-
-        def up():
-            if cls.gw.poll() is not None:
-                raise AssertionError("gateway exited: see %s/gateway.log" % cls.dir)
-            try:
-                urllib.request.urlopen("https://127.0.0.1:%d/health" % P_GW, timeout=2, context=cls.tls)
-            except urllib.error.HTTPError:
-                pass
-            return True
-        wait_for(up, "the gateway to start", 60)
-
-    def settlement(self):
-        req = urllib.request.Request("http://127.0.0.1:%d/admin/v1/settlement" % P_ADMIN,
-                                     headers={"Authorization": "Bearer " + self.token})
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return json.loads(r.read())
+    def set_up_stack(cls):
+        cls.set_price()
 
     def admin_health_ok(self):
         try:
@@ -231,30 +123,29 @@ class Faults(unittest.TestCase):
 
     def customer(self, usd):
         name = "fault-%s" % os.urandom(4).hex()
-        self.ctl("customer", "create", name, "--credit-usd", usd)
-        key = self.ctl("key", "create", "--customer", name).strip().splitlines()[-1]
-        (cid,), = q("select id from customers where name = %s", name)
+        key = self.customer_key(name, usd)
+        (cid,), = self.q("select id from customers where name = %s", name)
         return cid, key, int(usd) * 10 ** 12
 
     def check(self, cid, credit, done, what):
         """Exactly once, nothing open, ledger = balance."""
         wait_for(lambda: self.settlement()["idle"], what + ": the settlement queue to drain")
-        rows = q("select u.request_id::text, u.cost_pico, count(l.id), coalesce(-sum(l.amount_pico), 0)"
-                 " from usage u left join ledger l on l.request_id = u.request_id"
-                 " where u.customer_id = %s group by 1, 2", cid)
+        rows = self.q("select u.request_id::text, u.cost_pico, count(l.id), coalesce(-sum(l.amount_pico), 0)"
+                      " from usage u left join ledger l on l.request_id = u.request_id"
+                      " where u.customer_id = %s group by 1, 2", cid)
         by_id = {r[0]: r for r in rows}
         missing = [rid for rid in done if rid not in by_id]
         self.assertEqual(missing, [], what + ": completed requests without a usage row")
         for rid, cost, n, debit in rows:
             self.assertEqual((n, int(debit)), (1 if cost > 0 else 0, cost), what + ": one debit per row " + rid)
         spent = sum(r[1] for r in rows)
-        (bal,), = q("select balance_pico from customers where id = %s", cid)
+        (bal,), = self.q("select balance_pico from customers where id = %s", cid)
         self.assertEqual(int(bal), credit - spent, what)
         self.assertGreaterEqual(int(bal), 0, what)
-        self.assertEqual(q("select count(*) from ledger_mismatch")[0][0], 0, what)
+        self.assertEqual(self.q("select count(*) from ledger_mismatch")[0][0], 0, what)
         # no hold and no lease left: the live gateway gives its leases back when idle,
         # the killed ones' leases were dropped at the restarts (or expired)
-        wait_for(lambda: q("select count(*) from credit_leases where customer_id = %s", cid)[0][0] == 0,
+        wait_for(lambda: self.q("select count(*) from credit_leases where customer_id = %s", cid)[0][0] == 0,
                  what + ": the credit leases to be given back")
         self.assertEqual(self.gateway_metric("tollgate_open_holds"), 0, what)
         self.assertEqual(self.gateway_metric("tollgate_open_holds_pico"), 0, what)
@@ -262,8 +153,7 @@ class Faults(unittest.TestCase):
         wait_for(lambda: self.gateway_metric("tollgate_spool_rows") == 0
                  and self.gateway_metric("tollgate_settle_queue_depth") == 0, what + ": the settle queue to drain")
         # and the operator's own check agrees: usage, ledger, balances, invoices, rollups
-        env = dict(os.environ, TOLLGATE_ADMIN_URL="http://127.0.0.1:%d" % P_ADMIN, TOLLGATE_ADMIN_TOKEN=self.token)
-        rec = subprocess.run([CTL, "reconcile"], capture_output=True, text=True, timeout=120, env=env)
+        rec = self.ctl("reconcile", check=False, raw=True, timeout=120)
         self.assertEqual(rec.returncode, 0, what + ": reconcile: " + rec.stdout + rec.stderr)
         return len(rows), spent
 
@@ -331,4 +221,5 @@ class Faults(unittest.TestCase):
 
 
 if __name__ == "__main__":
+    tggateway.require_gateway("test_faults")
     main()

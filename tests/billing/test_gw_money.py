@@ -11,47 +11,19 @@ import http.client
 import json
 import os
 import re
-import shutil
 import socket
-import ssl
 import subprocess
 import sys
-import tempfile
 import threading
-import time
-import unittest
 import urllib.request
 
-import psycopg2
-
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-GATEWAY = os.path.join(ROOT, os.environ.get("TG_GATEWAY", "build/tollgate"))
-CTL = os.path.join(ROOT, os.environ.get("TG_CTL", "build/tollgatectl"))
-PGSH = os.path.join(ROOT, "tests", "billing", "pg.sh")
-WORKER = os.path.join(ROOT, "tests", "gateway", "fake_worker.py")
-P_PG, P_REDIS, P_WORKER, P_GW, P_ADMIN, P_GW2, P_ADMIN2 = 18780, 18781, 18782, 18783, 18784, 18785, 18786
-PG = "host=127.0.0.1 port=%d dbname=tollgate user=tollgate" % P_PG
-MODEL = "fake-model"
-PRICE = (270000, 70000, 1100000)
-sys.path.insert(0, os.path.join(ROOT, "tests", "lib"))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
+import tggateway  # noqa: E402
+from tggateway import GATEWAY, MODEL  # noqa: E402
 from tgskip import main  # noqa: E402
+from tgstack import wait_for  # noqa: E402
 
-
-def q(sql, *args):
-    with psycopg2.connect(PG, connect_timeout=10, options="-c statement_timeout=30000") as c:
-        c.autocommit = True
-        cur = c.cursor()
-        cur.execute(sql, args)
-        return cur.fetchall() if cur.description else None
-
-
-def wait_for(fn, timeout=20.0):
-    deadline = time.time() + timeout
-    while True:
-        v = fn()
-        if v or time.time() > deadline:
-            return v
-        time.sleep(0.1)
+P_PG, P_REDIS, P_WORKER, P_GW, P_ADMIN, P_GW2, P_ADMIN2 = 18780, 18781, 18782, 18783, 18784, 18785, 18786
 
 
 def b64d(s):
@@ -62,108 +34,16 @@ def b64e(b):
     return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
 
 
-class GatewayMoney(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.dir = tempfile.mkdtemp(prefix="billtest-gwmoney.")
-        os.chmod(cls.dir, 0o755)
-        cls.pgdir = os.path.join(cls.dir, "pg")
-        cls.spool = os.path.join(cls.dir, "spool")
-        cls.procs = {}
-        cls.gw = None
-        try:
-            subprocess.run(["bash", PGSH, "start", cls.pgdir, str(P_PG)], check=True, timeout=120)
-            cls.procs["redis"] = subprocess.Popen(
-                ["redis-server", "--port", str(P_REDIS), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            cls.procs["worker"] = subprocess.Popen(["/usr/bin/python3", WORKER, str(P_WORKER)],
-                                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            cert, key = os.path.join(cls.dir, "cert.pem"), os.path.join(cls.dir, "key.pem")
-            subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-                            "-nodes", "-days", "2", "-subj", "/CN=localhost",
-                            "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", key, "-out", cert],
-                           check=True, capture_output=True, timeout=60)
-            cls.receipt_key, cls.pub = os.path.join(cls.dir, "receipt.key"), os.path.join(cls.dir, "receipt.pub")
-            subprocess.run(["openssl", "genpkey", "-algorithm", "ed25519", "-out", cls.receipt_key], check=True,
-                           capture_output=True, timeout=60)
-            subprocess.run(["openssl", "pkey", "-in", cls.receipt_key, "-pubout", "-out", cls.pub], check=True,
-                           capture_output=True, timeout=60)
-            cls.tls = ssl.create_default_context(cafile=cert)
-            cls.token = os.urandom(16).hex()
-            for name, val in (("admin.token", cls.token), ("key.secret", os.urandom(32).hex())):
-                with open(os.path.join(cls.dir, name), "w") as f:
-                    f.write(val + "\n")
-            cls.cfg = {"listen": "127.0.0.1:%d" % P_GW, "admin_listen": "127.0.0.1:%d" % P_ADMIN,
-                       "tls_cert": cert, "tls_key": key, "postgres": PG, "redis": "127.0.0.1:%d" % P_REDIS,
-                       "admin_token_file": os.path.join(cls.dir, "admin.token"),
-                       "key_secret_file": os.path.join(cls.dir, "key.secret"), "spool_dir": cls.spool,
-                       "receipt_key": cls.receipt_key, "access_log": os.path.join(cls.dir, "access.log"),
-                       "upstream_timeout_ms": 5000,
-                       "workers": [{"url": "http://127.0.0.1:%d" % P_WORKER, "models": [MODEL]}]}
-            cls.config = os.path.join(cls.dir, "tollgate.json")
-            with open(cls.config, "w") as f:
-                json.dump(cls.cfg, f)
-            log = open(os.path.join(cls.dir, "gateway.log"), "a")
-            cls.gw = subprocess.Popen([GATEWAY, "--config", cls.config], stdout=log, stderr=log)
-            log.close()
-            cls.wait_up(cls.gw, P_GW)
-            cls.ctl("price", "set", "--model", MODEL, "--input-miss", str(PRICE[0]), "--input-hit", str(PRICE[1]),
-                    "--output", str(PRICE[2]))
-            cls.ctl("customer", "create", "gwmoney", "--credit-usd", "10")
-            cls.key = cls.ctl("key", "create", "--customer", "gwmoney").strip().splitlines()[-1]
-        except BaseException:
-            cls.tearDownClass()
-            raise
+class GatewayMoney(tggateway.GatewayCase):
+    NAME = "gwmoney"
+    PORTS = tggateway.Ports(pg=P_PG, redis=P_REDIS, worker=P_WORKER, gw=P_GW, admin=P_ADMIN)
+    CONFIG = {"upstream_timeout_ms": 5000}
+    RECEIPT_KEY = True
 
     @classmethod
-    def tearDownClass(cls):
-        if cls.gw and cls.gw.poll() is None:
-            cls.gw.terminate()
-            cls.gw.wait(timeout=20)
-        for p in cls.procs.values():
-            p.terminate()
-            p.wait(timeout=10)
-        subprocess.run(["bash", PGSH, "stop", cls.pgdir], timeout=120)
-        if os.environ.get("KEEP_TEST_DIR"):
-            print("kept", cls.dir, file=sys.stderr)
-        else:
-            shutil.rmtree(cls.dir, ignore_errors=True)
-
-    @classmethod
-    def wait_up(cls, p, port):
-        deadline = time.time() + 15
-        while time.time() < deadline:
-            if p.poll() is not None:
-                raise AssertionError("gateway exited: see %s/gateway.log" % cls.dir)
-            try:
-                urllib.request.urlopen("https://127.0.0.1:%d/health" % port, timeout=1, context=cls.tls)
-                return
-            except urllib.error.HTTPError:
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise AssertionError("gateway did not start")
-
-    @classmethod
-    def ctl(cls, *args, check=True, raw=False):
-        env = dict(os.environ, TOLLGATE_ADMIN_URL="http://127.0.0.1:%d" % P_ADMIN, TOLLGATE_ADMIN_TOKEN=cls.token)
-        p = subprocess.run([CTL, *args], capture_output=True, text=True, timeout=30, env=env)
-        if check and p.returncode != 0:
-            raise AssertionError("tollgatectl %s: %s" % (" ".join(args), p.stderr))
-        return p if raw else p.stdout
-
-    def drain(self, timeout=30.0):
-        deadline = time.time() + timeout
-        while True:
-            req = urllib.request.Request("http://127.0.0.1:%d/admin/v1/settlement" % P_ADMIN,
-                                         headers={"Authorization": "Bearer " + self.token})
-            with urllib.request.urlopen(req, timeout=10) as r:
-                j = json.loads(r.read())
-            if j["idle"]:
-                return j
-            if time.time() > deadline:
-                self.fail("the settlement queue did not drain: %r" % j)
-            time.sleep(0.05)
+    def set_up_stack(cls):
+        cls.set_price()
+        cls.key = cls.customer_key("gwmoney", "10")
 
     def chat(self, content, stream=False, include_usage=False, key=None):
         """(status, headers, body): a stream's body is its events' data lines."""
@@ -242,7 +122,7 @@ class GatewayMoney(unittest.TestCase):
             self.assertIn("usage row: matches", p.stdout)
         j = json.loads(self.verify(rc, "--json").stdout)
         self.assertEqual((j["signature"], j["usage_row"]), ("valid", "matches"))
-        row = q("SELECT cost_pico, prompt_cache_hit_tokens FROM usage WHERE request_id = %s", rid)[0]
+        row = self.q("SELECT cost_pico, prompt_cache_hit_tokens FROM usage WHERE request_id = %s", rid)[0]
         self.assertEqual((int(payload["cost_pico"]), payload["prompt_cache_hit_tokens"]), row)
         # tampered: one more completion token in the payload, the signature kept
         p2 = dict(payload, completion_tokens=payload["completion_tokens"] + 1)
@@ -256,11 +136,8 @@ class GatewayMoney(unittest.TestCase):
         self.assertEqual(p.returncode, 1)
         self.assertIn("INVALID", p.stderr)
         # another operator's key
-        other = os.path.join(self.dir, "other.key")
-        subprocess.run(["openssl", "genpkey", "-algorithm", "ed25519", "-out", other], check=True, capture_output=True)
-        subprocess.run(["openssl", "pkey", "-in", other, "-pubout", "-out", other + ".pub"], check=True,
-                       capture_output=True)
-        p = self.ctl("receipt", "verify", rc, "--pubkey", other + ".pub", "--offline", check=False, raw=True)
+        _, other_pub = self.ed25519_key("other")
+        p = self.ctl("receipt", "verify", rc, "--pubkey", other_pub, "--offline", check=False, raw=True)
         self.assertEqual(p.returncode, 1)
         self.assertIn("INVALID", p.stderr)
         # a genuine receipt whose usage row says otherwise (the row is immutable in production; here a
@@ -303,23 +180,22 @@ class GatewayMoney(unittest.TestCase):
     # ---- refusals and rollups ----
 
     def test_refusals_in_rollup(self):
-        self.ctl("customer", "create", "gwpoor", "--credit-usd", "0.000001")
-        poor = self.ctl("key", "create", "--customer", "gwpoor").strip().splitlines()[-1]
+        poor = self.customer_key("gwpoor", "0.000001")
         statuses = [self.chat("spend %d" % i, key=poor)[0] for i in range(4)]
         self.drain()
         n402 = statuses.count(402)  # the hold of the request's maximum cost is more than the credit
         self.assertGreater(n402, 0, statuses)
         self.assertEqual(n402 + statuses.count(200), 4, statuses)
-        self.ctl("customer", "create", "gwlimited", "--credit-usd", "1")
-        lim = self.ctl("key", "create", "--customer", "gwlimited", "--rpm", "1").strip().splitlines()[-1]
+        lim = self.customer_key("gwlimited", "1", "--rpm", "1")
         statuses2 = [self.chat("limit %d" % i, key=lim)[0] for i in range(3)]
         self.assertEqual(statuses2, [200, 429, 429])
         self.drain()
         sql = ("SELECT coalesce(sum(refused_402), 0), coalesce(sum(refused_429), 0), coalesce(sum(requests), 0)"
                " FROM usage_hourly h JOIN customers c ON c.id = h.customer_id WHERE c.name = %s")
-        self.assertTrue(wait_for(lambda: q(sql, "gwpoor")[0] == (n402, 0, statuses.count(200))), q(sql, "gwpoor"))
-        self.assertTrue(wait_for(lambda: q(sql, "gwlimited")[0] == (0, 2, 1)), q(sql, "gwlimited"))
-        self.assertEqual(q("SELECT count(*) FROM usage_hourly_mismatch")[0][0], 0)
+        for name, want in (("gwpoor", (n402, 0, statuses.count(200))), ("gwlimited", (0, 2, 1))):
+            wait_for(lambda: self.q(sql, name)[0] == want,
+                     lambda: "%s's rollup to be %r, not %r" % (name, want, self.q(sql, name)[0]), 20)
+        self.assertEqual(self.q("SELECT count(*) FROM usage_hourly_mismatch")[0][0], 0)
         j = json.loads(self.ctl("report", "usage", "--customer", "gwlimited", "--json"))
         self.assertEqual((j["totals"]["requests"], j["totals"]["refused_429"]), (1, 2))
 
@@ -343,10 +219,10 @@ class GatewayMoney(unittest.TestCase):
         # the cost settled per model equals what this gateway inserted (the whole private database), exactly
         got = re.search(r'(?m)^tollgate_cost_settled_usd_total\{model="fake-model"\} (\d+\.\d{12})$', m)
         self.assertTrue(got, m)
-        total = int(q("SELECT sum(cost_pico) FROM usage WHERE model = %s", MODEL)[0][0])
+        total = int(self.q("SELECT sum(cost_pico) FROM usage WHERE model = %s", MODEL)[0][0])
         self.assertEqual(got.group(1), "%d.%012d" % (total // 10**12, total % 10**12))
         inserted = int(re.search(r"(?m)^tollgate_usage_rows_inserted_total (\d+)$", m).group(1))
-        self.assertEqual(inserted, q("SELECT count(*) FROM usage")[0][0])
+        self.assertEqual(inserted, self.q("SELECT count(*) FROM usage")[0][0])
         self.assertRegex(m, r"(?m)^tollgate_open_holds 0$")
         self.assertRegex(m, r"(?m)^tollgate_open_holds_pico 0$")
 
@@ -362,13 +238,13 @@ class GatewayMoney(unittest.TestCase):
         t = threading.Thread(target=lambda: done.append(self.chat("sleep:4")[0]))
         t.start()
         try:
-            self.assertTrue(wait_for(lambda: self.metric("tollgate_open_holds") == 1, 15), self.metrics())
+            wait_for(lambda: self.metric("tollgate_open_holds") == 1, lambda: "an open hold: " + self.metrics(), 15)
             self.assertGreater(self.metric("tollgate_open_holds_pico"), 0)
         finally:
             t.join(30)
         self.assertEqual(done, [200])
         self.drain()
-        self.assertTrue(wait_for(lambda: self.metric("tollgate_open_holds") == 0, 15), self.metrics())
+        wait_for(lambda: self.metric("tollgate_open_holds") == 0, lambda: "no open hold: " + self.metrics(), 15)
         self.assertEqual(self.metric("tollgate_open_holds_pico"), 0)
 
     # ---- one gateway per spool directory ----
@@ -386,18 +262,11 @@ class GatewayMoney(unittest.TestCase):
         cfg["spool_dir"] = os.path.join(self.dir, "spool2")
         with open(path, "w") as f:
             json.dump(cfg, f)
-        log = open(os.path.join(self.dir, "gateway2.log"), "w")
-        g2 = subprocess.Popen([GATEWAY, "--config", path], stdout=log, stderr=log)
-        log.close()
-        try:
-            self.wait_up(g2, P_GW2)
-        finally:
-            g2.terminate()
-            self.assertEqual(g2.wait(timeout=20), 0)
+        g2 = self.launch(path, "gateway2.log", P_GW2)
+        g2.terminate()
+        self.assertEqual(g2.wait(timeout=20), 0)
 
 
 if __name__ == "__main__":
-    if not os.access(GATEWAY, os.X_OK):
-        print("test_gw_money: FAIL, no gateway binary at %s (make test-billing builds it)" % GATEWAY, file=sys.stderr)
-        sys.exit(1)
+    tggateway.require_gateway("test_gw_money")
     main()

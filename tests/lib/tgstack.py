@@ -1,6 +1,10 @@
 """What the integration tests share about the running test stack
 (`scripts/stack.sh test-up`, its environment in var/test/env): tollgatectl,
-PostgreSQL, and waiting for something to become true."""
+PostgreSQL, and waiting for something to become true.
+
+The stack's names (CTL, MODEL, the default of ctl_run and q) are read from the
+environment when first used, so that a test with a stack of its own
+(tggateway.py) uses the same ctl_run, query and wait_for without one."""
 
 import os
 import subprocess
@@ -9,14 +13,27 @@ import time
 import psycopg2
 
 E = os.environ
-CTL = os.path.join(E["TG_TEST_BIN"], "tollgatectl")
-MODEL = E["TG_TEST_MODEL"]
 WAIT = float(E.get("TG_TEST_WAIT", "120"))
 
 
-def ctl_run(*args, check=True, timeout=120):
-    """tollgatectl args -> the finished process; a failure raises unless check=False."""
-    r = subprocess.run([CTL, *args], capture_output=True, text=True, timeout=timeout)
+def stack_ctl():
+    """The test stack's tollgatectl."""
+    return os.path.join(E["TG_TEST_BIN"], "tollgatectl")
+
+
+def __getattr__(name):
+    """CTL and MODEL: the test stack's tollgatectl and model (KeyError without var/test/env)."""
+    if name == "CTL":
+        return stack_ctl()
+    if name == "MODEL":
+        return E["TG_TEST_MODEL"]
+    raise AttributeError("module %r has no attribute %r" % (__name__, name))
+
+
+def ctl_run(*args, check=True, timeout=120, ctl=None, env=None):
+    """tollgatectl args -> the finished process; a failure raises unless check=False.
+    ctl, env: another tollgatectl binary and environment than the test stack's."""
+    r = subprocess.run([ctl or stack_ctl(), *args], capture_output=True, text=True, timeout=timeout, env=env)
     if check and r.returncode != 0:
         raise AssertionError("tollgatectl %s: exit %d: %s" % (" ".join(args), r.returncode, r.stderr))
     return r
@@ -27,9 +44,10 @@ def ctl(*args):
     return ctl_run(*args).stdout
 
 
-def q(sql, *args):
-    """One statement on the stack's database, committed -> its rows (None when it returns none)."""
-    c = psycopg2.connect(E["TG_TEST_PG"], connect_timeout=10)
+def query(dsn, sql, *args, options=None):
+    """One statement on the database dsn, committed -> its rows (None when it returns none).
+    options: libpq's, e.g. "-c statement_timeout=60000"."""
+    c = psycopg2.connect(dsn, connect_timeout=10, options=options)
     try:
         with c, c.cursor() as cur:
             cur.execute(sql, args)
@@ -38,12 +56,23 @@ def q(sql, *args):
         c.close()
 
 
-def wait_for(pred, what, timeout=None):
-    """Poll pred until it returns something true (returned); raise after timeout (WAIT) seconds."""
+def q(sql, *args):
+    """One statement on the stack's database, committed -> its rows (None when it returns none)."""
+    return query(E["TG_TEST_PG"], sql, *args)
+
+
+def wait_for(pred, what, timeout=None, retry=()):
+    """Poll pred until it returns something true (returned); raise AssertionError after timeout
+    (WAIT) seconds.  what: a string, or a function called at the time-out for one (to show the
+    state then).  retry: exception classes that count as "not yet" (say a server restarting)."""
     deadline = time.time() + (WAIT if timeout is None else timeout)
-    while time.time() < deadline:
-        v = pred()
+    while True:
+        try:
+            v = pred()
+        except retry:
+            v = None
         if v:
             return v
+        if time.time() > deadline:
+            raise AssertionError("timed out waiting for " + (what() if callable(what) else what))
         time.sleep(0.1)
-    raise AssertionError("timed out waiting for " + what)
