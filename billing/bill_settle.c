@@ -42,6 +42,14 @@
 
 #define BATCH BILL_SETTLE_BATCH
 #define QUEUE_MAX 100000 /* beyond this, new rows are only in the journal */
+/* A batch waits up to LINGER_US after its oldest row was pushed for more rows,
+ * unless LINGER_ROWS are queued: a statement costs PostgreSQL about as much
+ * CPU as 30-40 rows (triggers, plan, commit), so a lone row per statement
+ * costs 2-3x what it costs in a batch of hundreds (billing/README.md,
+ * "Settlement throughput").  Rows are in the journal before they are queued:
+ * the wait delays when a row shows in PostgreSQL, never whether it does. */
+#define LINGER_US 30000
+#define LINGER_ROWS 256
 
 #define COST_MODELS 64 /* models with their own settled-cost counter; the rest share one */
 
@@ -54,7 +62,8 @@ typedef struct item {
     TAILQ_ENTRY(item) link;
     bill_usage_t u;
     int64_t cost;
-    mtr_jfile_t *src; /* the journal/spool file it is in, or NULL: memory only */
+    int64_t pushed_us; /* tg_mono_us() when bill_settle queued it; 0: replayed or re-sent, no wait */
+    mtr_jfile_t *src;  /* the journal/spool file it is in, or NULL: memory only */
 } item_t;
 
 TAILQ_HEAD(item_q, item);
@@ -67,7 +76,7 @@ struct bill_settler {
     int nqueue, ninflight;
     mtr_journal_t *journal; /* the write-ahead journal: every row's file */
     bill_pg_job_t *job;
-    struct event *kick, *retry;
+    struct event *kick, *retry, *linger;
     int single;      /* rows to send one by one after a data error */
     int need_replay; /* spool files may hold rows that are not queued */
     uint64_t nsettled, ninserted, ndebited, nrejected; /* bill_settle_stats_t */
@@ -344,6 +353,7 @@ static void inflight_requeue(bill_settler_t *s) {
     item_t *it;
     while ((it = TAILQ_LAST(&s->inflight, item_q))) {
         TAILQ_REMOVE(&s->inflight, it, link);
+        it->pushed_us = 0;
         TAILQ_INSERT_HEAD(&s->queue, it, link);
     }
     s->nqueue += s->ninflight;
@@ -451,6 +461,16 @@ static void batch_cb(PGresult *res, const char *err, void *arg) {
 
 static void flush(bill_settler_t *s) {
     if (s->job || s->nqueue == 0 || evtimer_pending(s->retry, NULL)) return;
+    if (!s->single && s->nqueue < LINGER_ROWS && TAILQ_FIRST(&s->queue)->pushed_us) {
+        int64_t wait = TAILQ_FIRST(&s->queue)->pushed_us + LINGER_US - tg_mono_us();
+        if (wait > 0) {
+            if (!evtimer_pending(s->linger, NULL)) {
+                struct timeval tv = {0, (suseconds_t)wait};
+                evtimer_add(s->linger, &tv);
+            }
+            return;
+        }
+    }
     item_t *v[BATCH];
     int n = 0, max = s->single ? 1 : BATCH;
     item_t *it;
@@ -559,6 +579,7 @@ void bill_settler_push(bill_settler_t *s, const bill_usage_t *u) {
         return;
     }
     it->src = f;
+    it->pushed_us = tg_mono_us();
     TAILQ_INSERT_TAIL(&s->queue, it, link);
     s->nqueue++;
     kick(s);
@@ -575,7 +596,8 @@ bill_settler_t *bill_settler_new(struct event_base *base, bill_pg_t *pg, const c
     s->dir = strdup(spool_dir);
     s->kick = event_new(base, -1, 0, kick_cb, s);
     s->retry = evtimer_new(base, retry_cb, s);
-    if (!s->dir || !s->kick || !s->retry) goto fail;
+    s->linger = evtimer_new(base, kick_cb, s);
+    if (!s->dir || !s->kick || !s->retry || !s->linger) goto fail;
     /* Writable spool or nothing: find out now, not during an outage. */
     if (!(s->journal = mtr_journal_new(base, spool_dir, NULL, err, errlen))) {
         bill_settler_free(s, NULL);
@@ -636,6 +658,7 @@ void bill_settler_free(bill_settler_t *s, const char *conninfo) {
     for (int i = 0; i < s->ncosts; i++) free(s->costs[i].model);
     if (s->kick) event_free(s->kick);
     if (s->retry) event_free(s->retry);
+    if (s->linger) event_free(s->linger);
     free(s->dir);
     free(s);
 }

@@ -76,9 +76,12 @@ static long spooled_rows(void) {
     return total;
 }
 
-/* Send the next batch and answer it: ok=1 success, ok=0 database down. */
+/* Send the next batch and answer it: ok=1 success, ok=0 database down.  The
+ * rows queued so far are sent at once, as if their linger had passed. */
 static int answer(bill_settler_t *s, int ok) {
     evtimer_del(s->retry);
+    item_t *it;
+    TAILQ_FOREACH(it, &s->queue, link) it->pushed_us = 0;
     flush(s);
     if (!s->job) return 0;
     bill_pg_cancel(s->job);
@@ -287,6 +290,57 @@ static void test_journal(void) {
     event_base_free(base);
 }
 
+/* A batch lingers: a lone row waits LINGER_US for company, LINGER_ROWS go at
+ * once, and a waiting row is sent by the timer alone. */
+static void test_linger(void) {
+    struct event_base *base = event_base_new();
+    bill_pg_t *pg = bill_pg_new(base, "host=127.0.0.1 port=1 dbname=x", 1, 1000, NULL, NULL);
+    char err[256] = "";
+    bill_settler_t *s = settler_inline(bill_settler_new(base, pg, spool, err, sizeof err));
+    CHECK(s != NULL);
+    if (!s) return;
+    bill_settler_on_up(s);
+    answer(s, 1); /* leftovers of the tests before */
+    evtimer_del(s->retry);
+
+    bill_usage_t u = sample(200000);
+    bill_settler_push(s, &u);
+    flush(s);
+    CHECK(s->job == NULL); /* one row: it waits */
+    CHECK_EQ_I(s->nqueue, 1);
+    CHECK(evtimer_pending(s->linger, NULL));
+    for (int i = 1; i < LINGER_ROWS; i++) {
+        u = sample(200000 + i);
+        bill_settler_push(s, &u);
+    }
+    flush(s);
+    CHECK(s->job != NULL); /* a full batch goes now */
+    CHECK_EQ_I(s->ninflight, LINGER_ROWS);
+    CHECK_EQ_I(s->nqueue, 0);
+    CHECK_EQ_I(answer(s, 1), LINGER_ROWS); /* (answers the batch in flight) */
+    CHECK_EQ_I(s->ninflight, 0);
+
+    u = sample(200000 + LINGER_ROWS);
+    bill_settler_push(s, &u);
+    int64_t t0 = tg_mono_us();
+    for (int i = 0; i < 100 && !s->job; i++) event_base_loop(base, EVLOOP_ONCE);
+    CHECK(s->job != NULL); /* the timer sent it alone */
+    CHECK_EQ_I(s->ninflight, 1);
+    CHECK(tg_mono_us() - t0 >= LINGER_US - 2000); /* not before its linger (the push's kick did not send it) */
+    if (s->job) {
+        bill_pg_cancel(s->job);
+        PGresult *r = PQmakeEmptyPGresult(NULL, PGRES_TUPLES_OK);
+        batch_cb(r, NULL, s);
+        PQclear(r);
+    }
+    bill_settle_stats_t st;
+    bill_settler_stats(s, &st);
+    CHECK_EQ_I(st.idle, 1);
+    bill_settler_free(s, NULL);
+    bill_pg_free(pg);
+    event_base_free(base);
+}
+
 static double secs(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -340,6 +394,7 @@ int main(void) {
     snprintf(spool, sizeof spool, "%s/spool", dir);
     test_replay();
     test_journal();
+    test_linger();
     measure_cost();
     char cmd[128];
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
