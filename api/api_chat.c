@@ -1339,11 +1339,7 @@ uint64_t api_chat_prefix_key(const api_chat_req_t *r, tok_tmpl_kind_t kind, cons
     int32_t *ids = NULL;
     long k = cut ? tok_encode(tok, text, cut, 1, &ids) : 0;
     free(text);
-    uint64_t key = 0;
-    if (k >= (long)TG_PREFIX_AFFINITY_BLOCKS * TG_PREFIX_BLOCK)
-        key = tg_prefix_key(ids, (size_t)k, TG_PREFIX_AFFINITY_BLOCKS);
-    else if (k > 0) /* shorter than the blocks: the same prompt still meets the same worker */
-        key = tg_prefix_block_hash(TG_PREFIX_ROOT, ids, (int)k);
+    uint64_t key = tg_prefix_affinity_key(ids, k);
     free(ids);
     return key;
 }

@@ -38,16 +38,62 @@ int tg_buf_put(tg_buf_t *b, const void *s, size_t n) {
 }
 
 int tg_buf_printf(tg_buf_t *b, const char *fmt, ...) {
+    if (b->oom) return -1;
+    size_t room = b->p ? b->cap - b->len : 0; /* the NUL's byte included */
     va_list ap;
     va_start(ap, fmt);
-    int n = vsnprintf(NULL, 0, fmt, ap);
+    int n = vsnprintf(room ? b->p + b->len : NULL, room, fmt, ap);
     va_end(ap);
+    if (n >= 0 && (size_t)n < room) { /* it fitted: formatted once */
+        b->len += (size_t)n;
+        return 0;
+    }
+    if (room) b->p[b->len] = '\0'; /* a truncated try wrote past len */
     if (n < 0 || reserve(b, (size_t)n)) return -1;
     va_start(ap, fmt);
     vsnprintf(b->p + b->len, (size_t)n + 1, fmt, ap);
     va_end(ap);
     b->len += (size_t)n;
     return 0;
+}
+
+int tg_buf_puts(tg_buf_t *b, const char *s) { return tg_buf_put(b, s, strlen(s)); }
+
+/* The decimal digits of u, at the end of d[20]; returns where they start. */
+static char *u64_digits(char d[20], unsigned long long u) {
+    char *q = d + 20;
+    do {
+        *--q = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    return q;
+}
+
+int tg_buf_put_i64(tg_buf_t *b, long long v) {
+    char d[21];
+    unsigned long long u = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v; /* LLONG_MIN too */
+    char *q = u64_digits(d + 1, u);
+    if (v < 0) *--q = '-';
+    return tg_buf_put(b, q, (size_t)(d + 21 - q));
+}
+
+int tg_buf_put_fixed(tg_buf_t *b, long long v, int decimals) {
+    char d[48];
+    unsigned long long u = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v;
+    if (decimals < 0) decimals = 0;
+    if (decimals > 19) decimals = 19;
+    char *end = d + sizeof d, *q = end;
+    for (int i = 0; i < decimals; i++) {
+        *--q = (char)('0' + u % 10);
+        u /= 10;
+    }
+    if (decimals) *--q = '.';
+    do {
+        *--q = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    if (v < 0) *--q = '-';
+    return tg_buf_put(b, q, (size_t)(end - q));
 }
 
 void tg_buf_consume(tg_buf_t *b, size_t n) {

@@ -21,8 +21,15 @@ typedef struct {
 
 /* Append n bytes.  0, or -1 out of memory. */
 int tg_buf_put(tg_buf_t *b, const void *s, size_t n);
-/* Append printf output.  0, or -1. */
+/* Append printf output (formatted once when it fits the room left).  0, or -1. */
 int tg_buf_printf(tg_buf_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Append a NUL-terminated string.  0, or -1. */
+int tg_buf_puts(tg_buf_t *b, const char *s);
+/* Append v in decimal, as "%lld" writes it (no printf: hot paths).  0, or -1. */
+int tg_buf_put_i64(tg_buf_t *b, long long v);
+/* Append v / 10^decimals with exactly that many decimals, as "%.*f" writes
+ * the exact quotient (-1 with 3 decimals: "-0.001"; -1000: "-1.000").  0, or -1. */
+int tg_buf_put_fixed(tg_buf_t *b, long long v, int decimals);
 /* Drop n bytes from the front (all of them when n >= len). */
 void tg_buf_consume(tg_buf_t *b, size_t n);
 /* Release the memory; b is empty and usable again.  Twice is fine. */

@@ -22,3 +22,9 @@ uint64_t tg_prefix_key(const int32_t *ids, size_t n, int nblocks) {
     for (int b = 0; b < nblocks; b++) h = tg_prefix_block_hash(h, ids + (size_t)b * TG_PREFIX_BLOCK, TG_PREFIX_BLOCK);
     return h;
 }
+
+uint64_t tg_prefix_affinity_key(const int32_t *ids, long n) {
+    if (n >= (long)TG_PREFIX_AFFINITY_BLOCKS * TG_PREFIX_BLOCK)
+        return tg_prefix_key(ids, (size_t)n, TG_PREFIX_AFFINITY_BLOCKS);
+    return n > 0 ? tg_prefix_block_hash(TG_PREFIX_ROOT, ids, (int)n) : 0;
+}

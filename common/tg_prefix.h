@@ -28,4 +28,9 @@ uint64_t tg_prefix_block_hash(uint64_t parent, const int32_t *ids, int n);
  * has fewer than nblocks full blocks. */
 uint64_t tg_prefix_key(const int32_t *ids, size_t n, int nblocks);
 
+/* The key a prompt of n ids is routed by: its first TG_PREFIX_AFFINITY_BLOCKS
+ * blocks' key, or for a shorter prompt the hash of all its ids (the same
+ * prompt still meets the same worker); 0 when n <= 0. */
+uint64_t tg_prefix_affinity_key(const int32_t *ids, long n);
+
 #endif

@@ -129,6 +129,27 @@ long gw_http_resp_parse(const char *buf, size_t len, size_t max, gw_http_resp_t 
 
 const char *gw_http_reason(int status);
 
+/* A response head to the client, as gw_req_head decided it. */
+typedef struct {
+    int status;
+    const char *date;           /* the Date value (gw_http_date) */
+    const char *request_id;
+    const char *content_type;   /* NULL: none */
+    int64_t content_length;     /* -1: none */
+    int chunked;                /* Transfer-Encoding: chunked (and Cache-Control: no-cache) */
+    const char *extra;          /* header lines ("Name: value\r\n"...), or NULL */
+    int64_t rl_limit, rl_remaining, rl_reset_ms;    /* rl_limit > 0: x-ratelimit-*-requests */
+    int64_t tpm_limit, tpm_remaining, tpm_reset_ms; /* tpm_limit > 0: x-ratelimit-*-tokens */
+    int64_t retry_after_s;      /* >= 0: retry-after */
+    const char *receipt;        /* x-tollgate-receipt, or NULL */
+    int keep_alive;
+} gw_http_head_t;
+/* Append the head's bytes to b (no printf: every answer has one). */
+void gw_http_head_write(tg_buf_t *b, const gw_http_head_t *h);
+/* The IMF-fixdate of now ("Sun, 06 Nov 1994 08:49:37 GMT"), formatted once a
+ * second per thread; valid until the thread's next call. */
+const char *gw_http_date(time_t now);
+
 /* ---- SSE event splitter (gw_sse.c) --------------------------------------- */
 
 typedef struct {
@@ -367,6 +388,7 @@ struct gw_loop {
     struct event *stop_ev;     /* shut down (activated from the signal's loop) */
     struct tg_work *work;      /* the loop's worker thread: access-log writes, large prompts' counts */
     tg_buf_t alog;             /* access-log lines not yet handed to `work` (gw_log.c) */
+    tg_buf_t scratch;          /* a head being assembled (client answer, worker request); reused */
     struct event *alog_ev;     /* hands them over GW_LOG_FLUSH_MS after the first */
     pthread_t thread;          /* loops after the first run on their own thread */
     int started;
@@ -441,6 +463,8 @@ struct gw_req {
     int have_rl;
     gw_rl_result_t rl;
     int64_t prompt_est;        /* gateway's own prompt count; -1 unknown */
+    uint64_t prefix_key;       /* the prompt's affinity key, from the ids the count made */
+    int have_prefix_key;
     struct gw_count_job *count_job; /* a large prompt being counted on the loop's worker thread */
     int64_t tpm_tokens;        /* what the TPM limit was charged */
     int64_t completion_cap;    /* most completion tokens this request may produce */
@@ -495,6 +519,9 @@ void gw_conn_accept(struct evconnlistener *l, int fd, struct sockaddr *sa, int s
 void gw_conn_accept_error(struct evconnlistener *l, void *arg);
 void gw_conn_accept_resume(int fd, short what, void *arg);
 struct evbuffer *gw_conn_out(gw_conn_t *c);
+/* Write what gw_conn_out holds in this loop iteration, not after waiting for
+ * writability (see gw_conn.c). */
+void gw_conn_flush(gw_conn_t *c);
 /* The request layer took r as the connection's current request. */
 void gw_conn_begin(gw_conn_t *c, gw_req_t *r);
 /* The current request is freed (answered or abandoned). */
@@ -534,6 +561,8 @@ int64_t gw_settle_prompt_count(gw_req_t *r);
 
 /* gw_log.c: the access log (one JSON line per request) */
 void gw_log_request(gw_req_t *r);
+/* Append r's access-log line (JSON, newline-terminated) to b. */
+void gw_log_format(tg_buf_t *b, const gw_req_t *r);
 struct event_base *gw_event_base_new(void);
 /* Lines are gathered per loop and written by its worker thread in batches: at
  * GW_LOG_BATCH bytes, GW_LOG_FLUSH_MS after the first line of a batch, and

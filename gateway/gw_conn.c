@@ -36,6 +36,7 @@
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/bufferevent_ssl.h>
+#include <event2/bufferevent_struct.h>
 #include <event2/event.h>
 #include <event2/listener.h>
 #include <openssl/ssl.h>
@@ -47,6 +48,20 @@ enum { TIMER_NONE, TIMER_HANDSHAKE, TIMER_HEADER, TIMER_BODY, TIMER_IDLE, TIMER_
 static void gw_conn_kick(gw_conn_t *c) { event_active(c->kick, EV_TIMEOUT, 1); }
 
 struct evbuffer *gw_conn_out(gw_conn_t *c) { return bufferevent_get_output(c->bev); }
+
+/* bufferevent_openssl writes its output only from its write event, which it
+ * adds when bytes are queued (bufferevent_flush does nothing for it), so an
+ * answer used to wait for the next epoll_wait and cost two epoll_ctl (the
+ * write event's add, then its delete once the output was empty).  Activating
+ * the write event runs the same code (consider_writing: SSL_write while it
+ * may, the event kept only for what the socket did not take) after the
+ * current callback, in this loop iteration; with the epoll changelist
+ * (gw_event_base_new) the add and the delete then cancel out.  The event is
+ * the one of `struct bufferevent` (event2/bufferevent_struct.h). */
+void gw_conn_flush(gw_conn_t *c) {
+    if (c->handshaken && evbuffer_get_length(bufferevent_get_output(c->bev)))
+        event_active(&c->bev->ev_write, EV_WRITE, 1);
+}
 
 /* Arm the connection's timer for kind; an armed timer of the same kind keeps
  * its deadline unless restart (the body timer restarts on every byte). */
@@ -77,6 +92,7 @@ void gw_conn_end(gw_conn_t *c) {
 void gw_conn_next(gw_conn_t *c, int keep_alive) {
     c->served++;
     if (!keep_alive || c->loop->shutting_down) c->closing = 1;
+    gw_conn_flush(c);
     gw_conn_kick(c);
     gw_loop_maybe_exit(c->loop);
 }

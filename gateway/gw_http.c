@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 #include "gw-int.h"
 
@@ -458,4 +459,85 @@ const char *gw_http_reason(int s) {
     case 505: return "HTTP Version Not Supported";
     default: return s < 300 ? "OK" : s < 500 ? "Client Error" : "Server Error";
     }
+}
+
+/* ---- response head to the client -------------------------------------------- */
+
+const char *gw_http_date(time_t now) {
+    static __thread time_t last = -1;
+    static __thread char text[40];
+    if (now != last) {
+        struct tm tm;
+        gmtime_r(&now, &tm);
+        strftime(text, sizeof text, "%a, %d %b %Y %H:%M:%S GMT", &tm);
+        last = now;
+    }
+    return text;
+}
+
+/* x-ratelimit-reset-<what>: time until the window has room again, in the
+ * Go duration style OpenAI uses ("59.982s", "250ms"). */
+static void gw_http_reset_header(tg_buf_t *b, const char *what, int64_t ms) {
+    tg_buf_puts(b, "x-ratelimit-reset-");
+    tg_buf_puts(b, what);
+    tg_buf_puts(b, ": ");
+    if (ms < 1000) {
+        tg_buf_put_i64(b, ms);
+        tg_buf_puts(b, "ms\r\n");
+    } else {
+        tg_buf_put_fixed(b, ms, 3);
+        tg_buf_puts(b, "s\r\n");
+    }
+}
+
+void gw_http_head_write(tg_buf_t *b, const gw_http_head_t *h) {
+    tg_buf_puts(b, "HTTP/1.1 ");
+    tg_buf_put_i64(b, h->status);
+    tg_buf_put(b, " ", 1);
+    tg_buf_puts(b, gw_http_reason(h->status));
+    tg_buf_puts(b, "\r\nDate: ");
+    tg_buf_puts(b, h->date);
+    tg_buf_puts(b, "\r\nX-Request-Id: ");
+    tg_buf_puts(b, h->request_id);
+    tg_buf_puts(b, "\r\n");
+    if (h->content_type) {
+        tg_buf_puts(b, "Content-Type: ");
+        tg_buf_puts(b, h->content_type);
+        tg_buf_puts(b, "\r\n");
+    }
+    if (h->content_length >= 0) {
+        tg_buf_puts(b, "Content-Length: ");
+        tg_buf_put_i64(b, h->content_length);
+        tg_buf_puts(b, "\r\n");
+    } else if (h->chunked) {
+        tg_buf_puts(b, "Transfer-Encoding: chunked\r\nCache-Control: no-cache\r\n");
+    }
+    if (h->extra) tg_buf_puts(b, h->extra);
+    if (h->rl_limit > 0) {
+        tg_buf_puts(b, "x-ratelimit-limit-requests: ");
+        tg_buf_put_i64(b, h->rl_limit);
+        tg_buf_puts(b, "\r\nx-ratelimit-remaining-requests: ");
+        tg_buf_put_i64(b, h->rl_remaining);
+        tg_buf_puts(b, "\r\n");
+        gw_http_reset_header(b, "requests", h->rl_reset_ms);
+    }
+    if (h->tpm_limit > 0) {
+        tg_buf_puts(b, "x-ratelimit-limit-tokens: ");
+        tg_buf_put_i64(b, h->tpm_limit);
+        tg_buf_puts(b, "\r\nx-ratelimit-remaining-tokens: ");
+        tg_buf_put_i64(b, h->tpm_remaining);
+        tg_buf_puts(b, "\r\n");
+        gw_http_reset_header(b, "tokens", h->tpm_reset_ms);
+    }
+    if (h->retry_after_s >= 0) {
+        tg_buf_puts(b, "retry-after: ");
+        tg_buf_put_i64(b, h->retry_after_s);
+        tg_buf_puts(b, "\r\n");
+    }
+    if (h->receipt) {
+        tg_buf_puts(b, "x-tollgate-receipt: ");
+        tg_buf_puts(b, h->receipt);
+        tg_buf_puts(b, "\r\n");
+    }
+    tg_buf_puts(b, h->keep_alive ? "Connection: keep-alive\r\n\r\n" : "Connection: close\r\n\r\n");
 }

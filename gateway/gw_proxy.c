@@ -106,6 +106,17 @@ static int gw_upconn_quiet(struct bufferevent *bev) {
     return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
 }
 
+/* Write o to fd now.  A socket bufferevent keeps its output frozen at the
+ * front except inside its own write callback, so a plain evbuffer_write on it
+ * writes nothing (it did nothing here before, and every request waited for a
+ * write event); the freeze is lifted for this one write, as libevent's write
+ * callback does. */
+static void gw_evbuffer_write_now(struct evbuffer *o, evutil_socket_t fd) {
+    evbuffer_unfreeze(o, 1);
+    (void)evbuffer_write(o, fd);
+    evbuffer_freeze(o, 1);
+}
+
 static struct bufferevent *gw_upconn_take(gw_upstream_t *w) {
     while (w->idle) {
         gw_upconn_t *u = w->idle;
@@ -249,6 +260,7 @@ static uint64_t gw_mix(uint64_t x) { /* splitmix64 finaliser */
  * Without a tokenizer: a hash of the first 256 bytes of the messages' roles
  * and text. */
 static uint64_t gw_affinity_key(const gw_req_t *r) {
+    if (r->srv->tok && r->chat && r->have_prefix_key) return r->prefix_key; /* tokenized once, by the count */
     if (r->srv->tok && r->chat) return api_chat_prefix_key(r->chat, (tok_tmpl_kind_t)r->srv->tmpl, r->srv->tok);
     uint64_t h = 0xcbf29ce484222325ULL;
     size_t budget = 256;
@@ -355,14 +367,31 @@ static void gw_up_connect(gw_req_t *r) {
     int direct = r->up_reused && !wc->tls; /* written at once below, not through a write event */
     if (direct) bufferevent_disable(r->up, EV_WRITE);
     struct evbuffer *o = bufferevent_get_output(r->up);
-    evbuffer_add_printf(o,
-                        "POST /v1/chat/completions HTTP/1.1\r\nHost: %s%s%s:%d\r\nContent-Type: application/json\r\n"
-                        "Accept: %s\r\nX-Request-Id: %s\r\nContent-Length: %zu\r\nConnection: %s\r\n",
-                        strchr(wc->host, ':') ? "[" : "", wc->host, strchr(wc->host, ':') ? "]" : "", wc->port,
-                        r->stream ? "text/event-stream" : "application/json", r->id, r->scratch.len,
-                        cfg->upstream_keepalive ? "keep-alive" : "close");
-    if (wc->api_key) evbuffer_add_printf(o, "Authorization: Bearer %s\r\n", wc->api_key);
-    evbuffer_add(o, "\r\n", 2);
+    tg_buf_t *h = &l->scratch; /* the head, assembled without printf */
+    int v6 = strchr(wc->host, ':') != NULL;
+    tg_buf_consume(h, h->len);
+    tg_buf_puts(h, v6 ? "POST /v1/chat/completions HTTP/1.1\r\nHost: [" : "POST /v1/chat/completions HTTP/1.1\r\nHost: ");
+    tg_buf_puts(h, wc->host);
+    tg_buf_puts(h, v6 ? "]:" : ":");
+    tg_buf_put_i64(h, wc->port);
+    tg_buf_puts(h, r->stream ? "\r\nContent-Type: application/json\r\nAccept: text/event-stream\r\nX-Request-Id: "
+                             : "\r\nContent-Type: application/json\r\nAccept: application/json\r\nX-Request-Id: ");
+    tg_buf_puts(h, r->id);
+    tg_buf_puts(h, "\r\nContent-Length: ");
+    tg_buf_put_i64(h, (long long)r->scratch.len);
+    tg_buf_puts(h, cfg->upstream_keepalive ? "\r\nConnection: keep-alive\r\n" : "\r\nConnection: close\r\n");
+    if (wc->api_key) {
+        tg_buf_puts(h, "Authorization: Bearer ");
+        tg_buf_puts(h, wc->api_key);
+        tg_buf_puts(h, "\r\n");
+    }
+    tg_buf_puts(h, "\r\n");
+    if (h->oom) {
+        tg_buf_free(h);
+        gw_up_fail(r, 500, "internal_error", "out of memory");
+        return;
+    }
+    evbuffer_add(o, h->p, h->len);
     evbuffer_add(o, r->scratch.p, r->scratch.len);
     if (direct) {
         /* A kept connection is writable: write now, as nginx does, and wait for
@@ -370,7 +399,7 @@ static void gw_up_connect(gw_req_t *r) {
          * to add and drop a write event per request).  On an error the bytes
          * stay queued: the write event then fails with them unsent, and the
          * request goes again on a fresh connection (gw_up_on_event). */
-        (void)evbuffer_write(o, bufferevent_getfd(r->up));
+        gw_evbuffer_write_now(o, bufferevent_getfd(r->up));
         bufferevent_enable(r->up, evbuffer_get_length(o) ? EV_READ | EV_WRITE : EV_READ);
     } else {
         bufferevent_enable(r->up, EV_READ | EV_WRITE);
@@ -435,6 +464,7 @@ static void gw_client_chunk(gw_req_t *r, const char *p, size_t n) {
     if (r->client_chunked) evbuffer_add_printf(o, "%zx\r\n", n);
     evbuffer_add(o, p, n);
     if (r->client_chunked) evbuffer_add(o, "\r\n", 2);
+    gw_conn_flush(r->conn);
 }
 
 /* Does the JSON text have `field` with a non-empty string value?  A cheap

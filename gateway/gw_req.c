@@ -24,57 +24,39 @@ static void gw_req_free(gw_req_t *r);
 
 struct evbuffer *gw_req_out(gw_req_t *r) { return gw_conn_out(r->conn); }
 
-/* x-ratelimit-reset-<what>: time until the window has room again, in the
- * Go duration style OpenAI uses ("59.982s", "250ms"). */
-static void gw_reset_header(struct evbuffer *o, const char *what, int64_t ms) {
-    if (ms < 1000) evbuffer_add_printf(o, "x-ratelimit-reset-%s: %lldms\r\n", what, (long long)ms);
-    else evbuffer_add_printf(o, "x-ratelimit-reset-%s: %lld.%03llds\r\n", what, (long long)(ms / 1000),
-                             (long long)(ms % 1000));
-}
-
 void gw_req_head(gw_req_t *r, int status, const char *ctype, int64_t clen) {
     if (r->head_sent || r->client_gone) return;
     r->head_sent = 1;
     r->status = status;
     if (r->loop->shutting_down) r->keep_alive = 0;
-    struct evbuffer *o = gw_req_out(r);
-    char date[40];
-    time_t now = time(NULL);
-    struct tm tm;
-    gmtime_r(&now, &tm);
-    strftime(date, sizeof date, "%a, %d %b %Y %H:%M:%S GMT", &tm);
-    evbuffer_add_printf(o, "HTTP/1.1 %d %s\r\nDate: %s\r\nX-Request-Id: %s\r\n", status, gw_http_reason(status),
-                        date, r->id);
-    if (ctype) evbuffer_add_printf(o, "Content-Type: %s\r\n", ctype);
-    if (clen >= 0) {
-        evbuffer_add_printf(o, "Content-Length: %lld\r\n", (long long)clen);
-    } else if (r->http && r->http->minor >= 1) {
-        evbuffer_add_printf(o, "Transfer-Encoding: chunked\r\nCache-Control: no-cache\r\n");
-        r->client_chunked = 1;
-    } else {
-        r->keep_alive = 0; /* close-delimited */
-    }
-    if (r->extra_headers) evbuffer_add(o, r->extra_headers, strlen(r->extra_headers));
+    gw_http_head_t h = {.status = status, .date = gw_http_date(time(NULL)), .request_id = r->id,
+                        .content_type = ctype, .content_length = clen, .extra = r->extra_headers,
+                        .retry_after_s = -1, .receipt = r->receipt};
+    if (clen < 0 && r->http && r->http->minor >= 1) h.chunked = r->client_chunked = 1;
+    else if (clen < 0) r->keep_alive = 0; /* close-delimited */
     if (r->have_rl) {
-        if (r->rl.limit > 0) {
-            evbuffer_add_printf(o, "x-ratelimit-limit-requests: %lld\r\nx-ratelimit-remaining-requests: %lld\r\n",
-                                (long long)r->rl.limit, (long long)r->rl.remaining);
-            gw_reset_header(o, "requests", r->rl.reset_ms);
-        }
-        if (r->rl.tpm_limit > 0) {
-            evbuffer_add_printf(o, "x-ratelimit-limit-tokens: %lld\r\nx-ratelimit-remaining-tokens: %lld\r\n",
-                                (long long)r->rl.tpm_limit, (long long)r->rl.tpm_remaining);
-            gw_reset_header(o, "tokens", r->rl.tpm_reset_ms);
-        }
+        h.rl_limit = r->rl.limit, h.rl_remaining = r->rl.remaining, h.rl_reset_ms = r->rl.reset_ms;
+        h.tpm_limit = r->rl.tpm_limit, h.tpm_remaining = r->rl.tpm_remaining, h.tpm_reset_ms = r->rl.tpm_reset_ms;
     }
     if (status == 429 && !(r->extra_headers && strcasestr(r->extra_headers, "retry-after:"))) {
         /* of the limit that refused (unless the answer has its own); a request that can never fit: a minute */
         int64_t ms = r->have_rl ? r->rl.retry_ms : 1000;
         if (ms < 0) ms = 60000;
-        evbuffer_add_printf(o, "retry-after: %lld\r\n", ms > 1000 ? (long long)(ms + 999) / 1000 : 1LL);
+        h.retry_after_s = ms > 1000 ? (ms + 999) / 1000 : 1;
     }
-    if (r->receipt) evbuffer_add_printf(o, "x-tollgate-receipt: %s\r\n", r->receipt);
-    evbuffer_add_printf(o, "Connection: %s\r\n\r\n", r->keep_alive ? "keep-alive" : "close");
+    h.keep_alive = r->keep_alive;
+    /* assembled in the loop's scratch buffer (kept between answers), queued in one piece */
+    tg_buf_t *b = &r->loop->scratch;
+    tg_buf_consume(b, b->len);
+    gw_http_head_write(b, &h);
+    if (b->oom) { /* no head could be written: the connection cannot go on */
+        tg_buf_free(b);
+        r->keep_alive = 0;
+        r->client_gone = 1;
+        return;
+    }
+    evbuffer_add(gw_req_out(r), b->p, b->len);
+    if (clen < 0) gw_conn_flush(r->conn); /* a stream's head goes out now; a whole answer's with its body */
 }
 
 void gw_req_answer(gw_req_t *r, int status, const char *ctype, const char *body, size_t len) {

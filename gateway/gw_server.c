@@ -176,6 +176,7 @@ static void gw_loop_release(gw_loop_t *l) {
     gw_log_release(l);     /* the gathered access-log lines go to the worker thread ... */
     tg_work_free(l->work); /* ... which writes them; counts of freed requests dropped */
     tg_buf_free(&l->alog);
+    tg_buf_free(&l->scratch);
     l->work = NULL;
     if (l->lis) evconnlistener_free(l->lis);
     if (l->up) gw_proxy_close_idle(l);

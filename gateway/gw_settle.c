@@ -16,6 +16,7 @@
 #include "gw-int.h"
 #include "api.h"
 #include "tg_json.h"
+#include "tg_prefix.h"
 #include "tok.h"
 
 /* The gateway's own count of the prompt: the request rendered by api/ (the
@@ -23,23 +24,30 @@
  * tokenized (about 18 ms per MiB, bounded by max_body_bytes).  -1 when no
  * tokenizer is loaded or the template refuses the conversation.  Text may
  * hold U+0000: the rendered prompt holds the NUL bytes and the tokenizer
- * counts them as text, as the engine does. */
-static int64_t gw_prompt_count_json(gw_server_t *s, const api_chat_req_t *chat) {
+ * counts them as text, as the engine does.  The same ids give the prompt's
+ * prefix key for worker affinity (r->prefix_key), so the prompt is rendered
+ * and tokenized once per request, not once for each. */
+static int64_t gw_prompt_count_json(gw_req_t *r) {
     api_err_t e;
     size_t tl = 0;
-    char *text = api_chat_render(chat, (tok_tmpl_kind_t)s->tmpl, &tl, &e);
+    char *text = api_chat_render(r->chat, (tok_tmpl_kind_t)r->srv->tmpl, &tl, &e);
     if (!text) return -1;
-    long t = tok_count(s->tok, text, tl, 1);
+    int32_t *ids = NULL;
+    long t = tok_encode(r->srv->tok, text, tl, 1, &ids);
     free(text);
+    if (t >= 0) {
+        r->prefix_key = tg_prefix_affinity_key(ids, t);
+        r->have_prefix_key = 1;
+    }
+    free(ids);
     return t >= 0 ? t : -1;
 }
 
 int64_t gw_settle_prompt_count(gw_req_t *r) {
     if (r->prompt_est != -1) return r->prompt_est;
     r->prompt_est = -2;
-    gw_server_t *s = r->srv;
-    if (!s->tok || !r->chat) return -1;
-    int64_t n = gw_prompt_count_json(s, r->chat);
+    if (!r->srv->tok || !r->chat) return -1;
+    int64_t n = gw_prompt_count_json(r);
     if (n >= 0) r->prompt_est = n;
     return n;
 }

@@ -21,7 +21,7 @@ $(API_FUZZ_REPLAY): fuzz/api/fuzz_api_chat.c fuzz/replay.c api/api_chat.c api/ap
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< fuzz/replay.c $(TOK_LIBS) $(LDLIBS)
 
 .PHONY: test-api fuzz-api fuzz-api-run
-test-api: $(API_UNIT_BIN) $(API_FUZZ_REPLAY)
+test-api: $(API_UNIT_BIN) $(API_FUZZ_REPLAY) tokenizer-data
 	$(API_UNIT_BIN) tests/tokenizer/vectors
 	@test -n "$(wildcard $(API_FUZZ_CORPUS)/*)" || { echo "$(API_FUZZ_CORPUS): no seeds" >&2; exit 1; }
 	$(API_FUZZ_REPLAY) $(wildcard $(API_FUZZ_CORPUS)/*)

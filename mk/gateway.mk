@@ -22,6 +22,9 @@ $(GW_TEST_DIR)/unit_%: tests/unit/gateway/%.c $(GW_PURE_OBJ) $(LIBCOMMON)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Itests/unit $(LDFLAGS) -o $@ $< $(GW_PURE_OBJ) $(LIBCOMMON) $(LIB_JSON) $(LDLIBS)
 
+# gw_log.c is included by its test: it posts batches to a worker thread (libevent)
+$(GW_TEST_DIR)/unit_gw_log: LDLIBS += $(LIB_EVENT)
+
 $(GW_FUZZ_REPLAY): fuzz/gateway/fuzz_http.c fuzz/replay.c $(GW_PURE_OBJ) $(LIBCOMMON)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ fuzz/gateway/fuzz_http.c fuzz/replay.c $(GW_PURE_OBJ) $(LIBCOMMON) $(LIB_JSON) $(LDLIBS)

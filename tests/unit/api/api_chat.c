@@ -358,8 +358,51 @@ static void test_json_schema(void) {
     expect_400(body, "response_format.json_schema.schema", "invalid_value");
 }
 
+/* The gateway routes by the affinity key of the whole prompt's ids, which
+ * its prompt count makes anyway (gateway/gw_settle.c): the same key as
+ * api_chat_prefix_key, which tokenizes only the prompt's first 4 KiB (needs
+ * the tokenizer `make tokenizer-data` fetches, which make test-api depends
+ * on; without it a recorded skip, TG_SKIP). */
+static void test_prefix_key_whole_prompt(void) {
+    char err[256], why[300];
+    tok_t *t = tok_load("build/data/deepseek-v3-tokenizer/tokenizer.json", err, sizeof err);
+    if (!t) {
+        snprintf(why, sizeof why, "no tokenizer (make tokenizer-data): %s", err);
+        TG_SKIP(why);
+        return;
+    }
+    static char body[40000], text[20000];
+    const size_t lens[] = {0, 1, 5, 40, 63, 64, 200, 4000, 4100, 9000, 19000};
+    uint64_t keys[sizeof lens / sizeof lens[0]];
+    for (size_t i = 0; i < sizeof lens / sizeof lens[0]; i++) {
+        for (size_t k = 0; k < lens[i]; k++) text[k] = "Say hello in 42 ways.   "[k % 24];
+        text[lens[i]] = '\0';
+        snprintf(body, sizeof body, "{\"model\":\"m\",\"messages\":[{\"role\":\"system\",\"content\":\"%s\"},"
+                 "{\"role\":\"user\",\"content\":\"x%zu\"}]}", text, i);
+        api_chat_req_t r;
+        api_err_t e;
+        CHECK_EQ_I(parse(body, &r, &e), 0);
+        size_t n = 0;
+        char *p = api_chat_render(&r, TOK_TMPL_DEEPSEEK_V3, &n, &e);
+        int32_t *ids = NULL;
+        long k = p ? tok_encode(t, p, n, 1, &ids) : -1;
+        CHECK(k > 0 && k == tok_count(t, p, n, 1));
+        keys[i] = tg_prefix_affinity_key(ids, k);
+        CHECK(keys[i] != 0);
+        CHECK(keys[i] == api_chat_prefix_key(&r, TOK_TMPL_DEEPSEEK_V3, t));
+        for (size_t j = 0; j < i; j++) /* the same first block (16 tokens of the system text): the same key */
+            if (lens[j] >= 200 || lens[j] < 40) CHECK((keys[j] == keys[i]) == (lens[j] >= 200));
+        free(ids);
+        free(p);
+        api_chat_req_free(&r);
+    }
+    CHECK(tg_prefix_affinity_key(NULL, 0) == 0);
+    tok_free(t);
+}
+
 int main(int argc, char **argv) {
     if (argc > 1) vec_dir = argv[1];
+    test_prefix_key_whole_prompt();
     test_unknown_parameters();
     test_sampling_parameters();
     test_max_tokens();

@@ -1,4 +1,5 @@
-/* Unit tests of common/tg_buf.c (growth, consume, free) and the JSON string
+/* Unit tests of common/tg_buf.c (growth, printf into the room left, the
+ * printf-free number writers, consume, free) and the JSON string
  * text writer over it (tg_json_write_chars). */
 #include <stdint.h>
 #include <string.h>
@@ -25,11 +26,64 @@ static void test_buf(void) {
     tg_buf_free(&b); /* twice is fine */
 }
 
+/* printf into the room left (one vsnprintf) or, when it does not fit,
+ * after growing: the same bytes either way, at every boundary. */
+static void test_printf_room(void) {
+    for (size_t pre = 0; pre < 140; pre++) {
+        tg_buf_t b = {0};
+        char want[400];
+        memset(want, 'x', pre);
+        want[pre] = '\0';
+        if (pre) tg_buf_put(&b, want, pre);
+        size_t cap0 = b.cap;
+        CHECK_EQ_I(tg_buf_printf(&b, "%s|%d|%s", "abc", 12345, "0123456789012345678901234567890123456789"), 0);
+        snprintf(want + pre, sizeof want - pre, "%s|%d|%s", "abc", 12345, "0123456789012345678901234567890123456789");
+        CHECK_EQ_S(b.p, want);
+        CHECK_EQ_I(b.len, strlen(want));
+        CHECK(b.cap >= cap0 && b.len < b.cap);
+        CHECK_EQ_I(tg_buf_printf(&b, "%s", ""), 0);
+        CHECK_EQ_I(b.len, strlen(want));
+        tg_buf_free(&b);
+    }
+}
+
+/* The printf-free writers give what printf gives. */
+static void test_numbers(void) {
+    static const long long v[] = {0, 1, -1, 9, 10, 999, 1000, -1000, 1234, -5, 123456789012LL, INT64_MAX, INT64_MIN,
+                                  INT64_MIN + 1};
+    char want[64];
+    for (size_t i = 0; i < sizeof v / sizeof v[0]; i++) {
+        tg_buf_t b = {0};
+        CHECK_EQ_I(tg_buf_put_i64(&b, v[i]), 0);
+        snprintf(want, sizeof want, "%lld", v[i]);
+        CHECK_EQ_S(b.p, want);
+        tg_buf_free(&b);
+        if (v[i] > -1000000000000LL && v[i] < 1000000000000LL) { /* exact in a double: printf is the reference */
+            CHECK_EQ_I(tg_buf_put_fixed(&b, v[i], 3), 0);
+            snprintf(want, sizeof want, "%.3f", (double)v[i] / 1000.0);
+            CHECK_EQ_S(b.p, want);
+            tg_buf_free(&b);
+        }
+    }
+    tg_buf_t b = {0};
+    tg_buf_put_fixed(&b, INT64_MIN, 3);
+    CHECK_EQ_S(b.p, "-9223372036854775.808");
+    tg_buf_free(&b);
+    tg_buf_put_fixed(&b, 42, 0);
+    tg_buf_puts(&b, ",");
+    tg_buf_put_fixed(&b, -7, 2);
+    CHECK_EQ_S(b.p, "42,-0.07");
+    tg_buf_free(&b);
+}
+
 static void test_oom_sticky(void) {
     tg_buf_t b = {0};
     b.oom = 1; /* as after a failed allocation */
     CHECK_EQ_I(tg_buf_put(&b, "x", 1), -1);
     CHECK_EQ_I(tg_buf_printf(&b, "%d", 1), -1);
+    CHECK_EQ_I(tg_buf_puts(&b, "x"), -1);
+    CHECK_EQ_I(tg_buf_put_i64(&b, 1), -1);
+    CHECK_EQ_I(tg_buf_put_fixed(&b, 1, 3), -1);
     CHECK(b.p == NULL && b.len == 0);
     tg_buf_free(&b);
     CHECK_EQ_I(tg_buf_put(&b, "x", 1), 0); /* free clears it */
@@ -37,4 +91,4 @@ static void test_oom_sticky(void) {
     tg_buf_free(&b);
 }
 
-TG_TEST_MAIN(test_buf, test_oom_sticky)
+TG_TEST_MAIN(test_buf, test_printf_room, test_numbers, test_oom_sticky)

@@ -1,6 +1,6 @@
 /* Unit tests of gateway/gw_http.c: the request parser (every split point,
- * pipelining, chunked bodies, limits, bad input), the chunked decoder and the
- * response-head parser. */
+ * pipelining, chunked bodies, limits, bad input), the chunked decoder, the
+ * response-head parser and the client answer's head writer. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -273,5 +273,72 @@ static void test_response_head(void) {
     CHECK_EQ_I(gw_http_resp_parse(h2, strlen(h2), 10, &r), -1);
 }
 
+/* The client answer's head as gw_req_head wrote it with printf before
+ * (the reference for gw_http_head_write). */
+static void ref_head(tg_buf_t *b, const gw_http_head_t *h) {
+    tg_buf_printf(b, "HTTP/1.1 %d %s\r\nDate: %s\r\nX-Request-Id: %s\r\n", h->status, gw_http_reason(h->status), h->date,
+                  h->request_id);
+    if (h->content_type) tg_buf_printf(b, "Content-Type: %s\r\n", h->content_type);
+    if (h->content_length >= 0) tg_buf_printf(b, "Content-Length: %lld\r\n", (long long)h->content_length);
+    else if (h->chunked) tg_buf_printf(b, "Transfer-Encoding: chunked\r\nCache-Control: no-cache\r\n");
+    if (h->extra) tg_buf_printf(b, "%s", h->extra);
+    const char *what[2] = {"requests", "tokens"};
+    int64_t lim[2] = {h->rl_limit, h->tpm_limit}, rem[2] = {h->rl_remaining, h->tpm_remaining},
+            ms[2] = {h->rl_reset_ms, h->tpm_reset_ms};
+    for (int i = 0; i < 2; i++) {
+        if (lim[i] <= 0) continue;
+        tg_buf_printf(b, "x-ratelimit-limit-%s: %lld\r\nx-ratelimit-remaining-%s: %lld\r\n", what[i], (long long)lim[i],
+                      what[i], (long long)rem[i]);
+        if (ms[i] < 1000) tg_buf_printf(b, "x-ratelimit-reset-%s: %lldms\r\n", what[i], (long long)ms[i]);
+        else tg_buf_printf(b, "x-ratelimit-reset-%s: %lld.%03llds\r\n", what[i], (long long)(ms[i] / 1000),
+                           (long long)(ms[i] % 1000));
+    }
+    if (h->retry_after_s >= 0) tg_buf_printf(b, "retry-after: %lld\r\n", (long long)h->retry_after_s);
+    if (h->receipt) tg_buf_printf(b, "x-tollgate-receipt: %s\r\n", h->receipt);
+    tg_buf_printf(b, "Connection: %s\r\n\r\n", h->keep_alive ? "keep-alive" : "close");
+}
+
+static void check_head(const gw_http_head_t *h) {
+    tg_buf_t got = {0}, want = {0};
+    gw_http_head_write(&got, h);
+    ref_head(&want, h);
+    CHECK_EQ_S(got.p, want.p);
+    tg_buf_free(&got);
+    tg_buf_free(&want);
+}
+
+/* gw_http_head_write gives the bytes printf gave, for every kind of answer. */
+static void test_head_write(void) {
+    CHECK_EQ_S(gw_http_date(784111777), "Sun, 06 Nov 1994 08:49:37 GMT");
+    CHECK_EQ_S(gw_http_date(784111777), "Sun, 06 Nov 1994 08:49:37 GMT"); /* the cached second */
+    CHECK_EQ_S(gw_http_date(784111778), "Sun, 06 Nov 1994 08:49:38 GMT");
+    gw_http_head_t h = {.status = 200, .date = "Sun, 06 Nov 1994 08:49:37 GMT",
+                        .request_id = "01a22a42-8cd7-70d3-8000-000000000001", .content_type = "application/json",
+                        .content_length = 512, .retry_after_s = -1, .keep_alive = 1};
+    check_head(&h);
+    h.content_length = 0;
+    h.content_type = NULL;
+    h.keep_alive = 0;
+    check_head(&h);
+    h.status = 429;
+    h.content_length = -1;
+    h.chunked = 1;
+    h.extra = "X-One: 1\r\nx-two: 2\r\n";
+    h.rl_limit = 100;
+    h.rl_remaining = 0;
+    h.tpm_limit = 1000000;
+    h.tpm_remaining = -3;
+    h.retry_after_s = 60;
+    h.receipt = "v1.abc.def";
+    for (int64_t ms = -1; ms < 130000; ms = ms < 2100 ? ms + 1 : ms * 3 / 2) {
+        h.rl_reset_ms = ms;
+        h.tpm_reset_ms = 130000 - ms;
+        check_head(&h);
+    }
+    h.chunked = 0; /* HTTP/1.0 stream: close-delimited */
+    h.status = 799; /* no reason phrase known */
+    check_head(&h);
+}
+
 TG_TEST_MAIN(test_simple_get, test_pipelined_every_split, test_one_byte_at_a_time, test_errors, test_limits,
-             test_expect_continue, test_keep_alive_rules, test_chunked_decoder, test_response_head)
+             test_expect_continue, test_keep_alive_rules, test_chunked_decoder, test_response_head, test_head_write)
