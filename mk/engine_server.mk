@@ -5,7 +5,7 @@
 #   make test-engine-server-unit   unit tests only (no model needed)
 #   make fuzz-engine-server        libFuzzer build of fuzz/engine_server (clang)
 
-ENG_SRV_UNIT := eng_sample eng_sched_text eng_server_req eng_gram
+ENG_SRV_UNIT := eng_sample eng_sched_text eng_sched_piece eng_server_req eng_gram
 ENG_SRV_UNIT_BINS := $(patsubst %,$(O)/tests/unit/engine_server/%,$(ENG_SRV_UNIT))
 
 # The tests #include the .c under test (to reach statics), so they link only

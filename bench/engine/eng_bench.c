@@ -21,8 +21,8 @@
  *   eng_bench streams [--model DIR] [--threads N]
  *       decode tokens/s with 1, 4, 16 and 64 sequences in each forward call
  *       (each at 256 tokens of context), rounds interleaved; the same-round
- *       ratio to one stream; and the step time of 16 decoding streams with
- *       and without a 512-token prefill chunk beside them.
+ *       ratio to one stream; and the step time of 16 decoding streams alone
+ *       and beside a prefill piece of 16, 32, 64 and 512 tokens.
  *   eng_bench ttft [--model DIR] [--threads N]
  *       time to first token of a 2,024-token prompt cold (prefilled in
  *       512-token chunks, as the server does) and with its first 2,016
@@ -186,9 +186,11 @@ static double read_gbs(int threads) {
     return read_n * 4.0 / best / 1e9;
 }
 
-/* MB of this process's file mappings held by 2 MB page-table entries, and in all */
-static void file_pmd_mb(double *pmd, double *rss) {
-    *pmd = *rss = 0;
+/* MB of this process's file mappings held by 2 MB page-table entries, and in
+ * all; the same for its anonymous memory (where the amx level's re-laid
+ * weights live) */
+static void file_pmd_mb(double *pmd, double *rss, double *apmd, double *arss) {
+    *pmd = *rss = *apmd = *arss = 0;
     const char *files[] = {"/proc/self/smaps_rollup", "/proc/self/status"};
     for (int f = 0; f < 2; f++) {
         FILE *fp = fopen(files[f], "r");
@@ -198,6 +200,8 @@ static void file_pmd_mb(double *pmd, double *rss) {
         while (fgets(line, sizeof line, fp)) {
             if (sscanf(line, "FilePmdMapped: %lf kB", &kb) == 1) *pmd = kb / 1024;
             if (sscanf(line, "RssFile: %lf kB", &kb) == 1) *rss = kb / 1024;
+            if (sscanf(line, "AnonHugePages: %lf kB", &kb) == 1) *apmd = kb / 1024;
+            if (sscanf(line, "RssAnon: %lf kB", &kb) == 1) *arss = kb / 1024;
         }
         fclose(fp);
     }
@@ -352,7 +356,9 @@ static void bench_streams(eng_model_t *m) {
     eng_seq_t *s[64];
     for (int i = 0; i < 64; i++) s[i] = fake_seq(m, CTX, 11 + i);
     decode_one(m, s, 1, 5, lg);
-    double tps[NB][ROUNDS], alone[ROUNDS], mixed[ROUNDS], mixed64[ROUNDS];
+    static const int PF[] = {0, 16, 32, 64, 512};
+    enum { NP = 5 };
+    double tps[NB][ROUNDS], step_t[NP][ROUNDS];
     int32_t *chunk = malloc(512 * sizeof *chunk);
     for (int i = 0; i < 512; i++) chunk[i] = 2 + (int32_t)((i * 7919u) % (unsigned)(V - 2));
     for (int r = 0; r < ROUNDS; r++) {
@@ -374,28 +380,35 @@ static void bench_streams(eng_model_t *m) {
             tps[b][r] = B[b] * STEPS / (now() - t0);
             printf("round %d: %2d streams: %7.2f tokens/s\n", r, B[b], tps[b][r]);
         }
-        /* 16 decoding streams alone, then with a 512-token prefill chunk in the same step */
-        for (int mix = 0; mix < 3; mix++) {
+        /* 16 decoding streams alone, then with a prefill piece of PF[p] tokens
+         * in the same step (each stream its own token, as real streams: one
+         * token for all would route them alike and read fewer experts) */
+        for (int p = 0; p < NP; p++) {
             char err[256];
             eng_seq_t *ss[17];
             const int32_t *ids[17];
             int n[17];
             float *ll[17];
-            int32_t tok = 9;
-            for (int i = 0; i < 16; i++) ss[i] = s[i], ids[i] = &tok, n[i] = 1, ll[i] = lg[i];
+            int32_t tok[16];
+            for (int i = 0; i < 16; i++)
+                tok[i] = 2 + (int32_t)(((unsigned)(i * 131 + p * 29 + r * 7 + 3)) % (unsigned)(V - 2)), ss[i] = s[i],
+                ids[i] = &tok[i], n[i] = 1, ll[i] = lg[i];
             eng_seq_t *pf = eng_seq_new(m, 0);
-            ss[16] = pf, ids[16] = chunk, n[16] = mix == 2 ? 64 : 512, ll[16] = NULL;
+            ss[16] = pf, ids[16] = chunk, n[16] = PF[p], ll[16] = NULL;
             double t0 = now();
-            if (eng_forward(m, ss, ids, n, mix ? 17 : 16, ll, err, sizeof err)) {
+            if (eng_forward(m, ss, ids, n, PF[p] ? 17 : 16, ll, err, sizeof err)) {
                 fprintf(stderr, "eng_bench: %s\n", err);
                 exit(1);
             }
-            (mix == 2 ? mixed64 : mix ? mixed : alone)[r] = now() - t0;
+            step_t[p][r] = now() - t0;
             for (int i = 0; i < 16; i++) eng_seq_truncate(s[i], CTX);
             eng_seq_free(pf);
         }
-        printf("round %d: 16 streams' step %.1f ms alone, %.1f ms with a 512-token prefill chunk, %.1f ms with 64\n",
-               r, alone[r] * 1e3, mixed[r] * 1e3, mixed64[r] * 1e3);
+        printf("round %d: 16 streams' step", r);
+        for (int p = 0; p < NP; p++) printf(" %s%.1f ms%s", p ? "+" : "", step_t[p][r] * 1e3, p ? "" : " alone,");
+        printf(" (beside a prefill piece of");
+        for (int p = 1; p < NP; p++) printf(" %d", PF[p]);
+        printf(" tokens)\n");
     }
     printf("decode tokens/s by concurrent streams (context %d), median of %d rounds:\n", CTX, ROUNDS);
     for (int b = 0; b < NB; b++) {
@@ -404,9 +417,14 @@ static void bench_streams(eng_model_t *m) {
         printf("  %2d streams  %8.2f tokens/s  (%.2fx one stream, same-round median)\n", B[b], median(tps[b], ROUNDS),
                median(ratio, ROUNDS));
     }
-    printf("  16 streams' step: %.1f ms alone, %.1f ms beside a 64-token prefill piece (the server's budget while\n"
-           "  streams decode), %.1f ms beside a 512-token chunk (medians)\n",
-           median(alone, ROUNDS) * 1e3, median(mixed64, ROUNDS) * 1e3, median(mixed, ROUNDS) * 1e3);
+    printf("  16 streams' step: %.1f ms alone (median); beside a prefill piece (the server's budget while streams\n"
+           "  decode is --decode-prefill tokens):\n", median(step_t[0], ROUNDS) * 1e3);
+    for (int p = 1; p < NP; p++) {
+        double ratio[ROUNDS];
+        for (int r = 0; r < ROUNDS; r++) ratio[r] = step_t[p][r] / step_t[0][r];
+        printf("    %3d-token piece  %7.1f ms  (%.2fx the step alone, same-round median)\n", PF[p],
+               median(step_t[p], ROUNDS) * 1e3, median(ratio, ROUNDS));
+    }
     for (int i = 0; i < 64; i++) eng_seq_free(s[i]), free(lg[i]);
     free(lg);
     free(chunk);
@@ -537,9 +555,11 @@ int main(int argc, char **argv) {
             tps = dec[r] > tps ? dec[r] : tps;
         }
         double bw_med = median(tri, ROUNDS), rbw_med = median(rd, ROUNDS), tps_med = median(dec, ROUNDS);
-        double pmd, rss;
-        file_pmd_mb(&pmd, &rss);
+        double pmd, rss, apmd, arss;
+        file_pmd_mb(&pmd, &rss, &apmd, &arss);
         printf("weights mapped in 2 MB pages %7.0f MB of %.0f MB of file pages resident\n", pmd, rss);
+        printf("anonymous 2 MB pages         %7.0f MB of %.0f MB anonymous resident (amx: the re-laid weights,\n"
+               "                             and the 1 GB read buffer)\n", apmd, arss);
         printf("weight bytes read per token %8.1f MB\n", bytes / 1e6);
         printf("                             best of %d   median\n", ROUNDS);
         printf("STREAM triad bandwidth      %8.2f  %8.2f GB/s\n", bw, bw_med);

@@ -6,8 +6,9 @@
  * cache gave what it holds), drop cancelled ones, then call eng_forward once
  * with the active sequences — the last sampled token of every decoding one,
  * and the next prompt chunk of those still in prefill, within a per-step
- * prefill budget (prefill_chunk, or decode_prefill while some stream is
- * decoding) — sample one token for each sequence whose context is
+ * prefill budget (prefill_chunk, or while some stream is decoding a piece
+ * sized by time so that their step grows at most 1 + decode_stall times, at
+ * most decode_prefill tokens: eng_sched_piece.c) — sample one token for each sequence whose context is
  * complete, run it through the text pipeline, and queue one event per job.
  *
  * Preemption: when the step needs more blocks than the pool can give, the
@@ -96,6 +97,7 @@ struct eng_sched {
     int *b_n;
     float **b_logits;
     eng_sample_req_t **b_sample; /* NULL where the host samples from b_logits */
+    eng_piece_t piece;    /* the prefill piece's time model (eng_sched_piece.c) */
 };
 
 static void spec_free(eng_job_spec_t *sp) {
@@ -444,6 +446,11 @@ oom:
     return ENG_FINISH_ERROR;
 }
 
+/* The smallest prefill piece beside decoding streams: one KV block (the
+ * measured step growth of a 16-token piece beside 16 streams is within noise
+ * of none, engine/README.md), so a prompt always progresses. */
+#define MIN_PIECE 16
+
 /* Tokens job j feeds in this step: the rest of its context's current chunk
  * (prefill, or recompute after a preemption; a chunk never crosses a multiple
  * of prefill_chunk), or its last sampled token.  *budget: prefill tokens left
@@ -522,18 +529,23 @@ static void step(eng_sched_t *s) {
         }
     }
     /* plan the step; while the pool cannot hold it, preempt the youngest */
-    int nb;
+    int nb, n_dec, n_prompt; /* sequences decoding, prompt (or recomputed) tokens */
     for (;;) {
         int any_prefill = 0, need = 0, decoding = 0;
+        n_dec = n_prompt = 0;
         for (int i = 0; i < s->n_act && !decoding; i++)
             decoding = s->active[i]->spec.n_prompt + s->active[i]->n_gen - eng_seq_len(s->active[i]->seq) == 1;
-        int budget = decoding ? s->o.decode_prefill : s->o.prefill_chunk;
+        /* beside decoding streams, a piece sized by time: their step grows at most 1 + decode_stall */
+        int budget = decoding ? eng_piece_size(&s->piece, s->o.decode_stall, MIN_PIECE, s->o.decode_prefill)
+                              : s->o.prefill_chunk;
         nb = 0;
         for (int i = 0; i < s->n_act; i++) {
             eng_job_t *j = s->active[i];
             int n = plan_tokens(s, j, &budget, &any_prefill, decoding);
             if (n <= 0) continue;
             int len = eng_seq_len(j->seq);
+            if (j->spec.n_prompt + j->n_gen - len == 1) n_dec++;
+            else n_prompt += n;
             s->b_ids[nb] = j->ctx + len;
             s->b_n[nb] = n;
             int last = len + n == j->spec.n_prompt + j->n_gen;
@@ -552,6 +564,8 @@ static void step(eng_sched_t *s) {
         int64_t t0 = tg_mono_ns();
         int rc = forward_isolating(s, nb, failed, err, sizeof err);
         int64_t t1 = tg_mono_ns();
+        if (rc == 0 && !memchr(failed, 1, (size_t)nb))
+            eng_piece_observe(&s->piece, (double)(t1 - t0) * 1e-9, n_dec, n_prompt);
         atomic_fetch_add(&s->steps, 1);
         atomic_fetch_add(&s->forward_ns, (unsigned long)(t1 - t0));
         if (rc == ENG_KV_FULL) { /* one job alone beyond the pool: the server should have refused it */
@@ -660,6 +674,8 @@ eng_sched_t *eng_sched_new(eng_model_t *m, const tok_t *t, const eng_sched_opts_
     s->o.prefill_chunk = o && o->prefill_chunk > 0 ? o->prefill_chunk : 512;
     s->o.decode_prefill = o && o->decode_prefill > 0 ? o->decode_prefill : s->o.prefill_chunk / 8;
     if (s->o.decode_prefill < 1) s->o.decode_prefill = 1;
+    s->o.decode_stall = o && o->decode_stall > 0 ? o->decode_stall : 0.5;
+    eng_piece_init(&s->piece);
     s->vocab_rows = mi->vocab_size;
     s->n_allowed = tok_n_vocab(t) < mi->vocab_size ? tok_n_vocab(t) : mi->vocab_size;
     s->eos_tok = tok_eos(t);

@@ -140,8 +140,22 @@ typedef struct {
     int max_batch;     /* sequences in one forward call (default 64) */
     int max_queue;     /* waiting jobs before submit refuses (default 256) */
     int prefill_chunk; /* prompt chunk size and per-step prefill budget (default 512) */
-    int decode_prefill; /* the per-step prefill budget while some stream decodes (default prefill_chunk/8) */
+    int decode_prefill; /* the most prompt tokens a step takes while some stream decodes (default prefill_chunk/8) */
+    double decode_stall; /* ... sized so that the streams' step grows at most this much (default 0.5: 1.5x) */
 } eng_sched_opts_t;
+
+/* The prefill piece beside decoding streams (eng_sched_piece.c): a step's
+ * time modelled as a + b * prompt tokens, a and b learned from the steps run.
+ * eng_piece_size: tokens for the next step, stall * a / b within [lo, hi]
+ * (lo while a or b is unknown).  eng_piece_observe: one step's forward time
+ * with n_decode decoding streams and n_prompt prompt tokens. */
+typedef struct {
+    double dec_s;  /* a: seconds of the decoding streams' step alone (< 0: unknown) */
+    double tok_s;  /* b: seconds one prompt token adds (< 0: unknown) */
+} eng_piece_t;
+void eng_piece_init(eng_piece_t *p);
+void eng_piece_observe(eng_piece_t *p, double step_s, int n_decode, int n_prompt);
+int eng_piece_size(const eng_piece_t *p, double stall, int lo, int hi);
 
 typedef struct eng_sched eng_sched_t;
 
