@@ -47,12 +47,14 @@ $(O)/bench/cuda/eng_gpu_bench: bench/cuda/eng_gpu_bench.c $(LIBENG) $(LIBCOMMON)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(ENG_LINK) $(LDLIBS)
 
-# The device sampler's kernel source run on the host (512 threads a block,
-# barriers and shuffles emulated) against the host sampler: on every machine,
-# no nvcc or GPU needed (tests/engine/cuda_emu_sample.cc).
+# CUDA kernels' own source run on the host (512 threads a block, barriers and
+# shuffles emulated: tests/engine/cuda_emu.h) against the host sampler and the
+# CPU backend's ops: the sampler, the router, MLA and GQA attention.  On every
+# machine: no nvcc or GPU needed.
 CXX ?= g++
-ENG_CUDA_EMU := $(O)/tests/engine/cuda_emu_sample
-$(ENG_CUDA_EMU): tests/engine/cuda_emu_sample.cc engine/cuda/eng_cuda_sample_kernel.h $(LIBENG) $(LIBCOMMON)
+ENG_CUDA_EMU := $(O)/tests/engine/cuda_emu_sample $(O)/tests/engine/cuda_emu_kernels
+$(O)/tests/engine/cuda_emu_%: tests/engine/cuda_emu_%.cc tests/engine/cuda_emu.h $(wildcard engine/cuda/*.h) \
+                              $(LIBENG) $(LIBCOMMON)
 	@mkdir -p $(dir $@)
 	$(CXX) $(filter-out -std=% -MMD -MP,$(CFLAGS)) -std=c++17 $(LDFLAGS) -o $@ $< $(ENG_LINK) $(LDLIBS)
 
@@ -60,7 +62,7 @@ $(ENG_CUDA_EMU): tests/engine/cuda_emu_sample.cc engine/cuda/eng_cuda_sample_ker
 TEST_TARGETS += test-engine-cuda-emu
 UNIT_TARGETS += test-engine-cuda-emu
 test-engine-cuda-emu: $(ENG_CUDA_EMU)
-	timeout 600 $(ENG_CUDA_EMU)
+	@set -e; for t in $(ENG_CUDA_EMU); do timeout 600 $$t; done
 
 .PHONY: test-engine-cuda cuda-objs
 TEST_TARGETS += test-engine-cuda

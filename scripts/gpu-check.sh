@@ -127,7 +127,7 @@ fi
 ENG=$bins/tollgate-engine
 
 # 2. op by op and tiny whole models, CUDA vs CPU (the CPU side: the same binaries on --device cpu)
-CUDA_TEST_ENGINE_HAS_CUDA=1 CUDA_TEST_WORK=$PWD/$work/cuda-test \
+CUDA_TEST_ENGINE_HAS_CUDA=1 CUDA_TEST_WORK=$work/cuda-test \
     stage ops-and-logits 200 bash tests/engine/cuda_test.sh "$bins" "$bins/eng_ops_test" "$ENG"
 figures ops-and-logits "against|sample/|worst logit|over tolerance|FAIL" 60
 # the same ops with tensor cores off (bf16 matmuls and experts on sgemm / FMA kernels): tells a

@@ -51,6 +51,9 @@ extern "C" {
                     (int)e_);                                                                            \
     } while (0)
 
+/* a kernel's dynamic shared memory (a macro: tests/engine/cuda_emu.h maps it to host memory) */
+#define CU_DYN_SHARED(type, name) extern __shared__ type name[]
+
 /* a kernel launch: the launch error (bad configuration) checked at once */
 #define CU_LAUNCHED() CU_CHECK(cudaGetLastError())
 
@@ -118,50 +121,6 @@ int eng_cuda_sample(eng_backend_t *be, const float *logits, int n, int vocab, en
 /* eng_cuda_route.cu */
 int eng_cuda_route(eng_backend_t *be, const eng_route_t *r, const float *logits, int T, int32_t *sel, float *wts);
 
-/* ---- weights on the device: one element widened to fp32 ------------------------ */
-
-typedef struct {
-    int dt;                 /* eng_dtype_t */
-    const void *data;
-    const float *scale;
-    int64_t rows, cols, scale_cols;
-    int qblk;
-} cu_w_t;
-
-static inline cu_w_t cu_w(const eng_w_t *w) {
-    cu_w_t c = {(int)w->dt, w->data, w->scale, w->rows, w->cols, w->scale_cols, w->qblk};
-    return c;
-}
-
-__device__ __forceinline__ float cu_bf16(uint16_t v) { return __uint_as_float((uint32_t)v << 16); }
-
-__device__ __forceinline__ float cu_f16(uint16_t v) {
-    __half_raw r;
-    r.x = v;
-    return __half2float(__half(r));
-}
-
-/* fp8 e4m3 (no infinities; S.1111.111 is NaN) -> fp32, exact */
-__device__ __forceinline__ float cu_f8(uint8_t v) {
-    uint32_t s = (uint32_t)(v & 0x80) << 24, e = (v >> 3) & 15, m = v & 7;
-    if (e == 15 && m == 7) return __uint_as_float(0x7fc00000u | s);
-    if (e == 0) { /* subnormal: m * 2^-9 */
-        float f = (float)m * 0.001953125f;
-        return s ? -f : f;
-    }
-    return __uint_as_float(s | ((e + 120) << 23) | (m << 20));
-}
-
-__device__ __forceinline__ float cu_wval(const cu_w_t &w, int64_t r, int64_t c) {
-    int64_t i = r * w.cols + c;
-    switch (w.dt) {
-    case ENG_DT_F32: return ((const float *)w.data)[i];
-    case ENG_DT_BF16: return cu_bf16(((const uint16_t *)w.data)[i]);
-    case ENG_DT_F16: return cu_f16(((const uint16_t *)w.data)[i]);
-    case ENG_DT_F8_E4M3: return cu_f8(((const uint8_t *)w.data)[i]) * w.scale[(r / 128) * w.scale_cols + c / 128];
-    case ENG_DT_I8: return (float)((const int8_t *)w.data)[i] * w.scale[r * w.scale_cols + c / w.qblk];
-    default: return 0.0f;
-    }
-}
+#include "eng_cuda_w.h"
 
 #endif

@@ -2,116 +2,23 @@
  * run on the host, against the host sampler (eng_sample_pick_u), on every
  * machine (no GPU or nvcc needed).
  *
- * Emulation: a block is 512 host threads (one per CUDA thread) running the
- * kernel's own source; __syncthreads is a barrier of the block,
- * __shfl_down_sync an exchange with a barrier of the warp, __shared__
- * variables are statics (one block runs at a time), atomicAdd a host atomic.
- * A barrier the kernel reaches on some threads only would hang: the test runs
- * under a timeout (make).  What this does not check: the device's own maths
- * library (exp), memory ordering beyond barriers, launch limits (registers:
- * ptxas -v reports 62 per thread at 512 threads), which the GPU run
- * (eng_ops_test compare on cuda:0, "sample/ids") covers.
+ * Emulation (tests/engine/cuda_emu.h): a block is 512 host threads running the
+ * kernel's own source, barriers and shuffles emulated.  What this does not
+ * check: the device's own maths library (exp), memory ordering beyond
+ * barriers, launch limits (registers: ptxas -v reports 62 per thread at 512
+ * threads), which the GPU run (eng_ops_test compare on cuda:0, "sample/ids")
+ * covers.
  *
  * Cases: rows of 5, 37, 1,000 and 129,280 ids (fewer ids than threads, chunk
  * boundaries), flat and peaked logits, -inf and NaN entries, ties, all -inf,
  * every parameter path; ids and "draw used" must equal the host's. */
-#include <math.h>
-#include <pthread.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
+#include "cuda_emu.h"
 
 extern "C" {
 #include "eng_sample.h"
 }
 
-/* ---- the CUDA built-ins the kernel uses ------------------------------------------ */
-
-struct emu_dim3 {
-    unsigned x, y, z;
-};
-static thread_local emu_dim3 emu_tid;
-static emu_dim3 emu_bid;
-#define threadIdx emu_tid
-#define blockIdx emu_bid
-#define __global__
-#define __device__
-#define __forceinline__ inline
-#define __launch_bounds__(n)
-#define __shared__ static
-
-static pthread_barrier_t emu_block_bar;
-static pthread_barrier_t emu_warp_bar[32];
-static uint64_t emu_xchg[1024];
-
-static inline void __syncthreads() { pthread_barrier_wait(&emu_block_bar); }
-template <typename T> static T __shfl_down_sync(unsigned, T v, int o) {
-    unsigned t = threadIdx.x, w = t / 32, l = t % 32;
-    uint64_t bits = 0;
-    memcpy(&bits, &v, sizeof v);
-    emu_xchg[t] = bits;
-    pthread_barrier_wait(&emu_warp_bar[w]);
-    T r = v;
-    if (l + o < 32) memcpy(&r, &emu_xchg[t + o], sizeof r);
-    pthread_barrier_wait(&emu_warp_bar[w]);
-    return r;
-}
-static inline unsigned long long atomicAdd(unsigned long long *a, unsigned long long v) {
-    return __atomic_fetch_add(a, v, __ATOMIC_RELAXED);
-}
-static inline unsigned __float_as_uint(float f) {
-    unsigned u;
-    memcpy(&u, &f, sizeof u);
-    return u;
-}
-static inline unsigned long long __double2ull_rn(double d) { return (unsigned long long)nearbyint(d); }
-static inline int __clz(int x) { return x ? __builtin_clz((unsigned)x) : 32; }
-
 #include "../../engine/cuda/eng_cuda_sample_kernel.h"
-
-/* ---- a launch: one block at a time, SNT threads ------------------------------------ */
-
-struct emu_args {
-    const float *logits;
-    int ld;
-    const cu_sreq_t *rq;
-    float *prob;
-    int32_t *out;
-    unsigned tid;
-};
-
-static void *emu_thread(void *a) {
-    emu_args *e = (emu_args *)a;
-    emu_tid.x = e->tid;
-    k_sample(e->logits, e->ld, e->rq, e->prob, e->out);
-    return NULL;
-}
-
-static int emu_launch(int rows, const float *logits, int ld, const cu_sreq_t *rq, float *prob, int32_t *out) {
-    static emu_args args[SNT];
-    static pthread_t th[SNT];
-    pthread_attr_t at;
-    pthread_attr_init(&at);
-    pthread_attr_setstacksize(&at, 256 * 1024);
-    for (int b = 0; b < rows; b++) {
-        emu_bid.x = (unsigned)b;
-        pthread_barrier_init(&emu_block_bar, NULL, SNT);
-        for (int w = 0; w < SNT / 32; w++) pthread_barrier_init(&emu_warp_bar[w], NULL, 32);
-        for (int t = 0; t < SNT; t++) {
-            args[t] = emu_args{logits, ld, rq, prob, out, (unsigned)t};
-            if (pthread_create(&th[t], &at, emu_thread, &args[t])) {
-                fprintf(stderr, "cuda_emu_sample: pthread_create failed\n");
-                return -1;
-            }
-        }
-        for (int t = 0; t < SNT; t++) pthread_join(th[t], NULL);
-        pthread_barrier_destroy(&emu_block_bar);
-        for (int w = 0; w < SNT / 32; w++) pthread_barrier_destroy(&emu_warp_bar[w]);
-    }
-    pthread_attr_destroy(&at);
-    return 0;
-}
 
 /* ---- cases ---------------------------------------------------------------------------- */
 
@@ -148,7 +55,7 @@ static void run(int rows, int V, int na, float scale, int special) {
         rq[r] = cu_sreq_t{pr[r % 10].t, pr[r % 10].p, pr[r % 10].k, na, urand()};
     }
     memset(out, 0xff, (size_t)rows * 2 * sizeof(int32_t));
-    if (emu_launch(rows, l, V, rq, prob, out)) exit(1);
+    if (emu_launch(rows, SNT, 0, [&] { k_sample(l, V, rq, prob, out); })) exit(1);
     eng_sampler_t *s = eng_sampler_new(na);
     int bad = 0;
     for (int r = 0; r < rows; r++) {

@@ -1,0 +1,217 @@
+/* cuda_emu_kernels.cc — CUDA kernels whose source runs on the host
+ * (tests/engine/cuda_emu.h) against the CPU backend's ops, on every machine:
+ * the router (k_route: V3 sigmoid + bias + groups with 64 and 256 experts, V2
+ * softmax + groups, Mixtral softmax top-2; 13 tokens, so the last block has
+ * idle warps), MLA absorbed attention (k_mla_qlat, k_mla_core, k_mla_out; bf16
+ * and fp8 kv_b) and GQA (k_gqa) over a paged cache with shuffled blocks, a
+ * prefilling and a decoding sequence.  Routed ids must be equal; weights and
+ * attention outputs within 1e-5 of their scale (only the fp32 summation order
+ * differs).  The host side of the ops (pages_up, the launches) is not run
+ * here: the GPU run checks it (eng_ops_test compare on cuda:0). */
+#include "cuda_emu.h"
+
+extern "C" {
+#include "eng_model_int.h"
+}
+
+#include "../../engine/cuda/eng_cuda_w.h"
+#include "../../engine/cuda/eng_cuda_attn_kernel.h"
+#include "../../engine/cuda/eng_cuda_route_kernel.h"
+
+static int checks, fails;
+static void check(int ok, const char *what) {
+    checks++;
+    if (!ok) {
+        fails++;
+        fprintf(stderr, "cuda_emu_kernels: FAIL: %s\n", what);
+    }
+}
+
+static uint64_t rs = 77;
+static float rnd(void) { /* [-1, 1) */
+    rs ^= rs << 13;
+    rs ^= rs >> 7;
+    rs ^= rs << 17;
+    return (float)((double)(rs >> 11) * 0x1.0p-52 - 1.0);
+}
+
+static eng_backend_t *cpu;
+
+/* worst |a - b| / max |b| */
+static double rel_err(const float *a, const float *b, size_t n) {
+    double mx = 0, sc = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - b[i]);
+        if (!(d <= mx)) mx = d; /* NaN counts */
+        if (fabs(b[i]) > sc) sc = fabs(b[i]);
+    }
+    return mx / (sc > 0 ? sc : 1);
+}
+
+static void test_route(void) {
+    struct {
+        const char *name;
+        int E, K, G, TG, sigmoid, norm, after, bias;
+        float scale;
+    } cs[] = {{"v3-64", 64, 8, 8, 4, 1, 1, 1, 1, 2.5f},
+              {"v3-256", 256, 8, 8, 4, 1, 1, 1, 1, 2.5f},
+              {"v2-groups", 64, 6, 8, 3, 0, 0, 0, 0, 16.0f},
+              {"mixtral", 8, 2, 1, 1, 0, 1, 0, 0, 1.0f}};
+    for (auto &c : cs) {
+        const int T = 13;
+        float *lg = (float *)malloc((size_t)T * c.E * sizeof(float)), *bias = (float *)malloc(c.E * sizeof(float));
+        for (int i = 0; i < T * c.E; i++) lg[i] = rnd() * 3;
+        for (int e = 0; e < c.E; e++) bias[e] = rnd() * 0.1f;
+        lg[5 * c.E + 1] = lg[5 * c.E + 3] = 5; /* a tie at the top (ids 1 and 3 of token 5; biases equal too) */
+        bias[1] = bias[3];
+        eng_route_t r = {c.E, c.K, c.G, c.TG, c.sigmoid, c.norm, c.scale, c.after, c.bias ? bias : NULL};
+        int32_t *s_cpu = (int32_t *)calloc((size_t)T * c.K, 4), *s_emu = (int32_t *)calloc((size_t)T * c.K, 4);
+        float *w_cpu = (float *)calloc((size_t)T * c.K, 4), *w_emu = (float *)calloc((size_t)T * c.K, 4);
+        check(cpu->ops->route(cpu, &r, lg, T, s_cpu, w_cpu) == 0, "cpu route");
+        size_t smem = (size_t)RT_WARPS * (2 * c.E + c.G) * sizeof(float);
+        emu_launch((T + RT_WARPS - 1) / RT_WARPS, RT_WARPS * 32, smem, [&] { k_route(r, lg, T, s_emu, w_emu); });
+        char what[96];
+        snprintf(what, sizeof what, "route %s: ids", c.name);
+        check(!memcmp(s_cpu, s_emu, (size_t)T * c.K * 4), what);
+        double e = rel_err(w_emu, w_cpu, (size_t)T * c.K);
+        snprintf(what, sizeof what, "route %s: weights (error %.2e)", c.name, e);
+        check(e <= 1e-5, what);
+        printf("cuda_emu_kernels: route %-9s %d tokens: ids %s, weights error %.2e\n", c.name, T,
+               memcmp(s_cpu, s_emu, (size_t)T * c.K * 4) ? "DIFFER" : "equal", e);
+        free(lg), free(bias), free(s_cpu), free(s_emu), free(w_cpu), free(w_emu);
+    }
+}
+
+/* A paged cache of NB blocks of B rows of `row` floats (shuffled block
+ * order); two sequences: one prefilling 5 tokens from position 0, one
+ * decoding 1 token at position 37. */
+struct cache_t {
+    int B = 16, NB = 8, row;
+    float *k = NULL, *v = NULL;
+    int32_t blk[2][4];
+    eng_attn_seq_t seqs[2];
+    int T = 6, maxlen = 38;
+    int32_t *tab = NULL; /* pages_up's table: [T][2] (len, block-table offset), then the block tables */
+};
+
+static void cache_init(cache_t &C, int row, int has_v) {
+    C.row = row;
+    size_t n = (size_t)C.NB * C.B * row;
+    C.k = (float *)malloc(n * sizeof(float));
+    C.v = has_v ? (float *)malloc(n * sizeof(float)) : NULL;
+    for (size_t i = 0; i < n; i++) {
+        C.k[i] = rnd();
+        if (has_v) C.v[i] = rnd();
+    }
+    int32_t a[2][4] = {{5, 2, 0, 0}, {7, 1, 3, 6}};
+    memcpy(C.blk, a, sizeof a);
+    C.seqs[0] = eng_attn_seq_t{0, 5, 0, C.blk[0], C.B, (size_t)C.B * row, C.k, C.v};
+    C.seqs[1] = eng_attn_seq_t{5, 1, 37, C.blk[1], C.B, (size_t)C.B * row, C.k, C.v};
+    /* as pages_up (eng_cuda_attn.cu) builds it */
+    int nbl[2] = {1, 3};
+    C.tab = (int32_t *)malloc((2 * C.T + 4) * sizeof(int32_t));
+    int off = 2 * C.T;
+    for (int i = 0; i < 2; i++) {
+        const eng_attn_seq_t *s = &C.seqs[i];
+        for (int k = 0; k < s->n; k++) {
+            C.tab[2 * (s->tok0 + k)] = s->pos0 + k + 1;
+            C.tab[2 * (s->tok0 + k) + 1] = off - 2 * C.T;
+        }
+        memcpy(C.tab + off, s->blocks, nbl[i] * sizeof(int32_t));
+        off += nbl[i];
+    }
+}
+
+static pages_t cache_pages(const cache_t &C) {
+    pages_t P;
+    P.tokinfo = C.tab;
+    P.blocks = C.tab + 2 * C.T;
+    P.k = C.k;
+    P.v = C.v;
+    P.B = C.B;
+    P.stride = (int64_t)C.B * C.row;
+    return P;
+}
+
+static void cache_free(cache_t &C) { free(C.k), free(C.v), free(C.tab); }
+
+static void test_mla(eng_dtype_t dt) {
+    const int H = 4, dn = 16, dr = 8, dv = 16, c = 32, R = H * (dn + dv);
+    const float scale = 0.17f;
+    cache_t C;
+    cache_init(C, c + dr, 0);
+    /* kv_b [R, c] in dt (bf16, or fp8 e4m3 with one 128x128 block scale) */
+    eng_w_t w = {};
+    w.dt = dt, w.rows = R, w.cols = c, w.name = "kv_b";
+    if (dt == ENG_DT_BF16) {
+        uint16_t *d = (uint16_t *)malloc((size_t)R * c * 2);
+        for (int i = 0; i < R * c; i++) d[i] = (uint16_t)(__float_as_uint(rnd() * 0.5f) >> 16);
+        w.data = d;
+    } else {
+        uint8_t *d = (uint8_t *)malloc((size_t)R * c);
+        for (int i = 0; i < R * c; i++) d[i] = (uint8_t)((rs = rs * 6364136223846793005ull + 1) >> 57) & 0x77;
+        float *s = (float *)malloc(sizeof(float));
+        s[0] = 0.03f;
+        w.data = d, w.scale = s, w.scale_cols = 1;
+    }
+    float *q = (float *)malloc((size_t)C.T * H * (dn + dr) * sizeof(float));
+    for (int i = 0; i < C.T * H * (dn + dr); i++) q[i] = rnd();
+    float *o_cpu = (float *)calloc((size_t)C.T * H * dv, 4), *o_emu = (float *)calloc((size_t)C.T * H * dv, 4);
+    eng_w_t wc = w; /* the CPU's copy (its upload may re-lay the weight) */
+    check(cpu->ops->upload_w(cpu, &wc) == 0, "cpu upload_w");
+    check(cpu->ops->attn_mla(cpu, &wc, H, dn, dr, dv, c, scale, q, C.seqs, 2, o_cpu) == 0, "cpu attn_mla");
+    float *qlat = (float *)calloc((size_t)C.T * H * c, 4), *olat = (float *)calloc((size_t)C.T * H * c, 4);
+    float *sc = (float *)calloc((size_t)C.T * H * C.maxlen, 4);
+    cu_w_t cw = cu_w(&w);
+    pages_t P = cache_pages(C);
+    int G = C.T * H;
+    emu_launch(G, AT_THREADS, dn * sizeof(float), [&] { k_mla_qlat(cw, q, H, dn, dr, dv, c, qlat); });
+    emu_launch(G, AT_THREADS, (c + dr) * sizeof(float),
+               [&] { k_mla_core(P, q, qlat, H, dn, dr, c, scale, C.maxlen, sc, olat); });
+    emu_launch(G, AT_THREADS, 0, [&] { k_mla_out(cw, olat, H, dn, dv, c, o_emu); });
+    double e = rel_err(o_emu, o_cpu, (size_t)C.T * H * dv);
+    char what[96];
+    snprintf(what, sizeof what, "mla %s (error %.2e)", dt == ENG_DT_BF16 ? "bf16" : "fp8", e);
+    check(e <= 1e-5, what);
+    printf("cuda_emu_kernels: mla %-4s kv_b, a prefill of 5 and a decode at 37: error %.2e of scale\n",
+           dt == ENG_DT_BF16 ? "bf16" : "fp8", e);
+    free((void *)w.data), free((void *)w.scale), free(q), free(o_cpu), free(o_emu), free(qlat), free(olat), free(sc);
+    cache_free(C);
+}
+
+static void test_gqa(void) {
+    const int H = 4, kvh = 2, hd = 16;
+    const float scale = 0.25f;
+    cache_t C;
+    cache_init(C, kvh * hd, 1);
+    float *q = (float *)malloc((size_t)C.T * H * hd * sizeof(float));
+    for (int i = 0; i < C.T * H * hd; i++) q[i] = rnd();
+    float *o_cpu = (float *)calloc((size_t)C.T * H * hd, 4), *o_emu = (float *)calloc((size_t)C.T * H * hd, 4);
+    float *sc = (float *)calloc((size_t)C.T * H * C.maxlen, 4);
+    check(cpu->ops->attn_gqa(cpu, H, kvh, hd, scale, q, C.seqs, 2, o_cpu) == 0, "cpu attn_gqa");
+    pages_t P = cache_pages(C);
+    emu_launch(C.T * H, AT_THREADS, hd * sizeof(float), [&] { k_gqa(P, q, H, kvh, hd, scale, C.maxlen, sc, o_emu); });
+    double e = rel_err(o_emu, o_cpu, (size_t)C.T * H * hd);
+    char what[64];
+    snprintf(what, sizeof what, "gqa (error %.2e)", e);
+    check(e <= 1e-5, what);
+    printf("cuda_emu_kernels: gqa, a prefill of 5 and a decode at 37: error %.2e of scale\n", e);
+    free(q), free(o_cpu), free(o_emu), free(sc);
+    cache_free(C);
+}
+
+int main(void) {
+    char err[256];
+    cpu = eng_backend_open("cpu", 1, err, sizeof err);
+    if (!cpu) {
+        fprintf(stderr, "cuda_emu_kernels: %s\n", err);
+        return 1;
+    }
+    test_route();
+    test_mla(ENG_DT_BF16);
+    test_mla(ENG_DT_F8_E4M3);
+    test_gqa();
+    cpu->ops->free(cpu);
+    printf("cuda_emu_kernels: %d checks, %d failed\n", checks, fails);
+    return fails ? 1 : 0;
+}
