@@ -237,6 +237,7 @@ struct bill_req {
 typedef struct {
     int64_t leases, leased_pico, open_holds, held_pico;
     uint64_t holds_total, grants, grant_refusals, overruns;
+    uint64_t hold_waits; /* holds that waited for a grant (the lease had no room) */
 } bill_lease_stats_t;
 
 bill_lease_t *bill_lease_new(bill_t *b, const char *spool_dir, const bill_opts_t *o, char *err, size_t errlen);

@@ -301,6 +301,7 @@ void bill_hold_stats(const bill_t *b, bill_hold_stats_t *st) {
     st->holds_total = ls.holds_total;
     st->grants = ls.grants;
     st->grant_refusals = ls.grant_refusals;
+    st->hold_waits = ls.hold_waits;
     st->overruns = ls.overruns;
     st->cache_hits = b->cache_hits;
     st->cache_misses = b->cache_misses;

@@ -101,6 +101,7 @@ typedef struct {
     int64_t leases, leased_pico;     /* this holder's leases and what they hold in PostgreSQL */
     int64_t open_holds, held_pico;   /* holds of requests in flight */
     uint64_t holds_total, grants, grant_refusals, overruns;
+    uint64_t hold_waits;             /* holds that waited for a grant: PostgreSQL on the request's path */
     uint64_t cache_hits, cache_misses, invalidations;
     int listening;                   /* key-change notices flow */
 } bill_hold_stats_t;

@@ -47,6 +47,7 @@ typedef struct lease {
     int64_t granted, held, pending, committed, shrinking;
     int64_t last_use_us;
     int64_t want;       /* what the grant in flight asked for */
+    int64_t prefetch_after_us; /* no early grant before (one fell short of what it asked) */
     int grant_inflight, releasing, release_sent;
     bill_pg_job_t *job; /* the grant in flight */
     TAILQ_HEAD(, bill_req) waiters;
@@ -72,7 +73,7 @@ struct bill_lease {
     int64_t last_tick_ok_us;
     int64_t open_holds;
     int64_t chunk, ttl_ms, idle_us;
-    uint64_t grants, grant_refusals, overruns, holds_total;
+    uint64_t grants, grant_refusals, overruns, holds_total, hold_waits;
 };
 
 /* ---- SQL ------------------------------------------------------------------ */
@@ -297,6 +298,7 @@ static void grant_done(PGresult *res, const char *err, void *arg) {
         L->grant_refusals++;
     }
     int full = g > 0 && g >= l->want;
+    if (!full) l->prefetch_after_us = tg_mono_us() + TICK_MS * 1000;
     lease_serve(L, l, !full, info.limit == BILL_LIMIT_BALANCE ? BILL_NO_BALANCE : BILL_SPEND_LIMIT, &info);
 }
 
@@ -339,13 +341,19 @@ int bill_lease_hold(bill_lease_t *L, bill_req_t *r) {
     l->last_use_us = tg_mono_us();
     TAILQ_INSERT_TAIL(&l->waiters, r, link);
     r->lease = l;
-    if (TAILQ_FIRST(&l->waiters) == r && avail(l) >= r->amount && !l->grant_inflight) {
-        /* the common case: taken from the local lease, answered from the loop */
+    if (TAILQ_FIRST(&l->waiters) == r && avail(l) >= r->amount) {
+        /* the common case: taken from the local lease, answered from the loop.
+         * Below half a chunk the lease is topped up in the background, so
+         * that in the steady state no hold waits for PostgreSQL (a grant
+         * waits for the customer row, which a settlement batch may hold). */
         TAILQ_REMOVE(&l->waiters, r, link);
         hold_take(L, l, r);
         r->lease = NULL;
+        if (avail(l) < L->chunk / 2 && !l->grant_inflight && !l->releasing && l->last_use_us >= l->prefetch_after_us)
+            lease_grant(L, l);
         return 1;
     }
+    L->hold_waits++;
     if (!l->grant_inflight && !l->releasing) lease_grant(L, l);
     return 0;
 }
@@ -585,6 +593,7 @@ void bill_lease_stats(const bill_lease_t *L, bill_lease_stats_t *st) {
     st->grant_refusals = L->grant_refusals;
     st->overruns = L->overruns;
     st->holds_total = L->holds_total;
+    st->hold_waits = L->hold_waits;
 }
 
 const char *bill_lease_holder(const bill_lease_t *L) { return L ? L->holder : ""; }

@@ -61,7 +61,7 @@ static void gw_metrics_add(gw_metrics_t *a, const gw_metrics_t *b) {
 static void gw_holds_add(bill_hold_stats_t *a, const bill_hold_stats_t *b, int first) {
 #define ADD(f) a->f += b->f
     ADD(leases), ADD(leased_pico), ADD(open_holds), ADD(held_pico), ADD(holds_total), ADD(grants);
-    ADD(grant_refusals), ADD(overruns), ADD(cache_hits), ADD(cache_misses), ADD(invalidations);
+    ADD(grant_refusals), ADD(hold_waits), ADD(overruns), ADD(cache_hits), ADD(cache_misses), ADD(invalidations);
 #undef ADD
     a->listening = first ? b->listening : a->listening && b->listening;
 }

@@ -112,6 +112,8 @@ void gw_metrics_render_holds(const gw_metrics_t *m, const bill_hold_stats_t *h, 
     counter(o, "tollgate_lease_grants_total", "Credit lease statements that granted credit.", h->grants);
     counter(o, "tollgate_lease_refusals_total", "Credit lease statements refused (balance or spending limit).",
             h->grant_refusals);
+    counter(o, "tollgate_hold_waits_total", "Holds that waited for a credit lease grant (PostgreSQL on the request's path).",
+            h->hold_waits);
     counter(o, "tollgate_hold_overruns_total", "Settled costs above their hold (a worker counted more).",
             h->overruns);
     counter(o, "tollgate_refused_balance_total", "Requests refused with 402 (balance or spending limit).",

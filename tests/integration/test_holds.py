@@ -166,6 +166,40 @@ class Holds(unittest.TestCase):
         self.assert_no_leases_left(cid)
 
 
+class LeaseTopUp(unittest.TestCase):
+    """In the steady state no hold waits for PostgreSQL: a lease below half a
+    chunk is topped up in the background while requests keep taking from it.
+    A chunk here is eight requests' worth, so 48 requests need several grants;
+    only the first hold (an empty lease) waits for one."""
+
+    def test_steady_state_holds_do_not_wait(self):
+        cust = "topup-" + uuid.uuid4().hex[:8]
+        ctl("customer", "create", cust, "--credit-usd", "10")
+        key = new_key(cust)
+        body = {"model": MODEL, "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 2}
+        st, _, b = https(BASE, "POST", "/v1/chat/completions", key, body)  # the stack's gateway
+        self.assertEqual(st, 200, b)
+        prompt = json.loads(b)["usage"]["prompt_tokens"]
+        # a chunk of eight requests' worth, in pico-USD
+        chunk = 8 * (prompt * PRICE_MISS + 2 * PRICE_OUT)
+        gw = Instances("topup-instance", [BASE + 43], loops=1, lease_chunk_pico=chunk).start()
+        try:
+            for _ in range(48):
+                st, _, b = https(gw.ports[0], "POST", "/v1/chat/completions", key, body)
+                self.assertEqual(st, 200, b)
+            m = gw.metrics(0)
+            print("\n  lease top-up: 48 requests, %d grants, %d holds waited"
+                  % (m["tollgate_lease_grants_total"], m["tollgate_hold_waits_total"]), file=sys.stderr)
+            self.assertGreaterEqual(m["tollgate_lease_grants_total"], 4)
+            self.assertEqual(m["tollgate_holds_total"], 48)
+            # the first hold waits (no lease yet); a top-up that comes back after the
+            # lease ran dry makes another wait, which takes four requests answered
+            # before one grant comes back: rare, and never most of them
+            self.assertLessEqual(m["tollgate_hold_waits_total"], m["tollgate_lease_grants_total"] // 2)
+        finally:
+            gw.stop()
+
+
 class OfflineKeyCheck(unittest.TestCase):
     """A key with a wrong shape or checksum is refused without PostgreSQL or Redis:
     an instance whose database and Redis do not exist still answers it 401."""
