@@ -56,7 +56,7 @@ ENG_CUDA_EMU := $(O)/tests/engine/cuda_emu_sample $(O)/tests/engine/cuda_emu_ker
 $(O)/tests/engine/cuda_emu_%: tests/engine/cuda_emu_%.cc tests/engine/cuda_emu.h $(wildcard engine/cuda/*.h) \
                               $(LIBENG) $(LIBCOMMON)
 	@mkdir -p $(dir $@)
-	$(CXX) $(filter-out -std=% -MMD -MP,$(CFLAGS)) -std=c++17 $(LDFLAGS) -o $@ $< $(ENG_LINK) $(LDLIBS)
+	$(CXX) $(filter-out -std=% -MMD -MP,$(CFLAGS)) -std=c++17 -Wno-unknown-pragmas $(LDFLAGS) -o $@ $< $(ENG_LINK) $(LDLIBS)
 
 .PHONY: test-engine-cuda-emu
 TEST_TARGETS += test-engine-cuda-emu

@@ -78,6 +78,17 @@ static inline float __int_as_float(int i) { return __uint_as_float((unsigned)i);
 static inline unsigned long long __double2ull_rn(double d) { return (unsigned long long)nearbyint(d); }
 static inline int __clz(int x) { return x ? __builtin_clz((unsigned)x) : 32; }
 
+/* CUDA's vector types (the kernels load 16 and 8 bytes at a time) */
+struct float4 {
+    float x, y, z, w;
+};
+struct uint4 {
+    unsigned x, y, z, w;
+};
+struct uint2 {
+    unsigned x, y;
+};
+
 /* cuda_fp16's conversion, in software */
 struct __half_raw {
     unsigned short x;
@@ -92,12 +103,12 @@ static inline float __half2float(__half h) {
     return s ? -v : v;
 }
 
-/* Run body as a kernel of grid blocks of block threads with smem bytes of
- * dynamic shared memory.  0, or -1 when a thread cannot start. */
-static int emu_launch(unsigned grid, unsigned block, size_t smem, const std::function<void()> &body) {
+/* Run body as a kernel of gx x gy blocks of block threads with smem bytes of
+ * dynamic shared memory.  0, or -1 for a block size it cannot run. */
+static int emu_launch2(unsigned gx, unsigned gy, unsigned block, size_t smem, const std::function<void()> &body) {
     struct arg {
         const std::function<void()> *body;
-        unsigned tid, bid;
+        unsigned tid, bx, by;
     };
     static arg args[1024];
     static pthread_t th[1024];
@@ -106,19 +117,19 @@ static int emu_launch(unsigned grid, unsigned block, size_t smem, const std::fun
     pthread_attr_init(&at);
     pthread_attr_setstacksize(&at, 512 * 1024);
     emu_bdim = emu_dim3{block, 1, 1};
-    emu_gdim = emu_dim3{grid, 1, 1};
+    emu_gdim = emu_dim3{gx, gy, 1};
     int rc = 0;
-    for (unsigned b = 0; b < grid && !rc; b++) {
+    for (unsigned b = 0; b < gx * gy && !rc; b++) {
         emu_dyn_smem = (char *)calloc(smem ? smem : 16, 1);
         pthread_barrier_init(&emu_block_bar, NULL, block);
         for (unsigned w = 0; w < block / 32; w++) pthread_barrier_init(&emu_warp_bar[w], NULL, 32);
         unsigned started = 0;
         for (unsigned t = 0; t < block; t++) {
-            args[t] = arg{&body, t, b};
+            args[t] = arg{&body, t, b % gx, b / gx};
             if (pthread_create(&th[t], &at, [](void *p) -> void * {
                     arg *a = (arg *)p;
                     emu_tid = emu_dim3{a->tid, 0, 0};
-                    emu_bid = emu_dim3{a->bid, 0, 0};
+                    emu_bid = emu_dim3{a->bx, a->by, 0};
                     (*a->body)();
                     return NULL;
                 }, &args[t])) {
@@ -137,6 +148,10 @@ static int emu_launch(unsigned grid, unsigned block, size_t smem, const std::fun
     }
     pthread_attr_destroy(&at);
     return rc;
+}
+
+static int emu_launch(unsigned grid, unsigned block, size_t smem, const std::function<void()> &body) {
+    return emu_launch2(grid, 1, block, smem, body);
 }
 
 #endif

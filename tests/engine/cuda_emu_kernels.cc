@@ -4,11 +4,17 @@
  * softmax + groups, Mixtral softmax top-2; 13 tokens, so the last block has
  * idle warps), MLA absorbed attention (k_mla_qlat, k_mla_core, k_mla_out; bf16
  * and fp8 kv_b) and GQA (k_gqa) over a paged cache with shuffled blocks, a
- * prefilling and a decoding sequence.  Routed ids must be equal; weights and
- * attention outputs within 1e-5 of their scale (only the fp32 summation order
+ * prefilling and a decoding sequence; the FMA matmul kernel (k_mm: f32, bf16,
+ * f16, fp8 with block scales, int8; columns a multiple of 8 and not; 1 and 5
+ * tokens) and the MoE FMA path (k_moe_sort, k_moe_gather, k_moe_mm gate+up
+ * with SwiGLU and down, the shared expert by k_mm_swiglu + k_mm,
+ * k_moe_combine; bf16 and fp8).  Routed ids must be equal; weights and
+ * outputs within 1e-5 of their scale (only the fp32 summation order
  * differs).  The host side of the ops (pages_up, the launches) is not run
  * here: the GPU run checks it (eng_ops_test compare on cuda:0). */
 #include "cuda_emu.h"
+
+#include <type_traits>
 
 extern "C" {
 #include "eng_model_int.h"
@@ -17,6 +23,7 @@ extern "C" {
 #include "../../engine/cuda/eng_cuda_w.h"
 #include "../../engine/cuda/eng_cuda_attn_kernel.h"
 #include "../../engine/cuda/eng_cuda_route_kernel.h"
+#include "../../engine/cuda/eng_cuda_mm_kernel.h"
 
 static int checks, fails;
 static void check(int ok, const char *what) {
@@ -200,8 +207,164 @@ static void test_gqa(void) {
     cache_free(C);
 }
 
+/* a random weight [R, C] of type dt (finite values), with its scales */
+static eng_w_t rand_w(eng_dtype_t dt, int R, int C) {
+    eng_w_t w = {};
+    w.dt = dt, w.rows = R, w.cols = C, w.name = "w";
+    size_t n = (size_t)R * C;
+    switch (dt) {
+    case ENG_DT_F32: {
+        float *d = (float *)malloc(n * 4);
+        for (size_t i = 0; i < n; i++) d[i] = rnd() * 0.5f;
+        w.data = d;
+        break;
+    }
+    case ENG_DT_BF16:
+    case ENG_DT_F16: {
+        uint16_t *d = (uint16_t *)malloc(n * 2);
+        for (size_t i = 0; i < n; i++) {
+            if (dt == ENG_DT_BF16) {
+                d[i] = (uint16_t)(__float_as_uint(rnd() * 0.5f) >> 16);
+            } else { /* sign, exponent 8..15 (2^-7 .. 1), any mantissa */
+                unsigned r = __float_as_uint(rnd());
+                d[i] = (uint16_t)((r & 0x8000u) | ((8 + (r >> 3) % 8) << 10) | (r >> 12 & 1023));
+            }
+        }
+        w.data = d;
+        break;
+    }
+    case ENG_DT_F8_E4M3:
+    case ENG_DT_I8: {
+        uint8_t *d = (uint8_t *)malloc(n);
+        for (size_t i = 0; i < n; i++) {
+            unsigned r = __float_as_uint(rnd()) >> 8;
+            d[i] = dt == ENG_DT_F8_E4M3 ? (uint8_t)((r & 0x80) | (r & 0x77)) : (uint8_t)r;
+        }
+        int qb = dt == ENG_DT_I8 ? 32 : 128, sr = dt == ENG_DT_I8 ? R : (R + 127) / 128;
+        w.qblk = dt == ENG_DT_I8 ? qb : 0;
+        w.scale_cols = (C + qb - 1) / qb;
+        float *sc = (float *)malloc((size_t)sr * w.scale_cols * 4);
+        for (int i = 0; i < sr * w.scale_cols; i++) sc[i] = 0.01f + 0.02f * (rnd() + 1);
+        w.data = d, w.scale = sc;
+        break;
+    }
+    default:
+        break;
+    }
+    return w;
+}
+static void free_w(eng_w_t *w) { free((void *)w->data), free((void *)w->scale); }
+static const char *dtn(eng_dtype_t dt) {
+    return dt == ENG_DT_F32 ? "f32" : dt == ENG_DT_BF16 ? "bf16" : dt == ENG_DT_F16 ? "f16" : dt == ENG_DT_F8_E4M3 ? "fp8" : "i8";
+}
+
+/* the kernels are templates on the dtype: one switch for each */
+template <typename F> static void by_dt(int dt, F f) {
+    switch (dt) {
+    case ENG_DT_F32: f(std::integral_constant<int, ENG_DT_F32>()); break;
+    case ENG_DT_BF16: f(std::integral_constant<int, ENG_DT_BF16>()); break;
+    case ENG_DT_F16: f(std::integral_constant<int, ENG_DT_F16>()); break;
+    case ENG_DT_F8_E4M3: f(std::integral_constant<int, ENG_DT_F8_E4M3>()); break;
+    default: f(std::integral_constant<int, ENG_DT_I8>()); break;
+    }
+}
+
+/* y [n, R] = x @ W^T by k_mm (one job) */
+static void emu_mm(const eng_w_t *w, const float *x, int n, float *y) {
+    mm_batch_t mb;
+    mb.nj = 1;
+    mb.j[0].w = cu_w(w), mb.j[0].x = x, mb.j[0].y = y, mb.j[0].n = n;
+    by_dt(w->dt, [&](auto D) {
+        emu_launch2((unsigned)((w->rows + MM_WARPS - 1) / MM_WARPS), 1, MM_WARPS * 32, 0,
+                    [&] { k_mm<decltype(D)::value>(mb); });
+    });
+}
+
+static void test_matmul(void) {
+    eng_dtype_t dts[] = {ENG_DT_F32, ENG_DT_BF16, ENG_DT_F16, ENG_DT_F8_E4M3, ENG_DT_I8};
+    int shapes[][2] = {{40, 64}, {33, 50}};
+    for (eng_dtype_t dt : dts)
+        for (auto &sh : shapes)
+            for (int n : {1, 5}) {
+                int R = sh[0], C = sh[1];
+                eng_w_t w = rand_w(dt, R, C), wc = w;
+                float *x = (float *)malloc((size_t)n * C * 4), *yc = (float *)calloc((size_t)n * R, 4),
+                      *ye = (float *)calloc((size_t)n * R, 4);
+                for (int i = 0; i < n * C; i++) x[i] = rnd();
+                check(cpu->ops->upload_w(cpu, &wc) == 0 && cpu->ops->matmul(cpu, &wc, x, n, yc) == 0, "cpu matmul");
+                emu_mm(&w, x, n, ye);
+                double e = rel_err(ye, yc, (size_t)n * R);
+                char what[96];
+                snprintf(what, sizeof what, "matmul %s %dx%d n%d (error %.2e)", dtn(dt), R, C, n, e);
+                check(e <= 1e-5, what);
+                if (!(e <= 1e-5) || (n == 5 && sh[0] == 33))
+                    printf("cuda_emu_kernels: matmul %-4s %dx%d, %d tokens: error %.2e\n", dtn(dt), R, C, n, e);
+                free(x), free(yc), free(ye);
+                free_w(&w);
+            }
+}
+
+static void test_moe(eng_dtype_t dt, int T) {
+    const int E = 8, D = 64, I = 32, Is = 64, K = 2, NK = T * K;
+    int shared = dt == ENG_DT_BF16;
+    eng_w_t eg[E], eu[E], ed[E], cg[E], cu[E], cd[E];
+    for (int e = 0; e < E; e++) {
+        cg[e] = eg[e] = rand_w(dt, I, D);
+        cu[e] = eu[e] = rand_w(dt, I, D);
+        cd[e] = ed[e] = rand_w(dt, D, I);
+        check(!cpu->ops->upload_w(cpu, &cg[e]) && !cpu->ops->upload_w(cpu, &cu[e]) && !cpu->ops->upload_w(cpu, &cd[e]),
+              "cpu upload");
+    }
+    eng_w_t sg = rand_w(dt, Is, D), su = rand_w(dt, Is, D), sd = rand_w(dt, D, Is), csg = sg, csu = su, csd = sd;
+    check(!cpu->ops->upload_w(cpu, &csg) && !cpu->ops->upload_w(cpu, &csu) && !cpu->ops->upload_w(cpu, &csd),
+          "cpu upload");
+    int32_t *sel = (int32_t *)malloc((size_t)NK * 4);
+    float *wts = (float *)malloc((size_t)NK * 4), *x = (float *)malloc((size_t)T * D * 4);
+    for (int t = 0; t < T; t++) {
+        sel[t * K] = (int32_t)((__float_as_uint(rnd()) >> 9) % E);
+        sel[t * K + 1] = (sel[t * K] + 1 + (int32_t)((__float_as_uint(rnd()) >> 9) % (E - 1))) % E;
+    }
+    for (int i = 0; i < NK; i++) wts[i] = rnd();
+    for (int i = 0; i < T * D; i++) x[i] = rnd();
+    eng_moe_t mo = {E, D, I, cg, cu, cd, shared, Is, &csg, &csu, &csd};
+    float *yc = (float *)calloc((size_t)T * D, 4), *ye = (float *)calloc((size_t)T * D, 4);
+    check(cpu->ops->moe(cpu, &mo, x, T, K, sel, wts, yc) == 0, "cpu moe");
+    /* the device path of eng_cuda_moe below the tensor-core threshold */
+    int32_t *range = (int32_t *)calloc(E + 1, 4), *tok_of = (int32_t *)calloc(NK, 4), *pos_of = (int32_t *)calloc(NK, 4);
+    float *xg = (float *)calloc((size_t)NK * D, 4), *h = (float *)calloc((size_t)NK * I, 4),
+          *yslot = (float *)calloc((size_t)NK * D, 4), *sh = (float *)calloc((size_t)T * Is, 4),
+          *ysh = (float *)calloc((size_t)T * D, 4);
+    cu_exp_t tab[E];
+    for (int e = 0; e < E; e++) tab[e] = cu_exp_t{eg[e].data, eu[e].data, ed[e].data, eg[e].scale, eu[e].scale, ed[e].scale};
+    emu_launch(1, 32, 0, [&] { k_moe_sort(sel, NK, E, range, tok_of, pos_of); });
+    emu_launch(NK, 256, 0, [&] { k_moe_gather(x, tok_of, K, D, xg); });
+    by_dt(dt, [&](auto DT) {
+        constexpr int V = decltype(DT)::value;
+        emu_launch2((I + MM_WARPS - 1) / MM_WARPS, E, MM_WARPS * 32, 0,
+                    [&] { k_moe_mm<V>(tab, range, 0, I, D, eg[0].scale_cols, eg[0].qblk, xg, h); });
+        emu_launch2((D + MM_WARPS - 1) / MM_WARPS, E, MM_WARPS * 32, 0,
+                    [&] { k_moe_mm<V>(tab, range, 1, D, I, ed[0].scale_cols, ed[0].qblk, h, yslot); });
+        if (shared)
+            emu_launch((Is + MM_WARPS - 1) / MM_WARPS, MM_WARPS * 32, 0,
+                       [&] { k_mm_swiglu<V>(cu_w(&sg), cu_w(&su), x, T, sh); });
+    });
+    if (shared) emu_mm(&sd, sh, T, ysh);
+    emu_launch(T, 256, 0, [&] { k_moe_combine(yslot, pos_of, wts, shared ? ysh : NULL, K, D, ye); });
+    double e = rel_err(ye, yc, (size_t)T * D);
+    char what[96];
+    snprintf(what, sizeof what, "moe %s T%d (error %.2e)", dtn(dt), T, e);
+    check(e <= 1e-5, what);
+    printf("cuda_emu_kernels: moe %-4s%s, %d tokens x top-%d of %d: error %.2e of scale\n", dtn(dt),
+           shared ? "+shared" : "", T, K, E, e);
+    for (int i = 0; i < E; i++) free_w(&eg[i]), free_w(&eu[i]), free_w(&ed[i]);
+    free_w(&sg), free_w(&su), free_w(&sd);
+    free(sel), free(wts), free(x), free(yc), free(ye), free(range), free(tok_of), free(pos_of), free(xg), free(h);
+    free(yslot), free(sh), free(ysh);
+}
+
 int main(void) {
     char err[256];
+    setenv("TOLLGATE_ENGINE_ISA", "scalar", 1); /* the reference in plain fp32 (no AMX hi/lo split) */
     cpu = eng_backend_open("cpu", 1, err, sizeof err);
     if (!cpu) {
         fprintf(stderr, "cuda_emu_kernels: %s\n", err);
@@ -211,6 +374,9 @@ int main(void) {
     test_mla(ENG_DT_BF16);
     test_mla(ENG_DT_F8_E4M3);
     test_gqa();
+    test_matmul();
+    test_moe(ENG_DT_BF16, 9);
+    test_moe(ENG_DT_F8_E4M3, 3);
     cpu->ops->free(cpu);
     printf("cuda_emu_kernels: %d checks, %d failed\n", checks, fails);
     return fails ? 1 : 0;
