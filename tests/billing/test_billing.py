@@ -36,6 +36,7 @@ MODEL = "billtest-model"
 PRICE = (270000, 70000, 1100000)  # micro-USD per 1M tokens
 REPLY_TIMEOUT = 30  # seconds bill_server has to answer one stdin command
 sys.path.insert(0, os.path.join(ROOT, "tests", "lib"))
+import tgstack  # noqa: E402
 from tgskip import main  # noqa: E402
 
 
@@ -153,29 +154,16 @@ class Server:
             raise AssertionError("bill_server exited %d: %s" % (self.p.returncode, err))
 
     def settlement(self):
-        st, j = self.http("GET", "/admin/v1/settlement")
-        assert st == 200, (st, j)
-        return j
+        return tgstack.settlement("http://127.0.0.1:%d" % self.port, self.token)
 
     def drain(self, timeout=30.0):
-        """Wait until the settlement queue is idle (nothing queued, in flight or on disk
-        waiting for a replay); returns its stats.  Fails when it does not drain."""
-        deadline = time.time() + timeout
-        while True:
-            j = self.settlement()
-            if j["idle"]:
-                return j
-            if time.time() > deadline:
-                raise AssertionError("the settlement queue did not drain: %r" % j)
-            time.sleep(0.05)
+        """Wait until the settlement queue is idle (tgstack.drain); returns its stats."""
+        return tgstack.drain("http://127.0.0.1:%d" % self.port, self.token, timeout)
 
     def ctl(self, *args, check=True):
         env = dict(os.environ, TOLLGATE_ADMIN_URL="http://127.0.0.1:%d" % self.port,
                    TOLLGATE_ADMIN_TOKEN=self.token)
-        p = subprocess.run([CTL, *args], capture_output=True, text=True, timeout=30, env=env)
-        if check and p.returncode != 0:
-            raise AssertionError("tollgatectl %s: %d %s" % (" ".join(args), p.returncode, p.stderr))
-        return p
+        return tgstack.ctl_run(*args, check=check, timeout=30, ctl=CTL, env=env)
 
     def http(self, method, path, body=None, token=None):
         req = urllib.request.Request("http://127.0.0.1:%d%s" % (self.port, path), method=method,
@@ -189,11 +177,7 @@ class Server:
 
 
 def q(sql, *args, conninfo=PG):
-    with psycopg2.connect(conninfo, connect_timeout=10, options="-c statement_timeout=30000") as c:
-        c.autocommit = True
-        cur = c.cursor()
-        cur.execute(sql, args)
-        return cur.fetchall() if cur.description else None
+    return tgstack.query(conninfo, sql, *args, options="-c statement_timeout=30000")
 
 
 def new_name():
@@ -232,15 +216,19 @@ def unexpected_stderr(lines, rejected=(), allowed=()):
     return bad
 
 
-class Billing(unittest.TestCase):
+class ServerCase(unittest.TestCase):
+    """One bill_server on PORT for the whole class (cls.s, its spool directory cls.spool), MODEL
+    priced at PRICE.  When the class ends, a line on its stderr that no test provoked (rejections
+    of the request ids in cls.rejected aside) fails it."""
+    PORT = None
+
     @classmethod
     def setUpClass(cls):
+        cls.rejected = set()  # request ids the tests had rejected on purpose
         cls.spool = tempfile.mkdtemp(prefix="billtest-spool.")
-        cls.s = Server(PG, 18681, cls.spool)
+        cls.s = Server(PG, cls.PORT, cls.spool)
         cls.s.ctl("price", "set", "--model", MODEL, "--input-miss", str(PRICE[0]),
                   "--input-hit", str(PRICE[1]), "--output", str(PRICE[2]))
-
-        cls.rejected = set()  # request ids the tests had rejected on purpose
 
     @classmethod
     def tearDownClass(cls):
@@ -251,6 +239,10 @@ class Billing(unittest.TestCase):
                 raise AssertionError("bill_server logged errors no test provoked:\n" + "\n".join(bad))
         finally:
             shutil.rmtree(cls.spool, ignore_errors=True)
+
+
+class Billing(ServerCase):
+    PORT = 18681
 
     def setUp(self):
         self.err_mark = len(self.s.err_lines)

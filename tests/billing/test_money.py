@@ -16,14 +16,13 @@ import sys
 import tempfile
 import threading
 import time
-import unittest
 import urllib.request
 import uuid
 
 import psycopg2
 
 sys.path.insert(0, os.path.dirname(__file__))
-from test_billing import PG, PRICE, MODEL, Server, q, new_name, unexpected_stderr, main  # noqa: E402
+from test_billing import PG, PRICE, MODEL, Server, ServerCase, q, new_name, unexpected_stderr, main  # noqa: E402
 
 PORT = 18697
 DEAD_PG = "host=127.0.0.1 port=1 dbname=tollgate user=tollgate connect_timeout=1"
@@ -57,24 +56,13 @@ class Api:
         return st, json.loads(raw)
 
 
-class Money(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.spool = tempfile.mkdtemp(prefix="billtest-spool.")
-        cls.s = Server(PG, PORT, cls.spool)
-        cls.api = Api(PORT, cls.s.token)
-        cls.s.ctl("price", "set", "--model", MODEL, "--input-miss", str(PRICE[0]),
-                  "--input-hit", str(PRICE[1]), "--output", str(PRICE[2]))
+class Money(ServerCase):
+    PORT = PORT
 
     @classmethod
-    def tearDownClass(cls):
-        try:
-            cls.s.stop()
-            bad = unexpected_stderr(cls.s.err_lines)
-            if bad:
-                raise AssertionError("bill_server logged errors no test provoked:\n" + "\n".join(bad))
-        finally:
-            shutil.rmtree(cls.spool, ignore_errors=True)
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.api = Api(PORT, cls.s.token)
 
     def tearDown(self):
         self.s.drain()

@@ -13,11 +13,11 @@ import shutil
 import sys
 import tempfile
 import time
-import unittest
 import uuid
 
 sys.path.insert(0, os.path.dirname(__file__))
-from test_billing import (PG, PRICE, MODEL, Server, q, new_name, wait_for, unexpected_stderr, main)  # noqa: E402
+from test_billing import (PG, PRICE, MODEL, Server, ServerCase, q, new_name, wait_for, unexpected_stderr,
+                          main)  # noqa: E402
 
 HOUR_US = 3600 * 10**6
 DEAD_PG = "host=127.0.0.1 port=1 dbname=tollgate user=tollgate connect_timeout=1"
@@ -59,23 +59,8 @@ def rollup_rows(cust):
     return {(r[0], r[1], r[2]): tuple(int(x) for x in r[3:]) for r in rows}
 
 
-class Rollup(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.spool = tempfile.mkdtemp(prefix="billtest-spool.")
-        cls.s = Server(PG, 18695, cls.spool)
-        cls.s.ctl("price", "set", "--model", MODEL, "--input-miss", str(PRICE[0]),
-                  "--input-hit", str(PRICE[1]), "--output", str(PRICE[2]))
-
-    @classmethod
-    def tearDownClass(cls):
-        try:
-            cls.s.stop()
-            bad = unexpected_stderr(cls.s.err_lines)
-            if bad:
-                raise AssertionError("bill_server logged errors no test provoked:\n" + "\n".join(bad))
-        finally:
-            shutil.rmtree(cls.spool, ignore_errors=True)
+class Rollup(ServerCase):
+    PORT = 18695
 
     def customer(self, keys=2):
         name = new_name()

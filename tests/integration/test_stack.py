@@ -35,6 +35,7 @@ CTL = os.path.join(BIN, "tollgatectl")
 # Demo prices set by stack.sh, micro-USD per 1M tokens = pico-USD per token.
 PRICE_IN_MISS, PRICE_IN_HIT, PRICE_OUT = 270000, 70000, 1100000
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
+import tgstack  # noqa: E402
 from tgskip import main  # noqa: E402
 from tgstack import ctl_run as ctl  # noqa: E402
 
@@ -116,24 +117,10 @@ def db():
     return psycopg2.connect(E["TG_TEST_PG"], connect_timeout=10, options="-c statement_timeout=30000")
 
 
-def settlement():
-    """The gateway's settlement queue (billing/README.md, GET /admin/v1/settlement)."""
-    req = urllib.request.Request(E["TG_TEST_ADMIN"].rstrip("/") + "/admin/v1/settlement",
-                                 headers={"Authorization": "Bearer " + E["TG_TEST_ADMIN_TOKEN"]})
-    with urllib.request.urlopen(req, timeout=10) as r:
-        return json.loads(r.read())
-
-
 def drain(timeout=30.0):
-    """Wait until every settlement the gateway accepted has committed (or been rejected)."""
-    deadline = time.time() + timeout
-    while True:
-        j = settlement()
-        if j["idle"]:
-            return j
-        if time.time() > deadline:
-            raise AssertionError("the settlement queue did not drain: %r" % j)
-        time.sleep(0.05)
+    """Wait until every settlement the gateway accepted has committed (or been rejected): its
+    settlement queue (billing/README.md, GET /admin/v1/settlement) is idle."""
+    return tgstack.drain(E["TG_TEST_ADMIN"], E["TG_TEST_ADMIN_TOKEN"], timeout)
 
 
 def billed(request_id):

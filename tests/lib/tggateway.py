@@ -15,7 +15,7 @@ is the test's own and fixed: tests/billing/run.sh runs one such test at a time.
             cls.set_price()
 
 A failure anywhere in setUpClass stops what had started.  Queries, tollgatectl and waiting go
-through tgstack's query, ctl_run and wait_for."""
+through tgstack's query, ctl_run, wait_for and drain."""
 import collections
 import json
 import os
@@ -24,12 +24,11 @@ import ssl
 import subprocess
 import sys
 import tempfile
-import time
 import unittest
 import urllib.error
 import urllib.request
 
-from tgstack import ctl_run, query, wait_for
+from tgstack import ctl_run, drain, query, settlement, wait_for
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 GATEWAY = os.path.join(ROOT, os.environ.get("TG_GATEWAY", "build/tollgate"))
@@ -219,19 +218,9 @@ class GatewayCase(unittest.TestCase):
         return query(cls.pg_dsn, sql, *args, options="-c statement_timeout=%d" % cls.STATEMENT_TIMEOUT_MS)
 
     def settlement(self):
-        """The gateway's settlement queue (GET /admin/v1/settlement): its stats, "idle" among them."""
-        req = urllib.request.Request("http://127.0.0.1:%d/admin/v1/settlement" % self.PORTS.admin,
-                                     headers={"Authorization": "Bearer " + self.token})
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return json.loads(r.read())
+        """The gateway's settlement queue: its stats, "idle" among them."""
+        return settlement("http://127.0.0.1:%d" % self.PORTS.admin, self.token)
 
     def drain(self, timeout=30.0):
         """Wait until the gateway's settlement queue is idle; returns its stats."""
-        deadline = time.time() + timeout
-        while True:
-            j = self.settlement()
-            if j["idle"]:
-                return j
-            if time.time() > deadline:
-                self.fail("the settlement queue did not drain: %r" % j)
-            time.sleep(0.05)
+        return drain("http://127.0.0.1:%d" % self.PORTS.admin, self.token, timeout)

@@ -4,11 +4,14 @@ PostgreSQL, and waiting for something to become true.
 
 The stack's names (CTL, MODEL, the default of ctl_run and q) are read from the
 environment when first used, so that a test with a stack of its own
-(tggateway.py) uses the same ctl_run, query and wait_for without one."""
+(tggateway.py, tests/billing's bill_server) uses the same ctl_run, query,
+wait_for and drain without one."""
 
+import json
 import os
 import subprocess
 import time
+import urllib.request
 
 import psycopg2
 
@@ -76,3 +79,25 @@ def wait_for(pred, what, timeout=None, retry=()):
         if time.time() > deadline:
             raise AssertionError("timed out waiting for " + (what() if callable(what) else what))
         time.sleep(0.1)
+
+
+def settlement(admin, token):
+    """The settlement queue of a gateway or bill_server (GET <admin>/admin/v1/settlement, admin
+    its admin listener's URL) -> its stats, "idle" among them."""
+    req = urllib.request.Request(admin.rstrip("/") + "/admin/v1/settlement", headers={"Authorization": "Bearer " + token})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())
+
+
+def drain(admin, token, timeout=30.0):
+    """Wait until that settlement queue is idle (nothing queued, in flight or on disk waiting for a
+    replay: whatever was settled has committed or been rejected) -> its stats; raise
+    AssertionError when it is not idle after timeout seconds."""
+    deadline = time.time() + timeout
+    while True:
+        j = settlement(admin, token)
+        if j["idle"]:
+            return j
+        if time.time() > deadline:
+            raise AssertionError("the settlement queue did not drain: %r" % j)
+        time.sleep(0.05)
