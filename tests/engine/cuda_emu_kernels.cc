@@ -8,7 +8,9 @@
  * f16, fp8 with block scales, int8; columns a multiple of 8 and not; 1 and 5
  * tokens) and the MoE FMA path (k_moe_sort, k_moe_gather, k_moe_mm gate+up
  * with SwiGLU and down, the shared expert by k_mm_swiglu + k_mm,
- * k_moe_combine; bf16 and fp8).  Routed ids must be equal; weights and
+ * k_moe_combine; bf16 and fp8); the per-token kernels (embed of every dtype,
+ * RMSNorm strided and in place, add + RMSNorm, RoPE interleaved and half,
+ * KV store, SwiGLU, gather, argmax with ties), launched as eng_cuda.cu does.  Routed ids must be equal; weights and
  * outputs within 1e-5 of their scale (only the fp32 summation order
  * differs).  The host side of the ops (pages_up, the launches) is not run
  * here: the GPU run checks it (eng_ops_test compare on cuda:0). */
@@ -24,6 +26,7 @@ extern "C" {
 #include "../../engine/cuda/eng_cuda_attn_kernel.h"
 #include "../../engine/cuda/eng_cuda_route_kernel.h"
 #include "../../engine/cuda/eng_cuda_mm_kernel.h"
+#include "../../engine/cuda/eng_cuda_glue_kernel.h"
 
 static int checks, fails;
 static void check(int ok, const char *what) {
@@ -362,6 +365,96 @@ static void test_moe(eng_dtype_t dt, int T) {
     free(yslot), free(sh), free(ysh);
 }
 
+static void test_glue(void) {
+    char what[96];
+    /* embed: 3 ids of a [50, 40] table of every dtype */
+    for (eng_dtype_t dt : {ENG_DT_F32, ENG_DT_BF16, ENG_DT_F16, ENG_DT_F8_E4M3, ENG_DT_I8}) {
+        eng_w_t w = rand_w(dt, 50, 40), wc = w;
+        int32_t ids[3] = {7, 0, 49};
+        float xc[120], xe[120];
+        check(!cpu->ops->upload_w(cpu, &wc) && !cpu->ops->embed(cpu, &wc, ids, 3, xc), "cpu embed");
+        emu_launch(3, 256, 0, [&] { k_embed(cu_w(&w), ids, xe); });
+        snprintf(what, sizeof what, "embed %s", dtn(dt));
+        check(!memcmp(xc, xe, sizeof xc), what);
+        free_w(&w);
+    }
+    /* rmsnorm: 3 rows of 300 with leading dimensions 310 -> 305, and in place */
+    {
+        const int T = 3, n = 300, ldx = 310, ldo = 305;
+        float x[T * ldx], w[n], oc[T * ldo] = {0}, oe[T * ldo] = {0}, xi[T * ldx], xi2[T * ldx];
+        for (int i = 0; i < T * ldx; i++) x[i] = rnd() * 4;
+        for (int i = 0; i < n; i++) w[i] = rnd() + 1;
+        check(!cpu->ops->rmsnorm(cpu, oc, ldo, x, ldx, w, T, n, 1e-6f), "cpu rmsnorm");
+        emu_launch(T, 256, 0, [&] { k_rmsnorm(oe, ldo, x, ldx, w, n, 1e-6f); });
+        double e = rel_err(oe, oc, sizeof oc / 4);
+        snprintf(what, sizeof what, "rmsnorm strided (error %.2e)", e);
+        check(e <= 1e-6, what);
+        memcpy(xi, x, sizeof x), memcpy(xi2, x, sizeof x);
+        check(!cpu->ops->rmsnorm(cpu, xi, ldx, xi, ldx, w, T, n, 1e-6f), "cpu rmsnorm in place");
+        emu_launch(T, 256, 0, [&] { k_rmsnorm(xi2, ldx, xi2, ldx, w, n, 1e-6f); });
+        e = rel_err(xi2, xi, sizeof xi / 4);
+        snprintf(what, sizeof what, "rmsnorm in place (error %.2e)", e);
+        check(e <= 1e-6, what);
+    }
+    /* add + rmsnorm: 4 rows of 200 */
+    {
+        const int T = 4, n = 200;
+        float xc[T * n], xe[T * n], y[T * n], w[n], nc[T * n], ne[T * n];
+        for (int i = 0; i < T * n; i++) xc[i] = xe[i] = rnd(), y[i] = rnd();
+        for (int i = 0; i < n; i++) w[i] = rnd();
+        check(!cpu->ops->add_rmsnorm(cpu, xc, y, w, nc, T, n, 1e-5f), "cpu add_rmsnorm");
+        emu_launch(T, 256, 0, [&] { k_add_rmsnorm(xe, y, w, ne, n, 1e-5f); });
+        double e = fmax(rel_err(xe, xc, T * n), rel_err(ne, nc, T * n));
+        snprintf(what, sizeof what, "add_rmsnorm (error %.2e)", e);
+        check(e <= 1e-6, what);
+    }
+    /* rope on 3 heads of 16 at offset 8 of 32-float head slots, rows of 100, both pairings */
+    for (int il = 0; il < 2; il++) {
+        const int T = 4, ld = 100, nh = 3, hs = 32, off = 8, rd = 16, half = rd / 2, S = 64;
+        float xc[T * ld], xe[T * ld], cs[S * half], sn[S * half];
+        for (int i = 0; i < T * ld; i++) xc[i] = xe[i] = rnd();
+        for (int i = 0; i < S * half; i++) cs[i] = cosf((float)i * 0.37f), sn[i] = sinf((float)i * 0.37f);
+        int32_t pos[T] = {0, 1, 40, 63};
+        check(!cpu->ops->rope(cpu, xc, T, ld, nh, hs, off, rd, il, pos, cs, sn), "cpu rope");
+        emu_launch(T, 128, 0, [&] { k_rope(xe, ld, nh, hs, off, rd, il, pos, cs, sn); });
+        double e = rel_err(xe, xc, T * ld);
+        snprintf(what, sizeof what, "rope %s (error %.2e)", il ? "interleaved" : "half", e);
+        check(e <= 1e-6, what);
+    }
+    /* kv_store, swiglu, gather, argmax */
+    {
+        const int T = 4, w = 40, lds = 48;
+        float src[T * lds], cc[1000] = {0}, ce[1000] = {0};
+        for (int i = 0; i < T * lds; i++) src[i] = rnd();
+        int64_t dst[T] = {0, 960, 480, 40};
+        check(!cpu->ops->kv_store(cpu, cc, dst, src, lds, w, T), "cpu kv_store");
+        emu_launch(T, 256, 0, [&] { k_kv_store(ce, dst, src, lds, w); });
+        check(!memcmp(cc, ce, sizeof cc), "kv_store");
+        float gc[1000], ge[1000], u[1000];
+        for (int i = 0; i < 1000; i++) gc[i] = ge[i] = rnd() * 8, u[i] = rnd();
+        check(!cpu->ops->swiglu(cpu, gc, u, 1000), "cpu swiglu");
+        emu_launch(4, 256, 0, [&] { k_swiglu(ge, u, 1000); });
+        double e = rel_err(ge, gc, 1000);
+        snprintf(what, sizeof what, "swiglu (error %.2e)", e);
+        check(e <= 1e-6, what);
+        int32_t rows[3] = {3, 0, 3};
+        float tc[3 * lds], te[3 * lds];
+        check(!cpu->ops->gather(cpu, tc, src, rows, 3, lds), "cpu gather");
+        emu_launch(3, 256, 0, [&] { k_gather(te, src, rows, lds); });
+        check(!memcmp(tc, te, sizeof tc), "gather");
+        float lg[4 * 250];
+        for (int i = 0; i < 1000; i++) lg[i] = rnd();
+        lg[250 + 17] = lg[250 + 200] = 2; /* a tie: the lower id */
+        lg[500 + 249] = 3;                /* the last id */
+        int32_t ac[4], ae[4];
+        check(!cpu->ops->argmax(cpu, lg, 4, 250, ac), "cpu argmax");
+        emu_launch(4, 256, 0, [&] { k_argmax(lg, 250, ae); });
+        check(!memcmp(ac, ae, sizeof ac) && ae[1] == 17 && ae[2] == 249, "argmax");
+    }
+    printf("cuda_emu_kernels: embed (5 dtypes), rmsnorm, add_rmsnorm, rope, kv_store, swiglu, gather, argmax: %s\n",
+           fails ? "see above" : "equal to the CPU's");
+}
+
 int main(void) {
     char err[256];
     setenv("TOLLGATE_ENGINE_ISA", "scalar", 1); /* the reference in plain fp32 (no AMX hi/lo split) */
@@ -377,6 +470,7 @@ int main(void) {
     test_matmul();
     test_moe(ENG_DT_BF16, 9);
     test_moe(ENG_DT_F8_E4M3, 3);
+    test_glue();
     cpu->ops->free(cpu);
     printf("cuda_emu_kernels: %d checks, %d failed\n", checks, fails);
     return fails ? 1 : 0;
