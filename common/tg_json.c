@@ -36,6 +36,12 @@ typedef struct {
     char *byte_at;
     const char *err;
     size_t err_off;
+    /* tg_json_parse_member: the root object's member wanted, and where its
+     * value is (the last one seen) */
+    const char *want;
+    size_t want_len;
+    int found;
+    size_t found_off, found_end;
 } tg_json_parser_t;
 
 static int tg_fail(tg_json_parser_t *ps, const unsigned char *at, const char *msg) {
@@ -199,6 +205,28 @@ static int tg_number(tg_json_parser_t *ps, tg_json_t *v) {
 
 static int tg_value(tg_json_parser_t *ps, tg_json_t **out);
 
+/* Does the key whose quoted text is start[q0..q1) (checked by tg_string)
+ * decode to ps->want?  Without a backslash the bytes are the key; with one it
+ * is decoded again into a small buffer (a decoded key is never longer than
+ * its text, nor shorter than a twelfth of it: \uXXXX\uXXXX -> 4 bytes). */
+static int tg_key_is_wanted(const tg_json_parser_t *ps, size_t q0, size_t q1) {
+    const unsigned char *k = ps->start + q0 + 1;
+    size_t n = q1 - q0 - 2;
+    if (!memchr(k, '\\', n)) return n == ps->want_len && !memcmp(k, ps->want, n);
+    char buf[512];
+    if (n >= sizeof buf || n > 12 * ps->want_len + 12) return 0;
+    tg_json_parser_t kp;
+    memset(&kp, 0, sizeof kp);
+    kp.start = ps->start;
+    kp.p = ps->start + q0;
+    kp.end = ps->start + q1;
+    kp.build = 1;
+    kp.byte_at = buf;
+    const char *d = NULL;
+    size_t dn = 0;
+    return !tg_string(&kp, &d, &dn) && dn == ps->want_len && !memcmp(d, ps->want, dn);
+}
+
 static int tg_literal(tg_json_parser_t *ps, const char *word, size_t n) {
     if ((size_t)(ps->end - ps->p) < n || memcmp(ps->p, word, n)) return tg_fail(ps, ps->p, "invalid literal");
     ps->p += n;
@@ -231,7 +259,13 @@ static int tg_container(tg_json_parser_t *ps, tg_json_t *v, int obj) {
                 tg_skip_ws(ps);
             }
             tg_json_t *kid = NULL;
+            size_t val_off = (size_t)(ps->p - ps->start);
             if (tg_value(ps, &kid)) return -1;
+            if (obj && ps->want && ps->depth == 1 && tg_key_is_wanted(ps, key_off, key_end)) {
+                ps->found = 1; /* the last one wins, as in tg_json_getn */
+                ps->found_off = val_off;
+                ps->found_end = (size_t)(ps->p - ps->start);
+            }
             count++;
             if (kid) {
                 if (obj) {
@@ -366,6 +400,36 @@ tg_json_t *tg_json_parse(const char *text, size_t len, const tg_json_opts_t *opt
         return NULL;
     }
     return root;
+}
+
+tg_json_t *tg_json_parse_member(const char *text, size_t len, const tg_json_opts_t *opts, const char *key,
+                                size_t key_len, tg_json_err_t *err) {
+    tg_json_parser_t ps;
+    memset(&ps, 0, sizeof ps);
+    ps.max_depth = opts && opts->max_depth > 0 ? opts->max_depth : TG_JSON_MAX_DEPTH;
+    if (opts && opts->max_bytes && len > opts->max_bytes) {
+        tg_err_set(err, opts->max_bytes, "document too large");
+        return NULL;
+    }
+    if (!text || !key) {
+        tg_err_set(err, 0, "no text");
+        return NULL;
+    }
+    ps.start = ps.p = (const unsigned char *)text;
+    ps.end = ps.start + len;
+    ps.want = key;
+    ps.want_len = key_len;
+    tg_json_t *root = NULL;
+    if (tg_document(&ps, &root)) { /* pass 0 only: checks all, builds nothing */
+        tg_err_set(err, ps.err_off, ps.err);
+        return NULL;
+    }
+    if (!ps.found) {
+        tg_err_set(err, 0, "no such member of a root object");
+        return NULL;
+    }
+    tg_json_opts_t o = {.max_depth = ps.max_depth};
+    return tg_json_parse(text + ps.found_off, ps.found_end - ps.found_off, &o, err);
 }
 
 void tg_json_free(tg_json_t *root) { free(root); }

@@ -70,6 +70,17 @@ typedef struct {
  * may be NULL).  opts may be NULL for the defaults. */
 tg_json_t *tg_json_parse(const char *text, size_t len, const tg_json_opts_t *opts, tg_json_err_t *err);
 
+/* The value of member key[0..key_len) of the root object of text, as a
+ * document of its own: text is checked exactly as tg_json_parse checks it
+ * (NULL, with err, for a text it refuses), but only that value is built.
+ * NULL also when the root is not an object or has no such member (err then
+ * says so); with duplicate keys, the last one (as tg_json_getn finds it).
+ * Spans (tg_json_span) of the result are offsets in the value's own text.
+ * One pass over the text and a small build: for a large document of which
+ * one member is needed (a worker's answer and its usage). */
+tg_json_t *tg_json_parse_member(const char *text, size_t len, const tg_json_opts_t *opts, const char *key,
+                                size_t key_len, tg_json_err_t *err);
+
 /* Free a document; root must be what tg_json_parse returned (or NULL). */
 void tg_json_free(tg_json_t *root);
 

@@ -63,6 +63,19 @@ void gw_conn_flush(gw_conn_t *c) {
         event_active(&c->bev->ev_write, EV_WRITE, 1);
 }
 
+/* The TLS context reads ahead (gw_tls.c): a read(2) may bring more than one
+ * record, and OpenSSL keeps the records it has not decrypted yet.  The
+ * socket no longer shows them, and bufferevent_openssl stops reading once
+ * SSL_pending() (decrypted bytes only) is 0, so a request whose last record
+ * came in the same read as an earlier one would wait for bytes that never
+ * come.  Whenever reading is on and OpenSSL holds such records, the read
+ * event is run again (its callback reads them out, no system call). */
+static void gw_conn_read_buffered(gw_conn_t *c) {
+    SSL *ssl = bufferevent_openssl_get_ssl(c->bev);
+    if (ssl && c->handshaken && (bufferevent_get_enabled(c->bev) & EV_READ) && SSL_has_pending(ssl))
+        event_active(&c->bev->ev_read, EV_READ, 1);
+}
+
 /* Arm the connection's timer for kind; an armed timer of the same kind keeps
  * its deadline unless restart (the body timer restarts on every byte). */
 static void gw_conn_arm(gw_conn_t *c, int kind, int restart) {
@@ -135,6 +148,7 @@ static void gw_conn_process(gw_conn_t *c) {
     else if (!c->closing)
         bufferevent_enable(c->bev, EV_READ);
     c->in_process = 0;
+    gw_conn_read_buffered(c); /* every path that turns reading on comes through here or the linger */
 }
 
 /* The answer is out and the connection must close.  When the client may
@@ -148,6 +162,7 @@ static void gw_conn_closed_flushed(gw_conn_t *c) {
         struct timeval tv = {2, 0};
         event_add(c->timer, &tv);
         c->timer_kind = TIMER_LINGER;
+        gw_conn_read_buffered(c);
         return;
     }
     if (c->timer_kind != TIMER_LINGER) gw_conn_free(c);
@@ -170,6 +185,7 @@ static void gw_conn_on_read(struct bufferevent *bev, void *arg) {
         c->lingered += evbuffer_get_length(in);
         evbuffer_drain(in, evbuffer_get_length(in));
         if (c->lingered > (size_t)64 << 20) gw_conn_free(c); /* enough politeness */
+        else gw_conn_read_buffered(c);
         return;
     }
     size_t n;
@@ -185,6 +201,7 @@ static void gw_conn_on_read(struct bufferevent *bev, void *arg) {
     }
     if (c->closing) {
         gw_conn_kick(c);
+        gw_conn_read_buffered(c); /* lingering: read (and discard) what is held too */
         return;
     }
     gw_conn_process(c);

@@ -598,10 +598,10 @@ static void gw_up_complete(gw_req_t *r) {
         return;
     }
     r->payload.len = 0;
-    if (r->resp.status == 200) {
-        tg_json_t *j = r->body.p ? tg_json_parse(r->body.p, r->body.len, NULL, NULL) : NULL;
-        gw_settle_usage_json(r, tg_json_get(j, "usage"));
-        tg_json_free(j);
+    if (r->resp.status == 200) { /* the answer checked whole, only its usage built */
+        tg_json_t *u = r->body.p ? tg_json_parse_member(r->body.p, r->body.len, NULL, "usage", 5, NULL) : NULL;
+        gw_settle_usage_json(r, u);
+        tg_json_free(u);
     }
     int status = r->resp.status;
     if (status < 200 || status > 599) status = 502;

@@ -4,7 +4,7 @@
  * only; for 1.2 only ECDHE/DHE key exchange with AEAD ciphers (AES-GCM,
  * ChaCha20-Poly1305) — no CBC, no static RSA, no SHA-1 MAC; the client's
  * preference among those (all strong); groups X25519, P-256, P-384; no
- * renegotiation, no compression; ALPN offers http/1.1 only (a client that
+ * renegotiation, no compression; read-ahead; ALPN offers http/1.1 only (a client that
  * offers ALPN without http/1.1 is refused with no_application_protocol).
  *
  * Reload (SIGHUP): a new SSL_CTX is built from the same files; if it loads,
@@ -53,6 +53,10 @@ SSL_CTX *gw_tls_ctx_new(const gw_config_t *cfg, char *err, size_t errlen) {
     }
     SSL_CTX_set_dh_auto(ctx, 1); /* DHE-RSA: the built-in ffdhe groups */
     SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION);
+    /* one read(2) per TLS record, not one for its 5-byte header and one for
+     * the rest (nginx does the same); the records OpenSSL then holds are read
+     * out by gw_conn.c (gw_conn_read_buffered) */
+    SSL_CTX_set_read_ahead(ctx, 1);
     SSL_CTX_set_alpn_select_cb(ctx, gw_tls_alpn, NULL);
     if (SSL_CTX_use_certificate_chain_file(ctx, cfg->tls_cert) != 1) {
         snprintf(err, errlen, "tls_cert %s: %s", cfg->tls_cert, ERR_reason_error_string(ERR_get_error()));

@@ -31,7 +31,7 @@ fuzz: fuzz-common
 fuzz-common:
 	@mkdir -p $(B)/fuzz/common-corpus
 	clang -g -O1 -std=gnu11 -fsanitize=fuzzer,address,undefined -Icommon \
-	    -o $(B)/fuzz/fuzz_json fuzz/common/fuzz_json.c common/tg_json.c
+	    -o $(B)/fuzz/fuzz_json fuzz/common/fuzz_json.c common/tg_json.c common/tg_utf8.c common/tg_buf.c
 	$(B)/fuzz/fuzz_json -max_total_time=$(or $(FUZZ_SECONDS),60) -max_len=4096 \
 	    $(B)/fuzz/common-corpus fuzz/common/corpus
 

@@ -2,7 +2,8 @@
  * (depth limit small, so deep inputs are reached quickly); on success every
  * accessor is exercised, the compact writing must parse again and write the
  * same bytes (idempotent), and cutting each member of the root object out of
- * the text must leave valid JSON.  Built as a libFuzzer program by
+ * the text must leave valid JSON, and tg_json_parse_member must find what
+ * the whole parse finds.  Built as a libFuzzer program by
  * `make fuzz-common`, and with replay.c as a plain program by `make test-common`. */
 #include <stdint.h>
 #include <stdlib.h>
@@ -29,14 +30,35 @@ static void walk(const tg_json_t *v) {
     }
 }
 
+/* tg_json_parse_member agrees with the whole parse: refused when it is, and
+ * the member tg_json_getn finds, written the same. */
+static void check_member(const uint8_t *data, size_t size, const tg_json_opts_t *o, const tg_json_t *j,
+                         const char *key, size_t key_len) {
+    tg_json_t *m = tg_json_parse_member((const char *)data, size, o, key, key_len, NULL);
+    const tg_json_t *w = tg_json_getn(j, key, key_len);
+    if (!m != !w) abort();
+    if (m) {
+        tg_buf_t a = {0}, b = {0};
+        if (tg_json_write(&a, m) != tg_json_write(&b, w) || a.len != b.len || (a.len && memcmp(a.p, b.p, a.len)))
+            abort();
+        tg_buf_free(&a);
+        tg_buf_free(&b);
+    }
+    tg_json_free(m);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     tg_json_opts_t o = {.max_depth = 32};
     tg_json_err_t err;
     tg_json_t *j = tg_json_parse((const char *)data, size, &o, &err);
+    check_member(data, size, &o, j, "usage", 5);
     if (!j) {
         if (err.offset > size || !err.msg) abort();
         return 0;
     }
+    size_t kn;
+    const char *k0 = tg_json_type(j) == TG_JSON_OBJECT ? tg_json_key(tg_json_first(j), &kn) : NULL;
+    if (k0) check_member(data, size, &o, j, k0, kn); /* any key, escaped or holding NUL */
     walk(j);
     tg_buf_t w1 = {0}, w2 = {0};
     if (tg_json_write(&w1, j) == 0) {

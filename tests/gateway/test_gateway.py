@@ -173,6 +173,60 @@ class Conn:
         self.s.close()
 
 
+class RecordConn(Conn):
+    """TLS through memory BIOs: the test decides which TLS records go out
+    in one send (the gateway reads ahead: one read may bring several)."""
+
+    def __init__(self, timeout=WAIT, url=URL):
+        self.raw = socket.create_connection((url.hostname, url.port), timeout=timeout)
+        self.inc, self.out = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.tls = ctx().wrap_bio(self.inc, self.out, server_hostname="localhost")
+        self.buf = b""
+        while True:
+            try:
+                self.tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                self._push()
+                self._pull()
+        self._push()
+
+    def _push(self):
+        d = self.out.read()
+        if d:
+            self.raw.sendall(d)
+
+    def _pull(self):
+        d = self.raw.recv(65536)
+        if not d:
+            raise EOFError("connection closed")
+        self.inc.write(d)
+
+    def records(self, *parts):
+        """Each part in a TLS record of its own, all of them in one send."""
+        for p in parts:
+            self.tls.write(p)
+        self._push()
+
+    def send(self, data):
+        self.records(data)
+
+    def _fill(self):
+        while True:
+            try:
+                d = self.tls.read(65536)
+                break
+            except ssl.SSLWantReadError:
+                self._push()
+                self._pull()
+        if not d:
+            raise EOFError("connection closed")
+        self.buf += d
+
+    def close(self):
+        self.raw.close()
+
+
 def call(method, path, body=None, key=None, headers=None, url=URL):
     c = Conn(url=url)
     try:
@@ -463,6 +517,27 @@ class Gateway(unittest.TestCase):
             self.assertEqual((st1, st2), (200, 200))
             self.assertIn(b"chat.completion", b1)
             self.assertEqual(json.loads(b2), {"status": "ok"})
+        finally:
+            c.close()
+
+    def test_records_read_in_one_go(self):
+        # The gateway reads ahead (one read(2) per TLS record): a request whose
+        # records arrive together, and pipelined requests each in a record of
+        # their own, are all answered, not left waiting in OpenSSL's buffer.
+        c = RecordConn()
+        try:
+            body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "rec"}]}).encode()
+            head = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + self.key.encode() +
+                    b"\r\nContent-Length: %d\r\n\r\n" % len(body))
+            c.records(head, body[:10], body[10:])
+            st, h, b = c.read_response()
+            self.assertEqual(st, 200)
+            self.assertIn(b"chat.completion", b)
+            c.records(head + body, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n", head + body)
+            answers = [c.read_response() for _ in range(3)]
+            self.assertEqual([a[0] for a in answers], [200, 200, 200])
+            self.assertEqual(json.loads(answers[1][2]), {"status": "ok"})
+            self.assertEqual(len({answers[0][1]["x-request-id"], answers[2][1]["x-request-id"], h["x-request-id"]}), 3)
         finally:
             c.close()
 

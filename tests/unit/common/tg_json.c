@@ -417,5 +417,55 @@ static void test_writer(void) {
     tg_buf_free(&b);
 }
 
+/* The member's value of tg_json_parse_member as the whole parse's
+ * tg_json_get finds it, written compactly ("-" when none). */
+static void member_text(const char *text, const char *key, char *got, char *want, size_t n) {
+    tg_json_err_t e;
+    tg_buf_t a = {0}, b = {0};
+    tg_json_t *m = tg_json_parse_member(text, strlen(text), NULL, key, strlen(key), &e);
+    tg_json_t *j = tg_json_parse(text, strlen(text), NULL, NULL);
+    const tg_json_t *w = tg_json_get(j, key);
+    if (m) tg_json_write(&a, m);
+    if (w) tg_json_write(&b, w);
+    snprintf(got, n, "%s", m ? (a.p ? a.p : "") : "-");
+    snprintf(want, n, "%s", w ? (b.p ? b.p : "") : "-");
+    tg_buf_free(&a);
+    tg_buf_free(&b);
+    tg_json_free(m);
+    tg_json_free(j);
+}
+
+static void test_parse_member(void) {
+    static const char *const cases[][3] = {
+        /* text, key, the value written compactly ("-": none) */
+        {"{\"id\":\"x\",\"usage\":{\"prompt_tokens\":12,\"completion_tokens\":6}}", "usage",
+         "{\"prompt_tokens\":12,\"completion_tokens\":6}"},
+        {" { \"usage\" : 7 } ", "usage", "7"},
+        {"{\"usage\":1,\"usage\":{\"a\":[1,2]}}", "usage", "{\"a\":[1,2]}"},        /* the last one */
+        {"{\"\\u0075sage\":\"esc\"}", "usage", "\"esc\""},                      /* an escaped key */
+        {"{\"a\":{\"usage\":1}}", "usage", "-"},                                     /* not at the root */
+        {"[{\"usage\":1}]", "usage", "-"},                                           /* not an object */
+        {"{\"usag\":1,\"usages\":2}", "usage", "-"},
+        {"{\"u\\\"sage\":1,\"s\":\"\\\"usage\\\":3\"}", "usage", "-"},                /* in a string */
+        {"{\"usage\":{\"x\":1},\"z\":[}", "usage", "-"},                          /* broken later: refused */
+        {"{\"usage\":{\"x\":\"\xff\"}}", "usage", "-"},                            /* invalid UTF-8 */
+        {"{\"usage\":null}", "usage", "null"},
+    };
+    char got[256], want[256];
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        member_text(cases[i][0], cases[i][1], got, want, sizeof got);
+        CHECK_EQ_S(got, cases[i][2]);
+        CHECK_EQ_S(got, want); /* what the whole parse finds */
+    }
+    tg_json_err_t e;
+    CHECK(tg_json_parse_member("{\"a\":1,}", 8, NULL, "a", 1, &e) == NULL);
+    CHECK(e.offset == 7); /* the whole text's error */
+    CHECK(tg_json_parse_member("{\"a\":1}", 7, NULL, "b", 1, &e) == NULL && e.msg);
+    CHECK(tg_json_parse_member("{\"a\\u0000b\":1}", 14, NULL, "a\0b", 3, NULL) != NULL); /* a key holding NUL */
+    tg_json_free(tg_json_parse_member("{\"a\\u0000b\":1}", 14, NULL, "a\0b", 3, NULL));
+    tg_json_opts_t o = {.max_depth = 2};
+    CHECK(tg_json_parse_member("{\"a\":[[1]]}", 11, &o, "a", 1, &e) == NULL); /* depth counts from the root */
+}
+
 TG_TEST_MAIN(test_suite_cases, test_error_messages, test_nul_round_trip, test_surrogates, test_int64, test_depth,
-             test_huge_string, test_every_split, test_accessors, test_member_cut, test_writer)
+             test_huge_string, test_every_split, test_accessors, test_member_cut, test_writer, test_parse_member)
