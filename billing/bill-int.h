@@ -106,6 +106,13 @@ void bill_admin_free(bill_admin_t *a);
 int bill_admin_add_page(bill_admin_t *a, const char *path, bill_page_fn fn, void *arg);
 void bill_admin_set_settlement(bill_admin_t *a, bill_page_fn fn, void *arg);
 
+/* The OpenAI-style error body of the admin API and the dashboards:
+ * {"error":{"message":msg,"type":...,"param":null,"code":code (NULL: null)}}, the type from the
+ * status (401 authentication_error, 403 permission_error, 404 not_found_error, 409
+ * conflict_error, 429 rate_limit_error, 503 service_unavailable_error, other 5xx api_error,
+ * else invalid_request_error).  malloc'd (the caller frees it), NULL when out of memory. */
+char *bill_error_json(int status, const char *code, const char *msg);
+
 /* ---- reports (bill_report.c) --------------------------------------------- */
 
 /* GET /admin/v1/reports/{usage,top,balance}, GET /admin/v1/usage/{request_id}:

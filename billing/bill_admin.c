@@ -115,11 +115,12 @@ static void send_raw(struct evhttp_request *req, int st, const char *ctype, cons
     if (out) evbuffer_free(out);
 }
 
-static char *error_body(int st, const char *code, const char *msg) {
+char *bill_error_json(int st, const char *code, const char *msg) {
     const char *type = st == 401 ? "authentication_error"
                        : st == 403 ? "permission_error"
                        : st == 404 ? "not_found_error"
                        : st == 409 ? "conflict_error"
+                       : st == 429 ? "rate_limit_error"
                        : st == 503 ? "service_unavailable_error"
                        : st >= 500 ? "api_error"
                                    : "invalid_request_error";
@@ -135,7 +136,7 @@ static char *error_body(int st, const char *code, const char *msg) {
 }
 
 static void send_error(struct evhttp_request *req, int st, const char *code, const char *msg) {
-    char *body = error_body(st, code, msg);
+    char *body = bill_error_json(st, code, msg);
     send_raw(req, st, NULL,
              body ? body : "{\"error\":{\"message\":\"out of memory\",\"type\":\"api_error\",\"param\":null,\"code\":null}}");
     free(body);

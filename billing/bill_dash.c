@@ -110,21 +110,7 @@ void dash_error(dash_call_t *c, int status, const char *code, const char *fmt, .
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    const char *type = status == 401 ? "authentication_error"
-                       : status == 403 ? "permission_error"
-                       : status == 404 ? "not_found_error"
-                       : status == 429 ? "rate_limit_error"
-                       : status == 503 ? "service_unavailable_error"
-                       : status >= 500 ? "api_error"
-                                       : "invalid_request_error";
-    cJSON *root = cJSON_CreateObject(), *e = cJSON_AddObjectToObject(root, "error");
-    cJSON_AddStringToObject(e, "message", msg);
-    cJSON_AddStringToObject(e, "type", type);
-    cJSON_AddNullToObject(e, "param");
-    if (code) cJSON_AddStringToObject(e, "code", code);
-    else cJSON_AddNullToObject(e, "code");
-    char *body = cJSON_PrintUnformatted(root);
-    cJSON_Delete(root);
+    char *body = bill_error_json(status, code, msg);
     if (body) dash_reply(c, status, NULL, body, strlen(body));
     else dash_reply(c, 500, NULL, "", 0);
     free(body);

@@ -310,8 +310,11 @@ class Billing(ServerCase):
         st, j = self.s.http("GET", "/admin/v1/customers", token="wrong")
         self.assertEqual(st, 401)
         self.assertEqual(set(j["error"]), {"message", "type", "param", "code"})
+        self.assertEqual(j["error"]["type"], "authentication_error")
         st, j = self.s.http("POST", "/admin/v1/customers", "{not json")
-        self.assertEqual(st, 400)
+        self.assertEqual((st, j["error"]["type"]), (400, "invalid_request_error"))
+        st, j = self.s.http("POST", "/admin/v1/customers", json.dumps({"name": c}))
+        self.assertEqual((st, j["error"]["type"]), (409, "conflict_error"), j)
         st, j = self.s.http("POST", "/admin/v1/customers", json.dumps({"name": new_name(), "credit_usd": 5}))
         self.assertEqual(st, 400, "money as a JSON number is refused")
         st, j = self.s.http("POST", "/admin/v1/prices", json.dumps({"model": "x", "input_cache_miss": 1,

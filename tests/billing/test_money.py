@@ -217,7 +217,7 @@ class Money(ServerCase):
         for method, path, body in writes:
             st, j = self.api.json(method, path, body, token=ro)
             self.assertEqual(st, 403, (method, path, j))
-            self.assertEqual(j["error"]["code"], "insufficient_role")
+            self.assertEqual((j["error"]["code"], j["error"]["type"]), ("insufficient_role", "permission_error"))
         self.assertEqual(q("SELECT count(*) FROM admin_audit")[0][0], audit_before, "a refused write wrote")
         self.assertEqual(self.balance(name), T)
         env = dict(os.environ, TOLLGATE_ADMIN_URL="http://127.0.0.1:%d" % PORT, TOLLGATE_ADMIN_TOKEN=ro)

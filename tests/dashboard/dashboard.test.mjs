@@ -315,7 +315,9 @@ test('a customer sees nothing of another, even by guessing ids', { timeout: 6000
   const inv = await apiCall(s, `invoices/${month}`);
   assert.equal(inv.j.customer, A);
   // Operator views need an operator login.
-  assert.equal((await apiCall(s, 'admin/overview')).status, 403);
+  const denied = await apiCall(s, 'admin/overview');
+  assert.equal(denied.status, 403);
+  assert.equal(denied.j.error.type, 'permission_error');
   assert.equal((await apiCall(s, 'admin/workers')).status, 403);
   assert.equal((await http(`${GW}/dashboard/api/overview`)).status, 401);
   // A customer login of B sees B.
@@ -346,6 +348,7 @@ test('logins are throttled per login, even for the right password', { timeout: 6
   for (let i = 0; i < 5; i++) assert.equal((await apiLogin({ login, password: 'tgp_' + '0'.repeat(32) })).status, 401);
   const t = await apiLogin({ login, password: pw });
   assert.equal(t.status, 429);
+  assert.equal(t.j.error.type, 'rate_limit_error');
   assert.ok(Number(t.retryAfter) > 0);
   // Another login from the same address still signs in.
   assert.equal((await apiLogin({ login: `web-${sfx}`, password: webPassword })).status, 200);
