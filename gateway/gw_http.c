@@ -287,10 +287,13 @@ static int parse_head(gw_http_parser_t *p, gw_http_req_t *r, char *h, size_t hle
 /* Length of the head at the start of buf, blank line included, or 0. */
 static size_t find_head_end(const char *buf, size_t len, size_t from) {
     size_t i = from > 3 ? from - 3 : 0;
-    for (; i < len; i++) {
-        if (buf[i] != '\n') continue;
+    while (i < len) {
+        const char *nl = memchr(buf + i, '\n', len - i); /* line by line, not byte by byte */
+        if (!nl) break;
+        i = (size_t)(nl - buf);
         if (i + 1 < len && buf[i + 1] == '\n') return i + 2;
         if (i + 2 < len && buf[i + 1] == '\r' && buf[i + 2] == '\n') return i + 3;
+        i++;
     }
     return 0;
 }
