@@ -155,9 +155,9 @@ void eng_cpu_amx_tile_w(const uint16_t *W, int64_t R, int64_t C, uint16_t *dst) 
         for (int64_t kb = 0; kb < KB; kb++) {
             uint16_t *t = dst + tile_off(R, KB, r, kb, NULL);
             for (int i = 0; i < 16; i++) {
-                int64_t row = r + i, c0 = kb * 32;
-                for (int j = 0; j < 32; j++)
-                    t[i * 32 + j] = row < R && c0 + j < C ? W[row * C + c0 + j] : 0;
+                int64_t row = r + i, c0 = kb * 32, nc = row >= R ? 0 : C - c0 < 32 ? C - c0 : 32;
+                if (nc) memcpy(t + i * 32, W + row * C + c0, (size_t)nc * sizeof(uint16_t));
+                memset(t + i * 32 + nc, 0, (size_t)(32 - nc) * sizeof(uint16_t));
             }
         }
 }
@@ -166,9 +166,6 @@ const uint16_t *eng_cpu_amx_tiled_at(const uint16_t *T, int64_t R, int64_t C, in
     return T + tile_off(R, (C + 31) / 32, r - r % 16, kb, NULL) + (r % 16) * 32;
 }
 
-#ifndef AMX_TPF
-#define AMX_TPF 0 /* software prefetch, kb blocks ahead in each tile stream: 0 (none) measured best */
-#endif
 
 /* Y rows r0..r1 (r0 % 16 == 0) for tiled weights T: per 64 rows (AMX_RG
  * result tiles), every 32-column block adds W.hi then W.lo into each result
@@ -182,8 +179,10 @@ eng_cpu_amx_rows_tiled(const uint16_t *T, int64_t R, int64_t C, const uint16_t *
     memset(&cfg, 0, sizeof cfg);
     cfg.palette = 1;
     int G = (n + 15) / 16, w = tile_w(n), sub = G > 1 ? AMX_P / 32 : (int)((C + 31) / 32);
-    /* tiles 0-3: results [16 rows][w tokens]; 4: weights [16][32 bf16]; 5, 6: x hi, lo [16 pairs][w] */
-    for (int i = 0; i < 7; i++) cfg.colsb[i] = i == 4 ? 64 : (uint16_t)(4 * w), cfg.rows[i] = 16;
+    /* tiles 0-3: results [16 rows][w tokens]; 4 and 7: weights [16][32 bf16] (two, so that a
+     * weight tile loads while the other is still being multiplied: tiles are not renamed);
+     * 5, 6: x hi, lo [16 pairs][w] */
+    for (int i = 0; i < 8; i++) cfg.colsb[i] = i == 4 || i == 7 ? 64 : (uint16_t)(4 * w), cfg.rows[i] = 16;
     _tile_loadconfig(&cfg);
     float cbuf[16 * 16] __attribute__((aligned(64)));
     float *spill = (float *)(((uintptr_t)scratch + 63) / 64 * 64);
@@ -207,22 +206,18 @@ eng_cpu_amx_rows_tiled(const uint16_t *T, int64_t R, int64_t C, const uint16_t *
                 const uint16_t *bt = xp + ((size_t)g * KB + ks) * 2 * xt;
                 for (int j = 0; j < nkb; j++) {
                     int64_t kb = ks + j;
-                    if (AMX_TPF && g == 0 && kb + AMX_TPF < KB) /* the first token group pulls the weights in */
-                        for (int q = 0; q < ng; q++)
-                            for (int l = 0; l < 16; l++)
-                                _mm_prefetch((const char *)(A[q] + (kb + AMX_TPF) * st[q]) + l * 64, _MM_HINT_T0);
                     _tile_loadd(5, bt + j * 2 * xt, 4 * w);
                     _tile_loadd(6, bt + j * 2 * xt + xt, 4 * w);
-#define AMX_DT(q)                                                                                    \
+#define AMX_DT(q, a)                                                                                 \
     do {                                                                                             \
-        _tile_loadd(4, A[q] + kb * st[q], 64);                                                       \
-        _tile_dpbf16ps(q, 4, 5);                                                                     \
-        _tile_dpbf16ps(q, 4, 6);                                                                     \
+        _tile_loadd(a, A[q] + kb * st[q], 64);                                                       \
+        _tile_dpbf16ps(q, a, 5);                                                                     \
+        _tile_dpbf16ps(q, a, 6);                                                                     \
     } while (0)
-                    AMX_DT(0);
-                    if (ng > 1) AMX_DT(1);
-                    if (ng > 2) AMX_DT(2);
-                    if (ng > 3) AMX_DT(3);
+                    AMX_DT(0, 4);
+                    if (ng > 1) AMX_DT(1, 7);
+                    if (ng > 2) AMX_DT(2, 4);
+                    if (ng > 3) AMX_DT(3, 7);
 #undef AMX_DT
                 }
                 if (!last) {
