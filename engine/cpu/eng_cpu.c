@@ -114,7 +114,11 @@ static int cpu_matmul_multi(eng_backend_t *be, const eng_mm_t *jobs, int njobs) 
         cr[j] = eng_cpu_chunk_rows(jobs[j].w, jobs[j].n);
         first[j + 1] = first[j] + (per > 0 && R > 0 ? (R + cr[j] - 1) / cr[j] : 0);
     }
+    /* one chunk (a router, a small projection at batch 1): the caller alone;
+     * through the pool a worker that joins and is then descheduled before it
+     * finds nothing left would hold the step for a time slice */
     if (prep_x((cpu_be_t *)be, jobs, njobs, xp)) J.failed = 1;
+    else if (first[njobs] == 1) mm_worker(&J, 0, 1);
     else if (first[njobs]) eng_cpu_pool_run_any(pool_of(be), mm_worker, &J);
     if (buf != small) free(buf);
     return J.failed ? -1 : 0;
