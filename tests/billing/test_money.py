@@ -379,9 +379,10 @@ class Money(ServerCase):
         for sql in ("INSERT INTO usage (request_id, customer_id, key_id, model, prompt_tokens, prompt_cache_hit_tokens,"
                     " prompt_cache_miss_tokens, completion_tokens, reasoning_tokens, price_input_cache_miss,"
                     " price_input_cache_hit, price_output, cost_pico, http_status, stream, received_at, finished_at,"
-                    " price_id) VALUES (gen_random_uuid(), %d, %s, 'm', 0, 0, 0, 0, 0, 0, 0, 0, 0, 200, false, %s, %s, %s)"
-                    % (c, k, now, now, p)
-                    for c, k, p in ((999999999, "NULL", "NULL"), (cid, "999999999", "NULL"), (cid, "NULL", "999999999"))):
+                    " price_id, override_id) VALUES (gen_random_uuid(), %d, %s, 'm', 0, 0, 0, 0, 0, 0, 0, 0, 0, 200, false,"
+                    " %s, %s, %s, %s)" % (c, k, now, now, p, o)
+                    for c, k, p, o in ((999999999, "NULL", "NULL", "NULL"), (cid, "999999999", "NULL", "NULL"),
+                                       (cid, "NULL", "999999999", "NULL"), (cid, "NULL", "NULL", "999999999"))):
             with self.assertRaises(psycopg2.Error, msg=sql) as cm:
                 q(sql)
             self.assertEqual(cm.exception.pgcode, "23503", sql)
