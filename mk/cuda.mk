@@ -64,6 +64,31 @@ UNIT_TARGETS += test-engine-cuda-emu
 test-engine-cuda-emu: $(ENG_CUDA_EMU)
 	@set -e; for t in $(ENG_CUDA_EMU); do timeout 600 $$t; done
 
+# The whole CUDA backend, host code too, on the host: engine/cuda/*.cu compiled by g++ against
+# tests/engine/cuda_emu_inc/ (the runtime and cuBLAS as reference loops, launches through
+# tests/engine/cuda_emu.h), linked into the op harness and the engine.  Not in make test (about
+# 2 minutes for the harness and 3 per whole model on 2 busy cores): run it after any change to
+# engine/cuda/.  make test-engine-cuda-emu-backend: the op harness against CPU/scalar, then the
+# logits of a tiny V3 bf16 model against the CPU's (3, 17 and 70 tokens: the last takes the
+# tensor-core paths through the reference cuBLAS).
+ENG_EMU_BE_DIR := $(O)/tests/engine/cuda-emu
+ENG_EMU_BE_OBJ := $(patsubst engine/cuda/%.cu,$(ENG_EMU_BE_DIR)/%.o,$(CUDA_SRCS))
+$(ENG_EMU_BE_DIR)/%.o: engine/cuda/%.cu $(wildcard engine/cuda/*.h) $(wildcard tests/engine/cuda_emu_inc/*.h) \
+                       tests/engine/cuda_emu.h engine/model/eng_model_int.h engine/eng.h
+	@mkdir -p $(dir $@)
+	$(CXX) -x c++ -std=c++17 -O1 -g -pthread -Wall -Wno-unknown-pragmas -Wno-unused-function -Wno-unused-variable \
+	    -Wno-sign-compare $(filter -fsanitize=% -fno-sanitize-recover=% -fno-omit-frame-pointer,$(CFLAGS)) \
+	    -Itests/engine/cuda_emu_inc -Icommon -Iengine -Iengine/model -Iengine/cuda -c $< -o $@
+$(ENG_EMU_BE_DIR)/eng_ops_test: tests/engine/eng_ops_test.c $(ENG_EMU_BE_OBJ) $(LIBENG) $(LIBCOMMON)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(ENG_EMU_BE_OBJ) $(ENG_LINK) $(LDLIBS) -lstdc++
+$(ENG_EMU_BE_DIR)/tollgate-engine: $(O)/engine/cli/eng_main.o $(ENG_EMU_BE_OBJ) $(LIBENG) $(LIBAPI) $(LIBTOK) $(LIBCOMMON)
+	$(CC) $(LDFLAGS) -o $@ $< $(ENG_EMU_BE_OBJ) $(ENG_LIBS) $(LDLIBS) -lstdc++
+
+.PHONY: test-engine-cuda-emu-backend
+test-engine-cuda-emu-backend: $(ENG_EMU_BE_DIR)/eng_ops_test $(ENG_EMU_BE_DIR)/tollgate-engine $(O)/tests/engine/eng_ops_test \
+                              $(BIN)/tollgate-engine
+	bash tests/engine/cuda_emu_backend.sh $(ENG_EMU_BE_DIR) $(O)/tests/engine/eng_ops_test $(BIN)/tollgate-engine
+
 .PHONY: test-engine-cuda cuda-objs
 TEST_TARGETS += test-engine-cuda
 cuda-objs: $(CUDA_OBJ)

@@ -52,7 +52,15 @@ extern "C" {
     } while (0)
 
 /* a kernel's dynamic shared memory (a macro: tests/engine/cuda_emu.h maps it to host memory) */
+#ifndef CU_DYN_SHARED
 #define CU_DYN_SHARED(type, name) extern __shared__ type name[]
+#endif
+
+/* a kernel launch, k<<<grid, block, smem, st>>>(args): a macro, so that
+ * tests/engine/cuda_emu_inc/ can run the whole backend on the host */
+#ifndef CU_LAUNCH
+#define CU_LAUNCH(k, grid, block, smem, st, ...) k<<<grid, block, smem, st>>>(__VA_ARGS__)
+#endif
 
 /* a kernel launch: the launch error (bad configuration) checked at once */
 #define CU_LAUNCHED() CU_CHECK(cudaGetLastError())

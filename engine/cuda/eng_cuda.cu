@@ -261,7 +261,7 @@ static int cu_embed(eng_backend_t *be, const eng_w_t *emb, const int32_t *ids, i
     int32_t *d = (int32_t *)eng_cuda_scratch(b, SCR_IDX, (size_t)T * sizeof(int32_t));
     if (!d) return -1;
     if (eng_cuda_h2d(b, d, ids, (size_t)T * sizeof(int32_t))) return -1;
-    k_embed<<<T, 256, 0, b->st>>>(cu_w(emb), d, x);
+    CU_LAUNCH(k_embed, T, 256, 0, b->st, cu_w(emb), d, x);
     CU_LAUNCHED();
     return 0;
 }
@@ -269,7 +269,7 @@ static int cu_embed(eng_backend_t *be, const eng_w_t *emb, const int32_t *ids, i
 static int cu_rmsnorm(eng_backend_t *be, float *out, int ldo, const float *x, int ldx, const float *w, int T, int n,
                       float eps) {
     if (T <= 0) return 0;
-    k_rmsnorm<<<T, 256, 0, CB(be)->st>>>(out, ldo, x, ldx, w, n, eps);
+    CU_LAUNCH(k_rmsnorm, T, 256, 0, CB(be)->st, out, ldo, x, ldx, w, n, eps);
     CU_LAUNCHED();
     return 0;
 }
@@ -277,7 +277,7 @@ static int cu_rmsnorm(eng_backend_t *be, float *out, int ldo, const float *x, in
 static int cu_rope(eng_backend_t *be, float *x, int T, int ld, int nh, int hs, int off, int rd, int interleaved,
                    const int32_t *pos, const float *cos, const float *sin) {
     if (T <= 0) return 0;
-    k_rope<<<T, 128, 0, CB(be)->st>>>(x, ld, nh, hs, off, rd, interleaved, pos, cos, sin);
+    CU_LAUNCH(k_rope, T, 128, 0, CB(be)->st, x, ld, nh, hs, off, rd, interleaved, pos, cos, sin);
     CU_LAUNCHED();
     return 0;
 }
@@ -285,14 +285,14 @@ static int cu_rope(eng_backend_t *be, float *x, int T, int ld, int nh, int hs, i
 static int cu_kv_store(eng_backend_t *be, float *cache, const int64_t *dst, const float *src, int lds, int width,
                        int T) {
     if (T <= 0) return 0;
-    k_kv_store<<<T, 256, 0, CB(be)->st>>>(cache, dst, src, lds, width);
+    CU_LAUNCH(k_kv_store, T, 256, 0, CB(be)->st, cache, dst, src, lds, width);
     CU_LAUNCHED();
     return 0;
 }
 
 static int cu_add(eng_backend_t *be, float *y, const float *x, size_t n) {
     if (!n) return 0;
-    k_add<<<blocks_for(n, 256), 256, 0, CB(be)->st>>>(y, x, n);
+    CU_LAUNCH(k_add, blocks_for(n, 256), 256, 0, CB(be)->st, y, x, n);
     CU_LAUNCHED();
     return 0;
 }
@@ -300,14 +300,14 @@ static int cu_add(eng_backend_t *be, float *y, const float *x, size_t n) {
 static int cu_add_rmsnorm(eng_backend_t *be, float *x, const float *y, const float *w, float *xn, int T, int n,
                           float eps) {
     if (T <= 0) return 0;
-    k_add_rmsnorm<<<T, 256, 0, CB(be)->st>>>(x, y, w, xn, n, eps);
+    CU_LAUNCH(k_add_rmsnorm, T, 256, 0, CB(be)->st, x, y, w, xn, n, eps);
     CU_LAUNCHED();
     return 0;
 }
 
 static int cu_swiglu(eng_backend_t *be, float *g, const float *u, size_t n) {
     if (!n) return 0;
-    k_swiglu<<<blocks_for(n, 256), 256, 0, CB(be)->st>>>(g, u, n);
+    CU_LAUNCH(k_swiglu, blocks_for(n, 256), 256, 0, CB(be)->st, g, u, n);
     CU_LAUNCHED();
     return 0;
 }
@@ -318,7 +318,7 @@ static int cu_gather(eng_backend_t *be, float *dst, const float *src, const int3
     int32_t *d = (int32_t *)eng_cuda_scratch(b, SCR_IDX, (size_t)n * sizeof(int32_t));
     if (!d) return -1;
     if (eng_cuda_h2d(b, d, rows, (size_t)n * sizeof(int32_t))) return -1;
-    k_gather<<<n, 256, 0, b->st>>>(dst, src, d, width);
+    CU_LAUNCH(k_gather, n, 256, 0, b->st, dst, src, d, width);
     CU_LAUNCHED();
     return 0;
 }
@@ -328,7 +328,7 @@ static int cu_argmax(eng_backend_t *be, const float *logits, int n, int vocab, i
     if (n <= 0) return 0;
     int32_t *d = (int32_t *)eng_cuda_scratch(b, SCR_IDX, (size_t)n * sizeof(int32_t));
     if (!d) return -1;
-    k_argmax<<<n, 256, 0, b->st>>>(logits, vocab, d);
+    CU_LAUNCH(k_argmax, n, 256, 0, b->st, logits, vocab, d);
     CU_LAUNCHED();
     CU_CHECK(cudaMemcpyAsync(ids, d, (size_t)n * sizeof(int32_t), cudaMemcpyDeviceToHost, b->st));
     CU_CHECK(cudaStreamSynchronize(b->st));

@@ -83,11 +83,11 @@ int eng_cuda_attn_mla(eng_backend_t *be, const eng_w_t *kv_b, int H, int dn, int
     if (!p) return -1;
     float *qlat = (float *)p, *olat = (float *)(p + lat), *sc = (float *)(p + 2 * lat);
     cu_w_t w = cu_w(kv_b);
-    k_mla_qlat<<<T * H, AT_THREADS, dn * sizeof(float), b->st>>>(w, q, H, dn, dr, dv, c, qlat);
+    CU_LAUNCH(k_mla_qlat, T * H, AT_THREADS, dn * sizeof(float), b->st, w, q, H, dn, dr, dv, c, qlat);
     CU_LAUNCHED();
-    k_mla_core<<<T * H, AT_THREADS, (c + dr) * sizeof(float), b->st>>>(P, q, qlat, H, dn, dr, c, scale, maxlen, sc, olat);
+    CU_LAUNCH(k_mla_core, T * H, AT_THREADS, (c + dr) * sizeof(float), b->st, P, q, qlat, H, dn, dr, c, scale, maxlen, sc, olat);
     CU_LAUNCHED();
-    k_mla_out<<<T * H, AT_THREADS, 0, b->st>>>(w, olat, H, dn, dv, c, out);
+    CU_LAUNCH(k_mla_out, T * H, AT_THREADS, 0, b->st, w, olat, H, dn, dv, c, out);
     CU_LAUNCHED();
     return 0;
 }
@@ -101,7 +101,7 @@ int eng_cuda_attn_gqa(eng_backend_t *be, int H, int kvh, int hd, float scale, co
     if (!T) return 0;
     float *sc = (float *)eng_cuda_scratch(b, SCR_ATT, (size_t)T * H * maxlen * sizeof(float));
     if (!sc) return -1;
-    k_gqa<<<T * H, AT_THREADS, hd * sizeof(float), b->st>>>(P, q, H, kvh, hd, scale, maxlen, sc, out);
+    CU_LAUNCH(k_gqa, T * H, AT_THREADS, hd * sizeof(float), b->st, P, q, H, kvh, hd, scale, maxlen, sc, out);
     CU_LAUNCHED();
     return 0;
 }

@@ -34,11 +34,11 @@ static int launch_batch(cu_be_t *b, mm_batch_t *mb) {
     for (int i = 0; i < mb->nj; i++) maxr = mb->j[i].w.rows > maxr ? mb->j[i].w.rows : maxr;
     dim3 g((unsigned)((maxr + MM_WARPS - 1) / MM_WARPS), (unsigned)mb->nj);
     switch (mb->j[0].w.dt) {
-    case ENG_DT_F32: k_mm<ENG_DT_F32><<<g, MM_WARPS * 32, 0, b->st>>>(*mb); break;
-    case ENG_DT_BF16: k_mm<ENG_DT_BF16><<<g, MM_WARPS * 32, 0, b->st>>>(*mb); break;
-    case ENG_DT_F16: k_mm<ENG_DT_F16><<<g, MM_WARPS * 32, 0, b->st>>>(*mb); break;
-    case ENG_DT_F8_E4M3: k_mm<ENG_DT_F8_E4M3><<<g, MM_WARPS * 32, 0, b->st>>>(*mb); break;
-    case ENG_DT_I8: k_mm<ENG_DT_I8><<<g, MM_WARPS * 32, 0, b->st>>>(*mb); break;
+    case ENG_DT_F32: CU_LAUNCH(k_mm<ENG_DT_F32>, g, MM_WARPS * 32, 0, b->st, *mb); break;
+    case ENG_DT_BF16: CU_LAUNCH(k_mm<ENG_DT_BF16>, g, MM_WARPS * 32, 0, b->st, *mb); break;
+    case ENG_DT_F16: CU_LAUNCH(k_mm<ENG_DT_F16>, g, MM_WARPS * 32, 0, b->st, *mb); break;
+    case ENG_DT_F8_E4M3: CU_LAUNCH(k_mm<ENG_DT_F8_E4M3>, g, MM_WARPS * 32, 0, b->st, *mb); break;
+    case ENG_DT_I8: CU_LAUNCH(k_mm<ENG_DT_I8>, g, MM_WARPS * 32, 0, b->st, *mb); break;
     default: fprintf(stderr, "cuda: %s:%d: unsupported weight dtype %d\n", __FILE__, __LINE__, mb->j[0].w.dt); return -1;
     }
     CU_LAUNCHED();
@@ -71,7 +71,7 @@ static int mm_blas(cu_be_t *b, const eng_w_t *w, const float *x, int n, float *y
             continue;
         }
         unsigned g = (unsigned)(((r1 - r0) * C + 255) / 256);
-        k_widen<<<g > 65535u * 8 ? 65535u * 8 : g, 256, 0, b->st>>>(cu_w(w), r0, r1, wf);
+        CU_LAUNCH(k_widen, g > 65535u * 8 ? 65535u * 8 : g, 256, 0, b->st, cu_w(w), r0, r1, wf);
         CU_LAUNCHED();
         CUBLAS_CHECK(cublasSgemm(b->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)(r1 - r0), n, (int)C, &one, wf, (int)C, x,
                                  (int)C, &zero, y + r0, (int)R));
@@ -107,7 +107,7 @@ static int mm_tc(cu_be_t *b, const eng_w_t *w, const float *x, int n, float *y) 
     if (!hi) return -1;
     __nv_bfloat16 *lo = hi + nc;
     size_t g = (nc + 255) / 256;
-    k_split_bf16<<<(unsigned)(g > 65535u * 8 ? 65535u * 8 : g), 256, 0, b->st>>>(x, nc, hi, lo);
+    CU_LAUNCH(k_split_bf16, (unsigned)(g > 65535u * 8 ? 65535u * 8 : g), 256, 0, b->st, x, nc, hi, lo);
     CU_LAUNCHED();
     const float one = 1.0f, zero = 0.0f;
     CUBLAS_CHECK(cublasGemmEx(b->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)R, n, (int)C, &one, w->data, CUDA_R_16BF, (int)C,
@@ -193,11 +193,11 @@ static int launch_moe_mm(cu_be_t *b, int dt, const cu_exp_t *tab, const int32_t 
                          int64_t C, int64_t scale_cols, int qblk, const float *xin, float *yout) {
     dim3 g((unsigned)((R + MM_WARPS - 1) / MM_WARPS), (unsigned)E);
     switch (dt) {
-    case ENG_DT_F32: k_moe_mm<ENG_DT_F32><<<g, MM_WARPS * 32, 0, b->st>>>(tab, range, down, R, C, scale_cols, qblk, xin, yout); break;
-    case ENG_DT_BF16: k_moe_mm<ENG_DT_BF16><<<g, MM_WARPS * 32, 0, b->st>>>(tab, range, down, R, C, scale_cols, qblk, xin, yout); break;
-    case ENG_DT_F16: k_moe_mm<ENG_DT_F16><<<g, MM_WARPS * 32, 0, b->st>>>(tab, range, down, R, C, scale_cols, qblk, xin, yout); break;
-    case ENG_DT_F8_E4M3: k_moe_mm<ENG_DT_F8_E4M3><<<g, MM_WARPS * 32, 0, b->st>>>(tab, range, down, R, C, scale_cols, qblk, xin, yout); break;
-    case ENG_DT_I8: k_moe_mm<ENG_DT_I8><<<g, MM_WARPS * 32, 0, b->st>>>(tab, range, down, R, C, scale_cols, qblk, xin, yout); break;
+    case ENG_DT_F32: CU_LAUNCH(k_moe_mm<ENG_DT_F32>, g, MM_WARPS * 32, 0, b->st, tab, range, down, R, C, scale_cols, qblk, xin, yout); break;
+    case ENG_DT_BF16: CU_LAUNCH(k_moe_mm<ENG_DT_BF16>, g, MM_WARPS * 32, 0, b->st, tab, range, down, R, C, scale_cols, qblk, xin, yout); break;
+    case ENG_DT_F16: CU_LAUNCH(k_moe_mm<ENG_DT_F16>, g, MM_WARPS * 32, 0, b->st, tab, range, down, R, C, scale_cols, qblk, xin, yout); break;
+    case ENG_DT_F8_E4M3: CU_LAUNCH(k_moe_mm<ENG_DT_F8_E4M3>, g, MM_WARPS * 32, 0, b->st, tab, range, down, R, C, scale_cols, qblk, xin, yout); break;
+    case ENG_DT_I8: CU_LAUNCH(k_moe_mm<ENG_DT_I8>, g, MM_WARPS * 32, 0, b->st, tab, range, down, R, C, scale_cols, qblk, xin, yout); break;
     default: fprintf(stderr, "cuda: %s:%d: unsupported expert dtype %d\n", __FILE__, __LINE__, dt); return -1;
     }
     CU_LAUNCHED();
@@ -214,11 +214,11 @@ static int shared_expert(cu_be_t *b, const eng_moe_t *mo, const float *x, int T,
     } else {
         unsigned gr = (unsigned)((g->rows + MM_WARPS - 1) / MM_WARPS);
         switch (g->dt) {
-        case ENG_DT_F32: k_mm_swiglu<ENG_DT_F32><<<gr, MM_WARPS * 32, 0, b->st>>>(cu_w(g), cu_w(u), x, T, h); break;
-        case ENG_DT_BF16: k_mm_swiglu<ENG_DT_BF16><<<gr, MM_WARPS * 32, 0, b->st>>>(cu_w(g), cu_w(u), x, T, h); break;
-        case ENG_DT_F16: k_mm_swiglu<ENG_DT_F16><<<gr, MM_WARPS * 32, 0, b->st>>>(cu_w(g), cu_w(u), x, T, h); break;
-        case ENG_DT_F8_E4M3: k_mm_swiglu<ENG_DT_F8_E4M3><<<gr, MM_WARPS * 32, 0, b->st>>>(cu_w(g), cu_w(u), x, T, h); break;
-        case ENG_DT_I8: k_mm_swiglu<ENG_DT_I8><<<gr, MM_WARPS * 32, 0, b->st>>>(cu_w(g), cu_w(u), x, T, h); break;
+        case ENG_DT_F32: CU_LAUNCH(k_mm_swiglu<ENG_DT_F32>, gr, MM_WARPS * 32, 0, b->st, cu_w(g), cu_w(u), x, T, h); break;
+        case ENG_DT_BF16: CU_LAUNCH(k_mm_swiglu<ENG_DT_BF16>, gr, MM_WARPS * 32, 0, b->st, cu_w(g), cu_w(u), x, T, h); break;
+        case ENG_DT_F16: CU_LAUNCH(k_mm_swiglu<ENG_DT_F16>, gr, MM_WARPS * 32, 0, b->st, cu_w(g), cu_w(u), x, T, h); break;
+        case ENG_DT_F8_E4M3: CU_LAUNCH(k_mm_swiglu<ENG_DT_F8_E4M3>, gr, MM_WARPS * 32, 0, b->st, cu_w(g), cu_w(u), x, T, h); break;
+        case ENG_DT_I8: CU_LAUNCH(k_mm_swiglu<ENG_DT_I8>, gr, MM_WARPS * 32, 0, b->st, cu_w(g), cu_w(u), x, T, h); break;
         default: return -1;
         }
         CU_LAUNCHED();
@@ -294,7 +294,7 @@ static int moe_tc(cu_be_t *b, const eng_moe_t *mo, int NK, const int32_t *range,
         }
         if (eng_cuda_h2d(b, dp, hp, (size_t)12 * G * sizeof(void *))) goto out;
         size_t gx = (nd + 255) / 256;
-        k_split_bf16<<<(unsigned)(gx > 65535u * 8 ? 65535u * 8 : gx), 256, 0, b->st>>>(xg, nd, xhi, xlo);
+        CU_LAUNCH(k_split_bf16, (unsigned)(gx > 65535u * 8 ? 65535u * 8 : gx), 256, 0, b->st, xg, nd, xhi, xlo);
         CU_LAUNCHED();
         for (int pass = 0; pass < 4; pass++) { /* gate/up hi, gate/up lo, (SwiGLU, split), down hi, down lo */
             int down = pass >= 2, lo = pass & 1;
@@ -305,7 +305,7 @@ static int moe_tc(cu_be_t *b, const eng_moe_t *mo, int NK, const int32_t *range,
             if (pass == 2) {
                 if (b->base.ops->swiglu(&b->base, h, u, ni)) goto out;
                 size_t gh = (ni + 255) / 256;
-                k_split_bf16<<<(unsigned)(gh > 65535u * 8 ? 65535u * 8 : gh), 256, 0, b->st>>>(h, ni, hhi, hlo);
+                CU_LAUNCH(k_split_bf16, (unsigned)(gh > 65535u * 8 ? 65535u * 8 : gh), 256, 0, b->st, h, ni, hhi, hlo);
                 CU_LAUNCHED();
             }
             void **P = dp + (down ? 8 * G : 0);
@@ -356,9 +356,9 @@ int eng_cuda_moe(eng_backend_t *be, const eng_moe_t *mo, const float *x, int T, 
     int32_t *range = (int32_t *)p, *tok_of = (int32_t *)(p += sz_r), *pos_of = (int32_t *)(p += sz_i);
     float *xg = (float *)(p += sz_i), *yslot = (float *)(p += sz_xg), *h = (float *)(p += sz_xg);
     float *sh = (float *)(p += sz_h), *sh2 = (float *)(p += sz_s), *ysh = (float *)(p += sz_s);
-    k_moe_sort<<<1, 1, 0, b->st>>>(sel, NK, E, range, tok_of, pos_of);
+    CU_LAUNCH(k_moe_sort, 1, 1, 0, b->st, sel, NK, E, range, tok_of, pos_of);
     CU_LAUNCHED();
-    k_moe_gather<<<NK, 256, 0, b->st>>>(x, tok_of, K, D, xg);
+    CU_LAUNCH(k_moe_gather, NK, 256, 0, b->st, x, tok_of, K, D, xg);
     CU_LAUNCHED();
     const eng_w_t *g0 = &mo->eg[0], *d0 = &mo->ed[0];
     int tc = 1; /* 0: the tensor cores took the experts */
@@ -369,7 +369,7 @@ int eng_cuda_moe(eng_backend_t *be, const eng_moe_t *mo, const float *x, int T, 
                launch_moe_mm(b, d0->dt, tab, range, 1, E, D, Im, d0->scale_cols, d0->qblk, h, yslot)))
         return -1;
     if (Is && shared_expert(b, mo, x, T, sh, sh2, ysh)) return -1;
-    k_moe_combine<<<T, 256, 0, b->st>>>(yslot, pos_of, wts, Is ? ysh : NULL, K, D, y);
+    CU_LAUNCH(k_moe_combine, T, 256, 0, b->st, yslot, pos_of, wts, Is ? ysh : NULL, K, D, y);
     CU_LAUNCHED();
     return 0;
 }

@@ -17,7 +17,7 @@ int eng_cuda_route(eng_backend_t *be, const eng_route_t *r, const float *logits,
         return -1;
     }
     size_t smem = (size_t)RT_WARPS * (2 * r->E + r->n_group) * sizeof(float);
-    k_route<<<(T + RT_WARPS - 1) / RT_WARPS, RT_WARPS * 32, smem, b->st>>>(*r, logits, T, sel, wts);
+    CU_LAUNCH(k_route, (T + RT_WARPS - 1) / RT_WARPS, RT_WARPS * 32, smem, b->st, *r, logits, T, sel, wts);
     CU_LAUNCHED();
     return 0;
 }

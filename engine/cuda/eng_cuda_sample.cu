@@ -50,7 +50,7 @@ int eng_cuda_sample(eng_backend_t *be, const float *logits, int n, int vocab, en
         h[i] = (cu_sreq_t){req[i].temperature, req[i].top_p, req[i].top_k, na > 0 ? na : 0, req[i].u};
     }
     if (eng_cuda_h2d(b, d, h, (size_t)n * sizeof *h)) goto out;
-    k_sample<<<n, SNT, 0, b->st>>>(logits, vocab, (const cu_sreq_t *)d, prob, (int32_t *)(d + rq_bytes));
+    CU_LAUNCH(k_sample, n, SNT, 0, b->st, logits, vocab, (const cu_sreq_t *)d, prob, (int32_t *)(d + rq_bytes));
     {
         cudaError_t e = cudaGetLastError();
         if (e == cudaSuccess) e = cudaMemcpyAsync(o, d + rq_bytes, (size_t)n * 2 * sizeof(int32_t),

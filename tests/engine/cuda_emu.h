@@ -112,7 +112,7 @@ static int emu_launch2(unsigned gx, unsigned gy, unsigned block, size_t smem, co
     };
     static arg args[1024];
     static pthread_t th[1024];
-    if (block > 1024 || block % 32) return -1;
+    if (block < 1 || block > 1024) return -1;
     pthread_attr_t at;
     pthread_attr_init(&at);
     pthread_attr_setstacksize(&at, 512 * 1024);
@@ -122,7 +122,8 @@ static int emu_launch2(unsigned gx, unsigned gy, unsigned block, size_t smem, co
     for (unsigned b = 0; b < gx * gy && !rc; b++) {
         emu_dyn_smem = (char *)calloc(smem ? smem : 16, 1);
         pthread_barrier_init(&emu_block_bar, NULL, block);
-        for (unsigned w = 0; w < block / 32; w++) pthread_barrier_init(&emu_warp_bar[w], NULL, 32);
+        for (unsigned w = 0; w < (block + 31) / 32; w++)
+            pthread_barrier_init(&emu_warp_bar[w], NULL, block - 32 * w < 32 ? block - 32 * w : 32);
         unsigned started = 0;
         for (unsigned t = 0; t < block; t++) {
             args[t] = arg{&body, t, b % gx, b / gx};
@@ -142,7 +143,7 @@ static int emu_launch2(unsigned gx, unsigned gy, unsigned block, size_t smem, co
         if (rc) exit(1); /* the started threads wait at a barrier forever */
         for (unsigned t = 0; t < started; t++) pthread_join(th[t], NULL);
         pthread_barrier_destroy(&emu_block_bar);
-        for (unsigned w = 0; w < block / 32; w++) pthread_barrier_destroy(&emu_warp_bar[w]);
+        for (unsigned w = 0; w < (block + 31) / 32; w++) pthread_barrier_destroy(&emu_warp_bar[w]);
         free(emu_dyn_smem);
         emu_dyn_smem = NULL;
     }

@@ -1,0 +1,2 @@
+/* cublas_v2.h — see cuda_runtime.h beside this file */
+#include "cuda_runtime.h"

@@ -1,0 +1,2 @@
+/* cuda_bf16.h — see cuda_runtime.h beside this file */
+#include "cuda_runtime.h"

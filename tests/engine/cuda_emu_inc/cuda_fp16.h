@@ -1,0 +1,2 @@
+/* cuda_fp16.h — see cuda_runtime.h beside this file */
+#include "cuda_runtime.h"
