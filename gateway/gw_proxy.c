@@ -461,10 +461,13 @@ static void gw_up_fail(gw_req_t *r, int status, const char *code, const char *ms
 static void gw_client_chunk(gw_req_t *r, const char *p, size_t n) {
     struct evbuffer *o = gw_req_out(r);
     if (!n) return;
+    size_t queued = evbuffer_get_length(o);
     if (r->client_chunked) evbuffer_add_printf(o, "%zx\r\n", n);
     evbuffer_add(o, p, n);
     if (r->client_chunked) evbuffer_add(o, "\r\n", 2);
-    gw_conn_flush(r->conn);
+    /* out now, unless earlier bytes still wait for the socket (then its
+     * write event is armed: no write attempt per chunk to a slow reader) */
+    if (!queued) gw_conn_flush(r->conn);
 }
 
 /* Does the JSON text have `field` with a non-empty string value?  A cheap
