@@ -993,7 +993,8 @@ static void usage(FILE *f) {
             "            --max-batch 32 per thread (8..256), --max-queue 256,\n"
             "            --ctx = the model's max_position_embeddings (and at most what --kv-mem holds),\n"
             "            --kv-mem = a quarter of the machine's memory, --prefill-chunk 512,\n"
-            "            --decode-prefill = prefill-chunk/8 (prompt tokens a step takes while streams decode),\n"
+            "            --decode-prefill = prefill-chunk/8 (the most prompt tokens a step takes while streams decode;\n"
+            "            the piece is sized so the streams' step grows at most 1.5x, at least 16 tokens),\n"
             "            --keepalive 5 (SSE comment interval while a stream waits),\n"
             "            --default-max-tokens 4096 (max_tokens of a request that gives none,\n"
             "            capped by the context left after the prompt)\n");
