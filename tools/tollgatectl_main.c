@@ -439,21 +439,27 @@ static void check_uint(const char *name, const char *v) {
         die(2, "%s must be a non-negative integer", name);
 }
 
-/* "/admin/v1/customers/NAME[/SUB][?k=v&...]" (malloc'ed): the n query
- * parameters names[i]=vals[i] whose value is not NULL, percent-encoded. */
+/* "?k=v&..." onto b: the n query parameters names[i]=vals[i] whose value is
+ * not NULL, percent-encoded (nothing when every value is NULL). */
+static void bput_query(buf_t *b, int n, const char *const names[], const char *const vals[]) {
+    char sep = '?';
+    for (int i = 0; i < n; i++) {
+        if (!vals[i]) continue;
+        bprintf(b, "%c%s=", sep, names[i]);
+        bput_enc(b, vals[i]);
+        sep = '&';
+    }
+}
+
+/* "/admin/v1/customers/NAME[/SUB][?k=v&...]" (malloc'ed): bput_query's
+ * parameters. */
 static char *cust_path(const char *name, const char *sub, int n, const char *const names[],
                        const char *const vals[]) {
     buf_t b = {0};
     bput(&b, "/admin/v1/customers/", 20);
     bput_enc(&b, name);
     if (sub) bprintf(&b, "/%s", sub);
-    char sep = '?';
-    for (int i = 0; i < n; i++) {
-        if (!vals[i]) continue;
-        bprintf(&b, "%c%s=", sep, names[i]);
-        bput_enc(&b, vals[i]);
-        sep = '&';
-    }
+    bput_query(&b, n, names, vals);
     return b.p;
 }
 
@@ -1224,13 +1230,7 @@ static int cmd_price(args_t *a) {
 static char *query_path(const char *path, int n, const char *const names[], const char *const vals[]) {
     buf_t b = {0};
     bprintf(&b, "%s", path);
-    char sep = '?';
-    for (int i = 0; i < n; i++) {
-        if (!vals[i]) continue;
-        bprintf(&b, "%c%s=", sep, names[i]);
-        bput_enc(&b, vals[i]);
-        sep = '&';
-    }
+    bput_query(&b, n, names, vals);
     return b.p;
 }
 
