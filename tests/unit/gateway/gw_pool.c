@@ -1,5 +1,5 @@
 /* Unit tests of gateway/gw_pool.c: the request pool (alignment, big blocks,
- * cleanup order). */
+ * the first block in the pool's own allocation, cleanup order). */
 #include <stdint.h>
 #include <string.h>
 
@@ -33,4 +33,24 @@ static void test_pool(void) {
     gw_pool_free(NULL);
 }
 
-TG_TEST_MAIN(test_pool)
+/* Small pieces across the first block (the pool's own allocation) and the
+ * blocks after it, a big one between: each piece keeps its bytes (ASan
+ * sees any overlap or overflow) and the pool frees every block. */
+static void test_pool_blocks(void) {
+    gw_pool_t *p = gw_pool_new();
+    unsigned char *v[600];
+    for (int i = 0; i < 600; i++) {
+        size_t n = 1 + (size_t)(i * 37 % 200);
+        v[i] = gw_palloc(p, n);
+        CHECK(v[i] != NULL && ((uintptr_t)v[i] & 15) == 0);
+        memset(v[i], i & 0xff, n);
+        if (i == 300) CHECK(gw_palloc(p, 3000) != NULL); /* above half a block: a block of its own */
+    }
+    int same = 1;
+    for (int i = 0; i < 600; i++)
+        for (size_t k = 0; k < 1 + (size_t)(i * 37 % 200); k++) same &= v[i][k] == (i & 0xff);
+    CHECK(same);
+    gw_pool_free(p);
+}
+
+TG_TEST_MAIN(test_pool, test_pool_blocks)
