@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "tg_buf.h"
 #include "tok-int.h"
 
 #define FW_BAR "\xef\xbd\x9c" /* U+FF5C FULLWIDTH VERTICAL LINE */
@@ -38,36 +39,15 @@
 #define DS_OUT_BEGIN "<" FW_BAR "tool" LOW "output" LOW "begin" FW_BAR ">"
 #define DS_OUT_END "<" FW_BAR "tool" LOW "output" LOW "end" FW_BAR ">"
 
-typedef struct {
-    char *p;
-    size_t n, cap;
-    int oom;
-} sb_t;
-
-static void sb_put(sb_t *b, const char *s, size_t n) {
-    if (b->oom) return;
-    if (b->n + n + 1 > b->cap) {
-        size_t nc = (b->n + n + 1) * 2 + 64;
-        char *v = realloc(b->p, nc);
-        if (!v) {
-            b->oom = 1;
-            return;
-        }
-        b->p = v;
-        b->cap = nc;
-    }
-    memcpy(b->p + b->n, s, n);
-    b->n += n;
-    b->p[b->n] = 0;
-}
-
-static void sb_puts(sb_t *b, const char *s) { sb_put(b, s, strlen(s)); }
+/* The rendering goes into the tree's one byte buffer (common/tg_buf.h: grows,
+ * NUL-terminated, remembers a failed allocation). */
+typedef tg_buf_t sb_t;
 
 /* Length of a text field: 0 means NUL-terminated (see tok.h). */
 static size_t text_len(const char *s, size_t n) { return n ? n : strlen(s); }
 
 static void put_content(sb_t *b, const tok_chat_msg_t *m) {
-    sb_put(b, m->content, text_len(m->content, m->content_len));
+    tg_buf_put(b, m->content, text_len(m->content, m->content_len));
 }
 
 static void errf(char *err, size_t errlen, const char *fmt, ...) {
@@ -84,7 +64,7 @@ static void put_after_think(sb_t *b, const tok_chat_msg_t *m) {
     size_t n = text_len(m->content, m->content_len), from = 0;
     for (size_t i = 0; i + 8 <= n; i++)
         if (m->content[i] == '<' && !memcmp(m->content + i, "</think>", 8)) from = i + 8;
-    sb_put(b, m->content + from, n - from);
+    tg_buf_put(b, m->content + from, n - from);
 }
 
 static int check_msgs(const tok_chat_msg_t *msgs, size_t n, char *err, size_t errlen) {
@@ -113,20 +93,20 @@ static int check_msgs(const tok_chat_msg_t *msgs, size_t n, char *err, size_t er
 }
 
 static void put_call(sb_t *b, const tok_tool_call_t *c) {
-    sb_puts(b, c->type ? c->type : "function");
-    sb_puts(b, DS_SEP);
-    sb_puts(b, c->name);
-    sb_puts(b, "\n```json\n");
-    sb_put(b, c->arguments, text_len(c->arguments, c->arguments_len));
-    sb_puts(b, "\n```" DS_CALL_END);
+    tg_buf_puts(b, c->type ? c->type : "function");
+    tg_buf_puts(b, DS_SEP);
+    tg_buf_puts(b, c->name);
+    tg_buf_puts(b, "\n```json\n");
+    tg_buf_put(b, c->arguments, text_len(c->arguments, c->arguments_len));
+    tg_buf_puts(b, "\n```" DS_CALL_END);
 }
 
 static void put_system(sb_t *b, const tok_chat_msg_t *msgs, size_t n) {
-    sb_puts(b, DS_BOS);
+    tg_buf_puts(b, DS_BOS);
     int first_sp = 1;
     for (size_t i = 0; i < n; i++)
         if (!strcmp(msgs[i].role, "system")) {
-            if (!first_sp) sb_puts(b, "\n\n");
+            if (!first_sp) tg_buf_puts(b, "\n\n");
             put_content(b, &msgs[i]);
             first_sp = 0;
         }
@@ -144,17 +124,17 @@ typedef struct {
 
 static void put_tools(sb_t *b, const tools_t *t) {
     if (!t || !t->n) return;
-    sb_puts(b, "\n\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+    tg_buf_puts(b, "\n\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
                "You are provided with function signatures within <tools></tools> XML tags:\n<tools>");
     for (size_t i = 0; i < t->n; i++) {
-        sb_puts(b, "\n");
-        sb_put(b, t->json[i], t->len[i]);
+        tg_buf_puts(b, "\n");
+        tg_buf_put(b, t->json[i], t->len[i]);
     }
-    sb_puts(b, "\n</tools>\n\n");
-    sb_puts(b, "For function call returns, you should first print " DS_CALLS_BEGIN);
-    sb_puts(b, "For each function call, you should return object like:\n");
-    sb_puts(b, DS_CALL_BEGIN "function" DS_SEP "<function_name>\n```json\n<function_arguments_in_json_format>\n```" DS_CALL_END);
-    sb_puts(b, "At the end of function call returns, you should print " DS_CALLS_END DS_EOS);
+    tg_buf_puts(b, "\n</tools>\n\n");
+    tg_buf_puts(b, "For function call returns, you should first print " DS_CALLS_BEGIN);
+    tg_buf_puts(b, "For each function call, you should return object like:\n");
+    tg_buf_puts(b, DS_CALL_BEGIN "function" DS_SEP "<function_name>\n```json\n<function_arguments_in_json_format>\n```" DS_CALL_END);
+    tg_buf_puts(b, "At the end of function call returns, you should print " DS_CALLS_END DS_EOS);
 }
 
 /* DeepSeek-V3's template (tokenizer_config.json of deepseek-ai/DeepSeek-V3). */
@@ -166,33 +146,33 @@ static void render_v3(sb_t *b, const tok_chat_msg_t *msgs, size_t n, const tools
         const tok_chat_msg_t *m = &msgs[i];
         if (!strcmp(m->role, "user")) {
             is_tool = 0;
-            sb_puts(b, DS_USER);
+            tg_buf_puts(b, DS_USER);
             put_content(b, m);
         } else if (!strcmp(m->role, "assistant") && !m->content) {
             is_tool = 0;
             for (size_t k = 0; k < m->n_tool_calls; k++) {
                 /* the template's is_first is never reset: only the first call
                  * of the conversation opens the list, later ones close it */
-                sb_puts(b, is_first ? "\n" DS_CALL_BEGIN : DS_ASSISTANT DS_CALLS_BEGIN DS_CALL_BEGIN);
+                tg_buf_puts(b, is_first ? "\n" DS_CALL_BEGIN : DS_ASSISTANT DS_CALLS_BEGIN DS_CALL_BEGIN);
                 put_call(b, &m->tool_calls[k]);
                 if (!is_first) is_first = 1;
-                else sb_puts(b, DS_CALLS_END DS_EOS);
+                else tg_buf_puts(b, DS_CALLS_END DS_EOS);
             }
         } else if (!strcmp(m->role, "assistant")) {
-            sb_puts(b, is_tool ? DS_OUTS_END : DS_ASSISTANT);
+            tg_buf_puts(b, is_tool ? DS_OUTS_END : DS_ASSISTANT);
             put_content(b, m);
-            sb_puts(b, DS_EOS);
+            tg_buf_puts(b, DS_EOS);
             is_tool = 0;
         } else if (!strcmp(m->role, "tool")) {
             is_tool = 1;
-            sb_puts(b, output_first ? DS_OUTS_BEGIN DS_OUT_BEGIN : "\n" DS_OUT_BEGIN);
+            tg_buf_puts(b, output_first ? DS_OUTS_BEGIN DS_OUT_BEGIN : "\n" DS_OUT_BEGIN);
             put_content(b, m);
-            sb_puts(b, DS_OUT_END);
+            tg_buf_puts(b, DS_OUT_END);
             output_first = 0;
         }
     }
-    if (is_tool) sb_puts(b, DS_OUTS_END);
-    if (gen && !is_tool) sb_puts(b, DS_ASSISTANT);
+    if (is_tool) tg_buf_puts(b, DS_OUTS_END);
+    if (gen && !is_tool) tg_buf_puts(b, DS_ASSISTANT);
 }
 
 /* DeepSeek-R1's template (tokenizer_config.json of deepseek-ai/DeepSeek-R1):
@@ -207,46 +187,46 @@ static void render_r1(sb_t *b, const tok_chat_msg_t *msgs, size_t n, const tools
         const tok_chat_msg_t *m = &msgs[i];
         if (!strcmp(m->role, "user")) {
             is_tool = 0;
-            sb_puts(b, DS_USER);
+            tg_buf_puts(b, DS_USER);
             put_content(b, m);
         } else if (!strcmp(m->role, "assistant") && m->n_tool_calls) {
             is_tool = 0;
             for (size_t k = 0; k < m->n_tool_calls; k++) {
                 if (!is_first) {
-                    sb_puts(b, DS_ASSISTANT);
+                    tg_buf_puts(b, DS_ASSISTANT);
                     if (m->content) put_content(b, m);
-                    sb_puts(b, DS_CALLS_BEGIN DS_CALL_BEGIN);
+                    tg_buf_puts(b, DS_CALLS_BEGIN DS_CALL_BEGIN);
                     is_first = 1;
                 } else {
-                    sb_puts(b, "\n" DS_CALL_BEGIN);
+                    tg_buf_puts(b, "\n" DS_CALL_BEGIN);
                 }
                 put_call(b, &m->tool_calls[k]);
             }
-            sb_puts(b, DS_CALLS_END DS_EOS);
+            tg_buf_puts(b, DS_CALLS_END DS_EOS);
         } else if (!strcmp(m->role, "assistant")) {
             if (is_tool) {
-                sb_puts(b, DS_OUTS_END);
+                tg_buf_puts(b, DS_OUTS_END);
                 put_content(b, m);
             } else {
-                sb_puts(b, DS_ASSISTANT);
+                tg_buf_puts(b, DS_ASSISTANT);
                 put_after_think(b, m);
             }
-            sb_puts(b, DS_EOS);
+            tg_buf_puts(b, DS_EOS);
             is_tool = 0;
         } else if (!strcmp(m->role, "tool")) {
             is_tool = 1;
-            sb_puts(b, output_first ? DS_OUTS_BEGIN DS_OUT_BEGIN : DS_OUT_BEGIN);
+            tg_buf_puts(b, output_first ? DS_OUTS_BEGIN DS_OUT_BEGIN : DS_OUT_BEGIN);
             put_content(b, m);
-            sb_puts(b, DS_OUT_END);
+            tg_buf_puts(b, DS_OUT_END);
             output_first = 0;
         }
     }
-    if (is_tool) sb_puts(b, DS_OUTS_END);
-    if (gen && !is_tool) sb_puts(b, DS_ASSISTANT "<think>\n");
+    if (is_tool) tg_buf_puts(b, DS_OUTS_END);
+    if (gen && !is_tool) tg_buf_puts(b, DS_ASSISTANT "<think>\n");
 }
 
 static int render_mixtral(sb_t *b, const tok_chat_msg_t *msgs, size_t n, char *err, size_t errlen) {
-    sb_puts(b, "<s>");
+    tg_buf_puts(b, "<s>");
     for (size_t i = 0; i < n; i++) {
         const tok_chat_msg_t *m = &msgs[i];
         int user = !strcmp(m->role, "user");
@@ -255,12 +235,12 @@ static int render_mixtral(sb_t *b, const tok_chat_msg_t *msgs, size_t n, char *e
             return -1;
         }
         if (user) {
-            sb_puts(b, "[INST] ");
+            tg_buf_puts(b, "[INST] ");
             put_content(b, m);
-            sb_puts(b, " [/INST]");
+            tg_buf_puts(b, " [/INST]");
         } else if (!strcmp(m->role, "assistant") && m->content) {
             put_content(b, m);
-            sb_puts(b, "</s>");
+            tg_buf_puts(b, "</s>");
         } else {
             errf(err, errlen, "Only user and assistant roles are supported!");
             return -1;
@@ -301,13 +281,13 @@ char *tok_chat_render_tools(tok_tmpl_kind_t kind, const tok_chat_msg_t *msgs, si
         errf(err, errlen, "unknown chat template kind %d", (int)kind);
         return NULL;
     }
-    if (!b.p) sb_put(&b, "", 0);
+    if (!b.p) tg_buf_put(&b, "", 0);
     if (b.oom) {
         free(b.p);
         errf(err, errlen, "out of memory");
         return NULL;
     }
-    if (out_len) *out_len = b.n;
+    if (out_len) *out_len = b.len;
     return b.p;
 }
 
