@@ -7,31 +7,31 @@
 #include "../../../billing/bill_money.c"
 
 static void test_cost_exact(void) {
-    bill_price_t p = {270000, 70000, 1100000}; /* $0.27, $0.07, $1.10 per 1M tokens */
+    bill_price_t p = {.input_cache_miss = 270000, .input_cache_hit = 70000, .output = 1100000}; /* $0.27, $0.07, $1.10 per 1M tokens */
     CHECK_EQ_I(bill_cost_pico(&p, 0, 0, 0), 0);
     CHECK_EQ_I(bill_cost_pico(&p, 1, 0, 0), 270000);           /* one token: 0.27 micro-USD */
     CHECK_EQ_I(bill_cost_pico(&p, 1000000, 0, 0), 270000000000LL); /* 1M tokens: $0.27 */
     CHECK_EQ_I(bill_cost_pico(&p, 700, 300, 500), 700LL * 270000 + 300LL * 70000 + 500LL * 1100000);
     /* cache hit and miss priced separately */
     CHECK(bill_cost_pico(&p, 0, 1000, 0) != bill_cost_pico(&p, 1000, 0, 0));
-    bill_price_t one = {1, 1, 1};
+    bill_price_t one = {.input_cache_miss = 1, .input_cache_hit = 1, .output = 1};
     CHECK_EQ_I(bill_cost_pico(&one, 3, 4, 5), 12);
 }
 
 static void test_cost_large_and_overflow(void) {
-    bill_price_t p = {270000, 70000, 1100000};
+    bill_price_t p = {.input_cache_miss = 270000, .input_cache_hit = 70000, .output = 1100000};
     /* 1e12 tokens of output at $1.10/1M = $1.1M = 1.1e18 pico: still exact */
     CHECK_EQ_I(bill_cost_pico(&p, 0, 0, 1000000000000LL), 1100000000000000000LL);
     CHECK_EQ_I(bill_cost_pico(&p, 0, 0, 10000000000000LL), -1); /* 1.1e19 > INT64_MAX */
     CHECK_EQ_I(bill_cost_pico(&p, INT64_MAX, 0, 0), -1);
     /* each term fits, the sum does not */
-    bill_price_t big = {1000000, 1000000, 1000000};
+    bill_price_t big = {.input_cache_miss = 1000000, .input_cache_hit = 1000000, .output = 1000000};
     CHECK_EQ_I(bill_cost_pico(&big, 4000000000000LL, 4000000000000LL, 4000000000000LL), -1);
     CHECK_EQ_I(bill_cost_pico(&big, 3000000000000LL, 3000000000000LL, 3000000000000LL), 9000000000000000000LL);
     CHECK_EQ_I(bill_cost_pico(&p, -1, 0, 0), -1);
     CHECK_EQ_I(bill_cost_pico(&p, 0, -1, 0), -1);
     CHECK_EQ_I(bill_cost_pico(&p, 0, 0, -1), -1);
-    bill_price_t neg = {-1, 0, 0};
+    bill_price_t neg = {.input_cache_miss = -1, .input_cache_hit = 0, .output = 0};
     CHECK_EQ_I(bill_cost_pico(&neg, 1, 0, 0), -1);
     CHECK_EQ_I(bill_cost_pico(NULL, 1, 0, 0), -1);
 }

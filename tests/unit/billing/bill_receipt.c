@@ -57,7 +57,7 @@ static void test_sign_verify_tamper(void) {
     u.key_id = 7;
     u.customer_id = 3;
     u.model = "m \"quoted\"";
-    u.price = (bill_price_t){270000, 70000, 1100000};
+    u.price = (bill_price_t){.input_cache_miss = 270000, .input_cache_hit = 70000, .output = 1100000};
     u.prompt_tokens = 1000;
     u.prompt_cache_hit_tokens = 400;
     u.completion_tokens = 50;
