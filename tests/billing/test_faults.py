@@ -108,7 +108,6 @@ class Faults(tggateway.GatewayCase):
     NAME = "faults"
     PORTS = tggateway.Ports(pg=P_PG, redis=None, worker=P_WORKER, gw=P_GW, admin=P_ADMIN)
     CONFIG = {"upstream_timeout_ms": 10000, "lease_ttl_ms": 5000, "lease_idle_ms": 300}
-    FAIL_ON_SANITIZER = True
 
     @classmethod
     def set_up_stack(cls):

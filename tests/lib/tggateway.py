@@ -69,7 +69,7 @@ class GatewayCase(unittest.TestCase):
     CONFIG = {}              # added to (or replacing) the generated configuration
     RECEIPT_KEY = False      # make an Ed25519 receipt key and configure it
     STATEMENT_TIMEOUT_MS = 60000
-    FAIL_ON_SANITIZER = False  # tearDownClass fails (and keeps the directory) on a sanitizer line in gateway.log
+    FAIL_ON_SANITIZER = True  # tearDownClass fails (and keeps the directory) on a sanitizer line in gateway.log
 
     @classmethod
     def setUpClass(cls):
