@@ -143,61 +143,53 @@ enum { NCOL = 19 };
 
 /* ---- building the statement's array parameters ------------------------- */
 
-/* The columns are built in tg_json's byte buffer (NUL-terminated, grows,
- * remembers a failed allocation in .oom). */
-typedef tg_buf_t sbuf_t;
-
-static void sb_put(sbuf_t *b, const char *s, size_t n) { tg_buf_put(b, s, n); }
-
-static void sb_str(sbuf_t *b, const char *s) { sb_put(b, s, strlen(s)); }
-
-static void sb_i64(sbuf_t *b, int64_t v) {
-    char t[24];
-    sb_put(b, t, snprintf(t, sizeof t, "%lld", (long long)v));
-}
+/* The columns are built in the tree's byte buffer (common/tg_buf.h: grows,
+ * NUL-terminated, remembers a failed allocation in .oom), numbers without
+ * printf (tg_buf_put_i64): a settled row is 19 of them. */
 
 /* An element of a text[] literal: double-quoted, \ and " escaped. */
-static void sb_quoted(sbuf_t *b, const char *s) {
-    sb_put(b, "\"", 1);
-    for (; *s; s++) {
-        if (*s == '"' || *s == '\\') sb_put(b, "\\", 1);
-        sb_put(b, s, 1);
+static void sb_quoted(tg_buf_t *b, const char *s) {
+    tg_buf_put(b, "\"", 1);
+    for (size_t n; *s; s += n) {
+        n = strcspn(s, "\"\\");
+        if (n) tg_buf_put(b, s, n);
+        else tg_buf_put(b, (const char[]){'\\', *s++}, 2);
     }
-    sb_put(b, "\"", 1);
+    tg_buf_put(b, "\"", 1);
 }
 
 /* Fill params[NCOL] (malloc'ed strings) for n items.  Returns 0 or -1. */
 static int build_params(item_t **it, int n, char *params[NCOL]) {
-    sbuf_t col[NCOL];
+    tg_buf_t col[NCOL];
     memset(col, 0, sizeof col);
-    for (int c = 0; c < NCOL; c++) sb_str(&col[c], "{");
+    for (int c = 0; c < NCOL; c++) tg_buf_puts(&col[c], "{");
     for (int i = 0; i < n; i++) {
         const bill_usage_t *u = &it[i]->u;
         if (i)
-            for (int c = 0; c < NCOL; c++) sb_str(&col[c], ",");
-        sb_str(&col[0], u->request_id);
-        sb_i64(&col[1], u->key_id);
-        sb_i64(&col[2], u->customer_id);
+            for (int c = 0; c < NCOL; c++) tg_buf_puts(&col[c], ",");
+        tg_buf_puts(&col[0], u->request_id);
+        tg_buf_put_i64(&col[1], u->key_id);
+        tg_buf_put_i64(&col[2], u->customer_id);
         sb_quoted(&col[3], u->model);
-        sb_i64(&col[4], u->prompt_tokens);
-        sb_i64(&col[5], u->prompt_cache_hit_tokens);
-        sb_i64(&col[6], u->completion_tokens);
-        sb_i64(&col[7], u->reasoning_tokens);
-        sb_i64(&col[8], u->price.input_cache_miss);
-        sb_i64(&col[9], u->price.input_cache_hit);
-        sb_i64(&col[10], u->price.output);
-        sb_i64(&col[11], it[i]->cost);
-        sb_i64(&col[12], u->http_status);
-        sb_str(&col[13], u->stream ? "t" : "f");
-        sb_i64(&col[14], u->received_us);
-        sb_i64(&col[15], u->first_byte_us);
-        sb_i64(&col[16], u->finished_us);
-        sb_i64(&col[17], u->price.price_id);
-        sb_i64(&col[18], u->price.override_id);
+        tg_buf_put_i64(&col[4], u->prompt_tokens);
+        tg_buf_put_i64(&col[5], u->prompt_cache_hit_tokens);
+        tg_buf_put_i64(&col[6], u->completion_tokens);
+        tg_buf_put_i64(&col[7], u->reasoning_tokens);
+        tg_buf_put_i64(&col[8], u->price.input_cache_miss);
+        tg_buf_put_i64(&col[9], u->price.input_cache_hit);
+        tg_buf_put_i64(&col[10], u->price.output);
+        tg_buf_put_i64(&col[11], it[i]->cost);
+        tg_buf_put_i64(&col[12], u->http_status);
+        tg_buf_puts(&col[13], u->stream ? "t" : "f");
+        tg_buf_put_i64(&col[14], u->received_us);
+        tg_buf_put_i64(&col[15], u->first_byte_us);
+        tg_buf_put_i64(&col[16], u->finished_us);
+        tg_buf_put_i64(&col[17], u->price.price_id);
+        tg_buf_put_i64(&col[18], u->price.override_id);
     }
     int oom = 0;
     for (int c = 0; c < NCOL; c++) {
-        sb_str(&col[c], "}");
+        tg_buf_puts(&col[c], "}");
         oom |= col[c].oom;
         params[c] = col[c].p;
     }

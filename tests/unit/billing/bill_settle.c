@@ -43,7 +43,7 @@ static bill_usage_t sample(int i) {
     u.key_id = 1;
     u.customer_id = 1;
     u.model = "m";
-    u.price = (bill_price_t){270000, 70000, 1100000};
+    u.price = (bill_price_t){.input_cache_miss = 270000, .input_cache_hit = 70000, .output = 1100000};
     u.prompt_tokens = 10;
     u.prompt_cache_hit_tokens = 4;
     u.completion_tokens = 5;
@@ -341,6 +341,27 @@ static void test_linger(void) {
     event_base_free(base);
 }
 
+/* The statement's array parameters, byte for byte: numbers, booleans, and a
+ * model name quoted with its " and \ escaped. */
+static void test_params(void) {
+    bill_usage_t u0 = sample(300000), u1 = sample(300001);
+    u1.model = "a\"b\\c";
+    u1.stream = 1;
+    u1.received_us = -5; /* (not a valid row: the literal only) */
+    u1.price.price_id = 9223372036854775807LL;
+    item_t a = {.u = u0, .cost = 3}, b = {.u = u1, .cost = 0};
+    item_t *v[2] = {&a, &b};
+    char *p[NCOL];
+    CHECK_EQ_I(build_params(v, 2, p), 0);
+    CHECK_EQ_S(p[0], "{0190f0e2-7a3b-7c00-8000-000000300000,0190f0e2-7a3b-7c00-8000-000000300001}");
+    CHECK_EQ_S(p[3], "{\"m\",\"a\\\"b\\\\c\"}");
+    CHECK_EQ_S(p[11], "{3,0}");
+    CHECK_EQ_S(p[13], "{f,t}");
+    CHECK_EQ_S(p[14], "{1,-5}");
+    CHECK_EQ_S(p[17], "{0,9223372036854775807}");
+    for (int c = 0; c < NCOL; c++) free(p[c]);
+}
+
 static double secs(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -395,6 +416,7 @@ int main(void) {
     test_replay();
     test_journal();
     test_linger();
+    test_params();
     measure_cost();
     char cmd[128];
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
