@@ -75,7 +75,7 @@ void gw_log_format(tg_buf_t *b, const gw_req_t *r) {
     }
     if (r->proxied) {
         tg_buf_puts(b, ",\"worker\":\"");
-        tg_buf_puts(b, r->worker_url ? r->worker_url : "");
+        if (r->worker_url) tg_json_write_chars(b, r->worker_url, strlen(r->worker_url)); /* configured text */
         tg_buf_puts(b, "\",\"prompt_tokens\":");
         tg_buf_put_i64(b, (long long)r->prompt_tokens);
         tg_buf_puts(b, ",\"prompt_cache_hit_tokens\":");
@@ -88,7 +88,7 @@ void gw_log_format(tg_buf_t *b, const gw_req_t *r) {
     }
     if (r->error_code) {
         tg_buf_puts(b, ",\"error\":\"");
-        tg_buf_puts(b, r->error_code);
+        tg_json_write_chars(b, r->error_code, strlen(r->error_code));
         tg_buf_put(b, "\"", 1);
     }
     if (r->client_gone) tg_buf_puts(b, ",\"client_aborted\":true");

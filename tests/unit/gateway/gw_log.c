@@ -28,13 +28,20 @@ static void ref_format(tg_buf_t *b, const gw_req_t *r) {
         tg_json_write_chars(b, r->model, strlen(r->model));
         tg_buf_printf(b, "\",\"stream\":%s", r->stream ? "true" : "false");
     }
-    if (r->proxied)
-        tg_buf_printf(b, ",\"worker\":\"%s\",\"prompt_tokens\":%lld,\"prompt_cache_hit_tokens\":%lld,"
+    if (r->proxied) {
+        tg_buf_printf(b, ",\"worker\":\"");
+        if (r->worker_url) tg_json_write_chars(b, r->worker_url, strlen(r->worker_url));
+        tg_buf_printf(b, "\",\"prompt_tokens\":%lld,\"prompt_cache_hit_tokens\":%lld,"
                          "\"completion_tokens\":%lld,\"reasoning_tokens\":%lld,\"usage_reported\":%s",
-                      r->worker_url ? r->worker_url : "", (long long)r->prompt_tokens, (long long)r->cache_hit_tokens,
+                      (long long)r->prompt_tokens, (long long)r->cache_hit_tokens,
                       (long long)r->completion_tokens, (long long)r->reasoning_tokens,
                       r->have_usage ? "true" : "false");
-    if (r->error_code) tg_buf_printf(b, ",\"error\":\"%s\"", r->error_code);
+    }
+    if (r->error_code) {
+        tg_buf_printf(b, ",\"error\":\"");
+        tg_json_write_chars(b, r->error_code, strlen(r->error_code));
+        tg_buf_printf(b, "\"");
+    }
     if (r->client_gone) tg_buf_printf(b, ",\"client_aborted\":true");
     tg_buf_printf(b, ",\"ttfb_ms\":%.3f,\"duration_ms\":%.3f}\n",
                   r->first_byte_us ? (r->first_byte_us - r->received_us) / 1000.0 : -1.0,
@@ -108,6 +115,9 @@ static void test_line(void) {
     target[sizeof target - 1] = '\0';
     target[3] = '\x01';
     h.target = target; /* cut at 512 bytes */
+    check_same(&r);
+    r.worker_url = "http://w\"orker\\:8500"; /* configured text, escaped like the rest */
+    r.error_code = "upstream_\"error";
     check_same(&r);
     r.received_us = 0; /* the epoch: the second cache's first value */
     r.finished_us = 0;
