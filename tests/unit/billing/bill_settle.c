@@ -76,6 +76,17 @@ static long spooled_rows(void) {
     return total;
 }
 
+/* A settler over the test's spool, on a new event base, with a PostgreSQL
+ * that never answers (port 1): answers are made by hand (answer()). */
+static bill_settler_t *settler_test_new(struct event_base **base, bill_pg_t **pg) {
+    char err[256] = "";
+    *base = event_base_new();
+    *pg = bill_pg_new(*base, "host=127.0.0.1 port=1 dbname=x", 1, 1000, NULL, NULL);
+    bill_settler_t *s = settler_inline(bill_settler_new(*base, *pg, spool, err, sizeof err));
+    if (!s) fprintf(stderr, "bill_settler_new: %s\n", err);
+    return s;
+}
+
 /* Send the next batch and answer it: ok=1 success, ok=0 database down.  The
  * rows queued so far are sent at once, as if their linger had passed. */
 static int answer(bill_settler_t *s, int ok) {
@@ -97,10 +108,9 @@ static int answer(bill_settler_t *s, int ok) {
 }
 
 static void test_replay(void) {
-    struct event_base *base = event_base_new();
-    bill_pg_t *pg = bill_pg_new(base, "host=127.0.0.1 port=1 dbname=x", 1, 1000, NULL, NULL);
-    char err[256] = "";
-    bill_settler_t *s = settler_inline(bill_settler_new(base, pg, spool, err, sizeof err));
+    struct event_base *base;
+    bill_pg_t *pg;
+    bill_settler_t *s = settler_test_new(&base, &pg);
     CHECK(s != NULL);
     if (!s) return;
     bill_settler_on_up(s); /* the empty probe file goes away */
@@ -205,10 +215,9 @@ static void journal_expire(bill_settler_t *s) { mtr_journal_tick(s->journal, tg_
  * file goes when its rows committed and it was rotated, a second process
  * (the restart after a SIGKILL) replays it, overflow rows are read back. */
 static void test_journal(void) {
-    struct event_base *base = event_base_new();
-    bill_pg_t *pg = bill_pg_new(base, "host=127.0.0.1 port=1 dbname=x", 1, 1000, NULL, NULL);
-    char err[256] = "";
-    bill_settler_t *s = settler_inline(bill_settler_new(base, pg, spool, err, sizeof err));
+    struct event_base *base;
+    bill_pg_t *pg;
+    bill_settler_t *s = settler_test_new(&base, &pg);
     CHECK(s != NULL);
     if (!s) return;
     bill_settler_on_up(s);
@@ -254,6 +263,7 @@ static void test_journal(void) {
         u = sample(i);
         bill_settler_push(s, &u);
     }
+    char err[256] = "";
     bill_settler_t *s2 = settler_inline(bill_settler_new(base, pg, spool, err, sizeof err));
     CHECK(s2 != NULL);
     if (s2) {
@@ -293,10 +303,9 @@ static void test_journal(void) {
 /* A batch lingers: a lone row waits LINGER_US for company, LINGER_ROWS go at
  * once, and a waiting row is sent by the timer alone. */
 static void test_linger(void) {
-    struct event_base *base = event_base_new();
-    bill_pg_t *pg = bill_pg_new(base, "host=127.0.0.1 port=1 dbname=x", 1, 1000, NULL, NULL);
-    char err[256] = "";
-    bill_settler_t *s = settler_inline(bill_settler_new(base, pg, spool, err, sizeof err));
+    struct event_base *base;
+    bill_pg_t *pg;
+    bill_settler_t *s = settler_test_new(&base, &pg);
     CHECK(s != NULL);
     if (!s) return;
     bill_settler_on_up(s);
@@ -373,10 +382,9 @@ static double secs(void) {
  * (what it was before), in the same run.  Printed for billing/README.md. */
 static void measure_cost(void) {
     enum { N = 20000 };
-    struct event_base *base = event_base_new();
-    bill_pg_t *pg = bill_pg_new(base, "host=127.0.0.1 port=1 dbname=x", 1, 1000, NULL, NULL);
-    char err[256] = "";
-    bill_settler_t *s = settler_inline(bill_settler_new(base, pg, spool, err, sizeof err));
+    struct event_base *base;
+    bill_pg_t *pg;
+    bill_settler_t *s = settler_test_new(&base, &pg);
     if (!s) return;
     bill_settler_on_up(s);
     answer(s, 1); /* leftovers of the tests before */
