@@ -461,8 +461,9 @@ static void test_parse_member(void) {
     CHECK(tg_json_parse_member("{\"a\":1,}", 8, NULL, "a", 1, &e) == NULL);
     CHECK(e.offset == 7); /* the whole text's error */
     CHECK(tg_json_parse_member("{\"a\":1}", 7, NULL, "b", 1, &e) == NULL && e.msg);
-    CHECK(tg_json_parse_member("{\"a\\u0000b\":1}", 14, NULL, "a\0b", 3, NULL) != NULL); /* a key holding NUL */
-    tg_json_free(tg_json_parse_member("{\"a\\u0000b\":1}", 14, NULL, "a\0b", 3, NULL));
+    tg_json_t *v = tg_json_parse_member("{\"a\\u0000b\":1}", 14, NULL, "a\0b", 3, NULL);
+    CHECK(v != NULL); /* a key holding NUL */
+    tg_json_free(v);
     tg_json_opts_t o = {.max_depth = 2};
     CHECK(tg_json_parse_member("{\"a\":[[1]]}", 11, &o, "a", 1, &e) == NULL); /* depth counts from the root */
 }
