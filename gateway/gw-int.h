@@ -48,6 +48,20 @@ char *gw_pstrndup(gw_pool_t *p, const char *s, size_t n);
 int gw_pool_cleanup_add(gw_pool_t *p, gw_cleanup_fn fn, void *arg);
 void gw_pool_free(gw_pool_t *p); /* accepts NULL */
 
+/* The calling thread's cache of fixed-size per-request blocks (gw_pool.c:
+ * why, and its bounds).  gw_block_get returns an uninitialised block of class
+ * cls (NULL when out of memory), owned by the caller until gw_block_put
+ * (accepts NULL) gives it back, on any thread: the block joins that thread's
+ * list, or is freed when the list holds GW_BLOCK_CACHE_MAX.  A thread that
+ * put blocks calls gw_block_cache_drain before it ends (the event loops'
+ * threads, the process at exit). */
+enum { GW_BLOCK_POOL, GW_BLOCK_POOL_MORE, GW_BLOCK_HTTP_REQ, GW_BLOCK_NCLASSES };
+#define GW_BLOCK_CACHE_MAX 64 /* per class and thread: 64 x (4 + 4 + 3.3 KiB) at most */
+void *gw_block_get(int cls);
+void gw_block_put(int cls, void *p);
+unsigned gw_block_cached(int cls); /* blocks in this thread's list of cls */
+void gw_block_cache_drain(void);
+
 /* ---- chunked transfer decoding (gw_http.c) ------------------------------ */
 
 typedef struct {

@@ -16,6 +16,7 @@
  * The chunked decoder and the response-head parser are shared with the proxy
  * side (worker replies). */
 #include <ctype.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -157,7 +158,7 @@ void gw_http_req_free(gw_http_req_t *r) {
     if (!r) return;
     free(r->head);
     free(r->body);
-    free(r);
+    gw_block_put(GW_BLOCK_HTTP_REQ, r);
 }
 
 const char *gw_http_header(const gw_http_req_t *r, const char *name) {
@@ -335,12 +336,16 @@ int gw_http_parser_next(gw_http_parser_t *p, gw_http_req_t **out) {
             return GW_AGAIN;
         }
         if (hlen > p->max_header) return fail(p, 431, "request header fields too large");
-        gw_http_req_t *r = calloc(1, sizeof *r);
+        gw_http_req_t *r = gw_block_get(GW_BLOCK_HTTP_REQ);
         char *h = r ? malloc(hlen + 1) : NULL;
         if (!h) {
-            free(r);
+            gw_block_put(GW_BLOCK_HTTP_REQ, r);
             return fail(p, 500, "out of memory");
         }
+        /* a cached block holds the last request's bytes: zero all but the
+         * header slots, of which parse_head fills the first nhdrs */
+        memset(r, 0, offsetof(gw_http_req_t, hdrs));
+        memset((char *)r + offsetof(gw_http_req_t, nhdrs), 0, sizeof *r - offsetof(gw_http_req_t, nhdrs));
         memcpy(h, p->in.p, hlen);
         h[hlen] = '\0';
         r->head = h;

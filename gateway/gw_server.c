@@ -194,6 +194,7 @@ static void gw_loop_release(gw_loop_t *l) {
 static void *gw_loop_thread(void *arg) {
     gw_loop_t *l = arg;
     event_base_dispatch(l->base);
+    gw_block_cache_drain(); /* what this loop's requests left in its thread's cache */
     return NULL;
 }
 
@@ -312,6 +313,7 @@ void gw_server_free(gw_server_t *s) {
     tok_free(s->tok);
     if (s->alog && s->alog != stdout) fclose(s->alog);
     free(s);
+    gw_block_cache_drain(); /* the first loop's, and what the loops' release put */
 }
 
 void gw_server_reload(gw_server_t *s) { gw_tls_reload(s); }

@@ -340,5 +340,36 @@ static void test_head_write(void) {
     check_head(&h);
 }
 
-TG_TEST_MAIN(test_simple_get, test_pipelined_every_split, test_one_byte_at_a_time, test_errors, test_limits,
+/* A request parsed into a block the one before used (gw_block cache): nothing
+ * of the first (body, Content-Length, chunked, 100-continue, close, headers)
+ * shows through in the second. */
+static void test_reused_block(void) {
+    gw_block_cache_drain();
+    const char *m1 = "POST /a HTTP/1.0\r\nContent-Length: 5\r\nExpect: 100-continue\r\nX-A: 1\r\nX-B: 2\r\n\r\nhello";
+    const char *m2 = "GET /b HTTP/1.1\r\nHost: h\r\n\r\n";
+    gw_http_req_t *r[1];
+    int err;
+    CHECK_EQ_I(parse_all(m1, strlen(m1), 0, r, 1, &err), 1);
+    gw_http_req_t *first = r[0];
+    CHECK_EQ_I((int)r[0]->body_len, 5);
+    gw_http_req_free(r[0]);
+    CHECK_EQ_I((int)gw_block_cached(GW_BLOCK_HTTP_REQ), 1);
+    CHECK_EQ_I(parse_all(m2, strlen(m2), 0, r, 1, &err), 1);
+    CHECK(r[0] == first); /* the same block, from the cache */
+    CHECK_EQ_S(r[0]->method, "GET");
+    CHECK(r[0]->body == NULL);
+    CHECK_EQ_I((int)r[0]->body_len, 0);
+    CHECK_EQ_I((int)r[0]->content_length, -1);
+    CHECK_EQ_I(r[0]->chunked, 0);
+    CHECK_EQ_I(r[0]->expect_continue, 0);
+    CHECK_EQ_I(r[0]->keep_alive, 1);
+    CHECK_EQ_I(r[0]->minor, 1);
+    CHECK_EQ_I(r[0]->nhdrs, 1);
+    CHECK(gw_http_header(r[0], "x-a") == NULL);
+    gw_http_req_free(r[0]);
+    gw_block_cache_drain();
+    CHECK_EQ_I((int)gw_block_cached(GW_BLOCK_HTTP_REQ), 0);
+}
+
+TG_TEST_MAIN(test_simple_get, test_reused_block, test_pipelined_every_split, test_one_byte_at_a_time, test_errors, test_limits,
              test_expect_continue, test_keep_alive_rules, test_chunked_decoder, test_response_head, test_head_write)

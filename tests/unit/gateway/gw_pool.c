@@ -3,6 +3,17 @@
 #include <stdint.h>
 #include <string.h>
 
+#if defined(__SANITIZE_ADDRESS__)
+#define T_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define T_ASAN 1
+#endif
+#endif
+#ifdef T_ASAN
+#include <sanitizer/asan_interface.h>
+#endif
+
 #include "../../../gateway/gw-int.h"
 #include "tg_test.h"
 
@@ -53,4 +64,44 @@ static void test_pool_blocks(void) {
     gw_pool_free(p);
 }
 
-TG_TEST_MAIN(test_pool, test_pool_blocks)
+/* The block cache: a freed pool's blocks come back to the next pool of this
+ * thread, the lists keep at most GW_BLOCK_CACHE_MAX blocks each however
+ * many pools die at once (a pipelining client), a drain frees them all, and
+ * under ASan a cached block is poisoned (a use after free is still seen). */
+static void test_block_cache(void) {
+    gw_block_cache_drain();
+    gw_pool_t *p = gw_pool_new();
+    for (int i = 0; i < 3; i++) CHECK(gw_palloc(p, 1500) != NULL); /* the third: a second 4 KiB block */
+    gw_pool_free(p);
+    CHECK_EQ_I((int)gw_block_cached(GW_BLOCK_POOL), 1);
+    CHECK_EQ_I((int)gw_block_cached(GW_BLOCK_POOL_MORE), 1);
+#ifdef T_ASAN
+    CHECK(__asan_address_is_poisoned(p)); /* the cached pool: its bytes, its list link */
+    CHECK(__asan_address_is_poisoned((char *)p + 1000));
+#endif
+    gw_pool_t *q = gw_pool_new();
+    CHECK(q == p); /* the same block, from the cache */
+    CHECK_EQ_I((int)gw_block_cached(GW_BLOCK_POOL), 0);
+    char *z = gw_palloc(q, 100);
+    int zero = 1;
+    for (int i = 0; i < 100; i++) zero &= z[i] == 0;
+    CHECK(zero);
+    gw_pool_free(q);
+
+    enum { N = 3 * GW_BLOCK_CACHE_MAX };
+    static gw_pool_t *many[N];
+    for (int i = 0; i < N; i++) {
+        many[i] = gw_pool_new();
+        for (int k = 0; k < 3; k++) CHECK(many[i] != NULL && gw_palloc(many[i], 2000) != NULL); /* a second block each */
+    }
+    for (int i = 0; i < N; i++) gw_pool_free(many[i]);
+    CHECK_EQ_I((int)gw_block_cached(GW_BLOCK_POOL), GW_BLOCK_CACHE_MAX);
+    CHECK_EQ_I((int)gw_block_cached(GW_BLOCK_POOL_MORE), GW_BLOCK_CACHE_MAX);
+    gw_block_cache_drain();
+    CHECK_EQ_I((int)gw_block_cached(GW_BLOCK_POOL), 0);
+    CHECK_EQ_I((int)gw_block_cached(GW_BLOCK_POOL_MORE), 0);
+    gw_block_put(GW_BLOCK_POOL, NULL); /* accepts NULL */
+    CHECK_EQ_I((int)gw_block_cached(GW_BLOCK_POOL), 0);
+}
+
+TG_TEST_MAIN(test_pool, test_pool_blocks, test_block_cache)
