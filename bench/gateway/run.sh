@@ -47,7 +47,8 @@ cleanup() {
     for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
     bash tests/billing/pg.sh stop "$PGD" >/dev/null 2>&1 || true
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+trap 'exit 143' INT TERM # (the EXIT trap cleans up; without the exit the hold loop went on)
 
 rm -rf "$V"
 mkdir -p "$V/tls" "$V/log" "$V/spool" "$V/nginx"
