@@ -49,6 +49,7 @@ typedef struct lease {
     int64_t want;       /* what the grant in flight asked for */
     int64_t prefetch_after_us; /* no early grant before (one fell short of what it asked) */
     int grant_inflight, releasing, release_sent;
+    int grant_early;    /* the grant in flight is a top-up asked with no hold waiting */
     bill_pg_job_t *job; /* the grant in flight */
     TAILQ_HEAD(, bill_req) waiters;
     bill_lease_t *owner;
@@ -270,6 +271,8 @@ static void grant_done(PGresult *res, const char *err, void *arg) {
     bill_lease_t *L = l->owner;
     l->job = NULL;
     l->grant_inflight = 0;
+    int early = l->grant_early;
+    l->grant_early = 0;
     if (!res || PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
         log_pg("credit lease failed", err ? err : res ? PQresultErrorMessage(res) : "?");
         lease_serve(L, l, 1, BILL_ERROR, NULL);
@@ -299,7 +302,11 @@ static void grant_done(PGresult *res, const char *err, void *arg) {
     }
     int full = g > 0 && g >= l->want;
     if (!full) l->prefetch_after_us = tg_mono_us() + TICK_MS * 1000;
-    lease_serve(L, l, !full, info.limit == BILL_LIMIT_BALANCE ? BILL_NO_BALANCE : BILL_SPEND_LIMIT, &info);
+    /* A top-up asked for nobody in particular: holds that queued behind it
+     * are not refused by its answer but get a grant of their own (asked with
+     * their need) when it falls short. */
+    int done = !full && !early;
+    lease_serve(L, l, done, info.limit == BILL_LIMIT_BALANCE ? BILL_NO_BALANCE : BILL_SPEND_LIMIT, &info);
 }
 
 static void lease_grant(bill_lease_t *L, lease_t *l) {
@@ -331,6 +338,7 @@ static void lease_grant(bill_lease_t *L, lease_t *l) {
      * PostgreSQL then reserves more than this holder counts, never less. */
     bill_pg_job_retry_ok(l->job);
     l->grant_inflight = 1;
+    l->grant_early = TAILQ_EMPTY(&l->waiters);
 }
 
 /* ---- the public side ------------------------------------------------------ */
