@@ -45,12 +45,12 @@
 #ifndef AMX_PF
 #define AMX_PF 1024
 #endif
-#define AMX_P 256     /* columns per sweep of the token groups (partial sums spilled between sweeps) */
 
 int eng_cpu_amx_probe(void) {
     __builtin_cpu_init();
     if (!__builtin_cpu_supports("amx-tile") || !__builtin_cpu_supports("amx-bf16") ||
-        !__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx512bw"))
+        !__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx512bw") ||
+        !__builtin_cpu_supports("avx512bf16"))
         return 0;
     /* Linux hands out the 8 KB tile state only on request (once per process) */
     return syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0;
@@ -64,31 +64,55 @@ size_t eng_cpu_amx_xbytes(int n, int64_t C) {
     return groups * kb * 2 * 32 * (size_t)tile_w(n) * sizeof(uint16_t);
 }
 
-/* bf16 of 16 floats, rounded to nearest even (no NaNs reach here) */
-static inline __attribute__((always_inline, target("avx512f,avx512bw"))) __m512i bf16_rne(__m512 v) {
-    __m512i b = _mm512_castps_si512(v);
-    __m512i r = _mm512_add_epi32(b, _mm512_add_epi32(_mm512_set1_epi32(0x7fff),
-                                                     _mm512_and_si512(_mm512_srli_epi32(b, 16), _mm512_set1_epi32(1))));
-    return _mm512_and_si512(r, _mm512_set1_epi32((int)0xffff0000u));
+/* hi and lo parts of 32 floats, as 16 dwords each (pairs of bf16, even k
+ * low).  VCVTNE2PS2BF16 rounds to nearest even as bf16_rne does; it also
+ * flushes denormals, which TDPBF16PS would read as zero anyway. */
+static inline __attribute__((always_inline, target("avx512f,avx512bw,avx512bf16"))) void split32(__m512 a, __m512 b,
+                                                                                              __m512i *hi,
+                                                                                              __m512i *lo) {
+    __m512i h = (__m512i)_mm512_cvtne2ps_pbh(b, a); /* words 0-15: a, 16-31: b */
+    __m512 ha = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(h)), 16));
+    __m512 hb = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(h, 1)), 16));
+    *hi = h;
+    *lo = (__m512i)_mm512_cvtne2ps_pbh(_mm512_sub_ps(b, hb), _mm512_sub_ps(a, ha));
 }
 
-/* hi and lo parts of 32 floats, as 16 dwords each (pairs of bf16, even k low) */
-static inline __attribute__((always_inline, target("avx512f,avx512bw"))) void split32(__m512 a, __m512 b, __m512i *hi,
-                                                                                   __m512i *lo) {
-    __m512i ha = bf16_rne(a), hb = bf16_rne(b);
-    __m512i la = bf16_rne(_mm512_sub_ps(a, _mm512_castsi512_ps(ha)));
-    __m512i lb = bf16_rne(_mm512_sub_ps(b, _mm512_castsi512_ps(hb)));
-    /* the top halves of 32 dwords -> 32 words in k order */
-    __m512i idx = _mm512_set_epi16(63, 61, 59, 57, 55, 53, 51, 49, 47, 45, 43, 41, 39, 37, 35, 33, 31, 29, 27, 25,
-                                   23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
-    *hi = _mm512_permutex2var_epi16(ha, idx, hb);
-    *lo = _mm512_permutex2var_epi16(la, idx, lb);
+/* 16 x 16 dwords transposed in registers: r[i][j] -> r[j][i] (pairs of
+ * dwords, then quadwords, then 128-bit lanes twice) */
+static inline __attribute__((always_inline, target("avx512f,avx512bw,avx512bf16"))) void transpose16(__m512i r[16]) {
+    __m512i t[16];
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) { /* r[i + k]: column k, k + 4, k + 8, k + 12 of rows i..i+3 */
+        r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+        r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+        r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+        r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+    }
+    for (int i = 0; i < 4; i++) {
+        t[i] = _mm512_shuffle_i32x4(r[i], r[i + 4], 0x88);
+        t[i + 4] = _mm512_shuffle_i32x4(r[i], r[i + 4], 0xdd);
+        t[i + 8] = _mm512_shuffle_i32x4(r[i + 8], r[i + 12], 0x88);
+        t[i + 12] = _mm512_shuffle_i32x4(r[i + 8], r[i + 12], 0xdd);
+    }
+    for (int i = 0; i < 4; i++) {
+        r[i] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0x88);
+        r[i + 8] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0xdd);
+        r[i + 4] = _mm512_shuffle_i32x4(t[i + 4], t[i + 12], 0x88);
+        r[i + 12] = _mm512_shuffle_i32x4(t[i + 4], t[i + 12], 0xdd);
+    }
 }
 
-__attribute__((target("avx512f,avx512bw"))) void eng_cpu_amx_xprep(const float *x, int n, int64_t C, uint16_t *xp) {
+/* Per (token group, 32-column block): each token's 16 dwords of hi and of lo
+ * (one zmm each), transposed so that dword kk of the w tokens is row kk of
+ * the tile.  (Scattering each token's dwords to stride w took ~30% of a
+ * 64-token matmul; the transposes take a few percent.) */
+__attribute__((target("avx512f,avx512bw,avx512bf16"))) void eng_cpu_amx_xprep(const float *x, int n, int64_t C, uint16_t *xp) {
     int64_t KB = (C + 31) / 32;
     int G = (n + 15) / 16, w = tile_w(n);
-    /* dword kk of a token's 32 columns goes to row kk of the tile: stride w dwords */
+    __mmask16 mw = (__mmask16)((1u << w) - 1);
     __m512i rows = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
                                       _mm512_set1_epi32(w));
     for (int g = 0; g < G; g++)
@@ -97,17 +121,28 @@ __attribute__((target("avx512f,avx512bw"))) void eng_cpu_amx_xprep(const float *
             int64_t k = kb * 32, left = C - k;
             __mmask16 ma = left >= 16 ? 0xffff : (__mmask16)((1u << left) - 1);
             __mmask16 mb = left >= 32 ? 0xffff : left <= 16 ? 0 : (__mmask16)((1u << (left - 16)) - 1);
-            for (int m = 0; m < w; m++) {
+            __m512i h[16], l[16];
+            for (int m = 0; m < (w < 8 ? w : 16); m++) {
                 int t = g * 16 + m;
-                __m512i h, l;
-                if (t < n) {
+                if (m < w && t < n) {
                     const float *xr = x + (int64_t)t * C + k;
-                    split32(_mm512_maskz_loadu_ps(ma, xr), _mm512_maskz_loadu_ps(mb, xr + 16), &h, &l);
+                    split32(_mm512_maskz_loadu_ps(ma, xr), _mm512_maskz_loadu_ps(mb, xr + 16), &h[m], &l[m]);
                 } else {
-                    h = l = _mm512_setzero_si512();
+                    h[m] = l[m] = _mm512_setzero_si512();
                 }
-                _mm512_i32scatter_epi32(hi + m, rows, h, 4);
-                _mm512_i32scatter_epi32(lo + m, rows, l, 4);
+            }
+            if (w < 8) { /* a few tokens: each one's dwords to stride w */
+                for (int m = 0; m < w; m++) {
+                    _mm512_i32scatter_epi32(hi + m, rows, h[m], 4);
+                    _mm512_i32scatter_epi32(lo + m, rows, l[m], 4);
+                }
+                continue;
+            }
+            transpose16(h);
+            transpose16(l);
+            for (int kk = 0; kk < 16; kk++) {
+                _mm512_mask_storeu_epi32(hi + kk * w, mw, h[kk]);
+                _mm512_mask_storeu_epi32(lo + kk * w, mw, l[kk]);
             }
         }
 }
@@ -118,13 +153,10 @@ typedef struct {
     uint8_t rows[16];
 } __attribute__((packed)) amx_cfg_t;
 
-/* scratch: the partial sums of every token group when there are several
- * (AMX_RG tiles each, spilled between sweeps of AMX_P columns) */
-size_t eng_cpu_amx_scratch_floats(int n, int64_t C) {
-    return (n > 16 ? (size_t)AMX_RG * ((n + 15) / 16) * 256 : 0) + 16;
-}
+/* scratch the kernel needs: none now (partial sums stay in the tiles) */
+size_t eng_cpu_amx_scratch_floats(int n, int64_t C) { return 16; }
 
-/* C tiles q < ng: zero, load from or store to the spill slots of token group g */
+/* an operation on each of the result tiles q < ng */
 #define AMX_EACH(ng, OP0, OP1, OP2, OP3)                                                             \
     do {                                                                                             \
         OP0;                                                                                         \
@@ -175,86 +207,73 @@ const uint16_t *eng_cpu_amx_tiled_at(const uint16_t *T, int64_t R, int64_t C, in
 }
 
 
-/* Y rows r0..r1 (r0 % 16 == 0) for tiled weights T: per 64 rows (AMX_RG
- * result tiles), every 32-column block adds W.hi then W.lo into each result
- * tile; one token group keeps its sums in the tiles over all columns, several
- * take turns per AMX_P columns (the weights then come from L1/L2 for every
- * group after the first) and spill their sums to scratch in between. */
+/* Y rows r0..r1 (r0 % 16 == 0) for tiled weights T: per token group (16
+ * tokens), per 64 rows (AMX_RG result tiles), every 32-column block adds W.hi
+ * then W.lo into each result tile, which keeps its sums over all columns.
+ * Token groups are the outer loop: the chunk's weights (at most 1 MB, see
+ * eng_cpu_chunk_rows) come from L2 for every group after the first, and the x
+ * tiles of one group (2 KB per block) stay near.  (With rows outermost each
+ * 64 rows re-read every group's x tiles, 2 MB at 256 tokens, and spilled the
+ * partial sums between sweeps.)  An output's sum is the same sequence of tile
+ * products in k order either way. */
 __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw"))) void
 eng_cpu_amx_rows_tiled(const uint16_t *T, int64_t R, int64_t C, const uint16_t *xp, int n, float *y, int64_t ldy,
                        int64_t r0, int64_t r1, float *scratch) {
     amx_cfg_t cfg;
     memset(&cfg, 0, sizeof cfg);
     cfg.palette = 1;
-    int G = (n + 15) / 16, w = tile_w(n), sub = G > 1 ? AMX_P / 32 : (int)((C + 31) / 32);
+    int G = (n + 15) / 16, w = tile_w(n);
     /* tiles 0-3: results [16 rows][w tokens]; 4 and 7: weights [16][32 bf16] (two, so that a
      * weight tile loads while the other is still being multiplied: tiles are not renamed);
      * 5, 6: x hi, lo [16 pairs][w] */
     for (int i = 0; i < 8; i++) cfg.colsb[i] = i == 4 || i == 7 ? 64 : (uint16_t)(4 * w), cfg.rows[i] = 16;
     _tile_loadconfig(&cfg);
     float cbuf[16 * 16] __attribute__((aligned(64)));
-    float *spill = (float *)(((uintptr_t)scratch + 63) / 64 * 64);
     int64_t KB = (C + 31) / 32, xt = 32 * w; /* elements of one x tile */
     const char *wend = (const char *)(T + eng_cpu_amx_tiled_elems(R, C));
-    for (int64_t r = r0; r < r1; r += 16 * AMX_RG) {
-        int ng = (int)((r1 - r + 15) / 16);
-        if (ng > AMX_RG) ng = AMX_RG;
-        const uint16_t *A[AMX_RG];
-        int64_t st[AMX_RG];
-        for (int q = 0; q < ng; q++) A[q] = T + tile_off(R, KB, r + 16 * q, 0, &st[q]);
-        for (int64_t ks = 0; ks < KB; ks += sub) {
-            int nkb = KB - ks < sub ? (int)(KB - ks) : sub;
-            int first = ks == 0, last = ks + nkb >= KB;
-            for (int g = 0; g < G; g++) {
-                float *sp = spill + (size_t)g * AMX_RG * 256;
-                if (first)
-                    AMX_EACH(ng, _tile_zero(0), _tile_zero(1), _tile_zero(2), _tile_zero(3));
-                else
-                    AMX_EACH(ng, _tile_loadd(0, sp, 64), _tile_loadd(1, sp + 256, 64), _tile_loadd(2, sp + 512, 64),
-                             _tile_loadd(3, sp + 768, 64));
-                const uint16_t *bt = xp + ((size_t)g * KB + ks) * 2 * xt;
-                for (int j = 0; j < nkb; j++) {
-                    int64_t kb = ks + j;
-                    if (g == 0) { /* this block's ng tiles are one run: prefetch as many lines AMX_PF further */
-                        const char *pf = (const char *)(A[0] + kb * st[0]) + AMX_PF;
-                        for (int l = 0; l < ng * 16 && pf + 64 * l < wend; l++) _mm_prefetch(pf + 64 * l, _MM_HINT_T0);
-                    }
-                    _tile_loadd(5, bt + j * 2 * xt, 4 * w);
-                    _tile_loadd(6, bt + j * 2 * xt + xt, 4 * w);
+    __m512i col = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                     _mm512_set1_epi32(w));
+    for (int g = 0; g < G; g++) {
+        const uint16_t *bt = xp + (size_t)g * KB * 2 * xt;
+        int nt = n - g * 16 < 16 ? n - g * 16 : 16;
+        for (int64_t r = r0; r < r1; r += 16 * AMX_RG) {
+            int ng = (int)((r1 - r + 15) / 16);
+            if (ng > AMX_RG) ng = AMX_RG;
+            const uint16_t *A[AMX_RG];
+            int64_t st[AMX_RG];
+            for (int q = 0; q < ng; q++) A[q] = T + tile_off(R, KB, r + 16 * q, 0, &st[q]);
+            AMX_EACH(ng, _tile_zero(0), _tile_zero(1), _tile_zero(2), _tile_zero(3));
+            for (int64_t kb = 0; kb < KB; kb++) {
+                if (g == 0) { /* this block's ng tiles are one run: prefetch as many lines AMX_PF further */
+                    const char *pf = (const char *)(A[0] + kb * st[0]) + AMX_PF;
+                    for (int l = 0; l < ng * 16 && pf + 64 * l < wend; l++) _mm_prefetch(pf + 64 * l, _MM_HINT_T0);
+                }
+                _tile_loadd(5, bt + kb * 2 * xt, 4 * w);
+                _tile_loadd(6, bt + kb * 2 * xt + xt, 4 * w);
 #define AMX_DT(q, a)                                                                                 \
     do {                                                                                             \
         _tile_loadd(a, A[q] + kb * st[q], 64);                                                       \
         _tile_dpbf16ps(q, a, 5);                                                                     \
         _tile_dpbf16ps(q, a, 6);                                                                     \
     } while (0)
-                    AMX_DT(0, 4);
-                    if (ng > 1) AMX_DT(1, 7);
-                    if (ng > 2) AMX_DT(2, 4);
-                    if (ng > 3) AMX_DT(3, 7);
+                AMX_DT(0, 4);
+                if (ng > 1) AMX_DT(1, 7);
+                if (ng > 2) AMX_DT(2, 4);
+                if (ng > 3) AMX_DT(3, 7);
 #undef AMX_DT
+            }
+            for (int q = 0; q < ng; q++) {
+                switch (q) {
+                case 0: _tile_stored(0, cbuf, 4 * w); break;
+                case 1: _tile_stored(1, cbuf, 4 * w); break;
+                case 2: _tile_stored(2, cbuf, 4 * w); break;
+                default: _tile_stored(3, cbuf, 4 * w); break;
                 }
-                if (!last) {
-                    AMX_EACH(ng, _tile_stored(0, sp, 64), _tile_stored(1, sp + 256, 64),
-                             _tile_stored(2, sp + 512, 64), _tile_stored(3, sp + 768, 64));
-                    continue;
-                }
-                for (int q = 0; q < ng; q++) {
-                    switch (q) {
-                    case 0: _tile_stored(0, cbuf, 4 * w); break;
-                    case 1: _tile_stored(1, cbuf, 4 * w); break;
-                    case 2: _tile_stored(2, cbuf, 4 * w); break;
-                    default: _tile_stored(3, cbuf, 4 * w); break;
-                    }
-                    int64_t rq = r + q * 16;
-                    int nr = r1 - rq < 16 ? (int)(r1 - rq) : 16;
-                    int nt = n - g * 16 < 16 ? n - g * 16 : 16;
-                    __mmask16 mr = (__mmask16)((1u << nr) - 1);
-                    __m512i col = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-                                                     _mm512_set1_epi32(w));
-                    for (int m = 0; m < nt; m++)
-                        _mm512_mask_storeu_ps(y + (int64_t)(g * 16 + m) * ldy + rq, mr,
-                                              _mm512_i32gather_ps(col, cbuf + m, 4));
-                }
+                int64_t rq = r + q * 16;
+                int nr = r1 - rq < 16 ? (int)(r1 - rq) : 16;
+                __mmask16 mr = (__mmask16)((1u << nr) - 1);
+                for (int m = 0; m < nt; m++)
+                    _mm512_mask_storeu_ps(y + (int64_t)(g * 16 + m) * ldy + rq, mr, _mm512_i32gather_ps(col, cbuf + m, 4));
             }
         }
     }
