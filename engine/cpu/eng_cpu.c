@@ -184,17 +184,21 @@ typedef struct {
 
 static int spans_of(int len) { return (len + ATT_SPAN - 1) / ATT_SPAN; }
 
+/* Per head, its rows of kv_b are decoded once into the thread's scratch
+ * (rows [dn or dv][c]), then each token's product runs against them with the
+ * token's own vectors in L1: with the tokens inside the rows, a prefill of
+ * 256 tokens re-read 256 KB of q_lat (or o_lat) from L2 per row. */
 static void mla_qlat_worker(void *arg, int t, int nt) {
     attn_job_t *j = arg;
     int c = j->c, dn = j->dn, dv = j->dv, T = j->T, H = j->H, qs = j->dn + j->dr;
-    float *row = j->scratch[t];
+    float *rows = j->scratch[t];
     /* heads from a shared counter: any subset of the threads completes the step */
     for (int h; (h = __atomic_fetch_add(&j->next_h[0], 1, __ATOMIC_RELAXED)) < H;) {
-        for (int i = 0; i < T; i++) memset(j->qlat + ((size_t)i * H + h) * c, 0, c * sizeof(float));
-        for (int d = 0; d < dn; d++) {
-            eng_cpu_row_f32(j->kv_b, (int64_t)h * (dn + dv) + d, row);
-            for (int i = 0; i < T; i++)
-                eng_cpu_axpy(j->qlat + ((size_t)i * H + h) * c, j->q[(size_t)i * H * qs + h * qs + d], row, c);
+        for (int d = 0; d < dn; d++) eng_cpu_row_f32(j->kv_b, (int64_t)h * (dn + dv) + d, rows + (size_t)d * c);
+        for (int i = 0; i < T; i++) {
+            float *ql = j->qlat + ((size_t)i * H + h) * c;
+            memset(ql, 0, c * sizeof(float));
+            eng_cpu_axpy_rows(ql, j->q + (size_t)i * H * qs + h * qs, rows, c, dn, c);
         }
     }
 }
@@ -202,13 +206,15 @@ static void mla_qlat_worker(void *arg, int t, int nt) {
 static void mla_out_worker(void *arg, int t, int nt) {
     attn_job_t *j = arg;
     int c = j->c, dn = j->dn, dv = j->dv, T = j->T, H = j->H;
-    float *row = j->scratch[t];
-    for (int h; (h = __atomic_fetch_add(&j->next_h[1], 1, __ATOMIC_RELAXED)) < H;)
-        for (int d = 0; d < dv; d++) {
-            eng_cpu_row_f32(j->kv_b, (int64_t)h * (dn + dv) + dn + d, row);
-            for (int i = 0; i < T; i++)
-                j->out[(size_t)i * H * dv + h * dv + d] = eng_cpu_dot(row, j->olat + ((size_t)i * H + h) * c, c);
+    float *rows = j->scratch[t];
+    for (int h; (h = __atomic_fetch_add(&j->next_h[1], 1, __ATOMIC_RELAXED)) < H;) {
+        for (int d = 0; d < dv; d++) eng_cpu_row_f32(j->kv_b, (int64_t)h * (dn + dv) + dn + d, rows + (size_t)d * c);
+        for (int i = 0; i < T; i++) {
+            const float *ol = j->olat + ((size_t)i * H + h) * c;
+            float *o = j->out + (size_t)i * H * dv + h * dv;
+            for (int d = 0; d < dv; d++) o[d] = eng_cpu_dot(rows + (size_t)d * c, ol, c);
         }
+    }
 }
 
 /* The partial of token i over positions [p0, p1): per head m (running max),
@@ -247,10 +253,10 @@ static void mla_span(const attn_job_t *j, int i, int p0, int p1, float *part, fl
             }
             o[c] = m_new;
             for (int k = 0; k < nj; k++) {
-                float p = expf(sh[k] - m_new);
-                o[c + 1] += p;
-                eng_cpu_axpy(o, p, rows + (size_t)k * W, c);
+                sh[k] = expf(sh[k] - m_new);
+                o[c + 1] += sh[k];
             }
+            eng_cpu_axpy_rows(o, sh, rows, W, nj, c); /* the nj axpys in order, o in registers */
         }
         t0 += nj;
     }
@@ -339,7 +345,7 @@ static int cpu_attn_mla(eng_backend_t *be, const eng_w_t *kv_b, int H, int dn, i
     int nt = be->n_threads, T = j.T, maxB = 1, rc = -1;
     for (int i = 0; i < nseq; i++) maxB = seqs[i].B > maxB ? seqs[i].B : maxB;
     size_t per_thread = 2 * (size_t)H * (c + 2) + (size_t)H * maxB;
-    if (per_thread < (size_t)c) per_thread = c;
+    if (per_thread < (size_t)(dn > dv ? dn : dv) * c) per_thread = (size_t)(dn > dv ? dn : dv) * c; /* a head's kv_b rows */
     j.scratch = calloc(nt, sizeof *j.scratch);
     j.qlat = eng_alloc((size_t)T * H * c * sizeof(float));
     j.olat = eng_alloc((size_t)T * H * c * sizeof(float));

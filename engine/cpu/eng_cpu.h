@@ -30,6 +30,8 @@ const char *eng_cpu_isa(void);
 float eng_cpu_dot(const float *a, const float *b, int n);
 /* y [n] += a * x [n] */
 void eng_cpu_axpy(float *y, float a, const float *x, int n);
+/* y [n] += a[d] * rows[d * ldr ...] for d = 0..nr-1 in order: the same result as nr eng_cpu_axpy calls */
+void eng_cpu_axpy_rows(float *y, const float *a, const float *rows, size_t ldr, int nr, int n);
 
 /* A matmul of w over n tokens may want its activations prepared once (AMX:
  * split into bf16 hi and lo tiles): eng_cpu_xprep_bytes says how many bytes
