@@ -564,10 +564,51 @@ static int cpu_add_rmsnorm(eng_backend_t *be, float *x, const float *y, const fl
     return cpu_rmsnorm(be, xn, n, x, n, w, T, n, eps);
 }
 
+/* ---- element-wise work split between the threads --------------------------- */
+
+/* fn(ctx, a, b) over [0, n) in chunks taken from a shared counter; each
+ * element's value is computed the same way whichever thread takes it.  At
+ * 256 tokens a MoE layer's SwiGLU (2M expf), its gather and its combine took
+ * ~14% of a prefill on the calling thread alone. */
+typedef struct {
+    size_t n, chunk, next;
+    void (*fn)(void *ctx, size_t a, size_t b);
+    void *ctx;
+} par_job_t;
+
+static void par_worker(void *arg, int t, int nt) {
+    par_job_t *p = arg;
+    for (;;) {
+        size_t a = __atomic_fetch_add(&p->next, 1, __ATOMIC_RELAXED) * p->chunk;
+        if (a >= p->n) break;
+        p->fn(p->ctx, a, a + p->chunk < p->n ? a + p->chunk : p->n);
+    }
+}
+
+static void par_for(eng_backend_t *be, size_t n, size_t chunk, void (*fn)(void *, size_t, size_t), void *ctx) {
+    if (n <= chunk) {
+        if (n) fn(ctx, 0, n);
+        return;
+    }
+    par_job_t p = {n, chunk, 0, fn, ctx};
+    eng_cpu_pool_run_any(pool_of(be), par_worker, &p);
+}
+
 static inline float silu(float x) { return x / (1.0f + expf(-x)); }
 
+typedef struct {
+    float *g;
+    const float *u;
+} swiglu_job_t;
+
+static void swiglu_range(void *ctx, size_t a, size_t b) {
+    swiglu_job_t *j = ctx;
+    for (size_t i = a; i < b; i++) j->g[i] = silu(j->g[i]) * j->u[i];
+}
+
 static int cpu_swiglu(eng_backend_t *be, float *g, const float *u, size_t n) {
-    for (size_t i = 0; i < n; i++) g[i] = silu(g[i]) * u[i];
+    swiglu_job_t j = {g, u};
+    par_for(be, n, 16384, swiglu_range, &j);
     return 0;
 }
 
@@ -670,6 +711,40 @@ static void *arena_get(cpu_be_t *b, size_t n) {
  * tokens, run every active expert's gate and up (and the shared expert's) as
  * one parallel step, SwiGLU, the downs as another, then add the weighted
  * outputs in slot order and the shared output. */
+/* the MoE op's per-token glue, by ranges of slots or tokens (par_for) */
+typedef struct {
+    const float *x;
+    float *xg;
+    const int32_t *tok_of, *pos_of;
+    const float *wts, *yslot, *ysh;
+    float *y;
+    int D, K, Is;
+} moe_glue_t;
+
+/* slot i of the expert-sorted order gets its token's row */
+static void moe_gather(void *ctx, size_t a, size_t b) {
+    moe_glue_t *g = ctx;
+    for (size_t i = a; i < b; i++)
+        memcpy(g->xg + i * g->D, g->x + (size_t)(g->tok_of[i] / g->K) * g->D, g->D * sizeof(float));
+}
+
+/* token t's output: its K experts' rows weighted, in k order, then the shared expert's */
+static void moe_combine(void *ctx, size_t a, size_t b) {
+    moe_glue_t *g = ctx;
+    int D = g->D, K = g->K;
+    for (size_t t = a; t < b; t++) {
+        float *acc = g->y + t * D;
+        memset(acc, 0, D * sizeof(float));
+        for (int k = 0; k < K; k++) {
+            float w = g->wts[t * K + k];
+            const float *ys = g->yslot + (size_t)g->pos_of[t * K + k] * D;
+            for (int d = 0; d < D; d++) acc[d] += w * ys[d];
+        }
+        if (g->Is)
+            for (int d = 0; d < D; d++) acc[d] += g->ysh[t * D + d];
+    }
+}
+
 static int cpu_moe(eng_backend_t *be, const eng_moe_t *mo, const float *x, int T, int K, const int32_t *sel,
                    const float *wts, float *y) {
     cpu_be_t *cb = (cpu_be_t *)be;
@@ -690,10 +765,9 @@ static int cpu_moe(eng_backend_t *be, const eng_moe_t *mo, const float *x, int T
     for (int e = 0; e < E; e++) cnt[e + 1] += cnt[e];
     for (int i = 0; i < NK; i++) tok_of[cnt[sel[i]]++] = i;
     /* cnt[e] is now the end of expert e's run; its start is cnt[e-1] */
-    for (int i = 0; i < NK; i++) {
-        memcpy(xg + (size_t)i * D, x + (size_t)(tok_of[i] / K) * D, D * sizeof(float));
-        pos_of[tok_of[i]] = i;
-    }
+    for (int i = 0; i < NK; i++) pos_of[tok_of[i]] = i;
+    moe_glue_t gl = {x, xg, tok_of, pos_of, wts, yslot, ysh, y, D, K, Is};
+    par_for(be, NK, 16, moe_gather, &gl);
     int nj = 0;
     for (int e = 0, start = 0; e < E; e++) {
         int ne = cnt[e] - start;
@@ -718,17 +792,7 @@ static int cpu_moe(eng_backend_t *be, const eng_moe_t *mo, const float *x, int T
     }
     if (Is) jobs[nj++] = (eng_mm_t){mo->sd, s1, T, ysh};
     if (cpu_matmul_multi(be, jobs, nj)) return -1;
-    for (int t = 0; t < T; t++) {
-        float *acc = y + (size_t)t * D;
-        memset(acc, 0, D * sizeof(float));
-        for (int k = 0; k < K; k++) {
-            float w = wts[(size_t)t * K + k];
-            const float *ys = yslot + (size_t)pos_of[(size_t)t * K + k] * D;
-            for (int d = 0; d < D; d++) acc[d] += w * ys[d];
-        }
-        if (Is)
-            for (int d = 0; d < D; d++) acc[d] += ysh[(size_t)t * D + d];
-    }
+    par_for(be, T, 4, moe_combine, &gl);
     return 0;
 }
 
