@@ -33,6 +33,36 @@ typedef struct {
 
 static eng_cpu_pool_t *pool_of(eng_backend_t *be) { return ((cpu_be_t *)be)->pool; }
 
+/* ---- element-wise work split between the threads --------------------------- */
+
+/* fn(ctx, a, b) over [0, n) in chunks taken from a shared counter; each
+ * element's value is computed the same way whichever thread takes it.  At
+ * 256 tokens a MoE layer's SwiGLU (2M expf), its gather and its combine took
+ * ~14% of a prefill on the calling thread alone. */
+typedef struct {
+    size_t n, chunk, next;
+    void (*fn)(void *ctx, size_t a, size_t b);
+    void *ctx;
+} par_job_t;
+
+static void par_worker(void *arg, int t, int nt) {
+    par_job_t *p = arg;
+    for (;;) {
+        size_t a = __atomic_fetch_add(&p->next, 1, __ATOMIC_RELAXED) * p->chunk;
+        if (a >= p->n) break;
+        p->fn(p->ctx, a, a + p->chunk < p->n ? a + p->chunk : p->n);
+    }
+}
+
+static void par_for(eng_backend_t *be, size_t n, size_t chunk, void (*fn)(void *, size_t, size_t), void *ctx) {
+    if (n <= chunk) {
+        if (n) fn(ctx, 0, n);
+        return;
+    }
+    par_job_t p = {n, chunk, 0, fn, ctx};
+    eng_cpu_pool_run_any(pool_of(be), par_worker, &p);
+}
+
 /* ---- matmul ---------------------------------------------------------------- */
 
 typedef struct {
@@ -78,8 +108,27 @@ static void mm_worker(void *arg, int t, int nt) {
 
 /* The activations some kernels want prepared (eng_cpu_xprep), once per
  * distinct x of the step, into the backend's buffer: xp[j] for each job. */
+typedef struct {
+    const eng_mm_t *jobs;
+    const void **xp;
+    const int *own;      /* the jobs that prepare their x (the others share one) */
+    const int *first;    /* [nown + 1] each one's first unit: a group of 16 tokens */
+    int nown;
+} prep_job_t;
+
+static void prep_units(void *ctx, size_t a, size_t b) {
+    prep_job_t *p = ctx;
+    int k = 0;
+    for (size_t u = a; u < b; u++) {
+        while ((size_t)p->first[k + 1] <= u) k++;
+        const eng_mm_t *m = &p->jobs[p->own[k]];
+        int g = (int)u - p->first[k];
+        eng_cpu_xprep_groups(m->w, m->x, m->n, (void *)p->xp[p->own[k]], g, g + 1);
+    }
+}
+
 static int prep_x(cpu_be_t *b, const eng_mm_t *jobs, int njobs, const void **xp) {
-    size_t need = 0, off = 0;
+    size_t need = 0, off = 0, work = 0;
     for (int j = 0; j < njobs; j++) need += (eng_cpu_xprep_bytes(jobs[j].w, jobs[j].n) + 63) / 64 * 64;
     if (need > b->xcap) {
         free(b->xbuf);
@@ -87,7 +136,11 @@ static int prep_x(cpu_be_t *b, const eng_mm_t *jobs, int njobs, const void **xp)
         if (!(b->xbuf = eng_alloc(need + 64))) return -1;
         b->xcap = need;
     }
+    int small[2 * 64 + 1], *own = small;
+    if (njobs > 64 && !(own = eng_alloc((2 * (size_t)njobs + 1) * sizeof *own))) return -1;
+    int *first = own + njobs, nown = 0;
     char *base = (char *)(((uintptr_t)b->xbuf + 63) / 64 * 64);
+    first[0] = 0;
     for (int j = 0; j < njobs; j++) {
         size_t sz = eng_cpu_xprep_bytes(jobs[j].w, jobs[j].n);
         xp[j] = NULL;
@@ -96,10 +149,18 @@ static int prep_x(cpu_be_t *b, const eng_mm_t *jobs, int njobs, const void **xp)
             if (xp[i] && jobs[i].x == jobs[j].x && jobs[i].n == jobs[j].n && jobs[i].w->cols == jobs[j].w->cols)
                 xp[j] = xp[i];
         if (xp[j]) continue;
-        eng_cpu_xprep(jobs[j].w, jobs[j].x, jobs[j].n, base + off);
         xp[j] = base + off;
         off += (sz + 63) / 64 * 64;
+        own[nown] = j;
+        first[nown + 1] = first[nown] + (jobs[j].n + 15) / 16;
+        nown++;
+        work += (size_t)jobs[j].n * jobs[j].w->cols;
     }
+    /* the threads share a large preparation (prefill: ~10% of it on one thread) */
+    prep_job_t p = {jobs, xp, own, first, nown};
+    if (work >= (64u << 10) && first[nown] > 1) par_for(&b->base, first[nown], 1, prep_units, &p);
+    else if (first[nown]) prep_units(&p, 0, first[nown]);
+    if (own != small) free(own);
     return 0;
 }
 
@@ -562,36 +623,6 @@ static int cpu_add_rmsnorm(eng_backend_t *be, float *x, const float *y, const fl
                            float eps) {
     cpu_add(be, x, y, (size_t)T * n);
     return cpu_rmsnorm(be, xn, n, x, n, w, T, n, eps);
-}
-
-/* ---- element-wise work split between the threads --------------------------- */
-
-/* fn(ctx, a, b) over [0, n) in chunks taken from a shared counter; each
- * element's value is computed the same way whichever thread takes it.  At
- * 256 tokens a MoE layer's SwiGLU (2M expf), its gather and its combine took
- * ~14% of a prefill on the calling thread alone. */
-typedef struct {
-    size_t n, chunk, next;
-    void (*fn)(void *ctx, size_t a, size_t b);
-    void *ctx;
-} par_job_t;
-
-static void par_worker(void *arg, int t, int nt) {
-    par_job_t *p = arg;
-    for (;;) {
-        size_t a = __atomic_fetch_add(&p->next, 1, __ATOMIC_RELAXED) * p->chunk;
-        if (a >= p->n) break;
-        p->fn(p->ctx, a, a + p->chunk < p->n ? a + p->chunk : p->n);
-    }
-}
-
-static void par_for(eng_backend_t *be, size_t n, size_t chunk, void (*fn)(void *, size_t, size_t), void *ctx) {
-    if (n <= chunk) {
-        if (n) fn(ctx, 0, n);
-        return;
-    }
-    par_job_t p = {n, chunk, 0, fn, ctx};
-    eng_cpu_pool_run_any(pool_of(be), par_worker, &p);
 }
 
 static inline float silu(float x) { return x / (1.0f + expf(-x)); }

@@ -109,13 +109,19 @@ static inline __attribute__((always_inline, target("avx512f,avx512bw,avx512bf16"
  * (one zmm each), transposed so that dword kk of the w tokens is row kk of
  * the tile.  (Scattering each token's dwords to stride w took ~30% of a
  * 64-token matmul; the transposes take a few percent.) */
-__attribute__((target("avx512f,avx512bw,avx512bf16"))) void eng_cpu_amx_xprep(const float *x, int n, int64_t C, uint16_t *xp) {
+void eng_cpu_amx_xprep(const float *x, int n, int64_t C, uint16_t *xp) {
+    eng_cpu_amx_xprep_groups(x, n, C, xp, 0, (n + 15) / 16);
+}
+
+/* token groups g0..g1-1 only (16 tokens each): threads can share one x */
+__attribute__((target("avx512f,avx512bw,avx512bf16"))) void eng_cpu_amx_xprep_groups(const float *x, int n, int64_t C,
+                                                                                   uint16_t *xp, int g0, int g1) {
     int64_t KB = (C + 31) / 32;
-    int G = (n + 15) / 16, w = tile_w(n);
+    int w = tile_w(n);
     __mmask16 mw = (__mmask16)((1u << w) - 1);
     __m512i rows = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
                                       _mm512_set1_epi32(w));
-    for (int g = 0; g < G; g++)
+    for (int g = g0; g < g1; g++)
         for (int64_t kb = 0; kb < KB; kb++) {
             uint32_t *hi = (uint32_t *)(xp + ((g * KB + kb) * 2) * 32 * w), *lo = hi + 16 * w;
             int64_t k = kb * 32, left = C - k;

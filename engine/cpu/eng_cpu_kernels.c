@@ -544,6 +544,11 @@ void eng_cpu_xprep(const eng_w_t *w, const float *x, int n, void *xp) {
     if (uses_amx(w)) eng_cpu_amx_xprep(x, n, w->cols, xp);
 }
 
+void eng_cpu_xprep_groups(const eng_w_t *w, const float *x, int n, void *xp, int g0, int g1) {
+    k_ready();
+    if (uses_amx(w)) eng_cpu_amx_xprep_groups(x, n, w->cols, xp, g0, g1);
+}
+
 size_t eng_cpu_rowbuf_floats(const eng_w_t *w, int n) {
     k_ready();
     size_t a = 4 * (size_t)w->cols, b = uses_amx(w) ? eng_cpu_amx_scratch_floats(n, w->cols) : 0;
