@@ -245,37 +245,31 @@ typedef struct {
 
 static int spans_of(int len) { return (len + ATT_SPAN - 1) / ATT_SPAN; }
 
-/* Per head, its rows of kv_b are decoded once into the thread's scratch
- * (rows [dn or dv][c]), then each token's product runs against them with the
- * token's own vectors in L1: with the tokens inside the rows, a prefill of
+/* A head's rows of kv_b against each token's vectors: bf16 rows in AMX tiles
+ * are read in place (a head's 64 rows are 32 KB: they stay in L1 across the
+ * tokens), other weights are decoded row by row into the thread's scratch.
+ * With one pass over the rows per token inside the row loop, a prefill of
  * 256 tokens re-read 256 KB of q_lat (or o_lat) from L2 per row. */
 static void mla_qlat_worker(void *arg, int t, int nt) {
     attn_job_t *j = arg;
     int c = j->c, dn = j->dn, dv = j->dv, T = j->T, H = j->H, qs = j->dn + j->dr;
-    float *rows = j->scratch[t];
     /* heads from a shared counter: any subset of the threads completes the step */
-    for (int h; (h = __atomic_fetch_add(&j->next_h[0], 1, __ATOMIC_RELAXED)) < H;) {
-        for (int d = 0; d < dn; d++) eng_cpu_row_f32(j->kv_b, (int64_t)h * (dn + dv) + d, rows + (size_t)d * c);
+    for (int h; (h = __atomic_fetch_add(&j->next_h[0], 1, __ATOMIC_RELAXED)) < H;)
         for (int i = 0; i < T; i++) {
             float *ql = j->qlat + ((size_t)i * H + h) * c;
             memset(ql, 0, c * sizeof(float));
-            eng_cpu_axpy_rows(ql, j->q + (size_t)i * H * qs + h * qs, rows, c, dn, c);
+            eng_cpu_w_axpy_rows(j->kv_b, (int64_t)h * (dn + dv), dn, j->q + (size_t)i * H * qs + h * qs, ql,
+                                j->scratch[t]);
         }
-    }
 }
 
 static void mla_out_worker(void *arg, int t, int nt) {
     attn_job_t *j = arg;
     int c = j->c, dn = j->dn, dv = j->dv, T = j->T, H = j->H;
-    float *rows = j->scratch[t];
-    for (int h; (h = __atomic_fetch_add(&j->next_h[1], 1, __ATOMIC_RELAXED)) < H;) {
-        for (int d = 0; d < dv; d++) eng_cpu_row_f32(j->kv_b, (int64_t)h * (dn + dv) + dn + d, rows + (size_t)d * c);
-        for (int i = 0; i < T; i++) {
-            const float *ol = j->olat + ((size_t)i * H + h) * c;
-            float *o = j->out + (size_t)i * H * dv + h * dv;
-            for (int d = 0; d < dv; d++) o[d] = eng_cpu_dot(rows + (size_t)d * c, ol, c);
-        }
-    }
+    for (int h; (h = __atomic_fetch_add(&j->next_h[1], 1, __ATOMIC_RELAXED)) < H;)
+        for (int i = 0; i < T; i++)
+            eng_cpu_w_dot_rows(j->kv_b, (int64_t)h * (dn + dv) + dn, dv, j->olat + ((size_t)i * H + h) * c,
+                               j->out + (size_t)i * H * dv + h * dv, j->scratch[t]);
 }
 
 /* The partial of token i over positions [p0, p1): per head m (running max),
@@ -406,7 +400,7 @@ static int cpu_attn_mla(eng_backend_t *be, const eng_w_t *kv_b, int H, int dn, i
     int nt = be->n_threads, T = j.T, maxB = 1, rc = -1;
     for (int i = 0; i < nseq; i++) maxB = seqs[i].B > maxB ? seqs[i].B : maxB;
     size_t per_thread = 2 * (size_t)H * (c + 2) + (size_t)H * maxB;
-    if (per_thread < (size_t)(dn > dv ? dn : dv) * c) per_thread = (size_t)(dn > dv ? dn : dv) * c; /* a head's kv_b rows */
+    if (per_thread < (size_t)c) per_thread = c;
     j.scratch = calloc(nt, sizeof *j.scratch);
     j.qlat = eng_alloc((size_t)T * H * c * sizeof(float));
     j.olat = eng_alloc((size_t)T * H * c * sizeof(float));

@@ -32,6 +32,13 @@ float eng_cpu_dot(const float *a, const float *b, int n);
 void eng_cpu_axpy(float *y, float a, const float *x, int n);
 /* y [n] += a[d] * rows[d * ldr ...] for d = 0..nr-1 in order: the same result as nr eng_cpu_axpy calls */
 void eng_cpu_axpy_rows(float *y, const float *a, const float *rows, size_t ldr, int nr, int n);
+/* Rows r0..r0+nr-1 of a weight, without an fp32 copy where the kernels can
+ * read them in place (bf16 in AMX tiles): y [cols] += a[d] * W[r0 + d] in d
+ * order (as eng_cpu_row_f32 + eng_cpu_axpy_rows), out[d] = dot(W[r0 + d], x)
+ * (as eng_cpu_row_f32 + eng_cpu_dot): the same values either way.  buf:
+ * [cols] floats for the rows that are copied. */
+void eng_cpu_w_axpy_rows(const eng_w_t *w, int64_t r0, int nr, const float *a, float *y, float *buf);
+void eng_cpu_w_dot_rows(const eng_w_t *w, int64_t r0, int nr, const float *x, float *out, float *buf);
 
 /* A matmul of w over n tokens may want its activations prepared once (AMX:
  * split into bf16 hi and lo tiles): eng_cpu_xprep_bytes says how many bytes
@@ -67,6 +74,7 @@ void eng_cpu_amx_xprep_groups(const float *x, int n, int64_t C, uint16_t *xp, in
 size_t eng_cpu_amx_tiled_elems(int64_t R, int64_t C);
 void eng_cpu_amx_tile_w(const uint16_t *W, int64_t R, int64_t C, uint16_t *dst);
 const uint16_t *eng_cpu_amx_tiled_at(const uint16_t *T, int64_t R, int64_t C, int64_t r, int64_t kb);
+const uint16_t *eng_cpu_amx_row_at(const uint16_t *T, int64_t R, int64_t C, int64_t r, int64_t *step);
 void eng_cpu_amx_rows_tiled(const uint16_t *T, int64_t R, int64_t C, const uint16_t *xp, int n, float *y,
                             int64_t ldy, int64_t r0, int64_t r1, float *spill);
 /* 1 when the kernels want w re-laid into AMX tiles at upload (bf16 weights on

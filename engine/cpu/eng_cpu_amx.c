@@ -208,6 +208,11 @@ void eng_cpu_amx_tile_w(const uint16_t *W, int64_t R, int64_t C, uint16_t *dst) 
         }
 }
 
+/* row r's first 32 columns; *step: elements from one 32-column block of the row to the next */
+const uint16_t *eng_cpu_amx_row_at(const uint16_t *T, int64_t R, int64_t C, int64_t r, int64_t *step) {
+    return T + tile_off(R, (C + 31) / 32, r - r % 16, 0, step) + (r % 16) * 32;
+}
+
 const uint16_t *eng_cpu_amx_tiled_at(const uint16_t *T, int64_t R, int64_t C, int64_t r, int64_t kb) {
     return T + tile_off(R, (C + 31) / 32, r - r % 16, kb, NULL) + (r % 16) * 32;
 }

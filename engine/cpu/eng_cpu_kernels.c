@@ -248,6 +248,87 @@ void eng_cpu_axpy(float *y, float a, const float *x, int n) {
     K.axpy(y, a, x, n);
 }
 
+/* 32 bf16 -> two vectors of 16 floats (exact) */
+static inline __attribute__((always_inline, target("avx512f,avx512bw"))) void bf16x32(const uint16_t *p, __m512 *lo,
+                                                                                      __m512 *hi) {
+    __m512i v = _mm512_loadu_si512(p);
+    *lo = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(v)), 16));
+    *hi = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(v, 1)), 16));
+}
+
+/* eng_cpu_w_axpy_rows on tiled bf16, C % 32 == 0: axpy_rows_avx512's fmadds, the rows read in place */
+__attribute__((target("avx512f,avx512bw"))) static void w_axpy_rows_tiled(const eng_w_t *w, int64_t r0, int nr,
+                                                                         const float *a, float *y) {
+    int64_t C = w->cols;
+    for (int64_t k0 = 0; k0 < C; k0 += 256) {
+        int nb = (int)((C - k0 < 256 ? C - k0 : 256) / 32); /* 32-column blocks in this pass */
+        __m512 acc[16];
+        for (int v = 0; v < 16; v++)
+            if (v < 2 * nb) acc[v] = _mm512_loadu_ps(y + k0 + 16 * v);
+        for (int d = 0; d < nr; d++) {
+            int64_t step;
+            const uint16_t *p = eng_cpu_amx_row_at(w->data, w->rows, C, r0 + d, &step) + (k0 / 32) * step;
+            __m512 va = _mm512_set1_ps(a[d]);
+            for (int b = 0; b < 8; b++)
+                if (b < nb) {
+                    __m512 lo, hi;
+                    bf16x32(p + b * step, &lo, &hi);
+                    acc[2 * b] = _mm512_fmadd_ps(va, lo, acc[2 * b]);
+                    acc[2 * b + 1] = _mm512_fmadd_ps(va, hi, acc[2 * b + 1]);
+                }
+        }
+        for (int v = 0; v < 16; v++)
+            if (v < 2 * nb) _mm512_storeu_ps(y + k0 + 16 * v, acc[v]);
+    }
+}
+
+/* eng_cpu_w_dot_rows on tiled bf16, C % 32 == 0: dot_avx512's two sums (even and odd 16-column
+ * halves of each 32), the rows read in place */
+__attribute__((target("avx512f,avx512bw"))) static void w_dot_rows_tiled(const eng_w_t *w, int64_t r0, int nr,
+                                                                        const float *x, float *out) {
+    int64_t C = w->cols;
+    for (int d = 0; d < nr; d++) {
+        int64_t step;
+        const uint16_t *p = eng_cpu_amx_row_at(w->data, w->rows, C, r0 + d, &step);
+        __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+        for (int64_t k = 0; k < C; k += 32, p += step) {
+            __m512 lo, hi;
+            bf16x32(p, &lo, &hi);
+            s0 = _mm512_fmadd_ps(lo, _mm512_loadu_ps(x + k), s0);
+            s1 = _mm512_fmadd_ps(hi, _mm512_loadu_ps(x + k + 16), s1);
+        }
+        out[d] = _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
+    }
+}
+
+static int w_in_place(const eng_w_t *w) {
+    return w->dt == ENG_DT_BF16 && w->layout == ENG_W_AMX && w->cols % 32 == 0 && K.axpy == axpy_avx512;
+}
+
+void eng_cpu_w_axpy_rows(const eng_w_t *w, int64_t r0, int nr, const float *a, float *y, float *buf) {
+    k_ready();
+    if (w_in_place(w)) {
+        w_axpy_rows_tiled(w, r0, nr, a, y);
+        return;
+    }
+    for (int d = 0; d < nr; d++) {
+        eng_cpu_row_f32(w, r0 + d, buf);
+        eng_cpu_axpy_rows(y, a + d, buf, w->cols, 1, (int)w->cols);
+    }
+}
+
+void eng_cpu_w_dot_rows(const eng_w_t *w, int64_t r0, int nr, const float *x, float *out, float *buf) {
+    k_ready();
+    if (w_in_place(w)) {
+        w_dot_rows_tiled(w, r0, nr, x, out);
+        return;
+    }
+    for (int d = 0; d < nr; d++) {
+        eng_cpu_row_f32(w, r0 + d, buf);
+        out[d] = K.dot(buf, x, (int)w->cols);
+    }
+}
+
 void eng_cpu_axpy_rows(float *y, const float *a, const float *rows, size_t ldr, int nr, int n) {
     k_ready();
     if (K.axpy == axpy_avx512) {
