@@ -234,7 +234,8 @@ typedef struct {
     /* MLA */
     float *qlat, *olat;      /* [T][H][c] */
     int32_t *tok_seq;        /* [T] sequence of each token */
-    int32_t *item_tok, *item_span; /* work items (token, span; span -1 = all spans) */
+    int32_t *item_tok, *item_span; /* work slots (token, span; span -1 = all spans) */
+    int hg;                  /* head groups per slot: item = slot * hg + group */
     int n_items;
     float *part;             /* [n_items][H][c+2] partials, span mode */
     float **scratch;         /* per thread: [H][c+2] partial + [H][ATT_TILE] scores */
@@ -275,12 +276,12 @@ static void mla_out_worker(void *arg, int t, int nt) {
 /* The partial of token i over positions [p0, p1): per head m (running max),
  * l (sum of exp) and o [c] (sum of exp * ckv), into part [H][c+2] laid out as
  * o[c], m, l.  sc: [H][B] scores of one tile. */
-static void mla_span(const attn_job_t *j, int i, int p0, int p1, float *part, float *sc) {
+static void mla_span(const attn_job_t *j, int i, int p0, int p1, int h0, int h1, float *part, float *sc) {
     const eng_attn_seq_t *s = &j->seqs[j->tok_seq[i]];
     int c = j->c, dr = j->dr, H = j->H, qs = j->dn + j->dr, W = c + dr, B = s->B;
     const float *qlat = j->qlat + (size_t)i * H * c;
     const float *q = j->q + (size_t)i * H * qs;
-    for (int h = 0; h < H; h++) {
+    for (int h = h0; h < h1; h++) {
         float *o = part + (size_t)h * (c + 2);
         memset(o, 0, c * sizeof(float));
         o[c] = -INFINITY;
@@ -291,7 +292,7 @@ static void mla_span(const attn_job_t *j, int i, int p0, int p1, float *part, fl
         int nj = B - t0 % B;
         if (nj > p1 - t0) nj = p1 - t0;
         const float *rows = eng_attn_row(s, s->k, t0, W);
-        for (int h = 0; h < H; h++) {
+        for (int h = h0; h < h1; h++) {
             const float *ql = qlat + (size_t)h * c, *qp = q + h * qs + j->dn;
             float *sh = sc + (size_t)h * B, mx = -INFINITY;
             for (int k = 0; k < nj; k++) {
@@ -317,13 +318,9 @@ static void mla_span(const attn_job_t *j, int i, int p0, int p1, float *part, fl
     }
 }
 
-/* acc (H partials) = fold(acc, part): acc is empty when first. */
-static void mla_fold(float *acc, const float *part, int H, int c, int first) {
-    if (first) {
-        memcpy(acc, part, (size_t)H * (c + 2) * sizeof(float));
-        return;
-    }
-    for (int h = 0; h < H; h++) {
+/* acc (heads h0..h1-1 of H partials) = fold(acc, part) */
+static void mla_fold(float *acc, const float *part, int h0, int h1, int c) {
+    for (int h = h0; h < h1; h++) {
         float *a = acc + (size_t)h * (c + 2);
         const float *b = part + (size_t)h * (c + 2);
         float m = a[c] > b[c] ? a[c] : b[c];
@@ -334,9 +331,9 @@ static void mla_fold(float *acc, const float *part, int H, int c, int first) {
     }
 }
 
-static void mla_finish(const attn_job_t *j, int i, const float *acc) {
+static void mla_finish(const attn_job_t *j, int i, int h0, int h1, const float *acc) {
     int c = j->c, H = j->H;
-    for (int h = 0; h < H; h++) {
+    for (int h = h0; h < h1; h++) {
         const float *a = acc + (size_t)h * (c + 2);
         float inv = 1.0f / a[c + 1], *o = j->olat + ((size_t)i * H + h) * c;
         for (int e = 0; e < c; e++) o[e] = a[e] * inv;
@@ -355,18 +352,20 @@ static void mla_scores_worker(void *arg, int t, int nt) {
     for (;;) {
         int64_t it = __atomic_fetch_add(&j->next, 1, __ATOMIC_RELAXED);
         if (it >= j->n_items) break;
-        int i = j->item_tok[it], sp = j->item_span[it], len = tok_len(j, i);
-        if (sp >= 0) { /* one span into its own partial slot */
+        int64_t slot = it / j->hg;
+        int hg = (int)(it % j->hg), h0 = H * hg / j->hg, h1 = H * (hg + 1) / j->hg;
+        int i = j->item_tok[slot], sp = j->item_span[slot], len = tok_len(j, i);
+        if (sp >= 0) { /* one span into its own partial slot (these heads' part of it) */
             int p0 = sp * ATT_SPAN, p1 = p0 + ATT_SPAN < len ? p0 + ATT_SPAN : len;
-            mla_span(j, i, p0, p1, j->part + (size_t)it * H * (c + 2), sc);
+            mla_span(j, i, p0, p1, h0, h1, j->part + (size_t)slot * H * (c + 2), sc);
             continue;
         }
         for (int k = 0, ns = spans_of(len); k < ns; k++) { /* the whole token, spans in order */
             int p0 = k * ATT_SPAN, p1 = p0 + ATT_SPAN < len ? p0 + ATT_SPAN : len;
-            mla_span(j, i, p0, p1, k ? mine : acc, sc);
-            if (k) mla_fold(acc, mine, H, c, 0);
+            mla_span(j, i, p0, p1, h0, h1, k ? mine : acc, sc);
+            if (k) mla_fold(acc, mine, h0, h1, c);
         }
-        mla_finish(j, i, acc);
+        mla_finish(j, i, h0, h1, acc);
     }
 }
 
@@ -415,12 +414,16 @@ static int cpu_attn_mla(eng_backend_t *be, const eng_w_t *kv_b, int H, int dn, i
     int64_t spans = 0;
     for (int i = 0; i < T; i++) spans += spans_of(tok_len(&j, i));
     int span_mode = T < 2 * nt && spans > T && spans * H * (c + 2) * sizeof(float) <= (64u << 20);
-    j.n_items = span_mode ? (int)spans : T;
-    j.item_tok = eng_alloc((size_t)j.n_items * sizeof(int32_t));
-    j.item_span = eng_alloc((size_t)j.n_items * sizeof(int32_t));
+    int slots = span_mode ? (int)spans : T;
+    /* and the heads in groups when the slots are still fewer than the threads
+     * (a decode at batch 1 within one span): each head's numbers are its own */
+    j.hg = slots < nt ? (nt < H ? nt : H) : 1;
+    j.n_items = slots * j.hg;
+    j.item_tok = eng_alloc((size_t)slots * sizeof(int32_t));
+    j.item_span = eng_alloc((size_t)slots * sizeof(int32_t));
     if (!j.item_tok || !j.item_span) goto out;
     if (span_mode) {
-        if (!(j.part = eng_alloc((size_t)j.n_items * H * (c + 2) * sizeof(float)))) goto out;
+        if (!(j.part = eng_alloc((size_t)slots * H * (c + 2) * sizeof(float)))) goto out;
         for (int i = 0, it = 0; i < T; i++)
             for (int k = 0, ns = spans_of(tok_len(&j, i)); k < ns; k++, it++) j.item_tok[it] = i, j.item_span[it] = k;
     } else {
@@ -432,8 +435,8 @@ static int cpu_attn_mla(eng_backend_t *be, const eng_w_t *kv_b, int H, int dn, i
         for (int i = 0, it = 0; i < T; i++) {
             int ns = spans_of(tok_len(&j, i));
             float *acc = j.part + (size_t)it * H * (c + 2);
-            for (int k = 1; k < ns; k++) mla_fold(acc, j.part + (size_t)(it + k) * H * (c + 2), H, c, 0);
-            mla_finish(&j, i, acc);
+            for (int k = 1; k < ns; k++) mla_fold(acc, j.part + (size_t)(it + k) * H * (c + 2), 0, H, c);
+            mla_finish(&j, i, 0, H, acc);
             it += ns;
         }
     eng_cpu_pool_run_any(pool_of(be), mla_out_worker, &j);
