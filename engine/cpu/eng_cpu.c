@@ -294,10 +294,11 @@ static void mla_span(const attn_job_t *j, int i, int p0, int p1, int h0, int h1,
         const float *rows = eng_attn_row(s, s->k, t0, W);
         for (int h = h0; h < h1; h++) {
             const float *ql = qlat + (size_t)h * c, *qp = q + h * qs + j->dn;
-            float *sh = sc + (size_t)h * B, mx = -INFINITY;
+            float *sh = sc + (size_t)h * B, *sr = sc + (size_t)H * B, mx = -INFINITY;
+            eng_cpu_dot_rows(ql, rows, W, nj, c, sh);
+            eng_cpu_dot_rows(qp, rows + c, W, nj, dr, sr);
             for (int k = 0; k < nj; k++) {
-                const float *r = rows + (size_t)k * W;
-                sh[k] = (eng_cpu_dot(ql, r, c) + eng_cpu_dot(qp, r + c, dr)) * j->scale;
+                sh[k] = (sh[k] + sr[k]) * j->scale;
                 mx = sh[k] > mx ? sh[k] : mx;
             }
             float *o = part + (size_t)h * (c + 2);
@@ -398,7 +399,7 @@ static int cpu_attn_mla(eng_backend_t *be, const eng_w_t *kv_b, int H, int dn, i
     if (!j.T) return 0;
     int nt = be->n_threads, T = j.T, maxB = 1, rc = -1;
     for (int i = 0; i < nseq; i++) maxB = seqs[i].B > maxB ? seqs[i].B : maxB;
-    size_t per_thread = 2 * (size_t)H * (c + 2) + (size_t)H * maxB;
+    size_t per_thread = 2 * (size_t)H * (c + 2) + (size_t)(H + 1) * maxB; /* partials, scores, rope scores */
     if (per_thread < (size_t)c) per_thread = c;
     j.scratch = calloc(nt, sizeof *j.scratch);
     j.qlat = eng_alloc((size_t)T * H * c * sizeof(float));
