@@ -309,10 +309,8 @@ static void mla_span(const attn_job_t *j, int i, int p0, int p1, int h0, int h1,
                 o[c + 1] *= corr;
             }
             o[c] = m_new;
-            for (int k = 0; k < nj; k++) {
-                sh[k] = expf(sh[k] - m_new);
-                o[c + 1] += sh[k];
-            }
+            eng_cpu_exp_shift(sh, nj, m_new);
+            for (int k = 0; k < nj; k++) o[c + 1] += sh[k];
             eng_cpu_axpy_rows(o, sh, rows, W, nj, c); /* the nj axpys in order, o in registers */
         }
         t0 += nj;

@@ -5,6 +5,7 @@
  * Accumulation order depends only on the vector length, never on how many
  * tokens are in a batch, so batched and single results are bit-identical. */
 #include <immintrin.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -284,6 +285,44 @@ __attribute__((target("avx512f"))) static void dot_rows_avx512(const float *x, c
         out[k + 3] = _mm512_reduce_add_ps(_mm512_add_ps(d0, d1));
     }
     for (; k < nr; k++) out[k] = dot_avx512(x, rows + (size_t)k * ldr, n);
+}
+
+/* e^x for 16 floats, x <= 0 (softmax weights): x = n ln2 + r, |r| <= ln2/2,
+ * e^r by its Taylor polynomial to r^7 (relative error < 2e-8 before
+ * rounding, ~1 ulp after), scaled by 2^n; below -103 the result is 0 */
+__attribute__((target("avx512f"))) static inline __m512 exp512(__m512 x) {
+    __mmask16 live = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-103.0f), _CMP_GE_OQ);
+    x = _mm512_max_ps(x, _mm512_set1_ps(-103.0f));
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x); /* ln2 in two parts */
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187e-06f), r);
+    __m512 p = _mm512_set1_ps(1.0f / 5040);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    return _mm512_maskz_mov_ps(live, _mm512_scalef_ps(p, n));
+}
+
+__attribute__((target("avx512f"))) static void exp_shift_avx512(float *s, int n, float m) {
+    __m512 vm = _mm512_set1_ps(m);
+    for (int k = 0; k < n; k += 16) {
+        __mmask16 mk = n - k >= 16 ? 0xffff : (__mmask16)((1u << (n - k)) - 1);
+        _mm512_mask_storeu_ps(s + k, mk, exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(mk, s + k), vm)));
+    }
+}
+
+void eng_cpu_exp_shift(float *s, int n, float m) {
+    k_ready();
+    if (K.dot == dot_avx512) {
+        exp_shift_avx512(s, n, m);
+        return;
+    }
+    for (int k = 0; k < n; k++) s[k] = expf(s[k] - m);
 }
 
 void eng_cpu_dot_rows(const float *x, const float *rows, size_t ldr, int nr, int n, float *out) {

@@ -164,6 +164,45 @@ static void test_isa(void) {
     printf("kernels on %s\n", eng_cpu_isa());
 }
 
+/* The row helpers give the values of the plain kernels they replace
+ * (eng_cpu_dot / eng_cpu_axpy one row at a time), bit for bit, on ragged
+ * lengths; eng_cpu_exp_shift stays within a few ulp of expf. */
+static void test_row_helpers(void) {
+    enum { NR = 7, LD = 301 };
+    static float rows[NR * LD], x[LD], y1[LD], y2[LD], a[NR], out[NR];
+    for (int i = 0; i < NR * LD; i++) rows[i] = (float)urand();
+    for (int i = 0; i < LD; i++) x[i] = (float)urand();
+    for (int i = 0; i < NR; i++) a[i] = (float)urand();
+    int lens[] = {1, 15, 16, 17, 31, 32, 33, 256, 288, 300};
+    for (size_t li = 0; li < sizeof lens / sizeof lens[0]; li++) {
+        int n = lens[li], same = 1;
+        eng_cpu_dot_rows(x, rows, LD, NR, n, out);
+        for (int k = 0; k < NR; k++) same &= out[k] == eng_cpu_dot(x, rows + k * LD, n);
+        CHECK(same);
+        for (int i = 0; i < n; i++) y1[i] = y2[i] = (float)urand();
+        eng_cpu_axpy_rows(y1, a, rows, LD, NR, n);
+        for (int k = 0; k < NR; k++) eng_cpu_axpy(y2, a[k], rows + k * LD, n);
+        CHECK(!memcmp(y1, y2, n * sizeof(float)));
+    }
+    static float s[1000];
+    double worst = 0;
+    for (int i = 0; i < 1000; i++) s[i] = i < 990 ? (float)(-90.0 * (i / 990.0)) : -(float)(i - 989) * 1e-7f;
+    float m = 0.5f;
+    for (int i = 0; i < 1000; i++) s[i] += m;
+    static float ref[1000];
+    for (int i = 0; i < 1000; i++) ref[i] = expf(s[i] - m);
+    eng_cpu_exp_shift(s, 1000, m);
+    for (int i = 0; i < 1000; i++) {
+        double e = fabs((double)s[i] - ref[i]) / (ref[i] > 1e-30f ? ref[i] : 1e-30f);
+        worst = e > worst ? e : worst;
+    }
+    printf("exp_shift: worst relative error %.2e against expf\n", worst);
+    CHECK(worst < 5e-7);
+    float big[3] = {-200.0f, 0.0f, -1e-3f};
+    eng_cpu_exp_shift(big, 3, 0.0f);
+    CHECK(big[0] == 0.0f && big[1] == 1.0f && fabs(big[2] - expf(-1e-3f)) < 1e-7);
+}
+
 /* the levels engine/cpu/eng_cpu_kernels.c dispatches to, best first */
 static const char *levels[] = {"amx", "avx512", "avx2", "scalar"};
 
@@ -180,6 +219,7 @@ int main(int argc, char **argv) {
         }
         test_isa();
         test_matmul();
+        test_row_helpers();
         printf("%s (%s): %d checks, %d failed, %d skipped\n", __FILE__, isa_want, tg_test_checks, tg_test_fails,
                tg_test_skips);
         return tg_test_fails ? 1 : 0;
