@@ -724,11 +724,15 @@ size_t eng_cpu_rowbuf_floats(const eng_w_t *w, int n) {
 
 int64_t eng_cpu_chunk_rows(const eng_w_t *w, int n) {
     k_ready();
-    if (uses_amx(w)) { /* tiles 16x cheaper than FMA: fewer, larger chunks re-read x less */
-        if (n > 16) return n <= 64 ? 128 : 256;
-        /* a small batch streams the weights: chunks of >= 256 KB (threads that
-         * take turns at 128 KB chunks streamed ~5% slower), whole 64-row groups */
-        int64_t rows = ((int64_t)256 << 10) / (2 * (w->cols > 0 ? w->cols : 1)) / 64 * 64;
+    if (uses_amx(w)) {
+        /* whole 64-row groups of weight bytes: 256 KB up to 64 tokens (a small
+         * batch streams them; threads taking turns at 128 KB chunks streamed
+         * ~5% slower), 1 MB beyond, where each chunk's weights are read again
+         * from L2 by every group of 16 tokens (one thread, 256 tokens: 4 MB
+         * chunks of a 8192-column matrix 342 GFLOP/s, 1 MB 523; 64 tokens,
+         * 2048 columns: 512 KB 552-635, 256 KB 713) */
+        int64_t bytes = n > 64 ? (int64_t)1 << 20 : (int64_t)256 << 10;
+        int64_t rows = bytes / (2 * (w->cols > 0 ? w->cols : 1)) / 64 * 64;
         return rows < 64 ? 64 : rows;
     }
     int64_t per = w->cols * (int64_t)n, rows = per > 0 ? ENG_CPU_CHUNK_COST / per : w->rows;
