@@ -21,4 +21,24 @@ static inline int64_t tg_mono_ns(void) { /* CLOCK_MONOTONIC, nanoseconds */
 
 static inline int64_t tg_mono_us(void) { return tg_mono_ns() / 1000; }
 
+/* UTC second sec formatted by strftime's fmt, kept in c until the second
+ * changes: a loop stamps many requests a second (HTTP Date, log lines), so
+ * gmtime_r and strftime run once a second per cache.  Callers keep one cache
+ * per format and thread: static __thread tg_timefmt_t c = TG_TIMEFMT_INIT; */
+typedef struct {
+    time_t last;
+    char text[40];
+} tg_timefmt_t;
+#define TG_TIMEFMT_INIT {(time_t)-1, {0}}
+
+static inline const char *tg_timefmt(tg_timefmt_t *c, time_t sec, const char *fmt) {
+    if (sec != c->last) {
+        struct tm tm;
+        gmtime_r(&sec, &tm);
+        strftime(c->text, sizeof c->text, fmt, &tm);
+        c->last = sec;
+    }
+    return c->text;
+}
+
 #endif

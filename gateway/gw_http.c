@@ -472,15 +472,8 @@ const char *gw_http_reason(int s) {
 /* ---- response head to the client -------------------------------------------- */
 
 const char *gw_http_date(time_t now) {
-    static __thread time_t last = -1;
-    static __thread char text[40];
-    if (now != last) {
-        struct tm tm;
-        gmtime_r(&now, &tm);
-        strftime(text, sizeof text, "%a, %d %b %Y %H:%M:%S GMT", &tm);
-        last = now;
-    }
-    return text;
+    static __thread tg_timefmt_t c = TG_TIMEFMT_INIT;
+    return tg_timefmt(&c, now, "%a, %d %b %Y %H:%M:%S GMT");
 }
 
 /* x-ratelimit-reset-<what>: time until the window has room again, in the

@@ -30,15 +30,8 @@ static void gw_log_free(void *arg) {
 /* "YYYY-MM-DDTHH:MM:SS" of sec, formatted once a second per thread (a loop
  * logs many requests a second: gmtime_r and strftime once). */
 static const char *gw_log_ts(time_t sec) {
-    static __thread time_t last = -1;
-    static __thread char text[32];
-    if (sec != last) {
-        struct tm tm;
-        gmtime_r(&sec, &tm);
-        strftime(text, sizeof text, "%Y-%m-%dT%H:%M:%S", &tm);
-        last = sec;
-    }
-    return text;
+    static __thread tg_timefmt_t c = TG_TIMEFMT_INIT;
+    return tg_timefmt(&c, sec, "%Y-%m-%dT%H:%M:%S");
 }
 
 /* r's line, appended to b: the fields of README "Request flow" 5, written
