@@ -359,14 +359,20 @@ static void tg_err_set(tg_json_err_t *err, size_t off, const char *msg) {
     snprintf(err->text, sizeof err->text, "Invalid JSON at byte %zu: %s", off, msg);
 }
 
-tg_json_t *tg_json_parse(const char *text, size_t len, const tg_json_opts_t *opts, tg_json_err_t *err) {
-    tg_json_parser_t ps;
-    memset(&ps, 0, sizeof ps);
-    ps.max_depth = opts && opts->max_depth > 0 ? opts->max_depth : TG_JSON_MAX_DEPTH;
+/* a parser for len bytes under opts' limits; -1 (err set) when len is over them */
+static int tg_parser_open(tg_json_parser_t *ps, size_t len, const tg_json_opts_t *opts, tg_json_err_t *err) {
+    memset(ps, 0, sizeof *ps);
+    ps->max_depth = opts && opts->max_depth > 0 ? opts->max_depth : TG_JSON_MAX_DEPTH;
     if (opts && opts->max_bytes && len > opts->max_bytes) {
         tg_err_set(err, opts->max_bytes, "document too large");
-        return NULL;
+        return -1;
     }
+    return 0;
+}
+
+tg_json_t *tg_json_parse(const char *text, size_t len, const tg_json_opts_t *opts, tg_json_err_t *err) {
+    tg_json_parser_t ps;
+    if (tg_parser_open(&ps, len, opts, err)) return NULL;
     if (!text && len) {
         tg_err_set(err, 0, "no text");
         return NULL;
@@ -405,12 +411,7 @@ tg_json_t *tg_json_parse(const char *text, size_t len, const tg_json_opts_t *opt
 tg_json_t *tg_json_parse_member(const char *text, size_t len, const tg_json_opts_t *opts, const char *key,
                                 size_t key_len, tg_json_err_t *err) {
     tg_json_parser_t ps;
-    memset(&ps, 0, sizeof ps);
-    ps.max_depth = opts && opts->max_depth > 0 ? opts->max_depth : TG_JSON_MAX_DEPTH;
-    if (opts && opts->max_bytes && len > opts->max_bytes) {
-        tg_err_set(err, opts->max_bytes, "document too large");
-        return NULL;
-    }
+    if (tg_parser_open(&ps, len, opts, err)) return NULL;
     if (!text || !key) {
         tg_err_set(err, 0, "no text");
         return NULL;
