@@ -106,8 +106,6 @@ static void mm_worker(void *arg, int t, int nt) {
     }
 }
 
-/* The activations some kernels want prepared (eng_cpu_xprep), once per
- * distinct x of the step, into the backend's buffer: xp[j] for each job. */
 typedef struct {
     const eng_mm_t *jobs;
     const void **xp;
@@ -127,6 +125,8 @@ static void prep_units(void *ctx, size_t a, size_t b) {
     }
 }
 
+/* The activations some kernels want prepared (eng_cpu_xprep), once per
+ * distinct x of the step, into the backend's buffer: xp[j] for each job. */
 static int prep_x(cpu_be_t *b, const eng_mm_t *jobs, int njobs, const void **xp) {
     size_t need = 0, off = 0, work = 0;
     for (int j = 0; j < njobs; j++) need += (eng_cpu_xprep_bytes(jobs[j].w, jobs[j].n) + 63) / 64 * 64;
@@ -237,8 +237,8 @@ typedef struct {
     int32_t *item_tok, *item_span; /* work slots (token, span; span -1 = all spans) */
     int hg;                  /* head groups per slot: item = slot * hg + group */
     int n_items;
-    float *part;             /* [n_items][H][c+2] partials, span mode */
-    float **scratch;         /* per thread: [H][c+2] partial + [H][ATT_TILE] scores */
+    float *part;             /* [slots][H][c+2] partials, span mode */
+    float **scratch;         /* per thread: two [H][c+2] partials, [H + 1][B] scores (the last: rope parts) */
     int64_t next;            /* next work item (atomic) */
     int next_h[2];           /* next head of the q_lat / out step (atomic) */
     int failed;
