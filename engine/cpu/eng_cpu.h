@@ -80,7 +80,7 @@ void eng_cpu_amx_tile_w(const uint16_t *W, int64_t R, int64_t C, uint16_t *dst);
 const uint16_t *eng_cpu_amx_tiled_at(const uint16_t *T, int64_t R, int64_t C, int64_t r, int64_t kb);
 const uint16_t *eng_cpu_amx_row_at(const uint16_t *T, int64_t R, int64_t C, int64_t r, int64_t *step);
 void eng_cpu_amx_rows_tiled(const uint16_t *T, int64_t R, int64_t C, const uint16_t *xp, int n, float *y,
-                            int64_t ldy, int64_t r0, int64_t r1, float *spill);
+                            int64_t ldy, int64_t r0, int64_t r1, float *scratch);
 /* 1 when the kernels want w re-laid into AMX tiles at upload (bf16 weights on
  * the amx level), else 0 (w is used in place). */
 int eng_cpu_w_wants_tiles(const eng_w_t *w);

@@ -65,8 +65,9 @@ size_t eng_cpu_amx_xbytes(int n, int64_t C) {
 }
 
 /* hi and lo parts of 32 floats, as 16 dwords each (pairs of bf16, even k
- * low).  VCVTNE2PS2BF16 rounds to nearest even as bf16_rne does; it also
- * flushes denormals, which TDPBF16PS would read as zero anyway. */
+ * low).  VCVTNE2PS2BF16 rounds to nearest even, as the bit arithmetic here
+ * did before it; it also flushes denormals, which TDPBF16PS reads as zero
+ * anyway, so the tile products are the same. */
 static inline __attribute__((always_inline, target("avx512f,avx512bw,avx512bf16"))) void split32(__m512 a, __m512 b,
                                                                                               __m512i *hi,
                                                                                               __m512i *lo) {
