@@ -22,7 +22,8 @@ void eng_cpu_pool_run(eng_cpu_pool_t *p, void (*fn)(void *arg, int i, int n), vo
 void eng_cpu_pool_run_any(eng_cpu_pool_t *p, void (*fn)(void *arg, int i, int n), void *arg);
 
 /* The instruction set the kernels chose at start-up: "amx" (AVX-512, and AMX
- * tiles for bf16 weights), "avx512", "avx2" or "scalar".
+ * tiles for bf16 weights), "avx512", "avx2" or "scalar".  On avx512 and amx,
+ * int8 weights run on AVX512-VNNI where the CPU has it (eng_cpu_vnni_uses).
  * TOLLGATE_ENGINE_ISA=scalar|avx2|avx512|amx forces a lower one. */
 const char *eng_cpu_isa(void);
 
@@ -86,6 +87,21 @@ void eng_cpu_amx_rows_tiled(const uint16_t *T, int64_t R, int64_t C, const uint1
 int eng_cpu_w_wants_tiles(const eng_w_t *w);
 /* floats of per-thread scratch eng_cpu_amx_rows_tiled needs for n tokens of C columns */
 size_t eng_cpu_amx_scratch_floats(int n, int64_t C);
+/* int8 x int8 (eng_cpu_vnni.c, AVX512-VNNI): int8 weights (ENG_DT_I8) on the
+ * avx512 and amx levels of a CPU with VNNI.  Prepared activations: each
+ * token's x quantized per qblk-column block (u8 = round(x / sx) + 128, sx =
+ * amax / 127); its bytes; the tokens t0..t1-1 quantized into xp; where token
+ * t's bytes (x_ld(C) apart) and block scales are; Y rows r0..r1 of n tokens. */
+int eng_cpu_vnni_probe(void);
+/* 1 when matmuls of w run int8 x int8 on VNNI in this process */
+int eng_cpu_vnni_uses(const eng_w_t *w);
+/* 1 when this process runs int8 weights on VNNI at all */
+int eng_cpu_vnni_on(void);
+size_t eng_cpu_vnni_xbytes(int n, int64_t C, int qblk);
+void eng_cpu_vnni_xprep(const float *x, int n, int64_t C, int qblk, void *xp, int t0, int t1);
+const uint8_t *eng_cpu_vnni_xq(const void *xp, int n, int64_t C, int qblk, int t);
+const float *eng_cpu_vnni_xs(const void *xp, int n, int64_t C, int qblk, int t);
+void eng_cpu_vnni_rows(const eng_w_t *w, const void *xp, int n, float *y, int64_t r0, int64_t r1);
 /* floats of per-thread scratch (rowbuf) eng_cpu_matmul_rows needs */
 size_t eng_cpu_rowbuf_floats(const eng_w_t *w, int n);
 

@@ -186,6 +186,7 @@ static struct {
     void (*i8_run)(const int8_t *, float *, int64_t, float);
     void (*f8_run)(const uint8_t *, float *, int64_t, float);
     int amx; /* bf16 matmuls on AMX tiles (eng_cpu_amx.c) */
+    int vnni; /* int8-weight matmuls int8 x int8 on AVX512-VNNI (eng_cpu_vnni.c) */
 } K;
 
 static pthread_once_t k_once = PTHREAD_ONCE_INIT;
@@ -223,6 +224,10 @@ static void k_init(void) {
         K.f16_row = f16_row_avx512;
         K.i8_run = i8_run_avx512;
         K.f8_run = f8_run_avx512;
+        /* VNNI: int8-weight matmuls of every batch size quantize x too (one
+         * arithmetic for all n keeps batch invariance) */
+        const char *vn = getenv("TOLLGATE_ENGINE_VNNI"); /* "0": the widen-and-FMA tiles (to compare) */
+        K.vnni = !(vn && !strcmp(vn, "0")) && eng_cpu_vnni_probe();
         /* AMX: bf16-weight matmuls of every batch size (one arithmetic for
          * all n keeps batch invariance); everything else stays AVX-512 */
         if (want >= 3 && eng_cpu_amx_probe()) {
@@ -696,6 +701,18 @@ typedef void (*tile_fn)(const void *, int, int64_t, const float *, int64_t, int,
  * weight used in place (never the model's) runs on the AVX-512 tiles */
 static int uses_amx(const eng_w_t *w) { return K.amx && w->dt == ENG_DT_BF16 && w->layout == ENG_W_AMX; }
 
+static int uses_vnni(const eng_w_t *w) { return K.vnni && w->dt == ENG_DT_I8 && w->qblk > 0 && w->scale; }
+
+int eng_cpu_vnni_on(void) {
+    k_ready();
+    return K.vnni;
+}
+
+int eng_cpu_vnni_uses(const eng_w_t *w) {
+    k_ready();
+    return uses_vnni(w);
+}
+
 int eng_cpu_w_wants_tiles(const eng_w_t *w) {
     k_ready();
     return K.amx && w->dt == ENG_DT_BF16 && w->layout == ENG_W_ROWS;
@@ -703,17 +720,21 @@ int eng_cpu_w_wants_tiles(const eng_w_t *w) {
 
 size_t eng_cpu_xprep_bytes(const eng_w_t *w, int n) {
     k_ready();
-    return uses_amx(w) && n > 0 ? eng_cpu_amx_xbytes(n, w->cols) : 0;
+    if (n <= 0) return 0;
+    if (uses_vnni(w)) return eng_cpu_vnni_xbytes(n, w->cols, w->qblk);
+    return uses_amx(w) ? eng_cpu_amx_xbytes(n, w->cols) : 0;
 }
 
 void eng_cpu_xprep(const eng_w_t *w, const float *x, int n, void *xp) {
     k_ready();
     if (uses_amx(w)) eng_cpu_amx_xprep(x, n, w->cols, xp);
+    if (uses_vnni(w)) eng_cpu_vnni_xprep(x, n, w->cols, w->qblk, xp, 0, n);
 }
 
 void eng_cpu_xprep_groups(const eng_w_t *w, const float *x, int n, void *xp, int g0, int g1) {
     k_ready();
     if (uses_amx(w)) eng_cpu_amx_xprep_groups(x, n, w->cols, xp, g0, g1);
+    if (uses_vnni(w)) eng_cpu_vnni_xprep(x, n, w->cols, w->qblk, xp, 16 * g0, 16 * g1);
 }
 
 size_t eng_cpu_rowbuf_floats(const eng_w_t *w, int n) {
@@ -747,6 +768,10 @@ void eng_cpu_matmul_rows(const eng_w_t *w, const float *x, const void *xp, int n
     k_ready();
     if (uses_amx(w)) { /* the pool's chunks start at multiples of 16 rows */
         eng_cpu_amx_rows_tiled(w->data, w->rows, w->cols, xp, n, y, w->rows, r0, r1, rowbuf);
+        return;
+    }
+    if (uses_vnni(w)) { /* x quantized by eng_cpu_xprep */
+        eng_cpu_vnni_rows(w, xp, n, y, r0, r1);
         return;
     }
     tile_fn tile = !strcmp(K.isa, "avx512") || K.amx ? tile_avx512 : !strcmp(K.isa, "avx2") ? tile_avx2 : tile_scalar;

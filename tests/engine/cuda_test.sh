@@ -48,7 +48,8 @@ fi
 
 # a GPU: op by op, then whole models; every comparison runs, the first failure is the exit status
 bad=0
-"$ops" dump "$work/ops-cpu.bin" || bad=1
+# the scalar level: the reference arithmetic (avx512/amx run int8 weights int8 x int8 on VNNI)
+TOLLGATE_ENGINE_ISA=scalar "$ops" dump "$work/ops-cpu.bin" || bad=1
 "$dir/eng_ops_test" compare "$work/ops-cpu.bin" cuda:0 || { echo "cuda_test: FAIL: op harness CUDA vs CPU"; bad=1; }
 "$cpu" gen-model --arch deepseek_v3 --preset tiny --dtype fp8 --seed 42 --out "$work/v3-fp8" 2>/dev/null
 "$cpu" gen-model --arch deepseek_v3 --preset tiny --dtype f32 --seed 43 --out "$work/v3-f32" 2>/dev/null

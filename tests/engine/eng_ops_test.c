@@ -9,7 +9,11 @@
  * Error per output: NMSE = sum (a-b)^2 / sum b^2 (b the reference), and the
  * largest absolute difference.  Tolerances: 1e-9 between CPU ISAs (only the
  * fp32 summation order differs), 1e-6 for a device backend (stated in
- * engine/README.md); routed expert ids must match exactly everywhere.
+ * engine/README.md); routed expert ids must match exactly everywhere.  One
+ * exception: int8-weight matmuls on a level that runs them on AVX512-VNNI
+ * quantize x to int8 per 128-column block as well (eng_cpu_vnni.c), which
+ * costs (1/127)^2/12 of amax^2 per element: NMSE ~1.5e-5 on these uniform
+ * inputs (measured 1.3e-5..1.8e-5), so those outputs get 5e-5.
  * A DEVICE this build lacks, or a CUDA device that is not there, is a skip
  * (TG_SKIP, printed and logged), never a pass. */
 #include <math.h>
@@ -21,6 +25,7 @@
 #include <unistd.h>
 
 #include "../unit/tg_test.h"
+#include "eng_cpu.h"
 #include "eng_model_int.h"
 #include "eng_sample.h"
 
@@ -478,6 +483,9 @@ static int dump(const char *path, const char *desc) {
     return fclose(f);
 }
 
+/* the CPU backend of this process runs int8 weights int8 x int8 (VNNI) */
+static int i8_quant_x;
+
 static void compare(const char *path, const char *desc, double tol) {
     FILE *f = fopen(path, "rb");
     char ref[128] = "";
@@ -485,7 +493,8 @@ static void compare(const char *path, const char *desc, double tol) {
     if (!f) return;
     if (!fgets(ref, sizeof ref, f)) ref[0] = 0;
     ref[strcspn(ref, "\n")] = 0;
-    printf("eng_ops: %s against %s (NMSE tolerance %.0e; ids exact)\n", desc, ref, tol);
+    printf("eng_ops: %s against %s (NMSE tolerance %.0e%s; ids exact)\n", desc, ref, tol,
+           i8_quant_x ? ", int8 matmuls int8 x int8 on VNNI 5e-05" : "");
     int worst_fail = 0, n = 0;
     for (int i = 0; i < n_outs; i++) {
         char name[64];
@@ -514,8 +523,9 @@ static void compare(const char *path, const char *desc, double tol) {
             if (fabs(e) > mx) mx = fabs(e);
             if (outs[i].is_int && a != b) bad++;
         }
-        double nmse = den > 0 ? num / den : num;
-        int ok = outs[i].is_int ? bad == 0 : bad == 0 && nmse <= tol;
+        double nmse = den > 0 ? num / den : num, t = tol;
+        if (i8_quant_x && !strncmp(outs[i].name, "matmul/i8/", 10)) t = 5e-5;
+        int ok = outs[i].is_int ? bad == 0 : bad == 0 && nmse <= t;
         if (outs[i].is_int)
             printf("  %-40s %6zu ids, %zu differ %s\n", outs[i].name, outs[i].n, bad, ok ? "ok" : "FAIL");
         else
@@ -577,6 +587,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "eng_ops_test: ran on %s, asked for cpu/%s\n", desc, isa);
         return 1;
     }
+    i8_quant_x = !strcmp(ops->name, "cpu") && eng_cpu_vnni_on();
     run_all();
     int rc = 0;
     if (!strcmp(argv[1], "dump")) {

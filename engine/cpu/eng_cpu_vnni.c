@@ -1,0 +1,184 @@
+/* eng_cpu_vnni.c — int8 x int8 matmuls on AVX512-VNNI (VPDPBUSD) for int8
+ * weights (ENG_DT_I8, `--int8`), on the avx512 and amx ISA levels when the CPU
+ * has VNNI.
+ *
+ *   y[t][r] = sum over blocks b, in block order, of
+ *             fma((float)S[t][r][b], sw[r][b] * sx[t][b], y)      (y starts at 0)
+ *   S[t][r][b] = sum over the block's columns c of qw[r][c] * qx[t][c]  (exact, int32)
+ *
+ * The weights are int8 with one scale per qblk columns of each row (as
+ * quantize_w stores them); each token's activations are quantized the same
+ * way, per qblk-column block, once per matmul step (eng_cpu_vnni_xprep):
+ * sx = amax / 127, qx = round-to-nearest-even(x / sx) (x * (1 / sx)), a
+ * block of zeros gets sx = 0.
+ *
+ * VPDPBUSD multiplies unsigned by signed bytes, so x is stored as
+ * u = qx + 128 (0..255) and the kernel subtracts 128 * sum(qw) per (row,
+ * block), which it computes with the same instruction from the weight bytes
+ * it has loaded anyway (one VPDPBUSD per row and 64 columns, shared by the
+ * tile's tokens).  Why not AMX-INT8 (TDPBSSD, s8 x s8, no correction): it
+ * needs the weights re-laid at upload like the bf16 tiles and an int32 tile
+ * drained at every 128-column block boundary; VNNI reads the int8 rows in
+ * place, costs no memory and no upload step, and keeps the code small.
+ *
+ * Invariance: each output is its own lane: the int32 block sums are exact and
+ * the float combination runs in block order with the same operands whatever
+ * the tile shape, the batch, the row range or the thread, so outputs are bit
+ * identical across them (tested).  The integer sums fit int32: |S| <= qblk *
+ * 127 * 255 (qblk <= 65,000).  */
+#include <immintrin.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "eng_cpu.h"
+
+#define VNNI_T "avx512f,avx512bw,avx512vl,avx512vnni"
+
+int eng_cpu_vnni_probe(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+}
+
+/* bytes per token of quantized x (a multiple of 64, so every token's row is aligned) */
+static inline int64_t x_ld(int64_t C) { return (C + 63) / 64 * 64; }
+static inline int64_t n_blocks(int64_t C, int qblk) { return (C + qblk - 1) / qblk; }
+
+size_t eng_cpu_vnni_xbytes(int n, int64_t C, int qblk) {
+    return (size_t)n * ((size_t)x_ld(C) + (size_t)n_blocks(C, qblk) * sizeof(float));
+}
+
+const uint8_t *eng_cpu_vnni_xq(const void *xp, int n, int64_t C, int qblk, int t) {
+    (void)n, (void)qblk;
+    return (const uint8_t *)xp + (int64_t)t * x_ld(C);
+}
+
+const float *eng_cpu_vnni_xs(const void *xp, int n, int64_t C, int qblk, int t) {
+    return (const float *)((const uint8_t *)xp + (int64_t)n * x_ld(C)) + (int64_t)t * n_blocks(C, qblk);
+}
+
+/* one token: u[c] = round(x[c] / sx) + 128, sx per block.  cvtps rounds to
+ * nearest even under the default MXCSR, as lrintf does. */
+__attribute__((target(VNNI_T))) static void quant_token(const float *x, int64_t C, int qblk, uint8_t *u, float *sx) {
+    for (int64_t c0 = 0, b = 0; c0 < C; c0 += qblk, b++) {
+        int64_t len = C - c0 < qblk ? C - c0 : qblk;
+        __m512 m = _mm512_setzero_ps();
+        for (int64_t c = 0; c < len; c += 16) {
+            __mmask16 k = len - c >= 16 ? 0xffff : (__mmask16)((1u << (len - c)) - 1);
+            m = _mm512_max_ps(m, _mm512_abs_ps(_mm512_maskz_loadu_ps(k, x + c0 + c)));
+        }
+        float amax = _mm512_reduce_max_ps(m), s = amax / 127.0f, inv = s > 0 ? 1.0f / s : 0;
+        sx[b] = s;
+        __m512 vi = _mm512_set1_ps(inv);
+        for (int64_t c = 0; c < len; c += 16) {
+            __mmask16 k = len - c >= 16 ? 0xffff : (__mmask16)((1u << (len - c)) - 1);
+            __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_maskz_loadu_ps(k, x + c0 + c), vi));
+            q = _mm512_max_epi32(_mm512_min_epi32(q, _mm512_set1_epi32(127)), _mm512_set1_epi32(-127));
+            _mm512_mask_cvtepi32_storeu_epi8(u + c0 + c, k, _mm512_add_epi32(q, _mm512_set1_epi32(128)));
+        }
+    }
+}
+
+void eng_cpu_vnni_xprep(const float *x, int n, int64_t C, int qblk, void *xp, int t0, int t1) {
+    for (int t = t0; t < t1 && t < n; t++)
+        quant_token(x + (int64_t)t * C, C, qblk, (uint8_t *)eng_cpu_vnni_xq(xp, n, C, qblk, t),
+                    (float *)eng_cpu_vnni_xs(xp, n, C, qblk, t));
+}
+
+/* 16 vectors of 16 int32 -> one vector, lane j = the sum of a[j]'s lanes.
+ * Integer adds: exact, so the tree's order does not matter. */
+static inline __attribute__((always_inline, target(VNNI_T))) __m512i hsum16(const __m512i a[16]) {
+    __m512i b[8], c[4], d[2];
+    for (int j = 0; j < 8; j++) /* 256-bit halves: lanes 0-1 a[j], 2-3 a[j+8] */
+        b[j] = _mm512_add_epi32(_mm512_shuffle_i64x2(a[j], a[j + 8], 0x44), _mm512_shuffle_i64x2(a[j], a[j + 8], 0xee));
+    for (int j = 0; j < 4; j++) /* 128-bit lanes: a[j], a[j+8], a[j+4], a[j+12] */
+        c[j] = _mm512_add_epi32(_mm512_shuffle_i64x2(b[j], b[j + 4], 0x88), _mm512_shuffle_i64x2(b[j], b[j + 4], 0xdd));
+    for (int j = 0; j < 2; j++)
+        d[j] = _mm512_add_epi32(_mm512_unpacklo_epi32(c[j], c[j + 2]), _mm512_unpackhi_epi32(c[j], c[j + 2]));
+    __m512i e = _mm512_add_epi32(_mm512_unpacklo_epi64(d[0], d[1]), _mm512_unpackhi_epi64(d[0], d[1]));
+    /* e's lane 4 L + k holds a[{0,2,1,3}[k] + {0,8,4,12}[L]] */
+    return _mm512_permutexvar_epi32(_mm512_setr_epi32(0, 2, 1, 3, 8, 10, 9, 11, 4, 6, 5, 7, 12, 14, 13, 15), e);
+}
+
+/* NR rows x NT tokens (NR * NT = 16 lanes, lane i * NT + t): the formula at
+ * the top, written to y[t * ldy + i] for i < nr, t < nt (the rest of the
+ * tile repeats row 0 / token 0 and is dropped). */
+static inline __attribute__((always_inline, target(VNNI_T))) void
+tile(const int8_t *W, const float *SW, int64_t C, int qblk, int64_t nb, const uint8_t *XQ, const float *XS, int64_t ldx,
+     int NR, int NT, int nr, int nt, float *y, int64_t ldy) {
+    const int8_t *wr[16];
+    const uint8_t *xr[16];
+    float sc[16];
+    for (int i = 0; i < NR; i++) wr[i] = W + (i < nr ? i : 0) * C;
+    for (int t = 0; t < NT; t++) xr[t] = XQ + (t < nt ? t : 0) * ldx;
+    const __m512i k128 = _mm512_set1_epi8((char)0x80);
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        int64_t c0 = b * qblk, c1 = c0 + qblk < C ? c0 + qblk : C;
+        __m512i a[16], corr[16];
+        for (int j = 0; j < 16; j++) a[j] = corr[j] = _mm512_setzero_si512();
+        for (int64_t c = c0; c < c1; c += 64) {
+            __mmask64 k = c1 - c >= 64 ? ~0ull : (1ull << (c1 - c)) - 1;
+            __m512i xv[16];
+            for (int t = 0; t < NT; t++) xv[t] = _mm512_maskz_loadu_epi8(k, xr[t] + c);
+            for (int i = 0; i < NR; i++) {
+                __m512i wv = _mm512_maskz_loadu_epi8(k, wr[i] + c);
+                corr[i] = _mm512_dpbusd_epi32(corr[i], k128, wv);
+                for (int t = 0; t < NT; t++) a[i * NT + t] = _mm512_dpbusd_epi32(a[i * NT + t], xv[t], wv);
+            }
+        }
+        for (int i = 0; i < NR; i++)
+            for (int t = 0; t < NT; t++) a[i * NT + t] = _mm512_sub_epi32(a[i * NT + t], corr[i]);
+        for (int j = 0; j < 16; j++) {
+            int i = j / NT, t = j % NT;
+            sc[j] = SW[(i < nr ? i : 0) * nb + b] * XS[(t < nt ? t : 0) * nb + b];
+        }
+        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(hsum16(a)), _mm512_loadu_ps(sc), acc);
+    }
+    float out[16];
+    _mm512_storeu_ps(out, acc);
+    for (int i = 0; i < nr; i++)
+        for (int t = 0; t < nt; t++) y[t * ldy + i] = out[i * NT + t];
+}
+
+__attribute__((target(VNNI_T))) static void tile_16x1(const int8_t *W, const float *SW, int64_t C, int qblk,
+                                                       int64_t nb, const uint8_t *XQ, const float *XS, int64_t ldx,
+                                                       int nr, int nt, float *y, int64_t ldy) {
+    tile(W, SW, C, qblk, nb, XQ, XS, ldx, 16, 1, nr, nt, y, ldy);
+}
+
+__attribute__((target(VNNI_T))) static void tile_8x2(const int8_t *W, const float *SW, int64_t C, int qblk,
+                                                      int64_t nb, const uint8_t *XQ, const float *XS, int64_t ldx,
+                                                      int nr, int nt, float *y, int64_t ldy) {
+    tile(W, SW, C, qblk, nb, XQ, XS, ldx, 8, 2, nr, nt, y, ldy);
+}
+
+__attribute__((target(VNNI_T))) static void tile_4x4(const int8_t *W, const float *SW, int64_t C, int qblk,
+                                                      int64_t nb, const uint8_t *XQ, const float *XS, int64_t ldx,
+                                                      int nr, int nt, float *y, int64_t ldy) {
+    tile(W, SW, C, qblk, nb, XQ, XS, ldx, 4, 4, nr, nt, y, ldy);
+}
+
+void eng_cpu_vnni_rows(const eng_w_t *w, const void *xp, int n, float *y, int64_t r0, int64_t r1) {
+    int64_t C = w->cols, R = w->rows, nb = w->scale_cols;
+    int qb = w->qblk;
+    /* the tile's shape follows the batch (one token: 16 rows, every lane
+     * useful); an output's value does not depend on it */
+    int NR = n == 1 ? 16 : n == 2 ? 8 : 4, NT = 16 / NR;
+    void (*fn)(const int8_t *, const float *, int64_t, int, int64_t, const uint8_t *, const float *, int64_t, int, int,
+               float *, int64_t) = NR == 16 ? tile_16x1 : NR == 8 ? tile_8x2 : tile_4x4;
+    /* tokens in chunks whose quantized x stays in L2 (~384 KB) */
+    int tc = (int)((384 << 10) / x_ld(C)) / 4 * 4;
+    if (tc < 4) tc = 4;
+    for (int t0 = 0; t0 < n; t0 += tc) {
+        int t1 = t0 + tc < n ? t0 + tc : n;
+        for (int64_t r = r0; r < r1; r += NR) {
+            int nr = r1 - r < NR ? (int)(r1 - r) : NR;
+            for (int t = t0; t < t1; t += NT) {
+                int nt = t1 - t < NT ? t1 - t : NT;
+                fn((const int8_t *)w->data + r * C, w->scale + r * nb, C, qb, nb, eng_cpu_vnni_xq(xp, n, C, qb, t),
+                   eng_cpu_vnni_xs(xp, n, C, qb, t), x_ld(C), nr, nt, y + (int64_t)t * R + r, R);
+            }
+        }
+    }
+}
