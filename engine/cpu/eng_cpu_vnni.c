@@ -21,6 +21,11 @@
  * drained at every 128-column block boundary; VNNI reads the int8 rows in
  * place, costs no memory and no upload step, and keeps the code small.
  *
+ * Two kernels, the same arithmetic: tile() (one token: lanes along the
+ * columns, a horizontal sum per block) and vtile() (2 or more tokens: lanes
+ * along 16 rows, each 64 columns of the rows transposed in registers and
+ * shared by the tile's tokens).
+ *
  * Invariance: each output is its own lane: the int32 block sums are exact and
  * the float combination runs in block order with the same operands whatever
  * the tile shape, the batch, the row range or the thread, so outputs are bit
@@ -147,37 +152,130 @@ __attribute__((target(VNNI_T))) static void tile_16x1(const int8_t *W, const flo
     tile(W, SW, C, qblk, nb, XQ, XS, ldx, 16, 1, nr, nt, y, ldy);
 }
 
-__attribute__((target(VNNI_T))) static void tile_8x2(const int8_t *W, const float *SW, int64_t C, int qblk,
-                                                      int64_t nb, const uint8_t *XQ, const float *XS, int64_t ldx,
-                                                      int nr, int nt, float *y, int64_t ldy) {
-    tile(W, SW, C, qblk, nb, XQ, XS, ldx, 8, 2, nr, nt, y, ldy);
+/* 16 x 16 dwords transposed in registers: r[i][j] -> r[j][i] (as eng_cpu_amx.c's) */
+static inline __attribute__((always_inline, target(VNNI_T))) void transpose16(__m512i r[16]) {
+    __m512i t[16];
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) {
+        r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+        r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+        r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+        r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+    }
+    for (int i = 0; i < 4; i++) {
+        t[i] = _mm512_shuffle_i32x4(r[i], r[i + 4], 0x88);
+        t[i + 4] = _mm512_shuffle_i32x4(r[i], r[i + 4], 0xdd);
+        t[i + 8] = _mm512_shuffle_i32x4(r[i + 8], r[i + 12], 0x88);
+        t[i + 12] = _mm512_shuffle_i32x4(r[i + 8], r[i + 12], 0xdd);
+    }
+    for (int i = 0; i < 4; i++) {
+        r[i] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0x88);
+        r[i + 8] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0xdd);
+        r[i + 4] = _mm512_shuffle_i32x4(t[i + 4], t[i + 12], 0x88);
+        r[i + 12] = _mm512_shuffle_i32x4(t[i + 4], t[i + 12], 0xdd);
+    }
 }
 
-__attribute__((target(VNNI_T))) static void tile_4x4(const int8_t *W, const float *SW, int64_t C, int qblk,
+/* The same outputs as tile(), lanes = 16 rows instead of columns: each 64
+ * columns of the 16 rows are transposed in registers so that vector q holds
+ * every row's 4 bytes of columns 4q..4q+3, and VPDPBUSD takes each token's 4
+ * bytes broadcast: a lane accumulates its own row, so a block's sums need no
+ * horizontal reduction (tile() spends more on that than on the multiplies
+ * at 4 x 4), and the transpose is shared by the NT tokens.  Per lane the
+ * block sums are the same exact integers and the combination the same
+ * fma(float(S), sw * sx, y) in block order, so the outputs are bit identical
+ * to tile()'s (tested) and either kernel may serve any batch. */
+static inline __attribute__((always_inline, target(VNNI_T))) void
+vtile(const int8_t *W, const float *SW, int64_t C, int qblk, int64_t nb, const uint8_t *XQ, const float *XS,
+      int64_t ldx, int NT, int nr, int nt, float *y, int64_t ldy) {
+    const int8_t *wr[16];
+    const uint8_t *xr[16];
+    __m512i v[16];
+    __m512 yb[16];
+    for (int i = 0; i < 16; i++) wr[i] = W + (i < nr ? i : 0) * C;
+    for (int t = 0; t < NT; t++) xr[t] = XQ + (t < nt ? t : 0) * ldx, yb[t] = _mm512_setzero_ps();
+    __m512i swi = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                     _mm512_set1_epi32((int)nb));
+    swi = _mm512_maskz_mov_epi32((__mmask16)((1u << nr) - 1), swi); /* rows past nr: row 0's scales */
+    const __m512i k128 = _mm512_set1_epi8((char)0x80);
+    for (int64_t b = 0; b < nb; b++) {
+        int64_t c0 = b * qblk, c1 = c0 + qblk < C ? c0 + qblk : C;
+        __m512i a[16], corr = _mm512_setzero_si512();
+        for (int t = 0; t < NT; t++) a[t] = _mm512_setzero_si512();
+        for (int64_t c = c0; c < c1; c += 64) {
+            __mmask64 k = c1 - c >= 64 ? ~0ull : (1ull << (c1 - c)) - 1;
+            int nq = c1 - c >= 64 ? 16 : (int)(c1 - c + 3) / 4;
+            for (int i = 0; i < 16; i++) v[i] = _mm512_maskz_loadu_epi8(k, wr[i] + c);
+            transpose16(v);
+            for (int q = 0; q < nq; q++) {
+                corr = _mm512_dpbusd_epi32(corr, k128, v[q]);
+                for (int t = 0; t < NT; t++) {
+                    int32_t xq4;
+                    memcpy(&xq4, xr[t] + c + 4 * q, 4);
+                    a[t] = _mm512_dpbusd_epi32(a[t], _mm512_set1_epi32(xq4), v[q]);
+                }
+            }
+        }
+        __m512 sw = _mm512_i32gather_ps(_mm512_add_epi32(swi, _mm512_set1_epi32((int)b)), SW, 4);
+        for (int t = 0; t < NT; t++) {
+            __m512 sc = _mm512_mul_ps(sw, _mm512_set1_ps(XS[(t < nt ? t : 0) * nb + b]));
+            yb[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(a[t], corr)), sc, yb[t]);
+        }
+    }
+    for (int t = 0; t < nt; t++) _mm512_mask_storeu_ps(y + t * ldy, (__mmask16)((1u << nr) - 1), yb[t]);
+}
+
+__attribute__((target(VNNI_T))) static void vtile_16(const int8_t *W, const float *SW, int64_t C, int qblk,
                                                       int64_t nb, const uint8_t *XQ, const float *XS, int64_t ldx,
                                                       int nr, int nt, float *y, int64_t ldy) {
-    tile(W, SW, C, qblk, nb, XQ, XS, ldx, 4, 4, nr, nt, y, ldy);
+    vtile(W, SW, C, qblk, nb, XQ, XS, ldx, 16, nr, nt, y, ldy);
+}
+
+__attribute__((target(VNNI_T))) static void vtile_8(const int8_t *W, const float *SW, int64_t C, int qblk,
+                                                     int64_t nb, const uint8_t *XQ, const float *XS, int64_t ldx,
+                                                     int nr, int nt, float *y, int64_t ldy) {
+    vtile(W, SW, C, qblk, nb, XQ, XS, ldx, 8, nr, nt, y, ldy);
+}
+
+__attribute__((target(VNNI_T))) static void vtile_2(const int8_t *W, const float *SW, int64_t C, int qblk,
+                                                     int64_t nb, const uint8_t *XQ, const float *XS, int64_t ldx,
+                                                     int nr, int nt, float *y, int64_t ldy) {
+    vtile(W, SW, C, qblk, nb, XQ, XS, ldx, 2, nr, nt, y, ldy);
+}
+
+__attribute__((target(VNNI_T))) static void vtile_4(const int8_t *W, const float *SW, int64_t C, int qblk,
+                                                     int64_t nb, const uint8_t *XQ, const float *XS, int64_t ldx,
+                                                     int nr, int nt, float *y, int64_t ldy) {
+    vtile(W, SW, C, qblk, nb, XQ, XS, ldx, 4, nr, nt, y, ldy);
 }
 
 void eng_cpu_vnni_rows(const eng_w_t *w, const void *xp, int n, float *y, int64_t r0, int64_t r1) {
     int64_t C = w->cols, R = w->rows, nb = w->scale_cols;
     int qb = w->qblk;
-    /* the tile's shape follows the batch (one token: 16 rows, every lane
-     * useful); an output's value does not depend on it */
-    int NR = n == 1 ? 16 : n == 2 ? 8 : 4, NT = 16 / NR;
-    void (*fn)(const int8_t *, const float *, int64_t, int, int64_t, const uint8_t *, const float *, int64_t, int, int,
-               float *, int64_t) = NR == 16 ? tile_16x1 : NR == 8 ? tile_8x2 : tile_4x4;
+    typedef void (*tile_fn)(const int8_t *, const float *, int64_t, int, int64_t, const uint8_t *, const float *,
+                            int64_t, int, int, float *, int64_t);
     /* tokens in chunks whose quantized x stays in L2 (~384 KB) */
-    int tc = (int)((384 << 10) / x_ld(C)) / 4 * 4;
-    if (tc < 4) tc = 4;
+    int tc = (int)((384 << 10) / x_ld(C)) / 16 * 16;
+    if (tc < 16) tc = 16;
     for (int t0 = 0; t0 < n; t0 += tc) {
         int t1 = t0 + tc < n ? t0 + tc : n;
-        for (int64_t r = r0; r < r1; r += NR) {
-            int nr = r1 - r < NR ? (int)(r1 - r) : NR;
-            for (int t = t0; t < t1; t += NT) {
-                int nt = t1 - t < NT ? t1 - t : NT;
-                fn((const int8_t *)w->data + r * C, w->scale + r * nb, C, qb, nb, eng_cpu_vnni_xq(xp, n, C, qb, t),
-                   eng_cpu_vnni_xs(xp, n, C, qb, t), x_ld(C), nr, nt, y + (int64_t)t * R + r, R);
+        for (int64_t r = r0; r < r1; r += 16) {
+            int nr = r1 - r < 16 ? (int)(r1 - r) : 16;
+            const int8_t *W = (const int8_t *)w->data + r * C;
+            for (int t = t0; t < t1;) {
+                /* one token: lanes along the columns (16 rows x 1; a transpose
+                 * would serve one token only); more: lanes along the rows, 16,
+                 * 8, 4 or 2 tokens a tile (measured best for each; see
+                 * engine/README.md).  Every kernel gives the same bits. */
+                int left = t1 - t, NT = n == 1 ? 1 : n == 2 ? 2 : left >= 16 ? 16 : left >= 8 ? 8 : 4;
+                tile_fn fn = NT == 1 ? tile_16x1 : NT == 2 ? vtile_2 : NT == 16 ? vtile_16 : NT == 8 ? vtile_8 : vtile_4;
+                int nt = left < NT ? left : NT;
+                fn(W, w->scale + r * nb, C, qb, nb, eng_cpu_vnni_xq(xp, n, C, qb, t), eng_cpu_vnni_xs(xp, n, C, qb, t),
+                   x_ld(C), nr, nt, y + (int64_t)t * R + r, R);
+                t += nt;
             }
         }
     }

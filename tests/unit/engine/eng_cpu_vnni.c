@@ -194,6 +194,7 @@ static void test_exact(void) {
     check_exact(20, 40, 40, 3);    /* one block narrower than a 64-byte load */
     check_exact(33, 1000, 128, 1);
     check_exact(17, 200, 100, 2);  /* blocks not a multiple of 64 */
+    check_exact(21, 130, 50, 5);   /* blocks not a multiple of 4 bytes apart: quads straddle nothing */
 }
 
 /* a token's outputs do not depend on the batch, on the row ranges or on the
