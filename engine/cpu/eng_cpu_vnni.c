@@ -37,7 +37,14 @@
 
 #include "eng_cpu.h"
 
-#define VNNI_T "avx512f,avx512bw,avx512vl,avx512vnni"
+#define VNNI_T "avx512f,avx512bw,avx512vl,avx512vnni,fma"
+/* one token: weights prefetched this many bytes ahead of the loads (a single
+ * token does too little work per byte for the hardware prefetcher alone to
+ * keep the stream full: a 65 MB matrix streamed at 0.67x the FMA tiles without,
+ * 0.88-0.95x with 512 bytes; 256-2048 measured) */
+#ifndef VNNI_PF
+#define VNNI_PF 512
+#endif
 
 int eng_cpu_vnni_probe(void) {
     __builtin_cpu_init();
@@ -105,51 +112,53 @@ static inline __attribute__((always_inline, target(VNNI_T))) __m512i hsum16(cons
     return _mm512_permutexvar_epi32(_mm512_setr_epi32(0, 2, 1, 3, 8, 10, 9, 11, 4, 6, 5, 7, 12, 14, 13, 15), e);
 }
 
-/* NR rows x NT tokens (NR * NT = 16 lanes, lane i * NT + t): the formula at
- * the top, written to y[t * ldy + i] for i < nr, t < nt (the rest of the
- * tile repeats row 0 / token 0 and is dropped). */
-static inline __attribute__((always_inline, target(VNNI_T))) void
-tile(const int8_t *W, const float *SW, int64_t C, int qblk, int64_t nb, const uint8_t *XQ, const float *XS, int64_t ldx,
-     int NR, int NT, int nr, int nt, float *y, int64_t ldy) {
-    const int8_t *wr[16];
-    const uint8_t *xr[16];
-    float sc[16];
-    for (int i = 0; i < NR; i++) wr[i] = W + (i < nr ? i : 0) * C;
-    for (int t = 0; t < NT; t++) xr[t] = XQ + (t < nt ? t : 0) * ldx;
-    const __m512i k128 = _mm512_set1_epi8((char)0x80);
-    __m512 acc = _mm512_setzero_ps();
-    for (int64_t b = 0; b < nb; b++) {
-        int64_t c0 = b * qblk, c1 = c0 + qblk < C ? c0 + qblk : C;
-        __m512i a[16], corr[16];
-        for (int j = 0; j < 16; j++) a[j] = corr[j] = _mm512_setzero_si512();
-        for (int64_t c = c0; c < c1; c += 64) {
-            __mmask64 k = c1 - c >= 64 ? ~0ull : (1ull << (c1 - c)) - 1;
-            __m512i xv[16];
-            for (int t = 0; t < NT; t++) xv[t] = _mm512_maskz_loadu_epi8(k, xr[t] + c);
-            for (int i = 0; i < NR; i++) {
-                __m512i wv = _mm512_maskz_loadu_epi8(k, wr[i] + c);
-                corr[i] = _mm512_dpbusd_epi32(corr[i], k128, wv);
-                for (int t = 0; t < NT; t++) a[i * NT + t] = _mm512_dpbusd_epi32(a[i * NT + t], xv[t], wv);
+/* One token, 4 rows (4 weight streams at a time: 16 rows at once streamed
+ * a DRAM-resident matrix at 0.64x the FMA tiles), 4 blocks per pass, lane
+ * i * 4 + p for row i and block b0 + p.  Here x is the signed operand and
+ * the weights the unsigned one (w ^ 0x80 = w + 128), so the correction,
+ * 128 * sum(qx) per block, comes from x once for the 4 rows:
+ * sum (qw + 128) qx - 128 sum qx = S exactly.  The blocks' floats are then
+ * combined in block order, as everywhere. */
+__attribute__((target(VNNI_T))) static void tile_r4(const int8_t *W, const float *SW, int64_t C, int qblk, int64_t nb,
+                                                     const uint8_t *XQ, const float *XS, int nr, float *y) {
+    const int8_t *wr[4];
+    for (int i = 0; i < 4; i++) wr[i] = W + (i < nr ? i : 0) * C;
+    const __m512i k80 = _mm512_set1_epi8((char)0x80), ones = _mm512_set1_epi8(1);
+    const __m512i byblock = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    __m128 yv = _mm_setzero_ps();
+    for (int64_t b0 = 0; b0 < nb; b0 += 4) {
+        int nbk = nb - b0 < 4 ? (int)(nb - b0) : 4;
+        __m512i a[16], cx[4];
+        for (int j = 0; j < 16; j++) a[j] = _mm512_setzero_si512();
+        for (int p = 0; p < 4; p++) cx[p] = _mm512_setzero_si512();
+        for (int p = 0; p < nbk; p++) {
+            int64_t c0 = (b0 + p) * qblk, c1 = c0 + qblk < C ? c0 + qblk : C;
+            for (int64_t c = c0; c < c1; c += 64) {
+                __mmask64 k = c1 - c >= 64 ? ~0ull : (1ull << (c1 - c)) - 1;
+                __m512i km = _mm512_maskz_mov_epi8(k, k80); /* 0 past the block: both operands 0 there */
+                __m512i xs = _mm512_xor_si512(_mm512_maskz_loadu_epi8(k, XQ + c), km);
+                cx[p] = _mm512_dpbusd_epi32(cx[p], ones, xs);
+                for (int i = 0; i < 4; i++) _mm_prefetch((const char *)wr[i] + c + VNNI_PF, _MM_HINT_T0);
+                for (int i = 0; i < 4; i++)
+                    a[i * 4 + p] = _mm512_dpbusd_epi32(
+                        a[i * 4 + p], _mm512_xor_si512(_mm512_maskz_loadu_epi8(k, wr[i] + c), km), xs);
             }
         }
-        for (int i = 0; i < NR; i++)
-            for (int t = 0; t < NT; t++) a[i * NT + t] = _mm512_sub_epi32(a[i * NT + t], corr[i]);
-        for (int j = 0; j < 16; j++) {
-            int i = j / NT, t = j % NT;
-            sc[j] = SW[(i < nr ? i : 0) * nb + b] * XS[(t < nt ? t : 0) * nb + b];
+        for (int i = 0; i < 4; i++)
+            for (int p = 0; p < 4; p++) a[i * 4 + p] = _mm512_sub_epi32(a[i * 4 + p], _mm512_slli_epi32(cx[p], 7));
+        __m512 f = _mm512_cvtepi32_ps(_mm512_permutexvar_epi32(byblock, hsum16(a))); /* lane p * 4 + i */
+        float fl[16];
+        _mm512_storeu_ps(fl, f);
+        for (int p = 0; p < nbk; p++) {
+            int64_t b = b0 + p;
+            float sc[4];
+            for (int i = 0; i < 4; i++) sc[i] = SW[(i < nr ? i : 0) * nb + b] * XS[b];
+            yv = _mm_fmadd_ps(_mm_loadu_ps(fl + p * 4), _mm_loadu_ps(sc), yv);
         }
-        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(hsum16(a)), _mm512_loadu_ps(sc), acc);
     }
-    float out[16];
-    _mm512_storeu_ps(out, acc);
-    for (int i = 0; i < nr; i++)
-        for (int t = 0; t < nt; t++) y[t * ldy + i] = out[i * NT + t];
-}
-
-__attribute__((target(VNNI_T))) static void tile_16x1(const int8_t *W, const float *SW, int64_t C, int qblk,
-                                                       int64_t nb, const uint8_t *XQ, const float *XS, int64_t ldx,
-                                                       int nr, int nt, float *y, int64_t ldy) {
-    tile(W, SW, C, qblk, nb, XQ, XS, ldx, 16, 1, nr, nt, y, ldy);
+    float out[4];
+    _mm_storeu_ps(out, yv);
+    for (int i = 0; i < nr; i++) y[i] = out[i];
 }
 
 /* 16 x 16 dwords transposed in registers: r[i][j] -> r[j][i] (as eng_cpu_amx.c's) */
@@ -266,12 +275,19 @@ void eng_cpu_vnni_rows(const eng_w_t *w, const void *xp, int n, float *y, int64_
             int nr = r1 - r < 16 ? (int)(r1 - r) : 16;
             const int8_t *W = (const int8_t *)w->data + r * C;
             for (int t = t0; t < t1;) {
-                /* one token: lanes along the columns (16 rows x 1; a transpose
-                 * would serve one token only); more: lanes along the rows, 16,
-                 * 8, 4 or 2 tokens a tile (measured best for each; see
-                 * engine/README.md).  Every kernel gives the same bits. */
-                int left = t1 - t, NT = n == 1 ? 1 : n == 2 ? 2 : left >= 16 ? 16 : left >= 8 ? 8 : 4;
-                tile_fn fn = NT == 1 ? tile_16x1 : NT == 2 ? vtile_2 : NT == 16 ? vtile_16 : NT == 8 ? vtile_8 : vtile_4;
+                /* one token: lanes along the columns (4 rows x 4 blocks; a
+                 * transpose would serve one token only); more: lanes along the rows, 16,
+                 * 8 (from 5 tokens: a part-filled 8 beats 4 + 4), 4 or 2 tokens
+                 * a tile (measured; engine/README.md).  Every kernel gives the
+                 * same bits. */
+                if (n == 1) {
+                    for (int h = 0; h < nr; h += 4)
+                        tile_r4(W + h * C, w->scale + (r + h) * nb, C, qb, nb, eng_cpu_vnni_xq(xp, n, C, qb, 0),
+                                eng_cpu_vnni_xs(xp, n, C, qb, 0), nr - h < 4 ? nr - h : 4, y + r + h);
+                    break;
+                }
+                int left = t1 - t, NT = left >= 16 ? 16 : left >= 5 ? 8 : left >= 3 ? 4 : 2;
+                tile_fn fn = NT == 2 ? vtile_2 : NT == 16 ? vtile_16 : NT == 8 ? vtile_8 : vtile_4;
                 int nt = left < NT ? left : NT;
                 fn(W, w->scale + r * nb, C, qb, nb, eng_cpu_vnni_xq(xp, n, C, qb, t), eng_cpu_vnni_xs(xp, n, C, qb, t),
                    x_ld(C), nr, nt, y + (int64_t)t * R + r, R);
