@@ -135,13 +135,14 @@ __attribute__((target(VNNI_T))) static void tile_r4(const int8_t *W, const float
             int64_t c0 = (b0 + p) * qblk, c1 = c0 + qblk < C ? c0 + qblk : C;
             for (int64_t c = c0; c < c1; c += 64) {
                 __mmask64 k = c1 - c >= 64 ? ~0ull : (1ull << (c1 - c)) - 1;
-                __m512i km = _mm512_maskz_mov_epi8(k, k80); /* 0 past the block: both operands 0 there */
-                __m512i xs = _mm512_xor_si512(_mm512_maskz_loadu_epi8(k, XQ + c), km);
+                /* past the block the weights load as 0 and add (0 + 128) qx -
+                 * 128 qx = 0, whatever qx is there */
+                __m512i xs = _mm512_xor_si512(_mm512_maskz_loadu_epi8(k, XQ + c), k80);
                 cx[p] = _mm512_dpbusd_epi32(cx[p], ones, xs);
                 for (int i = 0; i < 4; i++) _mm_prefetch((const char *)wr[i] + c + VNNI_PF, _MM_HINT_T0);
                 for (int i = 0; i < 4; i++)
                     a[i * 4 + p] = _mm512_dpbusd_epi32(
-                        a[i * 4 + p], _mm512_xor_si512(_mm512_maskz_loadu_epi8(k, wr[i] + c), km), xs);
+                        a[i * 4 + p], _mm512_xor_si512(_mm512_maskz_loadu_epi8(k, wr[i] + c), k80), xs);
             }
         }
         for (int i = 0; i < 4; i++)
