@@ -218,6 +218,8 @@ vtile(const int8_t *W, const float *SW, int64_t C, int qblk, int64_t nb, const u
         for (int64_t c = c0; c < c1; c += 64) {
             __mmask64 k = c1 - c >= 64 ? ~0ull : (1ull << (c1 - c)) - 1;
             int nq = c1 - c >= 64 ? 16 : (int)(c1 - c + 3) / 4;
+            if (NT <= 8) /* few tokens: the stream needs the help (see VNNI_PF) */
+                for (int i = 0; i < 16; i++) _mm_prefetch((const char *)wr[i] + c + VNNI_PF, _MM_HINT_T0);
             for (int i = 0; i < 16; i++) v[i] = _mm512_maskz_loadu_epi8(k, wr[i] + c);
             transpose16(v);
             for (int q = 0; q < nq; q++) {
