@@ -13,15 +13,15 @@
  * block of zeros gets sx = 0.
  *
  * VPDPBUSD multiplies unsigned by signed bytes, so x is stored as
- * u = qx + 128 (0..255) and the kernel subtracts 128 * sum(qw) per (row,
+ * u = qx + 128 (0..255) and vtile() subtracts 128 * sum(qw) per (row,
  * block), which it computes with the same instruction from the weight bytes
- * it has loaded anyway (one VPDPBUSD per row and 64 columns, shared by the
- * tile's tokens).  Why not AMX-INT8 (TDPBSSD, s8 x s8, no correction): it
+ * it has loaded anyway (one VPDPBUSD per 16 rows and 4 columns, shared by the
+ * tile's tokens); tile_r4() flips the roles (see there).  Why not AMX-INT8 (TDPBSSD, s8 x s8, no correction): it
  * needs the weights re-laid at upload like the bf16 tiles and an int32 tile
  * drained at every 128-column block boundary; VNNI reads the int8 rows in
  * place, costs no memory and no upload step, and keeps the code small.
  *
- * Two kernels, the same arithmetic: tile() (one token: lanes along the
+ * Two kernels, the same arithmetic: tile_r4() (one token: lanes along the
  * columns, a horizontal sum per block) and vtile() (2 or more tokens: lanes
  * along 16 rows, each 64 columns of the rows transposed in registers and
  * shared by the tile's tokens).
@@ -189,15 +189,15 @@ static inline __attribute__((always_inline, target(VNNI_T))) void transpose16(__
     }
 }
 
-/* The same outputs as tile(), lanes = 16 rows instead of columns: each 64
+/* The same outputs as tile_r4(), lanes = 16 rows instead of columns: each 64
  * columns of the 16 rows are transposed in registers so that vector q holds
  * every row's 4 bytes of columns 4q..4q+3, and VPDPBUSD takes each token's 4
  * bytes broadcast: a lane accumulates its own row, so a block's sums need no
- * horizontal reduction (tile() spends more on that than on the multiplies
- * at 4 x 4), and the transpose is shared by the NT tokens.  Per lane the
+ * horizontal reduction (a first 4 rows x 4 tokens kernel with one spent
+ * more on it than on the multiplies: 0.55x the FMA tiles), and the transpose is shared by the NT tokens.  Per lane the
  * block sums are the same exact integers and the combination the same
  * fma(float(S), sw * sx, y) in block order, so the outputs are bit identical
- * to tile()'s (tested) and either kernel may serve any batch. */
+ * to tile_r4()'s (tested) and either kernel may serve any batch. */
 static inline __attribute__((always_inline, target(VNNI_T))) void
 vtile(const int8_t *W, const float *SW, int64_t C, int qblk, int64_t nb, const uint8_t *XQ, const float *XS,
       int64_t ldx, int NT, int nr, int nt, float *y, int64_t ldy) {
