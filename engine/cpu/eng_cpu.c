@@ -145,8 +145,10 @@ static int prep_x(cpu_be_t *b, const eng_mm_t *jobs, int njobs, const void **xp)
         size_t sz = eng_cpu_xprep_bytes(jobs[j].w, jobs[j].n);
         xp[j] = NULL;
         if (!sz) continue;
-        for (int i = 0; i < j && !xp[j]; i++) /* gate and up share their x */
-            if (xp[i] && jobs[i].x == jobs[j].x && jobs[i].n == jobs[j].n && jobs[i].w->cols == jobs[j].w->cols)
+        for (int i = 0; i < j && !xp[j]; i++) /* gate and up share their x (prepared alike: AMX or VNNI's blocks) */
+            if (xp[i] && jobs[i].x == jobs[j].x && jobs[i].n == jobs[j].n && jobs[i].w->cols == jobs[j].w->cols &&
+                jobs[i].w->dt == jobs[j].w->dt && jobs[i].w->layout == jobs[j].w->layout &&
+                jobs[i].w->qblk == jobs[j].w->qblk)
                 xp[j] = xp[i];
         if (xp[j]) continue;
         xp[j] = base + off;
