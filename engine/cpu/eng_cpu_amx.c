@@ -32,6 +32,7 @@
 #include <unistd.h>
 
 #include "eng_cpu.h"
+#include "eng_cpu_simd.h"
 
 #define ARCH_REQ_XCOMP_PERM 0x1023
 #define XFEATURE_XTILEDATA 18
@@ -78,34 +79,6 @@ static inline __attribute__((always_inline, target("avx512f,avx512bw,avx512bf16"
     *lo = (__m512i)_mm512_cvtne2ps_pbh(_mm512_sub_ps(b, hb), _mm512_sub_ps(a, ha));
 }
 
-/* 16 x 16 dwords transposed in registers: r[i][j] -> r[j][i] (pairs of
- * dwords, then quadwords, then 128-bit lanes twice) */
-static inline __attribute__((always_inline, target("avx512f,avx512bw,avx512bf16"))) void transpose16(__m512i r[16]) {
-    __m512i t[16];
-    for (int i = 0; i < 16; i += 2) {
-        t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
-        t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
-    }
-    for (int i = 0; i < 16; i += 4) { /* r[i + k]: column k, k + 4, k + 8, k + 12 of rows i..i+3 */
-        r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
-        r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
-        r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
-        r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
-    }
-    for (int i = 0; i < 4; i++) {
-        t[i] = _mm512_shuffle_i32x4(r[i], r[i + 4], 0x88);
-        t[i + 4] = _mm512_shuffle_i32x4(r[i], r[i + 4], 0xdd);
-        t[i + 8] = _mm512_shuffle_i32x4(r[i + 8], r[i + 12], 0x88);
-        t[i + 12] = _mm512_shuffle_i32x4(r[i + 8], r[i + 12], 0xdd);
-    }
-    for (int i = 0; i < 4; i++) {
-        r[i] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0x88);
-        r[i + 8] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0xdd);
-        r[i + 4] = _mm512_shuffle_i32x4(t[i + 4], t[i + 12], 0x88);
-        r[i + 12] = _mm512_shuffle_i32x4(t[i + 4], t[i + 12], 0xdd);
-    }
-}
-
 /* Per (token group, 32-column block): each token's 16 dwords of hi and of lo
  * (one zmm each), transposed so that dword kk of the w tokens is row kk of
  * the tile.  (Scattering each token's dwords to stride w took ~30% of a
@@ -145,8 +118,8 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) void eng_cpu_amx_xprep_gr
                 }
                 continue;
             }
-            transpose16(h);
-            transpose16(l);
+            eng_transpose16_epi32(h);
+            eng_transpose16_epi32(l);
             for (int kk = 0; kk < 16; kk++) {
                 _mm512_mask_storeu_epi32(hi + kk * w, mw, h[kk]);
                 _mm512_mask_storeu_epi32(lo + kk * w, mw, l[kk]);

@@ -36,6 +36,7 @@
 #include <string.h>
 
 #include "eng_cpu.h"
+#include "eng_cpu_simd.h"
 
 #define VNNI_T "avx512f,avx512bw,avx512vl,avx512vnni,fma"
 /* one token: weights prefetched this many bytes ahead of the loads (a single
@@ -162,33 +163,6 @@ __attribute__((target(VNNI_T))) static void tile_r4(const int8_t *W, const float
     for (int i = 0; i < nr; i++) y[i] = out[i];
 }
 
-/* 16 x 16 dwords transposed in registers: r[i][j] -> r[j][i] (as eng_cpu_amx.c's) */
-static inline __attribute__((always_inline, target(VNNI_T))) void transpose16(__m512i r[16]) {
-    __m512i t[16];
-    for (int i = 0; i < 16; i += 2) {
-        t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
-        t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
-    }
-    for (int i = 0; i < 16; i += 4) {
-        r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
-        r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
-        r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
-        r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
-    }
-    for (int i = 0; i < 4; i++) {
-        t[i] = _mm512_shuffle_i32x4(r[i], r[i + 4], 0x88);
-        t[i + 4] = _mm512_shuffle_i32x4(r[i], r[i + 4], 0xdd);
-        t[i + 8] = _mm512_shuffle_i32x4(r[i + 8], r[i + 12], 0x88);
-        t[i + 12] = _mm512_shuffle_i32x4(r[i + 8], r[i + 12], 0xdd);
-    }
-    for (int i = 0; i < 4; i++) {
-        r[i] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0x88);
-        r[i + 8] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0xdd);
-        r[i + 4] = _mm512_shuffle_i32x4(t[i + 4], t[i + 12], 0x88);
-        r[i + 12] = _mm512_shuffle_i32x4(t[i + 4], t[i + 12], 0xdd);
-    }
-}
-
 /* The same outputs as tile_r4(), lanes = 16 rows instead of columns: each 64
  * columns of the 16 rows are transposed in registers so that vector q holds
  * every row's 4 bytes of columns 4q..4q+3, and VPDPBUSD takes each token's 4
@@ -221,7 +195,7 @@ vtile(const int8_t *W, const float *SW, int64_t C, int qblk, int64_t nb, const u
             if (NT <= 8) /* few tokens: the stream needs the help (see VNNI_PF) */
                 for (int i = 0; i < 16; i++) _mm_prefetch((const char *)wr[i] + c + VNNI_PF, _MM_HINT_T0);
             for (int i = 0; i < 16; i++) v[i] = _mm512_maskz_loadu_epi8(k, wr[i] + c);
-            transpose16(v);
+            eng_transpose16_epi32(v);
             for (int q = 0; q < nq; q++) {
                 corr = _mm512_dpbusd_epi32(corr, k128, v[q]);
                 for (int t = 0; t < NT; t++) {
