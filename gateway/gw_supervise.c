@@ -318,24 +318,30 @@ int gw_sup_start(gw_server_t *s, char *err, size_t errlen) {
 }
 
 /* After the loops stopped (requests in flight drained): SIGTERM the own
- * workers, SIGKILL what is left after GW_SUP_STOP_MS. */
+ * workers' process groups (a worker started by a wrapper script is the
+ * wrapper's child: SIGTERM to the wrapper alone left it running), SIGKILL
+ * what is left after GW_SUP_STOP_MS, and whatever of a group outlived its
+ * leader once the leader is reaped. */
 void gw_sup_stop(gw_server_t *s) {
     gw_sup_t *sp = s->sup;
     if (!sp) return;
     sp->stopping = 1;
     int left = 0;
     for (int i = 0; i < sp->n; i++)
-        if (sp->w[i].pid > 0 && kill(sp->w[i].pid, SIGTERM) == 0) left++;
+        if (sp->w[i].pid > 0 && (kill(-sp->w[i].pid, SIGTERM) == 0 || kill(sp->w[i].pid, SIGTERM) == 0)) left++;
     int64_t until = tg_wall_us() + GW_SUP_STOP_MS * 1000LL;
     while (left) {
         left = 0;
         for (int i = 0; i < sp->n; i++) {
             gw_sup_worker_t *w = &sp->w[i];
             int st;
-            if (w->pid > 0 && waitpid(w->pid, &st, WNOHANG) == w->pid) w->pid = 0;
+            if (w->pid > 0 && waitpid(w->pid, &st, WNOHANG) == w->pid) {
+                kill(-w->pid, SIGKILL); /* its group's stragglers (ESRCH when none) */
+                w->pid = 0;
+            }
             if (w->pid > 0 && tg_wall_us() > until) {
                 fprintf(stderr, "tollgate: worker %s (pid %d) ignored SIGTERM: SIGKILL\n", w->cfg->url, (int)w->pid);
-                kill(w->pid, SIGKILL);
+                gw_sup_kill(w);
                 waitpid(w->pid, &st, 0);
                 w->pid = 0;
             }

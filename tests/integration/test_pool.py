@@ -482,6 +482,12 @@ class NeverHealthy(unittest.TestCase):
     @classmethod
     def tearDownClass(cls):
         cls.gw.stop()
+        # the gateway's stop takes the running worker's children with it too (its process group)
+        with open(cls.children) as f:
+            kids = [int(x) for x in f.read().split()]
+        for pid in kids:
+            wait_for(lambda: not os.path.exists("/proc/%d" % pid) or
+                     open("/proc/%d/stat" % pid).read().split()[2] == "Z", "child %d gone after stop" % pid)
 
     def test_killed_and_restarted(self):
         seen = []
