@@ -825,13 +825,16 @@ static int cpu_moe(eng_backend_t *be, const eng_moe_t *mo, const float *x, int T
     return 0;
 }
 
+/* ids[i] = the lowest id of row i's largest value; NaNs are never chosen
+ * (a row of NaNs gives 0), as the samplers and the CUDA kernel do.  (A NaN
+ * at id 0 used to win the whole row: nothing compares greater than it.) */
 static int cpu_argmax(eng_backend_t *be, const float *logits, int n, int vocab, int32_t *ids) {
     for (int i = 0; i < n; i++) {
         const float *l = logits + (size_t)i * vocab;
-        int best = 0;
-        for (int v = 1; v < vocab; v++)
-            if (l[v] > l[best]) best = v;
-        ids[i] = best;
+        int best = -1;
+        for (int v = 0; v < vocab; v++)
+            if (!isnan(l[v]) && (best < 0 || l[v] > l[best])) best = v;
+        ids[i] = best < 0 ? 0 : best;
     }
     return 0;
 }

@@ -93,7 +93,8 @@ __global__ void k_gather(float *dst, const float *src, const int32_t *rows, int 
         dst[(size_t)i * width + c] = src[(size_t)rows[i] * width + c];
 }
 
-/* ids[i] = argmax of row i, lowest id on ties (greedy sampling on the device) */
+/* ids[i] = argmax of row i, lowest id on ties, NaNs never chosen (a row of
+ * NaNs gives 0), as the CPU backend's (greedy sampling on the device) */
 __global__ void k_argmax(const float *l, int vocab, int32_t *ids) {
     __shared__ float bv[256];
     __shared__ int bi[256];
@@ -101,7 +102,7 @@ __global__ void k_argmax(const float *l, int vocab, int32_t *ids) {
     float best = -INFINITY;
     int bid = -1;
     for (int v = threadIdx.x; v < vocab; v += blockDim.x)
-        if (bid < 0 || row[v] > best) best = row[v], bid = v;
+        if (row[v] == row[v] && (bid < 0 || row[v] > best)) best = row[v], bid = v;
     bv[threadIdx.x] = best;
     bi[threadIdx.x] = bid;
     __syncthreads();

@@ -450,6 +450,15 @@ static void test_glue(void) {
         check(!cpu->ops->argmax(cpu, lg, 4, 250, ac), "cpu argmax");
         emu_launch(4, 256, 0, [&] { k_argmax(lg, 250, ae); });
         check(!memcmp(ac, ae, sizeof ac) && ae[1] == 17 && ae[2] == 249, "argmax");
+        /* NaNs are never chosen: one at id 0 and at the thread strides, a row of them (id 0) */
+        for (int i = 0; i < 1000; i++) lg[i] = rnd();
+        lg[0] = lg[1] = lg[256 % 250] = NAN;
+        lg[100] = 5;
+        for (int i = 250; i < 500; i++) lg[i] = NAN;
+        lg[500] = NAN, lg[500 + 3] = 4, lg[500 + 7] = NAN;
+        check(!cpu->ops->argmax(cpu, lg, 4, 250, ac), "cpu argmax, NaNs");
+        emu_launch(4, 256, 0, [&] { k_argmax(lg, 250, ae); });
+        check(ac[0] == 100 && ac[1] == 0 && ac[2] == 3 && !memcmp(ac, ae, sizeof ac), "argmax with NaNs");
     }
     printf("cuda_emu_kernels: embed (5 dtypes), rmsnorm, add_rmsnorm, rope, kv_store, swiglu, gather, argmax: %s\n",
            fails ? "see above" : "equal to the CPU's");
