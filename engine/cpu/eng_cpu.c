@@ -623,8 +623,6 @@ static int cpu_add_rmsnorm(eng_backend_t *be, float *x, const float *y, const fl
     return cpu_rmsnorm(be, xn, n, x, n, w, T, n, eps);
 }
 
-static inline float silu(float x) { return x / (1.0f + expf(-x)); }
-
 typedef struct {
     float *g;
     const float *u;
@@ -632,7 +630,7 @@ typedef struct {
 
 static void swiglu_range(void *ctx, size_t a, size_t b) {
     swiglu_job_t *j = ctx;
-    for (size_t i = a; i < b; i++) j->g[i] = silu(j->g[i]) * j->u[i];
+    eng_cpu_swiglu(j->g + a, j->u + a, b - a);
 }
 
 static int cpu_swiglu(eng_backend_t *be, float *g, const float *u, size_t n) {
@@ -764,13 +762,8 @@ static void moe_combine(void *ctx, size_t a, size_t b) {
     for (size_t t = a; t < b; t++) {
         float *acc = g->y + t * D;
         memset(acc, 0, D * sizeof(float));
-        for (int k = 0; k < K; k++) {
-            float w = g->wts[t * K + k];
-            const float *ys = g->yslot + (size_t)g->pos_of[t * K + k] * D;
-            for (int d = 0; d < D; d++) acc[d] += w * ys[d];
-        }
-        if (g->Is)
-            for (int d = 0; d < D; d++) acc[d] += g->ysh[t * D + d];
+        for (int k = 0; k < K; k++) eng_cpu_axpy(acc, g->wts[t * K + k], g->yslot + (size_t)g->pos_of[t * K + k] * D, D);
+        if (g->Is) eng_cpu_axpy(acc, 1.0f, g->ysh + t * D, D); /* 1 * y is exact: a plain add */
     }
 }
 

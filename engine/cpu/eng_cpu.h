@@ -35,6 +35,8 @@ void eng_cpu_axpy(float *y, float a, const float *x, int n);
 void eng_cpu_axpy_rows(float *y, const float *a, const float *rows, size_t ldr, int nr, int n);
 /* s[k] = e^(s[k] - m) for k < n, every s[k] <= m (softmax weights; AVX-512: a polynomial within ~1 ulp of expf) */
 void eng_cpu_exp_shift(float *s, int n, float m);
+/* g [n] = silu(g) * u (SwiGLU; AVX-512: e^x by the polynomial above, within ~1 ulp of the expf form) */
+void eng_cpu_swiglu(float *g, const float *u, size_t n);
 /* out[k] = eng_cpu_dot(x, rows + k * ldr, n) for k = 0..nr-1 (the same values) */
 void eng_cpu_dot_rows(const float *x, const float *rows, size_t ldr, int nr, int n, float *out);
 /* Rows r0..r0+nr-1 of a weight, without an fp32 copy where the kernels can

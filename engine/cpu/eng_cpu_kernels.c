@@ -292,9 +292,10 @@ __attribute__((target("avx512f"))) static void dot_rows_avx512(const float *x, c
     for (; k < nr; k++) out[k] = dot_avx512(x, rows + (size_t)k * ldr, n);
 }
 
-/* e^x for 16 floats, x <= 0 (softmax weights): x = n ln2 + r, |r| <= ln2/2,
+/* e^x for 16 floats (softmax weights, SwiGLU): x = n ln2 + r, |r| <= ln2/2,
  * e^r by its Taylor polynomial to r^7 (relative error < 2e-8 before
- * rounding, ~1 ulp after), scaled by 2^n; below -103 the result is 0 */
+ * rounding, ~1 ulp after), scaled by 2^n; below -103 the result is 0, above
+ * ~88.7 +inf (the scaling overflows) */
 __attribute__((target("avx512f"))) static inline __m512 exp512(__m512 x) {
     __mmask16 live = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-103.0f), _CMP_GE_OQ);
     x = _mm512_max_ps(x, _mm512_set1_ps(-103.0f));
@@ -328,6 +329,29 @@ void eng_cpu_exp_shift(float *s, int n, float m) {
         return;
     }
     for (int k = 0; k < n; k++) s[k] = expf(s[k] - m);
+}
+
+/* g[i] = silu(g[i]) * u[i] = g / (1 + e^-g) * u, 16 at a time: e^-g by
+ * exp512 (+inf above ~88.7 through the scaling, as expf: silu goes to -0; a
+ * NaN g stays NaN), the division exact */
+__attribute__((target("avx512f"))) static void swiglu_avx512(float *g, const float *u, size_t n) {
+    __m512 one = _mm512_set1_ps(1.0f);
+    for (size_t i = 0; i < n; i += 16) {
+        __mmask16 mk = n - i >= 16 ? 0xffff : (__mmask16)((1u << (n - i)) - 1);
+        __m512 x = _mm512_maskz_loadu_ps(mk, g + i), e = _mm512_sub_ps(_mm512_setzero_ps(), x);
+        e = exp512(e);
+        __m512 y = _mm512_mul_ps(_mm512_div_ps(x, _mm512_add_ps(one, e)), _mm512_maskz_loadu_ps(mk, u + i));
+        _mm512_mask_storeu_ps(g + i, mk, y);
+    }
+}
+
+void eng_cpu_swiglu(float *g, const float *u, size_t n) {
+    k_ready();
+    if (K.dot == dot_avx512) {
+        swiglu_avx512(g, u, n);
+        return;
+    }
+    for (size_t i = 0; i < n; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
 }
 
 void eng_cpu_dot_rows(const float *x, const float *rows, size_t ldr, int nr, int n, float *out) {

@@ -201,6 +201,32 @@ static void test_row_helpers(void) {
     float big[3] = {-200.0f, 0.0f, -1e-3f};
     eng_cpu_exp_shift(big, 3, 0.0f);
     CHECK(big[0] == 0.0f && big[1] == 1.0f && fabs(big[2] - expf(-1e-3f)) < 1e-7);
+
+    /* SwiGLU: within a few ulp of g / (1 + expf(-g)) * u over [-100, 100]
+     * (both tails: e^-g overflowing and vanishing), a ragged length, and the
+     * edges: silu(-inf) = -0 ... (-inf / inf is NaN in both forms), NaN stays NaN */
+    enum { NS = 1003 };
+    static float g[NS], u[NS], want[NS];
+    for (int i = 0; i < NS; i++) {
+        g[i] = (float)(-100.0 + 200.0 * i / (NS - 1));
+        u[i] = (float)urand();
+        want[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+    }
+    eng_cpu_swiglu(g, u, NS);
+    worst = 0;
+    int signs = 1;
+    for (int i = 0; i < NS; i++) {
+        double scale = fabs(want[i]) > 1e-30 ? fabs(want[i]) : 1e-30;
+        double e = fabs((double)g[i] - want[i]) / scale;
+        worst = e > worst ? e : worst;
+        signs &= signbit(g[i]) == signbit(want[i]);
+    }
+    printf("swiglu: worst relative error %.2e against the expf form\n", worst);
+    CHECK(worst < 1e-6);
+    CHECK(signs);
+    float eg[4] = {-1000.0f, 1000.0f, NAN, 0.0f}, eu[4] = {1, 1, 1, 1};
+    eng_cpu_swiglu(eg, eu, 4);
+    CHECK(eg[0] == 0.0f && signbit(eg[0]) && eg[1] == 1000.0f && isnan(eg[2]) && eg[3] == 0.0f);
 }
 
 /* the levels engine/cpu/eng_cpu_kernels.c dispatches to, best first */
