@@ -240,7 +240,7 @@ typedef struct {
     int hg;                  /* head groups per slot: item = slot * hg + group */
     int n_items;
     float *part;             /* [slots][H][c+2] partials, span mode */
-    float **scratch;         /* per thread: two [H][c+2] partials, [H + 1][B] scores (the last: rope parts) */
+    float **scratch;         /* per thread: two [H][c+2] partials, [2 H][B] scores (latent parts, rope parts) */
     int64_t next;            /* next work item (atomic) */
     int next_h[2];           /* next head of the q_lat / out step (atomic) */
     int failed;
@@ -277,7 +277,7 @@ static void mla_out_worker(void *arg, int t, int nt) {
 
 /* The partial of token i over positions [p0, p1): per head m (running max),
  * l (sum of exp) and o [c] (sum of exp * ckv), into part [H][c+2] laid out as
- * o[c], m, l.  sc: [H][B] scores of one tile. */
+ * o[c], m, l.  sc: [2 H][B] scores of one tile (the latent parts, then the rope parts). */
 static void mla_span(const attn_job_t *j, int i, int p0, int p1, int h0, int h1, float *part, float *sc) {
     const eng_attn_seq_t *s = &j->seqs[j->tok_seq[i]];
     int c = j->c, dr = j->dr, H = j->H, qs = j->dn + j->dr, W = c + dr, B = s->B;
@@ -294,11 +294,15 @@ static void mla_span(const attn_job_t *j, int i, int p0, int p1, int h0, int h1,
         int nj = B - t0 % B;
         if (nj > p1 - t0) nj = p1 - t0;
         const float *rows = eng_attn_row(s, s->k, t0, W);
+        /* the scores of every head, each row loaded once per block of heads;
+         * then per head the running softmax; then the weighted sums, again
+         * every head over each row (the same operations per head as one head
+         * at a time: the same values) */
+        int nh = h1 - h0;
+        eng_cpu_dot_rows_multi(qlat + (size_t)h0 * c, c, nh, rows, W, nj, c, sc + (size_t)h0 * B, B);
+        eng_cpu_dot_rows_multi(q + h0 * qs + j->dn, qs, nh, rows + c, W, nj, dr, sc + (size_t)(H + h0) * B, B);
         for (int h = h0; h < h1; h++) {
-            const float *ql = qlat + (size_t)h * c, *qp = q + h * qs + j->dn;
-            float *sh = sc + (size_t)h * B, *sr = sc + (size_t)H * B, mx = -INFINITY;
-            eng_cpu_dot_rows(ql, rows, W, nj, c, sh);
-            eng_cpu_dot_rows(qp, rows + c, W, nj, dr, sr);
+            float *sh = sc + (size_t)h * B, *sr = sc + (size_t)(H + h) * B, mx = -INFINITY;
             for (int k = 0; k < nj; k++) {
                 sh[k] = (sh[k] + sr[k]) * j->scale;
                 mx = sh[k] > mx ? sh[k] : mx;
@@ -313,8 +317,8 @@ static void mla_span(const attn_job_t *j, int i, int p0, int p1, int h0, int h1,
             o[c] = m_new;
             eng_cpu_exp_shift(sh, nj, m_new);
             for (int k = 0; k < nj; k++) o[c + 1] += sh[k];
-            eng_cpu_axpy_rows(o, sh, rows, W, nj, c); /* the nj axpys in order, o in registers */
         }
+        eng_cpu_axpy_rows_multi(part + (size_t)h0 * (c + 2), c + 2, sc + (size_t)h0 * B, B, nh, rows, W, nj, c);
         t0 += nj;
     }
 }
@@ -399,7 +403,7 @@ static int cpu_attn_mla(eng_backend_t *be, const eng_w_t *kv_b, int H, int dn, i
     if (!j.T) return 0;
     int nt = be->n_threads, T = j.T, maxB = 1, rc = -1;
     for (int i = 0; i < nseq; i++) maxB = seqs[i].B > maxB ? seqs[i].B : maxB;
-    size_t per_thread = 2 * (size_t)H * (c + 2) + (size_t)(H + 1) * maxB; /* partials, scores, rope scores */
+    size_t per_thread = 2 * (size_t)H * (c + 2) + 2 * (size_t)H * maxB; /* partials, scores, rope scores */
     if (per_thread < (size_t)c) per_thread = c;
     j.scratch = calloc(nt, sizeof *j.scratch);
     j.qlat = eng_alloc((size_t)T * H * c * sizeof(float));

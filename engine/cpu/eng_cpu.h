@@ -39,6 +39,14 @@ void eng_cpu_exp_shift(float *s, int n, float m);
 void eng_cpu_swiglu(float *g, const float *u, size_t n);
 /* out[k] = eng_cpu_dot(x, rows + k * ldr, n) for k = 0..nr-1 (the same values) */
 void eng_cpu_dot_rows(const float *x, const float *rows, size_t ldr, int nr, int n, float *out);
+/* The same for nh vectors at once (attention's heads over one tile of rows):
+ * out[h * ldo + k] = eng_cpu_dot(x + h * ldx, rows + k * ldr, n), and
+ * y[h * ldy ..] += a[h * lda + d] * rows[d * ldr ..] for d in order, the same
+ * values as one call per vector, each row loaded once per block of vectors. */
+void eng_cpu_dot_rows_multi(const float *x, size_t ldx, int nh, const float *rows, size_t ldr, int nr, int n,
+                            float *out, size_t ldo);
+void eng_cpu_axpy_rows_multi(float *y, size_t ldy, const float *a, size_t lda, int nh, const float *rows, size_t ldr,
+                             int nr, int n);
 /* Rows r0..r0+nr-1 of a weight, without an fp32 copy where the kernels can
  * read them in place (bf16 in AMX tiles): y [cols] += a[d] * W[r0 + d] in d
  * order (as eng_cpu_row_f32 + eng_cpu_axpy_rows), out[d] = dot(W[r0 + d], x)

@@ -363,6 +363,105 @@ void eng_cpu_dot_rows(const float *x, const float *rows, size_t ldr, int nr, int
     for (int k = 0; k < nr; k++) out[k] = K.dot(x, rows + (size_t)k * ldr, n);
 }
 
+/* Attention over one tile of cache rows for several heads at once: each
+ * row (and each head's vector) is loaded once per block of heads (rows)
+ * instead of once per head.  Every output element is still the single-head
+ * kernel's sequence of operations (dot_avx512's two accumulators and
+ * reduction; axpy_rows_avx512's fmadds in row order), so the values are the
+ * same bit for bit; shapes the blocks do not cover take the single-head path. */
+
+/* out[h * ldo + k] = dot(x + h * ldx, rows + k * ldr, n): 4 heads x 2 rows */
+__attribute__((target("avx512f"))) static void dot_rows_multi_avx512(const float *x, size_t ldx, int nh,
+                                                                    const float *rows, size_t ldr, int nr, int n,
+                                                                    float *out, size_t ldo) {
+    int h = 0;
+    if (n % 32 == 0)
+        for (; h + 4 <= nh; h += 4) {
+            const float *xh[4] = {x + h * ldx, x + (h + 1) * ldx, x + (h + 2) * ldx, x + (h + 3) * ldx};
+            int k = 0;
+            for (; k + 2 <= nr; k += 2) {
+                const float *r0 = rows + (size_t)k * ldr, *r1 = r0 + ldr;
+                __m512 acc[4][4];
+#pragma GCC unroll 4
+                for (int q = 0; q < 4; q++) acc[q][0] = acc[q][1] = acc[q][2] = acc[q][3] = _mm512_setzero_ps();
+                for (int i = 0; i < n; i += 32) {
+                    __m512 p0 = _mm512_loadu_ps(r0 + i), p1 = _mm512_loadu_ps(r0 + i + 16);
+                    __m512 p2 = _mm512_loadu_ps(r1 + i), p3 = _mm512_loadu_ps(r1 + i + 16);
+#pragma GCC unroll 4
+                    for (int q = 0; q < 4; q++) {
+                        __m512 x0 = _mm512_loadu_ps(xh[q] + i), x1 = _mm512_loadu_ps(xh[q] + i + 16);
+                        acc[q][0] = _mm512_fmadd_ps(x0, p0, acc[q][0]);
+                        acc[q][1] = _mm512_fmadd_ps(x1, p1, acc[q][1]);
+                        acc[q][2] = _mm512_fmadd_ps(x0, p2, acc[q][2]);
+                        acc[q][3] = _mm512_fmadd_ps(x1, p3, acc[q][3]);
+                    }
+                }
+#pragma GCC unroll 4
+                for (int q = 0; q < 4; q++) {
+                    out[(h + q) * ldo + k] = _mm512_reduce_add_ps(_mm512_add_ps(acc[q][0], acc[q][1]));
+                    out[(h + q) * ldo + k + 1] = _mm512_reduce_add_ps(_mm512_add_ps(acc[q][2], acc[q][3]));
+                }
+            }
+            for (; k < nr; k++)
+                for (int q = 0; q < 4; q++) out[(h + q) * ldo + k] = dot_avx512(xh[q], rows + (size_t)k * ldr, n);
+        }
+    for (; h < nh; h++) dot_rows_avx512(x + h * ldx, rows, ldr, nr, n, out + h * ldo);
+}
+
+/* y[h * ldy + e] += a[h * lda + d] * rows[d * ldr + e], d in order: 4 heads x 64 columns in registers */
+__attribute__((target("avx512f"))) static void axpy_rows_multi_avx512(float *y, size_t ldy, const float *a, size_t lda,
+                                                                     int nh, const float *rows, size_t ldr, int nr,
+                                                                     int n) {
+    int h = 0;
+    if (n % 64 == 0)
+        for (; h + 4 <= nh; h += 4)
+            for (int e = 0; e < n; e += 64) {
+                __m512 acc[4][4];
+#pragma GCC unroll 4
+                for (int q = 0; q < 4; q++)
+#pragma GCC unroll 4
+                    for (int v = 0; v < 4; v++) acc[q][v] = _mm512_loadu_ps(y + (h + q) * ldy + e + 16 * v);
+                for (int d = 0; d < nr; d++) {
+                    const float *r = rows + (size_t)d * ldr + e;
+                    __m512 r0 = _mm512_loadu_ps(r), r1 = _mm512_loadu_ps(r + 16), r2 = _mm512_loadu_ps(r + 32),
+                           r3 = _mm512_loadu_ps(r + 48);
+#pragma GCC unroll 4
+                    for (int q = 0; q < 4; q++) {
+                        __m512 va = _mm512_set1_ps(a[(h + q) * lda + d]);
+                        acc[q][0] = _mm512_fmadd_ps(va, r0, acc[q][0]);
+                        acc[q][1] = _mm512_fmadd_ps(va, r1, acc[q][1]);
+                        acc[q][2] = _mm512_fmadd_ps(va, r2, acc[q][2]);
+                        acc[q][3] = _mm512_fmadd_ps(va, r3, acc[q][3]);
+                    }
+                }
+#pragma GCC unroll 4
+                for (int q = 0; q < 4; q++)
+#pragma GCC unroll 4
+                    for (int v = 0; v < 4; v++) _mm512_storeu_ps(y + (h + q) * ldy + e + 16 * v, acc[q][v]);
+            }
+    for (; h < nh; h++) axpy_rows_avx512(y + h * ldy, a + h * lda, rows, ldr, nr, n);
+}
+
+void eng_cpu_dot_rows_multi(const float *x, size_t ldx, int nh, const float *rows, size_t ldr, int nr, int n,
+                            float *out, size_t ldo) {
+    k_ready();
+    if (K.dot == dot_avx512) {
+        dot_rows_multi_avx512(x, ldx, nh, rows, ldr, nr, n, out, ldo);
+        return;
+    }
+    for (int h = 0; h < nh; h++) eng_cpu_dot_rows(x + h * ldx, rows, ldr, nr, n, out + h * ldo);
+}
+
+void eng_cpu_axpy_rows_multi(float *y, size_t ldy, const float *a, size_t lda, int nh, const float *rows, size_t ldr,
+                             int nr, int n) {
+    k_ready();
+    if (K.axpy == axpy_avx512) {
+        axpy_rows_multi_avx512(y, ldy, a, lda, nh, rows, ldr, nr, n);
+        return;
+    }
+    for (int h = 0; h < nh; h++) eng_cpu_axpy_rows(y + h * ldy, a + h * lda, rows, ldr, nr, n);
+}
+
 /* 32 bf16 -> two vectors of 16 floats (exact) */
 static inline __attribute__((always_inline, target("avx512f,avx512bw"))) void bf16x32(const uint16_t *p, __m512 *lo,
                                                                                       __m512 *hi) {

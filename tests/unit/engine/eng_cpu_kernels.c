@@ -184,6 +184,29 @@ static void test_row_helpers(void) {
         for (int k = 0; k < NR; k++) eng_cpu_axpy(y2, a[k], rows + k * LD, n);
         CHECK(!memcmp(y1, y2, n * sizeof(float)));
     }
+    /* the several-heads forms equal one call per head, bit for bit, on the
+     * shapes their blocks cover (n a multiple of 32 / 64, 4 heads, 2 rows) and
+     * on ragged ones (7 heads, 5 rows, n = 33) */
+    {
+        enum { NH = 7, NRM = 5, LDX = 300, LDO = 9 };
+        static float xs[NH * LDX], o1[NH * LDO], o2[NH * LDO], ys1[NH * LDX], ys2[NH * LDX], as[NH * LDO];
+        for (int i = 0; i < NH * LDX; i++) xs[i] = (float)urand(), ys1[i] = ys2[i] = (float)urand();
+        for (int i = 0; i < NH * LDO; i++) as[i] = (float)urand();
+        int ns[] = {32, 33, 64, 256, 288};
+        for (size_t ni = 0; ni < sizeof ns / sizeof ns[0]; ni++) {
+            int n = ns[ni];
+            for (int nh = 1; nh <= NH; nh += 3) { /* 1, 4, 7 */
+                eng_cpu_dot_rows_multi(xs, LDX, nh, rows, LD, NRM, n, o1, LDO);
+                for (int h = 0; h < nh; h++) eng_cpu_dot_rows(xs + h * LDX, rows, LD, NRM, n, o2 + h * LDO);
+                int same = 1;
+                for (int h = 0; h < nh; h++) same &= !memcmp(o1 + h * LDO, o2 + h * LDO, NRM * sizeof(float));
+                CHECK(same);
+                eng_cpu_axpy_rows_multi(ys1, LDX, as, LDO, nh, rows, LD, NRM, n);
+                for (int h = 0; h < nh; h++) eng_cpu_axpy_rows(ys2 + h * LDX, as + h * LDO, rows, LD, NRM, n);
+                CHECK(!memcmp(ys1, ys2, sizeof ys1));
+            }
+        }
+    }
     static float s[1000];
     double worst = 0;
     for (int i = 0; i < 1000; i++) s[i] = i < 990 ? (float)(-90.0 * (i / 990.0)) : -(float)(i - 989) * 1e-7f;
