@@ -257,22 +257,19 @@ static void mla_qlat_worker(void *arg, int t, int nt) {
     attn_job_t *j = arg;
     int c = j->c, dn = j->dn, dv = j->dv, T = j->T, H = j->H, qs = j->dn + j->dr;
     /* heads from a shared counter: any subset of the threads completes the step */
-    for (int h; (h = __atomic_fetch_add(&j->next_h[0], 1, __ATOMIC_RELAXED)) < H;)
-        for (int i = 0; i < T; i++) {
-            float *ql = j->qlat + ((size_t)i * H + h) * c;
-            memset(ql, 0, c * sizeof(float));
-            eng_cpu_w_axpy_rows(j->kv_b, (int64_t)h * (dn + dv), dn, j->q + (size_t)i * H * qs + h * qs, ql,
-                                j->scratch[t]);
-        }
+    for (int h; (h = __atomic_fetch_add(&j->next_h[0], 1, __ATOMIC_RELAXED)) < H;) {
+        for (int i = 0; i < T; i++) memset(j->qlat + ((size_t)i * H + h) * c, 0, c * sizeof(float));
+        eng_cpu_w_axpy_rows_multi(j->kv_b, (int64_t)h * (dn + dv), dn, j->q + h * qs, (size_t)H * qs, T,
+                                  j->qlat + (size_t)h * c, (size_t)H * c, j->scratch[t]);
+    }
 }
 
 static void mla_out_worker(void *arg, int t, int nt) {
     attn_job_t *j = arg;
     int c = j->c, dn = j->dn, dv = j->dv, T = j->T, H = j->H;
     for (int h; (h = __atomic_fetch_add(&j->next_h[1], 1, __ATOMIC_RELAXED)) < H;)
-        for (int i = 0; i < T; i++)
-            eng_cpu_w_dot_rows(j->kv_b, (int64_t)h * (dn + dv) + dn, dv, j->olat + ((size_t)i * H + h) * c,
-                               j->out + (size_t)i * H * dv + h * dv, j->scratch[t]);
+        eng_cpu_w_dot_rows_multi(j->kv_b, (int64_t)h * (dn + dv) + dn, dv, j->olat + (size_t)h * c, (size_t)H * c, T,
+                                 j->out + h * dv, (size_t)H * dv, j->scratch[t]);
 }
 
 /* The partial of token i over positions [p0, p1): per head m (running max),

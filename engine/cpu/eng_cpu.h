@@ -54,6 +54,12 @@ void eng_cpu_axpy_rows_multi(float *y, size_t ldy, const float *a, size_t lda, i
  * [cols] floats for the rows that are copied. */
 void eng_cpu_w_axpy_rows(const eng_w_t *w, int64_t r0, int nr, const float *a, float *y, float *buf);
 void eng_cpu_w_dot_rows(const eng_w_t *w, int64_t r0, int nr, const float *x, float *out, float *buf);
+/* the same for nt tokens: a + t * lda, y + t * ldy (x + t * ldx, out + t * ldo) for t < nt, the same
+ * values as one call per token, each row read once per block of tokens */
+void eng_cpu_w_axpy_rows_multi(const eng_w_t *w, int64_t r0, int nr, const float *a, size_t lda, int nt, float *y,
+                               size_t ldy, float *buf);
+void eng_cpu_w_dot_rows_multi(const eng_w_t *w, int64_t r0, int nr, const float *x, size_t ldx, int nt, float *out,
+                              size_t ldo, float *buf);
 
 /* A matmul of w over n tokens may want its activations prepared once (AMX:
  * split into bf16 hi and lo tiles): eng_cpu_xprep_bytes says how many bytes

@@ -515,6 +515,88 @@ __attribute__((target("avx512f,avx512bw"))) static void w_dot_rows_tiled(const e
     }
 }
 
+/* The two above for nt tokens at once (attention's per-head projections over
+ * a prefill): each row is read and widened once per 4 tokens.  Per output
+ * element the same fmadds in the same order as the one-token forms, so the
+ * same values; fewer than 4 tokens left take the one-token forms. */
+__attribute__((target("avx512f,avx512bw"))) static void w_axpy_rows_tiled_multi(const eng_w_t *w, int64_t r0, int nr,
+                                                                               const float *a, size_t lda, int nt,
+                                                                               float *y, size_t ldy) {
+    int64_t C = w->cols, step[256]; /* a row's step: its 64-row group's (the last group may be narrower) */
+    int t = 0;
+    if (C % 64 == 0 && nr <= 256) {
+        const uint16_t *row[256];
+        for (int d = 0; d < nr; d++) row[d] = eng_cpu_amx_row_at(w->data, w->rows, C, r0 + d, &step[d]);
+        for (; t + 4 <= nt; t += 4)
+            for (int64_t k0 = 0; k0 < C; k0 += 64) {
+                __m512 acc[4][4];
+#pragma GCC unroll 4
+                for (int q = 0; q < 4; q++)
+#pragma GCC unroll 4
+                    for (int v = 0; v < 4; v++) acc[q][v] = _mm512_loadu_ps(y + (t + q) * ldy + k0 + 16 * v);
+                int64_t kb = k0 / 32;
+                for (int d = 0; d < nr; d++) {
+                    __m512 w0, w1, w2, w3;
+                    bf16x32(row[d] + kb * step[d], &w0, &w1);
+                    bf16x32(row[d] + (kb + 1) * step[d], &w2, &w3);
+#pragma GCC unroll 4
+                    for (int q = 0; q < 4; q++) {
+                        __m512 va = _mm512_set1_ps(a[(t + q) * lda + d]);
+                        acc[q][0] = _mm512_fmadd_ps(va, w0, acc[q][0]);
+                        acc[q][1] = _mm512_fmadd_ps(va, w1, acc[q][1]);
+                        acc[q][2] = _mm512_fmadd_ps(va, w2, acc[q][2]);
+                        acc[q][3] = _mm512_fmadd_ps(va, w3, acc[q][3]);
+                    }
+                }
+#pragma GCC unroll 4
+                for (int q = 0; q < 4; q++)
+#pragma GCC unroll 4
+                    for (int v = 0; v < 4; v++) _mm512_storeu_ps(y + (t + q) * ldy + k0 + 16 * v, acc[q][v]);
+            }
+    }
+    for (; t < nt; t++) w_axpy_rows_tiled(w, r0, nr, a + t * lda, y + t * ldy);
+}
+
+__attribute__((target("avx512f,avx512bw"))) static void w_dot_rows_tiled_multi(const eng_w_t *w, int64_t r0, int nr,
+                                                                              const float *x, size_t ldx, int nt,
+                                                                              float *out, size_t ldo) {
+    int64_t C = w->cols;
+    int t = 0;
+    for (; t + 4 <= nt; t += 4) {
+        const float *xt[4] = {x + t * ldx, x + (t + 1) * ldx, x + (t + 2) * ldx, x + (t + 3) * ldx};
+        int d = 0;
+        for (; d + 2 <= nr; d += 2) {
+            int64_t s0, s1; /* the two rows' steps (they may be in different 64-row groups) */
+            const uint16_t *p0 = eng_cpu_amx_row_at(w->data, w->rows, C, r0 + d, &s0);
+            const uint16_t *p1 = eng_cpu_amx_row_at(w->data, w->rows, C, r0 + d + 1, &s1);
+            __m512 acc[4][4];
+#pragma GCC unroll 4
+            for (int q = 0; q < 4; q++) acc[q][0] = acc[q][1] = acc[q][2] = acc[q][3] = _mm512_setzero_ps();
+            for (int64_t k = 0; k < C; k += 32, p0 += s0, p1 += s1) {
+                __m512 lo0, hi0, lo1, hi1;
+                bf16x32(p0, &lo0, &hi0);
+                bf16x32(p1, &lo1, &hi1);
+#pragma GCC unroll 4
+                for (int q = 0; q < 4; q++) {
+                    __m512 x0 = _mm512_loadu_ps(xt[q] + k), x1 = _mm512_loadu_ps(xt[q] + k + 16);
+                    acc[q][0] = _mm512_fmadd_ps(lo0, x0, acc[q][0]);
+                    acc[q][1] = _mm512_fmadd_ps(hi0, x1, acc[q][1]);
+                    acc[q][2] = _mm512_fmadd_ps(lo1, x0, acc[q][2]);
+                    acc[q][3] = _mm512_fmadd_ps(hi1, x1, acc[q][3]);
+                }
+            }
+#pragma GCC unroll 4
+            for (int q = 0; q < 4; q++) {
+                out[(t + q) * ldo + d] = _mm512_reduce_add_ps(_mm512_add_ps(acc[q][0], acc[q][1]));
+                out[(t + q) * ldo + d + 1] = _mm512_reduce_add_ps(_mm512_add_ps(acc[q][2], acc[q][3]));
+            }
+        }
+        if (d < nr)
+            for (int q = 0; q < 4; q++) w_dot_rows_tiled(w, r0 + d, nr - d, xt[q], out + (t + q) * ldo + d);
+    }
+    for (; t < nt; t++) w_dot_rows_tiled(w, r0, nr, x + t * ldx, out + t * ldo);
+}
+
 static int w_in_place(const eng_w_t *w) {
     return w->dt == ENG_DT_BF16 && w->layout == ENG_W_AMX && w->cols % 32 == 0 && K.axpy == axpy_avx512;
 }
@@ -541,6 +623,26 @@ void eng_cpu_w_dot_rows(const eng_w_t *w, int64_t r0, int nr, const float *x, fl
         eng_cpu_row_f32(w, r0 + d, buf);
         out[d] = K.dot(buf, x, (int)w->cols);
     }
+}
+
+void eng_cpu_w_axpy_rows_multi(const eng_w_t *w, int64_t r0, int nr, const float *a, size_t lda, int nt, float *y,
+                               size_t ldy, float *buf) {
+    k_ready();
+    if (w_in_place(w)) {
+        w_axpy_rows_tiled_multi(w, r0, nr, a, lda, nt, y, ldy);
+        return;
+    }
+    for (int t = 0; t < nt; t++) eng_cpu_w_axpy_rows(w, r0, nr, a + t * lda, y + t * ldy, buf);
+}
+
+void eng_cpu_w_dot_rows_multi(const eng_w_t *w, int64_t r0, int nr, const float *x, size_t ldx, int nt, float *out,
+                              size_t ldo, float *buf) {
+    k_ready();
+    if (w_in_place(w)) {
+        w_dot_rows_tiled_multi(w, r0, nr, x, ldx, nt, out, ldo);
+        return;
+    }
+    for (int t = 0; t < nt; t++) eng_cpu_w_dot_rows(w, r0, nr, x + t * ldx, out + t * ldo, buf);
 }
 
 void eng_cpu_axpy_rows(float *y, const float *a, const float *rows, size_t ldr, int nr, int n) {

@@ -133,6 +133,24 @@ static void check_shape(int dt, int64_t R, int64_t C, int n) {
             rows_ok &= !memcmp(row, Wf + r * C, (size_t)C * sizeof(float));
         }
         CHECK(rows_ok);
+        /* several tokens' row projections equal one call per token, bit for bit
+         * (rows from a third of the way: spans cross 64-row groups of different widths) */
+        enum { NT = 6 };
+        int64_t r0 = R / 3, nr = R - r0 < 70 ? R - r0 : 70;
+        float *a = malloc((size_t)NT * 80 * sizeof(float)), *y1 = malloc((size_t)NT * C * sizeof(float));
+        float *y2 = malloc((size_t)NT * C * sizeof(float)), *o1 = malloc((size_t)NT * 80 * sizeof(float));
+        float *o2 = malloc((size_t)NT * 80 * sizeof(float)), *xs = malloc((size_t)NT * C * sizeof(float));
+        for (int i = 0; i < NT * 80; i++) a[i] = (float)urand();
+        for (int64_t i = 0; i < NT * C; i++) y1[i] = y2[i] = (float)urand(), xs[i] = (float)urand();
+        eng_cpu_w_axpy_rows_multi(&wt, r0, (int)nr, a, 80, NT, y1, C, row);
+        for (int t = 0; t < NT; t++) eng_cpu_w_axpy_rows(&wt, r0, (int)nr, a + t * 80, y2 + t * C, row);
+        CHECK(!memcmp(y1, y2, (size_t)NT * C * sizeof(float)));
+        eng_cpu_w_dot_rows_multi(&wt, r0, (int)nr, xs, C, NT, o1, 80, row);
+        for (int t = 0; t < NT; t++) eng_cpu_w_dot_rows(&wt, r0, (int)nr, xs + t * C, o2 + t * 80, row);
+        int dots_ok = 1;
+        for (int t = 0; t < NT; t++) dots_ok &= !memcmp(o1 + t * 80, o2 + t * 80, (size_t)nr * sizeof(float));
+        CHECK(dots_ok);
+        free(a), free(y1), free(y2), free(o1), free(o2), free(xs);
         free(row);
         free(T);
         tiled_checked++;
