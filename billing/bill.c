@@ -22,6 +22,8 @@
 #include "bill_dash-int.h"
 #include "tg_json.h"
 #include "mtr.h"
+#include "tg_mem.h"
+#include "tg_str.h"
 
 #define POOL_SIZE 4
 #define TIMEOUT_MS 5000
@@ -204,13 +206,13 @@ static void admit_refresh(bill_t *b, const char *hash, const char *model) {
 
 bill_req_t *bill_admit(bill_t *b, const char *api_key, const char *model, const char *peer, bill_admit_cb cb,
                        void *arg) {
-    bill_req_t *r = calloc(1, sizeof *r);
+    bill_req_t *r = tg_zalloc(sizeof *r);
     if (!r) return NULL;
     r->b = b;
     r->cb = cb;
     r->arg = arg;
-    snprintf(r->peer, sizeof r->peer, "%s", peer ? peer : "");
-    snprintf(r->model, sizeof r->model, "%s", model ? model : "");
+    tg_str_copy(r->peer, sizeof r->peer, peer ? peer : "");
+    tg_str_copy(r->model, sizeof r->model, model ? model : "");
     if (!b->key_hmac || bill_hmac_hex(b->key_hmac, api_key ? api_key : "", r->hash) != 0)
         bill_key_hash(b->key_secret, api_key ? api_key : "", r->hash);
     int64_t now = tg_mono_us();
@@ -255,7 +257,7 @@ void bill_cancel(bill_req_t *r) {
 /* ---- holds ------------------------------------------------------------------ */
 
 bill_req_t *bill_hold(bill_t *b, const bill_key_t *key, int64_t amount, bill_hold_t *h, bill_hold_cb cb, void *arg) {
-    bill_req_t *r = calloc(1, sizeof *r);
+    bill_req_t *r = tg_zalloc(sizeof *r);
     if (!r) return NULL;
     r->b = b;
     r->kind = 1;

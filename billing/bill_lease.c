@@ -38,6 +38,7 @@
 #include <openssl/rand.h>
 
 #include "bill-int.h"
+#include "tg_str.h"
 
 #define TICK_MS 500
 
@@ -180,9 +181,9 @@ static int ticket_put(bill_lease_t *L, const char *rid, int64_t key_id, int64_t 
             }
         free(old);
     }
-    ticket_t *t = calloc(1, sizeof *t);
+    ticket_t *t = malloc(sizeof *t);
     if (!t) return -1;
-    snprintf(t->request_id, sizeof t->request_id, "%s", rid);
+    tg_str_copy(t->request_id, sizeof t->request_id, rid);
     t->key_id = key_id;
     t->cost = cost;
     size_t h = tslot(L, t->request_id);

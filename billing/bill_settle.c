@@ -215,11 +215,7 @@ static int uuid_ok(const char *s) {
 }
 
 
-static void item_free(item_t *it) {
-    if (!it) return;
-    free((char *)it->u.model);
-    free(it);
-}
+static void item_free(item_t *it) { free(it); } /* its model name is in the same allocation */
 
 static void reject(bill_settler_t *s, const bill_usage_t *u, const char *why) {
     s->nrejected++;
@@ -260,14 +256,14 @@ static item_t *item_new(bill_settler_t *s, const bill_usage_t *u, mtr_jfile_t *s
         reject(s, u, why);
         return NULL;
     }
-    item_t *it = calloc(1, sizeof *it);
-    char *model = strdup(u->model);
-    if (!it || !model) {
-        free(it);
-        free(model);
+    item_t *it = malloc(sizeof *it + mlen + 1); /* the row and its model name: one allocation */
+    if (!it) {
         fprintf(stderr, "bill: out of memory settling %.36s\n", u->request_id);
         return NULL;
     }
+    memset(it, 0, sizeof *it);
+    char *model = (char *)(it + 1);
+    memcpy(model, u->model, mlen + 1);
     it->u = *u;
     it->u.model = model;
     it->cost = cost;

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "tg_buf.h"
+#include "tg_str.h"
 
 /* Room for n more bytes and the NUL. */
 static int reserve(tg_buf_t *b, size_t n) {
@@ -59,22 +60,9 @@ int tg_buf_printf(tg_buf_t *b, const char *fmt, ...) {
 
 int tg_buf_puts(tg_buf_t *b, const char *s) { return tg_buf_put(b, s, strlen(s)); }
 
-/* The decimal digits of u, at the end of d[20]; returns where they start. */
-static char *u64_digits(char d[20], unsigned long long u) {
-    char *q = d + 20;
-    do {
-        *--q = (char)('0' + u % 10);
-        u /= 10;
-    } while (u);
-    return q;
-}
-
 int tg_buf_put_i64(tg_buf_t *b, long long v) {
-    char d[21];
-    unsigned long long u = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v; /* LLONG_MIN too */
-    char *q = u64_digits(d + 1, u);
-    if (v < 0) *--q = '-';
-    return tg_buf_put(b, q, (size_t)(d + 21 - q));
+    char d[TG_STR_I64];
+    return tg_buf_put(b, d, tg_str_i64(d, v));
 }
 
 int tg_buf_put_fixed(tg_buf_t *b, long long v, int decimals) {

@@ -554,7 +554,8 @@ const char *tg_json_dup_key(const tg_json_t *obj, size_t *len, int *oom) {
     if (!obj || obj->type != TG_JSON_OBJECT || obj->len < 2) return NULL;
     size_t cap = 4;
     while (cap < obj->len * 2) cap *= 2;
-    const tg_json_t **tab = calloc(cap, sizeof *tab);
+    const tg_json_t *small[64]; /* a request body's few members: no allocation */
+    const tg_json_t **tab = cap <= 64 ? memset(small, 0, cap * sizeof *tab) : calloc(cap, sizeof *tab);
     if (!tab) {
         if (oom) *oom = 1;
         return NULL;
@@ -570,7 +571,7 @@ const char *tg_json_dup_key(const tg_json_t *obj, size_t *len, int *oom) {
             }
         if (!dup) tab[i] = m;
     }
-    free(tab);
+    if (tab != small) free(tab);
     return dup;
 }
 

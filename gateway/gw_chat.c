@@ -25,10 +25,7 @@
 /* ---- pool cleanups ---------------------------------------------------------- */
 
 static void gw_chat_cleanup_json(void *arg) { tg_json_free(arg); }
-static void gw_chat_cleanup_req(void *arg) {
-    api_chat_req_free(arg);
-    free(arg);
-}
+static void gw_chat_cleanup_req(void *arg) { api_chat_req_free(arg); } /* the struct is the pool's */
 
 static void gw_chat_cleanup_calls(void *arg) {
     gw_req_t *r = arg;
@@ -277,13 +274,13 @@ static void gw_chat_run(gw_req_t *r) {
     /* The shared reader (api/): the engine accepts and refuses exactly the
      * same bodies, so a request it would refuse (an unknown parameter, a bad
      * value, a duplicate key) is a 400 here, before admission: never billed. */
-    api_chat_req_t *chat = calloc(1, sizeof *chat);
+    api_chat_req_t *chat = gw_palloc(r->pool, sizeof *chat);
     api_err_t e;
     if (!chat || gw_pool_cleanup_add(r->pool, gw_chat_cleanup_req, chat) != GW_OK) {
-        free(chat);
         gw_req_error(r, 500, "server_error", NULL, NULL, "out of memory");
         return;
     }
+    memset(chat, 0, sizeof *chat);
     r->chat = chat;
     if (api_chat_req_read(chat, j, &e)) {
         gw_req_error(r, e.status, e.type ? e.type : "invalid_request_error", e.code, e.param[0] ? e.param : NULL,

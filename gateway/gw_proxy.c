@@ -36,6 +36,7 @@
 #include "api.h"
 #include "gw-int.h"
 #include "tg_json.h"
+#include "tg_mem.h"
 
 #define GW_UP_MAX_HEAD 65536
 #define GW_UP_MAX_BODY (64 << 20)
@@ -82,7 +83,7 @@ static void gw_upconn_on_read(struct bufferevent *bev, void *arg) { gw_upconn_dr
 static void gw_upconn_on_event(struct bufferevent *bev, short what, void *arg) { gw_upconn_drop(arg); }
 
 static void gw_upconn_park(gw_upstream_t *w, struct bufferevent *bev) {
-    gw_upconn_t *u = w->nidle < GW_UP_MAX_IDLE ? calloc(1, sizeof *u) : NULL;
+    gw_upconn_t *u = w->nidle < GW_UP_MAX_IDLE ? tg_zalloc(sizeof *u) : NULL;
     if (!u) {
         bufferevent_free(bev);
         return;

@@ -33,9 +33,12 @@
 #include <string.h>
 
 #include <event2/event.h>
+#include <event2/event_struct.h>
 #include <hiredis/hiredis.h>
 
 #include "gw-int.h"
+#include "tg_mem.h"
+#include "tg_str.h"
 
 /* KEYS[1] tg:rl:{x:id} (hash: rd rt rl td tt tl), KEYS[2] tg:conc:{x:id} (zset)
  * ARGV op, rpm, tpm, conc, n (tokens), member (request id), lease_ms, and for
@@ -226,7 +229,8 @@ struct gw_rl_call {
     gw_rl_subj_t sub[2];
     int64_t tokens;
     char member[40];
-    struct event *timer;
+    struct event *timer;       /* &timer_ev: answers at once (active) or at the Redis deadline */
+    struct event timer_ev;
     gw_redis_op_t *rop[2];
     int npending;
     int failed;                /* a Redis call came back without a verdict */
@@ -717,8 +721,17 @@ static void subj_init(gw_rl_subj_t *s, char kind, int64_t id, const gw_rl_limits
     s->kind = kind;
     s->id = id;
     s->lim = *lim;
-    snprintf(s->hkey, sizeof s->hkey, "tg:rl:{%c:%lld}", kind, (long long)id);
-    snprintf(s->zkey, sizeof s->zkey, "tg:conc:{%c:%lld}", kind, (long long)id);
+    /* "tg:rl:{k:ID}" and "tg:conc:{k:ID}", as "%c:%lld" writes them (no printf per request) */
+    char n[TG_STR_I64 + 4];
+    n[0] = '{', n[1] = kind, n[2] = ':';
+    size_t len = 3 + tg_str_i64(n + 3, (long long)id);
+    n[len++] = '}';
+    memcpy(s->hkey, "tg:rl:", 6);
+    memcpy(s->hkey + 6, n, len);
+    s->hkey[6 + len] = '\0';
+    memcpy(s->zkey, "tg:conc:", 8);
+    memcpy(s->zkey + 8, n, len);
+    s->zkey[8 + len] = '\0';
 }
 
 static int limits_set(const gw_rl_limits_t *l) { return l && (l->rpm > 0 || l->tpm > 0 || l->conc > 0); }
@@ -726,20 +739,21 @@ static int limits_set(const gw_rl_limits_t *l) { return l && (l->rpm > 0 || l->t
 gw_rl_call_t *gw_rl_check(gw_rl_t *rl, int op, int64_t key_id, const gw_rl_limits_t *key_lim, int64_t cust_id,
                           const gw_rl_limits_t *cust_lim, int64_t tokens, const char *member, gw_rl_cb cb,
                           void *arg) {
-    gw_rl_call_t *c = calloc(1, sizeof *c);
+    gw_rl_call_t *c = tg_zalloc(sizeof *c);
     if (!c) return NULL;
     c->rl = rl;
     c->cb = cb;
     c->arg = arg;
     c->op = op == GW_RL_OP_PEEK ? GW_RL_OP_PEEK : GW_RL_OP_TAKE;
     c->tokens = tokens < 0 ? 0 : tokens;
-    snprintf(c->member, sizeof c->member, "%s", member);
+    tg_str_copy(c->member, sizeof c->member, member);
     if (limits_set(key_lim)) subj_init(&c->sub[c->nsub++], 'k', key_id, key_lim);
     if (limits_set(cust_lim)) subj_init(&c->sub[c->nsub++], 'c', cust_id, cust_lim);
-    if (!(c->timer = evtimer_new(rl->base, on_timer, c))) {
+    if (evtimer_assign(&c->timer_ev, rl->base, on_timer, c) != 0) {
         free(c);
         return NULL;
     }
+    c->timer = &c->timer_ev;
     struct timeval tv = {0, 0};
     int up = rl->redis != NULL && c->nsub > 0;
     for (int i = 0; up && i < c->nsub; i++) up = gw_redis_slot_up(rl->redis, c->sub[i].hkey);
@@ -772,7 +786,7 @@ gw_rl_call_t *gw_rl_check(gw_rl_t *rl, int op, int64_t key_id, const gw_rl_limit
             c->from_leases = 1;
             rl->st.lease_admits++;
             build_result(c, c->v);
-            event_add(c->timer, &tv);
+            event_active(c->timer, EV_TIMEOUT, 1); /* answered in this loop iteration, no timer heap */
             return c;
         }
         pthread_mutex_unlock(rl->mu);
@@ -852,7 +866,7 @@ void gw_rl_finish(gw_rl_call_t *c, int64_t used_tokens) {
         pthread_mutex_unlock(rl->mu);
     }
     lease_unlink(c);
-    event_free(c->timer);
+    event_del(c->timer);
     free(c);
 }
 
