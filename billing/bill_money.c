@@ -7,10 +7,13 @@
  * USD strings are parsed exactly (at most 12 decimals, nothing is rounded);
  * display rounds half away from zero to 6 decimals and never feeds back
  * into a balance. */
+#define OPENSSL_SUPPRESS_DEPRECATED /* SHA256_CTX states of the keyed hash (bill_hmac below) */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <openssl/evp.h>
+#include <openssl/sha.h>
 #include <openssl/hmac.h>
 #include <openssl/rand.h>
 
@@ -140,9 +143,12 @@ void bill_key_hash(const char *secret_hex, const char *api_key, char out[65]) {
 /* The same HMAC with the key's inner and outer SHA-256 states computed once
  * (RFC 2104: H(K^opad || H(K^ipad || m))): per call, two copies of a digest
  * state and the compressions the message needs, instead of a MAC object
- * fetched and keyed again (a tenth of the gateway's time per request). */
+ * fetched and keyed again (a tenth of the gateway's time per request).  The
+ * states are OpenSSL's plain SHA256_CTX (deprecated in 3.0, still built):
+ * copied by value, where EVP_MD_CTX_copy_ex allocated the provider's state
+ * and dispatched every step through it (6.2k -> ~2.5k instructions a key). */
 struct bill_hmac {
-    EVP_MD_CTX *in, *out, *tmp;
+    SHA256_CTX in, out;
 };
 
 bill_hmac_t *bill_hmac_new(const char *secret_hex) {
@@ -150,18 +156,17 @@ bill_hmac_t *bill_hmac_new(const char *secret_hex) {
     if (!h) return NULL;
     unsigned char secret[512], k0[64] = {0}, pad[64];
     size_t slen = secret_bytes(secret_hex, secret);
-    const EVP_MD *md = EVP_sha256();
-    int ok = (h->in = EVP_MD_CTX_new()) && (h->out = EVP_MD_CTX_new()) && (h->tmp = EVP_MD_CTX_new());
-    if (ok && slen > sizeof k0) { /* a long key is hashed first */
+    int ok = 1;
+    if (slen > sizeof k0) { /* a long key is hashed first */
         unsigned int n = 0;
-        ok = EVP_Digest(secret, slen, k0, &n, md, NULL) == 1;
-    } else if (ok) {
+        ok = EVP_Digest(secret, slen, k0, &n, EVP_sha256(), NULL) == 1;
+    } else {
         memcpy(k0, secret, slen);
     }
     for (int i = 0; ok && i < 64; i++) pad[i] = k0[i] ^ 0x36;
-    ok = ok && EVP_DigestInit_ex(h->in, md, NULL) == 1 && EVP_DigestUpdate(h->in, pad, sizeof pad) == 1;
+    ok = ok && SHA256_Init(&h->in) == 1 && SHA256_Update(&h->in, pad, sizeof pad) == 1;
     for (int i = 0; ok && i < 64; i++) pad[i] = k0[i] ^ 0x5c;
-    ok = ok && EVP_DigestInit_ex(h->out, md, NULL) == 1 && EVP_DigestUpdate(h->out, pad, sizeof pad) == 1;
+    ok = ok && SHA256_Init(&h->out) == 1 && SHA256_Update(&h->out, pad, sizeof pad) == 1;
     OPENSSL_cleanse(secret, sizeof secret);
     OPENSSL_cleanse(k0, sizeof k0);
     OPENSSL_cleanse(pad, sizeof pad);
@@ -174,20 +179,19 @@ bill_hmac_t *bill_hmac_new(const char *secret_hex) {
 
 void bill_hmac_free(bill_hmac_t *h) {
     if (!h) return;
-    EVP_MD_CTX_free(h->in);
-    EVP_MD_CTX_free(h->out);
-    EVP_MD_CTX_free(h->tmp);
+    OPENSSL_cleanse(h, sizeof *h);
     free(h);
 }
 
 int bill_hmac_hex(bill_hmac_t *h, const char *msg, char out[65]) {
-    unsigned char ih[EVP_MAX_MD_SIZE], md[EVP_MAX_MD_SIZE];
-    unsigned int n = 0;
+    unsigned char ih[SHA256_DIGEST_LENGTH], md[SHA256_DIGEST_LENGTH];
     const char *m = msg ? msg : "";
-    if (EVP_MD_CTX_copy_ex(h->tmp, h->in) != 1 || EVP_DigestUpdate(h->tmp, m, strlen(m)) != 1 ||
-        EVP_DigestFinal_ex(h->tmp, ih, &n) != 1 || EVP_MD_CTX_copy_ex(h->tmp, h->out) != 1 ||
-        EVP_DigestUpdate(h->tmp, ih, n) != 1 || EVP_DigestFinal_ex(h->tmp, md, &n) != 1)
-        return -1;
+    SHA256_CTX c = h->in;
+    int ok = SHA256_Update(&c, m, strlen(m)) == 1 && SHA256_Final(ih, &c) == 1;
+    c = h->out;
+    ok = ok && SHA256_Update(&c, ih, sizeof ih) == 1 && SHA256_Final(md, &c) == 1;
+    OPENSSL_cleanse(&c, sizeof c);
+    if (!ok) return -1;
     tg_hex_encode(md, 32, out);
     return 0;
 }
