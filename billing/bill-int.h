@@ -83,9 +83,12 @@ typedef struct bill_settler bill_settler_t;
 /* Rows per settlement statement at most (one round trip, one transaction). */
 #define BILL_SETTLE_BATCH 1024
 
-bill_settler_t *bill_settler_new(struct event_base *base, bill_pg_t *pg, const char *spool_dir,
+/* journal_group: the journal's grouped appends (bill_opts_t.journal_group). */
+bill_settler_t *bill_settler_new(struct event_base *base, bill_pg_t *pg, const char *spool_dir, int journal_group,
                                  char *err, size_t errlen);
 void bill_settler_push(bill_settler_t *s, const bill_usage_t *u);
+int bill_settler_journal_held(const bill_settler_t *s);
+int bill_settler_journal_flush(bill_settler_t *s);
 void bill_settler_on_up(void *settler); /* bill_pg_up_cb: replay the spool */
 /* cb(request_id) for every row committed or given up (rejected). */
 void bill_settler_on_commit(bill_settler_t *s, void (*cb)(const char *request_id, void *arg), void *arg);

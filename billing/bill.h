@@ -43,6 +43,8 @@ typedef struct {
     int invoice_finalize_after_s; /* finalize last month's invoices this long after it ends (UTC);
                                      <= 0: never automatically (tollgatectl invoice finalize) */
     const char *receipt_key;     /* PEM Ed25519 private key signing usage receipts; NULL or "": none */
+    int journal_group;           /* 1: bill_settle keeps its journal record until bill_journal_flush
+                                    (one write(2) per loop iteration); 0: written within bill_settle */
 } bill_opts_t;
 
 /* Prices of one model (micro-USD per 1M tokens) and their version: the
@@ -177,6 +179,15 @@ typedef mtr_usage_t bill_usage_t;
  * that can never be written (bad UUID, cache_hit > prompt, cost overflow,
  * unknown customer) is logged and appended to <spool_dir>/rejected.jsonl. */
 void bill_settle(bill_t *b, const bill_usage_t *u, bill_hold_t *h); /* h: its hold, released; may be NULL */
+/* With opts.journal_group, bill_settle's journal record waits in memory for
+ * bill_journal_flush, which writes every waiting record with one write(2)
+ * (metering/mtr_journal.h, "Grouped appends"); billing flushes by itself
+ * before PostgreSQL sees a row.  The caller flushes before the answer that
+ * the row bills reaches its client.  bill_journal_held: 1 while records wait.
+ * bill_journal_flush: 0, or -1 when the write failed (logged; those rows stay
+ * in memory only, as when a journal write fails within bill_settle). */
+int bill_journal_held(const bill_t *b);
+int bill_journal_flush(bill_t *b);
 
 /* Signed usage receipts (bill_receipt.c has the format): the receipt of u as
  * settled, "tgr1.<payload>.<signature>", NUL-terminated, into out (cap bytes;

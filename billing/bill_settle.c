@@ -376,6 +376,7 @@ static int spool_items(bill_settler_t *s, struct item_q *q) {
 /* PostgreSQL is unusable: move everything from memory to the spool, forget
  * what was loaded from spool files (it will be read again), retry later. */
 static void go_down(bill_settler_t *s, const char *why) {
+    mtr_journal_flush(s->journal); /* grouped records: in the file, or memory-only */
     int nspool = 0;
     item_t *it;
     TAILQ_FOREACH(it, &s->inflight, link) nspool += !it->src;
@@ -459,6 +460,7 @@ static void flush(bill_settler_t *s) {
             return;
         }
     }
+    mtr_journal_flush(s->journal); /* write-ahead: a row is in its file before PostgreSQL sees it */
     item_t *v[BATCH];
     int n = 0, max = s->single ? 1 : BATCH;
     item_t *it;
@@ -556,24 +558,41 @@ void bill_settler_stats(const bill_settler_t *s, bill_settle_stats_t *st) {
     st->idle = !s->nqueue && !s->ninflight && !s->job && !st->replay_pending;
 }
 
+/* Grouped journal records (journal_group): a row's record may wait in the
+ * journal's memory (mtr_journal_append) until mtr_journal_flush.  Such a row
+ * is always the newest of the queue's, never sent, dropped or freed before a
+ * flush: flush() and go_down() flush first, and the drop below too; a failed
+ * flush makes the rows memory-only (on_unwritten), as a failed write does. */
+int bill_settler_journal_held(const bill_settler_t *s) { return s && mtr_journal_held(s->journal); }
+
+int bill_settler_journal_flush(bill_settler_t *s) { return s ? mtr_journal_flush(s->journal) : 0; }
+
 void bill_settler_push(bill_settler_t *s, const bill_usage_t *u) {
     item_t *it = item_new(s, u, NULL);
     if (!it) return;
-    mtr_jfile_t *f = mtr_journal_write(s->journal, &it->u);
+    mtr_jfile_t *f = it->src = mtr_journal_append(s->journal, &it->u, it);
     if (f && s->nqueue >= QUEUE_MAX) { /* on disk only: its file is read again once the queue drains */
-        mtr_journal_drop(s->journal, f);
-        s->need_replay = 1;
-        item_free(it);
-        return;
+        mtr_journal_flush(s->journal);
+        if (it->src) { /* written (else held in memory, queued, as a failed write leaves it) */
+            mtr_journal_drop(s->journal, f);
+            s->need_replay = 1;
+            item_free(it);
+            return;
+        }
     }
-    it->src = f;
     it->pushed_us = tg_mono_us();
     TAILQ_INSERT_TAIL(&s->queue, it, link);
     s->nqueue++;
     kick(s);
 }
 
-bill_settler_t *bill_settler_new(struct event_base *base, bill_pg_t *pg, const char *spool_dir,
+/* A grouped journal record could not be written: the row is in memory only. */
+static void on_unwritten(void *cookie, void *arg) {
+    item_t *it = cookie;
+    it->src = NULL;
+}
+
+bill_settler_t *bill_settler_new(struct event_base *base, bill_pg_t *pg, const char *spool_dir, int journal_group,
                                  char *err, size_t errlen) {
     bill_settler_t *s = calloc(1, sizeof *s);
     if (!s) goto fail;
@@ -587,10 +606,12 @@ bill_settler_t *bill_settler_new(struct event_base *base, bill_pg_t *pg, const c
     s->linger = evtimer_new(base, kick_cb, s);
     if (!s->dir || !s->kick || !s->retry || !s->linger) goto fail;
     /* Writable spool or nothing: find out now, not during an outage. */
-    if (!(s->journal = mtr_journal_new(base, spool_dir, NULL, err, errlen))) {
+    mtr_journal_opts_t jo = {.group = journal_group};
+    if (!(s->journal = mtr_journal_new(base, spool_dir, &jo, err, errlen))) {
         bill_settler_free(s, NULL);
         return NULL;
     }
+    mtr_journal_on_unwritten(s->journal, on_unwritten, s);
     s->need_replay = 1;
     return s;
 fail:

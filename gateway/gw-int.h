@@ -404,6 +404,8 @@ struct gw_loop {
     tg_buf_t alog;             /* access-log lines not yet handed to `work` (gw_log.c) */
     tg_buf_t scratch;          /* a head being assembled (client answer, worker request); reused */
     struct event *alog_ev;     /* hands them over GW_LOG_FLUSH_MS after the first */
+    gw_conn_t *held;           /* connections whose output waits for the journal write (gw_settle.c) */
+    struct event *jflush_ev;   /* writes the loop iteration's journal records, then releases `held` */
     pthread_t thread;          /* loops after the first run on their own thread */
     int started;
 };
@@ -449,6 +451,8 @@ struct gw_conn {
     int handshaken;            /* the TLS handshake is done */
     int refused;               /* accepted past max_connections: answered 503, closed */
     int out_blocked;           /* output above max_output_bytes: no further request until it drains */
+    int held;                  /* its output waits for the journal write (in loop->held) */
+    gw_conn_t *hprev, *hnext;
     uint64_t served;           /* requests answered */
     char peer[64];
 };
@@ -543,6 +547,11 @@ void gw_conn_end(gw_conn_t *c);
 /* Its answer is fully queued: go on with the next pipelined request, or
  * close after flushing when !keep_alive. */
 void gw_conn_next(gw_conn_t *c, int keep_alive);
+/* Hold c's output: nothing more of it is written until gw_conn_release_held
+ * (the journal record of its answer waits for its write: gw_settle.c). */
+void gw_conn_hold(gw_conn_t *c);
+/* Let every held connection of l write again (and write now). */
+void gw_conn_release_held(gw_loop_t *l);
 /* Shutting down: close every connection without a request in flight. */
 void gw_conn_close_idle(gw_loop_t *l);
 void gw_conn_free(gw_conn_t *c);
@@ -560,6 +569,9 @@ void gw_req_head(gw_req_t *r, int status, const char *ctype, int64_t clen);
 void gw_req_answer(gw_req_t *r, int status, const char *ctype, const char *body, size_t len);
 void gw_req_finish(gw_req_t *r);
 struct evbuffer *gw_req_out(gw_req_t *r);
+/* r's answer (what is queued and what follows) waits until gw_req_release_held. */
+void gw_req_hold(gw_req_t *r);
+void gw_req_release_held(gw_loop_t *l);
 
 /* gw_settle.c: settlement of a request that reached a worker */
 /* Settle once (r->proxied 1 -> 2) with what is known; bill_settle journals it. */
@@ -567,6 +579,9 @@ void gw_settle(gw_req_t *r);
 /* Settle now, before the last bytes of the answer are queued for the client;
  * later calls do nothing. */
 void gw_settle_done(gw_req_t *r, int status);
+/* The loop's jflush_ev: write the journal records of this loop iteration's
+ * settlements (one write(2)), then let their answers out. */
+void gw_settle_flush_cb(int fd, short what, void *arg);
 /* Token counts from a usage object (exact integers 0..1e12); GW_OK, or
  * GW_ERROR when usage is absent or malformed. */
 int gw_settle_usage_json(gw_req_t *r, const tg_json_t *usage);

@@ -59,8 +59,41 @@ struct evbuffer *gw_conn_out(gw_conn_t *c) { return bufferevent_get_output(c->be
  * (gw_event_base_new) the add and the delete then cancel out.  The event is
  * the one of `struct bufferevent` (event2/bufferevent_struct.h). */
 void gw_conn_flush(gw_conn_t *c) {
-    if (c->handshaken && evbuffer_get_length(bufferevent_get_output(c->bev)))
+    if (c->handshaken && !c->held && evbuffer_get_length(bufferevent_get_output(c->bev)))
         event_active(&c->bev->ev_write, EV_WRITE, 1);
+}
+
+/* Held output (gw_settle.c: an answer waits for the journal write of its
+ * usage row).  Writing is disabled on the bufferevent, which also takes its
+ * write event off the loop's active list should epoll have readied it in this
+ * iteration; gw_conn_flush does nothing meanwhile.  The loop's jflush_ev,
+ * activated by the settlement after the events already active, writes the
+ * journal, then releases every held connection in this iteration. */
+void gw_conn_hold(gw_conn_t *c) {
+    if (c->held) return;
+    c->held = 1;
+    bufferevent_disable(c->bev, EV_WRITE);
+    c->hprev = NULL;
+    c->hnext = c->loop->held;
+    if (c->hnext) c->hnext->hprev = c;
+    c->loop->held = c;
+}
+
+static void gw_conn_unhold(gw_conn_t *c) {
+    if (c->hprev) c->hprev->hnext = c->hnext;
+    else c->loop->held = c->hnext;
+    if (c->hnext) c->hnext->hprev = c->hprev;
+    c->hprev = c->hnext = NULL;
+    c->held = 0;
+}
+
+void gw_conn_release_held(gw_loop_t *l) {
+    gw_conn_t *c;
+    while ((c = l->held)) {
+        gw_conn_unhold(c);
+        bufferevent_enable(c->bev, EV_WRITE);
+        gw_conn_flush(c);
+    }
 }
 
 /* The TLS context reads ahead (gw_tls.c): a read(2) may bring more than one
@@ -259,6 +292,7 @@ static void gw_conn_on_timer(evutil_socket_t fd, short what, void *arg) {
 void gw_conn_free(gw_conn_t *c) {
     gw_loop_t *l = c->loop;
     if (c->req) l->srv->conn_ops->abort(c);
+    if (c->held) gw_conn_unhold(c);
     if (c->prev) c->prev->next = c->next;
     else l->conns = c->next;
     if (c->next) c->next->prev = c->prev;

@@ -24,6 +24,10 @@ static void gw_req_free(gw_req_t *r);
 
 struct evbuffer *gw_req_out(gw_req_t *r) { return gw_conn_out(r->conn); }
 
+void gw_req_hold(gw_req_t *r) { gw_conn_hold(r->conn); }
+
+void gw_req_release_held(gw_loop_t *l) { gw_conn_release_held(l); }
+
 void gw_req_head(gw_req_t *r, int status, const char *ctype, int64_t clen) {
     if (r->head_sent || r->client_gone) return;
     r->head_sent = 1;

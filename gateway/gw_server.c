@@ -88,6 +88,7 @@ static int gw_loop_init(gw_loop_t *l, gw_server_t *s, int index, struct event_ba
     l->index = index;
     l->base = base;
     if (!(l->stop_ev = event_new(base, -1, 0, gw_on_stop, l))) return GW_ERROR;
+    if (!(l->jflush_ev = event_new(base, -1, 0, gw_settle_flush_cb, l))) return GW_ERROR;
     if (!(l->work = tg_work_new(base, 1))) return GW_ERROR;
     if (gw_log_init(l) != GW_OK) return GW_ERROR;
     if (!(l->up = calloc((size_t)cfg->nworkers, sizeof *l->up))) return GW_ERROR;
@@ -129,6 +130,7 @@ static int gw_loop_init(gw_loop_t *l, gw_server_t *s, int index, struct event_ba
         .invoice_finalize_after_s = (int)cfg->invoice_finalize_after_s,
         .receipt_key = cfg->receipt_key && *cfg->receipt_key && access(cfg->receipt_key, F_OK) == 0 ? cfg->receipt_key
                                                                                                    : NULL,
+        .journal_group = 1, /* one journal write per loop iteration (gw_settle.c) */
     };
     if (!bo.receipt_key && cfg->receipt_key && *cfg->receipt_key && index == 0)
         fprintf(stderr, "tollgate: warning: no usage receipts: %s: %s\n", cfg->receipt_key, strerror(errno));
@@ -183,6 +185,7 @@ static void gw_loop_release(gw_loop_t *l) {
     gw_rl_free(l->rl);
     gw_dash_free(l->dash);
     bill_free(l->bill); /* flushes settlements */
+    if (l->jflush_ev) event_free(l->jflush_ev);
     if (l->grace) event_free(l->grace);
     if (l->accept_pause) event_free(l->accept_pause);
     gw_admin_loop_release(l);

@@ -13,6 +13,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <event2/event.h>
+
+
 #include "gw-int.h"
 #include "api.h"
 #include "tg_json.h"
@@ -85,6 +88,10 @@ void gw_settle(gw_req_t *r) {
     u.first_byte_us = r->first_byte_us;
     u.finished_us = r->finished_us;
     bill_settle(bill, &u, &r->hold);
+    if (bill_journal_held(bill)) { /* its journal record is written by jflush_ev, before the answer goes */
+        gw_req_hold(r);
+        event_active(r->loop->jflush_ev, EV_TIMEOUT, 1);
+    }
     char rc[BILL_RECEIPT_MAX];
     long rn = bill_receipt(bill, &u, rc, sizeof rc);
     char *rp = rn > 0 ? gw_palloc(r->pool, (size_t)rn + 1) : NULL;
@@ -94,6 +101,12 @@ void gw_settle(gw_req_t *r) {
     m->tokens_cache_hit += (uint64_t)u.prompt_cache_hit_tokens;
     m->tokens_completion += (uint64_t)u.completion_tokens;
     m->tokens_reasoning += (uint64_t)u.reasoning_tokens;
+}
+
+void gw_settle_flush_cb(evutil_socket_t fd, short what, void *arg) {
+    gw_loop_t *l = arg;
+    bill_journal_flush(l->bill); /* a failure is logged: those rows are billed from memory */
+    gw_req_release_held(l);
 }
 
 /* The last bytes of the answer (status `status`: a whole body, a stream's

@@ -103,6 +103,9 @@ int mtr_spool_append(mtr_spool_t **sp, const char *dir, const mtr_usage_t *const
  * close the file then, so that it stays the last one.  Returns 0 or -1. */
 int mtr_spool_write(mtr_spool_t **sp, const char *dir, const mtr_usage_t *const *u, size_t n);
 int mtr_spool_fd(const mtr_spool_t *sp); /* its descriptor (dup it to sync elsewhere) */
+/* Write n encoded bytes (whole records) to an open file, through short
+ * writes; 0, or -1 with errno (a part may have been written). */
+int mtr_spool_write_bytes(mtr_spool_t *sp, const void *p, size_t n);
 int mtr_spool_sync(mtr_spool_t *sp);              /* fdatasync; 0 or -1 */
 const char *mtr_spool_name(const mtr_spool_t *sp); /* the file's name, without dir */
 /* Close the current file (the next append starts a new one).  Accepts NULL. */

@@ -53,6 +53,13 @@ struct mtr_journal {
     tg_work_t *work;    /* fdatasync and replay reads, off the loop; NULL: inline */
     int syncing;        /* fdatasyncs on the worker thread */
     int replaying;      /* a replay's reads are on the worker thread */
+    /* o.group: records appended to jf, encoded, not yet written (mtr_journal_flush) */
+    uint8_t *gbuf;
+    size_t glen, gcap;
+    void **gcookie;     /* the caller's name of each, in order */
+    size_t gn, gncap;
+    mtr_journal_unwritten_fn unwritten;
+    void *unwritten_arg;
 };
 
 
@@ -126,6 +133,8 @@ static int journal_sync(mtr_journal_t *j) {
 /* Sync and close the journal; the file goes once all its records committed. */
 void mtr_journal_rotate(mtr_journal_t *j) {
     if (!j || !j->spool) return;
+    mtr_journal_flush(j);
+    if (!j->spool) return; /* the flush failed and rotated */
     if (j->jdirty && journal_sync(j) != 0)
         fprintf(stderr, "metering: cannot sync the journal in %s: %s\n", j->dir, strerror(errno));
     mtr_spool_close(j->spool);
@@ -170,6 +179,7 @@ static void journal_dirty(mtr_journal_t *j) {
 }
 
 mtr_jfile_t *mtr_journal_write(mtr_journal_t *j, const mtr_usage_t *u) {
+    mtr_journal_flush(j);
     mtr_jfile_t *f = journal_open(j);
     const mtr_usage_t *v[1] = {u};
     if (!f || mtr_spool_write(&j->spool, j->dir, v, 1) != 0) {
@@ -184,18 +194,80 @@ mtr_jfile_t *mtr_journal_write(mtr_journal_t *j, const mtr_usage_t *u) {
     return f;
 }
 
+/* ---- grouped appends ------------------------------------------------------------ */
+
+void mtr_journal_on_unwritten(mtr_journal_t *j, mtr_journal_unwritten_fn fn, void *arg) {
+    j->unwritten = fn;
+    j->unwritten_arg = arg;
+}
+
+int mtr_journal_held(const mtr_journal_t *j) { return j && j->gn > 0; }
+
+mtr_jfile_t *mtr_journal_append(mtr_journal_t *j, const mtr_usage_t *u, void *cookie) {
+    if (!j->o.group) return mtr_journal_write(j, u);
+    mtr_jfile_t *f = journal_open(j); /* may rotate a full journal, which writes the group first */
+    if (!f) {
+        fprintf(stderr, "metering: cannot open a journal in %s: %s; usage record %.36s held in memory\n", j->dir,
+                strerror(errno), u->request_id);
+        return NULL;
+    }
+    if (j->glen + MTR_REC_HDR + MTR_REC_MAX > j->gcap) {
+        size_t nc = j->gcap ? j->gcap * 2 : 16384;
+        while (j->glen + MTR_REC_HDR + MTR_REC_MAX > nc) nc *= 2;
+        uint8_t *nb = realloc(j->gbuf, nc);
+        if (!nb) return mtr_journal_write(j, u); /* short of memory: written at once */
+        j->gbuf = nb;
+        j->gcap = nc;
+    }
+    if (j->gn == j->gncap) {
+        size_t nc = j->gncap ? j->gncap * 2 : 256;
+        void **nv = realloc(j->gcookie, nc * sizeof *nv);
+        if (!nv) return mtr_journal_write(j, u);
+        j->gcookie = nv;
+        j->gncap = nc;
+    }
+    size_t len = mtr_spool_encode(u, j->gbuf + j->glen, j->gcap - j->glen);
+    if (len == 0) return mtr_journal_write(j, u); /* not representable: as the plain write says it */
+    j->glen += len;
+    j->gcookie[j->gn++] = cookie;
+    j->jrows++;
+    f->pending++;
+    journal_dirty(j);
+    return f;
+}
+
+int mtr_journal_flush(mtr_journal_t *j) {
+    if (!j || !j->gn) return 0;
+    size_t n = j->gn;
+    int rc = j->spool ? mtr_spool_write_bytes(j->spool, j->gbuf, j->glen) : -1;
+    j->gn = 0;
+    j->glen = 0;
+    if (rc == 0) return 0;
+    fprintf(stderr, "metering: cannot write the journal in %s: %s; %zu usage records held in memory\n", j->dir,
+            strerror(errno), n);
+    mtr_jfile_t *f = j->jf;
+    if (f) f->pending -= (long)n;
+    j->jrows -= (long)n;
+    mtr_journal_rotate(j); /* a torn record stays the last of its file */
+    for (size_t i = 0; i < n && j->unwritten; i++) j->unwritten(j->gcookie[i], j->unwritten_arg);
+    return -1;
+}
+
 int mtr_journal_spool(mtr_journal_t *j, const mtr_usage_t *const *u, size_t n) {
+    mtr_journal_flush(j);
     if (!journal_open(j)) return -1;
     return n ? mtr_spool_append(&j->spool, j->dir, u, n) : 0;
 }
 
 void mtr_journal_drop_all(mtr_journal_t *j) {
+    mtr_journal_flush(j);
     mtr_jfile_t *f;
     TAILQ_FOREACH(f, &j->files, link) f->loaded = 0, f->pending = 0;
     mtr_journal_rotate(j); /* records from now on go to a new journal, loaded */
 }
 
 void mtr_journal_tick(mtr_journal_t *j, int64_t now) {
+    mtr_journal_flush(j);
     if (!j->spool) return;
     if (j->jdirty && !j->syncing) { /* one at a time: a slow disk gets one more call later */
         if (journal_sync(j) != 0)
@@ -421,6 +493,8 @@ void mtr_journal_free(mtr_journal_t *j) {
         free(f);
     }
     if (j->sync) event_free(j->sync);
+    free(j->gbuf);
+    free(j->gcookie);
     free(j->dir);
     free(j);
 }

@@ -40,6 +40,8 @@ typedef struct {
     long rotate_rows;  /* rotate after this many records; 0: 8192 */
     int64_t rotate_us; /* rotate a journal this old; 0: 1 s */
     int inline_io;     /* 1: fdatasync and replay reads on the loop (tests); 0: on a worker thread */
+    int group;         /* 1: mtr_journal_append keeps records until mtr_journal_flush (one write for
+                          the records of a loop iteration); 0: every append writes at once */
 } mtr_journal_opts_t;
 
 typedef struct {
@@ -70,6 +72,30 @@ void mtr_journal_free(mtr_journal_t *j);
  * until mtr_journal_done or mtr_journal_drop; NULL (logged) when it could
  * not be written: u is then in the caller's memory only. */
 mtr_jfile_t *mtr_journal_write(mtr_journal_t *j, const mtr_usage_t *u);
+
+/* Grouped appends (opts.group): a loop iteration's records in one write(2).
+ *
+ * mtr_journal_append encodes u into the journal's group and returns its file
+ * (u counts as pending there, as after mtr_journal_write) without a system
+ * call; mtr_journal_flush writes the group.  Until then the record is in
+ * this process's memory only: the caller must flush before anything that
+ * relies on the record being in the file (before the database sees it,
+ * before the client is answered), and before it passes the record's file to
+ * mtr_journal_done or mtr_journal_drop or frees what `cookie` names.  Every
+ * other journal call (write, spool, drop_all, rotate, tick, replay, free)
+ * flushes first.  When a group's write fails, its records leave their file's
+ * count, the journal is rotated (a torn record stays the last of its file)
+ * and the unwritten callback gets each record's cookie, in order: those
+ * records are in the caller's memory only, as after a failed
+ * mtr_journal_write.  Without opts.group, append is mtr_journal_write. */
+typedef void (*mtr_journal_unwritten_fn)(void *cookie, void *arg);
+void mtr_journal_on_unwritten(mtr_journal_t *j, mtr_journal_unwritten_fn fn, void *arg);
+mtr_jfile_t *mtr_journal_append(mtr_journal_t *j, const mtr_usage_t *u, void *cookie);
+/* Write the group: 0 (nothing was held, or it is written), -1 when the write
+ * failed (logged; the callback ran). */
+int mtr_journal_flush(mtr_journal_t *j);
+/* 1 when records wait in the group. */
+int mtr_journal_held(const mtr_journal_t *j);
 /* Append n records held only in memory (their journal write failed) and
  * fsync before returning; they count nowhere, a replay reads them back.
  * Returns 0, or -1 with errno. */

@@ -196,14 +196,20 @@ int mtr_spool_write(mtr_spool_t **spp, const char *dir, const mtr_usage_t *const
     for (size_t i = 0; i < n; i++) {
         size_t len = mtr_spool_encode(u[i], rec, sizeof rec);
         if (len == 0) continue; /* not representable: the caller validated it */
-        size_t off = 0;
-        while (off < len) {
-            ssize_t w = write(sp->fd, rec + off, len - off);
-            if (w < 0 && errno == EINTR) continue;
-            if (w == 0) errno = ENOSPC;
-            if (w <= 0) return -1;
-            off += (size_t)w;
-        }
+        if (mtr_spool_write_bytes(sp, rec, len) != 0) return -1;
+    }
+    return 0;
+}
+
+int mtr_spool_write_bytes(mtr_spool_t *sp, const void *p, size_t n) {
+    const uint8_t *b = p;
+    size_t off = 0;
+    while (off < n) {
+        ssize_t w = write(sp->fd, b + off, n - off);
+        if (w < 0 && errno == EINTR) continue;
+        if (w == 0) errno = ENOSPC;
+        if (w <= 0) return -1;
+        off += (size_t)w;
     }
     return 0;
 }

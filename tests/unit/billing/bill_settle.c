@@ -82,7 +82,7 @@ static bill_settler_t *settler_test_new(struct event_base **base, bill_pg_t **pg
     char err[256] = "";
     *base = event_base_new();
     *pg = bill_pg_new(*base, "host=127.0.0.1 port=1 dbname=x", 1, 1000, NULL, NULL);
-    bill_settler_t *s = settler_inline(bill_settler_new(*base, *pg, spool, err, sizeof err));
+    bill_settler_t *s = settler_inline(bill_settler_new(*base, *pg, spool, 0, err, sizeof err));
     if (!s) fprintf(stderr, "bill_settler_new: %s\n", err);
     return s;
 }
@@ -264,7 +264,7 @@ static void test_journal(void) {
         bill_settler_push(s, &u);
     }
     char err[256] = "";
-    bill_settler_t *s2 = settler_inline(bill_settler_new(base, pg, spool, err, sizeof err));
+    bill_settler_t *s2 = settler_inline(bill_settler_new(base, pg, spool, 0, err, sizeof err));
     CHECK(s2 != NULL);
     if (s2) {
         bill_settler_on_up(s2);

@@ -3,7 +3,9 @@
  * only once closed with every record done, drop -> read again, replay by a
  * second journal (a restart) tagged with the right files, and the worker
  * thread path (fdatasync and reads off the loop) delivering the same. */
+#include <fcntl.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <event2/event.h>
@@ -183,10 +185,84 @@ static void test_journal(void) {
     event_base_free(base);
 }
 
+/* The bytes of the open journal file. */
+static long journal_size(mtr_journal_t *j) {
+    struct stat sb;
+    return j->spool && fstat(mtr_spool_fd(j->spool), &sb) == 0 ? (long)sb.st_size : -1;
+}
+
+static void *unwritten[8];
+static int nunwritten;
+static void on_unwritten_test(void *cookie, void *arg) {
+    if (nunwritten < 8) unwritten[nunwritten] = cookie;
+    nunwritten++;
+}
+
+/* Grouped appends: nothing written until the flush, then every record in one
+ * go, counted in its file; every other call flushes first; a failed group
+ * write hands back each record's cookie, in order, uncounts them, rotates. */
+static void test_group(void) {
+    struct event_base *base = event_base_new();
+    char err[256] = "";
+    mtr_journal_opts_t o = {.group = 1, .inline_io = 1};
+    mtr_journal_t *j = mtr_journal_new(base, spool, &o, err, sizeof err);
+    CHECK(j != NULL);
+    if (!j) return;
+    mtr_journal_on_unwritten(j, on_unwritten_test, NULL);
+    int cookies[4];
+    mtr_usage_t u0 = sample(100), u1 = sample(101), u2 = sample(102);
+    mtr_jfile_t *f = mtr_journal_append(j, &u0, &cookies[0]);
+    CHECK(f != NULL);
+    CHECK(mtr_journal_append(j, &u1, &cookies[1]) == f);
+    CHECK(mtr_journal_held(j));
+    CHECK_EQ_I(journal_size(j), 0);       /* in memory only */
+    CHECK_EQ_I(stats(j).pending, 2);      /* counted at once, as a write counts them */
+    CHECK_EQ_I(mtr_journal_flush(j), 0);
+    CHECK(!mtr_journal_held(j));
+    uint8_t rec[MTR_REC_HDR + MTR_REC_MAX];
+    long one = (long)mtr_spool_encode(&u0, rec, sizeof rec);
+    CHECK_EQ_I(journal_size(j), 2 * one); /* both, whole */
+    CHECK_EQ_I(mtr_journal_flush(j), 0);  /* nothing held: nothing written */
+    CHECK_EQ_I(journal_size(j), 2 * one);
+    mtr_journal_append(j, &u2, &cookies[2]);
+    mtr_journal_tick(j, tg_wall_us());    /* another call flushes first */
+    CHECK_EQ_I(journal_size(j), 3 * one);
+    CHECK_EQ_I(nunwritten, 0);
+    /* a failed group write: the journal's descriptor now writes to /dev/full */
+    mtr_journal_t *jj = j;
+    mtr_usage_t u3 = sample(103), u4 = sample(104);
+    mtr_jfile_t *f2 = mtr_journal_append(jj, &u3, &cookies[3]);
+    mtr_journal_append(jj, &u4, &cookies[0]);
+    long before = stats(jj).pending;
+    int full = open("/dev/full", O_WRONLY);
+    CHECK(full >= 0);
+    CHECK(dup2(full, mtr_spool_fd(jj->spool)) >= 0);
+    close(full);
+    CHECK_EQ_I(mtr_journal_flush(jj), -1);
+    CHECK_EQ_I(nunwritten, 2);
+    CHECK(unwritten[0] == &cookies[3] && unwritten[1] == &cookies[0]); /* in order */
+    CHECK_EQ_I(stats(jj).pending, before - 2);
+    CHECK(jj->spool == NULL && jj->jf == NULL); /* rotated: the next record opens a new file */
+    CHECK(f2 == f);
+    CHECK(!mtr_journal_held(jj));
+    /* without group, append writes at once */
+    jj->o.group = 0;
+    mtr_usage_t u5 = sample(105);
+    CHECK(mtr_journal_append(jj, &u5, NULL) != NULL);
+    CHECK(!mtr_journal_held(jj));
+    CHECK_EQ_I(journal_size(jj), one);
+    mtr_journal_free(jj);
+    event_base_free(base);
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -f %s/*", spool);
+    if (system(cmd) != 0) CHECK(0);
+}
+
 int main(void) {
     if (!mkdtemp(dir)) return 1;
     snprintf(spool, sizeof spool, "%s/spool", dir);
     test_journal();
+    test_group();
     char cmd[128];
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
     if (system(cmd) != 0) return 1;
