@@ -30,7 +30,7 @@ static int reserve(tg_buf_t *b, size_t n) {
     return 0;
 }
 
-int tg_buf_put(tg_buf_t *b, const void *s, size_t n) {
+int tg_buf_grow_put(tg_buf_t *b, const void *s, size_t n) {
     if (reserve(b, n)) return -1;
     if (n) memcpy(b->p + b->len, s, n);
     b->len += n;
@@ -57,8 +57,6 @@ int tg_buf_printf(tg_buf_t *b, const char *fmt, ...) {
     b->len += (size_t)n;
     return 0;
 }
-
-int tg_buf_puts(tg_buf_t *b, const char *s) { return tg_buf_put(b, s, strlen(s)); }
 
 int tg_buf_put_i64(tg_buf_t *b, long long v) {
     char d[TG_STR_I64];
