@@ -7,6 +7,7 @@
  * ignored except the identifiers listed as such in api/README.md. */
 #include "api.h"
 #include "tg_prefix.h"
+#include "tg_str.h"
 
 #include <ctype.h>
 #include <limits.h>
@@ -55,6 +56,24 @@ char *api_err_json(const api_err_t *e) {
 
 #define BAD(param, code, ...) api_err(e, 400, "invalid_request_error", param, code, __VA_ARGS__)
 #define OOM() api_err(e, 500, "server_error", NULL, NULL, "out of memory")
+
+/* p = "<pre>[<i>]<post>", as snprintf(p, cap, "%s[%zu]%s", ...) writes it
+ * (truncated alike): a parameter's path for its error, written for every
+ * message of every request, so without printf. */
+static void path_at(char *p, size_t cap, const char *pre, size_t i, const char *post) {
+    char t[160], d[TG_STR_I64];
+    size_t a = strlen(pre), b = tg_str_i64(d, (long long)i), c = strlen(post);
+    if (a + b + c + 3 > sizeof t) {
+        snprintf(p, cap, "%s[%zu]%s", pre, i, post);
+        return;
+    }
+    memcpy(t, pre, a);
+    t[a] = '[';
+    memcpy(t + a + 1, d, b);
+    t[a + 1 + b] = ']';
+    memcpy(t + a + 2 + b, post, c + 1);
+    tg_str_copy(p, cap, t);
+}
 
 static const char *type_name(const tg_json_t *v) {
     tg_json_type_t t = tg_json_type(v);
@@ -213,7 +232,7 @@ int api_tojson(tg_buf_t *b, const tg_json_t *v) {
 static int get_content(api_chat_req_t *r, const tg_json_t *m, size_t i, const char **out, size_t *len,
                        api_err_t *e) {
     char p[48];
-    snprintf(p, sizeof p, "messages[%zu].content", i);
+    path_at(p, sizeof p, "messages", i, ".content");
     const tg_json_t *c = tg_json_get(m, "content");
     *out = NULL;
     *len = 0;
@@ -259,7 +278,7 @@ static int get_content(api_chat_req_t *r, const tg_json_t *m, size_t i, const ch
 static int get_tool_calls(api_chat_req_t *r, const tg_json_t *tc, size_t i, size_t *used, tok_chat_msg_t *msg,
                           api_err_t *e) {
     char p[48];
-    snprintf(p, sizeof p, "messages[%zu].tool_calls", i);
+    path_at(p, sizeof p, "messages", i, ".tool_calls");
     if (is_null(tc)) return 0;
     if (tg_json_type(tc) != TG_JSON_ARRAY)
         return BAD(p, "invalid_type", "Invalid type for '%s': expected an array.", p);
@@ -329,7 +348,7 @@ static int parse_messages(api_chat_req_t *r, const tg_json_t *ms, api_err_t *e) 
     size_t i = 0, used = 0;
     TG_JSON_FOREACH(m, ms) {
         char p[48];
-        snprintf(p, sizeof p, "messages[%zu]", i);
+        path_at(p, sizeof p, "messages", i, "");
         if (tg_json_type(m) != TG_JSON_OBJECT)
             return BAD(p, "invalid_type", "Invalid type for '%s': expected an object, but got %s.", p,
                        type_name(m));
@@ -342,7 +361,7 @@ static int parse_messages(api_chat_req_t *r, const tg_json_t *ms, api_err_t *e) 
                            (int)(kl > 64 ? 64 : kl), ks);
         }
         const tg_json_t *role = tg_json_get(m, "role");
-        snprintf(p, sizeof p, "messages[%zu].role", i);
+        path_at(p, sizeof p, "messages", i, ".role");
         if (!role) return BAD(p, "missing_required_parameter", "Missing required parameter: '%s'.", p);
         if (tg_json_type(role) != TG_JSON_STRING)
             return BAD(p, "invalid_type", "Invalid type for '%s': expected a string, but got %s.", p,
@@ -358,7 +377,7 @@ static int parse_messages(api_chat_req_t *r, const tg_json_t *ms, api_err_t *e) 
         if (!strcmp(rs, "developer")) rs = "system"; /* OpenAI's newer name for system */
         const tg_json_t *pre = tg_json_get(m, "prefix");
         if (!is_null(pre) && tg_json_is_true(pre)) {
-            snprintf(p, sizeof p, "messages[%zu].prefix", i);
+            path_at(p, sizeof p, "messages", i, ".prefix");
             return BAD(p, "unsupported_parameter",
                        "Unsupported parameter: '%s' (chat prefix completion) is not supported by this server.", p);
         }
@@ -371,7 +390,7 @@ static int parse_messages(api_chat_req_t *r, const tg_json_t *ms, api_err_t *e) 
                 return BAD("messages", "invalid_value",
                            "Invalid 'messages[%zu]': an assistant message needs 'content' or 'tool_calls'.", i);
         } else if (!msg->content) {
-            snprintf(p, sizeof p, "messages[%zu].content", i);
+            path_at(p, sizeof p, "messages", i, ".content");
             return BAD(p, "missing_required_parameter", "Missing required parameter: '%s'.", p);
         }
         i++;
@@ -434,7 +453,7 @@ static int parse_tools(api_chat_req_t *r, const tg_json_t *tools, api_err_t *e) 
     TG_JSON_FOREACH(t, tools) {
         char p[48];
         size_t i = r->n_tools;
-        snprintf(p, sizeof p, "tools[%zu]", i);
+        path_at(p, sizeof p, "tools", i, "");
         if (tg_json_type(t) != TG_JSON_OBJECT)
             return BAD(p, "invalid_type", "Invalid type for '%s': expected an object, but got %s.", p, type_name(t));
         const tg_json_t *k;
@@ -446,11 +465,11 @@ static int parse_tools(api_chat_req_t *r, const tg_json_t *tools, api_err_t *e) 
                            (int)(kl > 64 ? 64 : kl), ks);
         }
         if (!str_is(tg_json_get(t, "type"), "function")) {
-            snprintf(p, sizeof p, "tools[%zu].type", i);
+            path_at(p, sizeof p, "tools", i, ".type");
             return BAD(p, "invalid_value", "Invalid value for '%s': only 'function' tools are supported.", p);
         }
         const tg_json_t *f = tg_json_get(t, "function");
-        snprintf(p, sizeof p, "tools[%zu].function", i);
+        path_at(p, sizeof p, "tools", i, ".function");
         if (tg_json_type(f) != TG_JSON_OBJECT)
             return BAD(p, "missing_required_parameter", "Missing required parameter: '%s' (an object).", p);
         TG_JSON_FOREACH(k, f) {
@@ -465,7 +484,7 @@ static int parse_tools(api_chat_req_t *r, const tg_json_t *tools, api_err_t *e) 
         }
         size_t nl;
         const char *name = tg_json_str(tg_json_get(f, "name"), &nl);
-        snprintf(p, sizeof p, "tools[%zu].function.name", i);
+        path_at(p, sizeof p, "tools", i, ".function.name");
         if (!name_ok(name, nl))
             return BAD(p, "invalid_value",
                        "Invalid '%s': a function name is 1 to 64 characters of a-z, A-Z, 0-9, '_' and '-'.", p);
@@ -474,18 +493,18 @@ static int parse_tools(api_chat_req_t *r, const tg_json_t *tools, api_err_t *e) 
                 return BAD(p, "invalid_value", "Invalid '%s': the function name '%s' is given twice.", p, name);
         const tg_json_t *d = tg_json_get(f, "description");
         if (!is_null(d) && tg_json_type(d) != TG_JSON_STRING) {
-            snprintf(p, sizeof p, "tools[%zu].function.description", i);
+            path_at(p, sizeof p, "tools", i, ".function.description");
             return BAD(p, "invalid_type", "Invalid type for '%s': expected a string.", p);
         }
         const tg_json_t *pa = tg_json_get(f, "parameters");
         if (!is_null(pa) && tg_json_type(pa) != TG_JSON_OBJECT) {
-            snprintf(p, sizeof p, "tools[%zu].function.parameters", i);
+            path_at(p, sizeof p, "tools", i, ".function.parameters");
             return BAD(p, "invalid_type", "Invalid type for '%s': expected a JSON Schema object.", p);
         }
         const tg_json_t *st = tg_json_get(f, "strict");
         int sv;
         if (!is_null(st) && tg_json_bool(st, &sv)) {
-            snprintf(p, sizeof p, "tools[%zu].function.strict", i);
+            path_at(p, sizeof p, "tools", i, ".function.strict");
             return BAD(p, "invalid_type", "Invalid type for '%s': expected a boolean.", p);
         }
         tg_buf_t b = {0};

@@ -17,6 +17,9 @@ static const char *vec_dir = "tests/tokenizer/vectors";
 #define MSG "\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]"
 #define TOOL(n) "{\"type\":\"function\",\"function\":{\"name\":\"" n "\",\"parameters\":{\"type\":\"object\"}}}"
 
+#define U1 "{\"role\":\"user\",\"content\":\"hi\"}"
+#define U10 U1 "," U1 "," U1 "," U1 "," U1 "," U1 "," U1 "," U1 "," U1 "," U1
+
 static int parse(const char *body, api_chat_req_t *r, api_err_t *e) {
     memset(e, 0, sizeof *e);
     return api_chat_req_parse(r, body, strlen(body), e);
@@ -64,6 +67,11 @@ static void test_unknown_parameters(void) {
     api_chat_req_free(&r);
     expect_400("{\"model\":\"m\",\"messages\":[{\"role\":\"assistant\",\"content\":\"x\",\"prefix\":true}]}",
                "messages[0].prefix", "unsupported_parameter");
+    /* a two-digit index in a path (written without printf: api_chat.c path_at) */
+    expect_400("{\"model\":\"m\",\"messages\":[" U10 ",{\"role\":\"user\",\"content\":\"x\",\"nme\":1}]}",
+               "messages[10]", "unknown_parameter");
+    expect_400("{\"model\":\"m\",\"messages\":[" U10 ",{\"role\":\"user\",\"content\":7}]}", "messages[10].content",
+               NULL);
     /* duplicates: the gateway and the engine must not read different values */
     expect_400("{\"model\":\"m\"," MSG ",\"max_tokens\":1,\"max_tokens\":9}", "max_tokens", "invalid_value");
     /* identifiers are accepted (shape checked) */
