@@ -66,8 +66,9 @@ void eng_cpu_w_dot_rows_multi(const eng_w_t *w, int64_t r0, int nr, const float 
  * (0: none), eng_cpu_xprep writes them into xp (64-byte aligned). */
 size_t eng_cpu_xprep_bytes(const eng_w_t *w, int n);
 void eng_cpu_xprep(const eng_w_t *w, const float *x, int n, void *xp);
-/* the same, for the groups of 16 tokens g0..g1-1 of ceil(n / 16) (AMX: each group's tiles on their own) */
-void eng_cpu_xprep_groups(const eng_w_t *w, const float *x, int n, void *xp, int g0, int g1);
+/* the same, for the groups of 16 tokens g0..g1-1 of ceil(n / 16) (AMX: each group's tiles on their own),
+ * token t being row rows[t] of x (rows NULL: row t; an MoE expert's tokens read in place) */
+void eng_cpu_xprep_groups(const eng_w_t *w, const float *x, const int32_t *rows, int n, void *xp, int g0, int g1);
 
 /* Rows per parallel chunk of a matmul of w over n tokens (a multiple of 16):
  * about ENG_CPU_CHUNK_COST weight elements x tokens of FMA work (256 KB of
@@ -86,7 +87,7 @@ void eng_cpu_matmul_rows(const eng_w_t *w, const float *x, const void *xp, int n
 int eng_cpu_amx_probe(void);
 size_t eng_cpu_amx_xbytes(int n, int64_t C);
 void eng_cpu_amx_xprep(const float *x, int n, int64_t C, uint16_t *xp);
-void eng_cpu_amx_xprep_groups(const float *x, int n, int64_t C, uint16_t *xp, int g0, int g1);
+void eng_cpu_amx_xprep_groups(const float *x, const int32_t *rows, int n, int64_t C, uint16_t *xp, int g0, int g1);
 /* Weights re-laid at load as AMX tiles (eng_w_t.layout ENG_W_AMX; the layout
  * is described in eng_cpu_amx.c): elements the tiled copy of a [R, C] bf16
  * weight takes; the re-laying (dst: that many elements, 64-byte aligned);
@@ -114,7 +115,7 @@ int eng_cpu_vnni_uses(const eng_w_t *w);
 /* 1 when this process runs int8 weights on VNNI at all */
 int eng_cpu_vnni_on(void);
 size_t eng_cpu_vnni_xbytes(int n, int64_t C, int qblk);
-void eng_cpu_vnni_xprep(const float *x, int n, int64_t C, int qblk, void *xp, int t0, int t1);
+void eng_cpu_vnni_xprep(const float *x, const int32_t *rows, int n, int64_t C, int qblk, void *xp, int t0, int t1);
 const uint8_t *eng_cpu_vnni_xq(const void *xp, int n, int64_t C, int qblk, int t);
 const float *eng_cpu_vnni_xs(const void *xp, int n, int64_t C, int qblk, int t);
 void eng_cpu_vnni_rows(const eng_w_t *w, const void *xp, int n, float *y, int64_t r0, int64_t r1);

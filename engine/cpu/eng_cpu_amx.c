@@ -84,17 +84,20 @@ static inline __attribute__((always_inline, target("avx512f,avx512bw,avx512bf16"
  * the tile.  (Scattering each token's dwords to stride w took ~30% of a
  * 64-token matmul; the transposes take a few percent.) */
 void eng_cpu_amx_xprep(const float *x, int n, int64_t C, uint16_t *xp) {
-    eng_cpu_amx_xprep_groups(x, n, C, xp, 0, (n + 15) / 16);
+    eng_cpu_amx_xprep_groups(x, NULL, n, C, xp, 0, (n + 15) / 16);
 }
 
-/* token groups g0..g1-1 only (16 tokens each): threads can share one x */
-__attribute__((target("avx512f,avx512bw,avx512bf16"))) void eng_cpu_amx_xprep_groups(const float *x, int n, int64_t C,
-                                                                                   uint16_t *xp, int g0, int g1) {
+/* token groups g0..g1-1 only (16 tokens each): threads can share one x;
+ * token t is row rows[t] of x (rows NULL: row t) */
+__attribute__((target("avx512f,avx512bw,avx512bf16"))) void eng_cpu_amx_xprep_groups(const float *x,
+                                                                                   const int32_t *rows, int n,
+                                                                                   int64_t C, uint16_t *xp, int g0,
+                                                                                   int g1) {
     int64_t KB = (C + 31) / 32;
     int w = tile_w(n);
     __mmask16 mw = (__mmask16)((1u << w) - 1);
-    __m512i rows = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-                                      _mm512_set1_epi32(w));
+    __m512i stride = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                        _mm512_set1_epi32(w));
     for (int g = g0; g < g1; g++)
         for (int64_t kb = 0; kb < KB; kb++) {
             uint32_t *hi = (uint32_t *)(xp + ((g * KB + kb) * 2) * 32 * w), *lo = hi + 16 * w;
@@ -105,7 +108,7 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) void eng_cpu_amx_xprep_gr
             for (int m = 0; m < (w < 8 ? w : 16); m++) {
                 int t = g * 16 + m;
                 if (m < w && t < n) {
-                    const float *xr = x + (int64_t)t * C + k;
+                    const float *xr = x + (int64_t)(rows ? rows[t] : t) * C + k;
                     split32(_mm512_maskz_loadu_ps(ma, xr), _mm512_maskz_loadu_ps(mb, xr + 16), &h[m], &l[m]);
                 } else {
                     h[m] = l[m] = _mm512_setzero_si512();
@@ -113,8 +116,8 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) void eng_cpu_amx_xprep_gr
             }
             if (w < 8) { /* a few tokens: each one's dwords to stride w */
                 for (int m = 0; m < w; m++) {
-                    _mm512_i32scatter_epi32(hi + m, rows, h[m], 4);
-                    _mm512_i32scatter_epi32(lo + m, rows, l[m], 4);
+                    _mm512_i32scatter_epi32(hi + m, stride, h[m], 4);
+                    _mm512_i32scatter_epi32(lo + m, stride, l[m], 4);
                 }
                 continue;
             }

@@ -953,13 +953,13 @@ size_t eng_cpu_xprep_bytes(const eng_w_t *w, int n) {
 void eng_cpu_xprep(const eng_w_t *w, const float *x, int n, void *xp) {
     k_ready();
     if (uses_amx(w)) eng_cpu_amx_xprep(x, n, w->cols, xp);
-    if (uses_vnni(w)) eng_cpu_vnni_xprep(x, n, w->cols, w->qblk, xp, 0, n);
+    if (uses_vnni(w)) eng_cpu_vnni_xprep(x, NULL, n, w->cols, w->qblk, xp, 0, n);
 }
 
-void eng_cpu_xprep_groups(const eng_w_t *w, const float *x, int n, void *xp, int g0, int g1) {
+void eng_cpu_xprep_groups(const eng_w_t *w, const float *x, const int32_t *rows, int n, void *xp, int g0, int g1) {
     k_ready();
-    if (uses_amx(w)) eng_cpu_amx_xprep_groups(x, n, w->cols, xp, g0, g1);
-    if (uses_vnni(w)) eng_cpu_vnni_xprep(x, n, w->cols, w->qblk, xp, 16 * g0, 16 * g1);
+    if (uses_amx(w)) eng_cpu_amx_xprep_groups(x, rows, n, w->cols, xp, g0, g1);
+    if (uses_vnni(w)) eng_cpu_vnni_xprep(x, rows, n, w->cols, w->qblk, xp, 16 * g0, 16 * g1);
 }
 
 size_t eng_cpu_rowbuf_floats(const eng_w_t *w, int n) {

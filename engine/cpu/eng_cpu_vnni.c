@@ -92,9 +92,9 @@ __attribute__((target(VNNI_T))) static void quant_token(const float *x, int64_t 
     }
 }
 
-void eng_cpu_vnni_xprep(const float *x, int n, int64_t C, int qblk, void *xp, int t0, int t1) {
+void eng_cpu_vnni_xprep(const float *x, const int32_t *rows, int n, int64_t C, int qblk, void *xp, int t0, int t1) {
     for (int t = t0; t < t1 && t < n; t++)
-        quant_token(x + (int64_t)t * C, C, qblk, (uint8_t *)eng_cpu_vnni_xq(xp, n, C, qblk, t),
+        quant_token(x + (int64_t)(rows ? rows[t] : t) * C, C, qblk, (uint8_t *)eng_cpu_vnni_xq(xp, n, C, qblk, t),
                     (float *)eng_cpu_vnni_xs(xp, n, C, qblk, t));
 }
 

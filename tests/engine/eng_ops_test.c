@@ -378,8 +378,8 @@ static void case_route(void) {
 
 static void case_moe(void) {
     seed(5);
-    for (int d = 0; d < 2; d++) {
-        eng_dtype_t dt = d ? ENG_DT_F8_E4M3 : ENG_DT_BF16;
+    for (int d = 0; d < 3; d++) { /* int8: on VNNI each expert's tokens are quantized from the rows in place */
+        eng_dtype_t dt = d == 2 ? ENG_DT_I8 : d ? ENG_DT_F8_E4M3 : ENG_DT_BF16;
         int E = 8, D = 64, I = 32, Is = 64, K = 2;
         eng_w_t eg[8], eu[8], ed[8];
         for (int e = 0; e < E; e++) {
@@ -494,7 +494,7 @@ static void compare(const char *path, const char *desc, double tol) {
     if (!fgets(ref, sizeof ref, f)) ref[0] = 0;
     ref[strcspn(ref, "\n")] = 0;
     printf("eng_ops: %s against %s (NMSE tolerance %.0e%s; ids exact)\n", desc, ref, tol,
-           i8_quant_x ? ", int8 matmuls int8 x int8 on VNNI 5e-05" : "");
+           i8_quant_x ? ", int8 matmuls int8 x int8 on VNNI 5e-05, int8 MoE 5e-04" : "");
     int worst_fail = 0, n = 0;
     for (int i = 0; i < n_outs; i++) {
         char name[64];
@@ -525,6 +525,8 @@ static void compare(const char *path, const char *desc, double tol) {
         }
         double nmse = den > 0 ? num / den : num, t = tol;
         if (i8_quant_x && !strncmp(outs[i].name, "matmul/i8/", 10)) t = 5e-5;
+        /* an MoE layer chains three int8 matmuls through SwiGLU (1.3-1.6e-4 measured; a wrong row is ~1) */
+        if (i8_quant_x && !strncmp(outs[i].name, "moe/i8/", 7)) t = 5e-4;
         int ok = outs[i].is_int ? bad == 0 : bad == 0 && nmse <= t;
         if (outs[i].is_int)
             printf("  %-40s %6zu ids, %zu differ %s\n", outs[i].name, outs[i].n, bad, ok ? "ok" : "FAIL");

@@ -90,7 +90,7 @@ static int run_mm(const eng_w_t *w, const float *x, int n, float *y, const int64
         return -1;
     }
     if (xp && groups)
-        for (int g = (n + 15) / 16 - 1; g >= 0; g--) eng_cpu_xprep_groups(w, x, n, xp, g, g + 1);
+        for (int g = (n + 15) / 16 - 1; g >= 0; g--) eng_cpu_xprep_groups(w, x, NULL, n, xp, g, g + 1);
     else if (xp)
         eng_cpu_xprep(w, x, n, xp);
     int64_t r0 = 0;
