@@ -585,16 +585,38 @@ static int cpu_embed(eng_backend_t *be, const eng_w_t *emb, const int32_t *ids, 
 }
 
 /* out = x * rsqrt(mean(x^2) + eps) * w */
-static int cpu_rmsnorm(eng_backend_t *be, float *out, int ldo, const float *x, int ldx, const float *w, int T,
-                       int n, float eps) {
-    for (int t = 0; t < T; t++) {
-        const float *xt = x + (size_t)t * ldx;
-        float *ot = out + (size_t)t * ldo;
+typedef struct {
+    float *out;
+    const float *x, *w, *y; /* y: added into x first (add_rmsnorm), or NULL */
+    float *xa;              /* where x + y goes */
+    int ldo, ldx, n;
+    float eps;
+} norm_job_t;
+
+/* tokens a..b-1: [x += y,] out = x / rms(x) * w; a token's numbers are its own (the threads split tokens) */
+static void norm_range(void *ctx, size_t a, size_t b) {
+    norm_job_t *j = ctx;
+    int n = j->n;
+    for (size_t t = a; t < b; t++) {
+        const float *xt = j->x + t * j->ldx;
+        if (j->y) {
+            float *xa = j->xa + t * j->ldx;
+            const float *yt = j->y + t * j->ldx;
+            for (int i = 0; i < n; i++) xa[i] += yt[i];
+            xt = xa;
+        }
+        float *ot = j->out + t * j->ldo;
         double ss = 0;
         for (int i = 0; i < n; i++) ss += (double)xt[i] * xt[i];
-        float r = (float)(1.0 / sqrt(ss / n + eps));
-        for (int i = 0; i < n; i++) ot[i] = xt[i] * r * w[i];
+        float r = (float)(1.0 / sqrt(ss / n + j->eps));
+        for (int i = 0; i < n; i++) ot[i] = xt[i] * r * j->w[i];
     }
+}
+
+static int cpu_rmsnorm(eng_backend_t *be, float *out, int ldo, const float *x, int ldx, const float *w, int T,
+                       int n, float eps) {
+    norm_job_t j = {out, x, w, NULL, NULL, ldo, ldx, n, eps};
+    par_for(be, T, 8, norm_range, &j);
     return 0;
 }
 
@@ -629,8 +651,9 @@ static int cpu_add(eng_backend_t *be, float *y, const float *x, size_t n) {
 
 static int cpu_add_rmsnorm(eng_backend_t *be, float *x, const float *y, const float *w, float *xn, int T, int n,
                            float eps) {
-    cpu_add(be, x, y, (size_t)T * n);
-    return cpu_rmsnorm(be, xn, n, x, n, w, T, n, eps);
+    norm_job_t j = {xn, x, w, y, x, n, n, n, eps};
+    par_for(be, T, 8, norm_range, &j);
+    return 0;
 }
 
 typedef struct {
