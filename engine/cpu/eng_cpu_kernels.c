@@ -370,6 +370,44 @@ void eng_cpu_dot_rows(const float *x, const float *rows, size_t ldr, int nr, int
  * reduction; axpy_rows_avx512's fmadds in row order), so the values are the
  * same bit for bit; shapes the blocks do not cover take the single-head path. */
 
+/* The blocks' inner steps, shared by the fp32 rows here and the bf16 rows
+ * read in place below.  dot4x2: vectors v[0..3] at column i against two rows
+ * (columns i..i+15, i+16..i+31 of each: p0 p1 and p2 p3) into dot_avx512's
+ * two sums per pair (acc[q][0..1]: row 0, acc[q][2..3]: row 1); dot4x2_out:
+ * their reductions into out[q * ldo + k], out[q * ldo + k + 1].  axpy4x4: a
+ * row's 64 columns r0..r3 times a[q * lda + d] into acc[q][0..3]. */
+static inline __attribute__((always_inline, target("avx512f"))) void dot4x2(__m512 acc[4][4], const float *const v[4],
+                                                                           int64_t i, __m512 p0, __m512 p1,
+                                                                           __m512 p2, __m512 p3) {
+    for (int q = 0; q < 4; q++) {
+        __m512 x0 = _mm512_loadu_ps(v[q] + i), x1 = _mm512_loadu_ps(v[q] + i + 16);
+        acc[q][0] = _mm512_fmadd_ps(x0, p0, acc[q][0]);
+        acc[q][1] = _mm512_fmadd_ps(x1, p1, acc[q][1]);
+        acc[q][2] = _mm512_fmadd_ps(x0, p2, acc[q][2]);
+        acc[q][3] = _mm512_fmadd_ps(x1, p3, acc[q][3]);
+    }
+}
+
+static inline __attribute__((always_inline, target("avx512f"))) void dot4x2_out(__m512 acc[4][4], float *out,
+                                                                               size_t ldo, int k) {
+    for (int q = 0; q < 4; q++) {
+        out[q * ldo + k] = _mm512_reduce_add_ps(_mm512_add_ps(acc[q][0], acc[q][1]));
+        out[q * ldo + k + 1] = _mm512_reduce_add_ps(_mm512_add_ps(acc[q][2], acc[q][3]));
+    }
+}
+
+static inline __attribute__((always_inline, target("avx512f"))) void axpy4x4(__m512 acc[4][4], const float *a,
+                                                                            size_t lda, int d, __m512 r0, __m512 r1,
+                                                                            __m512 r2, __m512 r3) {
+    for (int q = 0; q < 4; q++) {
+        __m512 va = _mm512_set1_ps(a[q * lda + d]);
+        acc[q][0] = _mm512_fmadd_ps(va, r0, acc[q][0]);
+        acc[q][1] = _mm512_fmadd_ps(va, r1, acc[q][1]);
+        acc[q][2] = _mm512_fmadd_ps(va, r2, acc[q][2]);
+        acc[q][3] = _mm512_fmadd_ps(va, r3, acc[q][3]);
+    }
+}
+
 /* out[h * ldo + k] = dot(x + h * ldx, rows + k * ldr, n): 4 heads x 2 rows */
 __attribute__((target("avx512f"))) static void dot_rows_multi_avx512(const float *x, size_t ldx, int nh,
                                                                     const float *rows, size_t ldr, int nr, int n,
@@ -384,23 +422,10 @@ __attribute__((target("avx512f"))) static void dot_rows_multi_avx512(const float
                 __m512 acc[4][4];
 #pragma GCC unroll 4
                 for (int q = 0; q < 4; q++) acc[q][0] = acc[q][1] = acc[q][2] = acc[q][3] = _mm512_setzero_ps();
-                for (int i = 0; i < n; i += 32) {
-                    __m512 p0 = _mm512_loadu_ps(r0 + i), p1 = _mm512_loadu_ps(r0 + i + 16);
-                    __m512 p2 = _mm512_loadu_ps(r1 + i), p3 = _mm512_loadu_ps(r1 + i + 16);
-#pragma GCC unroll 4
-                    for (int q = 0; q < 4; q++) {
-                        __m512 x0 = _mm512_loadu_ps(xh[q] + i), x1 = _mm512_loadu_ps(xh[q] + i + 16);
-                        acc[q][0] = _mm512_fmadd_ps(x0, p0, acc[q][0]);
-                        acc[q][1] = _mm512_fmadd_ps(x1, p1, acc[q][1]);
-                        acc[q][2] = _mm512_fmadd_ps(x0, p2, acc[q][2]);
-                        acc[q][3] = _mm512_fmadd_ps(x1, p3, acc[q][3]);
-                    }
-                }
-#pragma GCC unroll 4
-                for (int q = 0; q < 4; q++) {
-                    out[(h + q) * ldo + k] = _mm512_reduce_add_ps(_mm512_add_ps(acc[q][0], acc[q][1]));
-                    out[(h + q) * ldo + k + 1] = _mm512_reduce_add_ps(_mm512_add_ps(acc[q][2], acc[q][3]));
-                }
+                for (int i = 0; i < n; i += 32)
+                    dot4x2(acc, xh, i, _mm512_loadu_ps(r0 + i), _mm512_loadu_ps(r0 + i + 16), _mm512_loadu_ps(r1 + i),
+                           _mm512_loadu_ps(r1 + i + 16));
+                dot4x2_out(acc, out + h * ldo, ldo, k);
             }
             for (; k < nr; k++)
                 for (int q = 0; q < 4; q++) out[(h + q) * ldo + k] = dot_avx512(xh[q], rows + (size_t)k * ldr, n);
@@ -423,16 +448,8 @@ __attribute__((target("avx512f"))) static void axpy_rows_multi_avx512(float *y, 
                     for (int v = 0; v < 4; v++) acc[q][v] = _mm512_loadu_ps(y + (h + q) * ldy + e + 16 * v);
                 for (int d = 0; d < nr; d++) {
                     const float *r = rows + (size_t)d * ldr + e;
-                    __m512 r0 = _mm512_loadu_ps(r), r1 = _mm512_loadu_ps(r + 16), r2 = _mm512_loadu_ps(r + 32),
-                           r3 = _mm512_loadu_ps(r + 48);
-#pragma GCC unroll 4
-                    for (int q = 0; q < 4; q++) {
-                        __m512 va = _mm512_set1_ps(a[(h + q) * lda + d]);
-                        acc[q][0] = _mm512_fmadd_ps(va, r0, acc[q][0]);
-                        acc[q][1] = _mm512_fmadd_ps(va, r1, acc[q][1]);
-                        acc[q][2] = _mm512_fmadd_ps(va, r2, acc[q][2]);
-                        acc[q][3] = _mm512_fmadd_ps(va, r3, acc[q][3]);
-                    }
+                    axpy4x4(acc, a + h * lda, lda, d, _mm512_loadu_ps(r), _mm512_loadu_ps(r + 16),
+                            _mm512_loadu_ps(r + 32), _mm512_loadu_ps(r + 48));
                 }
 #pragma GCC unroll 4
                 for (int q = 0; q < 4; q++)
@@ -539,14 +556,7 @@ __attribute__((target("avx512f,avx512bw"))) static void w_axpy_rows_tiled_multi(
                     __m512 w0, w1, w2, w3;
                     bf16x32(row[d] + kb * step[d], &w0, &w1);
                     bf16x32(row[d] + (kb + 1) * step[d], &w2, &w3);
-#pragma GCC unroll 4
-                    for (int q = 0; q < 4; q++) {
-                        __m512 va = _mm512_set1_ps(a[(t + q) * lda + d]);
-                        acc[q][0] = _mm512_fmadd_ps(va, w0, acc[q][0]);
-                        acc[q][1] = _mm512_fmadd_ps(va, w1, acc[q][1]);
-                        acc[q][2] = _mm512_fmadd_ps(va, w2, acc[q][2]);
-                        acc[q][3] = _mm512_fmadd_ps(va, w3, acc[q][3]);
-                    }
+                    axpy4x4(acc, a + t * lda, lda, d, w0, w1, w2, w3);
                 }
 #pragma GCC unroll 4
                 for (int q = 0; q < 4; q++)
@@ -576,20 +586,9 @@ __attribute__((target("avx512f,avx512bw"))) static void w_dot_rows_tiled_multi(c
                 __m512 lo0, hi0, lo1, hi1;
                 bf16x32(p0, &lo0, &hi0);
                 bf16x32(p1, &lo1, &hi1);
-#pragma GCC unroll 4
-                for (int q = 0; q < 4; q++) {
-                    __m512 x0 = _mm512_loadu_ps(xt[q] + k), x1 = _mm512_loadu_ps(xt[q] + k + 16);
-                    acc[q][0] = _mm512_fmadd_ps(lo0, x0, acc[q][0]);
-                    acc[q][1] = _mm512_fmadd_ps(hi0, x1, acc[q][1]);
-                    acc[q][2] = _mm512_fmadd_ps(lo1, x0, acc[q][2]);
-                    acc[q][3] = _mm512_fmadd_ps(hi1, x1, acc[q][3]);
-                }
+                dot4x2(acc, xt, k, lo0, hi0, lo1, hi1);
             }
-#pragma GCC unroll 4
-            for (int q = 0; q < 4; q++) {
-                out[(t + q) * ldo + d] = _mm512_reduce_add_ps(_mm512_add_ps(acc[q][0], acc[q][1]));
-                out[(t + q) * ldo + d + 1] = _mm512_reduce_add_ps(_mm512_add_ps(acc[q][2], acc[q][3]));
-            }
+            dot4x2_out(acc, out + t * ldo, ldo, d);
         }
         if (d < nr)
             for (int q = 0; q < 4; q++) w_dot_rows_tiled(w, r0 + d, nr - d, xt[q], out + (t + q) * ldo + d);
