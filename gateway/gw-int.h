@@ -400,6 +400,14 @@ struct gw_loop {
     struct event *snap_ev;     /* fill `snap` (activated by the first loop's scrape) */
     gw_loop_snap_t snap;
     struct event *stop_ev;     /* shut down (activated from the signal's loop) */
+    /* Wake-ups from other threads (gw_loop_wake): the loop's base takes no
+     * lock (EVENT_BASE_FLAG_NOLOCK), so another thread never touches it;
+     * it names the events to activate here and writes to mail_fd. */
+    int mail_fd;               /* eventfd; -1 before gw_loop_mail_init */
+    struct event *mail_ev;
+    pthread_mutex_t mail_mu;
+    struct event *mail[4];     /* events to activate on this loop (distinct) */
+    int nmail;
     struct tg_work *work;      /* the loop's worker thread: access-log writes, large prompts' counts */
     tg_buf_t alog;             /* access-log lines not yet handed to `work` (gw_log.c) */
     tg_buf_t scratch;          /* a head being assembled (client answer, worker request); reused */
@@ -557,6 +565,8 @@ void gw_conn_close_idle(gw_loop_t *l);
 void gw_conn_free(gw_conn_t *c);
 /* Once shutting down, the loop ends when its last connection closed. */
 void gw_loop_maybe_exit(gw_loop_t *l);
+/* From any thread: activate ev (an event of loop l's base) on l's thread. */
+void gw_loop_wake(gw_loop_t *l, struct event *ev);
 
 /* gw_req.c: the request lifecycle */
 extern const gw_conn_ops_t gw_req_conn_ops;

@@ -3,7 +3,7 @@
  *
  * Every loop keeps its own counters and billing; a scrape gathers them
  * without locks and without blocking a loop: the first loop asks each loop
- * (event_active on that loop's `snap` event) to copy its numbers into its
+ * (its `snap` event, through gw_loop_wake) to copy its numbers into its
  * snapshot slot; the last one to finish wakes the first loop (`gathered`),
  * which sums the slots, renders the text and answers every scrape that
  * waited meanwhile. */
@@ -35,7 +35,7 @@ static void gw_admin_on_snap(evutil_socket_t fd, short what, void *arg) {
         sn->up[i].outstanding = l->up[i].outstanding;
         sn->up[i].failures = l->up[i].failures;
     }
-    if (__atomic_sub_fetch(&s->scrape_pending, 1, __ATOMIC_ACQ_REL) == 0) event_active(s->gathered, EV_TIMEOUT, 1);
+    if (__atomic_sub_fetch(&s->scrape_pending, 1, __ATOMIC_ACQ_REL) == 0) gw_loop_wake(&s->loops[0], s->gathered);
 }
 
 static void gw_metrics_add(gw_metrics_t *a, const gw_metrics_t *b) {
@@ -163,7 +163,7 @@ static void gw_admin_gather(bill_page_t *pg, gw_server_t *s, int settlement) {
     if (s->scraping) return; /* joins the gathering under way */
     s->scraping = 1;
     __atomic_store_n(&s->scrape_pending, s->nloops, __ATOMIC_RELEASE);
-    for (int i = 0; i < s->nloops; i++) event_active(s->loops[i].snap_ev, EV_TIMEOUT, 1);
+    for (int i = 0; i < s->nloops; i++) gw_loop_wake(&s->loops[i], s->loops[i].snap_ev);
 }
 
 static void gw_admin_metrics(bill_page_t *pg, void *arg) { gw_admin_gather(pg, arg, 0); }

@@ -38,7 +38,8 @@ int main(int argc, char **argv) {
         fprintf(stderr, "tollgate: config: %s\n", err);
         return 2;
     }
-    evthread_use_pthreads(); /* loops wake each other (event_active across threads) */
+    evthread_use_pthreads(); /* libevent's shared state (its debug map, logging); the loops' bases take no
+                                lock: they wake each other through gw_loop_wake */
     struct event_base *base = gw_event_base_new();
     if (!base) {
         fprintf(stderr, "tollgate: event_base_new failed\n");
