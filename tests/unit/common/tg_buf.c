@@ -65,6 +65,27 @@ static void test_numbers(void) {
             tg_buf_free(&b);
         }
     }
+    /* every power of ten and its neighbours, and a sweep: as printf writes them */
+    int bad = 0;
+    unsigned long long x = 88172645463325252ULL;
+    for (int i = 0; i < 20000; i++) {
+        long long w;
+        if (i < 60) {
+            long long p = 1;
+            for (int k = 0; k < i / 3; k++) p *= 10;
+            w = p + (i % 3) - 1;
+        } else {
+            x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+            w = (long long)(x >> (i % 64));
+            if (i % 2) w = -w;
+        }
+        tg_buf_t c = {0};
+        tg_buf_put_i64(&c, w);
+        snprintf(want, sizeof want, "%lld", w);
+        bad += !c.p || strcmp(c.p, want) != 0;
+        tg_buf_free(&c);
+    }
+    CHECK_EQ_I(bad, 0);
     tg_buf_t b = {0};
     tg_buf_put_fixed(&b, INT64_MIN, 3);
     CHECK_EQ_S(b.p, "-9223372036854775.808");
