@@ -70,7 +70,7 @@ static void test_numbers(void) {
     unsigned long long x = 88172645463325252ULL;
     for (int i = 0; i < 20000; i++) {
         long long w;
-        if (i < 60) {
+        if (i < 57) { /* 10^0 .. 10^18 */
             long long p = 1;
             for (int k = 0; k < i / 3; k++) p *= 10;
             w = p + (i % 3) - 1;
