@@ -283,8 +283,12 @@ static void mla_out_worker(void *arg, int t, int nt) {
 
 /* The partial of token i over positions [p0, p1): per head m (running max),
  * l (sum of exp) and o [c] (sum of exp * ckv), into part [H][c+2] laid out as
- * o[c], m, l.  sc: [2 H][B] scores of one tile (the latent parts, then the rope parts). */
-static void mla_span(const attn_job_t *j, int i, int p0, int p1, int h0, int h1, float *part, float *sc) {
+ * o[c], m, l.  qT: [ceil((h1 - h0) / 16)][c + dr][16] scratch for the queries
+ * transposed (head h in lane (h - h0) % 16: q_lat_h, then q_pe_h), pbuf: 256
+ * floats.  The cache is read in tiles of at most 16 rows within a block
+ * (contiguous in memory), every group of 16 heads over each tile. */
+static void mla_span(const attn_job_t *j, int i, int p0, int p1, int h0, int h1, float *part, float *qT,
+                     float *pbuf) {
     const eng_attn_seq_t *s = &j->seqs[j->tok_seq[i]];
     int c = j->c, dr = j->dr, H = j->H, qs = j->dn + j->dr, W = c + dr, B = s->B;
     const float *qlat = j->qlat + (size_t)i * H * c;
@@ -294,37 +298,26 @@ static void mla_span(const attn_job_t *j, int i, int p0, int p1, int h0, int h1,
         memset(o, 0, c * sizeof(float));
         o[c] = -INFINITY;
         o[c + 1] = 0;
+        float *t = qT + (size_t)(h - h0) / 16 * 16 * W + (h - h0) % 16;
+        for (int d = 0; d < c; d++) t[16 * d] = qlat[(size_t)h * c + d];
+        for (int d = 0; d < dr; d++) t[16 * (c + d)] = q[h * qs + j->dn + d];
     }
     for (int t0 = p0; t0 < p1;) {
-        /* one tile: the rest of t0's block (rows contiguous in memory) */
+        /* one tile: the rest of t0's block, at most 16 rows */
         int nj = B - t0 % B;
         if (nj > p1 - t0) nj = p1 - t0;
-        const float *rows = eng_attn_row(s, s->k, t0, W);
-        /* the scores of every head, each row loaded once per block of heads;
-         * then per head the running softmax; then the weighted sums, again
-         * every head over each row (the same operations per head as one head
-         * at a time: the same values) */
-        int nh = h1 - h0;
-        eng_cpu_dot_rows_multi(qlat + (size_t)h0 * c, c, nh, rows, W, nj, c, sc + (size_t)h0 * B, B);
-        eng_cpu_dot_rows_multi(q + h0 * qs + j->dn, qs, nh, rows + c, W, nj, dr, sc + (size_t)(H + h0) * B, B);
-        for (int h = h0; h < h1; h++) {
-            float *sh = sc + (size_t)h * B, *sr = sc + (size_t)(H + h) * B, mx = -INFINITY;
-            for (int k = 0; k < nj; k++) {
-                sh[k] = (sh[k] + sr[k]) * j->scale;
-                mx = sh[k] > mx ? sh[k] : mx;
-            }
-            float *o = part + (size_t)h * (c + 2);
-            float m_old = o[c], m_new = mx > m_old ? mx : m_old;
-            if (m_new > m_old && m_old != -INFINITY) {
-                float corr = expf(m_old - m_new);
-                for (int e = 0; e < c; e++) o[e] *= corr;
-                o[c + 1] *= corr;
-            }
-            o[c] = m_new;
-            eng_cpu_exp_shift(sh, nj, m_new);
-            for (int k = 0; k < nj; k++) o[c + 1] += sh[k];
+        if (nj > 16) nj = 16;
+        const float *rows = eng_attn_row(s, s->k, t0, W), *next = NULL;
+        int nn = 0; /* the next tile, fetched while this one is scored: the blocks lie anywhere in the pool */
+        if (t0 + nj < p1) {
+            next = eng_attn_row(s, s->k, t0 + nj, W);
+            nn = B - (t0 + nj) % B < p1 - (t0 + nj) ? B - (t0 + nj) % B : p1 - (t0 + nj);
+            nn = nn < 16 ? nn : 16;
         }
-        eng_cpu_axpy_rows_multi(part + (size_t)h0 * (c + 2), c + 2, sc + (size_t)h0 * B, B, nh, rows, W, nj, c);
+        for (int g = h0; g < h1; g += 16)
+            eng_cpu_attn_tile16(qT + (size_t)(g - h0) * W, h1 - g < 16 ? h1 - g : 16, W, c, j->scale, rows, W, nj,
+                                part + (size_t)g * (c + 2), c + 2, pbuf, g == h0 ? next : NULL,
+                                g == h0 ? (size_t)nn * W * sizeof(float) : 0);
         t0 += nj;
     }
 }
@@ -359,7 +352,8 @@ static int tok_len(const attn_job_t *j, int i) {
 static void mla_scores_worker(void *arg, int t, int nt) {
     attn_job_t *j = arg;
     int H = j->H, c = j->c;
-    float *mine = j->scratch[t], *acc = mine + (size_t)H * (c + 2), *sc = acc + (size_t)H * (c + 2);
+    float *mine = j->scratch[t], *acc = mine + (size_t)H * (c + 2), *qT = acc + (size_t)H * (c + 2);
+    float *pbuf = qT + (size_t)(H + 15) / 16 * 16 * (c + j->dr);
     for (;;) {
         int64_t it = __atomic_fetch_add(&j->next, 1, __ATOMIC_RELAXED);
         if (it >= j->n_items) break;
@@ -368,12 +362,12 @@ static void mla_scores_worker(void *arg, int t, int nt) {
         int i = j->item_tok[slot], sp = j->item_span[slot], len = tok_len(j, i);
         if (sp >= 0) { /* one span into its own partial slot (these heads' part of it) */
             int p0 = sp * ATT_SPAN, p1 = p0 + ATT_SPAN < len ? p0 + ATT_SPAN : len;
-            mla_span(j, i, p0, p1, h0, h1, j->part + (size_t)slot * H * (c + 2), sc);
+            mla_span(j, i, p0, p1, h0, h1, j->part + (size_t)slot * H * (c + 2), qT, pbuf);
             continue;
         }
         for (int k = 0, ns = spans_of(len); k < ns; k++) { /* the whole token, spans in order */
             int p0 = k * ATT_SPAN, p1 = p0 + ATT_SPAN < len ? p0 + ATT_SPAN : len;
-            mla_span(j, i, p0, p1, h0, h1, k ? mine : acc, sc);
+            mla_span(j, i, p0, p1, h0, h1, k ? mine : acc, qT, pbuf);
             if (k) mla_fold(acc, mine, h0, h1, c);
         }
         mla_finish(j, i, h0, h1, acc);
@@ -407,9 +401,9 @@ static int cpu_attn_mla(eng_backend_t *be, const eng_w_t *kv_b, int H, int dn, i
                     .seqs = seqs, .nseq = nseq, .out = out};
     j.T = batch_shape(seqs, nseq, &j.maxlen);
     if (!j.T) return 0;
-    int nt = be->n_threads, T = j.T, maxB = 1, rc = -1;
-    for (int i = 0; i < nseq; i++) maxB = seqs[i].B > maxB ? seqs[i].B : maxB;
-    size_t per_thread = 2 * (size_t)H * (c + 2) + 2 * (size_t)H * maxB; /* partials, scores, rope scores */
+    int nt = be->n_threads, T = j.T, rc = -1;
+    /* partials, the queries transposed, the tile's weights */
+    size_t per_thread = 2 * (size_t)H * (c + 2) + (size_t)(H + 15) / 16 * 16 * (c + dr) + 256;
     if (per_thread < (size_t)c) per_thread = c;
     j.scratch = calloc(nt, sizeof *j.scratch);
     j.qlat = eng_alloc((size_t)T * H * c * sizeof(float));
@@ -508,14 +502,6 @@ static void *cpu_alloc(eng_backend_t *be, size_t n) { return eng_alloc(n); }
 static void cpu_release(eng_backend_t *be, void *p) { free(p); }
 
 /* MAP_NORESERVE: a page costs memory only once a token is written into it */
-static void *cpu_kv_alloc(eng_backend_t *be, size_t n) {
-    void *p = mmap(NULL, n ? n : 1, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    return p == MAP_FAILED ? NULL : p;
-}
-
-static void cpu_kv_release(eng_backend_t *be, void *p, size_t n) {
-    if (p) munmap(p, n ? n : 1);
-}
 
 static int cpu_copy(eng_backend_t *be, void *dst, const void *src, size_t n) {
     if (n) memmove(dst, src, n);
@@ -537,8 +523,8 @@ static int cpu_copy(eng_backend_t *be, void *dst, const void *src, size_t n) {
 #define HUGE2M (2u << 20)
 
 /* an anonymous mapping of n bytes (a multiple of 2 MB) starting on a 2 MB boundary */
-static void *map_aligned(size_t n) {
-    char *p = mmap(NULL, n + HUGE2M, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+static void *map_aligned(size_t n, int flags) {
+    char *p = mmap(NULL, n + HUGE2M, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | flags, -1, 0);
     if (p == MAP_FAILED) return NULL;
     char *a = (char *)(((uintptr_t)p + HUGE2M - 1) / HUGE2M * HUGE2M);
     if (a > p) munmap(p, (size_t)(a - p));
@@ -547,6 +533,19 @@ static void *map_aligned(size_t n) {
     madvise(a, n, MADV_HUGEPAGE); /* fewer TLB misses while streaming; advice only */
 #endif
     return a;
+}
+
+/* The KV pool: reserved, not committed (pages arrive as blocks are first
+ * written), on 2 MB pages like the weights.  On 4 KB pages attention's reads
+ * of a block's rows (18 KB per layer for the bench model, blocks scattered
+ * over the pool) missed the TLB on every page: with 16 decoding streams the
+ * loads of the rows took 15% of a step. */
+static size_t kv_map_bytes(size_t n) { return (n ? n : 1) + HUGE2M - 1 - ((n ? n : 1) + HUGE2M - 1) % HUGE2M; }
+
+static void *cpu_kv_alloc(eng_backend_t *be, size_t n) { return map_aligned(kv_map_bytes(n), MAP_NORESERVE); }
+
+static void cpu_kv_release(eng_backend_t *be, void *p, size_t n) {
+    if (p) munmap(p, kv_map_bytes(n));
 }
 
 static int cpu_upload_w(eng_backend_t *be, eng_w_t *w) {
@@ -563,7 +562,7 @@ static int cpu_upload_w(eng_backend_t *be, eng_w_t *w) {
             b->cap_wbufs = cap;
         }
         size_t sz = n > WSLAB ? (n + HUGE2M - 1) / HUGE2M * HUGE2M : WSLAB;
-        void *p = map_aligned(sz);
+        void *p = map_aligned(sz, 0);
         if (!p) return -1;
         b->wbufs[b->n_wbufs++] = (struct cpu_wbuf){p, sz, 0};
         last = &b->wbufs[b->n_wbufs - 1];

@@ -39,14 +39,21 @@ void eng_cpu_exp_shift(float *s, int n, float m);
 void eng_cpu_swiglu(float *g, const float *u, size_t n);
 /* out[k] = eng_cpu_dot(x, rows + k * ldr, n) for k = 0..nr-1 (the same values) */
 void eng_cpu_dot_rows(const float *x, const float *rows, size_t ldr, int nr, int n, float *out);
-/* The same for nh vectors at once (attention's heads over one tile of rows):
- * out[h * ldo + k] = eng_cpu_dot(x + h * ldx, rows + k * ldr, n), and
- * y[h * ldy ..] += a[h * lda + d] * rows[d * ldr ..] for d in order, the same
- * values as one call per vector, each row loaded once per block of vectors. */
-void eng_cpu_dot_rows_multi(const float *x, size_t ldx, int nh, const float *rows, size_t ldr, int nr, int n,
-                            float *out, size_t ldo);
+/* y[h * ldy ..] += a[h * lda + d] * rows[d * ldr ..] for h < nh, d in order:
+ * the same values as one eng_cpu_axpy_rows per vector, each row loaded once
+ * per block of vectors */
 void eng_cpu_axpy_rows_multi(float *y, size_t ldy, const float *a, size_t lda, int nh, const float *rows, size_t ldr,
                              int nr, int n);
+/* One tile of nr <= 16 cache rows of attention with a running softmax, for
+ * nh <= 16 heads at once: head h's query is lane h of qT [n][16], and
+ * part + h * ldp holds its o [c], m, l.  With s_k = scale * sum_{d < n}
+ * rows_k[d] qT[d][h] (d in order, one fma each) and m' = max(m, s_k):
+ * o = o e^(m - m') + sum_k e^(s_k - m') rows_k[0..c), l likewise, m = m'.
+ * A head's numbers depend on its lane alone, never on nh or the other heads.
+ * pbuf: 256 floats of scratch.  next, next_bytes: memory to prefetch while
+ * the scores are summed (the next tile's rows; NULL, 0: none). */
+void eng_cpu_attn_tile16(const float *qT, int nh, int n, int c, float scale, const float *rows, size_t ldr, int nr,
+                         float *part, size_t ldp, float *pbuf, const void *next, size_t next_bytes);
 /* Rows r0..r0+nr-1 of a weight, without an fp32 copy where the kernels can
  * read them in place (bf16 in AMX tiles): y [cols] += a[d] * W[r0 + d] in d
  * order (as eng_cpu_row_f32 + eng_cpu_axpy_rows), out[d] = dot(W[r0 + d], x)

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "eng_cpu.h"
+#include "eng_cpu_simd.h"
 
 static float f8_table[256];
 
@@ -408,31 +409,6 @@ static inline __attribute__((always_inline, target("avx512f"))) void axpy4x4(__m
     }
 }
 
-/* out[h * ldo + k] = dot(x + h * ldx, rows + k * ldr, n): 4 heads x 2 rows */
-__attribute__((target("avx512f"))) static void dot_rows_multi_avx512(const float *x, size_t ldx, int nh,
-                                                                    const float *rows, size_t ldr, int nr, int n,
-                                                                    float *out, size_t ldo) {
-    int h = 0;
-    if (n % 32 == 0)
-        for (; h + 4 <= nh; h += 4) {
-            const float *xh[4] = {x + h * ldx, x + (h + 1) * ldx, x + (h + 2) * ldx, x + (h + 3) * ldx};
-            int k = 0;
-            for (; k + 2 <= nr; k += 2) {
-                const float *r0 = rows + (size_t)k * ldr, *r1 = r0 + ldr;
-                __m512 acc[4][4];
-#pragma GCC unroll 4
-                for (int q = 0; q < 4; q++) acc[q][0] = acc[q][1] = acc[q][2] = acc[q][3] = _mm512_setzero_ps();
-                for (int i = 0; i < n; i += 32)
-                    dot4x2(acc, xh, i, _mm512_loadu_ps(r0 + i), _mm512_loadu_ps(r0 + i + 16), _mm512_loadu_ps(r1 + i),
-                           _mm512_loadu_ps(r1 + i + 16));
-                dot4x2_out(acc, out + h * ldo, ldo, k);
-            }
-            for (; k < nr; k++)
-                for (int q = 0; q < 4; q++) out[(h + q) * ldo + k] = dot_avx512(xh[q], rows + (size_t)k * ldr, n);
-        }
-    for (; h < nh; h++) dot_rows_avx512(x + h * ldx, rows, ldr, nr, n, out + h * ldo);
-}
-
 /* y[h * ldy + e] += a[h * lda + d] * rows[d * ldr + e], d in order: 4 heads x 64 columns in registers */
 __attribute__((target("avx512f"))) static void axpy_rows_multi_avx512(float *y, size_t ldy, const float *a, size_t lda,
                                                                      int nh, const float *rows, size_t ldr, int nr,
@@ -459,15 +435,6 @@ __attribute__((target("avx512f"))) static void axpy_rows_multi_avx512(float *y, 
     for (; h < nh; h++) axpy_rows_avx512(y + h * ldy, a + h * lda, rows, ldr, nr, n);
 }
 
-void eng_cpu_dot_rows_multi(const float *x, size_t ldx, int nh, const float *rows, size_t ldr, int nr, int n,
-                            float *out, size_t ldo) {
-    k_ready();
-    if (K.dot == dot_avx512) {
-        dot_rows_multi_avx512(x, ldx, nh, rows, ldr, nr, n, out, ldo);
-        return;
-    }
-    for (int h = 0; h < nh; h++) eng_cpu_dot_rows(x + h * ldx, rows, ldr, nr, n, out + h * ldo);
-}
 
 void eng_cpu_axpy_rows_multi(float *y, size_t ldy, const float *a, size_t lda, int nh, const float *rows, size_t ldr,
                              int nr, int n) {
@@ -477,6 +444,108 @@ void eng_cpu_axpy_rows_multi(float *y, size_t ldy, const float *a, size_t lda, i
         return;
     }
     for (int h = 0; h < nh; h++) eng_cpu_axpy_rows(y + h * ldy, a + h * lda, rows, ldr, nr, n);
+}
+
+/* Attention over one tile of cache rows for up to 16 heads at once, head h
+ * in lane h (eng_cpu.h).  The scores take one fma per row and column with
+ * the row's element broadcast, so the 16 heads' sums of a row build up in one
+ * register with no horizontal reduction (the one-head dot products spent as
+ * long reducing as multiplying, and reloaded each head's vector per pair of
+ * rows); the running softmax then works on all heads in each instruction.
+ * Rows past nr repeat row 0 and are dropped (score -inf, weight 0). */
+__attribute__((target("avx512f"))) static void attn_tile16_avx512(const float *qT, int nh, int n, int c, float scale,
+                                                                 const float *rows, size_t ldr, int nr, float *part,
+                                                                 size_t ldp, float *pbuf, const char *next,
+                                                                 size_t next_bytes) {
+    __m512 S[16];
+    for (int k0 = 0; k0 < 16; k0 += 8) { /* 8 rows a pass: their pointers stay in registers */
+        const float *r[8];
+#pragma GCC unroll 8
+        for (int k = 0; k < 8; k++) r[k] = rows + (k0 + k < nr ? (size_t)(k0 + k) * ldr : 0);
+        __m512 a[8];
+#pragma GCC unroll 8
+        for (int k = 0; k < 8; k++) a[k] = _mm512_setzero_ps();
+        for (int d = 0; d < n; d++) {
+            if (64 * (size_t)d < next_bytes) _mm_prefetch(next + 64 * (size_t)d, _MM_HINT_T0);
+            __m512 q = _mm512_loadu_ps(qT + (size_t)16 * d);
+#pragma GCC unroll 8
+            for (int k = 0; k < 8; k++) a[k] = _mm512_fmadd_ps(_mm512_set1_ps(r[k][d]), q, a[k]);
+        }
+#pragma GCC unroll 8
+        for (int k = 0; k < 8; k++) S[k0 + k] = a[k];
+        next += 64 * (size_t)n, next_bytes = next_bytes > 64 * (size_t)n ? next_bytes - 64 * (size_t)n : 0;
+        if (nr <= 8) {
+#pragma GCC unroll 8
+            for (int k = 8; k < 16; k++) S[k] = _mm512_setzero_ps();
+            break;
+        }
+    }
+    __m512 vs = _mm512_set1_ps(scale), ninf = _mm512_set1_ps(-INFINITY), mx = ninf, zero = _mm512_setzero_ps();
+#pragma GCC unroll 16
+    for (int k = 0; k < 16; k++) {
+        S[k] = k < nr ? _mm512_mul_ps(S[k], vs) : ninf;
+        mx = _mm512_max_ps(mx, S[k]);
+    }
+    __mmask16 hm = nh >= 16 ? 0xffff : (__mmask16)((1u << nh) - 1);
+    __m512i at = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                    _mm512_set1_epi32((int)ldp));
+    __m512 m_old = _mm512_mask_i32gather_ps(ninf, hm, at, part + c, 4);
+    __m512 l_old = _mm512_mask_i32gather_ps(zero, hm, at, part + c + 1, 4);
+    __m512 m_new = _mm512_max_ps(m_old, mx), lsum = zero;
+#pragma GCC unroll 16
+    for (int k = 0; k < 16; k++) { /* e^-inf: 0 (exp512 below -103), the rows past nr */
+        S[k] = exp512(_mm512_sub_ps(S[k], m_new));
+        lsum = _mm512_add_ps(lsum, S[k]);
+    }
+    __m512 corr = exp512(_mm512_sub_ps(m_old, m_new)); /* 1 where the max held, 0 from -inf */
+    _mm512_mask_i32scatter_ps(part + c, hm, at, m_new, 4);
+    _mm512_mask_i32scatter_ps(part + c + 1, hm, at, _mm512_fmadd_ps(l_old, corr, lsum), 4);
+    float cf[16];
+    _mm512_storeu_ps(cf, corr);
+    for (unsigned rs = _mm512_mask_cmp_ps_mask(hm, corr, _mm512_set1_ps(1.0f), _CMP_NEQ_UQ); rs; rs &= rs - 1) {
+        int h = __builtin_ctz(rs);
+        float *o = part + (size_t)h * ldp;
+        __m512 f = _mm512_set1_ps(cf[h]);
+        for (int e = 0; e < c; e += 16) {
+            __mmask16 me = c - e >= 16 ? 0xffff : (__mmask16)((1u << (c - e)) - 1);
+            _mm512_mask_storeu_ps(o + e, me, _mm512_mul_ps(_mm512_maskz_loadu_ps(me, o + e), f));
+        }
+    }
+    /* the weights per head (pbuf [h][k]), then o_h += p_hk row_k in row order */
+    __m512i P[16];
+#pragma GCC unroll 16
+    for (int k = 0; k < 16; k++) P[k] = _mm512_castps_si512(S[k]);
+    eng_transpose16_epi32(P);
+#pragma GCC unroll 16
+    for (int h = 0; h < 16; h++) _mm512_storeu_si512(pbuf + 16 * h, P[h]);
+    axpy_rows_multi_avx512(part, ldp, pbuf, 16, nh, rows, ldr, nr, c);
+}
+
+static void attn_tile16_plain(const float *qT, int nh, int n, int c, float scale, const float *rows, size_t ldr,
+                              int nr, float *part, size_t ldp, float *pbuf, const char *next, size_t next_bytes) {
+    for (int h = 0; h < nh; h++) {
+        float *o = part + (size_t)h * ldp, *p = pbuf + 16 * h, mx = -INFINITY;
+        for (int k = 0; k < nr; k++) {
+            float acc = 0;
+            for (int d = 0; d < n; d++) acc = fmaf(rows[(size_t)k * ldr + d], qT[16 * d + h], acc);
+            p[k] = acc * scale;
+            mx = p[k] > mx ? p[k] : mx;
+        }
+        float m_new = mx > o[c] ? mx : o[c], corr = expf(o[c] - m_new), lsum = 0;
+        for (int k = 0; k < nr; k++) lsum += p[k] = expf(p[k] - m_new);
+        if (corr != 1.0f)
+            for (int e = 0; e < c; e++) o[e] *= corr;
+        o[c] = m_new;
+        o[c + 1] = fmaf(o[c + 1], corr, lsum);
+    }
+    eng_cpu_axpy_rows_multi(part, ldp, pbuf, 16, nh, rows, ldr, nr, c);
+}
+
+void eng_cpu_attn_tile16(const float *qT, int nh, int n, int c, float scale, const float *rows, size_t ldr, int nr,
+                         float *part, size_t ldp, float *pbuf, const void *next, size_t next_bytes) {
+    k_ready();
+    if (K.dot == dot_avx512) attn_tile16_avx512(qT, nh, n, c, scale, rows, ldr, nr, part, ldp, pbuf, next, next_bytes);
+    else attn_tile16_plain(qT, nh, n, c, scale, rows, ldr, nr, part, ldp, pbuf, next, next_bytes);
 }
 
 /* 32 bf16 -> two vectors of 16 floats (exact) */

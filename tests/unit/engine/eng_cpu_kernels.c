@@ -182,6 +182,78 @@ static void test_isa(void) {
     printf("kernels on %s\n", eng_cpu_isa());
 }
 
+/* eng_cpu_attn_tile16 against the running softmax in double precision, on
+ * full and partial tiles and head groups, a first tile (m = -inf) and later
+ * ones (the max moves for some heads, not for others); and a head's numbers
+ * are its lane's alone: heads 0..15 in one call equal heads 0..6 and 7..15 in
+ * two, bit for bit. */
+static void test_attn_tile(void) {
+    enum { LD = 300, NRMAX = 16, CMAX = 256 };
+    static float rows[NRMAX * LD], qT[LD * 16], qT2[LD * 16], part[16 * (CMAX + 2)], part2[16 * (CMAX + 2)], pbuf[256];
+    static double ref[16 * (CMAX + 2)];
+    int shapes[][3] = {{288, 256, 16}, {288, 256, 7}, {288, 256, 1}, {33, 20, 16}, {64, 64, 5}, {300, 256, 16}};
+    int nhs[] = {16, 5, 1};
+    double worst = 0;
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++)
+        for (size_t hi = 0; hi < sizeof nhs / sizeof nhs[0]; hi++)
+            for (int later = 0; later < 2; later++) {
+                int n = shapes[si][0], c = shapes[si][1], nr = shapes[si][2], nh = nhs[hi];
+                size_t ldp = c + 2;
+                float scale = 0.3f;
+                for (int i = 0; i < NRMAX * LD; i++) rows[i] = (float)urand();
+                for (int i = 0; i < LD * 16; i++) qT[i] = (float)urand();
+                double sc[16][NRMAX], smax[16];
+                for (int h = 0; h < 16; h++) {
+                    smax[h] = -INFINITY;
+                    for (int k = 0; k < nr; k++) {
+                        double a = 0;
+                        for (int d = 0; d < n; d++) a += (double)rows[k * LD + d] * qT[16 * d + h];
+                        sc[h][k] = a * scale;
+                        smax[h] = sc[h][k] > smax[h] ? sc[h][k] : smax[h];
+                    }
+                }
+                for (int h = 0; h < 16; h++) {
+                    float *o = part + h * ldp;
+                    for (int e = 0; e < c; e++) o[e] = later ? (float)urand() : 0.0f;
+                    /* later tiles: the running max above this tile's scores for even heads (it
+                     * holds), 1 below for odd ones (it moves: o and l scale by 1/e) */
+                    o[c] = !later ? -INFINITY : (float)(h % 2 ? smax[h] - 1 : smax[h] + 0.5);
+                    o[c + 1] = later ? 3.0f : 0.0f;
+                    for (size_t e = 0; e < ldp; e++) ref[h * ldp + e] = o[e];
+                }
+                for (int h = 0; h < nh; h++) {
+                    double *s = sc[h], mx = smax[h], *o = ref + h * ldp;
+                    double m = o[c] > mx ? o[c] : mx, corr = exp(o[c] - m);
+                    for (int e = 0; e < c; e++) o[e] *= corr;
+                    o[c + 1] *= corr;
+                    for (int k = 0; k < nr; k++) {
+                        double p = exp(s[k] - m);
+                        o[c + 1] += p;
+                        for (int e = 0; e < c; e++) o[e] += p * rows[k * LD + e];
+                    }
+                    o[c] = m;
+                }
+                memcpy(part2, part, sizeof part);
+                eng_cpu_attn_tile16(qT, nh, n, c, scale, rows, LD, nr, part, ldp, pbuf, rows, sizeof rows);
+                for (int h = 0; h < 16; h++)
+                    for (size_t e = 0; e < ldp; e++) {
+                        double want = ref[h * ldp + e], got = part[h * ldp + e];
+                        double err = fabs(got - want) / (fabs(want) > 1 ? fabs(want) : 1);
+                        if (h >= nh) err = memcmp(&part[h * ldp + e], &part2[h * ldp + e], 4) ? 1 : 0; /* untouched */
+                        worst = err > worst ? err : worst;
+                    }
+                if (nh == 16) { /* lanes 0..6 and 7..15 as two calls */
+                    for (int d = 0; d < n; d++)
+                        for (int l = 0; l < 16; l++) qT2[16 * d + l] = l < 9 ? qT[16 * d + 7 + l] : 0;
+                    eng_cpu_attn_tile16(qT, 7, n, c, scale, rows, LD, nr, part2, ldp, pbuf, NULL, 0);
+                    eng_cpu_attn_tile16(qT2, 9, n, c, scale, rows, LD, nr, part2 + 7 * ldp, ldp, pbuf, NULL, 0);
+                    CHECK(!memcmp(part, part2, 16 * ldp * sizeof(float)));
+                }
+            }
+    printf("attn_tile16: worst relative error %.2e against double\n", worst);
+    CHECK(worst < 2e-5);
+}
+
 /* The row helpers give the values of the plain kernels they replace
  * (eng_cpu_dot / eng_cpu_axpy one row at a time), bit for bit, on ragged
  * lengths; eng_cpu_exp_shift stays within a few ulp of expf. */
@@ -202,23 +274,18 @@ static void test_row_helpers(void) {
         for (int k = 0; k < NR; k++) eng_cpu_axpy(y2, a[k], rows + k * LD, n);
         CHECK(!memcmp(y1, y2, n * sizeof(float)));
     }
-    /* the several-heads forms equal one call per head, bit for bit, on the
-     * shapes their blocks cover (n a multiple of 32 / 64, 4 heads, 2 rows) and
-     * on ragged ones (7 heads, 5 rows, n = 33) */
+    /* the several-heads axpy equals one call per head, bit for bit, on the
+     * shapes its blocks cover (n a multiple of 64, 4 heads) and on ragged
+     * ones (7 heads, 5 rows, n = 33) */
     {
         enum { NH = 7, NRM = 5, LDX = 300, LDO = 9 };
-        static float xs[NH * LDX], o1[NH * LDO], o2[NH * LDO], ys1[NH * LDX], ys2[NH * LDX], as[NH * LDO];
-        for (int i = 0; i < NH * LDX; i++) xs[i] = (float)urand(), ys1[i] = ys2[i] = (float)urand();
+        static float ys1[NH * LDX], ys2[NH * LDX], as[NH * LDO];
+        for (int i = 0; i < NH * LDX; i++) ys1[i] = ys2[i] = (float)urand();
         for (int i = 0; i < NH * LDO; i++) as[i] = (float)urand();
         int ns[] = {32, 33, 64, 256, 288};
         for (size_t ni = 0; ni < sizeof ns / sizeof ns[0]; ni++) {
             int n = ns[ni];
             for (int nh = 1; nh <= NH; nh += 3) { /* 1, 4, 7 */
-                eng_cpu_dot_rows_multi(xs, LDX, nh, rows, LD, NRM, n, o1, LDO);
-                for (int h = 0; h < nh; h++) eng_cpu_dot_rows(xs + h * LDX, rows, LD, NRM, n, o2 + h * LDO);
-                int same = 1;
-                for (int h = 0; h < nh; h++) same &= !memcmp(o1 + h * LDO, o2 + h * LDO, NRM * sizeof(float));
-                CHECK(same);
                 eng_cpu_axpy_rows_multi(ys1, LDX, as, LDO, nh, rows, LD, NRM, n);
                 for (int h = 0; h < nh; h++) eng_cpu_axpy_rows(ys2 + h * LDX, as + h * LDO, rows, LD, NRM, n);
                 CHECK(!memcmp(ys1, ys2, sizeof ys1));
@@ -287,6 +354,7 @@ int main(int argc, char **argv) {
         test_isa();
         test_matmul();
         test_row_helpers();
+        test_attn_tile();
         printf("%s (%s): %d checks, %d failed, %d skipped\n", __FILE__, isa_want, tg_test_checks, tg_test_fails,
                tg_test_skips);
         return tg_test_fails ? 1 : 0;
