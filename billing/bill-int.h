@@ -64,6 +64,11 @@ void bill_pg_free(bill_pg_t *pg); /* fails pending jobs without calling them bac
  * Returns the job (valid until cb runs or bill_pg_cancel), NULL on ENOMEM. */
 bill_pg_job_t *bill_pg_query(bill_pg_t *pg, const char *sql, int nparams, const char *const *params,
                              bill_pg_cb cb, void *arg);
+/* The same with every parameter in binary format (paramFormats 1): params[i]
+ * holds lengths[i] bytes (copied), NULL is SQL NULL; the statement must fix
+ * each parameter's type (a cast such as $1::bigint[]).  The result is text. */
+bill_pg_job_t *bill_pg_query_binary(bill_pg_t *pg, const char *sql, int nparams, const char *const *params,
+                                    const int *lengths, bill_pg_cb cb, void *arg);
 void bill_pg_cancel(bill_pg_job_t *job); /* cb will not run; accepts NULL */
 /* The job only reads: when its connection breaks under it (server restart,
  * terminated backend), run it again on another or a new connection instead of

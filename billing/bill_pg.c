@@ -50,6 +50,8 @@ struct bill_pg_job {
     char *sql;
     int nparams;
     char **params;
+    int *lengths;  /* binary parameters (bill_pg_query_binary): their sizes; NULL: text */
+    int *formats;  /* binary: all 1 */
     bill_pg_cb cb;
     void *arg;
     struct event *timer;
@@ -89,6 +91,8 @@ static void job_free(bill_pg_job_t *j) {
     if (j->timer) event_free(j->timer);
     for (int i = 0; i < j->nparams; i++) free(j->params[i]);
     free(j->params);
+    free(j->lengths);
+    free(j->formats);
     free(j->sql);
     free(j);
 }
@@ -365,9 +369,9 @@ static void conn_send_job(pg_conn_t *c) {
     const char *const *params = (const char *const *)j->params;
     int ok;
     if (!j->stmt) {
-        ok = PQsendQueryParams(c->conn, j->sql, j->nparams, NULL, params, NULL, NULL, 0);
+        ok = PQsendQueryParams(c->conn, j->sql, j->nparams, NULL, params, j->lengths, j->formats, 0);
     } else if (conn_has(c, j->stmt)) {
-        ok = PQsendQueryPrepared(c->conn, j->stmt, j->nparams, params, NULL, NULL, 0);
+        ok = PQsendQueryPrepared(c->conn, j->stmt, j->nparams, params, j->lengths, j->formats, 0);
     } else {
         c->preparing = 1;
         ok = PQsendPrepare(c->conn, j->stmt, j->sql, j->nparams, NULL);
@@ -393,8 +397,10 @@ static void dispatch(bill_pg_t *pg) {
     }
 }
 
-bill_pg_job_t *bill_pg_query(bill_pg_t *pg, const char *sql, int nparams, const char *const *params,
-                             bill_pg_cb cb, void *arg) {
+/* The job of bill_pg_query (lengths NULL) or bill_pg_query_binary, its
+ * parameters copied; NULL on ENOMEM. */
+static bill_pg_job_t *job_new(bill_pg_t *pg, const char *sql, int nparams, const char *const *params,
+                              const int *lengths, bill_pg_cb cb, void *arg) {
     bill_pg_job_t *j = calloc(1, sizeof *j);
     if (!j) return NULL;
     j->pg = pg;
@@ -404,10 +410,33 @@ bill_pg_job_t *bill_pg_query(bill_pg_t *pg, const char *sql, int nparams, const 
     j->params = calloc(nparams ? nparams : 1, sizeof *j->params);
     j->timer = evtimer_new(pg->base, job_timeout_cb, j);
     if (!j->sql || !j->params || !j->timer) goto fail;
-    for (j->nparams = 0; j->nparams < nparams; j->nparams++) {
-        if (!params[j->nparams]) continue;
-        if (!(j->params[j->nparams] = strdup(params[j->nparams]))) goto fail;
+    if (lengths) {
+        j->lengths = calloc(nparams ? nparams : 1, sizeof *j->lengths);
+        j->formats = calloc(nparams ? nparams : 1, sizeof *j->formats);
+        if (!j->lengths || !j->formats) goto fail;
     }
+    for (j->nparams = 0; j->nparams < nparams; j->nparams++) {
+        const char *v = params[j->nparams];
+        if (!v) continue;
+        if (!lengths) {
+            if (!(j->params[j->nparams] = strdup(v))) goto fail;
+            continue;
+        }
+        size_t n = lengths[j->nparams] > 0 ? (size_t)lengths[j->nparams] : 0;
+        if (!(j->params[j->nparams] = malloc(n ? n : 1))) goto fail;
+        memcpy(j->params[j->nparams], v, n);
+        j->lengths[j->nparams] = (int)n;
+        j->formats[j->nparams] = 1;
+    }
+    return j;
+fail:
+    job_free(j);
+    return NULL;
+}
+
+/* Queue a new job (bill_pg_query's rest). */
+static bill_pg_job_t *job_queue(bill_pg_t *pg, bill_pg_job_t *j) {
+    if (!j) return NULL;
     struct timeval tv = {pg->timeout_ms / 1000, (pg->timeout_ms % 1000) * 1000};
     if (pool_all_down(pg)) {
         /* Every connection is down and waiting for its backoff.  Try to
@@ -428,9 +457,16 @@ bill_pg_job_t *bill_pg_query(bill_pg_t *pg, const char *sql, int nparams, const 
      * and callbacks never run inside bill_pg_query. */
     if (!j->failfast) event_active(pg->kick, EV_TIMEOUT, 0);
     return j;
-fail:
-    job_free(j);
-    return NULL;
+}
+
+bill_pg_job_t *bill_pg_query(bill_pg_t *pg, const char *sql, int nparams, const char *const *params,
+                             bill_pg_cb cb, void *arg) {
+    return job_queue(pg, job_new(pg, sql, nparams, params, NULL, cb, arg));
+}
+
+bill_pg_job_t *bill_pg_query_binary(bill_pg_t *pg, const char *sql, int nparams, const char *const *params,
+                                    const int *lengths, bill_pg_cb cb, void *arg) {
+    return job_queue(pg, job_new(pg, sql, nparams, params, lengths, cb, arg));
 }
 
 void bill_pg_job_prepared(bill_pg_job_t *j, const char *name) {

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include "tg_test.h"
+#include "tg_hex.h"
 
 #include "../../../billing/bill_settle.c"
 
@@ -350,24 +351,46 @@ static void test_linger(void) {
     event_base_free(base);
 }
 
-/* The statement's array parameters, byte for byte: numbers, booleans, and a
- * model name quoted with its " and \ escaped. */
+/* The hex of a parameter (for the comparisons below; a static buffer). */
+static const char *hex(const char *p, int n) {
+    static char out[2 * 512 + 1];
+    if (n < 0 || n > 512) return "(too long)";
+    tg_hex_encode((const unsigned char *)p, (size_t)n, out);
+    return out;
+}
+
+/* The statement's array parameters, byte for byte in PostgreSQL's binary
+ * array format: the header (1 dimension, NULLs allowed, element type, 2
+ * elements, lower bound 1), then each element's length and bytes: uuids as
+ * 16 bytes, a model name as its bytes (no quoting), booleans, int4, int8,
+ * times as microseconds since 2000-01-01, and NULL (length -1) for a key,
+ * first byte or price id of 0. */
 static void test_params(void) {
     bill_usage_t u0 = sample(300000), u1 = sample(300001);
     u1.model = "a\"b\\c";
     u1.stream = 1;
-    u1.received_us = -5; /* (not a valid row: the literal only) */
+    u1.key_id = 0;
+    u1.received_us = -5; /* (not a valid row: the encoding only) */
+    u1.first_byte_us = 946684800000000LL; /* 2000-01-01: 0 in PostgreSQL's epoch */
     u1.price.price_id = 9223372036854775807LL;
     item_t a = {.u = u0, .cost = 3}, b = {.u = u1, .cost = 0};
     item_t *v[2] = {&a, &b};
     char *p[NCOL];
-    CHECK_EQ_I(build_params(v, 2, p), 0);
-    CHECK_EQ_S(p[0], "{0190f0e2-7a3b-7c00-8000-000000300000,0190f0e2-7a3b-7c00-8000-000000300001}");
-    CHECK_EQ_S(p[3], "{\"m\",\"a\\\"b\\\\c\"}");
-    CHECK_EQ_S(p[11], "{3,0}");
-    CHECK_EQ_S(p[13], "{f,t}");
-    CHECK_EQ_S(p[14], "{1,-5}");
-    CHECK_EQ_S(p[17], "{0,9223372036854775807}");
+    int len[NCOL];
+    CHECK_EQ_I(build_params(v, 2, p, len), 0);
+#define HEAD(oid) "00000001" "00000001" oid "00000002" "00000001"
+    CHECK_EQ_S(hex(p[0], len[0]), HEAD("00000b86") "00000010" "0190f0e27a3b7c008000000000300000"
+                                                   "00000010" "0190f0e27a3b7c008000000000300001");
+    CHECK_EQ_S(hex(p[1], len[1]), HEAD("00000014") "00000008" "0000000000000001" "ffffffff");
+    CHECK_EQ_S(hex(p[3], len[3]), HEAD("00000019") "00000001" "6d" "00000005" "6122625c63");
+    CHECK_EQ_S(hex(p[6], len[6]), HEAD("00000014") "00000008" "0000000000000005" "00000008" "0000000000000005");
+    CHECK_EQ_S(hex(p[11], len[11]), HEAD("00000014") "00000008" "0000000000000003" "00000008" "0000000000000000");
+    CHECK_EQ_S(hex(p[12], len[12]), HEAD("00000017") "00000004" "000000c8" "00000004" "000000c8");
+    CHECK_EQ_S(hex(p[13], len[13]), HEAD("00000010") "00000001" "00" "00000001" "01");
+    CHECK_EQ_S(hex(p[14], len[14]), HEAD("000004a0") "00000008" "fffca2fec4c82001" "00000008" "fffca2fec4c81ffb");
+    CHECK_EQ_S(hex(p[15], len[15]), HEAD("000004a0") "ffffffff" "00000008" "0000000000000000");
+    CHECK_EQ_S(hex(p[17], len[17]), HEAD("00000014") "ffffffff" "00000008" "7fffffffffffffff");
+#undef HEAD
     for (int c = 0; c < NCOL; c++) free(p[c]);
 }
 
