@@ -722,6 +722,8 @@ static int drain_sync(bill_settler_t *s, PGconn *conn, struct item_q *q) {
             TAILQ_REMOVE(q, v[i], link);
             item_settled(s, v[i]);
         }
+        *(q == &s->inflight ? &s->ninflight : &s->nqueue) -= n; /* else: "unreachable", the files replayed */
+        s->nsettled += (uint64_t)n;
     }
     return 0;
 }

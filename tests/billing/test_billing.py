@@ -606,6 +606,19 @@ class Outage(unittest.TestCase):
             bal = q("select balance_pico from customers where name = %s", name, conninfo=self.conninfo)[0][0]
             self.assertEqual(int(bal), 2 * 10**12 - total)
             self.assertEqual(q("select count(*) from ledger_mismatch", conninfo=self.conninfo)[0][0], 0)
+
+            # 4. PostgreSQL up, and the server stops with a row not yet committed (its batch
+            # waits for company, or is in flight): bill_free's last synchronous statement
+            # commits it, so nothing is left to replay and nothing says PostgreSQL was down
+            r4 = str(uuid.uuid4())
+            n0 = len(s.err_lines)
+            s.settle(r4, kid, cid, 7, 0, 7)
+            s.stop()
+            self.assertEqual(count(r4), 1)
+            self.assertEqual([f for f in self.spooled() if os.path.getsize(os.path.join(self.spool, f))], [],
+                             "bill_free's drain committed the row, yet a spool file holds records")
+            self.assertEqual([l for l in s.err_lines[n0:] if "unreachable" in l or "wait in the journal" in l], [],
+                             "bill_free's drain committed the row, yet:\n" + "\n".join(s.err_lines[n0:]))
         finally:
             s.stop()
         self.check_log(s)  # a torn last record is not corrupt: nothing logged, nothing kept
