@@ -424,6 +424,67 @@ class Billing(ServerCase):
 
     # ---- settlement ----
 
+    def test_settle_beside_another_writer(self):
+        """A batch holding a request id that another session is inserting, not yet committed (a
+        killed gateway's statement still running while its successor replays the journal): the
+        batch waits for that session, and once it commits every row is there once, with one
+        debit, and nothing is rejected (the statement's NOT EXISTS misses an uncommitted row; the
+        primary key makes it wait and fail with 23505; the batch is sent again)."""
+        c = self.customer("1.00")
+        self.key(c)
+        (kid,), cid = self.ids(c)
+        rids = [str(uuid.uuid4()) for _ in range(5)]
+        before = self.balance(c)[0]
+        st0 = self.s.settlement()
+        want = cost(1000, 300, 500)
+        other = psycopg2.connect(PG, options="-c statement_timeout=30000")
+        try:
+            cur = other.cursor()
+            cur.execute("INSERT INTO usage (request_id, customer_id, key_id, model, prompt_tokens,"
+                        " prompt_cache_hit_tokens, prompt_cache_miss_tokens, completion_tokens, reasoning_tokens,"
+                        " price_input_cache_miss, price_input_cache_hit, price_output, cost_pico, http_status, stream,"
+                        " received_at, finished_at) VALUES (%s, %s, %s, %s, 1000, 300, 700, 500, 0, %s, %s, %s, %s,"
+                        " 200, false, now(), now())", (rids[2], cid, kid, MODEL, *PRICE, want))
+            cur.execute("INSERT INTO ledger (customer_id, kind, amount_pico, request_id) VALUES (%s, 'usage', %s, %s)",
+                        (cid, -want, rids[2]))
+            # and its rollups, as the settlement statement adds them (reconcile checks them)
+            cur.execute("INSERT INTO usage_hourly AS h (customer_id, hour, key_id, model, requests,"
+                        " prompt_cache_hit_tokens, prompt_cache_miss_tokens, completion_tokens, cost_pico)"
+                        " VALUES (%s, date_trunc('hour', now(), 'UTC'), %s, %s, 1, 300, 700, 500, %s)"
+                        " ON CONFLICT (customer_id, hour, key_id, model) DO UPDATE SET requests = h.requests + 1,"
+                        " prompt_cache_hit_tokens = h.prompt_cache_hit_tokens + 300,"
+                        " prompt_cache_miss_tokens = h.prompt_cache_miss_tokens + 700,"
+                        " completion_tokens = h.completion_tokens + 500, cost_pico = h.cost_pico + excluded.cost_pico",
+                        (cid, kid, MODEL, want))
+            cur.execute("INSERT INTO usage_daily AS d (customer_id, day, requests, prompt_cache_hit_tokens,"
+                        " prompt_cache_miss_tokens, completion_tokens, cost_pico)"
+                        " VALUES (%s, date_trunc('day', now(), 'UTC'), 1, 300, 700, 500, %s)"
+                        " ON CONFLICT (customer_id, day) DO UPDATE SET requests = d.requests + 1,"
+                        " prompt_cache_hit_tokens = d.prompt_cache_hit_tokens + 300,"
+                        " prompt_cache_miss_tokens = d.prompt_cache_miss_tokens + 700,"
+                        " completion_tokens = d.completion_tokens + 500, cost_pico = d.cost_pico + excluded.cost_pico",
+                        (cid, want))
+            for rid in rids:
+                self.s.settle(rid, kid, cid, 1000, 300, 500)
+            waiting = lambda: q("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'tollgate'"
+                                " AND wait_event_type = 'Lock'")[0][0] > 0
+            self.assertTrue(wait_for(waiting, 20), "the batch did not wait for the other session's row")
+            other.commit()
+        finally:
+            other.close()
+        st = self.s.drain()
+        self.assertEqual(st["settled_total"] - st0["settled_total"], 5)
+        self.assertEqual(st["inserted_total"] - st0["inserted_total"], 4, "the other session's row is skipped")
+        self.assertEqual(st["rejected_total"] - st0["rejected_total"], 0)
+        for rid in rids:
+            self.assertEqual(q("SELECT count(*) FROM usage WHERE request_id = %s", rid)[0][0], 1, rid)
+            self.assertEqual(q("SELECT count(*), sum(amount_pico) FROM ledger WHERE request_id = %s", rid),
+                             [(1, -want)], rid)
+        self.assertEqual(before - self.balance(c)[0], 5 * want)
+        self.assertEqual(q("SELECT count(*) FROM ledger_mismatch")[0][0], 0)
+        self.assertEqual(q("SELECT count(*) FROM usage_hourly_mismatch WHERE customer_id = %s", cid)[0][0], 0)
+        self.assertEqual(q("SELECT count(*) FROM usage_daily_mismatch WHERE customer_id = %s", cid)[0][0], 0)
+
     def test_settle_twice_one_row_one_debit(self):
         c = self.customer("1.00")
         k = self.key(c)
