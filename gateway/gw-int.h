@@ -414,6 +414,7 @@ struct gw_loop {
     struct event *alog_ev;     /* hands them over GW_LOG_FLUSH_MS after the first */
     gw_conn_t *held;           /* connections whose output waits for the journal write (gw_settle.c) */
     struct event *jflush_ev;   /* writes the loop iteration's journal records, then releases `held` */
+    int fault_journal_stall;   /* TOLLGATE_FAULT=journal-stall (tests): the write never comes (gw_settle.c) */
     pthread_t thread;          /* loops after the first run on their own thread */
     int started;
 };

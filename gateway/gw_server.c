@@ -130,6 +130,8 @@ static int gw_loop_init(gw_loop_t *l, gw_server_t *s, int index, struct event_ba
     if (!(l->stop_ev = event_new(base, -1, 0, gw_on_stop, l))) return GW_ERROR;
     if (gw_loop_mail_init(l) != GW_OK) return GW_ERROR;
     if (!(l->jflush_ev = event_new(base, -1, 0, gw_settle_flush_cb, l))) return GW_ERROR;
+    const char *fault = getenv("TOLLGATE_FAULT");
+    l->fault_journal_stall = fault && !strcmp(fault, "journal-stall");
     if (!(l->work = tg_work_new(base, 1))) return GW_ERROR;
     if (gw_log_init(l) != GW_OK) return GW_ERROR;
     if (!(l->up = calloc((size_t)cfg->nworkers, sizeof *l->up))) return GW_ERROR;

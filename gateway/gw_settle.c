@@ -10,6 +10,7 @@
  * after: queuing bytes on the TLS bufferevent may SSL_write them at once.
  * Anything else settles when the request is freed (the chat handler's
  * finalize step). */
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -103,8 +104,22 @@ void gw_settle(gw_req_t *r) {
     m->tokens_reasoning += (uint64_t)u.reasoning_tokens;
 }
 
+static void gw_settle_fault_kill(evutil_socket_t fd, short what, void *arg) { raise(SIGKILL); }
+
 void gw_settle_flush_cb(evutil_socket_t fd, short what, void *arg) {
     gw_loop_t *l = arg;
+    if (l->fault_journal_stall) {
+        /* Fault injection for the tests (TOLLGATE_FAULT=journal-stall): the
+         * journal write stalls, as on a hung disk, and the process dies 2 s
+         * later, as in a crash.  The answers waiting for this write must not
+         * reach their clients meanwhile (tests/billing/test_gw_kill.py). */
+        if (l->fault_journal_stall == 1) {
+            l->fault_journal_stall = 2;
+            struct timeval tv = {2, 0};
+            event_base_once(l->base, -1, EV_TIMEOUT, gw_settle_fault_kill, NULL, &tv);
+        }
+        return;
+    }
     bill_journal_flush(l->bill); /* a failure is logged: those rows are billed from memory */
     gw_req_release_held(l);
 }

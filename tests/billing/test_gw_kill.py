@@ -139,6 +139,49 @@ class GatewayKill(tggateway.GatewayCase):
         self.assertNotIn("out of memory", log)
         self.assertNotIn("cannot ", log)
 
+    def test_answers_wait_for_the_journal(self):
+        """An answer leaves only after its usage row is in the journal, so a crash cannot deliver an
+        answer that no journal or table remembers.  With TOLLGATE_FAULT=journal-stall the journal write
+        never comes (the loop goes on) and the gateway kills itself 2 s later: a plain answer must not
+        arrive at all and a stream must not reach its "data: [DONE]".  (The settler may still commit their
+        rows from memory meanwhile: billed once at most, checked after a restart.)"""
+        key = self.customer_key("gwstall", "10")
+        stall = dict(os.environ, TOLLGATE_FAULT="journal-stall")
+        for stream in (False, True):
+            if self.gw.poll() is None:
+                self.kill_gateway()
+            self.start_gateway(env=stall)
+            c = http.client.HTTPSConnection("127.0.0.1", P_GW, context=self.tls, timeout=15)
+            body = {"model": MODEL, "stream": stream,
+                    "messages": [{"role": "user", "content": "journal stall %d" % stream}]}
+            c.request("POST", "/v1/chat/completions", json.dumps(body),
+                      {"Authorization": "Bearer " + key, "Content-Type": "application/json"})
+            got = b""
+            try:
+                r = c.getresponse()
+                got = b"status %d " % r.status
+                while True:
+                    line = r.readline()
+                    if not line:
+                        break
+                    got += line
+            except (http.client.HTTPException, OSError):
+                pass  # the connection died with the gateway
+            c.close()
+            self.assertEqual(self.gw.wait(timeout=20), -signal.SIGKILL, "the fault's kill")
+            if stream:
+                self.assertNotIn(b"data: [DONE]", got, "the stream's end went before its journal record")
+            else:
+                self.assertNotIn(b"choices", got, "the answer went before its journal record")
+        self.start_gateway()
+        self.drain()
+        rows = self.q("select count(*), count(distinct u.request_id), coalesce(sum(u.cost_pico), 0),"
+                      " (select coalesce(-sum(l.amount_pico), 0) from ledger l where l.customer_id = c.id"
+                      "  and l.kind = 'usage') from customers c left join usage u on u.customer_id = c.id"
+                      " where c.name = 'gwstall' group by c.id")[0]
+        self.assertLessEqual(rows[0], 2, "at most a row per request")
+        self.assertEqual(rows[0], rows[1])
+        self.assertEqual(int(rows[2]), int(rows[3]), "the debits are the rows' costs")
 
 if __name__ == "__main__":
     tggateway.require_gateway("test_gw_kill")

@@ -161,17 +161,17 @@ class GatewayCase(unittest.TestCase):
         return key, pub
 
     @classmethod
-    def start_gateway(cls):
-        """(Re)start the stack's gateway (cls.gw) and wait until it answers."""
-        cls.gw = cls.launch(cls.config, "gateway.log", cls.PORTS.gw)
+    def start_gateway(cls, env=None):
+        """(Re)start the stack's gateway (cls.gw) and wait until it answers; env: its environment."""
+        cls.gw = cls.launch(cls.config, "gateway.log", cls.PORTS.gw, env=env)
 
     @classmethod
-    def launch(cls, config, log, port):
+    def launch(cls, config, log, port, env=None):
         """A gateway on config, its output appended to <dir>/<log>, once it answers on port
         (any HTTP status counts) -> the process.  It exiting first raises."""
         path = os.path.join(cls.dir, log)
         with open(path, "a") as f:
-            gw = subprocess.Popen([GATEWAY, "--config", config], stdout=f, stderr=f)
+            gw = subprocess.Popen([GATEWAY, "--config", config], stdout=f, stderr=f, env=env)
 
         def up():
             if gw.poll() is not None:
