@@ -349,7 +349,7 @@ static void bench_context(eng_model_t *m) {
 
 static void bench_streams(eng_model_t *m) {
     static const int B[] = {1, 4, 16, 64};
-    enum { NB = 4, ROUNDS = 3, STEPS = 4, CTX = 256 };
+    enum { NB = 4, ROUNDS = 5, STEPS = 8, CTX = 256 };
     int V = eng_model_info(m)->vocab_size;
     float **lg = malloc(64 * sizeof *lg);
     for (int i = 0; i < 64; i++) lg[i] = malloc((size_t)V * 4);
