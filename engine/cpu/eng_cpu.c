@@ -501,7 +501,6 @@ static const char *cpu_describe(eng_backend_t *be) {
 static void *cpu_alloc(eng_backend_t *be, size_t n) { return eng_alloc(n); }
 static void cpu_release(eng_backend_t *be, void *p) { free(p); }
 
-/* MAP_NORESERVE: a page costs memory only once a token is written into it */
 
 static int cpu_copy(eng_backend_t *be, void *dst, const void *src, size_t n) {
     if (n) memmove(dst, src, n);
