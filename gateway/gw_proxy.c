@@ -160,16 +160,39 @@ static int gw_proxy_body_stream(const gw_http_req_t *h, int stream, const tg_jso
 
 /* The body forwarded to the worker: the client's, with stream_options for a
  * stream (below) and, when inject_max_tokens > 0 (the client gave no cap),
- * "max_tokens":N as a new first member, so the worker stops where the hold
- * and the TPM charge assumed. */
+ * "max_tokens":N, so the worker stops where the hold and the TPM charge
+ * assumed: in place of the value of a "max_tokens":null the client sent (a
+ * second member would be a duplicate key, which the worker refuses), else as
+ * a new first member. */
 int gw_proxy_body(const gw_http_req_t *h, int stream, const tg_json_t *json, int64_t inject_max_tokens,
                   tg_buf_t *out) {
     if (gw_proxy_body_stream(h, stream, json, out) != GW_OK) return GW_ERROR;
     if (inject_max_tokens <= 0) return GW_OK;
     size_t off, len;
+    char put[48];
+    const tg_json_t *mt = tg_json_get(json, "max_tokens");
+    if (mt) { /* null: api/ read no cap from it, and gw_route_chat refused a body with two */
+        tg_json_span(mt, &off, &len);
+        /* the stream edits lie at the root's start or inside stream_options' value,
+         * apart from this member: text after them moved by what they added */
+        size_t at = off;
+        if (stream) {
+            const tg_json_t *so = tg_json_get(json, "stream_options");
+            size_t soff = 0, slen;
+            if (so) tg_json_span(so, &soff, &slen);
+            if (off > soff) at = off + out->len - h->body_len;
+        }
+        if (at + len > out->len || len != 4 || memcmp(out->p + at, "null", 4)) return GW_ERROR;
+        int n = snprintf(put, sizeof put, "%lld", (long long)inject_max_tokens);
+        size_t tail = out->len - at - len;
+        if ((size_t)n > len && tg_buf_put(out, put, (size_t)n - len) != GW_OK) return GW_ERROR; /* room */
+        memmove(out->p + at + n, out->p + at + len, tail);
+        memcpy(out->p + at, put, (size_t)n);
+        out->len = at + (size_t)n + tail;
+        return GW_OK;
+    }
     tg_json_span(json, &off, &len);
     if (off >= out->len || out->p[off] != '{') return GW_ERROR;
-    char put[48];
     size_t i = off + 1;
     while (i < out->len && (out->p[i] == ' ' || out->p[i] == '\t' || out->p[i] == '\n' || out->p[i] == '\r')) i++;
     int empty = i < out->len && out->p[i] == '}';

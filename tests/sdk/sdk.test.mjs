@@ -326,3 +326,23 @@ test('json_schema as Pydantic writes a model ($defs, $ref, Optional as anyOf wit
     assert.ok(v.pets === null || (Array.isArray(v.pets) && v.pets.every((p) => typeof p === 'string')));
   }
 });
+
+// ---- conformance audit: what SDKs and their users send ----
+
+// stop strings the demo model writes within a few tokens, so a request without a cap ends soon
+const soon = [' ', 'e', 'a', '\u7684'];
+
+test('max_tokens: null (an unset cap, as SDK users pass it) is no cap, plain and streamed', async () => {
+  const r = await client.chat.completions.create({ model, messages, max_tokens: null, stop: soon, temperature: 0 });
+  assert.ok(['stop', 'length'].includes(r.choices[0].finish_reason));
+  assert.ok(r.usage.completion_tokens >= 1);
+  // streamed, the gateway also rewrites stream_options: the cap goes in beside it
+  const base = { model, messages, stop: soon, temperature: 0, stream: true };
+  for (const body of [{ ...base, max_tokens: null }, { ...base, max_tokens: null, stream_options: null },
+    { ...base, stream_options: { include_usage: false }, max_tokens: null }]) {
+    const s = await client.chat.completions.create(body);
+    let finish = null;
+    for await (const chunk of s) for (const c of chunk.choices) finish = c.finish_reason ?? finish;
+    assert.ok(['stop', 'length'].includes(finish), String(finish));
+  }
+});
