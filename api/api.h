@@ -31,7 +31,7 @@ int api_err(api_err_t *e, int status, const char *type, const char *param, const
 /* {"error":{"message","type","param","code"}}; malloc'd, NULL on OOM. */
 char *api_err_json(const api_err_t *e);
 
-#define API_MAX_STOP 4
+#define API_MAX_STOP 16 /* DeepSeek's limit (OpenAI's is 4) */
 #define API_MAX_TOP_LOGPROBS 20
 #define API_MAX_TOOLS 128
 #define API_MAX_LOGIT_BIAS 1024

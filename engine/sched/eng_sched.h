@@ -25,7 +25,7 @@
 
 /* ---- stop strings, matched across token boundaries ------------------------ */
 
-#define ENG_MAX_STOP 4
+#define ENG_MAX_STOP 16 /* = API_MAX_STOP */
 
 /* Text pushed in is emitted as soon as no stop string can start inside it;
  * the tail that is a prefix of some stop string is held back.  When a stop

@@ -395,7 +395,7 @@ class Server(unittest.TestCase):
         bad({"model": MODEL, "messages": m, "n": 17}, "n")
         bad({"model": MODEL, "messages": m, "logprobs": "yes"}, "logprobs")
         bad({"model": MODEL, "messages": m, "top_logprobs": 2}, "top_logprobs")
-        bad({"model": MODEL, "messages": m, "stop": ["a", "b", "c", "d", "e"]}, "stop")
+        bad({"model": MODEL, "messages": m, "stop": [chr(97 + i) for i in range(17)]}, "stop")
         bad({"model": MODEL, "messages": m, "stream": "yes"}, "stream")
         ctx = json.loads(request(PORT, "GET", "/v1/models")[2])["data"][0]["context_length"]
         e = bad({"model": MODEL, "messages": m, "max_tokens": ctx})

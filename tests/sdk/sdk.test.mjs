@@ -346,3 +346,17 @@ test('max_tokens: null (an unset cap, as SDK users pass it) is no cap, plain and
     assert.ok(['stop', 'length'].includes(finish), String(finish));
   }
 });
+
+test('stop takes up to 16 strings (DeepSeek), each honoured; 17 is a BadRequestError on stop', async () => {
+  const ask = (extra) => client.chat.completions.create({ model, messages, max_tokens: 8, temperature: 1, seed: 11, ...extra });
+  const full = (await ask({})).choices[0].message.content;
+  assert.ok(full.length >= 4, full);
+  const cut = full.slice(2, 4);
+  const others = Array.from({ length: 15 }, (_, i) => '\u0001never' + i);
+  for (const o of others) assert.ok(!full.includes(o));
+  const s = await ask({ stop: [...others, cut] }); // the one that matches last of the 16
+  assert.equal(s.choices[0].message.content, full.slice(0, full.indexOf(cut)));
+  assert.equal(s.choices[0].finish_reason, 'stop');
+  await assert.rejects(ask({ stop: [...others, cut, 'x'] }),
+    (e) => e instanceof OpenAI.BadRequestError && e.status === 400 && e.param === 'stop');
+});

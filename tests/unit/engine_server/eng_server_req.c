@@ -100,7 +100,8 @@ static void test_400_cases(void) {
     expect_400("{\"model\":\"m\"," MSG ",\"logprobs\":1}", "logprobs", "invalid_type");
     expect_400("{\"model\":\"m\"," MSG ",\"top_logprobs\":2}", "top_logprobs", "invalid_value");
     expect_400("{\"model\":\"m\"," MSG ",\"logprobs\":true,\"top_logprobs\":21}", "top_logprobs", "invalid_value");
-    expect_400("{\"model\":\"m\"," MSG ",\"stop\":[\"a\",\"b\",\"c\",\"d\",\"e\"]}", "stop", "invalid_value");
+    expect_400("{\"model\":\"m\"," MSG ",\"stop\":[\"a\",\"b\",\"c\",\"d\",\"e\",\"f\",\"g\",\"h\",\"i\",\"j\",\"k\","
+               "\"l\",\"m\",\"n\",\"o\",\"p\",\"q\"]}", "stop", "invalid_value"); /* 17: DeepSeek allows 16 */
     expect_400("{\"model\":\"m\"," MSG ",\"stop\":[1]}", "stop", "invalid_type");
     expect_400("{\"model\":\"m\"," MSG ",\"stop\":5}", "stop", "invalid_type");
     expect_400("{\"model\":\"m\"," MSG ",\"stream\":\"yes\"}", "stream", "invalid_type");
