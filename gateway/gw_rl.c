@@ -509,22 +509,27 @@ static void lease_unlink(gw_rl_call_t *c) {
 }
 
 /* Headers: for each of requests and tokens the subject with the least room;
- * a refusal: the first subject (the key before its customer) that refused. */
+ * a refusal: the first subject (the key before its customer) that refused.
+ * Room is shown at most the limit: Redis's room plus what a lease holds can
+ * exceed it, because the bucket drains the lease's charge while the lease
+ * still holds the tokens (gateway/README.md "Rate limits"). */
 static void build_result(gw_rl_call_t *c, const gw_rl_verdict_t *v) {
     gw_rl_result_t *r = &c->res;
     int haver = 0, havet = 0;
     for (int i = 0; i < c->nsub; i++) {
         const gw_rl_limits_t *l = &c->sub[i].lim;
-        if (l->rpm > 0 && (!haver || v[i].rrem < r->remaining)) {
+        int64_t rrem = v[i].rrem < l->rpm ? v[i].rrem : l->rpm;
+        int64_t trem = v[i].trem < l->tpm ? v[i].trem : l->tpm;
+        if (l->rpm > 0 && (!haver || rrem < r->remaining)) {
             haver = 1;
             r->limit = l->rpm;
-            r->remaining = v[i].rrem;
+            r->remaining = rrem;
             r->reset_ms = v[i].rreset;
         }
-        if (l->tpm > 0 && (!havet || v[i].trem < r->tpm_remaining)) {
+        if (l->tpm > 0 && (!havet || trem < r->tpm_remaining)) {
             havet = 1;
             r->tpm_limit = l->tpm;
-            r->tpm_remaining = v[i].trem;
+            r->tpm_remaining = trem;
             r->tpm_reset_ms = v[i].treset;
         }
     }

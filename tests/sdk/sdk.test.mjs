@@ -360,3 +360,30 @@ test('stop takes up to 16 strings (DeepSeek), each honoured; 17 is a BadRequestE
   await assert.rejects(ask({ stop: [...others, cut, 'x'] }),
     (e) => e instanceof OpenAI.BadRequestError && e.status === 400 && e.param === 'stop');
 });
+
+test('x-ratelimit-* headers: remaining never above the limit, retry-after on 429 (RateLimitError)', async () => {
+  const name = 'sdk-rl-' + Math.random().toString(16).slice(2, 14);
+  execFileSync(ctl, ['customer', 'create', name, '--credit-usd', '1.00']);
+  const out = execFileSync(ctl, ['key', 'create', '--customer', name, '--rpm', '1', '--tpm', '100000']).toString();
+  const c = new OpenAI({ apiKey: out.trim().split('\n').pop().trim(), baseURL, maxRetries: 0, timeout: 120000 });
+  const check = (h) => {
+    for (const k of ['requests', 'tokens']) {
+      const lim = Number(h.get('x-ratelimit-limit-' + k));
+      const rem = Number(h.get('x-ratelimit-remaining-' + k));
+      assert.ok(Number.isInteger(lim) && Number.isInteger(rem) && rem >= 0 && rem <= lim, `${k}: ${rem} of ${lim}`);
+    }
+  };
+  const { response } = await c.chat.completions.create({ model, messages, max_tokens: 2 }).withResponse();
+  check(response.headers);
+  // the token bucket drains meanwhile (the tokens a lease holds were charged when it was granted)
+  await new Promise((res) => setTimeout(res, 300));
+  await assert.rejects(c.chat.completions.create({ model, messages, max_tokens: 2 }), (e) => {
+    assert.ok(e instanceof OpenAI.RateLimitError && e.status === 429, String(e));
+    assert.equal(e.code, 'rate_limit_exceeded');
+    assert.ok(Number(e.headers.get('retry-after')) >= 1);
+    check(e.headers);
+    return true;
+  });
+  const models = await c.models.list().withResponse();
+  check(models.response.headers);
+});
