@@ -1133,10 +1133,12 @@ static const struct {
     {"n", P_READ}, {"seed", P_READ}, {"stop", P_READ}, {"stream", P_READ}, {"stream_options", P_READ},
     {"tools", P_READ}, {"tool_choice", P_READ}, {"parallel_tool_calls", P_READ}, {"response_format", P_READ},
     {"user", P_IDENT}, {"metadata", P_IDENT}, {"store", P_IDENT}, {"service_tier", P_IDENT},
-    {"prompt_cache_key", P_IDENT}, {"safety_identifier", P_IDENT},
+    {"prompt_cache_key", P_IDENT}, {"safety_identifier", P_IDENT}, {"prompt_cache_retention", P_IDENT},
+    {"prompt_cache_options", P_IDENT},
     {"functions", P_UNSUPPORTED}, {"function_call", P_UNSUPPORTED}, {"audio", P_UNSUPPORTED},
     {"modalities", P_UNSUPPORTED}, {"prediction", P_UNSUPPORTED}, {"web_search_options", P_UNSUPPORTED},
     {"reasoning_effort", P_UNSUPPORTED}, {"verbosity", P_UNSUPPORTED}, {"thinking", P_UNSUPPORTED},
+    {"moderation", P_UNSUPPORTED},
 };
 
 static int check_params(const tg_json_t *root, api_err_t *e) {
@@ -1180,8 +1182,13 @@ static int check_params(const tg_json_t *root, api_err_t *e) {
     if (!is_null(v) && b)
         return BAD("store", "unsupported_parameter",
                    "Unsupported value: 'store' true is not supported by this server (completions are not stored).");
-    static const char *const strs[] = {"service_tier", "prompt_cache_key", "safety_identifier"};
-    for (size_t i = 0; i < 3; i++) {
+    v = tg_json_get(root, "prompt_cache_options");
+    if (!is_null(v) && tg_json_type(v) != TG_JSON_OBJECT)
+        return BAD("prompt_cache_options", "invalid_type",
+                   "Invalid type for 'prompt_cache_options': expected an object, but got %s.", type_name(v));
+    static const char *const strs[] = {"service_tier", "prompt_cache_key", "safety_identifier",
+                                       "prompt_cache_retention"};
+    for (size_t i = 0; i < sizeof strs / sizeof *strs; i++) {
         v = tg_json_get(root, strs[i]);
         if (!is_null(v) && tg_json_type(v) != TG_JSON_STRING)
             return BAD(strs[i], "invalid_type", "Invalid type for '%s': expected a string, but got %s.", strs[i],
@@ -1261,7 +1268,10 @@ int api_chat_req_read(api_chat_req_t *r, const tg_json_t *root, api_err_t *e) {
         TG_JSON_FOREACH(k, v) {
             size_t kl;
             const char *ks = tg_json_key(k, &kl);
-            if (!(kl == 13 && !memcmp(ks, "include_usage", 13))) {
+            /* include_obfuscation: OpenAI pads deltas with random text against
+             * side channels; there is no padding here, so false and true are alike */
+            if (!(kl == 13 && !memcmp(ks, "include_usage", 13)) &&
+                !(kl == 19 && !memcmp(ks, "include_obfuscation", 19))) {
                 BAD("stream_options", "unknown_parameter", "Unrecognized request argument supplied: stream_options.%.*s",
                     (int)(kl > 64 ? 64 : kl), ks);
                 goto fail;
@@ -1269,6 +1279,11 @@ int api_chat_req_read(api_chat_req_t *r, const tg_json_t *root, api_err_t *e) {
         }
         if (get_bool(v, "include_usage", &r->include_usage, e)) {
             snprintf(e->param, sizeof e->param, "stream_options.include_usage");
+            goto fail;
+        }
+        int obf;
+        if (get_bool(v, "include_obfuscation", &obf, e)) {
+            snprintf(e->param, sizeof e->param, "stream_options.include_obfuscation");
             goto fail;
         }
     }

@@ -387,3 +387,19 @@ test('x-ratelimit-* headers: remaining never above the limit, retry-after on 429
   const models = await c.models.list().withResponse();
   check(models.response.headers);
 });
+
+test('parameters of the pinned SDK types: cache hints and stream_options.include_obfuscation accepted', async () => {
+  const r = await client.chat.completions.create({
+    model, messages, max_tokens: 2, prompt_cache_key: 'k1', prompt_cache_retention: '24h',
+    prompt_cache_options: { ttl: '30m' }, safety_identifier: 'u-1', user: 'u-1',
+  });
+  assert.equal(r.usage.completion_tokens, 2);
+  const s = await client.chat.completions.create({
+    model, messages, max_tokens: 2, stream: true, stream_options: { include_usage: true, include_obfuscation: false },
+  });
+  let usage = null;
+  for await (const chunk of s) if (chunk.usage) usage = chunk.usage;
+  assert.equal(usage.completion_tokens, 2);
+  await assert.rejects(client.chat.completions.create({ model, messages, max_tokens: 2, moderation: { model: 'x' } }),
+    (e) => e instanceof OpenAI.BadRequestError && e.param === 'moderation' && e.code === 'unsupported_parameter');
+});

@@ -79,6 +79,17 @@ static void test_unknown_parameters(void) {
                      "\"service_tier\":\"auto\",\"n\":1}", &r, &e), 0);
     api_chat_req_free(&r);
     expect_400("{\"model\":\"m\"," MSG ",\"user\":5}", "user", "invalid_type");
+    /* what the pinned OpenAI SDK types also offer: cache hints accepted, obfuscation a no-op */
+    CHECK_EQ_I(parse("{\"model\":\"m\"," MSG ",\"prompt_cache_retention\":\"24h\",\"prompt_cache_options\":"
+                     "{\"ttl\":\"30m\"},\"stream\":true,\"stream_options\":{\"include_obfuscation\":false,"
+                     "\"include_usage\":true}}", &r, &e), 0);
+    CHECK_EQ_I(r.include_usage, 1);
+    api_chat_req_free(&r);
+    expect_400("{\"model\":\"m\"," MSG ",\"prompt_cache_retention\":1}", "prompt_cache_retention", "invalid_type");
+    expect_400("{\"model\":\"m\"," MSG ",\"prompt_cache_options\":\"x\"}", "prompt_cache_options", "invalid_type");
+    expect_400("{\"model\":\"m\"," MSG ",\"stream_options\":{\"include_obfuscation\":1}}",
+               "stream_options.include_obfuscation", "invalid_type");
+    expect_400("{\"model\":\"m\"," MSG ",\"moderation\":{\"model\":\"x\"}}", "moderation", "unsupported_parameter");
 }
 
 static void test_sampling_parameters(void) {
