@@ -1,9 +1,12 @@
 """n choices through the whole stack (issue 10): each choice sampled on its own, the
 usage the client sees summed (the prompt once, completion tokens over the choices),
 and that usage is what lands in the usage row and its cost; the balance hold is
-charged for n times max_tokens.
+charged for n times max_tokens.  A "max_tokens": null (no cap) gets the gateway's
+default_max_tokens written in its place, whatever the length of that number, plain and
+streamed, with stream_options before or after it.
 
-Runs against the test stack (scripts/stack.sh test-up)."""
+Runs against the test stack (scripts/stack.sh test-up), plus one gateway instance
+(the stack's public port + 90) with a longer default_max_tokens."""
 
 import json
 import os
@@ -13,7 +16,7 @@ import unittest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gwinstances import https  # noqa: E402
+from gwinstances import Instances, https  # noqa: E402
 from tgskip import main  # noqa: E402
 from tgstack import E, MODEL, WAIT, ctl, q, wait_for  # noqa: E402
 
@@ -85,6 +88,32 @@ class Choices(unittest.TestCase):
         one = body(1, max_tokens=700, stop=[" ", "e", "a", "\u7684"])
         st, _, data = https(PORT, "POST", "/v1/chat/completions", key, one, timeout=WAIT)
         self.assertNotEqual(st, 402, data[:300])
+
+
+SOON = [" ", "e", "a", "\u7684"]  # the demo model writes one of these within a few tokens
+
+
+class DefaultCap(unittest.TestCase):
+    def test_null_max_tokens_gets_the_default_in_place(self):
+        key = customer_key("cap-null", "1.00")
+        for cap in (7, 12345):  # shorter and longer than "null": the text shrinks and grows
+            gw = Instances("cap-instance", [PORT + 90], default_max_tokens=cap).start()
+            try:
+                bodies = [body(2, max_tokens=None, stop=SOON),
+                          body(2, max_tokens=None, stop=SOON, stream=True),
+                          dict(body(1, stream=True, stream_options={"include_usage": False}, stop=SOON),
+                               max_tokens=None),
+                          dict({"stream_options": None}, **body(1, max_tokens=None, stream=True, stop=SOON))]
+                for b in bodies:
+                    st, _, data = https(PORT + 90, "POST", "/v1/chat/completions", key, b, timeout=WAIT)
+                    self.assertEqual(st, 200, (cap, b, data[:300]))
+                    if b.get("stream"):
+                        self.assertTrue(data.rstrip().endswith(b"data: [DONE]"), data[-200:])
+                    else:
+                        r = json.loads(data)
+                        self.assertLessEqual(r["usage"]["completion_tokens"], 2 * cap)
+            finally:
+                gw.stop()
 
 
 if __name__ == "__main__":
