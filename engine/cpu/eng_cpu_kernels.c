@@ -380,6 +380,7 @@ void eng_cpu_dot_rows(const float *x, const float *rows, size_t ldr, int nr, int
 static inline __attribute__((always_inline, target("avx512f"))) void dot4x2(__m512 acc[4][4], const float *const v[4],
                                                                            int64_t i, __m512 p0, __m512 p1,
                                                                            __m512 p2, __m512 p3) {
+#pragma GCC unroll 4
     for (int q = 0; q < 4; q++) {
         __m512 x0 = _mm512_loadu_ps(v[q] + i), x1 = _mm512_loadu_ps(v[q] + i + 16);
         acc[q][0] = _mm512_fmadd_ps(x0, p0, acc[q][0]);
@@ -391,6 +392,7 @@ static inline __attribute__((always_inline, target("avx512f"))) void dot4x2(__m5
 
 static inline __attribute__((always_inline, target("avx512f"))) void dot4x2_out(__m512 acc[4][4], float *out,
                                                                                size_t ldo, int k) {
+#pragma GCC unroll 4
     for (int q = 0; q < 4; q++) {
         out[q * ldo + k] = _mm512_reduce_add_ps(_mm512_add_ps(acc[q][0], acc[q][1]));
         out[q * ldo + k + 1] = _mm512_reduce_add_ps(_mm512_add_ps(acc[q][2], acc[q][3]));
@@ -400,6 +402,7 @@ static inline __attribute__((always_inline, target("avx512f"))) void dot4x2_out(
 static inline __attribute__((always_inline, target("avx512f"))) void axpy4x4(__m512 acc[4][4], const float *a,
                                                                             size_t lda, int d, __m512 r0, __m512 r1,
                                                                             __m512 r2, __m512 r3) {
+#pragma GCC unroll 4
     for (int q = 0; q < 4; q++) {
         __m512 va = _mm512_set1_ps(a[q * lda + d]);
         acc[q][0] = _mm512_fmadd_ps(va, r0, acc[q][0]);
