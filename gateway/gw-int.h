@@ -576,8 +576,11 @@ void gw_req_error(gw_req_t *r, int status, const char *type, const char *code, c
 /* Write the response head; clen -1: body of unknown length (chunked, or
  * close-delimited to an HTTP/1.0 client). */
 void gw_req_head(gw_req_t *r, int status, const char *ctype, int64_t clen);
-/* A whole answer: head and body, then gw_req_finish. */
+/* A whole answer: head and body (no body to HEAD), then gw_req_finish. */
 void gw_req_answer(gw_req_t *r, int status, const char *ctype, const char *body, size_t len);
+int gw_req_is_head(const gw_req_t *r); /* the request's method is HEAD: its answer has no body */
+/* 405 with Allow: allow (e.g. "GET, HEAD"), the methods the endpoint takes. */
+void gw_req_method_not_allowed(gw_req_t *r, const char *allow);
 void gw_req_finish(gw_req_t *r);
 struct evbuffer *gw_req_out(gw_req_t *r);
 /* r's answer (what is queued and what follows) waits until gw_req_release_held. */

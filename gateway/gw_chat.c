@@ -247,7 +247,7 @@ static void gw_chat_run(gw_req_t *r) {
         return;
     }
     if (strcmp(r->http->method, "POST")) {
-        gw_req_error(r, 405, "invalid_request_error", "method_not_allowed", NULL, "Use POST for this endpoint");
+        gw_req_method_not_allowed(r, "POST");
         return;
     }
     const char *key = gw_auth_bearer(r);

@@ -321,7 +321,7 @@ static void gw_dash_route(gw_req_t *r) {
         return;
     }
     if (strcmp(m, "GET") && strcmp(m, "HEAD")) {
-        gw_req_error(r, 405, "invalid_request_error", "method_not_allowed", NULL, "Use GET");
+        gw_req_method_not_allowed(r, "GET, HEAD");
         return;
     }
     const char *name = t + 11; /* after "/dashboard/" */

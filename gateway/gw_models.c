@@ -111,8 +111,8 @@ static void gw_models_cleanup(void *arg) {
 }
 
 static void gw_models_run(gw_req_t *r) {
-    if (strcmp(r->http->method, "GET")) {
-        gw_req_error(r, 405, "invalid_request_error", "method_not_allowed", NULL, "Use GET");
+    if (strcmp(r->http->method, "GET") && !gw_req_is_head(r)) {
+        gw_req_method_not_allowed(r, "GET, HEAD");
         return;
     }
     const char *key = gw_auth_bearer(r);
@@ -132,6 +132,10 @@ const gw_handler_t gw_models_handler = {GW_ROUTE_MODELS, gw_models_run, NULL, NU
 
 static void gw_health_run(gw_req_t *r) {
     static const char ok[] = "{\"status\":\"ok\"}\n";
+    if (strcmp(r->http->method, "GET") && !gw_req_is_head(r)) {
+        gw_req_method_not_allowed(r, "GET, HEAD");
+        return;
+    }
     gw_req_answer(r, 200, "application/json", ok, sizeof ok - 1);
 }
 
@@ -139,6 +143,10 @@ const gw_handler_t gw_health_handler = {GW_ROUTE_HEALTH, gw_health_run, NULL, NU
 
 /* GET /v1/receipt-key: the key that signs usage receipts. */
 static void gw_receipt_key_run(gw_req_t *r) {
+    if (strcmp(r->http->method, "GET") && !gw_req_is_head(r)) {
+        gw_req_method_not_allowed(r, "GET, HEAD");
+        return;
+    }
     const char *k = bill_receipt_key_json(r->loop->bill);
     if (!k) gw_req_error(r, 404, "invalid_request_error", "not_found", NULL, "Usage receipts are not signed here");
     else gw_req_answer(r, 200, "application/json", k, strlen(k));

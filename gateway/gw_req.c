@@ -63,10 +63,25 @@ void gw_req_head(gw_req_t *r, int status, const char *ctype, int64_t clen) {
     if (clen < 0) gw_conn_flush(r->conn); /* a stream's head goes out now; a whole answer's with its body */
 }
 
+int gw_req_is_head(const gw_req_t *r) { return r->http && !strcmp(r->http->method, "HEAD"); }
+
+/* The answer to HEAD is the head GET would get, Content-Length included, and
+ * no body (RFC 9110 §9.3.2): the client reads no body, so body bytes would be
+ * taken for the start of the next answer on the connection. */
 void gw_req_answer(gw_req_t *r, int status, const char *ctype, const char *body, size_t len) {
     gw_req_head(r, status, ctype, (int64_t)len);
-    if (!r->client_gone && len) evbuffer_add(gw_req_out(r), body, len);
+    if (!r->client_gone && len && !gw_req_is_head(r)) evbuffer_add(gw_req_out(r), body, len);
     gw_req_finish(r);
+}
+
+void gw_req_method_not_allowed(gw_req_t *r, const char *allow) {
+    size_t n = strlen(allow) + sizeof "Allow: \r\n";
+    char *h = gw_palloc(r->pool, n);
+    if (h) snprintf(h, n, "Allow: %s\r\n", allow);
+    r->extra_headers = h;
+    char msg[128];
+    snprintf(msg, sizeof msg, "Method %.16s is not allowed on this endpoint; use %s", r->http->method, allow);
+    gw_req_error(r, 405, "invalid_request_error", "method_not_allowed", NULL, msg);
 }
 
 void gw_req_error(gw_req_t *r, int status, const char *type, const char *code, const char *param,

@@ -100,11 +100,14 @@ class Conn:
             raise EOFError("connection closed")
         self.buf += d
 
-    def read_response(self, on_chunk=None):
-        """-> (status, headers dict lower-case, body bytes); de-chunks."""
+    def read_response(self, on_chunk=None, head_only=False):
+        """-> (status, headers dict lower-case, body bytes); de-chunks.
+        head_only: the answer to HEAD (a head, whatever Content-Length says)."""
         while b"\r\n\r\n" not in self.buf:
             self._fill()
         head, self.buf = self.buf.split(b"\r\n\r\n", 1)
+        if not head.startswith(b"HTTP/1.1 "):
+            raise AssertionError("not a status line (a desynchronised connection?): %r" % head[:200])
         lines = head.decode().split("\r\n")
         status = int(lines[0].split()[1])
         h = {}
@@ -112,7 +115,7 @@ class Conn:
             k, v = ln.split(":", 1)
             h[k.strip().lower()] = v.strip()
         body = b""
-        if status == 100:
+        if status == 100 or head_only:
             return status, h, body
         if "content-length" in h:
             n = int(h["content-length"])
@@ -666,6 +669,52 @@ class Gateway(unittest.TestCase):
             openai_error(self, st, h, b, 413)
             self.assertEqual(h["connection"], "close")
             self.assertTrue(c.closed_by_peer())
+        finally:
+            c.close()
+
+    def test_head_answers_have_no_body(self):
+        # HEAD gets the head GET would get (Content-Length included) and no
+        # body: the client reads none, so body bytes would be taken for the
+        # start of the next answer on the connection
+        c = Conn()
+        try:
+            c.send(b"HEAD /health HTTP/1.1\r\nHost: x\r\n\r\n"
+                   b"HEAD /v1/chat/completions HTTP/1.1\r\nHost: x\r\n\r\n"
+                   b"HEAD /v1/nothing HTTP/1.1\r\nHost: x\r\n\r\n"
+                   b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            st, h, _ = c.read_response(head_only=True)
+            self.assertEqual((st, h["content-length"]), (200, "16"))
+            st, h, _ = c.read_response(head_only=True)
+            self.assertEqual((st, h["allow"]), (405, "POST"))
+            self.assertGreater(int(h["content-length"]), 0)
+            st, h, _ = c.read_response(head_only=True)
+            self.assertEqual(st, 404)
+            st, h, b = c.read_response()
+            self.assertEqual((st, b), (200, b'{"status":"ok"}\n'))
+        finally:
+            c.close()
+
+    def test_405_names_the_allowed_methods(self):
+        # RFC 9110 §15.5.6: a 405 carries Allow; the connection goes on
+        c = Conn()
+        try:
+            for method, path, allow in (("GET", "/v1/chat/completions", "POST"),
+                                        ("OPTIONS", "/v1/chat/completions", "POST"),
+                                        ("PUT", "/v1/chat/completions", "POST"),
+                                        ("DELETE", "/v1/models", "GET, HEAD"),
+                                        ("POST", "/v1/models/" + MODEL, "GET, HEAD"),
+                                        ("POST", "/health", "GET, HEAD"),
+                                        ("TRACE", "/health", "GET, HEAD"),
+                                        ("get", "/health", "GET, HEAD"),
+                                        ("PATCH", "/v1/receipt-key", "GET, HEAD"),
+                                        ("POST", "/dashboard/", "GET, HEAD")):
+                st, h, b = c.request(method, path, b"{}", self.key)
+                err = openai_error(self, st, h, b, 405, "method_not_allowed")
+                self.assertEqual(h.get("allow"), allow, (method, path))
+                self.assertIn(allow, err["message"])
+                self.assertEqual(h["connection"], "keep-alive")
+            st, h, b = c.request("GET", "/health")
+            self.assertEqual(st, 200, b)
         finally:
             c.close()
 
