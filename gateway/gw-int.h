@@ -72,6 +72,8 @@ typedef struct {
     size_t line_len;    /* length of the current size/trailer line, bounded */
     size_t trailer_bytes; /* trailer section received (counted with the head's limits) */
     int trailer_fields;
+    int ext;            /* in the size line: saw the ';' of an extension */
+    int colon;          /* in a trailer line: past its name's ':' */
 } gw_chunked_t;
 
 /* Decode len bytes of a chunked body, appending the payload to out.

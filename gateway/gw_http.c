@@ -32,6 +32,10 @@ enum { CH_SIZE, CH_EXT, CH_SIZE_LF, CH_DATA, CH_DATA_CR, CH_DATA_LF, CH_TRAILER,
 
 #define GW_CHUNK_LINE_MAX 4096
 
+static int is_tchar(unsigned char c) {
+    return isalnum(c) || (c && strchr("!#$%&'*+-.^_`|~", c));
+}
+
 static int hexval(int c) {
     if (c >= '0' && c <= '9') return c - '0';
     if (c >= 'a' && c <= 'f') return c - 'a' + 10;
@@ -54,6 +58,7 @@ ssize_t gw_chunked_feed(gw_chunked_t *c, const char *in, size_t len, tg_buf_t *o
                 return -1;
             } else if (ch == ';' || ch == ' ' || ch == '\t') {
                 c->state = CH_EXT;
+                c->ext = ch == ';';
                 c->line_len = 0;
                 i++;
             } else if (ch == '\r') {
@@ -68,14 +73,17 @@ ssize_t gw_chunked_feed(gw_chunked_t *c, const char *in, size_t len, tg_buf_t *o
             }
             break;
         }
-        case CH_EXT: /* chunk extensions are ignored, but bounded */
+        case CH_EXT: /* chunk extensions are ignored, but bounded; only blanks before the ';' */
             if (ch == '\n') {
                 c->state = c->remaining ? CH_DATA : CH_TRAILER;
                 c->line_len = 0;
             } else if (ch == '\r') {
                 c->state = CH_SIZE_LF;
-            } else if (++c->line_len > GW_CHUNK_LINE_MAX || ch == '\0') {
-                return -1;
+            } else if (++c->line_len > GW_CHUNK_LINE_MAX || ((unsigned char)ch < 0x20 && ch != '\t') ||
+                       ch == 0x7f || (!c->ext && ch != ';' && ch != ' ' && ch != '\t')) {
+                return -1; /* "1 0" is not a size of 1 (nor of 16) */
+            } else if (ch == ';') {
+                c->ext = 1;
             }
             i++;
             break;
@@ -106,25 +114,36 @@ ssize_t gw_chunked_feed(gw_chunked_t *c, const char *in, size_t len, tg_buf_t *o
             c->ndigits = 0;
             i++;
             break;
-        case CH_TRAILER: /* lines until an empty one */
+        case CH_TRAILER: /* field lines until an empty one */
             c->trailer_bytes++;
             if (ch == '\n') {
                 if (c->line_len == 0) c->done = 1;
+                else if (!c->colon) return -1;
                 else c->trailer_fields++;
                 c->line_len = 0;
+                c->colon = 0;
             } else if (ch == '\r') {
                 c->state = CH_TRAILER_LF;
             } else if (++c->line_len > GW_CHUNK_LINE_MAX) {
                 return -1;
+            } else if (!c->colon) { /* the name: a token (no folding, no blank before the ':') */
+                if (ch == ':' && c->line_len > 1) c->colon = 1;
+                else if (!is_tchar((unsigned char)ch)) return -1;
+            } else if (((unsigned char)ch < 0x20 && ch != '\t') || ch == 0x7f) {
+                return -1;
             }
+            /* A trailer line that is no field (a missing last CRLF, then the
+             * next request's line) is an error, never a request swallowed. */
             i++;
             break;
         case CH_TRAILER_LF:
             if (ch != '\n') return -1;
             c->trailer_bytes++;
             if (c->line_len == 0) c->done = 1;
+            else if (!c->colon) return -1;
             else c->trailer_fields++;
             c->line_len = 0;
+            c->colon = 0;
             c->state = CH_TRAILER;
             i++;
             break;
@@ -173,10 +192,6 @@ static int fail(gw_http_parser_t *p, int status, const char *msg) {
     return GW_ERROR;
 }
 
-static int is_tchar(unsigned char c) {
-    return isalnum(c) || (c && strchr("!#$%&'*+-.^_`|~", c));
-}
-
 /* Does the comma-separated list in v contain token t (case-insensitive)? */
 static int list_has(const char *v, const char *t) {
     size_t tl = strlen(t);
@@ -217,6 +232,18 @@ static int parse_head(gw_http_parser_t *p, gw_http_req_t *r, char *h, size_t hle
         !isdigit((unsigned char)ver[7]) || ver[8])
         return fail(p, 400, "malformed HTTP version");
     if (ver[5] != '1') return fail(p, 505, "HTTP version not supported");
+    /* absolute-form (RFC 9112 §3.2.2), which a server must accept: the
+     * handlers see its path (origin-form), "/" when it has none */
+    size_t sch = !strncasecmp(target, "http://", 7) ? 7 : !strncasecmp(target, "https://", 8) ? 8 : 0;
+    if (sch) {
+        char *path = target + sch + strcspn(target + sch, "/?#");
+        if (path == target + sch) return fail(p, 400, "malformed request target");
+        if (*path != '/') *--path = '/'; /* over the authority's last byte, which nothing reads */
+        target = path;
+    }
+    /* origin-form, or "*" for OPTIONS; CONNECT's authority-form is not served */
+    if (*target != '/' && !(!strcmp(target, "*") && !strcmp(h, "OPTIONS")))
+        return fail(p, 400, "malformed request target");
     r->method = h;
     r->target = target;
     r->minor = ver[7] - '0';
@@ -273,7 +300,7 @@ static int parse_head(gw_http_parser_t *p, gw_http_req_t *r, char *h, size_t hle
             if (list_has(v, "keep-alive")) conn_keep = 1;
         } else if (!strcasecmp(line, "expect")) {
             if (strcasecmp(v, "100-continue")) return fail(p, 417, "unsupported Expect");
-            r->expect_continue = 1;
+            r->expect_continue = r->minor >= 1; /* an HTTP/1.0 client waits for no 100 (RFC 9110 §10.1.1) */
         }
         line = eol + 1;
     }

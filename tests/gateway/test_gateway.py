@@ -718,6 +718,70 @@ class Gateway(unittest.TestCase):
         finally:
             c.close()
 
+    def test_chunked_without_last_crlf_eats_no_request(self):
+        # the last chunk, then no blank line: the next request's line is no
+        # trailer field, so the request is refused (400, closed) instead of
+        # the pipelined request being swallowed as a trailer
+        body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "tr"}]}).encode()
+        c = Conn()
+        try:
+            c.send(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + self.key.encode() +
+                   b"\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n" % (len(body), body) +
+                   b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            st, h, b = c.read_response()
+            openai_error(self, st, h, b, 400, "invalid_request")
+            self.assertEqual(h["connection"], "close")
+            self.assertTrue(c.closed_by_peer())
+        finally:
+            c.close()
+        # a chunk size is hex digits, then blanks only before an extension's ';'
+        c = Conn()
+        try:
+            c.send(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + self.key.encode() +
+                   b"\r\nTransfer-Encoding: chunked\r\n\r\n1 0\r\n{\r\n0\r\n\r\n")
+            st, h, b = c.read_response()
+            self.assertIn("chunked", openai_error(self, st, h, b, 400, "invalid_request")["message"])
+            self.assertTrue(c.closed_by_peer())
+        finally:
+            c.close()
+
+    def test_absolute_form_target(self):
+        # RFC 9112 §3.2.2: a server must accept absolute-form; other forms are a 400
+        c = Conn()
+        try:
+            st, h, b = c.request("GET", "https://localhost:%d/health" % URL.port)
+            self.assertEqual((st, b), (200, b'{"status":"ok"}\n'))
+            st, h, b = c.request("POST", "HTTPS://localhost/v1/chat/completions",
+                                 {"model": MODEL, "messages": [{"role": "user", "content": "abs"}]}, self.key)
+            self.assertEqual(st, 200, b)
+            self.assertIn(b"Hello from abs", b)
+        finally:
+            c.close()
+        for target in (b"health", b"*", b"https:///health", b"localhost:443"):
+            c = Conn()
+            try:
+                c.send(b"GET " + target + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+                st, h, b = c.read_response()
+                openai_error(self, st, h, b, 400, "invalid_request")
+                self.assertTrue(c.closed_by_peer())
+            finally:
+                c.close()
+
+    def test_expect_100_ignored_from_http10(self):
+        # RFC 9110 §10.1.1: an HTTP/1.0 client's 100-continue is ignored: no
+        # interim answer it cannot read, the first answer is the real one
+        body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "e10"}]}).encode()
+        c = Conn()
+        try:
+            c.send(b"POST /v1/chat/completions HTTP/1.0\r\nAuthorization: Bearer " + self.key.encode() +
+                   b"\r\nExpect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(body) + body[:5])
+            c.send(body[5:])
+            st, h, b = c.read_response()
+            self.assertEqual(st, 200, b)
+            self.assertIn(b"Hello from e10", b)
+        finally:
+            c.close()
+
     def test_malformed_http(self):
         for raw in (b"NOT HTTP\r\n\r\n", b"GET / HTTP/1.1\r\nBad Header\r\n\r\n",
                     b"GET / HTTP/1.1\r\n" + b"X-Big: " + b"a" * 40000 + b"\r\n\r\n"):

@@ -1,6 +1,7 @@
 /* Unit tests of gateway/gw_http.c: the request parser (every split point,
  * pipelining, chunked bodies, limits, bad input), the chunked decoder, the
  * response-head parser and the client answer's head writer. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -220,6 +221,73 @@ static void test_expect_continue(void) {
     gw_http_parser_release(&p);
 }
 
+/* The target of one request that parses, or NULL (*err says why). */
+static char *target_of(const char *m, int *err) {
+    static char t[256];
+    gw_http_req_t *r[1] = {0};
+    int n = parse_all(m, strlen(m), 0, r, 1, err);
+    if (n != 1) return NULL;
+    snprintf(t, sizeof t, "%s", r[0]->target);
+    gw_http_req_free(r[0]);
+    return t;
+}
+
+static void test_request_target_forms(void) {
+    int err;
+    /* absolute-form, which a server must accept: the handlers get the path */
+    CHECK_EQ_S(target_of("GET https://example.com/v1/models?x=1 HTTP/1.1\r\nHost: a\r\n\r\n", &err), "/v1/models?x=1");
+    CHECK_EQ_S(target_of("GET HTTP://example.com:8443/health HTTP/1.1\r\n\r\n", &err), "/health");
+    CHECK_EQ_S(target_of("GET http://h HTTP/1.1\r\n\r\n", &err), "/");
+    CHECK_EQ_S(target_of("GET http://h?q=1 HTTP/1.1\r\n\r\n", &err), "/?q=1");
+    CHECK_EQ_S(target_of("OPTIONS * HTTP/1.1\r\n\r\n", &err), "*");
+    /* no authority, no leading '/', '*' but not OPTIONS, CONNECT's authority-form */
+    CHECK_EQ_I(err_of("GET http:///x HTTP/1.1\r\n\r\n"), 400);
+    CHECK_EQ_I(err_of("GET health HTTP/1.1\r\n\r\n"), 400);
+    CHECK_EQ_I(err_of("GET * HTTP/1.1\r\n\r\n"), 400);
+    CHECK_EQ_I(err_of("CONNECT example.com:443 HTTP/1.1\r\n\r\n"), 400);
+    CHECK_EQ_I(err_of("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), 505);
+}
+
+static void test_chunked_strict(void) {
+    const char *h = "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
+    char m[512];
+    /* blanks may come before an extension's ';', nothing else: "1 0" is no size */
+    snprintf(m, sizeof m, "%s1 0\r\nx\r\n0\r\n\r\n", h);
+    CHECK_EQ_I(err_of(m), 400);
+    snprintf(m, sizeof m, "%s1 \t;a=b ; c\r\nx\r\n0\r\n\r\n", h);
+    CHECK_EQ_I(err_of(m), 0);
+    snprintf(m, sizeof m, "%s1;a\001\r\nx\r\n0\r\n\r\n", h);
+    CHECK_EQ_I(err_of(m), 400);
+    /* trailers are field lines: the last CRLF missing, the next request's
+     * line is no trailer, and the request is refused, not the next one eaten */
+    snprintf(m, sizeof m, "%s1\r\nx\r\n0\r\nGET /next HTTP/1.1\r\nHost: a\r\n\r\n", h);
+    gw_http_req_t *r[2] = {0};
+    int err;
+    CHECK_EQ_I(parse_all(m, strlen(m), 0, r, 2, &err), 0);
+    CHECK_EQ_I(err, 400);
+    static const char *const bad[] = {"no colon\r\n", ": v\r\n", " folded: v\r\n", "A b: v\r\n",
+                                      "A: v\001\r\n", "A: v\177\r\n", "A\n"};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        snprintf(m, sizeof m, "%s1\r\nx\r\n0\r\nOk: 1\r\n%s\r\n", h, bad[i]);
+        CHECK_EQ_I(err_of(m), 400);
+    }
+    snprintf(m, sizeof m, "%s1\r\nx\r\n0\r\nA: \t v\xff\r\nB:\r\n\r\n", h);
+    CHECK_EQ_I(err_of(m), 0);
+}
+
+static void test_expect_ignored_in_http10(void) {
+    gw_http_parser_t p;
+    gw_http_parser_init(&p, 1024, 4096);
+    const char *h = "POST / HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n";
+    gw_http_parser_feed(&p, h, strlen(h));
+    gw_http_req_t *r;
+    CHECK_EQ_I(gw_http_parser_next(&p, &r), GW_AGAIN); /* an HTTP/1.0 client gets no 100 */
+    gw_http_parser_feed(&p, "ok", 2);
+    CHECK_EQ_I(gw_http_parser_next(&p, &r), GW_OK);
+    gw_http_req_free(r);
+    gw_http_parser_release(&p);
+}
+
 static void test_keep_alive_rules(void) {
     gw_http_req_t *r[1];
     int err;
@@ -372,4 +440,5 @@ static void test_reused_block(void) {
 }
 
 TG_TEST_MAIN(test_simple_get, test_reused_block, test_pipelined_every_split, test_one_byte_at_a_time, test_errors, test_limits,
-             test_expect_continue, test_keep_alive_rules, test_chunked_decoder, test_response_head, test_head_write)
+             test_expect_continue, test_keep_alive_rules, test_request_target_forms, test_chunked_strict,
+             test_expect_ignored_in_http10, test_chunked_decoder, test_response_head, test_head_write)
