@@ -11,9 +11,11 @@
  *    it (gw_req_free) releases everything whatever state it was in;
  *  - finalize runs exactly once per request, before the pool dies. */
 #define _GNU_SOURCE /* strcasestr */
+#include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 #include <event2/buffer.h>
@@ -106,6 +108,21 @@ void gw_req_error(gw_req_t *r, int status, const char *type, const char *code, c
 
 static void gw_req_cleanup_http(void *arg) { gw_http_req_free(arg); }
 
+/* Why h's Host field refuses it (RFC 9112 §3.2: an HTTP/1.1 request without
+ * one, any request with more than one or with an invalid value is a 400), or
+ * NULL.  Allowed: uri-host [":" port] characters, an empty value included. */
+static const char *gw_req_host_refused(const gw_http_req_t *h) {
+    int n = 0;
+    const char *v = NULL;
+    for (int i = 0; i < h->nhdrs; i++)
+        if (!strcasecmp(h->hdrs[i].name, "host")) n++, v = h->hdrs[i].value;
+    if (n > 1) return "More than one Host header";
+    if (!n) return h->minor >= 1 ? "Missing Host header (required in HTTP/1.1)" : NULL;
+    for (const char *q = v; *q; q++)
+        if (!isalnum((unsigned char)*q) && !strchr("-._~!$&'()*+,;=:%[]", *q)) return "Invalid Host header";
+    return NULL;
+}
+
 /* A request from connection c: h parsed (owned now), or h NULL for input that
  * could not be parsed (answered status/msg, then the connection closes). */
 static void gw_req_on_request(gw_conn_t *c, gw_http_req_t *h, int status, const char *msg) {
@@ -134,6 +151,11 @@ static void gw_req_on_request(gw_conn_t *c, gw_http_req_t *h, int status, const 
                            : status == 408 ? "request_timeout" : "invalid_request";
         if (status == 503) gw_req_error(r, 503, "server_error", "too_many_connections", NULL, msg);
         else gw_req_error(r, status, "invalid_request_error", code, NULL, msg);
+        return;
+    }
+    const char *host = gw_req_host_refused(h);
+    if (host) {
+        gw_req_error(r, 400, "invalid_request_error", "invalid_request", NULL, host);
         return;
     }
     r->handler = r->srv->route(r);

@@ -782,6 +782,32 @@ class Gateway(unittest.TestCase):
         finally:
             c.close()
 
+    def test_host_header_required_once(self):
+        # RFC 9112 §3.2: a 400 to an HTTP/1.1 request without Host, to any with
+        # two, or with an invalid value; HTTP/1.0 may leave it out.  Nothing is
+        # forwarded or billed; the framing was sound, so the connection goes on
+        body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "host"}]}).encode()
+        c = Conn()
+        try:
+            for hosts, want in (([], "Missing Host"), (["a", "b"], "More than one Host"),
+                                (["a", "a"], "More than one Host"), (["a b/c"], "Invalid Host"),
+                                (["x@evil"], "Invalid Host")):
+                c.send(b"POST /v1/chat/completions HTTP/1.1\r\n" + b"".join(b"Host: %s\r\n" % x.encode() for x in hosts) +
+                       b"Authorization: Bearer " + self.key.encode() +
+                       b"\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+                st, h, b = c.read_response()
+                err = openai_error(self, st, h, b, 400, "invalid_request")
+                self.assertIn(want, err["message"])
+                self.assertIsNone(worker_request(h["x-request-id"]), "never forwarded")
+                self.assertTrue(no_usage_row(h["x-request-id"]), "a refused request is not billed")
+            for host in (b"localhost", b"127.0.0.1:%d" % URL.port, b"[::1]:443", b""):
+                c.send(b"GET /health HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
+                self.assertEqual(c.read_response()[0], 200, host)
+            c.send(b"GET /health HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+            self.assertEqual(c.read_response()[0], 200)
+        finally:
+            c.close()
+
     def test_malformed_http(self):
         for raw in (b"NOT HTTP\r\n\r\n", b"GET / HTTP/1.1\r\nBad Header\r\n\r\n",
                     b"GET / HTTP/1.1\r\n" + b"X-Big: " + b"a" * 40000 + b"\r\n\r\n"):
