@@ -61,7 +61,11 @@ const char *gw_auth_bearer(gw_req_t *r) {
     }
     const char *a = gw_http_header(r->http, "authorization");
     const char *msg = "Authentication Fails, no api key given (Authorization: Bearer <key>)";
-    if (a) {
+    int na = 0;
+    for (int i = 0; i < r->http->nhdrs; i++) na += !strcasecmp(r->http->hdrs[i].name, "authorization");
+    if (na > 1) { /* which key would pay is ambiguous (a proxy may have read the other one) */
+        msg = "Authentication Fails, more than one Authorization header";
+    } else if (a) {
         if (strncasecmp(a, "Bearer ", 7)) {
             msg = "Authentication Fails, malformed Authorization header (want: Bearer <key>)";
         } else {

@@ -1,6 +1,7 @@
 /* gw_routes.c — which handler answers which path of the public port: the
  * only file that knows every handler.  Matching ignores the query string;
- * /v1/models/{id} leaves the percent-decoded id in r->model.  Operator
+ * /v1/models/{id} leaves the percent-decoded id in r->model (%00 kept as
+ * written, so the id has no NUL and matches no model).  Operator
  * endpoints (/metrics) are not here: they are on the admin listener
  * (gw_admin.c). */
 #include <string.h>
@@ -24,7 +25,9 @@ const gw_handler_t *gw_routes_match(gw_req_t *r) {
             size_t k = 0;
             for (size_t i = 11; id && i < n; i++) {
                 int hi, lo;
-                if (t[i] == '%' && i + 2 < n && (hi = gw_hexdigit(t[i + 1])) >= 0 && (lo = gw_hexdigit(t[i + 2])) >= 0) {
+                /* %00 stays as it is: a NUL would end the id early ("m%00x" taken for "m") */
+                if (t[i] == '%' && i + 2 < n && (hi = gw_hexdigit(t[i + 1])) >= 0 && (lo = gw_hexdigit(t[i + 2])) >= 0 &&
+                    (hi | lo)) {
                     id[k++] = (char)(hi * 16 + lo);
                     i += 2;
                 } else {

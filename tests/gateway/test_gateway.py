@@ -808,6 +808,25 @@ class Gateway(unittest.TestCase):
         finally:
             c.close()
 
+    def test_model_id_with_nul_and_two_authorizations(self):
+        # a percent-encoded NUL does not cut the model id short
+        st, h, b = call("GET", "/v1/models/%s%%00junk" % MODEL, key=self.key)
+        openai_error(self, st, h, b, 404, "model_not_found")
+        st, h, b = call("GET", "/v1/models/%s" % MODEL, key=self.key)
+        self.assertEqual((st, json.loads(b)["id"]), (200, MODEL))
+        # two Authorization fields: no key is guessed, nothing is forwarded
+        c = Conn()
+        try:
+            body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "two"}]}).encode()
+            c.send(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + self.key.encode() +
+                   b"\r\nAuthorization: Bearer sk-other\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            st, h, b = c.read_response()
+            self.assertIn("more than one", openai_error(self, st, h, b, 401, "invalid_api_key")["message"])
+            self.assertIsNone(worker_request(h["x-request-id"]))
+            self.assertTrue(no_usage_row(h["x-request-id"]))
+        finally:
+            c.close()
+
     def test_malformed_http(self):
         for raw in (b"NOT HTTP\r\n\r\n", b"GET / HTTP/1.1\r\nBad Header\r\n\r\n",
                     b"GET / HTTP/1.1\r\n" + b"X-Big: " + b"a" * 40000 + b"\r\n\r\n"):
