@@ -130,9 +130,13 @@ __attribute__((target(VNNI_T))) static void tile_r4(const int8_t *W, const float
     for (int64_t b0 = 0; b0 < nb; b0 += 4) {
         int nbk = nb - b0 < 4 ? (int)(nb - b0) : 4;
         __m512i a[16], cx[4];
+        #pragma GCC unroll 16
         for (int j = 0; j < 16; j++) a[j] = _mm512_setzero_si512();
+        #pragma GCC unroll 16
         for (int p = 0; p < 4; p++) cx[p] = _mm512_setzero_si512();
-        for (int p = 0; p < nbk; p++) {
+#pragma GCC unroll 4
+        for (int p = 0; p < 4; p++) { /* unrolled, so that a[] and cx[] stay in registers */
+            if (p >= nbk) break;
             int64_t c0 = (b0 + p) * qblk, c1 = c0 + qblk < C ? c0 + qblk : C;
             for (int64_t c = c0; c < c1; c += 64) {
                 __mmask64 k = c1 - c >= 64 ? ~0ull : (1ull << (c1 - c)) - 1;
@@ -140,13 +144,17 @@ __attribute__((target(VNNI_T))) static void tile_r4(const int8_t *W, const float
                  * 128 qx = 0, whatever qx is there */
                 __m512i xs = _mm512_xor_si512(_mm512_maskz_loadu_epi8(k, XQ + c), k80);
                 cx[p] = _mm512_dpbusd_epi32(cx[p], ones, xs);
+                #pragma GCC unroll 16
                 for (int i = 0; i < 4; i++) _mm_prefetch((const char *)wr[i] + c + VNNI_PF, _MM_HINT_T0);
+                #pragma GCC unroll 16
                 for (int i = 0; i < 4; i++)
                     a[i * 4 + p] = _mm512_dpbusd_epi32(
                         a[i * 4 + p], _mm512_xor_si512(_mm512_maskz_loadu_epi8(k, wr[i] + c), k80), xs);
             }
         }
+        #pragma GCC unroll 16
         for (int i = 0; i < 4; i++)
+#pragma GCC unroll 4
             for (int p = 0; p < 4; p++) a[i * 4 + p] = _mm512_sub_epi32(a[i * 4 + p], _mm512_slli_epi32(cx[p], 7));
         __m512 f = _mm512_cvtepi32_ps(_mm512_permutexvar_epi32(byblock, hsum16(a))); /* lane p * 4 + i */
         float fl[16];
