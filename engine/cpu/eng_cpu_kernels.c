@@ -469,7 +469,9 @@ __attribute__((target("avx512f"))) static void attn_tile16_avx512(const float *q
 #pragma GCC unroll 8
         for (int k = 0; k < 8; k++) a[k] = _mm512_setzero_ps();
         for (int d = 0; d < n; d++) {
-            if (64 * (size_t)d < next_bytes) _mm_prefetch(next + 64 * (size_t)d, _MM_HINT_T0);
+            /* into L2: the tile, the queries and the partials already fill L1 (a 75 MB cache
+             * streamed at ~240 ns a row into L2, ~275 into L1; median of 8 alternated runs) */
+            if (64 * (size_t)d < next_bytes) _mm_prefetch(next + 64 * (size_t)d, _MM_HINT_T1);
             __m512 q = _mm512_loadu_ps(qT + (size_t)16 * d);
 #pragma GCC unroll 8
             for (int k = 0; k < 8; k++) a[k] = _mm512_fmadd_ps(_mm512_set1_ps(r[k][d]), q, a[k]);
