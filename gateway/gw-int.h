@@ -237,6 +237,7 @@ struct gw_config {
     int64_t key_cache_ttl_ms, key_cache_fallback_ms, key_negative_ttl_ms, price_cache_ms;
     int64_t lease_chunk_pico, lease_ttl_ms, lease_idle_ms;
     int64_t default_max_tokens;
+    int64_t max_tokens_limit;
     int64_t invoice_finalize_after_s;
     int64_t upstream_keepalive;
     gw_worker_t *workers;

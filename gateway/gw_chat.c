@@ -300,6 +300,15 @@ static void gw_chat_run(gw_req_t *r) {
      * reads it (the one the worker caps generation by), else
      * default_max_tokens, which is then written into the forwarded request so
      * that the worker keeps to it. */
+    if (chat->max_tokens > cfg->max_tokens_limit) { /* else a large cap meets the balance hold first: a 402 */
+        const tg_json_t *mt = tg_json_get(j, "max_tokens");
+        const char *param = mt && tg_json_type(mt) != TG_JSON_NULL ? "max_tokens" : "max_completion_tokens";
+        char msg[200];
+        snprintf(msg, sizeof msg, "%s is too large: %ld. This model supports at most %lld completion tokens", param,
+                 chat->max_tokens, (long long)cfg->max_tokens_limit);
+        gw_req_error(r, 400, "invalid_request_error", "invalid_value", param, msg);
+        return;
+    }
     r->completion_cap = chat->max_tokens;
     if (r->completion_cap <= 0) {
         r->completion_cap = cfg->default_max_tokens;

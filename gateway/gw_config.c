@@ -95,6 +95,9 @@ static const gw_opt_t gw_opts[] = {
      "API keys' last_used_at/last_used_ip are written at most this often (one statement for all keys)"},
     {"default_max_tokens", I(default_max_tokens), "4096", 1, 1000000000,
      "completion cap of a request that gives none (forwarded to the worker; holds and TPM are charged with it)"},
+    {"max_tokens_limit", I(max_tokens_limit), "163840", 1, 1000000000,
+     "the largest max_tokens (max_completion_tokens) a request may ask for; beyond it a 400 before any hold "
+     "(default: DeepSeek-V3's 163,840-token context)"},
     {"key_cache_ttl_ms", I(key_cache_ttl_ms), "60000", 1, 86400000,
      "a cached API key is re-read after this (changes are pushed by PostgreSQL NOTIFY at once)"},
     {"key_cache_fallback_ms", I(key_cache_fallback_ms), "1000", 1, 86400000,

@@ -661,6 +661,21 @@ class Gateway(unittest.TestCase):
         st, h, b = call("GET", "/v1/chat/completions", key=self.key)
         openai_error(self, st, h, b, 405)
 
+    def test_max_tokens_above_the_limit_is_a_400_before_the_hold(self):
+        # a cap beyond any model's context is the request's error (400), not the balance's (402)
+        poor = seed(credit=0)
+        for field in ("max_tokens", "max_completion_tokens"):
+            st, h, b = chat(poor, **{field: 163841})
+            err = openai_error(self, st, h, b, 400, "invalid_value")
+            self.assertEqual(err["param"], field)
+            self.assertIn("163840", err["message"])
+            st, h, b = chat(poor, **{field: 163840})  # at the limit: on to admission
+            openai_error(self, st, h, b, 402, "insufficient_balance")
+        st, h, b = chat(self.key, max_tokens=10**9, max_completion_tokens=5)  # the smaller one counts
+        self.assertNotEqual(st, 400, b)
+        st, h, b = chat(self.key, max_tokens=10**9)
+        self.assertEqual(openai_error(self, st, h, b, 400, "invalid_value")["param"], "max_tokens")
+
     def test_declared_body_too_large_answered_before_body(self):
         c = Conn()
         try:
