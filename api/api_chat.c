@@ -393,6 +393,14 @@ static int parse_messages(api_chat_req_t *r, const tg_json_t *ms, api_err_t *e) 
             path_at(p, sizeof p, "messages", i, ".content");
             return BAD(p, "missing_required_parameter", "Missing required parameter: '%s'.", p);
         }
+        if (!strcmp(rs, "tool")) { /* the call it answers (OpenAI and DeepSeek require it; templates do not show it) */
+            const tg_json_t *id = tg_json_get(m, "tool_call_id");
+            path_at(p, sizeof p, "messages", i, ".tool_call_id");
+            if (is_null(id)) return BAD(p, "missing_required_parameter", "Missing required parameter: '%s'.", p);
+            if (tg_json_type(id) != TG_JSON_STRING)
+                return BAD(p, "invalid_type", "Invalid type for '%s': expected a string, but got %s.", p,
+                           type_name(id));
+        }
         i++;
     }
     r->n_msgs = n;

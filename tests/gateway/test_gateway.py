@@ -1264,7 +1264,7 @@ class JsonBody(unittest.TestCase):
                 {"role": role, "content": "be brief"}, {"role": "user", "content": "q"},
                 {"role": "assistant", "content": None, "tool_calls": [
                     {"id": "c1", "type": "function", "function": {"name": "f", "arguments": args}}]},
-                {"role": "tool", "content": "42"}, {"role": "user", "content": "cut"}]}
+                {"role": "tool", "tool_call_id": "c1", "content": "42"}, {"role": "user", "content": "cut"}]}
             st, h, b = call("POST", "/v1/chat/completions", body, self.key)
             self.assertEqual(st, 200, b)
             return usage_rows(h["x-request-id"])[0][0]

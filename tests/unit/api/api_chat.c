@@ -188,7 +188,7 @@ static void test_render(void) {
     CHECK_EQ_I(parse("{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"a\"},"
                      "{\"type\":\"text\",\"text\":\"b\"}]},{\"role\":\"assistant\",\"content\":null,\"tool_calls\":[{"
                      "\"type\":\"function\",\"function\":{\"name\":\"f\",\"arguments\":{\"x\":1}}},{\"function\":{\"name\":"
-                     "\"g\",\"arguments\":\"{}\"}}]},{\"role\":\"tool\",\"content\":\"r\"}]}", &r, &e), 0);
+                     "\"g\",\"arguments\":\"{}\"}}]},{\"role\":\"tool\",\"tool_call_id\":\"c\",\"content\":\"r\"}]}", &r, &e), 0);
     char *s = api_chat_render(&r, TOK_TMPL_DEEPSEEK_V3, &n, &e);
     CHECK_EQ_S(s, "<｜begin▁of▁sentence｜><｜User｜>ab<｜Assistant｜><｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function"
                   "<｜tool▁sep｜>f\n```json\n{\"x\":1}\n```<｜tool▁call▁end｜>\n<｜tool▁call▁begin｜>function<｜tool▁sep｜>g"
@@ -244,7 +244,12 @@ static void test_vectors(void) {
         }
         cJSON *body = cJSON_CreateObject();
         cJSON_AddStringToObject(body, "model", "m");
-        cJSON_AddItemToObject(body, "messages", cJSON_Duplicate(cJSON_GetObjectItem(j, "messages"), 1));
+        cJSON *msgs = cJSON_Duplicate(cJSON_GetObjectItem(j, "messages"), 1), *mi;
+        cJSON_ArrayForEach(mi, msgs) /* the API requires a tool message's call id; the templates never show it */
+            if (!strcmp(cJSON_GetStringValue(cJSON_GetObjectItem(mi, "role")) ?: "", "tool") &&
+                !cJSON_GetObjectItem(mi, "tool_call_id"))
+                cJSON_AddStringToObject(mi, "tool_call_id", "call_0");
+        cJSON_AddItemToObject(body, "messages", msgs);
         cJSON *tl = cJSON_GetObjectItem(j, "tools");
         if (tl) cJSON_AddItemToObject(body, "tools", cJSON_Duplicate(tl, 1));
         char *bs = cJSON_PrintUnformatted(body);
@@ -344,6 +349,13 @@ static void test_json_schema(void) {
                "unknown_parameter");
     expect_400("{\"model\":\"m\"," MSG ",\"response_format\":{\"type\":\"json_object\",\"x\":1}}",
                "response_format", "unknown_parameter");
+    /* a tool message names the call it answers */
+    expect_400("{\"model\":\"m\",\"messages\":[{\"role\":\"tool\",\"content\":\"r\"}]}",
+               "messages[0].tool_call_id", "missing_required_parameter");
+    expect_400("{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"q\"},{\"role\":\"tool\","
+               "\"tool_call_id\":null,\"content\":\"r\"}]}", "messages[1].tool_call_id", "missing_required_parameter");
+    expect_400("{\"model\":\"m\",\"messages\":[{\"role\":\"tool\",\"tool_call_id\":7,\"content\":\"r\"}]}",
+               "messages[0].tool_call_id", "invalid_type");
     /* $ref, allOf of one, anyOf: what is not a finite tree of type-distinct branches is refused, named */
     CHECK_EQ_I(parse(RF("{\"$defs\":{\"A\":{\"type\":\"string\"}},\"type\":\"object\",\"properties\":{"
                         "\"a\":{\"$ref\":\"#/$defs/A\"},\"b\":{\"anyOf\":[{\"$ref\":\"#/$defs/A\"},{\"type\":\"null\"}]},"
