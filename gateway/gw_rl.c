@@ -40,13 +40,20 @@
 #include "tg_mem.h"
 #include "tg_str.h"
 
-/* KEYS[1] tg:rl:{x:id} (hash: rd rt rl td tt tl), KEYS[2] tg:conc:{x:id} (zset)
+/* KEYS[1] tg:rl:{x:id} (hash: rd rt rl td tt tl, and one field per quota
+ *         lease, "L<tag>.<seq>" = "requests tokens expiry": what the lease
+ *         holds, which does not drain), KEYS[2] tg:conc:{x:id} (zset)
  * ARGV op, rpm, tpm, conc, n (tokens), member (request id), lease_ms, and for
- *      take: quota lease name, requests, tokens and slots wanted beyond the
- *            request's own, index of the lease's first new slot;
+ *      take, lfill: quota lease name, requests, tokens and slots wanted beyond
+ *            the request's own, index of the lease's first new slot, then the
+ *            report: requests and (net) tokens the lease used since its last
+ *            report;
  *      lret: lease name, requests given back, slots [from, to) given back
- *            (n tokens given back);
- *      lrenew: lease name, slots [0, to) renewed
+ *            (n tokens given back), the report;
+ *      lrenew: lease name, "0", slots [0, to) renewed, the report
+ * A report moves what the lease used from its holding to the draining debt;
+ * a lease not renewed within lease_ms (its gateway died) counts its holding
+ * as used then.
  * -> {ok, why, requests remaining, ms until full, tokens remaining, ms until
  *     full, retry ms (-1 never), in flight, requests, tokens and slots granted
  *     to the lease} */
@@ -68,7 +75,6 @@ const char gw_rl_script[] =
     "if op == 'lrenew' then\n" /* slots that expired are not made again */
     "  for j = 0, tonumber(ARGV[10]) - 1 do redis.call('ZADD', z, 'XX', now + lease, ARGV[8] .. ':' .. j) end\n"
     "  redis.call('PEXPIRE', z, lease)\n"
-    "  return {1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}\n"
     "end\n"
     "local function idiv(a, b)\n" /* exact floor(a / b), 0 <= a < 2^53, b > 0 */
     "  local q = math.floor(a / b)\n"
@@ -80,7 +86,9 @@ const char gw_rl_script[] =
     "  if q * b < a then q = q + 1 end\n"
     "  return q\n"
     "end\n"
-    "local s = redis.call('HMGET', h, 'rd', 'rt', 'rl', 'td', 'tt', 'tl')\n"
+    "local s = redis.call('HGETALL', h)\n"
+    "local f = {}\n"
+    "for i = 1, #s, 2 do f[s[i]] = s[i + 1] end\n"
     "local function drain(d, t, l, lim)\n"
     "  d, t, l = tonumber(d) or 0, tonumber(t) or now, tonumber(l) or 0\n"
     "  if lim <= 0 then return 0, now end\n"
@@ -92,8 +100,8 @@ const char gw_rl_script[] =
     "  if now > t or d == 0 then t = now end\n"
     "  return d, t\n"
     "end\n"
-    "local rd, rt = drain(s[1], s[2], s[3], rpm)\n"
-    "local td, tt = drain(s[4], s[5], s[6], tpm)\n"
+    "local rd, rt = drain(f.rd, f.rt, f.rl, rpm)\n"
+    "local td, tt = drain(f.td, f.tt, f.tl, tpm)\n"
     "local function fits(d, lim, k)\n"
     "  if lim <= 0 then return true end\n"
     "  if k > lim then return false end\n"
@@ -110,6 +118,41 @@ const char gw_rl_script[] =
     "  if over > 0 then return cdiv(over, lim) end\n"
     "  return 0\n"
     "end\n"
+    /* quota leases: what each holds is charged (it never drains while held);
+     * one reported used, or one whose gateway stopped renewing, drains */
+    "local ls, dirty = {}, {}\n"
+    "for k, v in pairs(f) do\n"
+    "  if string.byte(k, 1) == 76 then\n"
+    "    local a, b, e = string.match(v, '^(%-?%d+) (%-?%d+) (%d+)$')\n"
+    "    if e then ls[k] = {tonumber(a), tonumber(b), tonumber(e)} end\n"
+    "  end\n"
+    "end\n"
+    "for k, x in pairs(ls) do\n"
+    "  if x[3] <= now then\n"
+    "    if rpm > 0 and x[1] > 0 then rd = charge(rd, x[1]) end\n"
+    "    if tpm > 0 and x[2] > 0 then td = charge(td, x[2]) end\n"
+    "    x[1], x[2] = 0, 0\n"
+    "    dirty[k] = x\n"
+    "  end\n"
+    "end\n"
+    "local lname = ARGV[8]\n"
+    "local rix = ({take = 13, lfill = 13, lret = 12, lrenew = 11})[op]\n"
+    "local lx\n"
+    "if lname and rix then\n"
+    "  lx = ls[lname] or {0, 0, 0}\n"
+    "  ls[lname], dirty[lname] = lx, lx\n"
+    "  lx[3] = now + lease\n"
+    "  local ur, ut = tonumber(ARGV[rix]) or 0, tonumber(ARGV[rix + 1]) or 0\n"
+    "  lx[1], lx[2] = lx[1] - ur, lx[2] - ut\n"
+    "  if rpm > 0 then rd = charge(rd, ur) end\n"
+    "  if tpm > 0 then td = charge(td, ut) end\n"
+    "  if op == 'lret' then lx[1], lx[2] = lx[1] - tonumber(ARGV[9]), lx[2] - n end\n"
+    "end\n"
+    "local hr, ht = 0, 0\n"
+    "for k, x in pairs(ls) do\n"
+    "  if x[1] > 0 then hr = hr + x[1] end\n"
+    "  if x[2] > 0 then ht = ht + x[2] end\n"
+    "end\n"
     "local ok, why, wait, inflight = 1, 0, 0, 0\n"
     "local gr, gt, gc = 0, 0, 0\n"
     "if op == 'take' or op == 'peek' or op == 'lfill' then\n"
@@ -119,8 +162,8 @@ const char gw_rl_script[] =
     "    inflight = redis.call('ZCARD', z)\n"
     "  end\n"
     "  if op == 'lfill' then\n" /* a lease running low asks for more, for no request */
-    "  elseif not fits(rd, rpm, 1) then ok, why, wait = 0, 1, retry(rd, rpm, 1)\n"
-    "  elseif not fits(td, tpm, n) then ok, why, wait = 0, 2, retry(td, tpm, n)\n"
+    "  elseif not fits(rd + hr * W, rpm, 1) then ok, why, wait = 0, 1, retry(rd + hr * W, rpm, 1)\n"
+    "  elseif not fits(td + ht * W, tpm, n) then ok, why, wait = 0, 2, retry(td + ht * W, tpm, n)\n"
     "  elseif conc > 0 and inflight >= conc then ok, why, wait = 0, 3, 1000 end\n"
     "  if op == 'take' and ok == 1 then\n"
     "    if rpm > 0 then rd = charge(rd, 1) end\n"
@@ -133,16 +176,16 @@ const char gw_rl_script[] =
     "  end\n"
     /* a quota lease: at most a sixteenth of what is left, so that a limit
      * near its end is decided request by request, here */
-    "  if ok == 1 and op ~= 'peek' and ARGV[8] then\n"
+    "  if ok == 1 and op ~= 'peek' and lx then\n"
     "      if rpm > 0 then\n"
-    "        local room = idiv(rpm * W - math.min(rd, rpm * W), W)\n"
+    "        local room = idiv(rpm * W - math.min(rd + hr * W, rpm * W), W)\n"
     "        if room >= 64 then gr = math.min(tonumber(ARGV[9]), idiv(room, 16)) end\n"
-    "        rd = charge(rd, gr)\n"
+    "        lx[1], hr = lx[1] + gr, hr + gr\n"
     "      end\n"
     "      if tpm > 0 then\n"
-    "        local room = idiv(tpm * W - math.min(td, tpm * W), W)\n"
+    "        local room = idiv(tpm * W - math.min(td + ht * W, tpm * W), W)\n"
     "        if room >= 4096 then gt = math.min(tonumber(ARGV[10]), idiv(room, 16)) end\n"
-    "        td = charge(td, gt)\n"
+    "        lx[2], ht = lx[2] + gt, ht + gt\n"
     "      end\n"
     "      if conc > 0 then\n"
     "        local room = conc - math.min(inflight, conc)\n"
@@ -152,19 +195,25 @@ const char gw_rl_script[] =
     "        inflight = inflight + gc\n"
     "      end\n"
     "  end\n"
-    "elseif op == 'lret' then\n"
-    "  if rpm > 0 then rd = charge(rd, -tonumber(ARGV[9])) end\n"
-    "  if tpm > 0 then td = charge(td, -n) end\n"
+    "elseif op == 'lret' then\n" /* the holding went down above */
     "  for j = tonumber(ARGV[10]), tonumber(ARGV[11]) - 1 do redis.call('ZREM', z, ARGV[8] .. ':' .. j) end\n"
+    "elseif op == 'lrenew' then\n"
     "else\n" /* done, undo */
     "  if op == 'undo' and rpm > 0 then rd = charge(rd, -1) end\n"
     "  if tpm > 0 then td = charge(td, -n) end\n"
     "  redis.call('ZREM', z, member)\n"
     "end\n"
+    "local rde, tde = rd + hr * W, td + ht * W\n" /* the debt and what leases hold */
     "if op ~= 'peek' then\n"
-    "  local ttl = 0\n"
-    "  if rpm > 0 and rd > 0 then ttl = cdiv(rd, rpm) end\n"
-    "  if tpm > 0 and td > 0 then local x = cdiv(td, tpm); if x > ttl then ttl = x end end\n"
+    "  local ttl, nl = 0, 0\n"
+    "  if rpm > 0 and rde > 0 then ttl = cdiv(rde, rpm) end\n"
+    "  if tpm > 0 and tde > 0 then local x = cdiv(tde, tpm); if x > ttl then ttl = x end end\n"
+    "  for k, x in pairs(ls) do\n"
+    "    if dirty[k] and x[1] == 0 and x[2] == 0 then ls[k] = nil; redis.call('HDEL', h, k)\n"
+    "    elseif dirty[k] then redis.call('HSET', h, k, string.format('%d %d %d', x[1], x[2], x[3])) end\n"
+    "    if ls[k] then nl = nl + 1 end\n"
+    "  end\n"
+    "  if nl > 0 then ttl = ttl + lease end\n" /* a lease expired then still drains */
     "  if ttl > 0 then\n"
     "    redis.call('HSET', h, 'rd', rd, 'rt', rt, 'rl', rpm, 'td', td, 'tt', tt, 'tl', tpm)\n"
     "    redis.call('PEXPIRE', h, ttl + 1000)\n"
@@ -174,12 +223,12 @@ const char gw_rl_script[] =
     "end\n"
     "local rrem, rres, trem, tres = 0, 0, 0, 0\n"
     "if rpm > 0 then\n"
-    "  if rpm * W > rd then rrem = idiv(rpm * W - rd, W) end\n"
-    "  if rd > 0 then rres = cdiv(rd, rpm) end\n"
+    "  if rpm * W > rde then rrem = idiv(rpm * W - rde, W) end\n"
+    "  if rde > 0 then rres = cdiv(rde, rpm) end\n"
     "end\n"
     "if tpm > 0 then\n"
-    "  if tpm * W > td then trem = idiv(tpm * W - td, W) end\n"
-    "  if td > 0 then tres = cdiv(td, tpm) end\n"
+    "  if tpm * W > tde then trem = idiv(tpm * W - tde, W) end\n"
+    "  if tde > 0 then tres = cdiv(tde, tpm) end\n"
     "end\n"
     "return {ok, why, rrem, rres, trem, tres, wait, inflight, gr, gt, gc}\n";
 
@@ -254,6 +303,8 @@ static int64_t now_ms(void) { return tg_wall_us() / 1000; }
 
 /* ---- Redis calls ----------------------------------------------------------- */
 
+#define GW_RL_MAX_X 7 /* script arguments beyond the first seven */
+
 static gw_redis_op_t *send_opx(gw_rl_t *rl, const gw_rl_subj_t *s, int op, int64_t n, const char *member,
                                int nx, const char *const *x, gw_redis_cb cb, void *arg) {
     char a[5][24];
@@ -263,9 +314,10 @@ static gw_redis_op_t *send_opx(gw_rl_t *rl, const gw_rl_subj_t *s, int op, int64
     snprintf(a[3], sizeof a[3], "%lld", (long long)n);
     snprintf(a[4], sizeof a[4], "%lld", (long long)rl->o.lease_ms);
     const char *keys[2] = {s->hkey, s->zkey};
-    const char *args[12] = {op_names[op], a[0], a[1], a[2], a[3], member, a[4]};
-    for (int i = 0; i < nx && i < 5; i++) args[7 + i] = x[i];
-    return gw_redis_eval(rl->redis, 2, keys, 7 + (nx < 5 ? nx : 5), args, cb, arg);
+    const char *args[7 + GW_RL_MAX_X] = {op_names[op], a[0], a[1], a[2], a[3], member, a[4]};
+    if (nx > GW_RL_MAX_X) nx = GW_RL_MAX_X;
+    for (int i = 0; i < nx; i++) args[7 + i] = x[i];
+    return gw_redis_eval(rl->redis, 2, keys, 7 + nx, args, cb, arg);
 }
 
 static gw_redis_op_t *send_op(gw_rl_t *rl, const gw_rl_subj_t *s, int op, int64_t n, const char *member,
@@ -292,7 +344,14 @@ static void send_async(gw_rl_t *rl, const gw_rl_subj_t *s, int op, int64_t n, co
  * lease without a round trip, and every instance together never passes the
  * limit.  Leased slots are zset members "<lease>:<j>" renewed with the
  * requests' leases, so they too expire when the gateway dies.  A lease idle
- * GW_RL_LEASE_IDLE_MS gives back what it did not use.  The cost: while
+ * GW_RL_LEASE_IDLE_MS gives back what it did not use.
+ *
+ * What a lease holds is a field of the subject's hash that does not drain:
+ * only what the lease reports used (with its next fill, renewal or return;
+ * ur/ut below) moves to the draining debt, so the bucket never refills for
+ * units the lease can still hand out, and every window holds at most what
+ * GCRA allows (gateway/README.md "Quota leases").  A lease that stops
+ * renewing (its gateway died) counts as used when it expires.  The cost: while
  * another instance holds unused grant, a request may be refused that
  * per-request decisions would have passed (at most a sixteenth of the room
  * per instance, for at most GW_RL_LEASE_IDLE_MS). */
@@ -308,6 +367,7 @@ struct gw_rl_lease {
     gw_rl_subj_t sub;          /* subject and the limits the grant was made under */
     char name[48];
     int64_t req, tok;          /* granted, not used */
+    int64_t ur, ut;            /* used since the last report to Redis: requests, tokens (net) */
     int64_t held, used;        /* slots "<name>:0" .. held-1; used of them by requests in flight */
     int64_t refs;              /* requests in flight admitted from it */
     int refilling;             /* a take asking for more is in flight (its new slots start at `held`) */
@@ -339,16 +399,33 @@ static gw_rl_lease_t *lease_find(gw_rl_t *rl, const gw_rl_subj_t *s, int create)
     return l;
 }
 
+/* The lease's use since its last report, as two script arguments; counted
+ * as reported from now (a call that never reaches Redis leaves the units in
+ * the holding there: counted, never lost). */
+static void lease_report(gw_rl_lease_t *l, char r[2][24]) {
+    snprintf(r[0], sizeof r[0], "%lld", (long long)l->ur);
+    snprintf(r[1], sizeof r[1], "%lld", (long long)l->ut);
+    l->ur = l->ut = 0;
+}
+
+/* The report was not sent: it goes with the next one. */
+static void lease_unreport(gw_rl_lease_t *l, char r[2][24]) {
+    l->ur += strtoll(r[0], NULL, 10);
+    l->ut += strtoll(r[1], NULL, 10);
+}
+
 /* Give back what the lease holds unused (requests, tokens, free slots). */
 static void lease_return(gw_rl_t *rl, gw_rl_lease_t *l) {
     int64_t req = l->sub.lim.rpm > 0 ? l->req : 0, tok = l->sub.lim.tpm > 0 ? l->tok : 0; /* tok < 0: a debt */
-    if (req > 0 || tok != 0 || l->held > l->used) {
-        char a[3][24];
+    if (req > 0 || tok != 0 || l->held > l->used || l->ur != 0 || l->ut != 0) {
+        char a[3][24], r[2][24];
         snprintf(a[0], sizeof a[0], "%lld", (long long)req);
         snprintf(a[1], sizeof a[1], "%lld", (long long)l->used);
         snprintf(a[2], sizeof a[2], "%lld", (long long)l->held);
-        const char *x[4] = {l->name, a[0], a[1], a[2]};
-        if (rl->redis) send_opx(rl, &l->sub, GW_RL_OP_LRET, tok, "-", 4, x, on_fire_and_forget, NULL);
+        lease_report(l, r);
+        const char *x[6] = {l->name, a[0], a[1], a[2], r[0], r[1]};
+        if (rl->redis && !send_opx(rl, &l->sub, GW_RL_OP_LRET, tok, "-", 6, x, on_fire_and_forget, NULL))
+            lease_unreport(l, r); /* the node is down: the holding expires there, counted as used */
     }
     l->req = 0;
     l->tok = 0;
@@ -384,8 +461,8 @@ static int lease_take(gw_rl_t *rl, gw_rl_lease_t *l, const gw_rl_subj_t *s, int6
     if (l->sub.lim.rpm > 0 && l->req < 1) return 0;
     if (l->sub.lim.tpm > 0 && l->tok < n) return 0;
     if (l->sub.lim.conc > 0 && l->held - l->used < 1) return 0;
-    if (l->sub.lim.rpm > 0) l->req--;
-    if (l->sub.lim.tpm > 0) l->tok -= n;
+    if (l->sub.lim.rpm > 0) l->req--, l->ur++;
+    if (l->sub.lim.tpm > 0) l->tok -= n, l->ut += n;
     if (l->sub.lim.conc > 0) l->used++;
     l->refs++;
     l->last_ms = now_ms();
@@ -397,7 +474,7 @@ static int lease_take(gw_rl_t *rl, gw_rl_lease_t *l, const gw_rl_subj_t *s, int6
  * the lease owes them, paid from its next grant or when it is given back). */
 static void lease_put(gw_rl_lease_t *l, int64_t back) {
     if (l->sub.lim.conc > 0 && l->used > 0) l->used--;
-    if (l->sub.lim.tpm > 0) l->tok += back;
+    if (l->sub.lim.tpm > 0) l->tok += back, l->ut -= back;
     l->refs--;
     l->last_ms = now_ms();
 }
@@ -415,8 +492,8 @@ static void lease_grant(gw_rl_lease_t *l, const gw_rl_subj_t *s, const gw_rl_ver
 
 /* A request admitted from the lease was refused by another subject. */
 static void lease_unput(gw_rl_lease_t *l, int64_t n) {
-    if (l->sub.lim.rpm > 0) l->req++;
-    if (l->sub.lim.tpm > 0) l->tok += n;
+    if (l->sub.lim.rpm > 0) l->req++, l->ur--;
+    if (l->sub.lim.tpm > 0) l->tok += n, l->ut -= n;
     if (l->sub.lim.conc > 0 && l->used > 0) l->used--;
     l->refs--;
 }
@@ -447,13 +524,15 @@ static void lease_low_water(gw_rl_t *rl, gw_rl_lease_t *l, int64_t n) {
               (l->sub.lim.tpm > 0 && l->tok < GW_RL_LEASE_TOKS / 4 * (n > 0 ? n : 1)) ||
               (l->sub.lim.conc > 0 && l->held - l->used < GW_RL_LEASE_SLOTS / 4);
     if (!low || !l->granted) return; /* the last grant gave nothing (a small limit, or near its end) */
-    char a[4][24];
+    char a[4][24], r[2][24];
     snprintf(a[0], sizeof a[0], "%d", GW_RL_LEASE_REQS);
     snprintf(a[1], sizeof a[1], "%lld", (long long)(GW_RL_LEASE_TOKS * (n > 0 ? n : 1)));
     snprintf(a[2], sizeof a[2], "%d", lease_slots_wanted(l));
     snprintf(a[3], sizeof a[3], "%lld", (long long)l->held);
-    const char *x[5] = {l->name, a[0], a[1], a[2], a[3]};
-    if (send_opx(rl, &l->sub, GW_RL_OP_LFILL, 0, "-", 5, x, on_fill, l)) l->refilling = 1;
+    lease_report(l, r);
+    const char *x[7] = {l->name, a[0], a[1], a[2], a[3], r[0], r[1]};
+    if (send_opx(rl, &l->sub, GW_RL_OP_LFILL, 0, "-", 7, x, on_fill, l)) l->refilling = 1;
+    else lease_unreport(l, r);
 }
 
 /* Renew the leases' slots; give back idle ones' grants and forget them. */
@@ -463,13 +542,17 @@ static void lease_tick(gw_rl_t *rl) {
         for (gw_rl_lease_t **pp = &rl->lt->b[b]; *pp;) {
             gw_rl_lease_t *l = *pp;
             if (now - l->last_ms >= GW_RL_LEASE_IDLE_MS) lease_return_safe(rl, l);
-            if (l->held > 0 && rl->redis) {
-                char a[24];
+            /* renew the slots and the holding (else it expires in Redis, counted as used), and report */
+            if ((l->held > 0 || l->req != 0 || l->tok != 0 || l->ur != 0 || l->ut != 0 || l->refs > 0) && rl->redis) {
+                char a[24], r[2][24];
                 snprintf(a, sizeof a, "%lld", (long long)l->held);
-                const char *x[3] = {l->name, "0", a};
-                send_opx(rl, &l->sub, GW_RL_OP_LRENEW, 0, "-", 3, x, on_fire_and_forget, NULL);
+                lease_report(l, r);
+                const char *x[5] = {l->name, "0", a, r[0], r[1]};
+                if (!send_opx(rl, &l->sub, GW_RL_OP_LRENEW, 0, "-", 5, x, on_fire_and_forget, NULL))
+                    lease_unreport(l, r);
             }
-            if (l->refs == 0 && l->held == 0 && l->req == 0 && l->tok == 0 && !l->refilling) {
+            if (l->refs == 0 && l->held == 0 && l->req == 0 && l->tok == 0 && l->ur == 0 && l->ut == 0 &&
+                !l->refilling) {
                 *pp = l->next;
                 free(l);
                 rl->lt->n--;
@@ -510,9 +593,9 @@ static void lease_unlink(gw_rl_call_t *c) {
 
 /* Headers: for each of requests and tokens the subject with the least room;
  * a refusal: the first subject (the key before its customer) that refused.
- * Room is shown at most the limit: Redis's room plus what a lease holds can
- * exceed it, because the bucket drains the lease's charge while the lease
- * still holds the tokens (gateway/README.md "Rate limits"). */
+ * Room is Redis's (which counts every lease's holding as taken) plus what
+ * this process's lease holds, so at most the limit; the cap only covers a
+ * grant that reached the lease after Redis answered another call. */
 static void build_result(gw_rl_call_t *c, const gw_rl_verdict_t *v) {
     gw_rl_result_t *r = &c->res;
     int haver = 0, havet = 0;
@@ -806,6 +889,8 @@ gw_rl_call_t *gw_rl_check(gw_rl_t *rl, int op, int64_t key_id, const gw_rl_limit
             if (refill) l->refilling = c->refill[i] = 1; /* its new slots are numbered from held */
             int64_t base = l ? l->held : 0;
             int slots = l ? lease_slots_wanted(l) : 0;
+            char r[2][24];
+            if (refill) lease_report(l, r);
             pthread_mutex_unlock(rl->mu);
             if (refill) { /* ask for more for the lease at the same time */
                 char a[4][24];
@@ -813,11 +898,12 @@ gw_rl_call_t *gw_rl_check(gw_rl_t *rl, int op, int64_t key_id, const gw_rl_limit
                 snprintf(a[1], sizeof a[1], "%lld", (long long)(GW_RL_LEASE_TOKS * (c->tokens > 0 ? c->tokens : 1)));
                 snprintf(a[2], sizeof a[2], "%d", slots);
                 snprintf(a[3], sizeof a[3], "%lld", (long long)base);
-                const char *x[5] = {l->name, a[0], a[1], a[2], a[3]};
-                c->rop[i] = send_opx(rl, &c->sub[i], c->op, c->tokens, c->member, 5, x, cbs[i], c);
+                const char *x[7] = {l->name, a[0], a[1], a[2], a[3], r[0], r[1]};
+                c->rop[i] = send_opx(rl, &c->sub[i], c->op, c->tokens, c->member, 7, x, cbs[i], c);
                 if (!c->rop[i]) {
                     pthread_mutex_lock(rl->mu);
                     l->refilling = c->refill[i] = 0;
+                    lease_unreport(l, r);
                     pthread_mutex_unlock(rl->mu);
                 }
             } else {

@@ -13,6 +13,10 @@ Proves, on two instances sharing Redis:
 - RPM exactness: 200 concurrent clients on one key, exactly N admitted per
   burst (bounded by N + what GCRA refills during the burst, from Redis' own
   clock), every other answer a 429 with retry-after;
+- quota leases never pass a limit: leases taken on both instances and kept
+  busy while the bucket drains, then a burst admits at most GCRA's bound over
+  the burst's window (RPM of a key, TPM of a customer): what a lease holds
+  must not drain while it holds it;
 - concurrency never above the limit across both instances (requests held at
   the upstream until every other answer is in: exactly the limit admitted);
 - TPM charged prompt + max_tokens and corrected at the end (refund, and an
@@ -73,6 +77,7 @@ P_CLUSTER = (BASE + 2, BASE + 3, BASE + 4)
 P_GW = BASE + 5  # instances: P_GW + 2*i (public), P_GW + 2*i + 1 (admin)
 DIR = os.path.join(E["TG_TEST_DIR"], "limits")
 W = 60000
+DRAIN_S = 15  # leases held while the bucket drains (test_leases_never_pass_*)
 
 
 def ctl(*args):
@@ -426,6 +431,64 @@ class TwoInstances(unittest.TestCase):
         # what a lease held unused when the other instance was refused: at most a sixteenth per instance
         self.assertGreaterEqual(ok, n - 2 * (n // 16))
         self.no_fallback()
+
+    def leased_burst(self, key, lim, n, content, max_tokens, units, what):
+        """Leases taken on both instances, kept busy while the bucket drains (DRAIN_S), then n
+        concurrent clients over both instances.  -> (units admitted in the burst, bound).
+
+        The bound is GCRA's over the burst's window, from Redis' own clock: at most lim at once plus
+        lim per minute of the window, whatever the leases held when it began (gateway/README.md
+        "Quota leases").  units(status, body) is what one answer counts against lim (1 a request,
+        or the tokens settled).  The window is measured from before the first request to after the
+        last answer, so a slow host only makes the bound larger."""
+        ports = (self.a.port, self.b.port)
+        for p in ports:  # a take from Redis with a lease grant, then a take from the lease (a fill)
+            for _ in range(2):
+                self.assertEqual(chat(p, key, content, max_tokens=max_tokens)[0], 200)
+        stop_at = time.time() + DRAIN_S
+        while time.time() < stop_at:  # never idle long enough for a lease to be given back
+            for p in ports:
+                chat(p, key, content, max_tokens=max_tokens)
+            time.sleep(0.6)  # well below the refill: the bucket drains
+        time.sleep(0.5)  # the last corrections (sent after their answers) land before the window opens
+        t0 = redis_time_ms(P_REDIS)
+        res = many(n, lambda i: chat(ports[i % 2], key, content, max_tokens=max_tokens))
+        t1 = redis_time_ms(P_REDIS)
+        codes = [r[0] for r in res]
+        self.assertEqual(codes.count(200) + codes.count(429), n, codes)
+        got = sum(units(st, b) for st, h, b in res if st == 200)
+        for st, h, b in res:  # a header never shows more room than the limit
+            rem = h.get("x-ratelimit-remaining-" + what)
+            if rem is not None:
+                self.assertLessEqual(int(rem), lim)
+        bound = lim + (t1 - t0) * lim // W
+        print("%s %d after a drain with leases held: %d admitted in a %d ms burst of %d (bound %d)" %
+              (what, lim, got, t1 - t0, n, bound), file=sys.stderr)
+        self.no_fallback()
+        return got, bound
+
+    def test_leases_never_pass_rpm_after_drain(self):
+        """A lease's grant is charged when granted; the bucket must not drain it while the lease
+        still holds it, or a burst gets the bucket's room and the leases' on top."""
+        lim = 1024
+        cust, _ = new_customer()
+        key, key_id = new_key(cust, "--rpm", str(lim))
+        got, bound = self.leased_burst(key, lim, lim + 300, "r", 1, lambda st, b: 1, "requests")
+        self.assertLessEqual(got, bound)
+
+    def test_leases_never_pass_customer_tpm_after_drain(self):
+        """The same for a customer's TPM over two keys; what counts is the tokens settled (the
+        charge at admission corrected at the end)."""
+        lim = 60000
+        cust, _ = new_customer()
+        ctl("customer", "limits", cust, "--tpm", str(lim))
+        key, _ = new_key(cust)
+
+        def used(st, b):
+            u = json.loads(b)["usage"]
+            return u["prompt_tokens"] + u["completion_tokens"]
+        got, bound = self.leased_burst(key, lim, 900, "usage:40:60", 100, used, "tokens")
+        self.assertLessEqual(got, bound)
 
     def test_concurrency_exact_200_clients(self):
         limit = 5
