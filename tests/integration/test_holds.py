@@ -123,7 +123,7 @@ class Holds(unittest.TestCase):
         # a 402 names what the request needs and what is left
         st, _, b = https(self.gw.ports[1], "POST", "/v1/chat/completions", key,
                          {"model": MODEL, "messages": [{"role": "user", "content": "Hello"}],
-                          "max_tokens": 10 ** 6})
+                          "max_tokens": 163840})  # the largest cap the gateway takes (max_tokens_limit)
         self.assertEqual(st, 402, b)
         err = json.loads(b)["error"]
         self.assertEqual(err["code"], "insufficient_balance")
