@@ -174,6 +174,7 @@ typedef struct {
     uint64_t auth_throttled;  /* answered 429 by the failed-auth throttle */
     uint64_t auth_blocks;     /* addresses blocked */
     uint64_t lease_admits;    /* admitted from the loop's quota leases, no Redis round trip */
+    uint64_t lease_slots_lost; /* free leased slots found expired in Redis, no longer admitted on */
 } gw_rl_stats_t;
 
 typedef struct {

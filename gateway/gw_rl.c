@@ -50,13 +50,16 @@
  *            report;
  *      lret: lease name, requests given back, slots [from, to) given back
  *            (n tokens given back), the report;
- *      lrenew: lease name, "0", slots [0, to) renewed, the report
+ *      lrenew: lease name, slots in use, slots [0, to) renewed, the report
  * A report moves what the lease used from its holding to the draining debt;
  * a lease not renewed within lease_ms (its gateway died) counts its holding
- * as used then.
+ * as used then.  Slots that expired meanwhile (a Redis outage, a stalled
+ * gateway): renew and lrenew make again those of running requests (they are
+ * in flight, even above the limit: takes then wait for them to end), never
+ * a lease's free ones; lrenew answers how many of [0, to) it lacks.
  * -> {ok, why, requests remaining, ms until full, tokens remaining, ms until
  *     full, retry ms (-1 never), in flight, requests, tokens and slots granted
- *     to the lease} */
+ *     to the lease (lrenew: slots lacking)} */
 const char gw_rl_script[] =
     "local h, z = KEYS[1], KEYS[2]\n"
     "local op = ARGV[1]\n"
@@ -65,15 +68,24 @@ const char gw_rl_script[] =
     "local W = 60000\n"
     "local tm = redis.call('TIME')\n"
     "local now = tonumber(tm[1]) * 1000 + math.floor(tonumber(tm[2]) / 1000)\n"
-    "if op == 'renew' then\n"
-    "  if redis.call('ZSCORE', z, member) then\n"
-    "    redis.call('ZADD', z, now + lease, member)\n"
-    "    redis.call('PEXPIRE', z, lease)\n"
-    "  end\n"
+    "if op == 'renew' then\n" /* the request runs: its slot, expired or not */
+    "  redis.call('ZADD', z, now + lease, member)\n"
+    "  redis.call('PEXPIRE', z, lease)\n"
     "  return {1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}\n"
     "end\n"
-    "if op == 'lrenew' then\n" /* slots that expired are not made again */
-    "  for j = 0, tonumber(ARGV[10]) - 1 do redis.call('ZADD', z, 'XX', now + lease, ARGV[8] .. ':' .. j) end\n"
+    "local lacking = 0\n"
+    "if op == 'lrenew' then\n" /* expired slots: made again for running requests only */
+    "  local used, have, lost = tonumber(ARGV[9]), 0, {}\n"
+    "  for j = 0, tonumber(ARGV[10]) - 1 do\n"
+    "    local m = ARGV[8] .. ':' .. j\n"
+    "    local sc = redis.call('ZSCORE', z, m)\n"
+    "    if sc and tonumber(sc) > now then redis.call('ZADD', z, now + lease, m); have = have + 1\n"
+    "    else lost[#lost + 1] = m end\n"
+    "  end\n"
+    "  for _, m in ipairs(lost) do\n"
+    "    if have < used then redis.call('ZADD', z, now + lease, m); have = have + 1\n"
+    "    else lacking = lacking + 1 end\n"
+    "  end\n"
     "  redis.call('PEXPIRE', z, lease)\n"
     "end\n"
     "local function idiv(a, b)\n" /* exact floor(a / b), 0 <= a < 2^53, b > 0 */
@@ -230,6 +242,7 @@ const char gw_rl_script[] =
     "  if tpm * W > tde then trem = idiv(tpm * W - tde, W) end\n"
     "  if tde > 0 then tres = cdiv(tde, tpm) end\n"
     "end\n"
+    "if op == 'lrenew' then gc = lacking end\n"
     "return {ok, why, rrem, rres, trem, tres, wait, inflight, gr, gt, gc}\n";
 
 static const char *const op_names[] = {"take", "peek", "done", "undo", "renew", "force", "lret", "lrenew", "lfill"};
@@ -267,6 +280,7 @@ struct gw_rl_leases {
     char tag[24];              /* random: names this process's leases in Redis */
     uint64_t seq;
     pthread_mutex_t *mu;       /* the limiter's lock, which guards the table */
+    struct gw_rl *owner;       /* the first loop's limiter: renews the leases, gets the replies */
 };
 
 struct gw_rl_call {
@@ -369,6 +383,9 @@ struct gw_rl_lease {
     int64_t req, tok;          /* granted, not used */
     int64_t ur, ut;            /* used since the last report to Redis: requests, tokens (net) */
     int64_t held, used;        /* slots "<name>:0" .. held-1; used of them by requests in flight */
+    int64_t lacking;           /* of the free ones (held - used), how many Redis no longer has (expired in
+                                  an outage): never admitted on; the last renewal's answer */
+    int renewing;              /* renewals awaiting their answer (the lease outlives them) */
     int64_t refs;              /* requests in flight admitted from it */
     int refilling;             /* a take asking for more is in flight (its new slots start at `held`) */
     struct gw_rl_leases *lt;   /* its table (the lock) */
@@ -430,6 +447,7 @@ static void lease_return(gw_rl_t *rl, gw_rl_lease_t *l) {
     l->req = 0;
     l->tok = 0;
     l->held = l->used;
+    l->lacking = 0; /* no free slot left; the running ones' are made again by the renewal */
 }
 
 /* lease_return, but slots only when no refill is in flight (its new slots are
@@ -439,11 +457,12 @@ static void lease_return_safe(gw_rl_t *rl, gw_rl_lease_t *l) {
         lease_return(rl, l);
         return;
     }
-    int64_t held = l->held;
+    int64_t held = l->held, lacking = l->lacking;
     l->held = l->used; /* no slots given back now */
     int64_t keep = held;
     lease_return(rl, l);
     l->held = keep;
+    l->lacking = lacking; /* the free slots stay, and so does what Redis lacks of them */
 }
 
 static int same_limits(const gw_rl_limits_t *a, const gw_rl_limits_t *b) {
@@ -460,7 +479,7 @@ static int lease_take(gw_rl_t *rl, gw_rl_lease_t *l, const gw_rl_subj_t *s, int6
     }
     if (l->sub.lim.rpm > 0 && l->req < 1) return 0;
     if (l->sub.lim.tpm > 0 && l->tok < n) return 0;
-    if (l->sub.lim.conc > 0 && l->held - l->used < 1) return 0;
+    if (l->sub.lim.conc > 0 && l->held - l->used - l->lacking < 1) return 0;
     if (l->sub.lim.rpm > 0) l->req--, l->ur++;
     if (l->sub.lim.tpm > 0) l->tok -= n, l->ut += n;
     if (l->sub.lim.conc > 0) l->used++;
@@ -503,7 +522,7 @@ static int parse_verdict(const redisReply *rep, gw_rl_verdict_t *v);
 /* Slots are asked for only when the free ones run low: each is a zset member
  * to add, renew and remove. */
 static int lease_slots_wanted(const gw_rl_lease_t *l) {
-    return l->held - l->used < GW_RL_LEASE_SLOTS / 4 ? GW_RL_LEASE_SLOTS : 0;
+    return l->held - l->used - l->lacking < GW_RL_LEASE_SLOTS / 4 ? GW_RL_LEASE_SLOTS : 0;
 }
 
 static void on_fill(struct redisReply *rep, void *arg) {
@@ -522,7 +541,7 @@ static void lease_low_water(gw_rl_t *rl, gw_rl_lease_t *l, int64_t n) {
     if (l->refilling || !rl->redis) return;
     int low = (l->sub.lim.rpm > 0 && l->req < GW_RL_LEASE_REQS / 4) ||
               (l->sub.lim.tpm > 0 && l->tok < GW_RL_LEASE_TOKS / 4 * (n > 0 ? n : 1)) ||
-              (l->sub.lim.conc > 0 && l->held - l->used < GW_RL_LEASE_SLOTS / 4);
+              (l->sub.lim.conc > 0 && l->held - l->used - l->lacking < GW_RL_LEASE_SLOTS / 4);
     if (!low || !l->granted) return; /* the last grant gave nothing (a small limit, or near its end) */
     char a[4][24], r[2][24];
     snprintf(a[0], sizeof a[0], "%d", GW_RL_LEASE_REQS);
@@ -535,6 +554,26 @@ static void lease_low_water(gw_rl_t *rl, gw_rl_lease_t *l, int64_t n) {
     else lease_unreport(l, r);
 }
 
+/* The renewal's answer: how many of the lease's slots Redis lacks (expired
+ * while it could not renew: an outage, a stall).  Those of running requests
+ * were made again; the free ones lacking are not admitted on (slots are
+ * interchangeable, so a count is enough) until the lease gives its free
+ * slots back: they are never made again (a grant needs room, a renewal
+ * none). */
+static void on_renew(struct redisReply *rep, void *arg) {
+    gw_rl_lease_t *l = arg;
+    gw_rl_verdict_t v;
+    pthread_mutex_lock(l->lt->mu);
+    l->renewing--;
+    if (parse_verdict(rep, &v) == GW_OK) {
+        int64_t free_slots = l->held - l->used > 0 ? l->held - l->used : 0;
+        int64_t lacking = v.gc < 0 ? 0 : v.gc < free_slots ? v.gc : free_slots;
+        if (lacking > l->lacking) l->lt->owner->st.lease_slots_lost += (uint64_t)(lacking - l->lacking);
+        l->lacking = lacking;
+    }
+    pthread_mutex_unlock(l->lt->mu);
+}
+
 /* Renew the leases' slots; give back idle ones' grants and forget them. */
 static void lease_tick(gw_rl_t *rl) {
     int64_t now = now_ms();
@@ -544,15 +583,16 @@ static void lease_tick(gw_rl_t *rl) {
             if (now - l->last_ms >= GW_RL_LEASE_IDLE_MS) lease_return_safe(rl, l);
             /* renew the slots and the holding (else it expires in Redis, counted as used), and report */
             if ((l->held > 0 || l->req != 0 || l->tok != 0 || l->ur != 0 || l->ut != 0 || l->refs > 0) && rl->redis) {
-                char a[24], r[2][24];
-                snprintf(a, sizeof a, "%lld", (long long)l->held);
+                char a[2][24], r[2][24];
+                snprintf(a[0], sizeof a[0], "%lld", (long long)l->used);
+                snprintf(a[1], sizeof a[1], "%lld", (long long)l->held);
                 lease_report(l, r);
-                const char *x[5] = {l->name, "0", a, r[0], r[1]};
-                if (!send_opx(rl, &l->sub, GW_RL_OP_LRENEW, 0, "-", 5, x, on_fire_and_forget, NULL))
-                    lease_unreport(l, r);
+                const char *x[5] = {l->name, a[0], a[1], r[0], r[1]};
+                if (send_opx(rl, &l->sub, GW_RL_OP_LRENEW, 0, "-", 5, x, on_renew, l)) l->renewing++;
+                else lease_unreport(l, r);
             }
             if (l->refs == 0 && l->held == 0 && l->req == 0 && l->tok == 0 && l->ur == 0 && l->ut == 0 &&
-                !l->refilling) {
+                !l->refilling && !l->renewing) {
                 *pp = l->next;
                 free(l);
                 rl->lt->n--;
@@ -998,6 +1038,7 @@ gw_rl_t *gw_rl_new(struct event_base *base, const gw_rl_opts_t *o, char *err, si
         rl->owner = 1;
         if (!(rl->lt = rl->own_lt = calloc(1, sizeof *rl->lt))) goto oom;
         rl->lt->mu = rl->mu;
+        rl->lt->owner = rl;
         unsigned char r[8];
         gw_uuid_random_bytes(r, sizeof r);
         for (int i = 0; i < 8; i++) snprintf(rl->lt->tag + 2 * i, 3, "%02x", r[i]);
@@ -1090,6 +1131,7 @@ void gw_rl_snapshot_add(gw_rl_snap_t *a, const gw_rl_snap_t *b) {
     a->st.auth_throttled += b->st.auth_throttled;
     a->st.auth_blocks += b->st.auth_blocks;
     a->st.lease_admits += b->st.lease_admits;
+    a->st.lease_slots_lost += b->st.lease_slots_lost;
     a->moved += b->moved;
     a->ask += b->ask;
     a->refreshes += b->refreshes;
@@ -1107,6 +1149,9 @@ void gw_rl_metrics_snap(const gw_rl_snap_t *sn, tg_buf_t *o) {
             sn->st.auth_blocks);
     counter(o, "tollgate_ratelimit_lease_admissions_total",
             "Admissions decided from the loop's quota leases (no Redis round trip).", sn->st.lease_admits);
+    counter(o, "tollgate_ratelimit_lease_slots_lost_total",
+            "Free concurrency slots of quota leases found expired in Redis (an outage), no longer admitted on.",
+            sn->st.lease_slots_lost);
     counter(o, "tollgate_redis_moved_total", "MOVED redirections followed (Redis Cluster).", sn->moved);
     counter(o, "tollgate_redis_ask_total", "ASK redirections followed (Redis Cluster).", sn->ask);
     counter(o, "tollgate_redis_slot_refreshes_total", "Cluster slot maps read (CLUSTER SLOTS).", sn->refreshes);

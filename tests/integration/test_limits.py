@@ -28,6 +28,10 @@ Proves, on two instances sharing Redis:
 - x-ratelimit-* headers on every /v1 answer after authentication;
 - Redis down: the in-process fallback still limits, fail-closed answers 503,
   both counted in /metrics; Redis stopped (SIGSTOP): decisions still bounded;
+- a Redis outage longer than concurrency_lease_ms, while requests admitted
+  from a lease (and from Redis) run: once Redis is back, their expired slots
+  are counted again and no instance admits on them: requests in flight never
+  pass the concurrency limit;
 - Redis Cluster: keys spread over the masters, exact limits, a MOVED after a
   slot migration followed;
 - the failed-auth throttle.
@@ -724,6 +728,95 @@ class RedisDown(unittest.TestCase):
             self.assertEqual((st, h["x-ratelimit-remaining-requests"]), (200, "1"))
         finally:
             for g in (local, closed):
+                if g:
+                    g.stop()
+            stop(redis)
+
+
+class RedisOutage(unittest.TestCase):
+    """A Redis outage longer than concurrency_lease_ms while requests run on a lease's slots."""
+
+    def test_slots_lost_in_an_outage_are_not_admitted_on(self):
+        """Requests held on one instance, most of them admitted from its quota lease, and short ones
+        kept coming there from the lease's free slots; Redis stopped for three leases, so every
+        slot (and the set itself) expires there.  Once Redis answers again, the running requests
+        must be counted again and no lease may admit on the free slots Redis no longer has: both
+        instances then fill the key, and what is in flight stays within the limit."""
+        lease_ms, limit, held, n = 1000, 80, 4, 160
+        redis = redis_start(P_REDIS)
+        a = b = filler = pump = None
+        holders, pumped, pumping = [], [], threading.Event()
+        done, lock = [], threading.Lock()
+        z = None
+        try:
+            a = Gateway(9, concurrency_lease_ms=lease_ms)
+            b = Gateway(10, concurrency_lease_ms=lease_ms)
+            cust, _ = new_customer()
+            key, key_id = new_key(cust, "--concurrency", str(limit))
+            z = "tg:conc:{k:%d}" % key_id
+            UP.hold()
+            for i in range(held):  # one at a time: a take with a grant of slots, then takes from the lease
+                t = threading.Thread(target=quiet_chat, args=(a.port, key, "hold"))
+                t.start()
+                holders.append(t)
+                wait_for("%d held" % (i + 1), lambda: UP.inflight == i + 1)
+            self.assertGreater(a.metric("tollgate_ratelimit_lease_admissions_total"), 0)  # leased slots in use
+
+            def pump_a():  # the lease stays busy (never idle, so never given back) through the outage
+                while pumping.is_set():
+                    pumped.append(chat(a.port, key)[0])
+
+            pumping.set()
+            pump = threading.Thread(target=pump_a)
+            pump.start()
+            wait_for("a short request through the lease", lambda: len(pumped) > 0)
+            redis.send_signal(signal.SIGSTOP)
+            try:
+                time.sleep(3 * lease_ms / 1000)  # the outage: slots and the set's PEXPIRE pass meanwhile
+            finally:
+                redis.send_signal(signal.SIGCONT)
+            t1 = redis_time_ms(P_REDIS)
+
+            def live():
+                return int(redis_cli(P_REDIS, "zcount", z, redis_time_ms(P_REDIS), "+inf") or 0)
+
+            # the renewals after the outage count A's running requests again and find its free slots
+            # gone (or three leases went by)
+            wait_for("the running requests counted in Redis again",
+                     lambda: (live() >= held and a.metric("tollgate_ratelimit_lease_slots_lost_total") > 0) or
+                     redis_time_ms(P_REDIS) > t1 + 3 * lease_ms, 60)
+            pumping.clear()
+            pump.join(120)
+            self.assertEqual(set(pumped), {200})
+            UP.reset_max()
+
+            def one(i):
+                try:
+                    r = chat((a.port, b.port)[i % 2], key, "hold")
+                except OSError as e:
+                    r = (0, {}, str(e).encode())
+                with lock:
+                    done.append(r)
+
+            filler = threading.Thread(target=many, args=(n, one))
+            filler.start()
+            wait_for("every request answered or held", lambda: len(done) + UP.inflight == held + n, 120)
+            inflight, peak, slots = UP.inflight, UP.max_inflight, live()
+            print("after a %d ms outage: %d in flight (peak %d, %d slots in Redis) of a limit of %d" %
+                  (3 * lease_ms, inflight, peak, slots, limit), file=sys.stderr)
+            self.assertGreater(inflight, held)  # Redis had room and gave it
+            self.assertLessEqual(inflight, limit)
+            self.assertLessEqual(peak, limit)
+            for st, h, body in done:
+                self.assertEqual((st, code(body)), (429, "concurrency_limit_exceeded"), body)
+            for g in (a, b):
+                self.assertEqual(g.metric("tollgate_ratelimit_local_decisions_total"), 0)
+        finally:
+            pumping.clear()
+            UP.release()
+            for t in holders + [t for t in (filler, pump) if t]:
+                t.join(120)
+            for g in (a, b):
                 if g:
                     g.stop()
             stop(redis)
