@@ -301,8 +301,10 @@ static void gw_chat_run(gw_req_t *r) {
      * default_max_tokens, which is then written into the forwarded request so
      * that the worker keeps to it. */
     if (chat->max_tokens > cfg->max_tokens_limit) { /* else a large cap meets the balance hold first: a 402 */
-        const tg_json_t *mt = tg_json_get(j, "max_tokens");
-        const char *param = mt && tg_json_type(mt) != TG_JSON_NULL ? "max_tokens" : "max_completion_tokens";
+        int64_t v; /* the parameter whose value api/ kept (the smaller of the two) */
+        const char *param = !tg_json_int64(tg_json_get(j, "max_completion_tokens"), &v) && v == chat->max_tokens
+                                ? "max_completion_tokens"
+                                : "max_tokens";
         char msg[200];
         snprintf(msg, sizeof msg, "%s is too large: %ld. This model supports at most %lld completion tokens", param,
                  chat->max_tokens, (long long)cfg->max_tokens_limit);
