@@ -396,6 +396,23 @@ def openai_error(t, status, h, body, want_status, want_code=None):
     return err
 
 
+def refused_raw(t, raw, want_status, want_code=None):
+    """raw bytes on a new connection: an OpenAI error with want_status (a
+    tuple: any of those), then the gateway closes the connection"""
+    c = Conn()
+    try:
+        c.send(raw)
+        st, h, b = c.read_response()
+        if isinstance(want_status, tuple):
+            t.assertIn(st, want_status, b)
+            want_status = st
+        err = openai_error(t, st, h, b, want_status, want_code)
+        t.assertTrue(c.closed_by_peer())
+        return h, err
+    finally:
+        c.close()
+
+
 class Gateway(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
@@ -675,17 +692,13 @@ class Gateway(unittest.TestCase):
         self.assertNotEqual(st, 400, b)
         st, h, b = chat(self.key, max_tokens=10**9)
         self.assertEqual(openai_error(self, st, h, b, 400, "invalid_value")["param"], "max_tokens")
+        st, h, b = chat(self.key, max_tokens=10**9, max_completion_tokens=10**8)  # the one kept is named
+        self.assertEqual(openai_error(self, st, h, b, 400, "invalid_value")["param"], "max_completion_tokens")
 
     def test_declared_body_too_large_answered_before_body(self):
-        c = Conn()
-        try:
-            c.send(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000\r\n\r\n")
-            st, h, b = c.read_response()
-            openai_error(self, st, h, b, 413)
-            self.assertEqual(h["connection"], "close")
-            self.assertTrue(c.closed_by_peer())
-        finally:
-            c.close()
+        h, _ = refused_raw(self, b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000\r\n\r\n",
+                           413)
+        self.assertEqual(h["connection"], "close")
 
     def test_head_answers_have_no_body(self):
         # HEAD gets the head GET would get (Content-Length included) and no
@@ -738,27 +751,14 @@ class Gateway(unittest.TestCase):
         # trailer field, so the request is refused (400, closed) instead of
         # the pipelined request being swallowed as a trailer
         body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "tr"}]}).encode()
-        c = Conn()
-        try:
-            c.send(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + self.key.encode() +
-                   b"\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n" % (len(body), body) +
-                   b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
-            st, h, b = c.read_response()
-            openai_error(self, st, h, b, 400, "invalid_request")
-            self.assertEqual(h["connection"], "close")
-            self.assertTrue(c.closed_by_peer())
-        finally:
-            c.close()
+        head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + self.key.encode()
+        h, _ = refused_raw(self, head + b"\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n" % (len(body), body) +
+                           b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n", 400, "invalid_request")
+        self.assertEqual(h["connection"], "close")
         # a chunk size is hex digits, then blanks only before an extension's ';'
-        c = Conn()
-        try:
-            c.send(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + self.key.encode() +
-                   b"\r\nTransfer-Encoding: chunked\r\n\r\n1 0\r\n{\r\n0\r\n\r\n")
-            st, h, b = c.read_response()
-            self.assertIn("chunked", openai_error(self, st, h, b, 400, "invalid_request")["message"])
-            self.assertTrue(c.closed_by_peer())
-        finally:
-            c.close()
+        _, err = refused_raw(self, head + b"\r\nTransfer-Encoding: chunked\r\n\r\n1 0\r\n{\r\n0\r\n\r\n", 400,
+                             "invalid_request")
+        self.assertIn("chunked", err["message"])
 
     def test_absolute_form_target(self):
         # RFC 9112 §3.2.2: a server must accept absolute-form; other forms are a 400
@@ -773,14 +773,7 @@ class Gateway(unittest.TestCase):
         finally:
             c.close()
         for target in (b"health", b"*", b"https:///health", b"localhost:443"):
-            c = Conn()
-            try:
-                c.send(b"GET " + target + b" HTTP/1.1\r\nHost: x\r\n\r\n")
-                st, h, b = c.read_response()
-                openai_error(self, st, h, b, 400, "invalid_request")
-                self.assertTrue(c.closed_by_peer())
-            finally:
-                c.close()
+            refused_raw(self, b"GET " + target + b" HTTP/1.1\r\nHost: x\r\n\r\n", 400, "invalid_request")
 
     def test_expect_100_ignored_from_http10(self):
         # RFC 9110 §10.1.1: an HTTP/1.0 client's 100-continue is ignored: no
@@ -845,15 +838,7 @@ class Gateway(unittest.TestCase):
     def test_malformed_http(self):
         for raw in (b"NOT HTTP\r\n\r\n", b"GET / HTTP/1.1\r\nBad Header\r\n\r\n",
                     b"GET / HTTP/1.1\r\n" + b"X-Big: " + b"a" * 40000 + b"\r\n\r\n"):
-            c = Conn()
-            try:
-                c.send(raw)
-                st, h, b = c.read_response()
-                self.assertIn(st, (400, 431))
-                openai_error(self, st, h, b, st)
-                self.assertTrue(c.closed_by_peer())
-            finally:
-                c.close()
+            refused_raw(self, raw, (400, 431))
 
     # ---- limits ------------------------------------------------------------
 
