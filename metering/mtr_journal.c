@@ -256,7 +256,11 @@ int mtr_journal_flush(mtr_journal_t *j) {
 int mtr_journal_spool(mtr_journal_t *j, const mtr_usage_t *const *u, size_t n) {
     mtr_journal_flush(j);
     if (!journal_open(j)) return -1;
-    return n ? mtr_spool_append(&j->spool, j->dir, u, n) : 0;
+    if (!n || mtr_spool_append(&j->spool, j->dir, u, n) == 0) return 0;
+    int e = errno;
+    mtr_journal_rotate(j); /* a torn record stays the last of its file */
+    errno = e;
+    return -1;
 }
 
 void mtr_journal_drop_all(mtr_journal_t *j) {

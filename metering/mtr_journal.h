@@ -98,7 +98,9 @@ int mtr_journal_flush(mtr_journal_t *j);
 int mtr_journal_held(const mtr_journal_t *j);
 /* Append n records held only in memory (their journal write failed) and
  * fsync before returning; they count nowhere, a replay reads them back.
- * Returns 0, or -1 with errno. */
+ * Returns 0, or -1 with errno: the journal is then rotated, as after any
+ * failed write (a part of a record may have been written: it stays the last
+ * of its file, so the records appended later are not behind it). */
 int mtr_journal_spool(mtr_journal_t *j, const mtr_usage_t *const *u, size_t n);
 /* One record of f committed (or was given up for good). */
 void mtr_journal_done(mtr_journal_t *j, mtr_jfile_t *f);

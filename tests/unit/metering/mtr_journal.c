@@ -3,8 +3,11 @@
  * only once closed with every record done, drop -> read again, replay by a
  * second journal (a restart) tagged with the right files, and the worker
  * thread path (fdatasync and reads off the loop) delivering the same. */
+#include <dirent.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdlib.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -258,11 +261,69 @@ static void test_group(void) {
     if (system(cmd) != 0) CHECK(0);
 }
 
+/* A spool append (mtr_journal_spool: rows the journal could not take) that
+ * fails part way, as on a full disk, leaves a torn record: the journal is
+ * rotated, so the records written after it (once the disk has room again)
+ * are in a new file, not behind the torn one, where a replay would take
+ * them for corruption.  The disk fills here through RLIMIT_FSIZE: a write
+ * past the limit writes up to it, the next one fails (EFBIG, SIGXFSZ
+ * ignored).  Before (2026-11-30) the journal stayed open: u2 went behind the
+ * torn record, and the replay stopped there and kept the file as .corrupt. */
+static void test_spool_torn(void) {
+    struct event_base *base = event_base_new();
+    char err[256] = "";
+    mtr_journal_opts_t o = {.inline_io = 1};
+    mtr_journal_t *j = mtr_journal_new(base, spool, &o, err, sizeof err);
+    CHECK(j != NULL);
+    if (!j) return;
+    mtr_usage_t u0 = sample(300), u1 = sample(301), u2 = sample(302);
+    const mtr_usage_t *v[1] = {&u1};
+    mtr_jfile_t *f = mtr_journal_write(j, &u0);
+    CHECK(f != NULL);
+    uint8_t rec[MTR_REC_HDR + MTR_REC_MAX];
+    long one = (long)mtr_spool_encode(&u0, rec, sizeof rec);
+    CHECK_EQ_I(journal_size(j), one);
+    struct rlimit old, lim;
+    void (*oldsig)(int) = signal(SIGXFSZ, SIG_IGN);
+    CHECK(getrlimit(RLIMIT_FSIZE, &old) == 0);
+    lim = old;
+    lim.rlim_cur = (rlim_t)(one + one / 2); /* room for half of the next record */
+    CHECK(setrlimit(RLIMIT_FSIZE, &lim) == 0);
+    CHECK_EQ_I(mtr_journal_spool(j, v, 1), -1);
+    CHECK(setrlimit(RLIMIT_FSIZE, &old) == 0);
+    signal(SIGXFSZ, oldsig);
+    CHECK(j->spool == NULL); /* rotated */
+    mtr_jfile_t *f2 = mtr_journal_write(j, &u2); /* the disk has room again */
+    CHECK(f2 != NULL && f2 != f);
+    mtr_journal_drop_all(j); /* as the settler's go_down: every file is read again */
+    got_t g = {0};
+    CHECK_EQ_I(mtr_journal_replay(j, got_row, got_done, &g), 1);
+    CHECK_EQ_I(g.done, 1);
+    CHECK_EQ_I(g.n, 2);
+    CHECK(!strcmp(g.ids[0], u0.request_id));
+    CHECK(g.n == 2 && !strcmp(g.ids[1], u2.request_id));
+    CHECK_EQ_I(g.failed, 0);
+    /* nothing kept as corrupt: each file ends where its last write failed, a torn tail */
+    DIR *d = opendir(spool);
+    int ncorrupt = 0;
+    struct dirent *e;
+    while (d && (e = readdir(d))) ncorrupt += strstr(e->d_name, ".corrupt") != NULL;
+    if (d) closedir(d);
+    CHECK_EQ_I(ncorrupt, 0);
+    CHECK_EQ_I(nfiles(), 0); /* kept by no one (got_row keeps none): all deleted */
+    mtr_journal_free(j);
+    event_base_free(base);
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -f %s/*", spool);
+    if (system(cmd) != 0) CHECK(0);
+}
+
 int main(void) {
     if (!mkdtemp(dir)) return 1;
     snprintf(spool, sizeof spool, "%s/spool", dir);
     test_journal();
     test_group();
+    test_spool_torn();
     char cmd[128];
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
     if (system(cmd) != 0) return 1;
