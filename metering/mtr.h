@@ -38,8 +38,10 @@
  *                   (not both 0: such a row is written as TGS1)
  *
  * A torn last record (a crash in the middle of an append) is ignored on
- * replay; a record with a bad magic or CRC stops the replay of that file,
- * which is then kept as `*.corrupt` instead of being deleted. */
+ * replay; where a record boundary holds no record (bad magic, length or CRC:
+ * garbage, damage, a torn record with records behind it) the reader scans
+ * on to the next whole record, so every intact record is replayed, and the
+ * file is kept as `*.corrupt` instead of being deleted once they commit. */
 #ifndef MTR_H
 #define MTR_H
 

@@ -235,6 +235,21 @@ void mtr_spool_close(mtr_spool_t *sp) {
     free(sp);
 }
 
+/* The offset of the next byte at or after from that could start a record
+ * (a 'T': "TGS1", "TGS2"), or n. */
+static size_t next_start(const uint8_t *b, size_t from, size_t n) {
+    const uint8_t *t = from < n ? memchr(b + from, 'T', n - from) : NULL;
+    return t ? (size_t)(t - b) : n;
+}
+
+/* Records are read in order.  Where the bytes at a record boundary are not a
+ * record (bad magic, length or CRC: garbage, a damaged sector, a torn record
+ * with records behind it), the file is corrupt, and the reader scans on for
+ * the next offset where a whole record decodes, magic, length and CRC, so
+ * that every intact record is delivered, not only those before the damage
+ * (a replayed record is harmless: its request_id is its usage row's key).
+ * At the end of the file, bytes that are not a whole record are a torn last
+ * record: not corruption, unless a record is found behind them. */
 long mtr_spool_read(const char *path, mtr_record_fn fn, void *arg, int *corrupt) {
     *corrupt = 0;
     FILE *f = fopen(path, "rb");
@@ -246,30 +261,35 @@ long mtr_spool_read(const char *path, mtr_record_fn fn, void *arg, int *corrupt)
         return -1;
     }
     long count = 0;
+    int scanning = 0; /* looking for the next record past bytes that are none */
     char model[MTR_MODEL_MAX + 1];
     for (;;) {
         size_t r = fread(buf + len, 1, cap - len, f);
         len += r;
         size_t off = 0;
-        for (;;) {
+        while (off < len) {
             mtr_usage_t u;
             size_t used;
             int d = mtr_spool_decode(buf + off, len - off, &u, model, &used);
-            if (d < 0) {
-                *corrupt = 1;
-                goto done;
+            if (d == 1) {
+                if (scanning) *corrupt = 1; /* what was skipped was not a torn last record */
+                scanning = 0;
+                fn(&u, arg);
+                count++;
+                off += used;
+                continue;
             }
-            if (d == 0) break;
-            fn(&u, arg);
-            count++;
-            off += used;
+            if (d == 0 && r != 0) break; /* part of a record: read on */
+            /* no record here (d == 0 at the end: a torn record, or bytes that only start like one) */
+            if (d < 0 && !scanning) *corrupt = 1;
+            scanning = 1;
+            off = next_start(buf, off + 1, len);
         }
         memmove(buf, buf + off, len - off);
         len -= off;
-        if (r == 0) break; /* EOF: what is left is a torn record */
+        if (r == 0) break; /* EOF (or a read error, below) */
     }
     if (ferror(f)) count = -1;
-done:
     free(buf);
     fclose(f);
     return count;

@@ -171,14 +171,52 @@ static void test_files(void) {
     CHECK_EQ_I(mtr_spool_read(path, collect, &c, &corrupt), 5);
     CHECK_EQ_I(corrupt, 0);
 
-    /* garbage in the middle: the records before it are delivered, corrupt set */
+    /* garbage in the middle: the damaged record is lost, every other one is
+     * delivered (the reader scans on to the next whole record), corrupt set.
+     * Before (2026-11-30) the read stopped at the damage: 1 of the 4 intact. */
     f = fopen(path, "r+b");
     fseek(f, 12 + 139 + 1 + 12 + 20, SEEK_SET); /* inside the second record */
     fputc('#', f);
     fclose(f);
     c.n = 0;
-    CHECK_EQ_I(mtr_spool_read(path, collect, &c, &corrupt), 1);
+    CHECK_EQ_I(mtr_spool_read(path, collect, &c, &corrupt), 4);
     CHECK_EQ_I(corrupt, 1);
+    all = c.n == 4;
+    for (int i = 0; i < c.n && i < 4; i++) all &= same(&c.got[i], &us[i ? i + 1 : 0]);
+    CHECK(all);
+
+    /* garbage bytes, a torn record and records between them, a torn tail:
+     * each whole record once, in order */
+    char mid[256];
+    snprintf(mid, sizeof mid, "%s/mid.spool", dir);
+    f = fopen(mid, "wb");
+    uint8_t rec[MTR_REC_HDR + MTR_REC_MAX];
+    size_t rl;
+    static const char junk[] = "garbage TGS1 TGS2\0\0\0T";
+    fwrite(junk, 1, sizeof junk - 1, f); /* bytes that only look like a start */
+    rl = mtr_spool_encode(&us[0], rec, sizeof rec), fwrite(rec, 1, rl, f);
+    rl = mtr_spool_encode(&us[1], rec, sizeof rec), fwrite(rec, 1, rl / 2, f); /* torn, not last */
+    rl = mtr_spool_encode(&us[2], rec, sizeof rec), fwrite(rec, 1, rl, f);
+    rl = mtr_spool_encode(&us[3], rec, sizeof rec), fwrite(rec, 1, rl, f);
+    for (int k = 0; k < 70000; k++) fputc("TGS1x"[k % 5], f);               /* more than a read buffer */
+    rl = mtr_spool_encode(&us[4], rec, sizeof rec), fwrite(rec, 1, rl, f);
+    rl = mtr_spool_encode(&us[1], rec, sizeof rec), fwrite(rec, 1, rl - 1, f); /* torn tail */
+    fclose(f);
+    c.n = 0;
+    CHECK_EQ_I(mtr_spool_read(mid, collect, &c, &corrupt), 4);
+    CHECK_EQ_I(corrupt, 1);
+    all = c.n == 4;
+    for (int i = 0; i < c.n && i < 4; i++) all &= same(&c.got[i], &us[i ? i + 1 : 0]);
+    CHECK(all);
+    /* a torn tail alone, even one that holds a 'T', is not corruption */
+    f = fopen(mid, "wb");
+    rl = mtr_spool_encode(&us[0], rec, sizeof rec), fwrite(rec, 1, rl, f);
+    rl = mtr_spool_encode(&us[1], rec, sizeof rec), fwrite(rec, 1, rl - 3, f);
+    fclose(f);
+    c.n = 0;
+    CHECK_EQ_I(mtr_spool_read(mid, collect, &c, &corrupt), 1);
+    CHECK_EQ_I(corrupt, 0);
+    unlink(mid);
     CHECK_EQ_I(mtr_spool_read("/nonexistent/x.spool", collect, &c, &corrupt), -1);
 
     /* other files in the directory are not spool files */
