@@ -221,6 +221,9 @@ typedef struct {
     int pg_up;                /* 1: a PostgreSQL connection is ready or busy */
     uint64_t refusals_written; /* refusal counts written to usage_hourly (bill_refusal) */
     uint64_t refusals_dropped; /* refusal counts given up (too many waiting) */
+    int64_t memory_only;      /* rows queued or in flight whose journal write failed (a full disk) and
+                                 that no spool append has taken yet: a kill loses them */
+    uint64_t unjournaled_total; /* rows whose journal write failed since start */
 } bill_settle_stats_t;
 
 /* Fill *st; b may be NULL (all zero, idle). */

@@ -83,6 +83,7 @@ struct bill_settler {
     int need_replay; /* spool files may hold rows that are not queued */
     int dup_retry;   /* the batch in flight is sent again after a 23505 (SETTLE_SQL) */
     uint64_t nsettled, ninserted, ndebited, nrejected; /* bill_settle_stats_t */
+    uint64_t nunjournaled; /* rows whose journal write failed (memory-only from then on) */
     model_cost_t costs[COST_MODELS + 1]; /* cost of the rows inserted, per model; the last: the rest */
     int ncosts;
     void (*commit_cb)(const char *request_id, void *arg);
@@ -444,6 +445,16 @@ static void inflight_requeue(bill_settler_t *s) {
 
 static void flush(bill_settler_t *s);
 
+/* Rows queued or in flight whose only copy is this process's memory: their
+ * journal write failed and no spool append has taken them yet. */
+static long memory_only(const bill_settler_t *s) {
+    long n = 0;
+    const item_t *it;
+    TAILQ_FOREACH(it, &s->inflight, link) n += !it->src;
+    TAILQ_FOREACH(it, &s->queue, link) n += !it->src;
+    return n;
+}
+
 static void kick_cb(evutil_socket_t fd, short what, void *arg) { flush(arg); }
 
 static void kick(bill_settler_t *s) { event_active(s->kick, EV_TIMEOUT, 0); }
@@ -599,6 +610,14 @@ static void flush(bill_settler_t *s) {
 static void retry_cb(evutil_socket_t fd, short what, void *arg) {
     bill_settler_t *s = arg;
     if (!bill_pg_up(s->pg)) {
+        /* Rows the journal could not take (a full disk) wait in memory for
+         * PostgreSQL; a kill would lose them.  Try the spool again every
+         * second: once the disk has room they are on it (go_down frees the
+         * queue, the replay reads it all back when PostgreSQL is up). */
+        if (!s->job && memory_only(s)) {
+            go_down(s, "PostgreSQL still unreachable");
+            return;
+        }
         struct timeval tv = {1, 0};
         evtimer_add(s->retry, &tv);
         return;
@@ -660,6 +679,8 @@ void bill_settler_stats(const bill_settler_t *s, bill_settle_stats_t *st) {
     st->inserted_total = s->ninserted;
     st->debited_total = s->ndebited;
     st->rejected_total = s->nrejected;
+    st->memory_only = memory_only(s);
+    st->unjournaled_total = s->nunjournaled;
     st->idle = !s->nqueue && !s->ninflight && !s->job && !st->replay_pending;
 }
 
@@ -676,6 +697,7 @@ void bill_settler_push(bill_settler_t *s, const bill_usage_t *u) {
     item_t *it = item_new(s, u, NULL);
     if (!it) return;
     mtr_jfile_t *f = it->src = mtr_journal_append(s->journal, &it->u, it);
+    if (!f) s->nunjournaled++; /* in memory only: logged by the journal */
     if (f && s->nqueue >= QUEUE_MAX) { /* on disk only: its file is read again once the queue drains */
         mtr_journal_flush(s->journal);
         if (it->src) { /* written (else held in memory, queued, as a failed write leaves it) */
@@ -694,7 +716,9 @@ void bill_settler_push(bill_settler_t *s, const bill_usage_t *u) {
 /* A grouped journal record could not be written: the row is in memory only. */
 static void on_unwritten(void *cookie, void *arg) {
     item_t *it = cookie;
+    bill_settler_t *s = arg;
     it->src = NULL;
+    s->nunjournaled++;
 }
 
 bill_settler_t *bill_settler_new(struct event_base *base, bill_pg_t *pg, const char *spool_dir, int journal_group,

@@ -153,7 +153,7 @@ void gw_metrics_money_add(gw_money_t *a, const gw_money_t *b, int first) {
 #define ADD(f) x->f += y->f
     ADD(queued), ADD(in_flight), ADD(spool_files), ADD(spool_pending), ADD(settled_total), ADD(inserted_total);
     ADD(debited_total), ADD(rejected_total), ADD(journal_rows), ADD(journal_bytes), ADD(spool_bytes);
-    ADD(refusals_written), ADD(refusals_dropped);
+    ADD(refusals_written), ADD(refusals_dropped), ADD(memory_only), ADD(unjournaled_total);
 #undef ADD
     x->replay_pending = x->replay_pending || y->replay_pending;
     x->idle = x->idle && y->idle;
@@ -180,6 +180,11 @@ void gw_metrics_render_money(const gw_money_t *m, tg_buf_t *o) {
           (long long)st.spool_files);
     gauge(o, "tollgate_spool_rows", "Rows of those files not yet committed.", (long long)st.spool_pending);
     gauge(o, "tollgate_spool_bytes", "Size of those files.", (long long)st.spool_bytes);
+    counter(o, "tollgate_journal_write_failures_total",
+            "Settlement rows the write-ahead journal could not take (a full or failing disk).", st.unjournaled_total);
+    gauge(o, "tollgate_settle_memory_only_rows",
+          "Settlement rows whose only copy is in memory (journal and spool writes failed): a kill loses them.",
+          (long long)st.memory_only);
     counter(o, "tollgate_settled_rows_total", "Settlement rows committed (re-sent duplicates included).",
             st.settled_total);
     counter(o, "tollgate_usage_rows_inserted_total", "Usage rows inserted (a duplicate inserts none).",

@@ -212,9 +212,11 @@ class GatewayMoney(tggateway.GatewayCase):
         m = self.metrics()
         for name in ("tollgate_settle_queue_depth", "tollgate_journal_rows", "tollgate_journal_bytes",
                      "tollgate_spool_files", "tollgate_spool_rows", "tollgate_spool_bytes",
-                     "tollgate_settle_rejected_total", "tollgate_usage_rows_inserted_total"):
+                     "tollgate_settle_rejected_total", "tollgate_usage_rows_inserted_total",
+                     "tollgate_journal_write_failures_total", "tollgate_settle_memory_only_rows"):
             self.assertRegex(m, r"(?m)^%s \d+$" % name)
         self.assertRegex(m, r"(?m)^tollgate_settle_queue_depth 0$")
+        self.assertRegex(m, r"(?m)^tollgate_settle_memory_only_rows 0$")
         self.assertRegex(m, r"(?m)^tollgate_postgres_up 1$")
         # the cost settled per model equals what this gateway inserted (the whole private database), exactly
         got = re.search(r'(?m)^tollgate_cost_settled_usd_total\{model="fake-model"\} (\d+\.\d{12})$', m)

@@ -2,7 +2,9 @@
  * PostgreSQL's answers are simulated by calling batch_cb with made-up
  * results, so every path (down -> spool, replay, commit -> file deleted,
  * failure during replay -> read again, corrupt file kept) is driven by hand. */
+#include <signal.h>
 #include <stdlib.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "tg_test.h"
@@ -441,6 +443,77 @@ static void measure_cost(void) {
     event_base_free(base);
 }
 
+/* The disk is full (no file may grow: RLIMIT_FSIZE 0, SIGXFSZ ignored) and
+ * PostgreSQL is down: rows settled meanwhile are in memory only, counted as
+ * such.  The retry timer tries the spool again every second while
+ * PostgreSQL stays down, so once the disk has room they are on it, before
+ * PostgreSQL is back: a process killed then loses none (a second settler
+ * replays them).  Before (2026-11-30) they stayed in memory until PostgreSQL
+ * came back: killed meanwhile, lost although the disk had room. */
+static void set_fsize(rlim_t cur) {
+    struct rlimit lim;
+    if (getrlimit(RLIMIT_FSIZE, &lim) != 0) CHECK(0);
+    lim.rlim_cur = cur;
+    if (setrlimit(RLIMIT_FSIZE, &lim) != 0) CHECK(0);
+}
+
+static void test_disk_full(void) {
+    struct event_base *base;
+    bill_pg_t *pg;
+    bill_settler_t *s = settler_test_new(&base, &pg);
+    CHECK(s != NULL);
+    if (!s) return;
+    bill_settler_on_up(s);
+    CHECK_EQ_I(nfiles(), 0);
+    bill_usage_t u = sample(500);
+    bill_settler_push(s, &u);
+    CHECK_EQ_I(answer(s, 0), 1); /* PostgreSQL down: u 500 waits in its journal file */
+    CHECK(evtimer_pending(s->retry, NULL));
+    void (*oldsig)(int) = signal(SIGXFSZ, SIG_IGN);
+    struct rlimit old;
+    CHECK(getrlimit(RLIMIT_FSIZE, &old) == 0);
+    set_fsize(0); /* the disk is full */
+    for (int i = 501; i < 504; i++) {
+        u = sample(i);
+        bill_settler_push(s, &u);
+    }
+    bill_settle_stats_t st;
+    bill_settler_stats(s, &st);
+    CHECK_EQ_I(st.memory_only, 3);
+    CHECK_EQ_I((long long)st.unjournaled_total, 3);
+    CHECK_EQ_I(spooled_rows(), 1);
+    retry_cb(-1, EV_TIMEOUT, s); /* PostgreSQL still down, the disk still full: kept in memory */
+    bill_settler_stats(s, &st);
+    CHECK_EQ_I(st.memory_only, 3);
+    CHECK_EQ_I(s->nqueue, 3);
+    CHECK(evtimer_pending(s->retry, NULL));
+    set_fsize(old.rlim_cur); /* room again */
+    signal(SIGXFSZ, oldsig);
+    retry_cb(-1, EV_TIMEOUT, s); /* PostgreSQL still down: spooled now */
+    bill_settler_stats(s, &st);
+    CHECK_EQ_I(st.memory_only, 0);
+    CHECK_EQ_I(spooled_rows(), 4);
+    CHECK(evtimer_pending(s->retry, NULL));
+    CHECK(s->need_replay);
+    /* killed now: the next process replays all four */
+    char err[256] = "";
+    bill_settler_t *s2 = settler_inline(bill_settler_new(base, pg, spool, 0, err, sizeof err));
+    CHECK(s2 != NULL);
+    if (s2) {
+        bill_settler_on_up(s2);
+        CHECK_EQ_I(s2->nqueue, 4);
+        CHECK_EQ_I(answer(s2, 1), 4);
+        CHECK_EQ_I(nfiles(), 0);
+        bill_settler_free(s2, NULL);
+    }
+    items_free(&s->queue); /* the "killed" process's memory */
+    s->nqueue = 0;
+    bill_settler_free(s, NULL);
+    bill_pg_free(pg);
+    event_base_free(base);
+    CHECK_EQ_I(nfiles(), 0);
+}
+
 int main(void) {
     if (!mkdtemp(dir)) return 1;
     snprintf(spool, sizeof spool, "%s/spool", dir);
@@ -448,6 +521,7 @@ int main(void) {
     test_journal();
     test_linger();
     test_params();
+    test_disk_full();
     measure_cost();
     char cmd[128];
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
