@@ -16,6 +16,13 @@ uint64_t tg_prefix_block_hash(uint64_t parent, const int32_t *ids, int n) {
     return h ? h : 1;
 }
 
+uint64_t tg_prefix_root(const char *ns, size_t n) {
+    if (!n) return TG_PREFIX_ROOT;
+    uint64_t h = mix(TG_PREFIX_ROOT ^ 0x6a09e667f3bcc909ULL ^ (uint64_t)n);
+    for (size_t i = 0; i < n; i++) h = mix(h ^ (unsigned char)ns[i]) + (uint64_t)i;
+    return h && h != TG_PREFIX_ROOT ? h : 2;
+}
+
 uint64_t tg_prefix_key(const int32_t *ids, size_t n, int nblocks) {
     if (nblocks <= 0 || n < (size_t)nblocks * TG_PREFIX_BLOCK) return 0;
     uint64_t h = TG_PREFIX_ROOT;

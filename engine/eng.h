@@ -84,6 +84,10 @@ int eng_seq_blocks_needed(const eng_seq_t *s, int len);
 /* Take the blocks to hold len tokens: 0, ENG_KV_FULL (nothing taken), or -1
  * when len exceeds the sequence's max_len. */
 int eng_seq_reserve(eng_seq_t *s, int len);
+/* Put the empty sequence s in the cache namespace whose root is root
+ * (tg_prefix_root; 0: the default one): it attaches, and registers, only
+ * blocks of that namespace.  0, or -1 when s is not empty. */
+int eng_seq_namespace(eng_seq_t *s, uint64_t root);
 /* Attach the cached KV of the longest run of full blocks that starts ids[0..n)
  * (at most n-1 tokens, so that the last one is computed and gives logits).
  * s must be empty.  Returns the tokens now in s (those reused). */

@@ -404,6 +404,11 @@ static void gw_up_connect(gw_req_t *r) {
     tg_buf_puts(h, "\r\nContent-Length: ");
     tg_buf_put_i64(h, (long long)r->scratch.len);
     tg_buf_puts(h, cfg->upstream_keepalive ? "\r\nConnection: keep-alive\r\n" : "\r\nConnection: close\r\n");
+    if (!wc->tls) { /* one of ours: its prefix cache namespace is the customer's (common/tg_prefix.h) */
+        tg_buf_puts(h, "X-Cache-Namespace: c");
+        tg_buf_put_i64(h, r->key.customer_id);
+        tg_buf_puts(h, "\r\n");
+    }
     if (wc->api_key) {
         tg_buf_puts(h, "Authorization: Bearer ");
         tg_buf_puts(h, wc->api_key);
@@ -443,7 +448,11 @@ static void gw_up_connect(gw_req_t *r) {
 }
 
 void gw_proxy_start(gw_req_t *r) {
-    r->affinity = gw_affinity_key(r);
+    /* the workers keep each customer's prefix cache apart (X-Cache-Namespace
+     * below), so the same prompt of two customers is two prefixes: the
+     * customer is part of the key */
+    uint64_t a = gw_affinity_key(r);
+    r->affinity = a ? gw_mix(a ^ (uint64_t)r->key.customer_id * 0x9e3779b97f4a7c15ULL) | 1 : 0;
     if (gw_proxy_body(r->http, r->stream, r->json, r->inject_max_tokens, &r->scratch) != GW_OK) {
         gw_req_error(r, 500, "server_error", "internal_error", NULL, "out of memory");
         return;

@@ -256,7 +256,7 @@ eng_seq_t *eng_seq_new(eng_model_t *m, int max_len) {
     s->max_len = max_len > 0 && max_len < m->info.max_seq_len ? max_len : m->info.max_seq_len;
     s->cap_blocks = (s->max_len + s->kv->B - 1) / s->kv->B;
     s->blocks = malloc((size_t)s->cap_blocks * sizeof *s->blocks);
-    s->key = TG_PREFIX_ROOT;
+    s->key = s->root = TG_PREFIX_ROOT;
     if (!s->blocks) {
         free(s);
         return NULL;
@@ -313,9 +313,15 @@ int eng_seq_truncate(eng_seq_t *s, int len) {
     s->len = len;
     if (s->n_keyed > len / B) { /* recompute the chain key of the full blocks kept */
         s->n_keyed = len / B;
-        s->key = TG_PREFIX_ROOT;
+        s->key = s->root;
         for (int i = 0; i < s->n_keyed; i++) s->key = kv->key[s->blocks[i]];
     }
+    return 0;
+}
+
+int eng_seq_namespace(eng_seq_t *s, uint64_t root) {
+    if (s->len) return -1;
+    s->key = s->root = root ? root : TG_PREFIX_ROOT;
     return 0;
 }
 
@@ -324,7 +330,7 @@ int eng_seq_prefix(eng_seq_t *s, const int32_t *ids, int n) {
     if (s->len || n <= 1) return s->len;
     int B = kv->B, nb = (n - 1) / B;
     if (nb > s->cap_blocks) nb = s->cap_blocks;
-    uint64_t key = TG_PREFIX_ROOT;
+    uint64_t key = s->root;
     for (int i = 0; i < nb; i++) {
         uint64_t k = tg_prefix_block_hash(key, ids + (size_t)i * B, B);
         int32_t b = h_find(kv, k, key, ids + (size_t)i * B);

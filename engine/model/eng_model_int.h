@@ -357,7 +357,8 @@ struct eng_seq {
     int32_t *blocks;                  /* [cap_blocks] block ids; n_blocks held */
     int n_blocks, cap_blocks;
     int n_keyed;                      /* leading full blocks whose chain key is known */
-    uint64_t key;                     /* chain key of block n_keyed-1 (TG_PREFIX_ROOT if none) */
+    uint64_t key;                     /* chain key of block n_keyed-1 (root if none) */
+    uint64_t root;                    /* the chain's root: its cache namespace (tg_prefix_root) */
 };
 
 /* Weight row helper of the CPU backend (eng_cpu_kernels.c). */

@@ -320,9 +320,12 @@ enum { ADMIT_OK = 0, ADMIT_AGAIN = 1, ADMIT_ERROR = -1 };
  * with a block of headroom per running sequence.  Called with s->mu held. */
 static int try_admit(eng_sched_t *s, eng_job_t *j, char *err, size_t errlen) {
     if (!j->started && job_start(s, j, err, errlen)) return ADMIT_ERROR;
-    if (!j->seq && !(j->seq = eng_seq_new(s->model, j->spec.n_prompt + j->spec.max_tokens))) {
-        snprintf(err, errlen, "out of memory for a new sequence");
-        return ADMIT_ERROR;
+    if (!j->seq) {
+        if (!(j->seq = eng_seq_new(s->model, j->spec.n_prompt + j->spec.max_tokens))) {
+            snprintf(err, errlen, "out of memory for a new sequence");
+            return ADMIT_ERROR;
+        }
+        eng_seq_namespace(j->seq, j->spec.cache_root);
     }
     int n_ctx = j->spec.n_prompt + j->n_gen;
     int hit = eng_seq_prefix(j->seq, j->ctx, n_ctx);

@@ -110,6 +110,7 @@ typedef struct {
     eng_gram_t *gram;
     int32_t gram_trigger;
     int32_t tool_trigger;
+    uint64_t cache_root; /* the prefix cache's namespace (tg_prefix_root); 0: the default one */
 } eng_job_spec_t;
 
 typedef struct eng_job eng_job_t;

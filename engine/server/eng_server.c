@@ -30,6 +30,7 @@
 #include <event2/thread.h>
 
 #include "eng_cmd.h"
+#include "tg_prefix.h"
 
 #define MAX_BODY (8 << 20) /* bytes of a request body we answer with an OpenAI 413 */
 
@@ -658,6 +659,11 @@ static void handle_chat(srv_t *S, struct evhttp_request *req) {
     spec.think = eng_chat_think_mode(S->tmpl, prompt, prompt_len);
     spec.logprobs = r.logprobs;
     spec.top_logprobs = r.top_logprobs;
+    /* the prefix cache's namespace: the gateway names one per customer, whose
+     * prompts then never meet another's cached blocks (common/tg_prefix.h);
+     * without the header, the default namespace */
+    const char *ns = evhttp_find_header(evhttp_request_get_input_headers(req), "X-Cache-Namespace");
+    if (ns && *ns) spec.cache_root = tg_prefix_root(ns, strlen(ns));
 
     c = calloc(1, sizeof *c);
     if (!c || !(c->ch = calloc((size_t)r.n, sizeof *c->ch))) goto oom;

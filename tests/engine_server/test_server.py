@@ -894,6 +894,33 @@ class KvCache(unittest.TestCase):
         self.assertGreaterEqual(c["usage"]["prompt_cache_hit_tokens"], 48)
         self.assertLess(c["usage"]["prompt_cache_hit_tokens"], c["usage"]["prompt_tokens"])
 
+    def test_prefix_cache_namespaces_kept_apart(self):
+        # The gateway names each customer's namespace (X-Cache-Namespace): the
+        # same prompt in another namespace, or in none, hits nothing there,
+        # and each namespace then hits its own blocks.
+        text = "Namespaced prompt %s. " % os.urandom(6).hex() + "Tokens are sold by the million. " * 8
+
+        def ask(ns):
+            h = {"X-Cache-Namespace": ns} if ns is not None else {}
+            body = {"model": MODEL, "messages": [{"role": "user", "content": text}], "temperature": 0,
+                    "max_tokens": 2}
+            st, _, b = request(PORT_KV, "POST", "/v1/chat/completions", body, headers=h)
+            self.assertEqual(st, 200, b)
+            return json.loads(b)
+
+        a1 = ask("c1")
+        n = a1["usage"]["prompt_tokens"]
+        self.assertGreater(n, 64)
+        want = (n - 1) // 16 * 16
+        self.assertEqual(a1["usage"]["prompt_cache_hit_tokens"], 0)
+        self.assertEqual(ask("c1")["usage"]["prompt_cache_hit_tokens"], want, "its own namespace hits")
+        for other in ("c2", "c11", None):
+            u = ask(other)["usage"]
+            self.assertEqual((u["prompt_cache_hit_tokens"], u["prompt_tokens_details"]["cached_tokens"]), (0, 0),
+                             "namespace %r must not see c1's blocks" % other)
+            self.assertEqual(ask(other)["usage"]["prompt_cache_hit_tokens"], want, "%r hits its own" % other)
+        self.assertEqual(ask("c1")["usage"]["prompt_cache_hit_tokens"], want)
+
     def test_preemption_leaves_results_unchanged(self):
         # 6 greedy answers of 150 tokens need 6 x 14 blocks of the 40: running
         # together, the youngest are preempted and recomputed later

@@ -970,6 +970,23 @@ class Gateway(unittest.TestCase):
         spread = {worker_of("system prompt %d" % i) for i in range(16)}
         self.assertEqual(spread, {1, 2}, "different prefixes use both workers")
 
+    def test_cache_namespace_is_the_customers(self):
+        # Workers keep each customer's prefix cache apart by the namespace the
+        # gateway names (X-Cache-Namespace: c<customer id>); a client cannot
+        # choose it, or it could read another customer's cache.
+        def namespace_of(key, headers=None):
+            st, h, b = call("POST", "/v1/chat/completions", {"model": MODEL, "messages": [
+                {"role": "user", "content": "ns " + uuid.uuid4().hex}]}, key, headers=headers)
+            self.assertEqual(st, 200, b)
+            return worker_request(h["x-request-id"])["headers"].get("X-Cache-Namespace")
+
+        mine = namespace_of(self.key)
+        self.assertRegex(mine or "", r"^c[1-9][0-9]*$")
+        self.assertEqual(namespace_of(self.key, {"X-Cache-Namespace": "c999999"}), mine)
+        other = namespace_of(seed())
+        self.assertRegex(other or "", r"^c[1-9][0-9]*$")
+        self.assertNotEqual(other, mine, "another customer, another namespace")
+
     def test_concurrent_mix_settles_each_once(self):
         key = seed()
         lock = threading.Lock()

@@ -251,6 +251,34 @@ class Stack(unittest.TestCase):
         us = json.loads(sse_events(b)[-2])["usage"]
         self.assertEqual((us["prompt_cache_hit_tokens"], us["prompt_tokens_details"]["cached_tokens"]), (hit, hit))
 
+    def test_prefix_cache_kept_apart_per_customer(self):
+        # Another customer's identical prompt is not a cache hit: it is billed
+        # at the miss price, and the cached_tokens of one customer never tell
+        # what another asked.  Each customer then hits its own cache, with any
+        # of its keys.
+        a, b = new_customer("2.50"), new_customer("2.50")
+        ka, kb, kb2 = new_key(a), new_key(b), new_key(b)
+        prompt = "Shared prefix %s. " % uuid.uuid4().hex + "Every customer has a cache of its own. " * 20
+        st, _, body = chat(ka, prompt, max_tokens=2)
+        self.assertEqual(st, 200, body)
+        n = json.loads(body)["usage"]["prompt_tokens"]
+        self.assertGreater(n, 100)
+        hit = (n - 1) // 16 * 16
+        st, _, body = chat(ka, prompt, max_tokens=2)
+        self.assertEqual(json.loads(body)["usage"]["prompt_cache_hit_tokens"], hit, "A hits its own prompt")
+        st, h, body = chat(kb, prompt, max_tokens=2)
+        self.assertEqual(st, 200, body)
+        u = json.loads(body)["usage"]
+        self.assertEqual((u["prompt_cache_hit_tokens"], u["prompt_cache_miss_tokens"],
+                          u["prompt_tokens_details"]["cached_tokens"]), (0, n, 0), "B must not hit A's cache")
+        self.assertEqual(usage_row(h["x-request-id"])[0][2:4], (0, n))
+        st, h, body = chat(kb2, prompt, max_tokens=2, stream=True, include_usage=True)
+        self.assertEqual(st, 200, body)
+        us = json.loads(sse_events(body)[-2])["usage"]
+        self.assertEqual((us["prompt_cache_hit_tokens"], us["prompt_tokens_details"]["cached_tokens"]), (hit, hit),
+                         "B's other key hits B's cache")
+        self.assertEqual(usage_row(h["x-request-id"])[0][2:4], (hit, n - hit))
+
     def test_prompt_tokens_match_the_model_tokenizer(self):
         # The demo model's template: BOS + "<｜User｜>" + content + "<｜Assistant｜>".
         content = "Count me exactly: 你好, мир! 12345 🙂"
