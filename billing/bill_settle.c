@@ -44,6 +44,7 @@
 
 #define BATCH BILL_SETTLE_BATCH
 #define QUEUE_MAX 100000 /* beyond this, new rows are only in the journal */
+#define REPLAY_BELOW (QUEUE_MAX / 4) /* rows on disk only are read back once fewer are queued */
 /* A batch waits up to LINGER_US after its oldest row was pushed for more rows,
  * unless LINGER_ROWS are queued: a statement costs PostgreSQL about as much
  * CPU as 30-40 rows (triggers, plan, commit), so a lone row per statement
@@ -559,7 +560,10 @@ static void batch_cb(PGresult *res, const char *err, void *arg) {
     for (int i = 0; PQnfields(res) >= 5 && i < PQntuples(res); i++)
         if (!PQgetisnull(res, i, 3)) cost_add(s, PQgetvalue(res, i, 3), PQgetvalue(res, i, 4));
     s->ninflight = 0;
-    if (s->nqueue == 0 && s->need_replay) bill_settler_on_up(s);
+    /* rows wait on disk only (an outage's spool, read a part at a time; a full
+     * queue): read the next part once the queue is short, not only once it is
+     * empty, which a steady load may never leave it at a batch's end */
+    if (s->need_replay && s->nqueue < REPLAY_BELOW) bill_settler_on_up(s);
     kick(s);
 }
 
@@ -640,7 +644,13 @@ static int replay_row(const bill_usage_t *u, mtr_jfile_t *f, void *arg) {
 
 static void replay_done(long rows, int failed, void *arg) {
     bill_settler_t *s = arg;
-    if (failed) s->need_replay = 1; /* read again later */
+    if (failed) { /* files left (a bounded replay, or a failed read): read once the queue drains */
+        s->need_replay = 1;
+        if (s->nqueue == 0 && !s->job && !evtimer_pending(s->retry, NULL)) { /* no batch's end will */
+            struct timeval tv = {1, 0};
+            evtimer_add(s->retry, &tv);
+        }
+    }
     if (rows) fprintf(stderr, "bill: replaying %ld spooled settlements from %s\n", rows, s->dir);
     kick(s);
 }

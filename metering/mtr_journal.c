@@ -26,6 +26,7 @@
 #define SYNC_MS 50
 #define ROTATE_ROWS 8192
 #define ROTATE_US 1000000
+#define REPLAY_BYTES (16 << 20) /* about 95,000 records of ~175 bytes */
 
 struct mtr_jfile {
     TAILQ_ENTRY(mtr_jfile) link;
@@ -308,6 +309,7 @@ typedef struct {
     mtr_journal_row_fn row;
     mtr_journal_replayed_fn done;
     void *arg;
+    int more; /* files left for the next replay (replay_bytes reached) */
 } replay_job_t;
 
 static void replay_collect(const mtr_usage_t *u, void *arg) {
@@ -367,6 +369,7 @@ static void replay_done(void *arg) {
     }
     mtr_journal_replayed_fn done = r->done;
     void *darg = r->arg;
+    failed |= r->more;
     free(r->v);
     free(r);
     done(total, failed, darg);
@@ -393,10 +396,20 @@ int mtr_journal_replay(mtr_journal_t *j, mtr_journal_row_fn row, mtr_journal_rep
     r->done = done;
     r->arg = arg;
     int short_of_memory = 0;
+    int64_t bytes = 0;
     for (int i = 0; i < n; i++) {
         mtr_jfile_t *f;
         TAILQ_FOREACH(f, &j->files, link) if (!strcmp(f->name, names[i])) break;
         if (f && (f->loaded || f->reading)) continue;
+        char path[4200];
+        struct stat sb;
+        snprintf(path, sizeof path, "%s/%s", j->dir, names[i]);
+        int64_t size = stat(path, &sb) == 0 ? (int64_t)sb.st_size : 0;
+        if (r->n && bytes + size > j->o.replay_bytes) { /* enough for now: the rest next time */
+            r->more = 1;
+            break;
+        }
+        bytes += size;
         if (!f) {
             if (!(f = calloc(1, sizeof *f)) || !(f->name = strdup(names[i]))) {
                 free(f);
@@ -405,8 +418,6 @@ int mtr_journal_replay(mtr_journal_t *j, mtr_journal_row_fn row, mtr_journal_rep
             }
             TAILQ_INSERT_TAIL(&j->files, f, link);
         }
-        char path[4200];
-        snprintf(path, sizeof path, "%s/%s", j->dir, f->name);
         rfile_t *rf = &r->v[r->n];
         if (!(rf->path = strdup(path))) {
             short_of_memory = 1;
@@ -462,6 +473,7 @@ mtr_journal_t *mtr_journal_new(struct event_base *base, const char *dir, const m
     if (j->o.sync_ms <= 0) j->o.sync_ms = SYNC_MS;
     if (j->o.rotate_rows <= 0) j->o.rotate_rows = ROTATE_ROWS;
     if (j->o.rotate_us <= 0) j->o.rotate_us = ROTATE_US;
+    if (j->o.replay_bytes <= 0) j->o.replay_bytes = REPLAY_BYTES;
     TAILQ_INIT(&j->files);
     if (!(j->dir = strdup(dir)) || !(j->sync = evtimer_new(base, sync_cb, j))) goto oom;
     if (!j->o.inline_io && !(j->work = tg_work_new(base, 1))) goto oom;

@@ -42,6 +42,8 @@ typedef struct {
     int inline_io;     /* 1: fdatasync and replay reads on the loop (tests); 0: on a worker thread */
     int group;         /* 1: mtr_journal_append keeps records until mtr_journal_flush (one write for
                           the records of a loop iteration); 0: every append writes at once */
+    int64_t replay_bytes; /* a replay reads files (oldest first) until they hold this many bytes, at
+                             least one file; the rest wait for the next replay; 0: 16 MiB */
 } mtr_journal_opts_t;
 
 typedef struct {
@@ -120,14 +122,16 @@ void mtr_journal_tick(mtr_journal_t *j, int64_t now_us);
  * it (it counts as pending in f until done or dropped), 0 when not (the
  * caller rejected it for good). */
 typedef int (*mtr_journal_row_fn)(const mtr_usage_t *u, mtr_jfile_t *f, void *arg);
-/* The replay ended: rows records were read; failed = 1 when some file could
- * not be read (the records read before the failure were delivered; it is
- * read again by the next replay). */
+/* The replay ended: rows records were read; failed = 1 when some file is
+ * left for the next replay: it could not be read (the records read before
+ * the failure were delivered), or this replay had read replay_bytes. */
 typedef void (*mtr_journal_replayed_fn)(long rows, int failed, void *arg);
 
-/* Rotate the journal and read back every file of the directory whose
- * records are not all in memory (found there now, or dropped), on the
- * worker thread; row and done are called on the loop (before this returns
+/* Rotate the journal and read back the files of the directory whose
+ * records are not all in memory (found there now, or dropped), oldest
+ * first, up to opts.replay_bytes (so that memory holds a bounded part of a
+ * long outage's spool: the owner replays again for the rest once it has
+ * sent what it got), on the worker thread; row and done are called on the loop (before this returns
  * with inline_io).  Returns 1 when reading (done will be called), 0 when
  * there was nothing to read, -1 when the directory cannot be listed or
  * memory is short (try again later), -2 while another replay reads

@@ -514,6 +514,86 @@ static void test_disk_full(void) {
     CHECK_EQ_I(nfiles(), 0);
 }
 
+/* A spool read a file at a time (replay_bytes 1): the first replay queues
+ * one file's rows, and each batch's end reads the next part once the queue
+ * is short, until every row is sent and every file gone.  Before
+ * (2026-11-30) one replay queued the whole spool. */
+static void test_replay_bounded(void) {
+    struct event_base *base;
+    bill_pg_t *pg;
+    bill_settler_t *s = settler_test_new(&base, &pg);
+    CHECK(s != NULL);
+    if (!s) return;
+    char err[256];
+    mtr_journal_opts_t o = {.inline_io = 1, .replay_bytes = 1};
+    mtr_journal_free(s->journal);
+    s->journal = mtr_journal_new(base, s->dir, &o, err, sizeof err);
+    CHECK(s->journal != NULL);
+    if (!s->journal) return;
+    bill_settler_on_up(s); /* the probe file goes */
+    CHECK_EQ_I(nfiles(), 0);
+    for (int f = 0; f < 3; f++) { /* three files of two rows, as a killed process leaves them */
+        bill_usage_t u0 = sample(600 + 2 * f), u1 = sample(601 + 2 * f);
+        const bill_usage_t *v[2] = {&u0, &u1};
+        mtr_spool_t *sp = NULL;
+        CHECK_EQ_I(mtr_spool_append(&sp, spool, v, 2), 0);
+        mtr_spool_close(sp);
+    }
+    CHECK_EQ_I(nfiles(), 3);
+    bill_settler_on_up(s);
+    CHECK_EQ_I(s->nqueue, 2);
+    CHECK(s->need_replay);
+    bill_settle_stats_t st;
+    bill_settler_stats(s, &st);
+    CHECK_EQ_I(st.replay_pending, 1);
+    long sent = 0;
+    int rounds = 0;
+    for (int n; rounds < 10 && (n = answer(s, 1)) > 0; rounds++) sent += n;
+    CHECK_EQ_I(sent, 6);
+    CHECK_EQ_I(rounds, 3);
+    CHECK_EQ_I(nfiles(), 0);
+    CHECK(!s->need_replay);
+    bill_settler_stats(s, &st);
+    CHECK_EQ_I(st.idle, 1);
+
+    /* under a steady load the queue is never empty at a batch's end: the
+     * next part is read all the same (the queue is short) */
+    for (int f = 0; f < 3; f++) {
+        bill_usage_t u0 = sample(620 + 2 * f), u1 = sample(621 + 2 * f);
+        const bill_usage_t *v[2] = {&u0, &u1};
+        mtr_spool_t *sp = NULL;
+        CHECK_EQ_I(mtr_spool_append(&sp, spool, v, 2), 0);
+        mtr_spool_close(sp);
+    }
+    bill_settler_on_up(s);
+    CHECK_EQ_I(s->nqueue, 2);
+    sent = 0;
+    for (rounds = 0; rounds < 3; rounds++) {
+        evtimer_del(s->retry);
+        item_t *it;
+        TAILQ_FOREACH(it, &s->queue, link) it->pushed_us = 0;
+        flush(s);
+        CHECK(s->job != NULL);
+        if (!s->job) break;
+        bill_usage_t live = sample(640 + rounds); /* settled while the batch runs */
+        bill_settler_push(s, &live);
+        sent += s->ninflight;
+        bill_pg_cancel(s->job);
+        PGresult *r = PQmakeEmptyPGresult(NULL, PGRES_TUPLES_OK);
+        batch_cb(r, NULL, s);
+        PQclear(r);
+    }
+    CHECK_EQ_I(sent, 8); /* the six rows of the spool and two live ones */
+    CHECK_EQ_I(s->nqueue, 1); /* the last live one */
+    CHECK(!s->need_replay);
+    CHECK_EQ_I(answer(s, 1), 1);
+    journal_expire(s);
+    CHECK_EQ_I(nfiles(), 0);
+    bill_settler_free(s, NULL);
+    bill_pg_free(pg);
+    event_base_free(base);
+}
+
 int main(void) {
     if (!mkdtemp(dir)) return 1;
     snprintf(spool, sizeof spool, "%s/spool", dir);
@@ -522,6 +602,7 @@ int main(void) {
     test_linger();
     test_params();
     test_disk_full();
+    test_replay_bounded();
     measure_cost();
     char cmd[128];
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
