@@ -224,6 +224,8 @@ typedef struct {
     int64_t memory_only;      /* rows queued or in flight whose journal write failed (a full disk) and
                                  that no spool append has taken yet: a kill loses them */
     uint64_t unjournaled_total; /* rows whose journal write failed since start */
+    int64_t found_files;      /* spool files found on disk (an earlier run's), not yet all committed:
+                                 while any is left, its rows may not be in the balances yet */
 } bill_settle_stats_t;
 
 /* Fill *st; b may be NULL (all zero, idle). */

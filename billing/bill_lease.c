@@ -509,10 +509,15 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg) {
         }
     bad |= arr_add(&sk, &skl, &skc, "}") | arr_add(&sa, &sal, &sac, "}") | arr_add(&rk, &rkl, &rkc, "}");
     /* Earlier runs of this spool directory: their leases go once the settler
-     * has replayed what they left (their holds are then all settled or void). */
+     * has replayed what they left and it has committed (their holds are then
+     * all settled or void).  Not before the commit: until then their costs are
+     * in no balance, and their leases are what keeps them reserved.  Before
+     * (2026-11-30) they went as soon as the files were read: a gateway killed
+     * while its rows could not commit, restarted, granted the whole balance
+     * again (credit $0.0002, usage locked across the kill: $0.000386 spent). */
     bill_settle_stats_t st;
     bill_settle_stats(L->b, &st);
-    L->tick_dropping = !L->old_dropped && !st.replay_pending;
+    L->tick_dropping = !L->old_dropped && !st.replay_pending && st.found_files == 0;
     char ttl[24];
     snprintf(ttl, sizeof ttl, "%lld", (long long)L->ttl_ms);
     const char *p[] = {L->holder, sk, sa, rk, ttl, L->tick_dropping ? L->spool_id : ""};

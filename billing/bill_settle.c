@@ -690,6 +690,7 @@ void bill_settler_stats(const bill_settler_t *s, bill_settle_stats_t *st) {
     st->debited_total = s->ndebited;
     st->rejected_total = s->nrejected;
     st->memory_only = memory_only(s);
+    st->found_files = js.found_files;
     st->unjournaled_total = s->nunjournaled;
     st->idle = !s->nqueue && !s->ninflight && !s->job && !st->replay_pending;
 }

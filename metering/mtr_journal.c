@@ -36,6 +36,7 @@ struct mtr_jfile {
     int open;     /* the journal: records are still being appended */
     int corrupt;
     int reading;  /* a replay is reading it on the worker thread */
+    int found;    /* found in the directory by a replay, not opened by this journal (an earlier run's) */
 };
 
 TAILQ_HEAD(jfile_q, mtr_jfile);
@@ -416,6 +417,7 @@ int mtr_journal_replay(mtr_journal_t *j, mtr_journal_row_fn row, mtr_journal_rep
                 short_of_memory = 1;
                 continue;
             }
+            f->found = 1;
             TAILQ_INSERT_TAIL(&j->files, f, link);
         }
         rfile_t *rf = &r->v[r->n];
@@ -449,6 +451,7 @@ void mtr_journal_stats(const mtr_journal_t *j, mtr_journal_stats_t *st) {
     const mtr_jfile_t *f;
     TAILQ_FOREACH(f, &j->files, link) {
         st->files++;
+        st->found_files += f->found;
         st->pending += f->pending;
         if (!f->loaded) st->unloaded = 1; /* also while its read is on the worker thread */
         char path[4200];

@@ -48,6 +48,8 @@ typedef struct {
 
 typedef struct {
     long files;            /* journal and spool files not yet deleted (the open journal too) */
+    long found_files;      /* of those, the ones a replay found in the directory (an earlier run's, or
+                              one this run could not delete): not opened by this journal */
     long pending;          /* their records not yet committed */
     int64_t bytes;         /* their size */
     long journal_rows;     /* records in the open journal (0 when none is open) */

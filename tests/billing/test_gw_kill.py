@@ -139,6 +139,91 @@ class GatewayKill(tggateway.GatewayCase):
         self.assertNotIn("out of memory", log)
         self.assertNotIn("cannot ", log)
 
+    def test_restart_keeps_the_killed_runs_leases_until_its_rows_commit(self):
+        """No overspend across a kill: the killed run's credit leases keep its settled costs reserved
+        until the restart has replayed its rows AND they have committed.  A customer with credit for
+        about 34 requests spends it while the usage table is locked (nothing commits: the costs are
+        reserved by the run's leases only), the gateway is SIGKILLed and restarted with the lock still
+        held, and the restart's requests are refused (402), not served on a balance that does not show
+        the replayed rows yet; once the lock goes, every row commits and the balance stays >= 0.
+        Before (2026-11-30) the leases went as soon as the journal was read: the restart served 33
+        more requests and the balance ended at -$0.000186 (credit $0.0002)."""
+        name = "gwlease"
+        key = self.customer_key(name, "0.0002")
+        (cid,), = self.q("select id from customers where name = %s", name)
+
+        def plain(i):
+            c = http.client.HTTPSConnection("127.0.0.1", P_GW, context=self.tls, timeout=15)
+            try:
+                body = {"model": MODEL, "max_tokens": 8, "messages": [{"role": "user", "content": "lease %d" % i}]}
+                c.request("POST", "/v1/chat/completions", json.dumps(body),
+                          {"Authorization": "Bearer " + key, "Content-Type": "application/json"})
+                r = c.getresponse()
+                r.read()
+                return r.status, r.getheader("x-request-id")
+            finally:
+                c.close()
+
+        lk = psycopg2.connect(self.pg_dsn)
+        try:
+            lk.cursor().execute("lock table usage in exclusive mode")  # settlements block, nothing commits
+            first = [plain(i) for i in range(40)]
+            served = [rid for st, rid in first if st == 200]
+            self.assertEqual(sorted({st for st, _ in first}), [200, 402], "the credit ran out in the first run")
+            old = [h for h, in self.q("select distinct holder from credit_leases where customer_id = %s", cid)]
+            self.assertTrue(old, "the first run's leases")
+            self.kill_gateway()
+            self.start_gateway()
+            self.lease_ticks_after_replay(old)  # the old code dropped the killed run's leases by now
+            second = [plain(100 + i) for i in range(40)]
+        finally:
+            lk.rollback()
+            lk.close()
+        wait_for(lambda: self.q("select count(*) from usage where request_id = any(%s::uuid[])", served)[0][0]
+                 == len(served), "the killed run's rows after the restart", 30)
+        self.drain()
+        (bal,), = self.q("select balance_pico from customers where id = %s", cid)
+        (n, spent), = self.q("select count(*), coalesce(sum(cost_pico), 0) from usage where customer_id = %s", cid)
+        self.assertGreaterEqual(int(bal), 0, "overspent: %d rows, %d pico-USD spent of 200000000; restart: %s"
+                                % (n, spent, [st for st, _ in second]))
+        self.assertEqual(int(bal), 200000000 - int(spent))
+        self.assertEqual(self.q("select count(*) from ledger_mismatch")[0][0], 0)
+
+    def lease_ticks_after_replay(self, old_holders):
+        """Wait until the restarted gateway has read its journals (settlement: replay_pending false) and
+        then each loop has run its lease statement (every 500 ms) once more: seen on a lease of another,
+        rich customer held by each loop's new holder (<spool>/loop<i>/holder, then ":" and the run's
+        suffix), renewed (expires_at later) or given back (gone).  Before the fix, the statement that
+        ran then dropped the killed run's leases."""
+        wait_for(lambda: not self.settlement()["replay_pending"], "the restart's replay", 30)
+        if not hasattr(self, "rich_key"):
+            type(self).rich_key = self.customer_key("gwrich", "10")
+        ids = []
+        for i in range(2):
+            with open(os.path.join(self.spool, "loop%d" % i, "holder")) as f:
+                ids.append(f.read().strip())
+        (kid,), = self.q("select k.id from api_keys k join customers c on c.id = k.customer_id where c.name = 'gwrich'")
+
+        def leases():
+            rows = self.q("select holder, expires_at from credit_leases where key_id = %s and holder <> all(%s)",
+                          kid, old_holders)
+            return {i: (h, e) for h, e in rows for i in range(2) if h.startswith(ids[i] + ":")}
+
+        def both_hold():
+            c = http.client.HTTPSConnection("127.0.0.1", P_GW, context=self.tls, timeout=15)
+            try:  # a new connection: the loops take turns
+                body = {"model": MODEL, "max_tokens": 8, "messages": [{"role": "user", "content": "rich"}]}
+                c.request("POST", "/v1/chat/completions", json.dumps(body),
+                          {"Authorization": "Bearer " + self.rich_key, "Content-Type": "application/json"})
+                self.assertEqual(c.getresponse().status, 200)
+            finally:
+                c.close()
+            return len(leases()) == 2
+        wait_for(both_hold, "a lease of the rich customer on each loop", 30)
+        seen = leases()
+        wait_for(lambda: all(i not in now or now[i][1] > seen[i][1] for now in [leases()] for i in range(2)),
+                 "each loop's lease statement to run again", 30)
+
     def test_answers_wait_for_the_journal(self):
         """An answer leaves only after its usage row is in the journal, so a crash cannot deliver an
         answer that no journal or table remembers.  With TOLLGATE_FAULT=journal-stall the journal write
