@@ -39,7 +39,7 @@ void gw_auth_error(gw_req_t *r, bill_status_t st) {
         gw_req_error(r, 402, "invalid_request_error", "insufficient_balance", NULL, "Insufficient Balance");
         break;
     case BILL_NO_PRICE:
-        gw_req_error(r, 404, "invalid_request_error", "model_not_found", "model", "The model has no price");
+        gw_req_error(r, 404, "invalid_request_error", "model_not_found", NULL, "The model has no price");
         break;
     default:
         gw_req_error(r, 503, "server_error", "service_unavailable", NULL,

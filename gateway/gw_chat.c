@@ -292,8 +292,8 @@ static void gw_chat_run(gw_req_t *r) {
     r->client_usage = chat->include_usage;
     if (!gw_model_known(cfg, r->model)) {
         char msg[300];
-        snprintf(msg, sizeof msg, "The model '%.200s' does not exist", r->model);
-        gw_req_error(r, 404, "invalid_request_error", "model_not_found", "model", msg);
+        snprintf(msg, sizeof msg, "The model `%.200s` does not exist or you do not have access to it.", r->model);
+        gw_req_error(r, 404, "invalid_request_error", "model_not_found", NULL, msg); /* param null, as OpenAI */
         return;
     }
     /* The completion cap the hold and TPM are charged with: the limit as api/

@@ -27,8 +27,8 @@ static void gw_models_answer(gw_req_t *r, const tg_json_t *scope) {
     if (r->model) { /* GET /v1/models/{id} */
         if (!gw_model_known(cfg, r->model)) {
             char msg[300];
-            snprintf(msg, sizeof msg, "The model '%.200s' does not exist", r->model);
-            gw_req_error(r, 404, "invalid_request_error", "model_not_found", "model", msg);
+            snprintf(msg, sizeof msg, "The model `%.200s` does not exist or you do not have access to it.", r->model);
+            gw_req_error(r, 404, "invalid_request_error", "model_not_found", NULL, msg); /* param null, as OpenAI */
             return;
         }
         if (!gw_scope_allows(scope, r->model)) {

@@ -605,7 +605,7 @@ static void handle_chat(srv_t *S, struct evhttp_request *req) {
     const char *body = len ? (const char *)evbuffer_pullup(in, -1) : "";
     if (api_chat_req_parse(&r, body, len, &e)) goto fail;
     if (strcmp(r.model, S->model_name)) {
-        api_err(&e, 404, "invalid_request_error", "model", "model_not_found",
+        api_err(&e, 404, "invalid_request_error", NULL, "model_not_found", /* param null, as OpenAI */
                 "The model `%.200s` does not exist or you do not have access to it.", r.model);
         goto fail;
     }
@@ -798,7 +798,7 @@ static void handle_models(srv_t *S, struct evhttp_request *req, const char *one)
     } else if (strcmp(one, S->model_name)) {
         cJSON_Delete(m);
         eng_api_err_t e;
-        eng_api_err(&e, 404, "invalid_request_error", "model", "model_not_found",
+        eng_api_err(&e, 404, "invalid_request_error", NULL, "model_not_found",
                     "The model `%.200s` does not exist or you do not have access to it.", one);
         send_err(req, &e);
         return;

@@ -463,7 +463,12 @@ class Server(unittest.TestCase):
         st, _, b = chat("x", model="gpt-4o", max_tokens=1)
         self.assertEqual(st, 404)
         e = json.loads(b)["error"]
-        self.assertEqual((e["code"], e["param"], e["type"]), ("model_not_found", "model", "invalid_request_error"))
+        # as OpenAI answers it: param null
+        self.assertEqual((e["code"], e["param"], e["type"]), ("model_not_found", None, "invalid_request_error"))
+        st, _, b = request(PORT, "GET", "/v1/models/gpt-4o")
+        self.assertEqual(st, 404)
+        e = json.loads(b)["error"]
+        self.assertEqual((e["code"], e["param"], e["type"]), ("model_not_found", None, "invalid_request_error"))
         st, _, _ = request(PORT, "GET", "/v1/chat/completions")
         self.assertEqual(st, 405)
 

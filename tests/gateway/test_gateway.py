@@ -454,8 +454,10 @@ class Gateway(unittest.TestCase):
         self.assertEqual(st, 200, b)
         self.assertEqual(json.loads(b)["id"], MODEL)
         st, h, b = call("GET", "/v1/models/no%2Dsuch", key=self.key)
-        self.assertEqual(openai_error(self, st, h, b, 404, "model_not_found")["message"],
-                         "The model 'no-such' does not exist")
+        err = openai_error(self, st, h, b, 404, "model_not_found")
+        # as OpenAI answers it: param null (the model is in the path, not a parameter)
+        self.assertEqual((err["message"], err["param"]),
+                         ("The model `no-such` does not exist or you do not have access to it.", None))
         st, h, b = call("GET", "/v1/models")
         openai_error(self, st, h, b, 401, "invalid_api_key")
         st, h, b = call("GET", "/v1/models", key="sk-unknown")
@@ -668,7 +670,7 @@ class Gateway(unittest.TestCase):
         st, h, b = call("POST", "/v1/chat/completions", {"model": MODEL, "messages": [], "stream": "yes"}, self.key)
         openai_error(self, st, h, b, 400)
         st, h, b = chat("sk-unknown", model="no-such-model")  # 404 model before the key lookup
-        openai_error(self, st, h, b, 404, "model_not_found")
+        self.assertIsNone(openai_error(self, st, h, b, 404, "model_not_found")["param"])  # as OpenAI
         st, h, b = chat("sk-unknown")
         openai_error(self, st, h, b, 401, "invalid_api_key")
         st, h, b = chat(seed(credit=0))

@@ -439,7 +439,8 @@ class Stack(unittest.TestCase):
 
     def test_unknown_model_404(self):
         st, h, b = chat(self.key, model="no-such-model")
-        assert_openai_error(self, st, b, 404)
+        err = assert_openai_error(self, st, b, 404)
+        self.assertEqual((err["code"], err["param"]), ("model_not_found", None))  # param null, as OpenAI
 
     def test_oversized_body_413(self):
         big = "x" * (2 * 1024 * 1024)

@@ -72,7 +72,7 @@ test('a bad key is an AuthenticationError', async () => {
 
 test('an unknown model is a NotFoundError', async () => {
   await assert.rejects(client.chat.completions.create({ model: 'nope', messages, max_tokens: 1 }),
-    (e) => e instanceof OpenAI.NotFoundError && e.status === 404);
+    (e) => e instanceof OpenAI.NotFoundError && e.status === 404 && e.code === 'model_not_found' && e.param === null);
 });
 
 test('a bad request is a BadRequestError', async () => {
