@@ -543,6 +543,17 @@ static void gw_stream_receipt_chunk(gw_req_t *r) {
     tg_buf_free(&b);
 }
 
+/* The event's JSON in r->body again, without the member [off, off + cut), as
+ * one SSE event to the client. */
+static void gw_stream_event_cut(gw_req_t *r, size_t off, size_t cut) {
+    const tg_buf_t *d = &r->body;
+    tg_buf_t b = {0};
+    if (tg_buf_put(&b, "data: ", 6) == GW_OK && tg_buf_put(&b, d->p, off) == GW_OK &&
+        tg_buf_put(&b, d->p + off + cut, d->len - off - cut) == GW_OK && tg_buf_put(&b, "\n\n", 2) == GW_OK)
+        gw_client_chunk(r, b.p, b.len);
+    tg_buf_free(&b);
+}
+
 static void gw_stream_event(gw_req_t *r, const char *ev, size_t len) {
     tg_buf_t *d = &r->body; /* reused as scratch while streaming */
     if (gw_sse_data(ev, len, d) != GW_OK || d->len == 0 || d->p[0] != '{') {
@@ -552,12 +563,25 @@ static void gw_stream_event(gw_req_t *r, const char *ev, size_t len) {
     }
     if (gw_has_text(d->p, "\"content\"") || gw_has_text(d->p, "\"reasoning_content\"")) r->chunks++;
     if (!gw_has_object(d->p, "\"usage\"")) { /* none, or "usage":null as in every chunk of a usage stream */
-        gw_client_chunk(r, ev, len);
-        return;
+        /* The client did not ask for usage: no "usage" member at all, as OpenAI
+         * sends it then (the worker, asked for usage by us, writes "usage":null
+         * in every chunk).  Ours writes it last: cut without a parse (in valid
+         * JSON that tail can only be a member of the root). */
+        static const char tail[] = ",\"usage\":null}";
+        const size_t tl = sizeof tail - 1;
+        if (!r->client_usage && d->len > tl && !memcmp(d->p + d->len - tl, tail, tl)) {
+            gw_stream_event_cut(r, d->len - tl, tl - 1);
+            return;
+        }
+        if (r->client_usage || !strstr(d->p, "\"usage\"")) {
+            gw_client_chunk(r, ev, len);
+            return;
+        }
     }
     tg_json_t *j = tg_json_parse(d->p, d->len, NULL, NULL);
     const tg_json_t *u = tg_json_get(j, "usage");
-    if (tg_json_type(u) != TG_JSON_OBJECT || gw_settle_usage_json(r, u) != GW_OK || r->client_usage) {
+    if (tg_json_type(u) == TG_JSON_OBJECT) gw_settle_usage_json(r, u);
+    if (r->client_usage || !u) {
         const tg_json_t *ch = tg_json_get(j, "choices");
         int final = r->client_usage && r->have_usage && tg_json_type(ch) == TG_JSON_ARRAY && tg_json_len(ch) == 0;
         tg_json_free(j);
@@ -566,7 +590,7 @@ static void gw_stream_event(gw_req_t *r, const char *ev, size_t len) {
         else gw_client_chunk(r, ev, len);
         return;
     }
-    /* the client did not ask for usage */
+    /* the client did not ask for usage: the member goes, whatever its value */
     const tg_json_t *choices = tg_json_get(j, "choices");
     size_t off, cut;
     if (tg_json_type(choices) != TG_JSON_ARRAY || tg_json_len(choices) == 0 ||
@@ -575,12 +599,7 @@ static void gw_stream_event(gw_req_t *r, const char *ev, size_t len) {
         return;
     }
     tg_json_free(j);
-    /* the event again without its usage member, the rest byte for byte */
-    tg_buf_t b = {0};
-    if (tg_buf_put(&b, "data: ", 6) == GW_OK && tg_buf_put(&b, d->p, off) == GW_OK &&
-        tg_buf_put(&b, d->p + off + cut, d->len - off - cut) == GW_OK && tg_buf_put(&b, "\n\n", 2) == GW_OK)
-        gw_client_chunk(r, b.p, b.len);
-    tg_buf_free(&b);
+    gw_stream_event_cut(r, off, cut); /* the event again without its usage member, the rest byte for byte */
 }
 
 /* Forward the whole events buffered so far.  Returns GW_ERROR when the

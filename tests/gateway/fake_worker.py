@@ -2,7 +2,8 @@
 the failure paths the real engine cannot be made to show on demand (silence,
 a stream cut in the middle, a flood of chunks).  It speaks the same wire
 format as `tollgate-engine serve`: HTTP/1.1, chunked SSE streams with a usage
-chunk when stream_options.include_usage is set.
+chunk when stream_options.include_usage is set (and then "usage": null in every
+other chunk, as the engine and OpenAI write them).
 
 The last user message picks the behaviour:
   "sleep:S"     wait S seconds before the answer head
@@ -125,6 +126,7 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Connection", "close")  # it closes after a stream: says so, as HTTP/1.1 asks
         self.end_headers()
         ck = dict(base, object="chat.completion.chunk")
+        include_usage = (req.get("stream_options") or {}).get("include_usage")
         if text == "noframe":  # 17 MiB without an event boundary
             self.chunk(b"data: ")
             for _ in range(17):
@@ -134,6 +136,8 @@ class Handler(BaseHTTPRequestHandler):
             return
         for i, w in enumerate(words):
             c = dict(ck, choices=[{"index": 0, "delta": {"content": w}, "finish_reason": None}])
+            if include_usage:
+                c["usage"] = None
             if text == "usage-in-last" and i == len(words) - 1:
                 c["usage"] = usage
             self.event(c)
@@ -146,8 +150,9 @@ class Handler(BaseHTTPRequestHandler):
                 time.sleep(float(text[6:]))
             if text.startswith("stallhold:") and i == 0:
                 hold(text[10:])
-        self.event(dict(ck, choices=[{"index": 0, "delta": {}, "finish_reason": "stop"}]))
-        if text != "usage-in-last" and (req.get("stream_options") or {}).get("include_usage"):
+        self.event(dict(ck, choices=[{"index": 0, "delta": {}, "finish_reason": "stop"}],
+                        **({"usage": None} if include_usage else {})))
+        if text != "usage-in-last" and include_usage:
             self.event(dict(ck, choices=[], usage=usage))
         self.chunk(b"data: [DONE]\n\n")
         self.wfile.write(b"0\r\n\r\n")

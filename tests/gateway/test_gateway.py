@@ -505,6 +505,8 @@ class Gateway(unittest.TestCase):
         last = json.loads(ev[-2])
         self.assertEqual(last["choices"], [])
         self.assertEqual(last["usage"]["completion_tokens"], 3)
+        for e in ev[:-2]:  # asked for: "usage": null on the other chunks, as OpenAI sends them
+            self.assertIsNone(json.loads(e)["usage"])
         text = "".join(json.loads(e)["choices"][0]["delta"].get("content", "") for e in ev[:-2])
         self.assertEqual(text, "Hello from s2")
 

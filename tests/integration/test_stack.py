@@ -324,11 +324,65 @@ class Stack(unittest.TestCase):
         for e in ev[:-1]:
             c = json.loads(e)
             self.assertTrue(c["choices"], "no usage-only chunk without include_usage")
-            self.assertIsNone(c.get("usage"))
+            # no "usage" member at all, as OpenAI sends it (the worker, asked for usage by the
+            # gateway, writes "usage":null in every chunk)
+            self.assertNotIn("usage", c)
         # ...but the request is still metered.
         rows = usage_row(h["x-request-id"])
         self.assertEqual(len(rows), 1)
         self.assertGreater(rows[0][1], 0)
+
+    def test_stream_chunk_shapes(self):
+        """Every chunk as OpenAI and DeepSeek send them: the same id, object, created and model on
+        each; the first delta carries the role; finish_reason only on the last choice chunk; with
+        include_usage "usage": null on those and a last chunk with no choices and every usage
+        field; then data: [DONE]."""
+        st, h, b = chat(self.key, "Shapes", max_tokens=5, stream=True, include_usage=True)
+        self.assertEqual(st, 200, b)
+        ev = sse_events(b)
+        self.assertEqual(ev[-1], "[DONE]")
+        chunks = [json.loads(e) for e in ev[:-1]]
+        self.assertEqual({(c["id"], c["object"], c["created"], c["model"]) for c in chunks},
+                         {(chunks[0]["id"], "chat.completion.chunk", chunks[0]["created"], MODEL)})
+        self.assertTrue(chunks[0]["id"].startswith("chatcmpl-"))
+        body, last = chunks[:-1], chunks[-1]
+        self.assertEqual(body[0]["choices"][0]["delta"]["role"], "assistant")
+        for c in body:
+            self.assertEqual(len(c["choices"]), 1)
+            self.assertEqual(c["choices"][0]["index"], 0)
+            self.assertIn("usage", c)
+            self.assertIsNone(c["usage"])
+        self.assertEqual([c["choices"][0]["finish_reason"] for c in body], [None] * (len(body) - 1) + ["length"])
+        self.assertEqual(last["choices"], [])
+        u = last["usage"]
+        self.assertEqual(u["completion_tokens"], 5)
+        self.assertEqual(u["total_tokens"], u["prompt_tokens"] + u["completion_tokens"])
+        self.assertEqual(u["prompt_cache_hit_tokens"] + u["prompt_cache_miss_tokens"], u["prompt_tokens"])
+        self.assertEqual(u["prompt_tokens_details"], {"cached_tokens": u["prompt_cache_hit_tokens"]})
+        self.assertEqual(u["completion_tokens_details"], {"reasoning_tokens": 0})
+
+    def test_stop_across_chunks_never_streamed(self):
+        """A stop string made of the end of one streamed delta and the start of the next: the
+        stream holds the first part back until it is decided, so no byte of it is ever sent."""
+        st, h, b = chat(self.key, "Split me", max_tokens=12, stream=True)
+        self.assertEqual(st, 200, b)
+        deltas = [json.loads(e)["choices"][0]["delta"].get("content") or "" for e in sse_events(b)[:-1]]
+        deltas = [d for d in deltas if d]
+        full = "".join(deltas)
+        k = len(deltas) // 2  # fixture: greedy on the demo model, 12 deltas of text
+        self.assertGreater(k, 1, deltas)
+        stop = deltas[k - 1][-1] + deltas[k][0]
+        want = full[:full.find(stop)]
+        for stream in (True, False):
+            st, h, b = chat(self.key, "Split me", max_tokens=12, stream=stream, stop=[stop])
+            self.assertEqual(st, 200, b)
+            if stream:
+                cs = [json.loads(e) for e in sse_events(b)[:-1]]
+                got = "".join(c["choices"][0]["delta"].get("content") or "" for c in cs)
+                fin = cs[-1]["choices"][0]["finish_reason"]
+            else:
+                got, fin = json.loads(b)["choices"][0]["message"]["content"], json.loads(b)["choices"][0]["finish_reason"]
+            self.assertEqual((got, fin), (want, "stop"), (stop, deltas))
 
     def test_invalid_utf8_400_and_nul_is_text(self):
         body = ('{"model":"%s","messages":[{"role":"user","content":"bad \xff byte"}],"max_tokens":1}'
