@@ -587,6 +587,7 @@ static void handle_chat(srv_t *S, struct evhttp_request *req) {
     evhttp_add_header(evhttp_request_get_output_headers(req), "X-Request-Id", req_id);
 
     if (evhttp_request_get_command(req) != EVHTTP_REQ_POST) {
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "POST");
         api_err(&e, 405, "invalid_request_error", NULL, "method_not_allowed",
                 "Only POST is allowed on /v1/chat/completions.");
         goto fail;
@@ -920,19 +921,24 @@ static void on_request(struct evhttp_request *req, void *arg) {
         handle_chat(S, req);
         return;
     }
-    if (get && (!strcmp(path, "/v1/models") || !strcmp(path, "/models"))) {
+    int models = !strcmp(path, "/v1/models") || !strcmp(path, "/models");
+    int model = !strncmp(path, "/v1/models/", 11) || !strncmp(path, "/models/", 8);
+    if (!get && (models || model || !strcmp(path, "/health") || !strcmp(path, "/metrics"))) {
+        /* a known endpoint, the wrong method: 405 with Allow (RFC 9110 §15.5.6), as JSON */
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "GET, HEAD");
+        eng_api_err(&e, 405, "invalid_request_error", NULL, "method_not_allowed",
+                    "Method not allowed on %.200s; use GET or HEAD.", path);
+        send_err(req, &e);
+    } else if (models) {
         handle_models(S, req, NULL);
-    } else if (get && !strncmp(path, "/v1/models/", 11)) {
-        char *name = evhttp_uridecode(path + 11, 0, NULL);
+    } else if (model) {
+        char *name = evhttp_uridecode(path + (path[1] == 'v' ? 11 : 8), 0, NULL);
         handle_models(S, req, name ? name : "");
         free(name);
-    } else if (get && !strcmp(path, "/health")) {
+    } else if (!strcmp(path, "/health")) {
         handle_health(S, req);
-    } else if (get && !strcmp(path, "/metrics")) {
+    } else if (!strcmp(path, "/metrics")) {
         handle_metrics(S, req);
-    } else if (!strcmp(path, "/v1/models") || !strcmp(path, "/health") || !strcmp(path, "/metrics")) {
-        eng_api_err(&e, 405, "invalid_request_error", NULL, "method_not_allowed", "Method not allowed.");
-        send_err(req, &e);
     } else {
         eng_api_err(&e, 404, "invalid_request_error", NULL, "not_found", "Unknown path %.200s", path);
         send_err(req, &e);
@@ -1155,8 +1161,11 @@ int eng_cmd_serve(int argc, char **argv) {
     evhttp_set_max_body_size(S.http, 4 * MAX_BODY); /* beyond: evhttp's own (HTML) 413 */
     evhttp_set_max_headers_size(S.http, 64 << 10);
     evhttp_set_timeout(S.http, 3600);
-    evhttp_set_allowed_methods(S.http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD |
-                                           EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS);
+    /* every method evhttp parses reaches on_request, which answers a wrong one
+     * with an OpenAI-shaped 405 (a method left out here gets evhttp's HTML 501) */
+    evhttp_set_allowed_methods(S.http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD | EVHTTP_REQ_PUT |
+                                           EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS | EVHTTP_REQ_PATCH |
+                                           EVHTTP_REQ_TRACE);
     evhttp_set_gencb(S.http, on_request, &S);
     S.sock = evhttp_bind_socket_with_handle(S.http, host, (ev_uint16_t)port);
     if (!S.sock) {

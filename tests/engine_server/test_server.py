@@ -471,6 +471,22 @@ class Server(unittest.TestCase):
         self.assertEqual((e["code"], e["param"], e["type"]), ("model_not_found", None, "invalid_request_error"))
         st, _, _ = request(PORT, "GET", "/v1/chat/completions")
         self.assertEqual(st, 405)
+        # every wrong method on a known endpoint: an OpenAI-shaped 405 naming what is allowed
+        # (POST /v1/models/{id} was a 404 "Unknown path"; PATCH evhttp's own HTML 501)
+        for method, path, allow in (("PATCH", "/v1/chat/completions", "POST"), ("HEAD", "/v1/chat/completions", "POST"),
+                                    ("POST", "/v1/models/" + MODEL, "GET, HEAD"), ("POST", "/models", "GET, HEAD"),
+                                    ("DELETE", "/health", "GET, HEAD"), ("PUT", "/metrics", "GET, HEAD")):
+            st, h, b = request(PORT, method, path)
+            self.assertEqual((st, h.get("allow")), (405, allow), (method, path, b))
+            if method != "HEAD":
+                e = json.loads(b)["error"]
+                self.assertEqual((e["code"], e["param"], e["type"]), ("method_not_allowed", None, "invalid_request_error"))
+        st, h, b = request(PORT, "GET", "/models/" + MODEL)
+        self.assertEqual((st, json.loads(b)["id"]), (200, MODEL))
+        st, h, b = request(PORT, "POST", "/v1/nope", {})
+        self.assertEqual(st, 404)
+        e = json.loads(b)["error"]
+        self.assertEqual((set(e), e["param"], e["type"]), ({"message", "type", "param", "code"}, None, "invalid_request_error"))
 
     def test_logprobs(self):
         st, _, b = chat("Logprobs please", max_tokens=6, logprobs=True, top_logprobs=3)
