@@ -409,6 +409,13 @@ static void gw_up_connect(gw_req_t *r) {
         tg_buf_put_i64(h, r->key.customer_id);
         tg_buf_puts(h, "\r\n");
     }
+    if (r->inject_max_tokens > 0 && !wc->tls) {
+        /* the max_tokens written in is our default, not the client's: our worker
+         * caps it by the context left instead of refusing a prompt that fits */
+        tg_buf_puts(h, "X-Tollgate-Default-Max-Tokens: ");
+        tg_buf_put_i64(h, r->inject_max_tokens);
+        tg_buf_puts(h, "\r\n");
+    }
     if (wc->api_key) {
         tg_buf_puts(h, "Authorization: Bearer ");
         tg_buf_puts(h, wc->api_key);

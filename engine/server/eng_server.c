@@ -619,8 +619,20 @@ static void handle_chat(srv_t *S, struct evhttp_request *req) {
         api_err(&e, 400, "invalid_request_error", "messages", "invalid_value", "The messages could not be tokenized.");
         goto fail;
     }
+    /* A max_tokens the gateway wrote in because the client gave none (it says
+     * so: X-Tollgate-Default-Max-Tokens, the same value) is a default, not
+     * the client's: capped by the context left like ours, never a 400 for a
+     * prompt that fits (engine/SERVER.md). */
+    eng_limits_t lim = S->lim;
+    const char *dh = evhttp_find_header(evhttp_request_get_input_headers(req), "X-Tollgate-Default-Max-Tokens");
+    char *dend;
+    long dv = dh ? strtol(dh, &dend, 10) : 0;
+    if (dh && *dh >= '0' && *dh <= '9' && !*dend && dv >= 1 && dv == r.max_tokens) {
+        if (dv < lim.default_max) lim.default_max = (int)dv;
+        r.max_tokens = 0;
+    }
     int max_tokens;
-    if (eng_chat_max_tokens(&r, (int)(n > 0x7fffffff ? 0x7fffffff : n), &S->lim, &max_tokens, &e)) goto fail;
+    if (eng_chat_max_tokens(&r, (int)(n > 0x7fffffff ? 0x7fffffff : n), &lim, &max_tokens, &e)) goto fail;
     if (n == 0) {
         api_err(&e, 400, "invalid_request_error", "messages", "invalid_value", "The rendered prompt is empty.");
         goto fail;

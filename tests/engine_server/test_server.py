@@ -889,6 +889,24 @@ class KvCache(unittest.TestCase):
         u = chat_json(PORT_KV, text, max_tokens=KV_BLOCKS * 16 - n)["usage"]
         self.assertEqual((u["prompt_tokens"], u["completion_tokens"]), (n, KV_BLOCKS * 16 - n))
 
+    def test_gateway_default_max_tokens_is_capped_not_refused(self):
+        """The gateway writes its default_max_tokens into a request that gave none and says so in
+        X-Tollgate-Default-Max-Tokens: that cap is a default (capped by the context left, as ours
+        is), so a prompt that fits is answered, not refused as prompt + cap > context."""
+        text = "hello " * (KV_BLOCKS * 16 - 40)
+        n = json.loads(chat(text, port=PORT_KV, max_tokens=1)[2])["usage"]["prompt_tokens"]
+        body = {"model": MODEL, "messages": [{"role": "user", "content": text}], "temperature": 0, "max_tokens": 512}
+        st, _, b = request(PORT_KV, "POST", "/v1/chat/completions", body, headers={"X-Tollgate-Default-Max-Tokens": "512"})
+        self.assertEqual(st, 200, b)
+        j = json.loads(b)
+        # fixture: greedy on the demo model, no end-of-sentence before the context is full
+        self.assertEqual((j["usage"]["completion_tokens"], j["choices"][0]["finish_reason"]), (KV_BLOCKS * 16 - n, "length"))
+        # the client's own max_tokens (no header, or a header that does not name it) is the client's: 400
+        for hd in ({}, {"X-Tollgate-Default-Max-Tokens": "511"}, {"X-Tollgate-Default-Max-Tokens": "512x"}):
+            st, _, b = request(PORT_KV, "POST", "/v1/chat/completions", body, headers=hd)
+            self.assertEqual(st, 400, (hd, b))
+            self.assertEqual(json.loads(b)["error"]["code"], "context_length_exceeded")
+
     def test_prefix_cache_hit_billed_and_same_answer(self):
         text = "The quick brown fox %s jumps over the lazy dog. " % "prefix-test"
         a = chat_json(PORT_KV, text * 12, max_tokens=5)

@@ -1199,11 +1199,15 @@ class JsonBody(unittest.TestCase):
         w = worker_request(h["x-request-id"])
         self.assertEqual(w["body"]["max_tokens"], 4096)
         self.assertEqual(int(w["headers"]["Content-Length"]), len(body) + len('"max_tokens":4096,'))
+        # ...and says it is its default, not the client's: the worker caps it by the context left
+        # instead of refusing a long prompt that fits (engine/SERVER.md)
+        self.assertEqual(w["headers"].get("X-Tollgate-Default-Max-Tokens"), "4096")
         for given in ('"max_tokens":7', '"max_completion_tokens":9'):
             body = ('{"model":"%s",%s,"messages":[{"role":"user","content":"hi"}]}' % (MODEL, given)).encode()
             st, h, b = self.raw_chat(body)
             self.assertEqual(st, 200, b)
             w = worker_request(h["x-request-id"])
+            self.assertNotIn("X-Tollgate-Default-Max-Tokens", w["headers"])
             self.assertEqual(int(w["headers"]["Content-Length"]), len(body), given)
             self.assertNotIn("max_tokens" if "completion" in given else "max_completion_tokens", w["body"])
 
