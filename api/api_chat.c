@@ -298,6 +298,12 @@ static int get_tool_calls(api_chat_req_t *r, const tg_json_t *tc, size_t i, size
                        "Invalid '%s[%zu]': expected {\"type\":\"function\",\"function\":{\"name\","
                        "\"arguments\"}} with string name and arguments (name, id and type without "
                        "U+0000).", p, k);
+        if (!is_null(ty) && !str_is(ty, "function")) { /* as OpenAI: the only kind a template renders */
+            char q[64];
+            path_at(q, sizeof q, p, k, ".type");
+            return BAD(q, "invalid_value", "Invalid value for '%s': '%.64s'. Supported values are: 'function'.", q,
+                       cstr(ty));
+        }
         tok_tool_call_t *t = &r->calls[(*used)++];
         t->id = cstr(id) ? cstr(id) : "";
         t->type = cstr(ty); /* NULL: "function" */
@@ -319,12 +325,18 @@ static int get_tool_calls(api_chat_req_t *r, const tg_json_t *tc, size_t i, size
     return 0;
 }
 
-/* Members a message may have (OpenAI's and DeepSeek's); anything else is 400. */
+/* Members a message may have (OpenAI's and DeepSeek's); anything else is 400.
+ * 2: known to OpenAI (an assistant message's deprecated function_call, its
+ * audio), not served here: null is accepted, as clients echo it, a value is
+ * 400 unsupported_parameter. */
 static int msg_key_known(const char *k, size_t n) {
     static const char *const keys[] = {"role", "content", "name", "tool_calls", "tool_call_id",
                                        "reasoning_content", "refusal", "prefix"};
+    static const char *const unsupported[] = {"function_call", "audio"};
     for (size_t i = 0; i < sizeof keys / sizeof *keys; i++)
         if (n == strlen(keys[i]) && !memcmp(k, keys[i], n)) return 1;
+    for (size_t i = 0; i < sizeof unsupported / sizeof *unsupported; i++)
+        if (n == strlen(unsupported[i]) && !memcmp(k, unsupported[i], n)) return 2;
     return 0;
 }
 
@@ -356,9 +368,16 @@ static int parse_messages(api_chat_req_t *r, const tg_json_t *ms, api_err_t *e) 
         TG_JSON_FOREACH(k, m) {
             size_t kl;
             const char *ks = tg_json_key(k, &kl);
-            if (!msg_key_known(ks, kl))
+            int known = msg_key_known(ks, kl);
+            if (!known)
                 return BAD(p, "unknown_parameter", "Unrecognized message argument supplied: %s.%.*s", p,
                            (int)(kl > 64 ? 64 : kl), ks);
+            if (known == 2 && !is_null(k)) {
+                char q[64];
+                snprintf(q, sizeof q, "%s.%.*s", p, (int)kl, ks);
+                return BAD(q, "unsupported_parameter", "Unsupported parameter: '%s' is not supported by this server.",
+                           q);
+            }
         }
         const tg_json_t *role = tg_json_get(m, "role");
         path_at(p, sizeof p, "messages", i, ".role");

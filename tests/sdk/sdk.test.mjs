@@ -403,3 +403,93 @@ test('parameters of the pinned SDK types: cache hints and stream_options.include
   await assert.rejects(client.chat.completions.create({ model, messages, max_tokens: 2, moderation: { model: 'x' } }),
     (e) => e instanceof OpenAI.BadRequestError && e.param === 'moderation' && e.code === 'unsupported_parameter');
 });
+
+// ---- conformance audit 2: streams, tool deltas, JSON mode, what SDK users echo back ----
+
+test('stream chunks as OpenAI sends them: same id/created/model, role first, finish last, usage fields', async () => {
+  const s = await client.chat.completions.create({
+    model, messages, max_tokens: 4, temperature: 0, stream: true, stream_options: { include_usage: true },
+  });
+  const chunks = [];
+  for await (const c of s) chunks.push(c);
+  const body = chunks.slice(0, -1);
+  const last = chunks[chunks.length - 1];
+  for (const c of chunks) {
+    assert.equal(c.object, 'chat.completion.chunk');
+    assert.deepEqual([c.id, c.created, c.model], [chunks[0].id, chunks[0].created, model]);
+  }
+  assert.equal(body[0].choices[0].delta.role, 'assistant');
+  assert.deepEqual(body.map((c) => c.choices[0].finish_reason), [...Array(body.length - 1).fill(null), 'length']);
+  for (const c of body) assert.equal(c.usage, null, 'include_usage: "usage": null on the other chunks');
+  assert.deepEqual(last.choices, []);
+  const u = last.usage;
+  assert.equal(u.completion_tokens, 4);
+  assert.equal(u.total_tokens, u.prompt_tokens + u.completion_tokens);
+  assert.equal(u.prompt_cache_hit_tokens + u.prompt_cache_miss_tokens, u.prompt_tokens);
+  assert.equal(u.prompt_tokens_details.cached_tokens, u.prompt_cache_hit_tokens);
+  assert.equal(u.completion_tokens_details.reasoning_tokens, 0);
+  // not asked for: no usage chunk and no "usage" member at all (the gateway asks the worker for
+  // usage, which then writes "usage":null in every chunk: that member is cut on the way)
+  const plain = await client.chat.completions.create({ model, messages, max_tokens: 3, temperature: 0, stream: true });
+  for await (const c of plain) {
+    assert.ok(c.choices.length, 'no usage-only chunk');
+    assert.ok(!('usage' in c), JSON.stringify(c));
+  }
+});
+
+test('a required tool call streams as a tool_calls delta (index, id, type, function) and goes back whole', async () => {
+  const ask = { model, messages: [{ role: 'user', content: 'Weather in Oslo?' }], tools, tool_choice: 'required',
+    parallel_tool_calls: false, max_tokens: 60, temperature: 1, seed: 3 };
+  const s = await client.chat.completions.create({ ...ask, stream: true });
+  const calls = [];
+  let finish = null;
+  let role = null;
+  for await (const c of s) {
+    const ch = c.choices[0];
+    if (!ch) continue;
+    role = role ?? ch.delta.role;
+    for (const tc of ch.delta.tool_calls ?? []) {
+      if (tc.id) calls[tc.index] = { id: tc.id, type: tc.type, name: tc.function.name, arguments: '' };
+      calls[tc.index].arguments += tc.function.arguments ?? '';
+    }
+    finish = ch.finish_reason ?? finish;
+  }
+  assert.equal(role, 'assistant');
+  assert.equal(finish, 'tool_calls');
+  assert.equal(calls.length, 1, 'parallel_tool_calls false: one call');
+  assert.equal(calls[0].type, 'function');
+  assert.ok(calls[0].id.startsWith('call_'), calls[0].id);
+  assert.ok(['get_weather', 'get_time'].includes(calls[0].name), calls[0].name);
+  assert.equal(typeof JSON.parse(calls[0].arguments), 'object');
+  // the same call answered plainly is the same call
+  const plain = await client.chat.completions.create(ask);
+  const pc = plain.choices[0].message.tool_calls;
+  assert.deepEqual(pc.map((t) => [t.function.name, t.function.arguments]), [[calls[0].name, calls[0].arguments]]);
+  // fed back, as SDK users write the history (OpenAI's null function_call and audio included)
+  const assistant = { role: 'assistant', content: null, function_call: null, audio: null, refusal: null,
+    tool_calls: calls.map((c) => ({ id: c.id, type: 'function', function: { name: c.name, arguments: c.arguments } })) };
+  const r = await client.chat.completions.create({
+    model, max_tokens: 2, temperature: 0, tools, messages: [...ask.messages, assistant,
+      { role: 'tool', tool_call_id: calls[0].id, content: '{"temp": -3}' }],
+  });
+  assert.ok(r.usage.prompt_tokens > plain.usage.prompt_tokens);
+  // a call of another type is refused, naming it
+  await assert.rejects(client.chat.completions.create({
+    model, max_tokens: 2, tools, messages: [...ask.messages,
+      { ...assistant, tool_calls: [{ ...assistant.tool_calls[0], type: 'custom' }] },
+      { role: 'tool', tool_call_id: calls[0].id, content: 'x' }],
+  }), (e) => e instanceof OpenAI.BadRequestError && e.param === 'messages[1].tool_calls[0].type');
+});
+
+test('JSON mode needs no "json" in the prompt: the answer is grammar-constrained, plain and streamed', async () => {
+  const ask = { model, messages: [{ role: 'user', content: 'Describe a cat.' }], response_format: { type: 'json_object' },
+    max_tokens: 20, temperature: 1, seed: 8 };
+  const r = await client.chat.completions.create(ask);
+  assert.equal(r.choices[0].finish_reason, 'stop');
+  assert.equal(typeof JSON.parse(r.choices[0].message.content), 'object');
+  const s = client.chat.completions.stream(ask);
+  const done = await s.finalChatCompletion();
+  assert.equal(done.choices[0].message.content, r.choices[0].message.content);
+  await assert.rejects(client.chat.completions.create({ ...ask, response_format: { type: 'yaml' } }),
+    (e) => e instanceof OpenAI.BadRequestError && e.param === 'response_format.type');
+});

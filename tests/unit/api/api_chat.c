@@ -206,6 +206,20 @@ static void test_render(void) {
     expect_400("{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"a\\ud800b\"}]}", NULL, "invalid_utf8");
     expect_400("{\"model\":\"m\",\"messages\":[{\"role\":\"assistant\",\"tool_calls\":[{\"function\":{\"name\":"
                "\"f\\u0000\",\"arguments\":\"{}\"}}]}]}", "messages[0].tool_calls", "invalid_value");
+    /* a call's type is "function" (OpenAI refuses others; it was rendered into the prompt as given) */
+    expect_400("{\"model\":\"m\",\"messages\":[" U1 ",{\"role\":\"assistant\",\"tool_calls\":[{\"type\":\"function\","
+               "\"function\":{\"name\":\"f\",\"arguments\":\"{}\"}},{\"type\":\"shell\",\"function\":{\"name\":\"g\","
+               "\"arguments\":\"{}\"}}]}]}", "messages[1].tool_calls[1].type", "invalid_value");
+    /* an assistant message echoed with OpenAI's null function_call and audio is accepted (they
+     * were 400 unknown_parameter); a value is unsupported, never ignored */
+    CHECK_EQ_I(parse("{\"model\":\"m\",\"messages\":[" U1 ",{\"role\":\"assistant\",\"content\":\"a\","
+                     "\"function_call\":null,\"audio\":null,\"refusal\":null}]}", &r, &e), 0);
+    api_chat_req_free(&r);
+    expect_400("{\"model\":\"m\",\"messages\":[" U1 ",{\"role\":\"assistant\",\"content\":\"a\","
+               "\"function_call\":{\"name\":\"f\",\"arguments\":\"{}\"}}]}", "messages[1].function_call",
+               "unsupported_parameter");
+    expect_400("{\"model\":\"m\",\"messages\":[" U1 ",{\"role\":\"assistant\",\"audio\":{\"id\":\"x\"}}]}",
+               "messages[1].audio", "unsupported_parameter");
 }
 
 static void test_tojson(void) {
