@@ -1005,6 +1005,19 @@ class KvCache(unittest.TestCase):
         for i in (1, 2):
             self.assertEqual(res[i][0], 200, res[i][2])
             self.assertEqual(answer_text(res[i][2], False), want[i - 1])
+        # streamed, the failure comes after the head and the role chunk: an error event, no [DONE]
+        # (the SDKs raise it as an APIError), and nothing is left running
+        body = dict(bodies[0], stream=True, stream_options={"include_usage": True})
+        st, h, b = request(PORT_OOM, "POST", "/v1/chat/completions", body)
+        self.assertEqual(st, 200, b)
+        ev = sse(b)
+        self.assertEqual(json.loads(ev[0])["choices"][0]["delta"], {"role": "assistant", "content": ""})
+        self.assertEqual(len(ev), 2, ev)
+        e = json.loads(ev[1])["error"]
+        self.assertEqual((set(e), e["type"], e["code"], e["param"]),
+                         ({"message", "type", "param", "code"}, "server_error", "engine_error", None))
+        m = wait_metrics("the failed stream to end", lambda m: m["tollgate_engine_requests_in_flight"] == 0, port=PORT_OOM)
+        self.assertEqual(m["tollgate_engine_active_sequences"], 0)
         # the worker is still there and serves
         self.assertEqual(request(PORT_OOM, "GET", "/health")[0], 200)
         self.assertEqual(chat_json(PORT_OOM, shorts[0], max_tokens=6)["choices"][0]["message"]["content"], want[0])

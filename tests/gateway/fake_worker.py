@@ -16,6 +16,8 @@ The last user message picks the behaviour:
   "status:C"    answer status C with an OpenAI error body
   "plain:C"     answer status C with a text/plain body
   "usage-in-last"  put usage on the last content chunk (no usage-only chunk)
+  "keepalive"   an SSE comment ": keep-alive" before the first chunk (the engine's, while a
+                request waits in its queue)
   "noframe"     stream 17 MiB that never ends an SSE event
   anything else echo it back in 3 chunks
 Every request is appended to the file named by $FAKE_WORKER_LOG as one JSON
@@ -134,6 +136,8 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.write(b"0\r\n\r\n")
             self.close_connection = True
             return
+        if text == "keepalive":
+            self.chunk(b": keep-alive\n\n")
         for i, w in enumerate(words):
             c = dict(ck, choices=[{"index": 0, "delta": {"content": w}, "finish_reason": None}])
             if include_usage:

@@ -510,6 +510,20 @@ class Gateway(unittest.TestCase):
         text = "".join(json.loads(e)["choices"][0]["delta"].get("content", "") for e in ev[:-2])
         self.assertEqual(text, "Hello from s2")
 
+    def test_keep_alive_comment_passes_through(self):
+        # the worker's ": keep-alive" while a stream waits reaches the client as it is, before the
+        # first chunk, and counts as no generated text
+        for usage in (False, True):
+            st, h, b = chat(self.key, "keepalive", stream=True, include_usage=usage)
+            self.assertEqual(st, 200, b)
+            self.assertTrue(b.startswith(b": keep-alive\n\ndata: {"), b[:80])
+            ev = events(b)
+            self.assertEqual(ev[-1], "[DONE]")
+            text = "".join(json.loads(e)["choices"][0]["delta"].get("content", "")
+                           for e in ev[:-1] if json.loads(e)["choices"])
+            self.assertEqual(text, "Hello from keepalive")
+            self.assertEqual(usage_rows(h["x-request-id"])[0][1], 3)
+
     def test_usage_on_last_content_chunk_is_stripped(self):
         st, h, b = chat(self.key, "usage-in-last", stream=True)
         self.assertEqual(st, 200, b)

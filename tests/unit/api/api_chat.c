@@ -114,6 +114,28 @@ static void test_sampling_parameters(void) {
     expect_400("{\"model\":\"m\"," MSG ",\"logit_bias\":{\"-1\":1}}", "logit_bias", "invalid_value");
     expect_400("{\"model\":\"m\"," MSG ",\"logit_bias\":{\"1\":101}}", "logit_bias", "invalid_value");
     expect_400("{\"model\":\"m\"," MSG ",\"logit_bias\":[1]}", "logit_bias", "invalid_type");
+    /* the documented ranges, both ends (OpenAI's and DeepSeek's): temperature 0..2, top_p 0..1,
+     * penalties -2..2, top_logprobs 0..20 with logprobs */
+    CHECK_EQ_I(parse("{\"model\":\"m\"," MSG ",\"temperature\":2,\"top_p\":0,\"frequency_penalty\":-2,"
+                     "\"presence_penalty\":2,\"logprobs\":true,\"top_logprobs\":20,\"user\":\"u\"}", &r, &e), 0);
+    CHECK(r.temperature == 2 && r.top_p == 0 && r.frequency_penalty == -2 && r.presence_penalty == 2);
+    CHECK(r.logprobs && r.top_logprobs == 20);
+    api_chat_req_free(&r);
+    CHECK_EQ_I(parse("{\"model\":\"m\"," MSG ",\"temperature\":0,\"top_p\":1,\"frequency_penalty\":2,"
+                     "\"presence_penalty\":-2,\"logprobs\":true,\"top_logprobs\":0}", &r, &e), 0);
+    api_chat_req_free(&r);
+    expect_400("{\"model\":\"m\"," MSG ",\"temperature\":2.001}", "temperature", "invalid_value");
+    expect_400("{\"model\":\"m\"," MSG ",\"temperature\":-0.001}", "temperature", "invalid_value");
+    expect_400("{\"model\":\"m\"," MSG ",\"top_p\":1.01}", "top_p", "invalid_value");
+    expect_400("{\"model\":\"m\"," MSG ",\"frequency_penalty\":2.01}", "frequency_penalty", "invalid_value");
+    expect_400("{\"model\":\"m\"," MSG ",\"presence_penalty\":-2.01}", "presence_penalty", "invalid_value");
+    expect_400("{\"model\":\"m\"," MSG ",\"presence_penalty\":\"1\"}", "presence_penalty", "invalid_type");
+    expect_400("{\"model\":\"m\"," MSG ",\"logprobs\":true,\"top_logprobs\":21}", "top_logprobs", "invalid_value");
+    expect_400("{\"model\":\"m\"," MSG ",\"logprobs\":true,\"top_logprobs\":-1}", "top_logprobs", "invalid_value");
+    expect_400("{\"model\":\"m\"," MSG ",\"logprobs\":false,\"top_logprobs\":1}", "top_logprobs", "invalid_value");
+    expect_400("{\"model\":\"m\"," MSG ",\"user\":5}", "user", "invalid_type");
+    expect_400("{\"model\":\"m\"," MSG ",\"response_format\":{\"type\":\"yaml\"}}", "response_format.type",
+               "invalid_value");
 }
 
 /* One number for both sides: the smaller of max_tokens and max_completion_tokens. */
