@@ -1053,6 +1053,9 @@ static int parse_response_format(api_chat_req_t *r, const tg_json_t *rf, api_err
         return BAD("response_format", "invalid_type",
                    "Invalid type for 'response_format': expected an object, but got %s.", type_name(rf));
     const tg_json_t *t = tg_json_get(rf, "type"), *m;
+    if (!t)
+        return BAD("response_format.type", "missing_required_parameter",
+                   "Missing required parameter: 'response_format.type'.");
     if (str_is(t, "text")) r->format = API_FORMAT_TEXT;
     else if (str_is(t, "json_object")) r->format = API_FORMAT_JSON_OBJECT;
     else if (str_is(t, "json_schema")) r->format = API_FORMAT_JSON_SCHEMA;

@@ -136,6 +136,9 @@ static void test_sampling_parameters(void) {
     expect_400("{\"model\":\"m\"," MSG ",\"user\":5}", "user", "invalid_type");
     expect_400("{\"model\":\"m\"," MSG ",\"response_format\":{\"type\":\"yaml\"}}", "response_format.type",
                "invalid_value");
+    /* no type at all: missing, as OpenAI says it (it was an invalid_value) */
+    expect_400("{\"model\":\"m\"," MSG ",\"response_format\":{}}", "response_format.type",
+               "missing_required_parameter");
 }
 
 /* One number for both sides: the smaller of max_tokens and max_completion_tokens. */
