@@ -15,6 +15,7 @@ an earlier answer), so every test asserts its branch instead of skipping it.
 import http.client
 import json
 import os
+import socket
 import ssl
 import subprocess
 import sys
@@ -383,6 +384,44 @@ class Stack(unittest.TestCase):
             else:
                 got, fin = json.loads(b)["choices"][0]["message"]["content"], json.loads(b)["choices"][0]["finish_reason"]
             self.assertEqual((got, fin), (want, "stop"), (stop, deltas))
+
+    def test_client_hangup_mid_stream_frees_the_worker(self):
+        """A client that hangs up on a stream through the gateway: the gateway closes the worker's
+        connection, the worker cancels the job (499) and its KV blocks go back, as its /metrics
+        show."""
+        def engine_metrics():
+            with urllib.request.urlopen(E["TG_TEST_ENGINE"] + "/metrics", timeout=30) as r:
+                return {k: float(v) for k, v in (ln.rsplit(" ", 1) for ln in r.read().decode().splitlines()
+                                                 if ln and not ln.startswith("#"))}
+        before = engine_metrics()
+        body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "Hang up on me"}],
+                           "max_tokens": 5000, "stream": True, "temperature": 0}).encode()  # greedy: a fixture
+        s = tls_context().wrap_socket(socket.create_connection((GATEWAY.hostname, GATEWAY.port), timeout=60),
+                                      server_hostname=GATEWAY.hostname)
+        try:
+            s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
+                      b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                      % (self.key.encode(), len(body), body))
+            got = b""
+            while got.count(b"data: ") < 4:
+                b = s.recv(65536)
+                self.assertTrue(b, "the stream ended before 4 events: " + got.decode(errors="replace"))
+                got += b
+            self.assertTrue(got.startswith(b"HTTP/1.1 200 "), got[:200])
+            self.assertEqual(engine_metrics()["tollgate_engine_active_sequences"], 1)
+        finally:
+            s.close()
+        deadline = time.monotonic() + 60
+        while True:
+            m = engine_metrics()
+            if m["tollgate_engine_requests_in_flight"] == 0 and m["tollgate_engine_active_sequences"] == 0:
+                break
+            self.assertLess(time.monotonic(), deadline, "the worker still runs the abandoned stream")
+            time.sleep(0.05)
+        self.assertEqual(m["tollgate_engine_kv_blocks_used"], 0)
+        self.assertEqual(m["tollgate_engine_requests_cancelled_total"], before["tollgate_engine_requests_cancelled_total"] + 1)
+        self.assertEqual(m['tollgate_engine_requests_total{code="499"}'], before['tollgate_engine_requests_total{code="499"}'] + 1)
+        self.assertLess(m["tollgate_engine_completion_tokens_total"] - before["tollgate_engine_completion_tokens_total"], 5000)
 
     def test_invalid_utf8_400_and_nul_is_text(self):
         body = ('{"model":"%s","messages":[{"role":"user","content":"bad \xff byte"}],"max_tokens":1}'
