@@ -127,7 +127,9 @@ void gw_settle_flush_cb(evutil_socket_t fd, short what, void *arg) {
 /* The last bytes of the answer (status `status`: a whole body, a stream's
  * "data: [DONE]" or end) are about to be queued for the client: settle now
  * with the usage known.  A client already gone is settled when the request
- * is freed, with its 499. */
+ * is freed, with the status it got: 499 when no head had gone out, else the
+ * head's (a stream cut by its client keeps its 200, billed for the chunks
+ * the gateway saw). */
 void gw_settle_done(gw_req_t *r, int status) {
     if (r->proxied != 1 || r->client_gone) return;
     r->status = status;
