@@ -536,6 +536,7 @@ struct gw_req {
     int have_usage;
     int64_t prompt_tokens, cache_hit_tokens, completion_tokens, reasoning_tokens;
     int64_t chunks;            /* content chunks seen (estimate for a cut stream) */
+    int64_t tool_tokens;       /* tokens of the tool calls seen (their names and arguments): the same */
 };
 
 /* gw_tls.c: the TLS profile; reload on SIGHUP */

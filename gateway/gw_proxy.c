@@ -37,6 +37,7 @@
 #include "gw-int.h"
 #include "tg_json.h"
 #include "tg_mem.h"
+#include "tok.h"
 
 #define GW_UP_MAX_HEAD 65536
 #define GW_UP_MAX_BODY (64 << 20)
@@ -534,6 +535,36 @@ static int gw_has_object(const char *json, const char *field) {
     return 0;
 }
 
+/* The tokens of the tool calls of a stream's chunk (json, its data): each
+ * call's function name and arguments, counted with the model's tokenizer
+ * (without one: a token per 4 bytes, rounded up), for the settlement of a
+ * stream cut before its usage.  A worker sends a tool call in few chunks
+ * (ours: each call whole, once its block is complete), so one token per
+ * chunk, as for text, would bill a cut tool call as nothing.  Parsed only
+ * for the chunks that hold "tool_calls". */
+static int64_t gw_tool_call_tokens(gw_req_t *r, const char *json, size_t len) {
+    tg_json_t *j = tg_json_parse(json, len, NULL, NULL);
+    int64_t n = 0;
+    const tg_json_t *ch, *tc;
+    TG_JSON_FOREACH(ch, tg_json_get(j, "choices")) {
+        TG_JSON_FOREACH(tc, tg_json_get(tg_json_get(ch, "delta"), "tool_calls")) {
+            const tg_json_t *f = tg_json_get(tc, "function");
+            const char *part[2] = {"name", "arguments"};
+            for (int k = 0; k < 2; k++) {
+                size_t sl;
+                const char *s = tg_json_str(tg_json_get(f, part[k]), &sl);
+                if (!s || !sl) continue;
+                int32_t *ids = NULL;
+                long t = r->srv->tok ? tok_encode(r->srv->tok, s, sl, 0, &ids) : -1;
+                free(ids);
+                n += t >= 0 ? t : (int64_t)((sl + 3) / 4);
+            }
+        }
+    }
+    tg_json_free(j);
+    return n;
+}
+
 /* One SSE event from the worker: learn usage, maybe drop or trim it, forward. */
 
 /* The usage-only chunk in r->body (its JSON) again, with the signed usage
@@ -569,6 +600,7 @@ static void gw_stream_event(gw_req_t *r, const char *ev, size_t len) {
         return;
     }
     if (gw_has_text(d->p, "\"content\"") || gw_has_text(d->p, "\"reasoning_content\"")) r->chunks++;
+    if (strstr(d->p, "\"tool_calls\"")) r->tool_tokens += gw_tool_call_tokens(r, d->p, d->len);
     if (!gw_has_object(d->p, "\"usage\"")) { /* none, or "usage":null as in every chunk of a usage stream */
         /* The client did not ask for usage: no "usage" member at all, as OpenAI
          * sends it then (the worker, asked for usage by us, writes "usage":null

@@ -1,6 +1,7 @@
 /* gw_settle.c — settlement of a request that reached a worker: the usage it
  * reported (or, for a 200 answer cut before its usage, the gateway's own
- * prompt count and one completion token per text chunk seen) goes to
+ * prompt count and one completion token per text chunk seen, plus the tokens
+ * of the tool calls seen) goes to
  * bill_settle exactly once, with the price snapshot from admission and the
  * balance hold, and into the token metrics.
  *
@@ -69,11 +70,11 @@ void gw_settle(gw_req_t *r) {
     u.price = r->key.price;
     if (!r->have_usage && r->up_head_done && r->resp.status == 200) {
         /* a 200 answer without usage (a cut stream): our own prompt count,
-         * one completion token per text chunk seen */
+         * one completion token per text chunk seen and the tool calls' tokens */
         int64_t p = gw_settle_prompt_count(r);
         r->prompt_tokens = p > 0 ? p : 0;
         r->cache_hit_tokens = 0;
-        r->completion_tokens = r->chunks;
+        r->completion_tokens = r->chunks + r->tool_tokens;
     }
     if (r->have_usage && r->up_external && r->srv->tok) { /* an external upstream's usage, checked */
         int64_t p = gw_settle_prompt_count(r);

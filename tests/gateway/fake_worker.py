@@ -12,6 +12,7 @@ The last user message picks the behaviour:
                 $FAKE_WORKER_HOLD_DIR/release-T), at most HOLD_MAX seconds
   "stallhold:T" stream one chunk, then wait until T is released, then finish
   "cut"         stream two chunks, then close without the last chunk
+  "toolcut"     stream one tool call (get_weather, arguments "Paris" x 30), then close
   "flood:N"     stream N chunks of 1 KiB each
   "status:C"    answer status C with an OpenAI error body
   "plain:C"     answer status C with a text/plain body
@@ -129,6 +130,15 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         ck = dict(base, object="chat.completion.chunk")
         include_usage = (req.get("stream_options") or {}).get("include_usage")
+        if text == "toolcut":  # a whole tool call in one chunk (as the engine sends it), then the cut
+            call = {"index": 0, "id": "call_1", "type": "function",
+                    "function": {"name": "get_weather", "arguments": json.dumps({"city": "Paris " * 30})}}
+            self.event(dict(ck, choices=[{"index": 0, "delta": {"role": "assistant", "content": None,
+                                                                "tool_calls": [call]}, "finish_reason": None}]))
+            self.wfile.flush()
+            self.connection.shutdown(2)
+            self.close_connection = True
+            return
         if text == "noframe":  # 17 MiB without an event boundary
             self.chunk(b"data: ")
             for _ in range(17):

@@ -938,6 +938,19 @@ class Gateway(unittest.TestCase):
         rows = usage_rows(h["x-request-id"])
         self.assertEqual(rows[0][1], 2, "two chunks were generated before the cut")
 
+    def test_stream_cut_after_a_tool_call_bills_its_tokens(self):
+        # a stream cut before its usage is billed with the gateway's own count: a text chunk is a
+        # token, and a tool call (sent whole in one chunk) its name's and arguments' tokens; before
+        # (2026-11-30) only text chunks counted, so a client that hung up once it had its tool call
+        # paid for no completion token at all
+        st, h, b = chat(self.key, "toolcut", stream=True)
+        self.assertEqual(st, 200)
+        ev = events(b)
+        self.assertIn("tool_calls", json.loads(ev[0])["choices"][0]["delta"])
+        self.assertIn("error", json.loads(ev[-1]))
+        rows = usage_rows(h["x-request-id"])
+        self.assertGreaterEqual(rows[0][1], 30, "the call's arguments hold 'Paris' 30 times")
+
     def test_stream_without_event_boundaries_is_cut(self):
         st, h, b = chat(self.key, "noframe", stream=True)
         self.assertEqual(st, 200)
