@@ -216,12 +216,16 @@ class Supervised(unittest.TestCase):
         wait_for(lambda: labelled(self.gw, 0, "tollgate_worker_up", self.url) == 1, "the worker up")
         rids = []
         n0 = len(self.fake503.posts)
-        for i in range(60):
-            if len(self.fake503.posts) > n0:
-                break
+        # Different prompts until one is routed to the 503 worker.  Each 503 of the
+        # earlier tests doubled its back-off (up to 30 s), during which routing skips
+        # it: keep asking for longer than that, not for a number of requests.
+        deadline = time.time() + max(WAIT, 45)
+        i = 0
+        while len(self.fake503.posts) == n0 and time.time() < deadline:
             st, h, data = https(P_GW, "POST", "/v1/chat/completions", self.key,
                                 chat_body("overloaded %d" % i), timeout=WAIT)
             rids.append((h["x-request-id"], st, data))
+            i += 1
         self.assertEqual(len(self.fake503.posts), n0 + 1, "one request was sent to the 503 worker")
         refused = self.fake503.posts[-1]
         got = [x for x in rids if x[0] == refused]
