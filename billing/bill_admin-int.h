@@ -106,8 +106,9 @@ int bill_admin_users_route(adm_req_t *r, char **seg, int nseg, struct evkeyvalq 
 /* GET /admin/v1/reports/{usage,top,balance}, GET /admin/v1/usage/{request_id} (bill_report.c) */
 int bill_report_route(adm_req_t *r, char **seg, int nseg, struct evkeyvalq *q);
 
-/* Answer 405 (the path exists, the method does not); returns 1. */
-int adm_bad_method(adm_req_t *r);
+/* Answer 405 (the path exists, the method does not) with an Allow header
+ * listing the methods it has ("GET, POST"); returns 1. */
+int adm_bad_method(adm_req_t *r, const char *allow);
 
 /* ---- named credentials (admin tokens, dashboard logins) ------------------ */
 

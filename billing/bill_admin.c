@@ -38,6 +38,10 @@
 #include "tg_json.h"
 
 #define MAX_BODY 65536
+/* evhttp refuses a body above this itself, with its own HTML page (libevent
+ * 2.1 has no hook for that answer); bodies between MAX_BODY and this get
+ * the API's JSON 413 from gen_cb. */
+#define MAX_BODY_READ (1 << 20)
 #define MAX_SEG 6
 #define IDEM_MAX 255
 
@@ -175,8 +179,9 @@ void adm_error(adm_req_t *r, int st, const char *code, const char *fmt, ...) {
     finish(r);
 }
 
-int adm_bad_method(adm_req_t *r) {
-    adm_error(r, 405, "method_not_allowed", "method not allowed on this path");
+int adm_bad_method(adm_req_t *r, const char *allow) {
+    evhttp_add_header(evhttp_request_get_output_headers(r->req), "Allow", allow);
+    adm_error(r, 405, "method_not_allowed", "method not allowed on this path (use %s)", allow);
     return 1;
 }
 
@@ -530,7 +535,7 @@ int adm_named_route(adm_req_t *r, char **seg, int nseg, const adm_named_t *c) {
     if (nseg == 1) {
         if (r->method == EVHTTP_REQ_GET) adm_read(r, c->list_sql, 0, NULL, NULL);
         else if (r->method == EVHTTP_REQ_POST) c->create(r);
-        else adm_bad_method(r);
+        else adm_bad_method(r, "GET, POST");
         return 1;
     }
     const char *p[] = {seg[1]};
@@ -539,7 +544,7 @@ int adm_named_route(adm_req_t *r, char **seg, int nseg, const adm_named_t *c) {
         (nseg == 2 && r->method == EVHTTP_REQ_DELETE))
         adm_write(r, c->revoke_sql, 1, p, c->notfound, 200, NULL, NULL);
     else if (nseg == 3 && strcmp(seg[2], "revoke")) return 0;
-    else adm_bad_method(r);
+    else adm_bad_method(r, nseg == 3 ? "POST" : "DELETE");
     return 1;
 }
 
@@ -631,7 +636,7 @@ static void dispatch(adm_req_t *r) {
     }
     if (nseg == 1 && !strcmp(seg[0], "settlement")) {
         if (r->method == EVHTTP_REQ_GET) settlement_get(r);
-        else adm_bad_method(r);
+        else adm_bad_method(r, "GET");
         goto done;
     }
     for (size_t i = 0; i < sizeof routers / sizeof routers[0]; i++)
@@ -687,6 +692,10 @@ static void gen_cb(struct evhttp_request *req, void *arg) {
         send_error(req, 401, "invalid_admin_token",
                    "missing or wrong admin token (Authorization: Bearer <token from var/admin.token or "
                    "tollgatectl token create>)");
+        return;
+    }
+    if (evbuffer_get_length(evhttp_request_get_input_buffer(req)) > MAX_BODY) {
+        send_error(req, 413, "body_too_large", "the body is larger than 65536 bytes");
         return;
     }
     const char *idem = evhttp_find_header(hdr, "Idempotency-Key");
@@ -754,7 +763,8 @@ static bill_page_t *page_new(struct evhttp_request *req) {
 static void page_cb(struct evhttp_request *req, void *arg) {
     adm_page_t *p = arg;
     if (evhttp_request_get_command(req) != EVHTTP_REQ_GET) {
-        send_error(req, 405, NULL, "use GET");
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "GET");
+        send_error(req, 405, "method_not_allowed", "use GET");
         return;
     }
     bill_page_t *pg = page_new(req);
@@ -824,11 +834,13 @@ bill_admin_t *bill_admin_new(struct event_base *base, bill_pg_t *pg, const bill_
     a->secret = strdup(key_secret);
     a->http = evhttp_new(base);
     if (!a->token || !a->secret || !a->http) goto oom;
-    evhttp_set_max_body_size(a->http, MAX_BODY);
+    evhttp_set_max_body_size(a->http, MAX_BODY_READ);
     evhttp_set_max_headers_size(a->http, 16384);
     evhttp_set_timeout(a->http, 30);
+    /* every method reaches gen_cb, so an unknown one is the API's 405 with Allow, not evhttp's 501 page */
     evhttp_set_allowed_methods(a->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE |
-                                            EVHTTP_REQ_PATCH);
+                                            EVHTTP_REQ_PATCH | EVHTTP_REQ_HEAD | EVHTTP_REQ_OPTIONS |
+                                            EVHTTP_REQ_TRACE | EVHTTP_REQ_CONNECT);
     evhttp_set_gencb(a->http, gen_cb, a);
     if (!evhttp_bind_socket_with_handle(a->http, host, (unsigned short)port)) {
         snprintf(err, errlen, "admin API: cannot listen on %s", listen);

@@ -220,7 +220,7 @@ int bill_admin_accounts_route(adm_req_t *r, char **seg, int nseg, struct evkeyva
     if (nseg == 1) {
         if (r->method == GET) adm_read(r, SQL_CUST_LIST, 0, NULL, NULL);
         else if (r->method == POST) customers_create(r);
-        else adm_bad_method(r);
+        else adm_bad_method(r, "GET, POST");
         return 1;
     }
     if (!adm_name_ok(seg[1])) {
@@ -230,30 +230,30 @@ int bill_admin_accounts_route(adm_req_t *r, char **seg, int nseg, struct evkeyva
     const char *p[] = {seg[1]};
     if (nseg == 2) {
         if (r->method == GET) adm_read(r, SQL_CUST_GET, 1, p, "no such customer");
-        else adm_bad_method(r);
+        else adm_bad_method(r, "GET");
         return 1;
     }
     const char *sub = seg[2];
     if (!strcmp(sub, "balance")) {
         if (r->method == GET) adm_read(r, SQL_BALANCE, 1, p, "no such customer");
-        else adm_bad_method(r);
+        else adm_bad_method(r, "GET");
     } else if (!strcmp(sub, "credits") || !strcmp(sub, "adjustments") || !strcmp(sub, "refunds")) {
         if (r->method == POST)
             ledger_add(r, seg[1], sub[0] == 'c' ? "topup" : sub[0] == 'a' ? "adjustment" : "refund");
-        else adm_bad_method(r);
+        else adm_bad_method(r, "POST");
     } else if (!strcmp(sub, "spending-limits")) {
         if (r->method == POST || r->method == EVHTTP_REQ_PUT) spending_limits_set(r, seg[1]);
-        else adm_bad_method(r);
+        else adm_bad_method(r, "POST, PUT");
     } else if (!strcmp(sub, "limits")) {
         if (r->method == GET) adm_read(r, SQL_CUST_LIMITS_GET, 1, p, "no such customer");
         else if (r->method == POST || r->method == EVHTTP_REQ_PATCH) customer_limits_set(r, seg[1]);
-        else adm_bad_method(r);
+        else adm_bad_method(r, "GET, POST, PATCH");
     } else if (!strcmp(sub, "ledger")) {
         if (r->method == GET) list_get(r, seg[1], q, SQL_LEDGER_LIST);
-        else adm_bad_method(r);
+        else adm_bad_method(r, "GET");
     } else if (!strcmp(sub, "usage")) {
         if (r->method == GET) list_get(r, seg[1], q, SQL_USAGE);
-        else adm_bad_method(r);
+        else adm_bad_method(r, "GET");
     } else {
         return 0;
     }

@@ -90,21 +90,21 @@ static void finalize(adm_req_t *r) {
 int bill_admin_invoices_route(adm_req_t *r, char **seg, int nseg, struct evkeyvalq *q) {
     if (nseg == 3 && !strcmp(seg[0], "customers") && !strcmp(seg[2], "invoice")) {
         if (!adm_name_ok(seg[1])) adm_error(r, 404, "not_found", "no such customer");
-        else if (r->method != EVHTTP_REQ_GET) adm_bad_method(r);
+        else if (r->method != EVHTTP_REQ_GET) adm_bad_method(r, "GET");
         else invoice_get(r, seg[1], q);
         return 1;
     }
     if (nseg == 1 && !strcmp(seg[0], "invoices")) {
         const char *m = evhttp_find_header(q, "month");
         const char *p[] = {m};
-        if (r->method != EVHTTP_REQ_GET) adm_bad_method(r);
+        if (r->method != EVHTTP_REQ_GET) adm_bad_method(r, "GET");
         else if (!adm_month_ok(m)) adm_error(r, 400, "invalid_value", "month must be YYYY-MM");
         else adm_read(r, SQL_INVOICE_LIST, 1, p, NULL);
         return 1;
     }
     if (nseg == 2 && !strcmp(seg[0], "invoices") && !strcmp(seg[1], "finalize")) {
         if (r->method == EVHTTP_REQ_POST) finalize(r);
-        else adm_bad_method(r);
+        else adm_bad_method(r, "POST");
         return 1;
     }
     if (nseg == 1 && !strcmp(seg[0], "reconcile")) {
@@ -113,7 +113,7 @@ int bill_admin_invoices_route(adm_req_t *r, char **seg, int nseg, struct evkeyva
         const char *t = adm_epoch_to_iso(evhttp_find_header(q, "to"), t2);
         const char *p[] = {f && *f ? f : "-infinity", t && *t ? t : "infinity"};
         if (r->method == EVHTTP_REQ_GET) adm_read(r, SQL_RECONCILE, 2, p, NULL);
-        else adm_bad_method(r);
+        else adm_bad_method(r, "GET");
         return 1;
     }
     return 0;

@@ -272,7 +272,7 @@ int bill_admin_keys_route(adm_req_t *r, char **seg, int nseg, struct evkeyvalq *
         if (!adm_name_ok(seg[1])) adm_error(r, 404, "not_found", "no such customer");
         else if (r->method == EVHTTP_REQ_GET) adm_read(r, SQL_KEY_LIST, 1, p, "no such customer");
         else if (r->method == POST) keys_create(r, seg[1]);
-        else adm_bad_method(r);
+        else adm_bad_method(r, "GET, POST");
         return 1;
     }
     if (nseg < 2 || nseg > 3 || strcmp(seg[0], "keys") != 0) return 0;
@@ -285,6 +285,6 @@ int bill_admin_keys_route(adm_req_t *r, char **seg, int nseg, struct evkeyvalq *
     else if (nseg == 3 && !strcmp(seg[2], "rotate") && r->method == POST) key_rotate(r, id);
     else if (nseg == 2 && (r->method == EVHTTP_REQ_PATCH || r->method == POST)) key_update(r, id);
     else if (nseg == 3 && strcmp(seg[2], "revoke") && strcmp(seg[2], "rotate")) return 0;
-    else adm_bad_method(r);
+    else adm_bad_method(r, nseg == 3 ? "POST" : "POST, PATCH, DELETE");
     return 1;
 }

@@ -166,7 +166,7 @@ int bill_admin_prices_route(adm_req_t *r, char **seg, int nseg, struct evkeyvalq
     if (nseg == 1 && !strcmp(seg[0], "prices")) {
         if (r->method == EVHTTP_REQ_GET) adm_read(r, history ? SQL_PRICE_HISTORY : SQL_PRICE_LIST, 0, NULL, NULL);
         else if (r->method == EVHTTP_REQ_POST || r->method == EVHTTP_REQ_PUT) prices_set(r);
-        else adm_bad_method(r);
+        else adm_bad_method(r, "GET, POST, PUT");
         return 1;
     }
     if (nseg == 3 && !strcmp(seg[0], "customers") && !strcmp(seg[2], "prices")) {
@@ -175,7 +175,7 @@ int bill_admin_prices_route(adm_req_t *r, char **seg, int nseg, struct evkeyvalq
         else if (r->method == EVHTTP_REQ_GET)
             adm_read(r, history ? SQL_OVERRIDE_HISTORY : SQL_OVERRIDE_LIST, 1, p, "no such customer");
         else if (r->method == EVHTTP_REQ_POST || r->method == EVHTTP_REQ_PUT) override_set(r, seg[1]);
-        else adm_bad_method(r);
+        else adm_bad_method(r, "GET, POST, PUT");
         return 1;
     }
     return 0;

@@ -68,11 +68,17 @@ void dash_error(dash_call_t *c, int status, const char *code, const char *fmt, .
     __attribute__((format(printf, 4, 5)));
 /* Add a header line ("Name: value") to the answer. */
 void dash_header(dash_call_t *c, const char *name, const char *value);
+/* Answer 405 (the path exists, the method does not) with an Allow header
+ * listing the path's methods ("GET, POST"). */
+void dash_bad_method(dash_call_t *c, const char *allow);
 const char *dash_param(dash_call_t *c, const char *name); /* a query parameter, NULL when absent */
 
 /* The views (bill_dash_views.c): answer c, signed in as c->who.  Returns 0
  * when no view has this path (the caller answers 404). */
 int bill_dash_views_route(dash_call_t *c);
+/* The methods a view's path has ("GET", "POST", "GET, POST"), NULL when no
+ * view has this path. */
+const char *bill_dash_views_allowed(const dash_call_t *c);
 
 /* Calls in flight, cancelled by bill_free. */
 void bill_dash_free_all(bill_t *b);

@@ -116,6 +116,11 @@ void dash_error(dash_call_t *c, int status, const char *code, const char *fmt, .
     free(body);
 }
 
+void dash_bad_method(dash_call_t *c, const char *allow) {
+    dash_header(c, "Allow", allow);
+    dash_error(c, 405, "method_not_allowed", "use %s", allow);
+}
+
 const char *dash_param(dash_call_t *c, const char *name) { return evhttp_find_header(&c->q, name); }
 
 /* ---- statements ------------------------------------------------------------ */
@@ -370,10 +375,6 @@ static void on_result(PGresult *res, const char *err, void *arg) {
 
 static void route(dash_call_t *c) {
     if (c->nseg == 1 && !strcmp(c->seg[0], "session")) {
-        if (!c->is_get) {
-            dash_error(c, 405, "method_not_allowed", "use GET");
-            return;
-        }
         cJSON *o = cJSON_CreateObject();
         dash_who_t *w = &c->who;
         cJSON_AddBoolToObject(o, "signed_in", 1);
@@ -393,10 +394,6 @@ static void route(dash_call_t *c) {
         return;
     }
     if (c->nseg == 1 && !strcmp(c->seg[0], "logout")) {
-        if (c->is_get) {
-            dash_error(c, 405, "method_not_allowed", "use POST");
-            return;
-        }
         char th[65];
         bill_key_hash(c->b->key_secret, c->token, th);
         set_cookie(c, "", 0);
@@ -415,6 +412,26 @@ static int origin_ok(const dash_call_t *c) {
 }
 
 static char *dupn(const char *s) { return s ? strdup(s) : NULL; }
+
+/* The methods of c's path ("GET", "POST", "GET, POST"), NULL when there is
+ * no such endpoint: checked before the session, so every 405 carries Allow
+ * and a method no endpoint has never reaches a handler. */
+static const char *dash_allowed(const dash_call_t *c) {
+    if (c->nseg == 1 && (!strcmp(c->seg[0], "login") || !strcmp(c->seg[0], "logout"))) return "POST";
+    if (c->nseg == 1 && !strcmp(c->seg[0], "session")) return "GET";
+    return bill_dash_views_allowed(c);
+}
+
+/* 1 when method is one of allow's (a ", "-separated list). */
+static int method_in(const char *method, const char *allow) {
+    size_t n = strlen(method);
+    for (const char *p = allow; *p; p += strspn(p, ", ")) {
+        size_t m = strcspn(p, ", ");
+        if (m == n && !strncmp(p, method, n)) return 1;
+        p += m;
+    }
+    return 0;
+}
 
 bill_dash_call_t *bill_dash(bill_t *b, const bill_dash_req_t *q, bill_dash_cb cb, void *arg) {
     dash_call_t *c = calloc(1, sizeof *c);
@@ -449,10 +466,6 @@ bill_dash_call_t *bill_dash(bill_t *b, const bill_dash_req_t *q, bill_dash_cb cb
     }
     TAILQ_INSERT_TAIL(&b->dash_calls, c, link);
 
-    if (strcmp(c->method, "GET") && strcmp(c->method, "POST")) {
-        dash_error(c, 405, "method_not_allowed", "use GET or POST");
-        return c;
-    }
     if (c->query && evhttp_parse_query_str(c->query, &c->q) != 0) {
         dash_error(c, 400, "invalid_query", "malformed query string");
         return c;
@@ -475,8 +488,13 @@ bill_dash_call_t *bill_dash(bill_t *b, const bill_dash_req_t *q, bill_dash_cb cb
         }
     }
     free(copy);
-    if (bad || c->nseg == 0) {
+    const char *allow = bad || c->nseg == 0 ? NULL : dash_allowed(c);
+    if (!allow) {
         dash_error(c, 404, "not_found", "no such dashboard endpoint");
+        return c;
+    }
+    if (!method_in(c->method, allow)) { /* before the session: a wrong method costs no statement */
+        dash_bad_method(c, allow);
         return c;
     }
     if (!origin_ok(c)) {
@@ -484,8 +502,7 @@ bill_dash_call_t *bill_dash(bill_t *b, const bill_dash_req_t *q, bill_dash_cb cb
         return c;
     }
     if (c->nseg == 1 && !strcmp(c->seg[0], "login")) {
-        if (c->is_get) dash_error(c, 405, "method_not_allowed", "use POST");
-        else login(c);
+        login(c);
         return c;
     }
     cookie_token(c->cookie, c->token);

@@ -377,6 +377,20 @@ static void admin_workers(dash_call_t *c) {
     dash_reply(c, 200, NULL, w, strlen(w));
 }
 
+const char *bill_dash_views_allowed(const dash_call_t *c) {
+    char *const *s = c->seg;
+    int n = c->nseg;
+    if (!strcmp(s[0], "admin"))
+        return n == 2 && (!strcmp(s[1], "overview") || !strcmp(s[1], "workers")) ? "GET" : NULL;
+    if (n == 1 && !strcmp(s[0], "keys")) return "GET, POST";
+    if (n == 3 && !strcmp(s[0], "keys") && !strcmp(s[2], "revoke")) return "POST";
+    if (n == 1 && (!strcmp(s[0], "overview") || !strcmp(s[0], "usage") || !strcmp(s[0], "invoices") ||
+                   !strcmp(s[0], "requests")))
+        return "GET";
+    if (!strcmp(s[0], "invoices") && (n == 2 || (n == 3 && !strcmp(s[2], "csv")))) return "GET";
+    return NULL;
+}
+
 int bill_dash_views_route(dash_call_t *c) {
     char **s = c->seg;
     int n = c->nseg, get = c->is_get;

@@ -243,7 +243,7 @@ int bill_report_route(adm_req_t *r, char **seg, int nseg, struct evkeyvalq *q) {
     int method = r->method;
     if (nseg == 2 && !strcmp(seg[0], "reports")) {
         if (method != EVHTTP_REQ_GET) {
-            adm_error(r, 405, "method_not_allowed", "%s", "method not allowed on this path");
+            adm_bad_method(r, "GET");
         } else if (!strcmp(seg[1], "usage")) {
             usage_report(r, q);
         } else if (!strcmp(seg[1], "top")) {
@@ -256,7 +256,7 @@ int bill_report_route(adm_req_t *r, char **seg, int nseg, struct evkeyvalq *q) {
         return 1;
     }
     if (nseg == 2 && !strcmp(seg[0], "usage")) {
-        if (method != EVHTTP_REQ_GET) adm_error(r, 405, "method_not_allowed", "%s", "method not allowed on this path");
+        if (method != EVHTTP_REQ_GET) adm_bad_method(r, "GET");
         else if (!uuid_ok(seg[1])) adm_error(r, 404, "not_found", "%s", "no such request id");
         else {
             const char *p[] = {seg[1]};

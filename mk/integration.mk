@@ -6,6 +6,7 @@
 test-integration: $(BINS)
 	/usr/bin/python3 tests/integration/test_stack.py
 	/usr/bin/python3 tests/integration/test_keys.py
+	/usr/bin/python3 tests/integration/test_admin_edges.py
 	/usr/bin/python3 tests/integration/test_holds.py
 	/usr/bin/python3 tests/integration/test_limits.py
 	/usr/bin/python3 tests/integration/test_money.py
