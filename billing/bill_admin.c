@@ -14,8 +14,10 @@
  * stored answer commit together or not at all.  The same key again replays
  * the stored answer (same status; header Idempotent-Replayed: true); the same
  * key with another method, path, query or body is 422.  Two requests racing
- * with one key: the loser's statement fails on the key's primary key and
- * rolls back, then it replays the winner's answer.
+ * with one key: the loser's statement fails (on the key's primary key, or on
+ * what the winner's write did first) and rolls back; a keyed write that fails
+ * reads the key's record again and replays the winner's answer, answering its
+ * own error only when there is none.
  *
  * Each request becomes at most a few SQL statements on the shared pool; a
  * statement builds the response JSON itself (json_build_object), so money
@@ -57,7 +59,10 @@ typedef struct adm_priv {
     const char *notfound;
     const char *ctype;          /* of a read's answer; NULL: JSON */
     int status;                 /* of a write's answer */
-    int looked_up;              /* the idempotency record was read again after a race */
+    int looked_up;              /* the idempotency record was read again after a failed write */
+    int err_status;             /* that write's own error, answered when no record was found */
+    const char *err_code;
+    char err_msg[512];
     const char *secret_field;   /* a value to show once (adm_write) */
     char secret[64];
     char *sql;                  /* a write's composed statement */
@@ -215,29 +220,45 @@ static void write_now(adm_req_t *r) {
     submit(r, p->sql, p->nparams, (const char *const *)p->params);
 }
 
-/* A database error as an answer. */
-static void db_error(adm_req_t *r, PGresult *res) {
+/* A database error as an answer: kept in p (err_*) by db_error_keep, sent
+ * by db_error_send. */
+static void db_error_keep(adm_priv_t *p, PGresult *res) {
     const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
     const char *msg = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
     const char *cons = PQresultErrorField(res, PG_DIAG_CONSTRAINT_NAME);
+    const char *what = NULL;
     if (!state) state = "";
     if (!msg) msg = "database error";
+    p->err_status = 409;
+    p->err_code = "already_exists";
     if (!strcmp(state, "23505") && cons && !strcmp(cons, "customers_name_key"))
-        adm_error(r, 409, "already_exists", "a customer with this name already exists");
+        what = "a customer with this name already exists";
     else if (!strcmp(state, "23505") && cons && !strcmp(cons, "dash_users_login_key"))
-        adm_error(r, 409, "already_exists", "a dashboard login with this name already exists");
+        what = "a dashboard login with this name already exists";
     else if (!strcmp(state, "23505") && cons && !strcmp(cons, "admin_tokens_name_key"))
-        adm_error(r, 409, "already_exists", "an admin token with this name already exists");
-    else if (!strcmp(state, "23505"))
-        adm_error(r, 409, "already_exists", "already exists: %s", msg);
-    else if (!strcmp(state, "55000"))
-        adm_error(r, 409, "conflict", "%s", msg);
-    else if (!strncmp(state, "22", 2) || !strncmp(state, "23", 2))
-        adm_error(r, 400, "invalid_value", "%s", msg);
-    else {
+        what = "an admin token with this name already exists";
+    if (what) {
+        snprintf(p->err_msg, sizeof p->err_msg, "%s", what);
+    } else if (!strcmp(state, "23505")) {
+        snprintf(p->err_msg, sizeof p->err_msg, "already exists: %s", msg);
+    } else if (!strcmp(state, "55000")) {
+        p->err_code = "conflict";
+        snprintf(p->err_msg, sizeof p->err_msg, "%s", msg);
+    } else if (!strncmp(state, "22", 2) || !strncmp(state, "23", 2)) {
+        p->err_status = 400;
+        p->err_code = "invalid_value";
+        snprintf(p->err_msg, sizeof p->err_msg, "%s", msg);
+    } else {
         fprintf(stderr, "bill: admin statement failed: %s", PQresultErrorMessage(res));
-        adm_error(r, 500, "database_error", "database error (%s)", state);
+        p->err_status = 500;
+        p->err_code = "database_error";
+        snprintf(p->err_msg, sizeof p->err_msg, "database error (%s)", state);
     }
+}
+
+static void db_error_send(adm_req_t *r) {
+    adm_priv_t *p = (adm_priv_t *)r->priv;
+    adm_error(r, p->err_status, p->err_code, "%s", p->err_msg);
 }
 
 static void dispatch(adm_req_t *r);
@@ -299,21 +320,24 @@ static void query_done(PGresult *res, const char *err, void *arg) {
         return;
     }
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-        const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
-        const char *cons = PQresultErrorField(res, PG_DIAG_CONSTRAINT_NAME);
-        if (p->stage == ST_WRITE && !p->looked_up && state && !strcmp(state, "23505") && cons &&
-            !strcmp(cons, "admin_idempotency_pkey")) {
-            p->looked_up = 1; /* another request with this key committed first: answer as it did */
+        db_error_keep(p, res);
+        if (p->stage == ST_WRITE && p->idem[0] && !p->looked_up) {
+            /* Another request with this key may have committed while this one ran: its record's
+             * primary key, the row it made (a customer's name) or what it changed (a balance a
+             * refund now exceeds) failed this one.  Answer as that request did (or 422 for
+             * another body); this write's own error only when no record exists. */
+            p->looked_up = 1;
             lookup(r);
             return;
         }
-        db_error(r, res);
+        db_error_send(r);
         return;
     }
     switch (p->stage) {
     case ST_AUTH: auth_done(r, res); return;
     case ST_LOOKUP:
         if (PQntuples(res) > 0) replay(r, res);
+        else if (p->looked_up) db_error_send(r);
         else write_now(r);
         return;
     case ST_WRITE: write_done(r, res); return;

@@ -17,6 +17,7 @@ import re
 import ssl
 import sys
 import threading
+import time
 import unittest
 import urllib.parse
 import uuid
@@ -184,6 +185,73 @@ class Edges(unittest.TestCase):
         # without a session too: the method is checked before it
         self.allow(dash("PUT", "keys", "{}"), ("GET", "POST"))
         self.error(dash("GET", "no-such-view", session=s), 404, "not_found")
+
+    # ---- idempotency --------------------------------------------------------------------------
+
+    def race(self, lock_sql, statement, method, path, body, n=3):
+        """n requests with one Idempotency-Key, all inside their write statement at once (n below
+        the admin API's 4 PostgreSQL connections): a
+        transaction holding lock_sql keeps them waiting (seen in pg_stat_activity, not timed)
+        until every one has passed its look-up, then lets them go.  statement: how the write's
+        text starts (pg_stat_activity keeps only its first 1 KiB).  -> their answers."""
+        key = "edges-" + uuid.uuid4().hex
+        blocker = psycopg2.connect(E["TG_TEST_PG"])
+        answers = []
+        try:
+            cur = blocker.cursor()
+            cur.execute(lock_sql)
+
+            def one():
+                answers.append(admin(method, path, body, headers={"Idempotency-Key": key}))
+            threads = [threading.Thread(target=one) for _ in range(n)]
+            for t in threads:
+                t.start()
+            watch = psycopg2.connect(E["TG_TEST_PG"])
+            watch.autocommit = True
+            wc = watch.cursor()
+            deadline = time.time() + 60
+            while True:
+                wc.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                           " AND starts_with(query, %s)", (statement,))
+                if wc.fetchone()[0] == n:
+                    break
+                self.assertLess(time.time(), deadline, "the writes never all waited on the lock")
+                time.sleep(0.02)
+            watch.close()
+        finally:
+            blocker.rollback()
+            blocker.close()
+        for t in threads:
+            t.join(timeout=60)
+        self.assertEqual(len(answers), n)
+        return answers
+
+    def test_idempotent_race_every_answer_is_the_winners(self):
+        # a customer made 3 times at once with one key: one customer, 3 identical 200s (the
+        # losers failed on the name the winner took: they answered 409 instead of the replay)
+        name = "edges-" + uuid.uuid4().hex[:10]
+        answers = self.race("LOCK TABLE customers IN SHARE MODE", "WITH c AS (INSERT INTO customers", "POST", "customers",
+                            {"name": name, "credit_usd": "1"})
+        self.assertEqual([a[0] for a in answers], [200] * len(answers), [a[2] for a in answers])
+        self.assertEqual(len({a[2] for a in answers}), 1)
+        self.assertEqual(sum(a[1].get("idempotent-replayed") == "true" for a in answers), len(answers) - 1)
+        self.assertEqual(q("SELECT count(*), sum(balance_pico) FROM customers WHERE name = %s", name)[0],
+                         (1, 10**12))
+        # a refund of 0.6 of a balance of 1, 3 times at once with one key: refunded once, 3 x 200
+        # (the losers found the balance too small for a second refund: they answered 400)
+        cust = new_customer("1")
+        answers = self.race("SELECT 1 FROM customers WHERE name = '%s' FOR UPDATE" % cust,
+                            "WITH c AS (SELECT * FROM customers WHERE name = $1 FOR UPDATE)", "POST",
+                            "customers/%s/refunds" % cust, {"usd": "0.6", "reason": "race"})
+        self.assertEqual([a[0] for a in answers], [200] * len(answers), [a[2] for a in answers])
+        self.assertEqual(len({a[2] for a in answers}), 1)
+        self.assertEqual(q("SELECT balance_pico FROM customers WHERE name = %s", cust)[0][0], 4 * 10**11)
+        self.assertEqual(q("SELECT count(*) FROM ledger l JOIN customers c ON c.id = l.customer_id"
+                           " WHERE c.name = %s AND l.kind = 'refund'", cust)[0][0], 1)
+        # a failed write still stores nothing: the same key, alone, after a real conflict
+        st, _, b = admin("POST", "customers", {"name": name}, headers={"Idempotency-Key": "edges-" + name})
+        self.error((st, _, b), 409, "already_exists")
+        self.assertEqual(q("SELECT count(*) FROM admin_idempotency WHERE key = %s", "edges-" + name)[0][0], 0)
 
 
 if __name__ == "__main__":
