@@ -11,6 +11,7 @@
 #include <postgresql/libpq-fe.h>
 
 #include "tg_clock.h"
+#include "tg_json.h"
 #include "bill.h"
 
 struct event;
@@ -115,11 +116,26 @@ int bill_admin_add_page(bill_admin_t *a, const char *path, bill_page_fn fn, void
 void bill_admin_set_settlement(bill_admin_t *a, bill_page_fn fn, void *arg);
 
 /* The OpenAI-style error body of the admin API and the dashboards:
- * {"error":{"message":msg,"type":...,"param":null,"code":code (NULL: null)}}, the type from the
- * status (401 authentication_error, 403 permission_error, 404 not_found_error, 409
+ * {"error":{"message":msg,"type":...,"param":param,"code":code}} (param, code NULL: null), the
+ * type from the status (401 authentication_error, 403 permission_error, 404 not_found_error, 409
  * conflict_error, 429 rate_limit_error, 503 service_unavailable_error, other 5xx api_error,
  * else invalid_request_error).  malloc'd (the caller frees it), NULL when out of memory. */
-char *bill_error_json(int status, const char *code, const char *msg);
+char *bill_error_json(int status, const char *code, const char *param, const char *msg);
+
+/* A request body of the admin or dashboard API (n bytes of text; none is {})
+ * as a JSON object, read by common/tg_json: strict RFC 8259, numbers keep
+ * their text (never a double), strings valid UTF-8.  Refused: anything but
+ * an object, a member named twice, a string (or member name) holding U+0000
+ * (PostgreSQL text cannot hold it, and a C string would silently end there:
+ * "ab\u0000cd" was the name "ab").  Returns the object (free with
+ * tg_json_free), or NULL with e filled for a 400 (e->code NULL: out of
+ * memory, a 500). */
+typedef struct {
+    const char *code;   /* "invalid_json" or "invalid_value"; NULL: out of memory */
+    char param[72];     /* the member at fault, "" when none */
+    char msg[256];
+} bill_body_err_t;
+tg_json_t *bill_body_parse(const char *text, size_t n, bill_body_err_t *e);
 
 /* ---- reports (bill_report.c) --------------------------------------------- */
 

@@ -13,9 +13,8 @@
 #ifndef BILL_ADMIN_INT_H
 #define BILL_ADMIN_INT_H
 
-#include <cjson/cJSON.h>
-
 #include "bill-int.h"
+#include "tg_json.h"
 
 struct evhttp_request;
 struct evkeyvalq;
@@ -68,27 +67,40 @@ void adm_write(adm_req_t *r, const char *sql, int n, const char *const *params, 
 void adm_reply(adm_req_t *r, int status, const char *content_type, const char *body);
 void adm_error(adm_req_t *r, int status, const char *code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
+/* A 400 about one input (a body member or a query parameter): "param" of the
+ * error body names it. */
+void adm_field_error(adm_req_t *r, const char *code, const char *param, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
 
 /* ---- input helpers (each returns 0, or -1 after answering 400) ----------- */
 
 int adm_name_ok(const char *s);  /* a customer / token name: 1-64 of [A-Za-z0-9._@-] */
 int adm_month_ok(const char *m); /* "YYYY-MM" */
-/* The request body as a JSON object (caller frees), or NULL after answering. */
-cJSON *adm_body(adm_req_t *r);
-/* An optional small non-negative integer (JSON integer or digit string). */
-int adm_int_field(adm_req_t *r, cJSON *j, const char *name, long max, long *v);
+/* The request body as a JSON object (caller frees with tg_json_free), or NULL
+ * after answering.  Read by common/tg_json (strict RFC 8259: numbers keep
+ * their text, strings must be valid UTF-8); a member named twice, or a string
+ * holding U+0000 (PostgreSQL text cannot, and a C string would silently end
+ * there), is refused with a 400 naming it. */
+tg_json_t *adm_body(adm_req_t *r);
+/* The text of a string value, NULL when v is absent or not a string. */
+static inline const char *adm_jstr(const tg_json_t *v) { return tg_json_str(v, NULL); }
+static inline int adm_jnull(const tg_json_t *v) { return tg_json_type(v) == TG_JSON_NULL; }
+/* An optional small non-negative integer: a JSON integer written as one
+ * (no fraction, exponent or sign: "60", never 60.0, 6e1 or -0) or a string of
+ * digits, at most max; exact, never through a double. */
+int adm_int_field(adm_req_t *r, tg_json_t *j, const char *name, long max, long *v);
 /* A required price: a string of digits, micro-USD per 1M tokens, <= 1e12. */
-int adm_digits_field(adm_req_t *r, cJSON *j, const char *name, char out[24]);
+int adm_digits_field(adm_req_t *r, tg_json_t *j, const char *name, char out[24]);
 /* A USD amount as a JSON string, exact, into pico-USD digits.  signed_ok:
  * a leading '-' is allowed (out then starts with '-'); positive: zero is
  * refused. */
-int adm_usd_field(adm_req_t *r, cJSON *j, const char *name, int required, int positive, int signed_ok,
+int adm_usd_field(adm_req_t *r, tg_json_t *j, const char *name, int required, int positive, int signed_ok,
                   char out[24]);
 /* A spending limit field (keys, customers): see bill_admin_keys.c. */
-int adm_limit_field(adm_req_t *r, cJSON *j, const char *name, const char **mode, char out[24]);
+int adm_limit_field(adm_req_t *r, tg_json_t *j, const char *name, const char **mode, char out[24]);
 /* An optional string of 1..max bytes; *out NULL when absent.  required:
  * absent is refused too. */
-int adm_str_field(adm_req_t *r, cJSON *j, const char *name, size_t max, int required, const char **out);
+int adm_str_field(adm_req_t *r, tg_json_t *j, const char *name, size_t max, int required, const char **out);
 /* Unix seconds ("1764300000") as an ISO timestamp in UTC; anything else is
  * returned as is for PostgreSQL to read (or refuse with a 400). */
 const char *adm_epoch_to_iso(const char *t, char out[40]);

@@ -19,6 +19,10 @@
  * reads the key's record again and replays the winner's answer, answering its
  * own error only when there is none.
  *
+ * Bodies are read by bill_body_parse (common/tg_json: numbers keep their
+ * text, never a double; no member twice; no U+0000 in a string), and a 400
+ * about one input names it in the error's "param" (adm_field_error).
+ *
  * Each request becomes at most a few SQL statements on the shared pool; a
  * statement builds the response JSON itself (json_build_object), so money
  * leaves PostgreSQL as exact decimal strings and is never a JSON number. */
@@ -124,7 +128,12 @@ static void send_raw(struct evhttp_request *req, int st, const char *ctype, cons
     if (out) evbuffer_free(out);
 }
 
-char *bill_error_json(int st, const char *code, const char *msg) {
+static void json_str_or_null(tg_buf_t *b, const char *s) {
+    if (s) tg_json_write_str(b, s, strlen(s));
+    else tg_buf_puts(b, "null");
+}
+
+char *bill_error_json(int st, const char *code, const char *param, const char *msg) {
     const char *type = st == 401 ? "authentication_error"
                        : st == 403 ? "permission_error"
                        : st == 404 ? "not_found_error"
@@ -133,22 +142,31 @@ char *bill_error_json(int st, const char *code, const char *msg) {
                        : st == 503 ? "service_unavailable_error"
                        : st >= 500 ? "api_error"
                                    : "invalid_request_error";
-    cJSON *root = cJSON_CreateObject(), *e = cJSON_AddObjectToObject(root, "error");
-    cJSON_AddStringToObject(e, "message", msg);
-    cJSON_AddStringToObject(e, "type", type);
-    cJSON_AddNullToObject(e, "param");
-    if (code) cJSON_AddStringToObject(e, "code", code);
-    else cJSON_AddNullToObject(e, "code");
-    char *body = cJSON_PrintUnformatted(root);
-    cJSON_Delete(root);
-    return body;
+    tg_buf_t b = {0};
+    tg_buf_puts(&b, "{\"error\":{\"message\":");
+    json_str_or_null(&b, msg);
+    tg_buf_printf(&b, ",\"type\":\"%s\",\"param\":", type);
+    json_str_or_null(&b, param);
+    tg_buf_puts(&b, ",\"code\":");
+    json_str_or_null(&b, code);
+    tg_buf_puts(&b, "}}");
+    if (b.oom) {
+        tg_buf_free(&b);
+        return NULL;
+    }
+    return b.p; /* NUL-terminated */
 }
 
-static void send_error(struct evhttp_request *req, int st, const char *code, const char *msg) {
-    char *body = bill_error_json(st, code, msg);
+static void send_error_param(struct evhttp_request *req, int st, const char *code, const char *param,
+                             const char *msg) {
+    char *body = bill_error_json(st, code, param, msg);
     send_raw(req, st, NULL,
              body ? body : "{\"error\":{\"message\":\"out of memory\",\"type\":\"api_error\",\"param\":null,\"code\":null}}");
     free(body);
+}
+
+static void send_error(struct evhttp_request *req, int st, const char *code, const char *msg) {
+    send_error_param(req, st, code, NULL, msg);
 }
 
 static void priv_free(adm_priv_t *p) {
@@ -181,6 +199,16 @@ void adm_error(adm_req_t *r, int st, const char *code, const char *fmt, ...) {
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
     send_error(r->req, st, code, msg);
+    finish(r);
+}
+
+void adm_field_error(adm_req_t *r, const char *code, const char *param, const char *fmt, ...) {
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    send_error_param(r->req, 400, code, param, msg);
     finish(r);
 }
 
@@ -428,104 +456,155 @@ int adm_month_ok(const char *m) {
            m[6] >= '0' && m[6] <= '9' && !(m[5] == '0' && m[6] == '0') && !(m[5] == '1' && m[6] > '2');
 }
 
-cJSON *adm_body(adm_req_t *r) {
+/* The member name under which the first string of v (value, member name, or
+ * anything inside) holding U+0000 sits ("" at the top), or NULL when none. */
+static const char *nul_inside(const tg_json_t *v, const char *under) {
+    const tg_json_t *m;
+    const char *s, *k;
+    size_t n;
+    switch (tg_json_type(v)) {
+    case TG_JSON_STRING:
+        s = tg_json_str(v, &n);
+        return memchr(s, 0, n) ? under : NULL;
+    case TG_JSON_ARRAY:
+        TG_JSON_FOREACH(m, v)
+            if ((s = nul_inside(m, under))) return s;
+        return NULL;
+    case TG_JSON_OBJECT:
+        TG_JSON_FOREACH(m, v) {
+            k = tg_json_key(m, &n);
+            if (memchr(k, 0, n)) return k;
+            if ((s = nul_inside(m, k))) return s;
+        }
+        return NULL;
+    default:
+        return NULL;
+    }
+}
+
+tg_json_t *bill_body_parse(const char *text, size_t n, bill_body_err_t *e) {
+    tg_json_err_t err;
+    size_t klen;
+    int oom = 0;
+    const char *bad;
+    tg_json_t *j = tg_json_parse(n ? text : "{}", n ? n : 2, NULL, &err);
+    e->code = "invalid_json";
+    e->param[0] = 0;
+    if (!j) {
+        snprintf(e->msg, sizeof e->msg, "the body must be a JSON object (%s)", err.text);
+        return NULL;
+    }
+    if (tg_json_type(j) != TG_JSON_OBJECT) {
+        snprintf(e->msg, sizeof e->msg, "the body must be a JSON object");
+    } else if ((bad = tg_json_dup_key(j, &klen, &oom))) {
+        snprintf(e->param, sizeof e->param, "%s", bad);
+        snprintf(e->msg, sizeof e->msg, "%s is given more than once", e->param);
+    } else if (oom) {
+        e->code = NULL;
+        snprintf(e->msg, sizeof e->msg, "out of memory");
+    } else if ((bad = nul_inside(j, ""))) {
+        e->code = "invalid_value";
+        snprintf(e->param, sizeof e->param, "%s", bad);
+        snprintf(e->msg, sizeof e->msg, "%s holds a NUL character (\\u0000), which no text here may hold",
+                 *bad ? e->param : "the body");
+    } else {
+        return j;
+    }
+    tg_json_free(j);
+    return NULL;
+}
+
+tg_json_t *adm_body(adm_req_t *r) {
     struct evbuffer *in = evhttp_request_get_input_buffer(r->req);
     size_t n = evbuffer_get_length(in);
-    if (n == 0) return cJSON_CreateObject();
-    char *s = malloc(n + 1);
-    if (!s) {
-        adm_error(r, 500, NULL, "out of memory");
-        return NULL;
-    }
-    evbuffer_copyout(in, s, n);
-    s[n] = 0;
-    cJSON *j = cJSON_ParseWithLength(s, n);
-    free(s);
-    if (!j || !cJSON_IsObject(j)) {
-        cJSON_Delete(j);
-        adm_error(r, 400, "invalid_json", "the body must be a JSON object");
-        return NULL;
-    }
+    const char *text = n ? (const char *)evbuffer_pullup(in, -1) : "";
+    bill_body_err_t e;
+    tg_json_t *j = text ? bill_body_parse(text, n, &e) : NULL;
+    if (!text || (!j && !e.code)) adm_error(r, 500, NULL, "out of memory");
+    else if (!j) adm_field_error(r, e.code, e.param[0] ? e.param : NULL, "%s", e.msg);
     return j;
 }
 
-int adm_int_field(adm_req_t *r, cJSON *j, const char *name, long max, long *v) {
-    cJSON *f = cJSON_GetObjectItemCaseSensitive(j, name);
-    if (!f || cJSON_IsNull(f)) return 0;
-    if (cJSON_IsNumber(f)) {
-        double d = f->valuedouble;
-        if (d >= 0 && d <= max && d == (double)(long)d) {
-            *v = (long)d;
-            return 0;
-        }
-    } else if (cJSON_IsString(f) && f->valuestring[0] &&
-               strspn(f->valuestring, "0123456789") == strlen(f->valuestring) && strlen(f->valuestring) <= 18) {
-        long long x = strtoll(f->valuestring, NULL, 10);
-        if (x <= max) {
+int adm_int_field(adm_req_t *r, tg_json_t *j, const char *name, long max, long *v) {
+    tg_json_t *f = tg_json_get(j, name);
+    const char *s = adm_jstr(f), *num = tg_json_num_text(f, NULL);
+    int64_t x;
+    if (!f || adm_jnull(f)) return 0;
+    if (num) { /* its text, exactly: a double would take 60.000000000000001 for 60 */
+        if (num[0] != '-' && tg_json_int64(f, &x) == 0 && x <= max) {
             *v = (long)x;
             return 0;
         }
+    } else if (s && s[0] && strspn(s, "0123456789") == strlen(s) && strlen(s) <= 18) {
+        long long y = strtoll(s, NULL, 10);
+        if (y <= max) {
+            *v = (long)y;
+            return 0;
+        }
     }
-    adm_error(r, 400, "invalid_value", "%s must be an integer from 0 to %ld", name, max);
+    adm_field_error(r, "invalid_value", name,
+                    "%s must be an integer from 0 to %ld, written as one (no fraction, exponent or sign)", name,
+                    max);
     return -1;
 }
 
-int adm_digits_field(adm_req_t *r, cJSON *j, const char *name, char out[24]) {
-    cJSON *f = cJSON_GetObjectItemCaseSensitive(j, name);
-    const char *s = cJSON_IsString(f) ? f->valuestring : NULL;
+int adm_digits_field(adm_req_t *r, tg_json_t *j, const char *name, char out[24]) {
+    const char *s = adm_jstr(tg_json_get(j, name));
     if (!s || !*s || strspn(s, "0123456789") != strlen(s) || strlen(s) > 13) {
-        adm_error(r, 400, "invalid_value",
-                  "%s must be a string of digits: integer micro-USD per 1M tokens, at most 1e12", name);
+        adm_field_error(r, "invalid_value", name,
+                        "%s must be a string of digits: integer micro-USD per 1M tokens, at most 1e12", name);
         return -1;
     }
     long long v = strtoll(s, NULL, 10);
     if (v > 1000000000000LL) {
-        adm_error(r, 400, "invalid_value", "%s is above 1e12 micro-USD per 1M tokens", name);
+        adm_field_error(r, "invalid_value", name, "%s is above 1e12 micro-USD per 1M tokens", name);
         return -1;
     }
     snprintf(out, 24, "%lld", v);
     return 0;
 }
 
-int adm_usd_field(adm_req_t *r, cJSON *j, const char *name, int required, int positive, int signed_ok,
+int adm_usd_field(adm_req_t *r, tg_json_t *j, const char *name, int required, int positive, int signed_ok,
                   char out[24]) {
-    cJSON *f = cJSON_GetObjectItemCaseSensitive(j, name);
-    if (!f || cJSON_IsNull(f)) {
+    tg_json_t *f = tg_json_get(j, name);
+    if (!f || adm_jnull(f)) {
         if (!required) {
             snprintf(out, 24, "0");
             return 0;
         }
-        adm_error(r, 400, "missing_field", "%s is required (a decimal string of USD, e.g. \"5.00\")", name);
+        adm_field_error(r, "missing_field", name, "%s is required (a decimal string of USD, e.g. \"5.00\")", name);
         return -1;
     }
     int64_t pico;
-    const char *s = cJSON_IsString(f) ? f->valuestring : NULL;
+    const char *s = adm_jstr(f);
     int neg = signed_ok && s && s[0] == '-';
     if (!s || bill_usd_parse(s + neg, &pico) != 0) {
-        adm_error(r, 400, "invalid_amount",
-                  "%s must be a %sdecimal string of USD with at most 12 decimals, e.g. \"5\", \"5.00\", \"0.000001\"%s",
-                  name, signed_ok ? "" : "non-negative ", signed_ok ? ", \"-1.50\"" : "");
+        adm_field_error(r, "invalid_amount", name,
+                        "%s must be a %sdecimal string of USD with at most 12 decimals, at most 9223372.036854775807 "
+                        "(int64 pico-USD), e.g. \"5\", \"5.00\", \"0.000001\"%s",
+                        name, signed_ok ? "" : "non-negative ", signed_ok ? ", \"-1.50\"" : "");
         return -1;
     }
     if (positive && pico == 0) {
-        adm_error(r, 400, "invalid_amount", "%s must not be zero", name);
+        adm_field_error(r, "invalid_amount", name, "%s must not be zero", name);
         return -1;
     }
     snprintf(out, 24, "%s%lld", neg && pico ? "-" : "", (long long)pico);
     return 0;
 }
 
-int adm_str_field(adm_req_t *r, cJSON *j, const char *name, size_t max, int required, const char **out) {
-    cJSON *f = cJSON_GetObjectItemCaseSensitive(j, name);
+int adm_str_field(adm_req_t *r, tg_json_t *j, const char *name, size_t max, int required, const char **out) {
+    tg_json_t *f = tg_json_get(j, name);
+    const char *s = adm_jstr(f);
     *out = NULL;
-    if (!f || cJSON_IsNull(f)) {
+    if (!f || adm_jnull(f)) {
         if (!required) return 0;
-    } else if (cJSON_IsString(f) && f->valuestring[0] && strlen(f->valuestring) <= max) {
-        *out = f->valuestring;
+    } else if (s && s[0] && strlen(s) <= max) {
+        *out = s;
         return 0;
     }
-    adm_error(r, 400, required && !f ? "missing_field" : "invalid_value", "%s must be a string of 1 to %zu bytes%s",
-              name, max, required ? " (required)" : "");
+    adm_field_error(r, required && !f ? "missing_field" : "invalid_value", name,
+                    "%s must be a string of 1 to %zu bytes%s", name, max, required ? " (required)" : "");
     return -1;
 }
 

@@ -68,7 +68,7 @@ static const char SQL_CUST_LIMITS_SET[] =
               "jsonb_build_object('rpm', c.rpm, 'tpm', c.tpm, 'concurrency', c.concurrency)", "old, c");
 
 static void customer_limits_set(adm_req_t *r, const char *cust) {
-    cJSON *j = adm_body(r);
+    tg_json_t *j = adm_body(r);
     if (!j) return;
     long lim[3] = {-1, -1, -1};
     const char *names[3] = {"rpm", "tpm", "concurrency"};
@@ -82,7 +82,7 @@ static void customer_limits_set(adm_req_t *r, const char *cust) {
         const char *p[] = {cust, lim[0] >= 0 ? sl[0] : NULL, lim[1] >= 0 ? sl[1] : NULL, lim[2] >= 0 ? sl[2] : NULL};
         adm_write(r, SQL_CUST_LIMITS_SET, 4, p, "no such customer", 200, NULL, NULL);
     }
-    cJSON_Delete(j);
+    tg_json_free(j);
 }
 
 /* One ledger row made by an admin: $1 customer, $2 kind, $3 signed pico,
@@ -144,24 +144,24 @@ static const char SQL_USAGE[] =
     " FROM customers c WHERE c.name = $1";
 
 static void customers_create(adm_req_t *r) {
-    cJSON *j = adm_body(r);
+    tg_json_t *j = adm_body(r);
     if (!j) return;
-    cJSON *n = cJSON_GetObjectItemCaseSensitive(j, "name");
+    tg_json_t *n = tg_json_get(j, "name");
     char credit[24];
-    if (!cJSON_IsString(n) || !adm_name_ok(n->valuestring)) {
-        adm_error(r, 400, "invalid_name",
-                  "name must be 1-64 characters of letters, digits and ._@- (starting with a letter or digit)");
+    if (!adm_jstr(n) || !adm_name_ok(adm_jstr(n))) {
+        adm_field_error(r, "invalid_name", "name",
+                        "name must be 1-64 characters of letters, digits and ._@- (starting with a letter or digit)");
     } else if (adm_usd_field(r, j, "credit_usd", 0, 0, 0, credit) == 0) {
-        const char *p[] = {n->valuestring, credit};
+        const char *p[] = {adm_jstr(n), credit};
         adm_write(r, SQL_CUST_CREATE, 2, p, NULL, 200, NULL, NULL);
     }
-    cJSON_Delete(j);
+    tg_json_free(j);
 }
 
 /* POST .../credits (kind topup; "reason", or the older "note", optional),
  * .../adjustments (signed, reason required), .../refunds (reason required). */
 static void ledger_add(adm_req_t *r, const char *cust, const char *kind) {
-    cJSON *j = adm_body(r);
+    tg_json_t *j = adm_body(r);
     if (!j) return;
     int topup = !strcmp(kind, "topup"), adjust = !strcmp(kind, "adjustment");
     char pico[24], neg[25];
@@ -170,19 +170,19 @@ static void ledger_add(adm_req_t *r, const char *cust, const char *kind) {
         adm_str_field(r, j, "reason", 1000, 0, &why) == 0 && adm_str_field(r, j, "note", 1000, 0, &note) == 0) {
         if (!why) why = note;
         if (!why && !topup) {
-            adm_error(r, 400, "missing_field", "reason is required: say why this %s is made", kind);
+            adm_field_error(r, "missing_field", "reason", "reason is required: say why this %s is made", kind);
         } else {
             if (!strcmp(kind, "refund")) snprintf(neg, sizeof neg, "-%s", pico);
             const char *p[] = {cust, kind, !strcmp(kind, "refund") ? neg : pico, why ? why : "credit"};
             adm_write(r, SQL_LEDGER_ADD, 4, p, "no such customer", 200, NULL, NULL);
         }
     }
-    cJSON_Delete(j);
+    tg_json_free(j);
 }
 
 /* POST .../spending-limits {"daily_limit_usd": "5.00"|null, "monthly_limit_usd": ...} */
 static void spending_limits_set(adm_req_t *r, const char *cust) {
-    cJSON *j = adm_body(r);
+    tg_json_t *j = adm_body(r);
     if (!j) return;
     const char *dmode, *mmode;
     char dl[24], ml[24];
@@ -191,7 +191,7 @@ static void spending_limits_set(adm_req_t *r, const char *cust) {
         const char *p[] = {cust, dmode, dl[0] ? dl : NULL, mmode, ml[0] ? ml : NULL};
         adm_write(r, SQL_CUST_SPEND, 5, p, "no such customer", 200, NULL, NULL);
     }
-    cJSON_Delete(j);
+    tg_json_free(j);
 }
 
 /* ?from=T&to=T (Unix seconds or timestamps) into p[1], p[2]. */
@@ -205,7 +205,7 @@ static void range(struct evkeyvalq *q, char f2[40], char t2[40], const char **fr
 static void list_get(adm_req_t *r, const char *cust, struct evkeyvalq *q, const char *sql) {
     const char *limit = evhttp_find_header(q, "limit");
     if (limit && (!*limit || strspn(limit, "0123456789") != strlen(limit) || strlen(limit) > 6)) {
-        adm_error(r, 400, "invalid_value", "limit must be an integer from 0 to 999999");
+        adm_field_error(r, "invalid_value", "limit", "limit must be an integer from 0 to 999999");
         return;
     }
     char f2[40], t2[40];

@@ -62,9 +62,9 @@ static void invoice_get(adm_req_t *r, const char *cust, struct evkeyvalq *q) {
     const char *m = evhttp_find_header(q, "month"), *f = evhttp_find_header(q, "format");
     int csv = f && !strcmp(f, "csv");
     if (!adm_month_ok(m)) {
-        adm_error(r, 400, "invalid_value", "month must be YYYY-MM");
+        adm_field_error(r, "invalid_value", "month", "month must be YYYY-MM");
     } else if (f && !csv && strcmp(f, "json")) {
-        adm_error(r, 400, "invalid_value", "format must be json or csv");
+        adm_field_error(r, "invalid_value", "format", "format must be json or csv");
     } else {
         const char *p[] = {cust, m, csv ? "csv" : "json"};
         if (csv) adm_read_as(r, "text/csv; charset=utf-8");
@@ -73,18 +73,18 @@ static void invoice_get(adm_req_t *r, const char *cust, struct evkeyvalq *q) {
 }
 
 static void finalize(adm_req_t *r) {
-    cJSON *j = adm_body(r);
+    tg_json_t *j = adm_body(r);
     if (!j) return;
     const char *m, *cust;
     if (adm_str_field(r, j, "month", 7, 1, &m) == 0 && adm_str_field(r, j, "customer", 64, 0, &cust) == 0) {
         if (!adm_month_ok(m)) {
-            adm_error(r, 400, "invalid_value", "month must be YYYY-MM");
+            adm_field_error(r, "invalid_value", "month", "month must be YYYY-MM");
         } else {
             const char *p[] = {m, cust};
             adm_write(r, SQL_FINALIZE, 2, p, "no such customer", 200, NULL, NULL);
         }
     }
-    cJSON_Delete(j);
+    tg_json_free(j);
 }
 
 int bill_admin_invoices_route(adm_req_t *r, char **seg, int nseg, struct evkeyvalq *q) {
@@ -98,7 +98,7 @@ int bill_admin_invoices_route(adm_req_t *r, char **seg, int nseg, struct evkeyva
         const char *m = evhttp_find_header(q, "month");
         const char *p[] = {m};
         if (r->method != EVHTTP_REQ_GET) adm_bad_method(r, "GET");
-        else if (!adm_month_ok(m)) adm_error(r, 400, "invalid_value", "month must be YYYY-MM");
+        else if (!adm_month_ok(m)) adm_field_error(r, "invalid_value", "month", "month must be YYYY-MM");
         else adm_read(r, SQL_INVOICE_LIST, 1, p, NULL);
         return 1;
     }

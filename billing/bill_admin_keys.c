@@ -92,33 +92,42 @@ static const char SQL_KEY_REVOKE[] =
 
 /* "name": optional string of at most 200 bytes.  *out: the name, or NULL
  * when absent.  Returns 0 or -1 after replying 400. */
-static int name_field(adm_req_t *req, cJSON *j, const char **out) {
-    cJSON *f = cJSON_GetObjectItemCaseSensitive(j, "name");
+static int name_field(adm_req_t *req, tg_json_t *j, const char **out) {
+    tg_json_t *f = tg_json_get(j, "name");
     *out = NULL;
-    if (!f || cJSON_IsNull(f)) return 0;
-    if (!cJSON_IsString(f) || strlen(f->valuestring) > 200) {
-        adm_error(req, 400, "invalid_value", "name must be a string of at most 200 bytes");
+    if (!f || adm_jnull(f)) return 0;
+    const char *s = adm_jstr(f);
+    if (!s || strlen(s) > 200) {
+        adm_field_error(req, "invalid_value", "name", "name must be a string of at most 200 bytes");
         return -1;
     }
-    *out = f->valuestring;
+    *out = s;
     return 0;
 }
 
 /* "models": absent (*mode "keep"), null ("all": every model) or an array of
  * 1-64 model names of 1-200 bytes ("set"; *json: that array, malloc'ed).
  * Returns 0 or -1 after replying 400. */
-static int models_field(adm_req_t *req, cJSON *j, const char **mode, char **json) {
-    cJSON *f = cJSON_GetObjectItemCaseSensitive(j, "models"), *m;
+static int models_field(adm_req_t *req, tg_json_t *j, const char **mode, char **json) {
+    tg_json_t *f = tg_json_get(j, "models"), *m;
     *json = NULL;
-    *mode = !f ? "keep" : cJSON_IsNull(f) ? "all" : "set";
-    if (!f || cJSON_IsNull(f)) return 0;
-    int n = cJSON_IsArray(f) ? cJSON_GetArraySize(f) : 0, ok = n >= 1 && n <= 64;
-    cJSON_ArrayForEach(m, f) ok &= cJSON_IsString(m) && m->valuestring[0] && strlen(m->valuestring) <= 200;
-    if (!ok || !(*json = cJSON_PrintUnformatted(f))) {
-        adm_error(req, 400, "invalid_value",
-                    "models must be null (every model) or an array of 1 to 64 model names (1-200 bytes each)");
+    *mode = !f ? "keep" : adm_jnull(f) ? "all" : "set";
+    if (!f || adm_jnull(f)) return 0;
+    size_t n = tg_json_type(f) == TG_JSON_ARRAY ? tg_json_len(f) : 0;
+    int ok = n >= 1 && n <= 64;
+    tg_buf_t b = {0};
+    TG_JSON_FOREACH(m, f) ok &= adm_jstr(m) && adm_jstr(m)[0] && strlen(adm_jstr(m)) <= 200;
+    if (!ok) {
+        adm_field_error(req, "invalid_value", "models",
+                        "models must be null (every model) or an array of 1 to 64 model names (1-200 bytes each)");
         return -1;
     }
+    if (tg_json_write(&b, f) != 0) {
+        tg_buf_free(&b);
+        adm_error(req, 500, NULL, "out of memory");
+        return -1;
+    }
+    *json = b.p;
     return 0;
 }
 
@@ -126,33 +135,34 @@ static int models_field(adm_req_t *req, cJSON *j, const char **mode, char **json
  * (1 to 20 years), at most one of them.  *mode: "keep" when both are absent,
  * "never" for expires_at null, else "set" with *at or *in (a decimal string
  * in in[24]) filled.  Returns 0 or -1 after replying 400. */
-static int expiry_fields(adm_req_t *req, cJSON *j, const char **mode, const char **at, char in[24]) {
-    cJSON *fa = cJSON_GetObjectItemCaseSensitive(j, "expires_at");
-    cJSON *fi = cJSON_GetObjectItemCaseSensitive(j, "expires_in_seconds");
+static int expiry_fields(adm_req_t *req, tg_json_t *j, const char **mode, const char **at, char in[24]) {
+    tg_json_t *fa = tg_json_get(j, "expires_at");
+    tg_json_t *fi = tg_json_get(j, "expires_in_seconds");
     long secs = -1;
     *mode = "keep";
     *at = NULL;
     in[0] = 0;
-    if (fa && fi && !cJSON_IsNull(fi)) {
-        adm_error(req, 400, "invalid_value", "give expires_at or expires_in_seconds, not both");
+    if (fa && fi && !adm_jnull(fi)) {
+        adm_field_error(req, "invalid_value", "expires_in_seconds", "give expires_at or expires_in_seconds, not both");
         return -1;
     }
     if (fa) {
-        if (cJSON_IsNull(fa)) {
+        if (adm_jnull(fa)) {
             *mode = "never";
             return 0;
         }
-        if (!cJSON_IsString(fa) || !fa->valuestring[0] || strlen(fa->valuestring) > 64) {
-            adm_error(req, 400, "invalid_value", "expires_at must be a timestamp string (2026-12-31T00:00:00Z)");
+        if (!adm_jstr(fa) || !adm_jstr(fa)[0] || strlen(adm_jstr(fa)) > 64) {
+            adm_field_error(req, "invalid_value", "expires_at",
+                            "expires_at must be a timestamp string (2026-12-31T00:00:00Z)");
             return -1;
         }
         *mode = "set";
-        *at = fa->valuestring;
+        *at = adm_jstr(fa);
         return 0;
     }
     if (adm_int_field(req, j, "expires_in_seconds", 20L * 366 * 86400, &secs) != 0) return -1;
     if (secs == 0) {
-        adm_error(req, 400, "invalid_value", "expires_in_seconds must be at least 1");
+        adm_field_error(req, "invalid_value", "expires_in_seconds", "expires_in_seconds must be at least 1");
         return -1;
     }
     if (secs > 0) {
@@ -165,17 +175,17 @@ static int expiry_fields(adm_req_t *req, cJSON *j, const char **mode, const char
 /* An optional spending limit: absent (*mode "keep"), null (none: "set" with
  * *out "") or a USD decimal string ("set", *out its pico-USD).  Returns 0 or
  * -1 after replying 400. */
-int adm_limit_field(adm_req_t *req, cJSON *j, const char *name, const char **mode, char out[24]) {
-    cJSON *f = cJSON_GetObjectItemCaseSensitive(j, name);
+int adm_limit_field(adm_req_t *req, tg_json_t *j, const char *name, const char **mode, char out[24]) {
+    tg_json_t *f = tg_json_get(j, name);
     int64_t pico;
     *mode = "keep";
     out[0] = 0;
     if (!f) return 0;
     *mode = "set";
-    if (cJSON_IsNull(f)) return 0;
-    if (!cJSON_IsString(f) || bill_usd_parse(f->valuestring, &pico) != 0) {
-        adm_error(req, 400, "invalid_amount", "%s must be null (no limit) or a decimal string of USD, e.g. \"25.00\"",
-                  name);
+    if (adm_jnull(f)) return 0;
+    if (!adm_jstr(f) || bill_usd_parse(adm_jstr(f), &pico) != 0) {
+        adm_field_error(req, "invalid_amount", name,
+                        "%s must be null (no limit) or a decimal string of USD, e.g. \"25.00\"", name);
         return -1;
     }
     snprintf(out, 24, "%lld", (long long)pico);
@@ -194,7 +204,7 @@ static int new_key(adm_req_t *req, char key[BILL_KEY_LEN + 1], char hash[65], ch
 }
 
 static void keys_create(adm_req_t *req, const char *cust) {
-    cJSON *j = adm_body(req);
+    tg_json_t *j = adm_body(req);
     if (!j) return;
     long rpm = 0, tpm = 0, conc = 0;
     const char *name, *mmode, *emode, *at, *dmode, *mmode2;
@@ -217,11 +227,11 @@ static void keys_create(adm_req_t *req, const char *cust) {
         }
     }
     free(models);
-    cJSON_Delete(j);
+    tg_json_free(j);
 }
 
 static void key_update(adm_req_t *req, const char *id) {
-    cJSON *j = adm_body(req);
+    tg_json_t *j = adm_body(req);
     if (!j) return;
     long lim[3] = {-1, -1, -1};
     const char *names[3] = {"rpm", "tpm", "concurrency"}, *name, *mmode, *emode, *at;
@@ -242,13 +252,13 @@ static void key_update(adm_req_t *req, const char *id) {
         adm_write(req, SQL_KEY_UPDATE, 14, p, "no such key, or it is revoked", 200, NULL, NULL);
     }
     free(models);
-    cJSON_Delete(j);
+    tg_json_free(j);
 }
 
 #define GRACE_DEFAULT_S 86400
 
 static void key_rotate(adm_req_t *req, const char *id) {
-    cJSON *j = adm_body(req);
+    tg_json_t *j = adm_body(req);
     if (!j) return;
     long grace = GRACE_DEFAULT_S;
     const char *emode, *at;
@@ -261,7 +271,7 @@ static void key_rotate(adm_req_t *req, const char *id) {
                   201, "key", key);
         OPENSSL_cleanse(key, sizeof key);
     }
-    cJSON_Delete(j);
+    tg_json_free(j);
 }
 
 int bill_admin_keys_route(adm_req_t *r, char **seg, int nseg, struct evkeyvalq *q) {

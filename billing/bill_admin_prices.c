@@ -75,38 +75,38 @@ static const char SQL_OVERRIDE_HISTORY[] =
     " FROM customers c WHERE c.name = $1";
 
 static void prices_set(adm_req_t *r) {
-    cJSON *j = adm_body(r);
+    tg_json_t *j = adm_body(r);
     if (!j) return;
-    cJSON *m = cJSON_GetObjectItemCaseSensitive(j, "model");
-    cJSON *eff = cJSON_GetObjectItemCaseSensitive(j, "effective_from");
-    cJSON *band = cJSON_GetObjectItemCaseSensitive(j, "band");
+    tg_json_t *m = tg_json_get(j, "model");
+    tg_json_t *eff = tg_json_get(j, "effective_from");
+    tg_json_t *band = tg_json_get(j, "band");
     char miss[24], hit[24], out[24], bs[8] = "", be[8] = "";
-    if (band && !cJSON_IsNull(band)) {
+    if (band && !adm_jnull(band)) {
         unsigned h1, m1, h2, m2;
         char tail;
-        if (!cJSON_IsString(band) ||
-            sscanf(band->valuestring, "%2u:%2u-%2u:%2u%c", &h1, &m1, &h2, &m2, &tail) != 4 ||
-            strlen(band->valuestring) != 11 || h1 > 23 || h2 > 24 || m1 > 59 || m2 > 59 ||
+        if (!adm_jstr(band) ||
+            sscanf(adm_jstr(band), "%2u:%2u-%2u:%2u%c", &h1, &m1, &h2, &m2, &tail) != 4 ||
+            strlen(adm_jstr(band)) != 11 || h1 > 23 || h2 > 24 || m1 > 59 || m2 > 59 ||
             (h2 == 24 && m2 != 0) || (h1 == h2 % 24 && m1 == m2)) {
-            adm_error(r, 400, "invalid_value",
-                      "band must be \"HH:MM-HH:MM\" (UTC, start inclusive, end exclusive, may wrap midnight)");
-            cJSON_Delete(j);
+            adm_field_error(r, "invalid_value", "band",
+                            "band must be \"HH:MM-HH:MM\" (UTC, start inclusive, end exclusive, may wrap midnight)");
+            tg_json_free(j);
             return;
         }
         snprintf(bs, sizeof bs, "%02u:%02u", h1, m1);
         snprintf(be, sizeof be, "%02u:%02u", h2 % 24, m2);
     }
-    if (!cJSON_IsString(m) || !m->valuestring[0] || strlen(m->valuestring) > 200) {
-        adm_error(r, 400, "invalid_value", "model must be a non-empty string of at most 200 bytes");
-    } else if (eff && !cJSON_IsNull(eff) && !cJSON_IsString(eff)) {
-        adm_error(r, 400, "invalid_value", "effective_from must be a timestamp string");
+    if (!adm_jstr(m) || !adm_jstr(m)[0] || strlen(adm_jstr(m)) > 200) {
+        adm_field_error(r, "invalid_value", "model", "model must be a non-empty string of at most 200 bytes");
+    } else if (eff && !adm_jnull(eff) && !adm_jstr(eff)) {
+        adm_field_error(r, "invalid_value", "effective_from", "effective_from must be a timestamp string");
     } else if (adm_digits_field(r, j, "input_cache_miss", miss) == 0 &&
                adm_digits_field(r, j, "input_cache_hit", hit) == 0 && adm_digits_field(r, j, "output", out) == 0) {
-        const char *p[] = {m->valuestring, miss, hit, out, cJSON_IsString(eff) ? eff->valuestring : NULL,
+        const char *p[] = {adm_jstr(m), miss, hit, out, adm_jstr(eff),
                            bs[0] ? bs : NULL, be[0] ? be : NULL};
         adm_write(r, SQL_PRICE_SET, 7, p, NULL, 200, NULL, NULL);
     }
-    cJSON_Delete(j);
+    tg_json_free(j);
 }
 
 /* "80", "92.5", "0.0001": 0 to 1000 with at most 4 decimals. */
@@ -123,41 +123,40 @@ static int percent_ok(const char *s) {
 }
 
 static void override_set(adm_req_t *r, const char *cust) {
-    cJSON *j = adm_body(r);
+    tg_json_t *j = adm_body(r);
     if (!j) return;
-    cJSON *m = cJSON_GetObjectItemCaseSensitive(j, "model");
-    cJSON *eff = cJSON_GetObjectItemCaseSensitive(j, "effective_from");
-    cJSON *pct = cJSON_GetObjectItemCaseSensitive(j, "percent");
-    cJSON *base = cJSON_GetObjectItemCaseSensitive(j, "base");
-    int has_prices = cJSON_GetObjectItemCaseSensitive(j, "input_cache_miss") ||
-                     cJSON_GetObjectItemCaseSensitive(j, "input_cache_hit") ||
-                     cJSON_GetObjectItemCaseSensitive(j, "output");
-    int nkinds = has_prices + (pct != NULL) + cJSON_IsTrue(base);
+    tg_json_t *m = tg_json_get(j, "model");
+    tg_json_t *eff = tg_json_get(j, "effective_from");
+    tg_json_t *pct = tg_json_get(j, "percent");
+    tg_json_t *base = tg_json_get(j, "base");
+    int has_prices = tg_json_get(j, "input_cache_miss") || tg_json_get(j, "input_cache_hit") || tg_json_get(j, "output");
+    int nkinds = has_prices + (pct != NULL) + tg_json_is_true(base);
     char miss[24], hit[24], out[24];
-    if (!cJSON_IsString(m) || !m->valuestring[0] || strlen(m->valuestring) > 200) {
-        adm_error(r, 400, "invalid_value", "model must be a non-empty string of at most 200 bytes");
-    } else if (eff && !cJSON_IsNull(eff) && !cJSON_IsString(eff)) {
-        adm_error(r, 400, "invalid_value", "effective_from must be a timestamp string");
+    if (!adm_jstr(m) || !adm_jstr(m)[0] || strlen(adm_jstr(m)) > 200) {
+        adm_field_error(r, "invalid_value", "model", "model must be a non-empty string of at most 200 bytes");
+    } else if (eff && !adm_jnull(eff) && !adm_jstr(eff)) {
+        adm_field_error(r, "invalid_value", "effective_from", "effective_from must be a timestamp string");
     } else if (nkinds != 1) {
         adm_error(r, 400, "invalid_value",
                   "give exactly one of: input_cache_miss + input_cache_hit + output (explicit prices), "
                   "percent (of the base price), or \"base\": true (back to the base price)");
-    } else if (pct && (!cJSON_IsString(pct) || !percent_ok(pct->valuestring))) {
-        adm_error(r, 400, "invalid_value", "percent must be a decimal string from 0 to 1000 with at most 4 decimals");
+    } else if (pct && (!adm_jstr(pct) || !percent_ok(adm_jstr(pct)))) {
+        adm_field_error(r, "invalid_value", "percent",
+                        "percent must be a decimal string from 0 to 1000 with at most 4 decimals");
     } else if (!has_prices || (adm_digits_field(r, j, "input_cache_miss", miss) == 0 &&
                                adm_digits_field(r, j, "input_cache_hit", hit) == 0 &&
                                adm_digits_field(r, j, "output", out) == 0)) {
         const char *p[] = {cust,
-                           m->valuestring,
+                           adm_jstr(m),
                            has_prices ? "price" : pct ? "percent" : "base",
                            has_prices ? miss : NULL,
                            has_prices ? hit : NULL,
                            has_prices ? out : NULL,
-                           pct ? pct->valuestring : NULL,
-                           cJSON_IsString(eff) ? eff->valuestring : NULL};
+                           pct ? adm_jstr(pct) : NULL,
+                           adm_jstr(eff)};
         adm_write(r, SQL_OVERRIDE_SET, 8, p, "no such customer", 200, NULL, NULL);
     }
-    cJSON_Delete(j);
+    tg_json_free(j);
 }
 
 int bill_admin_prices_route(adm_req_t *r, char **seg, int nseg, struct evkeyvalq *q) {

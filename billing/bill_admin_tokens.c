@@ -34,18 +34,18 @@ static const char SQL_TOKEN_LIST[] =
     " FROM admin_tokens t";
 
 static void token_create(adm_req_t *r) {
-    cJSON *j = adm_body(r);
+    tg_json_t *j = adm_body(r);
     if (!j) return;
     const char *name, *role;
     if (adm_str_field(r, j, "name", 64, 1, &name) == 0 && adm_str_field(r, j, "role", 16, 0, &role) == 0) {
         if (!role) role = "admin";
         char tok[53], hash[65], prefix[16];
         if (!adm_name_ok(name) || !strcmp(name, "root")) {
-            adm_error(r, 400, "invalid_name",
-                      "name must be 1-64 characters of letters, digits and ._@- (starting with a letter or digit), "
-                      "not \"root\" (the bootstrap token)");
+            adm_field_error(r, "invalid_name", "name",
+                            "name must be 1-64 characters of letters, digits and ._@- (starting with a letter or digit), "
+                            "not \"root\" (the bootstrap token)");
         } else if (strcmp(role, "admin") && strcmp(role, "readonly")) {
-            adm_error(r, 400, "invalid_value", "role must be \"admin\" or \"readonly\"");
+            adm_field_error(r, "invalid_value", "role", "role must be \"admin\" or \"readonly\"");
         } else if (adm_secret_new(r, "tga_", 24, tok, sizeof tok, hash) == 0) { /* "tga_" + 48 hex */
             snprintf(prefix, sizeof prefix, "%.12s", tok);
             const char *p[] = {name, role, hash, prefix};
@@ -53,7 +53,7 @@ static void token_create(adm_req_t *r) {
             OPENSSL_cleanse(tok, sizeof tok);
         }
     }
-    cJSON_Delete(j);
+    tg_json_free(j);
 }
 
 static const adm_named_t tokens = {"tokens", SQL_TOKEN_LIST, token_create, SQL_TOKEN_REVOKE, "no such admin token"};

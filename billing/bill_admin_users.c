@@ -38,7 +38,7 @@ static const char SQL_USER_LIST[] =
     " FROM dash_users u LEFT JOIN customers c ON c.id = u.customer_id";
 
 static void user_create(adm_req_t *r) {
-    cJSON *j = adm_body(r);
+    tg_json_t *j = adm_body(r);
     if (!j) return;
     const char *login, *role, *cust;
     if (adm_str_field(r, j, "login", 64, 1, &login) == 0 && adm_str_field(r, j, "role", 16, 0, &role) == 0 &&
@@ -46,19 +46,20 @@ static void user_create(adm_req_t *r) {
         if (!role) role = cust ? "customer" : "operator";
         char pw[40], hash[65];
         if (!adm_name_ok(login)) {
-            adm_error(r, 400, "invalid_name",
-                      "login must be 1-64 characters of letters, digits and ._@- (starting with a letter or digit)");
+            adm_field_error(r, "invalid_name", "login",
+                            "login must be 1-64 characters of letters, digits and ._@- (starting with a letter or digit)");
         } else if (strcmp(role, "customer") && strcmp(role, "operator")) {
-            adm_error(r, 400, "invalid_value", "role must be \"customer\" or \"operator\"");
+            adm_field_error(r, "invalid_value", "role", "role must be \"customer\" or \"operator\"");
         } else if (!strcmp(role, "customer") != !!cust) {
-            adm_error(r, 400, "invalid_value", "a customer login names its customer; an operator login names none");
+            adm_field_error(r, "invalid_value", "customer",
+                            "a customer login names its customer; an operator login names none");
         } else if (adm_secret_new(r, "tgp_", 16, pw, sizeof pw, hash) == 0) { /* "tgp_" + 32 hex */
             const char *p[] = {login, role, cust, hash};
             adm_write(r, SQL_USER_CREATE, 4, p, "no such customer", 201, "password", pw);
             OPENSSL_cleanse(pw, sizeof pw);
         }
     }
-    cJSON_Delete(j);
+    tg_json_free(j);
 }
 
 static const adm_named_t users = {"dashboard-users", SQL_USER_LIST, user_create, SQL_USER_REVOKE,

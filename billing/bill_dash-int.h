@@ -66,6 +66,13 @@ void dash_read(dash_call_t *c, const char *sql, int n, const char *const *params
 void dash_reply(dash_call_t *c, int status, const char *ctype, const char *body, size_t len);
 void dash_error(dash_call_t *c, int status, const char *code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
+/* A 400 about one input (a body member or a query parameter), named in the
+ * error's "param". */
+void dash_field_error(dash_call_t *c, const char *code, const char *param, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+/* The call's body as a JSON object (bill_body_parse; free with tg_json_free),
+ * or NULL after answering 400. */
+tg_json_t *dash_body(dash_call_t *c);
 /* Add a header line ("Name: value") to the answer. */
 void dash_header(dash_call_t *c, const char *name, const char *value);
 /* Answer 405 (the path exists, the method does not) with an Allow header

@@ -104,16 +104,36 @@ void dash_reply(dash_call_t *c, int status, const char *ctype, const char *body,
     event_active(c->kick, EV_TIMEOUT, 1);
 }
 
-void dash_error(dash_call_t *c, int status, const char *code, const char *fmt, ...) {
+static void dash_error_v(dash_call_t *c, int status, const char *code, const char *param, const char *fmt,
+                         va_list ap) {
     char msg[512];
-    va_list ap;
-    va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    char *body = bill_error_json(status, code, msg);
+    char *body = bill_error_json(status, code, param, msg);
     if (body) dash_reply(c, status, NULL, body, strlen(body));
     else dash_reply(c, 500, NULL, "", 0);
     free(body);
+}
+
+void dash_error(dash_call_t *c, int status, const char *code, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    dash_error_v(c, status, code, NULL, fmt, ap);
+    va_end(ap);
+}
+
+void dash_field_error(dash_call_t *c, const char *code, const char *param, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    dash_error_v(c, 400, code, param, fmt, ap);
+    va_end(ap);
+}
+
+tg_json_t *dash_body(dash_call_t *c) {
+    bill_body_err_t e;
+    tg_json_t *j = bill_body_parse(c->body ? c->body : "", c->body ? c->body_len : 0, &e);
+    if (!j && !e.code) dash_error(c, 500, NULL, "out of memory");
+    else if (!j) dash_field_error(c, e.code, e.param[0] ? e.param : NULL, "%s", e.msg);
+    return j;
 }
 
 void dash_bad_method(dash_call_t *c, const char *allow) {
@@ -228,24 +248,19 @@ static int same_secret(const char *a, const char *b) {
 }
 
 static void login(dash_call_t *c) {
-    cJSON *j = c->body ? cJSON_ParseWithLength(c->body, c->body_len) : NULL;
-    cJSON *fk = cJSON_GetObjectItemCaseSensitive(j, "api_key");
-    cJSON *fl = cJSON_GetObjectItemCaseSensitive(j, "login");
-    cJSON *fp = cJSON_GetObjectItemCaseSensitive(j, "password");
+    tg_json_t *j = dash_body(c);
+    if (!j) return;
+    tg_json_t *fk = tg_json_get(j, "api_key"), *fl = tg_json_get(j, "login"), *fp = tg_json_get(j, "password");
     const char *kind, *cred, *name = NULL;
-    if (!cJSON_IsObject(j)) {
-        dash_error(c, 400, "invalid_json", "the body must be a JSON object");
-        goto done;
-    }
-    if (cJSON_IsString(fk) && !fl && !fp) {
+    if (tg_json_str(fk, NULL) && !fl && !fp) {
         kind = "key";
-        cred = fk->valuestring;
-    } else if (cJSON_IsString(fl) && cJSON_IsString(fp) && !fk) {
+        cred = tg_json_str(fk, NULL);
+    } else if (tg_json_str(fl, NULL) && tg_json_str(fp, NULL) && !fk) {
         kind = "user";
-        cred = fp->valuestring;
-        name = fl->valuestring;
+        cred = tg_json_str(fp, NULL);
+        name = tg_json_str(fl, NULL);
         if (!*name || strlen(name) > 64) {
-            dash_error(c, 400, "invalid_value", "login must be 1 to 64 characters");
+            dash_field_error(c, "invalid_value", "login", "login must be 1 to 64 characters");
             goto done;
         }
     } else {
@@ -266,7 +281,7 @@ static void login(dash_call_t *c) {
     submit(c, ST_LOGIN, LOGIN_SQL, 7, p);
     OPENSSL_cleanse(csrf, sizeof csrf);
 done:
-    cJSON_Delete(j);
+    tg_json_free(j);
 }
 
 static void login_done(dash_call_t *c, PGresult *res) {

@@ -22,7 +22,6 @@
 
 #include <openssl/crypto.h>
 
-#include <cjson/cJSON.h>
 
 #include "bill_admin-int.h"
 #include "bill_dash-int.h"
@@ -224,7 +223,7 @@ static int id_param(dash_call_t *c, const char *name, const char **out) {
     *out = NULL;
     if (!v || !*v) return 0;
     if (strlen(v) > 18 || strspn(v, "0123456789") != strlen(v)) {
-        dash_error(c, 400, "invalid_value", "%s must be an id (digits)", name);
+        dash_field_error(c, "invalid_value", name, "%s must be an id (digits)", name);
         return -1;
     }
     *out = v;
@@ -249,7 +248,7 @@ static void usage_view(dash_call_t *c) {
     const char *by = dash_param(c, "by"), *key, *model = dash_param(c, "model");
     if (!by || !*by) by = "day";
     int hourly = !strcmp(by, "hour");
-    if (!hourly && strcmp(by, "day")) return dash_error(c, 400, "invalid_value", "by must be hour or day");
+    if (!hourly && strcmp(by, "day")) return dash_field_error(c, "invalid_value", "by", "by must be hour or day");
     if (id_param(c, "key", &key) != 0) return;
     if (model && (!*model || strlen(model) > 200)) model = NULL;
     /* default: the last 48 hours, or the last 30 days, whole periods up to now */
@@ -267,31 +266,34 @@ static void keys_view(dash_call_t *c) {
         const char *p[] = {c->who.customer_id};
         return dash_read(c, KEYS_SQL, 1, p, NULL);
     }
-    cJSON *j = c->body ? cJSON_ParseWithLength(c->body, c->body_len) : cJSON_CreateObject();
-    cJSON *fn = cJSON_GetObjectItemCaseSensitive(j, "name");
-    const char *name = cJSON_IsString(fn) ? fn->valuestring : NULL;
+    tg_json_t *j = dash_body(c);
+    if (!j) return;
+    tg_json_t *fn = tg_json_get(j, "name");
+    const char *name = tg_json_str(fn, NULL);
     char lim[2][24];
     const char *limp[2] = {NULL, NULL};
     static const char *const lname[2] = {"daily_limit_usd", "monthly_limit_usd"};
-    if (!cJSON_IsObject(j) || (fn && !cJSON_IsNull(fn) && (!name || strlen(name) > 200))) {
-        cJSON_Delete(j);
-        return dash_error(c, 400, "invalid_value", "the body is {\"name\": a string of at most 200 bytes}");
+    if (fn && tg_json_type(fn) != TG_JSON_NULL && (!name || strlen(name) > 200)) {
+        tg_json_free(j);
+        return dash_field_error(c, "invalid_value", "name", "name must be a string of at most 200 bytes");
     }
     for (int i = 0; i < 2; i++) {
-        cJSON *f = cJSON_GetObjectItemCaseSensitive(j, lname[i]);
+        tg_json_t *f = tg_json_get(j, lname[i]);
+        const char *v = tg_json_str(f, NULL);
         int64_t pico;
-        if (!f || cJSON_IsNull(f) || (cJSON_IsString(f) && !f->valuestring[0])) continue;
-        if (!cJSON_IsString(f) || bill_usd_parse(f->valuestring, &pico) != 0) {
-            cJSON_Delete(j);
-            return dash_error(c, 400, "invalid_amount", "%s must be a decimal string of USD, e.g. \"5.00\"",
-                              lname[i]);
+        if (!f || tg_json_type(f) == TG_JSON_NULL || (v && !v[0])) continue;
+        if (!v || bill_usd_parse(v, &pico) != 0) {
+            tg_json_free(j);
+            return dash_field_error(c, "invalid_amount", lname[i],
+                                    "%s must be a decimal string of USD (at most 9223372.036854775807), e.g. \"5.00\"",
+                                    lname[i]);
         }
         snprintf(lim[i], sizeof lim[i], "%lld", (long long)pico);
         limp[i] = lim[i];
     }
     char key[BILL_KEY_LEN + 1], prefix[16], hash[65], who[96];
     if (bill_key_generate(key, prefix) != 0) {
-        cJSON_Delete(j);
+        tg_json_free(j);
         return dash_error(c, 500, NULL, "no random bytes");
     }
     bill_key_hash(c->b->key_secret, key, hash);
@@ -299,12 +301,12 @@ static void keys_view(dash_call_t *c) {
     c->splice_field = "key";
     OPENSSL_cleanse(key, sizeof key);
     if (!c->splice) {
-        cJSON_Delete(j);
+        tg_json_free(j);
         return dash_error(c, 500, NULL, "out of memory");
     }
     const char *p[] = {c->who.customer_id, hash, prefix, name, limp[0], limp[1], actor(c, who)};
     dash_read(c, KEY_CREATE_SQL, 7, p, NULL);
-    cJSON_Delete(j);
+    tg_json_free(j);
 }
 
 static void key_revoke(dash_call_t *c, const char *id) {
@@ -333,17 +335,17 @@ static void requests_view(dash_call_t *c) {
     if (model && (!*model || strlen(model) > 200)) model = NULL;
     if (status && !*status) status = NULL;
     if (status && (strlen(status) != 3 || strspn(status, "0123456789") != 3))
-        return dash_error(c, 400, "invalid_value", "status must be an HTTP status (3 digits)");
+        return dash_field_error(c, "invalid_value", "status", "status must be an HTTP status (3 digits)");
     if (!limit || !*limit) limit = "50";
     if (strlen(limit) > 3 || strspn(limit, "0123456789") != strlen(limit) || atoi(limit) < 1 || atoi(limit) > 500)
-        return dash_error(c, 400, "invalid_value", "limit must be 1 to 500");
+        return dash_field_error(c, "invalid_value", "limit", "limit must be 1 to 500");
     char cur_us[24] = "", cur_id[40] = "";
     if (before && *before) { /* "<unix us>,<request id>" from the previous page's next */
         const char *comma = strchr(before, ',');
         size_t n = comma ? (size_t)(comma - before) : 0;
         if (!comma || n == 0 || n > 19 || strspn(before, "0123456789") != n || strlen(comma + 1) != 36 ||
             strspn(comma + 1, "0123456789abcdef-") != 36)
-            return dash_error(c, 400, "invalid_value", "before must be a cursor from the previous page");
+            return dash_field_error(c, "invalid_value", "before", "before must be a cursor from the previous page");
         memcpy(cur_us, before, n);
         cur_us[n] = 0;
         snprintf(cur_id, sizeof cur_id, "%s", comma + 1);

@@ -174,7 +174,7 @@ static const char *by_param(adm_req_t *r, struct evkeyvalq *q, const char *dflt)
     const char *by = evhttp_find_header(q, "by");
     if (!by) return dflt;
     if (!strcmp(by, "hour") || !strcmp(by, "day")) return by;
-    adm_error(r, 400, "invalid_value", "%s", "by must be hour or day");
+    adm_field_error(r, "invalid_value", "by", "%s", "by must be hour or day");
     return NULL;
 }
 
@@ -182,13 +182,14 @@ static void usage_report(adm_req_t *r, struct evkeyvalq *q) {
     const char *cust = evhttp_find_header(q, "customer"), *split = evhttp_find_header(q, "split");
     const char *by = by_param(r, q, "day");
     if (!by) return;
-    if (!cust || !*cust) return adm_error(r, 400, "missing_parameter", "%s", "customer is required");
+    if (!cust || !*cust) return adm_field_error(r, "missing_parameter", "customer", "%s", "customer is required");
     int by_key = 0, by_model = 0;
     if (split) {
         if (!strcmp(split, "key")) by_key = 1;
         else if (!strcmp(split, "model")) by_model = 1;
         else if (!strcmp(split, "key,model") || !strcmp(split, "model,key")) by_key = by_model = 1;
-        else if (*split) return adm_error(r, 400, "invalid_value", "%s", "split must be key, model or key,model");
+        else if (*split)
+            return adm_field_error(r, "invalid_value", "split", "%s", "split must be key, model or key,model");
     }
     char f2[40], t2[40];
     const char *from = adm_epoch_to_iso(evhttp_find_header(q, "from"), f2);
@@ -209,7 +210,7 @@ static const char *iso(time_t t, char out[40]) {
 static void top_report(adm_req_t *r, struct evkeyvalq *q) {
     const char *limit = evhttp_find_header(q, "limit");
     if (limit && (!*limit || strspn(limit, "0123456789") != strlen(limit) || strlen(limit) > 5 || atoi(limit) < 1))
-        return adm_error(r, 400, "invalid_value", "%s", "limit must be an integer from 1 to 99999");
+        return adm_field_error(r, "invalid_value", "limit", "%s", "limit must be an integer from 1 to 99999");
     char f2[40], t2[40], month[40];
     const char *from = adm_epoch_to_iso(evhttp_find_header(q, "from"), f2);
     const char *to = adm_epoch_to_iso(evhttp_find_header(q, "to"), t2);
@@ -228,7 +229,7 @@ static void balance_report(adm_req_t *r, struct evkeyvalq *q) {
     const char *cust = evhttp_find_header(q, "customer");
     const char *by = by_param(r, q, "day");
     if (!by) return;
-    if (!cust || !*cust) return adm_error(r, 400, "missing_parameter", "%s", "customer is required");
+    if (!cust || !*cust) return adm_field_error(r, "missing_parameter", "customer", "%s", "customer is required");
     char f2[40], t2[40], fd[40], td[40];
     const char *from = adm_epoch_to_iso(evhttp_find_header(q, "from"), f2);
     const char *to = adm_epoch_to_iso(evhttp_find_header(q, "to"), t2);

@@ -186,6 +186,118 @@ class Edges(unittest.TestCase):
         self.allow(dash("PUT", "keys", "{}"), ("GET", "POST"))
         self.error(dash("GET", "no-such-view", session=s), 404, "not_found")
 
+    # ---- numbers: exact, or a 400 naming the field ------------------------------------------
+
+    def test_money_exact_or_refused_naming_the_field(self):
+        cust = new_customer("0.000001")
+        path = "customers/%s/credits" % cust
+
+        def credit(usd):
+            return admin("POST", path, '{"usd": %s, "reason": "edges"}' % usd)
+
+        # 2^53 + 1 pico-USD, as a string: exact (a double would make it ...992)
+        st, _, b = credit('"9007.199254740993"')
+        self.assertEqual(st, 200, b)
+        self.assertEqual(json.loads(b)["amount_pico"], "9007199254740993")
+        self.assertEqual(json.loads(b)["balance_pico"], str(9007199254740993 + 10**6))
+        st, _, b = credit('"1.5"')
+        self.assertEqual((st, json.loads(b)["amount_pico"]), (200, "1500000000000"))
+        st, _, b = credit('"0001"')  # leading zeros: the same number
+        self.assertEqual((st, json.loads(b)["amount_pico"]), (200, "1000000000000"))
+        st, _, b = credit('"9223372.036854775807"')  # the largest: int64 pico-USD
+        self.assertEqual((st, json.loads(b)["amount_pico"]), (200, "9223372036854775807"))
+        before = q("SELECT balance_pico FROM customers WHERE name = %s", cust)[0][0]
+        for usd in ("9007199254740993", '"9007199254740993"', "1.5", "1e3", '"1e3"', '"-5"', '"0"', "0",
+                    '"' + "1" + "0" * 30 + '"', "1" + "0" * 400, '"9223372.036854775808"', '"0.0000000000001"',
+                    '" 5"', '"+5"', '".5"', '"5."', '"0x10"', "true", "[]", '"\\uff11"'):
+            with self.subTest(usd=usd):
+                self.error(credit(usd), 400, param="usd")
+        self.assertEqual(q("SELECT balance_pico FROM customers WHERE name = %s", cust)[0][0], before)
+        # a member given twice: which one would count is the reader's guess
+        self.error(admin("POST", path, '{"usd": "1", "usd": "1000"}'), 400, "invalid_json", "usd")
+        self.assertEqual(q("SELECT balance_pico FROM customers WHERE name = %s", cust)[0][0], before)
+        # spending limits: int64 pico-USD, exact, or refused by name
+        lp = "customers/%s/spending-limits" % cust
+        st, _, b = admin("POST", lp, {"daily_limit_usd": "9223372.036854775807"})
+        self.assertEqual((st, json.loads(b)["daily_limit_pico"]), (200, "9223372036854775807"), b)
+        for v in ('"9223372.036854775808"', "5", '"-1"', '"1e3"'):
+            with self.subTest(limit=v):
+                self.error(admin("POST", lp, '{"monthly_limit_usd": %s}' % v), 400, "invalid_amount",
+                           "monthly_limit_usd")
+
+    def test_counters_exact_or_refused_naming_the_field(self):
+        cust = new_customer()
+        kp = "customers/%s/keys" % cust
+        # written as integers: exact up to the field's maximum
+        for text, want in (("2147483647", 2147483647), ('"007"', 7), ("0", 0), ('"0"', 0)):
+            with self.subTest(rpm=text):
+                st, _, b = admin("POST", kp, '{"rpm": %s}' % text)
+                self.assertEqual((st, json.loads(b)["rpm"]), (201, want), b)
+        n = q("SELECT count(*) FROM api_keys k JOIN customers c ON c.id = k.customer_id WHERE c.name = %s",
+              cust)[0][0]
+        # anything else is refused by name: a double would read 60.000000000000001 and 6e1 as 60
+        bad = ("60.000000000000001", "60.0", "6e1", "1e3", "-0", "-1", "1.5", '"1.5"', '"1e3"', '"-1"',
+               "2147483648", "9007199254740993", '"9007199254740993"', "1" + "0" * 400, "true", '""', '" 7"')
+        for field in ("rpm", "tpm", "concurrency"):
+            for text in bad:
+                with self.subTest(field=field, value=text):
+                    self.error(admin("POST", kp, '{"%s": %s}' % (field, text)), 400, "invalid_value", field)
+        self.assertEqual(q("SELECT count(*) FROM api_keys k JOIN customers c ON c.id = k.customer_id"
+                           " WHERE c.name = %s", cust)[0][0], n, "no key made by a refused request")
+        kid = new_key(cust, {"rpm": 5})["id"]
+        for path, field, text in (("keys/%d" % kid, "tpm", "100.0"), ("keys/%d" % kid, "expires_in_seconds", "86400.5"),
+                                  ("keys/%d" % kid, "expires_in_seconds", "8.64e4"),
+                                  ("keys/%d/rotate" % kid, "grace_seconds", "3600.0"),
+                                  ("keys/%d/rotate" % kid, "grace_seconds", "-0"),
+                                  ("customers/%s/limits" % cust, "rpm", "1e2")):
+            with self.subTest(path=path, field=field, value=text):
+                self.error(admin("POST", path, '{"%s": %s}' % (field, text)), 400, "invalid_value", field)
+        self.assertEqual(q("SELECT rpm, tpm, replaced_by FROM api_keys WHERE id = %s", kid)[0], (5, 0, None))
+        st, _, b = admin("PATCH", "keys/%d" % kid, {"tpm": 2147483647, "expires_in_seconds": 86400})
+        self.assertEqual((st, json.loads(b)["tpm"]), (200, 2147483647), b)
+
+    # ---- hostile strings ----------------------------------------------------------------------
+
+    def test_hostile_strings(self):
+        # U+0000 inside a name: the C string ended there, and "ab" was made
+        stem = "edges-" + uuid.uuid4().hex[:8]
+        self.error(admin("POST", "customers", '{"name": "%s\\u0000evil"}' % stem), 400, "invalid_value", "name")
+        self.assertEqual(q("SELECT count(*) FROM customers WHERE name = %s", stem)[0][0], 0)
+        cust = new_customer()
+        kp = "customers/%s/keys" % cust
+        n = q("SELECT count(*) FROM api_keys k JOIN customers c ON c.id = k.customer_id WHERE c.name = %s",
+              cust)[0][0]
+        self.error(admin("POST", kp, '{"name": "ci\\u0000prod"}'), 400, "invalid_value", "name")
+        self.error(admin("POST", kp, '{"models": ["m\\u0000x"]}'), 400, "invalid_value", "models")
+        self.error(admin("POST", "customers/%s/credits" % cust, '{"usd": "1", "reason": "x\\u0000y"}'), 400,
+                   "invalid_value", "reason")
+        self.error(admin("POST", kp, b'{"name": "ci\xff"}'), 400, "invalid_json")  # invalid UTF-8
+        self.error(admin("POST", kp, '{"name": "\\ud800"}'), 400, "invalid_json")  # a lone surrogate
+        self.error(admin("POST", kp, {"name": "n" * 201}), 400, "invalid_value", "name")
+        self.error(admin("POST", kp, {"name": "n" * 100000}), 413, "body_too_large")
+        self.assertEqual(q("SELECT count(*) FROM api_keys k JOIN customers c ON c.id = k.customer_id"
+                           " WHERE c.name = %s", cust)[0][0], n)
+        # what is allowed comes back byte for byte
+        odd = "<script>alert(1)</script> \\ \" \u2028 \U0001F600 \u00e9 %s" + "x" * 150
+        st, _, b = admin("POST", kp, {"name": odd})
+        self.assertEqual(st, 201, b)
+        k = json.loads(b)
+        self.assertEqual(k["name"], odd)
+        self.assertEqual(q("SELECT name FROM api_keys WHERE id = %s", k["id"])[0][0], odd)
+
+        # the dashboard reads its bodies the same way
+        s = sign_in(k["key"])
+        self.error(dash("POST", "keys", '{"name": "a\\u0000b"}', session=s), 400, "invalid_value", "name")
+        self.error(dash("POST", "keys", b'{"name": "a\xffb"}', session=s), 400, "invalid_json")
+        self.error(dash("POST", "keys", '{"daily_limit_usd": 5}', session=s), 400, "invalid_amount",
+                   "daily_limit_usd")
+        self.error(dash("POST", "keys", '{"name": "a", "name": "b"}', session=s), 400, "invalid_json", "name")
+        # a key with something after a NUL signed in as the key (the C string ended at the NUL)
+        self.error(dash("POST", "login", '{"api_key": "%s\\u0000junk"}' % k["key"]), 400, "invalid_value",
+                   "api_key")
+        self.assertEqual(q("SELECT count(*) FROM api_keys k JOIN customers c ON c.id = k.customer_id"
+                           " WHERE c.name = %s", cust)[0][0], n + 1)
+
     # ---- idempotency --------------------------------------------------------------------------
 
     def race(self, lock_sql, statement, method, path, body, n=3):
