@@ -267,6 +267,12 @@ static void login(dash_call_t *c) {
         dash_error(c, 400, "invalid_value", "give either api_key, or login and password");
         goto done;
     }
+    if (!name && bill_key_shape(cred) == BILL_KEY_BAD) {
+        /* not a key this service issued (shape or checksum): refused without a statement, as the
+         * gateway's /v1 refuses it; it cannot be a guess at a real key, so nothing to count */
+        dash_error(c, 401, "invalid_credentials", "wrong API key, or wrong login or password");
+        goto done;
+    }
     if (strlen(cred) > 256) cred = ""; /* never matches; still counted as a failure */
     char hash[65], tok_hash[65], csrf[65];
     bill_key_hash(c->b->key_secret, cred, hash);

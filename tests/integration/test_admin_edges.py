@@ -298,6 +298,22 @@ class Edges(unittest.TestCase):
         self.assertEqual(q("SELECT count(*) FROM api_keys k JOIN customers c ON c.id = k.customer_id"
                            " WHERE c.name = %s", cust)[0][0], n + 1)
 
+    def test_dashboard_login_with_a_malformed_key_costs_no_statement(self):
+        """A key with the wrong shape or checksum is refused before any statement, as /v1
+        refuses it: the login statement would have counted it in dash_login_throttle."""
+        good = new_key(new_customer())["key"]
+        flip = good[:-1] + ("A" if good[-1] != "A" else "B")  # its checksum broken
+
+        def row():
+            return q("SELECT failures, window_start, locked_until FROM dash_login_throttle"
+                     " WHERE subject = 'ip:127.0.0.1'")
+        before = row()
+        for bad in (flip, "sk-tg1-" + "A" * 46, "garbage", "sk-" + "g" * 48, good + "x"):
+            with self.subTest(key=bad):
+                self.error(dash("POST", "login", {"api_key": bad}), 401, "invalid_credentials")
+        self.assertEqual(row(), before, "a malformed key reached the login statement")
+        self.assertEqual(dash("POST", "login", {"api_key": good})[0], 200)
+
     # ---- idempotency --------------------------------------------------------------------------
 
     def race(self, lock_sql, statement, method, path, body, n=3):
