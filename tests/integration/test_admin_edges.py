@@ -314,6 +314,81 @@ class Edges(unittest.TestCase):
         self.assertEqual(row(), before, "a malformed key reached the login statement")
         self.assertEqual(dash("POST", "login", {"api_key": good})[0], 200)
 
+    # ---- who may do what ---------------------------------------------------------------------
+
+    def test_every_admin_endpoint_refuses_a_bad_token_and_readonly_writes(self):
+        cust = new_customer()
+        kid = new_key(cust)["id"]
+        rid = "00000000-0000-7000-8000-000000000000"
+        ro_name, gone_name = "edges-ro-" + uuid.uuid4().hex[:6], "edges-gone-" + uuid.uuid4().hex[:6]
+        tokens = {}
+        for name, role in ((ro_name, "readonly"), (gone_name, "admin")):
+            st, _, b = admin("POST", "tokens", {"name": name, "role": role})
+            self.assertEqual(st, 201, b)
+            tokens[name] = json.loads(b)["token"]
+        self.assertEqual(admin("POST", "tokens/%s/revoke" % gone_name, {})[0], 200)
+        reads = ["customers", "customers/" + cust, "customers/%s/balance" % cust, "customers/%s/ledger" % cust,
+                 "customers/%s/usage" % cust, "customers/%s/limits" % cust, "customers/%s/keys" % cust,
+                 "customers/%s/prices" % cust, "customers/%s/invoice?month=2026-01" % cust, "prices", "tokens",
+                 "dashboard-users", "invoices?month=2026-01", "reconcile", "settlement",
+                 "reports/usage?customer=" + cust, "reports/top", "reports/balance?customer=" + cust, "usage/" + rid]
+        writes = [("POST", "customers", {"name": "edges-x" + uuid.uuid4().hex[:6]}),
+                  ("POST", "customers/%s/credits" % cust, {"usd": "1"}),
+                  ("POST", "customers/%s/adjustments" % cust, {"usd": "1", "reason": "x"}),
+                  ("POST", "customers/%s/refunds" % cust, {"usd": "0.1", "reason": "x"}),
+                  ("POST", "customers/%s/spending-limits" % cust, {"daily_limit_usd": "1"}),
+                  ("PATCH", "customers/%s/limits" % cust, {"rpm": 1}),
+                  ("POST", "customers/%s/prices" % cust, {"model": "m", "percent": "50"}),
+                  ("POST", "customers/%s/keys" % cust, {}), ("PATCH", "keys/%d" % kid, {"rpm": 1}),
+                  ("POST", "keys/%d/rotate" % kid, {}), ("POST", "keys/%d/revoke" % kid, {}),
+                  ("DELETE", "keys/%d" % kid, None),
+                  ("POST", "prices", {"model": "m", "input_cache_miss": "1", "input_cache_hit": "1", "output": "1"}),
+                  ("POST", "tokens", {"name": "edges-t" + uuid.uuid4().hex[:6]}),
+                  ("POST", "tokens/%s/revoke" % ro_name, {}), ("DELETE", "tokens/" + ro_name, None),
+                  ("POST", "dashboard-users", {"login": "edges-u" + uuid.uuid4().hex[:6], "role": "operator"}),
+                  ("POST", "invoices/finalize", {"month": "2026-01", "customer": cust})]
+        audit = q("SELECT count(*) FROM admin_audit")[0][0]
+        for tok in (None, "", "wrong", "tga_" + "0" * 48, tokens[gone_name], TOKEN + "x", TOKEN[:-1]):
+            for path in reads:
+                with self.subTest(token=tok, path=path):
+                    self.error(admin("GET", path, token=tok), 401, "invalid_admin_token")
+            for method, path, body in writes:
+                with self.subTest(token=tok, method=method, path=path):
+                    self.error(admin(method, path, body, token=tok), 401, "invalid_admin_token")
+        for path in reads:
+            with self.subTest(readonly=path):
+                self.assertEqual(admin("GET", path, token=tokens[ro_name])[0], 200 if "usage/" not in path else 404)
+        for method, path, body in writes + [("HEAD", "customers", None), ("OPTIONS", "customers", None)]:
+            with self.subTest(readonly=path, method=method):
+                if method == "HEAD":
+                    st, _, _ = admin(method, path, body, token=tokens[ro_name])
+                    self.assertEqual(st, 403)
+                    continue
+                self.error(admin(method, path, body, token=tokens[ro_name]), 403, "insufficient_role")
+        self.assertEqual(q("SELECT count(*) FROM admin_audit")[0][0], audit, "a refused token wrote something")
+        self.assertEqual(q("SELECT revoked_at IS NULL, replaced_by FROM api_keys WHERE id = %s", kid)[0], (True, None))
+
+    def test_dashboard_sessions_end(self):
+        cust = new_customer()
+        key = new_key(cust)
+        s = sign_in(key["key"])
+        self.assertEqual(dash("GET", "overview", session=s)[0], 200)
+        # rotated with no grace: the old key's session ends at once
+        st, _, b = admin("POST", "keys/%d/rotate" % key["id"], {"grace_seconds": 0})
+        self.assertEqual(st, 201, b)
+        st, h, b = dash("GET", "overview", session=s)
+        self.error((st, h, b), 401, "not_signed_in")
+        self.assertIn("Max-Age=0", h.get("set-cookie", ""))
+        self.error(dash("POST", "keys", {}, session=s), 401, "not_signed_in")
+        # a session past its expiry (12 h, moved back here) ends; the new key signs in
+        s2 = sign_in(new_key(cust)["key"])
+        self.assertEqual(dash("GET", "keys", session=s2)[0], 200)
+        q("UPDATE dash_sessions SET expires_at = now() - interval '1 second' WHERE csrf = %s RETURNING 1", s2[1])
+        self.error(dash("GET", "keys", session=s2), 401, "not_signed_in")
+        # a cookie that is no session: 401, never another customer's data
+        self.error(dash("GET", "overview", session=("0" * 64, "0" * 64)), 401, "not_signed_in")
+        self.assertEqual(dash("GET", "session", session=("f" * 64, "x"))[2], b'{"signed_in":false}')
+
     # ---- idempotency --------------------------------------------------------------------------
 
     def race(self, lock_sql, statement, method, path, body, n=3):
