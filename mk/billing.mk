@@ -10,7 +10,7 @@
 
 BILL_OBJ  := $(call objs,$(call srcs,billing) $(call srcs,metering))
 BILL_LIBS := $(BILL_OBJ) $(LIBCOMMON) $(LIB_EVENT) $(LIB_SSL) $(LIB_PQ) $(LIB_JSON)
-BILL_UNIT := billing/bill_money billing/bill_settle billing/bill_lease billing/bill_receipt metering/mtr_spool metering/mtr_journal
+BILL_UNIT := billing/bill_money billing/bill_admin billing/bill_settle billing/bill_lease billing/bill_receipt metering/mtr_spool metering/mtr_journal
 BILL_UNIT_BINS := $(patsubst %,$(B)/tests/unit$(if $(SANITIZER),-$(SANITIZER))/%,$(BILL_UNIT))
 
 $(B)/tests/unit$(if $(SANITIZER),-$(SANITIZER))/%: tests/unit/%.c $(BILL_OBJ) $(LIBCOMMON)
