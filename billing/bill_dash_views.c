@@ -230,6 +230,17 @@ static int id_param(dash_call_t *c, const char *name, const char **out) {
     return 0;
 }
 
+/* An optional model filter (empty: none) of at most 200 bytes; a longer one
+ * is a 400, not silently every model.  -1 after the 400. */
+static int model_param(dash_call_t *c, const char **model) {
+    if (*model && !**model) *model = NULL;
+    if (*model && strlen(*model) > 200) {
+        dash_field_error(c, "invalid_value", "model", "model must be a model name of at most 200 bytes");
+        return -1;
+    }
+    return 0;
+}
+
 /* from/to: Unix seconds or a timestamp PostgreSQL reads; defaults given. */
 static const char *time_param(dash_call_t *c, const char *name, char buf[40], const char *dflt) {
     const char *v = dash_param(c, name);
@@ -250,7 +261,7 @@ static void usage_view(dash_call_t *c) {
     int hourly = !strcmp(by, "hour");
     if (!hourly && strcmp(by, "day")) return dash_field_error(c, "invalid_value", "by", "by must be hour or day");
     if (id_param(c, "key", &key) != 0) return;
-    if (model && (!*model || strlen(model) > 200)) model = NULL;
+    if (model_param(c, &model) != 0) return;
     /* default: the last 48 hours, or the last 30 days, whole periods up to now */
     time_t now = time(NULL), step = hourly ? 3600 : 86400;
     char fb[40], tb[40], fd[40];
@@ -332,7 +343,7 @@ static void requests_view(dash_call_t *c) {
     const char *key, *model = dash_param(c, "model"), *status = dash_param(c, "status");
     const char *limit = dash_param(c, "limit"), *before = dash_param(c, "before");
     if (id_param(c, "key", &key) != 0) return;
-    if (model && (!*model || strlen(model) > 200)) model = NULL;
+    if (model_param(c, &model) != 0) return;
     if (status && !*status) status = NULL;
     if (status && (strlen(status) != 3 || strspn(status, "0123456789") != 3))
         return dash_field_error(c, "invalid_value", "status", "status must be an HTTP status (3 digits)");

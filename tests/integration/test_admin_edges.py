@@ -389,6 +389,19 @@ class Edges(unittest.TestCase):
         self.error(dash("GET", "overview", session=("0" * 64, "0" * 64)), 401, "not_signed_in")
         self.assertEqual(dash("GET", "session", session=("f" * 64, "x"))[2], b'{"signed_in":false}')
 
+    def test_dashboard_filters_are_never_dropped(self):
+        """A filter the view cannot take is a 400 naming it, never quietly every row: a model
+        name over 200 bytes used to read as no filter at all."""
+        s = sign_in(new_key(new_customer())["key"])
+        for view in ("usage", "requests"):
+            with self.subTest(view=view):
+                self.error(dash("GET", view + "?model=" + "m" * 201, session=s), 400, "invalid_value", "model")
+                self.assertEqual(dash("GET", view + "?model=" + "m" * 200, session=s)[0], 200)
+                self.error(dash("GET", view + "?key=1x", session=s), 400, "invalid_value", "key")
+        self.error(dash("GET", "requests?limit=501", session=s), 400, "invalid_value", "limit")
+        self.error(dash("GET", "requests?before=1,x", session=s), 400, "invalid_value", "before")
+        self.error(dash("GET", "usage?by=week", session=s), 400, "invalid_value", "by")
+
     # ---- idempotency --------------------------------------------------------------------------
 
     def race(self, lock_sql, statement, method, path, body, n=3):
