@@ -29,7 +29,8 @@
 #define TIMEOUT_MS 5000
 
 static const char ADMIT_SQL[] =
-    "SELECT k.id, k.customer_id, k.rpm, k.tpm, k.concurrency, k.revoked_at IS NOT NULL,"
+    "SELECT k.id, k.customer_id, k.rpm, k.tpm, k.concurrency,"
+    " k.revoked_at IS NOT NULL OR c.closed_at IS NOT NULL," /* a closed customer's key: as revoked */
     " (extract(epoch FROM k.expires_at) * 1000000)::bigint, array_to_json(k.models)::text,"
     " p.input_cache_miss, p.input_cache_hit, p.output, p.price_id, p.override_id,"
     " c.rpm, c.tpm, c.concurrency"

@@ -14,7 +14,7 @@
 
 #define CUSTJ                                                                                   \
     "json_build_object('id', c.id, 'name', c.name, 'balance_pico', c.balance_pico::text,"       \
-    " 'balance_usd', tg_usd(c.balance_pico), 'created_at', c.created_at)"
+    " 'balance_usd', tg_usd(c.balance_pico), 'created_at', c.created_at, 'closed_at', c.closed_at)"
 
 static const char SQL_CUST_LIST[] =
     "SELECT json_build_object('object', 'list', 'data', coalesce(json_agg(" CUSTJ
@@ -47,6 +47,27 @@ static const char SQL_CUST_SPEND[] =
     ", resp AS (SELECT json_build_object('customer', c.name, 'daily_limit_pico', c.daily_limit_pico::text,"
     "   'daily_limit_usd', tg_usd(c.daily_limit_pico), 'monthly_limit_pico', c.monthly_limit_pico::text,"
     "   'monthly_limit_usd', tg_usd(c.monthly_limit_pico))::text AS body FROM c)";
+
+/* $1 name: close the customer (final; migrations/0020_customer_close.sql): closed_at (announced on
+ * tg_customer, read by admission with every key), its keys and dashboard logins revoked, its
+ * dashboard sessions ended.  Closing twice keeps the first time and revokes nothing more. */
+static const char SQL_CUST_CLOSE[] =
+    "WITH old AS (SELECT * FROM customers WHERE name = $1 FOR UPDATE),"
+    " c AS (UPDATE customers SET closed_at = coalesce(customers.closed_at, now()) FROM old"
+    "   WHERE customers.id = old.id RETURNING customers.*),"
+    " k AS (UPDATE api_keys SET revoked_at = now() WHERE customer_id = (SELECT id FROM old) AND revoked_at IS NULL"
+    "   RETURNING id),"
+    " u AS (UPDATE dash_users SET revoked_at = now() WHERE customer_id = (SELECT id FROM old) AND revoked_at IS NULL"
+    "   RETURNING id),"
+    " s AS (DELETE FROM dash_sessions WHERE customer_id = (SELECT id FROM old) RETURNING 1),"
+    " n AS (SELECT (SELECT count(*) FROM k) AS keys, (SELECT count(*) FROM u) AS logins,"
+    "   (SELECT count(*) FROM s) AS sessions),"
+    ADM_AUDIT("a", "'customer.close'", "'customer:' || c.name", "jsonb_build_object('closed_at', old.closed_at)",
+              "jsonb_build_object('closed_at', c.closed_at, 'keys_revoked', n.keys, 'logins_revoked', n.logins,"
+              " 'sessions_ended', n.sessions)",
+              "old, c, n")
+    ", resp AS (SELECT (" CUSTJ "::jsonb || jsonb_build_object('keys_revoked', n.keys, 'logins_revoked', n.logins,"
+    "   'sessions_ended', n.sessions))::text AS body FROM c, n)";
 
 static const char SQL_BALANCE[] =
     "SELECT json_build_object('customer', c.name, 'customer_id', c.id, 'balance_pico',"
@@ -240,6 +261,9 @@ int bill_admin_accounts_route(adm_req_t *r, char **seg, int nseg, struct evkeyva
     } else if (!strcmp(sub, "credits") || !strcmp(sub, "adjustments") || !strcmp(sub, "refunds")) {
         if (r->method == POST)
             ledger_add(r, seg[1], sub[0] == 'c' ? "topup" : sub[0] == 'a' ? "adjustment" : "refund");
+        else adm_bad_method(r, "POST");
+    } else if (!strcmp(sub, "close")) {
+        if (r->method == POST) adm_write(r, SQL_CUST_CLOSE, 1, p, "no such customer", 200, NULL, NULL);
         else adm_bad_method(r, "POST");
     } else if (!strcmp(sub, "spending-limits")) {
         if (r->method == POST || r->method == EVHTTP_REQ_PUT) spending_limits_set(r, seg[1]);

@@ -168,7 +168,7 @@ static const char SESSION_SQL[] =
     " FROM dash_sessions s LEFT JOIN customers c ON c.id = s.customer_id"
     " LEFT JOIN dash_users u ON u.id = s.user_id LEFT JOIN api_keys k ON k.id = s.key_id"
     " WHERE s.token_hash = $1 AND s.expires_at > now()"
-    " AND (s.user_id IS NULL OR u.revoked_at IS NULL)"
+    " AND (s.user_id IS NULL OR u.revoked_at IS NULL) AND c.closed_at IS NULL"
     " AND (s.key_id IS NULL OR (k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > now())))";
 
 /* $1 kind 'key'|'user', $2 credential hash, $3 login (NULL for a key), $4
@@ -186,7 +186,8 @@ static const char LOGIN_SQL[] =
     "     AND (k.expires_at IS NULL OR k.expires_at > now())"
     "   UNION ALL SELECT u.id, NULL, u.customer_id, u.role, u.login FROM dash_users u"
     "     WHERE $1 = 'user' AND u.login = $3 AND u.password_hash = $2 AND u.revoked_at IS NULL),"
-    " ok AS (SELECT * FROM who WHERE (SELECT until FROM th) IS NULL LIMIT 1),"
+    " ok AS (SELECT * FROM who WHERE (SELECT until FROM th) IS NULL"
+    "   AND NOT EXISTS (SELECT 1 FROM customers c WHERE c.id = who.customer_id AND c.closed_at IS NOT NULL) LIMIT 1),"
     " s AS (INSERT INTO dash_sessions (token_hash, user_id, key_id, customer_id, role, csrf, expires_at)"
     "   SELECT $5, user_id, key_id, customer_id, role, $6, now() + $7::int * interval '1 second' FROM ok"
     "   RETURNING *),"
@@ -376,7 +377,10 @@ static void on_result(PGresult *res, const char *err, void *arg) {
     }
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
         const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
-        if (state && (!strncmp(state, "22", 2) || !strncmp(state, "23", 2))) {
+        if (state && !strcmp(state, "55000")) { /* e.g. a key for a customer closed meanwhile */
+            const char *msg = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+            dash_error(c, 409, "conflict", "%s", msg ? msg : "conflict");
+        } else if (state && (!strncmp(state, "22", 2) || !strncmp(state, "23", 2))) {
             const char *msg = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
             dash_error(c, 400, "invalid_value", "%s", msg ? msg : "invalid value");
         } else {

@@ -36,6 +36,7 @@ static const char USAGE[] =
     "  customer create NAME [--credit-usd AMOUNT]\n"
     "  customer list\n"
     "  customer show NAME\n"
+    "  customer close NAME   (final: its keys and dashboard logins revoked, its keys refused everywhere)\n"
     "  customer spending-limits NAME [--daily-usd AMOUNT|none] [--monthly-usd AMOUNT|none]\n"
     "  customer limits NAME [--rpm N] [--tpm N] [--concurrency N]   (over all its keys; 0: none;\n"
     "                                   without options: show them)\n"
@@ -488,7 +489,7 @@ static const col_t customer_cols[] = {
 };
 
 static int cmd_customer(args_t *a) {
-    const char *sub = positional(a, "customer subcommand (create, list, show, spending-limits, limits)");
+    const char *sub = positional(a, "customer subcommand (create, list, show, close, spending-limits, limits)");
     if (!strcmp(sub, "create")) {
         const char *name = positional(a, "NAME");
         const char *credit = opt(a, "--credit-usd");
@@ -540,6 +541,15 @@ static int cmd_customer(args_t *a) {
             table_head(customer_cols, NCOLS(customer_cols));
             table_row(j, customer_cols, NCOLS(customer_cols));
         }
+        cJSON_Delete(j);
+    } else if (!strcmp(sub, "close")) {
+        const char *name = positional(a, "NAME");
+        no_more(a);
+        cJSON *j = cust_call("POST", name, "close", "{}");
+        if (!json_out)
+            printf("closed customer %s at %s: %s keys and %s dashboard logins revoked, %s sessions ended\n",
+                   str(j, "name"), when(j, "closed_at"), str(j, "keys_revoked"), str(j, "logins_revoked"),
+                   str(j, "sessions_ended"));
         cJSON_Delete(j);
     } else if (!strcmp(sub, "limits")) {
         const char *name = positional(a, "NAME");

@@ -25,13 +25,17 @@ import uuid
 import psycopg2
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from gwinstances import Instances, https  # noqa: E402
 from tgskip import main  # noqa: E402
+from tgstack import ctl, ctl_run  # noqa: E402
 
 E = os.environ
 ADMIN = urllib.parse.urlparse(E["TG_TEST_ADMIN"])
 GW = urllib.parse.urlparse(E["TG_TEST_GATEWAY"])
 TOKEN = E["TG_TEST_ADMIN_TOKEN"]
 TIMEOUT = 30
+PORTS = (GW.port + 50, GW.port + 51)  # Close's two gateway instances (admin listeners: + 1000)
 
 
 def q(sql, *args):
@@ -98,7 +102,7 @@ def sign_in(key):
     return tok, json.loads(b)["csrf"]
 
 
-class Edges(unittest.TestCase):
+class Checks(unittest.TestCase):
     def error(self, answer, status, code=None, param=None):
         """answer is the API's error body with this status (and code, param)."""
         st, h, b = answer
@@ -117,6 +121,9 @@ class Edges(unittest.TestCase):
         self.error(answer, 405, "method_not_allowed")
         got = {m.strip() for m in answer[1].get("allow", "").split(",") if m.strip()}
         self.assertEqual(got, set(methods), "Allow of a 405: %r" % (answer[1],))
+
+
+class Edges(Checks):
 
     # ---- HTTP details -----------------------------------------------------------------------
 
@@ -468,6 +475,96 @@ class Edges(unittest.TestCase):
         st, _, b = admin("POST", "customers", {"name": name}, headers={"Idempotency-Key": "edges-" + name})
         self.error((st, _, b), 409, "already_exists")
         self.assertEqual(q("SELECT count(*) FROM admin_idempotency WHERE key = %s", "edges-" + name)[0][0], 0)
+
+
+class Close(Checks):
+    """Closing a customer, on two gateway instances of our own (ports: the stack's + 50, + 51)."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.gw = Instances("edges-instances", list(PORTS)).start()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.gw.stop()
+
+    def notices(self):
+        return [int(self.gw.metrics(i)["tollgate_key_invalidations_total"]) for i in range(len(PORTS))]
+
+    def after_notice(self, before, what):
+        """Wait until every instance has had a key-cache notice since `before`."""
+        deadline = time.time() + 60
+        while not all(n > b for n, b in zip(self.notices(), before)):
+            self.assertLess(time.time(), deadline, "no notice reached every instance after " + what)
+            time.sleep(0.02)
+
+    def models(self, port, key):
+        st, _, b = https(port, "GET", "/v1/models", key, timeout=TIMEOUT)
+        return st, json.loads(b)
+
+    def test_close_customer(self):
+        cust = new_customer("5")
+        k1, k2 = new_key(cust), new_key(cust)
+        login = "edges-" + uuid.uuid4().hex[:8]
+        st, _, b = admin("POST", "dashboard-users", {"login": login, "customer": cust})
+        self.assertEqual(st, 201, b)
+        st, _, b = dash("POST", "login", {"login": login, "password": json.loads(b)["password"]})
+        self.assertEqual(st, 200, b)
+        sessions = [sign_in(k1["key"])]
+        for port in PORTS:  # both keys cached on both instances
+            for k in (k1, k2):
+                self.assertEqual(self.models(port, k["key"])[0], 200)
+        before = self.notices()
+        st, _, b = admin("POST", "customers/%s/close" % cust, {})
+        self.assertEqual(st, 200, b)
+        j = json.loads(b)
+        self.assertIsNotNone(j["closed_at"])
+        self.assertEqual((j["keys_revoked"], j["logins_revoked"], j["sessions_ended"]), (2, 1, 2), j)
+        self.after_notice(before, "the close")
+        for port in PORTS:
+            for k in (k1, k2):
+                st, body = self.models(port, k["key"])
+                self.assertEqual(st, 401, body)
+                self.assertEqual(body["error"]["code"], "invalid_api_key", body)
+        for sess in sessions:
+            self.error(dash("GET", "overview", session=sess), 401, "not_signed_in")
+        # closing again changes nothing; closing is final
+        st, _, b = admin("POST", "customers/%s/close" % cust, {})
+        self.assertEqual((st, json.loads(b)["closed_at"], json.loads(b)["keys_revoked"]), (200, j["closed_at"], 0))
+        with self.assertRaises(psycopg2.Error):
+            q("UPDATE customers SET closed_at = NULL WHERE name = %s RETURNING 1", cust)
+        # a key that comes back (here: un-revoked by hand) is still refused: admission reads closed_at
+        before = self.notices()
+        q("UPDATE api_keys SET revoked_at = NULL WHERE id = %s RETURNING 1", k1["id"])
+        self.after_notice(before, "the un-revocation")
+        for port in PORTS + (GW.port,):
+            st, body = self.models(port, k1["key"])
+            self.assertEqual(st, 401, body)
+            self.assertEqual(body["error"]["code"], "invalid_api_key", body)
+        self.error(dash("POST", "login", {"api_key": k1["key"]}), 401, "invalid_credentials")
+        # nothing new for a closed customer: keys (made or rotated), dashboard logins
+        self.error(admin("POST", "customers/%s/keys" % cust, {}), 409, "conflict")
+        self.error(admin("POST", "keys/%d/rotate" % k1["id"], {}), 409, "conflict")
+        self.error(admin("POST", "dashboard-users", {"login": login + "x", "customer": cust}), 409, "conflict")
+        self.assertEqual(q("SELECT count(*) FROM api_keys k JOIN customers c ON c.id = k.customer_id"
+                           " WHERE c.name = %s", cust)[0][0], 2)
+        # the money stays and can be paid back
+        st, _, b = admin("POST", "customers/%s/refunds" % cust, {"usd": "5", "reason": "account closed"})
+        self.assertEqual((st, json.loads(b)["balance_pico"]), (200, "0"), b)
+        self.assertEqual(q("SELECT actor, after->>'keys_revoked' FROM admin_audit WHERE action = 'customer.close'"
+                           " AND target = %s ORDER BY id", "customer:" + cust), [("root", "2"), ("root", "0")])
+        self.assertEqual(q("SELECT count(*) FROM ledger_mismatch")[0][0], 0)
+
+    def test_close_with_tollgatectl(self):
+        cust = new_customer()
+        new_key(cust)
+        out = ctl("customer", "close", cust)
+        self.assertRegex(out, r"closed customer %s at .*: 1 keys and 0 dashboard logins revoked" % cust)
+        j = json.loads(ctl("--json", "customer", "show", cust))
+        self.assertIsNotNone(j["closed_at"])
+        r = ctl_run("customer", "close", "edges-nobody-" + uuid.uuid4().hex[:6], check=False)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("no such customer", r.stderr)
 
 
 if __name__ == "__main__":
