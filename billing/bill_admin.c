@@ -109,7 +109,7 @@ static const char *reason(int st) {
     case 404: return "Not Found";
     case 405: return "Method Not Allowed";
     case 409: return "Conflict";
-    case 413: return "Payload Too Large";
+    case 413: return "Content Too Large";
     case 422: return "Unprocessable Entity";
     case 503: return "Service Unavailable";
     default: return "Internal Server Error";
@@ -798,7 +798,7 @@ static void gen_cb(struct evhttp_request *req, void *arg) {
         return;
     }
     if (evbuffer_get_length(evhttp_request_get_input_buffer(req)) > MAX_BODY) {
-        send_error(req, 413, "body_too_large", "the body is larger than 65536 bytes");
+        send_error(req, 413, "request_too_large", "request body too large (at most 65536 bytes)");
         return;
     }
     const char *idem = evhttp_find_header(hdr, "Idempotency-Key");

@@ -168,7 +168,7 @@ class Edges(Checks):
                 self.error(admin("POST", "customers", bad), 400, "invalid_json")
         # a body over 64 KiB: the API's own 413, not the HTTP library's HTML page
         big = json.dumps({"name": "edges-" + "a" * 100000})
-        self.error(admin("POST", "customers", big), 413, "body_too_large")
+        self.error(admin("POST", "customers", big), 413, "request_too_large")
         self.assertEqual(q("SELECT count(*) FROM customers WHERE length(name) > 64")[0][0], 0)
 
     def test_dashboard_405_carries_allow(self):
@@ -281,7 +281,7 @@ class Edges(Checks):
         self.error(admin("POST", kp, b'{"name": "ci\xff"}'), 400, "invalid_json")  # invalid UTF-8
         self.error(admin("POST", kp, '{"name": "\\ud800"}'), 400, "invalid_json")  # a lone surrogate
         self.error(admin("POST", kp, {"name": "n" * 201}), 400, "invalid_value", "name")
-        self.error(admin("POST", kp, {"name": "n" * 100000}), 413, "body_too_large")
+        self.error(admin("POST", kp, {"name": "n" * 100000}), 413, "request_too_large")
         self.assertEqual(q("SELECT count(*) FROM api_keys k JOIN customers c ON c.id = k.customer_id"
                            " WHERE c.name = %s", cust)[0][0], n)
         # what is allowed comes back byte for byte
