@@ -777,6 +777,12 @@ static void gen_cb(struct evhttp_request *req, void *arg) {
     const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
     const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
     if (path && !strcmp(path, "/health")) {
+        enum evhttp_cmd_type m = evhttp_request_get_command(req);
+        if (m != EVHTTP_REQ_GET && m != EVHTTP_REQ_HEAD) { /* it answered 200 to any method */
+            evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "GET, HEAD");
+            send_error(req, 405, "method_not_allowed", "use GET or HEAD");
+            return;
+        }
         int up = bill_pg_up(a->pg);
         send_raw(req, up ? 200 : 503, NULL, up ? "{\"status\":\"ok\"}" : "{\"status\":\"database unavailable\"}");
         return;

@@ -153,10 +153,16 @@ class Edges(Checks):
                 ("POST", "reconcile", ("GET",))):
             with self.subTest(method=method, path=path):
                 self.allow(admin(method, path, {} if method in ("POST", "PUT", "PATCH") else None), methods)
-        # the embedding program's page (/metrics)
-        st, h, b = send(http.client.HTTPConnection(ADMIN.hostname, ADMIN.port, timeout=TIMEOUT), "POST",
-                        "/metrics", b"", {})
-        self.allow((st, h, b), ("GET",))
+        # the embedding program's page (/metrics), and /health (it answered 200 to any method)
+        for method, path, methods in (("POST", "/metrics", ("GET",)), ("POST", "/health", ("GET", "HEAD")),
+                                      ("PATCH", "/health", ("GET", "HEAD")), ("DELETE", "/health", ("GET", "HEAD"))):
+            with self.subTest(method=method, path=path):
+                st, h, b = send(http.client.HTTPConnection(ADMIN.hostname, ADMIN.port, timeout=TIMEOUT), method,
+                                path, b"" if method != "DELETE" else None, {})
+                self.allow((st, h, b), methods)
+        st, _, b = send(http.client.HTTPConnection(ADMIN.hostname, ADMIN.port, timeout=TIMEOUT), "GET", "/health",
+                        None, {})
+        self.assertEqual((st, json.loads(b)), (200, {"status": "ok"}))
 
     def test_admin_unknown_route_bad_json_oversized(self):
         self.error(admin("GET", "no-such-thing"), 404, "not_found")
