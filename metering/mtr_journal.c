@@ -62,10 +62,45 @@ struct mtr_journal {
     size_t gn, gncap;
     mtr_journal_unwritten_fn unwritten;
     void *unwritten_arg;
+    /* records held in memory after a failed write, not yet logged (log_unwritten) */
+    long unlogged;
+    int64_t logged_us; /* tg_mono_us() of the last such line; 0: none yet */
+    int unlogged_err;  /* errno of the last failure */
+    const char *unlogged_what;
 };
 
 
 /* ---- files ------------------------------------------------------------------ */
+
+#define LOG_EVERY_US 1000000
+
+/* n records could not be written (errno says why; last, when not NULL, names
+ * the request of one): they are
+ * in the caller's memory only.  One line a second at most, with the count
+ * since the last line: a full disk fails every record, and a line per record
+ * would flood the log (itself on a disk, perhaps that one). */
+static void log_unwritten(mtr_journal_t *j, const char *what, long n, const char *last) {
+    int e = errno;
+    int64_t now = tg_mono_us();
+    if (n) {
+        j->unlogged += n;
+        j->unlogged_err = e;
+        j->unlogged_what = what;
+    }
+    if (!j->unlogged) return;
+    if (!j->logged_us || now - j->logged_us >= LOG_EVERY_US) {
+        fprintf(stderr, "metering: cannot %s the journal in %s: %s; %ld usage records held in memory%s%s%.36s%s\n",
+                j->unlogged_what, j->dir, strerror(j->unlogged_err), j->unlogged,
+                j->logged_us ? " since the last such line" : "", last ? " (the last: " : "", last ? last : "",
+                last ? ")" : "");
+        j->unlogged = 0;
+        j->logged_us = now;
+    } else if (!evtimer_pending(j->sync, NULL)) { /* the count is said by the timer once the second is up */
+        struct timeval tv = {0, (suseconds_t)(j->logged_us + LOG_EVERY_US - now)};
+        evtimer_add(j->sync, &tv);
+    }
+    errno = e;
+}
 
 static void file_done(mtr_journal_t *j, mtr_jfile_t *f) {
     char path[4200], bad[4300];
@@ -185,8 +220,7 @@ mtr_jfile_t *mtr_journal_write(mtr_journal_t *j, const mtr_usage_t *u) {
     mtr_jfile_t *f = journal_open(j);
     const mtr_usage_t *v[1] = {u};
     if (!f || mtr_spool_write(&j->spool, j->dir, v, 1) != 0) {
-        fprintf(stderr, "metering: cannot write the journal in %s: %s; usage record %.36s held in memory\n", j->dir,
-                strerror(errno), u->request_id);
+        log_unwritten(j, "write", 1, u->request_id);
         mtr_journal_rotate(j); /* a torn record stays the last of its file */
         return NULL;
     }
@@ -209,8 +243,7 @@ mtr_jfile_t *mtr_journal_append(mtr_journal_t *j, const mtr_usage_t *u, void *co
     if (!j->o.group) return mtr_journal_write(j, u);
     mtr_jfile_t *f = journal_open(j); /* may rotate a full journal, which writes the group first */
     if (!f) {
-        fprintf(stderr, "metering: cannot open a journal in %s: %s; usage record %.36s held in memory\n", j->dir,
-                strerror(errno), u->request_id);
+        log_unwritten(j, "open", 1, u->request_id);
         return NULL;
     }
     if (j->glen + MTR_REC_HDR + MTR_REC_MAX > j->gcap) {
@@ -245,8 +278,7 @@ int mtr_journal_flush(mtr_journal_t *j) {
     j->gn = 0;
     j->glen = 0;
     if (rc == 0) return 0;
-    fprintf(stderr, "metering: cannot write the journal in %s: %s; %zu usage records held in memory\n", j->dir,
-            strerror(errno), n);
+    log_unwritten(j, "write", (long)n, NULL);
     mtr_jfile_t *f = j->jf;
     if (f) f->pending -= (long)n;
     j->jrows -= (long)n;
@@ -274,6 +306,7 @@ void mtr_journal_drop_all(mtr_journal_t *j) {
 
 void mtr_journal_tick(mtr_journal_t *j, int64_t now) {
     mtr_journal_flush(j);
+    log_unwritten(j, NULL, 0, NULL); /* failures not yet said, once their second is up */
     if (!j->spool) return;
     if (j->jdirty && !j->syncing) { /* one at a time: a slow disk gets one more call later */
         if (journal_sync(j) != 0)
@@ -505,6 +538,10 @@ void mtr_journal_free(mtr_journal_t *j) {
     if (!j) return;
     mtr_journal_quiesce(j);
     mtr_journal_rotate(j);
+    if (j->unlogged) { /* failures not yet said: now */
+        j->logged_us = tg_mono_us() - LOG_EVERY_US;
+        log_unwritten(j, NULL, 0, NULL);
+    }
     mtr_jfile_t *f;
     while ((f = TAILQ_FIRST(&j->files))) {
         TAILQ_REMOVE(&j->files, f, link);

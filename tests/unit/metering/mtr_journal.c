@@ -369,6 +369,69 @@ static void test_replay_bounded(void) {
     event_base_free(base);
 }
 
+/* A full disk fails every record: the journal says so once a second at
+ * most, with the count, not once per record (a flood, into a log that may be
+ * on the same disk).  Before (2026-11-30): a line per record. */
+static void test_log_rate(void) {
+    struct event_base *base = event_base_new();
+    char err[256] = "";
+    mtr_journal_opts_t o = {.inline_io = 1};
+    mtr_journal_t *j = mtr_journal_new(base, spool, &o, err, sizeof err);
+    CHECK(j != NULL);
+    if (!j) return;
+    /* stderr into a pipe (a file could not grow either): 200 lines of the old code fit its 64 KiB */
+    int p[2];
+    CHECK(pipe(p) == 0);
+    fflush(stderr);
+    int saved = dup(2);
+    dup2(p[1], 2);
+    close(p[1]);
+    void (*oldsig)(int) = signal(SIGXFSZ, SIG_IGN);
+    struct rlimit old, lim;
+    CHECK(getrlimit(RLIMIT_FSIZE, &old) == 0);
+    lim = old;
+    lim.rlim_cur = 0; /* the disk is full */
+    CHECK(setrlimit(RLIMIT_FSIZE, &lim) == 0);
+    int64_t t0 = tg_mono_us();
+    int failed = 0;
+    for (int i = 0; i < 200; i++) {
+        mtr_usage_t u = sample(700 + i);
+        failed += mtr_journal_write(j, &u) == NULL;
+    }
+    int64_t elapsed_s = (tg_mono_us() - t0) / 1000000;
+    CHECK(setrlimit(RLIMIT_FSIZE, &old) == 0);
+    signal(SIGXFSZ, oldsig);
+    j->logged_us -= LOG_EVERY_US; /* the second is up: the timer says what was not said yet */
+    mtr_journal_tick(j, tg_wall_us());
+    fflush(stderr);
+    dup2(saved, 2);
+    close(saved);
+    CHECK_EQ_I(failed, 200);
+    static char text[1 << 16];
+    size_t len = 0;
+    ssize_t r;
+    while (len < sizeof text - 1 && (r = read(p[0], text + len, sizeof text - 1 - len)) > 0) len += (size_t)r;
+    close(p[0]);
+    text[len] = 0;
+    int lines = 0, first_ok = 0;
+    long said = 0;
+    for (char *q = text; (q = strstr(q, "cannot write the journal")); q++) {
+        const char *c = strstr(q, "; ");
+        if (!c) break;
+        if (!lines) first_ok = !strncmp(c, "; 1 usage records held in memory (the last: ", 44);
+        said += strtol(c + 2, NULL, 10);
+        lines++;
+    }
+    CHECK(first_ok);                                 /* the first failure is said at once */
+    CHECK(lines >= 1 && lines <= 2 + elapsed_s);     /* then once a second at most (and the timer's) */
+    CHECK_EQ_I(said, 200);                           /* every failure counted in some line */
+    mtr_journal_free(j);
+    event_base_free(base);
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -f %s/*", spool);
+    if (system(cmd) != 0) CHECK(0);
+}
+
 int main(void) {
     if (!mkdtemp(dir)) return 1;
     snprintf(spool, sizeof spool, "%s/spool", dir);
@@ -376,6 +439,7 @@ int main(void) {
     test_group();
     test_spool_torn();
     test_replay_bounded();
+    test_log_rate();
     char cmd[128];
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
     if (system(cmd) != 0) return 1;
