@@ -536,7 +536,9 @@ struct gw_req {
     int have_usage;
     int64_t prompt_tokens, cache_hit_tokens, completion_tokens, reasoning_tokens;
     int64_t chunks;            /* content chunks seen (estimate for a cut stream) */
-    int64_t tool_tokens;       /* tokens of the tool calls seen (their names and arguments): the same */
+    int64_t counted_tokens;    /* completion tokens the gateway counted itself, for an answer without usage:
+                                  a stream's tool calls (names and arguments), or a whole answer's
+                                  messages (text, reasoning and tool calls) */
 };
 
 /* gw_tls.c: the TLS profile; reload on SIGHUP */

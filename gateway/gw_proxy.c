@@ -535,33 +535,45 @@ static int gw_has_object(const char *json, const char *field) {
     return 0;
 }
 
-/* The tokens of the tool calls of a stream's chunk (json, its data): each
- * call's function name and arguments, counted with the model's tokenizer
- * (without one: a token per 4 bytes, rounded up), for the settlement of a
- * stream cut before its usage.  A worker sends a tool call in few chunks
- * (ours: each call whole, once its block is complete), so one token per
- * chunk, as for text, would bill a cut tool call as nothing.  Parsed only
- * for the chunks that hold "tool_calls". */
-static int64_t gw_tool_call_tokens(gw_req_t *r, const char *json, size_t len) {
-    tg_json_t *j = tg_json_parse(json, len, NULL, NULL);
+/* Tokens of text a worker generated: counted with the model's tokenizer
+ * (without one: a token per 4 bytes, rounded up). */
+static int64_t gw_count_tokens(gw_req_t *r, const char *s, size_t n) {
+    if (!s || !n) return 0;
+    int32_t *ids = NULL;
+    long t = r->srv->tok ? tok_encode(r->srv->tok, s, n, 0, &ids) : -1;
+    free(ids);
+    return t >= 0 ? t : (int64_t)((n + 3) / 4);
+}
+
+/* The tokens of the choices of an answer (j; each choice's `part`: "delta"
+ * in a stream's chunk, "message" in a whole answer): each tool call's
+ * function name and arguments, and with text, the content and the
+ * reasoning.  For the settlement of an answer without usage: a stream cut
+ * before its usage counts a token per text chunk and these for its tool
+ * calls (a worker sends a tool call in few chunks, ours each call whole, so
+ * a token per chunk would bill a cut tool call as nothing); a whole answer
+ * that came without usage (an upstream that reports none) counts all of it. */
+static int64_t gw_choice_tokens(gw_req_t *r, const tg_json_t *j, const char *part, int text) {
     int64_t n = 0;
     const tg_json_t *ch, *tc;
     TG_JSON_FOREACH(ch, tg_json_get(j, "choices")) {
-        TG_JSON_FOREACH(tc, tg_json_get(tg_json_get(ch, "delta"), "tool_calls")) {
+        const tg_json_t *m = tg_json_get(ch, part);
+        size_t sl;
+        const char *s;
+        if (text) {
+            s = tg_json_str(tg_json_get(m, "content"), &sl);
+            n += gw_count_tokens(r, s, s ? sl : 0);
+            s = tg_json_str(tg_json_get(m, "reasoning_content"), &sl);
+            n += gw_count_tokens(r, s, s ? sl : 0);
+        }
+        TG_JSON_FOREACH(tc, tg_json_get(m, "tool_calls")) {
             const tg_json_t *f = tg_json_get(tc, "function");
-            const char *part[2] = {"name", "arguments"};
-            for (int k = 0; k < 2; k++) {
-                size_t sl;
-                const char *s = tg_json_str(tg_json_get(f, part[k]), &sl);
-                if (!s || !sl) continue;
-                int32_t *ids = NULL;
-                long t = r->srv->tok ? tok_encode(r->srv->tok, s, sl, 0, &ids) : -1;
-                free(ids);
-                n += t >= 0 ? t : (int64_t)((sl + 3) / 4);
-            }
+            s = tg_json_str(tg_json_get(f, "name"), &sl);
+            n += gw_count_tokens(r, s, s ? sl : 0);
+            s = tg_json_str(tg_json_get(f, "arguments"), &sl);
+            n += gw_count_tokens(r, s, s ? sl : 0);
         }
     }
-    tg_json_free(j);
     return n;
 }
 
@@ -600,7 +612,11 @@ static void gw_stream_event(gw_req_t *r, const char *ev, size_t len) {
         return;
     }
     if (gw_has_text(d->p, "\"content\"") || gw_has_text(d->p, "\"reasoning_content\"")) r->chunks++;
-    if (strstr(d->p, "\"tool_calls\"")) r->tool_tokens += gw_tool_call_tokens(r, d->p, d->len);
+    if (strstr(d->p, "\"tool_calls\"")) { /* only the chunks that hold tool calls are parsed */
+        tg_json_t *j = tg_json_parse(d->p, d->len, NULL, NULL);
+        r->counted_tokens += gw_choice_tokens(r, j, "delta", 0);
+        tg_json_free(j);
+    }
     if (!gw_has_object(d->p, "\"usage\"")) { /* none, or "usage":null as in every chunk of a usage stream */
         /* The client did not ask for usage: no "usage" member at all, as OpenAI
          * sends it then (the worker, asked for usage by us, writes "usage":null
@@ -694,7 +710,11 @@ static void gw_up_complete(gw_req_t *r) {
     r->payload.len = 0;
     if (r->resp.status == 200) { /* the answer checked whole, only its usage built */
         tg_json_t *u = r->body.p ? tg_json_parse_member(r->body.p, r->body.len, NULL, "usage", 5, NULL) : NULL;
-        gw_settle_usage_json(r, u);
+        if (gw_settle_usage_json(r, u) != GW_OK && r->body.p) { /* no usage: the gateway counts the answer */
+            tg_json_t *j = tg_json_parse(r->body.p, r->body.len, NULL, NULL);
+            r->counted_tokens = gw_choice_tokens(r, j, "message", 1);
+            tg_json_free(j);
+        }
         tg_json_free(u);
     }
     int status = r->resp.status;

@@ -69,12 +69,13 @@ void gw_settle(gw_req_t *r) {
     u.model = r->model;
     u.price = r->key.price;
     if (!r->have_usage && r->up_head_done && r->resp.status == 200) {
-        /* a 200 answer without usage (a cut stream): our own prompt count,
-         * one completion token per text chunk seen and the tool calls' tokens */
+        /* a 200 answer without usage (a cut stream, or an upstream that sent
+         * none): our own prompt count, one completion token per text chunk
+         * seen, and the tokens the gateway counted (gw_proxy.c) */
         int64_t p = gw_settle_prompt_count(r);
         r->prompt_tokens = p > 0 ? p : 0;
         r->cache_hit_tokens = 0;
-        r->completion_tokens = r->chunks + r->tool_tokens;
+        r->completion_tokens = r->chunks + r->counted_tokens;
     }
     if (r->have_usage && r->up_external && r->srv->tok) { /* an external upstream's usage, checked */
         int64_t p = gw_settle_prompt_count(r);

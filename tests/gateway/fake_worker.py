@@ -17,6 +17,7 @@ The last user message picks the behaviour:
   "status:C"    answer status C with an OpenAI error body
   "plain:C"     answer status C with a text/plain body
   "usage-in-last"  put usage on the last content chunk (no usage-only chunk)
+  "nousage:N"   a whole answer (not a stream) of N words " cheese" and a tool call, without usage
   "keepalive"   an SSE comment ": keep-alive" before the first chunk (the engine's, while a
                 request waits in its queue)
   "noframe"     stream 17 MiB that never ends an SSE event
@@ -119,6 +120,13 @@ class Handler(BaseHTTPRequestHandler):
                  "prompt_tokens_details": {"cached_tokens": 1},
                  "completion_tokens_details": {"reasoning_tokens": 0}}
         base = {"id": "chatcmpl-" + rid, "created": int(time.time()), "model": req["model"]}
+        if text.startswith("nousage:") and not req.get("stream"):  # an upstream that reports no usage
+            msg = {"role": "assistant", "content": " cheese" * int(text[8:]), "tool_calls": [
+                {"id": "call_1", "type": "function", "function": {"name": "get_weather",
+                                                                  "arguments": json.dumps({"city": "Oslo " * 10})}}]}
+            self.send_json(200, dict(base, object="chat.completion", choices=[
+                {"index": 0, "message": msg, "finish_reason": "tool_calls"}]))
+            return
         if not req.get("stream"):
             self.send_json(200, dict(base, object="chat.completion", usage=usage, choices=[
                 {"index": 0, "message": {"role": "assistant", "content": "".join(words)}, "finish_reason": "stop"}]))

@@ -951,6 +951,19 @@ class Gateway(unittest.TestCase):
         rows = usage_rows(h["x-request-id"])
         self.assertGreaterEqual(rows[0][1], 30, "the call's arguments hold 'Paris' 30 times")
 
+    def test_answer_without_usage_is_counted(self):
+        # A whole answer that came without usage (an upstream that reports none) is billed
+        # for what it holds: the gateway's own prompt count, and the tokens of the message's
+        # text and tool calls; before (2026-11-30) the completion counted 0 (only streams'
+        # chunks were counted), so such an upstream's answers were free
+        st, h, b = chat(self.key, "nousage:40")
+        self.assertEqual(st, 200, b)
+        self.assertEqual(json.loads(b)["choices"][0]["message"]["content"], " cheese" * 40)
+        rows = usage_rows(h["x-request-id"])
+        self.assertEqual(len(rows), 1)
+        self.assertGreater(rows[0][0], 0, "the prompt, counted by the gateway")
+        self.assertGreaterEqual(rows[0][1], 40 + 10, "40 words of text and 'Oslo' 10 times in the arguments")
+
     def test_stream_without_event_boundaries_is_cut(self):
         st, h, b = chat(self.key, "noframe", stream=True)
         self.assertEqual(st, 200)
