@@ -108,8 +108,8 @@ static void admit_done(PGresult *res, const char *err, void *arg) {
         return;
     }
     if (!res || PQresultStatus(res) != PGRES_TUPLES_OK) {
-        fprintf(stderr, "bill: admission query failed: %s", err ? err : PQresultErrorMessage(res));
-        if (err) fputc('\n', stderr);
+        /* one write per line: the loops share stderr (PQresultErrorMessage ends with a newline, err not) */
+        fprintf(stderr, "bill: admission query failed: %s%s", err ? err : PQresultErrorMessage(res), err ? "\n" : "");
         r->st = BILL_ERROR;
         memset(&r->key, 0, sizeof r->key);
         admit_answer(r);

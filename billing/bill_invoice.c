@@ -43,9 +43,8 @@ static void finalize_done(PGresult *res, const char *err, void *arg) {
     bill_invoicer_t *v = arg;
     v->job = NULL;
     if (!res || PQresultStatus(res) != PGRES_TUPLES_OK) {
-        fprintf(stderr, "bill: finalizing the invoices of %s failed (retried in %d s): %s", v->running, TICK_S,
-                err ? err : PQresultErrorMessage(res));
-        if (err) fputc('\n', stderr);
+        fprintf(stderr, "bill: finalizing the invoices of %s failed (retried in %d s): %s%s", v->running, TICK_S,
+                err ? err : PQresultErrorMessage(res), err ? "\n" : ""); /* one write: see bill.c */
         return;
     }
     memcpy(v->done, v->running, sizeof v->done);

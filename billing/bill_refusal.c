@@ -208,9 +208,8 @@ static void batch_cb(PGresult *res, const char *err, void *arg) {
     rentry_t *l = r->inflight;
     r->inflight = NULL;
     if (!res || PQresultStatus(res) != PGRES_COMMAND_OK) {
-        fprintf(stderr, "bill: refusal counters not written (sent again later): %s",
-                err ? err : res ? PQresultErrorMessage(res) : "?\n");
-        if (err) fputc('\n', stderr);
+        fprintf(stderr, "bill: refusal counters not written (sent again later): %s%s",
+                err ? err : res ? PQresultErrorMessage(res) : "?\n", err ? "\n" : ""); /* one write: see bill.c */
         merge_back(r, l);
         arm(r);
         return;
