@@ -443,7 +443,7 @@ static char *dupn(const char *s) { return s ? strdup(s) : NULL; }
  * and a method no endpoint has never reaches a handler. */
 static const char *dash_allowed(const dash_call_t *c) {
     if (c->nseg == 1 && (!strcmp(c->seg[0], "login") || !strcmp(c->seg[0], "logout"))) return "POST";
-    if (c->nseg == 1 && !strcmp(c->seg[0], "session")) return "GET";
+    if (c->nseg == 1 && !strcmp(c->seg[0], "session")) return "GET, HEAD";
     return bill_dash_views_allowed(c);
 }
 
@@ -466,7 +466,8 @@ bill_dash_call_t *bill_dash(bill_t *b, const bill_dash_req_t *q, bill_dash_cb cb
     c->arg = arg;
     TAILQ_INIT(&c->q);
     snprintf(c->method, sizeof c->method, "%s", q->method ? q->method : "");
-    c->is_get = !strcmp(c->method, "GET");
+    /* HEAD is GET without the body (the gateway leaves it out): a safe method, no CSRF token */
+    c->is_get = !strcmp(c->method, "GET") || !strcmp(c->method, "HEAD");
     c->path = dupn(q->path ? q->path : "");
     c->query = dupn(q->query);
     c->cookie = dupn(q->cookie);

@@ -394,13 +394,13 @@ const char *bill_dash_views_allowed(const dash_call_t *c) {
     char *const *s = c->seg;
     int n = c->nseg;
     if (!strcmp(s[0], "admin"))
-        return n == 2 && (!strcmp(s[1], "overview") || !strcmp(s[1], "workers")) ? "GET" : NULL;
-    if (n == 1 && !strcmp(s[0], "keys")) return "GET, POST";
+        return n == 2 && (!strcmp(s[1], "overview") || !strcmp(s[1], "workers")) ? "GET, HEAD" : NULL;
+    if (n == 1 && !strcmp(s[0], "keys")) return "GET, HEAD, POST";
     if (n == 3 && !strcmp(s[0], "keys") && !strcmp(s[2], "revoke")) return "POST";
     if (n == 1 && (!strcmp(s[0], "overview") || !strcmp(s[0], "usage") || !strcmp(s[0], "invoices") ||
                    !strcmp(s[0], "requests")))
-        return "GET";
-    if (!strcmp(s[0], "invoices") && (n == 2 || (n == 3 && !strcmp(s[2], "csv")))) return "GET";
+        return "GET, HEAD";
+    if (!strcmp(s[0], "invoices") && (n == 2 || (n == 3 && !strcmp(s[2], "csv")))) return "GET, HEAD";
     return NULL;
 }
 

@@ -181,22 +181,30 @@ class Edges(Checks):
         cust = new_customer()
         s = sign_in(new_key(cust)["key"])
         for method, path, methods in (
-                ("POST", "session", ("GET",)),
+                ("POST", "session", ("GET", "HEAD")),
                 ("GET", "login", ("POST",)),
                 ("GET", "logout", ("POST",)),
-                ("PUT", "keys", ("GET", "POST")),
-                ("DELETE", "keys", ("GET", "POST")),
-                ("POST", "overview", ("GET",)),
-                ("POST", "usage", ("GET",)),
+                ("PUT", "keys", ("GET", "HEAD", "POST")),
+                ("DELETE", "keys", ("GET", "HEAD", "POST")),
+                ("POST", "overview", ("GET", "HEAD")),
+                ("POST", "usage", ("GET", "HEAD")),
                 ("GET", "keys/1/revoke", ("POST",)),
-                ("POST", "invoices", ("GET",)),
-                ("POST", "invoices/2026-01/csv", ("GET",)),
-                ("POST", "requests", ("GET",)),
-                ("POST", "admin/overview", ("GET",))):
+                ("POST", "invoices", ("GET", "HEAD")),
+                ("POST", "invoices/2026-01/csv", ("GET", "HEAD")),
+                ("POST", "requests", ("GET", "HEAD")),
+                ("POST", "admin/overview", ("GET", "HEAD"))):
             with self.subTest(method=method, path=path):
-                self.allow(dash(method, path, "{}" if method != "GET" else None, session=s), methods)
+                self.allow(dash(method, path, "{}" if method not in ("GET", "HEAD") else None, session=s), methods)
         # without a session too: the method is checked before it
-        self.allow(dash("PUT", "keys", "{}"), ("GET", "POST"))
+        self.allow(dash("PUT", "keys", "{}"), ("GET", "HEAD", "POST"))
+        # HEAD is GET without the body (RFC 9110 9.3.2): the same status and headers
+        for path in ("session", "overview", "keys", "usage", "invoices", "requests"):
+            with self.subTest(head=path):
+                st, h, b = dash("GET", path, session=s)
+                self.assertEqual(st, 200, b)
+                hst, hh, hb = dash("HEAD", path, session=s)
+                self.assertEqual((hst, hb), (200, b""), path)
+                self.assertEqual(hh.get("content-type"), h.get("content-type"), path)
         self.error(dash("GET", "no-such-view", session=s), 404, "not_found")
 
     # ---- numbers: exact, or a 400 naming the field ------------------------------------------
