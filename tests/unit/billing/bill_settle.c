@@ -110,6 +110,21 @@ static int answer(bill_settler_t *s, int ok) {
     return n;
 }
 
+/* A killed process's spool replayed by the next one on the same spool (a
+ * second settler): it queues the want rows, one batch commits them all, and
+ * no file is left. */
+static void replayed_by_next(struct event_base *base, bill_pg_t *pg, int want) {
+    char err[256] = "";
+    bill_settler_t *s2 = settler_inline(bill_settler_new(base, pg, spool, 0, err, sizeof err));
+    CHECK(s2 != NULL);
+    if (!s2) return;
+    bill_settler_on_up(s2);
+    CHECK_EQ_I(s2->nqueue, want);
+    CHECK_EQ_I(answer(s2, 1), want);
+    CHECK_EQ_I(nfiles(), 0);
+    bill_settler_free(s2, NULL);
+}
+
 static void test_replay(void) {
     struct event_base *base;
     bill_pg_t *pg;
@@ -266,16 +281,7 @@ static void test_journal(void) {
         u = sample(i);
         bill_settler_push(s, &u);
     }
-    char err[256] = "";
-    bill_settler_t *s2 = settler_inline(bill_settler_new(base, pg, spool, 0, err, sizeof err));
-    CHECK(s2 != NULL);
-    if (s2) {
-        bill_settler_on_up(s2);
-        CHECK_EQ_I(s2->nqueue, 3);
-        CHECK_EQ_I(answer(s2, 1), 3);
-        CHECK_EQ_I(nfiles(), 0);
-        bill_settler_free(s2, NULL);
-    }
+    replayed_by_next(base, pg, 3);
     s->nqueue = 0; /* the "killed" process's memory: dropped without a trace on disk */
     items_free(&s->queue);
     mtr_journal_rotate(s->journal);
@@ -496,16 +502,7 @@ static void test_disk_full(void) {
     CHECK(evtimer_pending(s->retry, NULL));
     CHECK(s->need_replay);
     /* killed now: the next process replays all four */
-    char err[256] = "";
-    bill_settler_t *s2 = settler_inline(bill_settler_new(base, pg, spool, 0, err, sizeof err));
-    CHECK(s2 != NULL);
-    if (s2) {
-        bill_settler_on_up(s2);
-        CHECK_EQ_I(s2->nqueue, 4);
-        CHECK_EQ_I(answer(s2, 1), 4);
-        CHECK_EQ_I(nfiles(), 0);
-        bill_settler_free(s2, NULL);
-    }
+    replayed_by_next(base, pg, 4);
     items_free(&s->queue); /* the "killed" process's memory */
     s->nqueue = 0;
     bill_settler_free(s, NULL);

@@ -20,6 +20,13 @@
 static char dir[] = "/tmp/mtr-journal-test.XXXXXX";
 static char spool[128];
 
+/* every file of the spool removed, for the next test */
+static void spool_clear(void) {
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -f %s/*", spool);
+    if (system(cmd) != 0) CHECK(0);
+}
+
 static mtr_usage_t sample(int i) {
     mtr_usage_t u;
     memset(&u, 0, sizeof u);
@@ -256,9 +263,7 @@ static void test_group(void) {
     CHECK_EQ_I(journal_size(jj), one);
     mtr_journal_free(jj);
     event_base_free(base);
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -f %s/*", spool);
-    if (system(cmd) != 0) CHECK(0);
+    spool_clear();
 }
 
 /* A spool append (mtr_journal_spool: rows the journal could not take) that
@@ -313,9 +318,7 @@ static void test_spool_torn(void) {
     CHECK_EQ_I(nfiles(), 0); /* kept by no one (got_row keeps none): all deleted */
     mtr_journal_free(j);
     event_base_free(base);
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -f %s/*", spool);
-    if (system(cmd) != 0) CHECK(0);
+    spool_clear();
 }
 
 /* A long outage's spool is read a part at a time: a replay reads files,
@@ -427,9 +430,7 @@ static void test_log_rate(void) {
     CHECK_EQ_I(said, 200);                           /* every failure counted in some line */
     mtr_journal_free(j);
     event_base_free(base);
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -f %s/*", spool);
-    if (system(cmd) != 0) CHECK(0);
+    spool_clear();
 }
 
 int main(void) {
