@@ -75,6 +75,18 @@ def after_notice(before, what):
         time.sleep(0.02)
 
 
+def admin_patch(key_id, body):
+    """PATCH /admin/v1/keys/{id} as the operator -> (status, parsed JSON body)."""
+    a = urllib.parse.urlparse(E["TG_TEST_ADMIN"])
+    c = http.client.HTTPConnection(a.hostname, a.port, timeout=60)
+    c.request("PATCH", "/admin/v1/keys/%d" % key_id, body=json.dumps(body),
+              headers={"Authorization": "Bearer " + E["TG_TEST_ADMIN_TOKEN"], "Content-Type": "application/json"})
+    r = c.getresponse()
+    data = r.read()
+    c.close()
+    return r.status, json.loads(data)
+
+
 def code(body):
     return body.get("error", {}).get("code")
 
@@ -173,6 +185,16 @@ class Keys(unittest.TestCase):
             st, body = chat(port, key)
             self.assertEqual((st, code(body)), (401, "api_key_expired"), body)
         self.assertEqual(key_row(cust, k["id"])["state"], "expired")
+        # an expired key stays expired: no update brings it back
+        for args in (("--no-expiry",), ("--expires-in", "1h")):
+            r = ctl("key", "update", str(k["id"]), *args, check=False)
+            self.assertEqual(r.returncode, 1, r.stdout)
+            self.assertIn("stays expired", r.stderr)
+        st, body = admin_patch(k["id"], {"expires_at": None})
+        self.assertEqual((st, body["error"]["code"]), (409, "conflict"), body)
+        self.assertEqual(key_row(cust, k["id"])["state"], "expired")
+        for port in PORTS:
+            self.assertEqual(models(port, key)[0], 401)
         # refused before anything was billed
         self.cur.execute("SELECT count(*) FROM usage WHERE key_id = %s", (k["id"],))
         self.assertEqual(self.cur.fetchone()[0], 0)
@@ -232,6 +254,12 @@ class Keys(unittest.TestCase):
         again = ctl("key", "rotate", str(old_id), check=False)
         self.assertEqual(again.returncode, 1)
         self.assertIn("already rotated", again.stderr)
+        # nor can its grace period be extended, or the old key kept forever
+        for args in (("--no-expiry",), ("--expires-in", "1h")):
+            r = ctl("key", "update", str(old_id), *args, check=False)
+            self.assertEqual(r.returncode, 1, r.stdout)
+            self.assertIn("can be shortened, not extended", r.stderr)
+        self.assertEqual(key_row(cust, old_id)["state"], "expiring")
         self.cur.execute("SELECT extract(epoch FROM expires_at)::float8 FROM api_keys WHERE id = %s", (old_id,))
         sleep_until_db_time(self.cur, self.cur.fetchone()[0] + 1.0)
         for port in PORTS:
@@ -240,6 +268,9 @@ class Keys(unittest.TestCase):
             self.assertEqual(chat(port, new)[0], 200)
         self.assertEqual(key_row(cust, old_id)["state"], "expired")
         self.assertEqual(key_row(cust, n["id"])["state"], "active")
+        st, body = admin_patch(old_id, {"expires_at": None})
+        self.assertEqual((st, body["error"]["code"]), (409, "conflict"), body)
+        self.assertEqual(chat(PORTS[0], old)[0], 401)
         self.cur.execute("SELECT action FROM admin_audit WHERE target = %s ORDER BY id", ("key:%d" % old_id,))
         self.assertEqual([a[0] for a in self.cur.fetchall()], ["key.create", "key.rotate"])
 
