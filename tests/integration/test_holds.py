@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from gwinstances import Instances, https  # noqa: E402
 from tgskip import main  # noqa: E402
-from tgstack import ctl, q, wait_for  # noqa: E402
+from tgstack import ctl, q, query, wait_for  # noqa: E402
 
 E = os.environ
 MODEL = E["TG_TEST_MODEL"]
@@ -164,6 +164,40 @@ class Holds(unittest.TestCase):
             self.assertIn("monthly", json.loads(b)["error"]["message"])
         (cid,), = q("SELECT id FROM customers WHERE name = %s", cust)
         self.assert_no_leases_left(cid)
+
+
+class SpendingDays(unittest.TestCase):
+    """Spending limits count UTC days, whatever the database session's time
+    zone: the day a request falls in is the one the rollups, invoices and
+    dashboards show."""
+
+    def test_daily_limit_counts_utc_days_in_any_session_time_zone(self):
+        cust = "utcday-" + uuid.uuid4().hex[:8]
+        ctl("customer", "create", cust, "--credit-usd", "100")
+        key = new_key(cust, "--daily-limit-usd", "1.00")
+        (kid, cid), = q("SELECT k.id, k.customer_id FROM api_keys k WHERE k.prefix = %s", key[:15])
+        # A spend at an instant inside today's UTC day but outside the local
+        # day of a far time zone, or the other way round (which one depends on
+        # the hour now): +14 h starts its day at 10:00 UTC, -12 h at 12:00 UTC.
+        (hour,), = q("SELECT extract(hour FROM now() AT TIME ZONE 'UTC')::int")
+        if hour >= 11:
+            zone, at, in_utc_day = "Etc/GMT-14", "date_trunc('day', now() AT TIME ZONE 'UTC') + interval '30 min'", True
+        else:
+            zone, at, in_utc_day = "Etc/GMT+12", "date_trunc('day', now() AT TIME ZONE 'UTC') - interval '30 min'", False
+        cost = 400_000_000_000  # 0.40 USD
+        q("INSERT INTO usage (request_id, customer_id, key_id, model, prompt_tokens, prompt_cache_hit_tokens,"
+          " prompt_cache_miss_tokens, completion_tokens, reasoning_tokens, price_input_cache_miss,"
+          " price_input_cache_hit, price_output, cost_pico, http_status, stream, received_at, finished_at)"
+          " SELECT %s, %s, %s, %s, 1, 0, 1, 0, 0, 0, 0, 0, %s, 200, false, t, t"
+          " FROM (SELECT (" + at + ") AT TIME ZONE 'UTC' AS t) x", str(uuid.uuid4()), cid, kid, MODEL, cost)
+        room = {}
+        for tz in ("UTC", zone):
+            (kd,), = query(E["TG_TEST_PG"], "SELECT kd FROM tg_lease_grant('utcday-test', %s, %s, 0, 0, 1000)",
+                           kid, cid, options="-c TimeZone=" + tz)
+            room[tz] = int(kd)
+        want = 10 ** 12 - (cost if in_utc_day else 0)
+        self.assertEqual(room, {"UTC": want, zone: want})
+        self.assertEqual(q("SELECT count(*) FROM credit_leases WHERE holder = 'utcday-test'"), [(0,)])
 
 
 class LeaseTopUp(unittest.TestCase):

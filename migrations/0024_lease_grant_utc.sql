@@ -1,0 +1,12 @@
+-- 0024: spending limits count UTC days and months, whatever the session's
+-- time zone.
+--
+-- tg_lease_grant (0014, 0017) starts the day and the month with
+-- date_trunc('day', now()): midnight in the session's TimeZone, which a
+-- PostgreSQL server takes from its host unless told otherwise.  On a server
+-- in Asia/Tokyo a key's daily limit began at 15:00 UTC, while the
+-- documentation, the rollups, the invoices and the dashboards count UTC days.
+-- The function now runs with TimeZone UTC (the setting is restored when it
+-- returns).  The gateway's connections also ask for UTC (billing/bill_pg.c),
+-- so timestamps without an offset given to the admin API read as UTC.
+ALTER FUNCTION tg_lease_grant(text, bigint, bigint, numeric, numeric, bigint) SET TimeZone = 'UTC';
