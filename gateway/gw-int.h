@@ -158,6 +158,7 @@ typedef struct {
     int64_t tpm_limit, tpm_remaining, tpm_reset_ms; /* tpm_limit > 0: x-ratelimit-*-tokens */
     int64_t retry_after_s;      /* >= 0: retry-after */
     const char *receipt;        /* x-tollgate-receipt, or NULL */
+    int cors;                   /* a /v1 answer: readable by a page of any origin */
     int keep_alive;
 } gw_http_head_t;
 /* Append the head's bytes to b (no printf: every answer has one). */
@@ -511,6 +512,7 @@ struct gw_req {
     int done;
     const char *error_code;
     const char *extra_headers; /* header lines ("Name: value\r\n"...) gw_req_head adds; NULL: none */
+    int cors;                  /* a /v1 path: CORS headers on the answer (gw_routes_match) */
     /* upstream */
     gw_upstream_t *worker;
     const char *worker_url;    /* kept for the log after the worker is released */
@@ -626,7 +628,7 @@ void gw_log_release(gw_loop_t *l);
 
 /* gw_chat.c, gw_models.c: handlers */
 extern const gw_handler_t gw_chat_handler, gw_models_handler, gw_health_handler, gw_receipt_key_handler,
-    gw_notfound_handler;
+    gw_notfound_handler, gw_preflight_handler;
 
 /* gw_dash.c: /dashboard/ (static files from dashboard_dir, the JSON API in
  * billing: bill_dash), and the worker pool's /metrics for the operator. */

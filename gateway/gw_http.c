@@ -562,6 +562,11 @@ void gw_http_head_write(tg_buf_t *b, const gw_http_head_t *h) {
         tg_buf_put_i64(b, h->retry_after_s);
         tg_buf_puts(b, "\r\n");
     }
+    if (h->cors)
+        tg_buf_puts(b, "Access-Control-Allow-Origin: *\r\nAccess-Control-Expose-Headers: X-Request-Id, "
+                       "x-ratelimit-limit-requests, x-ratelimit-remaining-requests, x-ratelimit-reset-requests, "
+                       "x-ratelimit-limit-tokens, x-ratelimit-remaining-tokens, x-ratelimit-reset-tokens, "
+                       "retry-after, x-tollgate-receipt\r\n");
     if (h->receipt) {
         tg_buf_puts(b, "x-tollgate-receipt: ");
         tg_buf_puts(b, h->receipt);

@@ -154,6 +154,29 @@ static void gw_receipt_key_run(gw_req_t *r) {
 
 const gw_handler_t gw_receipt_key_handler = {GW_ROUTE_OTHER, gw_receipt_key_run, NULL, NULL};
 
+/* A browser's CORS preflight (OPTIONS with Origin and
+ * Access-Control-Request-Method) on a /v1 path: 204, any origin, the methods
+ * of the API, and the request headers it asked for when they are header
+ * names (Authorization is never covered by a "*"), for a day.  No key: a
+ * preflight carries none.  Any other OPTIONS gets the same answer. */
+static void gw_preflight_run(gw_req_t *r) {
+    const char *ask = gw_http_header(r->http, "Access-Control-Request-Headers");
+    size_t n = ask ? strlen(ask) : 0;
+    int names = n > 0 && n <= 1024 &&
+                strspn(ask, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_!#$%&'*+.^`|~, ") == n;
+    size_t len = (names ? n : 0) + 256;
+    char *h = gw_palloc(r->pool, len);
+    if (h)
+        snprintf(h, len,
+                 "Access-Control-Allow-Methods: GET, POST, OPTIONS\r\nAccess-Control-Allow-Headers: %s\r\n"
+                 "Access-Control-Max-Age: 86400\r\n",
+                 names ? ask : "Authorization, Content-Type");
+    r->extra_headers = h;
+    gw_req_answer(r, 204, NULL, "", 0);
+}
+
+const gw_handler_t gw_preflight_handler = {GW_ROUTE_OTHER, gw_preflight_run, NULL, NULL};
+
 static void gw_notfound_run(gw_req_t *r) {
     char msg[300];
     snprintf(msg, sizeof msg, "No route for %.16s %.200s", r->http->method, r->http->target);

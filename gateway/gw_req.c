@@ -37,8 +37,9 @@ void gw_req_head(gw_req_t *r, int status, const char *ctype, int64_t clen) {
     if (r->loop->shutting_down) r->keep_alive = 0;
     gw_http_head_t h = {.status = status, .date = gw_http_date(time(NULL)), .request_id = r->id,
                         .content_type = ctype, .content_length = clen, .extra = r->extra_headers,
-                        .retry_after_s = -1, .receipt = r->receipt};
-    if (clen < 0 && r->http && r->http->minor >= 1) h.chunked = r->client_chunked = 1;
+                        .retry_after_s = -1, .receipt = r->receipt, .cors = r->cors};
+    if (status == 204) h.content_length = -1; /* no body, and no Content-Length (RFC 9110 §8.6) */
+    else if (clen < 0 && r->http && r->http->minor >= 1) h.chunked = r->client_chunked = 1;
     else if (clen < 0) r->keep_alive = 0; /* close-delimited */
     if (r->have_rl) {
         h.rl_limit = r->rl.limit, h.rl_remaining = r->rl.remaining, h.rl_reset_ms = r->rl.reset_ms;

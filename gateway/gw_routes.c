@@ -15,10 +15,19 @@ static int gw_hexdigit(char c) {
     return -1;
 }
 
+/* The /v1 paths answer pages of any origin (CORS: their answers carry
+ * Access-Control-Allow-Origin *, and a browser's preflight OPTIONS is
+ * answered without a key); the dashboard, which signs in with a cookie, does
+ * not. */
+static const gw_handler_t *gw_routes_v1(gw_req_t *r, const gw_handler_t *h) {
+    r->cors = 1;
+    return strcmp(r->http->method, "OPTIONS") ? h : &gw_preflight_handler;
+}
+
 const gw_handler_t *gw_routes_match(gw_req_t *r) {
     const char *t = r->http->target;
     size_t n = strcspn(t, "?");
-    if (n == 20 && !strncmp(t, "/v1/chat/completions", n)) return &gw_chat_handler;
+    if (n == 20 && !strncmp(t, "/v1/chat/completions", n)) return gw_routes_v1(r, &gw_chat_handler);
     if ((n == 10 && !strncmp(t, "/v1/models", n)) || (n > 11 && !strncmp(t, "/v1/models/", 11))) {
         if (n > 11) { /* one model; its id percent-decoded */
             char *id = gw_palloc(r->pool, n - 11 + 1);
@@ -37,10 +46,10 @@ const gw_handler_t *gw_routes_match(gw_req_t *r) {
             if (id) id[k] = '\0';
             r->model = id ? id : "";
         }
-        return &gw_models_handler;
+        return gw_routes_v1(r, &gw_models_handler);
     }
     if (n >= 10 && !strncmp(t, "/dashboard", 10) && (n == 10 || t[10] == '/')) return &gw_dash_handler;
-    if (n == 15 && !strncmp(t, "/v1/receipt-key", n)) return &gw_receipt_key_handler;
+    if (n == 15 && !strncmp(t, "/v1/receipt-key", n)) return gw_routes_v1(r, &gw_receipt_key_handler);
     if (n == 7 && !strncmp(t, "/health", n)) return &gw_health_handler;
     return &gw_notfound_handler;
 }

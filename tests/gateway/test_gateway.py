@@ -745,7 +745,6 @@ class Gateway(unittest.TestCase):
         c = Conn()
         try:
             for method, path, allow in (("GET", "/v1/chat/completions", "POST"),
-                                        ("OPTIONS", "/v1/chat/completions", "POST"),
                                         ("PUT", "/v1/chat/completions", "POST"),
                                         ("DELETE", "/v1/models", "GET, HEAD"),
                                         ("POST", "/v1/models/" + MODEL, "GET, HEAD"),
@@ -759,6 +758,49 @@ class Gateway(unittest.TestCase):
                 self.assertEqual(h.get("allow"), allow, (method, path))
                 self.assertIn(allow, err["message"])
                 self.assertEqual(h["connection"], "keep-alive")
+            st, h, b = c.request("GET", "/health")
+            self.assertEqual(st, 200, b)
+        finally:
+            c.close()
+
+    def test_cors_preflight_and_answers_readable_from_any_origin(self):
+        # a page calling the API from a browser (the SDK's dangerouslyAllowBrowser):
+        # its preflight needs no key and gets 204 with what it asked for; the
+        # answers themselves carry Access-Control-Allow-Origin; the dashboard,
+        # signed in with a cookie, does not answer other origins
+        c = Conn()
+        try:
+            pre = {"Origin": "https://app.example", "Access-Control-Request-Method": "POST",
+                   "Access-Control-Request-Headers": "authorization,content-type,x-stainless-os"}
+            for path in ("/v1/chat/completions", "/v1/models", "/v1/models/" + MODEL):
+                c.send(("OPTIONS %s HTTP/1.1\r\nHost: x\r\n%s\r\n" % (
+                    path, "".join("%s: %s\r\n" % kv for kv in pre.items()))).encode())
+                st, h, _ = c.read_response(head_only=True)
+                self.assertEqual(st, 204, (path, h))
+                self.assertNotIn("content-length", h)
+                self.assertNotIn("transfer-encoding", h)
+                self.assertEqual(h["access-control-allow-origin"], "*")
+                self.assertIn("POST", h["access-control-allow-methods"])
+                self.assertEqual(h["access-control-allow-headers"], "authorization,content-type,x-stainless-os")
+                self.assertEqual(h["connection"], "keep-alive")
+            # asked headers that are not header names: the API's own two
+            c.send(b"OPTIONS /v1/chat/completions HTTP/1.1\r\nHost: x\r\nOrigin: https://a.example\r\n"
+                   b"Access-Control-Request-Headers: a;b\r\n\r\n")
+            st, h, _ = c.read_response(head_only=True)
+            self.assertEqual((st, h["access-control-allow-headers"]), (204, "Authorization, Content-Type"))
+            st, h, b = c.request("POST", "/v1/chat/completions",
+                                 {"model": MODEL, "messages": [{"role": "user", "content": "cors"}]}, self.key,
+                                 {"Origin": "https://app.example"})
+            self.assertEqual(st, 200, b)
+            self.assertEqual(h["access-control-allow-origin"], "*")
+            exposed = [x.strip().lower() for x in h["access-control-expose-headers"].split(",")]
+            for name in ("x-request-id", "x-ratelimit-remaining-requests", "retry-after"):
+                self.assertIn(name, exposed)
+            st, h, b = c.request("GET", "/v1/models", None, None, {"Origin": "https://app.example"})
+            openai_error(self, st, h, b, 401)
+            self.assertEqual(h["access-control-allow-origin"], "*")  # a page can read why
+            st, h, b = c.request("GET", "/dashboard/", None, None, {"Origin": "https://app.example"})
+            self.assertNotIn("access-control-allow-origin", h)
             st, h, b = c.request("GET", "/health")
             self.assertEqual(st, 200, b)
         finally:
