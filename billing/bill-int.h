@@ -246,7 +246,7 @@ typedef struct bill_lease bill_lease_t;
 struct bill_req {
     TAILQ_ENTRY(bill_req) link;  /* bill_t.ready, or a lease's waiters */
     bill_t *b;
-    int kind;                    /* 0: admission, 1: hold */
+    int kind;                    /* 0: admission, 1: hold, 2: balance */
     int queued;                  /* in b->ready */
     bill_pg_job_t *job;
     void *arg;
@@ -263,6 +263,8 @@ struct bill_req {
     bill_hold_t *hold;
     bill_hold_cb hold_cb;
     void *lease;                 /* the lease whose queue holds it */
+    /* balance */
+    bill_balance_cb balance_cb;
 };
 
 typedef struct {

@@ -255,6 +255,46 @@ void bill_cancel(bill_req_t *r) {
     req_free(r);
 }
 
+/* ---- balance (GET /user/balance) -------------------------------------------- */
+
+/* Granted (promotional) credit is not told apart from paid credit here: all
+ * of it is topped up.  Available: some balance left, the customer not closed. */
+static const char BALANCE_SQL[] =
+    "SELECT json_build_object('is_available', c.balance_pico > 0 AND c.closed_at IS NULL,"
+    " 'balance_infos', json_build_array(json_build_object('currency', 'USD',"
+    " 'total_balance', tg_usd(c.balance_pico), 'granted_balance', tg_usd(0),"
+    " 'topped_up_balance', tg_usd(c.balance_pico), 'total_balance_pico', c.balance_pico::text)))::text"
+    " FROM customers c WHERE c.id = $1::bigint";
+
+static void balance_done(PGresult *res, const char *err, void *arg) {
+    bill_req_t *r = arg;
+    r->job = NULL;
+    const char *body = NULL;
+    if (res && PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1) body = PQgetvalue(res, 0, 0);
+    else if (!res || PQresultStatus(res) != PGRES_TUPLES_OK)
+        fprintf(stderr, "bill: balance query failed: %s%s", err ? err : PQresultErrorMessage(res), err ? "\n" : "");
+    r->balance_cb(body, r->arg);
+    req_free(r);
+}
+
+bill_req_t *bill_balance(bill_t *b, int64_t customer_id, bill_balance_cb cb, void *arg) {
+    bill_req_t *r = tg_zalloc(sizeof *r);
+    if (!r) return NULL;
+    char id[24];
+    snprintf(id, sizeof id, "%lld", (long long)customer_id);
+    const char *params[1] = {id};
+    r->b = b;
+    r->kind = 2;
+    r->balance_cb = cb;
+    r->arg = arg;
+    if (!(r->job = bill_pg_query(b->pg, BALANCE_SQL, 1, params, balance_done, r))) {
+        free(r);
+        return NULL;
+    }
+    bill_pg_job_retry_ok(r->job); /* it only reads */
+    return r;
+}
+
 /* ---- holds ------------------------------------------------------------------ */
 
 bill_req_t *bill_hold(bill_t *b, const bill_key_t *key, int64_t amount, bill_hold_t *h, bill_hold_cb cb, void *arg) {

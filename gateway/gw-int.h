@@ -628,7 +628,7 @@ void gw_log_release(gw_loop_t *l);
 
 /* gw_chat.c, gw_models.c: handlers */
 extern const gw_handler_t gw_chat_handler, gw_models_handler, gw_health_handler, gw_receipt_key_handler,
-    gw_notfound_handler, gw_preflight_handler;
+    gw_notfound_handler, gw_preflight_handler, gw_balance_handler;
 
 /* gw_dash.c: /dashboard/ (static files from dashboard_dir, the JSON API in
  * billing: bill_dash), and the worker pool's /metrics for the operator. */

@@ -130,6 +130,61 @@ static void gw_models_run(gw_req_t *r) {
 
 const gw_handler_t gw_models_handler = {GW_ROUTE_MODELS, gw_models_run, NULL, NULL};
 
+/* GET /user/balance (DeepSeek's path; /v1/user/balance as well): the balance
+ * of the key's customer, read from PostgreSQL (billing's bill_balance).  Any
+ * key that authenticates may ask, with or without balance left; like
+ * /v1/models the answer carries the key's x-ratelimit-* headers and takes
+ * nothing from its limits. */
+static void gw_balance_got(const char *json, void *arg) {
+    gw_req_t *r = arg;
+    r->admit = NULL;
+    if (!json) gw_auth_error(r, BILL_ERROR);
+    else gw_req_answer(r, 200, "application/json", json, strlen(json));
+}
+
+static void gw_balance_read(gw_req_t *r) {
+    if (!(r->admit = bill_balance(r->loop->bill, r->key.customer_id, gw_balance_got, r)))
+        gw_req_error(r, 500, "server_error", NULL, NULL, "out of memory");
+}
+
+static void gw_balance_limits(int verdict, const gw_rl_result_t *res, void *arg) {
+    gw_req_t *r = arg;
+    r->have_rl = verdict != GW_RL_UNAVAILABLE;
+    r->rl = *res;
+    gw_balance_read(r);
+}
+
+static void gw_balance_admitted(bill_status_t st, const bill_key_t *key, void *arg) {
+    gw_req_t *r = arg;
+    r->admit = NULL;
+    if (st != BILL_OK && st != BILL_NO_BALANCE && st != BILL_NO_PRICE && st != BILL_MODEL_NOT_ALLOWED) {
+        gw_auth_error(r, st);
+        return;
+    }
+    r->key = *key;
+    r->key.models_json = NULL;
+    if (gw_auth_peek_limits(r, gw_balance_limits) != GW_OK) gw_balance_read(r);
+}
+
+static void gw_balance_run(gw_req_t *r) {
+    if (strcmp(r->http->method, "GET") && !gw_req_is_head(r)) {
+        gw_req_method_not_allowed(r, "GET, HEAD");
+        return;
+    }
+    const char *key = gw_auth_bearer(r);
+    if (!key) return;
+    bill_t *bill = r->loop->bill;
+    if (!bill || gw_pool_cleanup_add(r->pool, gw_models_cleanup, r) != GW_OK) {
+        gw_auth_error(r, BILL_ERROR);
+        return;
+    }
+    if (gw_auth_refused_offline(r, key)) return;
+    r->admit = bill_admit(bill, key, r->srv->cfg->workers[0].models[0], r->conn->peer, gw_balance_admitted, r);
+    if (!r->admit) gw_auth_error(r, BILL_ERROR);
+}
+
+const gw_handler_t gw_balance_handler = {GW_ROUTE_OTHER, gw_balance_run, NULL, NULL};
+
 static void gw_health_run(gw_req_t *r) {
     static const char ok[] = "{\"status\":\"ok\"}\n";
     if (strcmp(r->http->method, "GET") && !gw_req_is_head(r)) {

@@ -50,6 +50,8 @@ const gw_handler_t *gw_routes_match(gw_req_t *r) {
     }
     if (n >= 10 && !strncmp(t, "/dashboard", 10) && (n == 10 || t[10] == '/')) return &gw_dash_handler;
     if (n == 15 && !strncmp(t, "/v1/receipt-key", n)) return gw_routes_v1(r, &gw_receipt_key_handler);
+    if ((n == 13 && !strncmp(t, "/user/balance", n)) || (n == 16 && !strncmp(t, "/v1/user/balance", n)))
+        return gw_routes_v1(r, &gw_balance_handler);
     if (n == 7 && !strncmp(t, "/health", n)) return &gw_health_handler;
     return &gw_notfound_handler;
 }

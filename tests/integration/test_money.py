@@ -39,6 +39,64 @@ def chat(key):
     return r.status, r.getheader("x-request-id"), body
 
 
+def get(path, key, method="GET"):
+    ctx = ssl.create_default_context(cafile=E["TG_TEST_CERT"])
+    c = http.client.HTTPSConnection("127.0.0.1", GW.port, context=ctx, timeout=120)
+    c.request(method, path, headers={"Authorization": "Bearer " + key})
+    r = c.getresponse()
+    body = json.loads(r.read())
+    c.close()
+    return r.status, {k.lower(): v for k, v in r.getheaders()}, body
+
+
+class Balance(unittest.TestCase):
+    """GET /user/balance, DeepSeek's balance endpoint, with the customer's key:
+    what the ledger says, exactly, after a request was billed."""
+
+    def test_balance_endpoint_follows_the_ledger(self):
+        name = "it-bal-" + uuid.uuid4().hex[:10]
+        ctl("customer", "create", name, "--credit-usd", "2.5")
+        key = ctl("key", "create", "--customer", name).stdout.strip().splitlines()[-1]
+        for path in ("/user/balance", "/v1/user/balance"):
+            st, h, b = get(path, key)
+            self.assertEqual(st, 200, b)
+            self.assertEqual(b, {"is_available": True, "balance_infos": [
+                {"currency": "USD", "total_balance": "2.500000", "granted_balance": "0.000000",
+                 "topped_up_balance": "2.500000", "total_balance_pico": "2500000000000"}]})
+            self.assertTrue(h.get("x-request-id"))
+        st, rid, body = chat(key)
+        self.assertEqual(st, 200, body)
+        deadline = time.time() + WAIT
+        while not q("SELECT 1 FROM usage WHERE request_id = %s", rid) and time.time() < deadline:
+            time.sleep(0.1)
+        (cost,), = q("SELECT cost_pico FROM usage WHERE request_id = %s", rid)
+        self.assertGreater(cost, 0)
+        left = 2500000000000 - cost
+        st, _, b = get("/user/balance", key)
+        self.assertEqual(st, 200, b)
+        info = b["balance_infos"][0]
+        self.assertEqual(info["total_balance_pico"], str(left))
+        self.assertEqual(info["topped_up_balance"], info["total_balance"])
+        # its USD is the pico-USD rounded half up to 6 decimals
+        self.assertEqual(info["total_balance"], "%d.%06d" % divmod((left + 500000) // 1000000, 1000000))
+        # a customer with nothing left may still ask: not available, not a 402
+        poor = "it-bal0-" + uuid.uuid4().hex[:10]
+        ctl("customer", "create", poor)
+        pkey = ctl("key", "create", "--customer", poor).stdout.strip().splitlines()[-1]
+        st, _, b = get("/user/balance", pkey)
+        self.assertEqual((st, b["is_available"], b["balance_infos"][0]["total_balance_pico"]), (200, False, "0"))
+        # only with a key that works, and only read
+        (kid,), = q("SELECT id FROM api_keys WHERE prefix = %s", pkey[:15])
+        ctl("key", "revoke", str(kid))
+        deadline = time.time() + WAIT
+        while get("/user/balance", pkey)[0] == 200 and time.time() < deadline:
+            time.sleep(0.05)
+        st, _, b = get("/user/balance", pkey)
+        self.assertEqual((st, b["error"]["code"]), (401, "invalid_api_key"))
+        st, h, b = get("/user/balance", key, method="POST")
+        self.assertEqual((st, h.get("allow")), (405, "GET, HEAD"))
+
+
 class Money(unittest.TestCase):
     def test_override_billed_through_the_gateway_and_reconcile(self):
         name = "it-money-" + uuid.uuid4().hex[:10]
