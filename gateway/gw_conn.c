@@ -119,6 +119,10 @@ static void gw_conn_arm(gw_conn_t *c, int kind, int restart) {
                  : kind == TIMER_BODY    ? cfg->body_timeout_ms
                                          : cfg->idle_timeout_ms;
     struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
+    /* from now, not from the loop's cached time (taken when this round of
+     * callbacks began: a round that ran long, or a thread descheduled on a
+     * busy host, would make the timeout fire that much early) */
+    event_base_update_cache_time(c->loop->base);
     event_add(c->timer, &tv);
     c->timer_kind = kind;
 }

@@ -1,4 +1,4 @@
-/* gw_models.c — the small handlers: GET /v1/models and /v1/models/{id}
+/* gw_models.c — the small handlers: GET /v1/models and /v1/models/{id}, GET /user/balance
  * (Bearer key checked through bill_admit; a key with no balance may still
  * list; a key's model scope narrows the list), GET /health, and the 404 for
  * anything else (/metrics included: it is on the admin listener). */
@@ -77,64 +77,8 @@ static void gw_models_answer_scoped(gw_req_t *r) {
     tg_json_free(scope);
 }
 
-static void gw_models_limits(int verdict, const gw_rl_result_t *res, void *arg) {
-    gw_req_t *r = arg;
-    r->have_rl = verdict != GW_RL_UNAVAILABLE;
-    r->rl = *res;
-    gw_models_answer_scoped(r);
-}
-
-/* A key with no balance may still list.  The answer waits for a look at the
- * key's limits (the x-ratelimit-* headers; nothing is taken). */
-static void gw_models_admitted(bill_status_t st, const bill_key_t *key, void *arg) {
-    gw_req_t *r = arg;
-    r->admit = NULL;
-    if (st != BILL_OK && st != BILL_NO_BALANCE && st != BILL_NO_PRICE && st != BILL_MODEL_NOT_ALLOWED) {
-        gw_auth_error(r, st);
-        return;
-    }
-    r->key = *key;
-    r->key.models_json = NULL;
-    if (key->models_json && !(r->scope_json = gw_pstrndup(r->pool, key->models_json, strlen(key->models_json)))) {
-        gw_req_error(r, 500, "server_error", NULL, NULL, "out of memory");
-        return;
-    }
-    if (gw_auth_peek_limits(r, gw_models_limits) != GW_OK) gw_models_answer_scoped(r);
-}
-
-static void gw_models_cleanup(void *arg) {
-    gw_req_t *r = arg;
-    bill_cancel(r->admit);
-    r->admit = NULL;
-    gw_rl_finish(r->rl_call, 0);
-    r->rl_call = NULL;
-}
-
-static void gw_models_run(gw_req_t *r) {
-    if (strcmp(r->http->method, "GET") && !gw_req_is_head(r)) {
-        gw_req_method_not_allowed(r, "GET, HEAD");
-        return;
-    }
-    const char *key = gw_auth_bearer(r);
-    if (!key) return;
-    const gw_config_t *cfg = r->srv->cfg;
-    bill_t *bill = r->loop->bill;
-    if (!bill || gw_pool_cleanup_add(r->pool, gw_models_cleanup, r) != GW_OK) {
-        gw_auth_error(r, BILL_ERROR);
-        return;
-    }
-    if (gw_auth_refused_offline(r, key)) return;
-    r->admit = bill_admit(bill, key, cfg->workers[0].models[0], r->conn->peer, gw_models_admitted, r);
-    if (!r->admit) gw_auth_error(r, BILL_ERROR);
-}
-
-const gw_handler_t gw_models_handler = {GW_ROUTE_MODELS, gw_models_run, NULL, NULL};
-
 /* GET /user/balance (DeepSeek's path; /v1/user/balance as well): the balance
- * of the key's customer, read from PostgreSQL (billing's bill_balance).  Any
- * key that authenticates may ask, with or without balance left; like
- * /v1/models the answer carries the key's x-ratelimit-* headers and takes
- * nothing from its limits. */
+ * of the key's customer, read from PostgreSQL (billing's bill_balance). */
 static void gw_balance_got(const char *json, void *arg) {
     gw_req_t *r = arg;
     r->admit = NULL;
@@ -147,14 +91,24 @@ static void gw_balance_read(gw_req_t *r) {
         gw_req_error(r, 500, "server_error", NULL, NULL, "out of memory");
 }
 
-static void gw_balance_limits(int verdict, const gw_rl_result_t *res, void *arg) {
+/* ---- the GETs that need a key, not an admission: /v1/models, /user/balance ----
+ * Any key that authenticates may ask, with or without balance left.  The
+ * answer waits for a look at the key's limits (the x-ratelimit-* headers;
+ * nothing is taken), then the handler's own step answers. */
+
+static void gw_keyed_answer(gw_req_t *r) {
+    if (r->handler == &gw_balance_handler) gw_balance_read(r);
+    else gw_models_answer_scoped(r);
+}
+
+static void gw_keyed_limits(int verdict, const gw_rl_result_t *res, void *arg) {
     gw_req_t *r = arg;
     r->have_rl = verdict != GW_RL_UNAVAILABLE;
     r->rl = *res;
-    gw_balance_read(r);
+    gw_keyed_answer(r);
 }
 
-static void gw_balance_admitted(bill_status_t st, const bill_key_t *key, void *arg) {
+static void gw_keyed_admitted(bill_status_t st, const bill_key_t *key, void *arg) {
     gw_req_t *r = arg;
     r->admit = NULL;
     if (st != BILL_OK && st != BILL_NO_BALANCE && st != BILL_NO_PRICE && st != BILL_MODEL_NOT_ALLOWED) {
@@ -163,10 +117,22 @@ static void gw_balance_admitted(bill_status_t st, const bill_key_t *key, void *a
     }
     r->key = *key;
     r->key.models_json = NULL;
-    if (gw_auth_peek_limits(r, gw_balance_limits) != GW_OK) gw_balance_read(r);
+    if (key->models_json && !(r->scope_json = gw_pstrndup(r->pool, key->models_json, strlen(key->models_json)))) {
+        gw_req_error(r, 500, "server_error", NULL, NULL, "out of memory");
+        return;
+    }
+    if (gw_auth_peek_limits(r, gw_keyed_limits) != GW_OK) gw_keyed_answer(r);
 }
 
-static void gw_balance_run(gw_req_t *r) {
+static void gw_keyed_cleanup(void *arg) {
+    gw_req_t *r = arg;
+    bill_cancel(r->admit);
+    r->admit = NULL;
+    gw_rl_finish(r->rl_call, 0);
+    r->rl_call = NULL;
+}
+
+static void gw_keyed_run(gw_req_t *r) {
     if (strcmp(r->http->method, "GET") && !gw_req_is_head(r)) {
         gw_req_method_not_allowed(r, "GET, HEAD");
         return;
@@ -174,16 +140,17 @@ static void gw_balance_run(gw_req_t *r) {
     const char *key = gw_auth_bearer(r);
     if (!key) return;
     bill_t *bill = r->loop->bill;
-    if (!bill || gw_pool_cleanup_add(r->pool, gw_models_cleanup, r) != GW_OK) {
+    if (!bill || gw_pool_cleanup_add(r->pool, gw_keyed_cleanup, r) != GW_OK) {
         gw_auth_error(r, BILL_ERROR);
         return;
     }
     if (gw_auth_refused_offline(r, key)) return;
-    r->admit = bill_admit(bill, key, r->srv->cfg->workers[0].models[0], r->conn->peer, gw_balance_admitted, r);
+    r->admit = bill_admit(bill, key, r->srv->cfg->workers[0].models[0], r->conn->peer, gw_keyed_admitted, r);
     if (!r->admit) gw_auth_error(r, BILL_ERROR);
 }
 
-const gw_handler_t gw_balance_handler = {GW_ROUTE_OTHER, gw_balance_run, NULL, NULL};
+const gw_handler_t gw_models_handler = {GW_ROUTE_MODELS, gw_keyed_run, NULL, NULL};
+const gw_handler_t gw_balance_handler = {GW_ROUTE_OTHER, gw_keyed_run, NULL, NULL};
 
 static void gw_health_run(gw_req_t *r) {
     static const char ok[] = "{\"status\":\"ok\"}\n";
