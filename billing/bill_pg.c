@@ -331,9 +331,8 @@ static void conn_poll_cb(evutil_socket_t fd, short what, void *arg) {
 }
 
 static void conn_start(pg_conn_t *c) {
-    /* UTC before the conninfo (dbname is expanded in place), which may override it */
-    const char *keys[] = {"options", "dbname", "application_name", NULL};
-    const char *vals[] = {"-c TimeZone=UTC", c->pg->conninfo, "tollgate", NULL};
+    const char *keys[] = {"dbname", "application_name", NULL};
+    const char *vals[] = {c->pg->conninfo, "tollgate", NULL};
     c->conn = PQconnectStartParams(keys, vals, 1);
     c->st = C_CONNECTING;
     if (!c->conn || PQstatus(c->conn) == CONNECTION_BAD) {

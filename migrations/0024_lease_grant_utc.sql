@@ -6,7 +6,7 @@
 -- PostgreSQL server takes from its host unless told otherwise.  On a server
 -- in Asia/Tokyo a key's daily limit began at 15:00 UTC, while the
 -- documentation, the rollups, the invoices and the dashboards count UTC days.
--- The function now runs with TimeZone UTC (the setting is restored when it
--- returns).  The gateway's connections also ask for UTC (billing/bill_pg.c),
--- so timestamps without an offset given to the admin API read as UTC.
+-- The gateway's sessions are UTC (bill_new sets PGTZ=UTC unless PGTZ is
+-- set), other clients' need not be.  The function now runs with TimeZone UTC
+-- (the setting is restored when it returns).
 ALTER FUNCTION tg_lease_grant(text, bigint, bigint, numeric, numeric, bigint) SET TimeZone = 'UTC';
