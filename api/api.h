@@ -71,6 +71,9 @@ typedef enum {
 #define API_SCHEMA_MAX_ENUM 64      /* values of one enum */
 #define API_SCHEMA_MAX_DEPTH 16     /* nesting of schemas */
 #define API_SCHEMA_MAX_LIT 256      /* bytes of one property name or enum value, as JSON text */
+#define API_SCHEMA_MAX_LITS 4096    /* enum and const values of one schema, in all */
+#define API_TOOLS_MAX_NODES 4096    /* schemas of all strict tools of a request, in all */
+#define API_TOOLS_MAX_LITS 16384    /* enum and const values of all strict tools of a request, in all */
 
 typedef struct {
     uint8_t types;     /* API_ST_* allowed (ignored when n_enum > 0) */
@@ -108,7 +111,20 @@ typedef struct {
  * 0, or -1 with a 400 in e naming what is unsupported or malformed (the
  * schema then needs no free).  api_schema_free frees sc's arrays. */
 int api_schema_compile(api_schema_t *sc, const tg_json_t *schema, api_err_t *e);
+/* The same, errors naming `param` (e.g. "tools[0].function.parameters");
+ * flags API_SCHEMA_STRICT adds OpenAI's strict-mode rules (api/README.md
+ * "Strict function tools"): every schema has a type (or enum, const, anyOf,
+ * $ref), every object schema "additionalProperties": false and all of its
+ * properties in "required". */
+#define API_SCHEMA_STRICT 1
+int api_schema_compile_as(api_schema_t *sc, const tg_json_t *schema, const char *param, int flags,
+                          api_err_t *e);
 void api_schema_free(api_schema_t *sc); /* accepts a zeroed one */
+/* Append a copy of src's table to dst (indexes and arena offsets shifted), so
+ * that several schemas share one table: returns the index of src's root in
+ * dst, or -1 out of memory or when the table would outgrow its 16-bit
+ * indexes (dst is then unchanged).  dst starts zeroed; api_schema_free. */
+int api_schema_append(api_schema_t *dst, const api_schema_t *src);
 
 /* One function tool.  json: the tool object as Jinja's tojson writes it
  * (", " and ": " separators, members in request order, numbers as sent),
@@ -118,6 +134,8 @@ typedef struct {
     size_t name_len;
     char *json;       /* owned */
     size_t json_len;
+    int strict;       /* "strict": true: its arguments follow its parameters schema */
+    int root;         /* strict: the node of api_chat_req_t.tool_schema its arguments follow; else -1 */
 } api_tool_t;
 
 typedef struct {
@@ -138,6 +156,7 @@ typedef struct api_chat_req {
     size_t n_owned;
     api_tool_t *tools;
     size_t n_tools;
+    api_schema_t tool_schema; /* the strict tools' parameters, compiled into one table (owned) */
     api_tool_choice_t tool_choice;
     int tool_named;          /* index into tools for API_TOOL_CHOICE_NAMED */
     int parallel_tool_calls; /* default 1; 0: at most one call */

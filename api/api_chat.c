@@ -466,6 +466,32 @@ static int name_ok(const char *s, size_t n) {
     return 1;
 }
 
+/* Tool i's parameters when it is strict (absent: no arguments, so {}),
+ * compiled under strict mode's rules into r->tool_schema.  0 or -1. */
+static int parse_tool_schema(api_chat_req_t *r, size_t i, const tg_json_t *pa, api_err_t *e) {
+    static const char NONE[] = "{\"type\":\"object\",\"properties\":{},\"additionalProperties\":false}";
+    char p[48];
+    path_at(p, sizeof p, "tools", i, ".function.parameters");
+    tg_json_t *doc = NULL;
+    if (is_null(pa) && !(pa = doc = tg_json_parse(NONE, sizeof NONE - 1, NULL, NULL))) return OOM();
+    api_schema_t sc;
+    int rc = api_schema_compile_as(&sc, pa, p, API_SCHEMA_STRICT, e);
+    tg_json_free(doc);
+    if (rc) return -1;
+    if (r->tool_schema.n_nodes + sc.n_nodes > API_TOOLS_MAX_NODES ||
+        r->tool_schema.n_lits + sc.n_lits > API_TOOLS_MAX_LITS) {
+        api_schema_free(&sc);
+        return BAD(p, "invalid_value",
+                   "Invalid '%s': the strict tools' schemas hold more than %d schemas or %d enum values in all.", p,
+                   API_TOOLS_MAX_NODES, API_TOOLS_MAX_LITS);
+    }
+    int root = api_schema_append(&r->tool_schema, &sc);
+    api_schema_free(&sc);
+    if (root < 0) return OOM();
+    r->tools[i].root = root;
+    return 0;
+}
+
 static int parse_tools(api_chat_req_t *r, const tg_json_t *tools, api_err_t *e) {
     if (is_null(tools)) return 0;
     if (tg_json_type(tools) != TG_JSON_ARRAY)
@@ -543,7 +569,10 @@ static int parse_tools(api_chat_req_t *r, const tg_json_t *tools, api_err_t *e) 
         r->tools[i].name_len = nl;
         r->tools[i].json = b.p;
         r->tools[i].json_len = b.len;
+        r->tools[i].strict = !is_null(st) && sv;
+        r->tools[i].root = -1;
         r->n_tools++;
+        if (r->tools[i].strict && parse_tool_schema(r, i, pa, e)) return -1;
     }
     return 0;
 }
@@ -608,6 +637,8 @@ typedef struct {
     const tg_json_t *root;                          /* for "$ref": "#/$defs/NAME" */
     const tg_json_t *refs[API_SCHEMA_MAX_DEPTH + 2]; /* the $ref targets being compiled (recursion) */
     int n_refs;
+    const char *param;   /* the parameter errors name: "response_format.json_schema.schema", ... */
+    int strict;          /* API_SCHEMA_STRICT: OpenAI's strict-mode rules on top (see api_schema_compile_as) */
 } sc_ctx_t;
 
 static const char *const SC_ANNOT[] = {"title", "description", "default", "examples", "$schema", "$id", "$comment"};
@@ -639,7 +670,17 @@ static void sc_bad(sc_ctx_t *c, const char *kw, size_t n, const char *path) {
     c->n_bad++;
 }
 
-#define SC_BAD(...) BAD("response_format.json_schema.schema", "invalid_value", __VA_ARGS__)
+/* A 400 invalid_value naming c->param: "Invalid 'PARAM': " and the message. */
+static int sc_err(const sc_ctx_t *c, api_err_t *e, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int sc_err(const sc_ctx_t *c, api_err_t *e, const char *fmt, ...) {
+    char m[sizeof e->message];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(m, sizeof m, fmt, ap);
+    va_end(ap);
+    return BAD(c->param, "invalid_value", "Invalid '%s': %s", c->param, m);
+}
+#define SC_BAD(...) sc_err(c, e, __VA_ARGS__)
 
 static int sc_type_bit(const tg_json_t *t) {
     static const struct { const char *n; int bit; } T[] = {
@@ -716,8 +757,7 @@ static int sc_any(sc_ctx_t *c, int ni, const tg_json_t *any, int depth, char *pa
     const char *where = *path ? path : "the root";
     size_t nb = tg_json_len(any);
     if (tg_json_type(any) != TG_JSON_ARRAY || nb < 1 || nb > 16)
-        return SC_BAD("Invalid 'response_format.json_schema.schema': 'anyOf' at %s must be an array of 1 to 16 "
-                      "schemas.", where);
+        return SC_BAD("'anyOf' at %s must be an array of 1 to 16 schemas.", where);
     int br[16], types = 0, obj = -1, arr = -1, enums = 0;
     for (size_t i = 0; i < nb; i++) {
         size_t l2 = (size_t)snprintf(path + pl, pl < 95 ? 96 - pl : 0, "%sanyOf[%zu]", pl ? "." : "", i);
@@ -757,7 +797,7 @@ static int sc_any(sc_ctx_t *c, int ni, const tg_json_t *any, int depth, char *pa
                     if (dup) continue;
                     if (n >= API_SCHEMA_MAX_ENUM ||
                         sc_grow((void **)&sc->lits, &c->cap_lits, sc->n_lits, sizeof *sc->lits))
-                        return n >= API_SCHEMA_MAX_ENUM ? SC_BAD("Invalid 'response_format.json_schema.schema': more "
+                        return n >= API_SCHEMA_MAX_ENUM ? SC_BAD("more "
                                                                  "than %d values at %s.", API_SCHEMA_MAX_ENUM, where)
                                                         : OOM();
                     sc->lits[sc->n_lits].off = off, sc->lits[sc->n_lits++].len = len, n++;
@@ -796,14 +836,14 @@ static int sc_props(sc_ctx_t *c, int ni, const tg_json_t *props, const tg_json_t
     api_schema_t *sc = c->sc;
     size_t n = tg_json_len(props);
     if (n > API_SCHEMA_MAX_PROPS)
-        return SC_BAD("Invalid 'response_format.json_schema.schema': %zu properties at %s (at most %d).", n,
+        return SC_BAD("%zu properties at %s (at most %d).", n,
                       *path ? path : "the root", API_SCHEMA_MAX_PROPS);
     int oom = 0;
     size_t dl;
     const char *dup = tg_json_dup_key(props, &dl, &oom);
     if (oom) return OOM();
     if (dup)
-        return SC_BAD("Invalid 'response_format.json_schema.schema': property '%.*s' given twice at %s.",
+        return SC_BAD("property '%.*s' given twice at %s.",
                       (int)(dl > 64 ? 64 : dl), dup, *path ? path : "the root");
     /* reserve the node's property slots first: children compile after them */
     int prop0 = sc->n_props;
@@ -823,7 +863,7 @@ static int sc_props(sc_ctx_t *c, int ni, const tg_json_t *props, const tg_json_t
         if (kb.oom) return OOM();
         if (kb.len > API_SCHEMA_MAX_LIT) {
             tg_buf_free(&kb);
-            return SC_BAD("Invalid 'response_format.json_schema.schema': a property name longer than %d bytes "
+            return SC_BAD("a property name longer than %d bytes "
                           "at %s.", API_SCHEMA_MAX_LIT - 2, *path ? path : "the root");
         }
         long off = sc_put(c, kb.p, kb.len);
@@ -844,8 +884,7 @@ static int sc_props(sc_ctx_t *c, int ni, const tg_json_t *props, const tg_json_t
     }
     if (is_null(req)) return 0;
     if (tg_json_type(req) != TG_JSON_ARRAY)
-        return SC_BAD("Invalid 'response_format.json_schema.schema': 'required' at %s must be an array of "
-                      "property names.", *path ? path : "the root");
+        return SC_BAD("'required' at %s must be an array of property names.", *path ? path : "the root");
     const tg_json_t *r;
     TG_JSON_FOREACH(r, req) {
         size_t rl;
@@ -857,11 +896,11 @@ static int sc_props(sc_ctx_t *c, int ni, const tg_json_t *props, const tg_json_t
             if (kl == rl && !memcmp(k, rs, rl)) found = (int)j;
         }
         if (found < 0)
-            return SC_BAD("Invalid 'response_format.json_schema.schema': 'required' at %s names %s%.*s%s, "
+            return SC_BAD("'required' at %s names %s%.*s%s, "
                           "which is not in 'properties'.", *path ? path : "the root", rs ? "'" : "a non-string",
                           rs ? (int)(rl > 64 ? 64 : rl) : 0, rs ? rs : "", rs ? "'" : "");
         if (sc->props[prop0 + found].required)
-            return SC_BAD("Invalid 'response_format.json_schema.schema': 'required' at %s names '%.*s' twice.",
+            return SC_BAD("'required' at %s names '%.*s' twice.",
                           *path ? path : "the root", (int)(rl > 64 ? 64 : rl), rs);
         sc->props[prop0 + found].required = 1;
     }
@@ -874,13 +913,11 @@ static int sc_node(sc_ctx_t *c, const tg_json_t *v, int parent, int pidx, int de
     api_schema_t *sc = c->sc;
     const char *where = *path ? path : "the root";
     if (tg_json_type(v) != TG_JSON_OBJECT)
-        return SC_BAD("Invalid 'response_format.json_schema.schema': the schema at %s must be an object, "
-                      "but got %s.", where, type_name(v));
+        return SC_BAD("the schema at %s must be an object, but got %s.", where, type_name(v));
     if (depth > API_SCHEMA_MAX_DEPTH)
-        return SC_BAD("Invalid 'response_format.json_schema.schema': nested deeper than %d schemas at %s.",
-                      API_SCHEMA_MAX_DEPTH, where);
+        return SC_BAD("nested deeper than %d schemas at %s.", API_SCHEMA_MAX_DEPTH, where);
     if (sc->n_nodes >= API_SCHEMA_MAX_NODES)
-        return SC_BAD("Invalid 'response_format.json_schema.schema': more than %d schemas.", API_SCHEMA_MAX_NODES);
+        return SC_BAD("more than %d schemas.", API_SCHEMA_MAX_NODES);
     /* "$ref", and "allOf" of one schema: that schema, compiled here (beside them: annotations only) */
     const tg_json_t *ref = tg_json_get(v, "$ref"), *all = tg_json_get(v, "allOf"), *m;
     if (ref || (all && tg_json_type(all) == TG_JSON_ARRAY && tg_json_len(all) == 1)) {
@@ -900,7 +937,7 @@ static int sc_node(sc_ctx_t *c, const tg_json_t *v, int parent, int pidx, int de
             if (c->refs[i] == target)
                 return SC_BAD("Unsupported '$ref' at %s: a recursive schema (the grammar is a finite tree).", where);
         if (ref && c->n_refs >= (int)(sizeof c->refs / sizeof c->refs[0]))
-            return SC_BAD("Invalid 'response_format.json_schema.schema': '$ref' nested too deep at %s.", where);
+            return SC_BAD("'$ref' nested too deep at %s.", where);
         if (ref) c->refs[c->n_refs++] = target;
         int r = sc_node(c, target, parent, pidx, depth + 1, path, pl, e);
         if (ref) c->n_refs--;
@@ -915,6 +952,7 @@ static int sc_node(sc_ctx_t *c, const tg_json_t *v, int parent, int pidx, int de
     nd->items = API_SCHEMA_NONE;
     nd->n_props = -1;
     const tg_json_t *type = NULL, *props = NULL, *req = NULL, *items = NULL, *en = NULL, *cn = NULL, *any = NULL;
+    int addl = -1; /* additionalProperties: -1 absent, 0 false, 1 true (a schema is refused) */
     TG_JSON_FOREACH(m, v) {
         size_t kl;
         const char *k = tg_json_key(m, &kl);
@@ -927,12 +965,14 @@ static int sc_node(sc_ctx_t *c, const tg_json_t *v, int parent, int pidx, int de
         else if (KW("const")) cn = m;
         else if (KW("anyOf") || KW("oneOf")) any = m; /* branches of different types: one matches, so the same */
         else if (KW("additionalProperties")) {
-            if (tg_json_type(m) != TG_JSON_BOOL) sc_bad(c, "additionalProperties (a schema)", 31, path);
+            if (tg_json_bool(m, &addl)) sc_bad(c, "additionalProperties (a schema)", 31, path);
         } else if (!sc_is_annot(k, kl)) {
             sc_bad(c, memchr(k, 0, kl) ? "?" : k, memchr(k, 0, kl) ? 1 : (kl > 40 ? 40 : kl), path);
         }
 #undef KW
     }
+    if (c->strict && !any && !type && !en && !cn)
+        return SC_BAD("strict mode needs a 'type' (or 'enum', 'const', 'anyOf', '$ref') in the schema at %s.", where);
     if (any) {
         if (type || props || req || items || en || cn)
             return SC_BAD("Unsupported schema at %s: 'anyOf' (or 'oneOf') beside 'type', 'properties', 'required', "
@@ -953,11 +993,10 @@ static int sc_node(sc_ctx_t *c, const tg_json_t *v, int parent, int pidx, int de
         goto bad_type;
     }
     if (en && cn)
-        return SC_BAD("Invalid 'response_format.json_schema.schema': 'enum' and 'const' together at %s.", where);
+        return SC_BAD("'enum' and 'const' together at %s.", where);
     if (en || cn) {
         if (en && (tg_json_type(en) != TG_JSON_ARRAY || !tg_json_len(en) || tg_json_len(en) > API_SCHEMA_MAX_ENUM))
-            return SC_BAD("Invalid 'response_format.json_schema.schema': 'enum' at %s must be an array of 1 to %d "
-                          "values.", where, API_SCHEMA_MAX_ENUM);
+            return SC_BAD("'enum' at %s must be an array of 1 to %d values.", where, API_SCHEMA_MAX_ENUM);
         nd->lit0 = (int16_t)sc->n_lits;
         size_t ne = en ? tg_json_len(en) : 1;
         for (size_t i = 0; i < ne; i++) {
@@ -967,8 +1006,7 @@ static int sc_node(sc_ctx_t *c, const tg_json_t *v, int parent, int pidx, int de
             if (b.oom) return OOM();
             if (b.len > API_SCHEMA_MAX_LIT) {
                 tg_buf_free(&b);
-                return SC_BAD("Invalid 'response_format.json_schema.schema': an enum value longer than %d bytes "
-                              "at %s.", API_SCHEMA_MAX_LIT, where);
+                return SC_BAD("an enum value longer than %d bytes at %s.", API_SCHEMA_MAX_LIT, where);
             }
             long off = sc_put(c, b.p, b.len);
             size_t bl = b.len;
@@ -988,15 +1026,26 @@ static int sc_node(sc_ctx_t *c, const tg_json_t *v, int parent, int pidx, int de
     }
     nd->types = (uint8_t)types;
     if ((props || req) && !(types & API_ST_OBJ))
-        return SC_BAD("Invalid 'response_format.json_schema.schema': 'properties' at %s without type 'object'.",
-                      where);
+        return SC_BAD("'properties' at %s without type 'object'.", where);
     if (items && !(types & API_ST_ARR))
-        return SC_BAD("Invalid 'response_format.json_schema.schema': 'items' at %s without type 'array'.", where);
+        return SC_BAD("'items' at %s without type 'array'.", where);
     if (props && tg_json_type(props) != TG_JSON_OBJECT)
-        return SC_BAD("Invalid 'response_format.json_schema.schema': 'properties' at %s must be an object.", where);
+        return SC_BAD("'properties' at %s must be an object.", where);
     if (req && !props)
-        return SC_BAD("Invalid 'response_format.json_schema.schema': 'required' at %s without 'properties'.", where);
+        return SC_BAD("'required' at %s without 'properties'.", where);
+    if (c->strict && (types & API_ST_OBJ) && !(sc->nodes[ni].n_enum) && addl != 0)
+        return SC_BAD("strict mode needs \"additionalProperties\": false in the object schema at %s.", where);
     if (props && sc_props(c, ni, props, req, depth, path, pl, e)) return -1;
+    if (!props && addl == 0 && (types & API_ST_OBJ)) { /* no members at all: only {} */
+        sc->nodes[ni].prop0 = (int16_t)sc->n_props;
+        sc->nodes[ni].n_props = 0;
+    }
+    for (int i = 0; c->strict && i < sc->nodes[ni].n_props; i++) {
+        const api_schema_prop_t *p = &sc->props[sc->nodes[ni].prop0 + i];
+        if (!p->required)
+            return SC_BAD("strict mode needs every property in 'required': %.*s at %s is not.",
+                          (int)(p->len > 66 ? 66 : p->len), c->arena.p + p->off, where);
+    }
     if (items) {
         size_t l2 = (size_t)snprintf(path + pl, pl < 95 ? 96 - pl : 0, "%sitems", pl ? "." : "");
         if (pl + l2 >= 95) l2 = 95 - pl;
@@ -1008,8 +1057,46 @@ static int sc_node(sc_ctx_t *c, const tg_json_t *v, int parent, int pidx, int de
     sc->nodes[ni].min_len = sc_min_len(sc, ni);
     return ni;
 bad_type:
-    return SC_BAD("Invalid 'response_format.json_schema.schema': 'type' at %s must be one of 'object', 'array', "
+    return SC_BAD("'type' at %s must be one of 'object', 'array', "
                   "'string', 'number', 'integer', 'boolean', 'null', or a list of distinct ones.", where);
+}
+
+int api_schema_append(api_schema_t *dst, const api_schema_t *src) {
+    int nn = dst->n_nodes, np = dst->n_props, nl = dst->n_lits;
+    size_t na = dst->arena_len;
+    if (src->n_nodes < 1 || nn + src->n_nodes > INT16_MAX || np + src->n_props > INT16_MAX ||
+        nl + src->n_lits > INT16_MAX || na + src->arena_len > UINT32_MAX)
+        return -1;
+    void *q;
+    if (!(q = realloc(dst->nodes, (size_t)(nn + src->n_nodes) * sizeof *dst->nodes))) return -1;
+    dst->nodes = q;
+    if (!(q = realloc(dst->props, (size_t)(np + src->n_props + 1) * sizeof *dst->props))) return -1;
+    dst->props = q;
+    if (!(q = realloc(dst->lits, (size_t)(nl + src->n_lits + 1) * sizeof *dst->lits))) return -1;
+    dst->lits = q;
+    if (!(q = realloc(dst->arena, na + src->arena_len + 1))) return -1;
+    dst->arena = q;
+    for (int i = 0; i < src->n_nodes; i++) {
+        api_schema_node_t *d = &dst->nodes[nn + i];
+        *d = src->nodes[i];
+        if (d->parent != API_SCHEMA_NONE) d->parent = (int16_t)(d->parent + nn);
+        if (d->items != API_SCHEMA_NONE) d->items = (int16_t)(d->items + nn);
+        d->prop0 = (int16_t)(d->prop0 + np);
+        d->lit0 = (int16_t)(d->lit0 + nl);
+    }
+    for (int i = 0; i < src->n_props; i++) {
+        dst->props[np + i] = src->props[i];
+        dst->props[np + i].node = (int16_t)(src->props[i].node + nn);
+        dst->props[np + i].off += (uint32_t)na;
+    }
+    for (int i = 0; i < src->n_lits; i++) {
+        dst->lits[nl + i] = src->lits[i];
+        dst->lits[nl + i].off += (uint32_t)na;
+    }
+    if (src->arena_len) memcpy(dst->arena + na, src->arena, src->arena_len);
+    dst->n_nodes += src->n_nodes, dst->n_props += src->n_props, dst->n_lits += src->n_lits;
+    dst->arena_len += src->arena_len;
+    return nn;
 }
 
 void api_schema_free(api_schema_t *sc) {
@@ -1021,7 +1108,12 @@ void api_schema_free(api_schema_t *sc) {
 }
 
 int api_schema_compile(api_schema_t *sc, const tg_json_t *schema, api_err_t *e) {
-    sc_ctx_t c = {.sc = sc, .root = schema};
+    return api_schema_compile_as(sc, schema, "response_format.json_schema.schema", 0, e);
+}
+
+int api_schema_compile_as(api_schema_t *sc, const tg_json_t *schema, const char *param, int flags,
+                          api_err_t *e) {
+    sc_ctx_t c = {.sc = sc, .root = schema, .param = param, .strict = !!(flags & API_SCHEMA_STRICT)};
     char path[96] = "";
     memset(sc, 0, sizeof *sc);
     int root = sc_node(&c, schema, API_SCHEMA_NONE, -1, 0, path, 0, e);
@@ -1029,15 +1121,19 @@ int api_schema_compile(api_schema_t *sc, const tg_json_t *schema, api_err_t *e) 
     sc->arena_len = c.arena.len;
     if (root < 0) goto fail;
     if (c.n_bad) {
-        BAD("response_format.json_schema.schema", "unsupported_parameter",
-            "Unsupported %s in 'response_format.json_schema.schema': %s (first at %s). Supported: type, "
-            "properties, required, items, enum, const, additionalProperties (a boolean), and the annotations "
-            "title, description, default, examples, $schema, $id, $comment.",
-            c.n_bad > 1 ? "keywords" : "keyword", c.bad, c.bad_at);
+        BAD(param, "unsupported_parameter",
+            "Unsupported %s in '%s': %s (first at %s). Supported: type, properties, required, items, enum, "
+            "const, anyOf/oneOf (of different types), $ref to $defs, additionalProperties (a boolean), and the "
+            "annotations title, description, default, examples, $schema, $id, $comment.",
+            c.n_bad > 1 ? "keywords" : "keyword", param, c.bad, c.bad_at);
+        goto fail;
+    }
+    if (sc->n_lits > API_SCHEMA_MAX_LITS) {
+        sc_err(&c, e, "more than %d enum and const values in all.", API_SCHEMA_MAX_LITS);
         goto fail;
     }
     if (sc->nodes[0].types != API_ST_OBJ || sc->nodes[0].n_enum) {
-        SC_BAD("Invalid 'response_format.json_schema.schema': the root must be an object schema "
+        sc_err(&c, e, "the root must be an object schema "
                "(\"type\": \"object\").");
         goto fail;
     }
@@ -1357,6 +1453,7 @@ void api_chat_req_free(api_chat_req_t *r) {
     free(r->calls);
     for (size_t i = 0; i < r->n_tools; i++) free(r->tools[i].json);
     free(r->tools);
+    api_schema_free(&r->tool_schema);
     free(r->bias);
     api_schema_free(&r->schema);
     if (r->own_root) tg_json_free(r->root);

@@ -153,7 +153,8 @@ typedef struct {
     uint8_t sp;     /* schema object: the first property that may still come */
     uint8_t gdepth; /* schema-free containers open inside the innermost schema one */
     uint8_t nint;   /* J_NUM: an integer (no fraction, no exponent) */
-    uint8_t intool; /* inside the tool-call block (its arguments are any JSON object) */
+    uint8_t intool; /* inside the tool-call block */
+    uint8_t schema; /* the JSON value follows a schema (response_format's, or a strict tool's parameters) */
 } gst_t;
 
 typedef enum { G_JSON, G_TOOLS, G_TEXT } gkind_t;
@@ -165,12 +166,15 @@ struct eng_gram {
     eng_tool_ids_t ids;
     char **names; /* sorted */
     size_t *name_len;
-    int n_names, parallel, min_name;
-    /* response_format json_schema (has_sc): a copy of the compiled schema, and
-     * per object node the bytes its still-required members need (rtail) and
-     * the cheapest member that may come next (mmin), both indexed by
-     * roff[node] + the next property */
-    int has_sc;
+    int *name_root;  /* per name: the root node of its arguments' schema in sc (strict), or -1: any object */
+    int *name_args;  /* per name: bytes of its shortest arguments */
+    int n_names, parallel, min_call; /* min_call: bytes of the shortest name and its arguments */
+    /* Schemas in one table (api_schema_append): response_format json_schema's
+     * (its root rf_root, or -1) and the strict tools' (name_root).  Per object
+     * node the bytes its still-required members need (rtail) and the cheapest
+     * member that may come next (mmin), both indexed by roff[node] + the next
+     * property */
+    int rf_root;
     api_schema_t sc;
     int32_t *roff, *rtail, *mmin;
     gst_t st;
@@ -180,7 +184,7 @@ struct eng_gram {
 
 static int is_ws(unsigned c) { return c == ' ' || c == '\n' || c == '\r' || c == '\t'; }
 
-static int sch(const eng_gram_t *g, const gst_t *s) { return g->has_sc && !s->intool; }
+static int sch(const eng_gram_t *g, const gst_t *s) { return s->schema; }
 /* The innermost container is a schema object or array (not a schema-free one). */
 static int in_schema(const eng_gram_t *g, const gst_t *s) { return sch(g, s) && !s->gdepth && s->snode >= 0; }
 
@@ -478,7 +482,7 @@ static int vmin(const eng_gram_t *g, const gst_t *s) {
 static int json_cost(const eng_gram_t *g, const gst_t *s) {
     int d = s->close, key = s->skey ? 2 : 0;
     switch (s->js) {
-    case J_TOP: return sch(g, s) ? node(g, 0)->min_len : 2;
+    case J_TOP: return sch(g, s) && s->vnode >= 0 ? node(g, s->vnode)->min_len : 2;
     case J_OBJ_FIRST:
     case J_ARR_FIRST:
     case J_AFTER: return d;
@@ -530,10 +534,14 @@ static int special_el(const eng_gram_t *g, int el, int32_t *id) {
     }
 }
 
+/* Start the top-level JSON object: of response_format, or (in the tool-call
+ * block, its name complete: names[nlo]) of the call's arguments. */
 static void json_begin(const eng_gram_t *g, gst_t *s) {
     s->js = J_TOP, s->depth = 0, s->stack = 0, s->ws = 0, s->u8need = 0;
     s->close = 0, s->gdepth = 0, s->snode = -1, s->sp = 0;
-    s->vnode = sch(g, s) ? 0 : -1; /* the schema's root */
+    int root = s->intool ? g->name_root[s->nlo] : g->rf_root;
+    s->schema = root >= 0;
+    s->vnode = (int16_t)root; /* the schema's root, or -1: any object */
 }
 
 /* One byte of the program; 0 or -1. */
@@ -589,14 +597,14 @@ static int feed(const eng_gram_t *g, gst_t *s, unsigned c) {
 }
 
 /* Cost of a whole call from <｜tool▁call▁begin｜> through <｜tool▁calls▁end｜>. */
-static int call_cost(const eng_gram_t *g) { return 1 + 8 + 1 + g->min_name + 9 + 2 + 4 + 1 + 1; }
+static int call_cost(const eng_gram_t *g) { return 1 + 8 + 1 + g->min_call + 9 + 4 + 1 + 1; }
 
 static int cost(const eng_gram_t *g, const gst_t *s) {
     int tail_after_json = s->intool ? 4 + 1 + 1 : 0; /* fence end, call end, calls end */
     switch (s->el) {
     case E_TEXT: return 0;
     case E_ALT: {
-        int j = sch(g, s) ? node(g, 0)->min_len : 2;
+        int j = g->rf_root >= 0 ? node(g, g->rf_root)->min_len : 2;
         return g->n_names && 1 + call_cost(g) < j ? 1 + call_cost(g) : j;
     }
     case E_CALLS_BEGIN: return 1 + call_cost(g);
@@ -606,11 +614,13 @@ static int cost(const eng_gram_t *g, const gst_t *s) {
     case E_SEP: return call_cost(g) - 1 - 8;
     case E_NAME: {
         int best = 1 << 20;
-        for (int i = s->nlo; i < s->nhi; i++)
-            if ((int)g->name_len[i] - s->pos < best) best = (int)g->name_len[i] - s->pos;
-        return best + 9 + 2 + tail_after_json;
+        for (int i = s->nlo; i < s->nhi; i++) { /* the name's rest and its shortest arguments */
+            int c = (int)g->name_len[i] - s->pos + g->name_args[i];
+            if (c < best) best = c;
+        }
+        return best + 9 + tail_after_json;
     }
-    case E_FENCE: return (int)(sizeof LIT_FENCE - 1) - s->pos + 2 + tail_after_json;
+    case E_FENCE: return (int)(sizeof LIT_FENCE - 1) - s->pos + g->name_args[s->nlo] + tail_after_json;
     case E_JSON: return json_cost(g, s) + tail_after_json;
     case E_FENCE_END: return (int)(sizeof LIT_FENCE_END - 1) - s->pos + 2;
     case E_CALL_END: return 2;
@@ -627,6 +637,7 @@ static eng_gram_t *gram_new(const eng_vocab_t *v, int32_t eos, gkind_t kind) {
     g->v = v;
     g->eos = eos;
     g->kind = kind;
+    g->rf_root = -1;
     g->stk = malloc((size_t)(v->maxlen + 1) * sizeof *g->stk);
     g->allow = malloc((size_t)(v->n > 0 ? v->n : 1));
     if (!g->stk || !g->allow) {
@@ -636,26 +647,24 @@ static eng_gram_t *gram_new(const eng_vocab_t *v, int32_t eos, gkind_t kind) {
     return g;
 }
 
-/* Copy the compiled schema and tabulate, per object node and next property,
- * the bytes of the required members left (rtail) and of the cheapest member
- * that may come (mmin).  0, or -1 on OOM. */
-static int gram_schema(eng_gram_t *g, const api_schema_t *sc) {
+/* Put the schemas in one table (response_format's rf first, then the strict
+ * tools' tsc, whose roots shift by rf's nodes: *tshift) and tabulate, per
+ * object node and next property, the bytes of the required members left
+ * (rtail) and of the cheapest member that may come (mmin).  0, or -1 on OOM. */
+static int gram_schema(eng_gram_t *g, const api_schema_t *rf, const api_schema_t *tsc, int *tshift) {
     api_schema_t *c = &g->sc;
-    c->n_nodes = sc->n_nodes, c->n_props = sc->n_props, c->n_lits = sc->n_lits, c->arena_len = sc->arena_len;
-    c->nodes = malloc((size_t)(sc->n_nodes ? sc->n_nodes : 1) * sizeof *c->nodes);
-    c->props = malloc((size_t)(sc->n_props ? sc->n_props : 1) * sizeof *c->props);
-    c->lits = malloc((size_t)(sc->n_lits ? sc->n_lits : 1) * sizeof *c->lits);
-    c->arena = malloc(sc->arena_len ? sc->arena_len : 1);
-    g->roff = malloc((size_t)(sc->n_nodes ? sc->n_nodes : 1) * sizeof *g->roff);
+    *tshift = 0;
+    if (rf && rf->n_nodes) {
+        if (api_schema_append(c, rf) < 0) return -1;
+        g->rf_root = 0;
+    }
+    if (tsc && tsc->n_nodes && (*tshift = api_schema_append(c, tsc)) < 0) return -1;
+    g->roff = malloc((size_t)(c->n_nodes ? c->n_nodes : 1) * sizeof *g->roff);
     size_t nt = 0;
-    for (int i = 0; i < sc->n_nodes; i++) nt += sc->nodes[i].n_props >= 0 ? (size_t)sc->nodes[i].n_props + 1 : 0;
+    for (int i = 0; i < c->n_nodes; i++) nt += c->nodes[i].n_props >= 0 ? (size_t)c->nodes[i].n_props + 1 : 0;
     g->rtail = malloc((nt ? nt : 1) * sizeof *g->rtail);
     g->mmin = malloc((nt ? nt : 1) * sizeof *g->mmin);
-    if (!c->nodes || !c->props || !c->lits || !c->arena || !g->roff || !g->rtail || !g->mmin) return -1;
-    memcpy(c->nodes, sc->nodes, (size_t)sc->n_nodes * sizeof *c->nodes);
-    memcpy(c->props, sc->props, (size_t)sc->n_props * sizeof *c->props);
-    memcpy(c->lits, sc->lits, (size_t)sc->n_lits * sizeof *c->lits);
-    if (sc->arena_len) memcpy(c->arena, sc->arena, sc->arena_len);
+    if (!g->roff || !g->rtail || !g->mmin) return -1;
     int32_t off = 0;
     for (int i = 0; i < c->n_nodes; i++) {
         int np = c->nodes[i].n_props;
@@ -671,7 +680,6 @@ static int gram_schema(eng_gram_t *g, const api_schema_t *sc) {
         }
         off += np + 1;
     }
-    g->has_sc = 1;
     return 0;
 }
 
@@ -686,8 +694,9 @@ eng_gram_t *eng_gram_json(const eng_vocab_t *v, int32_t eos) {
 eng_gram_t *eng_gram_schema(const eng_vocab_t *v, int32_t eos, const api_schema_t *sc) {
     if (!sc || sc->n_nodes < 1) return NULL;
     eng_gram_t *g = gram_new(v, eos, G_JSON);
+    int shift;
     if (!g) return NULL;
-    if (gram_schema(g, sc)) {
+    if (gram_schema(g, sc, NULL, &shift)) {
         eng_gram_free(g);
         return NULL;
     }
@@ -696,37 +705,65 @@ eng_gram_t *eng_gram_schema(const eng_vocab_t *v, int32_t eos, const api_schema_
     return g;
 }
 
-static int cmp_name(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+typedef struct {
+    const char *name;
+    size_t len;
+    int root;
+} gname_t;
 
-static int gram_names(eng_gram_t *g, const char *const *names, const size_t *name_len, int n_names) {
+static int cmp_name(const void *a, const void *b) {
+    const gname_t *x = a, *y = b;
+    int c = memcmp(x->name, y->name, x->len < y->len ? x->len : y->len);
+    return c ? c : (x->len > y->len) - (x->len < y->len);
+}
+
+/* The names (copied, sorted) with their arguments' schema roots (roots NULL:
+ * all any-object; else a root shifts by tshift into g->sc).  0 or -1. */
+static int gram_names(eng_gram_t *g, const char *const *names, const size_t *name_len, const int *roots,
+                      int tshift, int n_names) {
     if (n_names < 0 || n_names > 1000) return -1;
-    g->names = calloc((size_t)(n_names ? n_names : 1), sizeof *g->names);
-    g->name_len = calloc((size_t)(n_names ? n_names : 1), sizeof *g->name_len);
-    if (!g->names || !g->name_len) return -1;
+    size_t cap = (size_t)(n_names ? n_names : 1);
+    gname_t *tmp = calloc(cap, sizeof *tmp);
+    g->names = calloc(cap, sizeof *g->names);
+    g->name_len = calloc(cap, sizeof *g->name_len);
+    g->name_root = calloc(cap, sizeof *g->name_root);
+    g->name_args = calloc(cap, sizeof *g->name_args);
+    if (!tmp || !g->names || !g->name_len || !g->name_root || !g->name_args) goto fail;
     for (int i = 0; i < n_names; i++) {
-        if (!name_len[i] || memchr(names[i], 0, name_len[i]) || memchr(names[i], '\n', name_len[i])) return -1;
-        if (!(g->names[i] = malloc(name_len[i] + 1))) return -1;
-        memcpy(g->names[i], names[i], name_len[i]);
-        g->names[i][name_len[i]] = 0;
+        if (!name_len[i] || memchr(names[i], 0, name_len[i]) || memchr(names[i], '\n', name_len[i])) goto fail;
+        int root = roots && roots[i] >= 0 ? roots[i] + tshift : -1;
+        if (root >= g->sc.n_nodes) goto fail;
+        tmp[i] = (gname_t){names[i], name_len[i], root};
+    }
+    qsort(tmp, (size_t)n_names, sizeof *tmp, cmp_name);
+    g->min_call = 1 << 20;
+    for (int i = 0; i < n_names; i++) {
+        if (!(g->names[i] = malloc(tmp[i].len + 1))) goto fail;
+        memcpy(g->names[i], tmp[i].name, tmp[i].len);
+        g->names[i][tmp[i].len] = 0;
         g->n_names++;
+        g->name_len[i] = tmp[i].len;
+        g->name_root[i] = tmp[i].root;
+        g->name_args[i] = tmp[i].root >= 0 ? node(g, tmp[i].root)->min_len : 2; /* "{}" */
+        if ((int)g->name_len[i] + g->name_args[i] < g->min_call) g->min_call = (int)g->name_len[i] + g->name_args[i];
     }
-    qsort(g->names, (size_t)n_names, sizeof *g->names, cmp_name);
-    g->min_name = 1 << 20;
-    for (int i = 0; i < n_names; i++) {
-        g->name_len[i] = strlen(g->names[i]);
-        if ((int)g->name_len[i] < g->min_name) g->min_name = (int)g->name_len[i];
-    }
+    free(tmp);
     return 0;
+fail:
+    free(tmp);
+    return -1;
 }
 
 eng_gram_t *eng_gram_tools(const eng_vocab_t *v, int32_t eos, const eng_tool_ids_t *ids,
-                           const char *const *names, const size_t *name_len, int n_names, int parallel) {
+                           const char *const *names, const size_t *name_len, int n_names, int parallel,
+                           const int *roots, const api_schema_t *tsc) {
     if (n_names < 1) return NULL;
     eng_gram_t *g = gram_new(v, eos, G_TOOLS);
+    int shift;
     if (!g) return NULL;
     g->ids = *ids;
     g->parallel = parallel;
-    if (gram_names(g, names, name_len, n_names)) goto fail;
+    if (gram_schema(g, NULL, tsc, &shift) || gram_names(g, names, name_len, roots, shift, n_names)) goto fail;
     g->st.el = E_CALLS_BEGIN;
     return g;
 fail:
@@ -735,12 +772,14 @@ fail:
 }
 
 eng_gram_t *eng_gram_auto(const eng_vocab_t *v, int32_t eos, const eng_tool_ids_t *ids, const char *const *names,
-                          const size_t *name_len, int n_names, int parallel, int json, const api_schema_t *sc) {
+                          const size_t *name_len, int n_names, int parallel, int json, const api_schema_t *sc,
+                          const int *roots, const api_schema_t *tsc) {
     eng_gram_t *g = gram_new(v, eos, G_TEXT);
+    int shift;
     if (!g) return NULL;
     g->ids = *ids;
     g->parallel = parallel;
-    if (gram_names(g, names, name_len, n_names) || (sc && gram_schema(g, sc))) goto fail;
+    if (gram_schema(g, sc, tsc, &shift) || gram_names(g, names, name_len, roots, shift, n_names)) goto fail;
     if (json && !n_names) goto fail; /* plain JSON: eng_gram_json / eng_gram_schema */
     g->st.el = json ? E_ALT : E_TEXT;
     return g;
@@ -754,6 +793,8 @@ void eng_gram_free(eng_gram_t *g) {
     for (int i = 0; g->names && i < g->n_names; i++) free(g->names[i]);
     free(g->names);
     free(g->name_len);
+    free(g->name_root);
+    free(g->name_args);
     free(g->sc.nodes);
     free(g->sc.props);
     free(g->sc.lits);

@@ -12,7 +12,9 @@
  *  - TOOLS: DeepSeek-V3's tool-call block, as its chat template writes it:
  *      <｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>NAME\n```json\nOBJECT\n```<｜tool▁call▁end｜>
  *      [\n<｜tool▁call▁begin｜>... more calls when parallel]<｜tool▁calls▁end｜> EOS
- *    NAME one of the request's function names, OBJECT as in JSON.  The
+ *    NAME one of the request's function names, OBJECT as in JSON, or, for a
+ *    `strict: true` function, as in SCHEMA against that function's
+ *    parameters (the NAME, once complete, picks the schema).  The
  *    <｜...｜> markers are single added tokens, matched by id.
  *  - AUTO (tool_choice "auto", or no tools): free text in which no tool marker
  *    appears except the block's opener (with tools), which starts TOOLS; or,
@@ -60,19 +62,23 @@ typedef struct eng_gram eng_gram_t;
 /* A JSON-object grammar ending with eos.  NULL on OOM. */
 eng_gram_t *eng_gram_json(const eng_vocab_t *v, int32_t eos);
 /* A tool-call grammar over n_names function names (copied); parallel: more
- * than one call allowed (at most 16).  NULL on OOM or bad arguments. */
+ * than one call allowed (at most 16).  Strict tools: roots[i] >= 0 is the
+ * node of tsc (api_chat_req_t.tool_schema, copied) that name i's arguments
+ * follow; -1 (or roots NULL) any JSON object.  NULL on OOM or bad arguments. */
 eng_gram_t *eng_gram_tools(const eng_vocab_t *v, int32_t eos, const eng_tool_ids_t *ids,
-                           const char *const *names, const size_t *name_len, int n_names, int parallel);
+                           const char *const *names, const size_t *name_len, int n_names, int parallel,
+                           const int *roots, const api_schema_t *tsc);
 /* A JSON-object grammar valid against a compiled schema (copied).  NULL on
  * OOM or an empty schema. */
 eng_gram_t *eng_gram_schema(const eng_vocab_t *v, int32_t eos, const api_schema_t *sc);
 /* tool_choice "auto" (n_names >= 1) or text without tools (n_names 0):
  * json 0: free text where no tool marker is sampled but the block's opener
  * (with names), which starts the tool-call grammar; json 1 (with names): a
- * JSON object (against sc when not NULL) or the tool-call block.  NULL on OOM
- * or bad arguments. */
+ * JSON object (against sc when not NULL) or the tool-call block.  roots and
+ * tsc as for eng_gram_tools.  NULL on OOM or bad arguments. */
 eng_gram_t *eng_gram_auto(const eng_vocab_t *v, int32_t eos, const eng_tool_ids_t *ids, const char *const *names,
-                          const size_t *name_len, int n_names, int parallel, int json, const api_schema_t *sc);
+                          const size_t *name_len, int n_names, int parallel, int json, const api_schema_t *sc,
+                          const int *roots, const api_schema_t *tsc);
 void eng_gram_free(eng_gram_t *g); /* accepts NULL */
 
 /* Set logits[id] = -inf for every id in [0, n) the grammar does not allow

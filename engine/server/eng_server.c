@@ -549,23 +549,26 @@ static int chat_constraint(srv_t *S, const api_chat_req_t *r, eng_job_spec_t *sp
     int tools = r->n_tools && r->tool_choice != API_TOOL_CHOICE_NONE;
     const char *names[API_MAX_TOOLS];
     size_t lens[API_MAX_TOOLS];
+    int roots[API_MAX_TOOLS]; /* strict tools: their arguments' schema in r->tool_schema */
     int n = 0;
     for (size_t i = 0; tools && i < r->n_tools; i++) {
         if (r->tool_choice == API_TOOL_CHOICE_NAMED && (int)i != r->tool_named) continue;
         names[n] = r->tools[i].name;
+        roots[n] = r->tools[i].root;
         lens[n++] = r->tools[i].name_len;
     }
     int parallel = r->parallel_tool_calls && r->tool_choice != API_TOOL_CHOICE_NAMED;
     if (tools && r->tool_choice != API_TOOL_CHOICE_AUTO)
-        spec->gram = eng_gram_tools(S->vocab, eos, &S->tool_ids, names, lens, n, parallel);
+        spec->gram = eng_gram_tools(S->vocab, eos, &S->tool_ids, names, lens, n, parallel, roots, &r->tool_schema);
     else if (tools)
-        spec->gram = eng_gram_auto(S->vocab, eos, &S->tool_ids, names, lens, n, parallel, json, sc);
+        spec->gram = eng_gram_auto(S->vocab, eos, &S->tool_ids, names, lens, n, parallel, json, sc, roots,
+                                   &r->tool_schema);
     else if (sc)
         spec->gram = eng_gram_schema(S->vocab, eos, sc);
     else if (json)
         spec->gram = eng_gram_json(S->vocab, eos);
     else if (S->tool_ids.n_marks)
-        spec->gram = eng_gram_auto(S->vocab, eos, &S->tool_ids, NULL, NULL, 0, 0, 0, NULL);
+        spec->gram = eng_gram_auto(S->vocab, eos, &S->tool_ids, NULL, NULL, 0, 0, 0, NULL, NULL, NULL);
     else
         return 0;
     if (!spec->gram) return api_err(e, 500, "server_error", NULL, NULL, "out of memory");

@@ -807,6 +807,172 @@ class Server(unittest.TestCase):
                 self.assertTrue(all(isinstance(x, bool) for x in v["c"]))
             self.assertLessEqual(r["usage"]["completion_tokens"], 3 * 40)
 
+    # ---- strict function tools: the arguments follow the chosen function's parameters ----
+
+    STRICT_TOOLS = [
+        {"type": "function", "function": {"name": "book_room", "strict": True, "parameters": {
+            "type": "object", "additionalProperties": False,
+            "$defs": {"guest": {"type": "object", "additionalProperties": False,
+                                "properties": {"name": {"type": "string"},
+                                               "age": {"anyOf": [{"type": "integer"}, {"type": "null"}]}},
+                                "required": ["name", "age"]}},
+            "properties": {
+                "room": {"type": "string", "enum": ["single", "double", "suite"]},
+                "nights": {"type": "integer", "description": "how many"},
+                "guests": {"type": "array", "items": {"$ref": "#/$defs/guest"}},
+                "smoking": {"type": "boolean"},
+                "budget": {"type": ["number", "null"]},
+                "note": {"anyOf": [{"type": "string"}, {"type": "null"}]}},
+            "required": ["room", "nights", "guests", "smoking", "budget", "note"]}}},
+        {"type": "function", "function": {"name": "set_alarm", "strict": True, "parameters": {
+            "type": "object", "additionalProperties": False,
+            "properties": {
+                "at": {"type": "object", "additionalProperties": False,
+                       "properties": {"hour": {"type": "integer"}, "minute": {"type": "integer"}},
+                       "required": ["hour", "minute"]},
+                "days": {"type": "array", "items": {"enum": ["mon", "tue", "wed", "sat", "sun"]}},
+                "label": {"const": "wake"}},
+            "required": ["at", "days", "label"]}}},
+        {"type": "function", "function": {"name": "search", "description": "not strict: any object",
+                                          "parameters": {"type": "object", "properties": {"q": {"type": "string"}},
+                                                         "required": ["q"]}}},
+        {"type": "function", "function": {"name": "ping", "strict": True}},  # no parameters: {}
+    ]
+
+    @staticmethod
+    def valid(v, sc, root):
+        """v against JSON Schema sc (the keywords strict mode allows), written
+        here apart from the engine: type, properties, required,
+        additionalProperties, items, enum, const, anyOf, $ref to $defs."""
+        if "$ref" in sc:
+            return Server.valid(v, root["$defs"][sc["$ref"].split("/")[-1]], root)
+        if "anyOf" in sc:
+            return any(Server.valid(v, b, root) for b in sc["anyOf"])
+        if "const" in sc and not (v == sc["const"] and type(v) is type(sc["const"])):
+            return False
+        if "enum" in sc and not any(v == e and type(v) is type(e) for e in sc["enum"]):
+            return False
+        if "type" in sc:
+            kinds = {"object": dict, "array": list, "string": str, "boolean": bool, "null": type(None)}
+            ok = False
+            for t in sc["type"] if isinstance(sc["type"], list) else [sc["type"]]:
+                if t == "integer":
+                    ok |= isinstance(v, int) and not isinstance(v, bool)
+                elif t == "number":
+                    ok |= isinstance(v, (int, float)) and not isinstance(v, bool)
+                else:
+                    ok |= isinstance(v, kinds[t])
+            if not ok:
+                return False
+        if isinstance(v, dict):
+            props = sc.get("properties", {})
+            if sc.get("additionalProperties") is False and not set(v) <= set(props):
+                return False
+            if not set(sc.get("required", [])) <= set(v):
+                return False
+            if not all(Server.valid(v[k], props[k], root) for k in v if k in props):
+                return False
+        if isinstance(v, list) and "items" in sc:
+            return all(Server.valid(x, sc["items"], root) for x in v)
+        return True
+
+    def check_calls(self, calls, allowed):
+        """Each call names an allowed tool; a strict one's arguments validate
+        against its parameters (none: {}), the others' are an object.  Returns
+        how many calls were strict."""
+        tools = {t["function"]["name"]: t["function"] for t in self.STRICT_TOOLS}
+        strict = 0
+        for c in calls:
+            name, args = c["function"]["name"], c["function"]["arguments"]
+            self.assertIn(name, allowed)
+            v = json.loads(args)  # always one JSON object
+            self.assertIsInstance(v, dict, args)
+            f = tools[name]
+            if f.get("strict"):
+                sc = f.get("parameters", {"type": "object", "properties": {}, "additionalProperties": False})
+                self.assertTrue(self.valid(v, sc, sc), "%s: %s" % (name, args))
+                strict += 1
+        return strict
+
+    def strict_request(self, stream, **kw):
+        """One strict-tools request: its tool calls (a stream's deltas joined per index)."""
+        st, _, b = chat("Book a room and set an alarm", tools=self.STRICT_TOOLS, stream=stream, **kw)
+        self.assertEqual(st, 200, b)
+        if not stream:
+            ch = json.loads(b)["choices"][0]
+            self.assertEqual(ch["finish_reason"], "tool_calls", ch)
+            return ch["message"]["tool_calls"]
+        evs = [json.loads(e) for e in sse(b) if e != "[DONE]"]
+        self.assertEqual(evs[-1]["choices"][0]["finish_reason"], "tool_calls")
+        calls = {}
+        for e in evs:
+            for d in e["choices"][0]["delta"].get("tool_calls") or []:
+                c = calls.setdefault(d["index"], {"function": {"name": "", "arguments": ""}})
+                c["function"]["name"] += d.get("function", {}).get("name") or ""
+                c["function"]["arguments"] += d.get("function", {}).get("arguments") or ""
+        return [calls[i] for i in sorted(calls)]
+
+    def test_strict_tool_arguments_validate(self):
+        names = {t["function"]["name"] for t in self.STRICT_TOOLS}
+        marker = tokenize("<\uff5ctool\u2581calls\u2581begin\uff5c>")
+        strict = calls = 0
+        cases = [  # (tool_choice, parallel_tool_calls, stream, temperature)
+            ("required", True, False, 1.0), ("required", False, True, 1.0), ("required", True, True, 0.7),
+            ("book_room", True, False, 1.0), ("book_room", False, True, 1.3),
+            ("set_alarm", True, False, 1.0), ("set_alarm", True, True, 0.5), ("ping", True, False, 1.0),
+            ("auto", True, False, 1.0), ("auto", False, True, 1.0)]
+        for i, (choice, parallel, stream, temp) in enumerate(cases):
+            for seed in range(2):
+                kw = {"tool_choice": choice} if choice in ("required", "auto") else \
+                    {"tool_choice": {"type": "function", "function": {"name": choice}}}
+                if choice == "auto":  # the model opens the block; the grammar takes it from there
+                    kw["logit_bias"] = {str(marker[0]): 100}
+                got = self.strict_request(stream, max_tokens=400, temperature=temp, seed=seed + 10 * i,
+                                          parallel_tool_calls=parallel, **kw)
+                self.assertGreaterEqual(len(got), 1)
+                if not parallel or choice not in ("required", "auto"):
+                    self.assertEqual(len(got), 1, got)
+                strict += self.check_calls(got, names if choice in ("required", "auto") else {choice})
+                calls += len(got)
+        self.assertGreaterEqual(strict, 14)  # most calls are of the strict functions
+
+    def test_strict_tool_beside_json_schema_answer(self):
+        # tool_choice auto with a json_schema answer: either validates against its own schema
+        rf = {"type": "json_schema", "json_schema": {"name": "t", "schema": self.SCHEMA}}
+        marker = tokenize("<\uff5ctool\u2581calls\u2581begin\uff5c>")
+        answers = set()
+        for seed in range(6):  # odd seeds: the model opens the block (a +100 bias on its marker)
+            st, _, b = chat("Answer or call", tools=self.STRICT_TOOLS, response_format=rf, max_tokens=300,
+                            temperature=1.0, seed=seed, logit_bias={str(marker[0]): 100 * (seed % 2)})
+            self.assertEqual(st, 200, b)
+            ch = json.loads(b)["choices"][0]
+            if ch["message"].get("tool_calls"):
+                self.check_calls(ch["message"]["tool_calls"], {t["function"]["name"] for t in self.STRICT_TOOLS})
+                answers.add("tool")
+            else:
+                self.assertTrue(self.valid(json.loads(ch["message"]["content"]), self.SCHEMA, self.SCHEMA), ch)
+                answers.add("json")
+        self.assertEqual(answers, {"tool", "json"})
+
+    def test_strict_tool_schema_refused_400(self):
+        def body(params, strict=True):
+            return [self.STRICT_TOOLS[0], {"type": "function", "function": {
+                "name": "f", "strict": strict, "parameters": params}}]
+        optional = {"type": "object", "additionalProperties": False,
+                    "properties": {"a": {"type": "string"}, "b": {"type": "integer"}}, "required": ["a"]}
+        open_obj = {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]}
+        pattern = {"type": "object", "additionalProperties": False,
+                   "properties": {"a": {"type": "string", "pattern": "^x"}}, "required": ["a"]}
+        for params, says in ((optional, "'required'"), (open_obj, "additionalProperties"), (pattern, "'pattern'")):
+            st, _, b = chat("x", max_tokens=4, tools=body(params))
+            self.assertEqual(st, 400, b)
+            err = json.loads(b)["error"]
+            self.assertEqual((err["type"], err["param"]), ("invalid_request_error", "tools[1].function.parameters"))
+            self.assertIn(says, err["message"])
+            if params is not pattern:  # not strict: accepted, the arguments any object
+                st, _, b = chat("x", max_tokens=4, tools=body(params, strict=False))
+                self.assertEqual(st, 200, b)
+
     def test_zz_sigterm_finishes_in_flight_and_exits_0(self):
         p, _ = procs["small"]
         s = connect(PORT_SMALL)

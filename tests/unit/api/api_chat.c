@@ -428,6 +428,90 @@ static void test_json_schema(void) {
     expect_400(body, "response_format.json_schema.schema", "invalid_value");
 }
 
+/* strict function tools: OpenAI's strict rules on top of json_schema's
+ * subset, errors naming the tool's parameters; every strict tool's schema in
+ * one table (tool_schema), non-strict ones left free */
+#define ST(params) "{\"model\":\"m\"," MSG ",\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\"}}," \
+                   "{\"type\":\"function\",\"function\":{\"name\":\"g\",\"strict\":true,\"parameters\":" params "}}]}"
+#define OBJ(props, req) "{\"type\":\"object\",\"properties\":" props ",\"required\":" req ",\"additionalProperties\":false}"
+static void test_strict_tools(void) {
+    api_chat_req_t r;
+    api_err_t e;
+    int rc = parse(ST(OBJ("{\"a\":{\"type\":\"string\"},\"b\":" OBJ("{\"c\":{\"enum\":[1,2]}}", "[\"c\"]") "}",
+                          "[\"b\",\"a\"]")), &r, &e);
+    CHECK_EQ_I(rc, 0);
+    if (rc) fprintf(stderr, "  refused: %s\n", e.message);
+    else {
+        CHECK(!r.tools[0].strict && r.tools[0].root == -1 && r.tools[1].strict && r.tools[1].root == 0);
+        CHECK_EQ_I(r.tool_schema.n_nodes, 4);
+        CHECK_EQ_I(r.tool_schema.nodes[0].n_props, 2);
+        CHECK_EQ_I(r.schema.n_nodes, 0); /* response_format's is apart */
+        api_chat_req_free(&r);
+    }
+    /* two strict tools share the table: the second's indexes shifted past the first's */
+    CHECK_EQ_I(parse("{\"model\":\"m\"," MSG ",\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\","
+                     "\"strict\":true,\"parameters\":" OBJ("{\"x\":{\"enum\":[\"p\"]}}", "[\"x\"]") "}},"
+                     "{\"type\":\"function\",\"function\":{\"name\":\"g\",\"strict\":true,\"parameters\":"
+                     OBJ("{\"y\":{\"type\":\"array\",\"items\":{\"enum\":[\"q\"]}}}", "[\"y\"]") "}},"
+                     "{\"type\":\"function\",\"function\":{\"name\":\"h\",\"strict\":true}}]}", &r, &e), 0);
+    const api_schema_t *t = &r.tool_schema;
+    CHECK(r.tools[0].root == 0 && r.tools[1].root == 2 && r.tools[2].root == 5);
+    CHECK_EQ_I(t->nodes[2].n_props, 1);
+    const api_schema_prop_t *y = &t->props[t->nodes[2].prop0];
+    CHECK(y->len == 3 && !memcmp(t->arena + y->off, "\"y\"", 3) && y->node == 3);
+    CHECK(t->nodes[3].parent == 2 && t->nodes[3].items == 4 && t->nodes[4].parent == 3);
+    CHECK(t->nodes[4].n_enum == 1 && !memcmp(t->arena + t->lits[t->nodes[4].lit0].off, "\"q\"", 3));
+    CHECK(t->nodes[5].types == API_ST_OBJ && t->nodes[5].n_props == 0); /* no parameters: {} */
+    api_chat_req_free(&r);
+    /* refusals, each naming the tool's parameters */
+    const char *bad[] = {
+        /* additionalProperties missing, or true, at the root or inside */
+        "{\"type\":\"object\",\"properties\":{\"a\":{\"type\":\"string\"}},\"required\":[\"a\"]}",
+        "{\"type\":\"object\",\"properties\":{},\"additionalProperties\":true}",
+        OBJ("{\"a\":{\"type\":\"object\",\"properties\":{}}}", "[\"a\"]"),
+        /* a property not in required */
+        OBJ("{\"a\":{\"type\":\"string\"},\"b\":{\"type\":\"string\"}}", "[\"a\"]"),
+        OBJ("{\"a\":" OBJ("{\"c\":{\"type\":\"integer\"}}", "[]") "}", "[\"a\"]"),
+        /* a schema without a type */
+        OBJ("{\"a\":{\"description\":\"anything\"}}", "[\"a\"]"),
+        /* json_schema's own refusals too: unsupported keywords, a non-object root */
+        OBJ("{\"a\":{\"type\":\"string\",\"pattern\":\"x\"}}", "[\"a\"]"),
+        "{\"type\":\"array\",\"items\":{\"type\":\"string\"}}",
+        "{\"type\":\"object\",\"additionalProperties\":false,\"properties\":{\"r\":{\"$ref\":\"#\"}},\"required\":[\"r\"]}",
+    };
+    const char *why[] = {"additionalProperties", "additionalProperties", "object schema at properties.a",
+                         "\"b\" at the root", "\"c\" at properties.a", "'type'", "'pattern'", "root must be",
+                         "recursive"};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        char b[1024];
+        snprintf(b, sizeof b, ST("%s"), bad[i]);
+        CHECK_EQ_I(parse(b, &r, &e), -1);
+        CHECK_EQ_I(e.status, 400);
+        CHECK_EQ_S(e.param, "tools[1].function.parameters");
+        CHECK(strstr(e.message, why[i]) && strstr(e.message, "'tools[1].function.parameters'"));
+        if (!strstr(e.message, why[i])) fprintf(stderr, "  %zu: %s\n", i, e.message);
+    }
+    /* the same schemas, not strict: accepted (any object), as before */
+    for (size_t i = 0; i < 6; i++) {
+        char b[1024];
+        snprintf(b, sizeof b,
+                 "{\"model\":\"m\"," MSG ",\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"g\","
+                 "\"strict\":false,\"parameters\":%s}}]}", bad[i]);
+        CHECK_EQ_I(parse(b, &r, &e), 0);
+        CHECK_EQ_I(r.tool_schema.n_nodes, 0);
+        api_chat_req_free(&r);
+    }
+    /* response_format keeps its rules (optional members; no type is any value) */
+    CHECK_EQ_I(parse(RF("{\"type\":\"object\",\"properties\":{\"a\":{}}}"), &r, &e), 0);
+    api_chat_req_free(&r);
+    /* an object without properties but additionalProperties false has no members */
+    CHECK_EQ_I(parse(RF("{\"type\":\"object\",\"properties\":{\"a\":{\"type\":\"object\","
+                        "\"additionalProperties\":false}}}"), &r, &e), 0);
+    CHECK_EQ_I(r.schema.nodes[1].n_props, 0);
+    CHECK_EQ_I(r.schema.nodes[1].min_len, 2);
+    api_chat_req_free(&r);
+}
+
 /* The gateway routes by the affinity key of the whole prompt's ids, which
  * its prompt count makes anyway (gateway/gw_settle.c): the same key as
  * api_chat_prefix_key, which tokenizes only the prompt's first 4 KiB (needs
@@ -479,6 +563,7 @@ int main(int argc, char **argv) {
     test_tools();
     test_render();
     test_json_schema();
+    test_strict_tools();
     test_tojson();
     test_vectors();
     printf("%s: %d checks, %d failed, %d skipped\n", __FILE__, tg_test_checks, tg_test_fails, tg_test_skips);

@@ -135,8 +135,8 @@ static void test_tool_walks(void) {
     int ok = 0, walks = 0;
     for (int budget = 40; budget <= 90; budget += 5) {
         for (int named = 0; named < 2; named++) {
-            eng_gram_t *g = named ? eng_gram_tools(V, tok_eos(T), &ids, names + 2, lens + 2, 1, 0)
-                                  : eng_gram_tools(V, tok_eos(T), &ids, names, lens, 3, 1);
+            eng_gram_t *g = named ? eng_gram_tools(V, tok_eos(T), &ids, names + 2, lens + 2, 1, 0, NULL, NULL)
+                                  : eng_gram_tools(V, tok_eos(T), &ids, names, lens, 3, 1, NULL, NULL);
             int eos, nt;
             char *s = walk_random(g, budget, &eos, &nt);
             eng_tool_call_t *calls = NULL;
@@ -161,7 +161,7 @@ static void test_tool_walks(void) {
     }
     printf("tool walks: %d/%d ended with EOS and parse\n", ok, walks);
     /* the first token of a required call is the block's marker, alone */
-    eng_gram_t *g = eng_gram_tools(V, tok_eos(T), &ids, names, lens, 3, 1);
+    eng_gram_t *g = eng_gram_tools(V, tok_eos(T), &ids, names, lens, 3, 1, NULL, NULL);
     float *lg = calloc((size_t)V->n, sizeof *lg);
     CHECK_EQ_I(eng_gram_mask(g, 100, lg, V->n), 1);
     CHECK(isfinite(lg[ids.calls_begin]));
@@ -376,7 +376,7 @@ static void test_auto(void) {
     size_t lens[] = {11};
     float *lg = calloc((size_t)V->n, sizeof *lg);
     /* no tools: every marker masked, text and EOS untouched */
-    eng_gram_t *g = eng_gram_auto(V, tok_eos(T), &ids, NULL, NULL, 0, 0, 0, NULL);
+    eng_gram_t *g = eng_gram_auto(V, tok_eos(T), &ids, NULL, NULL, 0, 0, 0, NULL, NULL, NULL);
     eng_gram_mask(g, 100, lg, V->n);
     for (int i = 0; i < ids.n_marks; i++) CHECK(!isfinite(lg[ids.marks[i]]));
     CHECK(isfinite(lg[tok_eos(T)]) && isfinite(lg[tok_id(T, "hello")]));
@@ -385,7 +385,7 @@ static void test_auto(void) {
     eng_gram_free(g);
     /* auto with a tool: the opener allowed when a call fits, then the tool grammar */
     memset(lg, 0, (size_t)V->n * sizeof *lg);
-    g = eng_gram_auto(V, tok_eos(T), &ids, names, lens, 1, 1, 0, NULL);
+    g = eng_gram_auto(V, tok_eos(T), &ids, names, lens, 1, 1, 0, NULL, NULL, NULL);
     eng_gram_mask(g, 100, lg, V->n);
     CHECK(isfinite(lg[ids.calls_begin]) && !isfinite(lg[ids.call_begin]) && !isfinite(lg[ids.sep]));
     memset(lg, 0, (size_t)V->n * sizeof *lg);
@@ -401,7 +401,7 @@ static void test_auto(void) {
     api_schema_t sc;
     CHECK_EQ_I(compile(SCHEMAS[1], &sc), 0);
     for (int w = 0; w < 8; w++) {
-        g = eng_gram_auto(V, tok_eos(T), &ids, names, lens, 1, 1, 1, w & 1 ? &sc : NULL);
+        g = eng_gram_auto(V, tok_eos(T), &ids, names, lens, 1, 1, 1, w & 1 ? &sc : NULL, NULL, NULL);
         int eos, nt;
         char *s = walk_random(g, 60, &eos, &nt);
         eng_tool_call_t *c = NULL;
@@ -428,6 +428,134 @@ static void test_auto(void) {
     printf("json-or-tool walks: %d/%d whole (%d JSON, %d tool calls)\n", ok, walks, json, calls);
     api_schema_free(&sc);
     free(lg);
+}
+
+/* ---- strict function tools -------------------------------------------------- */
+
+/* Two strict tools with nested schemas, one not strict, one strict without
+ * parameters (arguments {}), as the request reader compiles them. */
+#define STRICT_TOOLS                                                                                                  \
+    "[{\"type\":\"function\",\"function\":{\"name\":\"book\",\"strict\":true,\"parameters\":{\"type\":\"object\","      \
+    "\"properties\":{\"room\":{\"enum\":[\"single\",\"double\"]},\"nights\":{\"type\":\"integer\"},"                 \
+    "\"guest\":{\"type\":\"object\",\"properties\":{\"name\":{\"type\":\"string\"},\"age\":{\"type\":[\"integer\","   \
+    "\"null\"]}},\"required\":[\"name\",\"age\"],\"additionalProperties\":false},\"extras\":{\"type\":\"array\","        \
+    "\"items\":{\"anyOf\":[{\"type\":\"string\"},{\"type\":\"null\"}]}}},\"required\":[\"room\",\"nights\",\"guest\","  \
+    "\"extras\"],\"additionalProperties\":false}}},"                                                                    \
+    "{\"type\":\"function\",\"function\":{\"name\":\"bo\",\"strict\":true,\"parameters\":{\"type\":\"object\","         \
+    "\"properties\":{\"ok\":{\"type\":\"boolean\"},\"ids\":{\"type\":\"array\",\"items\":{\"type\":\"integer\"}}},"       \
+    "\"required\":[\"ok\",\"ids\"],\"additionalProperties\":false}}},"                                                   \
+    "{\"type\":\"function\",\"function\":{\"name\":\"free\",\"parameters\":{\"type\":\"object\",\"properties\":"          \
+    "{\"q\":{\"type\":\"integer\"}}}}},"                                                                               \
+    "{\"type\":\"function\",\"function\":{\"name\":\"ping\",\"strict\":true}}]"
+
+/* A walk's calls: each name one of r's tools, each strict one's arguments
+ * valid against its schema (the non-strict one's: any object).  Counts the
+ * strict calls in *strict. */
+static int calls_valid(const api_chat_req_t *r, const char *s, int *strict) {
+    eng_tool_call_t *calls = NULL;
+    size_t n = 0;
+    int k = eng_tool_calls_parse(s, strlen(s), &calls, &n), good = k >= 1;
+    for (size_t i = 0; good && i < n; i++) {
+        const api_tool_t *t = NULL;
+        for (size_t q = 0; q < r->n_tools; q++)
+            if (strlen(calls[i].name) == r->tools[q].name_len && !memcmp(calls[i].name, r->tools[q].name, r->tools[q].name_len))
+                t = &r->tools[q];
+        tg_json_t *a = tg_json_parse(calls[i].arguments, calls[i].arguments_len, NULL, NULL);
+        good = t && a && tg_json_type(a) == TG_JSON_OBJECT && (!t->strict || schema_valid(&r->tool_schema, t->root, a));
+        *strict += t && t->strict;
+        tg_json_free(a);
+    }
+    eng_tool_calls_free(calls, n);
+    return good;
+}
+
+static void test_strict_tools(void) {
+    eng_tool_ids_t ids;
+    CHECK_EQ_I(eng_tool_ids(T, &ids), 0);
+    api_chat_req_t r;
+    api_err_t e;
+    const char *body = "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":" STRICT_TOOLS
+                       ",\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{\"name\":\"a\",\"schema\":"
+                       "{\"type\":\"object\",\"properties\":{\"z\":{\"enum\":[7]}},\"required\":[\"z\"]}}}}";
+    int rc = api_chat_req_parse(&r, body, strlen(body), &e);
+    CHECK_EQ_I(rc, 0);
+    if (rc) {
+        fprintf(stderr, "  refused: %s\n", e.message);
+        return;
+    }
+    CHECK(r.tools[0].strict && r.tools[1].strict && !r.tools[2].strict && r.tools[3].strict);
+    CHECK(r.tools[0].root == 0 && r.tools[1].root > 0 && r.tools[2].root == -1 && r.tools[3].root > r.tools[1].root);
+    const char *names[4];
+    size_t lens[4];
+    int roots[4];
+    for (int i = 0; i < 4; i++) names[i] = r.tools[i].name, lens[i] = r.tools[i].name_len, roots[i] = r.tools[i].root;
+    /* byte by byte: the name picks the schema */
+    static const struct { const char *args; int name, ok; } V1[] = {
+        {"{\"room\":\"single\",\"nights\":2,\"guest\":{\"name\":\"A\",\"age\":null},\"extras\":[null,\"x\"]}", 0, 1},
+        {"{\"room\":\"suite\",\"nights\":2,\"guest\":{\"name\":\"A\",\"age\":null},\"extras\":[]}", 0, 0},
+        {"{\"room\":\"single\",\"nights\":2.5,\"guest\":{\"name\":\"A\",\"age\":1},\"extras\":[]}", 0, 0},
+        {"{\"room\":\"single\",\"nights\":2,\"guest\":{\"name\":\"A\"},\"extras\":[]}", 0, 0},
+        {"{\"ok\":true,\"ids\":[1,2]}", 0, 0},
+        {"{\"ok\":true,\"ids\":[1,2]}", 1, 1},
+        {"{\"ok\":true}", 1, 0},
+        {"{\"anything\":[1,{}]}", 2, 1},
+        {"{}", 3, 1},
+        {"{\"x\":1}", 3, 0},
+    };
+    for (size_t i = 0; i < sizeof V1 / sizeof *V1; i++) {
+        eng_gram_t *g = eng_gram_tools(V, tok_eos(T), &ids, names, lens, 4, 1, roots, &r.tool_schema);
+        char text[512];
+        snprintf(text, sizeof text,
+                 "<\xef\xbd\x9ctool\xe2\x96\x81" "calls\xe2\x96\x81" "begin\xef\xbd\x9c><\xef\xbd\x9ctool\xe2\x96\x81"
+                 "call\xe2\x96\x81" "begin\xef\xbd\x9c>function<\xef\xbd\x9ctool\xe2\x96\x81" "sep\xef\xbd\x9c>%s\n```json\n%s\n```"
+                 "<\xef\xbd\x9ctool\xe2\x96\x81" "call\xe2\x96\x81" "end\xef\xbd\x9c><\xef\xbd\x9ctool\xe2\x96\x81" "calls\xe2\x96\x81"
+                 "end\xef\xbd\x9c>", names[V1[i].name], V1[i].args);
+        int32_t *tk = NULL;
+        long n = tok_encode(T, text, strlen(text), 1, &tk);
+        int ok = g && n > 0;
+        for (long j = 0; ok && j < n; j++) ok = eng_gram_accept(g, tk[j]) == 0;
+        ok = ok && eng_gram_done(g);
+        CHECK_EQ_I(ok, V1[i].ok);
+        if (ok != V1[i].ok) fprintf(stderr, "  %s %s: %s\n", names[V1[i].name], V1[i].args, ok ? "accepted" : "refused");
+        free(tk);
+        eng_gram_free(g);
+    }
+    /* random walks: required (all four, parallel), named (each strict one), auto with a JSON answer */
+    int ok = 0, walks = 0, strict = 0, json = 0;
+    for (int budget = 20; budget <= 140; budget += 12) {
+        for (int mode = 0; mode < 4; mode++) {
+            eng_gram_t *g;
+            if (mode == 0) g = eng_gram_tools(V, tok_eos(T), &ids, names, lens, 4, 1, roots, &r.tool_schema);
+            else if (mode < 3)
+                g = eng_gram_tools(V, tok_eos(T), &ids, names + mode - 1, lens + mode - 1, 1, 0, roots + mode - 1,
+                                   &r.tool_schema);
+            else
+                g = eng_gram_auto(V, tok_eos(T), &ids, names, lens, 4, 1, 1, &r.schema, roots, &r.tool_schema);
+            int eos, nt, need = eng_gram_close_cost(g) + 1; /* every byte a token, and EOS */
+            char *s = walk_random(g, budget, &eos, &nt);
+            int good;
+            if (mode == 3 && strncmp(s, "<\xef\xbd\x9ctool", 6)) {
+                tg_json_t *j = tg_json_parse(s, strlen(s), NULL, NULL);
+                good = eos && j && schema_valid(&r.schema, 0, j);
+                json++;
+                tg_json_free(j);
+            } else {
+                good = eos && calls_valid(&r, s, &strict);
+            }
+            /* a budget below the shortest call may end by length: else the answer is whole */
+            if (eos || budget >= need) {
+                CHECK(good);
+                if (!good) fprintf(stderr, "  strict tools mode %d budget %d (eos %d): %s\n", mode, budget, eos, s);
+                ok += good;
+                walks++;
+            }
+            free(s);
+            eng_gram_free(g);
+        }
+    }
+    printf("strict tool walks: %d/%d whole and valid (%d strict calls, %d JSON answers)\n", ok, walks, strict, json);
+    CHECK(walks >= 30 && strict >= 20);
+    api_chat_req_free(&r);
 }
 
 static void test_mask_cost(void) {
@@ -465,6 +593,7 @@ int main(int argc, char **argv) {
     test_schema_machine();
     test_schema_walks();
     test_auto();
+    test_strict_tools();
     test_mask_cost();
     eng_vocab_free(V);
     tok_free(T);
