@@ -216,6 +216,78 @@ test('json_schema: unsupported keywords are a BadRequestError naming them', asyn
     e.message.includes('properties.age'));
 });
 
+// ---- strict function tools: every call's arguments follow its function's parameters ----
+
+const alarm = {
+  type: 'object', additionalProperties: false, required: ['at', 'days', 'label', 'snooze'],
+  properties: {
+    at: { type: 'object', additionalProperties: false, required: ['hour', 'minute'],
+      properties: { hour: { type: 'integer' }, minute: { type: 'integer' } } },
+    days: { type: 'array', items: { type: 'string', enum: ['mon', 'tue', 'sat', 'sun'] } },
+    label: { type: ['string', 'null'] },
+    snooze: { anyOf: [{ type: 'integer' }, { type: 'null' }] },
+  },
+};
+const strictTools = [
+  { type: 'function', function: { name: 'set_alarm', strict: true, parameters: alarm } },
+  { type: 'function', function: { name: 'ping', strict: true,
+    parameters: { type: 'object', properties: {}, required: [], additionalProperties: false } } },
+];
+
+// written here, apart from the server's compiler
+function checkStrictCall(tc) {
+  const v = tc.function.parsed_arguments ?? JSON.parse(tc.function.arguments);
+  if (tc.function.name === 'ping') return assert.deepEqual(v, {});
+  assert.equal(tc.function.name, 'set_alarm');
+  assert.deepEqual(Object.keys(v), ['at', 'days', 'label', 'snooze'], tc.function.arguments);
+  assert.deepEqual(Object.keys(v.at), ['hour', 'minute']);
+  assert.ok(Number.isInteger(v.at.hour) && Number.isInteger(v.at.minute), tc.function.arguments);
+  assert.ok(Array.isArray(v.days) && v.days.every((d) => ['mon', 'tue', 'sat', 'sun'].includes(d)));
+  assert.ok(v.label === null || typeof v.label === 'string');
+  assert.ok(v.snooze === null || Number.isInteger(v.snooze));
+}
+
+test('strict tools: every call validates against its parameters (parse, plain and streamed)', async () => {
+  let calls = 0;
+  for (const seed of [1, 2, 3]) {
+    // chat.completions.parse parses the arguments of strict function tools (parsed_arguments)
+    const r = await client.chat.completions.parse({
+      model, messages: [{ role: 'user', content: 'Wake me up on weekends.' }], tools: strictTools,
+      tool_choice: 'required', max_tokens: 300, temperature: 1, seed,
+    });
+    assert.equal(r.choices[0].finish_reason, 'tool_calls');
+    for (const tc of r.choices[0].message.tool_calls) {
+      assert.notEqual(tc.function.parsed_arguments, undefined);
+      checkStrictCall(tc);
+      calls++;
+    }
+  }
+  const stream = client.chat.completions.stream({
+    model, messages: [{ role: 'user', content: 'Alarm?' }], tools: strictTools,
+    tool_choice: { type: 'function', function: { name: 'set_alarm' } }, max_tokens: 300, temperature: 1, seed: 7,
+  });
+  const done = await stream.finalChatCompletion();
+  assert.equal(done.choices[0].finish_reason, 'tool_calls');
+  assert.deepEqual(done.choices[0].message.tool_calls.map((t) => t.function.name), ['set_alarm']);
+  checkStrictCall(done.choices[0].message.tool_calls[0]);
+  assert.ok(calls >= 3);
+});
+
+test('strict tools: a schema strict mode cannot take is a BadRequestError naming the parameters', async () => {
+  const optional = { ...alarm, required: ['at', 'days'] }; // label, snooze optional: strict needs all required
+  await assert.rejects(client.chat.completions.create({
+    model, messages, max_tokens: 4,
+    tools: [strictTools[1], { type: 'function', function: { name: 'set_alarm', strict: true, parameters: optional } }],
+  }), (e) => e instanceof OpenAI.BadRequestError && e.status === 400 &&
+    e.param === 'tools[1].function.parameters' && e.message.includes("'required'"));
+  // the same schema without strict: accepted
+  const r = await client.chat.completions.create({
+    model, messages, max_tokens: 4,
+    tools: [{ type: 'function', function: { name: 'set_alarm', parameters: optional } }],
+  });
+  assert.equal(r.object, 'chat.completion');
+});
+
 // DeepSeek-V3's tool markers (<｜tool▁calls▁begin｜> ... <｜tool▁sep｜>): ids 128806-128814 of its tokenizer
 const markers = Array.from({ length: 9 }, (_, i) => 128806 + i);
 const pushAll = Object.fromEntries(markers.map((id) => [String(id), 100]));
