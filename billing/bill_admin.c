@@ -269,6 +269,13 @@ static void db_error_keep(adm_priv_t *p, PGresult *res) {
         snprintf(p->err_msg, sizeof p->err_msg, "%s", what);
     } else if (!strcmp(state, "23505")) {
         snprintf(p->err_msg, sizeof p->err_msg, "already exists: %s", msg);
+    } else if (!strcmp(state, "55P03") || !strcmp(state, "57014")) {
+        /* lock_timeout (bill_pg.c) or a cancel: the statement was rolled back */
+        p->err_status = 503;
+        p->err_code = "database_busy";
+        snprintf(p->err_msg, sizeof p->err_msg,
+                 "database busy: the statement waited too long for a lock and was cancelled; nothing was written, "
+                 "try again");
     } else if (!strcmp(state, "55000")) {
         p->err_code = "conflict";
         snprintf(p->err_msg, sizeof p->err_msg, "%s", msg);

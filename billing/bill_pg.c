@@ -8,8 +8,9 @@
  * read event so a server restart is noticed at once; a broken connection is
  * closed and reconnected (PQconnectStartParams + PQconnectPoll) with backoff
  * 100 ms .. 2 s.  Every job has a deadline: a queued job that misses it fails
- * with "timeout"; a running one also costs its connection (closed, so the
- * server cancels the statement).  When every connection is down, a new job
+ * with "timeout"; a running one also costs its connection (closed; the
+ * server notices that only when it next writes to it, so the sessions run
+ * with lock_timeout under the deadline: session_options).  When every connection is down, a new job
  * triggers an immediate reconnect (at most every 100 ms) and fails as soon as
  * that fails, so requests neither wait out an outage nor the backoff after it.
  *
@@ -67,6 +68,7 @@ TAILQ_HEAD(job_q, bill_pg_job);
 struct bill_pg {
     struct event_base *base;
     char *conninfo;
+    char *options; /* the sessions' `options`: the conninfo's (or PGOPTIONS) + lock_timeout */
     int timeout_ms;
     int nconn;
     int nup; /* connections IDLE or BUSY */
@@ -331,8 +333,8 @@ static void conn_poll_cb(evutil_socket_t fd, short what, void *arg) {
 }
 
 static void conn_start(pg_conn_t *c) {
-    const char *keys[] = {"dbname", "application_name", NULL};
-    const char *vals[] = {c->pg->conninfo, "tollgate", NULL};
+    const char *keys[] = {"dbname", "application_name", "options", NULL};
+    const char *vals[] = {c->pg->conninfo, "tollgate", c->pg->options, NULL};
     c->conn = PQconnectStartParams(keys, vals, 1);
     c->st = C_CONNECTING;
     if (!c->conn || PQstatus(c->conn) == CONNECTION_BAD) {
@@ -505,6 +507,27 @@ int bill_pg_up(const bill_pg_t *pg) { return pg && pg->nup > 0; }
 
 void bill_pg_set_up_arg(bill_pg_t *pg, void *up_arg) { pg->up_arg = up_arg; }
 
+/* The sessions' `options` (malloc'ed, NULL when out of memory): those of the
+ * conninfo, else $PGOPTIONS (the keyword given here replaces both), plus
+ * lock_timeout at nine tenths of the deadline.  A statement waiting for a
+ * lock (a customer row under a long finalization, a locked table) past it is
+ * cancelled by the server, so it fails before its caller's deadline and never
+ * commits after the caller was told it failed; before, the closed connection
+ * went unnoticed by the waiting backend, which committed once the lock came
+ * (an admin credit answered 503 was applied: run again, it was applied twice). */
+static char *session_options(const char *conninfo, int timeout_ms) {
+    const char *own = getenv("PGOPTIONS");
+    PQconninfoOption *opts = PQconninfoParse(conninfo ? conninfo : "", NULL);
+    for (PQconninfoOption *o = opts; o && o->keyword; o++)
+        if (!strcmp(o->keyword, "options") && o->val) own = o->val;
+    int lock_ms = timeout_ms - timeout_ms / 10;
+    size_t n = (own ? strlen(own) : 0) + 48;
+    char *s = malloc(n);
+    if (s) snprintf(s, n, "%s%s-c lock_timeout=%d", own ? own : "", own && *own ? " " : "", lock_ms > 0 ? lock_ms : 1);
+    PQconninfoFree(opts);
+    return s;
+}
+
 bill_pg_t *bill_pg_new(struct event_base *base, const char *conninfo, int nconn, int timeout_ms,
                        bill_pg_up_cb up_cb, void *up_arg) {
     bill_pg_t *pg = calloc(1, sizeof *pg);
@@ -515,9 +538,10 @@ bill_pg_t *bill_pg_new(struct event_base *base, const char *conninfo, int nconn,
     pg->up_arg = up_arg;
     TAILQ_INIT(&pg->queue);
     pg->conninfo = strdup(conninfo ? conninfo : "");
+    pg->options = session_options(conninfo, timeout_ms);
     pg->conns = calloc(nconn, sizeof *pg->conns);
     pg->kick = event_new(base, -1, 0, kick_cb, pg);
-    if (!pg->conninfo || !pg->conns || !pg->kick) goto fail;
+    if (!pg->conninfo || !pg->options || !pg->conns || !pg->kick) goto fail;
     pg->nconn = nconn;
     for (int i = 0; i < nconn; i++) {
         pg_conn_t *c = &pg->conns[i];
@@ -549,5 +573,6 @@ void bill_pg_free(bill_pg_t *pg) {
     if (pg->kick) event_free(pg->kick);
     free(pg->conns);
     free(pg->conninfo);
+    free(pg->options);
     free(pg);
 }

@@ -279,6 +279,32 @@ class Money(ServerCase):
         self.assertEqual((au[3][2]["balance_pico"], au[3][3]["balance_pico"], au[3][3]["reason"]),
                          (str(10 * T + 5 * T // 2 - 10**6), str(self.balance(name)), "paid back"))
 
+    def test_write_refused_in_time_is_never_applied_later(self):
+        """A credit that waits for a lock (the customer's row held, as a long finalization or a
+        settlement holds it) past the deadline: answered 503 and rolled back by the server, so
+        it is not applied once the lock goes (before, the waiting backend never saw its closed
+        connection and committed after the 503: the operator's retry credited twice)."""
+        name, cid = self.customer("1")
+        holder = psycopg2.connect(PG, options="-c statement_timeout=60000")
+        try:
+            holder.cursor().execute("SELECT id FROM customers WHERE id = %s FOR UPDATE", (cid,))
+            p = self.s.ctl("credit", "add", "--customer", name, "--usd", "2", check=False)
+            # while the lock is still held: does a session of the server still wait for it?
+            waiting = q("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'tollgate'"
+                        " AND wait_event_type = 'Lock' AND query LIKE 'WITH c AS (SELECT * FROM customers%%'")[0][0]
+        finally:
+            holder.rollback()
+            holder.close()
+        self.assertEqual(p.returncode, 1, p.stdout)
+        time.sleep(1)  # what a backend left waiting would do now that the lock is gone
+        self.assertEqual(self.balance(name), 1 * T, "the credit answered 503 was applied")
+        self.assertEqual(q("SELECT count(*) FROM ledger WHERE customer_id = %s", cid)[0][0], 1)
+        self.assertEqual(waiting, 0, "a statement of the server still waited for the lock")
+        self.assertIn("HTTP 503", p.stderr)
+        self.assertIn("nothing was written", p.stderr)
+        self.s.ctl("credit", "add", "--customer", name, "--usd", "2")  # the retry: applied once
+        self.assertEqual(self.balance(name), 3 * T)
+
     # ---- prices ---------------------------------------------------------------------------------
 
     def test_override_billed_with_version(self):
