@@ -110,7 +110,9 @@ const char BILL_REPORT_TOP_SQL[] =
     "   '[]'))::text";
 
 /* $1 customer, $2 from, $3 to, $4 'hour'|'day': the balance at the end of
- * each period in [from, to) (at most 10000 periods), without one ledger row
+ * each period in [from, to) (at most 10000 periods: more, or an infinite bound,
+ * is an error, SQLSTATE 22023; generate_series would never end on an infinite
+ * one, a LIMIT does not stop it), without one ledger row
  * per request: usage debits come from the hourly rollups (by the hour the
  * request arrived), the other ledger rows (top-ups, adjustments, refunds; a
  * few, on the partial index ledger_customer_credits) by their time.  The
@@ -129,12 +131,16 @@ const char BILL_REPORT_BALANCE_SQL[] =
     " m AS (SELECT date_trunc($4, at, 'UTC') AS t, sum(credits) AS credits, sum(debits) AS debits FROM"
     "   (SELECT at, greatest(amount, 0) AS credits, greatest(-amount, 0) AS debits FROM cr"
     "    UNION ALL SELECT at, 0, cost FROM us) x, p WHERE at < p.t1 GROUP BY 1),"
-    " b AS (SELECT g AS t FROM p, generate_series(p.t0, p.t1 - interval '1 microsecond', p.step) g LIMIT 10000),"
+    " b AS (SELECT g AS t FROM p, generate_series(p.t0, CASE WHEN isfinite(p.t0) AND isfinite(p.t1)"
+    "   AND p.t1 <= p.t0 + p.step * 10000 THEN p.t1 - interval '1 microsecond' ELSE tg_raise('the balance report"
+    " covers at most 10000 periods (hours or days) between two finite times: from ' || p.t0 || ' to ' || p.t1"
+    " || ' by ' || $4 || ' is more: narrow the period, or report by day')::timestamptz END, p.step) g),"
     " x AS (SELECT b.t, coalesce(m.credits, 0) AS credits, coalesce(m.debits, 0) AS debits,"
     "   o.v + sum(coalesce(m.credits, 0) - coalesce(m.debits, 0)) OVER (ORDER BY b.t) AS balance"
     "   FROM b CROSS JOIN o LEFT JOIN m ON m.t = b.t)"
     " SELECT json_build_object('object', 'report', 'report', 'balance', 'customer', c.name, 'customer_id', c.id,"
-    " 'by', $4, 'from', p.t0, 'to', p.t1, 'opening_balance_pico', o.v::text, 'opening_balance_usd', tg_usd(o.v),"
+    " 'by', $4, 'from', p.t0, 'to', p.t1,"
+    " 'opening_balance_pico', o.v::text, 'opening_balance_usd', tg_usd(o.v),"
     " 'balance_pico', c.balance_pico::text, 'balance_usd', tg_usd(c.balance_pico),"
     " 'data', coalesce((SELECT json_agg(json_build_object('period', x.t, 'credits_pico', x.credits::text,"
     "   'debits_pico', x.debits::text, 'balance_pico', x.balance::text, 'balance_usd', tg_usd(x.balance))"

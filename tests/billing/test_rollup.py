@@ -308,6 +308,30 @@ class Rollup(ServerCase):
         out = self.s.ctl("report", "balance", "--customer", name).stdout
         self.assertIn("balance now: ", out)
 
+    def test_balance_report_bounded(self):
+        """More than 10000 periods, or an infinite bound, is a 400 at once: before, -infinity and
+        infinity made generate_series run on forever in the backend (the request answered 503 after
+        5 s and the statement went on burning a core: a LIMIT does not stop a set-returning function
+        in FROM), and a long range by hour was cut silently at 10000 hours, its last period's balance
+        not the balance now."""
+        name, cust, keys = self.customer(1)
+        now = int(time.time())
+        for args in (["--from", "-infinity"], ["--to", "infinity"], ["--from", str(now - 10001 * 3600), "--by", "hour"],
+                     ["--from", "1970-01-01"]):
+            t0 = time.time()
+            p = self.s.ctl("report", "balance", "--customer", name, *args, check=False)
+            self.assertEqual(p.returncode, 1, (args, p.stdout[:200]))
+            self.assertIn("at most 10000 periods", p.stderr, args)
+            self.assertIn("HTTP 400", p.stderr, args)
+            self.assertLess(time.time() - t0, 4, args)  # not the pool's 5 s deadline
+        running = q("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'tollgate' AND state = 'active'"
+                    " AND query LIKE '%%generate_series%%'")[0][0]
+        self.assertEqual(running, 0, "a balance report still runs in the backend")
+        j = json.loads(self.s.ctl("report", "balance", "--customer", name, "--by", "hour",
+                                  "--from", str(now - 9990 * 3600), "--json").stdout)
+        self.assertIn(len(j["data"]), (9991, 9992))
+        self.assertEqual(j["data"][-1]["balance_pico"], j["balance_pico"])
+
 
 if __name__ == "__main__":
     main()
