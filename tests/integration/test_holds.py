@@ -184,12 +184,22 @@ class SpendingDays(unittest.TestCase):
             zone, at, in_utc_day = "Etc/GMT-14", "date_trunc('day', now() AT TIME ZONE 'UTC') + interval '30 min'", True
         else:
             zone, at, in_utc_day = "Etc/GMT+12", "date_trunc('day', now() AT TIME ZONE 'UTC') - interval '30 min'", False
-        cost = 400_000_000_000  # 0.40 USD
-        q("INSERT INTO usage (request_id, customer_id, key_id, model, prompt_tokens, prompt_cache_hit_tokens,"
-          " prompt_cache_miss_tokens, completion_tokens, reasoning_tokens, price_input_cache_miss,"
-          " price_input_cache_hit, price_output, cost_pico, http_status, stream, received_at, finished_at)"
-          " SELECT %s, %s, %s, %s, 1, 0, 1, 0, 0, 0, 0, 0, %s, 200, false, t, t"
-          " FROM (SELECT (" + at + ") AT TIME ZONE 'UTC' AS t) x", str(uuid.uuid4()), cid, kid, MODEL, cost)
+        cost = 400_000_000_000  # 0.40 USD: one cache-miss token at that price
+        # a whole settlement as the settler writes one (row, debit, hourly and daily rollups), so that
+        # every later reconcile of the stack agrees (test_money.py reconciles everything)
+        q("WITH u AS (INSERT INTO usage (request_id, customer_id, key_id, model, prompt_tokens,"
+          " prompt_cache_hit_tokens, prompt_cache_miss_tokens, completion_tokens, reasoning_tokens,"
+          " price_input_cache_miss, price_input_cache_hit, price_output, cost_pico, http_status, stream, received_at,"
+          " finished_at) SELECT %s, %s, %s, %s, 1, 0, 1, 0, 0, %s, 0, 0, %s, 200, false, t, t"
+          " FROM (SELECT (" + at + ") AT TIME ZONE 'UTC' AS t) x RETURNING *),"
+          " l AS (INSERT INTO ledger (customer_id, kind, amount_pico, request_id)"
+          "   SELECT customer_id, 'usage', -cost_pico, request_id FROM u),"
+          " h AS (INSERT INTO usage_hourly (customer_id, hour, key_id, model, requests, prompt_cache_miss_tokens,"
+          "   cost_pico) SELECT customer_id, date_trunc('hour', received_at, 'UTC'), key_id, model, 1, 1, cost_pico"
+          "   FROM u)"
+          " INSERT INTO usage_daily (customer_id, day, requests, prompt_cache_miss_tokens, cost_pico)"
+          " SELECT customer_id, date_trunc('day', received_at, 'UTC'), 1, 1, cost_pico FROM u",
+          str(uuid.uuid4()), cid, kid, MODEL, cost, cost)
         room = {}
         for tz in ("UTC", zone):
             (kd,), = query(E["TG_TEST_PG"], "SELECT kd FROM tg_lease_grant('utcday-test', %s, %s, 0, 0, 1000)",
