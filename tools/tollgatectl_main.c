@@ -115,7 +115,8 @@ static void die(int code, const char *fmt, ...) {
 
 /* ---- configuration ------------------------------------------------------ */
 
-static char host[300], port[8], base[512];
+static char host[300], port[8], base[512], hostport[320]; /* hostport: "h:p" or "[v6]:p", for Host and messages */
+static int timeout_s = 30; /* $TOLLGATE_ADMIN_TIMEOUT: seconds to connect, send and wait for the answer */
 
 static void parse_url(const char *url) {
     if (strncmp(url, "http://", 7) != 0) die(2, "TOLLGATE_ADMIN_URL must start with http:// (got %s)", url);
@@ -136,7 +137,11 @@ static void parse_url(const char *url) {
         if (colon) *colon = 0;
         snprintf(host, sizeof host, "%s", hp);
     }
-    snprintf(port, sizeof port, "%s", colon ? colon + 1 : "80");
+    const char *p = colon ? colon + 1 : "80";
+    if (!*p || strspn(p, "0123456789") != strlen(p) || strlen(p) > 5 || atoi(p) < 1 || atoi(p) > 65535)
+        die(2, "bad port in TOLLGATE_ADMIN_URL %s (want 1 to 65535)", url);
+    snprintf(port, sizeof port, "%s", p);
+    snprintf(hostport, sizeof hostport, strchr(host, ':') ? "[%s]:%s" : "%s:%s", host, port);
     snprintf(base, sizeof base, "%s", slash ? slash : "");
     size_t bl = strlen(base);
     while (bl && base[bl - 1] == '/') base[--bl] = 0;
@@ -217,21 +222,24 @@ static int http(const char *method, const char *path, const char *json, char **b
     hints.ai_socktype = SOCK_STREAM;
     int gai = getaddrinfo(host, port, &hints, &ai);
     if (gai) die(1, "cannot resolve %s: %s", host, gai_strerror(gai));
-    int fd = -1;
+    int fd = -1, cerr = ECONNREFUSED;
     for (struct addrinfo *p = ai; p; p = p->ai_next) {
         fd = socket(p->ai_family, p->ai_socktype, p->ai_protocol);
         if (fd < 0) continue;
-        struct timeval tv = {30, 0};
+        struct timeval tv = {timeout_s, 0};
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
         setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
         if (connect(fd, p->ai_addr, p->ai_addrlen) == 0) break;
+        cerr = errno;
         close(fd);
         fd = -1;
     }
     freeaddrinfo(ai);
-    if (fd < 0) die(1, "cannot connect to the admin API at http://%s:%s: %s", host, port, strerror(errno));
+    if (fd < 0 && (cerr == EINPROGRESS || cerr == EAGAIN))
+        die(1, "cannot connect to the admin API at http://%s: no answer within %d s", hostport, timeout_s);
+    if (fd < 0) die(1, "cannot connect to the admin API at http://%s: %s", hostport, strerror(cerr));
     buf_t req = {0};
-    bprintf(&req, "%s %s%s HTTP/1.1\r\nHost: %s:%s\r\nAuthorization: Bearer ", method, base, path, host, port);
+    bprintf(&req, "%s %s%s HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer ", method, base, path, hostport);
     bput(&req, token, strlen(token));
     bprintf(&req, "\r\nAccept: application/json\r\nConnection: close\r\nUser-Agent: tollgatectl\r\n");
     if (json) bprintf(&req, "Content-Type: application/json\r\nContent-Length: %zu\r\n", strlen(json));
@@ -245,6 +253,8 @@ static int http(const char *method, const char *path, const char *json, char **b
     for (size_t off = 0; off < req.len;) {
         ssize_t w = write(fd, req.p + off, req.len - off);
         if (w < 0 && errno == EINTR) continue;
+        if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            die(1, "the admin API at http://%s took no request for %d s", hostport, timeout_s);
         if (w <= 0) die(1, "sending to the admin API: %s", strerror(errno));
         off += (size_t)w;
     }
@@ -254,6 +264,9 @@ static int http(const char *method, const char *path, const char *json, char **b
     for (;;) {
         ssize_t r = read(fd, tmp, sizeof tmp);
         if (r < 0 && errno == EINTR) continue;
+        if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            die(1, "no answer from the admin API at http://%s within %d s (TOLLGATE_ADMIN_TIMEOUT)%s", hostport,
+                timeout_s, strcmp(method, "GET") ? ": the write may or may not have been done" : "");
         if (r < 0) die(1, "reading from the admin API: %s", strerror(errno));
         if (r == 0) break;
         bput(&resp, tmp, r);
@@ -300,19 +313,31 @@ static void print_raw(const char *raw) {
     if (!*raw || raw[strlen(raw) - 1] != '\n') fputc('\n', stdout);
 }
 
+/* An HTTP error: the server's message on stderr, exit 1.  A write that
+ * failed with a 5xx other than database_busy (rolled back for sure) may have
+ * been done (a deadline, a connection broken under it): say how to retry. */
+static void die_http(const char *method, int st, char *body) {
+    cJSON *j = cJSON_Parse(body);
+    cJSON *e = cJSON_GetObjectItemCaseSensitive(j, "error");
+    cJSON *m = cJSON_GetObjectItemCaseSensitive(e, "message"), *c = cJSON_GetObjectItemCaseSensitive(e, "code");
+    int unsure = st >= 500 && strcmp(method, "GET") && !(cJSON_IsString(c) && !strcmp(c->valuestring, "database_busy"));
+    const char *hint = !unsure ? ""
+                       : idempotency_key ? "; it may have been done: run it again with the same --idempotency-key "
+                                           "to have it done once"
+                                         : "; it may have been done: look before running it again "
+                                           "(with --idempotency-key KEY a retry is done once)";
+    if (cJSON_IsString(m)) die(1, "%s (HTTP %d)%s", m->valuestring, st, hint);
+    die(1, "HTTP %d: %s%s", st, trim(body), hint);
+}
+
 /* Run a request; on an HTTP error print the server's message and exit 1.
  * With --json, print the body as the server sent it.  Returns the parsed
  * JSON (caller frees), for the text output. */
 static cJSON *call(const char *method, const char *path, const char *json) {
     char *body;
     int st = http(method, path, json, &body);
+    if (st >= 300) die_http(method, st, body);
     cJSON *j = cJSON_Parse(body);
-    if (st >= 300) {
-        cJSON *e = cJSON_GetObjectItemCaseSensitive(j, "error");
-        cJSON *m = cJSON_GetObjectItemCaseSensitive(e, "message");
-        if (cJSON_IsString(m)) die(1, "%s (HTTP %d)", m->valuestring, st);
-        die(1, "HTTP %d: %s", st, trim(body));
-    }
     if (!j) die(1, "the admin API sent something that is not JSON: %.200s", body);
     if (json_out) print_raw(body);
     free(body);
@@ -727,7 +752,7 @@ static int cmd_key(args_t *a) {
         no_more(a);
         cJSON *j = cust_call("GET", cust, "keys", NULL);
         static const col_t cols[] = {
-            {"ID", "id", -6, 0, 's', 0},          {"PREFIX", "prefix", -12, 0, 's', 0},
+            {"ID", "id", -6, 0, 's', 0},          {"PREFIX", "prefix", -15, 0, 's', 0},
             {"NAME", "name", -16, 16, 'd', 0},     {"STATE", "state", -8, 0, 's', 0},
             {"EXPIRES (UTC)", "expires_at", -19, 0, 'w', 0}, {"MODELS", "models", -20, 20, 'm', 0},
             {"RPM", "rpm", 8, 0, 's', 0},          {"TPM", "tpm", 10, 0, 's', 0},
@@ -978,12 +1003,7 @@ static int cmd_usage(args_t *a) {
 static char *call_text(const char *method, const char *path, const char *json) {
     char *body;
     int st = http(method, path, json, &body);
-    if (st >= 300) {
-        cJSON *j = cJSON_Parse(body);
-        cJSON *m = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(j, "error"), "message");
-        if (cJSON_IsString(m)) die(1, "%s (HTTP %d)", m->valuestring, st);
-        die(1, "HTTP %d: %s", st, trim(body));
-    }
+    if (st >= 300) die_http(method, st, body);
     return body;
 }
 
@@ -1109,6 +1129,13 @@ static int cmd_reconcile(args_t *a) {
         printf("%s\n", cJSON_IsTrue(ok) ? "reconcile: everything agrees" : "reconcile: differences found");
     }
     int rc = cJSON_IsTrue(ok) ? 0 : 3;
+    if (rc) { /* the exit status says it, stderr too (stdout holds the report or the JSON) */
+        fflush(stdout);
+        fprintf(stderr, "tollgatectl: reconcile: %d difference%s found:", cJSON_GetArraySize(diffs),
+                cJSON_GetArraySize(diffs) == 1 ? "" : "s");
+        cJSON_ArrayForEach(d, diffs) fprintf(stderr, "\n  %s: %s", str(d, "check"), str(d, "subject"));
+        fputc('\n', stderr);
+    }
     cJSON_Delete(j);
     return rc;
 }
@@ -1499,8 +1526,13 @@ int main(int argc, char **argv) {
         fputs(USAGE, stderr);
         return 2;
     }
-    const char *url = getenv("TOLLGATE_ADMIN_URL");
+    const char *url = getenv("TOLLGATE_ADMIN_URL"), *tmo = getenv("TOLLGATE_ADMIN_TIMEOUT");
     parse_url(url && *url ? url : "http://127.0.0.1:8444");
+    if (tmo && *tmo) {
+        if (strspn(tmo, "0123456789") != strlen(tmo) || strlen(tmo) > 4 || atoi(tmo) < 1)
+            die(2, "TOLLGATE_ADMIN_TIMEOUT must be seconds from 1 to 9999 (got %s)", tmo);
+        timeout_s = atoi(tmo);
+    }
     const char *cmd = positional(&a, "COMMAND");
     static const char *const known[] = {"customer", "key",   "credit", "balance",   "usage",  "invoice",
                                         "price",    "report", "token", "reconcile", "user",   "receipt"};

@@ -160,9 +160,10 @@ class Server:
         """Wait until the settlement queue is idle (tgstack.drain); returns its stats."""
         return tgstack.drain("http://127.0.0.1:%d" % self.port, self.token, timeout)
 
-    def ctl(self, *args, check=True):
+    def ctl(self, *args, check=True, env_extra=None):
         env = dict(os.environ, TOLLGATE_ADMIN_URL="http://127.0.0.1:%d" % self.port,
                    TOLLGATE_ADMIN_TOKEN=self.token)
+        env.update(env_extra or {})
         return tgstack.ctl_run(*args, check=check, timeout=30, ctl=CTL, env=env)
 
     def http(self, method, path, body=None, token=None):

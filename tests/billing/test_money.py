@@ -11,6 +11,7 @@ import hmac
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -583,11 +584,16 @@ class Money(ServerCase):
 
         def reconcile():
             p = self.s.ctl("reconcile", *window, check=False)
-            j = json.loads(self.s.ctl("--json", "reconcile", *window, check=False).stdout)
-            return p, {(d["check"], d["subject"]) for d in j["differences"]}
+            pj = self.s.ctl("--json", "reconcile", *window, check=False)
+            self.assertEqual(pj.returncode, p.returncode)
+            self.assertEqual(pj.stderr, p.stderr)  # the differences named on stderr, --json or not
+            diffs = json.loads(pj.stdout)["differences"]
+            if diffs:
+                self.assertIn("tollgatectl: reconcile: %d difference" % len(diffs), p.stderr)
+            return p, {(d["check"], d["subject"]) for d in diffs}
 
         p, found = reconcile()
-        self.assertEqual((p.returncode, found), (0, set()), p.stdout)
+        self.assertEqual((p.returncode, found, p.stderr), (0, set(), ""), p.stdout)
         self.assertGreaterEqual(json.loads(self.s.ctl("--json", "reconcile", *window).stdout)["checked"]["usage_rows"], 2)
 
         def plant(table, trigger, change, undo, want):
@@ -607,6 +613,7 @@ class Money(ServerCase):
                     self.assertTrue(want <= got, (want, got))
                     for check, subject in want:
                         self.assertIn("DIFFERENCE %s: %s: expected" % (check, subject), p.stdout)
+                        self.assertIn("\n  %s: %s\n" % (check, subject), p.stderr)
             p, got = reconcile()
             self.assertEqual((p.returncode, got), (0, set()), p.stdout)
 
@@ -640,6 +647,42 @@ class Money(ServerCase):
               "UPDATE usage_daily SET cost_pico = cost_pico + 1 WHERE customer_id = %d" % cid,
               "UPDATE usage_daily SET cost_pico = cost_pico - 1 WHERE customer_id = %d" % cid,
               {("rollup_daily", "customer %d day %s" % (cid, day))})
+
+    def test_ctl_unreachable_silent_or_misconfigured(self):
+        """tollgatectl against an admin API that accepts and never answers: a clear message and exit
+        1 after TOLLGATE_ADMIN_TIMEOUT (before: 30 s, then "Resource temporarily unavailable"); a
+        port that is not one is a usage error (before, :99999 connected to port 34463, :abc said
+        "Servname not supported"); nothing listening: refused at once."""
+        silent = socket.socket()
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        try:
+            url = "http://127.0.0.1:%d" % silent.getsockname()[1]
+            for args, what in ((["balance", "--customer", "x"], ""),
+                               (["credit", "add", "--customer", "x", "--usd", "1"], "may or may not have been done")):
+                t0 = time.time()
+                p = self.s.ctl(*args, check=False, env_extra={"TOLLGATE_ADMIN_URL": url, "TOLLGATE_ADMIN_TIMEOUT": "1"})
+                self.assertLess(time.time() - t0, 10)
+                self.assertEqual(p.returncode, 1, p.stderr)
+                self.assertIn("no answer from the admin API at %s within 1 s" % url, p.stderr)
+                self.assertIn(what, p.stderr)
+        finally:
+            silent.close()
+        for url in ("http://127.0.0.1:99999", "http://127.0.0.1:abc", "http://127.0.0.1:"):
+            p = self.s.ctl("balance", "--customer", "x", check=False, env_extra={"TOLLGATE_ADMIN_URL": url})
+            self.assertEqual(p.returncode, 2, (url, p.stderr))
+            self.assertIn("bad port", p.stderr)
+        p = self.s.ctl("balance", "--customer", "x", check=False,
+                       env_extra={"TOLLGATE_ADMIN_URL": url, "TOLLGATE_ADMIN_TIMEOUT": "0"})
+        self.assertEqual(p.returncode, 2, p.stderr)
+        closed = socket.socket()
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+        closed.close()  # nothing listens there now
+        p = self.s.ctl("balance", "--customer", "x", check=False,
+                       env_extra={"TOLLGATE_ADMIN_URL": "http://127.0.0.1:%d" % port})
+        self.assertEqual(p.returncode, 1, p.stderr)
+        self.assertIn("cannot connect to the admin API at http://127.0.0.1:%d: Connection refused" % port, p.stderr)
 
     def test_invoices_finalized_automatically(self):
         """bill_new's timer finalizes last month a configured time after it ended (here 1 s)."""
