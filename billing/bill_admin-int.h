@@ -45,6 +45,14 @@ struct adm_req {
     " " name " AS (INSERT INTO admin_audit (actor, action, target, before, after)"             \
     "   SELECT $actor, " action ", " target ", " before ", " after " FROM " from " RETURNING 1)"
 
+/* SQL: the start f of a period [f, t) (timestamptz expressions), or an
+ * error (SQLSTATE 22023, a 400) when f is after t: a reversed period is a
+ * mistake, not a question with an empty answer (a reconcile over it "agreed"
+ * having checked nothing).  Used where the answer shows `from`. */
+#define ADM_PERIOD_FROM(f, t)                                                                           \
+    "CASE WHEN " f " <= " t " THEN " f " ELSE tg_raise('from (' || " f " || ') is after to (' || " t        \
+    " || '): give from before to')::timestamptz END"
+
 /* Run a reading statement (one row, one JSON text column; no row -> 404
  * `notfound`) and answer 200 with its text. */
 void adm_read(adm_req_t *r, const char *sql, int n, const char *const *params, const char *notfound);
@@ -101,8 +109,9 @@ int adm_limit_field(adm_req_t *r, tg_json_t *j, const char *name, const char **m
 /* An optional string of 1..max bytes; *out NULL when absent.  required:
  * absent is refused too. */
 int adm_str_field(adm_req_t *r, tg_json_t *j, const char *name, size_t max, int required, const char **out);
-/* Unix seconds ("1764300000") as an ISO timestamp in UTC; anything else is
- * returned as is for PostgreSQL to read (or refuse with a 400). */
+/* Unix seconds ("1764300000", up to 12 digits but not 8) as an ISO timestamp
+ * in UTC; anything else (8 digits: a date, 20261130) is returned as is for
+ * PostgreSQL to read (or refuse with a 400). */
 const char *adm_epoch_to_iso(const char *t, char out[40]);
 
 /* ---- routers: 0 when the path is not theirs, else 1 (answered) ---------- */

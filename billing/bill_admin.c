@@ -616,7 +616,9 @@ int adm_str_field(adm_req_t *r, tg_json_t *j, const char *name, size_t max, int 
 }
 
 const char *adm_epoch_to_iso(const char *t, char out[40]) {
-    if (!t || !*t || strlen(t) > 12 || strspn(t, "0123456789") != strlen(t)) return t;
+    /* 8 digits are a date (20261130, ISO 8601's basic form, as PostgreSQL
+     * reads it): as Unix seconds they would be 1970-1973, which nobody means */
+    if (!t || !*t || strlen(t) > 12 || strlen(t) == 8 || strspn(t, "0123456789") != strlen(t)) return t;
     time_t v = (time_t)strtoll(t, NULL, 10);
     struct tm tm;
     if (!gmtime_r(&v, &tm)) return t;

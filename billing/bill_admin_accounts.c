@@ -131,7 +131,9 @@ static const char SQL_LEDGER_ADD[] =
 
 /* $1 customer, $2 from, $3 to, $4 limit */
 static const char SQL_LEDGER_LIST[] =
-    "SELECT json_build_object('object', 'list', 'customer', c.name, 'balance_pico', c.balance_pico::text,"
+    "SELECT json_build_object('object', 'list', 'customer', c.name,"
+    " 'from', " ADM_PERIOD_FROM("$2::timestamptz", "$3::timestamptz") ", 'to', $3::timestamptz,"
+    " 'balance_pico', c.balance_pico::text,"
     " 'data', coalesce((SELECT json_agg(json_build_object('id', x.id, 'kind', x.kind, 'amount_pico',"
     "   x.amount_pico::text, 'amount_usd', tg_usd(x.amount_pico), 'reason', x.note, 'request_id', x.request_id,"
     "   'created_at', x.created_at) ORDER BY x.id DESC)"
@@ -142,7 +144,8 @@ static const char SQL_LEDGER_LIST[] =
 #define USAGE_WHERE " u.customer_id = c.id AND u.received_at >= $2::timestamptz AND u.received_at < $3::timestamptz"
 
 static const char SQL_USAGE[] =
-    "SELECT json_build_object('object', 'list', 'customer', c.name, 'from', $2::timestamptz, 'to', $3::timestamptz,"
+    "SELECT json_build_object('object', 'list', 'customer', c.name,"
+    " 'from', " ADM_PERIOD_FROM("$2::timestamptz", "$3::timestamptz") ", 'to', $3::timestamptz,"
     " 'totals', (SELECT json_build_object('requests', count(*),"
     "   'prompt_tokens', coalesce(sum(prompt_tokens), 0)::text,"
     "   'prompt_cache_hit_tokens', coalesce(sum(prompt_cache_hit_tokens), 0)::text,"

@@ -47,7 +47,8 @@ static const char SQL_FINALIZE[] =
 
 /* $1 from, $2 to */
 static const char SQL_RECONCILE[] =
-    "SELECT json_build_object('object', 'reconciliation', 'from', $1::timestamptz, 'to', $2::timestamptz,"
+    "SELECT json_build_object('object', 'reconciliation',"
+    " 'from', " ADM_PERIOD_FROM("$1::timestamptz", "$2::timestamptz") ", 'to', $2::timestamptz,"
     " 'ok', count(d.*) = 0,"
     " 'checked', json_build_object("
     "   'usage_rows', (SELECT count(*) FROM usage WHERE received_at >= $1::timestamptz AND received_at < $2::timestamptz),"

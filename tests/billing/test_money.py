@@ -684,6 +684,27 @@ class Money(ServerCase):
         self.assertEqual(p.returncode, 1, p.stderr)
         self.assertIn("cannot connect to the admin API at http://127.0.0.1:%d: Connection refused" % port, p.stderr)
 
+    def test_reversed_period_refused(self):
+        """A period whose from is after its to is a 400 naming both, on every command that takes one;
+        before, it was answered as an empty period: reconcile said "everything agrees" (exit 0)
+        having checked no usage row.  A period with from = to is empty, not an error."""
+        name, _ = self.customer("1")
+        rev, empty = ("--from", "2026-12-01", "--to", "2026-11-01"), ("--from", "2026-11-01", "--to", "2026-11-01")
+        for cmd in (["usage", "--customer", name], ["credit", "list", "--customer", name], ["reconcile"],
+                    ["report", "usage", "--customer", name], ["report", "top"],
+                    ["report", "balance", "--customer", name]):
+            p = self.s.ctl(*cmd, *rev, check=False)
+            self.assertEqual(p.returncode, 1, (cmd, p.stdout[:300]))
+            self.assertIn("is after to", p.stderr, cmd)
+            self.assertIn("HTTP 400", p.stderr, cmd)
+            j = json.loads(self.s.ctl("--json", *cmd, *empty).stdout)
+            self.assertEqual(j.get("data", []), [], cmd)
+        st, j = self.api.json("GET", "/admin/v1/reconcile?from=1796000000&to=1795000000")
+        self.assertEqual((st, j["error"]["code"]), (400, "invalid_value"))
+        # 8 digits are a date, not 20,261,130 Unix seconds (1970-08-23); 10 digits are Unix seconds
+        j = json.loads(self.s.ctl("--json", "usage", "--customer", name, "--from", "20261130", "--to", "1796083200").stdout)
+        self.assertEqual((j["from"], j["to"]), ("2026-11-30T00:00:00+00:00", "2026-12-01T00:00:00+00:00"))
+
     def test_invoices_finalized_automatically(self):
         """bill_new's timer finalizes last month a configured time after it ended (here 1 s)."""
         name, cid = self.customer("1")
