@@ -177,6 +177,16 @@ typedef struct api_chat_req {
     int stream, include_usage;
     int logprobs, top_logprobs;
     int n;                   /* choices, 1..API_MAX_N (default 1): each sampled on its own */
+    /* A POST /v1/completions body (api_cmpl_req_read; msgs is then empty and
+     * api_chat_render renders prompt and suffix: api_cmpl_render). */
+    int cmpl;
+    const char *prompt;      /* into the document; may hold NUL */
+    size_t prompt_len;
+    const char *suffix;      /* NULL: none; else fill-in-the-middle (may be "") */
+    size_t suffix_len;
+    int echo;                /* the answer's text starts with the prompt */
+    int cmpl_logprobs;       /* legacy logprobs: -1 not asked, else 0..API_MAX_CMPL_LOGPROBS
+                              * alternatives (logprobs = 1, top_logprobs = this) */
 } api_chat_req_t;
 
 /* Parse len bytes and validate.  On error fills e (400 with the parameter
@@ -188,9 +198,33 @@ int api_chat_req_parse(api_chat_req_t *r, const char *body, size_t len, api_err_
 int api_chat_req_read(api_chat_req_t *r, const tg_json_t *root, api_err_t *e);
 void api_chat_req_free(api_chat_req_t *r); /* accepts a zeroed or freed request */
 
+/* ---- POST /v1/completions (api_completion.c) ------------------------------------
+ * The same struct, read by the same rules (api/README.md "Completions"):
+ * model, prompt (a string, or an array of one string), suffix, max_tokens
+ * (default API_CMPL_DEFAULT_MAX_TOKENS), temperature, top_p, top_k, stop,
+ * stream, stream_options, seed, n, best_of (1 or n), presence_penalty,
+ * frequency_penalty, logit_bias, logprobs (an integer 0..20), echo, user;
+ * anything else is 400 as for chat.  Ownership as api_chat_req_parse/_read;
+ * freed by api_chat_req_free. */
+#define API_CMPL_DEFAULT_MAX_TOKENS 16 /* OpenAI's default for completions */
+#define API_MAX_CMPL_LOGPROBS 20       /* DeepSeek's limit */
+int api_cmpl_req_parse(api_chat_req_t *r, const char *body, size_t len, api_err_t *e);
+int api_cmpl_req_read(api_chat_req_t *r, const tg_json_t *root, api_err_t *e);
+/* The prompt text of a completions request: the BOS token's text, then the
+ * prompt; with a suffix, DeepSeek's fill-in-the-middle format
+ *   <BOS><｜fim▁begin｜>PROMPT<｜fim▁hole｜>SUFFIX<｜fim▁end｜>
+ * (encoded with special tokens recognised, as chat prompts are).  malloc'd,
+ * length in *len; NULL with a 400 on `suffix` for a template without FIM
+ * tokens (Mixtral), or a 500 out of memory. */
+char *api_cmpl_render(const api_chat_req_t *r, tok_tmpl_kind_t kind, size_t *len, api_err_t *e);
+/* 0, or -1 with the 400 api_cmpl_render would give (a suffix the template
+ * cannot express); no allocation. */
+int api_cmpl_check(const api_chat_req_t *r, tok_tmpl_kind_t kind, api_err_t *e);
+
 /* The prompt text: messages (and tools) through the chat template of `kind`
  * with the generation prompt.  malloc'd (may hold NUL bytes), length in *len;
- * NULL with a 400 in e when the template refuses the conversation. */
+ * NULL with a 400 in e when the template refuses the conversation.  A
+ * completions request (r->cmpl) is rendered by api_cmpl_render. */
 char *api_chat_render(const api_chat_req_t *r, tok_tmpl_kind_t kind, size_t *len, api_err_t *e);
 
 /* The request's prefix key (common/tg_prefix.h): the chained hash of the

@@ -6,6 +6,7 @@
  * server cannot honour is 400 unsupported_parameter.  Nothing is silently
  * ignored except the identifiers listed as such in api/README.md. */
 #include "api.h"
+#include "api-int.h"
 #include "tg_prefix.h"
 #include "tg_str.h"
 
@@ -1267,7 +1268,15 @@ static const struct {
     {"moderation", P_UNSUPPORTED},
 };
 
-static int check_params(const tg_json_t *root, api_err_t *e) {
+/* The members of a completions body (api_completion.c reads prompt, suffix,
+ * echo, logprobs and best_of; the rest as for chat). */
+static const char *const CMPL_PARAMS[] = {
+    "model", "prompt", "suffix", "max_tokens", "temperature", "top_p", "top_k", "presence_penalty",
+    "frequency_penalty", "logit_bias", "logprobs", "n", "best_of", "seed", "stop", "stream", "stream_options",
+    "echo", "user",
+};
+
+static int check_params(const tg_json_t *root, int cmpl, api_err_t *e) {
     const tg_json_t *m;
     int oom = 0;
     size_t dl;
@@ -1282,8 +1291,10 @@ static int check_params(const tg_json_t *root, api_err_t *e) {
         size_t kl;
         const char *k = tg_json_key(m, &kl);
         int found = -1;
-        for (size_t i = 0; i < sizeof PARAMS / sizeof *PARAMS && found < 0; i++)
+        for (size_t i = 0; !cmpl && i < sizeof PARAMS / sizeof *PARAMS && found < 0; i++)
             if (kl == strlen(PARAMS[i].name) && !memcmp(k, PARAMS[i].name, kl)) found = (int)i;
+        for (size_t i = 0; cmpl && i < sizeof CMPL_PARAMS / sizeof *CMPL_PARAMS && found < 0; i++)
+            if (kl == strlen(CMPL_PARAMS[i]) && !memcmp(k, CMPL_PARAMS[i], kl)) found = 0; /* "model": P_READ */
         char p[64];
         if (memchr(k, 0, kl))
             return BAD(NULL, "unknown_parameter", "Unrecognized request argument supplied (a name holding U+0000).");
@@ -1323,7 +1334,7 @@ static int check_params(const tg_json_t *root, api_err_t *e) {
     return 0;
 }
 
-int api_chat_req_read(api_chat_req_t *r, const tg_json_t *root, api_err_t *e) {
+static int req_read(api_chat_req_t *r, const tg_json_t *root, int cmpl, api_err_t *e) {
     const tg_json_t *v;
     int own = r->own_root;
     tg_json_t *keep_root = r->root;
@@ -1337,7 +1348,7 @@ int api_chat_req_read(api_chat_req_t *r, const tg_json_t *root, api_err_t *e) {
         BAD(NULL, "invalid_json", "The request body must be a JSON object.");
         goto fail;
     }
-    if (check_params(root, e)) goto fail;
+    if (check_params(root, cmpl, e)) goto fail;
     v = tg_json_get(root, "model");
     if (!v) {
         BAD("model", "missing_required_parameter", "Missing required parameter: 'model'.");
@@ -1348,7 +1359,7 @@ int api_chat_req_read(api_chat_req_t *r, const tg_json_t *root, api_err_t *e) {
             tg_json_type(v) == TG_JSON_STRING ? "another string" : type_name(v));
         goto fail;
     }
-    if (parse_messages(r, tg_json_get(root, "messages"), e)) goto fail;
+    if (!cmpl && parse_messages(r, tg_json_get(root, "messages"), e)) goto fail;
 
     /* max_tokens and max_completion_tokens: the smaller when both are given */
     int64_t x, y;
@@ -1371,8 +1382,8 @@ int api_chat_req_read(api_chat_req_t *r, const tg_json_t *root, api_err_t *e) {
         goto fail;
     }
     if (gx) r->n = (int)x;
-    if (get_bool(root, "logprobs", &r->logprobs, e)) goto fail;
-    if (get_int(root, "top_logprobs", 0, API_MAX_TOP_LOGPROBS, &x, &gx, e)) goto fail;
+    if (!cmpl && get_bool(root, "logprobs", &r->logprobs, e)) goto fail;
+    if (get_int(root, "top_logprobs", 0, API_MAX_TOP_LOGPROBS, &x, &gx, e)) goto fail; /* not a completions member */
     if (gx) {
         if (!r->logprobs) {
             BAD("top_logprobs", "invalid_value", "Invalid 'top_logprobs': it requires 'logprobs' to be true.");
@@ -1423,13 +1434,17 @@ int api_chat_req_read(api_chat_req_t *r, const tg_json_t *root, api_err_t *e) {
             "Invalid 'response_format': a JSON answer cannot be combined with a required tool call.");
         goto fail;
     }
+    if (cmpl && api_cmpl_members(r, root, e)) goto fail;
     return 0;
 fail:
     api_chat_req_free(r);
     return -1;
 }
 
-int api_chat_req_parse(api_chat_req_t *r, const char *body, size_t len, api_err_t *e) {
+int api_chat_req_read(api_chat_req_t *r, const tg_json_t *root, api_err_t *e) { return req_read(r, root, 0, e); }
+int api_cmpl_req_read(api_chat_req_t *r, const tg_json_t *root, api_err_t *e) { return req_read(r, root, 1, e); }
+
+static int req_parse(api_chat_req_t *r, const char *body, size_t len, int cmpl, api_err_t *e) {
     memset(r, 0, sizeof *r);
     if (!tg_utf8_valid(body, len)) return BAD(NULL, "invalid_utf8", "The request body is not valid UTF-8.");
     tg_json_err_t jerr;
@@ -1443,7 +1458,14 @@ int api_chat_req_parse(api_chat_req_t *r, const char *body, size_t len, api_err_
     }
     r->root = root;
     r->own_root = 1;
-    return api_chat_req_read(r, root, e);
+    return req_read(r, root, cmpl, e);
+}
+
+int api_chat_req_parse(api_chat_req_t *r, const char *body, size_t len, api_err_t *e) {
+    return req_parse(r, body, len, 0, e);
+}
+int api_cmpl_req_parse(api_chat_req_t *r, const char *body, size_t len, api_err_t *e) {
+    return req_parse(r, body, len, 1, e);
 }
 
 void api_chat_req_free(api_chat_req_t *r) {
@@ -1461,6 +1483,7 @@ void api_chat_req_free(api_chat_req_t *r) {
 }
 
 char *api_chat_render(const api_chat_req_t *r, tok_tmpl_kind_t kind, size_t *len, api_err_t *e) {
+    if (r->cmpl) return api_cmpl_render(r, kind, len, e);
     const char *tj[API_MAX_TOOLS];
     size_t tl[API_MAX_TOOLS];
     for (size_t i = 0; i < r->n_tools; i++) {

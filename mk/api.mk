@@ -12,25 +12,31 @@ API_UNIT_BIN := $(O)/tests/unit/api/api_chat
 API_FUZZ_REPLAY := $(O)/fuzz/api/fuzz_api_chat_replay
 API_FUZZ_CORPUS := fuzz/api/corpus
 
-$(API_UNIT_BIN): tests/unit/api/api_chat.c api/api_chat.c api/api.h $(LIBTOK) $(LIBCOMMON)
+$(API_UNIT_BIN): tests/unit/api/api_chat.c api/api_completion.c api/api-int.h $(LIBAPI) api/api_chat.c api/api.h $(LIBTOK) $(LIBCOMMON)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -Itests/unit $(LDFLAGS) -o $@ $< $(TOK_LIBS) $(LDLIBS)
+	$(CC) $(CFLAGS) -Itests/unit $(LDFLAGS) -o $@ $< $(LIBAPI) $(TOK_LIBS) $(LDLIBS)
 
-$(API_FUZZ_REPLAY): fuzz/api/fuzz_api_chat.c fuzz/replay.c api/api_chat.c api/api.h $(LIBTOK) $(LIBCOMMON)
+API_CMPL_UNIT_BIN := $(O)/tests/unit/api/api_completion
+$(API_CMPL_UNIT_BIN): tests/unit/api/api_completion.c api/api_completion.c api/api_chat.c api/api.h api/api-int.h $(LIBAPI) $(LIBTOK) $(LIBCOMMON)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< fuzz/replay.c $(TOK_LIBS) $(LDLIBS)
+	$(CC) $(CFLAGS) -Itests/unit $(LDFLAGS) -o $@ $< $(LIBAPI) $(TOK_LIBS) $(LDLIBS)
+
+$(API_FUZZ_REPLAY): fuzz/api/fuzz_api_chat.c fuzz/replay.c api/api_chat.c api/api_completion.c api/api-int.h $(LIBAPI) api/api.h $(LIBTOK) $(LIBCOMMON)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< fuzz/replay.c $(LIBAPI) $(TOK_LIBS) $(LDLIBS)
 
 .PHONY: test-api fuzz-api fuzz-api-run
-test-api: $(API_UNIT_BIN) $(API_FUZZ_REPLAY) tokenizer-data
+test-api: $(API_UNIT_BIN) $(API_CMPL_UNIT_BIN) $(API_FUZZ_REPLAY) tokenizer-data
 	$(API_UNIT_BIN) tests/tokenizer/vectors
+	$(API_CMPL_UNIT_BIN)
 	@test -n "$(wildcard $(API_FUZZ_CORPUS)/*)" || { echo "$(API_FUZZ_CORPUS): no seeds" >&2; exit 1; }
 	$(API_FUZZ_REPLAY) $(wildcard $(API_FUZZ_CORPUS)/*)
 
 fuzz: fuzz-api
 fuzz-api: $(B)/fuzz/fuzz_api_chat
-$(B)/fuzz/fuzz_api_chat: fuzz/api/fuzz_api_chat.c api/api_chat.c api/api.h $(LIBTOK) $(LIBCOMMON)
+$(B)/fuzz/fuzz_api_chat: fuzz/api/fuzz_api_chat.c api/api_chat.c api/api_completion.c api/api-int.h $(LIBAPI) api/api.h $(LIBTOK) $(LIBCOMMON)
 	@mkdir -p $(dir $@)
-	clang -g -O1 -std=gnu11 -fsanitize=fuzzer,address,undefined -Icommon -Itokenizer -Iapi -o $@ $< $(TOK_LIBS) $(LDLIBS)
+	clang -g -O1 -std=gnu11 -fsanitize=fuzzer,address,undefined -Icommon -Itokenizer -Iapi -o $@ $< $(LIBAPI) $(TOK_LIBS) $(LDLIBS)
 fuzz-api-run: $(B)/fuzz/fuzz_api_chat
 	@mkdir -p $(B)/fuzz/corpus-api
 	$(B)/fuzz/fuzz_api_chat -max_total_time=$(or $(FUZZ_SECONDS),60) -max_len=4096 $(B)/fuzz/corpus-api $(API_FUZZ_CORPUS)

@@ -10,9 +10,9 @@ ENG_SRV_UNIT_BINS := $(patsubst %,$(O)/tests/unit/engine_server/%,$(ENG_SRV_UNIT
 
 # The tests #include the .c under test (to reach statics), so they link only
 # the tokenizer (UTF-8 check) and system libraries.
-$(O)/tests/unit/engine_server/%: tests/unit/engine_server/%.c $(wildcard engine/sched/*.[ch] engine/server/*.[ch]) api/api_chat.c $(LIBTOK) $(LIBCOMMON)
+$(O)/tests/unit/engine_server/%: tests/unit/engine_server/%.c $(wildcard engine/sched/*.[ch] engine/server/*.[ch]) api/api_chat.c api/api_completion.c api/api-int.h $(LIBAPI) $(LIBTOK) $(LIBCOMMON)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -Itests/unit $(LDFLAGS) -o $@ $< $(TOK_LIBS) $(LDLIBS)
+	$(CC) $(CFLAGS) -Itests/unit $(LDFLAGS) -o $@ $< $(LIBAPI) $(TOK_LIBS) $(LDLIBS)
 
 # eng_server_req needs the tokenizer (a recorded skip without it), so the
 # target fetches it: under make it never skips.
@@ -31,9 +31,9 @@ UNIT_TARGETS += test-engine-server-unit test-engine-server-fuzz-replay
 # libFuzzer build needs clang.
 ENG_SRV_FUZZ_CORPUS := fuzz/engine_server/corpus/chat_req
 ENG_SRV_FUZZ_REPLAY := $(O)/fuzz/engine_server/fuzz_chat_req_replay
-$(ENG_SRV_FUZZ_REPLAY): fuzz/engine_server/fuzz_chat_req.c fuzz/replay.c engine/server/eng_server_req.c api/api_chat.c $(LIBTOK) $(LIBCOMMON)
+$(ENG_SRV_FUZZ_REPLAY): fuzz/engine_server/fuzz_chat_req.c fuzz/replay.c engine/server/eng_server_req.c api/api_chat.c api/api_completion.c api/api-int.h $(LIBAPI) $(LIBTOK) $(LIBCOMMON)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< fuzz/replay.c $(TOK_LIBS) $(LDLIBS)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< fuzz/replay.c $(LIBAPI) $(TOK_LIBS) $(LDLIBS)
 
 .PHONY: test-engine-server-fuzz-replay
 test-engine-server-fuzz-replay: $(ENG_SRV_FUZZ_REPLAY)
@@ -44,9 +44,9 @@ test-engine-server: test-engine-server-fuzz-replay
 .PHONY: fuzz-engine-server fuzz-engine-server-run
 fuzz: fuzz-engine-server
 fuzz-engine-server: $(B)/fuzz/fuzz_chat_req
-$(B)/fuzz/fuzz_chat_req: fuzz/engine_server/fuzz_chat_req.c engine/server/eng_server_req.c api/api_chat.c $(LIBTOK) $(LIBCOMMON)
+$(B)/fuzz/fuzz_chat_req: fuzz/engine_server/fuzz_chat_req.c engine/server/eng_server_req.c api/api_chat.c api/api_completion.c api/api-int.h $(LIBAPI) $(LIBTOK) $(LIBCOMMON)
 	@mkdir -p $(dir $@)
-	clang -g -O1 -std=gnu11 -fsanitize=fuzzer,address -Icommon -Itokenizer -Iapi -Iengine -o $@ $< $(TOK_LIBS) $(LDLIBS)
+	clang -g -O1 -std=gnu11 -fsanitize=fuzzer,address -Icommon -Itokenizer -Iapi -Iengine -o $@ $< $(LIBAPI) $(TOK_LIBS) $(LDLIBS)
 fuzz-engine-server-run: $(B)/fuzz/fuzz_chat_req
 	@mkdir -p $(B)/fuzz/corpus-chat-req
 	$(B)/fuzz/fuzz_chat_req -max_total_time=$(or $(FUZZ_SECONDS),60) $(B)/fuzz/corpus-chat-req $(ENG_SRV_FUZZ_CORPUS)

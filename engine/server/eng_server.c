@@ -103,6 +103,8 @@ typedef struct {
     int64_t t_last;
     tg_buf_t content, reasoning;
     cJSON *lp_content; /* non-streaming logprobs entries, when asked for */
+    cJSON *lp_legacy;  /* completions: the legacy logprobs object being built (not streaming) */
+    long text_off;     /* completions: characters of text so far (legacy text_offset) */
     tg_buf_t tool;    /* the tool-call block so far (tools given) */
     eng_tool_call_t *calls;
     size_t n_calls, calls_sent; /* parsed; sent in stream chunks */
@@ -116,7 +118,9 @@ struct call {
     struct evhttp_request *req;
     struct evhttp_connection *conn;
     int stream, include_usage, gone, hung_up, started, reasoning_model;
-    char id[160];      /* "chatcmpl-..." */
+    int cmpl;          /* POST /v1/completions: text_completion answers */
+    int legacy_lp;     /* completions with logprobs: the legacy format */
+    char id[160];      /* "chatcmpl-..." or "cmpl-..." */
     char req_id[130];  /* X-Request-Id */
     long long created;
     int64_t t_start;
@@ -206,6 +210,7 @@ static void call_free(call_t *c) {
         tg_buf_free(&h->tool);
         eng_tool_calls_free(h->calls, h->n_calls);
         cJSON_Delete(h->lp_content);
+        cJSON_Delete(h->lp_legacy);
     }
     free(c->ch);
     free(c);
@@ -252,7 +257,9 @@ static void sse_send(call_t *c, const char *json) {
 /* A chunk of choice `index`.  lp: logprobs object for the chunk, taken over (NULL -> null) */
 static void sse_chunk(call_t *c, int index, const char *role, const char *content, size_t content_len,
                       const char *reasoning, size_t reasoning_len, eng_finish_t fin, cJSON *lp) {
-    char *j = eng_resp_chunk_at(index, c->id, c->created, c->srv->model_name, role, content, content_len,
+    char *j = c->cmpl ? eng_resp_text_chunk(index, c->id, c->created, c->srv->model_name, content, content_len, fin,
+                                            c->include_usage, NULL, lp)
+                      : eng_resp_chunk_at(index, c->id, c->created, c->srv->model_name, role, content, content_len,
                                 reasoning, reasoning_len, fin, c->include_usage, NULL, lp);
     sse_send(c, j);
     free(j);
@@ -308,8 +315,10 @@ static void call_finish(call_t *c) {
             }
         } else if (c->stream) {
             if (c->include_usage) {
-                char *j = eng_resp_chunk(c->id, c->created, S->model_name, NULL, NULL, 0, NULL, 0,
-                                         ENG_FINISH_NONE, 0, &u, NULL);
+                char *j = c->cmpl ? eng_resp_text_chunk(0, c->id, c->created, S->model_name, NULL, 0, ENG_FINISH_NONE,
+                                                        0, &u, NULL)
+                                  : eng_resp_chunk(c->id, c->created, S->model_name, NULL, NULL, 0, NULL, 0,
+                                                   ENG_FINISH_NONE, 0, &u, NULL);
                 sse_send(c, j);
                 free(j);
             }
@@ -320,6 +329,22 @@ static void call_finish(call_t *c) {
                 evbuffer_free(b);
             }
             evhttp_send_reply_end(c->req);
+        } else if (c->cmpl) {
+            eng_text_choice_t chs[API_MAX_N];
+            for (int i = 0; i < c->n; i++) {
+                choice_t *h = &c->ch[i];
+                chs[i] = (eng_text_choice_t){h->content.p ? h->content.p : "", h->content.len, h->finish,
+                                             h->lp_legacy};
+                h->lp_legacy = NULL;
+            }
+            char *j = eng_resp_text_completion(c->id, c->created, S->model_name, chs, c->n, &u);
+            if (j) {
+                send_json(c->req, 200, j);
+            } else {
+                code = 500;
+                evhttp_send_error(c->req, 500, NULL);
+            }
+            free(j);
         } else {
             eng_choice_t chs[API_MAX_N];
             for (int i = 0; i < c->n; i++) {
@@ -348,10 +373,10 @@ static void call_finish(call_t *c) {
         }
     }
     count_status(S, code);
-    log_line("{\"ts\":%lld,\"event\":\"chat\",\"request_id\":\"%s\",\"status\":%d,\"stream\":%s,\"n\":%d,"
+    log_line("{\"ts\":%lld,\"event\":\"%s\",\"request_id\":\"%s\",\"status\":%d,\"stream\":%s,\"n\":%d,"
              "\"finish_reason\":\"%s\",\"prompt_tokens\":%d,\"cached_tokens\":%d,\"completion_tokens\":%d,"
              "\"reasoning_tokens\":%d,\"ms\":%.1f}",
-             (long long)time(NULL), c->req_id, code, c->stream ? "true" : "false", c->n,
+             (long long)time(NULL), c->cmpl ? "completion" : "chat", c->req_id, code, c->stream ? "true" : "false", c->n,
              c->bad_status ? (c->bad_status == 500 && !strcmp(c->bad_code, "engine_error") ? "error" : "cancelled")
              : eng_finish_name(fin) ? eng_finish_name(fin) : "error",
              u.prompt_tokens, u.cached_tokens, u.completion_tokens, u.reasoning_tokens,
@@ -424,7 +449,17 @@ static void on_wake(evutil_socket_t fd, short what, void *arg) {
             h->got_first = 1;
         }
         cJSON *lp = NULL;
-        if (ev->lp && !c->gone && !(lp = eng_logprob_json(S->tok, ev->lp))) eng_sched_cancel(S->sched, h->job);
+        if (ev->lp && !c->gone && c->legacy_lp) { /* completions: the legacy format */
+            cJSON *into = c->stream ? cJSON_CreateObject() : h->lp_legacy ? h->lp_legacy
+                                                                      : (h->lp_legacy = cJSON_CreateObject());
+            if (!into || eng_logprob_legacy_add(into, S->tok, ev->lp, &h->text_off)) eng_sched_cancel(S->sched, h->job);
+            if (c->stream && into && !c->bad_status)
+                sse_chunk(c, h->index, NULL, ev->content.p ? ev->content.p : "", ev->content.len, NULL, 0,
+                          ENG_FINISH_NONE, into); /* taken over */
+            else if (c->stream)
+                cJSON_Delete(into);
+            if (c->stream) ev->content.len = 0; /* sent with its logprobs */
+        } else if (ev->lp && !c->gone && !(lp = eng_logprob_json(S->tok, ev->lp))) eng_sched_cancel(S->sched, h->job);
         if (!c->gone && c->stream && !c->bad_status) {
             cJSON *lpo = NULL; /* {"content":[entry]} for this event's chunk */
             if (lp && (lpo = cJSON_CreateObject())) {
@@ -576,7 +611,10 @@ static int chat_constraint(srv_t *S, const api_chat_req_t *r, eng_job_spec_t *sp
     return 0;
 }
 
-static void handle_chat(srv_t *S, struct evhttp_request *req) {
+/* POST /v1/chat/completions, or with cmpl POST /v1/completions (the same
+ * path: read by api/'s completions reader, its prompt rendered by
+ * api_cmpl_render, no constraint or think split, text_completion answers). */
+static void handle_chat(srv_t *S, struct evhttp_request *req, int cmpl) {
     api_err_t e;
     api_chat_req_t r;
     eng_job_spec_t spec;
@@ -592,7 +630,7 @@ static void handle_chat(srv_t *S, struct evhttp_request *req) {
     if (evhttp_request_get_command(req) != EVHTTP_REQ_POST) {
         evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "POST");
         api_err(&e, 405, "invalid_request_error", NULL, "method_not_allowed",
-                "Only POST is allowed on /v1/chat/completions.");
+                "Only POST is allowed on %s.", cmpl ? "/v1/completions" : "/v1/chat/completions");
         goto fail;
     }
     if (S->draining) {
@@ -607,7 +645,7 @@ static void handle_chat(srv_t *S, struct evhttp_request *req) {
         goto fail;
     }
     const char *body = len ? (const char *)evbuffer_pullup(in, -1) : "";
-    if (api_chat_req_parse(&r, body, len, &e)) goto fail;
+    if ((cmpl ? api_cmpl_req_parse : api_chat_req_parse)(&r, body, len, &e)) goto fail;
     if (strcmp(r.model, S->model_name)) {
         api_err(&e, 404, "invalid_request_error", NULL, "model_not_found", /* param null, as OpenAI */
                 "The model `%.200s` does not exist or you do not have access to it.", r.model);
@@ -619,7 +657,8 @@ static void handle_chat(srv_t *S, struct evhttp_request *req) {
     if (!(prompt = api_chat_render(&r, (tok_tmpl_kind_t)S->tmpl, &prompt_len, &e))) goto fail;
     long n = tok_encode(S->tok, prompt, prompt_len, 1, &ids);
     if (n < 0) {
-        api_err(&e, 400, "invalid_request_error", "messages", "invalid_value", "The messages could not be tokenized.");
+        api_err(&e, 400, "invalid_request_error", cmpl ? "prompt" : "messages", "invalid_value",
+                "The %s could not be tokenized.", cmpl ? "prompt" : "messages");
         goto fail;
     }
     /* A max_tokens the gateway wrote in because the client gave none (it says
@@ -635,7 +674,10 @@ static void handle_chat(srv_t *S, struct evhttp_request *req) {
         r.max_tokens = 0;
     }
     int max_tokens;
-    if (eng_chat_max_tokens(&r, (int)(n > 0x7fffffff ? 0x7fffffff : n), &lim, &max_tokens, &e)) goto fail;
+    if (eng_chat_max_tokens(&r, (int)(n > 0x7fffffff ? 0x7fffffff : n), &lim, &max_tokens, &e)) {
+        if (cmpl && !strcmp(e.param, "messages")) snprintf(e.param, sizeof e.param, "prompt");
+        goto fail;
+    }
     if (n == 0) {
         api_err(&e, 400, "invalid_request_error", "messages", "invalid_value", "The rendered prompt is empty.");
         goto fail;
@@ -647,7 +689,10 @@ static void handle_chat(srv_t *S, struct evhttp_request *req) {
                     "does not match the model.", (int)ids[i], (int)S->vocab_rows);
             goto fail;
         }
-    if (chat_constraint(S, &r, &spec, &e)) goto fail;
+    if (cmpl) /* a completion continues the text: nothing constrained */
+        spec.gram_trigger = spec.tool_trigger = -1;
+    else if (chat_constraint(S, &r, &spec, &e))
+        goto fail;
     spec.prompt = ids;
     ids = NULL;
     spec.n_prompt = (int)n;
@@ -672,7 +717,7 @@ static void handle_chat(srv_t *S, struct evhttp_request *req) {
         spec.stop_len[i] = r.stop_len[i];
     }
     spec.n_stop = r.n_stop;
-    spec.think = eng_chat_think_mode(S->tmpl, prompt, prompt_len);
+    spec.think = cmpl ? ENG_THINK_OFF : eng_chat_think_mode(S->tmpl, prompt, prompt_len);
     spec.logprobs = r.logprobs;
     spec.top_logprobs = r.top_logprobs;
     /* the prefix cache's namespace: the gateway names one per customer, whose
@@ -693,7 +738,14 @@ static void handle_chat(srv_t *S, struct evhttp_request *req) {
     c->created = (long long)time(NULL);
     c->t_start = tg_mono_ns();
     memcpy(c->req_id, req_id, sizeof req_id);
-    snprintf(c->id, sizeof c->id, "chatcmpl-%s", req_id);
+    snprintf(c->id, sizeof c->id, "%s-%s", cmpl ? "cmpl" : "chatcmpl", req_id);
+    c->cmpl = cmpl;
+    c->legacy_lp = cmpl && r.cmpl_logprobs >= 0;
+    for (int i = 0; cmpl && r.echo && i < c->n; i++) { /* echo: the text starts with the prompt */
+        choice_t *h = &c->ch[i];
+        for (size_t k = 0; k < r.prompt_len; k++) h->text_off += ((unsigned char)r.prompt[k] & 0xC0) != 0x80;
+        if (!c->stream && tg_buf_put(&h->content, r.prompt ? r.prompt : "", r.prompt_len)) goto oom;
+    }
     /* n > 1: each further choice is its own job (copies of the prompt, stops,
      * bias; its own grammar state; the seed mixed with its index, so choice 0
      * is what n = 1 would give) */
@@ -714,7 +766,7 @@ static void handle_chat(srv_t *S, struct evhttp_request *req) {
             if (!(m->stop[k] = malloc(spec.stop_len[k] + 1))) goto oom_more;
             memcpy(m->stop[k], spec.stop[k], spec.stop_len[k] + 1);
         }
-        if (chat_constraint(S, &r, m, &e)) goto fail_more;
+        if (!cmpl && chat_constraint(S, &r, m, &e)) goto fail_more;
         uint64_t x = spec.seed + 0x9e3779b97f4a7c15ULL * (uint64_t)i; /* splitmix64 of seed + i * golden */
         x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
         x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
@@ -766,7 +818,10 @@ static void handle_chat(srv_t *S, struct evhttp_request *req) {
         evhttp_add_header(h, "Cache-Control", "no-cache");
         evhttp_send_reply_start(req, 200, "OK");
         c->started = 1;
-        for (int i = 0; i < c->n; i++) sse_chunk(c, i, "assistant", "", 0, NULL, 0, ENG_FINISH_NONE, NULL);
+        for (int i = 0; i < c->n; i++) {
+            if (!cmpl) sse_chunk(c, i, "assistant", "", 0, NULL, 0, ENG_FINISH_NONE, NULL);
+            else if (r.echo) sse_chunk(c, i, NULL, r.prompt ? r.prompt : "", r.prompt_len, NULL, 0, ENG_FINISH_NONE, NULL);
+        }
     }
     free(prompt);
     api_chat_req_free(&r);
@@ -793,8 +848,8 @@ fail:
     eng_gram_free(spec.gram);
     for (int i = 0; i < ENG_MAX_STOP; i++) free(spec.stop[i]);
     count_status(S, e.status);
-    log_line("{\"ts\":%lld,\"event\":\"chat\",\"request_id\":\"%s\",\"status\":%d,\"error\":\"%s\"}",
-             (long long)time(NULL), req_id, e.status, e.code ? e.code : "");
+    log_line("{\"ts\":%lld,\"event\":\"%s\",\"request_id\":\"%s\",\"status\":%d,\"error\":\"%s\"}",
+             (long long)time(NULL), cmpl ? "completion" : "chat", req_id, e.status, e.code ? e.code : "");
     send_err(req, &e);
 }
 
@@ -933,7 +988,11 @@ static void on_request(struct evhttp_request *req, void *arg) {
     int get = cmd == EVHTTP_REQ_GET || cmd == EVHTTP_REQ_HEAD;
     eng_api_err_t e;
     if (!strcmp(path, "/v1/chat/completions") || !strcmp(path, "/chat/completions")) {
-        handle_chat(S, req);
+        handle_chat(S, req, 0);
+        return;
+    }
+    if (!strcmp(path, "/v1/completions") || !strcmp(path, "/completions")) {
+        handle_chat(S, req, 1);
         return;
     }
     int models = !strcmp(path, "/v1/models") || !strcmp(path, "/models");

@@ -100,6 +100,34 @@ char *eng_resp_chunk_tools_at(int index, const char *id, long long created, cons
  * U+FFFD, and "bytes" are those of the shown text).  NULL on OOM. */
 cJSON *eng_logprob_json(const tok_t *t, const eng_logprob_t *lp);
 
+/* ---- POST /v1/completions (text_completion) -------------------------------- */
+
+/* One choice of a text_completion: text (text_len bytes, NUL written as
+ * \u0000), the legacy logprobs object (taken over; NULL -> null). */
+typedef struct {
+    const char *text;
+    size_t text_len;
+    eng_finish_t finish;
+    cJSON *logprobs;
+} eng_text_choice_t;
+/* A whole text_completion body with n choices (malloc'd, one line). */
+char *eng_resp_text_completion(const char *id, long long created, const char *model, const eng_text_choice_t *ch,
+                               int n, const eng_usage_t *u);
+/* One streamed text_completion chunk of choice `index` (text may be empty),
+ * or with usage non-NULL the usage chunk ("choices":[]).  usage_null and
+ * logprobs as for eng_resp_chunk_at. */
+char *eng_resp_text_chunk(int index, const char *id, long long created, const char *model, const char *text,
+                          size_t text_len, eng_finish_t finish, int usage_null, const eng_usage_t *usage,
+                          cJSON *logprobs);
+/* Append one generated token to a legacy logprobs object (OpenAI's
+ * completions format: {"tokens","token_logprobs","top_logprobs","text_offset"},
+ * arrays created on first use): its text (tok_decode of the id, special
+ * tokens skipped as in the answer's text, so the tokens join to the text;
+ * a partial UTF-8 character shows as U+FFFD), logprob, {token: logprob} of the top ones and the
+ * chosen one, and *text_off, which then advances by the token text's
+ * characters (code points).  0, or -1 out of memory. */
+int eng_logprob_legacy_add(cJSON *obj, const tok_t *t, const eng_logprob_t *lp, long *text_off);
+
 /* Frame one SSE event: "data: <json>\n\n".  json must be one line (cJSON's
  * unformatted output is).  Returns malloc'd text and its length, NULL if the
  * payload has a newline or on OOM. */

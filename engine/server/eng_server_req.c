@@ -259,6 +259,90 @@ char *eng_resp_chunk_tools_at(int index, const char *id, long long created, cons
     return buf_done(&b);
 }
 
+/* ---- text_completion (POST /v1/completions) ------------------------------------ */
+
+/* {"text":...,"index":k,"logprobs":...,"finish_reason":...} */
+static void put_text_choice(tg_buf_t *b, int index, const char *text, size_t len, cJSON *logprobs, eng_finish_t f) {
+    char t[32];
+    put_lit(b, "{\"text\":");
+    put_str(b, text ? text : "", text ? len : 0);
+    snprintf(t, sizeof t, ",\"index\":%d", index);
+    put_lit(b, t);
+    put_choice_tail(b, logprobs, f);
+}
+
+char *eng_resp_text_completion(const char *id, long long created, const char *model, const eng_text_choice_t *ch,
+                               int n, const eng_usage_t *u) {
+    tg_buf_t b = {0};
+    put_head(&b, id, created, model, "text_completion");
+    for (int k = 0; k < n; k++) {
+        if (k) put_lit(&b, ",");
+        put_text_choice(&b, k, ch[k].text, ch[k].text_len, ch[k].logprobs, ch[k].finish);
+    }
+    put_lit(&b, "],\"usage\":");
+    put_usage(&b, u);
+    put_lit(&b, "}");
+    return buf_done(&b);
+}
+
+char *eng_resp_text_chunk(int index, const char *id, long long created, const char *model, const char *text,
+                          size_t text_len, eng_finish_t finish, int usage_null, const eng_usage_t *usage,
+                          cJSON *logprobs) {
+    tg_buf_t b = {0};
+    put_head(&b, id, created, model, "text_completion");
+    if (usage) {
+        cJSON_Delete(logprobs);
+        put_lit(&b, "],\"usage\":");
+        put_usage(&b, usage);
+        put_lit(&b, "}");
+        return buf_done(&b);
+    }
+    put_text_choice(&b, index, text, text_len, logprobs, finish);
+    put_lit(&b, "]");
+    if (usage_null) put_lit(&b, ",\"usage\":null");
+    put_lit(&b, "}");
+    return buf_done(&b);
+}
+
+/* The array member `name` of obj, created when missing. */
+static cJSON *lp_arr(cJSON *obj, const char *name) {
+    cJSON *a = cJSON_GetObjectItemCaseSensitive(obj, name);
+    return a ? a : cJSON_AddArrayToObject(obj, name);
+}
+
+int eng_logprob_legacy_add(cJSON *obj, const tok_t *t, const eng_logprob_t *lp, long *text_off) {
+    cJSON *tokens = lp_arr(obj, "tokens"), *lps = lp_arr(obj, "token_logprobs"), *tops = lp_arr(obj, "top_logprobs"),
+          *offs = lp_arr(obj, "text_offset");
+    cJSON *top = cJSON_CreateObject();
+    if (!tokens || !lps || !tops || !offs || !top) {
+        cJSON_Delete(top);
+        return -1;
+    }
+    cJSON_AddItemToArray(tops, top);
+    cJSON_AddItemToArray(offs, cJSON_CreateNumber((double)*text_off));
+    cJSON_AddItemToArray(lps, cJSON_CreateNumber(lp->logprob));
+    /* the chosen token, then the top ones (the chosen one once: a key is
+     * written once, as the SDKs read a dict) */
+    for (int i = -1; i < lp->n_top; i++) {
+        int32_t id = i < 0 ? lp->id : lp->top_id[i];
+        double v = i < 0 ? lp->logprob : lp->top_logprob[i];
+        size_t n = 0;
+        /* special tokens skipped, as in the answer's text: tokens join to the text */
+        char *text = tok_decode(t, &id, 1, 1, &n);
+        if (!text) return -1;
+        /* cJSON strings end at NUL: a NUL byte in a token shows as "?" */
+        for (size_t k = 0; k < n; k++)
+            if (!text[k]) text[k] = '?';
+        if (i < 0) {
+            cJSON_AddItemToArray(tokens, cJSON_CreateString(text));
+            for (size_t k = 0; k < n; k++) *text_off += ((unsigned char)text[k] & 0xC0) != 0x80;
+        }
+        if (!cJSON_GetObjectItemCaseSensitive(top, text)) cJSON_AddNumberToObject(top, text, v);
+        free(text);
+    }
+    return 0;
+}
+
 /* ---- the tool-call block ------------------------------------------------------ */
 
 #define FW_BAR "\xef\xbd\x9c" /* U+FF5C */

@@ -1189,5 +1189,222 @@ class KvCache(unittest.TestCase):
         self.assertEqual(chat_json(PORT_OOM, shorts[0], max_tokens=6)["choices"][0]["message"]["content"], want[0])
 
 
+FIM_BEGIN, FIM_HOLE, FIM_END = "<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>"
+
+
+def complete(prompt="def fib(n):", port=PORT, **kw):
+    body = {"model": MODEL, "prompt": prompt, "temperature": 0}
+    body.update(kw)
+    return request(port, "POST", "/v1/completions", body)
+
+
+def greedy_ids(ids, k):
+    """The k ids greedy decoding appends to ids, from `tollgate-engine logits
+    --top` (an independent path: no scheduler, no sampler), among the ids the
+    tokenizer knows (as the server samples)."""
+    with open(os.path.join(MODEL_DIR, "tokenizer.json"), encoding="utf-8") as f:
+        tj = json.load(f)
+    n_vocab = max(list(tj["model"]["vocab"].values()) + [t["id"] for t in tj["added_tokens"]]) + 1
+    p = subprocess.Popen([ENGINE, "logits", "--model", MODEL_DIR, "--top", "8"], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True)
+    out = []
+    try:
+        for _ in range(k):
+            p.stdin.write(json.dumps(ids + out) + "\n")
+            p.stdin.flush()
+            top = json.loads(p.stdout.readline())["top"]
+            best = max(lg for i, lg in top if i < n_vocab)
+            out.append(min(i for i, lg in top if i < n_vocab and lg == best))  # ties to the lower id
+    finally:
+        p.stdin.close()
+        p.stdout.close()
+        p.wait(WAIT)
+    return out
+
+
+def detokenize(ids):
+    """The text of ids as an answer shows it: special tokens skipped (as the server does)."""
+    with open(os.path.join(MODEL_DIR, "tokenizer.json"), encoding="utf-8") as f:
+        special = {t["id"] for t in json.load(f)["added_tokens"] if t.get("special")}
+    ids = [i for i in ids if i not in special]
+    p = subprocess.run([ENGINE, "detokenize", "--model", MODEL_DIR], input=json.dumps(ids) + "\n",
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    return json.loads(p.stdout)
+
+
+class Completions(unittest.TestCase):
+    """POST /v1/completions: the legacy text_completion API and DeepSeek's FIM."""
+
+    def test_greedy_continues_the_prompt(self):
+        prompt = "def fibonacci(n):\n    "
+        ids = tokenize(BOS + prompt)
+        self.assertEqual(ids[0], tokenize(BOS)[0])
+        want = greedy_ids(ids, 5)
+        st, h, b = complete(prompt, max_tokens=5)
+        self.assertEqual(st, 200, b)
+        r = json.loads(b)
+        self.assertEqual(r["object"], "text_completion")
+        self.assertEqual(r["id"], "cmpl-" + h["x-request-id"])
+        self.assertEqual(r["model"], MODEL)
+        self.assertEqual(r["system_fingerprint"], "fp_tollgate")
+        self.assertIsInstance(r["created"], int)
+        self.assertEqual(r["choices"], [{"text": detokenize(want), "index": 0, "logprobs": None,
+                                         "finish_reason": "length"}])
+        u = r["usage"]
+        self.assertEqual(u, {"prompt_tokens": len(ids), "completion_tokens": 5, "total_tokens": len(ids) + 5,
+                             "prompt_cache_hit_tokens": 0, "prompt_cache_miss_tokens": len(ids),
+                             "prompt_tokens_details": {"cached_tokens": 0},
+                             "completion_tokens_details": {"reasoning_tokens": 0}})
+        # the default max_tokens is 16 (OpenAI's for completions); an array of one string is the string
+        st, _, b = complete([prompt])
+        r = json.loads(b)
+        self.assertEqual(r["usage"]["completion_tokens"], 16)
+        self.assertEqual(r["choices"][0]["finish_reason"], "length")
+        self.assertTrue(r["choices"][0]["text"].startswith(detokenize(want)))
+
+    def test_fim_prompt(self):
+        prompt, suffix = "def add(a, b):\n    return ", "\n\nprint(add(1, 2))\n"
+        ids = tokenize(BOS + FIM_BEGIN + prompt + FIM_HOLE + suffix + FIM_END)
+        # the FIM markers are single special tokens of the DeepSeek-V3 tokenizer
+        marks = [tokenize(m) for m in (FIM_BEGIN, FIM_HOLE, FIM_END)]
+        for m in marks:
+            self.assertEqual(len(m), 1)
+        self.assertEqual(ids[:2], tokenize(BOS) + marks[0])
+        self.assertEqual(ids[-1], marks[2][0])
+        self.assertEqual(ids.count(marks[1][0]), 1)
+        want = greedy_ids(ids, 4)
+        st, _, b = complete(prompt, suffix=suffix, max_tokens=4)
+        self.assertEqual(st, 200, b)
+        r = json.loads(b)
+        self.assertEqual(r["choices"][0]["text"], detokenize(want))
+        self.assertEqual(r["usage"]["prompt_tokens"], len(ids))
+        self.assertEqual(r["usage"]["completion_tokens"], 4)
+        # suffix null is no suffix; "" is a FIM request with an empty suffix
+        st, _, b = complete(prompt, suffix=None, max_tokens=1)
+        self.assertEqual(json.loads(b)["usage"]["prompt_tokens"], len(tokenize(BOS + prompt)))
+        st, _, b = complete(prompt, suffix="", max_tokens=1)
+        self.assertEqual(json.loads(b)["usage"]["prompt_tokens"],
+                         len(tokenize(BOS + FIM_BEGIN + prompt + FIM_HOLE + FIM_END)))
+
+    def test_stream_equals_plain(self):
+        for kw in ({}, {"suffix": " + 1"}, {"echo": True}, {"logprobs": 3}, {"n": 2, "seed": 7, "temperature": 1}):
+            st, _, b = complete("x = ", max_tokens=9, **kw)
+            self.assertEqual(st, 200, b)
+            plain = json.loads(b)
+            st, h, b = complete("x = ", max_tokens=9, stream=True, stream_options={"include_usage": True}, **kw)
+            self.assertEqual(st, 200, b)
+            self.assertTrue(h["content-type"].startswith("text/event-stream"))
+            ev = sse(b)
+            self.assertEqual(ev[-1], "[DONE]")
+            chunks = [json.loads(e) for e in ev[:-1]]
+            self.assertEqual({c["id"] for c in chunks}, {plain["id"].split("-", 1)[0] + "-" + h["x-request-id"]})
+            for c in chunks:
+                self.assertEqual(c["object"], "text_completion")
+                self.assertEqual(c["model"], MODEL)
+            body = [c for c in chunks if c["choices"]]
+            for c in body:
+                self.assertIsNone(c["usage"])
+                self.assertEqual(set(c["choices"][0]), {"text", "index", "logprobs", "finish_reason"})
+            for ch in plain["choices"]:
+                mine = [c["choices"][0] for c in body if c["choices"][0]["index"] == ch["index"]]
+                self.assertEqual("".join(c["text"] for c in mine), ch["text"], kw)
+                self.assertEqual(mine[-1]["finish_reason"], ch["finish_reason"])
+                self.assertEqual([c["finish_reason"] for c in mine[:-1]], [None] * (len(mine) - 1))
+                if "logprobs" in kw:
+                    lp = {k: sum((c["logprobs"][k] for c in mine if c["logprobs"]), []) for k in ch["logprobs"]}
+                    self.assertEqual(lp, ch["logprobs"])
+            self.assertEqual(chunks[-1]["choices"], [])
+            self.assertEqual(chunks[-1]["usage"], plain["usage"])
+
+    def test_echo_and_logprobs(self):
+        st, _, b = complete("Once upon", max_tokens=6, echo=True)
+        plain = json.loads(complete("Once upon", max_tokens=6)[2])
+        self.assertEqual(json.loads(b)["choices"][0]["text"], "Once upon" + plain["choices"][0]["text"])
+        st, _, b = complete("Once upon", max_tokens=6, logprobs=2)
+        self.assertEqual(st, 200, b)
+        ch = json.loads(b)["choices"][0]
+        self.assertEqual(ch["text"], plain["choices"][0]["text"])
+        lp = ch["logprobs"]
+        self.assertEqual(set(lp), {"tokens", "token_logprobs", "top_logprobs", "text_offset"})
+        self.assertEqual(len(lp["tokens"]), 6)
+        self.assertEqual("".join(lp["tokens"]), ch["text"])
+        self.assertEqual(lp["text_offset"][0], 0)
+        for i in range(1, 6):
+            self.assertEqual(lp["text_offset"][i], lp["text_offset"][i - 1] + len(lp["tokens"][i - 1]))
+        for tok, l, top in zip(lp["tokens"], lp["token_logprobs"], lp["top_logprobs"]):
+            self.assertLess(l, 0)
+            self.assertIn(len(top), (2, 3))
+            self.assertEqual(top[tok], l)  # greedy: the chosen token is the best one
+            self.assertEqual(max(top.values()), l)
+        st, _, b = complete("Once upon", max_tokens=2, logprobs=0)
+        top = json.loads(b)["choices"][0]["logprobs"]["top_logprobs"]
+        self.assertEqual([len(t) for t in top], [1, 1])
+
+    def test_cached_tokens_on_repeat(self):
+        prompt = "Completions cache test: " + " ".join("w%d" % i for i in range(40))
+        n = len(tokenize(BOS + prompt))
+        self.assertGreater(n, 33)
+        u1 = json.loads(complete(prompt, max_tokens=2)[2])["usage"]
+        self.assertEqual((u1["prompt_tokens"], u1["prompt_cache_hit_tokens"]), (n, 0))
+        u2 = json.loads(complete(prompt, max_tokens=2)[2])["usage"]
+        want = (n - 1) // 16 * 16
+        self.assertEqual((u2["prompt_cache_hit_tokens"], u2["prompt_cache_miss_tokens"]), (want, n - want))
+        self.assertEqual(u2["prompt_tokens_details"], {"cached_tokens": want})
+
+    def test_400s(self):
+        def bad(body, param, code=None):
+            st, _, b = request(PORT, "POST", "/v1/completions", body)
+            self.assertEqual(st, 400, (body, b))
+            e = json.loads(b)["error"]
+            self.assertEqual(e["type"], "invalid_request_error", body)
+            self.assertEqual(e["param"], param, body)
+            if code:
+                self.assertEqual(e["code"], code, body)
+        m = {"model": MODEL}
+        bad(m, "prompt", "missing_required_parameter")
+        bad(dict(m, prompt=5), "prompt", "invalid_type")
+        bad(dict(m, prompt=[1, 2]), "prompt", "invalid_value")
+        bad(dict(m, prompt=["a", "b"]), "prompt", "invalid_value")
+        bad(dict(m, prompt="a", suffix=5), "suffix", "invalid_type")
+        bad(dict(m, prompt="a", echo="yes"), "echo", "invalid_type")
+        bad(dict(m, prompt="a", logprobs=21), "logprobs", "invalid_value")
+        bad(dict(m, prompt="a", logprobs=True), "logprobs", "invalid_type")
+        bad(dict(m, prompt="a", logprobs=1, echo=True), "logprobs", "unsupported_parameter")
+        bad(dict(m, prompt="a", best_of=2), "best_of", "invalid_value")
+        bad(dict(m, prompt="a", messages=[]), "messages", "unknown_parameter")
+        bad(dict(m, prompt="a", top_logprobs=2), "top_logprobs", "unknown_parameter")
+        bad(dict(m, prompt="a", max_tokens=0), "max_tokens", "invalid_value")
+        bad(dict(m, prompt="a", temperature=3), "temperature", "invalid_value")
+        bad(dict(m, prompt="a", max_tokens=10 ** 6), "max_tokens", "context_length_exceeded")
+        bad(dict(m, prompt="a", logit_bias={"999999999": 1}), "logit_bias", "invalid_value")
+        # best_of = n is served: n choices
+        st, _, b = request(PORT, "POST", "/v1/completions", dict(m, prompt="a", best_of=2, n=2, max_tokens=1))
+        self.assertEqual(st, 200, b)
+        self.assertEqual([c["index"] for c in json.loads(b)["choices"]], [0, 1])
+        st, _, b = request(PORT, "POST", "/completions", dict(m, prompt="a", max_tokens=1))
+        self.assertEqual(st, 200, b)
+        st, h, b = request(PORT, "GET", "/v1/completions")
+        self.assertEqual((st, h.get("allow")), (405, "POST"))
+        st, _, b = request(PORT, "POST", "/v1/completions", dict(m, model="nope", prompt="a"))
+        self.assertEqual(st, 404)
+
+    def test_disconnect_cancels(self):
+        before = metrics()
+        s = connect(PORT)
+        s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(
+                      data := json.dumps({"model": MODEL, "prompt": "long", "max_tokens": 3000,
+                                          "stream": True}).encode()) + data)
+        recv_until(s, lambda got: got.count(b"data: ") >= 4, "4 SSE events")
+        s.close()
+        m = wait_metrics("the hung-up completion to be cancelled",
+                         lambda m: m["tollgate_engine_requests_in_flight"] == 0)
+        self.assertEqual(m["tollgate_engine_requests_cancelled_total"],
+                         before["tollgate_engine_requests_cancelled_total"] + 1)
+        self.assertLess(m["tollgate_engine_completion_tokens_total"] - before["tollgate_engine_completion_tokens_total"],
+                        3000)
+
+
 if __name__ == "__main__":
     main()
