@@ -256,7 +256,8 @@ int gw_split_hostport(const char *s, char *host, size_t hostlen, int *port);
 
 /* ---- metrics (gw_metrics.c) ---------------------------------------------- */
 
-enum { GW_ROUTE_CHAT, GW_ROUTE_MODELS, GW_ROUTE_METRICS, GW_ROUTE_HEALTH, GW_ROUTE_OTHER, GW_ROUTE_N };
+enum { GW_ROUTE_CHAT, GW_ROUTE_MODELS, GW_ROUTE_METRICS, GW_ROUTE_HEALTH, GW_ROUTE_OTHER, GW_ROUTE_COMPLETIONS,
+       GW_ROUTE_N };
 
 typedef struct {
     uint64_t requests[GW_ROUTE_N][600];
@@ -485,6 +486,7 @@ struct gw_req {
     tg_json_t *json;           /* the request body (tg_json: NUL-safe, exact integers);
                                   owned: freed by a pool cleanup */
     struct api_chat_req *chat; /* the body as api/ read it; owned: freed by a pool cleanup */
+    int cmpl;                  /* POST /v1/completions (chat->cmpl): proxied to the worker's /v1/completions */
     const char *model, *api_key;
     int stream, client_usage;
     bill_req_t *admit;
@@ -627,7 +629,7 @@ void gw_log_release(gw_loop_t *l);
 #define GW_COUNT_OFFLOOP_BYTES 65536
 
 /* gw_chat.c, gw_models.c: handlers */
-extern const gw_handler_t gw_chat_handler, gw_models_handler, gw_health_handler, gw_receipt_key_handler,
+extern const gw_handler_t gw_chat_handler, gw_completions_handler, gw_models_handler, gw_health_handler, gw_receipt_key_handler,
     gw_notfound_handler, gw_preflight_handler, gw_balance_handler;
 
 /* gw_dash.c: /dashboard/ (static files from dashboard_dir, the JSON API in

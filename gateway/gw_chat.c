@@ -238,7 +238,11 @@ static int gw_chat_count_async(gw_req_t *r) {
     return GW_OK;
 }
 
-static void gw_chat_run(gw_req_t *r) {
+/* POST /v1/chat/completions, or with cmpl POST /v1/completions and
+ * /beta/completions: the same phases, the body read by api/'s completions
+ * reader (its prompt rendered and counted by api_cmpl_render through
+ * api_chat_render), proxied to the worker's /v1/completions. */
+static void gw_chat_run_as(gw_req_t *r, int cmpl) {
     gw_loop_t *l = r->loop;
     const gw_config_t *cfg = r->srv->cfg;
     l->m.inflight++;
@@ -282,7 +286,9 @@ static void gw_chat_run(gw_req_t *r) {
     }
     memset(chat, 0, sizeof *chat);
     r->chat = chat;
-    if (api_chat_req_read(chat, j, &e)) {
+    r->cmpl = cmpl;
+    if ((cmpl ? api_cmpl_req_read : api_chat_req_read)(chat, j, &e) ||
+        (cmpl && r->srv->tok && api_cmpl_check(chat, (tok_tmpl_kind_t)r->srv->tmpl, &e))) {
         gw_req_error(r, e.status, e.type ? e.type : "invalid_request_error", e.code, e.param[0] ? e.param : NULL,
                      e.message);
         return;
@@ -327,6 +333,9 @@ static void gw_chat_run(gw_req_t *r) {
     gw_chat_admit(r);
 }
 
+static void gw_chat_run(gw_req_t *r) { gw_chat_run_as(r, 0); }
+static void gw_cmpl_run(gw_req_t *r) { gw_chat_run_as(r, 1); }
+
 static void gw_chat_resume(gw_req_t *r) {
     if (r->up_paused) gw_proxy_resume(r);
 }
@@ -339,3 +348,4 @@ static void gw_chat_finalize(gw_req_t *r) {
 }
 
 const gw_handler_t gw_chat_handler = {GW_ROUTE_CHAT, gw_chat_run, gw_chat_resume, gw_chat_finalize};
+const gw_handler_t gw_completions_handler = {GW_ROUTE_COMPLETIONS, gw_cmpl_run, gw_chat_resume, gw_chat_finalize};

@@ -9,13 +9,13 @@
 const double gw_metrics_bounds[12] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30};
 
 static const char *const gw_route_names[GW_ROUTE_N] = {"chat_completions", "models", "metrics", "health",
-                                                       "other"};
+                                                       "other", "completions"};
 
 void gw_metrics_observe(gw_metrics_t *m, int route, int status, double dur_s, double ttfb_s) {
     if (route < 0 || route >= GW_ROUTE_N) route = GW_ROUTE_OTHER;
     if (status < 0 || status >= 600) status = 0;
     m->requests[route][status]++;
-    if (route != GW_ROUTE_CHAT) return;
+    if (route != GW_ROUTE_CHAT && route != GW_ROUTE_COMPLETIONS) return;
     for (int i = 0; i < 12; i++)
         if (dur_s <= gw_metrics_bounds[i]) m->dur_buckets[i]++;
     m->dur_count++;

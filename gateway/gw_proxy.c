@@ -289,6 +289,10 @@ static uint64_t gw_affinity_key(const gw_req_t *r) {
     if (r->srv->tok && r->chat) return api_chat_prefix_key(r->chat, (tok_tmpl_kind_t)r->srv->tmpl, r->srv->tok);
     uint64_t h = 0xcbf29ce484222325ULL;
     size_t budget = 256;
+    if (r->cmpl && r->chat) { /* completions: the prompt's first bytes */
+        h = gw_fnv(h, r->chat->prompt ? r->chat->prompt : "", r->chat->prompt_len < budget ? r->chat->prompt_len : budget);
+        return h ? h : 1;
+    }
     const tg_json_t *m;
     TG_JSON_FOREACH(m, tg_json_get(r->json, "messages")) {
         size_t rn = 0, n = 0;
@@ -395,7 +399,8 @@ static void gw_up_connect(gw_req_t *r) {
     tg_buf_t *h = &l->scratch; /* the head, assembled without printf */
     int v6 = strchr(wc->host, ':') != NULL;
     tg_buf_consume(h, h->len);
-    tg_buf_puts(h, v6 ? "POST /v1/chat/completions HTTP/1.1\r\nHost: [" : "POST /v1/chat/completions HTTP/1.1\r\nHost: ");
+    tg_buf_puts(h, r->cmpl ? "POST /v1/completions HTTP/1.1\r\nHost: " : "POST /v1/chat/completions HTTP/1.1\r\nHost: ");
+    if (v6) tg_buf_puts(h, "[");
     tg_buf_puts(h, wc->host);
     tg_buf_puts(h, v6 ? "]:" : ":");
     tg_buf_put_i64(h, wc->port);
@@ -561,6 +566,8 @@ static int64_t gw_choice_tokens(gw_req_t *r, const tg_json_t *j, const char *par
         size_t sl;
         const char *s;
         if (text) {
+            s = tg_json_str(tg_json_get(ch, "text"), &sl); /* a text_completion's choice */
+            n += gw_count_tokens(r, s, s ? sl : 0);
             s = tg_json_str(tg_json_get(m, "content"), &sl);
             n += gw_count_tokens(r, s, s ? sl : 0);
             s = tg_json_str(tg_json_get(m, "reasoning_content"), &sl);
@@ -611,7 +618,9 @@ static void gw_stream_event(gw_req_t *r, const char *ev, size_t len) {
         gw_client_chunk(r, ev, len);
         return;
     }
-    if (gw_has_text(d->p, "\"content\"") || gw_has_text(d->p, "\"reasoning_content\"")) r->chunks++;
+    if (gw_has_text(d->p, "\"content\"") || gw_has_text(d->p, "\"reasoning_content\"") ||
+        (r->cmpl && gw_has_text(d->p, "\"text\""))) /* a completions chunk's choices[].text */
+        r->chunks++;
     if (strstr(d->p, "\"tool_calls\"")) { /* only the chunks that hold tool calls are parsed */
         tg_json_t *j = tg_json_parse(d->p, d->len, NULL, NULL);
         r->counted_tokens += gw_choice_tokens(r, j, "delta", 0);

@@ -28,6 +28,9 @@ const gw_handler_t *gw_routes_match(gw_req_t *r) {
     const char *t = r->http->target;
     size_t n = strcspn(t, "?");
     if (n == 20 && !strncmp(t, "/v1/chat/completions", n)) return gw_routes_v1(r, &gw_chat_handler);
+    /* OpenAI's legacy completions and DeepSeek's FIM completion (beta): one handler */
+    if ((n == 15 && !strncmp(t, "/v1/completions", n)) || (n == 17 && !strncmp(t, "/beta/completions", n)))
+        return gw_routes_v1(r, &gw_completions_handler);
     if ((n == 10 && !strncmp(t, "/v1/models", n)) || (n > 11 && !strncmp(t, "/v1/models/", 11))) {
         if (n > 11) { /* one model; its id percent-decoded */
             char *id = gw_palloc(r->pool, n - 11 + 1);

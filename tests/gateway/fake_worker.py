@@ -22,6 +22,8 @@ The last user message picks the behaviour:
                 request waits in its queue)
   "noframe"     stream 17 MiB that never ends an SSE event
   anything else echo it back in 3 chunks
+POST /v1/completions (a body with "prompt"): the prompt picks the behaviour ("cut",
+"nousage:N" without the tool call, anything else), answered as text_completion.
 Every request is appended to the file named by $FAKE_WORKER_LOG as one JSON
 line {"headers":{...},"body":{...}}; a stream the gateway hung up on adds a
 line {"cancelled": "<X-Request-Id>"} to $FAKE_WORKER_LOG.cancelled.
@@ -92,9 +94,12 @@ class Handler(BaseHTTPRequestHandler):
         if LOG:
             with open(LOG, "a") as f:
                 f.write(json.dumps({"headers": dict(self.headers), "body": req,
-                                    "peer_port": self.client_address[1]}) + "\n")
-        text = req["messages"][-1].get("content", "")
+                                    "peer_port": self.client_address[1], "path": self.path}) + "\n")
         rid = self.headers.get("X-Request-Id", "none")
+        if "prompt" in req:  # POST /v1/completions
+            self.answer_completion(req, rid)
+            return
+        text = req["messages"][-1].get("content", "")
         prompt = len(json.dumps(req["messages"])) // 4 + 1
         if text.startswith("sleep:"):
             time.sleep(float(text[6:]))
@@ -176,6 +181,45 @@ class Handler(BaseHTTPRequestHandler):
                         **({"usage": None} if include_usage else {})))
         if text != "usage-in-last" and include_usage:
             self.event(dict(ck, choices=[], usage=usage))
+        self.chunk(b"data: [DONE]\n\n")
+        self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
+        self.close_connection = True
+
+    def answer_completion(self, req, rid):
+        text = req["prompt"]
+        prompt = len(text) // 4 + 1
+        words = ["Hello", " from", " " + text[:40]]
+        usage = {"prompt_tokens": prompt, "completion_tokens": len(words), "total_tokens": prompt + len(words),
+                 "prompt_cache_hit_tokens": 0, "prompt_cache_miss_tokens": prompt,
+                 "prompt_tokens_details": {"cached_tokens": 0},
+                 "completion_tokens_details": {"reasoning_tokens": 0}}
+        base = {"id": "cmpl-" + rid, "object": "text_completion", "created": int(time.time()), "model": req["model"]}
+        if not req.get("stream"):
+            if text.startswith("nousage:"):
+                self.send_json(200, dict(base, choices=[{"text": " cheese" * int(text[8:]), "index": 0,
+                                                         "logprobs": None, "finish_reason": "length"}]))
+            else:
+                self.send_json(200, dict(base, usage=usage, choices=[{"text": "".join(words), "index": 0,
+                                                                      "logprobs": None, "finish_reason": "stop"}]))
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        include_usage = (req.get("stream_options") or {}).get("include_usage")
+        extra = {"usage": None} if include_usage else {}
+        for i, w in enumerate(words):
+            self.event(dict(base, choices=[{"text": w, "index": 0, "logprobs": None, "finish_reason": None}], **extra))
+            if text == "cut" and i == 1:
+                self.wfile.flush()
+                self.connection.shutdown(2)
+                self.close_connection = True
+                return
+        self.event(dict(base, choices=[{"text": "", "index": 0, "logprobs": None, "finish_reason": "stop"}], **extra))
+        if include_usage:
+            self.event(dict(base, choices=[], usage=usage))
         self.chunk(b"data: [DONE]\n\n")
         self.wfile.write(b"0\r\n\r\n")
         self.wfile.flush()

@@ -336,7 +336,7 @@ def worker_saw(content):
                 with open(log) as f:
                     for line in f:
                         j = json.loads(line)
-                        if j["body"]["messages"][-1].get("content") == content:
+                        if "messages" in j["body"] and j["body"]["messages"][-1].get("content") == content:
                             return j
         return None
     return wait_until("a worker to receive %r" % content, find)
@@ -1548,6 +1548,88 @@ class Probe(threading.Thread):
             self.error = e
         finally:
             self.raw.close()
+
+
+def complete(key, prompt="hi", stream=False, include_usage=False, path="/v1/completions", **extra):
+    body = {"model": MODEL, "prompt": prompt}
+    if stream:
+        body["stream"] = True
+    if include_usage:
+        body["stream_options"] = {"include_usage": True}
+    body.update(extra)
+    return call("POST", path, body, key)
+
+
+class Completions(unittest.TestCase):
+    """POST /v1/completions and /beta/completions: the chat path's phases, the worker's /v1/completions."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.key = seed()
+
+    def test_both_paths_reach_the_workers_completions(self):
+        route = 'tollgate_http_requests_total{route="completions",code="200"}'
+        before = metric(route, absent=0.0)
+        for path in ("/v1/completions", "/beta/completions"):
+            st, h, b = complete(self.key, "route me", path=path, suffix="!")
+            self.assertEqual(st, 200, b)
+            j = json.loads(b)
+            self.assertEqual((j["object"], j["choices"][0]["text"]), ("text_completion", "Hello from route me"))
+            seen = worker_request(h["x-request-id"])
+            self.assertEqual(seen["path"], "/v1/completions")
+            self.assertEqual(seen["body"]["suffix"], "!")
+            self.assertNotIn("X-Tollgate-Default-Max-Tokens", seen["headers"])  # the reader's default, 16
+            rows = usage_rows(h["x-request-id"])
+            self.assertEqual((rows[0][0], rows[0][1], rows[0][3]), (j["usage"]["prompt_tokens"], 3, 200))
+        self.assertEqual(metric(route, absent=0.0), before + 2)
+        # refused by the shared reader before admission: a 400 naming the parameter, never billed
+        st, h, b = complete(self.key, ["a", "b"])
+        self.assertEqual(openai_error(self, st, h, b, 400, "invalid_value")["param"], "prompt")
+        self.assertTrue(no_usage_row(h["x-request-id"]))
+        st, h, b = complete(self.key, "x", messages=[])
+        self.assertEqual(openai_error(self, st, h, b, 400, "unknown_parameter")["param"], "messages")
+        st, h, b = call("GET", "/v1/completions", None, self.key)
+        self.assertEqual((st, h.get("allow")), (405, "POST"))
+        # CORS as the other /v1 routes
+        c = Conn()
+        try:
+            c.send(b"OPTIONS /beta/completions HTTP/1.1\r\nHost: x\r\nOrigin: https://a.example\r\n\r\n")
+            st, h, _ = c.read_response(head_only=True)
+            self.assertEqual((st, h["access-control-allow-origin"]), (204, "*"))
+        finally:
+            c.close()
+
+    def test_stream_cut_is_billed_per_text_chunk(self):
+        st, h, b = complete(self.key, "cut", stream=True)
+        self.assertEqual(st, 200)
+        ev = events(b)
+        self.assertEqual([json.loads(e)["choices"][0]["text"] for e in ev[:2]], ["Hello", " from"])
+        self.assertIn("error", json.loads(ev[-1]))
+        rows = usage_rows(h["x-request-id"])
+        self.assertEqual(rows[0][1], 2, "two text chunks were generated before the cut")
+        self.assertGreater(rows[0][0], 0, "the prompt, counted by the gateway")
+
+    def test_answer_without_usage_counts_the_text(self):
+        st, h, b = complete(self.key, "nousage:40")
+        self.assertEqual(st, 200, b)
+        self.assertEqual(json.loads(b)["choices"][0]["text"], " cheese" * 40)
+        rows = usage_rows(h["x-request-id"])
+        self.assertGreaterEqual(rows[0][1], 40, "40 words of text")
+
+    def test_stream_usage_passed_through(self):
+        st, h, b = complete(self.key, "streamed", stream=True, include_usage=True)
+        self.assertEqual(st, 200, b)
+        chunks = [json.loads(e) for e in events(b) if e != "[DONE]"]
+        self.assertEqual("".join(c["choices"][0]["text"] for c in chunks if c["choices"]), "Hello from streamed")
+        self.assertEqual(chunks[-1]["choices"], [])
+        rows = usage_rows(h["x-request-id"])
+        self.assertEqual((rows[0][0], rows[0][1]), (chunks[-1]["usage"]["prompt_tokens"], 3))
+        # without include_usage: the gateway asked for it, the client gets none
+        st, h, b = complete(self.key, "streamed", stream=True)
+        for e in events(b):
+            if e != "[DONE]":
+                self.assertNotIn("usage", json.loads(e))
+                self.assertTrue(json.loads(e)["choices"])
 
 
 if __name__ == "__main__":

@@ -565,3 +565,47 @@ test('JSON mode needs no "json" in the prompt: the answer is grammar-constrained
   await assert.rejects(client.chat.completions.create({ ...ask, response_format: { type: 'yaml' } }),
     (e) => e instanceof OpenAI.BadRequestError && e.param === 'response_format.type');
 });
+
+test('completions.create (legacy completions and DeepSeek FIM on /beta): text, stream, suffix, usage', async () => {
+  const ask = { model, prompt: 'def fibonacci(n):\n    ', max_tokens: 6, temperature: 0 };
+  const r = await client.completions.create(ask);
+  assert.equal(r.object, 'text_completion');
+  assert.ok(r.id.startsWith('cmpl-'));
+  assert.equal(r.choices.length, 1);
+  assert.equal(typeof r.choices[0].text, 'string');
+  assert.equal(r.choices[0].finish_reason, 'length');
+  assert.equal(r.usage.completion_tokens, 6);
+  assert.equal(r.usage.total_tokens, r.usage.prompt_tokens + 6);
+  // streamed: the same text, the usage chunk last
+  const s = await client.completions.create({ ...ask, stream: true, stream_options: { include_usage: true } });
+  let text = '';
+  let usage = null;
+  let finish = null;
+  for await (const chunk of s) {
+    assert.equal(chunk.object, 'text_completion');
+    if (chunk.choices.length) {
+      text += chunk.choices[0].text;
+      finish = chunk.choices[0].finish_reason ?? finish;
+    }
+    if (chunk.usage) usage = chunk.usage;
+  }
+  assert.equal(text, r.choices[0].text);
+  assert.equal(finish, 'length');
+  assert.equal(usage.prompt_tokens, r.usage.prompt_tokens);
+  assert.equal(usage.completion_tokens, 6);
+  // fill in the middle, as DeepSeek's docs call it: base_url .../beta
+  const beta = new OpenAI({ apiKey: client.apiKey, baseURL: env.TG_TEST_GATEWAY + '/beta', maxRetries: 0, timeout: 120000 });
+  const f = await beta.completions.create({ ...ask, suffix: '\n    return a' });
+  assert.equal(f.object, 'text_completion');
+  assert.equal(f.usage.prompt_tokens, r.usage.prompt_tokens + 3 + 4, 'FIM begin, hole, end and the suffix (4 tokens)');
+  const fs = await beta.completions.create({ ...ask, suffix: '\n    return a', stream: true });
+  let ftext = '';
+  for await (const chunk of fs) ftext += chunk.choices[0]?.text ?? '';
+  assert.equal(ftext, f.choices[0].text);
+  // legacy logprobs
+  const lp = await client.completions.create({ ...ask, max_tokens: 3, logprobs: 2 });
+  assert.equal(lp.choices[0].logprobs.tokens.join(''), lp.choices[0].text);
+  assert.equal(lp.choices[0].logprobs.top_logprobs.length, 3);
+  await assert.rejects(client.completions.create({ ...ask, prompt: ['a', 'b'] }),
+    (e) => e instanceof OpenAI.BadRequestError && e.param === 'prompt');
+});
