@@ -910,7 +910,7 @@ static void handle_metrics(srv_t *S, struct evhttp_request *req) {
         return;
     }
     const metrics_t *m = &S->met;
-    evbuffer_add_printf(b, "# HELP tollgate_engine_requests_total Chat completion requests by HTTP status.\n"
+    evbuffer_add_printf(b, "# HELP tollgate_engine_requests_total Chat and text completion requests by HTTP status.\n"
                            "# TYPE tollgate_engine_requests_total counter\n");
     for (size_t i = 0; i < N_CODES; i++)
         evbuffer_add_printf(b, "tollgate_engine_requests_total{code=\"%d\"} %llu\n", CODES[i], m->requests[i]);
