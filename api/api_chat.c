@@ -7,6 +7,7 @@
  * ignored except the identifiers listed as such in api/README.md. */
 #include "api.h"
 #include "api-int.h"
+#include "tg_mem.h"
 #include "tg_prefix.h"
 #include "tg_str.h"
 
@@ -355,8 +356,8 @@ static int parse_messages(api_chat_req_t *r, const tg_json_t *ms, api_err_t *e) 
         const tg_json_t *tc = tg_json_get(m, "tool_calls");
         if (tg_json_type(tc) == TG_JSON_ARRAY) n_calls += tg_json_len(tc);
     }
-    r->msgs = calloc(n, sizeof *r->msgs);
-    r->calls = calloc(n_calls ? n_calls : 1, sizeof *r->calls);
+    r->msgs = tg_zalloc_n(n, sizeof *r->msgs); /* per request: not calloc (tg_mem.h) */
+    r->calls = tg_zalloc_n(n_calls ? n_calls : 1, sizeof *r->calls);
     if (!r->msgs || !r->calls) return OOM();
     size_t i = 0, used = 0;
     TG_JSON_FOREACH(m, ms) {

@@ -19,4 +19,11 @@ static inline void *tg_zalloc(size_t n) {
     return p;
 }
 
+/* n zeroed elements of size bytes (calloc's arguments, its overflow check),
+ * or NULL. */
+static inline void *tg_zalloc_n(size_t n, size_t size) {
+    if (size && n > (size_t)-1 / size) return NULL;
+    return tg_zalloc(n * size);
+}
+
 #endif
