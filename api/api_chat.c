@@ -1451,6 +1451,7 @@ static int req_parse(api_chat_req_t *r, const char *body, size_t len, int cmpl, 
     tg_json_err_t jerr;
     tg_json_t *root = tg_json_parse(body, len, NULL, &jerr);
     if (!root) {
+        if (jerr.msg && !strcmp(jerr.msg, "out of memory")) return OOM(); /* ours, not the client's: a 500 */
         if (jerr.msg && strstr(jerr.msg, "surrogate"))
             return BAD(NULL, "invalid_utf8", "A string in the request is not valid UTF-8: %s.", jerr.text);
         return BAD(NULL, "invalid_json",

@@ -1,7 +1,7 @@
 # engine server (tollgate-engine serve): unit tests of the pure parts and an
 # integration test that runs the real binary on the demo model.
 #
-#   make test-engine-server        unit + fuzz corpus replay + integration (ports 18720-18722)
+#   make test-engine-server        unit + fuzz corpus replay + integration (ports 18720-18727)
 #   make test-engine-server-unit   unit tests only (no model needed)
 #   make fuzz-engine-server        libFuzzer build of fuzz/engine_server (clang)
 
@@ -14,14 +14,24 @@ $(O)/tests/unit/engine_server/%: tests/unit/engine_server/%.c $(wildcard engine/
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Itests/unit $(LDFLAGS) -o $@ $< $(LIBAPI) $(TOK_LIBS) $(LDLIBS)
 
+# The allocation-failure shim the fault tests preload into the worker
+# (tests/engine_server/failalloc.c): built without sanitizer flags, for any
+# build of the worker (a sanitizer's allocator is the next one it calls).
+ENG_SRV_FAILALLOC := $(B)/tests/engine_server/failalloc.so
+$(ENG_SRV_FAILALLOC): tests/engine_server/failalloc.c
+	@mkdir -p $(dir $@)
+	$(CC) -O2 -g -std=gnu11 -Wall -Wextra -fPIC -shared -o $@ $< -ldl
+
 # eng_server_req needs the tokenizer (a recorded skip without it), so the
 # target fetches it: under make it never skips.
 .PHONY: test-engine-server test-engine-server-unit
 test-engine-server-unit: $(ENG_SRV_UNIT_BINS) tokenizer-data
 	@set -e; for t in $(ENG_SRV_UNIT_BINS); do $$t $(TOK_JSON); done
 
-test-engine-server: test-engine-server-unit $(BIN)/tollgate-engine tokenizer-data
+test-engine-server: test-engine-server-unit $(BIN)/tollgate-engine tokenizer-data $(ENG_SRV_FAILALLOC)
 	TOLLGATE_ENGINE=$(BIN)/tollgate-engine flock -w 1800 /tmp/tollgate-engsrv-run.lock /usr/bin/python3 tests/engine_server/test_server.py
+	TOLLGATE_ENGINE=$(BIN)/tollgate-engine TOLLGATE_FAILALLOC=$(ENG_SRV_FAILALLOC) \
+	    flock -w 1800 /tmp/tollgate-engsrv-run.lock /usr/bin/python3 tests/engine_server/test_faults.py
 
 TEST_TARGETS += test-engine-server
 UNIT_TARGETS += test-engine-server-unit test-engine-server-fuzz-replay

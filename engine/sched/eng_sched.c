@@ -432,8 +432,9 @@ static eng_finish_t take_token(eng_sched_t *s, eng_job_t *j, eng_ev_t *ev, char 
         } else {
             size_t n = 0;
             const char *t = tok_stream_push(j->dec, id, &n);
-            if (!t) {
-                snprintf(err, errlen, "token %d cannot be decoded", (int)id);
+            if (!t) { /* a sampled id is the tokenizer's: only memory can lack */
+                snprintf(err, errlen, "%s %d", id < tok_n_vocab(s->tok) ? "out of memory decoding token"
+                                                                         : "cannot decode token", (int)id);
                 return ENG_FINISH_ERROR;
             }
             if (n && pipe_text(j, ev, t, n, &stopped)) goto oom;

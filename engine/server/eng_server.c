@@ -12,6 +12,7 @@
 #include "eng_server.h"
 
 #include <errno.h>
+#include <malloc.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -27,10 +28,12 @@
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
+#include <event2/listener.h>
 #include <event2/thread.h>
 
 #include "eng_cmd.h"
 #include "tg_prefix.h"
+#include "tg_utf8.h"
 
 #define MAX_BODY (8 << 20) /* bytes of a request body we answer with an OpenAI 413 */
 
@@ -91,6 +94,10 @@ typedef struct {
     int pending_flush; /* final replies handed to evhttp, not yet written out */
     unsigned long ticks;
     int keepalive_s;
+    struct event *accept_ev;     /* re-enables accepting after a refusal (on_accept_error) */
+    unsigned long accept_err_tick; /* tick of the last refusal; 0: none in this episode */
+    unsigned long long accept_errs;
+    size_t trim_mark;            /* free heap bytes after the last malloc_trim (on_tick) */
     unsigned long long id_counter;
 } srv_t;
 
@@ -154,21 +161,19 @@ static void count_status(srv_t *S, int code) {
     S->met.requests[N_CODES]++;
 }
 
+/* The body goes into the request's own output buffer (no buffer to make);
+ * when even that cannot take it, the body is dropped and the status stays. */
 static void send_json(struct evhttp_request *req, int code, const char *body) {
-    struct evbuffer *b = evbuffer_new();
-    if (!b) {
-        evhttp_send_error(req, 500, NULL);
-        return;
-    }
     evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", "application/json");
-    evbuffer_add(b, body, strlen(body));
-    evhttp_send_reply(req, code, status_reason(code), b);
-    evbuffer_free(b);
+    evbuffer_add(evhttp_request_get_output_buffer(req), body, strlen(body));
+    evhttp_send_reply(req, code, status_reason(code), NULL);
 }
+
+#define OOM_JSON "{\"error\":{\"message\":\"out of memory\",\"type\":\"server_error\",\"param\":null,\"code\":\"engine_error\"}}"
 
 static void send_err(struct evhttp_request *req, const eng_api_err_t *e) {
     char *j = eng_api_err_json(e);
-    send_json(req, e->status, j ? j : "{\"error\":{\"message\":\"out of memory\",\"type\":\"server_error\",\"param\":null,\"code\":null}}");
+    send_json(req, e->status, j ? j : OOM_JSON);
     free(j);
 }
 
@@ -241,17 +246,25 @@ static void on_conn_close(struct evhttp_connection *conn, void *arg) {
     call_cancel(c);
 }
 
-static void sse_send(call_t *c, const char *json) {
+/* One SSE event; -1 when it could not be made (json NULL: its JSON could
+ * not be) or queued, out of memory: the caller fails the call, so that a
+ * stream that lost an event never ends with [DONE] as if it were whole. */
+static int sse_send(call_t *c, const char *json) {
     size_t n = 0;
     char *ev = json ? eng_sse_event(json, &n) : NULL;
-    if (!ev) return;
-    struct evbuffer *b = evbuffer_new();
-    if (b) {
-        evbuffer_add(b, ev, n);
-        evhttp_send_reply_chunk(c->req, b);
-        evbuffer_free(b);
-    }
+    struct evbuffer *b = ev ? evbuffer_new() : NULL;
+    int rc = b && evbuffer_add(b, ev, n) == 0 ? 0 : -1;
+    if (!rc) evhttp_send_reply_chunk(c->req, b);
+    if (b) evbuffer_free(b);
     free(ev);
+    return rc;
+}
+
+static void call_fail(call_t *c, int status, const char *code, const char *msg);
+
+/* An allocation for call c failed: it fails (500 engine_error; its choices are cancelled). */
+static void call_oom(call_t *c) {
+    call_fail(c, 500, "engine_error", "The engine failed: out of memory while building the answer.");
 }
 
 /* A chunk of choice `index`.  lp: logprobs object for the chunk, taken over (NULL -> null) */
@@ -261,7 +274,7 @@ static void sse_chunk(call_t *c, int index, const char *role, const char *conten
                                             c->include_usage, NULL, lp)
                       : eng_resp_chunk_at(index, c->id, c->created, c->srv->model_name, role, content, content_len,
                                 reasoning, reasoning_len, fin, c->include_usage, NULL, lp);
-    sse_send(c, j);
+    if (sse_send(c, j)) call_oom(c);
     free(j);
 }
 
@@ -307,26 +320,32 @@ static void call_finish(call_t *c) {
             if (code != 499) code = e.status;
             if (c->started) {
                 char *j = eng_api_err_json(&e);
-                sse_send(c, j);
+                if (sse_send(c, j ? j : OOM_JSON) && j) sse_send(c, OOM_JSON);
                 free(j);
-                evhttp_send_reply_end(c->req);
+                evhttp_send_reply_end(c->req); /* no [DONE]: the stream is not whole */
             } else {
                 send_err(c->req, &e);
             }
         } else if (c->stream) {
+            int bad = 0;
             if (c->include_usage) {
                 char *j = c->cmpl ? eng_resp_text_chunk(0, c->id, c->created, S->model_name, NULL, 0, ENG_FINISH_NONE,
                                                         0, &u, NULL)
                                   : eng_resp_chunk(c->id, c->created, S->model_name, NULL, NULL, 0, NULL, 0,
                                                    ENG_FINISH_NONE, 0, &u, NULL);
-                sse_send(c, j);
+                bad = sse_send(c, j);
                 free(j);
             }
-            struct evbuffer *b = evbuffer_new();
-            if (b) {
-                evbuffer_add(b, "data: [DONE]\n\n", 14);
-                evhttp_send_reply_chunk(c->req, b);
-                evbuffer_free(b);
+            if (bad) { /* the usage chunk was lost: an error event instead of [DONE] */
+                code = 500;
+                sse_send(c, OOM_JSON);
+            } else {
+                struct evbuffer *b = evbuffer_new();
+                if (b) {
+                    evbuffer_add(b, "data: [DONE]\n\n", 14);
+                    evhttp_send_reply_chunk(c->req, b);
+                    evbuffer_free(b);
+                }
             }
             evhttp_send_reply_end(c->req);
         } else if (c->cmpl) {
@@ -342,7 +361,7 @@ static void call_finish(call_t *c) {
                 send_json(c->req, 200, j);
             } else {
                 code = 500;
-                evhttp_send_error(c->req, 500, NULL);
+                send_json(c->req, 500, OOM_JSON);
             }
             free(j);
         } else {
@@ -367,7 +386,7 @@ static void call_finish(call_t *c) {
                 send_json(c->req, 200, j);
             } else {
                 code = 500;
-                evhttp_send_error(c->req, 500, NULL);
+                send_json(c->req, 500, OOM_JSON);
             }
             free(j);
         }
@@ -420,13 +439,13 @@ static void call_tool_bytes(choice_t *h, const char *b, size_t n) {
     call_t *c = h->call;
     if (tg_buf_put(&h->tool, b, n) ||
         eng_tool_calls_parse(h->tool.p, h->tool.len, &h->calls, &h->n_calls) < 0) {
-        eng_sched_cancel(c->srv->sched, h->job);
+        call_oom(c);
         return;
     }
-    if (c->stream && h->n_calls > h->calls_sent) {
+    if (c->stream && h->n_calls > h->calls_sent && !c->bad_status) {
         char *j = eng_resp_chunk_tools_at(h->index, c->id, c->created, c->srv->model_name, h->calls, h->calls_sent,
                                           h->n_calls - h->calls_sent, c->include_usage);
-        sse_send(c, j);
+        if (sse_send(c, j)) call_oom(c);
         free(j);
         h->calls_sent = h->n_calls;
     }
@@ -452,40 +471,45 @@ static void on_wake(evutil_socket_t fd, short what, void *arg) {
         if (ev->lp && !c->gone && c->legacy_lp) { /* completions: the legacy format */
             cJSON *into = c->stream ? cJSON_CreateObject() : h->lp_legacy ? h->lp_legacy
                                                                       : (h->lp_legacy = cJSON_CreateObject());
-            if (!into || eng_logprob_legacy_add(into, S->tok, ev->lp, &h->text_off)) eng_sched_cancel(S->sched, h->job);
+            if (!into || eng_logprob_legacy_add(into, S->tok, ev->lp, &h->text_off)) call_oom(c);
             if (c->stream && into && !c->bad_status)
                 sse_chunk(c, h->index, NULL, ev->content.p ? ev->content.p : "", ev->content.len, NULL, 0,
                           ENG_FINISH_NONE, into); /* taken over */
             else if (c->stream)
                 cJSON_Delete(into);
             if (c->stream) ev->content.len = 0; /* sent with its logprobs */
-        } else if (ev->lp && !c->gone && !(lp = eng_logprob_json(S->tok, ev->lp))) eng_sched_cancel(S->sched, h->job);
+        } else if (ev->lp && !c->gone && !(lp = eng_logprob_json(S->tok, ev->lp))) call_oom(c);
         if (!c->gone && c->stream && !c->bad_status) {
             cJSON *lpo = NULL; /* {"content":[entry]} for this event's chunk */
             if (lp && (lpo = cJSON_CreateObject())) {
                 cJSON *arr = cJSON_AddArrayToObject(lpo, "content");
                 if (arr) cJSON_AddItemToArray(arr, lp);
-                else cJSON_Delete(lp);
+                else cJSON_Delete(lp), call_oom(c);
                 lp = NULL;
+            } else if (lp) {
+                call_oom(c);
             }
-            if (ev->reasoning.len) {
+            if (ev->reasoning.len && !c->bad_status) {
                 sse_chunk(c, h->index, NULL, NULL, 0, ev->reasoning.p, ev->reasoning.len, ENG_FINISH_NONE,
                           ev->content.len ? NULL : lpo);
                 if (!ev->content.len) lpo = NULL;
             }
-            if (ev->content.len || lpo)
+            if ((ev->content.len || lpo) && !c->bad_status) {
                 sse_chunk(c, h->index, NULL, ev->content.p ? ev->content.p : "", ev->content.len, NULL, 0,
                           ENG_FINISH_NONE, lpo);
+                lpo = NULL;
+            }
+            cJSON_Delete(lpo); /* left over when the call failed above: nothing more goes out */
         } else if (!c->gone) {
             if (lp) {
-                if (!h->lp_content && !(h->lp_content = cJSON_CreateArray())) eng_sched_cancel(S->sched, h->job);
+                if (!h->lp_content && !(h->lp_content = cJSON_CreateArray())) call_oom(c);
                 if (h->lp_content) cJSON_AddItemToArray(h->lp_content, lp);
                 else cJSON_Delete(lp);
                 lp = NULL;
             }
             if (tg_buf_put(&h->content, ev->content.p ? ev->content.p : "", ev->content.len) ||
                        tg_buf_put(&h->reasoning, ev->reasoning.p ? ev->reasoning.p : "", ev->reasoning.len)) {
-                eng_sched_cancel(S->sched, h->job); /* out of memory: give up on this one */
+                call_oom(c); /* out of memory: the answer would lose text */
             }
         }
         cJSON_Delete(lp); /* only left over on OOM */
@@ -506,6 +530,25 @@ static void wake_from_sched(void *arg) { event_active((struct event *)arg, EV_RE
 static void on_tick(evutil_socket_t fd, short what, void *arg) {
     srv_t *S = arg;
     S->ticks++;
+    if (S->accept_err_tick && S->ticks > S->accept_err_tick + 1) { /* a tick without a refusal */
+        log_line("{\"event\":\"accepting\",\"refused\":%llu}", S->accept_errs);
+        S->accept_err_tick = 0;
+        S->accept_errs = 0;
+    }
+    /* Give freed heap back to the system when idle: request bodies (up to 32
+     * MiB a connection, in 4 KiB blocks) leave the heap fragmented, and glibc
+     * keeps such memory; after 50 connections sent 30 MiB each and closed,
+     * the worker kept 1.7 GB resident.  Only after the free bytes grew by 64
+     * MiB since the last trim, so an idle worker does not trim every second. */
+    if (!S->n_calls) {
+        struct mallinfo2 mi = mallinfo2();
+        if (mi.fordblks > S->trim_mark + (64u << 20)) {
+            malloc_trim(0);
+            S->trim_mark = mallinfo2().fordblks;
+        } else if (mi.fordblks < S->trim_mark) {
+            S->trim_mark = mi.fordblks;
+        }
+    }
     for (call_t *c = S->calls; c; c = c->next) {
         if (c->gone || c->hung_up) continue;
         struct bufferevent *bev = evhttp_connection_get_bufferevent(c->conn);
@@ -644,7 +687,11 @@ static void handle_chat(srv_t *S, struct evhttp_request *req, int cmpl) {
                 "The request body is %zu bytes; the limit is %d.", len, MAX_BODY);
         goto fail;
     }
-    const char *body = len ? (const char *)evbuffer_pullup(in, -1) : "";
+    const char *body = len ? (const char *)evbuffer_pullup(in, -1) : ""; /* one block: may allocate */
+    if (!body) {
+        api_err(&e, 500, "server_error", NULL, "engine_error", "out of memory for the request body");
+        goto fail;
+    }
     if ((cmpl ? api_cmpl_req_parse : api_chat_req_parse)(&r, body, len, &e)) goto fail;
     if (strcmp(r.model, S->model_name)) {
         api_err(&e, 404, "invalid_request_error", NULL, "model_not_found", /* param null, as OpenAI */
@@ -656,6 +703,10 @@ static void handle_chat(srv_t *S, struct evhttp_request *req, int cmpl) {
     size_t prompt_len = 0;
     if (!(prompt = api_chat_render(&r, (tok_tmpl_kind_t)S->tmpl, &prompt_len, &e))) goto fail;
     long n = tok_encode(S->tok, prompt, prompt_len, 1, &ids);
+    if (n < 0 && tg_utf8_valid(prompt, prompt_len)) { /* valid text: the tokenizer ran out of memory */
+        api_err(&e, 500, "server_error", NULL, "engine_error", "out of memory while tokenizing the prompt");
+        goto fail;
+    }
     if (n < 0) {
         api_err(&e, 400, "invalid_request_error", cmpl ? "prompt" : "messages", "invalid_value",
                 "The %s could not be tokenized.", cmpl ? "prompt" : "messages");
@@ -1019,7 +1070,56 @@ static void on_request(struct evhttp_request *req, void *arg) {
     }
 }
 
+/* ---- libevent's memory ------------------------------------------------------ */
+
+/* libevent 2.1 does not survive some of its own allocation failures: a
+ * request object or a connection that fails half-built is freed through
+ * pointers still NULL (evhttp_request_new, evhttp_connection_base_bufferevent_new:
+ * SIGSEGV), and a header line it cannot copy leaves the connection waiting
+ * for bytes that already came (evbuffer_readln: the request hangs until the
+ * client gives up).  So its small allocations (event_set_mem_functions) do
+ * not fail: one that fails is tried again a millisecond later until memory
+ * is back, as the scheduler does with its events (the loop waits meanwhile).
+ * A large one (a body's blocks: up to 32 MiB) fails as before; the paths
+ * that make those answer the one request or close its connection. */
+#define EV_MEM_WAIT_MAX (64 << 10)
+
+static void *ev_mem_realloc(void *p, size_t n) {
+    for (;;) {
+        void *q = p ? realloc(p, n) : malloc(n);
+        if (q || n > EV_MEM_WAIT_MAX) return q;
+        struct timespec ts = {0, 1000000};
+        nanosleep(&ts, NULL);
+    }
+}
+
+static void *ev_mem_malloc(size_t n) { return ev_mem_realloc(NULL, n); }
+
 /* ---- lifecycle -------------------------------------------------------------- */
+
+/* accept() failed, for want of file descriptors (EMFILE, ENFILE) or memory:
+ * the listening socket stays readable, so libevent would try again at once,
+ * forever, warning each time (a busy loop that wrote gigabytes of log within
+ * minutes).  As nginx does, accepting pauses 100 ms (connections wait in the
+ * backlog); one line says so, and one more when a tick passed without a
+ * refusal (on_tick). */
+static srv_t *accept_srv; /* the listener's own argument is the evhttp: the one server of the process */
+
+static void on_accept_error(struct evconnlistener *l, void *arg) {
+    srv_t *S = accept_srv;
+    int err = EVUTIL_SOCKET_ERROR();
+    if (!S->accept_err_tick)
+        log_line("{\"event\":\"accept_paused\",\"error\":\"%s\"}", evutil_socket_error_to_string(err));
+    S->accept_err_tick = S->ticks + 1;
+    S->accept_errs++;
+    struct timeval tv = {0, 100000};
+    if (S->accept_ev && evtimer_add(S->accept_ev, &tv) == 0) evconnlistener_disable(l);
+}
+
+static void on_accept_resume(evutil_socket_t fd, short what, void *arg) {
+    srv_t *S = arg;
+    if (S->sock) evconnlistener_enable(evhttp_bound_socket_get_listener(S->sock));
+}
 
 static void on_grace(evutil_socket_t fd, short what, void *arg) {
     srv_t *S = arg;
@@ -1221,6 +1321,7 @@ int eng_cmd_serve(int argc, char **argv) {
     }
     S.has_tools = S.tmpl != TOK_TMPL_MIXTRAL && eng_tool_ids(S.tok, &S.tool_ids) == 0;
 
+    event_set_mem_functions(ev_mem_malloc, ev_mem_realloc, free); /* before libevent allocates anything */
     if (evthread_use_pthreads()) {
         fprintf(stderr, "serve: libevent has no pthreads support\n");
         goto out;
@@ -1246,6 +1347,13 @@ int eng_cmd_serve(int argc, char **argv) {
         fprintf(stderr, "serve: cannot listen on %s:%d: %s\n", host, port, strerror(errno));
         goto out;
     }
+    S.accept_ev = evtimer_new(S.base, on_accept_resume, &S);
+    if (!S.accept_ev) {
+        fprintf(stderr, "serve: cannot set up the event loop\n");
+        goto out;
+    }
+    accept_srv = &S;
+    evconnlistener_set_error_cb(evhttp_bound_socket_get_listener(S.sock), on_accept_error);
     eng_sched_opts_t so = {.max_batch = max_batch, .max_queue = max_queue, .prefill_chunk = prefill_chunk,
                            .decode_prefill = decode_prefill};
     S.sched = eng_sched_new(S.model, S.tok, &so, wake_from_sched, S.wake_ev, err, sizeof err);
@@ -1284,6 +1392,7 @@ out:
     if (S.sig_term) event_free(S.sig_term);
     if (S.keepalive_ev) event_free(S.keepalive_ev);
     if (S.grace_ev) event_free(S.grace_ev);
+    if (S.accept_ev) event_free(S.accept_ev);
     if (S.http) evhttp_free(S.http);
     if (S.wake_ev) event_free(S.wake_ev);
     if (S.base) event_base_free(S.base);

@@ -1,0 +1,380 @@
+#!/usr/bin/python3
+"""Fault injection into `tollgate-engine serve`, from outside, as an independent
+tester would do it (python3 stdlib only; run by `make test-engine-server` after
+test_server.py, under the same lock).
+
+Workers, on the demo model of test_server.py (ports 18725-18727):
+- "fa": run with LD_PRELOAD of the allocation-failure shim
+  (tests/engine_server/failalloc.c, built by the make target; TOLLGATE_FAILALLOC
+  names it).  The test writes the shim's control file to make the worker's
+  malloc/calloc/realloc/posix_memalign/aligned_alloc/mmap fail: the nth call
+  only, every call from the nth on, or each call with a probability.  The
+  worker must never crash or hang; a request hit by a failure gets a 500 (or,
+  once its stream has started, an error event and no [DONE]); every answer that
+  comes whole is the one it gets without failures; afterwards no KV block is
+  held and the worker answers as before.
+- "fd": file descriptors limited to 64 (RLIMIT_NOFILE): accept() runs out.
+- "big": request bodies of 30 MiB from many connections at once.
+
+Like test_server.py: outputs are fixtures of the seeded demo model (greedy),
+and every wait is for an event, bounded by WAIT seconds (TG_TEST_WAIT).
+"""
+import json
+import os
+import re
+import resource
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import test_server as ts  # noqa: E402  (its helpers; its workers are not started)
+from test_server import MODEL, VAR, WAIT, connect, http_parse, raw_post, recv_to_eof, request, sse, wait_for  # noqa: E402
+from tgskip import main  # noqa: E402
+
+FAILALLOC = os.environ.get("TOLLGATE_FAILALLOC") or os.path.join(ts.ROOT, "build", "tests", "engine_server",
+                                                                 "failalloc.so")
+PORT_FA, PORT_FD, PORT_BIG = 18725, 18726, 18727
+CTL = os.path.join(VAR, "failalloc.ctl")
+FD_LIMIT = 64
+MODE_OFF, MODE_FROM, MODE_NTH, MODE_RANDOM = 0, 1, 2, 3
+
+procs = {}
+
+
+def sanitized():
+    """Whether the worker is a sanitizer build (its allocator then keeps
+    freed memory: the RSS check below does not apply)."""
+    p = subprocess.run(["ldd", ts.ENGINE], capture_output=True, text=True)
+    return "libasan" in p.stdout or "libtsan" in p.stdout
+
+
+class Ctl:
+    """The shim's control file (failalloc.c has its byte table)."""
+
+    def __init__(self, path):
+        self.path, self.gen = path, 0
+        with open(path, "wb") as f:
+            f.write(bytes(40))
+
+    def set(self, mode, n=0, ppm=0):
+        self.gen += 1
+        with open(self.path, "r+b") as f:
+            f.seek(4)
+            f.write(struct.pack("<IQI", mode, n, ppm))
+            f.flush()
+            f.seek(0)
+            f.write(struct.pack("<I", self.gen))  # last: the shim restarts its count on it
+
+    def read(self):
+        """(calls failed so far, calls counted since the last set)"""
+        with open(self.path, "rb") as f:
+            b = f.read(40)
+        return struct.unpack("<QQ", b[24:40])
+
+
+def start(name, port, *extra, env=None, preexec=None):
+    log = open(os.path.join(VAR, "%s.log" % name), "w")
+    p = subprocess.Popen([ts.ENGINE, "serve", "--model", ts.MODEL_DIR, "--listen", "127.0.0.1:%d" % port,
+                          "--threads", "2", *extra], stdout=log, stderr=subprocess.STDOUT, cwd=ts.ROOT,
+                         env=dict(os.environ, **(env or {})), preexec_fn=preexec)
+    procs[name] = (p, log)
+
+    def up():
+        if p.poll() is not None:
+            raise RuntimeError("%s exited with %s, see %s.log" % (name, p.returncode, name))
+        try:
+            return request(port, "GET", "/health", timeout=WAIT)[0] == 200
+        except OSError:
+            return False
+    wait_for("%s to answer /health" % name, up, timeout=max(WAIT, 120))
+    return p
+
+
+def setUpModule():
+    global ctl
+    ts.ensure_models()
+    if not os.path.exists(FAILALLOC):
+        raise RuntimeError("no allocation-failure shim at %s (make test-engine-server builds it)" % FAILALLOC)
+    ctl = Ctl(CTL)
+    asan = os.environ.get("ASAN_OPTIONS", "")
+    start("fa", PORT_FA, "--kv-mem", "16M", env={
+        "LD_PRELOAD": FAILALLOC, "FAILALLOC_CTL": CTL,
+        # the shim comes before a sanitizer's runtime, which then calls it
+        "ASAN_OPTIONS": (asan + ":" if asan else "") + "verify_asan_link_order=0"})
+    start("fd", PORT_FD, "--kv-mem", "16M",
+          preexec=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (FD_LIMIT, FD_LIMIT)))
+    start("big", PORT_BIG, "--kv-mem", "16M")
+
+
+def tearDownModule():
+    ctl.set(MODE_OFF)
+    bad = []
+    for name, (p, log) in procs.items():
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(WAIT)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+                bad.append("%s: no exit within %gs of SIGTERM" % (name, WAIT))
+        log.close()
+        if p.returncode != 0:
+            bad.append("%s: exit status %s" % (name, p.returncode))
+        with open(os.path.join(VAR, "%s.log" % name), encoding="utf-8", errors="replace") as f:
+            text = f.read()
+        bad += ["%s: %s in %s.log" % (name, r, name) for r in ts.SANITIZER_REPORTS if r in text]
+    if bad:
+        raise AssertionError("; ".join(bad))
+
+
+def exchange(port, body, pad=0):
+    """One request on its own connection: (status, headers, body), or None
+    when the connection closed without a byte.  pad: that many spaces of
+    JSON whitespace in the body."""
+    s = connect(port)
+    try:
+        data = json.dumps(body).encode()
+        data = b"{" + b" " * pad + data[1:]
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(data) + data)
+        raw = recv_to_eof(s)
+    finally:
+        s.close()
+    return http_parse(raw) if raw else None
+
+
+def outcome(tc, res, stream, n=1):
+    """What one exchange under injected failures gave: the answer's texts
+    (one per choice) when it came whole, else None after checking that the
+    failure was said properly: a JSON 500 that names memory (never a 4xx:
+    the client did nothing wrong; never "shutting down": the gateway would
+    take it for a worker going away), or, once a stream's head was out, an
+    error event in place of [DONE]."""
+    tc.assertIsNotNone(res, "the connection closed without an answer")
+    st, _, b = res
+    if st != 200:
+        tc.assertEqual(st, 500, b)
+        e = json.loads(b)["error"]
+        tc.assertEqual(set(e), {"message", "type", "param", "code"})
+        tc.assertEqual(e["type"], "server_error", e)
+        tc.assertIn(e["code"], ("engine_error", None), e)
+        tc.assertIn("memory", e["message"], e)
+        return None
+    if not stream:
+        return [c["message"]["content"] for c in json.loads(b)["choices"]]
+    ev = sse(b)
+    if ev[-1] != "[DONE]":
+        e = json.loads(ev[-1])["error"]
+        tc.assertEqual((e["type"], e["code"]), ("server_error", "engine_error"), e)
+        tc.assertIn("memory", e["message"], e)
+        for x in ev[:-1]:
+            json.loads(x)  # whole chunks before it
+        return None
+    text = [""] * n
+    for x in ev[:-1]:
+        for c in json.loads(x)["choices"]:
+            text[c["index"]] += c["delta"].get("content") or ""
+    return text
+
+
+def read(path):
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return f.read()
+
+
+def wait_idle(port):
+    """The worker's metrics once nothing is in flight; no KV block may be held then."""
+    return ts.wait_metrics("the worker to be idle", lambda m: m["tollgate_engine_requests_in_flight"] == 0
+                           and m["tollgate_engine_active_sequences"] == 0 and m["tollgate_engine_queue_depth"] == 0,
+                           port=port)
+
+
+class AllocationFailures(unittest.TestCase):
+    """The "fa" worker with the allocation-failure shim."""
+
+    def body(self, content, stream, **kw):
+        b = {"model": MODEL, "messages": [{"role": "user", "content": content}], "temperature": 0,
+             "max_tokens": 4, "stream": stream}
+        b.update(kw)
+        return b
+
+    def alive(self):
+        p = procs["fa"][0]
+        self.assertIsNone(p.poll(), "the worker died (exit status %s), see fa.log" % p.returncode)
+
+    def tearDown(self):
+        ctl.set(MODE_OFF)
+
+    def check_recovered(self, want=None):
+        ctl.set(MODE_OFF)
+        self.alive()
+        m = wait_idle(PORT_FA)
+        self.assertEqual(m["tollgate_engine_kv_blocks_used"], 0)
+        if want:
+            self.assertEqual(outcome(self, exchange(PORT_FA, want[0]), False), want[1])
+
+    def test_each_allocation_of_a_request_failing_in_turn(self):
+        """The kth allocation fails, for every k of a whole request (accept,
+        parse, tokenize, schedule, forward, reply), on an idle worker; and a
+        request whose body spans several of evhttp's blocks (joined into one
+        before it is parsed)."""
+        for stream, pad in ((False, 0), (True, 0), (False, 100000)):
+            body = self.body("Fail me in turn", stream)
+            ctl.set(MODE_OFF)
+            want = outcome(self, exchange(PORT_FA, body, pad), stream)
+            self.assertIsNotNone(want)
+            ctl.set(MODE_NTH, 0)  # counts, fails nothing
+            self.assertEqual(outcome(self, exchange(PORT_FA, body, pad), stream), want)
+            wait_idle(PORT_FA)
+            calls = ctl.read()[1]
+            self.assertGreater(calls, 20)
+            # every k, and some beyond (the count moves a little between runs); for
+            # the long body, what differs is its blocks, early on: a spread after them
+            ks = list(range(1, calls + 20)) if not pad else \
+                list(range(1, 150)) + list(range(150, calls + 20, max(1, calls // 40)))
+            failed = 0
+            for k in ks:
+                ctl.set(MODE_NTH, k)
+                got = outcome(self, exchange(PORT_FA, body, pad), stream)
+                self.alive()
+                if got is None:
+                    failed += 1
+                else:
+                    self.assertEqual(got, want, "allocation %d failed" % k)
+                ctl.set(MODE_OFF)
+                self.assertEqual(wait_idle(PORT_FA)["tollgate_engine_kv_blocks_used"], 0, "allocation %d" % k)
+            print("  stream=%s: %d allocations a request, %d of %d failures failed the request"
+                  % (stream, calls, failed, len(ks)), file=sys.stderr)
+            self.check_recovered((body if not stream else dict(body, stream=False), want))
+
+    def test_random_failures_under_concurrent_load(self):
+        """Each allocation fails with probability 1/300 while 8 requests run
+        together (streams, n = 2, stop strings, logprobs)."""
+        bodies = [self.body("Load %d: %s" % (i, "word%d " % i * (3 + 20 * (i % 3))), i % 2 == 1, max_tokens=12)
+                  for i in range(8)]
+        bodies[2].update(n=2)
+        bodies[3].update(n=2)
+        bodies[4].update(stop=["e", "a"])
+        bodies[5].update(logprobs=True, top_logprobs=2)
+        want = []
+        for b in bodies:
+            want.append(outcome(self, exchange(PORT_FA, b), b["stream"], b.get("n", 1)))
+            self.assertIsNotNone(want[-1])
+        whole = 0
+        for seed in range(1, 7):
+            ctl.set(MODE_RANDOM, seed, 3333)
+            res = [None] * len(bodies)
+
+            def one(i):
+                res[i] = exchange(PORT_FA, bodies[i])
+            th = [threading.Thread(target=one, args=(i,)) for i in range(len(bodies))]
+            for t in th:
+                t.start()
+            for t in th:
+                t.join()
+            ctl.set(MODE_OFF)
+            self.alive()
+            for i, b in enumerate(bodies):
+                got = outcome(self, res[i], b["stream"], b.get("n", 1))
+                if got is not None:
+                    whole += 1
+                    self.assertEqual(got, want[i], "seed %d, request %d" % (seed, i))
+            self.assertEqual(wait_idle(PORT_FA)["tollgate_engine_kv_blocks_used"], 0)
+        print("  %d of %d answers came whole" % (whole, 6 * len(bodies)), file=sys.stderr)
+        self.check_recovered((bodies[0], want[0]))
+
+    def test_every_allocation_failing_then_memory_back(self):
+        """Streams under way, then every allocation fails for a while (the
+        shim counts the failures), then memory is back: each stream ends
+        whole or with an error event, and the worker serves again."""
+        bodies = [self.body("Starve %d" % i, True, max_tokens=300) for i in range(4)]
+        socks = []
+        for b in bodies:
+            s = connect(PORT_FA)
+            s.sendall(raw_post(b))
+            socks.append(s)
+        heads = [ts.recv_until(s, lambda g: b'"delta":{"content"' in g, "the first token") for s in socks]
+        failed0 = ctl.read()[0]
+        ctl.set(MODE_FROM, 1)
+        wait_for("allocations to fail", lambda: ctl.read()[0] >= failed0 + 200)
+        ctl.set(MODE_OFF)
+        for h, s in zip(heads, socks):
+            raw = h + recv_to_eof(s)
+            s.close()
+            outcome(self, http_parse(raw), True)
+        self.alive()
+        plain = self.body("Starve 0", False, max_tokens=4)
+        ctl.set(MODE_OFF)
+        self.check_recovered((plain, outcome(self, exchange(PORT_FA, plain), False)))
+
+
+class Connections(unittest.TestCase):
+    def test_out_of_file_descriptors_pauses_accepting(self):
+        """With every descriptor taken, accept() fails (EMFILE): the worker
+        says so once and waits, instead of retrying in a loop that wrote a
+        warning per try (gigabytes of log within minutes, a core at 100%);
+        the connections it has keep being served, and once descriptors are
+        free again new ones are accepted."""
+        log = os.path.join(VAR, "fd.log")
+        kept = connect(PORT_FD)
+        get = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+
+        def health():
+            kept.sendall(get)
+            got = ts.recv_until(kept, lambda g: b"\r\n\r\n" in g and g.endswith(b"}"), "a /health answer")
+            self.assertTrue(got.startswith(b"HTTP/1.1 200"), got)
+        health()
+        socks = [connect(PORT_FD) for _ in range(FD_LIMIT + 16)]  # the last ones wait in the backlog
+        wait_for("accept to fail", lambda: "Too many open files" in read(log))
+        for _ in range(50):
+            health()
+        for s in socks:
+            s.close()
+        st, _, b = ts.chat("hi", port=PORT_FD, max_tokens=2)
+        self.assertEqual(st, 200, b)
+        health()
+        kept.close()
+        text = read(log)
+        self.assertEqual(text.count("Error from accept() call"), 0, "libevent's warning per failed accept()")
+        self.assertLessEqual(text.count("Too many open files"), 2, text[-2000:])
+
+
+class Bodies(unittest.TestCase):
+    def test_body_memory_goes_back_after_a_burst(self):
+        """20 connections send 30 MiB of request body each and hang up: the
+        worker holds 600 MB meanwhile (evhttp buffers a body up to 32 MiB),
+        and gives it back to the system once they are gone (freed, but kept by
+        glibc's heap: 1.7 GB stayed resident after 50 of them)."""
+        p = procs["big"][0]
+
+        def rss_mb():
+            with open("/proc/%d/status" % p.pid) as f:
+                return int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1)) // 1024
+        rss0 = rss_mb()
+        head = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\n\r\n" % (31 << 20))
+        socks = []
+        for _ in range(20):
+            s = connect(PORT_BIG)
+            s.sendall(head)
+            for _ in range(30):
+                s.sendall(b" " * (1 << 20))
+            socks.append(s)
+        wait_for("the bodies to be read", lambda: rss_mb() > rss0 + 400)
+        for s in socks:
+            s.close()
+        st, _, b = ts.chat("hi", port=PORT_BIG, max_tokens=2)
+        self.assertEqual(st, 200, b)
+        if sanitized():  # a sanitizer's allocator keeps freed memory in quarantine
+            return
+        wait_for("the memory to go back (RSS %d MB before)" % rss0, lambda: rss_mb() < rss0 + 150)
+
+
+if __name__ == "__main__":
+    main()
