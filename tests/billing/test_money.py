@@ -642,6 +642,18 @@ class Money(ServerCase):
               "UPDATE usage_hourly SET requests = requests + 1 WHERE customer_id = %d" % cid,
               "UPDATE usage_hourly SET requests = requests - 1 WHERE customer_id = %d" % cid,
               {("rollup", "customer %d hour %s key 0 model %s" % (cid, hour, MODEL))})
+        # cost and tokens in a rollup row without requests (no usage row at all), the daily rollup
+        # kept equal to the hourly ones: before migration 0021 the hourly check skipped rows with
+        # requests 0 (refusals only), so reports showed this money and reconcile agreed
+        plant("usage_hourly", None,
+              "INSERT INTO usage_hourly (customer_id, hour, key_id, model, requests, completion_tokens, cost_pico)"
+              " VALUES (%d, '%s', 0, 'ghost', 0, 7, 5000000);"
+              " UPDATE usage_daily SET completion_tokens = completion_tokens + 7, cost_pico = cost_pico + 5000000"
+              " WHERE customer_id = %d" % (cid, hour, cid),
+              "DELETE FROM usage_hourly WHERE customer_id = %d AND model = 'ghost';"
+              " UPDATE usage_daily SET completion_tokens = completion_tokens - 7, cost_pico = cost_pico - 5000000"
+              " WHERE customer_id = %d" % (cid, cid),
+              {("rollup", "customer %d hour %s key 0 model ghost" % (cid, hour))})
         day = time.strftime("%Y-%m-%d", time.gmtime(t // 10**6))
         plant("usage_daily", None,
               "UPDATE usage_daily SET cost_pico = cost_pico + 1 WHERE customer_id = %d" % cid,
