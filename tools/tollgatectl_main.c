@@ -994,6 +994,10 @@ static int cmd_usage(args_t *a) {
                str(t, "requests"), str(t, "prompt_tokens"), str(t, "prompt_cache_hit_tokens"),
                str(t, "prompt_cache_miss_tokens"), str(t, "completion_tokens"), str(t, "reasoning_tokens"),
                str(t, "cost_usd"), str(t, "cost_pico"));
+        int shown = cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(j, "data"));
+        if (shown < atoll(str(t, "requests")))
+            printf("(rows: the newest %d of %s; the total is of them all; --limit N shows more)\n", shown,
+                   str(t, "requests"));
     }
     cJSON_Delete(j);
     return 0;

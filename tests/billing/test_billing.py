@@ -533,6 +533,9 @@ class Billing(ServerCase):
         self.assertEqual({l["token_class"]: int(l["quantity"]) for l in inv["lines"]},
                          {"input_cache_miss": 700, "input_cache_hit": 300, "output": 500})
         self.assertIn(rid, self.s.ctl("usage", "--customer", c).stdout)
+        self.assertNotIn("(rows:", self.s.ctl("usage", "--customer", c).stdout)
+        # fewer rows shown than counted in the total: the text says so (before, nothing did)
+        self.assertIn("(rows: the newest 0 of 1;", self.s.ctl("usage", "--customer", c, "--limit", "0").stdout)
         self.assertIn("input_cache_hit", self.s.ctl("invoice", "--customer", c, "--month", month).stdout)
 
     def test_settle_batch_and_bad_row(self):
