@@ -176,6 +176,23 @@ static void gw_receipt_key_run(gw_req_t *r) {
 
 const gw_handler_t gw_receipt_key_handler = {GW_ROUTE_OTHER, gw_receipt_key_run, NULL, NULL};
 
+/* 1 when s is a list of header names (RFC 9110 #field-name: tokens
+ * separated by commas, blanks around them, empty elements ignored; at least
+ * one name), 0 otherwise ("a b" is two names without their comma). */
+static int gw_preflight_names(const char *s, size_t n) {
+    static const char tchar[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_!#$%&'*+.^`|~";
+    int names = 0;
+    for (size_t i = 0; i < n;) {
+        i += strspn(s + i, " \t");
+        size_t k = i < n ? strspn(s + i, tchar) : 0;
+        names += k > 0;
+        i += k;
+        i += strspn(s + i, " \t");
+        if (i < n && s[i++] != ',') return 0;
+    }
+    return names > 0;
+}
+
 /* A browser's CORS preflight (OPTIONS with Origin and
  * Access-Control-Request-Method) on a /v1 path: 204, any origin, the methods
  * of the API, and the request headers it asked for when they are header
@@ -184,8 +201,7 @@ const gw_handler_t gw_receipt_key_handler = {GW_ROUTE_OTHER, gw_receipt_key_run,
 static void gw_preflight_run(gw_req_t *r) {
     const char *ask = gw_http_header(r->http, "Access-Control-Request-Headers");
     size_t n = ask ? strlen(ask) : 0;
-    int names = n > 0 && n <= 1024 &&
-                strspn(ask, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_!#$%&'*+.^`|~, ") == n;
+    int names = n > 0 && n <= 1024 && gw_preflight_names(ask, n);
     size_t len = (names ? n : 0) + 256;
     char *h = gw_palloc(r->pool, len);
     if (h)

@@ -56,5 +56,9 @@ const gw_handler_t *gw_routes_match(gw_req_t *r) {
     if ((n == 13 && !strncmp(t, "/user/balance", n)) || (n == 16 && !strncmp(t, "/v1/user/balance", n)))
         return gw_routes_v1(r, &gw_balance_handler);
     if (n == 7 && !strncmp(t, "/health", n)) return &gw_health_handler;
+    /* an unknown /v1 (or /beta) path is the API's 404: a page reads it too
+     * (its preflight answered, the 404 with Access-Control-Allow-Origin) */
+    if ((n >= 3 && !strncmp(t, "/v1", 3) && (n == 3 || t[3] == '/')) || (n >= 6 && !strncmp(t, "/beta/", 6)))
+        return gw_routes_v1(r, &gw_notfound_handler);
     return &gw_notfound_handler;
 }

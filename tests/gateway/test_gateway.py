@@ -783,11 +783,26 @@ class Gateway(unittest.TestCase):
                 self.assertIn("POST", h["access-control-allow-methods"])
                 self.assertEqual(h["access-control-allow-headers"], "authorization,content-type,x-stainless-os")
                 self.assertEqual(h["connection"], "keep-alive")
-            # asked headers that are not header names: the API's own two
-            c.send(b"OPTIONS /v1/chat/completions HTTP/1.1\r\nHost: x\r\nOrigin: https://a.example\r\n"
-                   b"Access-Control-Request-Headers: a;b\r\n\r\n")
-            st, h, _ = c.read_response(head_only=True)
-            self.assertEqual((st, h["access-control-allow-headers"]), (204, "Authorization, Content-Type"))
+            # asked headers that are not a list of header names: the API's own two
+            # ("a b" is two names without their comma); a list with blanks is one
+            for ask, allowed in (("a;b", "Authorization, Content-Type"), ("a b", "Authorization, Content-Type"),
+                                 ("authorization, x-stainless-os y", "Authorization, Content-Type"),
+                                 (" , ", "Authorization, Content-Type"),
+                                 ("authorization , content-type", "authorization , content-type")):
+                c.send(b"OPTIONS /v1/chat/completions HTTP/1.1\r\nHost: x\r\nOrigin: https://a.example\r\n"
+                       b"Access-Control-Request-Headers: " + ask.encode() + b"\r\n\r\n")
+                st, h, _ = c.read_response(head_only=True)
+                self.assertEqual((st, h["access-control-allow-headers"]), (204, allowed), ask)
+            # a /v1 path that does not exist: the page reads the 404 (its preflight
+            # answered, the error carrying Access-Control-Allow-Origin), as any /v1 answer
+            for path in ("/v1/embeddings", "/v1", "/beta/models"):
+                c.send(("OPTIONS %s HTTP/1.1\r\nHost: x\r\n%s\r\n" % (
+                    path, "".join("%s: %s\r\n" % kv for kv in pre.items()))).encode())
+                st, h, _ = c.read_response(head_only=True)
+                self.assertEqual((st, h.get("access-control-allow-origin")), (204, "*"), path)
+                st, h, b = c.request("POST", path, {"input": "x"}, self.key, {"Origin": "https://app.example"})
+                openai_error(self, st, h, b, 404, "not_found")
+                self.assertEqual(h.get("access-control-allow-origin"), "*", path)
             st, h, b = c.request("POST", "/v1/chat/completions",
                                  {"model": MODEL, "messages": [{"role": "user", "content": "cors"}]}, self.key,
                                  {"Origin": "https://app.example"})
@@ -801,6 +816,9 @@ class Gateway(unittest.TestCase):
             self.assertEqual(h["access-control-allow-origin"], "*")  # a page can read why
             st, h, b = c.request("GET", "/dashboard/", None, None, {"Origin": "https://app.example"})
             self.assertNotIn("access-control-allow-origin", h)
+            st, h, b = c.request("GET", "/nowhere", None, None, {"Origin": "https://app.example"})
+            self.assertEqual(st, 404)
+            self.assertNotIn("access-control-allow-origin", h)  # outside /v1: no CORS
             st, h, b = c.request("GET", "/health")
             self.assertEqual(st, 200, b)
         finally:
