@@ -383,6 +383,8 @@ static void on_result(PGresult *res, const char *err, void *arg) {
         } else if (state && (!strncmp(state, "22", 2) || !strncmp(state, "23", 2))) {
             const char *msg = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
             dash_error(c, 400, "invalid_value", "%s", msg ? msg : "invalid value");
+        } else if (state && (!strcmp(state, "55P03") || !strcmp(state, "57014"))) { /* lock_timeout: bill_pg.c */
+            dash_error(c, 503, "database_busy", "database busy: nothing was written, try again");
         } else {
             fprintf(stderr, "bill: dashboard statement failed: %s", PQresultErrorMessage(res));
             dash_error(c, 500, "database_error", "database error (%s)", state ? state : "?");

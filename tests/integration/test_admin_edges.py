@@ -490,6 +490,28 @@ class Edges(Checks):
         self.error((st, _, b), 409, "already_exists")
         self.assertEqual(q("SELECT count(*) FROM admin_idempotency WHERE key = %s", "edges-" + name)[0][0], 0)
 
+    def test_writes_held_on_a_lock_fail_whole(self):
+        """A write whose customer row another session holds past the deadline: the admin API and
+        the dashboard answer 503 database_busy, and nothing is written once the lock goes (before,
+        the backend waited on and committed after a 503: a credit applied, a key made; the
+        dashboard answered 500 for the lock timeout the gateway's sessions now have)."""
+        cust = new_customer("1")
+        session = sign_in(new_key(cust)["key"])
+        (cid,), = q("SELECT id FROM customers WHERE name = %s", cust)
+        holder = psycopg2.connect(E["TG_TEST_PG"])
+        try:
+            holder.cursor().execute("SELECT id FROM customers WHERE id = %s FOR UPDATE", (cid,))
+            credit = admin("POST", "customers/%s/credits" % cust, {"usd": "2"})
+            key = dash("POST", "keys", {"name": "held"}, session=session)
+        finally:
+            holder.rollback()
+            holder.close()
+        time.sleep(1)  # what a backend left waiting would do now that the lock is gone
+        self.assertEqual(q("SELECT balance_pico FROM customers WHERE id = %s", cid)[0][0], 10**12)
+        self.assertEqual(q("SELECT count(*) FROM api_keys WHERE customer_id = %s AND name = 'held'", cid)[0][0], 0)
+        self.error(credit, 503, "database_busy")
+        self.error(key, 503, "database_busy")
+
 
 class Close(Checks):
     """Closing a customer, on two gateway instances of our own (ports: the stack's + 50, + 51)."""
