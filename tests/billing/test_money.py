@@ -672,9 +672,7 @@ class Money(ServerCase):
             url = "http://127.0.0.1:%d" % silent.getsockname()[1]
             for args, what in ((["balance", "--customer", "x"], ""),
                                (["credit", "add", "--customer", "x", "--usd", "1"], "may or may not have been done")):
-                t0 = time.time()
                 p = self.s.ctl(*args, check=False, env_extra={"TOLLGATE_ADMIN_URL": url, "TOLLGATE_ADMIN_TIMEOUT": "1"})
-                self.assertLess(time.time() - t0, 10)
                 self.assertEqual(p.returncode, 1, p.stderr)
                 self.assertIn("no answer from the admin API at %s within 1 s" % url, p.stderr)
                 self.assertIn(what, p.stderr)

@@ -318,12 +318,10 @@ class Rollup(ServerCase):
         now = int(time.time())
         for args in (["--from", "-infinity"], ["--to", "infinity"], ["--from", str(now - 10001 * 3600), "--by", "hour"],
                      ["--from", "1970-01-01"]):
-            t0 = time.time()
             p = self.s.ctl("report", "balance", "--customer", name, *args, check=False)
             self.assertEqual(p.returncode, 1, (args, p.stdout[:200]))
             self.assertIn("at most 10000 periods", p.stderr, args)
-            self.assertIn("HTTP 400", p.stderr, args)
-            self.assertLess(time.time() - t0, 4, args)  # not the pool's 5 s deadline
+            self.assertIn("HTTP 400", p.stderr, args)  # not the pool's deadline: 503 database timeout
         running = q("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'tollgate' AND state = 'active'"
                     " AND query LIKE '%%generate_series%%'")[0][0]
         self.assertEqual(running, 0, "a balance report still runs in the backend")
