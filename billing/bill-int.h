@@ -10,6 +10,7 @@
 
 #include <postgresql/libpq-fe.h>
 
+#include "tg_buf.h"
 #include "tg_clock.h"
 #include "tg_json.h"
 #include "bill.h"
@@ -99,6 +100,12 @@ void bill_settler_on_up(void *settler); /* bill_pg_up_cb: replay the spool */
 /* cb(request_id) for every row committed or given up (rejected). */
 void bill_settler_on_commit(bill_settler_t *s, void (*cb)(const char *request_id, void *arg), void *arg);
 void bill_settler_stats(const bill_settler_t *s, bill_settle_stats_t *st); /* s may be NULL */
+/* The rows of customer_id that s holds (queued, or in a batch not yet
+ * answered): their request ids and costs appended to ids and costs as
+ * PostgreSQL array literals ("{uuid,...}", "{pico,...}"), for a balance read
+ * to take off the rows its snapshot does not hold yet.  s may be NULL (empty
+ * arrays).  Returns 0, or -1 out of memory. */
+int bill_settler_pending(const bill_settler_t *s, int64_t customer_id, tg_buf_t *ids, tg_buf_t *costs);
 /* Shut down: try a short blocking drain through conninfo, spool the rest. */
 void bill_settler_free(bill_settler_t *s, const char *conninfo);
 

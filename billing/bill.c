@@ -258,13 +258,20 @@ void bill_cancel(bill_req_t *r) {
 /* ---- balance (GET /user/balance) -------------------------------------------- */
 
 /* Granted (promotional) credit is not told apart from paid credit here: all
- * of it is topped up.  Available: some balance left, the customer not closed. */
+ * of it is topped up.  Available: some balance left, the customer not closed.
+ * $2, $3: the rows of the customer this loop has settled that PostgreSQL may
+ * not hold yet (bill_settler_pending: request ids, costs); those whose usage
+ * row the statement's snapshot does not see are taken off, so a client reads
+ * its own requests' debits at once (a row and its debit commit together). */
 static const char BALANCE_SQL[] =
-    "SELECT json_build_object('is_available', c.balance_pico > 0 AND c.closed_at IS NULL,"
+    "SELECT json_build_object('is_available', b.bal > 0 AND c.closed_at IS NULL,"
     " 'balance_infos', json_build_array(json_build_object('currency', 'USD',"
-    " 'total_balance', tg_usd(c.balance_pico), 'granted_balance', tg_usd(0),"
-    " 'topped_up_balance', tg_usd(c.balance_pico), 'total_balance_pico', c.balance_pico::text)))::text"
-    " FROM customers c WHERE c.id = $1::bigint";
+    " 'total_balance', tg_usd(b.bal), 'granted_balance', tg_usd(0),"
+    " 'topped_up_balance', tg_usd(b.bal), 'total_balance_pico', b.bal::text)))::text"
+    " FROM customers c, LATERAL (SELECT c.balance_pico - coalesce((SELECT sum(p.cost)"
+    " FROM unnest($2::uuid[], $3::bigint[]) AS p(id, cost)"
+    " WHERE NOT EXISTS (SELECT 1 FROM usage u WHERE u.request_id = p.id)), 0) AS bal) b"
+    " WHERE c.id = $1::bigint";
 
 static void balance_done(PGresult *res, const char *err, void *arg) {
     bill_req_t *r = arg;
@@ -281,18 +288,24 @@ bill_req_t *bill_balance(bill_t *b, int64_t customer_id, bill_balance_cb cb, voi
     bill_req_t *r = tg_zalloc(sizeof *r);
     if (!r) return NULL;
     char id[24];
+    tg_buf_t ids = {0}, costs = {0};
     snprintf(id, sizeof id, "%lld", (long long)customer_id);
-    const char *params[1] = {id};
+    if (bill_settler_pending(b->settler, customer_id, &ids, &costs) != 0) goto fail;
+    const char *params[3] = {id, ids.p, costs.p};
     r->b = b;
     r->kind = 2;
     r->balance_cb = cb;
     r->arg = arg;
-    if (!(r->job = bill_pg_query(b->pg, BALANCE_SQL, 1, params, balance_done, r))) {
-        free(r);
-        return NULL;
-    }
+    if (!(r->job = bill_pg_query(b->pg, BALANCE_SQL, 3, params, balance_done, r))) goto fail;
     bill_pg_job_retry_ok(r->job); /* it only reads */
+    tg_buf_free(&costs);
+    tg_buf_free(&ids);
     return r;
+fail:
+    tg_buf_free(&costs);
+    tg_buf_free(&ids);
+    free(r);
+    return NULL;
 }
 
 /* ---- holds ------------------------------------------------------------------ */

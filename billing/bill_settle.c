@@ -667,6 +667,24 @@ void bill_settler_on_up(void *arg) {
 
 /* ---- public ------------------------------------------------------------- */
 
+static int pending_q(const struct item_q *q, int64_t customer_id, tg_buf_t *ids, tg_buf_t *costs) {
+    const item_t *it;
+    int rc = 0;
+    TAILQ_FOREACH(it, q, link) {
+        if (it->u.customer_id != customer_id) continue;
+        if (ids->len > 1) rc |= tg_buf_puts(ids, ",") | tg_buf_puts(costs, ",");
+        rc |= tg_buf_puts(ids, it->u.request_id) | tg_buf_put_i64(costs, it->cost);
+    }
+    return rc;
+}
+
+int bill_settler_pending(const bill_settler_t *s, int64_t customer_id, tg_buf_t *ids, tg_buf_t *costs) {
+    int rc = tg_buf_puts(ids, "{") | tg_buf_puts(costs, "{");
+    if (s) rc |= pending_q(&s->inflight, customer_id, ids, costs) | pending_q(&s->queue, customer_id, ids, costs);
+    rc |= tg_buf_puts(ids, "}") | tg_buf_puts(costs, "}");
+    return rc ? -1 : 0;
+}
+
 void bill_settler_stats(const bill_settler_t *s, bill_settle_stats_t *st) {
     memset(st, 0, sizeof *st);
     st->idle = 1;

@@ -97,6 +97,47 @@ class Balance(unittest.TestCase):
         self.assertEqual((st, h.get("allow")), (405, "GET, HEAD"))
 
 
+    def test_balance_shows_a_request_at_once(self):
+        # read on the connection that sent the request, right after its answer:
+        # its debit is there, though its settlement batch may not have committed
+        # (the rows the gateway holds for the customer are taken off)
+        name = "it-bal1-" + uuid.uuid4().hex[:10]
+        ctl("customer", "create", name, "--credit-usd", "1")
+        key = ctl("key", "create", "--customer", name).stdout.strip().splitlines()[-1]
+        ctx = ssl.create_default_context(cafile=E["TG_TEST_CERT"])
+        c = http.client.HTTPSConnection("127.0.0.1", GW.port, context=ctx, timeout=120)
+        auth = {"Authorization": "Bearer " + key, "Content-Type": "application/json"}
+        reads = []
+        try:
+            for i, path in enumerate(("/v1/chat/completions", "/v1/completions", "/beta/completions")):
+                body = {"model": MODEL, "max_tokens": 3}
+                body.update({"messages": [{"role": "user", "content": "hi %d" % i}]} if "chat" in path else
+                            {"prompt": "def f%d(" % i, "suffix": "return 1" if "beta" in path else None})
+                c.request("POST", path, json.dumps(body), auth)
+                r = c.getresponse()
+                self.assertEqual(r.status, 200, r.read())
+                rid = r.getheader("x-request-id")
+                r.read()
+                c.request("GET", "/v1/user/balance", headers=auth)
+                r = c.getresponse()
+                b = json.loads(r.read())
+                self.assertEqual(r.status, 200, b)
+                reads.append((rid, b["balance_infos"][0]["total_balance_pico"], b["balance_infos"][0]["total_balance"]))
+        finally:
+            c.close()
+        left = 1000000000000
+        for rid, pico, usd in reads:
+            deadline = time.time() + WAIT
+            while not q("SELECT 1 FROM usage WHERE request_id = %s", rid) and time.time() < deadline:
+                time.sleep(0.1)
+            (cost,), = q("SELECT cost_pico FROM usage WHERE request_id = %s", rid)
+            self.assertGreater(cost, 0)
+            left -= cost
+            self.assertEqual((pico, usd), (str(left), "%d.%06d" % divmod((left + 500000) // 1000000, 1000000)))
+        st, _, b = get("/user/balance", key)  # and later, from PostgreSQL alone
+        self.assertEqual((st, b["balance_infos"][0]["total_balance_pico"]), (200, str(left)))
+
+
 class Money(unittest.TestCase):
     def test_override_billed_through_the_gateway_and_reconcile(self):
         name = "it-money-" + uuid.uuid4().hex[:10]
