@@ -540,6 +540,7 @@ struct gw_req {
     int have_usage;
     int64_t prompt_tokens, cache_hit_tokens, completion_tokens, reasoning_tokens;
     int64_t chunks;            /* content chunks seen (estimate for a cut stream) */
+    uint32_t echoed;           /* completions with echo: choices whose echoed prompt was seen (bit = index) */
     int64_t counted_tokens;    /* completion tokens the gateway counted itself, for an answer without usage:
                                   a stream's tool calls (names and arguments), or a whole answer's
                                   messages (text, reasoning and tool calls) */

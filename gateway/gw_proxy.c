@@ -550,6 +550,27 @@ static int64_t gw_count_tokens(gw_req_t *r, const char *s, size_t n) {
     return t >= 0 ? t : (int64_t)((n + 3) / 4);
 }
 
+/* A completions request with echo: its answer's text starts with the prompt. */
+static int gw_cmpl_echoes(const gw_req_t *r) { return r->cmpl && r->chat && r->chat->echo && r->chat->prompt_len; }
+
+/* A completions stream with echo: is the chunk in d (JSON) a choice's echoed
+ * prompt (its first text, the prompt whole; the worker sends it alone),
+ * which generated nothing?  Choices seen are marked in r->echoed. */
+static int gw_cmpl_echo_chunk(gw_req_t *r, const tg_buf_t *d) {
+    tg_json_t *j = tg_json_parse(d->p, d->len, NULL, NULL);
+    const tg_json_t *ch = tg_json_at(tg_json_get(j, "choices"), 0);
+    int64_t i;
+    size_t sl;
+    const char *s = tg_json_str(tg_json_get(ch, "text"), &sl);
+    int echo = 0;
+    if (s && !tg_json_int64(tg_json_get(ch, "index"), &i) && i >= 0 && i < 32 && !(r->echoed & (1u << i))) {
+        r->echoed |= 1u << i;
+        echo = sl == r->chat->prompt_len && !memcmp(s, r->chat->prompt, sl);
+    }
+    tg_json_free(j);
+    return echo;
+}
+
 /* The tokens of the choices of an answer (j; each choice's `part`: "delta"
  * in a stream's chunk, "message" in a whole answer): each tool call's
  * function name and arguments, and with text, the content and the
@@ -567,6 +588,10 @@ static int64_t gw_choice_tokens(gw_req_t *r, const tg_json_t *j, const char *par
         const char *s;
         if (text) {
             s = tg_json_str(tg_json_get(ch, "text"), &sl); /* a text_completion's choice */
+            if (s && gw_cmpl_echoes(r) && sl >= r->chat->prompt_len && !memcmp(s, r->chat->prompt, r->chat->prompt_len)) {
+                s += r->chat->prompt_len; /* echo: the prompt is not generated text */
+                sl -= r->chat->prompt_len;
+            }
             n += gw_count_tokens(r, s, s ? sl : 0);
             s = tg_json_str(tg_json_get(m, "content"), &sl);
             n += gw_count_tokens(r, s, s ? sl : 0);
@@ -619,8 +644,8 @@ static void gw_stream_event(gw_req_t *r, const char *ev, size_t len) {
         return;
     }
     if (gw_has_text(d->p, "\"content\"") || gw_has_text(d->p, "\"reasoning_content\"") ||
-        (r->cmpl && gw_has_text(d->p, "\"text\""))) /* a completions chunk's choices[].text */
-        r->chunks++;
+        (r->cmpl && gw_has_text(d->p, "\"text\"") && !(gw_cmpl_echoes(r) && gw_cmpl_echo_chunk(r, d))))
+        r->chunks++; /* a completions chunk's choices[].text, not an echoed prompt */
     if (strstr(d->p, "\"tool_calls\"")) { /* only the chunks that hold tool calls are parsed */
         tg_json_t *j = tg_json_parse(d->p, d->len, NULL, NULL);
         r->counted_tokens += gw_choice_tokens(r, j, "delta", 0);

@@ -190,6 +190,7 @@ class Handler(BaseHTTPRequestHandler):
         text = req["prompt"]
         prompt = len(text) // 4 + 1
         words = ["Hello", " from", " " + text[:40]]
+        echo = text if req.get("echo") else ""  # echo: the text starts with the prompt (a chunk of its own)
         usage = {"prompt_tokens": prompt, "completion_tokens": len(words), "total_tokens": prompt + len(words),
                  "prompt_cache_hit_tokens": 0, "prompt_cache_miss_tokens": prompt,
                  "prompt_tokens_details": {"cached_tokens": 0},
@@ -197,7 +198,7 @@ class Handler(BaseHTTPRequestHandler):
         base = {"id": "cmpl-" + rid, "object": "text_completion", "created": int(time.time()), "model": req["model"]}
         if not req.get("stream"):
             if text.startswith("nousage:"):
-                self.send_json(200, dict(base, choices=[{"text": " cheese" * int(text[8:]), "index": 0,
+                self.send_json(200, dict(base, choices=[{"text": echo + " cheese" * int(text[8:].split()[0]), "index": 0,
                                                          "logprobs": None, "finish_reason": "length"}]))
             else:
                 self.send_json(200, dict(base, usage=usage, choices=[{"text": "".join(words), "index": 0,
@@ -210,9 +211,11 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         include_usage = (req.get("stream_options") or {}).get("include_usage")
         extra = {"usage": None} if include_usage else {}
+        if echo:
+            self.event(dict(base, choices=[{"text": echo, "index": 0, "logprobs": None, "finish_reason": None}], **extra))
         for i, w in enumerate(words):
             self.event(dict(base, choices=[{"text": w, "index": 0, "logprobs": None, "finish_reason": None}], **extra))
-            if text == "cut" and i == 1:
+            if text.split(" ")[0] == "cut" and i == 1:
                 self.wfile.flush()
                 self.connection.shutdown(2)
                 self.close_connection = True

@@ -1627,6 +1627,24 @@ class Completions(unittest.TestCase):
         self.assertEqual(rows[0][1], 2, "two text chunks were generated before the cut")
         self.assertGreater(rows[0][0], 0, "the prompt, counted by the gateway")
 
+    def test_echoed_prompt_is_not_billed_as_completion(self):
+        # echo: the answer's text starts with the prompt, which the model did not
+        # generate: a cut stream bills its generated chunks only (its echo chunk
+        # not), an answer without usage the text after the prompt
+        pad = " and a long prompt" * 60
+        st, h, b = complete(self.key, "cut" + pad, stream=True, echo=True)
+        self.assertEqual(st, 200)
+        ev = events(b)
+        self.assertEqual([json.loads(e)["choices"][0]["text"] for e in ev[:3]], ["cut" + pad, "Hello", " from"])
+        self.assertEqual(usage_rows(h["x-request-id"])[0][1], 2, "two text chunks were generated before the cut")
+        st, h, b = complete(self.key, "nousage:5" + pad, echo=True)
+        self.assertEqual(st, 200, b)
+        self.assertEqual(json.loads(b)["choices"][0]["text"], "nousage:5" + pad + " cheese" * 5)
+        st, h2, b = complete(self.key, "nousage:5" + pad)
+        self.assertEqual(st, 200, b)
+        # the same 5 words billed with echo as without (before: the prompt's 1000 bytes too)
+        self.assertEqual(usage_rows(h["x-request-id"])[0][1], usage_rows(h2["x-request-id"])[0][1])
+
     def test_answer_without_usage_counts_the_text(self):
         st, h, b = complete(self.key, "nousage:40")
         self.assertEqual(st, 200, b)
