@@ -27,7 +27,10 @@ static const gw_handler_t *gw_routes_v1(gw_req_t *r, const gw_handler_t *h) {
 const gw_handler_t *gw_routes_match(gw_req_t *r) {
     const char *t = r->http->target;
     size_t n = strcspn(t, "?");
-    if (n == 20 && !strncmp(t, "/v1/chat/completions", n)) return gw_routes_v1(r, &gw_chat_handler);
+    /* /beta/chat/completions: DeepSeek's beta base_url serves chat too (a client
+     * set up for FIM on .../beta calls chat there) */
+    if ((n == 20 && !strncmp(t, "/v1/chat/completions", n)) || (n == 22 && !strncmp(t, "/beta/chat/completions", n)))
+        return gw_routes_v1(r, &gw_chat_handler);
     /* OpenAI's legacy completions and DeepSeek's FIM completion (beta): one handler */
     if ((n == 15 && !strncmp(t, "/v1/completions", n)) || (n == 17 && !strncmp(t, "/beta/completions", n)))
         return gw_routes_v1(r, &gw_completions_handler);

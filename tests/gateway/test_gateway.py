@@ -1600,6 +1600,13 @@ class Completions(unittest.TestCase):
             rows = usage_rows(h["x-request-id"])
             self.assertEqual((rows[0][0], rows[0][1], rows[0][3]), (j["usage"]["prompt_tokens"], 3, 200))
         self.assertEqual(metric(route, absent=0.0), before + 2)
+        # DeepSeek's beta base_url serves chat too: a client set up for FIM on .../beta
+        st, h, b = call("POST", "/beta/chat/completions",
+                        {"model": MODEL, "messages": [{"role": "user", "content": "beta chat"}]}, self.key)
+        self.assertEqual(st, 200, b)
+        self.assertEqual(json.loads(b)["object"], "chat.completion")
+        self.assertEqual(worker_request(h["x-request-id"])["path"], "/v1/chat/completions")
+        self.assertEqual(len(usage_rows(h["x-request-id"])), 1)
         # refused by the shared reader before admission: a 400 naming the parameter, never billed
         st, h, b = complete(self.key, ["a", "b"])
         self.assertEqual(openai_error(self, st, h, b, 400, "invalid_value")["param"], "prompt")
