@@ -1081,13 +1081,16 @@ static void on_request(struct evhttp_request *req, void *arg) {
  * not fail: one that fails is tried again a millisecond later until memory
  * is back, as the scheduler does with its events (the loop waits meanwhile).
  * A large one (a body's blocks: up to 32 MiB) fails as before; the paths
- * that make those answer the one request or close its connection. */
+ * that make those answer the one request or close its connection.  Only
+ * once the loop runs: at start-up a failure fails (serve exits 1 with a
+ * message; waiting there would hang a worker that can never start). */
 #define EV_MEM_WAIT_MAX (64 << 10)
+static int ev_mem_wait; /* set before the loop starts; only the loop thread allocates through libevent */
 
 static void *ev_mem_realloc(void *p, size_t n) {
     for (;;) {
         void *q = p ? realloc(p, n) : malloc(n);
-        if (q || n > EV_MEM_WAIT_MAX) return q;
+        if (q || !ev_mem_wait || n > EV_MEM_WAIT_MAX) return q;
         struct timespec ts = {0, 1000000};
         nanosleep(&ts, NULL);
     }
@@ -1374,7 +1377,9 @@ int eng_cmd_serve(int argc, char **argv) {
              "\"max_batch\":%d,\"kv_blocks\":%d,\"kv_block_tokens\":%d,\"kv_bytes\":%zu,\"template\":%d}",
              host, port, name, S.lim.context, max_batch, kvs.blocks_total, kvs.block_tokens,
              (size_t)kvs.blocks_total * kvs.bytes_per_block, S.tmpl);
+    ev_mem_wait = 1;
     event_base_dispatch(S.base);
+    ev_mem_wait = 0; /* the clean-up below may fail its allocations again */
     rc = 0;
     log_line("{\"event\":\"stopped\"}");
 out:

@@ -3,7 +3,7 @@
 tester would do it (python3 stdlib only; run by `make test-engine-server` after
 test_server.py, under the same lock).
 
-Workers, on the demo model of test_server.py (ports 18725-18727):
+Workers, on the demo model of test_server.py (ports 18725-18728):
 - "fa": run with LD_PRELOAD of the allocation-failure shim
   (tests/engine_server/failalloc.c, built by the make target; TOLLGATE_FAILALLOC
   names it).  The test writes the shim's control file to make the worker's
@@ -15,6 +15,7 @@ Workers, on the demo model of test_server.py (ports 18725-18727):
   held and the worker answers as before.
 - "fd": file descriptors limited to 64 (RLIMIT_NOFILE): accept() runs out.
 - "big": request bodies of 30 MiB from many connections at once.
+- start-ups with every allocation failing from some point of the start on.
 
 Like test_server.py: outputs are fixtures of the seeded demo model (greedy),
 and every wait is for an event, bounded by WAIT seconds (TG_TEST_WAIT).
@@ -38,7 +39,7 @@ from tgskip import main  # noqa: E402
 
 FAILALLOC = os.environ.get("TOLLGATE_FAILALLOC") or os.path.join(ts.ROOT, "build", "tests", "engine_server",
                                                                  "failalloc.so")
-PORT_FA, PORT_FD, PORT_BIG = 18725, 18726, 18727
+PORT_FA, PORT_FD, PORT_BIG, PORT_START = 18725, 18726, 18727, 18728
 CTL = os.path.join(VAR, "failalloc.ctl")
 FD_LIMIT = 64
 MODE_OFF, MODE_FROM, MODE_NTH, MODE_RANDOM = 0, 1, 2, 3
@@ -312,6 +313,42 @@ class AllocationFailures(unittest.TestCase):
         plain = self.body("Starve 0", False, max_tokens=4)
         ctl.set(MODE_OFF)
         self.check_recovered((plain, outcome(self, exchange(PORT_FA, plain), False)))
+
+
+class StartUp(unittest.TestCase):
+    def test_start_up_without_memory_exits_1(self):
+        """Every allocation fails from the kth of the start-up on: serve says
+        why and exits 1 (no crash, and no wait: libevent's allocations wait
+        for memory only once the loop runs, not while a worker that cannot
+        start would hang)."""
+        c = Ctl(os.path.join(VAR, "failalloc-start.ctl"))
+        asan = os.environ.get("ASAN_OPTIONS", "")
+        env = dict(os.environ, LD_PRELOAD=FAILALLOC, FAILALLOC_CTL=c.path,
+                   ASAN_OPTIONS=(asan + ":" if asan else "") + "verify_asan_link_order=0")
+        cmd = [ts.ENGINE, "serve", "--model", ts.MODEL_DIR, "--listen", "127.0.0.1:%d" % PORT_START,
+               "--threads", "2", "--kv-mem", "16M"]
+        c.set(MODE_NTH, 0)  # count the start-up's allocations: those before its "listening" line
+        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, text=True)
+        for line in p.stderr:  # EOF first: the start failed, and total below is 0
+            if '"listening"' in line:
+                break
+        total = c.read()[1]
+        p.send_signal(signal.SIGTERM)
+        self.assertEqual(p.wait(WAIT), 0)
+        p.stderr.close()
+        self.assertGreater(total, 100)
+        # the last points are in the loop's set-up, the listener, the scheduler's thread
+        for k in sorted({1, 2, 10, 100, 1000, total // 4, total // 2, total * 3 // 4, total - 200, total - 50,
+                         total - 10, total - 1}):
+            c.set(MODE_FROM, k)
+            try:
+                r = subprocess.run(cmd, capture_output=True, text=True, errors="replace", env=env, timeout=WAIT)
+            except subprocess.TimeoutExpired:
+                self.fail("allocations failing from the %dth of %d: serve did not end" % (k, total))
+            self.assertEqual(r.returncode, 1, "from the %dth of %d: %s" % (k, total, r.stderr[-500:]))
+            self.assertTrue(r.stderr.strip(), "from the %dth: no message" % k)
+            for rep in ts.SANITIZER_REPORTS:
+                self.assertNotIn(rep, r.stderr)
 
 
 class Connections(unittest.TestCase):
