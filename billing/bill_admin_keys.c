@@ -135,7 +135,8 @@ static int models_field(adm_req_t *req, tg_json_t *j, const char **mode, char **
  * (1 to 20 years), at most one of them.  *mode: "keep" when both are absent,
  * "never" for expires_at null, else "set" with *at or *in (a decimal string
  * in in[24]) filled.  Returns 0 or -1 after replying 400. */
-static int expiry_fields(adm_req_t *req, tg_json_t *j, const char **mode, const char **at, char in[24]) {
+static int expiry_fields(adm_req_t *req, tg_json_t *j, const char **mode, const char **at, char in[24],
+                         char iso[40]) {
     tg_json_t *fa = tg_json_get(j, "expires_at");
     tg_json_t *fi = tg_json_get(j, "expires_in_seconds");
     long secs = -1;
@@ -157,7 +158,7 @@ static int expiry_fields(adm_req_t *req, tg_json_t *j, const char **mode, const 
             return -1;
         }
         *mode = "set";
-        *at = adm_jstr(fa);
+        *at = adm_epoch_to_iso(adm_jstr(fa), iso); /* Unix seconds, as in a query's from/to */
         return 0;
     }
     if (adm_int_field(req, j, "expires_in_seconds", 20L * 366 * 86400, &secs) != 0) return -1;
@@ -208,10 +209,10 @@ static void keys_create(adm_req_t *req, const char *cust) {
     if (!j) return;
     long rpm = 0, tpm = 0, conc = 0;
     const char *name, *mmode, *emode, *at, *dmode, *mmode2;
-    char *models = NULL, in[24], dl[24], ml[24];
+    char *models = NULL, in[24], dl[24], ml[24], iso[40];
     if (adm_int_field(req, j, "rpm", 2147483647L, &rpm) == 0 && adm_int_field(req, j, "tpm", 2147483647L, &tpm) == 0 &&
         adm_int_field(req, j, "concurrency", 2147483647L, &conc) == 0 && name_field(req, j, &name) == 0 &&
-        models_field(req, j, &mmode, &models) == 0 && expiry_fields(req, j, &emode, &at, in) == 0 &&
+        models_field(req, j, &mmode, &models) == 0 && expiry_fields(req, j, &emode, &at, in, iso) == 0 &&
         adm_limit_field(req, j, "daily_limit_usd", &dmode, dl) == 0 &&
         adm_limit_field(req, j, "monthly_limit_usd", &mmode2, ml) == 0) {
         char key[BILL_KEY_LEN + 1], hash[65], prefix[16], s1[16], s2[16], s3[16];
@@ -235,7 +236,7 @@ static void key_update(adm_req_t *req, const char *id) {
     if (!j) return;
     long lim[3] = {-1, -1, -1};
     const char *names[3] = {"rpm", "tpm", "concurrency"}, *name, *mmode, *emode, *at;
-    char *models = NULL, in[24], sl[3][16];
+    char *models = NULL, in[24], sl[3][16], iso[40];
     int ok = 1;
     for (int i = 0; i < 3 && ok; i++) {
         ok = adm_int_field(req, j, names[i], 2147483647L, &lim[i]) == 0;
@@ -244,7 +245,7 @@ static void key_update(adm_req_t *req, const char *id) {
     const char *dmode, *mmode2;
     char dl[24], ml[24];
     if (ok && name_field(req, j, &name) == 0 && models_field(req, j, &mmode, &models) == 0 &&
-        expiry_fields(req, j, &emode, &at, in) == 0 && adm_limit_field(req, j, "daily_limit_usd", &dmode, dl) == 0 &&
+        expiry_fields(req, j, &emode, &at, in, iso) == 0 && adm_limit_field(req, j, "daily_limit_usd", &dmode, dl) == 0 &&
         adm_limit_field(req, j, "monthly_limit_usd", &mmode2, ml) == 0) {
         const char *p[] = {id, name, lim[0] >= 0 ? sl[0] : NULL, lim[1] >= 0 ? sl[1] : NULL,
                            lim[2] >= 0 ? sl[2] : NULL, mmode, models, emode, at, in[0] ? in : NULL,
@@ -262,9 +263,9 @@ static void key_rotate(adm_req_t *req, const char *id) {
     if (!j) return;
     long grace = GRACE_DEFAULT_S;
     const char *emode, *at;
-    char in[24], gs[24], key[BILL_KEY_LEN + 1], hash[65], prefix[16];
+    char in[24], iso[40], gs[24], key[BILL_KEY_LEN + 1], hash[65], prefix[16];
     if (adm_int_field(req, j, "grace_seconds", 366L * 86400, &grace) == 0 &&
-        expiry_fields(req, j, &emode, &at, in) == 0 && new_key(req, key, hash, prefix) == 0) {
+        expiry_fields(req, j, &emode, &at, in, iso) == 0 && new_key(req, key, hash, prefix) == 0) {
         snprintf(gs, sizeof gs, "%ld", grace);
         const char *p[] = {id, hash, prefix, gs, at, in[0] ? in : NULL};
         adm_write(req, SQL_KEY_ROTATE, 6, p, "no such key that can be rotated (revoked, expired or already rotated)",

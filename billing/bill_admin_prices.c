@@ -102,7 +102,8 @@ static void prices_set(adm_req_t *r) {
         adm_field_error(r, "invalid_value", "effective_from", "effective_from must be a timestamp string");
     } else if (adm_digits_field(r, j, "input_cache_miss", miss) == 0 &&
                adm_digits_field(r, j, "input_cache_hit", hit) == 0 && adm_digits_field(r, j, "output", out) == 0) {
-        const char *p[] = {adm_jstr(m), miss, hit, out, adm_jstr(eff),
+        char iso[40]; /* Unix seconds, as in a query's from/to */
+        const char *p[] = {adm_jstr(m), miss, hit, out, adm_epoch_to_iso(adm_jstr(eff), iso),
                            bs[0] ? bs : NULL, be[0] ? be : NULL};
         adm_write(r, SQL_PRICE_SET, 7, p, NULL, 200, NULL, NULL);
     }
@@ -146,6 +147,7 @@ static void override_set(adm_req_t *r, const char *cust) {
     } else if (!has_prices || (adm_digits_field(r, j, "input_cache_miss", miss) == 0 &&
                                adm_digits_field(r, j, "input_cache_hit", hit) == 0 &&
                                adm_digits_field(r, j, "output", out) == 0)) {
+        char iso[40]; /* Unix seconds, as in a query's from/to */
         const char *p[] = {cust,
                            adm_jstr(m),
                            has_prices ? "price" : pct ? "percent" : "base",
@@ -153,7 +155,7 @@ static void override_set(adm_req_t *r, const char *cust) {
                            has_prices ? hit : NULL,
                            has_prices ? out : NULL,
                            pct ? adm_jstr(pct) : NULL,
-                           adm_jstr(eff)};
+                           adm_epoch_to_iso(adm_jstr(eff), iso)};
         adm_write(r, SQL_OVERRIDE_SET, 8, p, "no such customer", 200, NULL, NULL);
     }
     tg_json_free(j);

@@ -715,6 +715,26 @@ class Money(ServerCase):
         j = json.loads(self.s.ctl("--json", "usage", "--customer", name, "--from", "20261130", "--to", "1796083200").stdout)
         self.assertEqual((j["from"], j["to"]), ("2026-11-30T00:00:00+00:00", "2026-12-01T00:00:00+00:00"))
 
+    def test_unix_seconds_in_bodies(self):
+        """effective_from and expires_at take Unix seconds as from and to do (and 8 digits as a
+        date); before, they were a 400 ('date/time field value out of range')."""
+        name, _ = self.customer("1")
+        day = (int(time.time()) // 86400 + 10) * 86400  # a UTC midnight 10 days ahead
+        iso = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(day))
+        model = "unix-" + uuid.uuid4().hex[:8]
+        j = json.loads(self.s.ctl("--json", "price", "set", "--model", model, "--input-miss", "1", "--input-hit", "1",
+                                  "--output", "1", "--effective-from", str(day)).stdout)
+        self.assertEqual(j["effective_from"], iso)
+        j = json.loads(self.s.ctl("--json", "price", "override", "--customer", name, "--model", model, "--percent",
+                                  "50", "--effective-from", str(day)).stdout)
+        self.assertEqual(j["effective_from"], iso)
+        out = self.s.ctl("--json", "key", "create", "--customer", name, "--expires-at", str(day)).stdout
+        k = json.loads(out.splitlines()[0])
+        self.assertEqual(k["expires_at"], iso)
+        j = json.loads(self.s.ctl("--json", "key", "update", str(k["id"]), "--expires-at",
+                                  time.strftime("%Y%m%d", time.gmtime(day - 86400))).stdout)
+        self.assertEqual(j["expires_at"], time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(day - 86400)))
+
     def test_invoices_finalized_automatically(self):
         """bill_new's timer finalizes last month a configured time after it ended (here 1 s)."""
         name, cid = self.customer("1")
