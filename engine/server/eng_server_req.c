@@ -313,14 +313,19 @@ static cJSON *lp_arr(cJSON *obj, const char *name) {
 int eng_logprob_legacy_add(cJSON *obj, const tok_t *t, const eng_logprob_t *lp, long *text_off) {
     cJSON *tokens = lp_arr(obj, "tokens"), *lps = lp_arr(obj, "token_logprobs"), *tops = lp_arr(obj, "top_logprobs"),
           *offs = lp_arr(obj, "text_offset");
-    cJSON *top = cJSON_CreateObject();
-    if (!tokens || !lps || !tops || !offs || !top) {
+    cJSON *top = cJSON_CreateObject(), *off = cJSON_CreateNumber((double)*text_off),
+          *lv = cJSON_CreateNumber(lp->logprob);
+    /* every item is checked: an entry dropped on a failed allocation shifted
+     * the token's log-probs against its tokens in an answer that came whole */
+    if (!tokens || !lps || !tops || !offs || !top || !off || !lv) {
         cJSON_Delete(top);
+        cJSON_Delete(off);
+        cJSON_Delete(lv);
         return -1;
     }
     cJSON_AddItemToArray(tops, top);
-    cJSON_AddItemToArray(offs, cJSON_CreateNumber((double)*text_off));
-    cJSON_AddItemToArray(lps, cJSON_CreateNumber(lp->logprob));
+    cJSON_AddItemToArray(offs, off);
+    cJSON_AddItemToArray(lps, lv);
     /* the chosen token, then the top ones (the chosen one once: a key is
      * written once, as the SDKs read a dict) */
     for (int i = -1; i < lp->n_top; i++) {
@@ -333,12 +338,15 @@ int eng_logprob_legacy_add(cJSON *obj, const tok_t *t, const eng_logprob_t *lp, 
         /* cJSON strings end at NUL: a NUL byte in a token shows as "?" */
         for (size_t k = 0; k < n; k++)
             if (!text[k]) text[k] = '?';
+        int bad = 0;
         if (i < 0) {
-            cJSON_AddItemToArray(tokens, cJSON_CreateString(text));
+            cJSON *s = cJSON_CreateString(text);
+            bad = !s || !cJSON_AddItemToArray(tokens, s);
             for (size_t k = 0; k < n; k++) *text_off += ((unsigned char)text[k] & 0xC0) != 0x80;
         }
-        if (!cJSON_GetObjectItemCaseSensitive(top, text)) cJSON_AddNumberToObject(top, text, v);
+        if (!bad && !cJSON_GetObjectItemCaseSensitive(top, text)) bad = !cJSON_AddNumberToObject(top, text, v);
         free(text);
+        if (bad) return -1;
     }
     return 0;
 }
@@ -416,7 +424,7 @@ static cJSON *token_json(const tok_t *t, int32_t id, double logprob) {
     size_t n = 0;
     char *text = tok_decode(t, &id, 1, 0, &n);
     cJSON *o = cJSON_CreateObject(), *b = cJSON_CreateArray();
-    if (!o || !b) {
+    if (!text || !o || !b) { /* text: the ids are the tokenizer's, only memory can lack */
         free(text);
         cJSON_Delete(o);
         cJSON_Delete(b);
@@ -434,10 +442,19 @@ static cJSON *token_json(const tok_t *t, int32_t id, double logprob) {
         return NULL;
     }
     tg_buf_free(&q);
-    cJSON_AddNumberToObject(o, "logprob", logprob);
-    for (size_t i = 0; text && i < n; i++) cJSON_AddItemToArray(b, cJSON_CreateNumber((unsigned char)text[i]));
-    cJSON_AddItemToObject(o, "bytes", b);
+    /* every item checked: one dropped on a failed allocation made an entry
+     * without its logprob or with bytes missing, in an answer that came whole */
+    int bad = !cJSON_AddNumberToObject(o, "logprob", logprob);
+    for (size_t i = 0; !bad && text && i < n; i++) {
+        cJSON *x = cJSON_CreateNumber((unsigned char)text[i]);
+        bad = !x || !cJSON_AddItemToArray(b, x);
+    }
     free(text);
+    if (bad || !cJSON_AddItemToObject(o, "bytes", b)) {
+        cJSON_Delete(o);
+        cJSON_Delete(b);
+        return NULL;
+    }
     return o;
 }
 
@@ -450,7 +467,11 @@ cJSON *eng_logprob_json(const tok_t *t, const eng_logprob_t *lp) {
     }
     for (int i = 0; i < lp->n_top; i++) {
         cJSON *e = token_json(t, lp->top_id[i], lp->top_logprob[i]);
-        if (e) cJSON_AddItemToArray(top, e);
+        if (!e) { /* not an entry short */
+            cJSON_Delete(o);
+            return NULL;
+        }
+        cJSON_AddItemToArray(top, e);
     }
     return o;
 }

@@ -134,7 +134,7 @@ def tearDownModule():
         raise AssertionError("; ".join(bad))
 
 
-def exchange(port, body, pad=0):
+def exchange(port, body, pad=0, path="/v1/chat/completions"):
     """One request on its own connection: (status, headers, body), or None
     when the connection closed without a byte.  pad: that many spaces of
     JSON whitespace in the body."""
@@ -142,7 +142,7 @@ def exchange(port, body, pad=0):
     try:
         data = json.dumps(body).encode()
         data = b"{" + b" " * pad + data[1:]
-        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        s.sendall(b"POST " + path.encode() + b" HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                   b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(data) + data)
         raw = recv_to_eof(s)
     finally:
@@ -152,7 +152,7 @@ def exchange(port, body, pad=0):
 
 def outcome(tc, res, stream, n=1):
     """What one exchange under injected failures gave: the answer's texts
-    (one per choice) when it came whole, else None after checking that the
+    and log-probs (one pair per choice; chat or completions) when it came whole, else None after checking that the
     failure was said properly: a JSON 500 that names memory (never a 4xx:
     the client did nothing wrong; never "shutting down": the gateway would
     take it for a worker going away), or, once a stream's head was out, an
@@ -168,7 +168,8 @@ def outcome(tc, res, stream, n=1):
         tc.assertIn("memory", e["message"], e)
         return None
     if not stream:
-        return [c["message"]["content"] for c in json.loads(b)["choices"]]
+        return [(c["message"]["content"] if "message" in c else c["text"], c.get("logprobs"))
+                for c in json.loads(b)["choices"]]
     ev = sse(b)
     if ev[-1] != "[DONE]":
         e = json.loads(ev[-1])["error"]
@@ -177,11 +178,13 @@ def outcome(tc, res, stream, n=1):
         for x in ev[:-1]:
             json.loads(x)  # whole chunks before it
         return None
-    text = [""] * n
+    text, lps = [""] * n, [[] for _ in range(n)]
     for x in ev[:-1]:
         for c in json.loads(x)["choices"]:
-            text[c["index"]] += c["delta"].get("content") or ""
-    return text
+            text[c["index"]] += c["delta"].get("content") or "" if "delta" in c else c["text"]
+            if c.get("logprobs"):
+                lps[c["index"]].append(c["logprobs"])
+    return list(zip(text, lps))
 
 
 def read(path):
@@ -218,20 +221,29 @@ class AllocationFailures(unittest.TestCase):
         m = wait_idle(PORT_FA)
         self.assertEqual(m["tollgate_engine_kv_blocks_used"], 0)
         if want:
-            self.assertEqual(outcome(self, exchange(PORT_FA, want[0]), False), want[1])
+            self.assertEqual(outcome(self, exchange(PORT_FA, want[0]), want[0]["stream"], want[0].get("n", 1)),
+                             want[1])
 
     def test_each_allocation_of_a_request_failing_in_turn(self):
         """The kth allocation fails, for every k of a whole request (accept,
         parse, tokenize, schedule, forward, reply), on an idle worker; and a
         request whose body spans several of evhttp's blocks (joined into one
         before it is parsed)."""
-        for stream, pad in ((False, 0), (True, 0), (False, 100000)):
+        for stream, pad, path in ((False, 0, None), (True, 0, None), (False, 100000, None),
+                                  (False, 0, "/v1/completions"), (True, 0, "/v1/completions")):
             body = self.body("Fail me in turn", stream)
+            if stream and not path:
+                body.update(logprobs=True, top_logprobs=2)
+            if path:  # legacy completions: n choices, a suffix (FIM), legacy log-probs
+                body = {"model": MODEL, "prompt": "def f(", "suffix": "return x", "max_tokens": 4, "temperature": 0,
+                        "logprobs": 2, "n": 2, "stream": stream}
+            path = path or "/v1/chat/completions"
             ctl.set(MODE_OFF)
-            want = outcome(self, exchange(PORT_FA, body, pad), stream)
+            n = body.get("n", 1)
+            want = outcome(self, exchange(PORT_FA, body, pad, path), stream, n)
             self.assertIsNotNone(want)
             ctl.set(MODE_NTH, 0)  # counts, fails nothing
-            self.assertEqual(outcome(self, exchange(PORT_FA, body, pad), stream), want)
+            self.assertEqual(outcome(self, exchange(PORT_FA, body, pad, path), stream, n), want)
             wait_idle(PORT_FA)
             calls = ctl.read()[1]
             self.assertGreater(calls, 20)
@@ -242,7 +254,7 @@ class AllocationFailures(unittest.TestCase):
             failed = 0
             for k in ks:
                 ctl.set(MODE_NTH, k)
-                got = outcome(self, exchange(PORT_FA, body, pad), stream)
+                got = outcome(self, exchange(PORT_FA, body, pad, path), stream, n)
                 self.alive()
                 if got is None:
                     failed += 1
@@ -250,9 +262,9 @@ class AllocationFailures(unittest.TestCase):
                     self.assertEqual(got, want, "allocation %d failed" % k)
                 ctl.set(MODE_OFF)
                 self.assertEqual(wait_idle(PORT_FA)["tollgate_engine_kv_blocks_used"], 0, "allocation %d" % k)
-            print("  stream=%s: %d allocations a request, %d of %d failures failed the request"
-                  % (stream, calls, failed, len(ks)), file=sys.stderr)
-            self.check_recovered((body if not stream else dict(body, stream=False), want))
+            print("  %s stream=%s: %d allocations a request, %d of %d failures failed the request"
+                  % (path, stream, calls, failed, len(ks)), file=sys.stderr)
+        self.check_recovered()
 
     def test_random_failures_under_concurrent_load(self):
         """Each allocation fails with probability 1/300 while 8 requests run
