@@ -1142,6 +1142,48 @@ class KvCache(unittest.TestCase):
         self.assertGreater(m["tollgate_engine_preemptions_total"], pre0)
         self.assertEqual(m["tollgate_engine_kv_blocks_used"], 0)
 
+    def test_preemption_with_choices_stops_and_edges(self):
+        # under preemption churn, the other promises too: n seeded choices, stop strings, log-probs,
+        # max_tokens 1 and a request that fills the whole budget, streamed and not, each equal to
+        # what it gives alone (a preempted job keeps its sampler, stop matcher and log-probs)
+        def body(i, **kw):
+            b = {"model": MODEL, "messages": [{"role": "user", "content": "Churn %d: %s" % (i, "w%d " % i * (4 + 9 * i))}],
+                 "temperature": 0, "stream": i % 2 == 1}
+            b.update(kw)
+            return b
+        full = body(7, max_tokens=1)
+        n = json.loads(request(PORT_KV, "POST", "/v1/chat/completions", dict(full, stream=False))[2])["usage"]["prompt_tokens"]
+        bodies = [body(0, max_tokens=1), body(1, n=3, temperature=0.9, seed=11, max_tokens=120),
+                  body(2, stop=["e", "the"], max_tokens=150), body(3, logprobs=True, top_logprobs=2, max_tokens=100),
+                  body(4, n=2, temperature=0.7, seed=5, max_tokens=140), body(5, max_tokens=200),
+                  body(6, temperature=0.8, seed=3, max_tokens=160, stop=["a"]), dict(full, max_tokens=KV_BLOCKS * 16 - n)]
+
+        def norm(st, b, stream):
+            self.assertEqual(st, 200, b)
+            if not stream:
+                j = json.loads(b)
+                return [(c["message"]["content"], c["finish_reason"], c["logprobs"]) for c in j["choices"]], j["usage"]
+            ev = sse(b)
+            self.assertEqual(ev[-1], "[DONE]")
+            out = {}
+            for c in (json.loads(e) for e in ev[:-1]):
+                for x in c["choices"]:
+                    t, f, lp = out.get(x["index"], ("", None, []))
+                    out[x["index"]] = (t + (x["delta"].get("content") or ""), x["finish_reason"] or f,
+                                       lp + ((x.get("logprobs") or {}).get("content") or []))
+            return [out[k] for k in sorted(out)], None
+        solo = []
+        for b in bodies:
+            st, _, r = request(PORT_KV, "POST", "/v1/chat/completions", b)
+            solo.append(norm(st, r, b["stream"]))
+        pre0 = metrics(PORT_KV)["tollgate_engine_preemptions_total"]
+        res = send_together(bodies, PORT_KV)
+        for i, (st, _, b) in enumerate(res):
+            self.assertEqual(norm(st, b, bodies[i]["stream"])[0], solo[i][0], "request %d" % i)
+        m = metrics(PORT_KV)
+        self.assertGreater(m["tollgate_engine_preemptions_total"], pre0)
+        self.assertEqual(m["tollgate_engine_kv_blocks_used"], 0)
+
     def test_disconnect_frees_blocks(self):
         s = connect(PORT_KV)
         s.sendall(raw_post({"model": MODEL, "messages": [{"role": "user", "content": "long one"}],
