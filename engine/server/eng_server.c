@@ -278,6 +278,15 @@ static void sse_chunk(call_t *c, int index, const char *role, const char *conten
     free(j);
 }
 
+/* A whole answer's body j (malloc'd, NULL when it could not be built: a
+ * 500 instead), sent and freed.  Returns the status sent. */
+static int send_answer(call_t *c, char *j) {
+    int code = j ? 200 : 500;
+    send_json(c->req, code, j ? j : OOM_JSON);
+    free(j);
+    return code;
+}
+
 /* Every choice has ended: finish the HTTP exchange (or just free the
  * detached request when the client is gone), account, free the call.  Usage
  * is the request's: the prompt once (as OpenAI counts n), the cache hits of
@@ -357,13 +366,7 @@ static void call_finish(call_t *c) {
                 h->lp_legacy = NULL;
             }
             char *j = eng_resp_text_completion(c->id, c->created, S->model_name, chs, c->n, &u);
-            if (j) {
-                send_json(c->req, 200, j);
-            } else {
-                code = 500;
-                send_json(c->req, 500, OOM_JSON);
-            }
-            free(j);
+            if (send_answer(c, j) != 200) code = 500;
         } else {
             eng_choice_t chs[API_MAX_N];
             for (int i = 0; i < c->n; i++) {
@@ -382,13 +385,7 @@ static void call_finish(call_t *c) {
                                         h->reasoning.len, h->calls, h->n_calls, h->finish, lp};
             }
             char *j = eng_resp_completion_n(c->id, c->created, S->model_name, chs, c->n, &u);
-            if (j) {
-                send_json(c->req, 200, j);
-            } else {
-                code = 500;
-                send_json(c->req, 500, OOM_JSON);
-            }
-            free(j);
+            if (send_answer(c, j) != 200) code = 500;
         }
     }
     count_status(S, code);

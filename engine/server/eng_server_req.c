@@ -184,6 +184,16 @@ char *eng_resp_completion(const char *id, long long created, const char *model,
     return eng_resp_completion_n(id, created, model, &c, 1, u);
 }
 
+/* The usage-only chunk's end (empty choices, then usage) after put_head;
+ * logprobs, unused there, is freed. */
+static char *usage_chunk_done(tg_buf_t *b, const eng_usage_t *usage, cJSON *logprobs) {
+    cJSON_Delete(logprobs);
+    put_lit(b, "],\"usage\":");
+    put_usage(b, usage);
+    put_lit(b, "}");
+    return buf_done(b);
+}
+
 char *eng_resp_chunk(const char *id, long long created, const char *model, const char *role,
                      const char *content, size_t content_len, const char *reasoning,
                      size_t reasoning_len, eng_finish_t finish, int usage_null,
@@ -198,13 +208,7 @@ char *eng_resp_chunk_at(int index, const char *id, long long created, const char
                         const eng_usage_t *usage, cJSON *logprobs) {
     tg_buf_t b = {0};
     put_head(&b, id, created, model, "chat.completion.chunk");
-    if (usage) {
-        cJSON_Delete(logprobs);
-        put_lit(&b, "],\"usage\":");
-        put_usage(&b, usage);
-        put_lit(&b, "}");
-        return buf_done(&b);
-    }
+    if (usage) return usage_chunk_done(&b, usage, logprobs);
     char t[32];
     snprintf(t, sizeof t, "{\"index\":%d,", index);
     put_lit(&b, t);
@@ -290,13 +294,7 @@ char *eng_resp_text_chunk(int index, const char *id, long long created, const ch
                           cJSON *logprobs) {
     tg_buf_t b = {0};
     put_head(&b, id, created, model, "text_completion");
-    if (usage) {
-        cJSON_Delete(logprobs);
-        put_lit(&b, "],\"usage\":");
-        put_usage(&b, usage);
-        put_lit(&b, "}");
-        return buf_done(&b);
-    }
+    if (usage) return usage_chunk_done(&b, usage, logprobs);
     put_text_choice(&b, index, text, text_len, logprobs, finish);
     put_lit(&b, "]");
     if (usage_null) put_lit(&b, ",\"usage\":null");
