@@ -880,9 +880,10 @@ static bill_page_t *page_new(struct evhttp_request *req) {
 
 static void page_cb(struct evhttp_request *req, void *arg) {
     adm_page_t *p = arg;
-    if (evhttp_request_get_command(req) != EVHTTP_REQ_GET) {
-        evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "GET");
-        send_error(req, 405, "method_not_allowed", "use GET");
+    enum evhttp_cmd_type m = evhttp_request_get_command(req);
+    if (m != EVHTTP_REQ_GET && m != EVHTTP_REQ_HEAD) { /* HEAD: GET's head (bill_page_reply) */
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "GET, HEAD");
+        send_error(req, 405, "method_not_allowed", "use GET or HEAD");
         return;
     }
     bill_page_t *pg = page_new(req);
@@ -901,9 +902,16 @@ void bill_admin_set_settlement(bill_admin_t *a, bill_page_fn fn, void *arg) {
 void bill_page_reply(bill_page_t *pg, int status, const char *content_type, const char *body, size_t len) {
     if (!pg->gone) {
         if (pg->conn) evhttp_connection_set_closecb(pg->conn, NULL, NULL);
+        int head = evhttp_request_get_command(pg->req) == EVHTTP_REQ_HEAD;
         struct evbuffer *out = evbuffer_new();
-        if (out) evbuffer_add(out, body, len);
-        evhttp_add_header(evhttp_request_get_output_headers(pg->req), "Content-Type", content_type);
+        if (out && !head) evbuffer_add(out, body, len);
+        struct evkeyvalq *oh = evhttp_request_get_output_headers(pg->req);
+        evhttp_add_header(oh, "Content-Type", content_type);
+        if (head) { /* the head GET would get, no body (libevent would send one, and no Content-Length) */
+            char cl[24];
+            snprintf(cl, sizeof cl, "%zu", len);
+            evhttp_add_header(oh, "Content-Length", cl);
+        }
         evhttp_send_reply(pg->req, status, reason(status), out);
         if (out) evbuffer_free(out);
     }

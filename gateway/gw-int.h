@@ -130,6 +130,13 @@ int gw_http_parser_busy(const gw_http_parser_t *p);
 void gw_http_req_free(gw_http_req_t *r); /* accepts NULL */
 /* Header value by case-insensitive name (first match), or NULL. */
 const char *gw_http_header(const gw_http_req_t *r, const char *name);
+/* A Content-Type value (RFC 9110 §8.3): GW_HTTP_MEDIA_JSON for
+ * application/json or application/...+json, with any parameters, a charset
+ * among them only utf-8 (any case, quoted or not); GW_HTTP_MEDIA_BAD_CHARSET
+ * for a JSON type in another charset; GW_HTTP_MEDIA_NOT_JSON otherwise
+ * (another type, or a value that does not parse). */
+enum { GW_HTTP_MEDIA_JSON = 0, GW_HTTP_MEDIA_NOT_JSON = -1, GW_HTTP_MEDIA_BAD_CHARSET = -2 };
+int gw_http_json_media(const char *v);
 
 /* Response head of an upstream (worker) reply. */
 typedef struct {
@@ -631,7 +638,7 @@ void gw_log_release(gw_loop_t *l);
 
 /* gw_chat.c, gw_models.c: handlers */
 extern const gw_handler_t gw_chat_handler, gw_completions_handler, gw_models_handler, gw_health_handler, gw_receipt_key_handler,
-    gw_notfound_handler, gw_preflight_handler, gw_balance_handler;
+    gw_notfound_handler, gw_preflight_handler, gw_options_star_handler, gw_balance_handler;
 
 /* gw_dash.c: /dashboard/ (static files from dashboard_dir, the JSON API in
  * billing: bill_dash), and the worker pool's /metrics for the operator. */

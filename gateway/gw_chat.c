@@ -257,6 +257,19 @@ static void gw_chat_run_as(gw_req_t *r, int cmpl) {
     const char *key = gw_auth_bearer(r);
     if (!key) return;
     r->api_key = key;
+    /* The body is JSON: Content-Type application/json (charset utf-8 if one is
+     * named) or absent (curl users forget it; the body still has to parse);
+     * another media type (a form, text) is refused by name, not guessed at */
+    const char *ct = gw_http_header(r->http, "Content-Type");
+    int media = ct ? gw_http_json_media(ct) : GW_HTTP_MEDIA_JSON;
+    if (media != GW_HTTP_MEDIA_JSON) {
+        char msg[300];
+        snprintf(msg, sizeof msg, "Invalid Content-Type header '%.120s': %s", ct,
+                 media == GW_HTTP_MEDIA_BAD_CHARSET ? "the body must be JSON in UTF-8 (charset=utf-8)"
+                                                    : "the request body must be JSON, sent as 'Content-Type: application/json'");
+        gw_req_error(r, 400, "invalid_request_error", "invalid_content_type", NULL, msg);
+        return;
+    }
     /* Strict JSON (tg_json): raw invalid UTF-8, lone surrogates and broken
      * syntax are a 400 here, before anything is counted or forwarded; text
      * may hold U+0000 and integers stay exact. */

@@ -215,6 +215,15 @@ static void gw_preflight_run(gw_req_t *r) {
 
 const gw_handler_t gw_preflight_handler = {GW_ROUTE_OTHER, gw_preflight_run, NULL, NULL};
 
+/* "OPTIONS *": what the server as a whole offers (RFC 9110 §9.3.7): 200 with
+ * Allow, the methods some path here serves, and Content-Length: 0. */
+static void gw_options_star_run(gw_req_t *r) {
+    r->extra_headers = "Allow: GET, HEAD, POST, OPTIONS\r\n";
+    gw_req_answer(r, 200, NULL, "", 0);
+}
+
+const gw_handler_t gw_options_star_handler = {GW_ROUTE_OTHER, gw_options_star_run, NULL, NULL};
+
 static void gw_notfound_run(gw_req_t *r) {
     char msg[300];
     snprintf(msg, sizeof msg, "No route for %.16s %.200s", r->http->method, r->http->target);

@@ -27,6 +27,8 @@ static const gw_handler_t *gw_routes_v1(gw_req_t *r, const gw_handler_t *h) {
 const gw_handler_t *gw_routes_match(gw_req_t *r) {
     const char *t = r->http->target;
     size_t n = strcspn(t, "?");
+    /* "OPTIONS *" (the parser takes "*" only with OPTIONS): about the server, not a path */
+    if (!strcmp(t, "*")) return &gw_options_star_handler;
     /* /beta/chat/completions: DeepSeek's beta base_url serves chat too (a client
      * set up for FIM on .../beta calls chat there) */
     if ((n == 20 && !strncmp(t, "/v1/chat/completions", n)) || (n == 22 && !strncmp(t, "/beta/chat/completions", n)))

@@ -722,12 +722,10 @@ static void handle_chat(srv_t *S, struct evhttp_request *req, int cmpl) {
         r.max_tokens = 0;
     }
     int max_tokens;
-    if (eng_chat_max_tokens(&r, (int)(n > 0x7fffffff ? 0x7fffffff : n), &lim, &max_tokens, &e)) {
-        if (cmpl && !strcmp(e.param, "messages")) snprintf(e.param, sizeof e.param, "prompt");
-        goto fail;
-    }
+    if (eng_chat_max_tokens(&r, (int)(n > 0x7fffffff ? 0x7fffffff : n), &lim, &max_tokens, &e)) goto fail;
     if (n == 0) {
-        api_err(&e, 400, "invalid_request_error", "messages", "invalid_value", "The rendered prompt is empty.");
+        api_err(&e, 400, "invalid_request_error", cmpl ? "prompt" : "messages", "invalid_value",
+                "The rendered prompt is empty.");
         goto fail;
     }
     for (long i = 0; i < n; i++)

@@ -19,16 +19,17 @@ _Static_assert(ENG_MAX_TOP_LOGPROBS == API_MAX_TOP_LOGPROBS, "top_logprobs limit
 int eng_chat_max_tokens(const api_chat_req_t *r, int n_prompt, const eng_limits_t *lim, int *out,
                         eng_api_err_t *e) {
     long room = (long)lim->context - n_prompt;
+    const char *what = r->cmpl ? "prompt" : "messages"; /* /v1/completions has a prompt, chat has messages */
     if (room < 1)
-        return BAD("messages", "context_length_exceeded",
-                   "This model's maximum context length is %d tokens. However, your messages resulted "
-                   "in %d tokens. Please reduce the length of the messages.", lim->context, n_prompt);
+        return BAD(what, "context_length_exceeded",
+                   "This model's maximum context length is %d tokens. However, your %s resulted "
+                   "in %d tokens. Please reduce the length of the %s.", lim->context, what, n_prompt, what);
     if (r->max_tokens > room)
         return BAD("max_tokens", "context_length_exceeded",
                    "This model's maximum context length is %d tokens. However, you requested %ld "
-                   "tokens (%d in the messages, %ld in the completion). Please reduce the length of "
-                   "the messages or completion.", lim->context, n_prompt + r->max_tokens, n_prompt,
-                   r->max_tokens);
+                   "tokens (%d in the %s, %ld in the completion). Please reduce the length of "
+                   "the %s or completion.", lim->context, n_prompt + r->max_tokens, n_prompt, what,
+                   r->max_tokens, what);
     if (r->max_tokens > 0)
         *out = (int)r->max_tokens;
     else

@@ -1419,6 +1419,13 @@ class Completions(unittest.TestCase):
         bad(dict(m, prompt="a", max_tokens=0), "max_tokens", "invalid_value")
         bad(dict(m, prompt="a", temperature=3), "temperature", "invalid_value")
         bad(dict(m, prompt="a", max_tokens=10 ** 6), "max_tokens", "context_length_exceeded")
+        # a prompt longer than the context: the prompt is named, in param and message
+        ctx = json.loads(request(PORT, "GET", "/v1/models")[2])["data"][0]["context_length"]
+        st, _, b = request(PORT, "POST", "/v1/completions", dict(m, prompt="hello " * ctx))
+        e = json.loads(b)["error"]
+        self.assertEqual((st, e["param"], e["code"]), (400, "prompt", "context_length_exceeded"), b)
+        self.assertIn("your prompt resulted in", e["message"])
+        self.assertNotIn("messages", e["message"])
         bad(dict(m, prompt="a", logit_bias={"999999999": 1}), "logit_bias", "invalid_value")
         # best_of = n is served: n choices
         st, _, b = request(PORT, "POST", "/v1/completions", dict(m, prompt="a", best_of=2, n=2, max_tokens=1))

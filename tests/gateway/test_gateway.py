@@ -740,6 +740,74 @@ class Gateway(unittest.TestCase):
         finally:
             c.close()
 
+    def test_options_star_and_head_metrics(self):
+        # "OPTIONS *" asks about the server (RFC 9110 §9.3.7): 200, Allow,
+        # Content-Length 0, the connection goes on
+        c = Conn()
+        try:
+            c.send(b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n")
+            st, h, b = c.read_response()
+            self.assertEqual((st, h.get("content-length"), b), (200, "0", b""), h)
+            self.assertEqual([m.strip() for m in h["allow"].split(",")], ["GET", "HEAD", "POST", "OPTIONS"])
+            self.assertEqual(h["connection"], "keep-alive")
+            st, h, b = c.request("GET", "/health")
+            self.assertEqual(st, 200, b)
+        finally:
+            c.close()
+        # HEAD /metrics on the admin listener: GET's head, no body
+        import http.client
+        u = urllib.parse.urlparse(E["GW_ADMIN_URL"])
+        a = http.client.HTTPConnection(u.hostname, u.port, timeout=WAIT)
+        try:
+            a.request("HEAD", "/metrics")
+            r = a.getresponse()
+            self.assertEqual(r.status, 200)
+            self.assertTrue(r.getheader("content-type").startswith("text/plain"))
+            self.assertGreater(int(r.getheader("content-length")), 100)
+            self.assertEqual(r.read(), b"")
+            a.request("GET", "/metrics")  # the same connection: no stray body in the way
+            r = a.getresponse()
+            self.assertEqual(r.status, 200)
+            self.assertIn(b"tollgate_http_requests_total", r.read())
+            a.request("POST", "/metrics", body=b"")
+            r = a.getresponse()
+            r.read()
+            self.assertEqual((r.status, r.getheader("allow")), (405, "GET, HEAD"))
+        finally:
+            a.close()
+
+    def test_content_type_of_json_bodies(self):
+        # what SDKs, curl and browsers send passes (charset parameters, any case,
+        # none at all); a body sent as another media type is refused by name,
+        # before anything is counted or billed
+        body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "ct"}]}).encode()
+        cbody = json.dumps({"model": MODEL, "prompt": "ct", "max_tokens": 2}).encode()
+
+        def post(path, data, ctype):
+            c = Conn()
+            try:
+                c.send(("POST %s HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n%sContent-Length: %d\r\n\r\n"
+                        % (path, self.key, "Content-Type: %s\r\n" % ctype if ctype is not None else "",
+                           len(data))).encode() + data)
+                return c.read_response()
+            finally:
+                c.close()
+        for ctype in ("application/json", "application/json; charset=utf-8", "Application/JSON;charset=UTF-8",
+                      None):
+            for path, data in (("/v1/chat/completions", body), ("/v1/completions", cbody)):
+                st, h, b = post(path, data, ctype)
+                self.assertEqual(st, 200, (ctype, path, b))
+        for ctype in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x",
+                      "application/json; charset=latin1"):
+            for path, data in (("/v1/chat/completions", body), ("/v1/completions", cbody),
+                               ("/beta/completions", cbody)):
+                st, h, b = post(path, data, ctype)
+                err = openai_error(self, st, h, b, 400, "invalid_content_type")
+                self.assertEqual((err["type"], err["param"]), ("invalid_request_error", None))
+                self.assertIn(ctype, err["message"])
+                self.assertIn("application/json" if "latin1" not in ctype else "utf-8", err["message"])
+                self.assertTrue(no_usage_row(h["x-request-id"]))
+
     def test_405_names_the_allowed_methods(self):
         # RFC 9110 §15.5.6: a 405 carries Allow; the connection goes on
         c = Conn()

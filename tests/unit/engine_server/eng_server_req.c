@@ -241,6 +241,17 @@ static void test_max_tokens_rule(void) {
     CHECK_EQ_I(eng_chat_max_tokens(&r, 100, &lim, &mt, &e), -1);
     CHECK_EQ_I(e.status, 400);
     CHECK_EQ_S(e.code, "context_length_exceeded");
+    CHECK_EQ_S(e.param, "messages");
+    /* /v1/completions: the prompt is what is too long, and the message says so */
+    r.cmpl = 1;
+    CHECK_EQ_I(eng_chat_max_tokens(&r, 100, &lim, &mt, &e), -1);
+    CHECK_EQ_S(e.code, "context_length_exceeded");
+    CHECK_EQ_S(e.param, "prompt");
+    CHECK(strstr(e.message, "your prompt resulted in 100 tokens") && !strstr(e.message, "messages"));
+    r.max_tokens = 71;
+    CHECK_EQ_I(eng_chat_max_tokens(&r, 30, &lim, &mt, &e), -1);
+    CHECK_EQ_S(e.param, "max_tokens");
+    CHECK(strstr(e.message, "(30 in the prompt, 71 in the completion)") && !strstr(e.message, "messages"));
 }
 
 static void test_response_shapes(void) {

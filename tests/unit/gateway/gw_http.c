@@ -439,6 +439,25 @@ static void test_reused_block(void) {
     CHECK_EQ_I((int)gw_block_cached(GW_BLOCK_HTTP_REQ), 0);
 }
 
-TG_TEST_MAIN(test_simple_get, test_reused_block, test_pipelined_every_split, test_one_byte_at_a_time, test_errors, test_limits,
+/* Content-Type of a JSON body: what the SDKs, curl and browsers send passes;
+ * another type or charset does not. */
+static void test_json_media(void) {
+    static const char *const OK[] = {
+        "application/json", "Application/JSON", "application/json; charset=utf-8", "application/json;charset=UTF-8",
+        "application/json ; charset=\"utf-8\"", " application/json\t", "application/json; charset=utf8",
+        "application/vnd.api+json", "application/json; boundary=x; charset=utf-8", "application/json;",
+    };
+    for (size_t i = 0; i < sizeof OK / sizeof OK[0]; i++) CHECK_EQ_I(gw_http_json_media(OK[i]), GW_HTTP_MEDIA_JSON);
+    static const char *const NOT[] = {
+        "text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", "", "json",
+        "application/jsonx", "application/json x", "application/json; charset", "application/json; =x",
+        "application/json; charset=\"utf-8", "text/json", "application/+json", "application/", "/json",
+    };
+    for (size_t i = 0; i < sizeof NOT / sizeof NOT[0]; i++) CHECK_EQ_I(gw_http_json_media(NOT[i]), GW_HTTP_MEDIA_NOT_JSON);
+    CHECK_EQ_I(gw_http_json_media("application/json; charset=latin1"), GW_HTTP_MEDIA_BAD_CHARSET);
+    CHECK_EQ_I(gw_http_json_media("application/json; charset=\"utf-16\""), GW_HTTP_MEDIA_BAD_CHARSET);
+}
+
+TG_TEST_MAIN(test_simple_get, test_json_media, test_reused_block, test_pipelined_every_split, test_one_byte_at_a_time, test_errors, test_limits,
              test_expect_continue, test_keep_alive_rules, test_request_target_forms, test_chunked_strict,
              test_expect_ignored_in_http10, test_chunked_decoder, test_response_head, test_head_write)
