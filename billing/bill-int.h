@@ -96,6 +96,8 @@ bill_settler_t *bill_settler_new(struct event_base *base, bill_pg_t *pg, const c
 void bill_settler_push(bill_settler_t *s, const bill_usage_t *u);
 int bill_settler_journal_held(const bill_settler_t *s);
 int bill_settler_journal_flush(bill_settler_t *s);
+int bill_settler_journal_writable(bill_settler_t *s);
+void bill_settler_journal_share_disk(bill_settler_t *s, int *flag);
 void bill_settler_on_up(void *settler); /* bill_pg_up_cb: replay the spool */
 /* cb(request_id) for every row committed or given up (rejected). */
 void bill_settler_on_commit(bill_settler_t *s, void (*cb)(const char *request_id, void *arg), void *arg);

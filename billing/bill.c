@@ -379,6 +379,8 @@ int bill_journal_held(const bill_t *b) { return b ? bill_settler_journal_held(b-
 
 int bill_journal_flush(bill_t *b) { return b ? bill_settler_journal_flush(b->settler) : 0; }
 
+int bill_journal_writable(bill_t *b) { return b && bill_settler_journal_writable(b->settler); }
+
 static void on_commit(const char *request_id, void *arg) {
     bill_t *b = arg;
     bill_lease_committed(b->lease, request_id);
@@ -474,6 +476,7 @@ bill_t *bill_new(struct event_base *base, const bill_opts_t *o, char *err, size_
     b->pg = bill_pg_new(base, b->conninfo, pool, timeout, bill_settler_on_up, NULL);
     if (!b->pg) goto oom;
     if (!(b->settler = bill_settler_new(base, b->pg, spool, o->journal_group, err, errlen))) goto fail;
+    if (o->journal_disk_failing) bill_settler_journal_share_disk(b->settler, o->journal_disk_failing);
     bill_settler_on_commit(b->settler, on_commit, b);
     if (!(b->keyuse = bill_keyuse_new(base, b->pg, o->last_used_flush_ms))) goto oom;
     if (o->invoice_finalize_after_s > 0 &&

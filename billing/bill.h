@@ -45,6 +45,10 @@ typedef struct {
     const char *receipt_key;     /* PEM Ed25519 private key signing usage receipts; NULL or "": none */
     int journal_group;           /* 1: bill_settle keeps its journal record until bill_journal_flush
                                     (one write(2) per loop iteration); 0: written within bill_settle */
+    int *journal_disk_failing;   /* shared by the bill_t of one process whose spool directories are on
+                                    one disk (an int that outlives them, 0 at first): a journal write
+                                    failing in one makes bill_journal_writable 0 in all until a probe
+                                    succeeds; NULL: this bill_t's own failures only */
 } bill_opts_t;
 
 /* Prices of one model (micro-USD per 1M tokens) and their version: the
@@ -199,6 +203,11 @@ void bill_settle(bill_t *b, const bill_usage_t *u, bill_hold_t *h); /* h: its ho
  * in memory only, as when a journal write fails within bill_settle). */
 int bill_journal_held(const bill_t *b);
 int bill_journal_flush(bill_t *b);
+/* 1 while the journal takes records; 0 once a write failed (a full or
+ * failing disk) until a later write or a probe (at most once a second, made
+ * by this call) succeeds.  A row settled meanwhile lives in memory only and a
+ * kill loses it: the caller admits nothing billable while this is 0. */
+int bill_journal_writable(bill_t *b);
 
 /* Signed usage receipts (bill_receipt.c has the format): the receipt of u as
  * settled, "tgr1.<payload>.<signature>", NUL-terminated, into out (cap bytes;

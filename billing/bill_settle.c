@@ -718,6 +718,10 @@ int bill_settler_journal_held(const bill_settler_t *s) { return s && mtr_journal
 
 int bill_settler_journal_flush(bill_settler_t *s) { return s ? mtr_journal_flush(s->journal) : 0; }
 
+int bill_settler_journal_writable(bill_settler_t *s) { return s && mtr_journal_writable(s->journal); }
+
+void bill_settler_journal_share_disk(bill_settler_t *s, int *flag) { mtr_journal_share_disk(s->journal, flag); }
+
 void bill_settler_push(bill_settler_t *s, const bill_usage_t *u) {
     item_t *it = item_new(s, u, NULL);
     if (!it) return;

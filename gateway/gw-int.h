@@ -274,7 +274,7 @@ typedef struct {
     double ttfb_sum;
     uint64_t tokens_prompt, tokens_cache_hit, tokens_completion, tokens_reasoning;
     uint64_t upstream_errors, upstream_timeouts, ratelimited, redis_errors, client_aborts;
-    uint64_t key_format_rejects, refused_balance;
+    uint64_t key_format_rejects, refused_balance, refused_journal;
     uint64_t upstream_connects, upstream_reuses;
     uint64_t upstream_usage_disagreements; /* an external upstream's prompt_tokens != our count */
     uint64_t connections_total, connections_refused, write_timeouts;
@@ -438,6 +438,7 @@ struct gw_server {
     SSL_CTX *ssl;
     gw_loop_t *loops;
     int nloops;
+    int journal_disk_failing;  /* the loops' journals share it (atomics): a write failed, none trusted yet */
     const gw_conn_ops_t *conn_ops;
     /* the handler for a request (sets r->route fields it needs) */
     const gw_handler_t *(*route)(gw_req_t *r);

@@ -52,7 +52,7 @@ static void gw_metrics_add(gw_metrics_t *a, const gw_metrics_t *b) {
 #define ADD(f) a->f += b->f
     ADD(tokens_prompt), ADD(tokens_cache_hit), ADD(tokens_completion), ADD(tokens_reasoning);
     ADD(upstream_errors), ADD(upstream_timeouts), ADD(ratelimited), ADD(redis_errors), ADD(client_aborts);
-    ADD(key_format_rejects), ADD(refused_balance), ADD(upstream_connects), ADD(upstream_reuses);
+    ADD(key_format_rejects), ADD(refused_balance), ADD(refused_journal), ADD(upstream_connects), ADD(upstream_reuses);
     ADD(upstream_usage_disagreements);
     ADD(connections_total), ADD(connections_refused), ADD(write_timeouts), ADD(connections), ADD(inflight);
 #undef ADD

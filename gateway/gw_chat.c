@@ -86,6 +86,13 @@ static void gw_chat_held(bill_status_t st, const bill_hold_info_t *info, void *a
 }
 
 static void gw_chat_hold(gw_req_t *r) {
+    if (!bill_journal_writable(r->loop->bill)) { /* its usage row could live in memory only: a kill would lose it */
+        r->loop->m.refused_journal++;
+        gw_req_error(r, 503, "server_error", "service_unavailable", NULL,
+                     "Usage cannot be recorded right now (the gateway's usage journal cannot be written); "
+                     "the request was not run, retry later");
+        return;
+    }
     r->hold_req = bill_hold(r->loop->bill, &r->key, gw_chat_max_cost(r), &r->hold, gw_chat_held, r);
     if (!r->hold_req) gw_req_error(r, 500, "server_error", NULL, NULL, "out of memory");
 }

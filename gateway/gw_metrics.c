@@ -118,6 +118,9 @@ void gw_metrics_render_holds(const gw_metrics_t *m, const bill_hold_stats_t *h, 
             h->overruns);
     counter(o, "tollgate_refused_balance_total", "Requests refused with 402 (balance or spending limit).",
             m->refused_balance);
+    counter(o, "tollgate_refused_journal_total",
+            "Requests refused with 503 because the usage journal could not be written (a full or failing disk).",
+            m->refused_journal);
     counter(o, "tollgate_key_cache_hits_total", "Admissions answered from the key cache.", h->cache_hits);
     counter(o, "tollgate_key_cache_misses_total", "Admissions that read PostgreSQL.", h->cache_misses);
     counter(o, "tollgate_key_invalidations_total", "Key-change notices received (LISTEN/NOTIFY).", h->invalidations);

@@ -174,6 +174,7 @@ static int gw_loop_init(gw_loop_t *l, gw_server_t *s, int index, struct event_ba
         .receipt_key = cfg->receipt_key && *cfg->receipt_key && access(cfg->receipt_key, F_OK) == 0 ? cfg->receipt_key
                                                                                                    : NULL,
         .journal_group = 1, /* one journal write per loop iteration (gw_settle.c) */
+        .journal_disk_failing = &s->journal_disk_failing, /* the loops' spools share spool_dir's disk */
     };
     if (!bo.receipt_key && cfg->receipt_key && *cfg->receipt_key && index == 0)
         fprintf(stderr, "tollgate: warning: no usage receipts: %s: %s\n", cfg->receipt_key, strerror(errno));

@@ -9,6 +9,7 @@
  * records are appended to, so a torn record (a failed write) is always the
  * last of its file — the journal is closed after any failed write. */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,6 +28,8 @@
 #define ROTATE_ROWS 8192
 #define ROTATE_US 1000000
 #define REPLAY_BYTES (16 << 20) /* about 95,000 records of ~175 bytes */
+#define PROBE_BYTES 65536       /* a failing journal is trusted again once this much could be written */
+#define PROBE_EVERY_US 1000000
 
 struct mtr_jfile {
     TAILQ_ENTRY(mtr_jfile) link;
@@ -67,6 +70,9 @@ struct mtr_journal {
     int64_t logged_us; /* tg_mono_us() of the last such line; 0: none yet */
     int unlogged_err;  /* errno of the last failure */
     const char *unlogged_what;
+    int failing;       /* the last write failed (mtr_journal_writable) */
+    int *disk_failing; /* shared with the process's other journals on the disk; NULL: none */
+    int64_t probed_us; /* tg_mono_us() of the last probe write while failing */
 };
 
 
@@ -207,6 +213,15 @@ static mtr_jfile_t *journal_open(mtr_journal_t *j) {
     return f;
 }
 
+/* This journal's writes fail (1) or succeed again (0); the journals sharing
+ * the disk's flag learn it at their next mtr_journal_writable. */
+static void set_failing(mtr_journal_t *j, int v) {
+    j->failing = v;
+    if (j->disk_failing) __atomic_store_n(j->disk_failing, v, __ATOMIC_RELAXED);
+}
+
+void mtr_journal_share_disk(mtr_journal_t *j, int *flag) { j->disk_failing = flag; }
+
 static void journal_dirty(mtr_journal_t *j) {
     j->jdirty = 1;
     if (!evtimer_pending(j->sync, NULL)) {
@@ -221,9 +236,11 @@ mtr_jfile_t *mtr_journal_write(mtr_journal_t *j, const mtr_usage_t *u) {
     const mtr_usage_t *v[1] = {u};
     if (!f || mtr_spool_write(&j->spool, j->dir, v, 1) != 0) {
         log_unwritten(j, "write", 1, u->request_id);
+        set_failing(j, 1);
         mtr_journal_rotate(j); /* a torn record stays the last of its file */
         return NULL;
     }
+    set_failing(j, 0);
     j->jrows++;
     f->pending++;
     journal_dirty(j);
@@ -244,6 +261,7 @@ mtr_jfile_t *mtr_journal_append(mtr_journal_t *j, const mtr_usage_t *u, void *co
     mtr_jfile_t *f = journal_open(j); /* may rotate a full journal, which writes the group first */
     if (!f) {
         log_unwritten(j, "open", 1, u->request_id);
+        set_failing(j, 1);
         return NULL;
     }
     if (j->glen + MTR_REC_HDR + MTR_REC_MAX > j->gcap) {
@@ -277,8 +295,12 @@ int mtr_journal_flush(mtr_journal_t *j) {
     int rc = j->spool ? mtr_spool_write_bytes(j->spool, j->gbuf, j->glen) : -1;
     j->gn = 0;
     j->glen = 0;
-    if (rc == 0) return 0;
+    if (rc == 0) {
+        set_failing(j, 0);
+        return 0;
+    }
     log_unwritten(j, "write", (long)n, NULL);
+    set_failing(j, 1);
     mtr_jfile_t *f = j->jf;
     if (f) f->pending -= (long)n;
     j->jrows -= (long)n;
@@ -289,12 +311,46 @@ int mtr_journal_flush(mtr_journal_t *j) {
 
 int mtr_journal_spool(mtr_journal_t *j, const mtr_usage_t *const *u, size_t n) {
     mtr_journal_flush(j);
-    if (!journal_open(j)) return -1;
-    if (!n || mtr_spool_append(&j->spool, j->dir, u, n) == 0) return 0;
+    if (!journal_open(j)) {
+        set_failing(j, 1);
+        return -1;
+    }
+    if (!n) return 0;
+    if (mtr_spool_append(&j->spool, j->dir, u, n) == 0) {
+        set_failing(j, 0);
+        return 0;
+    }
     int e = errno;
+    set_failing(j, 1);
     mtr_journal_rotate(j); /* a torn record stays the last of its file */
     errno = e;
     return -1;
+}
+
+/* Can PROBE_BYTES be written in the directory now?  A file of its own (not a
+ * spool file: no replay reads it), removed at once.  0 or -1. */
+static int journal_probe(mtr_journal_t *j) {
+    static const char zero[4096];
+    char path[4200];
+    snprintf(path, sizeof path, "%s/write-probe", j->dir);
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0) return -1;
+    int ok = 1;
+    for (int i = 0; ok && i < PROBE_BYTES / (int)sizeof zero; i++) ok = write(fd, zero, sizeof zero) == sizeof zero;
+    close(fd);
+    unlink(path);
+    return ok ? 0 : -1;
+}
+
+int mtr_journal_writable(mtr_journal_t *j) {
+    if (!j) return 0;
+    if (!j->failing && !(j->disk_failing && __atomic_load_n(j->disk_failing, __ATOMIC_RELAXED))) return 1;
+    int64_t now = tg_mono_us();
+    if (j->probed_us && now - j->probed_us < PROBE_EVERY_US) return 0;
+    j->probed_us = now;
+    if (journal_probe(j) != 0) return 0;
+    set_failing(j, 0);
+    return 1;
 }
 
 void mtr_journal_drop_all(mtr_journal_t *j) {

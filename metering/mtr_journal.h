@@ -106,6 +106,18 @@ int mtr_journal_held(const mtr_journal_t *j);
  * failed write (a part of a record may have been written: it stays the last
  * of its file, so the records appended later are not behind it). */
 int mtr_journal_spool(mtr_journal_t *j, const mtr_usage_t *const *u, size_t n);
+/* 1 while records can be written: 0 once a write failed (a full or failing
+ * disk: write, grouped flush, spool), until a later write succeeds or a
+ * probe does (writing 64 KiB to a file of its own in the directory, removed
+ * at once; tried by this call at most once a second while failing).  The
+ * owner refuses work whose records it could not journal. */
+int mtr_journal_writable(mtr_journal_t *j);
+/* Journals of one process whose directories are on one disk (the gateway's
+ * event loops) share flag (an int they all outlive, 0 at first, read and
+ * written with atomics): a failed write in any of them makes every one
+ * probe before mtr_journal_writable says 1 again, so the other journals
+ * need not fail a record of their own first. */
+void mtr_journal_share_disk(mtr_journal_t *j, int *flag);
 /* One record of f committed (or was given up for good). */
 void mtr_journal_done(mtr_journal_t *j, mtr_jfile_t *f);
 /* One record of f leaves memory uncommitted: f is read again by the next replay. */

@@ -33,15 +33,23 @@ $(BILL_KEY_FUZZ_REPLAY): fuzz/billing/fuzz_key.c fuzz/replay.c billing/bill_key.
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ fuzz/billing/fuzz_key.c fuzz/replay.c $(LIBCOMMON) $(LIB_SSL) $(LDLIBS)
 
+# The full-disk shim the journal fault test preloads into the gateway
+# (tests/billing/failwrite.c): built without sanitizer flags, for any build.
+BILL_FAILWRITE := $(B)/tests/billing/failwrite.so
+$(BILL_FAILWRITE): tests/billing/failwrite.c
+	@mkdir -p $(dir $@)
+	$(CC) -O2 -g -std=gnu11 -Wall -Wextra -fPIC -shared -o $@ $< -ldl
+
 .PHONY: test-billing test-billing-unit
 test-billing-unit: $(BILL_UNIT_BINS) $(BILL_FUZZ_REPLAY) $(BILL_KEY_FUZZ_REPLAY)
 	@set -e; for t in $(BILL_UNIT_BINS); do $$t; done
 	$(BILL_FUZZ_REPLAY) fuzz/metering/corpus/*
 	$(BILL_KEY_FUZZ_REPLAY) fuzz/billing/corpus_key/*
 
-test-billing: test-billing-unit $(B)/bill_server$(if $(SANITIZER),-$(SANITIZER)) $(BIN)/tollgatectl $(BIN)/tollgate
+test-billing: test-billing-unit $(B)/bill_server$(if $(SANITIZER),-$(SANITIZER)) $(BIN)/tollgatectl $(BIN)/tollgate \
+	    $(BILL_FAILWRITE)
 	BILL_SERVER=$(B)/bill_server$(if $(SANITIZER),-$(SANITIZER)) TG_CTL=$(BIN)/tollgatectl \
-	    TG_GATEWAY=$(BIN)/tollgate bash tests/billing/run.sh
+	    TG_GATEWAY=$(BIN)/tollgate TG_FAILWRITE=$(BILL_FAILWRITE) bash tests/billing/run.sh
 
 TEST_TARGETS += test-billing
 UNIT_TARGETS += test-billing-unit

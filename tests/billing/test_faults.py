@@ -11,7 +11,8 @@ threads sending streaming and plain chat requests back to back; a request
 "completed" when a plain answer was read whole or a stream up to its
 "data: [DONE]".  Counts are taken once the settlement queue is idle.
 
-TG_FAULT_KILLS (default 20) and TG_FAULT_PG_OUTAGE_S (default 60) size it."""
+TG_FAULT_KILLS (default 20) and TG_FAULT_PG_OUTAGE_S (default 60) size it.  The journal's disk
+full: test_journal_disk_full, with the LD_PRELOAD shim tests/billing/failwrite.c ($TG_FAILWRITE)."""
 import http.client
 import json
 import os
@@ -171,6 +172,99 @@ class Faults(tggateway.GatewayCase):
             if line.startswith(name + " "):
                 return float(line.split()[1])
         raise AssertionError("no %s in /metrics" % name)
+
+    def chat_once(self, key, i, stream):
+        """One request read to its end -> (status, request id, body)."""
+        c = http.client.HTTPSConnection("127.0.0.1", P_GW, context=self.tls, timeout=30)
+        try:
+            body = {"model": MODEL, "stream": stream, "max_tokens": 64,
+                    "messages": [{"role": "user", "content": "journal %d" % i}]}
+            c.request("POST", "/v1/chat/completions", json.dumps(body),
+                      {"Authorization": "Bearer " + key, "Content-Type": "application/json"})
+            r = c.getresponse()
+            data = r.read()
+            if r.status == 200 and stream:
+                self.assertIn(b"data: [DONE]", data)
+            return r.status, r.getheader("x-request-id"), data
+        finally:
+            c.close()
+
+    def test_journal_disk_full(self):
+        """The journal's disk full (writes into the spool directory fail with ENOSPC: the
+        LD_PRELOAD shim tests/billing/failwrite.c, $TG_FAILWRITE): once a journal write has failed,
+        billable requests are refused with a 503 in the API format until the disk takes writes
+        again, so nothing is served whose usage row lives in memory only.  Then PostgreSQL goes
+        down and the gateway is SIGKILLed: every request answered 200 still has exactly one usage
+        row (before, the requests served meanwhile were answered from memory-only rows, and the
+        kill lost them); with room again the gateway serves again."""
+        shim = os.environ.get("TG_FAILWRITE") or os.path.join(tggateway.ROOT, "build", "tests", "billing",
+                                                                  "failwrite.so")
+        self.assertTrue(os.access(shim, os.R_OK), "no full-disk shim at %s (make test-billing builds it)" % shim)
+        cid, key, credit = self.customer("100")
+        flag = os.path.join(self.dir, "disk-full")
+        asan = os.environ.get("ASAN_OPTIONS", "")
+        env = dict(os.environ, LD_PRELOAD=shim, FAILWRITE_DIR=self.spool, FAILWRITE_FLAG=flag,
+                   ASAN_OPTIONS=(asan + ":" if asan else "") + "verify_asan_link_order=0")
+        os.kill(self.gw.pid, signal.SIGTERM)
+        self.gw.wait(timeout=30)
+        self.start_gateway(env=env)
+        served, refused = [], []
+        try:
+            for i in range(4):  # the disk has room: served and journaled
+                st, rid, _ = self.chat_once(key, i, i % 2 == 1)
+                self.assertEqual(st, 200)
+                served.append(rid)
+            open(flag, "w").close()
+            # The request whose journal write fails first is answered (it was admitted before);
+            # from then on requests are refused until the disk has room again.
+            i = 100
+            while not refused:
+                self.assertLess(i, 140, "40 requests served on a full journal disk, none refused: %d served"
+                                % len(served))
+                st, rid, body = self.chat_once(key, i, i % 2 == 1)
+                i += 1
+                if st == 200:
+                    served.append(rid)
+                    continue
+                self.assertEqual(st, 503, body)
+                err = json.loads(body)["error"]
+                self.assertEqual((err["type"], err["code"], err["param"]), ("server_error", "service_unavailable", None))
+                self.assertIn("Usage cannot be recorded", err["message"])
+                refused.append(rid)
+            # the rows of what was served commit from memory (PostgreSQL is up); the disk stays full
+            wait_for(lambda: self.settlement()["idle"], "the rows served on a full disk to commit")
+            # PostgreSQL down, the disk still full: under load nothing is answered 200 any more
+            self.pg(False)
+            load = Load(self.tls, key)
+            try:
+                time.sleep(3.0)
+            finally:
+                load.stop()
+            self.assertEqual(load.done, [], "requests served with the journal's disk full and PostgreSQL down")
+            self.assertEqual(set(load.answered) - {503}, set(), load.answered)
+            self.assertGreater(self.gateway_metric("tollgate_refused_journal_total"), 0)
+            self.assertEqual(self.gateway_metric("tollgate_open_holds"), 0)
+            os.kill(self.gw.pid, signal.SIGKILL)
+            self.gw.wait(timeout=10)
+            self.pg(True)
+        finally:
+            if os.path.exists(flag):
+                os.unlink(flag)
+            if self.gw.poll() is not None:
+                self.start_gateway(env=env)
+        # room again: served again (the next probe of the directory finds it writable)
+        def serves():
+            st, rid, _ = self.chat_once(key, 999, False)
+            if st == 200:
+                served.append(rid)
+            return st == 200
+        wait_for(serves, "the gateway to serve again once the disk has room", 30)
+        self.assertEqual(self.q("select count(*) from usage where request_id = any(%s::uuid[])", refused)[0][0], 0)
+        rows, spent = self.check(cid, credit, served, "after a full journal disk")
+        self.assertEqual(rows, len(served))
+        os.kill(self.gw.pid, signal.SIGTERM)  # the class's gateway again, without the shim
+        self.gw.wait(timeout=30)
+        self.start_gateway()
 
     def test_sigkill_20_times_under_load(self):
         cid, key, credit = self.customer("100")

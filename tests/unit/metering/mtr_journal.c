@@ -433,6 +433,63 @@ static void test_log_rate(void) {
     spool_clear();
 }
 
+/* mtr_journal_writable: 1 at first; 0 once a write failed (the disk full:
+ * RLIMIT_FSIZE 0), in the journal that failed and in one sharing its disk
+ * flag that never failed a record; while failing, a probe at most once a
+ * second, which finds room again once there is some (and leaves no file). */
+static void test_writable(void) {
+    struct event_base *base = event_base_new();
+    char err[256] = "", other[160];
+    snprintf(other, sizeof other, "%s/other", dir);
+    mtr_journal_opts_t o = {.inline_io = 1};
+    mtr_journal_t *j = mtr_journal_new(base, spool, &o, err, sizeof err);
+    mtr_journal_t *k = mtr_journal_new(base, other, &o, err, sizeof err);
+    CHECK(j && k);
+    if (!j || !k) return;
+    int flag = 0;
+    mtr_journal_share_disk(j, &flag);
+    mtr_journal_share_disk(k, &flag);
+    CHECK_EQ_I(mtr_journal_writable(j), 1);
+    CHECK_EQ_I(mtr_journal_writable(k), 1);
+    fflush(stderr);
+    int saved = dup(2), devnull = open("/dev/null", O_WRONLY);
+    dup2(devnull, 2);
+    close(devnull);
+    void (*oldsig)(int) = signal(SIGXFSZ, SIG_IGN);
+    struct rlimit old, lim;
+    CHECK(getrlimit(RLIMIT_FSIZE, &old) == 0);
+    lim = old;
+    lim.rlim_cur = 0; /* the disk is full */
+    CHECK(setrlimit(RLIMIT_FSIZE, &lim) == 0);
+    mtr_usage_t u = sample(900);
+    CHECK(mtr_journal_write(j, &u) == NULL);
+    CHECK_EQ_I(flag, 1);
+    CHECK_EQ_I(mtr_journal_writable(j), 0); /* its probe fails too */
+    CHECK_EQ_I(mtr_journal_writable(k), 0); /* the other loop's journal: the same disk */
+    CHECK(setrlimit(RLIMIT_FSIZE, &old) == 0);
+    signal(SIGXFSZ, oldsig);
+    fflush(stderr);
+    dup2(saved, 2);
+    close(saved);
+    CHECK_EQ_I(mtr_journal_writable(j), 0); /* room again, but the probe waits for its second */
+    j->probed_us -= PROBE_EVERY_US;
+    CHECK_EQ_I(mtr_journal_writable(j), 1);
+    CHECK_EQ_I(flag, 0);
+    CHECK_EQ_I(mtr_journal_writable(k), 1); /* its own writes never failed: trusted with the flag down */
+    char probe[200];
+    snprintf(probe, sizeof probe, "%s/write-probe", spool);
+    CHECK(access(probe, F_OK) != 0);
+    u = sample(901);
+    CHECK(mtr_journal_write(j, &u) != NULL);
+    mtr_journal_free(j);
+    mtr_journal_free(k);
+    event_base_free(base);
+    spool_clear();
+    char cmd[200];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", other);
+    if (system(cmd) != 0) CHECK(0);
+}
+
 int main(void) {
     if (!mkdtemp(dir)) return 1;
     snprintf(spool, sizeof spool, "%s/spool", dir);
@@ -441,6 +498,7 @@ int main(void) {
     test_spool_torn();
     test_replay_bounded();
     test_log_rate();
+    test_writable();
     char cmd[128];
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
     if (system(cmd) != 0) return 1;
