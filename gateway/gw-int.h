@@ -366,6 +366,7 @@ typedef struct {
     void (*request)(gw_conn_t *c, gw_http_req_t *h, int status, const char *msg);
     void (*writable)(gw_conn_t *c); /* output drained below the mark while c->req runs */
     void (*abort)(gw_conn_t *c);    /* the connection dies under c->req */
+    void (*stop)(gw_conn_t *c);     /* the shutdown grace is over: end c->req now, with an answer */
 } gw_conn_ops_t;
 
 /* A route's handler: the request layer calls these, never the handler's file
@@ -375,6 +376,9 @@ typedef struct {
     void (*run)(gw_req_t *r);      /* answer the request (now or later) */
     void (*resume)(gw_req_t *r);   /* the client's output drained (backpressure); NULL: none */
     void (*finalize)(gw_req_t *r); /* just before the request is freed, whatever its state; NULL: none */
+    /* the shutdown grace is over: end the request now with what the client can read (GW_OK), or
+     * GW_ERROR to let the request layer answer 503 before the head; NULL: the latter */
+    int (*stop)(gw_req_t *r);
 } gw_handler_t;
 
 /* A loop's numbers as of the last scrape (gw_admin.c). */
@@ -404,6 +408,7 @@ struct gw_loop {
     gw_conn_t *conns;          /* every open client connection */
     int nbusy;                 /* connections with a request in flight */
     int shutting_down;
+    int grace_over;            /* the requests still running at the grace's end were ended */
     struct event *grace;
     struct event *accept_pause; /* accept() failed: retry later */
     gw_upstream_t *up;         /* one per cfg->workers[i] */
@@ -582,6 +587,7 @@ void gw_conn_hold(gw_conn_t *c);
 void gw_conn_release_held(gw_loop_t *l);
 /* Shutting down: close every connection without a request in flight. */
 void gw_conn_close_idle(gw_loop_t *l);
+void gw_conn_stop_all(gw_loop_t *l); /* shutdown grace over: end every request in flight (conn_ops->stop) */
 void gw_conn_free(gw_conn_t *c);
 /* Once shutting down, the loop ends when its last connection closed. */
 void gw_loop_maybe_exit(gw_loop_t *l);
@@ -685,6 +691,7 @@ void gw_sup_metrics(const gw_server_t *s, tg_buf_t *o);
 void gw_proxy_start(gw_req_t *r);
 void gw_proxy_resume(gw_req_t *r);   /* client output drained below the mark */
 void gw_proxy_release(gw_req_t *r);  /* close (or keep) the worker connection (pool cleanup) */
+int gw_proxy_stop(gw_req_t *r);      /* shutdown grace over: end a proxied request (GW_ERROR: not proxied) */
 void gw_proxy_close_idle(gw_loop_t *l); /* close kept-alive worker connections */
 /* Body to send upstream: the client's bytes unchanged, except that a
  * stream gets stream_options.include_usage forced on by splicing the text

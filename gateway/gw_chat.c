@@ -367,5 +367,6 @@ static void gw_chat_finalize(gw_req_t *r) {
         bill_refusal(r->loop->bill, r->key.customer_id, r->key.key_id, r->model, r->status);
 }
 
-const gw_handler_t gw_chat_handler = {GW_ROUTE_CHAT, gw_chat_run, gw_chat_resume, gw_chat_finalize};
-const gw_handler_t gw_completions_handler = {GW_ROUTE_COMPLETIONS, gw_cmpl_run, gw_chat_resume, gw_chat_finalize};
+const gw_handler_t gw_chat_handler = {GW_ROUTE_CHAT, gw_chat_run, gw_chat_resume, gw_chat_finalize, gw_proxy_stop};
+const gw_handler_t gw_completions_handler = {GW_ROUTE_COMPLETIONS, gw_cmpl_run, gw_chat_resume, gw_chat_finalize,
+                                             gw_proxy_stop};

@@ -319,6 +319,15 @@ void gw_conn_close_idle(gw_loop_t *l) {
     }
 }
 
+void gw_conn_stop_all(gw_loop_t *l) {
+    gw_conn_t *c = l->conns;
+    while (c) {
+        gw_conn_t *n = c->next; /* ending c's request may close c, never another */
+        if (c->req) l->srv->conn_ops->stop(c);
+        c = n;
+    }
+}
+
 void gw_conn_accept(struct evconnlistener *lis, evutil_socket_t fd, struct sockaddr *sa, int salen, void *arg) {
     gw_loop_t *l = arg;
     const gw_config_t *cfg = l->srv->cfg;

@@ -368,4 +368,4 @@ void gw_dash_free(gw_dash_t *d) {
     free(d);
 }
 
-const gw_handler_t gw_dash_handler = {GW_ROUTE_OTHER, gw_dash_route, NULL, NULL};
+const gw_handler_t gw_dash_handler = {GW_ROUTE_OTHER, gw_dash_route, NULL, NULL, NULL};

@@ -149,8 +149,8 @@ static void gw_keyed_run(gw_req_t *r) {
     if (!r->admit) gw_auth_error(r, BILL_ERROR);
 }
 
-const gw_handler_t gw_models_handler = {GW_ROUTE_MODELS, gw_keyed_run, NULL, NULL};
-const gw_handler_t gw_balance_handler = {GW_ROUTE_OTHER, gw_keyed_run, NULL, NULL};
+const gw_handler_t gw_models_handler = {GW_ROUTE_MODELS, gw_keyed_run, NULL, NULL, NULL};
+const gw_handler_t gw_balance_handler = {GW_ROUTE_OTHER, gw_keyed_run, NULL, NULL, NULL};
 
 static void gw_health_run(gw_req_t *r) {
     static const char ok[] = "{\"status\":\"ok\"}\n";
@@ -161,7 +161,7 @@ static void gw_health_run(gw_req_t *r) {
     gw_req_answer(r, 200, "application/json", ok, sizeof ok - 1);
 }
 
-const gw_handler_t gw_health_handler = {GW_ROUTE_HEALTH, gw_health_run, NULL, NULL};
+const gw_handler_t gw_health_handler = {GW_ROUTE_HEALTH, gw_health_run, NULL, NULL, NULL};
 
 /* GET /v1/receipt-key: the key that signs usage receipts. */
 static void gw_receipt_key_run(gw_req_t *r) {
@@ -174,7 +174,7 @@ static void gw_receipt_key_run(gw_req_t *r) {
     else gw_req_answer(r, 200, "application/json", k, strlen(k));
 }
 
-const gw_handler_t gw_receipt_key_handler = {GW_ROUTE_OTHER, gw_receipt_key_run, NULL, NULL};
+const gw_handler_t gw_receipt_key_handler = {GW_ROUTE_OTHER, gw_receipt_key_run, NULL, NULL, NULL};
 
 /* 1 when s is a list of header names (RFC 9110 #field-name: tokens
  * separated by commas, blanks around them, empty elements ignored; at least
@@ -213,7 +213,7 @@ static void gw_preflight_run(gw_req_t *r) {
     gw_req_answer(r, 204, NULL, "", 0);
 }
 
-const gw_handler_t gw_preflight_handler = {GW_ROUTE_OTHER, gw_preflight_run, NULL, NULL};
+const gw_handler_t gw_preflight_handler = {GW_ROUTE_OTHER, gw_preflight_run, NULL, NULL, NULL};
 
 /* "OPTIONS *": what the server as a whole offers (RFC 9110 §9.3.7): 200 with
  * Allow, the methods some path here serves, and Content-Length: 0. */
@@ -222,7 +222,7 @@ static void gw_options_star_run(gw_req_t *r) {
     gw_req_answer(r, 200, NULL, "", 0);
 }
 
-const gw_handler_t gw_options_star_handler = {GW_ROUTE_OTHER, gw_options_star_run, NULL, NULL};
+const gw_handler_t gw_options_star_handler = {GW_ROUTE_OTHER, gw_options_star_run, NULL, NULL, NULL};
 
 static void gw_notfound_run(gw_req_t *r) {
     char msg[300];
@@ -230,4 +230,4 @@ static void gw_notfound_run(gw_req_t *r) {
     gw_req_error(r, 404, "invalid_request_error", "not_found", NULL, msg);
 }
 
-const gw_handler_t gw_notfound_handler = {GW_ROUTE_OTHER, gw_notfound_run, NULL, NULL};
+const gw_handler_t gw_notfound_handler = {GW_ROUTE_OTHER, gw_notfound_run, NULL, NULL, NULL};

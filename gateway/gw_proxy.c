@@ -475,10 +475,10 @@ void gw_proxy_start(gw_req_t *r) {
 
 /* Error before anything of the answer reached the client, or at the end of
  * a started stream. */
-static void gw_up_fail(gw_req_t *r, int status, const char *code, const char *msg) {
-    if (r->worker) r->worker->failures++;
-    if (status == 504) r->loop->m.upstream_timeouts++;
-    else if (status >= 500) r->loop->m.upstream_errors++;
+/* End r with an error: before the head an OpenAI error body (status), after
+ * it (mid-stream) an error event and the stream's end; settled with what was
+ * seen either way. */
+static void gw_proxy_end_error(gw_req_t *r, int status, const char *code, const char *msg) {
     if (!r->head_sent) {
         gw_proxy_release(r);
         gw_settle_done(r, status); /* before the head: it carries the receipt */
@@ -502,6 +502,21 @@ static void gw_up_fail(gw_req_t *r, int status, const char *code, const char *ms
     else r->keep_alive = 0;
     gw_proxy_release(r);
     gw_req_finish(r);
+}
+
+static void gw_up_fail(gw_req_t *r, int status, const char *code, const char *msg) {
+    if (r->worker) r->worker->failures++;
+    if (status == 504) r->loop->m.upstream_timeouts++;
+    else if (status >= 500) r->loop->m.upstream_errors++;
+    gw_proxy_end_error(r, status, code, msg);
+}
+
+int gw_proxy_stop(gw_req_t *r) {
+    if (r->proxied != 1 || r->done) return GW_ERROR;
+    gw_proxy_end_error(r, 503, "server_shutting_down",
+                       r->head_sent ? "The gateway is shutting down; the answer was cut short"
+                                    : "The gateway is shutting down; the request was not answered, retry");
+    return GW_OK;
 }
 
 static void gw_client_chunk(gw_req_t *r, const char *p, size_t n) {

@@ -176,7 +176,20 @@ static void gw_req_on_abort(gw_conn_t *c) {
     gw_req_free(r);
 }
 
-const gw_conn_ops_t gw_req_conn_ops = {gw_req_on_request, gw_req_on_writable, gw_req_on_abort};
+/* The shutdown grace is over with c->req still running: its handler ends it,
+ * or, before the head, it is answered 503 server_shutting_down (what it was
+ * waiting for is cancelled by its pool's cleanup); an answer already started
+ * by another handler keeps going until the loop ends. */
+static void gw_req_on_stop(gw_conn_t *c) {
+    gw_req_t *r = c->req;
+    r->keep_alive = 0;
+    if (r->handler && r->handler->stop && r->handler->stop(r) == GW_OK) return;
+    if (!r->head_sent)
+        gw_req_error(r, 503, "server_error", "server_shutting_down", NULL,
+                     "The gateway is shutting down; the request was not answered, retry");
+}
+
+const gw_conn_ops_t gw_req_conn_ops = {gw_req_on_request, gw_req_on_writable, gw_req_on_abort, gw_req_on_stop};
 
 /* Account for a finished or abandoned request and free it. */
 static void gw_req_free(gw_req_t *r) {

@@ -41,9 +41,25 @@ static char *gw_read_secret(const char *path, char *err, size_t errlen) {
     return s;
 }
 
+/* The grace is over.  The requests still running are ended as a failed
+ * worker would end them, so each client gets an answer it can read (a 503,
+ * or a stream's error event and its end) and each is settled with what was
+ * seen; their last bytes get GW_STOP_FLUSH_MS to leave, then the loop ends
+ * (connections still open are closed).  Before (2026-11-30) the loop ended at
+ * once: a stream's client saw its chunked body cut off mid-way, no error, no
+ * end, and a plain request's connection closed without an answer. */
+#define GW_STOP_FLUSH_MS 1000
 static void gw_on_grace(evutil_socket_t fd, short what, void *arg) {
     gw_loop_t *l = arg;
-    event_base_loopexit(l->base, NULL);
+    if (l->grace_over) {
+        event_base_loopexit(l->base, NULL);
+        return;
+    }
+    l->grace_over = 1;
+    gw_conn_stop_all(l);
+    struct timeval tv = {GW_STOP_FLUSH_MS / 1000, (GW_STOP_FLUSH_MS % 1000) * 1000};
+    event_add(l->grace, &tv);
+    gw_loop_maybe_exit(l);
 }
 
 static void gw_loop_shutdown(gw_loop_t *l) {

@@ -530,6 +530,67 @@ class Drain(unittest.TestCase):
         self.assertEqual(len(tg.usage_rows(rid)), 1)
         gw.stop()
 
+    def test_grace_over_ends_requests_in_the_api_format(self):
+        # A stream (its first chunk out) and a plain request, both held by the worker past a
+        # 1 s shutdown grace; SIGTERM.  When the grace ends each client gets an answer it can
+        # read: the stream an error event (server_shutting_down) and its terminating chunk, the
+        # plain request a 503 in the API format; both are settled once (the stream as a cut
+        # one: status 200, the chunk it got), and the process exits 0.  Before, the loop ended
+        # at once: the stream's chunked body stopped mid-way (EOF), the plain request's
+        # connection closed without an answer.
+        gw = Gw("gw-grace", 18663, shutdown_grace_ms=1000)
+        key = tg.seed()
+        ts, tp = tg.hold_token(), tg.hold_token()
+        cs, cp = gw.conn(), gw.conn()
+        try:
+            for c, stream, msg in ((cs, True, "stallhold:" + ts), (cp, False, "hold:" + tp)):
+                body = json.dumps({"model": tg.MODEL, "stream": stream,
+                                   "messages": [{"role": "user", "content": msg}]}).encode()
+                c.send(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + key.encode() +
+                       b"\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+            while b"Hello" not in cs.buf:
+                cs._fill()
+            # the plain one has reached the worker too (its request is in the worker's log)
+            def at_worker():
+                for log in (E["GW_WORKER_LOG"], E["GW_WORKER2_LOG"]):
+                    if os.path.exists(log):
+                        with open(log) as f:
+                            if tp in f.read():
+                                return True
+                return False
+            tg.wait_until("the held plain request at a worker", at_worker)
+            gw.p.send_signal(signal.SIGTERM)
+            st, h, b = cs.read_response()
+            self.assertEqual(st, 200)
+            ev = tg.events(b)
+            self.assertEqual(json.loads(ev[-1]), {"error": {
+                "message": "The gateway is shutting down; the answer was cut short", "type": "server_error",
+                "param": None, "code": "server_shutting_down"}}, ev)
+            self.assertNotIn("[DONE]", ev)
+            self.assertTrue(cs.closed_by_peer(), "closed after the answer")
+            rid_s = h["x-request-id"]
+            st, h, b = cp.read_response()
+            self.assertEqual(st, 503, b)
+            self.assertEqual(json.loads(b)["error"]["code"], "server_shutting_down")
+            self.assertEqual(json.loads(b)["error"]["type"], "server_error")
+            rid_p = h["x-request-id"]
+        finally:
+            tg.release(ts)
+            tg.release(tp)
+            cs.close()
+            cp.close()
+        gw.p.wait(timeout=WAIT)
+        self.assertEqual(gw.p.returncode, 0)
+        rows = tg.usage_rows(rid_s)
+        self.assertEqual(len(rows), 1)
+        prompt, completion, _, status, _, stream = rows[0]
+        self.assertEqual((status, stream), (200, True))
+        self.assertGreaterEqual(completion, 1)  # the chunk the client got
+        self.assertGreater(prompt, 0)
+        rows = tg.usage_rows(rid_p)
+        self.assertEqual([(r[3], r[4]) for r in rows], [(503, 0)])
+        gw.stop()
+
 
 if __name__ == "__main__":
     sys.path.insert(0, os.path.join(HERE, "..", "lib"))
