@@ -84,7 +84,58 @@ typedef struct {
     int16_t n_props;   /* -1: an object with any members (no "properties") */
     int16_t lit0, n_enum; /* n_enum > 0: the value is one of lits[lit0 .. lit0 + n_enum) */
     int32_t min_len;   /* bytes of the shortest valid value */
+    /* Numbers (minimum, maximum, exclusiveMinimum, exclusiveMaximum): the
+     * bounds as exact integers in units of 10^-nscale (api_num.c).  An
+     * integer-only node has them made inclusive integers (nscale 0). */
+    uint8_t nb;        /* API_NB_* */
+    uint8_t nscale;    /* 0..API_NUM_MAX_SCALE decimal places */
+    int64_t nlo, nhi;  /* |bound| <= API_NUM_LIMIT units */
+    /* Arrays (minItems, maxItems): elements at least, at most (-1: no limit). */
+    int32_t min_items, max_items;
+    /* Strings (minLength, maxLength): characters (code points) at least, at most (-1: no limit). */
+    int32_t min_chars, max_chars;
 } api_schema_node_t;
+
+#define API_NB_LO 1    /* nlo is a lower bound */
+#define API_NB_HI 2    /* nhi is an upper bound */
+#define API_NB_LO_EX 4 /* ... exclusive */
+#define API_NB_HI_EX 8
+#define API_NUM_MAX_SCALE 9            /* bounds are kept to 9 decimal places, rounded inwards */
+#define API_NUM_LIMIT 1000000000000000000LL /* 10^18 units: bounds beyond are brought in to it */
+#define API_SCHEMA_MAX_ITEMS_MIN 4096  /* largest minItems */
+#define API_SCHEMA_MAX_CHARS_MIN 4096  /* largest minLength */
+#define API_SCHEMA_MAX_ADEPTH 4        /* arrays with minItems/maxItems open inside each other */
+#define API_SCHEMA_COUNT_MAX 65535     /* elements and characters are counted up to this */
+
+/* A number being written against a bounded node (api_num.c): the digits so
+ * far as a magnitude in the node's units.  Zeroed = nothing written yet. */
+typedef struct {
+    uint64_t m;     /* magnitude so far, in units of 10^-nscale */
+    uint8_t phase;  /* API_NUM_* */
+    uint8_t neg;    /* a '-' came */
+    uint8_t fd;     /* fraction digits so far (saturates at nscale + 2) */
+    uint8_t tail;   /* a nonzero fraction digit beyond nscale came */
+    uint8_t big;    /* the magnitude passed API_NUM_LIMIT (beyond any bound) */
+} api_num_t;
+enum { API_NUM_START, API_NUM_MINUS, API_NUM_ZERO, API_NUM_INT, API_NUM_DOT, API_NUM_FRAC };
+#define API_NUM_NEVER (1 << 20) /* api_num_cost: no valid end */
+
+/* Does node nd bound its arrays' elements (minItems, maxItems)? its strings' characters? */
+static inline int api_schema_arr_bounded(const api_schema_node_t *nd) {
+    return (nd->types & API_ST_ARR) && (nd->min_items > 0 || nd->max_items >= 0);
+}
+static inline int api_schema_str_bounded(const api_schema_node_t *nd) { return nd->min_chars > 0 || nd->max_chars >= 0; }
+/* Does node nd bound its numbers? */
+static inline int api_num_bounded(const api_schema_node_t *nd) { return nd->nb != 0; }
+/* One byte c of a number against nd's bounds (JSON's number syntax without
+ * exponent; a fraction only when nd admits "number"): 0 taken (some valid
+ * number still starts with what came), -1 refused (a number byte that would
+ * leave none), 1 not a number byte (the number would end before c: check
+ * api_num_cost(...) == 0).  s is unchanged unless 0. */
+int api_num_step(const api_schema_node_t *nd, api_num_t *s, unsigned c);
+/* Bytes still needed for a valid number from s (0: s itself is one, may end
+ * now); API_NUM_NEVER when none can follow. */
+int api_num_cost(const api_schema_node_t *nd, const api_num_t *s);
 
 typedef struct {
     uint32_t off, len; /* the member name as JSON text, quotes included, in the arena */

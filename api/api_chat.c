@@ -704,9 +704,16 @@ static int32_t sc_min_len(const api_schema_t *sc, int ni) {
         return m;
     }
     int32_t m = INT32_MAX;
-    if (n->types & (API_ST_INT | API_ST_NUM)) m = 1;
-    if ((n->types & API_ST_STR) && m > 2) m = 2;
-    if ((n->types & API_ST_ARR) && m > 2) m = 2;
+    if (n->types & (API_ST_INT | API_ST_NUM)) {
+        api_num_t start = {0};
+        m = api_num_bounded(n) ? api_num_cost(n, &start) : 1;
+    }
+    if ((n->types & API_ST_STR) && m > 2 + n->min_chars) m = 2 + n->min_chars;
+    if (n->types & API_ST_ARR) { /* "[" the elements "]": minItems of the cheapest, commas between */
+        int32_t im = n->items >= 0 ? sc->nodes[n->items].min_len : 1;
+        int32_t a = 2 + (n->min_items ? n->min_items * im + n->min_items - 1 : 0);
+        if (a < m) m = a;
+    }
     if ((n->types & (API_ST_NULL | API_ST_BOOL)) && m > 4) m = 4;
     if (n->types & API_ST_OBJ) {
         int32_t o = 2, k = 0;
@@ -722,6 +729,158 @@ static int32_t sc_min_len(const api_schema_t *sc, int ni) {
 
 static int sc_node(sc_ctx_t *c, const tg_json_t *v, int parent, int pidx, int depth, char *path, size_t pl,
                    api_err_t *e);
+
+/* The bounds keywords, each enforced by the grammar: numbers (api_num.c),
+ * elements of arrays, characters of strings. */
+enum { SC_MIN, SC_MAX, SC_XMIN, SC_XMAX, SC_MIN_ITEMS, SC_MAX_ITEMS, SC_MIN_LEN, SC_MAX_LEN, SC_N_BOUNDS };
+static const char *const SC_BOUNDS[SC_N_BOUNDS] = {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
+                                                   "minItems", "maxItems", "minLength", "maxLength"};
+
+static int sc_bound_kw(const char *k, size_t kl) {
+    for (int i = 0; i < SC_N_BOUNDS; i++)
+        if (kl == strlen(SC_BOUNDS[i]) && !memcmp(k, SC_BOUNDS[i], kl)) return i;
+    return -1;
+}
+
+typedef __int128 sc_i128;
+
+/* A JSON number's source text as D * 10^X (D the significant digits, at most
+ * 36 of them, no trailing zeros): 0, or -1 (too many digits). */
+static int sc_dec(const char *t, int *neg, sc_i128 *D, long *X) {
+    *neg = *t == '-';
+    t += *neg;
+    char dg[64];
+    int nd = 0, nfrac = 0, frac = 0;
+    long ex = 0;
+    for (; *t && *t != 'e' && *t != 'E'; t++) {
+        if (*t == '.') {
+            frac = 1;
+            continue;
+        }
+        if (!nd && *t == '0') { /* leading zeros */
+            nfrac += frac;
+            continue;
+        }
+        if (nd >= 36) return -1;
+        dg[nd++] = *t;
+        nfrac += frac;
+    }
+    if (*t) ex = strtol(t + 1, NULL, 10); /* saturates at LONG_MIN/MAX: far beyond any bound */
+    long x = ex > 100000 ? 100000 : ex < -100000 ? -100000 : ex;
+    x -= nfrac;
+    while (nd && dg[nd - 1] == '0') nd--, x++;
+    *D = 0;
+    for (int i = 0; i < nd; i++) *D = *D * 10 + (dg[i] - '0');
+    *X = nd ? x : 0;
+    return 0;
+}
+
+/* value D * 10^X (sign neg) in units of 10^-F, rounded inwards (up for a
+ * lower bound, down for an upper one); *inexact when it moved. */
+static sc_i128 sc_scaled(int neg, sc_i128 D, long X, int F, int upper, int *inexact) {
+    const sc_i128 INF = (sc_i128)1 << 100;
+    long p = X + F;
+    sc_i128 q = D, r = 0;
+    *inexact = 0;
+    if (p >= 0) {
+        for (long i = 0; i < p && q; i++)
+            if ((q *= 10) > INF) {
+                q = INF;
+                break;
+            }
+    } else if (p < -36) {
+        q = 0, r = D;
+    } else {
+        sc_i128 d = 1;
+        for (long i = 0; i < -p; i++) d *= 10;
+        q = D / d, r = D % d;
+    }
+    if (r) *inexact = 1;
+    /* up: ceil(+q.r) = q+1, ceil(-q.r) = -q; down: floor(+q.r) = q, floor(-q.r) = -q-1 */
+    if (!neg) return q + (r && !upper);
+    return -q - (r && upper);
+}
+
+/* minimum, maximum, exclusiveMinimum, exclusiveMaximum (numbers, or the
+ * draft-4 booleans), minItems, maxItems, minLength, maxLength of node ni. */
+static int sc_bounds(sc_ctx_t *c, int ni, const tg_json_t *const *bnd, const char *where, api_err_t *e) {
+    api_schema_node_t *nd = &c->sc->nodes[ni];
+    int x4[2] = {0, 0}; /* draft 4: exclusiveMinimum / exclusiveMaximum true makes minimum / maximum exclusive */
+    int F = 0, neg[4];
+    sc_i128 D[4];
+    long X[4];
+    for (int i = SC_MIN; i <= SC_XMAX; i++) {
+        const tg_json_t *v = bnd[i];
+        if (!v) continue;
+        int b;
+        if (i >= SC_XMIN && !tg_json_bool(v, &b)) {
+            x4[i - SC_XMIN] = b;
+            continue;
+        }
+        const char *t = tg_json_num_text(v, NULL);
+        if (!t) return SC_BAD("'%s' at %s must be a number.", SC_BOUNDS[i], where);
+        if (sc_dec(t, &neg[i], &D[i], &X[i]))
+            return SC_BAD("'%s' at %s has more than 36 significant digits.", SC_BOUNDS[i], where);
+        if (-X[i] > F) F = -X[i] > API_NUM_MAX_SCALE ? API_NUM_MAX_SCALE : (int)-X[i];
+    }
+    int has[2] = {0, 0}, ex[2] = {0, 0};
+    sc_i128 lim[2] = {0, 0};
+    for (int i = SC_MIN; i <= SC_XMAX; i++) {
+        if (!bnd[i] || tg_json_type(bnd[i]) != TG_JSON_NUMBER) continue;
+        int up = i == SC_MAX || i == SC_XMAX, inexact;
+        int x = i >= SC_XMIN || x4[up];
+        sc_i128 v = sc_scaled(neg[i], D[i], X[i], F, up, &inexact);
+        if (inexact) x = 0; /* rounded inwards: the bound itself is out of reach anyway */
+        if (up ? v < -API_NUM_LIMIT : v > API_NUM_LIMIT)
+            return SC_BAD("'%s' at %s is beyond the supported range (magnitudes up to 1e%d).", SC_BOUNDS[i], where,
+                          18 - F);
+        if (up ? v > API_NUM_LIMIT : v < -API_NUM_LIMIT) v = up ? API_NUM_LIMIT : -API_NUM_LIMIT, x = 0;
+        /* the tighter of minimum / exclusiveMinimum (maximum / exclusiveMaximum) */
+        if (!has[up] || (up ? v < lim[up] : v > lim[up])) lim[up] = v, ex[up] = x;
+        else if (v == lim[up]) ex[up] |= x;
+        has[up] = 1;
+    }
+    if (!(nd->types & API_ST_NUM) && (has[0] || has[1])) { /* integers only: inclusive integer bounds */
+        sc_i128 S = 1;
+        for (int i = 0; i < F; i++) S *= 10;
+        if (has[0]) {
+            sc_i128 q = lim[0] / S, r = lim[0] % S; /* truncated */
+            lim[0] = q + (r > 0) + (!r && ex[0]);
+        }
+        if (has[1]) {
+            sc_i128 q = lim[1] / S, r = lim[1] % S;
+            lim[1] = q - (r < 0) - (!r && ex[1]);
+        }
+        ex[0] = ex[1] = 0, F = 0;
+    }
+    if (has[0] && has[1] && (lim[0] > lim[1] || (lim[0] == lim[1] && (ex[0] || ex[1]))))
+        return SC_BAD("no %s at %s is within its bounds.", nd->types & API_ST_NUM ? "number" : "integer", where);
+    nd->nscale = (uint8_t)F;
+    nd->nb = (uint8_t)((has[0] ? API_NB_LO : 0) | (has[1] ? API_NB_HI : 0) | (ex[0] ? API_NB_LO_EX : 0) |
+                       (ex[1] ? API_NB_HI_EX : 0));
+    nd->nlo = (int64_t)lim[0], nd->nhi = (int64_t)lim[1];
+    /* counts: minItems, maxItems, minLength, maxLength */
+    for (int i = SC_MIN_ITEMS; i <= SC_MAX_LEN; i++) {
+        if (!bnd[i]) continue;
+        int64_t v;
+        int64_t cap = i == SC_MIN_ITEMS ? API_SCHEMA_MAX_ITEMS_MIN : i == SC_MIN_LEN ? API_SCHEMA_MAX_CHARS_MIN : INT32_MAX;
+        if (tg_json_int64(bnd[i], &v) || v < 0)
+            return SC_BAD("'%s' at %s must be a non-negative integer.", SC_BOUNDS[i], where);
+        if (v > cap) {
+            if (i == SC_MIN_ITEMS || i == SC_MIN_LEN)
+                return SC_BAD("'%s' at %s is above %lld, the most supported.", SC_BOUNDS[i], where, (long long)cap);
+            v = cap; /* a maximum this large is no limit within any context */
+        }
+        int32_t *f = i == SC_MIN_ITEMS ? &nd->min_items : i == SC_MAX_ITEMS ? &nd->max_items
+                   : i == SC_MIN_LEN   ? &nd->min_chars : &nd->max_chars;
+        *f = (int32_t)v;
+    }
+    if (nd->max_items >= 0 && nd->min_items > nd->max_items)
+        return SC_BAD("'minItems' at %s is above 'maxItems'.", where);
+    if (nd->max_chars >= 0 && nd->min_chars > nd->max_chars)
+        return SC_BAD("'minLength' at %s is above 'maxLength'.", where);
+    return 0;
+}
 
 static int sc_is_annot(const char *k, size_t kl) {
     for (size_t a = 0; a < sizeof SC_ANNOT / sizeof SC_ANNOT[0]; a++)
@@ -818,6 +977,13 @@ static int sc_any(sc_ctx_t *c, int ni, const tg_json_t *any, int depth, char *pa
         nd->types = 0;
     } else {
         nd->types = (uint8_t)types;
+        for (size_t i = 0; i < nb; i++) { /* each branch's bounds: its type's, now this node's */
+            const api_schema_node_t *b = &sc->nodes[br[i]];
+            if (b->types & (API_ST_INT | API_ST_NUM))
+                nd->nb = b->nb, nd->nscale = b->nscale, nd->nlo = b->nlo, nd->nhi = b->nhi;
+            if (b->types & API_ST_ARR) nd->min_items = b->min_items, nd->max_items = b->max_items;
+            if (b->types & API_ST_STR) nd->min_chars = b->min_chars, nd->max_chars = b->max_chars;
+        }
         if (obj >= 0) { /* the object branch's members are this node's (their parent too) */
             nd->prop0 = sc->nodes[obj].prop0;
             nd->n_props = sc->nodes[obj].n_props;
@@ -953,7 +1119,9 @@ static int sc_node(sc_ctx_t *c, const tg_json_t *v, int parent, int pidx, int de
     nd->pidx = (int16_t)pidx;
     nd->items = API_SCHEMA_NONE;
     nd->n_props = -1;
+    nd->max_items = nd->max_chars = -1;
     const tg_json_t *type = NULL, *props = NULL, *req = NULL, *items = NULL, *en = NULL, *cn = NULL, *any = NULL;
+    const tg_json_t *bnd[SC_N_BOUNDS] = {0}; /* minimum, ..., maxLength (SC_BOUNDS) */
     int addl = -1; /* additionalProperties: -1 absent, 0 false, 1 true (a schema is refused) */
     TG_JSON_FOREACH(m, v) {
         size_t kl;
@@ -966,6 +1134,7 @@ static int sc_node(sc_ctx_t *c, const tg_json_t *v, int parent, int pidx, int de
         else if (KW("enum")) en = m;
         else if (KW("const")) cn = m;
         else if (KW("anyOf") || KW("oneOf")) any = m; /* branches of different types: one matches, so the same */
+        else if (sc_bound_kw(k, kl) >= 0) bnd[sc_bound_kw(k, kl)] = m;
         else if (KW("additionalProperties")) {
             if (tg_json_bool(m, &addl)) sc_bad(c, "additionalProperties (a schema)", 31, path);
         } else if (!sc_is_annot(k, kl)) {
@@ -975,6 +1144,10 @@ static int sc_node(sc_ctx_t *c, const tg_json_t *v, int parent, int pidx, int de
     }
     if (c->strict && !any && !type && !en && !cn)
         return SC_BAD("strict mode needs a 'type' (or 'enum', 'const', 'anyOf', '$ref') in the schema at %s.", where);
+    for (int i = 0; i < SC_N_BOUNDS; i++)
+        if (bnd[i] && (any || en || cn))
+            return SC_BAD("Unsupported '%s' at %s beside '%s'.", SC_BOUNDS[i], where,
+                          any ? "anyOf' or 'oneOf" : en ? "enum" : "const");
     if (any) {
         if (type || props || req || items || en || cn)
             return SC_BAD("Unsupported schema at %s: 'anyOf' (or 'oneOf') beside 'type', 'properties', 'required', "
@@ -1027,6 +1200,7 @@ static int sc_node(sc_ctx_t *c, const tg_json_t *v, int parent, int pidx, int de
         types = props || req ? API_ST_OBJ : items ? API_ST_ARR : API_ST_ANY;
     }
     nd->types = (uint8_t)types;
+    if (sc_bounds(c, ni, bnd, where, e)) return -1;
     if ((props || req) && !(types & API_ST_OBJ))
         return SC_BAD("'properties' at %s without type 'object'.", where);
     if (items && !(types & API_ST_ARR))
@@ -1125,10 +1299,20 @@ int api_schema_compile_as(api_schema_t *sc, const tg_json_t *schema, const char 
     if (c.n_bad) {
         BAD(param, "unsupported_parameter",
             "Unsupported %s in '%s': %s (first at %s). Supported: type, properties, required, items, enum, "
-            "const, anyOf/oneOf (of different types), $ref to $defs, additionalProperties (a boolean), and the "
+            "const, anyOf/oneOf (of different types), $ref to $defs, additionalProperties (a boolean), minimum, "
+            "maximum, exclusiveMinimum, exclusiveMaximum, minItems, maxItems, minLength, maxLength, and the "
             "annotations title, description, default, examples, $schema, $id, $comment.",
             c.n_bad > 1 ? "keywords" : "keyword", param, c.bad, c.bad_at);
         goto fail;
+    }
+    for (int i = 0; i < sc->n_nodes; i++) { /* arrays with minItems/maxItems inside each other: counted per level */
+        int d = 0;
+        for (int n = i; n != API_SCHEMA_NONE; n = sc->nodes[n].parent) d += api_schema_arr_bounded(&sc->nodes[n]);
+        if (d > API_SCHEMA_MAX_ADEPTH) {
+            sc_err(&c, e, "more than %d arrays with 'minItems' or 'maxItems' inside each other.",
+                   API_SCHEMA_MAX_ADEPTH);
+            goto fail;
+        }
     }
     if (sc->n_lits > API_SCHEMA_MAX_LITS) {
         sc_err(&c, e, "more than %d enum and const values in all.", API_SCHEMA_MAX_LITS);

@@ -142,7 +142,10 @@ static const char LIT_FENCE_END[] = "\n```";
 static const char *const LITS[] = {"true", "false", "null"};
 
 typedef struct {
-    uint64_t cand;  /* J_KEY, J_ENUM: bit i: candidate i still matches */
+    union {
+        uint64_t cand;  /* J_KEY, J_ENUM: bit i: candidate i still matches */
+        api_num_t nst;  /* J_NUM with nbd: the number so far against its bounds */
+    };
     uint32_t stack; /* bit d: the container at depth d+1 is an object */
     uint16_t pos, nlo, nhi;
     uint16_t lpos;  /* J_KEY, J_ENUM: bytes matched */
@@ -155,7 +158,11 @@ typedef struct {
     uint8_t nint;   /* J_NUM: an integer (no fraction, no exponent) */
     uint8_t intool; /* inside the tool-call block */
     uint8_t schema; /* the JSON value follows a schema (response_format's, or a strict tool's parameters) */
-} gst_t;
+    uint8_t nbd;    /* J_NUM: the number's node has bounds (nst follows it) */
+    uint8_t nacnt;  /* schema arrays with minItems/maxItems open: acnt[0 .. nacnt) */
+    uint16_t slen;  /* J_STR of a schema string value: characters so far (saturating) */
+    uint16_t acnt[API_SCHEMA_MAX_ADEPTH]; /* their elements so far, innermost last (saturating) */
+} gst_t; /* copied once per byte of the mask walk: kept small */
 
 typedef enum { G_JSON, G_TOOLS, G_TEXT } gkind_t;
 
@@ -197,6 +204,43 @@ static int obj_close(const eng_gram_t *g, int n, int p) { return g->rtail[g->rof
 
 static int top_is_obj(const gst_t *s) { return s->depth && (s->stack >> (s->depth - 1) & 1); }
 
+/* Bytes the elements still owed to bounded array n need, cnt written: its
+ * minItems of the cheapest element, the commas between (the first has none). */
+static int arr_rest(const eng_gram_t *g, int n, int cnt) {
+    const api_schema_node_t *nd = node(g, n);
+    int min = nd->min_items, im = nd->items >= 0 ? node(g, nd->items)->min_len : 1;
+    if (cnt >= min) return 0;
+    return cnt == 0 ? min * im + min - 1 : (min - cnt) * (1 + im);
+}
+
+/* The innermost container is a bounded schema array (its count: acnt[nacnt - 1]). */
+static int in_barr(const eng_gram_t *g, const gst_t *s) {
+    return in_schema(g, s) && !top_is_obj(s) && api_schema_arr_bounded(node(g, s->snode));
+}
+
+/* One more element of the bounded array on top: 0, or -1 past maxItems. */
+static int arr_elem(const eng_gram_t *g, gst_t *s) {
+    const api_schema_node_t *nd = node(g, s->snode);
+    uint16_t *cnt = &s->acnt[s->nacnt - 1];
+    if (nd->max_items >= 0 && *cnt >= nd->max_items) return -1;
+    s->close -= arr_rest(g, s->snode, *cnt) - arr_rest(g, s->snode, *cnt + 1);
+    if (*cnt < API_SCHEMA_COUNT_MAX) ++*cnt;
+    return 0;
+}
+
+/* The schema node of the string value being written with bounds on its length, or NULL. */
+static const api_schema_node_t *str_node(const eng_gram_t *g, const gst_t *s) {
+    if (s->skey || !sch(g, s) || s->vnode < 0) return NULL;
+    const api_schema_node_t *nd = node(g, s->vnode);
+    return api_schema_str_bounded(nd) ? nd : NULL;
+}
+
+/* Characters a bounded string still owes (minLength). */
+static int str_rest(const eng_gram_t *g, const gst_t *s) {
+    const api_schema_node_t *nd = str_node(g, s);
+    return nd && s->slen < nd->min_chars ? nd->min_chars - s->slen : 0;
+}
+
 /* JSON: a value is complete. */
 static void value_done(gst_t *s) { s->js = s->depth ? J_AFTER : J_DONE; }
 
@@ -235,10 +279,17 @@ static int value_start(const eng_gram_t *g, gst_t *s, unsigned c) {
         s->lpos = 0;
         return enum_feed(g, s, c);
     }
+    if (nd && api_num_bounded(nd) && (types & (API_ST_INT | API_ST_NUM)) && (c == '-' || (c >= '0' && c <= '9'))) {
+        s->nst = (api_num_t){0};
+        if (api_num_step(nd, &s->nst, c)) return -1;
+        s->js = J_NUM, s->nbd = 1;
+        return 0;
+    }
+    s->nbd = 0;
     switch (c) {
     case '"':
         if (!(types & API_ST_STR)) return -1;
-        s->js = J_STR, s->skey = 0;
+        s->js = J_STR, s->skey = 0, s->slen = 0;
         return 0;
     case '{':
     case '[':
@@ -251,6 +302,11 @@ static int value_start(const eng_gram_t *g, gst_t *s, unsigned c) {
             s->sp = 0;
             s->close += c == '{' ? obj_close(g, vn, 0) : 1;
             s->vnode = c == '[' ? nd->items : -1;
+            if (c == '[' && api_schema_arr_bounded(nd)) { /* count its elements */
+                if (s->nacnt >= API_SCHEMA_MAX_ADEPTH) return -1;
+                s->acnt[s->nacnt++] = 0;
+                s->close += arr_rest(g, vn, 0);
+            }
         } else { /* any value, or an object with any members: schema-free inside */
             if (sch(g, s)) s->gdepth++;
             s->close++;
@@ -283,6 +339,10 @@ static int close_with(const eng_gram_t *g, gst_t *s, unsigned c) {
             if (g->rtail[g->roff[n] + s->sp]) return -1; /* a required member is missing */
             s->close -= obj_close(g, n, s->sp);
         } else {
+            if (api_schema_arr_bounded(node(g, n))) { /* minItems met: nothing owed */
+                if (s->acnt[s->nacnt - 1] < node(g, n)->min_items) return -1;
+                s->nacnt--;
+            }
             s->close--;
         }
         const api_schema_node_t *nd = node(g, n);
@@ -367,11 +427,13 @@ static int json_feed(const eng_gram_t *g, gst_t *s, unsigned c) {
         return 0;
     case J_ARR_FIRST:
         if (c == ']') return close_with(g, s, c);
+        if (in_barr(g, s) && arr_elem(g, s)) return -1; /* the first element */
         /* fall through */
     case J_VALUE: return value_start(g, s, c);
     case J_AFTER:
         if (c == ',') {
             if (!top_is_obj(s)) {
+                if (in_barr(g, s) && arr_elem(g, s)) return -1; /* maxItems reached */
                 s->js = J_VALUE;
                 s->vnode = in_schema(g, s) ? node(g, s->snode)->items : -1;
             } else {
@@ -390,15 +452,19 @@ static int json_feed(const eng_gram_t *g, gst_t *s, unsigned c) {
             return 0;
         }
         if (c == '"') {
+            if (str_rest(g, s)) return -1; /* minLength not reached */
             if (s->skey) s->js = J_COLON, s->vnode = -1;
             else value_done(s);
             return 0;
         }
+        if (c < 0x20 || c == 0x7F) return -1; /* control characters: not in JSON strings (DEL: kept out too) */
+        const api_schema_node_t *sn = str_node(g, s); /* a character starts: an escape, ASCII or a lead byte */
+        if (sn && sn->max_chars >= 0 && s->slen >= sn->max_chars) return -1;
+        if (sn && s->slen < API_SCHEMA_COUNT_MAX) s->slen++;
         if (c == '\\') {
             s->js = J_ESC;
             return 0;
         }
-        if (c < 0x20 || c == 0x7F) return -1; /* control characters: not in JSON strings (DEL: kept out too) */
         if (c < 0x80) return 0;
         /* UTF-8 lead byte: the allowed range of the next byte (no overlongs, no surrogates) */
         if (c >= 0xC2 && c <= 0xDF) s->u8need = 1, s->u8lo = 0x80, s->u8hi = 0xBF;
@@ -429,6 +495,15 @@ static int json_feed(const eng_gram_t *g, gst_t *s, unsigned c) {
         return 0;
     }
     case J_NUM: {
+        if (s->nbd) { /* against the node's bounds (api_num.c) */
+            const api_schema_node_t *nd = node(g, s->vnode);
+            int r = api_num_step(nd, &s->nst, c);
+            if (r <= 0) return r;
+            if (api_num_cost(nd, &s->nst)) return -1; /* the number may not end here */
+            value_done(s);
+            if (s->js == J_DONE) return -1;
+            return json_feed(g, s, c);
+        }
         int d = c >= '0' && c <= '9';
         int frac = !s->nint; /* an integer has no fraction and no exponent */
         switch (s->num) {
@@ -492,10 +567,12 @@ static int json_cost(const eng_gram_t *g, const gst_t *s) {
         return 4 + d;
     case J_COLON: return 1 + vmin(g, s) + d;
     case J_VALUE: return vmin(g, s) + d;
-    case J_STR: return s->u8need + 1 + key + d;
-    case J_ESC: return 2 + key + d;
-    case J_HEX: return s->hex + 1 + key + d;
-    case J_NUM: return (s->num == N_MINUS || s->num == N_DOT || s->num == N_E || s->num == N_ESIGN) + d;
+    case J_STR: return s->u8need + str_rest(g, s) + 1 + key + d;
+    case J_ESC: return 2 + str_rest(g, s) + key + d;
+    case J_HEX: return s->hex + 1 + str_rest(g, s) + key + d;
+    case J_NUM:
+        if (s->nbd) return api_num_cost(node(g, s->vnode), &s->nst) + d;
+        return (s->num == N_MINUS || s->num == N_DOT || s->num == N_E || s->num == N_ESIGN) + d;
     case J_LIT: return (int)strlen(LITS[s->lit]) - s->litpos + d;
     case J_KEY: {
         int n = s->snode, np = node(g, n)->n_props, best = 1 << 20;
@@ -538,7 +615,7 @@ static int special_el(const eng_gram_t *g, int el, int32_t *id) {
  * block, its name complete: names[nlo]) of the call's arguments. */
 static void json_begin(const eng_gram_t *g, gst_t *s) {
     s->js = J_TOP, s->depth = 0, s->stack = 0, s->ws = 0, s->u8need = 0;
-    s->close = 0, s->gdepth = 0, s->snode = -1, s->sp = 0;
+    s->close = 0, s->gdepth = 0, s->snode = -1, s->sp = 0, s->nacnt = 0, s->nbd = 0;
     int root = s->intool ? g->name_root[s->nlo] : g->rf_root;
     s->schema = root >= 0;
     s->vnode = (int16_t)root; /* the schema's root, or -1: any object */

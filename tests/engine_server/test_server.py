@@ -807,6 +807,64 @@ class Server(unittest.TestCase):
                 self.assertTrue(all(isinstance(x, bool) for x in v["c"]))
             self.assertLessEqual(r["usage"]["completion_tokens"], 3 * 40)
 
+    # As zod v4's z.toJSONSchema writes z.object({id: z.int(), age: z.int().min(18).max(120),
+    # score: z.number().positive().max(1), temp: z.number().min(-273.15), tags:
+    # z.array(z.string().min(1).max(3)).min(2).max(4), name: z.string().min(2).nullable()})
+    BOUNDED = {"$schema": "https://json-schema.org/draft/2020-12/schema", "type": "object",
+               "properties": {
+                   "id": {"type": "integer", "minimum": -9007199254740991, "maximum": 9007199254740991},
+                   "age": {"type": "integer", "minimum": 18, "maximum": 120},
+                   "score": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+                   "temp": {"type": "number", "minimum": -273.15},
+                   "tags": {"type": "array", "items": {"type": "string", "minLength": 1, "maxLength": 3},
+                            "minItems": 2, "maxItems": 4},
+                   "name": {"anyOf": [{"type": "string", "minLength": 2}, {"type": "null"}]}},
+               "required": ["id", "age", "score", "temp", "tags", "name"], "additionalProperties": False}
+
+    def test_json_schema_bounds_hold(self):
+        # numeric ranges, array and string lengths: every answer within them, plain
+        # and streamed, at budgets from the shortest answer up (random sampling
+        # would leave them at once: these are the grammar's doing)
+        rf = {"type": "json_schema", "json_schema": {"name": "b", "strict": True, "schema": self.BOUNDED}}
+        seen = set()
+        for seed in range(4):
+            for stream in (False, True):
+                st, _, b = chat("Bounded", max_tokens=[70, 120, 200, 400][seed], temperature=1.2, seed=seed,
+                                n=2, stream=stream, response_format=rf)
+                self.assertEqual(st, 200, b)
+                if stream:
+                    evs = [json.loads(e) for e in sse(b) if e != "[DONE]"]
+                    texts = ["".join(e["choices"][0]["delta"].get("content") or "" for e in evs
+                                     if e["choices"] and e["choices"][0]["index"] == i) for i in range(2)]
+                else:
+                    texts = [c["message"]["content"] for c in json.loads(b)["choices"]]
+                for t in texts:
+                    v = json.loads(t)
+                    self.assertTrue(self.valid(v, self.BOUNDED, self.BOUNDED), t)
+                    seen.add(len(v["tags"]))
+        self.assertTrue(seen <= {2, 3, 4} and seen, seen)
+        # a strict function's arguments keep the same bounds
+        tool = {"type": "function", "function": {"name": "rate", "strict": True, "parameters": self.BOUNDED}}
+        for seed in range(3):
+            st, _, b = chat("Rate it", max_tokens=300, temperature=1.0, seed=seed, tools=[tool],
+                            tool_choice="required")
+            self.assertEqual(st, 200, b)
+            for tc in json.loads(b)["choices"][0]["message"]["tool_calls"]:
+                args = tc["function"]["arguments"]
+                self.assertTrue(self.valid(json.loads(args), self.BOUNDED, self.BOUNDED), args)
+        # what the grammar cannot enforce is still named in a 400, and an empty range too
+        for sc, says in (({"type": "string", "pattern": "^a"}, "'pattern'"),
+                         ({"type": "string", "format": "email"}, "'format'"),
+                         ({"type": "integer", "multipleOf": 5}, "'multipleOf'"),
+                         ({"type": "integer", "minimum": 5, "exclusiveMaximum": 5}, "no integer")):
+            bad = {"type": "object", "properties": {"x": sc}, "required": ["x"], "additionalProperties": False}
+            st, _, b = chat("x", max_tokens=4, response_format={"type": "json_schema", "json_schema": {
+                "name": "b", "schema": bad}})
+            err = json.loads(b)["error"]
+            self.assertEqual((st, err["param"]), (400, "response_format.json_schema.schema"), b)
+            self.assertIn(says, err["message"])
+            self.assertIn("properties.x", err["message"])
+
     # ---- strict function tools: the arguments follow the chosen function's parameters ----
 
     STRICT_TOOLS = [
@@ -872,6 +930,15 @@ class Server(unittest.TestCase):
                 return False
             if not all(Server.valid(v[k], props[k], root) for k in v if k in props):
                 return False
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            if ("minimum" in sc and v < sc["minimum"]) or ("maximum" in sc and v > sc["maximum"]) or \
+               ("exclusiveMinimum" in sc and v <= sc["exclusiveMinimum"]) or \
+               ("exclusiveMaximum" in sc and v >= sc["exclusiveMaximum"]):
+                return False
+        if isinstance(v, str) and not sc.get("minLength", 0) <= len(v) <= sc.get("maxLength", len(v)):
+            return False
+        if isinstance(v, list) and not sc.get("minItems", 0) <= len(v) <= sc.get("maxItems", len(v)):
+            return False
         if isinstance(v, list) and "items" in sc:
             return all(Server.valid(x, sc["items"], root) for x in v)
         return True

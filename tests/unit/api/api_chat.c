@@ -350,15 +350,15 @@ static void test_json_schema(void) {
     CHECK(r.schema.props[0].len == 3 && !memcmp(r.schema.arena + r.schema.props[0].off, "\"a\"", 3));
     api_chat_req_free(&r);
     /* unsupported keywords: a 400 naming every one (and where the first is) */
-    CHECK_EQ_I(parse(RF("{\"type\":\"object\",\"properties\":{\"age\":{\"type\":\"integer\",\"minimum\":0},"
-                        "\"s\":{\"type\":\"string\",\"pattern\":\"x\",\"minimum\":1}}}"), &r, &e), -1);
+    CHECK_EQ_I(parse(RF("{\"type\":\"object\",\"properties\":{\"age\":{\"type\":\"integer\",\"multipleOf\":2},"
+                        "\"s\":{\"type\":\"string\",\"pattern\":\"x\",\"multipleOf\":1}}}"), &r, &e), -1);
     CHECK_EQ_I(e.status, 400);
     CHECK_EQ_S(e.param, "response_format.json_schema.schema");
     CHECK_EQ_S(e.code, "unsupported_parameter");
-    CHECK(strstr(e.message, "'minimum', 'pattern'") && strstr(e.message, "properties.age"));
-    if (!strstr(e.message, "'minimum', 'pattern'")) fprintf(stderr, "  %s\n", e.message);
-    static const char *unsupported[] = {"allOf", "format", "maxLength", "minItems", "patternProperties", "not",
-                                        "uniqueItems", "if", "dependentRequired"};
+    CHECK(strstr(e.message, "'multipleOf', 'pattern'") && strstr(e.message, "properties.age"));
+    if (!strstr(e.message, "'multipleOf', 'pattern'")) fprintf(stderr, "  %s\n", e.message);
+    static const char *unsupported[] = {"allOf", "format", "pattern", "multipleOf", "patternProperties", "not",
+                                        "uniqueItems", "if", "dependentRequired", "minProperties", "contains"};
     for (size_t i = 0; i < sizeof unsupported / sizeof *unsupported; i++) {
         char b[512], want[64];
         snprintf(b, sizeof b, RF("{\"type\":\"object\",\"%s\":1}"), unsupported[i]);
@@ -554,8 +554,187 @@ static void test_prefix_key_whole_prompt(void) {
     tok_free(t);
 }
 
+/* ---- numeric bounds (api_num.c) --------------------------------------------- */
+
+/* The schema {"type":"object","properties":{"v": V}} compiled; node 1 is V. */
+static int compile_v(const char *v, api_schema_t *sc, api_err_t *e) {
+    char b[512];
+    snprintf(b, sizeof b, "{\"type\":\"object\",\"properties\":{\"v\":%s}}", v);
+    tg_json_t *j = tg_json_parse(b, strlen(b), NULL, NULL);
+    int rc = j ? api_schema_compile(sc, j, e) : -1;
+    tg_json_free(j);
+    return rc;
+}
+
+/* The oracle, independent of api_num.c: t a JSON number without exponent
+ * (strict syntax; a fraction only when frac) within [lo, hi] (open ends as
+ * asked; has_* 0: none), compared as long doubles (exact enough for these
+ * short decimals). */
+typedef struct {
+    const char *schema;
+    int frac, has_lo, has_hi, lo_ex, hi_ex;
+    long double lo, hi;
+} num_case_t;
+
+static int num_oracle(const num_case_t *k, const char *t) {
+    const char *p = t + (*t == '-');
+    if (!isdigit((unsigned char)*p)) return 0;
+    if (*p == '0' && isdigit((unsigned char)p[1])) return 0;
+    while (isdigit((unsigned char)*p)) p++;
+    if (*p == '.') {
+        if (!k->frac || !isdigit((unsigned char)p[1])) return 0;
+        for (p++; isdigit((unsigned char)*p); p++) {}
+    }
+    if (*p) return 0;
+    long double v = strtold(t, NULL);
+    if (k->has_lo && (k->lo_ex ? !(v > k->lo) : !(v >= k->lo))) return 0;
+    if (k->has_hi && (k->hi_ex ? !(v < k->hi) : !(v <= k->hi))) return 0;
+    return 1;
+}
+
+/* Every string over "-0123456789." up to 5 bytes, fed byte by byte: taken
+ * to the end with cost 0 exactly when the oracle says valid; no live prefix
+ * dead-ends; cost obeys its own recursion (0 at a valid end, else 1 + the
+ * cheapest next byte's). */
+static long num_walk(const api_schema_node_t *nd, const num_case_t *k, char *buf, int len, const api_num_t *st,
+                     int *bad) {
+    static const char AL[] = "-0123456789.";
+    long n = 0;
+    int cost = api_num_cost(nd, st);
+    buf[len] = 0;
+    if (len && (cost == 0) != num_oracle(k, buf)) {
+        if ((*bad)++ < 5) fprintf(stderr, "  %s: '%s' cost %d, oracle %d\n", k->schema, buf, cost, num_oracle(k, buf));
+    }
+    if (cost >= API_NUM_NEVER) {
+        if ((*bad)++ < 5) fprintf(stderr, "  %s: '%s' taken but dead\n", k->schema, buf);
+        return 1;
+    }
+    int best = API_NUM_NEVER;
+    for (const char *c = AL; *c; c++) {
+        api_num_t t = *st;
+        if (api_num_step(nd, &t, (unsigned char)*c)) continue;
+        int ct = api_num_cost(nd, &t);
+        if (ct + 1 < best) best = ct + 1;
+        if (len < 5) {
+            buf[len] = *c;
+            n += num_walk(nd, k, buf, len + 1, &t, bad);
+        } else {
+            buf[len] = *c, buf[len + 1] = 0; /* the 6th byte: only whether the oracle agrees it can go on */
+        }
+    }
+    buf[len] = 0;
+    if (cost > 0 && cost != best && (*bad)++ < 5)
+        fprintf(stderr, "  %s: '%s' cost %d but the cheapest next byte gives %d\n", k->schema, buf, cost, best);
+    /* a valid string of the oracle's with this prefix and one more byte must be taken */
+    for (const char *c = AL; *c && len < 5; c++) {
+        buf[len] = *c, buf[len + 1] = 0;
+        api_num_t t = *st;
+        if (num_oracle(k, buf) && api_num_step(nd, &t, (unsigned char)*c) && (*bad)++ < 5)
+            fprintf(stderr, "  %s: valid '%s' refused\n", k->schema, buf);
+    }
+    buf[len] = 0;
+    return n + 1;
+}
+
+static void test_num_bounds(void) {
+    static const num_case_t K[] = {
+        {"{\"type\":\"integer\",\"minimum\":0,\"maximum\":100}", 0, 1, 1, 0, 0, 0, 100},
+        {"{\"type\":\"integer\",\"exclusiveMinimum\":0}", 0, 1, 0, 1, 0, 0, 0},
+        {"{\"type\":\"integer\",\"minimum\":-5,\"maximum\":-2}", 0, 1, 1, 0, 0, -5, -2},
+        {"{\"type\":\"integer\",\"minimum\":10}", 0, 1, 0, 0, 0, 10, 0},
+        {"{\"type\":\"integer\",\"minimum\":-9007199254740991,\"maximum\":9007199254740991}", 0, 1, 1, 0, 0,
+         -9007199254740991.0L, 9007199254740991.0L},
+        {"{\"type\":\"integer\",\"minimum\":3.5,\"maximum\":7.2}", 0, 1, 1, 0, 0, 3.5L, 7.2L},
+        {"{\"type\":\"integer\",\"exclusiveMaximum\":0,\"minimum\":-1e2}", 0, 1, 1, 0, 1, -100, 0},
+        {"{\"type\":\"number\",\"minimum\":0,\"maximum\":1}", 1, 1, 1, 0, 0, 0, 1},
+        {"{\"type\":\"number\",\"exclusiveMinimum\":0,\"exclusiveMaximum\":1}", 1, 1, 1, 1, 1, 0, 1},
+        {"{\"type\":\"number\",\"minimum\":-1.5,\"maximum\":2.25}", 1, 1, 1, 0, 0, -1.5L, 2.25L},
+        {"{\"type\":\"number\",\"exclusiveMinimum\":0.5}", 1, 1, 0, 1, 0, 0.5L, 0},
+        {"{\"type\":\"number\",\"minimum\":1.25,\"maximum\":1.25}", 1, 1, 1, 0, 0, 1.25L, 1.25L},
+        {"{\"type\":\"number\",\"exclusiveMaximum\":0}", 1, 0, 1, 0, 1, 0, 0},
+        {"{\"type\":\"number\",\"minimum\":120,\"maximum\":125.5}", 1, 1, 1, 0, 0, 120, 125.5L},
+        {"{\"type\":[\"number\",\"null\"],\"minimum\":-0.05,\"exclusiveMaximum\":0.1}", 1, 1, 1, 0, 1, -0.05L, 0.1L},
+        {"{\"type\":\"number\",\"maximum\":1,\"exclusiveMaximum\":true,\"minimum\":0.999}", 1, 1, 1, 0, 1,
+         0.999L, 1},
+    };
+    for (size_t i = 0; i < sizeof K / sizeof *K; i++) {
+        api_schema_t sc;
+        api_err_t e;
+        if (compile_v(K[i].schema, &sc, &e)) {
+            CHECK(0);
+            fprintf(stderr, "  %s refused: %s\n", K[i].schema, e.message);
+            continue;
+        }
+        char buf[16];
+        int bad = 0;
+        api_num_t st = {0};
+        long n = num_walk(&sc.nodes[1], &K[i], buf, 0, &st, &bad);
+        CHECK_EQ_I(bad, 0);
+        CHECK(n >= 5);
+        if (n < 5) fprintf(stderr, "  %s: %ld prefixes\n", K[i].schema, n);
+        api_schema_free(&sc);
+    }
+    /* compiled: inward rounding, the tighter bound, integers made inclusive */
+    api_schema_t sc;
+    api_err_t e;
+    CHECK_EQ_I(compile_v("{\"type\":\"integer\",\"exclusiveMinimum\":2,\"minimum\":1,\"maximum\":9.9}", &sc, &e), 0);
+    CHECK_EQ_I(sc.nodes[1].nb, API_NB_LO | API_NB_HI);
+    CHECK(sc.nodes[1].nlo == 3 && sc.nodes[1].nhi == 9 && sc.nodes[1].nscale == 0);
+    CHECK_EQ_I(sc.nodes[1].min_len, 1);
+    api_schema_free(&sc);
+    CHECK_EQ_I(compile_v("{\"type\":\"number\",\"minimum\":1e-12,\"maximum\":1e300}", &sc, &e), 0);
+    CHECK(sc.nodes[1].nscale == 9 && sc.nodes[1].nlo == 1 && sc.nodes[1].nhi == API_NUM_LIMIT);
+    api_schema_free(&sc);
+    CHECK_EQ_I(compile_v("{\"type\":\"integer\",\"minimum\":1000}", &sc, &e), 0);
+    CHECK_EQ_I(sc.nodes[1].min_len, 4); /* "1000" */
+    CHECK_EQ_I(sc.nodes[0].min_len, 2); /* v is optional */
+    api_schema_free(&sc);
+    CHECK_EQ_I(compile_v("{\"type\":\"array\",\"minItems\":3,\"maxItems\":5,\"items\":{\"type\":\"string\","
+                         "\"minLength\":2}}", &sc, &e), 0);
+    CHECK(sc.nodes[1].min_items == 3 && sc.nodes[1].max_items == 5 && sc.nodes[2].min_chars == 2 &&
+          sc.nodes[2].max_chars == -1);
+    CHECK_EQ_I(sc.nodes[2].min_len, 4);                 /* "xx" */
+    CHECK_EQ_I(sc.nodes[1].min_len, 2 + 3 * 4 + 2);     /* ["xx","xx","xx"] */
+    api_schema_free(&sc);
+    CHECK_EQ_I(compile_v("{\"anyOf\":[{\"type\":\"integer\",\"minimum\":5},{\"type\":\"null\"}]}", &sc, &e), 0);
+    CHECK(sc.nodes[1].nb == API_NB_LO && sc.nodes[1].nlo == 5 && sc.nodes[1].types == (API_ST_INT | API_ST_NULL));
+    api_schema_free(&sc);
+    /* refused, each named */
+    static const char *const BAD[] = {
+        "{\"type\":\"integer\",\"minimum\":5,\"maximum\":4}",
+        "{\"type\":\"integer\",\"exclusiveMinimum\":1,\"exclusiveMaximum\":2}",
+        "{\"type\":\"number\",\"exclusiveMinimum\":1,\"maximum\":1}",
+        "{\"type\":\"number\",\"minimum\":\"1\"}",
+        "{\"type\":\"number\",\"minimum\":1e30}",
+        "{\"type\":\"array\",\"minItems\":-1}",
+        "{\"type\":\"array\",\"minItems\":1.5}",
+        "{\"type\":\"array\",\"minItems\":3,\"maxItems\":2}",
+        "{\"type\":\"array\",\"minItems\":5000}",
+        "{\"type\":\"string\",\"minLength\":2,\"maxLength\":1}",
+        "{\"enum\":[1,2],\"minimum\":1}",
+        "{\"anyOf\":[{\"type\":\"integer\"},{\"type\":\"null\"}],\"minimum\":1}",
+    };
+    for (size_t i = 0; i < sizeof BAD / sizeof *BAD; i++) {
+        CHECK_EQ_I(compile_v(BAD[i], &sc, &e), -1);
+        CHECK_EQ_I(e.status, 400);
+        CHECK_EQ_S(e.code, "invalid_value");
+        if (e.status == 400 && !strstr(e.message, "at properties.v")) fprintf(stderr, "  %s: %s\n", BAD[i], e.message);
+        CHECK(strstr(e.message, "at properties.v") != NULL);
+    }
+    /* five arrays with minItems inside each other: the grammar counts four */
+    char deep[512] = "{\"type\":\"string\"}";
+    for (int i = 0; i < API_SCHEMA_MAX_ADEPTH + 1; i++) {
+        char t[512];
+        snprintf(t, sizeof t, "{\"type\":\"array\",\"minItems\":1,\"items\":%s}", deep);
+        strcpy(deep, t);
+    }
+    CHECK_EQ_I(compile_v(deep, &sc, &e), -1);
+    CHECK(strstr(e.message, "inside each other") != NULL);
+}
+
 int main(int argc, char **argv) {
     if (argc > 1) vec_dir = argv[1];
+    test_num_bounds();
     test_prefix_key_whole_prompt();
     test_unknown_parameters();
     test_sampling_parameters();

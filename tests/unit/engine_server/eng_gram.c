@@ -366,6 +366,166 @@ static void test_schema_walks(void) {
     printf("schema walks: %d/%d ended with EOS, parse and validate\n", ok, walks);
 }
 
+/* ---- bounds: minimum, maximum, exclusive*, minItems, maxItems, minLength, maxLength */
+
+/* v within the bounds the schema document sch states (read from the JSON
+ * itself, not the compiled table: properties, items, anyOf), numbers compared
+ * as long doubles, lengths in code points. */
+static int bounds_valid(const tg_json_t *sch, const tg_json_t *v) {
+    const tg_json_t *any = tg_json_get(sch, "anyOf"), *x;
+    if (any) {
+        TG_JSON_FOREACH(x, any) {
+            const tg_json_t *t = tg_json_get(x, "type");
+            size_t tl;
+            const char *ts = tg_json_str(t, &tl);
+            int match = ts && ((tg_json_type(v) == TG_JSON_NULL && !strcmp(ts, "null")) ||
+                               (tg_json_type(v) == TG_JSON_NUMBER && (!strcmp(ts, "number") || !strcmp(ts, "integer"))) ||
+                               (tg_json_type(v) == TG_JSON_STRING && !strcmp(ts, "string")) ||
+                               (tg_json_type(v) == TG_JSON_ARRAY && !strcmp(ts, "array")));
+            if (match) return bounds_valid(x, v);
+        }
+        return 0;
+    }
+    double d;
+    int64_t n;
+    switch (tg_json_type(v)) {
+    case TG_JSON_NUMBER: {
+        long double y = strtold(tg_json_num_text(v, NULL), NULL);
+        static const char *const K[] = {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"};
+        for (int i = 0; i < 4; i++) {
+            const tg_json_t *b = tg_json_get(sch, K[i]);
+            if (!b || tg_json_double(b, &d)) continue;
+            long double bv = strtold(tg_json_num_text(b, NULL), NULL);
+            if ((i == 0 && y < bv) || (i == 1 && y > bv) || (i == 2 && y <= bv) || (i == 3 && y >= bv)) return 0;
+        }
+        return 1;
+    }
+    case TG_JSON_STRING: {
+        size_t len, cps = 0;
+        const char *t = tg_json_str(v, &len);
+        for (size_t i = 0; i < len; i++) cps += ((unsigned char)t[i] & 0xC0) != 0x80;
+        if (!tg_json_int64(tg_json_get(sch, "minLength"), &n) && (int64_t)cps < n) return 0;
+        if (!tg_json_int64(tg_json_get(sch, "maxLength"), &n) && (int64_t)cps > n) return 0;
+        return 1;
+    }
+    case TG_JSON_ARRAY: {
+        int64_t cnt = (int64_t)tg_json_len(v);
+        if (!tg_json_int64(tg_json_get(sch, "minItems"), &n) && cnt < n) return 0;
+        if (!tg_json_int64(tg_json_get(sch, "maxItems"), &n) && cnt > n) return 0;
+        const tg_json_t *it = tg_json_get(sch, "items");
+        if (it) TG_JSON_FOREACH(x, v) if (!bounds_valid(it, x)) return 0;
+        return 1;
+    }
+    case TG_JSON_OBJECT: {
+        const tg_json_t *props = tg_json_get(sch, "properties");
+        TG_JSON_FOREACH(x, v) {
+            size_t kl;
+            const char *k = tg_json_key(x, &kl);
+            const tg_json_t *ps = props ? tg_json_getn(props, k, kl) : NULL;
+            if (ps && !bounds_valid(ps, x)) return 0;
+        }
+        return 1;
+    }
+    default: return 1;
+    }
+}
+
+/* As zod v4 and Pydantic write bounds: integers and numbers in ranges (zod's
+ * z.int() is the safe-integer range), strings of 1..3 characters, arrays of
+ * 2..4, nested arrays, an optional bounded number. */
+static const char BOUNDED[] =
+    "{\"type\":\"object\",\"additionalProperties\":false,\"properties\":{"
+    "\"age\":{\"type\":\"integer\",\"minimum\":18,\"maximum\":120},"
+    "\"score\":{\"type\":\"number\",\"exclusiveMinimum\":0,\"maximum\":1},"
+    "\"temp\":{\"type\":\"number\",\"minimum\":-273.15},"
+    "\"neg\":{\"type\":\"integer\",\"exclusiveMaximum\":0},"
+    "\"big\":{\"type\":\"integer\",\"minimum\":-9007199254740991,\"maximum\":9007199254740991},"
+    "\"tags\":{\"type\":\"array\",\"items\":{\"type\":\"string\",\"minLength\":1,\"maxLength\":3},"
+    "\"minItems\":2,\"maxItems\":4},"
+    "\"grid\":{\"type\":\"array\",\"maxItems\":2,\"items\":{\"type\":\"array\",\"minItems\":1,\"maxItems\":2,"
+    "\"items\":{\"type\":\"integer\",\"minimum\":0,\"maximum\":9}}},"
+    "\"name\":{\"type\":[\"string\",\"null\"],\"minLength\":2,\"maxLength\":5},"
+    "\"opt\":{\"anyOf\":[{\"type\":\"number\",\"minimum\":5,\"maximum\":6},{\"type\":\"null\"}]}},"
+    "\"required\":[\"age\",\"score\",\"temp\",\"neg\",\"big\",\"tags\",\"grid\",\"name\",\"opt\"]}";
+
+static void test_bounds(void) {
+    api_schema_t sc;
+    CHECK_EQ_I(compile(BOUNDED, &sc), 0);
+    tg_json_t *doc = tg_json_parse(BOUNDED, strlen(BOUNDED), NULL, NULL);
+    static const char *const good[] = {
+        "{\"age\":18,\"score\":1,\"temp\":-273.15,\"neg\":-1,\"big\":9007199254740991,\"tags\":[\"a\",\"\u00e9\\n\"],"
+        "\"grid\":[],\"name\":null,\"opt\":null}",
+        "{\"age\":120,\"score\":0.0001,\"temp\":1000000000.5,\"neg\":-9007199254740993,\"big\":-9007199254740991,"
+        "\"tags\":[\"abc\",\"d\",\"e\",\"f\"],\"grid\":[[0],[9,1]],\"name\":\"\u00e9\u00e9\u00e9\u00e9\u00e9\",\"opt\":5.5}",
+        "{\"age\":42,\"score\":0.5,\"temp\":-0.0,\"neg\":-10,\"big\":0,\"tags\":[\"\\u0041\",\"\\\"\"],"
+        "\"grid\":[[1,2]],\"name\":\"ab\",\"opt\":6}",
+    };
+    static const char *const bad[] = {
+        "{\"age\":17,", "{\"age\":121,", "{\"age\":1000,", "{\"age\":-20,", "{\"age\":18.5,",
+        "{\"age\":18,\"score\":0,", "{\"age\":18,\"score\":1.01,", "{\"age\":18,\"score\":-0.5,",
+        "{\"age\":18,\"score\":1e-3,", /* no exponent when bounded */
+        "{\"age\":18,\"score\":1,\"temp\":-273.16,", "{\"age\":18,\"score\":1,\"temp\":-274,",
+        "{\"age\":18,\"score\":1,\"temp\":0,\"neg\":0,", "{\"age\":18,\"score\":1,\"temp\":0,\"neg\":-0,",
+        "{\"age\":18,\"score\":1,\"temp\":0,\"neg\":5,",
+        "{\"age\":18,\"score\":1,\"temp\":0,\"neg\":-1,\"big\":9007199254740992,",
+        "{\"age\":18,\"score\":1,\"temp\":0,\"neg\":-1,\"big\":0,\"tags\":[]",
+        "{\"age\":18,\"score\":1,\"temp\":0,\"neg\":-1,\"big\":0,\"tags\":[\"a\"]",
+        "{\"age\":18,\"score\":1,\"temp\":0,\"neg\":-1,\"big\":0,\"tags\":[\"a\",\"b\",\"c\",\"d\",",
+        "{\"age\":18,\"score\":1,\"temp\":0,\"neg\":-1,\"big\":0,\"tags\":[\"\"",
+        "{\"age\":18,\"score\":1,\"temp\":0,\"neg\":-1,\"big\":0,\"tags\":[\"abcd",
+        "{\"age\":18,\"score\":1,\"temp\":0,\"neg\":-1,\"big\":0,\"tags\":[\"a\",\"b\"],\"grid\":[[]",
+        "{\"age\":18,\"score\":1,\"temp\":0,\"neg\":-1,\"big\":0,\"tags\":[\"a\",\"b\"],\"grid\":[[1,2,",
+        "{\"age\":18,\"score\":1,\"temp\":0,\"neg\":-1,\"big\":0,\"tags\":[\"a\",\"b\"],\"grid\":[[1],[2],",
+        "{\"age\":18,\"score\":1,\"temp\":0,\"neg\":-1,\"big\":0,\"tags\":[\"a\",\"b\"],\"grid\":[[10",
+        "{\"age\":18,\"score\":1,\"temp\":0,\"neg\":-1,\"big\":0,\"tags\":[\"a\",\"b\"],\"grid\":[],\"name\":\"a\"",
+        "{\"age\":18,\"score\":1,\"temp\":0,\"neg\":-1,\"big\":0,\"tags\":[\"a\",\"b\"],\"grid\":[],"
+        "\"name\":\"abcdef",
+        "{\"age\":18,\"score\":1,\"temp\":0,\"neg\":-1,\"big\":0,\"tags\":[\"a\",\"b\"],\"grid\":[],"
+        "\"name\":null,\"opt\":4.99",
+    };
+    for (size_t i = 0; i < sizeof good / sizeof *good; i++) {
+        int ok = schema_accepts(&sc, good[i]);
+        CHECK(ok);
+        if (!ok) fprintf(stderr, "  refused: %s\n", good[i]);
+        tg_json_t *j = tg_json_parse(good[i], strlen(good[i]), NULL, NULL);
+        CHECK(j && bounds_valid(doc, j)); /* the oracle agrees */
+        tg_json_free(j);
+    }
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) { /* a prefix no valid answer starts with */
+        eng_gram_t *g = eng_gram_schema(V, tok_eos(T), &sc);
+        int ok = 1;
+        for (const char *p = bad[i]; *p && ok; p++) {
+            int32_t id = tok_id(T, (char[]){*p, 0});
+            ok = id >= 0 && eng_gram_accept(g, id) == 0;
+        }
+        CHECK(!ok);
+        if (ok) fprintf(stderr, "  accepted: %s\n", bad[i]);
+        eng_gram_free(g);
+    }
+    /* random walks at the shortest budget and above: every answer whole, valid, within bounds */
+    int okw = 0, walks = 0, min = sc.nodes[0].min_len + 1;
+    for (int w = 0; w < 24; w++) {
+        int budget = min + (w % 6) * (w % 6) * 4;
+        eng_gram_t *g = eng_gram_schema(V, tok_eos(T), &sc);
+        int eos, nt;
+        char *s = walk_random(g, budget, &eos, &nt);
+        tg_json_t *j = tg_json_parse(s, strlen(s), NULL, NULL);
+        int good_ = eos && nt <= budget && j && schema_valid(&sc, 0, j) && bounds_valid(doc, j);
+        if (getenv("GRAM_SHOW")) printf("  %d tokens: %s\n", nt, s);
+        CHECK(good_);
+        if (!good_) fprintf(stderr, "  bounded walk budget %d (eos %d, %d tokens): %s\n", budget, eos, nt, s);
+        okw += good_;
+        walks++;
+        tg_json_free(j);
+        free(s);
+        eng_gram_free(g);
+    }
+    printf("bounded walks: %d/%d ended with EOS, parse, validate, within bounds (shortest answer %d bytes)\n", okw,
+           walks, sc.nodes[0].min_len);
+    tg_json_free(doc);
+    api_schema_free(&sc);
+}
+
 /* tool_choice "auto": free text never holds a tool marker but the opener;
  * with JSON mode the answer is a JSON object or the block */
 static void test_auto(void) {
@@ -592,6 +752,7 @@ int main(int argc, char **argv) {
     test_tool_walks();
     test_schema_machine();
     test_schema_walks();
+    test_bounds();
     test_auto();
     test_strict_tools();
     test_mask_cost();
