@@ -30,6 +30,7 @@ UNIT_TARGETS += test-engine   # no servers: unit tests, goldens, fuzz replay, CL
 test-engine: $(ENG_GOLDEN_BIN) $(ENG_UNIT_BINS)
 	@set -e; for t in $(ENG_UNIT_BINS); do $$t; done
 	TOLLGATE_ENGINE_ISA=amx $(ENG_GOLDEN_BIN) tests/engine/golden $(ENG_TEST_DIR)/models
+	TOLLGATE_ENGINE_ISA=avx512bf16 $(ENG_GOLDEN_BIN) tests/engine/golden $(ENG_TEST_DIR)/models
 	TOLLGATE_ENGINE_ISA=avx512 $(ENG_GOLDEN_BIN) tests/engine/golden $(ENG_TEST_DIR)/models
 	TOLLGATE_ENGINE_ISA=avx2 $(ENG_GOLDEN_BIN) tests/engine/golden $(ENG_TEST_DIR)/models
 	TOLLGATE_ENGINE_ISA=scalar $(ENG_GOLDEN_BIN) tests/engine/golden $(ENG_TEST_DIR)/models
@@ -48,6 +49,7 @@ test-engine: test-engine-ops
 test-engine-ops: $(ENG_OPS_BIN)
 	TOLLGATE_ENGINE_ISA=scalar $(ENG_OPS_BIN) dump $(ENG_TEST_DIR)/ops-cpu-scalar.bin
 	TOLLGATE_ENGINE_ISA=amx $(ENG_OPS_BIN) compare $(ENG_TEST_DIR)/ops-cpu-scalar.bin
+	TOLLGATE_ENGINE_ISA=avx512bf16 $(ENG_OPS_BIN) compare $(ENG_TEST_DIR)/ops-cpu-scalar.bin
 	TOLLGATE_ENGINE_ISA=avx512 $(ENG_OPS_BIN) compare $(ENG_TEST_DIR)/ops-cpu-scalar.bin
 	TOLLGATE_ENGINE_ISA=avx2 $(ENG_OPS_BIN) compare $(ENG_TEST_DIR)/ops-cpu-scalar.bin
 

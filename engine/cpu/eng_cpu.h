@@ -22,9 +22,11 @@ void eng_cpu_pool_run(eng_cpu_pool_t *p, void (*fn)(void *arg, int i, int n), vo
 void eng_cpu_pool_run_any(eng_cpu_pool_t *p, void (*fn)(void *arg, int i, int n), void *arg);
 
 /* The instruction set the kernels chose at start-up: "amx" (AVX-512, and AMX
- * tiles for bf16 weights), "avx512", "avx2" or "scalar".  On avx512 and amx,
- * int8 weights run on AVX512-VNNI where the CPU has it (eng_cpu_vnni_uses).
- * TOLLGATE_ENGINE_ISA=scalar|avx2|avx512|amx forces a lower one. */
+ * tiles for bf16 weights), "avx512bf16" (AVX-512, and its bf16 dot product
+ * for bf16 weights: a CPU without AMX), "avx512", "avx2" or "scalar".  On
+ * avx512 and above, int8 weights run on AVX512-VNNI where the CPU has it
+ * (eng_cpu_vnni_uses).  TOLLGATE_ENGINE_ISA=scalar|avx2|avx512|avx512bf16|amx
+ * forces a lower one. */
 const char *eng_cpu_isa(void);
 
 /* a [n] . b [n] in fp32, with an accumulation order that depends only on n. */
@@ -126,6 +128,13 @@ void eng_cpu_vnni_xprep(const float *x, const int32_t *rows, int n, int64_t C, i
 const uint8_t *eng_cpu_vnni_xq(const void *xp, int n, int64_t C, int qblk, int t);
 const float *eng_cpu_vnni_xs(const void *xp, int n, int64_t C, int qblk, int t);
 void eng_cpu_vnni_rows(const eng_w_t *w, const void *xp, int n, float *y, int64_t r0, int64_t r1);
+/* bf16 x bf16 (eng_cpu_bf16.c, AVX512-BF16): bf16 weights used in place on
+ * the avx512bf16 level.  Prepared activations: each token's x split into bf16
+ * hi and lo parts; their bytes; tokens t0..t1-1 split into xp; Y rows r0..r1. */
+int eng_cpu_bf16_probe(void);
+size_t eng_cpu_bf16_xbytes(int n, int64_t C);
+void eng_cpu_bf16_xprep(const float *x, const int32_t *rows, int n, int64_t C, void *xp, int t0, int t1);
+void eng_cpu_bf16_rows(const eng_w_t *w, const void *xp, int n, float *y, int64_t r0, int64_t r1);
 /* floats of per-thread scratch (rowbuf) eng_cpu_matmul_rows needs */
 size_t eng_cpu_rowbuf_floats(const eng_w_t *w, int n);
 

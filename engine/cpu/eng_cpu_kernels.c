@@ -187,6 +187,7 @@ static struct {
     void (*i8_run)(const int8_t *, float *, int64_t, float);
     void (*f8_run)(const uint8_t *, float *, int64_t, float);
     int amx; /* bf16 matmuls on AMX tiles (eng_cpu_amx.c) */
+    int bf16dp; /* bf16 matmuls on AVX512-BF16 dot products (eng_cpu_bf16.c) */
     int vnni; /* int8-weight matmuls int8 x int8 on AVX512-VNNI (eng_cpu_vnni.c) */
 } K;
 
@@ -195,10 +196,11 @@ static pthread_once_t k_once = PTHREAD_ONCE_INIT;
 static void k_init(void) {
     for (int i = 0; i < 256; i++) f8_table[i] = eng_f8e4m3_to_f32((uint8_t)i);
     const char *force = getenv("TOLLGATE_ENGINE_ISA");
-    int want = 3;
+    int want = 4;
     if (force && !strcmp(force, "scalar")) want = 0;
     if (force && !strcmp(force, "avx2")) want = 1;
     if (force && !strcmp(force, "avx512")) want = 2;
+    if (force && !strcmp(force, "avx512bf16")) want = 3;
     __builtin_cpu_init();
     int has2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
     int has512 = has2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
@@ -229,11 +231,17 @@ static void k_init(void) {
          * arithmetic for all n keeps batch invariance) */
         const char *vn = getenv("TOLLGATE_ENGINE_VNNI"); /* "0": the widen-and-FMA tiles (to compare) */
         K.vnni = !(vn && !strcmp(vn, "0")) && eng_cpu_vnni_probe();
-        /* AMX: bf16-weight matmuls of every batch size (one arithmetic for
-         * all n keeps batch invariance); everything else stays AVX-512 */
-        if (want >= 3 && eng_cpu_amx_probe()) {
+        /* AVX512-BF16, or better AMX: bf16-weight matmuls of every batch
+         * size (one arithmetic for all n keeps batch invariance); everything
+         * else stays AVX-512 */
+        if (want >= 3 && eng_cpu_bf16_probe()) {
+            K.isa = "avx512bf16";
+            K.bf16dp = 1;
+        }
+        if (want >= 4 && eng_cpu_amx_probe()) {
             K.isa = "amx";
             K.amx = 1;
+            K.bf16dp = 0;
         }
     }
 }
@@ -999,6 +1007,9 @@ typedef void (*tile_fn)(const void *, int, int64_t, const float *, int64_t, int,
  * weight used in place (never the model's) runs on the AVX-512 tiles */
 static int uses_amx(const eng_w_t *w) { return K.amx && w->dt == ENG_DT_BF16 && w->layout == ENG_W_AMX; }
 
+/* bf16 weights used in place on a CPU with AVX512-BF16 and no AMX */
+static int uses_bf16dp(const eng_w_t *w) { return K.bf16dp && w->dt == ENG_DT_BF16 && w->layout == ENG_W_ROWS; }
+
 static int uses_vnni(const eng_w_t *w) { return K.vnni && w->dt == ENG_DT_I8 && w->qblk > 0 && w->scale; }
 
 int eng_cpu_vnni_on(void) {
@@ -1020,6 +1031,7 @@ size_t eng_cpu_xprep_bytes(const eng_w_t *w, int n) {
     k_ready();
     if (n <= 0) return 0;
     if (uses_vnni(w)) return eng_cpu_vnni_xbytes(n, w->cols, w->qblk);
+    if (uses_bf16dp(w)) return eng_cpu_bf16_xbytes(n, w->cols);
     return uses_amx(w) ? eng_cpu_amx_xbytes(n, w->cols) : 0;
 }
 
@@ -1027,12 +1039,14 @@ void eng_cpu_xprep(const eng_w_t *w, const float *x, int n, void *xp) {
     k_ready();
     if (uses_amx(w)) eng_cpu_amx_xprep(x, n, w->cols, xp);
     if (uses_vnni(w)) eng_cpu_vnni_xprep(x, NULL, n, w->cols, w->qblk, xp, 0, n);
+    if (uses_bf16dp(w)) eng_cpu_bf16_xprep(x, NULL, n, w->cols, xp, 0, n);
 }
 
 void eng_cpu_xprep_groups(const eng_w_t *w, const float *x, const int32_t *rows, int n, void *xp, int g0, int g1) {
     k_ready();
     if (uses_amx(w)) eng_cpu_amx_xprep_groups(x, rows, n, w->cols, xp, g0, g1);
     if (uses_vnni(w)) eng_cpu_vnni_xprep(x, rows, n, w->cols, w->qblk, xp, 16 * g0, 16 * g1);
+    if (uses_bf16dp(w)) eng_cpu_bf16_xprep(x, rows, n, w->cols, xp, 16 * g0, 16 * g1);
 }
 
 size_t eng_cpu_rowbuf_floats(const eng_w_t *w, int n) {
@@ -1072,7 +1086,11 @@ void eng_cpu_matmul_rows(const eng_w_t *w, const float *x, const void *xp, int n
         eng_cpu_vnni_rows(w, xp, n, y, r0, r1);
         return;
     }
-    tile_fn tile = !strcmp(K.isa, "avx512") || K.amx ? tile_avx512 : !strcmp(K.isa, "avx2") ? tile_avx2 : tile_scalar;
+    if (uses_bf16dp(w)) { /* x split into bf16 hi and lo by eng_cpu_xprep */
+        eng_cpu_bf16_rows(w, xp, n, y, r0, r1);
+        return;
+    }
+    tile_fn tile = !strcmp(K.isa, "avx512") || K.amx || K.bf16dp ? tile_avx512 : !strcmp(K.isa, "avx2") ? tile_avx2 : tile_scalar;
     int64_t C = w->cols, R = w->rows;
     int direct = w->dt == ENG_DT_F32 || (w->dt == ENG_DT_BF16 && w->layout == ENG_W_ROWS), bf16 = w->dt == ENG_DT_BF16;
     size_t es = w->dt == ENG_DT_F32 ? 4 : 2;

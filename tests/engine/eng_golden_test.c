@@ -50,6 +50,7 @@ static bool cpu_has(const char *isa) {
     bool has512 = has2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                   __builtin_cpu_supports("avx512vl");
     if (!strcmp(isa, "avx512")) return has512;
+    if (!strcmp(isa, "avx512bf16")) return has512 && __builtin_cpu_supports("avx512bf16");
     /* amx: the tiles, and Linux's permission to use them (once per process) */
     return has512 && __builtin_cpu_supports("amx-tile") && __builtin_cpu_supports("amx-bf16") &&
            syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XTILEDATA */) == 0;
@@ -59,11 +60,17 @@ static bool cpu_has(const char *isa) {
  * -1: a value the engine does not know (a failure). */
 static int want_isa(void) {
     const char *isa = getenv("TOLLGATE_ENGINE_ISA");
-    if (isa && strcmp(isa, "amx") && strcmp(isa, "avx512") && strcmp(isa, "avx2") && strcmp(isa, "scalar")) {
-        fprintf(stderr, "TOLLGATE_ENGINE_ISA=%s: not one of amx, avx512, avx2, scalar\n", isa);
+    if (isa && strcmp(isa, "amx") && strcmp(isa, "avx512bf16") && strcmp(isa, "avx512") && strcmp(isa, "avx2") &&
+        strcmp(isa, "scalar")) {
+        fprintf(stderr, "TOLLGATE_ENGINE_ISA=%s: not one of amx, avx512bf16, avx512, avx2, scalar\n", isa);
         return -1;
     }
-    if (!isa) isa = cpu_has("amx") ? "amx" : cpu_has("avx512") ? "avx512" : cpu_has("avx2") ? "avx2" : "scalar";
+    if (!isa)
+        isa = cpu_has("amx")          ? "amx"
+              : cpu_has("avx512bf16") ? "avx512bf16"
+              : cpu_has("avx512")     ? "avx512"
+              : cpu_has("avx2")       ? "avx2"
+                                      : "scalar";
     snprintf(want_backend, sizeof want_backend, "cpu/%s", isa);
     if (!cpu_has(isa)) {
         char why[96];

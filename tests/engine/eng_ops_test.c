@@ -550,6 +550,7 @@ static int cpu_has(const char *isa) {
     int has512 = has2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                  __builtin_cpu_supports("avx512vl");
     if (!strcmp(isa, "avx512")) return has512;
+    if (!strcmp(isa, "avx512bf16")) return has512 && __builtin_cpu_supports("avx512bf16");
     if (!strcmp(isa, "amx"))
         return has512 && __builtin_cpu_supports("amx-tile") && __builtin_cpu_supports("amx-bf16") &&
                syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XTILEDATA */) == 0;

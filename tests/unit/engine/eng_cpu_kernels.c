@@ -338,7 +338,7 @@ static void test_row_helpers(void) {
 }
 
 /* the levels engine/cpu/eng_cpu_kernels.c dispatches to, best first */
-static const char *levels[] = {"amx", "avx512", "avx2", "scalar"};
+static const char *levels[] = {"amx", "avx512bf16", "avx512", "avx2", "scalar"};
 
 int main(int argc, char **argv) {
     if (argc == 2) { /* a child: one level */
