@@ -154,7 +154,7 @@ class Edges(Checks):
             with self.subTest(method=method, path=path):
                 self.allow(admin(method, path, {} if method in ("POST", "PUT", "PATCH") else None), methods)
         # the embedding program's page (/metrics), and /health (it answered 200 to any method)
-        for method, path, methods in (("POST", "/metrics", ("GET",)), ("POST", "/health", ("GET", "HEAD")),
+        for method, path, methods in (("POST", "/metrics", ("GET", "HEAD")), ("POST", "/health", ("GET", "HEAD")),
                                       ("PATCH", "/health", ("GET", "HEAD")), ("DELETE", "/health", ("GET", "HEAD"))):
             with self.subTest(method=method, path=path):
                 st, h, b = send(http.client.HTTPConnection(ADMIN.hostname, ADMIN.port, timeout=TIMEOUT), method,
