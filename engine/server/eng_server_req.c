@@ -419,9 +419,13 @@ void eng_tool_calls_free(eng_tool_call_t *calls, size_t n) {
     free(calls);
 }
 
+/* A chat log-probs entry.  A special token (the BOS, FIM markers) is "" with
+ * no bytes, as the answer's text skips it (tok_stream_new(.., 1)) and the
+ * legacy completions entries do: the entries' tokens join to the content
+ * and their bytes to its UTF-8. */
 static cJSON *token_json(const tok_t *t, int32_t id, double logprob) {
     size_t n = 0;
-    char *text = tok_decode(t, &id, 1, 0, &n);
+    char *text = tok_decode(t, &id, 1, 1, &n);
     cJSON *o = cJSON_CreateObject(), *b = cJSON_CreateArray();
     if (!text || !o || !b) { /* text: the ids are the tokenizer's, only memory can lack */
         free(text);

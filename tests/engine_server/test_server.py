@@ -515,6 +515,28 @@ class Server(unittest.TestCase):
         # without logprobs the field is null
         st, _, b = chat("Logprobs please", max_tokens=2)
         self.assertIsNone(json.loads(b)["choices"][0]["logprobs"])
+        # a special token sampled (here the BOS, pushed by logit_bias) is skipped in the
+        # content and so in its entry: tokens still join to the content, bytes to its UTF-8
+        bos = tokenize(BOS)
+        self.assertEqual(len(bos), 1, bos)
+        for stream in (False, True):
+            st, _, b = chat("Logprobs please", max_tokens=4, logprobs=True, top_logprobs=2, stream=stream,
+                            logit_bias={str(bos[0]): 30})
+            self.assertEqual(st, 200, b)
+            if stream:
+                chunks = [json.loads(e) for e in sse(b)[:-1]]
+                content = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+                got = [e for c in chunks if c["choices"] and c["choices"][0]["logprobs"]
+                       for e in c["choices"][0]["logprobs"]["content"]]
+            else:
+                ch = json.loads(b)["choices"][0]
+                content, got = ch["message"]["content"], ch["logprobs"]["content"]
+            self.assertEqual(len(got), 4)
+            self.assertIn("", [e["token"] for e in got])  # the BOS was sampled at least once
+            self.assertNotIn(BOS, content)
+            self.assertEqual("".join(e["token"] for e in got), content)
+            self.assertEqual(bytes(x for e in got for x in e["bytes"]), content.encode())
+            self.assertEqual([e["token"] for e in got], [e["top_logprobs"][0]["token"] for e in got])
 
     def test_seed_repeats(self):
         outs = []

@@ -204,6 +204,18 @@ static void test_logprob_nul_token(void) {
                          "[{\"token\":\"\\u0000\",") == s);
     free(s);
     cJSON_Delete(o);
+    /* a special token is skipped in the answer's text: its entry is "" with no bytes, so the
+     * entries still join to the content (the top alternatives read the same way) */
+    int32_t bos = tok_id(t, "<\xef\xbd\x9c" "begin\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>");
+    CHECK(bos >= 0);
+    eng_logprob_t sp = {.id = bos, .logprob = -0.25, .n_top = 2};
+    sp.top_id[0] = bos, sp.top_logprob[0] = -0.25, sp.top_id[1] = id, sp.top_logprob[1] = -2;
+    o = eng_logprob_json(t, &sp);
+    s = o ? cJSON_PrintUnformatted(o) : NULL;
+    CHECK_EQ_S(s, "{\"token\":\"\",\"logprob\":-0.25,\"bytes\":[],\"top_logprobs\":[{\"token\":\"\",\"logprob\":-0.25,"
+                  "\"bytes\":[]},{\"token\":\"\\u0000\",\"logprob\":-2,\"bytes\":[0]}]}");
+    free(s);
+    cJSON_Delete(o);
     tok_free(t);
 }
 
