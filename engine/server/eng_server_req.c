@@ -448,8 +448,13 @@ static cJSON *token_json(const tok_t *t, int32_t id, double logprob) {
     /* every item checked: one dropped on a failed allocation made an entry
      * without its logprob or with bytes missing, in an answer that came whole */
     int bad = !cJSON_AddNumberToObject(o, "logprob", logprob);
-    for (size_t i = 0; !bad && text && i < n; i++) {
-        cJSON *x = cJSON_CreateNumber((unsigned char)text[i]);
+    /* bytes: the token's own, so a character split over tokens joins whole
+     * (its token text shows U+FFFD for the part); none for a skipped one */
+    size_t rn = 0;
+    const char *raw = n ? tok_token_bytes(t, id, &rn) : NULL;
+    if (!raw) raw = text, rn = n;
+    for (size_t i = 0; !bad && raw && i < rn; i++) {
+        cJSON *x = cJSON_CreateNumber((unsigned char)raw[i]);
         bad = !x || !cJSON_AddItemToArray(b, x);
     }
     free(text);

@@ -216,6 +216,17 @@ static void test_logprob_nul_token(void) {
                   "\"bytes\":[]},{\"token\":\"\\u0000\",\"logprob\":-2,\"bytes\":[0]}]}");
     free(s);
     cJSON_Delete(o);
+    /* a token holding part of a character ("\xe4", the byte-level "\xc3\xa4"): its bytes are its own,
+     * so the entries' bytes join to the content's UTF-8 (the token text can only show U+FFFD) */
+    int32_t part = tok_id(t, "\xc3\xa4");
+    CHECK(part >= 0);
+    eng_logprob_t pp = {.id = part, .logprob = -1, .n_top = 0};
+    o = eng_logprob_json(t, &pp);
+    s = o ? cJSON_PrintUnformatted(o) : NULL;
+    CHECK(s && strstr(s, "\"bytes\":[228]"));
+    if (s && !strstr(s, "\"bytes\":[228]")) fprintf(stderr, "  %s\n", s);
+    free(s);
+    cJSON_Delete(o);
     tok_free(t);
 }
 
