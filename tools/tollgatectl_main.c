@@ -43,7 +43,8 @@ static const char USAGE[] =
     "  key create --customer NAME [--name LABEL] [--expires-in DURATION | --expires-at T]\n"
     "             [--models m1,m2] [--rpm N] [--tpm N] [--concurrency N]\n"
     "             [--daily-limit-usd AMOUNT] [--monthly-limit-usd AMOUNT]   (spending limits, UTC periods)\n"
-    "                                  (prints the key alone on the last line; it is shown once)\n"
+    "                                  (prints the key alone on the last line; it is shown once;\n"
+    "                                   with --json one JSON document, the key in its \"key\")\n"
     "  key list --customer NAME        (state: active, expiring, expired, revoked; last use)\n"
     "  key update KEY_ID [--name LABEL] [--models m1,m2|all] [--rpm N] [--tpm N] [--concurrency N]\n"
     "             [--daily-limit-usd AMOUNT|none] [--monthly-limit-usd AMOUNT|none]\n"
@@ -745,8 +746,8 @@ static int cmd_key(args_t *a) {
         if (!json_out) {
             print_key_made(j, "created");
             printf("the key is shown only now:\n");
+            printf("%s\n", k->valuestring); /* with --json: inside the one JSON document printed */
         }
-        printf("%s\n", k->valuestring);
         cJSON_Delete(j);
     } else if (!strcmp(sub, "list")) {
         const char *cust = need(a, "--customer");
@@ -800,8 +801,8 @@ static int cmd_key(args_t *a) {
             printf("the old key %s (%s) works until %s UTC\n", str(old, "id"), str(old, "prefix"),
                    when(old, "expires_at"));
             printf("the new key is shown only now:\n");
+            printf("%s\n", k->valuestring); /* with --json: inside the one JSON document printed */
         }
-        printf("%s\n", k->valuestring);
         cJSON_Delete(j);
     } else if (!strcmp(sub, "revoke")) {
         const char *id = key_id_arg(a);

@@ -168,6 +168,22 @@ class Keys(unittest.TestCase):
         self.assertIn("not in the future", bad.stderr)
         self.assertEqual(len(ctl_json("key", "list", "--customer", cust)["data"]), 1)
 
+    def test_json_create_and_rotate_print_one_document(self):
+        """--json: the output is one JSON document, the key inside it (not the JSON and then the
+        bare key), for create and rotate; and the key it holds is the one that works."""
+        cust = new_customer()
+        made = json.loads(ctl("--json", "key", "create", "--customer", cust, "--name", "j").stdout)
+        self.assertRegex(made["key"], r"^sk-tg1-[0-9A-Za-z]{46}$")
+        self.assertEqual(made["prefix"], made["key"][:15])
+        self.assertEqual(models(PORTS[0], made["key"])[0], 200)
+        rot = json.loads(ctl("--json", "key", "rotate", str(made["id"]), "--grace", "1h").stdout)
+        self.assertRegex(rot["key"], r"^sk-tg1-[0-9A-Za-z]{46}$")
+        self.assertNotEqual(rot["key"], made["key"])
+        self.assertEqual(models(PORTS[0], rot["key"])[0], 200)
+        # without --json: the key alone on the last line, as before
+        plain = ctl("key", "create", "--customer", cust).stdout.strip().splitlines()
+        self.assertRegex(plain[-1], r"^sk-tg1-[0-9A-Za-z]{46}$")
+
     def test_expired_key_refused_on_every_instance_within_1s(self):
         cust = new_customer()
         key = ctl("key", "create", "--customer", cust, "--expires-in", "4").stdout.strip().splitlines()[-1]

@@ -100,8 +100,8 @@ def new_customer(credit="5"):
 def new_key(cust, *opts):
     """-> (key, key id)"""
     out = ctl("--json", "key", "create", "--customer", cust, *opts)
-    j = json.JSONDecoder().raw_decode(out)[0]  # the JSON, then the key alone on the last line
-    return out.strip().splitlines()[-1], j["id"]
+    j = json.loads(out)  # one JSON document, the key inside it
+    return j["key"], j["id"]
 
 
 # ---- the scripted upstream -------------------------------------------------------
