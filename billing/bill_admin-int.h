@@ -82,7 +82,7 @@ void adm_field_error(adm_req_t *r, const char *code, const char *param, const ch
 
 /* ---- input helpers (each returns 0, or -1 after answering 400) ----------- */
 
-int adm_name_ok(const char *s);  /* a customer / token name: 1-64 of [A-Za-z0-9._@-] */
+int adm_name_ok(const char *s);  /* a customer / token name: 1-64 of [A-Za-z0-9._@+-] */
 int adm_month_ok(const char *m); /* "YYYY-MM" */
 /* The request body as a JSON object (caller frees with tg_json_free), or NULL
  * after answering.  Read by common/tg_json (strict RFC 8259: numbers keep

@@ -453,7 +453,7 @@ int adm_name_ok(const char *s) {
     for (size_t i = 0; i < n; i++) {
         char c = s[i];
         int alnum = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
-        if (!alnum && (i == 0 || !strchr("._@-", c))) return 0;
+        if (!alnum && (i == 0 || !strchr("._@+-", c))) return 0;
     }
     return 1;
 }
@@ -700,6 +700,32 @@ static void settlement_get(adm_req_t *r) {
 
 /* ---- routing -------------------------------------------------------------- */
 
+/* The query string as RFC 3986 reads it: NAME=VALUE pairs split on '&', each
+ * percent-decoded and nothing else, so '+' is a plus sign (a customer named
+ * "a+b" is ?customer=a+b or a%2Bb) and a space is %20.  This is not form
+ * decoding (application/x-www-form-urlencoded, where '+' is a space, as
+ * evhttp_parse_query_str reads it): '+' meant two things there, and a name
+ * with '+' could not be asked for by a client writing it as is.  A pair
+ * without '=' has the value "".  0; -1 when a name or value holds an encoded
+ * NUL (%00); -2 out of memory. */
+static int query_parse(const char *query, struct evkeyvalq *q) {
+    char *copy = strdup(query);
+    int rc = copy ? 0 : -2;
+    for (char *save = NULL, *t = copy ? strtok_r(copy, "&", &save) : NULL; t && !rc; t = strtok_r(NULL, "&", &save)) {
+        char *eq = strchr(t, '=');
+        if (eq) *eq = 0;
+        size_t kl = 0, vl = 0;
+        char *k = evhttp_uridecode(t, 0, &kl), *v = evhttp_uridecode(eq ? eq + 1 : "", 0, &vl);
+        if (!k || !v) rc = -2;
+        else if (strlen(k) != kl || strlen(v) != vl) rc = -1;
+        else if (evhttp_add_header(q, k, v) != 0) rc = -1; /* a CR or LF in it */
+        free(k);
+        free(v);
+    }
+    free(copy);
+    return rc;
+}
+
 /* Route r by its path (after /admin/v1/).  Always answers. */
 static void dispatch(adm_req_t *r) {
     adm_priv_t *p = (adm_priv_t *)r->priv;
@@ -725,8 +751,13 @@ static void dispatch(adm_req_t *r) {
         adm_error(r, 500, NULL, "out of memory");
         return;
     }
-    if (query && evhttp_parse_query_str(query, &q) != 0) {
-        adm_error(r, 400, "invalid_query", "malformed query string");
+    int qrc = query ? query_parse(query, &q) : 0;
+    if (qrc == -2) {
+        adm_error(r, 500, NULL, "out of memory");
+        goto done;
+    }
+    if (qrc) {
+        adm_error(r, 400, "invalid_query", "malformed query string (a name or value holds %%00, CR or LF)");
         goto done;
     }
     for (char *save = NULL, *t = strtok_r(copy, "/", &save); t; t = strtok_r(NULL, "/", &save)) {

@@ -174,7 +174,7 @@ static void customers_create(adm_req_t *r) {
     char credit[24];
     if (!adm_jstr(n) || !adm_name_ok(adm_jstr(n))) {
         adm_field_error(r, "invalid_name", "name",
-                        "name must be 1-64 characters of letters, digits and ._@- (starting with a letter or digit)");
+                        "name must be 1-64 characters of letters, digits and ._@+- (starting with a letter or digit)");
     } else if (adm_usd_field(r, j, "credit_usd", 0, 0, 0, credit) == 0) {
         const char *p[] = {adm_jstr(n), credit};
         adm_write(r, SQL_CUST_CREATE, 2, p, NULL, 200, NULL, NULL);

@@ -42,7 +42,7 @@ static void token_create(adm_req_t *r) {
         char tok[53], hash[65], prefix[16];
         if (!adm_name_ok(name) || !strcmp(name, "root")) {
             adm_field_error(r, "invalid_name", "name",
-                            "name must be 1-64 characters of letters, digits and ._@- (starting with a letter or digit), "
+                            "name must be 1-64 characters of letters, digits and ._@+- (starting with a letter or digit), "
                             "not \"root\" (the bootstrap token)");
         } else if (strcmp(role, "admin") && strcmp(role, "readonly")) {
             adm_field_error(r, "invalid_value", "role", "role must be \"admin\" or \"readonly\"");

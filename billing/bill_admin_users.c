@@ -47,7 +47,7 @@ static void user_create(adm_req_t *r) {
         char pw[40], hash[65];
         if (!adm_name_ok(login)) {
             adm_field_error(r, "invalid_name", "login",
-                            "login must be 1-64 characters of letters, digits and ._@- (starting with a letter or digit)");
+                            "login must be 1-64 characters of letters, digits and ._@+- (starting with a letter or digit)");
         } else if (strcmp(role, "customer") && strcmp(role, "operator")) {
             adm_field_error(r, "invalid_value", "role", "role must be \"customer\" or \"operator\"");
         } else if (!strcmp(role, "customer") != !!cust) {

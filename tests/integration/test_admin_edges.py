@@ -177,6 +177,30 @@ class Edges(Checks):
         self.error(admin("POST", "customers", big), 413, "request_too_large")
         self.assertEqual(q("SELECT count(*) FROM customers WHERE length(name) > 64")[0][0], 0)
 
+    def test_query_plus_is_a_plus(self):
+        """The admin API reads its query string as RFC 3986 says (percent-decoding only): a '+' is a
+        plus sign (%20 is a space).  Names may hold '+' (e-mail sub-addresses), and such a name
+        round-trips through ?customer= whether the client writes the '+' as is or as %2B; form
+        decoding made "team+a@x" into "team a@x" (a 404, or another customer's report)."""
+        stem = "edges-%s" % uuid.uuid4().hex[:8]
+        name = stem + "+a@example.com"
+        made = json.loads(ctl("--json", "customer", "create", name, "--credit-usd", "1"))
+        self.assertEqual(made["name"], name)
+        for query in (name, urllib.parse.quote(name, safe="")):
+            for report in ("usage", "balance"):
+                with self.subTest(query=query, report=report):
+                    st, _, b = admin("GET", "reports/%s?by=day&customer=%s" % (report, query))
+                    self.assertEqual(st, 200, b)
+                    self.assertEqual(json.loads(b)["customer"], name)
+        # the name with a space where the '+' was is not the same customer (and cannot be made)
+        self.error(admin("GET", "reports/usage?customer=" + urllib.parse.quote(name.replace("+", " "))), 404)
+        # tollgatectl and the path form find it too
+        self.assertEqual(json.loads(ctl("--json", "balance", "--customer", name))["customer"], name)
+        st, _, b = admin("GET", "customers/" + name)
+        self.assertEqual((st, json.loads(b)["name"]), (200, name), b)
+        # an encoded NUL in a query value is refused, not cut short
+        self.error(admin("GET", "reports/usage?customer=edges%00x"), 400, "invalid_query")
+
     def test_dashboard_405_carries_allow(self):
         cust = new_customer()
         s = sign_in(new_key(cust)["key"])
