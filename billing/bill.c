@@ -258,19 +258,39 @@ void bill_cancel(bill_req_t *r) {
 /* ---- balance (GET /user/balance) -------------------------------------------- */
 
 /* Granted (promotional) credit is not told apart from paid credit here: all
- * of it is topped up.  Available: some balance left, the customer not closed.
+ * of it is topped up.  Available: whether a request with this key would be
+ * admitted now, as tg_lease_grant decides (the least of what is left wants
+ * room): some balance left, the customer not closed, and room under each
+ * spending limit there is, the customer's and the key's, daily and monthly
+ * (UTC days and months; before 2026-11-30 the limits were not looked at, and
+ * a customer refused with 402 for its daily limit read "is_available": true).
  * $2, $3: the rows of the customer this loop has settled that PostgreSQL may
  * not hold yet (bill_settler_pending: request ids, costs); those whose usage
  * row the statement's snapshot does not see are taken off, so a client reads
- * its own requests' debits at once (a row and its debit commit together). */
+ * its own requests' debits at once (a row and its debit commit together), and
+ * count in the customer's spending.  $4: the key (0: none).  The month's
+ * usage is summed only when there is a limit. */
 static const char BALANCE_SQL[] =
-    "SELECT json_build_object('is_available', b.bal > 0 AND c.closed_at IS NULL,"
+    "SELECT json_build_object('is_available', b.bal > 0 AND c.closed_at IS NULL"
+    " AND (c.daily_limit_pico IS NULL OR s.cd + b.pend < c.daily_limit_pico)"
+    " AND (c.monthly_limit_pico IS NULL OR s.cm + b.pend < c.monthly_limit_pico)"
+    " AND (k.daily_limit_pico IS NULL OR s.kd < k.daily_limit_pico)"
+    " AND (k.monthly_limit_pico IS NULL OR s.km < k.monthly_limit_pico),"
     " 'balance_infos', json_build_array(json_build_object('currency', 'USD',"
     " 'total_balance', tg_usd(b.bal), 'granted_balance', tg_usd(0),"
     " 'topped_up_balance', tg_usd(b.bal), 'total_balance_pico', b.bal::text)))::text"
-    " FROM customers c, LATERAL (SELECT c.balance_pico - coalesce((SELECT sum(p.cost)"
-    " FROM unnest($2::uuid[], $3::bigint[]) AS p(id, cost)"
-    " WHERE NOT EXISTS (SELECT 1 FROM usage u WHERE u.request_id = p.id)), 0) AS bal) b"
+    " FROM customers c LEFT JOIN api_keys k ON k.id = $4::bigint AND k.customer_id = c.id,"
+    " LATERAL (SELECT coalesce((SELECT sum(p.cost) FROM unnest($2::uuid[], $3::bigint[]) AS p(id, cost)"
+    "   WHERE NOT EXISTS (SELECT 1 FROM usage u WHERE u.request_id = p.id)), 0) AS pend) pe,"
+    " LATERAL (SELECT c.balance_pico - pe.pend AS bal, pe.pend) b,"
+    " LATERAL (SELECT coalesce(sum(u.cost_pico) FILTER (WHERE u.received_at >= date_trunc('day', now(), 'UTC')), 0) AS cd,"
+    "   coalesce(sum(u.cost_pico), 0) AS cm,"
+    "   coalesce(sum(u.cost_pico) FILTER (WHERE u.key_id = k.id"
+    "     AND u.received_at >= date_trunc('day', now(), 'UTC')), 0) AS kd,"
+    "   coalesce(sum(u.cost_pico) FILTER (WHERE u.key_id = k.id), 0) AS km"
+    "   FROM usage u WHERE u.customer_id = c.id AND u.received_at >= date_trunc('month', now(), 'UTC')"
+    "   AND coalesce(c.daily_limit_pico, c.monthly_limit_pico, k.daily_limit_pico, k.monthly_limit_pico)"
+    "     IS NOT NULL) s"
     " WHERE c.id = $1::bigint";
 
 static void balance_done(PGresult *res, const char *err, void *arg) {
@@ -284,19 +304,20 @@ static void balance_done(PGresult *res, const char *err, void *arg) {
     req_free(r);
 }
 
-bill_req_t *bill_balance(bill_t *b, int64_t customer_id, bill_balance_cb cb, void *arg) {
+bill_req_t *bill_balance(bill_t *b, int64_t customer_id, int64_t key_id, bill_balance_cb cb, void *arg) {
     bill_req_t *r = tg_zalloc(sizeof *r);
     if (!r) return NULL;
-    char id[24];
+    char id[24], kid[24];
     tg_buf_t ids = {0}, costs = {0};
     snprintf(id, sizeof id, "%lld", (long long)customer_id);
+    snprintf(kid, sizeof kid, "%lld", (long long)key_id);
     if (bill_settler_pending(b->settler, customer_id, &ids, &costs) != 0) goto fail;
-    const char *params[3] = {id, ids.p, costs.p};
+    const char *params[4] = {id, ids.p, costs.p, kid};
     r->b = b;
     r->kind = 2;
     r->balance_cb = cb;
     r->arg = arg;
-    if (!(r->job = bill_pg_query(b->pg, BALANCE_SQL, 3, params, balance_done, r))) goto fail;
+    if (!(r->job = bill_pg_query(b->pg, BALANCE_SQL, 4, params, balance_done, r))) goto fail;
     bill_pg_job_retry_ok(r->job); /* it only reads */
     tg_buf_free(&costs);
     tg_buf_free(&ids);

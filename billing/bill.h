@@ -137,12 +137,14 @@ void bill_cancel(bill_req_t *r); /* cb will not be called; accepts NULL */
  * USD: {"is_available","balance_infos":[{"currency":"USD","total_balance",
  * "granted_balance","topped_up_balance","total_balance_pico"}]} (amounts
  * decimal strings, bill_usd_format's rounding; the pico-USD one exact).
- * One read of PostgreSQL (settled usage only: what is still in a journal is
- * not in it yet).  cb gets the body, valid during the call, or NULL when
+ * "is_available": a request with key key_id (0: none) would be admitted now:
+ * balance left, the customer open, room under every spending limit of the
+ * customer and of the key.  One read of PostgreSQL (settled usage only: what
+ * is still in a journal is not in it yet).  cb gets the body, valid during the call, or NULL when
  * PostgreSQL could not answer or the customer does not exist.  cb is called
  * once, from the loop, unless cancelled with bill_cancel.  NULL: ENOMEM. */
 typedef void (*bill_balance_cb)(const char *json, void *arg);
-bill_req_t *bill_balance(bill_t *b, int64_t customer_id, bill_balance_cb cb, void *arg);
+bill_req_t *bill_balance(bill_t *b, int64_t customer_id, int64_t key_id, bill_balance_cb cb, void *arg);
 
 /* Hold `amount` pico-USD for a request of key (from bill_admit) against this
  * holder's credit lease: without a round trip while the lease has room;

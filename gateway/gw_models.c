@@ -87,7 +87,7 @@ static void gw_balance_got(const char *json, void *arg) {
 }
 
 static void gw_balance_read(gw_req_t *r) {
-    if (!(r->admit = bill_balance(r->loop->bill, r->key.customer_id, gw_balance_got, r)))
+    if (!(r->admit = bill_balance(r->loop->bill, r->key.customer_id, r->key.key_id, gw_balance_got, r)))
         gw_req_error(r, 500, "server_error", NULL, NULL, "out of memory");
 }
 

@@ -97,6 +97,41 @@ class Balance(unittest.TestCase):
         self.assertEqual((st, h.get("allow")), (405, "GET, HEAD"))
 
 
+    def test_is_available_follows_spending_limits(self):
+        """is_available says whether a request with this key would be admitted: not only balance
+        left, but room under the customer's and the key's spending limits (it said true while
+        every request was refused 402 for a daily limit)."""
+        name = "it-bal2-" + uuid.uuid4().hex[:10]
+        ctl("customer", "create", name, "--credit-usd", "5")
+        key = json.loads(ctl("--json", "key", "create", "--customer", name).stdout)
+        other = json.loads(ctl("--json", "key", "create", "--customer", name).stdout)
+        st, rid, body = chat(key["key"])
+        self.assertEqual(st, 200, body)
+        deadline = time.time() + WAIT
+        while not q("SELECT 1 FROM usage WHERE request_id = %s", rid) and time.time() < deadline:
+            time.sleep(0.1)
+        (cost,), = q("SELECT cost_pico FROM usage WHERE request_id = %s", rid)
+        usd = lambda pico: "%d.%012d" % divmod(pico, 10**12)  # noqa: E731
+        avail = lambda k: get("/user/balance", k["key"])[2]["is_available"]  # noqa: E731
+        self.assertEqual((avail(key), avail(other)), (True, True))
+        # the customer's daily limit reached (what it spent today is the limit): neither key
+        ctl("customer", "spending-limits", name, "--daily-usd", usd(cost))
+        self.assertEqual((avail(key), avail(other)), (False, False))
+        ctl("customer", "spending-limits", name, "--daily-usd", usd(cost + 1))
+        self.assertEqual((avail(key), avail(other)), (True, True))
+        ctl("customer", "spending-limits", name, "--daily-usd", "none", "--monthly-usd", usd(cost))
+        self.assertEqual((avail(key), avail(other)), (False, False))
+        ctl("customer", "spending-limits", name, "--monthly-usd", "none")
+        # the key's own limit reached: that key only (the other one spent nothing)
+        ctl("key", "update", str(key["id"]), "--monthly-limit-usd", usd(cost))
+        self.assertEqual((avail(key), avail(other)), (False, True))
+        ctl("key", "update", str(key["id"]), "--monthly-limit-usd", "none", "--daily-limit-usd", usd(cost))
+        self.assertEqual((avail(key), avail(other)), (False, True))
+        ctl("key", "update", str(key["id"]), "--daily-limit-usd", usd(cost + 1))
+        self.assertEqual((avail(key), avail(other)), (True, True))
+        ctl("key", "update", str(other["id"]), "--daily-limit-usd", usd(1))
+        self.assertEqual((avail(key), avail(other)), (True, True))
+
     def test_balance_shows_a_request_at_once(self):
         # read on the connection that sent the request, right after its answer:
         # its debit is there, though its settlement batch may not have committed
