@@ -146,7 +146,7 @@ static const char SQL_LEDGER_LIST[] =
 static const char SQL_USAGE[] =
     "SELECT json_build_object('object', 'list', 'customer', c.name,"
     " 'from', " ADM_PERIOD_FROM("$2::timestamptz", "$3::timestamptz") ", 'to', $3::timestamptz,"
-    " 'totals', (SELECT json_build_object('requests', count(*),"
+    " 'totals', (SELECT json_build_object('requests', count(*)::text,"
     "   'prompt_tokens', coalesce(sum(prompt_tokens), 0)::text,"
     "   'prompt_cache_hit_tokens', coalesce(sum(prompt_cache_hit_tokens), 0)::text,"
     "   'prompt_cache_miss_tokens', coalesce(sum(prompt_cache_miss_tokens), 0)::text,"

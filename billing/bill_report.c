@@ -25,10 +25,10 @@
 
 /* One rollup group's sums as JSON members (x is the grouped row). */
 #define SUMJ                                                                                            \
-    "'requests', x.requests, 'prompt_cache_hit_tokens', x.hit::text, 'prompt_cache_miss_tokens', x.miss::text," \
+    "'requests', x.requests::text, 'prompt_cache_hit_tokens', x.hit::text, 'prompt_cache_miss_tokens', x.miss::text," \
     " 'completion_tokens', x.completion::text, 'reasoning_tokens', x.reasoning::text,"                 \
-    " 'cost_pico', x.cost::text, 'cost_usd', tg_usd(x.cost), 'failed_5xx', x.failed_5xx,"             \
-    " 'refused_402', x.refused_402, 'refused_429', x.refused_429, 'refused_5xx', x.refused_5xx"
+    " 'cost_pico', x.cost::text, 'cost_usd', tg_usd(x.cost), 'failed_5xx', x.failed_5xx::text,"       \
+    " 'refused_402', x.refused_402::text, 'refused_429', x.refused_429::text, 'refused_5xx', x.refused_5xx::text"
 
 #define SUMS                                                                                            \
     "sum(h.requests) AS requests, sum(h.prompt_cache_hit_tokens) AS hit, sum(h.prompt_cache_miss_tokens) AS miss," \
@@ -103,7 +103,7 @@ const char BILL_REPORT_TOP_SQL[] =
     "      AND d.day >= w.d0 AND d.day < w.d1) h) d)"
     " SELECT json_build_object('object', 'report', 'report', 'top',"
     " 'from', " ADM_PERIOD_FROM("$1::timestamptz", "$2::timestamptz") ", 'to', $2::timestamptz,"
-    " 'limit', $3::int, 'customers', (SELECT count(*) FROM s),"
+    " 'limit', $3::int, 'customers', (SELECT count(*) FROM s)::text,"
     " 'total_cost_pico', (SELECT coalesce(sum(cost), 0) FROM s)::text,"
     " 'total_cost_usd', tg_usd((SELECT coalesce(sum(cost), 0) FROM s)),"
     " 'data', coalesce((SELECT json_agg(json_build_object('rank', x.rank, 'customer', c.name,"

@@ -594,7 +594,7 @@ class Money(ServerCase):
 
         p, found = reconcile()
         self.assertEqual((p.returncode, found, p.stderr), (0, set(), ""), p.stdout)
-        self.assertGreaterEqual(json.loads(self.s.ctl("--json", "reconcile", *window).stdout)["checked"]["usage_rows"], 2)
+        self.assertGreaterEqual(int(json.loads(self.s.ctl("--json", "reconcile", *window).stdout)["checked"]["usage_rows"]), 2)
 
         def plant(table, trigger, change, undo, want):
             """Change a row past its trigger, reconcile must name it; then put it back."""

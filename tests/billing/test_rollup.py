@@ -200,6 +200,11 @@ class Rollup(ServerCase):
                                          else x for x in w) for w in want], (by, split))
             tot = q("SELECT " + sql_cols + " FROM usage WHERE customer_id = %s", cust)[0]
             self.assertEqual(tuple(int(j["totals"][c]) for c in cols), tuple(int(x) for x in tot))
+            # every counter and sum is a string of digits, as money and tokens are (a JSON number
+            # is a double to most readers: exact only up to 2^53); totals.requests was a number
+            for r in j["data"] + [j["totals"]]:
+                for c in cols + ("refused_402", "refused_429", "refused_5xx"):
+                    self.assertRegex(r[c], r"^[0-9]+$", (c, r))
         self.assertEqual(len(self.report("/admin/v1/reports/usage?customer=%s&by=hour&split=key,model"
                                          % name)["data"]), len(rollup_rows(cust)))
         # tollgatectl: the same JSON, and a text table with the total
@@ -230,9 +235,9 @@ class Rollup(ServerCase):
         self.assertEqual(len(want), 4)
         j = self.report("/admin/v1/reports/top?from=%s&to=%s&limit=3" % (frm, to))
         self.assertEqual([(r["customer"], int(r["cost_pico"]), r["requests"]) for r in j["data"]],
-                         [(w[0], int(w[1]), w[2]) for w in want[:3]])
+                         [(w[0], int(w[1]), str(w[2])) for w in want[:3]])  # counters: strings of digits
         self.assertEqual([r["rank"] for r in j["data"]], [1, 2, 3])
-        self.assertEqual(j["customers"], 4)
+        self.assertEqual(j["customers"], "4")
         self.assertEqual(int(j["total_cost_pico"]), sum(int(w[1]) for w in want))
         out = self.s.ctl("report", "top", "--from", frm, "--to", to, "--limit", "2").stdout
         self.assertIn(want[0][0], out)
@@ -263,7 +268,7 @@ class Rollup(ServerCase):
         self.assertEqual(len(want), 3)
         j = self.report("/admin/v1/reports/top?from=%s&to=%s&limit=2" % (frm, to))
         self.assertEqual([(r["customer"], int(r["cost_pico"]), r["requests"], int(r["completion_tokens"]))
-                          for r in j["data"]], [(w[0], int(w[1]), w[2], int(w[3])) for w in want[:2]])
+                          for r in j["data"]], [(w[0], int(w[1]), str(w[2]), int(w[3])) for w in want[:2]])
         self.assertEqual(int(j["total_cost_pico"]), sum(int(w[1]) for w in want))
         name, cust = custs[1]
         cols = ("requests", "prompt_cache_hit_tokens", "prompt_cache_miss_tokens", "completion_tokens",
