@@ -329,6 +329,7 @@ struct bill {
     struct event *kick;
     bill_lease_t *lease;
     uint64_t cache_hits, cache_misses, invalidations;
+    int64_t last_notice_ms;  /* Unix time (ms) the latest key-change notice came (0: none) */
     bill_settler_t *settler;
     bill_admin_t *admin;
     bill_invoicer_t *invoicer; /* NULL: no automatic finalization */

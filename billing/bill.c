@@ -383,6 +383,7 @@ void bill_hold_stats(const bill_t *b, bill_hold_stats_t *st) {
     st->cache_hits = b->cache_hits;
     st->cache_misses = b->cache_misses;
     st->invalidations = b->invalidations;
+    st->last_invalidation_ms = b->last_notice_ms;
     st->listening = bill_listen_up(b->listen);
 }
 
@@ -439,7 +440,10 @@ void bill_refusal(bill_t *b, int64_t customer_id, int64_t key_id, const char *mo
 
 static void on_notice(const char *channel, const char *payload, void *arg) {
     bill_t *b = arg;
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
     b->invalidations++;
+    b->last_notice_ms = (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000;
     b->gen++;
     if (!strcmp(channel, "tg_key")) { /* "<hash> <key id> <customer id>" */
         char hash[65];

@@ -109,6 +109,7 @@ typedef struct {
     uint64_t holds_total, grants, grant_refusals, overruns;
     uint64_t hold_waits;             /* holds that waited for a grant: PostgreSQL on the request's path */
     uint64_t cache_hits, cache_misses, invalidations;
+    int64_t last_invalidation_ms;    /* Unix time (ms) this loop's latest key-change notice came (0: none) */
     int listening;                   /* key-change notices flow */
 } bill_hold_stats_t;
 

@@ -64,6 +64,8 @@ static void gw_holds_add(bill_hold_stats_t *a, const bill_hold_stats_t *b, int f
     ADD(grant_refusals), ADD(hold_waits), ADD(overruns), ADD(cache_hits), ADD(cache_misses), ADD(invalidations);
 #undef ADD
     a->listening = first ? b->listening : a->listening && b->listening;
+    /* the time by which every loop had its latest notice: the slowest loop's */
+    if (first || b->last_invalidation_ms < a->last_invalidation_ms) a->last_invalidation_ms = b->last_invalidation_ms;
 }
 
 /* Render the sum of every loop's slot. */

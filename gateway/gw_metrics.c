@@ -124,6 +124,9 @@ void gw_metrics_render_holds(const gw_metrics_t *m, const bill_hold_stats_t *h, 
     counter(o, "tollgate_key_cache_hits_total", "Admissions answered from the key cache.", h->cache_hits);
     counter(o, "tollgate_key_cache_misses_total", "Admissions that read PostgreSQL.", h->cache_misses);
     counter(o, "tollgate_key_invalidations_total", "Key-change notices received (LISTEN/NOTIFY).", h->invalidations);
+    gauge(o, "tollgate_key_invalidation_last_ms",
+          "Unix time (ms) by which every event loop had received its latest key-change notice (0: a loop none yet).",
+          (long long)h->last_invalidation_ms);
     counter(o, "tollgate_key_format_rejects_total", "Keys refused by their shape or checksum, before any lookup.",
             m->key_format_rejects);
     gauge(o, "tollgate_key_notices_up", "1 while key-change notices flow (the LISTEN connection is up).",

@@ -1,7 +1,13 @@
 """Extra gateway instances beside the test stack's, for the tests that must
 hold on every instance (holds, revocation, limits).  Each instance gets the
 stack's config (same PostgreSQL, Redis, workers, key secret, admin token) with
-its own port, admin listener (port + 1000), spool directory and access log."""
+its own port, admin listener (port + ADMIN_OFFSET), spool directory and access log.
+
+Ports: every port a test uses lies within BLOCK of the stack's public port, so
+that stacks whose ports are BLOCK apart (one per worktree: 21443, 22443, ...) never
+share one.  The admin listeners were at port + 1000 before: an instance of the stack
+at 21443 took 22503 for its admin listener, the public port of the same instance of
+the stack at 22443."""
 
 import http.client
 import json
@@ -13,6 +19,17 @@ import time
 
 E = os.environ
 TOP = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+ADMIN_OFFSET = 100  # instances are at the stack's port + 30 .. + 91: admin listeners at + 130 .. + 191
+BLOCK = 500
+
+
+def own_port(port):
+    """port, once checked to lie within BLOCK of the stack's public port."""
+    base = int(E["TG_TEST_GATEWAY"].rsplit(":", 1)[1])
+    if not base - BLOCK < port < base + BLOCK:
+        raise AssertionError("port %d is outside this stack's block (%d +- %d): it may be another stack's"
+                             % (port, base, BLOCK))
+    return port
 
 
 def https(port, method, path, key=None, body=None, timeout=120):
@@ -47,7 +64,8 @@ class Instances:
         # the stack's gateway runs the engine (workers[].command): instances attach to it
         base["workers"] = [{k: v for k, v in w.items() if k not in ("command", "log")} for w in base["workers"]]
         for i, port in enumerate(self.ports):
-            cfg = dict(base, listen="127.0.0.1:%d" % port, admin_listen="127.0.0.1:%d" % (port + 1000),
+            cfg = dict(base, listen="127.0.0.1:%d" % own_port(port),
+                       admin_listen="127.0.0.1:%d" % own_port(port + ADMIN_OFFSET),
                        spool_dir=os.path.join(self.dir, "spool%d" % i),
                        access_log=os.path.join(self.dir, "access%d.log" % i))
             cfg.update(self.overrides)
@@ -75,7 +93,7 @@ class Instances:
     def admin(self, i, path):
         """GET path on instance i's admin listener -> body bytes."""
         import urllib.request
-        req = urllib.request.Request("http://127.0.0.1:%d%s" % (self.ports[i] + 1000, path),
+        req = urllib.request.Request("http://127.0.0.1:%d%s" % (self.ports[i] + ADMIN_OFFSET, path),
                                      headers={"Authorization": "Bearer " + E["TG_TEST_ADMIN_TOKEN"]})
         with urllib.request.urlopen(req, timeout=30) as r:
             return r.read()

@@ -233,10 +233,20 @@ class Keys(unittest.TestCase):
                 if st == 401:
                     self.assertEqual(code(body), "invalid_api_key", body)
                     refused.add(port)
-        elapsed = time.time() - t0
         self.assertEqual(refused, set(PORTS), "still admitted 10 s after the revocation")
-        self.assertLess(elapsed, 1.0, "the revocation took %.3f s to reach both instances" % elapsed)
         self.assertTrue(all(invalidations(p) > n for p, n in zip(PORTS, before)), "refused without a notice")
+        # within 1 s: measured by the gateways' own clocks, from the revocation's commit (revoked_at,
+        # PostgreSQL's clock on this host) to the time every event loop of each instance had the
+        # notice (tollgate_key_invalidation_last_ms), not by this test's polling, whose TLS
+        # handshakes on a loaded host took longer than the notice itself
+        self.cur.execute("SELECT extract(epoch FROM revoked_at)::float8 FROM api_keys WHERE id = %s", (kid,))
+        revoked = self.cur.fetchone()[0]
+        for i, port in enumerate(PORTS):
+            noticed = Keys.gw.metrics(i)["tollgate_key_invalidation_last_ms"] / 1000.0
+            self.assertGreater(noticed, revoked - 0.05, "instance %d: its latest notice predates the revocation"
+                               % port)
+            self.assertLess(noticed - revoked, 1.0, "instance %d had the revocation %.3f s after it was made"
+                            % (port, noticed - revoked))
         self.assertEqual(key_row(cust, kid)["state"], "revoked")
         # a revoked key cannot be rotated or updated
         self.assertEqual(ctl("key", "rotate", str(kid), check=False).returncode, 1)

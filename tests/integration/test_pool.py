@@ -26,7 +26,7 @@ from tgskip import main  # noqa: E402
 from tgstack import E, MODEL, WAIT, ctl, q, wait_for  # noqa: E402
 
 BASE = int(E["TG_TEST_GATEWAY"].rsplit(":", 1)[1])
-P_GW = BASE + 60        # instances: P_GW, P_GW + 1, ... (admin: + 1000)
+P_GW = BASE + 60        # instances: P_GW, P_GW + 1, ... (admin: + gwinstances.ADMIN_OFFSET)
 P_ENGINE = BASE + 70    # the engine the pool gateway starts
 P_FAKE = BASE + 71      # a worker that passes /health and drops every chat request
 P_FAKE503 = BASE + 73   # a worker that answers every chat request 503 (not admitted)
