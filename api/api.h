@@ -228,6 +228,8 @@ typedef struct api_chat_req {
     int stream, include_usage;
     int logprobs, top_logprobs;
     int n;                   /* choices, 1..API_MAX_N (default 1): each sampled on its own */
+    int prefix;              /* the last message is an assistant's with "prefix": true (DeepSeek's chat
+                              * prefix completion): the answer continues its text (api_chat_render) */
     /* A POST /v1/completions body (api_cmpl_req_read; msgs is then empty and
      * api_chat_render renders prompt and suffix: api_cmpl_render). */
     int cmpl;

@@ -247,6 +247,8 @@ static int get_content(api_chat_req_t *r, const tg_json_t *m, size_t i, const ch
         return BAD(p, "invalid_type",
                    "Invalid type for '%s': expected a string or an array of content parts, but got %s.", p,
                    type_name(c));
+    if (!tg_json_len(c))
+        return BAD(p, "empty_array", "Invalid '%s': empty array. Expected an array with minimum length 1.", p);
     size_t total = 0, k = 0, n;
     const tg_json_t *part;
     TG_JSON_FOREACH(part, c) {
@@ -396,12 +398,19 @@ static int parse_messages(api_chat_req_t *r, const tg_json_t *ms, api_err_t *e) 
                        "Invalid value for '%s': '%.64s'. Supported values are: 'system', 'developer', "
                        "'user', 'assistant' and 'tool'.", p, tg_json_str(role, NULL));
         if (!strcmp(rs, "developer")) rs = "system"; /* OpenAI's newer name for system */
+        /* DeepSeek's chat prefix completion: the last message, an assistant's
+         * text, is the start of the answer (api_chat_render) */
         const tg_json_t *pre = tg_json_get(m, "prefix");
-        if (!is_null(pre) && tg_json_is_true(pre)) {
-            path_at(p, sizeof p, "messages", i, ".prefix");
-            return BAD(p, "unsupported_parameter",
-                       "Unsupported parameter: '%s' (chat prefix completion) is not supported by this server.", p);
-        }
+        int prefix = 0;
+        path_at(p, sizeof p, "messages", i, ".prefix");
+        if (!is_null(pre) && tg_json_bool(pre, &prefix))
+            return BAD(p, "invalid_type", "Invalid type for '%s': expected a boolean, but got %s.", p, type_name(pre));
+        if (prefix && (i + 1 != n || strcmp(rs, "assistant") || !is_null(tg_json_get(m, "tool_calls")) ||
+                       tg_json_type(tg_json_get(m, "content")) != TG_JSON_STRING))
+            return BAD(p, "invalid_value",
+                       "Invalid '%s': only the last message may be a prefix, an assistant's with its text as a "
+                       "string 'content' and no 'tool_calls'.", p);
+        r->prefix = prefix;
         tok_chat_msg_t *msg = &r->msgs[i];
         msg->role = rs;
         if (get_content(r, m, i, &msg->content, &msg->content_len, e)) return -1;
@@ -1619,6 +1628,14 @@ static int req_read(api_chat_req_t *r, const tg_json_t *root, int cmpl, api_err_
             "Invalid 'response_format': a JSON answer cannot be combined with a required tool call.");
         goto fail;
     }
+    if (r->prefix && (r->format != API_FORMAT_TEXT || r->tool_choice == API_TOOL_CHOICE_REQUIRED ||
+                      r->tool_choice == API_TOOL_CHOICE_NAMED)) { /* their grammars start a fresh answer */
+        char p[48];
+        path_at(p, sizeof p, "messages", r->n_msgs - 1, ".prefix");
+        BAD(p, "invalid_value", "Invalid '%s': a prefix cannot be continued as a %s.", p,
+            r->format != API_FORMAT_TEXT ? "JSON answer ('response_format')" : "required tool call ('tool_choice')");
+        goto fail;
+    }
     if (cmpl && api_cmpl_members(r, root, e)) goto fail;
     return 0;
 fail:
@@ -1677,11 +1694,36 @@ char *api_chat_render(const api_chat_req_t *r, tok_tmpl_kind_t kind, size_t *len
         tl[i] = r->tools[i].json_len;
     }
     char err[256];
-    char *s = tok_chat_render_tools(kind, r->msgs, r->n_msgs, tj, tl, r->n_tools, 1, len, err, sizeof err);
+    /* a prefix (DeepSeek's chat prefix completion): the conversation before
+     * it with the generation prompt, then its text, the answer's start (the
+     * template would close it with the end of sentence) */
+    size_t n_msgs = r->n_msgs - (r->prefix ? 1 : 0);
+    if (r->prefix && kind == TOK_TMPL_DEEPSEEK_R1) {
+        char p[48];
+        path_at(p, sizeof p, "messages", n_msgs, ".prefix");
+        BAD(p, "unsupported_parameter", "Unsupported parameter: '%s': a prefix of a reasoning model's answer is not "
+            "served (its generation prompt opens the reasoning).", p);
+        return NULL;
+    }
+    char *s = tok_chat_render_tools(kind, r->msgs, n_msgs, tj, tl, r->n_tools, 1, len, err, sizeof err);
     if (!s) {
         if (!strcmp(err, "out of memory")) OOM();
         else BAD(r->n_tools && kind == TOK_TMPL_MIXTRAL ? "tools" : "messages", "invalid_value",
                  "Invalid '%s': %s", r->n_tools && kind == TOK_TMPL_MIXTRAL ? "tools" : "messages", err);
+        return NULL;
+    }
+    if (r->prefix) {
+        const tok_chat_msg_t *pm = &r->msgs[n_msgs];
+        char *t = realloc(s, *len + pm->content_len + 1);
+        if (!t) {
+            free(s);
+            OOM();
+            return NULL;
+        }
+        memcpy(t + *len, pm->content, pm->content_len);
+        *len += pm->content_len;
+        t[*len] = 0;
+        s = t;
     }
     return s;
 }

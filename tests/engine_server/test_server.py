@@ -538,6 +538,33 @@ class Server(unittest.TestCase):
             self.assertEqual(bytes(x for e in got for x in e["bytes"]), content.encode())
             self.assertEqual([e["token"] for e in got], [e["top_logprobs"][0]["token"] for e in got])
 
+    def test_chat_prefix_completion(self):
+        # DeepSeek's chat prefix completion: the last message, an assistant's with
+        # "prefix": true, is the answer's start; the content is what follows it,
+        # exactly what the same text continued as a plain completion gives
+        msgs = [{"role": "user", "content": "Write quick sort"},
+                {"role": "assistant", "content": "```python\n", "prefix": True}]
+        st, _, b = chat(messages=msgs, max_tokens=8)
+        self.assertEqual(st, 200, b)
+        j = json.loads(b)
+        st, _, c = request(PORT, "POST", "/v1/completions", {
+            "model": MODEL, "prompt": USER + "Write quick sort" + ASSISTANT + "```python\n", "max_tokens": 8,
+            "temperature": 0})
+        self.assertEqual(st, 200, c)
+        k = json.loads(c)
+        self.assertEqual(j["choices"][0]["message"]["content"], k["choices"][0]["text"])
+        self.assertEqual(j["usage"]["prompt_tokens"], k["usage"]["prompt_tokens"])
+        self.assertFalse(j["choices"][0]["message"]["content"].startswith("```python"))
+        st, _, b = chat(messages=msgs, max_tokens=8, stream=True)
+        text = "".join(e["choices"][0]["delta"].get("content") or "" for e in map(json.loads, sse(b)[:-1])
+                       if e["choices"])
+        self.assertEqual(text, k["choices"][0]["text"])
+        # a prefix that is not the last message, or with a JSON answer: a 400 naming it
+        for body, param in (({"messages": [msgs[1], msgs[0]]}, "messages[0].prefix"),
+                            ({"messages": msgs, "response_format": {"type": "json_object"}}, "messages[1].prefix")):
+            st, _, b = chat(max_tokens=2, **body)
+            self.assertEqual((st, json.loads(b)["error"]["param"]), (400, param), b)
+
     def test_seed_repeats(self):
         outs = []
         for seed in (7, 7, 8):

@@ -65,8 +65,21 @@ static void test_unknown_parameters(void) {
     CHECK_EQ_I(parse("{\"model\":\"m\"," MSG ",\"n\":16}", &r, &e), 0);
     CHECK_EQ_I(r.n, 16);
     api_chat_req_free(&r);
-    expect_400("{\"model\":\"m\",\"messages\":[{\"role\":\"assistant\",\"content\":\"x\",\"prefix\":true}]}",
-               "messages[0].prefix", "unsupported_parameter");
+    /* chat prefix completion: only the last message, an assistant's text */
+    expect_400("{\"model\":\"m\",\"messages\":[{\"role\":\"assistant\",\"content\":\"x\",\"prefix\":true}," U1 "]}",
+               "messages[0].prefix", "invalid_value");
+    expect_400("{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"x\",\"prefix\":true}]}",
+               "messages[0].prefix", "invalid_value");
+    expect_400("{\"model\":\"m\",\"messages\":[" U1 ",{\"role\":\"assistant\",\"content\":\"x\",\"prefix\":1}]}",
+               "messages[1].prefix", "invalid_type");
+    expect_400("{\"model\":\"m\",\"messages\":[" U1 ",{\"role\":\"assistant\",\"content\":null,\"prefix\":true,"
+               "\"tool_calls\":[{\"function\":{\"name\":\"f\",\"arguments\":\"{}\"}}]}]}", "messages[1].prefix",
+               "invalid_value");
+    expect_400("{\"model\":\"m\",\"messages\":[" U1 ",{\"role\":\"assistant\",\"content\":\"{\",\"prefix\":true}],"
+               "\"response_format\":{\"type\":\"json_object\"}}", "messages[1].prefix", "invalid_value");
+    /* an empty array of content parts, as OpenAI: a 400 */
+    expect_400("{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":[]}]}", "messages[0].content",
+               "empty_array");
     /* a two-digit index in a path (written without printf: api_chat.c path_at) */
     expect_400("{\"model\":\"m\",\"messages\":[" U10 ",{\"role\":\"user\",\"content\":\"x\",\"nme\":1}]}",
                "messages[10]", "unknown_parameter");
@@ -245,6 +258,37 @@ static void test_render(void) {
                "unsupported_parameter");
     expect_400("{\"model\":\"m\",\"messages\":[" U1 ",{\"role\":\"assistant\",\"audio\":{\"id\":\"x\"}}]}",
                "messages[1].audio", "unsupported_parameter");
+    /* DeepSeek's chat prefix completion: the answer starts with the prefix (no end of sentence after it) */
+    CHECK_EQ_I(parse("{\"model\":\"m\",\"messages\":[{\"role\":\"system\",\"content\":\"s\"}," U1 ",{\"role\":"
+                     "\"assistant\",\"content\":\"```python\\n\",\"prefix\":true}],\"stop\":[\"```\"]}", &r, &e), 0);
+    CHECK_EQ_I(r.prefix, 1);
+    s = api_chat_render(&r, TOK_TMPL_DEEPSEEK_V3, &n, &e);
+    CHECK_EQ_S(s, "<｜begin▁of▁sentence｜>s<｜User｜>hi<｜Assistant｜>```python\n");
+    free(s);
+    CHECK(api_chat_render(&r, TOK_TMPL_DEEPSEEK_R1, &n, &e) == NULL);
+    CHECK_EQ_S(e.param, "messages[2].prefix");
+    CHECK_EQ_S(e.code, "unsupported_parameter");
+    api_chat_req_free(&r);
+    /* after a tool's output: the template's own continuation, then the prefix */
+    CHECK_EQ_I(parse("{\"model\":\"m\",\"messages\":[" U1 ",{\"role\":\"assistant\",\"content\":null,\"tool_calls\":"
+                     "[{\"function\":{\"name\":\"f\",\"arguments\":\"{}\"}}]},{\"role\":\"tool\",\"tool_call_id\":\"c\","
+                     "\"content\":\"r\"},{\"role\":\"assistant\",\"content\":\"It is\",\"prefix\":true}]}", &r, &e), 0);
+    s = api_chat_render(&r, TOK_TMPL_DEEPSEEK_V3, &n, &e);
+    CHECK(s && strstr(s, "<｜tool▁output▁end｜><｜tool▁outputs▁end｜>It is") && n == strlen(s) &&
+          !strcmp(s + n - 5, "It is"));
+    free(s);
+    api_chat_req_free(&r);
+    CHECK_EQ_I(parse("{\"model\":\"m\",\"messages\":[" U1 ",{\"role\":\"assistant\",\"content\":\"Sure\",\"prefix\":true}]}",
+                     &r, &e), 0);
+    s = api_chat_render(&r, TOK_TMPL_MIXTRAL, &n, &e);
+    CHECK(s && n > 4 && !strcmp(s + n - 4, "Sure") && !strstr(s, "</s>"));
+    free(s);
+    api_chat_req_free(&r);
+    /* "prefix": false is a plain message */
+    CHECK_EQ_I(parse("{\"model\":\"m\",\"messages\":[" U1 ",{\"role\":\"assistant\",\"content\":\"a\",\"prefix\":false},"
+                     U1 "]}", &r, &e), 0);
+    CHECK_EQ_I(r.prefix, 0);
+    api_chat_req_free(&r);
 }
 
 static void test_tojson(void) {
