@@ -231,8 +231,8 @@ int api_tojson(tg_buf_t *b, const tg_json_t *v) {
 
 /* content: a string, or an array of {type:"text", text} parts, joined with
  * no separator.  U+0000 is text: the length goes to *len. */
-static int get_content(api_chat_req_t *r, const tg_json_t *m, size_t i, const char **out, size_t *len,
-                       api_err_t *e) {
+static int get_content(api_chat_req_t *r, const tg_json_t *m, size_t i, int assistant, const char **out,
+                       size_t *len, api_err_t *e) {
     char p[48];
     path_at(p, sizeof p, "messages", i, ".content");
     const tg_json_t *c = tg_json_get(m, "content");
@@ -256,19 +256,22 @@ static int get_content(api_chat_req_t *r, const tg_json_t *m, size_t i, const ch
         const tg_json_t *tx = tg_json_get(part, "text");
         if (tg_json_type(part) != TG_JSON_OBJECT || tg_json_type(ty) != TG_JSON_STRING)
             return BAD(p, "invalid_type", "Invalid '%s[%zu]': expected an object with a 'type'.", p, k);
-        if (!str_is(ty, "text"))
+        /* an assistant's refusal part (OpenAI's, echoed back by clients) is what it said */
+        int refusal = assistant && str_is(ty, "refusal");
+        if (refusal) tx = tg_json_get(part, "refusal");
+        if (!str_is(ty, "text") && !refusal)
             return BAD(p, "invalid_value",
-                       "Invalid '%s[%zu].type': '%.64s' is not supported by this model; only 'text'.", p, k,
-                       tg_json_str(ty, NULL));
+                       "Invalid '%s[%zu].type': '%.64s' is not supported by this model; only 'text'%s.", p, k,
+                       tg_json_str(ty, NULL), assistant ? " and 'refusal'" : "");
         if (!tg_json_str(tx, &n))
-            return BAD(p, "invalid_type", "Invalid '%s[%zu].text': expected a string.", p, k);
+            return BAD(p, "invalid_type", "Invalid '%s[%zu].%s': expected a string.", p, k, refusal ? "refusal" : "text");
         total += n;
         k++;
     }
     char *s = malloc(total + 1), *w = s;
     if (!s) return OOM();
     TG_JSON_FOREACH(part, c) {
-        const char *t = tg_json_str(tg_json_get(part, "text"), &n);
+        const char *t = tg_json_str(tg_json_get(part, str_is(tg_json_get(part, "type"), "refusal") ? "refusal" : "text"), &n);
         memcpy(w, t, n);
         w += n;
     }
@@ -413,7 +416,7 @@ static int parse_messages(api_chat_req_t *r, const tg_json_t *ms, api_err_t *e) 
         r->prefix = prefix;
         tok_chat_msg_t *msg = &r->msgs[i];
         msg->role = rs;
-        if (get_content(r, m, i, &msg->content, &msg->content_len, e)) return -1;
+        if (get_content(r, m, i, !strcmp(rs, "assistant"), &msg->content, &msg->content_len, e)) return -1;
         if (!strcmp(rs, "assistant")) {
             if (get_tool_calls(r, tg_json_get(m, "tool_calls"), i, &used, msg, e)) return -1;
             if (!msg->content && !msg->n_tool_calls)

@@ -284,6 +284,18 @@ static void test_render(void) {
     CHECK(s && n > 4 && !strcmp(s + n - 4, "Sure") && !strstr(s, "</s>"));
     free(s);
     api_chat_req_free(&r);
+    /* an assistant's content parts may be OpenAI's refusal parts (echoed back): their text is what it said;
+     * a user's may not */
+    CHECK_EQ_I(parse("{\"model\":\"m\",\"messages\":[" U1 ",{\"role\":\"assistant\",\"content\":[{\"type\":\"refusal\","
+                     "\"refusal\":\"No.\"},{\"type\":\"text\",\"text\":\" Sorry\"}]}," U1 "]}", &r, &e), 0);
+    s = api_chat_render(&r, TOK_TMPL_DEEPSEEK_V3, &n, &e);
+    CHECK(s && strstr(s, "<｜Assistant｜>No. Sorry<｜end▁of▁sentence｜>"));
+    free(s);
+    api_chat_req_free(&r);
+    expect_400("{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"refusal\",\"refusal\":\"x\"}]}]}",
+               "messages[0].content", "invalid_value");
+    expect_400("{\"model\":\"m\",\"messages\":[" U1 ",{\"role\":\"assistant\",\"content\":[{\"type\":\"refusal\"}]}]}",
+               "messages[1].content", "invalid_type");
     /* "prefix": false is a plain message */
     CHECK_EQ_I(parse("{\"model\":\"m\",\"messages\":[" U1 ",{\"role\":\"assistant\",\"content\":\"a\",\"prefix\":false},"
                      U1 "]}", &r, &e), 0);
