@@ -815,37 +815,42 @@ static sc_i128 sc_scaled(int neg, sc_i128 D, long X, int F, int upper, int *inex
 
 /* minimum, maximum, exclusiveMinimum, exclusiveMaximum (numbers, or the
  * draft-4 booleans), minItems, maxItems, minLength, maxLength of node ni. */
-static int sc_bounds(sc_ctx_t *c, int ni, const tg_json_t *const *bnd, const char *where, api_err_t *e) {
+static int sc_bounds(sc_ctx_t *c, int ni, const tg_json_t *const *bnd, const char *const *fmt, const char *where,
+                     api_err_t *e) {
     api_schema_node_t *nd = &c->sc->nodes[ni];
     int x4[2] = {0, 0}; /* draft 4: exclusiveMinimum / exclusiveMaximum true makes minimum / maximum exclusive */
-    int F = 0, neg[4];
-    sc_i128 D[4];
-    long X[4];
-    for (int i = SC_MIN; i <= SC_XMAX; i++) {
-        const tg_json_t *v = bnd[i];
-        if (!v) continue;
+    int F = 0, neg[6];
+    sc_i128 D[6];
+    long X[6];
+    const char *txt[6] = {0}; /* minimum .. exclusiveMaximum, then the format's range (inclusive) */
+    for (int i = 0; i < 6; i++) {
+        const tg_json_t *v = i < 4 ? bnd[i] : NULL;
         int b;
-        if (i >= SC_XMIN && !tg_json_bool(v, &b)) {
+        if (i >= 4) {
+            if (!(txt[i] = fmt ? fmt[i - 4] : NULL)) continue;
+        } else if (!v) {
+            continue;
+        } else if (i >= SC_XMIN && !tg_json_bool(v, &b)) {
             x4[i - SC_XMIN] = b;
             continue;
+        } else if (!(txt[i] = tg_json_num_text(v, NULL))) {
+            return SC_BAD("'%s' at %s must be a number.", SC_BOUNDS[i], where);
         }
-        const char *t = tg_json_num_text(v, NULL);
-        if (!t) return SC_BAD("'%s' at %s must be a number.", SC_BOUNDS[i], where);
-        if (sc_dec(t, &neg[i], &D[i], &X[i]))
-            return SC_BAD("'%s' at %s has more than 36 significant digits.", SC_BOUNDS[i], where);
+        if (sc_dec(txt[i], &neg[i], &D[i], &X[i]))
+            return SC_BAD("'%s' at %s has more than 36 significant digits.", SC_BOUNDS[i < 4 ? i : 0], where);
         if (-X[i] > F) F = -X[i] > API_NUM_MAX_SCALE ? API_NUM_MAX_SCALE : (int)-X[i];
     }
     int has[2] = {0, 0}, ex[2] = {0, 0};
     sc_i128 lim[2] = {0, 0};
-    for (int i = SC_MIN; i <= SC_XMAX; i++) {
-        if (!bnd[i] || tg_json_type(bnd[i]) != TG_JSON_NUMBER) continue;
-        int up = i == SC_MAX || i == SC_XMAX, inexact;
-        int x = i >= SC_XMIN || x4[up];
+    for (int i = 0; i < 6; i++) {
+        if (!txt[i]) continue;
+        int up = i == SC_MAX || i == SC_XMAX || i == 5, inexact;
+        int x = (i >= SC_XMIN && i < 4) || (i < 4 && x4[up]);
         sc_i128 v = sc_scaled(neg[i], D[i], X[i], F, up, &inexact);
         if (inexact) x = 0; /* rounded inwards: the bound itself is out of reach anyway */
         if (up ? v < -API_NUM_LIMIT : v > API_NUM_LIMIT)
-            return SC_BAD("'%s' at %s is beyond the supported range (magnitudes up to 1e%d).", SC_BOUNDS[i], where,
-                          18 - F);
+            return SC_BAD("'%s' at %s is beyond the supported range (magnitudes up to 1e%d).", SC_BOUNDS[i < 4 ? i : 0],
+                          where, 18 - F);
         if (up ? v > API_NUM_LIMIT : v < -API_NUM_LIMIT) v = up ? API_NUM_LIMIT : -API_NUM_LIMIT, x = 0;
         /* the tighter of minimum / exclusiveMinimum (maximum / exclusiveMaximum) */
         if (!has[up] || (up ? v < lim[up] : v > lim[up])) lim[up] = v, ex[up] = x;
@@ -1133,7 +1138,7 @@ static int sc_node(sc_ctx_t *c, const tg_json_t *v, int parent, int pidx, int de
     nd->n_props = -1;
     nd->max_items = nd->max_chars = -1;
     const tg_json_t *type = NULL, *props = NULL, *req = NULL, *items = NULL, *en = NULL, *cn = NULL, *any = NULL;
-    const tg_json_t *bnd[SC_N_BOUNDS] = {0}; /* minimum, ..., maxLength (SC_BOUNDS) */
+    const tg_json_t *bnd[SC_N_BOUNDS] = {0}, *fmt = NULL; /* minimum, ..., maxLength (SC_BOUNDS) */
     int addl = -1; /* additionalProperties: -1 absent, 0 false, 1 true (a schema is refused) */
     TG_JSON_FOREACH(m, v) {
         size_t kl;
@@ -1147,6 +1152,7 @@ static int sc_node(sc_ctx_t *c, const tg_json_t *v, int parent, int pidx, int de
         else if (KW("const")) cn = m;
         else if (KW("anyOf") || KW("oneOf")) any = m; /* branches of different types: one matches, so the same */
         else if (sc_bound_kw(k, kl) >= 0) bnd[sc_bound_kw(k, kl)] = m;
+        else if (KW("format")) fmt = m; /* a number's range (below), else refused */
         else if (KW("additionalProperties")) {
             if (tg_json_bool(m, &addl)) sc_bad(c, "additionalProperties (a schema)", 31, path);
         } else if (!sc_is_annot(k, kl)) {
@@ -1160,6 +1166,7 @@ static int sc_node(sc_ctx_t *c, const tg_json_t *v, int parent, int pidx, int de
         if (bnd[i] && (any || en || cn))
             return SC_BAD("Unsupported '%s' at %s beside '%s'.", SC_BOUNDS[i], where,
                           any ? "anyOf' or 'oneOf" : en ? "enum" : "const");
+    if (any && fmt) sc_bad(c, "format", 6, path);
     if (any) {
         if (type || props || req || items || en || cn)
             return SC_BAD("Unsupported schema at %s: 'anyOf' (or 'oneOf') beside 'type', 'properties', 'required', "
@@ -1212,7 +1219,25 @@ static int sc_node(sc_ctx_t *c, const tg_json_t *v, int parent, int pidx, int de
         types = props || req ? API_ST_OBJ : items ? API_ST_ARR : API_ST_ANY;
     }
     nd->types = (uint8_t)types;
-    if (sc_bounds(c, ni, bnd, where, e)) return -1;
+    /* "format" of a number schema (zod v4's z.int32(), z.uint32(), z.float32(), ...): the type's range,
+     * enforced as bounds; any other format (of strings: date-time, email, ...) is not enforced: refused */
+    static const struct { const char *name, *lo, *hi; } NUMFMT[] = {
+        {"int32", "-2147483648", "2147483647"}, {"uint32", "0", "4294967295"},
+        {"int64", "-9223372036854775808", "9223372036854775807"}, {"uint64", "0", "18446744073709551615"},
+        {"safeint", "-9007199254740991", "9007199254740991"},
+        {"float32", "-3.4028234663852886e38", "3.4028234663852886e38"},
+        {"float64", "-1.7976931348623157e308", "1.7976931348623157e308"},
+    };
+    const char *fmt_range[2] = {NULL, NULL};
+    if (fmt) {
+        int known = 0;
+        for (size_t i = 0; i < sizeof NUMFMT / sizeof *NUMFMT && type; i++)
+            if (str_is(fmt, NUMFMT[i].name) && (types & (API_ST_INT | API_ST_NUM)) &&
+                !(types & ~(API_ST_INT | API_ST_NUM | API_ST_NULL)))
+                fmt_range[0] = NUMFMT[i].lo, fmt_range[1] = NUMFMT[i].hi, known = 1;
+        if (!known) sc_bad(c, "format", 6, path);
+    }
+    if (sc_bounds(c, ni, bnd, fmt ? fmt_range : NULL, where, e)) return -1;
     if ((props || req) && !(types & API_ST_OBJ))
         return SC_BAD("'properties' at %s without type 'object'.", where);
     if (items && !(types & API_ST_ARR))

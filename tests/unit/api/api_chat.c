@@ -755,6 +755,27 @@ static void test_num_bounds(void) {
     CHECK_EQ_I(compile_v("{\"anyOf\":[{\"type\":\"integer\",\"minimum\":5},{\"type\":\"null\"}]}", &sc, &e), 0);
     CHECK(sc.nodes[1].nb == API_NB_LO && sc.nodes[1].nlo == 5 && sc.nodes[1].types == (API_ST_INT | API_ST_NULL));
     api_schema_free(&sc);
+    /* a number's format (zod v4's z.int32(), z.uint32(), ...) is its type's range, enforced as bounds */
+    CHECK_EQ_I(compile_v("{\"type\":\"integer\",\"format\":\"int32\"}", &sc, &e), 0);
+    CHECK(sc.nodes[1].nb == (API_NB_LO | API_NB_HI) && sc.nodes[1].nlo == -2147483648LL && sc.nodes[1].nhi == 2147483647);
+    api_schema_free(&sc);
+    CHECK_EQ_I(compile_v("{\"type\":[\"integer\",\"null\"],\"format\":\"uint32\",\"minimum\":5,\"maximum\":1e12}", &sc,
+                         &e), 0);
+    CHECK(sc.nodes[1].nlo == 5 && sc.nodes[1].nhi == 4294967295LL); /* the tighter of each */
+    api_schema_free(&sc);
+    CHECK_EQ_I(compile_v("{\"type\":\"number\",\"format\":\"float32\"}", &sc, &e), 0);
+    CHECK(sc.nodes[1].nlo == -API_NUM_LIMIT && sc.nodes[1].nhi == API_NUM_LIMIT); /* brought in to the limit */
+    api_schema_free(&sc);
+    static const char *const FMT[] = {"{\"type\":\"string\",\"format\":\"date-time\"}",
+                                      "{\"type\":\"string\",\"format\":\"int32\"}",
+                                      "{\"type\":\"integer\",\"format\":\"int128\"}",
+                                      "{\"format\":\"int32\"}",
+                                      "{\"anyOf\":[{\"type\":\"integer\"},{\"type\":\"null\"}],\"format\":\"int32\"}"};
+    for (size_t i = 0; i < sizeof FMT / sizeof *FMT; i++) {
+        CHECK_EQ_I(compile_v(FMT[i], &sc, &e), -1);
+        CHECK_EQ_S(e.code, "unsupported_parameter");
+        CHECK(strstr(e.message, "'format'") && strstr(e.message, "properties.v"));
+    }
     /* refused, each named */
     static const char *const BAD[] = {
         "{\"type\":\"integer\",\"minimum\":5,\"maximum\":4}",
