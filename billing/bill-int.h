@@ -93,7 +93,10 @@ typedef struct bill_settler bill_settler_t;
 /* journal_group: the journal's grouped appends (bill_opts_t.journal_group). */
 bill_settler_t *bill_settler_new(struct event_base *base, bill_pg_t *pg, const char *spool_dir, int journal_group,
                                  char *err, size_t errlen);
-void bill_settler_push(bill_settler_t *s, const bill_usage_t *u);
+/* prov: the stream's provisional record (bill_settler_stream_begin), done once the row is safe; or NULL */
+void bill_settler_push(bill_settler_t *s, const bill_usage_t *u, struct mtr_jfile *prov);
+struct mtr_jfile *bill_settler_stream_begin(bill_settler_t *s, const bill_usage_t *u);
+void bill_settler_stream_done(bill_settler_t *s, struct mtr_jfile *prov);
 int bill_settler_journal_held(const bill_settler_t *s);
 int bill_settler_journal_flush(bill_settler_t *s);
 int bill_settler_journal_writable(bill_settler_t *s);

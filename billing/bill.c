@@ -353,6 +353,10 @@ bill_req_t *bill_hold(bill_t *b, const bill_key_t *key, int64_t amount, bill_hol
 }
 
 void bill_hold_release(bill_t *b, bill_hold_t *h) {
+    if (b && h && h->stream_rec) { /* not settled after all: nothing to bill */
+        bill_settler_stream_done(b->settler, h->stream_rec);
+        h->stream_rec = NULL;
+    }
     if (b && h && h->taken) bill_lease_release(b->lease, h);
 }
 
@@ -394,7 +398,12 @@ void bill_settle(bill_t *b, const bill_usage_t *u, bill_hold_t *h) {
                                       u->prompt_cache_hit_tokens, u->completion_tokens);
         bill_lease_settle(b->lease, h, u->request_id, cost < 0 ? h->amount : cost);
     }
-    bill_settler_push(b->settler, u);
+    bill_settler_push(b->settler, u, h ? h->stream_rec : NULL);
+    if (h) h->stream_rec = NULL;
+}
+
+void bill_stream_begin(bill_t *b, const bill_usage_t *u, bill_hold_t *h) {
+    if (b && u && h && !h->stream_rec) h->stream_rec = bill_settler_stream_begin(b->settler, u);
 }
 
 int bill_journal_held(const bill_t *b) { return b ? bill_settler_journal_held(b->settler) : 0; }

@@ -84,6 +84,7 @@ typedef struct {
     int64_t key_id, customer_id;
     int64_t amount;              /* pico-USD */
     int taken;                   /* 1 until settled or released */
+    struct mtr_jfile *stream_rec; /* the stream's provisional row (bill_stream_begin), until settled */
 } bill_hold_t;
 
 /* Which constraint refused a hold. */
@@ -197,6 +198,13 @@ typedef mtr_usage_t bill_usage_t;
  * that can never be written (bad UUID, cache_hit > prompt, cost overflow,
  * unknown customer) is logged and appended to <spool_dir>/rejected.jsonl. */
 void bill_settle(bill_t *b, const bill_usage_t *u, bill_hold_t *h); /* h: its hold, released; may be NULL */
+/* A stream's head is about to go out (its client may then hold part of an
+ * answer): journal u, the row to bill if this process dies before the
+ * stream is settled (the gateway's prompt count, no completion), written
+ * before this returns.  Kept in h (from then on give h to bill_settle or
+ * bill_hold_release); the stream's own row, once safe, replaces it.  A
+ * failed write is logged and leaves h as it was. */
+void bill_stream_begin(bill_t *b, const bill_usage_t *u, bill_hold_t *h);
 /* With opts.journal_group, bill_settle's journal record waits in memory for
  * bill_journal_flush, which writes every waiting record with one write(2)
  * (metering/mtr_journal.h, "Grouped appends"); billing flushes by itself

@@ -67,6 +67,7 @@ typedef struct item {
     int64_t cost;
     int64_t pushed_us; /* tg_mono_us() when bill_settle queued it; 0: replayed or re-sent, no wait */
     mtr_jfile_t *src;  /* the journal/spool file it is in, or NULL: memory only */
+    mtr_jfile_t *prov; /* its stream's provisional record (streams journal) until the row is safe, or NULL */
 } item_t;
 
 TAILQ_HEAD(item_q, item);
@@ -79,6 +80,8 @@ struct bill_settler {
     int nqueue, ninflight;
     long nmem;       /* of those, rows whose only copy is this memory (memory_only) */
     mtr_journal_t *journal; /* the write-ahead journal: every row's file */
+    mtr_journal_t *streams; /* <spool>/streams: provisional rows of the streams under way */
+    int streams_replay;     /* 1 until an earlier run's provisional rows are read back (after its rows) */
     bill_pg_job_t *job;
     struct event *kick, *retry, *linger;
     int single;      /* rows to send one by one after a data error */
@@ -422,14 +425,18 @@ static void item_settled(bill_settler_t *s, item_t *it) {
     if (s->commit_cb) s->commit_cb(it->u.request_id, s->commit_arg);
     if (it->src) mtr_journal_done(s->journal, it->src);
     else s->nmem--;
+    if (it->prov) mtr_journal_done(s->streams, it->prov);
     item_free(it);
 }
 
-/* Free every item of q (spooled, or given up at shutdown). */
-static void items_free(struct item_q *q) {
+/* Free every item of q: spooled (on_disk: each row is in a journal or spool
+ * file, so its stream's provisional record is not needed any more), or given
+ * up at shutdown (its provisional record stays for the next run). */
+static void items_free(bill_settler_t *s, struct item_q *q, int on_disk) {
     item_t *it;
     while ((it = TAILQ_FIRST(q))) {
         TAILQ_REMOVE(q, it, link);
+        if (on_disk && it->prov) mtr_journal_done(s->streams, it->prov);
         item_free(it);
     }
 }
@@ -453,6 +460,8 @@ static void flush(bill_settler_t *s);
  * they come and go (a walk of a queue of up to QUEUE_MAX rows, at every lease
  * tick and scrape, was 0.8% of the gateway's CPU with PostgreSQL behind). */
 static long memory_only(const bill_settler_t *s) { return s->nmem; }
+
+static void streams_replay(bill_settler_t *s);
 
 static void kick_cb(evutil_socket_t fd, short what, void *arg) { flush(arg); }
 
@@ -495,8 +504,8 @@ static void go_down(bill_settler_t *s, const char *why) {
         fprintf(stderr, "bill: %s; %d settlements wait in the journal in %s\n", why, s->nqueue + s->ninflight,
                 s->dir);
     }
-    items_free(&s->inflight);
-    items_free(&s->queue);
+    items_free(s, &s->inflight, 1);
+    items_free(s, &s->queue, 1);
     s->nqueue = s->ninflight = 0;
     s->nmem = 0;
     mtr_journal_drop_all(s->journal); /* every file is read again; rows from now on go to a new journal */
@@ -560,6 +569,7 @@ static void batch_cb(PGresult *res, const char *err, void *arg) {
      * queue): read the next part once the queue is short, not only once it is
      * empty, which a steady load may never leave it at a batch's end */
     if (s->need_replay && s->nqueue < REPLAY_BELOW) bill_settler_on_up(s);
+    streams_replay(s);
     kick(s);
 }
 
@@ -648,6 +658,7 @@ static void replay_done(long rows, int failed, void *arg) {
         }
     }
     if (rows) fprintf(stderr, "bill: replaying %ld spooled settlements from %s\n", rows, s->dir);
+    streams_replay(s);
     kick(s);
 }
 
@@ -656,6 +667,7 @@ void bill_settler_on_up(void *arg) {
     s->need_replay = 0;
     switch (mtr_journal_replay(s->journal, replay_row, replay_done, s)) {
     case 0: /* nothing to read */
+        streams_replay(s);
         kick(s);
         break;
     case -1: /* cannot list the directory, or short of memory: later */
@@ -706,7 +718,8 @@ void bill_settler_stats(const bill_settler_t *s, bill_settle_stats_t *st) {
     st->memory_only = memory_only(s);
     st->found_files = js.found_files;
     st->unjournaled_total = s->nunjournaled;
-    st->idle = !s->nqueue && !s->ninflight && !s->job && !st->replay_pending;
+    /* idle: an earlier run's streams' provisional rows read too (they wait for its other rows' commit) */
+    st->idle = !s->nqueue && !s->ninflight && !s->job && !st->replay_pending && !s->streams_replay;
 }
 
 /* Grouped journal records (journal_group): a row's record may wait in the
@@ -722,9 +735,10 @@ int bill_settler_journal_writable(bill_settler_t *s) { return s && mtr_journal_w
 
 void bill_settler_journal_share_disk(bill_settler_t *s, int *flag) { mtr_journal_share_disk(s->journal, flag); }
 
-void bill_settler_push(bill_settler_t *s, const bill_usage_t *u) {
+void bill_settler_push(bill_settler_t *s, const bill_usage_t *u, mtr_jfile_t *prov) {
     item_t *it = item_new(s, u, NULL);
-    if (!it) return;
+    if (!it) return; /* rejected: prov, if any, stays until the next run, which rejects it too */
+    it->prov = prov;
     mtr_jfile_t *f = it->src = mtr_journal_append(s->journal, &it->u, it);
     if (!f) s->nunjournaled++; /* in memory only: logged by the journal */
     if (!f) s->nmem++;         /* (a grouped record that fails later: on_unwritten) */
@@ -733,6 +747,7 @@ void bill_settler_push(bill_settler_t *s, const bill_usage_t *u) {
         if (it->src) { /* written (else held in memory, queued, as a failed write leaves it) */
             mtr_journal_drop(s->journal, f);
             s->need_replay = 1;
+            if (prov) mtr_journal_done(s->streams, prov);
             item_free(it);
             return;
         }
@@ -750,6 +765,73 @@ static void on_unwritten(void *cookie, void *arg) {
     it->src = NULL;
     s->nunjournaled++;
     s->nmem++;
+}
+
+/* ---- streams' provisional rows ------------------------------------------------
+ *
+ * A stream's client holds part of an answer from its head on, long before
+ * the stream's own row is settled (at its end).  So when the head is about to
+ * go out the gateway journals a provisional row (bill_stream_begin: the
+ * gateway's prompt count, no completion) in a journal of its own,
+ * <spool>/streams, written at once (write(2), no group).  It is done (and its
+ * file deleted in time) once the stream's own row is safe: committed,
+ * rejected, or left memory for a journal or spool file.  Only a process that
+ * dies in between leaves it: the next run reads such files once its own
+ * replay of the earlier run's rows has committed (so a stream's own row, when
+ * it was journaled, is in PostgreSQL first and the provisional one is
+ * skipped by its request id), writes each row into its journal and sends it
+ * as any other.  So a stream cut by a crash is billed once: its prompt. */
+
+mtr_jfile_t *bill_settler_stream_begin(bill_settler_t *s, const bill_usage_t *u) {
+    return s && s->streams ? mtr_journal_write(s->streams, u) : NULL;
+}
+
+void bill_settler_stream_done(bill_settler_t *s, mtr_jfile_t *prov) {
+    if (s && prov) mtr_journal_done(s->streams, prov);
+}
+
+/* An earlier run's provisional row, read back: into this run's journal, queued. */
+static int stream_row(const bill_usage_t *u, mtr_jfile_t *f, void *arg) {
+    bill_settler_t *s = arg;
+    mtr_jfile_t *mf = mtr_journal_write(s->journal, u);
+    item_t *it = item_new(s, u, mf);
+    if (!it) {
+        if (mf) mtr_journal_done(s->journal, mf);
+        return 0;
+    }
+    if (!mf) { /* the journal could not take it: its stream file keeps it until it commits */
+        s->nunjournaled++;
+        s->nmem++;
+        it->prov = f;
+    }
+    TAILQ_INSERT_TAIL(&s->queue, it, link);
+    s->nqueue++;
+    return mf ? 0 : 1;
+}
+
+static void stream_replayed(long rows, int failed, void *arg) {
+    bill_settler_t *s = arg;
+    s->streams_replay = failed; /* 1: the rest later */
+    if (rows) fprintf(stderr, "bill: %ld streams cut by an earlier run's end, billed their prompt\n", rows);
+    kick(s);
+}
+
+/* Once the earlier run's rows (the journal's files found at start) have all
+ * committed: read its streams' provisional rows.  Looked at when a replay
+ * part was read and when a batch committed (start-up only: no system call). */
+static void streams_replay(bill_settler_t *s) {
+    if (s->streams_replay != 1 || s->need_replay || mtr_journal_earlier(s->journal)) return;
+    s->streams_replay = 2; /* reading: stream_replayed ends it */
+    switch (mtr_journal_replay(s->streams, stream_row, stream_replayed, s)) {
+    case 0: /* nothing to read */
+        s->streams_replay = 0;
+        break;
+    case 1:
+        break;
+    default: /* later */
+        s->streams_replay = 1;
+        break;
+    }
 }
 
 bill_settler_t *bill_settler_new(struct event_base *base, bill_pg_t *pg, const char *spool_dir, int journal_group,
@@ -772,7 +854,15 @@ bill_settler_t *bill_settler_new(struct event_base *base, bill_pg_t *pg, const c
         return NULL;
     }
     mtr_journal_on_unwritten(s->journal, on_unwritten, s);
+    char streams[4200];
+    snprintf(streams, sizeof streams, "%s/streams", spool_dir);
+    mtr_journal_opts_t so = {.group = 0}; /* one write per stream: before its head goes out */
+    if (!(s->streams = mtr_journal_new(base, streams, &so, err, errlen))) {
+        bill_settler_free(s, NULL);
+        return NULL;
+    }
     s->need_replay = 1;
+    s->streams_replay = 1;
     return s;
 fail:
     snprintf(err, errlen, "out of memory");
@@ -830,9 +920,10 @@ void bill_settler_free(bill_settler_t *s, const char *conninfo) {
         PQfinish(conn);
     }
     if ((s->nqueue || s->ninflight) && s->journal) go_down(s, "shutting down with PostgreSQL unreachable");
-    items_free(&s->inflight);
-    items_free(&s->queue);
+    items_free(s, &s->inflight, 0);
+    items_free(s, &s->queue, 0);
     mtr_journal_free(s->journal); /* closes the journal go_down may have reopened; files stay */
+    mtr_journal_free(s->streams);
     for (int i = 0; i < s->ncosts; i++) free(s->costs[i].model);
     if (s->kick) event_free(s->kick);
     if (s->retry) event_free(s->retry);

@@ -618,6 +618,7 @@ void gw_settle(gw_req_t *r);
 /* Settle now, before the last bytes of the answer are queued for the client;
  * later calls do nothing. */
 void gw_settle_done(gw_req_t *r, int status);
+void gw_settle_stream_begin(gw_req_t *r); /* a stream's head is about to go out: its provisional row */
 /* The loop's jflush_ev: write the journal records of this loop iteration's
  * settlements (one write(2)), then let their answers out. */
 void gw_settle_flush_cb(int fd, short what, void *arg);

@@ -883,6 +883,7 @@ static void gw_up_on_read(struct bufferevent *bev, void *arg) {
         memset(&r->ch, 0, sizeof r->ch);
         if (r->stream && r->resp.status == 200 && !strncasecmp(r->resp.content_type, "text/event-stream", 17)) {
             r->up_streaming = 1;
+            gw_settle_stream_begin(r); /* journaled before the client holds any of it */
             gw_req_head(r, 200, "text/event-stream", -1);
         }
         if (r->resp.content_length == 0 && !r->resp.chunked) {

@@ -106,6 +106,32 @@ void gw_settle(gw_req_t *r) {
     m->tokens_reasoning += (uint64_t)u.reasoning_tokens;
 }
 
+/* A stream's head is about to be queued for its client, who from then on may
+ * hold part of an answer while the stream's own row waits for its end: a
+ * provisional row is journaled first (bill_stream_begin: our prompt count,
+ * no completion), billed only if this process dies before the stream is
+ * settled.  Before (2026-11-30) a gateway killed mid-stream left no row at
+ * all for a stream its client had read part of. */
+void gw_settle_stream_begin(gw_req_t *r) {
+    bill_t *bill = r->loop->bill;
+    if (r->proxied != 1 || !r->admitted || !bill) return;
+    bill_usage_t u;
+    memset(&u, 0, sizeof u);
+    memcpy(u.request_id, r->id, sizeof u.request_id);
+    u.key_id = r->key.key_id;
+    u.customer_id = r->key.customer_id;
+    u.model = r->model;
+    u.price = r->key.price;
+    int64_t p = gw_settle_prompt_count(r);
+    u.prompt_tokens = p > 0 ? p : 0;
+    u.http_status = 200;
+    u.stream = 1;
+    u.received_us = r->received_us;
+    u.first_byte_us = r->first_byte_us;
+    u.finished_us = tg_wall_us();
+    bill_stream_begin(bill, &u, &r->hold);
+}
+
 static void gw_settle_fault_kill(evutil_socket_t fd, short what, void *arg) { raise(SIGKILL); }
 
 void gw_settle_flush_cb(evutil_socket_t fd, short what, void *arg) {

@@ -342,6 +342,13 @@ static int journal_probe(mtr_journal_t *j) {
     return ok ? 0 : -1;
 }
 
+int mtr_journal_earlier(const mtr_journal_t *j) {
+    const mtr_jfile_t *f;
+    TAILQ_FOREACH(f, &j->files, link)
+        if (f->found || !f->loaded) return 1;
+    return j->replaying;
+}
+
 int mtr_journal_writable(mtr_journal_t *j) {
     if (!j) return 0;
     if (!j->failing && !(j->disk_failing && __atomic_load_n(j->disk_failing, __ATOMIC_RELAXED))) return 1;

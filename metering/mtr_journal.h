@@ -106,6 +106,9 @@ int mtr_journal_held(const mtr_journal_t *j);
  * failed write (a part of a record may have been written: it stays the last
  * of its file, so the records appended later are not behind it). */
 int mtr_journal_spool(mtr_journal_t *j, const mtr_usage_t *const *u, size_t n);
+/* 1 while some record is on disk only (a file found by a replay, an earlier
+ * run's, not yet done, or a dropped one) or a replay reads; no system call. */
+int mtr_journal_earlier(const mtr_journal_t *j);
 /* 1 while records can be written: 0 once a write failed (a full or failing
  * disk: write, grouped flush, spool), until a later write succeeds or a
  * probe does (writing 64 KiB to a file of its own in the directory, removed

@@ -109,7 +109,8 @@ class GatewayKill(tggateway.GatewayCase):
             self.assertTrue(self.spooled(), "nothing journaled")
         if legacy:  # as a single-loop run left them: in the spool directory itself, replayed by loop 0
             for path in self.spooled():
-                os.rename(path, os.path.join(self.spool, os.path.basename(path)))
+                if os.path.basename(os.path.dirname(path)) != "streams":  # a loop's own, not adopted
+                    os.rename(path, os.path.join(self.spool, os.path.basename(path)))
             self.assertTrue([f for f in os.listdir(self.spool) if f.endswith(".spool")])
         if pg_down:
             self.pg(True)
@@ -138,6 +139,78 @@ class GatewayKill(tggateway.GatewayCase):
         self.assertNotIn("rejected", log)
         self.assertNotIn("out of memory", log)
         self.assertNotIn("cannot ", log)
+
+    def test_sigkill_mid_stream_bills_the_stream_once(self):
+        """Streams whose clients have read part of them (their first chunk, the rest held by the
+        worker), the gateway SIGKILLed before they end: after the restart each has exactly one usage
+        row and one debit (status 200, streamed, the gateway's prompt count, no completion: its
+        provisional row, journaled before the stream's head went out), at exactly its price.  Beside
+        them, streams that reached their [DONE] just before the kill (the usage table locked: nothing
+        committed) keep their own rows (3 completion tokens), not the provisional ones, which are read
+        only after the journal's rows have committed.
+        Before (2026-11-30) a stream cut by the gateway's death had no usage row at all."""
+        key = self.customer_key("gwcut", "10")
+        (cid,), = self.q("select id from customers where name = 'gwcut'")
+        toks = [os.urandom(6).hex() for _ in range(3)]
+        conns, cut = [], []
+        lk = psycopg2.connect(self.pg_dsn)
+        lk.cursor().execute("lock table usage in exclusive mode")  # nothing commits before the kill
+        try:
+            for i, t in enumerate(toks):
+                c = http.client.HTTPSConnection("127.0.0.1", P_GW, context=self.tls, timeout=15)
+                conns.append(c)
+                body = {"model": MODEL, "stream": True, "messages": [{"role": "user", "content": "stallhold:" + t}]}
+                c.request("POST", "/v1/chat/completions", json.dumps(body),
+                          {"Authorization": "Bearer " + key, "Content-Type": "application/json"})
+                r = c.getresponse()
+                self.assertEqual(r.status, 200)
+                cut.append(r.getheader("x-request-id"))
+                while b"Hello" not in r.readline():  # the first chunk: the client holds part of the answer
+                    pass
+            done = []
+            for i in range(2):  # whole streams, read up to [DONE], the gateway still waiting for their end
+                c = http.client.HTTPSConnection("127.0.0.1", P_GW, context=self.tls, timeout=15)
+                body = {"model": MODEL, "stream": True, "messages": [{"role": "user", "content": "whole %d" % i}]}
+                c.request("POST", "/v1/chat/completions", json.dumps(body),
+                          {"Authorization": "Bearer " + key, "Content-Type": "application/json"})
+                r = c.getresponse()
+                done.append(r.getheader("x-request-id"))
+                while b"data: [DONE]" not in r.readline():
+                    pass
+                c.sock.close()
+            self.kill_gateway()
+        finally:
+            for t in toks:
+                open(os.path.join(self.dir, "release-" + t), "w").close()
+            for c in conns:
+                c.close()
+            lk.rollback()
+            lk.close()
+        self.start_gateway()
+        rids = cut + done
+        wait_for(lambda: self.q("select count(*) from usage where request_id = any(%s::uuid[])", rids)[0][0]
+                 == len(rids), "a usage row for every stream after the restart", 30)
+        self.drain()
+        wait_for(lambda: not self.spooled(), "no journal or stream file left", 10)
+        rows = {r[0]: r[1:] for r in self.q(
+            "select u.request_id::text, u.http_status, u.stream, u.prompt_tokens, u.prompt_cache_hit_tokens,"
+            " u.completion_tokens, u.cost_pico, count(l.id), coalesce(-sum(l.amount_pico), 0)"
+            " from usage u left join ledger l on l.request_id = u.request_id"
+            " where u.customer_id = %s group by 1, 2, 3, 4, 5, 6, 7", cid)}
+        self.assertEqual(sorted(rows), sorted(rids), "one row per stream, no other")
+        for rid in cut:
+            status, stream, prompt, hit, completion, cost, n, debit = rows[rid]
+            self.assertEqual((status, stream, hit, completion), (200, True, 0, 0), rid)
+            self.assertGreater(prompt, 0, rid)
+            self.assertEqual(cost, prompt * tggateway.PRICE[0], rid)
+            self.assertEqual((n, int(debit)), (1, cost), rid)
+        for rid in done:
+            status, stream, prompt, hit, completion, cost, n, debit = rows[rid]
+            self.assertEqual((status, stream, completion), (200, True, 3), "the stream's own row: " + rid)
+            self.assertEqual(cost, (prompt - hit) * tggateway.PRICE[0] + hit * tggateway.PRICE[1]
+                             + completion * tggateway.PRICE[2], rid)
+            self.assertEqual((n, int(debit)), (1, cost), rid)
+        self.assertEqual(self.q("select count(*) from ledger_mismatch")[0][0], 0)
 
     def test_restart_keeps_the_killed_runs_leases_until_its_rows_commit(self):
         """No overspend across a kill: the killed run's credit leases keep its settled costs reserved

@@ -26,6 +26,13 @@ static bill_settler_t *settler_inline(bill_settler_t *s) {
             fprintf(stderr, "mtr_journal_new: %s\n", err);
             exit(1);
         }
+        char streams[4200];
+        snprintf(streams, sizeof streams, "%s/streams", s->dir);
+        mtr_journal_free(s->streams);
+        if (!(s->streams = mtr_journal_new(base, streams, &o, err, sizeof err))) {
+            fprintf(stderr, "mtr_journal_new: %s\n", err);
+            exit(1);
+        }
     }
     return s;
 }
@@ -137,7 +144,7 @@ static void test_replay(void) {
     /* 1. three settlements, PostgreSQL down: all three spooled, memory empty */
     for (int i = 0; i < 3; i++) {
         bill_usage_t u = sample(i);
-        bill_settler_push(s, &u);
+        bill_settler_push(s, &u, NULL);
     }
     CHECK_EQ_I(s->nqueue, 3);
     CHECK_EQ_I(answer(s, 0), 3);
@@ -159,7 +166,7 @@ static void test_replay(void) {
     CHECK_EQ_I(nfiles(), 1);
     CHECK_EQ_I(spooled_rows(), 3); /* not appended twice */
     bill_usage_t u4 = sample(4);
-    bill_settler_push(s, &u4); /* arrives while down, before the replay */
+    bill_settler_push(s, &u4, NULL); /* arrives while down, before the replay */
     bill_settler_on_up(s);
     CHECK_EQ_I(s->nqueue, 4);
     CHECK_EQ_I(answer(s, 1), 4);
@@ -199,16 +206,16 @@ static void test_replay(void) {
     /* 4. invalid settlements are rejected at once, never queued */
     bill_usage_t bad = sample(6);
     strcpy(bad.request_id, "not-a-uuid");
-    bill_settler_push(s, &bad);
+    bill_settler_push(s, &bad, NULL);
     bad = sample(7);
     bad.prompt_cache_hit_tokens = 11; /* more hits than prompt tokens */
-    bill_settler_push(s, &bad);
+    bill_settler_push(s, &bad, NULL);
     bad = sample(8);
     bad.completion_tokens = INT64_MAX / 2; /* cost overflows */
-    bill_settler_push(s, &bad);
+    bill_settler_push(s, &bad, NULL);
     bad = sample(9);
     bad.model = NULL;
-    bill_settler_push(s, &bad);
+    bill_settler_push(s, &bad, NULL);
     CHECK_EQ_I(s->nqueue, 0);
     snprintf(cmd, sizeof cmd, "test $(wc -l < %s/rejected.jsonl) -eq 4", spool);
     CHECK_EQ_I(system(cmd), 0);
@@ -219,7 +226,7 @@ static void test_replay(void) {
 
     /* 5. shutting down with rows queued and PostgreSQL unreachable spools them */
     bill_usage_t u10 = sample(10);
-    bill_settler_push(s, &u10);
+    bill_settler_push(s, &u10, NULL);
     bill_settler_free(s, "host=127.0.0.1 port=1 dbname=x connect_timeout=1");
     CHECK_EQ_I(spooled_rows(), 1);
     bill_pg_free(pg);
@@ -245,7 +252,7 @@ static void test_journal(void) {
     /* 1. pushed rows are in the journal at once, before any batch; synced by the timer */
     for (int i = 100; i < 102; i++) {
         bill_usage_t u = sample(i);
-        bill_settler_push(s, &u);
+        bill_settler_push(s, &u, NULL);
     }
     CHECK_EQ_I(nfiles(), 1);
     CHECK_EQ_I(spooled_rows(), 2);
@@ -265,10 +272,10 @@ static void test_journal(void) {
      *    row opens another; the closed one goes when its row commits (rotation
      *    by rows: tests/unit/metering/mtr_journal.c) */
     bill_usage_t u = sample(102);
-    bill_settler_push(s, &u);
+    bill_settler_push(s, &u, NULL);
     mtr_journal_rotate(s->journal);
     u = sample(103);
-    bill_settler_push(s, &u);
+    bill_settler_push(s, &u, NULL);
     CHECK_EQ_I(nfiles(), 2);
     CHECK_EQ_I(answer(s, 1), 2);
     CHECK_EQ_I(nfiles(), 1);
@@ -279,11 +286,11 @@ static void test_journal(void) {
      *    spool (here a second settler; the first is never drained) */
     for (int i = 104; i < 107; i++) {
         u = sample(i);
-        bill_settler_push(s, &u);
+        bill_settler_push(s, &u, NULL);
     }
     replayed_by_next(base, pg, 3);
     s->nqueue = 0; /* the "killed" process's memory: dropped without a trace on disk */
-    items_free(&s->queue);
+    items_free(s, &s->queue, 0);
     mtr_journal_rotate(s->journal);
     CHECK_EQ_I(nfiles(), 0);
 
@@ -292,7 +299,7 @@ static void test_journal(void) {
     long pushed = 0, sent = 0;
     for (int i = 0; i < QUEUE_MAX + 5; i++) {
         u = sample(1000 + i);
-        bill_settler_push(s, &u);
+        bill_settler_push(s, &u, NULL);
         pushed++;
     }
     CHECK_EQ_I(s->nqueue, QUEUE_MAX);
@@ -322,14 +329,14 @@ static void test_linger(void) {
     evtimer_del(s->retry);
 
     bill_usage_t u = sample(200000);
-    bill_settler_push(s, &u);
+    bill_settler_push(s, &u, NULL);
     flush(s);
     CHECK(s->job == NULL); /* one row: it waits */
     CHECK_EQ_I(s->nqueue, 1);
     CHECK(evtimer_pending(s->linger, NULL));
     for (int i = 1; i < LINGER_ROWS; i++) {
         u = sample(200000 + i);
-        bill_settler_push(s, &u);
+        bill_settler_push(s, &u, NULL);
     }
     flush(s);
     CHECK(s->job != NULL); /* a full batch goes now */
@@ -339,7 +346,7 @@ static void test_linger(void) {
     CHECK_EQ_I(s->ninflight, 0);
 
     u = sample(200000 + LINGER_ROWS);
-    bill_settler_push(s, &u);
+    bill_settler_push(s, &u, NULL);
     int64_t t0 = tg_mono_us();
     for (int i = 0; i < 100 && !s->job; i++) event_base_loop(base, EVLOOP_ONCE);
     CHECK(s->job != NULL); /* the timer sent it alone */
@@ -424,7 +431,7 @@ static void measure_cost(void) {
         double t0 = secs();
         for (int i = 0; i < N; i++) {
             bill_usage_t u = sample(100000 + i);
-            bill_settler_push(s, &u);
+            bill_settler_push(s, &u, NULL);
         }
         double t1 = secs();
         if (t1 - t0 < best_j) best_j = t1 - t0;
@@ -472,7 +479,7 @@ static void test_disk_full(void) {
     bill_settler_on_up(s);
     CHECK_EQ_I(nfiles(), 0);
     bill_usage_t u = sample(500);
-    bill_settler_push(s, &u);
+    bill_settler_push(s, &u, NULL);
     CHECK_EQ_I(answer(s, 0), 1); /* PostgreSQL down: u 500 waits in its journal file */
     CHECK(evtimer_pending(s->retry, NULL));
     void (*oldsig)(int) = signal(SIGXFSZ, SIG_IGN);
@@ -481,7 +488,7 @@ static void test_disk_full(void) {
     set_fsize(0); /* the disk is full */
     for (int i = 501; i < 504; i++) {
         u = sample(i);
-        bill_settler_push(s, &u);
+        bill_settler_push(s, &u, NULL);
     }
     bill_settle_stats_t st;
     bill_settler_stats(s, &st);
@@ -503,7 +510,7 @@ static void test_disk_full(void) {
     CHECK(s->need_replay);
     /* killed now: the next process replays all four */
     replayed_by_next(base, pg, 4);
-    items_free(&s->queue); /* the "killed" process's memory */
+    items_free(s, &s->queue, 0); /* the "killed" process's memory */
     s->nqueue = 0;
     bill_settler_free(s, NULL);
     bill_pg_free(pg);
@@ -573,7 +580,7 @@ static void test_replay_bounded(void) {
         CHECK(s->job != NULL);
         if (!s->job) break;
         bill_usage_t live = sample(640 + rounds); /* settled while the batch runs */
-        bill_settler_push(s, &live);
+        bill_settler_push(s, &live, NULL);
         sent += s->ninflight;
         bill_pg_cancel(s->job);
         PGresult *r = PQmakeEmptyPGresult(NULL, PGRES_TUPLES_OK);
