@@ -257,6 +257,8 @@ typedef struct {
     uint64_t unjournaled_total; /* rows whose journal write failed since start */
     int64_t found_files;      /* spool files found on disk (an earlier run's), not yet all committed:
                                  while any is left, its rows may not be in the balances yet */
+    int earlier_streams;      /* 1: an earlier run's streams' provisional rows are not read or not all
+                                 committed yet (they are not in the balances either) */
 } bill_settle_stats_t;
 
 /* Fill *st; b may be NULL (all zero, idle). */

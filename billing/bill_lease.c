@@ -514,10 +514,12 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg) {
      * in no balance, and their leases are what keeps them reserved.  Before
      * (2026-11-30) they went as soon as the files were read: a gateway killed
      * while its rows could not commit, restarted, granted the whole balance
-     * again (credit $0.0002, usage locked across the kill: $0.000386 spent). */
+     * again (credit $0.0002, usage locked across the kill: $0.000386 spent).
+     * The rows of its streams cut by its death (provisional rows, read once
+     * its other rows committed) count too (earlier_streams). */
     bill_settle_stats_t st;
     bill_settle_stats(L->b, &st);
-    L->tick_dropping = !L->old_dropped && !st.replay_pending && st.found_files == 0;
+    L->tick_dropping = !L->old_dropped && !st.replay_pending && st.found_files == 0 && !st.earlier_streams;
     char ttl[24];
     snprintf(ttl, sizeof ttl, "%lld", (long long)L->ttl_ms);
     const char *p[] = {L->holder, sk, sa, rk, ttl, L->tick_dropping ? L->spool_id : ""};

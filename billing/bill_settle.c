@@ -68,6 +68,7 @@ typedef struct item {
     int64_t pushed_us; /* tg_mono_us() when bill_settle queued it; 0: replayed or re-sent, no wait */
     mtr_jfile_t *src;  /* the journal/spool file it is in, or NULL: memory only */
     mtr_jfile_t *prov; /* its stream's provisional record (streams journal) until the row is safe, or NULL */
+    int earlier;       /* an earlier run's stream's provisional row (counted in nearlier) */
 } item_t;
 
 TAILQ_HEAD(item_q, item);
@@ -82,6 +83,7 @@ struct bill_settler {
     mtr_journal_t *journal; /* the write-ahead journal: every row's file */
     mtr_journal_t *streams; /* <spool>/streams: provisional rows of the streams under way */
     int streams_replay;     /* 1 until an earlier run's provisional rows are read back (after its rows) */
+    long nearlier;          /* of the queue, such rows not committed yet */
     bill_pg_job_t *job;
     struct event *kick, *retry, *linger;
     int single;      /* rows to send one by one after a data error */
@@ -426,6 +428,7 @@ static void item_settled(bill_settler_t *s, item_t *it) {
     if (it->src) mtr_journal_done(s->journal, it->src);
     else s->nmem--;
     if (it->prov) mtr_journal_done(s->streams, it->prov);
+    if (it->earlier) s->nearlier--;
     item_free(it);
 }
 
@@ -437,6 +440,7 @@ static void items_free(bill_settler_t *s, struct item_q *q, int on_disk) {
     while ((it = TAILQ_FIRST(q))) {
         TAILQ_REMOVE(q, it, link);
         if (on_disk && it->prov) mtr_journal_done(s->streams, it->prov);
+        if (it->earlier) s->nearlier--; /* (dropped: read back as any row of this run, edge left) */
         item_free(it);
     }
 }
@@ -718,6 +722,7 @@ void bill_settler_stats(const bill_settler_t *s, bill_settle_stats_t *st) {
     st->memory_only = memory_only(s);
     st->found_files = js.found_files;
     st->unjournaled_total = s->nunjournaled;
+    st->earlier_streams = s->streams_replay || s->nearlier > 0;
     /* idle: an earlier run's streams' provisional rows read too (they wait for its other rows' commit) */
     st->idle = !s->nqueue && !s->ninflight && !s->job && !st->replay_pending && !s->streams_replay;
 }
@@ -804,6 +809,8 @@ static int stream_row(const bill_usage_t *u, mtr_jfile_t *f, void *arg) {
         s->nmem++;
         it->prov = f;
     }
+    it->earlier = 1;
+    s->nearlier++;
     TAILQ_INSERT_TAIL(&s->queue, it, link);
     s->nqueue++;
     return mf ? 0 : 1;

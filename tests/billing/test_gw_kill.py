@@ -212,6 +212,60 @@ class GatewayKill(tggateway.GatewayCase):
             self.assertEqual((n, int(debit)), (1, cost), rid)
         self.assertEqual(self.q("select count(*) from ledger_mismatch")[0][0], 0)
 
+    def test_cut_streams_keep_the_killed_runs_leases_until_billed(self):
+        """A run killed with streams under way keeps its credit leases until those streams' provisional
+        rows have committed: until then their costs are in no balance, and the leases are what keeps them
+        reserved.  Every other row of the run has committed and its journal files are gone before the
+        kill, so the restart reads the streams' rows at once; they wait on a locked usage table while
+        each loop's lease statement runs again, and the killed run's leases are still there.  Before,
+        they went as soon as the run's journal rows had committed, before its cut streams were billed."""
+        key = self.customer_key("gwcutlease", "10")
+        (cid,), = self.q("select id from customers where name = 'gwcutlease'")
+        self.drain()
+        wait_for(lambda: not [p for p in self.spooled() if os.path.basename(os.path.dirname(p)) != "streams"],
+                 "the journal files of committed rows to go", 20)
+        toks = [os.urandom(6).hex() for _ in range(2)]
+        conns, cut = [], []
+        try:
+            for t in toks:
+                c = http.client.HTTPSConnection("127.0.0.1", P_GW, context=self.tls, timeout=15)
+                conns.append(c)
+                body = {"model": MODEL, "stream": True, "messages": [{"role": "user", "content": "stallhold:" + t}]}
+                c.request("POST", "/v1/chat/completions", json.dumps(body),
+                          {"Authorization": "Bearer " + key, "Content-Type": "application/json"})
+                r = c.getresponse()
+                self.assertEqual(r.status, 200)
+                cut.append(r.getheader("x-request-id"))
+                while b"Hello" not in r.readline():
+                    pass
+            old = [h for h, in self.q("select distinct holder from credit_leases where customer_id = %s", cid)]
+            self.assertTrue(old, "the streams' leases")
+            self.kill_gateway()
+        finally:
+            for t in toks:
+                open(os.path.join(self.dir, "release-" + t), "w").close()
+            for c in conns:
+                c.close()
+        lk = psycopg2.connect(self.pg_dsn)
+        try:
+            lk.cursor().execute("lock table usage in exclusive mode")  # the streams' rows cannot commit
+            self.start_gateway()
+            self.lease_ticks_after_replay(old)
+            self.assertGreater(self.q("select count(*) from credit_leases where holder = any(%s)", old)[0][0], 0,
+                               "the killed run's leases went before its cut streams were billed")
+            self.assertFalse(self.settlement()["idle"])
+        finally:
+            lk.rollback()
+            lk.close()
+        wait_for(lambda: self.q("select count(*) from usage where request_id = any(%s::uuid[])", cut)[0][0]
+                 == len(cut), "the cut streams' rows", 30)
+        self.drain()
+        wait_for(lambda: self.q("select count(*) from credit_leases where holder = any(%s)", old)[0][0] == 0,
+                 "the killed run's leases to go once its streams are billed", 30)
+        (bal,), = self.q("select balance_pico from customers where id = %s", cid)
+        (spent,), = self.q("select coalesce(sum(cost_pico), 0) from usage where customer_id = %s", cid)
+        self.assertEqual(int(bal), 10 * 10**12 - int(spent))
+
     def test_restart_keeps_the_killed_runs_leases_until_its_rows_commit(self):
         """No overspend across a kill: the killed run's credit leases keep its settled costs reserved
         until the restart has replayed its rows AND they have committed.  A customer with credit for
