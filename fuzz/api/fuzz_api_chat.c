@@ -40,6 +40,22 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         if (!t || tg_json_type(t) != TG_JSON_OBJECT) __builtin_trap();
         tg_json_free(t);
     }
+    /* a compiled schema's bounds are in range and every node has a shortest value */
+    const api_schema_t *scs[2] = {&r.schema, &r.tool_schema};
+    for (int q = 0; q < 2; q++)
+        for (int i = 0; i < scs[q]->n_nodes; i++) {
+            const api_schema_node_t *nd = &scs[q]->nodes[i];
+            api_num_t z = {0};
+            if (nd->nscale > API_NUM_MAX_SCALE || nd->nlo < -API_NUM_LIMIT || nd->nhi > API_NUM_LIMIT ||
+                nd->nhi < -API_NUM_LIMIT || nd->nlo > API_NUM_LIMIT ||
+                ((nd->nb & API_NB_LO) && (nd->nb & API_NB_HI) && nd->nlo > nd->nhi) ||
+                (nd->max_items >= 0 && nd->min_items > nd->max_items) ||
+                (nd->max_chars >= 0 && nd->min_chars > nd->max_chars) || nd->min_len < 0 ||
+                nd->min_len >= API_NUM_NEVER ||
+                (api_num_bounded(nd) && (nd->types & (API_ST_INT | API_ST_NUM)) && api_num_cost(nd, &z) >= API_NUM_NEVER))
+                __builtin_trap();
+        }
+    if (r.prefix && strcmp(r.msgs[r.n_msgs - 1].role, "assistant")) __builtin_trap();
     for (int k = TOK_TMPL_DEEPSEEK_V3; k <= TOK_TMPL_MIXTRAL; k++) {
         size_t n = 0;
         api_err_t e2;
