@@ -94,7 +94,22 @@ typedef struct {
     int32_t min_items, max_items;
     /* Strings (minLength, maxLength): characters (code points) at least, at most (-1: no limit). */
     int32_t min_chars, max_chars;
+    uint8_t sfmt;      /* strings: API_SF_* "format" (api_fmt.c), 0: none */
 } api_schema_node_t;
+
+/* String formats the grammar writes (api_fmt.c): a subset of each, every value valid. */
+enum { API_SF_NONE, API_SF_DATE, API_SF_TIME, API_SF_DATETIME, API_SF_UUID };
+typedef struct {
+    uint16_t year;
+    uint8_t stage, pos, month, d1, nfrac;
+} api_fmt_t;
+/* Start a string of format kind. */
+void api_fmt_init(int kind, api_fmt_t *s);
+/* One byte c of the string's text (no closing quote): 0 taken (some valid
+ * string still starts so), -1 refused; s is unchanged unless 0. */
+int api_fmt_step(int kind, api_fmt_t *s, unsigned c);
+/* Bytes still needed before the closing quote may come (0: it may). */
+int api_fmt_rest(int kind, const api_fmt_t *s);
 
 #define API_NB_LO 1    /* nlo is a lower bound */
 #define API_NB_HI 2    /* nhi is an upper bound */

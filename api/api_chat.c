@@ -720,7 +720,12 @@ static int32_t sc_min_len(const api_schema_t *sc, int ni) {
         api_num_t start = {0};
         m = api_num_bounded(n) ? api_num_cost(n, &start) : 1;
     }
-    if ((n->types & API_ST_STR) && m > 2 + n->min_chars) m = 2 + n->min_chars;
+    if (n->types & API_ST_STR) {
+        api_fmt_t f;
+        api_fmt_init(n->sfmt, &f);
+        int32_t l = 2 + (n->sfmt ? api_fmt_rest(n->sfmt, &f) : n->min_chars);
+        if (l < m) m = l;
+    }
     if (n->types & API_ST_ARR) { /* "[" the elements "]": minItems of the cheapest, commas between */
         int32_t im = n->items >= 0 ? sc->nodes[n->items].min_len : 1;
         int32_t a = 2 + (n->min_items ? n->min_items * im + n->min_items - 1 : 0);
@@ -999,7 +1004,7 @@ static int sc_any(sc_ctx_t *c, int ni, const tg_json_t *any, int depth, char *pa
             if (b->types & (API_ST_INT | API_ST_NUM))
                 nd->nb = b->nb, nd->nscale = b->nscale, nd->nlo = b->nlo, nd->nhi = b->nhi;
             if (b->types & API_ST_ARR) nd->min_items = b->min_items, nd->max_items = b->max_items;
-            if (b->types & API_ST_STR) nd->min_chars = b->min_chars, nd->max_chars = b->max_chars;
+            if (b->types & API_ST_STR) nd->min_chars = b->min_chars, nd->max_chars = b->max_chars, nd->sfmt = b->sfmt;
         }
         if (obj >= 0) { /* the object branch's members are this node's (their parent too) */
             nd->prop0 = sc->nodes[obj].prop0;
@@ -1228,9 +1233,18 @@ static int sc_node(sc_ctx_t *c, const tg_json_t *v, int parent, int pidx, int de
         {"float32", "-3.4028234663852886e38", "3.4028234663852886e38"},
         {"float64", "-1.7976931348623157e308", "1.7976931348623157e308"},
     };
+    static const struct { const char *name; int kind; } STRFMT[] = {
+        {"date", API_SF_DATE}, {"time", API_SF_TIME}, {"date-time", API_SF_DATETIME}, {"uuid", API_SF_UUID},
+    };
     const char *fmt_range[2] = {NULL, NULL};
     if (fmt) {
         int known = 0;
+        for (size_t i = 0; i < sizeof STRFMT / sizeof *STRFMT; i++)
+            if (str_is(fmt, STRFMT[i].name) && (types & API_ST_STR)) {
+                if (bnd[SC_MIN_LEN] || bnd[SC_MAX_LEN])
+                    return SC_BAD("Unsupported 'format' at %s beside 'minLength' or 'maxLength'.", where);
+                sc->nodes[ni].sfmt = (uint8_t)STRFMT[i].kind, known = 1;
+            }
         for (size_t i = 0; i < sizeof NUMFMT / sizeof *NUMFMT && type; i++)
             if (str_is(fmt, NUMFMT[i].name) && (types & (API_ST_INT | API_ST_NUM)) &&
                 !(types & ~(API_ST_INT | API_ST_NUM | API_ST_NULL)))

@@ -42,9 +42,9 @@ test-api: $(API_UNIT_BIN) $(API_CMPL_UNIT_BIN) $(API_FUZZ_REPLAY) $(API_CMPL_FUZ
 
 fuzz: fuzz-api fuzz-api-completion
 fuzz-api-completion: $(B)/fuzz/fuzz_api_completion
-$(B)/fuzz/fuzz_api_completion: fuzz/api/fuzz_api_completion.c api/api_completion.c api/api_chat.c api/api_num.c api/api.h api/api-int.h $(LIBTOK) $(LIBCOMMON)
+$(B)/fuzz/fuzz_api_completion: fuzz/api/fuzz_api_completion.c api/api_completion.c api/api_chat.c api/api_num.c api/api_fmt.c api/api.h api/api-int.h $(LIBTOK) $(LIBCOMMON)
 	@mkdir -p $(dir $@)
-	clang -g -O1 -std=gnu11 -fsanitize=fuzzer,address,undefined -Icommon -Itokenizer -Iapi -o $@ $< api/api_chat.c api/api_num.c $(TOK_LIBS) $(LDLIBS)
+	clang -g -O1 -std=gnu11 -fsanitize=fuzzer,address,undefined -Icommon -Itokenizer -Iapi -o $@ $< api/api_chat.c api/api_num.c api/api_fmt.c $(TOK_LIBS) $(LDLIBS)
 fuzz-api-completion-run: $(B)/fuzz/fuzz_api_completion
 	@mkdir -p $(B)/fuzz/corpus-api-completion
 	$(B)/fuzz/fuzz_api_completion -max_total_time=$(or $(FUZZ_SECONDS),60) -max_len=4096 $(B)/fuzz/corpus-api-completion $(API_CMPL_FUZZ_CORPUS)

@@ -145,6 +145,7 @@ typedef struct {
     union {
         uint64_t cand;  /* J_KEY, J_ENUM: bit i: candidate i still matches */
         api_num_t nst;  /* J_NUM with nbd: the number so far against its bounds */
+        api_fmt_t fst;  /* J_STR of a value with a "format": where in it (api_fmt.c) */
     };
     uint32_t stack; /* bit d: the container at depth d+1 is an object */
     uint16_t pos, nlo, nhi;
@@ -235,6 +236,13 @@ static const api_schema_node_t *str_node(const eng_gram_t *g, const gst_t *s) {
     return api_schema_str_bounded(nd) ? nd : NULL;
 }
 
+/* The node of the string value being written when it has a "format", or NULL. */
+static const api_schema_node_t *fmt_node(const eng_gram_t *g, const gst_t *s) {
+    if (s->skey || !sch(g, s) || s->vnode < 0) return NULL;
+    const api_schema_node_t *nd = node(g, s->vnode);
+    return nd->sfmt ? nd : NULL;
+}
+
 /* Characters a bounded string still owes (minLength). */
 static int str_rest(const eng_gram_t *g, const gst_t *s) {
     const api_schema_node_t *nd = str_node(g, s);
@@ -290,6 +298,7 @@ static int value_start(const eng_gram_t *g, gst_t *s, unsigned c) {
     case '"':
         if (!(types & API_ST_STR)) return -1;
         s->js = J_STR, s->skey = 0, s->slen = 0;
+        if (nd && nd->sfmt) api_fmt_init(nd->sfmt, &s->fst);
         return 0;
     case '{':
     case '[':
@@ -394,6 +403,15 @@ static int key_feed(const eng_gram_t *g, gst_t *s, unsigned c) {
     return 0;
 }
 
+/* One byte of a string value with a format (node nd): its text is ASCII
+ * without escapes, closed only when complete; 0 or -1. */
+static int fmt_feed(const api_schema_node_t *nd, gst_t *s, unsigned c) {
+    if (c != '"') return api_fmt_step(nd->sfmt, &s->fst, c);
+    if (api_fmt_rest(nd->sfmt, &s->fst)) return -1;
+    value_done(s);
+    return 0;
+}
+
 /* One byte of JSON; 0 or -1.  J_DONE refuses every byte. */
 static int json_feed(const eng_gram_t *g, gst_t *s, unsigned c) {
     if (is_ws(c) && (s->js == J_OBJ_FIRST || s->js == J_OBJ_KEY || s->js == J_COLON ||
@@ -445,6 +463,7 @@ static int json_feed(const eng_gram_t *g, gst_t *s, unsigned c) {
         if (c == '}' || c == ']') return close_with(g, s, c);
         return -1;
     case J_STR:
+        if (fmt_node(g, s)) return fmt_feed(fmt_node(g, s), s, c);
         if (s->u8need) {
             if (c < s->u8lo || c > s->u8hi) return -1;
             s->u8need--;
@@ -567,7 +586,9 @@ static int json_cost(const eng_gram_t *g, const gst_t *s) {
         return 4 + d;
     case J_COLON: return 1 + vmin(g, s) + d;
     case J_VALUE: return vmin(g, s) + d;
-    case J_STR: return s->u8need + str_rest(g, s) + 1 + key + d;
+    case J_STR:
+        if (fmt_node(g, s)) return api_fmt_rest(fmt_node(g, s)->sfmt, &s->fst) + 1 + d;
+        return s->u8need + str_rest(g, s) + 1 + key + d;
     case J_ESC: return 2 + str_rest(g, s) + key + d;
     case J_HEX: return s->hex + 1 + str_rest(g, s) + key + d;
     case J_NUM:

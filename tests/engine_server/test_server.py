@@ -19,6 +19,7 @@ Every check holds on every path, none hangs on a clock:
   seconds (TG_TEST_WAIT, default 60) that only turn a hang into a failure.
   Every socket has that timeout, and an early EOF raises.
 """
+import datetime
 import http.client
 import json
 import os
@@ -30,6 +31,7 @@ import sys
 import threading
 import time
 import unittest
+import uuid
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 sys.path.insert(0, os.path.join(ROOT, "tests", "lib"))
@@ -901,6 +903,25 @@ class Server(unittest.TestCase):
             for tc in json.loads(b)["choices"][0]["message"]["tool_calls"]:
                 args = tc["function"]["arguments"]
                 self.assertTrue(self.valid(json.loads(args), self.BOUNDED, self.BOUNDED), args)
+        # string formats as Pydantic writes datetime, date, UUID, Optional[datetime]: every value reads back
+        fm = {"type": "object", "additionalProperties": False, "required": ["at", "day", "id", "until"],
+              "properties": {"at": {"type": "string", "format": "date-time"},
+                             "day": {"type": "string", "format": "date"},
+                             "id": {"type": "string", "format": "uuid"},
+                             "until": {"anyOf": [{"type": "string", "format": "date-time"}, {"type": "null"}]}}}
+        for seed in range(3):
+            st, _, b = chat("When", max_tokens=[80, 150, 300][seed], temperature=1.2, seed=seed, n=2,
+                            response_format={"type": "json_schema", "json_schema": {"name": "f", "schema": fm}})
+            self.assertEqual(st, 200, b)
+            for c in json.loads(b)["choices"]:
+                v = json.loads(c["message"]["content"])
+                self.assertEqual(set(v), {"at", "day", "id", "until"})
+                datetime.datetime.fromisoformat(v["at"].replace("Z", "+00:00"))
+                self.assertRegex(v["at"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)$")
+                datetime.date.fromisoformat(v["day"])
+                self.assertEqual(str(uuid.UUID(v["id"])), v["id"])
+                if v["until"] is not None:
+                    datetime.datetime.fromisoformat(v["until"].replace("Z", "+00:00"))
         # what the grammar cannot enforce is still named in a 400, and an empty range too
         for sc, says in (({"type": "string", "pattern": "^a"}, "'pattern'"),
                          ({"type": "string", "format": "email"}, "'format'"),

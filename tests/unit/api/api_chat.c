@@ -12,6 +12,8 @@
 
 #include "tg_test.h"
 
+#include <time.h>
+
 static const char *vec_dir = "tests/tokenizer/vectors";
 
 #define MSG "\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]"
@@ -766,7 +768,7 @@ static void test_num_bounds(void) {
     CHECK_EQ_I(compile_v("{\"type\":\"number\",\"format\":\"float32\"}", &sc, &e), 0);
     CHECK(sc.nodes[1].nlo == -API_NUM_LIMIT && sc.nodes[1].nhi == API_NUM_LIMIT); /* brought in to the limit */
     api_schema_free(&sc);
-    static const char *const FMT[] = {"{\"type\":\"string\",\"format\":\"date-time\"}",
+    static const char *const FMT[] = {"{\"type\":\"string\",\"format\":\"email\"}",
                                       "{\"type\":\"string\",\"format\":\"int32\"}",
                                       "{\"type\":\"integer\",\"format\":\"int128\"}",
                                       "{\"format\":\"int32\"}",
@@ -809,8 +811,106 @@ static void test_num_bounds(void) {
     CHECK(strstr(e.message, "inside each other") != NULL);
 }
 
+/* ---- string formats (api_fmt.c) --------------------------------------------- */
+
+/* Feed t whole; 1 when every byte is taken and the string may close. */
+static int fmt_takes(int kind, const char *t) {
+    api_fmt_t f;
+    api_fmt_init(kind, &f);
+    for (; *t; t++)
+        if (api_fmt_step(kind, &f, (unsigned char)*t)) return 0;
+    return api_fmt_rest(kind, &f) == 0;
+}
+
+/* The oracle for dates, apart from api_fmt.c: timegm leaves a valid date as it is. */
+static int date_valid(int y, int m, int d) {
+    if (y < 1 || m < 1 || m > 12 || d < 1) return 0;
+    struct tm tm = {.tm_year = y - 1900, .tm_mon = m - 1, .tm_mday = d, .tm_hour = 12};
+    timegm(&tm);
+    return tm.tm_year == y - 1900 && tm.tm_mon == m - 1 && tm.tm_mday == d;
+}
+
+static void test_formats(void) {
+    char b[64];
+    int bad = 0;
+    for (int y = 0; y <= 2404; y++) /* every day of 2405 years, and months 0-13, days 0-32 */
+        for (int m = 0; m <= 13; m++)
+            for (int d = 0; d <= 32; d++) {
+                snprintf(b, sizeof b, "%04d-%02d-%02d", y, m, d);
+                if (fmt_takes(API_SF_DATE, b) != date_valid(y, m, d) && bad++ < 5)
+                    fprintf(stderr, "  date %s: taken %d\n", b, fmt_takes(API_SF_DATE, b));
+            }
+    for (int h = 0; h <= 30; h++)
+        for (int m = 0; m <= 65; m++)
+            for (int sec = 0; sec <= 65; sec++) {
+                snprintf(b, sizeof b, "%02d:%02d:%02dZ", h, m, sec);
+                if (fmt_takes(API_SF_TIME, b) != (h < 24 && m < 60 && sec < 60) && bad++ < 5)
+                    fprintf(stderr, "  time %s\n", b);
+            }
+    CHECK_EQ_I(bad, 0);
+    static const char *const TIME_OK[] = {"23:59:59Z", "00:00:00.5+05:30", "12:30:00.123456789-23:59", "01:02:03+00:00"};
+    static const char *const TIME_BAD[] = {"12:00:00", "12:00:00.Z", "12:00:00.1234567890Z", "12:00:00+24:00",
+                                           "12:00:00+05:60", "12:00:00z", "24:00:00Z", "12:00:60Z", "1:00:00Z",
+                                           "12:00:00+0530"};
+    for (size_t i = 0; i < sizeof TIME_OK / sizeof *TIME_OK; i++) CHECK(fmt_takes(API_SF_TIME, TIME_OK[i]));
+    for (size_t i = 0; i < sizeof TIME_BAD / sizeof *TIME_BAD; i++) CHECK(!fmt_takes(API_SF_TIME, TIME_BAD[i]));
+    CHECK(fmt_takes(API_SF_DATETIME, "2024-02-29T23:59:59.25-07:00"));
+    CHECK(!fmt_takes(API_SF_DATETIME, "2023-02-29T00:00:00Z"));
+    CHECK(!fmt_takes(API_SF_DATETIME, "2024-02-28 00:00:00Z"));
+    CHECK(!fmt_takes(API_SF_DATETIME, "2024-02-28"));
+    CHECK(fmt_takes(API_SF_UUID, "123e4567-e89b-12d3-a456-426614174000"));
+    CHECK(!fmt_takes(API_SF_UUID, "123E4567-e89b-12d3-a456-426614174000")); /* lower case is written */
+    CHECK(!fmt_takes(API_SF_UUID, "123e4567e89b-12d3-a456-426614174000-"));
+    CHECK(!fmt_takes(API_SF_UUID, "123e4567-e89b-12d3-a456-42661417400"));
+    /* random walks: any printable byte taken is followed up to a whole value, which the oracles take;
+     * api_fmt_rest is the fewest bytes left (each step takes it down by at most one) */
+    uint64_t rs = 88172645463325252ULL;
+    int walks = 0, good = 0;
+    for (int kind = API_SF_DATE; kind <= API_SF_UUID; kind++)
+        for (int w = 0; w < 300; w++) {
+            api_fmt_t f;
+            api_fmt_init(kind, &f);
+            char out[80];
+            int n = 0, ok = 1;
+            while (n < 70) {
+                int rest = api_fmt_rest(kind, &f);
+                if (!rest && (rs ^= rs << 13, rs ^= rs >> 7, rs ^= rs << 17, rs % 3 == 0)) break;
+                unsigned char c = 0;
+                api_fmt_t t;
+                int tries = 0;
+                do {
+                    rs ^= rs << 13, rs ^= rs >> 7, rs ^= rs << 17;
+                    c = (unsigned char)(0x20 + rs % 95);
+                    t = f;
+                } while (api_fmt_step(kind, &t, c) && ++tries < 100000);
+                if (tries >= 100000) {
+                    ok = rest == 0; /* nothing more may come: only when complete */
+                    break;
+                }
+                ok &= api_fmt_rest(kind, &t) >= rest - 1;
+                f = t;
+                out[n++] = (char)c;
+            }
+            out[n] = 0;
+            int y, mo, d, h, mi, sec;
+            char tail[40] = "";
+            int valid = api_fmt_rest(kind, &f) == 0 && ok;
+            if (kind == API_SF_DATE) valid &= sscanf(out, "%4d-%2d-%2d", &y, &mo, &d) == 3 && date_valid(y, mo, d);
+            if (kind == API_SF_DATETIME)
+                valid &= sscanf(out, "%4d-%2d-%2dT%2d:%2d:%2d%39s", &y, &mo, &d, &h, &mi, &sec, tail) == 7 &&
+                         date_valid(y, mo, d) && h < 24 && mi < 60 && sec < 60;
+            if (kind == API_SF_UUID) valid &= n == 36 && out[8] == '-' && out[23] == '-';
+            if (!valid) fprintf(stderr, "  walk %d: '%s'\n", kind, out);
+            good += valid;
+            walks++;
+        }
+    CHECK_EQ_I(good, walks);
+    printf("format walks: %d/%d whole and valid\n", good, walks);
+}
+
 int main(int argc, char **argv) {
     if (argc > 1) vec_dir = argv[1];
+    test_formats();
     test_num_bounds();
     test_prefix_key_whole_prompt();
     test_unknown_parameters();

@@ -403,6 +403,26 @@ static int bounds_valid(const tg_json_t *sch, const tg_json_t *v) {
     case TG_JSON_STRING: {
         size_t len, cps = 0;
         const char *t = tg_json_str(v, &len);
+        const tg_json_t *f = tg_json_get(sch, "format");
+        if (f) { /* date, date-time, uuid: read back with sscanf, the date by timegm */
+            int y = 0, mo = 0, d = 0, h = 0, mi = 0, sec = 0, k = 0;
+            if (str_is(f, "uuid"))
+                return len == 36 && t[8] == '-' && t[13] == '-' && t[18] == '-' && t[23] == '-' &&
+                       strspn(t, "0123456789abcdef-") == 36;
+            if (str_is(f, "date-time")) {
+                if (sscanf(t, "%4d-%2d-%2dT%2d:%2d:%2d%n", &y, &mo, &d, &h, &mi, &sec, &k) != 6 || k != 19 ||
+                    h > 23 || mi > 59 || sec > 59)
+                    return 0;
+                const char *z = t + 19;
+                if (*z == '.') for (z++; *z >= '0' && *z <= '9'; z++) {}
+                if (strcmp(z, "Z") && !(strlen(z) == 6 && (z[0] == '+' || z[0] == '-') && z[3] == ':')) return 0;
+            } else if (sscanf(t, "%4d-%2d-%2d%n", &y, &mo, &d, &k) != 3 || k != 10 || len != 10) {
+                return 0;
+            }
+            struct tm tm = {.tm_year = y - 1900, .tm_mon = mo - 1, .tm_mday = d, .tm_hour = 12};
+            timegm(&tm);
+            return y >= 1 && mo >= 1 && mo <= 12 && d >= 1 && tm.tm_mon == mo - 1 && tm.tm_mday == d;
+        }
         for (size_t i = 0; i < len; i++) cps += ((unsigned char)t[i] & 0xC0) != 0x80;
         if (!tg_json_int64(tg_json_get(sch, "minLength"), &n) && (int64_t)cps < n) return 0;
         if (!tg_json_int64(tg_json_get(sch, "maxLength"), &n) && (int64_t)cps > n) return 0;
@@ -448,7 +468,18 @@ static const char BOUNDED[] =
     "\"opt\":{\"anyOf\":[{\"type\":\"number\",\"minimum\":5,\"maximum\":6},{\"type\":\"null\"}]}},"
     "\"required\":[\"age\",\"score\",\"temp\",\"neg\",\"big\",\"tags\",\"grid\",\"name\",\"opt\"]}";
 
+/* As Pydantic writes datetime, date, UUID and Optional[datetime] fields. */
+static const char FORMATS[] =
+    "{\"type\":\"object\",\"additionalProperties\":false,\"properties\":{"
+    "\"at\":{\"type\":\"string\",\"format\":\"date-time\",\"title\":\"At\"},"
+    "\"day\":{\"type\":\"string\",\"format\":\"date\"},"
+    "\"id\":{\"type\":\"string\",\"format\":\"uuid\"},"
+    "\"until\":{\"anyOf\":[{\"type\":\"string\",\"format\":\"date-time\"},{\"type\":\"null\"}]},"
+    "\"days\":{\"type\":\"array\",\"items\":{\"type\":\"string\",\"format\":\"date\"},\"maxItems\":3}},"
+    "\"required\":[\"at\",\"day\",\"id\",\"until\",\"days\"]}";
+
 static void test_bounds(void) {
+    uint64_t rs_saved = rs; /* the walks after these see the sequence they always did */
     api_schema_t sc;
     CHECK_EQ_I(compile(BOUNDED, &sc), 0);
     tg_json_t *doc = tg_json_parse(BOUNDED, strlen(BOUNDED), NULL, NULL);
@@ -524,6 +555,38 @@ static void test_bounds(void) {
            walks, sc.nodes[0].min_len);
     tg_json_free(doc);
     api_schema_free(&sc);
+    /* string formats: every walk's dates, date-times and uuids read back valid */
+    CHECK_EQ_I(compile(FORMATS, &sc), 0);
+    doc = tg_json_parse(FORMATS, strlen(FORMATS), NULL, NULL);
+    CHECK(schema_accepts(&sc, "{\"at\":\"2024-02-29T12:00:00.5+01:00\",\"day\":\"2000-02-29\",\"id\":"
+                              "\"123e4567-e89b-12d3-a456-426614174000\",\"until\":null,\"days\":[\"0001-01-01\"]}"));
+    CHECK(!schema_accepts(&sc, "{\"at\":\"2023-02-29T12:00:00Z\",\"day\":\"2000-02-29\",\"id\":"
+                               "\"123e4567-e89b-12d3-a456-426614174000\",\"until\":null,\"days\":[]}"));
+    CHECK(!schema_accepts(&sc, "{\"at\":\"2024-01-01T12:00:00Z\",\"day\":\"1900-02-29\",\"id\":"
+                               "\"123e4567-e89b-12d3-a456-426614174000\",\"until\":null,\"days\":[]}"));
+    okw = walks = 0;
+    min = sc.nodes[0].min_len + 1;
+    for (int w = 0; w < 16; w++) {
+        int budget = min + (w % 4) * 30;
+        eng_gram_t *g = eng_gram_schema(V, tok_eos(T), &sc);
+        int eos, nt;
+        char *s = walk_random(g, budget, &eos, &nt);
+        tg_json_t *j = tg_json_parse(s, strlen(s), NULL, NULL);
+        int good_ = eos && nt <= budget && j && schema_valid(&sc, 0, j) && bounds_valid(doc, j);
+        if (getenv("GRAM_SHOW")) printf("  %d tokens: %s\n", nt, s);
+        CHECK(good_);
+        if (!good_) fprintf(stderr, "  format walk budget %d (eos %d, %d tokens): %s\n", budget, eos, nt, s);
+        okw += good_;
+        walks++;
+        tg_json_free(j);
+        free(s);
+        eng_gram_free(g);
+    }
+    printf("format walks: %d/%d ended with EOS, parse, validate (shortest answer %d bytes)\n", okw, walks,
+           sc.nodes[0].min_len);
+    tg_json_free(doc);
+    api_schema_free(&sc);
+    rs = rs_saved;
 }
 
 /* tool_choice "auto": free text never holds a tool marker but the opener;
