@@ -419,9 +419,12 @@ static int parse_messages(api_chat_req_t *r, const tg_json_t *ms, api_err_t *e) 
         if (get_content(r, m, i, !strcmp(rs, "assistant"), &msg->content, &msg->content_len, e)) return -1;
         if (!strcmp(rs, "assistant")) {
             if (get_tool_calls(r, tg_json_get(m, "tool_calls"), i, &used, msg, e)) return -1;
-            if (!msg->content && !msg->n_tool_calls)
-                return BAD("messages", "invalid_value",
-                           "Invalid 'messages[%zu]': an assistant message needs 'content' or 'tool_calls'.", i);
+            if (!msg->content && !msg->n_tool_calls) {
+                path_at(p, sizeof p, "messages", i, ".content");
+                return BAD(p, "missing_required_parameter",
+                           "Missing required parameter: '%s' (an assistant message needs 'content' or "
+                           "'tool_calls').", p);
+            }
         } else if (!msg->content) {
             path_at(p, sizeof p, "messages", i, ".content");
             return BAD(p, "missing_required_parameter", "Missing required parameter: '%s'.", p);

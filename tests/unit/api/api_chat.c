@@ -79,6 +79,11 @@ static void test_unknown_parameters(void) {
                "invalid_value");
     expect_400("{\"model\":\"m\",\"messages\":[" U1 ",{\"role\":\"assistant\",\"content\":\"{\",\"prefix\":true}],"
                "\"response_format\":{\"type\":\"json_object\"}}", "messages[1].prefix", "invalid_value");
+    /* an assistant message with neither content nor tool_calls: its content is named */
+    expect_400("{\"model\":\"m\",\"messages\":[" U1 ",{\"role\":\"assistant\",\"content\":null}," U1 "]}",
+               "messages[1].content", "missing_required_parameter");
+    expect_400("{\"model\":\"m\",\"messages\":[" U1 ",{\"role\":\"assistant\",\"tool_calls\":[]}," U1 "]}",
+               "messages[1].content", "missing_required_parameter");
     /* an empty array of content parts, as OpenAI: a 400 */
     expect_400("{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":[]}]}", "messages[0].content",
                "empty_array");
