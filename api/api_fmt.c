@@ -5,7 +5,7 @@
  * What is written is a subset of each format, every value of it valid for
  * strict readers too (Python's datetime.fromisoformat, jsonschema's format
  * checker): years 0001-9999, the day within its month (29 February only in
- * leap years), seconds 00-59 (no leap second), at most 9 fraction digits, the
+ * leap years), seconds 00-59 (no leap second), at most 6 fraction digits, the
  * offset "Z" or +hh:mm / -hh:mm, "T" between date and time, uuids in lower
  * case.  Every prefix taken has a completion (no dead ends), and
  * api_fmt_rest says how many bytes it needs at least. */
@@ -13,7 +13,7 @@
 
 enum { ST_DATE, ST_T, ST_TIME, ST_AFTER, ST_FRAC, ST_OFF, ST_DONE, ST_UUID };
 
-#define MAX_FRAC 9
+#define MAX_FRAC 6 /* Pydantic (speedate) reads at most 6 */
 
 void api_fmt_init(int kind, api_fmt_t *s) {
     *s = (api_fmt_t){0};

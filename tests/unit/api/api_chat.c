@@ -853,8 +853,8 @@ static void test_formats(void) {
                     fprintf(stderr, "  time %s\n", b);
             }
     CHECK_EQ_I(bad, 0);
-    static const char *const TIME_OK[] = {"23:59:59Z", "00:00:00.5+05:30", "12:30:00.123456789-23:59", "01:02:03+00:00"};
-    static const char *const TIME_BAD[] = {"12:00:00", "12:00:00.Z", "12:00:00.1234567890Z", "12:00:00+24:00",
+    static const char *const TIME_OK[] = {"23:59:59Z", "00:00:00.5+05:30", "12:30:00.123456-23:59", "01:02:03+00:00"};
+    static const char *const TIME_BAD[] = {"12:00:00", "12:00:00.Z", "12:00:00.1234567Z", "12:00:00+24:00",
                                            "12:00:00+05:60", "12:00:00z", "24:00:00Z", "12:00:60Z", "1:00:00Z",
                                            "12:00:00+0530"};
     for (size_t i = 0; i < sizeof TIME_OK / sizeof *TIME_OK; i++) CHECK(fmt_takes(API_SF_TIME, TIME_OK[i]));
