@@ -86,7 +86,8 @@ static void test_400_cases(void) {
     expect_400("{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":5}]}", "messages[0].content", "invalid_type");
     expect_400("{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"image_url\",\"image_url\":{}}]}]}",
                "messages[0].content", "invalid_value");
-    expect_400("{\"model\":\"m\",\"messages\":[{\"role\":\"assistant\"}]}", "messages", "invalid_value");
+    expect_400("{\"model\":\"m\",\"messages\":[{\"role\":\"assistant\"}]}", "messages[0].content",
+               "missing_required_parameter");
     expect_400("{\"model\":\"m\"," MSG ",\"max_tokens\":0}", "max_tokens", "invalid_value");
     expect_400("{\"model\":\"m\"," MSG ",\"max_tokens\":1.5}", "max_tokens", "invalid_type");
     expect_400("{\"model\":\"m\"," MSG ",\"max_tokens\":\"5\"}", "max_tokens", "invalid_type");
