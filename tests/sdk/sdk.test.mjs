@@ -210,10 +210,39 @@ test('json_schema: unsupported keywords are a BadRequestError naming them', asyn
   await assert.rejects(client.chat.completions.create({
     model, messages, max_tokens: 4,
     response_format: { type: 'json_schema', json_schema: { name: 'x', schema: {
-      type: 'object', properties: { age: { type: 'integer', minimum: 0 }, s: { type: 'string', pattern: 'a+' } } } } },
+      type: 'object', properties: { age: { type: 'integer', multipleOf: 2 }, s: { type: 'string', pattern: 'a+' } } } } },
   }), (e) => e instanceof OpenAI.BadRequestError && e.status === 400 &&
-    e.param === 'response_format.json_schema.schema' && e.message.includes("'minimum', 'pattern'") &&
+    e.param === 'response_format.json_schema.schema' && e.message.includes("'multipleOf', 'pattern'") &&
     e.message.includes('properties.age'));
+});
+
+test('json_schema: ranges and lengths as zod v4 writes them hold in every answer', async () => {
+  // z.object({ id: z.int(), age: z.int().min(18).max(120), score: z.number().positive().max(1),
+  //   tags: z.array(z.string().min(1).max(3)).min(2).max(4), at: z.iso.date() without its pattern })
+  const schema = {
+    $schema: 'https://json-schema.org/draft/2020-12/schema', type: 'object', additionalProperties: false,
+    required: ['id', 'age', 'score', 'tags', 'day'],
+    properties: {
+      id: { type: 'integer', minimum: -9007199254740991, maximum: 9007199254740991 },
+      age: { type: 'integer', minimum: 18, maximum: 120 },
+      score: { type: 'number', exclusiveMinimum: 0, maximum: 1 },
+      tags: { type: 'array', items: { type: 'string', minLength: 1, maxLength: 3 }, minItems: 2, maxItems: 4 },
+      day: { type: 'string', format: 'date' },
+    },
+  };
+  for (const seed of [1, 2, 3]) {
+    const r = await client.chat.completions.create({
+      model, messages: [{ role: 'user', content: 'Bounded' }], max_tokens: 200, temperature: 1.2, seed,
+      response_format: { type: 'json_schema', json_schema: { name: 'b', strict: true, schema } },
+    });
+    const v = JSON.parse(r.choices[0].message.content);
+    assert.ok(Number.isInteger(v.age) && v.age >= 18 && v.age <= 120, r.choices[0].message.content);
+    assert.ok(v.score > 0 && v.score <= 1, r.choices[0].message.content);
+    assert.ok(Number.isInteger(v.id) && Math.abs(v.id) <= 9007199254740991);
+    assert.ok(v.tags.length >= 2 && v.tags.length <= 4 && v.tags.every((t) => [...t].length >= 1 && [...t].length <= 3));
+    assert.match(v.day, /^\d{4}-\d\d-\d\d$/);
+    assert.equal(new Date(v.day + 'T00:00:00Z').toISOString().slice(0, 10), v.day); // a real day
+  }
 });
 
 // ---- strict function tools: every call's arguments follow its function's parameters ----
