@@ -406,6 +406,14 @@ void bill_stream_begin(bill_t *b, const bill_usage_t *u, bill_hold_t *h) {
     if (b && u && h && !h->stream_rec) h->stream_rec = bill_settler_stream_begin(b->settler, u);
 }
 
+void bill_stream_update(bill_t *b, const bill_usage_t *u, bill_hold_t *h) {
+    if (!b || !u || !h || !h->stream_rec) return;
+    struct mtr_jfile *f = bill_settler_stream_begin(b->settler, u);
+    if (!f) return;
+    bill_settler_stream_done(b->settler, h->stream_rec);
+    h->stream_rec = f;
+}
+
 int bill_journal_held(const bill_t *b) { return b ? bill_settler_journal_held(b->settler) : 0; }
 
 int bill_journal_flush(bill_t *b) { return b ? bill_settler_journal_flush(b->settler) : 0; }

@@ -205,6 +205,9 @@ void bill_settle(bill_t *b, const bill_usage_t *u, bill_hold_t *h); /* h: its ho
  * bill_hold_release); the stream's own row, once safe, replaces it.  A
  * failed write is logged and leaves h as it was. */
 void bill_stream_begin(bill_t *b, const bill_usage_t *u, bill_hold_t *h);
+/* A newer provisional row for the stream of h (more completion sent): written,
+ * then the older one is let go.  A failed write keeps the older one. */
+void bill_stream_update(bill_t *b, const bill_usage_t *u, bill_hold_t *h);
 /* With opts.journal_group, bill_settle's journal record waits in memory for
  * bill_journal_flush, which writes every waiting record with one write(2)
  * (metering/mtr_journal.h, "Grouped appends"); billing flushes by itself

@@ -84,6 +84,8 @@ struct bill_settler {
     mtr_journal_t *streams; /* <spool>/streams: provisional rows of the streams under way */
     int streams_replay;     /* 1 until an earlier run's provisional rows are read back (after its rows) */
     long nearlier;          /* of the queue, such rows not committed yet */
+    struct prov_row *prov;  /* an earlier run's provisional rows being read (stream_row), with their files */
+    size_t nprov, cprov;
     bill_pg_job_t *job;
     struct event *kick, *retry, *linger;
     int single;      /* rows to send one by one after a data error */
@@ -795,31 +797,70 @@ void bill_settler_stream_done(bill_settler_t *s, mtr_jfile_t *prov) {
     if (s && prov) mtr_journal_done(s->streams, prov);
 }
 
-/* An earlier run's provisional row, read back: into this run's journal, queued. */
+/* An earlier run's provisional rows are read, kept (pending in their files)
+ * and sorted by request id: a stream may have several (the gateway writes a
+ * newer one as chunks go out), the one with the most completion is billed. */
+struct prov_row {
+    item_t *it;
+    mtr_jfile_t *f;
+};
+
 static int stream_row(const bill_usage_t *u, mtr_jfile_t *f, void *arg) {
     bill_settler_t *s = arg;
-    mtr_jfile_t *mf = mtr_journal_write(s->journal, u);
-    item_t *it = item_new(s, u, mf);
-    if (!it) {
-        if (mf) mtr_journal_done(s->journal, mf);
-        return 0;
+    if (s->nprov == s->cprov) {
+        size_t nc = s->cprov ? s->cprov * 2 : 64;
+        struct prov_row *nv = realloc(s->prov, nc * sizeof *nv);
+        if (!nv) return 1; /* short of memory: left pending, read again by the next run */
+        s->prov = nv;
+        s->cprov = nc;
     }
-    if (!mf) { /* the journal could not take it: its stream file keeps it until it commits */
-        s->nunjournaled++;
-        s->nmem++;
-        it->prov = f;
-    }
-    it->earlier = 1;
-    s->nearlier++;
-    TAILQ_INSERT_TAIL(&s->queue, it, link);
-    s->nqueue++;
-    return mf ? 0 : 1;
+    item_t *it = item_new(s, u, NULL);
+    if (!it) return 0; /* rejected for good (logged) */
+    s->prov[s->nprov++] = (struct prov_row){it, f};
+    return 1;
 }
 
+static int prov_cmp(const void *a, const void *b) {
+    const item_t *x = ((const struct prov_row *)a)->it, *y = ((const struct prov_row *)b)->it;
+    int c = strcmp(x->u.request_id, y->u.request_id);
+    if (c) return c;
+    if (x->u.completion_tokens != y->u.completion_tokens) return x->u.completion_tokens < y->u.completion_tokens ? -1 : 1;
+    return x->u.finished_us < y->u.finished_us ? -1 : x->u.finished_us > y->u.finished_us;
+}
+
+/* The rows read: each stream's latest goes into this run's journal and the
+ * queue (or, when the journal cannot take it, stays pending in its stream
+ * file until it commits); the others are let go. */
 static void stream_replayed(long rows, int failed, void *arg) {
     bill_settler_t *s = arg;
+    long billed = 0;
+    qsort(s->prov, s->nprov, sizeof *s->prov, prov_cmp);
+    for (size_t i = 0; i < s->nprov;) {
+        size_t j = i + 1;
+        while (j < s->nprov && !strcmp(s->prov[j].it->u.request_id, s->prov[i].it->u.request_id)) j++;
+        item_t *it = s->prov[j - 1].it; /* the most completion */
+        it->src = mtr_journal_write(s->journal, &it->u);
+        if (!it->src) { /* its stream file keeps it until it commits */
+            s->nunjournaled++;
+            s->nmem++;
+            it->prov = s->prov[j - 1].f;
+        }
+        it->earlier = 1;
+        s->nearlier++;
+        TAILQ_INSERT_TAIL(&s->queue, it, link);
+        s->nqueue++;
+        billed++;
+        for (size_t k = i; k < j; k++) {
+            if (k != j - 1) item_free(s->prov[k].it);
+            if (k != j - 1 || it->src) mtr_journal_done(s->streams, s->prov[k].f);
+        }
+        i = j;
+    }
+    s->nprov = 0;
     s->streams_replay = failed; /* 1: the rest later */
-    if (rows) fprintf(stderr, "bill: %ld streams cut by an earlier run's end, billed their prompt\n", rows);
+    if (billed)
+        fprintf(stderr, "bill: %ld streams cut by an earlier run's end, billed what was sent (%ld rows read)\n",
+                billed, rows);
     kick(s);
 }
 
@@ -915,6 +956,7 @@ static int drain_sync(bill_settler_t *s, PGconn *conn, struct item_q *q) {
 void bill_settler_free(bill_settler_t *s, const char *conninfo) {
     if (!s) return;
     mtr_journal_quiesce(s->journal); /* a replay's rows are queued, syncs done: before anything is flushed */
+    mtr_journal_quiesce(s->streams); /* the same for an earlier run's streams' rows */
     if (s->job) bill_pg_cancel(s->job); /* may still commit: its rows are re-sent, harmlessly */
     s->job = NULL;
     mtr_journal_rotate(s->journal); /* deleted now if all committed, else when the drain commits its rows */
@@ -931,6 +973,8 @@ void bill_settler_free(bill_settler_t *s, const char *conninfo) {
     items_free(s, &s->queue, 0);
     mtr_journal_free(s->journal); /* closes the journal go_down may have reopened; files stay */
     mtr_journal_free(s->streams);
+    for (size_t i = 0; i < s->nprov; i++) item_free(s->prov[i].it);
+    free(s->prov);
     for (int i = 0; i < s->ncosts; i++) free(s->costs[i].model);
     if (s->kick) event_free(s->kick);
     if (s->retry) event_free(s->retry);

@@ -553,6 +553,8 @@ struct gw_req {
     int have_usage;
     int64_t prompt_tokens, cache_hit_tokens, completion_tokens, reasoning_tokens;
     int64_t chunks;            /* content chunks seen (estimate for a cut stream) */
+    int64_t prov_us;           /* tg_mono_us() of the stream's last provisional row (gw_settle_stream_update) */
+    int64_t prov_completion;   /* the completion it said */
     uint32_t echoed;           /* completions with echo: choices whose echoed prompt was seen (bit = index) */
     int64_t counted_tokens;    /* completion tokens the gateway counted itself, for an answer without usage:
                                   a stream's tool calls (names and arguments), or a whole answer's
@@ -619,6 +621,7 @@ void gw_settle(gw_req_t *r);
  * later calls do nothing. */
 void gw_settle_done(gw_req_t *r, int status);
 void gw_settle_stream_begin(gw_req_t *r); /* a stream's head is about to go out: its provisional row */
+void gw_settle_stream_update(gw_req_t *r); /* chunks went out: a newer provisional row, at most once a second */
 /* The loop's jflush_ev: write the journal records of this loop iteration's
  * settlements (one write(2)), then let their answers out. */
 void gw_settle_flush_cb(int fd, short what, void *arg);

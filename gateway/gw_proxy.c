@@ -720,6 +720,7 @@ static int gw_stream_payload(gw_req_t *r) {
         gw_up_fail(r, 502, "upstream_error", "The inference worker sent an oversized stream event");
         return GW_ERROR;
     }
+    gw_settle_stream_update(r); /* what the client got so far, should the process die now */
     struct evbuffer *o = gw_req_out(r);
     if (r->up && !r->up_paused && evbuffer_get_length(o) > (size_t)r->srv->cfg->stream_high_water) {
         bufferevent_disable(r->up, EV_READ);

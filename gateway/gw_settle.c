@@ -112,24 +112,45 @@ void gw_settle(gw_req_t *r) {
  * no completion), billed only if this process dies before the stream is
  * settled.  Before (2026-11-30) a gateway killed mid-stream left no row at
  * all for a stream its client had read part of. */
+static void gw_settle_provisional(gw_req_t *r, bill_usage_t *u, int64_t completion) {
+    memset(u, 0, sizeof *u);
+    memcpy(u->request_id, r->id, sizeof u->request_id);
+    u->key_id = r->key.key_id;
+    u->customer_id = r->key.customer_id;
+    u->model = r->model;
+    u->price = r->key.price;
+    int64_t p = gw_settle_prompt_count(r);
+    u->prompt_tokens = p > 0 ? p : 0;
+    u->completion_tokens = completion;
+    u->http_status = 200;
+    u->stream = 1;
+    u->received_us = r->received_us;
+    u->first_byte_us = r->first_byte_us;
+    u->finished_us = tg_wall_us();
+    r->prov_us = tg_mono_us();
+    r->prov_completion = completion;
+}
+
 void gw_settle_stream_begin(gw_req_t *r) {
     bill_t *bill = r->loop->bill;
     if (r->proxied != 1 || !r->admitted || !bill) return;
     bill_usage_t u;
-    memset(&u, 0, sizeof u);
-    memcpy(u.request_id, r->id, sizeof u.request_id);
-    u.key_id = r->key.key_id;
-    u.customer_id = r->key.customer_id;
-    u.model = r->model;
-    u.price = r->key.price;
-    int64_t p = gw_settle_prompt_count(r);
-    u.prompt_tokens = p > 0 ? p : 0;
-    u.http_status = 200;
-    u.stream = 1;
-    u.received_us = r->received_us;
-    u.first_byte_us = r->first_byte_us;
-    u.finished_us = tg_wall_us();
+    gw_settle_provisional(r, &u, 0);
     bill_stream_begin(bill, &u, &r->hold);
+}
+
+/* Chunks went out since the stream's last provisional row: a newer one, with
+ * the completion counted as for a cut stream (a token per text chunk, the
+ * tool calls' tokens), at most once a second (GW_PROV_EVERY_US: a write(2)
+ * each); a crash then bills what its client got up to that second. */
+#define GW_PROV_EVERY_US 1000000
+void gw_settle_stream_update(gw_req_t *r) {
+    if (!r->hold.stream_rec || r->proxied != 1 || r->have_usage) return;
+    int64_t c = r->chunks + r->counted_tokens;
+    if (c <= r->prov_completion || tg_mono_us() - r->prov_us < GW_PROV_EVERY_US) return;
+    bill_usage_t u;
+    gw_settle_provisional(r, &u, c);
+    bill_stream_update(r->loop->bill, &u, &r->hold);
 }
 
 static void gw_settle_fault_kill(evutil_socket_t fd, short what, void *arg) { raise(SIGKILL); }

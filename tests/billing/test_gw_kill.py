@@ -212,6 +212,57 @@ class GatewayKill(tggateway.GatewayCase):
             self.assertEqual((n, int(debit)), (1, cost), rid)
         self.assertEqual(self.q("select count(*) from ledger_mismatch")[0][0], 0)
 
+    def test_sigkill_bills_what_the_stream_sent(self):
+        """A stream that has sent two text chunks, 2.5 s apart, when the gateway is SIGKILLed: its
+        provisional row was written again with the second chunk (at most once a second, as chunks go
+        out), so after the restart its one usage row bills the prompt and 2 completion tokens (a token
+        per text chunk, as any cut stream), at exactly its price, one debit."""
+        key = self.customer_key("gwsent", "10")
+        tok = os.urandom(6).hex()
+        c = http.client.HTTPSConnection("127.0.0.1", P_GW, context=self.tls, timeout=15)
+        try:
+            body = {"model": MODEL, "stream": True, "messages": [{"role": "user", "content": "stall2hold:" + tok}]}
+            c.request("POST", "/v1/chat/completions", json.dumps(body),
+                      {"Authorization": "Bearer " + key, "Content-Type": "application/json"})
+            r = c.getresponse()
+            self.assertEqual(r.status, 200)
+            rid = r.getheader("x-request-id")
+            while b" from" not in r.readline():  # the second chunk
+                pass
+
+            def provisional_completion():  # the most completion a provisional row of the stream says
+                best = -1
+                for d, _, fs in os.walk(self.spool):
+                    if os.path.basename(d) == "streams":
+                        for f in fs:
+                            try:
+                                with open(os.path.join(d, f), "rb") as fh:
+                                    data = fh.read()
+                            except FileNotFoundError:
+                                continue  # done and deleted meanwhile
+                            p = data.find(rid.encode())
+                            while p >= 0:  # the record's payload starts with the id; completion at 92 (mtr.h)
+                                best = max(best, int.from_bytes(data[p + 92:p + 100], "little"))
+                                p = data.find(rid.encode(), p + 1)
+                return best
+            wait_for(lambda: provisional_completion() == 2, "the stream's provisional row with its 2 chunks", 10)
+            self.kill_gateway()
+        finally:
+            open(os.path.join(self.dir, "release-" + tok), "w").close()
+            c.close()
+        self.start_gateway()
+        wait_for(lambda: self.q("select count(*) from usage where request_id = %s", rid)[0][0] == 1,
+                 "the stream's row after the restart", 30)
+        self.drain()
+        (status, stream, prompt, hit, completion, cost, n, debit), = self.q(
+            "select u.http_status, u.stream, u.prompt_tokens, u.prompt_cache_hit_tokens, u.completion_tokens,"
+            " u.cost_pico, count(l.id), coalesce(-sum(l.amount_pico), 0) from usage u"
+            " left join ledger l on l.request_id = u.request_id where u.request_id = %s group by 1, 2, 3, 4, 5, 6",
+            rid)
+        self.assertEqual((status, stream, hit, completion), (200, True, 0, 2))
+        self.assertEqual(cost, prompt * tggateway.PRICE[0] + 2 * tggateway.PRICE[2])
+        self.assertEqual((n, int(debit)), (1, cost))
+
     def test_cut_streams_keep_the_killed_runs_leases_until_billed(self):
         """A run killed with streams under way keeps its credit leases until those streams' provisional
         rows have committed: until then their costs are in no balance, and the leases are what keeps them

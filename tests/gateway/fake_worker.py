@@ -11,6 +11,7 @@ The last user message picks the behaviour:
   "hold:T"      wait before the answer head until the test releases T (touches
                 $FAKE_WORKER_HOLD_DIR/release-T), at most HOLD_MAX seconds
   "stallhold:T" stream one chunk, then wait until T is released, then finish
+  "stall2hold:T" stream one chunk, wait 2.5 s, a second chunk, then wait until T is released
   "cut"         stream two chunks, then close without the last chunk
   "toolcut"     stream one tool call (get_weather, arguments "Paris" x 30), then close
   "flood:N"     stream N chunks of 1 KiB each
@@ -177,6 +178,10 @@ class Handler(BaseHTTPRequestHandler):
                 time.sleep(float(text[6:]))
             if text.startswith("stallhold:") and i == 0:
                 hold(text[10:])
+            if text.startswith("stall2hold:") and i == 0:
+                time.sleep(2.5)
+            if text.startswith("stall2hold:") and i == 1:
+                hold(text[11:])
         self.event(dict(ck, choices=[{"index": 0, "delta": {}, "finish_reason": "stop"}],
                         **({"usage": None} if include_usage else {})))
         if text != "usage-in-last" and include_usage:
