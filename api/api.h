@@ -98,7 +98,11 @@ typedef struct {
 } api_schema_node_t;
 
 /* String formats the grammar writes (api_fmt.c): a subset of each, every value valid. */
-enum { API_SF_NONE, API_SF_DATE, API_SF_TIME, API_SF_DATETIME, API_SF_UUID };
+enum {
+    API_SF_NONE, API_SF_DATE, API_SF_TIME, API_SF_DATETIME, API_SF_UUID,
+    API_SF_DATETIME_Z, /* date-time with the offset "Z" only (zod's default pattern) */
+    API_SF_UUID_V,     /* uuid of versions 1-8, variant 10xx (zod's pattern) */
+};
 typedef struct {
     uint16_t year;
     uint8_t stage, pos, month, d1, nfrac;

@@ -762,6 +762,12 @@ static int sc_bound_kw(const char *k, size_t kl) {
     return -1;
 }
 
+/* zod v4's patterns beside its formats (z.toJSONSchema, as openai-node's zodResponseFormat sends them) */
+#define ZOD_DATE "^(?:(?:\\d\\d[2468][048]|\\d\\d[13579][26]|\\d\\d0[48]|[02468][048]00|[13579][26]00)-02-29|\\d{4}-(?:(?:0[13578]|1[02])-(?:0[1-9]|[12]\\d|3[01])|(?:0[469]|11)-(?:0[1-9]|[12]\\d|30)|(?:02)-(?:0[1-9]|1\\d|2[0-8])))$"
+#define ZOD_DATETIME "^(?:(?:\\d\\d[2468][048]|\\d\\d[13579][26]|\\d\\d0[48]|[02468][048]00|[13579][26]00)-02-29|\\d{4}-(?:(?:0[13578]|1[02])-(?:0[1-9]|[12]\\d|3[01])|(?:0[469]|11)-(?:0[1-9]|[12]\\d|30)|(?:02)-(?:0[1-9]|1\\d|2[0-8])))T(?:(?:[01]\\d|2[0-3]):[0-5]\\d:[0-5]\\d(?:\\.\\d+)?(?:Z))$"
+#define ZOD_DATETIME_OFFSET "^(?:(?:\\d\\d[2468][048]|\\d\\d[13579][26]|\\d\\d0[48]|[02468][048]00|[13579][26]00)-02-29|\\d{4}-(?:(?:0[13578]|1[02])-(?:0[1-9]|[12]\\d|3[01])|(?:0[469]|11)-(?:0[1-9]|[12]\\d|30)|(?:02)-(?:0[1-9]|1\\d|2[0-8])))T(?:(?:[01]\\d|2[0-3]):[0-5]\\d:[0-5]\\d(?:\\.\\d+)?(?:Z|([+-](?:[01]\\d|2[0-3]):[0-5]\\d)))$"
+#define ZOD_UUID "^([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[1-8][0-9a-fA-F]{3}-[89abAB][0-9a-fA-F]{3}-[0-9a-fA-F]{12}|00000000-0000-0000-0000-000000000000|ffffffff-ffff-ffff-ffff-ffffffffffff)$"
+
 typedef __int128 sc_i128;
 
 /* A JSON number's source text as D * 10^X (D the significant digits, at most
@@ -1146,7 +1152,7 @@ static int sc_node(sc_ctx_t *c, const tg_json_t *v, int parent, int pidx, int de
     nd->n_props = -1;
     nd->max_items = nd->max_chars = -1;
     const tg_json_t *type = NULL, *props = NULL, *req = NULL, *items = NULL, *en = NULL, *cn = NULL, *any = NULL;
-    const tg_json_t *bnd[SC_N_BOUNDS] = {0}, *fmt = NULL; /* minimum, ..., maxLength (SC_BOUNDS) */
+    const tg_json_t *bnd[SC_N_BOUNDS] = {0}, *fmt = NULL, *pat = NULL; /* minimum, ..., maxLength (SC_BOUNDS) */
     int addl = -1; /* additionalProperties: -1 absent, 0 false, 1 true (a schema is refused) */
     TG_JSON_FOREACH(m, v) {
         size_t kl;
@@ -1161,6 +1167,7 @@ static int sc_node(sc_ctx_t *c, const tg_json_t *v, int parent, int pidx, int de
         else if (KW("anyOf") || KW("oneOf")) any = m; /* branches of different types: one matches, so the same */
         else if (sc_bound_kw(k, kl) >= 0) bnd[sc_bound_kw(k, kl)] = m;
         else if (KW("format")) fmt = m; /* a number's range (below), else refused */
+        else if (KW("pattern")) pat = m; /* one of zod's for a format (below), else refused */
         else if (KW("additionalProperties")) {
             if (tg_json_bool(m, &addl)) sc_bad(c, "additionalProperties (a schema)", 31, path);
         } else if (!sc_is_annot(k, kl)) {
@@ -1175,6 +1182,7 @@ static int sc_node(sc_ctx_t *c, const tg_json_t *v, int parent, int pidx, int de
             return SC_BAD("Unsupported '%s' at %s beside '%s'.", SC_BOUNDS[i], where,
                           any ? "anyOf' or 'oneOf" : en ? "enum" : "const");
     if (any && fmt) sc_bad(c, "format", 6, path);
+    if (any && pat) sc_bad(c, "pattern", 7, path);
     if (any) {
         if (type || props || req || items || en || cn)
             return SC_BAD("Unsupported schema at %s: 'anyOf' (or 'oneOf') beside 'type', 'properties', 'required', "
@@ -1239,6 +1247,15 @@ static int sc_node(sc_ctx_t *c, const tg_json_t *v, int parent, int pidx, int de
     static const struct { const char *name; int kind; } STRFMT[] = {
         {"date", API_SF_DATE}, {"time", API_SF_TIME}, {"date-time", API_SF_DATETIME}, {"uuid", API_SF_UUID},
     };
+    /* zod v4 writes these formats with a pattern beside them (z.iso.date(), z.iso.datetime() and its
+     * {offset: true}, z.uuid()): byte for byte one of these, the pattern is kept by writing the part of
+     * the format it allows (date-time only with "Z"; uuids of versions 1-8, variant 10xx) */
+    static const struct { int kind, refined; const char *pattern; } ZODPAT[] = {
+        {API_SF_DATE, API_SF_DATE, ZOD_DATE},
+        {API_SF_DATETIME, API_SF_DATETIME_Z, ZOD_DATETIME},
+        {API_SF_DATETIME, API_SF_DATETIME, ZOD_DATETIME_OFFSET},
+        {API_SF_UUID, API_SF_UUID_V, ZOD_UUID},
+    };
     const char *fmt_range[2] = {NULL, NULL};
     if (fmt) {
         int known = 0;
@@ -1253,6 +1270,15 @@ static int sc_node(sc_ctx_t *c, const tg_json_t *v, int parent, int pidx, int de
                 !(types & ~(API_ST_INT | API_ST_NUM | API_ST_NULL)))
                 fmt_range[0] = NUMFMT[i].lo, fmt_range[1] = NUMFMT[i].hi, known = 1;
         if (!known) sc_bad(c, "format", 6, path);
+    }
+    if (pat) {
+        int kept = 0;
+        for (size_t i = 0; i < sizeof ZODPAT / sizeof *ZODPAT; i++)
+            if (sc->nodes[ni].sfmt == ZODPAT[i].kind && str_is(pat, ZODPAT[i].pattern)) {
+                sc->nodes[ni].sfmt = (uint8_t)ZODPAT[i].refined, kept = 1;
+                break;
+            }
+        if (!kept) sc_bad(c, "pattern", 7, path); /* a regular expression the grammar does not run */
     }
     if (sc_bounds(c, ni, bnd, fmt ? fmt_range : NULL, where, e)) return -1;
     if ((props || req) && !(types & API_ST_OBJ))

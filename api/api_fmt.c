@@ -11,13 +11,17 @@
  * api_fmt_rest says how many bytes it needs at least. */
 #include "api.h"
 
+#include <string.h>
+
 enum { ST_DATE, ST_T, ST_TIME, ST_AFTER, ST_FRAC, ST_OFF, ST_DONE, ST_UUID };
 
 #define MAX_FRAC 6 /* Pydantic (speedate) reads at most 6 */
 
+static int is_dt(int kind) { return kind == API_SF_DATETIME || kind == API_SF_DATETIME_Z; }
+
 void api_fmt_init(int kind, api_fmt_t *s) {
     *s = (api_fmt_t){0};
-    s->stage = kind == API_SF_TIME ? ST_TIME : kind == API_SF_UUID ? ST_UUID : ST_DATE;
+    s->stage = kind == API_SF_TIME ? ST_TIME : kind == API_SF_UUID || kind == API_SF_UUID_V ? ST_UUID : ST_DATE;
 }
 
 static int days_in(int month, int year) {
@@ -62,7 +66,7 @@ int api_fmt_step(int kind, api_fmt_t *s, unsigned c) {
             if (!dg || (t.d1 == 0 && d == 0) || t.d1 * 10 + d > days_in(t.month, t.year)) return -1;
             break;
         }
-        if (++t.pos == 10) t.stage = kind == API_SF_DATETIME ? ST_T : ST_DONE, t.pos = 0;
+        if (++t.pos == 10) t.stage = is_dt(kind) ? ST_T : ST_DONE, t.pos = 0;
         break;
     case ST_T:
         if (c != 'T') return -1;
@@ -92,7 +96,7 @@ int api_fmt_step(int kind, api_fmt_t *s, unsigned c) {
             return -1; /* "." takes a digit */
         } else if (c == 'Z') {
             t.stage = ST_DONE;
-        } else if (c == '+' || c == '-') {
+        } else if ((c == '+' || c == '-') && kind != API_SF_DATETIME_Z) {
             t.stage = ST_OFF, t.pos = 0;
         } else {
             return -1;
@@ -102,6 +106,9 @@ int api_fmt_step(int kind, api_fmt_t *s, unsigned c) {
         if (t.pos == 8 || t.pos == 13 || t.pos == 18 || t.pos == 23) {
             if (c != '-') return -1;
         } else if (!dg && !(c >= 'a' && c <= 'f')) {
+            return -1;
+        } else if (kind == API_SF_UUID_V && ((t.pos == 14 && (c < '1' || c > '8')) || /* version 1-8 */
+                                             (t.pos == 19 && !strchr("89ab", (int)c)))) { /* variant 10xx */
             return -1;
         }
         if (++t.pos == 36) t.stage = ST_DONE, t.pos = 0;
@@ -114,7 +121,7 @@ int api_fmt_step(int kind, api_fmt_t *s, unsigned c) {
 
 int api_fmt_rest(int kind, const api_fmt_t *s) {
     switch (s->stage) {
-    case ST_DATE: return 10 - s->pos + (kind == API_SF_DATETIME ? 1 + 8 + 1 : 0);
+    case ST_DATE: return 10 - s->pos + (is_dt(kind) ? 1 + 8 + 1 : 0);
     case ST_T: return 1 + 8 + 1;
     case ST_TIME: return 8 - s->pos + 1;
     case ST_AFTER: return 1;

@@ -245,6 +245,23 @@ test('json_schema: ranges and lengths as zod v4 writes them hold in every answer
   }
 });
 
+test('json_schema: zod v4 dates, date-times and uuids (format and pattern, as zodResponseFormat sends them)', async () => {
+  // z.object({ at: z.iso.datetime(), uid: z.uuid(), day: z.iso.date() }) through openai/helpers/zod
+  // with zod 4.6.7, verbatim: every answer matches zod's own patterns
+  const schema = JSON.parse(String.raw`{"$schema":"http://json-schema.org/draft-07/schema#","type":"object","properties":{"at":{"type":"string","format":"date-time","pattern":"^(?:(?:\\d\\d[2468][048]|\\d\\d[13579][26]|\\d\\d0[48]|[02468][048]00|[13579][26]00)-02-29|\\d{4}-(?:(?:0[13578]|1[02])-(?:0[1-9]|[12]\\d|3[01])|(?:0[469]|11)-(?:0[1-9]|[12]\\d|30)|(?:02)-(?:0[1-9]|1\\d|2[0-8])))T(?:(?:[01]\\d|2[0-3]):[0-5]\\d:[0-5]\\d(?:\\.\\d+)?(?:Z))$"},"uid":{"type":"string","format":"uuid","pattern":"^([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[1-8][0-9a-fA-F]{3}-[89abAB][0-9a-fA-F]{3}-[0-9a-fA-F]{12}|00000000-0000-0000-0000-000000000000|ffffffff-ffff-ffff-ffff-ffffffffffff)$"},"day":{"type":"string","format":"date","pattern":"^(?:(?:\\d\\d[2468][048]|\\d\\d[13579][26]|\\d\\d0[48]|[02468][048]00|[13579][26]00)-02-29|\\d{4}-(?:(?:0[13578]|1[02])-(?:0[1-9]|[12]\\d|3[01])|(?:0[469]|11)-(?:0[1-9]|[12]\\d|30)|(?:02)-(?:0[1-9]|1\\d|2[0-8])))$"}},"required":["at","uid","day"],"additionalProperties":false}`);
+  for (const seed of [1, 2, 3]) {
+    const r = await client.chat.completions.create({
+      model, messages: [{ role: 'user', content: 'When and which' }], max_tokens: 120, temperature: 1.2, seed,
+      response_format: { type: 'json_schema', json_schema: { name: 'x', strict: true, schema } },
+    });
+    const v = JSON.parse(r.choices[0].message.content);
+    for (const k of ['at', 'uid', 'day']) {
+      assert.match(v[k], new RegExp(schema.properties[k].pattern), `${k}: ${r.choices[0].message.content}`);
+    }
+    assert.ok(!Number.isNaN(Date.parse(v.at)));
+  }
+});
+
 // ---- strict function tools: every call's arguments follow its function's parameters ----
 
 const alarm = {
