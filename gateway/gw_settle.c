@@ -141,13 +141,14 @@ void gw_settle_stream_begin(gw_req_t *r) {
 
 /* Chunks went out since the stream's last provisional row: a newer one, with
  * the completion counted as for a cut stream (a token per text chunk, the
- * tool calls' tokens), at most once a second (GW_PROV_EVERY_US: a write(2)
- * each); a crash then bills what its client got up to that second. */
+ * tool calls' tokens), at once for the first chunks, then at most once a
+ * second (GW_PROV_EVERY_US: a write(2) each); a crash then bills what its
+ * client got up to that second. */
 #define GW_PROV_EVERY_US 1000000
 void gw_settle_stream_update(gw_req_t *r) {
     if (!r->hold.stream_rec || r->proxied != 1 || r->have_usage) return;
     int64_t c = r->chunks + r->counted_tokens;
-    if (c <= r->prov_completion || tg_mono_us() - r->prov_us < GW_PROV_EVERY_US) return;
+    if (c <= r->prov_completion || (r->prov_completion && tg_mono_us() - r->prov_us < GW_PROV_EVERY_US)) return;
     bill_usage_t u;
     gw_settle_provisional(r, &u, c);
     bill_stream_update(r->loop->bill, &u, &r->hold);

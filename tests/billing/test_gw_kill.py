@@ -84,6 +84,23 @@ class GatewayKill(tggateway.GatewayCase):
             self.assertEqual((n, int(debit)), (1, cost), what + ": one debit per request " + rid)
         self.assertEqual(self.q("select count(*) from ledger_mismatch")[0][0], 0)
 
+    def provisional_completion(self, rid):
+        """The most completion a provisional row of stream rid says in the streams journals (-1: none)."""
+        best = -1
+        for d, _, fs in os.walk(self.spool):
+            if os.path.basename(d) == "streams":
+                for f in fs:
+                    try:
+                        with open(os.path.join(d, f), "rb") as fh:
+                            data = fh.read()
+                    except FileNotFoundError:
+                        continue  # done and deleted meanwhile
+                    p = data.find(rid.encode())
+                    while p >= 0:  # the record's payload starts with the id; completion at 92 (mtr.h)
+                        best = max(best, int.from_bytes(data[p + 92:p + 100], "little"))
+                        p = data.find(rid.encode(), p + 1)
+        return best
+
     def spooled(self):
         """Journal and spool files: in the spool directory (a single-loop run's) and its loop<i>."""
         return [os.path.join(d, f) for d, _, fs in os.walk(self.spool) for f in fs if f.endswith(".spool")]
@@ -143,8 +160,9 @@ class GatewayKill(tggateway.GatewayCase):
     def test_sigkill_mid_stream_bills_the_stream_once(self):
         """Streams whose clients have read part of them (their first chunk, the rest held by the
         worker), the gateway SIGKILLed before they end: after the restart each has exactly one usage
-        row and one debit (status 200, streamed, the gateway's prompt count, no completion: its
-        provisional row, journaled before the stream's head went out), at exactly its price.  Beside
+        row and one debit (status 200, streamed, the gateway's prompt count and the one chunk sent: its
+        provisional row, journaled before the stream's head went out and again with its first chunk),
+        at exactly its price.  Beside
         them, streams that reached their [DONE] just before the kill (the usage table locked: nothing
         committed) keep their own rows (3 completion tokens), not the provisional ones, which are read
         only after the journal's rows have committed.
@@ -167,6 +185,8 @@ class GatewayKill(tggateway.GatewayCase):
                 cut.append(r.getheader("x-request-id"))
                 while b"Hello" not in r.readline():  # the first chunk: the client holds part of the answer
                     pass
+                wait_for(lambda: self.provisional_completion(cut[-1]) == 1, "the provisional row of the first chunk",
+                         10)
             done = []
             for i in range(2):  # whole streams, read up to [DONE], the gateway still waiting for their end
                 c = http.client.HTTPSConnection("127.0.0.1", P_GW, context=self.tls, timeout=15)
@@ -200,9 +220,9 @@ class GatewayKill(tggateway.GatewayCase):
         self.assertEqual(sorted(rows), sorted(rids), "one row per stream, no other")
         for rid in cut:
             status, stream, prompt, hit, completion, cost, n, debit = rows[rid]
-            self.assertEqual((status, stream, hit, completion), (200, True, 0, 0), rid)
+            self.assertEqual((status, stream, hit, completion), (200, True, 0, 1), rid)  # the chunk it got
             self.assertGreater(prompt, 0, rid)
-            self.assertEqual(cost, prompt * tggateway.PRICE[0], rid)
+            self.assertEqual(cost, prompt * tggateway.PRICE[0] + tggateway.PRICE[2], rid)
             self.assertEqual((n, int(debit)), (1, cost), rid)
         for rid in done:
             status, stream, prompt, hit, completion, cost, n, debit = rows[rid]
@@ -230,22 +250,8 @@ class GatewayKill(tggateway.GatewayCase):
             while b" from" not in r.readline():  # the second chunk
                 pass
 
-            def provisional_completion():  # the most completion a provisional row of the stream says
-                best = -1
-                for d, _, fs in os.walk(self.spool):
-                    if os.path.basename(d) == "streams":
-                        for f in fs:
-                            try:
-                                with open(os.path.join(d, f), "rb") as fh:
-                                    data = fh.read()
-                            except FileNotFoundError:
-                                continue  # done and deleted meanwhile
-                            p = data.find(rid.encode())
-                            while p >= 0:  # the record's payload starts with the id; completion at 92 (mtr.h)
-                                best = max(best, int.from_bytes(data[p + 92:p + 100], "little"))
-                                p = data.find(rid.encode(), p + 1)
-                return best
-            wait_for(lambda: provisional_completion() == 2, "the stream's provisional row with its 2 chunks", 10)
+            wait_for(lambda: self.provisional_completion(rid) == 2, "the stream's provisional row with its 2 chunks",
+                     10)
             self.kill_gateway()
         finally:
             open(os.path.join(self.dir, "release-" + tok), "w").close()
