@@ -612,6 +612,21 @@ test('JSON mode needs no "json" in the prompt: the answer is grammar-constrained
     (e) => e instanceof OpenAI.BadRequestError && e.param === 'response_format.type');
 });
 
+test('DeepSeek chat prefix completion on /beta: the answer continues the prefix, as the same text completed', async () => {
+  const beta = new OpenAI({ apiKey: client.apiKey, baseURL: env.TG_TEST_GATEWAY + '/beta', maxRetries: 0, timeout: 120000 });
+  const messages = [{ role: 'user', content: 'Please write quick sort code' },
+    { role: 'assistant', content: '```python\n', prefix: true }];
+  const r = await beta.chat.completions.create({ model, messages, max_tokens: 6, temperature: 0, stop: ['```'] });
+  const c = await client.completions.create({
+    model, prompt: '<\uff5cUser\uff5c>Please write quick sort code<\uff5cAssistant\uff5c>```python\n', max_tokens: 6,
+    temperature: 0, stop: ['```'] });
+  assert.equal(r.choices[0].message.content, c.choices[0].text);
+  assert.equal(r.usage.prompt_tokens, c.usage.prompt_tokens);
+  // a prefix that is not the last message is named
+  await assert.rejects(beta.chat.completions.create({ model, messages: [messages[1], messages[0]], max_tokens: 2 }),
+    (e) => e instanceof OpenAI.BadRequestError && e.param === 'messages[0].prefix');
+});
+
 test('completions.create (legacy completions and DeepSeek FIM on /beta): text, stream, suffix, usage', async () => {
   const ask = { model, prompt: 'def fibonacci(n):\n    ', max_tokens: 6, temperature: 0 };
   const r = await client.completions.create(ask);
