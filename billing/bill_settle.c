@@ -744,7 +744,10 @@ void bill_settler_journal_share_disk(bill_settler_t *s, int *flag) { mtr_journal
 
 void bill_settler_push(bill_settler_t *s, const bill_usage_t *u, mtr_jfile_t *prov) {
     item_t *it = item_new(s, u, NULL);
-    if (!it) return; /* rejected: prov, if any, stays until the next run, which rejects it too */
+    if (!it) { /* rejected (logged, rejected.jsonl) or no memory: the stream's own row decided */
+        if (prov) mtr_journal_done(s->streams, prov);
+        return;
+    }
     it->prov = prov;
     mtr_jfile_t *f = it->src = mtr_journal_append(s->journal, &it->u, it);
     if (!f) s->nunjournaled++; /* in memory only: logged by the journal */

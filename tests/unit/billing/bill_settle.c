@@ -603,7 +603,7 @@ static void test_replay_bounded(void) {
  * stream; one for a stream whose own row committed), read by the next
  * process once its journal replay is done: one row per stream, the one with
  * the most completion, counted in earlier_streams until committed; then no
- * stream file is left. */
+ * stream file is left, nor one of a stream whose own row was rejected. */
 static void test_streams(void) {
     struct event_base *base;
     bill_pg_t *pg;
@@ -654,6 +654,14 @@ static void test_streams(void) {
     bill_settler_stats(s2, &st);
     CHECK_EQ_I(st.earlier_streams, 0);
     CHECK_EQ_I(st.idle, 1);
+    /* a stream whose own row is rejected: its provisional row goes too (its file is not kept) */
+    bill_usage_t d0 = sample(503), d = sample(503);
+    d0.completion_tokens = 0;
+    d.prompt_cache_hit_tokens = d.prompt_tokens + 1;
+    mtr_jfile_t *pd = bill_settler_stream_begin(s2, &d0);
+    CHECK(pd != NULL);
+    bill_settler_push(s2, &d, pd);
+    CHECK_EQ_I(s2->nqueue, 0);
     mtr_journal_rotate(s2->streams);
     n = mtr_spool_list(streams, &names);
     mtr_names_free(names, n);
