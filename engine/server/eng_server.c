@@ -697,6 +697,13 @@ static void handle_chat(srv_t *S, struct evhttp_request *req, int cmpl) {
     }
     int32_t n_allowed = tok_n_vocab(S->tok) < S->vocab_rows ? tok_n_vocab(S->tok) : S->vocab_rows;
     if (api_chat_check_vocab(&r, n_allowed, &e)) goto fail;
+    if (!cmpl && r.logprobs && S->tmpl == TOK_TMPL_DEEPSEEK_R1) {
+        /* as DeepSeek's reasoner: its answer is split into reasoning_content and content (leading
+         * whitespace dropped), so per-token entries could not join to either */
+        api_err(&e, 400, "invalid_request_error", "logprobs", "unsupported_parameter",
+                "Unsupported parameter: 'logprobs' is not supported with a reasoning model.");
+        goto fail;
+    }
     size_t prompt_len = 0;
     if (!(prompt = api_chat_render(&r, (tok_tmpl_kind_t)S->tmpl, &prompt_len, &e))) goto fail;
     long n = tok_encode(S->tok, prompt, prompt_len, 1, &ids);

@@ -733,6 +733,13 @@ class Server(unittest.TestCase):
         self.assertEqual(u["completion_tokens_details"]["reasoning_tokens"], u["completion_tokens"])
         want = len(tokenize(BOS + USER + "Think first" + ASSISTANT + "<think>\n"))
         self.assertEqual(u["prompt_tokens"], want)
+        # log-probs, as DeepSeek's reasoner: a 400 naming them (the entries could join to neither
+        # reasoning_content nor content); without them the same request is answered
+        st, _, b = chat("Think first", port=PORT_R1, model="deepseek-r1-demo", max_tokens=8, logprobs=True)
+        e = json.loads(b)["error"]
+        self.assertEqual((st, e["param"], e["code"]), (400, "logprobs", "unsupported_parameter"), b)
+        st, _, b = chat("Think first", port=PORT_R1, model="deepseek-r1-demo", max_tokens=8, logprobs=False)
+        self.assertEqual(st, 200, b)
         st, _, b = chat("Think first", port=PORT_R1, model="deepseek-r1-demo", max_tokens=8, stream=True)
         chunks = [json.loads(e) for e in sse(b)[:-1]]
         r = "".join(c["choices"][0]["delta"].get("reasoning_content") or "" for c in chunks)
