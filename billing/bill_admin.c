@@ -40,14 +40,19 @@
 #include <openssl/evp.h>
 
 #include "tg_hex.h"
+#include "tg_httpguard.h"
 #include "bill_admin-int.h"
 #include "tg_json.h"
 
 #define MAX_BODY 65536
-/* evhttp refuses a body above this itself, with its own HTML page (libevent
- * 2.1 has no hook for that answer); bodies between MAX_BODY and this get
- * the API's JSON 413 from gen_cb. */
+/* evhttp's own limit, a backstop: tg_httpguard answers a body over MAX_BODY
+ * (JSON 413) before evhttp reads it, where evhttp answered bodies over 1 MiB
+ * with its own HTML page (libevent 2.1 has no hook for that answer). */
 #define MAX_BODY_READ (1 << 20)
+#define MAX_HEAD 16384
+#define MAX_CONNS 256               /* an operator's tools, scrapers, the dashboard's gateway */
+#define MAX_BUFFERED (16u << 20)    /* request bytes being received by all connections */
+#define REQUEST_TIMEOUT_S 30
 #define MAX_SEG 6
 #define IDEM_MAX 255
 
@@ -83,6 +88,7 @@ struct bill_admin {
     bill_pg_t *pg;
     const bill_settler_t *settler; /* not owned */
     struct evhttp *http;
+    tg_httpguard_t *guard;     /* JSON for malformed and oversized requests; connections and bytes bounded */
     char *token;
     char *secret;
     struct adm_q pending;
@@ -814,6 +820,7 @@ static const char AUTH_SQL[] = "SELECT name, role FROM admin_tokens WHERE token_
 
 static void gen_cb(struct evhttp_request *req, void *arg) {
     bill_admin_t *a = arg;
+    if (tg_httpguard_answer(a->guard, req)) return; /* refused before it was read whole */
     const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
     const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
     if (path && !strcmp(path, "/health")) {
@@ -991,8 +998,11 @@ bill_admin_t *bill_admin_new(struct event_base *base, bill_pg_t *pg, const bill_
     a->secret = strdup(key_secret);
     a->http = evhttp_new(base);
     if (!a->token || !a->secret || !a->http) goto oom;
+    tg_httpguard_opts_t go = {.max_conns = MAX_CONNS, .max_head = MAX_HEAD, .max_body = MAX_BODY,
+                              .max_buffered = MAX_BUFFERED, .request_timeout_s = REQUEST_TIMEOUT_S};
+    if (!(a->guard = tg_httpguard_new(base, a->http, &go))) goto oom;
     evhttp_set_max_body_size(a->http, MAX_BODY_READ);
-    evhttp_set_max_headers_size(a->http, 16384);
+    evhttp_set_max_headers_size(a->http, 2 * MAX_HEAD);
     evhttp_set_timeout(a->http, 30);
     /* every method reaches gen_cb, so an unknown one is the API's 405 with Allow, not evhttp's 501 page */
     evhttp_set_allowed_methods(a->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE |
@@ -1020,6 +1030,7 @@ void bill_admin_free(bill_admin_t *a) {
         priv_free(p);
     }
     if (a->http) evhttp_free(a->http);
+    tg_httpguard_free(a->guard); /* after the evhttp: it lets go of the connections evhttp freed */
     while (a->pages) {
         struct adm_page *n = a->pages->next;
         free(a->pages);

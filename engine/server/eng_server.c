@@ -32,6 +32,7 @@
 #include <event2/thread.h>
 
 #include "eng_cmd.h"
+#include "tg_httpguard.h"
 #include "tg_prefix.h"
 #include "tg_utf8.h"
 
@@ -75,6 +76,7 @@ typedef struct {
     struct event_base *base;
     struct evhttp *http;
     struct evhttp_bound_socket *sock;
+    tg_httpguard_t *guard;   /* connection cap, bytes being received, JSON for malformed requests */
     struct event *wake_ev, *sig_int, *sig_term, *grace_ev, *keepalive_ev;
     eng_model_t *model;
     tok_t *tok;
@@ -878,6 +880,10 @@ static void handle_chat(srv_t *S, struct evhttp_request *req, int cmpl) {
     }
     free(prompt);
     api_chat_req_free(&r);
+    /* the body is not needed again: give its memory back now, not when the
+     * answer is done (tg_httpguard bounds the bytes being received, and
+     * counts them as freed once handed over) */
+    evbuffer_drain(in, evbuffer_get_length(in));
     return;
 oom_more:
     api_err(&e, 500, "server_error", NULL, NULL, "out of memory");
@@ -968,6 +974,22 @@ static void handle_metrics(srv_t *S, struct evhttp_request *req) {
     for (size_t i = 0; i < N_CODES; i++)
         evbuffer_add_printf(b, "tollgate_engine_requests_total{code=\"%d\"} %llu\n", CODES[i], m->requests[i]);
     evbuffer_add_printf(b, "tollgate_engine_requests_total{code=\"other\"} %llu\n", m->requests[N_CODES]);
+    tg_httpguard_stats_t gs;
+    tg_httpguard_stats(S->guard, &gs);
+    evbuffer_add_printf(b,
+        "# HELP tollgate_engine_http_connections Open HTTP connections (at most --max-conns).\n"
+        "# TYPE tollgate_engine_http_connections gauge\ntollgate_engine_http_connections %llu\n"
+        "# HELP tollgate_engine_http_buffered_bytes Request bytes being received (at most --max-buffered).\n"
+        "# TYPE tollgate_engine_http_buffered_bytes gauge\ntollgate_engine_http_buffered_bytes %llu\n"
+        "# HELP tollgate_engine_http_refused_total Connections and requests refused before they were read whole.\n"
+        "# TYPE tollgate_engine_http_refused_total counter\n"
+        "tollgate_engine_http_refused_total{reason=\"connections\"} %llu\n"
+        "tollgate_engine_http_refused_total{reason=\"malformed\"} %llu\n"
+        "tollgate_engine_http_refused_total{reason=\"method\"} %llu\n"
+        "tollgate_engine_http_refused_total{reason=\"too_large\"} %llu\n"
+        "tollgate_engine_http_refused_total{reason=\"timeout\"} %llu\n"
+        "tollgate_engine_http_refused_total{reason=\"buffered\"} %llu\n",
+        gs.conns, gs.buffered, gs.refused_conns, gs.bad_request, gs.bad_method, gs.too_large, gs.timeout, gs.busy);
     evbuffer_add_printf(b,
         "# HELP tollgate_engine_prompt_tokens_total Prompt tokens fed to the model.\n"
         "# TYPE tollgate_engine_prompt_tokens_total counter\ntollgate_engine_prompt_tokens_total %llu\n"
@@ -1031,6 +1053,7 @@ static void handle_metrics(srv_t *S, struct evhttp_request *req) {
 
 static void on_request(struct evhttp_request *req, void *arg) {
     srv_t *S = arg;
+    if (tg_httpguard_answer(S->guard, req)) return; /* refused before it reached us */
     const char *uri = evhttp_request_get_uri(req);
     char path[256];
     size_t n = strcspn(uri, "?");
@@ -1180,6 +1203,7 @@ static void usage(FILE *f) {
             "         [--listen HOST:PORT] [--model-name NAME] [--max-batch N] [--max-queue N]\n"
             "         [--ctx N] [--kv-mem BYTES[K|M|G]] [--prefill-chunk N] [--decode-prefill N] [--int8]\n"
             "         [--keepalive SECONDS] [--default-max-tokens N]\n"
+            "         [--max-conns N] [--max-buffered BYTES[K|M|G]] [--request-timeout SECONDS]\n"
             "  defaults: --listen 127.0.0.1:8500, --model-name = basename of DIR,\n"
             "            --max-batch 32 per thread (8..256), --max-queue 256,\n"
             "            --ctx = the model's max_position_embeddings (and at most what --kv-mem holds),\n"
@@ -1188,7 +1212,11 @@ static void usage(FILE *f) {
             "            the piece is sized so the streams' step grows at most 1.5x, at least 16 tokens),\n"
             "            --keepalive 5 (SSE comment interval while a stream waits),\n"
             "            --default-max-tokens 4096 (max_tokens of a request that gives none,\n"
-            "            capped by the context left after the prompt)\n");
+            "            capped by the context left after the prompt),\n"
+            "            --max-conns 512 (open connections; one more is answered 503 and closed),\n"
+            "            --max-buffered 256M (request bytes being received by all connections at once;\n"
+            "            the request that would pass it is answered 503), --request-timeout 60 (seconds\n"
+            "            from a request's first byte to its last; 408 and the connection closed after)\n");
 }
 
 int eng_cmd_serve(int argc, char **argv) {
@@ -1196,7 +1224,8 @@ int eng_cmd_serve(int argc, char **argv) {
     int threads = 0, max_batch = 0, max_queue = 256, ctx = 0, int8 = 0, keepalive = 5, prefill_chunk = 512;
     int decode_prefill = 0;
     long default_max = 4096;
-    size_t kv_mem = 0;
+    size_t kv_mem = 0, max_buffered = 256u << 20;
+    int max_conns = 512, request_timeout = 60;
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
@@ -1223,17 +1252,20 @@ int eng_cmd_serve(int argc, char **argv) {
         else if (!strcmp(a, "--ctx")) ctx = atoi(v);
         else if (!strcmp(a, "--prefill-chunk")) prefill_chunk = atoi(v);
         else if (!strcmp(a, "--decode-prefill")) decode_prefill = atoi(v);
-        else if (!strcmp(a, "--kv-mem")) {
+        else if (!strcmp(a, "--max-conns")) max_conns = atoi(v);
+        else if (!strcmp(a, "--request-timeout")) request_timeout = atoi(v);
+        else if (!strcmp(a, "--kv-mem") || !strcmp(a, "--max-buffered")) {
             char *end;
             double x = strtod(v, &end);
             double mul = *end == 'K' || *end == 'k' ? 1024.0 : *end == 'M' || *end == 'm' ? 1048576.0
                          : *end == 'G' || *end == 'g' ? 1073741824.0 : 1.0;
             if (mul > 1) end++;
             if (!*v || *end || !(x > 0) || x * mul > 1e15) {
-                fprintf(stderr, "serve: --kv-mem wants a size in bytes (suffix K, M or G), not '%s'\n", v);
+                fprintf(stderr, "serve: %s wants a size in bytes (suffix K, M or G), not '%s'\n", a, v);
                 return 2;
             }
-            kv_mem = (size_t)(x * mul);
+            if (!strcmp(a, "--kv-mem")) kv_mem = (size_t)(x * mul);
+            else max_buffered = (size_t)(x * mul);
         }
         else if (!strcmp(a, "--default-max-tokens")) {
             char *end;
@@ -1255,9 +1287,11 @@ int eng_cmd_serve(int argc, char **argv) {
         return 2;
     }
     if (max_batch < 0 || max_batch > 256 || max_queue < 1 || threads < 0 || ctx < 0 || keepalive < 1 ||
-        prefill_chunk < 16 || prefill_chunk > 65536 || decode_prefill < 0 || decode_prefill > prefill_chunk) {
+        prefill_chunk < 16 || prefill_chunk > 65536 || decode_prefill < 0 || decode_prefill > prefill_chunk ||
+        max_conns < 1 || request_timeout < 1) {
         fprintf(stderr, "serve: --max-batch must be 1..256, --max-queue and --keepalive >= 1, "
-                        "--threads/--ctx >= 0, --prefill-chunk 16..65536, --decode-prefill 1..prefill-chunk\n");
+                        "--threads/--ctx >= 0, --prefill-chunk 16..65536, --decode-prefill 1..prefill-chunk, "
+                        "--max-conns and --request-timeout >= 1\n");
         return 2;
     }
     char host[256];
@@ -1338,8 +1372,16 @@ int eng_cmd_serve(int argc, char **argv) {
         fprintf(stderr, "serve: cannot set up the event loop\n");
         goto out;
     }
-    evhttp_set_max_body_size(S.http, 4 * MAX_BODY); /* beyond: evhttp's own (HTML) 413 */
-    evhttp_set_max_headers_size(S.http, 64 << 10);
+    /* the guard answers requests over these itself (JSON); evhttp's own limits are a backstop above them */
+    tg_httpguard_opts_t go = {.max_conns = max_conns, .max_head = 64 << 10, .max_body = MAX_BODY,
+                              .max_buffered = max_buffered, .request_timeout_s = request_timeout};
+    S.guard = tg_httpguard_new(S.base, S.http, &go);
+    if (!S.guard) {
+        fprintf(stderr, "serve: cannot set up the event loop\n");
+        goto out;
+    }
+    evhttp_set_max_body_size(S.http, 2 * MAX_BODY);
+    evhttp_set_max_headers_size(S.http, 128 << 10);
     evhttp_set_timeout(S.http, 3600);
     /* every method evhttp parses reaches on_request, which answers a wrong one
      * with an OpenAI-shaped 405 (a method left out here gets evhttp's HTML 501) */
@@ -1401,6 +1443,7 @@ out:
     if (S.grace_ev) event_free(S.grace_ev);
     if (S.accept_ev) event_free(S.accept_ev);
     if (S.http) evhttp_free(S.http);
+    tg_httpguard_free(S.guard); /* after the evhttp: it lets go of the connections evhttp freed */
     if (S.wake_ev) event_free(S.wake_ev);
     if (S.base) event_base_free(S.base);
     eng_model_free(S.model);

@@ -14,7 +14,8 @@ Workers, on the demo model of test_server.py (ports 18725-18728):
   comes whole is the one it gets without failures; afterwards no KV block is
   held and the worker answers as before.
 - "fd": file descriptors limited to 64 (RLIMIT_NOFILE): accept() runs out.
-- "big": request bodies of 30 MiB from many connections at once.
+- "big": request bodies of 30 MiB from many connections at once (413 at once), and
+  of 7 MiB stalled before their end: bounded by --max-buffered 64M.
 - start-ups with every allocation failing from some point of the start on.
 
 Like test_server.py: outputs are fixtures of the seeded demo model (greedy),
@@ -109,7 +110,7 @@ def setUpModule():
         "ASAN_OPTIONS": (asan + ":" if asan else "") + "verify_asan_link_order=0"})
     start("fd", PORT_FD, "--kv-mem", "16M",
           preexec=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (FD_LIMIT, FD_LIMIT)))
-    start("big", PORT_BIG, "--kv-mem", "16M")
+    start("big", PORT_BIG, "--kv-mem", "16M", "--max-buffered", "64M")
 
 
 def tearDownModule():
@@ -395,31 +396,73 @@ class Connections(unittest.TestCase):
 
 
 class Bodies(unittest.TestCase):
-    def test_body_memory_goes_back_after_a_burst(self):
-        """20 connections send 30 MiB of request body each and hang up: the
-        worker holds 600 MB meanwhile (evhttp buffers a body up to 32 MiB),
-        and gives it back to the system once they are gone (freed, but kept by
-        glibc's heap: 1.7 GB stayed resident after 50 of them)."""
+    def test_body_memory_is_bounded(self):
+        """Request bodies cannot take the worker's memory (common/tg_httpguard.c): 10 connections
+        announce 31 MiB bodies and send 30 MiB each: each is answered 413 at once and its bytes go
+        by unread (before, evhttp buffered up to 32 MiB a connection: the worker held 300 MB
+        here, 1.7 GB once 50 had come); 20 connections each send all but the last byte of a 7 MiB
+        body and stall: together they hold no more than --max-buffered (64 MiB on this worker),
+        the ones past it are answered 503; once they are gone the memory goes back to the system
+        and the worker serves."""
         p = procs["big"][0]
 
         def rss_mb():
             with open("/proc/%d/status" % p.pid) as f:
                 return int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1)) // 1024
+
+        def answer(s, timeout):
+            """The response on s (head and its Content-Length of body), b"" when none came in time."""
+            s.settimeout(timeout)
+            got = b""
+            try:
+                while b"\r\n\r\n" not in got or len(got.split(b"\r\n\r\n", 1)[1]) < int(
+                        re.search(rb"(?i)content-length: *(\d+)", got).group(1)):
+                    b = s.recv(65536)
+                    if not b:
+                        break
+                    got += b
+            except socket.timeout:
+                pass
+            s.settimeout(WAIT)
+            return got
         rss0 = rss_mb()
         head = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                b"Content-Length: %d\r\n\r\n" % (31 << 20))
-        socks = []
-        for _ in range(20):
+                b"Content-Length: %d\r\n\r\n")
+        socks, peak = [], rss0
+        for _ in range(10):
             s = connect(PORT_BIG)
-            s.sendall(head)
+            s.sendall(head % (31 << 20))
             for _ in range(30):
                 s.sendall(b" " * (1 << 20))
+            peak = max(peak, rss_mb())
             socks.append(s)
-        wait_for("the bodies to be read", lambda: rss_mb() > rss0 + 400)
+        for s in socks:
+            self.assertTrue(answer(s, WAIT).startswith(b"HTTP/1.1 413 "))
+            s.close()
+        self.assertLess(peak, rss0 + 100, "the worker held the bodies (RSS %d MB before)" % rss0)
+        socks, refused = [], 0
+        for _ in range(20):
+            s = connect(PORT_BIG)
+            s.sendall(head % (7 << 20))
+            s.sendall(b" " * ((7 << 20) - 1))
+            socks.append(s)
+        m = ts.metrics(PORT_BIG)
+        self.assertLessEqual(m["tollgate_engine_http_buffered_bytes"], 64 << 20)
+        self.assertGreater(m["tollgate_engine_http_buffered_bytes"], 48 << 20)
+        for s in socks:
+            got = answer(s, 0.5)
+            if got:
+                self.assertTrue(got.startswith(b"HTTP/1.1 503 "), got[:100])
+                self.assertIn(b'"code":"server_busy"', got)
+                refused += 1
+        self.assertGreaterEqual(refused, 20 - 9)  # at most 9 bodies of 7 MiB in 64 MiB
+        self.assertLess(rss_mb(), rss0 + 64 + 64)
         for s in socks:
             s.close()
         st, _, b = ts.chat("hi", port=PORT_BIG, max_tokens=2)
         self.assertEqual(st, 200, b)
+        ts.wait_metrics("the connections to be let go", lambda m: m["tollgate_engine_http_buffered_bytes"] == 0,
+                        port=PORT_BIG)
         if sanitized():  # a sanitizer's allocator keeps freed memory in quarantine
             return
         wait_for("the memory to go back (RSS %d MB before)" % rss0, lambda: rss_mb() < rss0 + 150)

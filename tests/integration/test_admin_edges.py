@@ -14,6 +14,7 @@ import http.client
 import json
 import os
 import re
+import socket
 import ssl
 import sys
 import threading
@@ -35,7 +36,7 @@ ADMIN = urllib.parse.urlparse(E["TG_TEST_ADMIN"])
 GW = urllib.parse.urlparse(E["TG_TEST_GATEWAY"])
 TOKEN = E["TG_TEST_ADMIN_TOKEN"]
 TIMEOUT = 30
-PORTS = (GW.port + 50, GW.port + 51)  # Close's two gateway instances (admin listeners: + 1000)
+PORTS = (GW.port + 50, GW.port + 51)  # Close's two gateway instances (admin: + gwinstances.ADMIN_OFFSET)
 
 
 def q(sql, *args):
@@ -176,6 +177,32 @@ class Edges(Checks):
         big = json.dumps({"name": "edges-" + "a" * 100000})
         self.error(admin("POST", "customers", big), 413, "request_too_large")
         self.assertEqual(q("SELECT count(*) FROM customers WHERE length(name) > 64")[0][0], 0)
+
+    def test_admin_http_errors_are_json(self):
+        """What libevent answered with its own HTML page (a body over 1 MiB: 413; a malformed request:
+        400; an unknown method: 501) is the API's JSON error, before any token check."""
+        big = json.dumps({"name": "edges-" + "a" * (2 << 20)})
+        self.error(admin("POST", "customers", big), 413, "request_too_large")
+        self.error(admin("POST", "customers", big, token=None), 413, "request_too_large")
+        for data, status in ((b"GARBAGE\r\n\r\n", 400), (b"GET /admin/v1/customers HTTP/1.1\r\nBad header\r\n\r\n", 400),
+                             (b"BREW /admin/v1/customers HTTP/1.1\r\n\r\n", 501),
+                             (b"GET /admin/v1/customers HTTP/1.1\r\n" + b"X-Big: " + b"a" * 20000 + b"\r\n\r\n", 413),
+                             (b"POST /admin/v1/customers HTTP/1.1\r\nContent-Length: 5000000\r\n\r\n", 413)):
+            with self.subTest(data=data[:40]):
+                s = socket.create_connection((ADMIN.hostname, ADMIN.port), timeout=TIMEOUT)
+                s.sendall(data)
+                got = b""
+                while b"\r\n\r\n" not in got:
+                    b = s.recv(65536)
+                    self.assertTrue(b, got)
+                    got += b
+                head, body = got.split(b"\r\n\r\n", 1)
+                n = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
+                while len(body) < n:
+                    body += s.recv(65536)
+                s.close()
+                h = dict(l.split(": ", 1) for l in head.decode().lower().split("\r\n")[1:])
+                self.error((int(head.split(b" ")[1]), h, body), status)
 
     def test_query_plus_is_a_plus(self):
         """The admin API reads its query string as RFC 3986 says (percent-decoding only): a '+' is a
