@@ -59,6 +59,7 @@ struct eng_job {
     int dev_sample;     /* this step's token is sampled by the backend into sreq */
     eng_sample_req_t sreq;
     eng_rng_t rng_after; /* rng after sreq.u was drawn: kept when the backend used it */
+    eng_ev_t *last;     /* its last event, allocated at submit (finish_job takes it: no wait there) */
 };
 
 struct eng_sched {
@@ -121,6 +122,7 @@ static void job_free(eng_job_t *j) {
     tok_stream_free(j->dec);
     eng_stop_free(&j->stop);
     eng_think_free(&j->think);
+    free(j->last);
     free(j);
 }
 
@@ -138,10 +140,13 @@ void eng_ev_free(eng_ev_t *ev) {
 
 int eng_sched_submit(eng_sched_t *s, eng_job_spec_t *spec, void *user, eng_job_t **out) {
     eng_job_t *j = calloc(1, sizeof *j);
-    if (!j) {
+    eng_ev_t *last = j ? calloc(1, sizeof *last) : NULL;
+    if (!last) {
+        free(j);
         spec_free(spec);
         return ENG_SUBMIT_NOMEM;
     }
+    j->last = last;
     j->spec = *spec;
     memset(spec, 0, sizeof *spec);
     j->user = user;
@@ -242,13 +247,23 @@ static eng_ev_t *ev_new(ev_list_t *l, eng_job_t *j) {
 }
 
 /* The job's last event: counts and finish reason; the job leaves the
- * scheduler's hands here.  Allocation of the last event must not fail
- * silently (the server waits for it), so on OOM we retry. */
+ * scheduler's hands here.  ev NULL: the one allocated at submit (the server
+ * waits for a last event, so there must be one without allocating). */
 static void finish_job(ev_list_t *l, eng_ev_t *ev, eng_job_t *j, eng_finish_t why,
                        const char *err) {
-    while (!ev && !(ev = ev_new(l, j))) {
-        struct timespec ts = {0, 1000000};
-        nanosleep(&ts, NULL);
+    if (!ev) {
+        ev = j->last;
+        j->last = NULL;
+        ev->job = j;
+        ev->user = j->user;
+        if (l->tail)
+            l->tail->next = ev;
+        else
+            l->head = ev;
+        l->tail = ev;
+    } else {
+        free(j->last); /* not needed: ev is the last */
+        j->last = NULL;
     }
     ev->finish = why;
     ev->prompt_tokens = j->spec.n_prompt;
@@ -583,10 +598,19 @@ static void step(eng_sched_t *s) {
                     continue;
                 }
                 if (eng_seq_len(j->seq) < j->spec.n_prompt + j->n_gen) continue; /* more prefill to come */
+                /* a token's event: retried while memory may come back, for
+                 * mem_wait_ms; then the job fails (before, it waited forever) */
                 eng_ev_t *ev;
-                while (!(ev = ev_new(&l, j))) {
+                int64_t t_give_up = tg_mono_ns() + (int64_t)s->o.mem_wait_ms * 1000000;
+                while (!(ev = ev_new(&l, j)) && tg_mono_ns() < t_give_up) {
                     struct timespec ts = {0, 1000000};
                     nanosleep(&ts, NULL);
+                }
+                if (!ev) {
+                    snprintf(err, sizeof err, "out of memory: the engine could not allocate for %d ms",
+                             s->o.mem_wait_ms);
+                    finish_job(&l, NULL, j, ENG_FINISH_ERROR, err);
+                    continue;
                 }
                 ev->t_ns = t1;
                 eng_finish_t fin = take_token(s, j, ev, err, sizeof err);
@@ -679,6 +703,7 @@ eng_sched_t *eng_sched_new(eng_model_t *m, const tok_t *t, const eng_sched_opts_
     s->o.decode_prefill = o && o->decode_prefill > 0 ? o->decode_prefill : s->o.prefill_chunk / 8;
     if (s->o.decode_prefill < 1) s->o.decode_prefill = 1;
     s->o.decode_stall = o && o->decode_stall > 0 ? o->decode_stall : 0.5;
+    s->o.mem_wait_ms = o && o->mem_wait_ms > 0 ? o->mem_wait_ms : 30000;
     eng_piece_init(&s->piece);
     s->vocab_rows = mi->vocab_size;
     s->n_allowed = tok_n_vocab(t) < mi->vocab_size ? tok_n_vocab(t) : mi->vocab_size;

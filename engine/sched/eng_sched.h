@@ -143,6 +143,9 @@ typedef struct {
     int prefill_chunk; /* prompt chunk size and per-step prefill budget (default 512) */
     int decode_prefill; /* the most prompt tokens a step takes while some stream decodes (default prefill_chunk/8) */
     double decode_stall; /* ... sized so that the streams' step grows at most this much (default 0.5: 1.5x) */
+    int mem_wait_ms;   /* a token's event that cannot be allocated is retried this long, then the job
+                          fails (ENG_FINISH_ERROR, "out of memory ..."); default 30000.  A job's last
+                          event is allocated at submit, so a job can always end. */
 } eng_sched_opts_t;
 
 /* The prefill piece beside decoding streams (eng_sched_piece.c): a step's

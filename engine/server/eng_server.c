@@ -262,6 +262,17 @@ static int sse_send(call_t *c, const char *json) {
     return rc;
 }
 
+/* The out-of-memory error event, framed already: it needs no malloc, only
+ * libevent's small allocations, which wait for memory (ev_mem_realloc), so
+ * a stream that failed for want of memory still ends with an error event
+ * (a job's last event comes at once: it is allocated when submitted). */
+static void sse_send_oom(call_t *c) {
+    static const char ev[] = "data: " OOM_JSON "\n\n";
+    struct evbuffer *b = evbuffer_new();
+    if (b && evbuffer_add(b, ev, sizeof ev - 1) == 0) evhttp_send_reply_chunk(c->req, b);
+    if (b) evbuffer_free(b);
+}
+
 static void call_fail(call_t *c, int status, const char *code, const char *msg);
 
 /* An allocation for call c failed: it fails (500 engine_error; its choices are cancelled). */
@@ -331,7 +342,7 @@ static void call_finish(call_t *c) {
             if (code != 499) code = e.status;
             if (c->started) {
                 char *j = eng_api_err_json(&e);
-                if (sse_send(c, j ? j : OOM_JSON) && j) sse_send(c, OOM_JSON);
+                if (!j || sse_send(c, j)) sse_send_oom(c);
                 free(j);
                 evhttp_send_reply_end(c->req); /* no [DONE]: the stream is not whole */
             } else {
@@ -349,7 +360,7 @@ static void call_finish(call_t *c) {
             }
             if (bad) { /* the usage chunk was lost: an error event instead of [DONE] */
                 code = 500;
-                sse_send(c, OOM_JSON);
+                sse_send_oom(c);
             } else {
                 struct evbuffer *b = evbuffer_new();
                 if (b) {
@@ -1111,12 +1122,28 @@ static void on_request(struct evhttp_request *req, void *arg) {
  * message; waiting there would hang a worker that can never start). */
 #define EV_MEM_WAIT_MAX (64 << 10)
 static int ev_mem_wait; /* set before the loop starts; only the loop thread allocates through libevent */
+static int ev_mem_wait_s = 30; /* --memory-wait: how long one allocation waits before the worker gives up */
 
+/* The wait is bounded: memory that does not come back within --memory-wait
+ * seconds will not let the loop answer anything (every answer allocates),
+ * and a NULL would crash libevent, so the worker says why on stderr (write:
+ * no allocation) and exits with status 3, for its supervisor to start it
+ * again; its clients see their connections close (before, it waited forever
+ * and so did they). */
 static void *ev_mem_realloc(void *p, size_t n) {
+    struct timespec t0 = {0, 0};
     for (;;) {
         void *q = p ? realloc(p, n) : malloc(n);
         if (q || !ev_mem_wait || n > EV_MEM_WAIT_MAX) return q;
-        struct timespec ts = {0, 1000000};
+        struct timespec now, ts = {0, 1000000};
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        if (!t0.tv_sec && !t0.tv_nsec) t0 = now;
+        else if (now.tv_sec - t0.tv_sec >= ev_mem_wait_s) {
+            static const char msg[] = "{\"event\":\"fatal\",\"error\":\"out of memory: no memory came back within "
+                                      "--memory-wait; exiting with status 3\"}\n";
+            (void)!write(2, msg, sizeof msg - 1);
+            _exit(3);
+        }
         nanosleep(&ts, NULL);
     }
 }
@@ -1204,6 +1231,7 @@ static void usage(FILE *f) {
             "         [--ctx N] [--kv-mem BYTES[K|M|G]] [--prefill-chunk N] [--decode-prefill N] [--int8]\n"
             "         [--keepalive SECONDS] [--default-max-tokens N]\n"
             "         [--max-conns N] [--max-buffered BYTES[K|M|G]] [--request-timeout SECONDS]\n"
+            "         [--memory-wait SECONDS]\n"
             "  defaults: --listen 127.0.0.1:8500, --model-name = basename of DIR,\n"
             "            --max-batch 32 per thread (8..256), --max-queue 256,\n"
             "            --ctx = the model's max_position_embeddings (and at most what --kv-mem holds),\n"
@@ -1216,7 +1244,10 @@ static void usage(FILE *f) {
             "            --max-conns 512 (open connections; one more is answered 503 and closed),\n"
             "            --max-buffered 256M (request bytes being received by all connections at once;\n"
             "            the request that would pass it is answered 503), --request-timeout 60 (seconds\n"
-            "            from a request's first byte to its last; 408 and the connection closed after)\n");
+            "            from a request's first byte to its last; 408 and the connection closed after),\n"
+            "            --memory-wait 30 (an allocation that fails is retried this long: then a request\n"
+            "            being generated fails with a 500 (or an error event), and the HTTP loop, which\n"
+            "            cannot answer anything without memory, exits with status 3)\n");
 }
 
 int eng_cmd_serve(int argc, char **argv) {
@@ -1225,7 +1256,7 @@ int eng_cmd_serve(int argc, char **argv) {
     int decode_prefill = 0;
     long default_max = 4096;
     size_t kv_mem = 0, max_buffered = 256u << 20;
-    int max_conns = 512, request_timeout = 60;
+    int max_conns = 512, request_timeout = 60, memory_wait = 30;
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
@@ -1254,6 +1285,7 @@ int eng_cmd_serve(int argc, char **argv) {
         else if (!strcmp(a, "--decode-prefill")) decode_prefill = atoi(v);
         else if (!strcmp(a, "--max-conns")) max_conns = atoi(v);
         else if (!strcmp(a, "--request-timeout")) request_timeout = atoi(v);
+        else if (!strcmp(a, "--memory-wait")) memory_wait = atoi(v);
         else if (!strcmp(a, "--kv-mem") || !strcmp(a, "--max-buffered")) {
             char *end;
             double x = strtod(v, &end);
@@ -1288,10 +1320,10 @@ int eng_cmd_serve(int argc, char **argv) {
     }
     if (max_batch < 0 || max_batch > 256 || max_queue < 1 || threads < 0 || ctx < 0 || keepalive < 1 ||
         prefill_chunk < 16 || prefill_chunk > 65536 || decode_prefill < 0 || decode_prefill > prefill_chunk ||
-        max_conns < 1 || request_timeout < 1) {
+        max_conns < 1 || request_timeout < 1 || memory_wait < 1 || memory_wait > 86400) {
         fprintf(stderr, "serve: --max-batch must be 1..256, --max-queue and --keepalive >= 1, "
                         "--threads/--ctx >= 0, --prefill-chunk 16..65536, --decode-prefill 1..prefill-chunk, "
-                        "--max-conns and --request-timeout >= 1\n");
+                        "--max-conns and --request-timeout >= 1, --memory-wait 1..86400\n");
         return 2;
     }
     char host[256];
@@ -1402,7 +1434,8 @@ int eng_cmd_serve(int argc, char **argv) {
     accept_srv = &S;
     evconnlistener_set_error_cb(evhttp_bound_socket_get_listener(S.sock), on_accept_error);
     eng_sched_opts_t so = {.max_batch = max_batch, .max_queue = max_queue, .prefill_chunk = prefill_chunk,
-                           .decode_prefill = decode_prefill};
+                           .decode_prefill = decode_prefill, .mem_wait_ms = memory_wait * 1000};
+    ev_mem_wait_s = memory_wait;
     S.sched = eng_sched_new(S.model, S.tok, &so, wake_from_sched, S.wake_ev, err, sizeof err);
     if (!S.sched) {
         fprintf(stderr, "serve: %s\n", err);

@@ -3,7 +3,7 @@
 tester would do it (python3 stdlib only; run by `make test-engine-server` after
 test_server.py, under the same lock).
 
-Workers, on the demo model of test_server.py (ports 18725-18728):
+Workers, on the demo model of test_server.py (ports 18725-18728, 18731):
 - "fa": run with LD_PRELOAD of the allocation-failure shim
   (tests/engine_server/failalloc.c, built by the make target; TOLLGATE_FAILALLOC
   names it).  The test writes the shim's control file to make the worker's
@@ -17,6 +17,8 @@ Workers, on the demo model of test_server.py (ports 18725-18728):
 - "big": request bodies of 30 MiB from many connections at once (413 at once), and
   of 7 MiB stalled before their end: bounded by --max-buffered 64M.
 - start-ups with every allocation failing from some point of the start on.
+- "mw": memory gone for good under a stream (--memory-wait 1): the worker gives
+  up within the bound, says why and exits 3 (it waited forever).
 
 Like test_server.py: outputs are fixtures of the seeded demo model (greedy),
 and every wait is for an event, bounded by WAIT seconds (TG_TEST_WAIT).
@@ -31,6 +33,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -40,7 +43,7 @@ from tgskip import main  # noqa: E402
 
 FAILALLOC = os.environ.get("TOLLGATE_FAILALLOC") or os.path.join(ts.ROOT, "build", "tests", "engine_server",
                                                                  "failalloc.so")
-PORT_FA, PORT_FD, PORT_BIG, PORT_START = 18725, 18726, 18727, 18728
+PORT_FA, PORT_FD, PORT_BIG, PORT_START, PORT_MW = 18725, 18726, 18727, 18728, 18731
 CTL = os.path.join(VAR, "failalloc.ctl")
 FD_LIMIT = 64
 MODE_OFF, MODE_FROM, MODE_NTH, MODE_RANDOM = 0, 1, 2, 3
@@ -326,6 +329,51 @@ class AllocationFailures(unittest.TestCase):
         plain = self.body("Starve 0", False, max_tokens=4)
         ctl.set(MODE_OFF)
         self.check_recovered((plain, outcome(self, exchange(PORT_FA, plain), False)))
+
+
+class MemoryNeverBack(unittest.TestCase):
+    def test_waiting_for_memory_is_bounded(self):
+        """A stream is being generated, then every allocation fails and memory never comes back:
+        within --memory-wait (1 s here) of retrying, the worker says why on stderr and exits with
+        status 3 (a supervisor starts it again), and the client's connection ends; before, the
+        worker and its clients waited forever."""
+        mw = Ctl(os.path.join(VAR, "failalloc-mw.ctl"))
+        asan = os.environ.get("ASAN_OPTIONS", "")
+        p = start("mw", PORT_MW, "--kv-mem", "16M", "--memory-wait", "1", env={
+            "LD_PRELOAD": FAILALLOC, "FAILALLOC_CTL": mw.path,
+            "ASAN_OPTIONS": (asan + ":" if asan else "") + "verify_asan_link_order=0"})
+        _, log = procs.pop("mw")  # it is meant to exit non-zero: not tearDownModule's to judge
+        try:
+            body = {"model": MODEL, "messages": [{"role": "user", "content": "Starve"}], "temperature": 0,
+                    "stream": True}  # up to the default 4096 tokens: still going when memory goes
+            s = connect(PORT_MW)
+            s.sendall(raw_post(body))
+            ts.recv_until(s, lambda g: b'"delta":{"content"' in g, "the first token")
+            t0 = time.monotonic()
+            mw.set(MODE_FROM, 1)
+            try:
+                p.wait(WAIT)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+                self.fail("the worker still waited for memory %gs after it was gone" % WAIT)
+            self.assertEqual(p.returncode, 3, read(os.path.join(VAR, "mw.log"))[-2000:])
+            self.assertLess(time.monotonic() - t0, 15)
+            text = read(os.path.join(VAR, "mw.log"))
+            self.assertRegex(text, r'"event":"fatal","error":"out of memory[^"]*--memory-wait')
+            for r in ts.SANITIZER_REPORTS:
+                self.assertNotIn(r, text)
+            s.settimeout(WAIT)
+            try:
+                recv_to_eof(s)  # the connection ended, it does not hang
+            except ConnectionResetError:
+                pass
+            s.close()
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+            log.close()
 
 
 class StartUp(unittest.TestCase):
