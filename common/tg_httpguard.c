@@ -71,6 +71,7 @@ struct conn {
     int reading;          /* in on_input: the input's end is not frozen */
     int state, in_request, nlines;
     size_t head_bytes, body_total;
+    size_t scanned;       /* bytes at the start of c->in known to hold no line end */
     unsigned long long left; /* S_BODY, S_CHUNK_DATA, S_SKIP: bytes to come */
     int head_complete, has_cl, chunked, expect, close_wanted, keepalive_wanted, http10, bodyless;
 };
@@ -176,6 +177,7 @@ static void refuse(conn_t *c, int reason) {
     default: g->st.bad_request++;
     }
     evbuffer_drain(c->req, evbuffer_get_length(c->req));
+    c->scanned = 0;
     char own[128];
     int n = snprintf(own, sizeof own, "GET " TG_HTTPGUARD_PREFIX "%d HTTP/1.1\r\nHost: guard\r\n%s\r\n", reason,
                      can_skip ? "" : "Connection: close\r\n");
@@ -321,6 +323,8 @@ static void process(conn_t *c) {
     for (;;) {
         size_t avail = evbuffer_get_length(c->in);
         if (!avail) break;
+        if (c->state != S_HEAD && c->state != S_TRAILER && c->state != S_CHUNK_SIZE && c->state != S_CHUNK_CRLF)
+            c->scanned = 0; /* not a line: bytes go from c->in's front */
         if (c->state == S_DISCARD) {
             evbuffer_drain(c->in, avail);
             break;
@@ -352,15 +356,22 @@ static void process(conn_t *c) {
             else c->state = S_CHUNK_CRLF;
             continue;
         }
-        /* a line: the request line, a header, a chunk size, the end of a chunk, a trailer */
+        /* a line: the request line, a header, a chunk size, the end of a chunk, a trailer.  The
+         * search starts where the last one stopped (one byte back, for a CR before the LF): a
+         * line that comes a byte at a time is not read over and over (64 KiB of it cost 2 GB
+         * of scanning) */
         size_t eol_len = 0;
-        struct evbuffer_ptr p = evbuffer_search_eol(c->in, NULL, &eol_len, EVBUFFER_EOL_CRLF);
+        struct evbuffer_ptr from;
+        evbuffer_ptr_set(c->in, &from, c->scanned ? c->scanned - 1 : 0, EVBUFFER_PTR_SET);
+        struct evbuffer_ptr p = evbuffer_search_eol(c->in, &from, &eol_len, EVBUFFER_EOL_CRLF);
         size_t cap = c->state == S_HEAD || c->state == S_TRAILER ? g->o.max_head - c->head_bytes : 64;
         if (p.pos < 0) { /* a line not whole yet */
+            c->scanned = avail;
             if (avail <= cap) break;
             refuse(c, c->state == S_HEAD ? R_HEAD_BIG : R_CHUNK);
             continue;
         }
+        c->scanned = 0;
         size_t ll = (size_t)p.pos;
         if (ll + eol_len > cap) {
             refuse(c, c->state == S_HEAD ? R_HEAD_BIG : R_CHUNK);
@@ -443,15 +454,32 @@ static void on_input(struct evbuffer *buf, const struct evbuffer_cb_info *info, 
     }
     c->busy = c->reading = 1;
     size_t len = evbuffer_get_length(buf), keep = len - info->n_added;
+    /* The new bytes are copied into c->in, not moved: a read leaves its bytes in a chain of
+     * up to 16 KiB, and moving chains kept one per read, so a client sending a byte per
+     * packet made each byte cost 16 KiB (copies fill c->in's chains).  Then they leave buf's
+     * end (what evhttp has not read yet stays at its front). */
+    char tmp[4096];
+    struct evbuffer_ptr at;
+    int bad = evbuffer_ptr_set(buf, &at, keep, EVBUFFER_PTR_SET);
+    for (size_t done = 0; !bad && done < info->n_added;) {
+        size_t n = info->n_added - done < sizeof tmp ? info->n_added - done : sizeof tmp;
+        bad = evbuffer_copyout_from(buf, &at, tmp, n) != (ev_ssize_t)n || evbuffer_add(c->in, tmp, n) ||
+              evbuffer_ptr_set(buf, &at, n, EVBUFFER_PTR_ADD) < 0;
+        done += n;
+    }
     struct evbuffer *front = keep ? evbuffer_new() : NULL;
-    if (keep && !front) { /* out of memory: end the connection rather than pass bytes unchecked */
+    if (bad || (keep && !front)) { /* out of memory: end the connection rather than pass bytes unchecked */
+        if (front) evbuffer_free(front);
+        evbuffer_drain(c->in, evbuffer_get_length(c->in));
         evbuffer_drain(buf, len);
         c->state = S_DISCARD;
+        c->scanned = 0;
+        recharge(c);
         c->busy = c->reading = 0;
         return;
     }
     if (front) evbuffer_remove_buffer(buf, front, keep);
-    evbuffer_add_buffer(c->in, buf);
+    evbuffer_drain(buf, evbuffer_get_length(buf));
     if (front) {
         evbuffer_add_buffer(buf, front);
         evbuffer_free(front);
@@ -469,6 +497,7 @@ static void on_input(struct evbuffer *buf, const struct evbuffer_cb_info *info, 
             refuse(c, R_BUSY); /* closes: what was pipelined after it goes unanswered */
     } else {
         evbuffer_drain(c->in, evbuffer_get_length(c->in));
+        c->scanned = 0;
     }
     recharge(c);
     c->busy = c->reading = 0;
