@@ -26,17 +26,19 @@
 #include "bill_admin-int.h"
 #include "bill_dash-int.h"
 
-/* Sums of a group of rollup rows h, and the same as JSON members of x. */
+/* Sums of a group of rollup rows h, and the same as JSON members of x: every
+ * sum a string of digits, counters too (a JSON number is a double to the
+ * browser, exact only to 2^53), as the admin API's reports write them. */
 #define SUMS                                                                                            \
     "sum(h.requests) AS requests, sum(h.prompt_cache_hit_tokens) AS hit, sum(h.prompt_cache_miss_tokens) AS miss," \
     " sum(h.completion_tokens) AS completion, sum(h.reasoning_tokens) AS reasoning, sum(h.cost_pico) AS cost,"   \
     " sum(h.failed_5xx) AS failed_5xx, sum(h.refused_402) AS refused_402, sum(h.refused_429) AS refused_429,"  \
     " sum(h.refused_5xx) AS refused_5xx"
 #define SUMJ                                                                                            \
-    "'requests', x.requests, 'prompt_cache_hit_tokens', x.hit::text, 'prompt_cache_miss_tokens', x.miss::text," \
+    "'requests', x.requests::text, 'prompt_cache_hit_tokens', x.hit::text, 'prompt_cache_miss_tokens', x.miss::text," \
     " 'completion_tokens', x.completion::text, 'reasoning_tokens', x.reasoning::text,"                 \
-    " 'cost_pico', x.cost::text, 'cost_usd', tg_usd(x.cost), 'failed_5xx', x.failed_5xx,"             \
-    " 'refused_402', x.refused_402, 'refused_429', x.refused_429, 'refused_5xx', x.refused_5xx"
+    " 'cost_pico', x.cost::text, 'cost_usd', tg_usd(x.cost), 'failed_5xx', x.failed_5xx::text,"       \
+    " 'refused_402', x.refused_402::text, 'refused_429', x.refused_429::text, 'refused_5xx', x.refused_5xx::text"
 
 /* $1 customer id.  Balance, this month's and today's spend (rollups), the
  * customer's spending limits and headroom, and the credit history (ledger
@@ -53,7 +55,7 @@ static const char OVERVIEW_SQL[] =
     " SELECT json_build_object('customer', c.name, 'customer_id', c.id,"
     " 'balance_pico', c.balance_pico::text, 'balance_usd', tg_usd(c.balance_pico),"
     " 'month', to_char(m.t0 AT TIME ZONE 'UTC', 'YYYY-MM'),"
-    " 'month_cost_pico', x.month_cost::text, 'month_cost_usd', tg_usd(x.month_cost), 'month_requests', x.requests,"
+    " 'month_cost_pico', x.month_cost::text, 'month_cost_usd', tg_usd(x.month_cost), 'month_requests', x.requests::text,"
     " 'today_cost_pico', x.day_cost::text, 'today_cost_usd', tg_usd(x.day_cost),"
     " 'daily_limit_pico', c.daily_limit_pico::text, 'daily_limit_usd', tg_usd(c.daily_limit_pico),"
     " 'monthly_limit_pico', c.monthly_limit_pico::text, 'monthly_limit_usd', tg_usd(c.monthly_limit_pico),"
@@ -145,7 +147,7 @@ static const char INVOICES_SQL[] =
     " y AS (SELECT m, sum(cost) AS cost, sum(requests) AS requests FROM x GROUP BY m)"
     " SELECT json_build_object('object', 'list', 'data', json_agg(json_build_object("
     "   'month', to_char(y.m AT TIME ZONE 'UTC', 'YYYY-MM'), 'total_pico', y.cost::text,"
-    "   'total_usd', tg_usd(y.cost), 'requests', y.requests,"
+    "   'total_usd', tg_usd(y.cost), 'requests', y.requests::text,"
     "   'status', CASE WHEN EXISTS (SELECT 1 FROM invoices i WHERE i.customer_id = $1::bigint"
     "     AND i.month = (y.m AT TIME ZONE 'UTC')::date) THEN 'finalized' ELSE 'draft' END,"
     "   'open', y.m = date_trunc('month', now(), 'UTC')) ORDER BY y.m DESC))::text FROM y";

@@ -246,8 +246,10 @@ async function usage() {
     const hit = Number(r.prompt_cache_hit_tokens), miss = Number(r.prompt_cache_miss_tokens);
     return hit + miss ? Math.round(1e4 * hit / (hit + miss)) / 100 : null;
   });
-  const errors = rows.map(r => r ? r.failed_5xx + r.refused_5xx : 0);
-  const ok = rows.map(r => r ? r.requests - r.failed_5xx : 0);
+  // counters are strings of digits (beyond 2^53 a JSON number loses them): added with BigInt
+  const big = (r, ...ks) => ks.reduce((a, k) => a + BigInt(r[k]), 0n);
+  const errorsExact = rows.map(r => r ? big(r, 'failed_5xx', 'refused_5xx').toString() : '0');
+  const okExact = rows.map(r => r ? (BigInt(r.requests) - BigInt(r.failed_5xx)).toString() : '0');
   const t = u.totals;
   const hitTot = BigInt(t.prompt_cache_hit_tokens), missTot = BigInt(t.prompt_cache_miss_tokens);
   const sel = (id, opts, value, onchange) => el('select', { id, onchange }, opts.map(([v, l]) => el('option', { value: v, selected: v === value }, l)));
@@ -264,8 +266,8 @@ async function usage() {
       card('Cost', usd(t.cost_usd), t.cost_pico + ' pico-USD', 'usage-cost'),
       card('Requests', String(t.requests), null, 'usage-requests'),
       card('Cache-hit ratio', hitTot + missTot > 0n ? (Number(hitTot * 10000n / (hitTot + missTot)) / 100).toFixed(2) + ' %' : '—', 'of prompt tokens', 'usage-ratio'),
-      card('Refused', (t.refused_402 + t.refused_429) + '', '402: ' + t.refused_402 + ', 429: ' + t.refused_429, 'usage-refused'),
-      card('Errors', String(t.failed_5xx + t.refused_5xx), null, 'usage-errors')),
+      card('Refused', big(t, 'refused_402', 'refused_429').toString(), '402: ' + t.refused_402 + ', 429: ' + t.refused_429, 'usage-refused'),
+      card('Errors', big(t, 'failed_5xx', 'refused_5xx').toString(), null, 'usage-errors')),
     el('div', { class: 'charts' },
       chart('chart-tokens', 'bar', labels, [
         ds('cache hit', 'prompt_cache_hit_tokens', '#7aa2f7'),
@@ -279,10 +281,10 @@ async function usage() {
         { label: 'cache-hit ratio %', data: ratio, borderColor: '#7c3aed', backgroundColor: '#7c3aed', spanGaps: true },
       ], { title: 'Cache-hit ratio (%)', extra: { scales: { y: { min: 0, max: 100 } } } }),
       chart('chart-requests', 'bar', labels, [
-        { label: 'answered', data: ok, backgroundColor: '#2f5bd3' },
+        { label: 'answered', data: okExact.map(Number), exact: okExact, backgroundColor: '#2f5bd3' },
         ds('402 refused', 'refused_402', '#f59e0b'),
         ds('429 refused', 'refused_429', '#ea580c'),
-        { label: 'errors (5xx)', data: errors, backgroundColor: '#c0362c' },
+        { label: 'errors (5xx)', data: errorsExact.map(Number), exact: errorsExact, backgroundColor: '#c0362c' },
       ], { stacked: true, title: 'Requests, refusals and errors' })),
     el('h2', {}, 'Totals'),
     table([

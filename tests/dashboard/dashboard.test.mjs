@@ -302,7 +302,7 @@ test('a customer sees nothing of another, even by guessing ids', { timeout: 6000
   assert.deepEqual(k.j.data.map(x => String(x.id)).sort(), sql(`SELECT id FROM api_keys WHERE customer_id = ${custA}`).split('\n').sort());
   assert.ok(!k.text.includes(B) && !k.text.includes('b-main'));
   assert.deepEqual((await apiCall(s, `requests?key=${b1id}`)).j.data, []);
-  assert.equal((await apiCall(s, `usage?key=${b1id}`)).j.totals.requests, 0);
+  assert.equal((await apiCall(s, `usage?key=${b1id}`)).j.totals.requests, '0');
   const rev = await apiCall(s, `keys/${b1id}/revoke`, { method: 'POST', body: '{}' });
   assert.equal(rev.status, 404);
   assert.equal(await modelsStatus(keys.b1), 200);
@@ -356,4 +356,51 @@ test('logins are throttled per login, even for the right password', { timeout: 6
   const w = await apiLogin({ login: `web-${sfx}`, password: webPassword });
   ctl('user', 'revoke', `web-${sfx}`);
   assert.equal((await apiCall(w, 'overview')).status, 401);
+});
+
+async function signInWithKey(page, key) {
+  await page.fill('#api-key', key);
+  await page.click('#login-key button[type=submit]');
+  await page.waitForSelector('#balance');
+}
+async function signOut(page) {
+  await page.click('#logout');
+  await page.waitForSelector('#login:not([hidden])');
+}
+
+test('counters beyond 2^53 keep every digit, in the JSON and on the page', { timeout: 60000 }, async () => {
+  // Refusal counters (at least once, no usage row behind them) planted in the
+  // hourly and the daily rollup alike, so every rollup check still agrees.
+  const C = `dash-big-${sfx}`;
+  ctl('customer', 'create', C);
+  const key = lastLine(ctl('key', 'create', '--customer', C, '--name', 'big'));
+  const id = sql(`SELECT id FROM customers WHERE name = '${C}'`);
+  const big = '9007199254740993'; // 2^53 + 1: a double reads 9007199254740992
+  sql(`INSERT INTO usage_hourly (customer_id, hour, key_id, model, refused_402, refused_429, refused_5xx)
+    VALUES (${id}, date_trunc('hour', now(), 'UTC'), 0, '${MODEL}', ${big}, ${big}, ${big})`);
+  sql(`INSERT INTO usage_daily (customer_id, day, refused_402, refused_429, refused_5xx)
+    VALUES (${id}, date_trunc('day', now(), 'UTC'), ${big}, ${big}, ${big})`);
+  const [r402, r429, r5xx, refused, errors] = sql(`SELECT sum(refused_402), sum(refused_429), sum(refused_5xx),
+    sum(refused_402 + refused_429), sum(failed_5xx + refused_5xx) FROM usage_hourly WHERE customer_id = ${id}`).split('\t');
+  const s = await apiLogin({ api_key: key });
+  const u = await apiCall(s, 'usage');
+  for (const r of [u.j.totals, ...u.j.data])
+    for (const c of ['requests', 'failed_5xx', 'refused_402', 'refused_429', 'refused_5xx']) assert.match(r[c], /^[0-9]+$/, c);
+  assert.equal(u.j.totals.refused_402, r402);
+  assert.match((await apiCall(s, 'overview')).j.month_requests, /^[0-9]+$/);
+
+  const { ctx, page, problems } = await newPage();
+  await page.goto(`${GW}/dashboard/`);
+  await signInWithKey(page, key);
+  await page.click('#nav-usage');
+  await page.waitForSelector('#usage-totals');
+  assert.equal(await text(page, '#usage-refused .value'), refused);
+  assert.equal(await text(page, '#usage-refused .sub'), `402: ${r402}, 429: ${r429}`);
+  assert.equal(await text(page, '#usage-errors .value'), errors);
+  const exact = await page.evaluate(() => Object.fromEntries(window.tgCharts['chart-requests'].data.datasets
+    .map(d => [d.label, d.exact.reduce((a, x) => a + BigInt(x), 0n).toString()])));
+  assert.equal(exact['errors (5xx)'], r5xx);
+  assert.equal(exact['402 refused'], r402);
+  assert.deepEqual(problems, []);
+  await ctx.close();
 });
