@@ -120,6 +120,11 @@ function setView(tok, ...nodes) {
 // ---- sign in / out --------------------------------------------------------
 
 function showLogin() {
+  renderSeq++; // a view still loading never shows itself over the sign-in form
+  if (pollTimer) { clearInterval(pollTimer); pollTimer = null; } // e.g. the workers' poll
+  // the filters were the last user's (a key id of theirs would filter the next one's usage to nothing)
+  Object.assign(usageState, USAGE_DEFAULTS);
+  Object.assign(reqState, REQ_DEFAULTS);
   destroyCharts();
   document.getElementById('view').replaceChildren();
   document.getElementById('nav').replaceChildren();
@@ -215,7 +220,8 @@ async function overview() {
     ], o.credits, 'credits') : el('p', { class: 'muted' }, 'No credits yet.'));
 }
 
-const usageState = { by: 'day', key: '', model: '', from: '', to: '' };
+const USAGE_DEFAULTS = { by: 'day', key: '', model: '', from: '', to: '' };
+const usageState = Object.assign({}, USAGE_DEFAULTS);
 
 // Every period from `from` to `to` (so the charts show gaps as zero).
 function periods(from, to, by, data) {
@@ -380,7 +386,8 @@ async function invoices(month) {
   setView(tok, ...nodes);
 }
 
-const reqState = { from: '', to: '', key: '', model: '', status: '' };
+const REQ_DEFAULTS = { from: '', to: '', key: '', model: '', status: '' };
+const reqState = Object.assign({}, REQ_DEFAULTS);
 async function requests(arg, before, pages) {
   const tok = begin();
   pages = pages || [];
@@ -486,9 +493,11 @@ async function workers() {
     const box = document.getElementById('workers-box');
     if (box) box.replaceChildren(t, el('p', { class: 'muted' }, 'Read from each worker\'s /metrics every ' + (w.poll_ms / 1000) + ' s while this page is open.'));
   };
-  setView(begin(), el('h1', {}, 'Worker pool'), el('div', { id: 'workers-box' }));
+  const tok = begin();
+  setView(tok, el('h1', {}, 'Worker pool'), el('div', { id: 'workers-box' }));
   await draw();
-  pollTimer = setInterval(() => { draw().catch(() => {}); }, 2000);
+  // only while this view is the one shown (signing out or another view meanwhile: no poll)
+  if (tok === renderSeq && session) pollTimer = setInterval(() => { draw().catch(() => {}); }, 2000);
 }
 
 // ---- boot -------------------------------------------------------------------

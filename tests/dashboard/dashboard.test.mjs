@@ -404,3 +404,40 @@ test('counters beyond 2^53 keep every digit, in the JSON and on the page', { tim
   assert.deepEqual(problems, []);
   await ctx.close();
 });
+
+test('signing out ends what the last user left running: the workers poll, the usage filters', { timeout: 60000 }, async () => {
+  const { ctx, page, problems } = await newPage();
+  const after = [];
+  let out = false;
+  page.on('request', r => { if (out && r.url().includes('/dashboard/api/admin/')) after.push(r.url()); });
+  await page.goto(`${GW}/dashboard/`);
+  await page.click('#tab-user');
+  await page.fill('#login-name', `ops-${sfx}`);
+  await page.fill('#login-password', opsPassword);
+  await page.click('#login-user button[type=submit]');
+  await page.waitForSelector('#op-top');
+  await page.click('#nav-workers');
+  await page.waitForSelector('#workers-table');
+  await page.click('#logout');
+  await page.waitForSelector('#login:not([hidden])');
+  out = true;
+  await sleep(5000); // the poll runs every 2 s: two rounds would have come by now
+  assert.deepEqual(after, [], 'the workers poll ran on after signing out');
+
+  // A's key filter on the usage page is not B's after A signs out in this tab.
+  await signInWithKey(page, keys.a1);
+  await page.click('#nav-usage');
+  const a1id = sql(`SELECT id FROM api_keys WHERE customer_id = ${custA} AND name = 'main'`);
+  await page.waitForSelector('#usage-key');
+  await page.selectOption('#usage-key', a1id);
+  await page.waitForSelector(`#usage-totals[data-filter="day|${a1id}|"]`);
+  await signOut(page);
+  await signInWithKey(page, keys.b1);
+  await page.click('#nav-usage');
+  await page.waitForSelector('#usage-totals');
+  assert.equal(await page.locator('#usage-totals').getAttribute('data-filter'), 'day||');
+  assert.equal(await text(page, '#usage-totals td[data-col=requests]'),
+    sql(`SELECT count(*) FROM usage WHERE customer_id = ${custB} AND received_at >= now() - interval '30 days'`));
+  assert.deepEqual(problems, []);
+  await ctx.close();
+});
