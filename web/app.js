@@ -117,6 +117,22 @@ function setView(tok, ...nodes) {
   for (const f of draw) f();
 }
 
+// A view redrawn from its own controls (a filter, a page button): when the
+// server refuses (a 400 for a filter it cannot read), the view stays as it was
+// with the error above it, and undo puts the filter back, so the next visit
+// to the view is not refused again.
+function redraw(p, undo) {
+  p.catch(e => {
+    if (undo) undo();
+    if (session) viewError(e.message); // else signed out meanwhile: the sign-in form is shown
+  });
+}
+function viewError(msg) {
+  const old = document.getElementById('view-error');
+  if (old) old.remove();
+  document.getElementById('view').prepend(el('p', { class: 'error', id: 'view-error' }, msg));
+}
+
 // ---- sign in / out --------------------------------------------------------
 
 function showLogin() {
@@ -259,7 +275,7 @@ async function usage() {
   const t = u.totals;
   const hitTot = BigInt(t.prompt_cache_hit_tokens), missTot = BigInt(t.prompt_cache_miss_tokens);
   const sel = (id, opts, value, onchange) => el('select', { id, onchange }, opts.map(([v, l]) => el('option', { value: v, selected: v === value }, l)));
-  const change = k => ev => { usageState[k] = ev.target.value; usage(); };
+  const change = k => ev => { const old = usageState[k]; usageState[k] = ev.target.value; redraw(usage(), () => { usageState[k] = old; }); };
   setView(tok,
     el('h1', {}, 'Usage and cost'),
     el('div', { class: 'controls' },
@@ -388,11 +404,22 @@ async function invoices(month) {
 
 const REQ_DEFAULTS = { from: '', to: '', key: '', model: '', status: '' };
 const reqState = Object.assign({}, REQ_DEFAULTS);
+// The request log's typed filters as the server reads them (bill_dash_views.c).
+const REQ_CHECK = {
+  key: [/^[0-9]{0,18}$/, 'Key id must be a key\'s number (digits), or empty for all keys'],
+  status: [/^([0-9]{3})?$/, 'Status must be an HTTP status (3 digits), or empty for all'],
+};
 async function requests(arg, before, pages) {
   const tok = begin();
   pages = pages || [];
   const r = await api('requests' + qs(Object.assign({}, reqState, { before: before || '', limit: 25 })));
-  const f = (k, attrs) => el('input', Object.assign({ id: 'req-' + k, value: reqState[k], onchange: ev => { reqState[k] = ev.target.value; requests(); } }, attrs));
+  const f = (k, attrs) => el('input', Object.assign({ id: 'req-' + k, value: reqState[k], onchange: ev => {
+    const bad = REQ_CHECK[k] && !REQ_CHECK[k][0].test(ev.target.value.trim());
+    if (bad) return viewError(REQ_CHECK[k][1]); // said at once, not a refused request
+    const old = reqState[k];
+    reqState[k] = ev.target.value.trim();
+    redraw(requests(), () => { reqState[k] = old; });
+  } }, attrs));
   setView(tok,
     el('h1', {}, 'Request log'),
     el('div', { class: 'controls' },
@@ -412,8 +439,8 @@ async function requests(arg, before, pages) {
       { t: 'ms', num: 1, f: x => x.duration_ms },
     ], r.data, 'requests-table'),
     el('div', { class: 'controls' },
-      pages.length ? el('button', { class: 'secondary', id: 'req-prev', onclick: () => requests(null, pages[pages.length - 1] || '', pages.slice(0, -1)) }, 'Previous') : null,
-      r.has_more ? el('button', { class: 'secondary', id: 'req-next', onclick: () => requests(null, r.next, pages.concat([before || ''])) }, 'Next page') : null));
+      pages.length ? el('button', { class: 'secondary', id: 'req-prev', onclick: () => redraw(requests(null, pages[pages.length - 1] || '', pages.slice(0, -1))) }, 'Previous') : null,
+      r.has_more ? el('button', { class: 'secondary', id: 'req-next', onclick: () => redraw(requests(null, r.next, pages.concat([before || '']))) }, 'Next page') : null));
 }
 
 // ---- operator views -------------------------------------------------------

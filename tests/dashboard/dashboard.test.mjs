@@ -441,3 +441,25 @@ test('signing out ends what the last user left running: the workers poll, the us
   assert.deepEqual(problems, []);
   await ctx.close();
 });
+
+test('a request-log filter that cannot be read is named on the page, the view stays usable, no script error', { timeout: 60000 }, async () => {
+  const { ctx, page, problems } = await newPage();
+  await page.goto(`${GW}/dashboard/`);
+  await signInWithKey(page, keys.a1);
+  await page.click('#nav-requests');
+  await page.waitForSelector('#requests-table tbody tr');
+  await page.fill('#req-key', 'abc');
+  await page.press('#req-key', 'Enter');
+  await page.waitForSelector('#view-error', { timeout: 10000 });
+  assert.match(await text(page, "#view-error"), /Key id must be/);
+  assert.ok(await page.locator('#requests-table').isVisible());
+  // The refused filter is not kept: the view comes back whole on the next visit.
+  await page.click('#nav-overview');
+  await page.waitForSelector('#balance');
+  await page.click('#nav-requests');
+  await page.waitForSelector('#requests-table tbody tr');
+  assert.equal(await page.locator('#requests-table tbody tr').count(),
+    Number(sql(`SELECT least(count(*), 25) FROM usage WHERE customer_id = ${custA}`)));
+  assert.deepEqual(problems, []);
+  await ctx.close();
+});
