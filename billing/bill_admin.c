@@ -53,6 +53,7 @@
 #define MAX_CONNS 256               /* an operator's tools, scrapers, the dashboard's gateway */
 #define MAX_BUFFERED (16u << 20)    /* request bytes being received by all connections */
 #define REQUEST_TIMEOUT_S 30
+#define IDLE_TIMEOUT_S 60
 #define MAX_SEG 6
 #define IDEM_MAX 255
 
@@ -999,7 +1000,8 @@ bill_admin_t *bill_admin_new(struct event_base *base, bill_pg_t *pg, const bill_
     a->http = evhttp_new(base);
     if (!a->token || !a->secret || !a->http) goto oom;
     tg_httpguard_opts_t go = {.max_conns = MAX_CONNS, .max_head = MAX_HEAD, .max_body = MAX_BODY,
-                              .max_buffered = MAX_BUFFERED, .request_timeout_s = REQUEST_TIMEOUT_S};
+                              .max_buffered = MAX_BUFFERED, .request_timeout_s = REQUEST_TIMEOUT_S,
+                              .idle_timeout_s = IDLE_TIMEOUT_S};
     if (!(a->guard = tg_httpguard_new(base, a->http, &go))) goto oom;
     evhttp_set_max_body_size(a->http, MAX_BODY_READ);
     evhttp_set_max_headers_size(a->http, 2 * MAX_HEAD);

@@ -19,6 +19,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <time.h>
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
@@ -69,6 +70,7 @@ struct conn {
     int refuse_pending;   /* over the cap: answer 503 first thing */
     int busy, dead;
     int reading;          /* in on_input: the input's end is not frozen */
+    time_t idle_since;    /* the sweep saw it waiting for a request since (0: not idle) */
     int state, in_request, nlines;
     size_t head_bytes, body_total;
     size_t scanned;       /* bytes at the start of c->in known to hold no line end */
@@ -125,7 +127,32 @@ static void sweep(tg_httpguard_t *g) {
     }
 }
 
-static void on_sweep(evutil_socket_t fd, short what, void *arg) { sweep(arg); }
+/* Once a second: let go of what evhttp freed, and close connections that
+ * waited for a request longer than idle_timeout_s (evhttp waiting to read,
+ * nothing of a request received, nothing of an answer left to write). */
+static void on_sweep(evutil_socket_t fd, short what, void *arg) {
+    tg_httpguard_t *g = arg;
+    sweep(g);
+    time_t now = time(NULL);
+    for (conn_t *c = g->conns, *n; c; c = n) {
+        n = c->next;
+        if (c->busy || c->dead || c->refuse_pending || c->in_request || evbuffer_get_length(c->in) ||
+            evbuffer_get_length(bufferevent_get_input(c->bev)) || evbuffer_get_length(bufferevent_get_output(c->bev)) ||
+            !evhttp_reading(c)) {
+            c->idle_since = 0;
+            continue;
+        }
+        if (!c->idle_since) {
+            c->idle_since = now;
+        } else if (now - c->idle_since >= g->o.idle_timeout_s) {
+            void *evcon = NULL;
+            bufferevent_getcb(c->bev, NULL, NULL, NULL, &evcon);
+            g->st.idle_closed++;
+            c->dead = 1;
+            evhttp_connection_free(evcon); /* as its own timeout would: the socket closes, no answer */
+        }
+    }
+}
 
 static void recharge(conn_t *c) {
     size_t now = evbuffer_get_length(c->in) + evbuffer_get_length(c->req);

@@ -16,7 +16,10 @@
  * generic callback passes it to tg_httpguard_answer, which sends the JSON
  * error.  Memory: a connection holds at most max_head bytes of a head and
  * max_body bytes of a body, and the bytes held by all connections together
- * never exceed max_buffered (the request that would is refused, 503).
+ * never exceed max_buffered (the request that would is refused, 503).  A
+ * connection that waits for a request longer than idle_timeout_s is closed
+ * (evhttp's own timeout applies to reads and writes alike, so it is long), so
+ * that idle connections cannot hold every place under max_conns.
  *
  * One guard per evhttp; the event loop's thread only. */
 #ifndef TG_HTTPGUARD_H
@@ -37,6 +40,7 @@ typedef struct {
     size_t max_body;        /* bytes of a body (413 above: by Content-Length at once, chunked when passed) */
     size_t max_buffered;    /* request bytes held by all connections together (503 above) */
     int request_timeout_s;  /* from a request's first byte to its last (408 and close after) */
+    int idle_timeout_s;     /* a connection waiting for a request, none begun, is closed after this long */
 } tg_httpguard_opts_t;
 
 typedef struct {
@@ -44,6 +48,7 @@ typedef struct {
     unsigned long long buffered;       /* request bytes held now */
     unsigned long long refused_conns;  /* connections refused over max_conns */
     unsigned long long bad_request, too_large, timeout, busy, bad_method; /* requests refused, by reason */
+    unsigned long long idle_closed;    /* connections closed after idle_timeout_s without a request */
 } tg_httpguard_stats_t;
 
 /* Guard http (evhttp_set_bevcb is taken); the evhttp's own max_body_size and

@@ -999,8 +999,11 @@ static void handle_metrics(srv_t *S, struct evhttp_request *req) {
         "tollgate_engine_http_refused_total{reason=\"method\"} %llu\n"
         "tollgate_engine_http_refused_total{reason=\"too_large\"} %llu\n"
         "tollgate_engine_http_refused_total{reason=\"timeout\"} %llu\n"
-        "tollgate_engine_http_refused_total{reason=\"buffered\"} %llu\n",
-        gs.conns, gs.buffered, gs.refused_conns, gs.bad_request, gs.bad_method, gs.too_large, gs.timeout, gs.busy);
+        "tollgate_engine_http_refused_total{reason=\"buffered\"} %llu\n"
+        "# HELP tollgate_engine_http_idle_closed_total Connections closed after --idle-timeout without a request.\n"
+        "# TYPE tollgate_engine_http_idle_closed_total counter\ntollgate_engine_http_idle_closed_total %llu\n",
+        gs.conns, gs.buffered, gs.refused_conns, gs.bad_request, gs.bad_method, gs.too_large, gs.timeout, gs.busy,
+        gs.idle_closed);
     evbuffer_add_printf(b,
         "# HELP tollgate_engine_prompt_tokens_total Prompt tokens fed to the model.\n"
         "# TYPE tollgate_engine_prompt_tokens_total counter\ntollgate_engine_prompt_tokens_total %llu\n"
@@ -1230,7 +1233,7 @@ static void usage(FILE *f) {
             "         [--listen HOST:PORT] [--model-name NAME] [--max-batch N] [--max-queue N]\n"
             "         [--ctx N] [--kv-mem BYTES[K|M|G]] [--prefill-chunk N] [--decode-prefill N] [--int8]\n"
             "         [--keepalive SECONDS] [--default-max-tokens N]\n"
-            "         [--max-conns N] [--max-buffered BYTES[K|M|G]] [--request-timeout SECONDS]\n"
+            "         [--max-conns N] [--max-buffered BYTES[K|M|G]] [--request-timeout SECONDS] [--idle-timeout SECONDS]\n"
             "         [--memory-wait SECONDS]\n"
             "  defaults: --listen 127.0.0.1:8500, --model-name = basename of DIR,\n"
             "            --max-batch 32 per thread (8..256), --max-queue 256,\n"
@@ -1245,6 +1248,7 @@ static void usage(FILE *f) {
             "            --max-buffered 256M (request bytes being received by all connections at once;\n"
             "            the request that would pass it is answered 503), --request-timeout 60 (seconds\n"
             "            from a request's first byte to its last; 408 and the connection closed after),\n"
+            "            --idle-timeout 60 (a connection waiting that long for a request is closed),\n"
             "            --memory-wait 30 (an allocation that fails is retried this long: then a request\n"
             "            being generated fails with a 500 (or an error event), and the HTTP loop, which\n"
             "            cannot answer anything without memory, exits with status 3)\n");
@@ -1256,7 +1260,7 @@ int eng_cmd_serve(int argc, char **argv) {
     int decode_prefill = 0;
     long default_max = 4096;
     size_t kv_mem = 0, max_buffered = 256u << 20;
-    int max_conns = 512, request_timeout = 60, memory_wait = 30;
+    int max_conns = 512, request_timeout = 60, memory_wait = 30, idle_timeout = 60;
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
@@ -1286,6 +1290,7 @@ int eng_cmd_serve(int argc, char **argv) {
         else if (!strcmp(a, "--max-conns")) max_conns = atoi(v);
         else if (!strcmp(a, "--request-timeout")) request_timeout = atoi(v);
         else if (!strcmp(a, "--memory-wait")) memory_wait = atoi(v);
+        else if (!strcmp(a, "--idle-timeout")) idle_timeout = atoi(v);
         else if (!strcmp(a, "--kv-mem") || !strcmp(a, "--max-buffered")) {
             char *end;
             double x = strtod(v, &end);
@@ -1320,10 +1325,10 @@ int eng_cmd_serve(int argc, char **argv) {
     }
     if (max_batch < 0 || max_batch > 256 || max_queue < 1 || threads < 0 || ctx < 0 || keepalive < 1 ||
         prefill_chunk < 16 || prefill_chunk > 65536 || decode_prefill < 0 || decode_prefill > prefill_chunk ||
-        max_conns < 1 || request_timeout < 1 || memory_wait < 1 || memory_wait > 86400) {
+        max_conns < 1 || request_timeout < 1 || idle_timeout < 1 || memory_wait < 1 || memory_wait > 86400) {
         fprintf(stderr, "serve: --max-batch must be 1..256, --max-queue and --keepalive >= 1, "
                         "--threads/--ctx >= 0, --prefill-chunk 16..65536, --decode-prefill 1..prefill-chunk, "
-                        "--max-conns and --request-timeout >= 1, --memory-wait 1..86400\n");
+                        "--max-conns, --request-timeout and --idle-timeout >= 1, --memory-wait 1..86400\n");
         return 2;
     }
     char host[256];
@@ -1406,7 +1411,8 @@ int eng_cmd_serve(int argc, char **argv) {
     }
     /* the guard answers requests over these itself (JSON); evhttp's own limits are a backstop above them */
     tg_httpguard_opts_t go = {.max_conns = max_conns, .max_head = 64 << 10, .max_body = MAX_BODY,
-                              .max_buffered = max_buffered, .request_timeout_s = request_timeout};
+                              .max_buffered = max_buffered, .request_timeout_s = request_timeout,
+                              .idle_timeout_s = idle_timeout};
     S.guard = tg_httpguard_new(S.base, S.http, &go);
     if (!S.guard) {
         fprintf(stderr, "serve: cannot set up the event loop\n");

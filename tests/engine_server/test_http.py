@@ -27,14 +27,14 @@ import test_server as ts  # noqa: E402  (the demo model, start(), request(), met
 from tgskip import main  # noqa: E402
 
 PORT, PORT_TIGHT = 18729, 18730
-MAX_CONNS, MAX_BUFFERED, TIMEOUT_S = 6, 1 << 20, 2
+MAX_CONNS, MAX_BUFFERED, TIMEOUT_S, IDLE_S = 6, 1 << 20, 2, 3
 
 
 def setUpModule():
     ts.ensure_models()
     ts.start("http", PORT, ts.MODEL_DIR)
     ts.start("http-tight", PORT_TIGHT, ts.MODEL_DIR, "--max-conns", str(MAX_CONNS), "--max-buffered",
-             str(MAX_BUFFERED), "--request-timeout", str(TIMEOUT_S))
+             str(MAX_BUFFERED), "--request-timeout", str(TIMEOUT_S), "--idle-timeout", str(IDLE_S))
 
 
 def tearDownModule():
@@ -335,6 +335,29 @@ class Http(unittest.TestCase):
         a.close()
         b.close()
         ts.wait_metrics("nothing held", lambda m: m["tollgate_engine_http_buffered_bytes"] == 0, port=PORT_TIGHT)
+
+    def test_idle_connections_are_closed(self):
+        """Connections that wait for a request longer than --idle-timeout (3 s here) are closed, so
+        that idle ones cannot hold every place under --max-conns (evhttp's own timeout, an hour here,
+        was all there was); one whose answer is still being generated is not idle."""
+        before = tight_metrics().get("tollgate_engine_http_idle_closed_total", 0)
+        silent = Conn(PORT_TIGHT)  # never sends a byte
+        used = Conn(PORT_TIGHT)  # one request, then nothing
+        used.sendall(b"GET /health HTTP/1.1\r\n\r\n")
+        self.assertEqual(read_response(used)[0], 200)
+        busy = Conn(PORT_TIGHT)  # a long answer: generated for longer than the idle timeout
+        body = json.dumps({"model": ts.MODEL, "messages": [{"role": "user", "content": "A long story"}],
+                           "max_tokens": 1500, "temperature": 0, "stream": True}).encode()
+        busy.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        t0 = time.monotonic()
+        self.assertTrue(eof(silent, IDLE_S + 5))
+        self.assertTrue(eof(used, IDLE_S + 5))
+        self.assertLess(time.monotonic() - t0, IDLE_S + 4)
+        st, _, out = read_response(busy)
+        self.assertEqual((st, ts.sse(out)[-1]), (200, "[DONE]"))
+        self.assertGreaterEqual(tight_metrics()["tollgate_engine_http_idle_closed_total"], before + 2)
+        for c in (silent, used, busy):
+            c.close()
 
     def test_slowloris_gets_408_and_is_closed(self):
         c = Conn(PORT_TIGHT)
