@@ -213,7 +213,7 @@ static const char ADMIN_OVERVIEW_TAIL[] =
     "   'prefix', n.prefix, 'daily_limit_pico', n.dl::text, 'daily_limit_usd', tg_usd(n.dl),"
     "   'monthly_limit_pico', n.ml::text, 'monthly_limit_usd', tg_usd(n.ml),"
     "   'today_cost_pico', n.day::text, 'today_cost_usd', tg_usd(n.day), 'month_cost_pico', n.month::text,"
-    "   'month_cost_usd', tg_usd(n.month), 'used_percent', floor(n.used * 100)::int)"
+    "   'month_cost_usd', tg_usd(n.month), 'used_percent', floor(n.used * 100)::text)"
     "   ORDER BY n.used DESC, n.kind, n.id) FROM (SELECT * FROM near WHERE used >= 0.8 ORDER BY used DESC LIMIT 50) n),"
     "   '[]'))::text";
 

@@ -463,3 +463,22 @@ test('a request-log filter that cannot be read is named on the page, the view st
   assert.deepEqual(problems, []);
   await ctx.close();
 });
+
+test('operator: a spend millions of times its limit is shown to the percent, not a failed page', { timeout: 60000 }, async () => {
+  // A's month so far against a monthly limit of one pico-USD: tens of millions x 100 %, past int4.
+  ctl('customer', 'spending-limits', A, '--monthly-usd', '0.000000000001');
+  const month = sql(`SELECT sum(cost_pico) FROM usage_hourly WHERE customer_id = ${custA}
+    AND hour >= date_trunc('month', now(), 'UTC')`);
+  assert.ok(BigInt(month) * 100n > 2n ** 31n, `A's spend ${month} is too small for this test`);
+  const { ctx, page, problems } = await newPage();
+  await page.goto(`${GW}/dashboard/`);
+  await page.click('#tab-user');
+  await page.fill('#login-name', `ops-${sfx}`);
+  await page.fill('#login-password', opsPassword);
+  await page.click('#login-user button[type=submit]');
+  await page.waitForSelector('#op-near-limit tr');
+  const row = page.locator('#op-near-limit tr', { hasText: A }).filter({ hasText: 'customer' });
+  assert.equal(await row.locator('td[data-col=used]').innerText(), (BigInt(month) * 100n).toString() + ' %');
+  assert.deepEqual(problems, []);
+  await ctx.close();
+});
