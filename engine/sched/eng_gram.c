@@ -161,9 +161,12 @@ typedef struct {
     uint8_t schema; /* the JSON value follows a schema (response_format's, or a strict tool's parameters) */
     uint8_t nbd;    /* J_NUM: the number's node has bounds (nst follows it) */
     uint8_t nacnt;  /* schema arrays with minItems/maxItems open: acnt[0 .. nacnt) */
+    uint8_t sfl;    /* J_STR of a schema string value: SF_FMT (its node has a format), SF_LEN (length bounds) */
     uint16_t slen;  /* J_STR of a schema string value: characters so far (saturating) */
     uint16_t acnt[API_SCHEMA_MAX_ADEPTH]; /* their elements so far, innermost last (saturating) */
 } gst_t; /* copied once per byte of the mask walk: kept small */
+
+enum { SF_FMT = 1, SF_LEN = 2 }; /* gst_t.sfl: set when a string value starts, so a byte of text looks at no node */
 
 typedef enum { G_JSON, G_TOOLS, G_TEXT } gkind_t;
 
@@ -231,16 +234,12 @@ static int arr_elem(const eng_gram_t *g, gst_t *s) {
 
 /* The schema node of the string value being written with bounds on its length, or NULL. */
 static const api_schema_node_t *str_node(const eng_gram_t *g, const gst_t *s) {
-    if (s->skey || !sch(g, s) || s->vnode < 0) return NULL;
-    const api_schema_node_t *nd = node(g, s->vnode);
-    return api_schema_str_bounded(nd) ? nd : NULL;
+    return s->sfl & SF_LEN ? node(g, s->vnode) : NULL;
 }
 
 /* The node of the string value being written when it has a "format", or NULL. */
 static const api_schema_node_t *fmt_node(const eng_gram_t *g, const gst_t *s) {
-    if (s->skey || !sch(g, s) || s->vnode < 0) return NULL;
-    const api_schema_node_t *nd = node(g, s->vnode);
-    return nd->sfmt ? nd : NULL;
+    return s->sfl & SF_FMT ? node(g, s->vnode) : NULL;
 }
 
 /* Characters a bounded string still owes (minLength). */
@@ -298,7 +297,8 @@ static int value_start(const eng_gram_t *g, gst_t *s, unsigned c) {
     case '"':
         if (!(types & API_ST_STR)) return -1;
         s->js = J_STR, s->skey = 0, s->slen = 0;
-        if (nd && nd->sfmt) api_fmt_init(nd->sfmt, &s->fst);
+        s->sfl = (uint8_t)(nd ? (nd->sfmt ? SF_FMT : 0) | (api_schema_str_bounded(nd) ? SF_LEN : 0) : 0);
+        if (s->sfl & SF_FMT) api_fmt_init(nd->sfmt, &s->fst);
         return 0;
     case '{':
     case '[':
@@ -435,7 +435,7 @@ static int json_feed(const eng_gram_t *g, gst_t *s, unsigned c) {
             s->js = J_KEY, s->lpos = 1;
             return 0;
         }
-        s->js = J_STR, s->skey = 1;
+        s->js = J_STR, s->skey = 1, s->sfl = 0;
         return 0;
     case J_KEY: return key_feed(g, s, c);
     case J_ENUM: return enum_feed(g, s, c);
@@ -463,7 +463,7 @@ static int json_feed(const eng_gram_t *g, gst_t *s, unsigned c) {
         if (c == '}' || c == ']') return close_with(g, s, c);
         return -1;
     case J_STR:
-        if (fmt_node(g, s)) return fmt_feed(fmt_node(g, s), s, c);
+        if (s->sfl & SF_FMT) return fmt_feed(fmt_node(g, s), s, c);
         if (s->u8need) {
             if (c < s->u8lo || c > s->u8hi) return -1;
             s->u8need--;
@@ -471,15 +471,17 @@ static int json_feed(const eng_gram_t *g, gst_t *s, unsigned c) {
             return 0;
         }
         if (c == '"') {
-            if (str_rest(g, s)) return -1; /* minLength not reached */
+            if ((s->sfl & SF_LEN) && str_rest(g, s)) return -1; /* minLength not reached */
             if (s->skey) s->js = J_COLON, s->vnode = -1;
             else value_done(s);
             return 0;
         }
         if (c < 0x20 || c == 0x7F) return -1; /* control characters: not in JSON strings (DEL: kept out too) */
-        const api_schema_node_t *sn = str_node(g, s); /* a character starts: an escape, ASCII or a lead byte */
-        if (sn && sn->max_chars >= 0 && s->slen >= sn->max_chars) return -1;
-        if (sn && s->slen < API_SCHEMA_COUNT_MAX) s->slen++;
+        if (s->sfl & SF_LEN) { /* a character starts: an escape, ASCII or a lead byte */
+            const api_schema_node_t *sn = str_node(g, s);
+            if (sn->max_chars >= 0 && s->slen >= sn->max_chars) return -1;
+            if (s->slen < API_SCHEMA_COUNT_MAX) s->slen++;
+        }
         if (c == '\\') {
             s->js = J_ESC;
             return 0;
@@ -587,7 +589,7 @@ static int json_cost(const eng_gram_t *g, const gst_t *s) {
     case J_COLON: return 1 + vmin(g, s) + d;
     case J_VALUE: return vmin(g, s) + d;
     case J_STR:
-        if (fmt_node(g, s)) return api_fmt_rest(fmt_node(g, s)->sfmt, &s->fst) + 1 + d;
+        if (s->sfl & SF_FMT) return api_fmt_rest(fmt_node(g, s)->sfmt, &s->fst) + 1 + d;
         return s->u8need + str_rest(g, s) + 1 + key + d;
     case J_ESC: return 2 + str_rest(g, s) + key + d;
     case J_HEX: return s->hex + 1 + str_rest(g, s) + key + d;
