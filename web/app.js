@@ -72,6 +72,15 @@ async function api(path, opts) {
   return j;
 }
 
+// The date pickers' "To" day is shown included (From 2026-11-30, To
+// 2026-11-30 is that whole UTC day); the API's `to` is exclusive, so the page
+// sends the midnight (UTC) after it.
+function dayAfter(d) {
+  const t = Date.parse(d + 'T00:00:00Z');
+  return isFinite(t) ? new Date(t + 86400e3).toISOString().slice(0, 10) : d;
+}
+const withTo = o => Object.assign({}, o, { to: o.to ? dayAfter(o.to) : '' });
+
 function qs(o) {
   const p = new URLSearchParams();
   for (const [k, v] of Object.entries(o)) if (v !== '' && v !== null && v !== undefined) p.set(k, v);
@@ -254,7 +263,7 @@ function periods(from, to, by, data) {
 
 async function usage() {
   const tok = begin();
-  const u = await api('usage' + qs(usageState));
+  const u = await api('usage' + qs(withTo(usageState)));
   const ps = periods(u.from, u.to, u.by, u.data);
   const byT = new Map(u.data.map(d => [Date.parse(d.period), d]));
   const rows = ps.map(t => byT.get(t) || null);
@@ -283,7 +292,7 @@ async function usage() {
       el('label', {}, 'Key', sel('usage-key', [['', 'all keys'], ...u.keys.map(k => [String(k.id), k.prefix + (k.name ? ' ' + k.name : '')])], usageState.key, change('key'))),
       el('label', {}, 'Model', sel('usage-model', [['', 'all models'], ...u.models.map(m => [m, m])], usageState.model, change('model'))),
       el('label', {}, 'From', el('input', { id: 'usage-from', type: 'date', value: usageState.from, onchange: change('from') })),
-      el('label', {}, 'To', el('input', { id: 'usage-to', type: 'date', value: usageState.to, onchange: change('to') }))),
+      el('label', { title: 'this day included (UTC)' }, 'To', el('input', { id: 'usage-to', type: 'date', value: usageState.to, onchange: change('to') }))),
     el('div', { class: 'cards' },
       card('Cost', usd(t.cost_usd), t.cost_pico + ' pico-USD', 'usage-cost'),
       card('Requests', String(t.requests), null, 'usage-requests'),
@@ -320,6 +329,7 @@ async function usage() {
     ], [t], 'usage-totals'));
   const tt = document.getElementById('usage-totals');
   if (tt) tt.dataset.filter = [u.by, u.key_id === null ? '' : u.key_id, u.model === null ? '' : u.model].join('|');
+  if (tt) tt.dataset.range = u.from + '|' + u.to; // the period the server summed, [from, to)
 }
 
 async function keys() {
@@ -412,7 +422,7 @@ const REQ_CHECK = {
 async function requests(arg, before, pages) {
   const tok = begin();
   pages = pages || [];
-  const r = await api('requests' + qs(Object.assign({}, reqState, { before: before || '', limit: 25 })));
+  const r = await api('requests' + qs(Object.assign(withTo(reqState), { before: before || '', limit: 25 })));
   const f = (k, attrs) => el('input', Object.assign({ id: 'req-' + k, value: reqState[k], onchange: ev => {
     const bad = REQ_CHECK[k] && !REQ_CHECK[k][0].test(ev.target.value.trim());
     if (bad) return viewError(REQ_CHECK[k][1]); // said at once, not a refused request
@@ -423,7 +433,7 @@ async function requests(arg, before, pages) {
   setView(tok,
     el('h1', {}, 'Request log'),
     el('div', { class: 'controls' },
-      el('label', {}, 'From', f('from', { type: 'date' })), el('label', {}, 'To', f('to', { type: 'date' })),
+      el('label', {}, 'From', f('from', { type: 'date' })), el('label', { title: 'this day included (UTC)' }, 'To', f('to', { type: 'date' })),
       el('label', {}, 'Key id', f('key', { size: 6 })), el('label', {}, 'Model', f('model', { size: 16 })),
       el('label', {}, 'Status', f('status', { size: 4, placeholder: '200' }))),
     table([

@@ -482,3 +482,26 @@ test('operator: a spend millions of times its limit is shown to the percent, not
   assert.deepEqual(problems, []);
   await ctx.close();
 });
+
+test('usage from one day to the same day is that UTC day, whole', { timeout: 60000 }, async () => {
+  const day = sql(`SELECT to_char(max(received_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD') FROM usage WHERE customer_id = ${custA}`);
+  const next = sql(`SELECT to_char('${day}'::date + 1, 'YYYY-MM-DD')`);
+  const [n, cost] = sql(`SELECT count(*), sum(cost_pico) FROM usage WHERE customer_id = ${custA}
+    AND received_at >= '${day}'::timestamp AT TIME ZONE 'UTC' AND received_at < '${next}'::timestamp AT TIME ZONE 'UTC'`).split('\t');
+  assert.ok(Number(n) > 0);
+  const { ctx, page, problems } = await newPage();
+  await page.goto(`${GW}/dashboard/`);
+  await signInWithKey(page, keys.a1);
+  await page.click('#nav-usage');
+  await page.waitForSelector('#usage-totals');
+  await page.fill('#usage-from', day);
+  await page.waitForSelector(`#usage-totals[data-range^="${day}T00:00:00"]`);
+  await page.fill('#usage-to', day);
+  await page.waitForSelector(`#usage-totals[data-range$="${next}T00:00:00+00:00"]`);
+  assert.equal(await text(page, '#usage-totals td[data-col=requests]'), n);
+  assert.equal(await text(page, '#usage-totals td[data-col=cost_pico]'), cost);
+  const labels = await page.evaluate(() => window.tgCharts['chart-cost'].data.labels);
+  assert.deepEqual(labels, [day]);
+  assert.deepEqual(problems, []);
+  await ctx.close();
+});
