@@ -405,9 +405,12 @@ async function invoices(month) {
       el('div', { class: 'cards' },
         card('Total', usd(inv.total_usd), inv.total_pico + ' pico-USD', 'invoice-total'),
         card('Status', inv.status, inv.requests + ' requests', 'invoice-status'),
-        card('Opening balance', usd(inv.opening_balance_usd), null),
-        card('Credits in the month', usd(picoUsd(inv.credits_pico)), null),
-        card('Closing balance', usd(inv.closing_balance_usd), null)));
+        // every ledger movement of the month, so opening + credits + adjustments + refunds - total = closing
+        card('Opening balance', usd(inv.opening_balance_usd), inv.opening_balance_pico + ' pico-USD', 'invoice-opening'),
+        card('Credits in the month', usd(picoUsd(inv.credits_pico)), inv.credits_pico + ' pico-USD', 'invoice-credits'),
+        card('Adjustments', usd(picoUsd(inv.adjustments_pico)), inv.adjustments_pico + ' pico-USD', 'invoice-adjustments'),
+        card('Refunds', usd(picoUsd(inv.refunds_pico)), inv.refunds_pico + ' pico-USD', 'invoice-refunds'),
+        card('Closing balance', usd(inv.closing_balance_usd), inv.closing_balance_pico + ' pico-USD', 'invoice-closing')));
   }
   setView(tok, ...nodes);
 }

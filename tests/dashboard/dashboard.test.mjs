@@ -505,3 +505,36 @@ test('usage from one day to the same day is that UTC day, whole', { timeout: 600
   assert.deepEqual(problems, []);
   await ctx.close();
 });
+
+test('the invoice page shows every movement of the month: opening, credits, adjustments, refunds, closing', { timeout: 60000 }, async () => {
+  const C = `dash-inv-${sfx}`;
+  ctl('customer', 'create', C, '--credit-usd', '5');
+  ctl('credit', 'adjust', '--customer', C, '--usd', '-1.5', '--reason', '<b>fix</b> "1+1"');
+  ctl('credit', 'refund', '--customer', C, '--usd', '0.25', '--reason', 'paid back');
+  const key = lastLine(ctl('key', 'create', '--customer', C, '--name', 'inv'));
+  assert.equal(await chat(key), 200);
+  await settled();
+  const id = sql(`SELECT id FROM customers WHERE name = '${C}'`);
+  const m = sql(`SELECT to_char(max(created_at) AT TIME ZONE 'UTC', 'YYYY-MM') FROM ledger WHERE customer_id = ${id}`);
+  const doc = JSON.parse(sql(`SELECT body_json FROM tg_invoice_render(${id}, '${m}-01'::date, NULL, NULL, NULL)`));
+  const { ctx, page, problems } = await newPage();
+  await page.goto(`${GW}/dashboard/`);
+  await signInWithKey(page, key);
+  await page.goto(`${GW}/dashboard/#/invoices/${m}`);
+  await page.waitForSelector('#invoice-closing');
+  const card = async k => [await text(page, `#invoice-${k} .value`), await text(page, `#invoice-${k} .sub`)];
+  const pico = {};
+  for (const [k, f] of [['opening', 'opening_balance'], ['credits', 'credits'], ['adjustments', 'adjustments'], ['refunds', 'refunds'], ['closing', 'closing_balance'], ['total', 'total']]) {
+    const [v, sub] = await card(k);
+    assert.equal(sub, doc[f + '_pico'] + ' pico-USD', k);
+    assert.equal(v, '$' + sql(`SELECT tg_usd(${doc[f + '_pico']})`), k);
+    pico[k] = BigInt(doc[f + '_pico']);
+  }
+  assert.equal(pico.adjustments, -1500000000000n);
+  assert.equal(pico.refunds, -250000000000n);
+  assert.ok(pico.total > 0n);
+  assert.equal(pico.opening + pico.credits + pico.adjustments + pico.refunds - pico.total, pico.closing);
+  assert.equal(pico.closing.toString(), sql(`SELECT balance_pico FROM customers WHERE id = ${id}`));
+  assert.deepEqual(problems, []);
+  await ctx.close();
+});
