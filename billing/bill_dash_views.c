@@ -177,7 +177,8 @@ static const char REQUESTS_SQL[] =
 
 /* $1 from, $2 to, $3 limit (BILL_REPORT_TOP_SQL's parameters): revenue and
  * tokens by model and by customer (the top report), revenue per day, the
- * customers nearest to zero, and keys and customers near a spending limit. */
+ * customers nearest to zero, and keys and customers near a spending limit
+ * (open customers only: a closed one can neither top up nor spend). */
 static const char ADMIN_OVERVIEW_HEAD[] =
     "WITH h AS (SELECT * FROM usage_hourly h WHERE h.hour >= $1::timestamptz AND h.hour < $2::timestamptz),"
     " bm AS (SELECT h.model, " SUMS " FROM h GROUP BY h.model),"
@@ -188,13 +189,14 @@ static const char ADMIN_OVERVIEW_HEAD[] =
     "     LATERAL (SELECT coalesce(sum(cost_pico) FILTER (WHERE hour >= (SELECT d0 FROM mo)), 0) AS day,"
     "       coalesce(sum(cost_pico), 0) AS month FROM usage_hourly u WHERE u.customer_id = k.customer_id"
     "       AND u.key_id = k.id AND u.hour >= (SELECT t0 FROM mo)) s"
-    "     WHERE k.revoked_at IS NULL AND (k.daily_limit_pico IS NOT NULL OR k.monthly_limit_pico IS NOT NULL)"
+    "     WHERE k.revoked_at IS NULL AND c.closed_at IS NULL"
+    "     AND (k.daily_limit_pico IS NOT NULL OR k.monthly_limit_pico IS NOT NULL)"
     "   UNION ALL SELECT 'customer', c.id, c.name, NULL, c.daily_limit_pico, c.monthly_limit_pico, s.day, s.month"
     "     FROM customers c, LATERAL (SELECT"
     "       coalesce(sum(cost_pico) FILTER (WHERE hour >= (SELECT d0 FROM mo)), 0) AS day,"
     "       coalesce(sum(cost_pico), 0) AS month FROM usage_hourly u WHERE u.customer_id = c.id"
     "       AND u.hour >= (SELECT t0 FROM mo)) s"
-    "     WHERE c.daily_limit_pico IS NOT NULL OR c.monthly_limit_pico IS NOT NULL),"
+    "     WHERE c.closed_at IS NULL AND (c.daily_limit_pico IS NOT NULL OR c.monthly_limit_pico IS NOT NULL)),"
     " near AS (SELECT *, greatest(CASE WHEN dl > 0 THEN day / dl WHEN dl = 0 THEN 1 END,"
     "   CASE WHEN ml > 0 THEN month / ml WHEN ml = 0 THEN 1 END) AS used FROM lim)"
     " SELECT json_build_object('object', 'report', 'report', 'operator', 'from', $1::timestamptz,"
@@ -208,7 +210,7 @@ static const char ADMIN_OVERVIEW_TAIL[] =
     ")::json,"
     " 'near_zero', coalesce((SELECT json_agg(json_build_object('customer', c.name, 'customer_id', c.id,"
     "   'balance_pico', c.balance_pico::text, 'balance_usd', tg_usd(c.balance_pico)) ORDER BY c.balance_pico, c.id)"
-    "   FROM (SELECT * FROM customers ORDER BY balance_pico, id LIMIT 10) c), '[]'),"
+    "   FROM (SELECT * FROM customers WHERE closed_at IS NULL ORDER BY balance_pico, id LIMIT 10) c), '[]'),"
     " 'near_limit', coalesce((SELECT json_agg(json_build_object('kind', n.kind, 'id', n.id, 'customer', n.customer,"
     "   'prefix', n.prefix, 'daily_limit_pico', n.dl::text, 'daily_limit_usd', tg_usd(n.dl),"
     "   'monthly_limit_pico', n.ml::text, 'monthly_limit_usd', tg_usd(n.ml),"

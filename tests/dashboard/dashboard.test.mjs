@@ -272,7 +272,7 @@ test('operator view: revenue by model and customer, near zero and near a limit, 
   assert.equal(await rowA.locator('td[data-col=cost_pico]').innerText(), sql(`SELECT sum(cost_pico) FROM usage WHERE customer_id = ${custA}`));
   const rowM = page.locator('#op-by-model tr', { hasText: MODEL });
   assert.equal(await rowM.locator('td[data-col=cost_pico]').innerText(), sql(`SELECT sum(cost_pico) FROM usage WHERE model = '${MODEL}'`));
-  const lowest = sql(`SELECT name FROM customers ORDER BY balance_pico, id LIMIT 1`);
+  const lowest = sql(`SELECT name FROM customers WHERE closed_at IS NULL ORDER BY balance_pico, id LIMIT 1`);
   assert.equal(await text(page, '#op-near-zero td[data-col=customer]'), lowest);
   // The key created on the page with a $0.50 monthly limit is not near it; a
   // key whose limit is below what it spent is.
@@ -535,6 +535,27 @@ test('the invoice page shows every movement of the month: opening, credits, adju
   assert.ok(pico.total > 0n);
   assert.equal(pico.opening + pico.credits + pico.adjustments + pico.refunds - pico.total, pico.closing);
   assert.equal(pico.closing.toString(), sql(`SELECT balance_pico FROM customers WHERE id = ${id}`));
+  assert.deepEqual(problems, []);
+  await ctx.close();
+});
+
+test('operator: a closed customer is not among those nearest to zero or near a limit', { timeout: 60000 }, async () => {
+  const Z = `dash-closed-${sfx}`;
+  ctl('customer', 'create', Z);
+  ctl('credit', 'adjust', '--customer', Z, '--usd', '-1000000', '--reason', 'owes'); // lower than anyone
+  ctl('customer', 'spending-limits', Z, '--monthly-usd', '0');
+  ctl('customer', 'close', Z);
+  const { ctx, page, problems } = await newPage();
+  await page.goto(`${GW}/dashboard/`);
+  await page.click('#tab-user');
+  await page.fill('#login-name', `ops-${sfx}`);
+  await page.fill('#login-password', opsPassword);
+  await page.click('#login-user button[type=submit]');
+  await page.waitForSelector('#op-near-zero td[data-col=customer]');
+  assert.equal(await text(page, '#op-near-zero td[data-col=customer]'),
+    sql(`SELECT name FROM customers WHERE closed_at IS NULL ORDER BY balance_pico, id LIMIT 1`));
+  assert.ok(!(await text(page, '#op-near-zero')).includes(Z), 'a closed customer is listed as nearest to zero');
+  assert.ok(!(await text(page, '#op-near-limit')).includes(Z), 'a closed customer is listed as near a limit');
   assert.deepEqual(problems, []);
   await ctx.close();
 });
