@@ -205,6 +205,8 @@ static const char ADMIN_OVERVIEW_HEAD[] =
     "   x.model) FROM bm x), '[]'),"
     " 'by_day', coalesce((SELECT json_agg(json_build_object('period', x.period, " SUMJ ") ORDER BY x.period)"
     "   FROM bd x), '[]'),"
+    " 'paying_customers', (SELECT count(*) FROM (SELECT 1 FROM h GROUP BY h.customer_id"
+    "   HAVING sum(h.cost_pico) > 0) p)::text,"
     " 'top', (";
 static const char ADMIN_OVERVIEW_TAIL[] =
     ")::json,"

@@ -466,7 +466,8 @@ async function operator() {
     el('h1', {}, 'Revenue'),
     el('div', { class: 'cards' },
       card('Revenue (all time)', usd(o.top.total_cost_usd), o.top.total_cost_pico + ' pico-USD', 'op-revenue'),
-      card('Paying customers', String(o.top.customers), null, 'op-customers')),
+      // paying: a cost above zero in the period (top.customers also counts those only refused)
+      card('Paying customers', o.paying_customers, o.top.customers + ' with any traffic', 'op-customers')),
     el('div', { class: 'charts' },
       chart('chart-revenue', 'bar', labels, [
         { label: 'revenue (USD)', data: o.by_day.map(d => Number(BigInt(d.cost_pico)) / 1e12), exact: o.by_day.map(d => d.cost_pico), backgroundColor: '#16a34a' }],

@@ -559,3 +559,27 @@ test('operator: a closed customer is not among those nearest to zero or near a l
   assert.deepEqual(problems, []);
   await ctx.close();
 });
+
+test('operator: paying customers are those with a cost, not those only refused', { timeout: 60000 }, async () => {
+  const R = `dash-refused-${sfx}`;
+  ctl('customer', 'create', R);
+  const key = lastLine(ctl('key', 'create', '--customer', R, '--name', 'no-credit'));
+  const id = sql(`SELECT id FROM customers WHERE name = '${R}'`);
+  assert.equal(await chat(key), 402); // no credit: a refusal in the rollups, no cost
+  await waitFor('the 402 refusal in the rollup', () =>
+    Number(sql(`SELECT coalesce(sum(refused_402), 0) FROM usage_hourly WHERE customer_id = ${id}`)) >= 1);
+  const { ctx, page, problems } = await newPage();
+  await page.goto(`${GW}/dashboard/`);
+  await page.click('#tab-user');
+  await page.fill('#login-name', `ops-${sfx}`);
+  await page.fill('#login-password', opsPassword);
+  await page.click('#login-user button[type=submit]');
+  await page.waitForSelector('#op-customers');
+  const [paying, any] = sql(`SELECT count(*) FILTER (WHERE cost > 0), count(*) FROM
+    (SELECT customer_id, sum(cost_pico) AS cost FROM usage_hourly GROUP BY 1) x`).split('\t');
+  assert.ok(Number(any) > Number(paying));
+  assert.equal(await text(page, '#op-customers .value'), paying);
+  assert.equal(await text(page, '#op-customers .sub'), `${any} with any traffic`);
+  assert.deepEqual(problems, []);
+  await ctx.close();
+});
