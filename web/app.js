@@ -332,6 +332,9 @@ async function usage() {
   if (tt) tt.dataset.range = u.from + '|' + u.to; // the period the server summed, [from, to)
 }
 
+// USD as the API reads it (bill_usd_parse): digits, at most 12 decimals, no sign or exponent
+const USD_RE = /^[0-9]+(\.[0-9]{1,12})?$/;
+
 async function keys() {
   const tok = begin();
   const k = await api('keys');
@@ -343,11 +346,17 @@ async function keys() {
     el('button', { type: 'submit', id: 'key-create' }, 'Create key'));
   form.addEventListener('submit', async ev => {
     ev.preventDefault();
+    const body = {
+      name: document.getElementById('key-name').value,
+      daily_limit_usd: document.getElementById('key-daily').value.trim() || null,
+      monthly_limit_usd: document.getElementById('key-monthly').value.trim() || null };
+    // what the server would refuse is said at once, without a refused request (bill_dash_views.c)
+    const bad = new TextEncoder().encode(body.name).length > 200 ? 'The name is longer than 200 bytes.'
+      : [['daily_limit_usd', 'Daily'], ['monthly_limit_usd', 'Monthly']].filter(([k]) => body[k] !== null && !USD_RE.test(body[k]))
+        .map(([, t]) => t + ' limit must be an amount of USD like 5 or 0.50 (at most 12 decimals), or empty for none.')[0];
+    if (bad) return created.replaceChildren(el('p', { class: 'error' }, bad));
     try {
-      const r = await api('keys', { method: 'POST', body: {
-        name: document.getElementById('key-name').value,
-        daily_limit_usd: document.getElementById('key-daily').value.trim() || null,
-        monthly_limit_usd: document.getElementById('key-monthly').value.trim() || null } });
+      const r = await api('keys', { method: 'POST', body });
       await keys();
       document.getElementById('key-created').replaceChildren(el('div', { class: 'notice' },
         'New key ' + r.prefix + ' (shown only now): ', el('code', { id: 'new-key' }, r.key)));

@@ -583,3 +583,24 @@ test('operator: paying customers are those with a cost, not those only refused',
   assert.deepEqual(problems, []);
   await ctx.close();
 });
+
+test('a key form the server would refuse is named on the page, nothing made, no console error', { timeout: 60000 }, async () => {
+  const n = sql(`SELECT count(*) FROM api_keys WHERE customer_id = ${custA}`);
+  const { ctx, page, problems } = await newPage();
+  await page.goto(`${GW}/dashboard/`);
+  await signInWithKey(page, keys.a1);
+  await page.click('#nav-keys');
+  await page.waitForSelector('#keys-table');
+  await page.fill('#key-name', 'bad limit');
+  await page.fill('#key-monthly', '1e3');
+  await page.click('#key-create');
+  await page.waitForSelector('#key-created .error');
+  assert.match(await text(page, '#key-created .error'), /monthly/i);
+  await page.fill('#key-monthly', '');
+  await page.fill('#key-name', 'é'.repeat(101)); // 101 characters, 202 bytes
+  await page.click('#key-create');
+  await page.waitForFunction(() => /200 bytes/.test(document.querySelector('#key-created').innerText));
+  assert.equal(sql(`SELECT count(*) FROM api_keys WHERE customer_id = ${custA}`), n);
+  assert.deepEqual(problems, []);
+  await ctx.close();
+});
