@@ -166,8 +166,11 @@ async function signIn(body) {
     document.getElementById('login').hidden = true;
     document.getElementById('api-key').value = '';
     document.getElementById('login-password').value = '';
-    const want = session.role === 'operator' ? '#/operator' : '#/overview';
-    if (location.hash !== want) location.hash = want; // hashchange routes
+    // a link to one of this role's views (a bookmarked invoice) is kept through the sign-in;
+    // anything else goes to the role's first view
+    const views = session.role === 'operator' ? OPERATOR_VIEWS : CUSTOMER_VIEWS;
+    const asked = location.hash.replace(/^#\//, '').split('/')[0];
+    if (!views.some(([k]) => k === asked)) location.hash = '#/' + views[0][0]; // hashchange routes too
     start();
   } catch (e) {
     err.textContent = e.message;

@@ -604,3 +604,18 @@ test('a key form the server would refuse is named on the page, nothing made, no 
   assert.deepEqual(problems, []);
   await ctx.close();
 });
+
+test('a link to an invoice opened signed out shows that invoice once signed in', { timeout: 60000 }, async () => {
+  const { ctx, page, problems } = await newPage();
+  await page.goto(`${GW}/dashboard/#/invoices/${month}`);
+  await page.fill('#api-key', keys.a1);
+  await page.click('#login-key button[type=submit]');
+  await page.waitForSelector('#invoice-total');
+  const total = sql(`SELECT coalesce(sum(cost_pico), 0) FROM usage WHERE customer_id = ${custA}
+    AND received_at >= '${month}-01'::timestamp AT TIME ZONE 'UTC'
+    AND received_at < ('${month}-01'::date + interval '1 month')::timestamp AT TIME ZONE 'UTC'`);
+  assert.equal(await text(page, '#invoice-total .sub'), total + ' pico-USD');
+  assert.equal(new URL(page.url()).hash, `#/invoices/${month}`);
+  assert.deepEqual(problems, []);
+  await ctx.close();
+});
