@@ -55,6 +55,13 @@ function picoUsd(p) {
   return (neg && micro > 0n ? '-' : '') + s;
 }
 
+// 100 * a / b (BigInt, b > 0) rounded half up to 2 decimals, as a string ("66.67"), as the
+// ratio chart rounds each period (before 2026-11-30 the card cut the digits off: 2/3 was 66.66).
+function percent2(a, b) {
+  const q = (a * 20000n + b) / (2n * b);
+  return (q / 100n).toString() + '.' + (q % 100n).toString().padStart(2, '0');
+}
+
 async function api(path, opts) {
   opts = opts || {};
   const headers = { 'Accept': 'application/json' };
@@ -299,7 +306,7 @@ async function usage() {
     el('div', { class: 'cards' },
       card('Cost', usd(t.cost_usd), t.cost_pico + ' pico-USD', 'usage-cost'),
       card('Requests', String(t.requests), null, 'usage-requests'),
-      card('Cache-hit ratio', hitTot + missTot > 0n ? (Number(hitTot * 10000n / (hitTot + missTot)) / 100).toFixed(2) + ' %' : '—', 'of prompt tokens', 'usage-ratio'),
+      card('Cache-hit ratio', hitTot + missTot > 0n ? percent2(hitTot, hitTot + missTot) + ' %' : '—', 'of prompt tokens', 'usage-ratio'),
       card('Refused', big(t, 'refused_402', 'refused_429').toString(), '402: ' + t.refused_402 + ', 429: ' + t.refused_429, 'usage-refused'),
       card('Errors', big(t, 'failed_5xx', 'refused_5xx').toString(), null, 'usage-errors')),
     el('div', { class: 'charts' },

@@ -619,3 +619,36 @@ test('a link to an invoice opened signed out shows that invoice once signed in',
   assert.deepEqual(problems, []);
   await ctx.close();
 });
+
+test('the cache-hit ratio is rounded to 2 decimals, as the chart rounds it', { timeout: 60000 }, async () => {
+  // One request of 2 cache-hit and 1 cache-miss tokens, written as settlement writes it (usage
+  // row, hourly and daily rollups, ledger debit: reconcile agrees): 2/3 is 66.67 %, not 66.66.
+  const R = `dash-ratio-${sfx}`;
+  ctl('customer', 'create', R, '--credit-usd', '1');
+  const key = lastLine(ctl('key', 'create', '--customer', R, '--name', 'ratio'));
+  const id = sql(`SELECT id FROM customers WHERE name = '${R}'`);
+  sql(`WITH u AS (INSERT INTO usage (request_id, customer_id, key_id, model, prompt_tokens, prompt_cache_hit_tokens,
+      prompt_cache_miss_tokens, completion_tokens, reasoning_tokens, price_input_cache_miss, price_input_cache_hit,
+      price_output, cost_pico, http_status, stream, received_at, finished_at, recorded_at)
+      VALUES (gen_random_uuid(), ${id}, NULL, '${MODEL}', 3, 2, 1, 0, 0, 270000, 70000, 1100000, 410000, 200, false,
+      now(), now(), now()) RETURNING *),
+    h AS (INSERT INTO usage_hourly (customer_id, hour, key_id, model, requests, prompt_cache_hit_tokens,
+      prompt_cache_miss_tokens, cost_pico) SELECT customer_id, date_trunc('hour', received_at, 'UTC'), 0, model, 1, 2, 1,
+      cost_pico FROM u RETURNING 1),
+    d AS (INSERT INTO usage_daily (customer_id, day, requests, prompt_cache_hit_tokens, prompt_cache_miss_tokens, cost_pico)
+      SELECT customer_id, date_trunc('day', received_at, 'UTC'), 1, 2, 1, cost_pico FROM u RETURNING 1)
+    INSERT INTO ledger (customer_id, kind, amount_pico, request_id) SELECT customer_id, 'usage', -cost_pico, request_id FROM u`);
+  assert.equal(sql(`SELECT count(*) FROM usage_hourly_mismatch WHERE customer_id = ${id}`), '0');
+  const want = sql(`SELECT round(100.0 * sum(prompt_cache_hit_tokens) / sum(prompt_cache_hit_tokens + prompt_cache_miss_tokens), 2)
+    FROM usage WHERE customer_id = ${id}`);
+  const { ctx, page, problems } = await newPage();
+  await page.goto(`${GW}/dashboard/`);
+  await signInWithKey(page, key);
+  await page.click('#nav-usage');
+  await page.waitForSelector('#usage-ratio');
+  assert.equal(await text(page, '#usage-ratio .value'), want + ' %');
+  const chart = await page.evaluate(() => window.tgCharts['chart-ratio'].data.datasets[0].data.filter(x => x !== null));
+  assert.deepEqual(chart, [Number(want)]);
+  assert.deepEqual(problems, []);
+  await ctx.close();
+});
