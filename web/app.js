@@ -294,13 +294,16 @@ async function usage() {
   const t = u.totals;
   const hitTot = BigInt(t.prompt_cache_hit_tokens), missTot = BigInt(t.prompt_cache_miss_tokens);
   const sel = (id, opts, value, onchange) => el('select', { id, onchange }, opts.map(([v, l]) => el('option', { value: v, selected: v === value }, l)));
+  // the model filtered on stays offered when the period has none of its usage (else the
+  // selector would read "all models" over numbers of that model only)
+  const models = usageState.model && !u.models.includes(usageState.model) ? [usageState.model, ...u.models] : u.models;
   const change = k => ev => { const old = usageState[k]; usageState[k] = ev.target.value; redraw(usage(), () => { usageState[k] = old; }); };
   setView(tok,
     el('h1', {}, 'Usage and cost'),
     el('div', { class: 'controls' },
       el('label', {}, 'By', sel('usage-by', [['day', 'day'], ['hour', 'hour']], usageState.by, change('by'))),
       el('label', {}, 'Key', sel('usage-key', [['', 'all keys'], ...u.keys.map(k => [String(k.id), k.prefix + (k.name ? ' ' + k.name : '')])], usageState.key, change('key'))),
-      el('label', {}, 'Model', sel('usage-model', [['', 'all models'], ...u.models.map(m => [m, m])], usageState.model, change('model'))),
+      el('label', {}, 'Model', sel('usage-model', [['', 'all models'], ...models.map(m => [m, m])], usageState.model, change('model'))),
       el('label', {}, 'From', el('input', { id: 'usage-from', type: 'date', value: usageState.from, onchange: change('from') })),
       el('label', { title: 'this day included (UTC)' }, 'To', el('input', { id: 'usage-to', type: 'date', value: usageState.to, onchange: change('to') }))),
     el('div', { class: 'cards' },

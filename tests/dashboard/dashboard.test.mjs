@@ -652,3 +652,21 @@ test('the cache-hit ratio is rounded to 2 decimals, as the chart rounds it', { t
   assert.deepEqual(problems, []);
   await ctx.close();
 });
+
+test('the usage model selector shows the model filtered on, even for a period without it', { timeout: 60000 }, async () => {
+  const { ctx, page, problems } = await newPage();
+  await page.goto(`${GW}/dashboard/`);
+  await signInWithKey(page, keys.a1);
+  await page.click('#nav-usage');
+  await page.waitForSelector('#usage-model');
+  await page.selectOption('#usage-model', MODEL);
+  await page.waitForSelector(`#usage-totals[data-filter="day||${MODEL}"]`);
+  const before = sql(`SELECT to_char(min(received_at) AT TIME ZONE 'UTC' - interval '1 day', 'YYYY-MM-DD') FROM usage WHERE customer_id = ${custA}`);
+  await page.fill('#usage-to', before); // a period before A's first request: no usage of any model
+  await page.waitForFunction(() => window.tgCharts['chart-cost'] && !document.querySelector('#usage-totals').dataset.range.endsWith('infinity'));
+  assert.equal(await page.locator('#usage-model').inputValue(), MODEL);
+  assert.equal(await page.locator('#usage-totals').getAttribute('data-filter'), `day||${MODEL}`);
+  assert.equal(await text(page, '#usage-totals td[data-col=requests]'), '0');
+  assert.deepEqual(problems, []);
+  await ctx.close();
+});
