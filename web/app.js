@@ -378,9 +378,21 @@ async function keys() {
     }
   });
   const revoke = key => async () => {
-    if (!confirm('Revoke ' + key.prefix + '? Requests with it are refused from now on.')) return;
-    try { await api('keys/' + key.id + '/revoke', { method: 'POST', body: {} }); await keys(); }
-    catch (e) { created.replaceChildren(el('p', { class: 'error' }, e.message)); }
+    // the key this session signed in with (a key session's login is its prefix): its revocation ends the session
+    const own = session && session.signed_in_with !== 'login' && session.login === key.prefix;
+    if (!confirm('Revoke ' + key.prefix + '? Requests with it are refused from now on.' +
+      (own ? ' You signed in with this key: revoking it signs you out.' : ''))) return;
+    try {
+      await api('keys/' + key.id + '/revoke', { method: 'POST', body: {} });
+      if (own) { // the session ended with the key: the sign-in form says why (no call refused with 401)
+        session = null;
+        location.hash = '';
+        showLogin();
+        document.getElementById('login-error').textContent = 'Signed out: the key you signed in with (' + key.prefix + ') is revoked.';
+        return;
+      }
+      await keys();
+    } catch (e) { created.replaceChildren(el('p', { class: 'error' }, e.message)); }
   };
   const limit = (l, h) => l === null ? 'none' : usd(l) + ' (left ' + usd(h) + ')';
   setView(tok,

@@ -670,3 +670,21 @@ test('the usage model selector shows the model filtered on, even for a period wi
   assert.deepEqual(problems, []);
   await ctx.close();
 });
+
+test('revoking the key you signed in with signs you out, saying why, with no refused call', { timeout: 60000 }, async () => {
+  const key = lastLine(ctl('key', 'create', '--customer', A, '--name', 'self-revoke'));
+  const { ctx, page, problems } = await newPage();
+  await page.goto(`${GW}/dashboard/`);
+  await signInWithKey(page, key);
+  await page.click('#nav-keys');
+  await page.waitForSelector('#keys-table');
+  let dialog = '';
+  page.once('dialog', d => { dialog = d.message(); d.accept(); });
+  await page.click(`button[data-key="${key.slice(0, 15)}"]`);
+  await page.waitForSelector('#login:not([hidden])');
+  assert.match(dialog, /You signed in with this key/);
+  assert.match(await text(page, '#login-error'), /key you signed in with .* is revoked/);
+  await waitFor('the API to refuse the revoked key', async () => (await modelsStatus(key)) === 401, 10000);
+  assert.deepEqual(problems, []);
+  await ctx.close();
+});
