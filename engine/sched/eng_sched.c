@@ -233,9 +233,8 @@ typedef struct {
     eng_ev_t *head, *tail;
 } ev_list_t;
 
-static eng_ev_t *ev_new(ev_list_t *l, eng_job_t *j) {
-    eng_ev_t *ev = calloc(1, sizeof *ev);
-    if (!ev) return NULL;
+/* ev, for job j, at the end of l */
+static eng_ev_t *ev_append(ev_list_t *l, eng_ev_t *ev, eng_job_t *j) {
     ev->job = j;
     ev->user = j->user;
     if (l->tail)
@@ -246,21 +245,19 @@ static eng_ev_t *ev_new(ev_list_t *l, eng_job_t *j) {
     return ev;
 }
 
+static eng_ev_t *ev_new(ev_list_t *l, eng_job_t *j) {
+    eng_ev_t *ev = calloc(1, sizeof *ev);
+    return ev ? ev_append(l, ev, j) : NULL;
+}
+
 /* The job's last event: counts and finish reason; the job leaves the
  * scheduler's hands here.  ev NULL: the one allocated at submit (the server
  * waits for a last event, so there must be one without allocating). */
 static void finish_job(ev_list_t *l, eng_ev_t *ev, eng_job_t *j, eng_finish_t why,
                        const char *err) {
     if (!ev) {
-        ev = j->last;
+        ev = ev_append(l, j->last, j);
         j->last = NULL;
-        ev->job = j;
-        ev->user = j->user;
-        if (l->tail)
-            l->tail->next = ev;
-        else
-            l->head = ev;
-        l->tail = ev;
     } else {
         free(j->last); /* not needed: ev is the last */
         j->last = NULL;
