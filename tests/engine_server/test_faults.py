@@ -487,7 +487,8 @@ class Bodies(unittest.TestCase):
         for s in socks:
             self.assertTrue(answer(s, WAIT).startswith(b"HTTP/1.1 413 "))
             s.close()
-        self.assertLess(peak, rss0 + 100, "the worker held the bodies (RSS %d MB before)" % rss0)
+        if not sanitized():  # a sanitizer's allocator keeps freed memory in quarantine (256 MB under ASan)
+            self.assertLess(peak, rss0 + 100, "the worker held the bodies (RSS %d MB before)" % rss0)
         socks, refused = [], 0
         for _ in range(20):
             s = connect(PORT_BIG)
@@ -504,7 +505,8 @@ class Bodies(unittest.TestCase):
                 self.assertIn(b'"code":"server_busy"', got)
                 refused += 1
         self.assertGreaterEqual(refused, 20 - 9)  # at most 9 bodies of 7 MiB in 64 MiB
-        self.assertLess(rss_mb(), rss0 + 64 + 80)  # 64 MiB held, and the heap's slack (140 MB held before)
+        if not sanitized():  # (the quarantine again; the buffered-bytes gauge above still holds there)
+            self.assertLess(rss_mb(), rss0 + 64 + 80)  # 64 MiB held, and the heap's slack (140 MB held before)
         for s in socks:
             s.close()
         st, _, b = ts.chat("hi", port=PORT_BIG, max_tokens=2)
