@@ -837,7 +837,7 @@ static int prov_cmp(const void *a, const void *b) {
 static void stream_replayed(long rows, int failed, void *arg) {
     bill_settler_t *s = arg;
     long billed = 0;
-    qsort(s->prov, s->nprov, sizeof *s->prov, prov_cmp);
+    if (s->nprov) qsort(s->prov, s->nprov, sizeof *s->prov, prov_cmp); /* (prov is NULL when none was read) */
     for (size_t i = 0; i < s->nprov;) {
         size_t j = i + 1;
         while (j < s->nprov && !strcmp(s->prov[j].it->u.request_id, s->prov[i].it->u.request_id)) j++;
