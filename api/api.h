@@ -90,6 +90,7 @@ typedef struct {
     uint8_t nb;        /* API_NB_* */
     uint8_t nscale;    /* 0..API_NUM_MAX_SCALE decimal places */
     int64_t nlo, nhi;  /* |bound| <= API_NUM_LIMIT units */
+    int64_t nmul;      /* multipleOf in the same units (an integer-only node: whole numbers); 0: none */
     /* Arrays (minItems, maxItems): elements at least, at most (-1: no limit). */
     int32_t min_items, max_items;
     /* Strings (minLength, maxLength): characters (code points) at least, at most (-1: no limit). */
@@ -102,6 +103,10 @@ enum {
     API_SF_NONE, API_SF_DATE, API_SF_TIME, API_SF_DATETIME, API_SF_UUID,
     API_SF_DATETIME_Z, /* date-time with the offset "Z" only (zod's default pattern) */
     API_SF_UUID_V,     /* uuid of versions 1-8, variant 10xx (zod's pattern) */
+    API_SF_EMAIL, API_SF_HOSTNAME, API_SF_IPV4, API_SF_IPV6, API_SF_DURATION,
+    API_SF_TIME_LOCAL,   /* hh:mm:ss with an optional fraction, no offset (zod's z.iso.time() pattern) */
+    API_SF_TIME_LOCAL_S, /* hh:mm:ss, no fraction, no offset (z.iso.time({precision: 0})) */
+    API_SF_HHMM,         /* hh:mm (z.iso.time({precision: -1})) */
 };
 typedef struct {
     uint16_t year;
@@ -144,8 +149,8 @@ static inline int api_schema_arr_bounded(const api_schema_node_t *nd) {
     return (nd->types & API_ST_ARR) && (nd->min_items > 0 || nd->max_items >= 0);
 }
 static inline int api_schema_str_bounded(const api_schema_node_t *nd) { return nd->min_chars > 0 || nd->max_chars >= 0; }
-/* Does node nd bound its numbers? */
-static inline int api_num_bounded(const api_schema_node_t *nd) { return nd->nb != 0; }
+/* Does node nd bound its numbers (a range, or multipleOf)? */
+static inline int api_num_bounded(const api_schema_node_t *nd) { return nd->nb != 0 || nd->nmul != 0; }
 /* One byte c of a number against nd's bounds (JSON's number syntax without
  * exponent; a fraction only when nd admits "number"): 0 taken (some valid
  * number still starts with what came), -1 refused (a number byte that would

@@ -768,6 +768,16 @@ static int sc_bound_kw(const char *k, size_t kl) {
 #define ZOD_DATETIME_OFFSET "^(?:(?:\\d\\d[2468][048]|\\d\\d[13579][26]|\\d\\d0[48]|[02468][048]00|[13579][26]00)-02-29|\\d{4}-(?:(?:0[13578]|1[02])-(?:0[1-9]|[12]\\d|3[01])|(?:0[469]|11)-(?:0[1-9]|[12]\\d|30)|(?:02)-(?:0[1-9]|1\\d|2[0-8])))T(?:(?:[01]\\d|2[0-3]):[0-5]\\d:[0-5]\\d(?:\\.\\d+)?(?:Z|([+-](?:[01]\\d|2[0-3]):[0-5]\\d)))$"
 #define ZOD_UUID "^([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[1-8][0-9a-fA-F]{3}-[89abAB][0-9a-fA-F]{3}-[0-9a-fA-F]{12}|00000000-0000-0000-0000-000000000000|ffffffff-ffff-ffff-ffff-ffffffffffff)$"
 
+/* zod v4 (4.6.7) beside format email, hostname, ipv4, ipv6, duration; z.iso.time() (no format) */
+#define ZOD_TIME "^(?:[01]\\d|2[0-3]):[0-5]\\d(?::[0-5]\\d(?:\\.\\d+)?)?$"
+#define ZOD_TIME_S "^(?:[01]\\d|2[0-3]):[0-5]\\d:[0-5]\\d$"
+#define ZOD_HHMM "^(?:[01]\\d|2[0-3]):[0-5]\\d$"
+#define ZOD_EMAIL "^(?:[A-Za-z0-9_'+\\-]+\\.)*[A-Za-z0-9_'+\\-]*[A-Za-z0-9_+-]@(?:[A-Za-z0-9][A-Za-z0-9\\-]*\\.)+[A-Za-z]{2,}$"
+#define ZOD_HOSTNAME "^(?=.{1,253}\\.?$)[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?(?:\\.[a-zA-Z0-9](?:[-0-9a-zA-Z]{0,61}[0-9a-zA-Z])?)*\\.?$"
+#define ZOD_IPV4 "^(?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9][0-9]|[0-9])\\.){3}(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9][0-9]|[0-9])$"
+#define ZOD_IPV6 "^(([0-9a-fA-F]{1,4}:){7}[0-9a-fA-F]{1,4}|([0-9a-fA-F]{1,4}:){1,7}:|([0-9a-fA-F]{1,4}:){1,6}:[0-9a-fA-F]{1,4}|([0-9a-fA-F]{1,4}:){1,5}(:[0-9a-fA-F]{1,4}){1,2}|([0-9a-fA-F]{1,4}:){1,4}(:[0-9a-fA-F]{1,4}){1,3}|([0-9a-fA-F]{1,4}:){1,3}(:[0-9a-fA-F]{1,4}){1,4}|([0-9a-fA-F]{1,4}:){1,2}(:[0-9a-fA-F]{1,4}){1,5}|[0-9a-fA-F]{1,4}:((:[0-9a-fA-F]{1,4}){1,6})|:((:[0-9a-fA-F]{1,4}){1,7}|:))$"
+#define ZOD_DURATION "^P(?:(\\d+W)|(?!.*W)(?=\\d|T\\d)(\\d+Y)?(\\d+M)?(\\d+D)?(T(?=\\d)(\\d+H)?(\\d+M)?(\\d+([.,]\\d+)?S)?)?)$"
+
 typedef __int128 sc_i128;
 
 /* A JSON number's source text as D * 10^X (D the significant digits, at most
@@ -829,8 +839,8 @@ static sc_i128 sc_scaled(int neg, sc_i128 D, long X, int F, int upper, int *inex
 
 /* minimum, maximum, exclusiveMinimum, exclusiveMaximum (numbers, or the
  * draft-4 booleans), minItems, maxItems, minLength, maxLength of node ni. */
-static int sc_bounds(sc_ctx_t *c, int ni, const tg_json_t *const *bnd, const char *const *fmt, const char *where,
-                     api_err_t *e) {
+static int sc_bounds(sc_ctx_t *c, int ni, const tg_json_t *const *bnd, const char *const *fmt, const tg_json_t *mul,
+                     const char *where, api_err_t *e) {
     api_schema_node_t *nd = &c->sc->nodes[ni];
     int x4[2] = {0, 0}; /* draft 4: exclusiveMinimum / exclusiveMaximum true makes minimum / maximum exclusive */
     int F = 0, neg[6];
@@ -854,6 +864,18 @@ static int sc_bounds(sc_ctx_t *c, int ni, const tg_json_t *const *bnd, const cha
             return SC_BAD("'%s' at %s has more than 36 significant digits.", SC_BOUNDS[i < 4 ? i : 0], where);
         if (-X[i] > F) F = -X[i] > API_NUM_MAX_SCALE ? API_NUM_MAX_SCALE : (int)-X[i];
     }
+    /* multipleOf: a positive number of at most API_NUM_MAX_SCALE decimal places, which the scale then covers */
+    int mneg = 0;
+    sc_i128 mD = 0;
+    long mX = 0;
+    if (mul) {
+        const char *mt = tg_json_num_text(mul, NULL);
+        if (!mt || sc_dec(mt, &mneg, &mD, &mX) || mneg || !mD)
+            return SC_BAD("'multipleOf' at %s must be a number above 0 (of at most 36 significant digits).", where);
+        if (-mX > API_NUM_MAX_SCALE)
+            return SC_BAD("'multipleOf' at %s has more than %d decimal places.", where, API_NUM_MAX_SCALE);
+        if (-mX > F) F = (int)-mX;
+    }
     int has[2] = {0, 0}, ex[2] = {0, 0};
     sc_i128 lim[2] = {0, 0};
     for (int i = 0; i < 6; i++) {
@@ -870,6 +892,24 @@ static int sc_bounds(sc_ctx_t *c, int ni, const tg_json_t *const *bnd, const cha
         if (!has[up] || (up ? v < lim[up] : v > lim[up])) lim[up] = v, ex[up] = x;
         else if (v == lim[up]) ex[up] |= x;
         has[up] = 1;
+    }
+    sc_i128 mu = 0; /* multipleOf in units of 10^-F (beyond the limit: only 0 is a multiple in range) */
+    if (mul) {
+        int inexact;
+        mu = sc_scaled(0, mD, mX, F, 0, &inexact);
+        if (mu > API_NUM_LIMIT) mu = API_NUM_LIMIT + 1;
+        if (!(nd->types & API_ST_NUM)) { /* integers: the whole numbers that are multiples, lcm(10^F, mu) / 10^F */
+            sc_i128 S = 1, a = mu, b;
+            for (int i = 0; i < F; i++) S *= 10;
+            for (b = S; b;) {
+                sc_i128 t = a % b;
+                a = b, b = t;
+            }
+            mu = mu / a; /* lcm / S = mu / gcd(S, mu) */
+            if (mu > API_NUM_LIMIT) mu = API_NUM_LIMIT + 1;
+            if (mu == 1) mu = 0; /* every integer */
+            if (!has[0] && !has[1]) F = 0;
+        }
     }
     if (!(nd->types & API_ST_NUM) && (has[0] || has[1])) { /* integers only: inclusive integer bounds */
         sc_i128 S = 1;
@@ -890,6 +930,13 @@ static int sc_bounds(sc_ctx_t *c, int ni, const tg_json_t *const *bnd, const cha
     nd->nb = (uint8_t)((has[0] ? API_NB_LO : 0) | (has[1] ? API_NB_HI : 0) | (ex[0] ? API_NB_LO_EX : 0) |
                        (ex[1] ? API_NB_HI_EX : 0));
     nd->nlo = (int64_t)lim[0], nd->nhi = (int64_t)lim[1];
+    nd->nmul = (int64_t)mu;
+    if (mu && (nd->types & (API_ST_INT | API_ST_NUM))) { /* some multiple within the bounds (0 is one of every) */
+        api_num_t start = {0};
+        if (api_num_cost(nd, &start) >= API_NUM_NEVER)
+            return SC_BAD("no %s at %s is a multiple of its 'multipleOf' within its bounds.",
+                          nd->types & API_ST_NUM ? "number" : "integer", where);
+    }
     /* counts: minItems, maxItems, minLength, maxLength */
     for (int i = SC_MIN_ITEMS; i <= SC_MAX_LEN; i++) {
         if (!bnd[i]) continue;
@@ -1011,7 +1058,7 @@ static int sc_any(sc_ctx_t *c, int ni, const tg_json_t *any, int depth, char *pa
         for (size_t i = 0; i < nb; i++) { /* each branch's bounds: its type's, now this node's */
             const api_schema_node_t *b = &sc->nodes[br[i]];
             if (b->types & (API_ST_INT | API_ST_NUM))
-                nd->nb = b->nb, nd->nscale = b->nscale, nd->nlo = b->nlo, nd->nhi = b->nhi;
+                nd->nb = b->nb, nd->nscale = b->nscale, nd->nlo = b->nlo, nd->nhi = b->nhi, nd->nmul = b->nmul;
             if (b->types & API_ST_ARR) nd->min_items = b->min_items, nd->max_items = b->max_items;
             if (b->types & API_ST_STR) nd->min_chars = b->min_chars, nd->max_chars = b->max_chars, nd->sfmt = b->sfmt;
         }
@@ -1153,6 +1200,7 @@ static int sc_node(sc_ctx_t *c, const tg_json_t *v, int parent, int pidx, int de
     nd->max_items = nd->max_chars = -1;
     const tg_json_t *type = NULL, *props = NULL, *req = NULL, *items = NULL, *en = NULL, *cn = NULL, *any = NULL;
     const tg_json_t *bnd[SC_N_BOUNDS] = {0}, *fmt = NULL, *pat = NULL; /* minimum, ..., maxLength (SC_BOUNDS) */
+    const tg_json_t *mul = NULL;
     int addl = -1; /* additionalProperties: -1 absent, 0 false, 1 true (a schema is refused) */
     TG_JSON_FOREACH(m, v) {
         size_t kl;
@@ -1168,6 +1216,15 @@ static int sc_node(sc_ctx_t *c, const tg_json_t *v, int parent, int pidx, int de
         else if (sc_bound_kw(k, kl) >= 0) bnd[sc_bound_kw(k, kl)] = m;
         else if (KW("format")) fmt = m; /* a number's range (below), else refused */
         else if (KW("pattern")) pat = m; /* one of zod's for a format (below), else refused */
+        else if (KW("multipleOf")) mul = m; /* numbers: enforced with the bounds (api_num.c) */
+        else if (KW("uniqueItems")) {
+            int u;
+            if (tg_json_bool(m, &u)) sc_bad(c, "uniqueItems", 11, path);
+            else if (u) /* a grammar keeps no set of the elements written (nor does OpenAI's strict mode) */
+                return SC_BAD("Unsupported 'uniqueItems' at %s: decoding cannot keep an array's elements distinct "
+                              "(OpenAI's structured outputs do not support it either); drop it and check for "
+                              "duplicates after parsing.", where);
+        }
         else if (KW("additionalProperties")) {
             if (tg_json_bool(m, &addl)) sc_bad(c, "additionalProperties (a schema)", 31, path);
         } else if (!sc_is_annot(k, kl)) {
@@ -1181,6 +1238,9 @@ static int sc_node(sc_ctx_t *c, const tg_json_t *v, int parent, int pidx, int de
         if (bnd[i] && (any || en || cn))
             return SC_BAD("Unsupported '%s' at %s beside '%s'.", SC_BOUNDS[i], where,
                           any ? "anyOf' or 'oneOf" : en ? "enum" : "const");
+    if (mul && (any || en || cn))
+        return SC_BAD("Unsupported 'multipleOf' at %s beside '%s'.", where,
+                      any ? "anyOf' or 'oneOf" : en ? "enum" : "const");
     if (any && fmt) sc_bad(c, "format", 6, path);
     if (any && pat) sc_bad(c, "pattern", 7, path);
     if (any) {
@@ -1246,15 +1306,28 @@ static int sc_node(sc_ctx_t *c, const tg_json_t *v, int parent, int pidx, int de
     };
     static const struct { const char *name; int kind; } STRFMT[] = {
         {"date", API_SF_DATE}, {"time", API_SF_TIME}, {"date-time", API_SF_DATETIME}, {"uuid", API_SF_UUID},
+        {"email", API_SF_EMAIL}, {"hostname", API_SF_HOSTNAME}, {"ipv4", API_SF_IPV4}, {"ipv6", API_SF_IPV6},
+        {"duration", API_SF_DURATION},
     };
     /* zod v4 writes these formats with a pattern beside them (z.iso.date(), z.iso.datetime() and its
-     * {offset: true}, z.uuid()): byte for byte one of these, the pattern is kept by writing the part of
-     * the format it allows (date-time only with "Z"; uuids of versions 1-8, variant 10xx) */
+     * {offset: true}, z.uuid(), z.email(), ...): byte for byte one of these, the pattern is kept by writing
+     * the part of the format it allows (date-time only with "Z"; uuids of versions 1-8, variant 10xx; the
+     * subsets api_fmt.c writes of the others match zod's patterns as they are).  z.iso.time() writes a
+     * pattern and no format: a time of day without offset (RFC 3339's "time" format needs one, so the
+     * pattern alone is followed: hh:mm:ss with an optional fraction, or what its precision asks) */
     static const struct { int kind, refined; const char *pattern; } ZODPAT[] = {
         {API_SF_DATE, API_SF_DATE, ZOD_DATE},
         {API_SF_DATETIME, API_SF_DATETIME_Z, ZOD_DATETIME},
         {API_SF_DATETIME, API_SF_DATETIME, ZOD_DATETIME_OFFSET},
         {API_SF_UUID, API_SF_UUID_V, ZOD_UUID},
+        {API_SF_EMAIL, API_SF_EMAIL, ZOD_EMAIL},
+        {API_SF_HOSTNAME, API_SF_HOSTNAME, ZOD_HOSTNAME},
+        {API_SF_IPV4, API_SF_IPV4, ZOD_IPV4},
+        {API_SF_IPV6, API_SF_IPV6, ZOD_IPV6},
+        {API_SF_DURATION, API_SF_DURATION, ZOD_DURATION},
+        {API_SF_NONE, API_SF_TIME_LOCAL, ZOD_TIME},
+        {API_SF_NONE, API_SF_TIME_LOCAL_S, ZOD_TIME_S},
+        {API_SF_NONE, API_SF_HHMM, ZOD_HHMM},
     };
     const char *fmt_range[2] = {NULL, NULL};
     if (fmt) {
@@ -1274,13 +1347,15 @@ static int sc_node(sc_ctx_t *c, const tg_json_t *v, int parent, int pidx, int de
     if (pat) {
         int kept = 0;
         for (size_t i = 0; i < sizeof ZODPAT / sizeof *ZODPAT; i++)
-            if (sc->nodes[ni].sfmt == ZODPAT[i].kind && str_is(pat, ZODPAT[i].pattern)) {
+            if (sc->nodes[ni].sfmt == ZODPAT[i].kind && (types & API_ST_STR) && str_is(pat, ZODPAT[i].pattern)) {
+                if (!fmt && (bnd[SC_MIN_LEN] || bnd[SC_MAX_LEN]))
+                    return SC_BAD("Unsupported 'pattern' at %s beside 'minLength' or 'maxLength'.", where);
                 sc->nodes[ni].sfmt = (uint8_t)ZODPAT[i].refined, kept = 1;
                 break;
             }
         if (!kept) sc_bad(c, "pattern", 7, path); /* a regular expression the grammar does not run */
     }
-    if (sc_bounds(c, ni, bnd, fmt ? fmt_range : NULL, where, e)) return -1;
+    if (sc_bounds(c, ni, bnd, fmt ? fmt_range : NULL, mul, where, e)) return -1;
     if ((props || req) && !(types & API_ST_OBJ))
         return SC_BAD("'properties' at %s without type 'object'.", where);
     if (items && !(types & API_ST_ARR))
@@ -1380,7 +1455,8 @@ int api_schema_compile_as(api_schema_t *sc, const tg_json_t *schema, const char 
         BAD(param, "unsupported_parameter",
             "Unsupported %s in '%s': %s (first at %s). Supported: type, properties, required, items, enum, "
             "const, anyOf/oneOf (of different types), $ref to $defs, additionalProperties (a boolean), minimum, "
-            "maximum, exclusiveMinimum, exclusiveMaximum, minItems, maxItems, minLength, maxLength, and the "
+            "maximum, exclusiveMinimum, exclusiveMaximum, multipleOf, minItems, maxItems, minLength, maxLength, "
+            "format (date, time, date-time, duration, email, hostname, ipv4, ipv6, uuid), and the "
             "annotations title, description, default, examples, $schema, $id, $comment.",
             c.n_bad > 1 ? "keywords" : "keyword", param, c.bad, c.bad_at);
         goto fail;

@@ -13,7 +13,14 @@
  * Invariant (the grammar's, kept here): a step is taken only when some valid
  * number still starts with the bytes so far, so a prefix never dead-ends.
  * Numbers are written without exponent when bounded (a subset of JSON's
- * numbers, every one of them valid). */
+ * numbers, every one of them valid).
+ *
+ * multipleOf (nmul units, the scale chosen so that it is a whole number of
+ * them): a value is then a multiple of nmul units, so it has no digit beyond
+ * the scale, and where the bounds ask "is there a value of this digit shape in
+ * range" (multiples of some power of ten u in an interval) the question is
+ * asked of the multiples of lcm(u, nmul) instead; magnitudes stop at
+ * API_NUM_LIMIT (no multiple is tracked beyond). */
 #include "api.h"
 
 typedef __int128 i128;
@@ -73,6 +80,21 @@ static int open_meets(const mag_t *B, i128 a, i128 b) {
     return L <= U;
 }
 
+static i128 gcd_(i128 a, i128 b) {
+    while (b) {
+        i128 t = a % b;
+        a = b, b = t;
+    }
+    return a;
+}
+
+/* The step of the values that are multiples of u (units) and of the node's multipleOf. */
+static i128 step_of(i128 mul, i128 u) {
+    if (!mul || u >= NUM_INF) return u;
+    i128 l = u / gcd_(u, mul);
+    return l > NUM_INF / mul ? NUM_INF : l * mul;
+}
+
 static i128 pow10_(int k) {
     i128 x = 1;
     while (k-- > 0)
@@ -85,21 +107,23 @@ static i128 pow10_(int k) {
  * API_NUM_NEVER.  With e more digits (e <= left) the values are the
  * multiples of 10^(left - e) there; one digit beyond the scale reaches
  * inside a unit. */
-static int frac_more(const mag_t *B, i128 a, i128 W, int left) {
+static int frac_more(const mag_t *B, i128 mul, i128 a, i128 W, int left) {
     i128 span = W * pow10_(left);
     for (int e = 1; e <= left; e++) {
         i128 u = pow10_(left - e);
-        if (mult_meets(B, a, a + span - u, u)) return e;
+        if (mult_meets(B, a, a + span - u, step_of(mul, u))) return e;
     }
-    return open_meets(B, a, a + span - 1) ? left + 1 : API_NUM_NEVER;
+    return !mul && open_meets(B, a, a + span - 1) ? left + 1 : API_NUM_NEVER; /* a multiple has no digit beyond */
 }
 
 static int min_(int a, int b) { return a < b ? a : b; }
 
 int api_num_cost(const api_schema_node_t *nd, const api_num_t *s) {
     int F = nd->nscale, frac = !!(nd->types & API_ST_NUM);
-    i128 S = pow10_(F);
+    i128 S = pow10_(F), mul = nd->nmul;
     mag_t B = mag_bounds(nd, s->neg);
+    if (mul && (!B.has_hi || B.hi > API_NUM_LIMIT)) /* api_num_step follows multiples up to the limit only */
+        B.has_hi = 1, B.hi = API_NUM_LIMIT, B.hi_ex = 0;
     switch (s->phase) {
     case API_NUM_START:
     case API_NUM_MINUS: {
@@ -127,23 +151,25 @@ int api_num_cost(const api_schema_node_t *nd, const api_num_t *s) {
             if (A >= NUM_INF / S) break;
             A *= S;
             if (B.has_hi && A > B.hi) break; /* more digits only go further */
-            if (mult_meets(&B, A, A + W * S - S, S)) best = min_(best, k); /* ends as an integer */
-            if (frac) best = min_(best, k + 1 + frac_more(&B, A, W, F)); /* '.' and a fraction */
+            if (mult_meets(&B, A, A + W * S - S, step_of(mul, S))) best = min_(best, k); /* ends as an integer */
+            if (frac) best = min_(best, k + 1 + frac_more(&B, mul, A, W, F)); /* '.' and a fraction */
         }
         return best;
     }
     case API_NUM_DOT:
         if (s->big) return B.has_hi ? API_NUM_NEVER : 1;
-        return frac_more(&B, (i128)s->m, 1, F);
-    case API_NUM_FRAC:
+        return frac_more(&B, mul, (i128)s->m, 1, F);
+    case API_NUM_FRAC: {
         if (s->big) return B.has_hi ? API_NUM_NEVER : 0;
+        int whole = !mul || (i128)s->m % mul == 0; /* the value so far is a multiple */
         if (s->fd <= F) {
-            if (meets(&B, s->m, 0, s->m, 0)) return 0;
-            return frac_more(&B, (i128)s->m, 1, F - s->fd);
+            if (whole && meets(&B, s->m, 0, s->m, 0)) return 0;
+            return frac_more(&B, mul, (i128)s->m, 1, F - s->fd);
         }
-        if (s->tail) return meets(&B, s->m, 1, (i128)s->m + 1, 1) ? 0 : API_NUM_NEVER;
-        if (meets(&B, s->m, 0, s->m, 0)) return 0;
-        return meets(&B, s->m, 1, (i128)s->m + 1, 1) ? 1 : API_NUM_NEVER;
+        if (s->tail) return !mul && meets(&B, s->m, 1, (i128)s->m + 1, 1) ? 0 : API_NUM_NEVER;
+        if (whole && meets(&B, s->m, 0, s->m, 0)) return 0;
+        return !mul && meets(&B, s->m, 1, (i128)s->m + 1, 1) ? 1 : API_NUM_NEVER;
+    }
     }
     return API_NUM_NEVER;
 }
@@ -166,7 +192,10 @@ int api_num_step(const api_schema_node_t *nd, api_num_t *s, unsigned c) {
         case API_NUM_ZERO: return -1; /* no leading zeros */
         case API_NUM_INT: {
             i128 v = (i128)t.m * 10 + d * S;
-            if (t.big || v > API_NUM_LIMIT) t.big = 1;
+            if (t.big || v > API_NUM_LIMIT) {
+                if (nd->nmul) return -1; /* no multiple is followed beyond the limit */
+                t.big = 1;
+            }
             else t.m = (uint64_t)v;
             break;
         }

@@ -32,6 +32,8 @@ import threading
 import time
 import unittest
 import uuid
+import decimal
+import ipaddress
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 sys.path.insert(0, os.path.join(ROOT, "tests", "lib"))
@@ -931,8 +933,9 @@ class Server(unittest.TestCase):
                     datetime.datetime.fromisoformat(v["until"].replace("Z", "+00:00"))
         # what the grammar cannot enforce is still named in a 400, and an empty range too
         for sc, says in (({"type": "string", "pattern": "^a"}, "'pattern'"),
-                         ({"type": "string", "format": "email"}, "'format'"),
-                         ({"type": "integer", "multipleOf": 5}, "'multipleOf'"),
+                         ({"type": "string", "format": "uri"}, "'format'"),
+                         ({"type": "array", "uniqueItems": True}, "'uniqueItems'"),
+                         ({"type": "integer", "multipleOf": 10, "minimum": 1, "maximum": 9}, "'multipleOf'"),
                          ({"type": "integer", "minimum": 5, "exclusiveMaximum": 5}, "no integer")):
             bad = {"type": "object", "properties": {"x": sc}, "required": ["x"], "additionalProperties": False}
             st, _, b = chat("x", max_tokens=4, response_format={"type": "json_schema", "json_schema": {
@@ -941,6 +944,43 @@ class Server(unittest.TestCase):
             self.assertEqual((st, err["param"]), (400, "response_format.json_schema.schema"), b)
             self.assertIn(says, err["message"])
             self.assertIn("properties.x", err["message"])
+
+    def test_json_schema_formats_and_multiples(self):
+        # email, hostname, ipv4, ipv6, duration (Pydantic's EmailStr, IPv4Address, IPv6Address,
+        # timedelta), zod's z.iso.time() pattern, multipleOf: every answer reads back valid, by
+        # Python's own parsers where it has them
+        lbl = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+        sc = {"type": "object", "additionalProperties": False,
+              "required": ["mail", "host", "v4", "v6", "took", "at", "price", "step"],
+              "properties": {"mail": {"type": "string", "format": "email"},
+                             "host": {"type": "string", "format": "hostname"},
+                             "v4": {"type": "string", "format": "ipv4"},
+                             "v6": {"type": "string", "format": "ipv6"},
+                             "took": {"type": "string", "format": "duration"},
+                             "at": {"type": "string",
+                                    "pattern": r"^(?:[01]\d|2[0-3]):[0-5]\d(?::[0-5]\d(?:\.\d+)?)?$"},
+                             "price": {"type": "number", "multipleOf": 0.05, "minimum": 0, "maximum": 100},
+                             "step": {"type": "integer", "multipleOf": 15}}}
+        dur = (r"^P(?:(?:\d+Y(?:\d+M(?:\d+D)?)?|\d+M(?:\d+D)?|\d+D)(?:T(?:\d+H(?:\d+M(?:\d+S)?)?|\d+M(?:\d+S)?|\d+S))?"
+               r"|T(?:\d+H(?:\d+M(?:\d+S)?)?|\d+M(?:\d+S)?|\d+S)|\d+W)$")
+        for seed in range(3):
+            st, _, b = chat("Who and where", max_tokens=[140, 200, 320][seed], temperature=1.2, seed=seed, n=2,
+                            response_format={"type": "json_schema", "json_schema": {"name": "f", "schema": sc}})
+            self.assertEqual(st, 200, b)
+            for c in json.loads(b)["choices"]:
+                t = c["message"]["content"]
+                v = json.loads(t, parse_float=decimal.Decimal)
+                local, _, domain = v["mail"].partition("@")
+                self.assertRegex(local, r"^[a-z0-9]+([._+-][a-z0-9]+)*$", t)
+                self.assertRegex(domain, r"^(" + lbl + r"\.)+[a-z]{2,63}$", t)
+                self.assertLessEqual(len(v["mail"]), 254)
+                self.assertRegex(v["host"], r"^" + lbl + r"(\." + lbl + r")*$", t)
+                self.assertEqual(str(ipaddress.IPv4Address(v["v4"])), v["v4"])
+                ipaddress.IPv6Address(v["v6"])
+                self.assertRegex(v["took"], dur, t)
+                self.assertRegex(v["at"], r"^([01]\d|2[0-3]):[0-5]\d(:[0-5]\d(\.\d+)?)?$", t)
+                self.assertTrue(0 <= v["price"] <= 100 and v["price"] % decimal.Decimal("0.05") == 0, t)
+                self.assertTrue(isinstance(v["step"], int) and v["step"] % 15 == 0, t)
 
     # ---- strict function tools: the arguments follow the chosen function's parameters ----
 

@@ -210,9 +210,9 @@ test('json_schema: unsupported keywords are a BadRequestError naming them', asyn
   await assert.rejects(client.chat.completions.create({
     model, messages, max_tokens: 4,
     response_format: { type: 'json_schema', json_schema: { name: 'x', schema: {
-      type: 'object', properties: { age: { type: 'integer', multipleOf: 2 }, s: { type: 'string', pattern: 'a+' } } } } },
+      type: 'object', properties: { age: { type: 'integer', contains: 2 }, s: { type: 'string', pattern: 'a+' } } } } },
   }), (e) => e instanceof OpenAI.BadRequestError && e.status === 400 &&
-    e.param === 'response_format.json_schema.schema' && e.message.includes("'multipleOf', 'pattern'") &&
+    e.param === 'response_format.json_schema.schema' && e.message.includes("'contains', 'pattern'") &&
     e.message.includes('properties.age'));
 });
 
@@ -259,6 +259,25 @@ test('json_schema: zod v4 dates, date-times and uuids (format and pattern, as zo
       assert.match(v[k], new RegExp(schema.properties[k].pattern), `${k}: ${r.choices[0].message.content}`);
     }
     assert.ok(!Number.isNaN(Date.parse(v.at)));
+  }
+});
+
+test('json_schema: zod v4 times, emails, hostnames, ips, durations, multipleOf (as zodResponseFormat sends them)', async () => {
+  // z.object({ at: z.iso.time(), mail: z.email(), host: z.hostname(), ip: z.ipv4(), ip6: z.ipv6(),
+  //   took: z.iso.duration(), qty: z.number().multipleOf(0.5) }), z.toJSONSchema with zod 4.6.7, verbatim:
+  // every answer matches zod's own patterns (z.iso.time() sends a pattern and no format: a time of day
+  // without offset)
+  const schema = JSON.parse(String.raw`{"$schema":"http://json-schema.org/draft-07/schema#","type":"object","properties":{"at":{"type":"string","pattern":"^(?:[01]\\d|2[0-3]):[0-5]\\d(?::[0-5]\\d(?:\\.\\d+)?)?$"},"mail":{"type":"string","format":"email","pattern":"^(?:[A-Za-z0-9_'+\\-]+\\.)*[A-Za-z0-9_'+\\-]*[A-Za-z0-9_+-]@(?:[A-Za-z0-9][A-Za-z0-9\\-]*\\.)+[A-Za-z]{2,}$"},"host":{"type":"string","format":"hostname","pattern":"^(?=.{1,253}\\.?$)[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?(?:\\.[a-zA-Z0-9](?:[-0-9a-zA-Z]{0,61}[0-9a-zA-Z])?)*\\.?$"},"ip":{"type":"string","format":"ipv4","pattern":"^(?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9][0-9]|[0-9])\\.){3}(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9][0-9]|[0-9])$"},"ip6":{"type":"string","format":"ipv6","pattern":"^(([0-9a-fA-F]{1,4}:){7}[0-9a-fA-F]{1,4}|([0-9a-fA-F]{1,4}:){1,7}:|([0-9a-fA-F]{1,4}:){1,6}:[0-9a-fA-F]{1,4}|([0-9a-fA-F]{1,4}:){1,5}(:[0-9a-fA-F]{1,4}){1,2}|([0-9a-fA-F]{1,4}:){1,4}(:[0-9a-fA-F]{1,4}){1,3}|([0-9a-fA-F]{1,4}:){1,3}(:[0-9a-fA-F]{1,4}){1,4}|([0-9a-fA-F]{1,4}:){1,2}(:[0-9a-fA-F]{1,4}){1,5}|[0-9a-fA-F]{1,4}:((:[0-9a-fA-F]{1,4}){1,6})|:((:[0-9a-fA-F]{1,4}){1,7}|:))$"},"took":{"type":"string","format":"duration","pattern":"^P(?:(\\d+W)|(?!.*W)(?=\\d|T\\d)(\\d+Y)?(\\d+M)?(\\d+D)?(T(?=\\d)(\\d+H)?(\\d+M)?(\\d+([.,]\\d+)?S)?)?)$"},"qty":{"type":"number","multipleOf":0.5}},"required":["at","mail","host","ip","ip6","took","qty"],"additionalProperties":false}`);
+  for (const seed of [1, 2, 3]) {
+    const r = await client.chat.completions.create({
+      model, messages: [{ role: 'user', content: 'Where and when' }], max_tokens: 200, temperature: 1.2, seed,
+      response_format: { type: 'json_schema', json_schema: { name: 'x', strict: true, schema } },
+    });
+    const t = r.choices[0].message.content, v = JSON.parse(t);
+    for (const k of ['at', 'mail', 'host', 'ip', 'ip6', 'took']) {
+      assert.match(v[k], new RegExp(schema.properties[k].pattern), `${k}: ${t}`);
+    }
+    assert.ok(Number.isFinite(v.qty) && Number.isInteger(v.qty * 2), t);
   }
 });
 

@@ -12,6 +12,8 @@
 
 #include "tg_test.h"
 
+#include <arpa/inet.h>
+#include <math.h>
 #include <time.h>
 
 #define PCRE2_CODE_UNIT_WIDTH 8
@@ -416,14 +418,14 @@ static void test_json_schema(void) {
     CHECK(r.schema.props[0].len == 3 && !memcmp(r.schema.arena + r.schema.props[0].off, "\"a\"", 3));
     api_chat_req_free(&r);
     /* unsupported keywords: a 400 naming every one (and where the first is) */
-    CHECK_EQ_I(parse(RF("{\"type\":\"object\",\"properties\":{\"age\":{\"type\":\"integer\",\"multipleOf\":2},"
-                        "\"s\":{\"type\":\"string\",\"pattern\":\"x\",\"multipleOf\":1}}}"), &r, &e), -1);
+    CHECK_EQ_I(parse(RF("{\"type\":\"object\",\"properties\":{\"age\":{\"type\":\"integer\",\"contains\":2},"
+                        "\"s\":{\"type\":\"string\",\"pattern\":\"x\",\"contains\":1}}}"), &r, &e), -1);
     CHECK_EQ_I(e.status, 400);
     CHECK_EQ_S(e.param, "response_format.json_schema.schema");
     CHECK_EQ_S(e.code, "unsupported_parameter");
-    CHECK(strstr(e.message, "'multipleOf', 'pattern'") && strstr(e.message, "properties.age"));
-    if (!strstr(e.message, "'multipleOf', 'pattern'")) fprintf(stderr, "  %s\n", e.message);
-    static const char *unsupported[] = {"allOf", "format", "pattern", "multipleOf", "patternProperties", "not",
+    CHECK(strstr(e.message, "'contains', 'pattern'") && strstr(e.message, "properties.age"));
+    if (!strstr(e.message, "'contains', 'pattern'")) fprintf(stderr, "  %s\n", e.message);
+    static const char *unsupported[] = {"allOf", "format", "pattern", "patternProperties", "not",
                                         "uniqueItems", "if", "dependentRequired", "minProperties", "contains"};
     for (size_t i = 0; i < sizeof unsupported / sizeof *unsupported; i++) {
         char b[512], want[64];
@@ -640,6 +642,7 @@ typedef struct {
     const char *schema;
     int frac, has_lo, has_hi, lo_ex, hi_ex;
     long double lo, hi;
+    long double mul; /* multipleOf (0: none), checked in billionths */
 } num_case_t;
 
 static int num_oracle(const num_case_t *k, const char *t) {
@@ -655,6 +658,8 @@ static int num_oracle(const num_case_t *k, const char *t) {
     long double v = strtold(t, NULL);
     if (k->has_lo && (k->lo_ex ? !(v > k->lo) : !(v >= k->lo))) return 0;
     if (k->has_hi && (k->hi_ex ? !(v < k->hi) : !(v <= k->hi))) return 0;
+    if (k->mul > 0 && (fabsl(v * 1e9L - roundl(v * 1e9L)) > 1e-3L || llroundl(v * 1e9L) % llroundl(k->mul * 1e9L)))
+        return 0;
     return 1;
 }
 
@@ -704,24 +709,32 @@ static long num_walk(const api_schema_node_t *nd, const num_case_t *k, char *buf
 
 static void test_num_bounds(void) {
     static const num_case_t K[] = {
-        {"{\"type\":\"integer\",\"minimum\":0,\"maximum\":100}", 0, 1, 1, 0, 0, 0, 100},
-        {"{\"type\":\"integer\",\"exclusiveMinimum\":0}", 0, 1, 0, 1, 0, 0, 0},
-        {"{\"type\":\"integer\",\"minimum\":-5,\"maximum\":-2}", 0, 1, 1, 0, 0, -5, -2},
-        {"{\"type\":\"integer\",\"minimum\":10}", 0, 1, 0, 0, 0, 10, 0},
+        {"{\"type\":\"integer\",\"minimum\":0,\"maximum\":100}", 0, 1, 1, 0, 0, 0, 100, 0},
+        {"{\"type\":\"integer\",\"exclusiveMinimum\":0}", 0, 1, 0, 1, 0, 0, 0, 0},
+        {"{\"type\":\"integer\",\"minimum\":-5,\"maximum\":-2}", 0, 1, 1, 0, 0, -5, -2, 0},
+        {"{\"type\":\"integer\",\"minimum\":10}", 0, 1, 0, 0, 0, 10, 0, 0},
         {"{\"type\":\"integer\",\"minimum\":-9007199254740991,\"maximum\":9007199254740991}", 0, 1, 1, 0, 0,
-         -9007199254740991.0L, 9007199254740991.0L},
-        {"{\"type\":\"integer\",\"minimum\":3.5,\"maximum\":7.2}", 0, 1, 1, 0, 0, 3.5L, 7.2L},
-        {"{\"type\":\"integer\",\"exclusiveMaximum\":0,\"minimum\":-1e2}", 0, 1, 1, 0, 1, -100, 0},
-        {"{\"type\":\"number\",\"minimum\":0,\"maximum\":1}", 1, 1, 1, 0, 0, 0, 1},
-        {"{\"type\":\"number\",\"exclusiveMinimum\":0,\"exclusiveMaximum\":1}", 1, 1, 1, 1, 1, 0, 1},
-        {"{\"type\":\"number\",\"minimum\":-1.5,\"maximum\":2.25}", 1, 1, 1, 0, 0, -1.5L, 2.25L},
-        {"{\"type\":\"number\",\"exclusiveMinimum\":0.5}", 1, 1, 0, 1, 0, 0.5L, 0},
-        {"{\"type\":\"number\",\"minimum\":1.25,\"maximum\":1.25}", 1, 1, 1, 0, 0, 1.25L, 1.25L},
-        {"{\"type\":\"number\",\"exclusiveMaximum\":0}", 1, 0, 1, 0, 1, 0, 0},
-        {"{\"type\":\"number\",\"minimum\":120,\"maximum\":125.5}", 1, 1, 1, 0, 0, 120, 125.5L},
-        {"{\"type\":[\"number\",\"null\"],\"minimum\":-0.05,\"exclusiveMaximum\":0.1}", 1, 1, 1, 0, 1, -0.05L, 0.1L},
+         -9007199254740991.0L, 9007199254740991.0L, 0},
+        {"{\"type\":\"integer\",\"minimum\":3.5,\"maximum\":7.2}", 0, 1, 1, 0, 0, 3.5L, 7.2L, 0},
+        {"{\"type\":\"integer\",\"exclusiveMaximum\":0,\"minimum\":-1e2}", 0, 1, 1, 0, 1, -100, 0, 0},
+        {"{\"type\":\"number\",\"minimum\":0,\"maximum\":1}", 1, 1, 1, 0, 0, 0, 1, 0},
+        {"{\"type\":\"number\",\"exclusiveMinimum\":0,\"exclusiveMaximum\":1}", 1, 1, 1, 1, 1, 0, 1, 0},
+        {"{\"type\":\"number\",\"minimum\":-1.5,\"maximum\":2.25}", 1, 1, 1, 0, 0, -1.5L, 2.25L, 0},
+        {"{\"type\":\"number\",\"exclusiveMinimum\":0.5}", 1, 1, 0, 1, 0, 0.5L, 0, 0},
+        {"{\"type\":\"number\",\"minimum\":1.25,\"maximum\":1.25}", 1, 1, 1, 0, 0, 1.25L, 1.25L, 0},
+        {"{\"type\":\"number\",\"exclusiveMaximum\":0}", 1, 0, 1, 0, 1, 0, 0, 0},
+        {"{\"type\":\"number\",\"minimum\":120,\"maximum\":125.5}", 1, 1, 1, 0, 0, 120, 125.5L, 0},
+        {"{\"type\":[\"number\",\"null\"],\"minimum\":-0.05,\"exclusiveMaximum\":0.1}", 1, 1, 1, 0, 1, -0.05L, 0.1L, 0},
         {"{\"type\":\"number\",\"maximum\":1,\"exclusiveMaximum\":true,\"minimum\":0.999}", 1, 1, 1, 0, 1,
-         0.999L, 1},
+         0.999L, 1, 0},
+        /* multipleOf, alone and with bounds (zod's .multipleOf(), .step()) */
+        {"{\"type\":\"number\",\"multipleOf\":0.5}", 1, 0, 0, 0, 0, 0, 0, 0.5L},
+        {"{\"type\":\"number\",\"multipleOf\":0.25,\"minimum\":0.3,\"maximum\":2}", 1, 1, 1, 0, 0, 0.3L, 2, 0.25L},
+        {"{\"type\":\"number\",\"multipleOf\":7,\"exclusiveMinimum\":0}", 1, 1, 0, 1, 0, 0, 0, 7},
+        {"{\"type\":\"number\",\"multipleOf\":0.01,\"minimum\":-1,\"maximum\":1}", 1, 1, 1, 0, 0, -1, 1, 0.01L},
+        {"{\"type\":\"integer\",\"multipleOf\":3,\"minimum\":-10,\"maximum\":50}", 0, 1, 1, 0, 0, -10, 50, 3},
+        {"{\"type\":\"integer\",\"multipleOf\":2.5}", 0, 0, 0, 0, 0, 0, 0, 5},
+        {"{\"type\":\"integer\",\"multipleOf\":12,\"exclusiveMaximum\":-20}", 0, 0, 1, 0, 1, 0, -20, 12},
     };
     for (size_t i = 0; i < sizeof K / sizeof *K; i++) {
         api_schema_t sc;
@@ -743,6 +756,28 @@ static void test_num_bounds(void) {
     /* compiled: inward rounding, the tighter bound, integers made inclusive */
     api_schema_t sc;
     api_err_t e;
+    /* multipleOf: in the bounds' units; an integer node's the whole multiples; refused when no multiple fits */
+    CHECK_EQ_I(compile_v("{\"type\":\"number\",\"multipleOf\":0.05,\"maximum\":3.5}", &sc, &e), 0);
+    CHECK(sc.nodes[1].nscale == 2 && sc.nodes[1].nmul == 5 && sc.nodes[1].nhi == 350);
+    api_schema_free(&sc);
+    CHECK_EQ_I(compile_v("{\"type\":\"integer\",\"multipleOf\":0.5}", &sc, &e), 0);
+    CHECK(sc.nodes[1].nscale == 0 && sc.nodes[1].nmul == 0); /* every integer */
+    api_schema_free(&sc);
+    static const char *const MUL_BAD[] = {
+        "{\"type\":\"integer\",\"multipleOf\":10,\"minimum\":1,\"maximum\":9}",
+        "{\"type\":\"number\",\"multipleOf\":0}", "{\"type\":\"number\",\"multipleOf\":-2}",
+        "{\"type\":\"number\",\"multipleOf\":\"2\"}", "{\"type\":\"number\",\"multipleOf\":1e-10}",
+        "{\"enum\":[1,2],\"multipleOf\":2}",
+    };
+    for (size_t i = 0; i < sizeof MUL_BAD / sizeof *MUL_BAD; i++) {
+        CHECK_EQ_I(compile_v(MUL_BAD[i], &sc, &e), -1);
+        CHECK(strstr(e.message, "multipleOf") != NULL);
+    }
+    /* uniqueItems: false is no constraint; true is a 400 that says why */
+    CHECK_EQ_I(compile_v("{\"type\":\"array\",\"uniqueItems\":false}", &sc, &e), 0);
+    api_schema_free(&sc);
+    CHECK_EQ_I(compile_v("{\"type\":\"array\",\"uniqueItems\":true,\"items\":{\"type\":\"string\"}}", &sc, &e), -1);
+    CHECK(strstr(e.message, "'uniqueItems'") && strstr(e.message, "distinct"));
     CHECK_EQ_I(compile_v("{\"type\":\"integer\",\"exclusiveMinimum\":2,\"minimum\":1,\"maximum\":9.9}", &sc, &e), 0);
     CHECK_EQ_I(sc.nodes[1].nb, API_NB_LO | API_NB_HI);
     CHECK(sc.nodes[1].nlo == 3 && sc.nodes[1].nhi == 9 && sc.nodes[1].nscale == 0);
@@ -776,7 +811,7 @@ static void test_num_bounds(void) {
     CHECK_EQ_I(compile_v("{\"type\":\"number\",\"format\":\"float32\"}", &sc, &e), 0);
     CHECK(sc.nodes[1].nlo == -API_NUM_LIMIT && sc.nodes[1].nhi == API_NUM_LIMIT); /* brought in to the limit */
     api_schema_free(&sc);
-    static const char *const FMT[] = {"{\"type\":\"string\",\"format\":\"email\"}",
+    static const char *const FMT[] = {"{\"type\":\"string\",\"format\":\"uri\"}",
                                       "{\"type\":\"string\",\"format\":\"int32\"}",
                                       "{\"type\":\"integer\",\"format\":\"int128\"}",
                                       "{\"format\":\"int32\"}",
@@ -836,6 +871,138 @@ static int date_valid(int y, int m, int d) {
     struct tm tm = {.tm_year = y - 1900, .tm_mon = m - 1, .tm_mday = d, .tm_hour = 12};
     timegm(&tm);
     return tm.tm_year == y - 1900 && tm.tm_mon == m - 1 && tm.tm_mday == d;
+}
+
+/* PCRE2 match of the whole of t against pattern pat (anchored by the pattern itself). */
+static int re_takes(const char *pat, const char *t) {
+    int perr;
+    PCRE2_SIZE eoff;
+    pcre2_code *re = pcre2_compile((PCRE2_SPTR)pat, PCRE2_ZERO_TERMINATED, 0, &perr, &eoff, NULL);
+    pcre2_match_data *md = re ? pcre2_match_data_create_from_pattern(re, NULL) : NULL;
+    int ok = re && md && pcre2_match(re, (PCRE2_SPTR)t, strlen(t), 0, 0, md, NULL) >= 0;
+    pcre2_match_data_free(md);
+    pcre2_code_free(re);
+    return ok;
+}
+
+/* The oracles of the formats written since 2026-12 (email, hostname, ipv4, ipv6, duration, zod's
+ * offset-less times), apart from api_fmt.c: the C library's address parser, and regular expressions
+ * written from RFC 3339 appendix A, RFC 1123 and RFC 5321 (length limits checked by hand). */
+#define RE_DURATION "^P(?:(?:\\d+Y(?:\\d+M(?:\\d+D)?)?|\\d+M(?:\\d+D)?|\\d+D)" \
+                    "(?:T(?:\\d+H(?:\\d+M(?:\\d+S)?)?|\\d+M(?:\\d+S)?|\\d+S))?" \
+                    "|T(?:\\d+H(?:\\d+M(?:\\d+S)?)?|\\d+M(?:\\d+S)?|\\d+S)|\\d+W)$"
+#define RE_LABEL "[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?"
+#define RE_HOSTNAME "^" RE_LABEL "(?:\\." RE_LABEL ")*$"
+#define RE_EMAIL "^[a-zA-Z0-9._+-]{1,64}@" RE_LABEL "(?:\\." RE_LABEL ")*\\.[a-zA-Z]{2,63}$"
+
+static int fmt_valid(int kind, const char *t) {
+    size_t n = strlen(t);
+    unsigned char a[16];
+    char back[64];
+    switch (kind) {
+    case API_SF_IPV4: /* inet_pton takes it, and prints it back the same (no leading zeros) */
+        return inet_pton(AF_INET, t, a) == 1 && inet_ntop(AF_INET, a, back, sizeof back) && !strcmp(back, t);
+    case API_SF_IPV6: return inet_pton(AF_INET6, t, a) == 1;
+    case API_SF_HOSTNAME: return n <= 253 && re_takes(RE_HOSTNAME, t);
+    case API_SF_EMAIL:
+        return n <= 254 && re_takes(RE_EMAIL, t) && t[0] != '.' && !strstr(t, "..") && !strstr(t, ".@");
+    case API_SF_DURATION: return re_takes(RE_DURATION, t);
+    case API_SF_TIME_LOCAL: return re_takes("^(?:[01]\\d|2[0-3]):[0-5]\\d:[0-5]\\d(?:\\.\\d{1,6})?$", t);
+    case API_SF_TIME_LOCAL_S: return re_takes("^(?:[01]\\d|2[0-3]):[0-5]\\d:[0-5]\\d$", t);
+    case API_SF_HHMM: return re_takes("^(?:[01]\\d|2[0-3]):[0-5]\\d$", t);
+    }
+    return 0;
+}
+
+static void test_formats_more(void) {
+    static const struct { int kind; const char *t; int ok; } C[] = {
+        {API_SF_IPV4, "192.168.0.1", 1}, {API_SF_IPV4, "0.0.0.0", 1}, {API_SF_IPV4, "255.255.255.255", 1},
+        {API_SF_IPV4, "256.1.1.1", 0}, {API_SF_IPV4, "01.1.1.1", 0}, {API_SF_IPV4, "1.1.1", 0},
+        {API_SF_IPV4, "1.1.1.1.", 0}, {API_SF_IPV4, "1..1.1", 0}, {API_SF_IPV4, "1.1.1.1000", 0},
+        {API_SF_IPV6, "2001:db8:0:0:0:0:0:1", 1}, {API_SF_IPV6, "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", 1},
+        {API_SF_IPV6, "2001:db8::1", 0}, {API_SF_IPV6, "1:2:3:4:5:6:7", 0}, {API_SF_IPV6, "1:2:3:4:5:6:7:8:9", 0},
+        {API_SF_IPV6, "12345:0:0:0:0:0:0:0", 0}, {API_SF_IPV6, "ABCD:0:0:0:0:0:0:0", 0},
+        {API_SF_HOSTNAME, "example.com", 1}, {API_SF_HOSTNAME, "localhost", 1}, {API_SF_HOSTNAME, "a-b.c9", 1},
+        {API_SF_HOSTNAME, "-a.com", 0}, {API_SF_HOSTNAME, "a-.com", 0}, {API_SF_HOSTNAME, "a..com", 0},
+        {API_SF_HOSTNAME, "a.com.", 0}, {API_SF_HOSTNAME, "", 0}, {API_SF_HOSTNAME, "a_b.com", 0},
+        {API_SF_HOSTNAME, "1a.com", 0},
+        {API_SF_EMAIL, "ann.lee+x@mail.example.org", 1}, {API_SF_EMAIL, "a@b.cc", 1}, {API_SF_EMAIL, "a@b.c", 0},
+        {API_SF_EMAIL, "a@bcd", 0}, {API_SF_EMAIL, ".a@b.cc", 0}, {API_SF_EMAIL, "a.@b.cc", 0},
+        {API_SF_EMAIL, "a..b@b.cc", 0}, {API_SF_EMAIL, "a@b.c1", 0}, {API_SF_EMAIL, "@b.cc", 0},
+        {API_SF_EMAIL, "a@-b.cc", 0}, {API_SF_EMAIL, "a@b-.cc", 0},
+        {API_SF_DURATION, "P1Y2M3DT4H5M6S", 1}, {API_SF_DURATION, "PT36H", 1}, {API_SF_DURATION, "P3W", 1},
+        {API_SF_DURATION, "P1D", 1}, {API_SF_DURATION, "PT5M30S", 1}, {API_SF_DURATION, "P", 0},
+        {API_SF_DURATION, "PT", 0}, {API_SF_DURATION, "P1DT", 0}, {API_SF_DURATION, "P1Y2D", 0},
+        {API_SF_DURATION, "PT1H2S", 0}, {API_SF_DURATION, "P1W2D", 0}, {API_SF_DURATION, "P2D1Y", 0},
+        {API_SF_DURATION, "P1.5D", 0}, {API_SF_DURATION, "1D", 0},
+        {API_SF_TIME_LOCAL, "23:59:59", 1}, {API_SF_TIME_LOCAL, "00:00:00.123456", 1},
+        {API_SF_TIME_LOCAL, "12:00:00Z", 0}, {API_SF_TIME_LOCAL, "12:00", 0}, {API_SF_TIME_LOCAL, "24:00:00", 0},
+        {API_SF_TIME_LOCAL_S, "12:00:00", 1}, {API_SF_TIME_LOCAL_S, "12:00:00.5", 0},
+        {API_SF_HHMM, "09:30", 1}, {API_SF_HHMM, "09:30:00", 0}, {API_SF_HHMM, "9:30", 0},
+    };
+    for (size_t i = 0; i < sizeof C / sizeof *C; i++) {
+        int got = fmt_takes(C[i].kind, C[i].t);
+        if (got != C[i].ok) fprintf(stderr, "  format %d '%s': taken %d\n", C[i].kind, C[i].t, got);
+        CHECK_EQ_I(got, C[i].ok);
+        if (C[i].ok) CHECK(fmt_valid(C[i].kind, C[i].t));
+    }
+    /* random walks, biased to stop once complete: every byte taken leads on to a whole value the
+     * oracles take; api_fmt_rest goes down by at most one a byte and is 0 exactly when the value may end */
+    static const int K[] = {API_SF_IPV4, API_SF_IPV6, API_SF_HOSTNAME, API_SF_EMAIL, API_SF_DURATION,
+                            API_SF_TIME_LOCAL, API_SF_TIME_LOCAL_S, API_SF_HHMM};
+    uint64_t rs = 0x9e3779b97f4a7c15ULL;
+    int walks = 0, good = 0;
+    for (size_t k = 0; k < sizeof K / sizeof *K; k++)
+        for (int w = 0; w < 400; w++) {
+            int kind = K[k];
+            api_fmt_t f;
+            api_fmt_init(kind, &f);
+            char out[300];
+            int n = 0, ok = 1;
+            for (;;) {
+                int rest = api_fmt_rest(kind, &f);
+                rs ^= rs << 13, rs ^= rs >> 7, rs ^= rs << 17;
+                if (!rest && rs % 8 == 0) break;
+                unsigned char c = 0;
+                api_fmt_t t;
+                int tries = 0;
+                do {
+                    rs ^= rs << 13, rs ^= rs >> 7, rs ^= rs << 17;
+                    c = (unsigned char)(0x20 + rs % 95);
+                    t = f;
+                } while (api_fmt_step(kind, &t, c) && ++tries < 20000);
+                if (tries >= 20000) {
+                    ok = rest == 0;
+                    break;
+                }
+                ok &= api_fmt_rest(kind, &t) >= rest - 1;
+                f = t;
+                out[n++] = (char)c;
+                if (n >= (int)sizeof out - 1) {
+                    ok = 0;
+                    break;
+                }
+            }
+            out[n] = 0;
+            int valid = ok && api_fmt_rest(kind, &f) == 0 && fmt_valid(kind, out);
+            if (!valid) fprintf(stderr, "  walk %d: '%s'\n", kind, out);
+            good += valid;
+            walks++;
+        }
+    CHECK_EQ_I(good, walks);
+    printf("format walks (email, hostname, ip, duration, zod times): %d/%d whole and valid\n", good, walks);
+    /* formats of the grammar: compiled, not refused */
+    static const char *const F[] = {"email", "hostname", "ipv4", "ipv6", "duration"};
+    for (size_t i = 0; i < sizeof F / sizeof *F; i++) {
+        char sch[128];
+        snprintf(sch, sizeof sch, "{\"type\":\"string\",\"format\":\"%s\"}", F[i]);
+        api_schema_t sc;
+        api_err_t e;
+        int rc = compile_v(sch, &sc, &e);
+        if (rc) fprintf(stderr, "  %s: %s\n", F[i], e.message);
+        CHECK_EQ_I(rc, 0);
+        if (!rc) api_schema_free(&sc);
+    }
 }
 
 static void test_formats(void) {
@@ -919,10 +1086,14 @@ static void test_formats(void) {
     static const struct { const char *fmt, *pat; int kind; } Z[] = {
         {"date", ZOD_DATE, API_SF_DATE}, {"date-time", ZOD_DATETIME, API_SF_DATETIME_Z},
         {"date-time", ZOD_DATETIME_OFFSET, API_SF_DATETIME}, {"uuid", ZOD_UUID, API_SF_UUID_V},
+        {"email", ZOD_EMAIL, API_SF_EMAIL}, {"hostname", ZOD_HOSTNAME, API_SF_HOSTNAME},
+        {"ipv4", ZOD_IPV4, API_SF_IPV4}, {"ipv6", ZOD_IPV6, API_SF_IPV6}, {"duration", ZOD_DURATION, API_SF_DURATION},
+        {NULL, ZOD_TIME, API_SF_TIME_LOCAL}, {NULL, ZOD_TIME_S, API_SF_TIME_LOCAL_S}, {NULL, ZOD_HHMM, API_SF_HHMM},
     };
     for (size_t i = 0; i < sizeof Z / sizeof *Z; i++) {
         tg_buf_t sch = {0};
-        tg_buf_printf(&sch, "{\"type\":\"string\",\"format\":\"%s\",\"pattern\":", Z[i].fmt);
+        if (Z[i].fmt) tg_buf_printf(&sch, "{\"type\":\"string\",\"format\":\"%s\",\"pattern\":", Z[i].fmt);
+        else tg_buf_printf(&sch, "{\"type\":\"string\",\"pattern\":"); /* z.iso.time(): a pattern alone */
         tg_json_write_str(&sch, Z[i].pat, strlen(Z[i].pat));
         tg_buf_put(&sch, "}", 2);
         api_schema_t sc;
@@ -940,9 +1111,9 @@ static void test_formats(void) {
         for (int w = 0; re && md && w < 400; w++) {
             api_fmt_t f;
             api_fmt_init(Z[i].kind, &f);
-            char out[80];
+            char out[300];
             int n = 0;
-            while (n < 70 && (api_fmt_rest(Z[i].kind, &f) || (rs ^= rs << 13, rs ^= rs >> 7, rs ^= rs << 17, rs % 3))) {
+            while (n < 290 && (api_fmt_rest(Z[i].kind, &f) || (rs ^= rs << 13, rs ^= rs >> 7, rs ^= rs << 17, rs % 3))) {
                 api_fmt_t t;
                 unsigned char ch;
                 int tries = 0;
@@ -958,7 +1129,7 @@ static void test_formats(void) {
             out[n] = 0;
             int ok = !api_fmt_rest(Z[i].kind, &f) &&
                      pcre2_match(re, (PCRE2_SPTR)out, (PCRE2_SIZE)n, 0, 0, md, NULL) >= 0;
-            if (!ok) fprintf(stderr, "  %s: '%s' does not match zod's pattern\n", Z[i].fmt, out);
+            if (!ok) fprintf(stderr, "  %s: '%s' does not match zod's pattern\n", Z[i].fmt ? Z[i].fmt : "time", out);
             matched += ok;
         }
         CHECK_EQ_I(matched, 400);
@@ -980,6 +1151,7 @@ static void test_formats(void) {
 int main(int argc, char **argv) {
     if (argc > 1) vec_dir = argv[1];
     test_formats();
+    test_formats_more();
     test_num_bounds();
     test_prefix_key_whole_prompt();
     test_unknown_parameters();

@@ -14,6 +14,9 @@
 #include "../../../engine/sched/eng_sched_text.c"
 #include "../../../api/api_chat.c"
 
+#include <arpa/inet.h>
+#include <math.h>
+#include <regex.h>
 #include <time.h>
 
 #include "tg_test.h"
@@ -589,6 +592,138 @@ static void test_bounds(void) {
     rs = rs_saved;
 }
 
+/* POSIX extended regular expression re takes the whole of t. */
+static int ere_takes(const char *re, const char *t) {
+    regex_t r;
+    if (regcomp(&r, re, REG_EXTENDED | REG_NOSUB)) return 0;
+    int ok = !regexec(&r, t, 0, NULL, 0);
+    regfree(&r);
+    return ok;
+}
+
+/* The formats and multipleOf added in 2026-12, as Pydantic and zod write them (EmailStr, IPv4Address,
+ * IPv6Address, timedelta as "duration", z.hostname(), z.iso.time(), multipleOf): every walk's answer
+ * reads back valid by oracles apart from api_fmt.c and api_num.c (the C library's address parser,
+ * regular expressions from RFC 3339 appendix A, RFC 1123 and RFC 5321, exact decimal arithmetic). */
+#define LBL "[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+static const char FORMATS2[] =
+    "{\"type\":\"object\",\"additionalProperties\":false,\"properties\":{"
+    "\"mail\":{\"type\":\"string\",\"format\":\"email\"},"
+    "\"host\":{\"type\":\"string\",\"format\":\"hostname\"},"
+    "\"v4\":{\"type\":\"string\",\"format\":\"ipv4\"},"
+    "\"v6\":{\"type\":\"string\",\"format\":\"ipv6\"},"
+    "\"took\":{\"type\":\"string\",\"format\":\"duration\"},"
+    "\"at\":{\"type\":\"string\",\"pattern\":\"^(?:[01]\\\\d|2[0-3]):[0-5]\\\\d(?::[0-5]\\\\d(?:\\\\.\\\\d+)?)?$\"},"
+    "\"price\":{\"type\":\"number\",\"multipleOf\":0.05,\"minimum\":0,\"maximum\":100},"
+    "\"step\":{\"type\":\"integer\",\"multipleOf\":15},"
+    "\"half\":{\"type\":[\"number\",\"null\"],\"multipleOf\":0.5}},"
+    "\"required\":[\"mail\",\"host\",\"v4\",\"v6\",\"took\",\"at\",\"price\",\"step\",\"half\"]}";
+
+static int formats2_valid(const tg_json_t *j) {
+    size_t l;
+    const char *mail = tg_json_str(tg_json_get(j, "mail"), &l);
+    if (!mail || l > 254 || !ere_takes("^[a-z0-9]+([._+-][a-z0-9]+)*@(" LBL "\\.)+[a-z]{2,63}$", mail)) return 0;
+    const char *host = tg_json_str(tg_json_get(j, "host"), &l);
+    if (!host || l > 253 || !ere_takes("^" LBL "(\\." LBL ")*$", host)) return 0;
+    unsigned char a[16];
+    char back[64];
+    const char *v4 = tg_json_str(tg_json_get(j, "v4"), NULL), *v6 = tg_json_str(tg_json_get(j, "v6"), NULL);
+    if (!v4 || inet_pton(AF_INET, v4, a) != 1 || !inet_ntop(AF_INET, a, back, sizeof back) || strcmp(back, v4))
+        return 0;
+    if (!v6 || inet_pton(AF_INET6, v6, a) != 1) return 0;
+    const char *took = tg_json_str(tg_json_get(j, "took"), NULL);
+    if (!took || !ere_takes("^P(([0-9]+Y([0-9]+M([0-9]+D)?)?|[0-9]+M([0-9]+D)?|[0-9]+D)"
+                            "(T([0-9]+H([0-9]+M([0-9]+S)?)?|[0-9]+M([0-9]+S)?|[0-9]+S))?"
+                            "|T([0-9]+H([0-9]+M([0-9]+S)?)?|[0-9]+M([0-9]+S)?|[0-9]+S)|[0-9]+W)$", took))
+        return 0;
+    const char *at = tg_json_str(tg_json_get(j, "at"), NULL);
+    if (!at || !ere_takes("^([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9](\\.[0-9]+)?)?$", at)) return 0;
+    /* numbers: exact, from the text (digits after the point, as an integer of hundredths / halves) */
+    const char *price = tg_json_num_text(tg_json_get(j, "price"), NULL);
+    const char *step = tg_json_num_text(tg_json_get(j, "step"), NULL);
+    const tg_json_t *hv = tg_json_get(j, "half");
+    if (!price || !step || !hv) return 0;
+    long ip = 0, fp = 0;
+    int nf = 0;
+    if (sscanf(price, "%ld", &ip) != 1 || ip < 0) return 0;
+    const char *dot = strchr(price, '.');
+    if (dot)
+        for (const char *q = dot + 1; *q; q++, nf++) {
+            if (nf >= 2 && *q != '0') return 0; /* a digit beyond hundredths: not a multiple of 0.05 */
+            if (nf < 2) fp = fp * 10 + (*q - '0');
+        }
+    if (nf == 1) fp *= 10;
+    long hundredths = ip * 100 + fp;
+    if (hundredths % 5 || hundredths > 10000) return 0;
+    long sv;
+    char tail;
+    if (sscanf(step, "%ld%c", &sv, &tail) != 1 || sv % 15) return 0;
+    if (tg_json_type(hv) != TG_JSON_NULL) {
+        const char *h = tg_json_num_text(hv, NULL), *hd = strchr(h, '.');
+        if (strchr(h, 'e') || strchr(h, 'E')) return 0;
+        const char *f = hd ? hd + 1 : "";
+        if (strspn(f, "0") != strlen(f) && !(f[0] == '5' && strspn(f + 1, "0") == strlen(f + 1))) return 0;
+    }
+    return 1;
+}
+
+static void test_formats2(void) {
+    uint64_t rs_saved = rs;
+    api_schema_t sc;
+    CHECK_EQ_I(compile(FORMATS2, &sc), 0);
+    CHECK(schema_accepts(&sc, "{\"mail\":\"ann.lee@mail.example.org\",\"host\":\"api.example.com\",\"v4\":\"10.0.0.1\","
+                              "\"v6\":\"2001:db8:0:0:0:0:0:1\",\"took\":\"PT1H30M\",\"at\":\"09:30:00\",\"price\":19.95,"
+                              "\"step\":-45,\"half\":2.5}"));
+    static const char *const bad[] = {
+        "{\"mail\":\"ann\"}", "{\"mail\":\"a@b.c\"", "{\"mail\":\"a@b.cc\",\"host\":\"-a",
+        "{\"mail\":\"a@b.cc\",\"host\":\"a\",\"v4\":\"1.2.3.256", "{\"mail\":\"a@b.cc\",\"host\":\"a\",\"v4\":\"01",
+        "{\"mail\":\"a@b.cc\",\"host\":\"a\",\"v4\":\"1.2.3.4\",\"v6\":\"::1",
+        "{\"mail\":\"a@b.cc\",\"host\":\"a\",\"v4\":\"1.2.3.4\",\"v6\":\"0:0:0:0:0:0:0:1\",\"took\":\"P1Y2D",
+        "{\"mail\":\"a@b.cc\",\"host\":\"a\",\"v4\":\"1.2.3.4\",\"v6\":\"0:0:0:0:0:0:0:1\",\"took\":\"P1D\","
+        "\"at\":\"12:00:00Z",
+        "{\"mail\":\"a@b.cc\",\"host\":\"a\",\"v4\":\"1.2.3.4\",\"v6\":\"0:0:0:0:0:0:0:1\",\"took\":\"P1D\","
+        "\"at\":\"12:00\",\"price\":0.07",
+        "{\"mail\":\"a@b.cc\",\"host\":\"a\",\"v4\":\"1.2.3.4\",\"v6\":\"0:0:0:0:0:0:0:1\",\"took\":\"P1D\","
+        "\"at\":\"12:00\",\"price\":100.05",
+        "{\"mail\":\"a@b.cc\",\"host\":\"a\",\"v4\":\"1.2.3.4\",\"v6\":\"0:0:0:0:0:0:0:1\",\"took\":\"P1D\","
+        "\"at\":\"12:00\",\"price\":1,\"step\":20,",
+        "{\"mail\":\"a@b.cc\",\"host\":\"a\",\"v4\":\"1.2.3.4\",\"v6\":\"0:0:0:0:0:0:0:1\",\"took\":\"P1D\","
+        "\"at\":\"12:00\",\"price\":1,\"step\":0,\"half\":0.25",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        eng_gram_t *g = eng_gram_schema(V, tok_eos(T), &sc);
+        int ok = 1;
+        for (const char *p = bad[i]; *p && ok; p++) {
+            int32_t id = tok_id(T, (char[]){*p, 0});
+            ok = id >= 0 && eng_gram_accept(g, id) == 0;
+        }
+        CHECK(!ok);
+        if (ok) fprintf(stderr, "  accepted: %s\n", bad[i]);
+        eng_gram_free(g);
+    }
+    int okw = 0, walks = 0, min = sc.nodes[0].min_len + 1;
+    for (int w = 0; w < 24; w++) {
+        int budget = min + (w % 4) * 40;
+        eng_gram_t *g = eng_gram_schema(V, tok_eos(T), &sc);
+        int eos, nt;
+        char *s = walk_random(g, budget, &eos, &nt);
+        tg_json_t *j = tg_json_parse(s, strlen(s), NULL, NULL);
+        int good_ = eos && nt <= budget && j && schema_valid(&sc, 0, j) && formats2_valid(j);
+        if (getenv("GRAM_SHOW")) printf("  %d tokens: %s\n", nt, s);
+        CHECK(good_);
+        if (!good_) fprintf(stderr, "  format walk budget %d (eos %d, %d tokens): %s\n", budget, eos, nt, s);
+        okw += good_;
+        walks++;
+        tg_json_free(j);
+        free(s);
+        eng_gram_free(g);
+    }
+    printf("email/hostname/ip/duration/time/multipleOf walks: %d/%d ended with EOS, parse, validate (shortest "
+           "answer %d bytes)\n", okw, walks, sc.nodes[0].min_len);
+    api_schema_free(&sc);
+    rs = rs_saved;
+}
+
 /* tool_choice "auto": free text never holds a tool marker but the opener;
  * with JSON mode the answer is a JSON object or the block */
 static void test_auto(void) {
@@ -816,6 +951,7 @@ int main(int argc, char **argv) {
     test_schema_machine();
     test_schema_walks();
     test_bounds();
+    test_formats2();
     test_auto();
     test_strict_tools();
     test_mask_cost();
