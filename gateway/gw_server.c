@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <event2/event.h>
@@ -288,6 +289,23 @@ void gw_server_join(gw_server_t *s) {
 }
 
 /* The number of event loops: cfg->loops, else one per core. */
+/* Moves a spool's journal files into the first loop's, and those of its
+ * cut streams' provisional rows (<spool>/streams) into the first loop's
+ * streams, so that loop replays both: the journal's rows first, then the
+ * streams' (bill_settle.c).  Without the second, a restart with fewer loops
+ * left the dropped loops' cut streams unbilled. */
+static int spool_adopt(const char *from, const char *spool0, char *err, size_t errlen) {
+    char a[4200], b[4200];
+    if (mtr_spool_adopt(from, spool0, err, errlen) != 0) return -1;
+    snprintf(a, sizeof a, "%s/streams", from);
+    snprintf(b, sizeof b, "%s/streams", spool0);
+    if (mkdir(spool0, 0700) != 0 && errno != EEXIST) {
+        snprintf(err, errlen, "spool directory %s: %s", spool0, strerror(errno));
+        return -1;
+    }
+    return access(a, F_OK) == 0 ? mtr_spool_adopt(a, b, err, errlen) : 0;
+}
+
 static int gw_nloops(const gw_config_t *cfg) {
     if (cfg->loops > 0) return (int)cfg->loops;
     long n = sysconf(_SC_NPROCESSORS_ONLN);
@@ -335,12 +353,12 @@ gw_server_t *gw_server_new(struct event_base *base, const gw_config_t *cfg, char
     if ((s->spool_lock = mtr_spool_lock(cfg->spool_dir, err, errlen)) < 0) goto fail;
     char spool0[4096];
     snprintf(spool0, sizeof spool0, "%s/loop0", cfg->spool_dir);
-    if (mtr_spool_adopt(cfg->spool_dir, spool0, err, errlen) != 0) goto fail;
+    if (spool_adopt(cfg->spool_dir, spool0, err, errlen) != 0) goto fail;
     s->nloops = gw_nloops(cfg);
     for (int j = s->nloops; j < 256; j++) { /* ... and those of loops an earlier run had, this one has not */
         char old[4096];
         snprintf(old, sizeof old, "%s/loop%d", cfg->spool_dir, j);
-        if (access(old, F_OK) == 0 && mtr_spool_adopt(old, spool0, err, errlen) != 0) goto fail;
+        if (access(old, F_OK) == 0 && spool_adopt(old, spool0, err, errlen) != 0) goto fail;
     }
     if (!(s->backoff = calloc((size_t)cfg->nworkers + 1, sizeof *s->backoff))) goto fail;
     if (!(s->loops = calloc((size_t)s->nloops, sizeof *s->loops))) goto fail;

@@ -269,6 +269,85 @@ class GatewayKill(tggateway.GatewayCase):
         self.assertEqual(cost, prompt * tggateway.PRICE[0] + 2 * tggateway.PRICE[2])
         self.assertEqual((n, int(debit)), (1, cost))
 
+    def provisional_loops(self, rid):
+        """The loop directories (loop0, loop1, ...) whose streams journal holds a provisional row of rid."""
+        loops = set()
+        for d, _, fs in os.walk(self.spool):
+            if os.path.basename(d) == "streams":
+                for f in fs:
+                    try:
+                        with open(os.path.join(d, f), "rb") as fh:
+                            if rid.encode() in fh.read():
+                                loops.add(os.path.basename(os.path.dirname(d)))
+                    except FileNotFoundError:
+                        pass
+        return loops
+
+    def test_sigkill_then_fewer_loops_bills_the_dropped_loops_streams(self):
+        """Streams cut by a SIGKILL of a 2-loop gateway, restarted with 1 loop: the dropped loop's cut
+        streams are billed too (their provisional rows move to the first loop's streams journal with
+        the dropped loop's journal files), one row and one debit each, at exactly their price, and no
+        file is left.  Before (2026-12-01) only the journal files moved: a cut stream of the dropped
+        loop had no usage row, and its file stayed in loop1/streams for good."""
+        key = self.customer_key("gwfewer", "10")
+        (cid,), = self.q("select id from customers where name = 'gwfewer'")
+        toks, conns, cut = [], [], []
+        cls = self.__class__
+        try:
+            while len(cut) < 16 and not any("loop1" in self.provisional_loops(r) for r in cut):
+                t = os.urandom(6).hex()
+                toks.append(t)
+                c = http.client.HTTPSConnection("127.0.0.1", P_GW, context=self.tls, timeout=15)
+                conns.append(c)
+                body = {"model": MODEL, "stream": True, "messages": [{"role": "user", "content": "stallhold:" + t}]}
+                c.request("POST", "/v1/chat/completions", json.dumps(body),
+                          {"Authorization": "Bearer " + key, "Content-Type": "application/json"})
+                r = c.getresponse()
+                self.assertEqual(r.status, 200)
+                cut.append(r.getheader("x-request-id"))
+                while b"Hello" not in r.readline():  # the first chunk: its provisional row is written
+                    pass
+                wait_for(lambda: self.provisional_completion(cut[-1]) == 1, "the provisional row", 10)
+            self.assertTrue(any("loop1" in self.provisional_loops(r) for r in cut),
+                            "a cut stream on the second loop among %d" % len(cut))
+            self.kill_gateway()
+        finally:
+            for t in toks:
+                open(os.path.join(self.dir, "release-" + t), "w").close()
+            for c in conns:
+                c.close()
+        orig = cls.config
+        one = os.path.join(self.dir, "tollgate-1loop.json")
+        with open(orig) as f:
+            cfg = json.load(f)
+        cfg["loops"] = 1
+        with open(one, "w") as f:
+            json.dump(cfg, f)
+        try:
+            cls.config = one
+            self.start_gateway()
+            wait_for(lambda: self.q("select count(*) from usage where request_id = any(%s::uuid[])", cut)[0][0]
+                     == len(cut), "a usage row for every cut stream after the 1-loop restart", 30)
+            self.drain()
+            wait_for(lambda: not self.spooled(), "no journal or stream file left", 10)
+            rows = {r[0]: r[1:] for r in self.q(
+                "select u.request_id::text, u.http_status, u.completion_tokens, u.prompt_tokens, u.cost_pico,"
+                " count(l.id), coalesce(-sum(l.amount_pico), 0) from usage u"
+                " left join ledger l on l.request_id = u.request_id where u.customer_id = %s group by 1, 2, 3, 4, 5",
+                cid)}
+            self.assertEqual(sorted(rows), sorted(cut), "one row per cut stream, no other")
+            for rid in cut:
+                status, completion, prompt, cost, n, debit = rows[rid]
+                self.assertEqual((status, completion), (200, 1), rid)
+                self.assertEqual(cost, prompt * tggateway.PRICE[0] + tggateway.PRICE[2], rid)
+                self.assertEqual((n, int(debit)), (1, cost), rid)
+            (bal,), = self.q("select balance_pico from customers where id = %s", cid)
+            self.assertEqual(int(bal), 10 * 10**12 - sum(r[3] for r in rows.values()))
+        finally:
+            cls.config = orig
+            self.kill_gateway()
+            self.start_gateway()
+
     def test_cut_streams_keep_the_killed_runs_leases_until_billed(self):
         """A run killed with streams under way keeps its credit leases until those streams' provisional
         rows have committed: until then their costs are in no balance, and the leases are what keeps them
