@@ -71,6 +71,7 @@ struct mtr_journal {
     int unlogged_err;  /* errno of the last failure */
     const char *unlogged_what;
     int failing;       /* the last write failed (mtr_journal_writable) */
+    int sync_failed;   /* an fdatasync failed: cleared by a probe that writes and syncs, not by a write */
     int *disk_failing; /* shared with the process's other journals on the disk; NULL: none */
     int64_t probed_us; /* tg_mono_us() of the last probe write while failing */
 };
@@ -147,10 +148,27 @@ static void sync_run(void *arg) {
     close(s->fd);
 }
 
+/* An fdatasync failed (EIO: what was written may not be on the disk, and
+ * after the failure the kernel may drop those pages): the journal refuses
+ * work until a probe's write and fdatasync succeed (mtr_journal_writable),
+ * whatever writes do meanwhile, and the next record opens a new file.  Its
+ * records wait in the owner's memory until committed, as a failed write's. */
+static void on_sync_error(mtr_journal_t *j, int err) {
+    fprintf(stderr, "metering: cannot sync the journal in %s: %s; refusing work until the disk syncs again\n",
+            j->dir, strerror(err));
+    j->sync_failed = 1;
+    j->probed_us = tg_mono_us(); /* the first probe a second from now */
+    if (j->disk_failing) __atomic_store_n(j->disk_failing, 1, __ATOMIC_RELAXED);
+}
+
 static void sync_done(void *arg) {
     sync_job_t *s = arg;
-    s->j->syncing--;
-    if (s->err) fprintf(stderr, "metering: cannot sync the journal in %s: %s\n", s->j->dir, strerror(s->err));
+    mtr_journal_t *j = s->j;
+    j->syncing--;
+    if (s->err) {
+        on_sync_error(j, s->err);
+        mtr_journal_rotate(j);
+    }
     free(s);
 }
 
@@ -178,8 +196,7 @@ void mtr_journal_rotate(mtr_journal_t *j) {
     if (!j || !j->spool) return;
     mtr_journal_flush(j);
     if (!j->spool) return; /* the flush failed and rotated */
-    if (j->jdirty && journal_sync(j) != 0)
-        fprintf(stderr, "metering: cannot sync the journal in %s: %s\n", j->dir, strerror(errno));
+    if (j->jdirty && journal_sync(j) != 0) on_sync_error(j, errno);
     mtr_spool_close(j->spool);
     j->spool = NULL;
     j->jdirty = 0;
@@ -337,6 +354,7 @@ static int journal_probe(mtr_journal_t *j) {
     if (fd < 0) return -1;
     int ok = 1;
     for (int i = 0; ok && i < PROBE_BYTES / (int)sizeof zero; i++) ok = write(fd, zero, sizeof zero) == sizeof zero;
+    if (ok && j->sync_failed) ok = fdatasync(fd) == 0; /* a disk whose syncs failed must sync again */
     close(fd);
     unlink(path);
     return ok ? 0 : -1;
@@ -351,11 +369,13 @@ int mtr_journal_earlier(const mtr_journal_t *j) {
 
 int mtr_journal_writable(mtr_journal_t *j) {
     if (!j) return 0;
-    if (!j->failing && !(j->disk_failing && __atomic_load_n(j->disk_failing, __ATOMIC_RELAXED))) return 1;
+    if (!j->failing && !j->sync_failed && !(j->disk_failing && __atomic_load_n(j->disk_failing, __ATOMIC_RELAXED)))
+        return 1;
     int64_t now = tg_mono_us();
     if (j->probed_us && now - j->probed_us < PROBE_EVERY_US) return 0;
     j->probed_us = now;
     if (journal_probe(j) != 0) return 0;
+    j->sync_failed = 0;
     set_failing(j, 0);
     return 1;
 }
@@ -372,8 +392,7 @@ void mtr_journal_tick(mtr_journal_t *j, int64_t now) {
     log_unwritten(j, NULL, 0, NULL); /* failures not yet said, once their second is up */
     if (!j->spool) return;
     if (j->jdirty && !j->syncing) { /* one at a time: a slow disk gets one more call later */
-        if (journal_sync(j) != 0)
-            fprintf(stderr, "metering: cannot sync the journal in %s: %s\n", j->dir, strerror(errno));
+        if (journal_sync(j) != 0) on_sync_error(j, errno);
         j->jdirty = 0;
     }
     if (j->jrows >= j->o.rotate_rows || now - j->jopened_us >= j->o.rotate_us) {

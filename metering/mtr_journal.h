@@ -112,7 +112,9 @@ int mtr_journal_earlier(const mtr_journal_t *j);
 /* 1 while records can be written: 0 once a write failed (a full or failing
  * disk: write, grouped flush, spool), until a later write succeeds or a
  * probe does (writing 64 KiB to a file of its own in the directory, removed
- * at once; tried by this call at most once a second while failing).  The
+ * at once; tried by this call at most once a second while failing); and 0
+ * once an fdatasync failed (EIO), until a probe's write and fdatasync both
+ * succeed (a write alone does not say the disk keeps what it is given).  The
  * owner refuses work whose records it could not journal. */
 int mtr_journal_writable(mtr_journal_t *j);
 /* Journals of one process whose directories are on one disk (the gateway's

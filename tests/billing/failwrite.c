@@ -11,7 +11,11 @@
  * writes: stdio) goes to the next definition (dlsym RTLD_NEXT: glibc's, or a
  * sanitizer's; run a sanitizer build with ASAN_OPTIONS=verify_asan_link_order=0).
  * Without both variables nothing fails.  The test touches and removes the
- * flag file: no signal, no code in the product. */
+ * flag file: no signal, no code in the product.
+ *
+ * Also interposed: fsync and fdatasync.  While the file named by
+ * $FAILWRITE_SYNC_FLAG exists, they fail with EIO on such a file (a disk
+ * that takes writes into the page cache but cannot keep them); writes go on. */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
@@ -28,9 +32,9 @@ static ssize_t (*real_write)(int, const void *, size_t);
 static ssize_t (*real_writev)(int, const struct iovec *, int);
 static ssize_t (*real_pwrite)(int, const void *, size_t, off_t);
 
-/* 1 when a write on fd must fail now. */
-static int full(int fd) {
-    const char *flag = getenv("FAILWRITE_FLAG"), *dir = getenv("FAILWRITE_DIR");
+/* 1 when a call on fd must fail now, flag_var naming the flag file's variable. */
+static int failing(int fd, const char *flag_var) {
+    const char *flag = getenv(flag_var), *dir = getenv("FAILWRITE_DIR");
     if (!flag || !dir || !*dir) return 0;
     struct stat st;
     if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) return 0;
@@ -43,6 +47,8 @@ static int full(int fd) {
     size_t dl = strlen(dir);
     return !strncmp(path, dir, dl) && path[dl] == '/';
 }
+
+static int full(int fd) { return failing(fd, "FAILWRITE_FLAG"); }
 
 ssize_t write(int fd, const void *buf, size_t n) {
     if (!real_write) real_write = (ssize_t (*)(int, const void *, size_t))dlsym(RTLD_NEXT, "write");
@@ -69,4 +75,25 @@ ssize_t pwrite(int fd, const void *buf, size_t n, off_t off) {
         return -1;
     }
     return real_pwrite(fd, buf, n, off);
+}
+
+static int (*real_fsync)(int);
+static int (*real_fdatasync)(int);
+
+int fsync(int fd) {
+    if (!real_fsync) real_fsync = (int (*)(int))dlsym(RTLD_NEXT, "fsync");
+    if (failing(fd, "FAILWRITE_SYNC_FLAG")) {
+        errno = EIO;
+        return -1;
+    }
+    return real_fsync(fd);
+}
+
+int fdatasync(int fd) {
+    if (!real_fdatasync) real_fdatasync = (int (*)(int))dlsym(RTLD_NEXT, "fdatasync");
+    if (failing(fd, "FAILWRITE_SYNC_FLAG")) {
+        errno = EIO;
+        return -1;
+    }
+    return real_fdatasync(fd);
 }

@@ -266,6 +266,69 @@ class Faults(tggateway.GatewayCase):
         self.gw.wait(timeout=30)
         self.start_gateway()
 
+    def test_journal_sync_fails(self):
+        """The journal's disk takes writes but its fdatasync fails with EIO (the shim's
+        FAILWRITE_SYNC_FLAG): what was written may never reach the disk, so billable requests are
+        refused with a 503 in the API format from the failed sync on, although writes still succeed,
+        until a probe's write and fdatasync both succeed; then the gateway serves again.  Every
+        request answered 200 has exactly one usage row, a refused one none.  Before (2026-12-01) a
+        failed fdatasync was only logged and the gateway went on serving."""
+        shim = os.environ.get("TG_FAILWRITE") or os.path.join(tggateway.ROOT, "build", "tests", "billing",
+                                                                  "failwrite.so")
+        self.assertTrue(os.access(shim, os.R_OK), "no shim at %s (make test-billing builds it)" % shim)
+        cid, key, credit = self.customer("100")
+        flag = os.path.join(self.dir, "sync-fails")
+        asan = os.environ.get("ASAN_OPTIONS", "")
+        env = dict(os.environ, LD_PRELOAD=shim, FAILWRITE_DIR=self.spool, FAILWRITE_SYNC_FLAG=flag,
+                   ASAN_OPTIONS=(asan + ":" if asan else "") + "verify_asan_link_order=0")
+        os.kill(self.gw.pid, signal.SIGTERM)
+        self.gw.wait(timeout=30)
+        self.start_gateway(env=env)
+        served, refused = [], []
+        try:
+            for i in range(4):  # syncs work: served
+                st, rid, _ = self.chat_once(key, i, i % 2 == 1)
+                self.assertEqual(st, 200)
+                served.append(rid)
+            open(flag, "w").close()
+            i = 200
+            while not refused:  # the sync after the next journaled row fails; from then on: refused
+                self.assertLess(i, 240, "40 requests served while the journal's fdatasync fails, none refused")
+                st, rid, body = self.chat_once(key, i, i % 2 == 1)
+                i += 1
+                if st == 200:
+                    served.append(rid)
+                    time.sleep(0.1)  # the journal syncs 50 ms after a row
+                    continue
+                self.assertEqual(st, 503, body)
+                err = json.loads(body)["error"]
+                self.assertEqual((err["type"], err["code"], err["param"]), ("server_error", "service_unavailable", None))
+                self.assertIn("Usage cannot be recorded", err["message"])
+                refused.append(rid)
+            time.sleep(1.5)  # past the next probe: its write works, its fdatasync does not
+            st, rid, body = self.chat_once(key, 300, False)
+            self.assertEqual(st, 503, "served after a probe whose fdatasync failed: %r" % body)
+            refused.append(rid)
+        finally:
+            if os.path.exists(flag):
+                os.unlink(flag)
+
+        def serves():
+            st, rid, _ = self.chat_once(key, 999, False)
+            if st == 200:
+                served.append(rid)
+            return st == 200
+        wait_for(serves, "the gateway to serve again once the disk syncs", 30)
+        with open(os.path.join(self.dir, "gateway.log")) as f:
+            self.assertIn("cannot sync the journal", f.read())
+        wait_for(lambda: self.settlement()["idle"], "the rows to commit")
+        self.assertEqual(self.q("select count(*) from usage where request_id = any(%s::uuid[])", refused)[0][0], 0)
+        rows, spent = self.check(cid, credit, served, "after failed journal syncs")
+        self.assertEqual(rows, len(served))
+        os.kill(self.gw.pid, signal.SIGTERM)  # the class's gateway again, without the shim
+        self.gw.wait(timeout=30)
+        self.start_gateway()
+
     def test_sigkill_20_times_under_load(self):
         cid, key, credit = self.customer("100")
         load = Load(self.tls, key)
