@@ -189,6 +189,39 @@ class Faults(tggateway.GatewayCase):
         finally:
             c.close()
 
+    def restart_with_shim(self, var, flag):
+        """Restarts the gateway under the LD_PRELOAD shim tests/billing/failwrite.c ($TG_FAILWRITE) on
+        the spool directory, failing while the file flag exists (var: FAILWRITE_FLAG, writes with
+        ENOSPC; FAILWRITE_SYNC_FLAG, fsync and fdatasync with EIO) -> the gateway's environment."""
+        shim = os.environ.get("TG_FAILWRITE") or os.path.join(tggateway.ROOT, "build", "tests", "billing",
+                                                                  "failwrite.so")
+        self.assertTrue(os.access(shim, os.R_OK), "no failing-disk shim at %s (make test-billing builds it)" % shim)
+        asan = os.environ.get("ASAN_OPTIONS", "")
+        env = dict(os.environ, LD_PRELOAD=shim, FAILWRITE_DIR=self.spool,
+                   ASAN_OPTIONS=(asan + ":" if asan else "") + "verify_asan_link_order=0")
+        env[var] = flag
+        os.kill(self.gw.pid, signal.SIGTERM)
+        self.gw.wait(timeout=30)
+        self.start_gateway(env=env)
+        return env
+
+    def serve_until_refused(self, key, i, served, refused, pause, what):
+        """Requests (numbered from i, every second one streamed) until one is refused with the 503 in
+        the API format that says usage cannot be recorded; at most 40.  Ids to served and refused."""
+        for i in range(i, i + 40):
+            st, rid, body = self.chat_once(key, i, i % 2 == 1)
+            if st == 200:
+                served.append(rid)
+                time.sleep(pause)
+                continue
+            self.assertEqual(st, 503, body)
+            err = json.loads(body)["error"]
+            self.assertEqual((err["type"], err["code"], err["param"]), ("server_error", "service_unavailable", None))
+            self.assertIn("Usage cannot be recorded", err["message"])
+            refused.append(rid)
+            return
+        self.fail("40 requests served %s, none refused" % what)
+
     def test_journal_disk_full(self):
         """The journal's disk full (writes into the spool directory fail with ENOSPC: the
         LD_PRELOAD shim tests/billing/failwrite.c, $TG_FAILWRITE): once a journal write has failed,
@@ -197,17 +230,9 @@ class Faults(tggateway.GatewayCase):
         down and the gateway is SIGKILLed: every request answered 200 still has exactly one usage
         row (before, the requests served meanwhile were answered from memory-only rows, and the
         kill lost them); with room again the gateway serves again."""
-        shim = os.environ.get("TG_FAILWRITE") or os.path.join(tggateway.ROOT, "build", "tests", "billing",
-                                                                  "failwrite.so")
-        self.assertTrue(os.access(shim, os.R_OK), "no full-disk shim at %s (make test-billing builds it)" % shim)
         cid, key, credit = self.customer("100")
         flag = os.path.join(self.dir, "disk-full")
-        asan = os.environ.get("ASAN_OPTIONS", "")
-        env = dict(os.environ, LD_PRELOAD=shim, FAILWRITE_DIR=self.spool, FAILWRITE_FLAG=flag,
-                   ASAN_OPTIONS=(asan + ":" if asan else "") + "verify_asan_link_order=0")
-        os.kill(self.gw.pid, signal.SIGTERM)
-        self.gw.wait(timeout=30)
-        self.start_gateway(env=env)
+        env = self.restart_with_shim("FAILWRITE_FLAG", flag)
         served, refused = [], []
         try:
             for i in range(4):  # the disk has room: served and journaled
@@ -217,20 +242,7 @@ class Faults(tggateway.GatewayCase):
             open(flag, "w").close()
             # The request whose journal write fails first is answered (it was admitted before);
             # from then on requests are refused until the disk has room again.
-            i = 100
-            while not refused:
-                self.assertLess(i, 140, "40 requests served on a full journal disk, none refused: %d served"
-                                % len(served))
-                st, rid, body = self.chat_once(key, i, i % 2 == 1)
-                i += 1
-                if st == 200:
-                    served.append(rid)
-                    continue
-                self.assertEqual(st, 503, body)
-                err = json.loads(body)["error"]
-                self.assertEqual((err["type"], err["code"], err["param"]), ("server_error", "service_unavailable", None))
-                self.assertIn("Usage cannot be recorded", err["message"])
-                refused.append(rid)
+            self.serve_until_refused(key, 100, served, refused, 0, "on a full journal disk")
             # the rows of what was served commit from memory (PostgreSQL is up); the disk stays full
             wait_for(lambda: self.settlement()["idle"], "the rows served on a full disk to commit")
             # PostgreSQL down, the disk still full: under load nothing is answered 200 any more
@@ -273,17 +285,9 @@ class Faults(tggateway.GatewayCase):
         until a probe's write and fdatasync both succeed; then the gateway serves again.  Every
         request answered 200 has exactly one usage row, a refused one none.  Before (2026-12-01) a
         failed fdatasync was only logged and the gateway went on serving."""
-        shim = os.environ.get("TG_FAILWRITE") or os.path.join(tggateway.ROOT, "build", "tests", "billing",
-                                                                  "failwrite.so")
-        self.assertTrue(os.access(shim, os.R_OK), "no shim at %s (make test-billing builds it)" % shim)
         cid, key, credit = self.customer("100")
         flag = os.path.join(self.dir, "sync-fails")
-        asan = os.environ.get("ASAN_OPTIONS", "")
-        env = dict(os.environ, LD_PRELOAD=shim, FAILWRITE_DIR=self.spool, FAILWRITE_SYNC_FLAG=flag,
-                   ASAN_OPTIONS=(asan + ":" if asan else "") + "verify_asan_link_order=0")
-        os.kill(self.gw.pid, signal.SIGTERM)
-        self.gw.wait(timeout=30)
-        self.start_gateway(env=env)
+        self.restart_with_shim("FAILWRITE_SYNC_FLAG", flag)
         served, refused = [], []
         try:
             for i in range(4):  # syncs work: served
@@ -291,20 +295,8 @@ class Faults(tggateway.GatewayCase):
                 self.assertEqual(st, 200)
                 served.append(rid)
             open(flag, "w").close()
-            i = 200
-            while not refused:  # the sync after the next journaled row fails; from then on: refused
-                self.assertLess(i, 240, "40 requests served while the journal's fdatasync fails, none refused")
-                st, rid, body = self.chat_once(key, i, i % 2 == 1)
-                i += 1
-                if st == 200:
-                    served.append(rid)
-                    time.sleep(0.1)  # the journal syncs 50 ms after a row
-                    continue
-                self.assertEqual(st, 503, body)
-                err = json.loads(body)["error"]
-                self.assertEqual((err["type"], err["code"], err["param"]), ("server_error", "service_unavailable", None))
-                self.assertIn("Usage cannot be recorded", err["message"])
-                refused.append(rid)
+            # the sync after the next journaled row (50 ms after it) fails; from then on: refused
+            self.serve_until_refused(key, 200, served, refused, 0.1, "while the journal's fdatasync fails")
             time.sleep(1.5)  # past the next probe: its write works, its fdatasync does not
             st, rid, body = self.chat_once(key, 300, False)
             self.assertEqual(st, 503, "served after a probe whose fdatasync failed: %r" % body)

@@ -84,6 +84,28 @@ class GatewayKill(tggateway.GatewayCase):
             self.assertEqual((n, int(debit)), (1, cost), what + ": one debit per request " + rid)
         self.assertEqual(self.q("select count(*) from ledger_mismatch")[0][0], 0)
 
+    def all_billed(self, rids, what):
+        """Waits for a usage row of every id in rids, the settlement queue to drain and no journal or
+        stream file to be left."""
+        wait_for(lambda: self.q("select count(*) from usage where request_id = any(%s::uuid[])", rids)[0][0]
+                 == len(rids), what, 30)
+        self.drain()
+        wait_for(lambda: not self.spooled(), "no journal or stream file left", 10)
+
+    def hold_stream(self, key, tok, conns):
+        """A stream the worker holds after its first chunk (until release-<tok> exists), read up to that
+        chunk: the client holds part of the answer.  Its connection joins conns.  Returns its id."""
+        c = http.client.HTTPSConnection("127.0.0.1", P_GW, context=self.tls, timeout=15)
+        conns.append(c)
+        body = {"model": MODEL, "stream": True, "messages": [{"role": "user", "content": "stallhold:" + tok}]}
+        c.request("POST", "/v1/chat/completions", json.dumps(body),
+                  {"Authorization": "Bearer " + key, "Content-Type": "application/json"})
+        r = c.getresponse()
+        self.assertEqual(r.status, 200)
+        while b"Hello" not in r.readline():
+            pass
+        return r.getheader("x-request-id")
+
     def provisional_completion(self, rid):
         """The most completion a provisional row of stream rid says in the streams journals (-1: none)."""
         best = -1
@@ -175,16 +197,7 @@ class GatewayKill(tggateway.GatewayCase):
         lk.cursor().execute("lock table usage in exclusive mode")  # nothing commits before the kill
         try:
             for i, t in enumerate(toks):
-                c = http.client.HTTPSConnection("127.0.0.1", P_GW, context=self.tls, timeout=15)
-                conns.append(c)
-                body = {"model": MODEL, "stream": True, "messages": [{"role": "user", "content": "stallhold:" + t}]}
-                c.request("POST", "/v1/chat/completions", json.dumps(body),
-                          {"Authorization": "Bearer " + key, "Content-Type": "application/json"})
-                r = c.getresponse()
-                self.assertEqual(r.status, 200)
-                cut.append(r.getheader("x-request-id"))
-                while b"Hello" not in r.readline():  # the first chunk: the client holds part of the answer
-                    pass
+                cut.append(self.hold_stream(key, t, conns))
                 wait_for(lambda: self.provisional_completion(cut[-1]) == 1, "the provisional row of the first chunk",
                          10)
             done = []
@@ -208,10 +221,7 @@ class GatewayKill(tggateway.GatewayCase):
             lk.close()
         self.start_gateway()
         rids = cut + done
-        wait_for(lambda: self.q("select count(*) from usage where request_id = any(%s::uuid[])", rids)[0][0]
-                 == len(rids), "a usage row for every stream after the restart", 30)
-        self.drain()
-        wait_for(lambda: not self.spooled(), "no journal or stream file left", 10)
+        self.all_billed(rids, "a usage row for every stream after the restart")
         rows = {r[0]: r[1:] for r in self.q(
             "select u.request_id::text, u.http_status, u.stream, u.prompt_tokens, u.prompt_cache_hit_tokens,"
             " u.completion_tokens, u.cost_pico, count(l.id), coalesce(-sum(l.amount_pico), 0)"
@@ -297,16 +307,7 @@ class GatewayKill(tggateway.GatewayCase):
             while len(cut) < 16 and not any("loop1" in self.provisional_loops(r) for r in cut):
                 t = os.urandom(6).hex()
                 toks.append(t)
-                c = http.client.HTTPSConnection("127.0.0.1", P_GW, context=self.tls, timeout=15)
-                conns.append(c)
-                body = {"model": MODEL, "stream": True, "messages": [{"role": "user", "content": "stallhold:" + t}]}
-                c.request("POST", "/v1/chat/completions", json.dumps(body),
-                          {"Authorization": "Bearer " + key, "Content-Type": "application/json"})
-                r = c.getresponse()
-                self.assertEqual(r.status, 200)
-                cut.append(r.getheader("x-request-id"))
-                while b"Hello" not in r.readline():  # the first chunk: its provisional row is written
-                    pass
+                cut.append(self.hold_stream(key, t, conns))
                 wait_for(lambda: self.provisional_completion(cut[-1]) == 1, "the provisional row", 10)
             self.assertTrue(any("loop1" in self.provisional_loops(r) for r in cut),
                             "a cut stream on the second loop among %d" % len(cut))
@@ -326,10 +327,7 @@ class GatewayKill(tggateway.GatewayCase):
         try:
             cls.config = one
             self.start_gateway()
-            wait_for(lambda: self.q("select count(*) from usage where request_id = any(%s::uuid[])", cut)[0][0]
-                     == len(cut), "a usage row for every cut stream after the 1-loop restart", 30)
-            self.drain()
-            wait_for(lambda: not self.spooled(), "no journal or stream file left", 10)
+            self.all_billed(cut, "a usage row for every cut stream after the 1-loop restart")
             rows = {r[0]: r[1:] for r in self.q(
                 "select u.request_id::text, u.http_status, u.completion_tokens, u.prompt_tokens, u.cost_pico,"
                 " count(l.id), coalesce(-sum(l.amount_pico), 0) from usage u"
@@ -364,16 +362,7 @@ class GatewayKill(tggateway.GatewayCase):
         conns, cut = [], []
         try:
             for t in toks:
-                c = http.client.HTTPSConnection("127.0.0.1", P_GW, context=self.tls, timeout=15)
-                conns.append(c)
-                body = {"model": MODEL, "stream": True, "messages": [{"role": "user", "content": "stallhold:" + t}]}
-                c.request("POST", "/v1/chat/completions", json.dumps(body),
-                          {"Authorization": "Bearer " + key, "Content-Type": "application/json"})
-                r = c.getresponse()
-                self.assertEqual(r.status, 200)
-                cut.append(r.getheader("x-request-id"))
-                while b"Hello" not in r.readline():
-                    pass
+                cut.append(self.hold_stream(key, t, conns))
             old = [h for h, in self.q("select distinct holder from credit_leases where customer_id = %s", cid)]
             self.assertTrue(old, "the streams' leases")
             self.kill_gateway()
