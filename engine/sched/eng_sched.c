@@ -31,6 +31,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -60,6 +61,12 @@ struct eng_job {
     eng_sample_req_t sreq;
     eng_rng_t rng_after; /* rng after sreq.u was drawn: kept when the backend used it */
     eng_ev_t *last;     /* its last event, allocated at submit (finish_job takes it: no wait there) */
+    /* logprobs entries of tokens whose text the stop matcher still holds
+     * (eng_ev_t.lp): lp_hold[i]'s text starts at byte lp_at[i] of the text the
+     * matcher was given */
+    eng_logprob_t *lp_hold;
+    size_t *lp_at;
+    int n_hold, cap_hold;
 };
 
 struct eng_sched {
@@ -123,6 +130,8 @@ static void job_free(eng_job_t *j) {
     eng_stop_free(&j->stop);
     eng_think_free(&j->think);
     free(j->last);
+    free(j->lp_hold);
+    free(j->lp_at);
     free(j);
 }
 
@@ -397,6 +406,45 @@ static void preempt_youngest(eng_sched_t *s) {
     pthread_mutex_unlock(&s->mu);
 }
 
+/* Hold the logprobs entry lp of a token whose text starts at byte `at` of
+ * the matcher's input; 0 or -1 out of memory. */
+static int lp_hold(eng_job_t *j, const eng_logprob_t *lp, size_t at) {
+    if (j->n_hold == j->cap_hold) {
+        int nc = j->cap_hold ? j->cap_hold * 2 : 8;
+        eng_logprob_t *a = realloc(j->lp_hold, (size_t)nc * sizeof *a);
+        if (!a) return -1;
+        j->lp_hold = a;
+        size_t *b = realloc(j->lp_at, (size_t)nc * sizeof *b);
+        if (!b) return -1;
+        j->lp_at = b;
+        j->cap_hold = nc;
+    }
+    j->lp_hold[j->n_hold] = *lp;
+    j->lp_at[j->n_hold++] = at;
+    return 0;
+}
+
+/* Move the held entries whose text starts before byte `upto` of the
+ * matcher's input (all: upto SIZE_MAX) into ev, in order; the rest stay held
+ * unless drop (a stop string matched: their text is never returned).
+ * 0 or -1 out of memory. */
+static int lp_release(eng_job_t *j, eng_ev_t *ev, size_t upto, int drop) {
+    int k = 0;
+    while (k < j->n_hold && j->lp_at[k] < upto) k++;
+    if (k) {
+        eng_logprob_t *a = realloc(ev->lp, (size_t)(ev->n_lp + k) * sizeof *a);
+        if (!a) return -1;
+        ev->lp = a;
+        memcpy(ev->lp + ev->n_lp, j->lp_hold, (size_t)k * sizeof *a);
+        ev->n_lp += k;
+        memmove(j->lp_hold, j->lp_hold + k, (size_t)(j->n_hold - k) * sizeof *j->lp_hold);
+        memmove(j->lp_at, j->lp_at + k, (size_t)(j->n_hold - k) * sizeof *j->lp_at);
+        j->n_hold -= k;
+    }
+    if (drop) j->n_hold = 0;
+    return 0;
+}
+
 /* Sample and process one token for job j; returns the finish reason. */
 static eng_finish_t take_token(eng_sched_t *s, eng_job_t *j, eng_ev_t *ev, char *err, size_t errlen) {
     float *lg = s->logits[j->slot];
@@ -428,15 +476,17 @@ static eng_finish_t take_token(eng_sched_t *s, eng_job_t *j, eng_ev_t *ev, char 
     if (id == s->eos_tok || id == s->eos_model) {
         fin = ENG_FINISH_STOP; /* the EOS is counted, never shown */
     } else {
-        if (j->spec.logprobs) {
-            if (!(ev->lp = malloc(sizeof *ev->lp))) goto oom;
-            eng_logprob_compute(lg, s->n_allowed, id, j->spec.top_logprobs, ev->lp);
+        if (j->spec.logprobs) { /* held until its text is let through (lp_release) */
+            eng_logprob_t lp;
+            eng_logprob_compute(lg, s->n_allowed, id, j->spec.top_logprobs, &lp);
+            if (lp_hold(j, &lp, j->stop.in_total)) goto oom;
         }
         if (!j->in_tools && id == j->spec.tool_trigger) {
             /* the text before the block is complete: flush the pipeline */
             j->in_tools = 1;
             if (pipe_flush(j, ev)) goto oom;
         }
+        if (j->in_tools && lp_release(j, ev, SIZE_MAX, 0)) goto oom; /* a tool block's tokens: at once */
         if (j->in_tools) {
             size_t n = 0;
             const char *b = tok_token_bytes(s->tok, id, &n);
@@ -451,11 +501,15 @@ static eng_finish_t take_token(eng_sched_t *s, eng_job_t *j, eng_ev_t *ev, char 
             }
             if (n && pipe_text(j, ev, t, n, &stopped)) goto oom;
             if (stopped) fin = ENG_FINISH_STOP;
+            /* the tokens whose text begins in what the matcher let through; on a match, those
+             * wholly inside or after the stop string are dropped */
+            if (lp_release(j, ev, j->stop.n_stop ? j->stop.out_total : SIZE_MAX, stopped)) goto oom;
         }
     }
     if (was_reasoning || eng_think_in_reasoning(&j->think)) j->n_reasoning++;
     if (fin == ENG_FINISH_NONE && j->n_gen >= j->spec.max_tokens) fin = ENG_FINISH_LENGTH;
     if (fin != ENG_FINISH_NONE && !stopped && !j->in_tools && pipe_flush(j, ev)) goto oom;
+    if (fin != ENG_FINISH_NONE && lp_release(j, ev, j->stop.matched ? j->stop.out_total : SIZE_MAX, 1)) goto oom;
     return fin;
 oom:
     snprintf(err, errlen, "out of memory");

@@ -37,6 +37,7 @@ typedef struct {
     int n_stop;
     tg_buf_t hold;
     int matched;
+    size_t in_total, out_total; /* bytes pushed in, and emitted (the text before a match, at most) */
 } eng_stop_t;
 
 void eng_stop_init(eng_stop_t *st, const char *const *stop, const size_t *len, int n);
@@ -127,7 +128,14 @@ typedef struct eng_ev {
     tg_buf_t tool;       /* new bytes of the tool-call block (markers as their text) */
     int new_tokens;       /* tokens generated in this step (0 or 1) */
     int first_token;      /* this event carries the job's first generated token */
-    eng_logprob_t *lp;    /* the new token's logprobs when asked for (NULL for EOS) */
+    /* Logprobs when asked for: the entries of the tokens whose text this
+     * event's content starts (in order; malloc'd, n_lp of them).  With stop
+     * strings a token's entry waits while its text is held back, and the
+     * tokens whose text lies wholly inside or after a matched stop string
+     * are never listed (the one straddling the cut is: some of its text was
+     * returned).  EOS has none. */
+    eng_logprob_t *lp;
+    int n_lp;
     int64_t t_ns;         /* monotonic time the token(s) were sampled */
     eng_finish_t finish;
     int prompt_tokens, completion_tokens, reasoning_tokens; /* set on the last event */

@@ -41,7 +41,11 @@ void eng_stop_init(eng_stop_t *st, const char *const *stop, const size_t *len, i
 
 int eng_stop_push(eng_stop_t *st, const char *text, size_t len, tg_buf_t *out) {
     if (st->matched) return 1;
-    if (!st->n_stop) return tg_buf_put(out, text, len) ? -1 : 0;
+    st->in_total += len;
+    if (!st->n_stop) {
+        st->out_total += len;
+        return tg_buf_put(out, text, len) ? -1 : 0;
+    }
     if (tg_buf_put(&st->hold, text, len)) return -1;
     const char *h = st->hold.p;
     size_t hn = st->hold.len;
@@ -52,6 +56,7 @@ int eng_stop_push(eng_stop_t *st, const char *text, size_t len, tg_buf_t *out) {
     }
     if (first) {
         st->matched = 1;
+        st->out_total += (size_t)(first - h);
         int rc = tg_buf_put(out, h, (size_t)(first - h));
         tg_buf_free(&st->hold);
         return rc ? -1 : 1;
@@ -62,13 +67,14 @@ int eng_stop_push(eng_stop_t *st, const char *text, size_t len, tg_buf_t *out) {
         if (k > keep) keep = k;
     }
     if (tg_buf_put(out, h, hn - keep)) return -1;
+    st->out_total += hn - keep;
     tg_buf_consume(&st->hold, hn - keep);
     return 0;
 }
 
 int eng_stop_flush(eng_stop_t *st, tg_buf_t *out) {
     int rc = 0;
-    if (!st->matched && st->hold.len) rc = tg_buf_put(out, st->hold.p, st->hold.len);
+    if (!st->matched && st->hold.len) rc = tg_buf_put(out, st->hold.p, st->hold.len), st->out_total += st->hold.len;
     st->hold.len = 0;
     return rc;
 }

@@ -477,24 +477,37 @@ static void on_wake(evutil_socket_t fd, short what, void *arg) {
             h->t_last = ev->t_ns;
             h->got_first = 1;
         }
-        cJSON *lp = NULL;
-        if (ev->lp && !c->gone && c->legacy_lp) { /* completions: the legacy format */
+        cJSON *lp = NULL; /* the event's entries (eng_ev_t.lp: none, one, or several at once) */
+        if (ev->n_lp && !c->gone && c->legacy_lp) { /* completions: the legacy format */
             cJSON *into = c->stream ? cJSON_CreateObject() : h->lp_legacy ? h->lp_legacy
                                                                       : (h->lp_legacy = cJSON_CreateObject());
-            if (!into || eng_logprob_legacy_add(into, S->tok, ev->lp, &h->text_off)) call_oom(c);
+            for (int k = 0; k < ev->n_lp; k++)
+                if (!into || eng_logprob_legacy_add(into, S->tok, &ev->lp[k], &h->text_off)) {
+                    call_oom(c);
+                    break;
+                }
             if (c->stream && into && !c->bad_status)
                 sse_chunk(c, h->index, NULL, ev->content.p ? ev->content.p : "", ev->content.len, NULL, 0,
                           ENG_FINISH_NONE, into); /* taken over */
             else if (c->stream)
                 cJSON_Delete(into);
             if (c->stream) ev->content.len = 0; /* sent with its logprobs */
-        } else if (ev->lp && !c->gone && !(lp = eng_logprob_json(S->tok, ev->lp))) call_oom(c);
+        } else if (ev->n_lp && !c->gone) {
+            if (!(lp = cJSON_CreateArray())) call_oom(c);
+            for (int k = 0; lp && k < ev->n_lp; k++) {
+                cJSON *e = eng_logprob_json(S->tok, &ev->lp[k]);
+                if (!e) {
+                    cJSON_Delete(lp), lp = NULL;
+                    call_oom(c);
+                    break;
+                }
+                cJSON_AddItemToArray(lp, e);
+            }
+        }
         if (!c->gone && c->stream && !c->bad_status) {
-            cJSON *lpo = NULL; /* {"content":[entry]} for this event's chunk */
+            cJSON *lpo = NULL; /* {"content":[entries]} for this event's chunk */
             if (lp && (lpo = cJSON_CreateObject())) {
-                cJSON *arr = cJSON_AddArrayToObject(lpo, "content");
-                if (arr) cJSON_AddItemToArray(arr, lp);
-                else cJSON_Delete(lp), call_oom(c);
+                cJSON_AddItemToObject(lpo, "content", lp);
                 lp = NULL;
             } else if (lp) {
                 call_oom(c);
@@ -513,16 +526,16 @@ static void on_wake(evutil_socket_t fd, short what, void *arg) {
         } else if (!c->gone) {
             if (lp) {
                 if (!h->lp_content && !(h->lp_content = cJSON_CreateArray())) call_oom(c);
-                if (h->lp_content) cJSON_AddItemToArray(h->lp_content, lp);
-                else cJSON_Delete(lp);
-                lp = NULL;
+                cJSON *e;
+                while (h->lp_content && (e = cJSON_DetachItemFromArray(lp, 0)))
+                    cJSON_AddItemToArray(h->lp_content, e);
             }
             if (tg_buf_put(&h->content, ev->content.p ? ev->content.p : "", ev->content.len) ||
                        tg_buf_put(&h->reasoning, ev->reasoning.p ? ev->reasoning.p : "", ev->reasoning.len)) {
                 call_oom(c); /* out of memory: the answer would lose text */
             }
         }
-        cJSON_Delete(lp); /* only left over on OOM */
+        cJSON_Delete(lp); /* the emptied array, or what OOM left over */
         if (ev->tool.len && !c->gone) call_tool_bytes(h, ev->tool.p, ev->tool.len);
         if (ev->finish != ENG_FINISH_NONE) choice_end(h, ev);
         eng_ev_free(ev);

@@ -597,6 +597,47 @@ class Server(unittest.TestCase):
             self.assertEqual(got, want)
             self.assertEqual(fin, "stop")
 
+    def test_stop_string_logprobs_list_only_returned_tokens(self):
+        # logprobs.content lists the tokens of the returned text only: a stop string's own tokens,
+        # and those after it, are not listed; the token straddling the cut is (some of its text is
+        # returned), as the text's first bytes
+        st, _, b = chat("Stop test", max_tokens=16, logprobs=True)
+        self.assertEqual(st, 200, b)
+        ch = json.loads(b)["choices"][0]
+        full, entries = ch["message"]["content"], ch["logprobs"]["content"]
+        toks = [bytes(e["bytes"]) for e in entries]
+        self.assertEqual(b"".join(toks).decode("utf-8"), full)
+        starts = [len(b"".join(toks[:i])) for i in range(len(toks))]
+        fb = full.encode("utf-8")
+        cases = []  # (stop, index of the first token not listed)
+        for k in range(1, len(toks) - 1):
+            a, nx = toks[k], toks[k + 1]
+            try:
+                whole = (a + nx).decode("utf-8")  # a stop at a token boundary: tokens k, k+1
+                mid = (a[1:] + nx).decode("utf-8") if len(a) > 1 else None  # starting inside token k
+            except UnicodeDecodeError:
+                continue
+            if whole and fb.find(whole.encode()) == starts[k] and not any(c[1] == k for c in cases if c[2] == 0):
+                cases.append((whole, k, 0))
+            if mid and fb.find(mid.encode()) == starts[k] + 1 and not any(c[2] == 1 for c in cases):
+                cases.append((mid, k + 1, 1))
+        self.assertTrue(any(c[2] == 0 for c in cases) and any(c[2] == 1 for c in cases), (full, toks))
+        for stop, keep, _ in cases[:4]:
+            want = fb[:fb.find(stop.encode())].decode("utf-8")
+            for stream in (False, True):
+                st, _, b = chat("Stop test", max_tokens=16, logprobs=True, stop=[stop], stream=stream)
+                self.assertEqual(st, 200, b)
+                if stream:
+                    chunks = [json.loads(e) for e in sse(b)[:-1]]
+                    got = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+                    lps = [e for c in chunks if c["choices"] and c["choices"][0].get("logprobs")
+                           for e in c["choices"][0]["logprobs"]["content"]]
+                else:
+                    c = json.loads(b)["choices"][0]
+                    got, lps = c["message"]["content"], (c["logprobs"] or {}).get("content") or []
+                self.assertEqual(got, want, stop)
+                self.assertEqual(lps, entries[:keep], (stop, stream, [e["token"] for e in lps]))
+
     def test_disconnect_frees_slot(self):
         before = metrics()
         s = connect(PORT)
