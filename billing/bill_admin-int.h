@@ -113,6 +113,18 @@ int adm_str_field(adm_req_t *r, tg_json_t *j, const char *name, size_t max, int 
  * in UTC; anything else (8 digits: a date, 20261130) is returned as is for
  * PostgreSQL to read (or refuse with a 400). */
 const char *adm_epoch_to_iso(const char *t, char out[40]);
+/* Is t a time the API takes (ADM_TIME_RULE): Unix seconds (up to 12 digits),
+ * a date of 8 digits (20261130), infinity, -infinity, or ISO 8601 / RFC 3339
+ * YYYY-MM-DD, then optionally T (or a space) and hh:mm[:ss[.fraction]], then
+ * optionally Z, +hh, +hh:mm or +hhmm (or -), every field in range.  Checked
+ * here so that a bad value is a 400 naming its parameter, not PostgreSQL's
+ * error text. */
+#define ADM_TIME_RULE "must be Unix seconds or an ISO 8601 date or date-time (2026-11-30, 2026-11-30T12:00:00Z)"
+int adm_time_valid(const char *t);
+/* Query parameter `name` as a time, for SQL (adm_epoch_to_iso into out):
+ * NULL when absent or empty (the caller's default applies); NULL and *bad set
+ * when it is not a time, a 400 invalid_value naming it then sent. */
+const char *adm_time_q(adm_req_t *r, struct evkeyvalq *q, const char *name, char out[40], int *bad);
 
 /* ---- routers: 0 when the path is not theirs, else 1 (answered) ---------- */
 

@@ -622,6 +622,69 @@ int adm_str_field(adm_req_t *r, tg_json_t *j, const char *name, size_t max, int 
     return -1;
 }
 
+/* n digits at t (all of them digits) as a number, else -1. */
+static int digits(const char *t, int n) {
+    int v = 0;
+    for (int i = 0; i < n; i++) {
+        if (t[i] < '0' || t[i] > '9') return -1;
+        v = v * 10 + (t[i] - '0');
+    }
+    return v;
+}
+
+static int date_ok(int y, int m, int d) {
+    static const int D[] = {31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    if (y < 1 || m < 1 || m > 12 || d < 1 || d > D[m - 1]) return 0;
+    return m != 2 || d < 29 || (y % 4 == 0 && (y % 100 != 0 || y % 400 == 0));
+}
+
+int adm_time_valid(const char *t) {
+    size_t n = strlen(t);
+    if (!strcmp(t, "infinity") || !strcmp(t, "-infinity")) return 1;
+    if (n && n <= 12 && strspn(t, "0123456789") == n) /* Unix seconds; 8 digits: a date */
+        return n != 8 || date_ok(digits(t, 4), digits(t + 4, 2), digits(t + 6, 2));
+    if (n < 10 || t[4] != '-' || t[7] != '-' || !date_ok(digits(t, 4), digits(t + 5, 2), digits(t + 8, 2))) return 0;
+    const char *p = t + 10;
+    if (!*p) return 1;
+    if (*p != 'T' && *p != 't' && *p != ' ') return 0;
+    p++; /* hh:mm[:ss[.fraction]] */
+    int h = digits(p, 2), mi = p[0] && p[1] && p[2] == ':' ? digits(p + 3, 2) : -1;
+    if (h < 0 || h > 23 || mi < 0 || mi > 59) return 0;
+    p += 5;
+    if (*p == ':') {
+        int sec = digits(p + 1, 2);
+        if (sec < 0 || sec > 59) return 0;
+        p += 3;
+        if (*p == '.') {
+            size_t f = strspn(p + 1, "0123456789");
+            if (!f || f > 9) return 0;
+            p += 1 + f;
+        }
+    }
+    if (!*p) return 1;
+    if (!p[1] && (*p == 'Z' || *p == 'z')) return 1;
+    if (*p != '+' && *p != '-') return 0;
+    p++; /* the offset: hh, hh:mm or hhmm */
+    int oh = digits(p, 2);
+    if (oh < 0 || oh > 15) return 0;
+    p += 2;
+    if (!*p) return 1;
+    if (*p == ':') p++;
+    int om = digits(p, 2);
+    return om >= 0 && om <= 59 && !p[2];
+}
+
+const char *adm_time_q(adm_req_t *r, struct evkeyvalq *q, const char *name, char out[40], int *bad) {
+    const char *v = evhttp_find_header(q, name);
+    if (!v || !*v) return NULL;
+    if (!adm_time_valid(v)) {
+        *bad = 1;
+        adm_field_error(r, "invalid_value", name, "%s %s", name, ADM_TIME_RULE);
+        return NULL;
+    }
+    return adm_epoch_to_iso(v, out);
+}
+
 const char *adm_epoch_to_iso(const char *t, char out[40]) {
     /* 8 digits are a date (20261130, ISO 8601's basic form, as PostgreSQL
      * reads it): as Unix seconds they would be 1970-1973, which nobody means */

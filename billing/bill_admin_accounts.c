@@ -218,12 +218,15 @@ static void spending_limits_set(adm_req_t *r, const char *cust) {
     tg_json_free(j);
 }
 
-/* ?from=T&to=T (Unix seconds or timestamps) into p[1], p[2]. */
-static void range(struct evkeyvalq *q, char f2[40], char t2[40], const char **from, const char **to) {
-    const char *f = adm_epoch_to_iso(evhttp_find_header(q, "from"), f2);
-    const char *t = adm_epoch_to_iso(evhttp_find_header(q, "to"), t2);
-    *from = f && *f ? f : "-infinity";
-    *to = t && *t ? t : "infinity";
+/* ?from=T&to=T (Unix seconds or timestamps) into p[1], p[2]; -1 when one is
+ * not a time (answered 400). */
+static int range(adm_req_t *r, struct evkeyvalq *q, char f2[40], char t2[40], const char **from, const char **to) {
+    int bad = 0;
+    const char *f = adm_time_q(r, q, "from", f2, &bad);
+    const char *t = bad ? NULL : adm_time_q(r, q, "to", t2, &bad);
+    *from = f ? f : "-infinity";
+    *to = t ? t : "infinity";
+    return bad ? -1 : 0;
 }
 
 static void list_get(adm_req_t *r, const char *cust, struct evkeyvalq *q, const char *sql) {
@@ -234,7 +237,7 @@ static void list_get(adm_req_t *r, const char *cust, struct evkeyvalq *q, const 
     }
     char f2[40], t2[40];
     const char *p[4] = {cust, NULL, NULL, limit ? limit : "1000"};
-    range(q, f2, t2, &p[1], &p[2]);
+    if (range(r, q, f2, t2, &p[1], &p[2])) return;
     adm_read(r, sql, 4, p, "no such customer");
 }
 

@@ -110,9 +110,11 @@ int bill_admin_invoices_route(adm_req_t *r, char **seg, int nseg, struct evkeyva
     }
     if (nseg == 1 && !strcmp(seg[0], "reconcile")) {
         char f2[40], t2[40];
-        const char *f = adm_epoch_to_iso(evhttp_find_header(q, "from"), f2);
-        const char *t = adm_epoch_to_iso(evhttp_find_header(q, "to"), t2);
-        const char *p[] = {f && *f ? f : "-infinity", t && *t ? t : "infinity"};
+        int bad = 0;
+        const char *f = adm_time_q(r, q, "from", f2, &bad);
+        const char *t = bad ? NULL : adm_time_q(r, q, "to", t2, &bad);
+        if (bad) return 1;
+        const char *p[] = {f ? f : "-infinity", t ? t : "infinity"};
         if (r->method == EVHTTP_REQ_GET) adm_read(r, SQL_RECONCILE, 2, p, NULL);
         else adm_bad_method(r, "GET");
         return 1;

@@ -152,7 +152,7 @@ static int expiry_fields(adm_req_t *req, tg_json_t *j, const char **mode, const 
             *mode = "never";
             return 0;
         }
-        if (!adm_jstr(fa) || !adm_jstr(fa)[0] || strlen(adm_jstr(fa)) > 64) {
+        if (!adm_jstr(fa) || !adm_jstr(fa)[0] || strlen(adm_jstr(fa)) > 64 || !adm_time_valid(adm_jstr(fa))) {
             adm_field_error(req, "invalid_value", "expires_at",
                             "expires_at must be a timestamp string (2026-12-31T00:00:00Z)");
             return -1;

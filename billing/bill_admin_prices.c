@@ -98,8 +98,8 @@ static void prices_set(adm_req_t *r) {
     }
     if (!adm_jstr(m) || !adm_jstr(m)[0] || strlen(adm_jstr(m)) > 200) {
         adm_field_error(r, "invalid_value", "model", "model must be a non-empty string of at most 200 bytes");
-    } else if (eff && !adm_jnull(eff) && !adm_jstr(eff)) {
-        adm_field_error(r, "invalid_value", "effective_from", "effective_from must be a timestamp string");
+    } else if (eff && !adm_jnull(eff) && (!adm_jstr(eff) || !adm_time_valid(adm_jstr(eff)))) {
+        adm_field_error(r, "invalid_value", "effective_from", "effective_from %s", ADM_TIME_RULE);
     } else if (adm_digits_field(r, j, "input_cache_miss", miss) == 0 &&
                adm_digits_field(r, j, "input_cache_hit", hit) == 0 && adm_digits_field(r, j, "output", out) == 0) {
         char iso[40]; /* Unix seconds, as in a query's from/to */
@@ -135,8 +135,8 @@ static void override_set(adm_req_t *r, const char *cust) {
     char miss[24], hit[24], out[24];
     if (!adm_jstr(m) || !adm_jstr(m)[0] || strlen(adm_jstr(m)) > 200) {
         adm_field_error(r, "invalid_value", "model", "model must be a non-empty string of at most 200 bytes");
-    } else if (eff && !adm_jnull(eff) && !adm_jstr(eff)) {
-        adm_field_error(r, "invalid_value", "effective_from", "effective_from must be a timestamp string");
+    } else if (eff && !adm_jnull(eff) && (!adm_jstr(eff) || !adm_time_valid(adm_jstr(eff)))) {
+        adm_field_error(r, "invalid_value", "effective_from", "effective_from %s", ADM_TIME_RULE);
     } else if (nkinds != 1) {
         adm_error(r, 400, "invalid_value",
                   "give exactly one of: input_cache_miss + input_cache_hit + output (explicit prices), "

@@ -248,9 +248,17 @@ static int model_param(dash_call_t *c, const char **model) {
 }
 
 /* from/to: Unix seconds or a timestamp PostgreSQL reads; defaults given. */
-static const char *time_param(dash_call_t *c, const char *name, char buf[40], const char *dflt) {
+/* A time parameter: dflt when absent or empty; NULL with a 400 naming it
+ * sent (*bad set) when it is not a time (adm_time_valid). */
+static const char *time_param(dash_call_t *c, const char *name, char buf[40], const char *dflt, int *bad) {
     const char *v = dash_param(c, name);
+    if (*bad) return NULL;
     if (!v || !*v) return dflt;
+    if (!adm_time_valid(v)) {
+        *bad = 1;
+        dash_field_error(c, "invalid_value", name, "%s %s", name, ADM_TIME_RULE);
+        return NULL;
+    }
     return adm_epoch_to_iso(v, buf);
 }
 
@@ -272,8 +280,10 @@ static void usage_view(dash_call_t *c) {
     time_t now = time(NULL), step = hourly ? 3600 : 86400;
     char fb[40], tb[40], fd[40];
     snprintf(fd, sizeof fd, "%lld", (long long)(now - now % step - (hourly ? 47 : 29) * step));
-    const char *from = time_param(c, "from", fb, adm_epoch_to_iso(fd, fb));
-    const char *to = time_param(c, "to", tb, "infinity");
+    int bad = 0;
+    const char *from = time_param(c, "from", fb, adm_epoch_to_iso(fd, fb), &bad);
+    const char *to = time_param(c, "to", tb, "infinity", &bad);
+    if (bad) return;
     const char *p[] = {c->who.customer_id, from, to, by, key, model};
     dash_read(c, USAGE_SQL, 6, p, NULL);
 }
@@ -368,7 +378,9 @@ static void requests_view(dash_call_t *c) {
         snprintf(cur_id, sizeof cur_id, "%s", comma + 1);
     }
     char fb[40], tb[40];
-    const char *from = time_param(c, "from", fb, "-infinity"), *to = time_param(c, "to", tb, "infinity");
+    int bad = 0;
+    const char *from = time_param(c, "from", fb, "-infinity", &bad), *to = time_param(c, "to", tb, "infinity", &bad);
+    if (bad) return;
     const char *p[] = {c->who.customer_id, from, to, key, model, status, cur_us[0] ? cur_us : NULL,
                        cur_id[0] ? cur_id : NULL, limit};
     dash_read(c, REQUESTS_SQL, 9, p, NULL);
@@ -386,7 +398,9 @@ static void admin_overview(dash_call_t *c) {
         sql = s;
     }
     char fb[40], tb[40];
-    const char *from = time_param(c, "from", fb, NULL), *to = time_param(c, "to", tb, "infinity");
+    int bad = 0;
+    const char *from = time_param(c, "from", fb, NULL, &bad), *to = time_param(c, "to", tb, "infinity", &bad);
+    if (bad) return;
     const char *p[] = {from ? from : "-infinity", to, "20"};
     dash_read(c, sql, 3, p, NULL);
 }

@@ -199,8 +199,10 @@ static void usage_report(adm_req_t *r, struct evkeyvalq *q) {
             return adm_field_error(r, "invalid_value", "split", "%s", "split must be key, model or key,model");
     }
     char f2[40], t2[40];
-    const char *from = adm_epoch_to_iso(evhttp_find_header(q, "from"), f2);
-    const char *to = adm_epoch_to_iso(evhttp_find_header(q, "to"), t2);
+    int bad = 0;
+    const char *from = adm_time_q(r, q, "from", f2, &bad);
+    const char *to = bad ? NULL : adm_time_q(r, q, "to", t2, &bad);
+    if (bad) return;
     const char *p[] = {cust, from && *from ? from : "-infinity", to && *to ? to : "infinity", by,
                        by_key ? "t" : "f", by_model ? "t" : "f"};
     adm_read(r, BILL_REPORT_USAGE_SQL, 6, p, "no such customer");
@@ -219,8 +221,10 @@ static void top_report(adm_req_t *r, struct evkeyvalq *q) {
     if (limit && (!*limit || strspn(limit, "0123456789") != strlen(limit) || strlen(limit) > 5 || atoi(limit) < 1))
         return adm_field_error(r, "invalid_value", "limit", "%s", "limit must be an integer from 1 to 99999");
     char f2[40], t2[40], month[40];
-    const char *from = adm_epoch_to_iso(evhttp_find_header(q, "from"), f2);
-    const char *to = adm_epoch_to_iso(evhttp_find_header(q, "to"), t2);
+    int bad = 0;
+    const char *from = adm_time_q(r, q, "from", f2, &bad);
+    const char *to = bad ? NULL : adm_time_q(r, q, "to", t2, &bad);
+    if (bad) return;
     if (!from || !*from) { /* default: from the start of the current UTC month */
         time_t now = time(NULL);
         struct tm tm;
@@ -238,8 +242,10 @@ static void balance_report(adm_req_t *r, struct evkeyvalq *q) {
     if (!by) return;
     if (!cust || !*cust) return adm_field_error(r, "missing_parameter", "customer", "%s", "customer is required");
     char f2[40], t2[40], fd[40], td[40];
-    const char *from = adm_epoch_to_iso(evhttp_find_header(q, "from"), f2);
-    const char *to = adm_epoch_to_iso(evhttp_find_header(q, "to"), t2);
+    int bad = 0;
+    const char *from = adm_time_q(r, q, "from", f2, &bad);
+    const char *to = bad ? NULL : adm_time_q(r, q, "to", t2, &bad);
+    if (bad) return;
     time_t now = time(NULL);
     if (!to || !*to) to = iso(now + 1, td); /* default: up to now, the last 30 days (48 hours by hour) */
     if (!from || !*from) from = iso(now - (!strcmp(by, "day") ? 29 * 86400 : 47 * 3600), fd);

@@ -715,6 +715,38 @@ class Money(ServerCase):
         j = json.loads(self.s.ctl("--json", "usage", "--customer", name, "--from", "20261130", "--to", "1796083200").stdout)
         self.assertEqual((j["from"], j["to"]), ("2026-11-30T00:00:00+00:00", "2026-12-01T00:00:00+00:00"))
 
+    def test_bad_times_are_400_naming_the_parameter(self):
+        """A from/to (or effective_from, expires_at) that is not a time is a 400 invalid_value naming
+        the parameter, in the API's error format; before, PostgreSQL's own text came back
+        ('invalid input syntax for type timestamp with time zone: ...', param null)."""
+        name, _ = self.customer("1")
+        for path in ("/admin/v1/reconcile?%s", "/admin/v1/customers/%s/usage?%%s" % name,
+                     "/admin/v1/customers/%s/ledger?%%s" % name, "/admin/v1/reports/top?%s",
+                     "/admin/v1/reports/usage?customer=%s&%%s" % name,
+                     "/admin/v1/reports/balance?customer=%s&%%s" % name):
+            for qs, param in (("from=yesterday-ish", "from"), ("from=2026-02-30", "from"),
+                              ("from=2026-11-01&to=2026-13-01", "to"), ("to=2026-11-01T25:00:00Z", "to"),
+                              ("from=2026-11-01T10:00:00%2B99:00", "from"), ("from=1e9", "from")):
+                st, j = self.api.json("GET", path % qs)
+                self.assertEqual(st, 400, (path % qs, j))
+                e = j["error"]
+                self.assertEqual((e["code"], e["param"], e["type"]), ("invalid_value", param, "invalid_request_error"),
+                                 (path % qs, e))
+                self.assertIn("ISO 8601", e["message"])
+                self.assertNotIn("timestamp with time zone", e["message"])
+        for qs in ("from=2026-11-30", "from=2026-11-30T12:00:00Z&to=2026-12-01 00:00:00.5+01:00",
+                   "from=20261130&to=1796083200", "from=-infinity&to=infinity", "from=2026-11-30T12:00-0530"):
+            st, j = self.api.json("GET", "/admin/v1/reconcile?" + qs.replace(" ", "%20").replace("+", "%2B"))
+            self.assertEqual(st, 200, (qs, j))
+        p = self.s.ctl("usage", "--customer", name, "--from", "last tuesday", check=False)
+        self.assertEqual(p.returncode, 1, p.stdout[:300])
+        self.assertIn("from must be Unix seconds or an ISO 8601 date", p.stderr)
+        self.assertNotIn("timestamp with time zone", p.stderr)
+        st, j = self.api.json("POST", "/admin/v1/prices", {"model": "m-" + uuid.uuid4().hex[:8],
+                                                            "input_cache_miss": "1", "input_cache_hit": "1",
+                                                            "output": "1", "effective_from": "soon"})
+        self.assertEqual((st, j["error"]["param"]), (400, "effective_from"), j)
+
     def test_unix_seconds_in_bodies(self):
         """effective_from and expires_at take Unix seconds as from and to do (and 8 digits as a
         date); before, they were a 400 ('date/time field value out of range')."""
