@@ -32,7 +32,7 @@ static const char SQL_INVOICE_LIST[] =
     "   'opening_balance_pico', i.opening_pico::text, 'credits_pico', i.credits_pico::text,"
     "   'adjustments_pico', i.adjustments_pico::text, 'refunds_pico', i.refunds_pico::text,"
     "   'usage_pico', i.usage_pico::text, 'usage_usd', tg_usd(i.usage_pico),"
-    "   'closing_balance_pico', i.closing_pico::text, 'requests', i.requests, 'late_requests', i.late_requests,"
+    "   'closing_balance_pico', i.closing_pico::text, 'requests', i.requests::text, 'late_requests', i.late_requests::text,"
     "   'finalized_at', tg_iso(i.finalized_at), 'finalized_by', i.finalized_by) ORDER BY c.name), '[]'))::text"
     " FROM invoices i JOIN customers c ON c.id = i.customer_id WHERE i.month = ($1 || '-01')::date";
 

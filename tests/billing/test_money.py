@@ -472,14 +472,19 @@ class Money(ServerCase):
         self.settle_at(cid, apr, 10, 0, 10)
         self.s.drain()
         draft, _, _ = self.docs(name, p1)
-        self.assertEqual((draft["status"], draft["id"], draft["requests"]), ("draft", None, 3))
+        self.assertEqual((draft["status"], draft["id"], draft["requests"]), ("draft", None, "3"))
         self.check_totals(draft)
 
         j = json.loads(self.s.ctl("invoice", "finalize", "--month", p1, "--customer", name, "--json").stdout)
         self.assertEqual((j["finalized"], [x["customer"] for x in j["invoices"]]), (1, [name]))
         inv1, json1, csv1 = self.docs(name, p1)
         self.assertEqual((inv1["status"], inv1["finalized_by"], inv1["requests"], inv1["late_requests"]),
-                         ("finalized", "root", 3, 0))
+                         ("finalized", "root", "3", "0"))
+        # counters are strings of digits, as everywhere else in the admin API (they were JSON numbers):
+        # in the document and in the month's list of finalized invoices
+        st, lst = self.api.json("GET", "/admin/v1/invoices?month=%s" % p1)
+        mine = [x for x in lst["data"] if x["customer"] == name]
+        self.assertEqual((st, [(x["requests"], x["late_requests"]) for x in mine]), (200, [("3", "0")]), lst)
         self.check_totals(inv1)
         want1 = 600 * PRICE[0] + 400 * PRICE[1] + 50 * PRICE[2] + 300 * PRICE[0] + 7 * PRICE[2]
         self.assertEqual((int(inv1["usage_pico"]), int(inv1["opening_balance_pico"]), inv1["credits"]),
@@ -513,10 +518,10 @@ class Money(ServerCase):
 
         # the late line is on the next invoice, naming its own period
         inv2, json2, csv2 = self.docs(name, p2)
-        self.assertEqual((inv2["status"], inv2["requests"], inv2["late_requests"]), ("draft", 2, 1))
+        self.assertEqual((inv2["status"], inv2["requests"], inv2["late_requests"]), ("draft", "2", "1"))
         self.s.ctl("invoice", "finalize", "--month", p2, "--customer", name)
         inv2, json2, csv2 = self.docs(name, p2)
-        self.assertEqual((inv2["status"], inv2["requests"], inv2["late_requests"]), ("finalized", 2, 1))
+        self.assertEqual((inv2["status"], inv2["requests"], inv2["late_requests"]), ("finalized", "2", "1"))
         self.check_totals(inv2)
         late_lines = [x for x in inv2["lines"] if x["late"]]
         self.assertEqual({x["period"] for x in late_lines}, {p1})
