@@ -47,7 +47,7 @@ static const struct {
     [R_CHUNK] = {400, "invalid_request", "Malformed chunked body."},
     [R_TRAILER] = {400, "invalid_request", "Trailer fields in a chunked body are not accepted."},
     [R_EXPECT] = {417, "expectation_failed", "Only Expect: 100-continue is understood."},
-    [R_HEAD_BIG] = {413, "request_too_large", "The request line and headers are over %zu bytes."},
+    [R_HEAD_BIG] = {431, "header_too_large", "The request line and headers are over %zu bytes."},
     [R_BODY_BIG] = {413, "request_too_large", "The request body is over the limit of %zu bytes."},
     [R_TIMEOUT] = {408, "request_timeout", "The request did not arrive whole within %d s."},
     [R_BUSY] = {503, "server_busy",
@@ -653,7 +653,8 @@ int tg_httpguard_answer(tg_httpguard_t *g, struct evhttp_request *req) {
     evbuffer_add_printf(b, "{\"error\":{\"message\":\"%s\",\"type\":\"%s\",\"param\":null,\"code\":\"%s\"}}\n", msg,
                         st == 503 ? "server_error" : "invalid_request_error", REASONS[r].code);
     const char *phrase = st == 400 ? "Bad Request" : st == 408 ? "Request Timeout" : st == 413 ? "Payload Too Large"
-                       : st == 417 ? "Expectation Failed" : st == 501 ? "Not Implemented" : "Service Unavailable";
+                       : st == 417 ? "Expectation Failed" : st == 431 ? "Request Header Fields Too Large"
+                       : st == 501 ? "Not Implemented" : "Service Unavailable";
     evhttp_send_reply(req, st, phrase, NULL);
     return 1;
 }

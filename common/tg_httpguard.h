@@ -36,7 +36,7 @@ typedef struct tg_httpguard tg_httpguard_t;
 
 typedef struct {
     int max_conns;          /* open connections; one more is answered 503 and closed */
-    size_t max_head;        /* bytes of a request line and headers (and a chunked body's trailer) */
+    size_t max_head;        /* bytes of a request line and headers (and a chunked body's trailer); 431 above */
     size_t max_body;        /* bytes of a body (413 above: by Content-Length at once, chunked when passed) */
     size_t max_buffered;    /* request bytes held by all connections together (503 above) */
     int request_timeout_s;  /* from a request's first byte to its last (408 and close after) */

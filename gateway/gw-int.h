@@ -130,11 +130,8 @@ int gw_http_parser_busy(const gw_http_parser_t *p);
 void gw_http_req_free(gw_http_req_t *r); /* accepts NULL */
 /* Header value by case-insensitive name (first match), or NULL. */
 const char *gw_http_header(const gw_http_req_t *r, const char *name);
-/* A Content-Type value (RFC 9110 §8.3): GW_HTTP_MEDIA_JSON for
- * application/json or application/...+json, with any parameters, a charset
- * among them only utf-8 (any case, quoted or not); GW_HTTP_MEDIA_BAD_CHARSET
- * for a JSON type in another charset; GW_HTTP_MEDIA_NOT_JSON otherwise
- * (another type, or a value that does not parse). */
+/* A Content-Type value (RFC 9110 §8.3): common/tg_http_media.c's reading
+ * (GW_HTTP_MEDIA_* = TG_HTTP_MEDIA_*), shared with the engine worker. */
 enum { GW_HTTP_MEDIA_JSON = 0, GW_HTTP_MEDIA_NOT_JSON = -1, GW_HTTP_MEDIA_BAD_CHARSET = -2 };
 int gw_http_json_media(const char *v);
 

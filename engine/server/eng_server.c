@@ -32,6 +32,7 @@
 #include <event2/thread.h>
 
 #include "eng_cmd.h"
+#include "tg_http_media.h"
 #include "tg_httpguard.h"
 #include "tg_prefix.h"
 #include "tg_utf8.h"
@@ -701,6 +702,16 @@ static void handle_chat(srv_t *S, struct evhttp_request *req, int cmpl) {
     }
     if (S->draining) {
         api_err(&e, 503, "server_error", NULL, "server_shutting_down", "The worker is shutting down.");
+        goto fail;
+    }
+    /* The body is JSON, as the gateway asks (tg_http_media.h): Content-Type application/json (charset
+     * utf-8 if one is named) or none; another media type is refused by name, not guessed at */
+    const char *ct = evhttp_find_header(evhttp_request_get_input_headers(req), "Content-Type");
+    int media = ct ? tg_http_json_media(ct) : TG_HTTP_MEDIA_JSON;
+    if (media != TG_HTTP_MEDIA_JSON) {
+        api_err(&e, 400, "invalid_request_error", NULL, "invalid_content_type", "Invalid Content-Type header '%.120s': %s",
+                ct, media == TG_HTTP_MEDIA_BAD_CHARSET ? "the body must be JSON in UTF-8 (charset=utf-8)"
+                                                     : "the request body must be JSON, sent as 'Content-Type: application/json'");
         goto fail;
     }
     struct evbuffer *in = evhttp_request_get_input_buffer(req);

@@ -164,11 +164,32 @@ class Http(unittest.TestCase):
             with self.subTest(name):
                 self.json_error(raw(PORT, data), status)
 
-    def test_headers_over_64k_are_json_413(self):
+    def test_headers_over_64k_are_json_431(self):
+        # 431 Request Header Fields Too Large (RFC 6585), as the gateway answers: not 413, which is
+        # about the body
         data = b"GET /health HTTP/1.1\r\n" + b"".join(b"X-H%d: %s\r\n" % (i, b"a" * 1000) for i in range(80))
-        self.json_error(raw(PORT, data + b"\r\n"), 413, "request_too_large")
+        (st, h, b) = raw(PORT, data + b"\r\n")
+        self.json_error((st, h, b), 431, "header_too_large")
         one_line = b"GET /health?" + b"a" * (70 << 10) + b" HTTP/1.1\r\n\r\n"
-        self.json_error(raw(PORT, one_line), 413, "request_too_large")
+        self.json_error(raw(PORT, one_line), 431, "header_too_large")
+
+    def test_post_body_must_be_json_by_content_type(self):
+        # as the gateway: application/json (or application/...+json, charset utf-8 only) or no
+        # Content-Type at all; another media type is a 400 invalid_content_type naming it, in the
+        # worker's own error format
+        for ct, status in (("text/plain", 400), ("application/x-www-form-urlencoded", 400),
+                           ("application/json; charset=latin1", 400), ("multipart/form-data; boundary=x", 400),
+                           ("application/json", 200), ("application/json; charset=UTF-8", 200),
+                           ("application/vnd.api+json", 200), (None, 200)):
+            with self.subTest(ct=ct):
+                hdr = b"Content-Type: %s\r\n" % ct.encode() if ct else b""
+                r = raw(PORT, b"POST /v1/chat/completions HTTP/1.1\r\n" + hdr +
+                        b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(CHAT), CHAT))
+                if status == 200:
+                    self.assertEqual(r[0], 200, r)
+                else:
+                    err = self.json_error(r, 400, "invalid_content_type")
+                    self.assertIn(ct, err["message"])
 
     def test_bodies_over_the_limit_are_json_413(self):
         # announced: answered at once, before the body (which then goes nowhere); the connection goes on

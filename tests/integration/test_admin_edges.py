@@ -180,13 +180,14 @@ class Edges(Checks):
 
     def test_admin_http_errors_are_json(self):
         """What libevent answered with its own HTML page (a body over 1 MiB: 413; a malformed request:
-        400; an unknown method: 501) is the API's JSON error, before any token check."""
+        400; an unknown method: 501) is the API's JSON error, before any token check; headers over the
+        limit are 431 (Request Header Fields Too Large), as the gateway answers them."""
         big = json.dumps({"name": "edges-" + "a" * (2 << 20)})
         self.error(admin("POST", "customers", big), 413, "request_too_large")
         self.error(admin("POST", "customers", big, token=None), 413, "request_too_large")
         for data, status in ((b"GARBAGE\r\n\r\n", 400), (b"GET /admin/v1/customers HTTP/1.1\r\nBad header\r\n\r\n", 400),
                              (b"BREW /admin/v1/customers HTTP/1.1\r\n\r\n", 501),
-                             (b"GET /admin/v1/customers HTTP/1.1\r\n" + b"X-Big: " + b"a" * 20000 + b"\r\n\r\n", 413),
+                             (b"GET /admin/v1/customers HTTP/1.1\r\n" + b"X-Big: " + b"a" * 20000 + b"\r\n\r\n", 431),
                              (b"POST /admin/v1/customers HTTP/1.1\r\nContent-Length: 5000000\r\n\r\n", 413)):
             with self.subTest(data=data[:40]):
                 s = socket.create_connection((ADMIN.hostname, ADMIN.port), timeout=TIMEOUT)
