@@ -652,24 +652,6 @@ int eng_kv_total_blocks(const eng_model_t *m) { return eng_kv_blocks_total(m->kv
 
 /* ---- scratch allocation ----------------------------------------------------------------- */
 
-static size_t max_alloc(void) {
-    static size_t lim = 1; /* 1: not read yet; 0: no limit */
-    size_t l = __atomic_load_n(&lim, __ATOMIC_RELAXED);
-    if (l == 1) {
-        const char *e = getenv("TOLLGATE_ENGINE_MAX_ALLOC");
-        l = e && *e ? (size_t)strtoull(e, NULL, 10) : 0;
-        if (l == 1) l = 2;
-        __atomic_store_n(&lim, l, __ATOMIC_RELAXED);
-    }
-    return l;
-}
-
-void *eng_alloc(size_t n) {
-    size_t l = max_alloc();
-    if (l && n > l) return NULL;
-    return malloc(n ? n : 1);
-}
-
 /* ---- forward ----------------------------------------------------------------------
  * Every step below is one backend op over the whole batch; the host only
  * builds the batch's index arrays (positions, cache offsets, rows) and, when
