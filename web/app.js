@@ -42,7 +42,18 @@ function card(label, value, sub, id) {
     el('div', { class: 'value' }, value), sub ? el('div', { class: 'sub' }, sub) : null);
 }
 
-const usd = s => (s === null || s === undefined) ? '—' : '$' + s;
+// A USD amount for show, from the decimal string the server writes (tg_usd: "-1.500000"): the
+// sign before the dollar sign, cents always, further decimals only when not zero ("-$1.50",
+// "$0.000123", "$2.00"). Before 2026-12-01 the sign came after it ("$-1.500000").
+function usdText(s) {
+  let t = String(s);
+  const neg = t.startsWith('-');
+  if (neg) t = t.slice(1);
+  let [i, f = ''] = t.split('.');
+  f = f.replace(/0+$/, '').padEnd(2, '0');
+  return (neg && /[1-9]/.test(i + f) ? '-' : '') + '$' + i + '.' + f;
+}
+const usd = s => (s === null || s === undefined) ? '—' : usdText(s);
 const ts = s => s ? new Date(s).toISOString().replace('T', ' ').slice(0, 19) : '';
 const sumPico = xs => xs.reduce((a, x) => a + BigInt(x || '0'), 0n);
 // pico-USD (decimal string or BigInt) as USD rounded half away from zero to 6
@@ -320,7 +331,7 @@ async function usage() {
       ], { stacked: true, title: 'Tokens by class' }),
       chart('chart-cost', 'bar', labels, [
         { label: 'cost (USD)', data: rows.map(r => r ? Number(BigInt(r.cost_pico)) / 1e12 : 0), exact: exact('cost_pico'), backgroundColor: '#16a34a' },
-      ], { title: 'Cost (USD)', extra: { scales: { y: { beginAtZero: true, ticks: { callback: v => '$' + Number(v).toFixed(6) } } } } }),
+      ], { title: 'Cost (USD)', extra: { scales: { y: { beginAtZero: true, ticks: { callback: v => usdText(Number(v).toFixed(6)) } } } } }),
       chart('chart-ratio', 'line', labels, [
         { label: 'cache-hit ratio %', data: ratio, borderColor: '#7c3aed', backgroundColor: '#7c3aed', spanGaps: true },
       ], { title: 'Cache-hit ratio (%)', extra: { scales: { y: { min: 0, max: 100 } } } }),
@@ -492,10 +503,20 @@ async function requests(arg, before, pages) {
 
 // ---- operator views -------------------------------------------------------
 
+const REVENUE_DAYS = 365; // the revenue chart's days before today, at most (the all-time card counts all)
+
 async function operator() {
   const tok = begin();
   const o = await api('admin/overview');
-  const labels = o.by_day.map(d => d.period.slice(0, 10));
+  // every day from the first with usage (a year back at most) to today, a day without any at 0, as
+  // the usage charts do (before 2026-12-01 such days were left out: the bars closed up over the gap)
+  const DAY = 86400e3, today = Math.floor(Date.now() / DAY) * DAY;
+  const first = o.by_day.length ? Date.parse(o.by_day[0].period) : today;
+  const days = [];
+  for (let t = Math.max(first, today - REVENUE_DAYS * DAY); t <= today; t += DAY) days.push(t);
+  const byDay = new Map(o.by_day.map(d => [Date.parse(d.period), d]));
+  const dayCost = days.map(t => byDay.has(t) ? byDay.get(t).cost_pico : '0');
+  const labels = days.map(t => new Date(t).toISOString().slice(0, 10));
   setView(tok,
     el('h1', {}, 'Revenue'),
     el('div', { class: 'cards' },
@@ -504,8 +525,8 @@ async function operator() {
       card('Paying customers', o.paying_customers, o.top.customers + ' with any traffic', 'op-customers')),
     el('div', { class: 'charts' },
       chart('chart-revenue', 'bar', labels, [
-        { label: 'revenue (USD)', data: o.by_day.map(d => Number(BigInt(d.cost_pico)) / 1e12), exact: o.by_day.map(d => d.cost_pico), backgroundColor: '#16a34a' }],
-        { title: 'Revenue per day (USD)', extra: { scales: { y: { beginAtZero: true, ticks: { callback: v => '$' + Number(v).toFixed(6) } } } } }),
+        { label: 'revenue (USD)', data: dayCost.map(p => Number(BigInt(p)) / 1e12), exact: dayCost, backgroundColor: '#16a34a' }],
+        { title: 'Revenue per day (USD), the last ' + (REVENUE_DAYS + 1) + ' days at most', extra: { scales: { y: { beginAtZero: true, ticks: { callback: v => usdText(Number(v).toFixed(6)) } } } } }),
       chart('chart-model-tokens', 'bar', o.by_model.map(m => m.model), [
         { label: 'cache hit', data: o.by_model.map(m => Number(m.prompt_cache_hit_tokens)), backgroundColor: '#7aa2f7' },
         { label: 'cache miss', data: o.by_model.map(m => Number(m.prompt_cache_miss_tokens)), backgroundColor: '#2f5bd3' },

@@ -29,6 +29,9 @@ const PSQL = (() => {
   const v = readdirSync(d).sort((a, b) => Number(b) - Number(a))[0];
   return `${d}/${v}/bin/psql`;
 })();
+// A USD amount as the page shows it, from tg_usd's text: the sign before the dollar sign, cents
+// always, further decimals only when not zero ("-1.500000" -> "-$1.50", "0.000120" -> "$0.00012").
+const dollars = u => (u.startsWith('-') ? '-$' + u.slice(1) : '$' + u).replace(/(\.\d\d\d*?)0+$/, '$1');
 function sql(q) {
   return execFileSync(PSQL, ['-X', '-qtA', '-F', '\t', env.TG_TEST_PG, '-c', q], { encoding: 'utf8', timeout: 30000 }).trim();
 }
@@ -143,11 +146,11 @@ test('customer view: balance, usage charts, keys, invoice CSV, request log — e
 
   // Balance and this month's spend, to the unit.
   const [bal, balPico] = sql(`SELECT tg_usd(balance_pico), balance_pico FROM customers WHERE id = ${custA}`).split('\t');
-  assert.equal(await text(page, '#balance .value'), '$' + bal);
+  assert.equal(await text(page, '#balance .value'), dollars(bal));
   assert.equal(await text(page, '#balance .sub'), balPico + ' pico-USD');
   const monthCost = sql(`SELECT coalesce(sum(cost_pico), 0) FROM usage WHERE customer_id = ${custA}
     AND received_at >= date_trunc('month', now(), 'UTC')`);
-  assert.match(await text(page, '#month-spend .value'), new RegExp('^\\$' + sql(`SELECT tg_usd(${monthCost})`).replace('.', '\\.') + '$'));
+  assert.equal(await text(page, '#month-spend .value'), dollars(sql(`SELECT tg_usd(${monthCost})`)));
   assert.match(await text(page, '#monthly-limit .sub'), /headroom/);
   assert.match(await text(page, '#credits'), /2\.000000/);
   await shot(page, 'customer-overview');
@@ -527,9 +530,12 @@ test('the invoice page shows every movement of the month: opening, credits, adju
   for (const [k, f] of [['opening', 'opening_balance'], ['credits', 'credits'], ['adjustments', 'adjustments'], ['refunds', 'refunds'], ['closing', 'closing_balance'], ['total', 'total']]) {
     const [v, sub] = await card(k);
     assert.equal(sub, doc[f + '_pico'] + ' pico-USD', k);
-    assert.equal(v, '$' + sql(`SELECT tg_usd(${doc[f + '_pico']})`), k);
+    assert.equal(v, dollars(sql(`SELECT tg_usd(${doc[f + '_pico']})`)), k);
     pico[k] = BigInt(doc[f + '_pico']);
   }
+  // a negative amount: the sign before the dollar sign, cents shown (it was "$-1.500000")
+  assert.equal((await card('adjustments'))[0], '-$1.50');
+  assert.equal((await card('refunds'))[0], '-$0.25');
   assert.equal(pico.adjustments, -1500000000000n);
   assert.equal(pico.refunds, -250000000000n);
   assert.ok(pico.total > 0n);
@@ -556,6 +562,47 @@ test('operator: a closed customer is not among those nearest to zero or near a l
     sql(`SELECT name FROM customers WHERE closed_at IS NULL ORDER BY balance_pico, id LIMIT 1`));
   assert.ok(!(await text(page, '#op-near-zero')).includes(Z), 'a closed customer is listed as nearest to zero');
   assert.ok(!(await text(page, '#op-near-limit')).includes(Z), 'a closed customer is listed as near a limit');
+  assert.deepEqual(problems, []);
+  await ctx.close();
+});
+
+test('operator: the revenue chart shows every day, a day without usage at 0', { timeout: 60000 }, async () => {
+  // Refusals (no cost, no usage row behind them) planted 5 and 2 days ago, in the hourly and the
+  // daily rollup alike so every rollup check still agrees: the days between have no row at all.
+  const G = `dash-gap-${sfx}`;
+  ctl('customer', 'create', G);
+  const id = sql(`SELECT id FROM customers WHERE name = '${G}'`);
+  for (const d of [5, 2]) {
+    sql(`INSERT INTO usage_hourly (customer_id, hour, key_id, model, refused_429)
+      VALUES (${id}, date_trunc('day', now(), 'UTC') - interval '${d} days' + interval '3 hours', 0, '${MODEL}', 1)`);
+    sql(`INSERT INTO usage_daily (customer_id, day, refused_429)
+      VALUES (${id}, date_trunc('day', now(), 'UTC') - interval '${d} days', 1)`);
+  }
+  const day = d => new Date(Date.now() - d * 86400e3).toISOString().slice(0, 10);
+  const { ctx, page, problems } = await newPage();
+  await page.goto(`${GW}/dashboard/`);
+  await page.click('#tab-user');
+  await page.fill('#login-name', `ops-${sfx}`);
+  await page.fill('#login-password', opsPassword);
+  await page.click('#login-user button[type=submit]');
+  await page.waitForFunction(() => window.tgCharts && window.tgCharts['chart-revenue']);
+  const { labels, exact } = await page.evaluate(() => {
+    const c = window.tgCharts['chart-revenue'];
+    return { labels: c.data.labels, exact: c.data.datasets[0].exact };
+  });
+  // one bar a day, none missing, up to today (a year back at most)
+  for (let i = 1; i < labels.length; i++)
+    assert.equal(Date.parse(labels[i]) - Date.parse(labels[i - 1]), 86400e3, `${labels[i - 1]} ${labels[i]}`);
+  assert.equal(labels[labels.length - 1], day(0));
+  assert.ok(labels.length >= 6 && labels.length <= 366, labels.length);
+  for (const d of [4, 3]) {
+    const i = labels.indexOf(day(d));
+    assert.ok(i >= 0, `${day(d)} in ${labels.join(' ')}`);
+    assert.equal(exact[i], '0');
+  }
+  // the exact figures are the rollup's over those days
+  assert.equal(exact.reduce((a, x) => a + BigInt(x), 0n).toString(), sql(`SELECT coalesce(sum(cost_pico), 0)
+    FROM usage_hourly WHERE hour >= '${labels[0]}T00:00:00Z'`));
   assert.deepEqual(problems, []);
   await ctx.close();
 });
