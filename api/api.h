@@ -79,7 +79,9 @@ typedef struct {
     uint8_t types;     /* API_ST_* allowed (ignored when n_enum > 0) */
     int16_t parent;    /* the node whose property or items this is; API_SCHEMA_NONE for the root */
     int16_t pidx;      /* its index among the parent's properties; -1 for array items and the root */
-    int16_t items;     /* array items node; API_SCHEMA_NONE: any value */
+    int16_t items;     /* array items node (after the tuple's, if any); API_SCHEMA_NONE: any value */
+    int16_t tup0, n_tup; /* prefixItems (or draft 7's items array): element i < n_tup follows
+                          * props[tup0 + i].node (api_schema_elem); n_tup 0: none */
     int16_t prop0;     /* first property (api_schema_t.props) */
     int16_t n_props;   /* -1: an object with any members (no "properties") */
     int16_t lit0, n_enum; /* n_enum > 0: the value is one of lits[lit0 .. lit0 + n_enum) */
@@ -144,9 +146,9 @@ typedef struct {
 enum { API_NUM_START, API_NUM_MINUS, API_NUM_ZERO, API_NUM_INT, API_NUM_DOT, API_NUM_FRAC };
 #define API_NUM_NEVER (1 << 20) /* api_num_cost: no valid end */
 
-/* Does node nd bound its arrays' elements (minItems, maxItems)? its strings' characters? */
+/* Does node nd count its arrays' elements (minItems, maxItems, a tuple)? bound its strings' characters? */
 static inline int api_schema_arr_bounded(const api_schema_node_t *nd) {
-    return (nd->types & API_ST_ARR) && (nd->min_items > 0 || nd->max_items >= 0);
+    return (nd->types & API_ST_ARR) && (nd->min_items > 0 || nd->max_items >= 0 || nd->n_tup > 0);
 }
 static inline int api_schema_str_bounded(const api_schema_node_t *nd) { return nd->min_chars > 0 || nd->max_chars >= 0; }
 /* Does node nd bound its numbers (a range, or multipleOf)? */
@@ -181,6 +183,16 @@ typedef struct {
     char *arena;
     size_t arena_len;
 } api_schema_t;
+
+/* The node element i of array node n follows: its tuple's, else its items
+ * (API_SCHEMA_NONE: any value). */
+static inline int api_schema_elem(const api_schema_t *sc, int n, int i) {
+    const api_schema_node_t *nd = &sc->nodes[n];
+    return i < nd->n_tup ? sc->props[nd->tup0 + i].node : nd->items;
+}
+/* Bytes the elements i0 .. count-1 of array node n need at least, each with
+ * the comma before it (the first element of all, i0 0, has none). */
+int32_t api_schema_elems_len(const api_schema_t *sc, int n, int i0, int count);
 
 /* Compile a JSON Schema document (the value of json_schema.schema) into sc.
  * 0, or -1 with a 400 in e naming what is unsupported or malformed (the

@@ -632,7 +632,9 @@ static int parse_tool_choice(api_chat_req_t *r, const tg_json_t *tc, api_err_t *
 /* ---- response_format json_schema ------------------------------------------
  * api_schema_compile walks the schema once, depth first, and writes a node
  * per (sub)schema.  Keywords: type (a name or a list), properties, required,
- * items (one schema), enum, const, additionalProperties (a boolean), and the
+ * items (one schema), prefixItems (a tuple; draft 7's items array and
+ * additionalItems alike), enum, const, additionalProperties (a boolean), the
+ * bounds, multipleOf, format (and zod's patterns beside them), and the
  * annotations title, description, default, examples, $schema, $id, $comment;
  * "$ref" to "#/$defs/NAME" (or "#/definitions/NAME") is compiled in place
  * (a recursive one is refused), "allOf" of one schema is that schema, and
@@ -709,6 +711,21 @@ static int sc_type_bit(const tg_json_t *t) {
     return 0;
 }
 
+int32_t api_schema_elems_len(const api_schema_t *sc, int n, int i0, int count) {
+    const api_schema_node_t *nd = &sc->nodes[n];
+    int64_t t = 0;
+    int i = i0;
+    for (; i < count && i < nd->n_tup; i++) { /* the tuple's elements, each its own */
+        int e = api_schema_elem(sc, n, i);
+        t += (i ? 1 : 0) + sc->nodes[e].min_len;
+    }
+    if (i < count) { /* then items: the same for each */
+        int64_t im = nd->items >= 0 ? sc->nodes[nd->items].min_len : 1;
+        t += (int64_t)(count - i) * (1 + im) - (i == 0);
+    }
+    return t > INT32_MAX / 4 ? INT32_MAX / 4 : (int32_t)t;
+}
+
 /* Shortest valid value of a node, in bytes. */
 static int32_t sc_min_len(const api_schema_t *sc, int ni) {
     const api_schema_node_t *n = &sc->nodes[ni];
@@ -730,8 +747,7 @@ static int32_t sc_min_len(const api_schema_t *sc, int ni) {
         if (l < m) m = l;
     }
     if (n->types & API_ST_ARR) { /* "[" the elements "]": minItems of the cheapest, commas between */
-        int32_t im = n->items >= 0 ? sc->nodes[n->items].min_len : 1;
-        int32_t a = 2 + (n->min_items ? n->min_items * im + n->min_items - 1 : 0);
+        int32_t a = 2 + api_schema_elems_len(sc, ni, 0, n->min_items);
         if (a < m) m = a;
     }
     if ((n->types & (API_ST_NULL | API_ST_BOOL)) && m > 4) m = 4;
@@ -1070,6 +1086,8 @@ static int sc_any(sc_ctx_t *c, int ni, const tg_json_t *any, int depth, char *pa
         if (arr >= 0) {
             nd->items = sc->nodes[arr].items;
             if (nd->items >= 0) sc->nodes[nd->items].parent = (int16_t)ni;
+            nd->tup0 = sc->nodes[arr].tup0, nd->n_tup = sc->nodes[arr].n_tup;
+            for (int j = 0; j < nd->n_tup; j++) sc->nodes[sc->props[nd->tup0 + j].node].parent = (int16_t)ni;
         }
     }
     nd->min_len = sc_min_len(sc, ni);
@@ -1200,7 +1218,7 @@ static int sc_node(sc_ctx_t *c, const tg_json_t *v, int parent, int pidx, int de
     nd->max_items = nd->max_chars = -1;
     const tg_json_t *type = NULL, *props = NULL, *req = NULL, *items = NULL, *en = NULL, *cn = NULL, *any = NULL;
     const tg_json_t *bnd[SC_N_BOUNDS] = {0}, *fmt = NULL, *pat = NULL; /* minimum, ..., maxLength (SC_BOUNDS) */
-    const tg_json_t *mul = NULL;
+    const tg_json_t *mul = NULL, *pfx = NULL, *addi = NULL;
     int addl = -1; /* additionalProperties: -1 absent, 0 false, 1 true (a schema is refused) */
     TG_JSON_FOREACH(m, v) {
         size_t kl;
@@ -1217,6 +1235,8 @@ static int sc_node(sc_ctx_t *c, const tg_json_t *v, int parent, int pidx, int de
         else if (KW("format")) fmt = m; /* a number's range (below), else refused */
         else if (KW("pattern")) pat = m; /* one of zod's for a format (below), else refused */
         else if (KW("multipleOf")) mul = m; /* numbers: enforced with the bounds (api_num.c) */
+        else if (KW("prefixItems")) pfx = m; /* a tuple (2020-12); draft 7's is "items" as an array */
+        else if (KW("additionalItems")) addi = m; /* draft 7: the elements after an "items" array */
         else if (KW("uniqueItems")) {
             int u;
             if (tg_json_bool(m, &u)) sc_bad(c, "uniqueItems", 11, path);
@@ -1244,9 +1264,9 @@ static int sc_node(sc_ctx_t *c, const tg_json_t *v, int parent, int pidx, int de
     if (any && fmt) sc_bad(c, "format", 6, path);
     if (any && pat) sc_bad(c, "pattern", 7, path);
     if (any) {
-        if (type || props || req || items || en || cn)
+        if (type || props || req || items || en || cn || pfx || addi)
             return SC_BAD("Unsupported schema at %s: 'anyOf' (or 'oneOf') beside 'type', 'properties', 'required', "
-                          "'items', 'enum' or 'const'.", where);
+                          "'items', 'prefixItems', 'enum' or 'const'.", where);
         return sc_any(c, ni, any, depth, path, pl, e);
     }
     int types = 0;
@@ -1292,7 +1312,7 @@ static int sc_node(sc_ctx_t *c, const tg_json_t *v, int parent, int pidx, int de
         }
     }
     if (!type) { /* inferred from the keywords, else any value */
-        types = props || req ? API_ST_OBJ : items ? API_ST_ARR : API_ST_ANY;
+        types = props || req ? API_ST_OBJ : items || pfx ? API_ST_ARR : API_ST_ANY;
     }
     nd->types = (uint8_t)types;
     /* "format" of a number schema (zod v4's z.int32(), z.uint32(), z.float32(), ...): the type's range,
@@ -1358,8 +1378,20 @@ static int sc_node(sc_ctx_t *c, const tg_json_t *v, int parent, int pidx, int de
     if (sc_bounds(c, ni, bnd, fmt ? fmt_range : NULL, mul, where, e)) return -1;
     if ((props || req) && !(types & API_ST_OBJ))
         return SC_BAD("'properties' at %s without type 'object'.", where);
-    if (items && !(types & API_ST_ARR))
-        return SC_BAD("'items' at %s without type 'array'.", where);
+    if ((items || pfx) && !(types & API_ST_ARR))
+        return SC_BAD("'%s' at %s without type 'array'.", items ? "items" : "prefixItems", where);
+    /* A tuple: prefixItems (then items for the rest), or draft 7's items array (then additionalItems);
+     * the rest false: no element after the tuple's (maxItems at most their count) */
+    const tg_json_t *tup = pfx ? pfx : tg_json_type(items) == TG_JSON_ARRAY ? items : NULL;
+    const tg_json_t *rest = pfx ? items : tup ? addi : items;
+    if (pfx && tg_json_type(items) == TG_JSON_ARRAY)
+        return SC_BAD("'prefixItems' and an 'items' array together at %s.", where);
+    if (tup && (tg_json_type(tup) != TG_JSON_ARRAY || !tg_json_len(tup) || tg_json_len(tup) > API_SCHEMA_MAX_PROPS))
+        return SC_BAD("'%s' at %s must be an array of 1 to %d schemas.", pfx ? "prefixItems" : "items", where,
+                      API_SCHEMA_MAX_PROPS);
+    int rest_b = -1; /* the rest given as a boolean schema */
+    if (rest && !tg_json_bool(rest, &rest_b)) rest = NULL;
+    if (rest_b == 0 && !tup) sc->nodes[ni].max_items = 0; /* "items": false alone: only [] */
     if (props && tg_json_type(props) != TG_JSON_OBJECT)
         return SC_BAD("'properties' at %s must be an object.", where);
     if (req && !props)
@@ -1377,10 +1409,34 @@ static int sc_node(sc_ctx_t *c, const tg_json_t *v, int parent, int pidx, int de
             return SC_BAD("strict mode needs every property in 'required': %.*s at %s is not.",
                           (int)(p->len > 66 ? 66 : p->len), c->arena.p + p->off, where);
     }
-    if (items) {
-        size_t l2 = (size_t)snprintf(path + pl, pl < 95 ? 96 - pl : 0, "%sitems", pl ? "." : "");
+    if (tup) {
+        size_t n = tg_json_len(tup);
+        int t0 = sc->n_props; /* the slots first: the elements compile after them */
+        for (size_t i = 0; i < n; i++) {
+            if (sc_grow((void **)&sc->props, &c->cap_props, sc->n_props, sizeof *sc->props)) return OOM();
+            memset(&sc->props[sc->n_props++], 0, sizeof *sc->props);
+        }
+        sc->nodes[ni].tup0 = (int16_t)t0;
+        sc->nodes[ni].n_tup = (int16_t)n;
+        for (size_t i = 0; i < n; i++) {
+            size_t l2 = (size_t)snprintf(path + pl, pl < 95 ? 96 - pl : 0, "%s%s[%zu]", pl ? "." : "",
+                                         pfx ? "prefixItems" : "items", i);
+            if (pl + l2 >= 95) l2 = 95 - pl;
+            int child = sc_node(c, tg_json_at(tup, i), ni, -1, depth + 1, path, pl + l2, e);
+            path[pl] = 0;
+            if (child < 0) return -1;
+            sc->props[t0 + i].node = (int16_t)child;
+        }
+        api_schema_node_t *an = &sc->nodes[ni];
+        if (rest_b == 0 && (an->max_items < 0 || an->max_items > (int32_t)n)) an->max_items = (int32_t)n;
+        if (an->max_items >= 0 && an->min_items > an->max_items)
+            return SC_BAD("'minItems' at %s is above the elements the tuple allows.", where);
+    }
+    if (rest) {
+        size_t l2 = (size_t)snprintf(path + pl, pl < 95 ? 96 - pl : 0, "%s%s", pl ? "." : "",
+                                     tup && !pfx ? "additionalItems" : "items");
         if (pl + l2 >= 95) l2 = 95 - pl;
-        int child = sc_node(c, items, ni, -1, depth + 1, path, pl + l2, e);
+        int child = sc_node(c, rest, ni, -1, depth + 1, path, pl + l2, e);
         path[pl] = 0;
         if (child < 0) return -1;
         sc->nodes[ni].items = (int16_t)child;
@@ -1413,6 +1469,7 @@ int api_schema_append(api_schema_t *dst, const api_schema_t *src) {
         if (d->parent != API_SCHEMA_NONE) d->parent = (int16_t)(d->parent + nn);
         if (d->items != API_SCHEMA_NONE) d->items = (int16_t)(d->items + nn);
         d->prop0 = (int16_t)(d->prop0 + np);
+        d->tup0 = (int16_t)(d->tup0 + np);
         d->lit0 = (int16_t)(d->lit0 + nl);
     }
     for (int i = 0; i < src->n_props; i++) {
@@ -1453,7 +1510,8 @@ int api_schema_compile_as(api_schema_t *sc, const tg_json_t *schema, const char 
     if (root < 0) goto fail;
     if (c.n_bad) {
         BAD(param, "unsupported_parameter",
-            "Unsupported %s in '%s': %s (first at %s). Supported: type, properties, required, items, enum, "
+            "Unsupported %s in '%s': %s (first at %s). Supported: type, properties, required, items, "
+            "prefixItems (or an items array and additionalItems), enum, "
             "const, anyOf/oneOf (of different types), $ref to $defs, additionalProperties (a boolean), minimum, "
             "maximum, exclusiveMinimum, exclusiveMaximum, multipleOf, minItems, maxItems, minLength, maxLength, "
             "format (date, time, date-time, duration, email, hostname, ipv4, ipv6, uuid), and the "

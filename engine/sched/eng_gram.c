@@ -208,13 +208,12 @@ static int obj_close(const eng_gram_t *g, int n, int p) { return g->rtail[g->rof
 
 static int top_is_obj(const gst_t *s) { return s->depth && (s->stack >> (s->depth - 1) & 1); }
 
-/* Bytes the elements still owed to bounded array n need, cnt written: its
- * minItems of the cheapest element, the commas between (the first has none). */
+/* Bytes the elements still owed to bounded array n need, cnt written: the
+ * shortest of each up to its minItems (a tuple's each its own), the commas
+ * between (the first has none). */
 static int arr_rest(const eng_gram_t *g, int n, int cnt) {
-    const api_schema_node_t *nd = node(g, n);
-    int min = nd->min_items, im = nd->items >= 0 ? node(g, nd->items)->min_len : 1;
-    if (cnt >= min) return 0;
-    return cnt == 0 ? min * im + min - 1 : (min - cnt) * (1 + im);
+    if (cnt >= node(g, n)->min_items) return 0;
+    return api_schema_elems_len(&g->sc, n, cnt, node(g, n)->min_items);
 }
 
 /* The innermost container is a bounded schema array (its count: acnt[nacnt - 1]). */
@@ -310,7 +309,7 @@ static int value_start(const eng_gram_t *g, gst_t *s, unsigned c) {
             s->snode = (int16_t)vn;
             s->sp = 0;
             s->close += c == '{' ? obj_close(g, vn, 0) : 1;
-            s->vnode = c == '[' ? nd->items : -1;
+            s->vnode = c == '[' ? (int16_t)api_schema_elem(&g->sc, vn, 0) : -1;
             if (c == '[' && api_schema_arr_bounded(nd)) { /* count its elements */
                 if (s->nacnt >= API_SCHEMA_MAX_ADEPTH) return -1;
                 s->acnt[s->nacnt++] = 0;
@@ -453,7 +452,10 @@ static int json_feed(const eng_gram_t *g, gst_t *s, unsigned c) {
             if (!top_is_obj(s)) {
                 if (in_barr(g, s) && arr_elem(g, s)) return -1; /* maxItems reached */
                 s->js = J_VALUE;
-                s->vnode = in_schema(g, s) ? node(g, s->snode)->items : -1;
+                /* the element's node: a tuple's by its index (the count, this one included), else items */
+                s->vnode = !in_schema(g, s) ? -1
+                         : in_barr(g, s) ? (int16_t)api_schema_elem(&g->sc, s->snode, s->acnt[s->nacnt - 1] - 1)
+                                         : node(g, s->snode)->items;
             } else {
                 if (in_schema(g, s) && s->sp >= node(g, s->snode)->n_props) return -1; /* no member left */
                 s->js = J_OBJ_KEY;

@@ -773,6 +773,32 @@ static void test_num_bounds(void) {
         CHECK_EQ_I(compile_v(MUL_BAD[i], &sc, &e), -1);
         CHECK(strstr(e.message, "multipleOf") != NULL);
     }
+    /* tuples: prefixItems (then items), or draft 7's items array (then additionalItems); a false rest
+     * caps maxItems at the tuple's length; the shortest value has the elements minItems asks for */
+    CHECK_EQ_I(compile_v("{\"type\":\"array\",\"prefixItems\":[{\"type\":\"string\",\"minLength\":3},"
+                         "{\"type\":\"integer\"}],\"items\":false,\"minItems\":2}", &sc, &e), 0);
+    CHECK(sc.nodes[1].n_tup == 2 && sc.nodes[1].max_items == 2 && sc.nodes[1].items == API_SCHEMA_NONE);
+    CHECK(api_schema_elem(&sc, 1, 0) == 2 && api_schema_elem(&sc, 1, 1) == 3 && api_schema_elem(&sc, 1, 2) < 0);
+    CHECK_EQ_I(sc.nodes[1].min_len, 2 + 5 + 1 + 1); /* ["xxx",0] */
+    api_schema_free(&sc);
+    CHECK_EQ_I(compile_v("{\"type\":\"array\",\"items\":[{\"type\":\"string\"}],\"additionalItems\":"
+                         "{\"type\":\"number\"},\"minItems\":3}", &sc, &e), 0);
+    CHECK(sc.nodes[1].n_tup == 1 && sc.nodes[1].items == 3 && sc.nodes[1].max_items == -1);
+    CHECK_EQ_I(sc.nodes[1].min_len, 2 + 2 + 2 + 2); /* ["",0,0] */
+    api_schema_free(&sc);
+    CHECK_EQ_I(compile_v("{\"type\":\"array\",\"items\":false}", &sc, &e), 0);
+    CHECK_EQ_I(sc.nodes[1].max_items, 0);
+    api_schema_free(&sc);
+    static const char *const TUP_BAD[] = {
+        "{\"type\":\"array\",\"prefixItems\":[]}", "{\"type\":\"array\",\"prefixItems\":{}}",
+        "{\"type\":\"array\",\"prefixItems\":[{}],\"items\":[{}]}",
+        "{\"type\":\"array\",\"prefixItems\":[{}],\"items\":false,\"minItems\":2}",
+        "{\"type\":\"string\",\"prefixItems\":[{}]}",
+    };
+    for (size_t i = 0; i < sizeof TUP_BAD / sizeof *TUP_BAD; i++) {
+        CHECK_EQ_I(compile_v(TUP_BAD[i], &sc, &e), -1);
+        if (!strstr(e.message, "Items")) fprintf(stderr, "  %s: %s\n", TUP_BAD[i], e.message);
+    }
     /* uniqueItems: false is no constraint; true is a 400 that says why */
     CHECK_EQ_I(compile_v("{\"type\":\"array\",\"uniqueItems\":false}", &sc, &e), 0);
     api_schema_free(&sc);

@@ -202,8 +202,9 @@ static int schema_valid(const api_schema_t *sc, int ni, const tg_json_t *v) {
     case TG_JSON_ARRAY: {
         if (!(nd->types & API_ST_ARR)) return 0;
         const tg_json_t *x;
-        TG_JSON_FOREACH(x, v) if (!schema_valid(sc, nd->items, x)) return 0;
-        return 1;
+        int i = 0;
+        TG_JSON_FOREACH(x, v) if (!schema_valid(sc, api_schema_elem(sc, ni, i++), x)) return 0;
+        return (nd->min_items <= 0 || i >= nd->min_items) && (nd->max_items < 0 || i <= nd->max_items);
     }
     case TG_JSON_OBJECT: {
         if (!(nd->types & API_ST_OBJ)) return 0;
@@ -724,6 +725,92 @@ static void test_formats2(void) {
     rs = rs_saved;
 }
 
+/* Tuples as Pydantic (prefixItems, items false) and zod's draft-7 output (an items array, additionalItems)
+ * write them: every walk's arrays have each element of its position's type, read from the JSON itself. */
+static const char TUPLES[] =
+    "{\"type\":\"object\",\"additionalProperties\":false,\"properties\":{"
+    "\"pt\":{\"type\":\"array\",\"prefixItems\":[{\"type\":\"number\"},{\"type\":\"number\"}],\"items\":false,"
+    "\"minItems\":2},"
+    "\"z7\":{\"type\":\"array\",\"items\":[{\"type\":\"string\"},{\"type\":\"integer\"}],\"additionalItems\":false,"
+    "\"minItems\":2,\"maxItems\":2},"
+    "\"rest\":{\"type\":\"array\",\"items\":[{\"type\":\"string\"}],\"additionalItems\":{\"type\":\"number\"},"
+    "\"minItems\":1},"
+    "\"opt\":{\"type\":\"array\",\"prefixItems\":[{\"type\":\"boolean\"},{\"enum\":[\"a\",\"b\"]}]}},"
+    "\"required\":[\"pt\",\"z7\",\"rest\",\"opt\"]}";
+
+static int is_int_text(const tg_json_t *x) {
+    size_t n;
+    const char *t = tg_json_num_text(x, &n);
+    return t && !memchr(t, '.', n) && !memchr(t, 'e', n) && !memchr(t, 'E', n);
+}
+
+static int tuples_valid(const tg_json_t *j) {
+    const tg_json_t *pt = tg_json_get(j, "pt"), *z7 = tg_json_get(j, "z7"), *rest = tg_json_get(j, "rest"),
+                    *opt = tg_json_get(j, "opt"), *x;
+    if (tg_json_len(pt) != 2 || tg_json_type(tg_json_at(pt, 0)) != TG_JSON_NUMBER ||
+        tg_json_type(tg_json_at(pt, 1)) != TG_JSON_NUMBER)
+        return 0;
+    if (tg_json_len(z7) != 2 || tg_json_type(tg_json_at(z7, 0)) != TG_JSON_STRING ||
+        tg_json_type(tg_json_at(z7, 1)) != TG_JSON_NUMBER || !is_int_text(tg_json_at(z7, 1)))
+        return 0;
+    if (tg_json_len(rest) < 1 || tg_json_type(tg_json_at(rest, 0)) != TG_JSON_STRING) return 0;
+    size_t i = 0;
+    TG_JSON_FOREACH(x, rest) if (i++ && tg_json_type(x) != TG_JSON_NUMBER) return 0;
+    if (tg_json_type(opt) != TG_JSON_ARRAY) return 0;
+    if (tg_json_len(opt) >= 1 && tg_json_type(tg_json_at(opt, 0)) != TG_JSON_BOOL) return 0;
+    if (tg_json_len(opt) >= 2) {
+        const char *t = tg_json_str(tg_json_at(opt, 1), NULL);
+        if (!t || (strcmp(t, "a") && strcmp(t, "b"))) return 0;
+    }
+    return 1;
+}
+
+static void test_tuples(void) {
+    uint64_t rs_saved = rs;
+    api_schema_t sc;
+    CHECK_EQ_I(compile(TUPLES, &sc), 0);
+    CHECK(schema_accepts(&sc, "{\"pt\":[1.5,-2],\"z7\":[\"x\",3],\"rest\":[\"r\",1,2.5],\"opt\":[true,\"b\",{},null]}"));
+    CHECK(schema_accepts(&sc, "{\"pt\":[0,0],\"z7\":[\"\",0],\"rest\":[\"\"],\"opt\":[]}"));
+    static const char *const bad[] = {
+        "{\"pt\":[1]", "{\"pt\":[1,2,", "{\"pt\":[\"", "{\"pt\":[1,2],\"z7\":[1",
+        "{\"pt\":[1,2],\"z7\":[\"x\",1.5", "{\"pt\":[1,2],\"z7\":[\"x\",1,",
+        "{\"pt\":[1,2],\"z7\":[\"x\",1],\"rest\":[]", "{\"pt\":[1,2],\"z7\":[\"x\",1],\"rest\":[\"a\",\"b",
+        "{\"pt\":[1,2],\"z7\":[\"x\",1],\"rest\":[\"a\"],\"opt\":[1", "{\"pt\":[1,2],\"z7\":[\"x\",1],\"rest\":[\"a\"],\"opt\":[true,\"c",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        eng_gram_t *g = eng_gram_schema(V, tok_eos(T), &sc);
+        int ok = 1;
+        for (const char *p = bad[i]; *p && ok; p++) {
+            int32_t id = tok_id(T, (char[]){*p, 0});
+            ok = id >= 0 && eng_gram_accept(g, id) == 0;
+        }
+        CHECK(!ok);
+        if (ok) fprintf(stderr, "  accepted: %s\n", bad[i]);
+        eng_gram_free(g);
+    }
+    int okw = 0, walks = 0, min = sc.nodes[0].min_len + 1;
+    for (int w = 0; w < 24; w++) {
+        int budget = min + (w % 4) * 25;
+        eng_gram_t *g = eng_gram_schema(V, tok_eos(T), &sc);
+        int eos, nt;
+        char *s = walk_random(g, budget, &eos, &nt);
+        tg_json_t *j = tg_json_parse(s, strlen(s), NULL, NULL);
+        int good_ = eos && nt <= budget && j && schema_valid(&sc, 0, j) && tuples_valid(j);
+        if (getenv("GRAM_SHOW")) printf("  %d tokens: %s\n", nt, s);
+        CHECK(good_);
+        if (!good_) fprintf(stderr, "  tuple walk budget %d (eos %d, %d tokens): %s\n", budget, eos, nt, s);
+        okw += good_;
+        walks++;
+        tg_json_free(j);
+        free(s);
+        eng_gram_free(g);
+    }
+    printf("tuple walks: %d/%d ended with EOS, parse, validate (shortest answer %d bytes)\n", okw, walks,
+           sc.nodes[0].min_len);
+    api_schema_free(&sc);
+    rs = rs_saved;
+}
+
 /* tool_choice "auto": free text never holds a tool marker but the opener;
  * with JSON mode the answer is a JSON object or the block */
 static void test_auto(void) {
@@ -952,6 +1039,7 @@ int main(int argc, char **argv) {
     test_schema_walks();
     test_bounds();
     test_formats2();
+    test_tuples();
     test_auto();
     test_strict_tools();
     test_mask_cost();
