@@ -84,6 +84,8 @@ typedef struct {
                           * props[tup0 + i].node (api_schema_elem); n_tup 0: none */
     int16_t prop0;     /* first property (api_schema_t.props) */
     int16_t n_props;   /* -1: an object with any members (no "properties") */
+    int16_t extra;     /* additionalProperties given as a schema: members other than the properties,
+                        * after them, follow this node; API_SCHEMA_NONE: none */
     int16_t lit0, n_enum; /* n_enum > 0: the value is one of lits[lit0 .. lit0 + n_enum) */
     int32_t min_len;   /* bytes of the shortest valid value */
     /* Numbers (minimum, maximum, exclusiveMinimum, exclusiveMaximum): the

@@ -633,7 +633,8 @@ static int parse_tool_choice(api_chat_req_t *r, const tg_json_t *tc, api_err_t *
  * api_schema_compile walks the schema once, depth first, and writes a node
  * per (sub)schema.  Keywords: type (a name or a list), properties, required,
  * items (one schema), prefixItems (a tuple; draft 7's items array and
- * additionalItems alike), enum, const, additionalProperties (a boolean), the
+ * additionalItems alike), enum, const, additionalProperties (a boolean, or
+ * the schema of members other than the properties), the
  * bounds, multipleOf, format (and zod's patterns beside them), and the
  * annotations title, description, default, examples, $schema, $id, $comment;
  * "$ref" to "#/$defs/NAME" (or "#/definitions/NAME") is compiled in place
@@ -1082,6 +1083,8 @@ static int sc_any(sc_ctx_t *c, int ni, const tg_json_t *any, int depth, char *pa
             nd->prop0 = sc->nodes[obj].prop0;
             nd->n_props = sc->nodes[obj].n_props;
             for (int j = 0; j < nd->n_props; j++) sc->nodes[sc->props[nd->prop0 + j].node].parent = (int16_t)ni;
+            nd->extra = sc->nodes[obj].extra;
+            if (nd->extra >= 0) sc->nodes[nd->extra].parent = (int16_t)ni;
         }
         if (arr >= 0) {
             nd->items = sc->nodes[arr].items;
@@ -1214,12 +1217,14 @@ static int sc_node(sc_ctx_t *c, const tg_json_t *v, int parent, int pidx, int de
     nd->parent = (int16_t)parent;
     nd->pidx = (int16_t)pidx;
     nd->items = API_SCHEMA_NONE;
+    nd->extra = API_SCHEMA_NONE;
     nd->n_props = -1;
     nd->max_items = nd->max_chars = -1;
     const tg_json_t *type = NULL, *props = NULL, *req = NULL, *items = NULL, *en = NULL, *cn = NULL, *any = NULL;
     const tg_json_t *bnd[SC_N_BOUNDS] = {0}, *fmt = NULL, *pat = NULL; /* minimum, ..., maxLength (SC_BOUNDS) */
     const tg_json_t *mul = NULL, *pfx = NULL, *addi = NULL;
-    int addl = -1; /* additionalProperties: -1 absent, 0 false, 1 true (a schema is refused) */
+    int addl = -1; /* additionalProperties: -1 absent (or a schema: xschema), 0 false, 1 true */
+    const tg_json_t *xschema = NULL, *pnames = NULL;
     TG_JSON_FOREACH(m, v) {
         size_t kl;
         const char *k = tg_json_key(m, &kl);
@@ -1246,7 +1251,9 @@ static int sc_node(sc_ctx_t *c, const tg_json_t *v, int parent, int pidx, int de
                               "duplicates after parsing.", where);
         }
         else if (KW("additionalProperties")) {
-            if (tg_json_bool(m, &addl)) sc_bad(c, "additionalProperties (a schema)", 31, path);
+            if (tg_json_bool(m, &addl)) xschema = m; /* the other members' schema (below) */
+        } else if (KW("propertyNames")) {
+            pnames = m; /* {"type":"string"} (zod's z.record(z.string(), ...)) says nothing: taken */
         } else if (!sc_is_annot(k, kl)) {
             sc_bad(c, memchr(k, 0, kl) ? "?" : k, memchr(k, 0, kl) ? 1 : (kl > 40 ? 40 : kl), path);
         }
@@ -1261,6 +1268,16 @@ static int sc_node(sc_ctx_t *c, const tg_json_t *v, int parent, int pidx, int de
     if (mul && (any || en || cn))
         return SC_BAD("Unsupported 'multipleOf' at %s beside '%s'.", where,
                       any ? "anyOf' or 'oneOf" : en ? "enum" : "const");
+    if (pnames) {
+        int only_type = tg_json_type(pnames) == TG_JSON_OBJECT && str_is(tg_json_get(pnames, "type"), "string");
+        const tg_json_t *pm;
+        TG_JSON_FOREACH(pm, pnames) {
+            size_t pkl;
+            const char *pk = tg_json_key(pm, &pkl);
+            if (!(pkl == 4 && !memcmp(pk, "type", 4)) && !sc_is_annot(pk, pkl)) only_type = 0;
+        }
+        if (!only_type) sc_bad(c, "propertyNames", 13, path); /* a constraint on names: not enforced */
+    }
     if (any && fmt) sc_bad(c, "format", 6, path);
     if (any && pat) sc_bad(c, "pattern", 7, path);
     if (any) {
@@ -1399,9 +1416,19 @@ static int sc_node(sc_ctx_t *c, const tg_json_t *v, int parent, int pidx, int de
     if (c->strict && (types & API_ST_OBJ) && !(sc->nodes[ni].n_enum) && addl != 0)
         return SC_BAD("strict mode needs \"additionalProperties\": false in the object schema at %s.", where);
     if (props && sc_props(c, ni, props, req, depth, path, pl, e)) return -1;
-    if (!props && addl == 0 && (types & API_ST_OBJ)) { /* no members at all: only {} */
+    if (!props && (addl == 0 || xschema) && (types & API_ST_OBJ)) { /* no properties: {}, or the others only */
         sc->nodes[ni].prop0 = (int16_t)sc->n_props;
         sc->nodes[ni].n_props = 0;
+    }
+    if (xschema) { /* additionalProperties a schema (zod's z.record(), Pydantic's dict[str, X]) */
+        if (!(types & API_ST_OBJ))
+            return SC_BAD("'additionalProperties' at %s without type 'object'.", where);
+        size_t l2 = (size_t)snprintf(path + pl, pl < 95 ? 96 - pl : 0, "%sadditionalProperties", pl ? "." : "");
+        if (pl + l2 >= 95) l2 = 95 - pl;
+        int child = sc_node(c, xschema, ni, -1, depth + 1, path, pl + l2, e);
+        path[pl] = 0;
+        if (child < 0) return -1;
+        sc->nodes[ni].extra = (int16_t)child;
     }
     for (int i = 0; c->strict && i < sc->nodes[ni].n_props; i++) {
         const api_schema_prop_t *p = &sc->props[sc->nodes[ni].prop0 + i];
@@ -1468,6 +1495,7 @@ int api_schema_append(api_schema_t *dst, const api_schema_t *src) {
         *d = src->nodes[i];
         if (d->parent != API_SCHEMA_NONE) d->parent = (int16_t)(d->parent + nn);
         if (d->items != API_SCHEMA_NONE) d->items = (int16_t)(d->items + nn);
+        if (d->extra != API_SCHEMA_NONE) d->extra = (int16_t)(d->extra + nn);
         d->prop0 = (int16_t)(d->prop0 + np);
         d->tup0 = (int16_t)(d->tup0 + np);
         d->lit0 = (int16_t)(d->lit0 + nl);
@@ -1512,7 +1540,7 @@ int api_schema_compile_as(api_schema_t *sc, const tg_json_t *schema, const char 
         BAD(param, "unsupported_parameter",
             "Unsupported %s in '%s': %s (first at %s). Supported: type, properties, required, items, "
             "prefixItems (or an items array and additionalItems), enum, "
-            "const, anyOf/oneOf (of different types), $ref to $defs, additionalProperties (a boolean), minimum, "
+            "const, anyOf/oneOf (of different types), $ref to $defs, additionalProperties (a boolean or a schema), minimum, "
             "maximum, exclusiveMinimum, exclusiveMaximum, multipleOf, minItems, maxItems, minLength, maxLength, "
             "format (date, time, date-time, duration, email, hostname, ipv4, ipv6, uuid), and the "
             "annotations title, description, default, examples, $schema, $id, $comment.",

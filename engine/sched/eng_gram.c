@@ -128,6 +128,8 @@ enum { /* JSON states */
     J_DONE, /* the top-level value is complete */
     J_KEY,  /* a schema object's member name, matched against its properties (cand, lpos) */
     J_ENUM, /* a schema enum value, matched against its texts (cand, lpos) */
+    J_XKEY, /* a schema object's member name that may also be another's (additionalProperties a schema):
+             * cand the properties it may still be, xall every property it still starts like */
 };
 
 enum { N_MINUS, N_ZERO, N_INT, N_DOT, N_FRAC, N_E, N_ESIGN, N_EXP };
@@ -147,6 +149,7 @@ typedef struct {
         api_num_t nst;  /* J_NUM with nbd: the number so far against its bounds */
         api_fmt_t fst;  /* J_STR of a value with a "format": where in it (api_fmt.c) */
     };
+    uint64_t xall;  /* J_XKEY: bit i: the name so far starts property i's (which it must not equal) */
     uint32_t stack; /* bit d: the container at depth d+1 is an object */
     uint16_t pos, nlo, nhi;
     uint16_t lpos;  /* J_KEY, J_ENUM: bytes matched */
@@ -245,6 +248,26 @@ static const api_schema_node_t *fmt_node(const eng_gram_t *g, const gst_t *s) {
 static int str_rest(const eng_gram_t *g, const gst_t *s) {
     const api_schema_node_t *nd = str_node(g, s);
     return nd && s->slen < nd->min_chars ? nd->min_chars - s->slen : 0;
+}
+
+/* A UTF-8 lead byte c of a string's text: the range of the next byte set
+ * (no overlongs, no surrogates); 0, or -1 when c leads no character. */
+static int u8_lead(gst_t *s, unsigned c) {
+    if (c >= 0xC2 && c <= 0xDF) s->u8need = 1, s->u8lo = 0x80, s->u8hi = 0xBF;
+    else if (c == 0xE0) s->u8need = 2, s->u8lo = 0xA0, s->u8hi = 0xBF;
+    else if (c == 0xED) s->u8need = 2, s->u8lo = 0x80, s->u8hi = 0x9F;
+    else if (c >= 0xE1 && c <= 0xEF) s->u8need = 2, s->u8lo = 0x80, s->u8hi = 0xBF;
+    else if (c == 0xF0) s->u8need = 3, s->u8lo = 0x90, s->u8hi = 0xBF;
+    else if (c >= 0xF1 && c <= 0xF3) s->u8need = 3, s->u8lo = 0x80, s->u8hi = 0xBF;
+    else if (c == 0xF4) s->u8need = 3, s->u8lo = 0x80, s->u8hi = 0x8F;
+    else return -1;
+    return 0;
+}
+
+/* The schema object on top may take a member other than its properties now:
+ * its additionalProperties is a schema and no required property is left. */
+static int extra_ok(const eng_gram_t *g, const gst_t *s) {
+    return node(g, s->snode)->extra >= 0 && !g->rtail[g->roff[s->snode] + s->sp];
 }
 
 /* JSON: a value is complete. */
@@ -402,6 +425,61 @@ static int key_feed(const eng_gram_t *g, gst_t *s, unsigned c) {
     return 0;
 }
 
+/* One byte of a member name that is a property's or another (J_XKEY): a
+ * property's completes as key_feed has it; another takes any name but the
+ * properties' (a value of theirs under the other members' schema would be
+ * wrong), not empty, without escapes, UTF-8, at most API_SCHEMA_MAX_LIT bytes,
+ * and no property may follow it (sp goes past them); 0 or -1. */
+static int xkey_feed(const eng_gram_t *g, gst_t *s, unsigned c) {
+    int n = s->snode, np = node(g, n)->n_props;
+    uint64_t xall = 0;
+    for (int j = 0; j < np; j++) {
+        const api_schema_prop_t *p = prop(g, n, j);
+        if ((s->xall >> j & 1) && p->len > s->lpos && (unsigned char)g->sc.arena[p->off + s->lpos] == c)
+            xall |= 1ull << j;
+    }
+    if (c == '"' && !s->u8need) {
+        gst_t t = *s;
+        t.js = J_KEY;
+        if (t.cand && !key_feed(g, &t, c) && t.js == J_COLON) { /* a property's name */
+            *s = t;
+            return 0;
+        }
+        for (int j = 0; j < np; j++)
+            if ((xall >> j & 1) && prop(g, n, j)->len == s->lpos + 1u) return -1; /* a property's, out of turn */
+        if (s->lpos < 2) return -1;
+        s->js = J_COLON;
+        s->vnode = node(g, n)->extra;
+        s->close = s->close - obj_close(g, n, s->sp) + obj_close(g, n, np);
+        s->sp = (uint8_t)np;
+        return 0;
+    }
+    if (c == '\\' || c < 0x20 || c == 0x7F || c == '"') { /* only a property's name (an escape of its own) */
+        gst_t t = *s;
+        t.js = J_KEY;
+        if (!t.cand || s->u8need || key_feed(g, &t, c)) return -1;
+        *s = t;
+        return 0;
+    }
+    gst_t t = *s;
+    if (t.u8need) {
+        if (c < t.u8lo || c > t.u8hi) return -1;
+        t.u8need--;
+        t.u8lo = 0x80, t.u8hi = 0xBF;
+    } else if (c >= 0x80 && u8_lead(&t, c)) {
+        return -1;
+    }
+    if (t.lpos >= API_SCHEMA_MAX_LIT) return -1;
+    uint64_t nc = 0;
+    for (int j = 0; j < np; j++) {
+        const api_schema_prop_t *p = prop(g, n, j);
+        if ((t.cand >> j & 1) && p->len > t.lpos && (unsigned char)g->sc.arena[p->off + t.lpos] == c) nc |= 1ull << j;
+    }
+    t.cand = nc, t.xall = xall, t.lpos++;
+    *s = t;
+    return 0;
+}
+
 /* One byte of a string value with a format (node nd): its text is ASCII
  * without escapes, closed only when complete; 0 or -1. */
 static int fmt_feed(const api_schema_node_t *nd, gst_t *s, unsigned c) {
@@ -430,13 +508,21 @@ static int json_feed(const eng_gram_t *g, gst_t *s, unsigned c) {
     case J_OBJ_KEY:
         if (c != '"') return -1;
         if (in_schema(g, s)) {
-            if (!(s->cand = key_cands(g, s))) return -1;
+            s->cand = key_cands(g, s);
+            if (extra_ok(g, s)) { /* a property's name, or another member's */
+                int np = node(g, s->snode)->n_props;
+                s->xall = np >= 64 ? ~0ull : (1ull << np) - 1;
+                s->js = J_XKEY, s->lpos = 1, s->u8need = 0;
+                return 0;
+            }
+            if (!s->cand) return -1;
             s->js = J_KEY, s->lpos = 1;
             return 0;
         }
         s->js = J_STR, s->skey = 1, s->sfl = 0;
         return 0;
     case J_KEY: return key_feed(g, s, c);
+    case J_XKEY: return xkey_feed(g, s, c);
     case J_ENUM: return enum_feed(g, s, c);
     case J_COLON:
         if (c != ':') return -1;
@@ -457,7 +543,8 @@ static int json_feed(const eng_gram_t *g, gst_t *s, unsigned c) {
                          : in_barr(g, s) ? (int16_t)api_schema_elem(&g->sc, s->snode, s->acnt[s->nacnt - 1] - 1)
                                          : node(g, s->snode)->items;
             } else {
-                if (in_schema(g, s) && s->sp >= node(g, s->snode)->n_props) return -1; /* no member left */
+                if (in_schema(g, s) && s->sp >= node(g, s->snode)->n_props && node(g, s->snode)->extra < 0)
+                    return -1; /* no member left */
                 s->js = J_OBJ_KEY;
             }
             return 0;
@@ -489,16 +576,7 @@ static int json_feed(const eng_gram_t *g, gst_t *s, unsigned c) {
             return 0;
         }
         if (c < 0x80) return 0;
-        /* UTF-8 lead byte: the allowed range of the next byte (no overlongs, no surrogates) */
-        if (c >= 0xC2 && c <= 0xDF) s->u8need = 1, s->u8lo = 0x80, s->u8hi = 0xBF;
-        else if (c == 0xE0) s->u8need = 2, s->u8lo = 0xA0, s->u8hi = 0xBF;
-        else if (c == 0xED) s->u8need = 2, s->u8lo = 0x80, s->u8hi = 0x9F;
-        else if (c >= 0xE1 && c <= 0xEF) s->u8need = 2, s->u8lo = 0x80, s->u8hi = 0xBF;
-        else if (c == 0xF0) s->u8need = 3, s->u8lo = 0x90, s->u8hi = 0xBF;
-        else if (c >= 0xF1 && c <= 0xF3) s->u8need = 3, s->u8lo = 0x80, s->u8hi = 0xBF;
-        else if (c == 0xF4) s->u8need = 3, s->u8lo = 0x80, s->u8hi = 0x8F;
-        else return -1;
-        return 0;
+        return u8_lead(s, c); /* the allowed range of the next byte */
     case J_ESC:
         if (c == 'u') {
             s->js = J_HEX, s->hex = 4, s->hexd = 0;
@@ -599,13 +677,21 @@ static int json_cost(const eng_gram_t *g, const gst_t *s) {
         if (s->nbd) return api_num_cost(node(g, s->vnode), &s->nst) + d;
         return (s->num == N_MINUS || s->num == N_DOT || s->num == N_E || s->num == N_ESIGN) + d;
     case J_LIT: return (int)strlen(LITS[s->lit]) - s->litpos + d;
-    case J_KEY: {
+    case J_KEY:
+    case J_XKEY: {
         int n = s->snode, np = node(g, n)->n_props, best = 1 << 20;
         for (int j = 0; j < np; j++) {
             if (!(s->cand >> j & 1)) continue;
             const api_schema_prop_t *p = prop(g, n, j);
             int c = (int)p->len - s->lpos + 1 + node(g, p->node)->min_len - obj_close(g, n, s->sp) +
                     obj_close(g, n, j + 1);
+            if (c < best) best = c;
+        }
+        if (s->js == J_XKEY) { /* another member: a byte more if the name is empty or a property's, '"', ':' */
+            int eq = s->lpos < 2;
+            for (int j = 0; j < np && !eq; j++) eq = (s->xall >> j & 1) && prop(g, n, j)->len == s->lpos + 1u;
+            int c = eq + s->u8need + 2 + node(g, node(g, n)->extra)->min_len - obj_close(g, n, s->sp) +
+                    obj_close(g, n, np);
             if (c < best) best = c;
         }
         return best + d;
@@ -779,6 +865,11 @@ static int gram_schema(eng_gram_t *g, const api_schema_t *rf, const api_schema_t
             int32_t m = (int32_t)p->len + 1 + c->nodes[p->node].min_len;
             g->rtail[off + j] = g->rtail[off + j + 1] + (p->required ? 1 + m : 0);
             g->mmin[off + j] = p->required || m < g->mmin[off + j + 1] ? m : g->mmin[off + j + 1];
+        }
+        if (c->nodes[i].extra >= 0) { /* another member ("x":V) may come wherever no required one is left */
+            int32_t xm = 4 + c->nodes[c->nodes[i].extra].min_len;
+            for (int j = 0; j <= np; j++)
+                if (!g->rtail[off + j] && xm < g->mmin[off + j]) g->mmin[off + j] = xm;
         }
         off += np + 1;
     }

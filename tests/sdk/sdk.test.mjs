@@ -281,6 +281,32 @@ test('json_schema: zod v4 times, emails, hostnames, ips, durations, multipleOf (
   }
 });
 
+test('json_schema: zod v4 tuples and records (draft 7 items array, additionalProperties a schema)', async () => {
+  // z.object({ pair: z.tuple([z.string(), z.number()]), scores: z.record(z.string(), z.number()) }),
+  // z.toJSONSchema with zod 4.6.7 (target draft-7), verbatim; strict: false (OpenAI's strict mode wants
+  // additionalProperties false everywhere, so a record is a non-strict schema)
+  const schema = JSON.parse(String.raw`{"$schema":"http://json-schema.org/draft-07/schema#","type":"object","properties":{"pair":{"type":"array","items":[{"type":"string"},{"type":"number"}],"additionalItems":false,"minItems":2,"maxItems":2},"scores":{"type":"object","propertyNames":{"type":"string"},"additionalProperties":{"type":"number"}}},"required":["pair","scores"],"additionalProperties":false}`);
+  let members = 0;
+  for (const seed of [1, 2, 3, 4]) {
+    const r = await client.chat.completions.create({
+      model, messages: [{ role: 'user', content: 'Pairs and scores' }], max_tokens: 80, temperature: 1.2, seed,
+      response_format: { type: 'json_schema', json_schema: { name: 'x', strict: false, schema } },
+    });
+    const t = r.choices[0].message.content, v = JSON.parse(t);
+    assert.deepEqual(Object.keys(v), ['pair', 'scores'], t);
+    assert.ok(Array.isArray(v.pair) && v.pair.length === 2 && typeof v.pair[0] === 'string' &&
+      typeof v.pair[1] === 'number', t);
+    assert.ok(v.scores && typeof v.scores === 'object' && !Array.isArray(v.scores), t);
+    for (const [k, x] of Object.entries(v.scores)) assert.ok(k.length > 0 && typeof x === 'number', t);
+    members += Object.keys(v.scores).length;
+  }
+  await assert.rejects(client.chat.completions.create({
+    model, messages, max_tokens: 4,
+    tools: [{ type: 'function', function: { name: 'f', strict: true, parameters: schema } }],
+  }), (e) => e instanceof OpenAI.BadRequestError && e.param === 'tools[0].function.parameters' &&
+    e.message.includes('additionalProperties'));
+});
+
 // ---- strict function tools: every call's arguments follow its function's parameters ----
 
 const alarm = {

@@ -435,8 +435,21 @@ static void test_json_schema(void) {
         CHECK(strstr(e.message, want) != NULL);
         CHECK_EQ_S(e.code, "unsupported_parameter");
     }
-    expect_400(RF("{\"type\":\"object\",\"additionalProperties\":{\"type\":\"string\"}}"),
+    /* additionalProperties a schema: the other members' (a record without properties, or after them);
+     * propertyNames only as {"type":"string"}; strict mode still wants false, as OpenAI's */
+    CHECK_EQ_I(parse(RF("{\"type\":\"object\",\"properties\":{\"r\":{\"type\":\"object\",\"propertyNames\":"
+                        "{\"type\":\"string\"},\"additionalProperties\":{\"type\":\"number\"}},\"m\":{\"type\":"
+                        "\"object\",\"properties\":{\"a\":{\"type\":\"string\"}},\"additionalProperties\":"
+                        "{\"type\":\"boolean\"}}}}"), &r, &e), 0);
+    CHECK(r.schema.nodes[1].n_props == 0 && r.schema.nodes[1].extra == 2 && r.schema.nodes[2].types == API_ST_NUM);
+    CHECK(r.schema.nodes[3].n_props == 1 && r.schema.nodes[3].extra == 5 && r.schema.nodes[0].extra == API_SCHEMA_NONE);
+    api_chat_req_free(&r);
+    expect_400(RF("{\"type\":\"object\",\"propertyNames\":{\"pattern\":\"^a\"},\"additionalProperties\":{}}"),
                "response_format.json_schema.schema", "unsupported_parameter");
+    expect_400(RF("{\"type\":\"object\",\"additionalProperties\":[]}"), "response_format.json_schema.schema", NULL);
+    expect_400("{\"model\":\"m\"," MSG ",\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\","
+               "\"strict\":true,\"parameters\":{\"type\":\"object\",\"properties\":{},\"required\":[],"
+               "\"additionalProperties\":{\"type\":\"string\"}}}}]}", "tools[0].function.parameters", NULL);
     /* malformed */
     expect_400(RF("{\"type\":\"array\"}"), "response_format.json_schema.schema", "invalid_value");
     expect_400(RF("{\"type\":\"object\",\"properties\":{\"a\":{}},\"required\":[\"b\"]}"),

@@ -224,6 +224,7 @@ static int schema_valid(const api_schema_t *sc, int ni, const tg_json_t *v) {
                 if (p->len == kb.len && !memcmp(sc->arena + p->off, kb.p, kb.len)) found = j;
             }
             tg_buf_free(&kb);
+            if (found < 0 && nd->extra >= 0 && schema_valid(sc, nd->extra, m)) continue; /* another member */
             if (found < 0 || !schema_valid(sc, sc->props[nd->prop0 + found].node, m)) return 0;
         }
         for (int j = 0; j < nd->n_props; j++) { /* every required one is there */
@@ -811,6 +812,89 @@ static void test_tuples(void) {
     rs = rs_saved;
 }
 
+/* additionalProperties as a schema: zod's z.record(z.string(), z.number()) (with propertyNames), and an
+ * object with properties and the others' schema (Pydantic's extra fields typed): every walk's members
+ * are each a property's (with its type) or another name with the other members' type, no name twice,
+ * the required ones there, read from the JSON itself. */
+static const char RECORDS[] =
+    "{\"type\":\"object\",\"additionalProperties\":false,\"properties\":{"
+    "\"scores\":{\"type\":\"object\",\"propertyNames\":{\"type\":\"string\"},"
+    "\"additionalProperties\":{\"type\":\"number\"}},"
+    "\"meta\":{\"type\":\"object\",\"properties\":{\"id\":{\"type\":\"integer\"},\"note\":{\"type\":\"string\"}},"
+    "\"required\":[\"id\"],\"additionalProperties\":{\"type\":\"boolean\"}}},"
+    "\"required\":[\"scores\",\"meta\"]}";
+
+static int records_valid(const tg_json_t *j) {
+    const tg_json_t *sc = tg_json_get(j, "scores"), *meta = tg_json_get(j, "meta"), *m;
+    int oom = 0;
+    size_t dl;
+    if (tg_json_type(sc) != TG_JSON_OBJECT || tg_json_type(meta) != TG_JSON_OBJECT) return 0;
+    if (tg_json_dup_key(sc, &dl, &oom) || tg_json_dup_key(meta, &dl, &oom)) return 0;
+    TG_JSON_FOREACH(m, sc) if (tg_json_type(m) != TG_JSON_NUMBER) return 0;
+    int id = 0;
+    TG_JSON_FOREACH(m, meta) {
+        size_t kl;
+        const char *k = tg_json_key(m, &kl);
+        if (kl == 2 && !memcmp(k, "id", 2)) {
+            if (tg_json_type(m) != TG_JSON_NUMBER || !is_int_text(m)) return 0;
+            id = 1;
+        } else if (kl == 4 && !memcmp(k, "note", 4)) {
+            if (tg_json_type(m) != TG_JSON_STRING) return 0;
+        } else if (tg_json_type(m) != TG_JSON_BOOL || !kl) {
+            return 0;
+        }
+    }
+    return id;
+}
+
+static void test_records(void) {
+    uint64_t rs_saved = rs;
+    api_schema_t sc;
+    CHECK_EQ_I(compile(RECORDS, &sc), 0);
+    CHECK(schema_accepts(&sc, "{\"scores\":{\"a\":1,\"b c\":2.5,\"\u00e9\":-1},\"meta\":{\"id\":3,\"note\":\"n\",\"x\":true,"
+                              "\"idx\":false,\"i\":true}}"));
+    CHECK(schema_accepts(&sc, "{\"scores\":{},\"meta\":{\"id\":3}}"));
+    static const char *const bad[] = {
+        "{\"scores\":{\"a\":\"", "{\"scores\":{\"\":", "{\"scores\":{\"a\\u0041", "{\"scores\":{},\"meta\":{\"x\":",
+        "{\"scores\":{},\"meta\":{\"id\":1,\"id\":", "{\"scores\":{},\"meta\":{\"id\":1,\"x\":true,\"note\":",
+        "{\"scores\":{},\"meta\":{\"id\":1,\"x\":1", "{\"scores\":{},\"meta\":{\"id\":1,\"note\":\"n\",\"note\":",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        eng_gram_t *g = eng_gram_schema(V, tok_eos(T), &sc);
+        int ok = 1;
+        for (const char *p = bad[i]; *p && ok; p++) {
+            int32_t id = tok_id(T, (char[]){*p, 0});
+            ok = id >= 0 && eng_gram_accept(g, id) == 0;
+        }
+        CHECK(!ok);
+        if (ok) fprintf(stderr, "  accepted: %s\n", bad[i]);
+        eng_gram_free(g);
+    }
+    int okw = 0, walks = 0, min = sc.nodes[0].min_len + 1, extra = 0;
+    for (int w = 0; w < 32; w++) {
+        int budget = min + (w % 4) * 30;
+        eng_gram_t *g = eng_gram_schema(V, tok_eos(T), &sc);
+        int eos, nt;
+        char *s = walk_random(g, budget, &eos, &nt);
+        tg_json_t *j = tg_json_parse(s, strlen(s), NULL, NULL);
+        int good_ = eos && nt <= budget && j && schema_valid(&sc, 0, j) && records_valid(j);
+        if (j) extra += (int)tg_json_len(tg_json_get(j, "scores"));
+        if (getenv("GRAM_SHOW")) printf("  %d tokens: %s\n", nt, s);
+        CHECK(good_);
+        if (!good_) fprintf(stderr, "  record walk budget %d (eos %d, %d tokens): %s\n", budget, eos, nt, s);
+        okw += good_;
+        walks++;
+        tg_json_free(j);
+        free(s);
+        eng_gram_free(g);
+    }
+    CHECK(extra > 0); /* the walks wrote other members at all */
+    printf("record walks: %d/%d ended with EOS, parse, validate (%d record members; shortest answer %d bytes)\n",
+           okw, walks, extra, sc.nodes[0].min_len);
+    api_schema_free(&sc);
+    rs = rs_saved;
+}
+
 /* tool_choice "auto": free text never holds a tool marker but the opener;
  * with JSON mode the answer is a JSON object or the block */
 static void test_auto(void) {
@@ -1040,6 +1124,7 @@ int main(int argc, char **argv) {
     test_bounds();
     test_formats2();
     test_tuples();
+    test_records();
     test_auto();
     test_strict_tools();
     test_mask_cost();
