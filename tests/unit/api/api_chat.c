@@ -253,6 +253,25 @@ static void test_render(void) {
     CHECK(s && n == sizeof want - 1 && !memcmp(s, want, n));
     free(s);
     api_chat_req_free(&r);
+    /* reasoning_content in an input message (an earlier answer echoed back, as DeepSeek's thinking-mode
+     * guide has clients do): accepted, and the prompt is the same as without it (api/README.md) */
+    static const char *const RC[] = {
+        "{\"model\":\"m\",\"messages\":[" U1 ",{\"role\":\"assistant\",\"content\":\"x\",\"reasoning_content\":"
+        "\"QZX reasoning\"}," U1 "]}",
+        "{\"model\":\"m\",\"messages\":[" U1 ",{\"role\":\"assistant\",\"content\":\"x\"}," U1 "]}",
+    };
+    char *rc_prompt[2][2] = {{0}};
+    for (int i = 0; i < 2; i++) {
+        CHECK_EQ_I(parse(RC[i], &r, &e), 0);
+        rc_prompt[i][0] = api_chat_render(&r, TOK_TMPL_DEEPSEEK_V3, &n, &e);
+        rc_prompt[i][1] = api_chat_render(&r, TOK_TMPL_DEEPSEEK_R1, &n, &e);
+        api_chat_req_free(&r);
+    }
+    for (int k = 0; k < 2; k++) {
+        CHECK(rc_prompt[0][k] && rc_prompt[1][k] && !strcmp(rc_prompt[0][k], rc_prompt[1][k]));
+        CHECK(rc_prompt[0][k] && !strstr(rc_prompt[0][k], "QZX"));
+        free(rc_prompt[0][k]), free(rc_prompt[1][k]);
+    }
     expect_400("{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"a\\ud800b\"}]}", NULL, "invalid_utf8");
     expect_400("{\"model\":\"m\",\"messages\":[{\"role\":\"assistant\",\"tool_calls\":[{\"function\":{\"name\":"
                "\"f\\u0000\",\"arguments\":\"{}\"}}]}]}", "messages[0].tool_calls", "invalid_value");
