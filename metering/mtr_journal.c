@@ -72,6 +72,7 @@ struct mtr_journal {
     const char *unlogged_what;
     int failing;       /* the last write failed (mtr_journal_writable) */
     int sync_failed;   /* an fdatasync failed: cleared by a probe that writes and syncs, not by a write */
+    int probing;       /* that probe is on the worker thread */
     int *disk_failing; /* shared with the process's other journals on the disk; NULL: none */
     int64_t probed_us; /* tg_mono_us() of the last probe write while failing */
 };
@@ -344,20 +345,43 @@ int mtr_journal_spool(mtr_journal_t *j, const mtr_usage_t *const *u, size_t n) {
     return -1;
 }
 
-/* Can PROBE_BYTES be written in the directory now?  A file of its own (not a
- * spool file: no replay reads it), removed at once.  0 or -1. */
-static int journal_probe(mtr_journal_t *j) {
+/* Can PROBE_BYTES be written in dir now (and, sync: made durable)?  A file
+ * of its own (not a spool file: no replay reads it), removed at once.  0 or
+ * -1. */
+static int journal_probe(const char *dir, int sync) {
     static const char zero[4096];
     char path[4200];
-    snprintf(path, sizeof path, "%s/write-probe", j->dir);
+    snprintf(path, sizeof path, "%s/%s", dir, sync ? "sync-probe" : "write-probe");
     int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     if (fd < 0) return -1;
     int ok = 1;
     for (int i = 0; ok && i < PROBE_BYTES / (int)sizeof zero; i++) ok = write(fd, zero, sizeof zero) == sizeof zero;
-    if (ok && j->sync_failed) ok = fdatasync(fd) == 0; /* a disk whose syncs failed must sync again */
+    if (ok && sync) ok = fdatasync(fd) == 0;
     close(fd);
     unlink(path);
     return ok ? 0 : -1;
+}
+
+/* The probe of a journal whose fdatasync failed, on the worker thread: an
+ * fdatasync on a failing disk can take long, and the loop must not wait. */
+typedef struct {
+    mtr_journal_t *j;
+    int ok;
+} sprobe_job_t;
+
+static void sprobe_run(void *arg) {
+    sprobe_job_t *p = arg;
+    p->ok = journal_probe(p->j->dir, 1) == 0;
+}
+
+static void sprobe_done(void *arg) {
+    sprobe_job_t *p = arg;
+    p->j->probing = 0;
+    if (p->ok) { /* it wrote and synced: trusted again from the next mtr_journal_writable */
+        p->j->sync_failed = 0;
+        set_failing(p->j, 0);
+    }
+    free(p);
 }
 
 int mtr_journal_earlier(const mtr_journal_t *j) {
@@ -374,8 +398,20 @@ int mtr_journal_writable(mtr_journal_t *j) {
     int64_t now = tg_mono_us();
     if (j->probed_us && now - j->probed_us < PROBE_EVERY_US) return 0;
     j->probed_us = now;
-    if (journal_probe(j) != 0) return 0;
-    j->sync_failed = 0;
+    if (j->sync_failed) { /* write and fdatasync, off the loop; this call still says 0 */
+        sprobe_job_t *p = j->probing ? NULL : calloc(1, sizeof *p);
+        if (p) {
+            p->j = j;
+            if (j->work && tg_work_submit(j->work, sprobe_run, sprobe_done, p) == 0) {
+                j->probing = 1;
+                return 0;
+            }
+            sprobe_run(p); /* no worker thread: here */
+            sprobe_done(p);
+        }
+        return !j->sync_failed;
+    }
+    if (journal_probe(j->dir, 0) != 0) return 0;
     set_failing(j, 0);
     return 1;
 }
