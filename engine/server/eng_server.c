@@ -130,6 +130,7 @@ struct call {
     int stream, include_usage, gone, hung_up, started, reasoning_model;
     int cmpl;          /* POST /v1/completions: text_completion answers */
     int legacy_lp;     /* completions with logprobs: the legacy format */
+    int chat_lp;       /* chat with logprobs: "logprobs":{"content":[...]} even when no token is listed */
     char id[160];      /* "chatcmpl-..." or "cmpl-..." */
     char req_id[130];  /* X-Request-Id */
     long long created;
@@ -386,6 +387,8 @@ static void call_finish(call_t *c) {
             for (int i = 0; i < c->n; i++) {
                 choice_t *h = &c->ch[i];
                 cJSON *lp = NULL;
+                if (!h->lp_content && c->chat_lp) h->lp_content = cJSON_CreateArray(); /* none listed: [] (a stop
+                                                                                    * string cut every token) */
                 if (h->lp_content) {
                     lp = cJSON_CreateObject();
                     if (lp) cJSON_AddItemToObject(lp, "content", h->lp_content);
@@ -831,6 +834,7 @@ static void handle_chat(srv_t *S, struct evhttp_request *req, int cmpl) {
     snprintf(c->id, sizeof c->id, "%s-%s", cmpl ? "cmpl" : "chatcmpl", req_id);
     c->cmpl = cmpl;
     c->legacy_lp = cmpl && r.cmpl_logprobs >= 0;
+    c->chat_lp = !cmpl && r.logprobs;
     for (int i = 0; cmpl && r.echo && i < c->n; i++) { /* echo: the text starts with the prompt */
         choice_t *h = &c->ch[i];
         for (size_t k = 0; k < r.prompt_len; k++) h->text_off += ((unsigned char)r.prompt[k] & 0xC0) != 0x80;

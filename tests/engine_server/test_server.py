@@ -637,6 +637,12 @@ class Server(unittest.TestCase):
                     got, lps = c["message"]["content"], (c["logprobs"] or {}).get("content") or []
                 self.assertEqual(got, want, stop)
                 self.assertEqual(lps, entries[:keep], (stop, stream, [e["token"] for e in lps]))
+        # a stop string at the very start: nothing returned, nothing listed, still a logprobs object
+        first = toks[0].decode("utf-8", "ignore")
+        if first and fb.find(first.encode()) == 0:
+            st, _, b = chat("Stop test", max_tokens=16, logprobs=True, stop=[first])
+            c = json.loads(b)["choices"][0]
+            self.assertEqual((c["message"]["content"], c["logprobs"]), ("", {"content": []}), b)
 
     def test_disconnect_frees_slot(self):
         before = metrics()
