@@ -590,8 +590,12 @@ void gw_conn_stop_all(gw_loop_t *l); /* shutdown grace over: end every request i
 void gw_conn_free(gw_conn_t *c);
 /* Once shutting down, the loop ends when its last connection closed. */
 void gw_loop_maybe_exit(gw_loop_t *l);
-/* From any thread: activate ev (an event of loop l's base) on l's thread. */
+/* gw_mail.c: from any thread, activate ev (an event of loop l's base) on
+ * l's thread; the mailbox's set-up on l->base (mail_fd -1 before) and its
+ * release. */
 void gw_loop_wake(gw_loop_t *l, struct event *ev);
+int gw_loop_mail_init(gw_loop_t *l);
+void gw_loop_mail_release(gw_loop_t *l);
 
 /* gw_req.c: the request lifecycle */
 extern const gw_conn_ops_t gw_req_conn_ops;

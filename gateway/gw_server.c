@@ -9,7 +9,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/eventfd.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -76,40 +75,6 @@ static void gw_loop_shutdown(gw_loop_t *l) {
 }
 
 static void gw_on_stop(evutil_socket_t fd, short what, void *arg) { gw_loop_shutdown(arg); }
-
-/* ---- wake-ups from other threads ------------------------------------------------ */
-
-static void gw_loop_on_mail(evutil_socket_t fd, short what, void *arg) {
-    gw_loop_t *l = arg;
-    uint64_t n;
-    while (read(l->mail_fd, &n, sizeof n) == (ssize_t)sizeof n) {}
-    struct event *ev[4];
-    pthread_mutex_lock(&l->mail_mu);
-    int k = l->nmail;
-    memcpy(ev, l->mail, (size_t)k * sizeof *ev);
-    l->nmail = 0;
-    pthread_mutex_unlock(&l->mail_mu);
-    for (int i = 0; i < k; i++) event_active(ev[i], EV_TIMEOUT, 1);
-}
-
-void gw_loop_wake(gw_loop_t *l, struct event *ev) {
-    pthread_mutex_lock(&l->mail_mu);
-    int i = 0;
-    while (i < l->nmail && l->mail[i] != ev) i++;
-    if (i == l->nmail && l->nmail < (int)(sizeof l->mail / sizeof l->mail[0])) l->mail[l->nmail++] = ev;
-    pthread_mutex_unlock(&l->mail_mu);
-    uint64_t one = 1;
-    if (write(l->mail_fd, &one, sizeof one) < 0) { /* the counter at its maximum: a wake-up is pending */
-    }
-}
-
-static int gw_loop_mail_init(gw_loop_t *l) {
-    pthread_mutex_init(&l->mail_mu, NULL);
-    l->mail_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    if (l->mail_fd < 0) return GW_ERROR;
-    l->mail_ev = event_new(l->base, l->mail_fd, EV_READ | EV_PERSIST, gw_loop_on_mail, l);
-    return l->mail_ev && event_add(l->mail_ev, NULL) == 0 ? GW_OK : GW_ERROR;
-}
 
 /* On the first loop's thread (the signal's): the others are told through
  * their stop event, each shuts down on its own thread. */
@@ -251,9 +216,7 @@ static void gw_loop_release(gw_loop_t *l) {
     if (l->accept_pause) event_free(l->accept_pause);
     gw_admin_loop_release(l);
     if (l->stop_ev) event_free(l->stop_ev);
-    if (l->mail_ev) event_free(l->mail_ev);
-    if (l->mail_fd >= 0) close(l->mail_fd);
-    pthread_mutex_destroy(&l->mail_mu);
+    gw_loop_mail_release(l);
     free(l->up);
     if (l->index > 0 && l->base) event_base_free(l->base);
 }

@@ -8,6 +8,7 @@
 #include <pcre2.h>
 #include <stdint.h>
 
+#include "tg_grow.h"
 #include "tok.h"
 
 /* Split behaviours of a Hugging Face "Split" pre-tokenizer. */
@@ -164,8 +165,16 @@ int tok_pretokenize(const tok_t *t, const char *text, size_t len, tok_spans_t *o
 /* The hand-written equivalent of DeepSeek-V3's three Split regexes. */
 int tok_pre_ds3(const char *text, size_t len, tok_spans_t *out);
 
-/* Append span; returns 0 or -1 on OOM. */
-int tok_spans_push(tok_spans_t *s, uint32_t a, uint32_t b);
+/* Append span; returns 0 or -1 on OOM.  Inline: the pre-tokenizers'
+ * innermost append (tok_pretok.c and tok_pre_ds3.c both), and a file of its
+ * own would hold five lines. */
+static inline int tok_spans_push(tok_spans_t *s, uint32_t a, uint32_t b) {
+    tok_span_t *v = tg_grow(s->v, s->n, &s->cap, sizeof *v, 64);
+    if (!v) return -1;
+    s->v = v;
+    s->v[s->n++] = (tok_span_t){.start = a, .end = b};
+    return 0;
+}
 
 /* NFC of s[0..n) (valid UTF-8): 0 when NFC leaves it unchanged (res NULL),
  * 1 with a malloc'd result in res (length in outlen), -1 out of memory. */

@@ -9,14 +9,6 @@
 #include "tg_grow.h"
 #include "tok-int.h"
 
-int tok_spans_push(tok_spans_t *s, uint32_t a, uint32_t b) {
-    tok_span_t *v = tg_grow(s->v, s->n, &s->cap, sizeof *v, 64);
-    if (!v) return -1;
-    s->v = v;
-    s->v[s->n++] = (tok_span_t){.start = a, .end = b};
-    return 0;
-}
-
 /* One (start, end, is_match) part of a piece, before behaviour is applied. */
 typedef struct {
     uint32_t a, b;
