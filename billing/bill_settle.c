@@ -5,7 +5,7 @@
  * (metering/mtr_journal.h: the current spool file, write() — no fsync on the
  * event loop) and queues a copy tagged with that file; one batch (up to BATCH rows) at
  * a time goes to PostgreSQL as ONE statement (SETTLE_SQL): insert the usage
- * rows whose request_id is not there yet (NOT EXISTS; the primary key refuses
+ * rows whose request_id is not there yet (a probe of its primary key; the key refuses
  * a second one) and debit the ledger only for the rows actually inserted, so
  * re-sending a row is harmless.
  *
@@ -102,16 +102,17 @@ struct bill_settler {
 /* The batch's rows arrive as 19 one-dimensional arrays in PostgreSQL's binary
  * format (below), one per column; NULL elements where a column is NULL (no
  * key, no first byte, no price or override id).  A row is inserted when its
- * request id is not in usage yet (NOT EXISTS), once per batch (DISTINCT ON).
+ * request id is not in usage yet (a probe of usage's primary key, below), once
+ * per batch (DISTINCT ON).
  * ON CONFLICT DO NOTHING did the same with a speculative insertion per row (a
  * lock-table entry, a unique pre-check, a second WAL record): 4-5 % more of
  * PostgreSQL's CPU per row (billing/README.md, "Settlement throughput").  The
- * one case it handled that NOT EXISTS does not: another session inserting the
+ * one case it handled that the probe does not: another session inserting the
  * same id, uncommitted, when the statement runs (a killed gateway's statement
  * still running while its successor replays the journal; the shutdown drain
  * beside a cancelled batch).  The primary key then makes the statement wait
  * for that session and, once it commits, fail with 23505 (unique_violation):
- * batch_cb sends the batch again once (its NOT EXISTS now sees the row), then
+ * batch_cb sends the batch again once (its probe now sees the row), then
  * row by row as for any data error; drain_sync tries once more.  The arrays
  * are unnested in the select list (one ProjectSet, the 19 in lockstep, all n
  * long), not in FROM: unnest(a, b, ...) in FROM is a function scan that first
@@ -119,7 +120,20 @@ struct bill_settler {
  * without it, same rounds).  The rollups' hour and day are
  * date_bin from the Unix epoch: the UTC hour and day of received_at, as
  * date_trunc(..., 'UTC') gives them, in integer arithmetic (a time zone looked
- * up by name, twice per row, was 1.5 % of the statement). */
+ * up by name, twice per row, was 1.5 % of the statement).
+ *
+ * The probe is a correlated scalar subquery, not NOT EXISTS: PostgreSQL may
+ * turn NOT EXISTS into a hash anti-join that reads usage whole, and a
+ * prepared statement keeps its generic plan until usage's statistics change.
+ * A session whose generic plan was made while usage was nearly empty (a new
+ * database: bench/gateway's, a fresh deployment's) hashed the whole table at
+ * every batch until autovacuum next analyzed it: 134-243 ms per batch a
+ * minute in, 12-37 million rows of usage read per bench run (auto_explain,
+ * pg_stat_user_tables.seq_tup_read).  A scalar subquery is never made a join,
+ * so it stays an index probe per row (tests/billing/test_money.py,
+ * test_settle_probe_whatever_the_first_plan).  The led CTE has no RETURNING
+ * and the statement's counts come from the groups g, so ins is read once, by
+ * g (and by led). */
 static const char SETTLE_SQL[] =
     "WITH ins AS (INSERT INTO usage (request_id, customer_id, key_id, model, prompt_tokens,"
     " prompt_cache_hit_tokens, prompt_cache_miss_tokens, completion_tokens, reasoning_tokens,"
@@ -134,17 +148,18 @@ static const char SETTLE_SQL[] =
     " unnest($12::bigint[]) AS cost, unnest($13::int[]) AS status, unnest($14::bool[]) AS stream,"
     " unnest($15::timestamptz[]) AS recv, unnest($16::timestamptz[]) AS first, unnest($17::timestamptz[]) AS fin,"
     " unnest($18::bigint[]) AS price_id, unnest($19::bigint[]) AS override_id) t"
-    " WHERE NOT EXISTS (SELECT 1 FROM usage u WHERE u.request_id = t.request_id) RETURNING request_id, customer_id, key_id, model,"
+    " WHERE (SELECT true FROM usage u WHERE u.request_id = t.request_id) IS NULL RETURNING request_id, customer_id, key_id, model,"
     " prompt_cache_hit_tokens, prompt_cache_miss_tokens, completion_tokens, reasoning_tokens, cost_pico,"
     " http_status, received_at),"
     " led AS (INSERT INTO ledger (customer_id, kind, amount_pico, request_id)"
-    " SELECT customer_id, 'usage', -cost_pico, request_id FROM ins WHERE cost_pico > 0 RETURNING 1),"
+    " SELECT customer_id, 'usage', -cost_pico, request_id FROM ins WHERE cost_pico > 0),"
     /* the rows inserted, summed per hourly rollup row (and from those, per daily row) */
     " g AS (SELECT customer_id, date_bin('1 hour', received_at, timestamptz 'epoch') AS hour,"
     " coalesce(key_id, 0) AS key_id, model, count(*) AS requests, sum(prompt_cache_hit_tokens) AS hit,"
     " sum(prompt_cache_miss_tokens) AS miss, sum(completion_tokens) AS completion,"
     " sum(reasoning_tokens) AS reasoning, sum(cost_pico) AS cost,"
-    " count(*) FILTER (WHERE http_status >= 500) AS failed FROM ins GROUP BY 1, 2, 3, 4),"
+    " count(*) FILTER (WHERE http_status >= 500) AS failed,"
+    " count(*) FILTER (WHERE cost_pico > 0) AS debited FROM ins GROUP BY 1, 2, 3, 4),"
     /* the hourly rollups of the rows inserted, in the same transaction; in
      * primary-key order, so that concurrent batches lock rows in one order */
     " roll AS (INSERT INTO usage_hourly AS h (customer_id, hour, key_id, model, requests,"
@@ -170,10 +185,11 @@ static const char SETTLE_SQL[] =
     " completion_tokens = d.completion_tokens + excluded.completion_tokens,"
     " reasoning_tokens = d.reasoning_tokens + excluded.reasoning_tokens,"
     " cost_pico = d.cost_pico + excluded.cost_pico, failed_5xx = d.failed_5xx + excluded.failed_5xx RETURNING 1)"
-    /* one row per model inserted (or one row of NULLs): counts, then cost per model */
-    " SELECT (SELECT count(*) FROM ins), (SELECT count(*) FROM led), (SELECT count(*) FROM roll), m.model,"
-    " m.cost, (SELECT count(*) FROM droll)"
-    " FROM (SELECT 1) one LEFT JOIN (SELECT model, sum(cost_pico) AS cost FROM ins GROUP BY model) m ON true";
+    /* one row per model inserted (or one row of NULLs): counts, then cost per model; all from
+     * the groups g (ins read once: by g; led inserts one debit per row of ins with a cost) */
+    " SELECT (SELECT coalesce(sum(requests), 0) FROM g), (SELECT coalesce(sum(debited), 0) FROM g),"
+    " (SELECT count(*) FROM roll), m.model, m.cost, (SELECT count(*) FROM droll)"
+    " FROM (SELECT 1) one LEFT JOIN (SELECT model, sum(cost) AS cost FROM g GROUP BY model) m ON true";
 
 enum { NCOL = 19 };
 

@@ -493,12 +493,18 @@ class Billing(ServerCase):
         rid = str(uuid.uuid4())
         before = self.balance(c)[0]
         st0 = self.s.settlement()
-        self.s.settle(rid, kid, cid, 1000, 300, 500)
-        self.s.settle(rid, kid, cid, 1000, 300, 500)
-        st = self.s.drain()  # both settles committed (or given up): a double count would be in by now
-        self.assertEqual(st["settled_total"] - st0["settled_total"], 2, "both settles reached PostgreSQL")
-        self.assertEqual(st["inserted_total"] - st0["inserted_total"], 1, "one usage row inserted")
+        # with them, in the same batch, another customer's row that costs nothing: a usage row, no debit
+        c2 = self.customer("1.00")
+        self.key(c2)
+        (kid2,), cid2 = self.ids(c2)
+        free = str(uuid.uuid4())
+        self.s.settle_many([(rid, kid, cid, 1000, 300, 500), (rid, kid, cid, 1000, 300, 500),
+                            (free, kid2, cid2, 0, 0, 0)])
+        st = self.s.drain()  # all settles committed (or given up): a double count would be in by now
+        self.assertEqual(st["settled_total"] - st0["settled_total"], 3, "all settles reached PostgreSQL")
+        self.assertEqual(st["inserted_total"] - st0["inserted_total"], 2, "two usage rows inserted")
         self.assertEqual(st["debited_total"] - st0["debited_total"], 1, "one debit")
+        self.assertEqual(q("select count(*) from ledger where request_id = %s", free)[0][0], 0)
         rows = q("select prompt_tokens, prompt_cache_hit_tokens, prompt_cache_miss_tokens,"
                  " completion_tokens, cost_pico, price_input_cache_miss, price_output"
                  " from usage where request_id = %s", rid)
@@ -510,9 +516,9 @@ class Billing(ServerCase):
         # settling the same request again later changes nothing
         self.s.settle(rid, kid, cid, 1000, 300, 500)
         st = self.s.drain()
-        self.assertEqual(st["settled_total"] - st0["settled_total"], 3)
+        self.assertEqual(st["settled_total"] - st0["settled_total"], 4)
         self.assertEqual((st["inserted_total"] - st0["inserted_total"], st["debited_total"] - st0["debited_total"]),
-                         (1, 1))
+                         (2, 1))
         self.assertEqual(q("select count(*) from usage where request_id = %s", rid)[0][0], 1)
         self.assertEqual(q("select count(*) from ledger where request_id = %s", rid)[0][0], 1)
         self.assertEqual(before - self.balance(c)[0], want)

@@ -10,6 +10,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -426,6 +427,118 @@ class Money(ServerCase):
                 q(sql)
             self.assertIn("never", str(cm.exception), sql)
         self.assertEqual(q("SELECT count(*) FROM customers WHERE id = %s", cid)[0][0], 1)
+
+    def test_ledger_refs_probe_whatever_the_first_plan(self):
+        """The ledger -> usage check (0028) probes usage's primary key per new ledger row even in a
+        session that planned it while usage was nearly empty: such a plan (0018's NOT EXISTS) hashed
+        the whole usage table at every later batch.  In one transaction, rolled back: usage and the
+        ledger emptied (TRUNCATE, as a superuser past the triggers that refuse it), a first batch of
+        50 rows plans the check, usage grows to 20,000 rows, then a batch of 1,000 ledger rows must
+        not scan usage (its seq_scan counter in this transaction)."""
+        _, cid = self.customer(credit=None)
+        conn = psycopg2.connect(PG.replace("user=tollgate", "user=postgres"))
+        try:
+            cur = conn.cursor()
+            cur.execute("SET LOCAL lock_timeout = '20s'")
+            cur.execute("SET LOCAL session_replication_role = replica")
+            cur.execute("TRUNCATE usage, ledger CASCADE")
+            cur.execute("SET LOCAL session_replication_role = origin")
+            cur.execute("CREATE TEMP TABLE ids ON COMMIT DROP AS SELECT"
+                        " ('00000000-0000-7000-8000-' || lpad(to_hex(g), 12, '0'))::uuid AS id, g"
+                        " FROM generate_series(1, 20000) g")
+
+            def usage(where):
+                cur.execute("INSERT INTO usage (request_id, customer_id, model, prompt_tokens,"
+                            " prompt_cache_hit_tokens, prompt_cache_miss_tokens, completion_tokens, reasoning_tokens,"
+                            " price_input_cache_miss, price_input_cache_hit, price_output, cost_pico, http_status,"
+                            " stream, received_at, finished_at) SELECT id, %s, 'm', 0, 0, 0, 0, 0, 0, 0, 0, 0, 200,"
+                            " false, now(), now() FROM ids WHERE " + where, (cid,))
+
+            def debits(where):
+                cur.execute("INSERT INTO ledger (customer_id, kind, amount_pico, request_id)"
+                            " SELECT %s, 'usage', -1, id FROM ids WHERE " + where, (cid,))
+
+            def scans():
+                cur.execute("SELECT seq_scan, seq_tup_read FROM pg_stat_xact_user_tables WHERE relname = 'usage'")
+                return cur.fetchone()
+
+            usage("g <= 50")
+            debits("g <= 50")  # plans ledger_refs_check in this session
+            usage("g > 50")
+            before = scans()
+            debits("g BETWEEN 1001 AND 2000")
+            self.assertEqual(scans(), before, "the check read usage whole instead of probing its primary key")
+            # and a missing usage row is still refused
+            cur.execute("SAVEPOINT s")
+            with self.assertRaises(psycopg2.Error) as cm:
+                cur.execute("INSERT INTO ledger (customer_id, kind, amount_pico, request_id)"
+                            " VALUES (%s, 'usage', -1, '00000000-0000-7000-8000-ffffffffffff')", (cid,))
+            self.assertEqual(cm.exception.pgcode, "23503")
+            cur.execute("ROLLBACK TO SAVEPOINT s")
+        finally:
+            conn.rollback()
+            conn.close()
+
+    def test_settle_probe_whatever_the_first_plan(self):
+        """The settlement statement (bill_settle.c SETTLE_SQL) probes usage's primary key per row even
+        with a generic plan made while usage was nearly empty: NOT EXISTS was planned then as a hash
+        anti-join over the whole of usage, and a prepared statement keeps its generic plan, so every
+        later batch read usage whole (bench/gateway: 12-37 million rows per run).  In one transaction,
+        rolled back: usage emptied, the statement prepared and run once with a generic plan
+        (plan_cache_mode), usage grown to 20,000 rows, then a batch of 1,000 rows must not scan usage;
+        and the rows it inserted, and only those, are there, once."""
+        _, cid = self.customer(credit=None)
+        with open(os.path.join(os.path.dirname(__file__), "..", "..", "billing", "bill_settle.c")) as f:
+            src = f.read()
+        body = src[src.index("static const char SETTLE_SQL[] ="):]
+        body = body[:body.index(";\n")]
+        sql = "".join(re.findall(r'"((?:[^"\\]|\\.)*)"', re.sub(r"/\*.*?\*/", "", body, flags=re.S)))
+        conn = psycopg2.connect(PG.replace("user=tollgate", "user=postgres"))
+        try:
+            cur = conn.cursor()
+            cur.execute("SET LOCAL lock_timeout = '20s'")
+            cur.execute("SET LOCAL session_replication_role = replica")
+            cur.execute("TRUNCATE usage, ledger CASCADE")
+            cur.execute("SET LOCAL session_replication_role = origin")
+            cur.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+            cur.execute("PREPARE settle_probe AS " + sql)
+
+            def ids(a, b):
+                return ["00000000-0000-7000-8000-%012x" % g for g in range(a, b)]
+
+            def settle(rows):
+                n = len(rows)
+                arr = lambda v: "{" + ",".join(v) + "}"  # noqa: E731
+                cur.execute("EXECUTE settle_probe (%s)" % ", ".join(["%s"] * 19), (
+                    arr(rows), arr(["NULL"] * n), arr([str(cid)] * n), arr(["m"] * n), arr(["10"] * n),
+                    arr(["0"] * n), arr(["1"] * n), arr(["0"] * n), arr(["1000000"] * n), arr(["0"] * n),
+                    arr(["1000000"] * n), arr(["11"] * n), arr(["200"] * n), arr(["f"] * n),
+                    arr(['"2026-12-01 00:00:00+00"'] * n), arr(["NULL"] * n), arr(['"2026-12-01 00:00:01+00"'] * n),
+                    arr(["NULL"] * n), arr(["NULL"] * n)))
+                return cur.fetchall()[0][:2]
+
+            def scans():
+                cur.execute("SELECT seq_scan, seq_tup_read FROM pg_stat_xact_user_tables WHERE relname = 'usage'")
+                return cur.fetchone()
+
+            self.assertEqual(settle(ids(1, 51)), (50, 50))  # the generic plan is made here
+            cur.execute("INSERT INTO usage (request_id, customer_id, model, prompt_tokens, prompt_cache_hit_tokens,"
+                        " prompt_cache_miss_tokens, completion_tokens, reasoning_tokens, price_input_cache_miss,"
+                        " price_input_cache_hit, price_output, cost_pico, http_status, stream, received_at,"
+                        " finished_at) SELECT ('00000000-0000-7000-8000-' || lpad(to_hex(g), 12, '0'))::uuid, %s,"
+                        " 'm', 0, 0, 0, 0, 0, 0, 0, 0, 0, 200, false, now(), now()"
+                        " FROM generate_series(100001, 120000) g", (cid,))
+            before = scans()
+            batch = ids(51, 551) + ids(100001, 100501)  # 500 new rows, 500 already there
+            self.assertEqual(settle(batch), (500, 500))
+            self.assertEqual(scans(), before, "the statement read usage whole instead of probing its primary key")
+            cur.execute("SELECT count(*), count(DISTINCT request_id) FROM usage")
+            self.assertEqual(cur.fetchone(), (20550, 20550))
+            cur.execute("SELECT count(*), sum(amount_pico) FROM ledger WHERE kind = 'usage'")
+            self.assertEqual(cur.fetchone(), (550, -550 * 11))
+        finally:
+            conn.rollback()
+            conn.close()
 
     # ---- invoices ---------------------------------------------------------------------------------
 
