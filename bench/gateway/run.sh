@@ -203,8 +203,13 @@ for p in nginx tollgate; do
     for c in 1 2 3 4 5; do printf " %9s" "$(cut -d' ' -f$c "$V/cpu.$p" | median)"; done
     printf "\n"
 done
+# rows of usage read by sequential scans (a settlement plan that scans usage whole shows here; 0
+# expected), read before the count below, which is one such scan
+seqrows=$(psql -X -tA -h 127.0.0.1 -p "$P_PG" -U tollgate -d tollgate \
+    -c "SELECT seq_tup_read FROM pg_stat_user_tables WHERE relname = 'usage'" 2>/dev/null || echo "?")
 rows=$(psql -X -tA -h 127.0.0.1 -p "$P_PG" -U tollgate -d tollgate -c "SELECT count(*) FROM usage" 2>/dev/null || echo "?")
 echo "  usage rows written by tollgate: $rows"
+echo "  usage rows read by sequential scans during the run: $seqrows"
 
 if [ "${LARGE:-1}" = 1 ]; then
     /usr/bin/python3 bench/gateway/large.py "$P_GW" "$KEY" "$MODEL" "$V/tls/cert.pem"
