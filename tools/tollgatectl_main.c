@@ -94,6 +94,7 @@ static const char USAGE[] =
     "1M tokens; T is a timestamp PostgreSQL understands (2026-11-01, 2026-11-01T12:00:00Z,\n"
     "20261101) or Unix seconds (1793491200); without a zone, UTC;\n"
     "DURATION is seconds or 90s, 15m, 24h, 7d, 2w, 1h30m.\n"
+    "Options go before or after NAME and KEY_ID, as --option VALUE or --option=VALUE.\n"
     "--json prints the server's JSON.  --idempotency-key KEY sends an Idempotency-Key header:\n"
     "the same write sent again with the same key is done once (its first answer is replayed).\n"
     "Server: $TOLLGATE_ADMIN_URL (default\n"
@@ -431,9 +432,16 @@ typedef struct {
     char **argv;
 } args_t;
 
-/* Value of --name (removed from args), or NULL. */
+/* Value of --name VALUE or --name=VALUE (removed from args), or NULL. */
 static const char *opt(args_t *a, const char *name) {
+    size_t nl = strlen(name);
     for (int i = 0; i < a->argc; i++) {
+        if (!strncmp(a->argv[i], name, nl) && a->argv[i][nl] == '=') {
+            const char *v = a->argv[i] + nl + 1;
+            memmove(a->argv + i, a->argv + i + 1, (a->argc - i - 1) * sizeof *a->argv);
+            a->argc--;
+            return v;
+        }
         if (strcmp(a->argv[i], name) != 0) continue;
         if (i + 1 >= a->argc) die(2, "%s needs a value", name);
         const char *v = a->argv[i + 1];
@@ -454,8 +462,12 @@ static void no_more(args_t *a) {
     if (a->argc > 0) die(2, "unexpected argument '%s' (see tollgatectl --help)", a->argv[0]);
 }
 
+/* The next argument that is not an option.  Commands take their options
+ * (opt, need) before their positionals, so options may come before or after
+ * them, as with getopt: what is left that starts with '-' is unknown. */
 static const char *positional(args_t *a, const char *what) {
-    if (a->argc == 0 || a->argv[0][0] == '-') die(2, "%s is required (see tollgatectl --help)", what);
+    if (a->argc == 0) die(2, "%s is required (see tollgatectl --help)", what);
+    if (a->argv[0][0] == '-') die(2, "unexpected argument '%s' (%s expected; see tollgatectl --help)", a->argv[0], what);
     const char *v = a->argv[0];
     a->argv++;
     a->argc--;
@@ -518,8 +530,8 @@ static const col_t customer_cols[] = {
 static int cmd_customer(args_t *a) {
     const char *sub = positional(a, "customer subcommand (create, list, show, close, spending-limits, limits)");
     if (!strcmp(sub, "create")) {
-        const char *name = positional(a, "NAME");
         const char *credit = opt(a, "--credit-usd");
+        const char *name = positional(a, "NAME");
         no_more(a);
         char *jn = jstr(name), body[1024];
         if (credit) {
@@ -539,8 +551,8 @@ static int cmd_customer(args_t *a) {
         if (!json_out) table(j, customer_cols, NCOLS(customer_cols));
         cJSON_Delete(j);
     } else if (!strcmp(sub, "spending-limits")) {
-        const char *name = positional(a, "NAME");
         const char *d = opt(a, "--daily-usd"), *m = opt(a, "--monthly-usd");
+        const char *name = positional(a, "NAME");
         no_more(a);
         if (!d && !m) die(2, "customer spending-limits: give --daily-usd and/or --monthly-usd (USD, or none)");
         buf_t b = {0};
@@ -579,9 +591,9 @@ static int cmd_customer(args_t *a) {
                    str(j, "sessions_ended"));
         cJSON_Delete(j);
     } else if (!strcmp(sub, "limits")) {
-        const char *name = positional(a, "NAME");
         const char *names[] = {"rpm", "tpm", "concurrency"};
         const char *vals[] = {opt(a, "--rpm"), opt(a, "--tpm"), opt(a, "--concurrency")};
+        const char *name = positional(a, "NAME");
         no_more(a);
         char body[256];
         int n = snprintf(body, sizeof body, "{");
@@ -729,6 +741,16 @@ static void print_key_made(cJSON *j, const char *what) {
            when(j, "expires_at"), str(j, "rpm"), str(j, "tpm"), str(j, "concurrency"));
 }
 
+/* A create or rotate answered without the key: an idempotent replay (the
+ * secret is shown only to the first request with that --idempotency-key). */
+static void no_key(cJSON *j) {
+    if (idempotency_key && cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(j, "id")))
+        die(1, "key id %s (%s) was made by the first request with this --idempotency-key and its key was shown "
+               "only to it; an idempotent replay does not show it again (key revoke %s, then a new key)",
+            str(j, "id"), str(j, "prefix"), str(j, "id"));
+    die(1, "the server did not return the key");
+}
+
 static int cmd_key(args_t *a) {
     const char *sub = positional(a, "key subcommand (create, list, update, rotate, revoke)");
     if (!strcmp(sub, "create")) {
@@ -742,7 +764,7 @@ static int cmd_key(args_t *a) {
         cJSON *j = cust_call("POST", cust, "keys", b.p);
         free(b.p);
         cJSON *k = cJSON_GetObjectItemCaseSensitive(j, "key");
-        if (!cJSON_IsString(k)) die(1, "the server did not return the key");
+        if (!cJSON_IsString(k)) no_key(j);
         if (!json_out) {
             print_key_made(j, "created");
             printf("the key is shown only now:\n");
@@ -764,12 +786,12 @@ static int cmd_key(args_t *a) {
         if (!json_out) table(j, cols, NCOLS(cols));
         cJSON_Delete(j);
     } else if (!strcmp(sub, "update")) {
-        const char *id = key_id_arg(a);
         buf_t b = {0};
         int n = 0;
         bput(&b, "{", 1);
         key_fields(a, &b, &n, 1, 1);
         bput(&b, "}", 1);
+        const char *id = key_id_arg(a);
         no_more(a);
         if (n == 0) die(2, "key update: nothing to change (--name, --models, --rpm, --tpm, --concurrency, "
                            "--daily-limit-usd, --monthly-limit-usd, --expires-in, --expires-at, --no-expiry)");
@@ -780,7 +802,6 @@ static int cmd_key(args_t *a) {
         if (!json_out) print_key_made(j, "updated");
         cJSON_Delete(j);
     } else if (!strcmp(sub, "rotate")) {
-        const char *id = key_id_arg(a);
         const char *grace = opt(a, "--grace");
         buf_t b = {0};
         int n = 0;
@@ -788,13 +809,14 @@ static int cmd_key(args_t *a) {
         if (grace) bprintf(&b, "\"grace_seconds\":%lld", duration("--grace", grace)), n++;
         key_fields(a, &b, &n, 0, 0);
         bput(&b, "}", 1);
+        const char *id = key_id_arg(a);
         no_more(a);
         char p[64];
         snprintf(p, sizeof p, "/admin/v1/keys/%s/rotate", id);
         cJSON *j = call("POST", p, b.p);
         free(b.p);
         cJSON *k = cJSON_GetObjectItemCaseSensitive(j, "key");
-        if (!cJSON_IsString(k)) die(1, "the server did not return the key");
+        if (!cJSON_IsString(k)) no_key(j);
         if (!json_out) {
             cJSON *old = cJSON_GetObjectItemCaseSensitive(j, "old");
             print_key_made(j, "rotated: new");
@@ -898,7 +920,7 @@ static void named_list_revoke(args_t *a, const char *sub, const named_t *n) {
 static int cmd_token(args_t *a) {
     const char *sub = positional(a, "token subcommand (create, list, revoke)");
     if (!strcmp(sub, "create")) {
-        const char *name = positional(a, "NAME"), *role = opt(a, "--role");
+        const char *role = opt(a, "--role"), *name = positional(a, "NAME");
         no_more(a);
         if (role && strcmp(role, "admin") && strcmp(role, "readonly")) die(2, "--role must be admin or readonly");
         char *jn = jstr(name), body[512];
@@ -1523,6 +1545,7 @@ int main(int argc, char **argv) {
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--json")) json_out = 1;
         else if (!strcmp(argv[i], "--idempotency-key") && i + 1 < argc) idempotency_key = argv[++i];
+        else if (!strncmp(argv[i], "--idempotency-key=", 18)) idempotency_key = argv[i] + 18;
         else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h") || !strcmp(argv[i], "help")) {
             fputs(USAGE, stdout);
             return 0;

@@ -661,5 +661,88 @@ class Close(Checks):
         self.assertIn("no such customer", r.stderr)
 
 
+class Ctl(Checks):
+    """build/tollgatectl typed as people type it: options before or after the positional
+    arguments (getopt's order), --option=value, and the contract's bad input refused by name,
+    with nothing half done and nothing on stdout."""
+
+    def refused(self, *args, code=1, says=None):
+        r = ctl_run(*args, check=False)
+        self.assertEqual(r.returncode, code, (args, r.stdout, r.stderr))
+        self.assertEqual(r.stdout, "", args)  # errors go to stderr only, --json or not
+        self.assertTrue(r.stderr.startswith("tollgatectl: "), (args, r.stderr))
+        if says:
+            self.assertIn(says, r.stderr, args)
+        return r
+
+    def test_options_in_any_order_and_with_equals(self):
+        # before 2026-12-01 an option before NAME or KEY_ID was "NAME is required" (exit 2), and
+        # --customer=NAME, --credit-usd=5, --idempotency-key=K were "unexpected argument"
+        c1, c2 = "edges-" + uuid.uuid4().hex[:10], "edges-" + uuid.uuid4().hex[:10]
+        ctl("customer", "create", "--credit-usd", "2.5", c1)
+        ctl("customer", "create", c2, "--credit-usd=0.000001")
+        self.assertEqual(json.loads(ctl("--json", "balance", "--customer=" + c1))["balance_pico"], "2500000000000")
+        self.assertEqual(json.loads(ctl("balance", "--json", "--customer", c2))["balance_pico"], "1000000")
+        key = ctl("key", "create", "--customer=" + c1, "--rpm=9", "--tpm", "5000").strip().splitlines()[-1]
+        self.assertTrue(key.startswith("sk-tg1-"), key)
+        k = json.loads(ctl("--json", "key", "list", "--customer", c1))["data"]
+        self.assertEqual([(x["rpm"], x["tpm"]) for x in k], [(9, 5000)])
+        ctl("key", "update", "--rpm", "4", str(k[0]["id"]))
+        ctl("customer", "limits", "--concurrency=3", c1)
+        self.assertEqual(json.loads(ctl("--json", "customer", "limits", c1))["concurrency"], 3)
+        self.assertEqual(json.loads(ctl("--json", "key", "list", "--customer", c1))["data"][0]["rpm"], 4)
+        ik = "edges-" + uuid.uuid4().hex
+        for _ in range(2):  # the same write twice with --idempotency-key=K: done once
+            ctl("--idempotency-key=" + ik, "credit", "add", "--customer", c2, "--usd", "1")
+        self.assertEqual(json.loads(ctl("--json", "balance", "--customer", c2))["balance_pico"], "1000001000000")
+        ctl("key", "revoke", str(k[0]["id"]))
+        # what is left over is named: an unknown option, before or after NAME
+        c3 = "edges-" + uuid.uuid4().hex[:10]
+        self.refused("customer", "create", "--bogus", c3, code=2, says="unexpected argument '--bogus'")
+        self.refused("customer", "create", c3, "--bogus", code=2, says="unexpected argument '--bogus'")
+        self.refused("customer", "create", code=2, says="NAME is required")
+        self.refused("key", "revoke", "--now", str(k[0]["id"]), code=2, says="unexpected argument '--now'")
+        self.assertEqual(q("SELECT count(*) FROM customers WHERE name = %s", c3)[0][0], 0)
+
+    def test_key_create_replayed_names_the_key(self):
+        """A key create replayed with its --idempotency-key has no key to print (it is shown once):
+        the error names the key made and says why, instead of 'the server did not return the key'."""
+        cust = new_customer()
+        ik = "edges-" + uuid.uuid4().hex
+        key = ctl("--idempotency-key", ik, "key", "create", "--customer", cust).strip().splitlines()[-1]
+        kid = json.loads(ctl("--json", "key", "list", "--customer", cust))["data"][0]["id"]
+        r = self.refused("--idempotency-key", ik, "key", "create", "--customer", cust,
+                      says="key id %d (%s) was made by the first request with this --idempotency-key" % (kid, key[:15]))
+        self.assertNotIn("did not return", r.stderr)
+        self.assertEqual(len(json.loads(ctl("--json", "key", "list", "--customer", cust))["data"]), 1)
+
+    def test_contract_bad_input(self):
+        """DESIGN's commands with the bad input a tester types: a clear message on stderr, exit 1
+        (the server refused) or 2 (usage), nothing on stdout, nothing half created."""
+        name = "edges-" + uuid.uuid4().hex[:10]
+        for amount in ("abc", "-1", "1e3", "0x10", "+5", "1,5", "", "1.0000000000001", "9223372.036854775808",
+                       "1" + "0" * 30):
+            self.refused("customer", "create", name, "--credit-usd", amount, says="credit_usd")
+            self.refused("--json", "customer", "create", name, "--credit-usd", amount, says="credit_usd")
+        self.assertEqual(q("SELECT count(*) FROM customers WHERE name = %s", name)[0][0], 0)
+        ctl("customer", "create", name, "--credit-usd", "1.0000001")  # 12 decimals are exact
+        self.assertEqual(json.loads(ctl("--json", "balance", "--customer", name))["balance_pico"], "1000000100000")
+        self.refused("customer", "create", name, says="already exists")
+        for usd in ("abc", "-1", "0"):
+            self.refused("credit", "add", "--customer", name, "--usd", usd)
+        self.assertEqual(json.loads(ctl("--json", "balance", "--customer", name))["balance_pico"], "1000000100000")
+        for month in ("2026-13", "2026-1", "2026-00", "26-12", "abc"):
+            self.refused("invoice", "--customer", name, "--month", month, says="month")
+            self.refused("--json", "invoice", "finalize", "--month", month, says="month")
+        for args in (["balance", "--customer", "edges-nobody"], ["usage", "--customer", "edges-nobody"],
+                     ["key", "list", "--customer", "edges-nobody"]):
+            self.refused("--json", *args, says="no such customer")
+        self.refused("key", "revoke", "99999999999", says="no such key")
+        self.refused("key", "revoke", "abc", code=2)
+        self.refused("usage", "--customer", name, "--from", "yesterday", says="from must be")
+        self.refused("frobnicate", code=2, says="unknown command")
+        self.refused("balance", code=2, says="--customer is required")
+
+
 if __name__ == "__main__":
     main()
