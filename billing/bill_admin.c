@@ -466,7 +466,8 @@ int adm_name_ok(const char *s) {
 }
 
 int adm_month_ok(const char *m) {
-    return m && strlen(m) == 7 && strspn(m, "0123456789") == 4 && m[4] == '-' && m[5] >= '0' && m[5] <= '1' &&
+    return m && strlen(m) == 7 && strspn(m, "0123456789") == 4 && strncmp(m, "0000", 4) && m[4] == '-' &&
+           m[5] >= '0' && m[5] <= '1' &&
            m[6] >= '0' && m[6] <= '9' && !(m[5] == '0' && m[6] == '0') && !(m[5] == '1' && m[6] > '2');
 }
 

@@ -731,9 +731,11 @@ class Ctl(Checks):
         for usd in ("abc", "-1", "0"):
             self.refused("credit", "add", "--customer", name, "--usd", usd)
         self.assertEqual(json.loads(ctl("--json", "balance", "--customer", name))["balance_pico"], "1000000100000")
-        for month in ("2026-13", "2026-1", "2026-00", "26-12", "abc"):
-            self.refused("invoice", "--customer", name, "--month", month, says="month")
+        for month in ("2026-13", "2026-1", "2026-00", "26-12", "abc", "0000-01"):
+            # 0000-01 was PostgreSQL's 'date/time field value out of range: "0000-01-01"' before 2026-12-01
+            self.refused("invoice", "--customer", name, "--month", month, says="month must be YYYY-MM")
             self.refused("--json", "invoice", "finalize", "--month", month, says="month")
+            self.refused("invoice", "list", "--month", month, says="month must be YYYY-MM")
         for args in (["balance", "--customer", "edges-nobody"], ["usage", "--customer", "edges-nobody"],
                      ["key", "list", "--customer", "edges-nobody"]):
             self.refused("--json", *args, says="no such customer")
