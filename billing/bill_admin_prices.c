@@ -15,19 +15,32 @@
 
 #include "bill_admin-int.h"
 
-#define PRICEJ                                                                                  \
+/* A price row; active: whether it is the row admission uses now (a boolean). */
+#define PRICEJ_(active)                                                                         \
     "json_build_object('id', id, 'model', model, 'input_cache_miss', input_cache_miss::text,"   \
     " 'input_cache_hit', input_cache_hit::text, 'output', output::text, 'effective_from', effective_from," \
     " 'band', CASE WHEN band_start IS NULL THEN NULL ELSE to_char(band_start, 'HH24:MI') || '-' ||" \
-    " to_char(band_end, 'HH24:MI') END, 'active_now', id = (SELECT t.id FROM tg_price(model, now()) t))"
+    " to_char(band_end, 'HH24:MI') END, 'active_now', " active ")"
+#define PRICEJ PRICEJ_("coalesce(id = (SELECT t.id FROM tg_price(model, now()) t), false)")
 
+/* The answer's active_now: the statement does not see the row it inserts, so
+ * tg_price's choice (migration 0002) is made here over the model's rows and
+ * the new one (before 2026-12-01 tg_price alone: false or null for a price in
+ * force at once). */
 static const char SQL_PRICE_SET[] =
     "WITH p AS (INSERT INTO model_prices (model, input_cache_miss, input_cache_hit, output, effective_from,"
     "   band_start, band_end)"
     "   VALUES ($1, $2::bigint, $3::bigint, $4::bigint, coalesce($5::timestamptz, now()), $6::time, $7::time)"
     "   RETURNING *),"
     ADM_AUDIT("a", "'price.set'", "'model:' || p.model", "NULL", "to_jsonb(p)", "p")
-    ", resp AS (SELECT " PRICEJ "::text AS body FROM p)";
+    ", book AS (SELECT id, effective_from, band_start, band_end FROM model_prices WHERE model = $1"
+    "   AND effective_from <= now() UNION ALL SELECT id, effective_from, band_start, band_end FROM p"
+    "   WHERE effective_from <= now()),"
+    " now_id AS (SELECT b.id FROM book b"
+    "   WHERE b.effective_from >= (SELECT max(x.effective_from) FROM book x WHERE x.band_start IS NULL)"
+    "     AND tg_in_band((now() AT TIME ZONE 'UTC')::time, b.band_start, b.band_end)"
+    "   ORDER BY (b.band_start IS NOT NULL) DESC, b.effective_from DESC, b.id DESC LIMIT 1)"
+    ", resp AS (SELECT " PRICEJ_("coalesce(id = (SELECT now_id.id FROM now_id), false)") "::text AS body FROM p)";
 
 /* The schedule in force now: each model's latest base price and the bands
  * set after it. */

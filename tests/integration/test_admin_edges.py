@@ -716,6 +716,30 @@ class Ctl(Checks):
         self.assertNotIn("did not return", r.stderr)
         self.assertEqual(len(json.loads(ctl("--json", "key", "list", "--customer", cust))["data"]), 1)
 
+    def test_price_set_says_whether_it_is_in_force(self):
+        """price set --json's active_now is whether admission uses the row now, as price list says;
+        before 2026-12-01 the answer could not see the row it inserted: null for a new model's
+        first price, false for a price in force at once."""
+        model = "edges-m-" + uuid.uuid4().hex[:8]
+
+        def price_set(*extra):
+            j = json.loads(ctl("--json", "price", "set", "--model", model, "--input-miss", "3", "--input-hit", "1",
+                               "--output", "5", *extra))
+            listed = {p["id"]: p["active_now"]
+                      for p in json.loads(ctl("--json", "price", "list", "--history"))["data"] if p["model"] == model}
+            self.assertEqual(j["active_now"], listed[j["id"]], (extra, j))
+            return j["active_now"]
+
+        self.assertIs(price_set("--effective-from", "2099-01-01"), False)  # none in force yet: false, not null
+        self.assertIs(price_set(), True)  # a new model's first price, in force at once
+        self.assertIs(price_set("--effective-from", "2020-01-01"), False)  # older than the one in force
+        hour = time.gmtime().tm_hour
+        self.assertIs(price_set("--band", "13:00-14:00" if hour < 12 else "01:00-02:00"), False)
+        if time.gmtime().tm_hour == hour and (hour, time.gmtime().tm_min) != (23, 59):
+            self.assertIs(price_set("--band", "00:00-23:59"), True)  # a band holding now wins over the base
+        self.assertIs(price_set(), True)  # a new base price: in force, the bands before it end
+        self.assertIs(price_set("--effective-from", "2098-01-01"), False)
+
     def test_contract_bad_input(self):
         """DESIGN's commands with the bad input a tester types: a clear message on stderr, exit 1
         (the server refused) or 2 (usage), nothing on stdout, nothing half created."""
