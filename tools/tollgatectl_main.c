@@ -98,7 +98,8 @@ static const char USAGE[] =
     "--json prints the server's JSON.  --idempotency-key KEY sends an Idempotency-Key header:\n"
     "the same write sent again with the same key is done once (its first answer is replayed).\n"
     "Server: $TOLLGATE_ADMIN_URL (default\n"
-    "http://127.0.0.1:8444); token: $TOLLGATE_ADMIN_TOKEN or var/admin.token.\n";
+    "http://127.0.0.1:8444; a URL ending in /admin/v1 is the same); token: $TOLLGATE_ADMIN_TOKEN or\n"
+    "var/admin.token.\n";
 
 static int json_out;
 
@@ -148,6 +149,17 @@ static void parse_url(const char *url) {
     snprintf(base, sizeof base, "%s", slash ? slash : "");
     size_t bl = strlen(base);
     while (bl && base[bl - 1] == '/') base[--bl] = 0;
+    /* the admin API's own root, as DESIGN and the README write it
+     * (http://127.0.0.1:8444/admin/v1/...), names the same server: the
+     * paths below are added to what is left */
+    static const char *const roots[] = {"/admin/v1", "/admin"};
+    for (int i = 0; i < 2; i++) {
+        size_t rl = strlen(roots[i]);
+        if (bl >= rl && !strcmp(base + bl - rl, roots[i])) {
+            base[bl -= rl] = 0;
+            break;
+        }
+    }
 }
 
 static char *trim(char *s) {

@@ -740,6 +740,27 @@ class Ctl(Checks):
         self.assertIs(price_set(), True)  # a new base price: in force, the bands before it end
         self.assertIs(price_set("--effective-from", "2098-01-01"), False)
 
+    def test_admin_url_and_token_from_the_environment(self):
+        """TOLLGATE_ADMIN_URL and TOLLGATE_ADMIN_TOKEN override the defaults; the URL may name the
+        admin API's root as DESIGN writes it (.../admin/v1), which before 2026-12-01 was 'no such
+        admin endpoint' (the paths doubled: /admin/v1/admin/v1/...)."""
+        cust = new_customer("0.000001")
+        url = "http://%s:%d" % (ADMIN.hostname, ADMIN.port)
+        env = dict(os.environ, TOLLGATE_ADMIN_URL=url, TOLLGATE_ADMIN_TOKEN=TOKEN)
+        for u in (url, url + "/", url + "/admin/v1", url + "/admin/v1/", url + "/admin"):
+            r = ctl_run("--json", "balance", "--customer", cust, env=dict(env, TOLLGATE_ADMIN_URL=u), check=False)
+            self.assertEqual((r.returncode, r.stderr), (0, ""), u)
+            self.assertEqual(json.loads(r.stdout)["balance_pico"], "1000000", u)
+        r = ctl_run("balance", "--customer", cust, env=dict(env, TOLLGATE_ADMIN_TOKEN="wrong"), check=False)
+        self.assertEqual((r.returncode, r.stdout), (1, ""))
+        self.assertIn("missing or wrong admin token", r.stderr)
+        r = ctl_run("balance", "--customer", cust, env=dict(env, TOLLGATE_ADMIN_URL=url + "/elsewhere"), check=False)
+        self.assertEqual((r.returncode, r.stdout), (1, ""))  # another path is not the admin API's root
+        r = ctl_run("balance", "--customer", cust, env=dict(env, TOLLGATE_ADMIN_URL="https://" + ADMIN.netloc),
+                    check=False)
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("must start with http://", r.stderr)
+
     def test_contract_bad_input(self):
         """DESIGN's commands with the bad input a tester types: a clear message on stderr, exit 1
         (the server refused) or 2 (usage), nothing on stdout, nothing half created."""
