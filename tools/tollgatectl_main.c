@@ -555,7 +555,9 @@ static int cmd_customer(args_t *a) {
         }
         free(jn);
         cJSON *j = call("POST", "/admin/v1/customers", body);
-        if (!json_out) printf("created customer %s (id %s), balance %s USD\n", str(j, "name"), str(j, "id"), str(j, "balance_usd"));
+        if (!json_out) /* USD rounded to 6 decimals, pico-USD exact */
+            printf("created customer %s (id %s), balance %s USD (%s pico-USD)\n", str(j, "name"), str(j, "id"),
+                   str(j, "balance_usd"), str(j, "balance_pico"));
         cJSON_Delete(j);
     } else if (!strcmp(sub, "list")) {
         no_more(a);
@@ -890,9 +892,10 @@ static int cmd_credit(args_t *a) {
     cJSON *j = cust_call("POST", cust, path, body.p);
     free(body.p);
     if (!json_out)
-        printf("%s %s USD for %s (ledger %s, %s); balance %s USD\n",
+        printf("%s %s USD (%s pico-USD) for %s (ledger %s, %s); balance %s USD (%s pico-USD)\n",
                !strcmp(sub, "add") ? "added" : !strcmp(sub, "adjust") ? "adjusted by" : "refunded",
-               str(j, "amount_usd"), str(j, "customer"), str(j, "ledger_id"), str(j, "reason"), str(j, "balance_usd"));
+               str(j, "amount_usd"), str(j, "amount_pico"), str(j, "customer"), str(j, "ledger_id"), str(j, "reason"),
+               str(j, "balance_usd"), str(j, "balance_pico"));
     cJSON_Delete(j);
     return 0;
 }

@@ -770,12 +770,17 @@ class Ctl(Checks):
             self.refused("customer", "create", name, "--credit-usd", amount, says="credit_usd")
             self.refused("--json", "customer", "create", name, "--credit-usd", amount, says="credit_usd")
         self.assertEqual(q("SELECT count(*) FROM customers WHERE name = %s", name)[0][0], 0)
-        ctl("customer", "create", name, "--credit-usd", "1.0000001")  # 12 decimals are exact
-        self.assertEqual(json.loads(ctl("--json", "balance", "--customer", name))["balance_pico"], "1000000100000")
+        # 12 decimals are exact; the text shows USD rounded to 6 decimals and the exact pico-USD
+        # (before 2026-12-01 only "balance 1.000000 USD": the 0.0000001 seemed lost)
+        self.assertIn("balance 1.000000 USD (1000000100000 pico-USD)",
+                      ctl("customer", "create", name, "--credit-usd", "1.0000001"))
+        self.assertIn("added 0.000000 USD (100000 pico-USD) for %s" % name,
+                      ctl("credit", "add", "--customer", name, "--usd", "0.0000001"))
+        self.assertEqual(json.loads(ctl("--json", "balance", "--customer", name))["balance_pico"], "1000000200000")
         self.refused("customer", "create", name, says="already exists")
         for usd in ("abc", "-1", "0"):
             self.refused("credit", "add", "--customer", name, "--usd", usd)
-        self.assertEqual(json.loads(ctl("--json", "balance", "--customer", name))["balance_pico"], "1000000100000")
+        self.assertEqual(json.loads(ctl("--json", "balance", "--customer", name))["balance_pico"], "1000000200000")
         for month in ("2026-13", "2026-1", "2026-00", "26-12", "abc", "0000-01"):
             # 0000-01 was PostgreSQL's 'date/time field value out of range: "0000-01-01"' before 2026-12-01
             self.refused("invoice", "--customer", name, "--month", month, says="month must be YYYY-MM")
