@@ -511,7 +511,12 @@ static void on_wake(evutil_socket_t fd, short what, void *arg) {
         if (!c->gone && c->stream && !c->bad_status) {
             cJSON *lpo = NULL; /* {"content":[entries]} for this event's chunk */
             if (lp && (lpo = cJSON_CreateObject())) {
-                cJSON_AddItemToObject(lpo, "content", lp);
+                if (!cJSON_AddItemToObject(lpo, "content", lp)) { /* its key's copy: out of memory */
+                    cJSON_Delete(lp);
+                    cJSON_Delete(lpo);
+                    lpo = NULL;
+                    call_oom(c); /* not a chunk without its entries */
+                }
                 lp = NULL;
             } else if (lp) {
                 call_oom(c);
