@@ -384,15 +384,21 @@ static void call_finish(call_t *c) {
             if (send_answer(c, j) != 200) code = 500;
         } else {
             eng_choice_t chs[API_MAX_N];
+            int lp_oom = 0; /* a choice's logprobs could not be built: the out-of-memory 500, not an answer without them */
             for (int i = 0; i < c->n; i++) {
                 choice_t *h = &c->ch[i];
                 cJSON *lp = NULL;
-                if (!h->lp_content && c->chat_lp) h->lp_content = cJSON_CreateArray(); /* none listed: [] (a stop
-                                                                                    * string cut every token) */
+                if (!h->lp_content && c->chat_lp && !(h->lp_content = cJSON_CreateArray())) /* none listed: []
+                                                                                    * (a stop string cut every token) */
+                    lp_oom = 1;
                 if (h->lp_content) {
                     lp = cJSON_CreateObject();
-                    if (lp) cJSON_AddItemToObject(lp, "content", h->lp_content);
-                    else cJSON_Delete(h->lp_content);
+                    if (!lp || !cJSON_AddItemToObject(lp, "content", h->lp_content)) {
+                        cJSON_Delete(h->lp_content);
+                        cJSON_Delete(lp);
+                        lp = NULL;
+                        lp_oom = 1;
+                    }
                     h->lp_content = NULL;
                 }
                 const char *content = h->content.p ? h->content.p : "";
@@ -401,7 +407,8 @@ static void call_finish(call_t *c) {
                                         c->reasoning_model ? (h->reasoning.p ? h->reasoning.p : "") : NULL,
                                         h->reasoning.len, h->calls, h->n_calls, h->finish, lp};
             }
-            char *j = eng_resp_completion_n(c->id, c->created, S->model_name, chs, c->n, &u);
+            char *j = lp_oom ? NULL : eng_resp_completion_n(c->id, c->created, S->model_name, chs, c->n, &u);
+            for (int i = 0; lp_oom && i < c->n; i++) cJSON_Delete(chs[i].logprobs); /* else the answer took them */
             if (send_answer(c, j) != 200) code = 500;
         }
     }

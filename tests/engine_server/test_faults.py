@@ -233,10 +233,11 @@ class AllocationFailures(unittest.TestCase):
         parse, tokenize, schedule, forward, reply), on an idle worker; and a
         request whose body spans several of evhttp's blocks (joined into one
         before it is parsed)."""
-        for stream, pad, path in ((False, 0, None), (True, 0, None), (False, 100000, None),
-                                  (False, 0, "/v1/completions"), (True, 0, "/v1/completions")):
+        for stream, pad, path, lp in ((False, 0, None, False), (True, 0, None, True), (False, 0, None, True),
+                                      (False, 100000, None, False), (False, 0, "/v1/completions", False),
+                                      (True, 0, "/v1/completions", False)):
             body = self.body("Fail me in turn", stream)
-            if stream and not path:
+            if lp:  # chat logprobs: an answer without its entries is neither the answer nor a failure
                 body.update(logprobs=True, top_logprobs=2)
             if path:  # legacy completions: n choices, a suffix (FIM), legacy log-probs
                 body = {"model": MODEL, "prompt": "def f(", "suffix": "return x", "max_tokens": 4, "temperature": 0,
