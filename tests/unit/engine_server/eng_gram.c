@@ -483,6 +483,51 @@ static const char FORMATS[] =
     "\"days\":{\"type\":\"array\",\"items\":{\"type\":\"string\",\"format\":\"date\"},\"maxItems\":3}},"
     "\"required\":[\"at\",\"day\",\"id\",\"until\",\"days\"]}";
 
+/* A fresh grammar of sc refuses each of bad[0..n) somewhere along it, fed
+ * byte by byte. */
+static void refuses_prefixes(const api_schema_t *sc, const char *const *bad, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        eng_gram_t *g = eng_gram_schema(V, tok_eos(T), sc);
+        int ok = 1;
+        for (const char *p = bad[i]; *p && ok; p++) {
+            int32_t id = tok_id(T, (char[]){*p, 0});
+            ok = id >= 0 && eng_gram_accept(g, id) == 0;
+        }
+        CHECK(!ok);
+        if (ok) fprintf(stderr, "  accepted: %s\n", bad[i]);
+        eng_gram_free(g);
+    }
+}
+
+/* n random walks of sc, walk w at a budget of min + f * mul tokens (f = w %
+ * mod, squared when sq): each must end with EOS within its budget, parse,
+ * validate against sc and pass check(j, arg).  Returns how many did; *walks
+ * counts them all. */
+typedef int (*walk_check_fn)(const tg_json_t *j, void *arg);
+static int walks_valid(const api_schema_t *sc, int n, int min, int mod, int sq, int mul, walk_check_fn check,
+                       void *arg, const char *what, int *walks) {
+    int okw = 0;
+    for (int w = 0; w < n; w++) {
+        int f = w % mod, budget = min + (sq ? f * f : f) * mul;
+        eng_gram_t *g = eng_gram_schema(V, tok_eos(T), sc);
+        int eos, nt;
+        char *s = walk_random(g, budget, &eos, &nt);
+        tg_json_t *j = tg_json_parse(s, strlen(s), NULL, NULL);
+        int good_ = eos && nt <= budget && j && schema_valid(sc, 0, j) && check(j, arg);
+        if (getenv("GRAM_SHOW")) printf("  %d tokens: %s\n", nt, s);
+        CHECK(good_);
+        if (!good_) fprintf(stderr, "  %s walk budget %d (eos %d, %d tokens): %s\n", what, budget, eos, nt, s);
+        okw += good_;
+        (*walks)++;
+        tg_json_free(j);
+        free(s);
+        eng_gram_free(g);
+    }
+    return okw;
+}
+
+static int check_bounds(const tg_json_t *j, void *doc) { return bounds_valid(doc, j); }
+
 static void test_bounds(void) {
     uint64_t rs_saved = rs; /* the walks after these see the sequence they always did */
     api_schema_t sc;
@@ -527,35 +572,10 @@ static void test_bounds(void) {
         CHECK(j && bounds_valid(doc, j)); /* the oracle agrees */
         tg_json_free(j);
     }
-    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) { /* a prefix no valid answer starts with */
-        eng_gram_t *g = eng_gram_schema(V, tok_eos(T), &sc);
-        int ok = 1;
-        for (const char *p = bad[i]; *p && ok; p++) {
-            int32_t id = tok_id(T, (char[]){*p, 0});
-            ok = id >= 0 && eng_gram_accept(g, id) == 0;
-        }
-        CHECK(!ok);
-        if (ok) fprintf(stderr, "  accepted: %s\n", bad[i]);
-        eng_gram_free(g);
-    }
+    refuses_prefixes(&sc, bad, sizeof bad / sizeof *bad); /* prefixes no valid answer starts with */
     /* random walks at the shortest budget and above: every answer whole, valid, within bounds */
     int okw = 0, walks = 0, min = sc.nodes[0].min_len + 1;
-    for (int w = 0; w < 24; w++) {
-        int budget = min + (w % 6) * (w % 6) * 4;
-        eng_gram_t *g = eng_gram_schema(V, tok_eos(T), &sc);
-        int eos, nt;
-        char *s = walk_random(g, budget, &eos, &nt);
-        tg_json_t *j = tg_json_parse(s, strlen(s), NULL, NULL);
-        int good_ = eos && nt <= budget && j && schema_valid(&sc, 0, j) && bounds_valid(doc, j);
-        if (getenv("GRAM_SHOW")) printf("  %d tokens: %s\n", nt, s);
-        CHECK(good_);
-        if (!good_) fprintf(stderr, "  bounded walk budget %d (eos %d, %d tokens): %s\n", budget, eos, nt, s);
-        okw += good_;
-        walks++;
-        tg_json_free(j);
-        free(s);
-        eng_gram_free(g);
-    }
+    okw += walks_valid(&sc, 24, min, 6, 1, 4, check_bounds, doc, "bounded", &walks);
     printf("bounded walks: %d/%d ended with EOS, parse, validate, within bounds (shortest answer %d bytes)\n", okw,
            walks, sc.nodes[0].min_len);
     tg_json_free(doc);
@@ -571,22 +591,7 @@ static void test_bounds(void) {
                                "\"123e4567-e89b-12d3-a456-426614174000\",\"until\":null,\"days\":[]}"));
     okw = walks = 0;
     min = sc.nodes[0].min_len + 1;
-    for (int w = 0; w < 16; w++) {
-        int budget = min + (w % 4) * 30;
-        eng_gram_t *g = eng_gram_schema(V, tok_eos(T), &sc);
-        int eos, nt;
-        char *s = walk_random(g, budget, &eos, &nt);
-        tg_json_t *j = tg_json_parse(s, strlen(s), NULL, NULL);
-        int good_ = eos && nt <= budget && j && schema_valid(&sc, 0, j) && bounds_valid(doc, j);
-        if (getenv("GRAM_SHOW")) printf("  %d tokens: %s\n", nt, s);
-        CHECK(good_);
-        if (!good_) fprintf(stderr, "  format walk budget %d (eos %d, %d tokens): %s\n", budget, eos, nt, s);
-        okw += good_;
-        walks++;
-        tg_json_free(j);
-        free(s);
-        eng_gram_free(g);
-    }
+    okw += walks_valid(&sc, 16, min, 4, 0, 30, check_bounds, doc, "format", &walks);
     printf("format walks: %d/%d ended with EOS, parse, validate (shortest answer %d bytes)\n", okw, walks,
            sc.nodes[0].min_len);
     tg_json_free(doc);
@@ -669,6 +674,8 @@ static int formats2_valid(const tg_json_t *j) {
     return 1;
 }
 
+static int check_formats2(const tg_json_t *j, void *arg) { return formats2_valid(j); }
+
 static void test_formats2(void) {
     uint64_t rs_saved = rs;
     api_schema_t sc;
@@ -692,34 +699,9 @@ static void test_formats2(void) {
         "{\"mail\":\"a@b.cc\",\"host\":\"a\",\"v4\":\"1.2.3.4\",\"v6\":\"0:0:0:0:0:0:0:1\",\"took\":\"P1D\","
         "\"at\":\"12:00\",\"price\":1,\"step\":0,\"half\":0.25",
     };
-    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
-        eng_gram_t *g = eng_gram_schema(V, tok_eos(T), &sc);
-        int ok = 1;
-        for (const char *p = bad[i]; *p && ok; p++) {
-            int32_t id = tok_id(T, (char[]){*p, 0});
-            ok = id >= 0 && eng_gram_accept(g, id) == 0;
-        }
-        CHECK(!ok);
-        if (ok) fprintf(stderr, "  accepted: %s\n", bad[i]);
-        eng_gram_free(g);
-    }
+    refuses_prefixes(&sc, bad, sizeof bad / sizeof *bad); /* prefixes no valid answer starts with */
     int okw = 0, walks = 0, min = sc.nodes[0].min_len + 1;
-    for (int w = 0; w < 24; w++) {
-        int budget = min + (w % 4) * 40;
-        eng_gram_t *g = eng_gram_schema(V, tok_eos(T), &sc);
-        int eos, nt;
-        char *s = walk_random(g, budget, &eos, &nt);
-        tg_json_t *j = tg_json_parse(s, strlen(s), NULL, NULL);
-        int good_ = eos && nt <= budget && j && schema_valid(&sc, 0, j) && formats2_valid(j);
-        if (getenv("GRAM_SHOW")) printf("  %d tokens: %s\n", nt, s);
-        CHECK(good_);
-        if (!good_) fprintf(stderr, "  format walk budget %d (eos %d, %d tokens): %s\n", budget, eos, nt, s);
-        okw += good_;
-        walks++;
-        tg_json_free(j);
-        free(s);
-        eng_gram_free(g);
-    }
+    okw += walks_valid(&sc, 24, min, 4, 0, 40, check_formats2, NULL, "format", &walks);
     printf("email/hostname/ip/duration/time/multipleOf walks: %d/%d ended with EOS, parse, validate (shortest "
            "answer %d bytes)\n", okw, walks, sc.nodes[0].min_len);
     api_schema_free(&sc);
@@ -766,6 +748,8 @@ static int tuples_valid(const tg_json_t *j) {
     return 1;
 }
 
+static int check_tuples(const tg_json_t *j, void *arg) { return tuples_valid(j); }
+
 static void test_tuples(void) {
     uint64_t rs_saved = rs;
     api_schema_t sc;
@@ -778,34 +762,9 @@ static void test_tuples(void) {
         "{\"pt\":[1,2],\"z7\":[\"x\",1],\"rest\":[]", "{\"pt\":[1,2],\"z7\":[\"x\",1],\"rest\":[\"a\",\"b",
         "{\"pt\":[1,2],\"z7\":[\"x\",1],\"rest\":[\"a\"],\"opt\":[1", "{\"pt\":[1,2],\"z7\":[\"x\",1],\"rest\":[\"a\"],\"opt\":[true,\"c",
     };
-    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
-        eng_gram_t *g = eng_gram_schema(V, tok_eos(T), &sc);
-        int ok = 1;
-        for (const char *p = bad[i]; *p && ok; p++) {
-            int32_t id = tok_id(T, (char[]){*p, 0});
-            ok = id >= 0 && eng_gram_accept(g, id) == 0;
-        }
-        CHECK(!ok);
-        if (ok) fprintf(stderr, "  accepted: %s\n", bad[i]);
-        eng_gram_free(g);
-    }
+    refuses_prefixes(&sc, bad, sizeof bad / sizeof *bad); /* prefixes no valid answer starts with */
     int okw = 0, walks = 0, min = sc.nodes[0].min_len + 1;
-    for (int w = 0; w < 24; w++) {
-        int budget = min + (w % 4) * 25;
-        eng_gram_t *g = eng_gram_schema(V, tok_eos(T), &sc);
-        int eos, nt;
-        char *s = walk_random(g, budget, &eos, &nt);
-        tg_json_t *j = tg_json_parse(s, strlen(s), NULL, NULL);
-        int good_ = eos && nt <= budget && j && schema_valid(&sc, 0, j) && tuples_valid(j);
-        if (getenv("GRAM_SHOW")) printf("  %d tokens: %s\n", nt, s);
-        CHECK(good_);
-        if (!good_) fprintf(stderr, "  tuple walk budget %d (eos %d, %d tokens): %s\n", budget, eos, nt, s);
-        okw += good_;
-        walks++;
-        tg_json_free(j);
-        free(s);
-        eng_gram_free(g);
-    }
+    okw += walks_valid(&sc, 24, min, 4, 0, 25, check_tuples, NULL, "tuple", &walks);
     printf("tuple walks: %d/%d ended with EOS, parse, validate (shortest answer %d bytes)\n", okw, walks,
            sc.nodes[0].min_len);
     api_schema_free(&sc);
@@ -847,6 +806,12 @@ static int records_valid(const tg_json_t *j) {
     return id;
 }
 
+/* records_valid, counting the members the walk wrote into "scores" */
+static int check_records(const tg_json_t *j, void *extra) {
+    *(int *)extra += (int)tg_json_len(tg_json_get(j, "scores"));
+    return records_valid(j);
+}
+
 static void test_records(void) {
     uint64_t rs_saved = rs;
     api_schema_t sc;
@@ -859,35 +824,9 @@ static void test_records(void) {
         "{\"scores\":{},\"meta\":{\"id\":1,\"id\":", "{\"scores\":{},\"meta\":{\"id\":1,\"x\":true,\"note\":",
         "{\"scores\":{},\"meta\":{\"id\":1,\"x\":1", "{\"scores\":{},\"meta\":{\"id\":1,\"note\":\"n\",\"note\":",
     };
-    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
-        eng_gram_t *g = eng_gram_schema(V, tok_eos(T), &sc);
-        int ok = 1;
-        for (const char *p = bad[i]; *p && ok; p++) {
-            int32_t id = tok_id(T, (char[]){*p, 0});
-            ok = id >= 0 && eng_gram_accept(g, id) == 0;
-        }
-        CHECK(!ok);
-        if (ok) fprintf(stderr, "  accepted: %s\n", bad[i]);
-        eng_gram_free(g);
-    }
+    refuses_prefixes(&sc, bad, sizeof bad / sizeof *bad); /* prefixes no valid answer starts with */
     int okw = 0, walks = 0, min = sc.nodes[0].min_len + 1, extra = 0;
-    for (int w = 0; w < 32; w++) {
-        int budget = min + (w % 4) * 30;
-        eng_gram_t *g = eng_gram_schema(V, tok_eos(T), &sc);
-        int eos, nt;
-        char *s = walk_random(g, budget, &eos, &nt);
-        tg_json_t *j = tg_json_parse(s, strlen(s), NULL, NULL);
-        int good_ = eos && nt <= budget && j && schema_valid(&sc, 0, j) && records_valid(j);
-        if (j) extra += (int)tg_json_len(tg_json_get(j, "scores"));
-        if (getenv("GRAM_SHOW")) printf("  %d tokens: %s\n", nt, s);
-        CHECK(good_);
-        if (!good_) fprintf(stderr, "  record walk budget %d (eos %d, %d tokens): %s\n", budget, eos, nt, s);
-        okw += good_;
-        walks++;
-        tg_json_free(j);
-        free(s);
-        eng_gram_free(g);
-    }
+    okw += walks_valid(&sc, 32, min, 4, 0, 30, check_records, &extra, "record", &walks);
     CHECK(extra > 0); /* the walks wrote other members at all */
     printf("record walks: %d/%d ended with EOS, parse, validate (%d record members; shortest answer %d bytes)\n",
            okw, walks, extra, sc.nodes[0].min_len);
