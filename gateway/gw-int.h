@@ -565,6 +565,10 @@ SSL *gw_tls_new_ssl(gw_server_t *s);   /* with the current context; NULL when ou
 int gw_tls_reload(gw_server_t *s);     /* GW_OK, or GW_ERROR (logged; the old context stays) */
 
 /* gw_conn.c: connections */
+#define GW_TLS_RECORD_MAX 16384 /* the most plaintext one TLS record carries */
+/* A whole answer up to this size is queued in one evbuffer chain, whatever its
+ * size, so that it leaves in as few TLS records as it can (gw_req_head). */
+#define GW_ANSWER_ONE_CHAIN_MAX (4u << 20)
 void gw_conn_accept(struct evconnlistener *l, int fd, struct sockaddr *sa, int salen, void *arg); /* arg: loop */
 void gw_conn_accept_error(struct evconnlistener *l, void *arg);
 void gw_conn_accept_resume(int fd, short what, void *arg);

@@ -49,6 +49,22 @@ static void gw_conn_kick(gw_conn_t *c) { event_active(c->kick, EV_TIMEOUT, 1); }
 
 struct evbuffer *gw_conn_out(gw_conn_t *c) { return bufferevent_get_output(c->bev); }
 
+/* bufferevent_openssl calls SSL_write once per chain of the output, and each
+ * call is a TLS record of its own and a write(2) of its own (and, on
+ * loopback, a delivery and a wake-up of the reader).  An evbuffer's chains
+ * hold ~1 KiB (libevent's smallest) until a piece needs more, so a head and
+ * its body, or a chunk's size line, data and CRLF, straddled two chains: a
+ * 1 KiB chat answer went out as records of 976 and 48 bytes, two writes.
+ * Output that fits one record is made one chain first (a copy of at most
+ * 16 KiB, where a write costs several µs), so it leaves in one record and one
+ * write(2); longer output keeps its chains (gw_req_head already puts a whole
+ * answer in one).  The write event is the one that writes (below), and a
+ * blocked SSL_write retried from a moved buffer is allowed
+ * (bufferevent_openssl sets SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER). */
+static void gw_conn_coalesce(struct evbuffer *o, size_t n) {
+    if (n <= GW_TLS_RECORD_MAX && evbuffer_peek(o, -1, NULL, NULL, 0) > 1) evbuffer_pullup(o, -1);
+}
+
 /* bufferevent_openssl writes its output only from its write event, which it
  * adds when bytes are queued (bufferevent_flush does nothing for it), so an
  * answer used to wait for the next epoll_wait and cost two epoll_ctl (the
@@ -59,8 +75,11 @@ struct evbuffer *gw_conn_out(gw_conn_t *c) { return bufferevent_get_output(c->be
  * (gw_event_base_new) the add and the delete then cancel out.  The event is
  * the one of `struct bufferevent` (event2/bufferevent_struct.h). */
 void gw_conn_flush(gw_conn_t *c) {
-    if (c->handshaken && !c->held && evbuffer_get_length(bufferevent_get_output(c->bev)))
-        event_active(&c->bev->ev_write, EV_WRITE, 1);
+    struct evbuffer *o = bufferevent_get_output(c->bev);
+    size_t n = evbuffer_get_length(o);
+    if (!c->handshaken || c->held || !n) return;
+    gw_conn_coalesce(o, n);
+    event_active(&c->bev->ev_write, EV_WRITE, 1);
 }
 
 /* Held output (gw_settle.c: an answer waits for the journal write of its

@@ -62,7 +62,13 @@ void gw_req_head(gw_req_t *r, int status, const char *ctype, int64_t clen) {
         r->client_gone = 1;
         return;
     }
-    evbuffer_add(gw_req_out(r), b->p, b->len);
+    /* a whole answer's head and body in one chain (its body follows at once):
+     * bufferevent_openssl writes each chain as records of its own, so a head
+     * in a chain of its own cost a record and a write(2) more (gw_conn.c) */
+    struct evbuffer *o = gw_req_out(r);
+    if (clen > 0 && (uint64_t)clen <= GW_ANSWER_ONE_CHAIN_MAX && !gw_req_is_head(r))
+        evbuffer_expand(o, b->len + (size_t)clen);
+    evbuffer_add(o, b->p, b->len);
     if (clen < 0) gw_conn_flush(r->conn); /* a stream's head goes out now; a whole answer's with its body */
 }
 

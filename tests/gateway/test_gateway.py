@@ -185,6 +185,7 @@ class RecordConn(Conn):
         self.inc, self.out = ssl.MemoryBIO(), ssl.MemoryBIO()
         self.tls = ctx().wrap_bio(self.inc, self.out, server_hostname="localhost")
         self.buf = b""
+        self.rin, self.nrec = b"", 0  # raw bytes of a record not whole yet; whole records received
         while True:
             try:
                 self.tls.do_handshake()
@@ -204,6 +205,10 @@ class RecordConn(Conn):
         if not d:
             raise EOFError("connection closed")
         self.inc.write(d)
+        self.rin += d
+        while len(self.rin) >= 5 and len(self.rin) >= 5 + int.from_bytes(self.rin[3:5], "big"):
+            self.rin = self.rin[5 + int.from_bytes(self.rin[3:5], "big"):]
+            self.nrec += 1
 
     def records(self, *parts):
         """Each part in a TLS record of its own, all of them in one send."""
@@ -576,6 +581,32 @@ class Gateway(unittest.TestCase):
             self.assertEqual([a[0] for a in answers], [200, 200, 200])
             self.assertEqual(json.loads(answers[1][2]), {"status": "ok"})
             self.assertEqual(len({answers[0][1]["x-request-id"], answers[2][1]["x-request-id"], h["x-request-id"]}), 3)
+        finally:
+            c.close()
+
+    def test_an_answer_is_one_tls_record(self):
+        # bufferevent_openssl writes each evbuffer chain as TLS records of its
+        # own (a write(2) each): a chat answer of 1-2 KiB went out as records
+        # of 976 and 48 bytes, its head in the first chain.  An answer that
+        # fits one record is one record (one write); a longer one as few as
+        # its size needs.
+        c = RecordConn()
+        try:
+            st, _, _ = c.request("GET", "/health")  # TLS 1.3 session tickets come before this answer
+            self.assertEqual(st, 200)
+            for content in ("r", "flood:1", "flood:6", "flood:14", "flood:40"):  # flood:N: N KiB of text
+                n0 = c.nrec
+                st, h, b = c.request("POST", "/v1/chat/completions", {"model": MODEL, "messages": [
+                    {"role": "user", "content": content}]}, self.key)
+                self.assertEqual(st, 200)
+                self.assertEqual(c.rin, b"")
+                n = int(h["content-length"])
+                want = -(-(n + 1024) // 16384)  # the head is under 1 KiB
+                self.assertEqual(c.nrec - n0, want, "a %d-byte body in %d records" % (n, c.nrec - n0))
+            c.send(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")  # and a short one still one record
+            n0 = c.nrec
+            self.assertEqual(c.read_response()[0], 200)
+            self.assertEqual(c.nrec - n0, 1)
         finally:
             c.close()
 
