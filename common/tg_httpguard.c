@@ -26,7 +26,7 @@
 #include <event2/keyvalq_struct.h>
 
 enum {
-    R_LINE, R_VERSION, R_TARGET, R_METHOD, R_HEADER, R_FOLD, R_CLEN, R_TE, R_BODYLESS, R_CHUNK, R_TRAILER,
+    R_LINE, R_VERSION, R_TARGET, R_METHOD, R_HEADER, R_FOLD, R_CLEN, R_TE, R_TE10, R_BODYLESS, R_CHUNK, R_TRAILER,
     R_EXPECT, R_HEAD_BIG, R_BODY_BIG, R_TIMEOUT, R_BUSY, R_CONNS, R_N
 };
 
@@ -43,6 +43,7 @@ static const struct {
     [R_CLEN] = {400, "invalid_request", "Invalid Content-Length (one, digits only)."},
     [R_TE] = {400, "invalid_request",
               "Transfer-Encoding must be chunked, and not come with a Content-Length."},
+    [R_TE10] = {400, "invalid_request", "Transfer-Encoding is not allowed in an HTTP/1.0 request."},
     [R_BODYLESS] = {400, "invalid_request", "A HEAD or TRACE request cannot have a body."},
     [R_CHUNK] = {400, "invalid_request", "Malformed chunked body."},
     [R_TRAILER] = {400, "invalid_request", "Trailer fields in a chunked body are not accepted."},
@@ -325,6 +326,8 @@ static int head_done(conn_t *c) {
     tg_httpguard_t *g = c->g;
     c->head_complete = 1;
     if (c->has_cl && c->chunked) return refuse(c, R_TE), 1;
+    /* RFC 9112 §6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing */
+    if (c->chunked && c->http10) return refuse(c, R_TE10), 1;
     if (c->bodyless && (c->chunked || (c->has_cl && c->left))) return refuse(c, R_BODYLESS), 1;
     if (c->has_cl && c->left > g->o.max_body) return refuse(c, R_BODY_BIG), 1;
     if (c->chunked) {
@@ -363,6 +366,21 @@ static void process(conn_t *c) {
             if (c->left) break;
             request_reset(c);
             continue;
+        }
+        if (!c->in_request && c->state == S_HEAD) {
+            /* empty lines before a request line are ignored (RFC 9112 §2.2: a
+             * client may send CRLF after a body), and never reach evhttp; they
+             * begin no request (no deadline: the idle sweep bounds them) */
+            char two[2];
+            size_t k = avail < 2 ? avail : 2;
+            evbuffer_copyout(c->in, two, k);
+            if (two[0] == '\n' || (k == 2 && two[0] == '\r' && two[1] == '\n')) {
+                evbuffer_drain(c->in, two[0] == '\n' ? 1 : 2);
+                c->scanned = 0;
+                recharge(c);
+                continue;
+            }
+            if (k == 1 && two[0] == '\r') break; /* its LF may follow */
         }
         if (!c->in_request) { /* the first byte of a request: its deadline starts */
             c->in_request = 1;
@@ -415,7 +433,9 @@ static void process(conn_t *c) {
             continue;
         }
         int bad = -1;
-        if (memchr(l, 0, ll)) {
+        if (c->state != S_HEAD && eol_len != 2) {
+            bad = R_CHUNK; /* chunk framing ends its lines in CRLF; a bare LF is no line end there */
+        } else if (memchr(l, 0, ll)) {
             bad = c->state == S_HEAD ? (c->nlines ? R_HEADER : R_LINE) : R_CHUNK;
         } else if (c->state == S_HEAD) {
             if (c->nlines++ == 0) bad = check_request_line(c, l, ll);

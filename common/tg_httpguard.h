@@ -9,7 +9,9 @@
  * evbuffer callback on its input sees the bytes read before evhttp does and
  * holds back each request until the whole of it (head and body) has come and
  * been checked, by rules at least as strict as evhttp's own, so evhttp never
- * parses a request it would refuse.  A request that is refused is replaced by
+ * parses a request it would refuse (chunk framing lines end in CRLF, an
+ * HTTP/1.0 request has no Transfer-Encoding; empty lines before a request
+ * line are dropped here, RFC 9112 §2.2, and never reach evhttp).  A request that is refused is replaced by
  * a request of the guard's own (a target under TG_HTTPGUARD_PREFIX, which no
  * client request may have), in the same place in the connection's byte
  * stream, so answers keep their order under pipelining; the program's

@@ -14,7 +14,12 @@
  * stream can no longer be trusted to be in sync.
  *
  * The chunked decoder and the response-head parser are shared with the proxy
- * side (worker replies). */
+ * side (worker replies).  Every line of the chunked framing (chunk size, the
+ * CRLF after a chunk's data, trailer fields, the last empty line) must end
+ * in CRLF: RFC 9112 §2.2 lets a recipient take a bare LF for the end of a
+ * start-line or header field, never of chunk framing, and two parsers that
+ * disagree there disagree on where a request ends.  The request line may
+ * hold no NUL and its target only visible US-ASCII. */
 #include <ctype.h>
 #include <stddef.h>
 #include <stdlib.h>
@@ -65,21 +70,16 @@ ssize_t gw_chunked_feed(gw_chunked_t *c, const char *in, size_t len, tg_buf_t *o
             } else if (ch == '\r') {
                 c->state = CH_SIZE_LF;
                 i++;
-            } else if (ch == '\n') {
-                c->state = c->remaining ? CH_DATA : CH_TRAILER;
-                c->line_len = 0;
-                i++;
             } else {
-                return -1;
+                return -1; /* a bare LF ends no line here, nor does anything else */
             }
             break;
         }
-        case CH_EXT: /* chunk extensions are ignored, but bounded; only blanks before the ';' */
-            if (ch == '\n') {
-                c->state = c->remaining ? CH_DATA : CH_TRAILER;
-                c->line_len = 0;
-            } else if (ch == '\r') {
+        case CH_EXT: /* chunk extensions are ignored, but bounded; blanks only before a ';' */
+            if (ch == '\r' && c->ext) {
                 c->state = CH_SIZE_LF;
+            } else if (ch == '\r' || ch == '\n') {
+                return -1; /* "1 \r\n": blanks with no extension after them; or a bare LF */
             } else if (++c->line_len > GW_CHUNK_LINE_MAX || ((unsigned char)ch < 0x20 && ch != '\t') ||
                        ch == 0x7f || (!c->ext && ch != ';' && ch != ' ' && ch != '\t')) {
                 return -1; /* "1 0" is not a size of 1 (nor of 16) */
@@ -105,8 +105,7 @@ ssize_t gw_chunked_feed(gw_chunked_t *c, const char *in, size_t len, tg_buf_t *o
         }
         case CH_DATA_CR:
             if (ch == '\r') c->state = CH_DATA_LF;
-            else if (ch == '\n') c->state = CH_SIZE, c->ndigits = 0;
-            else return -1;
+            else return -1; /* the data's CRLF: a bare LF is not one */
             i++;
             break;
         case CH_DATA_LF:
@@ -115,14 +114,10 @@ ssize_t gw_chunked_feed(gw_chunked_t *c, const char *in, size_t len, tg_buf_t *o
             c->ndigits = 0;
             i++;
             break;
-        case CH_TRAILER: /* field lines until an empty one */
+        case CH_TRAILER: /* field lines until an empty one, each ending in CRLF */
             c->trailer_bytes++;
             if (ch == '\n') {
-                if (c->line_len == 0) c->done = 1;
-                else if (!c->colon) return -1;
-                else c->trailer_fields++;
-                c->line_len = 0;
-                c->colon = 0;
+                return -1;
             } else if (ch == '\r') {
                 c->state = CH_TRAILER_LF;
             } else if (++c->line_len > GW_CHUNK_LINE_MAX) {
@@ -217,6 +212,9 @@ static int parse_head(gw_http_parser_t *p, gw_http_req_t *r, char *h, size_t hle
     if (!eol) return fail(p, 400, "malformed request line");
     char *lend = eol;
     if (lend > h && lend[-1] == '\r') lend--;
+    /* a NUL would end the line early for the string functions below:
+     * "HTTP/1.1\0junk" must not read as "HTTP/1.1" */
+    if (memchr(h, '\0', (size_t)(lend - h))) return fail(p, 400, "malformed request line");
     *lend = '\0';
     char *sp1 = strchr(h, ' ');
     if (!sp1 || sp1 == h) return fail(p, 400, "malformed request line");
@@ -229,7 +227,8 @@ static int parse_head(gw_http_parser_t *p, gw_http_req_t *r, char *h, size_t hle
     if (!sp2 || sp2 == target) return fail(p, 400, "malformed request line");
     *sp2 = '\0';
     for (char *q = target; *q; q++)
-        if ((unsigned char)*q <= 0x20 || (unsigned char)*q == 0x7f) return fail(p, 400, "malformed request target");
+        if ((unsigned char)*q <= 0x20 || (unsigned char)*q >= 0x7f) /* US-ASCII only (RFC 3986) */
+            return fail(p, 400, "malformed request target");
     char *ver = sp2 + 1;
     if (strncmp(ver, "HTTP/", 5) || !isdigit((unsigned char)ver[5]) || ver[6] != '.' ||
         !isdigit((unsigned char)ver[7]) || ver[8])

@@ -14,6 +14,7 @@ test-integration: $(BINS)
 	/usr/bin/python3 tests/integration/test_choices.py
 	/usr/bin/python3 tests/integration/test_loops.py
 	/usr/bin/python3 tests/integration/test_completions.py
+	/usr/bin/python3 tests/integration/test_framing.py
 	$(MAKE) --no-print-directory test-sdk
 
 test-sdk:

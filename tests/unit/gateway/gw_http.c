@@ -273,6 +273,32 @@ static void test_chunked_strict(void) {
     }
     snprintf(m, sizeof m, "%s1\r\nx\r\n0\r\nA: \t v\xff\r\nB:\r\n\r\n", h);
     CHECK_EQ_I(err_of(m), 0);
+    /* every line of the framing ends in CRLF: a bare LF after a size, an
+     * extension, a chunk's data, a trailer or as the last line is a 400; so
+     * are blanks after a size with no extension behind them */
+    static const char *const lf[] = {"1\nx\r\n0\r\n\r\n", "1;a=b\nx\r\n0\r\n\r\n", "1\r\nx\n0\r\n\r\n",
+                                     "1\r\nx\r\n0\n\r\n", "1\r\nx\r\n0\r\nA: b\n\r\n", "1\r\nx\r\n0\r\n\n",
+                                     "1 \r\nx\r\n0\r\n\r\n", "1\t\r\nx\r\n0\r\n\r\n", "1\r\nx\r\n0 \r\n\r\n"};
+    for (size_t i = 0; i < sizeof lf / sizeof *lf; i++) {
+        snprintf(m, sizeof m, "%s%s", h, lf[i]);
+        CHECK_EQ_I(err_of(m), 400);
+    }
+}
+
+/* A NUL in the request line ends no string early (the version followed by
+ * junk is no version); a target is visible US-ASCII only. */
+static void test_request_line_bytes(void) {
+    static const char m[] = "GET / HTTP/1.1\0junk\r\nHost: a\r\n\r\n";
+    gw_http_req_t *r[1] = {0};
+    int err;
+    CHECK_EQ_I(parse_all(m, sizeof m - 1, 0, r, 1, &err), 0);
+    CHECK_EQ_I(err, 400);
+    static const char m2[] = "GET / HTTP/1.1\0\r\nHost: a\r\n\r\n";
+    CHECK_EQ_I(parse_all(m2, sizeof m2 - 1, 0, r, 1, &err), 0);
+    CHECK_EQ_I(err, 400);
+    CHECK_EQ_I(err_of("GET /caf\xc3\xa9 HTTP/1.1\r\nHost: a\r\n\r\n"), 400);
+    CHECK_EQ_I(err_of("GET /\xff HTTP/1.1\r\nHost: a\r\n\r\n"), 400);
+    CHECK_EQ_I(err_of("GET /caf%C3%A9~ HTTP/1.1\r\nHost: a\r\n\r\n"), 0);
 }
 
 static void test_expect_ignored_in_http10(void) {
@@ -459,5 +485,5 @@ static void test_json_media(void) {
 }
 
 TG_TEST_MAIN(test_simple_get, test_json_media, test_reused_block, test_pipelined_every_split, test_one_byte_at_a_time, test_errors, test_limits,
-             test_expect_continue, test_keep_alive_rules, test_request_target_forms, test_chunked_strict,
+             test_expect_continue, test_keep_alive_rules, test_request_target_forms, test_chunked_strict, test_request_line_bytes,
              test_expect_ignored_in_http10, test_chunked_decoder, test_response_head, test_head_write)
