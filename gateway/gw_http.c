@@ -451,10 +451,13 @@ long gw_http_resp_parse(const char *buf, size_t len, size_t max, gw_http_resp_t 
                 if (!isdigit((unsigned char)v[i]) || n > (INT64_MAX - 9) / 10) return -1;
                 n = n * 10 + (v[i] - '0');
             }
+            if (r->content_length >= 0 && r->content_length != n) return -1; /* two lengths: no framing */
             r->content_length = n;
         } else if (nl == 17 && !strncasecmp(line, "transfer-encoding", 17)) {
-            if (vl >= 7 && !strncasecmp(ve - 7, "chunked", 7)) r->chunked = 1;
-            else return -1;
+            /* exactly "chunked", once: "xchunked" is no chunked, and "gzip, chunked"
+             * would hand gzip bytes on as JSON */
+            if (r->chunked || vl != 7 || strncasecmp(v, "chunked", 7)) return -1;
+            r->chunked = 1;
         } else if (nl == 10 && !strncasecmp(line, "connection", 10)) {
             for (size_t i = 0; i + 5 <= vl; i++)
                 if (!strncasecmp(v + i, "close", 5)) r->close = 1;
@@ -465,6 +468,9 @@ long gw_http_resp_parse(const char *buf, size_t len, size_t max, gw_http_resp_t 
         }
         line = eol + 1;
     }
+    /* both: chunked frames it (RFC 9112 §6.3), and the connection, whose
+     * sender framed one answer two ways, is not used again */
+    if (r->chunked && r->content_length >= 0) r->close = 1;
     if (r->chunked) r->content_length = -1;
     return (long)hlen;
 }

@@ -22,6 +22,9 @@ The last user message picks the behaviour:
   "keepalive"   an SSE comment ": keep-alive" before the first chunk (the engine's, while a
                 request waits in its queue)
   "noframe"     stream 17 MiB that never ends an SSE event
+  "head:KIND"   a whole answer (not a stream) framed oddly: KIND "xchunked" or "gzip-chunked" (that
+                Transfer-Encoding, the body chunked), "two-lengths" (Content-Length N+5, then N; N
+                bytes and 5 more), "te-and-cl" (chunked, and a Content-Length too)
   anything else echo it back in 3 chunks
 POST /v1/completions (a body with "prompt"): the prompt picks the behaviour ("cut",
 "nousage:N" without the tool call, anything else), answered as text_completion.
@@ -71,6 +74,24 @@ class Handler(BaseHTTPRequestHandler):
             self.send_json(200, {"status": "ok"})
         else:
             self.send_json(404, {"error": {"message": "no", "type": "x", "param": None, "code": None}})
+
+    def send_framed(self, kind, b):
+        """b as a 200 whose framing is kind (see "head:KIND" above)."""
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        if kind == "two-lengths":
+            self.send_header("Content-Length", str(len(b) + 5))
+            self.send_header("Content-Length", str(len(b)))
+            self.end_headers()
+            self.wfile.write(b + b"junk!")
+            return
+        te = {"xchunked": "xchunked", "gzip-chunked": "gzip, chunked", "te-and-cl": "chunked"}[kind]
+        self.send_header("Transfer-Encoding", te)
+        if kind == "te-and-cl":
+            self.send_header("Content-Length", str(len(b)))
+        self.end_headers()
+        self.chunk(b)
+        self.wfile.write(b"0\r\n\r\n")
 
     def chunk(self, data):
         self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
@@ -132,6 +153,11 @@ class Handler(BaseHTTPRequestHandler):
                                                                   "arguments": json.dumps({"city": "Oslo " * 10})}}]}
             self.send_json(200, dict(base, object="chat.completion", choices=[
                 {"index": 0, "message": msg, "finish_reason": "tool_calls"}]))
+            return
+        if text.startswith("head:") and not req.get("stream"):
+            b = json.dumps(dict(base, object="chat.completion", usage=usage, choices=[
+                {"index": 0, "message": {"role": "assistant", "content": "".join(words)}, "finish_reason": "stop"}]))
+            self.send_framed(text[5:], b.encode())
             return
         if not req.get("stream"):
             self.send_json(200, dict(base, object="chat.completion", usage=usage, choices=[

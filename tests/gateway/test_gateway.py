@@ -1089,6 +1089,25 @@ class Gateway(unittest.TestCase):
         self.assertEqual(openai_error(self, st, h, b, 500, "upstream_error")["type"], "server_error")
         self.assertTrue(h["content-type"].startswith("application/json"))
 
+    def test_worker_answer_framed_two_ways(self):
+        # a worker's answer whose framing is not exactly one of Content-Length or
+        # chunked is a 502: "xchunked" is no chunked, "gzip, chunked" would pass
+        # gzip bytes on as JSON, two lengths leave no length to trust (the last
+        # was taken, and the bytes after it left behind)
+        for kind in ("xchunked", "gzip-chunked", "two-lengths"):
+            st, h, b = chat(self.key, "head:" + kind)
+            self.assertEqual(openai_error(self, st, h, b, 502, "upstream_error")["type"], "server_error", kind)
+        # chunked and a Content-Length: chunked frames it (RFC 9112 §6.3), and
+        # that connection is not used again
+        ports = set()
+        for _ in range(2):
+            st, h, b = chat(self.key, "head:te-and-cl")
+            self.assertEqual(st, 200, b)
+            self.assertEqual(json.loads(b)["choices"][0]["message"]["content"], "Hello from head:te-and-cl")
+            w, n = worker_request(h["x-request-id"], which=True)
+            ports.add((n, w["peer_port"]))
+        self.assertEqual(len(ports), 2, "the connection of an answer framed two ways was used again")
+
     def test_stream_cut_ends_with_error_event_and_is_settled(self):
         st, h, b = chat(self.key, "cut", stream=True)
         self.assertEqual(st, 200)

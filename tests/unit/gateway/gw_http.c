@@ -365,6 +365,24 @@ static void test_response_head(void) {
     CHECK_EQ_I(gw_http_resp_parse("HTTP/1.1 2x0 OK\r\n\r\n", 19, 4096, &r), -1);
     CHECK_EQ_I(gw_http_resp_parse("SMTP ready\r\n\r\n", 14, 4096, &r), -1);
     CHECK_EQ_I(gw_http_resp_parse(h2, strlen(h2), 10, &r), -1);
+    /* framing a worker's answer: exactly "chunked", one length */
+    static const char *const bad[] = {"Transfer-Encoding: xchunked\r\n", "Transfer-Encoding: gzip, chunked\r\n",
+                                      "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
+                                      "Content-Length: 5\r\nContent-Length: 6\r\n", "Content-Length: +5\r\n"};
+    char m[256];
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        snprintf(m, sizeof m, "HTTP/1.1 200 OK\r\n%s\r\n", bad[i]);
+        CHECK_EQ_I(gw_http_resp_parse(m, strlen(m), 4096, &r), -1);
+    }
+    const char *h3 = "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\nTransfer-Encoding: CHUNKED\r\n\r\n";
+    CHECK(gw_http_resp_parse(h3, strlen(h3), 4096, &r) > 0);
+    CHECK_EQ_I(r.chunked, 1);
+    CHECK_EQ_I(r.content_length, -1);
+    CHECK_EQ_I(r.close, 1); /* framed two ways: not reused */
+    const char *h4 = "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n";
+    CHECK(gw_http_resp_parse(h4, strlen(h4), 4096, &r) > 0);
+    CHECK_EQ_I(r.content_length, 5);
+    CHECK_EQ_I(r.close, 0);
 }
 
 /* The client answer's head as gw_req_head wrote it with printf before
