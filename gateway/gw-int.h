@@ -538,6 +538,7 @@ struct gw_req {
     uint64_t tried;            /* bit per worker index already tried */
     uint64_t affinity;         /* hash of the prompt's start; 0: none */
     struct bufferevent *up;
+    struct gw_upconn *upc;     /* up came from the idle list (gw_proxy.c: read by its own event when plain); else NULL */
     int up_head_done, up_streaming, up_paused, up_got_bytes;
     gw_http_resp_t resp;
     gw_chunked_t ch;

@@ -26,11 +26,13 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/bufferevent_ssl.h>
 #include <event2/event.h>
+#include <event2/event_struct.h>
 #include <openssl/ssl.h>
 
 #include "api.h"
@@ -63,11 +65,40 @@ static void gw_up_on_event(struct bufferevent *bev, short what, void *arg);
 
 #define GW_UP_MAX_IDLE 1024
 
+/* ---- reading a kept worker connection -------------------------------------
+ * libevent's socket bufferevent reads through evbuffer_read, which asks the
+ * kernel how much is readable (ioctl FIONREAD) before every read and reads at
+ * most 4 KiB per loop iteration: a system call more per answer, and ten loop
+ * iterations for a 40 KiB answer.  A plain (not TLS) connection that is kept
+ * is read by an event of its own from the moment it is first parked until it
+ * is closed: up to 64 KiB per read(2), into its bufferevent's input.  Parked,
+ * the event watches it (anything readable, or 30 s idle: dropped); taken by a
+ * request, the same event reads the answer and calls what the bufferevent
+ * would (gw_up_on_read; gw_up_on_event with BEV_EVENT_READING and EOF, ERROR
+ * or TIMEOUT), its timeout the upstream timeout, restarted by every read as
+ * the bufferevent's read timeout is.  The event stays added across requests
+ * (its timeout is changed in place), so taking and parking change nothing in
+ * epoll: a delete and an add of the same descriptor in one loop iteration cost
+ * an epoll_ctl(MOD).  The bufferevent keeps the rest: writing, its write
+ * timeout, connecting.  A fresh connection is read by its bufferevent until
+ * it is first parked; a TLS one always. */
+#define GW_UP_READ_MAX 65536
+
 typedef struct gw_upconn {
     struct gw_upconn *next;
     gw_upstream_t *w;
     struct bufferevent *bev;
+    struct event rd;   /* the read event (own) */
+    int own;           /* rd is assigned and added: the bufferevent never reads */
+    gw_req_t *r;       /* the request it serves; NULL: parked */
 } gw_upconn_t;
+
+/* Close u (parked or not), free it. */
+static void gw_upconn_close(gw_upconn_t *u) {
+    if (u->own) event_del(&u->rd);
+    bufferevent_free(u->bev);
+    free(u);
+}
 
 static void gw_upconn_drop(gw_upconn_t *u) {
     for (gw_upconn_t **pp = &u->w->idle; *pp; pp = &(*pp)->next)
@@ -76,28 +107,106 @@ static void gw_upconn_drop(gw_upconn_t *u) {
             u->w->nidle--;
             break;
         }
-    bufferevent_free(u->bev);
-    free(u);
+    gw_upconn_close(u);
 }
 
 static void gw_upconn_on_read(struct bufferevent *bev, void *arg) { gw_upconn_drop(arg); }
 static void gw_upconn_on_event(struct bufferevent *bev, short what, void *arg) { gw_upconn_drop(arg); }
 
-static void gw_upconn_park(gw_upstream_t *w, struct bufferevent *bev) {
-    gw_upconn_t *u = w->nidle < GW_UP_MAX_IDLE ? tg_zalloc(sizeof *u) : NULL;
-    if (!u) {
-        bufferevent_free(bev);
+static void gw_up_timeout(const gw_req_t *r, struct timeval *t) {
+    int64_t ms = r->srv->cfg->upstream_timeout_ms;
+    t->tv_sec = (time_t)(ms / 1000);
+    t->tv_usec = (suseconds_t)(ms % 1000) * 1000;
+}
+
+static void gw_upconn_read_cb(evutil_socket_t fd, short what, void *arg) {
+    gw_upconn_t *u = arg;
+    gw_req_t *r = u->r;
+    if (!r) { /* parked: an end, stray bytes or 30 s idle */
+        gw_upconn_drop(u);
         return;
     }
-    u->w = w;
-    u->bev = bev;
+    if ((what & EV_TIMEOUT) && !(what & EV_READ)) {
+        event_del(&u->rd); /* as a bufferevent stops reading after an event */
+        gw_up_on_event(u->bev, BEV_EVENT_READING | BEV_EVENT_TIMEOUT, r);
+        return;
+    }
+    struct evbuffer *in = bufferevent_get_input(u->bev);
+    struct evbuffer_iovec v[2];
+    ssize_t n = -1;
+    int err = ENOMEM;
+    evbuffer_unfreeze(in, 0); /* a socket bufferevent's input is frozen at its end outside its own read */
+    int nv = evbuffer_reserve_space(in, GW_UP_READ_MAX, v, 2);
+    if (nv > 0) {
+        struct iovec iov[2];
+        for (int i = 0; i < nv; i++) iov[i].iov_base = v[i].iov_base, iov[i].iov_len = v[i].iov_len;
+        n = readv(fd, iov, nv);
+        err = errno;
+        size_t left = n > 0 ? (size_t)n : 0;
+        for (int i = 0; i < nv; i++) {
+            v[i].iov_len = left < v[i].iov_len ? left : v[i].iov_len;
+            left -= v[i].iov_len;
+        }
+        evbuffer_commit_space(in, v, nv);
+    }
+    evbuffer_freeze(in, 0);
+    if (n > 0) {
+        gw_up_on_read(u->bev, r); /* may end and free r, and release u */
+        return;
+    }
+    if (n < 0 && (err == EAGAIN || err == EWOULDBLOCK || err == EINTR)) return;
+    event_del(&u->rd);
+    errno = err;
+    gw_up_on_event(u->bev, BEV_EVENT_READING | (n == 0 ? BEV_EVENT_EOF : BEV_EVENT_ERROR), r);
+}
+
+/* Park the connection of a request that ended cleanly (u: its own-read
+ * connection, or NULL for one read by its bufferevent). */
+static void gw_upconn_park(gw_upstream_t *w, struct bufferevent *bev, gw_upconn_t *u) {
+    if (!u && w->nidle < GW_UP_MAX_IDLE && (u = tg_zalloc(sizeof *u))) {
+        u->bev = bev;
+        u->w = w;
+        /* a plain socket from now on read by its own event (above); TLS by its bufferevent */
+        if (!w->cfg->tls && event_assign(&u->rd, bufferevent_get_base(bev), bufferevent_getfd(bev),
+                                         EV_READ | EV_PERSIST, gw_upconn_read_cb, u) == 0) {
+            bufferevent_disable(bev, EV_READ);
+            u->own = 1;
+        }
+    }
+    if (!u || w->nidle >= GW_UP_MAX_IDLE) {
+        if (u) gw_upconn_close(u);
+        else bufferevent_free(bev);
+        return;
+    }
+    u->r = NULL;
     u->next = w->idle;
     w->idle = u;
     w->nidle++;
     bufferevent_setcb(bev, gw_upconn_on_read, NULL, gw_upconn_on_event, u);
     struct timeval idle = {30, 0};
-    bufferevent_set_timeouts(bev, &idle, NULL);
-    bufferevent_enable(bev, EV_READ);
+    if (u->own) {
+        bufferevent_set_timeouts(bev, NULL, NULL);
+        event_add(&u->rd, &idle); /* still added (unless an event stopped it): only its timeout changes */
+    } else {
+        bufferevent_set_timeouts(bev, &idle, NULL);
+        bufferevent_enable(bev, EV_READ);
+    }
+}
+
+/* Stop reading r's worker connection (a stream's client is behind), and go on. */
+static void gw_up_read_pause(gw_req_t *r) {
+    if (r->upc && r->upc->own) event_del(&r->upc->rd);
+    else bufferevent_disable(r->up, EV_READ);
+}
+
+static void gw_up_read_resume(gw_req_t *r) {
+    if (r->upc && r->upc->own) {
+        struct timeval t;
+        gw_up_timeout(r, &t);
+        event_add(&r->upc->rd, &t);
+    } else {
+        bufferevent_enable(r->up, EV_READ);
+    }
 }
 
 /* Nothing pending on an idle connection's socket: no end, no stray bytes. */
@@ -119,15 +228,16 @@ static void gw_evbuffer_write_now(struct evbuffer *o, evutil_socket_t fd) {
     evbuffer_freeze(o, 1);
 }
 
-static struct bufferevent *gw_upconn_take(gw_upstream_t *w) {
+/* An idle connection to w that can take a request, or NULL.  One whose
+ * socket shows an end or bytes is closed. */
+static gw_upconn_t *gw_upconn_take(gw_upstream_t *w) {
     while (w->idle) {
         gw_upconn_t *u = w->idle;
         w->idle = u->next;
         w->nidle--;
-        struct bufferevent *bev = u->bev;
-        free(u);
-        if (gw_upconn_quiet(bev)) return bev;
-        bufferevent_free(bev); /* closed (or chattering) while idle: a request sent there could not be placed */
+        u->next = NULL;
+        if (gw_upconn_quiet(u->bev)) return u;
+        gw_upconn_close(u); /* closed (or chattering) while idle: a request sent there could not be placed */
     }
     return NULL;
 }
@@ -139,11 +249,16 @@ void gw_proxy_close_idle(gw_loop_t *l) {
 
 void gw_proxy_release(gw_req_t *r) {
     if (r->up) {
+        gw_upconn_t *u = r->upc;
+        if (u) u->r = NULL;
         if (r->up_reusable && r->worker && !evbuffer_get_length(bufferevent_get_input(r->up)))
-            gw_upconn_park(r->worker, r->up);
+            gw_upconn_park(r->worker, r->up, u);
+        else if (u)
+            gw_upconn_close(u);
         else
             bufferevent_free(r->up);
         r->up = NULL;
+        r->upc = NULL;
         r->up_reusable = 0;
     }
     if (r->worker) {
@@ -374,7 +489,8 @@ static void gw_up_connect(gw_req_t *r) {
     struct timeval rt = {(time_t)(cfg->upstream_timeout_ms / 1000), (suseconds_t)(cfg->upstream_timeout_ms % 1000) * 1000};
     struct timeval ct = {(time_t)(cfg->upstream_connect_timeout_ms / 1000),
                          (suseconds_t)(cfg->upstream_connect_timeout_ms % 1000) * 1000};
-    r->up = r->no_reuse ? NULL : gw_upconn_take(w);
+    r->upc = r->no_reuse ? NULL : gw_upconn_take(w);
+    r->up = r->upc ? r->upc->bev : NULL;
     r->up_reused = r->up != NULL;
     r->up_external = wc->tls;
     if (!r->up && wc->tls) { /* an external upstream: TLS, its own key */
@@ -442,7 +558,9 @@ static void gw_up_connect(gw_req_t *r) {
          * stay queued: the write event then fails with them unsent, and the
          * request goes again on a fresh connection (gw_up_on_event). */
         gw_evbuffer_write_now(o, bufferevent_getfd(r->up));
-        bufferevent_enable(r->up, evbuffer_get_length(o) ? EV_READ | EV_WRITE : EV_READ);
+        if (evbuffer_get_length(o)) bufferevent_enable(r->up, EV_WRITE);
+        r->upc->r = r;
+        gw_up_read_resume(r); /* own read: the event's timeout becomes the upstream timeout */
     } else {
         bufferevent_enable(r->up, EV_READ | EV_WRITE);
     }
@@ -723,7 +841,7 @@ static int gw_stream_payload(gw_req_t *r) {
     gw_settle_stream_update(r); /* what the client got so far, should the process die now */
     struct evbuffer *o = gw_req_out(r);
     if (r->up && !r->up_paused && evbuffer_get_length(o) > (size_t)r->srv->cfg->stream_high_water) {
-        bufferevent_disable(r->up, EV_READ);
+        gw_up_read_pause(r);
         r->up_paused = 1;
     }
     return GW_OK;
@@ -732,7 +850,7 @@ static int gw_stream_payload(gw_req_t *r) {
 void gw_proxy_resume(gw_req_t *r) {
     if (!r->up_paused || !r->up) return;
     r->up_paused = 0;
-    bufferevent_enable(r->up, EV_READ);
+    gw_up_read_resume(r);
     if (evbuffer_get_length(bufferevent_get_input(r->up))) gw_up_on_read(r->up, r); /* data that waited */
 }
 

@@ -610,6 +610,30 @@ class Gateway(unittest.TestCase):
         finally:
             c.close()
 
+    def test_worker_answer_read_in_few_reads(self):
+        # A kept worker connection is read by the gateway's own event, up to
+        # 64 KiB a read(2); its bufferevent read 4 KiB a loop iteration, each
+        # read after an ioctl(FIONREAD): a 100 KiB answer took 25 reads and 25
+        # iterations.  /proc/PID/io counts the process's read system calls.
+        def reads():
+            with open("/proc/%s/io" % E["GW_PID"]) as f:
+                return int(next(ln for ln in f if ln.startswith("syscr:")).split()[1])
+        c = Conn()
+        try:
+            body = {"model": MODEL, "messages": [{"role": "user", "content": "flood:100"}]}
+            seen = []
+            for i in range(6):  # the first ones leave kept connections to the workers
+                n0 = reads()
+                st, h, b = c.request("POST", "/v1/chat/completions", body, self.key)
+                seen.append(reads() - n0)
+                self.assertEqual(st, 200)
+                self.assertGreater(len(b), 100 * 1024)
+            # the worker's answer (2 reads on a kept connection), the client's request, the
+            # settlement's and the limiter's answers: well under 25
+            self.assertLessEqual(min(seen[2:]), 12, seen)
+        finally:
+            c.close()
+
     def test_http10_stream_is_close_delimited(self):
         c = Conn()
         try:
@@ -1598,6 +1622,25 @@ class ShortTimeouts(unittest.TestCase):
         finally:
             release(tok)
         self.assertEqual(usage_rows(h["x-request-id"])[0][3], 504)
+
+    def test_worker_timeout_504_on_a_kept_connection(self):
+        # a kept worker connection is read by the gateway's own event, whose
+        # timeout is the upstream timeout (gw_proxy.c): it fires as the
+        # bufferevent's did, and the connection is not kept after it
+        admin = E["GW_SHORT_ADMIN_URL"]
+        for i in range(16):  # kept connections to both workers, on every loop
+            self.assertEqual(chat(self.key, "warm %d" % i, url=SHORT)[0], 200)
+        reuses = metric("tollgate_upstream_reuses_total", admin=admin)
+        tok = hold_token()
+        try:
+            t0 = time.monotonic()
+            st, h, b = chat(self.key, "hold:" + tok, url=SHORT)
+            openai_error(self, st, h, b, 504, "upstream_timeout")
+            self.assertGreaterEqual(time.monotonic() - t0, SHORT_UPSTREAM - SLACK, "not before upstream_timeout_ms")
+        finally:
+            release(tok)
+        self.assertEqual(metric("tollgate_upstream_reuses_total", admin=admin), reuses + 1, "sent on a kept connection")
+        self.assertEqual(chat(self.key, "after", url=SHORT)[0], 200)
 
     def test_stream_stall_times_out(self):
         tok = hold_token()
