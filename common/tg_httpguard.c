@@ -338,7 +338,9 @@ static int head_done(conn_t *c) {
         pass(c);
         return 0;
     }
-    if (c->expect) { /* evhttp would say 100 Continue on seeing the head; it sees it with the body */
+    /* evhttp would say 100 Continue on seeing the head; it sees it with the body.  Never to an
+     * HTTP/1.0 client, which waits for no interim answer (RFC 9110 §10.1.1: ignored) */
+    if (c->expect && !c->http10) {
         evutil_socket_t fd = bufferevent_getfd(c->bev);
         static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
         if (fd >= 0 && !evbuffer_get_length(bufferevent_get_output(c->bev)) && evhttp_reading(c))

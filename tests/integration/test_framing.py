@@ -330,6 +330,21 @@ class Door:
             ("Expect other", p + b"Expect: nothing\r\nContent-Length: %d\r\n\r\n" % len(hidden) + hidden, 417)])
         self.body_too_large(hidden)
 
+    def test_expect_100_ignored_from_http10(self):
+        # RFC 9110 §10.1.1: an HTTP/1.0 client's 100-continue is ignored; the
+        # first answer it reads is the real one (the head goes alone first, so
+        # an interim 100 would come before the answer whatever the timing)
+        b = body_for("e10")
+        c = self.conn()
+        try:
+            c.send(self.post_head().replace(b" HTTP/1.1\r\n", b" HTTP/1.0\r\n", 1) +
+                   b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(b))
+            c.send(b)
+            st, h, body = c.response()
+            self.assertIn("framing-e10", json_error(self, st, h, body, 404, "HTTP/1.0 expect")["message"])
+        finally:
+            c.close()
+
     # ---- accepted -----------------------------------------------------------
 
     def test_accepted_variants_frame_exactly(self):
