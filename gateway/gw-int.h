@@ -425,6 +425,7 @@ struct gw_loop {
     struct tg_work *work;      /* the loop's worker thread: access-log writes, large prompts' counts */
     tg_buf_t alog;             /* access-log lines not yet handed to `work` (gw_log.c) */
     tg_buf_t scratch;          /* a head being assembled (client answer, worker request); reused */
+    char *up_spill;            /* GW_UP_SPILL bytes: a worker answer's read beyond its input's chain (gw_proxy.c) */
     struct event *alog_ev;     /* hands them over GW_LOG_FLUSH_MS after the first */
     gw_conn_t *held;           /* connections whose output waits for the journal write (gw_settle.c) */
     struct event *jflush_ev;   /* writes the loop iteration's journal records, then releases `held` */

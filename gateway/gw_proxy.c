@@ -71,7 +71,7 @@ static void gw_up_on_event(struct bufferevent *bev, short what, void *arg);
  * most 4 KiB per loop iteration: a system call more per answer, and ten loop
  * iterations for a 40 KiB answer.  A plain (not TLS) connection that is kept
  * is read by an event of its own from the moment it is first parked until it
- * is closed: up to 64 KiB per read(2), into its bufferevent's input.  Parked,
+ * is closed: up to 4 KiB + 64 KiB per readv(2), into its bufferevent's input.  Parked,
  * the event watches it (anything readable, or 30 s idle: dropped); taken by a
  * request, the same event reads the answer and calls what the bufferevent
  * would (gw_up_on_read; gw_up_on_event with BEV_EVENT_READING and EOF, ERROR
@@ -82,7 +82,8 @@ static void gw_up_on_event(struct bufferevent *bev, short what, void *arg);
  * an epoll_ctl(MOD).  The bufferevent keeps the rest: writing, its write
  * timeout, connecting.  A fresh connection is read by its bufferevent until
  * it is first parked; a TLS one always. */
-#define GW_UP_READ_MAX 65536
+#define GW_UP_READ_INLINE 4000 /* reserved in the input: its chain, with libevent's header, 4 KiB */
+#define GW_UP_SPILL 65536       /* the rest of one read */
 
 typedef struct gw_upconn {
     struct gw_upconn *next;
@@ -131,23 +132,24 @@ static void gw_upconn_read_cb(evutil_socket_t fd, short what, void *arg) {
         gw_up_on_event(u->bev, BEV_EVENT_READING | BEV_EVENT_TIMEOUT, r);
         return;
     }
+    /* into the input's last chain (a small one: answers are mostly small), and what does not fit
+     * there into the loop's spill buffer, copied to the input after: one readv for up to 64 KiB
+     * without a 64 KiB chain per answer */
+    gw_loop_t *l = r->loop;
+    if (!l->up_spill) l->up_spill = malloc(GW_UP_SPILL);
     struct evbuffer *in = bufferevent_get_input(u->bev);
-    struct evbuffer_iovec v[2];
+    struct evbuffer_iovec v[1];
     ssize_t n = -1;
     int err = ENOMEM;
     evbuffer_unfreeze(in, 0); /* a socket bufferevent's input is frozen at its end outside its own read */
-    int nv = evbuffer_reserve_space(in, GW_UP_READ_MAX, v, 2);
-    if (nv > 0) {
-        struct iovec iov[2];
-        for (int i = 0; i < nv; i++) iov[i].iov_base = v[i].iov_base, iov[i].iov_len = v[i].iov_len;
-        n = readv(fd, iov, nv);
+    if (l->up_spill && evbuffer_reserve_space(in, GW_UP_READ_INLINE, v, 1) == 1) {
+        struct iovec iov[2] = {{v[0].iov_base, v[0].iov_len}, {l->up_spill, GW_UP_SPILL}};
+        n = readv(fd, iov, 2);
         err = errno;
-        size_t left = n > 0 ? (size_t)n : 0;
-        for (int i = 0; i < nv; i++) {
-            v[i].iov_len = left < v[i].iov_len ? left : v[i].iov_len;
-            left -= v[i].iov_len;
-        }
-        evbuffer_commit_space(in, v, nv);
+        size_t got = n > 0 ? (size_t)n : 0, first = got < v[0].iov_len ? got : v[0].iov_len;
+        v[0].iov_len = first;
+        evbuffer_commit_space(in, v, 1);
+        if (got > first && evbuffer_add(in, l->up_spill, got - first) != 0) n = -1, err = ENOMEM;
     }
     evbuffer_freeze(in, 0);
     if (n > 0) {

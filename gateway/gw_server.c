@@ -205,6 +205,8 @@ static void gw_loop_release(gw_loop_t *l) {
     tg_work_free(l->work); /* ... which writes them; counts of freed requests dropped */
     tg_buf_free(&l->alog);
     tg_buf_free(&l->scratch);
+    free(l->up_spill);
+    l->up_spill = NULL;
     l->work = NULL;
     if (l->lis) evconnlistener_free(l->lis);
     if (l->up) gw_proxy_close_idle(l);
