@@ -22,10 +22,22 @@
  *
  * Tiles: nr <= 4 weight rows by nt <= 4 tokens, one zmm accumulator per pair,
  * lanes along the columns (a row's 32 columns are one 64-byte load, in
- * place), a horizontal sum at the end.  One token: two rows per tile (one
- * streamed 16-17 GB/s on one thread, two 19-21, four 18-19, the FMA tiles'
- * one row 19: a pair's two dependent VDPBF16PS per block are one chain, and
- * one row gives a thread a single chain).
+ * place), a horizontal sum at the end.
+ *
+ * One token: two rows per tile, or four with TOLLGATE_ENGINE_BF16_ROWS=4.
+ * A row-token pair's two VDPBF16PS per block are one dependent chain, so a
+ * tile of r rows is r chains: with the weights in cache one thread runs 19
+ * GB/s of rows with one row per tile, 36 with two, 72 with four (Zen 4).  Two
+ * rows cap both cores at ~72 GB/s, under the 55-83 GB/s a pure read gets
+ * when this host is quiet; from L3 four rows streamed 77-82% of a read
+ * against two's 52-67%.  From DRAM, on the loaded host, four rows were
+ * slower (the matmul steps of a token 0.92-0.97x; the decode bench, with
+ * 1 MB chunks besides, ~7 points less of the same-round read), so two stay
+ * the default until a quiet host shows four better (engine/README.md,
+ * "session 13").  The four-row tiles
+ * prefetch the tile after next as one run of bytes (the rows of a chunk are
+ * contiguous), the first tile of a call both tiles ahead of it; four rows
+ * that prefetched as the batched tiles do streamed DRAM 3-10% slower still.
  *
  * Invariance: an output is its row's and its token's blocks in column order
  * (hi then lo in each), then the same horizontal sum, whatever the tile's
@@ -33,6 +45,7 @@
  * (tested). */
 #include <immintrin.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "eng_cpu.h"
@@ -81,18 +94,23 @@ __attribute__((target(BF_T))) void eng_cpu_bf16_xprep(const float *x, const int3
 }
 
 /* out[t * ldo + i] = W[i] . x_t for i < NR, t < NT; X: token 0's hi part,
- * tokens ldx elements apart, lo Cp after hi */
+ * tokens ldx elements apart, lo Cp after hi.  Prefetch per block of 32
+ * columns: NL = 0, the first pfr rows of the next tile, BF_PF bytes ahead;
+ * NL > 0, the next NL 64-byte lines of the run pf (at most pfn bytes). */
 static inline __attribute__((always_inline, target(BF_T))) void tile(const uint16_t *W, int64_t ldw, int64_t C,
                                                                    const uint16_t *X, int64_t ldx, int64_t Cp,
-                                                                   int NR, int NT, float *out, int64_t ldo, int pfr) {
+                                                                   int NR, int NT, float *out, int64_t ldo, int pfr,
+                                                                   const char *pf, int64_t pfn, int NL) {
     __m512 acc[4][4];
     _Pragma("GCC unroll 4") for (int i = 0; i < NR; i++)
         _Pragma("GCC unroll 4") for (int t = 0; t < NT; t++) acc[i][t] = _mm512_setzero_ps();
-    int64_t k = 0;
-    for (; k + 32 <= C; k += 32) {
+    int64_t k = 0, o = 0;
+    for (; k + 32 <= C; k += 32, o += 64 * NL) {
         __m512i w[4];
-        _Pragma("GCC unroll 4") for (int i = 0; i < NR; i++) if (i < pfr)
+        _Pragma("GCC unroll 4") for (int i = 0; i < NR; i++) if (!NL && i < pfr)
             _mm_prefetch((const char *)(W + (i + NR) * ldw + k) + BF_PF, _MM_HINT_T1);
+        _Pragma("GCC unroll 8") for (int i = 0; i < NL; i++) if (o + 64 * i < pfn)
+            _mm_prefetch(pf + o + 64 * i, _MM_HINT_T1);
         _Pragma("GCC unroll 4") for (int i = 0; i < NR; i++) w[i] = _mm512_loadu_si512(W + i * ldw + k);
         _Pragma("GCC unroll 4") for (int t = 0; t < NT; t++) {
             __m512bh h = (__m512bh)_mm512_load_si512(X + t * ldx + k), l = (__m512bh)_mm512_load_si512(X + t * ldx + Cp + k);
@@ -122,13 +140,54 @@ static inline __attribute__((always_inline, target(BF_T))) void tile(const uint1
     __attribute__((target(BF_T))) static void tile_##NR##x##NT(const uint16_t *W, int64_t ldw, int64_t C,        \
                                                                 const uint16_t *X, int64_t ldx, int64_t Cp,       \
                                                                 float *out, int64_t ldo, int pfr) {               \
-        tile(W, ldw, C, X, ldx, Cp, NR, NT, out, ldo, pfr);                                                       \
+        tile(W, ldw, C, X, ldx, Cp, NR, NT, out, ldo, pfr, NULL, 0, 0);                                           \
     }
 BF_TILE(1, 1) BF_TILE(1, 2) BF_TILE(1, 3) BF_TILE(1, 4)
 BF_TILE(2, 1) BF_TILE(2, 2) BF_TILE(2, 3) BF_TILE(2, 4)
 BF_TILE(3, 1) BF_TILE(3, 2) BF_TILE(3, 3) BF_TILE(3, 4)
 BF_TILE(4, 1) BF_TILE(4, 2) BF_TILE(4, 3) BF_TILE(4, 4)
 #undef BF_TILE
+
+/* one token, NR rows: the run pf prefetched NL lines per block */
+#define BF_ONE(NR, NL)                                                                                            \
+    __attribute__((target(BF_T))) static void one_##NR##_##NL(const uint16_t *W, int64_t C, const uint16_t *X,   \
+                                                               int64_t Cp, float *out, const char *pf,          \
+                                                               int64_t pfn) {                                    \
+        tile(W, C, C, X, 0, Cp, NR, 1, out, 1, 0, pf, pfn, NL);                                                  \
+    }
+BF_ONE(1, 4) BF_ONE(2, 4) BF_ONE(3, 4) BF_ONE(4, 4) BF_ONE(4, 8)
+#undef BF_ONE
+
+/* TOLLGATE_ENGINE_BF16_ROWS=4: one token takes four rows per tile (read once) */
+static int one_four(void) {
+    static int v = -1;
+    int f = __atomic_load_n(&v, __ATOMIC_RELAXED);
+    if (f < 0) {
+        const char *e = getenv("TOLLGATE_ENGINE_BF16_ROWS");
+        f = e && atoi(e) == 4;
+        __atomic_store_n(&v, f, __ATOMIC_RELAXED);
+    }
+    return f;
+}
+
+/* Y [1, rows r0..r1) = x . W^T, four rows a tile: the tile after next is
+ * prefetched (the first tile prefetches the two after it) */
+static void rows_one(const uint16_t *W, int64_t C, const uint16_t *X, int64_t Cp, float *y, int64_t r0,
+                     int64_t r1) {
+    const char *end = (const char *)(W + r1 * C);
+    int64_t tb = 4 * C * 2; /* bytes of a whole tile */
+    for (int64_t r = r0; r < r1; r += 4) {
+        int nr = r1 - r < 4 ? (int)(r1 - r) : 4, first = r == r0 && nr == 4;
+        const char *pf = (const char *)(W + (r + (first ? 4 : 8)) * C);
+        int64_t pfn = pf < end ? (int64_t)(end - pf) : 0;
+        if (pfn > (first ? 2 : 1) * tb) pfn = (first ? 2 : 1) * tb;
+        if (first) one_4_8(W + r * C, C, X, Cp, y + r, pf, pfn);
+        else if (nr == 4) one_4_4(W + r * C, C, X, Cp, y + r, pf, pfn);
+        else if (nr == 3) one_3_4(W + r * C, C, X, Cp, y + r, pf, pfn);
+        else if (nr == 2) one_2_4(W + r * C, C, X, Cp, y + r, pf, pfn);
+        else one_1_4(W + r * C, C, X, Cp, y + r, pf, pfn);
+    }
+}
 
 typedef void (*bf_tile_fn)(const uint16_t *, int64_t, int64_t, const uint16_t *, int64_t, int64_t, float *, int64_t,
                            int);
@@ -144,6 +203,10 @@ void eng_cpu_bf16_rows(const eng_w_t *w, const void *xp, int n, float *y, int64_
      * re-read per chunk, which costs far less than L2 misses on x */
     int tc = (int)((384 << 10) / (ldx * 2)) / 4 * 4;
     if (tc < 4) tc = 4;
+    if (n == 1 && one_four()) {
+        rows_one(W, C, X, Cp, y, r0, r1);
+        return;
+    }
     int step = n == 1 ? 2 : 4;
     for (int t0 = 0; t0 < n; t0 += tc) {
         int t1 = t0 + tc < n ? t0 + tc : n;

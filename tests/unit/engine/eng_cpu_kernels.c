@@ -7,8 +7,9 @@
  * upload does) and checked the same way, and their rows read back exactly.
  *
  * The ISA is chosen once per process, so the test runs itself once per level
- * (a child per TOLLGATE_ENGINE_ISA value); a level this CPU lacks is a
- * recorded skip. */
+ * (a child per TOLLGATE_ENGINE_ISA value; avx512bf16 twice, the second with
+ * TOLLGATE_ENGINE_BF16_ROWS=4, its other one-token tiles); a level this CPU
+ * lacks is a recorded skip. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -355,21 +356,26 @@ int main(int argc, char **argv) {
         test_matmul();
         test_row_helpers();
         test_attn_tile();
-        printf("%s (%s): %d checks, %d failed, %d skipped\n", __FILE__, isa_want, tg_test_checks, tg_test_fails,
+        printf("%s (%s%s): %d checks, %d failed, %d skipped\n", __FILE__, isa_want,
+               getenv("TOLLGATE_ENGINE_BF16_ROWS") ? ", TOLLGATE_ENGINE_BF16_ROWS" : "", tg_test_checks, tg_test_fails,
                tg_test_skips);
         return tg_test_fails ? 1 : 0;
     }
     int failed = 0;
-    for (size_t i = 0; i < sizeof levels / sizeof levels[0]; i++) {
+    /* each level, then avx512bf16 again with its four-row one-token tiles */
+    for (size_t i = 0; i <= sizeof levels / sizeof levels[0]; i++) {
+        int again = i == sizeof levels / sizeof levels[0];
+        const char *lv = again ? "avx512bf16" : levels[i];
         fflush(stdout);
         pid_t p = fork();
         if (p == 0) {
-            execl("/proc/self/exe", argv[0], levels[i], (char *)NULL);
+            if (again) setenv("TOLLGATE_ENGINE_BF16_ROWS", "4", 1);
+            execl("/proc/self/exe", argv[0], lv, (char *)NULL);
             _exit(127);
         }
         int st = 0;
         if (p < 0 || waitpid(p, &st, 0) != p || !WIFEXITED(st) || WEXITSTATUS(st)) {
-            fprintf(stderr, "%s: level %s failed\n", __FILE__, levels[i]);
+            fprintf(stderr, "%s: level %s%s failed\n", __FILE__, lv, again ? " (TOLLGATE_ENGINE_BF16_ROWS=4)" : "");
             failed = 1;
         }
     }
