@@ -28,6 +28,7 @@ typedef struct {
     char key_id[24];        /* the API key the session signed in with; "" for a login */
     char login[72];         /* the login, or the key's prefix */
     char csrf[72];          /* what writes must echo in X-CSRF-Token */
+    int key_restricted;     /* signed in with a key that has a limit, a model list, a spending limit or an expiry */
 } dash_who_t;
 
 struct bill_dash_call {

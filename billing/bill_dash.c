@@ -11,6 +11,9 @@
  * 401.  Invariants:
  *   - a customer's views are bound to the session's customer id, never to an
  *     id from the request (bill_dash_views.c takes it from c->who only);
+ *   - a session signed in with a restricted API key (any limit, model list,
+ *     spending limit or expiry) makes no key and revokes none but its own: a
+ *     key never makes a key wider than itself (bill_dash_views.c);
  *   - every write (any method but GET) carries X-CSRF-Token equal to the
  *     session's csrf token (constant-time compare), and an Origin header, when
  *     the browser sends one, must be https://<Host>;
@@ -164,7 +167,9 @@ void dash_read(dash_call_t *c, const char *sql, int n, const char *const *params
 /* $1 token hash */
 static const char SESSION_SQL[] =
     "SELECT s.role, coalesce(s.customer_id::text, ''), coalesce(c.name, ''), coalesce(s.key_id::text, ''),"
-    " coalesce(u.login, k.prefix, ''), s.csrf"
+    " coalesce(u.login, k.prefix, ''), s.csrf,"
+    " coalesce(k.rpm <> 0 OR k.tpm <> 0 OR k.concurrency <> 0 OR k.models IS NOT NULL OR k.expires_at IS NOT NULL"
+    "   OR k.daily_limit_pico IS NOT NULL OR k.monthly_limit_pico IS NOT NULL, false)"
     " FROM dash_sessions s LEFT JOIN customers c ON c.id = s.customer_id"
     " LEFT JOIN dash_users u ON u.id = s.user_id LEFT JOIN api_keys k ON k.id = s.key_id"
     " WHERE s.token_hash = $1 AND s.expires_at > now()"
@@ -331,6 +336,7 @@ static void session_done(dash_call_t *c, PGresult *res) {
     snprintf(w->key_id, sizeof w->key_id, "%s", PQgetvalue(res, 0, 3));
     snprintf(w->login, sizeof w->login, "%s", PQgetvalue(res, 0, 4));
     snprintf(w->csrf, sizeof w->csrf, "%s", PQgetvalue(res, 0, 5));
+    w->key_restricted = !strcmp(PQgetvalue(res, 0, 6), "t");
     if (!c->is_get && !(c->csrf && same_secret(w->csrf, c->csrf))) {
         dash_error(c, 403, "csrf_failed", "this write needs the session's X-CSRF-Token header");
         return;

@@ -288,11 +288,25 @@ static void usage_view(dash_call_t *c) {
     dash_read(c, USAGE_SQL, 6, p, NULL);
 }
 
+/* A session signed in with a restricted key (rpm, tpm, concurrency, models, a
+ * spending limit or an expiry) writes no key but its own: a key it made would
+ * have none of those limits and outlive it (before 2026-12-01 a key limited to
+ * 1 rpm, one model and $0.01 a day made an unlimited, never-expiring key).
+ * 1 after answering 403. */
+static int key_write_refused(dash_call_t *c, const char *what) {
+    if (!c->who.key_id[0] || !c->who.key_restricted) return 0;
+    dash_error(c, 403, "key_restricted",
+               "the API key you signed in with has limits (rate, models, spending or expiry), so it cannot %s;"
+               " sign in with a dashboard login or an unrestricted key", what);
+    return 1;
+}
+
 static void keys_view(dash_call_t *c) {
     if (c->is_get) {
         const char *p[] = {c->who.customer_id};
         return dash_read(c, KEYS_SQL, 1, p, NULL);
     }
+    if (key_write_refused(c, "make keys")) return;
     tg_json_t *j = dash_body(c);
     if (!j) return;
     tg_json_t *fn = tg_json_get(j, "name");
@@ -340,6 +354,7 @@ static void key_revoke(dash_call_t *c, const char *id) {
     char who[96];
     if (strlen(id) > 18 || strspn(id, "0123456789") != strlen(id))
         return dash_error(c, 404, "not_found", "no such key");
+    if (strcmp(id, c->who.key_id) != 0 && key_write_refused(c, "revoke other keys")) return;
     const char *p[] = {c->who.customer_id, id, actor(c, who)};
     dash_read(c, KEY_REVOKE_SQL, 3, p, "no such key");
 }

@@ -462,6 +462,33 @@ class Edges(Checks):
         self.error(dash("GET", "overview", session=("0" * 64, "0" * 64)), 401, "not_signed_in")
         self.assertEqual(dash("GET", "session", session=("f" * 64, "x"))[2], b'{"signed_in":false}')
 
+    def test_dashboard_restricted_key_makes_no_wider_key(self):
+        """A session signed in with a key that has limits (rate, models, spending, expiry) makes no
+        key and revokes none but its own: before, a key limited to 1 rpm, one model and $0.01 a
+        day made an unlimited, never-expiring key from the dashboard, which outlived it."""
+        cust = new_customer()
+        (cid,), = q("SELECT id FROM customers WHERE name = %s", cust)
+        other = new_key(cust)
+        soon = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 3600))
+        for limits in ({"rpm": 1}, {"tpm": 100}, {"concurrency": 1}, {"models": [E["TG_TEST_MODEL"]]},
+                       {"daily_limit_usd": "0.01"}, {"monthly_limit_usd": "1"}, {"expires_at": soon}):
+            with self.subTest(limits=limits):
+                k = new_key(cust, limits)
+                s = sign_in(k["key"])
+                n = q("SELECT count(*) FROM api_keys WHERE customer_id = %s", cid)[0][0]
+                self.error(dash("POST", "keys", {"name": "escalated"}, session=s), 403, "key_restricted")
+                self.error(dash("POST", "keys/%d/revoke" % other["id"], {}, session=s), 403, "key_restricted")
+                self.assertEqual(q("SELECT count(*) FROM api_keys WHERE customer_id = %s", cid)[0][0], n)
+                self.assertEqual(q("SELECT revoked_at FROM api_keys WHERE id = %s", other["id"])[0][0], None)
+                self.assertEqual(dash("GET", "keys", session=s)[0], 200)  # it still reads
+                # its own key it may revoke (a leaked key killed by whoever holds it)
+                self.assertEqual(dash("POST", "keys/%d/revoke" % k["id"], {}, session=s)[0], 200)
+        # an unrestricted key manages keys as before
+        s = sign_in(new_key(cust)["key"])
+        st, _, b = dash("POST", "keys", {"name": "plain"}, session=s)
+        self.assertEqual(st, 200, b)
+        self.assertEqual(dash("POST", "keys/%d/revoke" % json.loads(b)["id"], {}, session=s)[0], 200)
+
     def test_dashboard_filters_are_never_dropped(self):
         """A filter the view cannot take is a 400 naming it, never quietly every row: a model
         name over 200 bytes used to read as no filter at all."""
