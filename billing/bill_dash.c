@@ -164,12 +164,17 @@ void dash_read(dash_call_t *c, const char *sql, int n, const char *const *params
 
 /* ---- sessions ------------------------------------------------------------- */
 
+/* Whether API key k has any restriction: a session signed in with it makes
+ * no key and revokes none but its own (bill_dash_views.c). */
+#define KEY_RESTRICTED                                                                                 \
+    "(k.rpm <> 0 OR k.tpm <> 0 OR k.concurrency <> 0 OR k.models IS NOT NULL OR k.expires_at IS NOT NULL" \
+    " OR k.daily_limit_pico IS NOT NULL OR k.monthly_limit_pico IS NOT NULL)"
+
 /* $1 token hash */
 static const char SESSION_SQL[] =
     "SELECT s.role, coalesce(s.customer_id::text, ''), coalesce(c.name, ''), coalesce(s.key_id::text, ''),"
     " coalesce(u.login, k.prefix, ''), s.csrf,"
-    " coalesce(k.rpm <> 0 OR k.tpm <> 0 OR k.concurrency <> 0 OR k.models IS NOT NULL OR k.expires_at IS NOT NULL"
-    "   OR k.daily_limit_pico IS NOT NULL OR k.monthly_limit_pico IS NOT NULL, false)"
+    " coalesce(" KEY_RESTRICTED ", false)"
     " FROM dash_sessions s LEFT JOIN customers c ON c.id = s.customer_id"
     " LEFT JOIN dash_users u ON u.id = s.user_id LEFT JOIN api_keys k ON k.id = s.key_id"
     " WHERE s.token_hash = $1 AND s.expires_at > now()"
@@ -187,9 +192,10 @@ static const char LOGIN_SQL[] =
     " th AS (SELECT max(t.locked_until) AS until FROM dash_login_throttle t JOIN subj USING (subject)"
     "   WHERE t.locked_until > now()),"
     " who AS (SELECT NULL::bigint AS user_id, k.id AS key_id, k.customer_id, 'customer'::text AS role,"
-    "     k.prefix AS login FROM api_keys k WHERE $1 = 'key' AND k.key_hash = $2 AND k.revoked_at IS NULL"
+    "     k.prefix AS login, " KEY_RESTRICTED " AS restricted FROM api_keys k"
+    "     WHERE $1 = 'key' AND k.key_hash = $2 AND k.revoked_at IS NULL"
     "     AND (k.expires_at IS NULL OR k.expires_at > now())"
-    "   UNION ALL SELECT u.id, NULL, u.customer_id, u.role, u.login FROM dash_users u"
+    "   UNION ALL SELECT u.id, NULL, u.customer_id, u.role, u.login, false FROM dash_users u"
     "     WHERE $1 = 'user' AND u.login = $3 AND u.password_hash = $2 AND u.revoked_at IS NULL),"
     " ok AS (SELECT * FROM who WHERE (SELECT until FROM th) IS NULL"
     "   AND NOT EXISTS (SELECT 1 FROM customers c WHERE c.id = who.customer_id AND c.closed_at IS NOT NULL) LIMIT 1),"
@@ -212,7 +218,8 @@ static const char LOGIN_SQL[] =
     "   THEN 'ok' ELSE 'bad' END,"
     " coalesce(ceil(extract(epoch FROM (SELECT until FROM th) - now()))::bigint, 0)::text,"
     " (SELECT json_build_object('role', s.role, 'customer', c.name, 'customer_id', s.customer_id,"
-    "   'login', (SELECT login FROM ok), 'csrf', s.csrf, 'expires_at', s.expires_at)::text"
+    "   'login', (SELECT login FROM ok), 'signed_in_with', CASE WHEN s.key_id IS NULL THEN 'login' ELSE 'api_key' END,"
+    "   'key_restricted', (SELECT restricted FROM ok), 'csrf', s.csrf, 'expires_at', s.expires_at)::text"
     "   FROM s LEFT JOIN customers c ON c.id = s.customer_id),"
     " (SELECT count(*) FROM fail) + (SELECT count(*) FROM clr) + (SELECT count(*) FROM gc)";
 
@@ -418,6 +425,7 @@ static void route(dash_call_t *c) {
         }
         cJSON_AddStringToObject(o, "login", w->login);
         cJSON_AddStringToObject(o, "signed_in_with", w->key_id[0] ? "api_key" : "login");
+        cJSON_AddBoolToObject(o, "key_restricted", w->key_id[0] && w->key_restricted);
         cJSON_AddStringToObject(o, "csrf", w->csrf);
         char *s = cJSON_PrintUnformatted(o);
         cJSON_Delete(o);

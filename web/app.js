@@ -406,9 +406,16 @@ async function keys() {
     } catch (e) { created.replaceChildren(el('p', { class: 'error' }, e.message)); }
   };
   const limit = (l, h) => l === null ? 'none' : usd(l) + ' (left ' + usd(h) + ')';
+  // a session of a key with limits makes no key and revokes none but its own (bill_dash_views.c):
+  // said here instead of a form the server would refuse
+  const restricted = !!(session && session.key_restricted);
+  const own = r => session && session.signed_in_with !== 'login' && session.login === r.prefix;
   setView(tok,
     el('h1', {}, 'API keys'),
-    form, created,
+    restricted ? el('p', { class: 'notice', id: 'key-restricted' },
+      'The key you signed in with has limits (rate, models, spending or expiry), so it cannot make keys or revoke others. ' +
+      'Sign in with a dashboard login or a key without limits to manage keys.') : form,
+    created,
     table([
       { t: 'Prefix', f: r => el('code', {}, r.prefix), k: 'prefix' },
       { t: 'Name', f: r => r.name },
@@ -418,7 +425,7 @@ async function keys() {
       { t: 'Monthly limit', f: r => limit(r.monthly_limit_usd, r.monthly_headroom_usd) },
       { t: 'Spent this month', num: 1, f: r => usd(r.month_cost_usd) },
       { t: 'Last used (UTC)', f: r => ts(r.last_used_at) },
-      { t: '', f: r => r.state === 'revoked' ? '' : el('button', { class: 'danger', 'data-key': r.prefix, onclick: revoke(r) }, 'Revoke') },
+      { t: '', f: r => r.state === 'revoked' || (restricted && !own(r)) ? '' : el('button', { class: 'danger', 'data-key': r.prefix, onclick: revoke(r) }, 'Revoke') },
     ], k.data, 'keys-table'));
 }
 

@@ -103,6 +103,9 @@ before(async () => {
   keys.a2 = lastLine(ctl('key', 'create', '--customer', A, '--name', 'to-revoke'));
   keys.a3 = lastLine(ctl('key', 'create', '--customer', A, '--name', 'slow', '--rpm', '1'));
   keys.b1 = lastLine(ctl('key', 'create', '--customer', B, '--name', 'b-main'));
+  // a key without limits: a session of a key with any (a1 gets a monthly limit in the operator
+  // test, a3 has rpm 1) makes no key and revokes none but its own (403 key_restricted)
+  keys.a4 = lastLine(ctl('key', 'create', '--customer', A, '--name', 'keeper'));
   ctl('customer', 'spending-limits', A, '--monthly-usd', '1.00');
   opsPassword = lastLine(ctl('user', 'create', `ops-${sfx}`, '--operator'));
   webPassword = lastLine(ctl('user', 'create', `web-${sfx}`, '--customer', B));
@@ -295,7 +298,7 @@ test('operator view: revenue by model and customer, near zero and near a limit, 
 });
 
 test('a customer sees nothing of another, even by guessing ids', { timeout: 60000 }, async () => {
-  const s = await apiLogin({ api_key: keys.a1 });
+  const s = await apiLogin({ api_key: keys.a4 });
   assert.equal(s.status, 200);
   assert.match(s.setCookie, /HttpOnly/);
   assert.match(s.setCookie, /Secure/);
@@ -330,7 +333,7 @@ test('a customer sees nothing of another, even by guessing ids', { timeout: 6000
 });
 
 test('writes need the CSRF token and a same-origin Origin', { timeout: 60000 }, async () => {
-  const s = await apiLogin({ api_key: keys.a1 });
+  const s = await apiLogin({ api_key: keys.a4 });
   const before = sql(`SELECT count(*) FROM api_keys WHERE customer_id = ${custA}`);
   assert.equal((await apiCall(s, 'keys', { method: 'POST', body: '{"name":"x"}', csrf: false })).status, 403);
   assert.equal((await apiCall(s, 'keys', { method: 'POST', body: '{"name":"x"}', headers: { 'X-CSRF-Token': 'f'.repeat(64) }, csrf: false })).status, 403);
@@ -635,7 +638,17 @@ test('a key form the server would refuse is named on the page, nothing made, no 
   const n = sql(`SELECT count(*) FROM api_keys WHERE customer_id = ${custA}`);
   const { ctx, page, problems } = await newPage();
   await page.goto(`${GW}/dashboard/`);
-  await signInWithKey(page, keys.a1);
+  // rpm 1: a key with limits makes no key and revokes none but its own; the page says so
+  // instead of offering a form the server refuses (403 key_restricted)
+  await signInWithKey(page, keys.a3);
+  await page.click('#nav-keys');
+  await page.waitForSelector('#keys-table');
+  assert.match(await text(page, '#key-restricted'), /has limits/);
+  assert.equal(await page.locator('#key-form').count(), 0);
+  assert.deepEqual(await page.locator('#keys-table button[data-key]').evaluateAll(bs => bs.map(b => b.dataset.key)),
+    [keys.a3.slice(0, 15)]);
+  await signOut(page);
+  await signInWithKey(page, keys.a4);
   await page.click('#nav-keys');
   await page.waitForSelector('#keys-table');
   await page.fill('#key-name', 'bad limit');

@@ -481,10 +481,14 @@ class Edges(Checks):
                 self.assertEqual(q("SELECT count(*) FROM api_keys WHERE customer_id = %s", cid)[0][0], n)
                 self.assertEqual(q("SELECT revoked_at FROM api_keys WHERE id = %s", other["id"])[0][0], None)
                 self.assertEqual(dash("GET", "keys", session=s)[0], 200)  # it still reads
+                self.assertIs(json.loads(dash("GET", "session", session=s)[2])["key_restricted"], True)
                 # its own key it may revoke (a leaked key killed by whoever holds it)
                 self.assertEqual(dash("POST", "keys/%d/revoke" % k["id"], {}, session=s)[0], 200)
-        # an unrestricted key manages keys as before
+        # an unrestricted key manages keys as before; the page learns which it is from the session
+        st, _, b = dash("POST", "login", {"api_key": new_key(cust, {"rpm": 1})["key"]})
+        self.assertEqual((st, json.loads(b)["key_restricted"], json.loads(b)["signed_in_with"]), (200, True, "api_key"))
         s = sign_in(new_key(cust)["key"])
+        self.assertIs(json.loads(dash("GET", "session", session=s)[2])["key_restricted"], False)
         st, _, b = dash("POST", "keys", {"name": "plain"}, session=s)
         self.assertEqual(st, 200, b)
         self.assertEqual(dash("POST", "keys/%d/revoke" % json.loads(b)["id"], {}, session=s)[0], 200)
