@@ -133,6 +133,20 @@ static void gw_dash_send(gw_req_t *r, int status, const char *ctype, const char 
     gw_req_finish(r);
 }
 
+/* An error of the gateway's own under /dashboard/ (no such file, a method, out
+ * of memory): the API's JSON error with the dashboard's headers, as every
+ * other dashboard answer (before 2026-12-01 these had no nosniff, framing or
+ * cache headers).  allow: the Allow header's value for a 405, else NULL. */
+static void gw_dash_error(gw_req_t *r, int status, const char *type, const char *code, const char *allow,
+                          const char *msg) {
+    size_t n = strlen(GW_DASH_HEADERS) + sizeof "Cache-Control: no-store\r\n" + (allow ? strlen(allow) + 9 : 0);
+    char *h = gw_palloc(r->pool, n);
+    if (h) snprintf(h, n, "%s%s%s%sCache-Control: no-store\r\n", GW_DASH_HEADERS, allow ? "Allow: " : "",
+                    allow ? allow : "", allow ? "\r\n" : "");
+    r->extra_headers = h;
+    gw_req_error(r, status, type, code, NULL, msg);
+}
+
 /* ---- the worker pool (operator's view) --------------------------------------- */
 
 static void gw_dash_poll_cb(evutil_socket_t fd, short what, void *arg);
@@ -280,7 +294,7 @@ static void gw_dash_api(gw_req_t *r, const char *path, size_t n) {
     char *p = gw_pstrndup(r->pool, path, n);
     char *workers = NULL;
     if (!x || !p) {
-        gw_req_error(r, 500, "server_error", NULL, NULL, "out of memory");
+        gw_dash_error(r, 500, "server_error", NULL, NULL, "out of memory");
         return;
     }
     if (!strcmp(p, "admin/workers")) workers = gw_dash_workers_json(d, r->loop->up);
@@ -303,7 +317,7 @@ static void gw_dash_api(gw_req_t *r, const char *path, size_t n) {
     if (!x->call || gw_pool_cleanup_add(r->pool, gw_dash_ctx_cancel, x) != GW_OK) {
         bill_dash_cancel(x->call);
         x->call = NULL;
-        gw_req_error(r, 500, "server_error", NULL, NULL, "out of memory");
+        gw_dash_error(r, 500, "server_error", NULL, NULL, "out of memory");
     }
 }
 
@@ -321,7 +335,9 @@ static void gw_dash_route(gw_req_t *r) {
         return;
     }
     if (strcmp(m, "GET") && strcmp(m, "HEAD")) {
-        gw_req_method_not_allowed(r, "GET, HEAD");
+        char msg[128];
+        snprintf(msg, sizeof msg, "Method %.16s is not allowed on this endpoint; use GET, HEAD", m);
+        gw_dash_error(r, 405, "invalid_request_error", "method_not_allowed", "GET, HEAD", msg);
         return;
     }
     const char *name = t + 11; /* after "/dashboard/" */
@@ -329,7 +345,7 @@ static void gw_dash_route(gw_req_t *r) {
     if (len == 0) name = "index.html", len = 10;
     const gw_dash_file_t *f = d ? gw_dash_file(d, name, len) : NULL;
     if (!f) {
-        gw_req_error(r, 404, "invalid_request_error", "not_found", NULL,
+        gw_dash_error(r, 404, "invalid_request_error", "not_found", NULL,
                      d && d->nfiles ? "No such dashboard file"
                                     : "The dashboard's files are not built (make builds them into dashboard_dir)");
         return;

@@ -886,6 +886,68 @@ class Gateway(unittest.TestCase):
         finally:
             c.close()
 
+    def test_dashboard_serves_only_its_built_files(self):
+        # the dashboard's files are read into memory at start (gateway/gw_dash.c): no request path
+        # reaches the file system, whatever its encoding; every answer under /dashboard/, errors
+        # included, carries nosniff, no framing, the CSP and (errors) no-store (before 2026-12-01 the
+        # gateway's own 404 and 405 there had none of them)
+        web = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "build", "web")
+        with open(os.path.join(web, "app.js"), "rb") as f:
+            app = f.read()
+        c = Conn()
+        try:
+            def dash_headers(h, what):
+                self.assertEqual(h.get("x-content-type-options"), "nosniff", what)
+                self.assertEqual(h.get("x-frame-options"), "DENY", what)
+                self.assertIn("frame-ancestors 'none'", h.get("content-security-policy", ""), what)
+                self.assertNotIn("access-control-allow-origin", h, what)
+                self.assertNotIn("set-cookie", h, what)
+            for path, ctype in (("/dashboard/", "text/html; charset=utf-8"),
+                                ("/dashboard/index.html", "text/html; charset=utf-8"),
+                                ("/dashboard/app.js", "text/javascript; charset=utf-8"),
+                                ("/dashboard/app.js?v=1", "text/javascript; charset=utf-8"),
+                                ("/dashboard/style.css", "text/css; charset=utf-8"),
+                                ("/dashboard/vendor/chart.umd.js", "text/javascript; charset=utf-8")):
+                st, h, b = c.request("GET", path, None, None, {"Origin": "https://evil.example"})
+                self.assertEqual((st, h.get("content-type")), (200, ctype), path)
+                dash_headers(h, path)
+            self.assertEqual(c.request("GET", "/dashboard/app.js")[2], app)
+            for path in ("/dashboard/../../../etc/passwd", "/dashboard/..%2f..%2f..%2fetc%2fpasswd",
+                         "/dashboard/%2e%2e/%2e%2e/%2e%2e/etc/passwd", "/dashboard/%252e%252e%252fetc%252fpasswd",
+                         "/dashboard/vendor/../../../../etc/passwd", "/dashboard/..%5c..%5cetc%5cpasswd",
+                         "/dashboard//etc/passwd", "/dashboard/%2fetc%2fpasswd", "/dashboard/app.js%00.html",
+                         "/dashboard/./app.js", "/dashboard/vendor/", "/dashboard/vendor", "/dashboard/.git/config",
+                         "/dashboard/.env", "/dashboard/../web/app.js", "/dashboard/../build/web/app.js",
+                         "/dashboard/APP.JS", "/dashboard/app.js/", "/dashboard/api/"):
+                st, h, b = c.request("GET", path, None, None, {"Origin": "https://evil.example"})
+                err = openai_error(self, st, h, b, 404, "not_found")
+                self.assertEqual(err["message"], "No such dashboard file", path)
+                dash_headers(h, path)
+                self.assertEqual(h.get("cache-control"), "no-store", path)
+                self.assertNotIn(b"root:", b, path)
+            st, h, b = c.request("POST", "/dashboard/app.js", b"{}")
+            openai_error(self, st, h, b, 405, "method_not_allowed")
+            self.assertEqual(h.get("allow"), "GET, HEAD")
+            dash_headers(h, "POST /dashboard/app.js")
+            st, h, b = c.request("GET", "/dashboard")
+            self.assertEqual((st, h.get("location")), (301, "/dashboard/"))
+            dash_headers(h, "/dashboard")
+            st, h, b = c.request("GET", "/health")
+            self.assertEqual(st, 200, b)
+        finally:
+            c.close()
+        # a byte no target may hold (NUL, backslash, space): refused before any routing
+        for raw in (b"GET /dashboard/app.js\x00.html HTTP/1.1\r\nHost: x\r\n\r\n",
+                    b"GET /dashboard/..\\..\\etc\\passwd HTTP/1.1\r\nHost: x\r\n\r\n"):
+            c = Conn()
+            try:
+                c.send(raw)
+                st, h, b = c.read_response()
+                self.assertIn(st, (400, 404), raw)
+                self.assertNotIn(b"root:", b)
+            finally:
+                c.close()
+
     def test_cors_preflight_and_answers_readable_from_any_origin(self):
         # a page calling the API from a browser (the SDK's dangerouslyAllowBrowser):
         # its preflight needs no key and gets 204 with what it asked for; the
