@@ -83,6 +83,10 @@ void adm_field_error(adm_req_t *r, const char *code, const char *param, const ch
 /* ---- input helpers (each returns 0, or -1 after answering 400) ----------- */
 
 int adm_name_ok(const char *s);  /* a customer / token name: 1-64 of [A-Za-z0-9._@+-] */
+/* 1 when s (valid UTF-8) holds no control character (C0, DEL, C1): a string a
+ * customer writes (a key's name) that the operator's terminal shows
+ * (tollgatectl's tables) must not move its cursor, retitle it or end a line. */
+int adm_text_plain(const char *s);
 int adm_month_ok(const char *m); /* "YYYY-MM" */
 /* The request body as a JSON object (caller frees with tg_json_free), or NULL
  * after answering.  Read by common/tg_json (strict RFC 8259: numbers keep

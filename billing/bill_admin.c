@@ -454,6 +454,14 @@ void adm_write(adm_req_t *r, const char *sql, int n, const char *const *params, 
 
 /* ---- input helpers ------------------------------------------------------ */
 
+int adm_text_plain(const char *s) {
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if (*p < 0x20 || *p == 0x7f) return 0;
+        if (p[0] == 0xc2 && p[1] >= 0x80 && p[1] <= 0x9f) return 0; /* U+0080..U+009F (valid UTF-8 here) */
+    }
+    return 1;
+}
+
 int adm_name_ok(const char *s) {
     size_t n = strlen(s);
     if (n == 0 || n > 64) return 0;

@@ -90,15 +90,16 @@ static const char SQL_KEY_REVOKE[] =
     ", resp AS (SELECT " KEYJ "::text AS body FROM k JOIN customers c ON c.id = k.customer_id)";
 
 
-/* "name": optional string of at most 200 bytes.  *out: the name, or NULL
- * when absent.  Returns 0 or -1 after replying 400. */
+/* "name": optional string of at most 200 bytes, no control character.  *out:
+ * the name, or NULL when absent.  Returns 0 or -1 after replying 400. */
 static int name_field(adm_req_t *req, tg_json_t *j, const char **out) {
     tg_json_t *f = tg_json_get(j, "name");
     *out = NULL;
     if (!f || adm_jnull(f)) return 0;
     const char *s = adm_jstr(f);
-    if (!s || strlen(s) > 200) {
-        adm_field_error(req, "invalid_value", "name", "name must be a string of at most 200 bytes");
+    if (!s || strlen(s) > 200 || !adm_text_plain(s)) {
+        adm_field_error(req, "invalid_value", "name",
+                        "name must be a string of at most 200 bytes without control characters");
         return -1;
     }
     *out = s;

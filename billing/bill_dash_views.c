@@ -314,9 +314,10 @@ static void keys_view(dash_call_t *c) {
     char lim[2][24];
     const char *limp[2] = {NULL, NULL};
     static const char *const lname[2] = {"daily_limit_usd", "monthly_limit_usd"};
-    if (fn && tg_json_type(fn) != TG_JSON_NULL && (!name || strlen(name) > 200)) {
+    if (fn && tg_json_type(fn) != TG_JSON_NULL && (!name || strlen(name) > 200 || !adm_text_plain(name))) {
         tg_json_free(j);
-        return dash_field_error(c, "invalid_value", "name", "name must be a string of at most 200 bytes");
+        return dash_field_error(c, "invalid_value", "name",
+                                "name must be a string of at most 200 bytes without control characters");
     }
     for (int i = 0; i < 2; i++) {
         tg_json_t *f = tg_json_get(j, lname[i]);

@@ -323,6 +323,28 @@ static int http(const char *method, const char *path, const char *json, char **b
     return status;
 }
 
+/* Every string of j made safe for a terminal, in place: a control character
+ * (C0, DEL, C1) or a bidirectional override becomes '?' (one per byte), so a
+ * name a customer chose (a key's, from the dashboard) cannot move the
+ * operator's cursor, retitle the terminal, clear it or forge a table row
+ * (before 2026-12-01 `key list` printed "\033]0;...\a\033[2J\r\n" as it came).
+ * --json output is the server's body as sent, JSON-escaped by the server. */
+static void terminal_safe(cJSON *j) {
+    for (cJSON *x = j; x; x = x->next) {
+        if (cJSON_IsString(x) && x->valuestring) {
+            unsigned char *p = (unsigned char *)x->valuestring;
+            for (; *p; p++) {
+                if (*p < 0x20 || *p == 0x7f) *p = '?';
+                else if (p[0] == 0xc2 && p[1] >= 0x80 && p[1] <= 0x9f) p[0] = p[1] = '?';
+                else if (p[0] == 0xe2 && ((p[1] == 0x80 && p[2] >= 0xaa && p[2] <= 0xae) ||
+                                          (p[1] == 0x81 && p[2] >= 0xa6 && p[2] <= 0xa9)))
+                    p[0] = p[1] = p[2] = '?'; /* U+202A..U+202E, U+2066..U+2069 */
+            }
+        }
+        if (x->child) terminal_safe(x->child);
+    }
+}
+
 static void print_raw(const char *raw) {
     fputs(raw, stdout);
     if (!*raw || raw[strlen(raw) - 1] != '\n') fputc('\n', stdout);
@@ -333,6 +355,7 @@ static void print_raw(const char *raw) {
  * been done (a deadline, a connection broken under it): say how to retry. */
 static void die_http(const char *method, int st, char *body) {
     cJSON *j = cJSON_Parse(body);
+    terminal_safe(j);
     cJSON *e = cJSON_GetObjectItemCaseSensitive(j, "error");
     cJSON *m = cJSON_GetObjectItemCaseSensitive(e, "message"), *c = cJSON_GetObjectItemCaseSensitive(e, "code");
     int unsure = st >= 500 && strcmp(method, "GET") && !(cJSON_IsString(c) && !strcmp(c->valuestring, "database_busy"));
@@ -356,6 +379,7 @@ static cJSON *call(const char *method, const char *path, const char *json) {
     if (!j) die(1, "the admin API sent something that is not JSON: %.200s", body);
     if (json_out) print_raw(body);
     free(body);
+    terminal_safe(j);
     return j;
 }
 
@@ -1457,6 +1481,7 @@ static int cmd_receipt(args_t *a) {
     static cJSON *j; /* static: still reachable when die() exits (LeakSanitizer) */
     j = cJSON_ParseWithLength((const char *)payload, (size_t)pn);
     if (!j || !cJSON_IsObject(j)) die(1, "receipt: malformed (its payload is not JSON)");
+    terminal_safe(j); /* what is printed of it (its kid even when the signature is wrong) came from anyone */
     /* the signature, over "tgr1.<payload>" exactly as received */
     EVP_PKEY *key = receipt_pubkey(pubfile);
     uint8_t raw[32], dig[32];

@@ -371,6 +371,36 @@ class Edges(Checks):
         self.assertEqual(q("SELECT count(*) FROM api_keys k JOIN customers c ON c.id = k.customer_id"
                            " WHERE c.name = %s", cust)[0][0], n + 1)
 
+    def test_control_characters_reach_no_terminal(self):
+        """A key's name is the one free text a customer writes (from the dashboard) that the operator
+        reads in a terminal (tollgatectl key list). Control characters in it are refused by both APIs,
+        and tollgatectl shows any that are stored (a row from before) as '?': before 2026-12-01 a name
+        "\x1b[2J\r\n..." cleared the operator's terminal and forged a table row."""
+        cust = new_customer()
+        (cid,), = q("SELECT id FROM customers WHERE name = %s", cust)
+        key = new_key(cust)
+        s = sign_in(key["key"])
+        n = q("SELECT count(*) FROM api_keys WHERE customer_id = %s", cid)[0][0]
+        for bad in (r"a\u001b[2Jb", r"a\u001b]0;owned\u0007", r"a\r\nb", r"a\nb", r"a\tb", r"a\u007fb",
+                    r"a\u009b31mb", r"a\u0085b"):
+            with self.subTest(name=bad):
+                body = '{"name": "%s"}' % bad  # JSON escapes: the body itself is valid JSON
+                self.error(dash("POST", "keys", body, session=s), 400, "invalid_value", "name")
+                self.error(admin("POST", "customers/%s/keys" % cust, body), 400, "invalid_value", "name")
+                self.error(admin("PATCH", "keys/%d" % key["id"], body), 400, "invalid_value", "name")
+        self.assertEqual(q("SELECT count(*) FROM api_keys WHERE customer_id = %s", cid)[0][0], n)
+        self.assertEqual(q("SELECT name FROM api_keys WHERE id = %s", key["id"])[0][0], "")
+        # what a terminal shows is harmless even for a name stored before the check
+        evil = "\x1b[2J\r\nforged\x07\u009b1m\u202e"
+        q("UPDATE api_keys SET name = %s WHERE id = %s RETURNING 1", evil, key["id"])
+        out = ctl_run("key", "list", "--customer", cust).stdout
+        for ch in ("\x1b", "\x07", "\r", "\u009b", "\u202e"):
+            self.assertNotIn(ch, out)
+        self.assertEqual(len(out.split("\n")), n + 2, out)  # the heading, a line per key, the last "\n"
+        self.assertIn("?[2J??forged???1", out)  # the NAME column: its first 16 bytes
+        self.assertEqual([k["name"] for k in json.loads(ctl_run("key", "list", "--customer", cust, "--json").stdout)["data"]
+                          if k["id"] == key["id"]], [evil])  # --json: the exact name, JSON-escaped
+
     def test_dashboard_login_with_a_malformed_key_costs_no_statement(self):
         """A key with the wrong shape or checksum is refused before any statement, as /v1
         refuses it: the login statement would have counted it in dash_login_throttle."""

@@ -1,7 +1,7 @@
 /* Unit tests of billing/bill_admin.c's pure parts: the request body reader
  * shared with the dashboard (bill_body_parse: strict JSON, numbers kept as
  * text, no member twice, no U+0000 in a string) and the error body
- * (bill_error_json: param named, text escaped). */
+ * (bill_error_json: param named, text escaped), and adm_text_plain. */
 #include "tg_test.h"
 
 #include "../../../billing/bill_admin.c"
@@ -58,4 +58,18 @@ static void test_error_json(void) {
     free(b);
 }
 
-TG_TEST_MAIN(test_body_numbers_keep_their_text, test_body_refusals_name_the_member, test_error_json)
+/* adm_text_plain: what a terminal would act on (C0, DEL, C1) is refused; the
+ * rest of Unicode, quotes and markup included, is plain text. */
+static void test_text_plain(void) {
+    CHECK(adm_text_plain(""));
+    CHECK(adm_text_plain("<script>alert(1)</script> \\ \" \xe2\x80\xa8 \xf0\x9f\x98\x80 \xc3\xa9 \xc2\xa0"));
+    CHECK(!adm_text_plain("a\x1b[2J"));
+    CHECK(!adm_text_plain("a\r\nb"));
+    CHECK(!adm_text_plain("a\tb"));
+    CHECK(!adm_text_plain("\x7f"));
+    CHECK(!adm_text_plain("a\xc2\x9b" "31m")); /* U+009B, CSI */
+    CHECK(!adm_text_plain("\xc2\x80"));
+    CHECK(adm_text_plain("\xc2\xa0\xc3\x9b")); /* U+00A0, U+00DB */
+}
+
+TG_TEST_MAIN(test_body_numbers_keep_their_text, test_body_refusals_name_the_member, test_error_json, test_text_plain)
