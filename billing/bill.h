@@ -300,8 +300,15 @@ typedef struct {
     const char *peer;         /* client address (login throttle); NULL: unknown */
     const char *body;         /* request body; NULL when empty */
     size_t body_len;
-    const char *workers_json; /* the worker pool as the gateway sees it (JSON), for
-                                 the operator's view; NULL: none */
+    /* The operator's view of the worker pool (GET admin/workers): billing
+     * calls workers(workers_arg) on the loop only once the session is known
+     * to be an operator's, and answers with what it returns (malloc'ed JSON;
+     * NULL: an empty list).  The gateway starts or refreshes its poll of the
+     * workers' /metrics in it, so that no other request (no session, a
+     * customer's) makes it poll.  Never called after bill_dash_cancel, so
+     * workers_arg needs to live only as long as the call.  NULL: no pool. */
+    char *(*workers)(void *workers_arg);
+    void *workers_arg;
 } bill_dash_req_t;
 
 typedef struct {

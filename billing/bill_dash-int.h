@@ -42,8 +42,10 @@ struct bill_dash_call {
     const char *notfound;   /* dash_read's 404 message */
     int is_get;
     char method[8];
-    char *path, *query, *cookie, *csrf, *origin, *host, *peer, *body, *workers_json;
+    char *path, *query, *cookie, *csrf, *origin, *host, *peer, *body;
     size_t body_len;
+    char *(*workers)(void *arg); /* bill_dash_req_t's: the pool, asked for only in the operator's view */
+    void *workers_arg;
     struct evkeyvalq q;     /* the query, decoded */
     char *seg[DASH_MAX_SEG];
     int nseg;

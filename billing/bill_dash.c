@@ -54,7 +54,6 @@ static void call_free(dash_call_t *c) {
     free(c->peer);
     if (c->body) OPENSSL_cleanse(c->body, c->body_len);
     free(c->body);
-    free(c->workers_json);
     evhttp_clear_headers(&c->q);
     for (int i = 0; i < c->nseg; i++) free(c->seg[i]);
     free(c->headers);
@@ -491,7 +490,8 @@ bill_dash_call_t *bill_dash(bill_t *b, const bill_dash_req_t *q, bill_dash_cb cb
     c->origin = dupn(q->origin);
     c->host = dupn(q->host);
     c->peer = dupn(q->peer);
-    c->workers_json = dupn(q->workers_json);
+    c->workers = q->workers;
+    c->workers_arg = q->workers_arg;
     if (q->body && q->body_len) {
         if ((c->body = malloc(q->body_len + 1))) {
             memcpy(c->body, q->body, q->body_len);
@@ -502,7 +502,7 @@ bill_dash_call_t *bill_dash(bill_t *b, const bill_dash_req_t *q, bill_dash_cb cb
     c->kick = event_new(b->base, -1, 0, deliver, c);
     if (!c->kick || !c->path || (q->query && !c->query) || (q->cookie && !c->cookie) || (q->csrf && !c->csrf) ||
         (q->origin && !c->origin) || (q->host && !c->host) || (q->peer && !c->peer) ||
-        (q->workers_json && !c->workers_json) || (q->body_len && !c->body)) {
+        (q->body_len && !c->body)) {
         call_free(c);
         return NULL;
     }

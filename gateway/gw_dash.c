@@ -8,8 +8,10 @@
  * reaches the file system and nothing can be served from outside that folder.
  *
  * For the operator's view of the worker pool, the gateway reads each worker's
- * /metrics (Prometheus text) every 2 s while that view is being looked at (a
- * request in the last 60 s), and hands billing a JSON snapshot: per worker
+ * /metrics (Prometheus text) every 2 s while that view is being looked at (an
+ * operator's request in the last 60 s), and hands billing a JSON snapshot
+ * when billing asks for one, which it does only for an operator's session
+ * (so no one else's request makes the gateway poll): per worker
  * the gateway's own view (in flight, failures, back-off) and the engine's
  * gauges (sequences, queue depth, KV cache), tokens/s from the difference of
  * two readings, and every other unlabelled sample. */
@@ -234,7 +236,8 @@ static void gw_dash_poll_cb(evutil_socket_t fd, short what, void *arg) {
 }
 
 /* The pool as JSON (malloc'ed), and start watching it; up: the run-time
- * state of each worker as the asking request's loop sees it. */
+ * state of each worker as the asking request's loop sees it.  Called only
+ * by billing, once it knows an operator asks (gw_dash_workers_cb). */
 static char *gw_dash_workers_json(gw_dash_t *d, const gw_upstream_t *up) {
     int64_t now = tg_wall_us();
     if (now > d->watched_until_us) {
@@ -281,6 +284,14 @@ static void gw_dash_ctx_cancel(void *arg) {
     x->call = NULL;
 }
 
+/* bill_dash_req_t.workers: billing asks for the pool after the operator
+ * check, never after the call is cancelled (so x->r is alive). */
+static char *gw_dash_workers_cb(void *arg) {
+    gw_dash_ctx_t *x = arg;
+    gw_dash_t *d = x->r->loop->dash;
+    return d ? gw_dash_workers_json(d, x->r->loop->up) : NULL;
+}
+
 static void gw_dash_api_done(const bill_dash_resp_t *resp, void *arg) {
     gw_dash_ctx_t *x = arg;
     x->call = NULL;
@@ -288,16 +299,13 @@ static void gw_dash_api_done(const bill_dash_resp_t *resp, void *arg) {
 }
 
 static void gw_dash_api(gw_req_t *r, const char *path, size_t n) {
-    gw_dash_t *d = r->loop->dash;
     const char *t = r->http->target, *qm = strchr(t, '?');
     gw_dash_ctx_t *x = gw_palloc(r->pool, sizeof *x);
     char *p = gw_pstrndup(r->pool, path, n);
-    char *workers = NULL;
     if (!x || !p) {
         gw_dash_error(r, 500, "server_error", NULL, NULL, "out of memory");
         return;
     }
-    if (!strcmp(p, "admin/workers")) workers = gw_dash_workers_json(d, r->loop->up);
     bill_dash_req_t q = {
         .method = r->http->method,
         .path = p,
@@ -309,11 +317,11 @@ static void gw_dash_api(gw_req_t *r, const char *path, size_t n) {
         .peer = r->conn->peer,
         .body = r->http->body,
         .body_len = r->http->body_len,
-        .workers_json = workers,
+        .workers = gw_dash_workers_cb,
+        .workers_arg = x,
     };
     x->r = r;
     x->call = bill_dash(r->loop->bill, &q, gw_dash_api_done, x);
-    free(workers);
     if (!x->call || gw_pool_cleanup_add(r->pool, gw_dash_ctx_cancel, x) != GW_OK) {
         bill_dash_cancel(x->call);
         x->call = NULL;

@@ -540,6 +540,7 @@ void gw_http_head_write(tg_buf_t *b, const gw_http_head_t *h) {
         tg_buf_puts(b, "Content-Type: ");
         tg_buf_puts(b, h->content_type);
         tg_buf_puts(b, "\r\n");
+        if (!h->extra || !strstr(h->extra, "X-Content-Type-Options:")) tg_buf_puts(b, "X-Content-Type-Options: nosniff\r\n");
     }
     if (h->content_length >= 0) {
         tg_buf_puts(b, "Content-Length: ");

@@ -28,6 +28,8 @@ The last user message picks the behaviour:
   anything else echo it back in 3 chunks
 POST /v1/completions (a body with "prompt"): the prompt picks the behaviour ("cut",
 "nousage:N" without the tool call, anything else), answered as text_completion.
+GET /metrics answers a few engine gauges (Prometheus text) and appends one line to
+$FAKE_WORKER_LOG.metrics, so a test can count the gateway's polls of it.
 Every request is appended to the file named by $FAKE_WORKER_LOG as one JSON
 line {"headers":{...},"body":{...}}; a stream the gateway hung up on adds a
 line {"cancelled": "<X-Request-Id>"} to $FAKE_WORKER_LOG.cancelled.
@@ -72,6 +74,17 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         if self.path == "/health":
             self.send_json(200, {"status": "ok"})
+        elif self.path == "/metrics":
+            if LOG:
+                with open(LOG + ".metrics", "a") as f:
+                    f.write("GET /metrics\n")
+            b = (b"# TYPE tollgate_engine_running_sequences gauge\ntollgate_engine_running_sequences 0\n"
+                 b"tollgate_engine_completion_tokens_total 0\n")
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.send_header("Content-Length", str(len(b)))
+            self.end_headers()
+            self.wfile.write(b)
         else:
             self.send_json(404, {"error": {"message": "no", "type": "x", "param": None, "code": None}})
 

@@ -392,6 +392,7 @@ def metric(name_and_labels, absent=None, admin=None):
 def openai_error(t, status, h, body, want_status, want_code=None):
     t.assertEqual(status, want_status, body)
     t.assertTrue(h.get("x-request-id"))
+    t.assertEqual(h.get("x-content-type-options"), "nosniff")  # since 2026-12-01
     err = json.loads(body)["error"]
     for f in ("message", "type", "param", "code"):
         t.assertIn(f, err)
@@ -852,6 +853,8 @@ class Gateway(unittest.TestCase):
             for path, data in (("/v1/chat/completions", body), ("/v1/completions", cbody)):
                 st, h, b = post(path, data, ctype)
                 self.assertEqual(st, 200, (ctype, path, b))
+                # every answer with a body type says nosniff (the shared head writer, since 2026-12-01)
+                self.assertEqual(h.get("x-content-type-options"), "nosniff", (ctype, path))
         for ctype in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x",
                       "application/json; charset=latin1"):
             for path, data in (("/v1/chat/completions", body), ("/v1/completions", cbody),
@@ -947,6 +950,81 @@ class Gateway(unittest.TestCase):
                 self.assertNotIn(b"root:", b)
             finally:
                 c.close()
+
+    def test_worker_pool_polled_only_for_an_operator(self):
+        # GET /dashboard/api/admin/workers makes the gateway read every worker's /metrics every 2 s
+        # for 60 s; only an operator's session may start that.  Before 2026-12-01 the gateway made
+        # the pool's snapshot (and so started polling) before billing checked who asked: a request
+        # without a session, or a customer's, set every worker polling.  The fake workers count the
+        # GETs of their /metrics (fake_worker.py).
+        def polls():
+            n = 0
+            for log in (E["GW_WORKER_LOG"], E["GW_WORKER2_LOG"]):
+                try:
+                    with open(log + ".metrics") as f:
+                        n += sum(1 for _ in f)
+                except FileNotFoundError:
+                    pass
+            return n
+
+        def admin_post(path, body):
+            req = urllib.request.Request(E["GW_ADMIN"] + path, data=json.dumps(body).encode(), method="POST",
+                                         headers={"Authorization": "Bearer " + E["GW_ADMIN_TOKEN"],
+                                                  "Content-Type": "application/json"})
+            with urllib.request.urlopen(req, timeout=WAIT) as r:
+                return json.loads(r.read())
+
+        def sign_in(login, password):
+            c = Conn()
+            try:
+                st, h, b = c.request("POST", "/dashboard/api/login", {"login": login, "password": password})
+            finally:
+                c.close()
+            self.assertEqual(st, 200, b)
+            return h["set-cookie"].split(";")[0]
+
+        sfx = uuid.uuid4().hex[:10]
+        pg = psycopg2.connect(E["GW_PG"])
+        try:
+            pg.autocommit = True
+            pg.cursor().execute("insert into customers(name) values (%s)", ("gw-dash-" + sfx,))
+        finally:
+            pg.close()
+        cust = sign_in("cust-" + sfx, admin_post("/admin/v1/dashboard-users", {
+            "login": "cust-" + sfx, "role": "customer", "customer": "gw-dash-" + sfx})["password"])
+        ops = sign_in("ops-" + sfx, admin_post("/admin/v1/dashboard-users", {
+            "login": "ops-" + sfx, "role": "operator"})["password"])
+        before = polls()
+        c = Conn()
+        try:
+            for method, headers, want in (("GET", {}, 401), ("HEAD", {}, 401),
+                                          ("GET", {"Cookie": "tg_session=" + "0" * 64}, 401),
+                                          ("GET", {"Cookie": cust}, 403), ("HEAD", {"Cookie": cust}, 403)):
+                c.send(("%s /dashboard/api/admin/workers HTTP/1.1\r\nHost: localhost\r\n%s\r\n" % (
+                    method, "".join("%s: %s\r\n" % kv for kv in headers.items()))).encode())
+                st, h, b = c.read_response(head_only=method == "HEAD")
+                self.assertEqual(st, want, (method, headers, b))
+                if b:
+                    self.assertNotIn(b"workers", b.replace(b"admin/workers", b""))
+            # the old order polled at once; more than one poll period (2 s) shows it did not start
+            time.sleep(3)
+            self.assertEqual(polls(), before, "a request that is not an operator's made the gateway poll the workers")
+            # an operator's request starts the poll, and the pool shows what the workers reported
+            st, h, b = c.request("GET", "/dashboard/api/admin/workers", None, None, {"Cookie": ops})
+            self.assertEqual(st, 200, b)
+            self.assertEqual(len(json.loads(b)["data"]), 3)
+            wait_until("the operator's request to make the gateway poll both live workers",
+                       lambda: polls() >= before + 2)
+
+            def both_up():
+                st, h, b = c.request("GET", "/dashboard/api/admin/workers", None, None, {"Cookie": ops})
+                self.assertEqual(st, 200, b)
+                states = [w["state"] for w in json.loads(b)["data"]]
+                return states.count("up") == 2 and states
+            self.assertNotEqual(wait_until("both live workers to be read as up", both_up, every=0.5)[0], "up",
+                                "the dead worker (first in the config) is not up")
+        finally:
+            c.close()
 
     def test_cors_preflight_and_answers_readable_from_any_origin(self):
         # a page calling the API from a browser (the SDK's dangerouslyAllowBrowser):

@@ -391,6 +391,9 @@ static void ref_head(tg_buf_t *b, const gw_http_head_t *h) {
     tg_buf_printf(b, "HTTP/1.1 %d %s\r\nDate: %s\r\nX-Request-Id: %s\r\n", h->status, gw_http_reason(h->status), h->date,
                   h->request_id);
     if (h->content_type) tg_buf_printf(b, "Content-Type: %s\r\n", h->content_type);
+    /* since 2026-12-01: every answer with a body type says nosniff, once (the dashboard's extra has its own) */
+    if (h->content_type && !(h->extra && strstr(h->extra, "X-Content-Type-Options:")))
+        tg_buf_printf(b, "X-Content-Type-Options: nosniff\r\n");
     if (h->content_length >= 0) tg_buf_printf(b, "Content-Length: %lld\r\n", (long long)h->content_length);
     else if (h->chunked) tg_buf_printf(b, "Transfer-Encoding: chunked\r\nCache-Control: no-cache\r\n");
     if (h->extra) tg_buf_printf(b, "%s", h->extra);
@@ -450,6 +453,23 @@ static void test_head_write(void) {
     h.chunked = 0; /* HTTP/1.0 stream: close-delimited */
     h.status = 799; /* no reason phrase known */
     check_head(&h);
+    /* nosniff with a body type, once: not twice when extra (the dashboard's) has it, none without a type */
+    tg_buf_t nb = {0};
+    h.content_type = "application/json";
+    h.extra = NULL;
+    gw_http_head_write(&nb, &h);
+    CHECK(strstr(nb.p, "\r\nContent-Type: application/json\r\nX-Content-Type-Options: nosniff\r\n") != NULL);
+    tg_buf_free(&nb);
+    h.extra = "X-Content-Type-Options: nosniff\r\nX-Frame-Options: DENY\r\n";
+    gw_http_head_write(&nb, &h);
+    const char *once = strstr(nb.p, "nosniff");
+    CHECK(once && !strstr(once + 1, "nosniff"));
+    tg_buf_free(&nb);
+    h.content_type = NULL;
+    h.extra = NULL;
+    gw_http_head_write(&nb, &h);
+    CHECK(!strstr(nb.p, "nosniff"));
+    tg_buf_free(&nb);
 }
 
 /* A request parsed into a block the one before used (gw_block cache): nothing
