@@ -280,7 +280,17 @@ static const uint32_t COL_OID[NCOL] = {OID_UUID, OID_INT8, OID_INT8, OID_TEXT, O
 static int build_params(item_t **it, int n, char *params[NCOL], int len[NCOL]) {
     tg_buf_t col[NCOL];
     memset(col, 0, sizeof col);
-    for (int c = 0; c < NCOL; c++) arr_head(&col[c], COL_OID[c], n);
+    /* Each column's size is known before a byte is written (the header, then
+     * per element its length word and at most 16 bytes; the text column its
+     * model names): one allocation per column, where doubling from 64 bytes
+     * took about 7 reallocs per item of a batch. */
+    size_t text = 0;
+    for (int i = 0; i < n; i++) text += 4 + strlen(it[i]->u.model);
+    for (int c = 0; c < NCOL; c++) {
+        size_t el = COL_OID[c] == OID_UUID ? 4 + 16 : COL_OID[c] == OID_INT4 ? 4 + 4 : COL_OID[c] == OID_BOOL ? 4 + 1 : 4 + 8;
+        tg_buf_reserve(&col[c], 20 + (COL_OID[c] == OID_TEXT ? text : (size_t)n * el));
+        arr_head(&col[c], COL_OID[c], n);
+    }
     for (int i = 0; i < n; i++) {
         const bill_usage_t *u = &it[i]->u;
         size_t mlen = strlen(u->model);

@@ -30,6 +30,25 @@ static int reserve(tg_buf_t *b, size_t n) {
     return 0;
 }
 
+int tg_buf_reserve(tg_buf_t *b, size_t n) {
+    if (b->oom) return -1;
+    if (b->p && n < b->cap - b->len) return 0;
+    if (n > SIZE_MAX - 1 - b->len) {
+        b->oom = 1;
+        return -1;
+    }
+    size_t cap = b->len + n + 1;
+    char *p = realloc(b->p, cap);
+    if (!p) {
+        b->oom = 1;
+        return -1;
+    }
+    if (!b->p) p[0] = '\0';
+    b->p = p;
+    b->cap = cap;
+    return 0;
+}
+
 int tg_buf_grow_put(tg_buf_t *b, const void *s, size_t n) {
     if (reserve(b, n)) return -1;
     if (n) memcpy(b->p + b->len, s, n);

@@ -41,6 +41,10 @@ int tg_buf_put_i64(tg_buf_t *b, long long v);
 /* Append v / 10^decimals with exactly that many decimals, as "%.*f" writes
  * the exact quotient (-1 with 3 decimals: "-0.001"; -1000: "-1.000").  0, or -1. */
 int tg_buf_put_fixed(tg_buf_t *b, long long v, int decimals);
+/* Room for n more bytes (and the NUL) without growing again: one
+ * allocation where a writer knows its size, instead of doubling from 64
+ * bytes.  Writes nothing; 0, or -1 out of memory (sets oom, as a write). */
+int tg_buf_reserve(tg_buf_t *b, size_t n);
 /* Drop n bytes from the front (all of them when n >= len). */
 void tg_buf_consume(tg_buf_t *b, size_t n);
 /* Release the memory; b is empty and usable again.  Twice is fine. */

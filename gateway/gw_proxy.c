@@ -873,7 +873,12 @@ static void gw_up_complete(gw_req_t *r) {
         gw_req_finish(r);
         return;
     }
-    if (tg_buf_put(&r->body, r->payload.p, r->payload.len) != GW_OK) {
+    if (!r->body.len && r->payload.p) { /* the answer whole in payload: it becomes the body, no copy */
+        tg_buf_t t = r->body;
+        r->body = r->payload;
+        r->payload = t;
+        r->payload.len = 0;
+    } else if (tg_buf_put(&r->body, r->payload.p, r->payload.len) != GW_OK) {
         gw_up_fail(r, 502, "upstream_error", "out of memory");
         return;
     }
@@ -929,6 +934,10 @@ static int gw_up_deframe(gw_req_t *r, struct evbuffer *in) {
             if (r->ch.done) return 1;
         } else if (r->up_body_left >= 0) {
             size_t take = len < (uint64_t)r->up_body_left ? len : (size_t)r->up_body_left;
+            /* room for the announced length at once (up to 64 KiB: a length
+             * the worker claims is no reason to allocate it before it comes) */
+            if (!r->payload.p && tg_buf_reserve(&r->payload, r->up_body_left < 65536 ? (size_t)r->up_body_left : 65536))
+                return -1;
             if (tg_buf_put(&r->payload, p, take) != GW_OK) return -1;
             evbuffer_drain(in, take);
             r->up_body_left -= (int64_t)take;

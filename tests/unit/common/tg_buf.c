@@ -112,4 +112,27 @@ static void test_oom_sticky(void) {
     tg_buf_free(&b);
 }
 
-TG_TEST_MAIN(test_buf, test_printf_room, test_numbers, test_oom_sticky)
+/* tg_buf_reserve: room for exactly what a writer will put, so writing that
+ * much neither moves nor grows the buffer; an empty one reads as ""; an
+ * impossible size is an oom like a failed write. */
+static void test_reserve(void) {
+    tg_buf_t b = {0};
+    CHECK_EQ_I(tg_buf_reserve(&b, 1000), 0);
+    CHECK(b.p != NULL && b.len == 0 && b.cap == 1001);
+    CHECK_EQ_S(b.p, "");
+    char *p0 = b.p;
+    char x[1000];
+    memset(x, 'a', sizeof x);
+    for (int i = 0; i < 10; i++) CHECK_EQ_I(tg_buf_put(&b, x, 100), 0);
+    CHECK(b.p == p0 && b.cap == 1001 && b.len == 1000 && b.p[1000] == '\0');
+    CHECK_EQ_I(tg_buf_reserve(&b, 0), 0); /* the NUL's byte is there: nothing to do */
+    CHECK(b.p == p0 && b.cap == 1001);
+    CHECK_EQ_I(tg_buf_reserve(&b, 24), 0); /* from len: room for 24 more */
+    CHECK(b.cap == 1025 && !memcmp(b.p, x, 1000) && b.p[1000] == '\0');
+    CHECK_EQ_I(tg_buf_reserve(&b, SIZE_MAX - 10), -1);
+    CHECK(b.oom && b.len == 1000);
+    CHECK_EQ_I(tg_buf_put(&b, "x", 1), -1);
+    tg_buf_free(&b);
+}
+
+TG_TEST_MAIN(test_buf, test_printf_room, test_numbers, test_oom_sticky, test_reserve)
