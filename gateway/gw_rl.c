@@ -49,7 +49,10 @@
  *            report: requests and (net) tokens the lease used since its last
  *            report;
  *      lret: lease name, requests given back, slots [from, to) given back
- *            (n tokens given back), the report;
+ *            (n tokens given back), the report; the lease keeps [0, from),
+ *            its running requests' slots: those an outage lost are made
+ *            again (else a lost one below `from` and a live one above it
+ *            would leave Redis a running request short);
  *      lrenew: lease name, slots in use, slots [0, to) renewed, the report
  * A report moves what the lease used from its holding to the draining debt;
  * a lease not renewed within lease_ms (its gateway died) counts its holding
@@ -207,8 +210,14 @@ const char gw_rl_script[] =
     "        inflight = inflight + gc\n"
     "      end\n"
     "  end\n"
-    "elseif op == 'lret' then\n" /* the holding went down above */
-    "  for j = tonumber(ARGV[10]), tonumber(ARGV[11]) - 1 do redis.call('ZREM', z, ARGV[8] .. ':' .. j) end\n"
+    "elseif op == 'lret' then\n" /* the holding went down above; the lease keeps [0, used) */
+    "  local used = tonumber(ARGV[10])\n"
+    "  for j = used, tonumber(ARGV[11]) - 1 do redis.call('ZREM', z, ARGV[8] .. ':' .. j) end\n"
+    "  for j = 0, used - 1 do\n" /* a running request's slot lost in an outage may sit below used */
+    "    local m = ARGV[8] .. ':' .. j\n"
+    "    local sc = redis.call('ZSCORE', z, m)\n"
+    "    if not sc or tonumber(sc) <= now then redis.call('ZADD', z, now + lease, m); redis.call('PEXPIRE', z, lease) end\n"
+    "  end\n"
     "elseif op == 'lrenew' then\n"
     "else\n" /* done, undo */
     "  if op == 'undo' and rpm > 0 then rd = charge(rd, -1) end\n"
@@ -447,7 +456,7 @@ static void lease_return(gw_rl_t *rl, gw_rl_lease_t *l) {
     l->req = 0;
     l->tok = 0;
     l->held = l->used;
-    l->lacking = 0; /* no free slot left; the running ones' are made again by the renewal */
+    l->lacking = 0; /* no free slot left; the running ones' are [0, used), made again by the lret */
 }
 
 /* lease_return, but slots only when no refill is in flight (its new slots are
