@@ -61,3 +61,33 @@ $(B)/fuzz/fuzz_chat_req: fuzz/engine_server/fuzz_chat_req.c engine/server/eng_se
 fuzz-engine-server-run: $(B)/fuzz/fuzz_chat_req
 	@mkdir -p $(B)/fuzz/corpus-chat-req
 	$(B)/fuzz/fuzz_chat_req -max_total_time=$(or $(FUZZ_SECONDS),60) $(B)/fuzz/corpus-chat-req $(ENG_SRV_FUZZ_CORPUS)
+
+# The structured-output grammar end to end (fuzz/engine_server/fuzz_gram.c): a
+# schema through the API reader, the grammar over a small real vocabulary
+# (fuzz/engine_server/gram_tok.json), a decoding walk driven by the input;
+# its corpus replayed by a plain build in test-engine-server.
+ENG_GRAM_FUZZ_CORPUS := fuzz/engine_server/corpus/gram
+ENG_GRAM_FUZZ_REPLAY := $(O)/fuzz/engine_server/fuzz_gram_replay
+ENG_GRAM_FUZZ_DEPS := fuzz/engine_server/fuzz_gram.c engine/sched/eng_gram.c engine/sched/eng_gram.h \
+    engine/server/eng_server_req.c $(wildcard api/*.[ch]) $(LIBAPI) $(LIBTOK) $(LIBCOMMON)
+$(ENG_GRAM_FUZZ_REPLAY): $(ENG_GRAM_FUZZ_DEPS) fuzz/replay.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< fuzz/replay.c $(LIBAPI) $(TOK_LIBS) $(LDLIBS)
+
+.PHONY: test-engine-server-gram-replay fuzz-gram fuzz-gram-run
+test-engine-server-gram-replay: $(ENG_GRAM_FUZZ_REPLAY)
+	@test -n "$(wildcard $(ENG_GRAM_FUZZ_CORPUS)/*)" || { echo "$(ENG_GRAM_FUZZ_CORPUS): no seeds" >&2; exit 1; }
+	$(ENG_GRAM_FUZZ_REPLAY) $(wildcard $(ENG_GRAM_FUZZ_CORPUS)/*)
+test-engine-server: test-engine-server-gram-replay
+UNIT_TARGETS += test-engine-server-gram-replay
+
+fuzz: fuzz-gram
+fuzz-gram: $(B)/fuzz/fuzz_gram
+$(B)/fuzz/fuzz_gram: $(ENG_GRAM_FUZZ_DEPS)
+	@mkdir -p $(dir $@)
+	clang -g -O1 -std=gnu11 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
+	    -Icommon -Itokenizer -Iapi -Iengine -Iengine/sched -o $@ $< $(wildcard api/*.c) $(TOK_LIBS) $(LDLIBS)
+fuzz-gram-run: $(B)/fuzz/fuzz_gram
+	@mkdir -p $(B)/fuzz/corpus-gram
+	$(B)/fuzz/fuzz_gram -max_total_time=$(or $(FUZZ_SECONDS),60) -max_len=8192 -timeout=10 -rss_limit_mb=2048 \
+	    -dict=fuzz/engine_server/gram.dict -jobs=1 $(B)/fuzz/corpus-gram $(ENG_GRAM_FUZZ_CORPUS)
