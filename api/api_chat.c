@@ -1408,7 +1408,11 @@ static int sc_node(sc_ctx_t *c, const tg_json_t *v, int parent, int pidx, int de
                       API_SCHEMA_MAX_PROPS);
     int rest_b = -1; /* the rest given as a boolean schema */
     if (rest && !tg_json_bool(rest, &rest_b)) rest = NULL;
-    if (rest_b == 0 && !tup) sc->nodes[ni].max_items = 0; /* "items": false alone: only [] */
+    if (rest_b == 0 && !tup) { /* "items": false alone: only [] */
+        if (sc->nodes[ni].min_items > 0)
+            return SC_BAD("'minItems' at %s is above 0, but 'items' is false (no element is allowed).", where);
+        sc->nodes[ni].max_items = 0;
+    }
     if (props && tg_json_type(props) != TG_JSON_OBJECT)
         return SC_BAD("'properties' at %s must be an object.", where);
     if (req && !props)

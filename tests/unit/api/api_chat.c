@@ -1206,8 +1206,31 @@ static void test_formats(void) {
     CHECK(strstr(e.message, "'pattern'") != NULL);
 }
 
+/* Hostile schemas (session 14, found by fuzz/engine_server/fuzz_gram.c): an
+ * unsatisfiable one is a 400 naming it, never a grammar with a dead end. */
+static void test_schema_adversarial(void) {
+    api_schema_t sc = {0};
+    api_err_t e;
+    /* "items": false admits only [], so minItems above 0 admits nothing (alone, or as an anyOf branch) */
+    static const char *const NONE[] = {
+        "{\"type\":\"array\",\"items\":false,\"minItems\":1}",
+        "{\"type\":[\"array\",\"null\"],\"items\":false,\"minItems\":3}",
+        "{\"anyOf\":[{\"type\":\"array\",\"items\":false,\"minItems\":1},{\"type\":\"null\"}]}",
+    };
+    for (size_t i = 0; i < sizeof NONE / sizeof *NONE; i++) {
+        CHECK_EQ_I(compile_v(NONE[i], &sc, &e), -1);
+        CHECK(e.status == 400 && !strcmp(e.param, "response_format.json_schema.schema") &&
+              strstr(e.message, "'minItems' at properties.v") && strstr(e.message, "'items' is false"));
+        if (!strstr(e.message, "'items' is false")) fprintf(stderr, "  %s: %s\n", NONE[i], e.message);
+    }
+    CHECK_EQ_I(compile_v("{\"type\":\"array\",\"items\":false,\"minItems\":0}", &sc, &e), 0);
+    CHECK_EQ_I(sc.nodes[1].max_items, 0);
+    api_schema_free(&sc);
+}
+
 int main(int argc, char **argv) {
     if (argc > 1) vec_dir = argv[1];
+    test_schema_adversarial();
     test_formats();
     test_formats_more();
     test_num_bounds();
