@@ -134,6 +134,11 @@ int api_fmt_rest(int kind, const api_fmt_t *s);
 #define API_SCHEMA_MAX_CHARS_MIN 4096  /* largest minLength */
 #define API_SCHEMA_MAX_ADEPTH 4        /* arrays with minItems/maxItems open inside each other */
 #define API_SCHEMA_COUNT_MAX 65535     /* elements and characters are counted up to this */
+/* Lengths of shortest values (api_schema_node_t.min_len, api_schema_elems_len)
+ * saturate here: beyond any token budget, and small enough that the grammar's
+ * sums of them (64 members of 16 nested objects, 4 counted arrays) stay
+ * within int32_t. */
+#define API_SCHEMA_LEN_MAX (1 << 20)
 
 /* A number being written against a bounded node (api_num.c): the digits so
  * far as a magnitude in the node's units.  Zeroed = nothing written yet. */

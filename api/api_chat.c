@@ -724,10 +724,10 @@ int32_t api_schema_elems_len(const api_schema_t *sc, int n, int i0, int count) {
         int64_t im = nd->items >= 0 ? sc->nodes[nd->items].min_len : 1;
         t += (int64_t)(count - i) * (1 + im) - (i == 0);
     }
-    return t > INT32_MAX / 4 ? INT32_MAX / 4 : (int32_t)t;
+    return t > API_SCHEMA_LEN_MAX ? API_SCHEMA_LEN_MAX : (int32_t)t;
 }
 
-/* Shortest valid value of a node, in bytes. */
+/* Shortest valid value of a node, in bytes (at most API_SCHEMA_LEN_MAX). */
 static int32_t sc_min_len(const api_schema_t *sc, int ni) {
     const api_schema_node_t *n = &sc->nodes[ni];
     if (n->n_enum > 0) {
@@ -736,7 +736,7 @@ static int32_t sc_min_len(const api_schema_t *sc, int ni) {
             if ((int32_t)sc->lits[n->lit0 + i].len < m) m = (int32_t)sc->lits[n->lit0 + i].len;
         return m;
     }
-    int32_t m = INT32_MAX;
+    int64_t m = INT64_MAX;
     if (n->types & (API_ST_INT | API_ST_NUM)) {
         api_num_t start = {0};
         m = api_num_bounded(n) ? api_num_cost(n, &start) : 1;
@@ -744,24 +744,24 @@ static int32_t sc_min_len(const api_schema_t *sc, int ni) {
     if (n->types & API_ST_STR) {
         api_fmt_t f;
         api_fmt_init(n->sfmt, &f);
-        int32_t l = 2 + (n->sfmt ? api_fmt_rest(n->sfmt, &f) : n->min_chars);
+        int64_t l = 2 + (n->sfmt ? api_fmt_rest(n->sfmt, &f) : n->min_chars);
         if (l < m) m = l;
     }
     if (n->types & API_ST_ARR) { /* "[" the elements "]": minItems of the cheapest, commas between */
-        int32_t a = 2 + api_schema_elems_len(sc, ni, 0, n->min_items);
+        int64_t a = 2 + (int64_t)api_schema_elems_len(sc, ni, 0, n->min_items);
         if (a < m) m = a;
     }
     if ((n->types & (API_ST_NULL | API_ST_BOOL)) && m > 4) m = 4;
     if (n->types & API_ST_OBJ) {
-        int32_t o = 2, k = 0;
+        int64_t o = 2, k = 0;
         for (int i = 0; i < n->n_props; i++) {
             const api_schema_prop_t *p = &sc->props[n->prop0 + i];
             if (!p->required) continue;
-            o += (k++ ? 1 : 0) + (int32_t)p->len + 1 + sc->nodes[p->node].min_len;
+            o += (k++ ? 1 : 0) + (int64_t)p->len + 1 + sc->nodes[p->node].min_len;
         }
         if (o < m) m = o;
     }
-    return m;
+    return m > API_SCHEMA_LEN_MAX ? API_SCHEMA_LEN_MAX : (int32_t)m;
 }
 
 static int sc_node(sc_ctx_t *c, const tg_json_t *v, int parent, int pidx, int depth, char *path, size_t pl,

@@ -1207,7 +1207,8 @@ static void test_formats(void) {
 }
 
 /* Hostile schemas (session 14, found by fuzz/engine_server/fuzz_gram.c): an
- * unsatisfiable one is a 400 naming it, never a grammar with a dead end. */
+ * unsatisfiable one is a 400 naming it, never a grammar with a dead end; the
+ * shortest lengths saturate instead of overflowing. */
 static void test_schema_adversarial(void) {
     api_schema_t sc = {0};
     api_err_t e;
@@ -1226,6 +1227,26 @@ static void test_schema_adversarial(void) {
     CHECK_EQ_I(compile_v("{\"type\":\"array\",\"items\":false,\"minItems\":0}", &sc, &e), 0);
     CHECK_EQ_I(sc.nodes[1].max_items, 0);
     api_schema_free(&sc);
+    /* 8 required members, each 4096 arrays of 4096 strings of 4096 characters: 2^39 bytes at least,
+     * saturated (the sum overflowed int32_t: a negative shortest length) */
+    tg_buf_t b = {0};
+    tg_buf_puts(&b, "{\"type\":\"object\",\"required\":[\"p0\",\"p1\",\"p2\",\"p3\",\"p4\",\"p5\",\"p6\",\"p7\"],"
+                    "\"properties\":{");
+    for (int i = 0; i < 8; i++) {
+        char m[200];
+        snprintf(m, sizeof m, "%s\"p%d\":{\"type\":\"array\",\"minItems\":4096,\"items\":{\"type\":\"array\","
+                 "\"minItems\":4096,\"items\":{\"type\":\"string\",\"minLength\":4096}}}", i ? "," : "", i);
+        tg_buf_puts(&b, m);
+    }
+    tg_buf_puts(&b, "}}");
+    tg_json_t *j = tg_json_parse(b.p, b.len, NULL, NULL);
+    CHECK(j != NULL);
+    CHECK_EQ_I(api_schema_compile(&sc, j, &e), 0);
+    for (int i = 0; i < sc.n_nodes; i++) CHECK(sc.nodes[i].min_len >= 1 && sc.nodes[i].min_len <= API_SCHEMA_LEN_MAX);
+    CHECK_EQ_I(sc.nodes[0].min_len, API_SCHEMA_LEN_MAX);
+    api_schema_free(&sc);
+    tg_json_free(j);
+    tg_buf_free(&b);
 }
 
 int main(int argc, char **argv) {
