@@ -537,7 +537,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     eng_gram_t *g = fz_gram(&r);
     if (!g) __builtin_trap(); /* the reader took it, the grammar refused it: a 500 */
     int32_t nv = tok_n_vocab(T), eos = tok_eos(T);
-    int need = eng_gram_close_cost(g) + 1, ended = 0, steps = 0;
+    int need = eng_gram_close_cost(g) + 1, ended = 0, steps = 0, greedy = 0;
     tg_buf_t out = {0};
     for (; steps < budget; steps++) {
         for (int32_t i = 0; i < nv; i++) LG[i] = 0;
@@ -550,6 +550,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             id = ALLOWED[(ch[0] | ch[1] << 8) % count];
             ch += 2;
         } else {
+            /* past the choices: toward the shortest close; with no complete answer in the budget,
+             * a few steps of validity only are enough */
+            if (need > budget && ++greedy > 64) break;
             id = fz_greedy(g, count);
         }
         if (id == eos) {
