@@ -289,6 +289,12 @@ typedef struct api_chat_req {
  * named) and returns -1; the request then needs no free.  On success the
  * caller frees with api_chat_req_free. */
 int api_chat_req_parse(api_chat_req_t *r, const char *body, size_t len, api_err_t *e);
+/* The 400 for a body tg_json_parse refused with jerr (a 500 when it ran out
+ * of memory); always -1.  A body nested deeper than the reader takes names
+ * the field it nests in (a schema's: "response_format.json_schema.schema",
+ * "tools[0].function.parameters"; else the top-level member), code
+ * invalid_value; other broken JSON is invalid_json with no param. */
+int api_json_err(api_err_t *e, const char *body, size_t len, const tg_json_err_t *jerr);
 /* The same over a document the caller already parsed with tg_json_parse
  * (borrowed: it must outlive r, and api_chat_req_free leaves it alone). */
 int api_chat_req_read(api_chat_req_t *r, const tg_json_t *root, api_err_t *e);

@@ -1883,19 +1883,72 @@ fail:
 int api_chat_req_read(api_chat_req_t *r, const tg_json_t *root, api_err_t *e) { return req_read(r, root, 0, e); }
 int api_cmpl_req_read(api_chat_req_t *r, const tg_json_t *root, api_err_t *e) { return req_read(r, root, 1, e); }
 
+/* The field of a body whose JSON nests deeper than the reader takes (the
+ * bracket at byte off): the body is valid JSON up to there, so a scan of it
+ * with a path of its first four levels finds where the bracket sits.  The
+ * field is a schema's (response_format.json_schema.schema,
+ * tools[i].function.parameters), else the top-level member; "" when the root
+ * is no object. */
+static void deep_field(const char *body, size_t len, size_t off, char *field, size_t cap) {
+    enum { LV = 4 };
+    char key[LV][64];
+    size_t klen[LV] = {0}, idx[LV] = {0};
+    int is_obj[LV] = {0}, want_key[LV] = {0}, d = 0; /* d: containers open; level d-1 the innermost */
+    *field = 0;
+    for (size_t i = 0; i < len && i < off; i++) {
+        char c = body[i];
+        if (c == '"') {
+            size_t j = i + 1;
+            while (j < len && body[j] != '"') j += body[j] == '\\' ? 2 : 1;
+            if (d >= 1 && d <= LV && is_obj[d - 1] && want_key[d - 1]) {
+                size_t n = j - i - 1 < sizeof key[0] - 1 ? j - i - 1 : sizeof key[0] - 1;
+                memcpy(key[d - 1], body + i + 1, n);
+                klen[d - 1] = n, want_key[d - 1] = 0;
+            }
+            i = j;
+        } else if (c == '{' || c == '[') {
+            if (d < LV) is_obj[d] = c == '{', want_key[d] = c == '{', idx[d] = 0, klen[d] = 0;
+            d++;
+        } else if (c == '}' || c == ']') {
+            d--;
+        } else if (c == ',' && d >= 1 && d <= LV) {
+            if (is_obj[d - 1]) want_key[d - 1] = 1;
+            else idx[d - 1]++;
+        }
+    }
+    if (d < 1 || !is_obj[0]) return;
+#define SEG_IS(l, s) (d > (l) && is_obj[l] && klen[l] == strlen(s) && !memcmp(key[l], s, klen[l]))
+    if (SEG_IS(0, "response_format") && SEG_IS(1, "json_schema") && SEG_IS(2, "schema")) {
+        tg_str_copy(field, cap, "response_format.json_schema.schema");
+    } else if (SEG_IS(0, "tools") && d > 1 && !is_obj[1] && SEG_IS(2, "function") && SEG_IS(3, "parameters")) {
+        path_at(field, cap, "tools", idx[1], ".function.parameters");
+    } else {
+        snprintf(field, cap, "%.*s", (int)klen[0], key[0]);
+    }
+#undef SEG_IS
+}
+
+int api_json_err(api_err_t *e, const char *body, size_t len, const tg_json_err_t *jerr) {
+    if (jerr->msg && !strcmp(jerr->msg, "out of memory")) return OOM(); /* ours, not the client's: a 500 */
+    if (jerr->msg && strstr(jerr->msg, "surrogate"))
+        return BAD(NULL, "invalid_utf8", "A string in the request is not valid UTF-8: %s.", jerr->text);
+    if (jerr->msg && !strcmp(jerr->msg, "nesting too deep")) {
+        char f[64];
+        deep_field(body, len, jerr->offset, f, sizeof f);
+        if (*f)
+            return BAD(f, "invalid_value", "Invalid '%s': nested deeper than %d arrays and objects (%s).", f,
+                       TG_JSON_MAX_DEPTH, jerr->text);
+    }
+    return BAD(NULL, "invalid_json",
+               "We could not parse the JSON body of your request (%s). The body must be a JSON object.", jerr->text);
+}
+
 static int req_parse(api_chat_req_t *r, const char *body, size_t len, int cmpl, api_err_t *e) {
     memset(r, 0, sizeof *r);
     if (!tg_utf8_valid(body, len)) return BAD(NULL, "invalid_utf8", "The request body is not valid UTF-8.");
     tg_json_err_t jerr;
     tg_json_t *root = tg_json_parse(body, len, NULL, &jerr);
-    if (!root) {
-        if (jerr.msg && !strcmp(jerr.msg, "out of memory")) return OOM(); /* ours, not the client's: a 500 */
-        if (jerr.msg && strstr(jerr.msg, "surrogate"))
-            return BAD(NULL, "invalid_utf8", "A string in the request is not valid UTF-8: %s.", jerr.text);
-        return BAD(NULL, "invalid_json",
-                   "We could not parse the JSON body of your request (%s). The body must be a JSON object.",
-                   jerr.text);
-    }
+    if (!root) return api_json_err(e, body, len, &jerr);
     r->root = root;
     r->own_root = 1;
     return req_read(r, root, cmpl, e);

@@ -282,6 +282,12 @@ static void gw_chat_run_as(gw_req_t *r, int cmpl) {
      * may hold U+0000 and integers stay exact. */
     tg_json_err_t jerr;
     tg_json_t *j = r->http->body ? tg_json_parse(r->http->body, r->http->body_len, NULL, &jerr) : NULL;
+    api_err_t de; /* too deep inside a member: as the engine says it, the field named (a schema's, mostly) */
+    if (!j && r->http->body && jerr.msg && !strcmp(jerr.msg, "nesting too deep") &&
+        api_json_err(&de, r->http->body, r->http->body_len, &jerr) && de.param[0]) {
+        gw_req_error(r, de.status, de.type, de.code, de.param, de.message);
+        return;
+    }
     if (!j || gw_pool_cleanup_add(r->pool, gw_chat_cleanup_json, j) != GW_OK) {
         char msg[200];
         snprintf(msg, sizeof msg, "Failed to parse the request body as JSON: %s",

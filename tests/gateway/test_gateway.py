@@ -1706,6 +1706,20 @@ class JsonBody(unittest.TestCase):
         st, h, b = self.raw_chat(b"")
         openai_error(self, st, h, b, 400, "invalid_request")
 
+    def test_deep_schema_names_the_field(self):
+        # a schema nested past the JSON reader's 128 levels (1,000 here) is the schema's fault:
+        # a 400 naming it, as the engine says it (api_json_err), before admission
+        deep = '{"type":"object","properties":{"a":' * 1000 + '{}' + '}}' * 1000
+        for body, param in (('"response_format":{"type":"json_schema","json_schema":{"name":"d","schema":%s}}'
+                             % deep, "response_format.json_schema.schema"),
+                            ('"tools":[{"type":"function","function":{"name":"f","parameters":%s}}]' % deep,
+                             "tools[0].function.parameters")):
+            st, h, b = self.raw_chat(('{"model":"%s","messages":[{"role":"user","content":"d"}],%s}'
+                                      % (MODEL, body)).encode())
+            err = openai_error(self, st, h, b, 400, "invalid_value")
+            self.assertEqual(err["param"], param)
+            self.assertIn("nesting too deep", err["message"])
+
     def test_huge_max_tokens_refused(self):
         # max_tokens beyond the reader's range (exact integers, 1..1e9) is a 400 before admission
         k = seed(tpm=100)

@@ -1249,8 +1249,40 @@ static void test_schema_adversarial(void) {
     tg_buf_free(&b);
 }
 
+/* A body nested deeper than the JSON reader takes (128) is a 400 naming the
+ * field it nests in: a schema 1,000 levels deep is the schema's fault. */
+static void test_deep_body_names_field(void) {
+    static const struct { const char *pre, *post, *param; } C[] = {
+        {"{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"response_format\":{\"type\":"
+         "\"json_schema\",\"json_schema\":{\"name\":\"n\",\"schema\":", "}}}", "response_format.json_schema.schema"},
+        {"{\"model\":\"m\",\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"a\"}},{\"type\":\"function\","
+         "\"function\":{\"name\":\"f\",\"description\":\"[{,\\\"\",\"parameters\":", "}}]}", "tools[1].function.parameters"},
+        {"{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":", "}]}", "messages"},
+        {"", "", "properties"}, /* a top-level member of its own */
+        {"[", "]", ""},         /* the root no object: no field */
+    };
+    for (size_t i = 0; i < sizeof C / sizeof *C; i++) {
+        tg_buf_t b = {0};
+        tg_buf_puts(&b, C[i].pre);
+        for (int k = 0; k < 1000; k++) tg_buf_puts(&b, "{\"type\":\"object\",\"properties\":{\"a\":[");
+        tg_buf_puts(&b, "{}");
+        for (int k = 0; k < 1000; k++) tg_buf_puts(&b, "]}}");
+        tg_buf_puts(&b, C[i].post);
+        api_chat_req_t r;
+        api_err_t e;
+        CHECK_EQ_I(api_chat_req_parse(&r, b.p, b.len, &e), -1);
+        CHECK_EQ_I(e.status, 400);
+        CHECK_EQ_S(e.param, C[i].param);
+        CHECK_EQ_S(e.code, *C[i].param ? "invalid_value" : "invalid_json");
+        CHECK(strstr(e.message, "nesting too deep") != NULL);
+        if (strcmp(e.param, C[i].param)) fprintf(stderr, "  case %zu: %s (%s)\n", i, e.param, e.message);
+        tg_buf_free(&b);
+    }
+}
+
 int main(int argc, char **argv) {
     if (argc > 1) vec_dir = argv[1];
+    test_deep_body_names_field();
     test_schema_adversarial();
     test_formats();
     test_formats_more();
