@@ -557,9 +557,10 @@ int main(int argc, char **argv) {
         double bw_med = median(tri, ROUNDS), rbw_med = median(rd, ROUNDS), tps_med = median(dec, ROUNDS);
         double pmd, rss, apmd, arss;
         file_pmd_mb(&pmd, &rss, &apmd, &arss);
-        printf("weights mapped in 2 MB pages %7.0f MB of %.0f MB of file pages resident\n", pmd, rss);
-        printf("anonymous 2 MB pages         %7.0f MB of %.0f MB anonymous resident (amx: the re-laid weights,\n"
-               "                             and the 1 GB read buffer)\n", apmd, arss);
+        printf("weights mapped in 2 MB pages %7.0f MB of %.0f MB of file pages resident (bf16 weights used in place)\n",
+               pmd, rss);
+        printf("anonymous 2 MB pages         %7.0f MB of %.0f MB anonymous resident (the weights re-laid at load on\n"
+               "                             the amx and avx512bf16 levels, and the 1 GB read buffer)\n", apmd, arss);
         printf("weight bytes read per token %8.1f MB\n", bytes / 1e6);
         printf("                             best of %d   median\n", ROUNDS);
         printf("STREAM triad bandwidth      %8.2f  %8.2f GB/s\n", bw, bw_med);

@@ -507,10 +507,11 @@ static int cpu_copy(eng_backend_t *be, void *dst, const void *src, size_t n) {
     return 0;
 }
 
-/* Used in place, except bf16 weights on the amx level: re-laid once into AMX
- * tiles (eng_cpu_amx.c), so that a matmul's tile loads read the weights in
- * place and a decode step streams each byte once.  The model then drops the
- * source's pages: one copy.
+/* Used in place, except bf16 weights on the amx and avx512bf16 levels:
+ * re-laid once into AMX tiles (eng_cpu_amx.c) or groups of 16 rows
+ * (eng_cpu_bf16.c), so that a matmul's tile loads read the weights in place
+ * and a decode step streams each byte once, as one run per group.  The model
+ * then drops the source's pages: one copy.
  *
  * The tiled copies are packed into slabs of WSLAB bytes (a larger weight gets
  * a slab of its own), each an anonymous mapping aligned to 2 MB and advised
@@ -549,8 +550,9 @@ static void cpu_kv_release(eng_backend_t *be, void *p, size_t n) {
 
 static int cpu_upload_w(eng_backend_t *be, eng_w_t *w) {
     cpu_be_t *b = (cpu_be_t *)be;
-    if (!eng_cpu_w_wants_tiles(w)) return 0;
-    size_t n = (eng_cpu_amx_tiled_elems(w->rows, w->cols) * sizeof(uint16_t) + 63) / 64 * 64;
+    size_t n = eng_cpu_w_relaid_bytes(w);
+    if (!n) return 0;
+    n = (n + 63) / 64 * 64;
     struct cpu_wbuf *last = b->n_wbufs ? &b->wbufs[b->n_wbufs - 1] : NULL;
     if (!last || last->n - last->used < n) { /* a new slab */
         if (b->n_wbufs == b->cap_wbufs) {
@@ -568,9 +570,8 @@ static int cpu_upload_w(eng_backend_t *be, eng_w_t *w) {
     }
     void *p = (char *)last->p + last->used;
     last->used += n;
-    eng_cpu_amx_tile_w(w->data, w->rows, w->cols, p);
+    w->layout = eng_cpu_w_relay(w, p);
     w->data = p;
-    w->layout = ENG_W_AMX;
     return 0;
 }
 static const float *cpu_upload(eng_backend_t *be, const float *host, size_t n) { return host; }

@@ -100,17 +100,19 @@ void eng_cpu_amx_xprep_groups(const float *x, const int32_t *rows, int n, int64_
 /* Weights re-laid at load as AMX tiles (eng_w_t.layout ENG_W_AMX; the layout
  * is described in eng_cpu_amx.c): elements the tiled copy of a [R, C] bf16
  * weight takes; the re-laying (dst: that many elements, 64-byte aligned);
- * where row r's columns 32 kb .. 32 kb + 31 are (contiguous); and Y rows
+ * where row r's first 32 columns are and the elements to its next 32; and Y rows
  * r0..r1 (r0 % 16 == 0) with the tiles loaded in place. */
 size_t eng_cpu_amx_tiled_elems(int64_t R, int64_t C);
 void eng_cpu_amx_tile_w(const uint16_t *W, int64_t R, int64_t C, uint16_t *dst);
-const uint16_t *eng_cpu_amx_tiled_at(const uint16_t *T, int64_t R, int64_t C, int64_t r, int64_t kb);
 const uint16_t *eng_cpu_amx_row_at(const uint16_t *T, int64_t R, int64_t C, int64_t r, int64_t *step);
 void eng_cpu_amx_rows_tiled(const uint16_t *T, int64_t R, int64_t C, const uint16_t *xp, int n, float *y,
                             int64_t ldy, int64_t r0, int64_t r1, float *scratch);
-/* 1 when the kernels want w re-laid into AMX tiles at upload (bf16 weights on
- * the amx level), else 0 (w is used in place). */
-int eng_cpu_w_wants_tiles(const eng_w_t *w);
+/* Weights the kernels want re-laid once at upload (bf16: AMX tiles on the amx
+ * level, T16 groups on avx512bf16): the bytes of the copy (0: w is used in
+ * place), and the copy itself into dst (64-byte aligned), returning the
+ * layout to set in w->layout. */
+size_t eng_cpu_w_relaid_bytes(const eng_w_t *w);
+int eng_cpu_w_relay(const eng_w_t *w, void *dst);
 /* floats of per-thread scratch eng_cpu_amx_rows_tiled needs for n tokens of C columns */
 size_t eng_cpu_amx_scratch_floats(int n, int64_t C);
 /* int8 x int8 (eng_cpu_vnni.c, AVX512-VNNI): int8 weights (ENG_DT_I8) on the
@@ -128,9 +130,15 @@ void eng_cpu_vnni_xprep(const float *x, const int32_t *rows, int n, int64_t C, i
 const uint8_t *eng_cpu_vnni_xq(const void *xp, int n, int64_t C, int qblk, int t);
 const float *eng_cpu_vnni_xs(const void *xp, int n, int64_t C, int qblk, int t);
 void eng_cpu_vnni_rows(const eng_w_t *w, const void *xp, int n, float *y, int64_t r0, int64_t r1);
-/* bf16 x bf16 (eng_cpu_bf16.c, AVX512-BF16): bf16 weights used in place on
- * the avx512bf16 level.  Prepared activations: each token's x split into bf16
- * hi and lo parts; their bytes; tokens t0..t1-1 split into xp; Y rows r0..r1. */
+/* bf16 x bf16 (eng_cpu_bf16.c, AVX512-BF16): bf16 weights on the avx512bf16
+ * level, in rows or re-laid at upload into T16 groups (elements of the copy,
+ * the re-laying, where row r's first 32 columns are and the elements to its
+ * next 32).  Prepared activations: each token's x split into bf16 hi and lo
+ * parts; their bytes; tokens t0..t1-1 split into xp; Y rows r0..r1 (T16:
+ * r0 % 16 == 0). */
+size_t eng_cpu_bf16_t16_elems(int64_t R, int64_t C);
+void eng_cpu_bf16_t16_w(const uint16_t *W, int64_t R, int64_t C, uint16_t *dst);
+const uint16_t *eng_cpu_bf16_t16_row_at(const uint16_t *T, int64_t C, int64_t r, int64_t *step);
 int eng_cpu_bf16_probe(void);
 size_t eng_cpu_bf16_xbytes(int n, int64_t C);
 void eng_cpu_bf16_xprep(const float *x, const int32_t *rows, int n, int64_t C, void *xp, int t0, int t1);

@@ -190,9 +190,6 @@ const uint16_t *eng_cpu_amx_row_at(const uint16_t *T, int64_t R, int64_t C, int6
     return T + tile_off(R, (C + 31) / 32, r - r % 16, 0, step) + (r % 16) * 32;
 }
 
-const uint16_t *eng_cpu_amx_tiled_at(const uint16_t *T, int64_t R, int64_t C, int64_t r, int64_t kb) {
-    return T + tile_off(R, (C + 31) / 32, r - r % 16, kb, NULL) + (r % 16) * 32;
-}
 
 
 /* Y rows r0..r1 (r0 % 16 == 0) for tiled weights T: per token group (16

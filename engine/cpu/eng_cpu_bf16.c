@@ -2,7 +2,8 @@
  * ISA level: a CPU with AVX-512 and its bf16 dot product but no AMX (AMD
  * Zen 4 and later; Intel parts with AMX take the "amx" level).
  *
- *   Y [n, rows r0..r1) = X [n, C] @ W^T,   W bf16 [R, C] read in place
+ *   Y [n, rows r0..r1) = X [n, C] @ W^T,   W bf16 [R, C], in rows or re-laid
+ *                                           at load into T16 groups (below)
  *
  * VDPBF16PS multiplies 16 pairs of bf16 by 16 pairs and adds each pair's two
  * products into a fp32 lane: 32 multiply-adds per instruction, where a fp32
@@ -22,22 +23,18 @@
  *
  * Tiles: nr <= 4 weight rows by nt <= 4 tokens, one zmm accumulator per pair,
  * lanes along the columns (a row's 32 columns are one 64-byte load, in
- * place), a horizontal sum at the end.
+ * place), a horizontal sum at the end.  One token on T16 weights: a whole
+ * group of 16 rows, 16 accumulators (group_one).
  *
- * One token: two rows per tile, or four with TOLLGATE_ENGINE_BF16_ROWS=4.
- * A row-token pair's two VDPBF16PS per block are one dependent chain, so a
- * tile of r rows is r chains: with the weights in cache one thread runs 19
- * GB/s of rows with one row per tile, 36 with two, 72 with four (Zen 4).  Two
- * rows cap both cores at ~72 GB/s, under the 55-83 GB/s a pure read gets
- * when this host is quiet; from L3 four rows streamed 77-82% of a read
- * against two's 52-67%.  From DRAM, on the loaded host, four rows were
- * slower (the matmul steps of a token 0.92-0.97x; the decode bench, with
- * 1 MB chunks besides, ~7 points less of the same-round read), so two stay
- * the default until a quiet host shows four better (engine/README.md,
- * "session 13").  The four-row tiles
- * prefetch the tile after next as one run of bytes (the rows of a chunk are
- * contiguous), the first tile of a call both tiles ahead of it; four rows
- * that prefetched as the batched tiles do streamed DRAM 3-10% slower still.
+ * One token on weights in rows (only outside the model: the backend re-lays
+ * every bf16 weight it is given): two rows per tile.  A row-token pair's two
+ * VDPBF16PS per block are one dependent chain, so a tile of r rows is r
+ * chains: with the weights in cache one thread ran 19 GB/s with one row per
+ * tile, 36 with two, 72 with four; group_one's 16 chains ran 72 GB/s where
+ * the two-row tile ran 43 (Zen 4, one thread, 512 KB in L2).  (Until
+ * 2026-12-01 the model's weights stayed in rows, and four-row one-token tiles
+ * were tried behind TOLLGATE_ENGINE_BF16_ROWS=4: from DRAM they lost to two
+ * rows; engine/README.md, sessions 13 and 14.)
  *
  * Invariance: an output is its row's and its token's blocks in column order
  * (hi then lo in each), then the same horizontal sum, whatever the tile's
@@ -93,25 +90,24 @@ __attribute__((target(BF_T))) void eng_cpu_bf16_xprep(const float *x, const int3
     }
 }
 
-/* out[t * ldo + i] = W[i] . x_t for i < NR, t < NT; X: token 0's hi part,
- * tokens ldx elements apart, lo Cp after hi.  Prefetch per block of 32
- * columns: NL = 0, the first pfr rows of the next tile, BF_PF bytes ahead;
- * NL > 0, the next NL 64-byte lines of the run pf (at most pfn bytes). */
-static inline __attribute__((always_inline, target(BF_T))) void tile(const uint16_t *W, int64_t ldw, int64_t C,
-                                                                   const uint16_t *X, int64_t ldx, int64_t Cp,
-                                                                   int NR, int NT, float *out, int64_t ldo, int pfr,
-                                                                   const char *pf, int64_t pfn, int NL) {
+/* out[t * ldo + i] = W[i] . x_t for i < NR, t < NT; W: row 0's first block,
+ * rows ldw elements apart, blocks bs (32 in rows, 512 in T16 groups); X:
+ * token 0's hi part, tokens ldx elements apart, lo Cp after hi.  Prefetch per block of 32
+ * columns: the first pfr rows of the next tile (pfo elements further: T16's
+ * next group), BF_PF bytes ahead. */
+static inline __attribute__((always_inline, target(BF_T))) void tile(const uint16_t *W, int64_t ldw, int64_t bs,
+                                                                   int64_t C, const uint16_t *X, int64_t ldx,
+                                                                   int64_t Cp, int NR, int NT, float *out, int64_t ldo,
+                                                                   int pfr, int64_t pfo) {
     __m512 acc[4][4];
     _Pragma("GCC unroll 4") for (int i = 0; i < NR; i++)
         _Pragma("GCC unroll 4") for (int t = 0; t < NT; t++) acc[i][t] = _mm512_setzero_ps();
-    int64_t k = 0, o = 0;
-    for (; k + 32 <= C; k += 32, o += 64 * NL) {
+    int64_t k = 0;
+    for (; k + 32 <= C; k += 32, W += bs) {
         __m512i w[4];
-        _Pragma("GCC unroll 4") for (int i = 0; i < NR; i++) if (!NL && i < pfr)
-            _mm_prefetch((const char *)(W + (i + NR) * ldw + k) + BF_PF, _MM_HINT_T1);
-        _Pragma("GCC unroll 8") for (int i = 0; i < NL; i++) if (o + 64 * i < pfn)
-            _mm_prefetch(pf + o + 64 * i, _MM_HINT_T1);
-        _Pragma("GCC unroll 4") for (int i = 0; i < NR; i++) w[i] = _mm512_loadu_si512(W + i * ldw + k);
+        _Pragma("GCC unroll 4") for (int i = 0; i < NR; i++) if (i < pfr)
+            _mm_prefetch((const char *)(W + (i + NR) * ldw + pfo) + BF_PF, _MM_HINT_T1);
+        _Pragma("GCC unroll 4") for (int i = 0; i < NR; i++) w[i] = _mm512_loadu_si512(W + i * ldw);
         _Pragma("GCC unroll 4") for (int t = 0; t < NT; t++) {
             __m512bh h = (__m512bh)_mm512_load_si512(X + t * ldx + k), l = (__m512bh)_mm512_load_si512(X + t * ldx + Cp + k);
             _Pragma("GCC unroll 4") for (int i = 0; i < NR; i++) {
@@ -123,7 +119,7 @@ static inline __attribute__((always_inline, target(BF_T))) void tile(const uint1
     if (k < C) { /* the last block: the row's end masked (x is 0 there) */
         __mmask32 m = (__mmask32)((1ull << (C - k)) - 1);
         __m512i w[4];
-        _Pragma("GCC unroll 4") for (int i = 0; i < NR; i++) w[i] = _mm512_maskz_loadu_epi16(m, W + i * ldw + k);
+        _Pragma("GCC unroll 4") for (int i = 0; i < NR; i++) w[i] = _mm512_maskz_loadu_epi16(m, W + i * ldw);
         _Pragma("GCC unroll 4") for (int t = 0; t < NT; t++) {
             __m512bh h = (__m512bh)_mm512_load_si512(X + t * ldx + k), l = (__m512bh)_mm512_load_si512(X + t * ldx + Cp + k);
             _Pragma("GCC unroll 4") for (int i = 0; i < NR; i++) {
@@ -137,10 +133,11 @@ static inline __attribute__((always_inline, target(BF_T))) void tile(const uint1
 }
 
 #define BF_TILE(NR, NT)                                                                                           \
-    __attribute__((target(BF_T))) static void tile_##NR##x##NT(const uint16_t *W, int64_t ldw, int64_t C,        \
-                                                                const uint16_t *X, int64_t ldx, int64_t Cp,       \
-                                                                float *out, int64_t ldo, int pfr) {               \
-        tile(W, ldw, C, X, ldx, Cp, NR, NT, out, ldo, pfr, NULL, 0, 0);                                           \
+    __attribute__((target(BF_T))) static void tile_##NR##x##NT(const uint16_t *W, int64_t ldw, int64_t bs,       \
+                                                                int64_t C, const uint16_t *X, int64_t ldx,        \
+                                                                int64_t Cp, float *out, int64_t ldo, int pfr,     \
+                                                                int64_t pfo) {                                    \
+        tile(W, ldw, bs, C, X, ldx, Cp, NR, NT, out, ldo, pfr, pfo);                                              \
     }
 BF_TILE(1, 1) BF_TILE(1, 2) BF_TILE(1, 3) BF_TILE(1, 4)
 BF_TILE(2, 1) BF_TILE(2, 2) BF_TILE(2, 3) BF_TILE(2, 4)
@@ -148,53 +145,104 @@ BF_TILE(3, 1) BF_TILE(3, 2) BF_TILE(3, 3) BF_TILE(3, 4)
 BF_TILE(4, 1) BF_TILE(4, 2) BF_TILE(4, 3) BF_TILE(4, 4)
 #undef BF_TILE
 
-/* one token, NR rows: the run pf prefetched NL lines per block */
-#define BF_ONE(NR, NL)                                                                                            \
-    __attribute__((target(BF_T))) static void one_##NR##_##NL(const uint16_t *W, int64_t C, const uint16_t *X,   \
-                                                               int64_t Cp, float *out, const char *pf,          \
-                                                               int64_t pfn) {                                    \
-        tile(W, C, C, X, 0, Cp, NR, 1, out, 1, 0, pf, pfn, NL);                                                  \
-    }
-BF_ONE(1, 4) BF_ONE(2, 4) BF_ONE(3, 4) BF_ONE(4, 4) BF_ONE(4, 8)
-#undef BF_ONE
+/* ---- T16: weights re-laid in groups of 16 rows (eng_w_t.layout ENG_W_T16) ----
+ *
+ * Rows padded to a multiple of 16 and columns to 32, with zeros; a group's
+ * block kb is its 16 rows' columns 32 kb .. 32 kb + 31, 1 KB in row order:
+ *   T[((r / 16) KB + c / 32) 512 + (r % 16) 32 + c % 32] = W[r][c]
+ * One token sweeps a group with 16 independent sums, so its bytes are one run
+ * read front to back.  In rows, a batch-1 tile reads two rows 4 KB apart and
+ * the prefetches two more: four streams a tile, which Zen 4's prefetchers and
+ * DRAM served at 77-84% of a pure read of the same bytes, against 88-95% for
+ * the one run (two threads, 1 GB of 1024-7168-column weights, 256 KB chunks,
+ * same-round medians; scratch bench 2026-12-01).  Batched tiles read four
+ * rows of a group, each block 1 KB on.  Every output is the same sequence of
+ * VDPBF16PS (block order, hi then lo) and the same horizontal sum as in rows:
+ * the layouts give the same bits (tested). */
 
-/* TOLLGATE_ENGINE_BF16_ROWS=4: one token takes four rows per tile (read once) */
-static int one_four(void) {
-    static int v = -1;
-    int f = __atomic_load_n(&v, __ATOMIC_RELAXED);
-    if (f < 0) {
-        const char *e = getenv("TOLLGATE_ENGINE_BF16_ROWS");
-        f = e && atoi(e) == 4;
-        __atomic_store_n(&v, f, __ATOMIC_RELAXED);
-    }
-    return f;
+size_t eng_cpu_bf16_t16_elems(int64_t R, int64_t C) { return (size_t)((R + 15) / 16 * 16) * (size_t)x_cp(C); }
+
+void eng_cpu_bf16_t16_w(const uint16_t *W, int64_t R, int64_t C, uint16_t *dst) {
+    int64_t KB = x_cp(C) / 32, Rp = (R + 15) / 16 * 16;
+    for (int64_t g = 0; g < Rp; g += 16)
+        for (int64_t kb = 0; kb < KB; kb++) {
+            uint16_t *t = dst + (g / 16 * KB + kb) * 512;
+            for (int i = 0; i < 16; i++) {
+                int64_t row = g + i, c0 = kb * 32, nc = row >= R ? 0 : C - c0 < 32 ? C - c0 : 32;
+                if (nc) memcpy(t + i * 32, W + row * C + c0, (size_t)nc * sizeof(uint16_t));
+                memset(t + i * 32 + nc, 0, (size_t)(32 - nc) * sizeof(uint16_t));
+            }
+        }
 }
 
-/* Y [1, rows r0..r1) = x . W^T, four rows a tile: the tile after next is
- * prefetched (the first tile prefetches the two after it) */
-static void rows_one(const uint16_t *W, int64_t C, const uint16_t *X, int64_t Cp, float *y, int64_t r0,
-                     int64_t r1) {
-    const char *end = (const char *)(W + r1 * C);
-    int64_t tb = 4 * C * 2; /* bytes of a whole tile */
-    for (int64_t r = r0; r < r1; r += 4) {
-        int nr = r1 - r < 4 ? (int)(r1 - r) : 4, first = r == r0 && nr == 4;
-        const char *pf = (const char *)(W + (r + (first ? 4 : 8)) * C);
-        int64_t pfn = pf < end ? (int64_t)(end - pf) : 0;
-        if (pfn > (first ? 2 : 1) * tb) pfn = (first ? 2 : 1) * tb;
-        if (first) one_4_8(W + r * C, C, X, Cp, y + r, pf, pfn);
-        else if (nr == 4) one_4_4(W + r * C, C, X, Cp, y + r, pf, pfn);
-        else if (nr == 3) one_3_4(W + r * C, C, X, Cp, y + r, pf, pfn);
-        else if (nr == 2) one_2_4(W + r * C, C, X, Cp, y + r, pf, pfn);
-        else one_1_4(W + r * C, C, X, Cp, y + r, pf, pfn);
-    }
+const uint16_t *eng_cpu_bf16_t16_row_at(const uint16_t *T, int64_t C, int64_t r, int64_t *step) {
+    if (step) *step = 512;
+    return T + (r / 16) * (x_cp(C) / 32) * 512 + (r % 16) * 32;
 }
 
-typedef void (*bf_tile_fn)(const uint16_t *, int64_t, int64_t, const uint16_t *, int64_t, int64_t, float *, int64_t,
-                           int);
+/* one token, one group: out[i] = row i . x for i < 16; the run is prefetched
+ * BF_PF bytes ahead up to pend (this call's last group: the next chunk is
+ * likely another thread's) */
+/* up to this many tokens run group_one per token (the second on from L2) */
+#ifndef BF_GROUP_TOKENS
+#define BF_GROUP_TOKENS 2
+#endif
+
+__attribute__((target(BF_T))) static void group_one(const uint16_t *G, int64_t KB, const uint16_t *X, int64_t Cp,
+                                                    float *out, const char *pend) {
+    __m512 acc[16];
+    _Pragma("GCC unroll 16") for (int i = 0; i < 16; i++) acc[i] = _mm512_setzero_ps();
+    for (int64_t kb = 0; kb < KB; kb++, G += 512) {
+        const char *pf = (const char *)G + BF_PF;
+        if (pf < pend) /* pend NULL: no prefetch (the group is in cache) */ _Pragma("GCC unroll 16") for (int i = 0; i < 16; i++) _mm_prefetch(pf + 64 * i, _MM_HINT_T1);
+        __m512bh h = (__m512bh)_mm512_load_si512(X + 32 * kb), l = (__m512bh)_mm512_load_si512(X + Cp + 32 * kb);
+        _Pragma("GCC unroll 16") for (int i = 0; i < 16; i++) {
+            __m512i w = _mm512_load_si512(G + 32 * i);
+            acc[i] = _mm512_dpbf16_ps(acc[i], (__m512bh)w, h);
+            acc[i] = _mm512_dpbf16_ps(acc[i], (__m512bh)w, l);
+        }
+    }
+    _Pragma("GCC unroll 16") for (int i = 0; i < 16; i++) out[i] = _mm512_reduce_add_ps(acc[i]);
+}
+
+typedef void (*bf_tile_fn)(const uint16_t *, int64_t, int64_t, int64_t, const uint16_t *, int64_t, int64_t, float *,
+                           int64_t, int, int64_t);
 static const bf_tile_fn tiles[4][4] = {{tile_1x1, tile_1x2, tile_1x3, tile_1x4},
                                        {tile_2x1, tile_2x2, tile_2x3, tile_2x4},
                                        {tile_3x1, tile_3x2, tile_3x3, tile_3x4},
                                        {tile_4x1, tile_4x2, tile_4x3, tile_4x4}};
+
+/* rows r0..r1 (r0 % 16 == 0) of T16 weights */
+static void rows_t16(const uint16_t *T, int64_t R, int64_t C, const uint16_t *X, int n, int tc, float *y, int64_t r0,
+                     int64_t r1) {
+    int64_t Cp = x_cp(C), KB = Cp / 32, ldx = 2 * Cp;
+    if (n <= BF_GROUP_TOKENS) { /* each token sweeps each group; a group is read from memory once */
+        const char *pend = (const char *)(T + (r1 + 15) / 16 * 16 * Cp);
+        for (int64_t g = r0; g < r1; g += 16)
+            for (int t = 0; t < n; t++) {
+                float part[16];
+                int full = r1 - g >= 16;
+                group_one(T + g * Cp, KB, X + t * ldx, Cp, full ? y + (int64_t)t * R + g : part, t ? NULL : pend);
+                if (!full) memcpy(y + (int64_t)t * R + g, part, (size_t)(r1 - g) * sizeof(float));
+            }
+        return;
+    }
+    for (int t0 = 0; t0 < n; t0 += tc) {
+        int t1 = t0 + tc < n ? t0 + tc : n;
+        for (int64_t r = r0; r < r1; r += 4) {
+            int nr = r1 - r < 4 ? (int)(r1 - r) : 4;
+            int pfr = r1 - r - nr < nr ? (int)(r1 - r - nr) : nr; /* rows of the next tile that are this call's */
+            /* the next tile's rows: 4 rows on in this group, or the next group's first four */
+            int64_t pfo = r % 16 == 12 ? (KB - 1) * 512 : 0;
+            const uint16_t *Wr = T + (r / 16) * KB * 512 + (r % 16) * 32;
+            for (int t = t0; t < t1; t += 4) {
+                int nt = t1 - t < 4 ? t1 - t : 4;
+                tiles[nr - 1][nt - 1](Wr, 32, 512, Cp, X + (int64_t)t * ldx, ldx, Cp, y + (int64_t)t * R + r, R, pfr,
+                                      pfo);
+            }
+        }
+    }
+}
 
 void eng_cpu_bf16_rows(const eng_w_t *w, const void *xp, int n, float *y, int64_t r0, int64_t r1) {
     int64_t C = w->cols, R = w->rows, Cp = x_cp(C), ldx = 2 * Cp;
@@ -203,8 +251,8 @@ void eng_cpu_bf16_rows(const eng_w_t *w, const void *xp, int n, float *y, int64_
      * re-read per chunk, which costs far less than L2 misses on x */
     int tc = (int)((384 << 10) / (ldx * 2)) / 4 * 4;
     if (tc < 4) tc = 4;
-    if (n == 1 && one_four()) {
-        rows_one(W, C, X, Cp, y, r0, r1);
+    if (w->layout == ENG_W_T16) {
+        rows_t16(W, R, C, X, n, tc, y, r0, r1);
         return;
     }
     int step = n == 1 ? 2 : 4;
@@ -215,7 +263,8 @@ void eng_cpu_bf16_rows(const eng_w_t *w, const void *xp, int n, float *y, int64_
             int pfr = r1 - r - nr < nr ? (int)(r1 - r - nr) : nr; /* rows of the next tile that are this call's */
             for (int t = t0; t < t1; t += 4) {
                 int nt = t1 - t < 4 ? t1 - t : 4;
-                tiles[nr - 1][nt - 1](W + r * C, C, C, X + (int64_t)t * ldx, ldx, Cp, y + (int64_t)t * R + r, R, pfr);
+                tiles[nr - 1][nt - 1](W + r * C, C, 32, C, X + (int64_t)t * ldx, ldx, Cp, y + (int64_t)t * R + r, R, pfr,
+                                      0);
             }
         }
     }

@@ -561,6 +561,13 @@ void eng_cpu_attn_tile16(const float *qT, int nh, int n, int c, float scale, con
     else attn_tile16_plain(qT, nh, n, c, scale, rows, ldr, nr, part, ldp, pbuf, next, next_bytes);
 }
 
+/* row r of re-laid bf16 weights (AMX tiles or T16 groups): its first 32
+ * columns; *step: elements to its next 32 */
+static inline const uint16_t *w_row_at(const eng_w_t *w, int64_t r, int64_t *step) {
+    return w->layout == ENG_W_T16 ? eng_cpu_bf16_t16_row_at(w->data, w->cols, r, step)
+                                  : eng_cpu_amx_row_at(w->data, w->rows, w->cols, r, step);
+}
+
 /* 32 bf16 -> two vectors of 16 floats (exact) */
 static inline __attribute__((always_inline, target("avx512f,avx512bw"))) void bf16x32(const uint16_t *p, __m512 *lo,
                                                                                       __m512 *hi) {
@@ -580,7 +587,7 @@ __attribute__((target("avx512f,avx512bw"))) static void w_axpy_rows_tiled(const 
             if (v < 2 * nb) acc[v] = _mm512_loadu_ps(y + k0 + 16 * v);
         for (int d = 0; d < nr; d++) {
             int64_t step;
-            const uint16_t *p = eng_cpu_amx_row_at(w->data, w->rows, C, r0 + d, &step) + (k0 / 32) * step;
+            const uint16_t *p = w_row_at(w, r0 + d, &step) + (k0 / 32) * step;
             __m512 va = _mm512_set1_ps(a[d]);
             for (int b = 0; b < 8; b++)
                 if (b < nb) {
@@ -602,7 +609,7 @@ __attribute__((target("avx512f,avx512bw"))) static void w_dot_rows_tiled(const e
     int64_t C = w->cols;
     for (int d = 0; d < nr; d++) {
         int64_t step;
-        const uint16_t *p = eng_cpu_amx_row_at(w->data, w->rows, C, r0 + d, &step);
+        const uint16_t *p = w_row_at(w, r0 + d, &step);
         __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
         for (int64_t k = 0; k < C; k += 32, p += step) {
             __m512 lo, hi;
@@ -625,7 +632,7 @@ __attribute__((target("avx512f,avx512bw"))) static void w_axpy_rows_tiled_multi(
     int t = 0;
     if (C % 64 == 0 && nr <= 256) {
         const uint16_t *row[256];
-        for (int d = 0; d < nr; d++) row[d] = eng_cpu_amx_row_at(w->data, w->rows, C, r0 + d, &step[d]);
+        for (int d = 0; d < nr; d++) row[d] = w_row_at(w, r0 + d, &step[d]);
         for (; t + 4 <= nt; t += 4)
             for (int64_t k0 = 0; k0 < C; k0 += 64) {
                 __m512 acc[4][4];
@@ -659,8 +666,8 @@ __attribute__((target("avx512f,avx512bw"))) static void w_dot_rows_tiled_multi(c
         int d = 0;
         for (; d + 2 <= nr; d += 2) {
             int64_t s0, s1; /* the two rows' steps (they may be in different 64-row groups) */
-            const uint16_t *p0 = eng_cpu_amx_row_at(w->data, w->rows, C, r0 + d, &s0);
-            const uint16_t *p1 = eng_cpu_amx_row_at(w->data, w->rows, C, r0 + d + 1, &s1);
+            const uint16_t *p0 = w_row_at(w, r0 + d, &s0);
+            const uint16_t *p1 = w_row_at(w, r0 + d + 1, &s1);
             __m512 acc[4][4];
 #pragma GCC unroll 4
             for (int q = 0; q < 4; q++) acc[q][0] = acc[q][1] = acc[q][2] = acc[q][3] = _mm512_setzero_ps();
@@ -679,7 +686,8 @@ __attribute__((target("avx512f,avx512bw"))) static void w_dot_rows_tiled_multi(c
 }
 
 static int w_in_place(const eng_w_t *w) {
-    return w->dt == ENG_DT_BF16 && w->layout == ENG_W_AMX && w->cols % 32 == 0 && K.axpy == axpy_avx512;
+    return w->dt == ENG_DT_BF16 && (w->layout == ENG_W_AMX || w->layout == ENG_W_T16) && w->cols % 32 == 0 &&
+           K.axpy == axpy_avx512;
 }
 
 void eng_cpu_w_axpy_rows(const eng_w_t *w, int64_t r0, int nr, const float *a, float *y, float *buf) {
@@ -743,10 +751,12 @@ void eng_cpu_row_f32(const eng_w_t *w, int64_t r, float *out) {
         memcpy(out, (const float *)w->data + r * C, C * sizeof(float));
         break;
     case ENG_DT_BF16:
-        if (w->layout == ENG_W_AMX) /* 32 columns at a time out of the tiles */
-            for (int64_t kb = 0; kb * 32 < C; kb++)
-                K.bf16_row(eng_cpu_amx_tiled_at(w->data, w->rows, C, r, kb), out + kb * 32,
-                           C - kb * 32 < 32 ? C - kb * 32 : 32);
+        if (w->layout != ENG_W_ROWS) { /* 32 columns at a time out of the tiles or groups */
+            int64_t step;
+            const uint16_t *p = w_row_at(w, r, &step);
+            for (int64_t kb = 0; kb * 32 < C; kb++, p += step)
+                K.bf16_row(p, out + kb * 32, C - kb * 32 < 32 ? C - kb * 32 : 32);
+        }
         else
             K.bf16_row((const uint16_t *)w->data + r * C, out, C);
         break;
@@ -1007,8 +1017,11 @@ typedef void (*tile_fn)(const void *, int, int64_t, const float *, int64_t, int,
  * weight used in place (never the model's) runs on the AVX-512 tiles */
 static int uses_amx(const eng_w_t *w) { return K.amx && w->dt == ENG_DT_BF16 && w->layout == ENG_W_AMX; }
 
-/* bf16 weights used in place on a CPU with AVX512-BF16 and no AMX */
-static int uses_bf16dp(const eng_w_t *w) { return K.bf16dp && w->dt == ENG_DT_BF16 && w->layout == ENG_W_ROWS; }
+/* bf16 weights on a CPU with AVX512-BF16 and no AMX: re-laid into T16
+ * groups (the backend's upload), or in place */
+static int uses_bf16dp(const eng_w_t *w) {
+    return K.bf16dp && w->dt == ENG_DT_BF16 && (w->layout == ENG_W_ROWS || w->layout == ENG_W_T16);
+}
 
 static int uses_vnni(const eng_w_t *w) { return K.vnni && w->dt == ENG_DT_I8 && w->qblk > 0 && w->scale; }
 
@@ -1022,9 +1035,22 @@ int eng_cpu_vnni_uses(const eng_w_t *w) {
     return uses_vnni(w);
 }
 
-int eng_cpu_w_wants_tiles(const eng_w_t *w) {
+size_t eng_cpu_w_relaid_bytes(const eng_w_t *w) {
     k_ready();
-    return K.amx && w->dt == ENG_DT_BF16 && w->layout == ENG_W_ROWS;
+    if (w->dt != ENG_DT_BF16 || w->layout != ENG_W_ROWS) return 0;
+    size_t ne = K.amx ? eng_cpu_amx_tiled_elems(w->rows, w->cols)
+                : K.bf16dp ? eng_cpu_bf16_t16_elems(w->rows, w->cols) : 0;
+    return ne * sizeof(uint16_t);
+}
+
+int eng_cpu_w_relay(const eng_w_t *w, void *dst) {
+    k_ready();
+    if (K.amx) {
+        eng_cpu_amx_tile_w(w->data, w->rows, w->cols, dst);
+        return ENG_W_AMX;
+    }
+    eng_cpu_bf16_t16_w(w->data, w->rows, w->cols, dst);
+    return ENG_W_T16;
 }
 
 size_t eng_cpu_xprep_bytes(const eng_w_t *w, int n) {

@@ -83,8 +83,11 @@ typedef struct {
 /* eng_w_t.layout.  ROWS: row-major as stored.  AMX (CPU backend, bf16, set by
  * its upload_w on the amx level): 16 x 32 tiles, the A operand of TDPBF16PS,
  * laid out so that a tile load reads 1 KB in place and 64 rows stream as one
- * run; rows padded to 16 and columns to 32 with zeros (eng_cpu_amx.c). */
-enum { ENG_W_ROWS = 0, ENG_W_AMX = 1 };
+ * run; rows padded to 16 and columns to 32 with zeros (eng_cpu_amx.c).  T16
+ * (CPU backend, bf16, its upload_w on the avx512bf16 level): groups of 16
+ * rows, each group's 32-column blocks 1 KB apart, so that one token's sweep
+ * of a group reads one run (eng_cpu_bf16.c). */
+enum { ENG_W_ROWS = 0, ENG_W_AMX = 1, ENG_W_T16 = 2 };
 
 /* ---- backend interface --------------------------------------------------------
  *
@@ -170,8 +173,9 @@ typedef struct {
     int (*copy)(eng_backend_t *be, void *dst, const void *src, size_t n);
     /* Weights, once at load: w's data and scale now point to backend copies in
      * their stored type (the CPU uses the mapping in place, except on its amx
-     * level, where a bf16 weight is re-laid once into AMX tiles: w->layout =
-     * ENG_W_AMX).  Owned by the backend until its free.  When w->data changed,
+     * and avx512bf16 levels, where a bf16 weight is re-laid once into AMX
+     * tiles or T16 groups: w->layout = ENG_W_AMX or ENG_W_T16).  Owned by the
+     * backend until its free.  When w->data changed,
      * the caller may drop the source's pages (the backend never reads them
      * again).  upload: the same for an fp32 vector [n]; the
      * host copy must live as long as the backend (the CPU keeps using it). */

@@ -3,13 +3,13 @@
  * reference on random bf16 and f32 weights, ragged shapes (row, column and
  * token tails), and bit-exact invariance: a token's outputs alone equal its
  * outputs in a batch, and rows computed in two chunks equal one call.  On the
- * amx level the bf16 weights are also re-laid into AMX tiles (as the backend's
- * upload does) and checked the same way, and their rows read back exactly.
+ * amx and avx512bf16 levels the bf16 weights are also re-laid into AMX tiles or
+ * T16 groups (as the backend's upload does) and checked the same way (T16: the
+ * same bits as in rows), and their rows read back exactly.
  *
  * The ISA is chosen once per process, so the test runs itself once per level
- * (a child per TOLLGATE_ENGINE_ISA value; avx512bf16 twice, the second with
- * TOLLGATE_ENGINE_BF16_ROWS=4, its other one-token tiles); a level this CPU
- * lacks is a recorded skip. */
+ * (a child per TOLLGATE_ENGINE_ISA value); a level this CPU lacks is a
+ * recorded skip. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -53,7 +53,7 @@ static int run_mm(const eng_w_t *w, const float *x, int n, float *y, int64_t spl
     return 0;
 }
 
-static int tiled_checked; /* shapes checked with tiled weights (amx) */
+static int tiled_checked; /* shapes checked with re-laid weights (amx, avx512bf16) */
 
 /* w against the double-precision reference Wf, then rows in two chunks and
  * each token alone against the whole batch, bit for bit */
@@ -117,16 +117,29 @@ static void check_shape(int dt, int64_t R, int64_t C, int n) {
     for (int64_t i = 0; i < (int64_t)n * C; i++) x[i] = (float)(urand() * ldexp(1.0, (int)(urand() * 6)));
     w.data = W;
     check_w(&w, Wf, x, n);
-    if (eng_cpu_w_wants_tiles(&w)) { /* amx: the weight re-laid into tiles, as the backend's upload does */
-        size_t ne = eng_cpu_amx_tiled_elems(R, C);
-        uint16_t *T = aligned_alloc(64, (ne * 2 + 63) / 64 * 64);
+    size_t tb = eng_cpu_w_relaid_bytes(&w);
+    if (tb) { /* amx, avx512bf16: the weight re-laid, as the backend's upload does */
+        uint16_t *T = aligned_alloc(64, (tb + 63) / 64 * 64);
         float *row = malloc((size_t)C * sizeof(float));
-        eng_cpu_amx_tile_w(W, R, C, T);
         eng_w_t wt = w;
         wt.data = T;
-        wt.layout = ENG_W_AMX;
-        CHECK(!eng_cpu_w_wants_tiles(&wt));
+        wt.layout = eng_cpu_w_relay(&w, T);
+        CHECK_EQ_I(wt.layout, !strcmp(eng_cpu_isa(), "amx") ? ENG_W_AMX : ENG_W_T16);
+        CHECK(!eng_cpu_w_relaid_bytes(&wt));
         check_w(&wt, Wf, x, n);
+        /* the same bits as the weight in rows (avx512bf16 runs both) */
+        if (wt.layout == ENG_W_T16) {
+            float *yr = malloc((size_t)n * R * sizeof(float)), *yt = malloc((size_t)n * R * sizeof(float));
+            CHECK_EQ_I(run_mm(&w, x, n, yr, 0), 0);
+            CHECK_EQ_I(run_mm(&wt, x, n, yt, 0), 0);
+            CHECK(!memcmp(yr, yt, (size_t)n * R * sizeof(float)));
+            for (int t = 0; t < n && t < 3; t++) { /* and one token alone */
+                CHECK_EQ_I(run_mm(&w, x + (int64_t)t * C, 1, yr, 0), 0);
+                CHECK_EQ_I(run_mm(&wt, x + (int64_t)t * C, 1, yt, 0), 0);
+                CHECK(!memcmp(yr, yt, (size_t)R * sizeof(float)));
+            }
+            free(yr), free(yt);
+        }
         /* rows read back out of the tiles (attention's kv_b, the embedding) */
         int rows_ok = 1;
         for (int64_t r = 0; r < R; r++) {
@@ -167,13 +180,14 @@ static void test_matmul(void) {
         int n;
     } shapes[] = {{1, 1, 1},    {5, 31, 3},    {17, 33, 17},   {70, 100, 5},  {64, 257, 40},
                   {33, 2053, 1}, {130, 600, 33}, {16, 4096, 16}, {200, 64, 70}, {96, 2048, 2},
-                  {40, 4200, 20}, {70, 2100, 18}};
+                  {40, 4200, 20}, {70, 2100, 18}, {37, 70, 2}};
     for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
         check_shape(ENG_DT_BF16, shapes[i].R, shapes[i].C, shapes[i].n);
         check_shape(ENG_DT_F32, shapes[i].R, shapes[i].C, shapes[i].n);
     }
-    /* the amx level re-lays every bf16 weight; no other level does */
-    CHECK_EQ_I(tiled_checked, !strcmp(eng_cpu_isa(), "amx") ? (int)(sizeof shapes / sizeof shapes[0]) : 0);
+    /* the amx and avx512bf16 levels re-lay every bf16 weight; no other level does */
+    int relays = !strcmp(eng_cpu_isa(), "amx") || !strcmp(eng_cpu_isa(), "avx512bf16");
+    CHECK_EQ_I(tiled_checked, relays ? (int)(sizeof shapes / sizeof shapes[0]) : 0);
 }
 
 static const char *isa_want;
@@ -356,26 +370,22 @@ int main(int argc, char **argv) {
         test_matmul();
         test_row_helpers();
         test_attn_tile();
-        printf("%s (%s%s): %d checks, %d failed, %d skipped\n", __FILE__, isa_want,
-               getenv("TOLLGATE_ENGINE_BF16_ROWS") ? ", TOLLGATE_ENGINE_BF16_ROWS" : "", tg_test_checks, tg_test_fails,
+        printf("%s (%s): %d checks, %d failed, %d skipped\n", __FILE__, isa_want, tg_test_checks, tg_test_fails,
                tg_test_skips);
         return tg_test_fails ? 1 : 0;
     }
     int failed = 0;
-    /* each level, then avx512bf16 again with its four-row one-token tiles */
-    for (size_t i = 0; i <= sizeof levels / sizeof levels[0]; i++) {
-        int again = i == sizeof levels / sizeof levels[0];
-        const char *lv = again ? "avx512bf16" : levels[i];
+    for (size_t i = 0; i < sizeof levels / sizeof levels[0]; i++) {
+        const char *lv = levels[i];
         fflush(stdout);
         pid_t p = fork();
         if (p == 0) {
-            if (again) setenv("TOLLGATE_ENGINE_BF16_ROWS", "4", 1);
             execl("/proc/self/exe", argv[0], lv, (char *)NULL);
             _exit(127);
         }
         int st = 0;
         if (p < 0 || waitpid(p, &st, 0) != p || !WIFEXITED(st) || WEXITSTATUS(st)) {
-            fprintf(stderr, "%s: level %s%s failed\n", __FILE__, lv, again ? " (TOLLGATE_ENGINE_BF16_ROWS=4)" : "");
+            fprintf(stderr, "%s: level %s failed\n", __FILE__, lv);
             failed = 1;
         }
     }
