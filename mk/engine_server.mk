@@ -1,7 +1,7 @@
 # engine server (tollgate-engine serve): unit tests of the pure parts and an
 # integration test that runs the real binary on the demo model.
 #
-#   make test-engine-server        unit + fuzz corpus replay + integration (ports 18720-18730)
+#   make test-engine-server        unit + fuzz corpus replay + integration (ports 18720-18732)
 #   make test-engine-server-unit   unit tests only (no model needed)
 #   make fuzz-engine-server        libFuzzer build of fuzz/engine_server (clang)
 
@@ -31,6 +31,7 @@ test-engine-server-unit: $(ENG_SRV_UNIT_BINS) tokenizer-data
 test-engine-server: test-engine-server-unit $(BIN)/tollgate-engine tokenizer-data $(ENG_SRV_FAILALLOC)
 	TOLLGATE_ENGINE=$(BIN)/tollgate-engine flock -w 1800 /tmp/tollgate-engsrv-run.lock /usr/bin/python3 tests/engine_server/test_server.py
 	TOLLGATE_ENGINE=$(BIN)/tollgate-engine flock -w 1800 /tmp/tollgate-engsrv-run.lock /usr/bin/python3 tests/engine_server/test_http.py
+	TOLLGATE_ENGINE=$(BIN)/tollgate-engine flock -w 1800 /tmp/tollgate-engsrv-run.lock /usr/bin/python3 tests/engine_server/test_structured.py
 	TOLLGATE_ENGINE=$(BIN)/tollgate-engine TOLLGATE_FAILALLOC=$(ENG_SRV_FAILALLOC) \
 	    flock -w 1800 /tmp/tollgate-engsrv-run.lock /usr/bin/python3 tests/engine_server/test_faults.py
 
