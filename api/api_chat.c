@@ -1097,6 +1097,27 @@ static int sc_any(sc_ctx_t *c, int ni, const tg_json_t *any, int depth, char *pa
     return ni;
 }
 
+/* A member name as JSON text (b, from tg_json_write_str) with U+2028 and
+ * U+2029 put back raw: the writer escapes them, but the grammar matches
+ * names byte for byte and lets another member (additionalProperties a
+ * schema) have any name without escapes, so an escaped property name would
+ * leave its raw twin (the same name, decoded) to the other members' schema. */
+static void sc_raw_seps(tg_buf_t *b) {
+    size_t i = 1, o = 1;
+    while (i < b->len) {
+        if (b->p[i] == '\\' && i + 5 < b->len && b->p[i + 1] == 'u' && !memcmp(b->p + i + 2, "202", 3) &&
+            (b->p[i + 5] == '8' || b->p[i + 5] == '9')) {
+            b->p[o++] = (char)0xE2, b->p[o++] = (char)0x80, b->p[o++] = (char)(b->p[i + 5] == '8' ? 0xA8 : 0xA9);
+            i += 6;
+            continue;
+        }
+        size_t k = b->p[i] != '\\' ? 1 : b->p[i + 1] == 'u' ? 6 : 2; /* one character, or one escape */
+        while (k-- && i < b->len) b->p[o++] = b->p[i++];
+    }
+    b->len = o;
+    b->p[o] = 0;
+}
+
 /* "properties" and "required" of node ni. */
 static int sc_props(sc_ctx_t *c, int ni, const tg_json_t *props, const tg_json_t *req, int depth, char *path,
                     size_t pl, api_err_t *e) {
@@ -1128,6 +1149,7 @@ static int sc_props(sc_ctx_t *c, int ni, const tg_json_t *props, const tg_json_t
         tg_buf_t kb = {0};
         tg_json_write_str(&kb, k, kl);
         if (kb.oom) return OOM();
+        sc_raw_seps(&kb);
         if (kb.len > API_SCHEMA_MAX_LIT) {
             tg_buf_free(&kb);
             return SC_BAD("a property name longer than %d bytes "

@@ -20,6 +20,7 @@
 #include <time.h>
 
 #include "tg_test.h"
+#include "tok-int.h" /* tok_b2u: the token of each byte */
 
 static tok_t *T;
 static eng_vocab_t *V;
@@ -830,6 +831,31 @@ static void test_records(void) {
     CHECK(extra > 0); /* the walks wrote other members at all */
     printf("record walks: %d/%d ended with EOS, parse, validate (%d record members; shortest answer %d bytes)\n",
            okw, walks, extra, sc.nodes[0].min_len);
+    api_schema_free(&sc);
+    /* a property named U+2028 (or U+2029): the writer escapes the character, an other member's name is
+     * raw text, so the property is written raw (its twin \u2028 would be the same name, decoded, under
+     * the other members' schema: {"\u2028":"x"} where the property says integer) (session 14, fuzz_gram) */
+    CHECK_EQ_I(compile("{\"type\":\"object\",\"properties\":{\"\\u2028\":{\"type\":\"integer\"},"
+                       "\"s\\u2029\\\\u2028\":{\"type\":\"null\"}},\"additionalProperties\":{\"type\":\"string\"}}", &sc), 0);
+    CHECK(schema_accepts(&sc, "{\"\u2028\":1,\"s\u2029\\\\u2028\":null}")); /* raw, the escaped backslash kept */
+    CHECK(schema_accepts(&sc, "{\"\u2028x\":\"y\"}"));                 /* another member's name, raw */
+    static const char *const twin[] = {"{\"\u2028\":\"", "{\"\\u2028\"", "{\"s\u2029\\\\u2028\":\""};
+    for (size_t i = 0; i < sizeof twin / sizeof *twin; i++) { /* byte by byte: each byte's own token */
+        eng_gram_t *g = eng_gram_schema(V, tok_eos(T), &sc);
+        int ok = 1;
+        for (const unsigned char *p = (const unsigned char *)twin[i]; *p && ok; p++) {
+            char u[4] = {0}; /* the byte-level character of byte *p, as UTF-8 */
+            unsigned cp = tok_b2u[*p];
+            if (cp < 0x80) u[0] = (char)cp;
+            else u[0] = (char)(0xC0 | cp >> 6), u[1] = (char)(0x80 | (cp & 0x3F));
+            int32_t id = tok_id(T, u);
+            CHECK(id >= 0);
+            ok = id >= 0 && eng_gram_accept(g, id) == 0;
+        }
+        CHECK(!ok);
+        if (ok) fprintf(stderr, "  accepted: %s\n", twin[i]);
+        eng_gram_free(g);
+    }
     api_schema_free(&sc);
     rs = rs_saved;
 }
