@@ -659,12 +659,14 @@ static int json_cost(const eng_gram_t *g, const gst_t *s) {
     int d = s->close, key = s->skey ? 2 : 0;
     switch (s->js) {
     case J_TOP: return sch(g, s) && s->vnode >= 0 ? node(g, s->vnode)->min_len : 2;
-    case J_OBJ_FIRST:
+    case J_OBJ_FIRST: /* close counts a comma before each required member: the first has none */
+        return in_schema(g, s) && g->rtail[g->roff[s->snode] + s->sp] ? d - 1 : d;
     case J_ARR_FIRST:
     case J_AFTER: return d;
-    case J_OBJ_KEY:
-        if (in_schema(g, s)) /* a member must come: a required one is counted in close already */
-            return d + (g->rtail[g->roff[s->snode] + s->sp] ? 0 : g->mmin[g->roff[s->snode] + s->sp]);
+    case J_OBJ_KEY: /* after a comma */
+        if (in_schema(g, s)) /* a member must come: a required one is counted in close already, with the
+                              * comma before it, which is written now */
+            return d + (g->rtail[g->roff[s->snode] + s->sp] ? -1 : g->mmin[g->roff[s->snode] + s->sp]);
         return 4 + d;
     case J_COLON: return 1 + vmin(g, s) + d;
     case J_VALUE: return vmin(g, s) + d;
