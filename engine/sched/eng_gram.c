@@ -379,6 +379,8 @@ static int close_with(const eng_gram_t *g, gst_t *s, unsigned c) {
         const api_schema_node_t *nd = node(g, n);
         s->snode = nd->parent;
         if (nd->pidx >= 0) s->sp = (uint8_t)(nd->pidx + 1);
+        else if (nd->parent >= 0 && node(g, nd->parent)->extra == n) /* another member's value: no property after it */
+            s->sp = (uint8_t)node(g, nd->parent)->n_props;
         s->vnode = -1;
     } else {
         if (s->gdepth) s->gdepth--;

@@ -860,6 +860,17 @@ static int check_records(const tg_json_t *j, void *extra) {
     return records_valid(j);
 }
 
+/* members other than "id" and "n", counted; schema_valid checks the rest (no name twice included) */
+static int check_records_any(const tg_json_t *j, void *extra) {
+    const tg_json_t *m;
+    TG_JSON_FOREACH(m, j) {
+        size_t kl;
+        const char *k = tg_json_key(m, &kl);
+        *(int *)extra += !((kl == 2 && !memcmp(k, "id", 2)) || (kl == 1 && k[0] == 'n'));
+    }
+    return 1;
+}
+
 static void test_records(void) {
     uint64_t rs_saved = rs;
     api_schema_t sc;
@@ -878,6 +889,23 @@ static void test_records(void) {
     CHECK(extra > 0); /* the walks wrote other members at all */
     printf("record walks: %d/%d ended with EOS, parse, validate (%d record members; shortest answer %d bytes)\n",
            okw, walks, extra, sc.nodes[0].min_len);
+    api_schema_free(&sc);
+    /* properties, then other members whose values are containers (zod's .catchall(z.array(...)), Pydantic's
+     * extra fields typed as a list or a model): once one closes, no property may come again (session 14,
+     * fuzz_gram: closing it set the next property back to the first, so a required one was written twice) */
+    CHECK_EQ_I(compile("{\"type\":\"object\",\"properties\":{\"id\":{\"type\":\"integer\"},\"n\":{\"type\":\"string\"}},"
+                       "\"required\":[\"id\"],\"additionalProperties\":{\"anyOf\":[{\"type\":\"array\",\"items\":"
+                       "{\"type\":\"string\"},\"maxItems\":2},{\"type\":\"object\",\"properties\":{\"k\":{\"type\":\"null\"}}}]}}",
+                       &sc), 0);
+    CHECK(schema_accepts(&sc, "{\"id\":1,\"x\":[\"a\"],\"y\":{\"k\":null},\"z\":[]}"));
+    static const char *const again[] = {"{\"id\":1,\"x\":[\"a\"],\"id\"", "{\"id\":1,\"x\":{},\"n\"",
+                                        "{\"id\":1,\"x\":{\"k\":null},\"id\""};
+    refuses_prefixes(&sc, again, sizeof again / sizeof *again);
+    extra = 0, walks = 0;
+    okw = walks_valid(&sc, 24, sc.nodes[0].min_len + 1, 4, 0, 30, check_records_any, &extra, "catchall", &walks);
+    CHECK(extra > 0);
+    printf("catch-all walks: %d/%d ended with EOS, parse, validate, no name twice (%d other members)\n", okw, walks,
+           extra);
     api_schema_free(&sc);
     /* a property named U+2028 (or U+2029): the writer escapes the character, an other member's name is
      * raw text, so the property is written raw (its twin \u2028 would be the same name, decoded, under
