@@ -2,7 +2,9 @@
  * hostile schema to the text the grammar lets the model write.
  *
  * Input: byte 0 the mode, byte 1 the token budget (max_tokens), then a
- * schema (JSON text) up to the first NUL, then the "model's choices".
+ * schema (JSON text) up to the first NUL, then the "model's choices"; or,
+ * with byte 0's high bit set, bytes from which fz_gen writes a schema of the
+ * supported keywords (names and values chosen to collide), then the choices.
  * Modes: 0 response_format json_object; 1 json_schema with the schema; 2 a
  * strict tool with the schema as parameters beside a plain one, tool_choice
  * "required"; 3 the same tools under "auto" with response_format json_schema;
@@ -422,6 +424,165 @@ static int fz_valid(const tg_json_t *root, const tg_json_t *s, const tg_json_t *
 
 /* ---- the request and the walk ------------------------------------------------------ */
 
+/* ---- schemas written from the input's bytes --------------------------------------------
+ * With byte 0's high bit set, the schema is not the input's text but written
+ * by fz_gen from the bytes that follow the budget: every keyword of the
+ * subset, names and values chosen to collide (shared prefixes, U+2028, "",
+ * escapes), bounds near their edges.  Most such schemas compile, so the walk
+ * (the part a text mutation rarely reaches) gets most of the time. */
+
+typedef struct {
+    const uint8_t *p, *end;
+} fz_rd_t;
+
+static unsigned fz_byte(fz_rd_t *r) { return r->p < r->end ? *r->p++ : 0; }
+
+static const char *const FZ_NAMES[] = {
+    "\"a\"", "\"ab\"", "\"abc\"", "\"\"", "\"\\u2028\"", "\"a\\\"b\"", "\"\\u00e9\"", "\"b\"", "\"x y\"", "\"aa\"",
+    "\"\\\\u2028\"", "\"\\u0000\"", "\"kkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkk\"", "\"\xe2\x80\xa9\"",
+    "\"1\"", "\"12\"",
+};
+static const char *const FZ_VALUES[] = {
+    "1", "12", "-0", "1.5", "1e2", "0.1", "null", "true", "false", "\"\"", "\"a\"", "\"ab\"", "\"abc\"",
+    "\"\\u2028\"", "{\"k\":[1]}", "[]", "{}", "[1,\"a\"]", "\"xxxxxxxxxxxxxxxxxxxxxxxx1\"", "\"xxxxxxxxxxxxxxxxxxxxxxxx2\"",
+    "-9007199254740991", "18446744073709551615", "1e-9", "\"\\\\\"",
+};
+static const char *const FZ_NUMS[] = {
+    "0", "1", "-1", "0.5", "-0.5", "3", "10", "0.001", "1e-9", "255", "2147483647", "-2147483648", "1e18", "1.5e3",
+    "9007199254740991", "0.1", "100", "-273.15", "7", "1e300",
+};
+static const char *const FZ_FORMATS[] = {"date", "time", "date-time", "uuid", "email", "hostname", "ipv4",
+                                         "ipv6", "duration", "int32", "uint64", "float32"};
+static const char *const FZ_TYPES[] = {"string", "integer", "number", "boolean", "null", "array", "object"};
+
+#define FZ_PICK(r, a) a[fz_byte(r) % (sizeof a / sizeof a[0])]
+
+static int fz_strict; /* a strict tool's parameters: objects closed, every member required */
+
+static void fz_gen(fz_rd_t *r, tg_buf_t *b, int depth, int root, int ndefs);
+
+static void fz_gen_obj(fz_rd_t *r, tg_buf_t *b, int depth, int ndefs) {
+    unsigned f = fz_byte(r);
+    int np = (int)(f % 6), req[6] = {0};
+    const char *names[6];
+    tg_buf_puts(b, "\"type\":\"object\"");
+    if (np || (f & 0x40)) {
+        tg_buf_puts(b, ",\"properties\":{");
+        int k = 0;
+        for (int i = 0; i < np; i++) {
+            const char *n = FZ_PICK(r, FZ_NAMES);
+            int dup = 0;
+            for (int j = 0; j < k; j++) dup |= !strcmp(names[j], n);
+            if (dup) continue;
+            names[k] = n;
+            req[k] = fz_byte(r) & 1;
+            tg_buf_puts(b, k ? "," : ""), tg_buf_puts(b, n), tg_buf_puts(b, ":");
+            fz_gen(r, b, depth + 1, 0, ndefs);
+            k++;
+        }
+        tg_buf_puts(b, "},\"required\":[");
+        for (int i = 0, c = 0; i < k; i++)
+            if (req[i] || (f & 0x80) || fz_strict) tg_buf_puts(b, c++ ? "," : ""), tg_buf_puts(b, names[i]);
+        tg_buf_puts(b, "]");
+    }
+    switch (fz_strict ? 0 : (f >> 3) & 3) {
+    case 0: tg_buf_puts(b, ",\"additionalProperties\":false"); break;
+    case 1: tg_buf_puts(b, ",\"additionalProperties\":"), fz_gen(r, b, depth + 1, 0, ndefs); break;
+    case 2: tg_buf_puts(b, ",\"additionalProperties\":true"); break;
+    default: break;
+    }
+}
+
+static void fz_gen(fz_rd_t *r, tg_buf_t *b, int depth, int root, int ndefs) {
+    unsigned k = root ? 8 : depth >= 5 ? fz_byte(r) % 7 : fz_byte(r) % 13, f = fz_byte(r);
+    char t[64];
+    tg_buf_puts(b, "{");
+    switch (k) {
+    case 0: /* string */
+        tg_buf_puts(b, "\"type\":\"string\"");
+        if (f & 1) snprintf(t, sizeof t, ",\"minLength\":%u", fz_byte(r) % 8), tg_buf_puts(b, t);
+        if (f & 2) snprintf(t, sizeof t, ",\"maxLength\":%u", fz_byte(r) % 8), tg_buf_puts(b, t);
+        if ((f & 12) == 4) tg_buf_puts(b, ",\"format\":\""), tg_buf_puts(b, FZ_PICK(r, FZ_FORMATS)), tg_buf_puts(b, "\"");
+        break;
+    case 1: /* integer */
+    case 2: /* number */
+        tg_buf_puts(b, k == 1 ? "\"type\":\"integer\"" : "\"type\":\"number\"");
+        if ((f & 3) == 1) tg_buf_puts(b, ",\"minimum\":"), tg_buf_puts(b, FZ_PICK(r, FZ_NUMS));
+        if ((f & 3) == 2) tg_buf_puts(b, ",\"maximum\":"), tg_buf_puts(b, FZ_PICK(r, FZ_NUMS));
+        if ((f & 12) == 4) tg_buf_puts(b, ",\"exclusiveMinimum\":"), tg_buf_puts(b, FZ_PICK(r, FZ_NUMS));
+        if ((f & 12) == 8) tg_buf_puts(b, ",\"exclusiveMaximum\":"), tg_buf_puts(b, FZ_PICK(r, FZ_NUMS));
+        if ((f & 48) == 16) tg_buf_puts(b, ",\"multipleOf\":"), tg_buf_puts(b, FZ_PICK(r, FZ_NUMS));
+        if ((f & 192) == 64) tg_buf_puts(b, ",\"format\":\""), tg_buf_puts(b, FZ_PICK(r, FZ_FORMATS)), tg_buf_puts(b, "\"");
+        break;
+    case 3: tg_buf_puts(b, "\"type\":\"boolean\""); break;
+    case 4: tg_buf_puts(b, "\"type\":\"null\""); break;
+    case 5: /* enum */
+    case 6: { /* const */
+        int n = k == 6 ? 1 : 1 + (int)(f % 5);
+        tg_buf_puts(b, k == 6 ? "\"const\":" : "\"enum\":[");
+        for (int i = 0; i < n; i++) tg_buf_puts(b, i ? "," : ""), tg_buf_puts(b, FZ_PICK(r, FZ_VALUES));
+        if (k == 5) tg_buf_puts(b, "]");
+        break;
+    }
+    case 7: /* array */
+        tg_buf_puts(b, "\"type\":\"array\"");
+        if (f & 1) {
+            int n = 1 + (int)(fz_byte(r) % 3);
+            tg_buf_puts(b, ",\"prefixItems\":[");
+            for (int i = 0; i < n; i++) tg_buf_puts(b, i ? "," : ""), fz_gen(r, b, depth + 1, 0, ndefs);
+            tg_buf_puts(b, "]");
+        }
+        if (f & 2) tg_buf_puts(b, ",\"items\":"), fz_gen(r, b, depth + 1, 0, ndefs);
+        else if (f & 4) tg_buf_puts(b, ",\"items\":false");
+        if (f & 8) snprintf(t, sizeof t, ",\"minItems\":%u", fz_byte(r) % 5), tg_buf_puts(b, t);
+        if (f & 16) snprintf(t, sizeof t, ",\"maxItems\":%u", fz_byte(r) % 5), tg_buf_puts(b, t);
+        break;
+    case 8: fz_gen_obj(r, b, depth, ndefs); break;
+    case 9: { /* anyOf */
+        int n = 1 + (int)(f % 3);
+        tg_buf_puts(b, "\"anyOf\":[");
+        for (int i = 0; i < n; i++) tg_buf_puts(b, i ? "," : ""), fz_gen(r, b, depth + 1, 0, ndefs);
+        tg_buf_puts(b, ",{\"type\":\"null\"}]");
+        break;
+    }
+    case 10: /* a list of types */
+        tg_buf_puts(b, "\"type\":[\""), tg_buf_puts(b, FZ_PICK(r, FZ_TYPES)), tg_buf_puts(b, "\",\"null\"]");
+        break;
+    case 11: /* a $ref */
+        if (ndefs) snprintf(t, sizeof t, "\"$ref\":\"#/$defs/D%u\"", f % (unsigned)ndefs);
+        else snprintf(t, sizeof t, "\"type\":\"null\"");
+        tg_buf_puts(b, t);
+        break;
+    default: /* allOf of one */
+        tg_buf_puts(b, "\"allOf\":["), fz_gen(r, b, depth + 1, 0, ndefs), tg_buf_puts(b, "]");
+        break;
+    }
+    tg_buf_puts(b, "}");
+}
+
+/* The schema the bytes r describe: an object root, with 0-2 $defs. */
+static char *fz_gen_schema(fz_rd_t *r, size_t *len) {
+    tg_buf_t b = {0};
+    int ndefs = (int)(fz_byte(r) % 3);
+    tg_buf_puts(&b, "{");
+    if (ndefs) {
+        tg_buf_puts(&b, "\"$defs\":{");
+        for (int i = 0; i < ndefs; i++) {
+            char t[16];
+            snprintf(t, sizeof t, "%s\"D%d\":", i ? "," : "", i);
+            tg_buf_puts(&b, t);
+            fz_gen(r, &b, 2, 0, 0); /* defs refer to no defs: no recursion */
+        }
+        tg_buf_puts(&b, "},");
+    }
+    tg_buf_t root = {0};
+    fz_gen(r, &root, 0, 1, ndefs);
+    tg_buf_put(&b, root.p + 1, root.len - 1); /* the root's members after the $defs */
+    tg_buf_free(&root);
+    *len = b.len;
+    return b.p;
+}
+
 /* The body of mode m around schema text s (n bytes). */
 static char *fz_body(int m, const char *s, size_t n) {
     static const char *const PRE[] = {
@@ -504,13 +665,26 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     int mode = data[0] % 5, bb = data[1];
     int budget = bb < 192 ? bb + 1 : bb < 255 ? 64 * (bb - 191) : FZ_MAX_STEPS;
     const char *s = (const char *)data + 2;
-    size_t rest = size - 2;
-    const uint8_t *nul = memchr(s, 0, rest);
-    size_t sl = nul ? (size_t)((const char *)nul - s) : rest;
-    const uint8_t *ch = nul ? nul + 1 : data + size, *ch_end = data + size;
+    size_t rest = size - 2, sl;
+    const uint8_t *ch, *ch_end = data + size;
+    char *gen = NULL;
+    if (data[0] & 0x80) { /* the schema written from the bytes; the rest are the choices */
+        fz_rd_t rd = {data + 2, data + size};
+        fz_strict = mode >= 2;
+        s = gen = fz_gen_schema(&rd, &sl);
+        ch = rd.p;
+    } else {
+        const uint8_t *nul = memchr(s, 0, rest);
+        sl = nul ? (size_t)((const char *)nul - s) : rest;
+        ch = nul ? nul + 1 : data + size;
+    }
+    if (getenv("FUZZ_GRAM_VERBOSE") && gen) fprintf(stderr, "schema: %.*s\n", (int)sl, s);
 
     char *body = fz_body(mode, s, sl);
-    if (!body) return 0;
+    if (!body) {
+        free(gen);
+        return 0;
+    }
     api_chat_req_t r;
     api_err_t e;
     if (api_chat_req_parse(&r, body, strlen(body), &e)) {
@@ -528,6 +702,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         tg_json_free(ej);
         free(j);
         free(body);
+        free(gen);
         return 0;
     }
     /* the schema as the client sent it, for the validator */
@@ -561,6 +736,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             break;
         }
         if (eng_gram_accept(g, id)) __builtin_trap(); /* the mask allowed what accept refuses */
+        if (getenv("FUZZ_GRAM_TRACE")) {
+            size_t tn;
+            const char *tb = tok_token_bytes(T, id, &tn);
+            fprintf(stderr, "step %d left %d allowed %d cost %d: %.*s\n", steps, budget - steps, count,
+                    eng_gram_close_cost(g), (int)tn, tb);
+        }
         size_t n;
         const char *b = tok_token_bytes(T, id, &n);
         if (b) tg_buf_put(&out, b, n);
@@ -595,5 +776,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     eng_gram_free(g);
     api_chat_req_free(&r);
     free(body);
+    free(gen);
     return 0;
 }
