@@ -464,14 +464,14 @@ static int xkey_feed(const eng_gram_t *g, gst_t *s, unsigned c) {
         return 0;
     }
     gst_t t = *s;
-    if (t.u8need) {
+    if (t.u8need) { /* the rest of a character: its lead made room for it */
         if (c < t.u8lo || c > t.u8hi) return -1;
         t.u8need--;
         t.u8lo = 0x80, t.u8hi = 0xBF;
-    } else if (c >= 0x80 && u8_lead(&t, c)) {
-        return -1;
+    } else {
+        if (c >= 0x80 && u8_lead(&t, c)) return -1;
+        if (t.lpos + t.u8need >= API_SCHEMA_MAX_LIT) return -1; /* the whole character within the limit */
     }
-    if (t.lpos >= API_SCHEMA_MAX_LIT) return -1;
     uint64_t nc = 0;
     for (int j = 0; j < np; j++) {
         const api_schema_prop_t *p = prop(g, n, j);

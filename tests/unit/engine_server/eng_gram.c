@@ -907,6 +907,33 @@ static void test_records(void) {
     printf("catch-all walks: %d/%d ended with EOS, parse, validate, no name twice (%d other members)\n", okw, walks,
            extra);
     api_schema_free(&sc);
+    /* another member's name is at most 256 bytes (with its opening quote): near the end a character starts
+     * only when all of its bytes fit, else its lead byte was taken and nothing could follow (session 14,
+     * fuzz_gram: a dead end, the mask empty, the worker's 500) */
+    CHECK_EQ_I(compile("{\"type\":\"object\",\"additionalProperties\":{\"type\":\"integer\"}}", &sc), 0);
+    for (int k = 250; k <= 255; k++) {
+        eng_gram_t *g = eng_gram_schema(V, tok_eos(T), &sc);
+        gst_t s0 = g->st;
+        int ok = !feed(g, &s0, '{') && !feed(g, &s0, '"');
+        for (int i = 0; ok && i < k; i++) ok = !feed(g, &s0, 'a');
+        CHECK(ok);
+        int dead = 0, taken = 0;
+        for (unsigned b = 0; b < 256; b++) { /* every byte taken here leaves some byte to take next */
+            gst_t s1 = s0;
+            if (feed(g, &s1, b)) continue;
+            taken++;
+            int next = 0;
+            for (unsigned b2 = 0; b2 < 256 && !next; b2++) {
+                gst_t s2 = s1;
+                next = !feed(g, &s2, b2);
+            }
+            if (!next) dead++, fprintf(stderr, "  name of %d bytes: byte 0x%02x leads nowhere\n", k, b);
+        }
+        CHECK(taken > 0);
+        CHECK_EQ_I(dead, 0);
+        eng_gram_free(g);
+    }
+    api_schema_free(&sc);
     /* a property named U+2028 (or U+2029): the writer escapes the character, an other member's name is
      * raw text, so the property is written raw (its twin \u2028 would be the same name, decoded, under
      * the other members' schema: {"\u2028":"x"} where the property says integer) (session 14, fuzz_gram) */
