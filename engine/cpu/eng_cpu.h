@@ -137,6 +137,9 @@ void eng_cpu_vnni_rows(const eng_w_t *w, const void *xp, int n, float *y, int64_
  * parts; their bytes; tokens t0..t1-1 split into xp; Y rows r0..r1 (T16:
  * r0 % 16 == 0). */
 size_t eng_cpu_bf16_t16_elems(int64_t R, int64_t C);
+/* rows r..r+15, columns 32 kb..32 kb+31 of W [R, C] into the 16 x 32 block t,
+ * zeros past R and C (both re-layings are made of these blocks) */
+void eng_cpu_w_block16(const uint16_t *W, int64_t R, int64_t C, int64_t r, int64_t kb, uint16_t *t);
 void eng_cpu_bf16_t16_w(const uint16_t *W, int64_t R, int64_t C, uint16_t *dst);
 const uint16_t *eng_cpu_bf16_t16_row_at(const uint16_t *T, int64_t C, int64_t r, int64_t *step);
 int eng_cpu_bf16_probe(void);

@@ -175,14 +175,7 @@ static inline size_t tile_off(int64_t R, int64_t KB, int64_t r, int64_t kb, int6
 void eng_cpu_amx_tile_w(const uint16_t *W, int64_t R, int64_t C, uint16_t *dst) {
     int64_t KB = (C + 31) / 32, Rp = (R + 15) / 16 * 16;
     for (int64_t r = 0; r < Rp; r += 16)
-        for (int64_t kb = 0; kb < KB; kb++) {
-            uint16_t *t = dst + tile_off(R, KB, r, kb, NULL);
-            for (int i = 0; i < 16; i++) {
-                int64_t row = r + i, c0 = kb * 32, nc = row >= R ? 0 : C - c0 < 32 ? C - c0 : 32;
-                if (nc) memcpy(t + i * 32, W + row * C + c0, (size_t)nc * sizeof(uint16_t));
-                memset(t + i * 32 + nc, 0, (size_t)(32 - nc) * sizeof(uint16_t));
-            }
-        }
+        for (int64_t kb = 0; kb < KB; kb++) eng_cpu_w_block16(W, R, C, r, kb, dst + tile_off(R, KB, r, kb, NULL));
 }
 
 /* row r's first 32 columns; *step: elements from one 32-column block of the row to the next */

@@ -162,17 +162,18 @@ BF_TILE(4, 1) BF_TILE(4, 2) BF_TILE(4, 3) BF_TILE(4, 4)
 
 size_t eng_cpu_bf16_t16_elems(int64_t R, int64_t C) { return (size_t)((R + 15) / 16 * 16) * (size_t)x_cp(C); }
 
+void eng_cpu_w_block16(const uint16_t *W, int64_t R, int64_t C, int64_t r, int64_t kb, uint16_t *t) {
+    for (int i = 0; i < 16; i++) {
+        int64_t row = r + i, c0 = kb * 32, nc = row >= R ? 0 : C - c0 < 32 ? C - c0 : 32;
+        if (nc) memcpy(t + i * 32, W + row * C + c0, (size_t)nc * sizeof(uint16_t));
+        memset(t + i * 32 + nc, 0, (size_t)(32 - nc) * sizeof(uint16_t));
+    }
+}
+
 void eng_cpu_bf16_t16_w(const uint16_t *W, int64_t R, int64_t C, uint16_t *dst) {
     int64_t KB = x_cp(C) / 32, Rp = (R + 15) / 16 * 16;
     for (int64_t g = 0; g < Rp; g += 16)
-        for (int64_t kb = 0; kb < KB; kb++) {
-            uint16_t *t = dst + (g / 16 * KB + kb) * 512;
-            for (int i = 0; i < 16; i++) {
-                int64_t row = g + i, c0 = kb * 32, nc = row >= R ? 0 : C - c0 < 32 ? C - c0 : 32;
-                if (nc) memcpy(t + i * 32, W + row * C + c0, (size_t)nc * sizeof(uint16_t));
-                memset(t + i * 32 + nc, 0, (size_t)(32 - nc) * sizeof(uint16_t));
-            }
-        }
+        for (int64_t kb = 0; kb < KB; kb++) eng_cpu_w_block16(W, R, C, g, kb, dst + (g / 16 * KB + kb) * 512);
 }
 
 const uint16_t *eng_cpu_bf16_t16_row_at(const uint16_t *T, int64_t C, int64_t r, int64_t *step) {
