@@ -198,6 +198,11 @@ struct eng_gram {
 
 static int is_ws(unsigned c) { return c == ' ' || c == '\n' || c == '\r' || c == '\t'; }
 
+/* j over the set bits of the 64-bit mask m, lowest first (candidate
+ * properties and enum values: most are out after a byte or two, and a mask
+ * walk feeds a byte per token) */
+#define FOR_BITS(j, m) for (uint64_t m_ = (m); m_ && ((j) = __builtin_ctzll(m_), 1); m_ &= m_ - 1)
+
 static int sch(const eng_gram_t *g, const gst_t *s) { return s->schema; }
 /* The innermost container is a schema object or array (not a schema-free one). */
 static int in_schema(const eng_gram_t *g, const gst_t *s) { return sch(g, s) && !s->gdepth && s->snode >= 0; }
@@ -279,9 +284,8 @@ static int json_feed(const eng_gram_t *g, gst_t *s, unsigned c);
 static int enum_feed(const eng_gram_t *g, gst_t *s, unsigned c) {
     const api_schema_node_t *nd = node(g, s->vnode);
     uint64_t nc = 0;
-    int complete = 0;
-    for (int j = 0; j < nd->n_enum; j++) {
-        if (!(s->cand >> j & 1)) continue;
+    int complete = 0, j;
+    FOR_BITS(j, s->cand) {
         const api_schema_lit_t *l = &g->sc.lits[nd->lit0 + j];
         if (l->len > s->lpos && (unsigned char)g->sc.arena[l->off + s->lpos] == c) nc |= 1ull << j;
         if (l->len == s->lpos) complete = 1;
@@ -405,18 +409,17 @@ static uint64_t key_cands(const eng_gram_t *g, const gst_t *s) {
 
 /* One byte of a schema member name; 0 or -1. */
 static int key_feed(const eng_gram_t *g, gst_t *s, unsigned c) {
-    int n = s->snode, np = node(g, n)->n_props;
+    int n = s->snode, j;
     uint64_t nc = 0;
-    for (int j = 0; j < np; j++) {
-        if (!(s->cand >> j & 1)) continue;
+    FOR_BITS(j, s->cand) {
         const api_schema_prop_t *p = prop(g, n, j);
         if (p->len > s->lpos && (unsigned char)g->sc.arena[p->off + s->lpos] == c) nc |= 1ull << j;
     }
     if (!nc) return -1;
     s->cand = nc;
     s->lpos++;
-    for (int j = 0; j < np; j++) {
-        if (!(nc >> j & 1) || prop(g, n, j)->len != s->lpos) continue;
+    FOR_BITS(j, nc) {
+        if (prop(g, n, j)->len != s->lpos) continue;
         /* complete (the closing quote: no other name goes on from here) */
         s->js = J_COLON;
         s->vnode = prop(g, n, j)->node;
@@ -435,10 +438,10 @@ static int key_feed(const eng_gram_t *g, gst_t *s, unsigned c) {
 static int xkey_feed(const eng_gram_t *g, gst_t *s, unsigned c) {
     int n = s->snode, np = node(g, n)->n_props;
     uint64_t xall = 0;
-    for (int j = 0; j < np; j++) {
+    int j;
+    FOR_BITS(j, s->xall) {
         const api_schema_prop_t *p = prop(g, n, j);
-        if ((s->xall >> j & 1) && p->len > s->lpos && (unsigned char)g->sc.arena[p->off + s->lpos] == c)
-            xall |= 1ull << j;
+        if (p->len > s->lpos && (unsigned char)g->sc.arena[p->off + s->lpos] == c) xall |= 1ull << j;
     }
     if (c == '"' && !s->u8need) {
         gst_t t = *s;
@@ -447,8 +450,8 @@ static int xkey_feed(const eng_gram_t *g, gst_t *s, unsigned c) {
             *s = t;
             return 0;
         }
-        for (int j = 0; j < np; j++)
-            if ((xall >> j & 1) && prop(g, n, j)->len == s->lpos + 1u) return -1; /* a property's, out of turn */
+        FOR_BITS(j, xall)
+            if (prop(g, n, j)->len == s->lpos + 1u) return -1; /* a property's, out of turn */
         if (s->lpos < 2) return -1;
         s->js = J_COLON;
         s->vnode = node(g, n)->extra;
@@ -473,9 +476,9 @@ static int xkey_feed(const eng_gram_t *g, gst_t *s, unsigned c) {
         if (t.lpos + t.u8need >= API_SCHEMA_MAX_LIT) return -1; /* the whole character within the limit */
     }
     uint64_t nc = 0;
-    for (int j = 0; j < np; j++) {
+    FOR_BITS(j, t.cand) {
         const api_schema_prop_t *p = prop(g, n, j);
-        if ((t.cand >> j & 1) && p->len > t.lpos && (unsigned char)g->sc.arena[p->off + t.lpos] == c) nc |= 1ull << j;
+        if (p->len > t.lpos && (unsigned char)g->sc.arena[p->off + t.lpos] == c) nc |= 1ull << j;
     }
     t.cand = nc, t.xall = xall, t.lpos++;
     *s = t;
@@ -683,9 +686,8 @@ static int json_cost(const eng_gram_t *g, const gst_t *s) {
     case J_LIT: return (int)strlen(LITS[s->lit]) - s->litpos + d;
     case J_KEY:
     case J_XKEY: {
-        int n = s->snode, np = node(g, n)->n_props, best = 1 << 20;
-        for (int j = 0; j < np; j++) {
-            if (!(s->cand >> j & 1)) continue;
+        int n = s->snode, np = node(g, n)->n_props, best = 1 << 20, j;
+        FOR_BITS(j, s->cand) {
             const api_schema_prop_t *p = prop(g, n, j);
             int c = (int)p->len - s->lpos + 1 + node(g, p->node)->min_len - obj_close(g, n, s->sp) +
                     obj_close(g, n, j + 1);
@@ -693,7 +695,7 @@ static int json_cost(const eng_gram_t *g, const gst_t *s) {
         }
         if (s->js == J_XKEY) { /* another member: a byte more if the name is empty or a property's, '"', ':' */
             int eq = s->lpos < 2;
-            for (int j = 0; j < np && !eq; j++) eq = (s->xall >> j & 1) && prop(g, n, j)->len == s->lpos + 1u;
+            FOR_BITS(j, s->xall) eq |= prop(g, n, j)->len == s->lpos + 1u;
             int c = eq + s->u8need + 2 + node(g, node(g, n)->extra)->min_len - obj_close(g, n, s->sp) +
                     obj_close(g, n, np);
             if (c < best) best = c;
@@ -702,10 +704,10 @@ static int json_cost(const eng_gram_t *g, const gst_t *s) {
     }
     case J_ENUM: {
         const api_schema_node_t *nd = node(g, s->vnode);
-        int best = 1 << 20;
-        for (int j = 0; j < nd->n_enum; j++) {
+        int best = 1 << 20, j;
+        FOR_BITS(j, s->cand) {
             const api_schema_lit_t *l = &g->sc.lits[nd->lit0 + j];
-            if ((s->cand >> j & 1) && (int)l->len >= s->lpos && (int)l->len - s->lpos < best)
+            if ((int)l->len >= s->lpos && (int)l->len - s->lpos < best)
                 best = (int)l->len - s->lpos;
         }
         return best + d;
