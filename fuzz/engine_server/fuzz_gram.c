@@ -403,8 +403,12 @@ static int fz_valid(const tg_json_t *root, const tg_json_t *s, const tg_json_t *
         return 1;
     }
     case TG_JSON_OBJECT: {
-        if (tg_json_dup_key(v, NULL, NULL)) return 0; /* strict readers take one value per name */
         const tg_json_t *props = tg_json_get(s, "properties"), *add = tg_json_get(s, "additionalProperties");
+        size_t dl;
+        const char *dup = tg_json_dup_key(v, &dl, NULL);
+        /* a property twice: strict readers take one of the values; two other members of one name, each
+         * valid, are the documented leniency (api/README.md: the grammar keeps no set of names) */
+        if (dup && tg_json_getn(props, dup, dl)) return 0;
         TG_JSON_FOREACH(x, v) {
             size_t kl;
             const char *key = tg_json_key(x, &kl);
