@@ -345,6 +345,8 @@ static void test_schema_machine(void) {
     api_schema_free(&p);
 }
 
+static const char BOUNDED[], FORMATS[];
+
 /* The budget rule needs progress: from every state with bytes still to
  * write, some byte leaves fewer.  Else a token taken while it fitted (cost
  * + EOS = the tokens left) leads where no token fits, the mask falls back to
@@ -363,6 +365,10 @@ static void test_cost_progress(void) {
          "\"required\":[\"x\",\"y\"]},\"z\":{\"type\":\"boolean\"}},\"required\":[\"r\",\"z\"],"
          "\"additionalProperties\":{\"type\":\"integer\"}}",
          "{\"o\":\"\u00e9\" , \"r\":{ \"x\":1 , \"y\":\"ab\" } , \"z\":false , \"q\" : 3 }"},
+        {BOUNDED, "{\"age\":18,\"score\":0.5,\"temp\":-273.15,\"neg\":-1,\"big\":-9007199254740991,"
+                  "\"tags\":[\"a\",\"bc\"],\"grid\":[[1],[2,3]],\"name\":null,\"opt\":5.5}"},
+        {FORMATS, "{\"at\":\"2020-01-01T00:00:00.5+01:00\",\"day\":\"2020-02-29\","
+                  "\"id\":\"0123abcd-0000-4000-8000-000000000000\",\"until\":null,\"days\":[\"1999-12-31\"]}"},
     };
     for (size_t i = 0; i < sizeof C / sizeof *C; i++) {
         api_schema_t sc;
