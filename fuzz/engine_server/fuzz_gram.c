@@ -97,29 +97,46 @@ static int fz_dec(const char *t, int *neg, __int128 *D, long *X) {
     return 0;
 }
 
-/* a <=> b for two JSON number texts, exact when both have at most 36
- * significant digits and exponents within reach, else by long double. */
-static int fz_num_cmp(const char *a, const char *b) {
-    int na, nb;
-    __int128 Da, Db;
-    long Xa, Xb;
-    if (!fz_dec(a, &na, &Da, &Xa) && !fz_dec(b, &nb, &Db, &Xb)) {
-        if (!Da && !Db) return 0;
-        int sa = !Da ? 0 : na ? -1 : 1, sb = !Db ? 0 : nb ? -1 : 1;
-        if (sa != sb) return sa < sb ? -1 : 1;
-        /* same sign: compare magnitudes D*10^X, scaling the larger exponent down */
-        long d = Xa - Xb;
-        __int128 A = Da, B = Db;
-        int exact = 1;
-        for (; d > 0 && exact; d--) exact = A < ((__int128)1 << 120) / 10 ? (A *= 10, 1) : 0;
-        for (; d < 0 && exact; d++) exact = B < ((__int128)1 << 120) / 10 ? (B *= 10, 1) : 0;
-        if (exact) {
-            int c = A < B ? -1 : A > B;
-            return sa < 0 ? -c : c;
+/* A JSON number text as sign, significant digits (no leading or trailing
+ * zeros, at most 127 kept: more never decide a comparison here) and the
+ * power of ten of the first: value = 0.d1d2... * 10^(*e). */
+static void fz_sig(const char *t, int *neg, char *dg, int *nd, long *e) {
+    *neg = *t == '-';
+    t += *neg;
+    long point = -1, i = 0, first = -1;
+    *nd = 0;
+    for (; *t && *t != 'e' && *t != 'E'; t++) {
+        if (*t == '.') {
+            point = i;
+            continue;
         }
+        if (first < 0 && *t != '0') first = i;
+        if (first >= 0 && *nd < 127) dg[(*nd)++] = *t;
+        i++;
     }
-    long double x = strtold(a, NULL), y = strtold(b, NULL);
-    return x < y ? -1 : x > y;
+    if (point < 0) point = i;
+    long x = *t ? strtol(t + 1, NULL, 10) : 0;
+    x = x > 100000 ? 100000 : x < -100000 ? -100000 : x;
+    while (*nd && dg[*nd - 1] == '0') (*nd)--;
+    *e = first < 0 ? 0 : point - first + x;
+}
+
+/* a <=> b for two JSON number texts, exactly (decimal digits compared). */
+static int fz_num_cmp(const char *a, const char *b) {
+    int na, nb, la, lb;
+    char da[128], db[128];
+    long ea, eb;
+    fz_sig(a, &na, da, &la, &ea);
+    fz_sig(b, &nb, db, &lb, &eb);
+    int sa = !la ? 0 : na ? -1 : 1, sb = !lb ? 0 : nb ? -1 : 1;
+    if (sa != sb) return sa < sb ? -1 : 1;
+    if (!sa) return 0;
+    int c = ea != eb ? (ea < eb ? -1 : 1) : 0;
+    for (int i = 0; !c && (i < la || i < lb); i++) {
+        char x = i < la ? da[i] : '0', y = i < lb ? db[i] : '0';
+        c = x != y ? (x < y ? -1 : 1) : 0;
+    }
+    return sa < 0 ? -c : c;
 }
 
 /* v (number text) is a whole multiple of m (number text > 0). */
