@@ -76,6 +76,10 @@ def post(body, stream=False):
 
 # ---- a JSON Schema validator for the supported keywords -----------------------------
 
+NUM = (int, float, decimal.Decimal)  # answers are read with parse_float=Decimal: exact, at any length
+decimal.getcontext().prec = 400      # multipleOf's remainder of a long number, exactly
+
+
 def num(x):
     return decimal.Decimal(repr(x)) if isinstance(x, float) else decimal.Decimal(x)
 
@@ -93,7 +97,7 @@ def same(a, b):
     """JSON equality (1 == 1.0, true != 1)."""
     if isinstance(a, bool) or isinstance(b, bool):
         return a is b
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+    if isinstance(a, NUM) and isinstance(b, NUM):
         return num(a) == num(b)
     if isinstance(a, list) and isinstance(b, list):
         return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
@@ -104,9 +108,9 @@ def same(a, b):
 
 def is_type(v, t):
     if t == "integer":
-        return isinstance(v, (int, float)) and not isinstance(v, bool) and num(v) == num(v).to_integral_value()
+        return isinstance(v, NUM) and not isinstance(v, bool) and num(v) == num(v).to_integral_value()
     if t == "number":
-        return isinstance(v, (int, float)) and not isinstance(v, bool)
+        return isinstance(v, NUM) and not isinstance(v, bool)
     return isinstance(v, {"object": dict, "array": list, "string": str, "boolean": bool,
                           "null": type(None)}[t])
 
@@ -128,7 +132,7 @@ def valid(v, sc, root):
         return False
     if "type" in sc and not any(is_type(v, t) for t in (sc["type"] if isinstance(sc["type"], list) else [sc["type"]])):
         return False
-    if isinstance(v, (int, float)) and not isinstance(v, bool):
+    if isinstance(v, NUM) and not isinstance(v, bool):
         x = num(v)
         for k, bad in (("minimum", lambda b: x < b), ("maximum", lambda b: x > b),
                        ("exclusiveMinimum", lambda b: x <= b), ("exclusiveMaximum", lambda b: x >= b)):
@@ -260,7 +264,7 @@ class Hostile(unittest.TestCase):
         if fin == "length":
             return "length"
         self.assertIn(fin, ("stop", "tool_calls"), name)
-        v = json.loads(args if fin == "tool_calls" else text)
+        v = json.loads(args if fin == "tool_calls" else text, parse_float=decimal.Decimal)
         if not isinstance(schema, Raw):
             self.assertTrue(valid(v, schema, schema), "%s: %s" % (name, (args or text)[:400]))
         return fin
