@@ -129,6 +129,10 @@ int api_fmt_rest(int kind, const api_fmt_t *s);
 #define API_NB_LO_EX 4 /* ... exclusive */
 #define API_NB_HI_EX 8
 #define API_NUM_MAX_SCALE 9            /* bounds are kept to 9 decimal places, rounded inwards */
+/* Fraction digits beyond the scale a bounded number may have: a value just
+ * inside an exclusive bound (0.99999... under 1) stays off it when a client
+ * reads it as a double (more nines would round onto the bound). */
+#define API_NUM_MAX_TAIL 6
 #define API_NUM_LIMIT 1000000000000000000LL /* 10^18 units: bounds beyond are brought in to it */
 #define API_SCHEMA_MAX_ITEMS_MIN 4096  /* largest minItems */
 #define API_SCHEMA_MAX_CHARS_MIN 4096  /* largest minLength */
@@ -146,7 +150,7 @@ typedef struct {
     uint64_t m;     /* magnitude so far, in units of 10^-nscale */
     uint8_t phase;  /* API_NUM_* */
     uint8_t neg;    /* a '-' came */
-    uint8_t fd;     /* fraction digits so far (saturates at nscale + 2) */
+    uint8_t fd;     /* fraction digits so far (at most nscale + API_NUM_MAX_TAIL) */
     uint8_t tail;   /* a nonzero fraction digit beyond nscale came */
     uint8_t big;    /* the magnitude passed API_NUM_LIMIT (beyond any bound) */
 } api_num_t;

@@ -168,7 +168,7 @@ int api_num_cost(const api_schema_node_t *nd, const api_num_t *s) {
         }
         if (s->tail) return !mul && meets(&B, s->m, 1, (i128)s->m + 1, 1) ? 0 : API_NUM_NEVER;
         if (whole && meets(&B, s->m, 0, s->m, 0)) return 0;
-        return !mul && meets(&B, s->m, 1, (i128)s->m + 1, 1) ? 1 : API_NUM_NEVER;
+        return !mul && s->fd < F + API_NUM_MAX_TAIL && meets(&B, s->m, 1, (i128)s->m + 1, 1) ? 1 : API_NUM_NEVER;
     }
     }
     return API_NUM_NEVER;
@@ -202,7 +202,8 @@ int api_num_step(const api_schema_node_t *nd, api_num_t *s, unsigned c) {
         case API_NUM_DOT:
         case API_NUM_FRAC:
             t.phase = API_NUM_FRAC;
-            if (t.fd < F + 2) t.fd++;
+            if (t.fd >= F + API_NUM_MAX_TAIL) return -1; /* as a double, more would round onto a bound */
+            t.fd++;
             if (t.fd <= F) t.m += (uint64_t)(d * pow10_(F - t.fd));
             else if (d) t.tail = 1;
             break;

@@ -1249,6 +1249,43 @@ static void test_schema_adversarial(void) {
     tg_buf_free(&b);
 }
 
+/* Text through api_num_step: 0 when every byte is taken and the number may
+ * end there (cost 0), else -1. */
+static int num_takes(const api_schema_node_t *nd, const char *t) {
+    api_num_t s = {0};
+    for (; *t; t++)
+        if (api_num_step(nd, &s, (unsigned char)*t)) return -1;
+    return api_num_cost(nd, &s) ? -1 : 0;
+}
+
+/* A bounded number has at most API_NUM_MAX_TAIL fraction digits beyond its
+ * scale: 0.99999999999999999999 is below 1, but a client reading doubles
+ * gets 1.0, which exclusiveMaximum 1 refuses (session 14, fuzz_gram). */
+static void test_num_tail(void) {
+    api_schema_t sc = {0};
+    api_err_t e;
+    CHECK_EQ_I(compile_v("{\"type\":\"number\",\"exclusiveMinimum\":0,\"exclusiveMaximum\":1}", &sc, &e), 0);
+    const api_schema_node_t *nd = &sc.nodes[1];
+    CHECK_EQ_I(num_takes(nd, "0.5"), 0);
+    CHECK_EQ_I(num_takes(nd, "0.999999"), 0);
+    CHECK_EQ_I(num_takes(nd, "0.000001"), 0);
+    CHECK_EQ_I(num_takes(nd, "0.9999999"), -1);
+    CHECK_EQ_I(num_takes(nd, "0.99999999999999999999"), -1);
+    CHECK_EQ_I(num_takes(nd, "0.0000001"), -1);
+    api_num_t s = {0}; /* six zeros: no digit may follow that keeps it above 0, so the sixth is refused */
+    const char *z = "0.00000";
+    for (const char *p = z; *p; p++) CHECK_EQ_I(api_num_step(nd, &s, (unsigned char)*p), 0);
+    CHECK_EQ_I(api_num_step(nd, &s, '0'), -1);
+    CHECK_EQ_I(api_num_cost(nd, &s), 1);
+    api_schema_free(&sc);
+    CHECK_EQ_I(compile_v("{\"type\":\"number\",\"exclusiveMinimum\":1e-9}", &sc, &e), 0);
+    nd = &sc.nodes[1];
+    CHECK_EQ_I(num_takes(nd, "0.000000001000001"), 0);
+    CHECK_EQ_I(num_takes(nd, "0.0000000010000001"), -1);
+    CHECK_EQ_I(num_takes(nd, "0.000000001"), -1);
+    api_schema_free(&sc);
+}
+
 /* A body nested deeper than the JSON reader takes (128) is a 400 naming the
  * field it nests in: a schema 1,000 levels deep is the schema's fault. */
 static void test_deep_body_names_field(void) {
@@ -1283,6 +1320,7 @@ static void test_deep_body_names_field(void) {
 int main(int argc, char **argv) {
     if (argc > 1) vec_dir = argv[1];
     test_deep_body_names_field();
+    test_num_tail();
     test_schema_adversarial();
     test_formats();
     test_formats_more();
