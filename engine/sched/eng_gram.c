@@ -135,6 +135,13 @@ enum { /* JSON states */
 enum { N_MINUS, N_ZERO, N_INT, N_DOT, N_FRAC, N_E, N_ESIGN, N_EXP };
 
 #define MAX_DEPTH 32
+/* A number the schema does not bound: at most 20 digits before the point and
+ * 20 after, an exponent of at most 2 digits, so that a reader of doubles
+ * gets a finite number, nonzero when it is (a 400-digit integer is Infinity
+ * to JavaScript's JSON.parse, 1e999 too); a sampled number otherwise runs on
+ * while digits stay likely. */
+#define NUM_DIGITS 20
+#define NUM_EXP_DIGITS 2
 #define MAX_WS 24
 #define MAX_CALLS 16
 
@@ -349,14 +356,14 @@ static int value_start(const eng_gram_t *g, gst_t *s, unsigned c) {
         }
         s->js = c == '{' ? J_OBJ_FIRST : J_ARR_FIRST;
         return 0;
-    case '-': s->js = J_NUM, s->num = N_MINUS; break;
-    case '0': s->js = J_NUM, s->num = N_ZERO; break;
+    case '-': s->js = J_NUM, s->num = N_MINUS, s->litpos = 0; break;
+    case '0': s->js = J_NUM, s->num = N_ZERO, s->litpos = 1; break;
     case 't': s->js = J_LIT, s->lit = 0, s->litpos = 1; return types & API_ST_BOOL ? 0 : -1;
     case 'f': s->js = J_LIT, s->lit = 1, s->litpos = 1; return types & API_ST_BOOL ? 0 : -1;
     case 'n': s->js = J_LIT, s->lit = 2, s->litpos = 1; return types & API_ST_NULL ? 0 : -1;
     default:
         if (c < '1' || c > '9') return -1;
-        s->js = J_NUM, s->num = N_INT;
+        s->js = J_NUM, s->num = N_INT, s->litpos = 1;
         break;
     }
     /* a number */
@@ -615,20 +622,20 @@ static int json_feed(const eng_gram_t *g, gst_t *s, unsigned c) {
         switch (s->num) {
         case N_MINUS:
             if (!d) return -1;
-            s->num = c == '0' ? N_ZERO : N_INT;
+            s->num = c == '0' ? N_ZERO : N_INT, s->litpos = 1;
             return 0;
         case N_ZERO:
         case N_INT:
-            if (d && s->num == N_INT) return 0;
-            if (c == '.' && frac) return s->num = N_DOT, 0;
+            if (d && s->num == N_INT) return s->litpos >= NUM_DIGITS ? -1 : (s->litpos++, 0);
+            if (c == '.' && frac) return s->num = N_DOT, s->litpos = 0, 0;
             if ((c == 'e' || c == 'E') && frac) return s->num = N_E, 0;
             break; /* the number ends before c */
         case N_DOT:
             if (!d) return -1;
-            s->num = N_FRAC;
+            s->num = N_FRAC, s->litpos = 1;
             return 0;
         case N_FRAC:
-            if (d) return 0;
+            if (d) return s->litpos >= NUM_DIGITS ? -1 : (s->litpos++, 0);
             if (c == 'e' || c == 'E') return s->num = N_E, 0;
             break;
         case N_E:
@@ -636,10 +643,10 @@ static int json_feed(const eng_gram_t *g, gst_t *s, unsigned c) {
             /* fall through */
         case N_ESIGN:
             if (!d) return -1;
-            s->num = N_EXP;
+            s->num = N_EXP, s->litpos = 1;
             return 0;
         case N_EXP:
-            if (d) return 0;
+            if (d) return s->litpos >= NUM_EXP_DIGITS ? -1 : (s->litpos++, 0);
             break;
         }
         value_done(s);

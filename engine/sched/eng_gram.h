@@ -4,7 +4,9 @@
  *
  * Grammars:
  *  - JSON: one JSON object (RFC 8259; strings valid UTF-8 without control
- *    characters or lone surrogate escapes; nesting at most 32), then EOS.
+ *    characters or lone surrogate escapes; nesting at most 32; numbers of
+ *    at most 20 digits before the point and 20 after, exponents of 2, so
+ *    that doubles read them finite), then EOS.
  *    `response_format: {"type":"json_object"}`.
  *  - SCHEMA: the same, valid against a compiled json_schema (api.h): member
  *    names from "properties" in their order, every "required" one present,
