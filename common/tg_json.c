@@ -1,13 +1,17 @@
 /* tg_json.c — strict RFC 8259 reader into a one-allocation DOM, and the
  * JSON string writer (see tg_json.h).
  *
- * The text is read twice by the same recursive-descent code: the first pass
- * validates everything and counts the nodes and the bytes that strings and
- * number texts will need; one block of exactly that size is allocated; the
- * second pass (which cannot fail) fills it.  The root is the first node of
- * the block, so freeing the root frees the document.  Recursion is bounded
- * by max_depth.  Invariants of a built document: every string is valid UTF-8
- * (possibly holding NUL) followed by a NUL; siblings are linked both ways. */
+ * One recursive-descent reader validates, counts and builds.  A document
+ * that fits a scratch area on the stack (TG_JSON_SCRATCH bytes: its nodes
+ * from the front, its strings and number texts in the last len + 1 bytes,
+ * which they never exceed) is read once, built there, then copied into one
+ * block of exactly its size and its pointers moved.  When the nodes outgrow
+ * the scratch, the same pass goes on building nothing, only validating and
+ * counting, and a second pass (which cannot fail) fills a block of exactly
+ * the counted size.  The root is the first node of the block, so freeing
+ * the root frees the document.  Recursion is bounded by max_depth.
+ * Invariants of a built document: every string is valid UTF-8 (possibly
+ * holding NUL) followed by a NUL; siblings are linked both ways. */
 #include "tg_json.h"
 #include "tg_utf8.h"
 
@@ -15,6 +19,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* stack bytes for a document read in one pass (its nodes and strings) */
+#define TG_JSON_SCRATCH 16384
 
 struct tg_json {
     tg_json_t *next, *prev;  /* siblings in the parent array/object */
@@ -30,9 +37,10 @@ struct tg_json {
 typedef struct {
     const unsigned char *start, *p, *end;
     int depth, max_depth;
-    int build;               /* 0: validate and count; 1: fill the block */
-    size_t nodes, bytes;     /* counted by pass 0 */
-    tg_json_t *node_at;      /* pass 1 cursors into the block */
+    int build;               /* 0: validate and count; 1: also fill the block */
+    size_t nodes, bytes;     /* counted whether building or not */
+    tg_json_t *node_at;      /* cursors into the block (or the scratch) */
+    tg_json_t *node_end;     /* building stops there (the scratch is full) */
     char *byte_at;
     const char *err;
     size_t err_off;
@@ -53,12 +61,17 @@ static int tg_fail(tg_json_parser_t *ps, const unsigned char *at, const char *ms
 }
 
 static void tg_skip_ws(tg_json_parser_t *ps) {
+    if (ps->p < ps->end && *ps->p > ' ') return; /* compact JSON: most calls */
     while (ps->p < ps->end && (*ps->p == ' ' || *ps->p == '\t' || *ps->p == '\n' || *ps->p == '\r')) ps->p++;
 }
 
 static tg_json_t *tg_node(tg_json_parser_t *ps, int type, const unsigned char *at) {
     ps->nodes++;
     if (!ps->build) return NULL;
+    if (ps->node_at == ps->node_end) { /* the scratch is full: go on counting */
+        ps->build = 0;
+        return NULL;
+    }
     tg_json_t *v = ps->node_at++;
     memset(v, 0, sizeof *v);
     v->type = (unsigned char)type;
@@ -88,28 +101,48 @@ static size_t utf8_len(const unsigned char *p, const unsigned char *end) {
 }
 
 /* Nonzero when one of the 8 bytes in x may end a plain run: '"', '\\', a
- * control character or a non-ASCII byte (exact "any"; which one is found by
- * the byte loop). */
+ * control character or a non-ASCII byte.  Each term's lowest set bit marks a
+ * byte that is one (a borrow only reaches bytes above a true one), so the
+ * lowest set bit of the whole, read little-endian, is the first such byte. */
 static inline uint64_t tg_special8(uint64_t x) {
     const uint64_t ones = 0x0101010101010101ULL, high = 0x8080808080808080ULL;
     uint64_t q = x ^ (ones * '"'), b = x ^ (ones * '\\');
     return (x & high) | ((x - ones * 0x20) & ~x & high) | ((q - ones) & ~q & high) | ((b - ones) & ~b & high);
 }
 
-/* A string at ps->p (on the opening quote).  Pass 1 decodes into the block
- * and sets *out / *out_len.  The decoded form is never longer than the
- * source, so pass 0 reserves the source length plus the NUL. */
+/* The index of the byte of the lowest set bit of m (m nonzero), the bytes
+ * numbered in memory order. */
+static inline size_t tg_first_byte(uint64_t m) {
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    return (size_t)__builtin_ctzll(m) / 8;
+#else
+    (void)m; /* big-endian: a borrow may mark a byte before the first; the byte loop finds it */
+    return 0;
+#endif
+}
+
+/* The first byte in [p, end) that ends a plain run of string text ('"',
+ * '\\', a control character or a non-ASCII byte), or end: 8 bytes a step. */
+static inline const unsigned char *tg_plain_run(const unsigned char *p, const unsigned char *end) {
+    for (uint64_t x, m; end - p >= 8; p += 8) {
+        memcpy(&x, p, 8);
+        if ((m = tg_special8(x))) {
+            p += tg_first_byte(m);
+            break;
+        }
+    }
+    while (p < end && *p >= 0x20 && *p != '"' && *p != '\\' && *p < 0x80) p++;
+    return p;
+}
+
+/* A string at ps->p (on the opening quote).  When building, decodes into
+ * ps->byte_at and sets *out / *out_len.  The decoded form is never longer
+ * than the source, so the count reserves the source length plus the NUL. */
 static int tg_string(tg_json_parser_t *ps, const char **out, size_t *out_len) {
     const unsigned char *q = ps->p, *p = q + 1, *end = ps->end;
     char *d = ps->build ? ps->byte_at : NULL, *d0 = d;
     for (;;) {
-        /* the plain run: no quote, backslash, control or non-ASCII byte */
-        const unsigned char *r = p;
-        for (uint64_t x; end - r >= 8; r += 8) {
-            memcpy(&x, r, 8);
-            if (tg_special8(x)) break;
-        }
-        while (r < end && *r >= 0x20 && *r != '"' && *r != '\\' && *r < 0x80) r++;
+        const unsigned char *r = tg_plain_run(p, end);
         if (d) {
             memcpy(d, p, (size_t)(r - p));
             d += r - p;
@@ -370,6 +403,30 @@ static int tg_parser_open(tg_json_parser_t *ps, size_t len, const tg_json_opts_t
     return 0;
 }
 
+/* The document built in the scratch (nodes [n0, ps->node_at), bytes [b0,
+ * ps->byte_at)) as one block of exactly its size, its pointers moved there;
+ * NULL when out of memory. */
+static tg_json_t *tg_scratch_copy(const tg_json_parser_t *ps, const tg_json_t *n0, const char *b0) {
+    size_t nodes = (size_t)(ps->node_at - n0), bytes = (size_t)(ps->byte_at - b0);
+    tg_json_t *block = malloc(nodes * sizeof(tg_json_t) + bytes);
+    if (!block) return NULL;
+    char *bytes_to = (char *)(block + nodes);
+    memcpy(block, n0, nodes * sizeof(tg_json_t));
+    memcpy(bytes_to, b0, bytes);
+#define TG_MOVE_NODE(f) (v->f = v->f ? block + (v->f - n0) : NULL)
+#define TG_MOVE_BYTES(f) (v->f = v->f ? bytes_to + (v->f - b0) : NULL)
+    for (tg_json_t *v = block; v < block + nodes; v++) {
+        TG_MOVE_NODE(next);
+        TG_MOVE_NODE(prev);
+        TG_MOVE_NODE(child);
+        TG_MOVE_BYTES(key);
+        TG_MOVE_BYTES(s);
+    }
+#undef TG_MOVE_NODE
+#undef TG_MOVE_BYTES
+    return block;
+}
+
 tg_json_t *tg_json_parse(const char *text, size_t len, const tg_json_opts_t *opts, tg_json_err_t *err) {
     tg_json_parser_t ps;
     if (tg_parser_open(&ps, len, opts, err)) return NULL;
@@ -380,10 +437,26 @@ tg_json_t *tg_json_parse(const char *text, size_t len, const tg_json_opts_t *opt
     static const unsigned char none[1];
     ps.start = ps.p = text ? (const unsigned char *)text : none;
     ps.end = ps.start + len;
+    /* nodes from the scratch's front, bytes (at most len + 1) in its tail;
+     * a text that leaves room for fewer than 4 nodes is only counted */
+    tg_json_t scratch[TG_JSON_SCRATCH / sizeof(tg_json_t)];
+    char *bytes0 = NULL;
+    if (len < sizeof scratch - 4 * sizeof(tg_json_t)) {
+        bytes0 = (char *)scratch + sizeof scratch - (len + 1);
+        ps.build = 1;
+        ps.node_at = scratch;
+        ps.node_end = scratch + (sizeof scratch - (len + 1)) / sizeof(tg_json_t);
+        ps.byte_at = bytes0;
+    }
     tg_json_t *root = NULL;
     if (tg_document(&ps, &root)) {
         tg_err_set(err, ps.err_off, ps.err);
         return NULL;
+    }
+    if (ps.build) { /* built whole in the scratch */
+        tg_json_t *block = tg_scratch_copy(&ps, scratch, bytes0);
+        if (!block) tg_err_set(err, 0, "out of memory");
+        return block;
     }
     size_t nodes = ps.nodes, bytes = ps.bytes;
     if (nodes > (SIZE_MAX - bytes) / sizeof(tg_json_t)) {
@@ -399,8 +472,9 @@ tg_json_t *tg_json_parse(const char *text, size_t len, const tg_json_opts_t *opt
     ps.depth = 0;
     ps.build = 1;
     ps.node_at = block;
+    ps.node_end = block + nodes;
     ps.byte_at = (char *)(block + nodes);
-    if (tg_document(&ps, &root) || root != block) { /* cannot happen: pass 0 accepted the same text */
+    if (tg_document(&ps, &root) || root != block || !ps.build) { /* cannot happen: the count pass took the same text */
         free(block);
         tg_err_set(err, 0, "internal error");
         return NULL;
@@ -586,8 +660,7 @@ int tg_json_write_chars(tg_buf_t *b, const char *s, size_t len) {
     static const char hex[] = "0123456789abcdef";
     const unsigned char *p = (const unsigned char *)s, *end = p + len;
     while (p < end) {
-        const unsigned char *r = p;
-        while (r < end && *r >= 0x20 && *r != '"' && *r != '\\' && *r < 0x80) r++;
+        const unsigned char *r = tg_plain_run(p, end);
         if (r > p && tg_buf_put(b, (const char *)p, (size_t)(r - p))) return -1;
         p = r;
         if (p >= end) break;

@@ -2,8 +2,11 @@
  * (depth limit small, so deep inputs are reached quickly); on success every
  * accessor is exercised, the compact writing must parse again and write the
  * same bytes (idempotent), and cutting each member of the root object out of
- * the text must leave valid JSON, and tg_json_parse_member must find what
- * the whole parse finds.  Built as a libFuzzer program by
+ * the text must leave valid JSON, tg_json_parse_member must find what the
+ * whole parse finds, and the text read in one pass (short enough for the
+ * parser's scratch, or with more nodes than it holds) must give what the
+ * counted two passes give (the same text after PAD bytes of whitespace:
+ * every offset PAD later).  Built as a libFuzzer program by
  * `make fuzz-common`, and with replay.c as a plain program by `make test-common`. */
 #include <stdint.h>
 #include <stdlib.h>
@@ -30,6 +33,58 @@ static void walk(const tg_json_t *v) {
     }
 }
 
+/* Longer than tg_json.c's one-pass scratch (TG_JSON_SCRATCH, 16 KiB): a
+ * text after this much whitespace is counted first, then built. */
+#define PAD 17000
+
+static int same_span(const tg_json_t *a, const tg_json_t *b, int key) {
+    size_t ao, al, bo, bl;
+    if (key) {
+        tg_json_key_span(a, &ao, &al);
+        tg_json_key_span(b, &bo, &bl);
+    } else {
+        tg_json_span(a, &ao, &al);
+        tg_json_span(b, &bo, &bl);
+    }
+    return bo == ao + PAD && bl == al;
+}
+
+/* a (of the text) and b (of PAD whitespace and the text) alike in every
+ * part and span; aborts otherwise */
+static void same(const tg_json_t *a, const tg_json_t *b) {
+    size_t an = 0, bn = 0, ao, al, bo, bl;
+    const char *as, *bs;
+    if (tg_json_type(a) != tg_json_type(b) || tg_json_len(a) != tg_json_len(b) || !same_span(a, b, 0)) abort();
+    as = tg_json_key(a, &an), bs = tg_json_key(b, &bn);
+    if (!as != !bs || (as && (an != bn || memcmp(as, bs, an) || as[an] || !same_span(a, b, 1)))) abort();
+    as = tg_json_str(a, &an), bs = tg_json_str(b, &bn);
+    if (!as != !bs || (as && (an != bn || memcmp(as, bs, an) || as[an]))) abort();
+    as = tg_json_num_text(a, &an), bs = tg_json_num_text(b, &bn);
+    if (!as != !bs || (as && (an != bn || memcmp(as, bs, an) || as[an]))) abort();
+    if (tg_json_is_true(a) != tg_json_is_true(b)) abort();
+    int ac = tg_json_member_cut(a, &ao, &al), bc = tg_json_member_cut(b, &bo, &bl); /* the links to prev and next */
+    if (ac != bc || (!ac && (bo != ao + PAD || bl != al))) abort();
+    const tg_json_t *x = tg_json_first(a), *y = tg_json_first(b);
+    for (; x && y; x = tg_json_next(x), y = tg_json_next(y)) same(x, y);
+    if (x || y) abort();
+}
+
+/* The one-pass read (j, or its refusal err) as the counted two passes. */
+static void check_passes(const uint8_t *data, size_t size, const tg_json_opts_t *o, const tg_json_t *j,
+                         const tg_json_err_t *err) {
+    char *t = malloc(PAD + size);
+    if (!t) return;
+    memset(t, ' ', PAD);
+    if (size) memcpy(t + PAD, data, size);
+    tg_json_err_t e;
+    tg_json_t *k = tg_json_parse(t, PAD + size, o, &e);
+    if (!j != !k) abort();
+    if (!j && (e.offset != err->offset + PAD || strcmp(e.msg, err->msg))) abort();
+    if (j) same(j, k);
+    tg_json_free(k);
+    free(t);
+}
+
 /* tg_json_parse_member agrees with the whole parse: refused when it is, and
  * the member tg_json_getn finds, written the same. */
 static void check_member(const uint8_t *data, size_t size, const tg_json_opts_t *o, const tg_json_t *j,
@@ -51,6 +106,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     tg_json_opts_t o = {.max_depth = 32};
     tg_json_err_t err;
     tg_json_t *j = tg_json_parse((const char *)data, size, &o, &err);
+    check_passes(data, size, &o, j, &err);
     check_member(data, size, &o, j, "usage", 5);
     if (!j) {
         if (err.offset > size || !err.msg) abort();

@@ -468,5 +468,117 @@ static void test_parse_member(void) {
     CHECK(tg_json_parse_member("{\"a\":[[1]]}", 11, &o, "a", 1, &e) == NULL); /* depth counts from the root */
 }
 
-TG_TEST_MAIN(test_suite_cases, test_error_messages, test_nul_round_trip, test_surrogates, test_int64, test_depth,
+/* A string's end, escape or non-ASCII byte at every place in and across
+ * the scanner's 8-byte words: found where it is (not before, not after). */
+static void test_string_scan(void) {
+    static const char *const specials[] = {"\\\"", "\\n", "\\u00e9", "\xc3\xa9", "\""};
+    for (size_t s = 0; s < sizeof specials / sizeof specials[0]; s++)
+        for (size_t at = 0; at < 20; at++) {
+            char t[64], want[64];
+            size_t n = 0, w = 0;
+            t[n++] = '"';
+            for (size_t i = 0; i < at; i++) t[n++] = want[w++] = (char)('a' + i);
+            const char *sp = specials[s];
+            memcpy(t + n, sp, strlen(sp));
+            n += strlen(sp);
+            const char *dec = s == 0 ? "\"" : s == 1 ? "\n" : s == 4 ? "" : "\xc3\xa9";
+            memcpy(want + w, dec, strlen(dec));
+            w += strlen(dec);
+            if (s != 4) { /* s == 4: the closing quote itself */
+                for (size_t i = 0; i < 9; i++) t[n++] = want[w++] = 'z';
+                t[n++] = '"';
+            }
+            size_t len = 0;
+            tg_json_t *j = tg_json_parse(t, n, NULL, NULL);
+            const char *got = tg_json_str(j, &len);
+            CHECK(got && len == w && !memcmp(got, want, w));
+            tg_json_free(j);
+            tg_json_err_t e; /* a control byte before the special one: refused where it is */
+            t[at + 1] = '\x01';
+            CHECK(tg_json_parse(t, n, NULL, &e) == NULL && e.offset == at + 1 && !strcmp(e.msg, "control character in string"));
+        }
+}
+
+/* The writer's plain runs end at every special byte wherever it sits: a
+ * string written and read back is the same. */
+static void test_write_scan(void) {
+    static const char specials[] = "\"\\\n\x01\x7f\xc3\xa9\xe2\x80\xa8";
+    tg_buf_t b = {0};
+    for (size_t s = 0; s < sizeof specials - 1; s += specials[s] == '\xc3' ? 2 : specials[s] == '\xe2' ? 3 : 1)
+        for (size_t at = 0; at < 20; at++) {
+            char t[40];
+            size_t n = 0, k = specials[s] == '\xc3' ? 2 : specials[s] == '\xe2' ? 3 : 1;
+            for (size_t i = 0; i < at; i++) t[n++] = (char)('a' + i);
+            memcpy(t + n, specials + s, k);
+            n += k;
+            for (size_t i = 0; i < 9; i++) t[n++] = 'z';
+            b.len = 0;
+            CHECK_EQ_I(tg_json_write_str(&b, t, n), 0);
+            size_t len = 0;
+            tg_json_t *j = tg_json_parse(b.p, b.len, NULL, NULL);
+            const char *got = tg_json_str(j, &len);
+            CHECK(got && len == n && !memcmp(got, t, n));
+            tg_json_free(j);
+        }
+    tg_buf_free(&b);
+}
+
+static char *write_doc(const tg_json_t *j) {
+    tg_buf_t b = {0};
+    if (tg_json_write(&b, j) || tg_buf_put(&b, "", 1)) {
+        tg_buf_free(&b);
+        return NULL;
+    }
+    return b.p;
+}
+
+/* A document read in one pass (in the parser's stack scratch, then moved
+ * to its own block) keeps nothing that points into the scratch: another
+ * document read after it (over the same stack) changes nothing of it.  And
+ * one with more nodes than the scratch holds (the pass goes on counting,
+ * then builds) reads as the same text counted first (after 17 KiB of
+ * whitespace: longer than the scratch). */
+static void test_one_pass(void) {
+    const char a[] = "{\"k\":\"v\\u00e9\",\"n\":-12.5,\"l\":[true,null,{\"x\":\"\"}],\"z\":\"end\"}";
+    const char b[] = "[\"qqqqqqqqqqqqqqqqqqqqqqqqqqqqqqq\",{\"yyyyyyyyyyyy\":[[[[99999]]]]},7,7,7,7,7,7,7]";
+    tg_json_t *j = tg_json_parse(a, sizeof a - 1, NULL, NULL);
+    tg_json_t *k = tg_json_parse(b, sizeof b - 1, NULL, NULL);
+    CHECK(j && k);
+    char *w = write_doc(j);
+    CHECK(w && !strcmp(w, "{\"k\":\"v\xc3\xa9\",\"n\":-12.5,\"l\":[true,null,{\"x\":\"\"}],\"z\":\"end\"}"));
+    free(w);
+    size_t off, len;
+    tg_json_t *z = tg_json_get(j, "z");
+    CHECK(tg_json_member_cut(z, &off, &len) == 0 && off == 49 && len == 10); /* from the end of its prev */
+    CHECK(tg_json_next(tg_json_first(j)) == tg_json_get(j, "n") && tg_json_len(tg_json_get(j, "l")) == 3);
+    tg_json_free(j);
+    tg_json_free(k);
+
+    for (int count = 400; count <= 2000; count += 1600) { /* 5 KiB (in the scratch, its nodes not), 27 KiB */
+        tg_buf_t t = {0}, p = {0};
+        for (int i = 0; i < count; i++) tg_buf_puts(&t, i ? ",{\"a\":[1,\"s\"]}" : "[{\"a\":[1,\"s\"]}");
+        tg_buf_puts(&t, "]");
+        for (int i = 0; i < 17 * 1024; i++) tg_buf_puts(&p, " ");
+        tg_buf_put(&p, t.p, t.len);
+        tg_json_t *x = tg_json_parse(t.p, t.len, NULL, NULL), *y = tg_json_parse(p.p, p.len, NULL, NULL);
+        char *wx = write_doc(x), *wy = write_doc(y);
+        CHECK(x && tg_json_len(x) == (size_t)count && wx && wy && !strcmp(wx, wy) && strlen(wx) == t.len);
+        tg_json_t *last = tg_json_at(x, (size_t)count - 1);
+        tg_json_span(last, &off, &len);
+        CHECK(off == t.len - 14 && len == 13);
+        free(wx);
+        free(wy);
+        tg_json_free(x);
+        tg_json_free(y);
+        t.p[t.len - 2] = ','; /* refused at the same place (17 KiB later in the counted text) */
+        p.p[p.len - 2] = ',';
+        tg_json_err_t ex, ey;
+        CHECK(!tg_json_parse(t.p, t.len, NULL, &ex) && !tg_json_parse(p.p, p.len, NULL, &ey));
+        CHECK(ex.offset == t.len - 1 && ey.offset == ex.offset + 17 * 1024 && !strcmp(ex.msg, ey.msg));
+        tg_buf_free(&t);
+        tg_buf_free(&p);
+    }
+}
+
+TG_TEST_MAIN(test_string_scan, test_write_scan, test_one_pass, test_suite_cases, test_error_messages, test_nul_round_trip, test_surrogates, test_int64, test_depth,
              test_huge_string, test_every_split, test_accessors, test_member_cut, test_writer, test_parse_member)
