@@ -60,14 +60,13 @@ char *api_err_json(const api_err_t *e) {
 #define OOM() api_err(e, 500, "server_error", NULL, NULL, "out of memory")
 
 /* p = "<pre>[<i>]<post>", as snprintf(p, cap, "%s[%zu]%s", ...) writes it
- * (truncated alike): a parameter's path for its error, written for every
- * message of every request, so without printf. */
-static void path_at(char *p, size_t cap, const char *pre, size_t i, const char *post) {
+ * (truncated alike): a parameter's path for its error.  Returns p. */
+static char *path_at(char *p, size_t cap, const char *pre, size_t i, const char *post) {
     char t[160], d[TG_STR_I64];
     size_t a = strlen(pre), b = tg_str_i64(d, (long long)i), c = strlen(post);
     if (a + b + c + 3 > sizeof t) {
         snprintf(p, cap, "%s[%zu]%s", pre, i, post);
-        return;
+        return p;
     }
     memcpy(t, pre, a);
     t[a] = '[';
@@ -75,7 +74,12 @@ static void path_at(char *p, size_t cap, const char *pre, size_t i, const char *
     t[a + 1 + b] = ']';
     memcpy(t + a + 2 + b, post, c + 1);
     tg_str_copy(p, cap, t);
+    return p;
 }
+
+/* The path of message i's member post ("" for the message) in the local p,
+ * written only for an error: BAD(MSG_AT(".role"), ..., p). */
+#define MSG_AT(post) path_at(p, sizeof p, "messages", i, post)
 
 static const char *type_name(const tg_json_t *v) {
     tg_json_type_t t = tg_json_type(v);
@@ -234,7 +238,6 @@ int api_tojson(tg_buf_t *b, const tg_json_t *v) {
 static int get_content(api_chat_req_t *r, const tg_json_t *m, size_t i, int assistant, const char **out,
                        size_t *len, api_err_t *e) {
     char p[48];
-    path_at(p, sizeof p, "messages", i, ".content");
     const tg_json_t *c = tg_json_get(m, "content");
     *out = NULL;
     *len = 0;
@@ -244,27 +247,29 @@ static int get_content(api_chat_req_t *r, const tg_json_t *m, size_t i, int assi
         return 0;
     }
     if (tg_json_type(c) != TG_JSON_ARRAY)
-        return BAD(p, "invalid_type",
+        return BAD(MSG_AT(".content"), "invalid_type",
                    "Invalid type for '%s': expected a string or an array of content parts, but got %s.", p,
                    type_name(c));
     if (!tg_json_len(c))
-        return BAD(p, "empty_array", "Invalid '%s': empty array. Expected an array with minimum length 1.", p);
+        return BAD(MSG_AT(".content"), "empty_array",
+                   "Invalid '%s': empty array. Expected an array with minimum length 1.", p);
     size_t total = 0, k = 0, n;
     const tg_json_t *part;
     TG_JSON_FOREACH(part, c) {
         const tg_json_t *ty = tg_json_get(part, "type");
         const tg_json_t *tx = tg_json_get(part, "text");
         if (tg_json_type(part) != TG_JSON_OBJECT || tg_json_type(ty) != TG_JSON_STRING)
-            return BAD(p, "invalid_type", "Invalid '%s[%zu]': expected an object with a 'type'.", p, k);
+            return BAD(MSG_AT(".content"), "invalid_type", "Invalid '%s[%zu]': expected an object with a 'type'.", p, k);
         /* an assistant's refusal part (OpenAI's, echoed back by clients) is what it said */
         int refusal = assistant && str_is(ty, "refusal");
         if (refusal) tx = tg_json_get(part, "refusal");
         if (!str_is(ty, "text") && !refusal)
-            return BAD(p, "invalid_value",
+            return BAD(MSG_AT(".content"), "invalid_value",
                        "Invalid '%s[%zu].type': '%.64s' is not supported by this model; only 'text'%s.", p, k,
                        tg_json_str(ty, NULL), assistant ? " and 'refusal'" : "");
         if (!tg_json_str(tx, &n))
-            return BAD(p, "invalid_type", "Invalid '%s[%zu].%s': expected a string.", p, k, refusal ? "refusal" : "text");
+            return BAD(MSG_AT(".content"), "invalid_type", "Invalid '%s[%zu].%s': expected a string.", p, k,
+                       refusal ? "refusal" : "text");
         total += n;
         k++;
     }
@@ -285,10 +290,9 @@ static int get_content(api_chat_req_t *r, const tg_json_t *m, size_t i, int assi
 static int get_tool_calls(api_chat_req_t *r, const tg_json_t *tc, size_t i, size_t *used, tok_chat_msg_t *msg,
                           api_err_t *e) {
     char p[48];
-    path_at(p, sizeof p, "messages", i, ".tool_calls");
     if (is_null(tc)) return 0;
     if (tg_json_type(tc) != TG_JSON_ARRAY)
-        return BAD(p, "invalid_type", "Invalid type for '%s': expected an array.", p);
+        return BAD(MSG_AT(".tool_calls"), "invalid_type", "Invalid type for '%s': expected an array.", p);
     msg->tool_calls = r->calls + *used;
     const tg_json_t *c;
     size_t k = 0;
@@ -301,13 +305,13 @@ static int get_tool_calls(api_chat_req_t *r, const tg_json_t *tc, size_t i, size
         int args_ok = tg_json_type(args) == TG_JSON_STRING || tg_json_type(args) == TG_JSON_OBJECT;
         if (tg_json_type(f) != TG_JSON_OBJECT || !cstr(name) || !args_ok || (!is_null(id) && !cstr(id)) ||
             (!is_null(ty) && !cstr(ty)))
-            return BAD(p, "invalid_value",
+            return BAD(MSG_AT(".tool_calls"), "invalid_value",
                        "Invalid '%s[%zu]': expected {\"type\":\"function\",\"function\":{\"name\","
                        "\"arguments\"}} with string name and arguments (name, id and type without "
                        "U+0000).", p, k);
         if (!is_null(ty) && !str_is(ty, "function")) { /* as OpenAI: the only kind a template renders */
             char q[64];
-            path_at(q, sizeof q, p, k, ".type");
+            path_at(q, sizeof q, MSG_AT(".tool_calls"), k, ".type");
             return BAD(q, "invalid_value", "Invalid value for '%s': '%.64s'. Supported values are: 'function'.", q,
                        cstr(ty));
         }
@@ -367,9 +371,8 @@ static int parse_messages(api_chat_req_t *r, const tg_json_t *ms, api_err_t *e) 
     size_t i = 0, used = 0;
     TG_JSON_FOREACH(m, ms) {
         char p[48];
-        path_at(p, sizeof p, "messages", i, "");
         if (tg_json_type(m) != TG_JSON_OBJECT)
-            return BAD(p, "invalid_type", "Invalid type for '%s': expected an object, but got %s.", p,
+            return BAD(MSG_AT(""), "invalid_type", "Invalid type for '%s': expected an object, but got %s.", p,
                        type_name(m));
         const tg_json_t *k;
         TG_JSON_FOREACH(k, m) {
@@ -377,27 +380,26 @@ static int parse_messages(api_chat_req_t *r, const tg_json_t *ms, api_err_t *e) 
             const char *ks = tg_json_key(k, &kl);
             int known = msg_key_known(ks, kl);
             if (!known)
-                return BAD(p, "unknown_parameter", "Unrecognized message argument supplied: %s.%.*s", p,
+                return BAD(MSG_AT(""), "unknown_parameter", "Unrecognized message argument supplied: %s.%.*s", p,
                            (int)(kl > 64 ? 64 : kl), ks);
             if (known == 2 && !is_null(k)) {
                 char q[64];
-                snprintf(q, sizeof q, "%s.%.*s", p, (int)kl, ks);
+                snprintf(q, sizeof q, "%s.%.*s", MSG_AT(""), (int)kl, ks);
                 return BAD(q, "unsupported_parameter", "Unsupported parameter: '%s' is not supported by this server.",
                            q);
             }
         }
         const tg_json_t *role = tg_json_get(m, "role");
-        path_at(p, sizeof p, "messages", i, ".role");
-        if (!role) return BAD(p, "missing_required_parameter", "Missing required parameter: '%s'.", p);
+        if (!role) return BAD(MSG_AT(".role"), "missing_required_parameter", "Missing required parameter: '%s'.", p);
         if (tg_json_type(role) != TG_JSON_STRING)
-            return BAD(p, "invalid_type", "Invalid type for '%s': expected a string, but got %s.", p,
+            return BAD(MSG_AT(".role"), "invalid_type", "Invalid type for '%s': expected a string, but got %s.", p,
                        type_name(role));
         static const char *const roles[] = {"system", "user", "assistant", "tool", "developer"};
         const char *rs = NULL;
         for (size_t q = 0; q < sizeof roles / sizeof *roles; q++)
             if (str_is(role, roles[q])) rs = roles[q];
         if (!rs)
-            return BAD(p, "invalid_value",
+            return BAD(MSG_AT(".role"), "invalid_value",
                        "Invalid value for '%s': '%.64s'. Supported values are: 'system', 'developer', "
                        "'user', 'assistant' and 'tool'.", p, tg_json_str(role, NULL));
         if (!strcmp(rs, "developer")) rs = "system"; /* OpenAI's newer name for system */
@@ -405,12 +407,12 @@ static int parse_messages(api_chat_req_t *r, const tg_json_t *ms, api_err_t *e) 
          * text, is the start of the answer (api_chat_render) */
         const tg_json_t *pre = tg_json_get(m, "prefix");
         int prefix = 0;
-        path_at(p, sizeof p, "messages", i, ".prefix");
         if (!is_null(pre) && tg_json_bool(pre, &prefix))
-            return BAD(p, "invalid_type", "Invalid type for '%s': expected a boolean, but got %s.", p, type_name(pre));
+            return BAD(MSG_AT(".prefix"), "invalid_type", "Invalid type for '%s': expected a boolean, but got %s.", p,
+                       type_name(pre));
         if (prefix && (i + 1 != n || strcmp(rs, "assistant") || !is_null(tg_json_get(m, "tool_calls")) ||
                        tg_json_type(tg_json_get(m, "content")) != TG_JSON_STRING))
-            return BAD(p, "invalid_value",
+            return BAD(MSG_AT(".prefix"), "invalid_value",
                        "Invalid '%s': only the last message may be a prefix, an assistant's with its text as a "
                        "string 'content' and no 'tool_calls'.", p);
         r->prefix = prefix;
@@ -419,22 +421,19 @@ static int parse_messages(api_chat_req_t *r, const tg_json_t *ms, api_err_t *e) 
         if (get_content(r, m, i, !strcmp(rs, "assistant"), &msg->content, &msg->content_len, e)) return -1;
         if (!strcmp(rs, "assistant")) {
             if (get_tool_calls(r, tg_json_get(m, "tool_calls"), i, &used, msg, e)) return -1;
-            if (!msg->content && !msg->n_tool_calls) {
-                path_at(p, sizeof p, "messages", i, ".content");
-                return BAD(p, "missing_required_parameter",
+            if (!msg->content && !msg->n_tool_calls)
+                return BAD(MSG_AT(".content"), "missing_required_parameter",
                            "Missing required parameter: '%s' (an assistant message needs 'content' or "
                            "'tool_calls').", p);
-            }
         } else if (!msg->content) {
-            path_at(p, sizeof p, "messages", i, ".content");
-            return BAD(p, "missing_required_parameter", "Missing required parameter: '%s'.", p);
+            return BAD(MSG_AT(".content"), "missing_required_parameter", "Missing required parameter: '%s'.", p);
         }
         if (!strcmp(rs, "tool")) { /* the call it answers (OpenAI and DeepSeek require it; templates do not show it) */
             const tg_json_t *id = tg_json_get(m, "tool_call_id");
-            path_at(p, sizeof p, "messages", i, ".tool_call_id");
-            if (is_null(id)) return BAD(p, "missing_required_parameter", "Missing required parameter: '%s'.", p);
+            if (is_null(id))
+                return BAD(MSG_AT(".tool_call_id"), "missing_required_parameter", "Missing required parameter: '%s'.", p);
             if (tg_json_type(id) != TG_JSON_STRING)
-                return BAD(p, "invalid_type", "Invalid type for '%s': expected a string, but got %s.", p,
+                return BAD(MSG_AT(".tool_call_id"), "invalid_type", "Invalid type for '%s': expected a string, but got %s.", p,
                            type_name(id));
         }
         i++;
@@ -1748,9 +1747,10 @@ static int check_params(const tg_json_t *root, int cmpl, api_err_t *e) {
             if (kl == strlen(PARAMS[i].name) && !memcmp(k, PARAMS[i].name, kl)) found = (int)i;
         for (size_t i = 0; cmpl && i < sizeof CMPL_PARAMS / sizeof *CMPL_PARAMS && found < 0; i++)
             if (kl == strlen(CMPL_PARAMS[i]) && !memcmp(k, CMPL_PARAMS[i], kl)) found = 0; /* "model": P_READ */
-        char p[64];
         if (memchr(k, 0, kl))
             return BAD(NULL, "unknown_parameter", "Unrecognized request argument supplied (a name holding U+0000).");
+        if (found >= 0 && (PARAMS[found].kind != P_UNSUPPORTED || is_null(m))) continue;
+        char p[64]; /* the name for the error */
         snprintf(p, sizeof p, "%.*s", (int)(kl > 60 ? 60 : kl), k);
         if (found < 0)
             return BAD(p, "unknown_parameter", "Unrecognized request argument supplied: %s", p);

@@ -47,6 +47,69 @@ static void expect_400(const char *body, const char *param, const char *code) {
     }
 }
 
+/* Every refusal that names a message's path (written only when refused)
+ * and the top-level names, whole: message, type, param and code as the
+ * reader gave them before the paths were made lazy (main at 1766595). */
+#define M12 "{\"model\":\"m\",\"messages\":[" U10 "," U1 ","
+static void test_error_paths(void) {
+    static const char *const cases[][2] = {
+        /* a body (M12: the 12th message after 11 good ones); its error */
+        {M12 "1]}",
+         "{\"error\":{\"message\":\"Invalid type for 'messages[11]': expected an object, but got number.\",\"type\":\"invalid_request_error\",\"param\":\"messages[11]\",\"code\":\"invalid_type\"}}"},
+        {M12 "{\"role\":\"user\",\"content\":\"a\",\"bogus\":1}]}",
+         "{\"error\":{\"message\":\"Unrecognized message argument supplied: messages[11].bogus\",\"type\":\"invalid_request_error\",\"param\":\"messages[11]\",\"code\":\"unknown_parameter\"}}"},
+        {M12 "{\"role\":\"user\",\"content\":\"a\",\"function_call\":{}}]}",
+         "{\"error\":{\"message\":\"Unsupported parameter: 'messages[11].function_call' is not supported by this server.\",\"type\":\"invalid_request_error\",\"param\":\"messages[11].function_call\",\"code\":\"unsupported_parameter\"}}"},
+        {M12 "{\"content\":\"a\"}]}",
+         "{\"error\":{\"message\":\"Missing required parameter: 'messages[11].role'.\",\"type\":\"invalid_request_error\",\"param\":\"messages[11].role\",\"code\":\"missing_required_parameter\"}}"},
+        {M12 "{\"role\":1,\"content\":\"a\"}]}",
+         "{\"error\":{\"message\":\"Invalid type for 'messages[11].role': expected a string, but got number.\",\"type\":\"invalid_request_error\",\"param\":\"messages[11].role\",\"code\":\"invalid_type\"}}"},
+        {M12 "{\"role\":\"bogus\",\"content\":\"a\"}]}",
+         "{\"error\":{\"message\":\"Invalid value for 'messages[11].role': 'bogus'. Supported values are: 'system', 'developer', 'user', 'assistant' and 'tool'.\",\"type\":\"invalid_request_error\",\"param\":\"messages[11].role\",\"code\":\"invalid_value\"}}"},
+        {M12 "{\"role\":\"user\",\"content\":\"a\",\"prefix\":1}]}",
+         "{\"error\":{\"message\":\"Invalid type for 'messages[11].prefix': expected a boolean, but got number.\",\"type\":\"invalid_request_error\",\"param\":\"messages[11].prefix\",\"code\":\"invalid_type\"}}"},
+        {M12 "{\"role\":\"user\",\"content\":\"a\",\"prefix\":true}]}",
+         "{\"error\":{\"message\":\"Invalid 'messages[11].prefix': only the last message may be a prefix, an assistant's with its text as a string 'content' and no 'tool_calls'.\",\"type\":\"invalid_request_error\",\"param\":\"messages[11].prefix\",\"code\":\"invalid_value\"}}"},
+        {M12 "{\"role\":\"user\",\"content\":1}]}",
+         "{\"error\":{\"message\":\"Invalid type for 'messages[11].content': expected a string or an array of content parts, but got number.\",\"type\":\"invalid_request_error\",\"param\":\"messages[11].content\",\"code\":\"invalid_type\"}}"},
+        {M12 "{\"role\":\"user\",\"content\":[]}]}",
+         "{\"error\":{\"message\":\"Invalid 'messages[11].content': empty array. Expected an array with minimum length 1.\",\"type\":\"invalid_request_error\",\"param\":\"messages[11].content\",\"code\":\"empty_array\"}}"},
+        {M12 "{\"role\":\"user\",\"content\":[1]}]}",
+         "{\"error\":{\"message\":\"Invalid 'messages[11].content[0]': expected an object with a 'type'.\",\"type\":\"invalid_request_error\",\"param\":\"messages[11].content\",\"code\":\"invalid_type\"}}"},
+        {M12 "{\"role\":\"user\",\"content\":[{\"type\":\"image\"}]}]}",
+         "{\"error\":{\"message\":\"Invalid 'messages[11].content[0].type': 'image' is not supported by this model; only 'text'.\",\"type\":\"invalid_request_error\",\"param\":\"messages[11].content\",\"code\":\"invalid_value\"}}"},
+        {M12 "{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":1}]}]}",
+         "{\"error\":{\"message\":\"Invalid 'messages[11].content[0].text': expected a string.\",\"type\":\"invalid_request_error\",\"param\":\"messages[11].content\",\"code\":\"invalid_type\"}}"},
+        {M12 "{\"role\":\"assistant\"}]}",
+         "{\"error\":{\"message\":\"Missing required parameter: 'messages[11].content' (an assistant message needs 'content' or 'tool_calls').\",\"type\":\"invalid_request_error\",\"param\":\"messages[11].content\",\"code\":\"missing_required_parameter\"}}"},
+        {M12 "{\"role\":\"user\"}]}",
+         "{\"error\":{\"message\":\"Missing required parameter: 'messages[11].content'.\",\"type\":\"invalid_request_error\",\"param\":\"messages[11].content\",\"code\":\"missing_required_parameter\"}}"},
+        {M12 "{\"role\":\"tool\",\"content\":\"a\"}]}",
+         "{\"error\":{\"message\":\"Missing required parameter: 'messages[11].tool_call_id'.\",\"type\":\"invalid_request_error\",\"param\":\"messages[11].tool_call_id\",\"code\":\"missing_required_parameter\"}}"},
+        {M12 "{\"role\":\"tool\",\"content\":\"a\",\"tool_call_id\":1}]}",
+         "{\"error\":{\"message\":\"Invalid type for 'messages[11].tool_call_id': expected a string, but got number.\",\"type\":\"invalid_request_error\",\"param\":\"messages[11].tool_call_id\",\"code\":\"invalid_type\"}}"},
+        {M12 "{\"role\":\"assistant\",\"tool_calls\":1}]}",
+         "{\"error\":{\"message\":\"Invalid type for 'messages[11].tool_calls': expected an array.\",\"type\":\"invalid_request_error\",\"param\":\"messages[11].tool_calls\",\"code\":\"invalid_type\"}}"},
+        {M12 "{\"role\":\"assistant\",\"tool_calls\":[{\"function\":1}]}]}",
+         "{\"error\":{\"message\":\"Invalid 'messages[11].tool_calls[0]': expected {\\\"type\\\":\\\"function\\\",\\\"function\\\":{\\\"name\\\",\\\"arguments\\\"}} with string name and arguments (name, id and type without U+0000).\",\"type\":\"invalid_request_error\",\"param\":\"messages[11].tool_calls\",\"code\":\"invalid_value\"}}"},
+        {M12 "{\"role\":\"assistant\",\"tool_calls\":[{\"type\":\"x\",\"function\":{\"name\":\"f\",\"arguments\":\"{}\"}}]}]}",
+         "{\"error\":{\"message\":\"Invalid value for 'messages[11].tool_calls[0].type': 'x'. Supported values are: 'function'.\",\"type\":\"invalid_request_error\",\"param\":\"messages[11].tool_calls[0].type\",\"code\":\"invalid_value\"}}"},
+        {"{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"u\"}],\"bogus\":1}",
+         "{\"error\":{\"message\":\"Unrecognized request argument supplied: bogus\",\"type\":\"invalid_request_error\",\"param\":\"bogus\",\"code\":\"unknown_parameter\"}}"},
+        {"{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"u\"}],\"functions\":[]}",
+         "{\"error\":{\"message\":\"Unsupported parameter: 'functions' is not supported by this server.\",\"type\":\"invalid_request_error\",\"param\":\"functions\",\"code\":\"unsupported_parameter\"}}"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        api_chat_req_t r;
+        api_err_t e;
+        CHECK_EQ_I(parse(cases[i][0], &r, &e), -1);
+        char *j = api_err_json(&e);
+        CHECK(j != NULL);
+        if (j) CHECK_EQ_S(j, cases[i][1]);
+        free(j);
+    }
+}
+
 static void test_unknown_parameters(void) {
     api_chat_req_t r;
     api_err_t e;
@@ -1326,6 +1389,7 @@ int main(int argc, char **argv) {
     test_formats_more();
     test_num_bounds();
     test_prefix_key_whole_prompt();
+    test_error_paths();
     test_unknown_parameters();
     test_sampling_parameters();
     test_max_tokens();
