@@ -55,12 +55,31 @@ void gw_pool_free(gw_pool_t *p); /* accepts NULL */
  * list, or is freed when the list holds GW_BLOCK_CACHE_MAX.  A thread that
  * put blocks calls gw_block_cache_drain before it ends (the event loops'
  * threads, the process at exit). */
-enum { GW_BLOCK_POOL, GW_BLOCK_POOL_MORE, GW_BLOCK_HTTP_REQ, GW_BLOCK_NCLASSES };
-#define GW_BLOCK_CACHE_MAX 64 /* per class and thread: 64 x (4 + 4 + 3.3 KiB) at most */
+enum {
+    GW_BLOCK_POOL,
+    GW_BLOCK_POOL_MORE,
+    GW_BLOCK_HTTP_REQ,
+    GW_BLOCK_EV_2K, /* libevent's own allocations of 1 KiB + 9 to 16 KiB (its evbuffer chains) */
+    GW_BLOCK_EV_4K,
+    GW_BLOCK_EV_8K,
+    GW_BLOCK_EV_16K,
+    GW_BLOCK_NCLASSES
+};
+#define GW_BLOCK_CACHE_MAX 64 /* per class and thread: 64 x (4 + 4 + 3.3 + 2 + 4 + 8 + 16 KiB) at most */
 void *gw_block_get(int cls);
 void gw_block_put(int cls, void *p);
 unsigned gw_block_cached(int cls); /* blocks in this thread's list of cls */
 void gw_block_cache_drain(void);
+
+/* libevent's allocator (event_set_mem_functions, before any other libevent
+ * call): malloc, realloc and free, except that a block of 2 to 16 KiB (an
+ * evbuffer chain: libevent sizes them in powers of two from 1 KiB, above
+ * glibc's per-thread cache) comes from and goes back to the block cache
+ * (GW_BLOCK_EV_*).  Every block is a plain malloc block either way, so free()
+ * and gw_ev_free take each other's. */
+void *gw_ev_malloc(size_t n);
+void *gw_ev_realloc(void *p, size_t n);
+void gw_ev_free(void *p);
 
 /* ---- chunked transfer decoding (gw_http.c) ------------------------------ */
 

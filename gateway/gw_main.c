@@ -38,6 +38,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "tollgate: config: %s\n", err);
         return 2;
     }
+    event_set_mem_functions(gw_ev_malloc, gw_ev_realloc, gw_ev_free); /* before libevent allocates anything */
     evthread_use_pthreads(); /* libevent's shared state (its debug map, logging); the loops' bases take no
                                 lock: they wake each other through gw_loop_wake */
     struct event_base *base = gw_event_base_new();

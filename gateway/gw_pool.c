@@ -15,7 +15,10 @@
  * its lists before it ends (gw_block_cache_drain).  Under ASan a cached block
  * is poisoned whole (its list link included): a use after free of a request
  * block is still reported (use-after-poison), as it would be without the
- * cache. */
+ * cache.  libevent's evbuffer chains of 2 to 16 KiB (four a request, each
+ * malloc's slow path both ways) take the same lists through its allocator
+ * hooks (gw_ev_malloc, gw_ev_free). */
+#include <malloc.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -79,7 +82,8 @@ static size_t gw_block_size(int cls) {
     switch (cls) {
     case GW_BLOCK_POOL: return sizeof(gw_pool_t) + sizeof(gw_pool_block_t) + GW_POOL_BLOCK;
     case GW_BLOCK_POOL_MORE: return sizeof(gw_pool_block_t) + GW_POOL_BLOCK;
-    default: return sizeof(gw_http_req_t); /* GW_BLOCK_HTTP_REQ */
+    case GW_BLOCK_HTTP_REQ: return sizeof(gw_http_req_t);
+    default: return (size_t)2048 << (cls - GW_BLOCK_EV_2K); /* GW_BLOCK_EV_*: 2, 4, 8, 16 KiB */
     }
 }
 
@@ -120,6 +124,39 @@ void gw_block_cache_drain(void) {
         }
         l->n = 0;
     }
+}
+
+/* ---- libevent's allocator ------------------------------------------------- */
+
+/* The class whose blocks hold n bytes (the smallest class of at least n), or
+ * -1 for n that malloc's per-thread cache serves (up to 1 KiB + 8) or above
+ * 16 KiB. */
+static int gw_ev_class_for(size_t n) {
+    if (n <= 1032 || n > 16384) return -1;
+    int cls = GW_BLOCK_EV_2K;
+    while (gw_block_size(cls) < n) cls++;
+    return cls;
+}
+
+void *gw_ev_malloc(size_t n) {
+    int cls = gw_ev_class_for(n);
+    return cls < 0 ? malloc(n) : gw_block_get(cls);
+}
+
+void *gw_ev_realloc(void *p, size_t n) { return realloc(p, n); }
+
+/* A block of 2 to 32 KiB goes to the largest class it holds (by its usable
+ * size: at least what was asked of malloc, less than twice the class). */
+void gw_ev_free(void *p) {
+    if (!p) return;
+    size_t u = malloc_usable_size(p);
+    if (u < 2048 || u >= 32768) {
+        free(p);
+        return;
+    }
+    int cls = GW_BLOCK_EV_16K;
+    while (gw_block_size(cls) > u) cls--;
+    gw_block_put(cls, p);
 }
 
 /* What the thread that calls exit() still caches (the process's main thread:

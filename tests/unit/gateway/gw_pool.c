@@ -104,4 +104,47 @@ static void test_block_cache(void) {
     CHECK_EQ_I((int)gw_block_cached(GW_BLOCK_POOL), 0);
 }
 
-TG_TEST_MAIN(test_pool, test_pool_blocks, test_block_cache)
+/* libevent's allocator: blocks of 2 to 32 KiB (by usable size) go to the
+ * largest class they hold and come back for any request that class serves;
+ * smaller and larger ones are plain malloc and free. */
+static void test_ev_alloc(void) {
+    gw_block_cache_drain();
+    void *a = gw_ev_malloc(1024); /* a 1 KiB chain: malloc's per-thread cache serves it */
+    CHECK(a != NULL);
+    gw_ev_free(a);
+    for (int c = GW_BLOCK_EV_2K; c <= GW_BLOCK_EV_16K; c++) CHECK_EQ_I((int)gw_block_cached(c), 0);
+    void *b = gw_ev_malloc(3000); /* a 4 KiB block */
+    CHECK(b != NULL);
+    memset(b, 1, 4096);
+    gw_ev_free(b);
+    CHECK_EQ_I((int)gw_block_cached(GW_BLOCK_EV_4K), 1);
+    CHECK(gw_ev_malloc(4096) == b); /* the same block back, for a request up to its class */
+    CHECK_EQ_I((int)gw_block_cached(GW_BLOCK_EV_4K), 0);
+    void *c = gw_ev_realloc(b, 3000); /* resized outside the classes: 3000 usable bytes hold only 2 KiB */
+    CHECK(c != NULL);
+    gw_ev_free(c);
+    CHECK_EQ_I((int)gw_block_cached(GW_BLOCK_EV_2K), 1);
+    CHECK_EQ_I((int)gw_block_cached(GW_BLOCK_EV_4K), 0);
+    void *d = gw_ev_malloc(2048);
+    CHECK(d == c);
+    memset(d, 2, 2048);
+    free(d); /* plain free takes its blocks too */
+    void *e = gw_ev_malloc(20000), *f = gw_ev_malloc(40000);
+    CHECK(e && f);
+    gw_ev_free(e); /* 20000 usable bytes: a 16 KiB block */
+    gw_ev_free(f); /* above the classes: freed */
+    CHECK_EQ_I((int)gw_block_cached(GW_BLOCK_EV_16K), 1);
+    void *g = gw_ev_malloc(16384);
+    CHECK(g == e);
+    memset(g, 3, 16384);
+    gw_ev_free(g);
+    gw_ev_free(NULL);
+    static void *many[GW_BLOCK_CACHE_MAX + 8];
+    for (int i = 0; i < GW_BLOCK_CACHE_MAX + 8; i++) many[i] = gw_ev_malloc(8192);
+    for (int i = 0; i < GW_BLOCK_CACHE_MAX + 8; i++) gw_ev_free(many[i]);
+    CHECK_EQ_I((int)gw_block_cached(GW_BLOCK_EV_8K), GW_BLOCK_CACHE_MAX);
+    gw_block_cache_drain();
+    for (int c2 = GW_BLOCK_EV_2K; c2 <= GW_BLOCK_EV_16K; c2++) CHECK_EQ_I((int)gw_block_cached(c2), 0);
+}
+
+TG_TEST_MAIN(test_pool, test_pool_blocks, test_block_cache, test_ev_alloc)
