@@ -133,6 +133,9 @@ int api_fmt_rest(int kind, const api_fmt_t *s);
  * inside an exclusive bound (0.99999... under 1) stays off it when a client
  * reads it as a double (more nines would round onto the bound). */
 #define API_NUM_MAX_TAIL 6
+/* Integer digits of a bounded number (one with no upper bound may pass
+ * API_NUM_LIMIT): 20, so that a double reads it finite. */
+#define API_NUM_MAX_INT 20
 #define API_NUM_LIMIT 1000000000000000000LL /* 10^18 units: bounds beyond are brought in to it */
 #define API_SCHEMA_MAX_ITEMS_MIN 4096  /* largest minItems */
 #define API_SCHEMA_MAX_CHARS_MIN 4096  /* largest minLength */
@@ -153,6 +156,7 @@ typedef struct {
     uint8_t fd;     /* fraction digits so far (at most nscale + API_NUM_MAX_TAIL) */
     uint8_t tail;   /* a nonzero fraction digit beyond nscale came */
     uint8_t big;    /* the magnitude passed API_NUM_LIMIT (beyond any bound) */
+    uint8_t nint;   /* integer digits so far (at most API_NUM_MAX_INT) */
 } api_num_t;
 enum { API_NUM_START, API_NUM_MINUS, API_NUM_ZERO, API_NUM_INT, API_NUM_DOT, API_NUM_FRAC };
 #define API_NUM_NEVER (1 << 20) /* api_num_cost: no valid end */

@@ -188,9 +188,12 @@ int api_num_step(const api_schema_node_t *nd, api_num_t *s, unsigned c) {
         case API_NUM_MINUS:
             t.phase = d ? API_NUM_INT : API_NUM_ZERO;
             t.m = (uint64_t)(d * S);
+            t.nint = 1;
             break;
         case API_NUM_ZERO: return -1; /* no leading zeros */
         case API_NUM_INT: {
+            if (t.nint >= API_NUM_MAX_INT) return -1; /* as a double, more would be Infinity at last */
+            t.nint++;
             i128 v = (i128)t.m * 10 + d * S;
             if (t.big || v > API_NUM_LIMIT) {
                 if (nd->nmul) return -1; /* no multiple is followed beyond the limit */

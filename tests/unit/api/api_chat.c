@@ -1323,7 +1323,8 @@ static int num_takes(const api_schema_node_t *nd, const char *t) {
 
 /* A bounded number has at most API_NUM_MAX_TAIL fraction digits beyond its
  * scale: 0.99999999999999999999 is below 1, but a client reading doubles
- * gets 1.0, which exclusiveMaximum 1 refuses (session 14, fuzz_gram). */
+ * gets 1.0, which exclusiveMaximum 1 refuses (session 14, fuzz_gram); and
+ * at most API_NUM_MAX_INT integer digits. */
 static void test_num_tail(void) {
     api_schema_t sc = {0};
     api_err_t e;
@@ -1346,6 +1347,13 @@ static void test_num_tail(void) {
     CHECK_EQ_I(num_takes(nd, "0.000000001000001"), 0);
     CHECK_EQ_I(num_takes(nd, "0.0000000010000001"), -1);
     CHECK_EQ_I(num_takes(nd, "0.000000001"), -1);
+    api_schema_free(&sc);
+    /* a lower bound only (zod's .positive(), Pydantic's ge=0): the integer part passes the limit, up to 20
+     * digits (400 would be Infinity to a double reader) */
+    CHECK_EQ_I(compile_v("{\"type\":\"integer\",\"minimum\":0}", &sc, &e), 0);
+    nd = &sc.nodes[1];
+    CHECK_EQ_I(num_takes(nd, "12345678901234567890"), 0);
+    CHECK_EQ_I(num_takes(nd, "123456789012345678901"), -1);
     api_schema_free(&sc);
 }
 
