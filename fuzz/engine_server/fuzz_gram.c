@@ -373,6 +373,7 @@ static int fz_valid(const tg_json_t *root, const tg_json_t *s, const tg_json_t *
     switch (tg_json_type(v)) {
     case TG_JSON_NUMBER: {
         const char *t = tg_json_num_text(v, NULL);
+        if (!isfinite(strtod(t, NULL))) return 0; /* Infinity to a reader of doubles (JSON.parse) */
         static const char *const KW[] = {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"};
         int x4[2] = {0, 0};
         for (int i = 2; i < 4; i++) tg_json_bool(tg_json_get(s, KW[i]), &x4[i - 2]);
@@ -673,10 +674,19 @@ static int32_t fz_greedy(eng_gram_t *g, int count) {
 }
 
 /* The answer's JSON (a JSON object) valid against the schema doc (NULL: any object). */
+/* Every number in v finite as a double. */
+static int fz_finite(const tg_json_t *v) {
+    const tg_json_t *x;
+    if (tg_json_type(v) == TG_JSON_NUMBER) return isfinite(strtod(tg_json_num_text(v, NULL), NULL));
+    TG_JSON_FOREACH(x, v) if (!fz_finite(x)) return 0;
+    return 1;
+}
+
 static void fz_check_json(const char *s, size_t n, const tg_json_t *doc) {
     tg_json_t *j = tg_json_parse(s, n, NULL, NULL);
     if (!j || tg_json_type(j) != TG_JSON_OBJECT) __builtin_trap(); /* not strict JSON */
     if (doc && !fz_valid(doc, doc, j, 0)) __builtin_trap();        /* not valid against the schema */
+    if (!fz_finite(j)) __builtin_trap();                           /* a number a double reader makes Infinity */
     tg_json_free(j);
 }
 
