@@ -715,3 +715,47 @@ test('completions.create (legacy completions and DeepSeek FIM on /beta): text, s
   await assert.rejects(client.completions.create({ ...ask, prompt: ['a', 'b'] }),
     (e) => e instanceof OpenAI.BadRequestError && e.param === 'prompt');
 });
+
+// ---- session 14: hostile schemas, each a BadRequestError naming the field or an answer that validates ----
+
+test('hostile schemas: a BadRequestError naming the field, or an answer JavaScript reads valid', async () => {
+  const obj = (properties) => ({ type: 'object', properties, required: Object.keys(properties), additionalProperties: false });
+  let deep = { type: 'string' };
+  for (let i = 0; i < 1000; i++) deep = obj({ a: deep });
+  const refused = {
+    deep_1000: deep,
+    recursive_ref: { ...obj({ n: { $ref: '#/$defs/N' } }), $defs: { N: obj({ n: { $ref: '#/$defs/N' } }) } },
+    enum_10000: obj({ e: { enum: Array.from({ length: 10000 }, (_, i) => 'v' + i) } }),
+    items_false_minItems: obj({ a: { type: 'array', items: false, minItems: 1 } }),
+    pattern: obj({ p: { type: 'string', pattern: '^(a+)+$' } }),
+    minLength_int32: obj({ s: { type: 'string', minLength: 2 ** 31 - 1 } }),
+    anyOf_100: obj({ u: { anyOf: Array.from({ length: 100 }, (_, i) => obj({ ['k' + i]: { type: 'integer' } })) } }),
+  };
+  for (const [name, schema] of Object.entries(refused)) {
+    await assert.rejects(client.chat.completions.create({
+      model, messages, max_tokens: 8,
+      response_format: { type: 'json_schema', json_schema: { name: 'h', strict: true, schema } },
+    }), (e) => e instanceof OpenAI.BadRequestError && e.param === 'response_format.json_schema.schema', name);
+    await assert.rejects(client.chat.completions.create({
+      model, messages, max_tokens: 8, tool_choice: 'required',
+      tools: [{ type: 'function', function: { name: 'f', strict: true, parameters: schema } }],
+    }), (e) => e instanceof OpenAI.BadRequestError && e.param === 'tools[0].function.parameters', name);
+  }
+  // numbers as JavaScript reads them (doubles): strictly inside exclusive bounds, finite when unbounded
+  const nums = obj({ lt1: { type: 'number', exclusiveMinimum: 0, exclusiveMaximum: 1 },
+    pos: { type: 'integer', minimum: 1 }, any: { type: 'number' } });
+  let stopped = 0;
+  for (const seed of [1, 2, 3, 4, 5, 6]) {
+    const r = await client.chat.completions.create({
+      model, messages: [{ role: 'user', content: 'Numbers' }], max_tokens: 120, temperature: 1.2, seed,
+      response_format: { type: 'json_schema', json_schema: { name: 'n', strict: true, schema: nums } },
+    });
+    if (r.choices[0].finish_reason !== 'stop') continue;
+    stopped++;
+    const t = r.choices[0].message.content, v = JSON.parse(t);
+    assert.ok(v.lt1 > 0 && v.lt1 < 1, t);
+    assert.ok(Number.isInteger(v.pos) && v.pos >= 1 && Number.isFinite(v.pos), t);
+    assert.ok(Number.isFinite(v.any), t);
+  }
+  assert.ok(stopped >= 3, `${stopped} of 6 answers ended with stop`);
+});
