@@ -330,8 +330,9 @@ bill_dash_call_t *bill_dash(bill_t *b, const bill_dash_req_t *q, bill_dash_cb cb
 void bill_dash_cancel(bill_dash_call_t *c); /* cb will not be called; accepts NULL */
 
 /* Pages the admin listener serves for the program that embeds billing (the
- * gateway's /metrics): GET (or HEAD: the same head, no body) `path` exactly, without the admin token (the
- * admin listener is the operator's side, loopback by default).  fn runs on
+ * gateway's /metrics): GET (or HEAD: the same head, no body) `path` exactly, without the admin token on a
+ * loopback listener (the operator's own machine; the default), with any admin token (readonly too) on any
+ * other address.  fn runs on
  * the loop with a reply handle and answers with bill_page_reply exactly
  * once, now or later (the handle stays valid until then, even if the client
  * has gone).  Returns 0, or -1 when b has no admin listener or out of memory. */

@@ -2,6 +2,9 @@
  * loopback address, `Authorization: Bearer <admin token>` on every route but
  * /health, JSON in and out, OpenAI-style error bodies.  Endpoints are listed
  * in billing/README.md; their SQL and handlers live in bill_admin_<resource>.c.
+ * The embedding program's pages (the gateway's /metrics) need no token on a
+ * loopback listener, the operator's own machine; on any other address they
+ * need one too (page_route), as everything but /health does.
  *
  * Tokens: the bootstrap token (var/admin.token) is the root admin, compared
  * in memory; any other bearer is looked up by its keyed hash in admin_tokens
@@ -94,6 +97,7 @@ struct bill_admin {
     char *secret;
     struct adm_q pending;
     struct adm_page *pages;    /* bill_admin_page */
+    int loopback;              /* listens on a loopback address: pages need no token */
     bill_page_fn settle_fn;    /* bill_admin_settlement: answers GET settlement instead */
     void *settle_arg;
 };
@@ -304,6 +308,7 @@ static void db_error_send(adm_req_t *r) {
 }
 
 static void dispatch(adm_req_t *r);
+static int page_route(adm_req_t *r, const char *path);
 
 static void auth_done(adm_req_t *r, PGresult *res) {
     adm_priv_t *p = (adm_priv_t *)r->priv;
@@ -808,14 +813,15 @@ static int query_parse(const char *query, struct evkeyvalq *q) {
 /* Route r by its path (after /admin/v1/).  Always answers. */
 static void dispatch(adm_req_t *r) {
     adm_priv_t *p = (adm_priv_t *)r->priv;
+    const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(r->req);
+    const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
+    if (path && page_route(r, path)) return; /* a page, on a listener that is not loopback: any token reads it */
     if (p->readonly && r->method != EVHTTP_REQ_GET) {
         adm_error(r, 403, "insufficient_role",
                   "the admin token \"%s\" is readonly: it may only read (GET); writes need a token with role admin",
                   r->actor);
         return;
     }
-    const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(r->req);
-    const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
     static const char pfx[] = "/admin/v1/";
     if (!path || strncmp(path, pfx, sizeof pfx - 1) != 0) {
         adm_error(r, 404, "not_found", "no such admin endpoint (they live under /admin/v1/)");
@@ -965,6 +971,7 @@ typedef struct adm_page {
     struct adm_page *next;
     bill_page_fn fn;
     void *arg;
+    char *path;
 } adm_page_t;
 
 /* One GET of a page, between fn and bill_page_reply.  A client that goes
@@ -1005,6 +1012,28 @@ static void page_cb(struct evhttp_request *req, void *arg) {
     p->fn(pg, p->arg);
 }
 
+/* On a listener that is not loopback a page is not evhttp's callback: its
+ * requests come through gen_cb, the token is checked, and dispatch hands them
+ * here.  Returns 1 when path is a page (r is answered or handed on), else 0. */
+static int page_route(adm_req_t *r, const char *path) {
+    adm_page_t *p = r->a->pages;
+    while (p && strcmp(p->path, path)) p = p->next;
+    if (!p) return 0;
+    if (r->method != EVHTTP_REQ_GET && r->method != EVHTTP_REQ_HEAD) {
+        evhttp_add_header(evhttp_request_get_output_headers(r->req), "Allow", "GET, HEAD");
+        adm_error(r, 405, "method_not_allowed", "use GET or HEAD");
+        return 1;
+    }
+    bill_page_t *pg = page_new(r->req);
+    if (!pg) {
+        adm_error(r, 500, NULL, "out of memory");
+        return 1;
+    }
+    finish(r);
+    p->fn(pg, p->arg);
+    return 1;
+}
+
 void bill_admin_set_settlement(bill_admin_t *a, bill_page_fn fn, void *arg) {
     a->settle_fn = fn;
     a->settle_arg = arg;
@@ -1034,7 +1063,8 @@ int bill_admin_add_page(bill_admin_t *a, const char *path, bill_page_fn fn, void
     if (!p) return -1;
     p->fn = fn;
     p->arg = arg;
-    if (evhttp_set_cb(a->http, path, page_cb, p) != 0) {
+    if (!(p->path = strdup(path)) || (a->loopback && evhttp_set_cb(a->http, path, page_cb, p) != 0)) {
+        free(p->path);
         free(p);
         return -1;
     }
@@ -1061,8 +1091,13 @@ bill_admin_t *bill_admin_new(struct event_base *base, bill_pg_t *pg, const bill_
     }
     memcpy(host, listen, colon - listen);
     host[colon - listen] = 0;
-    if (strncmp(host, "127.", 4) && strcmp(host, "localhost") && strcmp(host, "[::1]") && strcmp(host, "::1"))
-        fprintf(stderr, "bill: warning: the admin API listens on %s, which is not a loopback address\n", listen);
+    a->loopback = !strncmp(host, "127.", 4) || !strcmp(host, "localhost") || !strcmp(host, "[::1]") ||
+                  !strcmp(host, "::1");
+    if (!a->loopback)
+        fprintf(stderr,
+                "bill: the admin API listens on %s, which is not a loopback address: /metrics there needs the "
+                "admin token too (Authorization: Bearer; a readonly token will do)\n",
+                listen);
     if (host[0] == '[' && host[strlen(host) - 1] == ']') { /* [::1]:8444 */
         memmove(host, host + 1, strlen(host));
         host[strlen(host) - 1] = 0;
@@ -1107,6 +1142,7 @@ void bill_admin_free(bill_admin_t *a) {
     tg_httpguard_free(a->guard); /* after the evhttp: it lets go of the connections evhttp freed */
     while (a->pages) {
         struct adm_page *n = a->pages->next;
+        free(a->pages->path);
         free(a->pages);
         a->pages = n;
     }

@@ -27,7 +27,7 @@ import psycopg2
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gwinstances import Instances, https  # noqa: E402
+from gwinstances import ADMIN_OFFSET, Instances, https  # noqa: E402
 from tgskip import main  # noqa: E402
 from tgstack import ctl, ctl_run  # noqa: E402
 
@@ -735,6 +735,57 @@ class Close(Checks):
         r = ctl_run("customer", "close", "edges-nobody-" + uuid.uuid4().hex[:6], check=False)
         self.assertEqual(r.returncode, 1)
         self.assertIn("no such customer", r.stderr)
+
+
+class OpenAdmin(Checks):
+    """An admin listener on a non-loopback address (0.0.0.0, on an instance of our own at the stack's
+    port + 52, admin + 152): /metrics there needs an admin token, as every route but /health does.
+    Before, it answered anyone who could reach the port, with only a warning at start."""
+
+    PORT = GW.port + 52
+
+    @classmethod
+    def setUpClass(cls):
+        cls.gw = Instances("edges-open-admin", [cls.PORT],
+                           admin_listen="0.0.0.0:%d" % (cls.PORT + ADMIN_OFFSET)).start()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.gw.stop()
+
+    def get(self, method, path, token=None, port=None):
+        h = {"Authorization": "Bearer " + token} if token is not None else {}
+        return send(http.client.HTTPConnection("127.0.0.1", port or self.PORT + ADMIN_OFFSET, timeout=TIMEOUT),
+                    method, path, None, h)
+
+    def test_metrics_need_a_token_off_loopback(self):
+        ro = "edges-scrape-" + uuid.uuid4().hex[:6]
+        st, _, b = admin("POST", "tokens", {"name": ro, "role": "readonly"})
+        self.assertEqual(st, 201, b)
+        ro = json.loads(b)["token"]
+        for tok in (None, "", "wrong", TOKEN + "x", "tga_" + "0" * 48):
+            with self.subTest(token=tok):
+                e = self.error(self.get("GET", "/metrics", tok), 401, "invalid_admin_token")
+                self.assertNotIn("tollgate_", e["message"])
+                st, _, b = self.get("HEAD", "/metrics", tok)
+                self.assertEqual((st, b), (401, b""))
+        for tok in (TOKEN, ro):  # the bootstrap token, or a readonly one (a scraper's)
+            st, h, b = self.get("GET", "/metrics", tok)
+            self.assertEqual(st, 200, b)
+            self.assertTrue(h["content-type"].startswith("text/plain"), h)
+            self.assertIn(b"\ntollgate_connections ", b)
+            st, h, b = self.get("HEAD", "/metrics", tok)
+            self.assertEqual((st, b), (200, b""))
+            self.assertGreater(int(h["content-length"]), 0)
+            self.allow(self.get("POST", "/metrics", tok), ("GET", "HEAD"))
+        self.assertEqual(self.get("GET", "/health")[0], 200)  # a load balancer's probe needs none
+        self.error(self.get("GET", "/admin/v1/customers"), 401, "invalid_admin_token")
+        with open(os.path.join(self.gw.dir, "gw0.log")) as f:
+            self.assertIn("not a loopback address: /metrics there needs the admin token", f.read())
+        # on loopback (the stack's, as `make run` has it) /metrics stays a scraper's plain GET
+        st, _, b = self.get("GET", "/metrics", port=ADMIN.port)
+        self.assertEqual(st, 200, b)
+        self.assertIn(b"\ntollgate_connections ", b)
 
 
 class Ctl(Checks):
