@@ -18,6 +18,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/time.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cjson/cJSON.h>
@@ -92,7 +93,10 @@ static const char USAGE[] =
     "\n"
     "AMOUNT is USD as a decimal (\"5\", \"5.00\", \"0.000001\"); MICRO is integer micro-USD per\n"
     "1M tokens; T is a timestamp PostgreSQL understands (2026-11-01, 2026-11-01T12:00:00Z,\n"
-    "20261101) or Unix seconds (1793491200); without a zone, UTC;\n"
+    "20261101) or Unix seconds (1793491200); without a zone, UTC.  A period runs from --from up to\n"
+    "--to: a --to that is a date alone includes that whole UTC day (--from 2026-11-01 --to 2026-11-30\n"
+    "is all of November, as the dashboard's To), a --to with a time or in Unix seconds is the end,\n"
+    "not included;\n"
     "DURATION is seconds or 90s, 15m, 24h, 7d, 2w, 1h30m.\n"
     "Options go before or after NAME and KEY_ID, as --option VALUE or --option=VALUE.\n"
     "--json prints the server's JSON.  --idempotency-key KEY sends an Idempotency-Key header:\n"
@@ -486,6 +490,31 @@ static const char *opt(args_t *a, const char *name) {
         return v;
     }
     return NULL;
+}
+
+/* --to as the API takes it.  A date alone (2026-11-30, 20261130) is that
+ * whole UTC day, as the dashboard's To and as people read "from 2026-11-01 to
+ * 2026-11-30": the API's `to` is an instant the period does not include, so
+ * the midnight after the day is sent.  A time or Unix seconds goes as it is
+ * (an instant, not included); so does a date that is no date (2026-02-30),
+ * for the API to refuse naming `to`. */
+static const char *opt_to(args_t *a) {
+    static char next[16];
+    const char *t = opt(a, "--to");
+    int y, m, d, n = 0;
+    if (!t) return NULL;
+    size_t len = strlen(t);
+    if (len == 10 && t[4] == '-' && t[7] == '-' && strspn(t, "0123456789-") == 10)
+        n = sscanf(t, "%4d-%2d-%2d", &y, &m, &d);
+    else if (len == 8 && strspn(t, "0123456789") == 8)
+        n = sscanf(t, "%4d%2d%2d", &y, &m, &d);
+    if (n != 3) return t;
+    struct tm tm = {.tm_year = y - 1900, .tm_mon = m - 1, .tm_mday = d};
+    time_t day = timegm(&tm); /* normalizes: 2026-02-30 comes back as March */
+    if (tm.tm_year != y - 1900 || tm.tm_mon != m - 1 || tm.tm_mday != d) return t;
+    day += 86400;
+    if (!gmtime_r(&day, &tm) || !strftime(next, sizeof next, "%Y-%m-%d", &tm)) return t;
+    return next;
 }
 
 static const char *need(args_t *a, const char *name) {
@@ -882,7 +911,7 @@ static int cmd_credit(args_t *a) {
     const char *sub = positional(a, "credit subcommand (add, adjust, refund, list)");
     if (!strcmp(sub, "list")) {
         const char *cust = need(a, "--customer");
-        const char *from = opt(a, "--from"), *to = opt(a, "--to"), *limit = opt(a, "--limit");
+        const char *from = opt(a, "--from"), *to = opt_to(a), *limit = opt(a, "--limit");
         no_more(a);
         if (limit) check_uint("--limit", limit);
         const char *names[] = {"from", "to", "limit"}, *vals[] = {from, to, limit};
@@ -1036,7 +1065,7 @@ static int cmd_balance(args_t *a) {
 
 static int cmd_usage(args_t *a) {
     const char *cust = need(a, "--customer");
-    const char *from = opt(a, "--from"), *to = opt(a, "--to"), *limit = opt(a, "--limit");
+    const char *from = opt(a, "--from"), *to = opt_to(a), *limit = opt(a, "--limit");
     no_more(a);
     if (limit) check_uint("--limit", limit);
     const char *names[] = {"from", "to", "limit"}, *vals[] = {from, to, limit};
@@ -1167,7 +1196,7 @@ static int cmd_invoice(args_t *a) {
 }
 
 static int cmd_reconcile(args_t *a) {
-    const char *from = opt(a, "--from"), *to = opt(a, "--to");
+    const char *from = opt(a, "--from"), *to = opt_to(a);
     no_more(a);
     buf_t p = {0};
     bput(&p, "/admin/v1/reconcile", 19);
@@ -1353,7 +1382,7 @@ static void print_sums(const char *first, cJSON *r) {
 static int cmd_report(args_t *a) {
     const char *sub = positional(a, "report subcommand (usage, top, balance)");
     if (!strcmp(sub, "usage") || !strcmp(sub, "balance")) {
-        const char *cust = need(a, "--customer"), *by = opt(a, "--by"), *from = opt(a, "--from"), *to = opt(a, "--to");
+        const char *cust = need(a, "--customer"), *by = opt(a, "--by"), *from = opt(a, "--from"), *to = opt_to(a);
         const char *split = !strcmp(sub, "usage") ? opt(a, "--split") : NULL;
         no_more(a);
         if (by && strcmp(by, "hour") && strcmp(by, "day")) die(2, "--by must be hour or day");
@@ -1383,7 +1412,7 @@ static int cmd_report(args_t *a) {
         }
         cJSON_Delete(j);
     } else if (!strcmp(sub, "top")) {
-        const char *from = opt(a, "--from"), *to = opt(a, "--to"), *limit = opt(a, "--limit");
+        const char *from = opt(a, "--from"), *to = opt_to(a), *limit = opt(a, "--limit");
         no_more(a);
         if (limit) check_uint("--limit", limit);
         const char *names[] = {"from", "to", "limit"}, *vals[] = {from, to, limit};

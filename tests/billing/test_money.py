@@ -681,7 +681,7 @@ class Money(ServerCase):
         self.assertEqual(self.docs(name, p1)[1:], (json1, csv1))
 
         # and everything reconciles
-        p = self.s.ctl("reconcile", "--from", "%d-01-01" % year, "--to", "%d-01-01" % (year + 1), check=False)
+        p = self.s.ctl("reconcile", "--from", "%d-01-01" % year, "--to", "%d-12-31" % year, check=False)
         self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
         self.assertIn("everything agrees", p.stdout)
         p = self.s.ctl("reconcile", "--json", check=False)
@@ -698,7 +698,7 @@ class Money(ServerCase):
         self.s.drain()
         self.s.ctl("invoice", "finalize", "--month", month, "--customer", name)
         inv = q("SELECT id FROM invoices WHERE customer_id = %s", cid)[0][0]
-        window = ("--from", "%d-01-01" % year, "--to", "%d-01-01" % (year + 1))
+        window = ("--from", "%d-01-01" % year, "--to", "%d-12-31" % year)  # a date --to: its whole day
 
         def reconcile():
             p = self.s.ctl("reconcile", *window, check=False)
@@ -815,9 +815,9 @@ class Money(ServerCase):
     def test_reversed_period_refused(self):
         """A period whose from is after its to is a 400 naming both, on every command that takes one;
         before, it was answered as an empty period: reconcile said "everything agrees" (exit 0)
-        having checked no usage row.  A period with from = to is empty, not an error."""
+        having checked no usage row.  A period with from = to (instants) is empty, not an error."""
         name, _ = self.customer("1")
-        rev, empty = ("--from", "2026-12-01", "--to", "2026-11-01"), ("--from", "2026-11-01", "--to", "2026-11-01")
+        rev, empty = ("--from", "2026-12-01", "--to", "2026-11-01"), ("--from", "2026-11-01", "--to", "2026-11-01T00:00:00Z")
         for cmd in (["usage", "--customer", name], ["credit", "list", "--customer", name], ["reconcile"],
                     ["report", "usage", "--customer", name], ["report", "top"],
                     ["report", "balance", "--customer", name]):

@@ -802,6 +802,33 @@ class Ctl(Checks):
             self.assertIn(says, r.stderr, args)
         return r
 
+    def test_to_date_includes_its_day(self):
+        """--to as a date alone is that whole UTC day, on every command with a period, as the
+        dashboard's To ("from 2026-11-01 to 2026-11-30" is all of November); before, it was the
+        midnight starting it, so --from D --to D was always empty and the last day was left out.
+        A --to with a time or in Unix seconds is still the end, not included."""
+        cust = "edges-" + uuid.uuid4().hex[:10]
+        ctl("customer", "create", cust, "--credit-usd", "1")
+        row = json.loads(ctl("--json", "credit", "list", "--customer", cust))["data"][0]
+        day = row["created_at"][:10]
+        t = time.mktime(time.strptime(day, "%Y-%m-%d")) - time.timezone
+        before, after = (time.strftime("%Y-%m-%d", time.gmtime(t + s)) for s in (-86400, 86400))
+        for to in (day, day.replace("-", "")):
+            j = json.loads(ctl("--json", "credit", "list", "--customer", cust, "--from", day, "--to", to))
+            self.assertEqual(([r["id"] for r in j["data"]], j["to"]), ([row["id"]], after + "T00:00:00+00:00"), to)
+        for to in (before, day + "T00:00:00Z", str(int(t))):
+            j = json.loads(ctl("--json", "credit", "list", "--customer", cust, "--from", before, "--to", to))
+            self.assertEqual(j["data"], [], to)
+        for cmd in (["usage", "--customer", cust], ["reconcile"], ["report", "usage", "--customer", cust],
+                    ["report", "top"], ["report", "balance", "--customer", cust]):
+            j = json.loads(ctl("--json", *cmd, "--from", day, "--to", day))
+            self.assertEqual((j["from"], j["to"]), (day + "T00:00:00+00:00", after + "T00:00:00+00:00"), cmd)
+        self.assertEqual(json.loads(ctl("--json", "report", "balance", "--customer", cust, "--from", day,
+                                        "--to", day, "--by", "day"))["data"][0]["balance_usd"], "1.000000")
+        # a date that is no date goes to the API as typed, which refuses it naming to
+        self.refused("credit", "list", "--customer", cust, "--to", "2026-02-30", says="to ")
+        self.assertIn("that whole UTC day", ctl_run("--help", check=False).stdout)
+
     def test_options_in_any_order_and_with_equals(self):
         # before 2026-12-01 an option before NAME or KEY_ID was "NAME is required" (exit 2), and
         # --customer=NAME, --credit-usd=5, --idempotency-key=K were "unexpected argument"
