@@ -31,6 +31,7 @@ P_ENGINE = BASE + 70    # the engine the pool gateway starts
 P_FAKE = BASE + 71      # a worker that passes /health and drops every chat request
 P_FAKE503 = BASE + 73   # a worker that answers every chat request 503 (not admitted)
 P_NEVER = BASE + 74     # the port of a worker that never becomes healthy
+P_CLOSED = BASE + 75    # a worker's port where nothing listens (Unreachable; its gateway: P_GW + 5)
 
 
 RUN = "%x" % int(time.time() * 1000)
@@ -514,6 +515,43 @@ class NeverHealthy(unittest.TestCase):
         with open(os.path.join(self.gw.dir, "gw0.log")) as f:
             log = f.read()
         self.assertGreaterEqual(log.count("not healthy 500 ms after its start: killing it"), 2, log[-2000:])
+
+
+class Unreachable(unittest.TestCase):
+    """The only worker's port refuses connections: the request is answered 502 upstream_unavailable
+    and costs nothing.  Its usage row (a worker was asked: the row is the request id's record, counted
+    as failed_5xx) has no token and no cost; no debit, the balance and its hold whole again, and the
+    TPM charge given back: no token that was never generated is billed or counted."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.key, cls.cid = customer_key("pool-unreachable")
+        ctl("key", "update", str(q("SELECT id FROM api_keys WHERE customer_id = %s", cls.cid)[0][0]),
+            "--tpm", "100000")
+        cls.gw = Instances("pool-unreachable", [P_GW + 5], workers=[
+            {"url": "http://127.0.0.1:%d" % P_CLOSED, "models": [MODEL]}]).start()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.gw.stop()
+
+    def test_502_costs_nothing(self):
+        for stream in (False, True):
+            st, h, data = https(P_GW + 5, "POST", "/v1/chat/completions", self.key,
+                                chat_body("nobody home", 64, stream), timeout=WAIT)
+            self.assertEqual((st, json.loads(data)["error"]["code"]), (502, "upstream_unavailable"), data)
+            rid = h["x-request-id"]
+            row = settled_row(self.gw, rid)
+            self.assertEqual((row[1], row[2], row[3]), (0, 0, 502), "no token billed")
+            self.assertEqual(q("SELECT prompt_cache_hit_tokens, prompt_cache_miss_tokens, reasoning_tokens,"
+                               " cost_pico FROM usage WHERE request_id = %s", rid), [(0, 0, 0, 0)])
+            self.assertEqual(q("SELECT count(*) FROM ledger WHERE request_id = %s", rid)[0][0], 0)
+        self.assertEqual(q("SELECT balance_pico FROM customers WHERE id = %s", self.cid)[0][0], 5 * 10**12)
+        self.assertIn("5.000000 USD", ctl("balance", "--customer", "pool-unreachable-" + RUN))
+        m = self.gw.metrics(0)
+        self.assertEqual((m["tollgate_open_holds"], m["tollgate_open_holds_pico"]), (0, 0))
+        wait_for(lambda: https(P_GW + 5, "GET", "/v1/models", self.key)[1].get("x-ratelimit-remaining-tokens")
+                 == "100000", "the TPM charge given back")
 
 
 if __name__ == "__main__":
