@@ -181,8 +181,19 @@ const uint16_t *eng_cpu_bf16_t16_row_at(const uint16_t *T, int64_t C, int64_t r,
     return T + (r / 16) * (x_cp(C) / 32) * 512 + (r % 16) * 32;
 }
 
+/* group_one's prefetch distance: its group is one run, and 4 KB ahead
+ * streamed 1.05-1.07x faster than 2 KB on Zen 4 (two threads, 1 GB of
+ * 1024x2048 T16 groups in 1 MB runs against a pure read, same-round medians
+ * of 7 and 11 rounds: 85.9/86.6% of the read against 80.1/81.3%), and the
+ * decode's paired ratio went from 68-80% (median 72%, 6 runs) to 71-81%
+ * (median 79%, 7 runs; eng_bench decode alternated, engine/README.md
+ * session 15); 6 and 8 KB were no better */
+#ifndef BF_PF_ONE
+#define BF_PF_ONE 4096
+#endif
+
 /* one token, one group: out[i] = row i . x for i < 16; the run is prefetched
- * BF_PF bytes ahead up to pend (this call's last group: the next chunk is
+ * BF_PF_ONE bytes ahead up to pend (this call's last group: the next chunk is
  * likely another thread's) */
 /* up to this many tokens run group_one per token (the second on from L2) */
 #ifndef BF_GROUP_TOKENS
@@ -194,7 +205,7 @@ __attribute__((target(BF_T))) static void group_one(const uint16_t *G, int64_t K
     __m512 acc[16];
     _Pragma("GCC unroll 16") for (int i = 0; i < 16; i++) acc[i] = _mm512_setzero_ps();
     for (int64_t kb = 0; kb < KB; kb++, G += 512) {
-        const char *pf = (const char *)G + BF_PF;
+        const char *pf = (const char *)G + BF_PF_ONE;
         if (pf < pend) /* pend NULL: no prefetch (the group is in cache) */ _Pragma("GCC unroll 16") for (int i = 0; i < 16; i++) _mm_prefetch(pf + 64 * i, _MM_HINT_T1);
         __m512bh h = (__m512bh)_mm512_load_si512(X + 32 * kb), l = (__m512bh)_mm512_load_si512(X + Cp + 32 * kb);
         _Pragma("GCC unroll 16") for (int i = 0; i < 16; i++) {
