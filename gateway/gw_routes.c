@@ -36,11 +36,18 @@ const gw_handler_t *gw_routes_match(gw_req_t *r) {
     /* OpenAI's legacy completions and DeepSeek's FIM completion (beta): one handler */
     if ((n == 15 && !strncmp(t, "/v1/completions", n)) || (n == 17 && !strncmp(t, "/beta/completions", n)))
         return gw_routes_v1(r, &gw_completions_handler);
-    if ((n == 10 && !strncmp(t, "/v1/models", n)) || (n > 11 && !strncmp(t, "/v1/models/", 11))) {
-        if (n > 11) { /* one model; its id percent-decoded */
-            char *id = gw_palloc(r->pool, n - 11 + 1);
+    /* DeepSeek's own base_url is the root (https://api.deepseek.com; ".../v1"
+     * is its alias "for compatibility with OpenAI"): a client set up that way
+     * calls /chat/completions and /models (/user/balance: below).  They are
+     * the /v1 routes under a second name. */
+    if (n == 17 && !strncmp(t, "/chat/completions", n)) return gw_routes_v1(r, &gw_chat_handler);
+    if (n == 12 && !strncmp(t, "/completions", n)) return gw_routes_v1(r, &gw_completions_handler);
+    size_t mp = n >= 7 && !strncmp(t, "/models", 7) ? 7 : n >= 10 && !strncmp(t, "/v1/models", 10) ? 10 : 0;
+    if (mp && (n == mp || (n > mp + 1 && t[mp] == '/'))) {
+        if (n > mp) { /* one model; its id percent-decoded */
+            char *id = gw_palloc(r->pool, n - (mp + 1) + 1);
             size_t k = 0;
-            for (size_t i = 11; id && i < n; i++) {
+            for (size_t i = mp + 1; id && i < n; i++) {
                 int hi, lo;
                 /* %00 stays as it is: a NUL would end the id early ("m%00x" taken for "m") */
                 if (t[i] == '%' && i + 2 < n && (hi = gw_hexdigit(t[i + 1])) >= 0 && (lo = gw_hexdigit(t[i + 2])) >= 0 &&

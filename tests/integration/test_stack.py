@@ -173,6 +173,38 @@ class Stack(unittest.TestCase):
         self.assertEqual(j["object"], "list")
         self.assertIn(MODEL, [m["id"] for m in j["data"]])
 
+    def test_deepseek_root_base_url(self):
+        # DeepSeek's documented base_url is the root (https://api.deepseek.com;
+        # ".../v1" is its alias for OpenAI's SDKs): such a client calls
+        # /chat/completions and /models.  They are the /v1 routes: same
+        # answers, one usage row, CORS; other root paths stay 404.
+        st, h, b = request("GET", "/models", key=self.key)
+        self.assertEqual(st, 200, b)
+        self.assertEqual(json.loads(b), json.loads(request("GET", "/v1/models", key=self.key)[2]))
+        st, h, b = request("GET", "/models/" + MODEL, key=self.key)
+        self.assertEqual((st, json.loads(b)["id"]), (200, MODEL), b)
+        st, h, b = request("GET", "/models/nope", key=self.key)
+        self.assertEqual((st, json.loads(b)["error"]["code"]), (404, "model_not_found"), b)
+        body = {"model": MODEL, "messages": [{"role": "user", "content": "root"}], "max_tokens": 3,
+                "temperature": 0}
+        st, h, b = request("POST", "/chat/completions", body, key=self.key)
+        self.assertEqual(st, 200, b)
+        j = json.loads(b)
+        self.assertEqual(j["object"], "chat.completion")
+        self.assertEqual(h.get("access-control-allow-origin"), "*")
+        self.assertEqual(j, dict(json.loads(request("POST", "/v1/chat/completions", body, key=self.key)[2]),
+                                 id=j["id"], created=j["created"]))
+        self.assertEqual(len(usage_row(h["x-request-id"])), 1)
+        st, h, b = request("POST", "/chat/completions", dict(body, stream=True), key=self.key)
+        self.assertEqual((st, h.get("content-type")), (200, "text/event-stream"), b)
+        self.assertTrue(b.endswith(b"data: [DONE]\n\n"), b[-60:])
+        st, h, b = request("GET", "/chat/completions", key=self.key)
+        self.assertEqual((st, h.get("allow")), (405, "POST"), b)
+        st, h, b = request("POST", "/chat/completions", body)
+        self.assertEqual(st, 401, b)
+        for path in ("/models/", "/modelsx", "/chat/completionsx", "/chat"):
+            self.assertEqual(request("GET", path, key=self.key)[0], 404, path)
+
     def test_completion_usage_row_and_debit(self):
         c = new_customer("2.50")
         k = new_key(c)

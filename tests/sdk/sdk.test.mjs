@@ -64,6 +64,27 @@ test('streaming gives the same text and the usage chunk', async () => {
   assert.equal(usage.completion_tokens, plain.usage.completion_tokens);
 });
 
+test("DeepSeek's base_url, the root without /v1: models, chat plain and streamed", async () => {
+  const root = new OpenAI({ apiKey: client.apiKey, baseURL: env.TG_TEST_GATEWAY, maxRetries: 0, timeout: 120000 });
+  const ids = [];
+  for await (const m of root.models.list()) ids.push(m.id);
+  assert.ok(ids.includes(model), ids.join(','));
+  assert.equal((await root.models.retrieve(model)).id, model);
+  const r = await root.chat.completions.create({ model, messages, max_tokens: 4, temperature: 0 });
+  const v1 = await client.chat.completions.create({ model, messages, max_tokens: 4, temperature: 0 });
+  assert.equal(r.choices[0].message.content, v1.choices[0].message.content);
+  const stream = await root.chat.completions.create({
+    model, messages, max_tokens: 4, temperature: 0, stream: true, stream_options: { include_usage: true } });
+  let text = '';
+  let usage = null;
+  for await (const chunk of stream) {
+    if (chunk.choices.length) text += chunk.choices[0].delta.content ?? '';
+    if (chunk.usage) usage = chunk.usage;
+  }
+  assert.equal(text, r.choices[0].message.content);
+  assert.equal(usage.completion_tokens, r.usage.completion_tokens);
+});
+
 test('a bad key is an AuthenticationError', async () => {
   const bad = new OpenAI({ apiKey: 'sk-' + '1'.repeat(48), baseURL, maxRetries: 0 });
   await assert.rejects(bad.chat.completions.create({ model, messages, max_tokens: 1 }),
