@@ -17,6 +17,16 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* TG_TEST_ASAN: this build runs under AddressSanitizer (gcc says so with
+ * __SANITIZE_ADDRESS__, clang through __has_feature) */
+#if defined(__SANITIZE_ADDRESS__)
+#define TG_TEST_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define TG_TEST_ASAN 1
+#endif
+#endif
+
 static int tg_test_checks, tg_test_fails;
 
 #define CHECK(c)                                                                          \

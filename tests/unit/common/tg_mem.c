@@ -4,13 +4,6 @@
  * malloc and memset into a calloc. */
 #include <stdint.h>
 
-#if defined(__SANITIZE_ADDRESS__)
-#define T_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define T_ASAN 1
-#endif
-#endif
 
 #include "tg_mem.h"
 #include "tg_test.h"
@@ -26,7 +19,7 @@ static void test_zalloc(void) {
         int zero = 1;
         for (size_t i = 0; b && i < n; i++) zero &= b[i] == 0;
         CHECK(zero);
-#if defined(__GLIBC__) && !defined(T_ASAN) /* ASan's allocator quarantines what is freed */
+#if defined(__GLIBC__) && !defined(TG_TEST_ASAN) /* ASan's allocator quarantines what is freed */
         CHECK(b == a); /* the per-thread cache's chunk: malloc's path, not calloc's */
 #endif
         free(b);

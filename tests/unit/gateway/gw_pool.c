@@ -3,19 +3,11 @@
 #include <stdint.h>
 #include <string.h>
 
-#if defined(__SANITIZE_ADDRESS__)
-#define T_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define T_ASAN 1
-#endif
-#endif
-#ifdef T_ASAN
-#include <sanitizer/asan_interface.h>
-#endif
-
 #include "../../../gateway/gw-int.h"
 #include "tg_test.h"
+#ifdef TG_TEST_ASAN
+#include <sanitizer/asan_interface.h>
+#endif
 
 static int order[4], norder;
 static void note(void *arg) { order[norder++] = (int)(intptr_t)arg; }
@@ -75,7 +67,7 @@ static void test_block_cache(void) {
     gw_pool_free(p);
     CHECK_EQ_I((int)gw_block_cached(GW_BLOCK_POOL), 1);
     CHECK_EQ_I((int)gw_block_cached(GW_BLOCK_POOL_MORE), 1);
-#ifdef T_ASAN
+#ifdef TG_TEST_ASAN
     CHECK(__asan_address_is_poisoned(p)); /* the cached pool: its bytes, its list link */
     CHECK(__asan_address_is_poisoned((char *)p + 1000));
 #endif
