@@ -535,6 +535,10 @@ struct gw_req {
     bill_req_t *hold_req;      /* the hold being taken */
     bill_hold_t hold;          /* the balance hold (released or settled by the end) */
     bill_status_t admit_st;    /* an admission refusal answered once the limits are known */
+    struct {                   /* a refusal of the body, answered once the key is known good (gw_chat.c) */
+        int status;
+        const char *type, *code, *param, *msg; /* copies in the pool */
+    } refusal;
     char *scope_json;          /* /v1/models: the key's scope, copied into the pool */
     /* response */
     int status;                /* what the client got */

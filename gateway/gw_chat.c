@@ -245,6 +245,41 @@ static int gw_chat_count_async(gw_req_t *r) {
     return GW_OK;
 }
 
+/* A body refused (400, an unknown model's 404) once the key has passed its
+ * offline check: the key is looked up first (the key cache; no hold, nothing
+ * taken) and an unknown, revoked or expired one is the 401, as OpenAI and
+ * DeepSeek answer a bad key whatever the body holds.  Before, such a key
+ * with a broken body or an unknown model got the 400/404, which also told a
+ * caller without a valid key which models are served. */
+static void gw_chat_refusal_keyed(bill_status_t st, const bill_key_t *key, void *arg) {
+    gw_req_t *r = arg;
+    (void)key;
+    r->admit = NULL;
+    if (st == BILL_UNAUTHORIZED || st == BILL_KEY_EXPIRED) {
+        gw_auth_error(r, st);
+        return;
+    }
+    /* a known key (or accounts unreachable: the body's own fault is still the answer) */
+    gw_req_error(r, r->refusal.status, r->refusal.type, r->refusal.code, r->refusal.param, r->refusal.msg);
+}
+
+static void gw_chat_refuse(gw_req_t *r, int status, const char *type, const char *code, const char *param,
+                           const char *msg) {
+    gw_pool_t *p = r->pool;
+#define GW_PDUP(s) ((s) ? gw_pstrndup(p, (s), strlen(s)) : NULL)
+    r->refusal.status = status;
+    r->refusal.type = GW_PDUP(type);
+    r->refusal.code = GW_PDUP(code);
+    r->refusal.param = GW_PDUP(param);
+    r->refusal.msg = GW_PDUP(msg);
+#undef GW_PDUP
+    if (!r->loop->bill || !r->refusal.type || (code && !r->refusal.code) || (param && !r->refusal.param) ||
+        !r->refusal.msg ||
+        !(r->admit = bill_admit(r->loop->bill, r->api_key, r->srv->cfg->workers[0].models[0], r->conn->peer,
+                                gw_chat_refusal_keyed, r)))
+        gw_req_error(r, status, type, code, param, msg); /* no lookup possible: the body's answer */
+}
+
 /* POST /v1/chat/completions, or with cmpl POST /v1/completions and
  * /beta/completions: the same phases, the body read by api/'s completions
  * reader (its prompt rendered and counted by api_cmpl_render through
@@ -264,6 +299,7 @@ static void gw_chat_run_as(gw_req_t *r, int cmpl) {
     const char *key = gw_auth_bearer(r);
     if (!key) return;
     r->api_key = key;
+    if (gw_auth_refused_offline(r, key)) return; /* a made-up key is the 401 whatever the body */
     /* The body is JSON: Content-Type application/json (charset utf-8 if one is
      * named) or absent (curl users forget it; the body still has to parse);
      * another media type (a form, text) is refused by name, not guessed at */
@@ -274,7 +310,7 @@ static void gw_chat_run_as(gw_req_t *r, int cmpl) {
         snprintf(msg, sizeof msg, "Invalid Content-Type header '%.120s': %s", ct,
                  media == GW_HTTP_MEDIA_BAD_CHARSET ? "the body must be JSON in UTF-8 (charset=utf-8)"
                                                     : "the request body must be JSON, sent as 'Content-Type: application/json'");
-        gw_req_error(r, 400, "invalid_request_error", "invalid_content_type", NULL, msg);
+        gw_chat_refuse(r, 400, "invalid_request_error", "invalid_content_type", NULL, msg);
         return;
     }
     /* Strict JSON (tg_json): raw invalid UTF-8, lone surrogates and broken
@@ -285,7 +321,7 @@ static void gw_chat_run_as(gw_req_t *r, int cmpl) {
     api_err_t de; /* too deep inside a member: as the engine says it, the field named (a schema's, mostly) */
     if (!j && r->http->body && jerr.msg && !strcmp(jerr.msg, "nesting too deep") &&
         api_json_err(&de, r->http->body, r->http->body_len, &jerr) && de.param[0]) {
-        gw_req_error(r, de.status, de.type, de.code, de.param, de.message);
+        gw_chat_refuse(r, de.status, de.type, de.code, de.param, de.message);
         return;
     }
     if (!j || gw_pool_cleanup_add(r->pool, gw_chat_cleanup_json, j) != GW_OK) {
@@ -293,12 +329,12 @@ static void gw_chat_run_as(gw_req_t *r, int cmpl) {
         snprintf(msg, sizeof msg, "Failed to parse the request body as JSON: %s",
                  !r->http->body ? "the body is empty" : j ? "out of memory" : jerr.text);
         tg_json_free(j);
-        gw_req_error(r, 400, "invalid_request_error", "invalid_request", NULL, msg);
+        gw_chat_refuse(r, 400, "invalid_request_error", "invalid_request", NULL, msg);
         return;
     }
     r->json = j;
     if (tg_json_type(j) != TG_JSON_OBJECT) {
-        gw_req_error(r, 400, "invalid_request_error", "invalid_request", NULL, "The request body must be a JSON object");
+        gw_chat_refuse(r, 400, "invalid_request_error", "invalid_request", NULL, "The request body must be a JSON object");
         return;
     }
     /* The shared reader (api/): the engine accepts and refuses exactly the
@@ -315,7 +351,7 @@ static void gw_chat_run_as(gw_req_t *r, int cmpl) {
     r->cmpl = cmpl;
     if ((cmpl ? api_cmpl_req_read : api_chat_req_read)(chat, j, &e) ||
         (cmpl && r->srv->tok && api_cmpl_check(chat, (tok_tmpl_kind_t)r->srv->tmpl, &e))) {
-        gw_req_error(r, e.status, e.type ? e.type : "invalid_request_error", e.code, e.param[0] ? e.param : NULL,
+        gw_chat_refuse(r, e.status, e.type ? e.type : "invalid_request_error", e.code, e.param[0] ? e.param : NULL,
                      e.message);
         return;
     }
@@ -325,7 +361,7 @@ static void gw_chat_run_as(gw_req_t *r, int cmpl) {
     if (!gw_model_known(cfg, r->model)) {
         char msg[300];
         snprintf(msg, sizeof msg, "The model `%.200s` does not exist or you do not have access to it.", r->model);
-        gw_req_error(r, 404, "invalid_request_error", "model_not_found", NULL, msg); /* param null, as OpenAI */
+        gw_chat_refuse(r, 404, "invalid_request_error", "model_not_found", NULL, msg); /* param null, as OpenAI */
         return;
     }
     /* The completion cap the hold and TPM are charged with: the limit as api/
@@ -340,7 +376,7 @@ static void gw_chat_run_as(gw_req_t *r, int cmpl) {
         char msg[200];
         snprintf(msg, sizeof msg, "%s is too large: %ld. This model supports at most %lld completion tokens", param,
                  chat->max_tokens, (long long)cfg->max_tokens_limit);
-        gw_req_error(r, 400, "invalid_request_error", "invalid_value", param, msg);
+        gw_chat_refuse(r, 400, "invalid_request_error", "invalid_value", param, msg);
         return;
     }
     r->completion_cap = chat->max_tokens;
@@ -353,7 +389,6 @@ static void gw_chat_run_as(gw_req_t *r, int cmpl) {
         gw_auth_error(r, BILL_ERROR);
         return;
     }
-    if (gw_auth_refused_offline(r, key)) return;
     if (r->srv->tok && r->http->body_len > GW_COUNT_OFFLOOP_BYTES && l->work && gw_chat_count_async(r) == GW_OK)
         return; /* admitted once counted */
     gw_chat_admit(r);

@@ -734,14 +734,20 @@ class Gateway(unittest.TestCase):
         st, h, b = call("POST", "/v1/chat/completions", {"model": MODEL}, headers={"Authorization": "Basic abc"})
         openai_error(self, st, h, b, 401)
         st, h, b = call("POST", "/v1/chat/completions", b'{"model": "x", "messages": [', "sk-whatever")
-        openai_error(self, st, h, b, 400)  # 400 before the key is looked up
+        openai_error(self, st, h, b, 401, "invalid_api_key")  # a bad key is the 401 whatever the body (OpenAI)
+        st, h, b = call("POST", "/v1/chat/completions", b'{"model": "x", "messages": [', "sk-" + "0" * 48)
+        openai_error(self, st, h, b, 401, "invalid_api_key")  # well-formed, unknown: looked up first
+        st, h, b = call("POST", "/v1/chat/completions", b'{"model": "x", "messages": [', self.key)
+        openai_error(self, st, h, b, 400, "invalid_request")  # a good key: the body's own error
         st, h, b = call("POST", "/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}]}, self.key)
         self.assertEqual(openai_error(self, st, h, b, 400)["param"], "model")
         st, h, b = call("POST", "/v1/chat/completions", {"model": MODEL}, self.key)
         self.assertEqual(openai_error(self, st, h, b, 400)["param"], "messages")
         st, h, b = call("POST", "/v1/chat/completions", {"model": MODEL, "messages": [], "stream": "yes"}, self.key)
         openai_error(self, st, h, b, 400)
-        st, h, b = chat("sk-unknown", model="no-such-model")  # 404 model before the key lookup
+        st, h, b = chat("sk-" + "1" * 48, model="no-such-model")  # a bad key is told no model
+        openai_error(self, st, h, b, 401, "invalid_api_key")
+        st, h, b = chat(self.key, model="no-such-model")
         self.assertIsNone(openai_error(self, st, h, b, 404, "model_not_found")["param"])  # as OpenAI
         st, h, b = chat("sk-unknown")
         openai_error(self, st, h, b, 401, "invalid_api_key")
@@ -1554,9 +1560,11 @@ class JsonBody(unittest.TestCase):
                                                     % (body.index(bad) + skip)), err["message"])
             self.assertIsNone(worker_request(h["x-request-id"]), "never forwarded")
             self.assertTrue(no_usage_row(h["x-request-id"]), "a refused request is not billed")
-        # raw invalid UTF-8 in a key, too; and the gateway refuses it before the key lookup
-        st, h, b = self.raw_chat(b'{"model":"m","\xfe":1,"messages":[]}', key="sk-unknown")
+        # raw invalid UTF-8 in a key, too (a bad api key is the 401 whatever the body, as OpenAI)
+        st, h, b = self.raw_chat(b'{"model":"m","\xfe":1,"messages":[]}')
         openai_error(self, st, h, b, 400, "invalid_request")
+        st, h, b = self.raw_chat(b'{"model":"m","\xfe":1,"messages":[]}', key="sk-unknown")
+        openai_error(self, st, h, b, 401, "invalid_api_key")
         self.assertEqual(metric('tollgate_http_requests_total{route="chat_completions",code="200"}'), before)
 
     def test_lone_surrogate_is_400(self):

@@ -535,6 +535,42 @@ class Stack(unittest.TestCase):
         st, h, b = chat("sk-" + "0" * 48)
         assert_openai_error(self, st, b, 401)
 
+    def test_bad_key_401_whatever_the_body(self):
+        # OpenAI and DeepSeek authenticate first: a made-up, unknown, revoked or
+        # expired key is a 401 even when the body is broken or names a model not
+        # served here (which a 404 would tell a caller without a key); a good
+        # key still gets the body's own 400/404.
+        c = new_customer("1.00")
+        revoked = new_key(c)
+        ctl("key", "revoke", key_id_of(c, revoked))
+        out = ctl("key", "create", "--customer", c, "--expires-in", "1s")
+        expired = out.stdout.strip().splitlines()[-1].strip()
+        time.sleep(1.5)
+        good = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
+        bodies = [
+            ("bad json", b'{"model": "x", "messages": [', None, 400),
+            ("messages a string", json.dumps(dict(good, messages="hi")).encode(), None, 400),
+            ("unknown parameter", json.dumps(dict(good, foo=1)).encode(), None, 400),
+            ("model not served", json.dumps(dict(good, model="gpt-4o")).encode(), None, 404),
+            ("max_tokens too large", json.dumps(dict(good, max_tokens=10 ** 9)).encode(), None, 400),
+            ("a form", json.dumps(good).encode(), {"Content-Type": "application/x-www-form-urlencoded"}, 400),
+        ]
+        keys = [("made up", "sk-bad", "invalid_api_key"), ("unknown", "sk-" + "0" * 48, "invalid_api_key"),
+                ("revoked", revoked, "invalid_api_key"), ("expired", expired, "api_key_expired")]
+        deadline = time.time() + 30  # the revocation reaches the key cache through NOTIFY
+        while chat(revoked, max_tokens=1)[0] == 200 and time.time() < deadline:
+            time.sleep(0.05)
+        for what, raw, hdrs, want in bodies:
+            for kwhat, k, code in keys:
+                with self.subTest(body=what, key=kwhat):
+                    st, h, b = request("POST", "/v1/chat/completions", raw=raw, key=k, headers=hdrs)
+                    self.assertEqual(assert_openai_error(self, st, b, 401)["code"], code)
+                    st, h, b = request("POST", "/v1/completions", raw=raw, key=k, headers=hdrs)
+                    self.assertEqual(st, 401, b)
+            with self.subTest(body=what, key="good"):
+                st, h, b = request("POST", "/v1/chat/completions", raw=raw, key=self.key, headers=hdrs)
+                assert_openai_error(self, st, b, want)
+
     def test_revoked_key_401(self):
         c = new_customer("1.00")
         k = new_key(c)
