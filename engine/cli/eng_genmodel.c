@@ -9,6 +9,7 @@
  * --dtype fp8 the attention, MLP and expert projections are stored as
  * F8_E4M3 with 128x128 block weight_scale_inv (as DeepSeek ships V3); the
  * embedding, lm_head, norms and router stay BF16, the gate bias F32. */
+#include <ctype.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <math.h>
@@ -439,9 +440,26 @@ static int mkdir_p(const char *dir) {
 
 static int gm_usage(void) {
     fprintf(stderr, "usage: tollgate-engine gen-model --arch deepseek_v3|deepseek_v2|mixtral --preset demo|tiny|bench|lite\n"
+                    "         (or the architecture: DeepseekV3ForCausalLM, DeepseekV2ForCausalLM, MixtralForCausalLM)\n"
                     "         --out DIR [--seed N] [--dtype f32|bf16|f16|fp8] [--shards N] [--tokenizer DIR|none]\n"
                     "         [--layers N]   (the preset's layer shapes, N layers: a smaller model of the same per-token shape)\n");
     return 2;
+}
+
+/* --arch: the model_type (deepseek_v3, as config.json writes it), or the
+ * architecture's name as Hugging Face and DESIGN.md write it
+ * (DeepseekV3ForCausalLM), any case, '-' for '_' (deepseek-v3). */
+static const char *gm_arch(const char *a) {
+    static const char *const names[][2] = {{"deepseek_v3", "deepseekv3forcausallm"},
+                                           {"deepseek_v2", "deepseekv2forcausallm"},
+                                           {"mixtral", "mixtralforcausallm"}};
+    char low[64];
+    size_t n = strlen(a);
+    if (n >= sizeof low) return a;
+    for (size_t i = 0; i <= n; i++) low[i] = a[i] == '-' ? '_' : (char)tolower((unsigned char)a[i]);
+    for (size_t k = 0; k < sizeof names / sizeof names[0]; k++)
+        if (!strcmp(low, names[k][0]) || !strcmp(low, names[k][1])) return names[k][0];
+    return a;
 }
 
 int eng_cmd_gen_model(int argc, char **argv) {
@@ -451,7 +469,7 @@ int eng_cmd_gen_model(int argc, char **argv) {
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!v) return gm_usage();
-        if (!strcmp(a, "--arch")) arch = v;
+        if (!strcmp(a, "--arch")) arch = gm_arch(v);
         else if (!strcmp(a, "--preset")) pname = v;
         else if (!strcmp(a, "--out")) out = v;
         else if (!strcmp(a, "--dtype")) dtype = v;
