@@ -50,6 +50,13 @@ typedef struct {
     size_t want_len;
     int found;
     size_t found_off, found_end;
+    /* ... built in the same pass, in the scratch (nodes from its front, bytes
+     * in the last len + 1 bytes of what is left of the text at the value's
+     * start): mbuilt when the last one seen was built whole there */
+    tg_json_t *scratch;
+    size_t scratch_size;
+    char *mbytes0;
+    int mbuilt;
 } tg_json_parser_t;
 
 static int tg_fail(tg_json_parser_t *ps, const unsigned char *at, const char *msg) {
@@ -60,7 +67,7 @@ static int tg_fail(tg_json_parser_t *ps, const unsigned char *at, const char *ms
     return -1;
 }
 
-static void tg_skip_ws(tg_json_parser_t *ps) {
+static inline __attribute__((always_inline)) void tg_skip_ws(tg_json_parser_t *ps) {
     if (ps->p < ps->end && *ps->p > ' ') return; /* compact JSON: most calls */
     while (ps->p < ps->end && (*ps->p == ' ' || *ps->p == '\t' || *ps->p == '\n' || *ps->p == '\r')) ps->p++;
 }
@@ -266,6 +273,21 @@ static int tg_literal(tg_json_parser_t *ps, const char *word, size_t n) {
     return 0;
 }
 
+/* The wanted member's value starts at ps->p: build it in the scratch when
+ * the rest of the text fits there (its bytes never exceed the rest's length
+ * plus a NUL, as for a whole document); otherwise only validate it (then
+ * tg_json_parse_member parses its span again). */
+static void tg_member_begin(tg_json_parser_t *ps) {
+    size_t rest = (size_t)(ps->end - ps->p);
+    ps->mbuilt = 0;
+    if (!ps->scratch || rest >= ps->scratch_size - 4 * sizeof(tg_json_t)) return;
+    ps->mbytes0 = (char *)ps->scratch + ps->scratch_size - (rest + 1);
+    ps->build = 1;
+    ps->node_at = ps->scratch;
+    ps->node_end = ps->scratch + (ps->scratch_size - (rest + 1)) / sizeof(tg_json_t);
+    ps->byte_at = ps->mbytes0;
+}
+
 static int tg_container(tg_json_parser_t *ps, tg_json_t *v, int obj) {
     const unsigned char *open = ps->p;
     if (++ps->depth > ps->max_depth) return tg_fail(ps, open, "nesting too deep");
@@ -293,11 +315,16 @@ static int tg_container(tg_json_parser_t *ps, tg_json_t *v, int obj) {
             }
             tg_json_t *kid = NULL;
             size_t val_off = (size_t)(ps->p - ps->start);
+            int wanted = obj && ps->want && ps->depth == 1 && tg_key_is_wanted(ps, key_off, key_end);
+            if (wanted) tg_member_begin(ps);
             if (tg_value(ps, &kid)) return -1;
-            if (obj && ps->want && ps->depth == 1 && tg_key_is_wanted(ps, key_off, key_end)) {
+            if (wanted) {
                 ps->found = 1; /* the last one wins, as in tg_json_getn */
                 ps->found_off = val_off;
                 ps->found_end = (size_t)(ps->p - ps->start);
+                ps->mbuilt = ps->build && kid; /* not when the scratch filled up */
+                ps->build = 0;
+                kid = NULL; /* a document of its own, not a child of the (unbuilt) root */
             }
             count++;
             if (kid) {
@@ -404,9 +431,10 @@ static int tg_parser_open(tg_json_parser_t *ps, size_t len, const tg_json_opts_t
 }
 
 /* The document built in the scratch (nodes [n0, ps->node_at), bytes [b0,
- * ps->byte_at)) as one block of exactly its size, its pointers moved there;
- * NULL when out of memory. */
-static tg_json_t *tg_scratch_copy(const tg_json_parser_t *ps, const tg_json_t *n0, const char *b0) {
+ * ps->byte_at)) as one block of exactly its size, its pointers moved there
+ * and its spans made offsets from base (the document's first byte in the
+ * text); NULL when out of memory. */
+static tg_json_t *tg_scratch_copy(const tg_json_parser_t *ps, const tg_json_t *n0, const char *b0, size_t base) {
     size_t nodes = (size_t)(ps->node_at - n0), bytes = (size_t)(ps->byte_at - b0);
     tg_json_t *block = malloc(nodes * sizeof(tg_json_t) + bytes);
     if (!block) return NULL;
@@ -421,6 +449,11 @@ static tg_json_t *tg_scratch_copy(const tg_json_parser_t *ps, const tg_json_t *n
         TG_MOVE_NODE(child);
         TG_MOVE_BYTES(key);
         TG_MOVE_BYTES(s);
+        if (base) {
+            v->off -= base;
+            v->end -= base;
+            if (v->key) v->key_off -= base, v->key_end -= base;
+        }
     }
 #undef TG_MOVE_NODE
 #undef TG_MOVE_BYTES
@@ -454,7 +487,7 @@ tg_json_t *tg_json_parse(const char *text, size_t len, const tg_json_opts_t *opt
         return NULL;
     }
     if (ps.build) { /* built whole in the scratch */
-        tg_json_t *block = tg_scratch_copy(&ps, scratch, bytes0);
+        tg_json_t *block = tg_scratch_copy(&ps, scratch, bytes0, 0);
         if (!block) tg_err_set(err, 0, "out of memory");
         return block;
     }
@@ -494,8 +527,11 @@ tg_json_t *tg_json_parse_member(const char *text, size_t len, const tg_json_opts
     ps.end = ps.start + len;
     ps.want = key;
     ps.want_len = key_len;
+    tg_json_t scratch[TG_JSON_SCRATCH / sizeof(tg_json_t)];
+    ps.scratch = scratch;
+    ps.scratch_size = sizeof scratch;
     tg_json_t *root = NULL;
-    if (tg_document(&ps, &root)) { /* pass 0 only: checks all, builds nothing */
+    if (tg_document(&ps, &root)) { /* one pass: checks all, builds only the member */
         tg_err_set(err, ps.err_off, ps.err);
         return NULL;
     }
@@ -503,7 +539,12 @@ tg_json_t *tg_json_parse_member(const char *text, size_t len, const tg_json_opts
         tg_err_set(err, 0, "no such member of a root object");
         return NULL;
     }
-    tg_json_opts_t o = {.max_depth = ps.max_depth};
+    if (ps.mbuilt) {
+        tg_json_t *block = tg_scratch_copy(&ps, scratch, ps.mbytes0, ps.found_off);
+        if (!block) tg_err_set(err, 0, "out of memory");
+        return block;
+    }
+    tg_json_opts_t o = {.max_depth = ps.max_depth}; /* too large for the scratch: its span again */
     return tg_json_parse(text + ps.found_off, ps.found_end - ps.found_off, &o, err);
 }
 

@@ -466,6 +466,50 @@ static void test_parse_member(void) {
     tg_json_free(v);
     tg_json_opts_t o = {.max_depth = 2};
     CHECK(tg_json_parse_member("{\"a\":[[1]]}", 11, &o, "a", 1, &e) == NULL); /* depth counts from the root */
+    /* spans are offsets in the value's own text, built in the one pass or not */
+    const char *t = "{\"id\":\"x\", \"usage\": {\"p\":12, \"q\":[3]}}";
+    size_t off, len;
+    v = tg_json_parse_member(t, strlen(t), NULL, "usage", 5, NULL);
+    tg_json_span(v, &off, &len);
+    CHECK(off == 0 && len == strlen("{\"p\":12, \"q\":[3]}"));
+    tg_json_key_span(tg_json_get(v, "q"), &off, &len);
+    CHECK(off == 9 && len == 3);
+    tg_json_span(tg_json_get(v, "q"), &off, &len);
+    CHECK(off == 13 && len == 3);
+    tg_json_span(tg_json_first(tg_json_get(v, "q")), &off, &len);
+    CHECK(off == 14 && len == 1);
+    tg_json_free(v);
+    /* a member whose rest of the text outgrows the one pass's scratch (its
+     * span parsed again), one that does not, and the last of two of them */
+    size_t pad = 40000;
+    char *big = malloc(pad + 64);
+    for (int k = 0; k < 3; k++) {
+        size_t n = 0;
+        const char *head = k == 0 ? "{\"usage\":{\"a\":1},\"pad\":\"" : k == 1 ? "{\"pad\":\"" : "{\"usage\":[2],\"pad\":\"";
+        memcpy(big + n, head, strlen(head));
+        n += strlen(head);
+        memset(big + n, 'x', pad);
+        n += pad;
+        const char *tail = k == 0 ? "\"}" : "\",\"usage\":{\"a\":1}}";
+        memcpy(big + n, tail, strlen(tail));
+        n += strlen(tail);
+        v = tg_json_parse_member(big, n, NULL, "usage", 5, NULL);
+        tg_buf_t w = {0};
+        CHECK(v && tg_json_write(&w, v) == 0 && w.p && !strcmp(w.p, "{\"a\":1}"));
+        tg_json_span(tg_json_get(v, "a"), &off, &len);
+        CHECK(off == 5 && len == 1);
+        tg_buf_free(&w);
+        tg_json_free(v);
+    }
+    /* more nodes than the scratch holds in a short text: built by the second parse, whole */
+    size_t n = 0;
+    n += (size_t)sprintf(big + n, "{\"usage\":[");
+    for (int k = 0; k < 400; k++) n += (size_t)sprintf(big + n, k ? ",%d" : "%d", k % 10);
+    n += (size_t)sprintf(big + n, "]}");
+    v = tg_json_parse_member(big, n, NULL, "usage", 5, NULL);
+    CHECK(tg_json_len(v) == 400 && tg_json_type(tg_json_at(v, 399)) == TG_JSON_NUMBER);
+    tg_json_free(v);
+    free(big);
 }
 
 /* A string's end, escape or non-ASCII byte at every place in and across
