@@ -91,6 +91,8 @@ struct tok {
     tok_trie_node_t *trie;
     size_t n_trie;
     uint8_t added_first[2][256]; /* 1 when some token of that trie starts with this byte */
+    int added_one[2];            /* that byte when it is the only one (memchr finds the
+                                  * candidates: DeepSeek's all start with '<'), else -1 */
 
     tok_pre_t *pre;
     size_t n_pre;
@@ -161,6 +163,8 @@ typedef struct {
 /* Pre-tokenize text[0..len) (valid UTF-8) into spans; returns 0, -1 on OOM. */
 int tok_pretokenize(const tok_t *t, const char *text, size_t len, tok_spans_t *out,
                     pcre2_match_data *md);
+/* Whether tok_pretokenize runs a regex (needs md); md may be NULL when not. */
+int tok_pre_uses_regex(const tok_t *t);
 
 /* The hand-written equivalent of DeepSeek-V3's three Split regexes. */
 int tok_pre_ds3(const char *text, size_t len, tok_spans_t *out);

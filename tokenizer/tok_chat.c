@@ -264,6 +264,14 @@ char *tok_chat_render_tools(tok_tmpl_kind_t kind, const tok_chat_msg_t *msgs, si
     }
     if (check_msgs(msgs, n, err, errlen)) return NULL;
     sb_t b = {0};
+    /* room for the whole text at once, most times (it was grown from 64
+     * bytes by doubling): the contents, the tools and each message's markup */
+    size_t room = 128;
+    for (size_t i = 0; i < n; i++)
+        room += 64 + (msgs[i].content ? (msgs[i].content_len ? msgs[i].content_len : strlen(msgs[i].content)) : 0);
+    if (tl.n) room += 512; /* the tools' preamble */
+    for (size_t i = 0; i < tl.n; i++) room += 64 + tl.len[i];
+    tg_buf_reserve(&b, room); /* out of memory: b.oom, refused below */
     switch (kind) {
     case TOK_TMPL_DEEPSEEK_V3:
         render_v3(&b, msgs, n, &tl, add_generation_prompt);

@@ -65,8 +65,13 @@ static int normalized(const tok_t *t, const char *s, size_t n, enc_ctx_t *c);
 static int split_added(const tok_t *t, int32_t root, const char *text, size_t len, enc_ctx_t *c) {
     const uint8_t *p = (const uint8_t *)text;
     size_t seg = 0, i = 0;
+    int one = t->added_one[root];
     while (i < len) {
-        if (!t->added_first[root][p[i]]) {
+        if (one >= 0) { /* the only first byte: the next candidate at once */
+            const uint8_t *q = memchr(p + i, one, len - i);
+            if (!q) break;
+            i = (size_t)(q - p);
+        } else if (!t->added_first[root][p[i]]) {
             i++;
             continue;
         }
@@ -121,11 +126,13 @@ static int normalized(const tok_t *t, const char *s, size_t n, enc_ctx_t *c) {
 static int encode_all(const tok_t *t, const char *text, size_t len, int allow_special, tok_out_t *out) {
     if (!text && len) return -1;
     if (len >= UINT32_MAX || !tg_utf8_valid(text, len)) return -1;
-    enc_ctx_t c = {out, {0}, pcre2_match_data_create(1, NULL), allow_special && t->n_added};
-    if (!c.md) return -1;
+    /* match data only for a pre-tokenizer that runs a regex (not DeepSeek-V3's
+     * hand-written one): an allocation and its free per text otherwise */
+    enc_ctx_t c = {out, {0}, NULL, allow_special && t->n_added};
+    if (tok_pre_uses_regex(t) && !(c.md = pcre2_match_data_create(1, NULL))) return -1;
     int rc = c.allow ? split_added(t, 0, text, len, &c) : normalized(t, text, len, &c);
     free(c.spans.v);
-    pcre2_match_data_free(c.md);
+    if (c.md) pcre2_match_data_free(c.md);
     return rc;
 }
 

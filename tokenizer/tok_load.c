@@ -332,6 +332,13 @@ static int trie_build(tok_t *t) {
         }
         if (t->trie[node].added < 0) t->trie[node].added = (int32_t)a;
     }
+    for (int r = 0; r < 2; r++) {
+        int n = 0;
+        t->added_one[r] = -1;
+        for (int b = 0; b < 256; b++)
+            if (t->added_first[r][b]) n++, t->added_one[r] = b;
+        if (n != 1) t->added_one[r] = -1;
+    }
     t->mem_bytes += cap * sizeof *t->trie;
     return 0;
 }

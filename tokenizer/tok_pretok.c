@@ -92,6 +92,12 @@ static int split_span(const tok_pre_t *pre, const char *text, uint32_t a, uint32
     return 0;
 }
 
+int tok_pre_uses_regex(const tok_t *t) {
+    for (size_t i = t->n_pre && t->pre[0].fast ? 3 : 0; i < t->n_pre; i++)
+        if (t->pre[i].re) return 1;
+    return 0;
+}
+
 int tok_pretokenize(const tok_t *t, const char *text, size_t len, tok_spans_t *out,
                     pcre2_match_data *md) {
     out->n = 0;
