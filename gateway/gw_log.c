@@ -95,6 +95,9 @@ void gw_log_format(tg_buf_t *b, const gw_req_t *r) {
 void gw_log_request(gw_req_t *r) {
     gw_loop_t *l = r->loop;
     if (!r->srv->alog) return;
+    /* a new batch (the last one went to the worker thread with its buffer):
+     * room for all of it at once, not doubled from 64 bytes to 128 KiB */
+    if (!l->alog.p && tg_buf_reserve(&l->alog, GW_LOG_BATCH + 4096)) l->alog.oom = 0; /* then as it grows */
     gw_log_format(&l->alog, r); /* appended to the loop's batch */
     if (l->alog.len >= GW_LOG_BATCH || !l->alog_ev) gw_log_flush(l);
     else if (!evtimer_pending(l->alog_ev, NULL)) {
