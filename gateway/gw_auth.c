@@ -62,7 +62,8 @@ const char *gw_auth_bearer(gw_req_t *r) {
     const char *a = gw_http_header(r->http, "authorization");
     const char *msg = "Authentication Fails, no api key given (Authorization: Bearer <key>)";
     int na = 0;
-    for (int i = 0; i < r->http->nhdrs; i++) na += !strcasecmp(r->http->hdrs[i].name, "authorization");
+    for (int i = 0; i < r->http->nhdrs; i++)
+        na += r->http->hdrs[i].name_len == 13 && !strcasecmp(r->http->hdrs[i].name, "authorization");
     if (na > 1) { /* which key would pay is ambiguous (a proxy may have read the other one) */
         msg = "Authentication Fails, more than one Authorization header";
     } else if (a) {

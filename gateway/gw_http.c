@@ -38,8 +38,29 @@ enum { CH_SIZE, CH_EXT, CH_SIZE_LF, CH_DATA, CH_DATA_CR, CH_DATA_LF, CH_TRAILER,
 
 #define GW_CHUNK_LINE_MAX 4096
 
-static int is_tchar(unsigned char c) {
-    return isalnum(c) || (c && strchr("!#$%&'*+-.^_`|~", c));
+/* RFC 9110 tchar: ALPHA, DIGIT and "!#$%&'*+-.^_`|~" */
+static const unsigned char gw_tchar[256] = {
+    ['0' ... '9'] = 1, ['A' ... 'Z'] = 1, ['a' ... 'z'] = 1, ['!'] = 1, ['#'] = 1, ['$'] = 1, ['%'] = 1,
+    ['&'] = 1, ['\''] = 1, ['*'] = 1, ['+'] = 1, ['-'] = 1, ['.'] = 1, ['^'] = 1, ['_'] = 1, ['`'] = 1,
+    ['|'] = 1, ['~'] = 1,
+};
+
+static int is_tchar(unsigned char c) { return gw_tchar[c]; }
+
+/* Whether [q, e) is a valid field value: no control character but HTAB, no
+ * DEL (obs-text, 0x80 and above, is allowed).  Eight bytes a step; a word
+ * that may hold one of them (a borrow marks only bytes above a true one) is
+ * checked byte by byte from there. */
+static int gw_value_ok(const unsigned char *q, const unsigned char *e) {
+    const uint64_t ones = 0x0101010101010101ULL, high = 0x8080808080808080ULL;
+    for (uint64_t x, d; e - q >= 8; q += 8) {
+        memcpy(&x, q, 8);
+        d = x ^ (ones * 0x7f);
+        if ((((x - ones * 0x20) & ~x) | ((d - ones) & ~d)) & high) break;
+    }
+    for (; q < e; q++)
+        if ((*q < 0x20 && *q != '\t') || *q == 0x7f) return 0;
+    return 1;
 }
 
 static int hexval(int c) {
@@ -177,8 +198,9 @@ void gw_http_req_free(gw_http_req_t *r) {
 }
 
 const char *gw_http_header(const gw_http_req_t *r, const char *name) {
+    size_t n = strlen(name);
     for (int i = 0; i < r->nhdrs; i++)
-        if (!strcasecmp(r->hdrs[i].name, name)) return r->hdrs[i].value;
+        if (r->hdrs[i].name_len == n && !strcasecmp(r->hdrs[i].name, name)) return r->hdrs[i].value;
     return NULL;
 }
 
@@ -272,9 +294,8 @@ static int parse_head(gw_http_parser_t *p, gw_http_req_t *r, char *h, size_t hle
         char *ve = lend;
         while (ve > v && (ve[-1] == ' ' || ve[-1] == '\t')) ve--;
         *ve = '\0';
-        for (char *q = v; q < ve; q++)
-            if (((unsigned char)*q < 0x20 && *q != '\t') || *q == 0x7f)
-                return fail(p, 400, "invalid character in header value");
+        if (!gw_value_ok((const unsigned char *)v, (const unsigned char *)ve))
+            return fail(p, 400, "invalid character in header value");
         if (r->nhdrs == GW_HTTP_MAX_HEADERS) return fail(p, 431, "too many header fields");
         gw_hdr_t *hd = &r->hdrs[r->nhdrs++];
         hd->name = line;
@@ -282,7 +303,8 @@ static int parse_head(gw_http_parser_t *p, gw_http_req_t *r, char *h, size_t hle
         hd->value = v;
         hd->value_len = (size_t)(ve - v);
 
-        if (!strcasecmp(line, "content-length")) {
+        size_t nl = hd->name_len; /* the names below by their length first */
+        if (nl == 14 && !strcasecmp(line, "content-length")) {
             if (!*v) return fail(p, 400, "invalid Content-Length");
             int64_t n = 0;
             for (char *q = v; *q; q++) {
@@ -293,14 +315,14 @@ static int parse_head(gw_http_parser_t *p, gw_http_req_t *r, char *h, size_t hle
             if (r->content_length >= 0 && r->content_length != n)
                 return fail(p, 400, "conflicting Content-Length");
             r->content_length = n;
-        } else if (!strcasecmp(line, "transfer-encoding")) {
+        } else if (nl == 17 && !strcasecmp(line, "transfer-encoding")) {
             if (have_te || strcasecmp(v, "chunked")) return fail(p, 501, "unsupported Transfer-Encoding");
             have_te = 1;
             r->chunked = 1;
-        } else if (!strcasecmp(line, "connection")) {
+        } else if (nl == 10 && !strcasecmp(line, "connection")) {
             if (list_has(v, "close")) conn_close = 1;
             if (list_has(v, "keep-alive")) conn_keep = 1;
-        } else if (!strcasecmp(line, "expect")) {
+        } else if (nl == 6 && !strcasecmp(line, "expect")) {
             if (strcasecmp(v, "100-continue")) return fail(p, 417, "unsupported Expect");
             r->expect_continue = r->minor >= 1; /* an HTTP/1.0 client waits for no 100 (RFC 9110 §10.1.1) */
         }

@@ -122,11 +122,16 @@ static const char *gw_req_host_refused(const gw_http_req_t *h) {
     int n = 0;
     const char *v = NULL;
     for (int i = 0; i < h->nhdrs; i++)
-        if (!strcasecmp(h->hdrs[i].name, "host")) n++, v = h->hdrs[i].value;
+        if (h->hdrs[i].name_len == 4 && !strcasecmp(h->hdrs[i].name, "host")) n++, v = h->hdrs[i].value;
     if (n > 1) return "More than one Host header";
     if (!n) return h->minor >= 1 ? "Missing Host header (required in HTTP/1.1)" : NULL;
+    static const unsigned char host_char[256] = {
+        ['0' ... '9'] = 1, ['A' ... 'Z'] = 1, ['a' ... 'z'] = 1, ['-'] = 1, ['.'] = 1, ['_'] = 1, ['~'] = 1,
+        ['!'] = 1, ['$'] = 1, ['&'] = 1, ['\''] = 1, ['('] = 1, [')'] = 1, ['*'] = 1, ['+'] = 1, [','] = 1,
+        [';'] = 1, ['='] = 1, [':'] = 1, ['%'] = 1, ['['] = 1, [']'] = 1,
+    };
     for (const char *q = v; *q; q++)
-        if (!isalnum((unsigned char)*q) && !strchr("-._~!$&'()*+,;=:%[]", *q)) return "Invalid Host header";
+        if (!host_char[(unsigned char)*q]) return "Invalid Host header";
     return NULL;
 }
 
