@@ -565,7 +565,6 @@ tg_json_t *tg_json_getn(const tg_json_t *obj, const char *key, size_t key_len) {
     return found;
 }
 
-tg_json_t *tg_json_get(const tg_json_t *obj, const char *key) { return tg_json_getn(obj, key, strlen(key)); }
 
 size_t tg_json_len(const tg_json_t *v) {
     return v && (v->type == TG_JSON_ARRAY || v->type == TG_JSON_OBJECT) ? v->len : 0;

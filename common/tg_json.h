@@ -38,6 +38,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 typedef struct tg_json tg_json_t;
 
@@ -90,8 +91,10 @@ const char *tg_json_type_name(tg_json_type_t t); /* "string", "object", ... */
 /* Object member by exact key (bytes compared, so a key may hold NUL via
  * tg_json_getn).  The last member with that key wins.  NULL when v is not an
  * object or has no such member. */
-tg_json_t *tg_json_get(const tg_json_t *obj, const char *key);
 tg_json_t *tg_json_getn(const tg_json_t *obj, const char *key, size_t key_len);
+/* inline: a literal key's length is known at compile time (the readers
+ * look up a few dozen members per request) */
+static inline tg_json_t *tg_json_get(const tg_json_t *obj, const char *key) { return tg_json_getn(obj, key, strlen(key)); }
 
 /* Elements of an array or members of an object (0 for anything else). */
 size_t tg_json_len(const tg_json_t *v);
