@@ -37,14 +37,13 @@ static int64_t gw_prompt_count_json(gw_req_t *r) {
     size_t tl = 0;
     char *text = api_chat_render(r->chat, (tok_tmpl_kind_t)r->srv->tmpl, &tl, &e);
     if (!text) return -1;
-    int32_t *ids = NULL;
-    long t = tok_encode(r->srv->tok, text, tl, 1, &ids);
+    int32_t first[TG_PREFIX_AFFINITY_BLOCKS * TG_PREFIX_BLOCK]; /* all the affinity key reads */
+    long t = tok_count_first(r->srv->tok, text, tl, 1, first, sizeof first / sizeof first[0]);
     free(text);
     if (t >= 0) {
-        r->prefix_key = tg_prefix_affinity_key(ids, t);
+        r->prefix_key = tg_prefix_affinity_key(first, t);
         r->have_prefix_key = 1;
     }
-    free(ids);
     return t >= 0 ? t : -1;
 }
 

@@ -190,6 +190,7 @@ int tok_nfc(const char *s, size_t n, char **res, size_t *outlen);
 typedef struct {
     int32_t *ids;   /* NULL: count only */
     size_t n, cap;
+    int fixed;      /* ids holds cap slots and never grows: ids past them are counted only */
 } tok_out_t;
 
 int tok_out_push(tok_out_t *o, int32_t id);

@@ -35,6 +35,10 @@ long tok_encode(const tok_t *t, const char *text, size_t len, int allow_special,
 
 /* Count only (same result as tok_encode's return), no allocation for the caller. */
 long tok_count(const tok_t *t, const char *text, size_t len, int allow_special);
+/* The count (tok_count's) and the first min(count, cap) ids in first[0..cap),
+ * without an array for all of them (the gateway needs the count and its
+ * prompt's first block for worker affinity).  -1 as tok_count. */
+long tok_count_first(const tok_t *t, const char *text, size_t len, int allow_special, int32_t *first, size_t cap);
 
 /* Decode ids to UTF-8 (special tokens included as their text unless
  * skip_special).  Returns a NUL-terminated string the caller frees, length in

@@ -11,7 +11,11 @@
 
 int tok_out_push(tok_out_t *o, int32_t id) {
     if (o->ids) {
-        if (o->n == o->cap) {
+        if (o->n >= o->cap) {
+            if (o->fixed) { /* past the prefix the caller wants: counted */
+                o->n++;
+                return 0;
+            }
             size_t nc = o->cap * 2 + 16;
             int32_t *v = realloc(o->ids, nc * sizeof *v);
             if (!v) return -1;
@@ -174,9 +178,9 @@ int tok_bpe_piece(const tok_t *t, const uint8_t *s, size_t n, tok_out_t *out) {
     }
     size_t before = out->n;
     int32_t *saved = out->ids;
-    if (!saved) { /* count mode: still need the ids for the cache */
+    if (!saved || out->fixed) { /* count mode (or a fixed prefix): still need the ids for the cache */
         int32_t tmpids[TOK_CACHE_WORD];
-        tok_out_t tmp = {tmpids, 0, TOK_CACHE_WORD};
+        tok_out_t tmp = {tmpids, 0, TOK_CACHE_WORD, 0};
         /* n <= TOK_CACHE_WORD bytes give at most n ids: no realloc of tmpids */
         if (e && bpe_merge(t, s, n, &tmp) == 0) {
             if (tmp.n <= TOK_CACHE_IDS) {
@@ -186,7 +190,9 @@ int tok_bpe_piece(const tok_t *t, const uint8_t *s, size_t n, tok_out_t *out) {
                 e->nids = (uint8_t)tmp.n;
                 memcpy(e->ids, tmpids, tmp.n * sizeof *tmpids);
             }
-            out->n += tmp.n;
+            if (!saved) out->n += tmp.n;
+            else
+                for (size_t i = 0; i < tmp.n; i++) tok_out_push(out, tmpids[i]); /* fixed: cannot fail */
             return 0;
         }
         return bpe_merge(t, s, n, out);

@@ -156,3 +156,10 @@ long tok_count(const tok_t *t, const char *text, size_t len, int allow_special) 
     if (encode_all(t, text, len, allow_special, &out)) return -1;
     return (long)out.n;
 }
+
+long tok_count_first(const tok_t *t, const char *text, size_t len, int allow_special, int32_t *first, size_t cap) {
+    tok_out_t out = {first, 0, cap, 1};
+    if (!first || !cap) out.ids = NULL, out.cap = 0; /* the count alone */
+    if (encode_all(t, text, len, allow_special, &out)) return -1;
+    return (long)out.n;
+}
