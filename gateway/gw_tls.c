@@ -4,8 +4,8 @@
  * only; for 1.2 only ECDHE/DHE key exchange with AEAD ciphers (AES-GCM,
  * ChaCha20-Poly1305) — no CBC, no static RSA, no SHA-1 MAC; the client's
  * preference among those (all strong); groups X25519, P-256, P-384; no
- * renegotiation, no compression; read-ahead; ALPN offers http/1.1 only (a client that
- * offers ALPN without http/1.1 is refused with no_application_protocol).
+ * renegotiation, no compression; read-ahead; ALPN selects http/1.1, else http/1.0 (a client
+ * that offers ALPN without either, h2 alone, is refused with no_application_protocol).
  *
  * Reload (SIGHUP): a new SSL_CTX is built from the same files; if it loads,
  * it replaces the old one for connections accepted from then on.  Open
@@ -32,9 +32,11 @@ static pthread_mutex_t gw_tls_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static int gw_tls_alpn(SSL *ssl, const unsigned char **out, unsigned char *outlen, const unsigned char *in,
                        unsigned int inlen, void *arg) {
-    static const unsigned char h11[] = "\x08http/1.1";
+    /* http/1.1 first; http/1.0 for a client that offers only it (curl --http1.0):
+     * the parser serves HTTP/1.0 (close-delimited answers) */
+    static const unsigned char h1[] = "\x08http/1.1\x08http/1.0";
     unsigned char *sel = NULL;
-    if (SSL_select_next_proto(&sel, outlen, h11, sizeof h11 - 1, in, inlen) != OPENSSL_NPN_NEGOTIATED)
+    if (SSL_select_next_proto(&sel, outlen, h1, sizeof h1 - 1, in, inlen) != OPENSSL_NPN_NEGOTIATED)
         return SSL_TLSEXT_ERR_ALERT_FATAL;
     *out = sel;
     return SSL_TLSEXT_ERR_OK;

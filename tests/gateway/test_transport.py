@@ -449,8 +449,23 @@ class Tls(unittest.TestCase):
 
     def test_alpn_http11(self):
         self.assertEqual(self.alpn(["h2", "http/1.1"]), "http/1.1")
-        with self.assertRaises(ssl.SSLError, msg="an ALPN offer without http/1.1 was accepted"):
+        with self.assertRaises(ssl.SSLError, msg="an ALPN offer without http/1.x was accepted"):
             self.alpn(["h2"])
+        # HTTP/1.0 is served: a client offering only it (curl --http1.0) is not refused
+        self.assertEqual(self.alpn(["http/1.0"]), "http/1.0")
+        self.assertEqual(self.alpn(["http/1.0", "http/1.1"]), "http/1.1")
+        t = ssl.create_default_context()
+        t.check_hostname, t.verify_mode = False, ssl.CERT_NONE
+        t.set_alpn_protocols(["http/1.0"])
+        with t.wrap_socket(raw_socket(self.gw.port), server_hostname="localhost") as w:
+            w.sendall(b"GET /health HTTP/1.0\r\n\r\n")
+            got = b""
+            while True:
+                d = w.recv(4096)
+                if not d:
+                    break
+                got += d
+        self.assertTrue(got.startswith(b"HTTP/1.1 200"), got[:80])
 
     def test_sighup_reloads_certificate_keeping_connections(self):
         def served_cert():
