@@ -43,8 +43,21 @@ int tg_utf8_valid(const char *s, size_t len) {
             i += 8;
         }
         if (i >= len) break;
-        if (p[i] < 0x80) {
+        uint8_t c = p[i];
+        if (c < 0x80) {
             i++;
+            continue;
+        }
+        /* the common sequences inline (a prompt's template markers, most
+         * scripts): two bytes, and three outside E0's and ED's narrower
+         * second-byte ranges; the rest as tg_utf8_seq decides */
+        if (c >= 0xC2 && c <= 0xDF && i + 1 < len && (p[i + 1] & 0xC0) == 0x80) {
+            i += 2;
+            continue;
+        }
+        if (c >= 0xE1 && c <= 0xEF && c != 0xED && i + 2 < len && (p[i + 1] & 0xC0) == 0x80 &&
+            (p[i + 2] & 0xC0) == 0x80) {
+            i += 3;
             continue;
         }
         size_t bad;
