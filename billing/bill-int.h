@@ -71,6 +71,15 @@ bill_pg_job_t *bill_pg_query(bill_pg_t *pg, const char *sql, int nparams, const 
  * each parameter's type (a cast such as $1::bigint[]).  The result is text. */
 bill_pg_job_t *bill_pg_query_binary(bill_pg_t *pg, const char *sql, int nparams, const char *const *params,
                                     const int *lengths, bill_pg_cb cb, void *arg);
+/* Queue a simple query (no parameters; several statements run as one
+ * transaction) whose COPY ... FROM STDIN statements read data[0], data[1],
+ * ... in order (lengths[i] bytes each; a COPY past ncopy is failed).  Takes
+ * ownership of data (an array of ncopy malloc'ed buffers, itself malloc'ed),
+ * freed with the job, also when NULL is returned (ENOMEM).  cb gets the first
+ * error result if a statement failed (the transaction is rolled back), else
+ * the first statement's result. */
+bill_pg_job_t *bill_pg_copy(bill_pg_t *pg, const char *sql, int ncopy, char **data, const int *lengths,
+                            bill_pg_cb cb, void *arg);
 void bill_pg_cancel(bill_pg_job_t *job); /* cb will not run; accepts NULL */
 /* The job only reads: when its connection breaks under it (server restart,
  * terminated backend), run it again on another or a new connection instead of

@@ -248,6 +248,8 @@ typedef struct {
     uint64_t inserted_total;  /* usage rows those commits inserted (a duplicate inserts none) */
     uint64_t debited_total;   /* ledger debits they inserted */
     uint64_t rejected_total;  /* rows given up for their data (logged, rejected.jsonl) */
+    uint64_t copied_total;    /* of inserted_total, rows written by the COPY path (bill_settle.c) */
+    uint64_t copy_fallbacks_total; /* COPY batches PostgreSQL refused, re-sent through the statement */
     int idle;                 /* 1: nothing queued, in flight or waiting to be replayed */
     int64_t journal_rows;     /* rows appended to the open journal file */
     int64_t journal_bytes;    /* its size */

@@ -755,11 +755,12 @@ size_t bill_settle_stats_json(const bill_settle_stats_t *sp, char *body, size_t 
     int w = snprintf(body, n,
              "{\"queued\":%lld,\"in_flight\":%lld,\"spool_files\":%lld,\"spool_pending\":%lld,"
              "\"replay_pending\":%s,\"settled_total\":%llu,\"inserted_total\":%llu,\"debited_total\":%llu,"
-             "\"rejected_total\":%llu,\"idle\":%s}",
+             "\"rejected_total\":%llu,\"copied_total\":%llu,\"copy_fallbacks_total\":%llu,\"idle\":%s}",
              (long long)st.queued, (long long)st.in_flight, (long long)st.spool_files, (long long)st.spool_pending,
              st.replay_pending ? "true" : "false", (unsigned long long)st.settled_total,
              (unsigned long long)st.inserted_total, (unsigned long long)st.debited_total,
-             (unsigned long long)st.rejected_total, st.idle ? "true" : "false");
+             (unsigned long long)st.rejected_total, (unsigned long long)st.copied_total,
+             (unsigned long long)st.copy_fallbacks_total, st.idle ? "true" : "false");
     return w < 0 ? 0 : (size_t)w < n ? (size_t)w : n - 1;
 }
 

@@ -1,7 +1,9 @@
 /* bill_pg.c — a small pool of PostgreSQL connections driven by libpq's
  * non-blocking API from a libevent loop.
  *
- * Jobs (one statement with text parameters each) wait in one FIFO and go to
+ * Jobs (one statement with text or binary parameters each, or a simple
+ * query whose COPY ... FROM STDIN statements are fed from memory:
+ * bill_pg_copy) wait in one FIFO and go to
  * the first idle connection.  Each connection runs one job at a time:
  * PQsendQueryParams, PQflush while the socket is writable, PQconsumeInput /
  * PQisBusy / PQgetResult while it is readable.  An idle connection keeps a
@@ -61,6 +63,8 @@ struct bill_pg_job {
     int retry_ok; /* read-only: runs left when its connection breaks under it */
     int doomed;   /* conn_fail: to be failed */
     const char *stmt; /* name of a prepared statement for sql, or NULL */
+    int copy;         /* bill_pg_copy: sql is a simple query; params[i] (lengths[i] bytes) feed its i-th COPY */
+    int ncopied;      /* COPYs fed so far */
 };
 
 TAILQ_HEAD(job_q, bill_pg_job);
@@ -83,6 +87,7 @@ struct bill_pg {
 
 static void conn_start(pg_conn_t *c);
 static void conn_send_job(pg_conn_t *c);
+static void conn_flush(pg_conn_t *c);
 
 static int64_t mono_ms(void) { return tg_mono_us() / 1000; }
 static void conn_fail(pg_conn_t *c, const char *why);
@@ -257,8 +262,26 @@ static void conn_read(pg_conn_t *c) {
             job_done(c);
             return;
         }
-        if (!c->res) c->res = r;
-        else PQclear(r);
+        if (PQresultStatus(r) == PGRES_COPY_IN) { /* a COPY of a bill_pg_copy job asks for its rows */
+            PQclear(r);
+            bill_pg_job_t *j = c->job;
+            int k = j->copy ? j->ncopied++ : j->nparams;
+            if ((k < j->nparams && j->lengths[k] > 0 && PQputCopyData(c->conn, j->params[k], j->lengths[k]) != 1) ||
+                PQputCopyEnd(c->conn, k < j->nparams ? NULL : "no rows for this COPY") != 1) {
+                conn_fail(c, PQerrorMessage(c->conn));
+                return;
+            }
+            conn_flush(c);
+            if (c->st != C_BUSY) return;
+            continue;
+        }
+        /* the first result; of a multi-statement job (bill_pg_copy), its first error */
+        if (!c->res || (PQresultStatus(r) == PGRES_FATAL_ERROR && PQresultStatus(c->res) != PGRES_FATAL_ERROR)) {
+            if (c->res) PQclear(c->res);
+            c->res = r;
+        } else {
+            PQclear(r);
+        }
     }
     if (PQstatus(c->conn) == CONNECTION_BAD) conn_fail(c, "connection closed");
 }
@@ -370,7 +393,9 @@ static void conn_send_job(pg_conn_t *c) {
     bill_pg_job_t *j = c->job;
     const char *const *params = (const char *const *)j->params;
     int ok;
-    if (!j->stmt) {
+    if (j->copy) {
+        ok = PQsendQuery(c->conn, j->sql);
+    } else if (!j->stmt) {
         ok = PQsendQueryParams(c->conn, j->sql, j->nparams, NULL, params, j->lengths, j->formats, 0);
     } else if (conn_has(c, j->stmt)) {
         ok = PQsendQueryPrepared(c->conn, j->stmt, j->nparams, params, j->lengths, j->formats, 0);
@@ -469,6 +494,31 @@ bill_pg_job_t *bill_pg_query(bill_pg_t *pg, const char *sql, int nparams, const 
 bill_pg_job_t *bill_pg_query_binary(bill_pg_t *pg, const char *sql, int nparams, const char *const *params,
                                     const int *lengths, bill_pg_cb cb, void *arg) {
     return job_queue(pg, job_new(pg, sql, nparams, params, lengths, cb, arg));
+}
+
+bill_pg_job_t *bill_pg_copy(bill_pg_t *pg, const char *sql, int ncopy, char **data, const int *lengths,
+                            bill_pg_cb cb, void *arg) {
+    bill_pg_job_t *j = job_new(pg, sql, 0, NULL, NULL, cb, arg);
+    if (j) {
+        free(j->params);
+        j->params = data;
+        j->lengths = malloc((ncopy ? ncopy : 1) * sizeof *j->lengths);
+        if (!j->lengths) {
+            j->params = NULL;
+            job_free(j);
+            j = NULL;
+        } else {
+            memcpy(j->lengths, lengths, ncopy * sizeof *j->lengths);
+            j->nparams = ncopy;
+            j->copy = 1;
+        }
+    }
+    if (!j) {
+        for (int i = 0; i < ncopy; i++) free(data[i]);
+        free(data);
+        return NULL;
+    }
+    return job_queue(pg, j);
 }
 
 void bill_pg_job_prepared(bill_pg_job_t *j, const char *name) {

@@ -4,10 +4,12 @@
  * bill_settle() validates the row, appends it to the write-ahead journal
  * (metering/mtr_journal.h: the current spool file, write() — no fsync on the
  * event loop) and queues a copy tagged with that file; one batch (up to BATCH rows) at
- * a time goes to PostgreSQL as ONE statement (SETTLE_SQL): insert the usage
- * rows whose request_id is not there yet (a probe of its primary key; the key refuses
- * a second one) and debit the ledger only for the rows actually inserted, so
- * re-sending a row is harmless.
+ * a time goes to PostgreSQL in one transaction: a batch of fresh rows by COPY
+ * (copy_build: every row or none, the rollups summed here), any other batch
+ * (re-sent, replayed, or refused by COPY) as ONE statement (SETTLE_SQL):
+ * insert the usage rows whose request_id is not there yet (a probe of its
+ * primary key; the key refuses a second one) and debit the ledger only for
+ * the rows actually inserted, so re-sending a row is harmless.
  *
  * The journal (metering/ owns it: files, sync timer, rotation, deletion,
  * replay reads) is told when each row commits (mtr_journal_done).  So a
@@ -47,12 +49,12 @@
 #define REPLAY_BELOW (QUEUE_MAX / 4) /* rows on disk only are read back once fewer are queued */
 /* A batch waits up to LINGER_US after its oldest row was pushed for more rows,
  * unless LINGER_ROWS are queued: a statement costs PostgreSQL about as much
- * CPU as 30-40 rows (triggers, plan, commit), so a lone row per statement
- * costs 2-3x what it costs in a batch of hundreds (billing/README.md,
- * "Settlement throughput").  Rows are in the journal before they are queued:
+ * CPU as 70 rows (1.4 ms: triggers, plan, commit), so a lone row per statement
+ * costs 2-3x what it costs in a batch of hundreds, and 256 rows 1.2x what
+ * 1024 do (billing/README.md, "Settlement throughput").  Rows are in the journal before they are queued:
  * the wait delays when a row shows in PostgreSQL, never whether it does. */
-#define LINGER_US 30000
-#define LINGER_ROWS 256
+#define LINGER_US 100000
+#define LINGER_ROWS BATCH
 
 #define COST_MODELS 64 /* models with their own settled-cost counter; the rest share one */
 
@@ -93,6 +95,7 @@ struct bill_settler {
     int dup_retry;   /* the batch in flight is sent again after a 23505 (SETTLE_SQL) */
     uint64_t nsettled, ninserted, ndebited, nrejected; /* bill_settle_stats_t */
     uint64_t nunjournaled; /* rows whose journal write failed (memory-only from then on) */
+    uint64_t ncopied, ncopy_fallbacks; /* rows inserted by the COPY path; its batches re-sent by SETTLE_SQL */
     model_cost_t costs[COST_MODELS + 1]; /* cost of the rows inserted, per model; the last: the rest */
     int ncosts;
     void (*commit_cb)(const char *request_id, void *arg);
@@ -330,6 +333,277 @@ static int build_params(item_t **it, int n, char *params[NCOL], int len[NCOL]) {
     return 0;
 }
 
+/* ---- the COPY path: a batch of fresh rows ------------------------------- */
+
+static void u128_dec(unsigned __int128 v, char *out);
+
+/* A batch whose rows are all fresh (pushed by bill_settle in this process,
+ * none re-sent or replayed) and distinct goes as ONE simple query, one
+ * transaction (copy_build):
+ *
+ *   COPY usage (...) FROM STDIN (FORMAT binary);          every row
+ *   INSERT INTO usage_hourly ... ON CONFLICT DO UPDATE;   the batch's sums per
+ *   INSERT INTO usage_daily ... ON CONFLICT DO UPDATE;    rollup row, from C
+ *   COPY ledger (...) FROM STDIN (FORMAT binary)          a debit per row with a cost
+ *
+ * COPY writes a page's rows as one heap record (heap_multi_insert) and has
+ * no ProjectSet, sort, probe or CTE tuplestores; the same triggers run (the
+ * references, the balance per customer).  It inserts every row or none: a
+ * row already in usage (a request settled twice, a journal replayed) fails
+ * the whole transaction with 23505, and any data error (class 22 or 23)
+ * rolls it back too; the batch is then sent again through SETTLE_SQL, which
+ * skips rows already there and isolates a bad row (copy_cb; the rows are
+ * re-queued as re-sent, so they never take this path again).  So the rollups
+ * and the debits are those of exactly the rows inserted, as with SETTLE_SQL.
+ * Lock order as SETTLE_SQL's: usage (its insert first: a locked usage table
+ * stops the batch before it holds any rollup row, which the refusal counters
+ * and other batches need), hourly rows, daily rows (each in primary-key
+ * order: the server sorts them), then customers (the ledger's statement
+ * trigger, at the end of the ledger COPY).  (With the rollups first, a test
+ * that holds usage locked while a customer's credit runs out got a 503: the
+ * refusal counters' upsert waited on the rollup row, and the admissions
+ * behind it on the pool.) */
+
+static const char COPY_USAGE[] =
+    "COPY usage (request_id, customer_id, key_id, model, prompt_tokens, prompt_cache_hit_tokens,"
+    " prompt_cache_miss_tokens, completion_tokens, reasoning_tokens, price_input_cache_miss, price_input_cache_hit,"
+    " price_output, cost_pico, http_status, stream, received_at, first_byte_at, finished_at, price_id, override_id)"
+    " FROM STDIN (FORMAT binary)";
+static const char COPY_LEDGER[] = "COPY ledger (customer_id, kind, amount_pico, request_id) FROM STDIN (FORMAT binary)";
+
+/* The binary COPY header: signature, flags 0, header extension length 0. */
+static const char COPY_SIG[19] = "PGCOPY\n\377\r\n\0\0\0\0\0\0\0\0\0";
+
+static void be16(tg_buf_t *b, uint16_t v) {
+    unsigned char x[2] = {(unsigned char)(v >> 8), (unsigned char)v};
+    tg_buf_put(b, x, 2);
+}
+
+/* v as a binary numeric (numeric_recv): int16 ndigits, weight, sign
+ * (0x4000 negative), dscale 0, then the base-10000 digits, most significant
+ * first, trailing zero digits left out (weight keeps the scale). */
+static void el_numeric(tg_buf_t *b, int64_t v) {
+    uint64_t m = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
+    uint16_t d[5];
+    int n = 0, lo = 0;
+    for (; m; m /= 10000) d[n++] = (uint16_t)(m % 10000);
+    while (lo < n && d[lo] == 0) lo++;
+    be32(b, (uint32_t)(8 + 2 * (n - lo)));
+    be16(b, (uint16_t)(n - lo));
+    be16(b, (uint16_t)(n ? n - 1 : 0));
+    be16(b, v < 0 ? 0x4000 : 0);
+    be16(b, 0);
+    for (int i = n - 1; i >= lo; i--) be16(b, d[i]);
+}
+
+/* The UTC hour and day of a Unix time in microseconds, counted from the epoch. */
+static int64_t hour_of(int64_t us) { return us / 3600000000LL; }
+
+/* Rollup order: customer, hour, key (0 for none), model (bytes; the server
+ * sorts again in its collation before it locks rows). */
+static int roll_cmp(const void *a, const void *b) {
+    const bill_usage_t *x = &(*(item_t *const *)a)->u, *y = &(*(item_t *const *)b)->u;
+    if (x->customer_id != y->customer_id) return x->customer_id < y->customer_id ? -1 : 1;
+    int64_t hx = hour_of(x->received_us), hy = hour_of(y->received_us);
+    if (hx != hy) return hx < hy ? -1 : 1;
+    if (x->key_id != y->key_id) return x->key_id < y->key_id ? -1 : 1;
+    return strcmp(x->model, y->model);
+}
+
+/* 1 when the batch may take the COPY path: every row fresh, no id twice. */
+static int copy_fit(item_t **it, int n) {
+    enum { SLOTS = 2 * BATCH };
+    int16_t slot[SLOTS];
+    memset(slot, 0xff, sizeof slot);
+    for (int i = 0; i < n; i++) {
+        if (!it[i]->pushed_us) return 0;
+        uint64_t h = 1469598103934665603ULL;
+        for (const char *p = it[i]->u.request_id; *p; p++) h = (h ^ (unsigned char)(*p | 0x20)) * 1099511628211ULL;
+        for (size_t k = h % SLOTS;; k = (k + 1) % SLOTS) {
+            if (slot[k] < 0) {
+                slot[k] = (int16_t)i;
+                break;
+            }
+            if (!strcasecmp(it[slot[k]]->u.request_id, it[i]->u.request_id)) return 0;
+        }
+    }
+    return 1;
+}
+
+/* A model name as an SQL string literal E'...' (backslash and quote escaped). */
+static void sql_str(tg_buf_t *b, const char *s) {
+    tg_buf_put(b, "E'", 2);
+    for (const char *p = s; *p; p++) {
+        if (*p == '\\' || *p == '\'') tg_buf_put(b, "\\", 1);
+        tg_buf_put(b, p, 1);
+    }
+    tg_buf_put(b, "'", 1);
+}
+
+static void sql_u128(tg_buf_t *b, unsigned __int128 v) {
+    char d[48];
+    u128_dec(v, d);
+    tg_buf_puts(b, d);
+}
+
+typedef struct {
+    unsigned __int128 requests, hit, miss, completion, reasoning, cost, failed;
+} sums_t;
+
+static void sums_add(sums_t *t, const item_t *it) {
+    t->requests++;
+    t->hit += (uint64_t)it->u.prompt_cache_hit_tokens;
+    t->miss += (uint64_t)(it->u.prompt_tokens - it->u.prompt_cache_hit_tokens);
+    t->completion += (uint64_t)it->u.completion_tokens;
+    t->reasoning += (uint64_t)it->u.reasoning_tokens;
+    t->cost += (uint64_t)it->cost;
+    t->failed += it->u.http_status >= 500;
+}
+
+static void sums_sql(tg_buf_t *b, const sums_t *t) {
+    const unsigned __int128 *v[] = {&t->requests, &t->hit, &t->miss, &t->completion, &t->reasoning, &t->cost, &t->failed};
+    for (int i = 0; i < 7; i++) {
+        tg_buf_put(b, ",", 1);
+        sql_u128(b, *v[i]);
+    }
+}
+
+/* The rollup sums of the batch's rows v as two upserts. */
+static void copy_rollups(tg_buf_t *q, item_t *const *v, int n) {
+    item_t *it[BATCH];
+    memcpy(it, v, (size_t)n * sizeof *it);
+    qsort(it, n, sizeof *it, roll_cmp);
+    tg_buf_puts(q, "INSERT INTO usage_hourly AS h (customer_id, hour, key_id, model, requests,"
+                   " prompt_cache_hit_tokens, prompt_cache_miss_tokens, completion_tokens, reasoning_tokens, cost_pico,"
+                   " failed_5xx) SELECT c, timestamptz 'epoch' + t * interval '1 hour', k, m, r, hit, miss, comp, rea,"
+                   " cost, f FROM (VALUES ");
+    sums_t t;
+    for (int i = 0, first = 1; i < n;) {
+        memset(&t, 0, sizeof t);
+        int j = i;
+        for (; j < n && roll_cmp(&it[i], &it[j]) == 0; j++) sums_add(&t, it[j]);
+        const bill_usage_t *u = &it[i]->u;
+        tg_buf_puts(q, first ? "(" : ",(");
+        first = 0;
+        tg_buf_put_i64(q, u->customer_id);
+        tg_buf_put(q, ",", 1);
+        tg_buf_put_i64(q, hour_of(u->received_us));
+        tg_buf_put(q, ",", 1);
+        tg_buf_put_i64(q, u->key_id);
+        tg_buf_put(q, ",", 1);
+        sql_str(q, u->model);
+        sums_sql(q, &t);
+        tg_buf_put(q, ")", 1);
+        i = j;
+    }
+    tg_buf_puts(q, ") v (c, t, k, m, r, hit, miss, comp, rea, cost, f) ORDER BY 1, 2, 3, 4"
+                   " ON CONFLICT (customer_id, hour, key_id, model) DO UPDATE SET requests = h.requests + excluded.requests,"
+                   " prompt_cache_hit_tokens = h.prompt_cache_hit_tokens + excluded.prompt_cache_hit_tokens,"
+                   " prompt_cache_miss_tokens = h.prompt_cache_miss_tokens + excluded.prompt_cache_miss_tokens,"
+                   " completion_tokens = h.completion_tokens + excluded.completion_tokens,"
+                   " reasoning_tokens = h.reasoning_tokens + excluded.reasoning_tokens,"
+                   " cost_pico = h.cost_pico + excluded.cost_pico, failed_5xx = h.failed_5xx + excluded.failed_5xx;"
+                   "INSERT INTO usage_daily AS d (customer_id, day, requests, prompt_cache_hit_tokens,"
+                   " prompt_cache_miss_tokens, completion_tokens, reasoning_tokens, cost_pico, failed_5xx)"
+                   " SELECT c, timestamptz 'epoch' + t * interval '24 hours', r, hit, miss, comp, rea, cost, f FROM (VALUES ");
+    for (int i = 0, first = 1; i < n;) { /* sorted by customer, then hour: a day's rows are together */
+        memset(&t, 0, sizeof t);
+        int64_t day = hour_of(it[i]->u.received_us) / 24;
+        int j = i;
+        for (; j < n && it[j]->u.customer_id == it[i]->u.customer_id && hour_of(it[j]->u.received_us) / 24 == day; j++)
+            sums_add(&t, it[j]);
+        tg_buf_puts(q, first ? "(" : ",(");
+        first = 0;
+        tg_buf_put_i64(q, it[i]->u.customer_id);
+        tg_buf_put(q, ",", 1);
+        tg_buf_put_i64(q, day);
+        sums_sql(q, &t);
+        tg_buf_put(q, ")", 1);
+        i = j;
+    }
+    tg_buf_puts(q, ") v (c, t, r, hit, miss, comp, rea, cost, f) ORDER BY 1, 2"
+                   " ON CONFLICT (customer_id, day) DO UPDATE SET requests = d.requests + excluded.requests,"
+                   " prompt_cache_hit_tokens = d.prompt_cache_hit_tokens + excluded.prompt_cache_hit_tokens,"
+                   " prompt_cache_miss_tokens = d.prompt_cache_miss_tokens + excluded.prompt_cache_miss_tokens,"
+                   " completion_tokens = d.completion_tokens + excluded.completion_tokens,"
+                   " reasoning_tokens = d.reasoning_tokens + excluded.reasoning_tokens,"
+                   " cost_pico = d.cost_pico + excluded.cost_pico, failed_5xx = d.failed_5xx + excluded.failed_5xx;");
+}
+
+/* The COPY path's query (*sql) and data (*data: 1 or 2 buffers, *ndata) for
+ * the n rows of it.  Returns 0, or -1 out of memory (nothing to free). */
+static int copy_build(item_t *const *it, int n, char **sql, char ***data, int len[2], int *ndata) {
+    tg_buf_t q = {0}, u = {0}, l = {0};
+    size_t text = 0;
+    int ndebit = 0;
+    for (int i = 0; i < n; i++) {
+        text += strlen(it[i]->u.model);
+        ndebit += it[i]->cost > 0;
+    }
+    tg_buf_reserve(&u, 21 + (size_t)n * (2 + 20 * 4 + 16 + 13 * 8 + 4 + 1) + text);
+    tg_buf_reserve(&l, 21 + (size_t)ndebit * (2 + 4 * 4 + 8 + 5 + 18 + 16));
+    tg_buf_put(&u, COPY_SIG, sizeof COPY_SIG);
+    tg_buf_put(&l, COPY_SIG, sizeof COPY_SIG);
+    for (int i = 0; i < n; i++) {
+        const bill_usage_t *x = &it[i]->u;
+        size_t mlen = strlen(x->model);
+        be16(&u, NCOL + 1);
+        el_uuid(&u, x->request_id);
+        el_i64(&u, x->customer_id);
+        el_i64_nz(&u, x->key_id);
+        be32(&u, (uint32_t)mlen);
+        tg_buf_put(&u, x->model, mlen);
+        el_i64(&u, x->prompt_tokens);
+        el_i64(&u, x->prompt_cache_hit_tokens);
+        el_i64(&u, x->prompt_tokens - x->prompt_cache_hit_tokens);
+        el_i64(&u, x->completion_tokens);
+        el_i64(&u, x->reasoning_tokens);
+        el_i64(&u, x->price.input_cache_miss);
+        el_i64(&u, x->price.input_cache_hit);
+        el_i64(&u, x->price.output);
+        el_i64(&u, it[i]->cost);
+        be32(&u, 4);
+        be32(&u, (uint32_t)x->http_status);
+        be32(&u, 1);
+        tg_buf_put(&u, x->stream ? "\1" : "\0", 1);
+        el_i64(&u, x->received_us - PG_EPOCH_US);
+        el_ts_nz(&u, x->first_byte_us > 0 ? x->first_byte_us : 0);
+        el_i64(&u, x->finished_us - PG_EPOCH_US);
+        el_i64_nz(&u, x->price.price_id);
+        el_i64_nz(&u, x->price.override_id);
+        if (it[i]->cost <= 0) continue;
+        be16(&l, 4);
+        el_i64(&l, x->customer_id);
+        be32(&l, 5);
+        tg_buf_put(&l, "usage", 5);
+        el_numeric(&l, -it[i]->cost);
+        el_uuid(&l, x->request_id);
+    }
+    be16(&u, 0xffff); /* the file trailer */
+    be16(&l, 0xffff);
+    tg_buf_puts(&q, COPY_USAGE);
+    tg_buf_puts(&q, ";");
+    copy_rollups(&q, it, n);
+    if (ndebit) tg_buf_puts(&q, COPY_LEDGER);
+    char **d = malloc(2 * sizeof *d);
+    if (q.oom || u.oom || l.oom || !d) {
+        tg_buf_free(&q);
+        tg_buf_free(&u);
+        tg_buf_free(&l);
+        free(d);
+        return -1;
+    }
+    d[0] = u.p;
+    len[0] = (int)u.len;
+    d[1] = l.p;
+    len[1] = (int)l.len;
+    *ndata = ndebit ? 2 : 1;
+    if (!ndebit) tg_buf_free(&l);
+    *data = d;
+    *sql = q.p;
+    return 0;
+}
+
 /* ---- items and files ---------------------------------------------------- */
 
 static int uuid_ok(const char *s) {
@@ -408,9 +682,7 @@ static item_t *item_new(bill_settler_t *s, const bill_usage_t *u, mtr_jfile_t *s
 
 /* Add pico (a decimal string of digits, the batch's sum for model) to the
  * model's counter; models past COST_MODELS share the last slot. */
-static void cost_add(bill_settler_t *s, const char *model, const char *pico) {
-    unsigned __int128 v = 0;
-    for (const char *p = pico; *p >= '0' && *p <= '9'; p++) v = v * 10 + (unsigned)(*p - '0');
+static void cost_add_v(bill_settler_t *s, const char *model, unsigned __int128 v) {
     int i;
     for (i = 0; i < s->ncosts; i++)
         if (s->costs[i].model && !strcmp(s->costs[i].model, model)) break;
@@ -419,6 +691,12 @@ static void cost_add(bill_settler_t *s, const char *model, const char *pico) {
         else i = COST_MODELS; /* "other" */
     }
     s->costs[i].pico += v;
+}
+
+static void cost_add(bill_settler_t *s, const char *model, const char *pico) {
+    unsigned __int128 v = 0;
+    for (const char *p = pico; *p >= '0' && *p <= '9'; p++) v = v * 10 + (unsigned)(*p - '0');
+    cost_add_v(s, model, v);
 }
 
 /* The decimal digits of v into out (at least 40 bytes). */
@@ -548,6 +826,26 @@ retry:;
     evtimer_add(s->retry, &tv);
 }
 
+/* The batch in flight committed: inserted of its rows were new, debited of
+ * those had a cost. */
+static void batch_ok(bill_settler_t *s, uint64_t inserted, uint64_t debited) {
+    item_t *it;
+    while ((it = TAILQ_FIRST(&s->inflight))) {
+        TAILQ_REMOVE(&s->inflight, it, link);
+        item_settled(s, it);
+    }
+    s->nsettled += (uint64_t)s->ninflight;
+    s->ninserted += inserted;
+    s->ndebited += debited;
+    s->ninflight = 0;
+    /* rows wait on disk only (an outage's spool, read a part at a time; a full
+     * queue): read the next part once the queue is short, not only once it is
+     * empty, which a steady load may never leave it at a batch's end */
+    if (s->need_replay && s->nqueue < REPLAY_BELOW) bill_settler_on_up(s);
+    streams_replay(s);
+    kick(s);
+}
+
 static void batch_cb(PGresult *res, const char *err, void *arg) {
     bill_settler_t *s = arg;
     s->job = NULL;
@@ -584,25 +882,45 @@ static void batch_cb(PGresult *res, const char *err, void *arg) {
         return;
     }
     s->dup_retry = 0;
-    item_t *it;
-    while ((it = TAILQ_FIRST(&s->inflight))) {
-        TAILQ_REMOVE(&s->inflight, it, link);
-        item_settled(s, it);
-    }
-    s->nsettled += (uint64_t)s->ninflight;
+    uint64_t inserted = 0, debited = 0;
     if (PQntuples(res) >= 1 && PQnfields(res) >= 2) {
-        s->ninserted += strtoull(PQgetvalue(res, 0, 0), NULL, 10);
-        s->ndebited += strtoull(PQgetvalue(res, 0, 1), NULL, 10);
+        inserted = strtoull(PQgetvalue(res, 0, 0), NULL, 10);
+        debited = strtoull(PQgetvalue(res, 0, 1), NULL, 10);
     }
     for (int i = 0; PQnfields(res) >= 5 && i < PQntuples(res); i++)
         if (!PQgetisnull(res, i, 3)) cost_add(s, PQgetvalue(res, i, 3), PQgetvalue(res, i, 4));
-    s->ninflight = 0;
-    /* rows wait on disk only (an outage's spool, read a part at a time; a full
-     * queue): read the next part once the queue is short, not only once it is
-     * empty, which a steady load may never leave it at a batch's end */
-    if (s->need_replay && s->nqueue < REPLAY_BELOW) bill_settler_on_up(s);
-    streams_replay(s);
-    kick(s);
+    batch_ok(s, inserted, debited);
+}
+
+/* The answer to a batch sent by the COPY path (copy_build): every row
+ * inserted, or none. */
+static void copy_cb(PGresult *res, const char *err, void *arg) {
+    bill_settler_t *s = arg;
+    if (res && PQresultStatus(res) == PGRES_COMMAND_OK) {
+        s->job = NULL;
+        uint64_t debited = 0;
+        item_t *it;
+        TAILQ_FOREACH(it, &s->inflight, link) {
+            debited += it->cost > 0;
+            cost_add_v(s, it->u.model, (uint64_t)it->cost);
+        }
+        s->ncopied += (uint64_t)s->ninflight;
+        batch_ok(s, (uint64_t)s->ninflight, debited);
+        return;
+    }
+    if (res && PQresultStatus(res) == PGRES_FATAL_ERROR) {
+        /* PostgreSQL refused a statement (a row already in usage: 23505; a
+         * row it refuses: class 22 or 23; a lock timeout, ...): nothing was
+         * written.  The same rows again through SETTLE_SQL (re-queued as
+         * re-sent, so never by this path), which skips or isolates them.
+         * (bill_pg fails a job whose connection broke with res NULL.) */
+        s->job = NULL;
+        s->ncopy_fallbacks++;
+        inflight_requeue(s);
+        kick(s);
+        return;
+    }
+    batch_cb(res, err, arg); /* PostgreSQL unreachable, a timeout: as for any batch */
 }
 
 static void flush(bill_settler_t *s) {
@@ -625,16 +943,18 @@ static void flush(bill_settler_t *s) {
         if (n == max) break;
         v[n++] = it;
     }
-    char *params[NCOL];
-    int len[NCOL];
-    if (build_params(v, n, params, len) != 0) {
-        struct timeval tv = {1, 0};
-        evtimer_add(s->retry, &tv);
-        return;
+    char *params[NCOL], *sql, **data;
+    int len[NCOL], ndata;
+    if (!s->single && !s->dup_retry && copy_fit(v, n)) { /* fresh rows: COPY (see copy_build) */
+        if (copy_build(v, n, &sql, &data, len, &ndata) == 0) {
+            s->job = bill_pg_copy(s->pg, sql, ndata, data, len, copy_cb, s);
+            free(sql);
+        }
+    } else if (build_params(v, n, params, len) == 0) {
+        s->job = bill_pg_query_binary(s->pg, SETTLE_SQL, NCOL, (const char *const *)params, len, batch_cb, s);
+        bill_pg_job_prepared(s->job, "tg_settle");
+        for (int c = 0; c < NCOL; c++) free(params[c]);
     }
-    s->job = bill_pg_query_binary(s->pg, SETTLE_SQL, NCOL, (const char *const *)params, len, batch_cb, s);
-    bill_pg_job_prepared(s->job, "tg_settle");
-    for (int c = 0; c < NCOL; c++) free(params[c]);
     if (!s->job) {
         struct timeval tv = {1, 0};
         evtimer_add(s->retry, &tv);
@@ -745,6 +1065,8 @@ void bill_settler_stats(const bill_settler_t *s, bill_settle_stats_t *st) {
     st->replay_pending = js.unloaded || s->need_replay; /* also while a read is on the worker thread */
     st->settled_total = s->nsettled;
     st->inserted_total = s->ninserted;
+    st->copied_total = s->ncopied;
+    st->copy_fallbacks_total = s->ncopy_fallbacks;
     st->debited_total = s->ndebited;
     st->rejected_total = s->nrejected;
     st->memory_only = memory_only(s);

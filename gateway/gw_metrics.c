@@ -160,6 +160,7 @@ void gw_metrics_money_add(gw_money_t *a, const gw_money_t *b, int first) {
     ADD(queued), ADD(in_flight), ADD(spool_files), ADD(spool_pending), ADD(settled_total), ADD(inserted_total);
     ADD(debited_total), ADD(rejected_total), ADD(journal_rows), ADD(journal_bytes), ADD(spool_bytes);
     ADD(refusals_written), ADD(refusals_dropped), ADD(memory_only), ADD(unjournaled_total);
+    ADD(copied_total), ADD(copy_fallbacks_total);
 #undef ADD
     x->replay_pending = x->replay_pending || y->replay_pending;
     x->idle = x->idle && y->idle;
@@ -196,6 +197,11 @@ void gw_metrics_render_money(const gw_money_t *m, tg_buf_t *o) {
     counter(o, "tollgate_usage_rows_inserted_total", "Usage rows inserted (a duplicate inserts none).",
             st.inserted_total);
     counter(o, "tollgate_ledger_debits_total", "Ledger debits inserted.", st.debited_total);
+    counter(o, "tollgate_usage_rows_copied_total", "Of the usage rows inserted, those written by COPY (fresh batches).",
+            st.copied_total);
+    counter(o, "tollgate_settle_copy_fallbacks_total",
+            "COPY batches PostgreSQL refused (a row already there, bad data), re-sent through the statement.",
+            st.copy_fallbacks_total);
     counter(o, "tollgate_settle_rejected_total", "Settlement rows given up for their data (rejected.jsonl).",
             st.rejected_total);
     counter(o, "tollgate_refusals_written_total", "Refusals (402, 429, 5xx) counted into the hourly rollups.",

@@ -486,6 +486,96 @@ class Billing(ServerCase):
         self.assertEqual(q("SELECT count(*) FROM usage_hourly_mismatch WHERE customer_id = %s", cid)[0][0], 0)
         self.assertEqual(q("SELECT count(*) FROM usage_daily_mismatch WHERE customer_id = %s", cid)[0][0], 0)
 
+    def test_settle_copy_path_exact(self):
+        """A batch of fresh rows goes by COPY (bill_settle.c, copy_build): the usage rows, one debit per
+        row with a cost, the hourly and daily rollups summed in C and the balances are exactly what
+        SETTLE_SQL writes: two customers, three keys, two models (one named with a quote and a
+        backslash), rows on both sides of an hour and of a UTC day (one received in the last
+        half-millisecond of a day, finished in the next), a 5xx, reasoning, one row that costs
+        nothing.  Sent again, the same rows go nowhere (the COPY fails on the primary key, the batch
+        is re-sent through the statement, which skips them)."""
+        c1, c2 = self.customer("10.00"), self.customer("10.00")
+        self.key(c1)
+        self.key(c1)
+        self.key(c2)
+        (k1, k2), cid1 = self.ids(c1)
+        (k3,), cid2 = self.ids(c2)
+        odd = "cp'q\\m"  # cp'q\m
+        day = 1764460800 * 10**6  # 2025-11-30 00:00 UTC, in microseconds
+        edge = day - 500  # the day before's last half-millisecond: finished in the next day
+        h = 3600 * 10**6
+        # (key, customer, model, prompt, hit, completion, reasoning, status, received_us)
+        spec = [(k1, cid1, MODEL, 1000, 300, 500, 100, 200, edge),
+                (k1, cid1, MODEL, 2000, 0, 40, 0, 200, day + 10),
+                (k1, cid1, MODEL, 10, 10, 3, 3, 500, day + 20),
+                (k2, cid1, MODEL, 7, 1, 1, 0, 200, day + 30),
+                (k2, cid1, odd, 123, 23, 45, 6, 200, day + 40),
+                (k2, cid1, odd, 0, 0, 0, 0, 502, day + h + 50),
+                (k3, cid2, odd, 999, 998, 997, 1, 200, day + 2 * h),
+                (k3, cid2, MODEL, 5, 0, 5, 0, 200, edge - h)]
+        rids = [str(uuid.uuid4()) for _ in spec]
+        lines = "".join("settle %s %d %d %s %d %d %d %d %d %d %d %d %d\n" % (rid, k, c, m, *PRICE, p, hi, co, re_, st, t)
+                        for rid, (k, c, m, p, hi, co, re_, st, t) in zip(rids, spec))
+        before = {c: self.balance(c)[0] for c in (c1, c2)}
+        st0 = self.s.drain()
+
+        def send():
+            self.s.p.stdin.write(lines)
+            self.s.p.stdin.flush()
+            for _ in spec:
+                self.assertEqual(self.s.reply(), "settled")
+            return self.s.drain()
+
+        st = send()
+        costed = sum(1 for x in spec if cost(x[3], x[4], x[5]))
+        self.assertEqual(st["inserted_total"] - st0["inserted_total"], len(spec))
+        self.assertEqual(st["copied_total"] - st0["copied_total"], len(spec), "every row by COPY")
+        self.assertEqual(st["copy_fallbacks_total"], st0["copy_fallbacks_total"])
+        self.assertEqual(st["debited_total"] - st0["debited_total"], costed)
+        got = q("SELECT request_id::text, key_id, customer_id, model, prompt_tokens, prompt_cache_hit_tokens,"
+                " prompt_cache_miss_tokens, completion_tokens, reasoning_tokens, cost_pico, http_status,"
+                " (extract(epoch FROM received_at) * 1000000)::bigint, first_byte_at IS NULL,"
+                " (extract(epoch FROM finished_at) * 1000000)::bigint, price_input_cache_miss, price_input_cache_hit,"
+                " price_output FROM usage WHERE request_id = ANY(%s::uuid[]) ORDER BY received_at, request_id", rids)
+        want = sorted(((rid, k, c, m, p, hi, p - hi, co, re_, cost(p, hi, co), st_, t, True, t + 1000, *PRICE)
+                       for rid, (k, c, m, p, hi, co, re_, st_, t) in zip(rids, spec)), key=lambda r: (r[11], r[0]))
+        self.assertEqual([tuple(r) for r in got], want)
+        debits = dict(q("SELECT request_id::text, amount_pico FROM ledger WHERE request_id = ANY(%s::uuid[])", rids))
+        self.assertEqual(debits, {rid: -cost(x[3], x[4], x[5]) for rid, x in zip(rids, spec) if cost(x[3], x[4], x[5])})
+        for c, cid in ((c1, cid1), (c2, cid2)):
+            spent = sum(cost(x[3], x[4], x[5]) for x in spec if x[1] == cid)
+            self.assertEqual(before[c] - self.balance(c)[0], spent)
+        hourly, daily = {}, {}
+        for k, c, m, p, hi, co, re_, st_, t in spec:
+            for d, key in ((hourly, (c, t // h, k, m)), (daily, (c, t // (24 * h)))):
+                v = d.setdefault(key, [0] * 7)
+                for i, x in enumerate((1, hi, p - hi, co, re_, cost(p, hi, co), st_ >= 500)):
+                    v[i] += x
+        rows = q("SELECT customer_id, (extract(epoch FROM hour) * 1000000)::bigint / %s, key_id, model, requests,"
+                 " prompt_cache_hit_tokens, prompt_cache_miss_tokens, completion_tokens, reasoning_tokens, cost_pico,"
+                 " failed_5xx FROM usage_hourly WHERE customer_id IN (%s, %s)", h, cid1, cid2)
+        self.assertEqual({tuple(r[:4]): list(r[4:]) for r in rows}, hourly)
+        rows = q("SELECT customer_id, (extract(epoch FROM day) * 1000000)::bigint / %s, requests,"
+                 " prompt_cache_hit_tokens, prompt_cache_miss_tokens, completion_tokens, reasoning_tokens, cost_pico,"
+                 " failed_5xx FROM usage_daily WHERE customer_id IN (%s, %s)", 24 * h, cid1, cid2)
+        self.assertEqual({tuple(r[:2]): list(r[2:]) for r in rows}, daily)
+        for view in ("ledger_mismatch", "usage_hourly_mismatch", "usage_daily_mismatch"):
+            self.assertEqual(q("SELECT count(*) FROM %s" % view)[0][0], 0, view)
+        # the same rows again: nothing inserted, nothing debited, nothing added
+        after = {c: self.balance(c)[0] for c in (c1, c2)}
+        st2 = send()
+        self.assertEqual((st2["inserted_total"], st2["debited_total"], st2["copied_total"], st2["rejected_total"]),
+                         (st["inserted_total"], st["debited_total"], st["copied_total"], st["rejected_total"]))
+        self.assertGreater(st2["copy_fallbacks_total"], st["copy_fallbacks_total"])
+        self.assertEqual(st2["settled_total"] - st["settled_total"], len(spec))
+        self.assertEqual({c: self.balance(c)[0] for c in (c1, c2)}, after)
+        self.assertEqual(q("SELECT count(*) FROM usage WHERE request_id = ANY(%s::uuid[])", rids)[0][0], len(spec))
+        self.assertEqual(q("SELECT count(*) FROM ledger WHERE request_id = ANY(%s::uuid[])", rids)[0][0], costed)
+        rows = q("SELECT customer_id, (extract(epoch FROM hour) * 1000000)::bigint / %s, key_id, model, requests,"
+                 " prompt_cache_hit_tokens, prompt_cache_miss_tokens, completion_tokens, reasoning_tokens, cost_pico,"
+                 " failed_5xx FROM usage_hourly WHERE customer_id IN (%s, %s)", h, cid1, cid2)
+        self.assertEqual({tuple(r[:4]): list(r[4:]) for r in rows}, hourly)
+
     def test_settle_twice_one_row_one_debit(self):
         c = self.customer("1.00")
         k = self.key(c)

@@ -2,6 +2,7 @@
  * PostgreSQL's answers are simulated by calling batch_cb with made-up
  * results, so every path (down -> spool, replay, commit -> file deleted,
  * failure during replay -> read again, corrupt file kept) is driven by hand. */
+#include <ctype.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/resource.h>
@@ -409,6 +410,79 @@ static void test_params(void) {
     for (int c = 0; c < NCOL; c++) free(p[c]);
 }
 
+/* The COPY path (copy_fit, copy_build): which batches take it, the binary
+ * numeric of a debit, the rows' bytes, the rollups' SQL. */
+static void test_copy(void) {
+    tg_buf_t b = {0};
+    struct { int64_t v; const char *hex; } num[] = {
+        {-1, "0000000a" "0001" "0000" "4000" "0000" "0001"},
+        {-10000, "0000000a" "0001" "0001" "4000" "0000" "0001"},                  /* trailing zero digit left out */
+        {-123456789, "0000000e" "0003" "0002" "4000" "0000" "0001" "0929" "1a85"}, /* 1 2345 6789 */
+        {-9223372036854775807LL, "00000012" "0005" "0004" "4000" "0000" "039a" "0d2c" "0170" "1565" "16af"}, /* 922 3372 0368 5477 5807 */
+        {0, "00000008" "0000" "0000" "0000" "0000"},
+    };
+    for (size_t i = 0; i < sizeof num / sizeof num[0]; i++) {
+        b.len = 0;
+        el_numeric(&b, num[i].v);
+        CHECK_EQ_S(hex(b.p, b.len), num[i].hex);
+    }
+    tg_buf_free(&b);
+
+    bill_usage_t u0 = sample(400000), u1 = sample(400001), u2 = sample(400002);
+    u1.model = "it's\\";
+    u1.received_us = 3600000000LL * 48 + 5; /* hour 48, day 2 */
+    u1.http_status = 503;
+    u2.customer_id = 7;
+    item_t a = {.u = u0, .cost = 30000, .pushed_us = 1}, c = {.u = u1, .cost = 0, .pushed_us = 1},
+           d = {.u = u2, .cost = 5, .pushed_us = 1};
+    item_t *v[3] = {&d, &a, &c};
+    CHECK_EQ_I(copy_fit(v, 3), 1);
+    c.pushed_us = 0; /* re-sent: SETTLE_SQL */
+    CHECK_EQ_I(copy_fit(v, 3), 0);
+    c.pushed_us = 1;
+    item_t twin = a; /* the same id twice in a batch (upper case too): SETTLE_SQL */
+    for (char *p = twin.u.request_id; *p; p++) *p = (char)toupper((unsigned char)*p);
+    item_t *w[4] = {&d, &a, &c, &twin};
+    CHECK_EQ_I(copy_fit(w, 4), 0);
+
+    char *sql, **data;
+    int len[2], ndata;
+    CHECK_EQ_I(copy_build(v, 3, &sql, &data, len, &ndata), 0);
+    CHECK_EQ_I(ndata, 2);
+    CHECK(v[0] == &d && v[1] == &a && v[2] == &c); /* the batch's order is left alone */
+    /* hourly groups in (customer, hour, key, model) order; the quote and backslash escaped */
+    CHECK(strstr(sql, "FROM (VALUES (1,0,1,E'm',1,4,6,5,0,30000,0),(1,48,1,E'it\\'s\\\\',1,4,6,5,0,0,1),"
+                      "(7,0,1,E'm',1,4,6,5,0,5,0)) v") != NULL);
+    CHECK(strstr(sql, "FROM (VALUES (1,0,1,4,6,5,0,30000,0),(1,2,1,4,6,5,0,0,1),(7,0,1,4,6,5,0,5,0)) v") != NULL);
+    /* usage first (a locked usage table stops the batch before it holds a rollup row), the ledger last */
+    CHECK(!strncmp(sql, "COPY usage (request_id,", 23));
+    CHECK(strstr(sql, " FROM STDIN (FORMAT binary);INSERT INTO usage_hourly AS h") != NULL);
+    CHECK(strstr(sql, ";COPY ledger (customer_id, kind, amount_pico, request_id) FROM STDIN (FORMAT binary)") != NULL);
+    /* usage: the signature, then per row 20 fields (the first: its id) ... and the trailer */
+    CHECK_EQ_I(len[0] > 19 + 2 + 4 + 16, 1);
+    CHECK_EQ_S(hex(data[0], 19 + 2 + 4 + 16), "5047434f50590aff0d0a00" "00000000" "00000000" "0014" "00000010"
+                                               "0190f0e27a3b7c008000000000400002");
+    CHECK_EQ_S(hex(data[0] + len[0] - 2, 2), "ffff");
+    /* ledger: a debit for each row with a cost (d, a), none for c */
+    CHECK_EQ_S(hex(data[1] + 19, len[1] - 19),
+               "0004" "00000008" "0000000000000007" "00000005" "7573616765" "0000000a" "0001" "0000" "4000" "0000" "0005"
+               "00000010" "0190f0e27a3b7c008000000000400002"
+               "0004" "00000008" "0000000000000001" "00000005" "7573616765" "0000000a" "0001" "0001" "4000" "0000" "0003"
+               "00000010" "0190f0e27a3b7c008000000000400000"
+               "ffff");
+    free(sql);
+    free(data[0]);
+    free(data[1]);
+    free(data);
+    a.cost = d.cost = 0; /* no debit: no ledger COPY */
+    CHECK_EQ_I(copy_build(v, 3, &sql, &data, len, &ndata), 0);
+    CHECK_EQ_I(ndata, 1);
+    CHECK(strstr(sql, "COPY ledger") == NULL);
+    free(sql);
+    free(data[0]);
+    free(data);
+}
+
 static double secs(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -679,6 +753,7 @@ int main(void) {
     test_journal();
     test_linger();
     test_params();
+    test_copy();
     test_disk_full();
     test_replay_bounded();
     test_streams();
