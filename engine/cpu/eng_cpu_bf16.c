@@ -182,12 +182,12 @@ const uint16_t *eng_cpu_bf16_t16_row_at(const uint16_t *T, int64_t C, int64_t r,
 }
 
 /* group_one's prefetch distance: its group is one run, and 4 KB ahead
- * streamed 1.05-1.07x faster than 2 KB on Zen 4 (two threads, 1 GB of
- * 1024x2048 T16 groups in 1 MB runs against a pure read, same-round medians
- * of 7 and 11 rounds: 85.9/86.6% of the read against 80.1/81.3%), and the
- * decode's paired ratio went from 68-80% (median 72%, 6 runs) to 71-81%
- * (median 79%, 7 runs; eng_bench decode alternated, engine/README.md
- * session 15); 6 and 8 KB were no better */
+ * streamed 1.05-1.07x faster than 2 KB on Zen 4 in isolation (two threads,
+ * 1 GB of 1024x2048 T16 groups in 1 MB runs against a pure read, same-round
+ * medians of 7 and 11 rounds: 85.9/86.6% of the read against 80.1/81.3%);
+ * 6 and 8 KB were no better.  In the whole decode on a quiet host the two
+ * distances gave the same GB/s (4 alternated pairs, engine/README.md
+ * session 15). */
 #ifndef BF_PF_ONE
 #define BF_PF_ONE 4096
 #endif
