@@ -460,7 +460,7 @@ struct gw_server {
     SSL_CTX *ssl;
     gw_loop_t *loops;
     int nloops;
-    int journal_disk_failing;  /* the loops' journals share it (atomics): a write failed, none trusted yet */
+    int journal_disk_failing;  /* the loops' journals share it (atomics): a write or an fdatasync failed, not yet probed */
     const gw_conn_ops_t *conn_ops;
     /* the handler for a request (sets r->route fields it needs) */
     const gw_handler_t *(*route)(gw_req_t *r);

@@ -30,6 +30,9 @@
 #define REPLAY_BYTES (16 << 20) /* about 95,000 records of ~175 bytes */
 #define PROBE_BYTES 65536       /* a failing journal is trusted again once this much could be written */
 #define PROBE_EVERY_US 1000000
+/* the bits of a disk's shared flag (mtr_journal_share_disk) */
+#define DISK_WRITE 1 /* a journal's write failed: a journal on the disk writes once to trust it */
+#define DISK_SYNC 2  /* a journal's fdatasync failed: a probe must write and sync */
 
 struct mtr_jfile {
     TAILQ_ENTRY(mtr_jfile) link;
@@ -73,7 +76,8 @@ struct mtr_journal {
     int failing;       /* the last write failed (mtr_journal_writable) */
     int sync_failed;   /* an fdatasync failed: cleared by a probe that writes and syncs, not by a write */
     int probing;       /* that probe is on the worker thread */
-    int *disk_failing; /* shared with the process's other journals on the disk; NULL: none */
+    int *disk_failing; /* shared with the process's other journals on the disk (DISK_WRITE |
+                        * DISK_SYNC, atomics); NULL: none */
     int64_t probed_us; /* tg_mono_us() of the last probe write while failing */
 };
 
@@ -159,7 +163,7 @@ static void on_sync_error(mtr_journal_t *j, int err) {
             j->dir, strerror(err));
     j->sync_failed = 1;
     j->probed_us = tg_mono_us(); /* the first probe a second from now */
-    if (j->disk_failing) __atomic_store_n(j->disk_failing, 1, __ATOMIC_RELAXED);
+    if (j->disk_failing) __atomic_fetch_or(j->disk_failing, DISK_SYNC, __ATOMIC_RELAXED);
 }
 
 static void sync_done(void *arg) {
@@ -232,10 +236,14 @@ static mtr_jfile_t *journal_open(mtr_journal_t *j) {
 }
 
 /* This journal's writes fail (1) or succeed again (0); the journals sharing
- * the disk's flag learn it at their next mtr_journal_writable. */
+ * the disk's flag learn it at their next mtr_journal_writable.  A write that
+ * succeeds clears DISK_WRITE only: DISK_SYNC (another journal's fdatasync
+ * failed) is cleared by a probe that writes and syncs, whichever journal's. */
 static void set_failing(mtr_journal_t *j, int v) {
     j->failing = v;
-    if (j->disk_failing) __atomic_store_n(j->disk_failing, v, __ATOMIC_RELAXED);
+    if (!j->disk_failing) return;
+    if (v) __atomic_fetch_or(j->disk_failing, DISK_WRITE, __ATOMIC_RELAXED);
+    else __atomic_fetch_and(j->disk_failing, ~DISK_WRITE, __ATOMIC_RELAXED);
 }
 
 void mtr_journal_share_disk(mtr_journal_t *j, int *flag) { j->disk_failing = flag; }
@@ -379,6 +387,7 @@ static void sprobe_done(void *arg) {
     p->j->probing = 0;
     if (p->ok) { /* it wrote and synced: trusted again from the next mtr_journal_writable */
         p->j->sync_failed = 0;
+        if (p->j->disk_failing) __atomic_fetch_and(p->j->disk_failing, ~DISK_SYNC, __ATOMIC_RELAXED);
         set_failing(p->j, 0);
     }
     free(p);
@@ -393,12 +402,14 @@ int mtr_journal_earlier(const mtr_journal_t *j) {
 
 int mtr_journal_writable(mtr_journal_t *j) {
     if (!j) return 0;
-    if (!j->failing && !j->sync_failed && !(j->disk_failing && __atomic_load_n(j->disk_failing, __ATOMIC_RELAXED)))
-        return 1;
+    int disk = j->disk_failing ? __atomic_load_n(j->disk_failing, __ATOMIC_RELAXED) : 0;
+    if (!j->failing && !j->sync_failed && !disk) return 1;
     int64_t now = tg_mono_us();
     if (j->probed_us && now - j->probed_us < PROBE_EVERY_US) return 0;
     j->probed_us = now;
-    if (j->sync_failed) { /* write and fdatasync, off the loop; this call still says 0 */
+    /* this journal's fdatasync failed, or another's on the same disk: the
+     * disk may drop what it was given, so a write alone proves nothing */
+    if (j->sync_failed || (disk & DISK_SYNC)) { /* write and fdatasync, off the loop; this call still says 0 */
         sprobe_job_t *p = j->probing ? NULL : calloc(1, sizeof *p);
         if (p) {
             p->j = j;
@@ -409,7 +420,7 @@ int mtr_journal_writable(mtr_journal_t *j) {
             sprobe_run(p); /* no worker thread: here */
             sprobe_done(p);
         }
-        return !j->sync_failed;
+        return !j->sync_failed && !(j->disk_failing && (__atomic_load_n(j->disk_failing, __ATOMIC_RELAXED) & DISK_SYNC));
     }
     if (journal_probe(j->dir, 0) != 0) return 0;
     set_failing(j, 0);

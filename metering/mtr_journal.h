@@ -121,7 +121,8 @@ int mtr_journal_writable(mtr_journal_t *j);
  * event loops) share flag (an int they all outlive, 0 at first, read and
  * written with atomics): a failed write in any of them makes every one
  * probe before mtr_journal_writable says 1 again, so the other journals
- * need not fail a record of their own first. */
+ * need not fail a record of their own first; a failed fdatasync in any of
+ * them makes every one pass a probe that writes and syncs. */
 void mtr_journal_share_disk(mtr_journal_t *j, int *flag);
 /* One record of f committed (or was given up for good). */
 void mtr_journal_done(mtr_journal_t *j, mtr_jfile_t *f);

@@ -17,6 +17,17 @@
 
 #include "../../../metering/mtr_journal.c"
 
+/* fdatasync fails with EIO while sync_fails is set: this binary's own
+ * definition, which the journal's calls (compiled in above) resolve to */
+static int sync_fails;
+int fdatasync(int fd) {
+    if (sync_fails) {
+        errno = EIO;
+        return -1;
+    }
+    return fsync(fd);
+}
+
 static char dir[] = "/tmp/mtr-journal-test.XXXXXX";
 static char spool[128];
 
@@ -490,6 +501,60 @@ static void test_writable(void) {
     if (system(cmd) != 0) CHECK(0);
 }
 
+/* An fdatasync failed in one journal (the disk took writes it may drop): a
+ * journal sharing its disk flag whose own records never failed is not
+ * trusted on a write alone either; it refuses until a probe of its own
+ * writes and syncs, and that probe's success lowers the flag.  Before, its
+ * write probe cleared the flag and a second event loop served on the failing
+ * disk (tests/billing/test_faults.py test_journal_sync_fails, 2026-12-02 CI). */
+static void test_sync_shared(void) {
+    struct event_base *base = event_base_new();
+    char err[256] = "", other[160];
+    snprintf(other, sizeof other, "%s/other", dir);
+    mtr_journal_opts_t o = {.inline_io = 1};
+    mtr_journal_t *j = mtr_journal_new(base, spool, &o, err, sizeof err);
+    mtr_journal_t *k = mtr_journal_new(base, other, &o, err, sizeof err);
+    CHECK(j && k);
+    if (!j || !k) return;
+    int flag = 0;
+    mtr_journal_share_disk(j, &flag);
+    mtr_journal_share_disk(k, &flag);
+    CHECK_EQ_I(mtr_journal_writable(k), 1);
+    fflush(stderr);
+    int saved = dup(2), devnull = open("/dev/null", O_WRONLY);
+    dup2(devnull, 2);
+    close(devnull);
+    sync_fails = 1;
+    on_sync_error(j, EIO); /* what j's sync job reports */
+    CHECK_EQ_I(flag, DISK_SYNC);
+    CHECK_EQ_I(mtr_journal_writable(j), 0); /* its probe waits for its second */
+    CHECK_EQ_I(mtr_journal_writable(k), 0); /* k's probe writes, and its sync fails */
+    CHECK_EQ_I(flag, DISK_SYNC);
+    mtr_usage_t u = sample(950);
+    CHECK(mtr_journal_write(k, &u) != NULL); /* a write that works lowers no sync failure */
+    CHECK_EQ_I(flag, DISK_SYNC);
+    k->probed_us -= PROBE_EVERY_US;
+    CHECK_EQ_I(mtr_journal_writable(k), 0);
+    sync_fails = 0;
+    CHECK_EQ_I(mtr_journal_writable(k), 0); /* the disk syncs again; the probe waits for its second */
+    k->probed_us -= PROBE_EVERY_US;
+    CHECK_EQ_I(mtr_journal_writable(k), 1);
+    CHECK_EQ_I(flag, 0);
+    CHECK_EQ_I(mtr_journal_writable(j), 0); /* j's own failure: its own probe, a second after it */
+    j->probed_us -= PROBE_EVERY_US;
+    CHECK_EQ_I(mtr_journal_writable(j), 1);
+    fflush(stderr);
+    dup2(saved, 2);
+    close(saved);
+    mtr_journal_free(j);
+    mtr_journal_free(k);
+    event_base_free(base);
+    spool_clear();
+    char cmd[200];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", other);
+    if (system(cmd) != 0) CHECK(0);
+}
+
 int main(void) {
     if (!mkdtemp(dir)) return 1;
     snprintf(spool, sizeof spool, "%s/spool", dir);
@@ -499,6 +564,7 @@ int main(void) {
     test_replay_bounded();
     test_log_rate();
     test_writable();
+    test_sync_shared();
     char cmd[128];
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
     if (system(cmd) != 0) return 1;
