@@ -286,6 +286,7 @@ char *tok_chat_render_tools(tok_tmpl_kind_t kind, const tok_chat_msg_t *msgs, si
         }
         break;
     default:
+        free(b.p); /* the room reserved above */
         errf(err, errlen, "unknown chat template kind %d", (int)kind);
         return NULL;
     }
