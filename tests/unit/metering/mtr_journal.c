@@ -444,22 +444,40 @@ static void test_log_rate(void) {
     spool_clear();
 }
 
+/* Two inline journals sharing one disk flag, as two event loops' journals:
+ * j in the spool, k in dir/other.  0, or -1 (checked) when one failed. */
+static int two_journals(struct event_base *base, int *flag, mtr_journal_t **j, mtr_journal_t **k) {
+    char err[256] = "", other[160];
+    snprintf(other, sizeof other, "%s/other", dir);
+    mtr_journal_opts_t o = {.inline_io = 1};
+    *j = mtr_journal_new(base, spool, &o, err, sizeof err);
+    *k = mtr_journal_new(base, other, &o, err, sizeof err);
+    CHECK(*j && *k);
+    if (!*j || !*k) return -1;
+    mtr_journal_share_disk(*j, flag);
+    mtr_journal_share_disk(*k, flag);
+    return 0;
+}
+
+static void two_journals_free(struct event_base *base, mtr_journal_t *j, mtr_journal_t *k) {
+    mtr_journal_free(j);
+    mtr_journal_free(k);
+    event_base_free(base);
+    spool_clear();
+    char cmd[200];
+    snprintf(cmd, sizeof cmd, "rm -rf %s/other", dir);
+    if (system(cmd) != 0) CHECK(0);
+}
+
 /* mtr_journal_writable: 1 at first; 0 once a write failed (the disk full:
  * RLIMIT_FSIZE 0), in the journal that failed and in one sharing its disk
  * flag that never failed a record; while failing, a probe at most once a
  * second, which finds room again once there is some (and leaves no file). */
 static void test_writable(void) {
     struct event_base *base = event_base_new();
-    char err[256] = "", other[160];
-    snprintf(other, sizeof other, "%s/other", dir);
-    mtr_journal_opts_t o = {.inline_io = 1};
-    mtr_journal_t *j = mtr_journal_new(base, spool, &o, err, sizeof err);
-    mtr_journal_t *k = mtr_journal_new(base, other, &o, err, sizeof err);
-    CHECK(j && k);
-    if (!j || !k) return;
+    mtr_journal_t *j, *k;
     int flag = 0;
-    mtr_journal_share_disk(j, &flag);
-    mtr_journal_share_disk(k, &flag);
+    if (two_journals(base, &flag, &j, &k)) return;
     CHECK_EQ_I(mtr_journal_writable(j), 1);
     CHECK_EQ_I(mtr_journal_writable(k), 1);
     fflush(stderr);
@@ -492,13 +510,7 @@ static void test_writable(void) {
     CHECK(access(probe, F_OK) != 0);
     u = sample(901);
     CHECK(mtr_journal_write(j, &u) != NULL);
-    mtr_journal_free(j);
-    mtr_journal_free(k);
-    event_base_free(base);
-    spool_clear();
-    char cmd[200];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", other);
-    if (system(cmd) != 0) CHECK(0);
+    two_journals_free(base, j, k);
 }
 
 /* An fdatasync failed in one journal (the disk took writes it may drop): a
@@ -509,16 +521,9 @@ static void test_writable(void) {
  * disk (tests/billing/test_faults.py test_journal_sync_fails, 2026-12-02 CI). */
 static void test_sync_shared(void) {
     struct event_base *base = event_base_new();
-    char err[256] = "", other[160];
-    snprintf(other, sizeof other, "%s/other", dir);
-    mtr_journal_opts_t o = {.inline_io = 1};
-    mtr_journal_t *j = mtr_journal_new(base, spool, &o, err, sizeof err);
-    mtr_journal_t *k = mtr_journal_new(base, other, &o, err, sizeof err);
-    CHECK(j && k);
-    if (!j || !k) return;
+    mtr_journal_t *j, *k;
     int flag = 0;
-    mtr_journal_share_disk(j, &flag);
-    mtr_journal_share_disk(k, &flag);
+    if (two_journals(base, &flag, &j, &k)) return;
     CHECK_EQ_I(mtr_journal_writable(k), 1);
     fflush(stderr);
     int saved = dup(2), devnull = open("/dev/null", O_WRONLY);
@@ -546,13 +551,7 @@ static void test_sync_shared(void) {
     fflush(stderr);
     dup2(saved, 2);
     close(saved);
-    mtr_journal_free(j);
-    mtr_journal_free(k);
-    event_base_free(base);
-    spool_clear();
-    char cmd[200];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", other);
-    if (system(cmd) != 0) CHECK(0);
+    two_journals_free(base, j, k);
 }
 
 int main(void) {
